@@ -1,0 +1,43 @@
+#ifndef QUOTAD_SERVICE_CORE_CLOCK_H_
+#define QUOTAD_SERVICE_CORE_CLOCK_H_
+
+#include <atomic>
+#include <cstdint>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+
+namespace quotad {
+
+// Source of time for windows, buckets and leases. Implementations are thread-safe.
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  virtual absl::Time Now() const = 0;
+
+  // The process-wide real clock. Never destroyed.
+  static Clock* Real();
+};
+
+// A clock that only moves when told to. For tests and the provider simulator.
+// Thread-safe.
+class FakeClock : public Clock {
+ public:
+  explicit FakeClock(absl::Time start = absl::FromUnixSeconds(1767225600))  // 2026-01-01 UTC
+      : now_ns_(absl::ToUnixNanos(start)) {}
+
+  absl::Time Now() const override {
+    return absl::FromUnixNanos(now_ns_.load(std::memory_order_acquire));
+  }
+  void Set(absl::Time t) { now_ns_.store(absl::ToUnixNanos(t), std::memory_order_release); }
+  void Advance(absl::Duration d) {
+    now_ns_.fetch_add(absl::ToInt64Nanoseconds(d), std::memory_order_acq_rel);
+  }
+
+ private:
+  std::atomic<int64_t> now_ns_;
+};
+
+}  // namespace quotad
+
+#endif  // QUOTAD_SERVICE_CORE_CLOCK_H_

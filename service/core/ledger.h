@@ -1,0 +1,164 @@
+#ifndef QUOTAD_SERVICE_CORE_LEDGER_H_
+#define QUOTAD_SERVICE_CORE_LEDGER_H_
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "service/core/clock.h"
+#include "service/core/policy.h"
+
+namespace quotad {
+
+// 128 random bits naming one grant. Printed as 32 lowercase hex digits.
+struct LeaseId {
+  uint64_t hi = 0;
+  uint64_t lo = 0;
+
+  std::string ToString() const;
+  // kInvalidArgument naming the text when it is not 32 hex digits.
+  static absl::StatusOr<LeaseId> Parse(absl::string_view text);
+  bool operator==(const LeaseId& o) const { return hi == o.hi && lo == o.lo; }
+  template <typename H>
+  friend H AbslHashValue(H h, const LeaseId& id) {
+    return H::combine(std::move(h), id.hi, id.lo);
+  }
+};
+
+struct AcquireRequest {
+  std::string credential;
+  std::string feature;
+  std::string scope;  // empty: no scope; scoped limits then count the "" scope
+  int64_t cost = 1;
+  absl::Duration lease_ttl = absl::ZeroDuration();  // zero: the feature's default
+  std::string holder;                               // who holds the lease, for operators
+  bool want_limits = true;                          // fill Decision::limits
+};
+
+// The state of one limit (and scope) as seen by a decision or a usage snapshot.
+struct LimitStatus {
+  std::string name;   // "feature.limit"
+  std::string scope;  // set for scoped limits
+  LimitKind kind = LimitKind::kSliding;
+  int64_t capacity = 0;  // INT64_MAX for unlimited
+  int64_t used = 0;      // units in the current window / held slots
+  int64_t remaining = 0;
+  absl::Time reset = absl::InfiniteFuture();  // when the current window ends / next unit frees
+};
+
+struct Decision {
+  bool granted = false;
+  LeaseId lease_id;                             // set when granted
+  absl::Time lease_expiry;                      // set when granted
+  absl::Time retry_at = absl::InfinitePast();   // set when denied: earliest possible grant
+  std::string limited_by;                       // set when denied: "feature.limit"
+  std::vector<LimitStatus> limits;              // every limit touched, when asked for
+};
+
+// A live lease, for operators.
+struct LeaseInfo {
+  LeaseId id;
+  std::string credential;
+  std::string feature;
+  std::string scope;
+  std::string holder;
+  int64_t cost = 0;
+  absl::Time granted_at;
+  absl::Time expiry;
+  bool holds_slots = false;  // the feature has a concurrency limit
+};
+
+struct ReleaseResult {
+  int64_t refunded = 0;  // units given back to window limits
+  int64_t freed = 0;     // concurrency slots freed
+};
+
+// Holds the counters of every credential and decides grants.
+//
+// Each credential has its own mutex, so a hot credential does not serialise unrelated ones.
+// Leases live in a sharded table keyed by id. Thread-safe. Does not own `clock`, which must
+// outlive the ledger.
+class Ledger {
+ public:
+  // kInvalidArgument when the policy does not validate.
+  static absl::StatusOr<std::unique_ptr<Ledger>> Create(const Policy& policy, Clock* clock);
+  ~Ledger();
+
+  Ledger(const Ledger&) = delete;
+  Ledger& operator=(const Ledger&) = delete;
+
+  // Charges `cost` on every limit the feature touches, or on none of them.
+  // kInvalidArgument for a bad cost, ttl or name; kNotFound for an unknown credential or
+  // feature; kResourceExhausted when a new scope would pass the feature's max_scopes.
+  absl::StatusOr<Decision> Acquire(const AcquireRequest& request);
+
+  // Ends a lease. `used` (0 <= used <= cost) refunds cost - used on every window limit whose
+  // charged window is still open; nullopt refunds nothing. Frees concurrency slots.
+  // kNotFound for an unknown or expired lease; kInvalidArgument for a bad `used`.
+  absl::StatusOr<ReleaseResult> Release(const LeaseId& id, std::optional<int64_t> used);
+
+  // Extends a lease to now + ttl (zero: the feature's default). kNotFound for an unknown or
+  // expired lease. Returns the new expiry.
+  absl::StatusOr<absl::Time> Renew(const LeaseId& id, absl::Duration ttl);
+
+  // Every limit of the credential, each scope of scoped limits. kNotFound for an unknown one.
+  absl::StatusOr<std::vector<LimitStatus>> Usage(absl::string_view credential);
+
+  // Live leases, of one credential or (empty) all.
+  std::vector<LeaseInfo> Leases(absl::string_view credential);
+
+  // Zeroes every counter of the credential (leases stay). kNotFound for an unknown one.
+  absl::Status Reset(absl::string_view credential);
+
+  // Replaces the policy. Counters of the same credential, feature, limit (and scope) carry over,
+  // with the units already used, when the kind and period are unchanged. Live leases of removed
+  // features stay until they end. kInvalidArgument (and nothing changed) for a bad policy.
+  absl::Status Reload(const Policy& policy);
+
+  // Drops expired leases and frees their slots. Expired slots never count against a limit even
+  // without this; it only reclaims memory. Returns the number dropped.
+  int64_t Sweep();
+
+  // The policy in force.
+  Policy policy() const;
+
+  Clock* clock() const { return clock_; }
+
+ private:
+  struct Credential;
+  struct Table;
+  struct LeaseRecord;
+  struct LeaseShard;
+  static constexpr int kLeaseShards = 64;
+
+  Ledger(Clock* clock);
+  const Table* table() const { return table_.load(std::memory_order_acquire); }
+  Credential* FindCredential(absl::string_view name) const;
+  LeaseShard& ShardFor(const LeaseId& id);
+
+  Clock* const clock_;
+  mutable absl::Mutex reload_mu_;
+  std::atomic<const Table*> table_{nullptr};
+  // Every table ever published, kept so that readers never see a freed one; reloads are rare.
+  std::vector<std::unique_ptr<const Table>> tables_ ABSL_GUARDED_BY(reload_mu_);
+  // Every credential ever configured, by name; never removed while the ledger lives.
+  absl::flat_hash_map<std::string, std::unique_ptr<Credential>> credentials_
+      ABSL_GUARDED_BY(reload_mu_);
+  Policy policy_ ABSL_GUARDED_BY(reload_mu_);
+  std::unique_ptr<std::array<LeaseShard, kLeaseShards>> leases_;
+};
+
+}  // namespace quotad
+
+#endif  // QUOTAD_SERVICE_CORE_LEDGER_H_

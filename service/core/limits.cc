@@ -1,0 +1,409 @@
+#include "service/core/limits.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/time/civil_time.h"
+
+namespace quotad {
+namespace {
+
+constexpr int64_t kMinNs = std::numeric_limits<int64_t>::min();
+
+int64_t ToNs(absl::Time t) { return absl::ToUnixNanos(t); }
+
+// Floor division that is right for negative numerators too.
+int64_t FloorDiv(int64_t a, int64_t b) {
+  int64_t q = a / b;
+  if ((a % b != 0) && ((a < 0) != (b < 0))) --q;
+  return q;
+}
+
+}  // namespace
+
+Rule::Rule(LimitSpec s, std::string name) : spec(std::move(s)), full_name(std::move(name)) {
+  period_ns = absl::ToInt64Nanoseconds(spec.period);
+  if (spec.kind == LimitKind::kTokenBucket && spec.rate > 0) {
+    // Rounded up: a slightly slower refill never over-grants.
+    emission_ns = (period_ns + spec.rate - 1) / spec.rate;
+  }
+  if (spec.kind == LimitKind::kSliding && spec.sub_buckets > 0) {
+    bucket_ns = (period_ns + spec.sub_buckets - 1) / spec.sub_buckets;
+  }
+}
+
+bool Rule::SameShape(const Rule& other) const {
+  if (spec.kind != other.spec.kind) return false;
+  switch (spec.kind) {
+    case LimitKind::kCalendar:
+    case LimitKind::kUnlimited:
+      return spec.unit == other.spec.unit && spec.zone_name == other.spec.zone_name;
+    case LimitKind::kRolling:
+      return period_ns == other.period_ns;
+    case LimitKind::kSliding:
+      return period_ns == other.period_ns && spec.sub_buckets == other.spec.sub_buckets;
+    case LimitKind::kTokenBucket:
+      return emission_ns == other.emission_ns;
+    case LimitKind::kConcurrency:
+      return true;
+  }
+  return false;
+}
+
+void CalendarWindow(CalendarUnit unit, const absl::TimeZone& zone, int64_t t_ns, int64_t* start_ns,
+                    int64_t* end_ns) {
+  const absl::CivilSecond cs = zone.At(absl::FromUnixNanos(t_ns)).cs;
+  absl::Time start, end;
+  switch (unit) {
+    case CalendarUnit::kMinute: {
+      const absl::CivilMinute m(cs);
+      start = absl::FromCivil(m, zone);
+      end = absl::FromCivil(m + 1, zone);
+      break;
+    }
+    case CalendarUnit::kHour: {
+      const absl::CivilHour h(cs);
+      start = absl::FromCivil(h, zone);
+      end = absl::FromCivil(h + 1, zone);
+      break;
+    }
+    case CalendarUnit::kDay: {
+      const absl::CivilDay d(cs);
+      start = absl::FromCivil(d, zone);
+      end = absl::FromCivil(d + 1, zone);
+      break;
+    }
+    case CalendarUnit::kWeek: {
+      // ISO weeks start on Monday.
+      const absl::CivilDay monday = absl::PrevWeekday(absl::CivilDay(cs) + 1, absl::Weekday::monday);
+      start = absl::FromCivil(monday, zone);
+      end = absl::FromCivil(monday + 7, zone);
+      break;
+    }
+    case CalendarUnit::kMonth: {
+      const absl::CivilMonth m(cs);
+      start = absl::FromCivil(m, zone);
+      end = absl::FromCivil(m + 1, zone);
+      break;
+    }
+    case CalendarUnit::kNone:
+      *start_ns = kMinNs;
+      *end_ns = kInfiniteNs;
+      return;
+  }
+  *start_ns = ToNs(start);
+  *end_ns = ToNs(end);
+}
+
+void Counter::Log::Push(LogEntry e) {
+  if (size == ring.size()) {
+    std::vector<LogEntry> bigger(std::max<size_t>(4, ring.size() * 2));
+    for (size_t i = 0; i < size; ++i) bigger[i] = at(i);
+    ring = std::move(bigger);
+    head = 0;
+  }
+  ring[(head + size) % ring.size()] = e;
+  ++size;
+}
+
+void Counter::Log::PopFront() {
+  head = (head + 1) % ring.size();
+  --size;
+}
+
+void Counter::Roll(const Rule& rule, int64_t now) {
+  switch (rule.spec.kind) {
+    case LimitKind::kCalendar:
+    case LimitKind::kUnlimited:
+      if (now >= end_ns_) {
+        CalendarWindow(rule.spec.unit, rule.spec.zone, now, &start_ns_, &end_ns_);
+        used_ = 0;
+      }
+      break;
+    case LimitKind::kRolling:
+      if (now >= end_ns_) used_ = 0;  // closed; the next charge opens a new window
+      break;
+    case LimitKind::kSliding:
+      if (rule.spec.sub_buckets > 0) {
+        AdvanceBuckets(rule, now);
+      } else if (log_ != nullptr) {
+        while (log_->size > 0 && log_->at(0).at_ns + rule.period_ns <= now) {
+          used_ -= log_->at(0).units;
+          log_->PopFront();
+        }
+      }
+      break;
+    case LimitKind::kConcurrency:
+      if (held_ != nullptr) {
+        while (!held_->empty() && held_->begin()->first.first <= now) {
+          used_ -= held_->begin()->second;
+          held_->erase(held_->begin());
+        }
+      }
+      break;
+    case LimitKind::kTokenBucket:
+      break;
+  }
+}
+
+void Counter::AdvanceBuckets(const Rule& rule, int64_t now) {
+  const int64_t n = rule.spec.sub_buckets + 1;
+  if (buckets_ == nullptr) {
+    buckets_ = std::make_unique<Buckets>();
+    buckets_->counts.assign(n, 0);
+  }
+  Buckets& b = *buckets_;
+  const int64_t current = FloorDiv(now, rule.bucket_ns);
+  if (b.newest == kMinNs || current - b.newest >= n) {
+    std::fill(b.counts.begin(), b.counts.end(), 0);
+    used_ = 0;
+    b.newest = current;
+    return;
+  }
+  // A clock that steps back keeps charging the newest bucket: it expires later, never earlier.
+  for (int64_t i = b.newest + 1; i <= current; ++i) {
+    int64_t& slot = b.counts[i % n];
+    used_ -= slot;
+    slot = 0;
+  }
+  if (current > b.newest) b.newest = current;
+}
+
+bool Counter::Fits(const Rule& rule, int64_t now, int64_t cost, int64_t* retry_ns) {
+  const int64_t cap = rule.Capacity();
+  switch (rule.spec.kind) {
+    case LimitKind::kUnlimited:
+      Roll(rule, now);
+      return true;
+    case LimitKind::kCalendar:
+    case LimitKind::kRolling:
+      Roll(rule, now);
+      if (used_ + cost <= cap) return true;
+      *retry_ns = cost > cap ? kInfiniteNs : end_ns_;
+      return false;
+    case LimitKind::kTokenBucket: {
+      const int64_t tat = std::max(start_ns_, now) + cost * rule.emission_ns;
+      const int64_t allowed_at = tat - cap * rule.emission_ns;
+      if (allowed_at <= now) return true;
+      *retry_ns = cost > cap ? kInfiniteNs : allowed_at;
+      return false;
+    }
+    case LimitKind::kSliding:
+    case LimitKind::kConcurrency: {
+      Roll(rule, now);
+      if (used_ + cost <= cap) return true;
+      if (cost > cap) {
+        *retry_ns = kInfiniteNs;
+        return false;
+      }
+      const int64_t need = used_ + cost - cap;
+      int64_t freed = 0;
+      *retry_ns = kInfiniteNs;
+      if (rule.spec.kind == LimitKind::kConcurrency) {
+        for (const auto& [key, units] : *held_) {
+          freed += units;
+          if (freed >= need) {
+            *retry_ns = key.first;
+            break;
+          }
+        }
+      } else if (rule.spec.sub_buckets > 0) {
+        const Buckets& b = *buckets_;
+        const int64_t n = static_cast<int64_t>(b.counts.size());
+        for (int64_t i = b.newest - n + 1; i <= b.newest; ++i) {
+          freed += b.counts[((i % n) + n) % n];
+          if (freed >= need) {
+            *retry_ns = (i + 1) * rule.bucket_ns + rule.period_ns;
+            break;
+          }
+        }
+      } else {
+        for (size_t i = 0; i < log_->size; ++i) {
+          freed += log_->at(i).units;
+          if (freed >= need) {
+            *retry_ns = log_->at(i).at_ns + rule.period_ns;
+            break;
+          }
+        }
+      }
+      return false;
+    }
+  }
+  return false;
+}
+
+int64_t Counter::Charge(const Rule& rule, int64_t now, int64_t cost, uint64_t lease_key,
+                        int64_t expiry_ns) {
+  switch (rule.spec.kind) {
+    case LimitKind::kCalendar:
+    case LimitKind::kUnlimited:
+      used_ += cost;
+      return start_ns_;
+    case LimitKind::kRolling:
+      if (now >= end_ns_) {
+        start_ns_ = now;
+        end_ns_ = now + rule.period_ns;
+        used_ = 0;
+      }
+      used_ += cost;
+      return start_ns_;
+    case LimitKind::kTokenBucket:
+      start_ns_ = std::max(start_ns_, now) + cost * rule.emission_ns;
+      return 0;
+    case LimitKind::kSliding:
+      used_ += cost;
+      if (rule.spec.sub_buckets > 0) {
+        Buckets& b = *buckets_;
+        const int64_t n = static_cast<int64_t>(b.counts.size());
+        b.counts[((b.newest % n) + n) % n] += cost;
+        return b.newest;
+      }
+      if (log_ == nullptr) log_ = std::make_unique<Log>();
+      if (log_->size > 0 && log_->at(log_->size - 1).at_ns >= now) {
+        // Same instant (or a clock step back): merge into the newest entry, which expires last.
+        log_->at(log_->size - 1).units += cost;
+        return log_->at(log_->size - 1).at_ns;
+      }
+      log_->Push({now, cost});
+      return now;
+    case LimitKind::kConcurrency:
+      if (held_ == nullptr) held_ = std::make_unique<Held>();
+      (*held_)[{expiry_ns, lease_key}] += cost;
+      used_ += cost;
+      return 0;
+  }
+  return 0;
+}
+
+int64_t Counter::Refund(const Rule& rule, int64_t now, int64_t token, int64_t units) {
+  if (units <= 0) return 0;
+  Roll(rule, now);
+  int64_t take = 0;
+  switch (rule.spec.kind) {
+    case LimitKind::kCalendar:
+    case LimitKind::kUnlimited:
+      if (token != start_ns_) return 0;
+      take = std::min(units, used_);
+      used_ -= take;
+      return take;
+    case LimitKind::kRolling:
+      if (now >= end_ns_ || token != start_ns_) return 0;
+      take = std::min(units, used_);
+      used_ -= take;
+      return take;
+    case LimitKind::kTokenBucket: {
+      if (start_ns_ <= now) return 0;
+      const int64_t outstanding = (start_ns_ - now + rule.emission_ns - 1) / rule.emission_ns;
+      take = std::min(units, outstanding);
+      start_ns_ -= take * rule.emission_ns;
+      return take;
+    }
+    case LimitKind::kSliding:
+      if (rule.spec.sub_buckets > 0) {
+        Buckets& b = *buckets_;
+        const int64_t n = static_cast<int64_t>(b.counts.size());
+        if (token > b.newest || token <= b.newest - n) return 0;
+        int64_t& slot = b.counts[((token % n) + n) % n];
+        take = std::min(units, slot);
+        slot -= take;
+      } else {
+        if (log_ == nullptr) return 0;
+        // Entries are in time order: binary search for the charge's instant.
+        size_t lo = 0, hi = log_->size;
+        while (lo < hi) {
+          const size_t mid = (lo + hi) / 2;
+          if (log_->at(mid).at_ns < token) {
+            lo = mid + 1;
+          } else {
+            hi = mid;
+          }
+        }
+        if (lo == log_->size || log_->at(lo).at_ns != token) return 0;
+        take = std::min(units, log_->at(lo).units);
+        log_->at(lo).units -= take;
+      }
+      used_ -= take;
+      return take;
+    case LimitKind::kConcurrency:
+      return 0;
+  }
+  return 0;
+}
+
+int64_t Counter::Free(int64_t expiry_ns, uint64_t lease_key) {
+  if (held_ == nullptr) return 0;
+  auto it = held_->find({expiry_ns, lease_key});
+  if (it == held_->end()) return 0;
+  const int64_t units = it->second;
+  used_ -= units;
+  held_->erase(it);
+  return units;
+}
+
+bool Counter::MoveExpiry(int64_t old_expiry_ns, uint64_t lease_key, int64_t new_expiry_ns) {
+  if (held_ == nullptr) return false;
+  auto it = held_->find({old_expiry_ns, lease_key});
+  if (it == held_->end()) return false;
+  const int64_t units = it->second;
+  held_->erase(it);
+  (*held_)[{new_expiry_ns, lease_key}] += units;
+  return true;
+}
+
+CounterView Counter::View(const Rule& rule, int64_t now) {
+  Roll(rule, now);
+  CounterView v;
+  const int64_t cap = rule.Capacity();
+  switch (rule.spec.kind) {
+    case LimitKind::kCalendar:
+    case LimitKind::kUnlimited:
+      v.used = used_;
+      v.reset_ns = end_ns_;
+      break;
+    case LimitKind::kRolling:
+      v.used = now < end_ns_ ? used_ : 0;
+      v.reset_ns = now < end_ns_ ? end_ns_ : kInfiniteNs;
+      break;
+    case LimitKind::kTokenBucket:
+      v.used = start_ns_ > now ? (start_ns_ - now + rule.emission_ns - 1) / rule.emission_ns : 0;
+      v.reset_ns = start_ns_ > now ? start_ns_ : kInfiniteNs;
+      break;
+    case LimitKind::kSliding:
+      v.used = used_;
+      if (rule.spec.sub_buckets > 0) {
+        const Buckets& b = *buckets_;
+        const int64_t n = static_cast<int64_t>(b.counts.size());
+        for (int64_t i = b.newest - n + 1; i <= b.newest; ++i) {
+          if (b.counts[((i % n) + n) % n] > 0) {
+            v.reset_ns = (i + 1) * rule.bucket_ns + rule.period_ns;
+            break;
+          }
+        }
+      } else if (log_ != nullptr) {
+        for (size_t i = 0; i < log_->size; ++i) {
+          if (log_->at(i).units > 0) {
+            v.reset_ns = log_->at(i).at_ns + rule.period_ns;
+            break;
+          }
+        }
+      }
+      break;
+    case LimitKind::kConcurrency:
+      v.used = used_;
+      if (held_ != nullptr && !held_->empty()) v.reset_ns = held_->begin()->first.first;
+      break;
+  }
+  v.remaining = rule.spec.kind == LimitKind::kUnlimited ? cap : std::max<int64_t>(0, cap - v.used);
+  return v;
+}
+
+void Counter::Clear(const Rule& rule) {
+  if (rule.spec.kind == LimitKind::kConcurrency) return;
+  used_ = 0;
+  log_.reset();
+  buckets_.reset();
+  if (rule.spec.kind == LimitKind::kTokenBucket) start_ns_ = kMinNs;
+  // Calendar keeps its window bounds; rolling keeps them so a refund token stays comparable.
+}
+
+}  // namespace quotad

@@ -1,0 +1,120 @@
+#ifndef QUOTAD_SERVICE_CORE_LIMITS_H_
+#define QUOTAD_SERVICE_CORE_LIMITS_H_
+
+// Internal to the ledger: one compiled rule and the counter that enforces it. Times are int64
+// nanoseconds since the Unix epoch so that a counter stays small.
+
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/btree_map.h"
+#include "service/core/policy.h"
+
+namespace quotad {
+
+inline constexpr int64_t kInfiniteNs = std::numeric_limits<int64_t>::max();
+
+// A LimitSpec with its derived values. Immutable once built.
+struct Rule {
+  explicit Rule(LimitSpec spec, std::string full_name);
+
+  // True when a counter built for `other` means the same thing under this rule, so its state
+  // can carry over a reload (capacity may differ).
+  bool SameShape(const Rule& other) const;
+  int64_t Capacity() const {
+    return spec.kind == LimitKind::kUnlimited ? std::numeric_limits<int64_t>::max()
+                                              : spec.capacity;
+  }
+
+  LimitSpec spec;
+  std::string full_name;  // "feature.limit"
+  int64_t period_ns = 0;
+  int64_t emission_ns = 0;  // token bucket: time per unit
+  int64_t bucket_ns = 0;    // sliding with sub-buckets: width of one
+};
+
+// Snapshot of a counter.
+struct CounterView {
+  int64_t used = 0;
+  int64_t remaining = 0;
+  int64_t reset_ns = kInfiniteNs;
+};
+
+// The state of one rule (for one scope). Not thread-safe: the owning credential's mutex guards
+// it. Every method takes the rule it was built for and the current time.
+class Counter {
+ public:
+  Counter() = default;
+  Counter(Counter&&) = default;
+  Counter& operator=(Counter&&) = default;
+
+  // Whether `cost` more units fit now. When not, *retry_ns is the earliest time they would,
+  // if nothing else changes (kInfiniteNs if never). May roll an expired window over.
+  bool Fits(const Rule& rule, int64_t now, int64_t cost, int64_t* retry_ns);
+
+  // Charges `cost` units, which must fit. Returns a token naming where they went, for Refund.
+  // `lease_key` and `expiry_ns` are used by concurrency rules only.
+  int64_t Charge(const Rule& rule, int64_t now, int64_t cost, uint64_t lease_key,
+                 int64_t expiry_ns);
+
+  // Gives back up to `units` of a charge made with `token`, if its window is still open.
+  // Returns the units given back.
+  int64_t Refund(const Rule& rule, int64_t now, int64_t token, int64_t units);
+
+  // Concurrency: frees the slots of a lease (no-op if already expired). Returns slots freed.
+  int64_t Free(int64_t expiry_ns, uint64_t lease_key);
+  // Concurrency: moves a lease's expiry. False if the lease no longer holds slots here.
+  bool MoveExpiry(int64_t old_expiry_ns, uint64_t lease_key, int64_t new_expiry_ns);
+
+  CounterView View(const Rule& rule, int64_t now);
+
+  // Forgets every charge; concurrency slots held by live leases stay.
+  void Clear(const Rule& rule);
+
+ private:
+  struct LogEntry {
+    int64_t at_ns;
+    int64_t units;
+  };
+  // The exact sliding log: a ring of charges, oldest first.
+  struct Log {
+    std::vector<LogEntry> ring;
+    size_t head = 0;
+    size_t size = 0;
+    LogEntry& at(size_t i) { return ring[(head + i) % ring.size()]; }
+    void Push(LogEntry e);
+    void PopFront();
+  };
+  // Sub-buckets: counts[i % n] holds bucket index i for i in (newest - n, newest].
+  struct Buckets {
+    std::vector<int64_t> counts;
+    int64_t newest = std::numeric_limits<int64_t>::min();
+  };
+  // Concurrency: slots held, ordered by expiry.
+  using Held = absl::btree_map<std::pair<int64_t, uint64_t>, int64_t>;
+
+  void Roll(const Rule& rule, int64_t now);
+  int64_t SlidingUsed(const Rule& rule, int64_t now);
+  void AdvanceBuckets(const Rule& rule, int64_t now);
+
+  // Calendar/rolling/unlimited: units in the window [start_ns_, end_ns_). Sliding log and
+  // buckets: running total of what the log/buckets hold. Token bucket: unused. Concurrency:
+  // slots held.
+  int64_t used_ = 0;
+  int64_t start_ns_ = std::numeric_limits<int64_t>::min();  // token bucket: theoretical arrival
+  int64_t end_ns_ = std::numeric_limits<int64_t>::min();
+  std::unique_ptr<Log> log_;
+  std::unique_ptr<Buckets> buckets_;
+  std::unique_ptr<Held> held_;
+};
+
+// The calendar window containing `t`: [start, end) in nanoseconds.
+void CalendarWindow(CalendarUnit unit, const absl::TimeZone& zone, int64_t t_ns, int64_t* start_ns,
+                    int64_t* end_ns);
+
+}  // namespace quotad
+
+#endif  // QUOTAD_SERVICE_CORE_LIMITS_H_

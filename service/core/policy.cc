@@ -1,0 +1,141 @@
+#include "service/core/policy.h"
+
+#include <string>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+
+namespace quotad {
+
+absl::string_view LimitKindName(LimitKind kind) {
+  switch (kind) {
+    case LimitKind::kCalendar:
+      return "calendar";
+    case LimitKind::kRolling:
+      return "rolling";
+    case LimitKind::kSliding:
+      return "sliding";
+    case LimitKind::kTokenBucket:
+      return "token_bucket";
+    case LimitKind::kConcurrency:
+      return "concurrency";
+    case LimitKind::kUnlimited:
+      return "unlimited";
+  }
+  return "unknown";
+}
+
+absl::string_view CalendarUnitName(CalendarUnit unit) {
+  switch (unit) {
+    case CalendarUnit::kNone:
+      return "none";
+    case CalendarUnit::kMinute:
+      return "minute";
+    case CalendarUnit::kHour:
+      return "hour";
+    case CalendarUnit::kDay:
+      return "day";
+    case CalendarUnit::kWeek:
+      return "week";
+    case CalendarUnit::kMonth:
+      return "month";
+  }
+  return "unknown";
+}
+
+namespace {
+
+absl::Status CheckName(absl::string_view what, absl::string_view name) {
+  if (name.empty()) return absl::InvalidArgumentError(absl::StrCat(what, " name is empty"));
+  if (name.size() > kMaxNameLength) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " name '", name.substr(0, 64),
+                                                   "...' is longer than ", kMaxNameLength));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateLimit(absl::string_view where, const LimitSpec& l) {
+  const std::string at = absl::StrCat(where, " limit '", l.name, "'");
+  if (auto s = CheckName(where, l.name); !s.ok()) return s;
+  auto bad = [&](absl::string_view field, auto value) {
+    return absl::InvalidArgumentError(absl::StrCat(at, ": bad ", field, " ", value));
+  };
+  if (l.kind != LimitKind::kUnlimited && l.capacity <= 0) return bad("capacity", l.capacity);
+  switch (l.kind) {
+    case LimitKind::kCalendar:
+      if (l.unit == CalendarUnit::kNone) return bad("unit", "none (calendar needs a unit)");
+      break;
+    case LimitKind::kRolling:
+    case LimitKind::kSliding:
+      if (l.period <= absl::ZeroDuration() || l.period > absl::Hours(24 * 366)) {
+        return bad("period", absl::FormatDuration(l.period));
+      }
+      if (l.sub_buckets < 0 || l.sub_buckets > 100000) return bad("sub_buckets", l.sub_buckets);
+      if (l.sub_buckets > 0 && l.period < absl::Nanoseconds(l.sub_buckets)) {
+        return bad("sub_buckets", l.sub_buckets);
+      }
+      break;
+    case LimitKind::kTokenBucket:
+      if (l.period <= absl::ZeroDuration() || l.period > absl::Hours(24 * 366)) {
+        return bad("period", absl::FormatDuration(l.period));
+      }
+      if (l.rate <= 0 || absl::ToInt64Nanoseconds(l.period) / l.rate <= 0) {
+        return bad("rate", l.rate);
+      }
+      break;
+    case LimitKind::kConcurrency:
+    case LimitKind::kUnlimited:
+      break;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidatePolicy(const Policy& policy) {
+  absl::flat_hash_set<std::string> credentials;
+  for (const CredentialSpec& c : policy.credentials) {
+    if (auto s = CheckName("credential", c.name); !s.ok()) return s;
+    if (!credentials.insert(c.name).second) {
+      return absl::InvalidArgumentError(absl::StrCat("duplicate credential '", c.name, "'"));
+    }
+    if (c.features.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("credential '", c.name, "' has no features"));
+    }
+    absl::flat_hash_set<std::string> features;
+    for (const FeatureSpec& f : c.features) {
+      const std::string where = absl::StrCat("credential '", c.name, "' feature '", f.name, "'");
+      if (auto s = CheckName("feature", f.name); !s.ok()) return s;
+      if (!features.insert(f.name).second) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": duplicate feature"));
+      }
+      absl::flat_hash_set<std::string> limits;
+      for (const LimitSpec& l : f.limits) {
+        if (auto s = ValidateLimit(where, l); !s.ok()) return s;
+        if (!limits.insert(l.name).second) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, ": duplicate limit '", l.name, "'"));
+        }
+      }
+      if (f.default_lease_ttl <= absl::ZeroDuration() || f.max_lease_ttl < f.default_lease_ttl) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": bad lease ttls default ", absl::FormatDuration(f.default_lease_ttl),
+                         " max ", absl::FormatDuration(f.max_lease_ttl)));
+      }
+      if (f.max_scopes <= 0) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": bad max_scopes ", f.max_scopes));
+      }
+    }
+    for (const FeatureSpec& f : c.features) {
+      for (const std::string& other : f.draws_on) {
+        if (other == f.name || !features.contains(other)) {
+          return absl::InvalidArgumentError(absl::StrCat("credential '", c.name, "' feature '",
+                                                         f.name, "': bad draws_on '", other, "'"));
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace quotad
