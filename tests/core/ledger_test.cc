@@ -1,0 +1,266 @@
+#include "service/core/ledger.h"
+
+#include <memory>
+
+#include "gtest/gtest.h"
+#include "service/core/clock.h"
+#include "tests/core/test_util.h"
+
+namespace quotad {
+namespace {
+
+using testing::Calendar;
+using testing::Concurrency;
+using testing::Feature;
+using testing::OneCredential;
+using testing::Sliding;
+using testing::Utc;
+
+// A CyberVault-like credential: `requests` with minute, day and concurrency limits;
+// `threats_scan` with its own 5/min that also draws on the `requests` limits.
+Policy CyberVault(int64_t per_minute = 60, int64_t per_day = 100) {
+  FeatureSpec requests = Feature("requests", {Sliding("per_minute", per_minute, absl::Minutes(1)),
+                                              Calendar("per_day", per_day, CalendarUnit::kDay),
+                                              Concurrency("concurrent", 100)});
+  FeatureSpec scan = Feature("threats_scan", {Sliding("per_minute", 5, absl::Minutes(1))});
+  scan.draws_on = {"requests"};
+  LimitSpec per_ruleset = Calendar("per_day", 2, CalendarUnit::kDay);
+  per_ruleset.scoped = true;
+  FeatureSpec livehunt = Feature("livehunt", {per_ruleset, Calendar("total", 5, CalendarUnit::kDay)});
+  livehunt.max_scopes = 3;
+  return OneCredential("cybervault/prod", {requests, scan, livehunt});
+}
+
+class LedgerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    clock_.Set(Utc(2026, 3, 1, 12));
+    Make(CyberVault());
+  }
+  void Make(const Policy& p) {
+    auto ledger = Ledger::Create(p, &clock_);
+    ASSERT_TRUE(ledger.ok()) << ledger.status();
+    ledger_ = std::move(*ledger);
+  }
+  absl::StatusOr<Decision> Try(absl::string_view feature, int64_t cost = 1,
+                               absl::string_view scope = "") {
+    AcquireRequest req;
+    req.credential = "cybervault/prod";
+    req.feature = std::string(feature);
+    req.scope = std::string(scope);
+    req.cost = cost;
+    req.holder = "worker-1";
+    return ledger_->Acquire(req);
+  }
+  Decision Acquire(absl::string_view feature, int64_t cost = 1, absl::string_view scope = "") {
+    auto d = Try(feature, cost, scope);
+    EXPECT_TRUE(d.ok()) << d.status();
+    return d.ok() ? *d : Decision{};
+  }
+  int64_t Used(absl::string_view limit, absl::string_view scope = "") {
+    auto usage = ledger_->Usage("cybervault/prod");
+    EXPECT_TRUE(usage.ok());
+    for (const LimitStatus& s : *usage) {
+      if (s.name == limit && s.scope == scope) return s.used;
+    }
+    ADD_FAILURE() << "no limit " << limit;
+    return -1;
+  }
+
+  FakeClock clock_;
+  std::unique_ptr<Ledger> ledger_;
+};
+
+TEST_F(LedgerTest, OneFullLimitChargesNoneOfTheOthers) {
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(Acquire("threats_scan").granted);
+  EXPECT_EQ(Used("requests.per_minute"), 5);
+  EXPECT_EQ(Used("requests.per_day"), 5);
+  const Decision denied = Acquire("threats_scan");
+  EXPECT_FALSE(denied.granted);
+  EXPECT_EQ(denied.limited_by, "threats_scan.per_minute");
+  EXPECT_EQ(Used("requests.per_minute"), 5);
+  EXPECT_EQ(Used("requests.per_day"), 5);
+  EXPECT_EQ(Used("requests.concurrent"), 5);
+}
+
+TEST_F(LedgerTest, DrawnOnLimitDeniesTheDrawingFeature) {
+  for (int i = 0; i < 60; ++i) ASSERT_TRUE(Acquire("requests").granted) << i;
+  const Decision denied = Acquire("threats_scan");
+  EXPECT_FALSE(denied.granted);
+  EXPECT_EQ(denied.limited_by, "requests.per_minute");
+  EXPECT_EQ(Used("threats_scan.per_minute"), 0);
+}
+
+TEST_F(LedgerTest, DenialNamesTheLimitThatFreesLast) {
+  Make(CyberVault(/*per_minute=*/60, /*per_day=*/3));
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Acquire("requests").granted);
+  const Decision denied = Acquire("requests");
+  EXPECT_EQ(denied.limited_by, "requests.per_day");
+  EXPECT_EQ(denied.retry_at, Utc(2026, 3, 2));
+}
+
+TEST_F(LedgerTest, DecisionReportsEveryLimitTouched) {
+  const Decision d = Acquire("threats_scan", 2);
+  ASSERT_TRUE(d.granted);
+  ASSERT_EQ(d.limits.size(), 4u);
+  EXPECT_EQ(d.limits[0].name, "threats_scan.per_minute");
+  EXPECT_EQ(d.limits[0].remaining, 3);
+  EXPECT_EQ(d.limits[2].name, "requests.per_day");
+  EXPECT_EQ(d.limits[2].remaining, 98);
+  EXPECT_EQ(d.limits[2].reset, Utc(2026, 3, 2));
+}
+
+TEST_F(LedgerTest, ScopesHaveTheirOwnCountersAndShareUnscopedOnes) {
+  EXPECT_EQ(Acquire("livehunt", 2, "ruleset-a").granted, true);
+  EXPECT_FALSE(Acquire("livehunt", 1, "ruleset-a").granted);
+  EXPECT_TRUE(Acquire("livehunt", 2, "ruleset-b").granted);
+  const Decision d = Acquire("livehunt", 2, "ruleset-c");
+  EXPECT_FALSE(d.granted);  // the unscoped total (5) is the one that is full
+  EXPECT_EQ(d.limited_by, "livehunt.total");
+  EXPECT_EQ(Used("livehunt.per_day", "ruleset-a"), 2);
+  EXPECT_EQ(Used("livehunt.per_day", "ruleset-b"), 2);
+  EXPECT_EQ(Used("livehunt.total"), 4);
+}
+
+TEST_F(LedgerTest, TooManyScopesIsResourceExhaustedWithTheScope) {
+  for (const char* s : {"a", "b", "c"}) ASSERT_TRUE(Try("livehunt", 1, s).ok());
+  auto d = Try("livehunt", 1, "d");
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(d.status().message().find("'d'"), std::string::npos) << d.status();
+  EXPECT_TRUE(Try("livehunt", 1, "a").ok());  // known scopes still work
+}
+
+TEST_F(LedgerTest, ReleaseWithUsedRefundsTheRestInTheOpenWindow) {
+  const Decision d = Acquire("requests", 20);
+  ASSERT_TRUE(d.granted);
+  auto r = ledger_->Release(d.lease_id, 5);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->refunded, 15);
+  EXPECT_EQ(Used("requests.per_minute"), 5);
+  EXPECT_EQ(Used("requests.per_day"), 5);
+  EXPECT_EQ(Used("requests.concurrent"), 0);
+}
+
+TEST_F(LedgerTest, RefundAfterTheWindowClosedGivesNothingBack) {
+  clock_.Set(Utc(2026, 3, 1, 23, 59, 30));
+  AcquireRequest req;
+  req.credential = "cybervault/prod";
+  req.feature = "requests";
+  req.cost = 10;
+  req.lease_ttl = absl::Minutes(5);
+  auto d = ledger_->Acquire(req);
+  ASSERT_TRUE(d.ok() && d->granted);
+  clock_.Set(Utc(2026, 3, 2, 0, 0, 10));  // the day closed; the sliding minute is still open
+  ASSERT_TRUE(Acquire("requests", 1).granted);
+  auto r = ledger_->Release(d->lease_id, 0);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(Used("requests.per_day"), 1);      // the new day's unit is untouched
+  EXPECT_EQ(Used("requests.per_minute"), 1);   // the minute got its 10 back
+}
+
+TEST_F(LedgerTest, ReleaseRejectsUsedAboveCostAndKeepsTheLease) {
+  const Decision d = Acquire("requests", 3);
+  auto bad = ledger_->Release(d.lease_id, 4);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("used 4"), std::string::npos) << bad.status();
+  EXPECT_EQ(ledger_->Release(d.lease_id, -1).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(ledger_->Release(d.lease_id, 3).ok());
+  EXPECT_EQ(ledger_->Release(d.lease_id, 3).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(LedgerTest, BadRequestsNameTheValue) {
+  auto unknown = ledger_->Acquire({.credential = "nope", .feature = "requests"});
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(unknown.status().message().find("'nope'"), std::string::npos);
+  auto feature = Try("unknown_feature");
+  EXPECT_EQ(feature.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(feature.status().message().find("'unknown_feature'"), std::string::npos);
+  auto zero = Try("requests", 0);
+  EXPECT_EQ(zero.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(zero.status().message().find("cost 0"), std::string::npos);
+  auto huge = Try("threats_scan", 6);
+  EXPECT_EQ(huge.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(huge.status().message().find("threats_scan.per_minute"), std::string::npos)
+      << huge.status();
+  auto long_name = Try(std::string(300, 'x'));
+  EXPECT_EQ(long_name.status().code(), absl::StatusCode::kInvalidArgument);
+  auto ttl = ledger_->Acquire({.credential = "cybervault/prod",
+                               .feature = "requests",
+                               .lease_ttl = absl::Hours(100)});
+  EXPECT_EQ(ttl.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(ttl.status().message().find("100h"), std::string::npos) << ttl.status();
+  // Nothing was charged by any of them.
+  EXPECT_EQ(Used("requests.per_day"), 0);
+}
+
+TEST_F(LedgerTest, ReloadKeepsUsedUnitsAndAppliesNewCapacity) {
+  for (int i = 0; i < 50; ++i) ASSERT_TRUE(Acquire("requests").granted);
+  const Decision held = Acquire("requests");
+  ASSERT_TRUE(held.granted);
+  ASSERT_TRUE(ledger_->Reload(CyberVault(/*per_minute=*/60, /*per_day=*/40)).ok());
+  EXPECT_EQ(Used("requests.per_day"), 51);
+  const Decision d = Acquire("requests");
+  EXPECT_FALSE(d.granted);
+  EXPECT_EQ(d.limited_by, "requests.per_day");
+  EXPECT_EQ(Used("requests.concurrent"), 51);
+  // A lease granted under the old policy still releases its slot under the new one.
+  auto r = ledger_->Release(held.lease_id, std::nullopt);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->freed, 1);
+}
+
+TEST_F(LedgerTest, BadReloadKeepsTheOldPolicy) {
+  Policy bad = CyberVault();
+  bad.credentials[0].features[0].limits[0].capacity = -4;
+  const absl::Status s = ledger_->Reload(bad);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("-4"), std::string::npos) << s;
+  EXPECT_TRUE(Acquire("requests").granted);
+}
+
+TEST_F(LedgerTest, ResetZeroesWindowsButKeepsHeldSlots) {
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(Acquire("requests").granted);
+  ASSERT_TRUE(ledger_->Reset("cybervault/prod").ok());
+  EXPECT_EQ(Used("requests.per_day"), 0);
+  EXPECT_EQ(Used("requests.concurrent"), 5);
+  EXPECT_EQ(ledger_->Reset("nope").code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(LedgerTest, LeasesListsLiveLeasesWithHolders) {
+  ASSERT_TRUE(Acquire("requests").granted);
+  ASSERT_TRUE(Acquire("threats_scan").granted);
+  const std::vector<LeaseInfo> leases = ledger_->Leases("cybervault/prod");
+  ASSERT_EQ(leases.size(), 2u);
+  EXPECT_EQ(leases[0].holder, "worker-1");
+  EXPECT_TRUE(leases[0].holds_slots);
+  clock_.Advance(absl::Minutes(2));  // past the default TTL
+  EXPECT_TRUE(ledger_->Leases("").empty());
+  EXPECT_EQ(ledger_->Sweep(), 2);
+}
+
+TEST(LeaseIdTest, RoundTripsThroughTextAndRejectsGarbage) {
+  const LeaseId id{0x0123456789abcdefULL, 0xfedcba9876543210ULL};
+  EXPECT_EQ(id.ToString(), "0123456789abcdeffedcba9876543210");
+  auto parsed = LeaseId::Parse(id.ToString());
+  ASSERT_TRUE(parsed.ok());
+  EXPECT_EQ(*parsed, id);
+  auto bad = LeaseId::Parse("xyz");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("'xyz'"), std::string::npos);
+  EXPECT_FALSE(LeaseId::Parse("0123456789abcdeffedcba987654321g").ok());
+}
+
+TEST(PolicyTest, ValidationNamesCredentialFeatureAndValue) {
+  Policy p = CyberVault();
+  p.credentials[0].features[1].draws_on = {"missing"};
+  const absl::Status s = ValidatePolicy(p);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("'missing'"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("threats_scan"), std::string::npos) << s;
+  Policy dup = CyberVault();
+  dup.credentials.push_back(dup.credentials[0]);
+  EXPECT_NE(ValidatePolicy(dup).message().find("duplicate credential"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace quotad
