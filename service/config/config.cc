@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -17,7 +18,6 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include <algorithm>
 #include "absl/time/time.h"
 #include "service/config/builtin_profiles.h"
 #include "service/config/duration.h"
@@ -55,8 +55,8 @@ struct Origin {
   absl::Status Error(absl::string_view message) const { return map->Error(path, message); }
 };
 
-absl::Status CheckName(absl::string_view name, absl::string_view extra_chars,
-                       const Origin& origin, absl::string_view what) {
+absl::Status CheckName(absl::string_view name, absl::string_view extra_chars, const Origin& origin,
+                       absl::string_view what) {
   if (name.empty()) return origin.Error("name", absl::StrCat(what, " name is required"));
   if (name.size() > kMaxNameLength) {
     return origin.Error("name", absl::StrCat(what, " name ", Quote(name), " is longer than ",
@@ -64,9 +64,9 @@ absl::Status CheckName(absl::string_view name, absl::string_view extra_chars,
   }
   for (char c : name) {
     if (!absl::ascii_isalnum(c) && extra_chars.find(c) == absl::string_view::npos) {
-      return origin.Error("name", absl::StrCat(what, " name ", Quote(name),
-                                               " may hold only letters, digits and \"",
-                                               extra_chars, "\""));
+      return origin.Error(
+          "name", absl::StrCat(what, " name ", Quote(name), " may hold only letters, digits and \"",
+                               extra_chars, "\""));
     }
   }
   return absl::OkStatus();
@@ -139,12 +139,12 @@ absl::StatusOr<LimitSpec> BuildLimit(const v1::Limit& limit, const Origin& origi
   const v1::Limit::Kind kind = limit.kind();
   const std::string kind_name = KindName(kind);
   auto not_for_kind = [&](absl::string_view field, absl::string_view value) {
-    return origin.Error(field, absl::StrCat("does not apply to a ", kind_name, " limit, got ",
-                                            value));
+    return origin.Error(field,
+                        absl::StrCat("does not apply to a ", kind_name, " limit, got ", value));
   };
   auto required = [&](absl::string_view field) {
-    return origin.Error(field, absl::StrCat("is required for a ", kind_name, " limit ",
-                                            Quote(limit.name())));
+    return origin.Error(
+        field, absl::StrCat("is required for a ", kind_name, " limit ", Quote(limit.name())));
   };
 
   // capacity
@@ -162,8 +162,8 @@ absl::StatusOr<LimitSpec> BuildLimit(const v1::Limit& limit, const Origin& origi
     if (limit.period().empty()) return required("period");
     QUOTAD_ASSIGN_OR_RETURN(spec.period, PositiveDuration(limit.period(), origin, "period"));
     if (spec.period > kMaxPeriod) {
-      return origin.Error("period", absl::StrCat("must be at most 366d, got ",
-                                                 Quote(limit.period())));
+      return origin.Error("period",
+                          absl::StrCat("must be at most 366d, got ", Quote(limit.period())));
     }
   } else if (!limit.period().empty()) {
     return not_for_kind("period", Quote(limit.period()));
@@ -172,8 +172,8 @@ absl::StatusOr<LimitSpec> BuildLimit(const v1::Limit& limit, const Origin& origi
   // rate
   if (kind == v1::Limit::TOKEN_BUCKET) {
     if (limit.rate() <= 0) {
-      return origin.Error("rate", absl::StrCat("must be > 0 for a token_bucket limit, got ",
-                                               limit.rate()));
+      return origin.Error("rate",
+                          absl::StrCat("must be > 0 for a token_bucket limit, got ", limit.rate()));
     }
     if (spec.period / limit.rate() < absl::Nanoseconds(1)) {
       return origin.Error("rate", absl::StrCat("rate ", limit.rate(), " per ", limit.period(),
@@ -188,8 +188,9 @@ absl::StatusOr<LimitSpec> BuildLimit(const v1::Limit& limit, const Origin& origi
   const std::string unit_name = absl::AsciiStrToLower(v1::Limit::Unit_Name(limit.unit()));
   if (kind == v1::Limit::CALENDAR) {
     if (limit.unit() == v1::Limit::UNIT_UNSPECIFIED) {
-      return origin.Error("unit", "is required for a calendar limit: minute, hour, day, week or "
-                                  "month");
+      return origin.Error("unit",
+                          "is required for a calendar limit: minute, hour, day, week or "
+                          "month");
     }
   } else if (kind != v1::Limit::UNLIMITED && limit.unit() != v1::Limit::UNIT_UNSPECIFIED) {
     return not_for_kind("unit", unit_name);
@@ -211,8 +212,8 @@ absl::StatusOr<LimitSpec> BuildLimit(const v1::Limit& limit, const Origin& origi
   // sub_buckets
   if (kind == v1::Limit::SLIDING) {
     if (limit.sub_buckets() < 0 || limit.sub_buckets() > kMaxSubBuckets) {
-      return origin.Error("sub_buckets", absl::StrCat("must be in [0, ", kMaxSubBuckets,
-                                                      "], got ", limit.sub_buckets()));
+      return origin.Error("sub_buckets", absl::StrCat("must be in [0, ", kMaxSubBuckets, "], got ",
+                                                      limit.sub_buckets()));
     }
     if (limit.sub_buckets() == 0 && limit.capacity() > kMaxExactSlidingCapacity) {
       return origin.Error(
@@ -241,8 +242,8 @@ struct EffectiveLimit {
   Origin origin;
 };
 struct EffectiveFeature {
-  v1::Feature proto;  // limits are in `limits`
-  Origin origin;      // where the feature was defined
+  v1::Feature proto;    // limits are in `limits`
+  Origin origin;        // where the feature was defined
   Origin lease_origin;  // where the lease settings were last set (definition or override)
   std::vector<EffectiveLimit> limits;
 };
@@ -254,8 +255,8 @@ EffectiveFeature MakeEffective(const v1::Feature& feature, const Origin& origin)
   f.origin = origin;
   f.lease_origin = origin;
   for (int i = 0; i < feature.limits_size(); ++i) {
-    f.limits.push_back({feature.limits(i), {origin.map, absl::StrCat(origin.path, ".limits[", i,
-                                                                      "]")}});
+    f.limits.push_back(
+        {feature.limits(i), {origin.map, absl::StrCat(origin.path, ".limits[", i, "]")}});
   }
   return f;
 }
@@ -284,8 +285,8 @@ absl::StatusOr<FeatureSpec> BuildFeature(const EffectiveFeature& f) {
   for (int i = 0; i < p.draws_on_size(); ++i) {
     const std::string field = absl::StrCat("draws_on[", i, "]");
     if (p.draws_on(i) == p.name()) {
-      return f.origin.Error(field, absl::StrCat("feature ", Quote(p.name()),
-                                                " cannot draw on itself"));
+      return f.origin.Error(field,
+                            absl::StrCat("feature ", Quote(p.name()), " cannot draw on itself"));
     }
     if (!draws.insert(p.draws_on(i)).second) {
       return f.origin.Error(field, absl::StrCat(Quote(p.draws_on(i)), " is listed twice"));
@@ -323,7 +324,8 @@ absl::StatusOr<std::vector<FeatureSpec>> BuildFeatures(const std::vector<Effecti
   for (const EffectiveFeature& f : fs) {
     QUOTAD_ASSIGN_OR_RETURN(FeatureSpec spec, BuildFeature(f));
     if (!names.insert(spec.name).second) {
-      return f.origin.Error("name", absl::StrCat("feature ", Quote(spec.name), " is defined twice"));
+      return f.origin.Error("name",
+                            absl::StrCat("feature ", Quote(spec.name), " is defined twice"));
     }
     specs.push_back(std::move(spec));
   }
@@ -332,11 +334,11 @@ absl::StatusOr<std::vector<FeatureSpec>> BuildFeatures(const std::vector<Effecti
       if (!names.contains(f.proto.draws_on(i))) {
         std::vector<std::string> known(names.begin(), names.end());
         std::sort(known.begin(), known.end());
-        return f.origin.Error(absl::StrCat("draws_on[", i, "]"),
-                              absl::StrCat("feature ", Quote(f.proto.name()), " draws on ",
-                                           Quote(f.proto.draws_on(i)),
-                                           ", which is not a feature here; known: ",
-                                           absl::StrJoin(known, ", ")));
+        return f.origin.Error(
+            absl::StrCat("draws_on[", i, "]"),
+            absl::StrCat("feature ", Quote(f.proto.name()), " draws on ",
+                         Quote(f.proto.draws_on(i)),
+                         ", which is not a feature here; known: ", absl::StrJoin(known, ", ")));
       }
     }
   }
@@ -378,8 +380,8 @@ absl::Status CheckThrottle(const v1::Profile& profile, const Origin& origin) {
 absl::Status CheckProfile(const v1::Profile& profile, const Origin& origin) {
   QUOTAD_RETURN_IF_ERROR(CheckName(profile.name(), kProfileNameChars, origin, "profile"));
   if (profile.features().empty()) {
-    return origin.Error("features", absl::StrCat("profile ", Quote(profile.name()),
-                                                 " needs at least one feature"));
+    return origin.Error(
+        "features", absl::StrCat("profile ", Quote(profile.name()), " needs at least one feature"));
   }
   std::vector<EffectiveFeature> fs;
   for (int i = 0; i < profile.features_size(); ++i) {
@@ -427,8 +429,8 @@ absl::StatusOr<std::unique_ptr<Builtins>> ParseBuiltins() {
       Origin origin{b->maps[i].get(), absl::StrCat("profiles[", j, "]")};
       QUOTAD_RETURN_IF_ERROR(CheckProfile(p, origin));
       if (!names.insert(p.name()).second) {
-        return origin.Error("name", absl::StrCat("built-in profile ", Quote(p.name()),
-                                                 " is defined twice"));
+        return origin.Error(
+            "name", absl::StrCat("built-in profile ", Quote(p.name()), " is defined twice"));
       }
       b->entries.push_back({&p, std::move(origin)});
     }
@@ -462,9 +464,9 @@ absl::Status ApplyOverride(const v1::Override& ov, const Origin& o, absl::string
     if (f.proto.name() == ov.feature()) feature = &f;
   }
   if (feature == nullptr) {
-    return o.Error("feature", absl::StrCat("no feature ", Quote(ov.feature()), " in profile ",
-                                           Quote(profile), " or the credential; known: ",
-                                           absl::StrJoin(feature_names, ", ")));
+    return o.Error("feature",
+                   absl::StrCat("no feature ", Quote(ov.feature()), " in profile ", Quote(profile),
+                                " or the credential; known: ", absl::StrJoin(feature_names, ", ")));
   }
   if (!seen.insert(absl::StrCat(ov.feature(), ".", ov.limit())).second) {
     return o.Error(ov.limit().empty() ? "feature" : "limit",
@@ -552,11 +554,10 @@ absl::StatusOr<LoadedConfig> LoadParsed(v1::Config config, const SourceMap& map)
     const v1::Credential& c = config.credentials(i);
     const Origin origin{&map, absl::StrCat("credentials[", i, "]")};
     QUOTAD_RETURN_IF_ERROR(CheckName(c.name(), kCredentialNameChars, origin, "credential"));
-    auto [it, inserted] = credential_paths.emplace(c.name(), origin.path);
+    auto [it, inserted] = credential_paths.emplace(c.name(), origin.Field("name"));
     if (!inserted) {
       return origin.Error("name", absl::StrCat("credential ", Quote(c.name()),
-                                               " is already defined at ",
-                                               map.Locate(it->second)));
+                                               " is already defined at ", map.Locate(it->second)));
     }
     std::vector<EffectiveFeature> features;
     if (c.profile().empty()) {
@@ -568,8 +569,8 @@ absl::StatusOr<LoadedConfig> LoadParsed(v1::Config config, const SourceMap& map)
       auto p = profiles.find(c.profile());
       if (p == profiles.end()) {
         return origin.Error("profile",
-                            absl::StrCat("unknown profile ", Quote(c.profile()), "; known: ",
-                                         absl::StrJoin(ProfileNames(profiles), ", ")));
+                            absl::StrCat("unknown profile ", Quote(c.profile()),
+                                         "; known: ", absl::StrJoin(ProfileNames(profiles), ", ")));
       }
       const ProfileEntry& entry = p->second;
       for (int j = 0; j < entry.profile->features_size(); ++j) {
@@ -592,9 +593,9 @@ absl::StatusOr<LoadedConfig> LoadParsed(v1::Config config, const SourceMap& map)
     }
     absl::flat_hash_set<std::string> seen;
     for (int j = 0; j < c.overrides_size(); ++j) {
-      QUOTAD_RETURN_IF_ERROR(
-          ApplyOverride(c.overrides(j), {&map, origin.Field(absl::StrCat("overrides[", j, "]"))},
-                        c.profile(), features, seen));
+      QUOTAD_RETURN_IF_ERROR(ApplyOverride(c.overrides(j),
+                                           {&map, origin.Field(absl::StrCat("overrides[", j, "]"))},
+                                           c.profile(), features, seen));
     }
     CredentialSpec spec;
     spec.name = c.name();
@@ -678,8 +679,8 @@ absl::StatusOr<v1::Profile> FindBuiltinProfile(absl::string_view name) {
   for (const ProfileEntry& e : (*builtins)->entries) {
     if (e.profile->name() == name) return *e.profile;
   }
-  return absl::NotFoundError(absl::StrCat("no built-in profile ", Quote(name), "; known: ",
-                                          absl::StrJoin(BuiltinProfileNames(), ", ")));
+  return absl::NotFoundError(absl::StrCat("no built-in profile ", Quote(name),
+                                          "; known: ", absl::StrJoin(BuiltinProfileNames(), ", ")));
 }
 
 }  // namespace quotad

@@ -42,8 +42,7 @@ struct LoadedConfig {
 };
 
 // Like LoadPolicyFromString / LoadPolicyFile, keeping the schema-level view as well.
-absl::StatusOr<LoadedConfig> LoadConfigFromString(absl::string_view yaml,
-                                                  absl::string_view source);
+absl::StatusOr<LoadedConfig> LoadConfigFromString(absl::string_view yaml, absl::string_view source);
 absl::StatusOr<LoadedConfig> LoadConfigFile(const std::string& path);
 
 // The built-in provider profiles (service/config/profiles/*.yaml, compiled in), in file order.

@@ -89,17 +89,16 @@ class Walker {
     if (mark.line >= 0) map_->Record(path, mark.line + 1, mark.column + 1);
   }
 
-  absl::Status ErrorAt(const YAML::Mark& mark, absl::string_view path,
-                       absl::string_view message) {
+  absl::Status ErrorAt(const YAML::Mark& mark, absl::string_view path, absl::string_view message) {
     if (mark.line >= 0) map_->Record(std::string(path), mark.line + 1, mark.column + 1);
     return map_->Error(path, message);
   }
 
   absl::Status WalkMessage(const YAML::Node& node, Message* message, const std::string& path) {
     if (!node.IsMap()) {
-      return ErrorAt(node.Mark(), path, absl::StrCat("expected a mapping with fields of ",
-                                                     message->GetDescriptor()->name(), ", got ",
-                                                     Describe(node)));
+      return ErrorAt(node.Mark(), path,
+                     absl::StrCat("expected a mapping with fields of ",
+                                  message->GetDescriptor()->name(), ", got ", Describe(node)));
     }
     const Descriptor* descriptor = message->GetDescriptor();
     absl::flat_hash_set<int> seen;
@@ -147,8 +146,9 @@ class Walker {
                         const std::string& path) {
     if (node.IsNull()) return absl::OkStatus();
     if (!node.IsSequence()) {
-      return ErrorAt(node.Mark(), path,
-                     absl::StrCat("expected a list of ", Expected(field), ", got ", Describe(node)));
+      return ErrorAt(
+          node.Mark(), path,
+          absl::StrCat("expected a list of ", Expected(field), ", got ", Describe(node)));
     }
     for (size_t i = 0; i < node.size(); ++i) {
       const YAML::Node& element = node[i];
@@ -189,8 +189,8 @@ class Walker {
       absl::Status status = SetScalar(key, key_field, entry, child);
       if (status.ok()) {
         status = value_field->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE
-                     ? WalkMessage(value, entry->GetReflection()->MutableMessage(entry, value_field),
-                                   child)
+                     ? WalkMessage(
+                           value, entry->GetReflection()->MutableMessage(entry, value_field), child)
                      : SetScalar(value, value_field, entry, child);
       }
       if (!status.ok()) return status;

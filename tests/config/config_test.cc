@@ -78,8 +78,8 @@ TEST(ConfigTest, ListsTheBuiltinProfiles) {
 TEST(ConfigTest, EveryBuiltinProfileLoads) {
   for (const std::string& profile : BuiltinProfileNames()) {
     SCOPED_TRACE(profile);
-    Policy policy = MustLoad(absl::StrCat("credentials:\n  - name: key\n    profile: ", profile,
-                                          "\n"));
+    Policy policy =
+        MustLoad(absl::StrCat("credentials:\n  - name: key\n    profile: ", profile, "\n"));
     ASSERT_EQ(policy.credentials.size(), 1u);
     EXPECT_EQ(policy.credentials[0].profile, profile);
     EXPECT_FALSE(policy.credentials[0].features.empty());
@@ -172,9 +172,9 @@ TEST(ConfigTest, ExampleConfigLoadsWithOverridesApplied) {
   const Policy& p = loaded->policy;
   std::vector<std::string> names;
   for (const CredentialSpec& c : p.credentials) names.push_back(c.name);
-  EXPECT_THAT(names, UnorderedElementsAre("virustotal/prod", "virustotal/premium",
-                                          "metadefender/prod", "mediasilo/prod",
-                                          "cybervault/prod"));
+  EXPECT_THAT(names,
+              UnorderedElementsAre("virustotal/prod", "virustotal/premium", "metadefender/prod",
+                                   "mediasilo/prod", "cybervault/prod"));
   EXPECT_EQ(GetLimit(p, "cybervault/prod", "requests", "per_minute").capacity, 400);
   EXPECT_EQ(GetLimit(p, "cybervault/prod", "requests", "per_day").capacity, 100000);
   EXPECT_EQ(GetLimit(p, "virustotal/premium", "retrohunt_jobs", "concurrent").capacity, 5);
@@ -201,8 +201,7 @@ TEST(ConfigTest, OverrideChangesOnlyItsLimitAndKeepsTheProfileIntact) {
   EXPECT_EQ(GetLimit(p, "a", "auth_login", "per_minute").capacity, 10);
   EXPECT_EQ(FindFeature(*FindCredential(p, "a"), "requests")->default_lease_ttl, absl::Seconds(5));
   EXPECT_EQ(GetLimit(p, "b", "threats_scan", "per_minute").capacity, 5);
-  EXPECT_EQ(FindFeature(*FindCredential(p, "b"), "requests")->default_lease_ttl,
-            absl::Seconds(30));
+  EXPECT_EQ(FindFeature(*FindCredential(p, "b"), "requests")->default_lease_ttl, absl::Seconds(30));
 }
 
 TEST(ConfigTest, OverrideCanChangeTheKind) {
@@ -340,15 +339,15 @@ credentials: [{name: a, profile: acme}]
 TEST(ConfigTest, RejectsBadDurations) {
   for (const char* bad : {"-5s", "ten minutes", "60", "0s"}) {
     SCOPED_TRACE(bad);
-    std::string error = LoadError(absl::StrCat(
-        "credentials:\n"
-        "  - name: ms\n"
-        "    profile: mediasilo\n"
-        "    overrides:\n"
-        "      - feature: requests\n"
-        "        limit: per_hour\n"
-        "        period: \"",
-        bad, "\"\n"));
+    std::string error =
+        LoadError(absl::StrCat("credentials:\n"
+                               "  - name: ms\n"
+                               "    profile: mediasilo\n"
+                               "    overrides:\n"
+                               "      - feature: requests\n"
+                               "        limit: per_hour\n"
+                               "        period: \"",
+                               bad, "\"\n"));
     EXPECT_THAT(error, HasSubstr("test.yaml:7:17"));
     EXPECT_THAT(error, HasSubstr("credentials[0].overrides[0].period"));
     EXPECT_THAT(error, HasSubstr(absl::StrCat("\"", bad, "\"")));
