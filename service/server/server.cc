@@ -1,0 +1,531 @@
+#include "service/server/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <limits>
+#include <map>
+#include <optional>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "quotad/v1/quotad.grpc.pb.h"
+#include "service/config/config.h"
+#include "service/server/async_call.h"
+#include "service/server/convert.h"
+#include "service/server/grpc_status.h"
+#include "service/server/health.h"
+#include "service/server/validation.h"
+
+namespace quotad {
+namespace {
+
+using QuotaService = v1::Quota::AsyncService;
+using AdminService = v1::Admin::AsyncService;
+
+constexpr int kArmedHotCalls = 16;  // requested Acquire/Release/Renew calls per queue
+constexpr int kArmedAdminCalls = 2;
+constexpr int kMaxMessageBytes = 1 << 20;
+
+std::shared_ptr<spdlog::logger> ServerLogger() {
+  static std::shared_ptr<spdlog::logger> logger = [] {
+    std::shared_ptr<spdlog::logger> l = spdlog::get("server");
+    if (l == nullptr) {
+      l = spdlog::default_logger()->clone("server");
+      spdlog::register_logger(l);
+    }
+    return l;
+  }();
+  return logger;
+}
+
+// What the server keeps of a loaded configuration for Admin answers. Immutable once built.
+struct ConfigSnapshot {
+  absl::flat_hash_map<std::string, std::string> profile_of;  // credential -> profile
+  std::vector<v1::Profile> profiles;                         // built-in, then the file's
+  absl::flat_hash_set<std::string> builtin;
+
+  static std::unique_ptr<const ConfigSnapshot> Build(const LoadedConfig& config) {
+    auto snapshot = std::make_unique<ConfigSnapshot>();
+    for (const CredentialSpec& c : config.policy.credentials) {
+      snapshot->profile_of[c.name] = c.profile;
+    }
+    snapshot->profiles = config.profiles;
+    for (const std::string& name : BuiltinProfileNames()) snapshot->builtin.insert(name);
+    return snapshot;
+  }
+};
+
+// Runs work that may block (file I/O) off the completion-queue threads, one item at a time.
+// Thread-safe. Owns its thread; the destructor runs what is queued and joins.
+class BlockingWorker {
+ public:
+  BlockingWorker() : thread_([this] { Run(); }) {}
+  ~BlockingWorker() {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    thread_.join();
+  }
+
+  void Schedule(std::function<void()> fn) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    queue_.push_back(std::move(fn));
+  }
+
+ private:
+  void Run() {
+    for (;;) {
+      std::function<void()> fn;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(
+            +[](BlockingWorker* w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(w->mu_) {
+              return w->stop_ || !w->queue_.empty();
+            },
+            this));
+        if (queue_.empty()) return;
+        fn = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      fn();
+    }
+  }
+
+  absl::Mutex mu_;
+  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+}  // namespace
+
+std::string BoundAddress(const std::string& listen, int port) {
+  const size_t colon = listen.rfind(':');
+  const std::string host = colon == std::string::npos ? listen : listen.substr(0, colon);
+  return absl::StrCat(host, ":", port);
+}
+
+class QuotadServer::Impl {
+ public:
+  Impl(const ServerOptions& options, std::unique_ptr<Ledger> ledger, const LoadedConfig& config)
+      : options_(options),
+        log_(ServerLogger()),
+        ledger_(std::move(ledger)),
+        health_({v1::Quota::service_full_name(), v1::Admin::service_full_name()}) {
+    PublishSnapshot(config);
+  }
+
+  absl::Status Listen() {
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+    grpc::ServerBuilder builder;
+    // Without this a second quotad could bind the same port and split the traffic.
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+    builder.AddListeningPort(options_.listen_address, grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(&quota_);
+    builder.RegisterService(&admin_);
+    builder.RegisterService(&health_);
+    int queues = options_.cq_threads > 0 ? options_.cq_threads
+                                         : static_cast<int>(std::thread::hardware_concurrency());
+    queues = std::max(queues, 1);
+    for (int i = 0; i < queues; ++i) cqs_.push_back(builder.AddCompletionQueue());
+    server_ = builder.BuildAndStart();
+    if (server_ == nullptr || port_ == 0) {
+      if (server_ != nullptr) server_->Shutdown();
+      for (auto& cq : cqs_) {
+        cq->Shutdown();
+        void* tag;
+        bool ok;
+        while (cq->Next(&tag, &ok)) {
+        }
+      }
+      return absl::UnavailableError(absl::StrCat(
+          "cannot listen on ", options_.listen_address,
+          ": the address is in use, not local, or malformed (expected host:port)"));
+    }
+    address_ = BoundAddress(options_.listen_address, port_);
+    DefineMethods();
+    for (auto& cq : cqs_) {
+      for (int i = 0; i < kArmedHotCalls; ++i) {
+        AcquireCall::Arm(&acquire_, cq.get());
+        ReleaseCall::Arm(&release_, cq.get());
+        RenewCall::Arm(&renew_, cq.get());
+      }
+      for (int i = 0; i < kArmedAdminCalls; ++i) {
+        UsageCall::Arm(&usage_, cq.get());
+        LeasesCall::Arm(&leases_, cq.get());
+        CredentialsCall::Arm(&credentials_, cq.get());
+        ResetCall::Arm(&reset_, cq.get());
+        ReloadCall::Arm(&reload_, cq.get());
+      }
+    }
+    for (auto& cq : cqs_) {
+      grpc::ServerCompletionQueue* q = cq.get();
+      threads_.emplace_back([q] {
+        void* tag;
+        bool ok;
+        while (q->Next(&tag, &ok)) static_cast<CallTag*>(tag)->Proceed(ok);
+      });
+    }
+    sweeper_ = std::thread([this] { Sweep(); });
+    health_.SetAll(grpc::health::v1::HealthCheckResponse::SERVING);
+    log_->info("listening address={} completion_queues={} config={}", address_, cqs_.size(),
+               options_.config_path);
+    return absl::OkStatus();
+  }
+
+  void Shutdown() {
+    log_->info("shutting down drain_delay={} grace={}", absl::FormatDuration(options_.drain_delay),
+               absl::FormatDuration(options_.shutdown_grace));
+    health_.Shutdown();
+    if (options_.drain_delay > absl::ZeroDuration()) absl::SleepFor(options_.drain_delay);
+    // Refuses new calls, lets in-flight ones finish, cancels what is left at the deadline.
+    server_->Shutdown(absl::ToChronoTime(absl::Now() + options_.shutdown_grace));
+    for (auto& cq : cqs_) cq->Shutdown();
+    for (std::thread& t : threads_) t.join();
+    {
+      absl::MutexLock lock(&sweep_mu_);
+      stop_sweeping_ = true;
+    }
+    sweeper_.join();
+    worker_.reset();  // runs any queued reload (its call was cancelled) and joins
+    log_->info("stopped");
+  }
+
+  int port() const { return port_; }
+  const std::string& address() const { return address_; }
+  Ledger* ledger() const { return ledger_.get(); }
+
+ private:
+  using AcquireCall = UnaryCall<QuotaService, v1::AcquireRequest, v1::AcquireResponse>;
+  using ReleaseCall = UnaryCall<QuotaService, v1::ReleaseRequest, v1::ReleaseResponse>;
+  using RenewCall = UnaryCall<QuotaService, v1::RenewRequest, v1::RenewResponse>;
+  using UsageCall = UnaryCall<AdminService, v1::GetUsageRequest, v1::GetUsageResponse>;
+  using LeasesCall = UnaryCall<AdminService, v1::ListLeasesRequest, v1::ListLeasesResponse>;
+  using CredentialsCall =
+      UnaryCall<AdminService, v1::ListCredentialsRequest, v1::ListCredentialsResponse>;
+  using ResetCall =
+      UnaryCall<AdminService, v1::ResetCredentialRequest, v1::ResetCredentialResponse>;
+  using ReloadCall = UnaryCall<AdminService, v1::ReloadConfigRequest, v1::ReloadConfigResponse>;
+
+  void DefineMethods() {
+    acquire_ = {&quota_, &QuotaService::RequestAcquire, [this](AcquireCall* c) {
+                  Respond(c, "Acquire", HandleAcquire(c->request(), c->response()));
+                }};
+    release_ = {&quota_, &QuotaService::RequestRelease, [this](ReleaseCall* c) {
+                  Respond(c, "Release", HandleRelease(c->request(), c->response()));
+                }};
+    renew_ = {&quota_, &QuotaService::RequestRenew, [this](RenewCall* c) {
+                Respond(c, "Renew", HandleRenew(c->request(), c->response()));
+              }};
+    usage_ = {&admin_, &AdminService::RequestGetUsage, [this](UsageCall* c) {
+                Respond(c, "GetUsage", HandleUsage(c->request(), c->response()));
+              }};
+    leases_ = {&admin_, &AdminService::RequestListLeases, [this](LeasesCall* c) {
+                 Respond(c, "ListLeases", HandleLeases(c->request(), c->response()));
+               }};
+    credentials_ = {&admin_, &AdminService::RequestListCredentials, [this](CredentialsCall* c) {
+                      Respond(c, "ListCredentials", HandleCredentials(c->response()));
+                    }};
+    reset_ = {&admin_, &AdminService::RequestResetCredential, [this](ResetCall* c) {
+                Respond(c, "ResetCredential", HandleReset(c->request(), c->response()));
+              }};
+    reload_ = {&admin_, &AdminService::RequestReloadConfig, [this](ReloadCall* c) {
+                 // Reading the file may block: not on a completion-queue thread.
+                 worker_->Schedule(
+                     [this, c] { Respond(c, "ReloadConfig", HandleReload(c->response())); });
+               }};
+  }
+
+  template <typename Call>
+  void Respond(Call* call, const char* method, const absl::Status& status) {
+    if (!status.ok()) {
+      if (status.code() == absl::StatusCode::kInternal ||
+          status.code() == absl::StatusCode::kUnknown) {
+        log_->error("rpc failed method={} code={} error=\"{}\"", method,
+                    absl::StatusCodeToString(status.code()), std::string(status.message()));
+      } else if (log_->should_log(spdlog::level::debug)) {
+        log_->debug("rpc rejected method={} code={} error=\"{}\"", method,
+                    absl::StatusCodeToString(status.code()), std::string(status.message()));
+      }
+    }
+    call->Finish(ToGrpcStatus(status));
+  }
+
+  absl::Status HandleAcquire(const v1::AcquireRequest& req, v1::AcquireResponse* resp) {
+    if (absl::Status s = ValidateName("credential", req.credential()); !s.ok()) return s;
+    if (absl::Status s = ValidateName("feature", req.feature()); !s.ok()) return s;
+    if (absl::Status s = ValidateText("scope", req.scope(), kMaxNameLength); !s.ok()) return s;
+    if (absl::Status s = ValidateText("holder", req.holder(), kMaxNameLength); !s.ok()) return s;
+    if (absl::Status s = ValidateText("request_id", req.request_id(), kMaxRequestIdLength);
+        !s.ok()) {
+      return s;
+    }
+    if (req.priority() < -kMaxPriority || req.priority() > kMaxPriority) {
+      return absl::InvalidArgumentError(absl::StrCat("priority ", req.priority(),
+                                                     " is outside -", kMaxPriority, "..",
+                                                     kMaxPriority));
+    }
+    const int64_t cost = req.has_cost() ? req.cost() : 1;
+    if (cost <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat("cost must be positive, got ", cost));
+    }
+    // max_wait is validated; waiting itself comes later, so it is treated as zero.
+    absl::StatusOr<absl::Duration> max_wait = ParseDuration("max_wait", req.max_wait(), kMaxWait);
+    if (!max_wait.ok()) return max_wait.status();
+    absl::StatusOr<absl::Duration> ttl = ParseDuration("lease_ttl", req.lease_ttl(), kMaxTtl);
+    if (!ttl.ok()) return ttl.status();
+
+    // The ledger refuses a cost above what the feature could ever grant (kInvalidArgument).
+    AcquireRequest core;
+    core.credential = req.credential();
+    core.feature = req.feature();
+    core.scope = req.scope();
+    core.cost = cost;
+    core.lease_ttl = *ttl;
+    core.holder = req.holder();
+    core.want_limits = true;
+    absl::StatusOr<Decision> decision = ledger_->Acquire(core);
+    if (!decision.ok()) return decision.status();
+
+    resp->set_granted(decision->granted);
+    if (decision->granted) {
+      resp->set_lease_id(decision->lease_id.ToString());
+      if (IsFinite(decision->lease_expiry)) {
+        TimeToProto(decision->lease_expiry, resp->mutable_lease_expires_at());
+      }
+    } else {
+      resp->set_limited_by(decision->limited_by);
+      if (IsFinite(decision->retry_at)) {
+        TimeToProto(decision->retry_at, resp->mutable_retry_at());
+        const absl::Duration after =
+            std::max(absl::ZeroDuration(), decision->retry_at - ledger_->clock()->Now());
+        DurationToProto(after, resp->mutable_retry_after());
+      }
+    }
+    resp->mutable_limits()->Reserve(static_cast<int>(decision->limits.size()));
+    for (const LimitStatus& l : decision->limits) LimitStatusToProto(l, resp->add_limits());
+    return absl::OkStatus();
+  }
+
+  absl::Status HandleRelease(const v1::ReleaseRequest& req, v1::ReleaseResponse* resp) {
+    absl::StatusOr<LeaseId> id = ParseLeaseId("lease_id", req.lease_id());
+    if (!id.ok()) return id.status();
+    std::optional<int64_t> used;
+    if (req.has_used()) {
+      if (req.used() < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("used must not be negative, got ", req.used()));
+      }
+      used = req.used();
+    }
+    absl::StatusOr<ReleaseResult> result = ledger_->Release(*id, used);
+    if (!result.ok()) return result.status();
+    resp->set_refunded(result->refunded);
+    resp->set_freed(result->freed);
+    return absl::OkStatus();
+  }
+
+  absl::Status HandleRenew(const v1::RenewRequest& req, v1::RenewResponse* resp) {
+    absl::StatusOr<LeaseId> id = ParseLeaseId("lease_id", req.lease_id());
+    if (!id.ok()) return id.status();
+    absl::StatusOr<absl::Duration> ttl = ParseDuration("ttl", req.ttl(), kMaxTtl);
+    if (!ttl.ok()) return ttl.status();
+    absl::StatusOr<absl::Time> expiry = ledger_->Renew(*id, *ttl);
+    if (!expiry.ok()) return expiry.status();
+    if (IsFinite(*expiry)) TimeToProto(*expiry, resp->mutable_lease_expires_at());
+    return absl::OkStatus();
+  }
+
+  absl::Status HandleUsage(const v1::GetUsageRequest& req, v1::GetUsageResponse* resp) {
+    if (absl::Status s = ValidateName("credential", req.credential()); !s.ok()) return s;
+    absl::StatusOr<std::vector<LimitStatus>> usage = ledger_->Usage(req.credential());
+    if (!usage.ok()) return usage.status();
+    resp->set_credential(req.credential());
+    const ConfigSnapshot* snapshot = snapshot_.load(std::memory_order_acquire);
+    if (auto it = snapshot->profile_of.find(req.credential()); it != snapshot->profile_of.end()) {
+      resp->set_profile(it->second);
+    }
+    for (const LimitStatus& l : *usage) LimitStatusToProto(l, resp->add_limits());
+    TimeToProto(ledger_->clock()->Now(), resp->mutable_observed_at());
+    return absl::OkStatus();
+  }
+
+  absl::Status HandleLeases(const v1::ListLeasesRequest& req, v1::ListLeasesResponse* resp) {
+    if (!req.credential().empty()) {
+      if (absl::Status s = ValidateName("credential", req.credential()); !s.ok()) return s;
+      const ConfigSnapshot* snapshot = snapshot_.load(std::memory_order_acquire);
+      if (!snapshot->profile_of.contains(req.credential())) {
+        return absl::NotFoundError(
+            absl::StrCat("unknown credential ", QuoteForError(req.credential())));
+      }
+    }
+    std::vector<LeaseInfo> leases = ledger_->Leases(req.credential());
+    std::sort(leases.begin(), leases.end(), [](const LeaseInfo& a, const LeaseInfo& b) {
+      return a.expiry < b.expiry;
+    });
+    for (const LeaseInfo& l : leases) LeaseToProto(l, resp->add_leases());
+    return absl::OkStatus();
+  }
+
+  absl::Status HandleCredentials(v1::ListCredentialsResponse* resp) {
+    const Policy policy = ledger_->policy();
+    std::vector<const CredentialSpec*> sorted;
+    for (const CredentialSpec& c : policy.credentials) sorted.push_back(&c);
+    std::sort(sorted.begin(), sorted.end(),
+              [](const CredentialSpec* a, const CredentialSpec* b) { return a->name < b->name; });
+    const ConfigSnapshot* snapshot = snapshot_.load(std::memory_order_acquire);
+    std::map<std::string, v1::ProfileEntry> profiles;
+    for (const v1::Profile& p : snapshot->profiles) {
+      v1::ProfileEntry& e = profiles[p.name()];
+      e.set_name(p.name());
+      e.set_builtin(snapshot->builtin.contains(p.name()));
+      *e.mutable_definition() = p;
+    }
+    for (const CredentialSpec* c : sorted) {
+      CredentialToProto(*c, resp->add_credentials());
+      if (c->profile.empty()) continue;
+      v1::ProfileEntry& e = profiles[c->profile];
+      e.set_name(c->profile);
+      e.add_credentials(c->name);
+    }
+    for (auto& [name, p] : profiles) *resp->add_profiles() = std::move(p);
+    return absl::OkStatus();
+  }
+
+  absl::Status HandleReset(const v1::ResetCredentialRequest& req,
+                           v1::ResetCredentialResponse* resp) {
+    if (absl::Status s = ValidateName("credential", req.credential()); !s.ok()) return s;
+    if (absl::Status s = ledger_->Reset(req.credential()); !s.ok()) return s;
+    log_->info("credential reset credential={}", req.credential());
+    resp->set_credential(req.credential());
+    absl::StatusOr<std::vector<LimitStatus>> usage = ledger_->Usage(req.credential());
+    if (!usage.ok()) return usage.status();
+    for (const LimitStatus& l : *usage) LimitStatusToProto(l, resp->add_limits());
+    return absl::OkStatus();
+  }
+
+  absl::Status HandleReload(v1::ReloadConfigResponse* resp) {
+    absl::StatusOr<LoadedConfig> config = LoadConfigFile(options_.config_path);
+    if (!config.ok()) {
+      log_->warn("reload rejected config={} error=\"{}\"", options_.config_path,
+                 std::string(config.status().message()));
+      return config.status();
+    }
+    const Policy* policy = &config->policy;
+    if (absl::Status s = ledger_->Reload(*policy); !s.ok()) {
+      log_->warn("reload rejected config={} error=\"{}\"", options_.config_path, std::string(s.message()));
+      return s;
+    }
+    PublishSnapshot(*config);
+    resp->set_source(options_.config_path);
+    resp->set_credentials(static_cast<int32_t>(policy->credentials.size()));
+    TimeToProto(ledger_->clock()->Now(), resp->mutable_loaded_at());
+    log_->info("config reloaded config={} credentials={}", options_.config_path,
+               policy->credentials.size());
+    return absl::OkStatus();
+  }
+
+  void PublishSnapshot(const LoadedConfig& config) ABSL_LOCKS_EXCLUDED(snapshot_mu_) {
+    std::unique_ptr<const ConfigSnapshot> snapshot = ConfigSnapshot::Build(config);
+    absl::MutexLock lock(&snapshot_mu_);
+    snapshot_.store(snapshot.get(), std::memory_order_release);
+    // Readers hold raw pointers without a lock; old snapshots live as long as the server
+    // (reloads are rare).
+    snapshots_.push_back(std::move(snapshot));
+  }
+
+  void Sweep() ABSL_LOCKS_EXCLUDED(sweep_mu_) {
+    for (;;) {
+      {
+        absl::MutexLock lock(&sweep_mu_);
+        if (sweep_mu_.AwaitWithTimeout(absl::Condition(&stop_sweeping_),
+                                       options_.sweep_interval)) {
+          return;
+        }
+      }
+      const int64_t dropped = ledger_->Sweep();
+      if (dropped > 0 && log_->should_log(spdlog::level::debug)) {
+        log_->debug("expired leases dropped count={}", dropped);
+      }
+    }
+  }
+
+  const ServerOptions options_;
+  const std::shared_ptr<spdlog::logger> log_;
+  const std::unique_ptr<Ledger> ledger_;
+
+  absl::Mutex snapshot_mu_;
+  std::atomic<const ConfigSnapshot*> snapshot_{nullptr};
+  std::vector<std::unique_ptr<const ConfigSnapshot>> snapshots_ ABSL_GUARDED_BY(snapshot_mu_);
+
+  QuotaService quota_;
+  AdminService admin_;
+  HealthService health_;
+  AcquireCall::Method acquire_;
+  ReleaseCall::Method release_;
+  RenewCall::Method renew_;
+  UsageCall::Method usage_;
+  LeasesCall::Method leases_;
+  CredentialsCall::Method credentials_;
+  ResetCall::Method reset_;
+  ReloadCall::Method reload_;
+
+  std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> cqs_;
+  std::unique_ptr<grpc::Server> server_;
+  std::vector<std::thread> threads_;
+  int port_ = 0;
+  std::string address_;
+
+  std::unique_ptr<BlockingWorker> worker_ = std::make_unique<BlockingWorker>();
+  absl::Mutex sweep_mu_;
+  bool stop_sweeping_ ABSL_GUARDED_BY(sweep_mu_) = false;
+  std::thread sweeper_;
+};
+
+absl::StatusOr<std::unique_ptr<QuotadServer>> QuotadServer::Start(const ServerOptions& options) {
+  if (options.config_path.empty()) {
+    return absl::InvalidArgumentError("a configuration file is required (--config)");
+  }
+  absl::StatusOr<LoadedConfig> config = LoadConfigFile(options.config_path);
+  if (!config.ok()) return config.status();
+  Clock* clock = options.clock != nullptr ? options.clock : Clock::Real();
+  absl::StatusOr<std::unique_ptr<Ledger>> ledger = Ledger::Create(config->policy, clock);
+  if (!ledger.ok()) {
+    return absl::Status(ledger.status().code(), absl::StrCat("config ", options.config_path,
+                                                             ": ", ledger.status().message()));
+  }
+  auto impl = std::make_unique<Impl>(options, *std::move(ledger), *config);
+  if (absl::Status s = impl->Listen(); !s.ok()) return s;
+  return std::unique_ptr<QuotadServer>(new QuotadServer(std::move(impl)));
+}
+
+QuotadServer::QuotadServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+QuotadServer::~QuotadServer() { Shutdown(); }
+
+int QuotadServer::port() const { return impl_->port(); }
+std::string QuotadServer::address() const { return impl_->address(); }
+Ledger* QuotadServer::ledger() const { return impl_->ledger(); }
+
+void QuotadServer::Shutdown() {
+  absl::MutexLock lock(&shutdown_mu_);
+  if (shut_down_) return;
+  shut_down_ = true;
+  impl_->Shutdown();
+}
+
+}  // namespace quotad

@@ -1,0 +1,78 @@
+#ifndef QUOTAD_SERVICE_SERVER_SERVER_H_
+#define QUOTAD_SERVICE_SERVER_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "service/core/clock.h"
+#include "service/core/ledger.h"
+
+namespace quotad {
+
+struct ServerOptions {
+  // The YAML configuration, read at start and again by Admin.ReloadConfig. Required.
+  std::string config_path;
+  // host:port; port 0 picks a free one (see QuotadServer::port()).
+  std::string listen_address = "0.0.0.0:50051";
+  // Completion queues, one thread each. 0: one per hardware thread.
+  int cq_threads = 0;
+  // How often expired leases are dropped (Ledger::Sweep()).
+  absl::Duration sweep_interval = absl::Seconds(1);
+  // On Shutdown(): how long health reports NOT_SERVING before the listener closes (so that load
+  // balancers notice), and how long in-flight calls then get to finish before they are cancelled.
+  absl::Duration drain_delay = absl::ZeroDuration();
+  absl::Duration shutdown_grace = absl::Seconds(10);
+  // Time for the ledger. Not owned; must outlive the server. nullptr: the real clock.
+  Clock* clock = nullptr;
+};
+
+// The quotad gRPC server: the Quota and Admin services on the asynchronous CompletionQueue API,
+// grpc.health.v1.Health, server reflection, and a sweeper thread for expired leases.
+//
+// Handlers run on the completion-queue threads and never block on I/O: decisions take only the
+// ledger's short per-credential locks; ReloadConfig reads its file on a separate thread.
+// Thread-safe. Owns the ledger and every thread it starts.
+class QuotadServer {
+ public:
+  // Loads the configuration, builds the ledger, binds the port and starts serving. Fails
+  // (kInvalidArgument / kNotFound for a bad config, kUnavailable for an address that cannot be
+  // bound) without leaving anything running.
+  static absl::StatusOr<std::unique_ptr<QuotadServer>> Start(const ServerOptions& options);
+
+  // Shuts down if still running.
+  ~QuotadServer();
+
+  QuotadServer(const QuotadServer&) = delete;
+  QuotadServer& operator=(const QuotadServer&) = delete;
+
+  // The bound port, and "host:port" with it.
+  int port() const;
+  std::string address() const;
+
+  // The ledger the services decide with.
+  Ledger* ledger() const;
+
+  // Health goes NOT_SERVING, new calls are refused, in-flight calls finish (cancelled after
+  // shutdown_grace), then every thread is joined. Idempotent; blocks; call it from a thread that
+  // is not a completion-queue thread.
+  void Shutdown() ABSL_LOCKS_EXCLUDED(shutdown_mu_);
+
+ private:
+  class Impl;
+  explicit QuotadServer(std::unique_ptr<Impl> impl);
+
+  std::unique_ptr<Impl> impl_;
+  absl::Mutex shutdown_mu_;
+  bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+};
+
+// "host:port" for `listen` ("0.0.0.0:0", "[::]:0", "localhost:0") with the port replaced.
+std::string BoundAddress(const std::string& listen, int port);
+
+}  // namespace quotad
+
+#endif  // QUOTAD_SERVICE_SERVER_SERVER_H_

@@ -1,0 +1,46 @@
+#ifndef QUOTAD_SERVICE_SERVER_VALIDATION_H_
+#define QUOTAD_SERVICE_SERVER_VALIDATION_H_
+
+// Checks of wire input by the error model of SPEC section 4. Every error is kInvalidArgument and
+// names the field and the (escaped, truncated) value. Pure functions; thread-safe.
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "google/protobuf/duration.pb.h"
+#include "service/core/ledger.h"
+
+namespace quotad {
+
+inline constexpr size_t kMaxRequestIdLength = 128;
+inline constexpr int32_t kMaxPriority = 1000;
+inline constexpr absl::Duration kMaxWait = absl::Hours(1);
+// Longer than any lease a feature may allow; anything above is a unit mistake.
+inline constexpr absl::Duration kMaxTtl = absl::Hours(24 * 366);
+
+// The value as it appears in an error message: quoted, C-escaped, at most 64 characters.
+std::string QuoteForError(absl::string_view value);
+
+// A configured identifier (credential, feature): 1..kMaxNameLength characters of
+// [A-Za-z0-9._~:/@+-].
+absl::Status ValidateName(absl::string_view field, absl::string_view value);
+
+// Free text (scope, holder, request id): at most `max_length` bytes, no control characters.
+// Empty is allowed.
+absl::Status ValidateText(absl::string_view field, absl::string_view value, size_t max_length);
+
+// A google.protobuf.Duration that is well formed, not negative and at most `max`.
+absl::StatusOr<absl::Duration> ParseDuration(absl::string_view field,
+                                             const google::protobuf::Duration& value,
+                                             absl::Duration max);
+
+// A lease id: 32 hex digits.
+absl::StatusOr<LeaseId> ParseLeaseId(absl::string_view field, absl::string_view value);
+
+}  // namespace quotad
+
+#endif  // QUOTAD_SERVICE_SERVER_VALIDATION_H_
