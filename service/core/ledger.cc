@@ -63,8 +63,8 @@ std::string LeaseId::ToString() const { return absl::StrFormat("%016x%016x", hi,
 
 absl::StatusOr<LeaseId> LeaseId::Parse(absl::string_view text) {
   auto bad = [&] {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "lease_id '", text.substr(0, 64), "' is not 32 hexadecimal digits"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("lease_id '", text.substr(0, 64), "' is not 32 hexadecimal digits"));
   };
   if (text.size() != 32) return bad();
   LeaseId id;
@@ -207,9 +207,7 @@ Ledger::Credential* Ledger::FindCredential(absl::string_view name) const {
   return it == t->by_name.end() ? nullptr : it->second;
 }
 
-Ledger::LeaseShard& Ledger::ShardFor(const LeaseId& id) {
-  return (*leases_)[id.lo % kLeaseShards];
-}
+Ledger::LeaseShard& Ledger::ShardFor(const LeaseId& id) { return (*leases_)[id.lo % kLeaseShards]; }
 
 absl::StatusOr<Decision> Ledger::Acquire(const AcquireRequest& req) {
   if (absl::Status s = CheckRequestName("credential", req.credential, true); !s.ok()) return s;
@@ -229,90 +227,95 @@ absl::StatusOr<Decision> Ledger::Acquire(const AcquireRequest& req) {
   }
   const int64_t now = absl::ToUnixNanos(clock_->Now());
 
-  absl::MutexLock lock(&cred->mu);
-  const CompiledCredential& cc = *cred->compiled;
-  auto fit = cc.feature_index.find(req.feature);
-  if (fit == cc.feature_index.end()) {
-    return absl::NotFoundError(absl::StrCat("feature '", req.feature, "' is not configured for credential '",
-                                            req.credential, "'"));
-  }
-  const CompiledFeature& feature = cc.features[fit->second];
-  if (req.cost > feature.min_capacity) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cost ", req.cost, " exceeds capacity ", feature.min_capacity, " of limit ",
-        cc.rules[feature.min_capacity_rule].full_name, " and can never be granted"));
-  }
-  const absl::Duration ttl =
-      req.lease_ttl == absl::ZeroDuration() ? feature.default_lease_ttl : req.lease_ttl;
-  if (ttl > feature.max_lease_ttl) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("lease_ttl ", absl::FormatDuration(ttl), " exceeds the maximum ",
-                     absl::FormatDuration(feature.max_lease_ttl), " of feature ", feature.name));
-  }
-  if (feature.first_scoped_rule >= 0 &&
-      cred->CounterFor(feature.first_scoped_rule, req.scope, false) == nullptr &&
-      static_cast<int64_t>(cred->scoped[feature.first_scoped_rule].size()) >= feature.max_scopes) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("scope '", req.scope, "' would exceed the ", feature.max_scopes,
-                     " scopes allowed for feature ", feature.name, " of credential ",
-                     req.credential));
-  }
-
-  absl::InlinedVector<Counter*, 4> counters;
-  counters.reserve(feature.rules.size());
-  for (int r : feature.rules) counters.push_back(cred->CounterFor(r, req.scope, true));
-
   Decision d;
-  int64_t retry_ns = std::numeric_limits<int64_t>::min();
-  int limited_by = -1;
-  for (size_t i = 0; i < counters.size(); ++i) {
-    int64_t at = 0;
-    const Rule& rule = cc.rules[feature.rules[i]];
-    if (!counters[i]->Fits(rule, now, req.cost, &at) && at > retry_ns) {
-      retry_ns = at;
-      limited_by = feature.rules[i];
+  LeaseRecord rec;
+  {
+    absl::MutexLock lock(&cred->mu);
+    const CompiledCredential& cc = *cred->compiled;
+    auto fit = cc.feature_index.find(req.feature);
+    if (fit == cc.feature_index.end()) {
+      return absl::NotFoundError(absl::StrCat(
+          "feature '", req.feature, "' is not configured for credential '", req.credential, "'"));
     }
-  }
-  if (limited_by >= 0) {
-    d.granted = false;
-    d.retry_at = FromNs(retry_ns);
-    d.limited_by = cc.rules[limited_by].full_name;
-  } else {
-    d.granted = true;
-    d.lease_id = NewLeaseId();
-    const int64_t expiry = now + absl::ToInt64Nanoseconds(ttl);
-    d.lease_expiry = FromNs(expiry);
-    LeaseRecord rec;
-    rec.credential = cred;
-    rec.compiled = &cc;
-    rec.feature = fit->second;
-    rec.scope = req.scope;
-    rec.holder = req.holder;
-    rec.cost = req.cost;
-    rec.granted_ns = now;
-    rec.expiry_ns = expiry;
+    const CompiledFeature& feature = cc.features[fit->second];
+    if (req.cost > feature.min_capacity) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cost ", req.cost, " exceeds capacity ", feature.min_capacity, " of limit ",
+                       cc.rules[feature.min_capacity_rule].full_name, " and can never be granted"));
+    }
+    const absl::Duration ttl =
+        req.lease_ttl == absl::ZeroDuration() ? feature.default_lease_ttl : req.lease_ttl;
+    if (ttl > feature.max_lease_ttl) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("lease_ttl ", absl::FormatDuration(ttl), " exceeds the maximum ",
+                       absl::FormatDuration(feature.max_lease_ttl), " of feature ", feature.name));
+    }
+    if (feature.first_scoped_rule >= 0 &&
+        cred->CounterFor(feature.first_scoped_rule, req.scope, false) == nullptr &&
+        static_cast<int64_t>(cred->scoped[feature.first_scoped_rule].size()) >=
+            feature.max_scopes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "scope '", req.scope, "' would exceed the ", feature.max_scopes,
+          " scopes allowed for feature ", feature.name, " of credential ", req.credential));
+    }
+
+    absl::InlinedVector<Counter*, 4> counters;
+    counters.reserve(feature.rules.size());
+    for (int r : feature.rules) counters.push_back(cred->CounterFor(r, req.scope, true));
+
+    int64_t retry_ns = std::numeric_limits<int64_t>::min();
+    int limited_by = -1;
     for (size_t i = 0; i < counters.size(); ++i) {
-      rec.tokens.push_back(
-          counters[i]->Charge(cc.rules[feature.rules[i]], now, req.cost, d.lease_id.lo, expiry));
+      int64_t at = 0;
+      const Rule& rule = cc.rules[feature.rules[i]];
+      if (!counters[i]->Fits(rule, now, req.cost, &at) && at > retry_ns) {
+        retry_ns = at;
+        limited_by = feature.rules[i];
+      }
     }
+    if (limited_by >= 0) {
+      d.granted = false;
+      d.retry_at = FromNs(retry_ns);
+      d.limited_by = cc.rules[limited_by].full_name;
+    } else {
+      d.granted = true;
+      d.lease_id = NewLeaseId();
+      const int64_t expiry = now + absl::ToInt64Nanoseconds(ttl);
+      d.lease_expiry = FromNs(expiry);
+      rec.credential = cred;
+      rec.compiled = &cc;
+      rec.feature = fit->second;
+      rec.scope = req.scope;
+      rec.holder = req.holder;
+      rec.cost = req.cost;
+      rec.granted_ns = now;
+      rec.expiry_ns = expiry;
+      for (size_t i = 0; i < counters.size(); ++i) {
+        rec.tokens.push_back(
+            counters[i]->Charge(cc.rules[feature.rules[i]], now, req.cost, d.lease_id.lo, expiry));
+      }
+    }
+    if (req.want_limits) {
+      d.limits.reserve(counters.size());
+      for (size_t i = 0; i < counters.size(); ++i) {
+        const Rule& rule = cc.rules[feature.rules[i]];
+        const CounterView v = counters[i]->View(rule, now);
+        LimitStatus& st = d.limits.emplace_back();
+        st.name = rule.full_name;
+        if (rule.spec.scoped) st.scope = req.scope;
+        st.kind = rule.spec.kind;
+        st.capacity = rule.Capacity();
+        st.used = v.used;
+        st.remaining = v.remaining;
+        st.reset = FromNs(v.reset_ns);
+      }
+    }
+  }  // cred->mu
+  if (d.granted) {
+    // Outside the credential's lock: nobody can name this lease before Acquire returns.
     LeaseShard& shard = ShardFor(d.lease_id);
     absl::MutexLock shard_lock(&shard.mu);
     shard.leases.emplace(d.lease_id, std::move(rec));
-  }
-  if (req.want_limits) {
-    d.limits.reserve(counters.size());
-    for (size_t i = 0; i < counters.size(); ++i) {
-      const Rule& rule = cc.rules[feature.rules[i]];
-      const CounterView v = counters[i]->View(rule, now);
-      LimitStatus& st = d.limits.emplace_back();
-      st.name = rule.full_name;
-      if (rule.spec.scoped) st.scope = req.scope;
-      st.kind = rule.spec.kind;
-      st.capacity = rule.Capacity();
-      st.used = v.used;
-      st.remaining = v.remaining;
-      st.reset = FromNs(v.reset_ns);
-    }
   }
   return d;
 }
@@ -340,8 +343,8 @@ absl::StatusOr<ReleaseResult> Ledger::Release(const LeaseId& id, std::optional<i
           absl::StrCat("lease ", id.ToString(), " is unknown, released or expired"));
     }
     if (used.has_value() && (*used < 0 || *used > it->second.cost)) {
-      return absl::InvalidArgumentError(absl::StrCat("used ", *used, " is outside 0..",
-                                                     it->second.cost, " (the lease's cost)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("used ", *used, " is outside 0..", it->second.cost, " (the lease's cost)"));
     }
     rec = std::move(it->second);
     shard.leases.erase(it);
@@ -475,9 +478,8 @@ std::vector<LeaseInfo> Ledger::Leases(absl::string_view credential) {
       }
     }
   }
-  std::sort(out.begin(), out.end(), [](const LeaseInfo& a, const LeaseInfo& b) {
-    return a.granted_at < b.granted_at;
-  });
+  std::sort(out.begin(), out.end(),
+            [](const LeaseInfo& a, const LeaseInfo& b) { return a.granted_at < b.granted_at; });
   return out;
 }
 
@@ -534,8 +536,11 @@ int64_t Ledger::Sweep() {
   int64_t dropped = 0;
   for (LeaseShard& shard : *leases_) {
     absl::MutexLock l(&shard.mu);
-    dropped += static_cast<int64_t>(absl::erase_if(
-        shard.leases, [now](const auto& entry) { return entry.second.expiry_ns <= now; }));
+    const size_t erased = absl::erase_if(
+        shard.leases, [now](const auto& entry) { return entry.second.expiry_ns <= now; });
+    // Give the memory of a burst of leases back once it has passed.
+    if (erased > 0 && shard.leases.size() * 4 < shard.leases.capacity()) shard.leases.rehash(0);
+    dropped += static_cast<int64_t>(erased);
   }
   return dropped;
 }

@@ -59,11 +59,11 @@ struct LimitStatus {
 
 struct Decision {
   bool granted = false;
-  LeaseId lease_id;                             // set when granted
-  absl::Time lease_expiry;                      // set when granted
-  absl::Time retry_at = absl::InfinitePast();   // set when denied: earliest possible grant
-  std::string limited_by;                       // set when denied: "feature.limit"
-  std::vector<LimitStatus> limits;              // every limit touched, when asked for
+  LeaseId lease_id;                            // set when granted
+  absl::Time lease_expiry;                     // set when granted
+  absl::Time retry_at = absl::InfinitePast();  // set when denied: earliest possible grant
+  std::string limited_by;                      // set when denied: "feature.limit"
+  std::vector<LimitStatus> limits;             // every limit touched, when asked for
 };
 
 // A live lease, for operators.

@@ -75,7 +75,8 @@ void CalendarWindow(CalendarUnit unit, const absl::TimeZone& zone, int64_t t_ns,
     }
     case CalendarUnit::kWeek: {
       // ISO weeks start on Monday.
-      const absl::CivilDay monday = absl::PrevWeekday(absl::CivilDay(cs) + 1, absl::Weekday::monday);
+      const absl::CivilDay monday =
+          absl::PrevWeekday(absl::CivilDay(cs) + 1, absl::Weekday::monday);
       start = absl::FromCivil(monday, zone);
       end = absl::FromCivil(monday + 7, zone);
       break;

@@ -25,8 +25,7 @@ struct Rule {
   // can carry over a reload (capacity may differ).
   bool SameShape(const Rule& other) const;
   int64_t Capacity() const {
-    return spec.kind == LimitKind::kUnlimited ? std::numeric_limits<int64_t>::max()
-                                              : spec.capacity;
+    return spec.kind == LimitKind::kUnlimited ? std::numeric_limits<int64_t>::max() : spec.capacity;
   }
 
   LimitSpec spec;

@@ -48,15 +48,24 @@ namespace {
 absl::Status CheckName(absl::string_view what, absl::string_view name) {
   if (name.empty()) return absl::InvalidArgumentError(absl::StrCat(what, " name is empty"));
   if (name.size() > kMaxNameLength) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " name '", name.substr(0, 64),
-                                                   "...' is longer than ", kMaxNameLength));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " name '", name.substr(0, 64), "...' is longer than ", kMaxNameLength));
+  }
+  return absl::OkStatus();
+}
+
+// Feature and limit names are reported joined as "feature.limit", so they may not hold a '.'.
+absl::Status CheckPartName(absl::string_view what, absl::string_view name) {
+  if (auto s = CheckName(what, name); !s.ok()) return s;
+  if (name.find('.') != absl::string_view::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " name '", name, "' contains '.'"));
   }
   return absl::OkStatus();
 }
 
 absl::Status ValidateLimit(absl::string_view where, const LimitSpec& l) {
   const std::string at = absl::StrCat(where, " limit '", l.name, "'");
-  if (auto s = CheckName(where, l.name); !s.ok()) return s;
+  if (auto s = CheckPartName(at, l.name); !s.ok()) return s;
   auto bad = [&](absl::string_view field, auto value) {
     return absl::InvalidArgumentError(absl::StrCat(at, ": bad ", field, " ", value));
   };
@@ -105,7 +114,7 @@ absl::Status ValidatePolicy(const Policy& policy) {
     absl::flat_hash_set<std::string> features;
     for (const FeatureSpec& f : c.features) {
       const std::string where = absl::StrCat("credential '", c.name, "' feature '", f.name, "'");
-      if (auto s = CheckName("feature", f.name); !s.ok()) return s;
+      if (auto s = CheckPartName("feature", f.name); !s.ok()) return s;
       if (!features.insert(f.name).second) {
         return absl::InvalidArgumentError(absl::StrCat(where, ": duplicate feature"));
       }
@@ -118,9 +127,9 @@ absl::Status ValidatePolicy(const Policy& policy) {
         }
       }
       if (f.default_lease_ttl <= absl::ZeroDuration() || f.max_lease_ttl < f.default_lease_ttl) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(where, ": bad lease ttls default ", absl::FormatDuration(f.default_lease_ttl),
-                         " max ", absl::FormatDuration(f.max_lease_ttl)));
+        return absl::InvalidArgumentError(absl::StrCat(
+            where, ": bad lease ttls default ", absl::FormatDuration(f.default_lease_ttl), " max ",
+            absl::FormatDuration(f.max_lease_ttl)));
       }
       if (f.max_scopes <= 0) {
         return absl::InvalidArgumentError(absl::StrCat(where, ": bad max_scopes ", f.max_scopes));

@@ -6,9 +6,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
-#define QUOTAD_RETURN_IF_ERROR(expr)               \
-  do {                                             \
-    ::absl::Status quotad_status_ = (expr);        \
+#define QUOTAD_RETURN_IF_ERROR(expr)                 \
+  do {                                               \
+    ::absl::Status quotad_status_ = (expr);          \
     if (!quotad_status_.ok()) return quotad_status_; \
   } while (0)
 

@@ -28,10 +28,10 @@ constexpr int kPhases = 240;  // one simulated second each
 constexpr int kAttemptsPerPhase = 40;
 
 TEST(LedgerRaceTest, ConcurrentAcquiresNeverOverGrantAnyWindow) {
-  FeatureSpec f = Feature("requests", {Sliding("per_10s", 37, absl::Seconds(10)),
-                                       Sliding("per_minute", 150, absl::Minutes(1), 12),
-                                       Calendar("per_minute_cal", 120, CalendarUnit::kMinute),
-                                       Concurrency("concurrent", 20)});
+  FeatureSpec f = Feature(
+      "requests",
+      {Sliding("per_10s", 37, absl::Seconds(10)), Sliding("per_minute", 150, absl::Minutes(1), 12),
+       Calendar("per_minute_cal", 120, CalendarUnit::kMinute), Concurrency("concurrent", 20)});
   FeatureSpec scan = Feature("scan", {Sliding("per_10s", 9, absl::Seconds(10))});
   scan.draws_on = {"requests"};
   FakeClock clock(Utc(2026, 1, 1, 0, 0, 30));
@@ -61,8 +61,8 @@ TEST(LedgerRaceTest, ConcurrentAcquiresNeverOverGrantAnyWindow) {
           if (!mine.empty() && rng() % 3 == 0) {
             held.fetch_sub(1);
             const size_t k = rng() % mine.size();
-            auto r = (*ledger)->Release(mine[k], (rng() % 2) ? std::optional<int64_t>(1)
-                                                             : std::nullopt);
+            auto r =
+                (*ledger)->Release(mine[k], (rng() % 2) ? std::optional<int64_t>(1) : std::nullopt);
             if (!r.ok() && r.status().code() != absl::StatusCode::kNotFound) errors++;
             mine.erase(mine.begin() + k);
             continue;

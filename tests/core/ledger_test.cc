@@ -26,7 +26,8 @@ Policy CyberVault(int64_t per_minute = 60, int64_t per_day = 100) {
   scan.draws_on = {"requests"};
   LimitSpec per_ruleset = Calendar("per_day", 2, CalendarUnit::kDay);
   per_ruleset.scoped = true;
-  FeatureSpec livehunt = Feature("livehunt", {per_ruleset, Calendar("total", 5, CalendarUnit::kDay)});
+  FeatureSpec livehunt =
+      Feature("livehunt", {per_ruleset, Calendar("total", 5, CalendarUnit::kDay)});
   livehunt.max_scopes = 3;
   return OneCredential("cybervault/prod", {requests, scan, livehunt});
 }
@@ -154,8 +155,8 @@ TEST_F(LedgerTest, RefundAfterTheWindowClosedGivesNothingBack) {
   ASSERT_TRUE(Acquire("requests", 1).granted);
   auto r = ledger_->Release(d->lease_id, 0);
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(Used("requests.per_day"), 1);      // the new day's unit is untouched
-  EXPECT_EQ(Used("requests.per_minute"), 1);   // the minute got its 10 back
+  EXPECT_EQ(Used("requests.per_day"), 1);     // the new day's unit is untouched
+  EXPECT_EQ(Used("requests.per_minute"), 1);  // the minute got its 10 back
 }
 
 TEST_F(LedgerTest, ReleaseRejectsUsedAboveCostAndKeepsTheLease) {
@@ -184,9 +185,8 @@ TEST_F(LedgerTest, BadRequestsNameTheValue) {
       << huge.status();
   auto long_name = Try(std::string(300, 'x'));
   EXPECT_EQ(long_name.status().code(), absl::StatusCode::kInvalidArgument);
-  auto ttl = ledger_->Acquire({.credential = "cybervault/prod",
-                               .feature = "requests",
-                               .lease_ttl = absl::Hours(100)});
+  auto ttl = ledger_->Acquire(
+      {.credential = "cybervault/prod", .feature = "requests", .lease_ttl = absl::Hours(100)});
   EXPECT_EQ(ttl.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(ttl.status().message().find("100h"), std::string::npos) << ttl.status();
   // Nothing was charged by any of them.

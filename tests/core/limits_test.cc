@@ -23,7 +23,8 @@ using testing::Utc;
 class LimitsTest : public ::testing::Test {
  protected:
   void Use(LimitSpec limit) {
-    auto ledger = Ledger::Create(OneCredential("cred", {Feature("f", {std::move(limit)})}), &clock_);
+    auto ledger =
+        Ledger::Create(OneCredential("cred", {Feature("f", {std::move(limit)})}), &clock_);
     ASSERT_TRUE(ledger.ok()) << ledger.status();
     ledger_ = std::move(*ledger);
   }
@@ -140,9 +141,9 @@ TEST_F(LimitsTest, RollingWindowOpensAtFirstUseAndReopensAfterPeriod) {
 TEST_F(LimitsTest, ExactSlidingWindowNeverHoldsMoreThanCapacityInAnyPeriod) {
   Use(Sliding("per_minute", 4, absl::Minutes(1)));
   clock_.Set(Utc(2026, 1, 1));
-  EXPECT_TRUE(Acquire().granted);       // t=0
+  EXPECT_TRUE(Acquire().granted);  // t=0
   clock_.Advance(absl::Seconds(20));
-  EXPECT_TRUE(Acquire(3).granted);      // t=20, 4 in window
+  EXPECT_TRUE(Acquire(3).granted);  // t=20, 4 in window
   const Decision d = Acquire();
   EXPECT_FALSE(d.granted);
   EXPECT_EQ(d.retry_at, Utc(2026, 1, 1, 0, 1, 0));  // the t=0 charge leaves
