@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <tuple>
 #include <utility>
 
 #include "absl/container/inlined_vector.h"
@@ -93,6 +94,7 @@ struct CompiledFeature {
   int64_t min_capacity = std::numeric_limits<int64_t>::max();
   int min_capacity_rule = -1;
   int first_scoped_rule = -1;
+  bool has_concurrency = false;
   absl::Duration default_lease_ttl;
   absl::Duration max_lease_ttl;
   int64_t max_scopes = 0;
@@ -129,6 +131,7 @@ struct CompiledCredential {
       for (int r : cf.rules) {
         const Rule& rule = rules[r];
         if (rule.spec.scoped && cf.first_scoped_rule < 0) cf.first_scoped_rule = r;
+        if (rule.spec.kind == LimitKind::kConcurrency) cf.has_concurrency = true;
         if (rule.spec.kind != LimitKind::kUnlimited && rule.spec.capacity < cf.min_capacity) {
           cf.min_capacity = rule.spec.capacity;
           cf.min_capacity_rule = r;
@@ -185,18 +188,40 @@ struct Ledger::LeaseRecord {
   absl::InlinedVector<int64_t, 4> tokens;  // refund token per rule, in feature rule order
 };
 
+namespace {
+
+JournalLease ToJournal(const LeaseId& id, const Ledger::LeaseRecord& rec, bool holds_slots) {
+  JournalLease j;
+  j.id = id.ToString();
+  j.credential = rec.credential->name;
+  j.feature = rec.compiled->features[rec.feature].name;
+  j.scope = rec.scope;
+  j.holder = rec.holder;
+  j.cost = rec.cost;
+  j.granted_ns = rec.granted_ns;
+  j.expiry_ns = rec.expiry_ns;
+  j.holds_slots = holds_slots;
+  j.tokens.assign(rec.tokens.begin(), rec.tokens.end());
+  return j;
+}
+
+}  // namespace
+
 struct Ledger::LeaseShard {
   absl::Mutex mu;
   absl::flat_hash_map<LeaseId, LeaseRecord> leases ABSL_GUARDED_BY(mu);
 };
 
-Ledger::Ledger(Clock* clock)
-    : clock_(clock), leases_(std::make_unique<std::array<LeaseShard, kLeaseShards>>()) {}
+Ledger::Ledger(Clock* clock, LedgerOptions options)
+    : clock_(clock),
+      options_(options),
+      leases_(std::make_unique<std::array<LeaseShard, kLeaseShards>>()) {}
 
 Ledger::~Ledger() = default;
 
-absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Create(const Policy& policy, Clock* clock) {
-  std::unique_ptr<Ledger> ledger(new Ledger(clock));
+absl::StatusOr<std::unique_ptr<Ledger>> Ledger::Create(const Policy& policy, Clock* clock,
+                                                       LedgerOptions options) {
+  std::unique_ptr<Ledger> ledger(new Ledger(clock, options));
   if (absl::Status s = ledger->Reload(policy); !s.ok()) return s;
   return ledger;
 }
@@ -278,6 +303,11 @@ absl::StatusOr<Decision> Ledger::Acquire(const AcquireRequest& req) {
       d.retry_at = FromNs(retry_ns);
       d.limited_by = cc.rules[limited_by].full_name;
     } else {
+      if (options_.journal != nullptr) {
+        if (absl::Status s = ReserveAhead(*cred, cc, feature, counters, req, now); !s.ok()) {
+          return s;
+        }
+      }
       d.granted = true;
       d.lease_id = NewLeaseId();
       const int64_t expiry = now + absl::ToInt64Nanoseconds(ttl);
@@ -293,6 +323,23 @@ absl::StatusOr<Decision> Ledger::Acquire(const AcquireRequest& req) {
       for (size_t i = 0; i < counters.size(); ++i) {
         rec.tokens.push_back(
             counters[i]->Charge(cc.rules[feature.rules[i]], now, req.cost, d.lease_id.lo, expiry));
+      }
+      if (options_.journal != nullptr) {
+        const absl::Status s =
+            options_.journal->PutLease(ToJournal(d.lease_id, rec, feature.has_concurrency));
+        if (!s.ok() && feature.has_concurrency) {
+          // The slot would not survive a restart: undo the whole grant and fail closed.
+          for (size_t i = 0; i < counters.size(); ++i) {
+            const Rule& rule = cc.rules[feature.rules[i]];
+            if (rule.spec.kind == LimitKind::kConcurrency) {
+              counters[i]->Free(expiry, d.lease_id.lo);
+            } else {
+              counters[i]->Refund(rule, now, rec.tokens[i], req.cost);
+            }
+          }
+          return absl::UnavailableError(
+              absl::StrCat("state store failed, denying (fail closed): ", s.message()));
+        }
       }
     }
     if (req.want_limits) {
@@ -318,6 +365,50 @@ absl::StatusOr<Decision> Ledger::Acquire(const AcquireRequest& req) {
     shard.leases.emplace(d.lease_id, std::move(rec));
   }
   return d;
+}
+
+absl::Status Ledger::ReserveAhead(const Credential& cred, const CompiledCredential& cc,
+                                  const CompiledFeature& feature,
+                                  absl::Span<Counter* const> counters, const AcquireRequest& req,
+                                  int64_t now) {
+  std::vector<Reservation> reservations;
+  absl::InlinedVector<std::array<std::array<int64_t, 3>, 2>, 4> out(counters.size());
+  absl::InlinedVector<int, 4> counts(counters.size(), 0);
+  for (size_t i = 0; i < counters.size(); ++i) {
+    const Rule& rule = cc.rules[feature.rules[i]];
+    int64_t buf[2][3];
+    if (!counters[i]->NeedsReservation(rule, now, req.cost, BlockFor(rule), buf, &counts[i])) {
+      continue;
+    }
+    for (int k = 0; k < counts[i]; ++k) {
+      out[i][k] = {buf[k][0], buf[k][1], buf[k][2]};
+      reservations.push_back(
+          Reservation{CounterKey{cred.name, rule.full_name, rule.spec.scoped ? req.scope : ""},
+                      buf[k][0], buf[k][1], buf[k][2]});
+    }
+  }
+  if (reservations.empty()) return absl::OkStatus();
+  if (absl::Status s = options_.journal->Reserve(reservations); !s.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("state store failed, denying (fail closed): ", s.message()));
+  }
+  for (size_t i = 0; i < counters.size(); ++i) {
+    if (counts[i] == 0) continue;
+    int64_t buf[2][3];
+    for (int k = 0; k < counts[i]; ++k) {
+      for (int j = 0; j < 3; ++j) buf[k][j] = out[i][k][j];
+    }
+    counters[i]->Reserved(cc.rules[feature.rules[i]], now, buf, counts[i]);
+  }
+  return absl::OkStatus();
+}
+
+int64_t Ledger::BlockFor(const Rule& rule) const {
+  double base = static_cast<double>(rule.spec.capacity);
+  if (rule.spec.kind == LimitKind::kTokenBucket) base = static_cast<double>(rule.spec.rate);
+  if (rule.spec.kind == LimitKind::kUnlimited) return options_.max_reserve_block;
+  const double block = base * options_.reserve_fraction;
+  return std::clamp<int64_t>(static_cast<int64_t>(block), 1, options_.max_reserve_block);
 }
 
 absl::StatusOr<ReleaseResult> Ledger::Release(const LeaseId& id, std::optional<int64_t> used) {
@@ -349,6 +440,7 @@ absl::StatusOr<ReleaseResult> Ledger::Release(const LeaseId& id, std::optional<i
     rec = std::move(it->second);
     shard.leases.erase(it);
   }
+  if (options_.journal != nullptr) options_.journal->DeleteLease(id.ToString());
   ReleaseResult result;
   const CompiledCredential& then = *rec.compiled;
   const CompiledCredential& now_cc = *cred->compiled;
@@ -407,6 +499,13 @@ absl::StatusOr<absl::Time> Ledger::Renew(const LeaseId& id, absl::Duration ttl) 
                      absl::FormatDuration(feature.max_lease_ttl), " of feature ", feature.name));
   }
   const int64_t expiry = now + absl::ToInt64Nanoseconds(ttl);
+  if (options_.journal != nullptr && feature.has_concurrency) {
+    // A renewal lost in a crash would free the slot early under a running job.
+    if (absl::Status s = options_.journal->RenewLease(id.ToString(), expiry); !s.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("state store failed, lease not renewed: ", s.message()));
+    }
+  }
   const CompiledCredential& now_cc = *cred->compiled;
   for (int r : feature.rules) {
     if (then.rules[r].spec.kind != LimitKind::kConcurrency) continue;
@@ -528,6 +627,63 @@ absl::Status Ledger::Reload(const Policy& policy) {
   table_.store(next.get(), std::memory_order_release);
   tables_.push_back(std::move(next));
   policy_ = policy;
+  return absl::OkStatus();
+}
+
+absl::Status Ledger::Restore() {
+  if (options_.journal == nullptr) return absl::OkStatus();
+  absl::StatusOr<JournalState> state = options_.journal->Load();
+  if (!state.ok()) return state.status();
+  const int64_t now = absl::ToUnixNanos(clock_->Now());
+  // Sliding blocks of one counter in reserve-time order, so each knows the next one's time.
+  std::vector<Reservation>& rs = state->reservations;
+  std::sort(rs.begin(), rs.end(), [](const Reservation& a, const Reservation& b) {
+    return std::tie(a.key.credential, a.key.limit, a.key.scope, a.window_start_ns) <
+           std::tie(b.key.credential, b.key.limit, b.key.scope, b.window_start_ns);
+  });
+  for (size_t i = 0; i < rs.size(); ++i) {
+    const Reservation& r = rs[i];
+    Credential* cred = FindCredential(r.key.credential);
+    if (cred == nullptr) continue;
+    absl::MutexLock lock(&cred->mu);
+    const CompiledCredential& cc = *cred->compiled;
+    auto it = cc.rule_index.find(r.key.limit);
+    if (it == cc.rule_index.end()) continue;
+    const int64_t next_ns =
+        (i + 1 < rs.size() && rs[i + 1].key == r.key) ? rs[i + 1].window_start_ns : now;
+    cred->CounterFor(it->second, r.key.scope, true)
+        ->Restore(cc.rules[it->second], now, r.window_start_ns, r.until_ns, r.units, next_ns);
+  }
+  for (const JournalLease& jl : state->leases) {
+    if (jl.expiry_ns <= now) continue;
+    absl::StatusOr<LeaseId> id = LeaseId::Parse(jl.id);
+    Credential* cred = FindCredential(jl.credential);
+    if (!id.ok() || cred == nullptr) continue;
+    absl::MutexLock lock(&cred->mu);
+    const CompiledCredential& cc = *cred->compiled;
+    auto fit = cc.feature_index.find(jl.feature);
+    if (fit == cc.feature_index.end()) continue;
+    const CompiledFeature& feature = cc.features[fit->second];
+    LeaseRecord rec;
+    rec.credential = cred;
+    rec.compiled = &cc;
+    rec.feature = fit->second;
+    rec.scope = jl.scope;
+    rec.holder = jl.holder;
+    rec.cost = jl.cost;
+    rec.granted_ns = jl.granted_ns;
+    rec.expiry_ns = jl.expiry_ns;
+    for (size_t k = 0; k < feature.rules.size(); ++k) {
+      rec.tokens.push_back(k < jl.tokens.size() ? jl.tokens[k] : 0);
+      const int r = feature.rules[k];
+      if (cc.rules[r].spec.kind == LimitKind::kConcurrency) {
+        cred->CounterFor(r, jl.scope, true)->RestoreHeld(jl.expiry_ns, id->lo, jl.cost, now);
+      }
+    }
+    LeaseShard& shard = ShardFor(*id);
+    absl::MutexLock shard_lock(&shard.mu);
+    shard.leases.insert_or_assign(*id, std::move(rec));
+  }
   return absl::OkStatus();
 }
 

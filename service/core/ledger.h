@@ -16,10 +16,18 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "service/core/clock.h"
+#include "service/core/journal.h"
 #include "service/core/policy.h"
 
 namespace quotad {
+
+// Internal to service/core (limits.h, ledger.cc).
+struct Rule;
+class Counter;
+struct CompiledCredential;
+struct CompiledFeature;
 
 // 128 random bits naming one grant. Printed as 32 lowercase hex digits.
 struct LeaseId {
@@ -84,6 +92,17 @@ struct ReleaseResult {
   int64_t freed = 0;     // concurrency slots freed
 };
 
+struct LedgerOptions {
+  // Where high-water marks and leases are written ahead; not owned, must outlive the ledger.
+  // nullptr keeps everything in memory only.
+  Journal* journal = nullptr;
+  // Units reserved ahead per counter and window, as a fraction of its capacity (of its rate
+  // for token buckets), at least 1 and at most max_reserve_block. A crash can leave at most
+  // this many units of each window unused; a smaller block means more journal writes.
+  double reserve_fraction = 0.01;
+  int64_t max_reserve_block = 1000;
+};
+
 // Holds the counters of every credential and decides grants.
 //
 // Each credential has its own mutex, so a hot credential does not serialise unrelated ones.
@@ -92,7 +111,12 @@ struct ReleaseResult {
 class Ledger {
  public:
   // kInvalidArgument when the policy does not validate.
-  static absl::StatusOr<std::unique_ptr<Ledger>> Create(const Policy& policy, Clock* clock);
+  static absl::StatusOr<std::unique_ptr<Ledger>> Create(const Policy& policy, Clock* clock,
+                                                        LedgerOptions options = {});
+
+  // Reads the journal back (reservations as charged, leases as held) into a new ledger, before
+  // it serves. Records of credentials or limits no longer configured are ignored.
+  absl::Status Restore();
   ~Ledger();
 
   Ledger(const Ledger&) = delete;
@@ -100,7 +124,8 @@ class Ledger {
 
   // Charges `cost` on every limit the feature touches, or on none of them.
   // kInvalidArgument for a bad cost, ttl or name; kNotFound for an unknown credential or
-  // feature; kResourceExhausted when a new scope would pass the feature's max_scopes.
+  // feature; kResourceExhausted when a new scope would pass the feature's max_scopes;
+  // kUnavailable when the journal cannot write (fail closed: nothing charged).
   absl::StatusOr<Decision> Acquire(const AcquireRequest& request);
 
   // Ends a lease. `used` (0 <= used <= cost) refunds cost - used on every window limit whose
@@ -138,16 +163,25 @@ class Ledger {
  private:
   struct Credential;
   struct Table;
-  struct LeaseRecord;
   struct LeaseShard;
+
+ public:
+  struct LeaseRecord;  // internal; public only for helpers in ledger.cc
+
+ private:
   static constexpr int kLeaseShards = 64;
 
-  Ledger(Clock* clock);
+  Ledger(Clock* clock, LedgerOptions options);
+  int64_t BlockFor(const Rule& rule) const;
+  absl::Status ReserveAhead(const Credential& cred, const CompiledCredential& cc,
+                            const CompiledFeature& feature, absl::Span<Counter* const> counters,
+                            const AcquireRequest& req, int64_t now);
   const Table* table() const { return table_.load(std::memory_order_acquire); }
   Credential* FindCredential(absl::string_view name) const;
   LeaseShard& ShardFor(const LeaseId& id);
 
   Clock* const clock_;
+  const LedgerOptions options_;
   mutable absl::Mutex reload_mu_;
   std::atomic<const Table*> table_{nullptr};
   // Every table ever published, kept so that readers never see a freed one; reloads are rare.

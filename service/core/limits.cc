@@ -119,6 +119,7 @@ void Counter::Roll(const Rule& rule, int64_t now) {
       if (now >= end_ns_) {
         CalendarWindow(rule.spec.unit, rule.spec.zone, now, &start_ns_, &end_ns_);
         used_ = 0;
+        reserved_ = 0;
       }
       break;
     case LimitKind::kRolling:
@@ -253,6 +254,7 @@ int64_t Counter::Charge(const Rule& rule, int64_t now, int64_t cost, uint64_t le
       return 0;
     case LimitKind::kSliding:
       used_ += cost;
+      reserved_ -= cost;  // what is left of the durable block (meaningless without a journal)
       if (rule.spec.sub_buckets > 0) {
         Buckets& b = *buckets_;
         const int64_t n = static_cast<int64_t>(b.counts.size());
@@ -396,6 +398,138 @@ CounterView Counter::View(const Rule& rule, int64_t now) {
   }
   v.remaining = rule.spec.kind == LimitKind::kUnlimited ? cap : std::max<int64_t>(0, cap - v.used);
   return v;
+}
+
+bool Counter::NeedsReservation(const Rule& rule, int64_t now, int64_t cost, int64_t block,
+                               int64_t out[2][3], int* count) {
+  *count = 0;
+  const int64_t cap = rule.Capacity();
+  auto clamp_add = [](int64_t a, int64_t b) {
+    return a > std::numeric_limits<int64_t>::max() - b ? std::numeric_limits<int64_t>::max()
+                                                       : a + b;
+  };
+  switch (rule.spec.kind) {
+    case LimitKind::kConcurrency:
+      return false;
+    case LimitKind::kCalendar:
+    case LimitKind::kUnlimited:
+    case LimitKind::kRolling: {
+      const bool opens = rule.spec.kind == LimitKind::kRolling && now >= end_ns_;
+      const int64_t used = opens ? 0 : used_;
+      const int64_t reserved = opens ? 0 : reserved_;
+      if (used + cost <= reserved) return false;
+      const int64_t start = opens ? now : start_ns_;
+      const int64_t end = opens ? now + rule.period_ns : end_ns_;
+      out[0][0] = start;
+      out[0][1] = end;
+      out[0][2] = std::min(cap, clamp_add(used + cost, block));
+      *count = 1;
+      return true;
+    }
+    case LimitKind::kSliding: {
+      if (cost <= reserved_) return false;
+      // The previous block's charges all happened before now: it matters until now + period.
+      if (block_start_ns_ != std::numeric_limits<int64_t>::min()) {
+        out[*count][0] = block_start_ns_;
+        out[*count][1] = now + rule.period_ns;
+        out[*count][2] = -1;  // keep its units, change only until_ns
+        ++*count;
+      }
+      out[*count][0] = std::max(now, block_start_ns_ + 1);
+      out[*count][1] = kInfiniteNs;  // until the next block closes it
+      out[*count][2] = std::min(cap, clamp_add(cost, block));
+      ++*count;
+      return true;
+    }
+    case LimitKind::kTokenBucket: {
+      const int64_t tat = std::max(start_ns_, now) + cost * rule.emission_ns;
+      if (tat <= reserved_) return false;
+      out[0][0] = 0;
+      out[0][1] = clamp_add(tat, block * rule.emission_ns);
+      out[0][2] = out[0][1];
+      *count = 1;
+      return true;
+    }
+  }
+  return false;
+}
+
+void Counter::Reserved(const Rule& rule, int64_t now, const int64_t out[2][3], int count) {
+  const int64_t* last = out[count - 1];
+  switch (rule.spec.kind) {
+    case LimitKind::kSliding:
+      // The new block replaces what was left of the old one.
+      block_start_ns_ = last[0];
+      reserved_ = last[2];
+      break;
+    case LimitKind::kRolling:
+      if (now >= end_ns_) {  // this reservation opens the window; Charge() must agree on it
+        start_ns_ = last[0];
+        end_ns_ = last[1];
+        used_ = 0;
+      }
+      reserved_ = last[2];
+      break;
+    default:
+      reserved_ = last[2];
+      break;
+  }
+}
+
+void Counter::Restore(const Rule& rule, int64_t now, int64_t window_start_ns, int64_t until_ns,
+                      int64_t units, int64_t next_ns) {
+  switch (rule.spec.kind) {
+    case LimitKind::kCalendar:
+    case LimitKind::kUnlimited:
+      Roll(rule, now);
+      if (window_start_ns == start_ns_) {
+        used_ = std::max(used_, units);
+        reserved_ = std::max(reserved_, units);
+      }
+      break;
+    case LimitKind::kRolling:
+      if (now < until_ns && until_ns > end_ns_) {
+        start_ns_ = window_start_ns;
+        end_ns_ = until_ns;
+        used_ = units;
+        reserved_ = units;
+      }
+      break;
+    case LimitKind::kSliding: {
+      // Every unit of the block may have been charged as late as the next block's reserve
+      // time: count them there, which keeps them at least as long as the upstream does.
+      const int64_t at = std::min(next_ns, now);
+      if (at + rule.period_ns <= now || units <= 0) break;
+      if (rule.spec.sub_buckets > 0) {
+        AdvanceBuckets(rule, at);
+        Buckets& b = *buckets_;
+        const int64_t n = static_cast<int64_t>(b.counts.size());
+        b.counts[((b.newest % n) + n) % n] += units;
+      } else {
+        if (log_ == nullptr) log_ = std::make_unique<Log>();
+        if (log_->size > 0 && log_->at(log_->size - 1).at_ns >= at) {
+          log_->at(log_->size - 1).units += units;
+        } else {
+          log_->Push({at, units});
+        }
+      }
+      used_ += units;
+      break;
+    }
+    case LimitKind::kTokenBucket:
+      start_ns_ = std::max(start_ns_, units);
+      reserved_ = std::max(reserved_, units);
+      break;
+    case LimitKind::kConcurrency:
+      break;
+  }
+}
+
+void Counter::RestoreHeld(int64_t expiry_ns, uint64_t lease_key, int64_t units, int64_t now) {
+  if (expiry_ns <= now) return;
+  if (held_ == nullptr) held_ = std::make_unique<Held>();
+  (*held_)[{expiry_ns, lease_key}] += units;
+  used_ += units;
 }
 
 void Counter::Clear(const Rule& rule) {

@@ -73,6 +73,23 @@ class Counter {
   // Forgets every charge; concurrency slots held by live leases stay.
   void Clear(const Rule& rule);
 
+  // Write-ahead high-water marks (see journal.h). Call after Fits() said yes, before Charge():
+  // when charging `cost` now would pass what is reserved, fills `out` (window_start_ns,
+  // until_ns, units; at most two records: sliding also closes its previous block) with the
+  // reservation that must be made durable first, reserving `block` more units than needed,
+  // and returns true. Concurrency counters never need one (their leases are written instead).
+  bool NeedsReservation(const Rule& rule, int64_t now, int64_t cost, int64_t block,
+                        int64_t out[2][3], int* count);
+  // Records that the reservation NeedsReservation() asked for is durable.
+  void Reserved(const Rule& rule, int64_t now, const int64_t out[2][3], int count);
+  // Rebuilds the state a reservation record stands for, as if every reserved unit had been
+  // charged. Sliding records of one counter must come in reserve-time order; `next_ns` is the
+  // reserve time of the next block of the same counter (or now for the last one).
+  void Restore(const Rule& rule, int64_t now, int64_t window_start_ns, int64_t until_ns,
+               int64_t units, int64_t next_ns);
+  // Concurrency: holds the slots of a lease read back from the journal.
+  void RestoreHeld(int64_t expiry_ns, uint64_t lease_key, int64_t units, int64_t now);
+
  private:
   struct LogEntry {
     int64_t at_ns;
@@ -105,6 +122,10 @@ class Counter {
   int64_t used_ = 0;
   int64_t start_ns_ = std::numeric_limits<int64_t>::min();  // token bucket: theoretical arrival
   int64_t end_ns_ = std::numeric_limits<int64_t>::min();
+  // Units the journal allows in the current window (or in the current sliding block); for a
+  // token bucket, the theoretical arrival time the journal allows.
+  int64_t reserved_ = 0;
+  int64_t block_start_ns_ = std::numeric_limits<int64_t>::min();  // sliding: current block
   std::unique_ptr<Log> log_;
   std::unique_ptr<Buckets> buckets_;
   std::unique_ptr<Held> held_;

@@ -1,0 +1,149 @@
+// The ledger's write-ahead high-water marks: a restart (a new ledger restored from the same
+// journal) never grants more than a window's capacity across lives, and loses at most one
+// reserve block per counter.
+
+#include <memory>
+
+#include "gtest/gtest.h"
+#include "service/core/clock.h"
+#include "service/core/ledger.h"
+#include "tests/core/memory_journal.h"
+#include "tests/core/test_util.h"
+
+namespace quotad {
+namespace {
+
+using testing::Bucket;
+using testing::Calendar;
+using testing::Concurrency;
+using testing::Feature;
+using testing::MemoryJournal;
+using testing::OneCredential;
+using testing::Rolling;
+using testing::Sliding;
+using testing::Utc;
+
+class JournalTest : public ::testing::Test {
+ protected:
+  void Start(const Policy& p) {
+    policy_ = p;
+    LedgerOptions options;
+    options.journal = &journal_;
+    options.reserve_fraction = 0.1;
+    auto ledger = Ledger::Create(p, &clock_, options);
+    ASSERT_TRUE(ledger.ok()) << ledger.status();
+    ledger_ = std::move(*ledger);
+    ASSERT_TRUE(ledger_->Restore().ok());
+  }
+  void Restart() { Start(policy_); }  // the old ledger's memory is lost, as in kill -9
+  absl::StatusOr<Decision> Try(absl::string_view feature = "f", int64_t cost = 1) {
+    AcquireRequest req;
+    req.credential = "cred";
+    req.feature = std::string(feature);
+    req.cost = cost;
+    req.lease_ttl = absl::Minutes(10);
+    return ledger_->Acquire(req);
+  }
+  int Exhaust() {
+    int n = 0;
+    for (auto d = Try(); d.ok() && d->granted; d = Try()) ++n;
+    return n;
+  }
+
+  FakeClock clock_{Utc(2026, 3, 1, 12)};
+  MemoryJournal journal_;
+  Policy policy_;
+  std::unique_ptr<Ledger> ledger_;
+};
+
+TEST_F(JournalTest, DailyWindowNeverOverGrantsAcrossRestarts) {
+  Start(OneCredential("cred", {Feature("f", {Calendar("per_day", 100, CalendarUnit::kDay)})}));
+  int total = 0;
+  for (int life = 0; life < 30; ++life) {
+    for (int i = 0; i < 7; ++i) total += Try()->granted;
+    Restart();
+  }
+  total += Exhaust();
+  EXPECT_LE(total, 100);
+  // Each restart may lose what was reserved but not granted: at most one block (10).
+  EXPECT_GE(total, 100 - 30 * 10);
+  EXPECT_LT(journal_.reserve_calls(), total);  // blocks, not one write per grant
+  clock_.Set(Utc(2026, 3, 2));
+  Restart();
+  EXPECT_EQ(Exhaust(), 100);  // the new day is whole
+}
+
+TEST_F(JournalTest, SlidingWindowNeverOverGrantsAcrossRestarts) {
+  Start(OneCredential("cred", {Feature("f", {Sliding("per_minute", 20, absl::Minutes(1))})}));
+  std::vector<absl::Time> grants;
+  for (int step = 0; step < 600; ++step) {
+    if (step % 7 == 3) Restart();
+    for (int i = 0; i < 3; ++i) {
+      if (Try()->granted) grants.push_back(clock_.Now());
+    }
+    clock_.Advance(absl::Seconds(1));
+  }
+  size_t lo = 0;
+  for (size_t hi = 0; hi < grants.size(); ++hi) {
+    while (grants[hi] - grants[lo] >= absl::Minutes(1)) ++lo;
+    ASSERT_LE(hi - lo + 1, 20u) << "at " << grants[hi];
+  }
+  EXPECT_GT(grants.size(), 60u);
+}
+
+TEST_F(JournalTest, RollingAndBucketStateSurviveRestart) {
+  Start(OneCredential("cred", {Feature("f", {Rolling("per_24h", 50, absl::Hours(24))}),
+                               Feature("g", {Bucket("floor", 4, absl::Minutes(1), 1)})}));
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(Try()->granted);
+  ASSERT_TRUE(Try("g")->granted);
+  Restart();
+  EXPECT_FALSE(Try("g")->granted);  // the 15 s spacing holds across the restart
+  int more = Exhaust();
+  EXPECT_LE(10 + more, 50);
+  EXPECT_GE(10 + more, 45);
+  const Decision d = *Try();
+  EXPECT_EQ(d.retry_at, Utc(2026, 3, 2, 12));  // the window still ends 24 h after first use
+}
+
+TEST_F(JournalTest, ConcurrencyLeasesSurviveRestartWithTheirExpiry) {
+  Start(OneCredential("cred", {Feature("f", {Concurrency("jobs", 2)})}));
+  const Decision a = *Try();
+  const Decision b = *Try();
+  ASSERT_TRUE(a.granted && b.granted);
+  Restart();
+  EXPECT_FALSE(Try()->granted);
+  EXPECT_EQ(ledger_->Leases("cred").size(), 2u);
+  ASSERT_TRUE(ledger_->Release(a.lease_id, std::nullopt).ok());
+  EXPECT_TRUE(Try()->granted);
+  Restart();
+  EXPECT_FALSE(Try()->granted);  // b and the new one
+  clock_.Advance(absl::Minutes(10));
+  Restart();
+  EXPECT_TRUE(Try()->granted);  // both expired while "down"
+}
+
+TEST_F(JournalTest, StoreFailureFailsClosedAndChargesNothing) {
+  Start(OneCredential("cred", {Feature("f", {Calendar("per_day", 100, CalendarUnit::kDay),
+                                             Concurrency("jobs", 5)})}));
+  ASSERT_TRUE(Try()->granted);
+  journal_.set_fail(true);
+  int unavailable = 0;
+  for (int i = 0; i < 20; ++i) {
+    auto d = Try();
+    if (!d.ok()) {
+      EXPECT_EQ(d.status().code(), absl::StatusCode::kUnavailable);
+      EXPECT_NE(d.status().message().find("disk full"), std::string::npos) << d.status();
+      ++unavailable;
+    }
+  }
+  EXPECT_GT(unavailable, 0);
+  journal_.set_fail(false);
+  auto usage = *ledger_->Usage("cred");
+  // One grant before the failure, plus those made inside an already durable block: every
+  // grant that was answered holds its slot, and nothing else was charged.
+  EXPECT_EQ(usage[0].used, usage[1].used);
+  EXPECT_EQ(usage[1].used, static_cast<int64_t>(ledger_->Leases("cred").size()));
+}
+
+}  // namespace
+}  // namespace quotad
