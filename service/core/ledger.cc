@@ -145,6 +145,19 @@ struct CompiledCredential {
   std::vector<CompiledFeature> features;
   absl::flat_hash_map<std::string, int> feature_index;
   absl::flat_hash_map<std::string, int> rule_index;
+
+  // -1 when there is no such feature. A credential has a handful of features: a scan beats
+  // hashing the name.
+  int FindFeature(absl::string_view name) const {
+    if (features.size() > 8) {
+      auto it = feature_index.find(name);
+      return it == feature_index.end() ? -1 : it->second;
+    }
+    for (size_t i = 0; i < features.size(); ++i) {
+      if (features[i].name == name) return static_cast<int>(i);
+    }
+    return -1;
+  }
 };
 
 struct Ledger::Credential {
@@ -159,7 +172,7 @@ struct Ledger::Credential {
     auto it = map.find(scope);
     if (it != map.end()) return &it->second;
     if (!create) return nullptr;
-    return &map[scope];
+    return &map[std::string(scope)];
   }
 
   const std::string name;
@@ -257,12 +270,12 @@ absl::StatusOr<Decision> Ledger::Acquire(const AcquireRequest& req) {
   {
     absl::MutexLock lock(&cred->mu);
     const CompiledCredential& cc = *cred->compiled;
-    auto fit = cc.feature_index.find(req.feature);
-    if (fit == cc.feature_index.end()) {
+    const int feature_index = cc.FindFeature(req.feature);
+    if (feature_index < 0) {
       return absl::NotFoundError(absl::StrCat(
           "feature '", req.feature, "' is not configured for credential '", req.credential, "'"));
     }
-    const CompiledFeature& feature = cc.features[fit->second];
+    const CompiledFeature& feature = cc.features[feature_index];
     if (req.cost > feature.min_capacity) {
       return absl::InvalidArgumentError(
           absl::StrCat("cost ", req.cost, " exceeds capacity ", feature.min_capacity, " of limit ",
@@ -314,9 +327,9 @@ absl::StatusOr<Decision> Ledger::Acquire(const AcquireRequest& req) {
       d.lease_expiry = FromNs(expiry);
       rec.credential = cred;
       rec.compiled = &cc;
-      rec.feature = fit->second;
-      rec.scope = req.scope;
-      rec.holder = req.holder;
+      rec.feature = feature_index;
+      rec.scope = std::string(req.scope);
+      rec.holder = std::string(req.holder);
       rec.cost = req.cost;
       rec.granted_ns = now;
       rec.expiry_ns = expiry;
@@ -349,7 +362,7 @@ absl::StatusOr<Decision> Ledger::Acquire(const AcquireRequest& req) {
         const CounterView v = counters[i]->View(rule, now);
         LimitStatus& st = d.limits.emplace_back();
         st.name = rule.full_name;
-        if (rule.spec.scoped) st.scope = req.scope;
+        if (rule.spec.scoped) st.scope = std::string(req.scope);
         st.kind = rule.spec.kind;
         st.capacity = rule.Capacity();
         st.used = v.used;
@@ -382,9 +395,9 @@ absl::Status Ledger::ReserveAhead(const Credential& cred, const CompiledCredenti
     }
     for (int k = 0; k < counts[i]; ++k) {
       out[i][k] = {buf[k][0], buf[k][1], buf[k][2]};
-      reservations.push_back(
-          Reservation{CounterKey{cred.name, rule.full_name, rule.spec.scoped ? req.scope : ""},
-                      buf[k][0], buf[k][1], buf[k][2]});
+      reservations.push_back(Reservation{
+          CounterKey{cred.name, rule.full_name, rule.spec.scoped ? std::string(req.scope) : ""},
+          buf[k][0], buf[k][1], buf[k][2]});
     }
   }
   if (reservations.empty()) return absl::OkStatus();

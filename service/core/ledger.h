@@ -44,13 +44,14 @@ struct LeaseId {
   }
 };
 
+// The strings are views: what they name must outlive the Acquire call.
 struct AcquireRequest {
-  std::string credential;
-  std::string feature;
-  std::string scope;  // empty: no scope; scoped limits then count the "" scope
+  absl::string_view credential;
+  absl::string_view feature;
+  absl::string_view scope;  // empty: no scope; scoped limits then count the "" scope
   int64_t cost = 1;
   absl::Duration lease_ttl = absl::ZeroDuration();  // zero: the feature's default
-  std::string holder;                               // who holds the lease, for operators
+  absl::string_view holder;  // who holds the lease, for operators
   bool want_limits = true;                          // fill Decision::limits
 };
 

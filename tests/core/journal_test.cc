@@ -39,7 +39,7 @@ class JournalTest : public ::testing::Test {
   absl::StatusOr<Decision> Try(absl::string_view feature = "f", int64_t cost = 1) {
     AcquireRequest req;
     req.credential = "cred";
-    req.feature = std::string(feature);
+    req.feature = feature;
     req.cost = cost;
     req.lease_ttl = absl::Minutes(10);
     return ledger_->Acquire(req);

@@ -47,8 +47,8 @@ class LedgerTest : public ::testing::Test {
                                absl::string_view scope = "") {
     AcquireRequest req;
     req.credential = "cybervault/prod";
-    req.feature = std::string(feature);
-    req.scope = std::string(scope);
+    req.feature = feature;
+    req.scope = scope;
     req.cost = cost;
     req.holder = "worker-1";
     return ledger_->Acquire(req);
