@@ -1,0 +1,181 @@
+// The real quotad binary: start-up on port 0, fail-fast start-up errors, graceful SIGTERM.
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "quotad/v1/quotad.grpc.pb.h"
+
+namespace {
+
+using grpc::health::v1::Health;
+using grpc::health::v1::HealthCheckRequest;
+using grpc::health::v1::HealthCheckResponse;
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// One quotad process with its stderr in a file. Kills it if the test did not stop it.
+class QuotadProcess {
+ public:
+  explicit QuotadProcess(std::vector<std::string> args) {
+    char tmpl[] = "/tmp/quotad_binary_test_XXXXXX";
+    const int fd = mkstemp(tmpl);
+    log_path_ = tmpl;
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(fd, STDERR_FILENO);
+      dup2(fd, STDOUT_FILENO);
+      std::vector<char*> argv;
+      argv.push_back(const_cast<char*>(QUOTAD_BINARY));
+      for (std::string& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(QUOTAD_BINARY, argv.data());
+      _exit(127);
+    }
+    close(fd);
+  }
+  ~QuotadProcess() {
+    if (!exit_status_.has_value()) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    unlink(log_path_.c_str());
+  }
+
+  std::string log() const { return ReadFile(log_path_); }
+
+  // The port from the `listening address=HOST:PORT` line, waiting up to `timeout`.
+  std::optional<int> WaitForPort(absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (absl::Now() < deadline) {
+      const std::string text = log();
+      const size_t at = text.find("listening address=");
+      if (at != std::string::npos) {
+        const size_t end = text.find_first_of(" \n", at + 18);
+        const std::string addr = text.substr(at + 18, end - at - 18);
+        int port = 0;
+        if (absl::SimpleAtoi(addr.substr(addr.rfind(':') + 1), &port)) return port;
+      }
+      if (WaitForExit(absl::ZeroDuration()).has_value()) return std::nullopt;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return std::nullopt;
+  }
+
+  // The exit code once the process has exited within `timeout`; -signal when killed.
+  std::optional<int> WaitForExit(absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    for (;;) {
+      if (exit_status_.has_value()) return exit_status_;
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+        return exit_status_;
+      }
+      if (absl::Now() >= deadline) return std::nullopt;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+  }
+
+  void Signal(int sig) { kill(pid_, sig); }
+
+ private:
+  pid_t pid_ = -1;
+  std::string log_path_;
+  std::optional<int> exit_status_;
+};
+
+TEST(BinaryTest, SigtermGoesNotServingEndsWatchersAndExitsZero) {
+  QuotadProcess quotad({absl::StrCat("--config=", QUOTAD_TEST_CONFIG), "--listen=127.0.0.1:0"});
+  std::optional<int> port = quotad.WaitForPort(absl::Seconds(20));
+  ASSERT_TRUE(port.has_value()) << quotad.log();
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", *port),
+                                     grpc::InsecureChannelCredentials());
+  auto quota = quotad::v1::Quota::NewStub(channel);
+  auto health = Health::NewStub(channel);
+
+  {
+    grpc::ClientContext ctx;
+    quotad::v1::AcquireRequest req;
+    req.set_credential("test/race");
+    req.set_feature("calls");
+    quotad::v1::AcquireResponse resp;
+    ASSERT_TRUE(quota->Acquire(&ctx, req, &resp).ok());
+    EXPECT_TRUE(resp.granted());
+  }
+
+  // A Watch stream sees SERVING, then NOT_SERVING on SIGTERM, then its end.
+  grpc::ClientContext watch_ctx;
+  watch_ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  HealthCheckRequest watch_req;
+  auto reader = health->Watch(&watch_ctx, watch_req);
+  HealthCheckResponse update;
+  ASSERT_TRUE(reader->Read(&update));
+  EXPECT_EQ(update.status(), HealthCheckResponse::SERVING);
+
+  quotad.Signal(SIGTERM);
+  ASSERT_TRUE(reader->Read(&update));
+  EXPECT_EQ(update.status(), HealthCheckResponse::NOT_SERVING);
+  EXPECT_FALSE(reader->Read(&update));
+  EXPECT_TRUE(reader->Finish().ok());
+
+  std::optional<int> code = quotad.WaitForExit(absl::Seconds(20));
+  ASSERT_TRUE(code.has_value()) << "quotad did not exit after SIGTERM\n" << quotad.log();
+  EXPECT_EQ(*code, 0) << quotad.log();
+  EXPECT_NE(quotad.log().find("stopped"), std::string::npos) << quotad.log();
+
+  // New calls are refused.
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
+  HealthCheckResponse resp;
+  EXPECT_FALSE(health->Check(&ctx, HealthCheckRequest(), &resp).ok());
+}
+
+TEST(BinaryTest, BadConfigFailsFastWithMessage) {
+  char tmpl[] = "/tmp/quotad_bad_config_XXXXXX.yaml";
+  const int fd = mkstemps(tmpl, 5);
+  const std::string bad = "credentials:\n  - name: x/y\n    profile: no-such-profile\n";
+  ASSERT_EQ(write(fd, bad.data(), bad.size()), static_cast<ssize_t>(bad.size()));
+  close(fd);
+  QuotadProcess quotad({absl::StrCat("--config=", tmpl), "--listen=127.0.0.1:0"});
+  std::optional<int> code = quotad.WaitForExit(absl::Seconds(20));
+  unlink(tmpl);
+  ASSERT_TRUE(code.has_value());
+  EXPECT_NE(*code, 0);
+  EXPECT_NE(quotad.log().find("no-such-profile"), std::string::npos) << quotad.log();
+}
+
+TEST(BinaryTest, BusyPortFailsFastWithMessage) {
+  QuotadProcess first({absl::StrCat("--config=", QUOTAD_TEST_CONFIG), "--listen=127.0.0.1:0"});
+  std::optional<int> port = first.WaitForPort(absl::Seconds(20));
+  ASSERT_TRUE(port.has_value()) << first.log();
+  const std::string addr = absl::StrCat("127.0.0.1:", *port);
+  QuotadProcess second({absl::StrCat("--config=", QUOTAD_TEST_CONFIG), "--listen=" + addr});
+  std::optional<int> code = second.WaitForExit(absl::Seconds(20));
+  ASSERT_TRUE(code.has_value()) << second.log();
+  EXPECT_NE(*code, 0);
+  EXPECT_NE(second.log().find("cannot listen on " + addr), std::string::npos) << second.log();
+  first.Signal(SIGTERM);
+  EXPECT_EQ(first.WaitForExit(absl::Seconds(20)), std::optional<int>(0));
+}
+
+}  // namespace
