@@ -84,8 +84,8 @@ std::string Describe(const Policy& policy) {
   for (const CredentialSpec& c : policy.credentials) {
     for (const FeatureSpec& f : c.features) {
       absl::StrAppend(&out, c.name, " (", c.profile, ") ", f.name, " draws_on=[",
-                      absl::StrJoin(f.draws_on, ","), "] ttl=",
-                      absl::FormatDuration(f.default_lease_ttl), "/",
+                      absl::StrJoin(f.draws_on, ","),
+                      "] ttl=", absl::FormatDuration(f.default_lease_ttl), "/",
                       absl::FormatDuration(f.max_lease_ttl), "\n");
       for (const LimitSpec& l : f.limits) {
         absl::StrAppend(&out, "  ", l.name, " ", LimitKindName(l.kind), " cap=", l.capacity,
@@ -202,7 +202,8 @@ Job CyberVaultJob(const Mix& mix, std::mt19937_64& rng) {
   if ((p -= mix.reports_generate) < 0) {
     return Job{"reports_generate", "reports_generate", 1, 1, UniformMs(rng, 2000, 45000)};
   }
-  if ((p -= mix.auth_login) < 0) return Job{"auth_login", "auth_login", 1, 1, UniformMs(rng, 100, 300)};
+  if ((p -= mix.auth_login) < 0)
+    return Job{"auth_login", "auth_login", 1, 1, UniformMs(rng, 100, 300)};
   return Job{"threats_scan", "threats_scan", 1, 1, UniformMs(rng, 300, 2000)};
 }
 
@@ -222,17 +223,16 @@ Scenario CyberVaultScenario(const CyberVaultTier& tier, const Mix& mix, std::str
 
 // 3 days from 09:30 UTC touch 4 UTC days, each capped at the daily limit.
 TEST_F(ProviderSimTest, CyberVaultStarterThreeDays) {
-  const Report r = RunAndRecord(
-      CyberVaultScenario(kCyberVaultStarter, kStarterMix, "cybervault/starter", 3));
+  const Report r =
+      RunAndRecord(CyberVaultScenario(kCyberVaultStarter, kStarterMix, "cybervault/starter", 3));
   ExpectPromiseKept(r);
   EXPECT_EQ(r.units_allowed, 4 * 10000);
   EXPECT_LE(r.max_in_flight, kCyberVaultStarter.simultaneous);
 }
 
 TEST_F(ProviderSimTest, CyberVaultProfessionalThreeDays) {
-  const Report r =
-      RunAndRecord(CyberVaultScenario(kCyberVaultProfessional, kProfessionalMix,
-                                      "cybervault/professional", 3));
+  const Report r = RunAndRecord(
+      CyberVaultScenario(kCyberVaultProfessional, kProfessionalMix, "cybervault/professional", 3));
   ExpectPromiseKept(r);
   EXPECT_EQ(r.units_allowed, 4 * 100000);
   EXPECT_LE(r.max_in_flight, kCyberVaultProfessional.simultaneous);
@@ -257,8 +257,9 @@ Scenario MetaDefenderDelayed(std::string name,
 }
 
 TEST_F(ProviderSimTest, MetaDefenderRollingWindowWithConstantDelay) {
-  const Report r = RunAndRecord(MetaDefenderDelayed(
-      "metadefender rolling, +50ms const", [](std::mt19937_64&) { return absl::Milliseconds(50); }));
+  const Report r =
+      RunAndRecord(MetaDefenderDelayed("metadefender rolling, +50ms const",
+                                       [](std::mt19937_64&) { return absl::Milliseconds(50); }));
   ExpectPromiseKept(r);
 }
 
@@ -274,6 +275,21 @@ TEST_F(ProviderSimTest, DISABLED_MetaDefenderRollingWindowWithJitteredDelay) {
   s.end = s.start + absl::Hours(10 * 24);
   const Report r = RunAndRecord(s);
   ExpectPromiseKept(r);
+}
+
+// FINDING, kept disabled: the same 50 ms delay across a calendar boundary. Starting at 21:30 UTC,
+// the starter tier's 10,000/day is not reached before midnight, so quotad grants up to
+// 23:59:59.999; the requests granted in the last 50 ms arrive after 00:00 and the provider counts
+// them in the new day, which quotad then fills to 10,000 on its own: the provider sees more than
+// 10,000. The throttle count is amplified: each throttled worker refunds its lease (Release used=0,
+// as the spec asks) and retries after 60 s, and the ledger alone cannot learn the provider's count.
+TEST_F(ProviderSimTest, DISABLED_CyberVaultDailyCapWithConstantDelay) {
+  Scenario s = CyberVaultScenario(kCyberVaultStarter, kStarterMix, "cybervault/starter", 2);
+  s.name = "cybervault-starter, +50ms const";
+  s.start = Utc(2026, 3, 2, 21, 30);
+  s.end = s.start + absl::Hours(2 * 24);
+  s.network_delay = [](std::mt19937_64&) { return absl::Milliseconds(50); };
+  ExpectPromiseKept(RunAndRecord(s));
 }
 
 }  // namespace

@@ -67,10 +67,10 @@ CredentialSpec Credential(std::string name, std::string profile,
 
 CredentialSpec CyberVault(std::string name, std::string profile, int64_t per_minute,
                           int64_t per_day, int64_t concurrent) {
-  std::vector<FeatureSpec> features = {
-      Feature("requests", {Sliding("per_minute", per_minute, absl::Minutes(1)),
-                           Calendar("per_day", per_day, CalendarUnit::kDay),
-                           Concurrency("concurrent", concurrent)})};
+  std::vector<FeatureSpec> features = {Feature(
+      "requests",
+      {Sliding("per_minute", per_minute, absl::Minutes(1)),
+       Calendar("per_day", per_day, CalendarUnit::kDay), Concurrency("concurrent", concurrent)})};
   const std::pair<const char*, int64_t> overrides[] = {
       {"auth_login", 10}, {"threats_scan", 5}, {"reports_generate", 20}, {"incidents_read", 120}};
   for (const auto& [name, n] : overrides) {
@@ -87,16 +87,16 @@ CredentialSpec CyberVault(std::string name, std::string profile, int64_t per_min
 
 Policy HandBuiltPolicy() {
   Policy p;
-  p.credentials.push_back(Credential(
-      "virustotal/sim", "virustotal-public",
-      {Feature("requests", {Sliding("per_minute", 4, absl::Minutes(1)),
-                            Calendar("per_day", 500, CalendarUnit::kDay),
-                            Calendar("per_month", 15500, CalendarUnit::kMonth)})}));
-  p.credentials.push_back(Credential(
-      "metadefender/sim", "metadefender-cloud",
-      {Feature("reputation", {Rolling("per_24h", 4000, absl::Hours(24))}),
-       Feature("prevention", {Rolling("per_24h", 100, absl::Hours(24))}),
-       Feature("sandbox", {Rolling("per_24h", 100, absl::Hours(24))})}));
+  p.credentials.push_back(
+      Credential("virustotal/sim", "virustotal-public",
+                 {Feature("requests", {Sliding("per_minute", 4, absl::Minutes(1)),
+                                       Calendar("per_day", 500, CalendarUnit::kDay),
+                                       Calendar("per_month", 15500, CalendarUnit::kMonth)})}));
+  p.credentials.push_back(
+      Credential("metadefender/sim", "metadefender-cloud",
+                 {Feature("reputation", {Rolling("per_24h", 4000, absl::Hours(24))}),
+                  Feature("prevention", {Rolling("per_24h", 100, absl::Hours(24))}),
+                  Feature("sandbox", {Rolling("per_24h", 100, absl::Hours(24))})}));
   p.credentials.push_back(
       Credential("mediasilo/sim", "mediasilo",
                  {Feature("requests", {Sliding("per_hour", 10000, absl::Hours(1), 3600)})}));

@@ -114,8 +114,8 @@ class Simulation {
     if (!d->granted) {
       ++r_->denials;
       if (d->retry_at <= now || d->retry_at == absl::InfiniteFuture()) {
-        return Error(absl::StrCat("denied by ", d->limited_by, " with retry_at ",
-                                  Fmt(d->retry_at), " not in the future"));
+        return Error(absl::StrCat("denied by ", d->limited_by, " with retry_at ", Fmt(d->retry_at),
+                                  " not in the future"));
       }
       ++r_->denials_by_limit[d->limited_by];
       r_->waited_by_limit[d->limited_by] += std::min(d->retry_at, s_.end) - now;
@@ -227,9 +227,9 @@ Report Run(const Scenario& s) {
 }
 
 std::string FormatTable(const std::vector<Report>& reports) {
-  std::string out = absl::StrFormat("%-34s %7s %9s %9s %9s %9s %8s %10s %8s\n", "scenario",
-                                    "span", "grants", "charged", "allowed", "util%", "throttle",
-                                    "engine", "wall");
+  std::string out =
+      absl::StrFormat("%-34s %7s %9s %9s %9s %9s %8s %10s %8s\n", "scenario", "span", "grants",
+                      "charged", "allowed", "util%", "throttle", "engine", "wall");
   for (const Report& r : reports) {
     absl::StrAppendFormat(&out, "%-34s %6.1fd %9d %9d %9d %9.3f %8d %10d %7.2fs\n", r.name,
                           absl::ToDoubleHours(r.span) / 24, r.grants, r.units_charged,

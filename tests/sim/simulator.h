@@ -58,16 +58,16 @@ struct Scenario {
 struct Report {
   std::string name;
   absl::Duration span;
-  int64_t grants = 0;           // Acquires granted
-  int64_t denials = 0;          // Acquires denied (workers then waited for retry_at)
-  int64_t units_charged = 0;    // units the provider accepted and charged
-  int64_t throttles = 0;        // provider answers 429/420
-  int64_t units_allowed = 0;    // the ideal client's units over the same span
-  int64_t engine_calls = 0;     // Acquire + Release + Renew
-  int64_t expired_releases = 0; // Release of a lease that had expired (NotFound)
-  int64_t max_in_flight = 0;    // most requests the provider held at once
-  double utilization = 0;       // units_charged / units_allowed, in percent
-  absl::Duration wall;          // real time the run took (simulation and ideal)
+  int64_t grants = 0;            // Acquires granted
+  int64_t denials = 0;           // Acquires denied (workers then waited for retry_at)
+  int64_t units_charged = 0;     // units the provider accepted and charged
+  int64_t throttles = 0;         // provider answers 429/420
+  int64_t units_allowed = 0;     // the ideal client's units over the same span
+  int64_t engine_calls = 0;      // Acquire + Release + Renew
+  int64_t expired_releases = 0;  // Release of a lease that had expired (NotFound)
+  int64_t max_in_flight = 0;     // most requests the provider held at once
+  double utilization = 0;        // units_charged / units_allowed, in percent
+  absl::Duration wall;           // real time the run took (simulation and ideal)
   // Denials by the limit that denied ("feature.limit"), and the simulated time workers slept on
   // them in total.
   std::map<std::string, int64_t> denials_by_limit;

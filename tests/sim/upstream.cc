@@ -50,7 +50,8 @@ class Sliding : public UpstreamRule {
 // A counter over consecutive windows [start, end); subclasses say where the window of t lies.
 class Windowed : public UpstreamRule {
  public:
-  Windowed(std::string name, int64_t capacity) : UpstreamRule(std::move(name)), capacity_(capacity) {}
+  Windowed(std::string name, int64_t capacity)
+      : UpstreamRule(std::move(name)), capacity_(capacity) {}
 
   absl::Time Earliest(absl::Time t, int64_t units) override {
     if (units > capacity_) return absl::InfiniteFuture();
