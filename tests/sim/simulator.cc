@@ -1,5 +1,6 @@
 #include "tests/sim/simulator.h"
 
+#include <algorithm>
 #include <chrono>
 #include <queue>
 
