@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <map>
 #include <tuple>
 #include <utility>
 
@@ -160,6 +161,44 @@ struct CompiledCredential {
   }
 };
 
+// A request parked until it can be granted or reaches its deadline. Owns its strings.
+struct Ledger::Waiter {
+  AcquireRequest View() const {
+    AcquireRequest r;
+    r.credential = credential;
+    r.feature = feature;
+    r.scope = scope;
+    r.holder = holder;
+    r.cost = cost;
+    r.lease_ttl = lease_ttl;
+    r.want_limits = want_limits;
+    return r;
+  }
+
+  std::string credential, feature, scope, holder;
+  int64_t cost = 1;
+  absl::Duration lease_ttl;
+  bool want_limits = true;
+  int64_t deadline_ns = 0;
+  int priority = 0;
+  uint64_t id = 0;
+  WaitCallback done;
+};
+
+// The waiting requests of one credential, feature and scope: by (-priority, arrival).
+struct Ledger::Queue {
+  std::map<std::pair<int, uint64_t>, std::unique_ptr<Waiter>> waiters;
+  int64_t retry_ns = kInfiniteNs;  // when the head could be granted, as last computed
+  std::string limited_by;          // the limit that holds the head back
+};
+
+// An answer to deliver once the credential's lock is released.
+struct Ledger::Answer {
+  WaitCallback done;
+  absl::StatusOr<Decision> result;
+  std::unique_ptr<Ledger::LeaseRecord> lease;  // to insert first, for grants
+};
+
 struct Ledger::Credential {
   explicit Credential(std::string n) : name(std::move(n)) {}
 
@@ -183,6 +222,9 @@ struct Ledger::Credential {
   std::vector<Counter> counters ABSL_GUARDED_BY(mu);  // by rule index (unscoped rules)
   std::vector<absl::flat_hash_map<std::string, Counter>> scoped
       ABSL_GUARDED_BY(mu);  // by rule index (scoped rules)
+  // Waiting requests by "feature\0scope".
+  absl::flat_hash_map<std::string, Ledger::Queue> queues ABSL_GUARDED_BY(mu);
+  int64_t waiting ABSL_GUARDED_BY(mu) = 0;
 };
 
 struct Ledger::Table {
@@ -247,7 +289,7 @@ Ledger::Credential* Ledger::FindCredential(absl::string_view name) const {
 
 Ledger::LeaseShard& Ledger::ShardFor(const LeaseId& id) { return (*leases_)[id.lo % kLeaseShards]; }
 
-absl::StatusOr<Decision> Ledger::Acquire(const AcquireRequest& req) {
+absl::Status Ledger::ValidateRequest(const AcquireRequest& req) {
   if (absl::Status s = CheckRequestName("credential", req.credential, true); !s.ok()) return s;
   if (absl::Status s = CheckRequestName("feature", req.feature, true); !s.ok()) return s;
   if (absl::Status s = CheckRequestName("scope", req.scope, false); !s.ok()) return s;
@@ -259,123 +301,138 @@ absl::StatusOr<Decision> Ledger::Acquire(const AcquireRequest& req) {
     return absl::InvalidArgumentError(
         absl::StrCat("lease_ttl ", absl::FormatDuration(req.lease_ttl), " is negative"));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Decision> Ledger::Acquire(const AcquireRequest& req) {
+  if (absl::Status s = ValidateRequest(req); !s.ok()) return s;
   Credential* cred = FindCredential(req.credential);
   if (cred == nullptr) {
     return absl::NotFoundError(absl::StrCat("credential '", req.credential, "' is not configured"));
   }
   const int64_t now = absl::ToUnixNanos(clock_->Now());
 
-  Decision d;
+  std::vector<Answer> answers;
+  absl::StatusOr<Decision> result;
   LeaseRecord rec;
   {
     absl::MutexLock lock(&cred->mu);
-    const CompiledCredential& cc = *cred->compiled;
-    const int feature_index = cc.FindFeature(req.feature);
-    if (feature_index < 0) {
-      return absl::NotFoundError(absl::StrCat(
-          "feature '", req.feature, "' is not configured for credential '", req.credential, "'"));
-    }
-    const CompiledFeature& feature = cc.features[feature_index];
-    if (req.cost > feature.min_capacity) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("cost ", req.cost, " exceeds capacity ", feature.min_capacity, " of limit ",
-                       cc.rules[feature.min_capacity_rule].full_name, " and can never be granted"));
-    }
-    const absl::Duration ttl =
-        req.lease_ttl == absl::ZeroDuration() ? feature.default_lease_ttl : req.lease_ttl;
-    if (ttl > feature.max_lease_ttl) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("lease_ttl ", absl::FormatDuration(ttl), " exceeds the maximum ",
-                       absl::FormatDuration(feature.max_lease_ttl), " of feature ", feature.name));
-    }
-    if (feature.first_scoped_rule >= 0 &&
-        cred->CounterFor(feature.first_scoped_rule, req.scope, false) == nullptr &&
-        static_cast<int64_t>(cred->scoped[feature.first_scoped_rule].size()) >=
-            feature.max_scopes) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "scope '", req.scope, "' would exceed the ", feature.max_scopes,
-          " scopes allowed for feature ", feature.name, " of credential ", req.credential));
-    }
+    result = AcquireOrQueueLocked(*cred, req, now, &rec, /*waiter=*/nullptr, &answers);
+  }
+  if (result.ok() && result->granted) InsertLease(result->lease_id, std::move(rec));
+  Deliver(answers);
+  return result;
+}
 
-    absl::InlinedVector<Counter*, 4> counters;
-    counters.reserve(feature.rules.size());
-    for (int r : feature.rules) counters.push_back(cred->CounterFor(r, req.scope, true));
+void Ledger::InsertLease(const LeaseId& id, LeaseRecord rec) {
+  // Outside the credential's lock: nobody can name this lease before Acquire returns.
+  LeaseShard& shard = ShardFor(id);
+  absl::MutexLock shard_lock(&shard.mu);
+  shard.leases.emplace(id, std::move(rec));
+}
 
-    int64_t retry_ns = std::numeric_limits<int64_t>::min();
-    int limited_by = -1;
+absl::StatusOr<Decision> Ledger::AcquireLocked(Credential& cred, const AcquireRequest& req,
+                                               int64_t now, LeaseRecord* rec) {
+  Decision d;
+  const CompiledCredential& cc = *cred.compiled;
+  const int feature_index = cc.FindFeature(req.feature);
+  if (feature_index < 0) {
+    return absl::NotFoundError(absl::StrCat(
+        "feature '", req.feature, "' is not configured for credential '", req.credential, "'"));
+  }
+  const CompiledFeature& feature = cc.features[feature_index];
+  if (req.cost > feature.min_capacity) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cost ", req.cost, " exceeds capacity ", feature.min_capacity, " of limit ",
+                     cc.rules[feature.min_capacity_rule].full_name, " and can never be granted"));
+  }
+  const absl::Duration ttl =
+      req.lease_ttl == absl::ZeroDuration() ? feature.default_lease_ttl : req.lease_ttl;
+  if (ttl > feature.max_lease_ttl) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lease_ttl ", absl::FormatDuration(ttl), " exceeds the maximum ",
+                     absl::FormatDuration(feature.max_lease_ttl), " of feature ", feature.name));
+  }
+  if (feature.first_scoped_rule >= 0 &&
+      cred.CounterFor(feature.first_scoped_rule, req.scope, false) == nullptr &&
+      static_cast<int64_t>(cred.scoped[feature.first_scoped_rule].size()) >= feature.max_scopes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "scope '", req.scope, "' would exceed the ", feature.max_scopes,
+        " scopes allowed for feature ", feature.name, " of credential ", req.credential));
+  }
+
+  absl::InlinedVector<Counter*, 4> counters;
+  counters.reserve(feature.rules.size());
+  for (int r : feature.rules) counters.push_back(cred.CounterFor(r, req.scope, true));
+
+  int64_t retry_ns = std::numeric_limits<int64_t>::min();
+  int limited_by = -1;
+  for (size_t i = 0; i < counters.size(); ++i) {
+    int64_t at = 0;
+    const Rule& rule = cc.rules[feature.rules[i]];
+    if (!counters[i]->Fits(rule, now, req.cost, &at) && at > retry_ns) {
+      retry_ns = at;
+      limited_by = feature.rules[i];
+    }
+  }
+  if (limited_by >= 0) {
+    d.granted = false;
+    d.retry_at = FromNs(retry_ns);
+    d.limited_by = cc.rules[limited_by].full_name;
+  } else {
+    if (options_.journal != nullptr) {
+      if (absl::Status s = ReserveAhead(cred, cc, feature, counters, req, now); !s.ok()) {
+        return s;
+      }
+    }
+    d.granted = true;
+    d.lease_id = NewLeaseId();
+    const int64_t expiry = now + absl::ToInt64Nanoseconds(ttl);
+    d.lease_expiry = FromNs(expiry);
+    rec->credential = &cred;
+    rec->compiled = &cc;
+    rec->feature = feature_index;
+    rec->scope = std::string(req.scope);
+    rec->holder = std::string(req.holder);
+    rec->cost = req.cost;
+    rec->granted_ns = now;
+    rec->expiry_ns = expiry;
     for (size_t i = 0; i < counters.size(); ++i) {
-      int64_t at = 0;
-      const Rule& rule = cc.rules[feature.rules[i]];
-      if (!counters[i]->Fits(rule, now, req.cost, &at) && at > retry_ns) {
-        retry_ns = at;
-        limited_by = feature.rules[i];
-      }
+      rec->tokens.push_back(
+          counters[i]->Charge(cc.rules[feature.rules[i]], now, req.cost, d.lease_id.lo, expiry));
     }
-    if (limited_by >= 0) {
-      d.granted = false;
-      d.retry_at = FromNs(retry_ns);
-      d.limited_by = cc.rules[limited_by].full_name;
-    } else {
-      if (options_.journal != nullptr) {
-        if (absl::Status s = ReserveAhead(*cred, cc, feature, counters, req, now); !s.ok()) {
-          return s;
-        }
-      }
-      d.granted = true;
-      d.lease_id = NewLeaseId();
-      const int64_t expiry = now + absl::ToInt64Nanoseconds(ttl);
-      d.lease_expiry = FromNs(expiry);
-      rec.credential = cred;
-      rec.compiled = &cc;
-      rec.feature = feature_index;
-      rec.scope = std::string(req.scope);
-      rec.holder = std::string(req.holder);
-      rec.cost = req.cost;
-      rec.granted_ns = now;
-      rec.expiry_ns = expiry;
-      for (size_t i = 0; i < counters.size(); ++i) {
-        rec.tokens.push_back(
-            counters[i]->Charge(cc.rules[feature.rules[i]], now, req.cost, d.lease_id.lo, expiry));
-      }
-      if (options_.journal != nullptr) {
-        const absl::Status s =
-            options_.journal->PutLease(ToJournal(d.lease_id, rec, feature.has_concurrency));
-        if (!s.ok() && feature.has_concurrency) {
-          // The slot would not survive a restart: undo the whole grant and fail closed.
-          for (size_t i = 0; i < counters.size(); ++i) {
-            const Rule& rule = cc.rules[feature.rules[i]];
-            if (rule.spec.kind == LimitKind::kConcurrency) {
-              counters[i]->Free(expiry, d.lease_id.lo);
-            } else {
-              counters[i]->Refund(rule, now, rec.tokens[i], req.cost);
-            }
+    if (options_.journal != nullptr) {
+      const absl::Status s =
+          options_.journal->PutLease(ToJournal(d.lease_id, *rec, feature.has_concurrency));
+      if (!s.ok() && feature.has_concurrency) {
+        // The slot would not survive a restart: undo the whole grant and fail closed.
+        for (size_t i = 0; i < counters.size(); ++i) {
+          const Rule& rule = cc.rules[feature.rules[i]];
+          if (rule.spec.kind == LimitKind::kConcurrency) {
+            counters[i]->Free(expiry, d.lease_id.lo);
+          } else {
+            counters[i]->Refund(rule, now, rec->tokens[i], req.cost);
           }
-          return absl::UnavailableError(
-              absl::StrCat("state store failed, denying (fail closed): ", s.message()));
         }
+        return absl::UnavailableError(
+            absl::StrCat("state store failed, denying (fail closed): ", s.message()));
       }
     }
-    if (req.want_limits) {
-      d.limits.reserve(counters.size());
-      for (size_t i = 0; i < counters.size(); ++i) {
-        const Rule& rule = cc.rules[feature.rules[i]];
-        const CounterView v = counters[i]->View(rule, now);
-        LimitStatus& st = d.limits.emplace_back();
-        st.name = rule.full_name;
-        if (rule.spec.scoped) st.scope = std::string(req.scope);
-        st.kind = rule.spec.kind;
-        st.capacity = rule.Capacity();
-        st.used = v.used;
-        st.remaining = v.remaining;
-        st.reset = FromNs(v.reset_ns);
-      }
+  }
+  if (req.want_limits) {
+    d.limits.reserve(counters.size());
+    for (size_t i = 0; i < counters.size(); ++i) {
+      const Rule& rule = cc.rules[feature.rules[i]];
+      const CounterView v = counters[i]->View(rule, now);
+      LimitStatus& st = d.limits.emplace_back();
+      st.name = rule.full_name;
+      if (rule.spec.scoped) st.scope = std::string(req.scope);
+      st.kind = rule.spec.kind;
+      st.capacity = rule.Capacity();
+      st.used = v.used;
+      st.remaining = v.remaining;
+      st.reset = FromNs(v.reset_ns);
     }
-  }  // cred->mu
-  if (d.granted) {
-    // Outside the credential's lock: nobody can name this lease before Acquire returns.
-    LeaseShard& shard = ShardFor(d.lease_id);
-    absl::MutexLock shard_lock(&shard.mu);
-    shard.leases.emplace(d.lease_id, std::move(rec));
   }
   return d;
 }
@@ -424,7 +481,260 @@ int64_t Ledger::BlockFor(const Rule& rule) const {
   return std::clamp<int64_t>(static_cast<int64_t>(block), 1, options_.max_reserve_block);
 }
 
+std::string QueueKey(absl::string_view feature, absl::string_view scope) {
+  return absl::StrCat(feature, absl::string_view("\0", 1), scope);
+}
+
+absl::StatusOr<Decision> Ledger::AcquireOrQueueLocked(Credential& cred, const AcquireRequest& req,
+                                                      int64_t now, LeaseRecord* rec,
+                                                      std::unique_ptr<Waiter>* waiter,
+                                                      std::vector<Answer>* answers) {
+  const std::string key = QueueKey(req.feature, req.scope);
+  auto qit = cred.queues.find(key);
+  if (qit != cred.queues.end()) {
+    ServeQueueLocked(cred, qit->second, now, answers);
+    if (qit->second.waiters.empty()) {
+      cred.queues.erase(qit);
+      qit = cred.queues.end();
+    }
+  }
+  if (qit == cred.queues.end()) {
+    absl::StatusOr<Decision> d = AcquireLocked(cred, req, now, rec);
+    if (!d.ok() || d->granted || waiter == nullptr || *waiter == nullptr) return d;
+  } else if (waiter == nullptr || *waiter == nullptr) {
+    // Waiting requests go first: a request that does not wait is told when the queue's head
+    // could be served, which is the earliest anything could be.
+    Decision d;
+    d.retry_at = FromNs(qit->second.retry_ns);
+    d.limited_by = qit->second.limited_by;
+    return d;
+  }
+  if (cred.waiting >= options_.max_waiters_per_credential) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("credential '", cred.name, "' already has ", cred.waiting,
+                     " requests waiting, the most allowed; retry later"));
+  }
+  Queue& queue = cred.queues[key];
+  Waiter& w = **waiter;
+  queue.waiters.emplace(std::make_pair(-w.priority, w.id), std::move(*waiter));
+  ++cred.waiting;
+  waiting_.fetch_add(1, std::memory_order_relaxed);
+  {
+    absl::MutexLock l(&wait_mu_);
+    waiting_credentials_.insert(&cred);
+  }
+  // Serve at once: sets retry_ns for the (possibly new) head and answers nothing new.
+  ServeQueueLocked(cred, queue, now, answers);
+  Decision parked;
+  parked.retry_at = FromNs(queue.retry_ns);
+  parked.limited_by = queue.limited_by;
+  return parked;
+}
+
+int64_t Ledger::ServeQueueLocked(Credential& cred, Queue& queue, int64_t now,
+                                 std::vector<Answer>* answers) {
+  auto answer = [&](auto it, absl::StatusOr<Decision> result, std::unique_ptr<LeaseRecord> lease) {
+    Answer& a = answers->emplace_back();
+    a.done = std::move(it->second->done);
+    a.result = std::move(result);
+    a.lease = std::move(lease);
+    queue.waiters.erase(it);
+    --cred.waiting;
+    waiting_.fetch_sub(1, std::memory_order_relaxed);
+  };
+  // The head goes first: strict order within a priority, so nobody starves.
+  while (!queue.waiters.empty()) {
+    auto head = queue.waiters.begin();
+    auto lease = std::make_unique<LeaseRecord>();
+    absl::StatusOr<Decision> d = AcquireLocked(cred, head->second->View(), now, lease.get());
+    if (d.ok() && !d->granted) {
+      queue.retry_ns = absl::ToUnixNanos(d->retry_at);
+      queue.limited_by = d->limited_by;
+      if (head->second->deadline_ns > now) break;
+    }
+    const bool granted = d.ok() && d->granted;
+    answer(head, std::move(d), granted ? std::move(lease) : nullptr);
+  }
+  if (queue.waiters.empty()) return kInfiniteNs;
+  int64_t next = std::min(queue.retry_ns, queue.waiters.begin()->second->deadline_ns);
+  for (auto it = std::next(queue.waiters.begin()); it != queue.waiters.end();) {
+    if (it->second->deadline_ns > now) {
+      next = std::min(next, it->second->deadline_ns);
+      ++it;
+      continue;
+    }
+    Decision denied;
+    denied.retry_at = FromNs(queue.retry_ns);
+    denied.limited_by = queue.limited_by;
+    answer(it++, denied, nullptr);
+  }
+  return next;
+}
+
+void Ledger::Deliver(std::vector<Answer>& answers) {
+  for (Answer& a : answers) {
+    if (a.lease != nullptr) InsertLease(a.result->lease_id, std::move(*a.lease));
+    a.done(std::move(a.result));
+  }
+  answers.clear();
+}
+
+WaitTicket Ledger::AcquireOrWait(const AcquireRequest& req, absl::Duration max_wait, int priority,
+                                 WaitCallback done) {
+  if (absl::Status s = ValidateRequest(req); !s.ok()) {
+    done(s);
+    return {};
+  }
+  if (max_wait < absl::ZeroDuration()) {
+    done(absl::InvalidArgumentError(
+        absl::StrCat("max_wait ", absl::FormatDuration(max_wait), " is negative")));
+    return {};
+  }
+  Credential* cred = FindCredential(req.credential);
+  if (cred == nullptr) {
+    done(absl::NotFoundError(absl::StrCat("credential '", req.credential, "' is not configured")));
+    return {};
+  }
+  const int64_t now = absl::ToUnixNanos(clock_->Now());
+  auto waiter = std::make_unique<Waiter>();
+  Waiter& w = *waiter;
+  w.credential = std::string(req.credential);
+  w.feature = std::string(req.feature);
+  w.scope = std::string(req.scope);
+  w.holder = std::string(req.holder);
+  w.cost = req.cost;
+  w.lease_ttl = req.lease_ttl;
+  w.want_limits = req.want_limits;
+  w.deadline_ns = now + absl::ToInt64Nanoseconds(max_wait);
+  w.priority = priority;
+  w.id = next_waiter_id_.fetch_add(1, std::memory_order_relaxed);
+  w.done = std::move(done);
+  WaitTicket ticket{cred, QueueKey(req.feature, req.scope), priority, w.id};
+
+  std::vector<Answer> answers;
+  LeaseRecord rec;
+  absl::StatusOr<Decision> result;
+  {
+    absl::MutexLock lock(&cred->mu);
+    result = AcquireOrQueueLocked(*cred, req, now, &rec,
+                                  max_wait > absl::ZeroDuration() ? &waiter : nullptr, &answers);
+  }
+  const bool parked = waiter == nullptr;
+  if (!parked) {
+    if (result.ok() && result->granted) InsertLease(result->lease_id, std::move(rec));
+    waiter->done(std::move(result));
+  }
+  Deliver(answers);
+  if (!parked) return {};
+  if (options_.wake) {
+    options_.wake(FromNs(
+        std::min(absl::ToUnixNanos(result->retry_at), now + absl::ToInt64Nanoseconds(max_wait))));
+  }
+  return ticket;
+}
+
+bool Ledger::Cancel(const WaitTicket& ticket) {
+  if (ticket.credential == nullptr) return false;
+  // Only credentials this ledger made are ever named by tickets, and none is ever freed.
+  Credential* cred = const_cast<Credential*>(static_cast<const Credential*>(ticket.credential));
+  std::unique_ptr<Waiter> gone;
+  absl::MutexLock lock(&cred->mu);
+  auto qit = cred->queues.find(ticket.queue);
+  if (qit == cred->queues.end()) return false;
+  auto it = qit->second.waiters.find({-ticket.priority, ticket.id});
+  if (it == qit->second.waiters.end()) return false;
+  gone = std::move(it->second);
+  qit->second.waiters.erase(it);
+  if (qit->second.waiters.empty()) cred->queues.erase(qit);
+  --cred->waiting;
+  waiting_.fetch_sub(1, std::memory_order_relaxed);
+  return true;
+}
+
+int64_t Ledger::ServeCredentialLocked(Credential& cred, int64_t now, std::vector<Answer>* answers) {
+  int64_t next = kInfiniteNs;
+  for (auto it = cred.queues.begin(); it != cred.queues.end();) {
+    next = std::min(next, ServeQueueLocked(cred, it->second, now, answers));
+    if (it->second.waiters.empty()) {
+      cred.queues.erase(it++);
+    } else {
+      ++it;
+    }
+  }
+  if (cred.waiting == 0) {
+    absl::MutexLock l(&wait_mu_);
+    waiting_credentials_.erase(&cred);
+  }
+  return next;
+}
+
+void Ledger::ServeCredential(Credential& cred) {
+  if (waiting_.load(std::memory_order_relaxed) == 0) return;
+  std::vector<Answer> answers;
+  int64_t next;
+  {
+    absl::MutexLock lock(&cred.mu);
+    if (cred.waiting == 0) return;
+    next = ServeCredentialLocked(cred, absl::ToUnixNanos(clock_->Now()), &answers);
+  }
+  Deliver(answers);
+  if (next != kInfiniteNs && options_.wake) options_.wake(FromNs(next));
+}
+
+absl::Time Ledger::Pump() {
+  std::vector<Credential*> creds;
+  {
+    absl::MutexLock l(&wait_mu_);
+    creds.assign(waiting_credentials_.begin(), waiting_credentials_.end());
+  }
+  const int64_t now = absl::ToUnixNanos(clock_->Now());
+  int64_t next = kInfiniteNs;
+  std::vector<Answer> answers;
+  for (Credential* cred : creds) {
+    {
+      absl::MutexLock lock(&cred->mu);
+      next = std::min(next, ServeCredentialLocked(*cred, now, &answers));
+    }
+    Deliver(answers);
+  }
+  return FromNs(next);
+}
+
+void Ledger::AnswerAllWaiters(const absl::Status& status) {
+  std::vector<Credential*> creds;
+  {
+    absl::MutexLock l(&wait_mu_);
+    creds.assign(waiting_credentials_.begin(), waiting_credentials_.end());
+  }
+  for (Credential* cred : creds) {
+    std::vector<std::unique_ptr<Waiter>> waiters;
+    {
+      absl::MutexLock lock(&cred->mu);
+      for (auto& [key, queue] : cred->queues) {
+        for (auto& [order, w] : queue.waiters) waiters.push_back(std::move(w));
+      }
+      cred->queues.clear();
+      waiting_.fetch_sub(cred->waiting, std::memory_order_relaxed);
+      cred->waiting = 0;
+      absl::MutexLock l(&wait_mu_);
+      waiting_credentials_.erase(cred);
+    }
+    for (auto& w : waiters) w->done(status);
+  }
+}
+
+int64_t Ledger::waiting() const { return waiting_.load(std::memory_order_relaxed); }
+
 absl::StatusOr<ReleaseResult> Ledger::Release(const LeaseId& id, std::optional<int64_t> used) {
+  Credential* cred = nullptr;
+  absl::StatusOr<ReleaseResult> result = ReleaseImpl(id, used, &cred);
+  // Freed slots or refunded units may let waiting requests through.
+  if (result.ok() && (result->freed > 0 || result->refunded > 0)) ServeCredential(*cred);
+  return result;
+}
+
+absl::StatusOr<ReleaseResult> Ledger::ReleaseImpl(const LeaseId& id, std::optional<int64_t> used,
+                                                  Credential** out_cred) {
   const int64_t now = absl::ToUnixNanos(clock_->Now());
   LeaseShard& shard = ShardFor(id);
   Credential* cred = nullptr;
@@ -437,6 +747,7 @@ absl::StatusOr<ReleaseResult> Ledger::Release(const LeaseId& id, std::optional<i
     }
     cred = it->second.credential;
   }
+  *out_cred = cred;
   absl::MutexLock cred_lock(&cred->mu);
   LeaseRecord rec;
   {
@@ -600,16 +911,25 @@ absl::Status Ledger::Reset(absl::string_view credential) {
   if (cred == nullptr) {
     return absl::NotFoundError(absl::StrCat("credential '", credential, "' is not configured"));
   }
-  absl::MutexLock lock(&cred->mu);
-  const CompiledCredential& cc = *cred->compiled;
-  for (size_t r = 0; r < cc.rules.size(); ++r) {
-    cred->counters[r].Clear(cc.rules[r]);
-    for (auto& [scope, counter] : cred->scoped[r]) counter.Clear(cc.rules[r]);
+  {
+    absl::MutexLock lock(&cred->mu);
+    const CompiledCredential& cc = *cred->compiled;
+    for (size_t r = 0; r < cc.rules.size(); ++r) {
+      cred->counters[r].Clear(cc.rules[r]);
+      for (auto& [scope, counter] : cred->scoped[r]) counter.Clear(cc.rules[r]);
+    }
   }
+  ServeCredential(*cred);
   return absl::OkStatus();
 }
 
 absl::Status Ledger::Reload(const Policy& policy) {
+  absl::Status s = ReloadImpl(policy);
+  if (s.ok()) Pump();  // new capacities may let waiting requests through
+  return s;
+}
+
+absl::Status Ledger::ReloadImpl(const Policy& policy) {
   if (absl::Status s = ValidatePolicy(policy); !s.ok()) return s;
   absl::MutexLock reload_lock(&reload_mu_);
   auto next = std::make_unique<Table>();

@@ -4,6 +4,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -11,6 +12,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -51,7 +54,7 @@ struct AcquireRequest {
   absl::string_view scope;  // empty: no scope; scoped limits then count the "" scope
   int64_t cost = 1;
   absl::Duration lease_ttl = absl::ZeroDuration();  // zero: the feature's default
-  absl::string_view holder;  // who holds the lease, for operators
+  absl::string_view holder;                         // who holds the lease, for operators
   bool want_limits = true;                          // fill Decision::limits
 };
 
@@ -102,6 +105,23 @@ struct LedgerOptions {
   // this many units of each window unused; a smaller block means more journal writes.
   double reserve_fraction = 0.01;
   int64_t max_reserve_block = 1000;
+  // At most this many requests wait per credential; beyond, AcquireOrWait answers
+  // kResourceExhausted.
+  int64_t max_waiters_per_credential = 10000;
+  // Called (outside the ledger's locks) when a request is parked, with the time by which Pump()
+  // must run for it. The owner of the timer that calls Pump() sets this.
+  std::function<void(absl::Time)> wake;
+};
+
+// Answers a request that waited. Called exactly once, from whichever thread served it.
+using WaitCallback = absl::AnyInvocable<void(absl::StatusOr<Decision>)>;
+
+// Names a parked request, for Cancel().
+struct WaitTicket {
+  const void* credential = nullptr;
+  std::string queue;
+  int priority = 0;
+  uint64_t id = 0;
 };
 
 // Holds the counters of every credential and decides grants.
@@ -128,6 +148,30 @@ class Ledger {
   // feature; kResourceExhausted when a new scope would pass the feature's max_scopes;
   // kUnavailable when the journal cannot write (fail closed: nothing charged).
   absl::StatusOr<Decision> Acquire(const AcquireRequest& request);
+
+  // Like Acquire, but when the request cannot be granted now and `max_wait` > 0, it waits in
+  // the queue of its credential, feature and scope (higher `priority` first, then arrival
+  // order) and `done` is called exactly once: with the grant as soon as capacity frees (window
+  // reset, refill, release, expiry, refund), or with the denial at the deadline. A request that
+  // is answered at once gets `done` before this returns. New requests never pass waiting ones:
+  // while a queue is not empty, a request that does not wait is denied and one that waits
+  // joins the end of its priority. kResourceExhausted when the credential's queue is full.
+  WaitTicket AcquireOrWait(const AcquireRequest& request, absl::Duration max_wait, int priority,
+                           WaitCallback done);
+
+  // Takes a waiting request out of its queue; its `done` is destroyed uncalled. False when it
+  // was already answered.
+  bool Cancel(const WaitTicket& ticket);
+
+  // Serves every queue whose time has come: grants what fits, denies what reached its deadline.
+  // Returns when it must run next (InfiniteFuture when nobody waits).
+  absl::Time Pump();
+
+  // Answers every waiting request with `status` (shutdown).
+  void AnswerAllWaiters(const absl::Status& status);
+
+  // Number of requests waiting.
+  int64_t waiting() const;
 
   // Ends a lease. `used` (0 <= used <= cost) refunds cost - used on every window limit whose
   // charged window is still open; nullopt refunds nothing. Frees concurrency slots.
@@ -165,6 +209,9 @@ class Ledger {
   struct Credential;
   struct Table;
   struct LeaseShard;
+  struct Waiter;
+  struct Queue;
+  struct Answer;
 
  public:
   struct LeaseRecord;  // internal; public only for helpers in ledger.cc
@@ -174,6 +221,27 @@ class Ledger {
 
   Ledger(Clock* clock, LedgerOptions options);
   int64_t BlockFor(const Rule& rule) const;
+  void InsertLease(const LeaseId& id, LeaseRecord rec);
+  absl::StatusOr<Decision> AcquireLocked(Credential& cred, const AcquireRequest& req, int64_t now,
+                                         LeaseRecord* rec);
+  // Serves the request's queue first; then grants or denies; or, when `waiter` is non-null
+  // and the request cannot be granted now, parks it (taking *waiter, which becomes null).
+  absl::StatusOr<Decision> AcquireOrQueueLocked(Credential& cred, const AcquireRequest& req,
+                                                int64_t now, LeaseRecord* rec,
+                                                std::unique_ptr<Waiter>* waiter,
+                                                std::vector<Answer>* answers);
+  // Grants and expires what it can in one queue; returns when it needs serving next.
+  int64_t ServeQueueLocked(Credential& cred, Queue& queue, int64_t now,
+                           std::vector<Answer>* answers);
+  // Serves every queue of a credential; returns when it needs serving next.
+  int64_t ServeCredentialLocked(Credential& cred, int64_t now, std::vector<Answer>* answers);
+  // Serves every queue of a credential (after something was freed), and delivers.
+  void ServeCredential(Credential& cred);
+  static absl::Status ValidateRequest(const AcquireRequest& req);
+  absl::Status ReloadImpl(const Policy& policy);
+  absl::StatusOr<ReleaseResult> ReleaseImpl(const LeaseId& id, std::optional<int64_t> used,
+                                            Credential** cred);
+  void Deliver(std::vector<Answer>& answers);
   absl::Status ReserveAhead(const Credential& cred, const CompiledCredential& cc,
                             const CompiledFeature& feature, absl::Span<Counter* const> counters,
                             const AcquireRequest& req, int64_t now);
@@ -192,6 +260,11 @@ class Ledger {
       ABSL_GUARDED_BY(reload_mu_);
   Policy policy_ ABSL_GUARDED_BY(reload_mu_);
   std::unique_ptr<std::array<LeaseShard, kLeaseShards>> leases_;
+  // Credentials with requests waiting. Lock order: a credential's mu, then wait_mu_.
+  mutable absl::Mutex wait_mu_;
+  absl::flat_hash_set<Credential*> waiting_credentials_ ABSL_GUARDED_BY(wait_mu_);
+  std::atomic<int64_t> waiting_{0};
+  std::atomic<uint64_t> next_waiter_id_{1};
 };
 
 }  // namespace quotad

@@ -1,0 +1,184 @@
+// Waiting Acquires: served in order, at the exact moment capacity frees, on a fake clock.
+
+#include <memory>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "service/core/clock.h"
+#include "service/core/ledger.h"
+#include "tests/core/test_util.h"
+
+namespace quotad {
+namespace {
+
+using testing::Bucket;
+using testing::Concurrency;
+using testing::Feature;
+using testing::OneCredential;
+using testing::Utc;
+
+struct Answered {
+  int who;
+  absl::Time at;
+  absl::StatusOr<Decision> result;
+};
+
+class WaitQueueTest : public ::testing::Test {
+ protected:
+  void Use(std::vector<FeatureSpec> features, int64_t max_waiters = 10000) {
+    LedgerOptions options;
+    options.max_waiters_per_credential = max_waiters;
+    options.wake = [this](absl::Time t) { wakes_.push_back(t); };
+    auto ledger = Ledger::Create(OneCredential("vt", std::move(features)), &clock_, options);
+    ASSERT_TRUE(ledger.ok()) << ledger.status();
+    ledger_ = std::move(*ledger);
+  }
+  WaitTicket Wait(int who, absl::Duration max_wait, int priority = 0,
+                  absl::string_view feature = "requests") {
+    AcquireRequest req;
+    req.credential = "vt";
+    req.feature = feature;
+    req.lease_ttl = absl::Minutes(30);
+    return ledger_->AcquireOrWait(req, max_wait, priority, [this, who](absl::StatusOr<Decision> d) {
+      answered_.push_back({who, clock_.Now(), std::move(d)});
+    });
+  }
+  absl::StatusOr<Decision> Now(absl::string_view feature = "requests") {
+    AcquireRequest req;
+    req.credential = "vt";
+    req.feature = feature;
+    return ledger_->Acquire(req);
+  }
+  // Runs the timer loop the server runs: Pump at the time it asks for, until nobody waits or
+  // `until` passes.
+  void RunUntil(absl::Time until) {
+    for (absl::Time next = ledger_->Pump(); next <= until; next = ledger_->Pump()) {
+      if (next > clock_.Now()) clock_.Set(next);
+    }
+  }
+
+  FakeClock clock_{Utc(2026, 4, 1, 9)};
+  std::unique_ptr<Ledger> ledger_;
+  std::vector<Answered> answered_;
+  std::vector<absl::Time> wakes_;
+};
+
+TEST_F(WaitQueueTest, HundredWaitersGetGrantsInArrivalOrderAtExactSpacing) {
+  Use({Feature("requests", {Bucket("floor", 4, absl::Minutes(1), 1)})});
+  const absl::Time t0 = clock_.Now();
+  for (int i = 0; i < 100; ++i) Wait(i, absl::Hours(1));
+  ASSERT_EQ(answered_.size(), 1u);  // the first fits at once
+  EXPECT_EQ(ledger_->waiting(), 99);
+  ASSERT_FALSE(wakes_.empty());
+  EXPECT_EQ(wakes_.back(), t0 + absl::Seconds(15));
+  RunUntil(t0 + absl::Hours(1));
+  ASSERT_EQ(answered_.size(), 100u);
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_TRUE(answered_[i].result.ok()) << answered_[i].result.status();
+    EXPECT_TRUE(answered_[i].result->granted) << i;
+    EXPECT_EQ(answered_[i].who, i);
+    EXPECT_EQ(answered_[i].at, t0 + absl::Seconds(15) * i) << i;
+  }
+  EXPECT_EQ(ledger_->waiting(), 0);
+}
+
+TEST_F(WaitQueueTest, CancelledWaiterLeavesTheQueueAndIsNeverAnswered) {
+  Use({Feature("requests", {Bucket("floor", 4, absl::Minutes(1), 1)})});
+  std::vector<WaitTicket> tickets;
+  for (int i = 0; i < 5; ++i) tickets.push_back(Wait(i, absl::Hours(1)));
+  EXPECT_TRUE(ledger_->Cancel(tickets[2]));
+  EXPECT_FALSE(ledger_->Cancel(tickets[2]));
+  EXPECT_FALSE(ledger_->Cancel(tickets[0]));  // answered at once: nothing to cancel
+  EXPECT_EQ(ledger_->waiting(), 3);
+  RunUntil(clock_.Now() + absl::Hours(1));
+  ASSERT_EQ(answered_.size(), 4u);
+  EXPECT_EQ(answered_[2].who, 3);  // 3 took 2's turn
+  EXPECT_EQ(answered_[2].at - answered_[1].at, absl::Seconds(15));
+}
+
+TEST_F(WaitQueueTest, HigherPriorityIsServedFirstFifoWithin) {
+  Use({Feature("requests", {Bucket("floor", 4, absl::Minutes(1), 1)})});
+  Wait(0, absl::Hours(1));  // granted at once
+  Wait(1, absl::Hours(1), 0);
+  Wait(2, absl::Hours(1), 5);
+  Wait(3, absl::Hours(1), 0);
+  Wait(4, absl::Hours(1), 5);
+  RunUntil(clock_.Now() + absl::Hours(1));
+  ASSERT_EQ(answered_.size(), 5u);
+  std::vector<int> order;
+  for (const Answered& a : answered_) order.push_back(a.who);
+  EXPECT_EQ(order, (std::vector<int>{0, 2, 4, 1, 3}));
+}
+
+TEST_F(WaitQueueTest, WaiterIsDeniedAtItsDeadlineWithRetryAt) {
+  Use({Feature("requests", {Bucket("floor", 4, absl::Minutes(1), 1)})});
+  const absl::Time t0 = clock_.Now();
+  Wait(0, absl::Hours(1));
+  Wait(1, absl::Seconds(20));  // served at 15 s
+  Wait(2, absl::Seconds(20));  // would need 30 s: denied at 20 s
+  RunUntil(t0 + absl::Hours(1));
+  ASSERT_EQ(answered_.size(), 3u);
+  EXPECT_TRUE(answered_[1].result->granted);
+  EXPECT_EQ(answered_[2].who, 2);
+  EXPECT_FALSE(answered_[2].result->granted);
+  EXPECT_EQ(answered_[2].at, t0 + absl::Seconds(20));
+  EXPECT_EQ(answered_[2].result->retry_at, t0 + absl::Seconds(30));
+  EXPECT_EQ(answered_[2].result->limited_by, "requests.floor");
+}
+
+TEST_F(WaitQueueTest, NewRequestsDoNotPassWaitingOnes) {
+  Use({Feature("requests", {Bucket("floor", 4, absl::Minutes(1), 1)})});
+  const absl::Time t0 = clock_.Now();
+  Wait(0, absl::Hours(1));
+  Wait(1, absl::Hours(1));
+  clock_.Set(t0 + absl::Seconds(15));  // capacity is free, but 1 waits for it
+  const Decision d = *Now();
+  EXPECT_FALSE(d.granted);
+  ASSERT_EQ(answered_.size(), 2u);  // serving the queue first answered 1
+  EXPECT_EQ(answered_[1].who, 1);
+  EXPECT_TRUE(answered_[1].result->granted);
+}
+
+TEST_F(WaitQueueTest, ReleaseServesTheHeadAtOnce) {
+  Use({Feature("jobs", {Concurrency("concurrent", 1)})});
+  Wait(0, absl::Hours(1), 0, "jobs");
+  Wait(1, absl::Hours(1), 0, "jobs");
+  ASSERT_EQ(answered_.size(), 1u);
+  ASSERT_TRUE(ledger_->Release(answered_[0].result->lease_id, std::nullopt).ok());
+  ASSERT_EQ(answered_.size(), 2u);  // no Pump needed
+  EXPECT_TRUE(answered_[1].result->granted);
+  EXPECT_EQ(answered_[1].at, answered_[0].at);
+}
+
+TEST_F(WaitQueueTest, LeaseExpiryServesTheHeadAtTheExpiry) {
+  Use({Feature("jobs", {Concurrency("concurrent", 1)})});
+  const absl::Time t0 = clock_.Now();
+  Wait(0, absl::Hours(1), 0, "jobs");  // lease_ttl 30 min
+  Wait(1, absl::Hours(1), 0, "jobs");
+  RunUntil(t0 + absl::Hours(1));
+  ASSERT_EQ(answered_.size(), 2u);
+  EXPECT_EQ(answered_[1].at, t0 + absl::Minutes(30));
+}
+
+TEST_F(WaitQueueTest, FullQueueIsResourceExhaustedWithTheCount) {
+  Use({Feature("requests", {Bucket("floor", 4, absl::Minutes(1), 1)})}, /*max_waiters=*/3);
+  for (int i = 0; i < 5; ++i) Wait(i, absl::Hours(1));
+  ASSERT_EQ(answered_.size(), 2u);  // the one granted at once, and the one refused
+  EXPECT_EQ(answered_[1].who, 4);
+  EXPECT_EQ(answered_[1].result.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(answered_[1].result.status().message().find("3 requests waiting"), std::string::npos)
+      << answered_[1].result.status();
+}
+
+TEST_F(WaitQueueTest, AnswerAllWaitersEmptiesEveryQueue) {
+  Use({Feature("requests", {Bucket("floor", 4, absl::Minutes(1), 1)})});
+  for (int i = 0; i < 4; ++i) Wait(i, absl::Hours(1));
+  ledger_->AnswerAllWaiters(absl::UnavailableError("shutting down"));
+  ASSERT_EQ(answered_.size(), 4u);
+  EXPECT_EQ(answered_[3].result.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(ledger_->waiting(), 0);
+  EXPECT_EQ(ledger_->Pump(), absl::InfiniteFuture());
+}
+
+}  // namespace
+}  // namespace quotad
