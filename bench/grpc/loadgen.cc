@@ -28,7 +28,7 @@
 #include "quotad/v1/quotad.grpc.pb.h"
 
 ABSL_FLAG(std::vector<std::string>, target, {},
-          "name=host:port, repeatable or comma-separated; the last is the baseline.");
+          "name=host:port,name=host:port,...; the last is the baseline.");
 ABSL_FLAG(std::vector<std::string>, inflight, std::vector<std::string>({"1", "16", "64"}),
           "Calls in flight.");
 ABSL_FLAG(int, rounds, 3, "Interleaved rounds.");

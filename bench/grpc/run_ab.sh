@@ -44,4 +44,4 @@ pids+=($!)
 qaddr=$(wait_addr "$tmp/quotad.log")
 naddr=$(wait_addr "$tmp/noop.log")
 echo "quotad=$qaddr noop=$naddr cores=$(nproc) $(date -u +%FT%TZ)"
-"$loadgen" --target="quotad=$qaddr" --target="noop=$naddr" "$@"
+"$loadgen" --target="quotad=$qaddr,noop=$naddr" "$@"
