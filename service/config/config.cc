@@ -232,6 +232,17 @@ absl::StatusOr<LimitSpec> BuildLimit(const v1::Limit& limit, const Origin& origi
   }
   spec.sub_buckets = limit.sub_buckets();
   spec.scoped = limit.scoped();
+
+  // guard
+  if (!limit.guard().empty()) {
+    if (kind != v1::Limit::SLIDING && kind != v1::Limit::ROLLING && kind != v1::Limit::CALENDAR) {
+      return not_for_kind("guard", Quote(limit.guard()));
+    }
+    QUOTAD_ASSIGN_OR_RETURN(spec.guard, PositiveDuration(limit.guard(), origin, "guard"));
+    if (spec.guard > absl::Hours(1)) {
+      return origin.Error("guard", absl::StrCat("must be at most 1h, got ", Quote(limit.guard())));
+    }
+  }
   return spec;
 }
 
@@ -482,7 +493,7 @@ absl::Status ApplyOverride(const v1::Override& ov, const Origin& o, absl::string
   }
   const bool sets_limit_field = ov.has_capacity() || ov.has_rate() || ov.has_period() ||
                                 ov.has_kind() || ov.has_unit() || ov.has_zone() ||
-                                ov.has_sub_buckets() || ov.has_scoped();
+                                ov.has_sub_buckets() || ov.has_scoped() || ov.has_guard();
   if (ov.limit().empty()) {
     if (sets_limit_field) {
       return o.Error("limit", absl::StrCat("the override of feature ", Quote(ov.feature()),
@@ -518,6 +529,7 @@ absl::Status ApplyOverride(const v1::Override& ov, const Origin& o, absl::string
   if (ov.has_zone()) l.set_zone(ov.zone());
   if (ov.has_sub_buckets()) l.set_sub_buckets(ov.sub_buckets());
   if (ov.has_scoped()) l.set_scoped(ov.scoped());
+  if (ov.has_guard()) l.set_guard(ov.guard());
   limit->origin = o;
   return absl::OkStatus();
 }

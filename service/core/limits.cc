@@ -23,12 +23,17 @@ int64_t FloorDiv(int64_t a, int64_t b) {
 
 Rule::Rule(LimitSpec s, std::string name) : spec(std::move(s)), full_name(std::move(name)) {
   period_ns = absl::ToInt64Nanoseconds(spec.period);
+  guard_ns = absl::ToInt64Nanoseconds(spec.guard);
+  span_ns = period_ns + guard_ns;
   if (spec.kind == LimitKind::kTokenBucket && spec.rate > 0) {
     // Rounded up: a slightly slower refill never over-grants.
     emission_ns = (period_ns + spec.rate - 1) / spec.rate;
   }
   if (spec.kind == LimitKind::kSliding && spec.sub_buckets > 0) {
     bucket_ns = (period_ns + spec.sub_buckets - 1) / spec.sub_buckets;
+    // Bucket i is dropped at (i + slots) * width, which must be no earlier than the end of
+    // its last charge's span, (i + 1) * width + span.
+    bucket_slots = (span_ns + bucket_ns - 1) / bucket_ns + 1;
   }
 }
 
@@ -37,11 +42,12 @@ bool Rule::SameShape(const Rule& other) const {
   switch (spec.kind) {
     case LimitKind::kCalendar:
     case LimitKind::kUnlimited:
-      return spec.unit == other.spec.unit && spec.zone_name == other.spec.zone_name;
+      return spec.unit == other.spec.unit && spec.zone_name == other.spec.zone_name &&
+             guard_ns == other.guard_ns;
     case LimitKind::kRolling:
-      return period_ns == other.period_ns;
+      return span_ns == other.span_ns;
     case LimitKind::kSliding:
-      return period_ns == other.period_ns && spec.sub_buckets == other.spec.sub_buckets;
+      return span_ns == other.span_ns && spec.sub_buckets == other.spec.sub_buckets;
     case LimitKind::kTokenBucket:
       return emission_ns == other.emission_ns;
     case LimitKind::kConcurrency:
@@ -117,8 +123,10 @@ void Counter::Roll(const Rule& rule, int64_t now) {
     case LimitKind::kCalendar:
     case LimitKind::kUnlimited:
       if (now >= end_ns_) {
+        const int64_t old_end = end_ns_;
         CalendarWindow(rule.spec.unit, rule.spec.zone, now, &start_ns_, &end_ns_);
-        used_ = 0;
+        used_ = start_ns_ == old_end ? carry_ : 0;  // the guard's charges, if this is the next
+        carry_ = 0;
         reserved_ = 0;
       }
       break;
@@ -129,7 +137,7 @@ void Counter::Roll(const Rule& rule, int64_t now) {
       if (rule.spec.sub_buckets > 0) {
         AdvanceBuckets(rule, now);
       } else if (log_ != nullptr) {
-        while (log_->size > 0 && log_->at(0).at_ns + rule.period_ns <= now) {
+        while (log_->size > 0 && log_->at(0).at_ns + rule.span_ns <= now) {
           used_ -= log_->at(0).units;
           log_->PopFront();
         }
@@ -149,7 +157,7 @@ void Counter::Roll(const Rule& rule, int64_t now) {
 }
 
 void Counter::AdvanceBuckets(const Rule& rule, int64_t now) {
-  const int64_t n = rule.spec.sub_buckets + 1;
+  const int64_t n = rule.bucket_slots;
   if (buckets_ == nullptr) {
     buckets_ = std::make_unique<Buckets>();
     buckets_->counts.assign(n, 0);
@@ -180,7 +188,13 @@ bool Counter::Fits(const Rule& rule, int64_t now, int64_t cost, int64_t* retry_n
     case LimitKind::kCalendar:
     case LimitKind::kRolling:
       Roll(rule, now);
-      if (used_ + cost <= cap) return true;
+      if (used_ + cost <= cap) {
+        // Within the guard the charge also counts in the next calendar window.
+        if (rule.guard_ns == 0 || rule.spec.kind != LimitKind::kCalendar ||
+            now < end_ns_ - rule.guard_ns || carry_ + cost <= cap) {
+          return true;
+        }
+      }
       *retry_ns = cost > cap ? kInfiniteNs : end_ns_;
       return false;
     case LimitKind::kTokenBucket: {
@@ -215,7 +229,7 @@ bool Counter::Fits(const Rule& rule, int64_t now, int64_t cost, int64_t* retry_n
         for (int64_t i = b.newest - n + 1; i <= b.newest; ++i) {
           freed += b.counts[((i % n) + n) % n];
           if (freed >= need) {
-            *retry_ns = (i + 1) * rule.bucket_ns + rule.period_ns;
+            *retry_ns = (i + n) * rule.bucket_ns;
             break;
           }
         }
@@ -223,7 +237,7 @@ bool Counter::Fits(const Rule& rule, int64_t now, int64_t cost, int64_t* retry_n
         for (size_t i = 0; i < log_->size; ++i) {
           freed += log_->at(i).units;
           if (freed >= need) {
-            *retry_ns = log_->at(i).at_ns + rule.period_ns;
+            *retry_ns = log_->at(i).at_ns + rule.span_ns;
             break;
           }
         }
@@ -240,11 +254,12 @@ int64_t Counter::Charge(const Rule& rule, int64_t now, int64_t cost, uint64_t le
     case LimitKind::kCalendar:
     case LimitKind::kUnlimited:
       used_ += cost;
+      if (rule.guard_ns > 0 && now >= end_ns_ - rule.guard_ns) carry_ += cost;
       return start_ns_;
     case LimitKind::kRolling:
       if (now >= end_ns_) {
         start_ns_ = now;
-        end_ns_ = now + rule.period_ns;
+        end_ns_ = now + rule.span_ns;
         used_ = 0;
       }
       used_ += cost;
@@ -378,14 +393,14 @@ CounterView Counter::View(const Rule& rule, int64_t now) {
         const int64_t n = static_cast<int64_t>(b.counts.size());
         for (int64_t i = b.newest - n + 1; i <= b.newest; ++i) {
           if (b.counts[((i % n) + n) % n] > 0) {
-            v.reset_ns = (i + 1) * rule.bucket_ns + rule.period_ns;
+            v.reset_ns = (i + n) * rule.bucket_ns;
             break;
           }
         }
       } else if (log_ != nullptr) {
         for (size_t i = 0; i < log_->size; ++i) {
           if (log_->at(i).units > 0) {
-            v.reset_ns = log_->at(i).at_ns + rule.period_ns;
+            v.reset_ns = log_->at(i).at_ns + rule.span_ns;
             break;
           }
         }
@@ -419,7 +434,7 @@ bool Counter::NeedsReservation(const Rule& rule, int64_t now, int64_t cost, int6
       const int64_t reserved = opens ? 0 : reserved_;
       if (used + cost <= reserved) return false;
       const int64_t start = opens ? now : start_ns_;
-      const int64_t end = opens ? now + rule.period_ns : end_ns_;
+      const int64_t end = opens ? now + rule.span_ns : end_ns_;
       out[0][0] = start;
       out[0][1] = end;
       out[0][2] = std::min(cap, clamp_add(used + cost, block));
@@ -431,7 +446,7 @@ bool Counter::NeedsReservation(const Rule& rule, int64_t now, int64_t cost, int6
       // The previous block's charges all happened before now: it matters until now + period.
       if (block_start_ns_ != std::numeric_limits<int64_t>::min()) {
         out[*count][0] = block_start_ns_;
-        out[*count][1] = now + rule.period_ns;
+        out[*count][1] = now + rule.span_ns;
         out[*count][2] = -1;  // keep its units, change only until_ns
         ++*count;
       }
@@ -499,7 +514,7 @@ void Counter::Restore(const Rule& rule, int64_t now, int64_t window_start_ns, in
       // Every unit of the block may have been charged as late as the next block's reserve
       // time: count them there, which keeps them at least as long as the upstream does.
       const int64_t at = std::min(next_ns, now);
-      if (at + rule.period_ns <= now || units <= 0) break;
+      if (at + rule.span_ns <= now || units <= 0) break;
       if (rule.spec.sub_buckets > 0) {
         AdvanceBuckets(rule, at);
         Buckets& b = *buckets_;
@@ -535,6 +550,7 @@ void Counter::RestoreHeld(int64_t expiry_ns, uint64_t lease_key, int64_t units, 
 void Counter::Clear(const Rule& rule) {
   if (rule.spec.kind == LimitKind::kConcurrency) return;
   used_ = 0;
+  carry_ = 0;
   log_.reset();
   buckets_.reset();
   if (rule.spec.kind == LimitKind::kTokenBucket) start_ns_ = kMinNs;

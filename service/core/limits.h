@@ -31,8 +31,11 @@ struct Rule {
   LimitSpec spec;
   std::string full_name;  // "feature.limit"
   int64_t period_ns = 0;
-  int64_t emission_ns = 0;  // token bucket: time per unit
-  int64_t bucket_ns = 0;    // sliding with sub-buckets: width of one
+  int64_t guard_ns = 0;
+  int64_t span_ns = 0;       // sliding and rolling: how long a charge counts, period + guard
+  int64_t emission_ns = 0;   // token bucket: time per unit
+  int64_t bucket_ns = 0;     // sliding with sub-buckets: width of one
+  int64_t bucket_slots = 0;  // sliding with sub-buckets: buckets kept, enough to cover span_ns
 };
 
 // Snapshot of a counter.
@@ -126,6 +129,7 @@ class Counter {
   // token bucket, the theoretical arrival time the journal allows.
   int64_t reserved_ = 0;
   int64_t block_start_ns_ = std::numeric_limits<int64_t>::min();  // sliding: current block
+  int64_t carry_ = 0;  // calendar: units charged within the guard, counted in the next window
   std::unique_ptr<Log> log_;
   std::unique_ptr<Buckets> buckets_;
   std::unique_ptr<Held> held_;

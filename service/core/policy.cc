@@ -70,6 +70,9 @@ absl::Status ValidateLimit(absl::string_view where, const LimitSpec& l) {
     return absl::InvalidArgumentError(absl::StrCat(at, ": bad ", field, " ", value));
   };
   if (l.kind != LimitKind::kUnlimited && l.capacity <= 0) return bad("capacity", l.capacity);
+  if (l.guard < absl::ZeroDuration() || l.guard > absl::Hours(1)) {
+    return bad("guard", absl::FormatDuration(l.guard));
+  }
   switch (l.kind) {
     case LimitKind::kCalendar:
       if (l.unit == CalendarUnit::kNone) return bad("unit", "none (calendar needs a unit)");

@@ -47,6 +47,11 @@ struct LimitSpec {
   int sub_buckets = 0;
   // Each scope value of the feature gets its own counter for this limit.
   bool scoped = false;
+  // How much later than quotad's grant a request may reach the upstream, with varying delay.
+  // Sliding: a charge counts for period + guard. Rolling: a window lasts period + guard.
+  // Calendar: a charge made within `guard` before the window ends counts in the next window
+  // too. Costs at most `guard` worth of grants per window; never over-grants.
+  absl::Duration guard = absl::ZeroDuration();
 };
 
 // A separately counted family of calls on a credential.

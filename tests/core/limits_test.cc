@@ -274,5 +274,54 @@ TEST_F(LimitsTest, UnlimitedCountsAndNeverDenies) {
   EXPECT_EQ((*usage)[0].reset, Utc(2026, 1, 2));
 }
 
+TEST_F(LimitsTest, GuardKeepsSlidingChargesLongerThanThePeriod) {
+  LimitSpec l = Sliding("per_minute", 2, absl::Minutes(1));
+  l.guard = absl::Seconds(2);
+  Use(l);
+  clock_.Set(Utc(2026, 1, 1));
+  EXPECT_EQ(Exhaust(), 2);
+  EXPECT_EQ(Acquire().retry_at, Utc(2026, 1, 1, 0, 1, 2));
+  clock_.Set(Utc(2026, 1, 1, 0, 1, 1));
+  EXPECT_FALSE(Acquire().granted);
+  clock_.Set(Utc(2026, 1, 1, 0, 1, 2));
+  EXPECT_EQ(Exhaust(), 2);
+}
+
+TEST_F(LimitsTest, GuardWithSubBucketsRetryAtMatchesWhenTheBucketLeaves) {
+  LimitSpec l = Sliding("per_minute", 6, absl::Minutes(1), 6);  // 10 s buckets
+  l.guard = absl::Seconds(3);
+  Use(l);
+  clock_.Set(Utc(2026, 1, 1, 0, 0, 5));
+  EXPECT_EQ(Exhaust(), 6);
+  const Decision d = Acquire();
+  // Bucket [0, 10) must count until at least 10 + 60 + 3 = 73 s; whole buckets: 80 s.
+  EXPECT_EQ(d.retry_at, Utc(2026, 1, 1, 0, 1, 20));
+  clock_.Set(d.retry_at - absl::Nanoseconds(1));
+  EXPECT_FALSE(Acquire().granted);
+  clock_.Set(d.retry_at);
+  EXPECT_TRUE(Acquire().granted);
+}
+
+TEST_F(LimitsTest, GuardExtendsARollingWindow) {
+  LimitSpec l = Rolling("per_24h", 1, absl::Hours(24));
+  l.guard = absl::Seconds(5);
+  Use(l);
+  clock_.Set(Utc(2026, 6, 1, 11));
+  EXPECT_TRUE(Acquire().granted);
+  EXPECT_EQ(Acquire().retry_at, Utc(2026, 6, 2, 11, 0, 5));
+}
+
+TEST_F(LimitsTest, GuardCountsLateCalendarChargesInTheNextWindowToo) {
+  LimitSpec l = Calendar("per_day", 3, CalendarUnit::kDay);
+  l.guard = absl::Seconds(1);
+  Use(l);
+  clock_.Set(Utc(2026, 3, 1, 12));
+  EXPECT_TRUE(Acquire().granted);
+  clock_.Set(Utc(2026, 3, 1, 23, 59, 59) + absl::Milliseconds(500));
+  EXPECT_TRUE(Acquire().granted);  // may reach the upstream after midnight
+  clock_.Set(Utc(2026, 3, 2));
+  EXPECT_EQ(Exhaust(), 2);  // the new day already holds that one
+}
+
 }  // namespace
 }  // namespace quotad

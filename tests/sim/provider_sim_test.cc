@@ -263,12 +263,11 @@ TEST_F(ProviderSimTest, MetaDefenderRollingWindowWithConstantDelay) {
   ExpectPromiseKept(r);
 }
 
-// FINDING, kept disabled: with a delay that varies (10-90 ms, 10 days), the provider's window opens
-// at the first request's ARRIVAL, which can be later than quotad's grant by more than a later
-// request's delay; quotad's window then reopens (24 h after its first grant) while the
-// provider's is still full, and the first requests of the new window are throttled. The shipped
-// rolling preset has no margin for this; see the report.
-TEST_F(ProviderSimTest, DISABLED_MetaDefenderRollingWindowWithJitteredDelay) {
+// With a delay that varies (10-90 ms, 10 days), the provider's window opens at the first request's
+// ARRIVAL, which can be later than quotad's grant by more than a later request's delay. Without a
+// margin quotad's window reopened while the provider's was still full (18 throttles in 10 days);
+// the shipped rolling preset's `guard: 5s` keeps quotad's window open that much longer.
+TEST_F(ProviderSimTest, MetaDefenderRollingWindowWithJitteredDelay) {
   Scenario s = MetaDefenderDelayed("metadefender rolling, +10-90ms", [](std::mt19937_64& rng) {
     return absl::Microseconds(std::uniform_int_distribution<int>(10000, 90000)(rng));
   });
@@ -280,9 +279,11 @@ TEST_F(ProviderSimTest, DISABLED_MetaDefenderRollingWindowWithJitteredDelay) {
 // FINDING, kept disabled: the same 50 ms delay across a calendar boundary. Starting at 21:30 UTC,
 // the starter tier's 10,000/day is not reached before midnight, so quotad grants up to
 // 23:59:59.999; the requests granted in the last 50 ms arrive after 00:00 and the provider counts
-// them in the new day, which quotad then fills to 10,000 on its own: the provider sees more than
-// 10,000. The throttle count is amplified: each throttled worker refunds its lease (Release used=0,
-// as the spec asks) and retries after 60 s, and the ledger alone cannot learn the provider's count.
+// them in the new day. Without a guard quotad then filled the new day to 10,000 on its own and
+// was throttled from 03:13 on the second day. With the shipped `guard: 1s` (a charge in the last
+// second of a day also counts in the next) there are 0 throttles, but utilization is 96.4%
+// (27,961 of 29,000), below the 99% target: the shortfall is in the first, partial evening,
+// where the per-minute and concurrency limits bind rather than the daily cap. Not yet explained.
 TEST_F(ProviderSimTest, DISABLED_CyberVaultDailyCapWithConstantDelay) {
   Scenario s = CyberVaultScenario(kCyberVaultStarter, kStarterMix, "cybervault/starter", 2);
   s.name = "cybervault-starter, +50ms const";
