@@ -20,7 +20,11 @@ yaml_version=4.1.0
 
 fail() { echo "k8s_validate: $*" >&2; exit 1; }
 
-command -v kubectl >/dev/null || fail "kubectl not found (machine image ships it; else Debian kubernetes-client is too old, see k8s/README.md)"
+if ! command -v kubectl >/dev/null; then
+  # CTest reports exit 77 as skipped (SKIP_RETURN_CODE), with this message in the log.
+  echo "k8s_validate: SKIPPED: kubectl not found (the machine image ships it; Debian 12's kubernetes-client 1.20 is too old, see k8s/README.md)" >&2
+  exit 77
+fi
 command -v node >/dev/null || fail "node not found (Debian package nodejs)"
 command -v npm >/dev/null || fail "npm not found (Debian package npm)"
 
