@@ -1,0 +1,582 @@
+#include "service/store/sqlite_journal.h"
+
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "service/core/clock.h"
+#include "service/core/status_macros.h"
+#include "spdlog/spdlog.h"
+
+namespace quotad {
+namespace {
+
+constexpr int kSchemaVersion = 1;
+
+constexpr const char* kSchema = R"sql(
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE reservations (
+  credential TEXT NOT NULL,
+  limit_name TEXT NOT NULL,
+  scope TEXT NOT NULL,
+  window_start_ns INTEGER NOT NULL,
+  until_ns INTEGER NOT NULL,
+  units INTEGER NOT NULL,
+  PRIMARY KEY (credential, limit_name, scope, window_start_ns)
+) WITHOUT ROWID;
+CREATE INDEX reservations_by_until ON reservations (until_ns);
+CREATE TABLE leases (
+  id TEXT NOT NULL PRIMARY KEY,
+  credential TEXT NOT NULL,
+  feature TEXT NOT NULL,
+  scope TEXT NOT NULL,
+  holder TEXT NOT NULL,
+  cost INTEGER NOT NULL,
+  granted_ns INTEGER NOT NULL,
+  expiry_ns INTEGER NOT NULL,
+  holds_slots INTEGER NOT NULL,
+  tokens BLOB NOT NULL  -- int64 little-endian, one per limit of the feature
+) WITHOUT ROWID;
+CREATE TABLE dedup (
+  request_id TEXT NOT NULL PRIMARY KEY,
+  answer BLOB NOT NULL,
+  expiry_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+)sql";
+
+absl::StatusCode CodeFor(int rc) {
+  switch (rc & 0xff) {
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+      return absl::StatusCode::kDataLoss;
+    case SQLITE_READONLY:
+    case SQLITE_PERM:
+    case SQLITE_AUTH:
+      return absl::StatusCode::kPermissionDenied;
+    case SQLITE_FULL:
+      return absl::StatusCode::kResourceExhausted;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_CANTOPEN:
+    case SQLITE_IOERR:
+      return absl::StatusCode::kUnavailable;
+    default:
+      return absl::StatusCode::kInternal;
+  }
+}
+
+absl::Status DbError(const std::string& path, sqlite3* db, int rc, absl::string_view what) {
+  const char* msg = db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+  return absl::Status(CodeFor(rc), absl::StrCat("sqlite state file ", path, ": ", what, ": ", msg));
+}
+
+std::string EncodeTokens(const std::vector<int64_t>& tokens) {
+  std::string out(tokens.size() * 8, '\0');
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const uint64_t v = static_cast<uint64_t>(tokens[i]);
+    for (int b = 0; b < 8; ++b) out[i * 8 + b] = static_cast<char>((v >> (8 * b)) & 0xff);
+  }
+  return out;
+}
+
+std::vector<int64_t> DecodeTokens(const void* data, int bytes) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  std::vector<int64_t> out(bytes / 8);
+  for (size_t i = 0; i < out.size(); ++i) {
+    uint64_t v = 0;
+    for (int b = 0; b < 8; ++b) v |= static_cast<uint64_t>(p[i * 8 + b]) << (8 * b);
+    out[i] = static_cast<int64_t>(v);
+  }
+  return out;
+}
+
+std::string Text(sqlite3_stmt* st, int col) {
+  const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(st, col));
+  return p == nullptr ? std::string() : std::string(p, sqlite3_column_bytes(st, col));
+}
+
+void BindText(sqlite3_stmt* st, int i, const std::string& s) {
+  sqlite3_bind_text(st, i, s.data(), static_cast<int>(s.size()), SQLITE_STATIC);
+}
+
+// Runs one statement and returns the first column of its first row ("" when none).
+int QueryText(sqlite3* db, const char* sql, std::string* out) {
+  sqlite3_stmt* st = nullptr;
+  int rc = sqlite3_prepare_v2(db, sql, -1, &st, nullptr);
+  if (rc != SQLITE_OK) return rc;
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    *out = Text(st, 0);
+    rc = SQLITE_OK;
+  } else if (rc == SQLITE_DONE) {
+    out->clear();
+    rc = SQLITE_OK;
+  }
+  sqlite3_finalize(st);
+  return rc;
+}
+
+bool FileExists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+// Opens the file and checks it is ours and sound. `*bad_file` is set when the file itself is
+// corrupt or foreign (what reset_corrupt may move aside), as opposed to unreachable.
+absl::StatusOr<sqlite3*> OpenChecked(const std::string& path, const SqliteOptions& options,
+                                     bool* bad_file) {
+  *bad_file = false;
+  sqlite3* db = nullptr;
+  const int flags = SQLITE_OPEN_NOMUTEX |
+                    (options.read_only ? SQLITE_OPEN_READONLY
+                                       : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+  int rc = sqlite3_open_v2(path.c_str(), &db, flags, nullptr);
+  auto fail = [&](int code, absl::string_view what) {
+    absl::Status s = DbError(path, db, code, what);
+    sqlite3_close_v2(db);
+    return s;
+  };
+  if (rc != SQLITE_OK) return fail(rc, "cannot open");
+  sqlite3_extended_result_codes(db, 1);
+  sqlite3_busy_timeout(db, static_cast<int>(absl::ToInt64Milliseconds(options.busy_timeout)));
+  if (!options.read_only && sqlite3_db_readonly(db, "main") == 1) {
+    sqlite3_close_v2(db);
+    return absl::PermissionDeniedError(
+        absl::StrCat("sqlite state file ", path, ": the file or its directory is read-only"));
+  }
+
+  std::string result;
+  rc = QueryText(db, "PRAGMA quick_check", &result);
+  if (rc != SQLITE_OK) {
+    *bad_file = (rc & 0xff) == SQLITE_NOTADB || (rc & 0xff) == SQLITE_CORRUPT;
+    return fail(rc, *bad_file ? "corrupt or not a SQLite database" : "cannot read");
+  }
+  if (result != "ok") {
+    *bad_file = true;
+    sqlite3_close_v2(db);
+    return absl::DataLossError(
+        absl::StrCat("sqlite state file ", path, ": PRAGMA quick_check failed: ", result));
+  }
+
+  if (!options.read_only) {
+    rc = QueryText(db, "PRAGMA journal_mode=WAL", &result);
+    if (rc != SQLITE_OK) return fail(rc, "cannot switch to WAL mode");
+    if (result != "wal") {
+      sqlite3_close_v2(db);
+      return absl::FailedPreconditionError(absl::StrCat(
+          "sqlite state file ", path, ": journal_mode is '", result, "', WAL is required"));
+    }
+    const std::string sync = options.synchronous_full ? "PRAGMA synchronous=FULL"
+                                                      : "PRAGMA synchronous=NORMAL";
+    rc = sqlite3_exec(db, sync.c_str(), nullptr, nullptr, nullptr);
+    if (rc != SQLITE_OK) return fail(rc, "cannot set synchronous");
+    if (options.max_pages > 0) {
+      rc = QueryText(db, absl::StrCat("PRAGMA max_page_count=", options.max_pages).c_str(),
+                     &result);
+      if (rc != SQLITE_OK) return fail(rc, "cannot set max_page_count");
+    }
+  }
+
+  // Which tables are there: none (new file), ours, or somebody else's.
+  std::vector<std::string> tables;
+  {
+    sqlite3_stmt* st = nullptr;
+    rc = sqlite3_prepare_v2(db, "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name",
+                            -1, &st, nullptr);
+    if (rc != SQLITE_OK) return fail(rc, "cannot read the schema");
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) tables.push_back(Text(st, 0));
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) return fail(rc, "cannot read the schema");
+  }
+  if (tables.empty()) {
+    const std::string create =
+        absl::StrCat("BEGIN IMMEDIATE;", kSchema, "INSERT INTO schema_version VALUES (",
+                     kSchemaVersion, "); COMMIT;");
+    rc = sqlite3_exec(db, create.c_str(), nullptr, nullptr, nullptr);
+    if (rc != SQLITE_OK) {
+      absl::Status s = DbError(path, db, rc, "cannot create the schema");
+      sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+      sqlite3_close_v2(db);
+      return s;
+    }
+    return db;
+  }
+  if (std::find(tables.begin(), tables.end(), "schema_version") == tables.end()) {
+    *bad_file = true;
+    sqlite3_close_v2(db);
+    return absl::FailedPreconditionError(
+        absl::StrCat("sqlite state file ", path, ": not a quotad state file (tables: ",
+                     absl::StrJoin(tables, ", "), ")"));
+  }
+  rc = QueryText(db, "SELECT version FROM schema_version", &result);
+  if (rc != SQLITE_OK) return fail(rc, "cannot read the schema version");
+  if (result != std::to_string(kSchemaVersion)) {
+    *bad_file = true;
+    sqlite3_close_v2(db);
+    return absl::FailedPreconditionError(
+        absl::StrCat("sqlite state file ", path, ": schema version '", result,
+                     "', this build reads version ", kSchemaVersion));
+  }
+  return db;
+}
+
+absl::Status MoveAside(const std::string& path) {
+  const std::string stamp =
+      absl::FormatTime("%Y%m%dT%H%M%SZ", Clock::Real()->Now(), absl::UTCTimeZone());
+  std::string target = absl::StrCat(path, ".corrupt-", stamp);
+  for (int i = 1; FileExists(target); ++i) target = absl::StrCat(path, ".corrupt-", stamp, "-", i);
+  if (::rename(path.c_str(), target.c_str()) != 0) {
+    return absl::UnavailableError(absl::StrCat("sqlite state file ", path, ": cannot move it to ",
+                                               target, ": ", std::strerror(errno)));
+  }
+  // The WAL belongs to the bad file; a new file must not replay it.
+  const std::string wal = path + "-wal";
+  if (FileExists(wal)) ::rename(wal.c_str(), (target + "-wal").c_str());
+  ::unlink((path + "-shm").c_str());
+  spdlog::warn("component=store event=reset_corrupt path={} moved_to={}", path, target);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<SqliteJournal>> SqliteJournal::Open(const std::string& path,
+                                                                    SqliteOptions options) {
+  bool bad_file = false;
+  absl::StatusOr<sqlite3*> db = OpenChecked(path, options, &bad_file);
+  if (!db.ok() && bad_file && options.reset_corrupt && !options.read_only) {
+    QUOTAD_RETURN_IF_ERROR(MoveAside(path));
+    db = OpenChecked(path, options, &bad_file);
+  }
+  if (!db.ok()) {
+    if (bad_file) {
+      return absl::Status(db.status().code(),
+                          absl::StrCat(db.status().message(),
+                                       " (refusing to start over it; move it aside or start with "
+                                       "the explicit reset_corrupt option)"));
+    }
+    return db.status();
+  }
+  std::unique_ptr<SqliteJournal> journal(new SqliteJournal(path, options, *db));
+  QUOTAD_RETURN_IF_ERROR(journal->Prepare());
+  journal->writer_ = std::thread([j = journal.get()] { j->WriterLoop(); });
+  return journal;
+}
+
+SqliteJournal::SqliteJournal(std::string path, SqliteOptions options, sqlite3* db)
+    : path_(std::move(path)), options_(options), db_(db) {}
+
+absl::Status SqliteJournal::Prepare() {
+  absl::MutexLock l(&db_mu_);
+  struct {
+    sqlite3_stmt** stmt;
+    const char* sql;
+  } const statements[] = {
+      {&put_reservation_,
+       "INSERT OR REPLACE INTO reservations (credential, limit_name, scope, window_start_ns, "
+       "until_ns, units) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"},
+      {&extend_reservation_,
+       "UPDATE reservations SET until_ns = ?5 WHERE credential = ?1 AND limit_name = ?2 AND "
+       "scope = ?3 AND window_start_ns = ?4"},
+      {&put_lease_,
+       "INSERT OR REPLACE INTO leases (id, credential, feature, scope, holder, cost, granted_ns, "
+       "expiry_ns, holds_slots, tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"},
+      {&renew_lease_, "UPDATE leases SET expiry_ns = ?2 WHERE id = ?1"},
+      {&delete_lease_, "DELETE FROM leases WHERE id = ?1"},
+      {&put_dedup_,
+       "INSERT OR REPLACE INTO dedup (request_id, answer, expiry_ns) VALUES (?1, ?2, ?3)"},
+  };
+  for (const auto& s : statements) {
+    const int rc = sqlite3_prepare_v3(db_, s.sql, -1, SQLITE_PREPARE_PERSISTENT, s.stmt, nullptr);
+    if (rc != SQLITE_OK) return DbError(path_, db_, rc, "cannot prepare a statement");
+  }
+  return absl::OkStatus();
+}
+
+SqliteJournal::~SqliteJournal() {
+  {
+    absl::MutexLock l(&queue_mu_);
+    stopping_ = true;
+  }
+  if (writer_.joinable()) writer_.join();
+  absl::MutexLock l(&db_mu_);
+  if (absl::Status s = WriteQueuedLocked(); !s.ok()) {
+    spdlog::error("component=store event=final_flush_failed error=\"{}\"", std::string(s.message()));
+  }
+  for (sqlite3_stmt* st : {put_reservation_, extend_reservation_, put_lease_, renew_lease_,
+                           delete_lease_, put_dedup_}) {
+    sqlite3_finalize(st);
+  }
+  sqlite3_close_v2(db_);
+}
+
+absl::Status SqliteJournal::Error(const char* what) const {
+  return DbError(path_, db_, sqlite3_extended_errcode(db_), what);
+}
+
+template <typename F>
+absl::Status SqliteJournal::TransactionLocked(const char* what, F body) {
+  int rc = sqlite3_exec(db_, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr);
+  if (rc != SQLITE_OK) return DbError(path_, db_, rc, what);
+  absl::Status s = body();
+  if (s.ok()) {
+    rc = sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr);
+    if (rc == SQLITE_OK) return absl::OkStatus();
+    s = DbError(path_, db_, rc, what);
+  }
+  sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  return s;
+}
+
+absl::Status SqliteJournal::StepLocked(sqlite3_stmt* st, const char* what) {
+  const int rc = sqlite3_step(st);
+  absl::Status s;
+  if (rc != SQLITE_DONE) s = DbError(path_, db_, rc, what);
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  return s;
+}
+
+absl::Status SqliteJournal::WriteLeaseLocked(const JournalLease& lease) {
+  sqlite3_stmt* st = put_lease_;
+  BindText(st, 1, lease.id);
+  BindText(st, 2, lease.credential);
+  BindText(st, 3, lease.feature);
+  BindText(st, 4, lease.scope);
+  BindText(st, 5, lease.holder);
+  sqlite3_bind_int64(st, 6, lease.cost);
+  sqlite3_bind_int64(st, 7, lease.granted_ns);
+  sqlite3_bind_int64(st, 8, lease.expiry_ns);
+  sqlite3_bind_int(st, 9, lease.holds_slots ? 1 : 0);
+  const std::string tokens = EncodeTokens(lease.tokens);
+  sqlite3_bind_blob(st, 10, tokens.data(), static_cast<int>(tokens.size()), SQLITE_STATIC);
+  return StepLocked(st, "cannot write a lease");
+}
+
+absl::Status SqliteJournal::ApplyLocked(const Op& op) {
+  if (const auto* lease = std::get_if<JournalLease>(&op)) return WriteLeaseLocked(*lease);
+  if (const auto* del = std::get_if<DeleteOp>(&op)) {
+    BindText(delete_lease_, 1, del->id);
+    return StepLocked(delete_lease_, "cannot delete a lease");
+  }
+  const auto& row = std::get<DedupRow>(op);
+  BindText(put_dedup_, 1, row.request_id);
+  sqlite3_bind_blob(put_dedup_, 2, row.answer.data(), static_cast<int>(row.answer.size()),
+                    SQLITE_STATIC);
+  sqlite3_bind_int64(put_dedup_, 3, row.expiry_ns);
+  return StepLocked(put_dedup_, "cannot write an idempotency answer");
+}
+
+absl::Status SqliteJournal::WriteQueuedLocked() {
+  std::vector<Op> batch;
+  {
+    absl::MutexLock q(&queue_mu_);
+    batch.swap(queue_);
+  }
+  if (batch.empty()) return absl::OkStatus();
+  absl::Status s = TransactionLocked("cannot write queued records", [&]() -> absl::Status {
+    for (const Op& op : batch) QUOTAD_RETURN_IF_ERROR(ApplyLocked(op));
+    return absl::OkStatus();
+  });
+  if (s.ok()) {
+    ++stats_.commits;
+    stats_.records += static_cast<int64_t>(batch.size());
+  } else {
+    stats_.failed_records += static_cast<int64_t>(batch.size());
+    if (async_error_.ok()) async_error_ = s;
+    spdlog::error("component=store event=group_commit_failed records={} error=\"{}\"",
+                  batch.size(), std::string(s.message()));
+  }
+  return s;
+}
+
+void SqliteJournal::Enqueue(Op op) {
+  absl::MutexLock l(&queue_mu_);
+  if (queue_.size() >= options_.max_queued) {
+    queue_mu_.Await(absl::Condition(
+        +[](SqliteJournal* j) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+          return j->queue_.size() < j->options_.max_queued || j->stopping_;
+        },
+        this));
+  }
+  queue_.push_back(std::move(op));
+}
+
+void SqliteJournal::WriterLoop() {
+  for (;;) {
+    {
+      absl::MutexLock l(&queue_mu_);
+      queue_mu_.Await(absl::Condition(
+          +[](SqliteJournal* j) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+            return j->stopping_ || !j->queue_.empty();
+          },
+          this));
+      if (stopping_) return;  // the destructor writes the rest
+      queue_mu_.AwaitWithTimeout(
+          absl::Condition(
+              +[](SqliteJournal* j) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+                return j->stopping_ || j->queue_.size() >= j->options_.commit_batch;
+              },
+              this),
+          options_.commit_interval);
+    }
+    absl::MutexLock l(&db_mu_);
+    WriteQueuedLocked().IgnoreError();  // remembered for Flush, logged
+  }
+}
+
+absl::Status SqliteJournal::Flush() {
+  absl::MutexLock l(&db_mu_);
+  absl::Status s = WriteQueuedLocked();
+  if (!async_error_.ok()) {
+    s = std::move(async_error_);
+    async_error_ = absl::OkStatus();
+  }
+  return s;
+}
+
+SqliteJournalStats SqliteJournal::stats() const {
+  absl::MutexLock l(&db_mu_);
+  return stats_;
+}
+
+absl::StatusOr<JournalState> SqliteJournal::Load() {
+  absl::MutexLock l(&db_mu_);
+  WriteQueuedLocked().IgnoreError();
+  JournalState state;
+  sqlite3_stmt* st = nullptr;
+  int rc = sqlite3_prepare_v2(db_,
+                              "SELECT credential, limit_name, scope, window_start_ns, until_ns, "
+                              "units FROM reservations",
+                              -1, &st, nullptr);
+  if (rc != SQLITE_OK) return Error("cannot read reservations");
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    Reservation& r = state.reservations.emplace_back();
+    r.key.credential = Text(st, 0);
+    r.key.limit = Text(st, 1);
+    r.key.scope = Text(st, 2);
+    r.window_start_ns = sqlite3_column_int64(st, 3);
+    r.until_ns = sqlite3_column_int64(st, 4);
+    r.units = sqlite3_column_int64(st, 5);
+  }
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) return Error("cannot read reservations");
+
+  rc = sqlite3_prepare_v2(db_,
+                          "SELECT id, credential, feature, scope, holder, cost, granted_ns, "
+                          "expiry_ns, holds_slots, tokens FROM leases",
+                          -1, &st, nullptr);
+  if (rc != SQLITE_OK) return Error("cannot read leases");
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    JournalLease& lease = state.leases.emplace_back();
+    lease.id = Text(st, 0);
+    lease.credential = Text(st, 1);
+    lease.feature = Text(st, 2);
+    lease.scope = Text(st, 3);
+    lease.holder = Text(st, 4);
+    lease.cost = sqlite3_column_int64(st, 5);
+    lease.granted_ns = sqlite3_column_int64(st, 6);
+    lease.expiry_ns = sqlite3_column_int64(st, 7);
+    lease.holds_slots = sqlite3_column_int(st, 8) != 0;
+    lease.tokens = DecodeTokens(sqlite3_column_blob(st, 9), sqlite3_column_bytes(st, 9));
+  }
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) return Error("cannot read leases");
+  return state;
+}
+
+absl::Status SqliteJournal::Reserve(const std::vector<Reservation>& reservations) {
+  absl::MutexLock l(&db_mu_);
+  WriteQueuedLocked().IgnoreError();
+  return TransactionLocked("cannot write reservations", [&]() -> absl::Status {
+    for (const Reservation& r : reservations) {
+      sqlite3_stmt* st = r.units < 0 ? extend_reservation_ : put_reservation_;
+      BindText(st, 1, r.key.credential);
+      BindText(st, 2, r.key.limit);
+      BindText(st, 3, r.key.scope);
+      sqlite3_bind_int64(st, 4, r.window_start_ns);
+      sqlite3_bind_int64(st, 5, r.until_ns);
+      if (r.units >= 0) sqlite3_bind_int64(st, 6, r.units);
+      QUOTAD_RETURN_IF_ERROR(StepLocked(st, "cannot write a reservation"));
+    }
+    return absl::OkStatus();
+  });
+}
+
+absl::Status SqliteJournal::PutLease(const JournalLease& lease) {
+  if (!lease.holds_slots) {
+    Enqueue(lease);
+    return absl::OkStatus();
+  }
+  absl::MutexLock l(&db_mu_);
+  WriteQueuedLocked().IgnoreError();
+  return TransactionLocked("cannot write a lease", [&] { return WriteLeaseLocked(lease); });
+}
+
+absl::Status SqliteJournal::RenewLease(const std::string& id, int64_t expiry_ns) {
+  absl::MutexLock l(&db_mu_);
+  WriteQueuedLocked().IgnoreError();
+  return TransactionLocked("cannot renew a lease", [&]() -> absl::Status {
+    BindText(renew_lease_, 1, id);
+    sqlite3_bind_int64(renew_lease_, 2, expiry_ns);
+    return StepLocked(renew_lease_, "cannot renew a lease");
+  });
+}
+
+void SqliteJournal::DeleteLease(const std::string& id) { Enqueue(DeleteOp{id}); }
+
+absl::Status SqliteJournal::Compact(int64_t now_ns) {
+  absl::MutexLock l(&db_mu_);
+  WriteQueuedLocked().IgnoreError();
+  return TransactionLocked("cannot compact", [&]() -> absl::Status {
+    for (const char* sql : {"DELETE FROM reservations WHERE until_ns <= ?1",
+                            "DELETE FROM leases WHERE expiry_ns <= ?1",
+                            "DELETE FROM dedup WHERE expiry_ns <= ?1"}) {
+      sqlite3_stmt* st = nullptr;
+      if (sqlite3_prepare_v2(db_, sql, -1, &st, nullptr) != SQLITE_OK) {
+        return Error("cannot compact");
+      }
+      sqlite3_bind_int64(st, 1, now_ns);
+      const int rc = sqlite3_step(st);
+      sqlite3_finalize(st);
+      if (rc != SQLITE_DONE) return Error("cannot compact");
+    }
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<std::vector<SqliteJournal::DedupRow>> SqliteJournal::LoadDedup(int64_t now_ns) {
+  absl::MutexLock l(&db_mu_);
+  WriteQueuedLocked().IgnoreError();
+  std::vector<DedupRow> rows;
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(db_, "SELECT request_id, answer, expiry_ns FROM dedup WHERE expiry_ns > ?1",
+                         -1, &st, nullptr) != SQLITE_OK) {
+    return Error("cannot read idempotency answers");
+  }
+  sqlite3_bind_int64(st, 1, now_ns);
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    DedupRow& row = rows.emplace_back();
+    row.request_id = Text(st, 0);
+    const auto* blob = static_cast<const char*>(sqlite3_column_blob(st, 1));
+    row.answer.assign(blob == nullptr ? "" : blob, sqlite3_column_bytes(st, 1));
+    row.expiry_ns = sqlite3_column_int64(st, 2);
+  }
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) return Error("cannot read idempotency answers");
+  return rows;
+}
+
+void SqliteJournal::QueueDedup(std::string request_id, std::string answer, int64_t expiry_ns) {
+  Enqueue(DedupRow{std::move(request_id), std::move(answer), expiry_ns});
+}
+
+}  // namespace quotad

@@ -1,0 +1,458 @@
+// SqliteJournal on a real SQLite file: every record kind round-trips through a reopen, the
+// Journal's replace and until-only semantics, the group-committed writes, compaction, and
+// start-up safety (corrupt, foreign, read-only and full files).
+
+#include "service/store/sqlite_journal.h"
+
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "service/core/ledger.h"
+#include "service/store/dedup_store.h"
+#include "tests/core/test_util.h"
+#include "tests/store/temp_dir.h"
+
+namespace quotad {
+namespace {
+
+using testing::Calendar;
+using testing::Concurrency;
+using testing::Feature;
+using testing::OneCredential;
+using testing::TempDir;
+using testing::Utc;
+
+Reservation Res(std::string cred, std::string limit, std::string scope, int64_t start,
+                int64_t until, int64_t units) {
+  return Reservation{CounterKey{std::move(cred), std::move(limit), std::move(scope)}, start,
+                     until, units};
+}
+
+JournalLease Lease(std::string id, bool holds_slots, int64_t expiry_ns = 5000) {
+  JournalLease l;
+  l.id = std::move(id);
+  l.credential = "vt/prod";
+  l.feature = "retrohunt";
+  l.scope = "ruleset-7";
+  l.holder = "worker-3";
+  l.cost = 4;
+  l.granted_ns = 1000;
+  l.expiry_ns = expiry_ns;
+  l.holds_slots = holds_slots;
+  l.tokens = {0, -1, INT64_MAX, INT64_MIN, 1767225600000000000};
+  return l;
+}
+
+bool SameLease(const JournalLease& a, const JournalLease& b) {
+  return a.id == b.id && a.credential == b.credential && a.feature == b.feature &&
+         a.scope == b.scope && a.holder == b.holder && a.cost == b.cost &&
+         a.granted_ns == b.granted_ns && a.expiry_ns == b.expiry_ns &&
+         a.holds_slots == b.holds_slots && a.tokens == b.tokens;
+}
+
+const JournalLease* FindLease(const JournalState& s, const std::string& id) {
+  for (const JournalLease& l : s.leases) {
+    if (l.id == id) return &l;
+  }
+  return nullptr;
+}
+
+const Reservation* FindRes(const JournalState& s, const std::string& limit, int64_t start) {
+  for (const Reservation& r : s.reservations) {
+    if (r.key.limit == limit && r.window_start_ns == start) return &r;
+  }
+  return nullptr;
+}
+
+bool Contains(const absl::Status& s, const std::string& text) {
+  return std::string(s.message()).find(text) != std::string::npos;
+}
+
+class SqliteJournalTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<SqliteJournal> OpenOk(SqliteOptions options = {}) {
+    auto j = SqliteJournal::Open(path_, options);
+    EXPECT_TRUE(j.ok()) << j.status();
+    return j.ok() ? std::move(*j) : nullptr;
+  }
+  JournalState Reload() {
+    journal_.reset();
+    journal_ = OpenOk();
+    auto s = journal_->Load();
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s.ok() ? *s : JournalState{};
+  }
+  void WriteFile(const std::string& bytes) {
+    std::ofstream(path_, std::ios::binary | std::ios::trunc) << bytes;
+  }
+
+  TempDir dir_;
+  const std::string path_ = dir_.File("state.db");
+  std::unique_ptr<SqliteJournal> journal_;
+};
+
+TEST_F(SqliteJournalTest, NewFileLoadsEmpty) {
+  journal_ = OpenOk();
+  auto s = journal_->Load();
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_TRUE(s->reservations.empty());
+  EXPECT_TRUE(s->leases.empty());
+  EXPECT_TRUE(std::filesystem::exists(path_));
+}
+
+TEST_F(SqliteJournalTest, EveryRecordKindSurvivesReopen) {
+  journal_ = OpenOk();
+  ASSERT_TRUE(journal_
+                  ->Reserve({Res("vt/prod", "api.per_day", "", 100, 200, 500),
+                             Res("vt/prod", "api.per_minute", "", 150, INT64_MAX, 40),
+                             Res("vt/prod", "livehunt.per_day", "ruleset-7", 100, 200, 10),
+                             Res("vt/prod", "api.floor", "", 0, 999, 123456789)})
+                  .ok());
+  ASSERT_TRUE(journal_->PutLease(Lease("slot", true)).ok());
+  ASSERT_TRUE(journal_->PutLease(Lease("refund", false)).ok());
+  auto dedup = DedupStore::Open(journal_.get(), 0);
+  ASSERT_TRUE(dedup.ok()) << dedup.status();
+  ASSERT_TRUE((*dedup)->Put("acquire/r1", std::string("\x00\x01answer", 8), 10'000, 0).ok());
+  dedup->reset();
+
+  const JournalState s = Reload();
+  ASSERT_EQ(s.reservations.size(), 4u);
+  const Reservation* scoped = FindRes(s, "livehunt.per_day", 100);
+  ASSERT_NE(scoped, nullptr);
+  EXPECT_EQ(scoped->key.credential, "vt/prod");
+  EXPECT_EQ(scoped->key.scope, "ruleset-7");
+  EXPECT_EQ(scoped->until_ns, 200);
+  EXPECT_EQ(scoped->units, 10);
+  EXPECT_EQ(FindRes(s, "api.per_minute", 150)->until_ns, INT64_MAX);
+  EXPECT_EQ(FindRes(s, "api.floor", 0)->units, 123456789);
+  ASSERT_EQ(s.leases.size(), 2u);
+  EXPECT_TRUE(SameLease(*FindLease(s, "slot"), Lease("slot", true)));
+  EXPECT_TRUE(SameLease(*FindLease(s, "refund"), Lease("refund", false)));
+  auto reopened = DedupStore::Open(journal_.get(), 0);
+  ASSERT_TRUE(reopened.ok());
+  EXPECT_EQ((*reopened)->Get("acquire/r1", 0), std::string("\x00\x01answer", 8));
+}
+
+TEST_F(SqliteJournalTest, NegativeUnitsOnlyMoveTheUntilOfTheRecordTheyName) {
+  journal_ = OpenOk();
+  ASSERT_TRUE(journal_->Reserve({Res("c", "f.sliding", "", 100, INT64_MAX, 30),
+                                 Res("c", "f.sliding", "", 300, INT64_MAX, 60)})
+                  .ok());
+  ASSERT_TRUE(journal_->Reserve({Res("c", "f.sliding", "", 100, 5000, -1)}).ok());
+  // Naming a record that does not exist creates nothing.
+  ASSERT_TRUE(journal_->Reserve({Res("c", "f.sliding", "", 200, 7000, -1)}).ok());
+  const JournalState s = Reload();
+  ASSERT_EQ(s.reservations.size(), 2u);
+  EXPECT_EQ(FindRes(s, "f.sliding", 100)->until_ns, 5000);
+  EXPECT_EQ(FindRes(s, "f.sliding", 100)->units, 30);
+  EXPECT_EQ(FindRes(s, "f.sliding", 300)->until_ns, INT64_MAX);
+  EXPECT_EQ(FindRes(s, "f.sliding", 300)->units, 60);
+}
+
+TEST_F(SqliteJournalTest, SameKeyAndWindowStartReplaceEachOther) {
+  journal_ = OpenOk();
+  ASSERT_TRUE(journal_->Reserve({Res("c", "f.per_day", "", 100, 200, 50)}).ok());
+  ASSERT_TRUE(journal_->Reserve({Res("c", "f.per_day", "", 100, 200, 100)}).ok());
+  ASSERT_TRUE(journal_->Reserve({Res("c", "f.per_day", "s", 100, 200, 7),  // other scope
+                                 Res("c", "f.per_day", "", 200, 300, 1)})  // next window
+                  .ok());
+  const JournalState s = Reload();
+  ASSERT_EQ(s.reservations.size(), 3u);
+  for (const Reservation& r : s.reservations) {
+    if (r.key.scope == "s") {
+      EXPECT_EQ(r.units, 7);
+    } else if (r.window_start_ns == 100) {
+      EXPECT_EQ(r.units, 100);
+    } else {
+      EXPECT_EQ(r.units, 1);
+    }
+  }
+}
+
+TEST_F(SqliteJournalTest, QueuedLeasesAreVisibleAfterFlushAndAfterReopen) {
+  SqliteOptions options;
+  options.commit_interval = absl::Hours(1);  // only Flush or the batch size writes
+  options.commit_batch = 1'000'000;
+  journal_ = OpenOk(options);
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_TRUE(journal_->PutLease(Lease("l" + std::to_string(i), false)).ok());
+  }
+  for (int i = 0; i < 100; i += 2) journal_->DeleteLease("l" + std::to_string(i));
+  EXPECT_EQ(journal_->stats().records, 0);  // nothing written yet: off the hot path
+  ASSERT_TRUE(journal_->Flush().ok());
+  EXPECT_EQ(journal_->stats().records, 150);
+  EXPECT_EQ(journal_->stats().commits, 1);
+
+  // A second connection sees exactly the flushed state.
+  {
+    auto other = SqliteJournal::Open(path_);
+    ASSERT_TRUE(other.ok()) << other.status();
+    EXPECT_EQ((*other)->Load()->leases.size(), 50u);
+  }
+  journal_->DeleteLease("l1");
+  ASSERT_TRUE(journal_->PutLease(Lease("late", false)).ok());
+  const JournalState s = Reload();  // the destructor writes what is queued
+  EXPECT_EQ(s.leases.size(), 50u);
+  EXPECT_EQ(FindLease(s, "l1"), nullptr);
+  EXPECT_NE(FindLease(s, "late"), nullptr);
+  EXPECT_NE(FindLease(s, "l99"), nullptr);
+}
+
+// The writer thread commits on its own, when enough records wait or when the interval ends.
+// (Polls the writer's counters, bounded; there is no clock to advance for a real thread.)
+bool WaitForRecords(SqliteJournal& j, int64_t n) {
+  for (int i = 0; i < 5000 && j.stats().records < n; ++i) usleep(1000);
+  return j.stats().records == n;
+}
+
+TEST_F(SqliteJournalTest, GroupCommitWritesWhenTheBatchIsFull) {
+  SqliteOptions options;
+  options.commit_interval = absl::Hours(1);
+  options.commit_batch = 16;
+  journal_ = OpenOk(options);
+  for (int i = 0; i < 16; ++i) {
+    ASSERT_TRUE(journal_->PutLease(Lease("l" + std::to_string(i), false)).ok());
+  }
+  EXPECT_TRUE(WaitForRecords(*journal_, 16));
+}
+
+TEST_F(SqliteJournalTest, GroupCommitWritesWhenTheIntervalEnds) {
+  SqliteOptions options;
+  options.commit_interval = absl::Milliseconds(2);
+  options.commit_batch = 1'000'000;
+  journal_ = OpenOk(options);
+  for (int i = 0; i < 5; ++i) journal_->DeleteLease("l" + std::to_string(i));
+  EXPECT_TRUE(WaitForRecords(*journal_, 5));
+  EXPECT_EQ(journal_->stats().commits, 1);
+}
+
+TEST_F(SqliteJournalTest, SynchronousWritesKeepQueuedOnesInOrder) {
+  SqliteOptions options;
+  options.commit_interval = absl::Hours(1);
+  options.commit_batch = 1'000'000;
+  journal_ = OpenOk(options);
+  ASSERT_TRUE(journal_->PutLease(Lease("refund", false)).ok());
+  journal_->DeleteLease("refund");
+  ASSERT_TRUE(journal_->PutLease(Lease("slot", true)).ok());  // writes the queue first
+  EXPECT_EQ(journal_->stats().records, 2);
+  auto other = SqliteJournal::Open(path_);
+  ASSERT_TRUE(other.ok());
+  auto s = (*other)->Load();
+  ASSERT_EQ(s->leases.size(), 1u);
+  EXPECT_EQ(s->leases[0].id, "slot");
+}
+
+TEST_F(SqliteJournalTest, RenewedExpirySurvivesReopen) {
+  journal_ = OpenOk();
+  ASSERT_TRUE(journal_->PutLease(Lease("slot", true, 5000)).ok());
+  ASSERT_TRUE(journal_->RenewLease("slot", 9000).ok());
+  ASSERT_TRUE(journal_->RenewLease("gone", 9000).ok());  // unknown: nothing to do
+  const JournalState s = Reload();
+  ASSERT_EQ(s.leases.size(), 1u);
+  EXPECT_EQ(s.leases[0].expiry_ns, 9000);
+}
+
+TEST_F(SqliteJournalTest, CompactDropsOnlyWhatEndedByNow) {
+  journal_ = OpenOk();
+  ASSERT_TRUE(journal_->Reserve({Res("c", "f.a", "", 0, 100, 1), Res("c", "f.b", "", 0, 101, 1),
+                                 Res("c", "f.c", "", 0, INT64_MAX, 1)})
+                  .ok());
+  ASSERT_TRUE(journal_->PutLease(Lease("old", true, 100)).ok());
+  ASSERT_TRUE(journal_->PutLease(Lease("new", false, 101)).ok());
+  auto dedup = DedupStore::Open(journal_.get(), 0);
+  ASSERT_TRUE((*dedup)->Put("old", "a", 100, 0).ok());
+  ASSERT_TRUE((*dedup)->Put("new", "b", 101, 0).ok());
+  ASSERT_TRUE(journal_->Compact(100).ok());
+  dedup->reset();
+  const JournalState s = Reload();
+  EXPECT_EQ(s.reservations.size(), 2u);
+  EXPECT_EQ(FindRes(s, "f.a", 0), nullptr);
+  ASSERT_EQ(s.leases.size(), 1u);
+  EXPECT_EQ(s.leases[0].id, "new");
+  auto reopened = DedupStore::Open(journal_.get(), 0);
+  EXPECT_EQ((*reopened)->size(), 1);
+  EXPECT_EQ((*reopened)->Get("new", 0), "b");
+}
+
+TEST_F(SqliteJournalTest, GarbageFileFailsOpenNamingThePath) {
+  WriteFile(std::string(8192, '\x5a'));
+  auto j = SqliteJournal::Open(path_);
+  ASSERT_FALSE(j.ok());
+  EXPECT_EQ(j.status().code(), absl::StatusCode::kDataLoss) << j.status();
+  EXPECT_TRUE(Contains(j.status(), path_)) << j.status();
+  EXPECT_TRUE(Contains(j.status(), "not a database")) << j.status();
+  EXPECT_TRUE(Contains(j.status(), "reset_corrupt")) << j.status();
+  // Never a silent reset: the bytes are untouched.
+  std::ifstream in(path_, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(bytes, std::string(8192, '\x5a'));
+}
+
+TEST_F(SqliteJournalTest, DamagedPagesFailOpen) {
+  journal_ = OpenOk();
+  std::vector<Reservation> many;
+  for (int i = 0; i < 5000; ++i) {
+    many.push_back(Res("cred-" + std::to_string(i), "f.per_day", "", 0, 100, i));
+  }
+  ASSERT_TRUE(journal_->Reserve(many).ok());
+  journal_.reset();  // checkpoints the WAL into the file
+  const auto size = std::filesystem::file_size(path_);
+  ASSERT_GT(size, 40'000u);
+  {
+    std::fstream f(path_, std::ios::binary | std::ios::in | std::ios::out);
+    f.seekp(static_cast<std::streamoff>(size / 2));
+    f << std::string(12'000, '\x33');
+  }
+  auto j = SqliteJournal::Open(path_);
+  ASSERT_FALSE(j.ok());
+  EXPECT_EQ(j.status().code(), absl::StatusCode::kDataLoss) << j.status();
+  EXPECT_TRUE(Contains(j.status(), path_)) << j.status();
+}
+
+TEST_F(SqliteJournalTest, ForeignDatabaseAndOtherSchemaVersionFailOpen) {
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+    sqlite3_exec(db, "CREATE TABLE photos (id INTEGER)", nullptr, nullptr, nullptr);
+    sqlite3_close(db);
+  }
+  auto j = SqliteJournal::Open(path_);
+  ASSERT_FALSE(j.ok());
+  EXPECT_EQ(j.status().code(), absl::StatusCode::kFailedPrecondition) << j.status();
+  EXPECT_TRUE(Contains(j.status(), "not a quotad state file (tables: photos)")) << j.status();
+
+  std::filesystem::remove(path_);
+  OpenOk().reset();
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+    sqlite3_exec(db, "UPDATE schema_version SET version = 99", nullptr, nullptr, nullptr);
+    sqlite3_close(db);
+  }
+  j = SqliteJournal::Open(path_);
+  ASSERT_FALSE(j.ok());
+  EXPECT_TRUE(Contains(j.status(), path_)) << j.status();
+  EXPECT_TRUE(Contains(j.status(), "schema version '99'")) << j.status();
+}
+
+TEST_F(SqliteJournalTest, ResetCorruptMovesTheFileAsideAndStartsEmpty) {
+  WriteFile("this is not sqlite at all, but somebody's notes");
+  SqliteOptions options;
+  options.reset_corrupt = true;
+  journal_ = OpenOk(options);
+  ASSERT_NE(journal_, nullptr);
+  EXPECT_TRUE(journal_->Load()->reservations.empty());
+  ASSERT_TRUE(journal_->Reserve({Res("c", "f.per_day", "", 0, 100, 1)}).ok());
+  int moved = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir_.path())) {
+    const std::string name = e.path().filename();
+    if (name.rfind("state.db.corrupt-", 0) == 0) {
+      ++moved;
+      std::ifstream in(e.path());
+      std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      EXPECT_EQ(text, "this is not sqlite at all, but somebody's notes");
+    }
+  }
+  EXPECT_EQ(moved, 1);
+}
+
+TEST_F(SqliteJournalTest, UnreachablePathFailsOpenNamingIt) {
+  const std::string path = "/proc/quotad-no-such-dir/state.db";
+  auto j = SqliteJournal::Open(path);
+  ASSERT_FALSE(j.ok());
+  EXPECT_TRUE(Contains(j.status(), path)) << j.status();
+  EXPECT_TRUE(Contains(j.status(), "unable to open")) << j.status();
+}
+
+TEST_F(SqliteJournalTest, ReadOnlyDirectoryIsReportedWithThePath) {
+  OpenOk()->Reserve({Res("c", "f.per_day", "", 0, 100, 1)}).IgnoreError();
+  ASSERT_EQ(chmod(dir_.path().c_str(), 0555), 0);
+  if (access(dir_.path().c_str(), W_OK) == 0) {
+    GTEST_SKIP() << "running as root: chmod 0555 does not stop writes; "
+                    "ReadOnlyFileFailsEveryWriteClosed covers the write path";
+  }
+  auto j = SqliteJournal::Open(path_);
+  absl::Status s = j.status();
+  if (j.ok()) s = (*j)->Reserve({Res("c", "f.per_day", "", 0, 100, 2)});
+  ASSERT_FALSE(s.ok());
+  EXPECT_TRUE(Contains(s, path_)) << s;
+}
+
+// The write path when the file cannot be written: every write fails with the path and SQLite's
+// message, and a ledger over it fails closed (kUnavailable) instead of granting.
+TEST_F(SqliteJournalTest, ReadOnlyFileFailsEveryWriteClosed) {
+  OpenOk().reset();
+  SqliteOptions options;
+  options.read_only = true;
+  journal_ = OpenOk(options);
+  ASSERT_TRUE(journal_->Load().ok());
+  absl::Status s = journal_->Reserve({Res("c", "f.per_day", "", 0, 100, 1)});
+  EXPECT_FALSE(s.ok());
+  EXPECT_TRUE(Contains(s, path_)) << s;
+  EXPECT_TRUE(Contains(s, "readonly")) << s;
+  EXPECT_FALSE(journal_->PutLease(Lease("slot", true)).ok());
+  EXPECT_FALSE(journal_->RenewLease("slot", 1).ok());
+
+  FakeClock clock(Utc(2026, 3, 1, 12));
+  LedgerOptions lo;
+  lo.journal = journal_.get();
+  auto ledger = Ledger::Create(
+      OneCredential("cred", {Feature("f", {Calendar("per_day", 100, CalendarUnit::kDay)})}),
+      &clock, lo);
+  ASSERT_TRUE(ledger.ok());
+  ASSERT_TRUE((*ledger)->Restore().ok());
+  AcquireRequest req;
+  req.credential = "cred";
+  req.feature = "f";
+  auto d = (*ledger)->Acquire(req);
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(Contains(d.status(), path_)) << d.status();
+}
+
+TEST_F(SqliteJournalTest, FullDiskFailsWritesAndTheLedgerFailsClosed) {
+  SqliteOptions options;
+  options.max_pages = 12;  // a tiny "disk"
+  journal_ = OpenOk(options);
+  FakeClock clock(Utc(2026, 3, 1, 12));
+  LedgerOptions lo;
+  lo.journal = journal_.get();
+  lo.reserve_fraction = 0.0;  // a block of 1: one reservation per grant
+  auto ledger = Ledger::Create(
+      OneCredential("cred", {Feature("f", {Calendar("per_day", 1'000'000, CalendarUnit::kDay),
+                                           Concurrency("jobs", 1'000'000)})}),
+      &clock, lo);
+  ASSERT_TRUE(ledger.ok());
+  AcquireRequest req;
+  req.credential = "cred";
+  req.feature = "f";
+  req.holder = std::string(200, 'h');  // big lease rows fill the pages fast
+  absl::Status failure;
+  int granted = 0;
+  for (int i = 0; i < 10'000 && failure.ok(); ++i) {
+    auto d = (*ledger)->Acquire(req);
+    if (d.ok()) {
+      granted += d->granted;
+    } else {
+      failure = d.status();
+    }
+  }
+  ASSERT_FALSE(failure.ok()) << "the tiny file never filled up";
+  EXPECT_EQ(failure.code(), absl::StatusCode::kUnavailable) << failure;
+  EXPECT_TRUE(Contains(failure, path_)) << failure;
+  EXPECT_TRUE(Contains(failure, "full")) << failure;
+  // Every answered grant holds its slot; the failed one charged nothing.
+  auto usage = (*ledger)->Usage("cred");
+  ASSERT_TRUE(usage.ok());
+  for (const LimitStatus& l : *usage) EXPECT_EQ(l.used, granted) << l.name;
+}
+
+}  // namespace
+}  // namespace quotad
