@@ -356,6 +356,25 @@ absl::StatusOr<std::vector<FeatureSpec>> BuildFeatures(const std::vector<Effecti
   return specs;
 }
 
+// The profile's throttle facts as the ledger takes them; CheckThrottle has validated them.
+ThrottleSpec ToThrottle(const v1::Profile& profile) {
+  ThrottleSpec t;
+  if (!profile.has_throttle()) return t;
+  if (profile.throttle().status_codes_size() > 0) {
+    t.status_codes.assign(profile.throttle().status_codes().begin(),
+                          profile.throttle().status_codes().end());
+  }
+  if (!profile.throttle().has_backoff()) return t;
+  const v1::Backoff& b = profile.throttle().backoff();
+  if (auto d = ParseConfigDuration(b.initial()); d.ok()) t.initial_backoff = *d;
+  t.max_backoff = absl::InfiniteDuration();
+  if (auto d = ParseConfigDuration(b.max()); !b.max().empty() && d.ok()) t.max_backoff = *d;
+  t.multiplier = b.multiplier() == 0 ? 2.0 : b.multiplier();
+  t.jitter_min = b.jitter_min();
+  t.jitter_max = b.jitter_max();
+  return t;
+}
+
 absl::Status CheckThrottle(const v1::Profile& profile, const Origin& origin) {
   if (!profile.has_throttle()) return absl::OkStatus();
   const Origin t{origin.map, origin.Field("throttle")};
@@ -613,6 +632,10 @@ absl::StatusOr<LoadedConfig> LoadParsed(v1::Config config, const SourceMap& map)
     spec.name = c.name();
     spec.profile = c.profile();
     QUOTAD_ASSIGN_OR_RETURN(spec.features, BuildFeatures(features));
+    if (!c.profile().empty()) {
+      const ThrottleSpec throttle = ToThrottle(*profiles.find(c.profile())->second.profile);
+      for (FeatureSpec& f : spec.features) f.throttle = throttle;
+    }
     loaded.policy.credentials.push_back(std::move(spec));
   }
 

@@ -10,9 +10,12 @@
 #include <utility>
 
 #include "absl/container/inlined_vector.h"
+#include "absl/random/distributions.h"
+#include "absl/random/random.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "service/core/limits.h"
 
 namespace quotad {
@@ -96,6 +99,7 @@ struct CompiledFeature {
   int min_capacity_rule = -1;
   int first_scoped_rule = -1;
   bool has_concurrency = false;
+  ThrottleSpec throttle;
   absl::Duration default_lease_ttl;
   absl::Duration max_lease_ttl;
   int64_t max_scopes = 0;
@@ -111,6 +115,7 @@ struct CompiledCredential {
       cf.default_lease_ttl = f.default_lease_ttl;
       cf.max_lease_ttl = f.max_lease_ttl;
       cf.max_scopes = f.max_scopes;
+      cf.throttle = f.throttle;
       for (const LimitSpec& l : f.limits) {
         const int index = static_cast<int>(rules.size());
         rules.emplace_back(l, absl::StrCat(f.name, ".", l.name));
@@ -222,6 +227,12 @@ struct Ledger::Credential {
   std::vector<Counter> counters ABSL_GUARDED_BY(mu);  // by rule index (unscoped rules)
   std::vector<absl::flat_hash_map<std::string, Counter>> scoped
       ABSL_GUARDED_BY(mu);  // by rule index (scoped rules)
+  // Features cooling down after a throttle answer, by feature name.
+  struct Cooldown {
+    int64_t until_ns = 0;
+    int consecutive = 0;  // throttles in a row, for the back-off
+  };
+  absl::flat_hash_map<std::string, Cooldown> cooldowns ABSL_GUARDED_BY(mu);
   // Waiting requests by "feature\0scope".
   absl::flat_hash_map<std::string, Ledger::Queue> queues ABSL_GUARDED_BY(mu);
   int64_t waiting ABSL_GUARDED_BY(mu) = 0;
@@ -359,6 +370,15 @@ absl::StatusOr<Decision> Ledger::AcquireLocked(Credential& cred, const AcquireRe
     return absl::ResourceExhaustedError(absl::StrCat(
         "scope '", req.scope, "' would exceed the ", feature.max_scopes,
         " scopes allowed for feature ", feature.name, " of credential ", req.credential));
+  }
+
+  if (!cred.cooldowns.empty()) {
+    auto cool = cred.cooldowns.find(feature.name);
+    if (cool != cred.cooldowns.end() && now < cool->second.until_ns) {
+      d.retry_at = FromNs(cool->second.until_ns);
+      d.limited_by = absl::StrCat(feature.name, ".cooldown");
+      return d;
+    }
   }
 
   absl::InlinedVector<Counter*, 4> counters;
@@ -843,6 +863,113 @@ absl::StatusOr<absl::Time> Ledger::Renew(const LeaseId& id, absl::Duration ttl) 
   }
   rec.expiry_ns = expiry;
   return FromNs(expiry);
+}
+
+absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
+  Credential* cred = FindCredential(answer.credential);
+  if (cred == nullptr) {
+    return absl::NotFoundError(
+        absl::StrCat("credential '", answer.credential, "' is not configured"));
+  }
+  const int64_t now = absl::ToUnixNanos(clock_->Now());
+  const absl::Time observed_at =
+      answer.observed_at == absl::InfinitePast() ? FromNs(now) : answer.observed_at;
+  std::vector<int> throttle_codes;
+  {
+    absl::MutexLock lock(&cred->mu);
+    const CompiledCredential& cc = *cred->compiled;
+    const int fi = cc.FindFeature(answer.feature);
+    if (fi < 0) {
+      return absl::NotFoundError(absl::StrCat("feature '", answer.feature,
+                                              "' is not configured for credential '",
+                                              answer.credential, "'"));
+    }
+    throttle_codes = cc.features[fi].throttle.status_codes;
+  }
+  // Parsing untrusted text happens outside the credential's lock.
+  absl::StatusOr<UpstreamObservation> obs =
+      ParseUpstream(answer.http_status, answer.headers, answer.body, observed_at, throttle_codes);
+  if (!obs.ok()) return obs.status();
+
+  ReportResult out;
+  out.warnings = obs->warnings;
+  {
+    absl::MutexLock lock(&cred->mu);
+    const CompiledCredential& cc = *cred->compiled;
+    const int fi = cc.FindFeature(answer.feature);
+    if (fi < 0) return absl::NotFoundError("feature removed by a reload");
+    const CompiledFeature& feature = cc.features[fi];
+
+    if (obs->limit || obs->remaining || obs->used) {
+      // Which of the feature's window limits the X-RateLimit-* headers describe.
+      std::vector<int> candidates;
+      for (int r : feature.rules) {
+        const LimitKind k = cc.rules[r].spec.kind;
+        if (!cc.rules[r].spec.scoped &&
+            (k == LimitKind::kCalendar || k == LimitKind::kRolling || k == LimitKind::kSliding)) {
+          candidates.push_back(r);
+        }
+      }
+      int target = -1;
+      if (obs->limit) {
+        for (int r : candidates) {
+          if (cc.rules[r].spec.capacity == *obs->limit) {
+            target = r;
+            break;
+          }
+        }
+      }
+      if (target < 0 && candidates.size() == 1) target = candidates[0];
+      if (target < 0) {
+        std::vector<std::string> names;
+        for (int r : candidates) names.push_back(cc.rules[r].full_name);
+        out.warnings.push_back(
+            absl::StrCat("X-RateLimit-Limit ", obs->limit ? absl::StrCat(*obs->limit) : "(none)",
+                         " matches none of ", absl::StrJoin(names, ", "), "; counts not adopted"));
+      } else {
+        const Rule& rule = cc.rules[target];
+        std::optional<int64_t> upstream_used = obs->used;
+        if (!upstream_used && obs->remaining) {
+          upstream_used = std::max<int64_t>(
+              0, (obs->limit ? *obs->limit : rule.spec.capacity) - *obs->remaining);
+        }
+        const int64_t reset_ns = obs->reset_at ? absl::ToUnixNanos(*obs->reset_at) : 0;
+        if (upstream_used) {
+          const int64_t before =
+              cred->CounterFor(target, "", true)->Adopt(rule, now, *upstream_used, reset_ns);
+          if (*upstream_used > before) {
+            out.adopted.push_back(
+                absl::StrCat(rule.full_name, " used ", before, " -> ", *upstream_used));
+          }
+        }
+      }
+    }
+
+    if (obs->throttled) {
+      Credential::Cooldown& c = cred->cooldowns[feature.name];
+      ++c.consecutive;
+      int64_t until;
+      if (obs->retry_at) {
+        until = absl::ToUnixNanos(*obs->retry_at);
+      } else {
+        const ThrottleSpec& t = feature.throttle;
+        absl::Duration backoff = t.initial_backoff;
+        for (int i = 1; i < c.consecutive && backoff < t.max_backoff; ++i) backoff *= t.multiplier;
+        backoff = std::min(backoff, t.max_backoff);
+        thread_local absl::BitGen gen;
+        const double jitter =
+            t.jitter_max > 0 ? absl::Uniform(gen, t.jitter_min, t.jitter_max) : t.jitter_min;
+        until = now + absl::ToInt64Nanoseconds(backoff * (1.0 + jitter));
+      }
+      c.until_ns = std::max(c.until_ns, until);
+      out.cooldown_until = FromNs(c.until_ns);
+    } else if (obs->http_status < 400) {
+      auto it = cred->cooldowns.find(feature.name);
+      if (it != cred->cooldowns.end()) it->second.consecutive = 0;  // the back-off starts over
+    }
+  }
+  if (obs->throttled && options_.wake) options_.wake(out.cooldown_until);
+  return out;
 }
 
 absl::StatusOr<std::vector<LimitStatus>> Ledger::Usage(absl::string_view credential) {

@@ -23,6 +23,7 @@
 #include "service/core/clock.h"
 #include "service/core/journal.h"
 #include "service/core/policy.h"
+#include "service/core/upstream.h"
 
 namespace quotad {
 
@@ -89,6 +90,27 @@ struct LeaseInfo {
   absl::Time granted_at;
   absl::Time expiry;
   bool holds_slots = false;  // the feature has a concurrency limit
+};
+
+// What a worker saw from the upstream, as it passes it on.
+struct UpstreamAnswer {
+  absl::string_view credential;
+  absl::string_view feature;
+  int http_status = 0;
+  UpstreamHeaders headers;
+  absl::string_view body;
+  absl::Time observed_at = absl::InfinitePast();  // InfinitePast: now
+};
+
+// What a Report changed.
+struct ReportResult {
+  // One line per counter whose used units were raised to the upstream's, e.g.
+  // "requests.per_minute used 12 -> 40".
+  std::vector<std::string> adopted;
+  // Set when the answer was a throttle: the feature grants nothing before this.
+  absl::Time cooldown_until = absl::InfinitePast();
+  // Why parts of the answer were not used.
+  std::vector<std::string> warnings;
 };
 
 struct ReleaseResult {
@@ -181,6 +203,17 @@ class Ledger {
   // Extends a lease to now + ttl (zero: the feature's default). kNotFound for an unknown or
   // expired lease. Returns the new expiry.
   absl::StatusOr<absl::Time> Renew(const LeaseId& id, absl::Duration ttl);
+
+  // Learns from what the upstream answered a worker (see ParseUpstream). When the upstream says
+  // fewer units remain than the ledger believes, the ledger adopts the upstream's count on the
+  // limit the answer describes (matched by X-RateLimit-Limit, else the feature's only window
+  // limit); it never raises remaining on the word of an answer. A rolling window the ledger
+  // opened later than the upstream, or whose end the upstream puts later, is re-anchored to the
+  // upstream's reset. A throttle answer puts the feature into cooldown until Retry-After, or for
+  // the profile's back-off (doubling while throttles repeat); waiting requests are served after.
+  // kNotFound for an unknown credential or feature.
+  // kInvalidArgument for a status outside 100..599. `observed_at` zero: now.
+  absl::StatusOr<ReportResult> Report(const UpstreamAnswer& answer);
 
   // Every limit of the credential, each scope of scoped limits. kNotFound for an unknown one.
   absl::StatusOr<std::vector<LimitStatus>> Usage(absl::string_view credential);

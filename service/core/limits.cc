@@ -540,6 +540,50 @@ void Counter::Restore(const Rule& rule, int64_t now, int64_t window_start_ns, in
   }
 }
 
+int64_t Counter::Adopt(const Rule& rule, int64_t now, int64_t used, int64_t reset_ns) {
+  Roll(rule, now);
+  const int64_t before = rule.spec.kind == LimitKind::kRolling && now >= end_ns_ ? 0 : used_;
+  switch (rule.spec.kind) {
+    case LimitKind::kCalendar:
+    case LimitKind::kUnlimited:
+      used_ = std::max(used_, used);
+      break;
+    case LimitKind::kRolling:
+      if (now >= end_ns_) {
+        start_ns_ = now;
+        end_ns_ = now + rule.span_ns;
+        used_ = 0;
+      }
+      if (reset_ns > end_ns_) end_ns_ = reset_ns;  // later only: never frees units early
+      used_ = std::max(used_, used);
+      break;
+    case LimitKind::kSliding:
+      if (used > used_) {
+        // Units spent outside quotad, counted from now for a whole span: as late as they can
+        // have been, so they are kept at least as long as the upstream keeps them.
+        const int64_t extra = used - used_;
+        if (rule.spec.sub_buckets > 0) {
+          Buckets& b = *buckets_;
+          const int64_t n = static_cast<int64_t>(b.counts.size());
+          b.counts[((b.newest % n) + n) % n] += extra;
+        } else {
+          if (log_ == nullptr) log_ = std::make_unique<Log>();
+          if (log_->size > 0 && log_->at(log_->size - 1).at_ns >= now) {
+            log_->at(log_->size - 1).units += extra;
+          } else {
+            log_->Push({now, extra});
+          }
+        }
+        used_ = used;
+      }
+      break;
+    case LimitKind::kTokenBucket:
+    case LimitKind::kConcurrency:
+      break;
+  }
+  return before;
+}
+
 void Counter::RestoreHeld(int64_t expiry_ns, uint64_t lease_key, int64_t units, int64_t now) {
   if (expiry_ns <= now) return;
   if (held_ == nullptr) held_ = std::make_unique<Held>();

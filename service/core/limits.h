@@ -90,6 +90,10 @@ class Counter {
   // reserve time of the next block of the same counter (or now for the last one).
   void Restore(const Rule& rule, int64_t now, int64_t window_start_ns, int64_t until_ns,
                int64_t units, int64_t next_ns);
+  // Raises the units used now to `used` if that is more (an upstream's count), never lowering
+  // them. Rolling: opens the window if closed, and moves its end to `reset_ns` when that is
+  // later (0: unknown). Returns the units used before. Not for concurrency or token buckets.
+  int64_t Adopt(const Rule& rule, int64_t now, int64_t used, int64_t reset_ns);
   // Concurrency: holds the slots of a lease read back from the journal.
   void RestoreHeld(int64_t expiry_ns, uint64_t lease_key, int64_t units, int64_t now);
 

@@ -54,6 +54,18 @@ struct LimitSpec {
   absl::Duration guard = absl::ZeroDuration();
 };
 
+// What the upstream's throttle answers mean (from the profile): which statuses throttle, and how
+// long the feature cools down when the answer carries no Retry-After: initial, initial *
+// multiplier, ... capped at max_backoff, each plus a random fraction in [jitter_min, jitter_max].
+struct ThrottleSpec {
+  std::vector<int> status_codes = {429};
+  absl::Duration initial_backoff = absl::Seconds(1);
+  double multiplier = 2.0;
+  absl::Duration max_backoff = absl::Minutes(5);
+  double jitter_min = 0;
+  double jitter_max = 0;
+};
+
 // A separately counted family of calls on a credential.
 struct FeatureSpec {
   std::string name;
@@ -66,6 +78,7 @@ struct FeatureSpec {
   absl::Duration max_lease_ttl = absl::Hours(24);
   // At most this many distinct scope values per feature; beyond, Acquire with a new scope fails.
   int64_t max_scopes = 10000;
+  ThrottleSpec throttle;
 };
 
 struct CredentialSpec {

@@ -1,0 +1,162 @@
+// Report: the ledger believes the upstream when it says fewer units remain, re-anchors rolling
+// windows, and cools a feature down after a throttle answer.
+
+#include <memory>
+
+#include "gtest/gtest.h"
+#include "service/core/clock.h"
+#include "service/core/ledger.h"
+#include "tests/core/test_util.h"
+
+namespace quotad {
+namespace {
+
+using testing::Calendar;
+using testing::Feature;
+using testing::OneCredential;
+using testing::Rolling;
+using testing::Sliding;
+using testing::Utc;
+
+class ReportTest : public ::testing::Test {
+ protected:
+  void Use(std::vector<FeatureSpec> features) {
+    auto ledger = Ledger::Create(OneCredential("key", std::move(features)), &clock_);
+    ASSERT_TRUE(ledger.ok()) << ledger.status();
+    ledger_ = std::move(*ledger);
+  }
+  ReportResult Report(int status, UpstreamHeaders headers, absl::string_view feature = "f",
+                      absl::string_view body = "") {
+    UpstreamAnswer a;
+    a.credential = "key";
+    a.feature = feature;
+    a.http_status = status;
+    a.headers = std::move(headers);
+    a.body = body;
+    auto r = ledger_->Report(a);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? *r : ReportResult{};
+  }
+  Decision Acquire(absl::string_view feature = "f") {
+    AcquireRequest req;
+    req.credential = "key";
+    req.feature = feature;
+    return *ledger_->Acquire(req);
+  }
+  int64_t Used(absl::string_view limit) {
+    const std::vector<LimitStatus> usage = *ledger_->Usage("key");
+    for (const LimitStatus& s : usage) {
+      if (s.name == limit) return s.used;
+    }
+    return -1;
+  }
+
+  FakeClock clock_{Utc(2026, 6, 21, 10)};
+  std::unique_ptr<Ledger> ledger_;
+};
+
+TEST_F(ReportTest, AdoptsTheUpstreamsCountWhenFewerRemain) {
+  // CyberVault's example: Limit 300, Remaining 247 -> 53 used, the per-minute limit.
+  Use({Feature("f", {Sliding("per_minute", 300, absl::Minutes(1)),
+                     Calendar("per_day", 100000, CalendarUnit::kDay)})});
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(Acquire().granted);
+  const ReportResult r = Report(200, {{"X-RateLimit-Limit", "300"},
+                                      {"X-RateLimit-Remaining", "247"},
+                                      {"X-RateLimit-Reset", "1718947260"}});
+  ASSERT_EQ(r.adopted.size(), 1u);
+  EXPECT_EQ(r.adopted[0], "f.per_minute used 10 -> 53");
+  EXPECT_EQ(Used("f.per_minute"), 53);
+  EXPECT_EQ(Used("f.per_day"), 10);
+  // The outside units leave a minute after they were reported.
+  clock_.Advance(absl::Minutes(1));
+  EXPECT_EQ(Used("f.per_minute"), 0);
+}
+
+TEST_F(ReportTest, NeverRaisesRemainingOnOneAnswer) {
+  Use({Feature("f", {Calendar("per_day", 500, CalendarUnit::kDay)})});
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE(Acquire().granted);
+  const ReportResult r =
+      Report(200, {{"X-RateLimit-Limit", "500"}, {"X-RateLimit-Remaining", "490"}});
+  EXPECT_TRUE(r.adopted.empty());
+  EXPECT_EQ(Used("f.per_day"), 100);
+}
+
+TEST_F(ReportTest, MalformedHeadersAreIgnoredWithAWarningAndChangeNothing) {
+  Use({Feature("f", {Calendar("per_day", 500, CalendarUnit::kDay)})});
+  ASSERT_TRUE(Acquire().granted);
+  const ReportResult r =
+      Report(200, {{"X-RateLimit-Remaining", "-5"}, {"X-RateLimit-Used", "lots"}});
+  EXPECT_TRUE(r.adopted.empty());
+  EXPECT_GE(r.warnings.size(), 2u);
+  EXPECT_EQ(Used("f.per_day"), 1);
+}
+
+TEST_F(ReportTest, RollingWindowIsReanchoredToTheUpstreamsReset) {
+  // MetaDefender: the window opened upstream before quotad saw a charge.
+  Use({Feature("reputation", {Rolling("per_24h", 4000, absl::Hours(24))})});
+  ASSERT_TRUE(Acquire("reputation").granted);  // quotad opens at 10:00
+  Report(200,
+         {{"x-ratelimit-for", "reputation_api"},
+          {"x-ratelimit-limit", "4000"},
+          {"x-ratelimit-used", "2500"},
+          {"x-ratelimit-remaining", "1500"},
+          {"x-ratelimit-reset-in", "90000s"}},  // 25 h: ends at 11:00 tomorrow
+         "reputation");
+  EXPECT_EQ(Used("reputation.per_24h"), 2500);
+  const std::vector<LimitStatus> usage = *ledger_->Usage("key");
+  ASSERT_EQ(usage.size(), 1u);
+  EXPECT_EQ(usage[0].reset, Utc(2026, 6, 22, 11));
+}
+
+TEST_F(ReportTest, ThrottleWithRetryAfterCoolsTheFeatureDown) {
+  Use({Feature("f", {Sliding("per_minute", 300, absl::Minutes(1))}),
+       Feature("g", {Sliding("per_minute", 300, absl::Minutes(1))})});
+  const ReportResult r = Report(429, {{"Retry-After", "12"}});
+  EXPECT_EQ(r.cooldown_until, clock_.Now() + absl::Seconds(12));
+  const Decision d = Acquire();
+  EXPECT_FALSE(d.granted);
+  EXPECT_EQ(d.limited_by, "f.cooldown");
+  EXPECT_EQ(d.retry_at, clock_.Now() + absl::Seconds(12));
+  EXPECT_TRUE(Acquire("g").granted);  // other features are not affected
+  clock_.Advance(absl::Seconds(12));
+  EXPECT_TRUE(Acquire().granted);
+}
+
+TEST_F(ReportTest, ThrottleWithoutRetryAfterBacksOffExponentiallyWithJitter) {
+  FeatureSpec f = Feature("f", {Sliding("per_minute", 60, absl::Minutes(1))});
+  f.throttle.initial_backoff = absl::Seconds(1);
+  f.throttle.max_backoff = absl::Seconds(30);
+  f.throttle.jitter_min = 0.1;
+  f.throttle.jitter_max = 0.3;
+  Use({f});
+  const absl::Duration expected[] = {absl::Seconds(1), absl::Seconds(2),  absl::Seconds(4),
+                                     absl::Seconds(8), absl::Seconds(16), absl::Seconds(30),
+                                     absl::Seconds(30)};
+  for (absl::Duration base : expected) {
+    const ReportResult r = Report(429, {});
+    const absl::Duration wait = r.cooldown_until - clock_.Now();
+    EXPECT_GE(wait, base * 1.1) << base;
+    EXPECT_LE(wait, base * 1.3) << base;
+    clock_.Set(r.cooldown_until);
+  }
+  Report(200, {});  // a success starts the back-off over
+  EXPECT_LE(Report(429, {}).cooldown_until - clock_.Now(), absl::Seconds(1) * 1.3);
+}
+
+TEST_F(ReportTest, ReportForUnknownNamesIsNotFound) {
+  Use({Feature("f", {Sliding("per_minute", 60, absl::Minutes(1))})});
+  UpstreamAnswer a;
+  a.credential = "nope";
+  a.feature = "f";
+  a.http_status = 200;
+  EXPECT_EQ(ledger_->Report(a).status().code(), absl::StatusCode::kNotFound);
+  a.credential = "key";
+  a.feature = "nope";
+  EXPECT_EQ(ledger_->Report(a).status().code(), absl::StatusCode::kNotFound);
+  a.feature = "f";
+  a.http_status = 1000;
+  EXPECT_EQ(ledger_->Report(a).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace quotad
