@@ -91,8 +91,8 @@ Result Run(quotad::v1::Quota::Stub* stub, int inflight, absl::Duration warmup,
         ++result.errors;
       } else {
         if (!call->response.granted()) ++result.denied;
-        latencies_ns.push_back(static_cast<uint32_t>(
-            std::min<int64_t>(UINT32_MAX, (now - call->start).count())));
+        latencies_ns.push_back(
+            static_cast<uint32_t>(std::min<int64_t>(UINT32_MAX, (now - call->start).count())));
       }
     }
     delete call;
@@ -106,9 +106,8 @@ Result Run(quotad::v1::Quota::Stub* stub, int inflight, absl::Duration warmup,
   result.rps = latencies_ns.size() / seconds;
   if (!latencies_ns.empty()) {
     result.p50_us = latencies_ns[latencies_ns.size() / 2] / 1000.0;
-    result.p99_us = latencies_ns[std::min(latencies_ns.size() - 1,
-                                          latencies_ns.size() * 99 / 100)] /
-                    1000.0;
+    result.p99_us =
+        latencies_ns[std::min(latencies_ns.size() - 1, latencies_ns.size() * 99 / 100)] / 1000.0;
   }
   cq.Shutdown();
   while (cq.Next(&tag, &ok)) {
@@ -164,12 +163,13 @@ int main(int argc, char** argv) {
       per_target.resize(targets.size());
       for (size_t k = 0; k < targets.size(); ++k) {
         const size_t i = round % 2 == 0 ? k : targets.size() - 1 - k;
-        Result r = Run(stubs[i].get(), level, absl::GetFlag(FLAGS_warmup),
-                       absl::GetFlag(FLAGS_duration));
-        std::printf("round=%d inflight=%d target=%s rps=%.0f p50_us=%.0f p99_us=%.0f "
-                    "errors=%lld denied=%lld\n",
-                    round + 1, level, targets[i].first.c_str(), r.rps, r.p50_us, r.p99_us,
-                    static_cast<long long>(r.errors), static_cast<long long>(r.denied));
+        Result r =
+            Run(stubs[i].get(), level, absl::GetFlag(FLAGS_warmup), absl::GetFlag(FLAGS_duration));
+        std::printf(
+            "round=%d inflight=%d target=%s rps=%.0f p50_us=%.0f p99_us=%.0f "
+            "errors=%lld denied=%lld\n",
+            round + 1, level, targets[i].first.c_str(), r.rps, r.p50_us, r.p99_us,
+            static_cast<long long>(r.errors), static_cast<long long>(r.denied));
         std::fflush(stdout);
         per_target[i].push_back(r);
       }

@@ -13,8 +13,8 @@
 // Output is a readable table, or the response as JSON with --json. Exit codes: 0 granted / ok,
 // 1 denied, 2 error (bad usage or an RPC error, printed to stderr with its code).
 
-#include <grpcpp/grpcpp.h>
 #include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
 
 #include <cstdio>
 #include <iostream>
@@ -275,9 +275,9 @@ int main(int argc, char** argv) {
     std::vector<std::vector<std::string>> rows = {
         {"LEASE", "CREDENTIAL", "FEATURE", "SCOPE", "COST", "HOLDER", "EXPIRES"}};
     for (const v1::Lease& l : resp.leases()) {
-      rows.push_back({l.lease_id(), l.credential(), l.feature(), l.scope().empty() ? "-" : l.scope(),
-                      absl::StrCat(l.cost()), l.holder().empty() ? "-" : l.holder(),
-                      Time(l.expires_at())});
+      rows.push_back({l.lease_id(), l.credential(), l.feature(),
+                      l.scope().empty() ? "-" : l.scope(), absl::StrCat(l.cost()),
+                      l.holder().empty() ? "-" : l.holder(), Time(l.expires_at())});
     }
     PrintTable(rows);
     return kOk;
@@ -304,10 +304,10 @@ int main(int argc, char** argv) {
             for (char& ch : unit) ch = static_cast<char>(std::tolower(ch));
             period = absl::StrCat(unit, " ", l.time_zone());
           }
-          rows.push_back({c.name(), c.profile(), f.name(), l.name(), KindName(l.kind()),
-                          l.kind() == v1::LIMIT_KIND_UNLIMITED ? "unlimited"
-                                                               : absl::StrCat(l.capacity()),
-                          period});
+          rows.push_back(
+              {c.name(), c.profile(), f.name(), l.name(), KindName(l.kind()),
+               l.kind() == v1::LIMIT_KIND_UNLIMITED ? "unlimited" : absl::StrCat(l.capacity()),
+               period});
         }
         if (f.limits().empty() && f.draws_on_size() > 0) {
           rows.push_back({c.name(), c.profile(), f.name(),

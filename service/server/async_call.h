@@ -3,9 +3,11 @@
 
 // The state machine of one unary call on gRPC's asynchronous CompletionQueue API.
 
-#include <functional>
-
 #include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
 
 namespace quotad {
 
@@ -14,6 +16,13 @@ class CallTag {
  public:
   virtual ~CallTag() = default;
   virtual void Proceed(bool ok) = 0;
+};
+
+// Calls being handled, and whether new ones are still taken. Shared by every method of a
+// server. Thread-safe.
+struct CallGate {
+  std::atomic<int64_t> active{0};
+  std::atomic<bool> draining{false};
 };
 
 // One unary call of `Service` (a generated AsyncService): requested, handled, finished, deleted.
@@ -34,6 +43,9 @@ class UnaryCall final : public CallTag {
     Service* service;
     RequestFn request;
     Handler handler;
+    // Optional. While `gate->draining`, new calls are answered UNAVAILABLE without running the
+    // handler; `gate->active` counts calls from arrival until their answer is sent.
+    CallGate* gate = nullptr;
   };
 
   // Asks gRPC for the next call of `method` on `cq`.
@@ -56,10 +68,20 @@ class UnaryCall final : public CallTag {
 
   void Proceed(bool ok) override {
     if (finishing_ || !ok) {  // sent, or the server is shutting down
+      if (finishing_ && method_->gate != nullptr) {
+        method_->gate->active.fetch_sub(1, std::memory_order_acq_rel);
+      }
       delete this;
       return;
     }
     Arm(method_, cq_);  // keep a call requested while this one is handled
+    if (method_->gate != nullptr) {
+      method_->gate->active.fetch_add(1, std::memory_order_acq_rel);
+      if (method_->gate->draining.load(std::memory_order_acquire)) {
+        Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "quotad is shutting down"));
+        return;
+      }
+    }
     method_->handler(this);
   }
 

@@ -31,24 +31,36 @@ void DurationToProto(absl::Duration d, google::protobuf::Duration* out) {
 
 v1::LimitKind LimitKindToProto(LimitKind kind) {
   switch (kind) {
-    case LimitKind::kCalendar: return v1::LIMIT_KIND_CALENDAR;
-    case LimitKind::kRolling: return v1::LIMIT_KIND_ROLLING;
-    case LimitKind::kSliding: return v1::LIMIT_KIND_SLIDING;
-    case LimitKind::kTokenBucket: return v1::LIMIT_KIND_TOKEN_BUCKET;
-    case LimitKind::kConcurrency: return v1::LIMIT_KIND_CONCURRENCY;
-    case LimitKind::kUnlimited: return v1::LIMIT_KIND_UNLIMITED;
+    case LimitKind::kCalendar:
+      return v1::LIMIT_KIND_CALENDAR;
+    case LimitKind::kRolling:
+      return v1::LIMIT_KIND_ROLLING;
+    case LimitKind::kSliding:
+      return v1::LIMIT_KIND_SLIDING;
+    case LimitKind::kTokenBucket:
+      return v1::LIMIT_KIND_TOKEN_BUCKET;
+    case LimitKind::kConcurrency:
+      return v1::LIMIT_KIND_CONCURRENCY;
+    case LimitKind::kUnlimited:
+      return v1::LIMIT_KIND_UNLIMITED;
   }
   return v1::LIMIT_KIND_UNSPECIFIED;
 }
 
 v1::CalendarUnit CalendarUnitToProto(CalendarUnit unit) {
   switch (unit) {
-    case CalendarUnit::kNone: return v1::CALENDAR_UNIT_UNSPECIFIED;
-    case CalendarUnit::kMinute: return v1::CALENDAR_UNIT_MINUTE;
-    case CalendarUnit::kHour: return v1::CALENDAR_UNIT_HOUR;
-    case CalendarUnit::kDay: return v1::CALENDAR_UNIT_DAY;
-    case CalendarUnit::kWeek: return v1::CALENDAR_UNIT_WEEK;
-    case CalendarUnit::kMonth: return v1::CALENDAR_UNIT_MONTH;
+    case CalendarUnit::kNone:
+      return v1::CALENDAR_UNIT_UNSPECIFIED;
+    case CalendarUnit::kMinute:
+      return v1::CALENDAR_UNIT_MINUTE;
+    case CalendarUnit::kHour:
+      return v1::CALENDAR_UNIT_HOUR;
+    case CalendarUnit::kDay:
+      return v1::CALENDAR_UNIT_DAY;
+    case CalendarUnit::kWeek:
+      return v1::CALENDAR_UNIT_WEEK;
+    case CalendarUnit::kMonth:
+      return v1::CALENDAR_UNIT_MONTH;
   }
   return v1::CALENDAR_UNIT_UNSPECIFIED;
 }

@@ -12,7 +12,8 @@ using grpc::health::v1::HealthCheckResponse;
 // One Watch stream: writes the current status, then every change, one write at a time.
 class HealthService::WatchReactor final : public grpc::ServerWriteReactor<HealthCheckResponse> {
  public:
-  WatchReactor(HealthService* service, std::string name) : service_(service), name_(std::move(name)) {}
+  WatchReactor(HealthService* service, std::string name)
+      : service_(service), name_(std::move(name)) {}
 
   // Queues `status` for writing; with `finish`, ends the stream once it is written.
   void Send(ServingStatus status, bool finish) ABSL_LOCKS_EXCLUDED(mu_) {

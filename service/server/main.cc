@@ -44,11 +44,13 @@ int main(int argc, char** argv) {
 
   auto logger = spdlog::stderr_color_mt("quotad");
   spdlog::set_default_logger(logger);
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%fZ level=%l logger=%n %v", spdlog::pattern_time_type::utc);
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%fZ level=%l logger=%n %v",
+                      spdlog::pattern_time_type::utc);
   const std::string level_name = absl::GetFlag(FLAGS_log_level);
   const spdlog::level::level_enum level = spdlog::level::from_str(level_name);
   if (level == spdlog::level::off && level_name != "off") {
-    std::fprintf(stderr, "quotad: --log_level=%s is not one of trace, debug, info, warn, error, off\n",
+    std::fprintf(stderr,
+                 "quotad: --log_level=%s is not one of trace, debug, info, warn, error, off\n",
                  level_name.c_str());
     return 2;
   }

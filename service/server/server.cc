@@ -92,9 +92,8 @@ class BlockingWorker {
       {
         absl::MutexLock lock(&mu_);
         mu_.Await(absl::Condition(
-            +[](BlockingWorker* w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(w->mu_) {
-              return w->stop_ || !w->queue_.empty();
-            },
+            +[](BlockingWorker* w)
+                 ABSL_EXCLUSIVE_LOCKS_REQUIRED(w->mu_) { return w->stop_ || !w->queue_.empty(); },
             this));
         if (queue_.empty()) return;
         fn = std::move(queue_.front());
@@ -152,9 +151,9 @@ class QuotadServer::Impl {
         while (cq->Next(&tag, &ok)) {
         }
       }
-      return absl::UnavailableError(absl::StrCat(
-          "cannot listen on ", options_.listen_address,
-          ": the address is in use, not local, or malformed (expected host:port)"));
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen on ", options_.listen_address,
+                       ": the address is in use, not local, or malformed (expected host:port)"));
     }
     address_ = BoundAddress(options_.listen_address, port_);
     DefineMethods();
@@ -192,8 +191,17 @@ class QuotadServer::Impl {
                absl::FormatDuration(options_.shutdown_grace));
     health_.Shutdown();
     if (options_.drain_delay > absl::ZeroDuration()) absl::SleepFor(options_.drain_delay);
-    // Refuses new calls, lets in-flight ones finish, cancels what is left at the deadline.
-    server_->Shutdown(absl::ToChronoTime(absl::Now() + options_.shutdown_grace));
+    // New calls are answered UNAVAILABLE from here on; the calls being handled finish.
+    // (grpc::Server::Shutdown alone would also wait seconds for idle client connections.)
+    gate_.draining.store(true, std::memory_order_release);
+    const absl::Time deadline = absl::Now() + options_.shutdown_grace;
+    while (gate_.active.load(std::memory_order_acquire) > 0 && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    const int64_t left = gate_.active.load(std::memory_order_acquire);
+    if (left > 0) log_->warn("shutdown grace over calls_cancelled={}", left);
+    // Closes the listener and every connection; cancels whatever is still running.
+    server_->Shutdown(absl::ToChronoTime(absl::Now()));
     for (auto& cq : cqs_) cq->Shutdown();
     for (std::thread& t : threads_) t.join();
     {
@@ -222,32 +230,46 @@ class QuotadServer::Impl {
   using ReloadCall = UnaryCall<AdminService, v1::ReloadConfigRequest, v1::ReloadConfigResponse>;
 
   void DefineMethods() {
-    acquire_ = {&quota_, &QuotaService::RequestAcquire, [this](AcquireCall* c) {
+    acquire_ = {&quota_, &QuotaService::RequestAcquire,
+                [this](AcquireCall* c) {
                   Respond(c, "Acquire", HandleAcquire(c->request(), c->response()));
-                }};
-    release_ = {&quota_, &QuotaService::RequestRelease, [this](ReleaseCall* c) {
+                },
+                &gate_};
+    release_ = {&quota_, &QuotaService::RequestRelease,
+                [this](ReleaseCall* c) {
                   Respond(c, "Release", HandleRelease(c->request(), c->response()));
-                }};
-    renew_ = {&quota_, &QuotaService::RequestRenew, [this](RenewCall* c) {
-                Respond(c, "Renew", HandleRenew(c->request(), c->response()));
-              }};
-    usage_ = {&admin_, &AdminService::RequestGetUsage, [this](UsageCall* c) {
-                Respond(c, "GetUsage", HandleUsage(c->request(), c->response()));
-              }};
-    leases_ = {&admin_, &AdminService::RequestListLeases, [this](LeasesCall* c) {
+                },
+                &gate_};
+    renew_ = {
+        &quota_, &QuotaService::RequestRenew,
+        [this](RenewCall* c) { Respond(c, "Renew", HandleRenew(c->request(), c->response())); },
+        &gate_};
+    usage_ = {
+        &admin_, &AdminService::RequestGetUsage,
+        [this](UsageCall* c) { Respond(c, "GetUsage", HandleUsage(c->request(), c->response())); },
+        &gate_};
+    leases_ = {&admin_, &AdminService::RequestListLeases,
+               [this](LeasesCall* c) {
                  Respond(c, "ListLeases", HandleLeases(c->request(), c->response()));
-               }};
-    credentials_ = {&admin_, &AdminService::RequestListCredentials, [this](CredentialsCall* c) {
+               },
+               &gate_};
+    credentials_ = {&admin_, &AdminService::RequestListCredentials,
+                    [this](CredentialsCall* c) {
                       Respond(c, "ListCredentials", HandleCredentials(c->response()));
-                    }};
-    reset_ = {&admin_, &AdminService::RequestResetCredential, [this](ResetCall* c) {
+                    },
+                    &gate_};
+    reset_ = {&admin_, &AdminService::RequestResetCredential,
+              [this](ResetCall* c) {
                 Respond(c, "ResetCredential", HandleReset(c->request(), c->response()));
-              }};
-    reload_ = {&admin_, &AdminService::RequestReloadConfig, [this](ReloadCall* c) {
-                 // Reading the file may block: not on a completion-queue thread.
-                 worker_->Schedule(
-                     [this, c] { Respond(c, "ReloadConfig", HandleReload(c->response())); });
-               }};
+              },
+              &gate_};
+    reload_ = {
+        &admin_, &AdminService::RequestReloadConfig,
+        [this](ReloadCall* c) {
+          // Reading the file may block: not on a completion-queue thread.
+          worker_->Schedule([this, c] { Respond(c, "ReloadConfig", HandleReload(c->response())); });
+        },
+        &gate_};
   }
 
   template <typename Call>
@@ -275,9 +297,8 @@ class QuotadServer::Impl {
       return s;
     }
     if (req.priority() < -kMaxPriority || req.priority() > kMaxPriority) {
-      return absl::InvalidArgumentError(absl::StrCat("priority ", req.priority(),
-                                                     " is outside -", kMaxPriority, "..",
-                                                     kMaxPriority));
+      return absl::InvalidArgumentError(absl::StrCat("priority ", req.priority(), " is outside -",
+                                                     kMaxPriority, "..", kMaxPriority));
     }
     const int64_t cost = req.has_cost() ? req.cost() : 1;
     if (cost <= 0) {
@@ -374,9 +395,8 @@ class QuotadServer::Impl {
       }
     }
     std::vector<LeaseInfo> leases = ledger_->Leases(req.credential());
-    std::sort(leases.begin(), leases.end(), [](const LeaseInfo& a, const LeaseInfo& b) {
-      return a.expiry < b.expiry;
-    });
+    std::sort(leases.begin(), leases.end(),
+              [](const LeaseInfo& a, const LeaseInfo& b) { return a.expiry < b.expiry; });
     for (const LeaseInfo& l : leases) LeaseToProto(l, resp->add_leases());
     return absl::OkStatus();
   }
@@ -427,7 +447,8 @@ class QuotadServer::Impl {
     }
     const Policy* policy = &config->policy;
     if (absl::Status s = ledger_->Reload(*policy); !s.ok()) {
-      log_->warn("reload rejected config={} error=\"{}\"", options_.config_path, std::string(s.message()));
+      log_->warn("reload rejected config={} error=\"{}\"", options_.config_path,
+                 std::string(s.message()));
       return s;
     }
     PublishSnapshot(*config);
@@ -452,8 +473,7 @@ class QuotadServer::Impl {
     for (;;) {
       {
         absl::MutexLock lock(&sweep_mu_);
-        if (sweep_mu_.AwaitWithTimeout(absl::Condition(&stop_sweeping_),
-                                       options_.sweep_interval)) {
+        if (sweep_mu_.AwaitWithTimeout(absl::Condition(&stop_sweeping_), options_.sweep_interval)) {
           return;
         }
       }
@@ -472,6 +492,7 @@ class QuotadServer::Impl {
   std::atomic<const ConfigSnapshot*> snapshot_{nullptr};
   std::vector<std::unique_ptr<const ConfigSnapshot>> snapshots_ ABSL_GUARDED_BY(snapshot_mu_);
 
+  CallGate gate_;
   QuotaService quota_;
   AdminService admin_;
   HealthService health_;
@@ -505,8 +526,8 @@ absl::StatusOr<std::unique_ptr<QuotadServer>> QuotadServer::Start(const ServerOp
   Clock* clock = options.clock != nullptr ? options.clock : Clock::Real();
   absl::StatusOr<std::unique_ptr<Ledger>> ledger = Ledger::Create(config->policy, clock);
   if (!ledger.ok()) {
-    return absl::Status(ledger.status().code(), absl::StrCat("config ", options.config_path,
-                                                             ": ", ledger.status().message()));
+    return absl::Status(ledger.status().code(), absl::StrCat("config ", options.config_path, ": ",
+                                                             ledger.status().message()));
   }
   auto impl = std::make_unique<Impl>(options, *std::move(ledger), *config);
   if (absl::Status s = impl->Listen(); !s.ok()) return s;

@@ -11,9 +11,8 @@ namespace {
 constexpr size_t kMaxQuotedLength = 64;
 
 bool IsNameChar(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-         c == '.' || c == '_' || c == '~' || c == ':' || c == '/' || c == '@' || c == '+' ||
-         c == '-';
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+         c == '_' || c == '~' || c == ':' || c == '/' || c == '@' || c == '+' || c == '-';
 }
 
 std::string DescribeChar(char c) {
@@ -37,10 +36,9 @@ absl::Status ValidateName(absl::string_view field, absl::string_view value) {
   }
   for (size_t i = 0; i < value.size(); ++i) {
     if (!IsNameChar(value[i])) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, " ", QuoteForError(value), " has the character ",
-                       DescribeChar(value[i]), " at offset ", i,
-                       "; allowed are letters, digits and ._~:/@+-"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, " ", QuoteForError(value), " has the character ", DescribeChar(value[i]),
+          " at offset ", i, "; allowed are letters, digits and ._~:/@+-"));
     }
   }
   return absl::OkStatus();
@@ -71,17 +69,18 @@ absl::StatusOr<absl::Duration> ParseDuration(absl::string_view field,
   const std::string shown = absl::StrFormat("{seconds: %d, nanos: %d}", s, n);
   if (n <= -1000000000 || n >= 1000000000 || (s > 0 && n < 0) || (s < 0 && n > 0)) {
     return absl::InvalidArgumentError(
-        absl::StrCat(field, " ", shown, " is not a valid duration (nanos out of range or of "
-                            "another sign than seconds)"));
+        absl::StrCat(field, " ", shown,
+                     " is not a valid duration (nanos out of range or of "
+                     "another sign than seconds)"));
   }
   if (s < 0 || n < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(field, " must not be negative, got ",
-                                                   absl::FormatDuration(absl::Seconds(s) +
-                                                                        absl::Nanoseconds(n))));
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " must not be negative, got ",
+                     absl::FormatDuration(absl::Seconds(s) + absl::Nanoseconds(n))));
   }
   if (s > absl::ToInt64Seconds(max) + 1) {  // before converting: avoids overflow
-    return absl::InvalidArgumentError(absl::StrCat(field, " ", s, "s is more than the allowed ",
-                                                   absl::FormatDuration(max)));
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " ", s, "s is more than the allowed ", absl::FormatDuration(max)));
   }
   const absl::Duration d = absl::Seconds(s) + absl::Nanoseconds(n);
   if (d > max) {
@@ -96,8 +95,8 @@ absl::StatusOr<LeaseId> ParseLeaseId(absl::string_view field, absl::string_view 
   if (value.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is required"));
   absl::StatusOr<LeaseId> id = LeaseId::Parse(value);
   if (!id.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat(field, " ", QuoteForError(value),
-                                                   " is not a lease id (32 hex digits)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, " ", QuoteForError(value), " is not a lease id (32 hex digits)"));
   }
   return id;
 }

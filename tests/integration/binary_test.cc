@@ -108,8 +108,8 @@ TEST(BinaryTest, SigtermGoesNotServingEndsWatchersAndExitsZero) {
   QuotadProcess quotad({absl::StrCat("--config=", QUOTAD_TEST_CONFIG), "--listen=127.0.0.1:0"});
   std::optional<int> port = quotad.WaitForPort(absl::Seconds(20));
   ASSERT_TRUE(port.has_value()) << quotad.log();
-  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", *port),
-                                     grpc::InsecureChannelCredentials());
+  auto channel =
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", *port), grpc::InsecureChannelCredentials());
   auto quota = quotad::v1::Quota::NewStub(channel);
   auto health = Health::NewStub(channel);
 
@@ -148,6 +148,48 @@ TEST(BinaryTest, SigtermGoesNotServingEndsWatchersAndExitsZero) {
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   HealthCheckResponse resp;
   EXPECT_FALSE(health->Check(&ctx, HealthCheckRequest(), &resp).ok());
+}
+
+// Runs quotactl with `args`; returns its exit code and fills `output` with stdout and stderr.
+int RunQuotactl(const std::string& args, std::string* output) {
+  const std::string command = absl::StrCat(QUOTACTL_BINARY, " ", args, " 2>&1");
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return -1;
+  output->clear();
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) output->append(buf, n);
+  const int status = pclose(pipe);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+TEST(BinaryTest, QuotactlExitCodesAndOutput) {
+  QuotadProcess quotad({absl::StrCat("--config=", QUOTAD_TEST_CONFIG), "--listen=127.0.0.1:0"});
+  std::optional<int> port = quotad.WaitForPort(absl::Seconds(20));
+  ASSERT_TRUE(port.has_value()) << quotad.log();
+  const std::string server = absl::StrCat("--server=127.0.0.1:", *port);
+  std::string out;
+  EXPECT_EQ(RunQuotactl(server + " acquire test/short jobs --ttl=5s", &out), 0) << out;
+  EXPECT_NE(out.find("granted"), std::string::npos) << out;
+  EXPECT_NE(out.find("jobs.concurrent"), std::string::npos) << out;
+  EXPECT_EQ(RunQuotactl(server + " acquire test/short jobs", &out), 1) << out;
+  EXPECT_NE(out.find("denied  by jobs.concurrent"), std::string::npos) << out;
+  EXPECT_EQ(RunQuotactl(server + " --json acquire test/short jobs", &out), 1) << out;
+  EXPECT_NE(out.find("\"limitedBy\": \"jobs.concurrent\""), std::string::npos) << out;
+  EXPECT_EQ(RunQuotactl(server + " acquire nobody/prod requests", &out), 2) << out;
+  EXPECT_NE(out.find("NOT_FOUND"), std::string::npos) << out;
+  EXPECT_EQ(RunQuotactl(server + " acquire virustotal/prod requests --cost=0", &out), 2) << out;
+  EXPECT_NE(out.find("INVALID_ARGUMENT: cost must be positive, got 0"), std::string::npos) << out;
+  EXPECT_EQ(RunQuotactl(server + " leases test/short", &out), 0) << out;
+  EXPECT_NE(out.find("test/short"), std::string::npos) << out;
+  EXPECT_EQ(RunQuotactl(server + " --json usage test/short", &out), 0) << out;
+  EXPECT_NE(out.find("\"profile\": \"test-short-ttl\""), std::string::npos) << out;
+  EXPECT_EQ(RunQuotactl(server + " credentials", &out), 0) << out;
+  EXPECT_NE(out.find("virustotal-public"), std::string::npos) << out;
+  EXPECT_EQ(RunQuotactl(server + " renew 0123", &out), 2) << out;
+  EXPECT_EQ(RunQuotactl(server + " frobnicate", &out), 2) << out;
+  quotad.Signal(SIGTERM);
+  EXPECT_EQ(quotad.WaitForExit(absl::Seconds(20)), std::optional<int>(0));
 }
 
 TEST(BinaryTest, BadConfigFailsFastWithMessage) {

@@ -1,6 +1,8 @@
 // The real quotad server in process on port 0 with a real configuration file, called by real
 // gRPC clients.
 
+#include "service/server/server.h"
+
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
@@ -15,7 +17,6 @@
 #include "absl/time/time.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "quotad/v1/quotad.grpc.pb.h"
-#include "service/server/server.h"
 
 namespace quotad {
 namespace {
@@ -360,8 +361,8 @@ TEST_F(ServerTest, SixtyFourClientThreadsNeverOverGrant) {
       // A channel per thread so that the calls really race over several connections.
       grpc::ChannelArguments args;
       args.SetInt("quotad.test.channel", t);
-      auto channel = grpc::CreateCustomChannel(server_->address(),
-                                               grpc::InsecureChannelCredentials(), args);
+      auto channel =
+          grpc::CreateCustomChannel(server_->address(), grpc::InsecureChannelCredentials(), args);
       auto stub = v1::Quota::NewStub(channel);
       for (int i = 0; i < kAttemptsPerThread; ++i) {
         grpc::ClientContext ctx;
