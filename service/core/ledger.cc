@@ -278,6 +278,32 @@ struct Ledger::LeaseShard {
   absl::flat_hash_map<LeaseId, LeaseRecord> leases ABSL_GUARDED_BY(mu);
 };
 
+// Everything that runs under one credential's mutex, checked by clang's -Wthread-safety.
+struct Ledger::Locked {
+  static absl::StatusOr<Decision> Acquire(Ledger& l, Credential& cred, const AcquireRequest& req,
+                                          int64_t now, LeaseRecord* rec)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred.mu);
+  // Writes the high-water marks the charge needs ahead of it; kUnavailable when it cannot.
+  static absl::Status ReserveAhead(Ledger& l, const Credential& cred, const CompiledCredential& cc,
+                                   const CompiledFeature& feature,
+                                   absl::Span<Counter* const> counters, const AcquireRequest& req,
+                                   int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred.mu);
+  // Serves the request's queue first; then grants or denies; or, when `waiter` is non-null and
+  // the request cannot be granted now, parks it (taking *waiter, which becomes null).
+  static absl::StatusOr<Decision> AcquireOrQueue(Ledger& l, Credential& cred,
+                                                 const AcquireRequest& req, int64_t now,
+                                                 LeaseRecord* rec, std::unique_ptr<Waiter>* waiter,
+                                                 std::vector<Answer>* answers)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred.mu);
+  // Grants and expires what it can in one queue; returns when it needs serving next.
+  static int64_t ServeQueue(Ledger& l, Credential& cred, Queue& queue, int64_t now,
+                            std::vector<Answer>* answers) ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred.mu);
+  // Serves every queue of a credential; returns when it needs serving next.
+  static int64_t ServeCredential(Ledger& l, Credential& cred, int64_t now,
+                                 std::vector<Answer>* answers)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred.mu);
+};
+
 Ledger::Ledger(Clock* clock, LedgerOptions options)
     : clock_(clock),
       options_(options),
@@ -328,7 +354,7 @@ absl::StatusOr<Decision> Ledger::Acquire(const AcquireRequest& req) {
   LeaseRecord rec;
   {
     absl::MutexLock lock(&cred->mu);
-    result = AcquireOrQueueLocked(*cred, req, now, &rec, /*waiter=*/nullptr, &answers);
+    result = Locked::AcquireOrQueue(*this, *cred, req, now, &rec, /*waiter=*/nullptr, &answers);
   }
   if (result.ok() && result->granted) InsertLease(result->lease_id, std::move(rec));
   Deliver(answers);
@@ -342,8 +368,9 @@ void Ledger::InsertLease(const LeaseId& id, LeaseRecord rec) {
   shard.leases.emplace(id, std::move(rec));
 }
 
-absl::StatusOr<Decision> Ledger::AcquireLocked(Credential& cred, const AcquireRequest& req,
-                                               int64_t now, LeaseRecord* rec) {
+absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
+                                                 const AcquireRequest& req, int64_t now,
+                                                 LeaseRecord* rec) {
   Decision d;
   const CompiledCredential& cc = *cred.compiled;
   const int feature_index = cc.FindFeature(req.feature);
@@ -400,8 +427,8 @@ absl::StatusOr<Decision> Ledger::AcquireLocked(Credential& cred, const AcquireRe
     d.retry_at = FromNs(retry_ns);
     d.limited_by = cc.rules[limited_by].full_name;
   } else {
-    if (options_.journal != nullptr) {
-      if (absl::Status s = ReserveAhead(cred, cc, feature, counters, req, now); !s.ok()) {
+    if (l.options_.journal != nullptr) {
+      if (absl::Status s = ReserveAhead(l, cred, cc, feature, counters, req, now); !s.ok()) {
         return s;
       }
     }
@@ -421,9 +448,9 @@ absl::StatusOr<Decision> Ledger::AcquireLocked(Credential& cred, const AcquireRe
       rec->tokens.push_back(
           counters[i]->Charge(cc.rules[feature.rules[i]], now, req.cost, d.lease_id.lo, expiry));
     }
-    if (options_.journal != nullptr) {
+    if (l.options_.journal != nullptr) {
       const absl::Status s =
-          options_.journal->PutLease(ToJournal(d.lease_id, *rec, feature.has_concurrency));
+          l.options_.journal->PutLease(ToJournal(d.lease_id, *rec, feature.has_concurrency));
       if (!s.ok() && feature.has_concurrency) {
         // The slot would not survive a restart: undo the whole grant and fail closed.
         for (size_t i = 0; i < counters.size(); ++i) {
@@ -457,17 +484,18 @@ absl::StatusOr<Decision> Ledger::AcquireLocked(Credential& cred, const AcquireRe
   return d;
 }
 
-absl::Status Ledger::ReserveAhead(const Credential& cred, const CompiledCredential& cc,
-                                  const CompiledFeature& feature,
-                                  absl::Span<Counter* const> counters, const AcquireRequest& req,
-                                  int64_t now) {
+absl::Status Ledger::Locked::ReserveAhead(Ledger& l, const Credential& cred,
+                                          const CompiledCredential& cc,
+                                          const CompiledFeature& feature,
+                                          absl::Span<Counter* const> counters,
+                                          const AcquireRequest& req, int64_t now) {
   std::vector<Reservation> reservations;
   absl::InlinedVector<std::array<std::array<int64_t, 3>, 2>, 4> out(counters.size());
   absl::InlinedVector<int, 4> counts(counters.size(), 0);
   for (size_t i = 0; i < counters.size(); ++i) {
     const Rule& rule = cc.rules[feature.rules[i]];
     int64_t buf[2][3];
-    if (!counters[i]->NeedsReservation(rule, now, req.cost, BlockFor(rule), buf, &counts[i])) {
+    if (!counters[i]->NeedsReservation(rule, now, req.cost, l.BlockFor(rule), buf, &counts[i])) {
       continue;
     }
     for (int k = 0; k < counts[i]; ++k) {
@@ -478,7 +506,7 @@ absl::Status Ledger::ReserveAhead(const Credential& cred, const CompiledCredenti
     }
   }
   if (reservations.empty()) return absl::OkStatus();
-  if (absl::Status s = options_.journal->Reserve(reservations); !s.ok()) {
+  if (absl::Status s = l.options_.journal->Reserve(reservations); !s.ok()) {
     return absl::UnavailableError(
         absl::StrCat("state store failed, denying (fail closed): ", s.message()));
   }
@@ -505,21 +533,22 @@ std::string QueueKey(absl::string_view feature, absl::string_view scope) {
   return absl::StrCat(feature, absl::string_view("\0", 1), scope);
 }
 
-absl::StatusOr<Decision> Ledger::AcquireOrQueueLocked(Credential& cred, const AcquireRequest& req,
-                                                      int64_t now, LeaseRecord* rec,
-                                                      std::unique_ptr<Waiter>* waiter,
-                                                      std::vector<Answer>* answers) {
+absl::StatusOr<Decision> Ledger::Locked::AcquireOrQueue(Ledger& l, Credential& cred,
+                                                        const AcquireRequest& req, int64_t now,
+                                                        LeaseRecord* rec,
+                                                        std::unique_ptr<Waiter>* waiter,
+                                                        std::vector<Answer>* answers) {
   const std::string key = QueueKey(req.feature, req.scope);
   auto qit = cred.queues.find(key);
   if (qit != cred.queues.end()) {
-    ServeQueueLocked(cred, qit->second, now, answers);
+    ServeQueue(l, cred, qit->second, now, answers);
     if (qit->second.waiters.empty()) {
       cred.queues.erase(qit);
       qit = cred.queues.end();
     }
   }
   if (qit == cred.queues.end()) {
-    absl::StatusOr<Decision> d = AcquireLocked(cred, req, now, rec);
+    absl::StatusOr<Decision> d = Acquire(l, cred, req, now, rec);
     if (!d.ok() || d->granted || waiter == nullptr || *waiter == nullptr) return d;
   } else if (waiter == nullptr || *waiter == nullptr) {
     // Waiting requests go first: a request that does not wait is told when the queue's head
@@ -529,7 +558,7 @@ absl::StatusOr<Decision> Ledger::AcquireOrQueueLocked(Credential& cred, const Ac
     d.limited_by = qit->second.limited_by;
     return d;
   }
-  if (cred.waiting >= options_.max_waiters_per_credential) {
+  if (cred.waiting >= l.options_.max_waiters_per_credential) {
     return absl::ResourceExhaustedError(
         absl::StrCat("credential '", cred.name, "' already has ", cred.waiting,
                      " requests waiting, the most allowed; retry later"));
@@ -538,35 +567,36 @@ absl::StatusOr<Decision> Ledger::AcquireOrQueueLocked(Credential& cred, const Ac
   Waiter& w = **waiter;
   queue.waiters.emplace(std::make_pair(-w.priority, w.id), std::move(*waiter));
   ++cred.waiting;
-  waiting_.fetch_add(1, std::memory_order_relaxed);
+  l.waiting_.fetch_add(1, std::memory_order_relaxed);
   {
-    absl::MutexLock l(&wait_mu_);
-    waiting_credentials_.insert(&cred);
+    absl::MutexLock wait_lock(&l.wait_mu_);
+    l.waiting_credentials_.insert(&cred);
   }
   // Serve at once: sets retry_ns for the (possibly new) head and answers nothing new.
-  ServeQueueLocked(cred, queue, now, answers);
+  ServeQueue(l, cred, queue, now, answers);
   Decision parked;
   parked.retry_at = FromNs(queue.retry_ns);
   parked.limited_by = queue.limited_by;
   return parked;
 }
 
-int64_t Ledger::ServeQueueLocked(Credential& cred, Queue& queue, int64_t now,
-                                 std::vector<Answer>* answers) {
-  auto answer = [&](auto it, absl::StatusOr<Decision> result, std::unique_ptr<LeaseRecord> lease) {
-    Answer& a = answers->emplace_back();
-    a.done = std::move(it->second->done);
-    a.result = std::move(result);
-    a.lease = std::move(lease);
-    queue.waiters.erase(it);
-    --cred.waiting;
-    waiting_.fetch_sub(1, std::memory_order_relaxed);
-  };
+int64_t Ledger::Locked::ServeQueue(Ledger& l, Credential& cred, Queue& queue, int64_t now,
+                                   std::vector<Answer>* answers) {
+  auto answer = [&](auto it, absl::StatusOr<Decision> result, std::unique_ptr<LeaseRecord> lease)
+                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred.mu) {
+                      Answer& a = answers->emplace_back();
+                      a.done = std::move(it->second->done);
+                      a.result = std::move(result);
+                      a.lease = std::move(lease);
+                      queue.waiters.erase(it);
+                      --cred.waiting;
+                      l.waiting_.fetch_sub(1, std::memory_order_relaxed);
+                    };
   // The head goes first: strict order within a priority, so nobody starves.
   while (!queue.waiters.empty()) {
     auto head = queue.waiters.begin();
     auto lease = std::make_unique<LeaseRecord>();
-    absl::StatusOr<Decision> d = AcquireLocked(cred, head->second->View(), now, lease.get());
+    absl::StatusOr<Decision> d = Acquire(l, cred, head->second->View(), now, lease.get());
     if (d.ok() && !d->granted) {
       queue.retry_ns = absl::ToUnixNanos(d->retry_at);
       queue.limited_by = d->limited_by;
@@ -636,8 +666,8 @@ WaitTicket Ledger::AcquireOrWait(const AcquireRequest& req, absl::Duration max_w
   absl::StatusOr<Decision> result;
   {
     absl::MutexLock lock(&cred->mu);
-    result = AcquireOrQueueLocked(*cred, req, now, &rec,
-                                  max_wait > absl::ZeroDuration() ? &waiter : nullptr, &answers);
+    result = Locked::AcquireOrQueue(*this, *cred, req, now, &rec,
+                                    max_wait > absl::ZeroDuration() ? &waiter : nullptr, &answers);
   }
   const bool parked = waiter == nullptr;
   if (!parked) {
@@ -671,10 +701,11 @@ bool Ledger::Cancel(const WaitTicket& ticket) {
   return true;
 }
 
-int64_t Ledger::ServeCredentialLocked(Credential& cred, int64_t now, std::vector<Answer>* answers) {
+int64_t Ledger::Locked::ServeCredential(Ledger& l, Credential& cred, int64_t now,
+                                        std::vector<Answer>* answers) {
   int64_t next = kInfiniteNs;
   for (auto it = cred.queues.begin(); it != cred.queues.end();) {
-    next = std::min(next, ServeQueueLocked(cred, it->second, now, answers));
+    next = std::min(next, ServeQueue(l, cred, it->second, now, answers));
     if (it->second.waiters.empty()) {
       cred.queues.erase(it++);
     } else {
@@ -682,8 +713,8 @@ int64_t Ledger::ServeCredentialLocked(Credential& cred, int64_t now, std::vector
     }
   }
   if (cred.waiting == 0) {
-    absl::MutexLock l(&wait_mu_);
-    waiting_credentials_.erase(&cred);
+    absl::MutexLock wait_lock(&l.wait_mu_);
+    l.waiting_credentials_.erase(&cred);
   }
   return next;
 }
@@ -695,7 +726,7 @@ void Ledger::ServeCredential(Credential& cred) {
   {
     absl::MutexLock lock(&cred.mu);
     if (cred.waiting == 0) return;
-    next = ServeCredentialLocked(cred, absl::ToUnixNanos(clock_->Now()), &answers);
+    next = Locked::ServeCredential(*this, cred, absl::ToUnixNanos(clock_->Now()), &answers);
   }
   Deliver(answers);
   if (next != kInfiniteNs && options_.wake) options_.wake(FromNs(next));
@@ -713,7 +744,7 @@ absl::Time Ledger::Pump() {
   for (Credential* cred : creds) {
     {
       absl::MutexLock lock(&cred->mu);
-      next = std::min(next, ServeCredentialLocked(*cred, now, &answers));
+      next = std::min(next, Locked::ServeCredential(*this, *cred, now, &answers));
     }
     Deliver(answers);
   }

@@ -245,6 +245,9 @@ class Ledger {
   struct Waiter;
   struct Queue;
   struct Answer;
+  // What runs under one credential's mutex; defined in ledger.cc, where Credential is complete,
+  // so that clang's -Wthread-safety can check it.
+  struct Locked;
 
  public:
   struct LeaseRecord;  // internal; public only for helpers in ledger.cc
@@ -255,19 +258,6 @@ class Ledger {
   Ledger(Clock* clock, LedgerOptions options);
   int64_t BlockFor(const Rule& rule) const;
   void InsertLease(const LeaseId& id, LeaseRecord rec);
-  absl::StatusOr<Decision> AcquireLocked(Credential& cred, const AcquireRequest& req, int64_t now,
-                                         LeaseRecord* rec);
-  // Serves the request's queue first; then grants or denies; or, when `waiter` is non-null
-  // and the request cannot be granted now, parks it (taking *waiter, which becomes null).
-  absl::StatusOr<Decision> AcquireOrQueueLocked(Credential& cred, const AcquireRequest& req,
-                                                int64_t now, LeaseRecord* rec,
-                                                std::unique_ptr<Waiter>* waiter,
-                                                std::vector<Answer>* answers);
-  // Grants and expires what it can in one queue; returns when it needs serving next.
-  int64_t ServeQueueLocked(Credential& cred, Queue& queue, int64_t now,
-                           std::vector<Answer>* answers);
-  // Serves every queue of a credential; returns when it needs serving next.
-  int64_t ServeCredentialLocked(Credential& cred, int64_t now, std::vector<Answer>* answers);
   // Serves every queue of a credential (after something was freed), and delivers.
   void ServeCredential(Credential& cred);
   static absl::Status ValidateRequest(const AcquireRequest& req);
@@ -275,9 +265,6 @@ class Ledger {
   absl::StatusOr<ReleaseResult> ReleaseImpl(const LeaseId& id, std::optional<int64_t> used,
                                             Credential** cred);
   void Deliver(std::vector<Answer>& answers);
-  absl::Status ReserveAhead(const Credential& cred, const CompiledCredential& cc,
-                            const CompiledFeature& feature, absl::Span<Counter* const> counters,
-                            const AcquireRequest& req, int64_t now);
   const Table* table() const { return table_.load(std::memory_order_acquire); }
   Credential* FindCredential(absl::string_view name) const;
   LeaseShard& ShardFor(const LeaseId& id);
