@@ -117,6 +117,8 @@ class SqliteJournal : public Journal {
     int64_t expiry_ns = 0;
   };
   using Op = std::variant<JournalLease, DeleteOp, DedupRow>;
+  // WAL size (4 KiB pages) past which the writer thread checkpoints.
+  static constexpr int kCheckpointPages = 4000;
 
   SqliteJournal(std::string path, SqliteOptions options, sqlite3* db);
   absl::Status Prepare();
@@ -154,6 +156,11 @@ class SqliteJournal : public Journal {
   mutable absl::Mutex queue_mu_;
   std::vector<Op> queue_ ABSL_GUARDED_BY(queue_mu_);
   bool stopping_ ABSL_GUARDED_BY(queue_mu_) = false;
+  // Set by the WAL hook when the WAL has grown past kCheckpointPages.
+  bool checkpoint_wanted_ ABSL_GUARDED_BY(queue_mu_) = false;
+
+  // The writer thread's connection for checkpoints (null when read-only).
+  sqlite3* checkpoint_db_ = nullptr;
 
   std::thread writer_;
 };
