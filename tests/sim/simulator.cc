@@ -16,7 +16,7 @@ constexpr int kMaxSamples = 5;
 // A worker whose request was throttled waits this long (VirusTotal's documented back-off start).
 constexpr absl::Duration kThrottleBackoff = absl::Seconds(60);
 
-enum class EventType : uint8_t { kWake, kArrive, kRespond, kRenew };
+enum class EventType : uint8_t { kWake, kArrive, kRespond, kRenew, kOutside, kOutsideDone };
 
 struct Event {
   int64_t at_ns;
@@ -40,6 +40,7 @@ struct Worker {
   absl::Duration ttl;
   uint64_t generation = 0;  // bumped on every grant and response
   std::string holder;
+  Upstream::Answer answer;  // what the provider answered the request in flight
 };
 
 std::string Fmt(absl::Time t) {
@@ -48,7 +49,8 @@ std::string Fmt(absl::Time t) {
 
 class Simulation {
  public:
-  explicit Simulation(const Scenario& s) : s_(s), clock_(s.start), rng_(s.seed) {}
+  explicit Simulation(const Scenario& s)
+      : s_(s), clock_(s.start), rng_(s.seed), outside_rng_(s.seed ^ 0x0075'1de0'0075'1de0ULL) {}
 
   void Run(Report* report) {
     r_ = report;
@@ -63,6 +65,9 @@ class Simulation {
     for (int w = 0; w < s_.workers; ++w) {
       workers_[w].holder = absl::StrCat("worker-", w);
       Schedule(s_.start, w, EventType::kWake, 0);
+    }
+    if (s_.outside) {
+      Schedule(s_.start + s_.outside->next_gap(outside_rng_), -1, EventType::kOutside, 0);
     }
     const int64_t end_ns = absl::ToUnixNanos(s_.end);
     while (!queue_.empty() && r_->errors.empty()) {
@@ -82,6 +87,12 @@ class Simulation {
           break;
         case EventType::kRenew:
           if (e.generation == workers_[e.worker].generation) Renew(e.worker);
+          break;
+        case EventType::kOutside:
+          Outside();
+          break;
+        case EventType::kOutsideDone:
+          upstream_->Finish();
           break;
       }
     }
@@ -136,19 +147,66 @@ class Simulation {
     }
   }
 
+  // The outside tool's next request, straight to the provider.
+  void Outside() {
+    const absl::Time now = clock_.Now();
+    ++r_->outside_sent;
+    if (upstream_->Send(now, s_.outside->endpoint, 1).status == 200) {
+      ++r_->outside_charged;
+      Schedule(now + s_.outside->latency, -1, EventType::kOutsideDone, 0);
+    } else {
+      ++r_->outside_throttled;
+    }
+    if (++outside_in_burst_ < s_.outside->burst) {
+      Schedule(now + s_.outside->burst_spacing, -1, EventType::kOutside, 0);
+      return;
+    }
+    outside_in_burst_ = 0;
+    Schedule(now + s_.outside->next_gap(outside_rng_), -1, EventType::kOutside, 0);
+  }
+
+  // Passes what worker `w` saw to the ledger, now.
+  void ReportAnswer(int w) {
+    if (!s_.report_answers) return;
+    const Worker& wk = workers_[w];
+    UpstreamAnswer ua;
+    ua.credential = s_.credential;
+    ua.feature = wk.job.feature;
+    ua.http_status = wk.answer.status;
+    ua.headers = wk.answer.headers;
+    ua.body = wk.answer.body;
+    ua.observed_at = clock_.Now();
+    ++r_->reports;
+    ++r_->engine_calls;
+    absl::StatusOr<ReportResult> res = ledger_->Report(ua);
+    if (!res.ok()) return Error(absl::StrCat("Report: ", res.status().ToString()));
+    if (!res->adopted.empty()) ++r_->reports_adopted;
+    r_->report_warnings += static_cast<int64_t>(res->warnings.size());
+    for (const std::string& warning : res->warnings) {
+      if (r_->warning_samples.size() < kMaxSamples) {
+        r_->warning_samples.push_back(absl::StrCat(Fmt(clock_.Now()), " ", warning));
+      }
+    }
+  }
+
   void Arrive(int w) {
     Worker& wk = workers_[w];
     const absl::Time now = clock_.Now();
-    const Upstream::Answer a = upstream_->Send(now, wk.job.endpoint, wk.job.charged);
+    wk.answer = upstream_->Send(now, wk.job.endpoint, wk.job.charged);
+    const Upstream::Answer& a = wk.answer;
     if (a.status != 200) {
       ++r_->throttles;
+      r_->throttle_times.push_back(now);
+      ++r_->throttles_by_rule[a.rule];
       if (r_->throttle_samples.size() < kMaxSamples) {
         r_->throttle_samples.push_back(absl::StrCat(Fmt(now), " ", wk.holder, " ", wk.job.endpoint,
                                                     " cost ", wk.job.charged, ": HTTP ", a.status,
                                                     " by ", a.rule));
       }
-      // The provider charged nothing: give everything back, then back off.
+      // The provider charged nothing: tell quotad what it said, give everything back, then back
+      // off.
       ++wk.generation;
+      ReportAnswer(w);
       ReleaseLease(w, 0);
       Schedule(now + kThrottleBackoff, w, EventType::kWake, 0);
       return;
@@ -164,6 +222,7 @@ class Simulation {
     upstream_->Finish();
     wk.in_flight = false;
     ++wk.generation;  // stale renewals
+    ReportAnswer(w);
     ReleaseLease(w, wk.job.charged);
     Wake(w);
   }
@@ -189,6 +248,8 @@ class Simulation {
   const Scenario& s_;
   FakeClock clock_;
   std::mt19937_64 rng_;
+  std::mt19937_64 outside_rng_;
+  int outside_in_burst_ = 0;
   std::unique_ptr<Ledger> ledger_;
   std::unique_ptr<Upstream> upstream_;
   std::vector<Worker> workers_;
@@ -220,9 +281,12 @@ Report Run(const Scenario& s) {
   Report r;
   r.name = s.name;
   r.span = s.end - s.start;
+  r.report_answers = s.report_answers;
+  if (s.outside) r.outside_share = s.outside->share;
   Simulation(s).Run(&r);
   r.units_allowed = IdealUnits(s);
-  r.utilization = r.units_allowed > 0 ? 100.0 * r.units_charged / r.units_allowed : 0;
+  const int64_t left = r.units_allowed - r.outside_charged;
+  r.utilization = left > 0 ? 100.0 * r.units_charged / left : 0;
   r.wall = absl::FromChrono(std::chrono::steady_clock::now() - wall_start);
   return r;
 }
@@ -236,6 +300,24 @@ std::string FormatTable(const std::vector<Report>& reports) {
                           absl::ToDoubleHours(r.span) / 24, r.grants, r.units_charged,
                           r.units_allowed, r.utilization, r.throttles, r.engine_calls,
                           absl::ToDoubleSeconds(r.wall));
+  }
+  return out;
+}
+
+}  // namespace quotad::sim
+
+namespace quotad::sim {
+
+std::string FormatOutsideTable(const std::vector<Report>& reports) {
+  std::string out = absl::StrFormat("%-28s %7s %7s %6s %9s %9s %9s %9s %9s %8s %7s\n", "provider",
+                                    "outside", "report", "span", "throttle", "quotad", "outside",
+                                    "allowed", "left", "util%", "wall");
+  for (const Report& r : reports) {
+    absl::StrAppendFormat(&out, "%-28s %6.0f%% %7s %5.1fd %9d %9d %9d %9d %9d %8.3f %6.2fs\n",
+                          r.name, 100 * r.outside_share, r.report_answers ? "on" : "off",
+                          absl::ToDoubleHours(r.span) / 24, r.throttles, r.units_charged,
+                          r.outside_charged, r.units_allowed, r.units_allowed - r.outside_charged,
+                          r.utilization, absl::ToDoubleSeconds(r.wall));
   }
   return out;
 }

@@ -14,6 +14,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -31,6 +32,21 @@ struct Job {
   int64_t cost = 1;        // units acquired from quotad
   int64_t charged = 1;     // units the provider will charge (<= cost; bulk calls charge less)
   absl::Duration latency;  // how long the provider takes to answer
+};
+
+// Another tool using the same key without quotad: it calls the provider model directly, one
+// unit per request, and quotad learns of it only through the headers of its own workers'
+// answers (when they Report them). A throttled outside request is dropped, not retried, so the
+// outside tool tries at the same instants in every run of a scenario.
+struct OutsideTraffic {
+  std::string endpoint;
+  double share = 0;  // its mean rate as a fraction of the binding capacity, for the table
+  // Time from one burst of outside requests to the next. Drawn from the outside tool's own
+  // random stream (seeded from Scenario::seed), independent of the workers'.
+  std::function<absl::Duration(std::mt19937_64& rng)> next_gap;
+  int burst = 1;                                        // requests per burst
+  absl::Duration burst_spacing = absl::Milliseconds(100);  // between requests of a burst
+  absl::Duration latency = absl::Milliseconds(200);  // how long each is in flight
 };
 
 struct Scenario {
@@ -53,6 +69,11 @@ struct Scenario {
   std::function<absl::Duration(std::mt19937_64& rng)> network_delay;
   // Renew the lease every ttl/2 while the request is in flight (concurrency leases).
   bool renew = false;
+  // Traffic on the same key from outside quotad; unset: none.
+  std::optional<OutsideTraffic> outside;
+  // Workers pass every answer they get (status, headers, body) to Ledger::Report at the
+  // simulated instant they see it: a throttle at once, an accepted request when it completes.
+  bool report_answers = false;
 };
 
 struct Report {
@@ -66,13 +87,29 @@ struct Report {
   int64_t engine_calls = 0;      // Acquire + Release + Renew
   int64_t expired_releases = 0;  // Release of a lease that had expired (NotFound)
   int64_t max_in_flight = 0;     // most requests the provider held at once
-  double utilization = 0;        // units_charged / units_allowed, in percent
+  // Without outside traffic: units_charged / units_allowed. With it: units_charged /
+  // (units_allowed - outside_charged), the part of what the provider allows that the outside
+  // tool left to quotad's workers. In percent.
+  double utilization = 0;
   absl::Duration wall;           // real time the run took (simulation and ideal)
   // Denials by the limit that denied ("feature.limit"), and the simulated time workers slept on
   // them in total.
   std::map<std::string, int64_t> denials_by_limit;
   std::map<std::string, absl::Duration> waited_by_limit;
   std::vector<std::string> throttle_samples;  // the first few throttles, for the failure message
+  std::vector<absl::Time> throttle_times;     // every worker throttle, in order
+  std::map<std::string, int64_t> throttles_by_rule;  // by the provider rule that refused
+  // Outside traffic.
+  double outside_share = 0;
+  int64_t outside_sent = 0;
+  int64_t outside_charged = 0;    // units the provider accepted from the outside tool
+  int64_t outside_throttled = 0;  // outside requests the provider refused
+  // Ledger::Report.
+  bool report_answers = false;
+  int64_t reports = 0;            // Report calls
+  int64_t reports_adopted = 0;    // Reports that raised a counter to the upstream's count
+  int64_t report_warnings = 0;    // warnings Report returned (the models send valid headers)
+  std::vector<std::string> warning_samples;
   std::vector<std::string> errors;            // engine errors and impossible decisions
 };
 
@@ -80,6 +117,9 @@ Report Run(const Scenario& scenario);
 
 // One line per report, with a header.
 std::string FormatTable(const std::vector<Report>& reports);
+
+// The outside-traffic table: provider, outside share, Report on/off, throttles, utilization.
+std::string FormatOutsideTable(const std::vector<Report>& reports);
 
 }  // namespace quotad::sim
 

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <iostream>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/civil_time.h"
 
 namespace quotad::sim {
@@ -31,6 +32,16 @@ class Sliding : public UpstreamRule {
     Expire(t);
     log_.emplace_back(t, units);
     used_ += units;
+  }
+
+  int64_t Capacity() const override { return capacity_; }
+  int64_t Used(absl::Time t) override {
+    Expire(t);
+    return used_;
+  }
+  absl::Time Reset(absl::Time t) override {
+    Expire(t);
+    return log_.empty() ? t : log_.front().first + period_;
   }
 
  private:
@@ -62,6 +73,16 @@ class Windowed : public UpstreamRule {
   void Charge(absl::Time t, int64_t units) override {
     Roll(t);
     used_ += units;
+  }
+
+  int64_t Capacity() const override { return capacity_; }
+  int64_t Used(absl::Time t) override {
+    Roll(t);
+    return used_;
+  }
+  absl::Time Reset(absl::Time t) override {
+    Roll(t);
+    return end_;
   }
 
  protected:
@@ -147,6 +168,11 @@ class FromFirst : public UpstreamRule {
     used_ += units;
   }
 
+  int64_t Capacity() const override { return capacity_; }
+  // A closed window counts nothing; MetaDefender then shows a fresh window of one period.
+  int64_t Used(absl::Time t) override { return t >= end_ ? 0 : used_; }
+  absl::Time Reset(absl::Time t) override { return t >= end_ ? t + period_ : end_; }
+
  private:
   const int64_t capacity_;
   const absl::Duration period_;
@@ -183,42 +209,116 @@ int Upstream::AddRule(std::unique_ptr<UpstreamRule> rule) {
   return static_cast<int>(rules_.size()) - 1;
 }
 
-void Upstream::AddEndpoint(std::string name, std::vector<int> rules) {
-  endpoints_.emplace_back(std::move(name), std::move(rules));
+void Upstream::AddEndpoint(std::string name, std::vector<int> rules, int header_rule,
+                           std::string family) {
+  endpoints_.push_back(Endpoint{std::move(name), std::move(rules), header_rule, std::move(family)});
 }
 
-const std::vector<int>& Upstream::RulesOf(absl::string_view endpoint) const {
-  for (const auto& [name, rules] : endpoints_) {
-    if (name == endpoint) return rules;
+const Upstream::Endpoint& Upstream::EndpointOf(absl::string_view endpoint) const {
+  for (const Endpoint& e : endpoints_) {
+    if (e.name == endpoint) return e;
   }
   std::cerr << name_ << ": unknown endpoint " << endpoint << "\n";
   std::abort();
 }
 
+namespace {
+
+// Whole seconds from `from` to `to`, rounded up (never announces a time earlier than the truth).
+int64_t CeilSeconds(absl::Time from, absl::Time to) {
+  if (to <= from) return 0;
+  return absl::ToInt64Seconds(absl::Ceil(to - from, absl::Seconds(1)));
+}
+
+int64_t CeilEpoch(absl::Time t) {
+  return absl::ToUnixSeconds(absl::Ceil(t - absl::UnixEpoch(), absl::Seconds(1)) +
+                             absl::UnixEpoch());
+}
+
+}  // namespace
+
+void Upstream::Describe(absl::Time t, const Endpoint& e, int refused, Answer* answer) {
+  const bool throttled = answer->status != 200;
+  Headers& h = answer->headers;
+  UpstreamRule* shown = e.header_rule >= 0 ? rules_[e.header_rule].get() : nullptr;
+  switch (header_style_) {
+    case HeaderStyle::kNone:
+      return;
+    case HeaderStyle::kCyberVault: {
+      if (shown != nullptr) {
+        h.emplace_back("X-RateLimit-Limit", absl::StrCat(shown->Capacity()));
+        h.emplace_back("X-RateLimit-Remaining",
+                       absl::StrCat(std::max<int64_t>(0, shown->Capacity() - shown->Used(t))));
+        h.emplace_back("X-RateLimit-Reset", absl::StrCat(CeilEpoch(shown->Reset(t))));
+      }
+      if (throttled) {
+        // When the refusing rule takes one more; the in-flight cap frees as requests finish.
+        const int64_t retry =
+            refused >= 0 ? std::max<int64_t>(1, CeilSeconds(t, rules_[refused]->Earliest(t, 1)))
+                         : 1;
+        h.emplace_back("Retry-After", absl::StrCat(retry));
+        answer->body = absl::StrCat(
+            R"({"error": {"code": "RATE_LIMIT_EXCEEDED", "message": "You have exceeded your API )",
+            R"(rate limit. Please retry after )", retry, R"( seconds.", "retry_after": )", retry,
+            R"(, "documentation_url": "https://docs.cybervault.io/rate-limits"}})");
+      }
+      return;
+    }
+    case HeaderStyle::kMetaDefender: {
+      if (shown == nullptr) return;
+      const int64_t used = shown->Used(t);
+      h.emplace_back("x-ratelimit-for", e.family);
+      h.emplace_back("x-ratelimit-limit", absl::StrCat(shown->Capacity()));
+      h.emplace_back("x-ratelimit-used", absl::StrCat(used));
+      h.emplace_back("x-ratelimit-remaining",
+                     absl::StrCat(std::max<int64_t>(0, shown->Capacity() - used)));
+      h.emplace_back("x-ratelimit-reset-in", absl::StrCat(CeilSeconds(t, shown->Reset(t)), "s"));
+      h.emplace_back("x-ratelimit-interval", "86400");
+      if (throttled) {
+        answer->body = absl::StrCat(
+            R"({"error": {"code": 429000, "messages": ["Rate limit exceeded, retry after the )",
+            R"(limit is reset. Limit: )", shown->Capacity(), R"( requests / day"]}})");
+      }
+      return;
+    }
+    case HeaderStyle::kMediaSilo: {
+      if (shown == nullptr) return;
+      h.emplace_back("X-RateLimit-Reset", absl::StrCat(CeilEpoch(shown->Reset(t))));
+      h.emplace_back("X-RateLimit-Limit", absl::StrCat(shown->Capacity()));
+      h.emplace_back("X-RateLimit-Remaining",
+                     absl::StrCat(std::max<int64_t>(0, shown->Capacity() - shown->Used(t))));
+      return;
+    }
+  }
+}
+
 Upstream::Answer Upstream::Send(absl::Time t, absl::string_view endpoint, int64_t units) {
   Answer answer;
+  const Endpoint& e = EndpointOf(endpoint);
   if (max_in_flight_ > 0 && in_flight_ >= max_in_flight_) {
     answer.status = throttle_status_;
     answer.rule = "simultaneous";
+    Describe(t, e, -1, &answer);
     return answer;
   }
-  const std::vector<int>& rules = RulesOf(endpoint);
-  for (int r : rules) {
+  for (int r : e.rules) {
     if (rules_[r]->Earliest(t, units) != t) {
       answer.status = throttle_status_;
       answer.rule = rules_[r]->name();
+      Describe(t, e, r, &answer);
       return answer;
     }
   }
-  for (int r : rules) rules_[r]->Charge(t, units);
+  for (int r : e.rules) rules_[r]->Charge(t, units);
   ++in_flight_;
+  Describe(t, e, -1, &answer);
   return answer;
 }
 
 void Upstream::Finish() { --in_flight_; }
 
 absl::Time Upstream::Earliest(absl::Time t, absl::string_view endpoint, int64_t units) {
-  const std::vector<int>& rules = RulesOf(endpoint);
+  const std::vector<int>& rules = EndpointOf(endpoint).rules;
   // Each rule may push the time later; repeat until every rule accepts the same instant.
   for (;;) {
     absl::Time next = t;
@@ -239,31 +339,35 @@ std::unique_ptr<Upstream> VirusTotalPublic() {
 
 std::unique_ptr<Upstream> MetaDefenderCloud() {
   auto up = std::make_unique<Upstream>("metadefender-cloud", 429, 0);
-  up->AddEndpoint("reputation",
-                  {up->AddRule(FromFirstRequestRule("reputation_api", 4000, absl::Hours(24)))});
-  up->AddEndpoint("prevention",
-                  {up->AddRule(FromFirstRequestRule("prevention_api", 100, absl::Hours(24)))});
+  up->set_header_style(HeaderStyle::kMetaDefender);
+  const int reputation =
+      up->AddRule(FromFirstRequestRule("reputation_api", 4000, absl::Hours(24)));
+  up->AddEndpoint("reputation", {reputation}, reputation, "reputation_api");
+  const int prevention = up->AddRule(FromFirstRequestRule("prevention_api", 100, absl::Hours(24)));
+  up->AddEndpoint("prevention", {prevention}, prevention, "prevention_api");
   return up;
 }
 
 std::unique_ptr<Upstream> MediaSilo(absl::Time anchor) {
   auto up = std::make_unique<Upstream>("mediasilo", 420, 0);
-  up->AddEndpoint("requests",
-                  {up->AddRule(FixedWindowRule("per_user_hour", 10000, absl::Hours(1), anchor))});
+  up->set_header_style(HeaderStyle::kMediaSilo);
+  const int hour = up->AddRule(FixedWindowRule("per_user_hour", 10000, absl::Hours(1), anchor));
+  up->AddEndpoint("requests", {hour}, hour);
   return up;
 }
 
 std::unique_ptr<Upstream> CyberVault(const CyberVaultTier& tier) {
   auto up = std::make_unique<Upstream>("cybervault-" + tier.name, 429, tier.simultaneous);
+  up->set_header_style(HeaderStyle::kCyberVault);
   const int minute = up->AddRule(SlidingRule("tier_per_minute", tier.per_minute, absl::Minutes(1)));
   const int day = up->AddRule(UtcDayRule("tier_per_day", tier.per_day));
-  up->AddEndpoint("requests", {minute, day});
+  up->AddEndpoint("requests", {minute, day}, minute);
   const std::pair<const char*, int64_t> overrides[] = {
       {"auth_login", 10}, {"threats_scan", 5}, {"reports_generate", 20}, {"incidents_read", 120}};
   for (const auto& [endpoint, per_minute] : overrides) {
     const int own = up->AddRule(
         SlidingRule(std::string(endpoint) + "_per_minute", per_minute, absl::Minutes(1)));
-    up->AddEndpoint(endpoint, {own, minute, day});
+    up->AddEndpoint(endpoint, {own, minute, day}, minute);
   }
   return up;
 }

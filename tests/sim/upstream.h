@@ -17,6 +17,26 @@
 
 namespace quotad::sim {
 
+// Response headers as a worker receives them (name, value), in the provider's spelling.
+using Headers = std::vector<std::pair<std::string, std::string>>;
+
+// How a provider describes its quota in its answers, as its seed page shows.
+enum class HeaderStyle : uint8_t {
+  // VirusTotal (seed 001): nothing; a throttle is a bare 429.
+  kNone,
+  // CyberVault (seed 004): X-RateLimit-Limit/Remaining/Reset (epoch seconds) of the tier's
+  // per-minute limit on every answer; on 429 also Retry-After and the JSON error body with
+  // "retry_after".
+  kCyberVault,
+  // MetaDefender (seed 000): lowercase x-ratelimit-for/limit/used/remaining/reset-in ("86400s")
+  // /interval of the endpoint's family on every answer; on 429 the JSON body "Limit: N
+  // requests / day".
+  kMetaDefender,
+  // MediaSilo (seed 003): X-RateLimit-Reset (epoch seconds), X-RateLimit-Limit,
+  // X-RateLimit-Remaining on every answer, 420 included.
+  kMediaSilo,
+};
+
 // One rule a provider enforces. Not thread-safe.
 class UpstreamRule {
  public:
@@ -30,6 +50,12 @@ class UpstreamRule {
   virtual absl::Time Earliest(absl::Time t, int64_t units) = 0;
   // Counts `units` at `t`. The caller checked Earliest(t, units) == t.
   virtual void Charge(absl::Time t, int64_t units) = 0;
+  // What the rule's X-RateLimit-* headers show at `t`: its capacity, the units it counts now,
+  // and when its current window ends (sliding: when the oldest counted charge stops counting;
+  // `t` when nothing counts).
+  virtual int64_t Capacity() const = 0;
+  virtual int64_t Used(absl::Time t) = 0;
+  virtual absl::Time Reset(absl::Time t) = 0;
 
  private:
   std::string name_;
@@ -61,11 +87,17 @@ class Upstream {
 
   // Returns the rule's index.
   int AddRule(std::unique_ptr<UpstreamRule> rule);
-  void AddEndpoint(std::string name, std::vector<int> rules);
+  // `header_rule`: the rule whose state the answers to this endpoint show (-1: none);
+  // `family`: MetaDefender's X-RateLimit-For.
+  void AddEndpoint(std::string name, std::vector<int> rules, int header_rule = -1,
+                   std::string family = "");
+  void set_header_style(HeaderStyle style) { header_style_ = style; }
 
   struct Answer {
     int status = 200;
     std::string rule;  // set when throttled: which rule refused
+    Headers headers;   // as the provider's style says, computed when the request arrived
+    std::string body;  // throttle bodies (CyberVault, MetaDefender)
   };
   // A request reaching the provider at `t`, charged `units`. When accepted (200) it is in flight
   // until Finish(); a throttled request charges nothing and is not in flight.
@@ -80,14 +112,24 @@ class Upstream {
   int64_t in_flight() const { return in_flight_; }
 
  private:
-  const std::vector<int>& RulesOf(absl::string_view endpoint) const;
+  struct Endpoint {
+    std::string name;
+    std::vector<int> rules;
+    int header_rule = -1;
+    std::string family;
+  };
+  const Endpoint& EndpointOf(absl::string_view endpoint) const;
+  // Fills answer->headers and ->body. `refused`: the rule that refused (-1: none or the
+  // in-flight cap).
+  void Describe(absl::Time t, const Endpoint& e, int refused, Answer* answer);
 
   std::string name_;
   int throttle_status_;
   int64_t max_in_flight_;
   int64_t in_flight_ = 0;
   std::vector<std::unique_ptr<UpstreamRule>> rules_;
-  std::vector<std::pair<std::string, std::vector<int>>> endpoints_;
+  std::vector<Endpoint> endpoints_;
+  HeaderStyle header_style_ = HeaderStyle::kNone;
 };
 
 // The four providers as their pages describe them.
