@@ -42,6 +42,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 struct Result {
+  int64_t calls = 0;  // every completed call, warm-up included
   double rps = 0;
   double p50_us = 0;
   double p99_us = 0;
@@ -86,6 +87,7 @@ Result Run(quotad::v1::Quota::Stub* stub, int inflight, absl::Duration warmup,
     auto* call = static_cast<Call*>(tag);
     const Clock::time_point now = Clock::now();
     --outstanding;
+    ++result.calls;
     if (now >= measure_from && call->start >= measure_from && now < end) {
       if (!ok || !call->status.ok()) {
         ++result.errors;
@@ -197,6 +199,14 @@ int main(int argc, char** argv) {
       std::printf("| %d | %s | %.0f | %.0f | %.0f | %.3f |\n", level, targets[i].first.c_str(),
                   Median(rps), Median(p50), Median(p99), base > 0 ? Median(rps) / base : 0.0);
     }
+  }
+  for (size_t i = 0; i < targets.size(); ++i) {
+    int64_t calls = 0;
+    for (const auto& [level, per_target] : results) {
+      for (const Result& r : per_target[i]) calls += r.calls;
+    }
+    std::printf("total target=%s calls=%lld\n", targets[i].first.c_str(),
+                static_cast<long long>(calls));
   }
   return 0;
 }

@@ -44,4 +44,14 @@ pids+=($!)
 qaddr=$(wait_addr "$tmp/quotad.log")
 naddr=$(wait_addr "$tmp/noop.log")
 echo "quotad=$qaddr noop=$naddr cores=$(nproc) $(date -u +%FT%TZ)"
-"$loadgen" --target="quotad=$qaddr,noop=$naddr" "$@"
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+q0=$(cpu_ticks "${pids[0]}"); n0=$(cpu_ticks "${pids[1]}")
+"$loadgen" --target="quotad=$qaddr,noop=$naddr" "$@" | tee "$tmp/loadgen.out"
+q1=$(cpu_ticks "${pids[0]}"); n1=$(cpu_ticks "${pids[1]}")
+# Server CPU per call: less sensitive than req/s to other work on a shared machine.
+hz=$(getconf CLK_TCK)
+qcalls=$(awk -F'calls=' '/^total target=quotad/ {print $2}' "$tmp/loadgen.out")
+ncalls=$(awk -F'calls=' '/^total target=noop/ {print $2}' "$tmp/loadgen.out")
+awk -v q=$((q1 - q0)) -v n=$((n1 - n0)) -v qc="$qcalls" -v nc="$ncalls" -v hz="$hz" 'BEGIN {
+  qu = q / hz * 1e6 / qc; nu = n / hz * 1e6 / nc;
+  printf "server CPU per call: quotad %.1f us, noop %.1f us, ratio noop/quotad %.3f\n", qu, nu, nu / qu }'

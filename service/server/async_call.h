@@ -40,8 +40,8 @@ class UnaryCall final : public CallTag {
 
   // Shared by every call of one method; must outlive them.
   struct Method {
-    Service* service;
-    RequestFn request;
+    Service* service = nullptr;
+    RequestFn request = nullptr;
     Handler handler;
     // Optional. While `gate->draining`, new calls are answered UNAVAILABLE without running the
     // handler; `gate->active` counts calls from arrival until their answer is sent.

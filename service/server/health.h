@@ -1,6 +1,8 @@
 #ifndef QUOTAD_SERVICE_SERVER_HEALTH_H_
 #define QUOTAD_SERVICE_SERVER_HEALTH_H_
 
+#include <grpcpp/grpcpp.h>
+
 #include <string>
 #include <vector>
 
@@ -8,45 +10,60 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "service/server/async_call.h"
 
 namespace quotad {
 
 // The standard grpc.health.v1.Health service, built from the health.proto compiled into the
-// binary so that reflection can describe it. Check and Watch for "" (the whole server) and
-// each registered service name. Health traffic is light, so it runs on the callback API and
-// never occupies the completion-queue threads of the quota services.
+// binary so that reflection can describe it: Check and Watch for "" (the whole server) and each
+// registered service name.
 //
-// Thread-safe. Watch reactors are owned by gRPC and unregister themselves when done.
-class HealthService final : public grpc::health::v1::Health::CallbackService {
+// It runs on the same asynchronous completion queues as the quota services. (The callback API
+// would be simpler for Watch, but a callback service adds gRPC threads that poll the same
+// connections and cost a quarter of the server's CPU under load.)
+//
+// Thread-safe. Owns nothing of gRPC's; the calls it arms own themselves.
+class HealthService {
  public:
   using ServingStatus = grpc::health::v1::HealthCheckResponse::ServingStatus;
+  using AsyncService = grpc::health::v1::Health::AsyncService;
 
   // Every name in `services`, and "", start NOT_SERVING.
   explicit HealthService(const std::vector<std::string>& services);
-  ~HealthService() override;
+  ~HealthService();
+
+  // To pass to grpc::ServerBuilder::RegisterService().
+  AsyncService* service() { return &service_; }
+
+  // Requests Check and Watch calls on `cq`. Call after the server started, once per queue.
+  void Arm(grpc::ServerCompletionQueue* cq, CallGate* gate);
 
   // Sets every known service (and "") to `status` and tells the watchers.
   void SetAll(ServingStatus status) ABSL_LOCKS_EXCLUDED(mu_);
   // Sets everything NOT_SERVING, sends that to every watcher and then ends their streams, and
-  // refuses new watches. Called before the server stops so that Shutdown() is not held up.
+  // ends new watches at once. Called before the server stops so that it is not held up.
   void Shutdown() ABSL_LOCKS_EXCLUDED(mu_);
-
-  grpc::ServerUnaryReactor* Check(grpc::CallbackServerContext* context,
-                                  const grpc::health::v1::HealthCheckRequest* request,
-                                  grpc::health::v1::HealthCheckResponse* response) override;
-  grpc::ServerWriteReactor<grpc::health::v1::HealthCheckResponse>* Watch(
-      grpc::CallbackServerContext* context,
-      const grpc::health::v1::HealthCheckRequest* request) override;
+  // After Shutdown(): waits until every Watch stream has ended, or `deadline`. True if they did.
+  bool AwaitWatchersGone(absl::Time deadline) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  class WatchReactor;
+  class WatchCall;
+  using CheckCall = UnaryCall<AsyncService, grpc::health::v1::HealthCheckRequest,
+                              grpc::health::v1::HealthCheckResponse>;
 
-  void Unregister(WatchReactor* reactor) ABSL_LOCKS_EXCLUDED(mu_);
+  void HandleCheck(CheckCall* call) ABSL_LOCKS_EXCLUDED(mu_);
+  // A started Watch: registers it and sends the current status.
+  void StartWatch(WatchCall* call) ABSL_LOCKS_EXCLUDED(mu_);
+  void Unregister(WatchCall* call) ABSL_LOCKS_EXCLUDED(mu_);
+
+  AsyncService service_;
+  CheckCall::Method check_;
 
   absl::Mutex mu_;
   absl::flat_hash_map<std::string, ServingStatus> statuses_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_set<WatchReactor*> watchers_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_set<WatchCall*> watchers_ ABSL_GUARDED_BY(mu_);
   bool shut_down_ ABSL_GUARDED_BY(mu_) = false;
 };
 

@@ -136,7 +136,7 @@ class QuotadServer::Impl {
     builder.AddListeningPort(options_.listen_address, grpc::InsecureServerCredentials(), &port_);
     builder.RegisterService(&quota_);
     builder.RegisterService(&admin_);
-    builder.RegisterService(&health_);
+    builder.RegisterService(health_.service());
     int queues = options_.cq_threads > 0 ? options_.cq_threads
                                          : static_cast<int>(std::thread::hardware_concurrency());
     queues = std::max(queues, 1);
@@ -158,6 +158,7 @@ class QuotadServer::Impl {
     address_ = BoundAddress(options_.listen_address, port_);
     DefineMethods();
     for (auto& cq : cqs_) {
+      health_.Arm(cq.get(), &gate_);
       for (int i = 0; i < kArmedHotCalls; ++i) {
         AcquireCall::Arm(&acquire_, cq.get());
         ReleaseCall::Arm(&release_, cq.get());
@@ -190,6 +191,9 @@ class QuotadServer::Impl {
     log_->info("shutting down drain_delay={} grace={}", absl::FormatDuration(options_.drain_delay),
                absl::FormatDuration(options_.shutdown_grace));
     health_.Shutdown();
+    if (!health_.AwaitWatchersGone(absl::Now() + absl::Seconds(2))) {
+      log_->warn("health watchers did not end in time");
+    }
     if (options_.drain_delay > absl::ZeroDuration()) absl::SleepFor(options_.drain_delay);
     // New calls are answered UNAVAILABLE from here on; the calls being handled finish.
     // (grpc::Server::Shutdown alone would also wait seconds for idle client connections.)
