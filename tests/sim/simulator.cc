@@ -67,7 +67,10 @@ class Simulation {
       Schedule(s_.start, w, EventType::kWake, 0);
     }
     if (s_.outside) {
-      Schedule(s_.start + s_.outside->next_gap(outside_rng_), -1, EventType::kOutside, 0);
+      const absl::Duration first = s_.outside->first == absl::InfiniteDuration()
+                                       ? s_.outside->next_gap(outside_rng_)
+                                       : s_.outside->first;
+      Schedule(s_.start + first, -1, EventType::kOutside, 0);
     }
     const int64_t end_ns = absl::ToUnixNanos(s_.end);
     while (!queue_.empty() && r_->errors.empty()) {

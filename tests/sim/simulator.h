@@ -44,6 +44,8 @@ struct OutsideTraffic {
   // Time from one burst of outside requests to the next. Drawn from the outside tool's own
   // random stream (seeded from Scenario::seed), independent of the workers'.
   std::function<absl::Duration(std::mt19937_64& rng)> next_gap;
+  // The first burst at start + first; InfiniteDuration: at start + next_gap().
+  absl::Duration first = absl::InfiniteDuration();
   int burst = 1;                                        // requests per burst
   absl::Duration burst_spacing = absl::Milliseconds(100);  // between requests of a burst
   absl::Duration latency = absl::Milliseconds(200);  // how long each is in flight

@@ -1,0 +1,299 @@
+// The provider simulator with traffic from outside quotad: another tool uses the same key and
+// calls the provider model directly, so quotad sees it only in the headers of the answers its
+// own workers get. Each provider runs twice over the same outside schedule: workers that do not
+// Report (the provider throttles them whenever the outside tool took what quotad thought free)
+// and workers that Report every answer to Ledger::Report.
+//
+// Utilization here is units charged to quotad's workers / (units an ideal client alone would
+// have been allowed - units the provider charged to the outside tool in the same run).
+//
+// Run: ctest -R outside_traffic_sim_test -V   (or the binary, which prints the table).
+
+#include <algorithm>
+#include <iostream>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/civil_time.h"
+#include "gtest/gtest.h"
+#include "tests/sim/sim_policy.h"
+#include "tests/sim/simulator.h"
+#include "tests/sim/upstream.h"
+
+namespace quotad::sim {
+namespace {
+
+constexpr int kWorkers = 64;
+constexpr uint64_t kSeed = 0x5eed'2026'0505ULL;
+
+absl::Time Utc(int y, int m, int d, int hh = 0, int mm = 0, int ss = 0) {
+  return absl::FromCivil(absl::CivilSecond(y, m, d, hh, mm, ss), absl::UTCTimeZone());
+}
+
+absl::Duration UniformMs(std::mt19937_64& rng, int lo, int hi) {
+  return absl::Milliseconds(std::uniform_int_distribution<int>(lo, hi)(rng));
+}
+
+// Exponential gaps: a steady (Poisson) stream with the given mean gap.
+std::function<absl::Duration(std::mt19937_64&)> Poisson(absl::Duration mean) {
+  return [mean](std::mt19937_64& rng) {
+    return absl::Nanoseconds(static_cast<int64_t>(
+        std::exponential_distribution<double>(1.0)(rng) * absl::ToDoubleNanoseconds(mean)));
+  };
+}
+
+std::vector<Report>& AllReports() {
+  static auto* reports = new std::vector<Report>();
+  return *reports;
+}
+
+class TablePrinter : public ::testing::Environment {
+ public:
+  void SetUp() override { std::cout << "policy: " << SimPolicySource() << "\n"; }
+  void TearDown() override {
+    if (AllReports().empty()) return;
+    std::cout << "\n" << FormatOutsideTable(AllReports());
+  }
+};
+const auto* const kPrinter = ::testing::AddGlobalTestEnvironment(new TablePrinter);
+
+class OutsideTrafficSimTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(SimPolicy().ok()) << SimPolicy().status(); }
+
+  Report RunAndRecord(Scenario s, bool report_answers) {
+    s.policy = &*SimPolicy();
+    s.workers = kWorkers;
+    s.seed = kSeed;
+    s.report_answers = report_answers;
+    Report r = sim::Run(s);
+    AllReports().push_back(r);
+    std::cout << FormatOutsideTable({r}) << "  outside sent " << r.outside_sent << ", throttled "
+              << r.outside_throttled << "; reports " << r.reports << ", adopted "
+              << r.reports_adopted << ", warnings " << r.report_warnings << "; denials "
+              << r.denials << "\n";
+    for (const auto& [rule, n] : r.throttles_by_rule) {
+      std::cout << "  throttled by " << rule << ": " << n << "\n";
+    }
+    for (const auto& [limit, n] : r.denials_by_limit) {
+      std::cout << "  denied by " << limit << ": " << n << " times, workers waited "
+                << absl::FormatDuration(r.waited_by_limit[limit]) << "\n";
+    }
+    for (const std::string& t : r.throttle_samples) std::cout << "  " << t << "\n";
+    for (const std::string& w : r.warning_samples) std::cout << "  warning " << w << "\n";
+    return r;
+  }
+
+  static void ExpectSound(const Report& r) {
+    EXPECT_TRUE(r.errors.empty()) << absl::StrJoin(r.errors, "\n");
+    EXPECT_EQ(r.report_warnings, 0) << absl::StrJoin(r.warning_samples, "\n");
+    EXPECT_LE(r.units_charged + r.outside_charged, r.units_allowed);
+    EXPECT_GT(r.outside_charged, 0);
+  }
+};
+
+// CyberVault Professional, 4 hours (the daily cap is not reached): the outside tool sends 20% of
+// the tier's 300 per minute (a Poisson stream of 60 a minute on the generic endpoint). quotad's
+// workers run the mix of provider_sim_test.
+struct Mix {
+  int requests, incidents_read, reports_generate, auth_login, threats_scan;  // percent
+};
+constexpr Mix kProfessionalMix{62, 30, 5, 2, 1};
+
+Job CyberVaultJob(const Mix& mix, std::mt19937_64& rng) {
+  int p = std::uniform_int_distribution<int>(0, 99)(rng);
+  if ((p -= mix.requests) < 0) return Job{"requests", "requests", 1, 1, UniformMs(rng, 80, 800)};
+  if ((p -= mix.incidents_read) < 0) {
+    return Job{"incidents_read", "incidents_read", 1, 1, UniformMs(rng, 50, 400)};
+  }
+  if ((p -= mix.reports_generate) < 0) {
+    return Job{"reports_generate", "reports_generate", 1, 1, UniformMs(rng, 2000, 45000)};
+  }
+  if ((p -= mix.auth_login) < 0)
+    return Job{"auth_login", "auth_login", 1, 1, UniformMs(rng, 100, 300)};
+  return Job{"threats_scan", "threats_scan", 1, 1, UniformMs(rng, 300, 2000)};
+}
+
+Scenario CyberVaultProfessional() {
+  Scenario s;
+  s.name = "cybervault-professional";
+  s.credential = "cybervault/professional";
+  s.upstream = [] { return CyberVault(kCyberVaultProfessional); };
+  s.ideal_endpoints = {"requests"};
+  s.start = Utc(2026, 3, 3);
+  s.end = s.start + absl::Hours(4);
+  s.next_job = [](int, std::mt19937_64& rng) { return CyberVaultJob(kProfessionalMix, rng); };
+  s.renew = true;
+  OutsideTraffic o;
+  o.endpoint = "requests";
+  o.share = 0.2;
+  o.next_gap = Poisson(absl::Minutes(1) / 60);
+  s.outside = o;
+  return s;
+}
+
+// MetaDefender Cloud reputation family, 4 days: the outside tool is a daily job that looks up
+// 1,000 hashes (25% of the 4,000 per 24 h), 10 ms apart, at 10:17 each day, the instant
+// quotad's workers start: the two race for the window the first request opens.
+Scenario MetaDefenderReputation() {
+  Scenario s;
+  s.name = "metadefender-cloud reputation";
+  s.credential = "metadefender/sim";
+  s.upstream = [] { return MetaDefenderCloud(); };
+  s.ideal_endpoints = {"reputation"};
+  s.start = Utc(2026, 3, 2, 10, 17);
+  s.end = s.start + absl::Hours(4 * 24);
+  s.next_job = [](int, std::mt19937_64& rng) {
+    return Job{"reputation", "reputation", 1, 1, UniformMs(rng, 100, 1000)};
+  };
+  OutsideTraffic o;
+  o.endpoint = "reputation";
+  o.share = 0.25;
+  o.first = absl::ZeroDuration();
+  o.burst = 1000;
+  o.burst_spacing = absl::Milliseconds(10);
+  o.next_gap = [](std::mt19937_64&) { return absl::Hours(24) - absl::Milliseconds(10) * 999; };
+  s.outside = o;
+  return s;
+}
+
+// MediaSilo, 2 days, windows anchored at :17:23 (unknown to quotad): a steady 10% (1,000 an
+// hour).
+Scenario MediaSiloScenario() {
+  Scenario s;
+  s.name = "mediasilo (anchor :17:23)";
+  s.credential = "mediasilo/sim";
+  s.start = Utc(2026, 3, 2, 0, 5);
+  s.end = s.start + absl::Hours(2 * 24);
+  const absl::Time anchor = Utc(2026, 3, 2, 0, 17, 23);
+  s.upstream = [anchor] { return MediaSilo(anchor); };
+  s.ideal_endpoints = {"requests"};
+  s.next_job = [](int, std::mt19937_64& rng) {
+    return Job{"requests", "requests", 1, 1, UniformMs(rng, 50, 500)};
+  };
+  OutsideTraffic o;
+  o.endpoint = "requests";
+  o.share = 0.1;
+  o.next_gap = Poisson(absl::Hours(1) / 1000);
+  s.outside = o;
+  return s;
+}
+
+// VirusTotal Public, one week: the outside tool is a daily job that looks up 100 hashes (20% of
+// the daily 500) at 00:00 UTC, one every 15 s as VirusTotal advises: alone it would never be
+// throttled, but it shares the 4 per minute with quotad's workers for its first 25 minutes.
+Scenario VirusTotalScenario() {
+  Scenario s;
+  s.name = "virustotal-public";
+  s.credential = "virustotal/sim";
+  s.upstream = [] { return VirusTotalPublic(); };
+  s.ideal_endpoints = {"requests"};
+  s.start = Utc(2026, 1, 1);
+  s.end = s.start + absl::Hours(7 * 24);
+  s.next_job = [](int, std::mt19937_64& rng) {
+    return Job{"requests", "requests", 1, 1, UniformMs(rng, 200, 2000)};
+  };
+  OutsideTraffic o;
+  o.endpoint = "requests";
+  o.share = 0.2;
+  o.first = absl::ZeroDuration();
+  o.burst = 100;
+  o.burst_spacing = absl::Seconds(15);
+  o.next_gap = [](std::mt19937_64&) { return absl::Hours(24) - absl::Seconds(15) * 99; };
+  s.outside = o;
+  return s;
+}
+
+// Most worker throttles within any one UTC day.
+int64_t MaxThrottlesPerUtcDay(const Report& r) {
+  std::map<absl::CivilDay, int64_t> per_day;
+  for (absl::Time t : r.throttle_times) ++per_day[absl::ToCivilDay(t, absl::UTCTimeZone())];
+  int64_t most = 0;
+  for (const auto& [day, n] : per_day) most = std::max(most, n);
+  return most;
+}
+
+// The promise with full headers: at most one throttle per provider window (the race the
+// outside tool can win before any answer shows its units), and >= 99% of what it left.
+// MetaDefender shows used/remaining/reset-in on every answer, 429 included.
+TEST_F(OutsideTrafficSimTest, MetaDefenderReportLeavesOneThrottlePerWindow) {
+  const Report off = RunAndRecord(MetaDefenderReputation(), false);
+  const Report on = RunAndRecord(MetaDefenderReputation(), true);
+  ExpectSound(off);
+  ExpectSound(on);
+  EXPECT_GT(off.throttles, 1000);  // each refund is granted again and throttled again
+  // 4 days from 10:17 are 4 provider windows of 24 h.
+  EXPECT_LE(on.throttles, 4) << absl::StrJoin(on.throttle_samples, "\n");
+  for (size_t i = 1; i < on.throttle_times.size(); ++i) {
+    EXPECT_GE(on.throttle_times[i] - on.throttle_times[i - 1], absl::Hours(24))
+        << "two throttles in one 24 h window";
+  }
+  EXPECT_GE(on.utilization, 99.0);
+}
+
+// VirusTotal's 429 carries nothing, so Report can only cool the feature down (60 s, doubling
+// while throttles repeat, starting over after any success); it never learns a count. Bound per
+// UTC day: while the outside job shares the minute (25 minutes), each throttle starts a cooldown
+// of at least 60 s and the in-flight successes reset the doubling: at most 26; after the day's
+// cap nothing succeeds, so the cooldowns double: 60 s x (2^11 - 1) covers 24 h, at most 12.
+// Total 38; without Report every throttled worker is throttled again after its 60 s back-off.
+TEST_F(OutsideTrafficSimTest, VirusTotalReportCoolsDownWithoutHeaders) {
+  const Report off = RunAndRecord(VirusTotalScenario(), false);
+  const Report on = RunAndRecord(VirusTotalScenario(), true);
+  ExpectSound(off);
+  ExpectSound(on);
+  EXPECT_GT(off.throttles, 1000);
+  EXPECT_EQ(on.reports_adopted, 0);  // nothing to adopt
+  EXPECT_LE(MaxThrottlesPerUtcDay(on), 38) << absl::StrJoin(on.throttle_samples, "\n");
+  EXPECT_GE(on.utilization, 99.0);
+}
+
+// CyberVault and MediaSilo print their figures here; the promise itself fails today for both
+// and is kept as DISABLED_ findings below (see README.md).
+TEST_F(OutsideTrafficSimTest, CyberVaultProfessional) {
+  const Report off = RunAndRecord(CyberVaultProfessional(), false);
+  const Report on = RunAndRecord(CyberVaultProfessional(), true);
+  ExpectSound(off);
+  ExpectSound(on);
+  EXPECT_LT(on.throttles, off.throttles);
+}
+
+TEST_F(OutsideTrafficSimTest, MediaSilo) {
+  const Report off = RunAndRecord(MediaSiloScenario(), false);
+  const Report on = RunAndRecord(MediaSiloScenario(), true);
+  ExpectSound(off);
+  ExpectSound(on);
+  EXPECT_LT(on.throttles, off.throttles);
+}
+
+// FINDING, kept disabled: with a steady outside stream on a sliding minute, nearly every unit
+// the outside tool wins costs quotad one 429 (7,963 throttles for 7,906 outside units in 4 h),
+// utilization 98.6%. The ledger keeps its own charges period + guard (61 s), the provider 60 s;
+// in the guard second the outside tool takes the slot, and the next answer reports the same
+// used count the ledger already holds (its own guard-second unit stands in for the outside
+// one), so nothing is adopted and the ledger grants into a full provider window.
+TEST_F(OutsideTrafficSimTest, DISABLED_CyberVaultReportLeavesOneThrottlePerMinute) {
+  const Report on = RunAndRecord(CyberVaultProfessional(), true);
+  ExpectSound(on);
+  EXPECT_LE(on.throttles, 4 * 60);  // one per minute of the span at most
+  EXPECT_GE(on.utilization, 99.0);
+}
+
+// FINDING, kept disabled: MediaSilo with Report: 518 throttles in 48 provider hours and 97.99%.
+// The preset is a sliding hour, whose adopted units count from the instant of adoption for a
+// whole hour (Counter::Adopt ignores X-RateLimit-Reset for sliding limits), and a 420 without
+// Retry-After cools down for the default 1 s doubling, not until X-RateLimit-Reset.
+// Ceiling here: 48 of the 49 provider windows the span touches, 97.96% before outside traffic.
+TEST_F(OutsideTrafficSimTest, DISABLED_MediaSiloReportLeavesOneThrottlePerHour) {
+  const Report on = RunAndRecord(MediaSiloScenario(), true);
+  ExpectSound(on);
+  EXPECT_LE(on.throttles, 49);
+  EXPECT_GE(on.utilization, 97.0);
+}
+
+}  // namespace
+}  // namespace quotad::sim
