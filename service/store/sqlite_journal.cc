@@ -402,11 +402,17 @@ absl::Status SqliteJournal::ApplyLocked(const Op& op) {
   return StepLocked(put_dedup_, "cannot write an idempotency answer");
 }
 
-absl::Status SqliteJournal::WriteQueuedLocked() {
+absl::Status SqliteJournal::WriteQueuedLocked(size_t max) {
   std::vector<Op> batch;
   {
     absl::MutexLock q(&queue_mu_);
-    batch.swap(queue_);
+    if (queue_.size() <= max) {
+      batch.swap(queue_);
+    } else {
+      batch.assign(std::make_move_iterator(queue_.begin()),
+                   std::make_move_iterator(queue_.begin() + static_cast<ptrdiff_t>(max)));
+      queue_.erase(queue_.begin(), queue_.begin() + static_cast<ptrdiff_t>(max));
+    }
   }
   if (batch.empty()) return absl::OkStatus();
   absl::Status s = TransactionLocked("cannot write queued records", [&]() -> absl::Status {
@@ -460,9 +466,14 @@ void SqliteJournal::WriterLoop() {
       checkpoint = checkpoint_wanted_;
       checkpoint_wanted_ = false;
     }
-    {
+    // In chunks, releasing db_mu_ between them, so that a synchronous Reserve waits for one
+    // chunk at most. The chunks are taken from the front of the queue under db_mu_, so a
+    // synchronous write in between writes the rest first: the order holds.
+    for (bool more = true; more;) {
       absl::MutexLock l(&db_mu_);
-      WriteQueuedLocked().IgnoreError();  // remembered for Flush, logged
+      WriteQueuedLocked(kChunk).IgnoreError();  // remembered for Flush, logged
+      absl::MutexLock q(&queue_mu_);
+      more = queue_.size() >= kChunk && !stopping_;
     }
     if (checkpoint) {
       // PASSIVE on a second connection: copies committed WAL frames into the file (and fsyncs)

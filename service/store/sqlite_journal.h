@@ -119,13 +119,16 @@ class SqliteJournal : public Journal {
   using Op = std::variant<JournalLease, DeleteOp, DedupRow>;
   // WAL size (4 KiB pages) past which the writer thread checkpoints.
   static constexpr int kCheckpointPages = 4000;
+  // Records per transaction of the writer thread.
+  static constexpr size_t kChunk = 256;
 
   SqliteJournal(std::string path, SqliteOptions options, sqlite3* db);
   absl::Status Prepare();
   void Enqueue(Op op);
   void WriterLoop();
   // Writes the queue in one transaction. Errors are remembered for Flush.
-  absl::Status WriteQueuedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  // Writes at most `max` of the oldest queued records in one transaction.
+  absl::Status WriteQueuedLocked(size_t max = SIZE_MAX) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
   // Runs `body` in BEGIN IMMEDIATE ... COMMIT, rolling back on error.
   template <typename F>
   absl::Status TransactionLocked(const char* what, F body) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
