@@ -307,6 +307,7 @@ struct Ledger::Locked {
 Ledger::Ledger(Clock* clock, LedgerOptions options)
     : clock_(clock),
       options_(options),
+      jitter_rng_(options.jitter_seed != 0 ? options.jitter_seed : std::random_device{}()),
       leases_(std::make_unique<std::array<LeaseShard, kLeaseShards>>()) {}
 
 Ledger::~Ledger() = default;
@@ -982,21 +983,29 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
       int64_t until;
       if (obs->retry_at) {
         until = absl::ToUnixNanos(*obs->retry_at);
+      } else if (obs->reset_at && *obs->reset_at > FromNs(now)) {
+        until = absl::ToUnixNanos(*obs->reset_at);  // the upstream says when its window resets
       } else {
         const ThrottleSpec& t = feature.throttle;
         absl::Duration backoff = t.initial_backoff;
         for (int i = 1; i < c.consecutive && backoff < t.max_backoff; ++i) backoff *= t.multiplier;
         backoff = std::min(backoff, t.max_backoff);
-        thread_local absl::BitGen gen;
-        const double jitter =
-            t.jitter_max > 0 ? absl::Uniform(gen, t.jitter_min, t.jitter_max) : t.jitter_min;
+        double jitter = t.jitter_min;
+        if (t.jitter_max > t.jitter_min) {
+          absl::MutexLock jitter_lock(&jitter_mu_);
+          jitter = std::uniform_real_distribution<double>(t.jitter_min, t.jitter_max)(jitter_rng_);
+        }
         until = now + absl::ToInt64Nanoseconds(backoff * (1.0 + jitter));
       }
       c.until_ns = std::max(c.until_ns, until);
       out.cooldown_until = FromNs(c.until_ns);
     } else if (obs->http_status < 400) {
+      // The back-off starts over on a success seen after the cooldown ended; answers to
+      // requests sent before the throttle say nothing about the upstream now.
       auto it = cred->cooldowns.find(feature.name);
-      if (it != cred->cooldowns.end()) it->second.consecutive = 0;  // the back-off starts over
+      if (it != cred->cooldowns.end() && absl::ToUnixNanos(observed_at) >= it->second.until_ns) {
+        it->second.consecutive = 0;
+      }
     }
   }
   if (obs->throttled && options_.wake) options_.wake(out.cooldown_until);

@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -133,6 +134,8 @@ struct LedgerOptions {
   // Called (outside the ledger's locks) when a request is parked, with the time by which Pump()
   // must run for it. The owner of the timer that calls Pump() sets this.
   std::function<void(absl::Time)> wake;
+  // Seed of the back-off jitter; 0 draws one from the OS. Set it for reproducible simulations.
+  uint64_t jitter_seed = 0;
 };
 
 // Answers a request that waited. Called exactly once, from whichever thread served it.
@@ -285,6 +288,8 @@ class Ledger {
   absl::flat_hash_set<Credential*> waiting_credentials_ ABSL_GUARDED_BY(wait_mu_);
   std::atomic<int64_t> waiting_{0};
   std::atomic<uint64_t> next_waiter_id_{1};
+  absl::Mutex jitter_mu_;
+  std::mt19937_64 jitter_rng_ ABSL_GUARDED_BY(jitter_mu_);
 };
 
 }  // namespace quotad

@@ -557,26 +557,45 @@ int64_t Counter::Adopt(const Rule& rule, int64_t now, int64_t used, int64_t rese
       if (reset_ns > end_ns_) end_ns_ = reset_ns;  // later only: never frees units early
       used_ = std::max(used_, used);
       break;
-    case LimitKind::kSliding:
-      if (used > used_) {
-        // Units spent outside quotad, counted from now for a whole span: as late as they can
-        // have been, so they are kept at least as long as the upstream keeps them.
-        const int64_t extra = used - used_;
-        if (rule.spec.sub_buckets > 0) {
-          Buckets& b = *buckets_;
-          const int64_t n = static_cast<int64_t>(b.counts.size());
-          b.counts[((b.newest % n) + n) % n] += extra;
-        } else {
-          if (log_ == nullptr) log_ = std::make_unique<Log>();
-          if (log_->size > 0 && log_->at(log_->size - 1).at_ns >= now) {
-            log_->at(log_->size - 1).units += extra;
-          } else {
-            log_->Push({now, extra});
-          }
+    case LimitKind::kSliding: {
+      // What the upstream still counts of ours: charges inside its period, not in the guard's
+      // tail (those may already have left upstream, and outside units taken their place).
+      // Buckets that straddle the period's start are left out: that counts ours low, so more is
+      // adopted, never less.
+      int64_t ours = 0;
+      if (rule.spec.sub_buckets > 0) {
+        const Buckets& b = *buckets_;
+        const int64_t n = static_cast<int64_t>(b.counts.size());
+        for (int64_t i = b.newest - n + 1; i <= b.newest; ++i) {
+          if (i * rule.bucket_ns > now - rule.period_ns) ours += b.counts[((i % n) + n) % n];
         }
-        used_ = used;
+      } else if (log_ != nullptr) {
+        for (size_t i = 0; i < log_->size; ++i) {
+          if (log_->at(i).at_ns + rule.period_ns > now) ours += log_->at(i).units;
+        }
       }
-      break;
+      if (used <= ours) return ours;
+      const int64_t extra = used - ours;
+      // Counted as charged now, so kept for a whole span; or, when the upstream says its window
+      // resets sooner, until that reset (plus the guard).
+      int64_t at = now;
+      if (reset_ns > now && reset_ns - rule.period_ns < now) at = reset_ns - rule.period_ns;
+      if (rule.spec.sub_buckets > 0) {
+        Buckets& b = *buckets_;
+        const int64_t n = static_cast<int64_t>(b.counts.size());
+        const int64_t index = std::max(FloorDiv(at, rule.bucket_ns), b.newest - n + 1);
+        b.counts[((index % n) + n) % n] += extra;
+      } else {
+        if (log_ == nullptr) log_ = std::make_unique<Log>();
+        if (log_->size > 0 && log_->at(log_->size - 1).at_ns >= at) {
+          log_->at(log_->size - 1).units += extra;  // keeps the log in time order
+        } else {
+          log_->Push({at, extra});
+        }
+      }
+      used_ += extra;
+      return ours;
+    }
     case LimitKind::kTokenBucket:
     case LimitKind::kConcurrency:
       break;

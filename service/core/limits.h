@@ -92,7 +92,10 @@ class Counter {
                int64_t units, int64_t next_ns);
   // Raises the units used now to `used` if that is more (an upstream's count), never lowering
   // them. Rolling: opens the window if closed, and moves its end to `reset_ns` when that is
-  // later (0: unknown). Returns the units used before. Not for concurrency or token buckets.
+  // later (0: unknown). Sliding: compares with the charges inside the period only (the guard's
+  // tail may have left upstream already) and counts the difference until `reset_ns` when that
+  // comes before a whole span. Returns the units it compared with. Not for concurrency or token
+  // buckets.
   int64_t Adopt(const Rule& rule, int64_t now, int64_t used, int64_t reset_ns);
   // Concurrency: holds the slots of a lease read back from the journal.
   void RestoreHeld(int64_t expiry_ns, uint64_t lease_key, int64_t units, int64_t now);

@@ -3,6 +3,7 @@
 
 #include <memory>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
@@ -156,6 +157,48 @@ TEST_F(ReportTest, ReportForUnknownNamesIsNotFound) {
   a.feature = "f";
   a.http_status = 1000;
   EXPECT_EQ(ledger_->Report(a).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ReportTest, OutsideUnitsHiddenInTheGuardTailAreStillAdopted) {
+  // Capacity 2 per 60 s, guard 1 s. The upstream drops our t=0 unit at 60 s and an outside tool
+  // takes the slot; quotad still holds that unit until 61 s, so a plain "used 2 vs 2" would adopt
+  // nothing and grant into a full upstream window at 61 s.
+  LimitSpec l = Sliding("per_minute", 2, absl::Minutes(1));
+  l.guard = absl::Seconds(1);
+  Use({Feature("f", {l})});
+  const absl::Time t0 = clock_.Now();
+  ASSERT_TRUE(Acquire().granted);
+  clock_.Set(t0 + absl::Seconds(30));
+  ASSERT_TRUE(Acquire().granted);
+  clock_.Set(t0 + absl::Milliseconds(60300));
+  const ReportResult r =
+      Report(200, {{"X-RateLimit-Limit", "2"}, {"X-RateLimit-Remaining", "0"}});
+  ASSERT_EQ(r.adopted.size(), 1u);
+  EXPECT_EQ(r.adopted[0], "f.per_minute used 1 -> 2");
+  clock_.Set(t0 + absl::Seconds(61));
+  EXPECT_FALSE(Acquire().granted);
+}
+
+TEST_F(ReportTest, ThrottleWithoutRetryAfterWaitsForTheUpstreamsReset) {
+  // MediaSilo answers 420 with X-RateLimit-Reset and no Retry-After.
+  FeatureSpec f = Feature("f", {Sliding("per_hour", 10000, absl::Hours(1), 3600)});
+  f.throttle.status_codes = {429, 420};
+  Use({f});
+  const absl::Time reset = clock_.Now() + absl::Minutes(17);
+  const ReportResult r =
+      Report(420, {{"X-RateLimit-Limit", "10000"},
+                   {"X-RateLimit-Remaining", "0"},
+                   {"X-RateLimit-Reset", absl::StrCat(absl::ToUnixSeconds(reset))}});
+  EXPECT_EQ(r.cooldown_until, reset);
+  EXPECT_EQ(Acquire().limited_by, "f.cooldown");
+  clock_.Set(reset);
+  // The adopted units leave at the reset, rounded up to the end of their 1 s bucket.
+  const Decision d = Acquire();
+  EXPECT_FALSE(d.granted);
+  EXPECT_EQ(d.limited_by, "f.per_hour");
+  EXPECT_LE(d.retry_at, reset + absl::Seconds(1));
+  clock_.Set(d.retry_at);
+  EXPECT_TRUE(Acquire().granted);
 }
 
 }  // namespace

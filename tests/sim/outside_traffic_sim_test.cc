@@ -252,8 +252,8 @@ TEST_F(OutsideTrafficSimTest, VirusTotalReportCoolsDownWithoutHeaders) {
   EXPECT_GE(on.utilization, 99.0);
 }
 
-// CyberVault and MediaSilo print their figures here; the promise itself fails today for both
-// and is kept as DISABLED_ findings below (see README.md).
+// CyberVault prints its figures here; its promise fails today and is kept as a DISABLED_ finding
+// below (see README.md). MediaSilo keeps it: at most one throttle per provider hour.
 TEST_F(OutsideTrafficSimTest, CyberVaultProfessional) {
   const Report off = RunAndRecord(CyberVaultProfessional(), false);
   const Report on = RunAndRecord(CyberVaultProfessional(), true);
@@ -262,20 +262,25 @@ TEST_F(OutsideTrafficSimTest, CyberVaultProfessional) {
   EXPECT_LT(on.throttles, off.throttles);
 }
 
+// A 420 carries X-RateLimit-Reset and no Retry-After: the feature cools down until that reset,
+// and the units adopted from the headers leave at it. Ceiling: 48 of the 49 provider windows the
+// span touches, 97.96% before outside traffic.
 TEST_F(OutsideTrafficSimTest, MediaSilo) {
   const Report off = RunAndRecord(MediaSiloScenario(), false);
   const Report on = RunAndRecord(MediaSiloScenario(), true);
   ExpectSound(off);
   ExpectSound(on);
   EXPECT_LT(on.throttles, off.throttles);
+  EXPECT_LE(on.throttles, 49);
+  EXPECT_GE(on.utilization, 97.0);
 }
 
-// FINDING, kept disabled: with a steady outside stream on a sliding minute, nearly every unit
-// the outside tool wins costs quotad one 429 (7,963 throttles for 7,906 outside units in 4 h),
-// utilization 98.6%. The ledger keeps its own charges period + guard (61 s), the provider 60 s;
-// in the guard second the outside tool takes the slot, and the next answer reports the same
-// used count the ledger already holds (its own guard-second unit stands in for the outside
-// one), so nothing is adopted and the ledger grants into a full provider window.
+// FINDING, kept disabled: with a steady outside stream on a sliding minute. Before the ledger
+// compared the upstream's count with its own charges inside the period only (not the guard's
+// tail), nearly every unit the outside tool won cost quotad one 429 (7,963 throttles, 98.6%).
+// Now: 135 throttles in 4 h, but utilization 87.3%: units adopted from a header count from the
+// moment of the report for a whole span, longer than the upstream keeps them, and every 429's
+// Retry-After cools the whole feature down. Not yet fixed.
 TEST_F(OutsideTrafficSimTest, DISABLED_CyberVaultReportLeavesOneThrottlePerMinute) {
   const Report on = RunAndRecord(CyberVaultProfessional(), true);
   ExpectSound(on);
@@ -283,17 +288,6 @@ TEST_F(OutsideTrafficSimTest, DISABLED_CyberVaultReportLeavesOneThrottlePerMinut
   EXPECT_GE(on.utilization, 99.0);
 }
 
-// FINDING, kept disabled: MediaSilo with Report: 518 throttles in 48 provider hours and 97.99%.
-// The preset is a sliding hour, whose adopted units count from the instant of adoption for a
-// whole hour (Counter::Adopt ignores X-RateLimit-Reset for sliding limits), and a 420 without
-// Retry-After cools down for the default 1 s doubling, not until X-RateLimit-Reset.
-// Ceiling here: 48 of the 49 provider windows the span touches, 97.96% before outside traffic.
-TEST_F(OutsideTrafficSimTest, DISABLED_MediaSiloReportLeavesOneThrottlePerHour) {
-  const Report on = RunAndRecord(MediaSiloScenario(), true);
-  ExpectSound(on);
-  EXPECT_LE(on.throttles, 49);
-  EXPECT_GE(on.utilization, 97.0);
-}
 
 }  // namespace
 }  // namespace quotad::sim

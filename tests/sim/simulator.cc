@@ -54,7 +54,9 @@ class Simulation {
 
   void Run(Report* report) {
     r_ = report;
-    auto ledger = Ledger::Create(*s_.policy, &clock_);
+    LedgerOptions options;
+    options.jitter_seed = s_.seed | 1;  // back-off jitter reproducible run to run
+    auto ledger = Ledger::Create(*s_.policy, &clock_, options);
     if (!ledger.ok()) {
       r_->errors.push_back(absl::StrCat("Ledger::Create: ", ledger.status().ToString()));
       return;
