@@ -14,6 +14,7 @@
 #include "benchmark/benchmark.h"
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
+#include "service/core/limits.h"
 
 namespace quotad {
 namespace {
@@ -102,8 +103,10 @@ BENCHMARK(BM_Acquire)
     ->Threads(2)
     ->UseRealTime();
 
-// Heap bytes per credential and per (credential, limit) state, after every credential has been
-// charged once so that each counter holds its state (the sliding log its first entry).
+// Heap bytes per credential (everything: names, tables, compiled policy shares, counters) and per
+// (credential, limit) state, after every credential has been charged once so that each counter
+// holds its state (the sliding log its first entry). `tight` has an exact sliding log; the other
+// a 60-bucket sliding window (60 x 8 bytes of buckets).
 void BM_MemoryPerState(benchmark::State& state) {
   const int n = static_cast<int>(state.range(0));
   const bool tight = state.range(1) != 0;
@@ -125,9 +128,12 @@ void BM_MemoryPerState(benchmark::State& state) {
     ledger->Sweep();
     const size_t after_charged = mallinfo2().uordblks;
     state.counters["bytes/credential"] = static_cast<double>(after_charged - before) / n;
-    state.counters["counter_bytes/limit"] =
-        static_cast<double>(after_charged - after_create) / n / 3 +
-        sizeof(void*) * 4.0;  // Counter's own fields, allocated at creation
+    // A (credential, limit) state: the Counter, its slot for scoped counters, and what charging
+    // allocated (the exact sliding log's ring; nothing for calendar windows).
+    state.counters["state_bytes"] =
+        sizeof(Counter) + sizeof(absl::flat_hash_map<std::string, Counter>);
+    state.counters["charged_extra/limit"] =
+        static_cast<double>(after_charged - after_create) / n / 3;
     state.counters["policy_bytes/credential"] = static_cast<double>(after_create - before) / n;
   }
 }

@@ -105,10 +105,12 @@ struct CompiledFeature {
   int64_t max_scopes = 0;
 };
 
-// One credential's policy with its rules. Immutable once built.
+// The features of one or more credentials with their rules: credentials whose features are the
+// same (a profile without overrides) share one. Immutable once built.
 struct CompiledCredential {
-  explicit CompiledCredential(const CredentialSpec& s) : spec(s) {
-    for (const FeatureSpec& f : spec.features) {
+  explicit CompiledCredential(const std::vector<FeatureSpec>& features_in)
+      : spec_features(features_in) {
+    for (const FeatureSpec& f : spec_features) {
       feature_index[f.name] = static_cast<int>(features.size());
       CompiledFeature cf;
       cf.name = f.name;
@@ -124,9 +126,9 @@ struct CompiledCredential {
       }
       features.push_back(std::move(cf));
     }
-    for (size_t fi = 0; fi < spec.features.size(); ++fi) {
+    for (size_t fi = 0; fi < spec_features.size(); ++fi) {
       CompiledFeature& cf = features[fi];
-      for (const std::string& other : spec.features[fi].draws_on) {
+      for (const std::string& other : spec_features[fi].draws_on) {
         for (int r : features[feature_index.at(other)].rules) {
           if (rules[r].spec.scoped || r < 0) continue;
           // Only the other feature's own limits, not what it draws on in turn.
@@ -146,7 +148,7 @@ struct CompiledCredential {
     }
   }
 
-  CredentialSpec spec;
+  std::vector<FeatureSpec> spec_features;
   std::vector<Rule> rules;
   std::vector<CompiledFeature> features;
   absl::flat_hash_map<std::string, int> feature_index;
@@ -223,7 +225,8 @@ struct Ledger::Credential {
   absl::Mutex mu;
   const CompiledCredential* compiled ABSL_GUARDED_BY(mu) = nullptr;
   // Every version this credential was compiled to; leases point into them.
-  std::vector<std::unique_ptr<const CompiledCredential>> versions ABSL_GUARDED_BY(mu);
+  std::vector<std::shared_ptr<const CompiledCredential>> versions ABSL_GUARDED_BY(mu);
+  std::string profile ABSL_GUARDED_BY(mu);
   std::vector<Counter> counters ABSL_GUARDED_BY(mu);  // by rule index (unscoped rules)
   std::vector<absl::flat_hash_map<std::string, Counter>> scoped
       ABSL_GUARDED_BY(mu);  // by rule index (scoped rules)
@@ -240,7 +243,35 @@ struct Ledger::Credential {
 
 struct Ledger::Table {
   absl::flat_hash_map<std::string, Credential*> by_name;
+  std::vector<Credential*> in_order;  // as configured
 };
+
+namespace {
+
+// Everything about features that compiling them depends on, as one string: credentials with the
+// same fingerprint share a CompiledCredential.
+std::string Fingerprint(const std::vector<FeatureSpec>& features) {
+  std::string out;
+  for (const FeatureSpec& f : features) {
+    absl::StrAppend(&out, f.name, "{", absl::StrJoin(f.draws_on, ","), ";",
+                    absl::ToInt64Nanoseconds(f.default_lease_ttl), ";",
+                    absl::ToInt64Nanoseconds(f.max_lease_ttl), ";", f.max_scopes, ";",
+                    absl::StrJoin(f.throttle.status_codes, ","), ";",
+                    absl::ToInt64Nanoseconds(f.throttle.initial_backoff), ";",
+                    f.throttle.multiplier, ";", absl::FormatDuration(f.throttle.max_backoff), ";",
+                    f.throttle.jitter_min, ";", f.throttle.jitter_max, ";");
+    for (const LimitSpec& l : f.limits) {
+      absl::StrAppend(&out, "[", l.name, ";", static_cast<int>(l.kind), ";", l.capacity, ";",
+                      absl::ToInt64Nanoseconds(l.period), ";", l.rate, ";",
+                      static_cast<int>(l.unit), ";", l.zone_name, ";", l.sub_buckets, ";", l.scoped,
+                      ";", absl::ToInt64Nanoseconds(l.guard), "]");
+    }
+    out += "}";
+  }
+  return out;
+}
+
+}  // namespace
 
 struct Ledger::LeaseRecord {
   Credential* credential = nullptr;
@@ -1100,8 +1131,11 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
   if (absl::Status s = ValidatePolicy(policy); !s.ok()) return s;
   absl::MutexLock reload_lock(&reload_mu_);
   auto next = std::make_unique<Table>();
+  next->in_order.reserve(policy.credentials.size());
+  absl::flat_hash_map<std::string, std::shared_ptr<const CompiledCredential>> shared;
   for (const CredentialSpec& spec : policy.credentials) {
-    auto compiled = std::make_unique<const CompiledCredential>(spec);
+    std::shared_ptr<const CompiledCredential>& compiled = shared[Fingerprint(spec.features)];
+    if (compiled == nullptr) compiled = std::make_shared<const CompiledCredential>(spec.features);
     auto& slot = credentials_[spec.name];
     if (slot == nullptr) slot = std::make_unique<Credential>(spec.name);
     Credential& cred = *slot;
@@ -1121,12 +1155,14 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
     cred.counters = std::move(counters);
     cred.scoped = std::move(scoped);
     cred.compiled = compiled.get();
-    cred.versions.push_back(std::move(compiled));
+    if (cred.versions.empty() || cred.versions.back() != compiled)
+      cred.versions.push_back(compiled);
+    cred.profile = spec.profile;
     next->by_name[spec.name] = &cred;
+    next->in_order.push_back(&cred);
   }
   table_.store(next.get(), std::memory_order_release);
   tables_.push_back(std::move(next));
-  policy_ = policy;
   return absl::OkStatus();
 }
 
@@ -1202,8 +1238,15 @@ int64_t Ledger::Sweep() {
 }
 
 Policy Ledger::policy() const {
-  absl::MutexLock lock(&reload_mu_);
-  return policy_;
+  Policy p;
+  for (Credential* cred : table()->in_order) {
+    absl::MutexLock lock(&cred->mu);
+    CredentialSpec& c = p.credentials.emplace_back();
+    c.name = cred->name;
+    c.profile = cred->profile;
+    c.features = cred->compiled->spec_features;
+  }
+  return p;
 }
 
 }  // namespace quotad

@@ -281,7 +281,6 @@ class Ledger {
   // Every credential ever configured, by name; never removed while the ledger lives.
   absl::flat_hash_map<std::string, std::unique_ptr<Credential>> credentials_
       ABSL_GUARDED_BY(reload_mu_);
-  Policy policy_ ABSL_GUARDED_BY(reload_mu_);
   std::unique_ptr<std::array<LeaseShard, kLeaseShards>> leases_;
   // Credentials with requests waiting. Lock order: a credential's mu, then wait_mu_.
   mutable absl::Mutex wait_mu_;
