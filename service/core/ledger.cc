@@ -570,6 +570,10 @@ absl::StatusOr<Decision> Ledger::Locked::AcquireOrQueue(Ledger& l, Credential& c
                                                         LeaseRecord* rec,
                                                         std::unique_ptr<Waiter>* waiter,
                                                         std::vector<Answer>* answers) {
+  // Nobody waits on most credentials: skip building the queue's key.
+  if (cred.queues.empty() && (waiter == nullptr || *waiter == nullptr)) {
+    return Acquire(l, cred, req, now, rec);
+  }
   const std::string key = QueueKey(req.feature, req.scope);
   auto qit = cred.queues.find(key);
   if (qit != cred.queues.end()) {
