@@ -4,11 +4,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
@@ -19,7 +21,17 @@
 namespace quotad {
 namespace {
 
-constexpr int kSchemaVersion = 1;
+// 1: reservations, leases, dedup. 2: and lease_log (a version 1 file is upgraded at Open).
+constexpr int kSchemaVersion = 2;
+
+constexpr const char* kLeaseLogSchema = R"sql(
+CREATE TABLE lease_log (
+  seq INTEGER PRIMARY KEY,   -- order of the group commits
+  until_ns INTEGER NOT NULL, -- the row no longer matters from then on
+  records INTEGER NOT NULL,
+  data BLOB NOT NULL         -- lease-log records, see EncodeLease / EncodeRelease
+);
+)sql";
 
 constexpr const char* kSchema = R"sql(
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -44,6 +56,12 @@ CREATE TABLE leases (
   holds_slots INTEGER NOT NULL,
   tokens BLOB NOT NULL  -- int64 little-endian, one per limit of the feature
 ) WITHOUT ROWID;
+CREATE TABLE lease_log (
+  seq INTEGER PRIMARY KEY,
+  until_ns INTEGER NOT NULL,
+  records INTEGER NOT NULL,
+  data BLOB NOT NULL
+);
 CREATE TABLE dedup (
   request_id TEXT NOT NULL PRIMARY KEY,
   answer BLOB NOT NULL,
@@ -96,6 +114,115 @@ std::vector<int64_t> DecodeTokens(const void* data, int bytes) {
   }
   return out;
 }
+
+// Lease-log records, concatenated in a lease_log row: a lease ('L') or a release ('D').
+//   'L' str id, str credential, str feature, str scope, str holder, i64 cost, i64 granted_ns,
+//       i64 expiry_ns, u8 holds_slots, varint n, i64 token * n
+//   'D' str id
+// str is a varint length and the bytes; i64 is 8 bytes little-endian.
+constexpr char kLeaseTag = 'L';
+constexpr char kReleaseTag = 'D';
+
+void PutVarint(std::string* out, uint64_t v) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>(v | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+void PutI64(std::string* out, int64_t v) {
+  char b[8];
+  const uint64_t u = static_cast<uint64_t>(v);
+  for (int i = 0; i < 8; ++i) b[i] = static_cast<char>((u >> (8 * i)) & 0xff);
+  out->append(b, 8);
+}
+
+void PutStr(std::string* out, const std::string& s) {
+  PutVarint(out, s.size());
+  out->append(s);
+}
+
+void EncodeLease(const JournalLease& l, std::string* out) {
+  out->push_back(kLeaseTag);
+  PutStr(out, l.id);
+  PutStr(out, l.credential);
+  PutStr(out, l.feature);
+  PutStr(out, l.scope);
+  PutStr(out, l.holder);
+  PutI64(out, l.cost);
+  PutI64(out, l.granted_ns);
+  PutI64(out, l.expiry_ns);
+  out->push_back(l.holds_slots ? 1 : 0);
+  PutVarint(out, l.tokens.size());
+  for (int64_t t : l.tokens) PutI64(out, t);
+}
+
+void EncodeRelease(const std::string& id, std::string* out) {
+  out->push_back(kReleaseTag);
+  PutStr(out, id);
+}
+
+class LogReader {
+ public:
+  LogReader(const void* data, int bytes)
+      : p_(static_cast<const unsigned char*>(data)), end_(p_ + (data == nullptr ? 0 : bytes)) {}
+  bool done() const { return p_ == end_; }
+  bool ok() const { return ok_; }
+  char Tag() { return ok_ && p_ < end_ ? static_cast<char>(*p_++) : Fail(); }
+  uint64_t Varint() {
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (p_ >= end_) return Fail();
+      const unsigned char b = *p_++;
+      v |= static_cast<uint64_t>(b & 0x7f) << shift;
+      if ((b & 0x80) == 0) return v;
+    }
+    return Fail();
+  }
+  int64_t I64() {
+    if (end_ - p_ < 8) return Fail();
+    uint64_t v = 0;
+    for (int b = 0; b < 8; ++b) v |= static_cast<uint64_t>(p_[b]) << (8 * b);
+    p_ += 8;
+    return static_cast<int64_t>(v);
+  }
+  void Str(std::string* out) {
+    const uint64_t n = Varint();
+    if (!ok_ || static_cast<uint64_t>(end_ - p_) < n) {
+      Fail();
+      return;
+    }
+    out->assign(reinterpret_cast<const char*>(p_), n);
+    p_ += n;
+  }
+  bool Lease(JournalLease* l) {
+    Str(&l->id);
+    Str(&l->credential);
+    Str(&l->feature);
+    Str(&l->scope);
+    Str(&l->holder);
+    l->cost = I64();
+    l->granted_ns = I64();
+    l->expiry_ns = I64();
+    l->holds_slots = ok_ && p_ < end_ && *p_++ != 0;
+    const uint64_t n = Varint();
+    if (!ok_ || n > static_cast<uint64_t>(end_ - p_) / 8) return Fail() != 0;
+    l->tokens.resize(n);
+    for (uint64_t i = 0; i < n; ++i) l->tokens[i] = I64();
+    return ok_;
+  }
+
+ private:
+  char Fail() {
+    ok_ = false;
+    p_ = end_;
+    return 0;
+  }
+  const unsigned char* p_;
+  const unsigned char* end_;
+  bool ok_ = true;
+};
 
 std::string Text(sqlite3_stmt* st, int col) {
   const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(st, col));
@@ -225,6 +352,23 @@ absl::StatusOr<sqlite3*> OpenChecked(const std::string& path, const SqliteOption
   }
   rc = QueryText(db, "SELECT version FROM schema_version", &result);
   if (rc != SQLITE_OK) return fail(rc, "cannot read the schema version");
+  if (result == "1" && !options.read_only) {
+    // Version 1 kept every lease as a row of `leases`; they stay there, new refund-only leases
+    // go to lease_log.
+    const std::string upgrade =
+        absl::StrCat("BEGIN IMMEDIATE;", kLeaseLogSchema, "UPDATE schema_version SET version = ",
+                     kSchemaVersion, "; COMMIT;");
+    rc = sqlite3_exec(db, upgrade.c_str(), nullptr, nullptr, nullptr);
+    if (rc != SQLITE_OK) {
+      absl::Status s = DbError(path, db, rc, "cannot upgrade the schema from version 1");
+      sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
+      sqlite3_close_v2(db);
+      return s;
+    }
+    spdlog::info("component=store event=schema_upgraded path={} from=1 to={}", path,
+                 kSchemaVersion);
+    return db;
+  }
   if (result != std::to_string(kSchemaVersion)) {
     *bad_file = true;
     sqlite3_close_v2(db);
@@ -319,11 +463,36 @@ absl::Status SqliteJournal::Prepare() {
       {&delete_lease_, "DELETE FROM leases WHERE id = ?1"},
       {&put_dedup_,
        "INSERT OR REPLACE INTO dedup (request_id, answer, expiry_ns) VALUES (?1, ?2, ?3)"},
+      {&put_log_, "INSERT INTO lease_log (until_ns, records, data) VALUES (?1, ?2, ?3)"},
   };
   for (const auto& s : statements) {
     const int rc = sqlite3_prepare_v3(db_, s.sql, -1, SQLITE_PREPARE_PERSISTENT, s.stmt, nullptr);
     if (rc != SQLITE_OK) return DbError(path_, db_, rc, "cannot prepare a statement");
   }
+  // Which leases are rows of `leases` (their releases delete the row), and how long the
+  // releases already in lease_log may matter.
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(db_, "SELECT id FROM leases", -1, &st, nullptr) != SQLITE_OK) {
+    return Error("cannot read leases");
+  }
+  int rc;
+  {
+    absl::MutexLock q(&queue_mu_);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) lease_rows_.insert(Text(st, 0));
+  }
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) return Error("cannot read leases");
+  if (sqlite3_prepare_v2(db_, "SELECT max(until_ns), count(*) FROM lease_log", -1, &st,
+                         nullptr) != SQLITE_OK) {
+    return Error("cannot read the lease log");
+  }
+  rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    log_max_expiry_ns_ = sqlite3_column_int64(st, 0);
+    rows_after_rewrite_ = sqlite3_column_int64(st, 1);
+  }
+  sqlite3_finalize(st);
+  if (rc != SQLITE_ROW) return Error("cannot read the lease log");
   return absl::OkStatus();
 }
 
@@ -333,12 +502,16 @@ SqliteJournal::~SqliteJournal() {
     stopping_ = true;
   }
   if (writer_.joinable()) writer_.join();
-  absl::MutexLock l(&db_mu_);
-  if (absl::Status s = WriteQueuedLocked(); !s.ok()) {
-    spdlog::error("component=store event=final_flush_failed error=\"{}\"", std::string(s.message()));
+  {
+    absl::MutexLock w(&write_mu_);
+    if (absl::Status s = WriteQueued(); !s.ok()) {
+      spdlog::error("component=store event=final_flush_failed error=\"{}\"",
+                    std::string(s.message()));
+    }
   }
+  absl::MutexLock l(&db_mu_);
   for (sqlite3_stmt* st : {put_reservation_, extend_reservation_, put_lease_, renew_lease_,
-                           delete_lease_, put_dedup_}) {
+                           delete_lease_, put_dedup_, put_log_}) {
     sqlite3_finalize(st);
   }
   sqlite3_close_v2(db_);
@@ -388,8 +561,20 @@ absl::Status SqliteJournal::WriteLeaseLocked(const JournalLease& lease) {
   return StepLocked(st, "cannot write a lease");
 }
 
+absl::Status SqliteJournal::WriteLogRowLocked(const Chunk& chunk) {
+  log_max_expiry_ns_ = std::max(log_max_expiry_ns_, chunk.max_expiry_ns);
+  // A release names a lease of this row or of an earlier one, which ends by log_max_expiry_ns_.
+  const int64_t until = chunk.releases ? log_max_expiry_ns_ : chunk.max_expiry_ns;
+  sqlite3_bind_int64(put_log_, 1, until);
+  sqlite3_bind_int64(put_log_, 2, chunk.records);
+  sqlite3_bind_blob(put_log_, 3, chunk.data.data(), static_cast<int>(chunk.data.size()),
+                    SQLITE_STATIC);
+  QUOTAD_RETURN_IF_ERROR(StepLocked(put_log_, "cannot write the lease log"));
+  ++stats_.log_rows;
+  return absl::OkStatus();
+}
+
 absl::Status SqliteJournal::ApplyLocked(const Op& op) {
-  if (const auto* lease = std::get_if<JournalLease>(&op)) return WriteLeaseLocked(*lease);
   if (const auto* del = std::get_if<DeleteOp>(&op)) {
     BindText(delete_lease_, 1, del->id);
     return StepLocked(delete_lease_, "cannot delete a lease");
@@ -402,45 +587,77 @@ absl::Status SqliteJournal::ApplyLocked(const Op& op) {
   return StepLocked(put_dedup_, "cannot write an idempotency answer");
 }
 
-absl::Status SqliteJournal::WriteQueuedLocked(size_t max) {
-  std::vector<Op> batch;
+absl::Status SqliteJournal::WriteQueued() {
+  std::vector<Chunk> chunks;
+  std::vector<Op> ops;
   {
     absl::MutexLock q(&queue_mu_);
-    if (queue_.size() <= max) {
-      batch.swap(queue_);
+    chunks.swap(chunks_);
+    ops.swap(ops_);
+    queued_ = 0;
+  }
+  absl::Status first;
+  size_t c = 0;
+  size_t o = 0;
+  // One short transaction per chunk of lease-log records and per kChunk row operations, db_mu_
+  // released in between: a synchronous write waits for one of them at most.
+  while (c < chunks.size() || o < ops.size()) {
+    const Chunk* chunk = c < chunks.size() ? &chunks[c++] : nullptr;
+    const size_t o_end = std::min(ops.size(), o + kChunk);
+    const int64_t n = (chunk != nullptr ? chunk->records : 0) + static_cast<int64_t>(o_end - o);
+    absl::MutexLock l(&db_mu_);
+    absl::Status s = TransactionLocked("cannot write queued records", [&]() -> absl::Status {
+      if (chunk != nullptr) QUOTAD_RETURN_IF_ERROR(WriteLogRowLocked(*chunk));
+      for (size_t i = o; i < o_end; ++i) QUOTAD_RETURN_IF_ERROR(ApplyLocked(ops[i]));
+      return absl::OkStatus();
+    });
+    o = o_end;
+    if (s.ok()) {
+      ++stats_.commits;
+      stats_.records += n;
     } else {
-      batch.assign(std::make_move_iterator(queue_.begin()),
-                   std::make_move_iterator(queue_.begin() + static_cast<ptrdiff_t>(max)));
-      queue_.erase(queue_.begin(), queue_.begin() + static_cast<ptrdiff_t>(max));
+      stats_.failed_records += n;
+      if (async_error_.ok()) async_error_ = s;
+      if (first.ok()) first = s;
+      spdlog::error("component=store event=group_commit_failed records={} error=\"{}\"", n,
+                    std::string(s.message()));
     }
   }
-  if (batch.empty()) return absl::OkStatus();
-  absl::Status s = TransactionLocked("cannot write queued records", [&]() -> absl::Status {
-    for (const Op& op : batch) QUOTAD_RETURN_IF_ERROR(ApplyLocked(op));
-    return absl::OkStatus();
-  });
-  if (s.ok()) {
-    ++stats_.commits;
-    stats_.records += static_cast<int64_t>(batch.size());
-  } else {
-    stats_.failed_records += static_cast<int64_t>(batch.size());
-    if (async_error_.ok()) async_error_ = s;
-    spdlog::error("component=store event=group_commit_failed records={} error=\"{}\"",
-                  batch.size(), std::string(s.message()));
+  return first;
+}
+
+void SqliteJournal::AwaitRoomLocked() {
+  if (queued_ >= options_.max_queued) {
+    queue_mu_.Await(absl::Condition(
+        +[](SqliteJournal* j) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+          return j->queued_ < j->options_.max_queued || j->stopping_;
+        },
+        this));
   }
-  return s;
 }
 
 void SqliteJournal::Enqueue(Op op) {
   absl::MutexLock l(&queue_mu_);
-  if (queue_.size() >= options_.max_queued) {
-    queue_mu_.Await(absl::Condition(
-        +[](SqliteJournal* j) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-          return j->queue_.size() < j->options_.max_queued || j->stopping_;
-        },
-        this));
+  AwaitRoomLocked();
+  ops_.push_back(std::move(op));
+  ++queued_;
+}
+
+void SqliteJournal::EnqueueRecord(const std::string& record, int64_t expiry_ns, bool release) {
+  absl::MutexLock l(&queue_mu_);
+  AwaitRoomLocked();
+  if (chunks_.empty() || chunks_.back().data.size() >= kChunkBytes) {
+    chunks_.emplace_back().data.reserve(kChunkBytes + 256);
   }
-  queue_.push_back(std::move(op));
+  Chunk& chunk = chunks_.back();
+  chunk.data.append(record);
+  ++chunk.records;
+  if (release) {
+    chunk.releases = true;
+  } else {
+    chunk.max_expiry_ns = std::max(chunk.max_expiry_ns, expiry_ns);
+  }
+  ++queued_;
 }
 
 void SqliteJournal::WriterLoop() {
@@ -450,15 +667,15 @@ void SqliteJournal::WriterLoop() {
       absl::MutexLock l(&queue_mu_);
       queue_mu_.Await(absl::Condition(
           +[](SqliteJournal* j) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-            return j->stopping_ || !j->queue_.empty() || j->checkpoint_wanted_;
+            return j->stopping_ || j->queued_ > 0 || j->checkpoint_wanted_;
           },
           this));
       if (stopping_) return;  // the destructor writes the rest
-      if (!queue_.empty()) {
+      if (queued_ > 0) {
         queue_mu_.AwaitWithTimeout(
             absl::Condition(
                 +[](SqliteJournal* j) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-                  return j->stopping_ || j->queue_.size() >= j->options_.commit_batch;
+                  return j->stopping_ || j->queued_ >= j->options_.commit_batch;
                 },
                 this),
             options_.commit_interval);
@@ -466,14 +683,9 @@ void SqliteJournal::WriterLoop() {
       checkpoint = checkpoint_wanted_;
       checkpoint_wanted_ = false;
     }
-    // In chunks, releasing db_mu_ between them, so that a synchronous Reserve waits for one
-    // chunk at most. The chunks are taken from the front of the queue under db_mu_, so a
-    // synchronous write in between writes the rest first: the order holds.
-    for (bool more = true; more;) {
-      absl::MutexLock l(&db_mu_);
-      WriteQueuedLocked(kChunk).IgnoreError();  // remembered for Flush, logged
-      absl::MutexLock q(&queue_mu_);
-      more = queue_.size() >= kChunk && !stopping_;
+    {
+      absl::MutexLock w(&write_mu_);
+      WriteQueued().IgnoreError();  // remembered for Flush, logged
     }
     if (checkpoint) {
       // PASSIVE on a second connection: copies committed WAL frames into the file (and fsyncs)
@@ -491,8 +703,9 @@ void SqliteJournal::WriterLoop() {
 }
 
 absl::Status SqliteJournal::Flush() {
+  absl::MutexLock w(&write_mu_);
+  absl::Status s = WriteQueued();
   absl::MutexLock l(&db_mu_);
-  absl::Status s = WriteQueuedLocked();
   if (!async_error_.ok()) {
     s = std::move(async_error_);
     async_error_ = absl::OkStatus();
@@ -505,9 +718,65 @@ SqliteJournalStats SqliteJournal::stats() const {
   return stats_;
 }
 
+absl::Status SqliteJournal::FoldLogLocked(std::vector<JournalLease>* leases, int64_t* rows) {
+  sqlite3_stmt* st = nullptr;
+  if (sqlite3_prepare_v2(db_, "SELECT data FROM lease_log ORDER BY seq", -1, &st, nullptr) !=
+      SQLITE_OK) {
+    return Error("cannot read the lease log");
+  }
+  const size_t first = leases->size();
+  absl::flat_hash_map<std::string, size_t> index;  // id -> position in *leases
+  std::vector<bool> released;
+  *rows = 0;
+  int rc;
+  bool bad = false;
+  std::string id;
+  while (!bad && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    ++*rows;
+    LogReader in(sqlite3_column_blob(st, 0), sqlite3_column_bytes(st, 0));
+    while (!in.done()) {
+      const char tag = in.Tag();
+      if (tag == kLeaseTag) {
+        JournalLease lease;
+        if (!in.Lease(&lease)) break;
+        auto [it, inserted] = index.try_emplace(lease.id, leases->size());
+        if (inserted) {
+          leases->push_back(std::move(lease));
+          released.push_back(false);
+        } else {  // a rewrite's copy; the later one wins
+          (*leases)[it->second] = std::move(lease);
+          released[it->second - first] = false;
+        }
+      } else if (tag == kReleaseTag) {
+        in.Str(&id);
+        auto it = index.find(id);
+        if (it != index.end()) released[it->second - first] = true;
+      } else {
+        break;
+      }
+    }
+    bad = !in.ok() || !in.done();
+  }
+  sqlite3_finalize(st);
+  if (bad) {
+    return absl::DataLossError(
+        absl::StrCat("sqlite state file ", path_, ": a lease_log row does not decode"));
+  }
+  if (rc != SQLITE_DONE) return Error("cannot read the lease log");
+  size_t out = first;
+  for (size_t i = first; i < leases->size(); ++i) {
+    if (released[i - first]) continue;
+    if (out != i) (*leases)[out] = std::move((*leases)[i]);
+    ++out;
+  }
+  leases->resize(out);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<JournalState> SqliteJournal::Load() {
+  absl::MutexLock w(&write_mu_);
+  WriteQueued().IgnoreError();
   absl::MutexLock l(&db_mu_);
-  WriteQueuedLocked().IgnoreError();
   JournalState state;
   sqlite3_stmt* st = nullptr;
   int rc = sqlite3_prepare_v2(db_,
@@ -515,6 +784,8 @@ absl::StatusOr<JournalState> SqliteJournal::Load() {
                               "units FROM reservations",
                               -1, &st, nullptr);
   if (rc != SQLITE_OK) return Error("cannot read reservations");
+  // Rows come in key order: a run of rows of one credential and limit shares their strings'
+  // bytes, compared before they are copied.
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
     Reservation& r = state.reservations.emplace_back();
     r.key.credential = Text(st, 0);
@@ -547,12 +818,13 @@ absl::StatusOr<JournalState> SqliteJournal::Load() {
   }
   sqlite3_finalize(st);
   if (rc != SQLITE_DONE) return Error("cannot read leases");
+  int64_t rows = 0;
+  QUOTAD_RETURN_IF_ERROR(FoldLogLocked(&state.leases, &rows));
   return state;
 }
 
 absl::Status SqliteJournal::Reserve(const std::vector<Reservation>& reservations) {
   absl::MutexLock l(&db_mu_);
-  WriteQueuedLocked().IgnoreError();
   return TransactionLocked("cannot write reservations", [&]() -> absl::Status {
     for (const Reservation& r : reservations) {
       sqlite3_stmt* st = r.units < 0 ? extend_reservation_ : put_reservation_;
@@ -570,17 +842,27 @@ absl::Status SqliteJournal::Reserve(const std::vector<Reservation>& reservations
 
 absl::Status SqliteJournal::PutLease(const JournalLease& lease) {
   if (!lease.holds_slots) {
-    Enqueue(lease);
+    // Encoded by the caller, off every lock; the queue only appends the bytes.
+    thread_local std::string record;
+    record.clear();
+    EncodeLease(lease, &record);
+    EnqueueRecord(record, lease.expiry_ns, /*release=*/false);
     return absl::OkStatus();
   }
-  absl::MutexLock l(&db_mu_);
-  WriteQueuedLocked().IgnoreError();
-  return TransactionLocked("cannot write a lease", [&] { return WriteLeaseLocked(lease); });
+  absl::Status s;
+  {
+    absl::MutexLock l(&db_mu_);
+    s = TransactionLocked("cannot write a lease", [&] { return WriteLeaseLocked(lease); });
+  }
+  if (s.ok()) {
+    absl::MutexLock q(&queue_mu_);
+    lease_rows_.insert(lease.id);
+  }
+  return s;
 }
 
 absl::Status SqliteJournal::RenewLease(const std::string& id, int64_t expiry_ns) {
   absl::MutexLock l(&db_mu_);
-  WriteQueuedLocked().IgnoreError();
   return TransactionLocked("cannot renew a lease", [&]() -> absl::Status {
     BindText(renew_lease_, 1, id);
     sqlite3_bind_int64(renew_lease_, 2, expiry_ns);
@@ -588,15 +870,44 @@ absl::Status SqliteJournal::RenewLease(const std::string& id, int64_t expiry_ns)
   });
 }
 
-void SqliteJournal::DeleteLease(const std::string& id) { Enqueue(DeleteOp{id}); }
+void SqliteJournal::DeleteLease(const std::string& id) {
+  {
+    absl::MutexLock l(&queue_mu_);
+    if (lease_rows_.erase(id) > 0) {
+      AwaitRoomLocked();
+      ops_.push_back(DeleteOp{id});
+      ++queued_;
+      return;
+    }
+  }
+  thread_local std::string record;
+  record.clear();
+  EncodeRelease(id, &record);
+  EnqueueRecord(record, 0, /*release=*/true);
+}
 
 absl::Status SqliteJournal::Compact(int64_t now_ns) {
+  absl::MutexLock w(&write_mu_);
+  WriteQueued().IgnoreError();
   absl::MutexLock l(&db_mu_);
-  WriteQueuedLocked().IgnoreError();
-  return TransactionLocked("cannot compact", [&]() -> absl::Status {
+  std::vector<std::string> ended;  // rows of `leases` that Compact deletes
+  absl::Status s = TransactionLocked("cannot compact", [&]() -> absl::Status {
+    {
+      sqlite3_stmt* st = nullptr;
+      if (sqlite3_prepare_v2(db_, "SELECT id FROM leases WHERE expiry_ns <= ?1", -1, &st,
+                             nullptr) != SQLITE_OK) {
+        return Error("cannot compact");
+      }
+      sqlite3_bind_int64(st, 1, now_ns);
+      int rc;
+      while ((rc = sqlite3_step(st)) == SQLITE_ROW) ended.push_back(Text(st, 0));
+      sqlite3_finalize(st);
+      if (rc != SQLITE_DONE) return Error("cannot compact");
+    }
     for (const char* sql : {"DELETE FROM reservations WHERE until_ns <= ?1",
                             "DELETE FROM leases WHERE expiry_ns <= ?1",
-                            "DELETE FROM dedup WHERE expiry_ns <= ?1"}) {
+                            "DELETE FROM dedup WHERE expiry_ns <= ?1",
+                            "DELETE FROM lease_log WHERE until_ns <= ?1"}) {
       sqlite3_stmt* st = nullptr;
       if (sqlite3_prepare_v2(db_, sql, -1, &st, nullptr) != SQLITE_OK) {
         return Error("cannot compact");
@@ -606,13 +917,52 @@ absl::Status SqliteJournal::Compact(int64_t now_ns) {
       sqlite3_finalize(st);
       if (rc != SQLITE_DONE) return Error("cannot compact");
     }
+    std::string count;
+    if (QueryText(db_, "SELECT count(*) FROM lease_log", &count) != SQLITE_OK) {
+      return Error("cannot compact");
+    }
+    const int64_t rows = std::stoll(count);
+    if (rows <= std::max(kRewriteRows, 4 * rows_after_rewrite_)) return absl::OkStatus();
+    // The log outgrew its live leases (long leases keep rows of short ones, releases outlive
+    // their leases): fold it and write the live leases again, without the releases.
+    std::vector<JournalLease> leases;
+    int64_t read = 0;
+    QUOTAD_RETURN_IF_ERROR(FoldLogLocked(&leases, &read));
+    if (sqlite3_exec(db_, "DELETE FROM lease_log", nullptr, nullptr, nullptr) != SQLITE_OK) {
+      return Error("cannot compact");
+    }
+    Chunk chunk;
+    int64_t written = 0;
+    auto write = [&]() -> absl::Status {
+      if (chunk.records == 0) return absl::OkStatus();
+      QUOTAD_RETURN_IF_ERROR(WriteLogRowLocked(chunk));
+      ++written;
+      chunk = Chunk();
+      return absl::OkStatus();
+    };
+    for (const JournalLease& lease : leases) {
+      if (lease.expiry_ns <= now_ns) continue;
+      EncodeLease(lease, &chunk.data);
+      ++chunk.records;
+      chunk.max_expiry_ns = std::max(chunk.max_expiry_ns, lease.expiry_ns);
+      if (chunk.data.size() >= kChunkBytes) QUOTAD_RETURN_IF_ERROR(write());
+    }
+    QUOTAD_RETURN_IF_ERROR(write());
+    rows_after_rewrite_ = written;
+    ++stats_.log_rewrites;
     return absl::OkStatus();
   });
+  if (s.ok() && !ended.empty()) {
+    absl::MutexLock q(&queue_mu_);
+    for (const std::string& id : ended) lease_rows_.erase(id);
+  }
+  return s;
 }
 
 absl::StatusOr<std::vector<SqliteJournal::DedupRow>> SqliteJournal::LoadDedup(int64_t now_ns) {
+  absl::MutexLock w(&write_mu_);
+  WriteQueued().IgnoreError();
   absl::MutexLock l(&db_mu_);
-  WriteQueuedLocked().IgnoreError();
   std::vector<DedupRow> rows;
   sqlite3_stmt* st = nullptr;
   if (sqlite3_prepare_v2(db_, "SELECT request_id, answer, expiry_ns FROM dedup WHERE expiry_ns > ?1",

@@ -5,12 +5,21 @@
 //
 // What is written when:
 //   Reserve, PutLease of a lease that holds slots, RenewLease, Compact: one transaction each,
-//     committed before the call returns.
+//     committed before the call returns. They do not wait for the queued records (below): those
+//     only lose refunds or apply a release late when lost, whatever the order.
 //   PutLease of a lease that only allows a refund, DeleteLease, DedupStore::Put: queued and
 //     written by a background group-commit thread, every `commit_interval` or as soon as
-//     `commit_batch` records wait, whichever comes first. They stay in order with each other
-//     and with the synchronous writes: every synchronous write (and Load, Flush) first writes
-//     what is queued.
+//     `commit_batch` records wait, whichever comes first, in order with each other (a crash
+//     keeps a prefix of the queue). Load, Flush and Compact first write what is queued.
+//
+// Refund-only leases and releases are an append-only log: the caller encodes the record (off
+// every lock), the queue appends it to a chunk of at most kChunkBytes, and the writer stores
+// each chunk as one row of `lease_log` (keyed by sequence, with the time after which the row no
+// longer matters) in a short transaction of its own, so a synchronous write waits for one such
+// row at most. Load folds the rows (a release drops the lease it names); Compact drops rows
+// that no longer matter and, when the log has grown, rewrites the live leases into new rows.
+// Leases that hold slots are rows of `leases` (keyed by id, renewed in place); a release of
+// one deletes its row (queued).
 //
 // Durability: synchronous=NORMAL (the default) makes a committed transaction survive a crash of
 // the process (kill -9): the WAL frame is in the OS page cache. synchronous_full also survives
@@ -30,6 +39,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -67,6 +77,8 @@ struct SqliteJournalStats {
   int64_t commits = 0;         // transactions of queued records
   int64_t records = 0;         // queued records written
   int64_t failed_records = 0;  // queued records lost to a failed write
+  int64_t log_rows = 0;        // rows of lease_log written (group commits and rewrites)
+  int64_t log_rewrites = 0;    // times Compact rewrote the live leases of the log
 };
 
 // A Journal in a SQLite file, plus the queue and thread that write the deferred records.
@@ -116,24 +128,46 @@ class SqliteJournal : public Journal {
     std::string answer;
     int64_t expiry_ns = 0;
   };
-  using Op = std::variant<JournalLease, DeleteOp, DedupRow>;
+  // Row operations: releases of leases that are rows of `leases`, idempotency answers.
+  using Op = std::variant<DeleteOp, DedupRow>;
+  // Encoded lease-log records (refund-only leases and releases) bound for one lease_log row.
+  struct Chunk {
+    std::string data;
+    int64_t records = 0;
+    int64_t max_expiry_ns = 0;  // of the leases in it
+    bool releases = false;      // holds releases
+  };
   // WAL size (4 KiB pages) past which the writer thread checkpoints.
   static constexpr int kCheckpointPages = 4000;
-  // Records per transaction of the writer thread.
+  // Row operations per transaction of the writer thread.
   static constexpr size_t kChunk = 256;
+  // Bytes of lease-log records per lease_log row (and per transaction of the writer thread).
+  static constexpr size_t kChunkBytes = 32 * 1024;
+  // Compact rewrites the log when more than this many rows (and 4x the rows of the last
+  // rewrite) outlive it.
+  static constexpr int64_t kRewriteRows = 256;
 
   SqliteJournal(std::string path, SqliteOptions options, sqlite3* db);
   absl::Status Prepare();
   void Enqueue(Op op);
+  // Appends an encoded lease-log record to the queue.
+  void EnqueueRecord(const std::string& record, int64_t expiry_ns, bool release);
+  // Waits while the queue is full. Returns with queue_mu_ held.
+  void AwaitRoomLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_);
   void WriterLoop();
-  // Writes the queue in one transaction. Errors are remembered for Flush.
-  // Writes at most `max` of the oldest queued records in one transaction.
-  absl::Status WriteQueuedLocked(size_t max = SIZE_MAX) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  // Writes everything queued, one short transaction per chunk (db_mu_ is taken per chunk, so a
+  // synchronous write waits for one chunk at most). Errors are remembered for Flush.
+  absl::Status WriteQueued() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_)
+      ABSL_LOCKS_EXCLUDED(db_mu_);
   // Runs `body` in BEGIN IMMEDIATE ... COMMIT, rolling back on error.
   template <typename F>
   absl::Status TransactionLocked(const char* what, F body) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
   absl::Status WriteLeaseLocked(const JournalLease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  absl::Status WriteLogRowLocked(const Chunk& chunk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
   absl::Status ApplyLocked(const Op& op) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  // Reads lease_log folded: the leases no release names, and the rows read.
+  absl::Status FoldLogLocked(std::vector<JournalLease>* leases, int64_t* rows)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
   // Steps a statement that returns no rows and resets it for reuse.
   absl::Status StepLocked(sqlite3_stmt* st, const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
   absl::Status Error(const char* what) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
@@ -145,6 +179,9 @@ class SqliteJournal : public Journal {
   const std::string path_;
   const SqliteOptions options_;
 
+  // Held by whoever writes the queue (the writer thread, Load, Flush, Compact) for the whole
+  // drain, so that they see everything queued before them; synchronous writes skip it.
+  mutable absl::Mutex write_mu_ ABSL_ACQUIRED_BEFORE(db_mu_);
   mutable absl::Mutex db_mu_ ABSL_ACQUIRED_BEFORE(queue_mu_);
   sqlite3* const db_ ABSL_PT_GUARDED_BY(db_mu_);
   sqlite3_stmt* put_reservation_ ABSL_GUARDED_BY(db_mu_) = nullptr;
@@ -153,11 +190,22 @@ class SqliteJournal : public Journal {
   sqlite3_stmt* renew_lease_ ABSL_GUARDED_BY(db_mu_) = nullptr;
   sqlite3_stmt* delete_lease_ ABSL_GUARDED_BY(db_mu_) = nullptr;
   sqlite3_stmt* put_dedup_ ABSL_GUARDED_BY(db_mu_) = nullptr;
+  sqlite3_stmt* put_log_ ABSL_GUARDED_BY(db_mu_) = nullptr;
   absl::Status async_error_ ABSL_GUARDED_BY(db_mu_);
   SqliteJournalStats stats_ ABSL_GUARDED_BY(db_mu_);
+  // The latest expiry of a lease written to lease_log: a row with releases matters until then
+  // (a release names a lease of that row or of an earlier one).
+  int64_t log_max_expiry_ns_ ABSL_GUARDED_BY(db_mu_) = 0;
+  // lease_log rows that outlived the last rewrite.
+  int64_t rows_after_rewrite_ ABSL_GUARDED_BY(db_mu_) = 0;
 
   mutable absl::Mutex queue_mu_;
-  std::vector<Op> queue_ ABSL_GUARDED_BY(queue_mu_);
+  std::vector<Chunk> chunks_ ABSL_GUARDED_BY(queue_mu_);
+  std::vector<Op> ops_ ABSL_GUARDED_BY(queue_mu_);
+  size_t queued_ ABSL_GUARDED_BY(queue_mu_) = 0;  // records in chunks_ and ops_
+  // Ids of the rows of `leases` (leases that hold slots, and rows of older files): a release
+  // of one deletes the row; any other release is a lease_log record.
+  absl::flat_hash_set<std::string> lease_rows_ ABSL_GUARDED_BY(queue_mu_);
   bool stopping_ ABSL_GUARDED_BY(queue_mu_) = false;
   // Set by the WAL hook when the WAL has grown past kCheckpointPages.
   bool checkpoint_wanted_ ABSL_GUARDED_BY(queue_mu_) = false;
