@@ -6,7 +6,8 @@
 //
 // For each round and each in-flight level, runs every target for `duration` (the order of the
 // targets alternates between rounds so that neither always runs on a warmer machine), with
-// exactly `inflight` calls outstanding from one client thread on one async CompletionQueue.
+// exactly `inflight` calls outstanding, split over --threads client threads, each with its own
+// async CompletionQueue and connection.
 // Prints one line per run, then a table of medians over the rounds: req/s, p50 and p99 latency,
 // and the ratio of each target's req/s to the last target's (the baseline).
 
@@ -18,6 +19,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -34,6 +36,9 @@ ABSL_FLAG(std::vector<std::string>, inflight, std::vector<std::string>({"1", "16
 ABSL_FLAG(int, rounds, 3, "Interleaved rounds.");
 ABSL_FLAG(absl::Duration, duration, absl::Seconds(3), "Measured time per run.");
 ABSL_FLAG(absl::Duration, warmup, absl::Milliseconds(500), "Unmeasured time before each run.");
+ABSL_FLAG(int, threads, 2,
+          "Client threads, each with its own completion queue and connection; the calls in "
+          "flight are split among them (one thread at 1 in flight).");
 ABSL_FLAG(std::string, credential, "bench/key", "AcquireRequest.credential");
 ABSL_FLAG(std::string, feature, "requests", "AcquireRequest.feature");
 
@@ -58,8 +63,10 @@ struct Call {
   Clock::time_point start;
 };
 
-Result Run(quotad::v1::Quota::Stub* stub, int inflight, absl::Duration warmup,
-           absl::Duration duration) {
+// One client thread: `inflight` calls outstanding on its own queue until `end`. Appends the
+// latencies of the calls that started and ended inside [measure_from, end).
+Result RunThread(quotad::v1::Quota::Stub* stub, int inflight, Clock::time_point measure_from,
+                 Clock::time_point end, std::vector<uint32_t>* latencies) {
   grpc::CompletionQueue cq;
   quotad::v1::AcquireRequest request;
   request.set_credential(absl::GetFlag(FLAGS_credential));
@@ -73,11 +80,7 @@ Result Run(quotad::v1::Quota::Stub* stub, int inflight, absl::Duration warmup,
     call->reader->StartCall();
     call->reader->Finish(&call->response, &call->status, call);
   };
-  const Clock::time_point begin = Clock::now();
-  const Clock::time_point measure_from = begin + absl::ToChronoNanoseconds(warmup);
-  const Clock::time_point end = measure_from + absl::ToChronoNanoseconds(duration);
-  std::vector<uint32_t> latencies_ns;
-  latencies_ns.reserve(1 << 20);
+  std::vector<uint32_t>& latencies_ns = *latencies;
   Result result;
   int outstanding = 0;
   for (int i = 0; i < inflight; ++i, ++outstanding) start_call();
@@ -103,16 +106,49 @@ Result Run(quotad::v1::Quota::Stub* stub, int inflight, absl::Duration warmup,
       ++outstanding;
     }
   }
-  std::sort(latencies_ns.begin(), latencies_ns.end());
-  const double seconds = absl::ToDoubleSeconds(duration);
-  result.rps = latencies_ns.size() / seconds;
-  if (!latencies_ns.empty()) {
-    result.p50_us = latencies_ns[latencies_ns.size() / 2] / 1000.0;
-    result.p99_us =
-        latencies_ns[std::min(latencies_ns.size() - 1, latencies_ns.size() * 99 / 100)] / 1000.0;
-  }
   cq.Shutdown();
   while (cq.Next(&tag, &ok)) {
+  }
+  return result;
+}
+
+// `inflight` calls split over up to --threads client threads, each on its own connection.
+Result Run(const std::string& address, int inflight, absl::Duration warmup,
+           absl::Duration duration) {
+  const int threads = std::max(1, std::min(inflight, absl::GetFlag(FLAGS_threads)));
+  std::vector<std::unique_ptr<quotad::v1::Quota::Stub>> stubs;
+  static int channel_id = 0;
+  for (int t = 0; t < threads; ++t) {
+    grpc::ChannelArguments args;
+    args.SetInt("quotad.loadgen.channel", ++channel_id);  // a connection per thread
+    stubs.push_back(quotad::v1::Quota::NewStub(
+        grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args)));
+  }
+  const Clock::time_point measure_from = Clock::now() + absl::ToChronoNanoseconds(warmup);
+  const Clock::time_point end = measure_from + absl::ToChronoNanoseconds(duration);
+  std::vector<std::vector<uint32_t>> latencies(threads);
+  std::vector<Result> results(threads);
+  std::vector<std::thread> workers;
+  for (int t = 0; t < threads; ++t) {
+    const int n = inflight / threads + (t < inflight % threads ? 1 : 0);
+    latencies[t].reserve(1 << 20);
+    workers.emplace_back(
+        [&, t, n] { results[t] = RunThread(stubs[t].get(), n, measure_from, end, &latencies[t]); });
+  }
+  for (std::thread& w : workers) w.join();
+  Result result;
+  std::vector<uint32_t> all;
+  for (int t = 0; t < threads; ++t) {
+    result.calls += results[t].calls;
+    result.errors += results[t].errors;
+    result.denied += results[t].denied;
+    all.insert(all.end(), latencies[t].begin(), latencies[t].end());
+  }
+  std::sort(all.begin(), all.end());
+  result.rps = all.size() / absl::ToDoubleSeconds(duration);
+  if (!all.empty()) {
+    result.p50_us = all[all.size() / 2] / 1000.0;
+    result.p99_us = all[std::min(all.size() - 1, all.size() * 99 / 100)] / 1000.0;
   }
   return result;
 }
@@ -148,13 +184,6 @@ int main(int argc, char** argv) {
     }
     levels.push_back(n);
   }
-  std::vector<std::unique_ptr<quotad::v1::Quota::Stub>> stubs;
-  for (const auto& [name, addr] : targets) {
-    grpc::ChannelArguments args;
-    args.SetInt("quotad.loadgen.channel", static_cast<int>(stubs.size()));
-    stubs.push_back(quotad::v1::Quota::NewStub(
-        grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args)));
-  }
 
   // results[level][target] -> per-round results
   std::map<int, std::vector<std::vector<Result>>> results;
@@ -165,8 +194,8 @@ int main(int argc, char** argv) {
       per_target.resize(targets.size());
       for (size_t k = 0; k < targets.size(); ++k) {
         const size_t i = round % 2 == 0 ? k : targets.size() - 1 - k;
-        Result r =
-            Run(stubs[i].get(), level, absl::GetFlag(FLAGS_warmup), absl::GetFlag(FLAGS_duration));
+        Result r = Run(targets[i].second, level, absl::GetFlag(FLAGS_warmup),
+                       absl::GetFlag(FLAGS_duration));
         std::printf(
             "round=%d inflight=%d target=%s rps=%.0f p50_us=%.0f p99_us=%.0f "
             "errors=%lld denied=%lld\n",
