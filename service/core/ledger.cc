@@ -309,8 +309,31 @@ struct Ledger::LeaseShard {
   absl::flat_hash_map<LeaseId, LeaseRecord> leases ABSL_GUARDED_BY(mu);
 };
 
+namespace {
+
+absl::Status LeaseNotFound(const LeaseId& id) {
+  return absl::NotFoundError(
+      absl::StrCat("lease ", id.ToString(), " is unknown, released or expired"));
+}
+
+// The rule of the credential's current policy that was rule `r` of the policy a lease was granted
+// under; -1 when a reload removed it.
+int CurrentRule(const CompiledCredential& then, const CompiledCredential& now, int r) {
+  if (&then == &now) return r;
+  auto it = now.rule_index.find(then.rules[r].full_name);
+  return it == now.rule_index.end() ? -1 : it->second;
+}
+
+}  // namespace
+
 // Everything that runs under one credential's mutex, checked by clang's -Wthread-safety.
 struct Ledger::Locked {
+  // The live lease `id` in its shard, or nullptr.
+  static LeaseRecord* FindLive(LeaseShard& shard, const LeaseId& id, int64_t now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(shard.mu) {
+    auto it = shard.leases.find(id);
+    return it == shard.leases.end() || it->second.expiry_ns <= now ? nullptr : &it->second;
+  }
   static absl::StatusOr<Decision> Acquire(Ledger& l, Credential& cred, const AcquireRequest& req,
                                           int64_t now, LeaseRecord* rec)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred.mu);
@@ -827,43 +850,33 @@ absl::StatusOr<ReleaseResult> Ledger::ReleaseImpl(const LeaseId& id, std::option
   Credential* cred = nullptr;
   {
     absl::MutexLock l(&shard.mu);
-    auto it = shard.leases.find(id);
-    if (it == shard.leases.end() || it->second.expiry_ns <= now) {
-      return absl::NotFoundError(
-          absl::StrCat("lease ", id.ToString(), " is unknown, released or expired"));
-    }
-    cred = it->second.credential;
+    LeaseRecord* rec = Locked::FindLive(shard, id, now);
+    if (rec == nullptr) return LeaseNotFound(id);
+    cred = rec->credential;
   }
   *out_cred = cred;
+  // Lock order: the credential, then the shard; so look again.
   absl::MutexLock cred_lock(&cred->mu);
   LeaseRecord rec;
   {
     absl::MutexLock l(&shard.mu);
-    auto it = shard.leases.find(id);
-    if (it == shard.leases.end() || it->second.expiry_ns <= now) {
-      return absl::NotFoundError(
-          absl::StrCat("lease ", id.ToString(), " is unknown, released or expired"));
-    }
-    if (used.has_value() && (*used < 0 || *used > it->second.cost)) {
+    LeaseRecord* live = Locked::FindLive(shard, id, now);
+    if (live == nullptr) return LeaseNotFound(id);
+    if (used.has_value() && (*used < 0 || *used > live->cost)) {
       return absl::InvalidArgumentError(
-          absl::StrCat("used ", *used, " is outside 0..", it->second.cost, " (the lease's cost)"));
+          absl::StrCat("used ", *used, " is outside 0..", live->cost, " (the lease's cost)"));
     }
-    rec = std::move(it->second);
-    shard.leases.erase(it);
+    rec = std::move(*live);
+    shard.leases.erase(id);
   }
   if (options_.journal != nullptr) options_.journal->DeleteLease(id.ToString());
   ReleaseResult result;
   const CompiledCredential& then = *rec.compiled;
-  const CompiledCredential& now_cc = *cred->compiled;
   const std::vector<int>& rules = then.features[rec.feature].rules;
   for (size_t i = 0; i < rules.size(); ++i) {
-    int r = rules[i];
-    if (&then != &now_cc) {
-      auto it = now_cc.rule_index.find(then.rules[r].full_name);
-      if (it == now_cc.rule_index.end()) continue;  // the limit is gone
-      r = it->second;
-    }
-    const Rule& rule = now_cc.rules[r];
+    const int r = CurrentRule(then, *cred->compiled, rules[i]);
+    if (r < 0) continue;  // the limit is gone
+    const Rule& rule = cred->compiled->rules[r];
     Counter* counter = cred->CounterFor(r, rec.scope, false);
     if (counter == nullptr) continue;
     if (rule.spec.kind == LimitKind::kConcurrency) {
@@ -886,21 +899,16 @@ absl::StatusOr<absl::Time> Ledger::Renew(const LeaseId& id, absl::Duration ttl) 
   Credential* cred = nullptr;
   {
     absl::MutexLock l(&shard.mu);
-    auto it = shard.leases.find(id);
-    if (it == shard.leases.end() || it->second.expiry_ns <= now) {
-      return absl::NotFoundError(
-          absl::StrCat("lease ", id.ToString(), " is unknown, released or expired"));
-    }
-    cred = it->second.credential;
+    LeaseRecord* rec = Locked::FindLive(shard, id, now);
+    if (rec == nullptr) return LeaseNotFound(id);
+    cred = rec->credential;
   }
+  // Lock order: the credential, then the shard; so look again.
   absl::MutexLock cred_lock(&cred->mu);
   absl::MutexLock l(&shard.mu);
-  auto it = shard.leases.find(id);
-  if (it == shard.leases.end() || it->second.expiry_ns <= now) {
-    return absl::NotFoundError(
-        absl::StrCat("lease ", id.ToString(), " is unknown, released or expired"));
-  }
-  LeaseRecord& rec = it->second;
+  LeaseRecord* live = Locked::FindLive(shard, id, now);
+  if (live == nullptr) return LeaseNotFound(id);
+  LeaseRecord& rec = *live;
   const CompiledCredential& then = *rec.compiled;
   const CompiledFeature& feature = then.features[rec.feature];
   if (ttl == absl::ZeroDuration()) ttl = feature.default_lease_ttl;
@@ -917,14 +925,10 @@ absl::StatusOr<absl::Time> Ledger::Renew(const LeaseId& id, absl::Duration ttl) 
           absl::StrCat("state store failed, lease not renewed: ", s.message()));
     }
   }
-  const CompiledCredential& now_cc = *cred->compiled;
-  for (int r : feature.rules) {
-    if (then.rules[r].spec.kind != LimitKind::kConcurrency) continue;
-    if (&then != &now_cc) {
-      auto found = now_cc.rule_index.find(then.rules[r].full_name);
-      if (found == now_cc.rule_index.end()) continue;
-      r = found->second;
-    }
+  for (int then_rule : feature.rules) {
+    if (then.rules[then_rule].spec.kind != LimitKind::kConcurrency) continue;
+    const int r = CurrentRule(then, *cred->compiled, then_rule);
+    if (r < 0) continue;
     Counter* counter = cred->CounterFor(r, rec.scope, false);
     if (counter != nullptr) counter->MoveExpiry(rec.expiry_ns, id.lo, expiry);
   }
