@@ -28,6 +28,7 @@ constexpr const char* kLeaseLogSchema = R"sql(
 CREATE TABLE lease_log (
   seq INTEGER PRIMARY KEY,   -- order of the group commits
   until_ns INTEGER NOT NULL, -- the row no longer matters from then on
+  min_expiry_ns INTEGER NOT NULL, -- from then on some of it is dead weight (0: releases only)
   records INTEGER NOT NULL,
   data BLOB NOT NULL         -- lease-log records, see EncodeLease / EncodeRelease
 );
@@ -59,6 +60,7 @@ CREATE TABLE leases (
 CREATE TABLE lease_log (
   seq INTEGER PRIMARY KEY,
   until_ns INTEGER NOT NULL,
+  min_expiry_ns INTEGER NOT NULL,
   records INTEGER NOT NULL,
   data BLOB NOT NULL
 );
@@ -115,21 +117,34 @@ std::vector<int64_t> DecodeTokens(const void* data, int bytes) {
   return out;
 }
 
-// Lease-log records, concatenated in a lease_log row: a lease ('L') or a release ('D').
-//   'L' str id, str credential, str feature, str scope, str holder, i64 cost, i64 granted_ns,
-//       i64 expiry_ns, u8 holds_slots, varint n, i64 token * n
-//   'D' str id
-// str is a varint length and the bytes; i64 is 8 bytes little-endian.
-constexpr char kLeaseTag = 'L';
-constexpr char kReleaseTag = 'D';
+// Lease-log records, concatenated in a lease_log row: a lease or a release. The tag says which,
+// and whether the id is the ledger's 32 lowercase hex digits (stored as 16 bytes) or any text.
+//   lease:   id, str credential, str feature, str scope, str holder, zvarint cost,
+//            i64 granted_ns, zvarint (expiry_ns - granted_ns), u8 holds_slots, varint n,
+//            n tokens: zvarint (granted_ns - token) (tokens are times near the grant)
+//   release: id
+// str is a varint length and the bytes; i64 is 8 bytes little-endian; zvarint is a zigzag
+// varint (a wrapping difference, so any int64 round-trips).
+constexpr char kLeaseTag = 'L';      // id as text
+constexpr char kLeaseHexTag = 'H';   // id as 16 bytes
+constexpr char kReleaseTag = 'D';    // id as text
+constexpr char kReleaseHexTag = 'E';  // id as 16 bytes
 
 void PutVarint(std::string* out, uint64_t v) {
+  char b[10];
+  int n = 0;
   while (v >= 0x80) {
-    out->push_back(static_cast<char>(v | 0x80));
+    b[n++] = static_cast<char>(v | 0x80);
     v >>= 7;
   }
-  out->push_back(static_cast<char>(v));
+  b[n++] = static_cast<char>(v);
+  out->append(b, n);
 }
+
+uint64_t Zig(uint64_t v) { return (v << 1) ^ (0 - (v >> 63)); }
+uint64_t Unzig(uint64_t v) { return (v >> 1) ^ (0 - (v & 1)); }
+// a - b, wrapping.
+uint64_t Diff(int64_t a, int64_t b) { return static_cast<uint64_t>(a) - static_cast<uint64_t>(b); }
 
 void PutI64(std::string* out, int64_t v) {
   char b[8];
@@ -143,24 +158,49 @@ void PutStr(std::string* out, const std::string& s) {
   out->append(s);
 }
 
+int HexDigit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+
+// The id as 16 bytes when it is 32 lowercase hex digits (LeaseId::ToString), else as text.
+void PutId(std::string* out, const std::string& id, char hex_tag, char text_tag) {
+  if (id.size() == 32) {
+    char b[17];
+    b[0] = hex_tag;
+    bool hex = true;
+    for (int i = 0; i < 16 && hex; ++i) {
+      const int h = HexDigit(id[2 * i]);
+      const int l = HexDigit(id[2 * i + 1]);
+      hex = h >= 0 && l >= 0;
+      b[1 + i] = static_cast<char>(h * 16 + l);
+    }
+    if (hex) {
+      out->append(b, 17);
+      return;
+    }
+  }
+  out->push_back(text_tag);
+  PutStr(out, id);
+}
+
 void EncodeLease(const JournalLease& l, std::string* out) {
-  out->push_back(kLeaseTag);
-  PutStr(out, l.id);
+  PutId(out, l.id, kLeaseHexTag, kLeaseTag);
   PutStr(out, l.credential);
   PutStr(out, l.feature);
   PutStr(out, l.scope);
   PutStr(out, l.holder);
-  PutI64(out, l.cost);
+  PutVarint(out, Zig(static_cast<uint64_t>(l.cost)));
   PutI64(out, l.granted_ns);
-  PutI64(out, l.expiry_ns);
+  PutVarint(out, Zig(Diff(l.expiry_ns, l.granted_ns)));
   out->push_back(l.holds_slots ? 1 : 0);
   PutVarint(out, l.tokens.size());
-  for (int64_t t : l.tokens) PutI64(out, t);
+  for (int64_t t : l.tokens) PutVarint(out, Zig(Diff(l.granted_ns, t)));
 }
 
 void EncodeRelease(const std::string& id, std::string* out) {
-  out->push_back(kReleaseTag);
-  PutStr(out, id);
+  PutId(out, id, kReleaseHexTag, kReleaseTag);
 }
 
 class LogReader {
@@ -196,20 +236,42 @@ class LogReader {
     out->assign(reinterpret_cast<const char*>(p_), n);
     p_ += n;
   }
-  bool Lease(JournalLease* l) {
-    Str(&l->id);
+  // The id after a tag: 16 bytes, or text.
+  void Id(bool hex, std::string* out) {
+    if (!hex) {
+      Str(out);
+      return;
+    }
+    if (end_ - p_ < 16) {
+      Fail();
+      return;
+    }
+    static constexpr char kDigits[] = "0123456789abcdef";
+    out->resize(32);
+    for (int i = 0; i < 16; ++i) {
+      (*out)[2 * i] = kDigits[p_[i] >> 4];
+      (*out)[2 * i + 1] = kDigits[p_[i] & 0xf];
+    }
+    p_ += 16;
+  }
+  bool Lease(bool hex_id, JournalLease* l) {
+    Id(hex_id, &l->id);
     Str(&l->credential);
     Str(&l->feature);
     Str(&l->scope);
     Str(&l->holder);
-    l->cost = I64();
+    l->cost = static_cast<int64_t>(Unzig(Varint()));
     l->granted_ns = I64();
-    l->expiry_ns = I64();
+    l->expiry_ns =
+        static_cast<int64_t>(static_cast<uint64_t>(l->granted_ns) + Unzig(Varint()));
     l->holds_slots = ok_ && p_ < end_ && *p_++ != 0;
     const uint64_t n = Varint();
-    if (!ok_ || n > static_cast<uint64_t>(end_ - p_) / 8) return Fail() != 0;
+    if (!ok_ || n > static_cast<uint64_t>(end_ - p_)) return Fail() != 0;
     l->tokens.resize(n);
-    for (uint64_t i = 0; i < n; ++i) l->tokens[i] = I64();
+    for (uint64_t i = 0; i < n; ++i) {
+      l->tokens[i] =
+          static_cast<int64_t>(static_cast<uint64_t>(l->granted_ns) - Unzig(Varint()));
+    }
     return ok_;
   }
 
@@ -463,7 +525,8 @@ absl::Status SqliteJournal::Prepare() {
       {&delete_lease_, "DELETE FROM leases WHERE id = ?1"},
       {&put_dedup_,
        "INSERT OR REPLACE INTO dedup (request_id, answer, expiry_ns) VALUES (?1, ?2, ?3)"},
-      {&put_log_, "INSERT INTO lease_log (until_ns, records, data) VALUES (?1, ?2, ?3)"},
+      {&put_log_,
+       "INSERT INTO lease_log (until_ns, min_expiry_ns, records, data) VALUES (?1, ?4, ?2, ?3)"},
   };
   for (const auto& s : statements) {
     const int rc = sqlite3_prepare_v3(db_, s.sql, -1, SQLITE_PREPARE_PERSISTENT, s.stmt, nullptr);
@@ -482,14 +545,13 @@ absl::Status SqliteJournal::Prepare() {
   }
   sqlite3_finalize(st);
   if (rc != SQLITE_DONE) return Error("cannot read leases");
-  if (sqlite3_prepare_v2(db_, "SELECT max(until_ns), count(*) FROM lease_log", -1, &st,
+  if (sqlite3_prepare_v2(db_, "SELECT max(until_ns) FROM lease_log", -1, &st,
                          nullptr) != SQLITE_OK) {
     return Error("cannot read the lease log");
   }
   rc = sqlite3_step(st);
   if (rc == SQLITE_ROW) {
     log_max_expiry_ns_ = sqlite3_column_int64(st, 0);
-    rows_after_rewrite_ = sqlite3_column_int64(st, 1);
   }
   sqlite3_finalize(st);
   if (rc != SQLITE_ROW) return Error("cannot read the lease log");
@@ -567,6 +629,7 @@ absl::Status SqliteJournal::WriteLogRowLocked(const Chunk& chunk) {
   const int64_t until = chunk.releases ? log_max_expiry_ns_ : chunk.max_expiry_ns;
   sqlite3_bind_int64(put_log_, 1, until);
   sqlite3_bind_int64(put_log_, 2, chunk.records);
+  sqlite3_bind_int64(put_log_, 4, chunk.min_expiry_ns == INT64_MAX ? 0 : chunk.min_expiry_ns);
   sqlite3_bind_blob(put_log_, 3, chunk.data.data(), static_cast<int>(chunk.data.size()),
                     SQLITE_STATIC);
   QUOTAD_RETURN_IF_ERROR(StepLocked(put_log_, "cannot write the lease log"));
@@ -623,6 +686,12 @@ absl::Status SqliteJournal::WriteQueued() {
                     std::string(s.message()));
     }
   }
+  absl::MutexLock q(&queue_mu_);
+  for (Chunk& chunk : chunks) {
+    if (spare_.size() >= 64) break;
+    chunk.data.clear();
+    spare_.push_back(std::move(chunk.data));
+  }
   return first;
 }
 
@@ -647,7 +716,13 @@ void SqliteJournal::EnqueueRecord(const std::string& record, int64_t expiry_ns, 
   absl::MutexLock l(&queue_mu_);
   AwaitRoomLocked();
   if (chunks_.empty() || chunks_.back().data.size() >= kChunkBytes) {
-    chunks_.emplace_back().data.reserve(kChunkBytes + 256);
+    Chunk& chunk = chunks_.emplace_back();
+    if (!spare_.empty()) {
+      chunk.data.swap(spare_.back());
+      spare_.pop_back();
+    } else {
+      chunk.data.reserve(kChunkBytes + 256);
+    }
   }
   Chunk& chunk = chunks_.back();
   chunk.data.append(record);
@@ -656,6 +731,7 @@ void SqliteJournal::EnqueueRecord(const std::string& record, int64_t expiry_ns, 
     chunk.releases = true;
   } else {
     chunk.max_expiry_ns = std::max(chunk.max_expiry_ns, expiry_ns);
+    chunk.min_expiry_ns = std::min(chunk.min_expiry_ns, expiry_ns);
   }
   ++queued_;
 }
@@ -736,9 +812,9 @@ absl::Status SqliteJournal::FoldLogLocked(std::vector<JournalLease>* leases, int
     LogReader in(sqlite3_column_blob(st, 0), sqlite3_column_bytes(st, 0));
     while (!in.done()) {
       const char tag = in.Tag();
-      if (tag == kLeaseTag) {
+      if (tag == kLeaseTag || tag == kLeaseHexTag) {
         JournalLease lease;
-        if (!in.Lease(&lease)) break;
+        if (!in.Lease(tag == kLeaseHexTag, &lease)) break;
         auto [it, inserted] = index.try_emplace(lease.id, leases->size());
         if (inserted) {
           leases->push_back(std::move(lease));
@@ -747,8 +823,8 @@ absl::Status SqliteJournal::FoldLogLocked(std::vector<JournalLease>* leases, int
           (*leases)[it->second] = std::move(lease);
           released[it->second - first] = false;
         }
-      } else if (tag == kReleaseTag) {
-        in.Str(&id);
+      } else if (tag == kReleaseTag || tag == kReleaseHexTag) {
+        in.Id(tag == kReleaseHexTag, &id);
         auto it = index.find(id);
         if (it != index.end()) released[it->second - first] = true;
       } else {
@@ -917,26 +993,42 @@ absl::Status SqliteJournal::Compact(int64_t now_ns) {
       sqlite3_finalize(st);
       if (rc != SQLITE_DONE) return Error("cannot compact");
     }
-    std::string count;
-    if (QueryText(db_, "SELECT count(*) FROM lease_log", &count) != SQLITE_OK) {
-      return Error("cannot compact");
+    // Rows that are partly dead weight (a lease of them ended, or releases only): when there are
+    // many and they are most of the log, fold it and write the live leases again, by expiry
+    // (so that a row ends as a whole), without the releases.
+    int64_t rows = 0;
+    int64_t partly_dead = 0;
+    {
+      sqlite3_stmt* st = nullptr;
+      if (sqlite3_prepare_v2(db_,
+                             "SELECT count(*), coalesce(sum(min_expiry_ns <= ?1), 0) FROM "
+                             "lease_log",
+                             -1, &st, nullptr) != SQLITE_OK) {
+        return Error("cannot compact");
+      }
+      sqlite3_bind_int64(st, 1, now_ns);
+      const int rc = sqlite3_step(st);
+      if (rc == SQLITE_ROW) {
+        rows = sqlite3_column_int64(st, 0);
+        partly_dead = sqlite3_column_int64(st, 1);
+      }
+      sqlite3_finalize(st);
+      if (rc != SQLITE_ROW) return Error("cannot compact");
     }
-    const int64_t rows = std::stoll(count);
-    if (rows <= std::max(kRewriteRows, 4 * rows_after_rewrite_)) return absl::OkStatus();
-    // The log outgrew its live leases (long leases keep rows of short ones, releases outlive
-    // their leases): fold it and write the live leases again, without the releases.
+    if (partly_dead <= kRewriteRows || partly_dead * 2 < rows) return absl::OkStatus();
     std::vector<JournalLease> leases;
     int64_t read = 0;
     QUOTAD_RETURN_IF_ERROR(FoldLogLocked(&leases, &read));
+    std::sort(leases.begin(), leases.end(), [](const JournalLease& a, const JournalLease& b) {
+      return a.expiry_ns < b.expiry_ns;
+    });
     if (sqlite3_exec(db_, "DELETE FROM lease_log", nullptr, nullptr, nullptr) != SQLITE_OK) {
       return Error("cannot compact");
     }
     Chunk chunk;
-    int64_t written = 0;
     auto write = [&]() -> absl::Status {
       if (chunk.records == 0) return absl::OkStatus();
       QUOTAD_RETURN_IF_ERROR(WriteLogRowLocked(chunk));
-      ++written;
       chunk = Chunk();
       return absl::OkStatus();
     };
@@ -945,10 +1037,10 @@ absl::Status SqliteJournal::Compact(int64_t now_ns) {
       EncodeLease(lease, &chunk.data);
       ++chunk.records;
       chunk.max_expiry_ns = std::max(chunk.max_expiry_ns, lease.expiry_ns);
+      chunk.min_expiry_ns = std::min(chunk.min_expiry_ns, lease.expiry_ns);
       if (chunk.data.size() >= kChunkBytes) QUOTAD_RETURN_IF_ERROR(write());
     }
     QUOTAD_RETURN_IF_ERROR(write());
-    rows_after_rewrite_ = written;
     ++stats_.log_rewrites;
     return absl::OkStatus();
   });

@@ -134,7 +134,8 @@ class SqliteJournal : public Journal {
   struct Chunk {
     std::string data;
     int64_t records = 0;
-    int64_t max_expiry_ns = 0;  // of the leases in it
+    int64_t max_expiry_ns = 0;          // of the leases in it
+    int64_t min_expiry_ns = INT64_MAX;  // of the leases in it
     bool releases = false;      // holds releases
   };
   // WAL size (4 KiB pages) past which the writer thread checkpoints.
@@ -143,8 +144,8 @@ class SqliteJournal : public Journal {
   static constexpr size_t kChunk = 256;
   // Bytes of lease-log records per lease_log row (and per transaction of the writer thread).
   static constexpr size_t kChunkBytes = 32 * 1024;
-  // Compact rewrites the log when more than this many rows (and 4x the rows of the last
-  // rewrite) outlive it.
+  // Compact rewrites the log when more than this many rows, and half of them, are partly dead
+  // weight.
   static constexpr int64_t kRewriteRows = 256;
 
   SqliteJournal(std::string path, SqliteOptions options, sqlite3* db);
@@ -196,12 +197,12 @@ class SqliteJournal : public Journal {
   // The latest expiry of a lease written to lease_log: a row with releases matters until then
   // (a release names a lease of that row or of an earlier one).
   int64_t log_max_expiry_ns_ ABSL_GUARDED_BY(db_mu_) = 0;
-  // lease_log rows that outlived the last rewrite.
-  int64_t rows_after_rewrite_ ABSL_GUARDED_BY(db_mu_) = 0;
 
   mutable absl::Mutex queue_mu_;
   std::vector<Chunk> chunks_ ABSL_GUARDED_BY(queue_mu_);
   std::vector<Op> ops_ ABSL_GUARDED_BY(queue_mu_);
+  // Buffers of written chunks, kept for the next ones (no page faults on the hot path).
+  std::vector<std::string> spare_ ABSL_GUARDED_BY(queue_mu_);
   size_t queued_ ABSL_GUARDED_BY(queue_mu_) = 0;  // records in chunks_ and ops_
   // Ids of the rows of `leases` (leases that hold slots, and rows of older files): a release
   // of one deletes the row; any other release is a lease_log record.
