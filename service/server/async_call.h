@@ -8,6 +8,10 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 
 namespace quotad {
 
@@ -98,6 +102,175 @@ class UnaryCall final : public CallTag {
   Response response_;
   Responder responder_;
   bool finishing_ = false;
+};
+
+// A unary call that may be parked: answered later from any thread (a wait queue's callback),
+// and told when its client is gone or its deadline passed (ServerContext::AsyncNotifyWhenDone),
+// so that whoever holds it parked can drop it.
+//
+// Lifetime: reference-counted. The request/finish path holds one reference, the done
+// notification one, the running handler one, and whoever parks the call takes one with Ref()
+// (a CallRef that may live in a callback and is released when the callback is destroyed, called
+// or not). The call is deleted when the last reference goes.
+//
+// Finishing: TryFinish() sends the answer exactly once, whichever thread gets there first; later
+// calls return false. Thread-safe.
+template <typename Service, typename Request, typename Response>
+class ParkableCall final : public CallTag {
+ public:
+  using Responder = grpc::ServerAsyncResponseWriter<Response>;
+  using RequestFn = void (Service::*)(grpc::ServerContext*, Request*, Responder*,
+                                      grpc::CompletionQueue*, grpc::ServerCompletionQueue*, void*);
+  using Handler = std::function<void(ParkableCall*)>;
+
+  // Shared by every call of one method; must outlive them.
+  struct Method {
+    Service* service = nullptr;
+    RequestFn request = nullptr;
+    Handler handler;
+    CallGate* gate = nullptr;  // as in UnaryCall::Method
+  };
+
+  // A reference that keeps the call alive. Move-only.
+  class CallRef {
+   public:
+    explicit CallRef(ParkableCall* call) : call_(call) {}
+    CallRef(CallRef&& o) noexcept : call_(std::exchange(o.call_, nullptr)) {}
+    CallRef& operator=(CallRef&& o) noexcept {
+      if (this != &o) {
+        Reset();
+        call_ = std::exchange(o.call_, nullptr);
+      }
+      return *this;
+    }
+    CallRef(const CallRef&) = delete;
+    CallRef& operator=(const CallRef&) = delete;
+    ~CallRef() { Reset(); }
+    void Reset() {
+      if (call_ != nullptr) std::exchange(call_, nullptr)->Unref();
+    }
+
+   private:
+    ParkableCall* call_;
+  };
+
+  static void Arm(const Method* method, grpc::ServerCompletionQueue* cq) {
+    new ParkableCall(method, cq);
+  }
+
+  const Request& request() const { return request_; }
+  Response* response() { return &response_; }
+  grpc::ServerContext* context() { return &context_; }
+
+  CallRef Ref() {
+    refs_.fetch_add(1, std::memory_order_relaxed);
+    return CallRef(this);
+  }
+
+  // Sends `status` (and the response when OK) unless the call was already finished. The caller
+  // must hold a reference, and must not touch the response once this returned true.
+  bool TryFinish(const grpc::Status& status) ABSL_LOCKS_EXCLUDED(mu_) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_) return false;
+      finished_ = true;
+      on_cancel_ = nullptr;
+    }
+    if (status.ok()) {
+      responder_.Finish(response_, status, &finish_tag_);
+    } else {
+      responder_.FinishWithError(status, &finish_tag_);
+    }
+    return true;
+  }
+
+  // What to run when the client goes away (cancel, deadline) before the call is finished: it
+  // takes the call out of wherever it is parked. Runs at once when that already happened. Runs
+  // at most once, on a completion-queue thread or the caller's.
+  void OnCancel(std::function<void()> fn) ABSL_LOCKS_EXCLUDED(mu_) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_) return;
+      if (!cancelled_) {
+        on_cancel_ = std::move(fn);
+        return;
+      }
+    }
+    fn();
+  }
+
+  // The request arrived (first event).
+  void Proceed(bool ok) override {
+    if (!ok) {  // the server is shutting down; no done notification comes for an unstarted call
+      Unref();
+      return;
+    }
+    Arm(method_, cq_);
+    refs_.fetch_add(1, std::memory_order_relaxed);  // for the done notification
+    if (method_->gate != nullptr) {
+      method_->gate->active.fetch_add(1, std::memory_order_acq_rel);
+      counted_ = true;
+      if (method_->gate->draining.load(std::memory_order_acquire)) {
+        TryFinish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "quotad is shutting down"));
+        return;
+      }
+    }
+    CallRef self = Ref();
+    method_->handler(this);
+  }
+
+ private:
+  struct FinishTag final : CallTag {
+    explicit FinishTag(ParkableCall* c) : call(c) {}
+    void Proceed(bool) override {
+      if (call->counted_) call->method_->gate->active.fetch_sub(1, std::memory_order_acq_rel);
+      call->Unref();
+    }
+    ParkableCall* call;
+  };
+  struct DoneTag final : CallTag {
+    explicit DoneTag(ParkableCall* c) : call(c) {}
+    void Proceed(bool) override { call->Done(); }
+    ParkableCall* call;
+  };
+
+  ParkableCall(const Method* method, grpc::ServerCompletionQueue* cq)
+      : method_(method), cq_(cq), responder_(&context_), finish_tag_(this), done_tag_(this) {
+    context_.AsyncNotifyWhenDone(&done_tag_);
+    (method->service->*method->request)(&context_, &request_, &responder_, cq, cq, this);
+  }
+
+  void Done() ABSL_LOCKS_EXCLUDED(mu_) {
+    std::function<void()> cancel;
+    if (context_.IsCancelled()) {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
+      if (!finished_) cancel = std::move(on_cancel_);
+      on_cancel_ = nullptr;
+    }
+    if (cancel) cancel();
+    Unref();
+  }
+
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+
+  const Method* const method_;
+  grpc::ServerCompletionQueue* const cq_;
+  grpc::ServerContext context_;
+  Request request_;
+  Response response_;
+  Responder responder_;
+  FinishTag finish_tag_;
+  DoneTag done_tag_;
+  std::atomic<int> refs_{1};
+  bool counted_ = false;  // counted in gate->active
+
+  absl::Mutex mu_;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  std::function<void()> on_cancel_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace quotad

@@ -1,9 +1,13 @@
 // quotad: the quota coordinator's gRPC server.
 //
-//   quotad --config=quotad.yaml [--listen=0.0.0.0:50051] [--log_level=info]
+//   quotad --config=quotad.yaml --state=/var/lib/quotad/quotad.db [--listen=0.0.0.0:50051]
+//   quotad --config=quotad.yaml --memory_only
 //
-// Exits non-zero with a message on a bad configuration or an address that cannot be bound.
-// SIGTERM/SIGINT: health goes NOT_SERVING, new calls are refused, in-flight calls finish, exit 0.
+// Exits non-zero with a message on a bad configuration, a state file it cannot use (corrupt,
+// foreign, unreadable; --reset_corrupt_state moves a corrupt one aside), neither --state nor
+// --memory_only, or an address that cannot be bound.
+// SIGTERM/SIGINT: health goes NOT_SERVING, new calls are refused, waiting Acquire calls are
+// answered UNAVAILABLE, in-flight calls finish, the state file is written, exit 0.
 
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -31,10 +35,27 @@ ABSL_FLAG(absl::Duration, drain_delay, absl::ZeroDuration(),
           "On SIGTERM: how long health reports NOT_SERVING before the listener closes.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "On SIGTERM: how long in-flight calls get to finish before they are cancelled.");
+ABSL_FLAG(std::string, state, "",
+          "SQLite file of counters' high-water marks, leases and idempotency answers (created "
+          "when missing, read back at start). Required unless --memory_only.");
+ABSL_FLAG(bool, memory_only, false,
+          "Keep everything in memory only: counters and leases are lost on exit. Excludes "
+          "--state.");
+ABSL_FLAG(bool, reset_corrupt_state, false,
+          "Move a corrupt or foreign --state file aside (<path>.corrupt-<time>) and start empty "
+          "instead of refusing to start.");
+ABSL_FLAG(bool, state_fsync, false,
+          "fsync every commit of --state (survives power loss, not only a crash of quotad).");
+ABSL_FLAG(double, reserve_fraction, 0.01,
+          "Units written ahead per counter, as a fraction of its capacity (at least 1 unit, at "
+          "most 1000): a crash can leave at most this block of each window unused.");
+ABSL_FLAG(absl::Duration, dedup_window, absl::Minutes(10),
+          "How long the answer to an Acquire/Release request_id is kept for retries.");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "quotad --config=FILE [--listen=HOST:PORT] [--log_level=info]\n"
+      "quotad --config=FILE (--state=FILE | --memory_only) [--listen=HOST:PORT] "
+      "[--log_level=info]\n"
       "Coordinates the use of rate-limited upstream API keys over gRPC.");
   absl::ParseCommandLine(argc, argv);
   // Debian's Abseil checks every Mutex acquisition for lock-order cycles (a graph update per
@@ -71,6 +92,12 @@ int main(int argc, char** argv) {
   options.sweep_interval = absl::GetFlag(FLAGS_sweep_interval);
   options.drain_delay = absl::GetFlag(FLAGS_drain_delay);
   options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
+  options.state_path = absl::GetFlag(FLAGS_state);
+  options.memory_only = absl::GetFlag(FLAGS_memory_only);
+  options.reset_corrupt_state = absl::GetFlag(FLAGS_reset_corrupt_state);
+  options.synchronous_full = absl::GetFlag(FLAGS_state_fsync);
+  options.reserve_fraction = absl::GetFlag(FLAGS_reserve_fraction);
+  options.dedup_window = absl::GetFlag(FLAGS_dedup_window);
   if (options.sweep_interval <= absl::ZeroDuration()) {
     std::fprintf(stderr, "quotad: --sweep_interval must be positive\n");
     return 2;

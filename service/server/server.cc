@@ -27,6 +27,8 @@
 #include "service/server/grpc_status.h"
 #include "service/server/health.h"
 #include "service/server/validation.h"
+#include "service/store/dedup_store.h"
+#include "service/store/sqlite_journal.h"
 
 namespace quotad {
 namespace {
@@ -109,6 +111,75 @@ class BlockingWorker {
   std::thread thread_;
 };
 
+// Runs Ledger::Pump() when the wait queues need it: at the time the last Pump() returned, or
+// earlier when the ledger parks a request that must be served sooner (LedgerOptions::wake).
+// Sleeps on a condition otherwise (no polling). Thread-safe. Does not own the ledger or clock;
+// Stop() must run before the ledger is destroyed.
+class Pumper {
+ public:
+  explicit Pumper(Clock* clock) : clock_(clock) {}
+  ~Pumper() { Stop(); }
+
+  // LedgerOptions::wake.
+  void WakeBy(absl::Time t) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    if (t < next_) {
+      next_ = t;
+      changed_ = true;
+    }
+  }
+
+  void Start(Ledger* ledger) {
+    ledger_ = ledger;
+    thread_ = std::thread([this] { Run(); });
+  }
+
+  void Stop() ABSL_LOCKS_EXCLUDED(mu_) {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  void Run() ABSL_LOCKS_EXCLUDED(mu_) {
+    for (;;) {
+      {
+        absl::MutexLock lock(&mu_);
+        for (;;) {
+          if (stop_) return;
+          const absl::Time now = clock_->Now();
+          if (next_ <= now) break;
+          changed_ = false;
+          const absl::Duration left =
+              next_ == absl::InfiniteFuture() ? absl::InfiniteDuration() : next_ - now;
+          mu_.AwaitWithTimeout(absl::Condition(
+                                   +[](Pumper* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(p->mu_) {
+                                     return p->stop_ || p->changed_;
+                                   },
+                                   this),
+                               left);
+        }
+        next_ = absl::InfiniteFuture();
+      }
+      const absl::Time next = ledger_->Pump();
+      absl::MutexLock lock(&mu_);
+      if (next < next_) next_ = next;
+    }
+  }
+
+  Clock* const clock_;
+  Ledger* ledger_ = nullptr;
+  absl::Mutex mu_;
+  absl::Time next_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  bool changed_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+int64_t ToUnixNs(absl::Time t) { return absl::ToUnixNanos(t); }
+
 }  // namespace
 
 std::string BoundAddress(const std::string& listen, int port) {
@@ -119,13 +190,21 @@ std::string BoundAddress(const std::string& listen, int port) {
 
 class QuotadServer::Impl {
  public:
-  Impl(const ServerOptions& options, std::unique_ptr<Ledger> ledger, const LoadedConfig& config)
+  Impl(const ServerOptions& options, std::unique_ptr<SqliteJournal> journal,
+       std::unique_ptr<DedupStore> dedup, std::unique_ptr<Pumper> pumper,
+       std::unique_ptr<Ledger> ledger, const LoadedConfig& config)
       : options_(options),
         log_(ServerLogger()),
+        journal_(std::move(journal)),
+        dedup_(std::move(dedup)),
+        pumper_(std::move(pumper)),
         ledger_(std::move(ledger)),
         health_({v1::Quota::service_full_name(), v1::Admin::service_full_name()}) {
     PublishSnapshot(config);
+    pumper_->Start(ledger_.get());
   }
+
+  ~Impl() { pumper_->Stop(); }
 
   absl::Status Listen() {
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -164,6 +243,7 @@ class QuotadServer::Impl {
         ReleaseCall::Arm(&release_, cq.get());
         RenewCall::Arm(&renew_, cq.get());
       }
+      for (int i = 0; i < kArmedAdminCalls; ++i) ReportCall::Arm(&report_, cq.get());
       for (int i = 0; i < kArmedAdminCalls; ++i) {
         UsageCall::Arm(&usage_, cq.get());
         LeasesCall::Arm(&leases_, cq.get());
@@ -182,8 +262,9 @@ class QuotadServer::Impl {
     }
     sweeper_ = std::thread([this] { Sweep(); });
     health_.SetAll(grpc::health::v1::HealthCheckResponse::SERVING);
-    log_->info("listening address={} completion_queues={} config={}", address_, cqs_.size(),
-               options_.config_path);
+    log_->info("listening address={} completion_queues={} config={} state={}", address_,
+               cqs_.size(), options_.config_path,
+               journal_ != nullptr ? journal_->path() : std::string("memory-only"));
     return absl::OkStatus();
   }
 
@@ -198,9 +279,14 @@ class QuotadServer::Impl {
     // New calls are answered UNAVAILABLE from here on; the calls being handled finish.
     // (grpc::Server::Shutdown alone would also wait seconds for idle client connections.)
     gate_.draining.store(true, std::memory_order_release);
+    // Waiting Acquire calls are answered now; again in the loop for any that a handler parked
+    // while the gate closed.
+    const absl::Status shutting_down = absl::UnavailableError("quotad is shutting down");
+    ledger_->AnswerAllWaiters(shutting_down);
     const absl::Time deadline = absl::Now() + options_.shutdown_grace;
     while (gate_.active.load(std::memory_order_acquire) > 0 && absl::Now() < deadline) {
       absl::SleepFor(absl::Milliseconds(5));
+      ledger_->AnswerAllWaiters(shutting_down);
     }
     const int64_t left = gate_.active.load(std::memory_order_acquire);
     if (left > 0) log_->warn("shutdown grace over calls_cancelled={}", left);
@@ -213,7 +299,14 @@ class QuotadServer::Impl {
       stop_sweeping_ = true;
     }
     sweeper_.join();
+    pumper_->Stop();
     worker_.reset();  // runs any queued reload (its call was cancelled) and joins
+    if (journal_ != nullptr) {
+      if (absl::Status s = journal_->Flush(); !s.ok()) {
+        log_->error("state file flush failed path={} error=\"{}\"", journal_->path(),
+                    std::string(s.message()));
+      }
+    }
     log_->info("stopped");
   }
 
@@ -222,7 +315,8 @@ class QuotadServer::Impl {
   Ledger* ledger() const { return ledger_.get(); }
 
  private:
-  using AcquireCall = UnaryCall<QuotaService, v1::AcquireRequest, v1::AcquireResponse>;
+  using AcquireCall = ParkableCall<QuotaService, v1::AcquireRequest, v1::AcquireResponse>;
+  using ReportCall = UnaryCall<QuotaService, v1::ReportRequest, v1::ReportResponse>;
   using ReleaseCall = UnaryCall<QuotaService, v1::ReleaseRequest, v1::ReleaseResponse>;
   using RenewCall = UnaryCall<QuotaService, v1::RenewRequest, v1::RenewResponse>;
   using UsageCall = UnaryCall<AdminService, v1::GetUsageRequest, v1::GetUsageResponse>;
@@ -235,10 +329,11 @@ class QuotadServer::Impl {
 
   void DefineMethods() {
     acquire_ = {&quota_, &QuotaService::RequestAcquire,
-                [this](AcquireCall* c) {
-                  Respond(c, "Acquire", HandleAcquire(c->request(), c->response()));
-                },
-                &gate_};
+                [this](AcquireCall* c) { HandleAcquire(c); }, &gate_};
+    report_ = {
+        &quota_, &QuotaService::RequestReport,
+        [this](ReportCall* c) { Respond(c, "Report", HandleReport(c->request(), c->response())); },
+        &gate_};
     release_ = {&quota_, &QuotaService::RequestRelease,
                 [this](ReleaseCall* c) {
                   Respond(c, "Release", HandleRelease(c->request(), c->response()));
@@ -278,6 +373,11 @@ class QuotadServer::Impl {
 
   template <typename Call>
   void Respond(Call* call, const char* method, const absl::Status& status) {
+    LogFailure(method, status);
+    call->Finish(ToGrpcStatus(status));
+  }
+
+  void LogFailure(const char* method, const absl::Status& status) {
     if (!status.ok()) {
       if (status.code() == absl::StatusCode::kInternal ||
           status.code() == absl::StatusCode::kUnknown) {
@@ -288,10 +388,16 @@ class QuotadServer::Impl {
                     absl::StatusCodeToString(status.code()), std::string(status.message()));
       }
     }
-    call->Finish(ToGrpcStatus(status));
   }
 
-  absl::Status HandleAcquire(const v1::AcquireRequest& req, v1::AcquireResponse* resp) {
+  // A validated Acquire: the core request (views into the wire request) and how to wait.
+  struct AcquireArgs {
+    AcquireRequest core;
+    absl::Duration max_wait = absl::ZeroDuration();
+    int priority = 0;
+  };
+
+  static absl::StatusOr<AcquireArgs> ValidateAcquire(const v1::AcquireRequest& req) {
     if (absl::Status s = ValidateName("credential", req.credential()); !s.ok()) return s;
     if (absl::Status s = ValidateName("feature", req.feature()); !s.ok()) return s;
     if (absl::Status s = ValidateText("scope", req.scope(), kMaxNameLength); !s.ok()) return s;
@@ -308,24 +414,82 @@ class QuotadServer::Impl {
     if (cost <= 0) {
       return absl::InvalidArgumentError(absl::StrCat("cost must be positive, got ", cost));
     }
-    // max_wait is validated; waiting itself comes later, so it is treated as zero.
     absl::StatusOr<absl::Duration> max_wait = ParseDuration("max_wait", req.max_wait(), kMaxWait);
     if (!max_wait.ok()) return max_wait.status();
     absl::StatusOr<absl::Duration> ttl = ParseDuration("lease_ttl", req.lease_ttl(), kMaxTtl);
     if (!ttl.ok()) return ttl.status();
-
     // The ledger refuses a cost above what the feature could ever grant (kInvalidArgument).
-    AcquireRequest core;
-    core.credential = req.credential();
-    core.feature = req.feature();
-    core.scope = req.scope();
-    core.cost = cost;
-    core.lease_ttl = *ttl;
-    core.holder = req.holder();
-    core.want_limits = true;
-    absl::StatusOr<Decision> decision = ledger_->Acquire(core);
-    if (!decision.ok()) return decision.status();
+    AcquireArgs args;
+    args.core.credential = req.credential();
+    args.core.feature = req.feature();
+    args.core.scope = req.scope();
+    args.core.cost = cost;
+    args.core.lease_ttl = *ttl;
+    args.core.holder = req.holder();
+    args.core.want_limits = true;
+    args.max_wait = *max_wait;
+    args.priority = req.priority();
+    return args;
+  }
 
+  void FinishAcquire(AcquireCall* c, const absl::Status& status) {
+    LogFailure("Acquire", status);
+    c->TryFinish(ToGrpcStatus(status));
+  }
+
+  // Runs on a completion-queue thread; never blocks. A call that waits is parked in the ledger
+  // (which holds a reference to it) and answered by the thread that serves it.
+  void HandleAcquire(AcquireCall* c) {
+    const v1::AcquireRequest& req = c->request();
+    absl::StatusOr<AcquireArgs> args = ValidateAcquire(req);
+    if (!args.ok()) return FinishAcquire(c, args.status());
+
+    std::string dedup_key;
+    if (!req.request_id().empty()) {
+      dedup_key = absl::StrCat("acquire/", req.credential(), "/", req.request_id());
+      const int64_t now_ns = ToUnixNs(ledger_->clock()->Now());
+      if (std::optional<std::string> first = dedup_->Get(dedup_key, now_ns)) {
+        if (c->response()->ParseFromString(*first)) return FinishAcquire(c, absl::OkStatus());
+        log_->error("dedup answer unreadable key={}", dedup_key);
+        c->response()->Clear();
+      }
+    }
+
+    absl::Duration max_wait = args->max_wait;
+    const auto deadline = c->context()->deadline();
+    if (max_wait > absl::ZeroDuration() &&
+        deadline != std::chrono::system_clock::time_point::max()) {
+      // Not beyond the call's own deadline: the answer must arrive while the client listens.
+      max_wait = std::min(max_wait, absl::FromChrono(deadline) - absl::Now());
+    }
+    if (max_wait <= absl::ZeroDuration()) {
+      absl::StatusOr<Decision> decision = ledger_->Acquire(args->core);
+      return FinishAcquire(c, AnswerAcquire(c, std::move(decision), dedup_key));
+    }
+
+    WaitTicket ticket =
+        ledger_->AcquireOrWait(args->core, max_wait, args->priority,
+                               [this, c, ref = c->Ref(), key = std::move(dedup_key)](
+                                   absl::StatusOr<Decision> decision) mutable {
+                                 FinishAcquire(c, AnswerAcquire(c, std::move(decision), key));
+                               });
+    // A client that leaves (cancel, deadline) takes its request out of the queue. When the
+    // callback above already ran, or runs now, Cancel() is false and it answers.
+    c->OnCancel([this, c, ticket = std::move(ticket)] {
+      if (ledger_->Cancel(ticket)) {
+        c->TryFinish(grpc::Status(grpc::StatusCode::CANCELLED,
+                                  "the call was cancelled while "
+                                  "waiting"));
+      }
+    });
+  }
+
+  // Fills the response from a decision; records a grant under its request_id, or answers the
+  // standing first grant (undoing this one) when a copy of the request won the race.
+  absl::Status AnswerAcquire(AcquireCall* c, absl::StatusOr<Decision> decision,
+                             const std::string& dedup_key) {
+    if (!decision.ok()) return decision.status();
+    v1::AcquireResponse* resp = c->response();
     resp->set_granted(decision->granted);
     if (decision->granted) {
       resp->set_lease_id(decision->lease_id.ToString());
@@ -343,6 +507,109 @@ class QuotadServer::Impl {
     }
     resp->mutable_limits()->Reserve(static_cast<int>(decision->limits.size()));
     for (const LimitStatus& l : decision->limits) LimitStatusToProto(l, resp->add_limits());
+
+    // Only grants are recorded: a denial charged nothing, so a retry is simply decided again.
+    if (!decision->granted || dedup_key.empty()) return absl::OkStatus();
+    const absl::Time now = ledger_->clock()->Now();
+    absl::StatusOr<std::string> standing = dedup_->Put(
+        dedup_key, resp->SerializeAsString(), ToUnixNs(now + options_.dedup_window), ToUnixNs(now));
+    if (!standing.ok()) {
+      log_->warn("dedup record failed key={} error=\"{}\"", dedup_key,
+                 std::string(standing.status().message()));
+      return absl::OkStatus();
+    }
+    v1::AcquireResponse first;
+    if (!first.ParseFromString(*standing) || first.lease_id() == resp->lease_id()) {
+      return absl::OkStatus();
+    }
+    // A copy of this request was granted first: give this grant back whole (used = 0) and
+    // answer the first one.
+    absl::StatusOr<ReleaseResult> undone = ledger_->Release(decision->lease_id, 0);
+    if (!undone.ok()) {
+      log_->warn("undo of a duplicate grant failed lease={} error=\"{}\"",
+                 decision->lease_id.ToString(), std::string(undone.status().message()));
+    }
+    *resp = std::move(first);
+    return absl::OkStatus();
+  }
+
+  absl::Status HandleReport(const v1::ReportRequest& req, v1::ReportResponse* resp) {
+    if (absl::Status s = ValidateName("credential", req.credential()); !s.ok()) return s;
+    if (absl::Status s = ValidateName("feature", req.feature()); !s.ok()) return s;
+    if (req.http_status() < 100 || req.http_status() > 599) {
+      return absl::InvalidArgumentError(absl::StrCat("http_status ", req.http_status(),
+                                                     " is not an HTTP status code (100..599)"));
+    }
+    if (req.headers_size() > kMaxReportHeaders) {
+      return absl::InvalidArgumentError(absl::StrCat("headers has ", req.headers_size(),
+                                                     " entries; at most ", kMaxReportHeaders,
+                                                     " are allowed"));
+    }
+    size_t header_bytes = 0;
+    UpstreamHeaders headers;
+    headers.reserve(req.headers_size());
+    for (int i = 0; i < req.headers_size(); ++i) {
+      const v1::Header& h = req.headers(i);
+      const std::string field = absl::StrCat("headers[", i, "]");
+      if (h.name().empty()) return absl::InvalidArgumentError(field + ".name is required");
+      if (absl::Status s = ValidateText(field + ".name", h.name(), kMaxHeaderNameLength); !s.ok()) {
+        return s;
+      }
+      if (h.value().size() > kMaxHeaderValueLength) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            field, ".value (", QuoteForError(h.name()), ") ", QuoteForError(h.value()), " is ",
+            h.value().size(), " bytes long; at most ", kMaxHeaderValueLength, " are allowed"));
+      }
+      header_bytes += h.name().size() + h.value().size();
+      headers.emplace_back(h.name(), h.value());
+    }
+    if (header_bytes > kMaxReportHeaderBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("headers hold ", header_bytes,
+                                                     " bytes of names and values; at most ",
+                                                     kMaxReportHeaderBytes, " are allowed"));
+    }
+    if (req.body().size() > kMaxReportBodyBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("body is ", req.body().size(), " bytes long; at most ", kMaxReportBodyBytes,
+                       " are allowed (send the start of a longer body)"));
+    }
+    const absl::Time now = ledger_->clock()->Now();
+    absl::Time observed_at = now;
+    if (req.has_observed_at()) {
+      const google::protobuf::Timestamp& t = req.observed_at();
+      if (t.nanos() < 0 || t.nanos() > 999999999) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("observed_at {seconds: ", t.seconds(), ", nanos: ", t.nanos(),
+                         "} is not a valid timestamp (nanos out of range)"));
+      }
+      observed_at = absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
+      if (observed_at < now - kMaxReportAge || observed_at > now + kMaxReportLead) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "observed_at ", absl::FormatTime(absl::RFC3339_full, observed_at, absl::UTCTimeZone()),
+            " is more than ", absl::FormatDuration(kMaxReportAge), " before or ",
+            absl::FormatDuration(kMaxReportLead), " after the server's clock (",
+            absl::FormatTime(absl::RFC3339_full, now, absl::UTCTimeZone()), ")"));
+      }
+    }
+    UpstreamAnswer answer;
+    answer.credential = req.credential();
+    answer.feature = req.feature();
+    answer.http_status = req.http_status();
+    answer.headers = std::move(headers);
+    answer.body = req.body();
+    answer.observed_at = observed_at;
+    absl::StatusOr<ReportResult> result = ledger_->Report(answer);
+    if (!result.ok()) return result.status();
+    for (std::string& a : result->adopted) resp->add_adopted(std::move(a));
+    for (std::string& w : result->warnings) resp->add_warnings(std::move(w));
+    if (IsFinite(result->cooldown_until)) {
+      TimeToProto(result->cooldown_until, resp->mutable_cooldown_until());
+    }
+    if (!result->adopted.empty() || IsFinite(result->cooldown_until)) {
+      log_->info("report applied credential={} feature={} http_status={} adopted={} cooldown={}",
+                 req.credential(), req.feature(), req.http_status(), resp->adopted_size(),
+                 resp->has_cooldown_until() ? absl::FormatTime(result->cooldown_until) : "none");
+    }
     return absl::OkStatus();
   }
 
@@ -357,10 +624,35 @@ class QuotadServer::Impl {
       }
       used = req.used();
     }
+    if (absl::Status s = ValidateText("request_id", req.request_id(), kMaxRequestIdLength);
+        !s.ok()) {
+      return s;
+    }
+    std::string dedup_key;
+    if (!req.request_id().empty()) {
+      dedup_key = absl::StrCat("release/", req.lease_id(), "/", req.request_id());
+      if (std::optional<std::string> first =
+              dedup_->Get(dedup_key, ToUnixNs(ledger_->clock()->Now()))) {
+        if (resp->ParseFromString(*first)) return absl::OkStatus();
+        resp->Clear();
+      }
+    }
     absl::StatusOr<ReleaseResult> result = ledger_->Release(*id, used);
     if (!result.ok()) return result.status();
     resp->set_refunded(result->refunded);
     resp->set_freed(result->freed);
+    if (!dedup_key.empty()) {
+      const absl::Time now = ledger_->clock()->Now();
+      absl::StatusOr<std::string> standing =
+          dedup_->Put(dedup_key, resp->SerializeAsString(), ToUnixNs(now + options_.dedup_window),
+                      ToUnixNs(now));
+      if (standing.ok()) {
+        resp->ParseFromString(*standing);
+      } else {
+        log_->warn("dedup record failed key={} error=\"{}\"", dedup_key,
+                   std::string(standing.status().message()));
+      }
+    }
     return absl::OkStatus();
   }
 
@@ -485,11 +777,25 @@ class QuotadServer::Impl {
       if (dropped > 0 && log_->should_log(spdlog::level::debug)) {
         log_->debug("expired leases dropped count={}", dropped);
       }
+      const absl::Time now = ledger_->clock()->Now();
+      dedup_->Sweep(ToUnixNs(now));
+      if (journal_ != nullptr && now - last_compact_ >= options_.compact_interval) {
+        last_compact_ = now;
+        if (absl::Status s = journal_->Compact(ToUnixNs(now)); !s.ok()) {
+          log_->warn("state file compaction failed path={} error=\"{}\"", journal_->path(),
+                     std::string(s.message()));
+        }
+      }
     }
   }
 
   const ServerOptions options_;
   const std::shared_ptr<spdlog::logger> log_;
+  // Destroyed in reverse: the ledger before the pumper that it wakes, and both before the
+  // journal and dedup store they write to.
+  const std::unique_ptr<SqliteJournal> journal_;  // null when memory-only
+  const std::unique_ptr<DedupStore> dedup_;
+  const std::unique_ptr<Pumper> pumper_;
   const std::unique_ptr<Ledger> ledger_;
 
   absl::Mutex snapshot_mu_;
@@ -501,6 +807,7 @@ class QuotadServer::Impl {
   AdminService admin_;
   HealthService health_;
   AcquireCall::Method acquire_;
+  ReportCall::Method report_;
   ReleaseCall::Method release_;
   RenewCall::Method renew_;
   UsageCall::Method usage_;
@@ -518,6 +825,7 @@ class QuotadServer::Impl {
   std::unique_ptr<BlockingWorker> worker_ = std::make_unique<BlockingWorker>();
   absl::Mutex sweep_mu_;
   bool stop_sweeping_ ABSL_GUARDED_BY(sweep_mu_) = false;
+  absl::Time last_compact_ = absl::InfinitePast();  // sweeper thread only
   std::thread sweeper_;
 };
 
@@ -527,13 +835,57 @@ absl::StatusOr<std::unique_ptr<QuotadServer>> QuotadServer::Start(const ServerOp
   }
   absl::StatusOr<LoadedConfig> config = LoadConfigFile(options.config_path);
   if (!config.ok()) return config.status();
+  if (options.state_path.empty() == !options.memory_only) {
+    return absl::InvalidArgumentError(
+        options.memory_only ? "--state and --memory_only exclude each other: choose one"
+                            : "no state file: give --state=PATH (durable; created when missing) or "
+                              "--memory_only (counters and leases are lost on exit)");
+  }
+  if (!(options.reserve_fraction > 0 && options.reserve_fraction <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--reserve_fraction=", options.reserve_fraction, " is outside (0, 1]"));
+  }
+  if (options.dedup_window <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--dedup_window=", absl::FormatDuration(options.dedup_window), " must be positive"));
+  }
   Clock* clock = options.clock != nullptr ? options.clock : Clock::Real();
-  absl::StatusOr<std::unique_ptr<Ledger>> ledger = Ledger::Create(config->policy, clock);
+  std::unique_ptr<SqliteJournal> journal;
+  if (!options.state_path.empty()) {
+    SqliteOptions sqlite;
+    sqlite.reset_corrupt = options.reset_corrupt_state;
+    sqlite.synchronous_full = options.synchronous_full;
+    absl::StatusOr<std::unique_ptr<SqliteJournal>> opened =
+        SqliteJournal::Open(options.state_path, sqlite);
+    if (!opened.ok()) return opened.status();
+    journal = *std::move(opened);
+  }
+  absl::StatusOr<std::unique_ptr<DedupStore>> dedup =
+      DedupStore::Open(journal.get(), ToUnixNs(clock->Now()));
+  if (!dedup.ok()) return dedup.status();
+  auto pumper = std::make_unique<Pumper>(clock);
+  LedgerOptions ledger_options;
+  ledger_options.journal = journal.get();
+  ledger_options.reserve_fraction = options.reserve_fraction;
+  ledger_options.max_waiters_per_credential = options.max_waiters_per_credential;
+  ledger_options.wake = [p = pumper.get()](absl::Time t) { p->WakeBy(t); };
+  absl::StatusOr<std::unique_ptr<Ledger>> ledger =
+      Ledger::Create(config->policy, clock, ledger_options);
   if (!ledger.ok()) {
     return absl::Status(ledger.status().code(), absl::StrCat("config ", options.config_path, ": ",
                                                              ledger.status().message()));
   }
-  auto impl = std::make_unique<Impl>(options, *std::move(ledger), *config);
+  if (journal != nullptr) {
+    const absl::Time began = absl::Now();
+    if (absl::Status s = (*ledger)->Restore(); !s.ok()) {
+      return absl::Status(s.code(),
+                          absl::StrCat("state file ", options.state_path, ": ", s.message()));
+    }
+    ServerLogger()->info("state restored path={} leases={} took={}", options.state_path,
+                         (*ledger)->Leases("").size(), absl::FormatDuration(absl::Now() - began));
+  }
+  auto impl = std::make_unique<Impl>(options, std::move(journal), *std::move(dedup),
+                                     std::move(pumper), *std::move(ledger), *config);
   if (absl::Status s = impl->Listen(); !s.ok()) return s;
   return std::unique_ptr<QuotadServer>(new QuotadServer(std::move(impl)));
 }

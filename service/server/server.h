@@ -28,19 +28,43 @@ struct ServerOptions {
   absl::Duration shutdown_grace = absl::Seconds(10);
   // Time for the ledger. Not owned; must outlive the server. nullptr: the real clock.
   Clock* clock = nullptr;
+
+  // Durability. Exactly one of: `state_path`, the SQLite file of high-water marks, leases and
+  // idempotency answers (created when missing, read back before serving), or `memory_only`
+  // (everything is lost on exit). Neither is an error: memory-only only when asked for.
+  std::string state_path;
+  bool memory_only = false;
+  // Move a corrupt or foreign state file aside (<path>.corrupt-<time>) and start empty, instead
+  // of failing start-up.
+  bool reset_corrupt_state = false;
+  // fsync every commit of the state file (survives power loss, not only kill -9).
+  bool synchronous_full = false;
+  // Units reserved ahead per counter, as a fraction of its capacity (LedgerOptions): the most a
+  // crash can leave unused is one such block per counter and window.
+  double reserve_fraction = 0.01;
+  // How long the answer to a request_id is kept for retries.
+  absl::Duration dedup_window = absl::Minutes(10);
+  // How often the state file drops what no longer matters (Journal::Compact).
+  absl::Duration compact_interval = absl::Minutes(1);
+  // At most this many Acquire calls wait per credential; beyond, RESOURCE_EXHAUSTED.
+  int64_t max_waiters_per_credential = 10000;
 };
 
 // The quotad gRPC server: the Quota and Admin services on the asynchronous CompletionQueue API,
-// grpc.health.v1.Health, server reflection, and a sweeper thread for expired leases.
+// grpc.health.v1.Health, server reflection, a sweeper thread for expired leases, idempotency
+// answers and the state file, and a timer thread that serves the wait queues (Ledger::Pump).
+// Waiting Acquire calls are parked in the ledger without holding a thread.
 //
 // Handlers run on the completion-queue threads and never block on I/O: decisions take only the
 // ledger's short per-credential locks; ReloadConfig reads its file on a separate thread.
 // Thread-safe. Owns the ledger and every thread it starts.
 class QuotadServer {
  public:
-  // Loads the configuration, builds the ledger, binds the port and starts serving. Fails
-  // (kInvalidArgument / kNotFound for a bad config, kUnavailable for an address that cannot be
-  // bound) without leaving anything running.
+  // Loads the configuration, opens the state file and reads it back, builds the ledger, binds
+  // the port and starts serving. Fails (kInvalidArgument / kNotFound for a bad config or
+  // options, the store's kDataLoss / kFailedPrecondition / kPermissionDenied for a state file it
+  // cannot use, kUnavailable for an address that cannot be bound) without leaving anything
+  // running.
   static absl::StatusOr<std::unique_ptr<QuotadServer>> Start(const ServerOptions& options);
 
   // Shuts down if still running.
@@ -56,8 +80,9 @@ class QuotadServer {
   // The ledger the services decide with.
   Ledger* ledger() const;
 
-  // Health goes NOT_SERVING, new calls are refused, in-flight calls finish (cancelled after
-  // shutdown_grace), then every thread is joined. Idempotent; blocks; call it from a thread that
+  // Health goes NOT_SERVING, new calls are refused, waiting Acquire calls are answered
+  // UNAVAILABLE, in-flight calls finish (cancelled after shutdown_grace), then every thread is
+  // joined and the state file written. Idempotent; blocks; call it from a thread that
   // is not a completion-queue thread.
   void Shutdown() ABSL_LOCKS_EXCLUDED(shutdown_mu_);
 

@@ -22,6 +22,16 @@ inline constexpr absl::Duration kMaxWait = absl::Hours(1);
 // Longer than any lease a feature may allow; anything above is a unit mistake.
 inline constexpr absl::Duration kMaxTtl = absl::Hours(24 * 366);
 
+// Report: caps on what a worker passes on from an upstream answer.
+inline constexpr int kMaxReportHeaders = 64;
+inline constexpr size_t kMaxHeaderNameLength = 256;
+inline constexpr size_t kMaxHeaderValueLength = 8192;
+inline constexpr size_t kMaxReportHeaderBytes = 64 * 1024;  // names and values together
+inline constexpr size_t kMaxReportBodyBytes = 64 * 1024;
+// How far observed_at may lie behind / ahead of the server's clock.
+inline constexpr absl::Duration kMaxReportAge = absl::Hours(1);
+inline constexpr absl::Duration kMaxReportLead = absl::Minutes(1);
+
 // The value as it appears in an error message: quoted, C-escaped, at most 64 characters.
 std::string QuoteForError(absl::string_view value);
 

@@ -105,7 +105,8 @@ class QuotadProcess {
 };
 
 TEST(BinaryTest, SigtermGoesNotServingEndsWatchersAndExitsZero) {
-  QuotadProcess quotad({absl::StrCat("--config=", QUOTAD_TEST_CONFIG), "--listen=127.0.0.1:0"});
+  QuotadProcess quotad(
+      {absl::StrCat("--config=", QUOTAD_TEST_CONFIG), "--listen=127.0.0.1:0", "--memory_only"});
   std::optional<int> port = quotad.WaitForPort(absl::Seconds(20));
   ASSERT_TRUE(port.has_value()) << quotad.log();
   auto channel =
@@ -164,7 +165,8 @@ int RunQuotactl(const std::string& args, std::string* output) {
 }
 
 TEST(BinaryTest, QuotactlExitCodesAndOutput) {
-  QuotadProcess quotad({absl::StrCat("--config=", QUOTAD_TEST_CONFIG), "--listen=127.0.0.1:0"});
+  QuotadProcess quotad(
+      {absl::StrCat("--config=", QUOTAD_TEST_CONFIG), "--listen=127.0.0.1:0", "--memory_only"});
   std::optional<int> port = quotad.WaitForPort(absl::Seconds(20));
   ASSERT_TRUE(port.has_value()) << quotad.log();
   const std::string server = absl::StrCat("--server=127.0.0.1:", *port);
@@ -198,7 +200,7 @@ TEST(BinaryTest, BadConfigFailsFastWithMessage) {
   const std::string bad = "credentials:\n  - name: x/y\n    profile: no-such-profile\n";
   ASSERT_EQ(write(fd, bad.data(), bad.size()), static_cast<ssize_t>(bad.size()));
   close(fd);
-  QuotadProcess quotad({absl::StrCat("--config=", tmpl), "--listen=127.0.0.1:0"});
+  QuotadProcess quotad({absl::StrCat("--config=", tmpl), "--listen=127.0.0.1:0", "--memory_only"});
   std::optional<int> code = quotad.WaitForExit(absl::Seconds(20));
   unlink(tmpl);
   ASSERT_TRUE(code.has_value());
@@ -207,11 +209,13 @@ TEST(BinaryTest, BadConfigFailsFastWithMessage) {
 }
 
 TEST(BinaryTest, BusyPortFailsFastWithMessage) {
-  QuotadProcess first({absl::StrCat("--config=", QUOTAD_TEST_CONFIG), "--listen=127.0.0.1:0"});
+  QuotadProcess first(
+      {absl::StrCat("--config=", QUOTAD_TEST_CONFIG), "--listen=127.0.0.1:0", "--memory_only"});
   std::optional<int> port = first.WaitForPort(absl::Seconds(20));
   ASSERT_TRUE(port.has_value()) << first.log();
   const std::string addr = absl::StrCat("127.0.0.1:", *port);
-  QuotadProcess second({absl::StrCat("--config=", QUOTAD_TEST_CONFIG), "--listen=" + addr});
+  QuotadProcess second(
+      {absl::StrCat("--config=", QUOTAD_TEST_CONFIG), "--listen=" + addr, "--memory_only"});
   std::optional<int> code = second.WaitForExit(absl::Seconds(20));
   ASSERT_TRUE(code.has_value()) << second.log();
   EXPECT_NE(*code, 0);

@@ -32,7 +32,8 @@ ARGS = None
 
 def start_quotad():
     log = tempfile.NamedTemporaryFile(prefix="grpcurl_test_", suffix=".log", delete=False)
-    proc = subprocess.Popen([ARGS.quotad, f"--config={ARGS.config}", "--listen=127.0.0.1:0"],
+    proc = subprocess.Popen([ARGS.quotad, f"--config={ARGS.config}", "--listen=127.0.0.1:0",
+                             "--memory_only"],
                             stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

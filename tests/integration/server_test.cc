@@ -30,6 +30,7 @@ class ServerTest : public ::testing::Test {
   static void SetUpTestSuite() {
     ServerOptions options;
     options.config_path = QUOTAD_TEST_CONFIG;
+    options.memory_only = true;
     options.listen_address = "127.0.0.1:0";
     options.sweep_interval = absl::Milliseconds(100);
     absl::StatusOr<std::unique_ptr<QuotadServer>> server = QuotadServer::Start(options);
@@ -450,6 +451,7 @@ TEST_F(ServerTest, HealthIsServing) {
 TEST(ServerStartTest, FailsFastOnBadConfigAndBusyPort) {
   ServerOptions options;
   options.listen_address = "127.0.0.1:0";
+  options.memory_only = true;
   options.config_path = "/nonexistent/quotad.yaml";
   absl::StatusOr<std::unique_ptr<QuotadServer>> bad = QuotadServer::Start(options);
   ASSERT_FALSE(bad.ok());
