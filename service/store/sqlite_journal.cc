@@ -494,6 +494,7 @@ absl::StatusOr<std::unique_ptr<SqliteJournal>> SqliteJournal::Open(const std::st
           if (pages >= kCheckpointPages) {
             absl::MutexLock l(&j->queue_mu_);
             j->checkpoint_wanted_ = true;
+            j->writer_cv_.Signal();
           }
           return SQLITE_OK;
         },
@@ -562,6 +563,7 @@ SqliteJournal::~SqliteJournal() {
   {
     absl::MutexLock l(&queue_mu_);
     stopping_ = true;
+    writer_cv_.SignalAll();
   }
   if (writer_.joinable()) writer_.join();
   {
@@ -709,7 +711,7 @@ void SqliteJournal::Enqueue(Op op) {
   absl::MutexLock l(&queue_mu_);
   AwaitRoomLocked();
   ops_.push_back(std::move(op));
-  ++queued_;
+  if (++queued_ == 1 || queued_ == options_.commit_batch) writer_cv_.Signal();
 }
 
 void SqliteJournal::EnqueueRecord(const std::string& record, int64_t expiry_ns, bool release) {
@@ -733,7 +735,7 @@ void SqliteJournal::EnqueueRecord(const std::string& record, int64_t expiry_ns, 
     chunk.max_expiry_ns = std::max(chunk.max_expiry_ns, expiry_ns);
     chunk.min_expiry_ns = std::min(chunk.min_expiry_ns, expiry_ns);
   }
-  ++queued_;
+  if (++queued_ == 1 || queued_ == options_.commit_batch) writer_cv_.Signal();
 }
 
 void SqliteJournal::WriterLoop() {
@@ -741,21 +743,15 @@ void SqliteJournal::WriterLoop() {
     bool checkpoint = false;
     {
       absl::MutexLock l(&queue_mu_);
-      queue_mu_.Await(absl::Condition(
-          +[](SqliteJournal* j) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-            return j->stopping_ || j->queued_ > 0 || j->checkpoint_wanted_;
-          },
-          this));
+      while (!stopping_ && queued_ == 0 && !checkpoint_wanted_) writer_cv_.Wait(&queue_mu_);
       if (stopping_) return;  // the destructor writes the rest
       if (queued_ > 0) {
-        queue_mu_.AwaitWithTimeout(
-            absl::Condition(
-                +[](SqliteJournal* j) ABSL_NO_THREAD_SAFETY_ANALYSIS {
-                  return j->stopping_ || j->queued_ >= j->options_.commit_batch;
-                },
-                this),
-            options_.commit_interval);
+        const absl::Time deadline = absl::Now() + options_.commit_interval;
+        while (!stopping_ && queued_ < options_.commit_batch) {
+          if (writer_cv_.WaitWithDeadline(&queue_mu_, deadline)) break;  // timed out
+        }
       }
+      if (stopping_) return;
       checkpoint = checkpoint_wanted_;
       checkpoint_wanted_ = false;
     }
@@ -952,7 +948,7 @@ void SqliteJournal::DeleteLease(const std::string& id) {
     if (lease_rows_.erase(id) > 0) {
       AwaitRoomLocked();
       ops_.push_back(DeleteOp{id});
-      ++queued_;
+      if (++queued_ == 1 || queued_ == options_.commit_batch) writer_cv_.Signal();
       return;
     }
   }

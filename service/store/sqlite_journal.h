@@ -207,6 +207,10 @@ class SqliteJournal : public Journal {
   // Ids of the rows of `leases` (leases that hold slots, and rows of older files): a release
   // of one deletes the row; any other release is a lease_log record.
   absl::flat_hash_set<std::string> lease_rows_ ABSL_GUARDED_BY(queue_mu_);
+  // Wakes the writer thread: signalled when the queue stops being empty, when it reaches
+  // commit_batch, for a checkpoint and to stop. (A CondVar, not a Mutex::Await condition, so
+  // that an enqueue's unlock stays on the fast path.)
+  absl::CondVar writer_cv_;
   bool stopping_ ABSL_GUARDED_BY(queue_mu_) = false;
   // Set by the WAL hook when the WAL has grown past kCheckpointPages.
   bool checkpoint_wanted_ ABSL_GUARDED_BY(queue_mu_) = false;
