@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "service/config/builtin_profiles.h"
@@ -553,6 +554,107 @@ absl::Status ApplyOverride(const v1::Override& ov, const Origin& o, absl::string
   return absl::OkStatus();
 }
 
+constexpr absl::string_view kIdentityChars = "_.@-";
+constexpr absl::string_view kAccessMethods[] = {"Acquire", "Release", "Renew", "Report"};
+
+bool IsHexDigest(absl::string_view s) {
+  if (s.size() != 64) return false;
+  for (char c : s) {
+    if (!absl::ascii_isxdigit(c)) return false;
+  }
+  return true;
+}
+
+// The `auth` section: tokens name identities, rules and admins refer to them, rules refer to
+// configured credentials.
+absl::Status CheckAuth(const v1::Auth& auth, const absl::flat_hash_set<std::string>& credentials,
+                       const SourceMap& map) {
+  const Origin origin{&map, "auth"};
+  if (auth.tokens().empty()) {
+    return origin.Error("tokens",
+                        "an auth section needs at least one token (remove the section to turn "
+                        "authentication off)");
+  }
+  absl::flat_hash_set<std::string> identities;
+  absl::flat_hash_map<std::string, std::string> digests;  // lowercase digest -> field path
+  for (int i = 0; i < auth.tokens_size(); ++i) {
+    const v1::Token& t = auth.tokens(i);
+    const Origin to{&map, origin.Field(absl::StrCat("tokens[", i, "]"))};
+    bool valid_identity = !t.identity().empty() && t.identity().size() <= kMaxNameLength;
+    for (char c : t.identity()) {
+      valid_identity = valid_identity && (absl::ascii_isalnum(c) ||
+                                          kIdentityChars.find(c) != absl::string_view::npos);
+    }
+    if (!valid_identity) {
+      return to.Error("identity",
+                      absl::StrCat("an identity is 1 to ", kMaxNameLength,
+                                   " letters, digits and \"", kIdentityChars, "\", got ",
+                                   Quote(t.identity().substr(0, 80))));
+    }
+    if (!IsHexDigest(t.sha256())) {
+      return to.Error("sha256",
+                      absl::StrCat("must be the 64 hex digits of a SHA-256 digest (printf %s TOKEN "
+                                   "| sha256sum), got ",
+                                   Quote(t.sha256().substr(0, 80))));
+    }
+    auto [it, inserted] = digests.emplace(absl::AsciiStrToLower(t.sha256()), to.Field("sha256"));
+    if (!inserted) {
+      return to.Error("sha256",
+                      absl::StrCat("the same token is already listed at ", map.Locate(it->second)));
+    }
+    identities.insert(t.identity());
+  }
+  for (int i = 0; i < auth.rules_size(); ++i) {
+    const v1::AccessRule& r = auth.rules(i);
+    const Origin ro{&map, origin.Field(absl::StrCat("rules[", i, "]"))};
+    if (!identities.contains(r.identity())) {
+      return ro.Error("identity", absl::StrCat("identity ", Quote(r.identity()),
+                                               " has no token in auth.tokens"));
+    }
+    if (r.credentials().empty()) return ro.Error("credentials", "a rule needs at least one");
+    for (int j = 0; j < r.credentials_size(); ++j) {
+      const std::string& c = r.credentials(j);
+      const std::string field = absl::StrCat("credentials[", j, "]");
+      if (c == "*") continue;
+      if (absl::EndsWith(c, "/*")) {
+        const absl::string_view prefix = absl::string_view(c).substr(0, c.size() - 2);
+        bool ok = !prefix.empty();
+        for (char ch : prefix) {
+          ok = ok && (absl::ascii_isalnum(ch) || kCredentialNameChars.find(ch) != absl::string_view::npos);
+        }
+        if (!ok) {
+          return ro.Error(field, absl::StrCat("bad credential pattern ", Quote(c),
+                                              "; use a credential name, \"prefix/*\" or \"*\""));
+        }
+        continue;
+      }
+      if (!credentials.contains(c)) {
+        return ro.Error(field, absl::StrCat("unknown credential ", Quote(c),
+                                            " (use \"prefix/*\" for a family of credentials)"));
+      }
+    }
+    if (r.methods().empty()) return ro.Error("methods", "a rule needs at least one");
+    for (int j = 0; j < r.methods_size(); ++j) {
+      const std::string& m = r.methods(j);
+      bool known = m == "*";
+      for (absl::string_view k : kAccessMethods) known = known || m == k;
+      if (!known) {
+        return ro.Error(absl::StrCat("methods[", j, "]"),
+                        absl::StrCat("unknown method ", Quote(m),
+                                     "; known: Acquire, Release, Renew, Report, *"));
+      }
+    }
+  }
+  for (int i = 0; i < auth.admins_size(); ++i) {
+    if (!identities.contains(auth.admins(i))) {
+      return origin.Error(absl::StrCat("admins[", i, "]"),
+                          absl::StrCat("identity ", Quote(auth.admins(i)),
+                                       " has no token in auth.tokens"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<LoadedConfig> LoadParsed(v1::Config config, const SourceMap& map) {
   const absl::StatusOr<std::unique_ptr<Builtins>>& builtins = GetBuiltins();
   if (!builtins.ok()) {
@@ -637,6 +739,12 @@ absl::StatusOr<LoadedConfig> LoadParsed(v1::Config config, const SourceMap& map)
       for (FeatureSpec& f : spec.features) f.throttle = throttle;
     }
     loaded.policy.credentials.push_back(std::move(spec));
+  }
+
+  if (config.has_auth()) {
+    absl::flat_hash_set<std::string> names;
+    for (const v1::Credential& c : config.credentials()) names.insert(c.name());
+    QUOTAD_RETURN_IF_ERROR(CheckAuth(config.auth(), names, map));
   }
 
   absl::Status valid = ValidatePolicy(loaded.policy);
