@@ -262,7 +262,7 @@ class RatioReporter : public benchmark::ConsoleReporter {
       auto it = run.counters.find("items_per_second");
       if (run.run_type == Run::RT_Iteration && run.benchmark_name().rfind("BM_Acquire", 0) == 0 &&
           it != run.counters.end()) {
-        rate[run.benchmark_name()].push_back(it->second);
+        rate[absl::StrCat(run.run_name.args, "/threads:", run.threads)].push_back(it->second);
       }
     }
     ConsoleReporter::ReportRuns(runs);
@@ -285,9 +285,8 @@ int main(int argc, char** argv) {
   quotad::RatioReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
   for (int threads : {1, 2}) {
-    const std::string suffix = absl::StrCat("/real_time/threads:", threads);
-    auto mem = reporter.rate.find("BM_Acquire/sqlite:0/min_time:2.000" + suffix);
-    auto disk = reporter.rate.find("BM_Acquire/sqlite:1/min_time:2.000" + suffix);
+    auto mem = reporter.rate.find(absl::StrCat("sqlite:0/threads:", threads));
+    auto disk = reporter.rate.find(absl::StrCat("sqlite:1/threads:", threads));
     if (mem != reporter.rate.end() && disk != reporter.rate.end()) {
       const double m = quotad::RatioReporter::Median(mem->second);
       const double d = quotad::RatioReporter::Median(disk->second);
