@@ -1,0 +1,357 @@
+// The real server in process, on port 0 with a real SQLite state file in a temporary directory:
+// waiting Acquire calls over the wire (order and spacing, cancellation, the deadline cap,
+// shutdown), Report (cooldown, adopted counts, input caps) and request_id deduplication.
+// Wall-clock tests on a 5-per-second bucket; every wait is bounded polling, never a fixed sleep.
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "quotad/v1/quotad.grpc.pb.h"
+#include "service/server/server.h"
+
+namespace quotad {
+namespace {
+
+// Polls `done` every 5 ms until it holds or `timeout` passes.
+bool Eventually(const std::function<bool()>& done, absl::Duration timeout = absl::Seconds(10)) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    if (done()) return true;
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  return done();
+}
+
+std::string TempDir() {
+  char tmpl[] = "/tmp/quotad_wait_report_XXXXXX";
+  const char* dir = mkdtemp(tmpl);
+  return dir == nullptr ? std::string("/tmp") : std::string(dir);
+}
+
+class WaitReportTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = TempDir();
+    ServerOptions options;
+    options.config_path = QUOTAD_DURABLE_CONFIG;
+    options.state_path = dir_ + "/state.db";
+    options.listen_address = "127.0.0.1:0";
+    options.sweep_interval = absl::Milliseconds(100);
+    options.shutdown_grace = absl::Seconds(5);
+    absl::StatusOr<std::unique_ptr<QuotadServer>> server = QuotadServer::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+    quota_ = v1::Quota::NewStub(channel_);
+    admin_ = v1::Admin::NewStub(channel_);
+  }
+  void TearDown() override {
+    server_.reset();
+    std::system(absl::StrCat("rm -rf '", dir_, "'").c_str());
+  }
+
+  static v1::AcquireRequest Req(const std::string& credential, const std::string& feature,
+                                absl::Duration max_wait = absl::ZeroDuration()) {
+    v1::AcquireRequest r;
+    r.set_credential(credential);
+    r.set_feature(feature);
+    if (max_wait > absl::ZeroDuration()) {
+      r.mutable_max_wait()->set_seconds(absl::ToInt64Seconds(max_wait));
+      r.mutable_max_wait()->set_nanos(static_cast<int32_t>(
+          absl::ToInt64Nanoseconds(max_wait - absl::Seconds(absl::ToInt64Seconds(max_wait)))));
+    }
+    return r;
+  }
+
+  grpc::Status Acquire(const v1::AcquireRequest& req, v1::AcquireResponse* resp,
+                       absl::Duration deadline = absl::Seconds(30)) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+    return quota_->Acquire(&ctx, req, resp);
+  }
+
+  int64_t Used(const std::string& credential, const std::string& limit) {
+    grpc::ClientContext ctx;
+    v1::GetUsageRequest req;
+    req.set_credential(credential);
+    v1::GetUsageResponse resp;
+    EXPECT_TRUE(admin_->GetUsage(&ctx, req, &resp).ok());
+    for (const v1::LimitStatus& l : resp.limits()) {
+      if (l.name() == limit) return l.used();
+    }
+    ADD_FAILURE() << "no limit " << limit << " in " << resp.DebugString();
+    return -1;
+  }
+
+  // Takes the bucket's one token so that the next call must wait.
+  void Drain(const std::string& credential) {
+    ASSERT_TRUE(Eventually([&] {
+      v1::AcquireResponse r;
+      return Acquire(Req(credential, "calls"), &r).ok() && r.granted();
+    }));
+  }
+
+  std::string dir_;
+  std::unique_ptr<QuotadServer> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Quota::Stub> quota_;
+  std::unique_ptr<v1::Admin::Stub> admin_;
+};
+
+TEST_F(WaitReportTest, WaitingCallsAreGrantedInArrivalOrderAtTheSpacing) {
+  Drain("test/bucket");
+  constexpr int kClients = 5;
+  absl::Mutex mu;
+  std::vector<int> order;
+  std::vector<absl::Time> granted_at;
+  std::vector<std::thread> clients;
+  std::atomic<int> failures{0};
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&, i] {
+      v1::AcquireResponse r;
+      grpc::Status s = Acquire(Req("test/bucket", "calls", absl::Seconds(10)), &r);
+      const absl::Time now = absl::Now();
+      if (!s.ok() || !r.granted()) {
+        failures.fetch_add(1);
+        return;
+      }
+      absl::MutexLock lock(&mu);
+      order.push_back(i);
+      granted_at.push_back(now);
+    });
+    // Arrival order is the order in which calls are parked: wait for each before the next.
+    ASSERT_TRUE(Eventually([&] {
+      absl::MutexLock lock(&mu);
+      return server_->ledger()->waiting() + static_cast<int64_t>(order.size()) >= i + 1;
+    }));
+  }
+  for (std::thread& t : clients) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  ASSERT_EQ(order.size(), static_cast<size_t>(kClients));
+  for (int i = 0; i < kClients; ++i) EXPECT_EQ(order[i], i);
+  // One token every 200 ms: consecutive grants are spaced by about that (client-side times,
+  // so allow scheduling noise in both directions, but never two grants at once).
+  for (int i = 1; i < kClients; ++i) {
+    const absl::Duration gap = granted_at[i] - granted_at[i - 1];
+    EXPECT_GE(gap, absl::Milliseconds(120)) << "grant " << i;
+    EXPECT_LE(gap, absl::Milliseconds(600)) << "grant " << i;
+  }
+  EXPECT_EQ(server_->ledger()->waiting(), 0);
+}
+
+TEST_F(WaitReportTest, CancelledWaitingCallLeavesTheQueue) {
+  Drain("test/bucket2");
+  grpc::ClientContext cancelled_ctx;
+  grpc::Status cancelled_status;
+  std::thread leaver([&] {
+    v1::AcquireResponse r;
+    cancelled_status =
+        quota_->Acquire(&cancelled_ctx, Req("test/bucket2", "calls", absl::Seconds(30)), &r);
+  });
+  ASSERT_TRUE(Eventually([&] { return server_->ledger()->waiting() == 1; }));
+  cancelled_ctx.TryCancel();
+  leaver.join();
+  EXPECT_EQ(cancelled_status.error_code(), grpc::StatusCode::CANCELLED);
+  // Cancel() took it out of the queue: nothing waits, and the next token goes to a later call.
+  ASSERT_TRUE(Eventually([&] { return server_->ledger()->waiting() == 0; }));
+  v1::AcquireResponse later;
+  ASSERT_TRUE(Acquire(Req("test/bucket2", "calls", absl::Seconds(5)), &later).ok());
+  EXPECT_TRUE(later.granted());
+}
+
+TEST_F(WaitReportTest, MaxWaitIsCappedAtTheCallDeadline) {
+  Drain("test/bucket3");
+  // Hold the queue with a long waiter so that the next token is far away for the second one.
+  for (int round = 0; round < 3; ++round) {
+    v1::AcquireResponse r;
+    const absl::Time began = absl::Now();
+    grpc::Status s =
+        Acquire(Req("test/bucket3", "calls", absl::Minutes(30)), &r, absl::Milliseconds(100));
+    // Either granted within the deadline, or the deadline passed: never held for 30 minutes.
+    EXPECT_LT(absl::Now() - began, absl::Seconds(5));
+    if (s.ok()) EXPECT_TRUE(r.granted() || !r.limited_by().empty());
+  }
+  ASSERT_TRUE(Eventually([&] { return server_->ledger()->waiting() == 0; }));
+}
+
+TEST_F(WaitReportTest, ShutdownAnswersWaitingCallsUnavailable) {
+  Drain("test/bucket");
+  // Three waiters: the first may be granted by the next refill; the rest must be answered by
+  // the shutdown, UNAVAILABLE, long before their 60 s wait ends.
+  constexpr int kClients = 3;
+  std::vector<grpc::Status> statuses(kClients);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&, i] {
+      v1::AcquireResponse r;
+      statuses[i] = Acquire(Req("test/bucket", "calls", absl::Seconds(60)), &r);
+    });
+  }
+  ASSERT_TRUE(Eventually([&] { return server_->ledger()->waiting() >= kClients - 1; }));
+  const absl::Time began = absl::Now();
+  server_->Shutdown();
+  for (std::thread& t : clients) t.join();
+  EXPECT_LT(absl::Now() - began, absl::Seconds(5));
+  int unavailable = 0;
+  for (const grpc::Status& s : statuses) {
+    if (s.error_code() == grpc::StatusCode::UNAVAILABLE) {
+      ++unavailable;
+      EXPECT_NE(s.error_message().find("shutting down"), std::string::npos) << s.error_message();
+    }
+  }
+  EXPECT_GE(unavailable, kClients - 1);
+}
+
+TEST_F(WaitReportTest, ThrottleReportPutsTheFeatureIntoCooldown) {
+  grpc::ClientContext ctx;
+  v1::ReportRequest req;
+  req.set_credential("test/report");
+  req.set_feature("requests");
+  req.set_http_status(429);
+  v1::Header* h = req.add_headers();
+  h->set_name("Retry-After");
+  h->set_value("12");
+  v1::ReportResponse resp;
+  const absl::Time before = absl::Now();
+  ASSERT_TRUE(quota_->Report(&ctx, req, &resp).ok());
+  ASSERT_TRUE(resp.has_cooldown_until());
+  const absl::Time until = absl::FromUnixSeconds(resp.cooldown_until().seconds());
+  EXPECT_GE(until, before + absl::Seconds(10));
+  EXPECT_LE(until, absl::Now() + absl::Seconds(13));
+
+  v1::AcquireResponse denied;
+  ASSERT_TRUE(Acquire(Req("test/report", "requests"), &denied).ok());
+  EXPECT_FALSE(denied.granted());
+  EXPECT_EQ(denied.limited_by(), "requests.cooldown");
+  EXPECT_GE(denied.retry_after().seconds(), 10);
+}
+
+TEST_F(WaitReportTest, ReportAdoptsTheUpstreamCountInUsage) {
+  v1::AcquireResponse r;
+  ASSERT_TRUE(Acquire(Req("test/report", "requests"), &r).ok());
+  ASSERT_TRUE(r.granted());
+  grpc::ClientContext ctx;
+  v1::ReportRequest req;
+  req.set_credential("test/report");
+  req.set_feature("requests");
+  req.set_http_status(200);
+  for (auto [name, value] : {std::pair<const char*, const char*>{"X-RateLimit-Limit", "100"},
+                             {"X-RateLimit-Remaining", "60"},
+                             {"X-RateLimit-Remaining-Bogus", "x"}}) {
+    v1::Header* h = req.add_headers();
+    h->set_name(name);
+    h->set_value(value);
+  }
+  v1::ReportResponse resp;
+  ASSERT_TRUE(quota_->Report(&ctx, req, &resp).ok());
+  EXPECT_EQ(resp.adopted_size(), 1) << resp.DebugString();
+  EXPECT_FALSE(resp.has_cooldown_until());
+  EXPECT_EQ(Used("test/report", "requests.per_minute"), 40);
+}
+
+TEST_F(WaitReportTest, ReportRejectsOversizedInputNamingTheValue) {
+  auto report = [&](const v1::ReportRequest& req) {
+    grpc::ClientContext ctx;
+    v1::ReportResponse resp;
+    return quota_->Report(&ctx, req, &resp);
+  };
+  v1::ReportRequest base;
+  base.set_credential("test/report");
+  base.set_feature("requests");
+  base.set_http_status(429);
+
+  v1::ReportRequest many = base;
+  for (int i = 0; i < 65; ++i) {
+    v1::Header* h = many.add_headers();
+    h->set_name(absl::StrCat("X-H", i));
+    h->set_value("1");
+  }
+  grpc::Status s = report(many);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("65"), std::string::npos) << s.error_message();
+
+  v1::ReportRequest long_value = base;
+  v1::Header* h = long_value.add_headers();
+  h->set_name("Retry-After");
+  h->set_value(std::string(9000, '1'));
+  s = report(long_value);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("9000 bytes"), std::string::npos) << s.error_message();
+
+  v1::ReportRequest big_body = base;
+  big_body.set_body(std::string(70000, 'x'));
+  s = report(big_body);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("body is 70000 bytes"), std::string::npos) << s.error_message();
+
+  v1::ReportRequest bad_status = base;
+  bad_status.set_http_status(42);
+  s = report(bad_status);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("http_status 42"), std::string::npos) << s.error_message();
+
+  v1::ReportRequest unknown = base;
+  unknown.set_feature("nothing");
+  EXPECT_EQ(report(unknown).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(WaitReportTest, RetriedRequestIdGetsTheFirstGrantAndChargesOnce) {
+  v1::AcquireRequest req = Req("test/dedup", "calls");
+  req.set_request_id("job-17/attempt");
+  v1::AcquireResponse first, second;
+  ASSERT_TRUE(Acquire(req, &first).ok());
+  ASSERT_TRUE(first.granted());
+  ASSERT_TRUE(Acquire(req, &second).ok());
+  EXPECT_EQ(second.lease_id(), first.lease_id());
+  EXPECT_EQ(Used("test/dedup", "calls.per_day"), 1);
+
+  // Concurrent copies of one new request: one grant stands, every copy gets it, one charge.
+  v1::AcquireRequest racing = Req("test/dedup", "calls");
+  racing.set_request_id("race-1");
+  constexpr int kCopies = 8;
+  std::vector<std::string> ids(kCopies);
+  std::vector<std::thread> copies;
+  for (int i = 0; i < kCopies; ++i) {
+    copies.emplace_back([&, i] {
+      v1::AcquireResponse r;
+      if (Acquire(racing, &r).ok() && r.granted()) ids[i] = r.lease_id();
+    });
+  }
+  for (std::thread& t : copies) t.join();
+  for (const std::string& id : ids) EXPECT_EQ(id, ids[0]);
+  EXPECT_FALSE(ids[0].empty());
+  EXPECT_EQ(Used("test/dedup", "calls.per_day"), 2);
+
+  // Release by request_id: a retry gets the first answer instead of NOT_FOUND.
+  v1::AcquireRequest job = Req("test/dedup", "jobs");
+  v1::AcquireResponse lease;
+  ASSERT_TRUE(Acquire(job, &lease).ok());
+  ASSERT_TRUE(lease.granted());
+  v1::ReleaseRequest rel;
+  rel.set_lease_id(lease.lease_id());
+  rel.set_request_id("release-1");
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    grpc::ClientContext ctx;
+    v1::ReleaseResponse resp;
+    grpc::Status s = quota_->Release(&ctx, rel, &resp);
+    ASSERT_TRUE(s.ok()) << "attempt " << attempt << ": " << s.error_message();
+    EXPECT_EQ(resp.freed(), 1);
+  }
+}
+
+}  // namespace
+}  // namespace quotad
