@@ -1,0 +1,129 @@
+#ifndef QUOTAD_SERVICE_SERVER_AUTH_H_
+#define QUOTAD_SERVICE_SERVER_AUTH_H_
+
+// Bearer-token identities and access rules (the `auth` section of the configuration).
+//
+// A token is never stored: the configuration holds the SHA-256 of each token, and a presented
+// token is hashed and compared with every stored digest in constant time. An identity may call a
+// Quota method on a credential when one of its rules names both (exact name, "prefix/*" or "*");
+// admins may call everything, including the Admin service, and end anyone's lease. A lease may be
+// released or renewed only by the identity that acquired it (LeaseOwners), or by an admin.
+//
+// Without an `auth` section the Authorizer is disabled: every call is allowed, as "anonymous".
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "quotad/v1/config.pb.h"
+
+namespace quotad {
+
+// What an identity may be allowed to do.
+enum class AccessMethod { kAcquire, kRelease, kRenew, kReport, kAdmin };
+
+// "Acquire", ..., "Admin".
+absl::string_view AccessMethodName(AccessMethod method);
+
+// Lowercase hex SHA-256 of `data`.
+std::string Sha256Hex(absl::string_view data);
+
+// Compares without an early exit on the first difference (time depends only on the lengths).
+bool ConstantTimeEquals(absl::string_view a, absl::string_view b);
+
+// The identity of a call without auth configured.
+inline constexpr absl::string_view kAnonymousIdentity = "anonymous";
+
+// Decides who a caller is and what it may do. Immutable once built; thread-safe.
+class Authorizer {
+ public:
+  // An Authorizer that allows everything (no `auth` section).
+  static std::unique_ptr<const Authorizer> AllowAll();
+
+  // From a configuration's `auth` section (already validated by the config loader; checked again
+  // here: kInvalidArgument for a bad digest, method or dangling identity).
+  static absl::StatusOr<std::unique_ptr<const Authorizer>> Create(const v1::Auth& auth);
+
+  // AllowAll() when `config` has no auth section, else Create(config.auth()).
+  static absl::StatusOr<std::unique_ptr<const Authorizer>> FromConfig(const v1::Config& config);
+
+  // Whether calls are checked at all.
+  bool enabled() const { return enabled_; }
+
+  // The identity for the value of the `authorization` metadata ("Bearer <token>"; the scheme is
+  // case-insensitive). kUnauthenticated when the header is missing (nullopt), malformed, or the
+  // token is unknown; the message never echoes the token. Disabled: kAnonymousIdentity.
+  absl::StatusOr<std::string> Authenticate(std::optional<absl::string_view> authorization) const;
+
+  // OK, or kPermissionDenied naming the identity, method and credential. `credential` is ignored
+  // for kAdmin. Disabled: OK.
+  absl::Status Authorize(absl::string_view identity, AccessMethod method,
+                         absl::string_view credential) const;
+
+  // Whether `identity` may end or extend a lease held by `owner` (itself, or an admin).
+  // kPermissionDenied otherwise. Disabled: OK.
+  absl::Status AuthorizeLease(absl::string_view identity, AccessMethod method,
+                              absl::string_view owner) const;
+
+  bool IsAdmin(absl::string_view identity) const;
+
+ private:
+  struct Rule {
+    std::vector<std::string> exact;     // credential names
+    std::vector<std::string> prefixes;  // "prefix/" of "prefix/*"
+    bool all_credentials = false;
+    std::array<bool, 4> methods{};  // indexed by AccessMethod (kAcquire..kReport)
+  };
+
+  Authorizer() = default;
+
+  bool enabled_ = false;
+  std::vector<std::pair<std::string, std::string>> digests_;  // raw 32-byte digest, identity
+  absl::flat_hash_map<std::string, std::vector<Rule>> rules_;
+  absl::flat_hash_set<std::string> admins_;
+};
+
+// Which identity holds each live lease, so that Release and Renew can be refused to others.
+// Entries are dropped on Forget() and, once expired, by Prune(). Kept in memory only: a lease
+// restored from the store after a restart has no recorded owner (Lookup gives nullopt).
+// Thread-safe (sharded mutexes).
+class LeaseOwners {
+ public:
+  void Record(absl::string_view lease_id, absl::string_view identity, absl::Time expiry);
+  std::optional<std::string> Lookup(absl::string_view lease_id) const;
+  // Moves the expiry of a recorded lease (after Renew).
+  void Extend(absl::string_view lease_id, absl::Time expiry);
+  void Forget(absl::string_view lease_id);
+  // Drops entries that expired before `now`; returns how many.
+  int64_t Prune(absl::Time now);
+  int64_t size() const;
+
+ private:
+  struct Entry {
+    std::string identity;
+    absl::Time expiry;
+  };
+  struct Shard {
+    mutable absl::Mutex mu;
+    absl::flat_hash_map<std::string, Entry> owners ABSL_GUARDED_BY(mu);
+  };
+  static constexpr int kShards = 16;
+  Shard& ShardFor(absl::string_view lease_id) const;
+
+  mutable std::array<Shard, kShards> shards_;
+};
+
+}  // namespace quotad
+
+#endif  // QUOTAD_SERVICE_SERVER_AUTH_H_

@@ -1,0 +1,252 @@
+#include "service/server/metrics.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+#include <algorithm>
+#include <exception>
+#include <limits>
+#include <sstream>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+namespace quotad {
+namespace {
+
+// 50us .. ~0.8s, doubling: decisions take microseconds; waits and reloads take longer.
+prometheus::Histogram::BucketBoundaries LatencyBuckets() {
+  prometheus::Histogram::BucketBoundaries b;
+  for (double v = 50e-6; v < 1.0; v *= 2) b.push_back(v);
+  return b;
+}
+
+}  // namespace
+
+Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
+  using prometheus::BuildCounter;
+  using prometheus::BuildGauge;
+  using prometheus::BuildHistogram;
+  decisions_ = &BuildCounter()
+                    .Name("quotad_decisions_total")
+                    .Help("Acquire decisions by credential, feature and result.")
+                    .Register(*registry_);
+  denials_ = &BuildCounter()
+                  .Name("quotad_denials_total")
+                  .Help("Denied Acquires by credential and the limit that denied them.")
+                  .Register(*registry_);
+  request_errors_ = &BuildCounter()
+                         .Name("quotad_request_errors_total")
+                         .Help("Calls that ended with an error status, by method and code.")
+                         .Register(*registry_);
+  auth_failures_ = &BuildCounter()
+                        .Name("quotad_auth_failures_total")
+                        .Help("Calls refused by authentication or access rules.")
+                        .Register(*registry_);
+  waits_ = &BuildCounter()
+                .Name("quotad_waits_total")
+                .Help("Acquires parked in the wait queue, by credential.")
+                .Register(*registry_);
+  cooldowns_ = &BuildCounter()
+                    .Name("quotad_cooldowns_total")
+                    .Help("Cooldowns started by upstream throttle answers.")
+                    .Register(*registry_);
+  store_errors_ = &BuildCounter()
+                       .Name("quotad_store_errors_total")
+                       .Help("Failed store operations.")
+                       .Register(*registry_);
+  reloads_ = &BuildCounter()
+                  .Name("quotad_config_reloads_total")
+                  .Help("Configuration reloads by result.")
+                  .Register(*registry_);
+  queue_depth_family_ = &BuildGauge()
+                             .Name("quotad_queue_depth")
+                             .Help("Acquires waiting in the queue.")
+                             .Register(*registry_);
+  queue_depth_ = &queue_depth_family_->Add({});
+  live_leases_ = &BuildGauge()
+                      .Name("quotad_live_leases")
+                      .Help("Leases not yet released or expired, by credential.")
+                      .Register(*registry_);
+  cooldown_active_ = &BuildGauge()
+                          .Name("quotad_cooldown_active")
+                          .Help("1 while a feature is cooling down after a throttle answer.")
+                          .Register(*registry_);
+  remaining_ = &BuildGauge()
+                    .Name("quotad_remaining_units")
+                    .Help("Units left in the current window (smallest over scopes).")
+                    .Register(*registry_);
+  capacity_ = &BuildGauge()
+                   .Name("quotad_capacity_units")
+                   .Help("Capacity of each limit.")
+                   .Register(*registry_);
+  latency_ = &BuildHistogram()
+                  .Name("quotad_decision_latency_seconds")
+                  .Help("Time from a call's arrival in its handler to its answer, by method.")
+                  .Register(*registry_);
+}
+
+Metrics::~Metrics() = default;
+
+absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& listen) {
+  std::unique_ptr<Metrics> m(new Metrics());
+  if (listen.empty()) return m;
+  try {
+    m->exposer_ = std::make_unique<prometheus::Exposer>(listen, /*num_threads=*/1);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve metrics on ", listen, ": ", e.what()));
+  }
+  m->exposer_->RegisterCollectable(m->registry_);
+  const std::vector<int> ports = m->exposer_->GetListeningPorts();
+  m->port_ = ports.empty() ? 0 : ports.front();
+  return m;
+}
+
+prometheus::Counter& Metrics::CachedCounter(prometheus::Family<prometheus::Counter>* family,
+                                            absl::string_view k1, absl::string_view v1,
+                                            absl::string_view k2, absl::string_view v2,
+                                            absl::string_view k3, absl::string_view v3) {
+  const std::string key = absl::StrCat(reinterpret_cast<uintptr_t>(family), "\x1f", v1, "\x1f",
+                                       v2, "\x1f", v3);
+  {
+    absl::ReaderMutexLock lock(&cache_mu_);
+    if (auto it = counters_.find(key); it != counters_.end()) return *it->second;
+  }
+  prometheus::Labels labels{{std::string(k1), std::string(v1)}};
+  if (!k2.empty()) labels.emplace(std::string(k2), std::string(v2));
+  if (!k3.empty()) labels.emplace(std::string(k3), std::string(v3));
+  prometheus::Counter& c = family->Add(labels);  // returns the existing series if any
+  absl::MutexLock lock(&cache_mu_);
+  counters_.emplace(key, &c);
+  return c;
+}
+
+prometheus::Histogram& Metrics::LatencyFor(absl::string_view method) {
+  {
+    absl::ReaderMutexLock lock(&cache_mu_);
+    if (auto it = latencies_.find(method); it != latencies_.end()) return *it->second;
+  }
+  prometheus::Histogram& h = latency_->Add({{"method", std::string(method)}}, LatencyBuckets());
+  absl::MutexLock lock(&cache_mu_);
+  latencies_.emplace(method, &h);
+  return h;
+}
+
+void Metrics::OnDecision(absl::string_view method, absl::string_view credential,
+                         absl::string_view feature, bool granted, absl::string_view limited_by,
+                         absl::Duration latency) {
+  CachedCounter(decisions_, "credential", credential, "feature", feature, "result",
+                granted ? "granted" : "denied")
+      .Increment();
+  if (!granted && !limited_by.empty()) {
+    CachedCounter(denials_, "credential", credential, "limit", limited_by).Increment();
+  }
+  LatencyFor(method).Observe(absl::ToDoubleSeconds(latency));
+}
+
+void Metrics::OnRequestError(absl::string_view method, absl::string_view code) {
+  CachedCounter(request_errors_, "method", method, "code", code).Increment();
+}
+
+void Metrics::OnCall(absl::string_view method, absl::Duration latency) {
+  LatencyFor(method).Observe(absl::ToDoubleSeconds(latency));
+}
+
+void Metrics::OnAuthFailure(absl::string_view reason) {
+  CachedCounter(auth_failures_, "reason", reason).Increment();
+}
+
+void Metrics::OnWait(absl::string_view credential) {
+  CachedCounter(waits_, "credential", credential).Increment();
+}
+
+void Metrics::OnCooldown(absl::string_view credential, absl::string_view feature,
+                         absl::Time until) {
+  CachedCounter(cooldowns_, "credential", credential, "feature", feature).Increment();
+  absl::MutexLock lock(&cache_mu_);
+  absl::Time& t = cooldown_until_[{std::string(credential), std::string(feature)}];
+  t = std::max(t, until);
+}
+
+void Metrics::OnStoreError(absl::string_view operation) {
+  CachedCounter(store_errors_, "operation", operation).Increment();
+}
+
+void Metrics::OnConfigReload(bool ok) {
+  CachedCounter(reloads_, "result", ok ? "ok" : "rejected").Increment();
+}
+
+void Metrics::Refresh(Ledger& ledger, absl::Time now) {
+  queue_depth_->Set(static_cast<double>(ledger.waiting()));
+  const Policy policy = ledger.policy();
+  absl::flat_hash_map<std::string, int64_t> leases;
+  for (const CredentialSpec& c : policy.credentials) leases[c.name] = 0;
+  for (const LeaseInfo& l : ledger.Leases("")) {
+    if (auto it = leases.find(l.credential); it != leases.end()) ++it->second;
+  }
+
+  absl::MutexLock lock(&refresh_mu_);
+  absl::flat_hash_set<std::string> seen;
+  auto set = [&](prometheus::Family<prometheus::Gauge>* family, prometheus::Labels labels,
+                 double value) {
+    std::string key = absl::StrCat(reinterpret_cast<uintptr_t>(family));
+    for (const auto& [k, v] : labels) absl::StrAppend(&key, "\x1f", k, "=", v);
+    auto it = gauges_.find(key);
+    if (it == gauges_.end()) {
+      it = gauges_.emplace(key, GaugeRef{family, &family->Add(labels)}).first;
+    }
+    it->second.gauge->Set(value);
+    seen.insert(std::move(key));
+  };
+
+  for (const auto& [credential, n] : leases) {
+    set(live_leases_, {{"credential", credential}}, static_cast<double>(n));
+  }
+  for (const CredentialSpec& c : policy.credentials) {
+    absl::StatusOr<std::vector<LimitStatus>> usage = ledger.Usage(c.name);
+    if (!usage.ok()) continue;
+    absl::flat_hash_map<std::string, std::pair<int64_t, int64_t>> by_limit;  // remaining, capacity
+    for (const LimitStatus& l : *usage) {
+      if (l.kind == LimitKind::kUnlimited) continue;
+      auto [it, inserted] = by_limit.emplace(l.name, std::make_pair(l.remaining, l.capacity));
+      if (!inserted) it->second.first = std::min(it->second.first, l.remaining);
+    }
+    for (const auto& [limit, rc] : by_limit) {
+      set(remaining_, {{"credential", c.name}, {"limit", limit}},
+          static_cast<double>(rc.first));
+      set(capacity_, {{"credential", c.name}, {"limit", limit}},
+          static_cast<double>(rc.second));
+    }
+  }
+  std::vector<std::pair<std::pair<std::string, std::string>, absl::Time>> cooldowns;
+  {
+    absl::MutexLock cache_lock(&cache_mu_);
+    absl::erase_if(cooldown_until_, [&](const auto& kv) { return !leases.contains(kv.first.first); });
+    cooldowns.assign(cooldown_until_.begin(), cooldown_until_.end());
+  }
+  for (const auto& [key, until] : cooldowns) {
+    set(cooldown_active_, {{"credential", key.first}, {"feature", key.second}},
+        until > now ? 1.0 : 0.0);
+  }
+
+  absl::erase_if(gauges_, [&](const auto& kv) {
+    if (seen.contains(kv.first)) return false;
+    kv.second.family->Remove(kv.second.gauge);
+    return true;
+  });
+}
+
+std::string Metrics::Serialize() const {
+  std::ostringstream out;
+  prometheus::TextSerializer().Serialize(out, registry_->Collect());
+  return out.str();
+}
+
+}  // namespace quotad

@@ -1,0 +1,142 @@
+#ifndef QUOTAD_SERVICE_SERVER_METRICS_H_
+#define QUOTAD_SERVICE_SERVER_METRICS_H_
+
+// Prometheus metrics of the server (prometheus-cpp), served over HTTP at /metrics.
+//
+// Label values are bounded by the configuration: credential, feature and limit labels are set
+// only from decisions the ledger made (so the names exist in the policy), never from a request
+// that failed validation; scopes are never a label. Gauges are refreshed from the ledger by
+// Refresh(), which the server calls periodically; series of credentials that a reload removed are
+// dropped at the next refresh.
+//
+//   quotad_decisions_total{credential,feature,result="granted|denied"}   counter
+//   quotad_denials_total{credential,limit}                               counter
+//   quotad_request_errors_total{method,code}                             counter
+//   quotad_auth_failures_total{reason="unauthenticated|permission_denied"} counter
+//   quotad_waits_total{credential}                                       counter
+//   quotad_queue_depth                                                   gauge
+//   quotad_live_leases{credential}                                       gauge
+//   quotad_cooldowns_total{credential,feature}                           counter
+//   quotad_cooldown_active{credential,feature}                           gauge (0/1)
+//   quotad_remaining_units{credential,limit}                             gauge
+//   quotad_capacity_units{credential,limit}                              gauge
+//   quotad_decision_latency_seconds{method}                              histogram
+//   quotad_store_errors_total{operation}                                 counter
+//   quotad_config_reloads_total{result="ok|rejected"}                    counter
+//
+// Scoped limits report the smallest remaining of their scopes. Unlimited limits are left out of
+// the remaining/capacity gauges.
+//
+// Thread-safe. Owns its registry and HTTP listener.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "service/core/ledger.h"
+
+namespace prometheus {
+class Counter;
+class Exposer;
+class Gauge;
+class Histogram;
+class Registry;
+template <typename T>
+class Family;
+}  // namespace prometheus
+
+namespace quotad {
+
+class Metrics {
+ public:
+  // `listen` is host:port for the HTTP endpoint ("0.0.0.0:9090"; port 0 picks one); empty keeps
+  // the registry without serving it. kUnavailable when the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<Metrics>> Create(const std::string& listen);
+  ~Metrics();
+
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
+
+  // The bound HTTP port; 0 without a listener.
+  int port() const { return port_; }
+
+  // A decision the ledger made on `credential`/`feature` (both known to the policy).
+  // `limited_by` is "feature.limit" when denied. `method` is "Acquire" (or "AcquireWait").
+  void OnDecision(absl::string_view method, absl::string_view credential,
+                  absl::string_view feature, bool granted, absl::string_view limited_by,
+                  absl::Duration latency);
+  // A call that ended with an error status (code as absl::StatusCodeToString), any method.
+  void OnRequestError(absl::string_view method, absl::string_view code);
+  // Latency of any other call that reached its handler (Release, Renew, Report, Admin ...).
+  void OnCall(absl::string_view method, absl::Duration latency);
+  // A refused caller: reason "unauthenticated" or "permission_denied".
+  void OnAuthFailure(absl::string_view reason);
+  // A request parked in the wait queue of a known credential.
+  void OnWait(absl::string_view credential);
+  // A throttle answer put `feature` of `credential` into cooldown until `until`.
+  void OnCooldown(absl::string_view credential, absl::string_view feature, absl::Time until);
+  // The store failed an operation ("reserve", "lease", "release", "restore", ...).
+  void OnStoreError(absl::string_view operation);
+  void OnConfigReload(bool ok);
+
+  // Re-reads the gauges from `ledger`: queue depth, live leases, remaining and capacity of every
+  // limit of every configured credential, active cooldowns at `now`.
+  void Refresh(Ledger& ledger, absl::Time now);
+
+  // The whole registry in the Prometheus text format (what /metrics serves).
+  std::string Serialize() const;
+
+ private:
+  Metrics();
+  prometheus::Counter& CachedCounter(prometheus::Family<prometheus::Counter>* family,
+                                     absl::string_view k1, absl::string_view v1,
+                                     absl::string_view k2 = {}, absl::string_view v2 = {},
+                                     absl::string_view k3 = {}, absl::string_view v3 = {});
+  prometheus::Histogram& LatencyFor(absl::string_view method);
+
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  int port_ = 0;
+
+  prometheus::Family<prometheus::Counter>* decisions_;
+  prometheus::Family<prometheus::Counter>* denials_;
+  prometheus::Family<prometheus::Counter>* request_errors_;
+  prometheus::Family<prometheus::Counter>* auth_failures_;
+  prometheus::Family<prometheus::Counter>* waits_;
+  prometheus::Family<prometheus::Counter>* cooldowns_;
+  prometheus::Family<prometheus::Counter>* store_errors_;
+  prometheus::Family<prometheus::Counter>* reloads_;
+  prometheus::Family<prometheus::Gauge>* queue_depth_family_;
+  prometheus::Family<prometheus::Gauge>* live_leases_;
+  prometheus::Family<prometheus::Gauge>* cooldown_active_;
+  prometheus::Family<prometheus::Gauge>* remaining_;
+  prometheus::Family<prometheus::Gauge>* capacity_;
+  prometheus::Family<prometheus::Histogram>* latency_;
+  prometheus::Gauge* queue_depth_;
+
+  // Counters by family and label values, so the hot path does not rebuild label maps.
+  mutable absl::Mutex cache_mu_;
+  absl::flat_hash_map<std::string, prometheus::Counter*> counters_ ABSL_GUARDED_BY(cache_mu_);
+  absl::flat_hash_map<std::string, prometheus::Histogram*> latencies_ ABSL_GUARDED_BY(cache_mu_);
+
+  // Cooldowns seen, and gauges set by the last Refresh (to drop the ones no longer configured).
+  absl::Mutex refresh_mu_;
+  absl::flat_hash_map<std::pair<std::string, std::string>, absl::Time> cooldown_until_
+      ABSL_GUARDED_BY(cache_mu_);
+  struct GaugeRef {
+    prometheus::Family<prometheus::Gauge>* family;
+    prometheus::Gauge* gauge;
+  };
+  absl::flat_hash_map<std::string, GaugeRef> gauges_ ABSL_GUARDED_BY(refresh_mu_);
+};
+
+}  // namespace quotad
+
+#endif  // QUOTAD_SERVICE_SERVER_METRICS_H_

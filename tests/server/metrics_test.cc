@@ -1,0 +1,184 @@
+#include "service/server/metrics.h"
+
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "service/config/config.h"
+#include "service/core/clock.h"
+#include "service/core/ledger.h"
+#include "tests/server/http_get.h"
+
+namespace quotad {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+constexpr char kConfig[] = R"(
+credentials:
+  - name: team-a/key
+    features:
+      - name: requests
+        limits:
+          - {name: per_minute, kind: sliding, capacity: 2, period: 1m}
+      - name: jobs
+        limits:
+          - {name: slots, kind: concurrency, capacity: 1}
+  - name: team-b/key
+    features:
+      - name: requests
+        limits:
+          - {name: per_day, kind: calendar, capacity: 100, unit: day}
+)";
+
+class MetricsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<LoadedConfig> config = LoadConfigFromString(kConfig, "metrics_test.yaml");
+    ASSERT_TRUE(config.ok()) << config.status();
+    absl::StatusOr<std::unique_ptr<Ledger>> ledger = Ledger::Create(config->policy, &clock_);
+    ASSERT_TRUE(ledger.ok()) << ledger.status();
+    ledger_ = *std::move(ledger);
+    absl::StatusOr<std::unique_ptr<Metrics>> metrics = Metrics::Create("");
+    ASSERT_TRUE(metrics.ok()) << metrics.status();
+    metrics_ = *std::move(metrics);
+  }
+
+  // Acquires through the ledger and reports the decision the way the server does.
+  Decision Acquire(const std::string& credential, const std::string& feature) {
+    AcquireRequest req;
+    req.credential = credential;
+    req.feature = feature;
+    absl::StatusOr<Decision> d = ledger_->Acquire(req);
+    EXPECT_TRUE(d.ok()) << d.status();
+    if (!d.ok()) return {};
+    metrics_->OnDecision("Acquire", credential, feature, d->granted, d->limited_by,
+                         absl::Microseconds(20));
+    return *d;
+  }
+
+  FakeClock clock_;
+  std::unique_ptr<Ledger> ledger_;
+  std::unique_ptr<Metrics> metrics_;
+};
+
+TEST_F(MetricsTest, CountsGrantsAndDenialsByLimit) {
+  Acquire("team-a/key", "requests");
+  Acquire("team-a/key", "requests");
+  Acquire("team-a/key", "requests");
+  const std::string text = metrics_->Serialize();
+  EXPECT_THAT(text, HasSubstr("quotad_decisions_total{credential=\"team-a/key\",feature="
+                              "\"requests\",result=\"granted\"} 2"));
+  EXPECT_THAT(text, HasSubstr("quotad_decisions_total{credential=\"team-a/key\",feature="
+                              "\"requests\",result=\"denied\"} 1"));
+  EXPECT_THAT(text, HasSubstr("quotad_denials_total{credential=\"team-a/key\",limit="
+                              "\"requests.per_minute\"} 1"));
+  EXPECT_THAT(text, HasSubstr("quotad_decision_latency_seconds_count{method=\"Acquire\"} 3"));
+}
+
+TEST_F(MetricsTest, RefreshSetsRemainingCapacityAndLiveLeases) {
+  Acquire("team-a/key", "requests");
+  Acquire("team-a/key", "jobs");
+  metrics_->Refresh(*ledger_, clock_.Now());
+  const std::string text = metrics_->Serialize();
+  EXPECT_THAT(text, HasSubstr("quotad_remaining_units{credential=\"team-a/key\",limit="
+                              "\"requests.per_minute\"} 1"));
+  EXPECT_THAT(text, HasSubstr("quotad_capacity_units{credential=\"team-a/key\",limit="
+                              "\"requests.per_minute\"} 2"));
+  EXPECT_THAT(text, HasSubstr("quotad_remaining_units{credential=\"team-a/key\",limit="
+                              "\"jobs.slots\"} 0"));
+  EXPECT_THAT(text, HasSubstr("quotad_remaining_units{credential=\"team-b/key\",limit="
+                              "\"requests.per_day\"} 100"));
+  EXPECT_THAT(text, HasSubstr("quotad_live_leases{credential=\"team-a/key\"} 2"));
+  EXPECT_THAT(text, HasSubstr("quotad_live_leases{credential=\"team-b/key\"} 0"));
+  EXPECT_THAT(text, HasSubstr("quotad_queue_depth 0"));
+}
+
+TEST_F(MetricsTest, RefreshMovesWithTheWindow) {
+  Acquire("team-a/key", "requests");
+  Acquire("team-a/key", "requests");
+  metrics_->Refresh(*ledger_, clock_.Now());
+  EXPECT_THAT(metrics_->Serialize(),
+              HasSubstr("quotad_remaining_units{credential=\"team-a/key\",limit="
+                        "\"requests.per_minute\"} 0"));
+  clock_.Advance(absl::Minutes(2));
+  metrics_->Refresh(*ledger_, clock_.Now());
+  EXPECT_THAT(metrics_->Serialize(),
+              HasSubstr("quotad_remaining_units{credential=\"team-a/key\",limit="
+                        "\"requests.per_minute\"} 2"));
+}
+
+TEST_F(MetricsTest, RemovedCredentialsLoseTheirSeriesOnReload) {
+  metrics_->Refresh(*ledger_, clock_.Now());
+  EXPECT_THAT(metrics_->Serialize(), HasSubstr("credential=\"team-b/key\""));
+  absl::StatusOr<LoadedConfig> smaller = LoadConfigFromString(R"(
+credentials:
+  - name: team-a/key
+    features:
+      - name: requests
+        limits:
+          - {name: per_minute, kind: sliding, capacity: 2, period: 1m}
+)",
+                                                              "smaller.yaml");
+  ASSERT_TRUE(smaller.ok()) << smaller.status();
+  ASSERT_TRUE(ledger_->Reload(smaller->policy).ok());
+  metrics_->Refresh(*ledger_, clock_.Now());
+  const std::string text = metrics_->Serialize();
+  EXPECT_THAT(text, Not(HasSubstr("quotad_remaining_units{credential=\"team-b/key\"")));
+  EXPECT_THAT(text, Not(HasSubstr("quotad_live_leases{credential=\"team-b/key\"")));
+  EXPECT_THAT(text, Not(HasSubstr("jobs.slots")));
+}
+
+TEST_F(MetricsTest, CooldownIsActiveUntilItEnds) {
+  metrics_->OnCooldown("team-a/key", "requests", clock_.Now() + absl::Seconds(30));
+  metrics_->Refresh(*ledger_, clock_.Now());
+  std::string text = metrics_->Serialize();
+  EXPECT_THAT(text, HasSubstr("quotad_cooldowns_total{credential=\"team-a/key\",feature="
+                              "\"requests\"} 1"));
+  EXPECT_THAT(text, HasSubstr("quotad_cooldown_active{credential=\"team-a/key\",feature="
+                              "\"requests\"} 1"));
+  clock_.Advance(absl::Seconds(31));
+  metrics_->Refresh(*ledger_, clock_.Now());
+  EXPECT_THAT(metrics_->Serialize(),
+              HasSubstr("quotad_cooldown_active{credential=\"team-a/key\",feature="
+                        "\"requests\"} 0"));
+}
+
+TEST_F(MetricsTest, CountsErrorsAuthFailuresWaitsStoreErrorsAndReloads) {
+  metrics_->OnRequestError("Acquire", "NOT_FOUND");
+  metrics_->OnRequestError("Acquire", "NOT_FOUND");
+  metrics_->OnAuthFailure("unauthenticated");
+  metrics_->OnWait("team-a/key");
+  metrics_->OnStoreError("reserve");
+  metrics_->OnConfigReload(false);
+  const std::string text = metrics_->Serialize();
+  EXPECT_THAT(text, HasSubstr("quotad_request_errors_total{code=\"NOT_FOUND\",method=\"Acquire\"} 2"));
+  EXPECT_THAT(text, HasSubstr("quotad_auth_failures_total{reason=\"unauthenticated\"} 1"));
+  EXPECT_THAT(text, HasSubstr("quotad_waits_total{credential=\"team-a/key\"} 1"));
+  EXPECT_THAT(text, HasSubstr("quotad_store_errors_total{operation=\"reserve\"} 1"));
+  EXPECT_THAT(text, HasSubstr("quotad_config_reloads_total{result=\"rejected\"} 1"));
+}
+
+TEST_F(MetricsTest, ServesTheRegistryOverHttp) {
+  absl::StatusOr<std::unique_ptr<Metrics>> served = Metrics::Create("127.0.0.1:0");
+  ASSERT_TRUE(served.ok()) << served.status();
+  ASSERT_GT((*served)->port(), 0);
+  (*served)->OnDecision("Acquire", "team-a/key", "requests", true, "", absl::Microseconds(5));
+  const std::string body = testing::HttpGet((*served)->port(), "/metrics");
+  EXPECT_THAT(body, HasSubstr("quotad_decisions_total{credential=\"team-a/key\",feature="
+                              "\"requests\",result=\"granted\"} 1"));
+}
+
+TEST_F(MetricsTest, RefusesAnAddressInUse) {
+  absl::StatusOr<std::unique_ptr<Metrics>> first = Metrics::Create("127.0.0.1:0");
+  ASSERT_TRUE(first.ok()) << first.status();
+  absl::StatusOr<std::unique_ptr<Metrics>> second =
+      Metrics::Create(absl::StrCat("127.0.0.1:", (*first)->port()));
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace quotad
