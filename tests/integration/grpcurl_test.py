@@ -4,6 +4,9 @@
   grpcurl -plaintext ADDR list
   grpcurl -plaintext ADDR describe grpc.health.v1.Health
   grpcurl -plaintext -d '{"credential": ...}' ADDR quotad.v1.Quota/Acquire
+  grpcurl -plaintext -d '{"credential": ..., "maxWait": "5s"}' ADDR quotad.v1.Quota/Acquire
+  grpcurl -plaintext -d '{"credential": ..., "httpStatus": 429, "headers": [...]}' \
+      ADDR quotad.v1.Quota/Report
 
 Starts the real quotad binary on port 0, resolves every descriptor through the reflection
 service (no quotad stubs are compiled in), builds requests from JSON with json_format and calls.
@@ -148,7 +151,11 @@ class GrpcurlTest(unittest.TestCase):
 
     def test_describe_quota_and_admin(self):
         quota = self.refl.describe("quotad.v1.Quota")
-        self.assertEqual(sorted(quota.methods_by_name), ["Acquire", "Release", "Renew"])
+        self.assertEqual(sorted(quota.methods_by_name),
+                         ["Acquire", "Release", "Renew", "Report"])
+        report = quota.methods_by_name["Report"]
+        self.assertEqual(report.input_type.full_name, "quotad.v1.ReportRequest")
+        self.assertEqual(report.output_type.full_name, "quotad.v1.ReportResponse")
         admin = self.refl.describe("quotad.v1.Admin")
         self.assertEqual(sorted(admin.methods_by_name),
                          ["GetUsage", "ListCredentials", "ListLeases", "ReloadConfig",
@@ -170,6 +177,38 @@ class GrpcurlTest(unittest.TestCase):
         released = self.refl.call_json("quotad.v1.Quota/Release",
                                        '{"leaseId": "%s", "used": 1}' % resp["leaseId"])
         self.assertEqual(released.get("refunded", "0"), "0")
+
+    def test_acquire_with_max_wait_from_json(self):
+        # The only slot of test/short is held by a lease of 1 s; a call with maxWait waits for
+        # its expiry and is granted then, on the same call.
+        first = self.refl.call_json(
+            "quotad.v1.Quota/Acquire", '{"credential": "test/short", "feature": "jobs"}')
+        self.assertTrue(first["granted"], first)
+        began = time.monotonic()
+        waited = self.refl.call_json(
+            "quotad.v1.Quota/Acquire",
+            '{"credential": "test/short", "feature": "jobs", "maxWait": "5s", "priority": 1}')
+        self.assertTrue(waited["granted"], waited)
+        self.assertNotEqual(waited["leaseId"], first["leaseId"])
+        self.assertLess(time.monotonic() - began, 4.5)
+
+    def test_report_from_json(self):
+        # Exactly what grpcurl sends: enum-free JSON, camelCase names, a repeated Header.
+        resp = self.refl.call_json(
+            "quotad.v1.Quota/Report",
+            '{"credential": "test/race", "feature": "calls", "httpStatus": 429,'
+            ' "headers": [{"name": "Retry-After", "value": "12"}]}')
+        self.assertIn("cooldownUntil", resp, resp)
+        denied = self.refl.call_json(
+            "quotad.v1.Quota/Acquire", '{"credential": "test/race", "feature": "calls"}')
+        self.assertFalse(denied.get("granted", False), denied)
+        self.assertEqual(denied["limitedBy"], "calls.cooldown")
+        with self.assertRaises(grpc.RpcError) as ctx:
+            self.refl.call_json("quotad.v1.Quota/Report",
+                                '{"credential": "test/race", "feature": "calls",'
+                                ' "httpStatus": 999}')
+        self.assertEqual(ctx.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("http_status 999", ctx.exception.details())
 
     def test_invalid_argument_over_json(self):
         with self.assertRaises(grpc.RpcError) as ctx:
