@@ -4,26 +4,36 @@
 //
 //   acquire CREDENTIAL FEATURE [--scope=S] [--cost=N] [--ttl=30s] [--holder=H]
 //                              [--request_id=ID] [--priority=P] [--max_wait=0s]
-//   release LEASE_ID [--used=N]
+//   release LEASE_ID [--used=N] [--request_id=ID]
 //   renew LEASE_ID [--ttl=30s]
+//   report CREDENTIAL FEATURE HTTP_STATUS ["Header-Name: value" ...] [--body_file=F]
 //   usage CREDENTIAL
 //   leases [CREDENTIAL]
 //   credentials
 //
 // Output is a readable table, or the response as JSON with --json. Exit codes: 0 granted / ok,
 // 1 denied, 2 error (bad usage or an RPC error, printed to stderr with its code).
+//
+// Against a local server, e.g.:
+//   quotad --config=service/config/example.yaml --state=quotad-state.db --listen=localhost:50051 &
+//   quotactl acquire virustotal/prod requests --max_wait=30s --request_id=job-17
+//   quotactl report virustotal/prod requests 429 "Retry-After: 12"
+// With --max_wait the call's deadline is --timeout plus the wait.
 
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 
 #include <cstdio>
+#include <fstream>
 #include <iostream>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -40,9 +50,11 @@ ABSL_FLAG(absl::Duration, ttl, absl::ZeroDuration(),
           "acquire, renew: lease lifetime; 0 is the feature's default.");
 ABSL_FLAG(absl::Duration, max_wait, absl::ZeroDuration(), "acquire: how long the call may wait.");
 ABSL_FLAG(std::string, holder, "", "acquire: who holds the lease (default: quotactl@HOST).");
-ABSL_FLAG(std::string, request_id, "", "acquire: idempotency key.");
+ABSL_FLAG(std::string, request_id, "",
+          "acquire, release: idempotency key; a retry with the same key gets the first answer.");
 ABSL_FLAG(int32_t, priority, 0, "acquire: priority among waiting calls.");
 ABSL_FLAG(int64_t, used, -1, "release: units the upstream charged; -1 refunds nothing.");
+ABSL_FLAG(std::string, body_file, "", "report: file holding the upstream's answer body.");
 
 namespace {
 
@@ -55,9 +67,12 @@ namespace v1 = quotad::v1;
 int Usage(const std::string& why) {
   std::fprintf(stderr, "quotactl: %s\n%s", why.c_str(),
                "usage: quotactl [--server=HOST:PORT] [--json] COMMAND ARGS\n"
-               "  acquire CREDENTIAL FEATURE [--scope= --cost= --ttl= --holder= --request_id=]\n"
-               "  release LEASE_ID [--used=N]\n"
+               "  acquire CREDENTIAL FEATURE [--scope= --cost= --ttl= --holder= --request_id=\n"
+               "                             --max_wait=30s --priority=P]\n"
+               "  release LEASE_ID [--used=N] [--request_id=ID]\n"
                "  renew LEASE_ID [--ttl=30s]\n"
+               "  report CREDENTIAL FEATURE HTTP_STATUS [\"Header-Name: value\" ...] "
+               "[--body_file=F]\n"
                "  usage CREDENTIAL\n"
                "  leases [CREDENTIAL]\n"
                "  credentials\n");
@@ -173,7 +188,10 @@ int main(int argc, char** argv) {
   auto quota = v1::Quota::NewStub(channel);
   auto admin = v1::Admin::NewStub(channel);
   grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout)));
+  // A waiting Acquire needs its wait on top of the usual deadline (the server caps the wait at
+  // the call's deadline).
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::GetFlag(FLAGS_timeout) +
+                                          absl::GetFlag(FLAGS_max_wait)));
 
   if (command == "acquire") {
     if (args.size() != 3) return Usage("acquire takes CREDENTIAL FEATURE");
@@ -215,6 +233,7 @@ int main(int argc, char** argv) {
     v1::ReleaseRequest req;
     req.set_lease_id(args[1]);
     if (absl::GetFlag(FLAGS_used) >= 0) req.set_used(absl::GetFlag(FLAGS_used));
+    req.set_request_id(absl::GetFlag(FLAGS_request_id));
     v1::ReleaseResponse resp;
     grpc::Status s = quota->Release(&context, req, &resp);
     if (!s.ok()) return RpcError(s);
@@ -241,6 +260,48 @@ int main(int argc, char** argv) {
     } else {
       std::cout << "renewed  expires " << Time(resp.lease_expires_at()) << "\n";
     }
+    return kOk;
+  }
+
+  if (command == "report") {
+    if (args.size() < 4) {
+      return Usage("report takes CREDENTIAL FEATURE HTTP_STATUS [\"Name: value\" ...]");
+    }
+    v1::ReportRequest req;
+    req.set_credential(args[1]);
+    req.set_feature(args[2]);
+    int status = 0;
+    if (!absl::SimpleAtoi(args[3], &status)) {
+      return Usage(absl::StrCat("HTTP_STATUS \"", args[3], "\" is not a number"));
+    }
+    req.set_http_status(status);
+    for (size_t i = 4; i < args.size(); ++i) {
+      const size_t colon = args[i].find(':');
+      if (colon == std::string::npos) {
+        return Usage(absl::StrCat("header \"", args[i], "\" is not \"Name: value\""));
+      }
+      v1::Header* h = req.add_headers();
+      h->set_name(args[i].substr(0, colon));
+      h->set_value(std::string(absl::StripLeadingAsciiWhitespace(args[i].substr(colon + 1))));
+    }
+    if (!absl::GetFlag(FLAGS_body_file).empty()) {
+      std::ifstream in(absl::GetFlag(FLAGS_body_file), std::ios::binary);
+      if (!in) return Usage(absl::StrCat("cannot read ", absl::GetFlag(FLAGS_body_file)));
+      std::stringstream body;
+      body << in.rdbuf();
+      req.set_body(body.str());
+    }
+    v1::ReportResponse resp;
+    grpc::Status s = quota->Report(&context, req, &resp);
+    if (!s.ok()) return RpcError(s);
+    if (json) {
+      PrintJson(resp);
+      return kOk;
+    }
+    std::cout << "reported  cooldown until "
+              << (resp.has_cooldown_until() ? Time(resp.cooldown_until()) : "-") << "\n";
+    for (const std::string& a : resp.adopted()) std::cout << "adopted  " << a << "\n";
+    for (const std::string& w : resp.warnings()) std::cout << "warning  " << w << "\n";
     return kOk;
   }
 
