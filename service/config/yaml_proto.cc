@@ -103,8 +103,8 @@ class Walker {
     const Descriptor* descriptor = message->GetDescriptor();
     absl::flat_hash_set<int> seen;
     for (auto it = node.begin(); it != node.end(); ++it) {
-      const YAML::Node& key = it->first;
-      const YAML::Node& value = it->second;
+      const YAML::Node key = it->first;  // a copy: the iterator yields a temporary
+      const YAML::Node value = it->second;
       if (!key.IsScalar()) {
         return ErrorAt(key.Mark(), path,
                        absl::StrCat("keys must be field names, got ", Describe(key)));
@@ -175,8 +175,8 @@ class Walker {
     const FieldDescriptor* value_field = field->message_type()->map_value();
     absl::flat_hash_set<std::string> seen;
     for (auto it = node.begin(); it != node.end(); ++it) {
-      const YAML::Node& key = it->first;
-      const YAML::Node& value = it->second;
+      const YAML::Node key = it->first;  // a copy: the iterator yields a temporary
+      const YAML::Node value = it->second;
       const std::string child =
           absl::StrCat(path, ".", key.IsScalar() ? key.Scalar() : std::string("?"));
       if (!key.IsScalar() || !seen.insert(key.Scalar()).second) {

@@ -1006,6 +1006,8 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
         }
         const int64_t reset_ns = obs->reset_at ? absl::ToUnixNanos(*obs->reset_at) : 0;
         if (upstream_used) {
+          // A count above the capacity says no more than "full", and keeps used <= capacity.
+          upstream_used = std::min(*upstream_used, rule.Capacity());
           const int64_t before =
               cred->CounterFor(target, "", true)->Adopt(rule, now, *upstream_used, reset_ns);
           if (*upstream_used > before) {

@@ -201,5 +201,14 @@ TEST_F(ReportTest, ThrottleWithoutRetryAfterWaitsForTheUpstreamsReset) {
   EXPECT_TRUE(Acquire().granted);
 }
 
+TEST_F(ReportTest, AnUpstreamCountAboveCapacityIsAdoptedAsFull) {
+  // Found by the ledger fuzzer: used must never show above capacity.
+  Use({Feature("f", {Sliding("per_minute", 8, absl::Minutes(1))})});
+  const ReportResult r = Report(429, {{"X-RateLimit-Used", "74"}});
+  ASSERT_EQ(r.adopted.size(), 1u);
+  EXPECT_EQ(r.adopted[0], "f.per_minute used 0 -> 8");
+  EXPECT_EQ(Used("f.per_minute"), 8);
+}
+
 }  // namespace
 }  // namespace quotad
