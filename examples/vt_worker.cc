@@ -50,9 +50,10 @@ class FakeVirusTotal {
 
  private:
   HttpAnswer Answer(int status, std::string body) {
-    return {status,
-            {{"X-RateLimit-Limit", "1000"}, {"X-RateLimit-Remaining", std::to_string(1000 - calls_)}},
-            std::move(body)};
+    return {
+        status,
+        {{"X-RateLimit-Limit", "1000"}, {"X-RateLimit-Remaining", std::to_string(1000 - calls_)}},
+        std::move(body)};
   }
   std::map<std::string, bool> known_;
   int calls_ = 0;
@@ -74,16 +75,17 @@ int main(int argc, char** argv) {
     absl::StatusOr<quotad::client::Lease> lease = quota.Acquire(credential, feature, wait);
     if (!lease.ok()) return lease.status();
     if (!lease->granted()) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("no quota: ", lease->limited_by(), ", retry in ",
-                       absl::FormatDuration(lease->retry_after())));
+      return absl::ResourceExhaustedError(absl::StrCat("no quota: ", lease->limited_by(),
+                                                       ", retry in ",
+                                                       absl::FormatDuration(lease->retry_after())));
     }
     HttpAnswer answer = do_call();
     // A throttled call was not served: give the unit back; quotad cools the feature down.
     lease->Commit(answer.status == 429 ? 0 : 1).IgnoreError();
     absl::StatusOr<quotad::client::ReportResult> report =
         quota.ReportUpstream(credential, feature, answer.status, answer.headers, answer.body);
-    if (!report.ok()) std::fprintf(stderr, "report failed: %s\n", report.status().ToString().c_str());
+    if (!report.ok())
+      std::fprintf(stderr, "report failed: %s\n", report.status().ToString().c_str());
     return answer;
   };
 
@@ -101,7 +103,8 @@ int main(int argc, char** argv) {
     if (found->status == 404) {  // content-addressed: upload only what VirusTotal lacks
       absl::StatusOr<HttpAnswer> uploaded = call([&] { return vt.Upload(sha256); });
       if (!uploaded.ok()) {
-        std::fprintf(stderr, "upload %s: %s\n", sha256.c_str(), uploaded.status().ToString().c_str());
+        std::fprintf(stderr, "upload %s: %s\n", sha256.c_str(),
+                     uploaded.status().ToString().c_str());
         return 1;
       }
       ++uploads;

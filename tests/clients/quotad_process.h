@@ -70,7 +70,8 @@ class ChildProcess {
       const size_t at = text.find(marker);
       if (at != std::string::npos) {
         const size_t end = text.find_first_of(" \n", at + marker.size());
-        if (end != std::string::npos) return text.substr(at + marker.size(), end - at - marker.size());
+        if (end != std::string::npos)
+          return text.substr(at + marker.size(), end - at - marker.size());
       }
       if (WaitForExit(absl::ZeroDuration()).has_value()) return std::nullopt;
       absl::SleepFor(absl::Milliseconds(10));
@@ -82,7 +83,8 @@ class ChildProcess {
   std::optional<int> WaitForPort(absl::Duration timeout) {
     std::optional<std::string> addr = WaitForLine("listening address=", timeout);
     int port = 0;
-    if (addr.has_value() && absl::SimpleAtoi(addr->substr(addr->rfind(':') + 1), &port)) return port;
+    if (addr.has_value() && absl::SimpleAtoi(addr->substr(addr->rfind(':') + 1), &port))
+      return port;
     return std::nullopt;
   }
 

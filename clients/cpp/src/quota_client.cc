@@ -176,7 +176,8 @@ void Core::RenewOne(const std::shared_ptr<LeaseState>& state) {
   grpc::ClientContext ctx;
   // One attempt, bounded by what is left of the lease: the next try comes from the loop.
   absl::Duration timeout = options_.call_timeout;
-  if (expires_at > now) timeout = std::min(timeout, std::max(absl::Milliseconds(50), (expires_at - now) / 2));
+  if (expires_at > now)
+    timeout = std::min(timeout, std::max(absl::Milliseconds(50), (expires_at - now) / 2));
   Prepare(&ctx, timeout);
   const grpc::Status status = stub_->Renew(&ctx, req, &resp);
 
@@ -289,8 +290,7 @@ absl::StatusOr<ReleaseResult> Lease::DoRelease(std::optional<int64_t> used) {
   int attempts = 0;
   const grpc::Status status = core_->CallWithRetry(
       absl::ZeroDuration(),
-      [&](grpc::ClientContext* ctx) { return core_->stub()->Release(ctx, req, &resp); },
-      &attempts);
+      [&](grpc::ClientContext* ctx) { return core_->stub()->Release(ctx, req, &resp); }, &attempts);
   if (!status.ok()) {
     // A retry that finds no lease: the first attempt released it but its answer was lost.
     if (status.error_code() == grpc::StatusCode::NOT_FOUND && attempts > 1) return ReleaseResult{};
@@ -308,8 +308,7 @@ QuotaClient::~QuotaClient() = default;
 
 const ClientOptions& QuotaClient::options() const { return core_->options(); }
 
-absl::StatusOr<Lease> QuotaClient::Acquire(absl::string_view credential,
-                                           absl::string_view feature,
+absl::StatusOr<Lease> QuotaClient::Acquire(absl::string_view credential, absl::string_view feature,
                                            const AcquireOptions& options) {
   const absl::Time wait_until = absl::Now() + std::max(absl::ZeroDuration(), options.client_wait);
   v1::AcquireRequest req;
@@ -317,7 +316,8 @@ absl::StatusOr<Lease> QuotaClient::Acquire(absl::string_view credential,
   req.set_feature(std::string(feature));
   req.set_scope(options.scope);
   req.set_cost(options.cost);
-  if (options.max_wait > absl::ZeroDuration()) internal::ToProto(options.max_wait, req.mutable_max_wait());
+  if (options.max_wait > absl::ZeroDuration())
+    internal::ToProto(options.max_wait, req.mutable_max_wait());
   if (options.lease_ttl > absl::ZeroDuration()) {
     internal::ToProto(options.lease_ttl, req.mutable_lease_ttl());
   }
@@ -396,8 +396,7 @@ absl::StatusOr<Lease> QuotaClient::Acquire(absl::string_view credential,
 }
 
 absl::StatusOr<ReportResult> QuotaClient::ReportUpstream(absl::string_view credential,
-                                                         absl::string_view feature,
-                                                         int http_status,
+                                                         absl::string_view feature, int http_status,
                                                          const std::vector<Header>& headers,
                                                          absl::string_view body,
                                                          absl::Time observed_at) {

@@ -31,8 +31,7 @@ class PrefetchPool {
     AcquireOptions acquire;
   };
 
-  PrefetchPool(QuotaClient* client, std::string credential, std::string feature,
-               Options options);
+  PrefetchPool(QuotaClient* client, std::string credential, std::string feature, Options options);
   ~PrefetchPool();  // Shutdown()
   PrefetchPool(const PrefetchPool&) = delete;
   PrefetchPool& operator=(const PrefetchPool&) = delete;
