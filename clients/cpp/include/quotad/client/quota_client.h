@@ -60,7 +60,8 @@ struct ClientOptions {
   // Deadline of each RPC attempt (an Acquire that waits on the server gets its max_wait more).
   absl::Duration call_timeout = absl::Seconds(5);
   RetryPolicy retry;
-  // Attached to every call (e.g. a bearer token). May be null.
+  // Attached to every call (e.g. a bearer token). May be null. gRPC sends call credentials only
+  // over a secure channel (TLS or local credentials).
   std::shared_ptr<grpc::CallCredentials> call_credentials;
 };
 
