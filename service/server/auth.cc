@@ -14,7 +14,17 @@
 namespace quotad {
 namespace {
 
-std::string Quote(absl::string_view text) { return absl::StrCat("\"", text, "\""); }
+// Quoted for an error message: at most 256 bytes, control and non-ASCII bytes as '?'.
+std::string Quote(absl::string_view text) {
+  std::string out = "\"";
+  for (char c : text.substr(0, 256)) {
+    const unsigned char u = static_cast<unsigned char>(c);
+    out.push_back(u < 0x20 || u >= 0x7f ? '?' : c);
+  }
+  if (text.size() > 256) out.append("...");
+  out.push_back('"');
+  return out;
+}
 
 std::optional<AccessMethod> ParseMethod(absl::string_view name) {
   if (name == "Acquire") return AccessMethod::kAcquire;
@@ -60,6 +70,12 @@ bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
 
 std::unique_ptr<const Authorizer> Authorizer::AllowAll() {
   return std::unique_ptr<const Authorizer>(new Authorizer());
+}
+
+std::unique_ptr<const Authorizer> Authorizer::DenyAll() {
+  std::unique_ptr<Authorizer> a(new Authorizer());
+  a->enabled_ = true;
+  return a;
 }
 
 absl::StatusOr<std::unique_ptr<const Authorizer>> Authorizer::Create(const v1::Auth& auth) {
@@ -175,7 +191,7 @@ absl::Status Authorizer::Authorize(absl::string_view identity, AccessMethod meth
   }
   return absl::PermissionDeniedError(absl::StrCat("identity ", Quote(identity), " may not call ",
                                                   AccessMethodName(method), " on credential ",
-                                                  Quote(credential.substr(0, 256))));
+                                                  Quote(credential)));
 }
 
 absl::Status Authorizer::AuthorizeLease(absl::string_view identity, AccessMethod method,
@@ -191,18 +207,18 @@ LeaseOwners::Shard& LeaseOwners::ShardFor(absl::string_view lease_id) const {
 }
 
 void LeaseOwners::Record(absl::string_view lease_id, absl::string_view identity,
-                         absl::Time expiry) {
+                         absl::string_view credential, absl::Time expiry) {
   Shard& s = ShardFor(lease_id);
   absl::MutexLock lock(&s.mu);
-  s.owners[lease_id] = Entry{std::string(identity), expiry};
+  s.owners[lease_id] = Entry{LeaseOwner{std::string(identity), std::string(credential)}, expiry};
 }
 
-std::optional<std::string> LeaseOwners::Lookup(absl::string_view lease_id) const {
+std::optional<LeaseOwner> LeaseOwners::Lookup(absl::string_view lease_id) const {
   Shard& s = ShardFor(lease_id);
   absl::MutexLock lock(&s.mu);
   auto it = s.owners.find(lease_id);
   if (it == s.owners.end()) return std::nullopt;
-  return it->second.identity;
+  return it->second.owner;
 }
 
 void LeaseOwners::Extend(absl::string_view lease_id, absl::Time expiry) {
@@ -238,6 +254,14 @@ int64_t LeaseOwners::size() const {
     n += static_cast<int64_t>(s.owners.size());
   }
   return n;
+}
+
+std::string HolderWithIdentity(absl::string_view identity, absl::string_view holder) {
+  return holder.empty() ? std::string(identity) : absl::StrCat(identity, "/", holder);
+}
+
+absl::string_view IdentityOfHolder(absl::string_view holder) {
+  return holder.substr(0, holder.find('/'));
 }
 
 }  // namespace quotad

@@ -50,6 +50,8 @@ class Authorizer {
  public:
   // An Authorizer that allows everything (no `auth` section).
   static std::unique_ptr<const Authorizer> AllowAll();
+  // An enabled Authorizer that knows no token: every call is UNAUTHENTICATED.
+  static std::unique_ptr<const Authorizer> DenyAll();
 
   // From a configuration's `auth` section (already validated by the config loader; checked again
   // here: kInvalidArgument for a bad digest, method or dangling identity).
@@ -94,14 +96,21 @@ class Authorizer {
   absl::flat_hash_set<std::string> admins_;
 };
 
+// Who holds a lease, and on which credential.
+struct LeaseOwner {
+  std::string identity;
+  std::string credential;
+};
+
 // Which identity holds each live lease, so that Release and Renew can be refused to others.
-// Entries are dropped on Forget() and, once expired, by Prune(). Kept in memory only: a lease
-// restored from the store after a restart has no recorded owner (Lookup gives nullopt).
-// Thread-safe (sharded mutexes).
+// Entries are dropped on Forget() and, once expired, by Prune(). Kept in memory; the server
+// rebuilds it at start from the restored leases' holders ("identity/holder", see
+// HolderWithIdentity). Thread-safe (sharded mutexes).
 class LeaseOwners {
  public:
-  void Record(absl::string_view lease_id, absl::string_view identity, absl::Time expiry);
-  std::optional<std::string> Lookup(absl::string_view lease_id) const;
+  void Record(absl::string_view lease_id, absl::string_view identity,
+              absl::string_view credential, absl::Time expiry);
+  std::optional<LeaseOwner> Lookup(absl::string_view lease_id) const;
   // Moves the expiry of a recorded lease (after Renew).
   void Extend(absl::string_view lease_id, absl::Time expiry);
   void Forget(absl::string_view lease_id);
@@ -111,7 +120,7 @@ class LeaseOwners {
 
  private:
   struct Entry {
-    std::string identity;
+    LeaseOwner owner;
     absl::Time expiry;
   };
   struct Shard {
@@ -123,6 +132,13 @@ class LeaseOwners {
 
   mutable std::array<Shard, kShards> shards_;
 };
+
+// The holder recorded in the ledger (and so in the state file and in Admin.ListLeases) for a
+// lease granted to `identity`: "identity/holder" ("identity" when holder is empty). Identities
+// hold no '/', so IdentityOfHolder() recovers it after a restart.
+std::string HolderWithIdentity(absl::string_view identity, absl::string_view holder);
+// The identity part of such a holder; empty when there is none.
+absl::string_view IdentityOfHolder(absl::string_view holder);
 
 }  // namespace quotad
 

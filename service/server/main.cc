@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "service/server/logging.h"
 #include "service/server/server.h"
 
 ABSL_FLAG(std::string, config, "", "Path of the YAML configuration (required).");
@@ -51,6 +52,20 @@ ABSL_FLAG(double, reserve_fraction, 0.01,
           "most 1000): a crash can leave at most this block of each window unused.");
 ABSL_FLAG(absl::Duration, dedup_window, absl::Minutes(10),
           "How long the answer to an Acquire/Release request_id is kept for retries.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain of the gRPC port. With --tls_key: TLS; without: plaintext.");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key (unencrypted) of --tls_cert.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: mutual TLS, every client must present a certificate it signed.");
+ABSL_FLAG(absl::Duration, tls_refresh, absl::Minutes(1),
+          "How often the TLS files are read again (rotation without restart).");
+ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9090",
+          "host:port of the Prometheus /metrics endpoint; empty: none.");
+ABSL_FLAG(absl::Duration, metrics_refresh, absl::Seconds(5),
+          "How often the gauges (remaining units, live leases, queue depth) are re-read.");
+ABSL_FLAG(std::string, log_format, "text", "text (key=value) or json (one object per line).");
+ABSL_FLAG(int64_t, log_sample, 0,
+          "Log one line per call for 1 call in N (info level); 0: no per-call lines.");
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
@@ -65,8 +80,13 @@ int main(int argc, char** argv) {
 
   auto logger = spdlog::stderr_color_mt("quotad");
   spdlog::set_default_logger(logger);
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%fZ level=%l logger=%n %v",
-                      spdlog::pattern_time_type::utc);
+  quotad::LogFormat log_format;
+  if (absl::Status s = quotad::ParseLogFormat(absl::GetFlag(FLAGS_log_format), &log_format);
+      !s.ok()) {
+    std::fprintf(stderr, "quotad: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  quotad::ApplyLogFormat(log_format);
   const std::string level_name = absl::GetFlag(FLAGS_log_level);
   const spdlog::level::level_enum level = spdlog::level::from_str(level_name);
   if (level == spdlog::level::off && level_name != "off") {
@@ -98,6 +118,18 @@ int main(int argc, char** argv) {
   options.synchronous_full = absl::GetFlag(FLAGS_state_fsync);
   options.reserve_fraction = absl::GetFlag(FLAGS_reserve_fraction);
   options.dedup_window = absl::GetFlag(FLAGS_dedup_window);
+  options.tls.cert_path = absl::GetFlag(FLAGS_tls_cert);
+  options.tls.key_path = absl::GetFlag(FLAGS_tls_key);
+  options.tls.client_ca_path = absl::GetFlag(FLAGS_tls_client_ca);
+  options.tls.refresh_interval = absl::GetFlag(FLAGS_tls_refresh);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.metrics_best_effort = options.metrics_listen == "0.0.0.0:9090";
+  options.metrics_refresh = absl::GetFlag(FLAGS_metrics_refresh);
+  options.log_sample = absl::GetFlag(FLAGS_log_sample);
+  if (options.log_sample < 0) {
+    std::fprintf(stderr, "quotad: --log_sample must be >= 0\n");
+    return 2;
+  }
   if (options.sweep_interval <= absl::ZeroDuration()) {
     std::fprintf(stderr, "quotad: --sweep_interval must be positive\n");
     return 2;

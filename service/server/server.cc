@@ -23,9 +23,12 @@
 #include "quotad/v1/quotad.grpc.pb.h"
 #include "service/config/config.h"
 #include "service/server/async_call.h"
+#include "service/server/auth.h"
 #include "service/server/convert.h"
 #include "service/server/grpc_status.h"
 #include "service/server/health.h"
+#include "service/server/logging.h"
+#include "service/server/metrics.h"
 #include "service/server/validation.h"
 #include "service/store/dedup_store.h"
 #include "service/store/sqlite_journal.h"
@@ -57,9 +60,19 @@ struct ConfigSnapshot {
   absl::flat_hash_map<std::string, std::string> profile_of;  // credential -> profile
   std::vector<v1::Profile> profiles;                         // built-in, then the file's
   absl::flat_hash_set<std::string> builtin;
+  // Who may do what (the config's `auth` section); allows everything without one.
+  std::unique_ptr<const Authorizer> auth;
 
   static std::unique_ptr<const ConfigSnapshot> Build(const LoadedConfig& config) {
     auto snapshot = std::make_unique<ConfigSnapshot>();
+    absl::StatusOr<std::unique_ptr<const Authorizer>> auth = Authorizer::FromConfig(config.config);
+    if (auth.ok()) {
+      snapshot->auth = *std::move(auth);
+    } else {  // the loader checked the same section; refuse everyone rather than allow all
+      ServerLogger()->error("auth section unusable, refusing every call error=\"{}\"",
+                            std::string(auth.status().message()));
+      snapshot->auth = Authorizer::DenyAll();
+    }
     for (const CredentialSpec& c : config.policy.credentials) {
       snapshot->profile_of[c.name] = c.profile;
     }
@@ -202,17 +215,36 @@ class QuotadServer::Impl {
         health_({v1::Quota::service_full_name(), v1::Admin::service_full_name()}) {
     PublishSnapshot(config);
     pumper_->Start(ledger_.get());
+    // Leases restored from the state file: their holders name who acquired them.
+    if (snapshot_.load()->auth->enabled()) {
+      for (const LeaseInfo& l : ledger_->Leases("")) {
+        const absl::string_view identity = IdentityOfHolder(l.holder);
+        if (!identity.empty()) owners_.Record(l.id.ToString(), identity, l.credential, l.expiry);
+      }
+    }
   }
 
   ~Impl() { pumper_->Stop(); }
 
   absl::Status Listen() {
+    absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> creds =
+        MakeServerCredentials(options_.tls);
+    if (!creds.ok()) return creds.status();
+    absl::StatusOr<std::unique_ptr<Metrics>> metrics = Metrics::Create(options_.metrics_listen);
+    if (!metrics.ok() && options_.metrics_best_effort) {
+      log_->warn("metrics endpoint disabled listen={} error=\"{}\"", options_.metrics_listen,
+                 std::string(metrics.status().message()));
+      metrics = Metrics::Create("");
+    }
+    if (!metrics.ok()) return metrics.status();
+    metrics_ = *std::move(metrics);
+    metrics_->Refresh(*ledger_, ledger_->clock()->Now());
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;
     // Without this a second quotad could bind the same port and split the traffic.
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
     builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
-    builder.AddListeningPort(options_.listen_address, grpc::InsecureServerCredentials(), &port_);
+    builder.AddListeningPort(options_.listen_address, *creds, &port_);
     builder.RegisterService(&quota_);
     builder.RegisterService(&admin_);
     builder.RegisterService(health_.service());
@@ -262,9 +294,13 @@ class QuotadServer::Impl {
     }
     sweeper_ = std::thread([this] { Sweep(); });
     health_.SetAll(grpc::health::v1::HealthCheckResponse::SERVING);
-    log_->info("listening address={} completion_queues={} config={} state={}", address_,
-               cqs_.size(), options_.config_path,
-               journal_ != nullptr ? journal_->path() : std::string("memory-only"));
+    log_->info("listening address={} completion_queues={} config={} state={} tls={} auth={} "
+               "metrics_port={}",
+               address_, cqs_.size(), options_.config_path,
+               journal_ != nullptr ? journal_->path() : std::string("memory-only"),
+               options_.tls.client_ca_path.empty() ? (TlsEnabled(options_.tls) ? "tls" : "off")
+                                                   : "mutual",
+               snapshot_.load()->auth->enabled() ? "tokens" : "off", metrics_->port());
     return absl::OkStatus();
   }
 
@@ -311,6 +347,7 @@ class QuotadServer::Impl {
   }
 
   int port() const { return port_; }
+  int metrics_port() const { return metrics_ != nullptr ? metrics_->port() : 0; }
   const std::string& address() const { return address_; }
   Ledger* ledger() const { return ledger_.get(); }
 
@@ -330,55 +367,153 @@ class QuotadServer::Impl {
   void DefineMethods() {
     acquire_ = {&quota_, &QuotaService::RequestAcquire,
                 [this](AcquireCall* c) { HandleAcquire(c); }, &gate_};
-    report_ = {
-        &quota_, &QuotaService::RequestReport,
-        [this](ReportCall* c) { Respond(c, "Report", HandleReport(c->request(), c->response())); },
-        &gate_};
+    // Every handler first learns who calls (Identify) and checks the access rules (Check)
+    // before it touches the ledger.
+    report_ = {&quota_, &QuotaService::RequestReport,
+               [this](ReportCall* c) {
+                 const absl::Time start = absl::Now();
+                 absl::Status s = Check(c->context(), AccessMethod::kReport, c->request().credential());
+                 if (s.ok()) s = HandleReport(c->request(), c->response());
+                 Respond(c, "Report", s, start);
+               },
+               &gate_};
     release_ = {&quota_, &QuotaService::RequestRelease,
                 [this](ReleaseCall* c) {
-                  Respond(c, "Release", HandleRelease(c->request(), c->response()));
+                  const absl::Time start = absl::Now();
+                  absl::Status s =
+                      CheckLease(c->context(), AccessMethod::kRelease, c->request().lease_id());
+                  // The owner stays recorded until the lease's expiry, so that a retried
+                  // Release (request_id) is answered the same.
+                  if (s.ok()) s = HandleRelease(c->request(), c->response());
+                  Respond(c, "Release", s, start);
                 },
                 &gate_};
-    renew_ = {
-        &quota_, &QuotaService::RequestRenew,
-        [this](RenewCall* c) { Respond(c, "Renew", HandleRenew(c->request(), c->response())); },
-        &gate_};
-    usage_ = {
-        &admin_, &AdminService::RequestGetUsage,
-        [this](UsageCall* c) { Respond(c, "GetUsage", HandleUsage(c->request(), c->response())); },
-        &gate_};
+    renew_ = {&quota_, &QuotaService::RequestRenew,
+              [this](RenewCall* c) {
+                const absl::Time start = absl::Now();
+                absl::Status s =
+                    CheckLease(c->context(), AccessMethod::kRenew, c->request().lease_id());
+                if (s.ok()) s = HandleRenew(c->request(), c->response());
+                if (s.ok() && c->response()->has_lease_expires_at()) {
+                  const auto& t = c->response()->lease_expires_at();
+                  owners_.Extend(c->request().lease_id(),
+                                 absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos()));
+                }
+                Respond(c, "Renew", s, start);
+              },
+              &gate_};
+    usage_ = {&admin_, &AdminService::RequestGetUsage,
+              [this](UsageCall* c) {
+                const absl::Time start = absl::Now();
+                absl::Status s = Check(c->context(), AccessMethod::kAdmin, "");
+                if (s.ok()) s = HandleUsage(c->request(), c->response());
+                Respond(c, "GetUsage", s, start);
+              },
+              &gate_};
     leases_ = {&admin_, &AdminService::RequestListLeases,
                [this](LeasesCall* c) {
-                 Respond(c, "ListLeases", HandleLeases(c->request(), c->response()));
+                 const absl::Time start = absl::Now();
+                 absl::Status s = Check(c->context(), AccessMethod::kAdmin, "");
+                 if (s.ok()) s = HandleLeases(c->request(), c->response());
+                 Respond(c, "ListLeases", s, start);
                },
                &gate_};
     credentials_ = {&admin_, &AdminService::RequestListCredentials,
                     [this](CredentialsCall* c) {
-                      Respond(c, "ListCredentials", HandleCredentials(c->response()));
+                      const absl::Time start = absl::Now();
+                      absl::Status s = Check(c->context(), AccessMethod::kAdmin, "");
+                      if (s.ok()) s = HandleCredentials(c->response());
+                      Respond(c, "ListCredentials", s, start);
                     },
                     &gate_};
     reset_ = {&admin_, &AdminService::RequestResetCredential,
               [this](ResetCall* c) {
-                Respond(c, "ResetCredential", HandleReset(c->request(), c->response()));
+                const absl::Time start = absl::Now();
+                absl::Status s = Check(c->context(), AccessMethod::kAdmin, "");
+                if (s.ok()) s = HandleReset(c->request(), c->response());
+                Respond(c, "ResetCredential", s, start);
               },
               &gate_};
     reload_ = {
         &admin_, &AdminService::RequestReloadConfig,
         [this](ReloadCall* c) {
+          const absl::Time start = absl::Now();
+          if (absl::Status s = Check(c->context(), AccessMethod::kAdmin, ""); !s.ok()) {
+            return Respond(c, "ReloadConfig", s, start);
+          }
           // Reading the file may block: not on a completion-queue thread.
-          worker_->Schedule([this, c] { Respond(c, "ReloadConfig", HandleReload(c->response())); });
+          worker_->Schedule([this, c, start] {
+            absl::Status s = HandleReload(c->response());
+            metrics_->OnConfigReload(s.ok());
+            Respond(c, "ReloadConfig", s, start);
+          });
         },
         &gate_};
   }
 
+  // The caller's identity from `authorization: Bearer <token>` metadata (kAnonymousIdentity
+  // without an auth section), or UNAUTHENTICATED.
+  absl::StatusOr<std::string> Identify(const grpc::ServerContext* context) {
+    const Authorizer& auth = *snapshot_.load(std::memory_order_acquire)->auth;
+    if (!auth.enabled()) return std::string(kAnonymousIdentity);
+    std::optional<absl::string_view> header;
+    const auto& metadata = context->client_metadata();
+    if (auto it = metadata.find("authorization"); it != metadata.end()) {
+      header = absl::string_view(it->second.data(), it->second.size());
+    }
+    absl::StatusOr<std::string> identity = auth.Authenticate(header);
+    if (!identity.ok()) metrics_->OnAuthFailure("unauthenticated");
+    return identity;
+  }
+
+  // OK when the caller may call `method` on `credential` (ignored for kAdmin);
+  // UNAUTHENTICATED or PERMISSION_DENIED otherwise.
+  absl::Status Check(const grpc::ServerContext* context, AccessMethod method,
+                     absl::string_view credential, std::string* identity_out = nullptr) {
+    absl::StatusOr<std::string> identity = Identify(context);
+    if (!identity.ok()) return identity.status();
+    const Authorizer& auth = *snapshot_.load(std::memory_order_acquire)->auth;
+    absl::Status s = auth.Authorize(*identity, method, credential);
+    if (!s.ok()) metrics_->OnAuthFailure("permission_denied");
+    if (identity_out != nullptr) *identity_out = *std::move(identity);
+    return s;
+  }
+
+  // Release and Renew: the lease must be the caller's (or the caller an admin), and the caller
+  // must be allowed `method` on the lease's credential. A lease the server does not know of is
+  // passed on to the ledger only for admins; others get NOT_FOUND as for an expired lease.
+  absl::Status CheckLease(const grpc::ServerContext* context, AccessMethod method,
+                          const std::string& lease_id) {
+    absl::StatusOr<std::string> identity = Identify(context);
+    if (!identity.ok()) return identity.status();
+    const Authorizer& auth = *snapshot_.load(std::memory_order_acquire)->auth;
+    if (!auth.enabled() || auth.IsAdmin(*identity)) return absl::OkStatus();
+    std::optional<LeaseOwner> owner = owners_.Lookup(lease_id);
+    if (!owner.has_value()) {
+      return absl::NotFoundError(
+          absl::StrCat("unknown or expired lease ", QuoteForError(lease_id)));
+    }
+    absl::Status s = auth.AuthorizeLease(*identity, method, owner->identity);
+    if (s.ok()) s = auth.Authorize(*identity, method, owner->credential);
+    if (!s.ok()) metrics_->OnAuthFailure("permission_denied");
+    return s;
+  }
+
   template <typename Call>
-  void Respond(Call* call, const char* method, const absl::Status& status) {
+  void Respond(Call* call, const char* method, const absl::Status& status, absl::Time start) {
     LogFailure(method, status);
+    metrics_->OnCall(method, absl::Now() - start);
+    if (status.ok() && sampler_.Sample()) log_->info("rpc method={} code=OK", method);
     call->Finish(ToGrpcStatus(status));
   }
 
   void LogFailure(const char* method, const absl::Status& status) {
     if (!status.ok()) {
+      metrics_->OnRequestError(method, absl::StatusCodeToString(status.code()));
+      if (sampler_.Sample()) {
+        log_->info("rpc method={} code={} error=\"{}\"", method,
+                   absl::StatusCodeToString(status.code()), std::string(status.message()));
+      }
       if (status.code() == absl::StatusCode::kInternal ||
           status.code() == absl::StatusCode::kUnknown) {
         log_->error("rpc failed method={} code={} error=\"{}\"", method,
@@ -440,13 +575,28 @@ class QuotadServer::Impl {
   // Runs on a completion-queue thread; never blocks. A call that waits is parked in the ledger
   // (which holds a reference to it) and answered by the thread that serves it.
   void HandleAcquire(AcquireCall* c) {
+    const absl::Time start = absl::Now();
     const v1::AcquireRequest& req = c->request();
+    std::string identity;
+    if (absl::Status s = Check(c->context(), AccessMethod::kAcquire, req.credential(), &identity);
+        !s.ok()) {
+      return FinishAcquire(c, s);
+    }
     absl::StatusOr<AcquireArgs> args = ValidateAcquire(req);
     if (!args.ok()) return FinishAcquire(c, args.status());
+    // With auth, the ledger's holder names the identity, so that ownership survives a restart.
+    std::string holder;
+    if (snapshot_.load(std::memory_order_acquire)->auth->enabled()) {
+      holder = HolderWithIdentity(identity, req.holder());
+      args->core.holder = holder;
+    }
 
     std::string dedup_key;
     if (!req.request_id().empty()) {
-      dedup_key = absl::StrCat("acquire/", req.credential(), "/", req.request_id());
+      // With auth, request_ids are per identity: another one never sees this answer.
+      dedup_key = absl::StrCat("acquire/", req.credential(), "/",
+                               holder.empty() ? "" : absl::StrCat(identity, "|"),
+                               req.request_id());
       const int64_t now_ns = ToUnixNs(ledger_->clock()->Now());
       if (std::optional<std::string> first = dedup_->Get(dedup_key, now_ns)) {
         if (c->response()->ParseFromString(*first)) return FinishAcquire(c, absl::OkStatus());
@@ -464,15 +614,18 @@ class QuotadServer::Impl {
     }
     if (max_wait <= absl::ZeroDuration()) {
       absl::StatusOr<Decision> decision = ledger_->Acquire(args->core);
+      Observe(c, "Acquire", identity, decision, start);
       return FinishAcquire(c, AnswerAcquire(c, std::move(decision), dedup_key));
     }
 
-    WaitTicket ticket =
-        ledger_->AcquireOrWait(args->core, max_wait, args->priority,
-                               [this, c, ref = c->Ref(), key = std::move(dedup_key)](
-                                   absl::StatusOr<Decision> decision) mutable {
-                                 FinishAcquire(c, AnswerAcquire(c, std::move(decision), key));
-                               });
+    WaitTicket ticket = ledger_->AcquireOrWait(
+        args->core, max_wait, args->priority,
+        [this, c, ref = c->Ref(), key = std::move(dedup_key), identity, start](
+            absl::StatusOr<Decision> decision) mutable {
+          if (decision.ok()) metrics_->OnWait(c->request().credential());
+          Observe(c, "AcquireWait", identity, decision, start);
+          FinishAcquire(c, AnswerAcquire(c, std::move(decision), key));
+        });
     // A client that leaves (cancel, deadline) takes its request out of the queue. When the
     // callback above already ran, or runs now, Cancel() is false and it answers.
     c->OnCancel([this, c, ticket = std::move(ticket)] {
@@ -482,6 +635,24 @@ class QuotadServer::Impl {
                                   "waiting"));
       }
     });
+  }
+
+  // Metrics, the sampled log line and, for a grant, the lease's owner.
+  void Observe(AcquireCall* c, const char* method, const std::string& identity,
+               const absl::StatusOr<Decision>& decision, absl::Time start) {
+    if (!decision.ok()) return;  // counted by LogFailure; an unknown name is no label
+    const v1::AcquireRequest& req = c->request();
+    metrics_->OnDecision(method, req.credential(), req.feature(), decision->granted,
+                         decision->limited_by, absl::Now() - start);
+    if (decision->granted && snapshot_.load(std::memory_order_acquire)->auth->enabled()) {
+      owners_.Record(decision->lease_id.ToString(), identity, req.credential(),
+                     decision->lease_expiry);
+    }
+    if (sampler_.Sample()) {
+      log_->info("rpc method={} identity={} credential={} feature={} granted={} limited_by={}",
+                 method, identity, req.credential(), req.feature(), decision->granted,
+                 decision->limited_by.empty() ? "-" : decision->limited_by);
+    }
   }
 
   // Fills the response from a decision; records a grant under its request_id, or answers the
@@ -604,6 +775,7 @@ class QuotadServer::Impl {
     for (std::string& w : result->warnings) resp->add_warnings(std::move(w));
     if (IsFinite(result->cooldown_until)) {
       TimeToProto(result->cooldown_until, resp->mutable_cooldown_until());
+      metrics_->OnCooldown(req.credential(), req.feature(), result->cooldown_until);
     }
     if (!result->adopted.empty() || IsFinite(result->cooldown_until)) {
       log_->info("report applied credential={} feature={} http_status={} adopted={} cooldown={}",
@@ -779,6 +951,11 @@ class QuotadServer::Impl {
       }
       const absl::Time now = ledger_->clock()->Now();
       dedup_->Sweep(ToUnixNs(now));
+      owners_.Prune(now);
+      if (absl::Now() - last_metrics_refresh_ >= options_.metrics_refresh) {
+        last_metrics_refresh_ = absl::Now();
+        metrics_->Refresh(*ledger_, now);
+      }
       if (journal_ != nullptr && now - last_compact_ >= options_.compact_interval) {
         last_compact_ = now;
         if (absl::Status s = journal_->Compact(ToUnixNs(now)); !s.ok()) {
@@ -801,6 +978,10 @@ class QuotadServer::Impl {
   absl::Mutex snapshot_mu_;
   std::atomic<const ConfigSnapshot*> snapshot_{nullptr};
   std::vector<std::unique_ptr<const ConfigSnapshot>> snapshots_ ABSL_GUARDED_BY(snapshot_mu_);
+
+  std::unique_ptr<Metrics> metrics_;  // set by Listen()
+  LeaseOwners owners_;                // who holds each lease, when auth is on
+  LogSampler sampler_{options_.log_sample};
 
   CallGate gate_;
   QuotaService quota_;
@@ -826,6 +1007,7 @@ class QuotadServer::Impl {
   absl::Mutex sweep_mu_;
   bool stop_sweeping_ ABSL_GUARDED_BY(sweep_mu_) = false;
   absl::Time last_compact_ = absl::InfinitePast();  // sweeper thread only
+  absl::Time last_metrics_refresh_ = absl::InfinitePast();  // sweeper thread only
   std::thread sweeper_;
 };
 
@@ -895,6 +1077,7 @@ QuotadServer::QuotadServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) 
 QuotadServer::~QuotadServer() { Shutdown(); }
 
 int QuotadServer::port() const { return impl_->port(); }
+int QuotadServer::metrics_port() const { return impl_->metrics_port(); }
 std::string QuotadServer::address() const { return impl_->address(); }
 Ledger* QuotadServer::ledger() const { return impl_->ledger(); }
 

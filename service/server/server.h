@@ -10,6 +10,7 @@
 #include "absl/time/time.h"
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
+#include "service/server/tls.h"
 
 namespace quotad {
 
@@ -48,6 +49,22 @@ struct ServerOptions {
   absl::Duration compact_interval = absl::Minutes(1);
   // At most this many Acquire calls wait per credential; beyond, RESOURCE_EXHAUSTED.
   int64_t max_waiters_per_credential = 10000;
+
+  // Transport security of the gRPC port (see tls.h): plaintext unless a certificate is given;
+  // mutual TLS with tls.client_ca_path. Identities and access rules come from the config's
+  // `auth` section (see auth.h); without one, every caller may do everything.
+  TlsOptions tls;
+  // host:port of the Prometheus /metrics endpoint (port 0 picks one, see metrics_port());
+  // empty: no endpoint (metrics are still counted).
+  std::string metrics_listen;
+  // When metrics_listen cannot be bound: false fails start-up; true logs a warning and serves
+  // without the endpoint (main sets it while --metrics_listen is left at its default, so that
+  // several quotad processes on one host, as in tests, still start).
+  bool metrics_best_effort = false;
+  // How often the gauges (remaining units, live leases, queue depth, cooldowns) are re-read.
+  absl::Duration metrics_refresh = absl::Seconds(5);
+  // One per-call log line (level info) for 1 call in `log_sample`; 0: none.
+  int64_t log_sample = 0;
 };
 
 // The quotad gRPC server: the Quota and Admin services on the asynchronous CompletionQueue API,
@@ -76,6 +93,9 @@ class QuotadServer {
   // The bound port, and "host:port" with it.
   int port() const;
   std::string address() const;
+
+  // The bound port of the metrics endpoint; 0 without one.
+  int metrics_port() const;
 
   // The ledger the services decide with.
   Ledger* ledger() const;

@@ -180,25 +180,48 @@ TEST(AuthorizerTest, CreateRefusesBadSections) {
 TEST(LeaseOwnersTest, RecordsLooksUpAndForgets) {
   LeaseOwners owners;
   const absl::Time t0 = absl::FromUnixSeconds(1000);
-  owners.Record("lease-a", "scanner", t0 + absl::Minutes(1));
-  owners.Record("lease-b", "hunter", t0 + absl::Minutes(5));
-  EXPECT_EQ(owners.Lookup("lease-a"), "scanner");
-  EXPECT_EQ(owners.Lookup("lease-b"), "hunter");
-  EXPECT_EQ(owners.Lookup("lease-c"), std::nullopt);
+  owners.Record("lease-a", "scanner", "virustotal/prod", t0 + absl::Minutes(1));
+  owners.Record("lease-b", "hunter", "cybervault/prod", t0 + absl::Minutes(5));
+  ASSERT_TRUE(owners.Lookup("lease-a").has_value());
+  EXPECT_EQ(owners.Lookup("lease-a")->identity, "scanner");
+  EXPECT_EQ(owners.Lookup("lease-a")->credential, "virustotal/prod");
+  EXPECT_EQ(owners.Lookup("lease-b")->identity, "hunter");
+  EXPECT_FALSE(owners.Lookup("lease-c").has_value());
   owners.Forget("lease-b");
-  EXPECT_EQ(owners.Lookup("lease-b"), std::nullopt);
+  EXPECT_FALSE(owners.Lookup("lease-b").has_value());
   EXPECT_EQ(owners.size(), 1);
 }
 
 TEST(LeaseOwnersTest, PruneDropsExpiredUnlessExtended) {
   LeaseOwners owners;
   const absl::Time t0 = absl::FromUnixSeconds(1000);
-  owners.Record("a", "x", t0 + absl::Minutes(1));
-  owners.Record("b", "x", t0 + absl::Minutes(1));
+  owners.Record("a", "x", "c", t0 + absl::Minutes(1));
+  owners.Record("b", "x", "c", t0 + absl::Minutes(1));
   owners.Extend("b", t0 + absl::Minutes(10));
   EXPECT_EQ(owners.Prune(t0 + absl::Minutes(2)), 1);
-  EXPECT_EQ(owners.Lookup("a"), std::nullopt);
-  EXPECT_EQ(owners.Lookup("b"), "x");
+  EXPECT_FALSE(owners.Lookup("a").has_value());
+  EXPECT_EQ(owners.Lookup("b")->identity, "x");
+}
+
+TEST(HolderTest, IdentityRoundTripsThroughTheHolder) {
+  EXPECT_EQ(HolderWithIdentity("scanner", "worker-3"), "scanner/worker-3");
+  EXPECT_EQ(HolderWithIdentity("scanner", ""), "scanner");
+  EXPECT_EQ(IdentityOfHolder("scanner/worker/3"), "scanner");
+  EXPECT_EQ(IdentityOfHolder("scanner"), "scanner");
+}
+
+TEST(AuthorizerTest, DenyAllKnowsNoToken) {
+  auto a = Authorizer::DenyAll();
+  EXPECT_TRUE(a->enabled());
+  EXPECT_EQ(a->Authenticate("Bearer x").status().code(), absl::StatusCode::kUnauthenticated);
+}
+
+TEST(AuthorizerTest, DeniedMessagesDoNotEchoControlBytes) {
+  auto a = MustCreate(TeamAuth());
+  absl::Status s = a->Authorize("hunter", AccessMethod::kAcquire, std::string("a\nb\x01") +
+                                                                     std::string(1000, 'x'));
+  EXPECT_THAT(s.message(), HasSubstr("\"a?b?xxx"));
+  EXPECT_LT(s.message().size(), 400u);
 }
 
 }  // namespace

@@ -1,0 +1,292 @@
+// The real server over the wire with TLS, mutual TLS, bearer tokens, access rules, lease
+// ownership and the metrics endpoint. Certificates come from a throw-away CA made with openssl.
+#include <grpcpp/grpcpp.h>
+
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "quotad/v1/quotad.grpc.pb.h"
+#include "service/server/auth.h"
+#include "service/server/server.h"
+#include "tests/server/http_get.h"
+#include "tests/server/test_certs.h"
+
+namespace quotad {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr char kConfigTemplate[] = R"(
+credentials:
+  - name: team-a/key
+    features:
+      - name: requests
+        limits:
+          - {name: per_minute, kind: sliding, capacity: 100, period: 1m}
+  - name: team-b/key
+    features:
+      - name: requests
+        limits:
+          - {name: per_minute, kind: sliding, capacity: 100, period: 1m}
+auth:
+  tokens:
+    - {identity: alice, sha256: ALICE}
+    - {identity: bob, sha256: BOB}
+    - {identity: ops, sha256: OPS}
+  rules:
+    - {identity: alice, credentials: ["team-a/*"], methods: ["*"]}
+    - {identity: bob, credentials: [team-b/key], methods: [Acquire, Release, Renew, Report]}
+  admins: [ops]
+)";
+
+class SecurityTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(certs_.ok()) << "openssl could not make test certificates";
+    config_path_ = certs_.dir() + "/quotad.yaml";
+    std::ofstream(config_path_) << absl::StrReplaceAll(
+        kConfigTemplate, {{"ALICE", Sha256Hex("alice-token")},
+                          {"BOB", Sha256Hex("bob-token")},
+                          {"OPS", Sha256Hex("ops-token")}});
+  }
+
+  void StartServer(bool mutual) {
+    ServerOptions options;
+    options.config_path = config_path_;
+    options.memory_only = true;
+    options.listen_address = "127.0.0.1:0";
+    options.sweep_interval = absl::Milliseconds(50);
+    options.metrics_listen = "127.0.0.1:0";
+    options.metrics_refresh = absl::Milliseconds(50);
+    options.tls.cert_path = certs_.Cert("server");
+    options.tls.key_path = certs_.Key("server");
+    if (mutual) options.tls.client_ca_path = certs_.Cert("ca");
+    absl::StatusOr<std::unique_ptr<QuotadServer>> server = QuotadServer::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+  }
+
+  // A TLS channel trusting the test CA, with the client certificate `client` ("" for none).
+  std::shared_ptr<grpc::Channel> TlsChannel(const std::string& client) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = testing::TestCerts::Read(certs_.Cert("ca"));
+    if (!client.empty()) {
+      ssl.pem_cert_chain = testing::TestCerts::Read(certs_.Cert(client));
+      ssl.pem_private_key = testing::TestCerts::Read(certs_.Key(client));
+    }
+    grpc::ChannelArguments args;
+    args.SetSslTargetNameOverride("localhost");
+    return grpc::CreateCustomChannel(server_->address(), grpc::SslCredentials(ssl), args);
+  }
+
+  static std::unique_ptr<grpc::ClientContext> Context(const std::string& token) {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    if (!token.empty()) ctx->AddMetadata("authorization", "Bearer " + token);
+    return ctx;
+  }
+
+  grpc::Status Acquire(grpc::Channel* channel, const std::string& token,
+                       const std::string& credential, v1::AcquireResponse* resp) {
+    auto stub = v1::Quota::NewStub(std::shared_ptr<grpc::Channel>(channel, [](auto*) {}));
+    v1::AcquireRequest req;
+    req.set_credential(credential);
+    req.set_feature("requests");
+    req.set_holder("worker-1");
+    return stub->Acquire(Context(token).get(), req, resp);
+  }
+
+  grpc::Status Release(grpc::Channel* channel, const std::string& token,
+                       const std::string& lease) {
+    auto stub = v1::Quota::NewStub(std::shared_ptr<grpc::Channel>(channel, [](auto*) {}));
+    v1::ReleaseRequest req;
+    req.set_lease_id(lease);
+    v1::ReleaseResponse resp;
+    return stub->Release(Context(token).get(), req, &resp);
+  }
+
+  grpc::Status Renew(grpc::Channel* channel, const std::string& token, const std::string& lease) {
+    auto stub = v1::Quota::NewStub(std::shared_ptr<grpc::Channel>(channel, [](auto*) {}));
+    v1::RenewRequest req;
+    req.set_lease_id(lease);
+    v1::RenewResponse resp;
+    return stub->Renew(Context(token).get(), req, &resp);
+  }
+
+  // The value of one series in the metrics text, or -1.
+  static double Metric(const std::string& text, const std::string& series) {
+    const size_t at = text.find(series + " ");
+    if (at == std::string::npos) return -1;
+    const size_t start = at + series.size() + 1;
+    double v = -1;
+    if (!absl::SimpleAtod(text.substr(start, text.find('\n', start) - start), &v)) return -1;
+    return v;
+  }
+
+  testing::TestCerts certs_;
+  std::string config_path_;
+  std::unique_ptr<QuotadServer> server_;
+};
+
+TEST_F(SecurityTest, PlaintextClientIsRefusedWhenTlsIsRequired) {
+  StartServer(/*mutual=*/false);
+  auto channel = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+  v1::AcquireResponse resp;
+  grpc::Status s = Acquire(channel.get(), "alice-token", "team-a/key", &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+}
+
+TEST_F(SecurityTest, TlsClientWithoutCertificateIsServedWithoutMutualTls) {
+  StartServer(/*mutual=*/false);
+  auto channel = TlsChannel("");
+  v1::AcquireResponse resp;
+  grpc::Status s = Acquire(channel.get(), "alice-token", "team-a/key", &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_TRUE(resp.granted());
+}
+
+TEST_F(SecurityTest, MutualTlsRefusesNoCertificateAndOneFromAnotherCa) {
+  StartServer(/*mutual=*/true);
+  v1::AcquireResponse resp;
+  auto plaintext = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+  EXPECT_EQ(Acquire(plaintext.get(), "alice-token", "team-a/key", &resp).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  auto no_cert = TlsChannel("");
+  EXPECT_EQ(Acquire(no_cert.get(), "alice-token", "team-a/key", &resp).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  auto other_ca = TlsChannel("other_client");
+  EXPECT_EQ(Acquire(other_ca.get(), "alice-token", "team-a/key", &resp).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  auto good = TlsChannel("client");
+  grpc::Status s = Acquire(good.get(), "alice-token", "team-a/key", &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_TRUE(resp.granted());
+}
+
+TEST_F(SecurityTest, MissingOrWrongTokenIsUnauthenticated) {
+  StartServer(/*mutual=*/true);
+  auto channel = TlsChannel("client");
+  v1::AcquireResponse resp;
+  grpc::Status none = Acquire(channel.get(), "", "team-a/key", &resp);
+  EXPECT_EQ(none.error_code(), grpc::StatusCode::UNAUTHENTICATED) << none.error_message();
+  grpc::Status wrong = Acquire(channel.get(), "alice-token-guess", "team-a/key", &resp);
+  EXPECT_EQ(wrong.error_code(), grpc::StatusCode::UNAUTHENTICATED) << wrong.error_message();
+  EXPECT_THAT(wrong.error_message(), ::testing::Not(HasSubstr("alice-token-guess")));
+  // Unauthenticated callers learn nothing of leases either.
+  EXPECT_EQ(Release(channel.get(), "nope", "0123456789abcdef0123456789abcdef").error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+}
+
+TEST_F(SecurityTest, IdentitiesUseOnlyTheirCredentials) {
+  StartServer(/*mutual=*/true);
+  auto channel = TlsChannel("client");
+  v1::AcquireResponse resp;
+  grpc::Status s = Acquire(channel.get(), "alice-token", "team-a/key", &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_TRUE(resp.granted());
+  s = Acquire(channel.get(), "bob-token", "team-b/key", &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_TRUE(resp.granted());
+
+  grpc::Status denied = Acquire(channel.get(), "bob-token", "team-a/key", &resp);
+  EXPECT_EQ(denied.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(denied.error_message(), HasSubstr("\"bob\""));
+  EXPECT_THAT(denied.error_message(), HasSubstr("Acquire"));
+  EXPECT_THAT(denied.error_message(), HasSubstr("\"team-a/key\""));
+
+  auto stub = v1::Quota::NewStub(channel);
+  v1::ReportRequest report;
+  report.set_credential("team-b/key");
+  report.set_feature("requests");
+  report.set_http_status(200);
+  v1::ReportResponse report_resp;
+  EXPECT_EQ(stub->Report(Context("alice-token").get(), report, &report_resp).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_TRUE(stub->Report(Context("bob-token").get(), report, &report_resp).ok());
+}
+
+TEST_F(SecurityTest, LeasesAreEndedOnlyByTheirHolderOrAnAdmin) {
+  StartServer(/*mutual=*/true);
+  auto channel = TlsChannel("client");
+  v1::AcquireResponse resp;
+  ASSERT_TRUE(Acquire(channel.get(), "alice-token", "team-a/key", &resp).ok());
+  ASSERT_TRUE(resp.granted());
+  const std::string lease = resp.lease_id();
+
+  grpc::Status s = Release(channel.get(), "bob-token", lease);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
+  EXPECT_THAT(s.error_message(), HasSubstr("\"bob\""));
+  EXPECT_EQ(Renew(channel.get(), "bob-token", lease).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_TRUE(Renew(channel.get(), "ops-token", lease).ok());
+  EXPECT_TRUE(Renew(channel.get(), "alice-token", lease).ok());
+
+  // The ledger records who holds it.
+  auto admin = v1::Admin::NewStub(channel);
+  v1::ListLeasesRequest list;
+  v1::ListLeasesResponse leases;
+  ASSERT_TRUE(admin->ListLeases(Context("ops-token").get(), list, &leases).ok());
+  ASSERT_EQ(leases.leases_size(), 1);
+  EXPECT_EQ(leases.leases(0).holder(), "alice/worker-1");
+
+  EXPECT_TRUE(Release(channel.get(), "alice-token", lease).ok());
+  EXPECT_EQ(Release(channel.get(), "bob-token", "0123456789abcdef0123456789abcdef").error_code(),
+            grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(SecurityTest, OnlyAdminsUseTheAdminService) {
+  StartServer(/*mutual=*/true);
+  auto admin = v1::Admin::NewStub(TlsChannel("client"));
+  v1::GetUsageRequest req;
+  req.set_credential("team-a/key");
+  v1::GetUsageResponse resp;
+  grpc::Status s = admin->GetUsage(Context("alice-token").get(), req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(s.error_message(), HasSubstr("Admin"));
+  EXPECT_TRUE(admin->GetUsage(Context("ops-token").get(), req, &resp).ok());
+  v1::ReloadConfigRequest reload;
+  v1::ReloadConfigResponse reloaded;
+  EXPECT_EQ(admin->ReloadConfig(Context("bob-token").get(), reload, &reloaded).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_TRUE(admin->ReloadConfig(Context("ops-token").get(), reload, &reloaded).ok());
+}
+
+TEST_F(SecurityTest, MetricsEndpointShowsGrantsDenialsAndRemainingUnits) {
+  StartServer(/*mutual=*/true);
+  ASSERT_GT(server_->metrics_port(), 0);
+  const std::string granted =
+      "quotad_decisions_total{credential=\"team-a/key\",feature=\"requests\",result=\"granted\"}";
+  const std::string remaining =
+      "quotad_remaining_units{credential=\"team-a/key\",limit=\"requests.per_minute\"}";
+  std::string before = testing::HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_THAT(before, HasSubstr("quotad_queue_depth"));
+  const double granted_before = std::max(0.0, Metric(before, granted));
+
+  auto channel = TlsChannel("client");
+  v1::AcquireResponse resp;
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(Acquire(channel.get(), "alice-token", "team-a/key", &resp).ok());
+  EXPECT_EQ(Acquire(channel.get(), "", "team-a/key", &resp).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+
+  std::string after;
+  for (int i = 0; i < 200; ++i) {  // gauges are refreshed every 50ms
+    after = testing::HttpGet(server_->metrics_port(), "/metrics");
+    if (Metric(after, remaining) == 97) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(Metric(after, granted), granted_before + 3) << after;
+  EXPECT_EQ(Metric(after, remaining), 97) << after;
+  EXPECT_EQ(Metric(after, "quotad_live_leases{credential=\"team-a/key\"}"), 3) << after;
+  EXPECT_GE(Metric(after, "quotad_auth_failures_total{reason=\"unauthenticated\"}"), 1);
+  EXPECT_THAT(after, HasSubstr("quotad_decision_latency_seconds_bucket{method=\"Acquire\""));
+}
+
+}  // namespace
+}  // namespace quotad
