@@ -64,7 +64,15 @@ absl::Status CheckRequestName(absl::string_view field, absl::string_view value, 
 
 }  // namespace
 
-std::string LeaseId::ToString() const { return absl::StrFormat("%016x%016x", hi, lo); }
+std::string LeaseId::ToString() const {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out(32, '0');
+  for (int i = 0; i < 16; ++i) {
+    out[15 - i] = kHex[(hi >> (4 * i)) & 0xf];
+    out[31 - i] = kHex[(lo >> (4 * i)) & 0xf];
+  }
+  return out;
+}
 
 absl::StatusOr<LeaseId> LeaseId::Parse(absl::string_view text) {
   auto bad = [&] {
@@ -418,6 +426,9 @@ absl::StatusOr<Decision> Ledger::Acquire(const AcquireRequest& req) {
 
 void Ledger::InsertLease(const LeaseId& id, LeaseRecord rec) {
   // Outside the credential's lock: nobody can name this lease before Acquire returns.
+  if (options_.journal != nullptr && !rec.compiled->features[rec.feature].has_concurrency) {
+    options_.journal->PutLease(ToJournal(id, rec, false)).IgnoreError();  // queued; may be lost
+  }
   LeaseShard& shard = ShardFor(id);
   absl::MutexLock shard_lock(&shard.mu);
   shard.leases.emplace(id, std::move(rec));
@@ -503,10 +514,11 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
       rec->tokens.push_back(
           counters[i]->Charge(cc.rules[feature.rules[i]], now, req.cost, d.lease_id.lo, expiry));
     }
-    if (l.options_.journal != nullptr) {
-      const absl::Status s =
-          l.options_.journal->PutLease(ToJournal(d.lease_id, *rec, feature.has_concurrency));
-      if (!s.ok() && feature.has_concurrency) {
+    // A lease holding slots is written before the grant is answered, under the lock; one that
+    // only allows a refund is written by InsertLease, after the lock (losing it loses a refund).
+    if (l.options_.journal != nullptr && feature.has_concurrency) {
+      const absl::Status s = l.options_.journal->PutLease(ToJournal(d.lease_id, *rec, true));
+      if (!s.ok()) {
         // The slot would not survive a restart: undo the whole grant and fail closed.
         for (size_t i = 0; i < counters.size(); ++i) {
           const Rule& rule = cc.rules[feature.rules[i]];
