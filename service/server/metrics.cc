@@ -195,7 +195,7 @@ void Metrics::Refresh(Ledger& ledger, absl::Time now) {
   absl::MutexLock lock(&refresh_mu_);
   absl::flat_hash_set<std::string> seen;
   auto set = [&](prometheus::Family<prometheus::Gauge>* family, prometheus::Labels labels,
-                 double value) {
+                 double value) ABSL_EXCLUSIVE_LOCKS_REQUIRED(refresh_mu_) {
     std::string key = absl::StrCat(reinterpret_cast<uintptr_t>(family));
     for (const auto& [k, v] : labels) absl::StrAppend(&key, "\x1f", k, "=", v);
     auto it = gauges_.find(key);

@@ -339,6 +339,7 @@ class QuotadServer::Impl {
     worker_.reset();  // runs any queued reload (its call was cancelled) and joins
     if (journal_ != nullptr) {
       if (absl::Status s = journal_->Flush(); !s.ok()) {
+        metrics_->OnStoreError("flush");
         log_->error("state file flush failed path={} error=\"{}\"", journal_->path(),
                     std::string(s.message()));
       }
@@ -685,6 +686,7 @@ class QuotadServer::Impl {
     absl::StatusOr<std::string> standing = dedup_->Put(
         dedup_key, resp->SerializeAsString(), ToUnixNs(now + options_.dedup_window), ToUnixNs(now));
     if (!standing.ok()) {
+      metrics_->OnStoreError("dedup");
       log_->warn("dedup record failed key={} error=\"{}\"", dedup_key,
                  std::string(standing.status().message()));
       return absl::OkStatus();
@@ -821,6 +823,7 @@ class QuotadServer::Impl {
       if (standing.ok()) {
         resp->ParseFromString(*standing);
       } else {
+        metrics_->OnStoreError("dedup");
         log_->warn("dedup record failed key={} error=\"{}\"", dedup_key,
                    std::string(standing.status().message()));
       }
@@ -959,6 +962,7 @@ class QuotadServer::Impl {
       if (journal_ != nullptr && now - last_compact_ >= options_.compact_interval) {
         last_compact_ = now;
         if (absl::Status s = journal_->Compact(ToUnixNs(now)); !s.ok()) {
+          metrics_->OnStoreError("compact");
           log_->warn("state file compaction failed path={} error=\"{}\"", journal_->path(),
                      std::string(s.message()));
         }

@@ -2,6 +2,7 @@
 // ownership and the metrics endpoint. Certificates come from a throw-away CA made with openssl.
 #include <grpcpp/grpcpp.h>
 
+#include <cstdio>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -57,7 +58,8 @@ class SecurityTest : public ::testing::Test {
                           {"OPS", Sha256Hex("ops-token")}});
   }
 
-  void StartServer(bool mutual) {
+  void StartServer(bool mutual, const std::string& cert = "", const std::string& key = "",
+                   absl::Duration refresh = absl::Minutes(1)) {
     ServerOptions options;
     options.config_path = config_path_;
     options.memory_only = true;
@@ -65,24 +67,28 @@ class SecurityTest : public ::testing::Test {
     options.sweep_interval = absl::Milliseconds(50);
     options.metrics_listen = "127.0.0.1:0";
     options.metrics_refresh = absl::Milliseconds(50);
-    options.tls.cert_path = certs_.Cert("server");
-    options.tls.key_path = certs_.Key("server");
+    options.tls.cert_path = cert.empty() ? certs_.Cert("server") : cert;
+    options.tls.key_path = key.empty() ? certs_.Key("server") : key;
+    options.tls.refresh_interval = refresh;
     if (mutual) options.tls.client_ca_path = certs_.Cert("ca");
     absl::StatusOr<std::unique_ptr<QuotadServer>> server = QuotadServer::Start(options);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
   }
 
-  // A TLS channel trusting the test CA, with the client certificate `client` ("" for none).
-  std::shared_ptr<grpc::Channel> TlsChannel(const std::string& client) {
+  // A TLS channel trusting `ca`, with the client certificate `client` ("" for none), on a
+  // connection of its own.
+  std::shared_ptr<grpc::Channel> TlsChannel(const std::string& client,
+                                            const std::string& ca = "ca") {
     grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = testing::TestCerts::Read(certs_.Cert("ca"));
+    ssl.pem_root_certs = testing::TestCerts::Read(certs_.Cert(ca));
     if (!client.empty()) {
       ssl.pem_cert_chain = testing::TestCerts::Read(certs_.Cert(client));
       ssl.pem_private_key = testing::TestCerts::Read(certs_.Key(client));
     }
     grpc::ChannelArguments args;
     args.SetSslTargetNameOverride("localhost");
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     return grpc::CreateCustomChannel(server_->address(), grpc::SslCredentials(ssl), args);
   }
 
@@ -168,6 +174,33 @@ TEST_F(SecurityTest, MutualTlsRefusesNoCertificateAndOneFromAnotherCa) {
   grpc::Status s = Acquire(good.get(), "alice-token", "team-a/key", &resp);
   ASSERT_TRUE(s.ok()) << s.error_message();
   EXPECT_TRUE(resp.granted());
+}
+
+TEST_F(SecurityTest, RotatedServerCertificateIsUsedWithoutRestart) {
+  // The server reads its files from a directory of its own, every second.
+  const std::string live_cert = certs_.dir() + "/live.pem";
+  const std::string live_key = certs_.dir() + "/live.key";
+  std::ofstream(live_cert) << testing::TestCerts::Read(certs_.Cert("server"));
+  std::ofstream(live_key) << testing::TestCerts::Read(certs_.Key("server"));
+  StartServer(/*mutual=*/false, live_cert, live_key, absl::Seconds(1));
+  v1::AcquireResponse resp;
+  ASSERT_TRUE(Acquire(TlsChannel("", "ca").get(), "alice-token", "team-a/key", &resp).ok());
+
+  // Rotate to a certificate of another CA: write aside, then rename over the live files.
+  std::ofstream(live_key + ".new") << testing::TestCerts::Read(certs_.Key("other_server"));
+  std::ofstream(live_cert + ".new") << testing::TestCerts::Read(certs_.Cert("other_server"));
+  ASSERT_EQ(std::rename((live_key + ".new").c_str(), live_key.c_str()), 0);
+  ASSERT_EQ(std::rename((live_cert + ".new").c_str(), live_cert.c_str()), 0);
+
+  bool rotated = false;
+  for (int i = 0; i < 50 && !rotated; ++i) {
+    rotated = Acquire(TlsChannel("", "other_ca").get(), "alice-token", "team-a/key", &resp).ok();
+    if (!rotated) absl::SleepFor(absl::Milliseconds(200));
+  }
+  EXPECT_TRUE(rotated) << "the new certificate was never served";
+  // New connections that trust only the old CA now fail the handshake.
+  EXPECT_EQ(Acquire(TlsChannel("", "ca").get(), "alice-token", "team-a/key", &resp).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
 }
 
 TEST_F(SecurityTest, MissingOrWrongTokenIsUnauthenticated) {

@@ -3,7 +3,7 @@
 
 // Throw-away certificate authorities and certificates made with the openssl CLI, in a temporary
 // directory removed at the end: ca (trusted), server (signed by ca, for localhost and 127.0.0.1),
-// client (signed by ca), other_ca and other_client (signed by other_ca).
+// client (signed by ca), other_ca, and other_server and other_client (signed by other_ca).
 
 #include <stdlib.h>
 #include <unistd.h>
@@ -24,6 +24,8 @@ class TestCerts {
     dir_ = tmpl;
     ok_ = MakeCa("ca") && MakeCa("other_ca") &&
           MakeLeaf("server", "ca", "localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1") &&
+          MakeLeaf("other_server", "other_ca", "localhost",
+                   "subjectAltName=DNS:localhost,IP:127.0.0.1") &&
           MakeLeaf("client", "ca", "worker", "extendedKeyUsage=clientAuth") &&
           MakeLeaf("other_client", "other_ca", "intruder", "extendedKeyUsage=clientAuth");
   }
