@@ -173,6 +173,36 @@ TEST_F(WaitReportTest, CancelledWaitingCallLeavesTheQueue) {
   EXPECT_TRUE(later.granted());
 }
 
+TEST_F(WaitReportTest, FullQueueIsResourceExhaustedNamingTheCredential) {
+  server_.reset();
+  ServerOptions options;
+  options.config_path = QUOTAD_DURABLE_CONFIG;
+  options.memory_only = true;
+  options.listen_address = "127.0.0.1:0";
+  options.max_waiters_per_credential = 1;
+  absl::StatusOr<std::unique_ptr<QuotadServer>> server = QuotadServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  server_ = *std::move(server);
+  channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+  quota_ = v1::Quota::NewStub(channel_);
+  // The only slot is held for an hour: whoever waits for it stays in the queue.
+  v1::AcquireResponse held;
+  ASSERT_TRUE(Acquire(Req("test/daily", "jobs"), &held).ok());
+  ASSERT_TRUE(held.granted());
+  grpc::ClientContext waiter_ctx;
+  std::thread waiter([&] {
+    v1::AcquireResponse r;
+    quota_->Acquire(&waiter_ctx, Req("test/daily", "jobs", absl::Seconds(30)), &r);
+  });
+  ASSERT_TRUE(Eventually([&] { return server_->ledger()->waiting() == 1; }));
+  v1::AcquireResponse r;
+  grpc::Status s = Acquire(Req("test/daily", "jobs", absl::Seconds(30)), &r);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_NE(s.error_message().find("test/daily"), std::string::npos) << s.error_message();
+  waiter_ctx.TryCancel();
+  waiter.join();
+}
+
 TEST_F(WaitReportTest, MaxWaitIsCappedAtTheCallDeadline) {
   Drain("test/bucket3");
   // Hold the queue with a long waiter so that the next token is far away for the second one.
