@@ -39,7 +39,7 @@ wait_addr() {
   done
   cat "$1" >&2; return 1
 }
-"$quotad" --config="$here/bench_config.yaml" --listen=127.0.0.1:0 2>"$tmp/quotad.log" &
+"$quotad" --config="$here/bench_config.yaml" --listen=127.0.0.1:0 --memory_only --metrics_listen= 2>"$tmp/quotad.log" &
 pids+=($!)
 "$noop" --listen=127.0.0.1:0 2>"$tmp/noop.log" &
 pids+=($!)

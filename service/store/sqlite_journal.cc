@@ -472,8 +472,8 @@ absl::StatusOr<std::unique_ptr<SqliteJournal>> SqliteJournal::Open(const std::st
     if (bad_file) {
       return absl::Status(db.status().code(),
                           absl::StrCat(db.status().message(),
-                                       " (refusing to start over it; move it aside or start with "
-                                       "the explicit reset_corrupt option)"));
+                                       " (refusing to start over it; move it aside, or start quotad "
+                                       "with --reset_corrupt_state to have it moved aside)"));
     }
     return db.status();
   }
