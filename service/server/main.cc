@@ -50,6 +50,9 @@ ABSL_FLAG(bool, state_fsync, false,
 ABSL_FLAG(double, reserve_fraction, 0.01,
           "Units written ahead per counter, as a fraction of its capacity (at least 1 unit, at "
           "most 1000): a crash can leave at most this block of each window unused.");
+ABSL_FLAG(absl::Duration, config_watch_interval, absl::Seconds(2),
+          "How often --config is checked for a change, which is then reloaded (a bad one is "
+          "rejected and the one in force kept); 0 turns the watch off.");
 ABSL_FLAG(absl::Duration, dedup_window, absl::Minutes(10),
           "How long the answer to an Acquire/Release request_id is kept for retries.");
 ABSL_FLAG(std::string, tls_cert, "",
@@ -118,6 +121,7 @@ int main(int argc, char** argv) {
   options.synchronous_full = absl::GetFlag(FLAGS_state_fsync);
   options.reserve_fraction = absl::GetFlag(FLAGS_reserve_fraction);
   options.dedup_window = absl::GetFlag(FLAGS_dedup_window);
+  options.config_watch_interval = absl::GetFlag(FLAGS_config_watch_interval);
   options.tls.cert_path = absl::GetFlag(FLAGS_tls_cert);
   options.tls.key_path = absl::GetFlag(FLAGS_tls_key);
   options.tls.client_ca_path = absl::GetFlag(FLAGS_tls_client_ca);

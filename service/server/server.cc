@@ -3,6 +3,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <atomic>
@@ -294,13 +295,13 @@ class QuotadServer::Impl {
     }
     sweeper_ = std::thread([this] { Sweep(); });
     health_.SetAll(grpc::health::v1::HealthCheckResponse::SERVING);
-    log_->info("listening address={} completion_queues={} config={} state={} tls={} auth={} "
-               "metrics_port={}",
-               address_, cqs_.size(), options_.config_path,
-               journal_ != nullptr ? journal_->path() : std::string("memory-only"),
-               options_.tls.client_ca_path.empty() ? (TlsEnabled(options_.tls) ? "tls" : "off")
-                                                   : "mutual",
-               snapshot_.load()->auth->enabled() ? "tokens" : "off", metrics_->port());
+    log_->info(
+        "listening address={} completion_queues={} config={} state={} tls={} auth={} "
+        "metrics_port={}",
+        address_, cqs_.size(), options_.config_path,
+        journal_ != nullptr ? journal_->path() : std::string("memory-only"),
+        options_.tls.client_ca_path.empty() ? (TlsEnabled(options_.tls) ? "tls" : "off") : "mutual",
+        snapshot_.load()->auth->enabled() ? "tokens" : "off", metrics_->port());
     return absl::OkStatus();
   }
 
@@ -373,7 +374,8 @@ class QuotadServer::Impl {
     report_ = {&quota_, &QuotaService::RequestReport,
                [this](ReportCall* c) {
                  const absl::Time start = absl::Now();
-                 absl::Status s = Check(c->context(), AccessMethod::kReport, c->request().credential());
+                 absl::Status s =
+                     Check(c->context(), AccessMethod::kReport, c->request().credential());
                  if (s.ok()) s = HandleReport(c->request(), c->response());
                  Respond(c, "Report", s, start);
                },
@@ -435,21 +437,20 @@ class QuotadServer::Impl {
                 Respond(c, "ResetCredential", s, start);
               },
               &gate_};
-    reload_ = {
-        &admin_, &AdminService::RequestReloadConfig,
-        [this](ReloadCall* c) {
-          const absl::Time start = absl::Now();
-          if (absl::Status s = Check(c->context(), AccessMethod::kAdmin, ""); !s.ok()) {
-            return Respond(c, "ReloadConfig", s, start);
-          }
-          // Reading the file may block: not on a completion-queue thread.
-          worker_->Schedule([this, c, start] {
-            absl::Status s = HandleReload(c->response());
-            metrics_->OnConfigReload(s.ok());
-            Respond(c, "ReloadConfig", s, start);
-          });
-        },
-        &gate_};
+    reload_ = {&admin_, &AdminService::RequestReloadConfig,
+               [this](ReloadCall* c) {
+                 const absl::Time start = absl::Now();
+                 if (absl::Status s = Check(c->context(), AccessMethod::kAdmin, ""); !s.ok()) {
+                   return Respond(c, "ReloadConfig", s, start);
+                 }
+                 // Reading the file may block: not on a completion-queue thread.
+                 worker_->Schedule([this, c, start] {
+                   absl::Status s = HandleReload(c->response());
+                   metrics_->OnConfigReload(s.ok());
+                   Respond(c, "ReloadConfig", s, start);
+                 });
+               },
+               &gate_};
   }
 
   // The caller's identity from `authorization: Bearer <token>` metadata (kAnonymousIdentity
@@ -596,8 +597,7 @@ class QuotadServer::Impl {
     if (!req.request_id().empty()) {
       // With auth, request_ids are per identity: another one never sees this answer.
       dedup_key = absl::StrCat("acquire/", req.credential(), "/",
-                               holder.empty() ? "" : absl::StrCat(identity, "|"),
-                               req.request_id());
+                               holder.empty() ? "" : absl::StrCat(identity, "|"), req.request_id());
       const int64_t now_ns = ToUnixNs(ledger_->clock()->Now());
       if (std::optional<std::string> first = dedup_->Get(dedup_key, now_ns)) {
         if (c->response()->ParseFromString(*first)) return FinishAcquire(c, absl::OkStatus());
@@ -619,14 +619,14 @@ class QuotadServer::Impl {
       return FinishAcquire(c, AnswerAcquire(c, std::move(decision), dedup_key));
     }
 
-    WaitTicket ticket = ledger_->AcquireOrWait(
-        args->core, max_wait, args->priority,
-        [this, c, ref = c->Ref(), key = std::move(dedup_key), identity, start](
-            absl::StatusOr<Decision> decision) mutable {
-          if (decision.ok()) metrics_->OnWait(c->request().credential());
-          Observe(c, "AcquireWait", identity, decision, start);
-          FinishAcquire(c, AnswerAcquire(c, std::move(decision), key));
-        });
+    WaitTicket ticket =
+        ledger_->AcquireOrWait(args->core, max_wait, args->priority,
+                               [this, c, ref = c->Ref(), key = std::move(dedup_key), identity,
+                                start](absl::StatusOr<Decision> decision) mutable {
+                                 if (decision.ok()) metrics_->OnWait(c->request().credential());
+                                 Observe(c, "AcquireWait", identity, decision, start);
+                                 FinishAcquire(c, AnswerAcquire(c, std::move(decision), key));
+                               });
     // A client that leaves (cancel, deadline) takes its request out of the queue. When the
     // callback above already ran, or runs now, Cancel() is false and it answers.
     c->OnCancel([this, c, ticket = std::move(ticket)] {
@@ -940,6 +940,40 @@ class QuotadServer::Impl {
     snapshots_.push_back(std::move(snapshot));
   }
 
+  // What identifies one version of the config file (following symlinks).
+  struct FileVersion {
+    dev_t dev = 0;
+    ino_t ino = 0;
+    off_t size = -1;
+    int64_t mtime_ns = 0;
+    bool operator==(const FileVersion& o) const {
+      return dev == o.dev && ino == o.ino && size == o.size && mtime_ns == o.mtime_ns;
+    }
+  };
+  static std::optional<FileVersion> StatConfig(const std::string& path) {
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+    return FileVersion{st.st_dev, st.st_ino, st.st_size,
+                       int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec};
+  }
+
+  // Sweeper thread: reloads the config when its file changed since the last look. A file that
+  // fails to load is not tried again until it changes again.
+  void WatchConfig() {
+    if (options_.config_watch_interval <= absl::ZeroDuration()) return;
+    const absl::Time now = absl::Now();
+    if (now - last_config_check_ < options_.config_watch_interval) return;
+    last_config_check_ = now;
+    const std::optional<FileVersion> version = StatConfig(options_.config_path);
+    if (!version.has_value() || version == config_version_) {
+      return;  // unchanged, or gone for a moment while a ConfigMap update swaps it
+    }
+    config_version_ = version;
+    log_->info("config file changed config={}; reloading", options_.config_path);
+    v1::ReloadConfigResponse unused;
+    metrics_->OnConfigReload(HandleReload(&unused).ok());
+  }
+
   void Sweep() ABSL_LOCKS_EXCLUDED(sweep_mu_) {
     for (;;) {
       {
@@ -959,6 +993,7 @@ class QuotadServer::Impl {
         last_metrics_refresh_ = absl::Now();
         metrics_->Refresh(*ledger_, now);
       }
+      WatchConfig();
       if (journal_ != nullptr && now - last_compact_ >= options_.compact_interval) {
         last_compact_ = now;
         if (absl::Status s = journal_->Compact(ToUnixNs(now)); !s.ok()) {
@@ -1010,7 +1045,10 @@ class QuotadServer::Impl {
   std::unique_ptr<BlockingWorker> worker_ = std::make_unique<BlockingWorker>();
   absl::Mutex sweep_mu_;
   bool stop_sweeping_ ABSL_GUARDED_BY(sweep_mu_) = false;
-  absl::Time last_compact_ = absl::InfinitePast();  // sweeper thread only
+  absl::Time last_compact_ = absl::InfinitePast();       // sweeper thread only
+  absl::Time last_config_check_ = absl::InfinitePast();  // sweeper thread only
+  // The version loaded last; set at construction, around the time the config was read.
+  std::optional<FileVersion> config_version_ = StatConfig(options_.config_path);  // sweeper only
   absl::Time last_metrics_refresh_ = absl::InfinitePast();  // sweeper thread only
   std::thread sweeper_;
 };

@@ -47,6 +47,10 @@ struct ServerOptions {
   absl::Duration dedup_window = absl::Minutes(10);
   // How often the state file drops what no longer matters (Journal::Compact).
   absl::Duration compact_interval = absl::Minutes(1);
+  // How often the config file is checked for a change (a new inode, size or mtime: a Kubernetes
+  // ConfigMap update swaps a symlink), which is then applied like Admin.ReloadConfig: a bad
+  // file is rejected, logged and the config in force kept. Zero turns the watch off.
+  absl::Duration config_watch_interval = absl::Seconds(2);
   // At most this many Acquire calls wait per credential; beyond, RESOURCE_EXHAUSTED.
   int64_t max_waiters_per_credential = 10000;
 

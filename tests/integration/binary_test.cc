@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -225,3 +226,104 @@ TEST(BinaryTest, BusyPortFailsFastWithMessage) {
 }
 
 }  // namespace
+
+namespace config_watch {
+
+// A config directory laid out the way Kubernetes mounts a ConfigMap: quotad.yaml is a symlink
+// into a versioned directory, and an update swaps the symlink atomically.
+class ConfigDir {
+ public:
+  ConfigDir() {
+    char tmpl[] = "/tmp/quotad_watch_test_XXXXXX";
+    root_ = mkdtemp(tmpl);
+  }
+  ~ConfigDir() { std::system(absl::StrCat("rm -rf ", root_).c_str()); }
+
+  void Publish(const std::string& yaml) {
+    const std::string dir = absl::StrCat(root_, "/v", ++version_);
+    mkdir(dir.c_str(), 0755);
+    std::ofstream(dir + "/quotad.yaml") << yaml;
+    const std::string tmp_link = root_ + "/quotad.yaml.tmp";
+    unlink(tmp_link.c_str());
+    symlink((dir + "/quotad.yaml").c_str(), tmp_link.c_str());
+    rename(tmp_link.c_str(), path().c_str());  // atomic swap
+  }
+  std::string path() const { return root_ + "/quotad.yaml"; }
+
+ private:
+  std::string root_;
+  int version_ = 0;
+};
+
+std::string DailyConfig(int capacity) {
+  return absl::StrCat(
+      "profiles:\n"
+      "  - name: watched\n"
+      "    features:\n"
+      "      - name: calls\n"
+      "        limits:\n"
+      "          - {name: per_day, kind: calendar, unit: day, capacity: ",
+      capacity,
+      "}\n"
+      "credentials:\n"
+      "  - {name: watch/key, profile: watched}\n");
+}
+
+bool Acquire(quotad::v1::Quota::Stub& quota) {
+  grpc::ClientContext ctx;
+  quotad::v1::AcquireRequest req;
+  req.set_credential("watch/key");
+  req.set_feature("calls");
+  quotad::v1::AcquireResponse resp;
+  EXPECT_TRUE(quota.Acquire(&ctx, req, &resp).ok());
+  return resp.granted();
+}
+
+TEST(BinaryTest, ChangedConfigFileIsReloadedKeepingUsageAndABadOneIsRejected) {
+  ConfigDir dir;
+  dir.Publish(DailyConfig(2));
+  QuotadProcess quotad({absl::StrCat("--config=", dir.path()), "--listen=127.0.0.1:0",
+                        "--memory_only", "--metrics_listen=", "--sweep_interval=50ms",
+                        "--config_watch_interval=50ms"});
+  std::optional<int> port = quotad.WaitForPort(absl::Seconds(20));
+  ASSERT_TRUE(port.has_value()) << quotad.log();
+  auto quota = quotad::v1::Quota::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", *port), grpc::InsecureChannelCredentials()));
+  EXPECT_TRUE(Acquire(*quota));
+  EXPECT_TRUE(Acquire(*quota));
+  EXPECT_FALSE(Acquire(*quota));
+
+  // A new capacity of 5 keeps the 2 used: exactly 3 more, once the watch has picked it up.
+  dir.Publish(DailyConfig(5));
+  const absl::Time deadline = absl::Now() + absl::Seconds(20);
+  while (quotad.log().find("config reloaded") == std::string::npos && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_NE(quotad.log().find("config reloaded"), std::string::npos) << quotad.log();
+  int granted = 0;
+  for (int i = 0; i < 6; ++i) granted += Acquire(*quota);
+  EXPECT_EQ(granted, 3);
+
+  // A bad file is rejected and logged; the config in force stays.
+  dir.Publish(DailyConfig(-1));
+  while (quotad.log().find("reload rejected") == std::string::npos && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  const std::string log = quotad.log();
+  ASSERT_NE(log.find("reload rejected"), std::string::npos) << log;
+  EXPECT_NE(log.find("capacity"), std::string::npos) << log;  // names the bad field
+  EXPECT_FALSE(Acquire(*quota));
+  grpc::ClientContext ctx;
+  quotad::v1::GetUsageRequest usage_req;
+  usage_req.set_credential("watch/key");
+  quotad::v1::GetUsageResponse usage;
+  ASSERT_TRUE(quotad::v1::Admin::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", *port),
+                                                             grpc::InsecureChannelCredentials()))
+                  ->GetUsage(&ctx, usage_req, &usage)
+                  .ok());
+  ASSERT_EQ(usage.limits_size(), 1);
+  EXPECT_EQ(usage.limits(0).capacity(), 5);
+  EXPECT_EQ(usage.limits(0).used(), 5);
+}
+
+}  // namespace config_watch
