@@ -57,6 +57,10 @@ kubectl kustomize "$root/k8s/overlays/embedded" >"$work/rendered.yaml"
 /usr/bin/python3 "$here/smoke.py" pod "$work/rendered.yaml" "$work/play.yaml" --port "$port" --volume "$volume"
 sed -i "s|image: quotad:dev|image: $tag|" "$work/play.yaml"
 podman kube play "$work/play.yaml"
+# Kubernetes makes the claim writable for the pod's fsGroup (65532); podman 4.3's kube play does
+# not implement fsGroup, so give the volume (made by kube play from the claim) to that group the
+# way the kubelet would. The container restarts (restartPolicy Always) and then opens its state.
+chown 65532:65532 "$(podman volume inspect -f '{{.Mountpoint}}' "$volume")"
 
 status=0
 /usr/bin/python3 "$here/smoke.py" check --port "$port" --timeout 30 || status=1
