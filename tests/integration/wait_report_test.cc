@@ -213,7 +213,9 @@ TEST_F(WaitReportTest, MaxWaitIsCappedAtTheCallDeadline) {
         Acquire(Req("test/bucket3", "calls", absl::Minutes(30)), &r, absl::Milliseconds(100));
     // Either granted within the deadline, or the deadline passed: never held for 30 minutes.
     EXPECT_LT(absl::Now() - began, absl::Seconds(5));
-    if (s.ok()) EXPECT_TRUE(r.granted() || !r.limited_by().empty());
+    if (s.ok()) {
+      EXPECT_TRUE(r.granted() || !r.limited_by().empty());
+    }
   }
   ASSERT_TRUE(Eventually([&] { return server_->ledger()->waiting() == 0; }));
 }
