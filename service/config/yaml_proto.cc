@@ -10,6 +10,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "google/protobuf/descriptor.h"
 #include "yaml-cpp/yaml.h"
 
@@ -306,23 +308,46 @@ absl::Status SourceMap::Error(absl::string_view path, absl::string_view message)
   return absl::InvalidArgumentError(absl::StrCat(Locate(path), ": ", path, ": ", message));
 }
 
+namespace {
+
+// The line (1-based) of a "---" that starts a second YAML document, or 0. A first "---" before
+// any content only opens the one document.
+int SecondDocumentLine(absl::string_view yaml) {
+  bool content = false;
+  int line = 0;
+  for (absl::string_view l : absl::StrSplit(yaml, '\n')) {
+    ++line;
+    const absl::string_view t = absl::StripTrailingAsciiWhitespace(l);
+    if (t == "---" || absl::StartsWith(t, "--- ")) {
+      if (content) return line;
+      continue;
+    }
+    const absl::string_view body = absl::StripLeadingAsciiWhitespace(t);
+    if (!body.empty() && body[0] != '#') content = true;
+  }
+  return 0;
+}
+
+}  // namespace
+
 absl::Status ReadYamlIntoMessage(absl::string_view yaml, google::protobuf::Message* message,
                                  SourceMap* map) {
-  std::vector<YAML::Node> documents;
+  // One document only. yaml-cpp 0.7's LoadAll can loop forever on some malformed input (found by
+  // the config fuzzer), so the second document is found by its separator instead.
+  if (const int second = SecondDocumentLine(yaml); second > 0) {
+    map->Record("", second, 1);
+    return map->Error("", "expected one YAML document, found a second one");
+  }
+  YAML::Node document;
   try {
-    documents = YAML::LoadAll(std::string(yaml));
+    document = YAML::Load(std::string(yaml));
   } catch (const YAML::Exception& e) {
     if (e.mark.line >= 0) map->Record("", e.mark.line + 1, e.mark.column + 1);
     return map->Error("", absl::StrCat("YAML syntax error: ", e.msg));
   }
-  if (documents.empty() || documents[0].IsNull()) return absl::OkStatus();
-  if (documents.size() > 1) {
-    const YAML::Mark mark = documents[1].Mark();
-    if (mark.line >= 0) map->Record("", mark.line + 1, mark.column + 1);
-    return map->Error("", "expected one YAML document, found a second one");
-  }
+  if (!document.IsDefined() || document.IsNull()) return absl::OkStatus();
   try {
-    return Walker(map).WalkMessage(documents[0], message, "");
+    return Walker(map).WalkMessage(document, message, "");
   } catch (const YAML::Exception& e) {
     return map->Error("", absl::StrCat("YAML error: ", e.what()));
   }

@@ -540,3 +540,34 @@ TEST(ConfigTest, LoadPolicyFileReportsMissingFileWithPath) {
 
 }  // namespace
 }  // namespace quotad
+
+namespace quotad {
+namespace {
+
+TEST(ConfigDocumentsTest, ASecondYamlDocumentIsRejectedWithItsLine) {
+  const absl::StatusOr<Policy> policy = LoadPolicyFromString(
+      "---\ncredentials:\n  - {name: a/b, profile: mediasilo}\n---\ncredentials: []\n", "two.yaml");
+  ASSERT_FALSE(policy.ok());
+  EXPECT_NE(policy.status().message().find("two.yaml:4:"), std::string::npos) << policy.status();
+  EXPECT_NE(policy.status().message().find("second one"), std::string::npos) << policy.status();
+  // A leading "---" only opens the one document.
+  EXPECT_TRUE(
+      LoadPolicyFromString("---\ncredentials:\n  - {name: a/b, profile: mediasilo}\n", "one.yaml")
+          .ok());
+}
+
+TEST(ConfigDocumentsTest, MalformedFlowThatHungYamlCppLoadAllIsAnsweredWithAnError) {
+  // Reduced from the config fuzzer's timeout input: yaml-cpp 0.7's LoadAll looped forever on it.
+  // The fuzzer's 118-byte minimized input (tests/fuzz/corpus/config/regression-*-min.yaml).
+  const std::string yaml(
+      "# Example quotad configu# cybervault-s\250\250\250\250\250\250\250"
+      "\250100\250\250\250ci, mediasilo\012,# cybervault-s\250\250\250\250"
+      "\250\250\250\000\000\000\000\000\001\000\000\250\250\250\250Ncal\001"
+      "\000\000\000\000\000\000\000: 400\012",
+      118);
+  const absl::StatusOr<Policy> policy = LoadPolicyFromString(yaml, "bad.yaml");
+  EXPECT_FALSE(policy.ok());
+}
+
+}  // namespace
+}  // namespace quotad

@@ -53,7 +53,8 @@ for t in ${targets}; do
   mkdir -p "${corpus}" "${artifacts}"
   log="${work}/${name}.log"
   t0=$(date +%s)
-  "${build}/${t}" -max_total_time="${seconds}" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
+  # A fixed seed (FUZZ_SEED to change it) keeps CI runs comparable; run longer by hand to explore.
+  "${build}/${t}" -seed="${FUZZ_SEED:-1}" -max_total_time="${seconds}" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
     -print_final_stats=1 -artifact_prefix="${artifacts}/" "${corpus}" "${seeds}" >"${log}" 2>&1
   rc=$?
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "${log}" | grep -o '[0-9]*$' | tail -1)
