@@ -17,6 +17,7 @@ namespace quotad {
 namespace {
 
 constexpr size_t kMaxQuotedValue = 64;       // bytes of a value shown in a warning
+constexpr size_t kMaxQuotedEscaped = 96;     // bytes of its escaped text
 constexpr size_t kMaxConflictShown = 4;      // values listed in a conflict warning
 constexpr size_t kMaxFamilyLength = 128;     // X-RateLimit-For
 constexpr size_t kMaxLimitMessageTail = 64;  // bytes after "Limit:" in a body message
@@ -26,10 +27,21 @@ constexpr int64_t kMaxEpochSeconds = 253402300799;  // 9999-12-31T23:59:59Z
 // ---------------------------------------------------------------------------------------------
 // Warnings
 
+// At most kMaxQuotedValue bytes of the value, C-escaped, and at most kMaxQuotedEscaped bytes of
+// escaped text, so that a warning line (up to kMaxConflictShown values) stays under 512 bytes
+// whatever the bytes were.
 std::string Quote(absl::string_view v) {
-  const bool truncated = v.size() > kMaxQuotedValue;
-  return absl::StrCat("\"", absl::CHexEscape(v.substr(0, kMaxQuotedValue)), "\"",
-                      truncated ? "..." : "");
+  bool truncated = v.size() > kMaxQuotedValue;
+  std::string escaped = absl::CHexEscape(v.substr(0, kMaxQuotedValue));
+  if (escaped.size() > kMaxQuotedEscaped) {
+    size_t cut = kMaxQuotedEscaped;
+    // Never end inside an escape such as \x1b: back up to its backslash.
+    const size_t backslash = escaped.rfind('\\', cut - 1);
+    if (backslash != std::string::npos && cut - backslash < 4) cut = backslash;
+    escaped.resize(cut);
+    truncated = true;
+  }
+  return absl::StrCat("\"", escaped, "\"", truncated ? "..." : "");
 }
 
 // Collects warning lines, at most kMaxUpstreamWarnings, then counts the rest.
