@@ -1095,6 +1095,18 @@ absl::StatusOr<std::vector<LimitStatus>> Ledger::Usage(absl::string_view credent
     std::sort(scopes.begin(), scopes.end());
     for (const std::string& scope : scopes) add(cc.rules[r], scope, cred->scoped[r][scope]);
   }
+  std::vector<std::pair<std::string, int64_t>> cooling;
+  for (const auto& [feature, c] : cred->cooldowns) {
+    if (c.until_ns > now) cooling.emplace_back(feature, c.until_ns);
+  }
+  std::sort(cooling.begin(), cooling.end());
+  for (const auto& [feature, until_ns] : cooling) {
+    LimitStatus& st = out.emplace_back();
+    st.name = absl::StrCat(feature, ".cooldown");
+    st.kind = LimitKind::kUnlimited;  // never read for a cooldown; see LimitStatus::cooldown
+    st.cooldown = true;
+    st.reset = FromNs(until_ns);
+  }
   return out;
 }
 

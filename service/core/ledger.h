@@ -69,6 +69,9 @@ struct LimitStatus {
   int64_t used = 0;      // units in the current window / held slots
   int64_t remaining = 0;
   absl::Time reset = absl::InfiniteFuture();  // when the current window ends / next unit frees
+  // Not a limit but a feature cooling down after a throttle answer ("feature.cooldown"): it
+  // grants nothing before `reset`. Capacity, used and remaining are 0.
+  bool cooldown = false;
 };
 
 struct Decision {
@@ -218,7 +221,8 @@ class Ledger {
   // kInvalidArgument for a status outside 100..599. `observed_at` zero: now.
   absl::StatusOr<ReportResult> Report(const UpstreamAnswer& answer);
 
-  // Every limit of the credential, each scope of scoped limits. kNotFound for an unknown one.
+  // Every limit of the credential, each scope of scoped limits, then every feature cooling down
+  // (LimitStatus::cooldown). kNotFound for an unknown one.
   absl::StatusOr<std::vector<LimitStatus>> Usage(absl::string_view credential);
 
   // Live leases, of one credential or (empty) all.

@@ -68,9 +68,9 @@ v1::CalendarUnit CalendarUnitToProto(CalendarUnit unit) {
 void LimitStatusToProto(const LimitStatus& in, v1::LimitStatus* out) {
   out->set_name(in.name);
   out->set_scope(in.scope);
-  out->set_kind(LimitKindToProto(in.kind));
-  const bool unlimited =
-      in.kind == LimitKind::kUnlimited || in.capacity == std::numeric_limits<int64_t>::max();
+  out->set_kind(in.cooldown ? v1::LIMIT_KIND_COOLDOWN : LimitKindToProto(in.kind));
+  const bool unlimited = in.cooldown || in.kind == LimitKind::kUnlimited ||
+                         in.capacity == std::numeric_limits<int64_t>::max();
   out->set_capacity(unlimited ? 0 : in.capacity);
   out->set_used(in.used);
   out->set_remaining(unlimited ? 0 : in.remaining);

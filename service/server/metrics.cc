@@ -100,8 +100,7 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& list
   try {
     m->exposer_ = std::make_unique<prometheus::Exposer>(listen, /*num_threads=*/1);
   } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on ", listen, ": ", e.what()));
+    return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", listen, ": ", e.what()));
   }
   m->exposer_->RegisterCollectable(m->registry_);
   const std::vector<int> ports = m->exposer_->GetListeningPorts();
@@ -113,8 +112,8 @@ prometheus::Counter& Metrics::CachedCounter(prometheus::Family<prometheus::Count
                                             absl::string_view k1, absl::string_view v1,
                                             absl::string_view k2, absl::string_view v2,
                                             absl::string_view k3, absl::string_view v3) {
-  const std::string key = absl::StrCat(reinterpret_cast<uintptr_t>(family), "\x1f", v1, "\x1f",
-                                       v2, "\x1f", v3);
+  const std::string key =
+      absl::StrCat(reinterpret_cast<uintptr_t>(family), "\x1f", v1, "\x1f", v2, "\x1f", v3);
   {
     absl::ReaderMutexLock lock(&cache_mu_);
     if (auto it = counters_.find(key); it != counters_.end()) return *it->second;
@@ -214,21 +213,20 @@ void Metrics::Refresh(Ledger& ledger, absl::Time now) {
     if (!usage.ok()) continue;
     absl::flat_hash_map<std::string, std::pair<int64_t, int64_t>> by_limit;  // remaining, capacity
     for (const LimitStatus& l : *usage) {
-      if (l.kind == LimitKind::kUnlimited) continue;
+      if (l.kind == LimitKind::kUnlimited || l.cooldown) continue;
       auto [it, inserted] = by_limit.emplace(l.name, std::make_pair(l.remaining, l.capacity));
       if (!inserted) it->second.first = std::min(it->second.first, l.remaining);
     }
     for (const auto& [limit, rc] : by_limit) {
-      set(remaining_, {{"credential", c.name}, {"limit", limit}},
-          static_cast<double>(rc.first));
-      set(capacity_, {{"credential", c.name}, {"limit", limit}},
-          static_cast<double>(rc.second));
+      set(remaining_, {{"credential", c.name}, {"limit", limit}}, static_cast<double>(rc.first));
+      set(capacity_, {{"credential", c.name}, {"limit", limit}}, static_cast<double>(rc.second));
     }
   }
   std::vector<std::pair<std::pair<std::string, std::string>, absl::Time>> cooldowns;
   {
     absl::MutexLock cache_lock(&cache_mu_);
-    absl::erase_if(cooldown_until_, [&](const auto& kv) { return !leases.contains(kv.first.first); });
+    absl::erase_if(cooldown_until_,
+                   [&](const auto& kv) { return !leases.contains(kv.first.first); });
     cooldowns.assign(cooldown_until_.begin(), cooldown_until_.end());
   }
   for (const auto& [key, until] : cooldowns) {

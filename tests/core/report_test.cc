@@ -119,8 +119,14 @@ TEST_F(ReportTest, ThrottleWithRetryAfterCoolsTheFeatureDown) {
   EXPECT_EQ(d.limited_by, "f.cooldown");
   EXPECT_EQ(d.retry_at, clock_.Now() + absl::Seconds(12));
   EXPECT_TRUE(Acquire("g").granted);  // other features are not affected
+  const std::vector<LimitStatus> usage = *ledger_->Usage("key");
+  ASSERT_EQ(usage.size(), 3u);  // f.per_minute, g.per_minute, then the cooldown
+  EXPECT_EQ(usage[2].name, "f.cooldown");
+  EXPECT_TRUE(usage[2].cooldown);
+  EXPECT_EQ(usage[2].reset, clock_.Now() + absl::Seconds(12));
   clock_.Advance(absl::Seconds(12));
   EXPECT_TRUE(Acquire().granted);
+  EXPECT_EQ(ledger_->Usage("key")->size(), 2u);  // the cooldown is over
 }
 
 TEST_F(ReportTest, ThrottleWithoutRetryAfterBacksOffExponentiallyWithJitter) {
@@ -171,8 +177,7 @@ TEST_F(ReportTest, OutsideUnitsHiddenInTheGuardTailAreStillAdopted) {
   clock_.Set(t0 + absl::Seconds(30));
   ASSERT_TRUE(Acquire().granted);
   clock_.Set(t0 + absl::Milliseconds(60300));
-  const ReportResult r =
-      Report(200, {{"X-RateLimit-Limit", "2"}, {"X-RateLimit-Remaining", "0"}});
+  const ReportResult r = Report(200, {{"X-RateLimit-Limit", "2"}, {"X-RateLimit-Remaining", "0"}});
   ASSERT_EQ(r.adopted.size(), 1u);
   EXPECT_EQ(r.adopted[0], "f.per_minute used 1 -> 2");
   clock_.Set(t0 + absl::Seconds(61));

@@ -270,6 +270,20 @@ TEST_F(WaitReportTest, ThrottleReportPutsTheFeatureIntoCooldown) {
   EXPECT_FALSE(denied.granted());
   EXPECT_EQ(denied.limited_by(), "requests.cooldown");
   EXPECT_GE(denied.retry_after().seconds(), 10);
+
+  // And usage shows it, until when.
+  grpc::ClientContext usage_ctx;
+  v1::GetUsageRequest usage_req;
+  usage_req.set_credential("test/report");
+  v1::GetUsageResponse usage;
+  ASSERT_TRUE(admin_->GetUsage(&usage_ctx, usage_req, &usage).ok());
+  const v1::LimitStatus* cooldown = nullptr;
+  for (const v1::LimitStatus& l : usage.limits()) {
+    if (l.name() == "requests.cooldown") cooldown = &l;
+  }
+  ASSERT_NE(cooldown, nullptr) << usage.DebugString();
+  EXPECT_EQ(cooldown->kind(), v1::LIMIT_KIND_COOLDOWN);
+  EXPECT_EQ(cooldown->reset_at().seconds(), resp.cooldown_until().seconds());
 }
 
 TEST_F(WaitReportTest, ReportAdoptsTheUpstreamCountInUsage) {
