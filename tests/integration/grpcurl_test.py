@@ -178,6 +178,20 @@ class GrpcurlTest(unittest.TestCase):
                                        '{"leaseId": "%s", "used": 1}' % resp["leaseId"])
         self.assertEqual(released.get("refunded", "0"), "0")
 
+    def test_readme_tour_calls(self):
+        # The README's tour, in the JSON grpcurl sends (with the test config's credential).
+        self.assertEqual(self.refl.call_json("grpc.health.v1.Health/Check", '{"service":""}'),
+                         {"status": "SERVING"})
+        self.refl.call_json("quotad.v1.Quota/Acquire",
+                            '{"credential":"virustotal/prod","feature":"requests"}')
+        usage = self.refl.call_json("quotad.v1.Admin/GetUsage",
+                                    '{"credential":"virustotal/prod"}')
+        names = [l["name"] for l in usage["limits"]]
+        self.assertIn("requests.per_minute", names, usage)
+        self.assertIn("leases", self.refl.call_json("quotad.v1.Admin/ListLeases", "{}"))
+        creds = self.refl.call_json("quotad.v1.Admin/ListCredentials", "{}")
+        self.assertIn("virustotal/prod", str(creds))
+
     def test_acquire_with_max_wait_from_json(self):
         # The only slot of test/short is held by a lease of 1 s; a call with maxWait waits for
         # its expiry and is granted then, on the same call.
