@@ -22,7 +22,7 @@
 #include "quotad/client/prefetch.h"
 #include "quotad/client/quota_client.h"
 #include "quotad/v1/quotad.grpc.pb.h"
-#include "tests/clients/quotad_process.h"
+#include "tests/support/child_process.h"
 
 namespace quotad {
 namespace client {

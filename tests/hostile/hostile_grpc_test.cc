@@ -28,6 +28,7 @@
 #include "absl/time/time.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "quotad/v1/quotad.grpc.pb.h"
+#include "tests/support/child_process.h"
 
 namespace {
 
@@ -40,79 +41,16 @@ using quotad::v1::AcquireResponse;
 
 constexpr int64_t kMiB = 1024 * 1024;
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string Run(const std::string& command) {
-  std::string out;
-  FILE* p = popen(command.c_str(), "r");
-  if (p == nullptr) return out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  pclose(p);
-  return out;
-}
-
 // The quotad binary on 127.0.0.1:0 with the hostile configuration; killed at the end.
-class Quotad {
+class Quotad : public quotad::testing::ChildProcess {
  public:
-  Quotad() {
-    std::vector<std::string> args = {absl::StrCat("--config=", QUOTAD_HOSTILE_CONFIG),
-                                     "--listen=127.0.0.1:0", "--log_level=info"};
-    // Durable state is coming: keep this test in memory when the binary knows the flag.
-    if (absl::StrContains(Run(absl::StrCat(QUOTAD_BINARY, " --helpfull 2>&1")), "memory_only")) {
-      args.push_back("--memory_only");
-    }
-    char tmpl[] = "/tmp/quotad_hostile_test_XXXXXX";
-    const int fd = mkstemp(tmpl);
-    log_path_ = tmpl;
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(fd, STDERR_FILENO);
-      dup2(fd, STDOUT_FILENO);
-      std::vector<char*> argv = {const_cast<char*>(QUOTAD_BINARY)};
-      for (std::string& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(QUOTAD_BINARY, argv.data());
-      _exit(127);
-    }
-    close(fd);
-  }
-  ~Quotad() {
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-    unlink(log_path_.c_str());
-  }
+  Quotad() : ChildProcess(QUOTAD_BINARY, Args()) {}
 
-  std::string log() const { return ReadFile(log_path_); }
-  pid_t pid() const { return pid_; }
-
-  bool alive() { return waitpid(pid_, nullptr, WNOHANG) == 0; }
-
-  std::optional<int> WaitForPort(absl::Duration timeout) {
-    const absl::Time deadline = absl::Now() + timeout;
-    while (absl::Now() < deadline && alive()) {
-      const std::string text = log();
-      const size_t at = text.find("listening address=");
-      if (at != std::string::npos) {
-        const size_t end = text.find_first_of(" \n", at + 18);
-        const std::string addr = text.substr(at + 18, end - at - 18);
-        int port = 0;
-        if (absl::SimpleAtoi(addr.substr(addr.rfind(':') + 1), &port)) return port;
-      }
-      absl::SleepFor(absl::Milliseconds(20));
-    }
-    return std::nullopt;
-  }
+  bool alive() { return !WaitForExit(absl::ZeroDuration()).has_value(); }
 
   // VmRSS in KiB, -1 when unreadable.
   int64_t RssKib() const {
-    std::ifstream in(absl::StrCat("/proc/", pid_, "/status"));
+    std::ifstream in(absl::StrCat("/proc/", pid(), "/status"));
     std::string line;
     while (std::getline(in, line)) {
       if (absl::StartsWith(line, "VmRSS:")) {
@@ -128,8 +66,12 @@ class Quotad {
   }
 
  private:
-  pid_t pid_ = -1;
-  std::string log_path_;
+  static std::vector<std::string> Args() {
+    std::vector<std::string> args = {absl::StrCat("--config=", QUOTAD_HOSTILE_CONFIG),
+                                     "--listen=127.0.0.1:0", "--log_level=info", "--memory_only",
+                                     "--metrics_listen="};
+    return args;
+  }
 };
 
 class HostileTest : public ::testing::Test {
@@ -258,8 +200,8 @@ TEST_F(HostileTest, MultiMegabyteNamesAreRefusedNamingFieldAndSize) {
     rel.set_lease_id(big);
     quotad::v1::ReleaseResponse rel_resp;
     grpc::ClientContext ctx;
-    ExpectInvalid(quotad::v1::Quota::NewStub(*channel_)->Release(&ctx, rel, &rel_resp),
-                  "lease_id", bytes);
+    ExpectInvalid(quotad::v1::Quota::NewStub(*channel_)->Release(&ctx, rel, &rel_resp), "lease_id",
+                  bytes);
 
     quotad::v1::GetUsageRequest usage;
     usage.set_credential(big);
@@ -284,7 +226,7 @@ TEST_F(HostileTest, InvalidUtf8AndControlCharactersAreRefused) {
   // proto3 strings must be UTF-8: the server's parser refuses the message (the client library
   // logs an error while serializing, and sends it anyway).
   for (const std::string& bad : {std::string("\xff\xfe"), std::string("ab\xc3"),
-                                std::string("\xed\xa0\x80"), std::string("\xc0\xaf")}) {
+                                 std::string("\xed\xa0\x80"), std::string("\xc0\xaf")}) {
     AcquireRequest req = Spend();
     req.set_credential(bad);
     grpc::Status s = Acquire(req);
@@ -448,7 +390,7 @@ TEST_F(HostileTest, BytesThatAreNotAMessageAreRefused) {
       std::string("\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 11),  // varint overflow
       std::string("\x0a\xff\xff\xff\xff\x0f", 6),                       // length past the end
       std::string("\x22\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01", 11),  // absurd length
-      std::string(1000, '\x07'),                                         // bad wire type
+      std::string(1000, '\x07'),                                        // bad wire type
   };
   for (const std::string& p : payloads) {
     grpc::Slice slice(p);

@@ -20,6 +20,7 @@
 #include "absl/time/time.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "quotad/v1/quotad.grpc.pb.h"
+#include "tests/support/child_process.h"
 
 namespace {
 
@@ -27,82 +28,11 @@ using grpc::health::v1::Health;
 using grpc::health::v1::HealthCheckRequest;
 using grpc::health::v1::HealthCheckResponse;
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// One quotad process with its stderr in a file. Kills it if the test did not stop it.
-class QuotadProcess {
+// The real quotad binary, its output in a file; SIGKILLed if the test did not stop it.
+class QuotadProcess : public quotad::testing::ChildProcess {
  public:
-  explicit QuotadProcess(std::vector<std::string> args) {
-    char tmpl[] = "/tmp/quotad_binary_test_XXXXXX";
-    const int fd = mkstemp(tmpl);
-    log_path_ = tmpl;
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(fd, STDERR_FILENO);
-      dup2(fd, STDOUT_FILENO);
-      std::vector<char*> argv;
-      argv.push_back(const_cast<char*>(QUOTAD_BINARY));
-      for (std::string& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(QUOTAD_BINARY, argv.data());
-      _exit(127);
-    }
-    close(fd);
-  }
-  ~QuotadProcess() {
-    if (!exit_status_.has_value()) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    unlink(log_path_.c_str());
-  }
-
-  std::string log() const { return ReadFile(log_path_); }
-
-  // The port from the `listening address=HOST:PORT` line, waiting up to `timeout`.
-  std::optional<int> WaitForPort(absl::Duration timeout) {
-    const absl::Time deadline = absl::Now() + timeout;
-    while (absl::Now() < deadline) {
-      const std::string text = log();
-      const size_t at = text.find("listening address=");
-      if (at != std::string::npos) {
-        const size_t end = text.find_first_of(" \n", at + 18);
-        const std::string addr = text.substr(at + 18, end - at - 18);
-        int port = 0;
-        if (absl::SimpleAtoi(addr.substr(addr.rfind(':') + 1), &port)) return port;
-      }
-      if (WaitForExit(absl::ZeroDuration()).has_value()) return std::nullopt;
-      absl::SleepFor(absl::Milliseconds(20));
-    }
-    return std::nullopt;
-  }
-
-  // The exit code once the process has exited within `timeout`; -signal when killed.
-  std::optional<int> WaitForExit(absl::Duration timeout) {
-    const absl::Time deadline = absl::Now() + timeout;
-    for (;;) {
-      if (exit_status_.has_value()) return exit_status_;
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-        return exit_status_;
-      }
-      if (absl::Now() >= deadline) return std::nullopt;
-      absl::SleepFor(absl::Milliseconds(20));
-    }
-  }
-
-  void Signal(int sig) { kill(pid_, sig); }
-
- private:
-  pid_t pid_ = -1;
-  std::string log_path_;
-  std::optional<int> exit_status_;
+  explicit QuotadProcess(std::vector<std::string> args)
+      : ChildProcess(QUOTAD_BINARY, std::move(args)) {}
 };
 
 TEST(BinaryTest, SigtermGoesNotServingEndsWatchersAndExitsZero) {

@@ -1,5 +1,5 @@
-#ifndef QUOTAD_TESTS_CLIENTS_QUOTAD_PROCESS_H_
-#define QUOTAD_TESTS_CLIENTS_QUOTAD_PROCESS_H_
+#ifndef QUOTAD_TESTS_SUPPORT_CHILD_PROCESS_H_
+#define QUOTAD_TESTS_SUPPORT_CHILD_PROCESS_H_
 
 // A real quotad binary (or any helper program) run by a test, with its output in a file. The
 // process is SIGKILLed by the destructor if the test did not stop it. Not thread-safe.
@@ -123,4 +123,4 @@ inline bool QuotadHasFlag(const std::string& binary, const std::string& flag) {
 }  // namespace testing
 }  // namespace quotad
 
-#endif  // QUOTAD_TESTS_CLIENTS_QUOTAD_PROCESS_H_
+#endif  // QUOTAD_TESTS_SUPPORT_CHILD_PROCESS_H_
