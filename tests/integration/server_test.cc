@@ -371,9 +371,13 @@ TEST_F(ServerTest, SixtyFourClientThreadsNeverOverGrant) {
       for (int i = 0; i < kAttemptsPerThread; ++i) {
         grpc::ClientContext ctx;
         ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+        // 64 new connections at once: a connect that fails transiently (seen once in CI: one
+        // thread's 10 calls UNAVAILABLE) is retried by the channel instead of failing the call.
+        ctx.set_wait_for_ready(true);
         v1::AcquireResponse resp;
         grpc::Status s = stub->Acquire(&ctx, Req("test/race", "calls"), &resp);
         if (!s.ok()) {
+          ADD_FAILURE() << "Acquire failed: " << s.error_code() << " " << s.error_message();
           errors.fetch_add(1);
         } else if (resp.granted()) {
           granted.fetch_add(1);
