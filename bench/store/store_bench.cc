@@ -93,6 +93,7 @@ class TimedJournal : public Journal {
   absl::Status PutLease(const JournalLease& l) override { return j_->PutLease(l); }
   absl::Status RenewLease(const std::string& id, int64_t e) override { return j_->RenewLease(id, e); }
   void DeleteLease(const std::string& id) override { j_->DeleteLease(id); }
+  absl::Status PutCooldown(const JournalCooldown& c) override { return j_->PutCooldown(c); }
   absl::Status Compact(int64_t now) override { return j_->Compact(now); }
   std::atomic<int64_t> calls{0};
   std::atomic<int64_t> ns{0};

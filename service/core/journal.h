@@ -57,10 +57,19 @@ struct JournalLease {
   std::vector<int64_t> tokens;  // refund token per limit, in the feature's limit order
 };
 
+// A feature cooling down after the upstream throttled it: it grants nothing before `until_ns`.
+// Records of the same credential and feature replace each other.
+struct JournalCooldown {
+  std::string credential;
+  std::string feature;
+  int64_t until_ns = 0;
+};
+
 // Everything a journal holds, as read at start-up.
 struct JournalState {
   std::vector<Reservation> reservations;
   std::vector<JournalLease> leases;
+  std::vector<JournalCooldown> cooldowns;
 };
 
 // Durable storage for the ledger. Implementations are thread-safe. A method that returns OK
@@ -82,7 +91,10 @@ class Journal {
   // May be applied late: a lease that outlives its release only holds a slot until expiry.
   virtual void DeleteLease(const std::string& id) = 0;
 
-  // Drops reservations and leases that no longer matter at `now_ns`.
+  // Durable before return. What Report learned from a throttle answer.
+  virtual absl::Status PutCooldown(const JournalCooldown& cooldown) = 0;
+
+  // Drops reservations, leases and cooldowns that no longer matter at `now_ns`.
   virtual absl::Status Compact(int64_t now_ns) = 0;
 };
 

@@ -99,6 +99,40 @@ absl::StatusOr<LeaseId> LeaseId::Parse(absl::string_view text) {
   return id;
 }
 
+namespace {
+
+// How long one window of `rule` can last.
+absl::Duration LongestWindow(const Rule& rule) {
+  switch (rule.spec.kind) {
+    case LimitKind::kCalendar:
+    case LimitKind::kUnlimited:
+      switch (rule.spec.unit) {
+        case CalendarUnit::kMinute:
+          return absl::Minutes(1) + rule.spec.guard;
+        case CalendarUnit::kHour:
+          return absl::Hours(1) + rule.spec.guard;
+        case CalendarUnit::kDay:
+          return absl::Hours(25) + rule.spec.guard;  // a day with a DST change
+        case CalendarUnit::kWeek:
+          return absl::Hours(24 * 7 + 1) + rule.spec.guard;
+        case CalendarUnit::kMonth:
+        case CalendarUnit::kNone:
+          return absl::Hours(24 * 31 + 1) + rule.spec.guard;
+      }
+      break;
+    case LimitKind::kRolling:
+    case LimitKind::kSliding:
+      return absl::Nanoseconds(rule.span_ns);
+    case LimitKind::kTokenBucket:
+      return absl::Nanoseconds(rule.emission_ns) * rule.spec.capacity;
+    case LimitKind::kConcurrency:
+      break;
+  }
+  return absl::ZeroDuration();
+}
+
+}  // namespace
+
 // One feature as the ledger runs it.
 struct CompiledFeature {
   std::string name;
@@ -111,6 +145,9 @@ struct CompiledFeature {
   absl::Duration default_lease_ttl;
   absl::Duration max_lease_ttl;
   int64_t max_scopes = 0;
+  // The longest a throttle answer may cool the feature down: its longest window (a month for
+  // calendar months), and at least the throttle's own longest back-off.
+  absl::Duration max_cooldown;
 };
 
 // The features of one or more credentials with their rules: credentials whose features are the
@@ -144,8 +181,10 @@ struct CompiledCredential {
           cf.rules.push_back(r);
         }
       }
+      cf.max_cooldown = std::max(cf.throttle.max_backoff, cf.max_lease_ttl);
       for (int r : cf.rules) {
         const Rule& rule = rules[r];
+        cf.max_cooldown = std::max(cf.max_cooldown, LongestWindow(rule));
         if (rule.spec.scoped && cf.first_scoped_rule < 0) cf.first_scoped_rule = r;
         if (rule.spec.kind == LimitKind::kConcurrency) cf.has_concurrency = true;
         if (rule.spec.kind != LimitKind::kUnlimited && rule.spec.capacity < cf.min_capacity) {
@@ -198,14 +237,13 @@ struct Ledger::Waiter {
   int priority = 0;
   uint64_t id = 0;
   WaitCallback done;
+  int64_t retry_ns = kInfiniteNs;  // when it could be granted, as last computed
+  std::string limited_by;          // the limit that holds it back
 };
 
-// The waiting requests of one credential, feature and scope: by (-priority, arrival).
-struct Ledger::Queue {
-  std::map<std::pair<int, uint64_t>, std::unique_ptr<Waiter>> waiters;
-  int64_t retry_ns = kInfiniteNs;  // when the head could be granted, as last computed
-  std::string limited_by;          // the limit that holds the head back
-};
+// Waiting requests of one credential in the order they are served: higher priority first,
+// then arrival.
+using WaiterMap = std::map<std::pair<int, uint64_t>, std::unique_ptr<Ledger::Waiter>>;
 
 // An answer to deliver once the credential's lock is released.
 struct Ledger::Answer {
@@ -218,15 +256,26 @@ struct Ledger::Credential {
   explicit Credential(std::string n) : name(std::move(n)) {}
 
   // Counter of rule `r` for `scope`; nullptr when the rule is scoped, the scope is new and
-  // `create` is false.
-  Counter* CounterFor(int r, absl::string_view scope, bool create)
+  // `create` is false. *created (optional) says whether this call made it.
+  Counter* CounterFor(int r, absl::string_view scope, bool create, bool* created = nullptr)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (created != nullptr) *created = false;
     if (!compiled->rules[r].spec.scoped) return &counters[r];
     auto& map = scoped[r];
     auto it = map.find(scope);
     if (it != map.end()) return &it->second;
     if (!create) return nullptr;
-    return &map[std::string(scope)];
+    if (created != nullptr) *created = true;
+    Counter& c = map[std::string(scope)];
+    if (!scope_seeds.empty() && scope_seeds[r].units > 0) {
+      // A reload made this limit scoped: each new scope starts with what the whole limit had
+      // used then, as the upstream may count all of it against this scope.
+      const Rule& rule = compiled->rules[r];
+      int64_t unused;
+      c.Fits(rule, scope_seeds[r].at_ns, 0, &unused);
+      c.Charge(rule, scope_seeds[r].at_ns, scope_seeds[r].units, 0, 0);
+    }
+    return &c;
   }
 
   const std::string name;
@@ -238,15 +287,48 @@ struct Ledger::Credential {
   std::vector<Counter> counters ABSL_GUARDED_BY(mu);  // by rule index (unscoped rules)
   std::vector<absl::flat_hash_map<std::string, Counter>> scoped
       ABSL_GUARDED_BY(mu);  // by rule index (scoped rules)
+  // What new scopes of a rule start with (by rule index; empty when no reload asked for it).
+  struct ScopeSeed {
+    int64_t units = 0;
+    int64_t at_ns = 0;
+  };
+  std::vector<ScopeSeed> scope_seeds ABSL_GUARDED_BY(mu);
+  // A counter of a limit that a reload changed, kept under the rule it was built for until
+  // every unit it counted then has left it, and checked and charged with the new rule's
+  // counter meanwhile: the window in force at the reload never grants more than the stricter of
+  // the old and the new configuration allows.
+  struct Retired {
+    const Rule* old_rule = nullptr;  // in a version of `versions`, which are never dropped
+    int rule = -1;                   // the current rule of the same name
+    std::string scope;
+    bool all_scopes = false;  // the old rule was unscoped: it counts every scope
+    Counter counter;
+    int64_t until_ns = 0;
+  };
+  std::vector<Retired> retired ABSL_GUARDED_BY(mu);
+  // By limit name: the index in `versions` of the last version whose reload rebuilt its
+  // counters (the limit's shape, scoping or a raised capacity changed).
+  absl::flat_hash_map<std::string, size_t> rebuilt_at ABSL_GUARDED_BY(mu);
+  // Whether the counters of `limit` were rebuilt after `version` was compiled: refund tokens
+  // made under it no longer name anything in them.
+  bool RebuiltSince(const std::string& limit, const CompiledCredential& version) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    auto it = rebuilt_at.find(limit);
+    if (it == rebuilt_at.end()) return false;
+    for (size_t i = versions.size(); i-- > 0;) {
+      if (versions[i].get() == &version) return it->second > i;
+    }
+    return true;
+  }
   // Features cooling down after a throttle answer, by feature name.
   struct Cooldown {
     int64_t until_ns = 0;
     int consecutive = 0;  // throttles in a row, for the back-off
   };
   absl::flat_hash_map<std::string, Cooldown> cooldowns ABSL_GUARDED_BY(mu);
-  // Waiting requests by "feature\0scope".
-  absl::flat_hash_map<std::string, Ledger::Queue> queues ABSL_GUARDED_BY(mu);
-  int64_t waiting ABSL_GUARDED_BY(mu) = 0;
+  WaiterMap waiters ABSL_GUARDED_BY(mu);
+  // When a waiter may next be served (its retry time or deadline), as last computed.
+  int64_t next_serve_ns ABSL_GUARDED_BY(mu) = kInfiniteNs;
 };
 
 struct Ledger::Table {
@@ -350,21 +432,51 @@ struct Ledger::Locked {
                                    const CompiledFeature& feature,
                                    absl::Span<Counter* const> counters, const AcquireRequest& req,
                                    int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred.mu);
-  // Serves the request's queue first; then grants or denies; or, when `waiter` is non-null and
-  // the request cannot be granted now, parks it (taking *waiter, which becomes null).
+  // Serves the waiters whose time has come first; then grants or denies; or, when `waiter` is
+  // non-null and the request cannot be granted now, parks it (taking *waiter, which becomes
+  // null). A request never passes a waiter of its priority or higher that needs one of the
+  // same counters.
   static absl::StatusOr<Decision> AcquireOrQueue(Ledger& l, Credential& cred,
-                                                 const AcquireRequest& req, int64_t now,
-                                                 LeaseRecord* rec, std::unique_ptr<Waiter>* waiter,
+                                                 const AcquireRequest& req, int priority,
+                                                 int64_t now, LeaseRecord* rec,
+                                                 std::unique_ptr<Waiter>* waiter,
                                                  std::vector<Answer>* answers)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred.mu);
-  // Grants and expires what it can in one queue; returns when it needs serving next.
-  static int64_t ServeQueue(Ledger& l, Credential& cred, Queue& queue, int64_t now,
-                            std::vector<Answer>* answers) ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred.mu);
-  // Serves every queue of a credential; returns when it needs serving next.
+  // Serves the credential's waiters in order: grants what fits, denies what reached its
+  // deadline; a waiter that must wait holds back every later one that needs one of its
+  // counters. Returns when it needs serving next.
   static int64_t ServeCredential(Ledger& l, Credential& cred, int64_t now,
                                  std::vector<Answer>* answers)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred.mu);
+  // The first waiter (in serving order) at `priority` or higher that needs a counter which
+  // feature `fi` with `scope` needs too; nullptr when none.
+  static Waiter* FirstConflict(Credential& cred, int fi, absl::string_view scope, int priority)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred.mu);
 };
+
+namespace {
+
+// Whether features `fa` (with scope `sa`) and `fb` (with `sb`) charge a counter in common.
+bool ShareCounter(const CompiledCredential& cc, int fa, absl::string_view sa, int fb,
+                  absl::string_view sb) {
+  for (int ra : cc.features[fa].rules) {
+    for (int rb : cc.features[fb].rules) {
+      if (ra == rb && (!cc.rules[ra].spec.scoped || sa == sb)) return true;
+    }
+  }
+  return false;
+}
+
+// a + b, saturating at the ends of int64.
+int64_t SatAdd(int64_t a, int64_t b) {
+  int64_t out;
+  if (__builtin_add_overflow(a, b, &out)) {
+    return b > 0 ? std::numeric_limits<int64_t>::max() : std::numeric_limits<int64_t>::min();
+  }
+  return out;
+}
+
+}  // namespace
 
 Ledger::Ledger(Clock* clock, LedgerOptions options)
     : clock_(clock),
@@ -417,7 +529,8 @@ absl::StatusOr<Decision> Ledger::Acquire(const AcquireRequest& req) {
   LeaseRecord rec;
   {
     absl::MutexLock lock(&cred->mu);
-    result = Locked::AcquireOrQueue(*this, *cred, req, now, &rec, /*waiter=*/nullptr, &answers);
+    result = Locked::AcquireOrQueue(*this, *cred, req, /*priority=*/0, now, &rec,
+                                    /*waiter=*/nullptr, &answers);
   }
   if (result.ok() && result->granted) InsertLease(result->lease_id, std::move(rec));
   Deliver(answers);
@@ -476,7 +589,12 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
 
   absl::InlinedVector<Counter*, 4> counters;
   counters.reserve(feature.rules.size());
-  for (int r : feature.rules) counters.push_back(cred.CounterFor(r, req.scope, true));
+  bool created_scope = false;
+  for (int r : feature.rules) {
+    bool created;
+    counters.push_back(cred.CounterFor(r, req.scope, true, &created));
+    created_scope |= created;
+  }
 
   int64_t retry_ns = std::numeric_limits<int64_t>::min();
   int limited_by = -1;
@@ -486,6 +604,30 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
     if (!counters[i]->Fits(rule, now, req.cost, &at) && at > retry_ns) {
       retry_ns = at;
       limited_by = feature.rules[i];
+    }
+  }
+  // Limits a reload changed: the old rule's counter holds until its window drains.
+  absl::InlinedVector<Credential::Retired*, 2> retired;
+  if (!cred.retired.empty()) {
+    cred.retired.erase(std::remove_if(cred.retired.begin(), cred.retired.end(),
+                                      [now](const Credential::Retired& r) {
+                                        return r.until_ns <= now;
+                                      }),
+                       cred.retired.end());
+    for (Credential::Retired& old : cred.retired) {
+      if (!old.all_scopes && old.scope != req.scope) continue;
+      if (std::find(feature.rules.begin(), feature.rules.end(), old.rule) == feature.rules.end()) {
+        continue;
+      }
+      int64_t at = 0;
+      if (!old.counter.Fits(*old.old_rule, now, req.cost, &at)) {
+        at = std::min(at, old.until_ns);
+        if (at > retry_ns) {
+          retry_ns = at;
+          limited_by = old.rule;
+        }
+      }
+      retired.push_back(&old);
     }
   }
   if (limited_by >= 0) {
@@ -514,6 +656,9 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
       rec->tokens.push_back(
           counters[i]->Charge(cc.rules[feature.rules[i]], now, req.cost, d.lease_id.lo, expiry));
     }
+    for (Credential::Retired* old : retired) {
+      old->counter.Charge(*old->old_rule, now, req.cost, d.lease_id.lo, expiry);
+    }
     // A lease holding slots is written before the grant is answered, under the lock; one that
     // only allows a refund is written by InsertLease, after the lock (losing it loses a refund).
     if (l.options_.journal != nullptr && feature.has_concurrency) {
@@ -525,9 +670,10 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
           if (rule.spec.kind == LimitKind::kConcurrency) {
             counters[i]->Free(expiry, d.lease_id.lo);
           } else {
-            counters[i]->Refund(rule, now, rec->tokens[i], req.cost);
+            counters[i]->Refund(rule, now, rec->tokens[i], req.cost, req.cost);
           }
         }
+        for (Credential::Retired* old : retired) old->counter.Free(expiry, d.lease_id.lo);
         return absl::UnavailableError(
             absl::StrCat("state store failed, denying (fail closed): ", s.message()));
       }
@@ -546,6 +692,12 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
       st.used = v.used;
       st.remaining = v.remaining;
       st.reset = FromNs(v.reset_ns);
+    }
+  }
+  if (created_scope && !d.granted) {
+    // A denied request leaves no new scope behind (max_scopes counts scopes in use).
+    for (int r : feature.rules) {
+      if (cc.rules[r].spec.scoped) cred.scoped[r].erase(req.scope);
     }
   }
   return d;
@@ -596,98 +748,125 @@ int64_t Ledger::BlockFor(const Rule& rule) const {
   return std::clamp<int64_t>(static_cast<int64_t>(block), 1, options_.max_reserve_block);
 }
 
-std::string QueueKey(absl::string_view feature, absl::string_view scope) {
-  return absl::StrCat(feature, absl::string_view("\0", 1), scope);
-}
-
 absl::StatusOr<Decision> Ledger::Locked::AcquireOrQueue(Ledger& l, Credential& cred,
-                                                        const AcquireRequest& req, int64_t now,
-                                                        LeaseRecord* rec,
+                                                        const AcquireRequest& req, int priority,
+                                                        int64_t now, LeaseRecord* rec,
                                                         std::unique_ptr<Waiter>* waiter,
                                                         std::vector<Answer>* answers) {
-  // Nobody waits on most credentials: skip building the queue's key.
-  if (cred.queues.empty() && (waiter == nullptr || *waiter == nullptr)) {
-    return Acquire(l, cred, req, now, rec);
+  const bool may_wait = waiter != nullptr && *waiter != nullptr;
+  // Nobody waits on most credentials: straight to the decision.
+  if (cred.waiters.empty() && !may_wait) return Acquire(l, cred, req, now, rec);
+  if (!cred.waiters.empty() && now >= cred.next_serve_ns) {
+    cred.next_serve_ns = ServeCredential(l, cred, now, answers);
   }
-  const std::string key = QueueKey(req.feature, req.scope);
-  auto qit = cred.queues.find(key);
-  if (qit != cred.queues.end()) {
-    ServeQueue(l, cred, qit->second, now, answers);
-    if (qit->second.waiters.empty()) {
-      cred.queues.erase(qit);
-      qit = cred.queues.end();
-    }
+  const int fi = cred.compiled->FindFeature(req.feature);
+  Waiter* blocker =
+      fi < 0 || cred.waiters.empty() ? nullptr : FirstConflict(cred, fi, req.scope, priority);
+  absl::StatusOr<Decision> d;
+  if (blocker == nullptr) {
+    d = Acquire(l, cred, req, now, rec);
+    if (!d.ok() || d->granted || !may_wait) return d;
+  } else if (!may_wait) {
+    // Waiting requests go first: a request that does not wait is told when the waiter ahead of
+    // it could be served, which is the earliest anything could be.
+    Decision denied;
+    denied.retry_at = FromNs(blocker->retry_ns);
+    denied.limited_by = blocker->limited_by;
+    return denied;
   }
-  if (qit == cred.queues.end()) {
-    absl::StatusOr<Decision> d = Acquire(l, cred, req, now, rec);
-    if (!d.ok() || d->granted || waiter == nullptr || *waiter == nullptr) return d;
-  } else if (waiter == nullptr || *waiter == nullptr) {
-    // Waiting requests go first: a request that does not wait is told when the queue's head
-    // could be served, which is the earliest anything could be.
-    Decision d;
-    d.retry_at = FromNs(qit->second.retry_ns);
-    d.limited_by = qit->second.limited_by;
-    return d;
-  }
-  if (cred.waiting >= l.options_.max_waiters_per_credential) {
+  if (static_cast<int64_t>(cred.waiters.size()) >= l.options_.max_waiters_per_credential) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("credential '", cred.name, "' already has ", cred.waiting,
+        absl::StrCat("credential '", cred.name, "' already has ", cred.waiters.size(),
                      " requests waiting, the most allowed; retry later"));
   }
-  Queue& queue = cred.queues[key];
   Waiter& w = **waiter;
-  queue.waiters.emplace(std::make_pair(-w.priority, w.id), std::move(*waiter));
-  ++cred.waiting;
+  if (blocker != nullptr) {
+    w.retry_ns = blocker->retry_ns;
+    w.limited_by = blocker->limited_by;
+  } else {
+    w.retry_ns = absl::ToUnixNanos(d->retry_at);
+    w.limited_by = d->limited_by;
+  }
+  cred.next_serve_ns = std::min({cred.next_serve_ns, w.retry_ns, w.deadline_ns});
+  Decision parked;
+  parked.retry_at = FromNs(w.retry_ns);
+  parked.limited_by = w.limited_by;
+  cred.waiters.emplace(std::make_pair(-w.priority, w.id), std::move(*waiter));
   l.waiting_.fetch_add(1, std::memory_order_relaxed);
   {
     absl::MutexLock wait_lock(&l.wait_mu_);
     l.waiting_credentials_.insert(&cred);
   }
-  // Serve at once: sets retry_ns for the (possibly new) head and answers nothing new.
-  ServeQueue(l, cred, queue, now, answers);
-  Decision parked;
-  parked.retry_at = FromNs(queue.retry_ns);
-  parked.limited_by = queue.limited_by;
   return parked;
 }
 
-int64_t Ledger::Locked::ServeQueue(Ledger& l, Credential& cred, Queue& queue, int64_t now,
-                                   std::vector<Answer>* answers) {
-  auto answer = [&](auto it, absl::StatusOr<Decision> result, std::unique_ptr<LeaseRecord> lease)
-                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred.mu) {
-                      Answer& a = answers->emplace_back();
-                      a.done = std::move(it->second->done);
-                      a.result = std::move(result);
-                      a.lease = std::move(lease);
-                      queue.waiters.erase(it);
-                      --cred.waiting;
-                      l.waiting_.fetch_sub(1, std::memory_order_relaxed);
-                    };
-  // The head goes first: strict order within a priority, so nobody starves.
-  while (!queue.waiters.empty()) {
-    auto head = queue.waiters.begin();
-    auto lease = std::make_unique<LeaseRecord>();
-    absl::StatusOr<Decision> d = Acquire(l, cred, head->second->View(), now, lease.get());
-    if (d.ok() && !d->granted) {
-      queue.retry_ns = absl::ToUnixNanos(d->retry_at);
-      queue.limited_by = d->limited_by;
-      if (head->second->deadline_ns > now) break;
-    }
-    const bool granted = d.ok() && d->granted;
-    answer(head, std::move(d), granted ? std::move(lease) : nullptr);
+Ledger::Waiter* Ledger::Locked::FirstConflict(Credential& cred, int fi, absl::string_view scope,
+                                              int priority) {
+  const CompiledCredential& cc = *cred.compiled;
+  for (auto& [order, w] : cred.waiters) {
+    if (-order.first < priority) break;  // in order: every later one has a lower priority
+    const int wf = cc.FindFeature(w->feature);
+    if (wf >= 0 && ShareCounter(cc, fi, scope, wf, w->scope)) return w.get();
   }
-  if (queue.waiters.empty()) return kInfiniteNs;
-  int64_t next = std::min(queue.retry_ns, queue.waiters.begin()->second->deadline_ns);
-  for (auto it = std::next(queue.waiters.begin()); it != queue.waiters.end();) {
-    if (it->second->deadline_ns > now) {
-      next = std::min(next, it->second->deadline_ns);
-      ++it;
+  return nullptr;
+}
+
+int64_t Ledger::Locked::ServeCredential(Ledger& l, Credential& cred, int64_t now,
+                                        std::vector<Answer>* answers) {
+  const CompiledCredential& cc = *cred.compiled;
+  // Waiters that must go on waiting, with their feature: later ones that share a counter with
+  // one of them wait behind it.
+  absl::InlinedVector<std::pair<const Waiter*, int>, 8> held;
+  int64_t next = kInfiniteNs;
+  for (auto it = cred.waiters.begin(); it != cred.waiters.end();) {
+    Waiter& w = *it->second;
+    auto answer = [&](absl::StatusOr<Decision> result, std::unique_ptr<LeaseRecord> lease)
+                      ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred.mu) {
+                        Answer& a = answers->emplace_back();
+                        a.done = std::move(w.done);
+                        a.result = std::move(result);
+                        a.lease = std::move(lease);
+                        it = cred.waiters.erase(it);
+                        l.waiting_.fetch_sub(1, std::memory_order_relaxed);
+                      };
+    const int fi = cc.FindFeature(w.feature);
+    const Waiter* ahead = nullptr;
+    if (fi >= 0) {
+      for (const auto& [other, of] : held) {
+        if (ShareCounter(cc, fi, w.scope, of, other->scope)) {
+          ahead = other;
+          break;
+        }
+      }
+    }
+    if (ahead == nullptr) {
+      auto lease = std::make_unique<LeaseRecord>();
+      absl::StatusOr<Decision> d = Acquire(l, cred, w.View(), now, lease.get());
+      if (!d.ok() || d->granted) {
+        const bool granted = d.ok();
+        answer(std::move(d), granted ? std::move(lease) : nullptr);
+        continue;
+      }
+      w.retry_ns = absl::ToUnixNanos(d->retry_at);
+      w.limited_by = d->limited_by;
+    } else {
+      w.retry_ns = ahead->retry_ns;
+      w.limited_by = ahead->limited_by;
+    }
+    if (w.deadline_ns <= now) {
+      Decision denied;
+      denied.retry_at = FromNs(w.retry_ns);
+      denied.limited_by = w.limited_by;
+      answer(denied, nullptr);
       continue;
     }
-    Decision denied;
-    denied.retry_at = FromNs(queue.retry_ns);
-    denied.limited_by = queue.limited_by;
-    answer(it++, denied, nullptr);
+    if (fi >= 0) held.emplace_back(&w, fi);
+    next = std::min({next, w.retry_ns, w.deadline_ns});
+    ++it;
+  }
+  if (cred.waiters.empty()) {
+    absl::MutexLock wait_lock(&l.wait_mu_);
+    l.waiting_credentials_.erase(&cred);
   }
   return next;
 }
@@ -726,18 +905,18 @@ WaitTicket Ledger::AcquireOrWait(const AcquireRequest& req, absl::Duration max_w
   w.cost = req.cost;
   w.lease_ttl = req.lease_ttl;
   w.want_limits = req.want_limits;
-  w.deadline_ns = now + absl::ToInt64Nanoseconds(max_wait);
+  w.deadline_ns = SatAdd(now, absl::ToInt64Nanoseconds(max_wait));
   w.priority = priority;
   w.id = next_waiter_id_.fetch_add(1, std::memory_order_relaxed);
   w.done = std::move(done);
-  WaitTicket ticket{cred, QueueKey(req.feature, req.scope), priority, w.id};
+  WaitTicket ticket{cred, priority, w.id};
 
   std::vector<Answer> answers;
   LeaseRecord rec;
   absl::StatusOr<Decision> result;
   {
     absl::MutexLock lock(&cred->mu);
-    result = Locked::AcquireOrQueue(*this, *cred, req, now, &rec,
+    result = Locked::AcquireOrQueue(*this, *cred, req, priority, now, &rec,
                                     max_wait > absl::ZeroDuration() ? &waiter : nullptr, &answers);
   }
   const bool parked = waiter == nullptr;
@@ -748,8 +927,8 @@ WaitTicket Ledger::AcquireOrWait(const AcquireRequest& req, absl::Duration max_w
   Deliver(answers);
   if (!parked) return {};
   if (options_.wake) {
-    options_.wake(FromNs(
-        std::min(absl::ToUnixNanos(result->retry_at), now + absl::ToInt64Nanoseconds(max_wait))));
+    options_.wake(FromNs(std::min(absl::ToUnixNanos(result->retry_at),
+                                  SatAdd(now, absl::ToInt64Nanoseconds(max_wait)))));
   }
   return ticket;
 }
@@ -759,35 +938,18 @@ bool Ledger::Cancel(const WaitTicket& ticket) {
   // Only credentials this ledger made are ever named by tickets, and none is ever freed.
   Credential* cred = const_cast<Credential*>(static_cast<const Credential*>(ticket.credential));
   std::unique_ptr<Waiter> gone;
-  absl::MutexLock lock(&cred->mu);
-  auto qit = cred->queues.find(ticket.queue);
-  if (qit == cred->queues.end()) return false;
-  auto it = qit->second.waiters.find({-ticket.priority, ticket.id});
-  if (it == qit->second.waiters.end()) return false;
-  gone = std::move(it->second);
-  qit->second.waiters.erase(it);
-  if (qit->second.waiters.empty()) cred->queues.erase(qit);
-  --cred->waiting;
-  waiting_.fetch_sub(1, std::memory_order_relaxed);
+  {
+    absl::MutexLock lock(&cred->mu);
+    auto it = cred->waiters.find({-ticket.priority, ticket.id});
+    if (it == cred->waiters.end()) return false;
+    gone = std::move(it->second);
+    cred->waiters.erase(it);
+    waiting_.fetch_sub(1, std::memory_order_relaxed);
+    // The waiters it held back may go now.
+    cred->next_serve_ns = std::numeric_limits<int64_t>::min();
+  }
+  ServeCredential(*cred);
   return true;
-}
-
-int64_t Ledger::Locked::ServeCredential(Ledger& l, Credential& cred, int64_t now,
-                                        std::vector<Answer>* answers) {
-  int64_t next = kInfiniteNs;
-  for (auto it = cred.queues.begin(); it != cred.queues.end();) {
-    next = std::min(next, ServeQueue(l, cred, it->second, now, answers));
-    if (it->second.waiters.empty()) {
-      cred.queues.erase(it++);
-    } else {
-      ++it;
-    }
-  }
-  if (cred.waiting == 0) {
-    absl::MutexLock wait_lock(&l.wait_mu_);
-    l.waiting_credentials_.erase(&cred);
-  }
-  return next;
 }
 
 void Ledger::ServeCredential(Credential& cred) {
@@ -796,8 +958,9 @@ void Ledger::ServeCredential(Credential& cred) {
   int64_t next;
   {
     absl::MutexLock lock(&cred.mu);
-    if (cred.waiting == 0) return;
+    if (cred.waiters.empty()) return;
     next = Locked::ServeCredential(*this, cred, absl::ToUnixNanos(clock_->Now()), &answers);
+    cred.next_serve_ns = next;
   }
   Deliver(answers);
   if (next != kInfiniteNs && options_.wake) options_.wake(FromNs(next));
@@ -815,7 +978,8 @@ absl::Time Ledger::Pump() {
   for (Credential* cred : creds) {
     {
       absl::MutexLock lock(&cred->mu);
-      next = std::min(next, Locked::ServeCredential(*this, *cred, now, &answers));
+      cred->next_serve_ns = Locked::ServeCredential(*this, *cred, now, &answers);
+      next = std::min(next, cred->next_serve_ns);
     }
     Deliver(answers);
   }
@@ -832,12 +996,9 @@ void Ledger::AnswerAllWaiters(const absl::Status& status) {
     std::vector<std::unique_ptr<Waiter>> waiters;
     {
       absl::MutexLock lock(&cred->mu);
-      for (auto& [key, queue] : cred->queues) {
-        for (auto& [order, w] : queue.waiters) waiters.push_back(std::move(w));
-      }
-      cred->queues.clear();
-      waiting_.fetch_sub(cred->waiting, std::memory_order_relaxed);
-      cred->waiting = 0;
+      for (auto& [order, w] : cred->waiters) waiters.push_back(std::move(w));
+      waiting_.fetch_sub(static_cast<int64_t>(cred->waiters.size()), std::memory_order_relaxed);
+      cred->waiters.clear();
       absl::MutexLock l(&wait_mu_);
       waiting_credentials_.erase(cred);
     }
@@ -857,18 +1018,19 @@ absl::StatusOr<ReleaseResult> Ledger::Release(const LeaseId& id, std::optional<i
 
 absl::StatusOr<ReleaseResult> Ledger::ReleaseImpl(const LeaseId& id, std::optional<int64_t> used,
                                                   Credential** out_cred) {
-  const int64_t now = absl::ToUnixNanos(clock_->Now());
   LeaseShard& shard = ShardFor(id);
   Credential* cred = nullptr;
   {
     absl::MutexLock l(&shard.mu);
-    LeaseRecord* rec = Locked::FindLive(shard, id, now);
+    LeaseRecord* rec = Locked::FindLive(shard, id, absl::ToUnixNanos(clock_->Now()));
     if (rec == nullptr) return LeaseNotFound(id);
     cred = rec->credential;
   }
   *out_cred = cred;
-  // Lock order: the credential, then the shard; so look again.
+  // Lock order: the credential, then the shard; so look again, at the time the locks are held
+  // (a lease that expired meanwhile may already have lost its slot to another).
   absl::MutexLock cred_lock(&cred->mu);
+  const int64_t now = absl::ToUnixNanos(clock_->Now());
   LeaseRecord rec;
   {
     absl::MutexLock l(&shard.mu);
@@ -893,10 +1055,15 @@ absl::StatusOr<ReleaseResult> Ledger::ReleaseImpl(const LeaseId& id, std::option
     if (counter == nullptr) continue;
     if (rule.spec.kind == LimitKind::kConcurrency) {
       result.freed = std::max(result.freed, counter->Free(rec.expiry_ns, id.lo));
-    } else if (used.has_value()) {
-      result.refunded =
-          std::max(result.refunded, counter->Refund(rule, now, rec.tokens[i], rec.cost - *used));
+    } else if (used.has_value() && !cred->RebuiltSince(rule.full_name, then)) {
+      // A token means something only to a counter of the shape that made it: after a reload
+      // rebuilt the counter, the units stay counted until they drain (under-grants, never over).
+      result.refunded = std::max(
+          result.refunded, counter->Refund(rule, now, rec.tokens[i], rec.cost, rec.cost - *used));
     }
+  }
+  for (Credential::Retired& old : cred->retired) {
+    if (old.all_scopes || old.scope == rec.scope) old.counter.Free(rec.expiry_ns, id.lo);
   }
   return result;
 }
@@ -906,18 +1073,19 @@ absl::StatusOr<absl::Time> Ledger::Renew(const LeaseId& id, absl::Duration ttl) 
     return absl::InvalidArgumentError(
         absl::StrCat("ttl ", absl::FormatDuration(ttl), " is negative"));
   }
-  const int64_t now = absl::ToUnixNanos(clock_->Now());
   LeaseShard& shard = ShardFor(id);
   Credential* cred = nullptr;
   {
     absl::MutexLock l(&shard.mu);
-    LeaseRecord* rec = Locked::FindLive(shard, id, now);
+    LeaseRecord* rec = Locked::FindLive(shard, id, absl::ToUnixNanos(clock_->Now()));
     if (rec == nullptr) return LeaseNotFound(id);
     cred = rec->credential;
   }
-  // Lock order: the credential, then the shard; so look again.
+  // Lock order: the credential, then the shard; so look again, at the time the locks are held:
+  // a lease that expired meanwhile may already have lost its slot to another holder.
   absl::MutexLock cred_lock(&cred->mu);
   absl::MutexLock l(&shard.mu);
+  const int64_t now = absl::ToUnixNanos(clock_->Now());
   LeaseRecord* live = Locked::FindLive(shard, id, now);
   if (live == nullptr) return LeaseNotFound(id);
   LeaseRecord& rec = *live;
@@ -930,6 +1098,20 @@ absl::StatusOr<absl::Time> Ledger::Renew(const LeaseId& id, absl::Duration ttl) 
                      absl::FormatDuration(feature.max_lease_ttl), " of feature ", feature.name));
   }
   const int64_t expiry = now + absl::ToInt64Nanoseconds(ttl);
+  // The slots the lease holds, each of which must still be its own: a slot that was taken
+  // from it (its expiry passed on a clock that stepped) is not given back by a renewal.
+  absl::InlinedVector<Counter*, 2> slots;
+  for (int then_rule : feature.rules) {
+    if (then.rules[then_rule].spec.kind != LimitKind::kConcurrency) continue;
+    const int r = CurrentRule(then, *cred->compiled, then_rule);
+    if (r < 0 || cred->compiled->rules[r].spec.kind != LimitKind::kConcurrency) continue;
+    Counter* counter = cred->CounterFor(r, rec.scope, false);
+    if (counter == nullptr || !counter->Holds(rec.expiry_ns, id.lo)) {
+      shard.leases.erase(id);
+      return LeaseNotFound(id);
+    }
+    slots.push_back(counter);
+  }
   if (options_.journal != nullptr && feature.has_concurrency) {
     // A renewal lost in a crash would free the slot early under a running job.
     if (absl::Status s = options_.journal->RenewLease(id.ToString(), expiry); !s.ok()) {
@@ -937,12 +1119,9 @@ absl::StatusOr<absl::Time> Ledger::Renew(const LeaseId& id, absl::Duration ttl) 
           absl::StrCat("state store failed, lease not renewed: ", s.message()));
     }
   }
-  for (int then_rule : feature.rules) {
-    if (then.rules[then_rule].spec.kind != LimitKind::kConcurrency) continue;
-    const int r = CurrentRule(then, *cred->compiled, then_rule);
-    if (r < 0) continue;
-    Counter* counter = cred->CounterFor(r, rec.scope, false);
-    if (counter != nullptr) counter->MoveExpiry(rec.expiry_ns, id.lo, expiry);
+  for (Counter* counter : slots) counter->MoveExpiry(rec.expiry_ns, id.lo, expiry);
+  for (Credential::Retired& old : cred->retired) {
+    if (old.all_scopes || old.scope == rec.scope) old.counter.MoveExpiry(rec.expiry_ns, id.lo, expiry);
   }
   rec.expiry_ns = expiry;
   return FromNs(expiry);
@@ -1020,11 +1199,29 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
         if (upstream_used) {
           // A count above the capacity says no more than "full", and keeps used <= capacity.
           upstream_used = std::min(*upstream_used, rule.Capacity());
-          const int64_t before =
-              cred->CounterFor(target, "", true)->Adopt(rule, now, *upstream_used, reset_ns);
+          Counter* counter = cred->CounterFor(target, "", true);
+          int64_t added = 0;
+          const int64_t before = counter->Adopt(rule, now, *upstream_used, reset_ns, &added);
           if (*upstream_used > before) {
             out.adopted.push_back(
                 absl::StrCat(rule.full_name, " used ", before, " -> ", *upstream_used));
+          }
+          // What was adopted is written ahead like a charge, so a restart keeps it.
+          int64_t buf[2][3];
+          int count = 0;
+          if (options_.journal != nullptr &&
+              counter->NeedsReservation(rule, now, 0, BlockFor(rule), buf, &count)) {
+            std::vector<Reservation> rs;
+            for (int k = 0; k < count; ++k) {
+              rs.push_back(Reservation{CounterKey{cred->name, rule.full_name, ""}, buf[k][0],
+                                       buf[k][1], buf[k][2]});
+            }
+            if (absl::Status s = options_.journal->Reserve(rs); s.ok()) {
+              counter->Reserved(rule, now, buf, count);
+            } else {
+              out.warnings.push_back(absl::StrCat("the adopted count of ", rule.full_name,
+                                                  " is not durable: ", s.message()));
+            }
           }
         }
       }
@@ -1050,8 +1247,35 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
         }
         until = now + absl::ToInt64Nanoseconds(backoff * (1.0 + jitter));
       }
+      // One answer cannot idle the key for longer than its longest window takes to drain.
+      const int64_t longest = SatAdd(now, absl::ToInt64Nanoseconds(feature.max_cooldown));
+      if (until > longest) {
+        out.warnings.push_back(absl::StrCat("cooldown until ", absl::FormatTime(FromNs(until)),
+                                            " capped at ", absl::FormatTime(FromNs(longest))));
+        until = longest;
+      }
       c.until_ns = std::max(c.until_ns, until);
       out.cooldown_until = FromNs(c.until_ns);
+      // Every feature that charges one of the same counters cools down with it: the throttle
+      // may have come from any of them.
+      const int64_t cool_until = c.until_ns;  // `c` moves when siblings are added below
+      std::vector<JournalCooldown> cooled{{cred->name, feature.name, cool_until}};
+      for (size_t g = 0; g < cc.features.size(); ++g) {
+        if (static_cast<int>(g) == fi || !ShareCounter(cc, fi, "", static_cast<int>(g), "")) {
+          continue;
+        }
+        Credential::Cooldown& sibling = cred->cooldowns[cc.features[g].name];
+        sibling.until_ns = std::max(sibling.until_ns, cool_until);
+        cooled.push_back({cred->name, cc.features[g].name, sibling.until_ns});
+      }
+      if (options_.journal != nullptr) {
+        for (const JournalCooldown& jc : cooled) {
+          if (absl::Status s = options_.journal->PutCooldown(jc); !s.ok()) {
+            out.warnings.push_back(absl::StrCat("the cooldown of ", jc.feature,
+                                                " is not durable: ", s.message()));
+          }
+        }
+      }
     } else if (obs->http_status < 400) {
       // The back-off starts over on a success seen after the cooldown ended; answers to
       // requests sent before the throttle say nothing about the upstream now.
@@ -1164,6 +1388,7 @@ absl::Status Ledger::Reload(const Policy& policy) {
 absl::Status Ledger::ReloadImpl(const Policy& policy) {
   if (absl::Status s = ValidatePolicy(policy); !s.ok()) return s;
   absl::MutexLock reload_lock(&reload_mu_);
+  const int64_t now = absl::ToUnixNanos(clock_->Now());
   auto next = std::make_unique<Table>();
   next->in_order.reserve(policy.credentials.size());
   absl::flat_hash_map<std::string, std::shared_ptr<const CompiledCredential>> shared;
@@ -1174,23 +1399,115 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
     if (slot == nullptr) slot = std::make_unique<Credential>(spec.name);
     Credential& cred = *slot;
     absl::MutexLock lock(&cred.mu);
-    std::vector<Counter> counters(compiled->rules.size());
-    std::vector<absl::flat_hash_map<std::string, Counter>> scoped(compiled->rules.size());
+    const size_t n = compiled->rules.size();
+    std::vector<Counter> counters(n);
+    std::vector<absl::flat_hash_map<std::string, Counter>> scoped(n);
+    std::vector<Credential::ScopeSeed> seeds;
+    std::vector<std::pair<int, std::string>> seeded;  // counters that need a reservation
+    const bool new_version = cred.versions.empty() || cred.versions.back() != compiled;
+    const size_t version_index = cred.versions.size() - (new_version ? 0 : 1);
     if (cred.compiled != nullptr) {
       const CompiledCredential& old = *cred.compiled;
-      for (size_t r = 0; r < compiled->rules.size(); ++r) {
+      // Counters retired by earlier reloads follow their limit by name, or end with it.
+      for (Credential::Retired& retired : cred.retired) {
+        auto it = compiled->rule_index.find(old.rules[retired.rule].full_name);
+        retired.rule = it == compiled->rule_index.end() ? -1 : it->second;
+      }
+      cred.retired.erase(std::remove_if(cred.retired.begin(), cred.retired.end(),
+                                        [now](const Credential::Retired& r) {
+                                          return r.rule < 0 || r.until_ns <= now;
+                                        }),
+                         cred.retired.end());
+      for (size_t r = 0; r < n; ++r) {
         const Rule& rule = compiled->rules[r];
         auto it = old.rule_index.find(rule.full_name);
-        if (it == old.rule_index.end() || !rule.SameShape(old.rules[it->second])) continue;
-        counters[r] = std::move(cred.counters[it->second]);
-        scoped[r] = std::move(cred.scoped[it->second]);
+        if (it == old.rule_index.end()) continue;
+        const Rule& o = old.rules[it->second];
+        Counter& old_counter = cred.counters[it->second];
+        auto& old_scoped = cred.scoped[it->second];
+        if (rule.CarriesCounterOf(o)) {
+          counters[r] = std::move(old_counter);
+          scoped[r] = std::move(old_scoped);
+          continue;
+        }
+        // Any other edit: the old counters keep counting under the old rule until what they
+        // hold drains, and the new counters start with the units the old ones count now, as
+        // if charged at this moment (every unit the upstream may still count stays counted).
+        cred.rebuilt_at[rule.full_name] = version_index;
+        auto used_of = [&](Counter& c) -> int64_t {
+          // Slots are leases, not charges: between concurrency and a window nothing converts.
+          if (o.spec.kind == LimitKind::kConcurrency || rule.spec.kind == LimitKind::kConcurrency) {
+            return 0;
+          }
+          return std::min(c.View(o, now).used, rule.Capacity());
+        };
+        auto seed = [&](Counter& c, int64_t units, absl::string_view scope) {
+          if (units <= 0) return;
+          int64_t unused;
+          c.Fits(rule, now, 0, &unused);  // rolls it to the current window
+          c.Charge(rule, now, units, 0, 0);
+          seeded.emplace_back(static_cast<int>(r), std::string(scope));
+        };
+        auto retire = [&](absl::string_view scope, Counter& c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(
+                          cred.mu) {
+          const int64_t until = c.DrainedAt(o, now);
+          if (until <= now || o.spec.kind == LimitKind::kUnlimited) return;
+          cred.retired.push_back(Credential::Retired{&o, static_cast<int>(r), std::string(scope),
+                                                     !o.spec.scoped, std::move(c), until});
+        };
+        if (!o.spec.scoped) {
+          const int64_t units = used_of(old_counter);
+          if (!rule.spec.scoped) {
+            seed(counters[r], units, "");
+          } else if (units > 0) {
+            seeds.resize(n);  // every scope gets them when it first appears
+            seeds[r] = {units, now};
+          }
+          retire("", old_counter);
+        } else {
+          int64_t total = 0;
+          for (auto& [scope, c] : old_scoped) {
+            const int64_t units = used_of(c);
+            total = SatAdd(total, units);
+            if (rule.spec.scoped) seed(scoped[r][scope], units, scope);
+            retire(scope, c);
+          }
+          if (!rule.spec.scoped) seed(counters[r], std::min(total, rule.Capacity()), "");
+        }
       }
     }
     cred.counters = std::move(counters);
     cred.scoped = std::move(scoped);
+    cred.scope_seeds = std::move(seeds);
     cred.compiled = compiled.get();
-    if (cred.versions.empty() || cred.versions.back() != compiled)
-      cred.versions.push_back(compiled);
+    if (new_version) cred.versions.push_back(compiled);
+    if (options_.journal != nullptr && !seeded.empty()) {
+      // The carried units are written ahead like charges, so that a restart with the new file
+      // keeps them too. On failure the next charge of each counter writes them.
+      std::vector<Reservation> rs;
+      struct Pending {
+        Counter* counter;
+        int rule;
+        int64_t buf[2][3];
+        int count;
+      };
+      std::vector<Pending> pending;
+      for (const auto& [r, scope] : seeded) {
+        const Rule& rule = compiled->rules[r];
+        Pending p{cred.CounterFor(r, scope, true), r, {}, 0};
+        if (!p.counter->NeedsReservation(rule, now, 0, BlockFor(rule), p.buf, &p.count)) continue;
+        for (int k = 0; k < p.count; ++k) {
+          rs.push_back(Reservation{CounterKey{cred.name, rule.full_name, scope}, p.buf[k][0],
+                                   p.buf[k][1], p.buf[k][2]});
+        }
+        pending.push_back(p);
+      }
+      if (!rs.empty() && options_.journal->Reserve(rs).ok()) {
+        for (Pending& p : pending) {
+          p.counter->Reserved(compiled->rules[p.rule], now, p.buf, p.count);
+        }
+      }
+    }
     cred.profile = spec.profile;
     next->by_name[spec.name] = &cred;
     next->in_order.push_back(&cred);
@@ -1255,6 +1572,15 @@ absl::Status Ledger::Restore() {
     LeaseShard& shard = ShardFor(*id);
     absl::MutexLock shard_lock(&shard.mu);
     shard.leases.insert_or_assign(*id, std::move(rec));
+  }
+  for (const JournalCooldown& jc : state->cooldowns) {
+    if (jc.until_ns <= now) continue;
+    Credential* cred = FindCredential(jc.credential);
+    if (cred == nullptr) continue;
+    absl::MutexLock lock(&cred->mu);
+    if (cred->compiled->FindFeature(jc.feature) < 0) continue;
+    Credential::Cooldown& c = cred->cooldowns[jc.feature];
+    c.until_ns = std::max(c.until_ns, jc.until_ns);
   }
   return absl::OkStatus();
 }

@@ -147,7 +147,6 @@ using WaitCallback = absl::AnyInvocable<void(absl::StatusOr<Decision>)>;
 // Names a parked request, for Cancel().
 struct WaitTicket {
   const void* credential = nullptr;
-  std::string queue;
   int priority = 0;
   uint64_t id = 0;
 };
@@ -178,20 +177,22 @@ class Ledger {
   absl::StatusOr<Decision> Acquire(const AcquireRequest& request);
 
   // Like Acquire, but when the request cannot be granted now and `max_wait` > 0, it waits in
-  // the queue of its credential, feature and scope (higher `priority` first, then arrival
-  // order) and `done` is called exactly once: with the grant as soon as capacity frees (window
-  // reset, refill, release, expiry, refund), or with the denial at the deadline. A request that
-  // is answered at once gets `done` before this returns. New requests never pass waiting ones:
-  // while a queue is not empty, a request that does not wait is denied and one that waits
-  // joins the end of its priority. kResourceExhausted when the credential's queue is full.
+  // the queue of its credential (higher `priority` first, then arrival order) and `done` is
+  // called exactly once: with the grant as soon as capacity frees (window reset, refill,
+  // release, expiry, refund), or with the denial at the deadline. A request that is answered at
+  // once gets `done` before this returns. Waiters are protected on every counter they need: a
+  // later request (of any feature, waiting or not) that needs one of them is not granted before
+  // them unless its priority is higher; one that does not wait is denied, one that waits joins
+  // the queue. Waiters that share no counter do not hold each other back. kResourceExhausted
+  // when the credential's queue is full.
   WaitTicket AcquireOrWait(const AcquireRequest& request, absl::Duration max_wait, int priority,
                            WaitCallback done);
 
-  // Takes a waiting request out of its queue; its `done` is destroyed uncalled. False when it
-  // was already answered.
+  // Takes a waiting request out of its queue; its `done` is destroyed uncalled, and the waiters
+  // it held back are served at once. False when it was already answered.
   bool Cancel(const WaitTicket& ticket);
 
-  // Serves every queue whose time has come: grants what fits, denies what reached its deadline.
+  // Serves every waiter whose time has come: grants what fits, denies what reached its deadline.
   // Returns when it must run next (InfiniteFuture when nobody waits).
   absl::Time Pump();
 
@@ -249,8 +250,6 @@ class Ledger {
   struct Credential;
   struct Table;
   struct LeaseShard;
-  struct Waiter;
-  struct Queue;
   struct Answer;
   // What runs under one credential's mutex; defined in ledger.cc, where Credential is complete,
   // so that clang's -Wthread-safety can check it.
@@ -258,6 +257,7 @@ class Ledger {
 
  public:
   struct LeaseRecord;  // internal; public only for helpers in ledger.cc
+  struct Waiter;       // internal; public only for helpers in ledger.cc
 
  private:
   static constexpr int kLeaseShards = 64;

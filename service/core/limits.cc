@@ -125,13 +125,21 @@ void Counter::Roll(const Rule& rule, int64_t now) {
       if (now >= end_ns_) {
         const int64_t old_end = end_ns_;
         CalendarWindow(rule.spec.unit, rule.spec.zone, now, &start_ns_, &end_ns_);
-        used_ = start_ns_ == old_end ? carry_ : 0;  // the guard's charges, if this is the next
+        // The guard's charges, and what the journal allows of them, if this is the next window.
+        const bool next = start_ns_ == old_end;
+        used_ = next ? carry_ : 0;
+        reserved_ = next ? carry_reserved_ : 0;
         carry_ = 0;
-        reserved_ = 0;
+        carry_reserved_ = 0;
+        adopted_ = 0;
       }
       break;
     case LimitKind::kRolling:
-      if (now >= end_ns_) used_ = 0;  // closed; the next charge opens a new window
+      if (now >= end_ns_) {  // closed; the next charge opens a new window
+        used_ = 0;
+        reserved_ = 0;
+        adopted_ = 0;
+      }
       break;
     case LimitKind::kSliding:
       if (rule.spec.sub_buckets > 0) {
@@ -265,8 +273,10 @@ int64_t Counter::Charge(const Rule& rule, int64_t now, int64_t cost, uint64_t le
       used_ += cost;
       return start_ns_;
     case LimitKind::kTokenBucket:
+      // The token is the arrival time this charge reached: its units are the last `cost`
+      // emission intervals before it.
       start_ns_ = std::max(start_ns_, now) + cost * rule.emission_ns;
-      return 0;
+      return start_ns_;
     case LimitKind::kSliding:
       used_ += cost;
       reserved_ -= cost;  // what is left of the durable block (meaningless without a journal)
@@ -293,34 +303,42 @@ int64_t Counter::Charge(const Rule& rule, int64_t now, int64_t cost, uint64_t le
   return 0;
 }
 
-int64_t Counter::Refund(const Rule& rule, int64_t now, int64_t token, int64_t units) {
+int64_t Counter::Refund(const Rule& rule, int64_t now, int64_t token, int64_t charged,
+                        int64_t units) {
+  units = std::min(units, charged);
   if (units <= 0) return 0;
   Roll(rule, now);
   int64_t take = 0;
   switch (rule.spec.kind) {
     case LimitKind::kCalendar:
     case LimitKind::kUnlimited:
-      if (token != start_ns_) return 0;
-      take = std::min(units, used_);
-      used_ -= take;
-      return take;
     case LimitKind::kRolling:
-      if (now >= end_ns_ || token != start_ns_) return 0;
-      take = std::min(units, used_);
+      if (token != start_ns_ || (rule.spec.kind == LimitKind::kRolling && now >= end_ns_)) {
+        return 0;
+      }
+      // Never below the upstream's own count (adopted_), which may include these units.
+      take = std::clamp<int64_t>(used_ - adopted_, 0, units);
       used_ -= take;
       return take;
     case LimitKind::kTokenBucket: {
-      if (start_ns_ <= now) return 0;
-      const int64_t outstanding = (start_ns_ - now + rule.emission_ns - 1) / rule.emission_ns;
-      take = std::min(units, outstanding);
+      // The charge took the emission intervals (token - charged * e, token]. Only the part of
+      // them still ahead of now is outstanding; earlier ones have refilled already, and giving
+      // them back would hand out other leases' units (or the same units twice).
+      const int64_t own_start = std::max(now, token - charged * rule.emission_ns);
+      if (token <= own_start || start_ns_ <= now) return 0;
+      take = std::min({units, (token - own_start) / rule.emission_ns,
+                       (start_ns_ - now) / rule.emission_ns});
       start_ns_ -= take * rule.emission_ns;
       return take;
     }
     case LimitKind::kSliding:
       if (rule.spec.sub_buckets > 0) {
+        if (buckets_ == nullptr) return 0;
         Buckets& b = *buckets_;
         const int64_t n = static_cast<int64_t>(b.counts.size());
         if (token > b.newest || token <= b.newest - n) return 0;
+        // The bucket may hold charges from before an adoption, which counted them upstream.
+        if (token * rule.bucket_ns <= adopted_) return 0;
         int64_t& slot = b.counts[((token % n) + n) % n];
         take = std::min(units, slot);
         slot -= take;
@@ -337,6 +355,7 @@ int64_t Counter::Refund(const Rule& rule, int64_t now, int64_t token, int64_t un
           }
         }
         if (lo == log_->size || log_->at(lo).at_ns != token) return 0;
+        if (token <= adopted_) return 0;  // the upstream counted it when we adopted its count
         take = std::min(units, log_->at(lo).units);
         log_->at(lo).units -= take;
       }
@@ -433,12 +452,26 @@ bool Counter::NeedsReservation(const Rule& rule, int64_t now, int64_t cost, int6
       const int64_t used = opens ? 0 : used_;
       const int64_t reserved = opens ? 0 : reserved_;
       if (used + cost <= reserved) return false;
+      const bool in_guard = rule.spec.kind == LimitKind::kCalendar && rule.guard_ns > 0 &&
+                            now >= end_ns_ - rule.guard_ns;
+      const bool carry_needs = in_guard && carry_ + cost > carry_reserved_;
+      if (used + cost <= reserved && !carry_needs) return false;
       const int64_t start = opens ? now : start_ns_;
       const int64_t end = opens ? now + rule.span_ns : end_ns_;
       out[0][0] = start;
       out[0][1] = end;
-      out[0][2] = std::min(cap, clamp_add(used + cost, block));
+      out[0][2] = std::max(reserved, std::min(cap, clamp_add(used + cost, block)));
       *count = 1;
+      if (carry_needs) {
+        // A charge within the guard counts in the next window too: reserve it there as well,
+        // so that a restart in the next window's first moments still counts it.
+        int64_t next_start, next_end;
+        CalendarWindow(rule.spec.unit, rule.spec.zone, end_ns_, &next_start, &next_end);
+        out[1][0] = next_start;
+        out[1][1] = next_end;
+        out[1][2] = std::min(cap, clamp_add(carry_ + cost, block));
+        *count = 2;
+      }
       return true;
     }
     case LimitKind::kSliding: {
@@ -452,7 +485,8 @@ bool Counter::NeedsReservation(const Rule& rule, int64_t now, int64_t cost, int6
       }
       out[*count][0] = std::max(now, block_start_ns_ + 1);
       out[*count][1] = kInfiniteNs;  // until the next block closes it
-      out[*count][2] = std::min(cap, clamp_add(cost, block));
+      // Units counted beyond the old block (an adoption overdraws it) go into the new one.
+      out[*count][2] = std::min(cap, clamp_add(cost + std::max<int64_t>(0, -reserved_), block));
       ++*count;
       return true;
     }
@@ -473,9 +507,13 @@ void Counter::Reserved(const Rule& rule, int64_t now, const int64_t out[2][3], i
   const int64_t* last = out[count - 1];
   switch (rule.spec.kind) {
     case LimitKind::kSliding:
-      // The new block replaces what was left of the old one.
+      // The new block replaces what was left of the old one, less what already overdrew it.
       block_start_ns_ = last[0];
-      reserved_ = last[2];
+      reserved_ = last[2] + std::min<int64_t>(0, reserved_);
+      break;
+    case LimitKind::kCalendar:
+      reserved_ = out[0][2];
+      if (count > 1) carry_reserved_ = out[1][2];
       break;
     case LimitKind::kRolling:
       if (now >= end_ns_) {  // this reservation opens the window; Charge() must agree on it
@@ -500,6 +538,9 @@ void Counter::Restore(const Rule& rule, int64_t now, int64_t window_start_ns, in
       if (window_start_ns == start_ns_) {
         used_ = std::max(used_, units);
         reserved_ = std::max(reserved_, units);
+      } else if (window_start_ns == end_ns_) {  // charged within the guard: counts next window
+        carry_ = std::max(carry_, units);
+        carry_reserved_ = std::max(carry_reserved_, units);
       }
       break;
     case LimitKind::kRolling:
@@ -540,22 +581,34 @@ void Counter::Restore(const Rule& rule, int64_t now, int64_t window_start_ns, in
   }
 }
 
-int64_t Counter::Adopt(const Rule& rule, int64_t now, int64_t used, int64_t reset_ns) {
+int64_t Counter::Adopt(const Rule& rule, int64_t now, int64_t used, int64_t reset_ns,
+                       int64_t* added) {
+  *added = 0;
   Roll(rule, now);
   const int64_t before = rule.spec.kind == LimitKind::kRolling && now >= end_ns_ ? 0 : used_;
   switch (rule.spec.kind) {
     case LimitKind::kCalendar:
     case LimitKind::kUnlimited:
-      used_ = std::max(used_, used);
+      *added = std::max<int64_t>(0, used - used_);
+      used_ += *added;
+      adopted_ = std::max(adopted_, used);
       break;
     case LimitKind::kRolling:
       if (now >= end_ns_) {
+        // A new window: nothing of the journal's reservation for the old one applies to it.
         start_ns_ = now;
         end_ns_ = now + rule.span_ns;
         used_ = 0;
+        reserved_ = 0;
+        adopted_ = 0;
       }
-      if (reset_ns > end_ns_) end_ns_ = reset_ns;  // later only: never frees units early
-      used_ = std::max(used_, used);
+      if (reset_ns > end_ns_) {  // later only: never frees units early
+        end_ns_ = reset_ns;
+        reserved_ = 0;  // the journal must learn the new end
+      }
+      *added = std::max<int64_t>(0, used - used_);
+      used_ += *added;
+      adopted_ = std::max(adopted_, used);
       break;
     case LimitKind::kSliding: {
       // What the upstream still counts of ours: charges inside its period, not in the guard's
@@ -594,6 +647,9 @@ int64_t Counter::Adopt(const Rule& rule, int64_t now, int64_t used, int64_t rese
         }
       }
       used_ += extra;
+      reserved_ -= extra;  // counted in the current block, like a charge
+      adopted_ = now;
+      *added = extra;
       return ours;
     }
     case LimitKind::kTokenBucket:
@@ -610,10 +666,40 @@ void Counter::RestoreHeld(int64_t expiry_ns, uint64_t lease_key, int64_t units, 
   used_ += units;
 }
 
+int64_t Counter::DrainedAt(const Rule& rule, int64_t now) {
+  Roll(rule, now);
+  switch (rule.spec.kind) {
+    case LimitKind::kCalendar:
+    case LimitKind::kUnlimited: {
+      if (carry_ > 0) {
+        int64_t next_start, next_end;
+        CalendarWindow(rule.spec.unit, rule.spec.zone, end_ns_, &next_start, &next_end);
+        return next_end;
+      }
+      return used_ > 0 ? end_ns_ : now;
+    }
+    case LimitKind::kRolling:
+      return used_ > 0 && now < end_ns_ ? end_ns_ : now;
+    case LimitKind::kTokenBucket:
+      return std::max(now, start_ns_);
+    case LimitKind::kSliding:
+      if (used_ <= 0) return now;
+      if (rule.spec.sub_buckets > 0) {
+        // Bucket i is dropped at (i + slots) * width.
+        return (buckets_->newest + rule.bucket_slots) * rule.bucket_ns;
+      }
+      return log_->at(log_->size - 1).at_ns + rule.span_ns;
+    case LimitKind::kConcurrency:
+      return held_ != nullptr && !held_->empty() ? held_->rbegin()->first.first : now;
+  }
+  return now;
+}
+
 void Counter::Clear(const Rule& rule) {
   if (rule.spec.kind == LimitKind::kConcurrency) return;
   used_ = 0;
   carry_ = 0;
+  adopted_ = 0;
   log_.reset();
   buckets_.reset();
   if (rule.spec.kind == LimitKind::kTokenBucket) start_ns_ = kMinNs;

@@ -24,6 +24,14 @@ struct Rule {
   // True when a counter built for `other` means the same thing under this rule, so its state
   // can carry over a reload (capacity may differ).
   bool SameShape(const Rule& other) const;
+  // True when a reload from `old` to this rule keeps the counter as it is: the same shape and
+  // scoping, and no more capacity (a raised capacity applies once the old window drained).
+  // Concurrency slots are the leases themselves: they carry whatever the capacity, which
+  // applies at once.
+  bool CarriesCounterOf(const Rule& old) const {
+    if (spec.scoped != old.spec.scoped || !SameShape(old)) return false;
+    return spec.kind == LimitKind::kConcurrency || Capacity() <= old.Capacity();
+  }
   int64_t Capacity() const {
     return spec.kind == LimitKind::kUnlimited ? std::numeric_limits<int64_t>::max() : spec.capacity;
   }
@@ -62,12 +70,18 @@ class Counter {
   int64_t Charge(const Rule& rule, int64_t now, int64_t cost, uint64_t lease_key,
                  int64_t expiry_ns);
 
-  // Gives back up to `units` of a charge made with `token`, if its window is still open.
-  // Returns the units given back.
-  int64_t Refund(const Rule& rule, int64_t now, int64_t token, int64_t units);
+  // Gives back up to `units` of the `charged` units of the charge made with `token`: only those
+  // still counted in their own window (a token bucket: only the lease's own part of the bucket
+  // that has not refilled yet), and never below what was adopted from the upstream since (see
+  // Adopt). Returns the units given back.
+  int64_t Refund(const Rule& rule, int64_t now, int64_t token, int64_t charged, int64_t units);
 
   // Concurrency: frees the slots of a lease (no-op if already expired). Returns slots freed.
   int64_t Free(int64_t expiry_ns, uint64_t lease_key);
+  // Concurrency: whether the lease with this expiry still holds slots here.
+  bool Holds(int64_t expiry_ns, uint64_t lease_key) const {
+    return held_ != nullptr && held_->contains({expiry_ns, lease_key});
+  }
   // Concurrency: moves a lease's expiry. False if the lease no longer holds slots here.
   bool MoveExpiry(int64_t old_expiry_ns, uint64_t lease_key, int64_t new_expiry_ns);
 
@@ -76,11 +90,19 @@ class Counter {
   // Forgets every charge; concurrency slots held by live leases stay.
   void Clear(const Rule& rule);
 
+  // When every unit counted now has left the counter (a calendar window's end, or the next
+  // one's when the guard carried units into it; a sliding span after the newest charge; a
+  // bucket's refill; the last held slot's expiry). At most `now` when nothing is counted.
+  int64_t DrainedAt(const Rule& rule, int64_t now);
+
   // Write-ahead high-water marks (see journal.h). Call after Fits() said yes, before Charge():
   // when charging `cost` now would pass what is reserved, fills `out` (window_start_ns,
-  // until_ns, units; at most two records: sliding also closes its previous block) with the
+  // until_ns, units; at most two records: sliding also closes its previous block; calendar
+  // within its guard also reserves in the next window, where the charge counts too) with the
   // reservation that must be made durable first, reserving `block` more units than needed,
   // and returns true. Concurrency counters never need one (their leases are written instead).
+  // Also used after Adopt() with the units it added (cost 0 for windows: their used units
+  // already include them), so that what the upstream said survives a restart.
   bool NeedsReservation(const Rule& rule, int64_t now, int64_t cost, int64_t block,
                         int64_t out[2][3], int* count);
   // Records that the reservation NeedsReservation() asked for is durable.
@@ -94,9 +116,11 @@ class Counter {
   // them. Rolling: opens the window if closed, and moves its end to `reset_ns` when that is
   // later (0: unknown). Sliding: compares with the charges inside the period only (the guard's
   // tail may have left upstream already) and counts the difference until `reset_ns` when that
-  // comes before a whole span. Returns the units it compared with. Not for concurrency or token
-  // buckets.
-  int64_t Adopt(const Rule& rule, int64_t now, int64_t used, int64_t reset_ns);
+  // comes before a whole span. Returns the units it compared with; *added is the units it added.
+  // Refunds never undercut what was adopted: calendar and rolling windows keep at least the
+  // adopted count, and sliding charges made before the adoption give nothing back. Not for
+  // concurrency or token buckets.
+  int64_t Adopt(const Rule& rule, int64_t now, int64_t used, int64_t reset_ns, int64_t* added);
   // Concurrency: holds the slots of a lease read back from the journal.
   void RestoreHeld(int64_t expiry_ns, uint64_t lease_key, int64_t units, int64_t now);
 
@@ -137,6 +161,11 @@ class Counter {
   int64_t reserved_ = 0;
   int64_t block_start_ns_ = std::numeric_limits<int64_t>::min();  // sliding: current block
   int64_t carry_ = 0;  // calendar: units charged within the guard, counted in the next window
+  int64_t carry_reserved_ = 0;  // calendar: units the journal allows in the next window
+  // Calendar and rolling: units adopted from the upstream in the current window, which refunds
+  // never go below. Sliding: when the last adoption happened (charges before it are not
+  // refunded).
+  int64_t adopted_ = 0;
   std::unique_ptr<Log> log_;
   std::unique_ptr<Buckets> buckets_;
   std::unique_ptr<Held> held_;

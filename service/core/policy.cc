@@ -69,7 +69,9 @@ absl::Status ValidateLimit(absl::string_view where, const LimitSpec& l) {
   auto bad = [&](absl::string_view field, auto value) {
     return absl::InvalidArgumentError(absl::StrCat(at, ": bad ", field, " ", value));
   };
-  if (l.kind != LimitKind::kUnlimited && l.capacity <= 0) return bad("capacity", l.capacity);
+  if (l.kind != LimitKind::kUnlimited && (l.capacity <= 0 || l.capacity > kMaxCapacity)) {
+    return bad("capacity", absl::StrCat(l.capacity, " (must be 1..", kMaxCapacity, ")"));
+  }
   if (l.guard < absl::ZeroDuration() || l.guard > absl::Hours(1)) {
     return bad("guard", absl::FormatDuration(l.guard));
   }
@@ -93,6 +95,14 @@ absl::Status ValidateLimit(absl::string_view where, const LimitSpec& l) {
       }
       if (l.rate <= 0 || absl::ToInt64Nanoseconds(l.period) / l.rate <= 0) {
         return bad("rate", l.rate);
+      }
+      // The bucket's arithmetic adds burst * (period / rate) to a time: keep it far from int64.
+      if (const int64_t emission = (absl::ToInt64Nanoseconds(l.period) + l.rate - 1) / l.rate;
+          emission > absl::ToInt64Nanoseconds(kMaxRefillSpan) / l.capacity) {
+        return bad("capacity", absl::StrCat(l.capacity, ": refilling a burst of ", l.capacity,
+                                            " at ", l.rate, " per ", absl::FormatDuration(l.period),
+                                            " takes longer than ",
+                                            absl::FormatDuration(kMaxRefillSpan)));
       }
       break;
     case LimitKind::kConcurrency:
@@ -129,7 +139,8 @@ absl::Status ValidatePolicy(const Policy& policy) {
               absl::StrCat(where, ": duplicate limit '", l.name, "'"));
         }
       }
-      if (f.default_lease_ttl <= absl::ZeroDuration() || f.max_lease_ttl < f.default_lease_ttl) {
+      if (f.default_lease_ttl <= absl::ZeroDuration() || f.max_lease_ttl < f.default_lease_ttl ||
+          f.max_lease_ttl > kMaxLeaseTtl) {
         return absl::InvalidArgumentError(absl::StrCat(
             where, ": bad lease ttls default ", absl::FormatDuration(f.default_lease_ttl), " max ",
             absl::FormatDuration(f.max_lease_ttl)));

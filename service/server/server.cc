@@ -19,6 +19,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "quotad/v1/quotad.grpc.pb.h"
@@ -600,7 +601,10 @@ class QuotadServer::Impl {
                                holder.empty() ? "" : absl::StrCat(identity, "|"), req.request_id());
       const int64_t now_ns = ToUnixNs(ledger_->clock()->Now());
       if (std::optional<std::string> first = dedup_->Get(dedup_key, now_ns)) {
-        if (c->response()->ParseFromString(*first)) return FinishAcquire(c, absl::OkStatus());
+        absl::Status same = AnswerFirst(c, *first);
+        if (same.ok() || same.code() == absl::StatusCode::kInvalidArgument) {
+          return FinishAcquire(c, same);
+        }
         log_->error("dedup answer unreadable key={}", dedup_key);
         c->response()->Clear();
       }
@@ -656,6 +660,41 @@ class QuotadServer::Impl {
     }
   }
 
+  // What a request_id stands for: a retry must ask for the same thing.
+  static std::string RequestFingerprint(const v1::AcquireRequest& req) {
+    return absl::StrCat("feature=", req.feature(), " scope=", req.scope(),
+                        " cost=", req.has_cost() ? req.cost() : 1);
+  }
+
+  // A dedup record: the fingerprint of the request that was granted, then its answer.
+  static std::string EncodeFirst(const v1::AcquireRequest& req, const v1::AcquireResponse& resp) {
+    const std::string fingerprint = RequestFingerprint(req);
+    return absl::StrCat(fingerprint.size(), ":", fingerprint, resp.SerializeAsString());
+  }
+
+  // Answers `c` with the first grant of its request_id. kInvalidArgument naming both requests
+  // when the first one asked for something else; kDataLoss when the record is unreadable.
+  static absl::Status AnswerFirst(AcquireCall* c, absl::string_view record) {
+    const size_t colon = record.find(':');
+    size_t length = 0;
+    if (colon == absl::string_view::npos ||
+        !absl::SimpleAtoi(record.substr(0, colon), &length) ||
+        length > record.size() - colon - 1) {
+      return absl::DataLossError("dedup record unreadable");
+    }
+    const absl::string_view first = record.substr(colon + 1, length);
+    const std::string now = RequestFingerprint(c->request());
+    if (first != now) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "request_id '", c->request().request_id(), "' was first used for ", first,
+          "; this request is ", now, ": use a new request_id for a different request"));
+    }
+    if (!c->response()->ParseFromString(std::string(record.substr(colon + 1 + length)))) {
+      return absl::DataLossError("dedup answer unreadable");
+    }
+    return absl::OkStatus();
+  }
+
   // Fills the response from a decision; records a grant under its request_id, or answers the
   // standing first grant (undoing this one) when a copy of the request won the race.
   absl::Status AnswerAcquire(AcquireCall* c, absl::StatusOr<Decision> decision,
@@ -683,27 +722,26 @@ class QuotadServer::Impl {
     // Only grants are recorded: a denial charged nothing, so a retry is simply decided again.
     if (!decision->granted || dedup_key.empty()) return absl::OkStatus();
     const absl::Time now = ledger_->clock()->Now();
+    const std::string mine = EncodeFirst(c->request(), *resp);
     absl::StatusOr<std::string> standing = dedup_->Put(
-        dedup_key, resp->SerializeAsString(), ToUnixNs(now + options_.dedup_window), ToUnixNs(now));
+        dedup_key, mine, ToUnixNs(now + options_.dedup_window), ToUnixNs(now));
     if (!standing.ok()) {
       metrics_->OnStoreError("dedup");
       log_->warn("dedup record failed key={} error=\"{}\"", dedup_key,
                  std::string(standing.status().message()));
       return absl::OkStatus();
     }
-    v1::AcquireResponse first;
-    if (!first.ParseFromString(*standing) || first.lease_id() == resp->lease_id()) {
-      return absl::OkStatus();
-    }
-    // A copy of this request was granted first: give this grant back whole (used = 0) and
-    // answer the first one.
+    if (*standing == mine) return absl::OkStatus();
+    // Another request with this request_id was granted first: give this grant back whole
+    // (used = 0), and answer the first one, or the error naming both when it asked for
+    // something else.
     absl::StatusOr<ReleaseResult> undone = ledger_->Release(decision->lease_id, 0);
     if (!undone.ok()) {
       log_->warn("undo of a duplicate grant failed lease={} error=\"{}\"",
                  decision->lease_id.ToString(), std::string(undone.status().message()));
     }
-    *resp = std::move(first);
-    return absl::OkStatus();
+    resp->Clear();
+    return AnswerFirst(c, *standing);
   }
 
   absl::Status HandleReport(const v1::ReportRequest& req, v1::ReportResponse* resp) {

@@ -21,8 +21,18 @@
 namespace quotad {
 namespace {
 
-// 1: reservations, leases, dedup. 2: and lease_log (a version 1 file is upgraded at Open).
-constexpr int kSchemaVersion = 2;
+// 1: reservations, leases, dedup. 2: and lease_log. 3: and cooldowns. Older files are
+// upgraded at Open.
+constexpr int kSchemaVersion = 3;
+
+constexpr const char* kCooldownSchema = R"sql(
+CREATE TABLE cooldowns (
+  credential TEXT NOT NULL,
+  feature TEXT NOT NULL,
+  until_ns INTEGER NOT NULL,
+  PRIMARY KEY (credential, feature)
+) WITHOUT ROWID;
+)sql";
 
 constexpr const char* kLeaseLogSchema = R"sql(
 CREATE TABLE lease_log (
@@ -68,6 +78,12 @@ CREATE TABLE dedup (
   request_id TEXT NOT NULL PRIMARY KEY,
   answer BLOB NOT NULL,
   expiry_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE cooldowns (
+  credential TEXT NOT NULL,
+  feature TEXT NOT NULL,
+  until_ns INTEGER NOT NULL,
+  PRIMARY KEY (credential, feature)
 ) WITHOUT ROWID;
 )sql";
 
@@ -414,20 +430,21 @@ absl::StatusOr<sqlite3*> OpenChecked(const std::string& path, const SqliteOption
   }
   rc = QueryText(db, "SELECT version FROM schema_version", &result);
   if (rc != SQLITE_OK) return fail(rc, "cannot read the schema version");
-  if (result == "1" && !options.read_only) {
+  if ((result == "1" || result == "2") && !options.read_only) {
     // Version 1 kept every lease as a row of `leases`; they stay there, new refund-only leases
-    // go to lease_log.
+    // go to lease_log. Versions 1 and 2 had no cooldowns.
     const std::string upgrade =
-        absl::StrCat("BEGIN IMMEDIATE;", kLeaseLogSchema, "UPDATE schema_version SET version = ",
-                     kSchemaVersion, "; COMMIT;");
+        absl::StrCat("BEGIN IMMEDIATE;", result == "1" ? kLeaseLogSchema : "", kCooldownSchema,
+                     "UPDATE schema_version SET version = ", kSchemaVersion, "; COMMIT;");
     rc = sqlite3_exec(db, upgrade.c_str(), nullptr, nullptr, nullptr);
     if (rc != SQLITE_OK) {
-      absl::Status s = DbError(path, db, rc, "cannot upgrade the schema from version 1");
+      absl::Status s =
+          DbError(path, db, rc, absl::StrCat("cannot upgrade the schema from version ", result));
       sqlite3_exec(db, "ROLLBACK", nullptr, nullptr, nullptr);
       sqlite3_close_v2(db);
       return s;
     }
-    spdlog::info("component=store event=schema_upgraded path={} from=1 to={}", path,
+    spdlog::info("component=store event=schema_upgraded path={} from={} to={}", path, result,
                  kSchemaVersion);
     return db;
   }
@@ -892,7 +909,39 @@ absl::StatusOr<JournalState> SqliteJournal::Load() {
   if (rc != SQLITE_DONE) return Error("cannot read leases");
   int64_t rows = 0;
   QUOTAD_RETURN_IF_ERROR(FoldLogLocked(&state.leases, &rows));
+
+  rc = sqlite3_prepare_v2(db_, "SELECT credential, feature, until_ns FROM cooldowns", -1, &st,
+                          nullptr);
+  if (rc != SQLITE_OK) return Error("cannot read cooldowns");
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    state.cooldowns.push_back(
+        JournalCooldown{Text(st, 0), Text(st, 1), sqlite3_column_int64(st, 2)});
+  }
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) return Error("cannot read cooldowns");
   return state;
+}
+
+absl::Status SqliteJournal::PutCooldown(const JournalCooldown& cooldown) {
+  absl::MutexLock l(&db_mu_);
+  return TransactionLocked("cannot write a cooldown", [&]() -> absl::Status {
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(db_,
+                           "INSERT OR REPLACE INTO cooldowns (credential, feature, until_ns) "
+                           "VALUES (?1, ?2, ?3)",
+                           -1, &st, nullptr) != SQLITE_OK) {
+      return Error("cannot write a cooldown");
+    }
+    sqlite3_bind_text(st, 1, cooldown.credential.data(),
+                      static_cast<int>(cooldown.credential.size()), SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, cooldown.feature.data(), static_cast<int>(cooldown.feature.size()),
+                      SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, cooldown.until_ns);
+    const int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) return Error("cannot write a cooldown");
+    return absl::OkStatus();
+  });
 }
 
 absl::Status SqliteJournal::Reserve(const std::vector<Reservation>& reservations) {
@@ -979,6 +1028,7 @@ absl::Status SqliteJournal::Compact(int64_t now_ns) {
     for (const char* sql : {"DELETE FROM reservations WHERE until_ns <= ?1",
                             "DELETE FROM leases WHERE expiry_ns <= ?1",
                             "DELETE FROM dedup WHERE expiry_ns <= ?1",
+                            "DELETE FROM cooldowns WHERE until_ns <= ?1",
                             "DELETE FROM lease_log WHERE until_ns <= ?1"}) {
       sqlite3_stmt* st = nullptr;
       if (sqlite3_prepare_v2(db_, sql, -1, &st, nullptr) != SQLITE_OK) {

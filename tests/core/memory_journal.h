@@ -20,6 +20,7 @@ class MemoryJournal : public Journal {
     JournalState s;
     for (const auto& [k, r] : reservations_) s.reservations.push_back(r);
     for (const auto& [id, lease] : leases_) s.leases.push_back(lease);
+    for (const auto& [key, c] : cooldowns_) s.cooldowns.push_back(c);
     return s;
   }
   absl::Status Reserve(const std::vector<Reservation>& rs) override {
@@ -53,6 +54,12 @@ class MemoryJournal : public Journal {
     absl::MutexLock l(&mu_);
     leases_.erase(id);
   }
+  absl::Status PutCooldown(const JournalCooldown& c) override {
+    absl::MutexLock l(&mu_);
+    if (fail_) return absl::InternalError("disk full");
+    cooldowns_[std::make_pair(c.credential, c.feature)] = c;
+    return absl::OkStatus();
+  }
   absl::Status Compact(int64_t now_ns) override { return absl::OkStatus(); }
 
   void set_fail(bool fail) {
@@ -71,6 +78,7 @@ class MemoryJournal : public Journal {
   std::map<std::tuple<std::string, std::string, std::string, int64_t>, Reservation> reservations_
       ABSL_GUARDED_BY(mu_);
   std::map<std::string, JournalLease> leases_ ABSL_GUARDED_BY(mu_);
+  std::map<std::pair<std::string, std::string>, JournalCooldown> cooldowns_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace quotad::testing

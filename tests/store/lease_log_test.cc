@@ -225,7 +225,8 @@ TEST_F(LeaseLogTest, VersionOneFileIsUpgradedAndKeepsItsLeases) {
     sqlite3* db = nullptr;
     ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
     ASSERT_EQ(sqlite3_exec(db,
-                           "DROP TABLE lease_log; UPDATE leases SET holds_slots = 0; "
+                           "DROP TABLE lease_log; DROP TABLE cooldowns; "
+                           "UPDATE leases SET holds_slots = 0; "
                            "UPDATE schema_version SET version = 1",
                            nullptr, nullptr, nullptr),
               SQLITE_OK);
@@ -233,11 +234,35 @@ TEST_F(LeaseLogTest, VersionOneFileIsUpgradedAndKeepsItsLeases) {
   }
   auto got = ById(Reload());
   ASSERT_EQ(got.count("old-refund"), 1u);
-  EXPECT_EQ(Count(path_, "SELECT version FROM schema_version"), 2);
+  EXPECT_EQ(Count(path_, "SELECT version FROM schema_version"), 3);
+  EXPECT_EQ(Count(path_, "SELECT count(*) FROM cooldowns"), 0);
   journal_->DeleteLease("old-refund");
   ASSERT_TRUE(journal_->Flush().ok());
   EXPECT_EQ(Count(path_, "SELECT count(*) FROM leases"), 0);
   EXPECT_TRUE(Reload().leases.empty());
+}
+
+TEST_F(LeaseLogTest, VersionTwoFileIsUpgradedAndKeepsItsCooldownsFromThenOn) {
+  journal_ = Open();
+  ASSERT_TRUE(journal_->PutLease(Lease("slot", true, 5000)).ok());
+  journal_.reset();
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, "DROP TABLE cooldowns; UPDATE schema_version SET version = 2",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(db);
+  }
+  EXPECT_EQ(ById(Reload()).count("slot"), 1u);
+  EXPECT_EQ(Count(path_, "SELECT version FROM schema_version"), 3);
+  ASSERT_TRUE(journal_->PutCooldown(JournalCooldown{"vt/prod", "requests", 7000}).ok());
+  const JournalState state = Reload();
+  ASSERT_EQ(state.cooldowns.size(), 1u);
+  EXPECT_EQ(state.cooldowns[0].feature, "requests");
+  EXPECT_EQ(state.cooldowns[0].until_ns, 7000);
+  ASSERT_TRUE(journal_->Compact(7000).ok());
+  EXPECT_TRUE(Reload().cooldowns.empty());
 }
 
 // A child writes refund-only leases as fast as it can, releasing every third, with a writer
