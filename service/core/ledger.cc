@@ -1210,7 +1210,7 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
           int64_t buf[2][3];
           int count = 0;
           if (options_.journal != nullptr &&
-              counter->NeedsReservation(rule, now, 0, BlockFor(rule), buf, &count)) {
+              counter->NeedsReservation(rule, now, 0, /*block=*/0, buf, &count)) {
             std::vector<Reservation> rs;
             for (int k = 0; k < count; ++k) {
               rs.push_back(Reservation{CounterKey{cred->name, rule.full_name, ""}, buf[k][0],
@@ -1495,7 +1495,7 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
       for (const auto& [r, scope] : seeded) {
         const Rule& rule = compiled->rules[r];
         Pending p{cred.CounterFor(r, scope, true), r, {}, 0};
-        if (!p.counter->NeedsReservation(rule, now, 0, BlockFor(rule), p.buf, &p.count)) continue;
+        if (!p.counter->NeedsReservation(rule, now, 0, /*block=*/0, p.buf, &p.count)) continue;
         for (int k = 0; k < p.count; ++k) {
           rs.push_back(Reservation{CounterKey{cred.name, rule.full_name, scope}, p.buf[k][0],
                                    p.buf[k][1], p.buf[k][2]});

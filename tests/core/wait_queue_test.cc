@@ -15,6 +15,7 @@ using testing::Bucket;
 using testing::Concurrency;
 using testing::Feature;
 using testing::OneCredential;
+using testing::Sliding;
 using testing::Utc;
 
 struct Answered {
@@ -168,6 +169,58 @@ TEST_F(WaitQueueTest, FullQueueIsResourceExhaustedWithTheCount) {
   EXPECT_EQ(answered_[1].result.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_NE(answered_[1].result.status().message().find("3 requests waiting"), std::string::npos)
       << answered_[1].result.status();
+}
+
+// Issue 11, finding 9: a sibling feature drawing on the same limit does not pass the waiter.
+TEST_F(WaitQueueTest, WaiterIsNotPassedByAFeatureDrawingOnTheSameLimit) {
+  FeatureSpec scan = Feature("scan", {Sliding("scan_per_min", 100, absl::Minutes(1))});
+  scan.draws_on = {"requests"};
+  Use({Feature("requests", {Bucket("floor", 4, absl::Minutes(1), 1)}), scan});
+  const absl::Time t0 = clock_.Now();
+  ASSERT_TRUE(Now().value().granted);
+  Wait(0, absl::Hours(1));  // waits for the floor
+  clock_.Set(t0 + absl::Seconds(15));
+  const Decision sibling = *Now("scan");
+  EXPECT_FALSE(sibling.granted);
+  ASSERT_EQ(answered_.size(), 1u);  // serving first granted the waiter
+  EXPECT_TRUE(answered_[0].result->granted);
+  clock_.Set(t0 + absl::Seconds(30));
+  EXPECT_TRUE(Now("scan").value().granted);  // nobody waits now
+}
+
+TEST_F(WaitQueueTest, WaitersOfUnrelatedFeaturesDoNotHoldEachOtherBack) {
+  Use({Feature("requests", {Bucket("floor", 4, absl::Minutes(1), 1)}),
+       Feature("jobs", {Concurrency("concurrent", 1)})});
+  ASSERT_TRUE(Now().value().granted);
+  Wait(0, absl::Hours(1));  // waits for the floor
+  Wait(1, absl::Hours(1), 0, "jobs");
+  ASSERT_EQ(answered_.size(), 1u);
+  EXPECT_EQ(answered_[0].who, 1);
+  EXPECT_TRUE(answered_[0].result->granted);
+}
+
+// Issue 11, finding 10: cancelling the head serves the next one at once.
+TEST_F(WaitQueueTest, CancellingTheHeadServesTheNextAtOnce) {
+  Use({Feature("jobs", {Concurrency("concurrent", 2)})});
+  AcquireRequest big;
+  big.credential = "vt";
+  big.feature = "jobs";
+  big.cost = 2;
+  big.lease_ttl = absl::Minutes(30);
+  ASSERT_TRUE(ledger_->Acquire(AcquireRequest{.credential = "vt", .feature = "jobs",
+                                              .lease_ttl = absl::Minutes(30)})
+                  .value()
+                  .granted);
+  const WaitTicket head = ledger_->AcquireOrWait(
+      big, absl::Hours(1), 0, [this](absl::StatusOr<Decision> d) {
+        answered_.push_back({0, clock_.Now(), std::move(d)});
+      });
+  Wait(1, absl::Hours(1), 0, "jobs");  // one slot is free, but the head waits for two
+  EXPECT_TRUE(answered_.empty());
+  ASSERT_TRUE(ledger_->Cancel(head));
+  ASSERT_EQ(answered_.size(), 1u);  // no Pump, no unrelated request needed
+  EXPECT_EQ(answered_[0].who, 1);
+  EXPECT_TRUE(answered_[0].result->granted);
 }
 
 TEST_F(WaitQueueTest, AnswerAllWaitersEmptiesEveryQueue) {
