@@ -585,13 +585,13 @@ class Sim {
       Log("release: no lease");
       return;
     }
-    SimLease& l = leases_[i];
-    std::optional<int64_t> used = l.used;
+    const LeaseId id = leases_[i].id;  // the race below may grow leases_
+    std::optional<int64_t> used = leases_[i].used;
     Log(absl::StrCat("release L", i, used ? absl::StrCat(" used ", *used) : " (no used)"));
     if (race) ArmRace(op, i);
-    absl::StatusOr<ReleaseResult> r = ledger_->Release(l.id, used);
+    absl::StatusOr<ReleaseResult> r = ledger_->Release(id, used);
     ProcessEvents();
-    l.done = true;
+    leases_[i].done = true;
     Oracle::Lease* ol = oracle_.FindLease(i);
     if (ol != nullptr) ol->released = true;
     if (!r.ok()) {
@@ -612,7 +612,7 @@ class Sim {
     clock_.Arm([this, expiry, feature, scope, op] {
       race_read_ = clock_.now();
       const int64_t to = std::max(clock_.now(), expiry + static_cast<int64_t>(op.c % 3));
-      clock_.Set(to);
+      AdvanceTo(to);  // timers due by then fire first
       Log(absl::StrCat("[preempted at ", When(race_read_), "; meanwhile at ", When(to), ":"));
       AcquireRequest req;
       req.credential = cred_.name;
@@ -637,7 +637,7 @@ class Sim {
       Log("renew: no lease");
       return;
     }
-    SimLease& l = leases_[i];
+    const LeaseId id = leases_[i].id;  // the race below may grow leases_
     Oracle::Lease* ol = oracle_.FindLease(i);
     if (mode == 1 && ol != nullptr) {  // right around expiry
       const int64_t delta = static_cast<int64_t>(op.c % 3) - 1;
@@ -649,7 +649,8 @@ class Sim {
                      ol ? absl::StrCat(" (expiry ", When(ol->expiry), ")") : ""));
     race_read_ = clock_.now();
     if (mode == 2) ArmRace(op, i);
-    absl::StatusOr<absl::Time> r = ledger_->Renew(l.id, ttl);
+    absl::StatusOr<absl::Time> r = ledger_->Renew(id, ttl);
+    ol = oracle_.FindLease(i);
     clock_.Arm(nullptr);
     ProcessEvents();
     if (!r.ok()) {
