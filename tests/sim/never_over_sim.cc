@@ -372,9 +372,16 @@ class Sim {
       if (logging_) {
         r.log.push_back(absl::StrFormat("#%-4d %-10s %s", ops[i].index, When(clock_.now()), line_));
       }
-      if (violation_) break;
+      if (!target_.empty() && seen_.count(target_)) break;
     }
     r.violation = violation_;
+    r.all = violations_;
+    if (!target_.empty()) {
+      r.violation.reset();
+      for (const Violation& v : violations_) {
+        if (v.invariant == target_) r.violation = v;
+      }
+    }
     return r;
   }
 
@@ -405,10 +412,12 @@ class Sim {
   void Log(const std::string& s) {
     if (logging_) absl::StrAppend(&line_, line_.empty() ? "" : "; ", s);
   }
+  // Records the first violation of each invariant and goes on, so that one frequent finding
+  // does not hide the others.
   void Fail(const std::string& invariant, const std::string& message) {
-    if (violation_) return;
-    violation_ = Violation{step_, invariant, message};
     Log(absl::StrCat("VIOLATION ", invariant, ": ", message));
+    if (seen_.insert(invariant).second) violations_.push_back(Violation{step_, invariant, message});
+    if (!violation_) violation_ = violations_.front();
   }
 
   std::vector<std::string> Features() const {
@@ -480,7 +489,7 @@ class Sim {
 
   void AdvanceTo(int64_t target) {
     int spins = 0;
-    while (!wakes_.empty() && *wakes_.begin() <= target && !violation_) {
+    while (!wakes_.empty() && *wakes_.begin() <= target) {
       const int64_t w = *wakes_.begin();
       wakes_.erase(wakes_.begin());
       if (w > clock_.now()) {
@@ -958,6 +967,11 @@ class Sim {
   int step_ = 0;
   std::string line_;
   std::optional<Violation> violation_;
+  std::vector<Violation> violations_;
+  std::set<std::string> seen_;
+
+ public:
+  std::string target_;  // stop at the first violation of this invariant
 };
 
 }  // namespace
@@ -985,31 +999,23 @@ std::vector<Op> GenerateOps(uint64_t seed, int count) {
   return ops;
 }
 
-RunResult RunOps(uint64_t seed, const std::vector<Op>& ops, bool log) {
+RunResult RunOps(uint64_t seed, const std::vector<Op>& ops, bool log, const std::string& target) {
   Sim sim(seed, log);
+  sim.target_ = target;
   return sim.Run(ops);
 }
 
-SeedReport RunSeed(uint64_t seed, int count, absl::Duration shrink_budget) {
-  SeedReport report;
-  report.seed = seed;
+std::string Shrink(uint64_t seed, int count, const Violation& v, int64_t ops_run,
+                   absl::Time deadline, int64_t* shrink_ops, std::vector<int>* kept) {
   std::vector<Op> ops = GenerateOps(seed, count);
-  RunResult first = RunOps(seed, ops, false);
-  report.ops_run = first.ops_run;
-  if (!first.violation) return report;
-  report.ok = false;
-  const std::string invariant = first.violation->invariant;
-  report.invariant = invariant;
-  // Shrink: the prefix up to the violation, then drop chunks while the same invariant still breaks.
-  ops.resize(first.violation->step + 1);
-  const absl::Time deadline = absl::Now() + shrink_budget;
+  ops.resize(v.step + 1);
+  const std::string& invariant = v.invariant;
   auto still_fails = [&](const std::vector<Op>& candidate) {
-    RunResult r = RunOps(seed, candidate, false);
-    report.shrink_ops += r.ops_run;
-    return r.violation && r.violation->invariant == invariant;
+    RunResult r = RunOps(seed, candidate, false, invariant);
+    *shrink_ops += r.ops_run;
+    return r.violation.has_value();
   };
-  for (size_t chunk = std::max<size_t>(1, ops.size() / 2); chunk >= 1 && absl::Now() < deadline;
-       chunk /= 2) {
+  for (size_t chunk = std::max<size_t>(1, ops.size() / 2); absl::Now() < deadline; chunk /= 2) {
     for (size_t i = 0; i < ops.size() && absl::Now() < deadline;) {
       std::vector<Op> candidate(ops.begin(), ops.begin() + i);
       candidate.insert(candidate.end(), ops.begin() + std::min(ops.size(), i + chunk), ops.end());
@@ -1019,21 +1025,40 @@ SeedReport RunSeed(uint64_t seed, int count, absl::Duration shrink_budget) {
         i += chunk;
       }
     }
-    if (chunk == 1) break;
+    if (chunk <= 1) break;
   }
-  RunResult last = RunOps(seed, ops, true);
-  if (!last.violation) last = RunOps(seed, GenerateOps(seed, count), true);  // should not happen
+  RunResult last = RunOps(seed, ops, true, invariant);
   std::vector<std::string> idx;
+  kept->clear();
   for (const Op& op : ops) {
-    report.kept.push_back(op.index);
+    kept->push_back(op.index);
     idx.push_back(absl::StrCat(op.index));
   }
-  report.text = absl::StrCat(
-      "seed ", seed, ": ", last.violation ? last.violation->invariant : invariant, "\n  ",
-      last.violation ? last.violation->message : "(not reproduced when shrunk)", "\n",
-      "policy: ", last.policy, "trace (", ops.size(), " of ", first.ops_run, " ops):\n    ",
+  return absl::StrCat(
+      "seed ", seed, ": ", invariant, "\n  ", last.violation ? last.violation->message : v.message,
+      last.violation ? "" : " (not reproduced by the shrunk trace)", "\n",
+      "policy: ", last.policy, "trace (", ops.size(), " of ", ops_run, " ops):\n    ",
       absl::StrJoin(last.log, "\n    "), "\nreplay: never_over_sim_test --seed=", seed,
       " --ops=", count, " --keep=", absl::StrJoin(idx, ","), "\n");
+}
+
+SeedReport RunSeed(uint64_t seed, int count, absl::Duration shrink_budget) {
+  SeedReport report;
+  report.seed = seed;
+  RunResult first = RunOps(seed, GenerateOps(seed, count), false, "");
+  report.ops_run = first.ops_run;
+  if (first.all.empty()) return report;
+  report.ok = false;
+  const absl::Time deadline = absl::Now() + shrink_budget;
+  for (const Violation& v : first.all) {
+    report.invariants.push_back(v.invariant);
+    if (report.invariant.empty()) report.invariant = v.invariant;
+    std::vector<int> kept;
+    const absl::Time each = std::min(deadline, absl::Now() + shrink_budget / 4);
+    absl::StrAppend(&report.text,
+                    Shrink(seed, count, v, first.ops_run, each, &report.shrink_ops, &kept), "\n");
+    if (report.kept.empty()) report.kept = kept;
+  }
   return report;
 }
 

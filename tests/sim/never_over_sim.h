@@ -35,21 +35,24 @@ struct Violation {
 };
 
 struct RunResult {
-  std::optional<Violation> violation;
+  std::optional<Violation> violation;  // the first (or the first of the target invariant)
+  std::vector<Violation> all;          // the first of each invariant
   std::vector<std::string> log;  // one line per operation (when asked for)
   int64_t ops_run = 0;
   std::string policy;  // the initial policy, described
 };
 
 std::vector<Op> GenerateOps(uint64_t seed, int count);
-RunResult RunOps(uint64_t seed, const std::vector<Op>& ops, bool log);
+// `target`: stop at the first violation of this invariant (and report only it); "" runs all.
+RunResult RunOps(uint64_t seed, const std::vector<Op>& ops, bool log, const std::string& target);
 
 // Runs one seed; on a violation shrinks it (within `shrink_budget`) and describes the shortest
 // trace found.
 struct SeedReport {
   uint64_t seed = 0;
   bool ok = true;
-  std::string invariant;
+  std::string invariant;                // the first
+  std::vector<std::string> invariants;  // every invariant broken
   std::string text;       // seed, invariant, message, trace, replay command
   int64_t ops_run = 0;    // by the first run
   int64_t shrink_ops = 0; // by the shrinking runs

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,7 @@ Totals RunMany(uint64_t first, int seeds, int ops, absl::Duration limit, absl::D
                std::vector<SeedReport>* failures) {
   Totals t;
   const absl::Time start = absl::Now();
+  std::map<std::string, std::vector<uint64_t>> by_invariant;
   for (int i = 0; i < seeds && absl::Now() - start < limit; ++i) {
     SeedReport r = RunSeed(first + i, ops, failures->size() < 8 ? shrink : absl::ZeroDuration());
     ++t.seeds;
@@ -44,10 +46,15 @@ Totals RunMany(uint64_t first, int seeds, int ops, absl::Duration limit, absl::D
     t.shrink_ops += r.shrink_ops;
     if (!r.ok) {
       ++t.failed;
+      for (const std::string& inv : r.invariants) by_invariant[inv].push_back(r.seed);
       std::printf("%s\n", r.text.c_str());
       std::fflush(stdout);
       failures->push_back(std::move(r));
     }
+  }
+  for (const auto& [inv, s] : by_invariant) {
+    std::printf("never_over: %-20s broken by %zu seeds, first %llu\n", inv.c_str(), s.size(),
+                static_cast<unsigned long long>(s.front()));
   }
   const double secs = absl::ToDoubleSeconds(absl::Now() - start);
   std::printf(
@@ -97,7 +104,7 @@ int main(int argc, char** argv) {
           chosen.push_back(all[idx]);
         }
       }
-      RunResult r = RunOps(seed, chosen, true);
+      RunResult r = RunOps(seed, chosen, true, "");
       std::printf("policy: %s", r.policy.c_str());
       for (const std::string& l : r.log) std::printf("    %s\n", l.c_str());
       std::printf("%s\n", r.violation ? ("VIOLATION " + r.violation->invariant + ": " +
