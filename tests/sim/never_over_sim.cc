@@ -1,0 +1,1065 @@
+#include "tests/sim/never_over_sim.h"
+
+#include <stdlib.h>
+
+#include <algorithm>
+#include <deque>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <random>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "service/core/clock.h"
+#include "service/core/journal.h"
+#include "service/core/ledger.h"
+#include "service/core/policy.h"
+#include "service/store/sqlite_journal.h"
+#include "tests/sim/never_over_oracle.h"
+
+namespace quotad::sim {
+namespace {
+
+constexpr int64_t kStart = 1767225600LL * 1000000000LL + 12345;  // 2026-01-01 UTC, a bit after
+
+int64_t Ns(absl::Duration d) { return absl::ToInt64Nanoseconds(d); }
+int64_t Ns(absl::Time t) {
+  if (t == absl::InfiniteFuture()) return INT64_MAX;
+  if (t == absl::InfinitePast()) return INT64_MIN;
+  return absl::ToUnixNanos(t);
+}
+
+enum Kind {
+  kAdvance,
+  kAdvanceToBoundary,
+  kAcquire,
+  kAcquireWait,
+  kCancel,
+  kRelease,
+  kRenew,
+  kRenewAtExpiry,
+  kRenewRace,
+  kReleaseRace,
+  kReportOutside,
+  kReportThrottle,
+  kReload,
+  kCrash,
+  kFlushJournal,
+  kSweep,
+  kCompact,
+  kPump,
+  kNumKinds
+};
+
+const char* kKindNames[] = {"advance",      "advance_to_boundary", "acquire",   "acquire_wait",
+                            "cancel",       "release",             "renew",     "renew_at_expiry",
+                            "renew_race",   "release_race",        "report_outside",
+                            "report_throttle", "reload",           "crash",     "flush_journal",
+                            "sweep",        "compact",             "pump"};
+
+// Time the simulator owns. A FakeClock, plus a one-shot hook run at the next clock read: the read
+// returns the time from before the hook, as if the reader was preempted right after reading.
+// (When Clock gains a monotonic reading, it is read from the same FakeClock; a wall-clock step
+// then moves only the wall time.)
+class SimClock : public Clock {
+ public:
+  explicit SimClock(int64_t start) : fake_(absl::FromUnixNanos(start)) {}
+  absl::Time Now() const override {
+    const absl::Time t = fake_.Now();
+    if (hook_) {
+      std::function<void()> h = std::move(hook_);
+      hook_ = nullptr;
+      h();
+    }
+    return t;
+  }
+  int64_t now() const { return absl::ToUnixNanos(fake_.Now()); }
+  void Set(int64_t t) { fake_.Set(absl::FromUnixNanos(t)); }
+  void Arm(std::function<void()> hook) { hook_ = std::move(hook); }
+  bool armed() const { return static_cast<bool>(hook_); }
+
+ private:
+  FakeClock fake_;
+  mutable std::function<void()> hook_;
+};
+
+// The journal as a kill -9 sees it: synchronous writes pass through at once; the deferred ones
+// (refund-only leases, releases) wait here until the simulator lets a prefix of them through
+// (the store's group commit); a crash drops what is still here.
+class KillNineJournal : public Journal {
+ public:
+  struct Deferred {
+    bool is_delete = false;
+    JournalLease lease;
+    std::string id;
+  };
+  explicit KillNineJournal(Journal* inner) : inner_(inner) {}
+  absl::StatusOr<JournalState> Load() override { return inner_->Load(); }
+  absl::Status Reserve(const std::vector<Reservation>& r) override { return inner_->Reserve(r); }
+  absl::Status PutLease(const JournalLease& lease) override {
+    if (lease.holds_slots) return inner_->PutLease(lease);
+    buffer_.push_back({false, lease, lease.id});
+    return absl::OkStatus();
+  }
+  absl::Status RenewLease(const std::string& id, int64_t expiry_ns) override {
+    return inner_->RenewLease(id, expiry_ns);
+  }
+  void DeleteLease(const std::string& id) override { buffer_.push_back({true, {}, id}); }
+  absl::Status Compact(int64_t now_ns) override { return inner_->Compact(now_ns); }
+
+  void Release(size_t n) {
+    for (size_t i = 0; i < n && !buffer_.empty(); ++i) {
+      Deferred d = std::move(buffer_.front());
+      buffer_.pop_front();
+      if (d.is_delete) {
+        inner_->DeleteLease(d.id);
+      } else {
+        inner_->PutLease(d.lease).IgnoreError();
+      }
+    }
+  }
+  std::deque<Deferred> Drop() { return std::exchange(buffer_, {}); }
+  size_t buffered() const { return buffer_.size(); }
+
+ private:
+  Journal* const inner_;
+  std::deque<Deferred> buffer_;
+};
+
+// ---- policy generation ----
+
+const absl::Duration kPeriods[] = {absl::Seconds(10), absl::Seconds(30), absl::Minutes(1),
+                                   absl::Minutes(5), absl::Hours(1)};
+
+absl::TimeZone Zone(const std::string& name) {
+  absl::TimeZone z;
+  if (!absl::LoadTimeZone(name, &z)) z = absl::UTCTimeZone();
+  return z;
+}
+
+LimitSpec RandomLimit(std::mt19937_64& rng, const std::string& name, bool allow_concurrency) {
+  LimitSpec l;
+  l.name = name;
+  const int k = static_cast<int>(rng() % (allow_concurrency ? 7 : 6));
+  l.capacity = 1 + static_cast<int64_t>(rng() % 10);
+  l.period = kPeriods[rng() % 5];
+  switch (k) {
+    case 0:
+    case 5:
+      l.kind = LimitKind::kCalendar;
+      l.unit = static_cast<CalendarUnit>(1 + rng() % 3);  // minute, hour, day
+      if (rng() % 4 == 0) {
+        l.zone_name = "America/New_York";
+        l.zone = Zone(l.zone_name);
+      }
+      break;
+    case 1:
+      l.kind = LimitKind::kRolling;
+      break;
+    case 2:
+      l.kind = LimitKind::kSliding;
+      if (rng() % 2 == 0) l.sub_buckets = static_cast<int>(2 + rng() % 6);
+      break;
+    case 3:
+      l.kind = LimitKind::kTokenBucket;
+      l.rate = 1 + static_cast<int64_t>(rng() % l.capacity);
+      break;
+    case 4:
+      l.kind = LimitKind::kUnlimited;
+      l.capacity = 0;
+      if (rng() % 2 == 0) l.unit = CalendarUnit::kDay;
+      break;
+    case 6:
+      l.kind = LimitKind::kConcurrency;
+      l.capacity = 1 + static_cast<int64_t>(rng() % 3);
+      break;
+  }
+  if (rng() % 6 == 0 && l.kind != LimitKind::kConcurrency) {
+    l.guard = absl::Seconds(1 + static_cast<int64_t>(rng() % 5));
+  }
+  return l;
+}
+
+CredentialSpec RandomPolicy(uint64_t seed) {
+  std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ULL + 7);
+  CredentialSpec c;
+  c.name = "cred";
+  c.profile = "sim";
+  FeatureSpec requests;
+  requests.name = "requests";
+  const int n = 1 + static_cast<int>(rng() % 2);
+  for (int i = 0; i < n; ++i) requests.limits.push_back(RandomLimit(rng, absl::StrCat("r", i), false));
+  FeatureSpec scan;
+  scan.name = "scan";
+  scan.draws_on = {"requests"};
+  scan.limits.push_back(RandomLimit(rng, "s0", false));
+  FeatureSpec hunt;
+  hunt.name = "hunt";
+  hunt.limits.push_back(RandomLimit(rng, "h0", false));
+  hunt.limits.back().scoped = true;
+  if (hunt.limits.back().kind == LimitKind::kUnlimited) hunt.limits.back().kind = LimitKind::kRolling,
+                                                        hunt.limits.back().capacity = 3;
+  FeatureSpec jobs;
+  jobs.name = "jobs";
+  LimitSpec slots;
+  slots.name = "slots";
+  slots.kind = LimitKind::kConcurrency;
+  slots.capacity = 1 + static_cast<int64_t>(rng() % 3);
+  slots.scoped = rng() % 4 == 0;
+  jobs.limits.push_back(slots);
+  jobs.default_lease_ttl = absl::Seconds(5 + static_cast<int64_t>(rng() % 60));
+  jobs.max_lease_ttl = absl::Hours(1);
+  c.features = {requests, scan, hunt, jobs};
+  if (rng() % 6 == 0) {
+    // Validation accepts a slow bucket whose burst times its emission passes int64 (issue 11 #8).
+    FeatureSpec slow;
+    slow.name = "slow";
+    LimitSpec b;
+    b.name = "bucket";
+    b.kind = LimitKind::kTokenBucket;
+    b.capacity = 300;
+    b.rate = 1;
+    b.period = absl::Hours(24 * 366);
+    slow.limits.push_back(b);
+    c.features.push_back(slow);
+  }
+  for (FeatureSpec& f : c.features) {
+    if (rng() % 3 == 0) {
+      f.throttle.initial_backoff = absl::Seconds(1 + static_cast<int64_t>(rng() % 60));
+    }
+  }
+  return c;
+}
+
+// One edit of one field of one limit (or of a feature's TTLs).
+std::string Mutate(CredentialSpec& c, uint64_t r1, uint64_t r2) {
+  std::mt19937_64 rng(r2);
+  FeatureSpec& f = c.features[r1 % c.features.size()];
+  LimitSpec& l = f.limits[(r1 >> 8) % f.limits.size()];
+  const std::string what = absl::StrCat(f.name, ".", l.name, ": ", DescribeLimit(l), " -> ");
+  switch ((r1 >> 16) % 10) {
+    case 0: {  // kind (and what the new kind needs)
+      LimitSpec n = RandomLimit(rng, l.name, l.kind == LimitKind::kConcurrency);
+      n.scoped = l.scoped;
+      if (f.name == "hunt" && n.kind == LimitKind::kUnlimited) n.kind = LimitKind::kSliding;
+      l = n;
+      break;
+    }
+    case 1:
+      l.capacity = std::max<int64_t>(1, rng() % 2 ? l.capacity * 2 : l.capacity / 2);
+      break;
+    case 2:
+      if (l.kind == LimitKind::kTokenBucket) {
+        l.rate = std::max<int64_t>(1, rng() % 2 ? l.rate * 2 : l.rate / 2);
+      } else {
+        l.capacity = std::max<int64_t>(1, l.capacity + (rng() % 2 ? 1 : -1));
+      }
+      break;
+    case 3:
+      l.period = kPeriods[rng() % 5];
+      break;
+    case 4:
+      l.guard = rng() % 2 ? absl::ZeroDuration() : absl::Seconds(1 + static_cast<int64_t>(rng() % 10));
+      break;
+    case 5:
+      l.scoped = !l.scoped;
+      break;
+    case 6:
+      l.sub_buckets = rng() % 2 ? 0 : static_cast<int>(2 + rng() % 10);
+      break;
+    case 7:
+      f.default_lease_ttl = absl::Seconds(1 + static_cast<int64_t>(rng() % 120));
+      f.max_lease_ttl = std::max(f.default_lease_ttl, absl::Seconds(static_cast<int64_t>(rng() % 7200)));
+      return absl::StrCat(f.name, " ttl default ", absl::FormatDuration(f.default_lease_ttl),
+                          " max ", absl::FormatDuration(f.max_lease_ttl));
+    case 8:
+      if (l.kind == LimitKind::kCalendar) {
+        l.unit = static_cast<CalendarUnit>(1 + rng() % 5);
+        l.zone_name = rng() % 2 ? "UTC" : "America/New_York";
+        l.zone = Zone(l.zone_name);
+      } else {
+        l.capacity = std::max<int64_t>(1, l.capacity - 1);
+      }
+      break;
+    case 9:
+      l.capacity = 1 + static_cast<int64_t>(rng() % 10);
+      l.period = kPeriods[rng() % 5];
+      break;
+  }
+  return what + DescribeLimit(l);
+}
+
+std::string DescribePolicy(const CredentialSpec& c) {
+  std::string out;
+  for (const FeatureSpec& f : c.features) {
+    absl::StrAppend(&out, "  ", f.name,
+                    f.draws_on.empty() ? "" : absl::StrCat(" (draws_on ", absl::StrJoin(f.draws_on, ","), ")"),
+                    " ttl ", absl::FormatDuration(f.default_lease_ttl), ":");
+    for (const LimitSpec& l : f.limits) absl::StrAppend(&out, " [", l.name, " ", DescribeLimit(l), "]");
+    absl::StrAppend(&out, "\n");
+  }
+  return out;
+}
+
+// ---- the simulator ----
+
+class Sim {
+ public:
+  Sim(uint64_t seed, bool log) : seed_(seed), logging_(log), clock_(kStart) {
+    char templ[] = "/tmp/quotad-never-over-XXXXXX";
+    const char* base = std::getenv("TEST_TMPDIR");
+    dir_ = base != nullptr ? std::string(base) + "/quotad-never-over-XXXXXX" : templ;
+    dir_ = mkdtemp(dir_.data());
+    path_ = dir_ + "/state.db";
+    cred_ = RandomPolicy(seed);
+    std::mt19937_64 rng(seed ^ 0xABCDEF);
+    const double fractions[] = {0.01, 0.2, 0.5};
+    const int64_t blocks[] = {1, 2, 1000};
+    reserve_fraction_ = fractions[rng() % 3];
+    max_block_ = blocks[rng() % 3];
+    oracle_.ApplyPolicy(cred_, clock_.now());
+  }
+  ~Sim() {
+    ledger_.reset();
+    journal_.reset();
+    sqlite_.reset();
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+
+  std::string Start() {
+    auto s = SqliteJournal::Open(path_);
+    if (!s.ok()) return std::string(s.status().message());
+    sqlite_ = std::move(*s);
+    journal_ = std::make_unique<KillNineJournal>(sqlite_.get());
+    LedgerOptions o;
+    o.journal = journal_.get();
+    o.reserve_fraction = reserve_fraction_;
+    o.max_reserve_block = max_block_;
+    o.jitter_seed = seed_ + 1;
+    o.wake = [this](absl::Time t) {
+      if (t != absl::InfiniteFuture()) wakes_.insert(Ns(t));
+    };
+    Policy p;
+    p.credentials = {cred_};
+    auto l = Ledger::Create(p, &clock_, o);
+    if (!l.ok()) return absl::StrCat("Ledger::Create: ", l.status().message());
+    ledger_ = std::move(*l);
+    if (absl::Status st = ledger_->Restore(); !st.ok()) {
+      return absl::StrCat("Restore: ", st.message());
+    }
+    return "";
+  }
+
+  RunResult Run(const std::vector<Op>& ops) {
+    RunResult r;
+    r.policy = absl::StrCat("reserve_fraction=", reserve_fraction_, " max_reserve_block=", max_block_,
+                            "\n", DescribePolicy(cred_));
+    if (std::string e = Start(); !e.empty()) {
+      r.violation = Violation{0, "engine-error", e};
+      return r;
+    }
+    for (size_t i = 0; i < ops.size(); ++i) {
+      step_ = static_cast<int>(i);
+      line_.clear();
+      Execute(ops[i]);
+      ++r.ops_run;
+      if (logging_) {
+        r.log.push_back(absl::StrFormat("#%-4d %-10s %s", ops[i].index, When(clock_.now()), line_));
+      }
+      if (!target_.empty() && seen_.count(target_)) break;
+    }
+    r.violation = violation_;
+    r.all = violations_;
+    if (!target_.empty()) {
+      r.violation.reset();
+      for (const Violation& v : violations_) {
+        if (v.invariant == target_) r.violation = v;
+      }
+    }
+    return r;
+  }
+
+ private:
+  struct SimLease {
+    LeaseId id;
+    std::string feature, scope;
+    int64_t cost = 0;
+    std::optional<int64_t> used;
+    bool done = false;
+  };
+  struct SimWaiter {
+    WaitTicket ticket;
+    std::string feature, scope;
+    int64_t cost = 0;
+    int priority = 0;
+    std::optional<int64_t> used;
+    bool answered = false;
+  };
+  struct Event {
+    uint64_t arrival;
+    absl::StatusOr<Decision> result;
+  };
+
+  std::string When(int64_t t) const {
+    return absl::StrFormat("+%.3fs", static_cast<double>(t - kStart) / 1e9);
+  }
+  void Log(const std::string& s) {
+    if (logging_) absl::StrAppend(&line_, line_.empty() ? "" : "; ", s);
+  }
+  // Records the first violation of each invariant and goes on, so that one frequent finding
+  // does not hide the others.
+  void Fail(const std::string& invariant, const std::string& message) {
+    Log(absl::StrCat("VIOLATION ", invariant, ": ", message));
+    if (seen_.insert(invariant).second) violations_.push_back(Violation{step_, invariant, message});
+    if (!violation_) violation_ = violations_.front();
+  }
+
+  std::vector<std::string> Features() const {
+    std::vector<std::string> out;
+    for (const FeatureSpec& f : cred_.features) out.push_back(f.name);
+    return out;
+  }
+  const FeatureSpec* Feature(const std::string& name) const {
+    for (const FeatureSpec& f : cred_.features) {
+      if (f.name == name) return &f;
+    }
+    return nullptr;
+  }
+
+  // A grant the ledger made: the worker sends what it will use, at once.
+  void Granted(const Decision& d, const std::string& feature, const std::string& scope, int64_t cost,
+               std::optional<int64_t> used, uint64_t arrival, int priority, int64_t decided_at) {
+    const int64_t now = clock_.now();
+    const uint64_t n = leases_.size();
+    leases_.push_back({d.lease_id, feature, scope, cost, used, false});
+    const int64_t units = used.value_or(cost);
+    Log(absl::StrCat("granted L", n, " expiry ", When(Ns(d.lease_expiry)), ", worker sends ", units));
+    auto cool = expected_cooldown_.find(feature);
+    if (cool != expected_cooldown_.end() && decided_at < cool->second) {
+      Fail("cooldown", absl::StrCat("granted ", feature, " at ", When(decided_at),
+                                    " inside the Retry-After the upstream gave (until ",
+                                    When(cool->second), ")"));
+    }
+    if (std::string v = oracle_.SendOurs(now, feature, scope, units); !v.empty()) {
+      Fail("over-grant", v);
+    }
+    if (std::string v = oracle_.Grant(n, now, feature, scope, cost, Ns(d.lease_expiry)); !v.empty()) {
+      Fail("concurrency", v);
+    }
+    if (std::string v = oracle_.CheckNotPassing(arrival, priority, Touches(cred_, feature, scope), now,
+                                                absl::StrCat("request ", feature, scope.empty() ? "" : "/" + scope,
+                                                             " cost ", cost));
+        !v.empty()) {
+      Fail("waiter-passed", v);
+    }
+  }
+
+  void ProcessEvents() {
+    std::vector<Event> events = std::move(events_);
+    events_.clear();
+    for (const Event& e : events) oracle_.waiters().erase(e.arrival);
+    for (Event& e : events) {
+      auto it = waiters_.find(e.arrival);
+      if (it == waiters_.end()) continue;
+      SimWaiter& w = it->second;
+      w.answered = true;
+      if (!e.result.ok()) {
+        Log(absl::StrCat("waiter #", e.arrival, " answered ", e.result.status().ToString()));
+      } else if (!e.result->granted) {
+        Log(absl::StrCat("waiter #", e.arrival, " denied (", e.result->limited_by, ")"));
+      } else {
+        Log(absl::StrCat("waiter #", e.arrival, " served"));
+        Granted(*e.result, w.feature, w.scope, w.cost, w.used, e.arrival, w.priority, clock_.now());
+      }
+      waiters_.erase(it);
+    }
+  }
+
+  void Pump() {
+    const absl::Time next = ledger_->Pump();
+    if (next != absl::InfiniteFuture()) wakes_.insert(Ns(next));
+    ProcessEvents();
+  }
+
+  void AdvanceTo(int64_t target) {
+    int spins = 0;
+    while (!wakes_.empty() && *wakes_.begin() <= target) {
+      const int64_t w = *wakes_.begin();
+      wakes_.erase(wakes_.begin());
+      if (w > clock_.now()) {
+        clock_.Set(w);
+        spins = 0;
+      } else if (++spins > 20) {
+        continue;
+      }
+      Pump();
+    }
+    if (target > clock_.now()) clock_.Set(target);
+  }
+
+  std::optional<int64_t> UsedPlan(int64_t cost, uint64_t r) {
+    if (r % 3 == 0) return std::nullopt;
+    return static_cast<int64_t>((r >> 8) % (cost + 1));
+  }
+
+  void DoAcquire(const Op& op, bool wait) {
+    const std::vector<std::string> fs = Features();
+    const std::string feature = fs[op.a % fs.size()];
+    static const char* kScopes[] = {"", "s1", "s2"};
+    const std::string scope = kScopes[(op.a >> 8) % 3];
+    int64_t cost = 1 + static_cast<int64_t>(op.b % 3);
+    if (op.b % 17 == 0) cost = 1 + static_cast<int64_t>((op.b >> 8) % 12);
+    const std::optional<int64_t> used = UsedPlan(cost, op.d);
+    AcquireRequest req;
+    req.credential = cred_.name;
+    req.feature = feature;
+    req.scope = scope;
+    req.cost = cost;
+    req.want_limits = false;
+    if (op.c % 5 == 0) req.lease_ttl = absl::Seconds(1 + static_cast<int64_t>((op.c >> 8) % 30));
+    const uint64_t arrival = next_arrival_++;
+    const int priority = wait ? static_cast<int>((op.c >> 16) % 3) : 0;
+    Log(absl::StrCat(wait ? "acquire_wait #" : "acquire #", arrival, " ", feature,
+                     scope.empty() ? "" : "/" + scope, " cost ", cost,
+                     req.lease_ttl > absl::ZeroDuration() ? absl::StrCat(" ttl ", absl::FormatDuration(req.lease_ttl)) : "",
+                     wait ? absl::StrCat(" prio ", priority) : ""));
+    const int64_t decided_at = clock_.now();
+    if (!wait) {
+      absl::StatusOr<Decision> d = ledger_->Acquire(req);
+      ProcessEvents();
+      if (!d.ok()) {
+        Log(d.status().ToString());
+        if (d.status().code() == absl::StatusCode::kInternal) Fail("engine-error", d.status().ToString());
+        return;
+      }
+      if (!d->granted) {
+        Log(absl::StrCat("denied by ", d->limited_by, " retry ", When(Ns(d->retry_at))));
+        return;
+      }
+      Granted(*d, feature, scope, cost, used, arrival, 0, decided_at);
+      return;
+    }
+    const absl::Duration max_wait = absl::Seconds(1 + static_cast<int64_t>((op.d >> 16) % 120));
+    SimWaiter& w = waiters_[arrival];
+    w.feature = feature;
+    w.scope = scope;
+    w.cost = cost;
+    w.priority = priority;
+    w.used = used;
+    const WaitTicket ticket = ledger_->AcquireOrWait(
+        req, max_wait, priority, [this, arrival](absl::StatusOr<Decision> r) {
+          events_.push_back({arrival, std::move(r)});
+        });
+    auto it = waiters_.find(arrival);
+    const bool answered_now = std::any_of(events_.begin(), events_.end(),
+                                          [&](const Event& e) { return e.arrival == arrival; });
+    if (ticket.credential != nullptr && !answered_now && it != waiters_.end()) {
+      it->second.ticket = ticket;
+      Oracle::Waiter ow;
+      ow.arrival = arrival;
+      ow.priority = priority;
+      ow.feature = feature;
+      ow.scope = scope;
+      ow.cost = cost;
+      ow.deadline = decided_at + Ns(max_wait);
+      ow.touches = Touches(cred_, feature, scope);
+      oracle_.waiters()[arrival] = ow;
+      Log(absl::StrCat("parked until ", When(ow.deadline)));
+    }
+    ProcessEvents();
+  }
+
+  // Index of a live (not released) lease picked by r; -1 when none.
+  int PickLease(uint64_t r, bool prefer_slots) {
+    std::vector<int> live;
+    for (size_t i = 0; i < leases_.size(); ++i) {
+      if (leases_[i].done) continue;
+      if (prefer_slots && leases_[i].feature != "jobs") continue;
+      live.push_back(static_cast<int>(i));
+    }
+    if (live.empty() && prefer_slots) return PickLease(r, false);
+    if (live.empty()) return -1;
+    return live[r % live.size()];
+  }
+
+  void DoRelease(const Op& op, bool race) {
+    const int i = PickLease(op.a, false);
+    if (i < 0) {
+      Log("release: no lease");
+      return;
+    }
+    const LeaseId id = leases_[i].id;  // the race below may grow leases_
+    std::optional<int64_t> used = leases_[i].used;
+    Log(absl::StrCat("release L", i, used ? absl::StrCat(" used ", *used) : " (no used)"));
+    if (race) ArmRace(op, i);
+    absl::StatusOr<ReleaseResult> r = ledger_->Release(id, used);
+    ProcessEvents();
+    leases_[i].done = true;
+    Oracle::Lease* ol = oracle_.FindLease(i);
+    if (ol != nullptr) ol->released = true;
+    if (!r.ok()) {
+      Log(r.status().ToString());
+      return;
+    }
+    Log(absl::StrCat("refunded ", r->refunded, " freed ", r->freed));
+  }
+
+  // Preempts the next operation at its first clock read: time moves to around the lease's expiry
+  // and another worker's request on the lease's feature runs first.
+  void ArmRace(const Op& op, int lease) {
+    Oracle::Lease* ol = oracle_.FindLease(lease);
+    if (ol == nullptr) return;
+    const int64_t expiry = ol->expiry;
+    const std::string feature = leases_[lease].feature;
+    const std::string scope = leases_[lease].scope;
+    clock_.Arm([this, expiry, feature, scope, op] {
+      race_read_ = clock_.now();
+      const int64_t to = std::max(clock_.now(), expiry + static_cast<int64_t>(op.c % 3));
+      AdvanceTo(to);  // timers due by then fire first
+      Log(absl::StrCat("[preempted at ", When(race_read_), "; meanwhile at ", When(to), ":"));
+      AcquireRequest req;
+      req.credential = cred_.name;
+      req.feature = feature;
+      req.scope = scope;
+      req.cost = 1;
+      req.want_limits = false;
+      const uint64_t arrival = next_arrival_++;
+      absl::StatusOr<Decision> d = ledger_->Acquire(req);
+      if (d.ok() && d->granted) {
+        Granted(*d, feature, scope, 1, std::nullopt, arrival, 0, to);
+      } else {
+        Log(d.ok() ? absl::StrCat("acquire #", arrival, " denied") : d.status().ToString());
+      }
+      Log("]");
+    });
+  }
+
+  void DoRenew(const Op& op, int mode) {
+    const int i = PickLease(op.a, true);
+    if (i < 0) {
+      Log("renew: no lease");
+      return;
+    }
+    const LeaseId id = leases_[i].id;  // the race below may grow leases_
+    Oracle::Lease* ol = oracle_.FindLease(i);
+    if (mode == 1 && ol != nullptr) {  // right around expiry
+      const int64_t delta = static_cast<int64_t>(op.c % 3) - 1;
+      AdvanceTo(ol->expiry + delta);
+    }
+    const absl::Duration ttl =
+        op.b % 3 == 0 ? absl::ZeroDuration() : absl::Seconds(1 + static_cast<int64_t>((op.b >> 8) % 60));
+    Log(absl::StrCat("renew L", i, " ttl ", absl::FormatDuration(ttl),
+                     ol ? absl::StrCat(" (expiry ", When(ol->expiry), ")") : ""));
+    race_read_ = clock_.now();
+    if (mode == 2) ArmRace(op, i);
+    absl::StatusOr<absl::Time> r = ledger_->Renew(id, ttl);
+    ol = oracle_.FindLease(i);
+    clock_.Arm(nullptr);
+    ProcessEvents();
+    if (!r.ok()) {
+      Log(r.status().ToString());
+      return;
+    }
+    Log(absl::StrCat("renewed to ", When(Ns(*r))));
+    if (ol == nullptr) return;
+    if (ol->expiry <= race_read_) {
+      Fail("renew-after-expiry",
+           absl::StrCat("lease L", i, " expired at ", When(ol->expiry), " but Renew at ",
+                        When(race_read_), " returned OK (must be NOT_FOUND)"));
+    }
+    ol->expiry = Ns(*r);
+    for (const CounterRef& c : ol->touches) {
+      const LimitSpec* spec = FindLimit(cred_, c.limit);
+      if (spec == nullptr || spec->kind != LimitKind::kConcurrency || ol->released) continue;
+      const int64_t held = oracle_.Held(c, clock_.now(), false);
+      if (held > spec->capacity) {
+        Fail("concurrency", absl::StrCat("after renewing L", i, ", ", c.limit, " has ", held,
+                                         " units held by live leases > capacity ", spec->capacity));
+      }
+    }
+  }
+
+  void DoCancel(const Op& op) {
+    std::vector<uint64_t> parked;
+    for (const auto& [arrival, w] : waiters_) {
+      if (w.ticket.credential != nullptr && !w.answered) parked.push_back(arrival);
+    }
+    if (parked.empty()) {
+      Log("cancel: nobody waits");
+      return;
+    }
+    const uint64_t arrival = parked[op.a % parked.size()];
+    SimWaiter w = waiters_[arrival];
+    const bool cancelled = ledger_->Cancel(w.ticket);
+    Log(absl::StrCat("cancel #", arrival, cancelled ? " -> cancelled" : " -> already answered"));
+    if (cancelled) {
+      waiters_.erase(arrival);
+      oracle_.waiters().erase(arrival);
+    }
+    ProcessEvents();
+    // Whatever timers are due run now (the server's timer would); then the next waiter of that
+    // queue must have been served if it fits.
+    AdvanceTo(clock_.now());
+    if (!cancelled) return;
+    CheckQueueHead(w.feature, w.scope, "cancelled head");
+  }
+
+  // A waiter of a concurrency-only feature whose slots are free (counting releases a crash lost)
+  // and that no earlier waiter sharing them precedes must not still be waiting.
+  void CheckQueueHead(const std::string& feature, const std::string& scope, const std::string& why) {
+    const int64_t now = clock_.now();
+    auto cool = oracle_.cooled_until().find(feature);
+    if (cool != oracle_.cooled_until().end() && now < cool->second) return;
+    const Oracle::Waiter* head = nullptr;
+    for (const auto& [a, w] : oracle_.waiters()) {
+      if (w.feature != feature || w.scope != scope || w.deadline <= now) continue;
+      if (head == nullptr || w.priority > head->priority) head = &w;
+    }
+    if (head == nullptr) return;
+    for (const CounterRef& c : head->touches) {
+      const LimitSpec* spec = FindLimit(cred_, c.limit);
+      if (spec == nullptr) return;
+      if (spec->kind == LimitKind::kUnlimited) continue;
+      if (spec->kind != LimitKind::kConcurrency) return;  // only slots are modelled exactly
+      if (oracle_.Held(c, now, true) + head->cost > spec->capacity) return;
+      for (const auto& [a, w] : oracle_.waiters()) {
+        if (a >= head->arrival) break;
+        if (w.priority >= head->priority && w.deadline > now &&
+            std::find(w.touches.begin(), w.touches.end(), c) != w.touches.end()) {
+          return;
+        }
+      }
+    }
+    Fail("cancelled-head",
+         absl::StrCat("after the ", why, " left, waiter #", head->arrival, " (", feature,
+                      scope.empty() ? "" : "/" + scope, " cost ", head->cost,
+                      ") fits every limit it needs but is still waiting after the next Pump"));
+  }
+
+  // Outside traffic on one limit, then the provider's headers reported back.
+  void DoReportOutside(const Op& op) {
+    const std::vector<std::string> fs = Features();
+    const std::string feature = fs[op.a % fs.size()];
+    // The limits Report can match: unscoped window limits the feature touches, capacity unique.
+    std::vector<CounterRef> touches = Touches(cred_, feature, "");
+    std::vector<std::pair<std::string, LimitSpec>> candidates;
+    for (const CounterRef& c : touches) {
+      const LimitSpec* l = FindLimit(cred_, c.limit);
+      if (l == nullptr || l->scoped) continue;
+      if (l->kind == LimitKind::kCalendar || l->kind == LimitKind::kRolling ||
+          l->kind == LimitKind::kSliding) {
+        candidates.emplace_back(c.limit, *l);
+      }
+    }
+    std::vector<std::pair<std::string, LimitSpec>> unique;
+    for (const auto& c : candidates) {
+      int same = 0;
+      for (const auto& o : candidates) same += o.second.capacity == c.second.capacity;
+      if (same == 1) unique.push_back(c);
+    }
+    if (unique.empty()) {
+      Log(absl::StrCat("report on ", feature, ": no limit a report can name"));
+      return;
+    }
+    const auto& [limit, spec] = unique[(op.a >> 8) % unique.size()];
+    const int64_t now = clock_.now();
+    const int calls = op.b % 4 == 0 ? 0 : 1 + static_cast<int>((op.b >> 8) % 4);
+    bool throttled = false;
+    int accepted = 0;
+    for (int i = 0; i < calls; ++i) {
+      if (oracle_.SendOutside(now, limit, 1)) {
+        ++accepted;
+      } else {
+        throttled = true;
+      }
+    }
+    ProviderLimit* model = oracle_.Current(limit);
+    const int64_t used = model->Used("", now);
+    const int64_t reset = model->ResetNs("", now);
+    UpstreamAnswer a;
+    a.credential = cred_.name;
+    a.feature = feature;
+    a.http_status = throttled ? 429 : 200;
+    a.headers.emplace_back("X-RateLimit-Limit", absl::StrCat(spec.capacity));
+    if (op.c % 2 == 0) {
+      a.headers.emplace_back("X-RateLimit-Remaining", absl::StrCat(std::max<int64_t>(0, spec.capacity - used)));
+    } else {
+      a.headers.emplace_back("X-RateLimit-Used", absl::StrCat(used));
+    }
+    const int64_t reset_s = (reset + 999999999) / 1000000000;  // rounded up: never early
+    if (spec.kind == LimitKind::kRolling) {
+      a.headers.emplace_back("X-RateLimit-Reset-In", absl::StrCat(reset_s - now / 1000000000, "s"));
+    } else {
+      a.headers.emplace_back("X-RateLimit-Reset", absl::StrCat(reset_s));
+    }
+    int64_t retry_after = 0;
+    if (throttled && op.c % 3 != 0) {
+      retry_after = std::max<int64_t>(1, reset_s - now / 1000000000);
+      a.headers.emplace_back("Retry-After", absl::StrCat(retry_after));
+    }
+    Log(absl::StrCat("outside traffic on ", limit, ": ", accepted, " of ", calls,
+                     " accepted; report ", feature, " ", a.http_status, " used ", used, "/",
+                     spec.capacity, retry_after ? absl::StrCat(" Retry-After ", retry_after) : ""));
+    Report(a, retry_after);
+  }
+
+  void Report(const UpstreamAnswer& a, int64_t retry_after) {
+    const int64_t now = clock_.now();
+    absl::StatusOr<ReportResult> r = ledger_->Report(a);
+    ProcessEvents();
+    if (!r.ok()) {
+      Log(r.status().ToString());
+      return;
+    }
+    if (!r->adopted.empty()) Log(absl::StrCat("adopted ", absl::StrJoin(r->adopted, ", ")));
+    if (r->cooldown_until != absl::InfinitePast()) {
+      int64_t& c = oracle_.cooled_until()[std::string(a.feature)];
+      c = std::max(c, Ns(r->cooldown_until));
+      Log(absl::StrCat("cooldown until ", When(Ns(r->cooldown_until))));
+    }
+    if (retry_after > 0) {
+      int64_t& e = expected_cooldown_[std::string(a.feature)];
+      // Whole seconds of Retry-After from the second the answer was seen.
+      e = std::max(e, now + retry_after * 1000000000 - (now % 1000000000));
+    }
+  }
+
+  void DoReportThrottle(const Op& op) {
+    const std::vector<std::string> fs = Features();
+    UpstreamAnswer a;
+    a.credential = cred_.name;
+    const std::string feature = fs[op.a % fs.size()];
+    a.feature = feature;
+    a.http_status = 429;
+    int64_t retry_after = 0;
+    if (op.b % 2 == 0) {
+      retry_after = 1 + static_cast<int64_t>((op.b >> 8) % 120);
+      a.headers.emplace_back("Retry-After", absl::StrCat(retry_after));
+    }
+    Log(absl::StrCat("report ", feature, " 429", retry_after ? absl::StrCat(" Retry-After ", retry_after) : ""));
+    Report(a, retry_after);
+  }
+
+  void DoReload(const Op& op) {
+    CredentialSpec next = cred_;
+    std::string what = Mutate(next, op.a, op.b);
+    if (op.c % 3 == 0) absl::StrAppend(&what, "; ", Mutate(next, op.c, op.d));
+    Policy p;
+    p.credentials = {next};
+    const absl::Status s = ledger_->Reload(p);
+    Log(absl::StrCat("reload ", what, " -> ", s.ok() ? "OK" : std::string(s.message())));
+    if (s.ok()) {
+      cred_ = next;
+      oracle_.ApplyPolicy(cred_, clock_.now());
+    }
+    ProcessEvents();
+  }
+
+  void DoCrash() {
+    std::deque<KillNineJournal::Deferred> lost = journal_->Drop();
+    int lost_releases = 0, lost_leases = 0;
+    for (const auto& d : lost) {
+      if (!d.is_delete) {
+        ++lost_leases;
+        continue;
+      }
+      ++lost_releases;
+      for (size_t i = 0; i < leases_.size(); ++i) {
+        if (leases_[i].id.ToString() != d.id) continue;
+        if (Oracle::Lease* ol = oracle_.FindLease(i)) ol->ghost = true;
+      }
+    }
+    ledger_.reset();
+    journal_.reset();
+    sqlite_.reset();
+    waiters_.clear();
+    oracle_.waiters().clear();
+    events_.clear();
+    wakes_.clear();
+    Log(absl::StrCat("kill -9 (lost ", lost_leases, " lease writes, ", lost_releases,
+                     " releases) and restart"));
+    if (std::string e = Start(); !e.empty()) Fail("engine-error", e);
+  }
+
+  void Execute(const Op& op) {
+    switch (op.kind) {
+      case kAdvance: {
+        int64_t d;
+        switch (op.a % 10) {
+          case 0: d = 1 + static_cast<int64_t>(op.b % 1000); break;
+          case 1:
+          case 2: d = Ns(absl::Milliseconds(1 + op.b % 999)); break;
+          case 3:
+          case 4:
+          case 5: d = Ns(absl::Seconds(1 + op.b % 59)); break;
+          case 6:
+          case 7: d = Ns(absl::Minutes(1 + op.b % 30)); break;
+          case 8: d = Ns(absl::Hours(1 + op.b % 30)); break;
+          default: d = op.c % 4 == 0 ? Ns(absl::Hours(24 * (1 + op.b % 40))) : Ns(absl::Seconds(op.b % 600));
+        }
+        Log(absl::StrCat("advance ", absl::FormatDuration(absl::Nanoseconds(d))));
+        AdvanceTo(clock_.now() + d);
+        break;
+      }
+      case kAdvanceToBoundary: {
+        // To just before, at, or just after the next minute/hour/day boundary (UTC).
+        const int64_t units[] = {Ns(absl::Minutes(1)), Ns(absl::Hours(1)), Ns(absl::Hours(24))};
+        const int64_t u = units[op.a % 3];
+        const int64_t next = (clock_.now() / u + 1) * u;
+        const int64_t offsets[] = {-Ns(absl::Seconds(1)), -1, 0, 1, Ns(absl::Seconds(1))};
+        const int64_t to = next + offsets[op.b % 5];
+        Log(absl::StrCat("advance to boundary ", When(to)));
+        AdvanceTo(to);
+        break;
+      }
+      case kAcquire: DoAcquire(op, false); break;
+      case kAcquireWait: DoAcquire(op, true); break;
+      case kCancel: DoCancel(op); break;
+      case kRelease: DoRelease(op, false); break;
+      case kReleaseRace: DoRelease(op, true); clock_.Arm(nullptr); break;
+      case kRenew: DoRenew(op, 0); break;
+      case kRenewAtExpiry: DoRenew(op, 1); break;
+      case kRenewRace: DoRenew(op, 2); break;
+      case kReportOutside: DoReportOutside(op); break;
+      case kReportThrottle: DoReportThrottle(op); break;
+      case kReload: DoReload(op); break;
+      case kCrash: DoCrash(); break;
+      case kFlushJournal: {
+        const size_t n = journal_->buffered() == 0 ? 0 : op.a % (journal_->buffered() + 1);
+        Log(absl::StrCat("journal writes ", n, " of ", journal_->buffered(), " deferred records"));
+        journal_->Release(n);
+        break;
+      }
+      case kSweep: Log(absl::StrCat("sweep dropped ", ledger_->Sweep())); break;
+      case kCompact: {
+        const absl::Status s = journal_->Compact(clock_.now());
+        Log(absl::StrCat("compact ", s.ToString()));
+        break;
+      }
+      case kPump: Log("pump"); Pump(); break;
+    }
+  }
+
+  const uint64_t seed_;
+  const bool logging_;
+  SimClock clock_;
+  std::string dir_, path_;
+  CredentialSpec cred_;
+  double reserve_fraction_ = 0.01;
+  int64_t max_block_ = 1000;
+  Oracle oracle_;
+  std::unique_ptr<SqliteJournal> sqlite_;
+  std::unique_ptr<KillNineJournal> journal_;
+  std::unique_ptr<Ledger> ledger_;
+  std::vector<SimLease> leases_;
+  std::map<uint64_t, SimWaiter> waiters_;
+  std::vector<Event> events_;
+  std::set<int64_t> wakes_;
+  std::map<std::string, int64_t> expected_cooldown_;
+  uint64_t next_arrival_ = 1;
+  int64_t race_read_ = 0;
+  int step_ = 0;
+  std::string line_;
+  std::optional<Violation> violation_;
+  std::vector<Violation> violations_;
+  std::set<std::string> seen_;
+
+ public:
+  std::string target_;  // stop at the first violation of this invariant
+};
+
+}  // namespace
+
+const char* OpKindName(int kind) { return kind >= 0 && kind < kNumKinds ? kKindNames[kind] : "?"; }
+
+std::vector<Op> GenerateOps(uint64_t seed, int count) {
+  std::mt19937_64 rng(seed);
+  // Swarm testing: each seed weighs the operation kinds differently, some not at all.
+  int weights[kNumKinds];
+  const int choices[] = {0, 1, 2, 4, 8};
+  for (int k = 0; k < kNumKinds; ++k) weights[k] = choices[rng() % 5];
+  weights[kAdvance] = std::max(weights[kAdvance], 6);
+  weights[kAcquire] = std::max(weights[kAcquire], 6);
+  weights[kCrash] = std::min(weights[kCrash], 2);
+  int total = 0;
+  for (int w : weights) total += w;
+  std::vector<Op> ops(count);
+  for (int i = 0; i < count; ++i) {
+    int pick = static_cast<int>(rng() % total);
+    int k = 0;
+    while (pick >= weights[k]) pick -= weights[k++];
+    ops[i] = {i, k, rng(), rng(), rng(), rng()};
+  }
+  return ops;
+}
+
+RunResult RunOps(uint64_t seed, const std::vector<Op>& ops, bool log, const std::string& target) {
+  Sim sim(seed, log);
+  sim.target_ = target;
+  return sim.Run(ops);
+}
+
+std::string Shrink(uint64_t seed, int count, const Violation& v, int64_t ops_run,
+                   absl::Time deadline, int64_t* shrink_ops, std::vector<int>* kept) {
+  std::vector<Op> ops = GenerateOps(seed, count);
+  ops.resize(v.step + 1);
+  const std::string& invariant = v.invariant;
+  auto still_fails = [&](const std::vector<Op>& candidate) {
+    RunResult r = RunOps(seed, candidate, false, invariant);
+    *shrink_ops += r.ops_run;
+    return r.violation.has_value();
+  };
+  for (size_t chunk = std::max<size_t>(1, ops.size() / 2); absl::Now() < deadline; chunk /= 2) {
+    for (size_t i = 0; i < ops.size() && absl::Now() < deadline;) {
+      std::vector<Op> candidate(ops.begin(), ops.begin() + i);
+      candidate.insert(candidate.end(), ops.begin() + std::min(ops.size(), i + chunk), ops.end());
+      if (!candidate.empty() && still_fails(candidate)) {
+        ops = std::move(candidate);
+      } else {
+        i += chunk;
+      }
+    }
+    if (chunk <= 1) break;
+  }
+  RunResult last = RunOps(seed, ops, true, invariant);
+  std::vector<std::string> idx;
+  kept->clear();
+  for (const Op& op : ops) {
+    kept->push_back(op.index);
+    idx.push_back(absl::StrCat(op.index));
+  }
+  return absl::StrCat(
+      "seed ", seed, ": ", invariant, "\n  ", last.violation ? last.violation->message : v.message,
+      last.violation ? "" : " (not reproduced by the shrunk trace)", "\n",
+      "policy: ", last.policy, "trace (", ops.size(), " of ", ops_run, " ops):\n    ",
+      absl::StrJoin(last.log, "\n    "), "\nreplay: never_over_sim_test --seed=", seed,
+      " --ops=", count, " --keep=", absl::StrJoin(idx, ","), "\n");
+}
+
+SeedReport RunSeed(uint64_t seed, int count, absl::Duration shrink_budget) {
+  SeedReport report;
+  report.seed = seed;
+  RunResult first = RunOps(seed, GenerateOps(seed, count), false, "");
+  report.ops_run = first.ops_run;
+  if (first.all.empty()) return report;
+  report.ok = false;
+  const absl::Time deadline = absl::Now() + shrink_budget;
+  for (const Violation& v : first.all) {
+    report.invariants.push_back(v.invariant);
+    if (report.invariant.empty()) report.invariant = v.invariant;
+    std::vector<int> kept;
+    const absl::Time each = std::min(deadline, absl::Now() + shrink_budget / 4);
+    absl::StrAppend(&report.text,
+                    Shrink(seed, count, v, first.ops_run, each, &report.shrink_ops, &kept), "\n");
+    if (report.kept.empty()) report.kept = kept;
+  }
+  return report;
+}
+
+}  // namespace quotad::sim

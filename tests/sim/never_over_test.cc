@@ -1,0 +1,297 @@
+// Regression cases of issue 11: one small deterministic scenario per over-grant or starvation path
+// the never-over simulation (never_over_sim_test) looks for, on the real Ledger and SQLite file.
+// Each fails on 68e1764.
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "service/core/clock.h"
+#include "service/core/ledger.h"
+#include "service/store/sqlite_journal.h"
+#include "tests/store/temp_dir.h"
+
+namespace quotad {
+namespace {
+
+const absl::Time kT0 = absl::FromCivil(absl::CivilSecond(2026, 3, 10, 12, 0, 0), absl::UTCTimeZone());
+
+// A FakeClock whose next read can run a hook (another worker's request) right after the reader
+// took the time, as a preempted thread would.
+class RaceClock : public Clock {
+ public:
+  absl::Time Now() const override {
+    const absl::Time t = fake.Now();
+    if (hook) std::exchange(hook, nullptr)();
+    return t;
+  }
+  FakeClock fake{kT0};
+  mutable std::function<void()> hook;
+};
+
+LimitSpec Limit(std::string name, LimitKind kind, int64_t cap, absl::Duration period = absl::ZeroDuration()) {
+  LimitSpec l;
+  l.name = std::move(name);
+  l.kind = kind;
+  l.capacity = cap;
+  l.period = period;
+  if (kind == LimitKind::kCalendar) l.unit = CalendarUnit::kMinute;
+  return l;
+}
+
+FeatureSpec Feature(std::string name, std::vector<LimitSpec> limits, std::vector<std::string> draws_on = {}) {
+  FeatureSpec f;
+  f.name = std::move(name);
+  f.limits = std::move(limits);
+  f.draws_on = std::move(draws_on);
+  return f;
+}
+
+class NeverOver : public ::testing::Test {
+ protected:
+  void Start(std::vector<FeatureSpec> features, double fraction = 0.01) {
+    policy_.credentials = {CredentialSpec{"cred", "test", std::move(features)}};
+    fraction_ = fraction;
+    Open();
+  }
+  void Open() {
+    auto j = SqliteJournal::Open(dir_.File("state.db"));
+    ASSERT_TRUE(j.ok()) << j.status();
+    journal_ = std::move(*j);
+    LedgerOptions o;
+    o.journal = journal_.get();
+    o.reserve_fraction = fraction_;
+    o.jitter_seed = 1;
+    o.wake = [this](absl::Time t) { wakes_.push_back(t); };
+    auto l = Ledger::Create(policy_, &clock_, o);
+    ASSERT_TRUE(l.ok()) << l.status();
+    ledger_ = std::move(*l);
+    ASSERT_TRUE(ledger_->Restore().ok());
+  }
+  // kill -9: the journal keeps what it wrote (the deferred writes do not matter here).
+  void Restart() {
+    ledger_.reset();
+    journal_.reset();
+    Open();
+  }
+  void Reload(std::function<void(CredentialSpec&)> edit) {
+    edit(policy_.credentials[0]);
+    ASSERT_TRUE(ledger_->Reload(policy_).ok());
+  }
+  absl::StatusOr<Decision> Acquire(const std::string& feature, int64_t cost = 1, const std::string& scope = "") {
+    AcquireRequest r;
+    r.credential = "cred";
+    r.feature = feature;
+    r.scope = scope;
+    r.cost = cost;
+    r.want_limits = false;
+    return ledger_->Acquire(r);
+  }
+  int Grants(const std::string& feature, int tries, int64_t cost = 1) {
+    int n = 0;
+    for (int i = 0; i < tries; ++i) {
+      auto d = Acquire(feature, cost);
+      if (d.ok() && d->granted) ++n;
+    }
+    return n;
+  }
+  void Advance(absl::Duration d) { clock_.fake.Advance(d); }
+  absl::StatusOr<ReportResult> Report(const std::string& feature, int status, UpstreamHeaders h) {
+    UpstreamAnswer a;
+    a.credential = "cred";
+    a.feature = feature;
+    a.http_status = status;
+    a.headers = std::move(h);
+    return ledger_->Report(a);
+  }
+
+  testing::TempDir dir_;
+  RaceClock clock_;
+  Policy policy_;
+  double fraction_ = 0.01;
+  std::unique_ptr<SqliteJournal> journal_;
+  std::unique_ptr<Ledger> ledger_;
+  std::vector<absl::Time> wakes_;
+};
+
+// (1) 1 outside + 4 of ours in the window the upstream opened; a restart must not grant 5 more.
+TEST_F(NeverOver, RollingWindowOpenedByReportSurvivesRestart) {
+  Start({Feature("reputation", {Limit("daily", LimitKind::kRolling, 5, absl::Hours(24))})}, 1.0);
+  ASSERT_EQ(Grants("reputation", 1), 1);  // opens a window, reserves its block
+  Advance(absl::Hours(25));              // that window closed
+  ASSERT_TRUE(Report("reputation", 200, {{"X-RateLimit-Limit", "5"}, {"X-RateLimit-Remaining", "4"},
+                                         {"X-RateLimit-Reset-In", "86400s"}}).ok());
+  EXPECT_EQ(Grants("reputation", 10), 4);
+  Restart();
+  EXPECT_EQ(Grants("reputation", 10), 0) << "a restart granted the rolling window again";
+}
+
+// (2) A's refund gives back only A's units: C must not take a second burst at B's instant.
+TEST_F(NeverOver, TokenBucketRefundGivesBackOnlyTheLeaseOwnUnits) {
+  LimitSpec b = Limit("bucket", LimitKind::kTokenBucket, 10, absl::Seconds(10));
+  b.rate = 10;
+  Start({Feature("f", {b})});
+  auto a = Acquire("f", 10);
+  ASSERT_TRUE(a.ok() && a->granted);
+  Advance(absl::Seconds(10));
+  auto bb = Acquire("f", 10);
+  ASSERT_TRUE(bb.ok() && bb->granted);
+  ASSERT_TRUE(ledger_->Release(a->lease_id, 0).ok());
+  auto c = Acquire("f", 10);
+  ASSERT_TRUE(c.ok());
+  EXPECT_FALSE(c->granted) << "20 units at one instant against a burst of 10";
+}
+
+// (3) Renew that read the time before the lease expired, while another worker took the slot.
+TEST_F(NeverOver, RenewRacingExpiryNeverLeavesTwoHolders) {
+  FeatureSpec jobs = Feature("jobs", {Limit("slots", LimitKind::kConcurrency, 1)});
+  jobs.default_lease_ttl = absl::Seconds(10);
+  Start({jobs});
+  auto a = Acquire("jobs");
+  ASSERT_TRUE(a.ok() && a->granted);
+  std::optional<absl::StatusOr<Decision>> b;
+  clock_.hook = [&] {
+    Advance(absl::Seconds(10));
+    b = Acquire("jobs");
+  };
+  absl::StatusOr<absl::Time> renewed = ledger_->Renew(a->lease_id, absl::Seconds(10));
+  ASSERT_TRUE(b.has_value());
+  const bool b_granted = b->ok() && (*b)->granted;
+  EXPECT_FALSE(renewed.ok() && b_granted) << "A renewed and B granted: two holders of one slot";
+}
+
+
+TEST_F(NeverOver, ReloadOfTokenBucketRateKeepsUsage) {
+  LimitSpec b = Limit("bucket", LimitKind::kTokenBucket, 5, absl::Minutes(1));
+  b.rate = 5;
+  Start({Feature("f", {b})});
+  ASSERT_EQ(Grants("f", 10), 5);
+  Reload([](CredentialSpec& c) { c.features[0].limits[0].rate = 6; });
+  EXPECT_EQ(Grants("f", 10), 0);
+}
+
+TEST_F(NeverOver, ReloadOfCalendarGuardKeepsUsage) {
+  Start({Feature("f", {Limit("per_minute", LimitKind::kCalendar, 5)})});
+  ASSERT_EQ(Grants("f", 10), 5);
+  Reload([](CredentialSpec& c) { c.features[0].limits[0].guard = absl::Seconds(1); });
+  EXPECT_EQ(Grants("f", 10), 0);
+}
+
+TEST_F(NeverOver, ReloadOfSlidingGuardKeepsUsage) {
+  Start({Feature("f", {Limit("per_minute", LimitKind::kSliding, 5, absl::Minutes(1))})});
+  ASSERT_EQ(Grants("f", 10), 5);
+  Reload([](CredentialSpec& c) { c.features[0].limits[0].guard = absl::Seconds(1); });
+  EXPECT_EQ(Grants("f", 10), 0);
+}
+
+TEST_F(NeverOver, ReloadFromUnscopedToScopedKeepsUsage) {
+  Start({Feature("f", {Limit("per_minute", LimitKind::kCalendar, 5)})});
+  ASSERT_EQ(Grants("f", 10), 5);
+  Reload([](CredentialSpec& c) { c.features[0].limits[0].scoped = true; });
+  EXPECT_EQ(Grants("f", 10), 0);
+}
+
+TEST_F(NeverOver, ReloadOfSlidingSubBucketsKeepsUsage) {
+  Start({Feature("f", {Limit("per_hour", LimitKind::kSliding, 2, absl::Hours(1))})});
+  ASSERT_EQ(Grants("f", 1), 1);
+  Reload([](CredentialSpec& c) { c.features[0].limits[0].sub_buckets = 3; });
+  EXPECT_EQ(Grants("f", 5), 1);
+}
+
+// (6) Charges in the last `guard` of a window count in the next one, also after a restart.
+TEST_F(NeverOver, CalendarGuardCarrySurvivesRestart) {
+  LimitSpec l = Limit("per_minute", LimitKind::kCalendar, 5);
+  l.guard = absl::Seconds(10);
+  Start({Feature("f", {l})});
+  Advance(absl::Seconds(55));
+  ASSERT_EQ(Grants("f", 10), 5);
+  Advance(absl::Seconds(6));  // the next minute, which carries the 5
+  ASSERT_EQ(Grants("f", 1), 0);
+  Restart();
+  EXPECT_EQ(Grants("f", 10), 0) << "the guard's carry was forgotten by a restart";
+}
+
+// (7) What Report learned survives a restart, and a refund does not undercut it.
+TEST_F(NeverOver, ReportAdoptionSurvivesRestart) {
+  Start({Feature("f", {Limit("per_minute", LimitKind::kCalendar, 10)})});
+  ASSERT_TRUE(Report("f", 200, {{"X-RateLimit-Limit", "10"}, {"X-RateLimit-Remaining", "2"}}).ok());
+  Restart();
+  EXPECT_LE(Grants("f", 10), 2);
+}
+
+TEST_F(NeverOver, ReportCooldownSurvivesRestart) {
+  Start({Feature("f", {Limit("per_minute", LimitKind::kCalendar, 10)})});
+  ASSERT_TRUE(Report("f", 429, {{"Retry-After", "30"}}).ok());
+  Restart();
+  EXPECT_EQ(Grants("f", 1), 0) << "granted inside the upstream's Retry-After";
+}
+
+TEST_F(NeverOver, RefundAfterAdoptionDoesNotUndercutUpstream) {
+  Start({Feature("f", {Limit("per_minute", LimitKind::kCalendar, 10)})});
+  auto a = Acquire("f", 5);  // the worker will use none of it
+  ASSERT_TRUE(a.ok() && a->granted);
+  // 5 from outside; the upstream counts 5 (ours sent nothing yet).
+  ASSERT_TRUE(Report("f", 200, {{"X-RateLimit-Limit", "10"}, {"X-RateLimit-Remaining", "5"}}).ok());
+  ASSERT_TRUE(ledger_->Release(a->lease_id, 0).ok());
+  EXPECT_LE(Grants("f", 20), 5) << "the refund undercut the upstream's count";
+}
+
+// (8) Burst 300 at 1 per 366 days: burst * emission passes int64.
+TEST_F(NeverOver, TokenBucketWithLongPeriodNeverOverflows) {
+  LimitSpec b = Limit("bucket", LimitKind::kTokenBucket, 300, absl::Hours(24 * 366));
+  b.rate = 1;
+  Start({Feature("f", {b})});
+  EXPECT_LE(Grants("f", 1000), 300);
+}
+
+// (9) A waiter on `requests` is not passed by a sibling drawing on the same limit.
+TEST_F(NeverOver, WaiterIsNotPassedBySiblingDrawingOnTheSameLimit) {
+  Start({Feature("requests", {Limit("per_minute", LimitKind::kCalendar, 2)}),
+         Feature("scan", {Limit("own", LimitKind::kSliding, 100, absl::Minutes(1))}, {"requests"})});
+  ASSERT_EQ(Grants("requests", 2), 2);
+  AcquireRequest r;
+  r.credential = "cred";
+  r.feature = "requests";
+  std::optional<absl::StatusOr<Decision>> answer;
+  ledger_->AcquireOrWait(r, absl::Minutes(2), 0, [&](absl::StatusOr<Decision> d) { answer = std::move(d); });
+  ASSERT_FALSE(answer.has_value());
+  Advance(absl::Minutes(1));  // the window reopens; the sibling arrives before the timer fires
+  auto sibling = Acquire("scan");
+  ASSERT_TRUE(sibling.ok());
+  EXPECT_FALSE(sibling->granted) << "a later sibling request passed the waiter";
+  ledger_->Pump();
+  ASSERT_TRUE(answer.has_value());
+  EXPECT_TRUE(answer->ok() && (*answer)->granted);
+}
+
+// (10) Cancelling the head serves the next waiter (or asks for a Pump now).
+TEST_F(NeverOver, CancellingTheHeadWaiterServesTheNext) {
+  FeatureSpec jobs = Feature("jobs", {Limit("slots", LimitKind::kConcurrency, 2)});
+  jobs.default_lease_ttl = absl::Minutes(5);
+  Start({jobs});
+  ASSERT_EQ(Grants("jobs", 1), 1);  // one of two slots held for 5 minutes
+  AcquireRequest big;
+  big.credential = "cred";
+  big.feature = "jobs";
+  big.cost = 2;
+  AcquireRequest small = big;
+  small.cost = 1;
+  std::optional<absl::StatusOr<Decision>> a1, a2;
+  WaitTicket head = ledger_->AcquireOrWait(big, absl::Minutes(10), 0, [&](auto d) { a1 = std::move(d); });
+  ledger_->AcquireOrWait(small, absl::Minutes(10), 0, [&](auto d) { a2 = std::move(d); });
+  ASSERT_FALSE(a2.has_value());
+  wakes_.clear();
+  ASSERT_TRUE(ledger_->Cancel(head));
+  const absl::Time now = clock_.fake.Now();
+  for (absl::Time w : wakes_) {
+    if (w <= now) ledger_->Pump();  // the server's timer
+  }
+  ASSERT_TRUE(a2.has_value()) << "the next waiter still waits for the cancelled head's retry time";
+  EXPECT_TRUE(a2->ok() && (*a2)->granted);
+}
+
+}  // namespace
+}  // namespace quotad
