@@ -293,6 +293,9 @@ struct Ledger::Credential {
     int64_t at_ns = 0;
   };
   std::vector<ScopeSeed> scope_seeds ABSL_GUARDED_BY(mu);
+  // When an operator last zeroed the counters (Reset): leases granted before give nothing back,
+  // since their units are no longer in the counters.
+  int64_t reset_ns ABSL_GUARDED_BY(mu) = std::numeric_limits<int64_t>::min();
   // A counter of a limit that a reload changed, kept under the rule it was built for until
   // every unit it counted then has left it, and checked and charged with the new rule's
   // counter meanwhile: the window in force at the reload never grants more than the stricter of
@@ -306,6 +309,14 @@ struct Ledger::Credential {
     int64_t until_ns = 0;
   };
   std::vector<Retired> retired ABSL_GUARDED_BY(mu);
+  // Counters of limits a reload removed, by name, kept until they drain in case a later reload
+  // brings the limit back.
+  struct Removed {
+    const Rule* rule = nullptr;  // in a version of `versions`
+    Counter counter;
+    absl::flat_hash_map<std::string, Counter> scoped;
+  };
+  absl::flat_hash_map<std::string, Removed> removed ABSL_GUARDED_BY(mu);
   // By limit name: the index in `versions` of the last version whose reload rebuilt its
   // counters (the limit's shape, scoping or a raised capacity changed).
   absl::flat_hash_map<std::string, size_t> rebuilt_at ABSL_GUARDED_BY(mu);
@@ -506,8 +517,9 @@ absl::Status Ledger::ValidateRequest(const AcquireRequest& req) {
   if (absl::Status s = CheckRequestName("feature", req.feature, true); !s.ok()) return s;
   if (absl::Status s = CheckRequestName("scope", req.scope, false); !s.ok()) return s;
   if (absl::Status s = CheckRequestName("holder", req.holder, false); !s.ok()) return s;
-  if (req.cost <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat("cost ", req.cost, " must be positive"));
+  if (req.cost <= 0 || req.cost > kMaxCapacity) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cost ", req.cost, " must be 1..", kMaxCapacity));
   }
   if (req.lease_ttl < absl::ZeroDuration()) {
     return absl::InvalidArgumentError(
@@ -589,11 +601,11 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
 
   absl::InlinedVector<Counter*, 4> counters;
   counters.reserve(feature.rules.size());
-  bool created_scope = false;
+  absl::InlinedVector<int, 2> created_scopes;  // rules whose counter for this scope is new
   for (int r : feature.rules) {
     bool created;
     counters.push_back(cred.CounterFor(r, req.scope, true, &created));
-    created_scope |= created;
+    if (created) created_scopes.push_back(r);
   }
 
   int64_t retry_ns = std::numeric_limits<int64_t>::min();
@@ -694,11 +706,9 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
       st.reset = FromNs(v.reset_ns);
     }
   }
-  if (created_scope && !d.granted) {
+  if (!d.granted) {
     // A denied request leaves no new scope behind (max_scopes counts scopes in use).
-    for (int r : feature.rules) {
-      if (cc.rules[r].spec.scoped) cred.scoped[r].erase(req.scope);
-    }
+    for (int r : created_scopes) cred.scoped[r].erase(req.scope);
   }
   return d;
 }
@@ -1020,9 +1030,10 @@ absl::StatusOr<ReleaseResult> Ledger::ReleaseImpl(const LeaseId& id, std::option
                                                   Credential** out_cred) {
   LeaseShard& shard = ShardFor(id);
   Credential* cred = nullptr;
+  const int64_t before = absl::ToUnixNanos(clock_->Now());
   {
     absl::MutexLock l(&shard.mu);
-    LeaseRecord* rec = Locked::FindLive(shard, id, absl::ToUnixNanos(clock_->Now()));
+    LeaseRecord* rec = Locked::FindLive(shard, id, before);
     if (rec == nullptr) return LeaseNotFound(id);
     cred = rec->credential;
   }
@@ -1055,7 +1066,8 @@ absl::StatusOr<ReleaseResult> Ledger::ReleaseImpl(const LeaseId& id, std::option
     if (counter == nullptr) continue;
     if (rule.spec.kind == LimitKind::kConcurrency) {
       result.freed = std::max(result.freed, counter->Free(rec.expiry_ns, id.lo));
-    } else if (used.has_value() && !cred->RebuiltSince(rule.full_name, then)) {
+    } else if (used.has_value() && rec.granted_ns > cred->reset_ns &&
+               !cred->RebuiltSince(rule.full_name, then)) {
       // A token means something only to a counter of the shape that made it: after a reload
       // rebuilt the counter, the units stay counted until they drain (under-grants, never over).
       result.refunded = std::max(
@@ -1075,9 +1087,10 @@ absl::StatusOr<absl::Time> Ledger::Renew(const LeaseId& id, absl::Duration ttl) 
   }
   LeaseShard& shard = ShardFor(id);
   Credential* cred = nullptr;
+  const int64_t before = absl::ToUnixNanos(clock_->Now());
   {
     absl::MutexLock l(&shard.mu);
-    LeaseRecord* rec = Locked::FindLive(shard, id, absl::ToUnixNanos(clock_->Now()));
+    LeaseRecord* rec = Locked::FindLive(shard, id, before);
     if (rec == nullptr) return LeaseNotFound(id);
     cred = rec->credential;
   }
@@ -1102,7 +1115,6 @@ absl::StatusOr<absl::Time> Ledger::Renew(const LeaseId& id, absl::Duration ttl) 
   // from it (its expiry passed on a clock that stepped) is not given back by a renewal.
   absl::InlinedVector<Counter*, 2> slots;
   for (int then_rule : feature.rules) {
-    if (then.rules[then_rule].spec.kind != LimitKind::kConcurrency) continue;
     const int r = CurrentRule(then, *cred->compiled, then_rule);
     if (r < 0 || cred->compiled->rules[r].spec.kind != LimitKind::kConcurrency) continue;
     Counter* counter = cred->CounterFor(r, rec.scope, false);
@@ -1112,9 +1124,19 @@ absl::StatusOr<absl::Time> Ledger::Renew(const LeaseId& id, absl::Duration ttl) 
     }
     slots.push_back(counter);
   }
-  if (options_.journal != nullptr && feature.has_concurrency) {
-    // A renewal lost in a crash would free the slot early under a running job.
-    if (absl::Status s = options_.journal->RenewLease(id.ToString(), expiry); !s.ok()) {
+  if (options_.journal != nullptr && (feature.has_concurrency || !slots.empty())) {
+    // A renewal lost in a crash would free the slot early under a running job. A lease granted
+    // before a reload made its limit a concurrency one was written as refund-only: write it
+    // again as one that holds slots.
+    absl::Status s;
+    if (feature.has_concurrency) {
+      s = options_.journal->RenewLease(id.ToString(), expiry);
+    } else {
+      JournalLease j = ToJournal(id, rec, true);
+      j.expiry_ns = expiry;
+      s = options_.journal->PutLease(j);
+    }
+    if (!s.ok()) {
       return absl::UnavailableError(
           absl::StrCat("state store failed, lease not renewed: ", s.message()));
     }
@@ -1374,6 +1396,7 @@ absl::Status Ledger::Reset(absl::string_view credential) {
       cred->counters[r].Clear(cc.rules[r]);
       for (auto& [scope, counter] : cred->scoped[r]) counter.Clear(cc.rules[r]);
     }
+    cred->reset_ns = absl::ToUnixNanos(clock_->Now());
   }
   ServeCredential(*cred);
   return absl::OkStatus();
@@ -1404,6 +1427,7 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
     std::vector<absl::flat_hash_map<std::string, Counter>> scoped(n);
     std::vector<Credential::ScopeSeed> seeds;
     std::vector<std::pair<int, std::string>> seeded;  // counters that need a reservation
+    std::vector<int> rehome;  // concurrency rules built anew
     const bool new_version = cred.versions.empty() || cred.versions.back() != compiled;
     const size_t version_index = cred.versions.size() - (new_version ? 0 : 1);
     if (cred.compiled != nullptr) {
@@ -1420,11 +1444,24 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
                          cred.retired.end());
       for (size_t r = 0; r < n; ++r) {
         const Rule& rule = compiled->rules[r];
-        auto it = old.rule_index.find(rule.full_name);
-        if (it == old.rule_index.end()) continue;
-        const Rule& o = old.rules[it->second];
-        Counter& old_counter = cred.counters[it->second];
-        auto& old_scoped = cred.scoped[it->second];
+        // The limit as it was: in the policy in force, or removed by an earlier reload.
+        const Rule* was;
+        Counter* was_counter;
+        absl::flat_hash_map<std::string, Counter>* was_scoped;
+        if (auto it = old.rule_index.find(rule.full_name); it != old.rule_index.end()) {
+          was = &old.rules[it->second];
+          was_counter = &cred.counters[it->second];
+          was_scoped = &cred.scoped[it->second];
+        } else if (auto rit = cred.removed.find(rule.full_name); rit != cred.removed.end()) {
+          was = rit->second.rule;
+          was_counter = &rit->second.counter;
+          was_scoped = &rit->second.scoped;
+        } else {
+          continue;
+        }
+        const Rule& o = *was;
+        Counter& old_counter = *was_counter;
+        auto& old_scoped = *was_scoped;
         if (rule.CarriesCounterOf(o)) {
           counters[r] = std::move(old_counter);
           scoped[r] = std::move(old_scoped);
@@ -1434,11 +1471,13 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
         // hold drains, and the new counters start with the units the old ones count now, as
         // if charged at this moment (every unit the upstream may still count stays counted).
         cred.rebuilt_at[rule.full_name] = version_index;
+        if (rule.spec.kind == LimitKind::kConcurrency) {
+          rehome.push_back(static_cast<int>(r));  // live leases hold its slots (below)
+          if (o.spec.kind == LimitKind::kConcurrency) continue;
+        }
         auto used_of = [&](Counter& c) -> int64_t {
-          // Slots are leases, not charges: between concurrency and a window nothing converts.
-          if (o.spec.kind == LimitKind::kConcurrency || rule.spec.kind == LimitKind::kConcurrency) {
-            return 0;
-          }
+          // Slots held at the reload count as units charged now; a window's units are no slots.
+          if (rule.spec.kind == LimitKind::kConcurrency) return 0;
           return std::min(c.View(o, now).used, rule.Capacity());
         };
         auto seed = [&](Counter& c, int64_t units, absl::string_view scope) {
@@ -1473,6 +1512,44 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
             retire(scope, c);
           }
           if (!rule.spec.scoped) seed(counters[r], std::min(total, rule.Capacity()), "");
+        }
+      }
+      // Limits that leave the policy are remembered, so that a reload that brings one back is
+      // never looser than a restart (whose journal still has its records); drained ones go.
+      for (const auto& [name, index] : compiled->rule_index) cred.removed.erase(name);
+      for (size_t r = 0; r < old.rules.size(); ++r) {
+        if (compiled->rule_index.contains(old.rules[r].full_name)) continue;
+        cred.removed[old.rules[r].full_name] =
+            Credential::Removed{&old.rules[r], std::move(cred.counters[r]),
+                                std::move(cred.scoped[r])};
+      }
+      absl::erase_if(cred.removed, [now](auto& entry) {
+        Credential::Removed& gone = entry.second;
+        if (gone.counter.DrainedAt(*gone.rule, now) > now) return false;
+        for (auto& [scope, c] : gone.scoped) {
+          if (c.DrainedAt(*gone.rule, now) > now) return false;
+        }
+        return true;
+      });
+    }
+    if (!rehome.empty()) {
+      // A concurrency limit built anew (a new kind or scoping): every live lease that charges
+      // it holds its slots there, whatever the limit was when the lease was granted.
+      for (LeaseShard& shard : *leases_) {
+        absl::MutexLock shard_lock(&shard.mu);
+        for (const auto& [id, rec] : shard.leases) {
+          if (rec.credential != &cred || rec.expiry_ns <= now) continue;
+          const CompiledCredential& then = *rec.compiled;
+          for (int then_rule : then.features[rec.feature].rules) {
+            auto it = compiled->rule_index.find(then.rules[then_rule].full_name);
+            if (it == compiled->rule_index.end() ||
+                std::find(rehome.begin(), rehome.end(), it->second) == rehome.end()) {
+              continue;
+            }
+            Counter& c = compiled->rules[it->second].spec.scoped ? scoped[it->second][rec.scope]
+                                                                  : counters[it->second];
+            c.RestoreHeld(rec.expiry_ns, id.lo, rec.cost, now);
+          }
         }
       }
     }
@@ -1542,6 +1619,21 @@ absl::Status Ledger::Restore() {
         (i + 1 < rs.size() && rs[i + 1].key == r.key) ? rs[i + 1].window_start_ns : now;
     cred->CounterFor(it->second, r.key.scope, true)
         ->Restore(cc.rules[it->second], now, r.window_start_ns, r.until_ns, r.units, next_ns);
+  }
+  // A scoped limit's records of the "" scope may be those of the limit before a reload made it
+  // scoped: every new scope starts with what they count (as the reload itself does).
+  for (Credential* cred : table()->in_order) {
+    absl::MutexLock lock(&cred->mu);
+    const CompiledCredential& cc = *cred->compiled;
+    for (size_t r = 0; r < cc.rules.size(); ++r) {
+      if (!cc.rules[r].spec.scoped) continue;
+      auto it = cred->scoped[r].find("");
+      if (it == cred->scoped[r].end()) continue;
+      const int64_t used = it->second.View(cc.rules[r], now).used;
+      if (used <= 0 || cc.rules[r].spec.kind == LimitKind::kConcurrency) continue;
+      cred->scope_seeds.resize(cc.rules.size());
+      cred->scope_seeds[r] = {std::max(cred->scope_seeds[r].units, used), now};
+    }
   }
   for (const JournalLease& jl : state->leases) {
     if (jl.expiry_ns <= now) continue;

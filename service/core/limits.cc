@@ -451,7 +451,6 @@ bool Counter::NeedsReservation(const Rule& rule, int64_t now, int64_t cost, int6
       const bool opens = rule.spec.kind == LimitKind::kRolling && now >= end_ns_;
       const int64_t used = opens ? 0 : used_;
       const int64_t reserved = opens ? 0 : reserved_;
-      if (used + cost <= reserved) return false;
       const bool in_guard = rule.spec.kind == LimitKind::kCalendar && rule.guard_ns > 0 &&
                             now >= end_ns_ - rule.guard_ns;
       const bool carry_needs = in_guard && carry_ + cost > carry_reserved_;
@@ -538,17 +537,30 @@ void Counter::Restore(const Rule& rule, int64_t now, int64_t window_start_ns, in
       if (window_start_ns == start_ns_) {
         used_ = std::max(used_, units);
         reserved_ = std::max(reserved_, units);
+        // The record may hold units the upstream counted (an adoption, or leases whose
+        // releases were lost): refunds after a restart never go below it.
+        adopted_ = std::max(adopted_, units);
       } else if (window_start_ns == end_ns_) {  // charged within the guard: counts next window
         carry_ = std::max(carry_, units);
         carry_reserved_ = std::max(carry_reserved_, units);
       }
       break;
     case LimitKind::kRolling:
-      if (now < until_ns && until_ns > end_ns_) {
+      // Windows of other periods (a reload changed it) may overlap now: count the most units any
+      // of them holds, until the last one ends; refunds only for charges of the newest.
+      if (now >= until_ns) break;
+      if (now >= end_ns_) {
         start_ns_ = window_start_ns;
         end_ns_ = until_ns;
         used_ = units;
         reserved_ = units;
+        adopted_ = units;
+      } else {
+        start_ns_ = std::max(start_ns_, window_start_ns);
+        end_ns_ = std::max(end_ns_, until_ns);
+        used_ = std::max(used_, units);
+        reserved_ = std::max(reserved_, units);
+        adopted_ = std::max(adopted_, units);
       }
       break;
     case LimitKind::kSliding: {
@@ -556,6 +568,7 @@ void Counter::Restore(const Rule& rule, int64_t now, int64_t window_start_ns, in
       // time: count them there, which keeps them at least as long as the upstream does.
       const int64_t at = std::min(next_ns, now);
       if (at + rule.span_ns <= now || units <= 0) break;
+      adopted_ = now;  // charges restored here give nothing back (see calendar)
       if (rule.spec.sub_buckets > 0) {
         AdvanceBuckets(rule, at);
         Buckets& b = *buckets_;

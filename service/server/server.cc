@@ -19,6 +19,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -662,8 +663,9 @@ class QuotadServer::Impl {
 
   // What a request_id stands for: a retry must ask for the same thing.
   static std::string RequestFingerprint(const v1::AcquireRequest& req) {
-    return absl::StrCat("feature=", req.feature(), " scope=", req.scope(),
-                        " cost=", req.has_cost() ? req.cost() : 1);
+    // Quoted and escaped, so that no name can make two different requests read the same.
+    return absl::StrCat("feature \"", absl::CEscape(req.feature()), "\" scope \"",
+                        absl::CEscape(req.scope()), "\" cost ", req.has_cost() ? req.cost() : 1);
   }
 
   // A dedup record: the fingerprint of the request that was granted, then its answer.

@@ -110,6 +110,7 @@ class KillNineJournal : public Journal {
     return inner_->RenewLease(id, expiry_ns);
   }
   void DeleteLease(const std::string& id) override { buffer_.push_back({true, {}, id}); }
+  absl::Status PutCooldown(const JournalCooldown& c) override { return inner_->PutCooldown(c); }
   absl::Status Compact(int64_t now_ns) override { return inner_->Compact(now_ns); }
 
   void Release(size_t n) {
