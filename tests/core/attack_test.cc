@@ -315,5 +315,159 @@ TEST_F(AttackTest, RefundAfterResetTakesOthersUnits) {
                            << " (L1's refund of " << rel->refunded << " took L2's units)";
 }
 
+
+// ===================== Controls and probes that held (expected to PASS) =====================
+
+TEST_F(AttackTest, Control_GuardCarryWithoutRestart) {
+  const Policy p = OneCredential(
+      "key", {Feature("f", {WithGuard(Calendar("m", 10, CalendarUnit::kMinute), absl::Seconds(10))})});
+  MemoryJournal j;
+  clock_.Set(Utc(2026, 6, 21, 10, 0, 0));
+  auto l = Make(p, &j, 1.0);
+  ASSERT_TRUE(Try(*l, 1)->granted);
+  clock_.Set(Utc(2026, 6, 21, 10, 0, 55));
+  ASSERT_TRUE(Try(*l, 9)->granted);
+  clock_.Set(Utc(2026, 6, 21, 10, 1, 1));
+  EXPECT_LE(Drain(*l), 1);
+}
+
+TEST_F(AttackTest, Control_AdoptedRefundWithoutRestart) {
+  const Policy p = OneCredential("key", {Feature("f", {Calendar("daily", 10, CalendarUnit::kDay)})});
+  auto l = Make(p);
+  auto d = Try(*l, 5);
+  UpstreamAnswer ans;
+  ans.credential = "key";
+  ans.feature = "f";
+  ans.http_status = 200;
+  ans.headers = {{"X-RateLimit-Limit", "10"}, {"X-RateLimit-Remaining", "0"}};
+  ASSERT_TRUE(l->Report(ans).ok());
+  EXPECT_EQ(l->Release(d->lease_id, 0)->refunded, 0);
+  EXPECT_EQ(Drain(*l), 0);
+}
+
+TEST_F(AttackTest, Control_FaithfulJournalForgetsReleasedLease) {
+  MemoryJournal j;
+  const Policy p = OneCredential("key", {Feature("f", {Calendar("daily", 10, CalendarUnit::kDay)})});
+  LeaseId l1;
+  {
+    auto l = Make(p, &j);
+    l1 = Try(*l, 10)->lease_id;
+    ASSERT_TRUE(l->Release(l1, 0).ok());
+    ASSERT_TRUE(Try(*l, 10)->granted);
+  }
+  auto l = Make(p, &j);
+  EXPECT_FALSE(l->Release(l1, 0).ok());
+  EXPECT_EQ(Drain(*l), 0);
+}
+
+TEST_F(AttackTest, Probe_ConcurrencyUnscopedToScopedHolds) {
+  auto l = Make(OneCredential("key", {Feature("f", {Concurrency("slots", 2)})}));
+  ASSERT_TRUE(Try(*l, 1, "a")->granted);
+  ASSERT_TRUE(Try(*l, 1, "b")->granted);
+  ASSERT_TRUE(l->Reload(OneCredential("key", {Feature("f", {Scoped(Concurrency("slots", 2))})})).ok());
+  EXPECT_EQ(Drain(*l, 1, "a"), 0);
+}
+
+TEST_F(AttackTest, Probe_RollingPeriodLengthenedThenRestart) {
+  MemoryJournal j;
+  const Policy a = OneCredential("key", {Feature("f", {Rolling("win", 10, absl::Hours(2))})});
+  const Policy b = OneCredential("key", {Feature("f", {Rolling("win", 10, absl::Hours(10))})});
+  {
+    auto l = Make(a, &j);
+    Drain(*l, 1, "", "f", 5);
+    clock_.Advance(absl::Hours(1));
+    ASSERT_TRUE(l->Reload(b).ok());
+    EXPECT_EQ(Drain(*l), 5);
+  }
+  clock_.Advance(absl::Minutes(30));
+  auto l = Make(b, &j);
+  EXPECT_EQ(Drain(*l), 0);
+}
+
+TEST_F(AttackTest, Probe_CapacityUpDownAndBack) {
+  const auto P = [](int64_t cap) {
+    return OneCredential("key", {Feature("f", {Sliding("s", cap, absl::Minutes(1))})});
+  };
+  auto l = Make(P(10));
+  ASSERT_EQ(Drain(*l), 10);
+  ASSERT_TRUE(l->Reload(P(20)).ok());
+  EXPECT_EQ(Drain(*l), 0);
+  ASSERT_TRUE(l->Reload(P(10)).ok());
+  EXPECT_EQ(Drain(*l), 0);
+  ASSERT_TRUE(l->Reload(P(20)).ok());
+  EXPECT_EQ(Drain(*l), 0);
+  clock_.Advance(absl::Seconds(61));
+  EXPECT_EQ(Drain(*l), 20);
+}
+
+TEST_F(AttackTest, Probe_TokenBucketRefundsAfterRestartAndReload) {
+  MemoryJournal j;
+  const Policy p = OneCredential("key", {Feature("f", {Bucket("b", 10, absl::Minutes(1), 10)})});
+  LeaseId a, b;
+  {
+    auto l = Make(p, &j);
+    a = Try(*l, 5)->lease_id;
+    b = Try(*l, 5)->lease_id;
+    EXPECT_EQ(Drain(*l), 0);
+  }
+  clock_.Advance(absl::Seconds(12));  // 2 units refilled
+  auto l = Make(p, &j);
+  auto ra = l->Release(a, 0);
+  auto rb = l->Release(b, 0);
+  // b's 5 units are all ahead of now; a's were the first to refill: at most 10 - 2 free again.
+  const int64_t freed = (ra.ok() ? ra->refunded : 0) + (rb.ok() ? rb->refunded : 0);
+  EXPECT_LE(freed, 8);
+  EXPECT_LE(Drain(*l), 10);
+}
+
+TEST_F(AttackTest, Probe_WaiterNotPassedAcrossDrawsOn) {
+  Policy p = OneCredential("key", {Feature("g", {Sliding("s", 2, absl::Minutes(1))}),
+                                   Feature("f", {Sliding("own", 100, absl::Minutes(1))})});
+  p.credentials[0].features[1].draws_on = {"g"};
+  auto l = Make(p);
+  ASSERT_EQ(Drain(*l, 1, "", "g"), 2);
+  bool answered = false, granted = false;
+  AcquireRequest r;
+  r.credential = "key";
+  r.feature = "g";
+  r.cost = 2;
+  l->AcquireOrWait(r, absl::Minutes(5), 0, [&](absl::StatusOr<Decision> d) {
+    answered = true;
+    granted = d.ok() && d->granted;
+  });
+  EXPECT_FALSE(answered);
+  clock_.Advance(absl::Seconds(61));
+  // A non-waiting request of f (draws on g.s) must not pass the waiter.
+  EXPECT_FALSE(Try(*l, 1, "", "f")->granted);
+  l->Pump();
+  EXPECT_TRUE(answered && granted);
+}
+
+TEST_F(AttackTest, Probe_SlidingRefundAfterAdoption) {
+  auto l = Make(OneCredential("key", {Feature("f", {Sliding("s", 10, absl::Minutes(1))})}));
+  auto d = Try(*l, 5);
+  UpstreamAnswer ans;
+  ans.credential = "key";
+  ans.feature = "f";
+  ans.http_status = 200;
+  ans.headers = {{"X-RateLimit-Limit", "10"}, {"X-RateLimit-Remaining", "0"}};
+  ASSERT_TRUE(l->Report(ans).ok());
+  clock_.Advance(absl::Seconds(1));
+  EXPECT_EQ(l->Release(d->lease_id, 0)->refunded, 0);
+  EXPECT_EQ(Drain(*l), 0);
+}
+
+TEST_F(AttackTest, Probe_RenewAfterSlotMovedByReloadIsNotFound) {
+  auto l = Make(OneCredential("key", {Feature("f", {Concurrency("slots", 1)})}));
+  auto d = Try(*l, 1, "a");
+  ASSERT_TRUE(d->granted);
+  ASSERT_TRUE(l->Reload(OneCredential("key", {Feature("f", {Scoped(Concurrency("slots", 1))})})).ok());
+  clock_.Advance(absl::Seconds(30));
+  auto r = l->Renew(d->lease_id, absl::Minutes(10));
+  clock_.Advance(absl::Seconds(31));  // past the original expiry
+  const int64_t more = Drain(*l, 1, "a");
+  EXPECT_TRUE(!r.ok() || more == 0) << "renewed lease still live, yet " << more << " granted";
+}
+
 }  // namespace
 }  // namespace quotad
