@@ -1448,10 +1448,12 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
         const Rule* was;
         Counter* was_counter;
         absl::flat_hash_map<std::string, Counter>* was_scoped;
+        Credential::ScopeSeed was_seed;  // what the old rule's new scopes would start with
         if (auto it = old.rule_index.find(rule.full_name); it != old.rule_index.end()) {
           was = &old.rules[it->second];
           was_counter = &cred.counters[it->second];
           was_scoped = &cred.scoped[it->second];
+          if (!cred.scope_seeds.empty()) was_seed = cred.scope_seeds[it->second];
         } else if (auto rit = cred.removed.find(rule.full_name); rit != cred.removed.end()) {
           was = rit->second.rule;
           was_counter = &rit->second.counter;
@@ -1465,6 +1467,10 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
         if (rule.CarriesCounterOf(o)) {
           counters[r] = std::move(old_counter);
           scoped[r] = std::move(old_scoped);
+          if (was_seed.units > 0) {
+            seeds.resize(n);
+            seeds[r] = was_seed;
+          }
           continue;
         }
         // Any other edit: the old counters keep counting under the old rule until what they
@@ -1473,7 +1479,6 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
         cred.rebuilt_at[rule.full_name] = version_index;
         if (rule.spec.kind == LimitKind::kConcurrency) {
           rehome.push_back(static_cast<int>(r));  // live leases hold its slots (below)
-          if (o.spec.kind == LimitKind::kConcurrency) continue;
         }
         auto used_of = [&](Counter& c) -> int64_t {
           // Slots held at the reload count as units charged now; a window's units are no slots.
@@ -1510,6 +1515,24 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
             total = SatAdd(total, units);
             if (rule.spec.scoped) seed(scoped[r][scope], units, scope);
             retire(scope, c);
+          }
+          if (was_seed.units > 0) {
+            // Scopes not seen yet would have started with the seed: it still counts (in every
+            // scope for a scoped rule, once for an unscoped one).
+            Counter unseen;
+            int64_t unused;
+            unseen.Fits(o, was_seed.at_ns, 0, &unused);
+            unseen.Charge(o, was_seed.at_ns, was_seed.units, 0, 0);
+            const int64_t units = used_of(unseen);
+            total = SatAdd(total, units);
+            if (rule.spec.scoped && units > 0) {
+              seeds.resize(n);
+              seeds[r] = {units, now};
+            }
+            retire("", unseen);
+            if (!cred.retired.empty() && cred.retired.back().scope.empty()) {
+              cred.retired.back().all_scopes = true;
+            }
           }
           if (!rule.spec.scoped) seed(counters[r], std::min(total, rule.Capacity()), "");
         }

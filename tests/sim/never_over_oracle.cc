@@ -258,6 +258,31 @@ bool Oracle::Counts(const std::string& name, const LimitSpec& spec, const Send& 
   return true;
 }
 
+// The earliest call that a counter of `spec` still counts at `now`.
+int64_t RememberedSince(const LimitSpec& spec, int64_t now) {
+  const int64_t guard = absl::ToInt64Nanoseconds(spec.guard);
+  const int64_t period = absl::ToInt64Nanoseconds(spec.period);
+  switch (spec.kind) {
+    case LimitKind::kCalendar:
+    case LimitKind::kUnlimited: {
+      if (spec.unit == CalendarUnit::kNone) return INT64_MIN;
+      int64_t start, end;
+      OracleCalendarWindow(spec.unit, spec.zone, now, &start, &end);
+      return start - guard;  // a charge in the previous window's guard counts in this one
+    }
+    case LimitKind::kRolling:
+    case LimitKind::kSliding:
+      return now - period - guard;
+    case LimitKind::kTokenBucket: {
+      const int64_t emission = (period + spec.rate - 1) / spec.rate;
+      return now - emission * spec.capacity;
+    }
+    case LimitKind::kConcurrency:
+      break;
+  }
+  return now;
+}
+
 void Oracle::ApplyPolicy(const CredentialSpec& cred, int64_t now) {
   std::map<std::string, Version> next;
   for (const FeatureSpec& f : cred.features) {
@@ -272,9 +297,30 @@ void Oracle::ApplyPolicy(const CredentialSpec& cred, int64_t now) {
       v.spec = l;
       v.from = now;
       v.model = std::make_unique<ProviderLimit>(l);
-      // The units used so far carry into the new configuration: replay every call, as the
-      // provider would have counted it under the new rule (a call it would refuse is dropped).
-      for (const Send& s : history_) Feed(v, name, s, /*check=*/false);
+      if (it != current_.end()) {
+        // The units used so far carry into the new configuration: replay the calls that the
+        // old configuration still counted at the reload (what quotad can know of), as the
+        // provider would have counted them under the new rule (a call it would refuse is
+        // dropped). A brand-new limit starts empty: nobody counted for it.
+        const LimitSpec& old = it->second.spec;
+        if (old.kind == LimitKind::kConcurrency) {
+          // Slots held at the reload count as units sent now.
+          for (const auto& [id, lease] : leases_) {
+            if (lease.released || lease.expiry <= now) continue;
+            Send held;
+            held.t = now;
+            held.units = lease.cost;
+            held.feature = lease.feature;
+            held.touches = lease.touches;
+            Feed(v, name, held, /*check=*/false);
+          }
+        } else {
+          const int64_t since = RememberedSince(old, now);
+          for (const Send& s : history_) {
+            if (s.t >= since) Feed(v, name, s, /*check=*/false);
+          }
+        }
+      }
       next[name] = std::move(v);
     }
   }
