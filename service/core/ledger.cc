@@ -1396,6 +1396,10 @@ absl::Status Ledger::Reset(absl::string_view credential) {
       cred->counters[r].Clear(cc.rules[r]);
       for (auto& [scope, counter] : cred->scoped[r]) counter.Clear(cc.rules[r]);
     }
+    // What reloads kept of older configurations goes too: the operator said to start over.
+    cred->retired.clear();
+    cred->removed.clear();
+    cred->scope_seeds.clear();
     cred->reset_ns = absl::ToUnixNanos(clock_->Now());
   }
   ServeCredential(*cred);
@@ -1483,7 +1487,16 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
         auto used_of = [&](Counter& c) -> int64_t {
           // Slots held at the reload count as units charged now; a window's units are no slots.
           if (rule.spec.kind == LimitKind::kConcurrency) return 0;
-          return std::min(c.View(o, now).used, rule.Capacity());
+          int64_t units = c.View(o, now).used;
+          // A bucket remembers only what has not refilled: under a slower refill, another kind,
+          // or merged with other scopes' charges, the units it already gave back may still
+          // count. At most a burst more were charged within its memory.
+          if (o.spec.kind == LimitKind::kTokenBucket &&
+              !(rule.spec.kind == LimitKind::kTokenBucket && rule.emission_ns <= o.emission_ns &&
+                rule.spec.scoped == o.spec.scoped)) {
+            units = SatAdd(units, o.Capacity());
+          }
+          return std::min(units, rule.Capacity());
         };
         auto seed = [&](Counter& c, int64_t units, absl::string_view scope) {
           if (units <= 0) return;
@@ -1506,6 +1519,9 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
           } else if (units > 0) {
             seeds.resize(n);  // every scope gets them when it first appears
             seeds[r] = {units, now};
+            // The "" scope holds them too, which writes them ahead: a restart seeds every
+            // scope from it (see Restore).
+            seed(scoped[r][""], units, "");
           }
           retire("", old_counter);
         } else {
@@ -1528,6 +1544,7 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
             if (rule.spec.scoped && units > 0) {
               seeds.resize(n);
               seeds[r] = {units, now};
+              seed(scoped[r][""], units, "");
             }
             retire("", unseen);
             if (!cred.retired.empty() && cred.retired.back().scope.empty()) {

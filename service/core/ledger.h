@@ -229,12 +229,19 @@ class Ledger {
   // Live leases, of one credential or (empty) all.
   std::vector<LeaseInfo> Leases(absl::string_view credential);
 
-  // Zeroes every counter of the credential (leases stay). kNotFound for an unknown one.
+  // Zeroes every counter of the credential, and forgets what reloads kept of older
+  // configurations (leases stay; their refunds give nothing back). kNotFound for an unknown one.
   absl::Status Reset(absl::string_view credential);
 
-  // Replaces the policy. Counters of the same credential, feature, limit (and scope) carry over,
-  // with the units already used, when the kind and period are unchanged. Live leases of removed
-  // features stay until they end. kInvalidArgument (and nothing changed) for a bad policy.
+  // Replaces the policy. Every limit that keeps its name keeps its used units, whatever else
+  // changes, so that the window in force grants no more than the stricter of the old and the
+  // new configuration: a counter whose shape, scoping and capacity allow it carries over as it
+  // is (a lowered capacity applies at once); otherwise the new counter starts with the units
+  // the old one counts now, and the old one keeps being checked under its old rule until what
+  // it held drains (so a raised capacity applies once the current window ends). Concurrency
+  // slots of live leases carry into a concurrency limit built anew. A limit removed and later
+  // brought back finds its units again. Live leases of removed features stay until they end.
+  // kInvalidArgument (and nothing changed) for a bad policy.
   absl::Status Reload(const Policy& policy);
 
   // Drops expired leases and frees their slots. Expired slots never count against a limit even

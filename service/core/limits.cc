@@ -567,6 +567,9 @@ void Counter::Restore(const Rule& rule, int64_t now, int64_t window_start_ns, in
       // Every unit of the block may have been charged as late as the next block's reserve
       // time: count them there, which keeps them at least as long as the upstream does.
       const int64_t at = std::min(next_ns, now);
+      // The newest block is still open (until infinite): the next reservation closes it, so
+      // that its row ends instead of staying for ever.
+      if (until_ns == kInfiniteNs) block_start_ns_ = std::max(block_start_ns_, window_start_ns);
       if (at + rule.span_ns <= now || units <= 0) break;
       adopted_ = now;  // charges restored here give nothing back (see calendar)
       if (rule.spec.sub_buckets > 0) {

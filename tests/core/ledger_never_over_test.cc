@@ -256,6 +256,27 @@ TEST_F(NeverOverTest, SlowestTokenBucketAllowedGrantsItsBurstOnly) {
   EXPECT_EQ(Exhaust(), 9);
 }
 
+// Smaller: a sliding window's open block is closed by the next one after a restart, so the
+// journal keeps one open row, not one more per restart.
+TEST_F(NeverOverTest, RestartsLeaveOneOpenSlidingBlock) {
+  Start({Feature("f", {Sliding("per_min", 100, absl::Minutes(1))})});
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(Try().granted);
+    clock_.Advance(absl::Seconds(1));
+    Restart();
+  }
+  ASSERT_TRUE(Try().granted);
+  int open = 0;
+  for (const Reservation& r : journal_.Load()->reservations) {
+    if (r.until_ns == std::numeric_limits<int64_t>::max()) ++open;
+  }
+  EXPECT_EQ(open, 1);
+  // Each restart may forget at most one reserved block (10 units here), never grant more.
+  const int more = Exhaust();
+  EXPECT_LE(more, 100 - 6);
+  EXPECT_GE(more, 100 - 6 - 5 * 10);
+}
+
 // Smaller: denied requests leave no scope behind; a cooldown cools the features sharing a
 // counter; a cooldown is capped.
 TEST_F(NeverOverTest, DeniedRequestsDoNotFillMaxScopes) {

@@ -224,6 +224,15 @@ int64_t ProviderLimit::Used(const std::string& scope, int64_t t) {
   }
 }
 
+int64_t ProviderLimit::OpenSince(int64_t t) {
+  int64_t since = t;
+  for (auto& [scope, s] : states_) {
+    Advance(s, t);
+    if (t < s.end) since = std::min(since, s.start);
+  }
+  return since;
+}
+
 int64_t ProviderLimit::ResetNs(const std::string& scope, int64_t t) {
   State& s = states_[scope];
   Advance(s, t);
@@ -297,6 +306,7 @@ void Oracle::ApplyPolicy(const CredentialSpec& cred, int64_t now) {
       v.spec = l;
       v.from = now;
       v.model = std::make_unique<ProviderLimit>(l);
+      v.known_since = current_.empty() ? INT64_MIN : now;  // a limit a reload adds starts empty
       if (it != current_.end()) {
         // The units used so far carry into the new configuration: replay the calls that the
         // old configuration still counted at the reload (what quotad can know of), as the
@@ -315,9 +325,13 @@ void Oracle::ApplyPolicy(const CredentialSpec& cred, int64_t now) {
             Feed(v, name, held, /*check=*/false);
           }
         } else {
-          const int64_t since = RememberedSince(old, now);
+          // A rolling window's units count from its opening, which the calls before it decided.
+          const int64_t remembered = old.kind == LimitKind::kRolling
+                                         ? it->second.model->OpenSince(now)
+                                         : RememberedSince(old, now);
+          v.known_since = std::max(remembered, it->second.known_since);
           for (const Send& s : history_) {
-            if (s.t >= since) Feed(v, name, s, /*check=*/false);
+            if (s.t >= v.known_since) Feed(v, name, s, /*check=*/false);
           }
         }
       }
@@ -326,6 +340,8 @@ void Oracle::ApplyPolicy(const CredentialSpec& cred, int64_t now) {
   }
   current_ = std::move(next);
   cred_ = cred;
+  // A waiter needs the counters of its request under the configuration in force.
+  for (auto& [arrival, w] : waiters_) w.touches = Touches(cred_, w.feature, w.scope);
 }
 
 std::string Oracle::Feed(Version& v, const std::string& name, const Send& s, bool check) {

@@ -56,6 +56,8 @@ class ProviderLimit {
   // Units the provider counts now in the current window of `scope`, and when it resets.
   int64_t Used(const std::string& scope, int64_t t);
   int64_t ResetNs(const std::string& scope, int64_t t);
+  // Rolling: the opening of the earliest window still open at `t` (t when none is).
+  int64_t OpenSince(int64_t t);
   const LimitSpec& spec() const { return spec_; }
 
  private:
@@ -134,6 +136,9 @@ class Oracle {
   struct Version {
     LimitSpec spec;
     int64_t from = 0;
+    // The earliest call whose units this configuration carries: what the one before it still
+    // counted when it took over (nothing older can be known to quotad).
+    int64_t known_since = INT64_MIN;
     std::unique_ptr<ProviderLimit> model;
   };
   std::string Feed(Version& v, const std::string& name, const Send& s, bool check);
