@@ -1496,7 +1496,10 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
                 rule.spec.scoped == o.spec.scoped)) {
             units = SatAdd(units, o.Capacity());
           }
-          return std::min(units, rule.Capacity());
+          // More than the capacity is kept (a later reload that raises it still sees them),
+          // except by a bucket, whose debt beyond a burst only delays its refill.
+          return rule.spec.kind == LimitKind::kTokenBucket ? std::min(units, rule.Capacity())
+                                                            : units;
         };
         auto seed = [&](Counter& c, int64_t units, absl::string_view scope) {
           if (units <= 0) return;
@@ -1551,7 +1554,7 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
               cred.retired.back().all_scopes = true;
             }
           }
-          if (!rule.spec.scoped) seed(counters[r], std::min(total, rule.Capacity()), "");
+          if (!rule.spec.scoped) seed(counters[r], total, "");
         }
       }
       // Limits that leave the policy are remembered, so that a reload that brings one back is

@@ -459,7 +459,8 @@ bool Counter::NeedsReservation(const Rule& rule, int64_t now, int64_t cost, int6
       const int64_t end = opens ? now + rule.span_ns : end_ns_;
       out[0][0] = start;
       out[0][1] = end;
-      out[0][2] = std::max(reserved, std::min(cap, clamp_add(used + cost, block)));
+      // What is used may pass the capacity (units a reload carried over): keep all of it.
+      out[0][2] = std::max({reserved, used + cost, std::min(cap, clamp_add(used + cost, block))});
       *count = 1;
       if (carry_needs) {
         // A charge within the guard counts in the next window too: reserve it there as well,
@@ -485,7 +486,8 @@ bool Counter::NeedsReservation(const Rule& rule, int64_t now, int64_t cost, int6
       out[*count][0] = std::max(now, block_start_ns_ + 1);
       out[*count][1] = kInfiniteNs;  // until the next block closes it
       // Units counted beyond the old block (an adoption overdraws it) go into the new one.
-      out[*count][2] = std::min(cap, clamp_add(cost + std::max<int64_t>(0, -reserved_), block));
+      const int64_t need = cost + std::max<int64_t>(0, -reserved_);
+      out[*count][2] = std::max(need, std::min(cap, clamp_add(need, block)));
       ++*count;
       return true;
     }
@@ -627,28 +629,36 @@ int64_t Counter::Adopt(const Rule& rule, int64_t now, int64_t used, int64_t rese
       adopted_ = std::max(adopted_, used);
       break;
     case LimitKind::kSliding: {
+      // The units the upstream counts now are counted as charged now, so kept for a whole span;
+      // or, when the upstream says its window resets sooner, until that reset (plus the guard).
+      int64_t at = now;
+      if (reset_ns > now && reset_ns - rule.period_ns < now) at = reset_ns - rule.period_ns;
+      const int64_t upstream_until = at + rule.period_ns;
       // What the upstream still counts of ours: charges inside its period, not in the guard's
-      // tail (those may already have left upstream, and outside units taken their place).
-      // Buckets that straddle the period's start are left out: that counts ours low, so more is
-      // adopted, never less.
+      // tail (those may already have left upstream, and outside units taken their place), and
+      // only those we keep at least as long as the upstream may keep what it counts (a unit
+      // restored after a restart may leave us earlier). Buckets that straddle the period's
+      // start are left out. Both count ours low, so more is adopted, never less.
       int64_t ours = 0;
       if (rule.spec.sub_buckets > 0) {
         const Buckets& b = *buckets_;
         const int64_t n = static_cast<int64_t>(b.counts.size());
         for (int64_t i = b.newest - n + 1; i <= b.newest; ++i) {
-          if (i * rule.bucket_ns > now - rule.period_ns) ours += b.counts[((i % n) + n) % n];
+          if (i * rule.bucket_ns > now - rule.period_ns &&
+              (i + rule.bucket_slots) * rule.bucket_ns >= upstream_until) {
+            ours += b.counts[((i % n) + n) % n];
+          }
         }
       } else if (log_ != nullptr) {
         for (size_t i = 0; i < log_->size; ++i) {
-          if (log_->at(i).at_ns + rule.period_ns > now) ours += log_->at(i).units;
+          const int64_t charged = log_->at(i).at_ns;
+          if (charged + rule.period_ns > now && charged + rule.span_ns >= upstream_until) {
+            ours += log_->at(i).units;
+          }
         }
       }
       if (used <= ours) return ours;
       const int64_t extra = used - ours;
-      // Counted as charged now, so kept for a whole span; or, when the upstream says its window
-      // resets sooner, until that reset (plus the guard).
-      int64_t at = now;
-      if (reset_ns > now && reset_ns - rule.period_ns < now) at = reset_ns - rule.period_ns;
       if (rule.spec.sub_buckets > 0) {
         Buckets& b = *buckets_;
         const int64_t n = static_cast<int64_t>(b.counts.size());

@@ -321,6 +321,7 @@ void Oracle::ApplyPolicy(const CredentialSpec& cred, int64_t now) {
             held.t = now;
             held.units = lease.cost;
             held.feature = lease.feature;
+            held.scope = lease.scope;
             held.touches = lease.touches;
             Feed(v, name, held, /*check=*/false);
           }
@@ -340,8 +341,10 @@ void Oracle::ApplyPolicy(const CredentialSpec& cred, int64_t now) {
   }
   current_ = std::move(next);
   cred_ = cred;
-  // A waiter needs the counters of its request under the configuration in force.
+  // A waiter needs, and a lease holds, the counters of its request under the configuration
+  // in force.
   for (auto& [arrival, w] : waiters_) w.touches = Touches(cred_, w.feature, w.scope);
+  for (auto& [id, l] : leases_) l.touches = Touches(cred_, l.feature, l.scope);
 }
 
 std::string Oracle::Feed(Version& v, const std::string& name, const Send& s, bool check) {
@@ -404,6 +407,7 @@ std::string Oracle::Grant(uint64_t lease, int64_t t, const std::string& feature,
                           const std::string& scope, int64_t cost, int64_t expiry) {
   Lease& l = leases_[lease];
   l.touches = Touches(cred_, feature, scope);
+  l.scope = scope;
   l.cost = cost;
   l.expiry = expiry;
   l.feature = feature;

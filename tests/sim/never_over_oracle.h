@@ -92,6 +92,7 @@ class Oracle {
     bool released = false;
     bool ghost = false;  // released, but the release was lost in a crash: holds until expiry
     std::string feature;
+    std::string scope;
   };
   struct Waiter {
     uint64_t arrival = 0;

@@ -833,8 +833,16 @@ class Sim {
     }
     if (!r->adopted.empty()) Log(absl::StrCat("adopted ", absl::StrJoin(r->adopted, ", ")));
     if (r->cooldown_until != absl::InfinitePast()) {
-      int64_t& c = oracle_.cooled_until()[std::string(a.feature)];
-      c = std::max(c, Ns(r->cooldown_until));
+      // The features sharing a counter with the throttled one cool down with it: read them
+      // from the ledger's usage (each "<feature>.cooldown").
+      absl::StatusOr<std::vector<LimitStatus>> usage = ledger_->Usage(cred_.name);
+      if (usage.ok()) {
+        for (const LimitStatus& st : *usage) {
+          if (!st.cooldown) continue;
+          int64_t& c = oracle_.cooled_until()[st.name.substr(0, st.name.rfind('.'))];
+          c = std::max(c, Ns(st.reset));
+        }
+      }
       Log(absl::StrCat("cooldown until ", When(Ns(r->cooldown_until))));
     }
     if (retry_after > 0) {
