@@ -1672,10 +1672,19 @@ absl::Status Ledger::Restore() {
       if (!cc.rules[r].spec.scoped) continue;
       auto it = cred->scoped[r].find("");
       if (it == cred->scoped[r].end()) continue;
-      const int64_t used = it->second.View(cc.rules[r], now).used;
-      if (used <= 0 || cc.rules[r].spec.kind == LimitKind::kConcurrency) continue;
+      const Rule& rule = cc.rules[r];
+      const int64_t used = it->second.View(rule, now).used;
+      if (used <= 0 || rule.spec.kind == LimitKind::kConcurrency) continue;
       cred->scope_seeds.resize(cc.rules.size());
       cred->scope_seeds[r] = {std::max(cred->scope_seeds[r].units, used), now};
+      // Scopes the journal named (perhaps only with records of past windows) count them too.
+      for (auto& [scope, counter] : cred->scoped[r]) {
+        const int64_t own = counter.View(rule, now).used;
+        if (scope.empty() || own >= used) continue;
+        int64_t unused;
+        counter.Fits(rule, now, 0, &unused);
+        counter.Charge(rule, now, used - own, 0, 0);
+      }
     }
   }
   for (const JournalLease& jl : state->leases) {

@@ -136,8 +136,11 @@ void Counter::Roll(const Rule& rule, int64_t now) {
       break;
     case LimitKind::kRolling:
       if (now >= end_ns_) {  // closed; the next charge opens a new window
-        used_ = 0;
-        reserved_ = 0;
+        // Units charged within the old window's guard may have opened the upstream's next
+        // window (it lasts `period` from them): they count in ours while that one can last.
+        const bool carried = carry_ > 0 && now < end_ns_ + rule.period_ns;
+        used_ = carried ? carry_ : 0;
+        reserved_ = carried ? carry_reserved_ : 0;
         adopted_ = 0;
       }
       break;
@@ -197,11 +200,9 @@ bool Counter::Fits(const Rule& rule, int64_t now, int64_t cost, int64_t* retry_n
     case LimitKind::kRolling:
       Roll(rule, now);
       if (used_ + cost <= cap) {
-        // Within the guard the charge also counts in the next calendar window.
-        if (rule.guard_ns == 0 || rule.spec.kind != LimitKind::kCalendar ||
-            now < end_ns_ - rule.guard_ns || carry_ + cost <= cap) {
-          return true;
-        }
+        // Within the guard the charge also counts in the next window.
+        const bool in_guard = rule.guard_ns > 0 && now < end_ns_ && now >= end_ns_ - rule.guard_ns;
+        if (!in_guard || carry_ + cost <= cap) return true;
       }
       *retry_ns = cost > cap ? kInfiniteNs : end_ns_;
       return false;
@@ -265,12 +266,14 @@ int64_t Counter::Charge(const Rule& rule, int64_t now, int64_t cost, uint64_t le
       if (rule.guard_ns > 0 && now >= end_ns_ - rule.guard_ns) carry_ += cost;
       return start_ns_;
     case LimitKind::kRolling:
-      if (now >= end_ns_) {
+      if (now >= end_ns_) {  // opens a new window, with what Roll() carried into it
         start_ns_ = now;
         end_ns_ = now + rule.span_ns;
-        used_ = 0;
+        carry_ = 0;
+        carry_reserved_ = 0;
       }
       used_ += cost;
+      if (rule.guard_ns > 0 && now >= end_ns_ - rule.guard_ns) carry_ += cost;
       return start_ns_;
     case LimitKind::kTokenBucket:
       // The token is the arrival time this charge reached: its units are the last `cost`
@@ -448,11 +451,12 @@ bool Counter::NeedsReservation(const Rule& rule, int64_t now, int64_t cost, int6
     case LimitKind::kCalendar:
     case LimitKind::kUnlimited:
     case LimitKind::kRolling: {
+      // Roll() ran: a closed rolling window's used and reserved are what carries into the new.
       const bool opens = rule.spec.kind == LimitKind::kRolling && now >= end_ns_;
-      const int64_t used = opens ? 0 : used_;
-      const int64_t reserved = opens ? 0 : reserved_;
-      const bool in_guard = rule.spec.kind == LimitKind::kCalendar && rule.guard_ns > 0 &&
-                            now >= end_ns_ - rule.guard_ns;
+      const int64_t used = used_;
+      const int64_t reserved = reserved_;
+      const bool in_guard = rule.spec.kind != LimitKind::kUnlimited && !opens &&
+                            rule.guard_ns > 0 && now >= end_ns_ - rule.guard_ns;
       const bool carry_needs = in_guard && carry_ + cost > carry_reserved_;
       if (used + cost <= reserved && !carry_needs) return false;
       const int64_t start = opens ? now : start_ns_;
@@ -464,9 +468,12 @@ bool Counter::NeedsReservation(const Rule& rule, int64_t now, int64_t cost, int6
       *count = 1;
       if (carry_needs) {
         // A charge within the guard counts in the next window too: reserve it there as well,
-        // so that a restart in the next window's first moments still counts it.
-        int64_t next_start, next_end;
-        CalendarWindow(rule.spec.unit, rule.spec.zone, end_ns_, &next_start, &next_end);
+        // so that a restart in the next window's first moments still counts it. A rolling
+        // window's next one is not known yet: one that opens at this one's end stands for it.
+        int64_t next_start = end_ns_, next_end = end_ns_ + rule.span_ns;
+        if (rule.spec.kind == LimitKind::kCalendar) {
+          CalendarWindow(rule.spec.unit, rule.spec.zone, end_ns_, &next_start, &next_end);
+        }
         out[1][0] = next_start;
         out[1][1] = next_end;
         out[1][2] = std::min(cap, clamp_add(carry_ + cost, block));
@@ -520,9 +527,11 @@ void Counter::Reserved(const Rule& rule, int64_t now, const int64_t out[2][3], i
       if (now >= end_ns_) {  // this reservation opens the window; Charge() must agree on it
         start_ns_ = last[0];
         end_ns_ = last[1];
-        used_ = 0;
+        carry_ = 0;  // Roll() put it in used_
+        carry_reserved_ = 0;
       }
-      reserved_ = last[2];
+      reserved_ = out[0][2];
+      if (count > 1) carry_reserved_ = out[1][2];
       break;
     default:
       reserved_ = last[2];
@@ -613,12 +622,11 @@ int64_t Counter::Adopt(const Rule& rule, int64_t now, int64_t used, int64_t rese
       break;
     case LimitKind::kRolling:
       if (now >= end_ns_) {
-        // A new window: nothing of the journal's reservation for the old one applies to it.
+        // A new window (Roll() reset what was reserved for the old one, and carried its guard).
         start_ns_ = now;
         end_ns_ = now + rule.span_ns;
-        used_ = 0;
-        reserved_ = 0;
-        adopted_ = 0;
+        carry_ = 0;
+        carry_reserved_ = 0;
       }
       if (reset_ns > end_ns_) {  // later only: never frees units early
         end_ns_ = reset_ns;
@@ -639,26 +647,27 @@ int64_t Counter::Adopt(const Rule& rule, int64_t now, int64_t used, int64_t rese
       // only those we keep at least as long as the upstream may keep what it counts (a unit
       // restored after a restart may leave us earlier). Buckets that straddle the period's
       // start are left out. Both count ours low, so more is adopted, never less.
-      int64_t ours = 0;
+      int64_t ours = 0;     // inside the period: what we compare with (returned)
+      int64_t lasting = 0;  // of those, what we keep as long as the upstream's
       if (rule.spec.sub_buckets > 0) {
         const Buckets& b = *buckets_;
         const int64_t n = static_cast<int64_t>(b.counts.size());
         for (int64_t i = b.newest - n + 1; i <= b.newest; ++i) {
-          if (i * rule.bucket_ns > now - rule.period_ns &&
-              (i + rule.bucket_slots) * rule.bucket_ns >= upstream_until) {
-            ours += b.counts[((i % n) + n) % n];
-          }
+          if (i * rule.bucket_ns <= now - rule.period_ns) continue;
+          const int64_t units = b.counts[((i % n) + n) % n];
+          ours += units;
+          if ((i + rule.bucket_slots) * rule.bucket_ns >= upstream_until) lasting += units;
         }
       } else if (log_ != nullptr) {
         for (size_t i = 0; i < log_->size; ++i) {
           const int64_t charged = log_->at(i).at_ns;
-          if (charged + rule.period_ns > now && charged + rule.span_ns >= upstream_until) {
-            ours += log_->at(i).units;
-          }
+          if (charged + rule.period_ns <= now) continue;
+          ours += log_->at(i).units;
+          if (charged + rule.span_ns >= upstream_until) lasting += log_->at(i).units;
         }
       }
-      if (used <= ours) return ours;
-      const int64_t extra = used - ours;
+      if (used <= lasting) return ours;
+      const int64_t extra = used - lasting;
       if (rule.spec.sub_buckets > 0) {
         Buckets& b = *buckets_;
         const int64_t n = static_cast<int64_t>(b.counts.size());
@@ -705,6 +714,7 @@ int64_t Counter::DrainedAt(const Rule& rule, int64_t now) {
       return used_ > 0 ? end_ns_ : now;
     }
     case LimitKind::kRolling:
+      if (carry_ > 0) return end_ns_ + rule.period_ns;
       return used_ > 0 && now < end_ns_ ? end_ns_ : now;
     case LimitKind::kTokenBucket:
       return std::max(now, start_ns_);
