@@ -578,6 +578,7 @@ void Counter::Restore(const Rule& rule, int64_t now, int64_t window_start_ns, in
       // Every unit of the block may have been charged as late as the next block's reserve
       // time: count them there, which keeps them at least as long as the upstream does.
       const int64_t at = std::min(next_ns, now);
+      carry_ = std::max(carry_, now);  // sliding: units up to now are restored (see Adopt)
       // The newest block is still open (until infinite): the next reservation closes it, so
       // that its row ends instead of staying for ever.
       if (until_ns == kInfiniteNs) block_start_ns_ = std::max(block_start_ns_, window_start_ns);
@@ -637,18 +638,13 @@ int64_t Counter::Adopt(const Rule& rule, int64_t now, int64_t used, int64_t rese
       adopted_ = std::max(adopted_, used);
       break;
     case LimitKind::kSliding: {
-      // The units the upstream counts now are counted as charged now, so kept for a whole span;
-      // or, when the upstream says its window resets sooner, until that reset (plus the guard).
-      int64_t at = now;
-      if (reset_ns > now && reset_ns - rule.period_ns < now) at = reset_ns - rule.period_ns;
-      const int64_t upstream_until = at + rule.period_ns;
       // What the upstream still counts of ours: charges inside its period, not in the guard's
-      // tail (those may already have left upstream, and outside units taken their place), and
-      // only those we keep at least as long as the upstream may keep what it counts (a unit
-      // restored after a restart may leave us earlier). Buckets that straddle the period's
-      // start are left out. Both count ours low, so more is adopted, never less.
-      int64_t ours = 0;     // inside the period: what we compare with (returned)
-      int64_t lasting = 0;  // of those, what we keep as long as the upstream's
+      // tail (those may already have left upstream, and outside units taken their place). Units
+      // restored after a restart stand for charges that may never have been made: the upstream
+      // did not count those, so they are left out too. Buckets that straddle the period's start
+      // or the restart are left out. All count ours low, so more is adopted, never less.
+      int64_t ours = 0;    // inside the period: what the message compares with (returned)
+      int64_t known = 0;   // of those, the charges we know were made
       if (rule.spec.sub_buckets > 0) {
         const Buckets& b = *buckets_;
         const int64_t n = static_cast<int64_t>(b.counts.size());
@@ -656,18 +652,22 @@ int64_t Counter::Adopt(const Rule& rule, int64_t now, int64_t used, int64_t rese
           if (i * rule.bucket_ns <= now - rule.period_ns) continue;
           const int64_t units = b.counts[((i % n) + n) % n];
           ours += units;
-          if ((i + rule.bucket_slots) * rule.bucket_ns >= upstream_until) lasting += units;
+          if (i * rule.bucket_ns > carry_) known += units;
         }
       } else if (log_ != nullptr) {
         for (size_t i = 0; i < log_->size; ++i) {
           const int64_t charged = log_->at(i).at_ns;
           if (charged + rule.period_ns <= now) continue;
           ours += log_->at(i).units;
-          if (charged + rule.span_ns >= upstream_until) lasting += log_->at(i).units;
+          if (charged > carry_) known += log_->at(i).units;
         }
       }
-      if (used <= lasting) return ours;
-      const int64_t extra = used - lasting;
+      if (used <= known) return ours;
+      const int64_t extra = used - known;
+      // Counted as charged now, so kept for a whole span; or, when the upstream says its window
+      // resets sooner, until that reset (plus the guard).
+      int64_t at = now;
+      if (reset_ns > now && reset_ns - rule.period_ns < now) at = reset_ns - rule.period_ns;
       if (rule.spec.sub_buckets > 0) {
         Buckets& b = *buckets_;
         const int64_t n = static_cast<int64_t>(b.counts.size());

@@ -160,7 +160,9 @@ class Counter {
   // token bucket, the theoretical arrival time the journal allows.
   int64_t reserved_ = 0;
   int64_t block_start_ns_ = std::numeric_limits<int64_t>::min();  // sliding: current block
-  int64_t carry_ = 0;  // calendar: units charged within the guard, counted in the next window
+  // Calendar and rolling: units charged within the guard, counted in the next window.
+  // Sliding: when the counter was restored from the journal (units up to then may be phantoms).
+  int64_t carry_ = 0;
   int64_t carry_reserved_ = 0;  // calendar: units the journal allows in the next window
   // Calendar and rolling: units adopted from the upstream in the current window, which refunds
   // never go below. Sliding: when the last adoption happened (charges before it are not
