@@ -8,6 +8,8 @@
 // --memory_only, or an address that cannot be bound.
 // SIGTERM/SIGINT: health goes NOT_SERVING, new calls are refused, waiting Acquire calls are
 // answered UNAVAILABLE, in-flight calls finish, the state file is written, exit 0.
+// SIGHUP: the config file is read again and applied, as Admin.ReloadConfig (a bad file is
+// rejected and logged, the config in force kept); quotad keeps running.
 
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -62,8 +64,18 @@ ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA bundle: mutual TLS, every client must present a certificate it signed.");
 ABSL_FLAG(absl::Duration, tls_refresh, absl::Minutes(1),
           "How often the TLS files are read again (rotation without restart).");
-ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9090",
-          "host:port of the Prometheus /metrics endpoint; empty: none.");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9090",
+          "host:port of the Prometheus /metrics endpoint (plain HTTP, no auth: loopback unless "
+          "told otherwise, e.g. 0.0.0.0:9090 behind a NetworkPolicy); empty: none.");
+ABSL_FLAG(int, metrics_threads, 4,
+          "Worker threads of the /metrics endpoint (a slow client holds one).");
+ABSL_FLAG(absl::Duration, metrics_request_timeout, absl::Seconds(5),
+          "How long the /metrics endpoint waits on one request's reads and writes.");
+ABSL_FLAG(int64_t, max_config_bytes, 4 << 20,
+          "Largest config file accepted (at start and on reload).");
+ABSL_FLAG(int64_t, max_config_nodes, 500000,
+          "Most YAML nodes a config file may hold, counting each alias as what it names.");
+ABSL_FLAG(int64_t, max_config_aliases, 1000, "Most YAML aliases (*name) a config file may hold.");
 ABSL_FLAG(absl::Duration, metrics_refresh, absl::Seconds(5),
           "How often the gauges (remaining units, live leases, queue depth) are re-read.");
 ABSL_FLAG(std::string, log_format, "text", "text (key=value) or json (one object per line).");
@@ -106,6 +118,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   quotad::ServerOptions options;
@@ -127,7 +140,19 @@ int main(int argc, char** argv) {
   options.tls.client_ca_path = absl::GetFlag(FLAGS_tls_client_ca);
   options.tls.refresh_interval = absl::GetFlag(FLAGS_tls_refresh);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
-  options.metrics_best_effort = options.metrics_listen == "0.0.0.0:9090";
+  options.metrics_best_effort = options.metrics_listen == "127.0.0.1:9090";
+  options.metrics_http.threads = absl::GetFlag(FLAGS_metrics_threads);
+  options.metrics_http.request_timeout = absl::GetFlag(FLAGS_metrics_request_timeout);
+  options.config_limits.max_bytes = absl::GetFlag(FLAGS_max_config_bytes);
+  options.config_limits.yaml.max_nodes = absl::GetFlag(FLAGS_max_config_nodes);
+  options.config_limits.yaml.max_aliases = absl::GetFlag(FLAGS_max_config_aliases);
+  if (options.config_limits.max_bytes < 1 || options.config_limits.yaml.max_nodes < 1 ||
+      options.config_limits.yaml.max_aliases < 0) {
+    std::fprintf(stderr,
+                 "quotad: --max_config_bytes and --max_config_nodes must be >= 1, "
+                 "--max_config_aliases >= 0\n");
+    return 2;
+  }
   options.metrics_refresh = absl::GetFlag(FLAGS_metrics_refresh);
   options.log_sample = absl::GetFlag(FLAGS_log_sample);
   if (options.log_sample < 0) {
@@ -148,7 +173,13 @@ int main(int argc, char** argv) {
   }
 
   int signal_number = 0;
-  sigwait(&signals, &signal_number);
+  for (;;) {
+    sigwait(&signals, &signal_number);
+    if (signal_number != SIGHUP) break;
+    spdlog::info("signal received signal=SIGHUP; reloading the config");
+    // The outcome is logged by the reload itself (config reloaded / reload rejected).
+    (*server)->ReloadConfig().IgnoreError();
+  }
   spdlog::info("signal received signal={}", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
   (*server)->Shutdown();
   server->reset();

@@ -83,44 +83,65 @@ struct ConfigSnapshot {
   }
 };
 
-// Runs work that may block (file I/O) off the completion-queue threads, one item at a time.
-// Thread-safe. Owns its thread; the destructor runs what is queued and joins.
+// Runs work that may block (file I/O) off the completion-queue threads, one job at a time.
+// A job has two halves: `run`, and `cancel`, which runs instead when Stop() finds the job still
+// queued (it answers the job's call without doing the work). Thread-safe. Owns its thread.
 class BlockingWorker {
  public:
   BlockingWorker() : thread_([this] { Run(); }) {}
-  ~BlockingWorker() {
+  ~BlockingWorker() { Stop(); }
+
+  // Runs `run` later on the worker thread, or `cancel` on the Stop() caller's thread when the
+  // worker is stopped first. After Stop(), runs `cancel` at once.
+  void Schedule(std::function<void()> run, std::function<void()> cancel) ABSL_LOCKS_EXCLUDED(mu_) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!stop_) {
+        queue_.push_back(Job{std::move(run), std::move(cancel)});
+        return;
+      }
+    }
+    cancel();
+  }
+
+  // Cancels every queued job, waits for the one running (if any) and joins. Idempotent. Once it
+  // returned, no job runs any more, so what the jobs touch (completion queues) may be shut down.
+  void Stop() ABSL_LOCKS_EXCLUDED(mu_) {
+    std::deque<Job> cancelled;
     {
       absl::MutexLock lock(&mu_);
       stop_ = true;
+      cancelled.swap(queue_);
     }
-    thread_.join();
-  }
-
-  void Schedule(std::function<void()> fn) ABSL_LOCKS_EXCLUDED(mu_) {
-    absl::MutexLock lock(&mu_);
-    queue_.push_back(std::move(fn));
+    for (Job& job : cancelled) job.cancel();
+    if (thread_.joinable()) thread_.join();
   }
 
  private:
+  struct Job {
+    std::function<void()> run;
+    std::function<void()> cancel;
+  };
+
   void Run() {
     for (;;) {
-      std::function<void()> fn;
+      Job job;
       {
         absl::MutexLock lock(&mu_);
         mu_.Await(absl::Condition(
             +[](BlockingWorker* w)
                  ABSL_EXCLUSIVE_LOCKS_REQUIRED(w->mu_) { return w->stop_ || !w->queue_.empty(); },
             this));
-        if (queue_.empty()) return;
-        fn = std::move(queue_.front());
+        if (stop_ || queue_.empty()) return;
+        job = std::move(queue_.front());
         queue_.pop_front();
       }
-      fn();
+      job.run();
     }
   }
 
   absl::Mutex mu_;
-  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<Job> queue_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
@@ -231,11 +252,11 @@ class QuotadServer::Impl {
     absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> creds =
         MakeServerCredentials(options_.tls);
     if (!creds.ok()) return creds.status();
-    absl::StatusOr<std::unique_ptr<Metrics>> metrics = Metrics::Create(options_.metrics_listen);
+    absl::StatusOr<std::unique_ptr<Metrics>> metrics = Metrics::Create(options_.metrics_listen, options_.metrics_http);
     if (!metrics.ok() && options_.metrics_best_effort) {
       log_->warn("metrics endpoint disabled listen={} error=\"{}\"", options_.metrics_listen,
                  std::string(metrics.status().message()));
-      metrics = Metrics::Create("");
+      metrics = Metrics::Create("", options_.metrics_http);
     }
     if (!metrics.ok()) return metrics.status();
     metrics_ = *std::move(metrics);
@@ -320,6 +341,11 @@ class QuotadServer::Impl {
     // while the gate closed.
     const absl::Status shutting_down = absl::UnavailableError("quotad is shutting down");
     ledger_->AnswerAllWaiters(shutting_down);
+    // Queued reloads are answered now; the one running (bounded: the file is read without
+    // blocking and within --max_config_bytes) finishes and answers. Either way every reload has
+    // answered before the completion queues close below: a Finish() on a closed queue aborts
+    // the process in grpc_cq_begin_op and skips the final flush.
+    worker_->Stop();
     const absl::Time deadline = absl::Now() + options_.shutdown_grace;
     while (gate_.active.load(std::memory_order_acquire) > 0 && absl::Now() < deadline) {
       absl::SleepFor(absl::Milliseconds(5));
@@ -337,7 +363,6 @@ class QuotadServer::Impl {
     }
     sweeper_.join();
     pumper_->Stop();
-    worker_.reset();  // runs any queued reload (its call was cancelled) and joins
     if (journal_ != nullptr) {
       if (absl::Status s = journal_->Flush(); !s.ok()) {
         metrics_->OnStoreError("flush");
@@ -346,6 +371,14 @@ class QuotadServer::Impl {
       }
     }
     log_->info("stopped");
+  }
+
+  // SIGHUP (QuotadServer::ReloadConfig).
+  absl::Status Reload() {
+    v1::ReloadConfigResponse unused;
+    absl::Status s = HandleReload(&unused);
+    metrics_->OnConfigReload(s.ok());
+    return s;
   }
 
   int port() const { return port_; }
@@ -443,12 +476,21 @@ class QuotadServer::Impl {
                  if (absl::Status s = Check(c->context(), AccessMethod::kAdmin, ""); !s.ok()) {
                    return Respond(c, "ReloadConfig", s, start);
                  }
-                 // Reading the file may block: not on a completion-queue thread.
-                 worker_->Schedule([this, c, start] {
-                   absl::Status s = HandleReload(c->response());
-                   metrics_->OnConfigReload(s.ok());
-                   Respond(c, "ReloadConfig", s, start);
-                 });
+                 // Reading the file may block: not on a completion-queue thread. A reload still
+                 // queued at shutdown is answered UNAVAILABLE instead (BlockingWorker::Stop),
+                 // before the completion queues close.
+                 worker_->Schedule(
+                     [this, c, start] {
+                       absl::Status s = HandleReload(c->response());
+                       metrics_->OnConfigReload(s.ok());
+                       Respond(c, "ReloadConfig", s, start);
+                     },
+                     [this, c, start] {
+                       Respond(c, "ReloadConfig",
+                               absl::UnavailableError(
+                                   "quotad is shutting down; the configuration was not reloaded"),
+                               start);
+                     });
                },
                &gate_};
   }
@@ -909,8 +951,11 @@ class QuotadServer::Impl {
     return absl::OkStatus();
   }
 
-  absl::Status HandleReload(v1::ReloadConfigResponse* resp) {
-    absl::StatusOr<LoadedConfig> config = LoadConfigFile(options_.config_path);
+  // Serialized (reload_mu_): Admin.ReloadConfig, the file watch and SIGHUP may overlap, and the
+  // file read last must be the one in force.
+  absl::Status HandleReload(v1::ReloadConfigResponse* resp) ABSL_LOCKS_EXCLUDED(reload_mu_) {
+    absl::MutexLock lock(&reload_mu_);
+    absl::StatusOr<LoadedConfig> config = LoadConfigFile(options_.config_path, options_.config_limits);
     if (!config.ok()) {
       log_->warn("reload rejected config={} error=\"{}\"", options_.config_path,
                  std::string(config.status().message()));
@@ -1014,6 +1059,7 @@ class QuotadServer::Impl {
   const std::unique_ptr<Pumper> pumper_;
   const std::unique_ptr<Ledger> ledger_;
 
+  absl::Mutex reload_mu_;
   absl::Mutex snapshot_mu_;
   std::atomic<const ConfigSnapshot*> snapshot_{nullptr};
   std::vector<std::unique_ptr<const ConfigSnapshot>> snapshots_ ABSL_GUARDED_BY(snapshot_mu_);
@@ -1057,7 +1103,7 @@ absl::StatusOr<std::unique_ptr<QuotadServer>> QuotadServer::Start(const ServerOp
   if (options.config_path.empty()) {
     return absl::InvalidArgumentError("a configuration file is required (--config)");
   }
-  absl::StatusOr<LoadedConfig> config = LoadConfigFile(options.config_path);
+  absl::StatusOr<LoadedConfig> config = LoadConfigFile(options.config_path, options.config_limits);
   if (!config.ok()) return config.status();
   if (options.state_path.empty() == !options.memory_only) {
     return absl::InvalidArgumentError(
@@ -1122,6 +1168,12 @@ int QuotadServer::port() const { return impl_->port(); }
 int QuotadServer::metrics_port() const { return impl_->metrics_port(); }
 std::string QuotadServer::address() const { return impl_->address(); }
 Ledger* QuotadServer::ledger() const { return impl_->ledger(); }
+
+absl::Status QuotadServer::ReloadConfig() {
+  absl::MutexLock lock(&shutdown_mu_);
+  if (shut_down_) return absl::UnavailableError("quotad is shutting down");
+  return impl_->Reload();
+}
 
 void QuotadServer::Shutdown() {
   absl::MutexLock lock(&shutdown_mu_);
