@@ -167,7 +167,7 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<quotad::QuotadServer>> server =
       quotad::QuotadServer::Start(options);
   if (!server.ok()) {
-    spdlog::error("start failed error=\"{}\"", std::string(server.status().message()));
+    quotad::Log(*logger, spdlog::level::err, "start failed", {{"error", server.status().message()}});
     std::fprintf(stderr, "quotad: %s\n", std::string(server.status().message()).c_str());
     return 1;
   }
@@ -176,11 +176,13 @@ int main(int argc, char** argv) {
   for (;;) {
     sigwait(&signals, &signal_number);
     if (signal_number != SIGHUP) break;
-    spdlog::info("signal received signal=SIGHUP; reloading the config");
+    quotad::Log(*logger, spdlog::level::info, "signal received; reloading the config",
+                {{"signal", "SIGHUP"}});
     // The outcome is logged by the reload itself (config reloaded / reload rejected).
     (*server)->ReloadConfig().IgnoreError();
   }
-  spdlog::info("signal received signal={}", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
+  quotad::Log(*logger, spdlog::level::info, "signal received",
+              {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
   (*server)->Shutdown();
   server->reset();
   return 0;

@@ -70,8 +70,8 @@ struct ConfigSnapshot {
     if (auth.ok()) {
       snapshot->auth = *std::move(auth);
     } else {  // the loader checked the same section; refuse everyone rather than allow all
-      ServerLogger()->error("auth section unusable, refusing every call error=\"{}\"",
-                            std::string(auth.status().message()));
+      Log(*ServerLogger(), spdlog::level::err, "auth section unusable, refusing every call",
+          {{"error", auth.status().message()}});
       snapshot->auth = Authorizer::DenyAll();
     }
     for (const CredentialSpec& c : config.policy.credentials) {
@@ -254,8 +254,8 @@ class QuotadServer::Impl {
     if (!creds.ok()) return creds.status();
     absl::StatusOr<std::unique_ptr<Metrics>> metrics = Metrics::Create(options_.metrics_listen, options_.metrics_http);
     if (!metrics.ok() && options_.metrics_best_effort) {
-      log_->warn("metrics endpoint disabled listen={} error=\"{}\"", options_.metrics_listen,
-                 std::string(metrics.status().message()));
+      Log(*log_, spdlog::level::warn, "metrics endpoint disabled",
+          {{"listen", options_.metrics_listen}, {"error", metrics.status().message()}});
       metrics = Metrics::Create("", options_.metrics_http);
     }
     if (!metrics.ok()) return metrics.status();
@@ -316,22 +316,25 @@ class QuotadServer::Impl {
     }
     sweeper_ = std::thread([this] { Sweep(); });
     health_.SetAll(grpc::health::v1::HealthCheckResponse::SERVING);
-    log_->info(
-        "listening address={} completion_queues={} config={} state={} tls={} auth={} "
-        "metrics_port={}",
-        address_, cqs_.size(), options_.config_path,
-        journal_ != nullptr ? journal_->path() : std::string("memory-only"),
-        options_.tls.client_ca_path.empty() ? (TlsEnabled(options_.tls) ? "tls" : "off") : "mutual",
-        snapshot_.load()->auth->enabled() ? "tokens" : "off", metrics_->port());
+    Log(*log_, spdlog::level::info, "listening",
+        {{"address", address_},
+         {"completion_queues", cqs_.size()},
+         {"config", options_.config_path},
+         {"state", journal_ != nullptr ? journal_->path() : std::string("memory-only")},
+         {"tls", options_.tls.client_ca_path.empty() ? (TlsEnabled(options_.tls) ? "tls" : "off")
+                                                     : "mutual"},
+         {"auth", snapshot_.load()->auth->enabled() ? "tokens" : "off"},
+         {"metrics_port", metrics_->port()}});
     return absl::OkStatus();
   }
 
   void Shutdown() {
-    log_->info("shutting down drain_delay={} grace={}", absl::FormatDuration(options_.drain_delay),
-               absl::FormatDuration(options_.shutdown_grace));
+    Log(*log_, spdlog::level::info, "shutting down",
+        {{"drain_delay", absl::FormatDuration(options_.drain_delay)},
+         {"grace", absl::FormatDuration(options_.shutdown_grace)}});
     health_.Shutdown();
     if (!health_.AwaitWatchersGone(absl::Now() + absl::Seconds(2))) {
-      log_->warn("health watchers did not end in time");
+      Log(*log_, spdlog::level::warn, "health watchers did not end in time");
     }
     if (options_.drain_delay > absl::ZeroDuration()) absl::SleepFor(options_.drain_delay);
     // New calls are answered UNAVAILABLE from here on; the calls being handled finish.
@@ -352,7 +355,9 @@ class QuotadServer::Impl {
       ledger_->AnswerAllWaiters(shutting_down);
     }
     const int64_t left = gate_.active.load(std::memory_order_acquire);
-    if (left > 0) log_->warn("shutdown grace over calls_cancelled={}", left);
+    if (left > 0) {
+      Log(*log_, spdlog::level::warn, "shutdown grace over", {{"calls_cancelled", left}});
+    }
     // Closes the listener and every connection; cancels whatever is still running.
     server_->Shutdown(absl::ToChronoTime(absl::Now()));
     for (auto& cq : cqs_) cq->Shutdown();
@@ -366,11 +371,11 @@ class QuotadServer::Impl {
     if (journal_ != nullptr) {
       if (absl::Status s = journal_->Flush(); !s.ok()) {
         metrics_->OnStoreError("flush");
-        log_->error("state file flush failed path={} error=\"{}\"", journal_->path(),
-                    std::string(s.message()));
+        Log(*log_, spdlog::level::err, "state file flush failed",
+            {{"path", journal_->path()}, {"error", s.message()}});
       }
     }
-    log_->info("stopped");
+    Log(*log_, spdlog::level::info, "stopped");
   }
 
   // SIGHUP (QuotadServer::ReloadConfig).
@@ -547,7 +552,9 @@ class QuotadServer::Impl {
   void Respond(Call* call, const char* method, const absl::Status& status, absl::Time start) {
     LogFailure(method, status);
     metrics_->OnCall(method, absl::Now() - start);
-    if (status.ok() && sampler_.Sample()) log_->info("rpc method={} code=OK", method);
+    if (status.ok() && sampler_.Sample()) {
+      Log(*log_, spdlog::level::info, "rpc", {{"method", method}, {"code", "OK"}});
+    }
     call->Finish(ToGrpcStatus(status));
   }
 
@@ -555,16 +562,22 @@ class QuotadServer::Impl {
     if (!status.ok()) {
       metrics_->OnRequestError(method, absl::StatusCodeToString(status.code()));
       if (sampler_.Sample()) {
-        log_->info("rpc method={} code={} error=\"{}\"", method,
-                   absl::StatusCodeToString(status.code()), std::string(status.message()));
+        Log(*log_, spdlog::level::info, "rpc",
+            {{"method", method},
+             {"code", absl::StatusCodeToString(status.code())},
+             {"error", status.message()}});
       }
       if (status.code() == absl::StatusCode::kInternal ||
           status.code() == absl::StatusCode::kUnknown) {
-        log_->error("rpc failed method={} code={} error=\"{}\"", method,
-                    absl::StatusCodeToString(status.code()), std::string(status.message()));
+        Log(*log_, spdlog::level::err, "rpc failed",
+            {{"method", method},
+             {"code", absl::StatusCodeToString(status.code())},
+             {"error", status.message()}});
       } else if (log_->should_log(spdlog::level::debug)) {
-        log_->debug("rpc rejected method={} code={} error=\"{}\"", method,
-                    absl::StatusCodeToString(status.code()), std::string(status.message()));
+        Log(*log_, spdlog::level::debug, "rpc rejected",
+            {{"method", method},
+             {"code", absl::StatusCodeToString(status.code())},
+             {"error", status.message()}});
       }
     }
   }
@@ -643,7 +656,7 @@ class QuotadServer::Impl {
       const int64_t now_ns = ToUnixNs(ledger_->clock()->Now());
       if (std::optional<std::string> first = dedup_->Get(dedup_key, now_ns)) {
         if (c->response()->ParseFromString(*first)) return FinishAcquire(c, absl::OkStatus());
-        log_->error("dedup answer unreadable key={}", dedup_key);
+        Log(*log_, spdlog::level::err, "dedup answer unreadable", {{"key", dedup_key}});
         c->response()->Clear();
       }
     }
@@ -692,9 +705,13 @@ class QuotadServer::Impl {
                      decision->lease_expiry);
     }
     if (sampler_.Sample()) {
-      log_->info("rpc method={} identity={} credential={} feature={} granted={} limited_by={}",
-                 method, identity, req.credential(), req.feature(), decision->granted,
-                 decision->limited_by.empty() ? "-" : decision->limited_by);
+      Log(*log_, spdlog::level::info, "rpc",
+          {{"method", method},
+           {"identity", identity},
+           {"credential", req.credential()},
+           {"feature", req.feature()},
+           {"granted", decision->granted},
+           {"limited_by", decision->limited_by.empty() ? "-" : decision->limited_by}});
     }
   }
 
@@ -729,8 +746,8 @@ class QuotadServer::Impl {
         dedup_key, resp->SerializeAsString(), ToUnixNs(now + options_.dedup_window), ToUnixNs(now));
     if (!standing.ok()) {
       metrics_->OnStoreError("dedup");
-      log_->warn("dedup record failed key={} error=\"{}\"", dedup_key,
-                 std::string(standing.status().message()));
+      Log(*log_, spdlog::level::warn, "dedup record failed",
+          {{"key", dedup_key}, {"error", standing.status().message()}});
       return absl::OkStatus();
     }
     v1::AcquireResponse first;
@@ -741,8 +758,8 @@ class QuotadServer::Impl {
     // answer the first one.
     absl::StatusOr<ReleaseResult> undone = ledger_->Release(decision->lease_id, 0);
     if (!undone.ok()) {
-      log_->warn("undo of a duplicate grant failed lease={} error=\"{}\"",
-                 decision->lease_id.ToString(), std::string(undone.status().message()));
+      Log(*log_, spdlog::level::warn, "undo of a duplicate grant failed",
+          {{"lease", decision->lease_id.ToString()}, {"error", undone.status().message()}});
     }
     *resp = std::move(first);
     return absl::OkStatus();
@@ -822,9 +839,13 @@ class QuotadServer::Impl {
       metrics_->OnCooldown(req.credential(), req.feature(), result->cooldown_until);
     }
     if (!result->adopted.empty() || IsFinite(result->cooldown_until)) {
-      log_->info("report applied credential={} feature={} http_status={} adopted={} cooldown={}",
-                 req.credential(), req.feature(), req.http_status(), resp->adopted_size(),
-                 resp->has_cooldown_until() ? absl::FormatTime(result->cooldown_until) : "none");
+      Log(*log_, spdlog::level::info, "report applied",
+          {{"credential", req.credential()},
+           {"feature", req.feature()},
+           {"http_status", req.http_status()},
+           {"adopted", resp->adopted_size()},
+           {"cooldown", resp->has_cooldown_until() ? absl::FormatTime(result->cooldown_until)
+                                                   : std::string("none")}});
     }
     return absl::OkStatus();
   }
@@ -866,8 +887,8 @@ class QuotadServer::Impl {
         resp->ParseFromString(*standing);
       } else {
         metrics_->OnStoreError("dedup");
-        log_->warn("dedup record failed key={} error=\"{}\"", dedup_key,
-                   std::string(standing.status().message()));
+        Log(*log_, spdlog::level::warn, "dedup record failed",
+            {{"key", dedup_key}, {"error", standing.status().message()}});
       }
     }
     return absl::OkStatus();
@@ -943,7 +964,7 @@ class QuotadServer::Impl {
                            v1::ResetCredentialResponse* resp) {
     if (absl::Status s = ValidateName("credential", req.credential()); !s.ok()) return s;
     if (absl::Status s = ledger_->Reset(req.credential()); !s.ok()) return s;
-    log_->info("credential reset credential={}", req.credential());
+    Log(*log_, spdlog::level::info, "credential reset", {{"credential", req.credential()}});
     resp->set_credential(req.credential());
     absl::StatusOr<std::vector<LimitStatus>> usage = ledger_->Usage(req.credential());
     if (!usage.ok()) return usage.status();
@@ -957,22 +978,22 @@ class QuotadServer::Impl {
     absl::MutexLock lock(&reload_mu_);
     absl::StatusOr<LoadedConfig> config = LoadConfigFile(options_.config_path, options_.config_limits);
     if (!config.ok()) {
-      log_->warn("reload rejected config={} error=\"{}\"", options_.config_path,
-                 std::string(config.status().message()));
+      Log(*log_, spdlog::level::warn, "reload rejected",
+          {{"config", options_.config_path}, {"error", config.status().message()}});
       return config.status();
     }
     const Policy* policy = &config->policy;
     if (absl::Status s = ledger_->Reload(*policy); !s.ok()) {
-      log_->warn("reload rejected config={} error=\"{}\"", options_.config_path,
-                 std::string(s.message()));
+      Log(*log_, spdlog::level::warn, "reload rejected",
+          {{"config", options_.config_path}, {"error", s.message()}});
       return s;
     }
     PublishSnapshot(*config);
     resp->set_source(options_.config_path);
     resp->set_credentials(static_cast<int32_t>(policy->credentials.size()));
     TimeToProto(ledger_->clock()->Now(), resp->mutable_loaded_at());
-    log_->info("config reloaded config={} credentials={}", options_.config_path,
-               policy->credentials.size());
+    Log(*log_, spdlog::level::info, "config reloaded",
+        {{"config", options_.config_path}, {"credentials", policy->credentials.size()}});
     return absl::OkStatus();
   }
 
@@ -1014,7 +1035,8 @@ class QuotadServer::Impl {
       return;  // unchanged, or gone for a moment while a ConfigMap update swaps it
     }
     config_version_ = version;
-    log_->info("config file changed config={}; reloading", options_.config_path);
+    Log(*log_, spdlog::level::info, "config file changed; reloading",
+        {{"config", options_.config_path}});
     v1::ReloadConfigResponse unused;
     metrics_->OnConfigReload(HandleReload(&unused).ok());
   }
@@ -1029,7 +1051,7 @@ class QuotadServer::Impl {
       }
       const int64_t dropped = ledger_->Sweep();
       if (dropped > 0 && log_->should_log(spdlog::level::debug)) {
-        log_->debug("expired leases dropped count={}", dropped);
+        Log(*log_, spdlog::level::debug, "expired leases dropped", {{"count", dropped}});
       }
       const absl::Time now = ledger_->clock()->Now();
       dedup_->Sweep(ToUnixNs(now));
@@ -1043,8 +1065,8 @@ class QuotadServer::Impl {
         last_compact_ = now;
         if (absl::Status s = journal_->Compact(ToUnixNs(now)); !s.ok()) {
           metrics_->OnStoreError("compact");
-          log_->warn("state file compaction failed path={} error=\"{}\"", journal_->path(),
-                     std::string(s.message()));
+          Log(*log_, spdlog::level::warn, "state file compaction failed",
+              {{"path", journal_->path()}, {"error", s.message()}});
         }
       }
     }
@@ -1151,8 +1173,10 @@ absl::StatusOr<std::unique_ptr<QuotadServer>> QuotadServer::Start(const ServerOp
       return absl::Status(s.code(),
                           absl::StrCat("state file ", options.state_path, ": ", s.message()));
     }
-    ServerLogger()->info("state restored path={} leases={} took={}", options.state_path,
-                         (*ledger)->Leases("").size(), absl::FormatDuration(absl::Now() - began));
+    Log(*ServerLogger(), spdlog::level::info, "state restored",
+        {{"path", options.state_path},
+         {"leases", (*ledger)->Leases("").size()},
+         {"took", absl::FormatDuration(absl::Now() - began)}});
   }
   auto impl = std::make_unique<Impl>(options, std::move(journal), *std::move(dedup),
                                      std::move(pumper), *std::move(ledger), *config);

@@ -78,7 +78,7 @@ class Quotad : public ChildProcess {
 
   // Waits for the port and connects; false when quotad did not come up.
   bool Connect(absl::Duration timeout = absl::Seconds(60)) {
-    std::optional<int> port = WaitForPort(timeout);
+    std::optional<int> port = Port(timeout);
     if (!port.has_value()) return false;
     channel_ =
         grpc::CreateChannel(absl::StrCat("127.0.0.1:", *port), grpc::InsecureChannelCredentials());
@@ -100,6 +100,27 @@ class Quotad : public ChildProcess {
   std::shared_ptr<grpc::Channel> channel() { return channel_; }
   quotad::v1::Admin::Stub* admin() { return admin_.get(); }
   quotad::v1::Quota::Stub* quota() { return quota_.get(); }
+
+  // The port from the `listening` line, text (address=H:P) or JSON ("address":"H:P").
+  std::optional<int> Port(absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (absl::Now() < deadline) {
+      const std::string text = log();
+      for (const char* marker : {"listening address=", "\"msg\":\"listening\",\"address\":\""}) {
+        const size_t at = text.find(marker);
+        if (at == std::string::npos) continue;
+        const size_t colon = text.find(':', text.find("127.0.0.1", at));
+        int port = 0;
+        for (size_t i = colon + 1; i < text.size() && isdigit(text[i]); ++i) {
+          port = port * 10 + (text[i] - '0');
+        }
+        if (port > 0) return port;
+      }
+      if (WaitForExit(absl::ZeroDuration()).has_value()) return std::nullopt;
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return std::nullopt;
+  }
 
   // Waits until the output holds `text` (bounded).
   bool WaitForText(const std::string& text, absl::Duration timeout) {
@@ -295,6 +316,60 @@ TEST(HardeningTest, RejectedConfigNeverEchoesSecretsOrFileContent) {
   Quotad second(config, {"--memory_only"});
   EXPECT_EQ(second.WaitForExit(absl::Seconds(10)), 1) << second.log();
   EXPECT_FALSE(absl::StrContains(second.log(), kSecret)) << second.log();
+}
+
+}  // namespace
+
+namespace {
+
+// sha256("test"): the token of identity `scanner`, allowed only on virustotal/*.
+constexpr char kAuthConfig[] = R"(credentials:
+  - {name: virustotal/prod, profile: virustotal-public}
+  - {name: cybervault/prod, profile: cybervault-professional}
+auth:
+  tokens:
+    - {identity: scanner, sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08}
+  rules:
+    - {identity: scanner, credentials: ["virustotal/*"], methods: ["*"]}
+)";
+
+// Finding 9: a caller-chosen credential name in a PERMISSION_DENIED line. Before: `"` was not
+// escaped inside error="...", and the JSON formatter re-parsed the text line, so the line read
+// "code":"OK" with another identity. Now the fields come from the call and stay escaped.
+TEST(HardeningTest, ACraftedCredentialCannotForgeALogLine) {
+  TempDir dir;
+  const std::string config = dir.File("quotad.yaml");
+  WriteFile(config, kAuthConfig);
+  for (const char* format : {"json", "text"}) {
+    SCOPED_TRACE(format);
+    Quotad quotad(config, {"--memory_only", absl::StrCat("--log_format=", format),
+                           "--log_sample=1"});
+    ASSERT_TRUE(quotad.Connect()) << quotad.log();
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer test");
+    quotad::v1::AcquireRequest req;
+    req.set_credential(
+        "cybervault/prod\" code=\"OK\" identity=\"admin\"\n{\"code\":\"OK\"} \xe2\x80\xa8\xe2\x80\xae");
+    req.set_feature("requests");
+    quotad::v1::AcquireResponse resp;
+    grpc::Status s = quotad.quota()->Acquire(&ctx, req, &resp);
+    ASSERT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
+    ASSERT_TRUE(quotad.WaitForText("PERMISSION_DENIED", absl::Seconds(5))) << quotad.log();
+    const std::string log = quotad.log();
+    for (absl::string_view line : absl::StrSplit(log, '\n')) {
+      if (line.empty()) continue;
+      if (std::string(format) == "json") {
+        EXPECT_TRUE(absl::StartsWith(line, "{\"ts\":") && absl::EndsWith(line, "}")) << line;
+      } else {
+        EXPECT_TRUE(absl::StrContains(line, " level=")) << line;  // no line of its own
+      }
+      EXPECT_FALSE(absl::StrContains(line, "\"code\":\"OK\"")) << line;
+      EXPECT_FALSE(absl::StrContains(line, " code=OK identity")) << line;
+      EXPECT_FALSE(absl::StrContains(line, " code=\"OK\" identity")) << line;
+      EXPECT_FALSE(absl::StrContains(line, "\xe2\x80\xa8")) << line;
+      EXPECT_FALSE(absl::StrContains(line, "\xe2\x80\xae")) << line;
+    }
+  }
 }
 
 }  // namespace
