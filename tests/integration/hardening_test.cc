@@ -373,3 +373,19 @@ TEST(HardeningTest, ACraftedCredentialCannotForgeALogLine) {
 }
 
 }  // namespace
+
+namespace {
+
+// Finding 7: the metrics endpoint (plain HTTP, no auth) binds loopback unless told otherwise.
+TEST(HardeningTest, MetricsListenDefaultsToLoopback) {
+  ChildProcess help(Binary(), {"--helpfull"});
+  ASSERT_TRUE(help.WaitForExit(absl::Seconds(10)).has_value());
+  const std::string text = help.log();
+  const size_t at = text.find("-metrics_listen");
+  ASSERT_NE(at, std::string::npos) << text;
+  const size_t def = text.find("default: ", at);
+  ASSERT_NE(def, std::string::npos);
+  EXPECT_EQ(text.substr(def, 27), "default: \"127.0.0.1:9090\";") << text.substr(at, 400);
+}
+
+}  // namespace
