@@ -385,7 +385,7 @@ TEST(HardeningTest, MetricsListenDefaultsToLoopback) {
   ASSERT_NE(at, std::string::npos) << text;
   const size_t def = text.find("default: ", at);
   ASSERT_NE(def, std::string::npos);
-  EXPECT_EQ(text.substr(def, 27), "default: \"127.0.0.1:9090\";") << text.substr(at, 400);
+  EXPECT_EQ(text.substr(def, 26), "default: \"127.0.0.1:9090\";") << text.substr(at, 400);
 }
 
 }  // namespace
