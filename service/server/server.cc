@@ -241,7 +241,7 @@ class QuotadServer::Impl {
     if (snapshot_.load()->auth->enabled()) {
       for (const LeaseInfo& l : ledger_->Leases("")) {
         const absl::string_view identity = IdentityOfHolder(l.holder);
-        if (!identity.empty()) owners_.Record(l.id.ToString(), identity, l.credential, l.expiry);
+        if (!identity.empty()) owners_.Record(l.id, identity, l.credential, l.expiry);
       }
     }
   }
@@ -421,26 +421,14 @@ class QuotadServer::Impl {
     release_ = {&quota_, &QuotaService::RequestRelease,
                 [this](ReleaseCall* c) {
                   const absl::Time start = absl::Now();
-                  absl::Status s =
-                      CheckLease(c->context(), AccessMethod::kRelease, c->request().lease_id());
-                  // The owner stays recorded until the lease's expiry, so that a retried
-                  // Release (request_id) is answered the same.
-                  if (s.ok()) s = HandleRelease(c->request(), c->response());
-                  Respond(c, "Release", s, start);
+                  Respond(c, "Release", ReleaseCall_(c->context(), c->request(), c->response()),
+                          start);
                 },
                 &gate_};
     renew_ = {&quota_, &QuotaService::RequestRenew,
               [this](RenewCall* c) {
                 const absl::Time start = absl::Now();
-                absl::Status s =
-                    CheckLease(c->context(), AccessMethod::kRenew, c->request().lease_id());
-                if (s.ok()) s = HandleRenew(c->request(), c->response());
-                if (s.ok() && c->response()->has_lease_expires_at()) {
-                  const auto& t = c->response()->lease_expires_at();
-                  owners_.Extend(c->request().lease_id(),
-                                 absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos()));
-                }
-                Respond(c, "Renew", s, start);
+                Respond(c, "Renew", RenewCall_(c->context(), c->request(), c->response()), start);
               },
               &gate_};
     usage_ = {&admin_, &AdminService::RequestGetUsage,
@@ -531,20 +519,63 @@ class QuotadServer::Impl {
   // Release and Renew: the lease must be the caller's (or the caller an admin), and the caller
   // must be allowed `method` on the lease's credential. A lease the server does not know of is
   // passed on to the ledger only for admins; others get NOT_FOUND as for an expired lease.
-  absl::Status CheckLease(const grpc::ServerContext* context, AccessMethod method,
-                          const std::string& lease_id) {
+  absl::Status CheckLease(const std::string& identity, AccessMethod method, const LeaseId& id) {
+    const Authorizer& auth = *snapshot_.load(std::memory_order_acquire)->auth;
+    if (!auth.enabled() || auth.IsAdmin(identity)) return absl::OkStatus();
+    std::optional<LeaseOwner> owner = owners_.Lookup(id);
+    if (!owner.has_value()) {
+      return absl::NotFoundError(absl::StrCat("unknown or expired lease ", id.ToString()));
+    }
+    absl::Status s = auth.AuthorizeLease(identity, method, owner->identity);
+    if (s.ok()) s = auth.Authorize(identity, method, owner->credential);
+    if (!s.ok()) metrics_->OnAuthFailure("permission_denied");
+    return s;
+  }
+
+  // Release: who calls, the lease id (parsed once, LeaseId::Parse, so that any case the ledger
+  // accepts is the same lease for the owner table and the request_id table), a retry answered
+  // from the request_id table, the owner check, the ledger. A released lease leaves the owner
+  // table at once; a retry of it with the same request_id is answered from the request_id table,
+  // whose key names the caller's identity when auth is on.
+  absl::Status ReleaseCall_(const grpc::ServerContext* context, const v1::ReleaseRequest& req,
+                            v1::ReleaseResponse* resp) {
     absl::StatusOr<std::string> identity = Identify(context);
     if (!identity.ok()) return identity.status();
-    const Authorizer& auth = *snapshot_.load(std::memory_order_acquire)->auth;
-    if (!auth.enabled() || auth.IsAdmin(*identity)) return absl::OkStatus();
-    std::optional<LeaseOwner> owner = owners_.Lookup(lease_id);
-    if (!owner.has_value()) {
-      return absl::NotFoundError(
-          absl::StrCat("unknown or expired lease ", QuoteForError(lease_id)));
+    absl::StatusOr<LeaseId> id = ParseLeaseId("lease_id", req.lease_id());
+    if (!id.ok()) return id.status();
+    if (absl::Status s = ValidateText("request_id", req.request_id(), kMaxRequestIdLength);
+        !s.ok()) {
+      return s;
     }
-    absl::Status s = auth.AuthorizeLease(*identity, method, owner->identity);
-    if (s.ok()) s = auth.Authorize(*identity, method, owner->credential);
-    if (!s.ok()) metrics_->OnAuthFailure("permission_denied");
+    std::string dedup_key;
+    if (!req.request_id().empty()) {
+      const bool per_identity = snapshot_.load(std::memory_order_acquire)->auth->enabled();
+      dedup_key = absl::StrCat("release/", per_identity ? absl::StrCat(*identity, "|") : "",
+                               id->ToString(), "/", req.request_id());
+      if (std::optional<std::string> first =
+              dedup_->Get(dedup_key, ToUnixNs(ledger_->clock()->Now()))) {
+        if (resp->ParseFromString(*first)) return absl::OkStatus();
+        resp->Clear();
+      }
+    }
+    if (absl::Status s = CheckLease(*identity, AccessMethod::kRelease, *id); !s.ok()) return s;
+    absl::Status s = HandleRelease(req, *id, dedup_key, resp);
+    if (s.ok()) owners_.Forget(*id);
+    return s;
+  }
+
+  absl::Status RenewCall_(const grpc::ServerContext* context, const v1::RenewRequest& req,
+                          v1::RenewResponse* resp) {
+    absl::StatusOr<std::string> identity = Identify(context);
+    if (!identity.ok()) return identity.status();
+    absl::StatusOr<LeaseId> id = ParseLeaseId("lease_id", req.lease_id());
+    if (!id.ok()) return id.status();
+    if (absl::Status s = CheckLease(*identity, AccessMethod::kRenew, *id); !s.ok()) return s;
+    absl::Status s = HandleRenew(req, *id, resp);
+    if (s.ok() && resp->has_lease_expires_at()) {
+      const auto& t = resp->lease_expires_at();
+      owners_.Extend(*id, absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos()));
+    }
     return s;
   }
 
@@ -701,7 +732,7 @@ class QuotadServer::Impl {
     metrics_->OnDecision(method, req.credential(), req.feature(), decision->granted,
                          decision->limited_by, absl::Now() - start);
     if (decision->granted && snapshot_.load(std::memory_order_acquire)->auth->enabled()) {
-      owners_.Record(decision->lease_id.ToString(), identity, req.credential(),
+      owners_.Record(decision->lease_id, identity, req.credential(),
                      decision->lease_expiry);
     }
     if (sampler_.Sample()) {
@@ -850,9 +881,10 @@ class QuotadServer::Impl {
     return absl::OkStatus();
   }
 
-  absl::Status HandleRelease(const v1::ReleaseRequest& req, v1::ReleaseResponse* resp) {
-    absl::StatusOr<LeaseId> id = ParseLeaseId("lease_id", req.lease_id());
-    if (!id.ok()) return id.status();
+  // `dedup_key`: where the answer is kept for retries (empty: no request_id).
+  absl::Status HandleRelease(const v1::ReleaseRequest& req, const LeaseId& lease_id,
+                             const std::string& dedup_key, v1::ReleaseResponse* resp) {
+    const LeaseId* id = &lease_id;
     std::optional<int64_t> used;
     if (req.has_used()) {
       if (req.used() < 0) {
@@ -860,19 +892,6 @@ class QuotadServer::Impl {
             absl::StrCat("used must not be negative, got ", req.used()));
       }
       used = req.used();
-    }
-    if (absl::Status s = ValidateText("request_id", req.request_id(), kMaxRequestIdLength);
-        !s.ok()) {
-      return s;
-    }
-    std::string dedup_key;
-    if (!req.request_id().empty()) {
-      dedup_key = absl::StrCat("release/", req.lease_id(), "/", req.request_id());
-      if (std::optional<std::string> first =
-              dedup_->Get(dedup_key, ToUnixNs(ledger_->clock()->Now()))) {
-        if (resp->ParseFromString(*first)) return absl::OkStatus();
-        resp->Clear();
-      }
     }
     absl::StatusOr<ReleaseResult> result = ledger_->Release(*id, used);
     if (!result.ok()) return result.status();
@@ -894,9 +913,9 @@ class QuotadServer::Impl {
     return absl::OkStatus();
   }
 
-  absl::Status HandleRenew(const v1::RenewRequest& req, v1::RenewResponse* resp) {
-    absl::StatusOr<LeaseId> id = ParseLeaseId("lease_id", req.lease_id());
-    if (!id.ok()) return id.status();
+  absl::Status HandleRenew(const v1::RenewRequest& req, const LeaseId& lease_id,
+                           v1::RenewResponse* resp) {
+    const LeaseId* id = &lease_id;
     absl::StatusOr<absl::Duration> ttl = ParseDuration("ttl", req.ttl(), kMaxTtl);
     if (!ttl.ok()) return ttl.status();
     absl::StatusOr<absl::Time> expiry = ledger_->Renew(*id, *ttl);
