@@ -19,7 +19,9 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "quotad/v1/quotad.grpc.pb.h"
 #include "service/config/config.h"
@@ -43,6 +45,10 @@ using AdminService = v1::Admin::AsyncService;
 constexpr int kArmedHotCalls = 16;  // requested Acquire/Release/Renew calls per queue
 constexpr int kArmedAdminCalls = 2;
 constexpr int kMaxMessageBytes = 1 << 20;
+// List answers (ListLeases, ListCredentials) are paginated: so many items per page by default,
+// at most so many when a caller asks for more.
+constexpr size_t kDefaultPageSize = 1000;
+constexpr size_t kMaxPageSize = 10000;
 
 std::shared_ptr<spdlog::logger> ServerLogger() {
   static std::shared_ptr<spdlog::logger> logger = [] {
@@ -451,7 +457,7 @@ class QuotadServer::Impl {
                     [this](CredentialsCall* c) {
                       const absl::Time start = absl::Now();
                       absl::Status s = Check(c->context(), AccessMethod::kAdmin, "");
-                      if (s.ok()) s = HandleCredentials(c->response());
+                      if (s.ok()) s = HandleCredentials(c->request(), c->response());
                       Respond(c, "ListCredentials", s, start);
                     },
                     &gate_};
@@ -938,6 +944,16 @@ class QuotadServer::Impl {
     return absl::OkStatus();
   }
 
+  // page_size: 0 is kDefaultPageSize; above kMaxPageSize is kMaxPageSize (AIP-158).
+  static absl::StatusOr<size_t> PageSize(int32_t requested) {
+    if (requested < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("page_size must not be negative, got ", requested));
+    }
+    if (requested == 0) return kDefaultPageSize;
+    return std::min<size_t>(static_cast<size_t>(requested), kMaxPageSize);
+  }
+
   absl::Status HandleLeases(const v1::ListLeasesRequest& req, v1::ListLeasesResponse* resp) {
     if (!req.credential().empty()) {
       if (absl::Status s = ValidateName("credential", req.credential()); !s.ok()) return s;
@@ -947,19 +963,71 @@ class QuotadServer::Impl {
             absl::StrCat("unknown credential ", QuoteForError(req.credential())));
       }
     }
+    absl::StatusOr<size_t> page_size = PageSize(req.page_size());
+    if (!page_size.ok()) return page_size.status();
+    // Order: expiry, then id. The token is the last (expiry, id) answered: "<unix ns>.<id>".
+    using Key = std::pair<int64_t, std::pair<uint64_t, uint64_t>>;
+    auto key_of = [](const LeaseInfo& l) {
+      return Key{absl::ToUnixNanos(l.expiry), {l.id.hi, l.id.lo}};
+    };
+    std::optional<Key> after;
+    if (!req.page_token().empty()) {
+      const std::vector<absl::string_view> parts = absl::StrSplit(req.page_token(), '.');
+      int64_t ns = 0;
+      absl::StatusOr<LeaseId> id = parts.size() == 2 ? LeaseId::Parse(parts[1])
+                                                     : absl::InvalidArgumentError("");
+      if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &ns) || !id.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "page_token ", QuoteForError(req.page_token()),
+            " is not one this server issued (pass next_page_token unchanged)"));
+      }
+      after = Key{ns, {id->hi, id->lo}};
+    }
     std::vector<LeaseInfo> leases = ledger_->Leases(req.credential());
-    std::sort(leases.begin(), leases.end(),
-              [](const LeaseInfo& a, const LeaseInfo& b) { return a.expiry < b.expiry; });
-    for (const LeaseInfo& l : leases) LeaseToProto(l, resp->add_leases());
+    if (after.has_value()) {
+      leases.erase(std::remove_if(leases.begin(), leases.end(),
+                                  [&](const LeaseInfo& l) { return !(*after < key_of(l)); }),
+                   leases.end());
+    }
+    const size_t n = std::min(leases.size(), *page_size);
+    std::partial_sort(leases.begin(), leases.begin() + n, leases.end(),
+                      [&](const LeaseInfo& a, const LeaseInfo& b) { return key_of(a) < key_of(b); });
+    resp->mutable_leases()->Reserve(static_cast<int>(n));
+    for (size_t i = 0; i < n; ++i) LeaseToProto(leases[i], resp->add_leases());
+    if (leases.size() > n) {
+      const Key last = key_of(leases[n - 1]);
+      resp->set_next_page_token(absl::StrCat(last.first, ".", leases[n - 1].id.ToString()));
+    }
     return absl::OkStatus();
   }
 
-  absl::Status HandleCredentials(v1::ListCredentialsResponse* resp) {
+  absl::Status HandleCredentials(const v1::ListCredentialsRequest& req,
+                                 v1::ListCredentialsResponse* resp) {
+    absl::StatusOr<size_t> page_size = PageSize(req.page_size());
+    if (!page_size.ok()) return page_size.status();
+    if (!req.page_token().empty()) {
+      // The token is the last credential name answered.
+      if (absl::Status s = ValidateName("page_token", req.page_token()); !s.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "page_token ", QuoteForError(req.page_token()),
+            " is not one this server issued (pass next_page_token unchanged)"));
+      }
+    }
     const Policy policy = ledger_->policy();
     std::vector<const CredentialSpec*> sorted;
     for (const CredentialSpec& c : policy.credentials) sorted.push_back(&c);
     std::sort(sorted.begin(), sorted.end(),
               [](const CredentialSpec* a, const CredentialSpec* b) { return a->name < b->name; });
+    auto first = std::upper_bound(
+        sorted.begin(), sorted.end(), req.page_token(),
+        [](const std::string& token, const CredentialSpec* c) { return token < c->name; });
+    if (req.page_token().empty()) first = sorted.begin();
+    const size_t left = static_cast<size_t>(sorted.end() - first);
+    const size_t n = std::min(left, *page_size);
+    for (size_t i = 0; i < n; ++i) CredentialToProto(*first[i], resp->add_credentials());
+    if (left > n) resp->set_next_page_token(first[n - 1]->name);
+    if (!req.page_token().empty()) return absl::OkStatus();
+    // Profiles, on the first page.
     const ConfigSnapshot* snapshot = snapshot_.load(std::memory_order_acquire);
     std::map<std::string, v1::ProfileEntry> profiles;
     for (const v1::Profile& p : snapshot->profiles) {
@@ -969,7 +1037,6 @@ class QuotadServer::Impl {
       *e.mutable_definition() = p;
     }
     for (const CredentialSpec* c : sorted) {
-      CredentialToProto(*c, resp->add_credentials());
       if (c->profile.empty()) continue;
       v1::ProfileEntry& e = profiles[c->profile];
       e.set_name(c->profile);
