@@ -12,6 +12,7 @@
 // rejected and logged, the config in force kept); quotad keeps running.
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -79,6 +80,9 @@ ABSL_FLAG(int64_t, max_config_aliases, 1000, "Most YAML aliases (*name) a config
 ABSL_FLAG(absl::Duration, metrics_refresh, absl::Seconds(5),
           "How often the gauges (remaining units, live leases, queue depth) are re-read.");
 ABSL_FLAG(std::string, log_format, "text", "text (key=value) or json (one object per line).");
+ABSL_FLAG(int64_t, max_request_ids, 1000000,
+          "Most request_id answers kept (Acquire and Release retries, --dedup_window); beyond, a "
+          "call with a new request_id is RESOURCE_EXHAUSTED (calls without one still work).");
 ABSL_FLAG(int64_t, log_sample, 0,
           "Log one line per call for 1 call in N (info level); 0: no per-call lines.");
 
@@ -112,6 +116,21 @@ int main(int argc, char** argv) {
   }
   spdlog::set_level(level);
   spdlog::flush_on(spdlog::level::trace);
+
+  // File descriptors (finding 2 of issue 18): every connection holds one, and a listener that
+  // hits EMFILE may stop accepting for good (a gRPC behaviour). Raise the soft limit to the hard
+  // one and say what it is.
+  if (struct rlimit nofile; getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
+    const rlim_t before = nofile.rlim_cur;
+    if (nofile.rlim_cur < nofile.rlim_max) {
+      nofile.rlim_cur = nofile.rlim_max;
+      if (setrlimit(RLIMIT_NOFILE, &nofile) != 0) nofile.rlim_cur = before;
+    }
+    quotad::Log(*logger, spdlog::level::info, "file descriptor limit",
+                {{"soft_before", static_cast<uint64_t>(before)},
+                 {"soft", static_cast<uint64_t>(nofile.rlim_cur)},
+                 {"hard", static_cast<uint64_t>(nofile.rlim_max)}});
+  }
 
   // Signals are taken by sigwait() below, so block them before any thread starts.
   sigset_t signals;
@@ -155,6 +174,7 @@ int main(int argc, char** argv) {
   }
   options.metrics_refresh = absl::GetFlag(FLAGS_metrics_refresh);
   options.log_sample = absl::GetFlag(FLAGS_log_sample);
+  options.max_request_ids = absl::GetFlag(FLAGS_max_request_ids);
   if (options.log_sample < 0) {
     std::fprintf(stderr, "quotad: --log_sample must be >= 0\n");
     return 2;

@@ -244,7 +244,7 @@ class QuotadServer::Impl {
     PublishSnapshot(config);
     pumper_->Start(ledger_.get());
     // Leases restored from the state file: their holders name who acquired them.
-    if (snapshot_.load()->auth->enabled()) {
+    if (Snapshot()->auth->enabled()) {
       for (const LeaseInfo& l : ledger_->Leases("")) {
         const absl::string_view identity = IdentityOfHolder(l.holder);
         if (!identity.empty()) owners_.Record(l.id, identity, l.credential, l.expiry);
@@ -329,7 +329,7 @@ class QuotadServer::Impl {
          {"state", journal_ != nullptr ? journal_->path() : std::string("memory-only")},
          {"tls", options_.tls.client_ca_path.empty() ? (TlsEnabled(options_.tls) ? "tls" : "off")
                                                      : "mutual"},
-         {"auth", snapshot_.load()->auth->enabled() ? "tokens" : "off"},
+         {"auth", Snapshot()->auth->enabled() ? "tokens" : "off"},
          {"metrics_port", metrics_->port()}});
     return absl::OkStatus();
   }
@@ -497,7 +497,8 @@ class QuotadServer::Impl {
   // The caller's identity from `authorization: Bearer <token>` metadata (kAnonymousIdentity
   // without an auth section), or UNAUTHENTICATED.
   absl::StatusOr<std::string> Identify(const grpc::ServerContext* context) {
-    const Authorizer& auth = *snapshot_.load(std::memory_order_acquire)->auth;
+    const std::shared_ptr<const ConfigSnapshot> snapshot = Snapshot();
+    const Authorizer& auth = *snapshot->auth;
     if (!auth.enabled()) return std::string(kAnonymousIdentity);
     std::optional<absl::string_view> header;
     const auto& metadata = context->client_metadata();
@@ -515,7 +516,8 @@ class QuotadServer::Impl {
                      absl::string_view credential, std::string* identity_out = nullptr) {
     absl::StatusOr<std::string> identity = Identify(context);
     if (!identity.ok()) return identity.status();
-    const Authorizer& auth = *snapshot_.load(std::memory_order_acquire)->auth;
+    const std::shared_ptr<const ConfigSnapshot> snapshot = Snapshot();
+    const Authorizer& auth = *snapshot->auth;
     absl::Status s = auth.Authorize(*identity, method, credential);
     if (!s.ok()) metrics_->OnAuthFailure("permission_denied");
     if (identity_out != nullptr) *identity_out = *std::move(identity);
@@ -526,7 +528,8 @@ class QuotadServer::Impl {
   // must be allowed `method` on the lease's credential. A lease the server does not know of is
   // passed on to the ledger only for admins; others get NOT_FOUND as for an expired lease.
   absl::Status CheckLease(const std::string& identity, AccessMethod method, const LeaseId& id) {
-    const Authorizer& auth = *snapshot_.load(std::memory_order_acquire)->auth;
+    const std::shared_ptr<const ConfigSnapshot> snapshot = Snapshot();
+    const Authorizer& auth = *snapshot->auth;
     if (!auth.enabled() || auth.IsAdmin(identity)) return absl::OkStatus();
     std::optional<LeaseOwner> owner = owners_.Lookup(id);
     if (!owner.has_value()) {
@@ -536,6 +539,20 @@ class QuotadServer::Impl {
     if (s.ok()) s = auth.Authorize(identity, method, owner->credential);
     if (!s.ok()) metrics_->OnAuthFailure("permission_denied");
     return s;
+  }
+
+  // OK while the request_id table has room for one more answer; RESOURCE_EXHAUSTED naming the
+  // limit otherwise. The count is the table's size at the last sweep plus the answers recorded
+  // since: never below the real size, so the bound holds.
+  absl::Status RequestIdRoom() {
+    if (request_ids_.load(std::memory_order_relaxed) < options_.max_request_ids) {
+      return absl::OkStatus();
+    }
+    metrics_->OnLimitHit("request_ids");
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "quotad keeps ", options_.max_request_ids,
+        " request_id answers already (--max_request_ids); retry later, or call without a "
+        "request_id"));
   }
 
   // Release: who calls, the lease id (parsed once, LeaseId::Parse, so that any case the ledger
@@ -555,7 +572,7 @@ class QuotadServer::Impl {
     }
     std::string dedup_key;
     if (!req.request_id().empty()) {
-      const bool per_identity = snapshot_.load(std::memory_order_acquire)->auth->enabled();
+      const bool per_identity = Snapshot()->auth->enabled();
       dedup_key = absl::StrCat("release/", per_identity ? absl::StrCat(*identity, "|") : "",
                                id->ToString(), "/", req.request_id());
       if (std::optional<std::string> first =
@@ -565,6 +582,9 @@ class QuotadServer::Impl {
       }
     }
     if (absl::Status s = CheckLease(*identity, AccessMethod::kRelease, *id); !s.ok()) return s;
+    if (!dedup_key.empty()) {
+      if (absl::Status s = RequestIdRoom(); !s.ok()) return s;
+    }
     absl::Status s = HandleRelease(req, *id, dedup_key, resp);
     if (s.ok()) owners_.Forget(*id);
     return s;
@@ -680,13 +700,14 @@ class QuotadServer::Impl {
     if (!args.ok()) return FinishAcquire(c, args.status());
     // With auth, the ledger's holder names the identity, so that ownership survives a restart.
     std::string holder;
-    if (snapshot_.load(std::memory_order_acquire)->auth->enabled()) {
+    if (Snapshot()->auth->enabled()) {
       holder = HolderWithIdentity(identity, req.holder());
       args->core.holder = holder;
     }
 
     std::string dedup_key;
     if (!req.request_id().empty()) {
+      if (absl::Status s = RequestIdRoom(); !s.ok()) return FinishAcquire(c, s);
       // With auth, request_ids are per identity: another one never sees this answer.
       dedup_key = absl::StrCat("acquire/", req.credential(), "/",
                                holder.empty() ? "" : absl::StrCat(identity, "|"), req.request_id());
@@ -737,7 +758,7 @@ class QuotadServer::Impl {
     const v1::AcquireRequest& req = c->request();
     metrics_->OnDecision(method, req.credential(), req.feature(), decision->granted,
                          decision->limited_by, absl::Now() - start);
-    if (decision->granted && snapshot_.load(std::memory_order_acquire)->auth->enabled()) {
+    if (decision->granted && Snapshot()->auth->enabled()) {
       owners_.Record(decision->lease_id, identity, req.credential(),
                      decision->lease_expiry);
     }
@@ -781,6 +802,7 @@ class QuotadServer::Impl {
     const absl::Time now = ledger_->clock()->Now();
     absl::StatusOr<std::string> standing = dedup_->Put(
         dedup_key, resp->SerializeAsString(), ToUnixNs(now + options_.dedup_window), ToUnixNs(now));
+    request_ids_.fetch_add(1, std::memory_order_relaxed);
     if (!standing.ok()) {
       metrics_->OnStoreError("dedup");
       Log(*log_, spdlog::level::warn, "dedup record failed",
@@ -908,6 +930,7 @@ class QuotadServer::Impl {
       absl::StatusOr<std::string> standing =
           dedup_->Put(dedup_key, resp->SerializeAsString(), ToUnixNs(now + options_.dedup_window),
                       ToUnixNs(now));
+      request_ids_.fetch_add(1, std::memory_order_relaxed);
       if (standing.ok()) {
         resp->ParseFromString(*standing);
       } else {
@@ -935,7 +958,7 @@ class QuotadServer::Impl {
     absl::StatusOr<std::vector<LimitStatus>> usage = ledger_->Usage(req.credential());
     if (!usage.ok()) return usage.status();
     resp->set_credential(req.credential());
-    const ConfigSnapshot* snapshot = snapshot_.load(std::memory_order_acquire);
+    const std::shared_ptr<const ConfigSnapshot> snapshot = Snapshot();
     if (auto it = snapshot->profile_of.find(req.credential()); it != snapshot->profile_of.end()) {
       resp->set_profile(it->second);
     }
@@ -957,7 +980,7 @@ class QuotadServer::Impl {
   absl::Status HandleLeases(const v1::ListLeasesRequest& req, v1::ListLeasesResponse* resp) {
     if (!req.credential().empty()) {
       if (absl::Status s = ValidateName("credential", req.credential()); !s.ok()) return s;
-      const ConfigSnapshot* snapshot = snapshot_.load(std::memory_order_acquire);
+      const std::shared_ptr<const ConfigSnapshot> snapshot = Snapshot();
       if (!snapshot->profile_of.contains(req.credential())) {
         return absl::NotFoundError(
             absl::StrCat("unknown credential ", QuoteForError(req.credential())));
@@ -1028,7 +1051,7 @@ class QuotadServer::Impl {
     if (left > n) resp->set_next_page_token(first[n - 1]->name);
     if (!req.page_token().empty()) return absl::OkStatus();
     // Profiles, on the first page.
-    const ConfigSnapshot* snapshot = snapshot_.load(std::memory_order_acquire);
+    const std::shared_ptr<const ConfigSnapshot> snapshot = Snapshot();
     std::map<std::string, v1::ProfileEntry> profiles;
     for (const v1::Profile& p : snapshot->profiles) {
       v1::ProfileEntry& e = profiles[p.name()];
@@ -1083,13 +1106,16 @@ class QuotadServer::Impl {
     return absl::OkStatus();
   }
 
-  void PublishSnapshot(const LoadedConfig& config) ABSL_LOCKS_EXCLUDED(snapshot_mu_) {
-    std::unique_ptr<const ConfigSnapshot> snapshot = ConfigSnapshot::Build(config);
-    absl::MutexLock lock(&snapshot_mu_);
-    snapshot_.store(snapshot.get(), std::memory_order_release);
-    // Readers hold raw pointers without a lock; old snapshots live as long as the server
-    // (reloads are rare).
-    snapshots_.push_back(std::move(snapshot));
+  // The configuration in force. Readers hold a reference for as long as they use it; a reload
+  // swaps it, and the old one is freed when its last reader lets go (finding 4: every reload's
+  // snapshot used to live as long as the server).
+  std::shared_ptr<const ConfigSnapshot> Snapshot() const {
+    return std::atomic_load_explicit(&snapshot_, std::memory_order_acquire);
+  }
+
+  void PublishSnapshot(const LoadedConfig& config) {
+    std::shared_ptr<const ConfigSnapshot> snapshot = ConfigSnapshot::Build(config);
+    std::atomic_store_explicit(&snapshot_, std::move(snapshot), std::memory_order_release);
   }
 
   // What identifies one version of the config file (following symlinks).
@@ -1142,6 +1168,10 @@ class QuotadServer::Impl {
       const absl::Time now = ledger_->clock()->Now();
       dedup_->Sweep(ToUnixNs(now));
       owners_.Prune(now);
+      request_ids_.store(dedup_->size(), std::memory_order_relaxed);
+      metrics_->SetResource("request_ids", request_ids_.load(std::memory_order_relaxed));
+      metrics_->SetResourceLimit("request_ids", options_.max_request_ids);
+      metrics_->SetResource("lease_owners", owners_.size());
       if (absl::Now() - last_metrics_refresh_ >= options_.metrics_refresh) {
         last_metrics_refresh_ = absl::Now();
         metrics_->Refresh(*ledger_, now);
@@ -1168,12 +1198,12 @@ class QuotadServer::Impl {
   const std::unique_ptr<Ledger> ledger_;
 
   absl::Mutex reload_mu_;
-  absl::Mutex snapshot_mu_;
-  std::atomic<const ConfigSnapshot*> snapshot_{nullptr};
-  std::vector<std::unique_ptr<const ConfigSnapshot>> snapshots_ ABSL_GUARDED_BY(snapshot_mu_);
+  std::shared_ptr<const ConfigSnapshot> snapshot_;  // std::atomic_load / atomic_store only
 
   std::unique_ptr<Metrics> metrics_;  // set by Listen()
   LeaseOwners owners_;                // who holds each lease, when auth is on
+  // Upper bound on the request_id table's size (RequestIdRoom).
+  std::atomic<int64_t> request_ids_{dedup_->size()};
   LogSampler sampler_{options_.log_sample};
 
   CallGate gate_;

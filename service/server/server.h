@@ -56,6 +56,9 @@ struct ServerOptions {
   // Bounds on the config file (size, YAML nodes once aliases are expanded, aliases), checked at
   // start and on every reload.
   ConfigLimits config_limits;
+  // At most this many request_id answers are kept; beyond, an Acquire or Release with a new
+  // request_id is RESOURCE_EXHAUSTED (quotad_limit_hits_total{limit="request_ids"}).
+  int64_t max_request_ids = 1000000;
   // At most this many Acquire calls wait per credential; beyond, RESOURCE_EXHAUSTED.
   int64_t max_waiters_per_credential = 10000;
 

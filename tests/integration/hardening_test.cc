@@ -448,3 +448,55 @@ TEST(HardeningTest, UpperCaseLeaseIdIsTheSameLeaseForItsHolder) {
 }
 
 }  // namespace
+
+namespace {
+
+// Finding 4: the request_id table is bounded; the call that would pass the bound is refused
+// with RESOURCE_EXHAUSTED naming the limit, and a call without a request_id still works.
+TEST(HardeningTest, RequestIdTableIsBounded) {
+  TempDir dir;
+  const std::string config = dir.File("quotad.yaml");
+  WriteFile(config, kSmallConfig);
+  Quotad quotad(config, {"--memory_only", "--max_request_ids=2"});
+  ASSERT_TRUE(quotad.Connect()) << quotad.log();
+  auto acquire = [&](const std::string& request_id) {
+    grpc::ClientContext ctx;
+    quotad::v1::AcquireRequest req;
+    req.set_credential("virustotal/prod");
+    req.set_feature("requests");
+    req.set_request_id(request_id);
+    quotad::v1::AcquireResponse resp;
+    return quotad.quota()->Acquire(&ctx, req, &resp);
+  };
+  EXPECT_TRUE(acquire("r1").ok());
+  EXPECT_TRUE(acquire("r2").ok());
+  grpc::Status s = acquire("r3");
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_TRUE(absl::StrContains(s.error_message(), "--max_request_ids")) << s.error_message();
+  EXPECT_TRUE(acquire("").ok());
+}
+
+// Finding 2: start-up raises the soft RLIMIT_NOFILE to the hard limit and logs both.
+TEST(HardeningTest, StartupRaisesTheSoftFileLimitAndLogsIt) {
+  TempDir dir;
+  const std::string config = dir.File("quotad.yaml");
+  WriteFile(config, kSmallConfig);
+  ChildProcess quotad("/bin/sh",
+                      {"-c", absl::StrCat("ulimit -Sn 256 && exec '", Binary(), "' --config='",
+                                          config,
+                                          "' --memory_only --listen=127.0.0.1:0 --metrics_listen=")});
+  ASSERT_TRUE(quotad.WaitForLine("listening address=", absl::Seconds(20)).has_value())
+      << quotad.log();
+  const std::string log = quotad.log();
+  EXPECT_TRUE(absl::StrContains(log, "file descriptor limit soft_before=256 soft=")) << log;
+  EXPECT_FALSE(absl::StrContains(log, "soft_before=256 soft=256 ")) << log;
+  std::ifstream limits(absl::StrCat("/proc/", quotad.pid(), "/limits"));
+  std::string line;
+  while (std::getline(limits, line)) {
+    if (absl::StartsWith(line, "Max open files")) {
+      EXPECT_FALSE(absl::StrContains(line, " 256 ")) << line;
+    }
+  }
+}
+
+}  // namespace
