@@ -327,8 +327,17 @@ int main(int argc, char** argv) {
     v1::ListLeasesRequest req;
     if (args.size() == 2) req.set_credential(args[1]);
     v1::ListLeasesResponse resp;
-    grpc::Status s = admin->ListLeases(&context, req, &resp);
-    if (!s.ok()) return RpcError(s);
+    // Every page, into one answer.
+    for (;;) {
+      grpc::ClientContext page_context;
+      page_context.set_deadline(context.deadline());
+      v1::ListLeasesResponse page;
+      grpc::Status s = admin->ListLeases(&page_context, req, &page);
+      if (!s.ok()) return RpcError(s);
+      for (v1::Lease& l : *page.mutable_leases()) *resp.add_leases() = std::move(l);
+      if (page.next_page_token().empty()) break;
+      req.set_page_token(page.next_page_token());
+    }
     if (json) {
       PrintJson(resp);
       return kOk;
@@ -348,8 +357,18 @@ int main(int argc, char** argv) {
     if (args.size() != 1) return Usage("credentials takes no arguments");
     v1::ListCredentialsRequest req;
     v1::ListCredentialsResponse resp;
-    grpc::Status s = admin->ListCredentials(&context, req, &resp);
-    if (!s.ok()) return RpcError(s);
+    // Every page, into one answer (profiles come with the first).
+    for (;;) {
+      grpc::ClientContext page_context;
+      page_context.set_deadline(context.deadline());
+      v1::ListCredentialsResponse page;
+      grpc::Status s = admin->ListCredentials(&page_context, req, &page);
+      if (!s.ok()) return RpcError(s);
+      for (auto& c : *page.mutable_credentials()) *resp.add_credentials() = std::move(c);
+      for (auto& p : *page.mutable_profiles()) *resp.add_profiles() = std::move(p);
+      if (page.next_page_token().empty()) break;
+      req.set_page_token(page.next_page_token());
+    }
     if (json) {
       PrintJson(resp);
       return kOk;

@@ -1,6 +1,8 @@
 #include "service/config/config.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -586,16 +588,19 @@ absl::Status CheckAuth(const v1::Auth& auth, const absl::flat_hash_set<std::stri
                                           kIdentityChars.find(c) != absl::string_view::npos);
     }
     if (!valid_identity) {
+      // Not echoed: a token pasted here by mistake must not reach a log.
       return to.Error("identity",
                       absl::StrCat("an identity is 1 to ", kMaxNameLength,
                                    " letters, digits and \"", kIdentityChars, "\", got ",
-                                   Quote(t.identity().substr(0, 80))));
+                                   t.identity().size(), " characters that are not"));
     }
     if (!IsHexDigest(t.sha256())) {
+      // Never echoed: what is here instead of a digest is most likely the token itself.
       return to.Error("sha256",
                       absl::StrCat("must be the 64 hex digits of a SHA-256 digest (printf %s TOKEN "
                                    "| sha256sum), got ",
-                                   Quote(t.sha256().substr(0, 80))));
+                                   t.sha256().size(), " characters that are not (the value is "
+                                   "not shown: it may be the token itself)"));
     }
     auto [it, inserted] = digests.emplace(absl::AsciiStrToLower(t.sha256()), to.Field("sha256"));
     if (!inserted) {
@@ -759,35 +764,73 @@ absl::StatusOr<LoadedConfig> LoadParsed(v1::Config config, const SourceMap& map)
 
 }  // namespace
 
-absl::StatusOr<LoadedConfig> LoadConfigFromString(absl::string_view yaml,
-                                                  absl::string_view source) {
+absl::StatusOr<LoadedConfig> LoadConfigFromString(absl::string_view yaml, absl::string_view source,
+                                                  const ConfigLimits& limits) {
   SourceMap map{std::string(source)};
+  if (static_cast<int64_t>(yaml.size()) > limits.max_bytes) {
+    return map.Error("", absl::StrCat("the file is ", yaml.size(), " bytes; the limit is ",
+                                      "--max_config_bytes=", limits.max_bytes));
+  }
   v1::Config config;
-  QUOTAD_RETURN_IF_ERROR(ReadYamlIntoMessage(yaml, &config, &map));
+  QUOTAD_RETURN_IF_ERROR(ReadYamlIntoMessage(yaml, &config, &map, limits.yaml));
   return LoadParsed(std::move(config), map);
 }
 
-absl::StatusOr<LoadedConfig> LoadConfigFile(const std::string& path) {
-  struct stat st;
-  if (stat(path.c_str(), &st) != 0) {
+absl::StatusOr<LoadedConfig> LoadConfigFile(const std::string& path, const ConfigLimits& limits) {
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer. The checks below
+  // are made on the descriptor, so the file cannot be swapped between check and read.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) {
     const int err = errno;
     if (err == ENOENT) {
       return absl::NotFoundError(absl::StrCat("config file ", Quote(path), " does not exist"));
     }
     return absl::InvalidArgumentError(
-        absl::StrCat("cannot read config file ", Quote(path), ": ", std::strerror(err)));
+        absl::StrCat("cannot open config file ", Quote(path), ": ", std::strerror(err)));
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot stat config file ", Quote(path), ": ", std::strerror(errno)));
   }
   if (!S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("config file ", Quote(path), " is not a regular file"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config file ", Quote(path), " is not a regular file (",
+        S_ISFIFO(st.st_mode)  ? "a FIFO"
+        : S_ISDIR(st.st_mode) ? "a directory"
+        : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
+        : S_ISSOCK(st.st_mode)                       ? "a socket"
+                                                     : "not a plain file",
+        ")"));
   }
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
-  if (!in) {
-    return absl::InvalidArgumentError(absl::StrCat("cannot read config file ", Quote(path)));
+  if (st.st_size > limits.max_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("config file ", Quote(path), " is ", st.st_size,
+                                                   " bytes; the limit is --max_config_bytes=",
+                                                   limits.max_bytes));
   }
-  return LoadConfigFromString(text.str(), path);
+  // A regular file never blocks; read at most one byte past the limit (it may grow meanwhile).
+  std::string text;
+  text.resize(static_cast<size_t>(std::min<int64_t>(st.st_size, limits.max_bytes)) + 1);
+  size_t got = 0;
+  while (got < text.size()) {
+    const ssize_t n = ::read(fd, text.data() + got, text.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot read config file ", Quote(path), ": ", std::strerror(errno)));
+    }
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+    if (got == text.size() && static_cast<int64_t>(got) <= limits.max_bytes) {
+      text.resize(std::min<size_t>(text.size() * 2, static_cast<size_t>(limits.max_bytes) + 1));
+    }
+  }
+  text.resize(got);
+  return LoadConfigFromString(text, path, limits);
 }
 
 absl::StatusOr<Policy> LoadPolicyFromString(absl::string_view yaml, absl::string_view source) {

@@ -12,12 +12,14 @@
 //
 // All functions are thread-safe; the built-in profiles are parsed once, on first use.
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "quotad/v1/config.pb.h"
+#include "service/config/yaml_proto.h"
 #include "service/core/policy.h"
 
 namespace quotad {
@@ -41,9 +43,23 @@ struct LoadedConfig {
   std::vector<v1::Profile> profiles;
 };
 
+// What a configuration file may hold. Beyond any of them the file is refused (kInvalidArgument
+// naming the limit, its flag and value) before it is parsed or walked.
+struct ConfigLimits {
+  int64_t max_bytes = 4 << 20;  // --max_config_bytes
+  YamlLimits yaml;              // --max_config_nodes, --max_config_aliases
+};
+
 // Like LoadPolicyFromString / LoadPolicyFile, keeping the schema-level view as well.
-absl::StatusOr<LoadedConfig> LoadConfigFromString(absl::string_view yaml, absl::string_view source);
-absl::StatusOr<LoadedConfig> LoadConfigFile(const std::string& path);
+//
+// LoadConfigFile opens `path` with O_NONBLOCK and checks, on the opened descriptor, that it is a
+// regular file within limits.max_bytes before reading it: a FIFO, a device or a directory
+// swapped in for the file is refused at once instead of blocking the reader. Errors name the
+// path and the kind of problem, never the file's content.
+absl::StatusOr<LoadedConfig> LoadConfigFromString(absl::string_view yaml, absl::string_view source,
+                                                  const ConfigLimits& limits = ConfigLimits());
+absl::StatusOr<LoadedConfig> LoadConfigFile(const std::string& path,
+                                            const ConfigLimits& limits = ConfigLimits());
 
 // The built-in provider profiles (service/config/profiles/*.yaml, compiled in), in file order.
 // Empty only if they fail to parse, which the Load functions then report as kInternal.

@@ -1,9 +1,12 @@
 #include "service/config/yaml_proto.h"
 
+#include <algorithm>
 #include <cstdint>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -13,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "google/protobuf/descriptor.h"
+#include "yaml-cpp/eventhandler.h"
 #include "yaml-cpp/yaml.h"
 
 namespace quotad {
@@ -31,11 +35,13 @@ std::string Quote(absl::string_view text) {
   return absl::StrCat("\"", text, "\"");
 }
 
-// What a YAML node is, for "expected X, got Y" messages; scalars show their text.
+// What a YAML node is, for "expected X, got Y" messages. A scalar's text is never shown (it may
+// be a secret pasted in the wrong place, or a line of a file that is not the config): only its
+// length; the line and column point at it.
 std::string Describe(const YAML::Node& node) {
   switch (node.Type()) {
     case YAML::NodeType::Scalar:
-      return Quote(node.Scalar());
+      return absl::StrCat("a scalar of ", node.Scalar().size(), " characters");
     case YAML::NodeType::Sequence:
       return "a list";
     case YAML::NodeType::Map:
@@ -328,15 +334,110 @@ int SecondDocumentLine(absl::string_view yaml) {
   return 0;
 }
 
+// Counts the nodes of one document as the walk would see them (an alias counts as the whole
+// subtree it names), from the parser's events, without building or expanding anything. Throws
+// LimitHit at the first event beyond a limit.
+class NodeCounter final : public YAML::EventHandler {
+ public:
+  struct LimitHit {
+    YAML::Mark mark;
+    std::string message;
+  };
+
+  explicit NodeCounter(const YamlLimits& limits) : limits_(limits) {}
+
+  void OnDocumentStart(const YAML::Mark&) override {}
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark& mark, YAML::anchor_t anchor) override { Leaf(mark, anchor, 1); }
+  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
+                const std::string&) override {
+    Leaf(mark, anchor, 1);
+  }
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t anchor) override {
+    if (++aliases_ > limits_.max_aliases) {
+      throw LimitHit{mark, absl::StrCat("more than ", limits_.max_aliases,
+                                        " aliases (*name references); the limit is "
+                                        "--max_config_aliases=",
+                                        limits_.max_aliases)};
+    }
+    auto it = sizes_.find(anchor);
+    Leaf(mark, 0, it == sizes_.end() ? 1 : it->second);
+  }
+  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
+                       YAML::EmitterStyle::value) override {
+    Open(mark, anchor);
+  }
+  void OnSequenceEnd() override { Close(); }
+  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t anchor,
+                  YAML::EmitterStyle::value) override {
+    Open(mark, anchor);
+  }
+  void OnMapEnd() override { Close(); }
+
+ private:
+  struct Open_ {
+    YAML::anchor_t anchor;
+    int64_t size;
+  };
+
+  void Add(const YAML::Mark& mark, int64_t n) {
+    // Saturating: sizes of nested aliases grow geometrically.
+    total_ = n > limits_.max_nodes - total_ ? limits_.max_nodes + 1 : total_ + n;
+    if (total_ > limits_.max_nodes) {
+      throw LimitHit{mark, absl::StrCat("more than ", limits_.max_nodes,
+                                        " nodes once aliases are expanded; the limit is "
+                                        "--max_config_nodes=",
+                                        limits_.max_nodes)};
+    }
+  }
+  void Leaf(const YAML::Mark& mark, YAML::anchor_t anchor, int64_t n) {
+    Add(mark, n);
+    if (!open_.empty()) open_.back().size = std::min(open_.back().size + n, limits_.max_nodes + 1);
+    if (anchor != 0) sizes_[anchor] = n;
+  }
+  void Open(const YAML::Mark& mark, YAML::anchor_t anchor) {
+    Add(mark, 1);
+    open_.push_back(Open_{anchor, 1});
+  }
+  void Close() {
+    if (open_.empty()) return;
+    const Open_ done = open_.back();
+    open_.pop_back();
+    if (!open_.empty()) {
+      open_.back().size = std::min(open_.back().size + done.size, limits_.max_nodes + 1);
+    }
+    if (done.anchor != 0) sizes_[done.anchor] = done.size;
+  }
+
+  const YamlLimits limits_;
+  int64_t total_ = 0;
+  int64_t aliases_ = 0;
+  std::vector<Open_> open_;
+  absl::flat_hash_map<YAML::anchor_t, int64_t> sizes_;
+};
+
 }  // namespace
 
 absl::Status ReadYamlIntoMessage(absl::string_view yaml, google::protobuf::Message* message,
-                                 SourceMap* map) {
+                                 SourceMap* map, const YamlLimits& limits) {
   // One document only. yaml-cpp 0.7's LoadAll can loop forever on some malformed input (found by
   // the config fuzzer), so the second document is found by its separator instead.
   if (const int second = SecondDocumentLine(yaml); second > 0) {
     map->Record("", second, 1);
     return map->Error("", "expected one YAML document, found a second one");
+  }
+  // First count, on the parser's events only; then build.
+  try {
+    std::istringstream in{std::string(yaml)};
+    YAML::Parser parser(in);
+    NodeCounter counter(limits);
+    parser.HandleNextDocument(counter);
+  } catch (const NodeCounter::LimitHit& hit) {
+    if (hit.mark.line >= 0) map->Record("", hit.mark.line + 1, hit.mark.column + 1);
+    return map->Error("", hit.message);
+  } catch (const YAML::Exception& e) {
+    if (e.mark.line >= 0) map->Record("", e.mark.line + 1, e.mark.column + 1);
+    return map->Error("", absl::StrCat("YAML syntax error: ", e.msg));
   }
   YAML::Node document;
   try {

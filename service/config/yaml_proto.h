@@ -4,6 +4,7 @@
 // Reads YAML into a protobuf message by walking the message's descriptor, so that the proto
 // message is the schema: every key must be a field, every value must have the field's type.
 
+#include <cstdint>
 #include <string>
 #include <utility>
 
@@ -37,12 +38,25 @@ class SourceMap {
   absl::flat_hash_map<std::string, std::pair<int, int>> positions_;
 };
 
+// Bounds on one YAML document, checked on the parser's events before any node is built: an alias
+// bomb (a few KB of nested `*a` references that expand to billions of nodes) is refused in
+// microseconds instead of being walked.
+struct YamlLimits {
+  // Nodes (scalars, lists, mappings) counting every alias as the whole subtree it names.
+  int64_t max_nodes = 500'000;
+  // `*name` references.
+  int64_t max_aliases = 1'000;
+};
+
 // Parses `yaml` and fills `message` from it; `map` (which names the source) receives the position
 // of every field path. Unknown keys, repeated keys, wrong types and unparseable values are
-// kInvalidArgument naming the source, line, column, field path and the bad value. An empty
+// kInvalidArgument naming the source, line, column, field path and the kind of problem (a
+// scalar found where a list or mapping belongs is described by its length, never echoed: a file
+// that is not the config at all, such as an env file of secrets, must not end up in a log). A
+// document beyond `limits` is kInvalidArgument naming the limit and its value. An empty
 // document leaves `message` empty. Does not own `message` or `map`.
 absl::Status ReadYamlIntoMessage(absl::string_view yaml, google::protobuf::Message* message,
-                                 SourceMap* map);
+                                 SourceMap* map, const YamlLimits& limits = YamlLimits());
 
 }  // namespace quotad
 

@@ -202,18 +202,18 @@ absl::Status Authorizer::AuthorizeLease(absl::string_view identity, AccessMethod
                                                   " a lease held by another identity"));
 }
 
-LeaseOwners::Shard& LeaseOwners::ShardFor(absl::string_view lease_id) const {
-  return shards_[absl::HashOf(lease_id) % kShards];
+LeaseOwners::Shard& LeaseOwners::ShardFor(const LeaseId& lease_id) const {
+  return shards_[lease_id.hi % kShards];
 }
 
-void LeaseOwners::Record(absl::string_view lease_id, absl::string_view identity,
+void LeaseOwners::Record(const LeaseId& lease_id, absl::string_view identity,
                          absl::string_view credential, absl::Time expiry) {
   Shard& s = ShardFor(lease_id);
   absl::MutexLock lock(&s.mu);
   s.owners[lease_id] = Entry{LeaseOwner{std::string(identity), std::string(credential)}, expiry};
 }
 
-std::optional<LeaseOwner> LeaseOwners::Lookup(absl::string_view lease_id) const {
+std::optional<LeaseOwner> LeaseOwners::Lookup(const LeaseId& lease_id) const {
   Shard& s = ShardFor(lease_id);
   absl::MutexLock lock(&s.mu);
   auto it = s.owners.find(lease_id);
@@ -221,14 +221,14 @@ std::optional<LeaseOwner> LeaseOwners::Lookup(absl::string_view lease_id) const 
   return it->second.owner;
 }
 
-void LeaseOwners::Extend(absl::string_view lease_id, absl::Time expiry) {
+void LeaseOwners::Extend(const LeaseId& lease_id, absl::Time expiry) {
   Shard& s = ShardFor(lease_id);
   absl::MutexLock lock(&s.mu);
   auto it = s.owners.find(lease_id);
   if (it != s.owners.end()) it->second.expiry = expiry;
 }
 
-void LeaseOwners::Forget(absl::string_view lease_id) {
+void LeaseOwners::Forget(const LeaseId& lease_id) {
   Shard& s = ShardFor(lease_id);
   absl::MutexLock lock(&s.mu);
   s.owners.erase(lease_id);

@@ -28,6 +28,8 @@
 #include "absl/time/time.h"
 #include "quotad/v1/config.pb.h"
 
+#include "service/core/ledger.h"
+
 namespace quotad {
 
 // What an identity may be allowed to do.
@@ -103,17 +105,19 @@ struct LeaseOwner {
 };
 
 // Which identity holds each live lease, so that Release and Renew can be refused to others.
-// Entries are dropped on Forget() and, once expired, by Prune(). Kept in memory; the server
-// rebuilds it at start from the restored leases' holders ("identity/holder", see
-// HolderWithIdentity). Thread-safe (sharded mutexes).
+// Keyed by the parsed LeaseId (LeaseId::Parse, the one parser the ledger uses too), so that every
+// spelling the ledger accepts (upper or lower case hex) finds the same entry. Entries are dropped
+// on Forget() (a Release) and, once expired, by Prune(). Kept in memory; the server rebuilds it at
+// start from the restored leases' holders ("identity/holder", see HolderWithIdentity).
+// Thread-safe (sharded mutexes).
 class LeaseOwners {
  public:
-  void Record(absl::string_view lease_id, absl::string_view identity,
-              absl::string_view credential, absl::Time expiry);
-  std::optional<LeaseOwner> Lookup(absl::string_view lease_id) const;
+  void Record(const LeaseId& lease_id, absl::string_view identity, absl::string_view credential,
+              absl::Time expiry);
+  std::optional<LeaseOwner> Lookup(const LeaseId& lease_id) const;
   // Moves the expiry of a recorded lease (after Renew).
-  void Extend(absl::string_view lease_id, absl::Time expiry);
-  void Forget(absl::string_view lease_id);
+  void Extend(const LeaseId& lease_id, absl::Time expiry);
+  void Forget(const LeaseId& lease_id);
   // Drops entries that expired before `now`; returns how many.
   int64_t Prune(absl::Time now);
   int64_t size() const;
@@ -125,10 +129,10 @@ class LeaseOwners {
   };
   struct Shard {
     mutable absl::Mutex mu;
-    absl::flat_hash_map<std::string, Entry> owners ABSL_GUARDED_BY(mu);
+    absl::flat_hash_map<LeaseId, Entry> owners ABSL_GUARDED_BY(mu);
   };
   static constexpr int kShards = 16;
-  Shard& ShardFor(absl::string_view lease_id) const;
+  Shard& ShardFor(const LeaseId& lease_id) const;
 
   mutable std::array<Shard, kShards> shards_;
 };

@@ -2,7 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <chrono>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -16,10 +18,86 @@ namespace {
 
 constexpr char kTextPattern[] = "%Y-%m-%dT%H:%M:%S.%fZ level=%l logger=%n %v";
 
-void AppendJsonString(std::string* out, absl::string_view s) {
-  out->push_back('"');
-  for (unsigned char c : s) {
-    switch (c) {
+// The format chosen by ApplyLogFormat (Log() renders text itself; JSON is rendered by the
+// formatter from the fields of the call, handed over in `t_fields`).
+std::atomic<LogFormat> g_format{LogFormat::kText};
+
+struct PendingFields {
+  absl::string_view msg;
+  const LogField* fields;
+  size_t count;
+};
+thread_local const PendingFields* t_fields = nullptr;
+
+// Decodes one UTF-8 sequence at s[i]; returns its length (0 when invalid) and the code point.
+size_t DecodeUtf8(absl::string_view s, size_t i, uint32_t* cp) {
+  const unsigned char c = static_cast<unsigned char>(s[i]);
+  size_t n;
+  uint32_t v;
+  if (c < 0x80) {
+    *cp = c;
+    return 1;
+  } else if ((c & 0xe0) == 0xc0) {
+    n = 2;
+    v = c & 0x1f;
+  } else if ((c & 0xf0) == 0xe0) {
+    n = 3;
+    v = c & 0x0f;
+  } else if ((c & 0xf8) == 0xf0) {
+    n = 4;
+    v = c & 0x07;
+  } else {
+    return 0;
+  }
+  if (i + n > s.size()) return 0;
+  for (size_t k = 1; k < n; ++k) {
+    const unsigned char cc = static_cast<unsigned char>(s[i + k]);
+    if ((cc & 0xc0) != 0x80) return 0;
+    v = (v << 6) | (cc & 0x3f);
+  }
+  // Overlong forms, surrogates and values past U+10FFFF are not UTF-8.
+  if ((n == 2 && v < 0x80) || (n == 3 && v < 0x800) || (n == 4 && v < 0x10000) || v > 0x10ffff ||
+      (v >= 0xd800 && v <= 0xdfff)) {
+    return 0;
+  }
+  *cp = v;
+  return n;
+}
+
+// Code points that must never reach a log verbatim: controls (C0, DEL, C1), line and paragraph
+// separators, and the bidirectional controls that reorder what a terminal shows.
+bool MustEscape(uint32_t cp) {
+  return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || cp == 0x2028 || cp == 0x2029 ||
+         cp == 0x061c || cp == 0x200e || cp == 0x200f || (cp >= 0x202a && cp <= 0x202e) ||
+         (cp >= 0x2066 && cp <= 0x2069) || cp == 0xfeff;
+}
+
+void AppendU(std::string* out, uint32_t cp) {
+  static const char kHex[] = "0123456789abcdef";
+  out->append("\\u");
+  for (int shift = 12; shift >= 0; shift -= 4) out->push_back(kHex[(cp >> shift) & 15]);
+}
+
+// Escapes `s` for the inside of a quoted text value (json = false) or a JSON string (json =
+// true). Invalid UTF-8: \xNN in text, U+FFFD in JSON (which must stay valid UTF-8).
+void AppendEscaped(std::string* out, absl::string_view s, bool json) {
+  for (size_t i = 0; i < s.size();) {
+    uint32_t cp = 0;
+    const size_t n = DecodeUtf8(s, i, &cp);
+    if (n == 0) {
+      if (json) {
+        out->append("\\ufffd");
+      } else {
+        static const char kHex[] = "0123456789abcdef";
+        const unsigned char c = static_cast<unsigned char>(s[i]);
+        out->append("\\x");
+        out->push_back(kHex[c >> 4]);
+        out->push_back(kHex[c & 15]);
+      }
+      ++i;
+      continue;
+    }
+    switch (cp) {
       case '"':
         out->append("\\\"");
         break;
@@ -36,26 +114,47 @@ void AppendJsonString(std::string* out, absl::string_view s) {
         out->append("\\t");
         break;
       default:
-        if (c < 0x20 || c == 0x7f) {
-          static const char kHex[] = "0123456789abcdef";
-          out->append("\\u00");
-          out->push_back(kHex[c >> 4]);
-          out->push_back(kHex[c & 15]);
+        if (MustEscape(cp)) {
+          AppendU(out, cp);
         } else {
-          // Bytes >= 0x80 pass through; invalid UTF-8 stays invalid (names are validated UTF-8).
-          out->push_back(static_cast<char>(c));
+          out->append(s.data() + i, n);
         }
     }
+    i += n;
   }
+}
+
+void AppendJsonString(std::string* out, absl::string_view s) {
+  out->push_back('"');
+  AppendEscaped(out, s, /*json=*/true);
   out->push_back('"');
 }
 
-bool IsKey(absl::string_view key) {
-  if (key.empty()) return false;
-  for (char c : key) {
-    if (!absl::ascii_isalnum(c) && c != '_' && c != '.') return false;
+bool IsBare(absl::string_view value) {
+  if (value.empty()) return false;
+  for (char c : value) {
+    if (!absl::ascii_isalnum(c) && absl::string_view("._:/@+,-").find(c) == absl::string_view::npos) {
+      return false;
+    }
   }
   return true;
+}
+
+void AppendTextPayload(std::string* out, absl::string_view msg, const LogField* fields,
+                       size_t count) {
+  AppendEscaped(out, msg, /*json=*/false);
+  for (size_t i = 0; i < count; ++i) {
+    out->push_back(' ');
+    AppendEscaped(out, fields[i].key, /*json=*/false);
+    out->push_back('=');
+    if (IsBare(fields[i].value)) {
+      out->append(fields[i].value);
+    } else {
+      out->push_back('"');
+      AppendEscaped(out, fields[i].value, /*json=*/false);
+      out->push_back('"');
+    }
+  }
 }
 
 }  // namespace
@@ -73,74 +172,66 @@ absl::Status ParseLogFormat(absl::string_view name, LogFormat* format) {
 }
 
 std::string JsonLogLine(absl::string_view time, absl::string_view level, absl::string_view logger,
-                        absl::string_view payload) {
+                        absl::string_view msg, const LogField* fields, size_t field_count) {
   std::string out = "{\"ts\":";
   AppendJsonString(&out, time);
   out.append(",\"level\":");
   AppendJsonString(&out, level);
   out.append(",\"logger\":");
   AppendJsonString(&out, logger);
-  // Words up to the first key=value are the message; then fields, values maybe "quoted".
-  std::string msg;
-  std::vector<std::pair<std::string, std::string>> fields;
-  size_t i = 0;
-  bool in_fields = false;
-  while (i < payload.size()) {
-    while (i < payload.size() && payload[i] == ' ') ++i;
-    if (i >= payload.size()) break;
-    size_t end = i;
-    while (end < payload.size() && payload[end] != ' ' && payload[end] != '=') ++end;
-    if (end < payload.size() && payload[end] == '=' && IsKey(payload.substr(i, end - i))) {
-      in_fields = true;
-      std::string key(payload.substr(i, end - i));
-      size_t v = end + 1;
-      std::string value;
-      if (v < payload.size() && payload[v] == '"') {
-        ++v;
-        while (v < payload.size() && payload[v] != '"') {
-          if (payload[v] == '\\' && v + 1 < payload.size()) ++v;
-          value.push_back(payload[v++]);
-        }
-        if (v < payload.size()) ++v;  // closing quote
-      } else {
-        while (v < payload.size() && payload[v] != ' ') value.push_back(payload[v++]);
-      }
-      fields.emplace_back(std::move(key), std::move(value));
-      i = v;
-      continue;
-    }
-    // A word: part of the message, or (after the fields began) appended to it.
-    while (end < payload.size() && payload[end] != ' ') ++end;
-    if (!msg.empty()) msg.push_back(' ');
-    absl::StrAppend(&msg, payload.substr(i, end - i));
-    i = end;
-    (void)in_fields;
-  }
   out.append(",\"msg\":");
   AppendJsonString(&out, msg);
-  for (const auto& [k, v] : fields) {
+  for (size_t i = 0; i < field_count; ++i) {
+    const absl::string_view k = fields[i].key;
+    out.push_back(',');
     if (k == "ts" || k == "level" || k == "logger" || k == "msg") {
-      out.append(",");
       AppendJsonString(&out, absl::StrCat("field_", k));
     } else {
-      out.append(",");
       AppendJsonString(&out, k);
     }
-    out.append(":");
-    AppendJsonString(&out, v);
+    out.push_back(':');
+    AppendJsonString(&out, fields[i].value);
   }
   out.push_back('}');
   return out;
+}
+
+std::string TextLogPayload(absl::string_view msg, std::initializer_list<LogField> fields) {
+  std::string out;
+  AppendTextPayload(&out, msg, fields.begin(), fields.size());
+  return out;
+}
+
+void Log(spdlog::logger& logger, spdlog::level::level_enum level, absl::string_view msg,
+         std::initializer_list<LogField> fields) {
+  if (!logger.should_log(level)) return;
+  if (g_format.load(std::memory_order_relaxed) == LogFormat::kJson) {
+    // The formatter runs on this thread, inside log(): it takes the fields from here.
+    const PendingFields pending{msg, fields.begin(), fields.size()};
+    const PendingFields* outer = std::exchange(t_fields, &pending);
+    logger.log(level, spdlog::string_view_t(msg.data(), msg.size()));
+    t_fields = outer;
+    return;
+  }
+  std::string payload;
+  AppendTextPayload(&payload, msg, fields.begin(), fields.size());
+  logger.log(level, spdlog::string_view_t(payload.data(), payload.size()));
 }
 
 void JsonLogFormatter::format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) {
   const absl::Time t = absl::FromChrono(msg.time);
   const std::string ts = absl::FormatTime("%Y-%m-%dT%H:%M:%E6SZ", t, absl::UTCTimeZone());
   const auto level = spdlog::level::to_string_view(msg.level);
+  const absl::string_view payload(msg.payload.data(), msg.payload.size());
+  const absl::string_view level_name(level.data(), level.size());
+  const absl::string_view logger_name(msg.logger_name.data(), msg.logger_name.size());
+  // From Log() on this thread: its fields. Otherwise (spdlog called directly, another library)
+  // the whole text is the message: it is escaped, never split into fields.
+  const PendingFields* pending = t_fields;
   const std::string line =
-      JsonLogLine(ts, absl::string_view(level.data(), level.size()),
-                  absl::string_view(msg.logger_name.data(), msg.logger_name.size()),
-                  absl::string_view(msg.payload.data(), msg.payload.size()));
+      pending != nullptr && pending->msg.data() == payload.data()
+          ? JsonLogLine(ts, level_name, logger_name, pending->msg, pending->fields, pending->count)
+          : JsonLogLine(ts, level_name, logger_name, payload, nullptr, 0);
   dest.append(line.data(), line.data() + line.size());
   dest.push_back('\n');
 }
@@ -150,6 +241,7 @@ std::unique_ptr<spdlog::formatter> JsonLogFormatter::clone() const {
 }
 
 void ApplyLogFormat(LogFormat format) {
+  g_format.store(format, std::memory_order_relaxed);
   if (format == LogFormat::kJson) {
     spdlog::set_formatter(std::make_unique<JsonLogFormatter>());
   } else {

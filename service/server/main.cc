@@ -8,8 +8,11 @@
 // --memory_only, or an address that cannot be bound.
 // SIGTERM/SIGINT: health goes NOT_SERVING, new calls are refused, waiting Acquire calls are
 // answered UNAVAILABLE, in-flight calls finish, the state file is written, exit 0.
+// SIGHUP: the config file is read again and applied, as Admin.ReloadConfig (a bad file is
+// rejected and logged, the config in force kept); quotad keeps running.
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -62,11 +65,24 @@ ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA bundle: mutual TLS, every client must present a certificate it signed.");
 ABSL_FLAG(absl::Duration, tls_refresh, absl::Minutes(1),
           "How often the TLS files are read again (rotation without restart).");
-ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9090",
-          "host:port of the Prometheus /metrics endpoint; empty: none.");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9090",
+          "host:port of the Prometheus /metrics endpoint (plain HTTP, no auth: loopback unless "
+          "told otherwise, e.g. 0.0.0.0:9090 behind a NetworkPolicy); empty: none.");
+ABSL_FLAG(int, metrics_threads, 4,
+          "Worker threads of the /metrics endpoint (a slow client holds one).");
+ABSL_FLAG(absl::Duration, metrics_request_timeout, absl::Seconds(5),
+          "How long the /metrics endpoint waits on one request's reads and writes.");
+ABSL_FLAG(int64_t, max_config_bytes, 4 << 20,
+          "Largest config file accepted (at start and on reload).");
+ABSL_FLAG(int64_t, max_config_nodes, 500000,
+          "Most YAML nodes a config file may hold, counting each alias as what it names.");
+ABSL_FLAG(int64_t, max_config_aliases, 1000, "Most YAML aliases (*name) a config file may hold.");
 ABSL_FLAG(absl::Duration, metrics_refresh, absl::Seconds(5),
           "How often the gauges (remaining units, live leases, queue depth) are re-read.");
 ABSL_FLAG(std::string, log_format, "text", "text (key=value) or json (one object per line).");
+ABSL_FLAG(int64_t, max_request_ids, 1000000,
+          "Most request_id answers kept (Acquire and Release retries, --dedup_window); beyond, a "
+          "call with a new request_id is RESOURCE_EXHAUSTED (calls without one still work).");
 ABSL_FLAG(int64_t, log_sample, 0,
           "Log one line per call for 1 call in N (info level); 0: no per-call lines.");
 
@@ -101,11 +117,27 @@ int main(int argc, char** argv) {
   spdlog::set_level(level);
   spdlog::flush_on(spdlog::level::trace);
 
+  // File descriptors (finding 2 of issue 18): every connection holds one, and a listener that
+  // hits EMFILE may stop accepting for good (a gRPC behaviour). Raise the soft limit to the hard
+  // one and say what it is.
+  if (struct rlimit nofile; getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
+    const rlim_t before = nofile.rlim_cur;
+    if (nofile.rlim_cur < nofile.rlim_max) {
+      nofile.rlim_cur = nofile.rlim_max;
+      if (setrlimit(RLIMIT_NOFILE, &nofile) != 0) nofile.rlim_cur = before;
+    }
+    quotad::Log(*logger, spdlog::level::info, "file descriptor limit",
+                {{"soft_before", static_cast<uint64_t>(before)},
+                 {"soft", static_cast<uint64_t>(nofile.rlim_cur)},
+                 {"hard", static_cast<uint64_t>(nofile.rlim_max)}});
+  }
+
   // Signals are taken by sigwait() below, so block them before any thread starts.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   quotad::ServerOptions options;
@@ -127,9 +159,22 @@ int main(int argc, char** argv) {
   options.tls.client_ca_path = absl::GetFlag(FLAGS_tls_client_ca);
   options.tls.refresh_interval = absl::GetFlag(FLAGS_tls_refresh);
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
-  options.metrics_best_effort = options.metrics_listen == "0.0.0.0:9090";
+  options.metrics_best_effort = options.metrics_listen == "127.0.0.1:9090";
+  options.metrics_http.threads = absl::GetFlag(FLAGS_metrics_threads);
+  options.metrics_http.request_timeout = absl::GetFlag(FLAGS_metrics_request_timeout);
+  options.config_limits.max_bytes = absl::GetFlag(FLAGS_max_config_bytes);
+  options.config_limits.yaml.max_nodes = absl::GetFlag(FLAGS_max_config_nodes);
+  options.config_limits.yaml.max_aliases = absl::GetFlag(FLAGS_max_config_aliases);
+  if (options.config_limits.max_bytes < 1 || options.config_limits.yaml.max_nodes < 1 ||
+      options.config_limits.yaml.max_aliases < 0) {
+    std::fprintf(stderr,
+                 "quotad: --max_config_bytes and --max_config_nodes must be >= 1, "
+                 "--max_config_aliases >= 0\n");
+    return 2;
+  }
   options.metrics_refresh = absl::GetFlag(FLAGS_metrics_refresh);
   options.log_sample = absl::GetFlag(FLAGS_log_sample);
+  options.max_request_ids = absl::GetFlag(FLAGS_max_request_ids);
   if (options.log_sample < 0) {
     std::fprintf(stderr, "quotad: --log_sample must be >= 0\n");
     return 2;
@@ -142,14 +187,22 @@ int main(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<quotad::QuotadServer>> server =
       quotad::QuotadServer::Start(options);
   if (!server.ok()) {
-    spdlog::error("start failed error=\"{}\"", std::string(server.status().message()));
+    quotad::Log(*logger, spdlog::level::err, "start failed", {{"error", server.status().message()}});
     std::fprintf(stderr, "quotad: %s\n", std::string(server.status().message()).c_str());
     return 1;
   }
 
   int signal_number = 0;
-  sigwait(&signals, &signal_number);
-  spdlog::info("signal received signal={}", signal_number == SIGTERM ? "SIGTERM" : "SIGINT");
+  for (;;) {
+    sigwait(&signals, &signal_number);
+    if (signal_number != SIGHUP) break;
+    quotad::Log(*logger, spdlog::level::info, "signal received; reloading the config",
+                {{"signal", "SIGHUP"}});
+    // The outcome is logged by the reload itself (config reloaded / reload rejected).
+    (*server)->ReloadConfig().IgnoreError();
+  }
+  quotad::Log(*logger, spdlog::level::info, "signal received",
+              {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
   (*server)->Shutdown();
   server->reset();
   return 0;

@@ -65,6 +65,18 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                   .Name("quotad_config_reloads_total")
                   .Help("Configuration reloads by result.")
                   .Register(*registry_);
+  limit_hits_ = &BuildCounter()
+                     .Name("quotad_limit_hits_total")
+                     .Help("Callers refused by one of quotad's own limits, by limit.")
+                     .Register(*registry_);
+  resource_in_use_ = &BuildGauge()
+                          .Name("quotad_resource_in_use")
+                          .Help("Use of each bounded resource a caller can make quotad hold.")
+                          .Register(*registry_);
+  resource_limit_ = &BuildGauge()
+                         .Name("quotad_resource_limit")
+                         .Help("The configured limit of each bounded resource.")
+                         .Register(*registry_);
   queue_depth_family_ = &BuildGauge()
                              .Name("quotad_queue_depth")
                              .Help("Acquires waiting in the queue.")
@@ -94,11 +106,26 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
 
 Metrics::~Metrics() = default;
 
-absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& listen) {
+absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& listen,
+                                                          const MetricsHttpOptions& http) {
+  if (http.threads < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--metrics_threads=", http.threads, " must be at least 1"));
+  }
+  if (http.request_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(absl::StrCat("--metrics_request_timeout=",
+                                                   absl::FormatDuration(http.request_timeout),
+                                                   " must be positive"));
+  }
   std::unique_ptr<Metrics> m(new Metrics());
   if (listen.empty()) return m;
   try {
-    m->exposer_ = std::make_unique<prometheus::Exposer>(listen, /*num_threads=*/1);
+    // civetweb's options: a pool of workers, and a bound on every read and write of a request
+    // (a client that opens a connection and sends nothing holds a worker only that long).
+    m->exposer_ = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
+        "listening_ports", listen, "num_threads", absl::StrCat(http.threads),
+        "request_timeout_ms",
+        absl::StrCat(std::max<int64_t>(1, absl::ToInt64Milliseconds(http.request_timeout)))});
   } catch (const std::exception& e) {
     return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", listen, ": ", e.what()));
   }
@@ -106,6 +133,18 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& list
   const std::vector<int> ports = m->exposer_->GetListeningPorts();
   m->port_ = ports.empty() ? 0 : ports.front();
   return m;
+}
+
+void Metrics::OnLimitHit(absl::string_view limit) {
+  CachedCounter(limit_hits_, "limit", limit).Increment();
+}
+
+void Metrics::SetResource(absl::string_view resource, int64_t in_use) {
+  resource_in_use_->Add({{"resource", std::string(resource)}}).Set(static_cast<double>(in_use));
+}
+
+void Metrics::SetResourceLimit(absl::string_view resource, int64_t limit) {
+  resource_limit_->Add({{"resource", std::string(resource)}}).Set(static_cast<double>(limit));
 }
 
 prometheus::Counter& Metrics::CachedCounter(prometheus::Family<prometheus::Counter>* family,

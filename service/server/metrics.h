@@ -23,6 +23,13 @@
 //   quotad_decision_latency_seconds{method}                              histogram
 //   quotad_store_errors_total{operation}                                 counter
 //   quotad_config_reloads_total{result="ok|rejected"}                    counter
+//   quotad_limit_hits_total{limit}                                       counter
+//   quotad_resource_in_use{resource}                                     gauge
+//   quotad_resource_limit{resource}                                      gauge
+//
+// The last three cover quotad's own bounds (SECURITY.md lists them): every time a caller is
+// refused because of one, quotad_limit_hits_total{limit} counts it; the resources a caller can
+// make quotad hold report their use and their limit under the same name.
 //
 // Scoped limits report the smallest remaining of their scopes. Unlimited limits are left out of
 // the remaining/capacity gauges.
@@ -54,11 +61,20 @@ class Family;
 
 namespace quotad {
 
+// How the HTTP endpoint serves: enough worker threads that one slow or half-open client does not
+// stall the scrape, and a timeout on each request's reads and writes.
+struct MetricsHttpOptions {
+  int threads = 4;
+  absl::Duration request_timeout = absl::Seconds(5);
+};
+
 class Metrics {
  public:
-  // `listen` is host:port for the HTTP endpoint ("0.0.0.0:9090"; port 0 picks one); empty keeps
-  // the registry without serving it. kUnavailable when the address cannot be bound.
-  static absl::StatusOr<std::unique_ptr<Metrics>> Create(const std::string& listen);
+  // `listen` is host:port for the HTTP endpoint ("127.0.0.1:9090"; port 0 picks one); empty
+  // keeps the registry without serving it. kUnavailable when the address cannot be bound;
+  // kInvalidArgument for http.threads < 1 or a request_timeout not positive.
+  static absl::StatusOr<std::unique_ptr<Metrics>> Create(
+      const std::string& listen, const MetricsHttpOptions& http = MetricsHttpOptions());
   ~Metrics();
 
   Metrics(const Metrics&) = delete;
@@ -85,6 +101,12 @@ class Metrics {
   // The store failed an operation ("reserve", "lease", "release", "restore", ...).
   void OnStoreError(absl::string_view operation);
   void OnConfigReload(bool ok);
+  // A caller refused by one of quotad's own limits (`limit` is a fixed name such as
+  // "waiters_per_identity", never caller input).
+  void OnLimitHit(absl::string_view limit);
+  // How much of a bounded resource is in use now, and its limit (fixed names, as above).
+  void SetResource(absl::string_view resource, int64_t in_use);
+  void SetResourceLimit(absl::string_view resource, int64_t limit);
 
   // Re-reads the gauges from `ledger`: queue depth, live leases, remaining and capacity of every
   // limit of every configured credential, active cooldowns at `now`.
@@ -113,6 +135,9 @@ class Metrics {
   prometheus::Family<prometheus::Counter>* cooldowns_;
   prometheus::Family<prometheus::Counter>* store_errors_;
   prometheus::Family<prometheus::Counter>* reloads_;
+  prometheus::Family<prometheus::Counter>* limit_hits_;
+  prometheus::Family<prometheus::Gauge>* resource_in_use_;
+  prometheus::Family<prometheus::Gauge>* resource_limit_;
   prometheus::Family<prometheus::Gauge>* queue_depth_family_;
   prometheus::Family<prometheus::Gauge>* live_leases_;
   prometheus::Family<prometheus::Gauge>* cooldown_active_;

@@ -22,6 +22,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "quotad/v1/quotad.grpc.pb.h"
 #include "service/config/config.h"
@@ -45,6 +46,10 @@ using AdminService = v1::Admin::AsyncService;
 constexpr int kArmedHotCalls = 16;  // requested Acquire/Release/Renew calls per queue
 constexpr int kArmedAdminCalls = 2;
 constexpr int kMaxMessageBytes = 1 << 20;
+// List answers (ListLeases, ListCredentials) are paginated: so many items per page by default,
+// at most so many when a caller asks for more.
+constexpr size_t kDefaultPageSize = 1000;
+constexpr size_t kMaxPageSize = 10000;
 
 std::shared_ptr<spdlog::logger> ServerLogger() {
   static std::shared_ptr<spdlog::logger> logger = [] {
@@ -72,8 +77,8 @@ struct ConfigSnapshot {
     if (auth.ok()) {
       snapshot->auth = *std::move(auth);
     } else {  // the loader checked the same section; refuse everyone rather than allow all
-      ServerLogger()->error("auth section unusable, refusing every call error=\"{}\"",
-                            std::string(auth.status().message()));
+      Log(*ServerLogger(), spdlog::level::err, "auth section unusable, refusing every call",
+          {{"error", auth.status().message()}});
       snapshot->auth = Authorizer::DenyAll();
     }
     for (const CredentialSpec& c : config.policy.credentials) {
@@ -85,44 +90,65 @@ struct ConfigSnapshot {
   }
 };
 
-// Runs work that may block (file I/O) off the completion-queue threads, one item at a time.
-// Thread-safe. Owns its thread; the destructor runs what is queued and joins.
+// Runs work that may block (file I/O) off the completion-queue threads, one job at a time.
+// A job has two halves: `run`, and `cancel`, which runs instead when Stop() finds the job still
+// queued (it answers the job's call without doing the work). Thread-safe. Owns its thread.
 class BlockingWorker {
  public:
   BlockingWorker() : thread_([this] { Run(); }) {}
-  ~BlockingWorker() {
+  ~BlockingWorker() { Stop(); }
+
+  // Runs `run` later on the worker thread, or `cancel` on the Stop() caller's thread when the
+  // worker is stopped first. After Stop(), runs `cancel` at once.
+  void Schedule(std::function<void()> run, std::function<void()> cancel) ABSL_LOCKS_EXCLUDED(mu_) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!stop_) {
+        queue_.push_back(Job{std::move(run), std::move(cancel)});
+        return;
+      }
+    }
+    cancel();
+  }
+
+  // Cancels every queued job, waits for the one running (if any) and joins. Idempotent. Once it
+  // returned, no job runs any more, so what the jobs touch (completion queues) may be shut down.
+  void Stop() ABSL_LOCKS_EXCLUDED(mu_) {
+    std::deque<Job> cancelled;
     {
       absl::MutexLock lock(&mu_);
       stop_ = true;
+      cancelled.swap(queue_);
     }
-    thread_.join();
-  }
-
-  void Schedule(std::function<void()> fn) ABSL_LOCKS_EXCLUDED(mu_) {
-    absl::MutexLock lock(&mu_);
-    queue_.push_back(std::move(fn));
+    for (Job& job : cancelled) job.cancel();
+    if (thread_.joinable()) thread_.join();
   }
 
  private:
+  struct Job {
+    std::function<void()> run;
+    std::function<void()> cancel;
+  };
+
   void Run() {
     for (;;) {
-      std::function<void()> fn;
+      Job job;
       {
         absl::MutexLock lock(&mu_);
         mu_.Await(absl::Condition(
             +[](BlockingWorker* w)
                  ABSL_EXCLUSIVE_LOCKS_REQUIRED(w->mu_) { return w->stop_ || !w->queue_.empty(); },
             this));
-        if (queue_.empty()) return;
-        fn = std::move(queue_.front());
+        if (stop_ || queue_.empty()) return;
+        job = std::move(queue_.front());
         queue_.pop_front();
       }
-      fn();
+      job.run();
     }
   }
 
   absl::Mutex mu_;
-  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<Job> queue_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
@@ -219,10 +245,10 @@ class QuotadServer::Impl {
     PublishSnapshot(config);
     pumper_->Start(ledger_.get());
     // Leases restored from the state file: their holders name who acquired them.
-    if (snapshot_.load()->auth->enabled()) {
+    if (Snapshot()->auth->enabled()) {
       for (const LeaseInfo& l : ledger_->Leases("")) {
         const absl::string_view identity = IdentityOfHolder(l.holder);
-        if (!identity.empty()) owners_.Record(l.id.ToString(), identity, l.credential, l.expiry);
+        if (!identity.empty()) owners_.Record(l.id, identity, l.credential, l.expiry);
       }
     }
   }
@@ -233,11 +259,11 @@ class QuotadServer::Impl {
     absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> creds =
         MakeServerCredentials(options_.tls);
     if (!creds.ok()) return creds.status();
-    absl::StatusOr<std::unique_ptr<Metrics>> metrics = Metrics::Create(options_.metrics_listen);
+    absl::StatusOr<std::unique_ptr<Metrics>> metrics = Metrics::Create(options_.metrics_listen, options_.metrics_http);
     if (!metrics.ok() && options_.metrics_best_effort) {
-      log_->warn("metrics endpoint disabled listen={} error=\"{}\"", options_.metrics_listen,
-                 std::string(metrics.status().message()));
-      metrics = Metrics::Create("");
+      Log(*log_, spdlog::level::warn, "metrics endpoint disabled",
+          {{"listen", options_.metrics_listen}, {"error", metrics.status().message()}});
+      metrics = Metrics::Create("", options_.metrics_http);
     }
     if (!metrics.ok()) return metrics.status();
     metrics_ = *std::move(metrics);
@@ -297,22 +323,25 @@ class QuotadServer::Impl {
     }
     sweeper_ = std::thread([this] { Sweep(); });
     health_.SetAll(grpc::health::v1::HealthCheckResponse::SERVING);
-    log_->info(
-        "listening address={} completion_queues={} config={} state={} tls={} auth={} "
-        "metrics_port={}",
-        address_, cqs_.size(), options_.config_path,
-        journal_ != nullptr ? journal_->path() : std::string("memory-only"),
-        options_.tls.client_ca_path.empty() ? (TlsEnabled(options_.tls) ? "tls" : "off") : "mutual",
-        snapshot_.load()->auth->enabled() ? "tokens" : "off", metrics_->port());
+    Log(*log_, spdlog::level::info, "listening",
+        {{"address", address_},
+         {"completion_queues", cqs_.size()},
+         {"config", options_.config_path},
+         {"state", journal_ != nullptr ? journal_->path() : std::string("memory-only")},
+         {"tls", options_.tls.client_ca_path.empty() ? (TlsEnabled(options_.tls) ? "tls" : "off")
+                                                     : "mutual"},
+         {"auth", Snapshot()->auth->enabled() ? "tokens" : "off"},
+         {"metrics_port", metrics_->port()}});
     return absl::OkStatus();
   }
 
   void Shutdown() {
-    log_->info("shutting down drain_delay={} grace={}", absl::FormatDuration(options_.drain_delay),
-               absl::FormatDuration(options_.shutdown_grace));
+    Log(*log_, spdlog::level::info, "shutting down",
+        {{"drain_delay", absl::FormatDuration(options_.drain_delay)},
+         {"grace", absl::FormatDuration(options_.shutdown_grace)}});
     health_.Shutdown();
     if (!health_.AwaitWatchersGone(absl::Now() + absl::Seconds(2))) {
-      log_->warn("health watchers did not end in time");
+      Log(*log_, spdlog::level::warn, "health watchers did not end in time");
     }
     if (options_.drain_delay > absl::ZeroDuration()) absl::SleepFor(options_.drain_delay);
     // New calls are answered UNAVAILABLE from here on; the calls being handled finish.
@@ -322,13 +351,20 @@ class QuotadServer::Impl {
     // while the gate closed.
     const absl::Status shutting_down = absl::UnavailableError("quotad is shutting down");
     ledger_->AnswerAllWaiters(shutting_down);
+    // Queued reloads are answered now; the one running (bounded: the file is read without
+    // blocking and within --max_config_bytes) finishes and answers. Either way every reload has
+    // answered before the completion queues close below: a Finish() on a closed queue aborts
+    // the process in grpc_cq_begin_op and skips the final flush.
+    worker_->Stop();
     const absl::Time deadline = absl::Now() + options_.shutdown_grace;
     while (gate_.active.load(std::memory_order_acquire) > 0 && absl::Now() < deadline) {
       absl::SleepFor(absl::Milliseconds(5));
       ledger_->AnswerAllWaiters(shutting_down);
     }
     const int64_t left = gate_.active.load(std::memory_order_acquire);
-    if (left > 0) log_->warn("shutdown grace over calls_cancelled={}", left);
+    if (left > 0) {
+      Log(*log_, spdlog::level::warn, "shutdown grace over", {{"calls_cancelled", left}});
+    }
     // Closes the listener and every connection; cancels whatever is still running.
     server_->Shutdown(absl::ToChronoTime(absl::Now()));
     for (auto& cq : cqs_) cq->Shutdown();
@@ -339,15 +375,22 @@ class QuotadServer::Impl {
     }
     sweeper_.join();
     pumper_->Stop();
-    worker_.reset();  // runs any queued reload (its call was cancelled) and joins
     if (journal_ != nullptr) {
       if (absl::Status s = journal_->Flush(); !s.ok()) {
         metrics_->OnStoreError("flush");
-        log_->error("state file flush failed path={} error=\"{}\"", journal_->path(),
-                    std::string(s.message()));
+        Log(*log_, spdlog::level::err, "state file flush failed",
+            {{"path", journal_->path()}, {"error", s.message()}});
       }
     }
-    log_->info("stopped");
+    Log(*log_, spdlog::level::info, "stopped");
+  }
+
+  // SIGHUP (QuotadServer::ReloadConfig).
+  absl::Status Reload() {
+    v1::ReloadConfigResponse unused;
+    absl::Status s = HandleReload(&unused);
+    metrics_->OnConfigReload(s.ok());
+    return s;
   }
 
   int port() const { return port_; }
@@ -385,26 +428,14 @@ class QuotadServer::Impl {
     release_ = {&quota_, &QuotaService::RequestRelease,
                 [this](ReleaseCall* c) {
                   const absl::Time start = absl::Now();
-                  absl::Status s =
-                      CheckLease(c->context(), AccessMethod::kRelease, c->request().lease_id());
-                  // The owner stays recorded until the lease's expiry, so that a retried
-                  // Release (request_id) is answered the same.
-                  if (s.ok()) s = HandleRelease(c->request(), c->response());
-                  Respond(c, "Release", s, start);
+                  Respond(c, "Release", ReleaseCall_(c->context(), c->request(), c->response()),
+                          start);
                 },
                 &gate_};
     renew_ = {&quota_, &QuotaService::RequestRenew,
               [this](RenewCall* c) {
                 const absl::Time start = absl::Now();
-                absl::Status s =
-                    CheckLease(c->context(), AccessMethod::kRenew, c->request().lease_id());
-                if (s.ok()) s = HandleRenew(c->request(), c->response());
-                if (s.ok() && c->response()->has_lease_expires_at()) {
-                  const auto& t = c->response()->lease_expires_at();
-                  owners_.Extend(c->request().lease_id(),
-                                 absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos()));
-                }
-                Respond(c, "Renew", s, start);
+                Respond(c, "Renew", RenewCall_(c->context(), c->request(), c->response()), start);
               },
               &gate_};
     usage_ = {&admin_, &AdminService::RequestGetUsage,
@@ -427,7 +458,7 @@ class QuotadServer::Impl {
                     [this](CredentialsCall* c) {
                       const absl::Time start = absl::Now();
                       absl::Status s = Check(c->context(), AccessMethod::kAdmin, "");
-                      if (s.ok()) s = HandleCredentials(c->response());
+                      if (s.ok()) s = HandleCredentials(c->request(), c->response());
                       Respond(c, "ListCredentials", s, start);
                     },
                     &gate_};
@@ -445,12 +476,21 @@ class QuotadServer::Impl {
                  if (absl::Status s = Check(c->context(), AccessMethod::kAdmin, ""); !s.ok()) {
                    return Respond(c, "ReloadConfig", s, start);
                  }
-                 // Reading the file may block: not on a completion-queue thread.
-                 worker_->Schedule([this, c, start] {
-                   absl::Status s = HandleReload(c->response());
-                   metrics_->OnConfigReload(s.ok());
-                   Respond(c, "ReloadConfig", s, start);
-                 });
+                 // Reading the file may block: not on a completion-queue thread. A reload still
+                 // queued at shutdown is answered UNAVAILABLE instead (BlockingWorker::Stop),
+                 // before the completion queues close.
+                 worker_->Schedule(
+                     [this, c, start] {
+                       absl::Status s = HandleReload(c->response());
+                       metrics_->OnConfigReload(s.ok());
+                       Respond(c, "ReloadConfig", s, start);
+                     },
+                     [this, c, start] {
+                       Respond(c, "ReloadConfig",
+                               absl::UnavailableError(
+                                   "quotad is shutting down; the configuration was not reloaded"),
+                               start);
+                     });
                },
                &gate_};
   }
@@ -458,7 +498,8 @@ class QuotadServer::Impl {
   // The caller's identity from `authorization: Bearer <token>` metadata (kAnonymousIdentity
   // without an auth section), or UNAUTHENTICATED.
   absl::StatusOr<std::string> Identify(const grpc::ServerContext* context) {
-    const Authorizer& auth = *snapshot_.load(std::memory_order_acquire)->auth;
+    const std::shared_ptr<const ConfigSnapshot> snapshot = Snapshot();
+    const Authorizer& auth = *snapshot->auth;
     if (!auth.enabled()) return std::string(kAnonymousIdentity);
     std::optional<absl::string_view> header;
     const auto& metadata = context->client_metadata();
@@ -476,7 +517,8 @@ class QuotadServer::Impl {
                      absl::string_view credential, std::string* identity_out = nullptr) {
     absl::StatusOr<std::string> identity = Identify(context);
     if (!identity.ok()) return identity.status();
-    const Authorizer& auth = *snapshot_.load(std::memory_order_acquire)->auth;
+    const std::shared_ptr<const ConfigSnapshot> snapshot = Snapshot();
+    const Authorizer& auth = *snapshot->auth;
     absl::Status s = auth.Authorize(*identity, method, credential);
     if (!s.ok()) metrics_->OnAuthFailure("permission_denied");
     if (identity_out != nullptr) *identity_out = *std::move(identity);
@@ -486,20 +528,81 @@ class QuotadServer::Impl {
   // Release and Renew: the lease must be the caller's (or the caller an admin), and the caller
   // must be allowed `method` on the lease's credential. A lease the server does not know of is
   // passed on to the ledger only for admins; others get NOT_FOUND as for an expired lease.
-  absl::Status CheckLease(const grpc::ServerContext* context, AccessMethod method,
-                          const std::string& lease_id) {
+  absl::Status CheckLease(const std::string& identity, AccessMethod method, const LeaseId& id) {
+    const std::shared_ptr<const ConfigSnapshot> snapshot = Snapshot();
+    const Authorizer& auth = *snapshot->auth;
+    if (!auth.enabled() || auth.IsAdmin(identity)) return absl::OkStatus();
+    std::optional<LeaseOwner> owner = owners_.Lookup(id);
+    if (!owner.has_value()) {
+      return absl::NotFoundError(absl::StrCat("unknown or expired lease ", id.ToString()));
+    }
+    absl::Status s = auth.AuthorizeLease(identity, method, owner->identity);
+    if (s.ok()) s = auth.Authorize(identity, method, owner->credential);
+    if (!s.ok()) metrics_->OnAuthFailure("permission_denied");
+    return s;
+  }
+
+  // OK while the request_id table has room for one more answer; RESOURCE_EXHAUSTED naming the
+  // limit otherwise. The count is the table's size at the last sweep plus the answers recorded
+  // since: never below the real size, so the bound holds.
+  absl::Status RequestIdRoom() {
+    if (request_ids_.load(std::memory_order_relaxed) < options_.max_request_ids) {
+      return absl::OkStatus();
+    }
+    metrics_->OnLimitHit("request_ids");
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "quotad keeps ", options_.max_request_ids,
+        " request_id answers already (--max_request_ids); retry later, or call without a "
+        "request_id"));
+  }
+
+  // Release: who calls, the lease id (parsed once, LeaseId::Parse, so that any case the ledger
+  // accepts is the same lease for the owner table and the request_id table), a retry answered
+  // from the request_id table, the owner check, the ledger. A released lease leaves the owner
+  // table at once; a retry of it with the same request_id is answered from the request_id table,
+  // whose key names the caller's identity when auth is on.
+  absl::Status ReleaseCall_(const grpc::ServerContext* context, const v1::ReleaseRequest& req,
+                            v1::ReleaseResponse* resp) {
     absl::StatusOr<std::string> identity = Identify(context);
     if (!identity.ok()) return identity.status();
-    const Authorizer& auth = *snapshot_.load(std::memory_order_acquire)->auth;
-    if (!auth.enabled() || auth.IsAdmin(*identity)) return absl::OkStatus();
-    std::optional<LeaseOwner> owner = owners_.Lookup(lease_id);
-    if (!owner.has_value()) {
-      return absl::NotFoundError(
-          absl::StrCat("unknown or expired lease ", QuoteForError(lease_id)));
+    absl::StatusOr<LeaseId> id = ParseLeaseId("lease_id", req.lease_id());
+    if (!id.ok()) return id.status();
+    if (absl::Status s = ValidateText("request_id", req.request_id(), kMaxRequestIdLength);
+        !s.ok()) {
+      return s;
     }
-    absl::Status s = auth.AuthorizeLease(*identity, method, owner->identity);
-    if (s.ok()) s = auth.Authorize(*identity, method, owner->credential);
-    if (!s.ok()) metrics_->OnAuthFailure("permission_denied");
+    std::string dedup_key;
+    if (!req.request_id().empty()) {
+      const bool per_identity = Snapshot()->auth->enabled();
+      dedup_key = absl::StrCat("release/", per_identity ? absl::StrCat(*identity, "|") : "",
+                               id->ToString(), "/", req.request_id());
+      if (std::optional<std::string> first =
+              dedup_->Get(dedup_key, ToUnixNs(ledger_->clock()->Now()))) {
+        if (resp->ParseFromString(*first)) return absl::OkStatus();
+        resp->Clear();
+      }
+    }
+    if (absl::Status s = CheckLease(*identity, AccessMethod::kRelease, *id); !s.ok()) return s;
+    if (!dedup_key.empty()) {
+      if (absl::Status s = RequestIdRoom(); !s.ok()) return s;
+    }
+    absl::Status s = HandleRelease(req, *id, dedup_key, resp);
+    if (s.ok()) owners_.Forget(*id);
+    return s;
+  }
+
+  absl::Status RenewCall_(const grpc::ServerContext* context, const v1::RenewRequest& req,
+                          v1::RenewResponse* resp) {
+    absl::StatusOr<std::string> identity = Identify(context);
+    if (!identity.ok()) return identity.status();
+    absl::StatusOr<LeaseId> id = ParseLeaseId("lease_id", req.lease_id());
+    if (!id.ok()) return id.status();
+    if (absl::Status s = CheckLease(*identity, AccessMethod::kRenew, *id); !s.ok()) return s;
+    absl::Status s = HandleRenew(req, *id, resp);
+    if (s.ok() && resp->has_lease_expires_at()) {
+      const auto& t = resp->lease_expires_at();
+      owners_.Extend(*id, absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos()));
+    }
     return s;
   }
 
@@ -507,7 +610,9 @@ class QuotadServer::Impl {
   void Respond(Call* call, const char* method, const absl::Status& status, absl::Time start) {
     LogFailure(method, status);
     metrics_->OnCall(method, absl::Now() - start);
-    if (status.ok() && sampler_.Sample()) log_->info("rpc method={} code=OK", method);
+    if (status.ok() && sampler_.Sample()) {
+      Log(*log_, spdlog::level::info, "rpc", {{"method", method}, {"code", "OK"}});
+    }
     call->Finish(ToGrpcStatus(status));
   }
 
@@ -515,16 +620,22 @@ class QuotadServer::Impl {
     if (!status.ok()) {
       metrics_->OnRequestError(method, absl::StatusCodeToString(status.code()));
       if (sampler_.Sample()) {
-        log_->info("rpc method={} code={} error=\"{}\"", method,
-                   absl::StatusCodeToString(status.code()), std::string(status.message()));
+        Log(*log_, spdlog::level::info, "rpc",
+            {{"method", method},
+             {"code", absl::StatusCodeToString(status.code())},
+             {"error", status.message()}});
       }
       if (status.code() == absl::StatusCode::kInternal ||
           status.code() == absl::StatusCode::kUnknown) {
-        log_->error("rpc failed method={} code={} error=\"{}\"", method,
-                    absl::StatusCodeToString(status.code()), std::string(status.message()));
+        Log(*log_, spdlog::level::err, "rpc failed",
+            {{"method", method},
+             {"code", absl::StatusCodeToString(status.code())},
+             {"error", status.message()}});
       } else if (log_->should_log(spdlog::level::debug)) {
-        log_->debug("rpc rejected method={} code={} error=\"{}\"", method,
-                    absl::StatusCodeToString(status.code()), std::string(status.message()));
+        Log(*log_, spdlog::level::debug, "rpc rejected",
+            {{"method", method},
+             {"code", absl::StatusCodeToString(status.code())},
+             {"error", status.message()}});
       }
     }
   }
@@ -590,13 +701,14 @@ class QuotadServer::Impl {
     if (!args.ok()) return FinishAcquire(c, args.status());
     // With auth, the ledger's holder names the identity, so that ownership survives a restart.
     std::string holder;
-    if (snapshot_.load(std::memory_order_acquire)->auth->enabled()) {
+    if (Snapshot()->auth->enabled()) {
       holder = HolderWithIdentity(identity, req.holder());
       args->core.holder = holder;
     }
 
     std::string dedup_key;
     if (!req.request_id().empty()) {
+      if (absl::Status s = RequestIdRoom(); !s.ok()) return FinishAcquire(c, s);
       // With auth, request_ids are per identity: another one never sees this answer.
       dedup_key = absl::StrCat("acquire/", req.credential(), "/",
                                holder.empty() ? "" : absl::StrCat(identity, "|"), req.request_id());
@@ -606,7 +718,7 @@ class QuotadServer::Impl {
         if (same.ok() || same.code() == absl::StatusCode::kInvalidArgument) {
           return FinishAcquire(c, same);
         }
-        log_->error("dedup answer unreadable key={}", dedup_key);
+        Log(*log_, spdlog::level::err, "dedup answer unreadable", {{"key", dedup_key}});
         c->response()->Clear();
       }
     }
@@ -650,14 +762,18 @@ class QuotadServer::Impl {
     const v1::AcquireRequest& req = c->request();
     metrics_->OnDecision(method, req.credential(), req.feature(), decision->granted,
                          decision->limited_by, absl::Now() - start);
-    if (decision->granted && snapshot_.load(std::memory_order_acquire)->auth->enabled()) {
-      owners_.Record(decision->lease_id.ToString(), identity, req.credential(),
+    if (decision->granted && Snapshot()->auth->enabled()) {
+      owners_.Record(decision->lease_id, identity, req.credential(),
                      decision->lease_expiry);
     }
     if (sampler_.Sample()) {
-      log_->info("rpc method={} identity={} credential={} feature={} granted={} limited_by={}",
-                 method, identity, req.credential(), req.feature(), decision->granted,
-                 decision->limited_by.empty() ? "-" : decision->limited_by);
+      Log(*log_, spdlog::level::info, "rpc",
+          {{"method", method},
+           {"identity", identity},
+           {"credential", req.credential()},
+           {"feature", req.feature()},
+           {"granted", decision->granted},
+           {"limited_by", decision->limited_by.empty() ? "-" : decision->limited_by}});
     }
   }
 
@@ -727,10 +843,11 @@ class QuotadServer::Impl {
     const std::string mine = EncodeFirst(c->request(), *resp);
     absl::StatusOr<std::string> standing = dedup_->Put(
         dedup_key, mine, ToUnixNs(now + options_.dedup_window), ToUnixNs(now));
+    request_ids_.fetch_add(1, std::memory_order_relaxed);
     if (!standing.ok()) {
       metrics_->OnStoreError("dedup");
-      log_->warn("dedup record failed key={} error=\"{}\"", dedup_key,
-                 std::string(standing.status().message()));
+      Log(*log_, spdlog::level::warn, "dedup record failed",
+          {{"key", dedup_key}, {"error", standing.status().message()}});
       return absl::OkStatus();
     }
     if (*standing == mine) return absl::OkStatus();
@@ -739,8 +856,8 @@ class QuotadServer::Impl {
     // something else.
     absl::StatusOr<ReleaseResult> undone = ledger_->Release(decision->lease_id, 0);
     if (!undone.ok()) {
-      log_->warn("undo of a duplicate grant failed lease={} error=\"{}\"",
-                 decision->lease_id.ToString(), std::string(undone.status().message()));
+      Log(*log_, spdlog::level::warn, "undo of a duplicate grant failed",
+          {{"lease", decision->lease_id.ToString()}, {"error", undone.status().message()}});
     }
     resp->Clear();
     return AnswerFirst(c, *standing);
@@ -820,16 +937,21 @@ class QuotadServer::Impl {
       metrics_->OnCooldown(req.credential(), req.feature(), result->cooldown_until);
     }
     if (!result->adopted.empty() || IsFinite(result->cooldown_until)) {
-      log_->info("report applied credential={} feature={} http_status={} adopted={} cooldown={}",
-                 req.credential(), req.feature(), req.http_status(), resp->adopted_size(),
-                 resp->has_cooldown_until() ? absl::FormatTime(result->cooldown_until) : "none");
+      Log(*log_, spdlog::level::info, "report applied",
+          {{"credential", req.credential()},
+           {"feature", req.feature()},
+           {"http_status", req.http_status()},
+           {"adopted", resp->adopted_size()},
+           {"cooldown", resp->has_cooldown_until() ? absl::FormatTime(result->cooldown_until)
+                                                   : std::string("none")}});
     }
     return absl::OkStatus();
   }
 
-  absl::Status HandleRelease(const v1::ReleaseRequest& req, v1::ReleaseResponse* resp) {
-    absl::StatusOr<LeaseId> id = ParseLeaseId("lease_id", req.lease_id());
-    if (!id.ok()) return id.status();
+  // `dedup_key`: where the answer is kept for retries (empty: no request_id).
+  absl::Status HandleRelease(const v1::ReleaseRequest& req, const LeaseId& lease_id,
+                             const std::string& dedup_key, v1::ReleaseResponse* resp) {
+    const LeaseId* id = &lease_id;
     std::optional<int64_t> used;
     if (req.has_used()) {
       if (req.used() < 0) {
@@ -837,19 +959,6 @@ class QuotadServer::Impl {
             absl::StrCat("used must not be negative, got ", req.used()));
       }
       used = req.used();
-    }
-    if (absl::Status s = ValidateText("request_id", req.request_id(), kMaxRequestIdLength);
-        !s.ok()) {
-      return s;
-    }
-    std::string dedup_key;
-    if (!req.request_id().empty()) {
-      dedup_key = absl::StrCat("release/", req.lease_id(), "/", req.request_id());
-      if (std::optional<std::string> first =
-              dedup_->Get(dedup_key, ToUnixNs(ledger_->clock()->Now()))) {
-        if (resp->ParseFromString(*first)) return absl::OkStatus();
-        resp->Clear();
-      }
     }
     absl::StatusOr<ReleaseResult> result = ledger_->Release(*id, used);
     if (!result.ok()) return result.status();
@@ -860,20 +969,21 @@ class QuotadServer::Impl {
       absl::StatusOr<std::string> standing =
           dedup_->Put(dedup_key, resp->SerializeAsString(), ToUnixNs(now + options_.dedup_window),
                       ToUnixNs(now));
+      request_ids_.fetch_add(1, std::memory_order_relaxed);
       if (standing.ok()) {
         resp->ParseFromString(*standing);
       } else {
         metrics_->OnStoreError("dedup");
-        log_->warn("dedup record failed key={} error=\"{}\"", dedup_key,
-                   std::string(standing.status().message()));
+        Log(*log_, spdlog::level::warn, "dedup record failed",
+            {{"key", dedup_key}, {"error", standing.status().message()}});
       }
     }
     return absl::OkStatus();
   }
 
-  absl::Status HandleRenew(const v1::RenewRequest& req, v1::RenewResponse* resp) {
-    absl::StatusOr<LeaseId> id = ParseLeaseId("lease_id", req.lease_id());
-    if (!id.ok()) return id.status();
+  absl::Status HandleRenew(const v1::RenewRequest& req, const LeaseId& lease_id,
+                           v1::RenewResponse* resp) {
+    const LeaseId* id = &lease_id;
     absl::StatusOr<absl::Duration> ttl = ParseDuration("ttl", req.ttl(), kMaxTtl);
     if (!ttl.ok()) return ttl.status();
     absl::StatusOr<absl::Time> expiry = ledger_->Renew(*id, *ttl);
@@ -887,7 +997,7 @@ class QuotadServer::Impl {
     absl::StatusOr<std::vector<LimitStatus>> usage = ledger_->Usage(req.credential());
     if (!usage.ok()) return usage.status();
     resp->set_credential(req.credential());
-    const ConfigSnapshot* snapshot = snapshot_.load(std::memory_order_acquire);
+    const std::shared_ptr<const ConfigSnapshot> snapshot = Snapshot();
     if (auto it = snapshot->profile_of.find(req.credential()); it != snapshot->profile_of.end()) {
       resp->set_profile(it->second);
     }
@@ -896,29 +1006,91 @@ class QuotadServer::Impl {
     return absl::OkStatus();
   }
 
+  // page_size: 0 is kDefaultPageSize; above kMaxPageSize is kMaxPageSize (AIP-158).
+  static absl::StatusOr<size_t> PageSize(int32_t requested) {
+    if (requested < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("page_size must not be negative, got ", requested));
+    }
+    if (requested == 0) return kDefaultPageSize;
+    return std::min<size_t>(static_cast<size_t>(requested), kMaxPageSize);
+  }
+
   absl::Status HandleLeases(const v1::ListLeasesRequest& req, v1::ListLeasesResponse* resp) {
     if (!req.credential().empty()) {
       if (absl::Status s = ValidateName("credential", req.credential()); !s.ok()) return s;
-      const ConfigSnapshot* snapshot = snapshot_.load(std::memory_order_acquire);
+      const std::shared_ptr<const ConfigSnapshot> snapshot = Snapshot();
       if (!snapshot->profile_of.contains(req.credential())) {
         return absl::NotFoundError(
             absl::StrCat("unknown credential ", QuoteForError(req.credential())));
       }
     }
+    absl::StatusOr<size_t> page_size = PageSize(req.page_size());
+    if (!page_size.ok()) return page_size.status();
+    // Order: expiry, then id. The token is the last (expiry, id) answered: "<unix ns>.<id>".
+    using Key = std::pair<int64_t, std::pair<uint64_t, uint64_t>>;
+    auto key_of = [](const LeaseInfo& l) {
+      return Key{absl::ToUnixNanos(l.expiry), {l.id.hi, l.id.lo}};
+    };
+    std::optional<Key> after;
+    if (!req.page_token().empty()) {
+      const std::vector<absl::string_view> parts = absl::StrSplit(req.page_token(), '.');
+      int64_t ns = 0;
+      absl::StatusOr<LeaseId> id = parts.size() == 2 ? LeaseId::Parse(parts[1])
+                                                     : absl::InvalidArgumentError("");
+      if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &ns) || !id.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "page_token ", QuoteForError(req.page_token()),
+            " is not one this server issued (pass next_page_token unchanged)"));
+      }
+      after = Key{ns, {id->hi, id->lo}};
+    }
     std::vector<LeaseInfo> leases = ledger_->Leases(req.credential());
-    std::sort(leases.begin(), leases.end(),
-              [](const LeaseInfo& a, const LeaseInfo& b) { return a.expiry < b.expiry; });
-    for (const LeaseInfo& l : leases) LeaseToProto(l, resp->add_leases());
+    if (after.has_value()) {
+      leases.erase(std::remove_if(leases.begin(), leases.end(),
+                                  [&](const LeaseInfo& l) { return !(*after < key_of(l)); }),
+                   leases.end());
+    }
+    const size_t n = std::min(leases.size(), *page_size);
+    std::partial_sort(leases.begin(), leases.begin() + n, leases.end(),
+                      [&](const LeaseInfo& a, const LeaseInfo& b) { return key_of(a) < key_of(b); });
+    resp->mutable_leases()->Reserve(static_cast<int>(n));
+    for (size_t i = 0; i < n; ++i) LeaseToProto(leases[i], resp->add_leases());
+    if (leases.size() > n) {
+      const Key last = key_of(leases[n - 1]);
+      resp->set_next_page_token(absl::StrCat(last.first, ".", leases[n - 1].id.ToString()));
+    }
     return absl::OkStatus();
   }
 
-  absl::Status HandleCredentials(v1::ListCredentialsResponse* resp) {
+  absl::Status HandleCredentials(const v1::ListCredentialsRequest& req,
+                                 v1::ListCredentialsResponse* resp) {
+    absl::StatusOr<size_t> page_size = PageSize(req.page_size());
+    if (!page_size.ok()) return page_size.status();
+    if (!req.page_token().empty()) {
+      // The token is the last credential name answered.
+      if (absl::Status s = ValidateName("page_token", req.page_token()); !s.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "page_token ", QuoteForError(req.page_token()),
+            " is not one this server issued (pass next_page_token unchanged)"));
+      }
+    }
     const Policy policy = ledger_->policy();
     std::vector<const CredentialSpec*> sorted;
     for (const CredentialSpec& c : policy.credentials) sorted.push_back(&c);
     std::sort(sorted.begin(), sorted.end(),
               [](const CredentialSpec* a, const CredentialSpec* b) { return a->name < b->name; });
-    const ConfigSnapshot* snapshot = snapshot_.load(std::memory_order_acquire);
+    auto first = std::upper_bound(
+        sorted.begin(), sorted.end(), req.page_token(),
+        [](const std::string& token, const CredentialSpec* c) { return token < c->name; });
+    if (req.page_token().empty()) first = sorted.begin();
+    const size_t left = static_cast<size_t>(sorted.end() - first);
+    const size_t n = std::min(left, *page_size);
+    for (size_t i = 0; i < n; ++i) CredentialToProto(*first[i], resp->add_credentials());
+    if (left > n) resp->set_next_page_token(first[n - 1]->name);
+    if (!req.page_token().empty()) return absl::OkStatus();
+    // Profiles, on the first page.
+    const std::shared_ptr<const ConfigSnapshot> snapshot = Snapshot();
     std::map<std::string, v1::ProfileEntry> profiles;
     for (const v1::Profile& p : snapshot->profiles) {
       v1::ProfileEntry& e = profiles[p.name()];
@@ -927,7 +1099,6 @@ class QuotadServer::Impl {
       *e.mutable_definition() = p;
     }
     for (const CredentialSpec* c : sorted) {
-      CredentialToProto(*c, resp->add_credentials());
       if (c->profile.empty()) continue;
       v1::ProfileEntry& e = profiles[c->profile];
       e.set_name(c->profile);
@@ -941,7 +1112,7 @@ class QuotadServer::Impl {
                            v1::ResetCredentialResponse* resp) {
     if (absl::Status s = ValidateName("credential", req.credential()); !s.ok()) return s;
     if (absl::Status s = ledger_->Reset(req.credential()); !s.ok()) return s;
-    log_->info("credential reset credential={}", req.credential());
+    Log(*log_, spdlog::level::info, "credential reset", {{"credential", req.credential()}});
     resp->set_credential(req.credential());
     absl::StatusOr<std::vector<LimitStatus>> usage = ledger_->Usage(req.credential());
     if (!usage.ok()) return usage.status();
@@ -949,35 +1120,41 @@ class QuotadServer::Impl {
     return absl::OkStatus();
   }
 
-  absl::Status HandleReload(v1::ReloadConfigResponse* resp) {
-    absl::StatusOr<LoadedConfig> config = LoadConfigFile(options_.config_path);
+  // Serialized (reload_mu_): Admin.ReloadConfig, the file watch and SIGHUP may overlap, and the
+  // file read last must be the one in force.
+  absl::Status HandleReload(v1::ReloadConfigResponse* resp) ABSL_LOCKS_EXCLUDED(reload_mu_) {
+    absl::MutexLock lock(&reload_mu_);
+    absl::StatusOr<LoadedConfig> config = LoadConfigFile(options_.config_path, options_.config_limits);
     if (!config.ok()) {
-      log_->warn("reload rejected config={} error=\"{}\"", options_.config_path,
-                 std::string(config.status().message()));
+      Log(*log_, spdlog::level::warn, "reload rejected",
+          {{"config", options_.config_path}, {"error", config.status().message()}});
       return config.status();
     }
     const Policy* policy = &config->policy;
     if (absl::Status s = ledger_->Reload(*policy); !s.ok()) {
-      log_->warn("reload rejected config={} error=\"{}\"", options_.config_path,
-                 std::string(s.message()));
+      Log(*log_, spdlog::level::warn, "reload rejected",
+          {{"config", options_.config_path}, {"error", s.message()}});
       return s;
     }
     PublishSnapshot(*config);
     resp->set_source(options_.config_path);
     resp->set_credentials(static_cast<int32_t>(policy->credentials.size()));
     TimeToProto(ledger_->clock()->Now(), resp->mutable_loaded_at());
-    log_->info("config reloaded config={} credentials={}", options_.config_path,
-               policy->credentials.size());
+    Log(*log_, spdlog::level::info, "config reloaded",
+        {{"config", options_.config_path}, {"credentials", policy->credentials.size()}});
     return absl::OkStatus();
   }
 
-  void PublishSnapshot(const LoadedConfig& config) ABSL_LOCKS_EXCLUDED(snapshot_mu_) {
-    std::unique_ptr<const ConfigSnapshot> snapshot = ConfigSnapshot::Build(config);
-    absl::MutexLock lock(&snapshot_mu_);
-    snapshot_.store(snapshot.get(), std::memory_order_release);
-    // Readers hold raw pointers without a lock; old snapshots live as long as the server
-    // (reloads are rare).
-    snapshots_.push_back(std::move(snapshot));
+  // The configuration in force. Readers hold a reference for as long as they use it; a reload
+  // swaps it, and the old one is freed when its last reader lets go (finding 4: every reload's
+  // snapshot used to live as long as the server).
+  std::shared_ptr<const ConfigSnapshot> Snapshot() const {
+    return std::atomic_load_explicit(&snapshot_, std::memory_order_acquire);
+  }
+
+  void PublishSnapshot(const LoadedConfig& config) {
+    std::shared_ptr<const ConfigSnapshot> snapshot = ConfigSnapshot::Build(config);
+    std::atomic_store_explicit(&snapshot_, std::move(snapshot), std::memory_order_release);
   }
 
   // What identifies one version of the config file (following symlinks).
@@ -1009,7 +1186,8 @@ class QuotadServer::Impl {
       return;  // unchanged, or gone for a moment while a ConfigMap update swaps it
     }
     config_version_ = version;
-    log_->info("config file changed config={}; reloading", options_.config_path);
+    Log(*log_, spdlog::level::info, "config file changed; reloading",
+        {{"config", options_.config_path}});
     v1::ReloadConfigResponse unused;
     metrics_->OnConfigReload(HandleReload(&unused).ok());
   }
@@ -1024,11 +1202,15 @@ class QuotadServer::Impl {
       }
       const int64_t dropped = ledger_->Sweep();
       if (dropped > 0 && log_->should_log(spdlog::level::debug)) {
-        log_->debug("expired leases dropped count={}", dropped);
+        Log(*log_, spdlog::level::debug, "expired leases dropped", {{"count", dropped}});
       }
       const absl::Time now = ledger_->clock()->Now();
       dedup_->Sweep(ToUnixNs(now));
       owners_.Prune(now);
+      request_ids_.store(dedup_->size(), std::memory_order_relaxed);
+      metrics_->SetResource("request_ids", request_ids_.load(std::memory_order_relaxed));
+      metrics_->SetResourceLimit("request_ids", options_.max_request_ids);
+      metrics_->SetResource("lease_owners", owners_.size());
       if (absl::Now() - last_metrics_refresh_ >= options_.metrics_refresh) {
         last_metrics_refresh_ = absl::Now();
         metrics_->Refresh(*ledger_, now);
@@ -1038,8 +1220,8 @@ class QuotadServer::Impl {
         last_compact_ = now;
         if (absl::Status s = journal_->Compact(ToUnixNs(now)); !s.ok()) {
           metrics_->OnStoreError("compact");
-          log_->warn("state file compaction failed path={} error=\"{}\"", journal_->path(),
-                     std::string(s.message()));
+          Log(*log_, spdlog::level::warn, "state file compaction failed",
+              {{"path", journal_->path()}, {"error", s.message()}});
         }
       }
     }
@@ -1054,12 +1236,13 @@ class QuotadServer::Impl {
   const std::unique_ptr<Pumper> pumper_;
   const std::unique_ptr<Ledger> ledger_;
 
-  absl::Mutex snapshot_mu_;
-  std::atomic<const ConfigSnapshot*> snapshot_{nullptr};
-  std::vector<std::unique_ptr<const ConfigSnapshot>> snapshots_ ABSL_GUARDED_BY(snapshot_mu_);
+  absl::Mutex reload_mu_;
+  std::shared_ptr<const ConfigSnapshot> snapshot_;  // std::atomic_load / atomic_store only
 
   std::unique_ptr<Metrics> metrics_;  // set by Listen()
   LeaseOwners owners_;                // who holds each lease, when auth is on
+  // Upper bound on the request_id table's size (RequestIdRoom).
+  std::atomic<int64_t> request_ids_{dedup_->size()};
   LogSampler sampler_{options_.log_sample};
 
   CallGate gate_;
@@ -1097,7 +1280,7 @@ absl::StatusOr<std::unique_ptr<QuotadServer>> QuotadServer::Start(const ServerOp
   if (options.config_path.empty()) {
     return absl::InvalidArgumentError("a configuration file is required (--config)");
   }
-  absl::StatusOr<LoadedConfig> config = LoadConfigFile(options.config_path);
+  absl::StatusOr<LoadedConfig> config = LoadConfigFile(options.config_path, options.config_limits);
   if (!config.ok()) return config.status();
   if (options.state_path.empty() == !options.memory_only) {
     return absl::InvalidArgumentError(
@@ -1145,8 +1328,10 @@ absl::StatusOr<std::unique_ptr<QuotadServer>> QuotadServer::Start(const ServerOp
       return absl::Status(s.code(),
                           absl::StrCat("state file ", options.state_path, ": ", s.message()));
     }
-    ServerLogger()->info("state restored path={} leases={} took={}", options.state_path,
-                         (*ledger)->Leases("").size(), absl::FormatDuration(absl::Now() - began));
+    Log(*ServerLogger(), spdlog::level::info, "state restored",
+        {{"path", options.state_path},
+         {"leases", (*ledger)->Leases("").size()},
+         {"took", absl::FormatDuration(absl::Now() - began)}});
   }
   auto impl = std::make_unique<Impl>(options, std::move(journal), *std::move(dedup),
                                      std::move(pumper), *std::move(ledger), *config);
@@ -1162,6 +1347,12 @@ int QuotadServer::port() const { return impl_->port(); }
 int QuotadServer::metrics_port() const { return impl_->metrics_port(); }
 std::string QuotadServer::address() const { return impl_->address(); }
 Ledger* QuotadServer::ledger() const { return impl_->ledger(); }
+
+absl::Status QuotadServer::ReloadConfig() {
+  absl::MutexLock lock(&shutdown_mu_);
+  if (shut_down_) return absl::UnavailableError("quotad is shutting down");
+  return impl_->Reload();
+}
 
 void QuotadServer::Shutdown() {
   absl::MutexLock lock(&shutdown_mu_);

@@ -9,7 +9,9 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "service/core/clock.h"
+#include "service/config/config.h"
 #include "service/core/ledger.h"
+#include "service/server/metrics.h"
 #include "service/server/tls.h"
 
 namespace quotad {
@@ -51,6 +53,12 @@ struct ServerOptions {
   // ConfigMap update swaps a symlink), which is then applied like Admin.ReloadConfig: a bad
   // file is rejected, logged and the config in force kept. Zero turns the watch off.
   absl::Duration config_watch_interval = absl::Seconds(2);
+  // Bounds on the config file (size, YAML nodes once aliases are expanded, aliases), checked at
+  // start and on every reload.
+  ConfigLimits config_limits;
+  // At most this many request_id answers are kept; beyond, an Acquire or Release with a new
+  // request_id is RESOURCE_EXHAUSTED (quotad_limit_hits_total{limit="request_ids"}).
+  int64_t max_request_ids = 1000000;
   // At most this many Acquire calls wait per credential; beyond, RESOURCE_EXHAUSTED.
   int64_t max_waiters_per_credential = 10000;
 
@@ -61,6 +69,8 @@ struct ServerOptions {
   // host:port of the Prometheus /metrics endpoint (port 0 picks one, see metrics_port());
   // empty: no endpoint (metrics are still counted).
   std::string metrics_listen;
+  // Worker threads and request timeout of the metrics endpoint.
+  MetricsHttpOptions metrics_http;
   // When metrics_listen cannot be bound: false fails start-up; true logs a warning and serves
   // without the endpoint (main sets it while --metrics_listen is left at its default, so that
   // several quotad processes on one host, as in tests, still start).
@@ -103,6 +113,11 @@ class QuotadServer {
 
   // The ledger the services decide with.
   Ledger* ledger() const;
+
+  // Reads the config file again and applies it, as Admin.ReloadConfig does (SIGHUP). A bad file
+  // is rejected (its error returned and logged) and the config in force kept; kUnavailable
+  // after Shutdown(). Blocks while the file is read; thread-safe.
+  absl::Status ReloadConfig() ABSL_LOCKS_EXCLUDED(shutdown_mu_);
 
   // Health goes NOT_SERVING, new calls are refused, waiting Acquire calls are answered
   // UNAVAILABLE, in-flight calls finish (cancelled after shutdown_grace), then every thread is

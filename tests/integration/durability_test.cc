@@ -154,10 +154,16 @@ struct Client {
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
     v1::ListLeasesRequest req;
     req.set_credential(credential);
-    v1::ListLeasesResponse resp;
-    EXPECT_TRUE(admin->ListLeases(&ctx, req, &resp).ok());
     std::vector<std::string> ids;
-    for (const v1::Lease& l : resp.leases()) ids.push_back(l.lease_id());
+    for (;;) {  // every page
+      grpc::ClientContext page_ctx;
+      page_ctx.set_deadline(ctx.deadline());
+      v1::ListLeasesResponse resp;
+      EXPECT_TRUE(admin->ListLeases(&page_ctx, req, &resp).ok());
+      for (const v1::Lease& l : resp.leases()) ids.push_back(l.lease_id());
+      if (resp.next_page_token().empty()) break;
+      req.set_page_token(resp.next_page_token());
+    }
     return ids;
   }
 

@@ -1,5 +1,11 @@
 #include "service/server/metrics.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
 #include <memory>
 #include <string>
 
@@ -170,6 +176,72 @@ TEST_F(MetricsTest, ServesTheRegistryOverHttp) {
   const std::string body = testing::HttpGet((*served)->port(), "/metrics");
   EXPECT_THAT(body, HasSubstr("quotad_decisions_total{credential=\"team-a/key\",feature="
                               "\"requests\",result=\"granted\"} 1"));
+}
+
+// A connection to 127.0.0.1:`port` that sends the start of a request and then nothing.
+int HalfOpen(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return -1;
+  const char partial[] = "GET /metrics HTTP/1.1\r\n";
+  send(fd, partial, sizeof(partial) - 1, 0);
+  return fd;
+}
+
+// GET /metrics with a receive timeout: "" when no answer came within `timeout`.
+std::string GetWithin(int port, absl::Duration timeout) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  timeval tv = absl::ToTimeval(timeout);
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string response;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string request = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    send(fd, request.data(), request.size(), 0);
+    char buf[4096];
+    for (;;) {
+      const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+      if (n <= 0) break;
+      response.append(buf, static_cast<size_t>(n));
+    }
+  }
+  close(fd);
+  return response;
+}
+
+// Finding 7: with one civetweb worker, one half-open GET stalled /metrics for its whole timeout.
+TEST_F(MetricsTest, AHalfOpenClientDoesNotStallTheScrape) {
+  absl::StatusOr<std::unique_ptr<Metrics>> served = Metrics::Create("127.0.0.1:0");
+  ASSERT_TRUE(served.ok()) << served.status();
+  const int stuck = HalfOpen((*served)->port());
+  ASSERT_GE(stuck, 0);
+  EXPECT_THAT(GetWithin((*served)->port(), absl::Seconds(3)), HasSubstr(" 200 "));
+  close(stuck);
+}
+
+// Finding 7: a client that sends nothing more holds a worker only for the request timeout.
+TEST_F(MetricsTest, AHalfOpenClientIsDroppedAfterTheRequestTimeout) {
+  MetricsHttpOptions http;
+  http.threads = 1;
+  http.request_timeout = absl::Milliseconds(300);
+  absl::StatusOr<std::unique_ptr<Metrics>> served = Metrics::Create("127.0.0.1:0", http);
+  ASSERT_TRUE(served.ok()) << served.status();
+  const int stuck = HalfOpen((*served)->port());
+  ASSERT_GE(stuck, 0);
+  EXPECT_THAT(GetWithin((*served)->port(), absl::Seconds(5)), HasSubstr(" 200 "));
+  close(stuck);
+}
+
+TEST_F(MetricsTest, RefusesBadHttpOptions) {
+  MetricsHttpOptions http;
+  http.threads = 0;
+  EXPECT_EQ(Metrics::Create("", http).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(MetricsTest, RefusesAnAddressInUse) {

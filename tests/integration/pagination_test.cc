@@ -1,0 +1,150 @@
+// Finding 10: ListLeases and ListCredentials answer in pages. 100,000 leases (granted in process
+// through the ledger, so that the test is fast) are listed over gRPC page by page: every lease
+// exactly once, in order, each answer within the message limit.
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "quotad/v1/quotad.grpc.pb.h"
+#include "service/server/server.h"
+
+namespace quotad {
+namespace {
+
+constexpr int kLeases = 100000;
+constexpr int kCredentials = 2500;
+
+std::string WriteConfig() {
+  std::string yaml = R"(profiles:
+  - name: many-slots
+    features:
+      - name: jobs
+        default_lease_ttl: 1h
+        max_lease_ttl: 2h
+        limits:
+          - {name: concurrent, kind: concurrency, capacity: 200000}
+credentials:
+)";
+  for (int i = 0; i < kCredentials; ++i) {
+    absl::StrAppend(&yaml, "  - {name: team/key-", i, ", profile: many-slots}\n");
+  }
+  char path[] = "/tmp/quotad_pagination_XXXXXX";
+  const int fd = mkstemp(path);
+  close(fd);
+  std::ofstream(path) << yaml;
+  return path;
+}
+
+class PaginationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    config_ = WriteConfig();
+    ServerOptions options;
+    options.config_path = config_;
+    options.memory_only = true;
+    options.listen_address = "127.0.0.1:0";
+    options.config_watch_interval = absl::ZeroDuration();
+    absl::StatusOr<std::unique_ptr<QuotadServer>> server = QuotadServer::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    admin_ = v1::Admin::NewStub(grpc::CreateChannel(server_->address(),
+                                                    grpc::InsecureChannelCredentials()));
+  }
+  void TearDown() override {
+    server_.reset();
+    std::remove(config_.c_str());
+  }
+
+  std::string config_;
+  std::unique_ptr<QuotadServer> server_;
+  std::unique_ptr<v1::Admin::Stub> admin_;
+};
+
+TEST_F(PaginationTest, HundredThousandLeasesComeInPagesEachExactlyOnceInOrder) {
+  for (int i = 0; i < kLeases; ++i) {
+    AcquireRequest req;
+    req.credential = "team/key-0";
+    req.feature = "jobs";
+    req.want_limits = false;
+    absl::StatusOr<Decision> d = server_->ledger()->Acquire(req);
+    ASSERT_TRUE(d.ok() && d->granted) << i;
+  }
+  // The default page.
+  {
+    grpc::ClientContext ctx;
+    v1::ListLeasesResponse resp;
+    ASSERT_TRUE(admin_->ListLeases(&ctx, v1::ListLeasesRequest(), &resp).ok());
+    EXPECT_EQ(resp.leases_size(), 1000);
+    EXPECT_FALSE(resp.next_page_token().empty());
+  }
+  absl::flat_hash_set<std::string> seen;
+  v1::ListLeasesRequest req;
+  req.set_page_size(1 << 20);  // more than the server gives: 10,000
+  int pages = 0;
+  std::string last_key;
+  for (;;) {
+    grpc::ClientContext ctx;
+    v1::ListLeasesResponse resp;
+    grpc::Status s = admin_->ListLeases(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    ASSERT_LE(resp.leases_size(), 10000);
+    ++pages;
+    for (const v1::Lease& l : resp.leases()) {
+      EXPECT_TRUE(seen.insert(l.lease_id()).second) << "seen twice: " << l.lease_id();
+      const std::string key = absl::StrCat(
+          absl::Dec(l.expires_at().seconds(), absl::kZeroPad12), ".",
+          absl::Dec(l.expires_at().nanos(), absl::kZeroPad9), ".", l.lease_id());
+      EXPECT_LT(last_key, key);
+      last_key = key;
+    }
+    if (resp.next_page_token().empty()) break;
+    req.set_page_token(resp.next_page_token());
+    ASSERT_LE(pages, 100);
+  }
+  EXPECT_EQ(seen.size(), static_cast<size_t>(kLeases));
+  EXPECT_EQ(pages, kLeases / 10000);
+}
+
+TEST_F(PaginationTest, CredentialsComeInPagesWithProfilesOnTheFirst) {
+  v1::ListCredentialsRequest req;
+  req.set_page_size(1000);
+  absl::flat_hash_set<std::string> seen;
+  int pages = 0;
+  for (;;) {
+    grpc::ClientContext ctx;
+    v1::ListCredentialsResponse resp;
+    grpc::Status s = admin_->ListCredentials(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(resp.profiles_size() > 0, pages == 0);
+    ++pages;
+    for (const auto& c : resp.credentials()) EXPECT_TRUE(seen.insert(c.name()).second);
+    if (resp.next_page_token().empty()) break;
+    req.set_page_token(resp.next_page_token());
+    ASSERT_LE(pages, 10);
+  }
+  EXPECT_EQ(seen.size(), static_cast<size_t>(kCredentials));
+  EXPECT_EQ(pages, 3);
+}
+
+TEST_F(PaginationTest, AForeignPageTokenIsInvalidArgument) {
+  grpc::ClientContext ctx;
+  v1::ListLeasesRequest req;
+  req.set_page_token("not-a-token");
+  v1::ListLeasesResponse resp;
+  grpc::Status s = admin_->ListLeases(&ctx, req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("page_token"), std::string::npos) << s.error_message();
+}
+
+}  // namespace
+}  // namespace quotad
