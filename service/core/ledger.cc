@@ -1110,6 +1110,33 @@ absl::StatusOr<std::vector<LimitStatus>> Ledger::Usage(absl::string_view credent
   return out;
 }
 
+std::vector<QueueInfo> Ledger::Queues() const {
+  std::vector<Credential*> creds;
+  {
+    absl::MutexLock lock(&wait_mu_);  // lock order: never a credential's mu inside wait_mu_
+    creds.assign(waiting_credentials_.begin(), waiting_credentials_.end());
+  }
+  std::vector<QueueInfo> out;
+  for (Credential* cred : creds) {
+    absl::MutexLock lock(&cred->mu);
+    for (const auto& [key, queue] : cred->queues) {
+      if (queue.waiters.empty()) continue;
+      QueueInfo& q = out.emplace_back();
+      q.credential = cred->name;
+      const size_t nul = key.find('\0');
+      q.feature = key.substr(0, nul);
+      if (nul != std::string::npos) q.scope = key.substr(nul + 1);
+      q.waiters = static_cast<int64_t>(queue.waiters.size());
+      q.retry_at = FromNs(queue.retry_ns);
+      q.limited_by = queue.limited_by;
+    }
+  }
+  std::sort(out.begin(), out.end(), [](const QueueInfo& a, const QueueInfo& b) {
+    return std::tie(a.credential, a.feature, a.scope) < std::tie(b.credential, b.feature, b.scope);
+  });
+  return out;
+}
+
 std::vector<LeaseInfo> Ledger::Leases(absl::string_view credential) {
   const int64_t now = absl::ToUnixNanos(clock_->Now());
   std::vector<LeaseInfo> out;

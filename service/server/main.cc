@@ -66,6 +66,8 @@ ABSL_FLAG(std::string, metrics_listen, "0.0.0.0:9090",
           "host:port of the Prometheus /metrics endpoint; empty: none.");
 ABSL_FLAG(absl::Duration, metrics_refresh, absl::Seconds(5),
           "How often the gauges (remaining units, live leases, queue depth) are re-read.");
+ABSL_FLAG(bool, status_page, true,
+          "Serve the operator's status page (/ and /api/usage) on --metrics_listen.");
 ABSL_FLAG(std::string, log_format, "text", "text (key=value) or json (one object per line).");
 ABSL_FLAG(int64_t, log_sample, 0,
           "Log one line per call for 1 call in N (info level); 0: no per-call lines.");
@@ -129,6 +131,7 @@ int main(int argc, char** argv) {
   options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
   options.metrics_best_effort = options.metrics_listen == "0.0.0.0:9090";
   options.metrics_refresh = absl::GetFlag(FLAGS_metrics_refresh);
+  options.status_page = absl::GetFlag(FLAGS_status_page);
   options.log_sample = absl::GetFlag(FLAGS_log_sample);
   if (options.log_sample < 0) {
     std::fprintf(stderr, "quotad: --log_sample must be >= 0\n");

@@ -30,6 +30,7 @@
 #include "service/server/health.h"
 #include "service/server/logging.h"
 #include "service/server/metrics.h"
+#include "service/server/status_page.h"
 #include "service/server/validation.h"
 #include "service/store/dedup_store.h"
 #include "service/store/sqlite_journal.h"
@@ -240,6 +241,12 @@ class QuotadServer::Impl {
     if (!metrics.ok()) return metrics.status();
     metrics_ = *std::move(metrics);
     metrics_->Refresh(*ledger_, ledger_->clock()->Now());
+    if (options_.status_page) {
+      metrics_->pages().SetHandler(
+          [page = StatusPage(ledger_.get(), &throttles_)](const HttpRequest& r) {
+            return page.Handle(r);
+          });
+    }
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;
     // Without this a second quotad could bind the same port and split the traffic.
@@ -778,6 +785,8 @@ class QuotadServer::Impl {
     if (IsFinite(result->cooldown_until)) {
       TimeToProto(result->cooldown_until, resp->mutable_cooldown_until());
       metrics_->OnCooldown(req.credential(), req.feature(), result->cooldown_until);
+      throttles_.Record({req.credential(), req.feature(), req.http_status(), observed_at,
+                         result->cooldown_until});
     }
     if (!result->adopted.empty() || IsFinite(result->cooldown_until)) {
       log_->info("report applied credential={} feature={} http_status={} adopted={} cooldown={}",
@@ -1018,6 +1027,7 @@ class QuotadServer::Impl {
   std::atomic<const ConfigSnapshot*> snapshot_{nullptr};
   std::vector<std::unique_ptr<const ConfigSnapshot>> snapshots_ ABSL_GUARDED_BY(snapshot_mu_);
 
+  ThrottleLog throttles_;             // the last throttles reported, for the status page
   std::unique_ptr<Metrics> metrics_;  // set by Listen()
   LeaseOwners owners_;                // who holds each lease, when auth is on
   LogSampler sampler_{options_.log_sample};
