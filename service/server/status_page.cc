@@ -41,6 +41,9 @@ if(m){document.getElementById('content').replaceWith(m);document.body.dataset.re
 .catch(function(){});},5000);})();
 )js";
 
+// The page and the JSON list at most this many leases, soonest expiry first.
+constexpr size_t kMaxLeasesShown = 200;
+
 std::string Sha256Base64(absl::string_view text) {
   unsigned char digest[SHA256_DIGEST_LENGTH];
   SHA256(reinterpret_cast<const unsigned char*>(text.data()), text.size(), digest);
@@ -327,7 +330,10 @@ std::string RenderStatusHtml(const StatusSnapshot& s) {
     absl::StrAppend(&h,
                     "<table id=\"leases\"><tr><th>credential</th><th>feature</th><th>scope</th>"
                     "<th>holder</th><th>cost</th><th>granted</th><th>expires</th></tr>\n");
-    for (const LeaseInfo& l : s.leases) {
+    // Every grant is a lease: show the soonest to expire, and how many more there are.
+    const size_t shown = std::min(s.leases.size(), kMaxLeasesShown);
+    for (size_t i = 0; i < shown; ++i) {
+      const LeaseInfo& l = s.leases[i];
       absl::StrAppend(&h, "<tr class=\"lease\" data-lease=\"", l.id.ToString(), "\"><td>",
                       HtmlEscape(l.credential), "</td><td>", HtmlEscape(l.feature), "</td><td>",
                       HtmlEscape(l.scope), "</td><td class=\"holder\">", HtmlEscape(l.holder),
@@ -336,6 +342,10 @@ std::string RenderStatusHtml(const StatusSnapshot& s) {
                       "\">", In(l.expiry, s.now), "</td></tr>\n");
     }
     absl::StrAppend(&h, "</table>\n");
+    if (shown < s.leases.size()) {
+      absl::StrAppend(&h, "<p class=\"muted\" id=\"more-leases\">and ", s.leases.size() - shown,
+                      " more (see Admin.ListLeases)</p>\n");
+    }
   }
 
   absl::StrAppend(&h, "<h2>Credentials</h2>\n");
@@ -374,8 +384,8 @@ std::string RenderUsageJson(const StatusSnapshot& s) {
     if (i > 0) j += ",";
     j += RenderCredentialJson(s, s.credentials[i]);
   }
-  j += "],\"leases\":[";
-  for (size_t i = 0; i < s.leases.size(); ++i) {
+  absl::StrAppend(&j, "],\"leaseCount\":", s.leases.size(), ",\"leases\":[");
+  for (size_t i = 0; i < std::min(s.leases.size(), kMaxLeasesShown); ++i) {
     if (i > 0) j += ",";
     v1::Lease lease;
     LeaseToProto(s.leases[i], &lease);
@@ -432,8 +442,9 @@ std::optional<HttpReply> StatusPage::Handle(const HttpRequest& request) const {
     reply.body = RenderUsageJson(TakeStatusSnapshot(*ledger_, throttles_));
     return reply;
   }
-  const StatusSnapshot s = TakeStatusSnapshot(*ledger_, throttles_, *credential);
-  if (credential->empty() || s.credentials.empty()) {
+  StatusSnapshot s;
+  if (!credential->empty()) s = TakeStatusSnapshot(*ledger_, throttles_, *credential);
+  if (s.credentials.empty()) {
     reply.status = 404;
     reply.body = absl::StrCat("{\"error\":", JsonEscape(absl::StrCat("credential '", *credential,
                                                                     "' is not configured")),

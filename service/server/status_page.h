@@ -83,8 +83,9 @@ StatusSnapshot TakeStatusSnapshot(Ledger& ledger, const ThrottleLog* throttles,
 
 // The HTML page. Pure.
 std::string RenderStatusHtml(const StatusSnapshot& snapshot);
-// The JSON document of /api/usage: {"observedAt", "credentials": [GetUsageResponse...],
-// "leases": [Lease...], "queues": [...], "throttles": [...]}, protobuf JSON names. Pure.
+// The JSON document of /api/usage: {"observedAt", "waiting", "credentials":
+// [GetUsageResponse...], "leaseCount", "leases": [Lease...], "queues": [...], "throttles": [...]},
+// protobuf JSON names. Pure. The page and this list at most 200 leases, soonest expiry first.
 std::string RenderUsageJson(const StatusSnapshot& snapshot);
 // One credential as Admin.GetUsage's response in protobuf JSON. Pure.
 std::string RenderCredentialJson(const StatusSnapshot& snapshot,
