@@ -62,6 +62,11 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                        .Name("quotad_store_errors_total")
                        .Help("Failed store operations.")
                        .Register(*registry_);
+  // Series at 0 for the store operations the server counts, so that the first error is an
+  // increase() and the family is on /metrics before any error (the alert rules name it).
+  for (const char* operation : {"compact", "dedup", "flush"}) {
+    store_errors_->Add({{"operation", operation}});
+  }
   reloads_ = &BuildCounter()
                   .Name("quotad_config_reloads_total")
                   .Help("Configuration reloads by result.")
