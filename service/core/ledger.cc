@@ -1356,6 +1356,34 @@ absl::StatusOr<std::vector<LimitStatus>> Ledger::Usage(absl::string_view credent
   return out;
 }
 
+std::vector<QueueInfo> Ledger::Queues() const {
+  std::vector<Credential*> creds;
+  {
+    absl::MutexLock lock(&wait_mu_);  // lock order: never a credential's mu inside wait_mu_
+    creds.assign(waiting_credentials_.begin(), waiting_credentials_.end());
+  }
+  std::vector<QueueInfo> out;
+  for (Credential* cred : creds) {
+    absl::MutexLock lock(&cred->mu);
+    // One queue per feature and scope; its head is the first of them in serving order.
+    std::map<std::pair<std::string, std::string>, QueueInfo> queues;
+    for (const auto& [order, w] : cred->waiters) {
+      QueueInfo& q = queues[{w->feature, w->scope}];
+      if (q.waiters++ > 0) continue;
+      q.credential = cred->name;
+      q.feature = w->feature;
+      q.scope = w->scope;
+      q.retry_at = FromNs(w->retry_ns);
+      q.limited_by = w->limited_by;
+    }
+    for (auto& [key, q] : queues) out.push_back(std::move(q));
+  }
+  std::sort(out.begin(), out.end(), [](const QueueInfo& a, const QueueInfo& b) {
+    return std::tie(a.credential, a.feature, a.scope) < std::tie(b.credential, b.feature, b.scope);
+  });
+  return out;
+}
+
 std::vector<LeaseInfo> Ledger::Leases(absl::string_view credential) {
   const int64_t now = absl::ToUnixNanos(clock_->Now());
   std::vector<LeaseInfo> out;

@@ -117,6 +117,16 @@ struct ReportResult {
   std::vector<std::string> warnings;
 };
 
+// The requests waiting in one queue (credential, feature, scope), for operators.
+struct QueueInfo {
+  std::string credential;
+  std::string feature;
+  std::string scope;
+  int64_t waiters = 0;
+  absl::Time retry_at = absl::InfiniteFuture();  // when the head could be granted, as last computed
+  std::string limited_by;                        // the limit that holds the head back
+};
+
 struct ReleaseResult {
   int64_t refunded = 0;  // units given back to window limits
   int64_t freed = 0;     // concurrency slots freed
@@ -228,6 +238,10 @@ class Ledger {
 
   // Live leases, of one credential or (empty) all.
   std::vector<LeaseInfo> Leases(absl::string_view credential);
+
+  // Every queue with requests waiting, by credential then feature and scope. Read-only; takes
+  // each waiting credential's lock briefly.
+  std::vector<QueueInfo> Queues() const;
 
   // Zeroes every counter of the credential, and forgets what reloads kept of older
   // configurations (leases stay; their refunds give nothing back). kNotFound for an unknown one.

@@ -79,6 +79,8 @@ ABSL_FLAG(int64_t, max_config_nodes, 500000,
 ABSL_FLAG(int64_t, max_config_aliases, 1000, "Most YAML aliases (*name) a config file may hold.");
 ABSL_FLAG(absl::Duration, metrics_refresh, absl::Seconds(5),
           "How often the gauges (remaining units, live leases, queue depth) are re-read.");
+ABSL_FLAG(bool, status_page, true,
+          "Serve the operator's status page (/ and /api/usage) on --metrics_listen.");
 ABSL_FLAG(std::string, log_format, "text", "text (key=value) or json (one object per line).");
 ABSL_FLAG(int64_t, max_request_ids, 1000000,
           "Most request_id answers kept (Acquire and Release retries, --dedup_window); beyond, a "
@@ -173,6 +175,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   options.metrics_refresh = absl::GetFlag(FLAGS_metrics_refresh);
+  options.status_page = absl::GetFlag(FLAGS_status_page);
   options.log_sample = absl::GetFlag(FLAGS_log_sample);
   options.max_request_ids = absl::GetFlag(FLAGS_max_request_ids);
   if (options.log_sample < 0) {

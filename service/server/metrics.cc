@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "service/server/status_page.h"
 
 namespace quotad {
 namespace {
@@ -61,6 +62,11 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                        .Name("quotad_store_errors_total")
                        .Help("Failed store operations.")
                        .Register(*registry_);
+  // Series at 0 for the store operations the server counts, so that the first error is an
+  // increase() and the family is on /metrics before any error (the alert rules name it).
+  for (const char* operation : {"compact", "dedup", "flush"}) {
+    store_errors_->Add({{"operation", operation}});
+  }
   reloads_ = &BuildCounter()
                   .Name("quotad_config_reloads_total")
                   .Help("Configuration reloads by result.")
@@ -98,6 +104,14 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                    .Name("quotad_capacity_units")
                    .Help("Capacity of each limit.")
                    .Register(*registry_);
+  window_ = &BuildGauge()
+                 .Name("quotad_window_seconds")
+                 .Help("Length of each limit's window (refill time of a token bucket).")
+                 .Register(*registry_);
+  reset_ = &BuildGauge()
+                .Name("quotad_reset_timestamp_seconds")
+                .Help("Unix time at which each limit's window ends or its next unit frees.")
+                .Register(*registry_);
   latency_ = &BuildHistogram()
                   .Name("quotad_decision_latency_seconds")
                   .Help("Time from a call's arrival in its handler to its answer, by method.")
@@ -121,11 +135,15 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& list
   if (listen.empty()) return m;
   try {
     // civetweb's options: a pool of workers, and a bound on every read and write of a request
-    // (a client that opens a connection and sends nothing holds a worker only that long).
-    m->exposer_ = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
-        "listening_ports", listen, "num_threads", absl::StrCat(http.threads),
-        "request_timeout_ms",
-        absl::StrCat(std::max<int64_t>(1, absl::ToInt64Milliseconds(http.request_timeout)))});
+    // (a client that opens a connection and sends nothing holds a worker only that long). The
+    // status page answers its paths first (HttpPages).
+    HttpPages::Binding bind(&m->pages_);
+    m->exposer_ = std::make_unique<prometheus::Exposer>(
+        std::vector<std::string>{
+            "listening_ports", listen, "num_threads", absl::StrCat(http.threads),
+            "request_timeout_ms",
+            absl::StrCat(std::max<int64_t>(1, absl::ToInt64Milliseconds(http.request_timeout)))},
+        HttpPages::Callbacks());
   } catch (const std::exception& e) {
     return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", listen, ": ", e.what()));
   }
@@ -250,15 +268,28 @@ void Metrics::Refresh(Ledger& ledger, absl::Time now) {
   for (const CredentialSpec& c : policy.credentials) {
     absl::StatusOr<std::vector<LimitStatus>> usage = ledger.Usage(c.name);
     if (!usage.ok()) continue;
-    absl::flat_hash_map<std::string, std::pair<int64_t, int64_t>> by_limit;  // remaining, capacity
+    absl::flat_hash_map<std::string, const LimitStatus*> by_limit;  // the smallest remaining
     for (const LimitStatus& l : *usage) {
       if (l.kind == LimitKind::kUnlimited || l.cooldown) continue;
-      auto [it, inserted] = by_limit.emplace(l.name, std::make_pair(l.remaining, l.capacity));
-      if (!inserted) it->second.first = std::min(it->second.first, l.remaining);
+      auto [it, inserted] = by_limit.emplace(l.name, &l);
+      if (!inserted && l.remaining < it->second->remaining) it->second = &l;
     }
-    for (const auto& [limit, rc] : by_limit) {
-      set(remaining_, {{"credential", c.name}, {"limit", limit}}, static_cast<double>(rc.first));
-      set(capacity_, {{"credential", c.name}, {"limit", limit}}, static_cast<double>(rc.second));
+    absl::flat_hash_map<std::string, absl::Duration> windows;
+    for (const FeatureSpec& f : c.features) {
+      for (const LimitSpec& l : f.limits) {
+        windows[absl::StrCat(f.name, ".", l.name)] = WindowLength(l, now);
+      }
+    }
+    for (const auto& [limit, l] : by_limit) {
+      set(remaining_, {{"credential", c.name}, {"limit", limit}}, static_cast<double>(l->remaining));
+      set(capacity_, {{"credential", c.name}, {"limit", limit}}, static_cast<double>(l->capacity));
+      if (auto it = windows.find(limit); it != windows.end() && it->second > absl::ZeroDuration()) {
+        set(window_, {{"credential", c.name}, {"limit", limit}}, absl::ToDoubleSeconds(it->second));
+      }
+      if (l->reset != absl::InfiniteFuture() && l->reset != absl::InfinitePast()) {
+        set(reset_, {{"credential", c.name}, {"limit", limit}},
+            absl::ToDoubleSeconds(l->reset - absl::UnixEpoch()));
+      }
     }
   }
   std::vector<std::pair<std::pair<std::string, std::string>, absl::Time>> cooldowns;

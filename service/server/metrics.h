@@ -20,6 +20,8 @@
 //   quotad_cooldown_active{credential,feature}                           gauge (0/1)
 //   quotad_remaining_units{credential,limit}                             gauge
 //   quotad_capacity_units{credential,limit}                              gauge
+//   quotad_window_seconds{credential,limit}                              gauge (length of window)
+//   quotad_reset_timestamp_seconds{credential,limit}                     gauge (unix time)
 //   quotad_decision_latency_seconds{method}                              histogram
 //   quotad_store_errors_total{operation}                                 counter
 //   quotad_config_reloads_total{result="ok|rejected"}                    counter
@@ -31,8 +33,11 @@
 // refused because of one, quotad_limit_hits_total{limit} counts it; the resources a caller can
 // make quotad hold report their use and their limit under the same name.
 //
-// Scoped limits report the smallest remaining of their scopes. Unlimited limits are left out of
-// the remaining/capacity gauges.
+// Scoped limits report the smallest remaining of their scopes (and that scope's reset). Unlimited
+// limits are left out of the remaining/capacity gauges; concurrency limits have no window, and a
+// limit with nothing pending no reset.
+//
+// Pages other than /metrics (the status page) are served on the same listener through pages().
 //
 // Thread-safe. Owns its registry and HTTP listener.
 
@@ -48,6 +53,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "service/core/ledger.h"
+#include "service/server/http_pages.h"
 
 namespace prometheus {
 class Counter;
@@ -115,6 +121,9 @@ class Metrics {
   // The whole registry in the Prometheus text format (what /metrics serves).
   std::string Serialize() const;
 
+  // Other pages on the metrics listener; see http_pages.h.
+  HttpPages& pages() { return pages_; }
+
  private:
   Metrics();
   prometheus::Counter& CachedCounter(prometheus::Family<prometheus::Counter>* family,
@@ -124,6 +133,7 @@ class Metrics {
   prometheus::Histogram& LatencyFor(absl::string_view method);
 
   std::shared_ptr<prometheus::Registry> registry_;
+  HttpPages pages_;  // before exposer_: outlives the listener's threads
   std::unique_ptr<prometheus::Exposer> exposer_;
   int port_ = 0;
 
@@ -143,6 +153,8 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* cooldown_active_;
   prometheus::Family<prometheus::Gauge>* remaining_;
   prometheus::Family<prometheus::Gauge>* capacity_;
+  prometheus::Family<prometheus::Gauge>* window_;
+  prometheus::Family<prometheus::Gauge>* reset_;
   prometheus::Family<prometheus::Histogram>* latency_;
   prometheus::Gauge* queue_depth_;
 

@@ -33,6 +33,7 @@
 #include "service/server/health.h"
 #include "service/server/logging.h"
 #include "service/server/metrics.h"
+#include "service/server/status_page.h"
 #include "service/server/validation.h"
 #include "service/store/dedup_store.h"
 #include "service/store/sqlite_journal.h"
@@ -268,6 +269,12 @@ class QuotadServer::Impl {
     if (!metrics.ok()) return metrics.status();
     metrics_ = *std::move(metrics);
     metrics_->Refresh(*ledger_, ledger_->clock()->Now());
+    if (options_.status_page) {
+      metrics_->pages().SetHandler(
+          [page = StatusPage(ledger_.get(), &throttles_)](const HttpRequest& r) {
+            return page.Handle(r);
+          });
+    }
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;
     // Without this a second quotad could bind the same port and split the traffic.
@@ -935,6 +942,8 @@ class QuotadServer::Impl {
     if (IsFinite(result->cooldown_until)) {
       TimeToProto(result->cooldown_until, resp->mutable_cooldown_until());
       metrics_->OnCooldown(req.credential(), req.feature(), result->cooldown_until);
+      throttles_.Record({req.credential(), req.feature(), req.http_status(), observed_at,
+                         result->cooldown_until});
     }
     if (!result->adopted.empty() || IsFinite(result->cooldown_until)) {
       Log(*log_, spdlog::level::info, "report applied",
@@ -1239,6 +1248,7 @@ class QuotadServer::Impl {
   absl::Mutex reload_mu_;
   std::shared_ptr<const ConfigSnapshot> snapshot_;  // std::atomic_load / atomic_store only
 
+  ThrottleLog throttles_;             // the last throttles reported, for the status page
   std::unique_ptr<Metrics> metrics_;  // set by Listen()
   LeaseOwners owners_;                // who holds each lease, when auth is on
   // Upper bound on the request_id table's size (RequestIdRoom).

@@ -77,6 +77,9 @@ struct ServerOptions {
   bool metrics_best_effort = false;
   // How often the gauges (remaining units, live leases, queue depth, cooldowns) are re-read.
   absl::Duration metrics_refresh = absl::Seconds(5);
+  // Serve the operator's status page (/ and /api/usage, see status_page.h) on the metrics
+  // listener.
+  bool status_page = true;
   // One per-call log line (level info) for 1 call in `log_sample`; 0: none.
   int64_t log_sample = 0;
 };
