@@ -27,6 +27,21 @@ absl::Time FromNs(int64_t ns) {
   return absl::FromUnixNanos(ns);
 }
 
+// a + b, saturating at the ends of int64.
+int64_t SatAdd(int64_t a, int64_t b) {
+  int64_t out;
+  if (__builtin_add_overflow(a, b, &out)) {
+    return b > 0 ? std::numeric_limits<int64_t>::max() : std::numeric_limits<int64_t>::min();
+  }
+  return out;
+}
+
+// A time moved by `by`, the infinities left as they are.
+int64_t Shift(int64_t ns, int64_t by) {
+  if (ns == kInfiniteNs || ns == std::numeric_limits<int64_t>::min()) return ns;
+  return SatAdd(ns, by);
+}
+
 // 128 bits from the kernel's CSPRNG, drawn in blocks so that a lease id costs no syscall.
 // Thread-compatible per thread (thread_local).
 LeaseId NewLeaseId() {
@@ -467,10 +482,12 @@ struct Ledger::Locked {
 
 namespace {
 
-// Whether features `fa` (with scope `sa`) and `fb` (with `sb`) charge a counter in common.
+// Whether features `fa` (with scope `sa`) and `fb` (with `sb`) charge a counter in common that
+// can deny (an unlimited one never holds anybody back).
 bool ShareCounter(const CompiledCredential& cc, int fa, absl::string_view sa, int fb,
                   absl::string_view sb) {
   for (int ra : cc.features[fa].rules) {
+    if (cc.rules[ra].spec.kind == LimitKind::kUnlimited) continue;
     for (int rb : cc.features[fb].rules) {
       if (ra == rb && (!cc.rules[ra].spec.scoped || sa == sb)) return true;
     }
@@ -478,22 +495,50 @@ bool ShareCounter(const CompiledCredential& cc, int fa, absl::string_view sa, in
   return false;
 }
 
-// a + b, saturating at the ends of int64.
-int64_t SatAdd(int64_t a, int64_t b) {
-  int64_t out;
-  if (__builtin_add_overflow(a, b, &out)) {
-    return b > 0 ? std::numeric_limits<int64_t>::max() : std::numeric_limits<int64_t>::min();
-  }
-  return out;
-}
 
 }  // namespace
 
 Ledger::Ledger(Clock* clock, LedgerOptions options)
     : clock_(clock),
       options_(options),
+      mono_anchor_ns_(absl::ToUnixNanos(clock->Now()) -
+                      absl::ToInt64Nanoseconds(clock->Monotonic())),
       jitter_rng_(options.jitter_seed != 0 ? options.jitter_seed : std::random_device{}()),
       leases_(std::make_unique<std::array<LeaseShard, kLeaseShards>>()) {}
+
+int64_t Ledger::NowNs() const {
+  const int64_t now = mono_anchor_ns_ + absl::ToInt64Nanoseconds(clock_->Monotonic());
+  wall_offset_ns_.store(absl::ToUnixNanos(clock_->Now()) - now, std::memory_order_relaxed);
+  return now;
+}
+
+absl::Time Ledger::ToWall(int64_t ns) const {
+  return FromNs(Shift(ns, wall_offset_ns_.load(std::memory_order_relaxed)));
+}
+
+namespace {
+
+// Whether `rule` runs on the wall clock (calendar boundaries follow civil time).
+bool OnWall(const Rule& rule) {
+  return (rule.spec.kind == LimitKind::kCalendar || rule.spec.kind == LimitKind::kUnlimited) &&
+         rule.spec.unit != CalendarUnit::kNone;
+}
+
+}  // namespace
+
+int64_t Ledger::RuleTime(const Rule& rule, int64_t now) const {
+  return OnWall(rule) ? Shift(now, wall_offset_ns_.load(std::memory_order_relaxed)) : now;
+}
+
+int64_t Ledger::FromRuleTime(const Rule& rule, int64_t t) const {
+  return OnWall(rule) ? Shift(t, -wall_offset_ns_.load(std::memory_order_relaxed)) : t;
+}
+
+int64_t Ledger::FromWall(absl::Time t) const {
+  if (t == absl::InfiniteFuture()) return kInfiniteNs;
+  if (t == absl::InfinitePast()) return std::numeric_limits<int64_t>::min();
+  return Shift(absl::ToUnixNanos(t), -wall_offset_ns_.load(std::memory_order_relaxed));
+}
 
 Ledger::~Ledger() = default;
 
@@ -534,7 +579,7 @@ absl::StatusOr<Decision> Ledger::Acquire(const AcquireRequest& req) {
   if (cred == nullptr) {
     return absl::NotFoundError(absl::StrCat("credential '", req.credential, "' is not configured"));
   }
-  const int64_t now = absl::ToUnixNanos(clock_->Now());
+  const int64_t now = NowNs();
 
   std::vector<Answer> answers;
   absl::StatusOr<Decision> result;
@@ -593,7 +638,7 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
   if (!cred.cooldowns.empty()) {
     auto cool = cred.cooldowns.find(feature.name);
     if (cool != cred.cooldowns.end() && now < cool->second.until_ns) {
-      d.retry_at = FromNs(cool->second.until_ns);
+      d.retry_at = l.ToWall(cool->second.until_ns);
       d.limited_by = absl::StrCat(feature.name, ".cooldown");
       return d;
     }
@@ -613,8 +658,9 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
   for (size_t i = 0; i < counters.size(); ++i) {
     int64_t at = 0;
     const Rule& rule = cc.rules[feature.rules[i]];
-    if (!counters[i]->Fits(rule, now, req.cost, &at) && at > retry_ns) {
-      retry_ns = at;
+    if (!counters[i]->Fits(rule, l.RuleTime(rule, now), req.cost, &at) &&
+        l.FromRuleTime(rule, at) > retry_ns) {
+      retry_ns = l.FromRuleTime(rule, at);
       limited_by = feature.rules[i];
     }
   }
@@ -632,8 +678,8 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
         continue;
       }
       int64_t at = 0;
-      if (!old.counter.Fits(*old.old_rule, now, req.cost, &at)) {
-        at = std::min(at, old.until_ns);
+      if (!old.counter.Fits(*old.old_rule, l.RuleTime(*old.old_rule, now), req.cost, &at)) {
+        at = std::min(l.FromRuleTime(*old.old_rule, at), old.until_ns);
         if (at > retry_ns) {
           retry_ns = at;
           limited_by = old.rule;
@@ -644,7 +690,7 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
   }
   if (limited_by >= 0) {
     d.granted = false;
-    d.retry_at = FromNs(retry_ns);
+    d.retry_at = l.ToWall(retry_ns);
     d.limited_by = cc.rules[limited_by].full_name;
   } else {
     if (l.options_.journal != nullptr) {
@@ -655,7 +701,7 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
     d.granted = true;
     d.lease_id = NewLeaseId();
     const int64_t expiry = now + absl::ToInt64Nanoseconds(ttl);
-    d.lease_expiry = FromNs(expiry);
+    d.lease_expiry = l.ToWall(expiry);
     rec->credential = &cred;
     rec->compiled = &cc;
     rec->feature = feature_index;
@@ -666,10 +712,12 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
     rec->expiry_ns = expiry;
     for (size_t i = 0; i < counters.size(); ++i) {
       rec->tokens.push_back(
-          counters[i]->Charge(cc.rules[feature.rules[i]], now, req.cost, d.lease_id.lo, expiry));
+          counters[i]->Charge(cc.rules[feature.rules[i]], l.RuleTime(cc.rules[feature.rules[i]], now),
+                              req.cost, d.lease_id.lo, expiry));
     }
     for (Credential::Retired* old : retired) {
-      old->counter.Charge(*old->old_rule, now, req.cost, d.lease_id.lo, expiry);
+      old->counter.Charge(*old->old_rule, l.RuleTime(*old->old_rule, now), req.cost,
+                          d.lease_id.lo, expiry);
     }
     // A lease holding slots is written before the grant is answered, under the lock; one that
     // only allows a refund is written by InsertLease, after the lock (losing it loses a refund).
@@ -682,7 +730,7 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
           if (rule.spec.kind == LimitKind::kConcurrency) {
             counters[i]->Free(expiry, d.lease_id.lo);
           } else {
-            counters[i]->Refund(rule, now, rec->tokens[i], req.cost, req.cost);
+            counters[i]->Refund(rule, l.RuleTime(rule, now), rec->tokens[i], req.cost, req.cost);
           }
         }
         for (Credential::Retired* old : retired) old->counter.Free(expiry, d.lease_id.lo);
@@ -695,7 +743,7 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
     d.limits.reserve(counters.size());
     for (size_t i = 0; i < counters.size(); ++i) {
       const Rule& rule = cc.rules[feature.rules[i]];
-      const CounterView v = counters[i]->View(rule, now);
+      const CounterView v = counters[i]->View(rule, l.RuleTime(rule, now));
       LimitStatus& st = d.limits.emplace_back();
       st.name = rule.full_name;
       if (rule.spec.scoped) st.scope = std::string(req.scope);
@@ -703,7 +751,7 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
       st.capacity = rule.Capacity();
       st.used = v.used;
       st.remaining = v.remaining;
-      st.reset = FromNs(v.reset_ns);
+      st.reset = l.ToWall(l.FromRuleTime(rule, v.reset_ns));
     }
   }
   if (!d.granted) {
@@ -724,7 +772,8 @@ absl::Status Ledger::Locked::ReserveAhead(Ledger& l, const Credential& cred,
   for (size_t i = 0; i < counters.size(); ++i) {
     const Rule& rule = cc.rules[feature.rules[i]];
     int64_t buf[2][3];
-    if (!counters[i]->NeedsReservation(rule, now, req.cost, l.BlockFor(rule), buf, &counts[i])) {
+    if (!counters[i]->NeedsReservation(rule, l.RuleTime(rule, now), req.cost, l.BlockFor(rule), buf,
+                                       &counts[i])) {
       continue;
     }
     for (int k = 0; k < counts[i]; ++k) {
@@ -745,7 +794,8 @@ absl::Status Ledger::Locked::ReserveAhead(Ledger& l, const Credential& cred,
     for (int k = 0; k < counts[i]; ++k) {
       for (int j = 0; j < 3; ++j) buf[k][j] = out[i][k][j];
     }
-    counters[i]->Reserved(cc.rules[feature.rules[i]], now, buf, counts[i]);
+    const Rule& rule = cc.rules[feature.rules[i]];
+    counters[i]->Reserved(rule, l.RuleTime(rule, now), buf, counts[i]);
   }
   return absl::OkStatus();
 }
@@ -780,7 +830,7 @@ absl::StatusOr<Decision> Ledger::Locked::AcquireOrQueue(Ledger& l, Credential& c
     // Waiting requests go first: a request that does not wait is told when the waiter ahead of
     // it could be served, which is the earliest anything could be.
     Decision denied;
-    denied.retry_at = FromNs(blocker->retry_ns);
+    denied.retry_at = l.ToWall(blocker->retry_ns);
     denied.limited_by = blocker->limited_by;
     return denied;
   }
@@ -794,12 +844,12 @@ absl::StatusOr<Decision> Ledger::Locked::AcquireOrQueue(Ledger& l, Credential& c
     w.retry_ns = blocker->retry_ns;
     w.limited_by = blocker->limited_by;
   } else {
-    w.retry_ns = absl::ToUnixNanos(d->retry_at);
+    w.retry_ns = l.FromWall(d->retry_at);
     w.limited_by = d->limited_by;
   }
   cred.next_serve_ns = std::min({cred.next_serve_ns, w.retry_ns, w.deadline_ns});
   Decision parked;
-  parked.retry_at = FromNs(w.retry_ns);
+  parked.retry_at = l.ToWall(w.retry_ns);
   parked.limited_by = w.limited_by;
   cred.waiters.emplace(std::make_pair(-w.priority, w.id), std::move(*waiter));
   l.waiting_.fetch_add(1, std::memory_order_relaxed);
@@ -857,7 +907,7 @@ int64_t Ledger::Locked::ServeCredential(Ledger& l, Credential& cred, int64_t now
         answer(std::move(d), granted ? std::move(lease) : nullptr);
         continue;
       }
-      w.retry_ns = absl::ToUnixNanos(d->retry_at);
+      w.retry_ns = l.FromWall(d->retry_at);
       w.limited_by = d->limited_by;
     } else {
       w.retry_ns = ahead->retry_ns;
@@ -865,7 +915,7 @@ int64_t Ledger::Locked::ServeCredential(Ledger& l, Credential& cred, int64_t now
     }
     if (w.deadline_ns <= now) {
       Decision denied;
-      denied.retry_at = FromNs(w.retry_ns);
+      denied.retry_at = l.ToWall(w.retry_ns);
       denied.limited_by = w.limited_by;
       answer(denied, nullptr);
       continue;
@@ -905,7 +955,7 @@ WaitTicket Ledger::AcquireOrWait(const AcquireRequest& req, absl::Duration max_w
     done(absl::NotFoundError(absl::StrCat("credential '", req.credential, "' is not configured")));
     return {};
   }
-  const int64_t now = absl::ToUnixNanos(clock_->Now());
+  const int64_t now = NowNs();
   auto waiter = std::make_unique<Waiter>();
   Waiter& w = *waiter;
   w.credential = std::string(req.credential);
@@ -937,7 +987,7 @@ WaitTicket Ledger::AcquireOrWait(const AcquireRequest& req, absl::Duration max_w
   Deliver(answers);
   if (!parked) return {};
   if (options_.wake) {
-    options_.wake(FromNs(std::min(absl::ToUnixNanos(result->retry_at),
+    options_.wake(ToWall(std::min(FromWall(result->retry_at),
                                   SatAdd(now, absl::ToInt64Nanoseconds(max_wait)))));
   }
   return ticket;
@@ -969,11 +1019,11 @@ void Ledger::ServeCredential(Credential& cred) {
   {
     absl::MutexLock lock(&cred.mu);
     if (cred.waiters.empty()) return;
-    next = Locked::ServeCredential(*this, cred, absl::ToUnixNanos(clock_->Now()), &answers);
+    next = Locked::ServeCredential(*this, cred, NowNs(), &answers);
     cred.next_serve_ns = next;
   }
   Deliver(answers);
-  if (next != kInfiniteNs && options_.wake) options_.wake(FromNs(next));
+  if (next != kInfiniteNs && options_.wake) options_.wake(ToWall(next));
 }
 
 absl::Time Ledger::Pump() {
@@ -982,7 +1032,7 @@ absl::Time Ledger::Pump() {
     absl::MutexLock l(&wait_mu_);
     creds.assign(waiting_credentials_.begin(), waiting_credentials_.end());
   }
-  const int64_t now = absl::ToUnixNanos(clock_->Now());
+  const int64_t now = NowNs();
   int64_t next = kInfiniteNs;
   std::vector<Answer> answers;
   for (Credential* cred : creds) {
@@ -993,7 +1043,7 @@ absl::Time Ledger::Pump() {
     }
     Deliver(answers);
   }
-  return FromNs(next);
+  return ToWall(next);
 }
 
 void Ledger::AnswerAllWaiters(const absl::Status& status) {
@@ -1030,7 +1080,7 @@ absl::StatusOr<ReleaseResult> Ledger::ReleaseImpl(const LeaseId& id, std::option
                                                   Credential** out_cred) {
   LeaseShard& shard = ShardFor(id);
   Credential* cred = nullptr;
-  const int64_t before = absl::ToUnixNanos(clock_->Now());
+  const int64_t before = NowNs();
   {
     absl::MutexLock l(&shard.mu);
     LeaseRecord* rec = Locked::FindLive(shard, id, before);
@@ -1041,7 +1091,7 @@ absl::StatusOr<ReleaseResult> Ledger::ReleaseImpl(const LeaseId& id, std::option
   // Lock order: the credential, then the shard; so look again, at the time the locks are held
   // (a lease that expired meanwhile may already have lost its slot to another).
   absl::MutexLock cred_lock(&cred->mu);
-  const int64_t now = absl::ToUnixNanos(clock_->Now());
+  const int64_t now = NowNs();
   LeaseRecord rec;
   {
     absl::MutexLock l(&shard.mu);
@@ -1071,7 +1121,8 @@ absl::StatusOr<ReleaseResult> Ledger::ReleaseImpl(const LeaseId& id, std::option
       // A token means something only to a counter of the shape that made it: after a reload
       // rebuilt the counter, the units stay counted until they drain (under-grants, never over).
       result.refunded = std::max(
-          result.refunded, counter->Refund(rule, now, rec.tokens[i], rec.cost, rec.cost - *used));
+          result.refunded, counter->Refund(rule, RuleTime(rule, now), rec.tokens[i], rec.cost,
+                                           rec.cost - *used));
     }
   }
   for (Credential::Retired& old : cred->retired) {
@@ -1087,7 +1138,7 @@ absl::StatusOr<absl::Time> Ledger::Renew(const LeaseId& id, absl::Duration ttl) 
   }
   LeaseShard& shard = ShardFor(id);
   Credential* cred = nullptr;
-  const int64_t before = absl::ToUnixNanos(clock_->Now());
+  const int64_t before = NowNs();
   {
     absl::MutexLock l(&shard.mu);
     LeaseRecord* rec = Locked::FindLive(shard, id, before);
@@ -1098,7 +1149,7 @@ absl::StatusOr<absl::Time> Ledger::Renew(const LeaseId& id, absl::Duration ttl) 
   // a lease that expired meanwhile may already have lost its slot to another holder.
   absl::MutexLock cred_lock(&cred->mu);
   absl::MutexLock l(&shard.mu);
-  const int64_t now = absl::ToUnixNanos(clock_->Now());
+  const int64_t now = NowNs();
   LeaseRecord* live = Locked::FindLive(shard, id, now);
   if (live == nullptr) return LeaseNotFound(id);
   LeaseRecord& rec = *live;
@@ -1143,10 +1194,12 @@ absl::StatusOr<absl::Time> Ledger::Renew(const LeaseId& id, absl::Duration ttl) 
   }
   for (Counter* counter : slots) counter->MoveExpiry(rec.expiry_ns, id.lo, expiry);
   for (Credential::Retired& old : cred->retired) {
-    if (old.all_scopes || old.scope == rec.scope) old.counter.MoveExpiry(rec.expiry_ns, id.lo, expiry);
+    if (old.all_scopes || old.scope == rec.scope) {
+      old.counter.MoveExpiry(rec.expiry_ns, id.lo, expiry);
+    }
   }
   rec.expiry_ns = expiry;
-  return FromNs(expiry);
+  return ToWall(expiry);
 }
 
 absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
@@ -1155,9 +1208,9 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
     return absl::NotFoundError(
         absl::StrCat("credential '", answer.credential, "' is not configured"));
   }
-  const int64_t now = absl::ToUnixNanos(clock_->Now());
+  const int64_t now = NowNs();
   const absl::Time observed_at =
-      answer.observed_at == absl::InfinitePast() ? FromNs(now) : answer.observed_at;
+      answer.observed_at == absl::InfinitePast() ? ToWall(now) : answer.observed_at;
   std::vector<int> throttle_codes;
   {
     absl::MutexLock lock(&cred->mu);
@@ -1217,13 +1270,16 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
           upstream_used = std::max<int64_t>(
               0, (obs->limit ? *obs->limit : rule.spec.capacity) - *obs->remaining);
         }
-        const int64_t reset_ns = obs->reset_at ? absl::ToUnixNanos(*obs->reset_at) : 0;
+        // The upstream's times are wall times: on the rule's own clock.
+        const int64_t reset_ns =
+            obs->reset_at ? RuleTime(rule, FromWall(*obs->reset_at)) : 0;
         if (upstream_used) {
           // A count above the capacity says no more than "full", and keeps used <= capacity.
           upstream_used = std::min(*upstream_used, rule.Capacity());
           Counter* counter = cred->CounterFor(target, "", true);
           int64_t added = 0;
-          const int64_t before = counter->Adopt(rule, now, *upstream_used, reset_ns, &added);
+          const int64_t before =
+              counter->Adopt(rule, RuleTime(rule, now), *upstream_used, reset_ns, &added);
           if (*upstream_used > before) {
             out.adopted.push_back(
                 absl::StrCat(rule.full_name, " used ", before, " -> ", *upstream_used));
@@ -1232,14 +1288,14 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
           int64_t buf[2][3];
           int count = 0;
           if (options_.journal != nullptr &&
-              counter->NeedsReservation(rule, now, 0, /*block=*/0, buf, &count)) {
+              counter->NeedsReservation(rule, RuleTime(rule, now), 0, /*block=*/0, buf, &count)) {
             std::vector<Reservation> rs;
             for (int k = 0; k < count; ++k) {
               rs.push_back(Reservation{CounterKey{cred->name, rule.full_name, ""}, buf[k][0],
                                        buf[k][1], buf[k][2]});
             }
             if (absl::Status s = options_.journal->Reserve(rs); s.ok()) {
-              counter->Reserved(rule, now, buf, count);
+              counter->Reserved(rule, RuleTime(rule, now), buf, count);
             } else {
               out.warnings.push_back(absl::StrCat("the adopted count of ", rule.full_name,
                                                   " is not durable: ", s.message()));
@@ -1254,9 +1310,9 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
       ++c.consecutive;
       int64_t until;
       if (obs->retry_at) {
-        until = absl::ToUnixNanos(*obs->retry_at);
-      } else if (obs->reset_at && *obs->reset_at > FromNs(now)) {
-        until = absl::ToUnixNanos(*obs->reset_at);  // the upstream says when its window resets
+        until = FromWall(*obs->retry_at);
+      } else if (obs->reset_at && FromWall(*obs->reset_at) > now) {
+        until = FromWall(*obs->reset_at);  // the upstream says when its window resets
       } else {
         const ThrottleSpec& t = feature.throttle;
         absl::Duration backoff = t.initial_backoff;
@@ -1272,12 +1328,12 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
       // One answer cannot idle the key for longer than its longest window takes to drain.
       const int64_t longest = SatAdd(now, absl::ToInt64Nanoseconds(feature.max_cooldown));
       if (until > longest) {
-        out.warnings.push_back(absl::StrCat("cooldown until ", absl::FormatTime(FromNs(until)),
-                                            " capped at ", absl::FormatTime(FromNs(longest))));
+        out.warnings.push_back(absl::StrCat("cooldown until ", absl::FormatTime(ToWall(until)),
+                                            " capped at ", absl::FormatTime(ToWall(longest))));
         until = longest;
       }
       c.until_ns = std::max(c.until_ns, until);
-      out.cooldown_until = FromNs(c.until_ns);
+      out.cooldown_until = ToWall(c.until_ns);
       // Every feature that charges one of the same counters cools down with it: the throttle
       // may have come from any of them.
       const int64_t cool_until = c.until_ns;  // `c` moves when siblings are added below
@@ -1302,7 +1358,7 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
       // The back-off starts over on a success seen after the cooldown ended; answers to
       // requests sent before the throttle say nothing about the upstream now.
       auto it = cred->cooldowns.find(feature.name);
-      if (it != cred->cooldowns.end() && absl::ToUnixNanos(observed_at) >= it->second.until_ns) {
+      if (it != cred->cooldowns.end() && FromWall(observed_at) >= it->second.until_ns) {
         it->second.consecutive = 0;
       }
     }
@@ -1316,12 +1372,12 @@ absl::StatusOr<std::vector<LimitStatus>> Ledger::Usage(absl::string_view credent
   if (cred == nullptr) {
     return absl::NotFoundError(absl::StrCat("credential '", credential, "' is not configured"));
   }
-  const int64_t now = absl::ToUnixNanos(clock_->Now());
+  const int64_t now = NowNs();
   std::vector<LimitStatus> out;
   absl::MutexLock lock(&cred->mu);
   const CompiledCredential& cc = *cred->compiled;
   auto add = [&](const Rule& rule, absl::string_view scope, Counter& counter) {
-    const CounterView v = counter.View(rule, now);
+    const CounterView v = counter.View(rule, RuleTime(rule, now));
     LimitStatus& st = out.emplace_back();
     st.name = rule.full_name;
     st.scope = std::string(scope);
@@ -1329,7 +1385,7 @@ absl::StatusOr<std::vector<LimitStatus>> Ledger::Usage(absl::string_view credent
     st.capacity = rule.Capacity();
     st.used = v.used;
     st.remaining = v.remaining;
-    st.reset = FromNs(v.reset_ns);
+    st.reset = ToWall(FromRuleTime(rule, v.reset_ns));
   };
   for (size_t r = 0; r < cc.rules.size(); ++r) {
     if (!cc.rules[r].spec.scoped) {
@@ -1351,7 +1407,7 @@ absl::StatusOr<std::vector<LimitStatus>> Ledger::Usage(absl::string_view credent
     st.name = absl::StrCat(feature, ".cooldown");
     st.kind = LimitKind::kUnlimited;  // never read for a cooldown; see LimitStatus::cooldown
     st.cooldown = true;
-    st.reset = FromNs(until_ns);
+    st.reset = ToWall(until_ns);
   }
   return out;
 }
@@ -1373,7 +1429,7 @@ std::vector<QueueInfo> Ledger::Queues() const {
       q.credential = cred->name;
       q.feature = w->feature;
       q.scope = w->scope;
-      q.retry_at = FromNs(w->retry_ns);
+      q.retry_at = ToWall(w->retry_ns);
       q.limited_by = w->limited_by;
     }
     for (auto& [key, q] : queues) out.push_back(std::move(q));
@@ -1385,7 +1441,7 @@ std::vector<QueueInfo> Ledger::Queues() const {
 }
 
 std::vector<LeaseInfo> Ledger::Leases(absl::string_view credential) {
-  const int64_t now = absl::ToUnixNanos(clock_->Now());
+  const int64_t now = NowNs();
   std::vector<LeaseInfo> out;
   for (LeaseShard& shard : *leases_) {
     absl::MutexLock l(&shard.mu);
@@ -1400,8 +1456,8 @@ std::vector<LeaseInfo> Ledger::Leases(absl::string_view credential) {
       info.scope = rec.scope;
       info.holder = rec.holder;
       info.cost = rec.cost;
-      info.granted_at = FromNs(rec.granted_ns);
-      info.expiry = FromNs(rec.expiry_ns);
+      info.granted_at = ToWall(rec.granted_ns);
+      info.expiry = ToWall(rec.expiry_ns);
       for (int r : f.rules) {
         if (rec.compiled->rules[r].spec.kind == LimitKind::kConcurrency) info.holds_slots = true;
       }
@@ -1428,7 +1484,7 @@ absl::Status Ledger::Reset(absl::string_view credential) {
     cred->retired.clear();
     cred->removed.clear();
     cred->scope_seeds.clear();
-    cred->reset_ns = absl::ToUnixNanos(clock_->Now());
+    cred->reset_ns = NowNs();
   }
   ServeCredential(*cred);
   return absl::OkStatus();
@@ -1443,7 +1499,7 @@ absl::Status Ledger::Reload(const Policy& policy) {
 absl::Status Ledger::ReloadImpl(const Policy& policy) {
   if (absl::Status s = ValidatePolicy(policy); !s.ok()) return s;
   absl::MutexLock reload_lock(&reload_mu_);
-  const int64_t now = absl::ToUnixNanos(clock_->Now());
+  const int64_t now = NowNs();
   auto next = std::make_unique<Table>();
   next->in_order.reserve(policy.credentials.size());
   absl::flat_hash_map<std::string, std::shared_ptr<const CompiledCredential>> shared;
@@ -1515,7 +1571,7 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
         auto used_of = [&](Counter& c) -> int64_t {
           // Slots held at the reload count as units charged now; a window's units are no slots.
           if (rule.spec.kind == LimitKind::kConcurrency) return 0;
-          int64_t units = c.View(o, now).used;
+          int64_t units = c.View(o, RuleTime(o, now)).used;
           // A bucket remembers only what has not refilled: under a slower refill, another kind,
           // or merged with other scopes' charges, the units it already gave back may still
           // count. At most a burst more were charged within its memory.
@@ -1532,13 +1588,13 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
         auto seed = [&](Counter& c, int64_t units, absl::string_view scope) {
           if (units <= 0) return;
           int64_t unused;
-          c.Fits(rule, now, 0, &unused);  // rolls it to the current window
-          c.Charge(rule, now, units, 0, 0);
+          c.Fits(rule, RuleTime(rule, now), 0, &unused);  // rolls it to the current window
+          c.Charge(rule, RuleTime(rule, now), units, 0, 0);
           seeded.emplace_back(static_cast<int>(r), std::string(scope));
         };
         auto retire = [&](absl::string_view scope, Counter& c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(
                           cred.mu) {
-          const int64_t until = c.DrainedAt(o, now);
+          const int64_t until = FromRuleTime(o, c.DrainedAt(o, RuleTime(o, now)));
           if (until <= now || o.spec.kind == LimitKind::kUnlimited) return;
           cred.retired.push_back(Credential::Retired{&o, static_cast<int>(r), std::string(scope),
                                                      !o.spec.scoped, std::move(c), until});
@@ -1549,7 +1605,7 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
             seed(counters[r], units, "");
           } else if (units > 0) {
             seeds.resize(n);  // every scope gets them when it first appears
-            seeds[r] = {units, now};
+            seeds[r] = {units, RuleTime(rule, now)};
             // The "" scope holds them too, which writes them ahead: a restart seeds every
             // scope from it (see Restore).
             seed(scoped[r][""], units, "");
@@ -1574,7 +1630,7 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
             total = SatAdd(total, units);
             if (rule.spec.scoped && units > 0) {
               seeds.resize(n);
-              seeds[r] = {units, now};
+              seeds[r] = {units, RuleTime(rule, now)};
               seed(scoped[r][""], units, "");
             }
             retire("", unseen);
@@ -1594,11 +1650,12 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
             Credential::Removed{&old.rules[r], std::move(cred.counters[r]),
                                 std::move(cred.scoped[r])};
       }
-      absl::erase_if(cred.removed, [now](auto& entry) {
+      absl::erase_if(cred.removed, [this, now](auto& entry) {
         Credential::Removed& gone = entry.second;
-        if (gone.counter.DrainedAt(*gone.rule, now) > now) return false;
+        const int64_t at = RuleTime(*gone.rule, now);
+        if (gone.counter.DrainedAt(*gone.rule, at) > at) return false;
         for (auto& [scope, c] : gone.scoped) {
-          if (c.DrainedAt(*gone.rule, now) > now) return false;
+          if (c.DrainedAt(*gone.rule, at) > at) return false;
         }
         return true;
       });
@@ -1643,7 +1700,10 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
       for (const auto& [r, scope] : seeded) {
         const Rule& rule = compiled->rules[r];
         Pending p{cred.CounterFor(r, scope, true), r, {}, 0};
-        if (!p.counter->NeedsReservation(rule, now, 0, /*block=*/0, p.buf, &p.count)) continue;
+        if (!p.counter->NeedsReservation(rule, RuleTime(rule, now), 0, /*block=*/0, p.buf,
+                                         &p.count)) {
+          continue;
+        }
         for (int k = 0; k < p.count; ++k) {
           rs.push_back(Reservation{CounterKey{cred.name, rule.full_name, scope}, p.buf[k][0],
                                    p.buf[k][1], p.buf[k][2]});
@@ -1652,7 +1712,8 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
       }
       if (!rs.empty() && options_.journal->Reserve(rs).ok()) {
         for (Pending& p : pending) {
-          p.counter->Reserved(compiled->rules[p.rule], now, p.buf, p.count);
+          p.counter->Reserved(compiled->rules[p.rule], RuleTime(compiled->rules[p.rule], now),
+                              p.buf, p.count);
         }
       }
     }
@@ -1669,7 +1730,7 @@ absl::Status Ledger::Restore() {
   if (options_.journal == nullptr) return absl::OkStatus();
   absl::StatusOr<JournalState> state = options_.journal->Load();
   if (!state.ok()) return state.status();
-  const int64_t now = absl::ToUnixNanos(clock_->Now());
+  const int64_t now = NowNs();
   // Sliding blocks of one counter in reserve-time order, so each knows the next one's time.
   std::vector<Reservation>& rs = state->reservations;
   auto in_order = [](const Reservation& a, const Reservation& b) {
@@ -1689,7 +1750,8 @@ absl::Status Ledger::Restore() {
     const int64_t next_ns =
         (i + 1 < rs.size() && rs[i + 1].key == r.key) ? rs[i + 1].window_start_ns : now;
     cred->CounterFor(it->second, r.key.scope, true)
-        ->Restore(cc.rules[it->second], now, r.window_start_ns, r.until_ns, r.units, next_ns);
+        ->Restore(cc.rules[it->second], RuleTime(cc.rules[it->second], now), r.window_start_ns,
+                  r.until_ns, r.units, next_ns);
   }
   // A scoped limit's records of the "" scope may be those of the limit before a reload made it
   // scoped: every new scope starts with what they count (as the reload itself does).
@@ -1701,17 +1763,18 @@ absl::Status Ledger::Restore() {
       auto it = cred->scoped[r].find("");
       if (it == cred->scoped[r].end()) continue;
       const Rule& rule = cc.rules[r];
-      const int64_t used = it->second.View(rule, now).used;
+      const int64_t at = RuleTime(rule, now);
+      const int64_t used = it->second.View(rule, at).used;
       if (used <= 0 || rule.spec.kind == LimitKind::kConcurrency) continue;
       cred->scope_seeds.resize(cc.rules.size());
-      cred->scope_seeds[r] = {std::max(cred->scope_seeds[r].units, used), now};
+      cred->scope_seeds[r] = {std::max(cred->scope_seeds[r].units, used), at};
       // Scopes the journal named (perhaps only with records of past windows) count them too.
       for (auto& [scope, counter] : cred->scoped[r]) {
-        const int64_t own = counter.View(rule, now).used;
+        const int64_t own = counter.View(rule, at).used;
         if (scope.empty() || own >= used) continue;
         int64_t unused;
-        counter.Fits(rule, now, 0, &unused);
-        counter.Charge(rule, now, used - own, 0, 0);
+        counter.Fits(rule, at, 0, &unused);
+        counter.Charge(rule, at, used - own, 0, 0);
       }
     }
   }
@@ -1757,8 +1820,13 @@ absl::Status Ledger::Restore() {
   return absl::OkStatus();
 }
 
+int64_t Ledger::CompactionTimeNs() const {
+  const int64_t now = NowNs();
+  return std::min(now, Shift(now, wall_offset_ns_.load(std::memory_order_relaxed)));
+}
+
 int64_t Ledger::Sweep() {
-  const int64_t now = absl::ToUnixNanos(clock_->Now());
+  const int64_t now = NowNs();
   int64_t dropped = 0;
   for (LeaseShard& shard : *leases_) {
     absl::MutexLock l(&shard.mu);

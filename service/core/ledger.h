@@ -258,6 +258,10 @@ class Ledger {
   // kInvalidArgument (and nothing changed) for a bad policy.
   absl::Status Reload(const Policy& policy);
 
+  // The time to pass to Journal::Compact: records run on the wall clock (calendar limits) or on
+  // ledger time (everything else), so only what ended on both has surely ended.
+  int64_t CompactionTimeNs() const;
+
   // Drops expired leases and frees their slots. Expired slots never count against a limit even
   // without this; it only reclaims memory. Returns the number dropped.
   int64_t Sweep();
@@ -284,6 +288,18 @@ class Ledger {
   static constexpr int kLeaseShards = 64;
 
   Ledger(Clock* clock, LedgerOptions options);
+  // Ledger time, in ns: the monotonic clock anchored to the wall clock at construction. Every
+  // duration (windows other than calendar ones, buckets, leases, cooldowns, waits) runs on it;
+  // calendar limits run on the wall clock (WallOf). Also records how far the wall clock has
+  // stepped from it since.
+  int64_t NowNs() const;
+  // A ledger time as the wall clock shows it now, for callers.
+  absl::Time ToWall(int64_t ns) const;
+  // A wall time as a ledger time.
+  int64_t FromWall(absl::Time t) const;
+  // The time `rule` runs on at ledger time `now` (the wall clock for calendar limits), and back.
+  int64_t RuleTime(const Rule& rule, int64_t now) const;
+  int64_t FromRuleTime(const Rule& rule, int64_t t) const;
   int64_t BlockFor(const Rule& rule) const;
   void InsertLease(const LeaseId& id, LeaseRecord rec);
   // Serves every queue of a credential (after something was freed), and delivers.
@@ -299,6 +315,8 @@ class Ledger {
 
   Clock* const clock_;
   const LedgerOptions options_;
+  const int64_t mono_anchor_ns_;                // wall - monotonic at construction
+  mutable std::atomic<int64_t> wall_offset_ns_{0};  // wall - ledger time at the last reading
   mutable absl::Mutex reload_mu_;
   std::atomic<const Table*> table_{nullptr};
   // Every table ever published, kept so that readers never see a freed one; reloads are rare.

@@ -1227,7 +1227,7 @@ class QuotadServer::Impl {
       WatchConfig();
       if (journal_ != nullptr && now - last_compact_ >= options_.compact_interval) {
         last_compact_ = now;
-        if (absl::Status s = journal_->Compact(ToUnixNs(now)); !s.ok()) {
+        if (absl::Status s = journal_->Compact(ledger_->CompactionTimeNs()); !s.ok()) {
           metrics_->OnStoreError("compact");
           Log(*log_, spdlog::level::warn, "state file compaction failed",
               {{"path", journal_->path()}, {"error", s.message()}});

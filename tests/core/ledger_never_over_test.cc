@@ -277,6 +277,37 @@ TEST_F(NeverOverTest, RestartsLeaveOneOpenSlidingBlock) {
   EXPECT_GE(more, 100 - 6 - 5 * 10);
 }
 
+// Smaller: durations run on the monotonic clock: an NTP step of the wall clock shortens no
+// sliding window, bucket refill, lease or cooldown; calendar windows follow the wall clock.
+TEST_F(NeverOverTest, WallClockStepShortensNoWindowLeaseOrCooldown) {
+  FeatureSpec jobs = Feature("jobs", {Concurrency("slots", 1)});
+  Start({Feature("f", {Sliding("per_hour", 3, absl::Hours(1)),
+                       Bucket("bucket", 1, absl::Hours(1), 3)}),
+         jobs, Feature("g", {Calendar("per_day", 2, CalendarUnit::kDay)})});
+  EXPECT_EQ(Exhaust("f"), 3);
+  AcquireRequest slot;
+  slot.credential = "cred";
+  slot.feature = "jobs";
+  slot.lease_ttl = absl::Minutes(30);
+  absl::StatusOr<Decision> held = ledger_->Acquire(slot);
+  ASSERT_TRUE(held.ok() && held->granted);
+  EXPECT_EQ(Exhaust("g"), 2);
+  Report(429, {{"Retry-After", "600"}}, "g");
+
+  clock_.StepWall(absl::Hours(25));  // the wall clock jumps a day ahead; no time has passed
+  EXPECT_EQ(Exhaust("f"), 0);
+  EXPECT_FALSE(ledger_->Acquire(slot)->granted);
+  EXPECT_TRUE(ledger_->Renew(held->lease_id, absl::Minutes(30)).ok());
+  EXPECT_EQ(Try("g").limited_by, "g.cooldown");
+  // (A restart anchors ledger time to the wall clock again: across a restart durations are as
+  // good as the wall clock. See Ledger::NowNs.)
+
+  clock_.Advance(absl::Minutes(11));  // the cooldown ends; a new day on the wall clock
+  EXPECT_EQ(Exhaust("g"), 2);
+  clock_.Advance(absl::Hours(1));  // an hour has really passed
+  EXPECT_EQ(Exhaust("f"), 1);      // the sliding hour freed, the bucket refilled one
+}
+
 // Smaller: denied requests leave no scope behind; a cooldown cools the features sharing a
 // counter; a cooldown is capped.
 TEST_F(NeverOverTest, DeniedRequestsDoNotFillMaxScopes) {

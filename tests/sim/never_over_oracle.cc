@@ -125,9 +125,12 @@ std::vector<CounterRef> Touches(const CredentialSpec& cred, const std::string& f
 void ProviderLimit::Advance(State& s, int64_t t) {
   switch (spec_.kind) {
     case LimitKind::kCalendar:
-      if (t >= s.end) {
+      // The wall clock may step back into a window already counted: it keeps its units.
+      if (t >= s.end || t < s.start) {
+        if (s.end != INT64_MIN) s.past[s.start] = s.sum;
         OracleCalendarWindow(spec_.unit, spec_.zone, t, &s.start, &s.end);
-        s.sum = 0;
+        auto it = s.past.find(s.start);
+        s.sum = it == s.past.end() ? 0 : it->second;
       }
       break;
     case LimitKind::kRolling:
@@ -166,14 +169,16 @@ bool ProviderLimit::Fits(const std::string& scope, int64_t t, int64_t units) {
   }
 }
 
-int64_t ProviderLimit::Add(const std::string& scope, int64_t t, int64_t units, bool* over) {
+int64_t ProviderLimit::Add(const std::string& scope, int64_t t, int64_t units, bool* over,
+                           bool skewed) {
   *over = false;
   State& s = states_[scope];
   Advance(s, t);
   switch (spec_.kind) {
     case LimitKind::kCalendar:
       s.sum += units;
-      *over = s.sum > spec_.capacity;
+      if (skewed) s.skewed.insert(s.start);
+      *over = s.sum > spec_.capacity && s.skewed.count(s.start) == 0;
       return s.sum;
     case LimitKind::kRolling:
       // A request opens the window, whatever it is charged: "24 h from the first request".
@@ -319,6 +324,7 @@ void Oracle::ApplyPolicy(const CredentialSpec& cred, int64_t now) {
             if (lease.released || lease.expiry <= now) continue;
             Send held;
             held.t = now;
+            held.wall = now + wall_offset_;
             held.units = lease.cost;
             held.feature = lease.feature;
             held.scope = lease.scope;
@@ -327,9 +333,10 @@ void Oracle::ApplyPolicy(const CredentialSpec& cred, int64_t now) {
           }
         } else {
           // A rolling window's units count from its opening, which the calls before it decided.
-          const int64_t remembered = old.kind == LimitKind::kRolling
-                                         ? it->second.model->OpenSince(now)
-                                         : RememberedSince(old, now);
+          const int64_t remembered =
+              old.kind == LimitKind::kRolling
+                  ? it->second.model->OpenSince(now)
+                  : TrueTime(old, RememberedSince(old, ModelTime(old, now)));
           v.known_since = std::max(remembered, it->second.known_since);
           for (const Send& s : history_) {
             if (s.t >= v.known_since) Feed(v, name, s, /*check=*/false);
@@ -347,12 +354,37 @@ void Oracle::ApplyPolicy(const CredentialSpec& cred, int64_t now) {
   for (auto& [id, l] : leases_) l.touches = Touches(cred_, l.feature, l.scope);
 }
 
+namespace {
+
+bool OnWall(const LimitSpec& spec) {
+  return (spec.kind == LimitKind::kCalendar || spec.kind == LimitKind::kUnlimited) &&
+         spec.unit != CalendarUnit::kNone;
+}
+
+}  // namespace
+
+int64_t Oracle::ModelTime(const LimitSpec& spec, int64_t t) const {
+  return OnWall(spec) && t != INT64_MAX && t != INT64_MIN ? t + wall_offset_ : t;
+}
+
+int64_t Oracle::TrueTime(const LimitSpec& spec, int64_t model_t) const {
+  return OnWall(spec) && model_t != INT64_MAX && model_t != INT64_MIN ? model_t - wall_offset_
+                                                                      : model_t;
+}
+
 std::string Oracle::Feed(Version& v, const std::string& name, const Send& s, bool check) {
   std::string scope;
   if (!Counts(name, v.spec, s, &scope)) return "";
-  if (!check && !v.model->Fits(scope, s.t, s.units)) return "";
+  const int64_t t = OnWall(v.spec) ? s.wall : s.t;
+  if (!check && !v.model->Fits(scope, t, s.units)) return "";
   bool over = false;
-  const int64_t holds = v.model->Add(scope, s.t, s.units, &over);
+  bool skewed = s.wall != s.t;
+  if (OnWall(v.spec) && !skews_.empty()) {
+    int64_t start, end;
+    OracleCalendarWindow(v.spec.unit, v.spec.zone, t, &start, &end);
+    for (const auto& [from, to] : skews_) skewed |= start < to && from < end;
+  }
+  const int64_t holds = v.model->Add(scope, t, s.units, &over, skewed);
   if (!check || !over) return "";
   if (v.spec.kind == LimitKind::kTokenBucket) {
     return absl::StrCat("provider limit ", name, scope.empty() ? "" : absl::StrCat("[", scope, "]"),
@@ -370,6 +402,7 @@ std::string Oracle::SendOurs(int64_t t, const std::string& feature, const std::s
                              int64_t units) {
   Send s;
   s.t = t;
+  s.wall = t + wall_offset_;
   s.units = units;
   s.feature = feature;
   s.scope = scope;
@@ -387,9 +420,12 @@ std::string Oracle::SendOurs(int64_t t, const std::string& feature, const std::s
 
 bool Oracle::SendOutside(int64_t t, const std::string& limit, int64_t units) {
   auto it = current_.find(limit);
-  if (it == current_.end() || !it->second.model->Fits("", t, units)) return false;
+  if (it == current_.end() || !it->second.model->Fits("", ModelTime(it->second.spec, t), units)) {
+    return false;
+  }
   Send s;
   s.t = t;
+  s.wall = t + wall_offset_;
   s.units = units;
   s.touches = {{limit, ""}};
   s.outside = true;

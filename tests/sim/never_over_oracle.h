@@ -21,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -52,7 +53,10 @@ class ProviderLimit {
   bool Fits(const std::string& scope, int64_t t, int64_t units);
   // Counts `units` at `t`. Returns the units the window holds after, and sets *over when that
   // passes the capacity (token bucket: when the call does not conform).
-  int64_t Add(const std::string& scope, int64_t t, int64_t units, bool* over);
+  // `skewed`: sent while the wall clock was wrong; a calendar window that holds such a call is
+  // not checked (calendar boundaries assume a correct wall clock).
+  int64_t Add(const std::string& scope, int64_t t, int64_t units, bool* over,
+              bool skewed = false);
   // Units the provider counts now in the current window of `scope`, and when it resets.
   int64_t Used(const std::string& scope, int64_t t);
   int64_t ResetNs(const std::string& scope, int64_t t);
@@ -63,6 +67,8 @@ class ProviderLimit {
  private:
   struct State {
     int64_t start = INT64_MIN, end = INT64_MIN, sum = 0;  // calendar, rolling
+    std::map<int64_t, int64_t> past;                      // calendar: sums of left windows
+    std::set<int64_t> skewed;                             // calendar: windows not checked
     std::deque<std::pair<int64_t, int64_t>> log;          // sliding
     bool has_tat = false;
     __int128 tat = 0;  // token bucket, in ns * rate
@@ -80,6 +86,7 @@ class Oracle {
  public:
   struct Send {
     int64_t t = 0;
+    int64_t wall = 0;  // t on the wall clock (calendar limits count by it)
     int64_t units = 0;
     std::string feature, scope;
     std::vector<CounterRef> touches;
@@ -133,6 +140,20 @@ class Oracle {
 
   int64_t sends() const { return static_cast<int64_t>(history_.size()); }
 
+  // The wall clock's distance from true time (it steps; durations do not): calendar limits,
+  // quotad's and the provider's, follow the wall clock.
+  // `now` is true time. Calendar windows that overlap a time when the wall clock was wrong are
+  // not checked: calendar boundaries assume a correct wall clock.
+  void set_wall_offset(int64_t offset, int64_t now) {
+    if (wall_offset_ == 0 && offset != 0) skews_.push_back({now, INT64_MAX});
+    if (wall_offset_ != 0 && offset == 0 && !skews_.empty()) skews_.back().second = now;
+    wall_offset_ = offset;
+  }
+  int64_t wall_offset() const { return wall_offset_; }
+  // True time `t` as a model of `spec` counts it, and back.
+  int64_t ModelTime(const LimitSpec& spec, int64_t t) const;
+  int64_t TrueTime(const LimitSpec& spec, int64_t model_t) const;
+
  private:
   struct Version {
     LimitSpec spec;
@@ -147,6 +168,8 @@ class Oracle {
 
   CredentialSpec cred_;
   std::map<std::string, Version> current_;  // by limit name
+  int64_t wall_offset_ = 0;
+  std::vector<std::pair<int64_t, int64_t>> skews_;  // [from, to) of true time
   std::vector<Send> history_;
   std::map<uint64_t, Lease> leases_;
   std::map<uint64_t, Waiter> waiters_;

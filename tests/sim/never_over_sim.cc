@@ -53,6 +53,7 @@ enum Kind {
   kSweep,
   kCompact,
   kPump,
+  kStepWall,
   kNumKinds
 };
 
@@ -60,7 +61,8 @@ const char* kKindNames[] = {"advance",      "advance_to_boundary", "acquire",   
                             "cancel",       "release",             "renew",     "renew_at_expiry",
                             "renew_race",   "release_race",        "report_outside",
                             "report_throttle", "reload",           "crash",     "flush_journal",
-                            "sweep",        "compact",             "pump"};
+                            "sweep",        "compact",             "pump",
+                            "step_wall"};
 
 // Time the simulator owns. A FakeClock, plus a one-shot hook run at the next clock read: the read
 // returns the time from before the hook, as if the reader was preempted right after reading.
@@ -78,8 +80,12 @@ class SimClock : public Clock {
     }
     return t;
   }
-  int64_t now() const { return absl::ToUnixNanos(fake_.Now()); }
-  void Set(int64_t t) { fake_.Set(absl::FromUnixNanos(t)); }
+  absl::Duration Monotonic() const override { return fake_.Monotonic(); }
+  // True time: what durations are measured on (the wall clock may step away from it).
+  int64_t now() const { return absl::ToInt64Nanoseconds(fake_.Monotonic()); }
+  void Set(int64_t t) { fake_.Advance(absl::Nanoseconds(t - now())); }
+  void StepWall(int64_t d) { fake_.StepWall(absl::Nanoseconds(d)); }
+  int64_t wall_offset() const { return absl::ToUnixNanos(fake_.Now()) - now(); }
   void Arm(std::function<void()> hook) { hook_ = std::move(hook); }
   bool armed() const { return static_cast<bool>(hook_); }
 
@@ -344,7 +350,7 @@ class Sim {
     o.max_reserve_block = max_block_;
     o.jitter_seed = seed_ + 1;
     o.wake = [this](absl::Time t) {
-      if (t != absl::InfiniteFuture()) wakes_.insert(Ns(t));
+      if (t != absl::InfiniteFuture()) wakes_.insert(True(t));
     };
     Policy p;
     p.credentials = {cred_};
@@ -440,7 +446,8 @@ class Sim {
     const uint64_t n = leases_.size();
     leases_.push_back({d.lease_id, feature, scope, cost, used, false});
     const int64_t units = used.value_or(cost);
-    Log(absl::StrCat("granted L", n, " expiry ", When(Ns(d.lease_expiry)), ", worker sends ", units));
+    Log(absl::StrCat("granted L", n, " expiry ", When(True(d.lease_expiry)), ", worker sends ",
+                     units));
     auto cool = expected_cooldown_.find(feature);
     if (cool != expected_cooldown_.end() && decided_at < cool->second) {
       Fail("cooldown", absl::StrCat("granted ", feature, " at ", When(decided_at),
@@ -450,7 +457,8 @@ class Sim {
     if (std::string v = oracle_.SendOurs(now, feature, scope, units); !v.empty()) {
       Fail("over-grant", v);
     }
-    if (std::string v = oracle_.Grant(n, now, feature, scope, cost, Ns(d.lease_expiry)); !v.empty()) {
+    if (std::string v = oracle_.Grant(n, now, feature, scope, cost, True(d.lease_expiry));
+        !v.empty()) {
       Fail("concurrency", v);
     }
     if (std::string v = oracle_.CheckNotPassing(arrival, priority, Touches(cred_, feature, scope), now,
@@ -484,7 +492,7 @@ class Sim {
 
   void Pump() {
     const absl::Time next = ledger_->Pump();
-    if (next != absl::InfiniteFuture()) wakes_.insert(Ns(next));
+    if (next != absl::InfiniteFuture()) wakes_.insert(True(next));
     ProcessEvents();
   }
 
@@ -540,7 +548,7 @@ class Sim {
         return;
       }
       if (!d->granted) {
-        Log(absl::StrCat("denied by ", d->limited_by, " retry ", When(Ns(d->retry_at))));
+        Log(absl::StrCat("denied by ", d->limited_by, " retry ", When(True(d->retry_at))));
         return;
       }
       Granted(*d, feature, scope, cost, used, arrival, 0, decided_at);
@@ -668,7 +676,7 @@ class Sim {
       Log(r.status().ToString());
       return;
     }
-    Log(absl::StrCat("renewed to ", When(Ns(*r))));
+    Log(absl::StrCat("renewed to ", When(True(*r))));
     if (ol == nullptr) return;
     // A lease that holds no slot may come back from a crash with the expiry it was first
     // written with (its renewals are not journaled: losing them loses a refund at most).
@@ -686,7 +694,7 @@ class Sim {
     // bring back a slot: more holders than before the renewal is a violation.
     std::vector<int64_t> held_before;
     for (const CounterRef& c : ol->touches) held_before.push_back(oracle_.Held(c, clock_.now(), false));
-    ol->expiry = Ns(*r);
+    ol->expiry = True(*r);
     for (size_t k = 0; k < ol->touches.size(); ++k) {
       const CounterRef& c = ol->touches[k];
       const LimitSpec* spec = FindLimit(cred_, c.limit);
@@ -794,8 +802,11 @@ class Sim {
       }
     }
     ProviderLimit* model = oracle_.Current(limit);
-    const int64_t used = model->Used("", now);
-    const int64_t reset = model->ResetNs("", now);
+    const int64_t model_now = oracle_.ModelTime(model->spec(), now);
+    const int64_t used = model->Used("", model_now);
+    // The provider's headers show wall times.
+    const int64_t reset = oracle_.TrueTime(model->spec(), model->ResetNs("", model_now)) +
+                          clock_.wall_offset();
     UpstreamAnswer a;
     a.credential = cred_.name;
     a.feature = feature;
@@ -840,15 +851,21 @@ class Sim {
         for (const LimitStatus& st : *usage) {
           if (!st.cooldown) continue;
           int64_t& c = oracle_.cooled_until()[st.name.substr(0, st.name.rfind('.'))];
-          c = std::max(c, Ns(st.reset));
+          c = std::max(c, True(st.reset));
         }
       }
-      Log(absl::StrCat("cooldown until ", When(Ns(r->cooldown_until))));
+      Log(absl::StrCat("cooldown until ", When(True(r->cooldown_until))));
     }
     if (retry_after > 0) {
       int64_t& e = expected_cooldown_[std::string(a.feature)];
-      // Whole seconds of Retry-After from the second the answer was seen.
-      e = std::max(e, now + retry_after * 1000000000 - (now % 1000000000));
+      // Whole seconds of Retry-After from the second the answer was seen; a Retry-After longer
+      // than the feature's longest window is capped by the ledger, which says so.
+      int64_t until = now + retry_after * 1000000000 - (now % 1000000000);
+      const bool capped = std::any_of(r->warnings.begin(), r->warnings.end(), [](const auto& w) {
+        return w.find("capped at") != std::string::npos;
+      });
+      if (capped) until = std::min(until, True(r->cooldown_until));
+      e = std::max(e, until);
     }
   }
 
@@ -869,6 +886,7 @@ class Sim {
   }
 
   void DoReload(const Op& op) {
+    CorrectWallClock();
     CredentialSpec next = cred_;
     std::string what = Mutate(next, op.a, op.b);
     if (op.c % 3 == 0) absl::StrAppend(&what, "; ", Mutate(next, op.c, op.d));
@@ -883,7 +901,22 @@ class Sim {
     ProcessEvents();
   }
 
+  // Within a process durations run on the monotonic clock, whatever the wall clock does. A new
+  // process anchors its ledger time to the wall clock again (a step still uncorrected at a
+  // restart moves every duration by it), and calendar boundaries, which a reload reads to carry
+  // a calendar limit's units, follow the wall clock (README, Operations). So the simulated NTP
+  // corrects the wall clock before a restart or a reload.
+  void CorrectWallClock() {
+    if (const int64_t off = clock_.wall_offset(); off != 0) {
+      clock_.StepWall(-off);
+      oracle_.set_wall_offset(0, clock_.now());
+      Log(absl::StrCat("wall clock corrected by ", absl::FormatDuration(absl::Nanoseconds(-off)),
+                       "; "));
+    }
+  }
+
   void DoCrash() {
+    CorrectWallClock();
     std::deque<KillNineJournal::Deferred> lost = journal_->Drop();
     int lost_releases = 0, lost_leases = 0;
     for (const auto& d : lost) {
@@ -907,6 +940,12 @@ class Sim {
     Log(absl::StrCat("kill -9 (lost ", lost_leases, " lease writes, ", lost_releases,
                      " releases) and restart"));
     if (std::string e = Start(); !e.empty()) Fail("engine-error", e);
+  }
+
+  // A time the ledger answered (a wall time) as true time.
+  int64_t True(absl::Time t) const {
+    const int64_t ns = Ns(t);
+    return ns == INT64_MAX || ns == INT64_MIN ? ns : ns - clock_.wall_offset();
   }
 
   void Execute(const Op& op) {
@@ -949,6 +988,29 @@ class Sim {
       case kRenewAtExpiry: DoRenew(op, 1); break;
       case kRenewRace: DoRenew(op, 2); break;
       case kReportOutside: DoReportOutside(op); break;
+      case kStepWall: {
+        // An NTP step of the wall clock, forward or back, by up to a day; no time passes. What
+        // is checked is that durations ignore it; calendar boundaries follow the wall clock and
+        // assume a correct one, so the step is taken only while no calendar limit is in force.
+        bool calendar = false;
+        for (const FeatureSpec& f : cred_.features) {
+          for (const LimitSpec& l : f.limits) {
+            calendar |= (l.kind == LimitKind::kCalendar || l.kind == LimitKind::kUnlimited) &&
+                        l.unit != CalendarUnit::kNone;
+          }
+        }
+        if (calendar) {
+          Log("wall clock step skipped (a calendar limit is in force)");
+          break;
+        }
+        const int64_t steps[] = {Ns(absl::Seconds(1)), Ns(absl::Minutes(5)), Ns(absl::Hours(1)),
+                                 Ns(absl::Hours(25))};
+        const int64_t d = (op.b % 2 == 0 ? 1 : -1) * steps[op.a % 4];
+        clock_.StepWall(d);
+        oracle_.set_wall_offset(clock_.wall_offset(), clock_.now());
+        Log(absl::StrCat("wall clock steps ", absl::FormatDuration(absl::Nanoseconds(d))));
+        break;
+      }
       case kReportThrottle: DoReportThrottle(op); break;
       case kReload: DoReload(op); break;
       case kCrash: DoCrash(); break;
@@ -960,7 +1022,7 @@ class Sim {
       }
       case kSweep: Log(absl::StrCat("sweep dropped ", ledger_->Sweep())); break;
       case kCompact: {
-        const absl::Status s = journal_->Compact(clock_.now());
+        const absl::Status s = journal_->Compact(ledger_->CompactionTimeNs());
         Log(absl::StrCat("compact ", s.ToString()));
         break;
       }
