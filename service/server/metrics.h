@@ -23,6 +23,8 @@
 //   quotad_decision_latency_seconds{method}                              histogram
 //   quotad_store_errors_total{operation}                                 counter
 //   quotad_config_reloads_total{result="ok|rejected"}                    counter
+//   quotad_state_file_bytes                                              gauge
+//   quotad_state_wal_bytes                                               gauge
 //
 // Scoped limits report the smallest remaining of their scopes. Unlimited limits are left out of
 // the remaining/capacity gauges.
@@ -85,6 +87,8 @@ class Metrics {
   // The store failed an operation ("reserve", "lease", "release", "restore", ...).
   void OnStoreError(absl::string_view operation);
   void OnConfigReload(bool ok);
+  // Sizes on disk of the --state file and of its WAL (set with the other gauges).
+  void SetStateFileSizes(int64_t file_bytes, int64_t wal_bytes);
 
   // Re-reads the gauges from `ledger`: queue depth, live leases, remaining and capacity of every
   // limit of every configured credential, active cooldowns at `now`.
@@ -120,6 +124,8 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* capacity_;
   prometheus::Family<prometheus::Histogram>* latency_;
   prometheus::Gauge* queue_depth_;
+  prometheus::Gauge* state_file_bytes_;
+  prometheus::Gauge* state_wal_bytes_;
 
   // Counters by family and label values, so the hot path does not rebuild label maps.
   mutable absl::Mutex cache_mu_;
