@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -829,37 +830,33 @@ void SqliteJournal::WriterLoop() {
     if (!checkpoint || checkpoint_db_ == nullptr) continue;
     // At most once per checkpoint: drop the lease_log rows that ended, give pages back when
     // the free list is large, then empty the WAL (which holds those deletions too).
-    int64_t trim_now_ns = 0;
-    int64_t trimmed = 0;
+    bool trimmed = false;
     {
       absl::MutexLock l(&db_mu_);
-      std::swap(trim_now_ns, trim_now_ns_);
-      if (trim_now_ns > 0) {
-        const int64_t before = stats_.log_rows_trimmed;
-        if (absl::Status s = TrimLogLocked(trim_now_ns); !s.ok()) {
+      const int64_t now_ns = LogNowLocked();
+      if (now_ns > 0) {
+        trim_now_ns_ = 0;  // until a newer grant is written
+        const int64_t before = stats_.log_rows_trimmed + stats_.log_rewrites;
+        absl::Status s = TransactionLocked("cannot trim the lease log",
+                                           [&] { return CompactLogLocked(now_ns); });
+        if (!s.ok()) {
           spdlog::warn("component=store event=log_trim_failed path={} error=\"{}\"", path_,
                        std::string(s.message()));
         }
-        trimmed = stats_.log_rows_trimmed - before;
+        trimmed = stats_.log_rows_trimmed + stats_.log_rewrites > before;
       }
     }
-    if (trimmed > 0) VacuumFree().IgnoreError();  // logged
+    if (trimmed) VacuumFree().IgnoreError();  // logged
     CheckpointLocked().IgnoreError();              // logged, retried at the next one
   }
 }
 
-absl::Status SqliteJournal::TrimLogLocked(int64_t now_ns) {
-  sqlite3_stmt* st = nullptr;
-  if (sqlite3_prepare_v2(db_, "DELETE FROM lease_log WHERE until_ns <= ?1", -1, &st, nullptr) !=
-      SQLITE_OK) {
-    return Error("cannot trim the lease log");
-  }
-  sqlite3_bind_int64(st, 1, now_ns);
-  const int rc = sqlite3_step(st);
-  sqlite3_finalize(st);
-  if (rc != SQLITE_DONE) return Error("cannot trim the lease log");
-  stats_.log_rows_trimmed += sqlite3_changes(db_);
-  return absl::OkStatus();
+int64_t SqliteJournal::LogNowLocked() const {
+  if (compact_now_ns_ == 0 || trim_now_ns_ == 0) return 0;
+  const int64_t since_compact = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                    std::chrono::steady_clock::now() - compact_at_)
+                                    .count();
+  return std::min(compact_now_ns_ + since_compact, trim_now_ns_);
 }
 
 absl::Status SqliteJournal::VacuumFree() {
@@ -1116,6 +1113,71 @@ void SqliteJournal::DeleteLease(const std::string& id) {
   EnqueueRecord(record, 0, 0, /*release=*/true);
 }
 
+absl::Status SqliteJournal::CompactLogLocked(int64_t now_ns) {
+  {
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(db_, "DELETE FROM lease_log WHERE until_ns <= ?1", -1, &st,
+                           nullptr) != SQLITE_OK) {
+      return Error("cannot compact the lease log");
+    }
+    sqlite3_bind_int64(st, 1, now_ns);
+    const int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) return Error("cannot compact the lease log");
+    stats_.log_rows_trimmed += sqlite3_changes(db_);
+  }
+  // Rows that are partly dead weight (a lease of them ended, or releases only): when there are
+  // many and they are most of the log, fold it and write the live leases again, by expiry
+  // (so that a row ends as a whole), without the releases.
+  int64_t rows = 0;
+  int64_t partly_dead = 0;
+  {
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(db_,
+                           "SELECT count(*), coalesce(sum(min_expiry_ns <= ?1), 0) FROM "
+                           "lease_log",
+                           -1, &st, nullptr) != SQLITE_OK) {
+      return Error("cannot compact the lease log");
+    }
+    sqlite3_bind_int64(st, 1, now_ns);
+    const int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+      rows = sqlite3_column_int64(st, 0);
+      partly_dead = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_ROW) return Error("cannot compact the lease log");
+  }
+  if (partly_dead <= kRewriteRows || partly_dead * 2 < rows) return absl::OkStatus();
+  std::vector<JournalLease> leases;
+  int64_t read = 0;
+  QUOTAD_RETURN_IF_ERROR(FoldLogLocked(&leases, &read));
+  std::sort(leases.begin(), leases.end(), [](const JournalLease& a, const JournalLease& b) {
+    return a.expiry_ns < b.expiry_ns;
+  });
+  if (sqlite3_exec(db_, "DELETE FROM lease_log", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return Error("cannot compact the lease log");
+  }
+  Chunk chunk;
+  auto write = [&]() -> absl::Status {
+    if (chunk.records == 0) return absl::OkStatus();
+    QUOTAD_RETURN_IF_ERROR(WriteLogRowLocked(chunk));
+    chunk = Chunk();
+    return absl::OkStatus();
+  };
+  for (const JournalLease& lease : leases) {
+    if (lease.expiry_ns <= now_ns) continue;
+    EncodeLease(lease, &chunk.data);
+    ++chunk.records;
+    chunk.max_expiry_ns = std::max(chunk.max_expiry_ns, lease.expiry_ns);
+    chunk.min_expiry_ns = std::min(chunk.min_expiry_ns, lease.expiry_ns);
+    if (chunk.data.size() >= kChunkBytes) QUOTAD_RETURN_IF_ERROR(write());
+  }
+  QUOTAD_RETURN_IF_ERROR(write());
+  ++stats_.log_rewrites;
+  return absl::OkStatus();
+}
+
 absl::Status SqliteJournal::Compact(int64_t now_ns) {
   absl::MutexLock w(&write_mu_);
   WriteQueued().IgnoreError();
@@ -1136,8 +1198,7 @@ absl::Status SqliteJournal::Compact(int64_t now_ns) {
     }
     for (const char* sql : {"DELETE FROM reservations WHERE until_ns <= ?1",
                             "DELETE FROM leases WHERE expiry_ns <= ?1",
-                            "DELETE FROM dedup WHERE expiry_ns <= ?1",
-                            "DELETE FROM lease_log WHERE until_ns <= ?1"}) {
+                            "DELETE FROM dedup WHERE expiry_ns <= ?1"}) {
       sqlite3_stmt* st = nullptr;
       if (sqlite3_prepare_v2(db_, sql, -1, &st, nullptr) != SQLITE_OK) {
         return Error("cannot compact");
@@ -1147,57 +1208,12 @@ absl::Status SqliteJournal::Compact(int64_t now_ns) {
       sqlite3_finalize(st);
       if (rc != SQLITE_DONE) return Error("cannot compact");
     }
-    // Rows that are partly dead weight (a lease of them ended, or releases only): when there are
-    // many and they are most of the log, fold it and write the live leases again, by expiry
-    // (so that a row ends as a whole), without the releases.
-    int64_t rows = 0;
-    int64_t partly_dead = 0;
-    {
-      sqlite3_stmt* st = nullptr;
-      if (sqlite3_prepare_v2(db_,
-                             "SELECT count(*), coalesce(sum(min_expiry_ns <= ?1), 0) FROM "
-                             "lease_log",
-                             -1, &st, nullptr) != SQLITE_OK) {
-        return Error("cannot compact");
-      }
-      sqlite3_bind_int64(st, 1, now_ns);
-      const int rc = sqlite3_step(st);
-      if (rc == SQLITE_ROW) {
-        rows = sqlite3_column_int64(st, 0);
-        partly_dead = sqlite3_column_int64(st, 1);
-      }
-      sqlite3_finalize(st);
-      if (rc != SQLITE_ROW) return Error("cannot compact");
-    }
-    if (partly_dead <= kRewriteRows || partly_dead * 2 < rows) return absl::OkStatus();
-    std::vector<JournalLease> leases;
-    int64_t read = 0;
-    QUOTAD_RETURN_IF_ERROR(FoldLogLocked(&leases, &read));
-    std::sort(leases.begin(), leases.end(), [](const JournalLease& a, const JournalLease& b) {
-      return a.expiry_ns < b.expiry_ns;
-    });
-    if (sqlite3_exec(db_, "DELETE FROM lease_log", nullptr, nullptr, nullptr) != SQLITE_OK) {
-      return Error("cannot compact");
-    }
-    Chunk chunk;
-    auto write = [&]() -> absl::Status {
-      if (chunk.records == 0) return absl::OkStatus();
-      QUOTAD_RETURN_IF_ERROR(WriteLogRowLocked(chunk));
-      chunk = Chunk();
-      return absl::OkStatus();
-    };
-    for (const JournalLease& lease : leases) {
-      if (lease.expiry_ns <= now_ns) continue;
-      EncodeLease(lease, &chunk.data);
-      ++chunk.records;
-      chunk.max_expiry_ns = std::max(chunk.max_expiry_ns, lease.expiry_ns);
-      chunk.min_expiry_ns = std::min(chunk.min_expiry_ns, lease.expiry_ns);
-      if (chunk.data.size() >= kChunkBytes) QUOTAD_RETURN_IF_ERROR(write());
-    }
-    QUOTAD_RETURN_IF_ERROR(write());
-    ++stats_.log_rewrites;
-    return absl::OkStatus();
+    return CompactLogLocked(now_ns);
   });
+  if (s.ok()) {
+    compact_now_ns_ = now_ns;
+    compact_at_ = std::chrono::steady_clock::now();
+  }
   l.Release();
   if (s.ok() && !ended.empty()) {
     absl::MutexLock q(&queue_mu_);

@@ -28,9 +28,11 @@
 //     committing), then TRUNCATE under db_mu_ (only what was committed meanwhile; no busy wait:
 //     a reader in another process makes it give up until the next time). The WAL file goes back
 //     to zero bytes; journal_size_limit bounds it should only a restart of the log happen.
-//   - After each group commit that carries lease-log records, the writer thread deletes the
-//     lease_log rows that ended before the newest grant it wrote (the ledger's own clock, so no
-//     second clock; the same rule as Compact at that instant).
+//   - Before each checkpoint the writer thread compacts the lease log as Compact does (rows
+//     that ended deleted; a log mostly of dead weight rewritten), at a time that is surely
+//     past: the `now_ns` of the last Compact carried forward by the steady clock, and never
+//     later than the newest grant written (the ledger's clock). Nothing is trimmed before the
+//     first Compact (the server runs its first one a sweep after start-up).
 //   - New files are auto_vacuum=INCREMENTAL (an older file is converted by one VACUUM at Open);
 //     when the free list passes a quarter of the file, a few pages per step are given back to
 //     the file system (incremental_vacuum, db_mu_ released between steps), so the main file
@@ -45,6 +47,7 @@
 // and the problem. Only `reset_corrupt` moves such a file aside (to
 // `<path>.corrupt-<UTC timestamp>`, with its -wal) and starts empty.
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -108,7 +111,7 @@ struct SqliteJournalStats {
   int64_t log_rewrites = 0;    // times Compact rewrote the live leases of the log
   int64_t checkpoints = 0;      // checkpoints that emptied the WAL (TRUNCATE)
   int64_t checkpoints_busy = 0;  // checkpoints left partial by a reader of another process
-  int64_t log_rows_trimmed = 0;  // lease_log rows deleted by the writer thread as ended
+  int64_t log_rows_trimmed = 0;  // lease_log rows deleted as ended (Compact, writer thread)
   int64_t pages_vacuumed = 0;   // free pages given back to the file system
 };
 
@@ -186,7 +189,7 @@ class SqliteJournal : public Journal {
   static constexpr size_t kChunkBytes = 32 * 1024;
   // Compact rewrites the log when more than this many rows, and half of them, are partly dead
   // weight.
-  static constexpr int64_t kRewriteRows = 256;
+  static constexpr int64_t kRewriteRows = 64;
 
   SqliteJournal(std::string path, SqliteOptions options, sqlite3* db);
   absl::Status Prepare();
@@ -210,8 +213,11 @@ class SqliteJournal : public Journal {
   // PASSIVE on checkpoint_db_ without db_mu_, then TRUNCATE under it (see the file comment).
   absl::Status CheckpointLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_)
       ABSL_LOCKS_EXCLUDED(db_mu_);
-  // Deletes the lease_log rows that ended by `now_ns`, in a transaction of its own.
-  absl::Status TrimLogLocked(int64_t now_ns) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  // Deletes the lease_log rows that ended by `now_ns` and, when most rows are partly dead
+  // weight, rewrites the live leases. Runs inside the caller's transaction.
+  absl::Status CompactLogLocked(int64_t now_ns) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  // The time up to which the writer thread may compact the log (0: not yet; see above).
+  int64_t LogNowLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
   // Gives free pages back to the file system while they are more than a quarter of the file,
   // a step at a time, taking db_mu_ per step.
   absl::Status VacuumFree() ABSL_LOCKS_EXCLUDED(db_mu_);
@@ -269,6 +275,9 @@ class SqliteJournal : public Journal {
   // The ledger's time of the newest group-committed grant, not yet used to trim the log
   // (0: none). Set by WriteLogRowLocked, taken by the writer thread.
   int64_t trim_now_ns_ ABSL_GUARDED_BY(db_mu_) = 0;
+  // The `now_ns` of the last Compact, and when (steady clock) it ran.
+  int64_t compact_now_ns_ ABSL_GUARDED_BY(db_mu_) = 0;
+  std::chrono::steady_clock::time_point compact_at_ ABSL_GUARDED_BY(db_mu_);
   // PRAGMA auto_vacuum is INCREMENTAL (the file can give pages back). Set by Open.
   bool incremental_vacuum_ = false;
   // checkpoint_wal_bytes in WAL frames (pages). Set by Open.
