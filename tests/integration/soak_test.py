@@ -13,7 +13,10 @@ and its WAL, and the row count of each table (a read-only SQLite connection).
 After the warm-up (the first quarter, at least 15 s) every figure must stay flat: the largest
 value of the last tenth of the run is at most 1.5x the largest of the warm-up plus a small slack
 per figure. The dedup table is bounded instead by the request_ids sent within the last
-dedup_window + compaction interval (its rows end by time, not by count).
+dedup_window + compaction interval (its rows end by time, not by count). The state file and its
+WAL also have a cap at every sample, whatever the warm-up saw: a restart empties the WAL, so a
+WAL that only grows between restarts would otherwise pass as "flat" (the live state here is a
+few thousand leases and answers: well under a megabyte).
 
 Messages are built from server reflection (as grpcurl_test.py does): no quotad stubs needed.
 Exit 0 on success, 1 on failure, 77 (skipped) when grpcio is not installed.
@@ -53,7 +56,7 @@ profiles:
         default_lease_ttl: 2s
         max_lease_ttl: 30s
         limits:
-          - {{name: per_minute, kind: sliding, capacity: 100000000, period: 1m}}
+          - {{name: per_minute, kind: sliding, capacity: 100000000, period: 1m, sub_buckets: 60}}
           - {{name: per_day, kind: calendar, capacity: 1000000000, unit: day}}
       - name: jobs
         default_lease_ttl: 3s
@@ -73,6 +76,13 @@ SLACK = {
     "reservations": 200,
     "leases": 500,
     "lease_log": 200,
+}
+
+
+# Caps at every sample: the WAL is checkpointed at 4 MiB or after 1 s, the file holds live state.
+CAP = {
+    "wal_bytes": 16 << 20,
+    "db_bytes": 8 << 20,
 }
 
 
@@ -391,6 +401,13 @@ def main():
             print(f"{k:13s} start={first} warmup_max={w} end_max={e} bound={bound:.0f} {verdict}")
             if e > bound:
                 failures.append(f"{k} grew: {e} at the end > {bound:.0f} (warm-up max {w})")
+    for k, cap in CAP.items():
+        over = [s for s in samples if s[k] > cap]
+        peak = max((s[k] for s in samples), default=0)
+        print(f"{k:13s} peak={peak} cap={cap} {'ok' if not over else 'OVER'}")
+        if over:
+            failures.append(f"{k} over its cap of {cap} in {len(over)} of {len(samples)} samples "
+                            f"(peak {peak} at t={max(over, key=lambda s: s[k])['t']:.0f} s)")
     acquires = load.counts.get("acquire", 0)
     if acquires < duration * 50:
         failures.append(f"only {acquires} acquires in {duration:.0f} s: the load did not run")
