@@ -545,12 +545,16 @@ absl::StatusOr<std::unique_ptr<SqliteJournal>> SqliteJournal::Open(const std::st
     sqlite3_wal_hook(
         *db,
         +[](void* self, sqlite3*, const char*, int pages) {
+          // Runs in every commit on db_ (under db_mu_): takes queue_mu_ only when the WAL gets
+          // its first frame or crosses the threshold, once per checkpoint.
           auto* j = static_cast<SqliteJournal*>(self);
-          absl::MutexLock l(&j->queue_mu_);
-          if (j->wal_frames_ == 0 && pages > 0) j->wal_since_ = absl::Now();
-          j->wal_frames_ = pages;
-          if (pages >= j->checkpoint_frames_ && !j->checkpoint_wanted_) {
-            j->checkpoint_wanted_ = true;
+          const int64_t before = j->wal_frames_.exchange(pages, std::memory_order_relaxed);
+          const bool first = before == 0 && pages > 0;
+          const bool full = before < j->checkpoint_frames_ && pages >= j->checkpoint_frames_;
+          if (first || full) {
+            absl::MutexLock l(&j->queue_mu_);
+            if (first) j->wal_since_ = absl::Now();
+            if (full) j->checkpoint_wanted_ = true;
             j->writer_cv_.Signal();
           }
           return SQLITE_OK;
@@ -821,8 +825,7 @@ void SqliteJournal::WriterLoop() {
         }
       }
       if (stopping_) return;
-      checkpoint = checkpoint_wanted_ ||
-                   (wal_frames_ > 0 && absl::Now() - wal_since_ >= options_.checkpoint_interval);
+      checkpoint = checkpoint_wanted_ || absl::Now() - wal_since_ >= options_.checkpoint_interval;
       checkpoint_wanted_ = false;
     }
     absl::MutexLock w(&write_mu_);
@@ -886,10 +889,13 @@ absl::Status SqliteJournal::CheckpointLocked() {
                         nullptr);
   int log = -1;
   int done = -1;
-  if (rc == SQLITE_OK) {
-    // The bulk of the copy and its fsync, while callers keep committing on db_.
+  // The bulk of the copy and its fsyncs, while callers keep committing on db_; again while
+  // synchronous writes added frames meanwhile (a few rounds at most), so that the step under
+  // db_mu_ below has little or nothing left to copy and sync.
+  for (int round = 0; round < 3 && rc == SQLITE_OK; ++round) {
     rc = sqlite3_wal_checkpoint_v2(checkpoint_db_, "main", SQLITE_CHECKPOINT_PASSIVE, &log,
                                    &done);
+    if (rc == SQLITE_OK && wal_frames_.load(std::memory_order_relaxed) <= done) break;
   }
   if (rc == SQLITE_OK || (rc & 0xff) == SQLITE_BUSY) {
     // What was committed meanwhile, then the WAL cut to zero bytes. Under db_mu_ no commit of
@@ -900,7 +906,7 @@ absl::Status SqliteJournal::CheckpointLocked() {
     absl::MutexLock q(&queue_mu_);
     if (rc == SQLITE_OK) {
       ++stats_.checkpoints;
-      wal_frames_ = 0;
+      wal_frames_.store(0, std::memory_order_relaxed);  // no commit runs: db_mu_ is held
       wal_since_ = absl::InfiniteFuture();
       return absl::OkStatus();
     }
@@ -1127,28 +1133,36 @@ absl::Status SqliteJournal::CompactLogLocked(int64_t now_ns) {
     stats_.log_rows_trimmed += sqlite3_changes(db_);
   }
   // Rows that are partly dead weight (a lease of them ended, or releases only): when there are
-  // many and they are most of the log, fold it and write the live leases again, by expiry
-  // (so that a row ends as a whole), without the releases.
-  int64_t rows = 0;
+  // many and they hold most of the log's bytes, fold it and write the live leases again, by
+  // expiry (so that a row ends as a whole), without the releases. A rewrite costs the live
+  // bytes and comes after at least as many bytes of such rows: amortized, each record is
+  // written at most about twice. (Bytes, not rows: a group commit at low traffic is a small row,
+  // a rewritten row is kChunkBytes.)
+  int64_t bytes = 0;
   int64_t partly_dead = 0;
+  int64_t partly_dead_bytes = 0;
   {
+    // length() of a blob comes from the record header: no overflow page is read.
     sqlite3_stmt* st = nullptr;
     if (sqlite3_prepare_v2(db_,
-                           "SELECT count(*), coalesce(sum(min_expiry_ns <= ?1), 0) FROM "
-                           "lease_log",
+                           "SELECT coalesce(sum(length(data)), 0), "
+                           "coalesce(sum(min_expiry_ns <= ?1), 0), "
+                           "coalesce(sum(CASE WHEN min_expiry_ns <= ?1 THEN length(data) END), 0) "
+                           "FROM lease_log",
                            -1, &st, nullptr) != SQLITE_OK) {
       return Error("cannot compact the lease log");
     }
     sqlite3_bind_int64(st, 1, now_ns);
     const int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
-      rows = sqlite3_column_int64(st, 0);
+      bytes = sqlite3_column_int64(st, 0);
       partly_dead = sqlite3_column_int64(st, 1);
+      partly_dead_bytes = sqlite3_column_int64(st, 2);
     }
     sqlite3_finalize(st);
     if (rc != SQLITE_ROW) return Error("cannot compact the lease log");
   }
-  if (partly_dead <= kRewriteRows || partly_dead * 2 < rows) return absl::OkStatus();
+  if (partly_dead <= kRewriteRows || partly_dead_bytes * 2 < bytes) return absl::OkStatus();
   std::vector<JournalLease> leases;
   int64_t read = 0;
   QUOTAD_RETURN_IF_ERROR(FoldLogLocked(&leases, &read));

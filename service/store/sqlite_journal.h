@@ -47,6 +47,7 @@
 // and the problem. Only `reset_corrupt` moves such a file aside (to
 // `<path>.corrupt-<UTC timestamp>`, with its -wal) and starts empty.
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -187,8 +188,8 @@ class SqliteJournal : public Journal {
   static constexpr size_t kChunk = 256;
   // Bytes of lease-log records per lease_log row (and per transaction of the writer thread).
   static constexpr size_t kChunkBytes = 32 * 1024;
-  // Compact rewrites the log when more than this many rows, and half of them, are partly dead
-  // weight.
+  // Compact rewrites the log when more than this many rows, holding half of its bytes, are
+  // partly dead weight.
   static constexpr int64_t kRewriteRows = 64;
 
   SqliteJournal(std::string path, SqliteOptions options, sqlite3* db);
@@ -269,8 +270,9 @@ class SqliteJournal : public Journal {
   bool stopping_ ABSL_GUARDED_BY(queue_mu_) = false;
   // Set by the WAL hook when the WAL has grown past checkpoint_wal_bytes.
   bool checkpoint_wanted_ ABSL_GUARDED_BY(queue_mu_) = false;
-  // Frames in the WAL after the last commit (the WAL hook), and since when it has any.
-  int64_t wal_frames_ ABSL_GUARDED_BY(queue_mu_) = 0;
+  // Frames in the WAL after the last commit on db_ (set by the WAL hook, zeroed by a
+  // checkpoint, both under db_mu_; read anywhere), and since when it has any.
+  std::atomic<int64_t> wal_frames_{0};
   absl::Time wal_since_ ABSL_GUARDED_BY(queue_mu_) = absl::InfiniteFuture();
   // The ledger's time of the newest group-committed grant, not yet used to trim the log
   // (0: none). Set by WriteLogRowLocked, taken by the writer thread.
