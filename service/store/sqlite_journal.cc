@@ -841,7 +841,9 @@ void SqliteJournal::WriterLoop() {
         trim_now_ns_ = 0;  // until a newer grant is written
         const int64_t before = stats_.log_rows_trimmed + stats_.log_rewrites;
         absl::Status s = TransactionLocked("cannot trim the lease log",
-                                           [&] { return CompactLogLocked(now_ns); });
+                                           [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_) {
+                                             return CompactLogLocked(now_ns);
+                                           });
         if (!s.ok()) {
           spdlog::warn("component=store event=log_trim_failed path={} error=\"{}\"", path_,
                        std::string(s.message()));
