@@ -88,6 +88,16 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                              .Help("Acquires waiting in the queue.")
                              .Register(*registry_);
   queue_depth_ = &queue_depth_family_->Add({});
+  state_file_bytes_ = &BuildGauge()
+                           .Name("quotad_state_file_bytes")
+                           .Help("Size of the --state file on disk.")
+                           .Register(*registry_)
+                           .Add({});
+  state_wal_bytes_ = &BuildGauge()
+                          .Name("quotad_state_wal_bytes")
+                          .Help("Size of the write-ahead log of the --state file on disk.")
+                          .Register(*registry_)
+                          .Add({});
   live_leases_ = &BuildGauge()
                       .Name("quotad_live_leases")
                       .Help("Leases not yet released or expired, by credential.")
@@ -237,6 +247,11 @@ void Metrics::OnStoreError(absl::string_view operation) {
 
 void Metrics::OnConfigReload(bool ok) {
   CachedCounter(reloads_, "result", ok ? "ok" : "rejected").Increment();
+}
+
+void Metrics::SetStateFileSizes(int64_t file_bytes, int64_t wal_bytes) {
+  state_file_bytes_->Set(static_cast<double>(file_bytes));
+  state_wal_bytes_->Set(static_cast<double>(wal_bytes));
 }
 
 void Metrics::Refresh(Ledger& ledger, absl::Time now) {

@@ -28,8 +28,10 @@
 //   quotad_limit_hits_total{limit}                                       counter
 //   quotad_resource_in_use{resource}                                     gauge
 //   quotad_resource_limit{resource}                                      gauge
+//   quotad_state_file_bytes                                              gauge
+//   quotad_state_wal_bytes                                               gauge
 //
-// The last three cover quotad's own bounds (SECURITY.md lists them): every time a caller is
+// quotad_limit_hits_total and quotad_resource_* cover quotad's own bounds (SECURITY.md lists them): every time a caller is
 // refused because of one, quotad_limit_hits_total{limit} counts it; the resources a caller can
 // make quotad hold report their use and their limit under the same name.
 //
@@ -113,6 +115,8 @@ class Metrics {
   // How much of a bounded resource is in use now, and its limit (fixed names, as above).
   void SetResource(absl::string_view resource, int64_t in_use);
   void SetResourceLimit(absl::string_view resource, int64_t limit);
+  // Sizes on disk of the --state file and of its WAL (set with the other gauges).
+  void SetStateFileSizes(int64_t file_bytes, int64_t wal_bytes);
 
   // Re-reads the gauges from `ledger`: queue depth, live leases, remaining and capacity of every
   // limit of every configured credential, active cooldowns at `now`.
@@ -157,6 +161,8 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* reset_;
   prometheus::Family<prometheus::Histogram>* latency_;
   prometheus::Gauge* queue_depth_;
+  prometheus::Gauge* state_file_bytes_;
+  prometheus::Gauge* state_wal_bytes_;
 
   // Counters by family and label values, so the hot path does not rebuild label maps.
   mutable absl::Mutex cache_mu_;

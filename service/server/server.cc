@@ -1223,6 +1223,10 @@ class QuotadServer::Impl {
       if (absl::Now() - last_metrics_refresh_ >= options_.metrics_refresh) {
         last_metrics_refresh_ = absl::Now();
         metrics_->Refresh(*ledger_, now);
+        if (journal_ != nullptr) {
+          const SqliteFileSizes sizes = journal_->FileSizes();
+          metrics_->SetStateFileSizes(sizes.file_bytes, sizes.wal_bytes);
+        }
       }
       WatchConfig();
       if (journal_ != nullptr && now - last_compact_ >= options_.compact_interval) {

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -333,11 +334,26 @@ bool FileExists(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0;
 }
 
+int64_t FileBytes(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 ? static_cast<int64_t>(st.st_size) : 0;
+}
+
+// The first column of the first row as a number (0 when none or on error).
+int64_t QueryInt(sqlite3* db, const char* sql) {
+  std::string out;
+  if (QueryText(db, sql, &out) != SQLITE_OK || out.empty()) return 0;
+  return std::strtoll(out.c_str(), nullptr, 10);
+}
+
 // Opens the file and checks it is ours and sound. `*bad_file` is set when the file itself is
 // corrupt or foreign (what reset_corrupt may move aside), as opposed to unreachable.
 absl::StatusOr<sqlite3*> OpenChecked(const std::string& path, const SqliteOptions& options,
                                      bool* bad_file) {
   *bad_file = false;
+  // A new file (none, or empty) is created auto_vacuum=INCREMENTAL: the pragma has to come
+  // before anything writes its first page.
+  const bool fresh = !options.read_only && FileBytes(path) == 0;
   sqlite3* db = nullptr;
   const int flags = SQLITE_OPEN_NOMUTEX |
                     (options.read_only ? SQLITE_OPEN_READONLY
@@ -355,6 +371,11 @@ absl::StatusOr<sqlite3*> OpenChecked(const std::string& path, const SqliteOption
     sqlite3_close_v2(db);
     return absl::PermissionDeniedError(
         absl::StrCat("sqlite state file ", path, ": the file or its directory is read-only"));
+  }
+
+  if (fresh) {
+    rc = sqlite3_exec(db, "PRAGMA auto_vacuum=INCREMENTAL", nullptr, nullptr, nullptr);
+    if (rc != SQLITE_OK) return fail(rc, "cannot set auto_vacuum");
   }
 
   std::string result;
@@ -386,6 +407,12 @@ absl::StatusOr<sqlite3*> OpenChecked(const std::string& path, const SqliteOption
     // commit on the Acquire path.
     rc = sqlite3_exec(db, "PRAGMA wal_autocheckpoint=0", nullptr, nullptr, nullptr);
     if (rc != SQLITE_OK) return fail(rc, "cannot set wal_autocheckpoint");
+    // Should the log restart rather than be truncated by a checkpoint, the WAL file is cut
+    // back to this size at its next commit.
+    rc = QueryText(db,
+                   absl::StrCat("PRAGMA journal_size_limit=", options.journal_size_limit).c_str(),
+                   &result);
+    if (rc != SQLITE_OK) return fail(rc, "cannot set journal_size_limit");
     // A page cache large enough for the hot leases, and reads through mmap instead of pread.
     rc = sqlite3_exec(db, "PRAGMA cache_size=-65536; PRAGMA mmap_size=268435456", nullptr,
                       nullptr, nullptr);
@@ -494,23 +521,57 @@ absl::StatusOr<std::unique_ptr<SqliteJournal>> SqliteJournal::Open(const std::st
     }
     return db.status();
   }
+  if (!options.read_only && QueryInt(*db, "PRAGMA auto_vacuum") != 2) {
+    // A file of an older build (auto_vacuum=NONE) never gives pages back: one VACUUM makes it
+    // INCREMENTAL. It rewrites the live rows only; a failure (a full disk) leaves the file as
+    // it was, which still works.
+    const absl::Time start = absl::Now();
+    const int64_t before = FileBytes(path);
+    const int rc =
+        sqlite3_exec(*db, "PRAGMA auto_vacuum=INCREMENTAL; VACUUM", nullptr, nullptr, nullptr);
+    if (rc == SQLITE_OK) {
+      sqlite3_wal_checkpoint_v2(*db, "main", SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
+      spdlog::info(
+          "component=store event=converted_to_incremental_vacuum path={} bytes_before={} "
+          "bytes_after={} ms={}",
+          path, before, FileBytes(path), absl::ToInt64Milliseconds(absl::Now() - start));
+    } else {
+      spdlog::warn("component=store event=vacuum_failed path={} error=\"{}\"", path,
+                   sqlite3_errmsg(*db));
+    }
+  }
   std::unique_ptr<SqliteJournal> journal(new SqliteJournal(path, options, *db));
   QUOTAD_RETURN_IF_ERROR(journal->Prepare());
   if (!options.read_only) {
+    journal->incremental_vacuum_ = QueryInt(*db, "PRAGMA auto_vacuum") == 2;
+    const int64_t page_size = std::max<int64_t>(512, QueryInt(*db, "PRAGMA page_size"));
+    journal->checkpoint_frames_ = std::max<int64_t>(1, options.checkpoint_wal_bytes / page_size);
+    // A WAL left by an earlier run (or a crash) goes into the file before serving starts.
+    sqlite3_wal_checkpoint_v2(*db, "main", SQLITE_CHECKPOINT_TRUNCATE, nullptr, nullptr);
     const int rc = sqlite3_open_v2(path.c_str(), &journal->checkpoint_db_,
                                    SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr);
     if (rc != SQLITE_OK) {
       return DbError(path, journal->checkpoint_db_, rc, "cannot open the checkpoint connection");
     }
-    sqlite3_busy_timeout(journal->checkpoint_db_,
-                         static_cast<int>(absl::ToInt64Milliseconds(options.busy_timeout)));
+    // No busy handler: the TRUNCATE step runs under db_mu_ and must not wait for a reader of
+    // another process (it gives up, and the next checkpoint tries again).
+    sqlite3_busy_timeout(journal->checkpoint_db_, 0);
+    sqlite3_exec(journal->checkpoint_db_,
+                 options.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
+                 nullptr, nullptr, nullptr);
     sqlite3_wal_hook(
         *db,
         +[](void* self, sqlite3*, const char*, int pages) {
+          // Runs in every commit on db_ (under db_mu_): takes queue_mu_ only when the WAL gets
+          // its first frame or crosses the threshold, once per checkpoint.
           auto* j = static_cast<SqliteJournal*>(self);
-          if (pages >= kCheckpointPages) {
+          const int64_t before = j->wal_frames_.exchange(pages, std::memory_order_relaxed);
+          const bool first = before == 0 && pages > 0;
+          const bool full = before < j->checkpoint_frames_ && pages >= j->checkpoint_frames_;
+          if (first || full) {
             absl::MutexLock l(&j->queue_mu_);
-            j->checkpoint_wanted_ = true;
+            if (first) j->wal_since_ = absl::Now();
+            if (full) j->checkpoint_wanted_ = true;
             j->writer_cv_.Signal();
           }
           return SQLITE_OK;
@@ -653,6 +714,7 @@ absl::Status SqliteJournal::WriteLogRowLocked(const Chunk& chunk) {
                     SQLITE_STATIC);
   QUOTAD_RETURN_IF_ERROR(StepLocked(put_log_, "cannot write the lease log"));
   ++stats_.log_rows;
+  if (chunk.max_granted_ns > 0) trim_now_ns_ = chunk.max_granted_ns;
   return absl::OkStatus();
 }
 
@@ -731,7 +793,8 @@ void SqliteJournal::Enqueue(Op op) {
   if (++queued_ == 1 || queued_ == options_.commit_batch) writer_cv_.Signal();
 }
 
-void SqliteJournal::EnqueueRecord(const std::string& record, int64_t expiry_ns, bool release) {
+void SqliteJournal::EnqueueRecord(const std::string& record, int64_t expiry_ns,
+                                  int64_t granted_ns, bool release) {
   absl::MutexLock l(&queue_mu_);
   AwaitRoomLocked();
   if (chunks_.empty() || chunks_.back().data.size() >= kChunkBytes) {
@@ -751,6 +814,7 @@ void SqliteJournal::EnqueueRecord(const std::string& record, int64_t expiry_ns, 
   } else {
     chunk.max_expiry_ns = std::max(chunk.max_expiry_ns, expiry_ns);
     chunk.min_expiry_ns = std::min(chunk.min_expiry_ns, expiry_ns);
+    chunk.max_granted_ns = std::max(chunk.max_granted_ns, granted_ns);
   }
   if (++queued_ == 1 || queued_ == options_.commit_batch) writer_cv_.Signal();
 }
@@ -760,7 +824,16 @@ void SqliteJournal::WriterLoop() {
     bool checkpoint = false;
     {
       absl::MutexLock l(&queue_mu_);
-      while (!stopping_ && queued_ == 0 && !checkpoint_wanted_) writer_cv_.Wait(&queue_mu_);
+      // Sleeps until something is queued, a checkpoint is wanted, or the WAL's first frame is
+      // checkpoint_interval old.
+      while (!stopping_ && queued_ == 0 && !checkpoint_wanted_) {
+        if (wal_since_ == absl::InfiniteFuture()) {
+          writer_cv_.Wait(&queue_mu_);
+        } else if (writer_cv_.WaitWithDeadline(&queue_mu_,
+                                               wal_since_ + options_.checkpoint_interval)) {
+          break;  // timed out: the WAL is due
+        }
+      }
       if (stopping_) return;  // the destructor writes the rest
       if (queued_ > 0) {
         const absl::Time deadline = absl::Now() + options_.commit_interval;
@@ -769,26 +842,116 @@ void SqliteJournal::WriterLoop() {
         }
       }
       if (stopping_) return;
-      checkpoint = checkpoint_wanted_;
+      checkpoint = checkpoint_wanted_ || absl::Now() - wal_since_ >= options_.checkpoint_interval;
       checkpoint_wanted_ = false;
     }
+    absl::MutexLock w(&write_mu_);
+    WriteQueued().IgnoreError();  // remembered for Flush, logged
+    if (!checkpoint || checkpoint_db_ == nullptr) continue;
+    // At most once per checkpoint: drop the lease_log rows that ended, give pages back when
+    // the free list is large, then empty the WAL (which holds those deletions too).
+    bool trimmed = false;
     {
-      absl::MutexLock w(&write_mu_);
-      WriteQueued().IgnoreError();  // remembered for Flush, logged
-    }
-    if (checkpoint) {
-      // PASSIVE on a second connection: copies committed WAL frames into the file (and fsyncs)
-      // while callers keep committing on db_; nobody on the Acquire path waits for the fsync.
-      int log = 0;
-      int done = 0;
-      const int rc = sqlite3_wal_checkpoint_v2(checkpoint_db_, "main", SQLITE_CHECKPOINT_PASSIVE,
-                                               &log, &done);
-      if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
-        spdlog::warn("component=store event=checkpoint_failed path={} error=\"{}\"", path_,
-                     sqlite3_errmsg(checkpoint_db_));
+      absl::MutexLock l(&db_mu_);
+      const int64_t now_ns = LogNowLocked();
+      if (now_ns > 0) {
+        trim_now_ns_ = 0;  // until a newer grant is written
+        const int64_t before = stats_.log_rows_trimmed + stats_.log_rewrites;
+        absl::Status s = TransactionLocked("cannot trim the lease log",
+                                           [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_) {
+                                             return CompactLogLocked(now_ns);
+                                           });
+        if (!s.ok()) {
+          spdlog::warn("component=store event=log_trim_failed path={} error=\"{}\"", path_,
+                       std::string(s.message()));
+        }
+        trimmed = stats_.log_rows_trimmed + stats_.log_rewrites > before;
       }
     }
+    if (trimmed) VacuumFree().IgnoreError();  // logged
+    CheckpointLocked().IgnoreError();              // logged, retried at the next one
   }
+}
+
+int64_t SqliteJournal::LogNowLocked() const {
+  if (compact_now_ns_ == 0 || trim_now_ns_ == 0) return 0;
+  const int64_t since_compact = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                    std::chrono::steady_clock::now() - compact_at_)
+                                    .count();
+  return std::min(compact_now_ns_ + since_compact, trim_now_ns_);
+}
+
+absl::Status SqliteJournal::VacuumFree() {
+  if (!incremental_vacuum_) return absl::OkStatus();
+  for (;;) {
+    absl::MutexLock l(&db_mu_);
+    const int64_t free_pages = QueryInt(db_, "PRAGMA freelist_count");
+    const int64_t pages = QueryInt(db_, "PRAGMA page_count");
+    if (free_pages <= kVacuumMinFreePages || free_pages * 4 <= pages) return absl::OkStatus();
+    const int64_t step = std::min(kVacuumStepPages, free_pages);
+    const std::string sql = absl::StrCat("PRAGMA incremental_vacuum(", step, ")");
+    if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, nullptr) != SQLITE_OK) {
+      absl::Status s = Error("cannot give free pages back");
+      spdlog::warn("component=store event=vacuum_failed path={} error=\"{}\"", path_,
+                   std::string(s.message()));
+      return s;
+    }
+    stats_.pages_vacuumed += free_pages - QueryInt(db_, "PRAGMA freelist_count");
+  }
+}
+
+absl::Status SqliteJournal::CheckpointLocked() {
+  if (checkpoint_db_ == nullptr) return absl::OkStatus();
+  // A connection that has not read the file has not opened the WAL, and its checkpoint
+  // returns at once having done nothing: read once first.
+  int rc = sqlite3_exec(checkpoint_db_, "SELECT count(*) FROM schema_version", nullptr, nullptr,
+                        nullptr);
+  int log = -1;
+  int done = -1;
+  // The bulk of the copy and its fsyncs, while callers keep committing on db_; again while
+  // synchronous writes added frames meanwhile (a few rounds at most), so that the step under
+  // db_mu_ below has little or nothing left to copy and sync.
+  for (int round = 0; round < 3 && rc == SQLITE_OK; ++round) {
+    rc = sqlite3_wal_checkpoint_v2(checkpoint_db_, "main", SQLITE_CHECKPOINT_PASSIVE, &log,
+                                   &done);
+    if (rc == SQLITE_OK && wal_frames_.load(std::memory_order_relaxed) <= done) break;
+  }
+  if (rc == SQLITE_OK || (rc & 0xff) == SQLITE_BUSY) {
+    // What was committed meanwhile, then the WAL cut to zero bytes. Under db_mu_ no commit of
+    // ours is under way; a reader of another process makes it give up at once (BUSY).
+    absl::MutexLock l(&db_mu_);
+    rc = sqlite3_wal_checkpoint_v2(checkpoint_db_, "main", SQLITE_CHECKPOINT_TRUNCATE, &log,
+                                   &done);
+    absl::MutexLock q(&queue_mu_);
+    if (rc == SQLITE_OK) {
+      ++stats_.checkpoints;
+      wal_frames_.store(0, std::memory_order_relaxed);  // no commit runs: db_mu_ is held
+      wal_since_ = absl::InfiniteFuture();
+      return absl::OkStatus();
+    }
+    if ((rc & 0xff) == SQLITE_BUSY) {
+      ++stats_.checkpoints_busy;
+      wal_since_ = absl::Now();  // again after checkpoint_interval, not at once
+      return absl::UnavailableError(absl::StrCat(
+          "sqlite state file ", path_, ": checkpoint left partial by a reader of the WAL"));
+    }
+  }
+  absl::Status s = DbError(path_, checkpoint_db_, rc, "cannot checkpoint");
+  spdlog::warn("component=store event=checkpoint_failed path={} error=\"{}\"", path_,
+               std::string(s.message()));
+  absl::MutexLock q(&queue_mu_);
+  wal_since_ = absl::Now();
+  return s;
+}
+
+absl::Status SqliteJournal::Checkpoint() {
+  absl::MutexLock w(&write_mu_);
+  WriteQueued().IgnoreError();  // remembered for Flush
+  return CheckpointLocked();
+}
+
+SqliteFileSizes SqliteJournal::FileSizes() const {
+  return SqliteFileSizes{FileBytes(path_), FileBytes(path_ + "-wal")};
 }
 
 absl::Status SqliteJournal::Flush() {
@@ -967,7 +1130,7 @@ absl::Status SqliteJournal::PutLease(const JournalLease& lease) {
     thread_local std::string record;
     record.clear();
     EncodeLease(lease, &record);
-    EnqueueRecord(record, lease.expiry_ns, /*release=*/false);
+    EnqueueRecord(record, lease.expiry_ns, lease.granted_ns, /*release=*/false);
     return absl::OkStatus();
   }
   absl::Status s;
@@ -1004,13 +1167,86 @@ void SqliteJournal::DeleteLease(const std::string& id) {
   thread_local std::string record;
   record.clear();
   EncodeRelease(id, &record);
-  EnqueueRecord(record, 0, /*release=*/true);
+  EnqueueRecord(record, 0, 0, /*release=*/true);
+}
+
+absl::Status SqliteJournal::CompactLogLocked(int64_t now_ns) {
+  {
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(db_, "DELETE FROM lease_log WHERE until_ns <= ?1", -1, &st,
+                           nullptr) != SQLITE_OK) {
+      return Error("cannot compact the lease log");
+    }
+    sqlite3_bind_int64(st, 1, now_ns);
+    const int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) return Error("cannot compact the lease log");
+    stats_.log_rows_trimmed += sqlite3_changes(db_);
+  }
+  // Rows that are partly dead weight (a lease of them ended, or releases only): when there are
+  // many and they hold most of the log's bytes, fold it and write the live leases again, by
+  // expiry (so that a row ends as a whole), without the releases. A rewrite costs the live
+  // bytes and comes after at least as many bytes of such rows: amortized, each record is
+  // written at most about twice. (Bytes, not rows: a group commit at low traffic is a small row,
+  // a rewritten row is kChunkBytes.)
+  int64_t bytes = 0;
+  int64_t partly_dead = 0;
+  int64_t partly_dead_bytes = 0;
+  {
+    // length() of a blob comes from the record header: no overflow page is read.
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(db_,
+                           "SELECT coalesce(sum(length(data)), 0), "
+                           "coalesce(sum(min_expiry_ns <= ?1), 0), "
+                           "coalesce(sum(CASE WHEN min_expiry_ns <= ?1 THEN length(data) END), 0) "
+                           "FROM lease_log",
+                           -1, &st, nullptr) != SQLITE_OK) {
+      return Error("cannot compact the lease log");
+    }
+    sqlite3_bind_int64(st, 1, now_ns);
+    const int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+      bytes = sqlite3_column_int64(st, 0);
+      partly_dead = sqlite3_column_int64(st, 1);
+      partly_dead_bytes = sqlite3_column_int64(st, 2);
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_ROW) return Error("cannot compact the lease log");
+  }
+  if (partly_dead <= kRewriteRows || partly_dead_bytes * 2 < bytes) return absl::OkStatus();
+  std::vector<JournalLease> leases;
+  int64_t read = 0;
+  QUOTAD_RETURN_IF_ERROR(FoldLogLocked(&leases, &read));
+  std::sort(leases.begin(), leases.end(), [](const JournalLease& a, const JournalLease& b) {
+    return a.expiry_ns < b.expiry_ns;
+  });
+  if (sqlite3_exec(db_, "DELETE FROM lease_log", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return Error("cannot compact the lease log");
+  }
+  Chunk chunk;
+  auto write = [&]() -> absl::Status {
+    if (chunk.records == 0) return absl::OkStatus();
+    QUOTAD_RETURN_IF_ERROR(WriteLogRowLocked(chunk));
+    chunk = Chunk();
+    return absl::OkStatus();
+  };
+  for (const JournalLease& lease : leases) {
+    if (lease.expiry_ns <= now_ns) continue;
+    EncodeLease(lease, &chunk.data);
+    ++chunk.records;
+    chunk.max_expiry_ns = std::max(chunk.max_expiry_ns, lease.expiry_ns);
+    chunk.min_expiry_ns = std::min(chunk.min_expiry_ns, lease.expiry_ns);
+    if (chunk.data.size() >= kChunkBytes) QUOTAD_RETURN_IF_ERROR(write());
+  }
+  QUOTAD_RETURN_IF_ERROR(write());
+  ++stats_.log_rewrites;
+  return absl::OkStatus();
 }
 
 absl::Status SqliteJournal::Compact(int64_t now_ns) {
   absl::MutexLock w(&write_mu_);
   WriteQueued().IgnoreError();
-  absl::MutexLock l(&db_mu_);
+  absl::ReleasableMutexLock l(&db_mu_);
   std::vector<std::string> ended;  // rows of `leases` that Compact deletes
   absl::Status s = TransactionLocked("cannot compact", [&]() -> absl::Status {
     {
@@ -1028,8 +1264,7 @@ absl::Status SqliteJournal::Compact(int64_t now_ns) {
     for (const char* sql : {"DELETE FROM reservations WHERE until_ns <= ?1",
                             "DELETE FROM leases WHERE expiry_ns <= ?1",
                             "DELETE FROM dedup WHERE expiry_ns <= ?1",
-                            "DELETE FROM cooldowns WHERE until_ns <= ?1",
-                            "DELETE FROM lease_log WHERE until_ns <= ?1"}) {
+                            "DELETE FROM cooldowns WHERE until_ns <= ?1"}) {
       sqlite3_stmt* st = nullptr;
       if (sqlite3_prepare_v2(db_, sql, -1, &st, nullptr) != SQLITE_OK) {
         return Error("cannot compact");
@@ -1039,61 +1274,18 @@ absl::Status SqliteJournal::Compact(int64_t now_ns) {
       sqlite3_finalize(st);
       if (rc != SQLITE_DONE) return Error("cannot compact");
     }
-    // Rows that are partly dead weight (a lease of them ended, or releases only): when there are
-    // many and they are most of the log, fold it and write the live leases again, by expiry
-    // (so that a row ends as a whole), without the releases.
-    int64_t rows = 0;
-    int64_t partly_dead = 0;
-    {
-      sqlite3_stmt* st = nullptr;
-      if (sqlite3_prepare_v2(db_,
-                             "SELECT count(*), coalesce(sum(min_expiry_ns <= ?1), 0) FROM "
-                             "lease_log",
-                             -1, &st, nullptr) != SQLITE_OK) {
-        return Error("cannot compact");
-      }
-      sqlite3_bind_int64(st, 1, now_ns);
-      const int rc = sqlite3_step(st);
-      if (rc == SQLITE_ROW) {
-        rows = sqlite3_column_int64(st, 0);
-        partly_dead = sqlite3_column_int64(st, 1);
-      }
-      sqlite3_finalize(st);
-      if (rc != SQLITE_ROW) return Error("cannot compact");
-    }
-    if (partly_dead <= kRewriteRows || partly_dead * 2 < rows) return absl::OkStatus();
-    std::vector<JournalLease> leases;
-    int64_t read = 0;
-    QUOTAD_RETURN_IF_ERROR(FoldLogLocked(&leases, &read));
-    std::sort(leases.begin(), leases.end(), [](const JournalLease& a, const JournalLease& b) {
-      return a.expiry_ns < b.expiry_ns;
-    });
-    if (sqlite3_exec(db_, "DELETE FROM lease_log", nullptr, nullptr, nullptr) != SQLITE_OK) {
-      return Error("cannot compact");
-    }
-    Chunk chunk;
-    auto write = [&]() -> absl::Status {
-      if (chunk.records == 0) return absl::OkStatus();
-      QUOTAD_RETURN_IF_ERROR(WriteLogRowLocked(chunk));
-      chunk = Chunk();
-      return absl::OkStatus();
-    };
-    for (const JournalLease& lease : leases) {
-      if (lease.expiry_ns <= now_ns) continue;
-      EncodeLease(lease, &chunk.data);
-      ++chunk.records;
-      chunk.max_expiry_ns = std::max(chunk.max_expiry_ns, lease.expiry_ns);
-      chunk.min_expiry_ns = std::min(chunk.min_expiry_ns, lease.expiry_ns);
-      if (chunk.data.size() >= kChunkBytes) QUOTAD_RETURN_IF_ERROR(write());
-    }
-    QUOTAD_RETURN_IF_ERROR(write());
-    ++stats_.log_rewrites;
-    return absl::OkStatus();
+    return CompactLogLocked(now_ns);
   });
+  if (s.ok()) {
+    compact_now_ns_ = now_ns;
+    compact_at_ = std::chrono::steady_clock::now();
+  }
+  l.Release();
   if (s.ok() && !ended.empty()) {
     absl::MutexLock q(&queue_mu_);
     for (const std::string& id : ended) lease_rows_.erase(id);
   }
+  if (s.ok()) VacuumFree().IgnoreError();  // logged; the file still works at its size
   return s;
 }
 

@@ -21,6 +21,23 @@
 // Leases that hold slots are rows of `leases` (keyed by id, renewed in place); a release of
 // one deletes its row (queued).
 //
+// Disk bounded by live state:
+//   - The WAL is checkpointed while serving, by the writer thread, once it holds
+//     `checkpoint_wal_bytes` or `checkpoint_interval` after its first frame: first PASSIVE on a
+//     connection of its own (the bulk of the copy and the fsync, while callers keep
+//     committing), then TRUNCATE under db_mu_ (only what was committed meanwhile; no busy wait:
+//     a reader in another process makes it give up until the next time). The WAL file goes back
+//     to zero bytes; journal_size_limit bounds it should only a restart of the log happen.
+//   - Before each checkpoint the writer thread compacts the lease log as Compact does (rows
+//     that ended deleted; a log mostly of dead weight rewritten), at a time that is surely
+//     past: the `now_ns` of the last Compact carried forward by the steady clock, and never
+//     later than the newest grant written (the ledger's clock). Nothing is trimmed before the
+//     first Compact (the server runs its first one a sweep after start-up).
+//   - New files are auto_vacuum=INCREMENTAL (an older file is converted by one VACUUM at Open);
+//     when the free list passes a quarter of the file, a few pages per step are given back to
+//     the file system (incremental_vacuum, db_mu_ released between steps), so the main file
+//     tracks leases and windows in force, not history.
+//
 // Durability: synchronous=NORMAL (the default) makes a committed transaction survive a crash of
 // the process (kill -9): the WAL frame is in the OS page cache. synchronous_full also survives
 // power loss, at the price of an fsync per commit.
@@ -30,6 +47,8 @@
 // and the problem. Only `reset_corrupt` moves such a file aside (to
 // `<path>.corrupt-<UTC timestamp>`, with its -wal) and starts empty.
 
+#include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -70,6 +89,18 @@ struct SqliteOptions {
   size_t max_queued = 1 << 20;
   // PRAGMA max_page_count when > 0: caps the file size (a "full disk" for tests).
   int64_t max_pages = 0;
+  // The writer thread checkpoints the WAL once it holds this many bytes...
+  int64_t checkpoint_wal_bytes = 4 << 20;
+  // ...or this long after the first frame written since the last checkpoint.
+  absl::Duration checkpoint_interval = absl::Seconds(1);
+  // PRAGMA journal_size_limit: the size the WAL file is cut back to when the log restarts.
+  int64_t journal_size_limit = 8 << 20;
+};
+
+// Sizes of the state file and its WAL on disk (0 for a file that does not exist).
+struct SqliteFileSizes {
+  int64_t file_bytes = 0;
+  int64_t wal_bytes = 0;
 };
 
 // Counters of the group-commit writer, for metrics and tests.
@@ -79,6 +110,10 @@ struct SqliteJournalStats {
   int64_t failed_records = 0;  // queued records lost to a failed write
   int64_t log_rows = 0;        // rows of lease_log written (group commits and rewrites)
   int64_t log_rewrites = 0;    // times Compact rewrote the live leases of the log
+  int64_t checkpoints = 0;      // checkpoints that emptied the WAL (TRUNCATE)
+  int64_t checkpoints_busy = 0;  // checkpoints left partial by a reader of another process
+  int64_t log_rows_trimmed = 0;  // lease_log rows deleted as ended (Compact, writer thread)
+  int64_t pages_vacuumed = 0;   // free pages given back to the file system
 };
 
 // A Journal in a SQLite file, plus the queue and thread that write the deferred records.
@@ -115,7 +150,13 @@ class SqliteJournal : public Journal {
   // if any, else the status of this write.
   absl::Status Flush();
 
+  // Writes what is queued and empties the WAL into the file now (TRUNCATE). kUnavailable when a
+  // reader of another process holds part of the WAL.
+  absl::Status Checkpoint();
+
   SqliteJournalStats stats() const;
+  // Sizes of the file and its WAL, from stat(2): no lock, cheap enough for every scrape.
+  SqliteFileSizes FileSizes() const;
   const std::string& path() const { return path_; }
 
  private:
@@ -138,22 +179,26 @@ class SqliteJournal : public Journal {
     int64_t max_expiry_ns = 0;          // of the leases in it
     int64_t min_expiry_ns = INT64_MAX;  // of the leases in it
     bool releases = false;      // holds releases
+    int64_t max_granted_ns = 0;  // of the leases in it: the ledger's time when it was written
   };
-  // WAL size (4 KiB pages) past which the writer thread checkpoints.
-  static constexpr int kCheckpointPages = 4000;
+  // Free pages kept before incremental_vacuum gives them back (and at most a quarter of the
+  // file), and pages given back per step (db_mu_ is released between steps).
+  static constexpr int64_t kVacuumMinFreePages = 256;
+  static constexpr int64_t kVacuumStepPages = 512;
   // Row operations per transaction of the writer thread.
   static constexpr size_t kChunk = 256;
   // Bytes of lease-log records per lease_log row (and per transaction of the writer thread).
   static constexpr size_t kChunkBytes = 32 * 1024;
-  // Compact rewrites the log when more than this many rows, and half of them, are partly dead
-  // weight.
-  static constexpr int64_t kRewriteRows = 256;
+  // Compact rewrites the log when more than this many rows, holding half of its bytes, are
+  // partly dead weight.
+  static constexpr int64_t kRewriteRows = 64;
 
   SqliteJournal(std::string path, SqliteOptions options, sqlite3* db);
   absl::Status Prepare();
   void Enqueue(Op op);
   // Appends an encoded lease-log record to the queue.
-  void EnqueueRecord(const std::string& record, int64_t expiry_ns, bool release);
+  void EnqueueRecord(const std::string& record, int64_t expiry_ns, int64_t granted_ns,
+                     bool release);
   // Waits while the queue is full. Returns with queue_mu_ held.
   void AwaitRoomLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_);
   void WriterLoop();
@@ -167,6 +212,17 @@ class SqliteJournal : public Journal {
   absl::Status WriteLeaseLocked(const JournalLease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
   absl::Status WriteLogRowLocked(const Chunk& chunk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
   absl::Status ApplyLocked(const Op& op) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  // PASSIVE on checkpoint_db_ without db_mu_, then TRUNCATE under it (see the file comment).
+  absl::Status CheckpointLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_)
+      ABSL_LOCKS_EXCLUDED(db_mu_);
+  // Deletes the lease_log rows that ended by `now_ns` and, when most rows are partly dead
+  // weight, rewrites the live leases. Runs inside the caller's transaction.
+  absl::Status CompactLogLocked(int64_t now_ns) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  // The time up to which the writer thread may compact the log (0: not yet; see above).
+  int64_t LogNowLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  // Gives free pages back to the file system while they are more than a quarter of the file,
+  // a step at a time, taking db_mu_ per step.
+  absl::Status VacuumFree() ABSL_LOCKS_EXCLUDED(db_mu_);
   // Reads lease_log folded: the leases no release names, and the rows read.
   absl::Status FoldLogLocked(std::vector<JournalLease>* leases, int64_t* rows)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
@@ -213,11 +269,25 @@ class SqliteJournal : public Journal {
   // that an enqueue's unlock stays on the fast path.)
   absl::CondVar writer_cv_;
   bool stopping_ ABSL_GUARDED_BY(queue_mu_) = false;
-  // Set by the WAL hook when the WAL has grown past kCheckpointPages.
+  // Set by the WAL hook when the WAL has grown past checkpoint_wal_bytes.
   bool checkpoint_wanted_ ABSL_GUARDED_BY(queue_mu_) = false;
+  // Frames in the WAL after the last commit on db_ (set by the WAL hook, zeroed by a
+  // checkpoint, both under db_mu_; read anywhere), and since when it has any.
+  std::atomic<int64_t> wal_frames_{0};
+  absl::Time wal_since_ ABSL_GUARDED_BY(queue_mu_) = absl::InfiniteFuture();
+  // The ledger's time of the newest group-committed grant, not yet used to trim the log
+  // (0: none). Set by WriteLogRowLocked, taken by the writer thread.
+  int64_t trim_now_ns_ ABSL_GUARDED_BY(db_mu_) = 0;
+  // The `now_ns` of the last Compact, and when (steady clock) it ran.
+  int64_t compact_now_ns_ ABSL_GUARDED_BY(db_mu_) = 0;
+  std::chrono::steady_clock::time_point compact_at_ ABSL_GUARDED_BY(db_mu_);
+  // PRAGMA auto_vacuum is INCREMENTAL (the file can give pages back). Set by Open.
+  bool incremental_vacuum_ = false;
+  // checkpoint_wal_bytes in WAL frames (pages). Set by Open.
+  int64_t checkpoint_frames_ = 1024;
 
-  // The writer thread's connection for checkpoints (null when read-only).
-  sqlite3* checkpoint_db_ = nullptr;
+  // The connection for checkpoints (null when read-only); used under write_mu_.
+  sqlite3* checkpoint_db_ ABSL_PT_GUARDED_BY(write_mu_) = nullptr;
 
   std::thread writer_;
 };

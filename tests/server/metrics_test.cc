@@ -168,6 +168,13 @@ TEST_F(MetricsTest, CountsErrorsAuthFailuresWaitsStoreErrorsAndReloads) {
   EXPECT_THAT(text, HasSubstr("quotad_config_reloads_total{result=\"rejected\"} 1"));
 }
 
+TEST_F(MetricsTest, StateFileAndWalSizesAreGauges) {
+  metrics_->SetStateFileSizes(3 << 20, 4096);
+  const std::string text = metrics_->Serialize();
+  EXPECT_THAT(text, HasSubstr("quotad_state_file_bytes 3145728"));
+  EXPECT_THAT(text, HasSubstr("quotad_state_wal_bytes 4096"));
+}
+
 TEST_F(MetricsTest, ServesTheRegistryOverHttp) {
   absl::StatusOr<std::unique_ptr<Metrics>> served = Metrics::Create("127.0.0.1:0");
   ASSERT_TRUE(served.ok()) << served.status();
