@@ -111,6 +111,7 @@ class KillNineJournal : public Journal {
   }
   void DeleteLease(const std::string& id) override { buffer_.push_back({true, {}, id}); }
   absl::Status PutCooldown(const JournalCooldown& c) override { return inner_->PutCooldown(c); }
+  absl::Status PutOutside(const JournalOutside& o) override { return inner_->PutOutside(o); }
   absl::Status Compact(int64_t now_ns) override { return inner_->Compact(now_ns); }
 
   void Release(size_t n) {
