@@ -1225,7 +1225,13 @@ std::vector<int> Ledger::Locked::AttributeThrottle(Credential& cred,
   std::vector<std::pair<double, int>> fullness;
   for (int r : feature.rules) {
     const Rule& rule = cc.rules[r];
-    if (!Estimable(rule) || (r == named && named_full.has_value())) continue;
+    if (rule.spec.kind == LimitKind::kUnlimited || (r == named && named_full.has_value())) {
+      continue;
+    }
+    if (rule.spec.scoped) {  // which scope the call was for is unknown: counted as empty
+      fullness.emplace_back(0.0, r);
+      continue;
+    }
     const CounterView v = cred.counters[r].View(rule, now);
     const int64_t hold = cred.HoldBack(rule, 1, now);
     fullness.emplace_back(
@@ -1247,7 +1253,7 @@ int64_t Ledger::Locked::LearnThrottle(Ledger& l, Credential& cred, const Compile
   const Rule& rule = cc.rules[r];
   OutsideEstimate& e = cred.outside[rule.full_name];
   e.CountThrottle();
-  e.OnThrottle(rule.Capacity(), RecoveryNs(rule), now);
+  if (Estimable(rule)) e.OnThrottle(rule.Capacity(), RecoveryNs(rule), now);
   int64_t until = retry_ns;
   if (until <= now) {
     // No word from the upstream: a back-off that doubles while throttles repeat, but never
@@ -1270,6 +1276,10 @@ int64_t Ledger::Locked::LearnThrottle(Ledger& l, Credential& cred, const Compile
         release = t.initial_backoff;
         break;
       default: {
+        if (rule.spec.scoped) {
+          release = LongestWindow(rule);
+          break;
+        }
         release = absl::Nanoseconds(
             std::max<int64_t>(0, cred.counters[r].View(rule, now).reset_ns - now));
         break;
@@ -1398,13 +1408,16 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
               "): the counts describe an earlier window; not adopted"));
           upstream_used.reset();
           named_full.reset();
-        } else if (upstream_used && obs->reset_at && reset_ns > SatAdd(now, longest)) {
+        } else if (obs->reset_at &&
+                   reset_ns > SatAdd(SatAdd(now, longest),
+                                     std::min(longest, absl::ToInt64Nanoseconds(absl::Hours(1))))) {
+          // No window of the limit ends that late. Dropping the counts could grant into a full
+          // upstream window, so they count in the window in force; the reset is not used.
           out.warnings.push_back(absl::StrCat(
               "X-RateLimit-Reset ", absl::FormatTime(*obs->reset_at), " of ", rule.full_name,
               " is more than one window (", absl::FormatDuration(LongestWindow(rule)),
-              ") ahead: the counts describe another window; not adopted"));
-          upstream_used.reset();
-          named_full.reset();
+              ") ahead: the reset is ignored, the counts apply to the window in force"));
+          reset_ns = 0;
         }
         if (upstream_used && rule.spec.kind == LimitKind::kSliding) {
           // The units the upstream counted when the answer was seen were charged before then:
@@ -1448,7 +1461,29 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
       // The limit that was hit cools down (and with it every feature that charges it), and
       // learns that something outside quotad uses part of it.
       const int64_t retry_ns = obs->retry_at ? absl::ToUnixNanos(*obs->retry_at) : 0;
-      for (int r : Locked::AttributeThrottle(*cred, cc, feature, named, named_full, now)) {
+      const std::vector<int> hit =
+          Locked::AttributeThrottle(*cred, cc, feature, named, named_full, now);
+      if (hit.empty() || retry_ns > now) {
+        // Nothing but unlimited limits, or the upstream's own Retry-After: the feature itself
+        // cools down too (whatever a later reload makes of its limits).
+        Credential::Cooldown& c = cred->cooldowns[feature.name];
+        int64_t until = retry_ns > now ? retry_ns
+                                       : now + absl::ToInt64Nanoseconds(
+                                                   feature.throttle.initial_backoff *
+                                                   (1.0 + feature.throttle.jitter_min));
+        until = std::min(until, SatAdd(now, absl::ToInt64Nanoseconds(feature.max_cooldown)));
+        c.until_ns = std::max(c.until_ns, until);
+        out.cooldown_until = FromNs(c.until_ns);
+        if (options_.journal != nullptr) {
+          if (absl::Status s =
+                  options_.journal->PutCooldown({cred->name, feature.name, c.until_ns});
+              !s.ok()) {
+            out.warnings.push_back(absl::StrCat("the cooldown of ", feature.name,
+                                                " is not durable: ", s.message()));
+          }
+        }
+      }
+      for (int r : hit) {
         int64_t until_retry = retry_ns;
         if (until_retry == 0 && r == named && named_full.value_or(false) && obs->reset_at &&
             absl::ToUnixNanos(*obs->reset_at) > now) {

@@ -833,6 +833,7 @@ class Sim {
       return;
     }
     if (!r->adopted.empty()) Log(absl::StrCat("adopted ", absl::StrJoin(r->adopted, ", ")));
+    if (!r->warnings.empty()) Log(absl::StrCat("warnings: ", absl::StrJoin(r->warnings, "; ")));
     if (r->cooldown_until != absl::InfinitePast()) {
       // The features sharing a counter with the throttled one cool down with it: read them
       // from the ledger's usage (each "<feature>.cooldown").
