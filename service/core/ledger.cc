@@ -134,9 +134,10 @@ absl::Duration LongestWindow(const Rule& rule) {
 }
 
 // The period over which an outside estimate of `rule` recovers by
-// OutsideEstimate::kRecoveryPerPeriod of its capacity: one window (a minute for concurrency).
+// OutsideEstimate::kRecoveryPerPeriod of its capacity: one window (10 s for concurrency).
 int64_t RecoveryNs(const Rule& rule) {
-  if (rule.spec.kind == LimitKind::kConcurrency) return absl::ToInt64Nanoseconds(absl::Minutes(1));
+  // Slots held from outside free as their calls end: a short period.
+  if (rule.spec.kind == LimitKind::kConcurrency) return absl::ToInt64Nanoseconds(absl::Seconds(10));
   return std::max<int64_t>(1, absl::ToInt64Nanoseconds(LongestWindow(rule) - rule.spec.guard));
 }
 
@@ -491,7 +492,7 @@ struct Ledger::Locked {
   // back-off no longer than the limit takes to release units. Returns the cooldown's end.
   static int64_t LearnThrottle(Ledger& l, Credential& cred, const CompiledCredential& cc,
                                const CompiledFeature& feature, int r, int64_t retry_ns,
-                               int64_t now, ReportResult* out)
+                               bool counted, int64_t now, ReportResult* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred.mu);
   // Writes what the credential knows of limit `r` ahead (PutOutside).
   static void JournalOutside(Ledger& l, const Credential& cred, const Rule& rule,
@@ -1249,11 +1250,11 @@ std::vector<int> Ledger::Locked::AttributeThrottle(Credential& cred,
 
 int64_t Ledger::Locked::LearnThrottle(Ledger& l, Credential& cred, const CompiledCredential& cc,
                                       const CompiledFeature& feature, int r, int64_t retry_ns,
-                                      int64_t now, ReportResult* out) {
+                                      bool counted, int64_t now, ReportResult* out) {
   const Rule& rule = cc.rules[r];
   OutsideEstimate& e = cred.outside[rule.full_name];
   e.CountThrottle();
-  if (Estimable(rule)) e.OnThrottle(rule.Capacity(), RecoveryNs(rule), now);
+  if (Estimable(rule) && !counted) e.OnThrottle(rule.Capacity(), RecoveryNs(rule), now);
   int64_t until = retry_ns;
   if (until <= now) {
     // No word from the upstream: a back-off that doubles while throttles repeat, but never
@@ -1361,6 +1362,7 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
 
     int named = -1;                  // the limit the headers describe
     std::optional<bool> named_full;  // whether they say it is full
+    bool adopted_count = false;      // the named limit's count was adopted from this answer
     if (obs->limit || obs->remaining || obs->used) {
       // Which of the feature's window limits the X-RateLimit-* headers describe.
       std::vector<int> candidates;
@@ -1401,7 +1403,11 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
         // earlier window (the answer is late, or the upstream's window rolled since), and one
         // further ahead than a whole window of the limit describes another window.
         const int64_t longest = absl::ToInt64Nanoseconds(LongestWindow(rule));
-        if (upstream_used && obs->reset_at && reset_ns <= now) {
+        // X-RateLimit-Reset is in whole seconds: a reset less than one second ago may be this
+        // window's, rounded down. A sliding window has no earlier window: a reset that passed
+        // only says its oldest unit left, and the count still holds (see below).
+        if (upstream_used && obs->reset_at && rule.spec.kind != LimitKind::kSliding &&
+            reset_ns + absl::ToInt64Nanoseconds(absl::Seconds(1)) <= now) {
           out.warnings.push_back(absl::StrCat(
               "X-RateLimit-Reset ", absl::FormatTime(*obs->reset_at), " of ", rule.full_name,
               " has passed (now ", absl::FormatTime(FromNs(now)),
@@ -1427,6 +1433,7 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
           if (reset_ns <= now || reset_ns > release) reset_ns = release;
         }
         if (upstream_used) {
+          adopted_count = true;
           // A count above the capacity says no more than "full", and keeps used <= capacity.
           upstream_used = std::min(*upstream_used, rule.Capacity());
           Counter* counter = cred->CounterFor(target, "", true);
@@ -1489,8 +1496,10 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
             absl::ToUnixNanos(*obs->reset_at) > now) {
           until_retry = absl::ToUnixNanos(*obs->reset_at);  // the upstream's window resets then
         }
+        // A limit whose count this answer gave is known, not estimated: it only cools down.
+        const bool counted = r == named && adopted_count;
         const int64_t until = Locked::LearnThrottle(*this, *cred, cc, feature, r, until_retry,
-                                                    now, &out);
+                                                    counted, now, &out);
         out.cooldown_until = std::max(out.cooldown_until, FromNs(until));
       }
     } else if (obs->http_status < 400 && !cred->outside.empty()) {
