@@ -335,6 +335,7 @@ TEST_F(LeaseLogTest, SigkillMidBatchKeepsFlushedLeasesAndAPrefixOfTheRest) {
 
 }  // namespace
 TEST_F(LeaseLogTest, VersionThreeFileIsUpgradedAndKeepsWhatReportLearntPerLimit) {
+  journal_ = Open();
   ASSERT_TRUE(journal_->PutCooldown(JournalCooldown{"vt/prod", "requests", 7000}).ok());
   journal_.reset();
   {
