@@ -409,7 +409,11 @@ INSTANTIATE_TEST_SUITE_P(Seeds, OutsideMatrixTest, ::testing::ValuesIn(AllCases(
 // tail), nearly every unit the outside tool won cost quotad one 429 (7,963 throttles, 98.6%).
 // Now: 135 throttles in 4 h, but utilization 87.3%: units adopted from a header count from the
 // moment of the report for a whole span, longer than the upstream keeps them, and every 429's
-// Retry-After cools the whole feature down. Not yet fixed.
+// Retry-After cools the whole feature down. Issue 17 (limit cooldowns, outside estimates,
+// adopted sliding units released one period after the answer): 66 throttles in 4 h (goal <= 240
+// met) but 85.4% (goal 95%): still held back by quotad's own requests.per_minute (402k denials)
+// because each adopted unit stays a full period from the answer, not from when the outside tool
+// spent it. Kept disabled until that is fixed.
 TEST_F(OutsideTrafficSimTest, DISABLED_CyberVaultReportLeavesOneThrottlePerMinute) {
   const Report on = RunAndRecord(CyberVaultProfessional(), true);
   ExpectSound(on);
