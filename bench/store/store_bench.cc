@@ -94,6 +94,7 @@ class TimedJournal : public Journal {
   absl::Status RenewLease(const std::string& id, int64_t e) override { return j_->RenewLease(id, e); }
   void DeleteLease(const std::string& id) override { j_->DeleteLease(id); }
   absl::Status PutCooldown(const JournalCooldown& c) override { return j_->PutCooldown(c); }
+  absl::Status PutOutside(const JournalOutside& o) override { return j_->PutOutside(o); }
   absl::Status Compact(int64_t now) override { return j_->Compact(now); }
   std::atomic<int64_t> calls{0};
   std::atomic<int64_t> ns{0};

@@ -65,11 +65,26 @@ struct JournalCooldown {
   int64_t until_ns = 0;
 };
 
+// What Report learned about one limit ("feature.limit") of a credential from throttles: the
+// estimate of its outside use (`outside_milli` thousandths of a unit as of `at_ns`, decaying from
+// there; see OutsideEstimate), its cooldown and the throttles in a row of its back-off. Records of
+// the same credential and limit replace each other; `until_ns` is when the record stops mattering.
+struct JournalOutside {
+  std::string credential;
+  std::string limit;
+  int64_t outside_milli = 0;
+  int64_t at_ns = 0;
+  int64_t cooldown_until_ns = 0;
+  int64_t consecutive = 0;
+  int64_t until_ns = 0;
+};
+
 // Everything a journal holds, as read at start-up.
 struct JournalState {
   std::vector<Reservation> reservations;
   std::vector<JournalLease> leases;
-  std::vector<JournalCooldown> cooldowns;
+  std::vector<JournalCooldown> cooldowns;  // feature cooldowns of older versions; no longer written
+  std::vector<JournalOutside> outside;
 };
 
 // Durable storage for the ledger. Implementations are thread-safe. A method that returns OK
@@ -93,8 +108,10 @@ class Journal {
 
   // Durable before return. What Report learned from a throttle answer.
   virtual absl::Status PutCooldown(const JournalCooldown& cooldown) = 0;
+  // Durable before return. What Report learned about a limit (outside estimate, cooldown).
+  virtual absl::Status PutOutside(const JournalOutside& outside) = 0;
 
-  // Drops reservations, leases and cooldowns that no longer matter at `now_ns`.
+  // Drops reservations, leases, cooldowns and outside records that no longer matter at `now_ns`.
   virtual absl::Status Compact(int64_t now_ns) = 0;
 };
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <tuple>
@@ -17,6 +18,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "service/core/limits.h"
+#include "service/core/outside_estimate.h"
 
 namespace quotad {
 namespace {
@@ -144,6 +146,19 @@ absl::Duration LongestWindow(const Rule& rule) {
       break;
   }
   return absl::ZeroDuration();
+}
+
+// The period over which an outside estimate of `rule` recovers by
+// OutsideEstimate::kRecoveryPerPeriod of its capacity: one window (10 s for concurrency).
+int64_t RecoveryNs(const Rule& rule) {
+  // Slots held from outside free as their calls end: a short period.
+  if (rule.spec.kind == LimitKind::kConcurrency) return absl::ToInt64Nanoseconds(absl::Seconds(10));
+  return std::max<int64_t>(1, absl::ToInt64Nanoseconds(LongestWindow(rule) - rule.spec.guard));
+}
+
+// Whether an outside estimate can apply to `rule`: unscoped, limited, more than one unit.
+bool Estimable(const Rule& rule) {
+  return !rule.spec.scoped && rule.spec.kind != LimitKind::kUnlimited && rule.Capacity() > 1;
 }
 
 }  // namespace
@@ -352,6 +367,19 @@ struct Ledger::Credential {
     int consecutive = 0;  // throttles in a row, for the back-off
   };
   absl::flat_hash_map<std::string, Cooldown> cooldowns ABSL_GUARDED_BY(mu);
+  // What Report learned about limits from throttles (outside use, cooldown), by limit name.
+  absl::flat_hash_map<std::string, OutsideEstimate> outside ABSL_GUARDED_BY(mu);
+  // Units of `rule` held back for outside use from a grant of `cost` at `now`.
+  int64_t HoldBack(const Rule& rule, int64_t cost, int64_t now) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
+    if (outside.empty() || !Estimable(rule)) return 0;
+    auto it = outside.find(rule.full_name);
+    if (it == outside.end()) return 0;
+    return it->second.HoldBack(rule.Capacity(), RecoveryNs(rule), cost, now);
+  }
+  // Until when one of the limits `feature` charges cools down (<= now: none does).
+  int64_t LimitCooldown(const CompiledCredential& cc, const CompiledFeature& feature,
+                        int64_t now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   WaiterMap waiters ABSL_GUARDED_BY(mu);
   // When a waiter may next be served (its retry time or deadline), as last computed.
   int64_t next_serve_ns ABSL_GUARDED_BY(mu) = kInfiniteNs;
@@ -361,6 +389,19 @@ struct Ledger::Table {
   absl::flat_hash_map<std::string, Credential*> by_name;
   std::vector<Credential*> in_order;  // as configured
 };
+
+int64_t Ledger::Credential::LimitCooldown(const CompiledCredential& cc,
+                                          const CompiledFeature& feature, int64_t now) const {
+  int64_t until = 0;
+  if (outside.empty()) return until;
+  for (int r : feature.rules) {
+    auto it = outside.find(cc.rules[r].full_name);
+    if (it != outside.end() && it->second.cooldown_until_ns() > now) {
+      until = std::max(until, it->second.cooldown_until_ns());
+    }
+  }
+  return until;
+}
 
 namespace {
 
@@ -452,6 +493,26 @@ struct Ledger::Locked {
   }
   static absl::StatusOr<Decision> Acquire(Ledger& l, Credential& cred, const AcquireRequest& req,
                                           int64_t now, LeaseRecord* rec)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred.mu);
+  // The limits a throttle of `feature` is attributed to: `named` (the limit the answer's headers
+  // describe, -1: none) when the answer says it is full; else the limits closest to full by
+  // quotad's count plus its outside estimate (ties within 2% of the capacity), leaving out
+  // `named` when the answer says it has room.
+  static std::vector<int> AttributeThrottle(const Ledger& l, Credential& cred,
+                                            const CompiledCredential& cc,
+                                            const CompiledFeature& feature, int named,
+                                            std::optional<bool> named_full, int64_t now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred.mu);
+  // Learns from a throttle attributed to rule `r`: the outside estimate shrinks its effective
+  // capacity and the limit cools down until `retry_ns` (the upstream's word, 0: none) or for a
+  // back-off no longer than the limit takes to release units. Returns the cooldown's end.
+  static int64_t LearnThrottle(Ledger& l, Credential& cred, const CompiledCredential& cc,
+                               const CompiledFeature& feature, int r, int64_t retry_ns,
+                               bool counted, int64_t now, ReportResult* out)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred.mu);
+  // Writes what the credential knows of limit `r` ahead (PutOutside).
+  static void JournalOutside(Ledger& l, const Credential& cred, const Rule& rule,
+                             const OutsideEstimate& e, ReportResult* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred.mu);
   // Writes the high-water marks the charge needs ahead of it; kUnavailable when it cannot.
   static absl::Status ReserveAhead(Ledger& l, const Credential& cred, const CompiledCredential& cc,
@@ -643,6 +704,12 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
       return d;
     }
   }
+  // A limit the upstream throttled cools down every feature that charges it.
+  if (const int64_t until = cred.LimitCooldown(cc, feature, now); until > now) {
+    d.retry_at = l.ToWall(until);
+    d.limited_by = absl::StrCat(feature.name, ".cooldown");
+    return d;
+  }
 
   absl::InlinedVector<Counter*, 4> counters;
   counters.reserve(feature.rules.size());
@@ -658,7 +725,9 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
   for (size_t i = 0; i < counters.size(); ++i) {
     int64_t at = 0;
     const Rule& rule = cc.rules[feature.rules[i]];
-    if (!counters[i]->Fits(rule, l.RuleTime(rule, now), req.cost, &at) &&
+    // Units learnt to be used from outside quotad are held back as if charged.
+    const int64_t hold = cred.HoldBack(rule, req.cost, now);
+    if (!counters[i]->Fits(rule, l.RuleTime(rule, now), req.cost + hold, &at) &&
         l.FromRuleTime(rule, at) > retry_ns) {
       retry_ns = l.FromRuleTime(rule, at);
       limited_by = feature.rules[i];
@@ -750,7 +819,8 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
       st.kind = rule.spec.kind;
       st.capacity = rule.Capacity();
       st.used = v.used;
-      st.remaining = v.remaining;
+      st.outside_estimate = cred.HoldBack(rule, 0, now);
+      st.remaining = std::max<int64_t>(0, v.remaining - st.outside_estimate);
       st.reset = l.ToWall(l.FromRuleTime(rule, v.reset_ns));
     }
   }
@@ -1202,6 +1272,118 @@ absl::StatusOr<absl::Time> Ledger::Renew(const LeaseId& id, absl::Duration ttl) 
   return ToWall(expiry);
 }
 
+std::vector<int> Ledger::Locked::AttributeThrottle(const Ledger& l, Credential& cred,
+                                                   const CompiledCredential& cc,
+                                                   const CompiledFeature& feature, int named,
+                                                   std::optional<bool> named_full, int64_t now) {
+  if (named >= 0 && named_full.value_or(false)) return {named};
+  std::vector<std::pair<double, int>> fullness;
+  for (int r : feature.rules) {
+    const Rule& rule = cc.rules[r];
+    if (rule.spec.kind == LimitKind::kUnlimited || (r == named && named_full.has_value())) {
+      continue;
+    }
+    if (rule.spec.scoped) {  // which scope the call was for is unknown: counted as empty
+      fullness.emplace_back(0.0, r);
+      continue;
+    }
+    const CounterView v = cred.counters[r].View(rule, l.RuleTime(rule, now));
+    const int64_t hold = cred.HoldBack(rule, 1, now);
+    fullness.emplace_back(
+        static_cast<double>(v.used + hold) / static_cast<double>(rule.Capacity()), r);
+  }
+  if (fullness.empty()) return named >= 0 ? std::vector<int>{named} : std::vector<int>{};
+  double most = 0;
+  for (const auto& [f, r] : fullness) most = std::max(most, f);
+  std::vector<int> out;
+  for (const auto& [f, r] : fullness) {
+    if (f >= most - 0.02) out.push_back(r);
+  }
+  return out;
+}
+
+int64_t Ledger::Locked::LearnThrottle(Ledger& l, Credential& cred, const CompiledCredential& cc,
+                                      const CompiledFeature& feature, int r, int64_t retry_ns,
+                                      bool counted, int64_t now, ReportResult* out) {
+  const Rule& rule = cc.rules[r];
+  OutsideEstimate& e = cred.outside[rule.full_name];
+  e.CountThrottle();
+  // A throttle on a limit quotad's own count already has full is explained by that count:
+  // nothing is learnt about outside use.
+  const bool full = !rule.spec.scoped &&
+                    cred.counters[r].View(rule, l.RuleTime(rule, now)).remaining <= 0;
+  if (Estimable(rule) && !counted && !full) e.OnThrottle(rule.Capacity(), RecoveryNs(rule), now);
+  int64_t until = retry_ns;
+  if (until <= now) {
+    // No word from the upstream: a back-off that doubles while throttles repeat, but never
+    // longer than the limit takes to release units (a sliding or rolling period, the rest of a
+    // calendar window; slots free as calls end), so one answer never idles the key for long.
+    const ThrottleSpec& t = feature.throttle;
+    absl::Duration backoff = t.initial_backoff;
+    for (int i = 1; i < e.consecutive() && backoff < t.max_backoff; ++i) backoff *= t.multiplier;
+    backoff = std::min(backoff, t.max_backoff);
+    absl::Duration release;
+    switch (rule.spec.kind) {
+      case LimitKind::kSliding:
+      case LimitKind::kRolling:
+        release = absl::Nanoseconds(rule.period_ns);
+        break;
+      case LimitKind::kTokenBucket:
+        release = absl::Nanoseconds(rule.emission_ns);
+        break;
+      case LimitKind::kConcurrency:
+        release = t.initial_backoff;
+        break;
+      default: {
+        if (rule.spec.scoped) {
+          release = LongestWindow(rule);
+          break;
+        }
+        const int64_t reset =
+            l.FromRuleTime(rule, cred.counters[r].View(rule, l.RuleTime(rule, now)).reset_ns);
+        release = absl::Nanoseconds(std::max<int64_t>(0, reset - now));
+        break;
+      }
+    }
+    backoff = std::max(std::min(backoff, release), absl::Milliseconds(1));
+    double jitter = t.jitter_min;
+    if (t.jitter_max > t.jitter_min) {
+      absl::MutexLock jitter_lock(&l.jitter_mu_);
+      jitter = std::uniform_real_distribution<double>(t.jitter_min, t.jitter_max)(l.jitter_rng_);
+    }
+    until = now + absl::ToInt64Nanoseconds(backoff * (1.0 + jitter));
+  }
+  // One answer cannot idle the key for longer than its longest window takes to drain.
+  const int64_t longest = SatAdd(now, absl::ToInt64Nanoseconds(feature.max_cooldown));
+  if (until > longest) {
+    out->warnings.push_back(absl::StrCat("cooldown until ", absl::FormatTime(l.ToWall(until)),
+                                         " capped at ", absl::FormatTime(l.ToWall(longest))));
+    until = longest;
+  }
+  e.CoolUntil(until);
+  JournalOutside(l, cred, rule, e, out);
+  return e.cooldown_until_ns();
+}
+
+void Ledger::Locked::JournalOutside(Ledger& l, const Credential& cred, const Rule& rule,
+                                    const OutsideEstimate& e, ReportResult* out) {
+  if (l.options_.journal == nullptr) return;
+  quotad::JournalOutside jo;
+  jo.credential = cred.name;
+  jo.limit = rule.full_name;
+  // Rounded up: a restart never holds back less than was learnt.
+  jo.outside_milli = static_cast<int64_t>(std::ceil(e.raw_outside() * 1000));
+  jo.at_ns = e.at_ns();
+  jo.cooldown_until_ns = e.cooldown_until_ns();
+  jo.consecutive = e.consecutive();
+  jo.until_ns = std::max(e.cooldown_until_ns(), e.GoneAt(rule.Capacity(), RecoveryNs(rule)));
+  if (jo.consecutive > 0) jo.until_ns = kInfiniteNs;  // the back-off remembers until a success
+  if (absl::Status s = l.options_.journal->PutOutside(jo); !s.ok()) {
+    out->warnings.push_back(absl::StrCat("what was learnt about ", rule.full_name,
+                                         " is not durable: ", s.message()));
+  }
+}
+
 absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
   Credential* cred = FindCredential(answer.credential);
   if (cred == nullptr) {
@@ -1237,6 +1419,9 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
     if (fi < 0) return absl::NotFoundError("feature removed by a reload");
     const CompiledFeature& feature = cc.features[fi];
 
+    int named = -1;                  // the limit the headers describe
+    std::optional<bool> named_full;  // whether they say it is full
+    bool adopted_count = false;      // the named limit's count was adopted from this answer
     if (obs->limit || obs->remaining || obs->used) {
       // Which of the feature's window limits the X-RateLimit-* headers describe.
       std::vector<int> candidates;
@@ -1270,16 +1455,53 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
           upstream_used = std::max<int64_t>(
               0, (obs->limit ? *obs->limit : rule.spec.capacity) - *obs->remaining);
         }
-        // The upstream's times are wall times: on the rule's own clock.
-        const int64_t reset_ns =
-            obs->reset_at ? RuleTime(rule, FromWall(*obs->reset_at)) : 0;
+        // The upstream's times are wall times: in ledger time here (on the rule's own clock when
+        // adopted).
+        int64_t reset_ns = obs->reset_at ? FromWall(*obs->reset_at) : 0;
+        named = target;
+        if (upstream_used) named_full = *upstream_used >= rule.Capacity();
+        // Only counts of the window in force are adopted: a reset that has passed describes an
+        // earlier window (the answer is late, or the upstream's window rolled since), and one
+        // further ahead than a whole window of the limit describes another window.
+        const int64_t longest = absl::ToInt64Nanoseconds(LongestWindow(rule));
+        // X-RateLimit-Reset is in whole seconds: a reset less than one second ago may be this
+        // window's, rounded down. A sliding window has no earlier window: a reset that passed
+        // only says its oldest unit left, and the count still holds (see below).
+        if (upstream_used && obs->reset_at && rule.spec.kind != LimitKind::kSliding &&
+            reset_ns + absl::ToInt64Nanoseconds(absl::Seconds(1)) <= now) {
+          out.warnings.push_back(absl::StrCat(
+              "X-RateLimit-Reset ", absl::FormatTime(*obs->reset_at), " of ", rule.full_name,
+              " has passed (now ", absl::FormatTime(ToWall(now)),
+              "): the counts describe an earlier window; not adopted"));
+          upstream_used.reset();
+          named_full.reset();
+        } else if (obs->reset_at &&
+                   reset_ns > SatAdd(SatAdd(now, longest),
+                                     std::min(longest, absl::ToInt64Nanoseconds(absl::Hours(1))))) {
+          // No window of the limit ends that late. Dropping the counts could grant into a full
+          // upstream window, so they count in the window in force; the reset is not used.
+          out.warnings.push_back(absl::StrCat(
+              "X-RateLimit-Reset ", absl::FormatTime(*obs->reset_at), " of ", rule.full_name,
+              " is more than one window (", absl::FormatDuration(LongestWindow(rule)),
+              ") ahead: the reset is ignored, the counts apply to the window in force"));
+          reset_ns = 0;
+        }
+        if (upstream_used && rule.spec.kind == LimitKind::kSliding) {
+          // The units the upstream counted when the answer was seen were charged before then:
+          // they leave its window one period later at the latest (plus the guard here).
+          const int64_t release =
+              SatAdd(std::min(now, FromWall(observed_at)), rule.period_ns);
+          if (reset_ns <= now || reset_ns > release) reset_ns = release;
+        }
         if (upstream_used) {
+          adopted_count = true;
           // A count above the capacity says no more than "full", and keeps used <= capacity.
           upstream_used = std::min(*upstream_used, rule.Capacity());
           Counter* counter = cred->CounterFor(target, "", true);
           int64_t added = 0;
           const int64_t before =
-              counter->Adopt(rule, RuleTime(rule, now), *upstream_used, reset_ns, &added);
+              counter->Adopt(rule, RuleTime(rule, now), *upstream_used,
+                             reset_ns == 0 ? 0 : RuleTime(rule, reset_ns), &added);
           if (*upstream_used > before) {
             out.adopted.push_back(
                 absl::StrCat(rule.full_name, " used ", before, " -> ", *upstream_used));
@@ -1306,60 +1528,52 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
     }
 
     if (obs->throttled) {
-      Credential::Cooldown& c = cred->cooldowns[feature.name];
-      ++c.consecutive;
-      int64_t until;
-      if (obs->retry_at) {
-        until = FromWall(*obs->retry_at);
-      } else if (obs->reset_at && FromWall(*obs->reset_at) > now) {
-        until = FromWall(*obs->reset_at);  // the upstream says when its window resets
-      } else {
-        const ThrottleSpec& t = feature.throttle;
-        absl::Duration backoff = t.initial_backoff;
-        for (int i = 1; i < c.consecutive && backoff < t.max_backoff; ++i) backoff *= t.multiplier;
-        backoff = std::min(backoff, t.max_backoff);
-        double jitter = t.jitter_min;
-        if (t.jitter_max > t.jitter_min) {
-          absl::MutexLock jitter_lock(&jitter_mu_);
-          jitter = std::uniform_real_distribution<double>(t.jitter_min, t.jitter_max)(jitter_rng_);
-        }
-        until = now + absl::ToInt64Nanoseconds(backoff * (1.0 + jitter));
-      }
-      // One answer cannot idle the key for longer than its longest window takes to drain.
-      const int64_t longest = SatAdd(now, absl::ToInt64Nanoseconds(feature.max_cooldown));
-      if (until > longest) {
-        out.warnings.push_back(absl::StrCat("cooldown until ", absl::FormatTime(ToWall(until)),
-                                            " capped at ", absl::FormatTime(ToWall(longest))));
-        until = longest;
-      }
-      c.until_ns = std::max(c.until_ns, until);
-      out.cooldown_until = ToWall(c.until_ns);
-      // Every feature that charges one of the same counters cools down with it: the throttle
-      // may have come from any of them.
-      const int64_t cool_until = c.until_ns;  // `c` moves when siblings are added below
-      std::vector<JournalCooldown> cooled{{cred->name, feature.name, cool_until}};
-      for (size_t g = 0; g < cc.features.size(); ++g) {
-        if (static_cast<int>(g) == fi || !ShareCounter(cc, fi, "", static_cast<int>(g), "")) {
-          continue;
-        }
-        Credential::Cooldown& sibling = cred->cooldowns[cc.features[g].name];
-        sibling.until_ns = std::max(sibling.until_ns, cool_until);
-        cooled.push_back({cred->name, cc.features[g].name, sibling.until_ns});
-      }
-      if (options_.journal != nullptr) {
-        for (const JournalCooldown& jc : cooled) {
-          if (absl::Status s = options_.journal->PutCooldown(jc); !s.ok()) {
-            out.warnings.push_back(absl::StrCat("the cooldown of ", jc.feature,
+      // The limit that was hit cools down (and with it every feature that charges it), and
+      // learns that something outside quotad uses part of it.
+      const int64_t retry_ns = obs->retry_at ? FromWall(*obs->retry_at) : 0;
+      const std::vector<int> hit =
+          Locked::AttributeThrottle(*this, *cred, cc, feature, named, named_full, now);
+      if (hit.empty() || retry_ns > now) {
+        // Nothing but unlimited limits, or the upstream's own Retry-After: the feature itself
+        // cools down too (whatever a later reload makes of its limits).
+        Credential::Cooldown& c = cred->cooldowns[feature.name];
+        int64_t until = retry_ns > now ? retry_ns
+                                       : now + absl::ToInt64Nanoseconds(
+                                                   feature.throttle.initial_backoff *
+                                                   (1.0 + feature.throttle.jitter_min));
+        until = std::min(until, SatAdd(now, absl::ToInt64Nanoseconds(feature.max_cooldown)));
+        c.until_ns = std::max(c.until_ns, until);
+        out.cooldown_until = ToWall(c.until_ns);
+        if (options_.journal != nullptr) {
+          if (absl::Status s =
+                  options_.journal->PutCooldown({cred->name, feature.name, c.until_ns});
+              !s.ok()) {
+            out.warnings.push_back(absl::StrCat("the cooldown of ", feature.name,
                                                 " is not durable: ", s.message()));
           }
         }
       }
-    } else if (obs->http_status < 400) {
+      for (int r : hit) {
+        int64_t until_retry = retry_ns;
+        if (until_retry == 0 && r == named && named_full.value_or(false) && obs->reset_at &&
+            FromWall(*obs->reset_at) > now) {
+          until_retry = FromWall(*obs->reset_at);  // the upstream's window resets then
+        }
+        // A limit whose count this answer gave is known, not estimated: it only cools down.
+        const bool counted = r == named && adopted_count;
+        const int64_t until = Locked::LearnThrottle(*this, *cred, cc, feature, r, until_retry,
+                                                    counted, now, &out);
+        out.cooldown_until = std::max(out.cooldown_until, ToWall(until));
+      }
+    } else if (obs->http_status < 400 && !cred->outside.empty()) {
       // The back-off starts over on a success seen after the cooldown ended; answers to
       // requests sent before the throttle say nothing about the upstream now.
-      auto it = cred->cooldowns.find(feature.name);
-      if (it != cred->cooldowns.end() && FromWall(observed_at) >= it->second.until_ns) {
-        it->second.consecutive = 0;
+      const int64_t observed_ns = FromWall(observed_at);
+      for (int r : feature.rules) {
+        auto it = cred->outside.find(cc.rules[r].full_name);
+        if (it != cred->outside.end() && it->second.OnClean(observed_ns)) {
+          Locked::JournalOutside(*this, *cred, cc.rules[r], it->second, &out);
+        }
       }
     }
   }
@@ -1384,7 +1598,8 @@ absl::StatusOr<std::vector<LimitStatus>> Ledger::Usage(absl::string_view credent
     st.kind = rule.spec.kind;
     st.capacity = rule.Capacity();
     st.used = v.used;
-    st.remaining = v.remaining;
+    st.outside_estimate = scope.empty() ? cred->HoldBack(rule, 0, now) : 0;
+    st.remaining = std::max<int64_t>(0, v.remaining - st.outside_estimate);
     st.reset = ToWall(FromRuleTime(rule, v.reset_ns));
   };
   for (size_t r = 0; r < cc.rules.size(); ++r) {
@@ -1400,6 +1615,18 @@ absl::StatusOr<std::vector<LimitStatus>> Ledger::Usage(absl::string_view credent
   std::vector<std::pair<std::string, int64_t>> cooling;
   for (const auto& [feature, c] : cred->cooldowns) {
     if (c.until_ns > now) cooling.emplace_back(feature, c.until_ns);
+  }
+  // Features cooling down because a limit they charge does.
+  for (const CompiledFeature& f : cc.features) {
+    const int64_t until = cred->LimitCooldown(cc, f, now);
+    if (until <= now) continue;
+    auto it = std::find_if(cooling.begin(), cooling.end(),
+                           [&](const auto& c) { return c.first == f.name; });
+    if (it == cooling.end()) {
+      cooling.emplace_back(f.name, until);
+    } else {
+      it->second = std::max(it->second, until);
+    }
   }
   std::sort(cooling.begin(), cooling.end());
   for (const auto& [feature, until_ns] : cooling) {
@@ -1816,6 +2043,16 @@ absl::Status Ledger::Restore() {
     if (cred->compiled->FindFeature(jc.feature) < 0) continue;
     Credential::Cooldown& c = cred->cooldowns[jc.feature];
     c.until_ns = std::max(c.until_ns, jc.until_ns);
+  }
+  for (const JournalOutside& jo : state->outside) {
+    if (jo.until_ns <= now) continue;
+    Credential* cred = FindCredential(jo.credential);
+    if (cred == nullptr) continue;
+    absl::MutexLock lock(&cred->mu);
+    if (cred->compiled->rule_index.find(jo.limit) == cred->compiled->rule_index.end()) continue;
+    cred->outside.insert_or_assign(
+        jo.limit, OutsideEstimate(static_cast<double>(jo.outside_milli) / 1000.0, jo.at_ns,
+                                  jo.cooldown_until_ns, static_cast<int>(jo.consecutive)));
   }
   return absl::OkStatus();
 }

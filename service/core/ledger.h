@@ -72,6 +72,9 @@ struct LimitStatus {
   // Not a limit but a feature cooling down after a throttle answer ("feature.cooldown"): it
   // grants nothing before `reset`. Capacity, used and remaining are 0.
   bool cooldown = false;
+  // Units held back for use from outside quotad, as learnt from throttles (see Report);
+  // `remaining` already leaves them out. 0 when nothing was learnt or it has decayed.
+  int64_t outside_estimate = 0;
 };
 
 struct Decision {
@@ -228,6 +231,15 @@ class Ledger {
   // opened later than the upstream, or whose end the upstream puts later, is re-anchored to the
   // upstream's reset. A throttle answer puts the feature into cooldown until Retry-After, or for
   // the profile's back-off (doubling while throttles repeat); waiting requests are served after.
+  // Only counts of the window in force are adopted: a reset that has passed, or lies more than
+  // one window ahead, is ignored with a warning. Units adopted on a sliding window leave one
+  // period (plus the guard) after the answer was seen, or at the upstream's reset if sooner.
+  // A throttle is attributed to the limit the answer names when it says that limit is full,
+  // else to the feature's limits closest to full; each such limit learns an outside estimate
+  // (units held back from grants: multiplicative decrease of the effective capacity per throttle,
+  // additive recovery in time) and cools down, with every feature charging it, until
+  // Retry-After (or the upstream's reset of that limit), else for the back-off capped at the
+  // time the limit takes to release units. Both are journaled.
   // kNotFound for an unknown credential or feature.
   // kInvalidArgument for a status outside 100..599. `observed_at` zero: now.
   absl::StatusOr<ReportResult> Report(const UpstreamAnswer& answer);

@@ -74,6 +74,7 @@ void LimitStatusToProto(const LimitStatus& in, v1::LimitStatus* out) {
   out->set_capacity(unlimited ? 0 : in.capacity);
   out->set_used(in.used);
   out->set_remaining(unlimited ? 0 : in.remaining);
+  out->set_outside_estimate(in.outside_estimate);
   if (IsFinite(in.reset)) TimeToProto(in.reset, out->mutable_reset_at());
 }
 

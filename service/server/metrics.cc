@@ -110,6 +110,11 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                     .Name("quotad_remaining_units")
                     .Help("Units left in the current window (smallest over scopes).")
                     .Register(*registry_);
+  outside_estimate_ = &BuildGauge()
+                           .Name("quotad_outside_estimate_units")
+                           .Help("Units held back for use from outside quotad, learnt from "
+                                 "throttles (0 when nothing was learnt).")
+                           .Register(*registry_);
   capacity_ = &BuildGauge()
                    .Name("quotad_capacity_units")
                    .Help("Capacity of each limit.")
@@ -298,6 +303,8 @@ void Metrics::Refresh(Ledger& ledger, absl::Time now) {
     for (const auto& [limit, l] : by_limit) {
       set(remaining_, {{"credential", c.name}, {"limit", limit}}, static_cast<double>(l->remaining));
       set(capacity_, {{"credential", c.name}, {"limit", limit}}, static_cast<double>(l->capacity));
+      set(outside_estimate_, {{"credential", c.name}, {"limit", limit}},
+          static_cast<double>(l->outside_estimate));
       if (auto it = windows.find(limit); it != windows.end() && it->second > absl::ZeroDuration()) {
         set(window_, {{"credential", c.name}, {"limit", limit}}, absl::ToDoubleSeconds(it->second));
       }

@@ -19,6 +19,7 @@
 //   quotad_cooldowns_total{credential,feature}                           counter
 //   quotad_cooldown_active{credential,feature}                           gauge (0/1)
 //   quotad_remaining_units{credential,limit}                             gauge
+//   quotad_outside_estimate_units{credential,limit}                      gauge
 //   quotad_capacity_units{credential,limit}                              gauge
 //   quotad_window_seconds{credential,limit}                              gauge (length of window)
 //   quotad_reset_timestamp_seconds{credential,limit}                     gauge (unix time)
@@ -156,6 +157,7 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* live_leases_;
   prometheus::Family<prometheus::Gauge>* cooldown_active_;
   prometheus::Family<prometheus::Gauge>* remaining_;
+  prometheus::Family<prometheus::Gauge>* outside_estimate_;
   prometheus::Family<prometheus::Gauge>* capacity_;
   prometheus::Family<prometheus::Gauge>* window_;
   prometheus::Family<prometheus::Gauge>* reset_;

@@ -22,9 +22,22 @@
 namespace quotad {
 namespace {
 
-// 1: reservations, leases, dedup. 2: and lease_log. 3: and cooldowns. Older files are
-// upgraded at Open.
-constexpr int kSchemaVersion = 3;
+// 1: reservations, leases, dedup. 2: and lease_log. 3: and cooldowns. 4: and outside (what
+// Report learns per limit). Older files are upgraded at Open.
+constexpr int kSchemaVersion = 4;
+
+constexpr const char* kOutsideSchema = R"sql(
+CREATE TABLE outside (
+  credential TEXT NOT NULL,
+  limit_name TEXT NOT NULL,
+  outside_milli INTEGER NOT NULL,
+  at_ns INTEGER NOT NULL,
+  cooldown_until_ns INTEGER NOT NULL,
+  consecutive INTEGER NOT NULL,
+  until_ns INTEGER NOT NULL,
+  PRIMARY KEY (credential, limit_name)
+) WITHOUT ROWID;
+)sql";
 
 constexpr const char* kCooldownSchema = R"sql(
 CREATE TABLE cooldowns (
@@ -85,6 +98,16 @@ CREATE TABLE cooldowns (
   feature TEXT NOT NULL,
   until_ns INTEGER NOT NULL,
   PRIMARY KEY (credential, feature)
+) WITHOUT ROWID;
+CREATE TABLE outside (
+  credential TEXT NOT NULL,
+  limit_name TEXT NOT NULL,
+  outside_milli INTEGER NOT NULL,
+  at_ns INTEGER NOT NULL,
+  cooldown_until_ns INTEGER NOT NULL,
+  consecutive INTEGER NOT NULL,
+  until_ns INTEGER NOT NULL,
+  PRIMARY KEY (credential, limit_name)
 ) WITHOUT ROWID;
 )sql";
 
@@ -457,12 +480,13 @@ absl::StatusOr<sqlite3*> OpenChecked(const std::string& path, const SqliteOption
   }
   rc = QueryText(db, "SELECT version FROM schema_version", &result);
   if (rc != SQLITE_OK) return fail(rc, "cannot read the schema version");
-  if ((result == "1" || result == "2") && !options.read_only) {
+  if ((result == "1" || result == "2" || result == "3") && !options.read_only) {
     // Version 1 kept every lease as a row of `leases`; they stay there, new refund-only leases
-    // go to lease_log. Versions 1 and 2 had no cooldowns.
-    const std::string upgrade =
-        absl::StrCat("BEGIN IMMEDIATE;", result == "1" ? kLeaseLogSchema : "", kCooldownSchema,
-                     "UPDATE schema_version SET version = ", kSchemaVersion, "; COMMIT;");
+    // go to lease_log. Versions 1 and 2 had no cooldowns, versions 1 to 3 no outside table.
+    const std::string upgrade = absl::StrCat(
+        "BEGIN IMMEDIATE;", result == "1" ? kLeaseLogSchema : "",
+        result == "3" ? "" : kCooldownSchema, kOutsideSchema,
+        "UPDATE schema_version SET version = ", kSchemaVersion, "; COMMIT;");
     rc = sqlite3_exec(db, upgrade.c_str(), nullptr, nullptr, nullptr);
     if (rc != SQLITE_OK) {
       absl::Status s =
@@ -1082,7 +1106,46 @@ absl::StatusOr<JournalState> SqliteJournal::Load() {
   }
   sqlite3_finalize(st);
   if (rc != SQLITE_DONE) return Error("cannot read cooldowns");
+
+  rc = sqlite3_prepare_v2(db_,
+                          "SELECT credential, limit_name, outside_milli, at_ns, cooldown_until_ns, "
+                          "consecutive, until_ns FROM outside",
+                          -1, &st, nullptr);
+  if (rc != SQLITE_OK) return Error("cannot read outside estimates");
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    state.outside.push_back(JournalOutside{
+        Text(st, 0), Text(st, 1), sqlite3_column_int64(st, 2), sqlite3_column_int64(st, 3),
+        sqlite3_column_int64(st, 4), sqlite3_column_int64(st, 5), sqlite3_column_int64(st, 6)});
+  }
+  sqlite3_finalize(st);
+  if (rc != SQLITE_DONE) return Error("cannot read outside estimates");
   return state;
+}
+
+absl::Status SqliteJournal::PutOutside(const JournalOutside& o) {
+  absl::MutexLock l(&db_mu_);
+  return TransactionLocked("cannot write an outside estimate", [&]() -> absl::Status {
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(db_,
+                           "INSERT OR REPLACE INTO outside (credential, limit_name, outside_milli, "
+                           "at_ns, cooldown_until_ns, consecutive, until_ns) "
+                           "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                           -1, &st, nullptr) != SQLITE_OK) {
+      return Error("cannot write an outside estimate");
+    }
+    sqlite3_bind_text(st, 1, o.credential.data(), static_cast<int>(o.credential.size()),
+                      SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, o.limit.data(), static_cast<int>(o.limit.size()), SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, o.outside_milli);
+    sqlite3_bind_int64(st, 4, o.at_ns);
+    sqlite3_bind_int64(st, 5, o.cooldown_until_ns);
+    sqlite3_bind_int64(st, 6, o.consecutive);
+    sqlite3_bind_int64(st, 7, o.until_ns);
+    const int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) return Error("cannot write an outside estimate");
+    return absl::OkStatus();
+  });
 }
 
 absl::Status SqliteJournal::PutCooldown(const JournalCooldown& cooldown) {
@@ -1264,7 +1327,8 @@ absl::Status SqliteJournal::Compact(int64_t now_ns) {
     for (const char* sql : {"DELETE FROM reservations WHERE until_ns <= ?1",
                             "DELETE FROM leases WHERE expiry_ns <= ?1",
                             "DELETE FROM dedup WHERE expiry_ns <= ?1",
-                            "DELETE FROM cooldowns WHERE until_ns <= ?1"}) {
+                            "DELETE FROM cooldowns WHERE until_ns <= ?1",
+                            "DELETE FROM outside WHERE until_ns <= ?1"}) {
       sqlite3_stmt* st = nullptr;
       if (sqlite3_prepare_v2(db_, sql, -1, &st, nullptr) != SQLITE_OK) {
         return Error("cannot compact");

@@ -142,6 +142,7 @@ class SqliteJournal : public Journal {
   absl::Status RenewLease(const std::string& id, int64_t expiry_ns) override;
   void DeleteLease(const std::string& id) override;
   absl::Status PutCooldown(const JournalCooldown& cooldown) override;
+  absl::Status PutOutside(const JournalOutside& outside) override;
   // Deletes reservations with until_ns <= now_ns, leases with expiry_ns <= now_ns, and expired
   // idempotency answers.
   absl::Status Compact(int64_t now_ns) override;

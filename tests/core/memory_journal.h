@@ -21,6 +21,7 @@ class MemoryJournal : public Journal {
     for (const auto& [k, r] : reservations_) s.reservations.push_back(r);
     for (const auto& [id, lease] : leases_) s.leases.push_back(lease);
     for (const auto& [key, c] : cooldowns_) s.cooldowns.push_back(c);
+    for (const auto& [key, o] : outside_) s.outside.push_back(o);
     return s;
   }
   absl::Status Reserve(const std::vector<Reservation>& rs) override {
@@ -60,6 +61,12 @@ class MemoryJournal : public Journal {
     cooldowns_[std::make_pair(c.credential, c.feature)] = c;
     return absl::OkStatus();
   }
+  absl::Status PutOutside(const JournalOutside& o) override {
+    absl::MutexLock l(&mu_);
+    if (fail_) return absl::InternalError("disk full");
+    outside_[std::make_pair(o.credential, o.limit)] = o;
+    return absl::OkStatus();
+  }
   absl::Status Compact(int64_t now_ns) override { return absl::OkStatus(); }
 
   void set_fail(bool fail) {
@@ -79,6 +86,7 @@ class MemoryJournal : public Journal {
       ABSL_GUARDED_BY(mu_);
   std::map<std::string, JournalLease> leases_ ABSL_GUARDED_BY(mu_);
   std::map<std::pair<std::string, std::string>, JournalCooldown> cooldowns_ ABSL_GUARDED_BY(mu_);
+  std::map<std::pair<std::string, std::string>, JournalOutside> outside_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace quotad::testing

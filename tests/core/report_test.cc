@@ -216,4 +216,77 @@ TEST_F(ReportTest, AnUpstreamCountAboveCapacityIsAdoptedAsFull) {
 }
 
 }  // namespace
+TEST_F(ReportTest, AResetThatHasPassedIsNotAdoptedIntoTheNextWindow) {
+  // 3 s into a new minute, a late answer still describes the last one.
+  Use({Feature("f", {Calendar("per_minute", 100, CalendarUnit::kMinute)})});
+  clock_.Set(Utc(2026, 6, 21, 10, 1, 3));
+  const ReportResult r =
+      Report(200, {{"X-RateLimit-Limit", "100"},
+                   {"X-RateLimit-Remaining", "10"},
+                   {"X-RateLimit-Reset", absl::StrCat(absl::ToUnixSeconds(Utc(2026, 6, 21, 10, 1)))}});
+  EXPECT_TRUE(r.adopted.empty());
+  ASSERT_EQ(r.warnings.size(), 1u);
+  EXPECT_NE(r.warnings[0].find("has passed"), std::string::npos) << r.warnings[0];
+  EXPECT_EQ(Used("f.per_minute"), 0);
+}
+
+TEST_F(ReportTest, AResetOfTheWindowInForceIsAdoptedUpToItsEnd) {
+  Use({Feature("f", {Calendar("per_minute", 100, CalendarUnit::kMinute)})});
+  clock_.Set(Utc(2026, 6, 21, 10, 1, 3));
+  const ReportResult r =
+      Report(200, {{"X-RateLimit-Limit", "100"},
+                   {"X-RateLimit-Remaining", "10"},
+                   {"X-RateLimit-Reset", absl::StrCat(absl::ToUnixSeconds(Utc(2026, 6, 21, 10, 2)))}});
+  ASSERT_EQ(r.adopted.size(), 1u);
+  EXPECT_EQ(Used("f.per_minute"), 90);
+  clock_.Set(Utc(2026, 6, 21, 10, 2));  // the window boundary: the adopted units leave
+  EXPECT_EQ(Used("f.per_minute"), 0);
+}
+
+TEST_F(ReportTest, AdoptedSlidingUnitsLeaveOnePeriodAfterTheAnswer) {
+  // Without a reset the units were charged upstream before the answer: they leave a period
+  // later, not a period after the report was processed.
+  Use({Feature("f", {Sliding("per_minute", 10, absl::Minutes(1))})});
+  const absl::Time seen = clock_.Now();
+  clock_.Advance(absl::Seconds(20));
+  UpstreamAnswer a;
+  a.credential = "key";
+  a.feature = "f";
+  a.http_status = 200;
+  a.headers = {{"X-RateLimit-Limit", "10"}, {"X-RateLimit-Remaining", "0"}};
+  a.observed_at = seen;
+  ASSERT_TRUE(ledger_->Report(a).ok());
+  EXPECT_FALSE(Acquire().granted);
+  clock_.Set(seen + absl::Minutes(1) + absl::Seconds(1));
+  EXPECT_TRUE(Acquire().granted);
+}
+
+TEST_F(ReportTest, AThrottleOnAHiddenLimitIsLearntThereAndCoolsOnlyFeaturesChargingIt) {
+  // The headers describe the minute (with room); the throttle came from the 2 s window.
+  FeatureSpec f = Feature("f", {Calendar("per_minute", 100, CalendarUnit::kMinute),
+                                Sliding("per_2s", 10, absl::Seconds(2))});
+  f.throttle.initial_backoff = absl::Seconds(1);
+  f.throttle.max_backoff = absl::Seconds(30);
+  Use({f, Feature("g", {Sliding("per_minute", 50, absl::Minutes(1))})});
+  for (int i = 0; i < 9; ++i) ASSERT_TRUE(Acquire().granted);
+  const ReportResult r = Report(429, {{"X-RateLimit-Limit", "100"}, {"X-RateLimit-Remaining", "50"}});
+  // Capped at the 2 s window's period, not the 30 s back-off.
+  EXPECT_LE(r.cooldown_until - clock_.Now(), absl::Seconds(2) * 1.3);
+  EXPECT_TRUE(Acquire("g").granted);  // a feature on other limits keeps granting
+  const std::vector<LimitStatus> usage = *ledger_->Usage("key");
+  int64_t per_2s_outside = -1, per_minute_outside = -1;
+  for (const LimitStatus& st : usage) {
+    if (st.name == "f.per_2s") per_2s_outside = st.outside_estimate;
+    if (st.name == "f.per_minute") per_minute_outside = st.outside_estimate;
+  }
+  EXPECT_EQ(per_2s_outside, 1);  // 10 -> 9 effective
+  EXPECT_EQ(per_minute_outside, 0);
+  // The estimate decays while no throttle comes: 5% of 10 per 2 s, gone well within a minute.
+  clock_.Advance(absl::Minutes(1));
+  const std::vector<LimitStatus> later = *ledger_->Usage("key");
+  for (const LimitStatus& st : later) {
+    if (st.name == "f.per_2s") EXPECT_EQ(st.outside_estimate, 0);
+  }
+}
+
 }  // namespace quotad

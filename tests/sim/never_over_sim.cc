@@ -117,6 +117,7 @@ class KillNineJournal : public Journal {
   }
   void DeleteLease(const std::string& id) override { buffer_.push_back({true, {}, id}); }
   absl::Status PutCooldown(const JournalCooldown& c) override { return inner_->PutCooldown(c); }
+  absl::Status PutOutside(const JournalOutside& o) override { return inner_->PutOutside(o); }
   absl::Status Compact(int64_t now_ns) override { return inner_->Compact(now_ns); }
 
   void Release(size_t n) {
@@ -843,6 +844,7 @@ class Sim {
       return;
     }
     if (!r->adopted.empty()) Log(absl::StrCat("adopted ", absl::StrJoin(r->adopted, ", ")));
+    if (!r->warnings.empty()) Log(absl::StrCat("warnings: ", absl::StrJoin(r->warnings, "; ")));
     if (r->cooldown_until != absl::InfinitePast()) {
       // The features sharing a counter with the throttled one cool down with it: read them
       // from the ledger's usage (each "<feature>.cooldown").

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/civil_time.h"
 #include "gtest/gtest.h"
@@ -249,7 +250,9 @@ TEST_F(OutsideTrafficSimTest, VirusTotalReportCoolsDownWithoutHeaders) {
   EXPECT_GT(off.throttles, 1000);
   EXPECT_EQ(on.reports_adopted, 0);  // nothing to adopt
   EXPECT_LE(MaxThrottlesPerUtcDay(on), 38) << absl::StrJoin(on.throttle_samples, "\n");
-  EXPECT_GE(on.utilization, 99.0);
+  // The issue's goal (>= 95% of what the outside job left). 98.65% now: quotad wins more of
+  // the shared minutes than before (3,218 units against 2,810), so the outside job leaves more.
+  EXPECT_GE(on.utilization, 95.0);
 }
 
 // CyberVault prints its figures here; its promise fails today and is kept as a DISABLED_ finding
@@ -275,12 +278,142 @@ TEST_F(OutsideTrafficSimTest, MediaSilo) {
   EXPECT_GE(on.utilization, 97.0);
 }
 
+// The issue's table: each seed provider with an outside tool taking 10, 20 or 30% of its binding
+// limit, steady (Poisson) or bursty (the same mean in bursts of 20), with the provider's headers
+// on or stripped (status only), quotad's workers reporting every answer. Spans are short enough
+// for a unit-test run (CyberVault 1 h, MediaSilo 6 h, VirusTotal and MetaDefender 2 days).
+// Prints "throttles after the first minute" and utilization of the remainder; asserts what
+// must hold everywhere (never over, sound reports) and that reporting never throttles more
+// than not reporting; the issue's goals (<= 1 throttle per limit per minute, >= 95%) are
+// printed as met/missed: see the closing note of issue 17 for the figures.
+struct MatrixCase {
+  std::string provider;
+  double share;
+  bool bursty;
+  bool headers;
+};
+
+Scenario MatrixScenario(const MatrixCase& c) {
+  Scenario s;
+  OutsideTraffic o;
+  o.share = c.share;
+  absl::Duration window;  // the binding window, to set the outside rate
+  int64_t capacity = 0;
+  const bool headers = c.headers;
+  if (c.provider == "cybervault") {
+    s = CyberVaultProfessional();
+    s.end = s.start + absl::Hours(1);
+    s.upstream = [headers] {
+      auto up = CyberVault(kCyberVaultProfessional);
+      if (!headers) up->set_header_style(HeaderStyle::kNone);
+      return up;
+    };
+    window = absl::Minutes(1);
+    capacity = 300;
+  } else if (c.provider == "mediasilo") {
+    s = MediaSiloScenario();
+    s.end = s.start + absl::Hours(6);
+    const absl::Time anchor = Utc(2026, 3, 2, 0, 17, 23);
+    s.upstream = [anchor, headers] {
+      auto up = MediaSilo(anchor);
+      if (!headers) up->set_header_style(HeaderStyle::kNone);
+      return up;
+    };
+    window = absl::Hours(1);
+    capacity = 10000;
+  } else if (c.provider == "virustotal") {
+    s = VirusTotalScenario();
+    s.end = s.start + absl::Hours(48);
+    s.upstream = [headers] {
+      auto up = VirusTotalPublic();
+      if (!headers) up->set_header_style(HeaderStyle::kNone);
+      return up;
+    };
+    window = absl::Hours(24);
+    capacity = 500;
+  } else {
+    s = MetaDefenderReputation();
+    s.end = s.start + absl::Hours(48);
+    s.upstream = [headers] {
+      auto up = MetaDefenderCloud();
+      if (!headers) up->set_header_style(HeaderStyle::kNone);
+      return up;
+    };
+    window = absl::Hours(24);
+    capacity = 4000;
+  }
+  o.endpoint = s.outside->endpoint;
+  const double per_window = c.share * static_cast<double>(capacity);
+  o.first = absl::InfiniteDuration();
+  if (c.bursty) {
+    o.burst = 20;
+    o.burst_spacing = absl::Milliseconds(50);
+    o.next_gap = Poisson(window * (20.0 / per_window));
+  } else {
+    o.burst = 1;
+    o.next_gap = Poisson(window / per_window);
+  }
+  s.outside = o;
+  s.name = absl::StrCat(c.provider, c.bursty ? " bursty" : " steady",
+                        c.headers ? " hdr" : " no-hdr");
+  return s;
+}
+
+class OutsideMatrixTest : public OutsideTrafficSimTest,
+                          public ::testing::WithParamInterface<MatrixCase> {};
+
+TEST_P(OutsideMatrixTest, ReportingNeverOverAndThrottlesLess) {
+  const MatrixCase c = GetParam();
+  const Report off = RunAndRecord(MatrixScenario(c), false);
+  const Report on = RunAndRecord(MatrixScenario(c), true);
+  EXPECT_TRUE(on.errors.empty()) << absl::StrJoin(on.errors, "\n");
+  EXPECT_LE(on.units_charged + on.outside_charged, on.units_allowed);
+  EXPECT_LE(on.throttles, off.throttles);
+  int64_t after_first_minute = 0;
+  for (absl::Time t : on.throttle_times) {
+    if (t >= MatrixScenario(c).start + absl::Minutes(1)) ++after_first_minute;
+  }
+  const double minutes = absl::ToDoubleMinutes(on.span);
+  std::cout << "MATRIX " << c.provider << " share=" << 100 * c.share << "% "
+            << (c.bursty ? "bursty" : "steady") << " headers=" << (c.headers ? "on" : "off")
+            << " throttles_after_1m=" << after_first_minute << " per_min="
+            << absl::StrFormat("%.3f", after_first_minute / std::max(1.0, minutes - 1))
+            << " util=" << absl::StrFormat("%.2f", on.utilization)
+            << " (reporting off: throttles=" << off.throttles
+            << " util=" << absl::StrFormat("%.2f", off.utilization) << ")"
+            << (on.utilization >= 95.0 ? "" : " MISSED-95%") << "\n";
+}
+
+std::vector<MatrixCase> AllCases() {
+  std::vector<MatrixCase> out;
+  for (const char* p : {"cybervault", "mediasilo", "virustotal", "metadefender"}) {
+    for (double share : {0.1, 0.2, 0.3}) {
+      for (bool bursty : {false, true}) {
+        for (bool headers : {true, false}) out.push_back({p, share, bursty, headers});
+      }
+    }
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Seeds, OutsideMatrixTest, ::testing::ValuesIn(AllCases()),
+                         [](const ::testing::TestParamInfo<MatrixCase>& i) {
+                           return absl::StrCat(i.param.provider, "_",
+                                               static_cast<int>(100 * i.param.share), "_",
+                                               i.param.bursty ? "bursty" : "steady", "_",
+                                               i.param.headers ? "headers" : "noheaders");
+                         });
+
 // FINDING, kept disabled: with a steady outside stream on a sliding minute. Before the ledger
 // compared the upstream's count with its own charges inside the period only (not the guard's
 // tail), nearly every unit the outside tool won cost quotad one 429 (7,963 throttles, 98.6%).
 // Now: 135 throttles in 4 h, but utilization 87.3%: units adopted from a header count from the
 // moment of the report for a whole span, longer than the upstream keeps them, and every 429's
-// Retry-After cools the whole feature down. Not yet fixed.
+// Retry-After cools the whole feature down. Issue 17 (limit cooldowns, outside estimates,
+// adopted sliding units released one period after the answer): 66 throttles in 4 h (goal <= 240
+// met) but 85.4% (goal 95%): still held back by quotad's own requests.per_minute (402k denials)
+// because each adopted unit stays a full period from the answer, not from when the outside tool
+// spent it. Kept disabled until that is fixed.
 TEST_F(OutsideTrafficSimTest, DISABLED_CyberVaultReportLeavesOneThrottlePerMinute) {
   const Report on = RunAndRecord(CyberVaultProfessional(), true);
   ExpectSound(on);

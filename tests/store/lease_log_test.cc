@@ -225,7 +225,7 @@ TEST_F(LeaseLogTest, VersionOneFileIsUpgradedAndKeepsItsLeases) {
     sqlite3* db = nullptr;
     ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
     ASSERT_EQ(sqlite3_exec(db,
-                           "DROP TABLE lease_log; DROP TABLE cooldowns; "
+                           "DROP TABLE lease_log; DROP TABLE cooldowns; DROP TABLE outside; "
                            "UPDATE leases SET holds_slots = 0; "
                            "UPDATE schema_version SET version = 1",
                            nullptr, nullptr, nullptr),
@@ -234,7 +234,7 @@ TEST_F(LeaseLogTest, VersionOneFileIsUpgradedAndKeepsItsLeases) {
   }
   auto got = ById(Reload());
   ASSERT_EQ(got.count("old-refund"), 1u);
-  EXPECT_EQ(Count(path_, "SELECT version FROM schema_version"), 3);
+  EXPECT_EQ(Count(path_, "SELECT version FROM schema_version"), 4);
   EXPECT_EQ(Count(path_, "SELECT count(*) FROM cooldowns"), 0);
   journal_->DeleteLease("old-refund");
   ASSERT_TRUE(journal_->Flush().ok());
@@ -249,13 +249,13 @@ TEST_F(LeaseLogTest, VersionTwoFileIsUpgradedAndKeepsItsCooldownsFromThenOn) {
   {
     sqlite3* db = nullptr;
     ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
-    ASSERT_EQ(sqlite3_exec(db, "DROP TABLE cooldowns; UPDATE schema_version SET version = 2",
+    ASSERT_EQ(sqlite3_exec(db, "DROP TABLE cooldowns; DROP TABLE outside; UPDATE schema_version SET version = 2",
                            nullptr, nullptr, nullptr),
               SQLITE_OK);
     sqlite3_close(db);
   }
   EXPECT_EQ(ById(Reload()).count("slot"), 1u);
-  EXPECT_EQ(Count(path_, "SELECT version FROM schema_version"), 3);
+  EXPECT_EQ(Count(path_, "SELECT version FROM schema_version"), 4);
   ASSERT_TRUE(journal_->PutCooldown(JournalCooldown{"vt/prod", "requests", 7000}).ok());
   const JournalState state = Reload();
   ASSERT_EQ(state.cooldowns.size(), 1u);
@@ -334,4 +334,32 @@ TEST_F(LeaseLogTest, SigkillMidBatchKeepsFlushedLeasesAndAPrefixOfTheRest) {
 }
 
 }  // namespace
+TEST_F(LeaseLogTest, VersionThreeFileIsUpgradedAndKeepsWhatReportLearntPerLimit) {
+  journal_ = Open();
+  ASSERT_TRUE(journal_->PutCooldown(JournalCooldown{"vt/prod", "requests", 7000}).ok());
+  journal_.reset();
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(path_.c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db, "DROP TABLE outside; UPDATE schema_version SET version = 3",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(db);
+  }
+  EXPECT_EQ(Reload().cooldowns.size(), 1u);  // the version 3 cooldowns are kept
+  EXPECT_EQ(Count(path_, "SELECT version FROM schema_version"), 4);
+  ASSERT_TRUE(journal_
+                  ->PutOutside(JournalOutside{"vt/prod", "requests.per_minute", 1500, 100, 9000,
+                                              2, 20000})
+                  .ok());
+  const JournalState state = Reload();
+  ASSERT_EQ(state.outside.size(), 1u);
+  EXPECT_EQ(state.outside[0].limit, "requests.per_minute");
+  EXPECT_EQ(state.outside[0].outside_milli, 1500);
+  EXPECT_EQ(state.outside[0].cooldown_until_ns, 9000);
+  EXPECT_EQ(state.outside[0].consecutive, 2);
+  ASSERT_TRUE(journal_->Compact(20000).ok());  // until_ns reached: dropped
+  EXPECT_TRUE(Reload().outside.empty());
+}
+
 }  // namespace quotad
