@@ -24,8 +24,8 @@
 namespace quotad::sim {
 namespace {
 
-constexpr int kFixedSeeds = 40;
-constexpr int kFixedOps = 400;
+constexpr int kFixedSeeds = 200;
+constexpr int kFixedOps = 600;
 
 struct Totals {
   int seeds = 0;
