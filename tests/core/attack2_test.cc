@@ -337,7 +337,8 @@ TEST_F(Attack2Test, OutsideEstimateAndLimitCooldownSurviveRestart) {
   Use({Feature("f", {Sliding("min", 100, absl::Minutes(1))})}, &journal);  // restart
   EXPECT_FALSE(Acquire().granted) << "the limit cooldown was lost across the restart";
   clock_.Advance(absl::Seconds(31));
-  for (const LimitStatus& s : *ledger_->Usage("key")) {
+  const std::vector<LimitStatus> after = *ledger_->Usage("key");
+  for (const LimitStatus& s : after) {
     if (s.name == "f.min") EXPECT_GE(s.outside_estimate, est - 3);
   }
   // 50 of ours still in the window; at most 100 - 50 - estimate more.
@@ -353,7 +354,8 @@ TEST_F(Attack2Test, OutsideEstimateSurvivesReloadOfCapacity) {
                   "key", {Feature("f", {Sliding("min", 80, absl::Minutes(1))})}))
                   .ok());
   int64_t est = 0;
-  for (const LimitStatus& s : *ledger_->Usage("key")) {
+  const std::vector<LimitStatus> usage = *ledger_->Usage("key");
+  for (const LimitStatus& s : usage) {
     if (s.name == "f.min") est = s.outside_estimate;
   }
   EXPECT_GT(est, 0);
