@@ -38,6 +38,9 @@ int64_t SatAdd(int64_t a, int64_t b) {
   return out;
 }
 
+// How far the wall clock may drift from ledger time before the offset between them is updated.
+constexpr int64_t kOffsetSlackNs = 1000000;
+
 // A time moved by `by`, the infinities left as they are.
 int64_t Shift(int64_t ns, int64_t by) {
   if (ns == kInfiniteNs || ns == std::numeric_limits<int64_t>::min()) return ns;
@@ -569,7 +572,14 @@ Ledger::Ledger(Clock* clock, LedgerOptions options)
 
 int64_t Ledger::NowNs() const {
   const int64_t now = mono_anchor_ns_ + absl::ToInt64Nanoseconds(clock_->Monotonic());
-  wall_offset_ns_.store(absl::ToUnixNanos(clock_->Now()) - now, std::memory_order_relaxed);
+  // The two clocks are read one after the other and drift apart slowly: the offset moves only
+  // when it changed by more than a millisecond (a step), so that the wall times callers see of
+  // one lease or window stay the same from one answer to the next (page tokens compare them).
+  const int64_t offset = absl::ToUnixNanos(clock_->Now()) - now;
+  const int64_t old = wall_offset_ns_.load(std::memory_order_relaxed);
+  if (offset - old > kOffsetSlackNs || old - offset > kOffsetSlackNs) {
+    wall_offset_ns_.store(offset, std::memory_order_relaxed);
+  }
   return now;
 }
 
@@ -799,7 +809,8 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
           if (rule.spec.kind == LimitKind::kConcurrency) {
             counters[i]->Free(expiry, d.lease_id.lo);
           } else {
-            counters[i]->Refund(rule, l.RuleTime(rule, now), rec->tokens[i], req.cost, req.cost);
+            counters[i]->Refund(rule, l.RuleTime(rule, now), rec->tokens[i], req.cost, req.cost,
+                                l.RuleTime(rule, now));
           }
         }
         for (Credential::Retired* old : retired) old->counter.Free(expiry, d.lease_id.lo);
@@ -1191,8 +1202,9 @@ absl::StatusOr<ReleaseResult> Ledger::ReleaseImpl(const LeaseId& id, std::option
       // A token means something only to a counter of the shape that made it: after a reload
       // rebuilt the counter, the units stay counted until they drain (under-grants, never over).
       result.refunded = std::max(
-          result.refunded, counter->Refund(rule, RuleTime(rule, now), rec.tokens[i], rec.cost,
-                                           rec.cost - *used));
+          result.refunded,
+          counter->Refund(rule, RuleTime(rule, now), rec.tokens[i], rec.cost, rec.cost - *used,
+                          RuleTime(rule, rec.granted_ns)));
     }
   }
   for (Credential::Retired& old : cred->retired) {
@@ -1590,7 +1602,8 @@ absl::StatusOr<std::vector<LimitStatus>> Ledger::Usage(absl::string_view credent
   std::vector<LimitStatus> out;
   absl::MutexLock lock(&cred->mu);
   const CompiledCredential& cc = *cred->compiled;
-  auto add = [&](const Rule& rule, absl::string_view scope, Counter& counter) {
+  auto add = [&](const Rule& rule, absl::string_view scope, Counter& counter)
+                 ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred->mu) {
     const CounterView v = counter.View(rule, RuleTime(rule, now));
     LimitStatus& st = out.emplace_back();
     st.name = rule.full_name;

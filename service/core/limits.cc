@@ -307,7 +307,7 @@ int64_t Counter::Charge(const Rule& rule, int64_t now, int64_t cost, uint64_t le
 }
 
 int64_t Counter::Refund(const Rule& rule, int64_t now, int64_t token, int64_t charged,
-                        int64_t units) {
+                        int64_t units, int64_t charged_at) {
   units = std::min(units, charged);
   if (units <= 0) return 0;
   Roll(rule, now);
@@ -319,6 +319,9 @@ int64_t Counter::Refund(const Rule& rule, int64_t now, int64_t token, int64_t ch
       if (token != start_ns_ || (rule.spec.kind == LimitKind::kRolling && now >= end_ns_)) {
         return 0;
       }
+      // The upstream's count adopted since may not hold these units: giving them back could
+      // undercut it (sliding windows check this by the charge's time, below).
+      if (charged_at <= adopted_at_) return 0;
       // Never below the upstream's own count (adopted_), which may include these units.
       take = std::clamp<int64_t>(used_ - adopted_, 0, units);
       used_ -= take;
@@ -620,6 +623,7 @@ int64_t Counter::Adopt(const Rule& rule, int64_t now, int64_t used, int64_t rese
       *added = std::max<int64_t>(0, used - used_);
       used_ += *added;
       adopted_ = std::max(adopted_, used);
+      adopted_at_ = now;
       break;
     case LimitKind::kRolling:
       if (now >= end_ns_) {
@@ -636,6 +640,7 @@ int64_t Counter::Adopt(const Rule& rule, int64_t now, int64_t used, int64_t rese
       *added = std::max<int64_t>(0, used - used_);
       used_ += *added;
       adopted_ = std::max(adopted_, used);
+      adopted_at_ = now;
       break;
     case LimitKind::kSliding: {
       // What the upstream still counts of ours: charges inside its period, not in the guard's

@@ -74,7 +74,10 @@ class Counter {
   // still counted in their own window (a token bucket: only the lease's own part of the bucket
   // that has not refilled yet), and never below what was adopted from the upstream since (see
   // Adopt). Returns the units given back.
-  int64_t Refund(const Rule& rule, int64_t now, int64_t token, int64_t charged, int64_t units);
+  // `charged_at` is when the charge was made (calendar and rolling: a charge made before an
+  // adoption gives nothing back, as the upstream's count already left it out).
+  int64_t Refund(const Rule& rule, int64_t now, int64_t token, int64_t charged, int64_t units,
+                 int64_t charged_at);
 
   // Concurrency: frees the slots of a lease (no-op if already expired). Returns slots freed.
   int64_t Free(int64_t expiry_ns, uint64_t lease_key);
@@ -168,6 +171,8 @@ class Counter {
   // never go below. Sliding: when the last adoption happened (charges before it are not
   // refunded).
   int64_t adopted_ = 0;
+  // Calendar and rolling: when the last adoption happened.
+  int64_t adopted_at_ = std::numeric_limits<int64_t>::min();
   std::unique_ptr<Log> log_;
   std::unique_ptr<Buckets> buckets_;
   std::unique_ptr<Held> held_;

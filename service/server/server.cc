@@ -160,6 +160,9 @@ class BlockingWorker {
 // Stop() must run before the ledger is destroyed.
 class Pumper {
  public:
+  // The longest the pump sleeps while requests wait (see Run).
+  static constexpr absl::Duration kMaxPumpWait = absl::Seconds(1);
+
   explicit Pumper(Clock* clock) : clock_(clock) {}
   ~Pumper() { Stop(); }
 
@@ -197,12 +200,16 @@ class Pumper {
           changed_ = false;
           const absl::Duration left =
               next_ == absl::InfiniteFuture() ? absl::InfiniteDuration() : next_ - now;
-          mu_.AwaitWithTimeout(absl::Condition(
-                                   +[](Pumper* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(p->mu_) {
-                                     return p->stop_ || p->changed_;
-                                   },
-                                   this),
-                               left);
+          // The times are the wall clock's, which may step: while requests wait, pump at least
+          // every kMaxPumpWait, so that a step back never holds a waiter up for the step.
+          const bool woken = mu_.AwaitWithTimeout(
+              absl::Condition(
+                  +[](Pumper* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(p->mu_) {
+                    return p->stop_ || p->changed_;
+                  },
+                  this),
+              std::min(left, kMaxPumpWait));
+          if (!woken && left > kMaxPumpWait && ledger_->waiting() > 0) break;
         }
         next_ = absl::InfiniteFuture();
       }

@@ -160,7 +160,9 @@ class StatusPageTest(unittest.TestCase):
                 for r in dom.find_all("tr", cls="limit")}
         minute = rows[("demo/prod", "requests.per_minute")]
         self.assertEqual(minute.attrs["data-used"], "7")
-        self.assertEqual(minute.attrs["data-remaining"], "3")
+        # The 429 came while quotad's count had room: one unit is held back as used from
+        # outside quotad (issue 17's estimate), so 2 remain, not 3.
+        self.assertEqual(minute.attrs["data-remaining"], "2")
         self.assertEqual(minute.attrs["data-capacity"], "10")
         meter = minute.find_all("meter")[0]
         self.assertEqual((meter.attrs["value"], meter.attrs["max"]), ("7", "10"))

@@ -90,7 +90,7 @@ TEST_F(StatusPageTest, PageShowsUsageLeaseHolderAsTextAndCooldown) {
   EXPECT_EQ(s.credentials[0].cooldowns.size(), 1u);
   const std::string html = RenderStatusHtml(s);
   EXPECT_THAT(html, HasSubstr("data-limit=\"requests.per_minute\" data-scope=\"\" "
-                              "data-used=\"4\" data-remaining=\"6\" data-capacity=\"10\""));
+                              "data-used=\"4\" data-remaining=\"5\" data-capacity=\"10\""));
   EXPECT_THAT(html, HasSubstr("<meter class=\"bar\" min=\"0\" max=\"10\" value=\"4\""));
   EXPECT_THAT(html, HasSubstr("&lt;script&gt;alert(1)&lt;/script&gt;"));
   EXPECT_THAT(html, Not(HasSubstr("<script>alert")));
