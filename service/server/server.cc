@@ -15,6 +15,7 @@
 #include <map>
 #include <optional>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -1157,7 +1158,54 @@ class QuotadServer::Impl {
     if (auto it = snapshot->profile_of.find(req.credential()); it != snapshot->profile_of.end()) {
       resp->set_profile(it->second);
     }
-    for (const LimitStatus& l : *usage) LimitStatusToProto(l, resp->add_limits());
+    absl::StatusOr<size_t> page_size = PageSize(req.page_size());
+    if (!page_size.ok()) return page_size.status();
+    // Order: the limits as the ledger lists them (the configuration's order), scopes in byte
+    // order within a limit. The token is the last (limit, scope) answered, web-safe base64 of
+    // "limit\nscope" (neither holds a control character).
+    absl::flat_hash_map<std::string, size_t> rank;
+    for (const LimitStatus& l : *usage) rank.emplace(l.name, rank.size());
+    using Key = std::tuple<size_t, absl::string_view>;
+    auto key_of = [&](const LimitStatus& l) { return Key{rank.at(l.name), l.scope}; };
+    std::vector<const LimitStatus*> entries;
+    entries.reserve(usage->size());
+    for (const LimitStatus& l : *usage) entries.push_back(&l);
+    std::stable_sort(entries.begin(), entries.end(), [&](const LimitStatus* a, const LimitStatus* b) {
+      return key_of(*a) < key_of(*b);
+    });
+    auto first = entries.begin();
+    if (!req.page_token().empty()) {
+      std::string decoded;
+      std::vector<std::string> parts;
+      if (absl::WebSafeBase64Unescape(req.page_token(), &decoded)) {
+        parts = absl::StrSplit(decoded, absl::MaxSplits('\n', 1));
+      }
+      if (parts.size() != 2) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "page_token ", QuoteForError(req.page_token()),
+            " is not one this server issued (pass next_page_token unchanged)"));
+      }
+      auto it = rank.find(parts[0]);
+      if (it == rank.end()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "page_token names limit ", QuoteForError(parts[0]),
+            ", which the credential no longer has (a reload removed it): start again without "
+            "page_token"));
+      }
+      const Key after{it->second, parts[1]};
+      first = std::upper_bound(entries.begin(), entries.end(), after,
+                               [&](const Key& k, const LimitStatus* l) { return k < key_of(*l); });
+    }
+    const size_t left = static_cast<size_t>(entries.end() - first);
+    const size_t n = std::min(left, *page_size);
+    resp->mutable_limits()->Reserve(static_cast<int>(n));
+    for (size_t i = 0; i < n; ++i) LimitStatusToProto(*first[i], resp->add_limits());
+    if (left > n) {
+      std::string token;
+      absl::WebSafeBase64Escape(absl::StrCat(first[n - 1]->name, "\n", first[n - 1]->scope),
+                                &token);
+      resp->set_next_page_token(token);
+    }
     TimeToProto(ledger_->clock()->Now(), resp->mutable_observed_at());
     return absl::OkStatus();
   }
