@@ -27,14 +27,17 @@ int PortOf(const sockaddr_storage& a) {
   return 0;
 }
 
-bool IsLoopback(const sockaddr_storage& a) {
+// Same family, address and port.
+bool SameEndpoint(const sockaddr_storage& a, const sockaddr_storage& b) {
+  if (a.ss_family != b.ss_family || PortOf(a) != PortOf(b)) return false;
   if (a.ss_family == AF_INET) {
-    return (ntohl(reinterpret_cast<const sockaddr_in&>(a).sin_addr.s_addr) >> 24) == 127;
+    return reinterpret_cast<const sockaddr_in&>(a).sin_addr.s_addr ==
+           reinterpret_cast<const sockaddr_in&>(b).sin_addr.s_addr;
   }
   if (a.ss_family == AF_INET6) {
-    const in6_addr& addr = reinterpret_cast<const sockaddr_in6&>(a).sin6_addr;
-    if (IN6_IS_ADDR_LOOPBACK(&addr)) return true;
-    return IN6_IS_ADDR_V4MAPPED(&addr) && addr.s6_addr[12] == 127;
+    return std::memcmp(&reinterpret_cast<const sockaddr_in6&>(a).sin6_addr,
+                       &reinterpret_cast<const sockaddr_in6&>(b).sin6_addr,
+                       sizeof(in6_addr)) == 0;
   }
   return false;
 }
@@ -171,7 +174,7 @@ void Listener::AcceptOne() {
 
 void Listener::HandOver(int fd, const sockaddr_storage& peer, bool* refused) {
   absl::MutexLock lock(&mu_);
-  if (probe_port_ != 0 && IsLoopback(peer) && PortOf(peer) == probe_port_) {
+  if (probe_pending_ && SameEndpoint(peer, probe_from_)) {
     probe_taken_ = true;  // our own probe: proof that the loop accepts; not gRPC's
     close(fd);
     return;
@@ -257,7 +260,8 @@ bool Listener::ProbeOnce() {
       getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) == 0) {
     {
       absl::MutexLock lock(&mu_);
-      probe_port_ = PortOf(local);
+      probe_from_ = local;
+      probe_pending_ = true;
       probe_taken_ = false;
     }
     const absl::Time deadline = absl::Now() + options_.probe_timeout;
@@ -272,7 +276,7 @@ bool Listener::ProbeOnce() {
       taken = probe_taken_ || stop_;
     }
     absl::MutexLock lock(&mu_);
-    probe_port_ = 0;
+    probe_pending_ = false;
   }
   close(fd);
   return taken;

@@ -103,7 +103,9 @@ class Listener {
 
   absl::Mutex mu_;
   absl::flat_hash_map<int, uint64_t> handed_ ABSL_GUARDED_BY(mu_);  // fd -> inode
-  int probe_port_ ABSL_GUARDED_BY(mu_) = 0;   // local port of the probe in flight; 0: none
+  // Where the probe in flight dials from (the dialled address, its own port).
+  bool probe_pending_ ABSL_GUARDED_BY(mu_) = false;
+  sockaddr_storage probe_from_ ABSL_GUARDED_BY(mu_) = {};
   bool probe_taken_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool started_ = false;
