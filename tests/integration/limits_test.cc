@@ -185,7 +185,7 @@ TEST_F(LimitsTest, SelfProbeNoticesAListenerThatNoLongerAccepts) {
 }
 
 // Finding 5: one identity's waiters are capped; another identity still waits.
-TEST_F(LimitsTest, WaitersArCappedPerIdentity) {
+TEST_F(LimitsTest, WaitersAreCappedPerIdentity) {
   options_.max_waiters_per_identity = 2;
   Start();
   v1::AcquireResponse held;
