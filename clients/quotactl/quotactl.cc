@@ -310,8 +310,22 @@ int main(int argc, char** argv) {
     v1::GetUsageRequest req;
     req.set_credential(args[1]);
     v1::GetUsageResponse resp;
-    grpc::Status s = admin->GetUsage(&context, req, &resp);
-    if (!s.ok()) return RpcError(s);
+    // Every page, into one answer (the header fields from the first).
+    for (bool first = true;; first = false) {
+      grpc::ClientContext page_context;
+      page_context.set_deadline(context.deadline());
+      v1::GetUsageResponse page;
+      grpc::Status s = admin->GetUsage(&page_context, req, &page);
+      if (!s.ok()) return RpcError(s);
+      if (first) {
+        resp.set_credential(page.credential());
+        resp.set_profile(page.profile());
+        *resp.mutable_observed_at() = page.observed_at();
+      }
+      for (v1::LimitStatus& l : *page.mutable_limits()) *resp.add_limits() = std::move(l);
+      if (page.next_page_token().empty()) break;
+      req.set_page_token(page.next_page_token());
+    }
     if (json) {
       PrintJson(resp);
     } else {

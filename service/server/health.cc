@@ -1,6 +1,7 @@
 #include "service/server/health.h"
 
 #include <optional>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -27,6 +28,15 @@ class HealthService::WatchCall {
   }
 
   const std::string& name() const { return request_.service(); }
+
+  // Ends the stream with `status` before anything was written.
+  void Reject(const grpc::Status& status) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    if (done_ || finishing_) return;
+    finishing_ = true;
+    finish_outstanding_ = true;
+    writer_.Finish(status, &finish_tag_);
+  }
 
   // Queues `status` for writing; with `finish`, ends the stream once it is written.
   void Send(ServingStatus status, bool finish) ABSL_LOCKS_EXCLUDED(mu_) {
@@ -131,7 +141,9 @@ class HealthService::WatchCall {
   bool delete_now_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-HealthService::HealthService(const std::vector<std::string>& services) {
+HealthService::HealthService(const std::vector<std::string>& services, int64_t max_watchers,
+                             std::function<void()> on_rejected)
+    : max_watchers_(max_watchers), on_rejected_(std::move(on_rejected)) {
   absl::MutexLock lock(&mu_);
   statuses_[""] = HealthCheckResponse::NOT_SERVING;
   for (const std::string& s : services) statuses_[s] = HealthCheckResponse::NOT_SERVING;
@@ -193,8 +205,22 @@ bool HealthService::AwaitWatchersGone(absl::Time deadline) {
       deadline);
 }
 
+int64_t HealthService::watchers() {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int64_t>(watchers_.size());
+}
+
 void HealthService::StartWatch(WatchCall* call) {
   absl::MutexLock lock(&mu_);
+  if (static_cast<int64_t>(watchers_.size()) >= max_watchers_) {
+    if (on_rejected_) on_rejected_();
+    call->Reject(grpc::Status(
+        grpc::StatusCode::RESOURCE_EXHAUSTED,
+        absl::StrCat("quotad has ", max_watchers_,
+                     " Health.Watch streams open already (--max_health_watchers); use "
+                     "Health.Check, or retry later")));
+    return;
+  }
   auto it = statuses_.find(call->name());
   const ServingStatus status =
       it == statuses_.end() ? HealthCheckResponse::SERVICE_UNKNOWN : it->second;

@@ -3,6 +3,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -30,8 +32,11 @@ class HealthService {
   using ServingStatus = grpc::health::v1::HealthCheckResponse::ServingStatus;
   using AsyncService = grpc::health::v1::Health::AsyncService;
 
-  // Every name in `services`, and "", start NOT_SERVING.
-  explicit HealthService(const std::vector<std::string>& services);
+  // Every name in `services`, and "", start NOT_SERVING. At most `max_watchers` Watch streams
+  // are open at once; one more is answered RESOURCE_EXHAUSTED naming the limit, after
+  // `on_rejected` (for the metric) was called.
+  explicit HealthService(const std::vector<std::string>& services, int64_t max_watchers = 1000,
+                         std::function<void()> on_rejected = nullptr);
   ~HealthService();
 
   // To pass to grpc::ServerBuilder::RegisterService().
@@ -47,6 +52,8 @@ class HealthService {
   void Shutdown() ABSL_LOCKS_EXCLUDED(mu_);
   // After Shutdown(): waits until every Watch stream has ended, or `deadline`. True if they did.
   bool AwaitWatchersGone(absl::Time deadline) ABSL_LOCKS_EXCLUDED(mu_);
+  // Watch streams open now.
+  int64_t watchers() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   class WatchCall;
@@ -54,10 +61,13 @@ class HealthService {
                               grpc::health::v1::HealthCheckResponse>;
 
   void HandleCheck(CheckCall* call) ABSL_LOCKS_EXCLUDED(mu_);
-  // A started Watch: registers it and sends the current status.
+  // A started Watch: registers it and sends the current status, or ends it with
+  // RESOURCE_EXHAUSTED when max_watchers_ are open.
   void StartWatch(WatchCall* call) ABSL_LOCKS_EXCLUDED(mu_);
   void Unregister(WatchCall* call) ABSL_LOCKS_EXCLUDED(mu_);
 
+  const int64_t max_watchers_;
+  const std::function<void()> on_rejected_;
   AsyncService service_;
   CheckCall::Method check_;
 

@@ -16,7 +16,11 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
+#include <atomic>
 #include <cstdio>
+#include <vector>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -85,6 +89,26 @@ ABSL_FLAG(std::string, log_format, "text", "text (key=value) or json (one object
 ABSL_FLAG(int64_t, max_request_ids, 1000000,
           "Most request_id answers kept (Acquire and Release retries, --dedup_window); beyond, a "
           "call with a new request_id is RESOURCE_EXHAUSTED (calls without one still work).");
+ABSL_FLAG(int64_t, max_connections, 10000,
+          "Most gRPC connections open at once; one more is closed at once. Lowered at start-up "
+          "to the file descriptor limit minus 64.");
+ABSL_FLAG(absl::Duration, listener_probe_interval, absl::Seconds(10),
+          "How often quotad dials its own gRPC port to check that it still accepts; 0: never.");
+ABSL_FLAG(int, listener_probe_failures, 3,
+          "Failed self-probes in a row after which quotad reports NOT_SERVING, shuts down "
+          "cleanly and exits 3 (for its supervisor to restart it).");
+ABSL_FLAG(int64_t, max_waiters_per_identity, 1000,
+          "Most Acquire calls one identity may have waiting at once (over every credential).");
+ABSL_FLAG(int64_t, max_waiters_per_credential, 10000,
+          "Most Acquire calls waiting in one credential's queue.");
+ABSL_FLAG(int32_t, priority_ceiling, 100,
+          "Highest Acquire priority anyone may use; above it only admins and "
+          "--priority_identities.");
+ABSL_FLAG(std::vector<std::string>, priority_identities, {},
+          "Identities (comma-separated; \"anonymous\" without auth) allowed priorities above "
+          "--priority_ceiling.");
+ABSL_FLAG(int64_t, max_health_watchers, 1000,
+          "Most grpc.health.v1.Health/Watch streams open at once.");
 ABSL_FLAG(int64_t, log_sample, 0,
           "Log one line per call for 1 call in N (info level); 0: no per-call lines.");
 
@@ -178,6 +202,30 @@ int main(int argc, char** argv) {
   options.status_page = absl::GetFlag(FLAGS_status_page);
   options.log_sample = absl::GetFlag(FLAGS_log_sample);
   options.max_request_ids = absl::GetFlag(FLAGS_max_request_ids);
+  options.max_connections = absl::GetFlag(FLAGS_max_connections);
+  options.listener_probe_interval = absl::GetFlag(FLAGS_listener_probe_interval);
+  options.listener_probe_failures = absl::GetFlag(FLAGS_listener_probe_failures);
+  options.max_waiters_per_identity = absl::GetFlag(FLAGS_max_waiters_per_identity);
+  options.max_waiters_per_credential = absl::GetFlag(FLAGS_max_waiters_per_credential);
+  options.priority_ceiling = absl::GetFlag(FLAGS_priority_ceiling);
+  options.priority_identities = absl::GetFlag(FLAGS_priority_identities);
+  options.max_health_watchers = absl::GetFlag(FLAGS_max_health_watchers);
+  if (options.max_connections < 1 || options.max_waiters_per_identity < 1 ||
+      options.max_waiters_per_credential < 1 || options.max_health_watchers < 0 ||
+      options.listener_probe_failures < 1 ||
+      options.listener_probe_interval < absl::ZeroDuration()) {
+    std::fprintf(stderr,
+                 "quotad: --max_connections, --max_waiters_per_identity, "
+                 "--max_waiters_per_credential and --listener_probe_failures must be >= 1, "
+                 "--max_health_watchers >= 0, --listener_probe_interval >= 0\n");
+    return 2;
+  }
+  // The self-probe found the listener wedged: shut down cleanly (final flush) and exit 3.
+  static std::atomic<bool> wedged{false};
+  options.on_listener_wedged = [] {
+    wedged.store(true);
+    kill(getpid(), SIGTERM);
+  };
   if (options.log_sample < 0) {
     std::fprintf(stderr, "quotad: --log_sample must be >= 0\n");
     return 2;
@@ -208,5 +256,9 @@ int main(int argc, char** argv) {
               {{"signal", signal_number == SIGTERM ? "SIGTERM" : "SIGINT"}});
   (*server)->Shutdown();
   server->reset();
+  if (wedged.load()) {
+    std::fprintf(stderr, "quotad: the gRPC listener stopped accepting connections; exit 3\n");
+    return 3;
+  }
   return 0;
 }

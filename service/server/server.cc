@@ -3,6 +3,7 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include <map>
 #include <optional>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -31,6 +33,7 @@
 #include "service/server/convert.h"
 #include "service/server/grpc_status.h"
 #include "service/server/health.h"
+#include "service/server/listener.h"
 #include "service/server/logging.h"
 #include "service/server/metrics.h"
 #include "service/server/status_page.h"
@@ -230,6 +233,69 @@ class Pumper {
 
 int64_t ToUnixNs(absl::Time t) { return absl::ToUnixNanos(t); }
 
+// Acquire calls waiting per identity (finding 5 of issue 18: the per-credential queue cap is
+// shared, so one identity could fill it for everyone). Thread-safe.
+class IdentityWaiters {
+ public:
+  // One waiting call's place; gives it back when destroyed or Release()d, whichever is first.
+  class Slot {
+   public:
+    Slot(IdentityWaiters* owner, std::string identity)
+        : owner_(owner), identity_(std::move(identity)) {}
+    ~Slot() { Release(); }
+    Slot(const Slot&) = delete;
+    Slot& operator=(const Slot&) = delete;
+    void Release() {
+      if (owner_ != nullptr) owner_->Leave(identity_);
+      owner_ = nullptr;
+    }
+
+   private:
+    IdentityWaiters* owner_;
+    const std::string identity_;
+  };
+
+  explicit IdentityWaiters(int64_t max) : max_(max) {}
+
+  // A place for one more waiting call of `identity`, or RESOURCE_EXHAUSTED naming the identity
+  // and the limit.
+  absl::StatusOr<std::shared_ptr<Slot>> Enter(const std::string& identity)
+      ABSL_LOCKS_EXCLUDED(mu_) {
+    {
+      absl::MutexLock lock(&mu_);
+      int64_t& n = waiting_[identity];
+      if (n >= max_) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "identity ", QuoteForError(identity), " has ", n,
+            " Acquire calls waiting already; at most ", max_,
+            " may wait per identity (--max_waiters_per_identity): retry later, or without "
+            "max_wait"));
+      }
+      ++n;
+    }
+    return std::make_shared<Slot>(this, identity);
+  }
+
+  // The most calls any one identity has waiting now.
+  int64_t Largest() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    int64_t largest = 0;
+    for (const auto& [identity, n] : waiting_) largest = std::max(largest, n);
+    return largest;
+  }
+
+ private:
+  void Leave(const std::string& identity) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    auto it = waiting_.find(identity);
+    if (it != waiting_.end() && --it->second <= 0) waiting_.erase(it);
+  }
+
+  const int64_t max_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, int64_t> waiting_ ABSL_GUARDED_BY(mu_);
+};
+
 }  // namespace
 
 std::string BoundAddress(const std::string& listen, int port) {
@@ -249,7 +315,8 @@ class QuotadServer::Impl {
         dedup_(std::move(dedup)),
         pumper_(std::move(pumper)),
         ledger_(std::move(ledger)),
-        health_({v1::Quota::service_full_name(), v1::Admin::service_full_name()}) {
+        health_({v1::Quota::service_full_name(), v1::Admin::service_full_name()},
+                options.max_health_watchers, [this] { metrics_->OnLimitHit("health_watchers"); }) {
     PublishSnapshot(config);
     pumper_->Start(ledger_.get());
     // Leases restored from the state file: their holders name who acquired them.
@@ -287,7 +354,24 @@ class QuotadServer::Impl {
     // Without this a second quotad could bind the same port and split the traffic.
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
     builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
-    builder.AddListeningPort(options_.listen_address, *creds, &port_);
+    // quotad accepts connections itself (cap, EMFILE, self-probe: listener.h) and hands them
+    // to gRPC.
+    ListenerOptions listener_options;
+    listener_options.address = options_.listen_address;
+    listener_options.max_connections = MaxConnections();
+    listener_options.probe_interval = options_.listener_probe_interval;
+    listener_options.probe_timeout =
+        std::min(absl::Seconds(5), std::max(absl::Milliseconds(100), options_.listener_probe_interval));
+    listener_options.probe_failures = std::max(1, options_.listener_probe_failures);
+    listener_options.on_refused = [this](const char* reason) { metrics_->OnLimitHit(reason); };
+    listener_options.on_wedged = [this] { OnListenerWedged(); };
+    absl::StatusOr<std::unique_ptr<Listener>> listener = Listener::Bind(listener_options);
+    if (!listener.ok()) return listener.status();
+    listener_ = *std::move(listener);
+    port_ = listener_->port();
+    std::unique_ptr<grpc::experimental::ExternalConnectionAcceptor> acceptor =
+        builder.experimental().AddExternalConnectionAcceptor(
+            grpc::ServerBuilder::experimental_type::ExternalConnectionType::FROM_FD, *creds);
     builder.RegisterService(&quota_);
     builder.RegisterService(&admin_);
     builder.RegisterService(health_.service());
@@ -310,6 +394,7 @@ class QuotadServer::Impl {
                        ": the address is in use, not local, or malformed (expected host:port)"));
     }
     address_ = BoundAddress(options_.listen_address, port_);
+    listener_->Start(std::move(acceptor));
     DefineMethods();
     for (auto& cq : cqs_) {
       health_.Arm(cq.get(), &gate_);
@@ -345,8 +430,29 @@ class QuotadServer::Impl {
          {"tls", options_.tls.client_ca_path.empty() ? (TlsEnabled(options_.tls) ? "tls" : "off")
                                                      : "mutual"},
          {"auth", Snapshot()->auth->enabled() ? "tokens" : "off"},
-         {"metrics_port", metrics_->port()}});
+         {"metrics_port", metrics_->port()},
+         {"max_connections", MaxConnections()}});
     return absl::OkStatus();
+  }
+
+  // --max_connections, lowered when the descriptor limit could not hold that many and still
+  // leave room for the state file, the metrics endpoint and gRPC's own (64 spare).
+  int64_t MaxConnections() const {
+    int64_t max = options_.max_connections;
+    if (struct rlimit nofile; getrlimit(RLIMIT_NOFILE, &nofile) == 0 &&
+                              nofile.rlim_cur != RLIM_INFINITY) {
+      max = std::min<int64_t>(max, std::max<int64_t>(1, static_cast<int64_t>(nofile.rlim_cur) - 64));
+    }
+    return max;
+  }
+
+  // The self-probe found the listener taking no connections (listener.h).
+  void OnListenerWedged() {
+    Log(*log_, spdlog::level::err, "listener accepts no connections; reporting NOT_SERVING",
+        {{"address", address_}, {"probe_failures", listener_->consecutive_probe_failures()}});
+    metrics_->OnLimitHit("listener_wedged");
+    health_.SetAll(grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+    if (options_.on_listener_wedged) options_.on_listener_wedged();
   }
 
   void Shutdown() {
@@ -380,6 +486,7 @@ class QuotadServer::Impl {
       Log(*log_, spdlog::level::warn, "shutdown grace over", {{"calls_cancelled", left}});
     }
     // Closes the listener and every connection; cancels whatever is still running.
+    listener_->Stop();
     server_->Shutdown(absl::ToChronoTime(absl::Now()));
     for (auto& cq : cqs_) cq->Shutdown();
     for (std::thread& t : threads_) t.join();
@@ -408,6 +515,8 @@ class QuotadServer::Impl {
   }
 
   int port() const { return port_; }
+  int64_t open_connections() const { return listener_->OpenConnections(); }
+  void PauseAcceptingForTest(bool paused) { listener_->PauseAcceptingForTest(paused); }
   int metrics_port() const { return metrics_ != nullptr ? metrics_->port() : 0; }
   const std::string& address() const { return address_; }
   Ledger* ledger() const { return ledger_.get(); }
@@ -696,6 +805,22 @@ class QuotadServer::Impl {
     return args;
   }
 
+  // Priorities above --priority_ceiling: admins and --priority_identities only.
+  absl::Status CheckPriority(const std::string& identity, int priority) {
+    if (priority <= options_.priority_ceiling) return absl::OkStatus();
+    const std::shared_ptr<const ConfigSnapshot> snapshot = Snapshot();
+    if (snapshot->auth->enabled() && snapshot->auth->IsAdmin(identity)) return absl::OkStatus();
+    if (std::find(options_.priority_identities.begin(), options_.priority_identities.end(),
+                  identity) != options_.priority_identities.end()) {
+      return absl::OkStatus();
+    }
+    metrics_->OnLimitHit("priority");
+    return absl::PermissionDeniedError(absl::StrCat(
+        "priority ", priority, " is above the ceiling ", options_.priority_ceiling,
+        " (--priority_ceiling); identity ", QuoteForError(identity),
+        " may not use it (admins and --priority_identities may)"));
+  }
+
   void FinishAcquire(AcquireCall* c, const absl::Status& status) {
     LogFailure("Acquire", status);
     c->TryFinish(ToGrpcStatus(status));
@@ -713,10 +838,24 @@ class QuotadServer::Impl {
     }
     absl::StatusOr<AcquireArgs> args = ValidateAcquire(req);
     if (!args.ok()) return FinishAcquire(c, args.status());
+    if (absl::Status s = CheckPriority(identity, args->priority); !s.ok()) {
+      return FinishAcquire(c, s);
+    }
     // With auth, the ledger's holder names the identity, so that ownership survives a restart.
     std::string holder;
     if (Snapshot()->auth->enabled()) {
       holder = HolderWithIdentity(identity, req.holder());
+      if (holder.size() > kMaxNameLength) {
+        // Issue 11: the ledger would refuse the stored form with a message about a holder the
+        // caller never sent.
+        return FinishAcquire(
+            c, absl::InvalidArgumentError(absl::StrCat(
+                   "holder is ", req.holder().size(), " bytes long; with auth on it is stored as \"",
+                   identity, "/<holder>\" (", holder.size(), " bytes), and the ledger accepts at most ",
+                   kMaxNameLength, ": holder may be at most ",
+                   kMaxNameLength - std::min(kMaxNameLength, identity.size() + 1),
+                   " bytes for identity ", QuoteForError(identity))));
+      }
       args->core.holder = holder;
     }
 
@@ -750,10 +889,19 @@ class QuotadServer::Impl {
       return FinishAcquire(c, AnswerAcquire(c, std::move(decision), dedup_key));
     }
 
+    // Counted before the ledger parks it; the place is given back when the call is answered
+    // or cancelled (the callback is then called or destroyed).
+    absl::StatusOr<std::shared_ptr<IdentityWaiters::Slot>> slot = waiters_.Enter(identity);
+    if (!slot.ok()) {
+      metrics_->OnLimitHit("identity_waiters");
+      return FinishAcquire(c, slot.status());
+    }
     WaitTicket ticket =
         ledger_->AcquireOrWait(args->core, max_wait, args->priority,
                                [this, c, ref = c->Ref(), key = std::move(dedup_key), identity,
-                                start](absl::StatusOr<Decision> decision) mutable {
+                                start, slot = *std::move(slot)](
+                                   absl::StatusOr<Decision> decision) mutable {
+                                 slot->Release();
                                  if (decision.ok()) metrics_->OnWait(c->request().credential());
                                  Observe(c, "AcquireWait", identity, decision, start);
                                  FinishAcquire(c, AnswerAcquire(c, std::move(decision), key));
@@ -1017,7 +1165,54 @@ class QuotadServer::Impl {
     if (auto it = snapshot->profile_of.find(req.credential()); it != snapshot->profile_of.end()) {
       resp->set_profile(it->second);
     }
-    for (const LimitStatus& l : *usage) LimitStatusToProto(l, resp->add_limits());
+    absl::StatusOr<size_t> page_size = PageSize(req.page_size());
+    if (!page_size.ok()) return page_size.status();
+    // Order: the limits as the ledger lists them (the configuration's order), scopes in byte
+    // order within a limit. The token is the last (limit, scope) answered, web-safe base64 of
+    // "limit\nscope" (neither holds a control character).
+    absl::flat_hash_map<std::string, size_t> rank;
+    for (const LimitStatus& l : *usage) rank.emplace(l.name, rank.size());
+    using Key = std::tuple<size_t, absl::string_view>;
+    auto key_of = [&](const LimitStatus& l) { return Key{rank.at(l.name), l.scope}; };
+    std::vector<const LimitStatus*> entries;
+    entries.reserve(usage->size());
+    for (const LimitStatus& l : *usage) entries.push_back(&l);
+    std::stable_sort(entries.begin(), entries.end(), [&](const LimitStatus* a, const LimitStatus* b) {
+      return key_of(*a) < key_of(*b);
+    });
+    auto first = entries.begin();
+    if (!req.page_token().empty()) {
+      std::string decoded;
+      std::vector<std::string> parts;
+      if (absl::WebSafeBase64Unescape(req.page_token(), &decoded)) {
+        parts = absl::StrSplit(decoded, absl::MaxSplits('\n', 1));
+      }
+      if (parts.size() != 2) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "page_token ", QuoteForError(req.page_token()),
+            " is not one this server issued (pass next_page_token unchanged)"));
+      }
+      auto it = rank.find(parts[0]);
+      if (it == rank.end()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "page_token names limit ", QuoteForError(parts[0]),
+            ", which the credential no longer has (a reload removed it): start again without "
+            "page_token"));
+      }
+      const Key after{it->second, parts[1]};
+      first = std::upper_bound(entries.begin(), entries.end(), after,
+                               [&](const Key& k, const LimitStatus* l) { return k < key_of(*l); });
+    }
+    const size_t left = static_cast<size_t>(entries.end() - first);
+    const size_t n = std::min(left, *page_size);
+    resp->mutable_limits()->Reserve(static_cast<int>(n));
+    for (size_t i = 0; i < n; ++i) LimitStatusToProto(*first[i], resp->add_limits());
+    if (left > n) {
+      std::string token;
+      absl::WebSafeBase64Escape(absl::StrCat(first[n - 1]->name, "\n", first[n - 1]->scope),
+                                &token);
+      resp->set_next_page_token(token);
+    }
     TimeToProto(ledger_->clock()->Now(), resp->mutable_observed_at());
     return absl::OkStatus();
   }
@@ -1227,6 +1422,12 @@ class QuotadServer::Impl {
       metrics_->SetResource("request_ids", request_ids_.load(std::memory_order_relaxed));
       metrics_->SetResourceLimit("request_ids", options_.max_request_ids);
       metrics_->SetResource("lease_owners", owners_.size());
+      metrics_->SetResource("connections", listener_->OpenConnections());
+      metrics_->SetResourceLimit("connections", MaxConnections());
+      metrics_->SetResource("health_watchers", health_.watchers());
+      metrics_->SetResourceLimit("health_watchers", options_.max_health_watchers);
+      metrics_->SetResource("identity_waiters", waiters_.Largest());
+      metrics_->SetResourceLimit("identity_waiters", options_.max_waiters_per_identity);
       if (absl::Now() - last_metrics_refresh_ >= options_.metrics_refresh) {
         last_metrics_refresh_ = absl::Now();
         metrics_->Refresh(*ledger_, now);
@@ -1249,6 +1450,8 @@ class QuotadServer::Impl {
 
   const ServerOptions options_;
   const std::shared_ptr<spdlog::logger> log_;
+  // Before the ledger: callbacks the ledger still holds when destroyed give their place back.
+  IdentityWaiters waiters_{options_.max_waiters_per_identity};
   // Destroyed in reverse: the ledger before the pumper that it wakes, and both before the
   // journal and dedup store they write to.
   const std::unique_ptr<SqliteJournal> journal_;  // null when memory-only
@@ -1281,6 +1484,7 @@ class QuotadServer::Impl {
   ReloadCall::Method reload_;
 
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> cqs_;
+  std::unique_ptr<Listener> listener_;  // destroyed after server_
   std::unique_ptr<grpc::Server> server_;
   std::vector<std::thread> threads_;
   int port_ = 0;
@@ -1368,6 +1572,8 @@ int QuotadServer::port() const { return impl_->port(); }
 int QuotadServer::metrics_port() const { return impl_->metrics_port(); }
 std::string QuotadServer::address() const { return impl_->address(); }
 Ledger* QuotadServer::ledger() const { return impl_->ledger(); }
+int64_t QuotadServer::open_connections() const { return impl_->open_connections(); }
+void QuotadServer::PauseAcceptingForTest(bool paused) { impl_->PauseAcceptingForTest(paused); }
 
 absl::Status QuotadServer::ReloadConfig() {
   absl::MutexLock lock(&shutdown_mu_);

@@ -2,7 +2,9 @@
 #define QUOTAD_SERVICE_SERVER_SERVER_H_
 
 #include <memory>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -61,6 +63,28 @@ struct ServerOptions {
   int64_t max_request_ids = 1000000;
   // At most this many Acquire calls wait per credential; beyond, RESOURCE_EXHAUSTED.
   int64_t max_waiters_per_credential = 10000;
+  // At most this many Acquire calls of one identity wait at once (over every credential), so
+  // that one identity cannot fill a credential's queue for the others; beyond,
+  // RESOURCE_EXHAUSTED naming the identity and the limit.
+  int64_t max_waiters_per_identity = 1000;
+  // Acquire priorities above `priority_ceiling` are for admins and `priority_identities` only
+  // (PERMISSION_DENIED naming the value for anyone else). Without auth, the caller's identity
+  // is "anonymous".
+  int32_t priority_ceiling = 100;
+  std::vector<std::string> priority_identities;
+  // At most this many grpc.health.v1.Health/Watch streams open at once; beyond,
+  // RESOURCE_EXHAUSTED.
+  int64_t max_health_watchers = 1000;
+  // At most this many gRPC connections open at once (quotad accepts them itself, see
+  // listener.h); one more is closed at once. Also lowered at start-up to leave free descriptors
+  // below the RLIMIT_NOFILE soft limit.
+  int64_t max_connections = 10000;
+  // Self-probe of the gRPC listener: dialled every `listener_probe_interval` (zero: off); after
+  // `listener_probe_failures` failures in a row health goes NOT_SERVING and
+  // `on_listener_wedged` runs (main: a clean shutdown and exit 3, for the supervisor to restart).
+  absl::Duration listener_probe_interval = absl::Seconds(10);
+  int listener_probe_failures = 3;
+  std::function<void()> on_listener_wedged;
 
   // Transport security of the gRPC port (see tls.h): plaintext unless a certificate is given;
   // mutual TLS with tls.client_ca_path. Identities and access rules come from the config's
@@ -113,6 +137,12 @@ class QuotadServer {
 
   // The bound port of the metrics endpoint; 0 without one.
   int metrics_port() const;
+
+  // gRPC connections open now (handed to gRPC and not closed yet).
+  int64_t open_connections() const;
+
+  // Tests only: the accept loop stops taking connections (as a listener wedged by EMFILE).
+  void PauseAcceptingForTest(bool paused);
 
   // The ledger the services decide with.
   Ledger* ledger() const;

@@ -34,6 +34,13 @@ std::string WriteConfig() {
         limits:
           - {name: concurrent, kind: concurrency, capacity: 200000}
 credentials:
+  - name: team/scoped
+    features:
+      - name: rules
+        max_scopes: 5000
+        limits:
+          - {name: per_hour, kind: sliding, capacity: 10, period: 1h, scoped: true}
+          - {name: total, kind: sliding, capacity: 100000, period: 1h}
 )";
   for (int i = 0; i < kCredentials; ++i) {
     absl::StrAppend(&yaml, "  - {name: team/key-", i, ", profile: many-slots}\n");
@@ -132,8 +139,66 @@ TEST_F(PaginationTest, CredentialsComeInPagesWithProfilesOnTheFirst) {
     req.set_page_token(resp.next_page_token());
     ASSERT_LE(pages, 10);
   }
-  EXPECT_EQ(seen.size(), static_cast<size_t>(kCredentials));
+  EXPECT_EQ(seen.size(), static_cast<size_t>(kCredentials) + 1);  // and team/scoped
   EXPECT_EQ(pages, 3);
+}
+
+// GetUsage of a credential with 2,500 scopes (one entry each) comes in pages too: every entry
+// once, the configuration's order of limits kept, each scope once.
+TEST_F(PaginationTest, UsageOfManyScopesComesInPages) {
+  constexpr int kScopes = 2500;
+  for (int i = 0; i < kScopes; ++i) {
+    AcquireRequest req;
+    req.credential = "team/scoped";
+    req.feature = "rules";
+    const std::string scope = absl::StrCat("ruleset-", i);
+    req.scope = scope;
+    req.want_limits = false;
+    absl::StatusOr<Decision> d = server_->ledger()->Acquire(req);
+    ASSERT_TRUE(d.ok() && d->granted) << i << " " << d.status();
+  }
+  absl::StatusOr<std::vector<LimitStatus>> all = server_->ledger()->Usage("team/scoped");
+  ASSERT_TRUE(all.ok());
+  ASSERT_GE(all->size(), static_cast<size_t>(kScopes));
+  {
+    grpc::ClientContext ctx;
+    v1::GetUsageRequest req;
+    req.set_credential("team/scoped");
+    v1::GetUsageResponse resp;
+    ASSERT_TRUE(admin_->GetUsage(&ctx, req, &resp).ok());
+    EXPECT_EQ(resp.limits_size(), 1000);  // the default page
+    EXPECT_FALSE(resp.next_page_token().empty());
+    EXPECT_EQ(resp.credential(), "team/scoped");
+  }
+  v1::GetUsageRequest req;
+  req.set_credential("team/scoped");
+  req.set_page_size(700);
+  absl::flat_hash_set<std::string> seen;
+  int pages = 0;
+  for (;;) {
+    grpc::ClientContext ctx;
+    v1::GetUsageResponse resp;
+    grpc::Status s = admin_->GetUsage(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    ASSERT_LE(resp.limits_size(), 700);
+    ++pages;
+    for (const v1::LimitStatus& l : resp.limits()) {
+      EXPECT_TRUE(seen.insert(absl::StrCat(l.name(), "\n", l.scope())).second)
+          << l.name() << " " << l.scope();
+    }
+    if (resp.next_page_token().empty()) break;
+    req.set_page_token(resp.next_page_token());
+    ASSERT_LE(pages, 20);
+  }
+  EXPECT_EQ(seen.size(), all->size());
+  EXPECT_EQ(pages, static_cast<int>((all->size() + 699) / 700));
+  // A token that is not one.
+  grpc::ClientContext ctx;
+  req.set_page_token("%%%");
+  v1::GetUsageResponse resp;
+  grpc::Status s = admin_->GetUsage(&ctx, req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("page_token"), std::string::npos) << s.error_message();
 }
 
 TEST_F(PaginationTest, AForeignPageTokenIsInvalidArgument) {

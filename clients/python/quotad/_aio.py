@@ -278,13 +278,23 @@ class AsyncQuotaClient:
         return AsyncPrefetchPool(self, credential, feature, block_size, **acquire_kwargs)
 
     async def usage(self, credential: str) -> Usage:
-        resp, _ = await self._call("GetUsage", pb.GetUsageRequest(credential=credential),
-                                   stub=self._admin)
+        req = pb.GetUsageRequest(credential=credential)
+        resp, _ = await self._call("GetUsage", req, stub=self._admin)
+        while resp.next_page_token:  # every page, into the first answer
+            req.page_token = resp.next_page_token
+            page, _ = await self._call("GetUsage", req, stub=self._admin)
+            resp.limits.extend(page.limits)
+            resp.next_page_token = page.next_page_token
         return usage_from_pb(resp)
 
     async def leases(self, credential: str = "") -> List[LeaseInfo]:
-        resp, _ = await self._call("ListLeases", pb.ListLeasesRequest(credential=credential),
-                                   stub=self._admin)
+        req = pb.ListLeasesRequest(credential=credential)
+        resp, _ = await self._call("ListLeases", req, stub=self._admin)
+        while resp.next_page_token:  # every page, into the first answer
+            req.page_token = resp.next_page_token
+            page, _ = await self._call("ListLeases", req, stub=self._admin)
+            resp.leases.extend(page.leases)
+            resp.next_page_token = page.next_page_token
         return lease_infos(resp)
 
 

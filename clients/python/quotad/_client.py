@@ -359,14 +359,24 @@ class QuotaClient:
 
     def usage(self, credential: str) -> Usage:
         """Every limit of ``credential``: used, remaining, reset time."""
-        resp, _ = self._call("GetUsage", pb.GetUsageRequest(credential=credential),
-                             stub=self._admin)
+        req = pb.GetUsageRequest(credential=credential)
+        resp, _ = self._call("GetUsage", req, stub=self._admin)
+        while resp.next_page_token:  # every page, into the first answer
+            req.page_token = resp.next_page_token
+            page, _ = self._call("GetUsage", req, stub=self._admin)
+            resp.limits.extend(page.limits)
+            resp.next_page_token = page.next_page_token
         return usage_from_pb(resp)
 
     def leases(self, credential: str = "") -> List[LeaseInfo]:
         """Live leases (of one credential, or all), soonest expiry first."""
-        resp, _ = self._call("ListLeases", pb.ListLeasesRequest(credential=credential),
-                             stub=self._admin)
+        req = pb.ListLeasesRequest(credential=credential)
+        resp, _ = self._call("ListLeases", req, stub=self._admin)
+        while resp.next_page_token:  # every page, into the first answer
+            req.page_token = resp.next_page_token
+            page, _ = self._call("ListLeases", req, stub=self._admin)
+            resp.leases.extend(page.leases)
+            resp.next_page_token = page.next_page_token
         return lease_infos(resp)
 
 
