@@ -167,7 +167,7 @@ class StatusPageTest(unittest.TestCase):
         meter = minute.find_all("meter")[0]
         self.assertEqual((meter.attrs["value"], meter.attrs["max"]), ("7", "10"))
         self.assertEqual(minute.find_all("td", cls="used")[0].text(), "7")
-        self.assertEqual(minute.find_all("td", cls="remaining")[0].text(), "3")
+        self.assertEqual(minute.find_all("td", cls="remaining")[0].text(), "2")
         self.assertRegex(minute.find_all("td", cls="reset")[0].text(), r"^in \d+s$")
         day = rows[("demo/prod", "requests.per_day")]
         self.assertEqual((day.attrs["data-used"], day.attrs["data-capacity"]), ("7", "1000"))
