@@ -4,6 +4,7 @@
 #include "service/server/server.h"
 
 #include <grpcpp/grpcpp.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -153,6 +154,33 @@ TEST_F(ServerTest, AcquireRejectsMalformedInputNamingFieldAndValue) {
     EXPECT_NE(s.error_message().find(c.expected), std::string::npos)
         << "message: " << s.error_message() << " expected: " << c.expected;
   }
+}
+
+// Issue 11, finding 5: a request_id names one request. Its retry gets the first grant and
+// charges nothing; the same request_id on another request (cost, scope, feature) is an error
+// naming both, never the first grant.
+TEST_F(ServerTest, RequestIdReusedForADifferentRequestIsAnErrorNamingBoth) {
+  v1::AcquireRequest first = Req("virustotal/prod", "requests");
+  first.set_request_id("sha256-of-the-file");
+  v1::AcquireResponse granted;
+  ASSERT_TRUE(Acquire(first, &granted).ok());
+  ASSERT_TRUE(granted.granted());
+  v1::AcquireResponse retry;
+  ASSERT_TRUE(Acquire(first, &retry).ok());
+  EXPECT_EQ(retry.lease_id(), granted.lease_id());
+
+  v1::AcquireRequest other = first;
+  other.set_cost(2);
+  v1::AcquireResponse resp;
+  const grpc::Status s = Acquire(other, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), ::testing::HasSubstr("sha256-of-the-file"));
+  EXPECT_THAT(s.error_message(), ::testing::HasSubstr("cost 1"));
+  EXPECT_THAT(s.error_message(), ::testing::HasSubstr("cost 2"));
+  EXPECT_TRUE(resp.lease_id().empty());
+  other = first;
+  other.set_scope("another-ruleset");
+  EXPECT_EQ(Acquire(other, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 TEST_F(ServerTest, AcquireOnUnknownCredentialOrFeatureIsNotFound) {
