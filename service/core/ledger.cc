@@ -367,7 +367,6 @@ struct Ledger::Credential {
   // Features cooling down after a throttle answer, by feature name.
   struct Cooldown {
     int64_t until_ns = 0;
-    int consecutive = 0;  // throttles in a row, for the back-off
   };
   absl::flat_hash_map<std::string, Cooldown> cooldowns ABSL_GUARDED_BY(mu);
   // What Report learned about limits from throttles (outside use, cooldown), by limit name.
@@ -810,7 +809,7 @@ absl::StatusOr<Decision> Ledger::Locked::Acquire(Ledger& l, Credential& cred,
             counters[i]->Free(expiry, d.lease_id.lo);
           } else {
             counters[i]->Refund(rule, l.RuleTime(rule, now), rec->tokens[i], req.cost, req.cost,
-                                l.RuleTime(rule, now));
+                                now);
           }
         }
         for (Credential::Retired* old : retired) old->counter.Free(expiry, d.lease_id.lo);
@@ -1204,7 +1203,7 @@ absl::StatusOr<ReleaseResult> Ledger::ReleaseImpl(const LeaseId& id, std::option
       result.refunded = std::max(
           result.refunded,
           counter->Refund(rule, RuleTime(rule, now), rec.tokens[i], rec.cost, rec.cost - *used,
-                          RuleTime(rule, rec.granted_ns)));
+                          rec.granted_ns));
     }
   }
   for (Credential::Retired& old : cred->retired) {
@@ -1514,6 +1513,7 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
           const int64_t before =
               counter->Adopt(rule, RuleTime(rule, now), *upstream_used,
                              reset_ns == 0 ? 0 : RuleTime(rule, reset_ns), &added);
+          if (added > 0) counter->NoRefundsBefore(now);
           if (*upstream_used > before) {
             out.adopted.push_back(
                 absl::StrCat(rule.full_name, " used ", before, " -> ", *upstream_used));
@@ -1989,9 +1989,11 @@ absl::Status Ledger::Restore() {
     if (it == cc.rule_index.end()) continue;
     const int64_t next_ns =
         (i + 1 < rs.size() && rs[i + 1].key == r.key) ? rs[i + 1].window_start_ns : now;
-    cred->CounterFor(it->second, r.key.scope, true)
-        ->Restore(cc.rules[it->second], RuleTime(cc.rules[it->second], now), r.window_start_ns,
-                  r.until_ns, r.units, next_ns);
+    Counter* counter = cred->CounterFor(it->second, r.key.scope, true);
+    counter->Restore(cc.rules[it->second], RuleTime(cc.rules[it->second], now), r.window_start_ns,
+                     r.until_ns, r.units, next_ns);
+    // What a restored high-water mark stands for may include the upstream's count.
+    counter->NoRefundsBefore(now);
   }
   // A scoped limit's records of the "" scope may be those of the limit before a reload made it
   // scoped: every new scope starts with what they count (as the reload itself does).

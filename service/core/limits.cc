@@ -623,7 +623,6 @@ int64_t Counter::Adopt(const Rule& rule, int64_t now, int64_t used, int64_t rese
       *added = std::max<int64_t>(0, used - used_);
       used_ += *added;
       adopted_ = std::max(adopted_, used);
-      adopted_at_ = now;
       break;
     case LimitKind::kRolling:
       if (now >= end_ns_) {
@@ -640,7 +639,6 @@ int64_t Counter::Adopt(const Rule& rule, int64_t now, int64_t used, int64_t rese
       *added = std::max<int64_t>(0, used - used_);
       used_ += *added;
       adopted_ = std::max(adopted_, used);
-      adopted_at_ = now;
       break;
     case LimitKind::kSliding: {
       // What the upstream still counts of ours: charges inside its period, not in the guard's

@@ -74,10 +74,14 @@ class Counter {
   // still counted in their own window (a token bucket: only the lease's own part of the bucket
   // that has not refilled yet), and never below what was adopted from the upstream since (see
   // Adopt). Returns the units given back.
-  // `charged_at` is when the charge was made (calendar and rolling: a charge made before an
-  // adoption gives nothing back, as the upstream's count already left it out).
+  // `charged_at` is when the charge was made, in the time NoRefundsBefore() takes (calendar and
+  // rolling: a charge made before an adoption or a restart gives nothing back, as the
+  // upstream's count, or the restored high-water mark, may already hold it).
   int64_t Refund(const Rule& rule, int64_t now, int64_t token, int64_t charged, int64_t units,
                  int64_t charged_at);
+  // Calendar and rolling: charges made at or before `t` (ledger time, which never steps) give
+  // nothing back from now on. Called after an adoption and after Restore().
+  void NoRefundsBefore(int64_t t) { adopted_at_ = std::max(adopted_at_, t); }
 
   // Concurrency: frees the slots of a lease (no-op if already expired). Returns slots freed.
   int64_t Free(int64_t expiry_ns, uint64_t lease_key);
@@ -171,7 +175,7 @@ class Counter {
   // never go below. Sliding: when the last adoption happened (charges before it are not
   // refunded).
   int64_t adopted_ = 0;
-  // Calendar and rolling: when the last adoption happened.
+  // Calendar and rolling: charges made up to then (ledger time) are not refunded.
   int64_t adopted_at_ = std::numeric_limits<int64_t>::min();
   std::unique_ptr<Log> log_;
   std::unique_ptr<Buckets> buckets_;
