@@ -1808,22 +1808,35 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
         if (rule.spec.kind == LimitKind::kConcurrency) {
           rehome.push_back(static_cast<int>(r));  // live leases hold its slots (below)
         }
-        auto used_of = [&](Counter& c) -> int64_t {
+        // The units a counter built for rule `from` stands for under the new rule.
+        auto units_of = [&](const Rule& from, Counter& c) -> int64_t {
           // Slots held at the reload count as units charged now; a window's units are no slots.
           if (rule.spec.kind == LimitKind::kConcurrency) return 0;
-          int64_t units = c.View(o, RuleTime(o, now)).used;
+          int64_t units = c.View(from, RuleTime(from, now)).used;
           // A bucket remembers only what has not refilled: under a slower refill, another kind,
           // or merged with other scopes' charges, the units it already gave back may still
           // count. At most a burst more were charged within its memory.
-          if (o.spec.kind == LimitKind::kTokenBucket &&
-              !(rule.spec.kind == LimitKind::kTokenBucket && rule.emission_ns <= o.emission_ns &&
-                rule.spec.scoped == o.spec.scoped)) {
-            units = SatAdd(units, o.Capacity());
+          if (from.spec.kind == LimitKind::kTokenBucket &&
+              !(rule.spec.kind == LimitKind::kTokenBucket &&
+                rule.emission_ns <= from.emission_ns && rule.spec.scoped == from.spec.scoped)) {
+            units = SatAdd(units, from.Capacity());
           }
           // More than the capacity is kept (a later reload that raises it still sees them),
           // except by a bucket, whose debt beyond a burst only delays its refill.
           return rule.spec.kind == LimitKind::kTokenBucket ? std::min(units, rule.Capacity())
                                                             : units;
+        };
+        // The old counter of `scope`, and the counters earlier reloads retired under this name
+        // (which may remember more than a counter in between could, a bucket's burst say).
+        auto used_of = [&](Counter& c, absl::string_view scope)
+                           ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred.mu) -> int64_t {
+          int64_t units = units_of(o, c);
+          for (Credential::Retired& ret : cred.retired) {
+            if (ret.rule == static_cast<int>(r) && (ret.all_scopes || ret.scope == scope)) {
+              units = std::max(units, units_of(*ret.old_rule, ret.counter));
+            }
+          }
+          return units;
         };
         auto seed = [&](Counter& c, int64_t units, absl::string_view scope) {
           if (units <= 0) return;
@@ -1840,7 +1853,7 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
                                                      !o.spec.scoped, std::move(c), until});
         };
         if (!o.spec.scoped) {
-          const int64_t units = used_of(old_counter);
+          const int64_t units = used_of(old_counter, "");
           if (!rule.spec.scoped) {
             seed(counters[r], units, "");
           } else if (units > 0) {
@@ -1854,7 +1867,7 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
         } else {
           int64_t total = 0;
           for (auto& [scope, c] : old_scoped) {
-            const int64_t units = used_of(c);
+            const int64_t units = used_of(c, scope);
             total = SatAdd(total, units);
             if (rule.spec.scoped) seed(scoped[r][scope], units, scope);
             retire(scope, c);
@@ -1866,7 +1879,7 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
             int64_t unused;
             unseen.Fits(o, was_seed.at_ns, 0, &unused);
             unseen.Charge(o, was_seed.at_ns, was_seed.units, 0, 0);
-            const int64_t units = used_of(unseen);
+            const int64_t units = used_of(unseen, "");
             total = SatAdd(total, units);
             if (rule.spec.scoped && units > 0) {
               seeds.resize(n);

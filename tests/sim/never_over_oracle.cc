@@ -338,8 +338,19 @@ void Oracle::ApplyPolicy(const CredentialSpec& cred, int64_t now) {
                   ? it->second.model->OpenSince(now)
                   : TrueTime(old, RememberedSince(old, ModelTime(old, now)));
           v.known_since = std::max(remembered, it->second.known_since);
+          // A calendar guard carries quotad's own late charges into the next window, not the
+          // outside tool's calls: those count from the window's start.
+          int64_t outside_since = v.known_since;
+          if (old.kind == LimitKind::kCalendar || old.kind == LimitKind::kUnlimited) {
+            outside_since = std::max(
+                outside_since,
+                TrueTime(old, RememberedSince(old, ModelTime(old, now)) +
+                                  absl::ToInt64Nanoseconds(old.guard)));
+          }
           for (const Send& s : history_) {
-            if (s.t >= v.known_since) Feed(v, name, s, /*check=*/false);
+            if (s.t >= (s.outside ? outside_since : v.known_since)) {
+              Feed(v, name, s, /*check=*/false);
+            }
           }
         }
       }
