@@ -229,9 +229,8 @@ class Ledger {
   // limit the answer describes (matched by X-RateLimit-Limit, else the feature's only window
   // limit); it never raises remaining on the word of an answer. A rolling window the ledger
   // opened later than the upstream, or whose end the upstream puts later, is re-anchored to the
-  // upstream's reset. A throttle answer puts the feature into cooldown until Retry-After, or for
-  // the profile's back-off (doubling while throttles repeat); waiting requests are served after.
-  // Only counts of the window in force are adopted: a reset that has passed, or lies more than
+  // upstream's reset. Adopted counts are written ahead like charges, and refunds never undercut
+  // them. Only counts of the window in force are adopted: a reset that has passed, or lies more than
   // one window ahead, is ignored with a warning. Units adopted on a sliding window leave one
   // period (plus the guard) after the answer was seen, or at the upstream's reset if sooner.
   // A throttle is attributed to the limit the answer names when it says that limit is full,
@@ -239,7 +238,9 @@ class Ledger {
   // (units held back from grants: multiplicative decrease of the effective capacity per throttle,
   // additive recovery in time) and cools down, with every feature charging it, until
   // Retry-After (or the upstream's reset of that limit), else for the back-off capped at the
-  // time the limit takes to release units. Both are journaled.
+  // time the limit takes to release units; no answer cools anything for longer than the
+  // feature's longest window. A throttle on a limit quotad's own count has full teaches no
+  // estimate. Estimates and cooldowns are journaled; waiting requests are served after.
   // kNotFound for an unknown credential or feature.
   // kInvalidArgument for a status outside 100..599. `observed_at` zero: now.
   absl::StatusOr<ReportResult> Report(const UpstreamAnswer& answer);
