@@ -1680,6 +1680,23 @@ std::vector<QueueInfo> Ledger::Queues() const {
   return out;
 }
 
+LeaseInfo Ledger::InfoOf(const LeaseId& id, const LeaseRecord& rec) const {
+  LeaseInfo info;
+  info.id = id;
+  info.credential = rec.credential->name;
+  const CompiledFeature& f = rec.compiled->features[rec.feature];
+  info.feature = f.name;
+  info.scope = rec.scope;
+  info.holder = rec.holder;
+  info.cost = rec.cost;
+  info.granted_at = ToWall(rec.granted_ns);
+  info.expiry = ToWall(rec.expiry_ns);
+  for (int r : f.rules) {
+    if (rec.compiled->rules[r].spec.kind == LimitKind::kConcurrency) info.holds_slots = true;
+  }
+  return info;
+}
+
 std::vector<LeaseInfo> Ledger::Leases(absl::string_view credential) {
   const int64_t now = NowNs();
   std::vector<LeaseInfo> out;
@@ -1688,24 +1705,21 @@ std::vector<LeaseInfo> Ledger::Leases(absl::string_view credential) {
     for (const auto& [id, rec] : shard.leases) {
       if (rec.expiry_ns <= now) continue;
       if (!credential.empty() && rec.credential->name != credential) continue;
-      LeaseInfo& info = out.emplace_back();
-      info.id = id;
-      info.credential = rec.credential->name;
-      const CompiledFeature& f = rec.compiled->features[rec.feature];
-      info.feature = f.name;
-      info.scope = rec.scope;
-      info.holder = rec.holder;
-      info.cost = rec.cost;
-      info.granted_at = ToWall(rec.granted_ns);
-      info.expiry = ToWall(rec.expiry_ns);
-      for (int r : f.rules) {
-        if (rec.compiled->rules[r].spec.kind == LimitKind::kConcurrency) info.holds_slots = true;
-      }
+      out.push_back(InfoOf(id, rec));
     }
   }
   std::sort(out.begin(), out.end(),
             [](const LeaseInfo& a, const LeaseInfo& b) { return a.granted_at < b.granted_at; });
   return out;
+}
+
+std::optional<LeaseInfo> Ledger::FindLease(const LeaseId& id) {
+  const int64_t now = NowNs();
+  LeaseShard& shard = ShardFor(id);
+  absl::MutexLock l(&shard.mu);
+  const LeaseRecord* rec = Locked::FindLive(shard, id, now);
+  if (rec == nullptr) return std::nullopt;
+  return InfoOf(id, *rec);
 }
 
 absl::Status Ledger::Reset(absl::string_view credential) {

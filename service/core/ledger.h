@@ -251,6 +251,8 @@ class Ledger {
 
   // Live leases, of one credential or (empty) all.
   std::vector<LeaseInfo> Leases(absl::string_view credential);
+  // The live lease `id`, or nullopt when it is unknown, released or expired.
+  std::optional<LeaseInfo> FindLease(const LeaseId& id);
 
   // Every queue with requests waiting, by credential then feature and scope. Read-only; takes
   // each waiting credential's lock briefly.
@@ -315,6 +317,8 @@ class Ledger {
   int64_t FromRuleTime(const Rule& rule, int64_t t) const;
   int64_t BlockFor(const Rule& rule) const;
   void InsertLease(const LeaseId& id, LeaseRecord rec);
+  // What callers see of a lease record (its shard's mutex held).
+  LeaseInfo InfoOf(const LeaseId& id, const LeaseRecord& rec) const;
   // Serves every queue of a credential (after something was freed), and delivers.
   void ServeCredential(Credential& cred);
   static absl::Status ValidateRequest(const AcquireRequest& req);

@@ -38,8 +38,7 @@
 #include "service/server/metrics.h"
 #include "service/server/status_page.h"
 #include "service/server/validation.h"
-#include "service/store/dedup_store.h"
-#include "service/store/sqlite_journal.h"
+#include "service/store/store.h"
 
 namespace quotad {
 namespace {
@@ -306,13 +305,12 @@ std::string BoundAddress(const std::string& listen, int port) {
 
 class QuotadServer::Impl {
  public:
-  Impl(const ServerOptions& options, std::unique_ptr<SqliteJournal> journal,
-       std::unique_ptr<DedupStore> dedup, std::unique_ptr<Pumper> pumper,
+  Impl(const ServerOptions& options, std::unique_ptr<Store> store, std::unique_ptr<Pumper> pumper,
        std::unique_ptr<Ledger> ledger, const LoadedConfig& config)
       : options_(options),
         log_(ServerLogger()),
-        journal_(std::move(journal)),
-        dedup_(std::move(dedup)),
+        store_(std::move(store)),
+        dedup_(&store_->dedup()),
         pumper_(std::move(pumper)),
         ledger_(std::move(ledger)),
         health_({v1::Quota::service_full_name(), v1::Admin::service_full_name()},
@@ -426,7 +424,7 @@ class QuotadServer::Impl {
         {{"address", address_},
          {"completion_queues", cqs_.size()},
          {"config", options_.config_path},
-         {"state", journal_ != nullptr ? journal_->path() : std::string("memory-only")},
+         {"state", store_->description()},
          {"tls", options_.tls.client_ca_path.empty() ? (TlsEnabled(options_.tls) ? "tls" : "off")
                                                      : "mutual"},
          {"auth", Snapshot()->auth->enabled() ? "tokens" : "off"},
@@ -496,12 +494,10 @@ class QuotadServer::Impl {
     }
     sweeper_.join();
     pumper_->Stop();
-    if (journal_ != nullptr) {
-      if (absl::Status s = journal_->Flush(); !s.ok()) {
-        metrics_->OnStoreError("flush");
-        Log(*log_, spdlog::level::err, "state file flush failed",
-            {{"path", journal_->path()}, {"error", s.message()}});
-      }
+    if (absl::Status s = store_->Flush(); !s.ok()) {
+      metrics_->OnStoreError("flush");
+      Log(*log_, spdlog::level::err, "state file flush failed",
+          {{"path", store_->description()}, {"error", s.message()}});
     }
     Log(*log_, spdlog::level::info, "stopped");
   }
@@ -1431,18 +1427,18 @@ class QuotadServer::Impl {
       if (absl::Now() - last_metrics_refresh_ >= options_.metrics_refresh) {
         last_metrics_refresh_ = absl::Now();
         metrics_->Refresh(*ledger_, now);
-        if (journal_ != nullptr) {
-          const SqliteFileSizes sizes = journal_->FileSizes();
-          metrics_->SetStateFileSizes(sizes.file_bytes, sizes.wal_bytes);
+        if (store_->journal() != nullptr) {
+          const StoreFiles files = store_->Files();
+          metrics_->SetStateFileSizes(files.file_bytes, files.wal_bytes);
         }
       }
       WatchConfig();
-      if (journal_ != nullptr && now - last_compact_ >= options_.compact_interval) {
+      if (store_->journal() != nullptr && now - last_compact_ >= options_.compact_interval) {
         last_compact_ = now;
-        if (absl::Status s = journal_->Compact(ledger_->CompactionTimeNs()); !s.ok()) {
+        if (absl::Status s = store_->journal()->Compact(ledger_->CompactionTimeNs()); !s.ok()) {
           metrics_->OnStoreError("compact");
           Log(*log_, spdlog::level::warn, "state file compaction failed",
-              {{"path", journal_->path()}, {"error", s.message()}});
+              {{"path", store_->description()}, {"error", s.message()}});
         }
       }
     }
@@ -1454,8 +1450,8 @@ class QuotadServer::Impl {
   IdentityWaiters waiters_{options_.max_waiters_per_identity};
   // Destroyed in reverse: the ledger before the pumper that it wakes, and both before the
   // journal and dedup store they write to.
-  const std::unique_ptr<SqliteJournal> journal_;  // null when memory-only
-  const std::unique_ptr<DedupStore> dedup_;
+  const std::unique_ptr<Store> store_;
+  DedupStore* const dedup_;  // store_'s
   const std::unique_ptr<Pumper> pumper_;
   const std::unique_ptr<Ledger> ledger_;
 
@@ -1522,22 +1518,16 @@ absl::StatusOr<std::unique_ptr<QuotadServer>> QuotadServer::Start(const ServerOp
         "--dedup_window=", absl::FormatDuration(options.dedup_window), " must be positive"));
   }
   Clock* clock = options.clock != nullptr ? options.clock : Clock::Real();
-  std::unique_ptr<SqliteJournal> journal;
-  if (!options.state_path.empty()) {
-    SqliteOptions sqlite;
-    sqlite.reset_corrupt = options.reset_corrupt_state;
-    sqlite.synchronous_full = options.synchronous_full;
-    absl::StatusOr<std::unique_ptr<SqliteJournal>> opened =
-        SqliteJournal::Open(options.state_path, sqlite);
-    if (!opened.ok()) return opened.status();
-    journal = *std::move(opened);
-  }
-  absl::StatusOr<std::unique_ptr<DedupStore>> dedup =
-      DedupStore::Open(journal.get(), ToUnixNs(clock->Now()));
-  if (!dedup.ok()) return dedup.status();
+  StoreOptions store_options;
+  store_options.path = options.state_path;
+  store_options.reset_corrupt = options.reset_corrupt_state;
+  store_options.synchronous_full = options.synchronous_full;
+  absl::StatusOr<std::unique_ptr<Store>> store = OpenStore(store_options, ToUnixNs(clock->Now()));
+  if (!store.ok()) return store.status();
+  Journal* const journal = (*store)->journal();
   auto pumper = std::make_unique<Pumper>(clock);
   LedgerOptions ledger_options;
-  ledger_options.journal = journal.get();
+  ledger_options.journal = journal;
   ledger_options.reserve_fraction = options.reserve_fraction;
   ledger_options.max_waiters_per_credential = options.max_waiters_per_credential;
   ledger_options.wake = [p = pumper.get()](absl::Time t) { p->WakeBy(t); };
@@ -1558,8 +1548,8 @@ absl::StatusOr<std::unique_ptr<QuotadServer>> QuotadServer::Start(const ServerOp
          {"leases", (*ledger)->Leases("").size()},
          {"took", absl::FormatDuration(absl::Now() - began)}});
   }
-  auto impl = std::make_unique<Impl>(options, std::move(journal), *std::move(dedup),
-                                     std::move(pumper), *std::move(ledger), *config);
+  auto impl = std::make_unique<Impl>(options, *std::move(store), std::move(pumper),
+                                     *std::move(ledger), *config);
   if (absl::Status s = impl->Listen(); !s.ok()) return s;
   return std::unique_ptr<QuotadServer>(new QuotadServer(std::move(impl)));
 }
