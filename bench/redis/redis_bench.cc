@@ -18,6 +18,7 @@
 #include "absl/strings/strip.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "service/core/limits.h"
@@ -158,10 +159,12 @@ int Main(int argc, char** argv) {
               "%d credentials\n",
               aof ? "appendonly yes appendfsync always" : "in memory (no AOF)", connections,
               inflight, seconds, kCredentials);
-  std::printf("%-48s %12s %10s %8s\n", "case", "decisions/s", "x plain", "errors");
+  std::printf("%-48s %12s %10s %14s %8s\n", "case", "decisions/s", "x plain", "server us/call",
+              "errors");
   double plain_rate = 0;
   for (const Case& c : cases) {
     (void)(*client)->CallSync({"FLUSHALL"});
+    (void)(*client)->CallSync({"CONFIG", "RESETSTAT"});
     Result r;
     if (c.counters.empty()) {
       r = Run(
@@ -182,9 +185,23 @@ int Main(int argc, char** argv) {
           },
           FirstIsOne);
     }
+    // Where the time goes: redis-server's own time per call of the script or function.
+    absl::StatusOr<std::string> stats = (*server)->Command({"INFO", "commandstats"});
+    double server_us = 0;
+    if (stats.ok()) {
+      for (absl::string_view line : absl::StrSplit(*stats, '\n')) {
+        if (!absl::StartsWith(line, c.counters.empty() ? "cmdstat_evalsha:" : "cmdstat_fcall:")) {
+          continue;
+        }
+        const size_t at = line.find("usec_per_call=");
+        if (at != absl::string_view::npos) {
+          (void)absl::SimpleAtod(line.substr(at + 14, line.find(',', at) - at - 14), &server_us);
+        }
+      }
+    }
     const double rate = r.calls / r.seconds;
     if (plain_rate == 0) plain_rate = rate;
-    std::printf("%-48s %12.0f %10.2f %8lld\n", c.name, rate, rate / plain_rate,
+    std::printf("%-48s %12.0f %10.2f %14.2f %8lld\n", c.name, rate, rate / plain_rate, server_us,
                 static_cast<long long>(r.errors));
     if (r.granted != r.calls - r.errors) {
       std::printf("  (%lld denied)\n", static_cast<long long>(r.calls - r.errors - r.granted));

@@ -18,9 +18,10 @@
 --   conc  concurrency: cap slots held by live leases
 -- Keys (hashes): cal/unl/roll {s, e, u, c}: window start, end, used, carried (charged within
 -- the guard, counts in the next window too); slide: a ring {h, t, u, a<i>, n<i>} of charges
--- (time, units), oldest at h; tb {tat}; conc {u, m, x, L<lease>}: used, earliest and latest
--- expiry, "expiry units" per lease. A lease (KEYS[1]) is a hash {exp, at, cost, t<i>}: t<i> is
--- the token of its charge on counter i, for refunds. Keys expire once they hold nothing.
+-- (time, units), oldest at h; tb {tat}; conc: {u, x, L<lease>} (used, latest expiry, units per
+-- lease) and a second key, the leases by expiry (a sorted set). A lease (KEYS[1]) is a string
+-- "exp at cost t1 .. tn": t<i> is the token of its charge on counter i, for refunds. Keys expire
+-- once they hold nothing.
 
 local VERSION = 1
 local INF = 9007199254740991 -- 2^53 - 1: never
@@ -46,8 +47,10 @@ end
 
 local function parse_counters(keys, kbase, args, i, n)
   local cs = {}
+  local kn = kbase
   for k = 1, n do
-    local c = {key = keys[kbase + k], kind = args[i], cap = tonumber(args[i + 1]),
+    kn = kn + 1
+    local c = {key = keys[kn], kind = args[i], cap = tonumber(args[i + 1]),
                a = tonumber(args[i + 2]), b = tonumber(args[i + 3]), windows = {}}
     local nw = tonumber(args[i + 4])
     i = i + 5
@@ -56,6 +59,10 @@ local function parse_counters(keys, kbase, args, i, n)
       i = i + 2
     end
     if c.kind == 'unl' then c.cap = INF end
+    if c.kind == 'conc' then -- its second key: the leases by expiry
+      kn = kn + 1
+      c.zkey = keys[kn]
+    end
     cs[k] = c
   end
   return cs, i
@@ -67,6 +74,7 @@ end
 local function window_load(c)
   local v = redis.call('HMGET', c.key, 's', 'e', 'u', 'c')
   c.s, c.e, c.u, c.c = num(v[1], -INF), num(v[2], -INF), num(v[3], 0), num(v[4], 0)
+  c.e0, c.c0 = c.e, c.c -- the key's expiry follows these only
 end
 
 -- Counter::Roll. False when no window the caller gave contains `now` (calendar only).
@@ -137,7 +145,7 @@ end
 local function window_save(c)
   if not c.dirty then return end
   redis.call('HSET', c.key, 's', c.s, 'e', c.e, 'u', c.u, 'c', c.c)
-  expire_at(c.key, window_drained(c))
+  if c.e ~= c.e0 or (c.c > 0) ~= (c.c0 > 0) then expire_at(c.key, window_drained(c)) end
 end
 
 -- Counter::Refund for windows: only units of the window still open that they were charged in.
@@ -272,84 +280,63 @@ local function tb_refund(c, now, token, charged, units)
 end
 
 ---------------------------------------------------------------------------------------------
--- Concurrency: slots held by leases until their expiry.
-
-local function parse_held(v)
-  local sp = string.find(v, ' ', 1, true)
-  return tonumber(string.sub(v, 1, sp - 1)), tonumber(string.sub(v, sp + 1))
-end
-
--- All live leases, as a list of {expiry, units}, dropping expired ones.
-local function conc_scan(c, now)
-  local all = redis.call('HGETALL', c.key)
-  local live, m, x, u = {}, INF, -INF, 0
-  c.gone = c.gone or {}
-  for i = 1, #all, 2 do
-    local f = all[i]
-    if string.sub(f, 1, 1) == 'L' then
-      local exp, units = parse_held(all[i + 1])
-      if exp <= now then
-        c.gone[#c.gone + 1] = f
-      else
-        live[#live + 1] = {exp, units}
-        u = u + units
-        m = math.min(m, exp)
-        x = math.max(x, exp)
-      end
-    end
-  end
-  c.u, c.m, c.x = u, m, x
-  if #c.gone > 0 then c.dirty = true end
-  return live
-end
+-- Concurrency: slots held by leases until their expiry. Two keys: a hash {u, x, L<lease>} (used,
+-- latest expiry, units per lease) and a sorted set of leases by expiry, so that dropping the
+-- expired ones costs O(log n) per call plus the ones dropped.
 
 local function conc_load(c, now)
-  local v = redis.call('HMGET', c.key, 'u', 'm', 'x')
-  c.u, c.m, c.x = num(v[1], 0), num(v[2], INF), num(v[3], -INF)
-  c.gone, c.set = {}, {}
-  if now >= c.m then conc_scan(c, now) end
+  local v = redis.call('HMGET', c.key, 'u', 'x')
+  c.u, c.x = num(v[1], 0), num(v[2], -INF)
+  c.gone, c.set, c.moved = {}, {}, {}
+  local expired = redis.call('ZRANGEBYSCORE', c.zkey, '-inf', now)
+  if #expired > 0 then
+    local fields = {}
+    for i, lease in ipairs(expired) do fields[i] = 'L' .. lease end
+    local units = redis.call('HMGET', c.key, unpack(fields))
+    for i, lease in ipairs(expired) do
+      c.u = c.u - num(units[i], 0)
+      c.gone[#c.gone + 1] = lease
+    end
+    c.dirty = true
+  end
   return true
 end
 
 local function conc_fits(c, now, cost)
   if c.u + cost <= c.cap then return true end
   if cost > c.cap then return false, INF end
-  local live = conc_scan(c, now)
-  table.sort(live, function(p, q) return p[1] < q[1] end)
-  local need, freed = c.u + cost - c.cap, 0
-  for _, l in ipairs(live) do
-    freed = freed + l[2]
-    if freed >= need then return false, l[1] end
+  -- When enough of the earliest-expiring leases will have freed their slots.
+  local need, freed, offset = c.u + cost - c.cap, 0, 0
+  while true do
+    local page = redis.call('ZRANGEBYSCORE', c.zkey, '(' .. string.format('%d', now), '+inf',
+                            'WITHSCORES', 'LIMIT', offset, 64)
+    if #page == 0 then return false, INF end
+    local fields = {}
+    for i = 1, #page, 2 do fields[#fields + 1] = 'L' .. page[i] end
+    local units = redis.call('HMGET', c.key, unpack(fields))
+    for i = 1, #page, 2 do
+      freed = freed + num(units[(i + 1) / 2], 0)
+      if freed >= need then return false, tonumber(page[i + 1]) end
+    end
+    offset = offset + 64
   end
-  return false, INF
-end
-
-local function conc_hold(c, lease, exp, units)
-  local f = 'L' .. lease
-  local prev = redis.call('HGET', c.key, f)
-  if prev then
-    local pexp, punits = parse_held(prev)
-    units = units + punits
-    exp = math.max(exp, pexp)
-  end
-  c.set[f] = string.format('%d %d', exp, units)
-  c.m, c.x = math.min(c.m, exp), math.max(c.x, exp)
-  c.dirty = true
 end
 
 local function conc_charge(c, now, cost, lease, exp)
-  conc_hold(c, lease, exp, cost)
+  local prev = num(redis.call('HGET', c.key, 'L' .. lease), 0)
+  c.set[lease] = prev + cost
+  c.moved[lease] = exp
   c.u = c.u + cost
+  c.x = math.max(c.x, exp)
+  c.dirty = true
   return 0
 end
 
 -- Counter::Free: the slots of a lease; 0 when it holds none here.
 local function conc_free(c, lease)
-  local f = 'L' .. lease
-  local v = redis.call('HGET', c.key, f)
-  if not v then return 0 end
-  local _, units = parse_held(v)
-  c.gone[#c.gone + 1] = f
+  local units = num(redis.call('HGET', c.key, 'L' .. lease), 0)
+  if units == 0 then return 0 end
+  c.gone[#c.gone + 1] = lease
   c.u = c.u - units
   c.dirty = true
   return units
@@ -357,33 +344,38 @@ end
 
 -- Counter::MoveExpiry. False if the lease holds no slots here.
 local function conc_move(c, lease, exp)
-  local f = 'L' .. lease
-  local v = redis.call('HGET', c.key, f)
-  if not v then return false end
-  local _, units = parse_held(v)
-  c.set[f] = string.format('%d %d', exp, units)
-  -- m may now be early: the next scan recomputes it.
-  c.m, c.x = math.min(c.m, exp), math.max(c.x, exp)
+  if redis.call('HEXISTS', c.key, 'L' .. lease) == 0 then return false end
+  c.moved[lease] = exp
+  c.x = math.max(c.x, exp)
   c.dirty = true
   return true
 end
 
 local function conc_save(c)
   if not c.dirty then return end
-  for _, f in ipairs(c.gone) do
-    if c.set[f] == nil then redis.call('HDEL', c.key, f) end
-  end
-  for f, v in pairs(c.set) do redis.call('HSET', c.key, f, v) end
-  redis.call('HSET', c.key, 'u', c.u, 'm', c.m, 'x', c.x)
   if c.u <= 0 and next(c.set) == nil then
-    redis.call('DEL', c.key)
-  else
-    expire_at(c.key, c.x)
+    redis.call('DEL', c.key, c.zkey)
+    return
   end
+  for _, lease in ipairs(c.gone) do
+    redis.call('HDEL', c.key, 'L' .. lease)
+    redis.call('ZREM', c.zkey, lease)
+  end
+  for lease, units in pairs(c.set) do redis.call('HSET', c.key, 'L' .. lease, units) end
+  for lease, exp in pairs(c.moved) do redis.call('ZADD', c.zkey, exp, lease) end
+  redis.call('HSET', c.key, 'u', c.u, 'x', c.x)
+  expire_at(c.key, c.x)
+  expire_at(c.zkey, c.x)
 end
 
 ---------------------------------------------------------------------------------------------
 -- Dispatch by kind.
+
+local function write_lease(key, rec)
+  local parts = {}
+  for i, v in ipairs(rec) do parts[i] = string.format('%d', v) end
+  redis.call('SET', key, table.concat(parts, ' '), 'PXAT', math.floor(rec[1] / 1000) + 1000)
+end
 
 local function is_window(c) return c.kind == 'cal' or c.kind == 'unl' or c.kind == 'roll' end
 
@@ -450,23 +442,23 @@ local function acquire(keys, args)
     return {0, now, retry, limiting}
   end
   local exp = now + ttl
-  local fields = {'exp', exp, 'at', now, 'cost', cost}
+  local lease_rec = {exp, now, cost}
   for k, c in ipairs(cs) do
-    local token = charge(c, now, cost, lease, exp)
-    fields[#fields + 1] = 't' .. k
-    fields[#fields + 1] = token
+    lease_rec[k + 3] = charge(c, now, cost, lease, exp)
     save(c)
   end
-  redis.call('HSET', keys[1], unpack(fields))
-  expire_at(keys[1], exp)
+  write_lease(keys[1], lease_rec)
   return {1, now, exp}
 end
 
--- Reads a live lease, or nil.
+-- Reads a live lease as {exp, at, cost, t1, .., tn}, or nil.
 local function live_lease(key, now)
-  local v = redis.call('HMGET', key, 'exp', 'cost')
-  if not v[1] or tonumber(v[1]) <= now then return nil end
-  return {exp = tonumber(v[1]), cost = tonumber(v[2])}
+  local v = redis.call('GET', key)
+  if not v then return nil end
+  local l = {}
+  for f in string.gmatch(v, '%S+') do l[#l + 1] = tonumber(f) end
+  if l[1] <= now then return nil end
+  return l
 end
 
 -- FCALL quotad_release 1+n lease c1..cn  used lease_id n counters...
@@ -481,12 +473,10 @@ local function release(keys, args)
   local l = live_lease(keys[1], now)
   if l == nil then return {0, now} end
   local out = {1, now, 0}
-  local units = used >= 0 and math.max(l.cost - used, 0) or 0
-  local names = {'cost'}
-  for k = 1, n do names[k + 1] = 't' .. k end
-  local tokens = redis.call('HMGET', keys[1], unpack(names))
+  local cost = l[3]
+  local units = used >= 0 and math.max(cost - used, 0) or 0
   for k, c in ipairs(cs) do
-    local token, got = tonumber(tokens[k + 1]), 0
+    local token, got = l[k + 3], 0
     if c.kind == 'conc' then
       conc_load(c, now)
       out[3] = out[3] + conc_free(c, lease)
@@ -499,7 +489,7 @@ local function release(keys, args)
         got = slide_refund(c, now, token, units)
       elseif c.kind == 'tb' then
         tb_load(c)
-        got = tb_refund(c, now, token, l.cost, units)
+        got = tb_refund(c, now, token, cost, units)
       end
     end
     out[#out + 1] = got
@@ -516,7 +506,8 @@ local function renew(keys, args)
   local ttl, lease, n = tonumber(args[1]), args[2], tonumber(args[3])
   local cs = parse_counters(keys, 1, args, 4, n)
   local now = now_us()
-  if live_lease(keys[1], now) == nil then return {0, now} end
+  local l = live_lease(keys[1], now)
+  if l == nil then return {0, now} end
   local exp = now + ttl
   for _, c in ipairs(cs) do
     if c.kind == 'conc' then
@@ -525,8 +516,8 @@ local function renew(keys, args)
       conc_save(c)
     end
   end
-  redis.call('HSET', keys[1], 'exp', exp)
-  expire_at(keys[1], exp)
+  l[1] = exp
+  write_lease(keys[1], l)
   return {1, now, exp}
 end
 

@@ -90,12 +90,16 @@ absl::StatusOr<std::vector<std::string>> CallArgs(const char* function,
                                                   const std::vector<CounterRef>& counters,
                                                   std::vector<std::string> head,
                                                   absl::Time around) {
-  std::vector<std::string> args = {"FCALL", function, absl::StrCat(1 + counters.size()),
-                                   LeaseKey(credential, lease_id)};
-  for (const CounterRef& c : counters) args.push_back(CounterKey(credential, c.name));
-  for (std::string& h : head) args.push_back(std::move(h));
+  std::vector<std::string> args = {"FCALL", function, "", LeaseKey(credential, lease_id)};
   for (const CounterRef& c : counters) {
     if (c.rule == nullptr) return absl::InvalidArgumentError("counter without a rule");
+    args.push_back(CounterKey(credential, c.name));
+    // Concurrency has a second key: its leases ordered by expiry.
+    if (c.rule->spec.kind == LimitKind::kConcurrency) args.push_back(args.back() + ":z");
+  }
+  args[2] = absl::StrCat(args.size() - 3);
+  for (std::string& h : head) args.push_back(std::move(h));
+  for (const CounterRef& c : counters) {
     absl::Status s = AddCounter(*c.rule, around, &args);
     if (!s.ok()) return s;
   }
