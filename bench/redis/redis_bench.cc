@@ -1,0 +1,217 @@
+// Decisions per second on one redis-server (started here, loopback): quotad's acquire function
+// against a plain Lua fixed-window counter (INCRBY + EXPIRE, what envoyproxy/ratelimit does per
+// descriptor), with the same client, connections and calls in flight, side by side.
+//
+//   redis_bench [--seconds=S] [--inflight=N] [--connections=C] [--aof]
+//
+// Every quotad call is a grant (capacities are out of reach), so each one writes its counters
+// and a lease, as in production; the plain script writes its one counter.
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/strip.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "service/core/limits.h"
+#include "service/store/redis/redis_client.h"
+#include "service/store/redis/redis_functions.h"
+#include "tests/redis/redis_harness.h"
+
+namespace quotad {
+namespace redis {
+namespace {
+
+constexpr char kPlainScript[] =
+    "local c = redis.call('INCRBY', KEYS[1], ARGV[1]) "
+    "if c == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end "
+    "if c > tonumber(ARGV[3]) then return 0 end return 1";
+
+struct Result {
+  int64_t calls = 0;
+  int64_t granted = 0;
+  int64_t errors = 0;
+  double seconds = 0;
+};
+
+// Keeps `inflight` calls going for `duration`; make_args(i) builds call i.
+template <typename MakeArgs, typename IsGrant>
+Result Run(RedisClient& client, int inflight, absl::Duration duration, MakeArgs make_args,
+           IsGrant is_grant) {
+  std::atomic<int64_t> next{0}, done{0}, granted{0}, errors{0};
+  std::atomic<int> active{inflight};
+  absl::Notification finished;
+  const absl::Time start = absl::Now();
+  const absl::Time stop = start + duration;
+  std::function<void()> issue = [&]() {
+    if (absl::Now() >= stop) {
+      if (active.fetch_sub(1) == 1) finished.Notify();
+      return;
+    }
+    const int64_t i = next.fetch_add(1);
+    client.Call(make_args(i), [&](absl::StatusOr<Reply> r) {
+      done.fetch_add(1);
+      if (!r.ok() || r->is_error()) {
+        errors.fetch_add(1);
+      } else if (is_grant(*r)) {
+        granted.fetch_add(1);
+      }
+      issue();
+    });
+  };
+  for (int i = 0; i < inflight; ++i) issue();
+  finished.WaitForNotification();
+  Result res;
+  res.seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  res.calls = done.load();
+  res.granted = granted.load();
+  res.errors = errors.load();
+  return res;
+}
+
+bool FirstIsOne(const Reply& r) {
+  if (r.type == Reply::Type::kInteger) return r.integer == 1;
+  return r.type == Reply::Type::kArray && !r.elements.empty() && r.elements[0].integer == 1;
+}
+
+int Main(int argc, char** argv) {
+  double seconds = 3;
+  int inflight = 128, connections = 2;
+  bool aof = false;
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view a = argv[i];
+    if (absl::ConsumePrefix(&a, "--seconds=")) {
+      (void)absl::SimpleAtod(a, &seconds);
+    } else if (absl::ConsumePrefix(&a, "--inflight=")) {
+      (void)absl::SimpleAtoi(a, &inflight);
+    } else if (absl::ConsumePrefix(&a, "--connections=")) {
+      (void)absl::SimpleAtoi(a, &connections);
+    } else if (a == "--aof") {
+      aof = true;
+    } else {
+      std::fprintf(stderr, "usage: %s [--seconds=S] [--inflight=N] [--connections=C] [--aof]\n",
+                   argv[0]);
+      return 2;
+    }
+  }
+  testing::RedisServerOptions so;
+  so.appendonly = aof;
+  absl::StatusOr<std::unique_ptr<testing::RedisServer>> server =
+      testing::RedisServer::Start(so);
+  if (!server.ok()) {
+    std::fprintf(stderr, "redis-server: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  absl::StatusOr<std::unique_ptr<RedisClient>> client = RedisClient::Create(
+      {.port = (*server)->port(), .connections = connections, .call_timeout = absl::Seconds(10)});
+  if (!client.ok() || !(*client)->WaitConnected(absl::Seconds(5))) {
+    std::fprintf(stderr, "cannot connect\n");
+    return 1;
+  }
+  RedisFunctions fn(client->get(), [] { return absl::Now(); });
+  if (absl::StatusOr<int> v = fn.EnsureLoaded(); !v.ok()) {
+    std::fprintf(stderr, "load: %s\n", v.status().ToString().c_str());
+    return 1;
+  }
+  absl::StatusOr<Reply> sha = (*client)->CallSync({"SCRIPT", "LOAD", kPlainScript});
+  if (!sha.ok() || sha->is_error()) {
+    std::fprintf(stderr, "script load failed\n");
+    return 1;
+  }
+  const absl::Duration duration = absl::Seconds(seconds);
+  constexpr int kCredentials = 100;  // descriptors / credentials the calls spread over
+
+  auto limit = [](LimitKind kind, CalendarUnit unit = CalendarUnit::kNone) {
+    LimitSpec s;
+    s.name = "l";
+    s.kind = kind;
+    s.capacity = kMaxCapacity;
+    s.period = absl::Minutes(1);
+    s.unit = unit;
+    if (kind == LimitKind::kTokenBucket) s.rate = kMaxCapacity;
+    return s;
+  };
+  const Rule minute(limit(LimitKind::kCalendar, CalendarUnit::kMinute), "f.minute");
+  const Rule sliding(limit(LimitKind::kSliding), "f.sliding");
+  const Rule bucket(limit(LimitKind::kTokenBucket), "f.bucket");
+  const Rule slots(limit(LimitKind::kConcurrency), "f.slots");
+
+  struct Case {
+    const char* name;
+    std::vector<CounterRef> counters;  // empty: the plain script
+  };
+  const std::vector<Case> cases = {
+      {"plain Lua fixed window (INCRBY+EXPIRE)", {}},
+      {"quotad_acquire: 1 calendar minute", {{"f.minute", &minute}}},
+      {"quotad_acquire: calendar+sliding+bucket+slots",
+       {{"f.minute", &minute}, {"f.sliding", &sliding}, {"f.bucket", &bucket},
+        {"f.slots", &slots}}},
+  };
+  std::printf("redis-server %s, %d connection(s), %d calls in flight, %.1f s per case, "
+              "%d credentials\n",
+              aof ? "appendonly yes appendfsync always" : "in memory (no AOF)", connections,
+              inflight, seconds, kCredentials);
+  std::printf("%-48s %12s %10s %14s %8s\n", "case", "decisions/s", "x plain", "server us/call",
+              "errors");
+  double plain_rate = 0;
+  for (const Case& c : cases) {
+    (void)(*client)->CallSync({"FLUSHALL"});
+    (void)(*client)->CallSync({"CONFIG", "RESETSTAT"});
+    Result r;
+    if (c.counters.empty()) {
+      r = Run(
+          **client, inflight, duration,
+          [&](int64_t i) {
+            return std::vector<std::string>{"EVALSHA", sha->str, "1",
+                                            absl::StrCat("rl:{c", i % kCredentials, "}:minute"),
+                                            "1", "60", "1000000000000"};
+          },
+          FirstIsOne);
+    } else {
+      r = Run(
+          **client, inflight, duration,
+          [&](int64_t i) {
+            AcquireCall call{absl::StrCat("c", i % kCredentials), absl::StrCat("b", i), 1,
+                             absl::Seconds(2), c.counters};
+            return *AcquireArgs(call, absl::Now());
+          },
+          FirstIsOne);
+    }
+    // Where the time goes: redis-server's own time per call of the script or function.
+    absl::StatusOr<std::string> stats = (*server)->Command({"INFO", "commandstats"});
+    double server_us = 0;
+    if (stats.ok()) {
+      for (absl::string_view line : absl::StrSplit(*stats, '\n')) {
+        if (!absl::StartsWith(line, c.counters.empty() ? "cmdstat_evalsha:" : "cmdstat_fcall:")) {
+          continue;
+        }
+        const size_t at = line.find("usec_per_call=");
+        if (at != absl::string_view::npos) {
+          (void)absl::SimpleAtod(line.substr(at + 14, line.find(',', at) - at - 14), &server_us);
+        }
+      }
+    }
+    const double rate = r.calls / r.seconds;
+    if (plain_rate == 0) plain_rate = rate;
+    std::printf("%-48s %12.0f %10.2f %14.2f %8lld\n", c.name, rate, rate / plain_rate, server_us,
+                static_cast<long long>(r.errors));
+    if (r.granted != r.calls - r.errors) {
+      std::printf("  (%lld denied)\n", static_cast<long long>(r.calls - r.errors - r.granted));
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace redis
+}  // namespace quotad
+
+int main(int argc, char** argv) { return quotad::redis::Main(argc, argv); }

@@ -1,0 +1,318 @@
+#include "service/store/redis/redis_functions.h"
+
+#include <memory>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+
+namespace quotad {
+namespace redis {
+namespace redis_internal {
+extern const char kQuotadLibrarySource[];  // quotad_lua.cc, generated from quotad.lua
+}  // namespace redis_internal
+
+namespace {
+
+constexpr int64_t kLuaInf = 9007199254740991;  // 2^53 - 1, the library's "never"
+
+// Nanoseconds to the library's microseconds, rounded up (a span never shortens).
+int64_t CeilMicros(int64_t ns) { return ns <= 0 ? 0 : (ns + 999) / 1000; }
+int64_t FloorMicros(int64_t ns) { return ns >= 0 ? ns / 1000 : -((-ns + 999) / 1000); }
+absl::Time FromMicros(int64_t us) {
+  if (us >= kLuaInf) return absl::InfiniteFuture();
+  return absl::FromUnixMicros(us);
+}
+
+void AddWindows(const Rule& rule, absl::Time around, std::vector<std::string>* out) {
+  if (rule.spec.unit == CalendarUnit::kNone) {
+    out->push_back("1");
+    out->push_back(absl::StrCat(-kLuaInf));
+    out->push_back(absl::StrCat(kLuaInf));
+    return;
+  }
+  int64_t start, end, prev_start, prev_end, next_start, next_end;
+  CalendarWindow(rule.spec.unit, rule.spec.zone, absl::ToUnixNanos(around), &start, &end);
+  CalendarWindow(rule.spec.unit, rule.spec.zone, start - 1, &prev_start, &prev_end);
+  CalendarWindow(rule.spec.unit, rule.spec.zone, end, &next_start, &next_end);
+  out->push_back("3");
+  for (int64_t t : {prev_start, prev_end, start, end, next_start, next_end}) {
+    out->push_back(absl::StrCat(FloorMicros(t)));
+  }
+}
+
+// Appends "kind cap a b nwin windows..." for one counter.
+absl::Status AddCounter(const Rule& rule, absl::Time around, std::vector<std::string>* out) {
+  const int64_t guard = CeilMicros(rule.guard_ns);
+  auto head = [&](const char* kind, int64_t cap, int64_t a, int64_t b) {
+    out->push_back(kind);
+    out->push_back(absl::StrCat(cap));
+    out->push_back(absl::StrCat(a));
+    out->push_back(absl::StrCat(b));
+  };
+  switch (rule.spec.kind) {
+    case LimitKind::kCalendar:
+      head("cal", rule.spec.capacity, guard, 0);
+      AddWindows(rule, around, out);
+      return absl::OkStatus();
+    case LimitKind::kUnlimited:
+      head("unl", 0, guard, 0);
+      AddWindows(rule, around, out);
+      return absl::OkStatus();
+    case LimitKind::kRolling:
+      head("roll", rule.spec.capacity, CeilMicros(rule.period_ns), guard);
+      break;
+    case LimitKind::kSliding:
+      if (rule.spec.sub_buckets > 0) {
+        return absl::UnimplementedError(absl::StrCat(
+            rule.full_name, ": sliding windows with sub-buckets are not on Redis yet"));
+      }
+      head("slide", rule.spec.capacity, CeilMicros(rule.span_ns), 0);
+      break;
+    case LimitKind::kTokenBucket:
+      // Whole microseconds, rounded up: a refill never faster than the embedded ledger's.
+      head("tb", rule.spec.capacity, CeilMicros(rule.emission_ns), 0);
+      break;
+    case LimitKind::kConcurrency:
+      head("conc", rule.spec.capacity, 0, 0);
+      break;
+  }
+  out->push_back("0");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::string>> CallArgs(const char* function,
+                                                  absl::string_view credential,
+                                                  absl::string_view lease_id,
+                                                  const std::vector<CounterRef>& counters,
+                                                  std::vector<std::string> head,
+                                                  absl::Time around) {
+  std::vector<std::string> args = {"FCALL", function, "", LeaseKey(credential, lease_id)};
+  for (const CounterRef& c : counters) {
+    if (c.rule == nullptr) return absl::InvalidArgumentError("counter without a rule");
+    args.push_back(CounterKey(credential, c.name));
+    // Concurrency has a second key: its leases ordered by expiry.
+    if (c.rule->spec.kind == LimitKind::kConcurrency) args.push_back(args.back() + ":z");
+  }
+  args[2] = absl::StrCat(args.size() - 3);
+  for (std::string& h : head) args.push_back(std::move(h));
+  for (const CounterRef& c : counters) {
+    absl::Status s = AddCounter(*c.rule, around, &args);
+    if (!s.ok()) return s;
+  }
+  return args;
+}
+
+// The reply as an array of integers, or why not.
+absl::StatusOr<std::vector<int64_t>> Integers(const absl::StatusOr<Reply>& reply) {
+  if (!reply.ok()) return reply.status();
+  if (reply->is_error()) return absl::InternalError(absl::StrCat("redis: ", reply->str));
+  if (reply->type != Reply::Type::kArray || reply->elements.size() < 2) {
+    return absl::InternalError(absl::StrCat("unexpected reply ", reply->DebugString()));
+  }
+  std::vector<int64_t> out;
+  for (const Reply& e : reply->elements) {
+    if (e.type != Reply::Type::kInteger) {
+      return absl::InternalError(absl::StrCat("unexpected reply ", reply->DebugString()));
+    }
+    out.push_back(e.integer);
+  }
+  return out;
+}
+
+template <typename T>
+absl::StatusOr<T> Wait(absl::AnyInvocable<void(absl::AnyInvocable<void(absl::StatusOr<T>)>)> f) {
+  absl::Notification ready;
+  absl::StatusOr<T> result;
+  f([&](absl::StatusOr<T> r) {
+    result = std::move(r);
+    ready.Notify();
+  });
+  ready.WaitForNotification();
+  return result;
+}
+
+}  // namespace
+
+absl::string_view LibrarySource() { return redis_internal::kQuotadLibrarySource; }
+
+int LibraryVersion() {
+  const absl::string_view src = LibrarySource();
+  constexpr absl::string_view kMark = "local VERSION = ";
+  const size_t at = src.find(kMark);
+  if (at == absl::string_view::npos) return 0;
+  const size_t from = at + kMark.size();
+  const size_t to = src.find('\n', from);
+  int version = 0;
+  return absl::SimpleAtoi(src.substr(from, to - from), &version) ? version : 0;
+}
+
+std::string CredentialTag(absl::string_view credential) {
+  if (credential.find_first_of("{}") == absl::string_view::npos) {
+    return absl::StrCat("{", credential, "}");
+  }
+  return absl::StrCat("{", absl::BytesToHexString(credential), "}");
+}
+
+std::string CounterKey(absl::string_view credential, absl::string_view counter) {
+  return absl::StrCat("q:", CredentialTag(credential), ":c:", counter);
+}
+
+std::string LeaseKey(absl::string_view credential, absl::string_view lease_id) {
+  return absl::StrCat("q:", CredentialTag(credential), ":l:", lease_id);
+}
+
+absl::StatusOr<std::vector<std::string>> AcquireArgs(const AcquireCall& call, absl::Time around) {
+  if (call.cost <= 0) return absl::InvalidArgumentError("cost must be positive");
+  return CallArgs("quotad_acquire", call.credential, call.lease_id, call.counters,
+                  {absl::StrCat(call.cost), call.lease_id,
+                   absl::StrCat(CeilMicros(absl::ToInt64Nanoseconds(call.ttl))),
+                   absl::StrCat(call.counters.size())},
+                  around);
+}
+
+absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply) {
+  absl::StatusOr<std::vector<int64_t>> v = Integers(reply);
+  if (!v.ok()) return v.status();
+  AcquireAnswer a;
+  a.now = FromMicros((*v)[1]);
+  switch ((*v)[0]) {
+    case 1:
+      if (v->size() < 3) break;
+      a.granted = true;
+      a.lease_expiry = FromMicros((*v)[2]);
+      return a;
+    case 0:
+      if (v->size() < 4) break;
+      a.retry_at = (*v)[2] < 0 ? absl::InfiniteFuture() : FromMicros((*v)[2]);
+      a.limiting = static_cast<int>((*v)[3]) - 1;
+      return a;
+    case -1:  // no calendar window offered contains Redis's time
+      if (v->size() < 3) break;
+      a.limiting = static_cast<int>((*v)[2]) - 1;
+      return absl::FailedPreconditionError("calendar windows do not contain Redis's time");
+  }
+  return absl::InternalError(absl::StrCat("unexpected reply ", reply->DebugString()));
+}
+
+RedisFunctions::RedisFunctions(RedisClient* client,
+                               absl::AnyInvocable<absl::Time() const> clock_now)
+    : client_(client), clock_now_(std::move(clock_now)) {}
+
+absl::StatusOr<int> RedisFunctions::EnsureLoaded(absl::Duration timeout) {
+  const int mine = LibraryVersion();
+  if (mine <= 0) return absl::InternalError("the embedded library declares no VERSION");
+  absl::StatusOr<Reply> r = client_->CallSync({"FCALL_RO", "quotad_version", "0"}, timeout);
+  if (!r.ok()) return r.status();
+  if (r->type == Reply::Type::kInteger && r->integer >= mine) return static_cast<int>(r->integer);
+  // None loaded ("Function not found"), or an older one.
+  if (r->type != Reply::Type::kInteger &&
+      absl::AsciiStrToLower(r->str).find("function not found") == std::string::npos) {
+    return absl::InternalError(absl::StrCat("quotad_version: ", r->DebugString()));
+  }
+  r = client_->CallSync({"FUNCTION", "LOAD", "REPLACE", std::string(LibrarySource())}, timeout);
+  if (!r.ok()) return r.status();
+  if (r->is_error()) return absl::InternalError(absl::StrCat("FUNCTION LOAD: ", r->str));
+  return mine;
+}
+
+void RedisFunctions::Acquire(AcquireCall call,
+                             absl::AnyInvocable<void(absl::StatusOr<AcquireAnswer>)> done) {
+  AcquireAround(std::make_shared<AcquireCall>(std::move(call)), clock_now_(), false,
+                std::move(done));
+}
+
+void RedisFunctions::AcquireAround(std::shared_ptr<AcquireCall> call, absl::Time around,
+                                   bool last_try,
+                                   absl::AnyInvocable<void(absl::StatusOr<AcquireAnswer>)> done) {
+  absl::StatusOr<std::vector<std::string>> args = AcquireArgs(*call, around);
+  if (!args.ok()) {
+    done(args.status());
+    return;
+  }
+  client_->Call(*std::move(args), [this, call, last_try, done = std::move(done)](
+                                      absl::StatusOr<Reply> reply) mutable {
+    absl::StatusOr<AcquireAnswer> a = ParseAcquire(reply);
+    if (!last_try && absl::IsFailedPrecondition(a.status())) {
+      // The caller's clock is off by more than a window: offer windows around Redis's time.
+      AcquireAround(call, FromMicros(reply->elements[1].integer), true, std::move(done));
+      return;
+    }
+    done(std::move(a));
+  });
+}
+
+void RedisFunctions::Release(ReleaseCall call,
+                             absl::AnyInvocable<void(absl::StatusOr<ReleaseAnswer>)> done) {
+  absl::StatusOr<std::vector<std::string>> args =
+      CallArgs("quotad_release", call.credential, call.lease_id, call.counters,
+               {absl::StrCat(call.used), call.lease_id, absl::StrCat(call.counters.size())},
+               clock_now_());
+  if (!args.ok()) {
+    done(args.status());
+    return;
+  }
+  const size_t n = call.counters.size();
+  client_->Call(*std::move(args), [n, done = std::move(done)](absl::StatusOr<Reply> reply) mutable {
+    absl::StatusOr<std::vector<int64_t>> v = Integers(reply);
+    if (!v.ok()) {
+      done(v.status());
+      return;
+    }
+    ReleaseAnswer a;
+    a.now = FromMicros((*v)[1]);
+    a.found = (*v)[0] == 1;
+    if (a.found) {
+      if (v->size() != 3 + n) {
+        done(absl::InternalError(absl::StrCat("unexpected reply ", reply->DebugString())));
+        return;
+      }
+      a.freed = (*v)[2];
+      a.refunded.assign(v->begin() + 3, v->end());
+    }
+    done(a);
+  });
+}
+
+void RedisFunctions::Renew(RenewCall call,
+                           absl::AnyInvocable<void(absl::StatusOr<RenewAnswer>)> done) {
+  absl::StatusOr<std::vector<std::string>> args = CallArgs(
+      "quotad_renew", call.credential, call.lease_id, call.counters,
+      {absl::StrCat(CeilMicros(absl::ToInt64Nanoseconds(call.ttl))), call.lease_id,
+       absl::StrCat(call.counters.size())},
+      clock_now_());
+  if (!args.ok()) {
+    done(args.status());
+    return;
+  }
+  client_->Call(*std::move(args), [done = std::move(done)](absl::StatusOr<Reply> reply) mutable {
+    absl::StatusOr<std::vector<int64_t>> v = Integers(reply);
+    if (!v.ok()) {
+      done(v.status());
+      return;
+    }
+    RenewAnswer a;
+    a.now = FromMicros((*v)[1]);
+    a.found = (*v)[0] == 1 && v->size() >= 3;
+    if (a.found) a.expiry = FromMicros((*v)[2]);
+    done(a);
+  });
+}
+
+absl::StatusOr<AcquireAnswer> RedisFunctions::AcquireSync(AcquireCall call) {
+  return Wait<AcquireAnswer>([&](auto done) { Acquire(std::move(call), std::move(done)); });
+}
+
+absl::StatusOr<ReleaseAnswer> RedisFunctions::ReleaseSync(ReleaseCall call) {
+  return Wait<ReleaseAnswer>([&](auto done) { Release(std::move(call), std::move(done)); });
+}
+
+absl::StatusOr<RenewAnswer> RedisFunctions::RenewSync(RenewCall call) {
+  return Wait<RenewAnswer>([&](auto done) { Renew(std::move(call), std::move(done)); });
+}
+
+}  // namespace redis
+}  // namespace quotad
