@@ -16,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "google/protobuf/descriptor.h"
+#include "service/core/names.h"
 #include "yaml-cpp/eventhandler.h"
 #include "yaml-cpp/yaml.h"
 
@@ -29,11 +30,9 @@ using google::protobuf::FieldDescriptor;
 using google::protobuf::Message;
 using google::protobuf::Reflection;
 
-std::string Quote(absl::string_view text) {
-  constexpr size_t kMaxShown = 80;
-  if (text.size() > kMaxShown) return absl::StrCat("\"", text.substr(0, kMaxShown), "...\"");
-  return absl::StrCat("\"", text, "\"");
-}
+// A key as it appears in an error: service/core/names.h's quoting, at most kMaxKeyShown bytes.
+constexpr size_t kMaxKeyShown = 80;
+std::string Quote(absl::string_view text) { return QuoteValue(text, kMaxKeyShown); }
 
 // What a YAML node is, for "expected X, got Y" messages. A scalar's text is never shown (it may
 // be a secret pasted in the wrong place, or a line of a file that is not the config): only its

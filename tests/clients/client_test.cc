@@ -23,23 +23,21 @@
 #include "quotad/client/quota_client.h"
 #include "quotad/v1/quotad.grpc.pb.h"
 #include "tests/support/child_process.h"
+#include "tests/support/eventually.h"
+#include "tests/support/grpc_status_matchers.h"
+#include "tests/support/temp_dir.h"
 
 namespace quotad {
 namespace client {
 namespace {
 
 using ::quotad::testing::ChildProcess;
+using ::quotad::testing::Eventually;
+using ::quotad::testing::IsOk;
 using ::quotad::testing::QuotadHasFlag;
-
-// Polls `cond` every 10 ms until it holds or `timeout` passes; returns its last value.
-bool Eventually(const std::function<bool()>& cond, absl::Duration timeout = absl::Seconds(10)) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (!cond()) {
-    if (absl::Now() >= deadline) return false;
-    absl::SleepFor(absl::Milliseconds(10));
-  }
-  return true;
-}
+using ::quotad::testing::StatusIs;
+using ::quotad::testing::TempDir;
+using ::testing::Not;
 
 // Records the request_id of every Acquire attempt and can turn the first answer into UNAVAILABLE
 // (the answer is lost after quotad charged), calling `on_lost_answer` right then.
@@ -168,7 +166,7 @@ class ClientTest : public ::testing::Test {
     req.set_credential(credential);
     v1::GetUsageResponse resp;
     grpc::Status s = admin->GetUsage(&ctx, req, &resp);
-    EXPECT_TRUE(s.ok()) << s.error_message();
+    EXPECT_OK(s);
     return resp.limits_size() > 0 ? resp.limits(0).used() : -1;
   }
 
@@ -178,7 +176,7 @@ class ClientTest : public ::testing::Test {
     v1::ListLeasesRequest req;
     req.set_credential(credential);
     v1::ListLeasesResponse resp;
-    EXPECT_TRUE(admin_->ListLeases(&ctx, req, &resp).ok());
+    EXPECT_OK(admin_->ListLeases(&ctx, req, &resp));
     return {resp.leases().begin(), resp.leases().end()};
   }
 
@@ -195,7 +193,7 @@ std::string* ClientTest::address_ = nullptr;
 TEST_F(ClientTest, LeaseIsReleasedOnScopeExit) {
   {
     absl::StatusOr<Lease> lease = client_->Acquire("test/scope", "jobs");
-    ASSERT_TRUE(lease.ok()) << lease.status();
+    ASSERT_OK(lease);
     ASSERT_TRUE(lease->granted());
     EXPECT_EQ(lease->id().size(), 32u);
     EXPECT_EQ(Leases("test/scope").size(), 1u);
@@ -203,14 +201,14 @@ TEST_F(ClientTest, LeaseIsReleasedOnScopeExit) {
 
     // The only slot is taken: a denial is data, not an error.
     absl::StatusOr<Lease> denied = client_->Acquire("test/scope", "jobs");
-    ASSERT_TRUE(denied.ok()) << denied.status();
+    ASSERT_OK(denied);
     EXPECT_FALSE(denied->granted());
     EXPECT_EQ(denied->limited_by(), "jobs.concurrent");
-    EXPECT_FALSE(denied->Release().ok());  // a denial holds nothing
+    EXPECT_THAT(denied->Release(), Not(IsOk()));  // a denial holds nothing
   }
   EXPECT_TRUE(Leases("test/scope").empty());
   absl::StatusOr<Lease> again = client_->Acquire("test/scope", "jobs");
-  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_OK(again);
   EXPECT_TRUE(again->granted()) << "the slot was not freed on scope exit";
 }
 
@@ -218,7 +216,8 @@ TEST_F(ClientTest, MovedLeaseIsReleasedOnceByItsLastOwner) {
   std::optional<Lease> outer;
   {
     absl::StatusOr<Lease> lease = client_->Acquire("test/scope", "jobs");
-    ASSERT_TRUE(lease.ok() && lease->granted());
+    ASSERT_OK(lease);
+    ASSERT_TRUE(lease->granted());
     outer = std::move(*lease);
   }
   EXPECT_TRUE(outer->held());
@@ -231,22 +230,24 @@ TEST_F(ClientTest, CommitRefundsWhatTheUpstreamDidNotCharge) {
   AcquireOptions options;
   options.cost = 10;
   absl::StatusOr<Lease> lease = client_->Acquire("test/commit", "calls", options);
-  ASSERT_TRUE(lease.ok() && lease->granted());
+  ASSERT_OK(lease);
+  ASSERT_TRUE(lease->granted());
   EXPECT_EQ(Used("test/commit"), 10);
-  EXPECT_FALSE(lease->Commit(11).ok());  // more than the cost
+  EXPECT_THAT(lease->Commit(11), Not(IsOk()));  // more than the cost
   absl::StatusOr<ReleaseResult> result = lease->Commit(3);
-  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_OK(result);
   EXPECT_EQ(result->refunded, 7);
   EXPECT_EQ(Used("test/commit"), 3);
   EXPECT_FALSE(lease->held());
-  EXPECT_EQ(lease->Commit(3).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(lease->Commit(3), StatusIs(absl::StatusCode::kFailedPrecondition));
 }
 
 TEST_F(ClientTest, RenewalKeepsALongJobAlivePastItsTtl) {
   AcquireOptions options;
   options.lease_ttl = absl::Seconds(1);
   absl::StatusOr<Lease> lease = client_->Acquire("test/renew", "jobs", options);
-  ASSERT_TRUE(lease.ok() && lease->granted());
+  ASSERT_OK(lease);
+  ASSERT_TRUE(lease->granted());
   const absl::Time first_expiry = lease->expires_at();
 
   // Three TTLs later (as the server's renewals show) the lease is still held by quotad.
@@ -257,12 +258,12 @@ TEST_F(ClientTest, RenewalKeepsALongJobAlivePastItsTtl) {
   ASSERT_EQ(live.size(), 1u);
   EXPECT_EQ(live[0].lease_id(), lease->id());
   absl::StatusOr<Lease> other = client_->Acquire("test/renew", "jobs");
-  ASSERT_TRUE(other.ok());
+  ASSERT_OK(other);
   EXPECT_FALSE(other->granted()) << "the renewed slot was handed out again";
 
-  ASSERT_TRUE(lease->Release().ok());
+  ASSERT_OK(lease->Release());
   absl::StatusOr<Lease> after = client_->Acquire("test/renew", "jobs");
-  ASSERT_TRUE(after.ok());
+  ASSERT_OK(after);
   EXPECT_TRUE(after->granted());
 }
 
@@ -283,7 +284,7 @@ TEST_F(ClientTest, KillingAWorkerFreesItsSlotAfterTheTtl) {
                first_expiry + 1000;
   })) << worker.log();
   absl::StatusOr<Lease> denied = client_->Acquire("test/kill", "jobs");
-  ASSERT_TRUE(denied.ok());
+  ASSERT_OK(denied);
   EXPECT_FALSE(denied->granted());
 
   worker.Signal(SIGKILL);
@@ -314,11 +315,12 @@ TEST_F(ClientTest, LosingALeaseIsVisibleToItsHolder) {
   options.lease_ttl = absl::Milliseconds(600);
   options.on_lost = [&](const absl::Status&) { ++callbacks; };
   absl::StatusOr<Lease> lease = client.Acquire("test/lost", "jobs", options);
-  ASSERT_TRUE(lease.ok() && lease->granted()) << lease.status();
+  ASSERT_OK(lease);
+  ASSERT_TRUE(lease->granted());
   server->Signal(SIGKILL);
   server->WaitForExit(absl::Seconds(10));
   ASSERT_TRUE(Eventually([&] { return lease->lost(); }));
-  EXPECT_EQ(lease->lost_status().code(), absl::StatusCode::kDeadlineExceeded)
+  EXPECT_THAT(lease->lost_status(), StatusIs(absl::StatusCode::kDeadlineExceeded))
       << lease->lost_status();
   EXPECT_TRUE(Eventually([&] { return callbacks.load() == 1; }));
   EXPECT_FALSE(lease->held());
@@ -334,7 +336,7 @@ TEST_F(ClientTest, RetriedAcquireWithALostAnswerIsChargedOnce) {
   AcquireOptions options;
   options.cost = 5;
   absl::StatusOr<Lease> lease = client.Acquire("test/dedup", "calls", options);
-  ASSERT_TRUE(lease.ok()) << lease.status();
+  ASSERT_OK(lease);
   ASSERT_TRUE(lease->granted());
   const std::vector<std::string> ids = log.ids();
   ASSERT_EQ(ids.size(), 2u);
@@ -345,9 +347,8 @@ TEST_F(ClientTest, RetriedAcquireWithALostAnswerIsChargedOnce) {
 }
 
 TEST_F(ClientTest, RetriesAroundAServerRestartDoNotDoubleCharge) {
-  char state_dir[] = "/tmp/quotad_client_state_XXXXXX";
-  ASSERT_NE(mkdtemp(state_dir), nullptr);
-  const std::string state = absl::StrCat(state_dir, "/quotad.db");
+  const TempDir state_dir("client-state");
+  const std::string state = state_dir.File("quotad.db");
   std::unique_ptr<ChildProcess> server = StartQuotad(0, state);
   std::optional<int> port = server->WaitForPort(absl::Seconds(20));
   ASSERT_TRUE(port.has_value()) << server->log();
@@ -385,10 +386,11 @@ TEST_F(ClientTest, RetriesAroundAServerRestartDoNotDoubleCharge) {
   // must look exactly like the control, not like two charges.
   QuotaClient plain(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   absl::StatusOr<Lease> control = plain.Acquire("test/restart_control", "calls", options);
-  ASSERT_TRUE(control.ok() && control->granted());
+  ASSERT_OK(control);
+  ASSERT_TRUE(control->granted());
   absl::StatusOr<Lease> lease = client.Acquire("test/restart", "calls", options);
   if (restarter.joinable()) restarter.join();
-  ASSERT_TRUE(lease.ok()) << lease.status();
+  ASSERT_OK(lease);
   EXPECT_TRUE(lease->granted());
   const std::vector<std::string> ids = log.ids();
   ASSERT_GE(ids.size(), 3u);
@@ -404,8 +406,6 @@ TEST_F(ClientTest, RetriesAroundAServerRestartDoNotDoubleCharge) {
   EXPECT_EQ(used, Used(admin.get(), "test/restart_control")) << restarted->log();
   lease->Commit(5).IgnoreError();
   control->Commit(5).IgnoreError();
-  std::string rm = absl::StrCat("rm -rf ", state_dir);
-  ASSERT_EQ(std::system(rm.c_str()), 0);
 }
 
 TEST_F(ClientTest, PrefetchNeverHandsOutMoreThanGranted) {
@@ -418,7 +418,7 @@ TEST_F(ClientTest, PrefetchNeverHandsOutMoreThanGranted) {
     threads.emplace_back([&] {
       for (;;) {
         absl::StatusOr<bool> unit = pool.Take();
-        ASSERT_TRUE(unit.ok()) << unit.status();
+        ASSERT_OK(unit);
         if (!*unit) return;
         ++taken;
         const PrefetchPool::Counts counts = pool.counts();
@@ -433,9 +433,9 @@ TEST_F(ClientTest, PrefetchNeverHandsOutMoreThanGranted) {
   EXPECT_EQ(pool.granted(), 100);
   EXPECT_EQ(Used("test/prefetch"), 100);
   EXPECT_GT(pool.retry_after(), absl::ZeroDuration());
-  EXPECT_TRUE(pool.Shutdown().ok());
+  EXPECT_OK(pool.Shutdown());
   EXPECT_EQ(Used("test/prefetch"), 100);
-  EXPECT_FALSE(pool.Take().ok());
+  EXPECT_THAT(pool.Take(), Not(IsOk()));
 }
 
 TEST_F(ClientTest, PrefetchReturnsUnusedUnitsOnShutdown) {

@@ -6,10 +6,12 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "service/config/config.h"
+#include "tests/support/status_matchers.h"
 
 namespace quotad {
 namespace {
 
+using ::quotad::testing::StatusIs;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
@@ -51,7 +53,7 @@ TEST(AuthConfigTest, LoadsAFullSection) {
   admins: [ops]
 )"),
       "auth.yaml");
-  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_OK(c);
   ASSERT_TRUE(c->config.has_auth());
   EXPECT_EQ(c->config.auth().tokens_size(), 2);
   EXPECT_EQ(c->config.auth().rules(0).credentials(0), "virustotal/*");
@@ -61,13 +63,13 @@ TEST(AuthConfigTest, LoadsAFullSection) {
 TEST(AuthConfigTest, NoSectionMeansNoAuth) {
   absl::StatusOr<LoadedConfig> c = LoadConfigFromString(
       "credentials:\n  - {name: a, profile: virustotal-public}\n", "auth.yaml");
-  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_OK(c);
   EXPECT_FALSE(c->config.has_auth());
 }
 
 TEST(AuthConfigTest, AnEmptySectionNeedsTokens) {
   absl::Status s = Load(WithAuth("  admins: []\n"));
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(s.message(), HasSubstr("auth.tokens: an auth section needs at least one token"));
 }
 
@@ -140,7 +142,7 @@ TEST(AuthConfigTest, AdminsNeedTokens) {
 
 TEST(AuthConfigTest, UnknownKeysAreRefusedLikeElsewhere) {
   absl::Status s = Load(WithAuth(Tokens() + "  passwords: [x]\n"));
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(s.message(), HasSubstr("passwords"));
 }
 

@@ -7,10 +7,13 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/status_matchers.h"
 
 namespace quotad {
 namespace {
 
+using ::quotad::testing::IsOk;
+using ::quotad::testing::StatusIs;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Not;
@@ -55,7 +58,7 @@ LimitSpec GetLimit(const Policy& policy, const std::string& credential, const st
 
 Policy MustLoad(const std::string& yaml) {
   absl::StatusOr<Policy> policy = LoadPolicyFromString(yaml, kSource);
-  EXPECT_TRUE(policy.ok()) << policy.status() << "\n" << yaml;
+  EXPECT_OK(policy) << yaml;
   return policy.ok() ? *policy : Policy{};
 }
 
@@ -63,9 +66,9 @@ Policy MustLoad(const std::string& yaml) {
 // kInvalidArgument.
 std::string LoadError(const std::string& yaml) {
   absl::StatusOr<Policy> policy = LoadPolicyFromString(yaml, kSource);
-  EXPECT_FALSE(policy.ok()) << yaml;
+  EXPECT_THAT(policy, Not(IsOk())) << yaml;
   if (policy.ok()) return "";
-  EXPECT_EQ(policy.status().code(), absl::StatusCode::kInvalidArgument) << policy.status();
+  EXPECT_THAT(policy, StatusIs(absl::StatusCode::kInvalidArgument));
   return std::string(policy.status().message());
 }
 
@@ -84,21 +87,21 @@ TEST(ConfigTest, EveryBuiltinProfileLoads) {
     ASSERT_EQ(policy.credentials.size(), 1u);
     EXPECT_EQ(policy.credentials[0].profile, profile);
     EXPECT_FALSE(policy.credentials[0].features.empty());
-    EXPECT_TRUE(ValidatePolicy(policy).ok());
+    EXPECT_OK(ValidatePolicy(policy));
   }
 }
 
 TEST(ConfigTest, FindBuiltinProfileReturnsFactsAndRejectsUnknownNames) {
   absl::StatusOr<v1::Profile> vt = FindBuiltinProfile("virustotal-public");
-  ASSERT_TRUE(vt.ok()) << vt.status();
+  ASSERT_OK(vt);
   EXPECT_EQ(vt->facts().at("max_upload_bytes"), 33554432);
   EXPECT_THAT(vt->throttle().status_codes(), ElementsAre(429));
   EXPECT_EQ(vt->throttle().backoff().initial(), "60s");
   absl::StatusOr<v1::Profile> ms = FindBuiltinProfile("mediasilo");
-  ASSERT_TRUE(ms.ok());
+  ASSERT_OK(ms);
   EXPECT_THAT(ms->throttle().status_codes(), ElementsAre(420));
   absl::StatusOr<v1::Profile> missing = FindBuiltinProfile("nope");
-  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(missing, StatusIs(absl::StatusCode::kNotFound));
   EXPECT_THAT(std::string(missing.status().message()), HasSubstr("mediasilo"));
 }
 
@@ -169,7 +172,7 @@ TEST(ConfigTest, OtherBuiltinProfilesMatchTheSeeds) {
 
 TEST(ConfigTest, ExampleConfigLoadsWithOverridesApplied) {
   absl::StatusOr<LoadedConfig> loaded = LoadConfigFile(QUOTAD_EXAMPLE_CONFIG);
-  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  ASSERT_OK(loaded);
   const Policy& p = loaded->policy;
   std::vector<std::string> names;
   for (const CredentialSpec& c : p.credentials) names.push_back(c.name);
@@ -184,7 +187,7 @@ TEST(ConfigTest, ExampleConfigLoadsWithOverridesApplied) {
   ASSERT_NE(livehunt, nullptr);
   EXPECT_EQ(livehunt->max_scopes, 200);
   EXPECT_EQ(loaded->profiles.size(), BuiltinProfileNames().size());
-  EXPECT_TRUE(LoadPolicyFile(QUOTAD_EXAMPLE_CONFIG).ok());
+  EXPECT_OK(LoadPolicyFile(QUOTAD_EXAMPLE_CONFIG));
 }
 
 TEST(ConfigTest, OverrideChangesOnlyItsLimitAndKeepsTheProfileIntact) {
@@ -537,10 +540,10 @@ TEST(ConfigTest, RejectsConfigWithoutCredentials) {
 
 TEST(ConfigTest, LoadPolicyFileReportsMissingFileWithPath) {
   absl::StatusOr<Policy> policy = LoadPolicyFile("/nonexistent/quotad.yaml");
-  EXPECT_EQ(policy.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(policy, StatusIs(absl::StatusCode::kNotFound));
   EXPECT_THAT(std::string(policy.status().message()), HasSubstr("/nonexistent/quotad.yaml"));
   absl::StatusOr<Policy> dir = LoadPolicyFile("/");
-  EXPECT_EQ(dir.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(dir, StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace
@@ -552,13 +555,12 @@ namespace {
 TEST(ConfigDocumentsTest, ASecondYamlDocumentIsRejectedWithItsLine) {
   const absl::StatusOr<Policy> policy = LoadPolicyFromString(
       "---\ncredentials:\n  - {name: a/b, profile: mediasilo}\n---\ncredentials: []\n", "two.yaml");
-  ASSERT_FALSE(policy.ok());
+  ASSERT_THAT(policy, Not(IsOk()));
   EXPECT_NE(policy.status().message().find("two.yaml:4:"), std::string::npos) << policy.status();
   EXPECT_NE(policy.status().message().find("second one"), std::string::npos) << policy.status();
   // A leading "---" only opens the one document.
-  EXPECT_TRUE(
-      LoadPolicyFromString("---\ncredentials:\n  - {name: a/b, profile: mediasilo}\n", "one.yaml")
-          .ok());
+  EXPECT_OK(
+      LoadPolicyFromString("---\ncredentials:\n  - {name: a/b, profile: mediasilo}\n", "one.yaml"));
 }
 
 TEST(ConfigDocumentsTest, MalformedFlowThatHungYamlCppLoadAllIsAnsweredWithAnError) {
@@ -571,7 +573,7 @@ TEST(ConfigDocumentsTest, MalformedFlowThatHungYamlCppLoadAllIsAnsweredWithAnErr
       "\000\000\000\000\000\000\000: 400\012",
       118);
   const absl::StatusOr<Policy> policy = LoadPolicyFromString(yaml, "bad.yaml");
-  EXPECT_FALSE(policy.ok());
+  EXPECT_THAT(policy, Not(IsOk()));
 }
 
 }  // namespace

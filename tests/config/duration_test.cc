@@ -2,9 +2,14 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "tests/support/status_matchers.h"
 
 namespace quotad {
 namespace {
+
+using ::quotad::testing::IsOk;
+using ::quotad::testing::StatusIs;
+using ::testing::Not;
 
 TEST(DurationTest, AcceptsSecondsMinutesHoursDays) {
   EXPECT_EQ(*ParseConfigDuration("90s"), absl::Seconds(90));
@@ -23,9 +28,9 @@ TEST(DurationTest, AcceptsCompoundAndFractionalTerms) {
 TEST(DurationTest, RejectsNegativeGarbageAndMissingUnits) {
   for (const char* bad : {"", "-5s", "60", "abc", "5x", "s", "1.h", "5 s", "+5s", "inf"}) {
     absl::StatusOr<absl::Duration> d = ParseConfigDuration(bad);
-    EXPECT_FALSE(d.ok()) << bad;
+    EXPECT_THAT(d, Not(IsOk())) << bad;
     if (!d.ok()) {
-      EXPECT_EQ(d.status().code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_THAT(d, StatusIs(absl::StatusCode::kInvalidArgument));
       EXPECT_NE(d.status().message().find(absl::StrCat("\"", bad, "\"")), absl::string_view::npos)
           << d.status();
     }
@@ -33,8 +38,8 @@ TEST(DurationTest, RejectsNegativeGarbageAndMissingUnits) {
 }
 
 TEST(DurationTest, RejectsAbsurdlyLongDurations) {
-  EXPECT_FALSE(ParseConfigDuration("99999999999s").ok());
-  EXPECT_FALSE(ParseConfigDuration("40000d").ok());
+  EXPECT_THAT(ParseConfigDuration("99999999999s"), Not(IsOk()));
+  EXPECT_THAT(ParseConfigDuration("40000d"), Not(IsOk()));
 }
 
 }  // namespace

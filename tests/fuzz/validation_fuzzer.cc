@@ -1,5 +1,6 @@
 // libFuzzer target: request validation (service/server/validation.h), the checks every
-// AcquireRequest, ReleaseRequest and RenewRequest field goes through before it reaches the ledger.
+// AcquireRequest, ReleaseRequest and RenewRequest field goes through before it reaches the ledger,
+// and the name grammar's one owner (service/core/names.h), which must agree with it.
 // Each function is compared with an independent statement of its contract, and every error must
 // name the field and stay printable and short.
 
@@ -17,6 +18,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "google/protobuf/duration.pb.h"
+#include "service/core/names.h"
 #include "service/core/policy.h"
 #include "service/server/validation.h"
 
@@ -60,6 +62,27 @@ void FuzzName(FuzzedDataProvider& in) {
   const absl::Status s = quotad::ValidateName("credential", value);
   Check(s.ok() == want, "ValidateName accepts exactly 1..256 of [A-Za-z0-9._~:/@+-]", value);
   if (!s.ok()) CheckError(s, "credential");
+
+  // service/core/names.h, the grammar's one owner, agrees with the wire's check: the same
+  // alphabet, less '.' for feature and limit names and '/' for identities.
+  const absl::Status credential = quotad::CheckCredentialName(value);
+  Check(credential.ok() == want, "CheckCredentialName accepts what ValidateName accepts", value);
+  if (!credential.ok()) CheckError(credential, "credential");
+  const bool has_dot = value.find('.') != std::string::npos;
+  const absl::Status feature = quotad::CheckFeatureName(value);
+  Check(feature.ok() == (want && !has_dot), "CheckFeatureName: the alphabet less '.'", value);
+  if (!feature.ok()) CheckError(feature, "feature");
+  Check(quotad::CheckLimitName(value).ok() == feature.ok(), "limit and feature names agree", value);
+  Check(quotad::CheckProfileName(value).ok() == want, "profile names are credential names", value);
+  const absl::Status identity = quotad::CheckIdentityName(value);
+  Check(identity.ok() == (want && value.find('/') == std::string::npos),
+        "CheckIdentityName: the alphabet less '/'", value);
+  if (!identity.ok()) {
+    Check(identity.code() == absl::StatusCode::kInvalidArgument,
+          "identity error is kInvalidArgument");
+    Check(Printable(identity.message()) && identity.message().size() <= 512,
+          "identity error is printable and bounded", identity.message());
+  }
 }
 
 void FuzzText(FuzzedDataProvider& in) {
@@ -71,6 +94,11 @@ void FuzzText(FuzzedDataProvider& in) {
   Check(s.ok() == want, "ValidateText accepts exactly short text without control characters",
         value);
   if (!s.ok()) CheckError(s, "scope");
+  if (max == quotad::kMaxNameLength) {
+    const absl::Status scope = quotad::CheckScope(value);
+    Check(scope.ok() == want, "CheckScope (names.h) accepts what ValidateText accepts", value);
+    if (!scope.ok()) CheckError(scope, "scope");
+  }
 }
 
 void FuzzDuration(FuzzedDataProvider& in) {
@@ -126,6 +154,8 @@ void FuzzQuote(FuzzedDataProvider& in) {
   const std::string q = quotad::QuoteForError(value);
   Check(Printable(q), "QuoteForError output is printable ASCII", q);
   Check(q.size() <= 2 + 4 * 64 + 32, "QuoteForError output is bounded", q);
+  const std::string v = quotad::QuoteValue(value);
+  Check(v == q, "QuoteValue (names.h) quotes as QuoteForError does", v);
 }
 
 }  // namespace

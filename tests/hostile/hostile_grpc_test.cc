@@ -29,8 +29,13 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "quotad/v1/quotad.grpc.pb.h"
 #include "tests/support/child_process.h"
+#include "tests/support/grpc_status_matchers.h"
 
 namespace {
+
+using ::quotad::testing::IsOk;
+using ::quotad::testing::StatusIs;
+using ::testing::Not;
 
 using grpc::StatusCode;
 using grpc::health::v1::Health;
@@ -93,7 +98,7 @@ class HostileTest : public ::testing::Test {
       req.mutable_lease_ttl()->set_seconds(3600);
       AcquireResponse resp;
       grpc::ClientContext ctx;
-      ASSERT_TRUE(quotad::v1::Quota::NewStub(*channel_)->Acquire(&ctx, req, &resp).ok());
+      ASSERT_OK(quotad::v1::Quota::NewStub(*channel_)->Acquire(&ctx, req, &resp));
       ASSERT_TRUE(resp.granted());
     }
     known_usage_ = new std::string(KnownUsage());
@@ -132,7 +137,7 @@ class HostileTest : public ::testing::Test {
     HealthCheckResponse resp;
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
-    ASSERT_TRUE(Health::NewStub(*channel_)->Check(&ctx, req, &resp).ok());
+    ASSERT_OK(Health::NewStub(*channel_)->Check(&ctx, req, &resp));
     EXPECT_EQ(resp.status(), HealthCheckResponse::SERVING);
     EXPECT_EQ(KnownUsage(), *known_usage_);
     const int64_t rss = quotad_->RssKib();
@@ -158,7 +163,7 @@ class HostileTest : public ::testing::Test {
   // INVALID_ARGUMENT whose message names `field` and contains `value_text`.
   static void ExpectInvalid(const grpc::Status& s, const std::string& field,
                             const std::string& value_text) {
-    EXPECT_EQ(s.error_code(), StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
     EXPECT_TRUE(absl::StrContains(s.error_message(), field)) << s.error_message();
     EXPECT_TRUE(absl::StrContains(s.error_message(), value_text))
         << "'" << s.error_message() << "' does not show " << value_text;
@@ -215,7 +220,7 @@ TEST_F(HostileTest, MultiMegabyteNamesAreRefusedNamingFieldAndSize) {
     AcquireRequest req = Spend();
     req.set_credential(std::string(size, 'a'));
     const grpc::Status s = Acquire(req);
-    EXPECT_EQ(s.error_code(), StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+    EXPECT_THAT(s, StatusIs(absl::StatusCode::kResourceExhausted));
     EXPECT_TRUE(absl::StrContains(s.error_message(), "larger than max")) << s.error_message();
     std::printf("%lld-byte credential: code %d \"%s\"\n", static_cast<long long>(size),
                 s.error_code(), s.error_message().c_str());
@@ -230,14 +235,14 @@ TEST_F(HostileTest, InvalidUtf8AndControlCharactersAreRefused) {
     AcquireRequest req = Spend();
     req.set_credential(bad);
     grpc::Status s = Acquire(req);
-    EXPECT_FALSE(s.ok());
+    EXPECT_THAT(s, Not(IsOk()));
     EXPECT_NE(s.error_code(), StatusCode::UNAVAILABLE) << s.error_message();
     std::printf("invalid UTF-8 credential: code %d \"%s\"\n", s.error_code(),
                 s.error_message().c_str());
     req = Spend();
     req.set_scope(bad);
     s = Acquire(req);
-    EXPECT_FALSE(s.ok());
+    EXPECT_THAT(s, Not(IsOk()));
     EXPECT_NE(s.error_code(), StatusCode::UNAVAILABLE) << s.error_message();
   }
   // Valid UTF-8 that is not a name, and control characters in free text: named and escaped.
@@ -278,13 +283,13 @@ TEST_F(HostileTest, NegativeAndHugeCostsAndDurationsAreRefusedWithTheValue) {
     req.mutable_lease_ttl()->set_seconds(c.seconds);
     req.mutable_lease_ttl()->set_nanos(c.nanos);
     grpc::Status s = Acquire(req);
-    EXPECT_EQ(s.error_code(), StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
     EXPECT_TRUE(absl::StrContains(s.error_message(), "lease_ttl")) << s.error_message();
     req = Spend();
     req.mutable_max_wait()->set_seconds(c.seconds);
     req.mutable_max_wait()->set_nanos(c.nanos);
     s = Acquire(req);
-    EXPECT_EQ(s.error_code(), StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
     EXPECT_TRUE(absl::StrContains(s.error_message(), "max_wait")) << s.error_message();
   }
   AcquireRequest req = Spend();
@@ -296,7 +301,7 @@ TEST_F(HostileTest, NegativeAndHugeCostsAndDurationsAreRefusedWithTheValue) {
 
   // A lease of the spendable credential: huge `used` and ttl are refused, the lease stays.
   AcquireResponse granted;
-  ASSERT_TRUE(Acquire(Spend(), &granted).ok());
+  ASSERT_OK(Acquire(Spend(), &granted));
   ASSERT_TRUE(granted.granted());
   auto quota = quotad::v1::Quota::NewStub(*channel_);
   for (int64_t used : {int64_t{-1}, kMin, kMax}) {
@@ -314,14 +319,14 @@ TEST_F(HostileTest, NegativeAndHugeCostsAndDurationsAreRefusedWithTheValue) {
     quotad::v1::RenewResponse resp;
     grpc::ClientContext ctx;
     grpc::Status s = quota->Renew(&ctx, renew, &resp);
-    EXPECT_EQ(s.error_code(), StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
     EXPECT_TRUE(absl::StrContains(s.error_message(), "ttl")) << s.error_message();
   }
   quotad::v1::ReleaseRequest rel;
   rel.set_lease_id(granted.lease_id());
   quotad::v1::ReleaseResponse resp;
   grpc::ClientContext ctx;
-  EXPECT_TRUE(quota->Release(&ctx, rel, &resp).ok()) << "the lease survived the bad calls";
+  EXPECT_OK(quota->Release(&ctx, rel, &resp)) << "the lease survived the bad calls";
 }
 
 TEST_F(HostileTest, TwentyThousandScopesStopAtMaxScopesWithAClearError) {
@@ -354,7 +359,7 @@ TEST_F(HostileTest, TwentyThousandScopesStopAtMaxScopesWithAClearError) {
   req.set_credential("scoped/cred");
   req.set_feature("hunts");
   req.set_scope("ruleset-7");
-  EXPECT_TRUE(Acquire(req).ok());
+  EXPECT_OK(Acquire(req));
 }
 
 TEST_F(HostileTest, FloodOfUnknownCredentialsAndLeasesKeepsMemoryFlat) {
@@ -365,7 +370,7 @@ TEST_F(HostileTest, FloodOfUnknownCredentialsAndLeasesKeepsMemoryFlat) {
     req.set_credential(absl::StrCat("attacker/key-", i));
     req.set_feature("calls");
     grpc::Status s = Acquire(req);
-    ASSERT_EQ(s.error_code(), StatusCode::NOT_FOUND) << s.error_message();
+    ASSERT_THAT(s, StatusIs(absl::StatusCode::kNotFound));
     if (i == 0) {
       EXPECT_TRUE(absl::StrContains(s.error_message(), "attacker/key-0")) << s.error_message();
     }
@@ -376,7 +381,7 @@ TEST_F(HostileTest, FloodOfUnknownCredentialsAndLeasesKeepsMemoryFlat) {
     quotad::v1::ReleaseResponse resp;
     grpc::ClientContext ctx;
     grpc::Status s = quota->Release(&ctx, rel, &resp);
-    ASSERT_EQ(s.error_code(), StatusCode::NOT_FOUND) << s.error_message();
+    ASSERT_THAT(s, StatusIs(absl::StatusCode::kNotFound));
   }
   const int64_t rss_after = quotad_->RssKib();
   std::printf("25000 unknown credentials and leases: VmRSS %lld -> %lld KiB\n",
@@ -406,7 +411,7 @@ TEST_F(HostileTest, BytesThatAreNotAMessageAreRefused) {
     void* tag;
     bool ok;
     ASSERT_TRUE(cq.Next(&tag, &ok));
-    EXPECT_FALSE(status.ok());
+    EXPECT_THAT(status, Not(IsOk()));
     EXPECT_NE(status.error_code(), StatusCode::UNAVAILABLE) << status.error_message();
     std::printf("garbage Acquire payload of %zu bytes: code %d \"%s\"\n", p.size(),
                 status.error_code(), status.error_message().c_str());

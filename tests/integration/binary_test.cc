@@ -21,8 +21,13 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "quotad/v1/quotad.grpc.pb.h"
 #include "tests/support/child_process.h"
+#include "tests/support/grpc_status_matchers.h"
+#include "tests/support/temp_dir.h"
 
 namespace {
+
+using ::quotad::testing::IsOk;
+using ::testing::Not;
 
 using grpc::health::v1::Health;
 using grpc::health::v1::HealthCheckRequest;
@@ -51,7 +56,7 @@ TEST(BinaryTest, SigtermGoesNotServingEndsWatchersAndExitsZero) {
     req.set_credential("test/race");
     req.set_feature("calls");
     quotad::v1::AcquireResponse resp;
-    ASSERT_TRUE(quota->Acquire(&ctx, req, &resp).ok());
+    ASSERT_OK(quota->Acquire(&ctx, req, &resp));
     EXPECT_TRUE(resp.granted());
   }
 
@@ -68,7 +73,7 @@ TEST(BinaryTest, SigtermGoesNotServingEndsWatchersAndExitsZero) {
   ASSERT_TRUE(reader->Read(&update));
   EXPECT_EQ(update.status(), HealthCheckResponse::NOT_SERVING);
   EXPECT_FALSE(reader->Read(&update));
-  EXPECT_TRUE(reader->Finish().ok());
+  EXPECT_OK(reader->Finish());
 
   std::optional<int> code = quotad.WaitForExit(absl::Seconds(20));
   ASSERT_TRUE(code.has_value()) << "quotad did not exit after SIGTERM\n" << quotad.log();
@@ -79,7 +84,7 @@ TEST(BinaryTest, SigtermGoesNotServingEndsWatchersAndExitsZero) {
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(2)));
   HealthCheckResponse resp;
-  EXPECT_FALSE(health->Check(&ctx, HealthCheckRequest(), &resp).ok());
+  EXPECT_THAT(health->Check(&ctx, HealthCheckRequest(), &resp), Not(IsOk()));
 }
 
 // Runs quotactl with `args`; returns its exit code and fills `output` with stdout and stderr.
@@ -163,25 +168,19 @@ namespace config_watch {
 // into a versioned directory, and an update swaps the symlink atomically.
 class ConfigDir {
  public:
-  ConfigDir() {
-    char tmpl[] = "/tmp/quotad_watch_test_XXXXXX";
-    root_ = mkdtemp(tmpl);
-  }
-  ~ConfigDir() { std::system(absl::StrCat("rm -rf ", root_).c_str()); }
-
   void Publish(const std::string& yaml) {
-    const std::string dir = absl::StrCat(root_, "/v", ++version_);
+    const std::string dir = dir_.File(absl::StrCat("v", ++version_));
     mkdir(dir.c_str(), 0755);
     std::ofstream(dir + "/quotad.yaml") << yaml;
-    const std::string tmp_link = root_ + "/quotad.yaml.tmp";
+    const std::string tmp_link = dir_.File("quotad.yaml.tmp");
     unlink(tmp_link.c_str());
     symlink((dir + "/quotad.yaml").c_str(), tmp_link.c_str());
     rename(tmp_link.c_str(), path().c_str());  // atomic swap
   }
-  std::string path() const { return root_ + "/quotad.yaml"; }
+  std::string path() const { return dir_.File("quotad.yaml"); }
 
  private:
-  std::string root_;
+  ::quotad::testing::TempDir dir_{"watch"};
   int version_ = 0;
 };
 
@@ -205,7 +204,7 @@ bool Acquire(quotad::v1::Quota::Stub& quota) {
   req.set_credential("watch/key");
   req.set_feature("calls");
   quotad::v1::AcquireResponse resp;
-  EXPECT_TRUE(quota.Acquire(&ctx, req, &resp).ok());
+  EXPECT_OK(quota.Acquire(&ctx, req, &resp));
   return resp.granted();
 }
 
@@ -248,10 +247,9 @@ TEST(BinaryTest, ChangedConfigFileIsReloadedKeepingUsageAndABadOneIsRejected) {
   quotad::v1::GetUsageRequest usage_req;
   usage_req.set_credential("watch/key");
   quotad::v1::GetUsageResponse usage;
-  ASSERT_TRUE(quotad::v1::Admin::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", *port),
-                                                             grpc::InsecureChannelCredentials()))
-                  ->GetUsage(&ctx, usage_req, &usage)
-                  .ok());
+  ASSERT_OK(quotad::v1::Admin::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", *port),
+                                                           grpc::InsecureChannelCredentials()))
+                ->GetUsage(&ctx, usage_req, &usage));
   ASSERT_EQ(usage.limits_size(), 1);
   EXPECT_EQ(usage.limits(0).capacity(), 5);
   EXPECT_EQ(usage.limits(0).used(), 2);

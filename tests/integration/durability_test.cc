@@ -29,6 +29,8 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "quotad/v1/quotad.grpc.pb.h"
+#include "tests/support/grpc_status_matchers.h"
+#include "tests/support/temp_dir.h"
 
 namespace quotad {
 namespace {
@@ -38,12 +40,6 @@ std::string ReadFile(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-std::string TempDir() {
-  char tmpl[] = "/tmp/quotad_durability_XXXXXX";
-  const char* dir = mkdtemp(tmpl);
-  return dir == nullptr ? std::string("/tmp") : std::string(dir);
 }
 
 // One quotad process with its output in `log_path`. SIGKILLed if the test did not stop it.
@@ -142,7 +138,7 @@ struct Client {
     req.set_credential(credential);
     v1::GetUsageResponse resp;
     grpc::Status s = admin->GetUsage(&ctx, req, &resp);
-    EXPECT_TRUE(s.ok()) << s.error_message();
+    EXPECT_OK(s);
     for (const v1::LimitStatus& l : resp.limits()) {
       if (l.name() == limit) return l.used();
     }
@@ -159,7 +155,7 @@ struct Client {
       grpc::ClientContext page_ctx;
       page_ctx.set_deadline(ctx.deadline());
       v1::ListLeasesResponse resp;
-      EXPECT_TRUE(admin->ListLeases(&page_ctx, req, &resp).ok());
+      EXPECT_OK(admin->ListLeases(&page_ctx, req, &resp));
       for (const v1::Lease& l : resp.leases()) ids.push_back(l.lease_id());
       if (resp.next_page_token().empty()) break;
       req.set_page_token(resp.next_page_token());
@@ -183,14 +179,9 @@ absl::CivilDay TodayUtc() { return absl::ToCivilDay(absl::Now(), absl::UTCTimeZo
 
 class DurabilityTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = TempDir();
-    state_ = dir_ + "/state.db";
-    log_ = dir_ + "/quotad.log";
-  }
-  void TearDown() override { std::system(absl::StrCat("rm -rf '", dir_, "'").c_str()); }
-
-  std::string dir_, state_, log_;
+  ::quotad::testing::TempDir dir_{"durability"};
+  const std::string state_ = dir_.File("state.db");
+  const std::string log_ = dir_.File("quotad.log");
 };
 
 TEST_F(DurabilityTest, SigkillAndRestartKeepUsageAndLeases) {
@@ -203,11 +194,11 @@ TEST_F(DurabilityTest, SigkillAndRestartKeepUsageAndLeases) {
     Client c(addr);
     for (int i = 0; i < 25; ++i) {
       v1::AcquireResponse r;
-      ASSERT_TRUE(c.Acquire(Req("test/daily", "calls"), &r).ok());
+      ASSERT_OK(c.Acquire(Req("test/daily", "calls"), &r));
       ASSERT_TRUE(r.granted());
     }
     v1::AcquireResponse job;
-    ASSERT_TRUE(c.Acquire(Req("test/daily", "jobs"), &job).ok());
+    ASSERT_OK(c.Acquire(Req("test/daily", "jobs"), &job));
     ASSERT_TRUE(job.granted());
     lease = job.lease_id();
     q.Kill();
@@ -224,7 +215,7 @@ TEST_F(DurabilityTest, SigkillAndRestartKeepUsageAndLeases) {
   const std::vector<std::string> ids = c.LeaseIds("test/daily");
   EXPECT_NE(std::find(ids.begin(), ids.end(), lease), ids.end()) << "lease " << lease << " lost";
   v1::AcquireResponse second_job;
-  ASSERT_TRUE(c.Acquire(Req("test/daily", "jobs"), &second_job).ok());
+  ASSERT_OK(c.Acquire(Req("test/daily", "jobs"), &second_job));
   EXPECT_FALSE(second_job.granted()) << "the restored lease must still hold the only slot";
   EXPECT_EQ(second_job.limited_by(), "jobs.concurrent");
   EXPECT_EQ(q.Stop(), 0) << q.log();
@@ -241,7 +232,7 @@ TEST_F(DurabilityTest, RequestIdRetryIsAnsweredTheSameAcrossARestart) {
     ASSERT_FALSE(addr.empty()) << q.log();
     Client c(addr);
     v1::AcquireResponse r;
-    ASSERT_TRUE(c.Acquire(req, &r).ok());
+    ASSERT_OK(c.Acquire(req, &r));
     ASSERT_TRUE(r.granted());
     first_lease = r.lease_id();
     used_before = c.Used("test/dedup", "calls.per_day");
@@ -252,14 +243,14 @@ TEST_F(DurabilityTest, RequestIdRetryIsAnsweredTheSameAcrossARestart) {
   ASSERT_FALSE(addr.empty()) << q.log();
   Client c(addr);
   v1::AcquireResponse again;
-  ASSERT_TRUE(c.Acquire(req, &again).ok());
+  ASSERT_OK(c.Acquire(req, &again));
   EXPECT_TRUE(again.granted());
   EXPECT_EQ(again.lease_id(), first_lease);
   EXPECT_LE(c.Used("test/dedup", "calls.per_day"), std::max<int64_t>(used_before, 1) + 200);
   // The retry charged nothing: the next new request is the only new charge.
   const int64_t after_retry = c.Used("test/dedup", "calls.per_day");
   v1::AcquireResponse fresh;
-  ASSERT_TRUE(c.Acquire(Req("test/dedup", "calls"), &fresh).ok());
+  ASSERT_OK(c.Acquire(Req("test/dedup", "calls"), &fresh));
   EXPECT_EQ(c.Used("test/dedup", "calls.per_day"), after_retry + 1);
   EXPECT_EQ(q.Stop(), 0) << q.log();
 }
@@ -306,7 +297,7 @@ TEST_F(DurabilityTest, CrashLoopNeverOverGrantsAndKeepsLeases) {
     Client admin(addr);
     if (round == 0) {
       v1::AcquireResponse job;
-      ASSERT_TRUE(admin.Acquire(Req("test/crash", "jobs"), &job).ok());
+      ASSERT_OK(admin.Acquire(Req("test/crash", "jobs"), &job));
       ASSERT_TRUE(job.granted());
       slot_lease = job.lease_id();
     } else {
@@ -314,7 +305,7 @@ TEST_F(DurabilityTest, CrashLoopNeverOverGrantsAndKeepsLeases) {
       EXPECT_NE(std::find(ids.begin(), ids.end(), slot_lease), ids.end())
           << "round " << round << ": slot lease lost";
       v1::AcquireResponse job;
-      ASSERT_TRUE(admin.Acquire(Req("test/crash", "jobs"), &job).ok());
+      ASSERT_OK(admin.Acquire(Req("test/crash", "jobs"), &job));
       EXPECT_FALSE(job.granted()) << "round " << round << ": slot granted twice";
       const int64_t used = admin.Used("test/crash", "calls.per_day");
       EXPECT_GE(used, granted_total) << "round " << round << ": count fell below the grants";

@@ -26,9 +26,14 @@
 #include "service/server/server.h"
 #include "tests/server/http_get.h"
 #include "tests/support/child_process.h"
+#include "tests/support/grpc_status_matchers.h"
+#include "tests/support/temp_dir.h"
 
 namespace quotad {
 namespace {
+
+using ::quotad::testing::StatusIs;
+using ::quotad::testing::TempDir;
 
 using grpc::health::v1::Health;
 using grpc::health::v1::HealthCheckRequest;
@@ -53,19 +58,6 @@ auth:
     - {identity: bob, credentials: ["*"], methods: ["*"]}
   admins: [ops]
 )";
-
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/quotad_limits_XXXXXX";
-    path_ = mkdtemp(tmpl);
-  }
-  ~TempDir() { std::system(absl::StrCat("rm -rf '", path_, "'").c_str()); }
-  std::string File(const std::string& name) const { return absl::StrCat(path_, "/", name); }
-
- private:
-  std::string path_;
-};
 
 // A channel on a connection of its own.
 std::shared_ptr<grpc::Channel> OwnChannel(const std::string& address) {
@@ -105,7 +97,7 @@ class LimitsTest : public ::testing::Test {
 
   void Start() {
     absl::StatusOr<std::unique_ptr<QuotadServer>> server = QuotadServer::Start(options_);
-    ASSERT_TRUE(server.ok()) << server.status();
+    ASSERT_OK(server);
     server_ = *std::move(server);
     channel_ = OwnChannel(server_->address());
     quota_ = v1::Quota::NewStub(channel_);
@@ -143,13 +135,13 @@ class LimitsTest : public ::testing::Test {
 TEST_F(LimitsTest, ConnectionBeyondTheCapIsClosedAndServedOnceOneCloses) {
   options_.max_connections = 3;
   Start();
-  ASSERT_TRUE(HealthCheck(channel_).ok());
+  ASSERT_OK(HealthCheck(channel_));
   std::vector<std::shared_ptr<grpc::Channel>> more = {OwnChannel(server_->address()),
                                                       OwnChannel(server_->address())};
-  for (auto& c : more) ASSERT_TRUE(HealthCheck(c).ok());
+  for (auto& c : more) ASSERT_OK(HealthCheck(c));
   EXPECT_EQ(server_->open_connections(), 3);
   grpc::Status refused = HealthCheck(OwnChannel(server_->address()), nullptr, absl::Seconds(2));
-  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.error_message();
+  EXPECT_THAT(refused, StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_TRUE(MetricsShow("quotad_limit_hits_total{limit=\"connections\"} "));
   EXPECT_TRUE(MetricsShow("quotad_resource_limit{resource=\"connections\"} 3"));
   more.pop_back();  // closes its connection
@@ -159,7 +151,7 @@ TEST_F(LimitsTest, ConnectionBeyondTheCapIsClosedAndServedOnceOneCloses) {
     s = HealthCheck(OwnChannel(server_->address()), nullptr, absl::Seconds(2));
     if (s.ok()) break;
   }
-  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_OK(s);
 }
 
 // The self-probe: a listener that stops accepting (as gRPC's did after EMFILE) is noticed
@@ -172,13 +164,13 @@ TEST_F(LimitsTest, SelfProbeNoticesAListenerThatNoLongerAccepts) {
   options_.on_listener_wedged = [&] { wedged.Notify(); };
   Start();
   HealthCheckResponse health;
-  ASSERT_TRUE(HealthCheck(channel_, &health).ok());
+  ASSERT_OK(HealthCheck(channel_, &health));
   EXPECT_EQ(health.status(), HealthCheckResponse::SERVING);
   // Probes pass while the loop accepts.
   EXPECT_FALSE(wedged.WaitForNotificationWithTimeout(absl::Milliseconds(600)));
   server_->PauseAcceptingForTest(true);
   ASSERT_TRUE(wedged.WaitForNotificationWithTimeout(absl::Seconds(30)));
-  ASSERT_TRUE(HealthCheck(channel_, &health).ok());
+  ASSERT_OK(HealthCheck(channel_, &health));
   EXPECT_EQ(health.status(), HealthCheckResponse::NOT_SERVING);
   EXPECT_TRUE(MetricsShow("quotad_limit_hits_total{limit=\"listener_wedged\"} 1"));
   server_->PauseAcceptingForTest(false);
@@ -189,7 +181,7 @@ TEST_F(LimitsTest, WaitersAreCappedPerIdentity) {
   options_.max_waiters_per_identity = 2;
   Start();
   v1::AcquireResponse held;
-  ASSERT_TRUE(Acquire("alice", {}, &held).ok());
+  ASSERT_OK(Acquire("alice", {}, &held));
   ASSERT_TRUE(held.granted());
   // Two of alice's calls park (they wait up to 30s for the slot).
   v1::AcquireRequest wait;
@@ -223,7 +215,7 @@ TEST_F(LimitsTest, WaitersAreCappedPerIdentity) {
   }
   ASSERT_EQ(server_->ledger()->waiting(), 2);
   grpc::Status third = Acquire("alice", wait);
-  EXPECT_EQ(third.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << third.error_message();
+  EXPECT_THAT(third, StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_TRUE(absl::StrContains(third.error_message(), "identity \"alice\"")) << third.error_message();
   EXPECT_TRUE(absl::StrContains(third.error_message(), "at most 2"));
   EXPECT_TRUE(absl::StrContains(third.error_message(), "--max_waiters_per_identity"));
@@ -254,17 +246,17 @@ TEST_F(LimitsTest, PriorityAboveTheCeilingNeedsAnAllowedIdentity) {
   v1::AcquireRequest req;
   req.set_priority(500);
   grpc::Status s = Acquire("alice", req);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << s.error_message();
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kPermissionDenied));
   EXPECT_TRUE(absl::StrContains(s.error_message(), "priority 500 is above the ceiling 10"))
       << s.error_message();
   EXPECT_TRUE(absl::StrContains(s.error_message(), "identity \"alice\""));
   EXPECT_TRUE(MetricsShow("quotad_limit_hits_total{limit=\"priority\"} 1"));
   req.set_priority(10);
   v1::AcquireResponse resp;
-  EXPECT_TRUE(Acquire("alice", req, &resp).ok());
+  EXPECT_OK(Acquire("alice", req, &resp));
   req.set_priority(500);
-  EXPECT_TRUE(Acquire("bob", req).ok());
-  EXPECT_TRUE(Acquire("ops", req).ok());
+  EXPECT_OK(Acquire("bob", req));
+  EXPECT_OK(Acquire("ops", req));
 }
 
 // Finding 5: Health.Watch streams are bounded.
@@ -286,7 +278,7 @@ TEST_F(LimitsTest, HealthWatchStreamsAreBounded) {
   HealthCheckResponse resp;
   EXPECT_FALSE(third->Read(&resp));
   grpc::Status s = third->Finish();
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_TRUE(absl::StrContains(s.error_message(), "--max_health_watchers")) << s.error_message();
   EXPECT_TRUE(MetricsShow("quotad_limit_hits_total{limit=\"health_watchers\"} 1"));
   EXPECT_TRUE(MetricsShow("quotad_resource_in_use{resource=\"health_watchers\"} 2"));
@@ -300,10 +292,10 @@ TEST_F(LimitsTest, HolderTooLongWithTheIdentityIsRefusedNamingTheLengths) {
   Start();
   v1::AcquireRequest req;
   req.set_holder(std::string(250, 'h'));  // "alice/" + 250 = 256: fits
-  EXPECT_TRUE(Acquire("alice", req).ok());
+  EXPECT_OK(Acquire("alice", req));
   req.set_holder(std::string(251, 'h'));  // 257: does not
   grpc::Status s = Acquire("alice", req);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_TRUE(absl::StrContains(s.error_message(), "holder is 251 bytes long")) << s.error_message();
   EXPECT_TRUE(absl::StrContains(s.error_message(), "(257 bytes)")) << s.error_message();
   EXPECT_TRUE(absl::StrContains(s.error_message(), "at most 250 bytes for identity \"alice\""))
@@ -336,7 +328,7 @@ TEST(LimitsFdTest, ListenerServesAgainAfterAFloodOfIdleConnections) {
   ASSERT_NE(at, std::string::npos) << log;
   const int port = std::atoi(log.c_str() + at + std::string("listening address=127.0.0.1:").size());
   const std::string address = absl::StrCat("127.0.0.1:", port);
-  ASSERT_TRUE(HealthCheck(OwnChannel(address)).ok()) << quotad.log();
+  ASSERT_OK(HealthCheck(OwnChannel(address))) << quotad.log();
 
   std::vector<int> idle;
   for (int i = 0; i < 400; ++i) {
@@ -358,7 +350,7 @@ TEST(LimitsFdTest, ListenerServesAgainAfterAFloodOfIdleConnections) {
     s = HealthCheck(OwnChannel(address), nullptr, absl::Seconds(2));
     if (s.ok()) break;
   }
-  EXPECT_TRUE(s.ok()) << s.error_message() << "\n" << quotad.log();
+  EXPECT_OK(s) << quotad.log();
 }
 
 }  // namespace

@@ -17,9 +17,12 @@
 #include "absl/time/time.h"
 #include "quotad/v1/quotad.grpc.pb.h"
 #include "service/server/server.h"
+#include "tests/support/grpc_status_matchers.h"
 
 namespace quotad {
 namespace {
+
+using ::quotad::testing::StatusIs;
 
 constexpr int kLeases = 100000;
 constexpr int kCredentials = 2500;
@@ -62,7 +65,7 @@ class PaginationTest : public ::testing::Test {
     options.listen_address = "127.0.0.1:0";
     options.config_watch_interval = absl::ZeroDuration();
     absl::StatusOr<std::unique_ptr<QuotadServer>> server = QuotadServer::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
+    ASSERT_OK(server);
     server_ = *std::move(server);
     admin_ = v1::Admin::NewStub(grpc::CreateChannel(server_->address(),
                                                     grpc::InsecureChannelCredentials()));
@@ -84,13 +87,14 @@ TEST_F(PaginationTest, HundredThousandLeasesComeInPagesEachExactlyOnceInOrder) {
     req.feature = "jobs";
     req.want_limits = false;
     absl::StatusOr<Decision> d = server_->ledger()->Acquire(req);
-    ASSERT_TRUE(d.ok() && d->granted) << i;
+    ASSERT_OK(d) << i;
+    ASSERT_TRUE(d->granted) << i;
   }
   // The default page.
   {
     grpc::ClientContext ctx;
     v1::ListLeasesResponse resp;
-    ASSERT_TRUE(admin_->ListLeases(&ctx, v1::ListLeasesRequest(), &resp).ok());
+    ASSERT_OK(admin_->ListLeases(&ctx, v1::ListLeasesRequest(), &resp));
     EXPECT_EQ(resp.leases_size(), 1000);
     EXPECT_FALSE(resp.next_page_token().empty());
   }
@@ -103,7 +107,7 @@ TEST_F(PaginationTest, HundredThousandLeasesComeInPagesEachExactlyOnceInOrder) {
     grpc::ClientContext ctx;
     v1::ListLeasesResponse resp;
     grpc::Status s = admin_->ListLeases(&ctx, req, &resp);
-    ASSERT_TRUE(s.ok()) << s.error_message();
+    ASSERT_OK(s);
     ASSERT_LE(resp.leases_size(), 10000);
     ++pages;
     for (const v1::Lease& l : resp.leases()) {
@@ -131,7 +135,7 @@ TEST_F(PaginationTest, CredentialsComeInPagesWithProfilesOnTheFirst) {
     grpc::ClientContext ctx;
     v1::ListCredentialsResponse resp;
     grpc::Status s = admin_->ListCredentials(&ctx, req, &resp);
-    ASSERT_TRUE(s.ok()) << s.error_message();
+    ASSERT_OK(s);
     EXPECT_EQ(resp.profiles_size() > 0, pages == 0);
     ++pages;
     for (const auto& c : resp.credentials()) EXPECT_TRUE(seen.insert(c.name()).second);
@@ -155,17 +159,18 @@ TEST_F(PaginationTest, UsageOfManyScopesComesInPages) {
     req.scope = scope;
     req.want_limits = false;
     absl::StatusOr<Decision> d = server_->ledger()->Acquire(req);
-    ASSERT_TRUE(d.ok() && d->granted) << i << " " << d.status();
+    ASSERT_OK(d) << i;
+    ASSERT_TRUE(d->granted) << i;
   }
   absl::StatusOr<std::vector<LimitStatus>> all = server_->ledger()->Usage("team/scoped");
-  ASSERT_TRUE(all.ok());
+  ASSERT_OK(all);
   ASSERT_GE(all->size(), static_cast<size_t>(kScopes));
   {
     grpc::ClientContext ctx;
     v1::GetUsageRequest req;
     req.set_credential("team/scoped");
     v1::GetUsageResponse resp;
-    ASSERT_TRUE(admin_->GetUsage(&ctx, req, &resp).ok());
+    ASSERT_OK(admin_->GetUsage(&ctx, req, &resp));
     EXPECT_EQ(resp.limits_size(), 1000);  // the default page
     EXPECT_FALSE(resp.next_page_token().empty());
     EXPECT_EQ(resp.credential(), "team/scoped");
@@ -179,7 +184,7 @@ TEST_F(PaginationTest, UsageOfManyScopesComesInPages) {
     grpc::ClientContext ctx;
     v1::GetUsageResponse resp;
     grpc::Status s = admin_->GetUsage(&ctx, req, &resp);
-    ASSERT_TRUE(s.ok()) << s.error_message();
+    ASSERT_OK(s);
     ASSERT_LE(resp.limits_size(), 700);
     ++pages;
     for (const v1::LimitStatus& l : resp.limits()) {
@@ -197,7 +202,7 @@ TEST_F(PaginationTest, UsageOfManyScopesComesInPages) {
   req.set_page_token("%%%");
   v1::GetUsageResponse resp;
   grpc::Status s = admin_->GetUsage(&ctx, req, &resp);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(s.error_message().find("page_token"), std::string::npos) << s.error_message();
 }
 
@@ -207,7 +212,7 @@ TEST_F(PaginationTest, AForeignPageTokenIsInvalidArgument) {
   req.set_page_token("not-a-token");
   v1::ListLeasesResponse resp;
   grpc::Status s = admin_->ListLeases(&ctx, req, &resp);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(s.error_message().find("page_token"), std::string::npos) << s.error_message();
 }
 

@@ -22,47 +22,34 @@
 #include "absl/time/time.h"
 #include "quotad/v1/quotad.grpc.pb.h"
 #include "service/server/server.h"
+#include "tests/support/eventually.h"
+#include "tests/support/grpc_status_matchers.h"
+#include "tests/support/temp_dir.h"
 
 namespace quotad {
 namespace {
 
-// Polls `done` every 5 ms until it holds or `timeout` passes.
-bool Eventually(const std::function<bool()>& done, absl::Duration timeout = absl::Seconds(10)) {
-  const absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    if (done()) return true;
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  return done();
-}
-
-std::string TempDir() {
-  char tmpl[] = "/tmp/quotad_wait_report_XXXXXX";
-  const char* dir = mkdtemp(tmpl);
-  return dir == nullptr ? std::string("/tmp") : std::string(dir);
-}
+using ::quotad::testing::Eventually;
+using ::quotad::testing::StatusIs;
+using ::quotad::testing::TempDir;
 
 class WaitReportTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = TempDir();
     ServerOptions options;
     options.config_path = QUOTAD_DURABLE_CONFIG;
-    options.state_path = dir_ + "/state.db";
+    options.state_path = dir_.File("state.db");
     options.listen_address = "127.0.0.1:0";
     options.sweep_interval = absl::Milliseconds(100);
     options.shutdown_grace = absl::Seconds(5);
     absl::StatusOr<std::unique_ptr<QuotadServer>> server = QuotadServer::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
+    ASSERT_OK(server);
     server_ = *std::move(server);
     channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
     quota_ = v1::Quota::NewStub(channel_);
     admin_ = v1::Admin::NewStub(channel_);
   }
-  void TearDown() override {
-    server_.reset();
-    std::system(absl::StrCat("rm -rf '", dir_, "'").c_str());
-  }
+  void TearDown() override { server_.reset(); }
 
   static v1::AcquireRequest Req(const std::string& credential, const std::string& feature,
                                 absl::Duration max_wait = absl::ZeroDuration()) {
@@ -89,7 +76,7 @@ class WaitReportTest : public ::testing::Test {
     v1::GetUsageRequest req;
     req.set_credential(credential);
     v1::GetUsageResponse resp;
-    EXPECT_TRUE(admin_->GetUsage(&ctx, req, &resp).ok());
+    EXPECT_OK(admin_->GetUsage(&ctx, req, &resp));
     for (const v1::LimitStatus& l : resp.limits()) {
       if (l.name() == limit) return l.used();
     }
@@ -105,7 +92,7 @@ class WaitReportTest : public ::testing::Test {
     }));
   }
 
-  std::string dir_;
+  TempDir dir_{"wait-report"};
   std::unique_ptr<QuotadServer> server_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Quota::Stub> quota_;
@@ -165,11 +152,11 @@ TEST_F(WaitReportTest, CancelledWaitingCallLeavesTheQueue) {
   ASSERT_TRUE(Eventually([&] { return server_->ledger()->waiting() == 1; }));
   cancelled_ctx.TryCancel();
   leaver.join();
-  EXPECT_EQ(cancelled_status.error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_THAT(cancelled_status, StatusIs(absl::StatusCode::kCancelled));
   // Cancel() took it out of the queue: nothing waits, and the next token goes to a later call.
   ASSERT_TRUE(Eventually([&] { return server_->ledger()->waiting() == 0; }));
   v1::AcquireResponse later;
-  ASSERT_TRUE(Acquire(Req("test/bucket2", "calls", absl::Seconds(5)), &later).ok());
+  ASSERT_OK(Acquire(Req("test/bucket2", "calls", absl::Seconds(5)), &later));
   EXPECT_TRUE(later.granted());
 }
 
@@ -181,13 +168,13 @@ TEST_F(WaitReportTest, FullQueueIsResourceExhaustedNamingTheCredential) {
   options.listen_address = "127.0.0.1:0";
   options.max_waiters_per_credential = 1;
   absl::StatusOr<std::unique_ptr<QuotadServer>> server = QuotadServer::Start(options);
-  ASSERT_TRUE(server.ok()) << server.status();
+  ASSERT_OK(server);
   server_ = *std::move(server);
   channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
   quota_ = v1::Quota::NewStub(channel_);
   // The only slot is held for an hour: whoever waits for it stays in the queue.
   v1::AcquireResponse held;
-  ASSERT_TRUE(Acquire(Req("test/daily", "jobs"), &held).ok());
+  ASSERT_OK(Acquire(Req("test/daily", "jobs"), &held));
   ASSERT_TRUE(held.granted());
   grpc::ClientContext waiter_ctx;
   std::thread waiter([&] {
@@ -197,7 +184,7 @@ TEST_F(WaitReportTest, FullQueueIsResourceExhaustedNamingTheCredential) {
   ASSERT_TRUE(Eventually([&] { return server_->ledger()->waiting() == 1; }));
   v1::AcquireResponse r;
   grpc::Status s = Acquire(Req("test/daily", "jobs", absl::Seconds(30)), &r);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_NE(s.error_message().find("test/daily"), std::string::npos) << s.error_message();
   waiter_ctx.TryCancel();
   waiter.join();
@@ -259,14 +246,14 @@ TEST_F(WaitReportTest, ThrottleReportPutsTheFeatureIntoCooldown) {
   h->set_value("12");
   v1::ReportResponse resp;
   const absl::Time before = absl::Now();
-  ASSERT_TRUE(quota_->Report(&ctx, req, &resp).ok());
+  ASSERT_OK(quota_->Report(&ctx, req, &resp));
   ASSERT_TRUE(resp.has_cooldown_until());
   const absl::Time until = absl::FromUnixSeconds(resp.cooldown_until().seconds());
   EXPECT_GE(until, before + absl::Seconds(10));
   EXPECT_LE(until, absl::Now() + absl::Seconds(13));
 
   v1::AcquireResponse denied;
-  ASSERT_TRUE(Acquire(Req("test/report", "requests"), &denied).ok());
+  ASSERT_OK(Acquire(Req("test/report", "requests"), &denied));
   EXPECT_FALSE(denied.granted());
   EXPECT_EQ(denied.limited_by(), "requests.cooldown");
   EXPECT_GE(denied.retry_after().seconds(), 10);
@@ -276,7 +263,7 @@ TEST_F(WaitReportTest, ThrottleReportPutsTheFeatureIntoCooldown) {
   v1::GetUsageRequest usage_req;
   usage_req.set_credential("test/report");
   v1::GetUsageResponse usage;
-  ASSERT_TRUE(admin_->GetUsage(&usage_ctx, usage_req, &usage).ok());
+  ASSERT_OK(admin_->GetUsage(&usage_ctx, usage_req, &usage));
   const v1::LimitStatus* cooldown = nullptr;
   for (const v1::LimitStatus& l : usage.limits()) {
     if (l.name() == "requests.cooldown") cooldown = &l;
@@ -288,7 +275,7 @@ TEST_F(WaitReportTest, ThrottleReportPutsTheFeatureIntoCooldown) {
 
 TEST_F(WaitReportTest, ReportAdoptsTheUpstreamCountInUsage) {
   v1::AcquireResponse r;
-  ASSERT_TRUE(Acquire(Req("test/report", "requests"), &r).ok());
+  ASSERT_OK(Acquire(Req("test/report", "requests"), &r));
   ASSERT_TRUE(r.granted());
   grpc::ClientContext ctx;
   v1::ReportRequest req;
@@ -303,7 +290,7 @@ TEST_F(WaitReportTest, ReportAdoptsTheUpstreamCountInUsage) {
     h->set_value(value);
   }
   v1::ReportResponse resp;
-  ASSERT_TRUE(quota_->Report(&ctx, req, &resp).ok());
+  ASSERT_OK(quota_->Report(&ctx, req, &resp));
   EXPECT_EQ(resp.adopted_size(), 1) << resp.DebugString();
   EXPECT_FALSE(resp.has_cooldown_until());
   EXPECT_EQ(Used("test/report", "requests.per_minute"), 40);
@@ -327,7 +314,7 @@ TEST_F(WaitReportTest, ReportRejectsOversizedInputNamingTheValue) {
     h->set_value("1");
   }
   grpc::Status s = report(many);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(s.error_message().find("65"), std::string::npos) << s.error_message();
 
   v1::ReportRequest long_value = base;
@@ -335,33 +322,33 @@ TEST_F(WaitReportTest, ReportRejectsOversizedInputNamingTheValue) {
   h->set_name("Retry-After");
   h->set_value(std::string(9000, '1'));
   s = report(long_value);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(s.error_message().find("9000 bytes"), std::string::npos) << s.error_message();
 
   v1::ReportRequest big_body = base;
   big_body.set_body(std::string(70000, 'x'));
   s = report(big_body);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(s.error_message().find("body is 70000 bytes"), std::string::npos) << s.error_message();
 
   v1::ReportRequest bad_status = base;
   bad_status.set_http_status(42);
   s = report(bad_status);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_NE(s.error_message().find("http_status 42"), std::string::npos) << s.error_message();
 
   v1::ReportRequest unknown = base;
   unknown.set_feature("nothing");
-  EXPECT_EQ(report(unknown).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(report(unknown), StatusIs(absl::StatusCode::kNotFound));
 }
 
 TEST_F(WaitReportTest, RetriedRequestIdGetsTheFirstGrantAndChargesOnce) {
   v1::AcquireRequest req = Req("test/dedup", "calls");
   req.set_request_id("job-17/attempt");
   v1::AcquireResponse first, second;
-  ASSERT_TRUE(Acquire(req, &first).ok());
+  ASSERT_OK(Acquire(req, &first));
   ASSERT_TRUE(first.granted());
-  ASSERT_TRUE(Acquire(req, &second).ok());
+  ASSERT_OK(Acquire(req, &second));
   EXPECT_EQ(second.lease_id(), first.lease_id());
   EXPECT_EQ(Used("test/dedup", "calls.per_day"), 1);
 
@@ -385,7 +372,7 @@ TEST_F(WaitReportTest, RetriedRequestIdGetsTheFirstGrantAndChargesOnce) {
   // Release by request_id: a retry gets the first answer instead of NOT_FOUND.
   v1::AcquireRequest job = Req("test/dedup", "jobs");
   v1::AcquireResponse lease;
-  ASSERT_TRUE(Acquire(job, &lease).ok());
+  ASSERT_OK(Acquire(job, &lease));
   ASSERT_TRUE(lease.granted());
   v1::ReleaseRequest rel;
   rel.set_lease_id(lease.lease_id());
@@ -394,7 +381,7 @@ TEST_F(WaitReportTest, RetriedRequestIdGetsTheFirstGrantAndChargesOnce) {
     grpc::ClientContext ctx;
     v1::ReleaseResponse resp;
     grpc::Status s = quota_->Release(&ctx, rel, &resp);
-    ASSERT_TRUE(s.ok()) << "attempt " << attempt << ": " << s.error_message();
+    ASSERT_OK(s) << "attempt " << attempt;
     EXPECT_EQ(resp.freed(), 1);
   }
 }

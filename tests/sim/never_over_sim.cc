@@ -1,10 +1,7 @@
 #include "tests/sim/never_over_sim.h"
 
-#include <stdlib.h>
-
 #include <algorithm>
 #include <deque>
-#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -21,6 +18,7 @@
 #include "service/core/policy.h"
 #include "service/store/sqlite_journal.h"
 #include "tests/sim/never_over_oracle.h"
+#include "tests/support/temp_dir.h"
 
 namespace quotad::sim {
 namespace {
@@ -321,12 +319,12 @@ std::string DescribePolicy(const CredentialSpec& c) {
 
 class Sim {
  public:
-  Sim(uint64_t seed, bool log) : seed_(seed), logging_(log), clock_(kStart) {
-    char templ[] = "/tmp/quotad-never-over-XXXXXX";
-    const char* base = std::getenv("TEST_TMPDIR");
-    dir_ = base != nullptr ? std::string(base) + "/quotad-never-over-XXXXXX" : templ;
-    dir_ = mkdtemp(dir_.data());
-    path_ = dir_ + "/state.db";
+  Sim(uint64_t seed, bool log)
+      : seed_(seed),
+        logging_(log),
+        clock_(kStart),
+        dir_("never-over"),
+        path_(dir_.File("state.db")) {
     cred_ = RandomPolicy(seed);
     std::mt19937_64 rng(seed ^ 0xABCDEF);
     const double fractions[] = {0.01, 0.2, 0.5};
@@ -339,8 +337,6 @@ class Sim {
     ledger_.reset();
     journal_.reset();
     sqlite_.reset();
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
   }
 
   std::string Start() {
@@ -1038,7 +1034,9 @@ class Sim {
   const uint64_t seed_;
   const bool logging_;
   SimClock clock_;
-  std::string dir_, path_;
+  // Removed after the journal is closed: members are destroyed in reverse order.
+  ::quotad::testing::TempDir dir_;
+  std::string path_;
   CredentialSpec cred_;
   double reserve_fraction_ = 0.01;
   int64_t max_block_ = 1000;

@@ -12,10 +12,13 @@
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
 #include "service/store/sqlite_journal.h"
-#include "tests/store/temp_dir.h"
+#include "tests/support/status_matchers.h"
+#include "tests/support/temp_dir.h"
 
 namespace quotad {
 namespace {
+
+using ::quotad::testing::StatusIs;
 
 const absl::Time kT0 = absl::FromCivil(absl::CivilSecond(2026, 3, 10, 12, 0, 0), absl::UTCTimeZone());
 
@@ -62,7 +65,7 @@ class NeverOver : public ::testing::Test {
   }
   void Open() {
     auto j = SqliteJournal::Open(dir_.File("state.db"));
-    ASSERT_TRUE(j.ok()) << j.status();
+    ASSERT_OK(j);
     journal_ = std::move(*j);
     LedgerOptions o;
     o.journal = journal_.get();
@@ -70,9 +73,9 @@ class NeverOver : public ::testing::Test {
     o.jitter_seed = 1;
     o.wake = [this](absl::Time t) { wakes_.push_back(t); };
     auto l = Ledger::Create(policy_, &clock_, o);
-    ASSERT_TRUE(l.ok()) << l.status();
+    ASSERT_OK(l);
     ledger_ = std::move(*l);
-    ASSERT_TRUE(ledger_->Restore().ok());
+    ASSERT_OK(ledger_->Restore());
   }
   // kill -9: the journal keeps what it wrote (the deferred writes do not matter here).
   void Restart() {
@@ -82,7 +85,7 @@ class NeverOver : public ::testing::Test {
   }
   void Reload(std::function<void(CredentialSpec&)> edit) {
     edit(policy_.credentials[0]);
-    ASSERT_TRUE(ledger_->Reload(policy_).ok());
+    ASSERT_OK(ledger_->Reload(policy_));
   }
   absl::StatusOr<Decision> Acquire(const std::string& feature, int64_t cost = 1, const std::string& scope = "") {
     AcquireRequest r;
@@ -125,8 +128,10 @@ TEST_F(NeverOver, RollingWindowOpenedByReportSurvivesRestart) {
   Start({Feature("reputation", {Limit("daily", LimitKind::kRolling, 5, absl::Hours(24))})}, 1.0);
   ASSERT_EQ(Grants("reputation", 1), 1);  // opens a window, reserves its block
   Advance(absl::Hours(25));              // that window closed
-  ASSERT_TRUE(Report("reputation", 200, {{"X-RateLimit-Limit", "5"}, {"X-RateLimit-Remaining", "4"},
-                                         {"X-RateLimit-Reset-In", "86400s"}}).ok());
+  ASSERT_OK(Report("reputation", 200,
+                   {{"X-RateLimit-Limit", "5"},
+                    {"X-RateLimit-Remaining", "4"},
+                    {"X-RateLimit-Reset-In", "86400s"}}));
   EXPECT_EQ(Grants("reputation", 10), 4);
   Restart();
   EXPECT_EQ(Grants("reputation", 10), 0) << "a restart granted the rolling window again";
@@ -138,13 +143,15 @@ TEST_F(NeverOver, TokenBucketRefundGivesBackOnlyTheLeaseOwnUnits) {
   b.rate = 10;
   Start({Feature("f", {b})});
   auto a = Acquire("f", 10);
-  ASSERT_TRUE(a.ok() && a->granted);
+  ASSERT_OK(a);
+  ASSERT_TRUE(a->granted);
   Advance(absl::Seconds(10));
   auto bb = Acquire("f", 10);
-  ASSERT_TRUE(bb.ok() && bb->granted);
-  ASSERT_TRUE(ledger_->Release(a->lease_id, 0).ok());
+  ASSERT_OK(bb);
+  ASSERT_TRUE(bb->granted);
+  ASSERT_OK(ledger_->Release(a->lease_id, 0));
   auto c = Acquire("f", 10);
-  ASSERT_TRUE(c.ok());
+  ASSERT_OK(c);
   EXPECT_FALSE(c->granted) << "20 units at one instant against a burst of 10";
 }
 
@@ -154,7 +161,8 @@ TEST_F(NeverOver, RenewRacingExpiryNeverLeavesTwoHolders) {
   jobs.default_lease_ttl = absl::Seconds(10);
   Start({jobs});
   auto a = Acquire("jobs");
-  ASSERT_TRUE(a.ok() && a->granted);
+  ASSERT_OK(a);
+  ASSERT_TRUE(a->granted);
   std::optional<absl::StatusOr<Decision>> b;
   clock_.hook = [&] {
     Advance(absl::Seconds(10));
@@ -220,14 +228,14 @@ TEST_F(NeverOver, CalendarGuardCarrySurvivesRestart) {
 // (7) What Report learned survives a restart, and a refund does not undercut it.
 TEST_F(NeverOver, ReportAdoptionSurvivesRestart) {
   Start({Feature("f", {Limit("per_minute", LimitKind::kCalendar, 10)})});
-  ASSERT_TRUE(Report("f", 200, {{"X-RateLimit-Limit", "10"}, {"X-RateLimit-Remaining", "2"}}).ok());
+  ASSERT_OK(Report("f", 200, {{"X-RateLimit-Limit", "10"}, {"X-RateLimit-Remaining", "2"}}));
   Restart();
   EXPECT_LE(Grants("f", 10), 2);
 }
 
 TEST_F(NeverOver, ReportCooldownSurvivesRestart) {
   Start({Feature("f", {Limit("per_minute", LimitKind::kCalendar, 10)})});
-  ASSERT_TRUE(Report("f", 429, {{"Retry-After", "30"}}).ok());
+  ASSERT_OK(Report("f", 429, {{"Retry-After", "30"}}));
   Restart();
   EXPECT_EQ(Grants("f", 1), 0) << "granted inside the upstream's Retry-After";
 }
@@ -235,10 +243,11 @@ TEST_F(NeverOver, ReportCooldownSurvivesRestart) {
 TEST_F(NeverOver, RefundAfterAdoptionDoesNotUndercutUpstream) {
   Start({Feature("f", {Limit("per_minute", LimitKind::kCalendar, 10)})});
   auto a = Acquire("f", 5);  // the worker will use none of it
-  ASSERT_TRUE(a.ok() && a->granted);
+  ASSERT_OK(a);
+  ASSERT_TRUE(a->granted);
   // 5 from outside; the upstream counts 5 (ours sent nothing yet).
-  ASSERT_TRUE(Report("f", 200, {{"X-RateLimit-Limit", "10"}, {"X-RateLimit-Remaining", "5"}}).ok());
-  ASSERT_TRUE(ledger_->Release(a->lease_id, 0).ok());
+  ASSERT_OK(Report("f", 200, {{"X-RateLimit-Limit", "10"}, {"X-RateLimit-Remaining", "5"}}));
+  ASSERT_OK(ledger_->Release(a->lease_id, 0));
   EXPECT_LE(Grants("f", 20), 5) << "the refund undercut the upstream's count";
 }
 
@@ -253,7 +262,7 @@ TEST_F(NeverOver, TokenBucketWithLongPeriodNeverOverflows) {
   b.capacity = 300;
   Policy p;
   p.credentials = {CredentialSpec{"cred", "test", {Feature("f", {b})}}};
-  EXPECT_EQ(ValidatePolicy(p).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(ValidatePolicy(p), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 // (9) A waiter on `requests` is not passed by a sibling drawing on the same limit.
@@ -269,7 +278,7 @@ TEST_F(NeverOver, WaiterIsNotPassedBySiblingDrawingOnTheSameLimit) {
   ASSERT_FALSE(answer.has_value());
   Advance(absl::Minutes(1));  // the window reopens; the sibling arrives before the timer fires
   auto sibling = Acquire("scan");
-  ASSERT_TRUE(sibling.ok());
+  ASSERT_OK(sibling);
   // The waiter is served first (before the sibling is decided), or the sibling is denied.
   ASSERT_TRUE(answer.has_value() || !sibling->granted) << "a later sibling passed the waiter";
   ledger_->Pump();

@@ -24,6 +24,7 @@
 #include "tests/sim/sim_policy.h"
 #include "tests/sim/simulator.h"
 #include "tests/sim/upstream.h"
+#include "tests/support/status_matchers.h"
 
 namespace quotad::sim {
 namespace {
@@ -64,7 +65,7 @@ const auto* const kPrinter = ::testing::AddGlobalTestEnvironment(new TablePrinte
 
 class OutsideTrafficSimTest : public ::testing::Test {
  protected:
-  void SetUp() override { ASSERT_TRUE(SimPolicy().ok()) << SimPolicy().status(); }
+  void SetUp() override { ASSERT_OK(SimPolicy()); }
 
   Report RunAndRecord(Scenario s, bool report_answers) {
     s.policy = &*SimPolicy();

@@ -17,6 +17,7 @@
 #include "tests/sim/sim_policy.h"
 #include "tests/sim/simulator.h"
 #include "tests/sim/upstream.h"
+#include "tests/support/status_matchers.h"
 
 namespace quotad::sim {
 namespace {
@@ -51,7 +52,7 @@ const auto* const kPrinter = ::testing::AddGlobalTestEnvironment(new TablePrinte
 
 class ProviderSimTest : public ::testing::Test {
  protected:
-  void SetUp() override { ASSERT_TRUE(SimPolicy().ok()) << SimPolicy().status(); }
+  void SetUp() override { ASSERT_OK(SimPolicy()); }
 
   Report RunAndRecord(Scenario s) {
     s.policy = &*SimPolicy();

@@ -4,6 +4,8 @@
 #include <utility>
 #include <vector>
 
+#include "tests/support/policy_builders.h"
+
 #ifdef QUOTAD_SIM_HAVE_CONFIG
 #include "service/config/config.h"
 #endif
@@ -11,59 +13,12 @@
 namespace quotad::sim {
 namespace {
 
-LimitSpec Sliding(std::string name, int64_t capacity, absl::Duration period, int sub_buckets = 0) {
-  LimitSpec l;
-  l.name = std::move(name);
-  l.kind = LimitKind::kSliding;
-  l.capacity = capacity;
-  l.period = period;
-  l.sub_buckets = sub_buckets;
-  return l;
-}
-
-LimitSpec Calendar(std::string name, int64_t capacity, CalendarUnit unit) {
-  LimitSpec l;
-  l.name = std::move(name);
-  l.kind = LimitKind::kCalendar;
-  l.capacity = capacity;
-  l.unit = unit;
-  return l;
-}
-
-LimitSpec Rolling(std::string name, int64_t capacity, absl::Duration period) {
-  LimitSpec l;
-  l.name = std::move(name);
-  l.kind = LimitKind::kRolling;
-  l.capacity = capacity;
-  l.period = period;
-  return l;
-}
-
-LimitSpec Concurrency(std::string name, int64_t slots) {
-  LimitSpec l;
-  l.name = std::move(name);
-  l.kind = LimitKind::kConcurrency;
-  l.capacity = slots;
-  return l;
-}
-
-FeatureSpec Feature(std::string name, std::vector<LimitSpec> limits,
-                    std::vector<std::string> draws_on = {}) {
-  FeatureSpec f;
-  f.name = std::move(name);
-  f.limits = std::move(limits);
-  f.draws_on = std::move(draws_on);
-  return f;
-}
-
-CredentialSpec Credential(std::string name, std::string profile,
-                          std::vector<FeatureSpec> features) {
-  CredentialSpec c;
-  c.name = std::move(name);
-  c.profile = std::move(profile);
-  c.features = std::move(features);
-  return c;
-}
+using ::quotad::testing::Calendar;
+using ::quotad::testing::Concurrency;
+using ::quotad::testing::Credential;
+using ::quotad::testing::Feature;
+using ::quotad::testing::Rolling;
+using ::quotad::testing::Sliding;
 
 CredentialSpec CyberVault(std::string name, std::string profile, int64_t per_minute,
                           int64_t per_day, int64_t concurrent) {

@@ -11,6 +11,7 @@
 #include "absl/time/time.h"
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
+#include "tests/support/status_matchers.h"
 
 namespace quotad {
 namespace {
@@ -39,7 +40,7 @@ class StatusPageTest : public ::testing::Test {
  protected:
   void SetUp() override {
     auto ledger = Ledger::Create(TestPolicy(), &clock_);
-    ASSERT_TRUE(ledger.ok()) << ledger.status();
+    ASSERT_OK(ledger);
     ledger_ = *std::move(ledger);
   }
   FakeClock clock_;
@@ -82,7 +83,7 @@ TEST_F(StatusPageTest, PageShowsUsageLeaseHolderAsTextAndCooldown) {
                   ->granted);
   UpstreamAnswer a{.credential = "acme/prod", .feature = "requests", .http_status = 429};
   a.headers = {{"Retry-After", "30"}};
-  ASSERT_TRUE(ledger_->Report(a).ok());
+  ASSERT_OK(ledger_->Report(a));
   throttles_.Record({"acme/prod", "requests", 429, clock_.Now(), clock_.Now() + absl::Seconds(30)});
 
   const StatusSnapshot s = TakeStatusSnapshot(*ledger_, &throttles_);
