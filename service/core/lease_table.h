@@ -37,8 +37,8 @@ struct LeaseRecord {
   std::string scope;
   std::string holder;
   int64_t cost = 0;
-  int64_t granted_ns = 0;  // ledger time
-  int64_t expiry_ns = 0;   // ledger time
+  int64_t granted_ns = 0;                  // ledger time
+  int64_t expiry_ns = 0;                   // ledger time
   absl::InlinedVector<int64_t, 4> tokens;  // refund token per rule, in feature rule order
 };
 

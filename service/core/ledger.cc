@@ -120,8 +120,8 @@ Policy Ledger::policy() const {
   return p;
 }
 
-int64_t Credential::LimitCooldown(const CompiledCredential& cc,
-                                  const CompiledFeature& feature, int64_t now) const {
+int64_t Credential::LimitCooldown(const CompiledCredential& cc, const CompiledFeature& feature,
+                                  int64_t now) const {
   int64_t until = 0;
   if (outside.empty()) return until;
   for (int r : feature.rules) {

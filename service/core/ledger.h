@@ -164,10 +164,10 @@ struct WaitTicket {
 //
 // Locking: reload_mu_ (reloads only), then a credential's mutex, then one of: a lease shard's
 // mutex (lease_table.h), wait_mu_, jitter_mu_. Answers to waiting requests are delivered with no
-// lock held. The implementation is split by operation group: ledger.cc (creation, time, policy),
-// ledger_acquire.cc (Acquire), ledger_wait.cc (AcquireOrWait, Pump, Cancel, Queues),
-// ledger_lease.cc (Release, Renew, Leases, Sweep), ledger_report.cc (Report, Usage),
-// ledger_reload.cc (Reload, Reset), ledger_restore.cc (Restore, CompactionTimeNs).
+// lock held. The implementation is split by operation group: ledger.cc (creation, time,
+// CompactionTimeNs, policy), ledger_acquire.cc (Acquire), ledger_wait.cc (AcquireOrWait, Pump,
+// Cancel, Queues), ledger_lease.cc (Release, Renew, Leases, FindLease, Sweep), ledger_report.cc
+// (Report, Usage), ledger_reload.cc (Reload, Reset), ledger_restore.cc (Restore).
 class Ledger {
  public:
   // kInvalidArgument when the policy does not validate.

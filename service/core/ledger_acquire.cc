@@ -68,8 +68,8 @@ absl::StatusOr<Decision> Ledger::Acquire(const AcquireRequest& req) {
   LeaseRecord rec;
   {
     absl::MutexLock lock(&cred->mu);
-    result = cred->AcquireOrQueue(*this, req, /*priority=*/0, now, &rec, /*waiter=*/nullptr,
-                                  &answers);
+    result =
+        cred->AcquireOrQueue(*this, req, /*priority=*/0, now, &rec, /*waiter=*/nullptr, &answers);
   }
   if (result.ok() && result->granted) InsertLease(result->lease_id, std::move(rec));
   Deliver(answers);
@@ -155,10 +155,8 @@ absl::StatusOr<Decision> Credential::Acquire(Ledger& l, const AcquireRequest& re
   absl::InlinedVector<Credential::Retired*, 2> charged_retired;
   if (!retired.empty()) {
     retired.erase(std::remove_if(retired.begin(), retired.end(),
-                                      [now](const Credential::Retired& r) {
-                                        return r.until_ns <= now;
-                                      }),
-                       retired.end());
+                                 [now](const Credential::Retired& r) { return r.until_ns <= now; }),
+                  retired.end());
     for (Credential::Retired& old : retired) {
       if (!old.all_scopes && old.scope != req.scope) continue;
       if (std::find(feature.rules.begin(), feature.rules.end(), old.rule) == feature.rules.end()) {
@@ -198,13 +196,13 @@ absl::StatusOr<Decision> Credential::Acquire(Ledger& l, const AcquireRequest& re
     rec->granted_ns = now;
     rec->expiry_ns = expiry;
     for (size_t i = 0; i < feature_counters.size(); ++i) {
-      rec->tokens.push_back(
-          feature_counters[i]->Charge(cc.rules[feature.rules[i]], l.RuleTime(cc.rules[feature.rules[i]], now),
-                              req.cost, d.lease_id.lo, expiry));
+      rec->tokens.push_back(feature_counters[i]->Charge(cc.rules[feature.rules[i]],
+                                                        l.RuleTime(cc.rules[feature.rules[i]], now),
+                                                        req.cost, d.lease_id.lo, expiry));
     }
     for (Credential::Retired* old : charged_retired) {
-      old->counter.Charge(*old->old_rule, l.RuleTime(*old->old_rule, now), req.cost,
-                          d.lease_id.lo, expiry);
+      old->counter.Charge(*old->old_rule, l.RuleTime(*old->old_rule, now), req.cost, d.lease_id.lo,
+                          expiry);
     }
     // A lease holding slots is written before the grant is answered, under the lock; one that
     // only allows a refund is written by InsertLease, after the lock (losing it loses a refund).
@@ -217,8 +215,8 @@ absl::StatusOr<Decision> Credential::Acquire(Ledger& l, const AcquireRequest& re
           if (rule.spec.kind == LimitKind::kConcurrency) {
             feature_counters[i]->Free(expiry, d.lease_id.lo);
           } else {
-            feature_counters[i]->Refund(rule, l.RuleTime(rule, now), rec->tokens[i], req.cost, req.cost,
-                                now);
+            feature_counters[i]->Refund(rule, l.RuleTime(rule, now), rec->tokens[i], req.cost,
+                                        req.cost, now);
           }
         }
         for (Credential::Retired* old : charged_retired) old->counter.Free(expiry, d.lease_id.lo);
@@ -258,8 +256,8 @@ absl::Status Credential::ReserveAhead(const Ledger& l, const CompiledCredential&
   absl::InlinedVector<ReservationNeed, 4> needs(feature_counters.size());
   for (size_t i = 0; i < feature_counters.size(); ++i) {
     const Rule& rule = cc.rules[feature.rules[i]];
-    if (!feature_counters[i]->NeedsReservation(rule, l.RuleTime(rule, now), req.cost, l.BlockFor(rule),
-                                       &needs[i])) {
+    if (!feature_counters[i]->NeedsReservation(rule, l.RuleTime(rule, now), req.cost,
+                                               l.BlockFor(rule), &needs[i])) {
       continue;
     }
     for (const ReservationBlock& b : needs[i].blocks()) {

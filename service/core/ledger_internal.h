@@ -22,6 +22,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -173,9 +174,8 @@ struct Credential {
   // Writes the high-water marks the charge needs ahead of it; kUnavailable when it cannot.
   absl::Status ReserveAhead(const Ledger& l, const CompiledCredential& cc,
                             const CompiledFeature& feature,
-                            absl::Span<Counter* const> feature_counters,
-                            const AcquireRequest& req, int64_t now) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+                            absl::Span<Counter* const> feature_counters, const AcquireRequest& req,
+                            int64_t now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
 
   // The wait queue (ledger_wait.cc). Serves the waiters whose time has come first; then grants
   // or denies; or, when `waiter` is non-null and the request cannot be granted now, parks it

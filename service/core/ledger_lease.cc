@@ -103,10 +103,9 @@ absl::StatusOr<ReleaseResult> Ledger::ReleaseImpl(const LeaseId& id, std::option
                !cred->RebuiltSince(rule.full_name, then)) {
       // A token means something only to a counter of the shape that made it: after a reload
       // rebuilt the counter, the units stay counted until they drain (under-grants, never over).
-      result.refunded = std::max(
-          result.refunded,
-          counter->Refund(rule, RuleTime(rule, now), rec.tokens[i], rec.cost, rec.cost - *used,
-                          rec.granted_ns));
+      result.refunded =
+          std::max(result.refunded, counter->Refund(rule, RuleTime(rule, now), rec.tokens[i],
+                                                    rec.cost, rec.cost - *used, rec.granted_ns));
     }
   }
   for (Credential::Retired& old : cred->retired) {

@@ -68,7 +68,7 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
     std::vector<absl::flat_hash_map<std::string, Counter>> scoped(n);
     std::vector<Credential::ScopeSeed> seeds;
     std::vector<std::pair<int, std::string>> seeded;  // counters that need a reservation
-    std::vector<int> rehome;  // concurrency rules built anew
+    std::vector<int> rehome;                          // concurrency rules built anew
     const bool new_version = cred.versions.empty() || cred.versions.back() != compiled;
     const size_t version_index = cred.versions.size() - (new_version ? 0 : 1);
     if (cred.compiled != nullptr) {
@@ -130,14 +130,14 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
           // or merged with other scopes' charges, the units it already gave back may still
           // count. At most a burst more were charged within its memory.
           if (from.spec.kind == LimitKind::kTokenBucket &&
-              !(rule.spec.kind == LimitKind::kTokenBucket &&
-                rule.emission_ns <= from.emission_ns && rule.spec.scoped == from.spec.scoped)) {
+              !(rule.spec.kind == LimitKind::kTokenBucket && rule.emission_ns <= from.emission_ns &&
+                rule.spec.scoped == from.spec.scoped)) {
             units = SatAdd(units, from.Capacity());
           }
           // More than the capacity is kept (a later reload that raises it still sees them),
           // except by a bucket, whose debt beyond a burst only delays its refill.
           return rule.spec.kind == LimitKind::kTokenBucket ? std::min(units, rule.Capacity())
-                                                            : units;
+                                                           : units;
         };
         // The old counter of `scope`, and the counters earlier reloads retired under this name
         // (which may remember more than a counter in between could, a bucket's burst say).
@@ -158,8 +158,8 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
           c.Charge(rule, RuleTime(rule, now), units, 0, 0);
           seeded.emplace_back(static_cast<int>(r), std::string(scope));
         };
-        auto retire = [&](absl::string_view scope, Counter& c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(
-                          cred.mu) {
+        auto retire = [&](absl::string_view scope,
+                          Counter& c) ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred.mu) {
           const int64_t until = FromRuleTime(o, c.DrainedAt(o, RuleTime(o, now)));
           if (until <= now || o.spec.kind == LimitKind::kUnlimited) return;
           cred.retired.push_back(Credential::Retired{&o, static_cast<int>(r), std::string(scope),
@@ -212,9 +212,8 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
       for (const auto& [name, index] : compiled->rule_index) cred.removed.erase(name);
       for (size_t r = 0; r < old.rules.size(); ++r) {
         if (compiled->rule_index.contains(old.rules[r].full_name)) continue;
-        cred.removed[old.rules[r].full_name] =
-            Credential::Removed{&old.rules[r], std::move(cred.counters[r]),
-                                std::move(cred.scoped[r])};
+        cred.removed[old.rules[r].full_name] = Credential::Removed{
+            &old.rules[r], std::move(cred.counters[r]), std::move(cred.scoped[r])};
       }
       absl::erase_if(cred.removed, [this, now](auto& entry) {
         Credential::Removed& gone = entry.second;
@@ -241,7 +240,7 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
               continue;
             }
             Counter& c = compiled->rules[it->second].spec.scoped ? scoped[it->second][rec.scope]
-                                                                  : counters[it->second];
+                                                                 : counters[it->second];
             c.RestoreHeld(rec.expiry_ns, id.lo, rec.cost, now);
           }
         }

@@ -40,8 +40,8 @@ std::vector<int> Credential::AttributeThrottle(const Ledger& l, const CompiledCr
     }
     const CounterView v = counters[r].View(rule, l.RuleTime(rule, now));
     const int64_t hold = HoldBack(rule, 1, now);
-    fullness.emplace_back(
-        static_cast<double>(v.used + hold) / static_cast<double>(rule.Capacity()), r);
+    fullness.emplace_back(static_cast<double>(v.used + hold) / static_cast<double>(rule.Capacity()),
+                          r);
   }
   if (fullness.empty()) return named >= 0 ? std::vector<int>{named} : std::vector<int>{};
   double most = 0;
@@ -61,8 +61,8 @@ int64_t Credential::LearnThrottle(Ledger& l, const CompiledCredential& cc,
   e.CountThrottle();
   // A throttle on a limit quotad's own count already has full is explained by that count:
   // nothing is learnt about outside use.
-  const bool full = !rule.spec.scoped &&
-                    counters[r].View(rule, l.RuleTime(rule, now)).remaining <= 0;
+  const bool full =
+      !rule.spec.scoped && counters[r].View(rule, l.RuleTime(rule, now)).remaining <= 0;
   if (Estimable(rule) && !counted && !full) e.OnThrottle(rule.Capacity(), RecoveryNs(rule), now);
   int64_t until = retry_ns;
   if (until <= now) {
@@ -130,8 +130,8 @@ void Credential::WriteOutside(const Ledger& l, const Rule& rule, const OutsideEs
   jo.until_ns = std::max(e.cooldown_until_ns(), e.GoneAt(rule.Capacity(), RecoveryNs(rule)));
   if (jo.consecutive > 0) jo.until_ns = kInfiniteNs;  // the back-off remembers until a success
   if (absl::Status s = l.options_.journal->PutOutside(jo); !s.ok()) {
-    out->warnings.push_back(absl::StrCat("what was learnt about ", rule.full_name,
-                                         " is not durable: ", s.message()));
+    out->warnings.push_back(
+        absl::StrCat("what was learnt about ", rule.full_name, " is not durable: ", s.message()));
   }
 }
 
@@ -220,10 +220,10 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
         // only says its oldest unit left, and the count still holds (see below).
         if (upstream_used && obs->reset_at && rule.spec.kind != LimitKind::kSliding &&
             reset_ns + absl::ToInt64Nanoseconds(absl::Seconds(1)) <= now) {
-          out.warnings.push_back(absl::StrCat(
-              "X-RateLimit-Reset ", absl::FormatTime(*obs->reset_at), " of ", rule.full_name,
-              " has passed (now ", absl::FormatTime(ToWall(now)),
-              "): the counts describe an earlier window; not adopted"));
+          out.warnings.push_back(
+              absl::StrCat("X-RateLimit-Reset ", absl::FormatTime(*obs->reset_at), " of ",
+                           rule.full_name, " has passed (now ", absl::FormatTime(ToWall(now)),
+                           "): the counts describe an earlier window; not adopted"));
           upstream_used.reset();
           named_full.reset();
         } else if (obs->reset_at &&
@@ -240,8 +240,7 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
         if (upstream_used && rule.spec.kind == LimitKind::kSliding) {
           // The units the upstream counted when the answer was seen were charged before then:
           // they leave its window one period later at the latest (plus the guard here).
-          const int64_t release =
-              SatAdd(std::min(now, FromWall(observed_at)), rule.period_ns);
+          const int64_t release = SatAdd(std::min(now, FromWall(observed_at)), rule.period_ns);
           if (reset_ns <= now || reset_ns > release) reset_ns = release;
         }
         if (upstream_used) {
@@ -288,10 +287,10 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
         // Nothing but unlimited limits, or the upstream's own Retry-After: the feature itself
         // cools down too (whatever a later reload makes of its limits).
         Credential::Cooldown& c = cred->cooldowns[feature.name];
-        int64_t until = retry_ns > now ? retry_ns
-                                       : now + absl::ToInt64Nanoseconds(
-                                                   feature.throttle.initial_backoff *
-                                                   (1.0 + feature.throttle.jitter_min));
+        int64_t until = retry_ns > now
+                            ? retry_ns
+                            : now + absl::ToInt64Nanoseconds(feature.throttle.initial_backoff *
+                                                             (1.0 + feature.throttle.jitter_min));
         until = std::min(until, SatAdd(now, absl::ToInt64Nanoseconds(feature.max_cooldown)));
         c.until_ns = std::max(c.until_ns, until);
         out.cooldown_until = ToWall(c.until_ns);
@@ -299,8 +298,8 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
           if (absl::Status s =
                   options_.journal->PutCooldown({cred->name, feature.name, c.until_ns});
               !s.ok()) {
-            out.warnings.push_back(absl::StrCat("the cooldown of ", feature.name,
-                                                " is not durable: ", s.message()));
+            out.warnings.push_back(
+                absl::StrCat("the cooldown of ", feature.name, " is not durable: ", s.message()));
           }
         }
       }
@@ -343,17 +342,17 @@ absl::StatusOr<std::vector<LimitStatus>> Ledger::Usage(absl::string_view credent
   const CompiledCredential& cc = *cred->compiled;
   auto add = [&](const Rule& rule, absl::string_view scope, Counter& counter)
                  ABSL_EXCLUSIVE_LOCKS_REQUIRED(cred->mu) {
-    const CounterView v = counter.View(rule, RuleTime(rule, now));
-    LimitStatus& st = out.emplace_back();
-    st.name = rule.full_name;
-    st.scope = std::string(scope);
-    st.kind = rule.spec.kind;
-    st.capacity = rule.Capacity();
-    st.used = v.used;
-    st.outside_estimate = scope.empty() ? cred->HoldBack(rule, 0, now) : 0;
-    st.remaining = std::max<int64_t>(0, v.remaining - st.outside_estimate);
-    st.reset = ToWall(FromRuleTime(rule, v.reset_ns));
-  };
+                   const CounterView v = counter.View(rule, RuleTime(rule, now));
+                   LimitStatus& st = out.emplace_back();
+                   st.name = rule.full_name;
+                   st.scope = std::string(scope);
+                   st.kind = rule.spec.kind;
+                   st.capacity = rule.Capacity();
+                   st.used = v.used;
+                   st.outside_estimate = scope.empty() ? cred->HoldBack(rule, 0, now) : 0;
+                   st.remaining = std::max<int64_t>(0, v.remaining - st.outside_estimate);
+                   st.reset = ToWall(FromRuleTime(rule, v.reset_ns));
+                 };
   for (size_t r = 0; r < cc.rules.size(); ++r) {
     if (!cc.rules[r].spec.scoped) {
       add(cc.rules[r], "", cred->counters[r]);

@@ -38,9 +38,9 @@ absl::StatusOr<Decision> Credential::AcquireOrQueue(Ledger& l, const AcquireRequ
     next_serve_ns = ServeWaiters(l, now, answers);
   }
   const int fi = compiled->FindFeature(req.feature);
-  Waiter* blocker =
-      fi < 0 || waiters.empty() ? nullptr
-                                   : FirstConflict(waiters, *compiled, fi, req.scope, priority);
+  Waiter* blocker = fi < 0 || waiters.empty()
+                        ? nullptr
+                        : FirstConflict(waiters, *compiled, fi, req.scope, priority);
   absl::StatusOr<Decision> d;
   if (blocker == nullptr) {
     d = Acquire(l, req, now, rec);
@@ -184,7 +184,7 @@ WaitTicket Ledger::AcquireOrWait(const AcquireRequest& req, absl::Duration max_w
   {
     absl::MutexLock lock(&cred->mu);
     result = cred->AcquireOrQueue(*this, req, priority, now, &rec,
-                                    max_wait > absl::ZeroDuration() ? &waiter : nullptr, &answers);
+                                  max_wait > absl::ZeroDuration() ? &waiter : nullptr, &answers);
   }
   const bool parked = waiter == nullptr;
   if (!parked) {
@@ -194,8 +194,8 @@ WaitTicket Ledger::AcquireOrWait(const AcquireRequest& req, absl::Duration max_w
   Deliver(answers);
   if (!parked) return {};
   if (options_.wake) {
-    options_.wake(ToWall(std::min(FromWall(result->retry_at),
-                                  SatAdd(now, absl::ToInt64Nanoseconds(max_wait)))));
+    options_.wake(ToWall(
+        std::min(FromWall(result->retry_at), SatAdd(now, absl::ToInt64Nanoseconds(max_wait)))));
   }
   return ticket;
 }

@@ -2,7 +2,12 @@
 #define QUOTAD_SERVICE_CORE_LIMITS_H_
 
 // Internal to the ledger: one compiled rule and the counter that enforces it. Times are int64
-// nanoseconds since the Unix epoch so that a counter stays small.
+// nanoseconds since the Unix epoch so that a counter stays small. Counter is defined in
+// limits.cc (windows, charges, refunds, slots) and limits_reservation.cc (write-ahead
+// reservations, restore from the journal, adopted upstream counts).
+//
+// Locking contract: none here. A Counter is not thread-safe; the credential that owns it guards
+// it with its mutex (ledger_internal.h). A Rule is immutable once built.
 
 #include <array>
 #include <cstddef>
@@ -134,7 +139,8 @@ class Counter {
   // when charging `cost` now would pass what is reserved, fills `need` (at most two records:
   // sliding also closes its previous block; calendar within its guard also reserves in the next
   // window, where the charge counts too) with the reservation that must be made durable first,
-  // reserving `block` more units than needed, and returns true. Concurrency counters never need one (their leases are written instead).
+  // reserving `block` more units than needed, and returns true. Concurrency counters never need
+  // one (their leases are written instead).
   // Also used after Adopt() with the units it added (cost 0 for windows: their used units
   // already include them), so that what the upstream said survives a restart.
   bool NeedsReservation(const Rule& rule, int64_t now, int64_t cost, int64_t block,

@@ -206,8 +206,8 @@ int64_t Counter::Adopt(const Rule& rule, int64_t now, int64_t used, int64_t rese
       // restored after a restart stand for charges that may never have been made: the upstream
       // did not count those, so they are left out too. Buckets that straddle the period's start
       // or the restart are left out. All count ours low, so more is adopted, never less.
-      int64_t ours = 0;    // inside the period: what the message compares with (returned)
-      int64_t known = 0;   // of those, the charges we know were made
+      int64_t ours = 0;   // inside the period: what the message compares with (returned)
+      int64_t known = 0;  // of those, the charges we know were made
       if (rule.spec.sub_buckets > 0) {
         const Buckets& b = *buckets_;
         const int64_t n = static_cast<int64_t>(b.counts.size());

@@ -1,9 +1,10 @@
 // CompiledCredential and the queries on it (compiled_policy.h): the tables the ledger runs.
 
+#include "service/core/compiled_policy.h"
+
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "service/core/compiled_policy.h"
 #include "tests/core/test_util.h"
 
 namespace quotad {

@@ -1,11 +1,12 @@
 // LeaseId: its text form and the generator.
 
+#include "service/core/lease_id.h"
+
 #include <string>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
-#include "service/core/lease_id.h"
 
 namespace quotad {
 namespace {
@@ -26,8 +27,8 @@ TEST(LeaseIdTest, ParseAcceptsUppercase) {
 }
 
 TEST(LeaseIdTest, ParseRejectsWrongLengthOrNonHexNamingTheText) {
-  for (const std::string text : {"", "0123", "0123456789abcdeffedcba98765432100",
-                                 "0123456789abcdefgedcba9876543210"}) {
+  for (const std::string text :
+       {"", "0123", "0123456789abcdeffedcba98765432100", "0123456789abcdefgedcba9876543210"}) {
     absl::StatusOr<LeaseId> id = LeaseId::Parse(text);
     EXPECT_EQ(id.status().code(), absl::StatusCode::kInvalidArgument) << text;
     EXPECT_NE(id.status().message().find("'" + text + "'"), std::string::npos) << id.status();

@@ -1,10 +1,11 @@
 // LeaseTable (lease_table.h): the ledger's sharded map of leases by id.
 
+#include "service/core/lease_table.h"
+
 #include <cstdint>
 
 #include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
-#include "service/core/lease_table.h"
 
 namespace quotad::ledger_internal {
 namespace {
