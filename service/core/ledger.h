@@ -23,31 +23,23 @@
 #include "absl/types/span.h"
 #include "service/core/clock.h"
 #include "service/core/journal.h"
+#include "service/core/lease_id.h"
 #include "service/core/policy.h"
 #include "service/core/upstream.h"
 
 namespace quotad {
 
-// Internal to service/core (limits.h, ledger.cc).
-struct Rule;
-class Counter;
-struct CompiledCredential;
-struct CompiledFeature;
+struct Rule;  // limits.h
 
-// 128 random bits naming one grant. Printed as 32 lowercase hex digits.
-struct LeaseId {
-  uint64_t hi = 0;
-  uint64_t lo = 0;
-
-  std::string ToString() const;
-  // kInvalidArgument naming the text when it is not 32 hex digits.
-  static absl::StatusOr<LeaseId> Parse(absl::string_view text);
-  bool operator==(const LeaseId& o) const { return hi == o.hi && lo == o.lo; }
-  template <typename H>
-  friend H AbslHashValue(H h, const LeaseId& id) {
-    return H::combine(std::move(h), id.hi, id.lo);
-  }
-};
+// Internal to the ledger (ledger_internal.h): one credential's state and the operations that run
+// under its mutex, the credential table, the lease table, a waiting request's answer.
+namespace ledger_internal {
+struct Credential;
+struct CredentialTable;
+class LeaseTable;
+struct LeaseRecord;
+struct Answer;
+}  // namespace ledger_internal
 
 // The strings are views: what they name must outlive the Acquire call.
 struct AcquireRequest {
@@ -159,7 +151,7 @@ using WaitCallback = absl::AnyInvocable<void(absl::StatusOr<Decision>)>;
 
 // Names a parked request, for Cancel().
 struct WaitTicket {
-  const void* credential = nullptr;
+  ledger_internal::Credential* credential = nullptr;  // whose queue; nullptr: not parked
   int priority = 0;
   uint64_t id = 0;
 };
@@ -169,6 +161,13 @@ struct WaitTicket {
 // Each credential has its own mutex, so a hot credential does not serialise unrelated ones.
 // Leases live in a sharded table keyed by id. Thread-safe. Does not own `clock`, which must
 // outlive the ledger.
+//
+// Locking: reload_mu_ (reloads only), then a credential's mutex, then one of: a lease shard's
+// mutex (lease_table.h), wait_mu_, jitter_mu_. Answers to waiting requests are delivered with no
+// lock held. The implementation is split by operation group: ledger.cc (creation, time,
+// CompactionTimeNs, policy), ledger_acquire.cc (Acquire), ledger_wait.cc (AcquireOrWait, Pump,
+// Cancel, Queues), ledger_lease.cc (Release, Renew, Leases, FindLease, Sweep), ledger_report.cc
+// (Report, Usage), ledger_reload.cc (Reload, Reset), ledger_restore.cc (Restore).
 class Ledger {
  public:
   // kInvalidArgument when the policy does not validate.
@@ -287,20 +286,12 @@ class Ledger {
   Clock* clock() const { return clock_; }
 
  private:
-  struct Credential;
-  struct Table;
-  struct LeaseShard;
-  struct Answer;
-  // What runs under one credential's mutex; defined in ledger.cc, where Credential is complete,
-  // so that clang's -Wthread-safety can check it.
-  struct Locked;
-
- public:
-  struct LeaseRecord;  // internal; public only for helpers in ledger.cc
-  struct Waiter;       // internal; public only for helpers in ledger.cc
-
- private:
-  static constexpr int kLeaseShards = 64;
+  // The operations that run under one credential's mutex are members of Credential, so that
+  // clang's -Wthread-safety checks them; they read the ledger's options, time and waiting set.
+  friend struct ledger_internal::Credential;
+  using Credential = ledger_internal::Credential;
+  using LeaseRecord = ledger_internal::LeaseRecord;
+  using Answer = ledger_internal::Answer;
 
   Ledger(Clock* clock, LedgerOptions options);
   // Ledger time, in ns: the monotonic clock anchored to the wall clock at construction. Every
@@ -326,22 +317,24 @@ class Ledger {
   absl::StatusOr<ReleaseResult> ReleaseImpl(const LeaseId& id, std::optional<int64_t> used,
                                             Credential** cred);
   void Deliver(std::vector<Answer>& answers);
-  const Table* table() const { return table_.load(std::memory_order_acquire); }
+  const ledger_internal::CredentialTable* table() const {
+    return table_.load(std::memory_order_acquire);
+  }
   Credential* FindCredential(absl::string_view name) const;
-  LeaseShard& ShardFor(const LeaseId& id);
 
   Clock* const clock_;
   const LedgerOptions options_;
   const int64_t mono_anchor_ns_;                // wall - monotonic at construction
   mutable std::atomic<int64_t> wall_offset_ns_{0};  // wall - ledger time at the last reading
   mutable absl::Mutex reload_mu_;
-  std::atomic<const Table*> table_{nullptr};
+  std::atomic<const ledger_internal::CredentialTable*> table_{nullptr};
   // Every table ever published, kept so that readers never see a freed one; reloads are rare.
-  std::vector<std::unique_ptr<const Table>> tables_ ABSL_GUARDED_BY(reload_mu_);
+  std::vector<std::unique_ptr<const ledger_internal::CredentialTable>> tables_
+      ABSL_GUARDED_BY(reload_mu_);
   // Every credential ever configured, by name; never removed while the ledger lives.
   absl::flat_hash_map<std::string, std::unique_ptr<Credential>> credentials_
       ABSL_GUARDED_BY(reload_mu_);
-  std::unique_ptr<std::array<LeaseShard, kLeaseShards>> leases_;
+  std::unique_ptr<ledger_internal::LeaseTable> leases_;
   // Credentials with requests waiting. Lock order: a credential's mu, then wait_mu_.
   mutable absl::Mutex wait_mu_;
   absl::flat_hash_set<Credential*> waiting_credentials_ ABSL_GUARDED_BY(wait_mu_);

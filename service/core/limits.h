@@ -2,8 +2,15 @@
 #define QUOTAD_SERVICE_CORE_LIMITS_H_
 
 // Internal to the ledger: one compiled rule and the counter that enforces it. Times are int64
-// nanoseconds since the Unix epoch so that a counter stays small.
+// nanoseconds since the Unix epoch so that a counter stays small. Counter is defined in
+// limits.cc (windows, charges, refunds, slots) and limits_reservation.cc (write-ahead
+// reservations, restore from the journal, adopted upstream counts).
+//
+// Locking contract: none here. A Counter is not thread-safe; the credential that owns it guards
+// it with its mutex (ledger_internal.h). A Rule is immutable once built.
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <memory>
@@ -11,11 +18,19 @@
 #include <vector>
 
 #include "absl/container/btree_map.h"
+#include "absl/types/span.h"
 #include "service/core/policy.h"
 
 namespace quotad {
 
 inline constexpr int64_t kInfiniteNs = std::numeric_limits<int64_t>::max();
+
+// Floor division that is right for negative numerators too.
+inline int64_t FloorDiv(int64_t a, int64_t b) {
+  int64_t q = a / b;
+  if ((a % b != 0) && ((a < 0) != (b < 0))) --q;
+  return q;
+}
 
 // A LimitSpec with its derived values. Immutable once built.
 struct Rule {
@@ -51,6 +66,24 @@ struct CounterView {
   int64_t used = 0;
   int64_t remaining = 0;
   int64_t reset_ns = kInfiniteNs;
+};
+
+// One write-ahead record a charge needs first: a Reservation (journal.h) without its key.
+struct ReservationBlock {
+  int64_t window_start_ns = 0;
+  int64_t until_ns = 0;
+  int64_t units = 0;  // sliding: -1 keeps the block's units and changes only until_ns
+};
+
+// The records Counter::NeedsReservation asks for, in order: at most two.
+struct ReservationNeed {
+  std::array<ReservationBlock, 2> block;
+  int count = 0;
+
+  absl::Span<const ReservationBlock> blocks() const {
+    return absl::MakeConstSpan(block.data(), static_cast<size_t>(count));
+  }
+  void Add(const ReservationBlock& b) { block[count++] = b; }
 };
 
 // The state of one rule (for one scope). Not thread-safe: the owning credential's mutex guards
@@ -103,17 +136,17 @@ class Counter {
   int64_t DrainedAt(const Rule& rule, int64_t now);
 
   // Write-ahead high-water marks (see journal.h). Call after Fits() said yes, before Charge():
-  // when charging `cost` now would pass what is reserved, fills `out` (window_start_ns,
-  // until_ns, units; at most two records: sliding also closes its previous block; calendar
-  // within its guard also reserves in the next window, where the charge counts too) with the
-  // reservation that must be made durable first, reserving `block` more units than needed,
-  // and returns true. Concurrency counters never need one (their leases are written instead).
+  // when charging `cost` now would pass what is reserved, fills `need` (at most two records:
+  // sliding also closes its previous block; calendar within its guard also reserves in the next
+  // window, where the charge counts too) with the reservation that must be made durable first,
+  // reserving `block` more units than needed, and returns true. Concurrency counters never need
+  // one (their leases are written instead).
   // Also used after Adopt() with the units it added (cost 0 for windows: their used units
   // already include them), so that what the upstream said survives a restart.
   bool NeedsReservation(const Rule& rule, int64_t now, int64_t cost, int64_t block,
-                        int64_t out[2][3], int* count);
+                        ReservationNeed* need);
   // Records that the reservation NeedsReservation() asked for is durable.
-  void Reserved(const Rule& rule, int64_t now, const int64_t out[2][3], int count);
+  void Reserved(const Rule& rule, int64_t now, const ReservationNeed& need);
   // Rebuilds the state a reservation record stands for, as if every reserved unit had been
   // charged. Sliding records of one counter must come in reserve-time order; `next_ns` is the
   // reserve time of the next block of the same counter (or now for the last one).

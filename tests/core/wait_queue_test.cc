@@ -1,11 +1,16 @@
-// Waiting Acquires: served in order, at the exact moment capacity frees, on a fake clock.
+// Waiting Acquires: served in order, at the exact moment capacity frees, on a fake clock; and
+// the wait queue unit itself (wait_queue.h): serving order and which waiter holds a request back.
 
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "service/core/clock.h"
+#include "service/core/compiled_policy.h"
 #include "service/core/ledger.h"
+#include "service/core/wait_queue.h"
 #include "tests/core/test_util.h"
 
 namespace quotad {
@@ -231,6 +236,48 @@ TEST_F(WaitQueueTest, AnswerAllWaitersEmptiesEveryQueue) {
   EXPECT_EQ(answered_[3].result.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(ledger_->waiting(), 0);
   EXPECT_EQ(ledger_->Pump(), absl::InfiniteFuture());
+}
+
+// A waiter of `feature` and `scope` at `priority`, `id`-th to arrive.
+void Park(ledger_internal::WaiterMap& waiters, std::string feature, std::string scope,
+          int priority, uint64_t id) {
+  auto w = std::make_unique<ledger_internal::Waiter>();
+  w->feature = std::move(feature);
+  w->scope = std::move(scope);
+  w->priority = priority;
+  w->id = id;
+  waiters.emplace(ledger_internal::WaiterKeyOf(priority, id), std::move(w));
+}
+
+TEST(WaiterMapTest, ServesHigherPriorityFirstThenArrivalOrder) {
+  ledger_internal::WaiterMap waiters;
+  Park(waiters, "f", "", 0, 1);
+  Park(waiters, "f", "", 5, 2);
+  Park(waiters, "f", "", 0, 3);
+  std::vector<uint64_t> order;
+  for (const auto& [key, w] : waiters) order.push_back(w->id);
+  EXPECT_EQ(order, (std::vector<uint64_t>{2, 1, 3}));
+}
+
+TEST(WaiterMapTest, FirstConflictIsTheFirstWaiterAtOrAbovePriorityThatSharesACounter) {
+  LimitSpec per_scope = Sliding("per_scope", 10, absl::Minutes(1));
+  per_scope.scoped = true;
+  const CompiledCredential cc({Feature("a", {per_scope}), Feature("b", {Concurrency("slots", 1)}),
+                               Feature("c", {Concurrency("slots", 1)})});
+  ledger_internal::WaiterMap waiters;
+  Park(waiters, "a", "x", 3, 1);
+  Park(waiters, "b", "", 1, 2);
+  Park(waiters, "b", "", 1, 3);
+  const int a = cc.FindFeature("a");
+  const int b = cc.FindFeature("b");
+  const int c = cc.FindFeature("c");
+  ledger_internal::Waiter* first = ledger_internal::FirstConflict(waiters, cc, b, "", 0);
+  ASSERT_NE(first, nullptr);
+  EXPECT_EQ(first->id, 2u);
+  EXPECT_EQ(ledger_internal::FirstConflict(waiters, cc, b, "", 2), nullptr);  // above them
+  EXPECT_EQ(ledger_internal::FirstConflict(waiters, cc, a, "y", 0), nullptr);  // other scope
+  ASSERT_NE(ledger_internal::FirstConflict(waiters, cc, a, "x", 3), nullptr);
+  EXPECT_EQ(ledger_internal::FirstConflict(waiters, cc, c, "", 0), nullptr);  // own slots
 }
 
 }  // namespace

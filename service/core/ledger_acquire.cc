@@ -1,0 +1,282 @@
+// Ledger::Acquire: validation, the decision under the credential's mutex, the write-ahead of
+// reservations, and the lease's entry in the lease table after the mutex is released.
+
+#include <algorithm>
+#include <array>
+#include <limits>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/container/inlined_vector.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "service/core/ledger.h"
+#include "service/core/ledger_internal.h"
+
+namespace quotad {
+
+using ledger_internal::Answer;
+using ledger_internal::Credential;
+using ledger_internal::LeaseRecord;
+using ledger_internal::LeaseShard;
+using ledger_internal::SatAdd;
+using ledger_internal::Waiter;
+
+namespace {
+
+absl::Status CheckRequestName(absl::string_view field, absl::string_view value, bool required) {
+  if (required && value.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(field, " is empty"));
+  }
+  if (value.size() > kMaxNameLength) {
+    return absl::InvalidArgumentError(absl::StrCat(field, " '", value.substr(0, 32), "...' is ",
+                                                   value.size(), " bytes, longer than ",
+                                                   kMaxNameLength));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status Ledger::ValidateRequest(const AcquireRequest& req) {
+  if (absl::Status s = CheckRequestName("credential", req.credential, true); !s.ok()) return s;
+  if (absl::Status s = CheckRequestName("feature", req.feature, true); !s.ok()) return s;
+  if (absl::Status s = CheckRequestName("scope", req.scope, false); !s.ok()) return s;
+  if (absl::Status s = CheckRequestName("holder", req.holder, false); !s.ok()) return s;
+  if (req.cost <= 0 || req.cost > kMaxCapacity) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cost ", req.cost, " must be 1..", kMaxCapacity));
+  }
+  if (req.lease_ttl < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lease_ttl ", absl::FormatDuration(req.lease_ttl), " is negative"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Decision> Ledger::Acquire(const AcquireRequest& req) {
+  if (absl::Status s = ValidateRequest(req); !s.ok()) return s;
+  Credential* cred = FindCredential(req.credential);
+  if (cred == nullptr) {
+    return absl::NotFoundError(absl::StrCat("credential '", req.credential, "' is not configured"));
+  }
+  const int64_t now = NowNs();
+
+  std::vector<Answer> answers;
+  absl::StatusOr<Decision> result;
+  LeaseRecord rec;
+  {
+    absl::MutexLock lock(&cred->mu);
+    result =
+        cred->AcquireOrQueue(*this, req, /*priority=*/0, now, &rec, /*waiter=*/nullptr, &answers);
+  }
+  if (result.ok() && result->granted) InsertLease(result->lease_id, std::move(rec));
+  Deliver(answers);
+  return result;
+}
+
+void Ledger::InsertLease(const LeaseId& id, LeaseRecord rec) {
+  // Outside the credential's lock: nobody can name this lease before Acquire returns.
+  if (options_.journal != nullptr && !rec.compiled->features[rec.feature].has_concurrency) {
+    options_.journal->PutLease(ToJournal(id, rec, false)).IgnoreError();  // queued; may be lost
+  }
+  leases_->Insert(id, std::move(rec));
+}
+
+absl::StatusOr<Decision> Credential::Acquire(Ledger& l, const AcquireRequest& req, int64_t now,
+                                             LeaseRecord* rec) {
+  Decision d;
+  const CompiledCredential& cc = *compiled;
+  const int feature_index = cc.FindFeature(req.feature);
+  if (feature_index < 0) {
+    return absl::NotFoundError(absl::StrCat(
+        "feature '", req.feature, "' is not configured for credential '", req.credential, "'"));
+  }
+  const CompiledFeature& feature = cc.features[feature_index];
+  if (req.cost > feature.min_capacity) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cost ", req.cost, " exceeds capacity ", feature.min_capacity, " of limit ",
+                     cc.rules[feature.min_capacity_rule].full_name, " and can never be granted"));
+  }
+  const absl::Duration ttl =
+      req.lease_ttl == absl::ZeroDuration() ? feature.default_lease_ttl : req.lease_ttl;
+  if (ttl > feature.max_lease_ttl) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lease_ttl ", absl::FormatDuration(ttl), " exceeds the maximum ",
+                     absl::FormatDuration(feature.max_lease_ttl), " of feature ", feature.name));
+  }
+  if (feature.first_scoped_rule >= 0 &&
+      CounterFor(feature.first_scoped_rule, req.scope, false) == nullptr &&
+      static_cast<int64_t>(scoped[feature.first_scoped_rule].size()) >= feature.max_scopes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "scope '", req.scope, "' would exceed the ", feature.max_scopes,
+        " scopes allowed for feature ", feature.name, " of credential ", req.credential));
+  }
+
+  if (!cooldowns.empty()) {
+    auto cool = cooldowns.find(feature.name);
+    if (cool != cooldowns.end() && now < cool->second.until_ns) {
+      d.retry_at = l.ToWall(cool->second.until_ns);
+      d.limited_by = absl::StrCat(feature.name, ".cooldown");
+      return d;
+    }
+  }
+  // A limit the upstream throttled cools down every feature that charges it.
+  if (const int64_t until = LimitCooldown(cc, feature, now); until > now) {
+    d.retry_at = l.ToWall(until);
+    d.limited_by = absl::StrCat(feature.name, ".cooldown");
+    return d;
+  }
+
+  absl::InlinedVector<Counter*, 4> feature_counters;
+  feature_counters.reserve(feature.rules.size());
+  absl::InlinedVector<int, 2> created_scopes;  // rules whose counter for this scope is new
+  for (int r : feature.rules) {
+    bool created;
+    feature_counters.push_back(CounterFor(r, req.scope, true, &created));
+    if (created) created_scopes.push_back(r);
+  }
+
+  int64_t retry_ns = std::numeric_limits<int64_t>::min();
+  int limited_by = -1;
+  for (size_t i = 0; i < feature_counters.size(); ++i) {
+    int64_t at = 0;
+    const Rule& rule = cc.rules[feature.rules[i]];
+    // Units learnt to be used from outside quotad are held back as if charged.
+    const int64_t hold = HoldBack(rule, req.cost, now);
+    if (!feature_counters[i]->Fits(rule, l.RuleTime(rule, now), req.cost + hold, &at) &&
+        l.FromRuleTime(rule, at) > retry_ns) {
+      retry_ns = l.FromRuleTime(rule, at);
+      limited_by = feature.rules[i];
+    }
+  }
+  // Limits a reload changed: the old rule's counter holds until its window drains.
+  absl::InlinedVector<Credential::Retired*, 2> charged_retired;
+  if (!retired.empty()) {
+    retired.erase(std::remove_if(retired.begin(), retired.end(),
+                                 [now](const Credential::Retired& r) { return r.until_ns <= now; }),
+                  retired.end());
+    for (Credential::Retired& old : retired) {
+      if (!old.all_scopes && old.scope != req.scope) continue;
+      if (std::find(feature.rules.begin(), feature.rules.end(), old.rule) == feature.rules.end()) {
+        continue;
+      }
+      int64_t at = 0;
+      if (!old.counter.Fits(*old.old_rule, l.RuleTime(*old.old_rule, now), req.cost, &at)) {
+        at = std::min(l.FromRuleTime(*old.old_rule, at), old.until_ns);
+        if (at > retry_ns) {
+          retry_ns = at;
+          limited_by = old.rule;
+        }
+      }
+      charged_retired.push_back(&old);
+    }
+  }
+  if (limited_by >= 0) {
+    d.granted = false;
+    d.retry_at = l.ToWall(retry_ns);
+    d.limited_by = cc.rules[limited_by].full_name;
+  } else {
+    if (l.options_.journal != nullptr) {
+      if (absl::Status s = ReserveAhead(l, cc, feature, feature_counters, req, now); !s.ok()) {
+        return s;
+      }
+    }
+    d.granted = true;
+    d.lease_id = NewLeaseId();
+    const int64_t expiry = now + absl::ToInt64Nanoseconds(ttl);
+    d.lease_expiry = l.ToWall(expiry);
+    rec->credential = this;
+    rec->compiled = &cc;
+    rec->feature = feature_index;
+    rec->scope = std::string(req.scope);
+    rec->holder = std::string(req.holder);
+    rec->cost = req.cost;
+    rec->granted_ns = now;
+    rec->expiry_ns = expiry;
+    for (size_t i = 0; i < feature_counters.size(); ++i) {
+      rec->tokens.push_back(feature_counters[i]->Charge(cc.rules[feature.rules[i]],
+                                                        l.RuleTime(cc.rules[feature.rules[i]], now),
+                                                        req.cost, d.lease_id.lo, expiry));
+    }
+    for (Credential::Retired* old : charged_retired) {
+      old->counter.Charge(*old->old_rule, l.RuleTime(*old->old_rule, now), req.cost, d.lease_id.lo,
+                          expiry);
+    }
+    // A lease holding slots is written before the grant is answered, under the lock; one that
+    // only allows a refund is written by InsertLease, after the lock (losing it loses a refund).
+    if (l.options_.journal != nullptr && feature.has_concurrency) {
+      const absl::Status s = l.options_.journal->PutLease(ToJournal(d.lease_id, *rec, true));
+      if (!s.ok()) {
+        // The slot would not survive a restart: undo the whole grant and fail closed.
+        for (size_t i = 0; i < feature_counters.size(); ++i) {
+          const Rule& rule = cc.rules[feature.rules[i]];
+          if (rule.spec.kind == LimitKind::kConcurrency) {
+            feature_counters[i]->Free(expiry, d.lease_id.lo);
+          } else {
+            feature_counters[i]->Refund(rule, l.RuleTime(rule, now), rec->tokens[i], req.cost,
+                                        req.cost, now);
+          }
+        }
+        for (Credential::Retired* old : charged_retired) old->counter.Free(expiry, d.lease_id.lo);
+        return absl::UnavailableError(
+            absl::StrCat("state store failed, denying (fail closed): ", s.message()));
+      }
+    }
+  }
+  if (req.want_limits) {
+    d.limits.reserve(feature_counters.size());
+    for (size_t i = 0; i < feature_counters.size(); ++i) {
+      const Rule& rule = cc.rules[feature.rules[i]];
+      const CounterView v = feature_counters[i]->View(rule, l.RuleTime(rule, now));
+      LimitStatus& st = d.limits.emplace_back();
+      st.name = rule.full_name;
+      if (rule.spec.scoped) st.scope = std::string(req.scope);
+      st.kind = rule.spec.kind;
+      st.capacity = rule.Capacity();
+      st.used = v.used;
+      st.outside_estimate = HoldBack(rule, 0, now);
+      st.remaining = std::max<int64_t>(0, v.remaining - st.outside_estimate);
+      st.reset = l.ToWall(l.FromRuleTime(rule, v.reset_ns));
+    }
+  }
+  if (!d.granted) {
+    // A denied request leaves no new scope behind (max_scopes counts scopes in use).
+    for (int r : created_scopes) scoped[r].erase(req.scope);
+  }
+  return d;
+}
+
+absl::Status Credential::ReserveAhead(const Ledger& l, const CompiledCredential& cc,
+                                      const CompiledFeature& feature,
+                                      absl::Span<Counter* const> feature_counters,
+                                      const AcquireRequest& req, int64_t now) const {
+  std::vector<Reservation> reservations;
+  absl::InlinedVector<ReservationNeed, 4> needs(feature_counters.size());
+  for (size_t i = 0; i < feature_counters.size(); ++i) {
+    const Rule& rule = cc.rules[feature.rules[i]];
+    if (!feature_counters[i]->NeedsReservation(rule, l.RuleTime(rule, now), req.cost,
+                                               l.BlockFor(rule), &needs[i])) {
+      continue;
+    }
+    for (const ReservationBlock& b : needs[i].blocks()) {
+      reservations.push_back(Reservation{
+          CounterKey{name, rule.full_name, rule.spec.scoped ? std::string(req.scope) : ""},
+          b.window_start_ns, b.until_ns, b.units});
+    }
+  }
+  if (reservations.empty()) return absl::OkStatus();
+  if (absl::Status s = l.options_.journal->Reserve(reservations); !s.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("state store failed, denying (fail closed): ", s.message()));
+  }
+  for (size_t i = 0; i < feature_counters.size(); ++i) {
+    if (needs[i].count == 0) continue;
+    const Rule& rule = cc.rules[feature.rules[i]];
+    feature_counters[i]->Reserved(rule, l.RuleTime(rule, now), needs[i]);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace quotad
