@@ -3,75 +3,69 @@
 
 // Idempotent requests: the first answer given to a request_id, kept until it expires, so that a
 // retried Acquire or Release gets that answer again and charges nothing twice, also after a
-// restart within the dedup window.
+// restart within the dedup window (when the store is durable).
 //
-// Design: answers live in memory (sharded maps; Get never touches the disk) and, when a
-// SqliteJournal is given, in its `dedup` table of the same file, written asynchronously by the
-// journal's group commit. A crash can lose the answers of the last few milliseconds (one
-// commit interval): a retry of such a request is then served as new. The caller chooses the key
-// (e.g. "acquire/<credential>/<request_id>") and the bytes (e.g. a serialized response).
+// The caller chooses the key (e.g. "acquire/<credential>/<request_id>") and the bytes (e.g. a
+// serialized response). Usage by the server: Get(); on a miss, decide, then Put() the answer and
+// send what Put() returns. When two copies of a request race, Put() returns the first answer to
+// both; the loser should undo its own grant (Release without refund) and answer with the first.
 //
-// Usage by the server: Get(); on a miss, decide, then Put() the answer and send what Put()
-// returns. When two copies of a request race, Put() returns the first answer to both; the
-// loser should undo its own grant (Release without refund) and answer with the first.
+// Implementations (OpenStore picks one): MemoryDedupStore (memory-only mode) and
+// DurableDedupStore (answers in memory, written behind to a DedupLog such as the SQLite file).
 
 #include <cstdint>
-#include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
-#include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 
 namespace quotad {
 
-class SqliteJournal;
-
-// Thread-safe. Does not own `journal`, which (when not null) must outlive *this.
+// The request_id answers. Implementations are thread-safe.
 class DedupStore {
  public:
-  // Reads the answers still live at `now_ns` from the journal's file. A null journal keeps
-  // answers in memory only (memory-only mode).
-  static absl::StatusOr<std::unique_ptr<DedupStore>> Open(SqliteJournal* journal,
-                                                          int64_t now_ns);
-
-  DedupStore(const DedupStore&) = delete;
-  DedupStore& operator=(const DedupStore&) = delete;
+  virtual ~DedupStore() = default;
 
   // The answer first recorded for `request_id`, or nullopt when none is live at `now_ns`.
-  std::optional<std::string> Get(absl::string_view request_id, int64_t now_ns) const;
+  virtual std::optional<std::string> Get(absl::string_view request_id, int64_t now_ns) const = 0;
 
   // Records `answer` for `request_id` until `expiry_ns`, unless a live answer is already there.
   // Returns the answer that stands (the first). kInvalidArgument for an empty request_id or an
   // expiry not after now_ns.
-  absl::StatusOr<std::string> Put(absl::string_view request_id, absl::string_view answer,
-                                  int64_t expiry_ns, int64_t now_ns);
+  virtual absl::StatusOr<std::string> Put(absl::string_view request_id, absl::string_view answer,
+                                          int64_t expiry_ns, int64_t now_ns) = 0;
 
-  // Forgets answers expired at `now_ns` from memory (the journal's Compact drops them from the
-  // file). Returns how many.
-  int64_t Sweep(int64_t now_ns);
+  // Forgets answers expired at `now_ns` from memory (durable storage drops them at its own
+  // compaction). Returns how many.
+  virtual int64_t Sweep(int64_t now_ns) = 0;
 
-  int64_t size() const;
+  // Answers held in memory.
+  virtual int64_t size() const = 0;
+};
 
- private:
-  static constexpr int kShards = 16;
-  struct Entry {
-    std::string answer;
-    int64_t expiry_ns = 0;
-  };
-  struct Shard {
-    mutable absl::Mutex mu;
-    absl::flat_hash_map<std::string, Entry> entries ABSL_GUARDED_BY(mu);
-  };
+// One answer as durable storage keeps it.
+struct DedupAnswer {
+  std::string request_id;
+  std::string answer;
+  int64_t expiry_ns = 0;
+};
 
-  explicit DedupStore(SqliteJournal* journal) : journal_(journal) {}
-  Shard& ShardFor(absl::string_view request_id) const;
+// What a DurableDedupStore needs of durable storage: the answers still live at start-up, and a
+// deferred write of each new one. The storage drops expired answers when it compacts
+// (SqliteJournal::Compact). Implementations are thread-safe.
+class DedupLog {
+ public:
+  virtual ~DedupLog() = default;
 
-  SqliteJournal* const journal_;
-  mutable Shard shards_[kShards];
+  // The answers whose expiry is after `now_ns`, including every answer queued before the call.
+  virtual absl::StatusOr<std::vector<DedupAnswer>> LoadAnswers(int64_t now_ns) = 0;
+
+  // Writes `answer` later (group commit): a crash can lose the answers of the last moments, and
+  // a retry of such a request is then served as new. A failed write is reported by the
+  // storage (e.g. SqliteJournal::Flush), not here.
+  virtual void QueueAnswer(DedupAnswer answer) = 0;
 };
 
 }  // namespace quotad

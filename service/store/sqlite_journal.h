@@ -7,7 +7,8 @@
 //   Reserve, PutLease of a lease that holds slots, RenewLease, Compact: one transaction each,
 //     committed before the call returns. They do not wait for the queued records (below): those
 //     only lose refunds or apply a release late when lost, whatever the order.
-//   PutLease of a lease that only allows a refund, DeleteLease, DedupStore::Put: queued and
+//   PutLease of a lease that only allows a refund, DeleteLease, QueueAnswer (the answers of a
+//     DurableDedupStore): queued and
 //     written by a background group-commit thread, every `commit_interval` or as soon as
 //     `commit_batch` records wait, whichever comes first, in order with each other (a crash
 //     keeps a prefix of the queue). Load, Flush and Compact first write what is queued.
@@ -46,6 +47,20 @@
 // another schema version makes Open fail with kDataLoss / kFailedPrecondition naming the path
 // and the problem. Only `reset_corrupt` moves such a file aside (to
 // `<path>.corrupt-<UTC timestamp>`, with its -wal) and starts empty.
+//
+// Where the code is, and its locks (write_mu_ before db_mu_ before queue_mu_):
+//   sqlite_schema.cc             pragmas, schema, upgrade, start-up checks: before the journal
+//                                exists, no lock.
+//   sqlite_journal.cc            Open, the statements, the synchronous writes (Reserve, PutLease
+//                                of a slot, RenewLease, PutCooldown, PutOutside): db_mu_ for one
+//                                transaction each; Flush: write_mu_ then db_mu_.
+//   sqlite_journal_writer.cc     the queue (queue_mu_ only, on the hot path) and the writer
+//                                thread: write_mu_ for a drain, db_mu_ per short transaction.
+//   sqlite_journal_load.cc       Load, LoadAnswers, Compact and the lease log's fold and
+//                                rewrite: write_mu_ (drain first), then db_mu_.
+//   sqlite_journal_checkpoint.cc checkpoint and incremental vacuum: write_mu_ held by the
+//                                caller; db_mu_ only for the short TRUNCATE step / per step.
+//   lease_log_codec.*, sqlite_util.*: the record bytes and small helpers; no state.
 
 #include <atomic>
 #include <chrono>
@@ -64,6 +79,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "service/core/journal.h"
+#include "service/store/dedup_store.h"
 
 struct sqlite3;
 struct sqlite3_stmt;
@@ -116,12 +132,13 @@ struct SqliteJournalStats {
   int64_t pages_vacuumed = 0;   // free pages given back to the file system
 };
 
-// A Journal in a SQLite file, plus the queue and thread that write the deferred records.
+// A Journal in a SQLite file, plus the queue and thread that write the deferred records. Also
+// the DedupLog of the request_id answers (`dedup` table), written by the same queue.
 //
 // Thread-safe: one connection, used under db_mu_; callers on the hot path only touch the queue.
 // Owns the connection and the writer thread; the destructor writes what is queued and stops the
 // thread. Used by at most one process at a time (SQLite's own lock guards the file).
-class SqliteJournal : public Journal {
+class SqliteJournal : public Journal, public DedupLog {
  public:
   // Opens or creates the state file at `path`. kDataLoss for a corrupt or non-SQLite file,
   // kFailedPrecondition for a foreign schema or another schema version, kPermissionDenied or
@@ -147,6 +164,10 @@ class SqliteJournal : public Journal {
   // idempotency answers.
   absl::Status Compact(int64_t now_ns) override;
 
+  // DedupLog: the live answers, after writing what is queued; an answer goes to the queue.
+  absl::StatusOr<std::vector<DedupAnswer>> LoadAnswers(int64_t now_ns) override;
+  void QueueAnswer(DedupAnswer answer) override;
+
   // Writes what is queued now. Returns the first error of a queued write since the last Flush,
   // if any, else the status of this write.
   absl::Status Flush();
@@ -161,18 +182,11 @@ class SqliteJournal : public Journal {
   const std::string& path() const { return path_; }
 
  private:
-  friend class DedupStore;
-
   struct DeleteOp {
     std::string id;
   };
-  struct DedupRow {
-    std::string request_id;
-    std::string answer;
-    int64_t expiry_ns = 0;
-  };
   // Row operations: releases of leases that are rows of `leases`, idempotency answers.
-  using Op = std::variant<DeleteOp, DedupRow>;
+  using Op = std::variant<DeleteOp, DedupAnswer>;
   // Encoded lease-log records (refund-only leases and releases) bound for one lease_log row.
   struct Chunk {
     std::string data;
@@ -202,15 +216,35 @@ class SqliteJournal : public Journal {
                      bool release);
   // Waits while the queue is full. Returns with queue_mu_ held.
   void AwaitRoomLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_);
+  // The condition AwaitRoomLocked waits for.
+  bool HasRoomLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(queue_mu_);
   void WriterLoop();
   // Writes everything queued, one short transaction per chunk (db_mu_ is taken per chunk, so a
   // synchronous write waits for one chunk at most). Errors are remembered for Flush.
   absl::Status WriteQueued() ABSL_EXCLUSIVE_LOCKS_REQUIRED(write_mu_)
       ABSL_LOCKS_EXCLUDED(db_mu_);
-  // Runs `body` in BEGIN IMMEDIATE ... COMMIT, rolling back on error.
-  template <typename F>
-  absl::Status TransactionLocked(const char* what, F body) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  // A transaction is BeginLocked, the body's writes, then EndLocked(body's status), all under
+  // one hold of db_mu_: BEGIN IMMEDIATE, then COMMIT when the body succeeded, else ROLLBACK.
+  // Errors name `what`.
+  absl::Status BeginLocked(const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  absl::Status EndLocked(absl::Status body, const char* what)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  // Bodies of transactions (see BeginLocked).
+  absl::Status WriteReservationsLocked(const std::vector<Reservation>& reservations)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
   absl::Status WriteLeaseLocked(const JournalLease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  absl::Status RenewLeaseLocked(const std::string& id, int64_t expiry_ns)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  absl::Status WriteCooldownLocked(const JournalCooldown& cooldown)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  absl::Status WriteOutsideLocked(const JournalOutside& outside)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  // One group commit: `chunk` (when not null) and ops[begin, end).
+  absl::Status WriteBatchLocked(const Chunk* chunk, const std::vector<Op>& ops, size_t begin,
+                                size_t end) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  // Compact's deletions; the ids of the rows of `leases` it deletes go to `*ended`.
+  absl::Status CompactLocked(int64_t now_ns, std::vector<std::string>* ended)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
   absl::Status WriteLogRowLocked(const Chunk& chunk) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
   absl::Status ApplyLocked(const Op& op) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
   // PASSIVE on checkpoint_db_ without db_mu_, then TRUNCATE under it (see the file comment).
@@ -230,10 +264,6 @@ class SqliteJournal : public Journal {
   // Steps a statement that returns no rows and resets it for reuse.
   absl::Status StepLocked(sqlite3_stmt* st, const char* what) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
   absl::Status Error(const char* what) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
-
-  // For DedupStore: live answers at start-up, and the deferred write of one.
-  absl::StatusOr<std::vector<DedupRow>> LoadDedup(int64_t now_ns);
-  void QueueDedup(std::string request_id, std::string answer, int64_t expiry_ns);
 
   const std::string path_;
   const SqliteOptions options_;

@@ -2,8 +2,8 @@
 #define QUOTAD_SERVICE_STORE_STORE_H_
 
 // The store behind its interfaces: what the server opens and holds. The server names no
-// implementation type; OpenStore picks one from the options (SQLite file or memory only; Redis
-// joins here).
+// implementation type; OpenStore picks one from the options: a SQLite file (SqliteJournal and a
+// DurableDedupStore over it) or memory only (no journal, a MemoryDedupStore). Redis joins here.
 
 #include <cstdint>
 #include <memory>

@@ -1,6 +1,6 @@
-// SqliteJournal on a real SQLite file: every record kind round-trips through a reopen, the
-// Journal's replace and until-only semantics, the group-committed writes, compaction, and
-// start-up safety (corrupt, foreign, read-only and full files).
+// SqliteJournal on a real SQLite file, what is particular to it: the group-committed writes,
+// and start-up safety (corrupt, foreign, read-only and full files). The Journal contract
+// (round trips, replace and until-only semantics, compaction, reopen) is journal_conformance_test.
 
 #include "service/store/sqlite_journal.h"
 
@@ -15,7 +15,6 @@
 
 #include "gtest/gtest.h"
 #include "service/core/ledger.h"
-#include "service/store/dedup_store.h"
 #include "tests/core/test_util.h"
 #include "tests/store/temp_dir.h"
 
@@ -50,23 +49,9 @@ JournalLease Lease(std::string id, bool holds_slots, int64_t expiry_ns = 5000) {
   return l;
 }
 
-bool SameLease(const JournalLease& a, const JournalLease& b) {
-  return a.id == b.id && a.credential == b.credential && a.feature == b.feature &&
-         a.scope == b.scope && a.holder == b.holder && a.cost == b.cost &&
-         a.granted_ns == b.granted_ns && a.expiry_ns == b.expiry_ns &&
-         a.holds_slots == b.holds_slots && a.tokens == b.tokens;
-}
-
 const JournalLease* FindLease(const JournalState& s, const std::string& id) {
   for (const JournalLease& l : s.leases) {
     if (l.id == id) return &l;
-  }
-  return nullptr;
-}
-
-const Reservation* FindRes(const JournalState& s, const std::string& limit, int64_t start) {
-  for (const Reservation& r : s.reservations) {
-    if (r.key.limit == limit && r.window_start_ns == start) return &r;
   }
   return nullptr;
 }
@@ -105,75 +90,6 @@ TEST_F(SqliteJournalTest, NewFileLoadsEmpty) {
   EXPECT_TRUE(s->reservations.empty());
   EXPECT_TRUE(s->leases.empty());
   EXPECT_TRUE(std::filesystem::exists(path_));
-}
-
-TEST_F(SqliteJournalTest, EveryRecordKindSurvivesReopen) {
-  journal_ = OpenOk();
-  ASSERT_TRUE(journal_
-                  ->Reserve({Res("vt/prod", "api.per_day", "", 100, 200, 500),
-                             Res("vt/prod", "api.per_minute", "", 150, INT64_MAX, 40),
-                             Res("vt/prod", "livehunt.per_day", "ruleset-7", 100, 200, 10),
-                             Res("vt/prod", "api.floor", "", 0, 999, 123456789)})
-                  .ok());
-  ASSERT_TRUE(journal_->PutLease(Lease("slot", true)).ok());
-  ASSERT_TRUE(journal_->PutLease(Lease("refund", false)).ok());
-  auto dedup = DedupStore::Open(journal_.get(), 0);
-  ASSERT_TRUE(dedup.ok()) << dedup.status();
-  ASSERT_TRUE((*dedup)->Put("acquire/r1", std::string("\x00\x01answer", 8), 10'000, 0).ok());
-  dedup->reset();
-
-  const JournalState s = Reload();
-  ASSERT_EQ(s.reservations.size(), 4u);
-  const Reservation* scoped = FindRes(s, "livehunt.per_day", 100);
-  ASSERT_NE(scoped, nullptr);
-  EXPECT_EQ(scoped->key.credential, "vt/prod");
-  EXPECT_EQ(scoped->key.scope, "ruleset-7");
-  EXPECT_EQ(scoped->until_ns, 200);
-  EXPECT_EQ(scoped->units, 10);
-  EXPECT_EQ(FindRes(s, "api.per_minute", 150)->until_ns, INT64_MAX);
-  EXPECT_EQ(FindRes(s, "api.floor", 0)->units, 123456789);
-  ASSERT_EQ(s.leases.size(), 2u);
-  EXPECT_TRUE(SameLease(*FindLease(s, "slot"), Lease("slot", true)));
-  EXPECT_TRUE(SameLease(*FindLease(s, "refund"), Lease("refund", false)));
-  auto reopened = DedupStore::Open(journal_.get(), 0);
-  ASSERT_TRUE(reopened.ok());
-  EXPECT_EQ((*reopened)->Get("acquire/r1", 0), std::string("\x00\x01answer", 8));
-}
-
-TEST_F(SqliteJournalTest, NegativeUnitsOnlyMoveTheUntilOfTheRecordTheyName) {
-  journal_ = OpenOk();
-  ASSERT_TRUE(journal_->Reserve({Res("c", "f.sliding", "", 100, INT64_MAX, 30),
-                                 Res("c", "f.sliding", "", 300, INT64_MAX, 60)})
-                  .ok());
-  ASSERT_TRUE(journal_->Reserve({Res("c", "f.sliding", "", 100, 5000, -1)}).ok());
-  // Naming a record that does not exist creates nothing.
-  ASSERT_TRUE(journal_->Reserve({Res("c", "f.sliding", "", 200, 7000, -1)}).ok());
-  const JournalState s = Reload();
-  ASSERT_EQ(s.reservations.size(), 2u);
-  EXPECT_EQ(FindRes(s, "f.sliding", 100)->until_ns, 5000);
-  EXPECT_EQ(FindRes(s, "f.sliding", 100)->units, 30);
-  EXPECT_EQ(FindRes(s, "f.sliding", 300)->until_ns, INT64_MAX);
-  EXPECT_EQ(FindRes(s, "f.sliding", 300)->units, 60);
-}
-
-TEST_F(SqliteJournalTest, SameKeyAndWindowStartReplaceEachOther) {
-  journal_ = OpenOk();
-  ASSERT_TRUE(journal_->Reserve({Res("c", "f.per_day", "", 100, 200, 50)}).ok());
-  ASSERT_TRUE(journal_->Reserve({Res("c", "f.per_day", "", 100, 200, 100)}).ok());
-  ASSERT_TRUE(journal_->Reserve({Res("c", "f.per_day", "s", 100, 200, 7),  // other scope
-                                 Res("c", "f.per_day", "", 200, 300, 1)})  // next window
-                  .ok());
-  const JournalState s = Reload();
-  ASSERT_EQ(s.reservations.size(), 3u);
-  for (const Reservation& r : s.reservations) {
-    if (r.key.scope == "s") {
-      EXPECT_EQ(r.units, 7);
-    } else if (r.window_start_ns == 100) {
-      EXPECT_EQ(r.units, 100);
-    } else {
-      EXPECT_EQ(r.units, 1);
-    }
-  }
 }
 
 TEST_F(SqliteJournalTest, QueuedLeasesAreVisibleAfterFlushAndAfterReopen) {
@@ -256,38 +172,6 @@ TEST_F(SqliteJournalTest, SynchronousWritesDoNotWaitForTheQueue) {
   s = (*other)->Load();
   ASSERT_EQ(s->leases.size(), 1u);  // the release followed its lease
   EXPECT_EQ(s->leases[0].id, "slot");
-}
-
-TEST_F(SqliteJournalTest, RenewedExpirySurvivesReopen) {
-  journal_ = OpenOk();
-  ASSERT_TRUE(journal_->PutLease(Lease("slot", true, 5000)).ok());
-  ASSERT_TRUE(journal_->RenewLease("slot", 9000).ok());
-  ASSERT_TRUE(journal_->RenewLease("gone", 9000).ok());  // unknown: nothing to do
-  const JournalState s = Reload();
-  ASSERT_EQ(s.leases.size(), 1u);
-  EXPECT_EQ(s.leases[0].expiry_ns, 9000);
-}
-
-TEST_F(SqliteJournalTest, CompactDropsOnlyWhatEndedByNow) {
-  journal_ = OpenOk();
-  ASSERT_TRUE(journal_->Reserve({Res("c", "f.a", "", 0, 100, 1), Res("c", "f.b", "", 0, 101, 1),
-                                 Res("c", "f.c", "", 0, INT64_MAX, 1)})
-                  .ok());
-  ASSERT_TRUE(journal_->PutLease(Lease("old", true, 100)).ok());
-  ASSERT_TRUE(journal_->PutLease(Lease("new", false, 101)).ok());
-  auto dedup = DedupStore::Open(journal_.get(), 0);
-  ASSERT_TRUE((*dedup)->Put("old", "a", 100, 0).ok());
-  ASSERT_TRUE((*dedup)->Put("new", "b", 101, 0).ok());
-  ASSERT_TRUE(journal_->Compact(100).ok());
-  dedup->reset();
-  const JournalState s = Reload();
-  EXPECT_EQ(s.reservations.size(), 2u);
-  EXPECT_EQ(FindRes(s, "f.a", 0), nullptr);
-  ASSERT_EQ(s.leases.size(), 1u);
-  EXPECT_EQ(s.leases[0].id, "new");
-  auto reopened = DedupStore::Open(journal_.get(), 0);
-  EXPECT_EQ((*reopened)->size(), 1);
-  EXPECT_EQ((*reopened)->Get("new", 0), "b");
 }
 
 TEST_F(SqliteJournalTest, GarbageFileFailsOpenNamingThePath) {
