@@ -1,16 +1,27 @@
 #ifndef QUOTAD_SERVICE_CORE_BOUNDS_H_
 #define QUOTAD_SERVICE_CORE_BOUNDS_H_
 
-// The bounds of a limit that more than one layer checks, each named once. The config loader
-// refuses a value beyond them with the file and line; ValidatePolicy refuses it in a policy built
-// by hand. (policy.h holds the older bounds: kMaxNameLength, kMaxCapacity, kMaxRefillSpan and
-// kMaxLeaseTtl.)
+// The bounds of names, limits and leases, each named once. The config loader refuses a value
+// beyond them with the file and line; ValidatePolicy refuses it in a policy built by hand; the
+// ledger and the wire validation refuse it in a request.
 
+#include <cstddef>
 #include <cstdint>
 
 #include "absl/time/time.h"
 
 namespace quotad {
+
+// Longest name accepted for credentials, features, limits, identities, and longest scope or
+// holder (names.h).
+inline constexpr size_t kMaxNameLength = 256;
+
+// Bounds that keep every product and sum of the ledger's int64 nanosecond arithmetic in range:
+// capacities (and so costs and counts) up to 10^12 units, periods up to 366 days, a token
+// bucket's full refill (burst * period / rate) up to 10 years, lease TTLs up to 366 days.
+inline constexpr int64_t kMaxCapacity = 1'000'000'000'000;
+inline constexpr absl::Duration kMaxRefillSpan = absl::Hours(24 * 3653);
+inline constexpr absl::Duration kMaxLeaseTtl = absl::Hours(24 * 366);
 
 // The longest window (rolling, sliding) or refill period (token bucket): 366 days.
 inline constexpr absl::Duration kMaxPeriod = absl::Hours(24 * 366);

@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "service/core/ledger.h"
 #include "service/core/ledger_internal.h"
+#include "service/core/names.h"
 
 namespace quotad {
 
@@ -23,27 +24,11 @@ using ledger_internal::LeaseShard;
 using ledger_internal::SatAdd;
 using ledger_internal::Waiter;
 
-namespace {
-
-absl::Status CheckRequestName(absl::string_view field, absl::string_view value, bool required) {
-  if (required && value.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(field, " is empty"));
-  }
-  if (value.size() > kMaxNameLength) {
-    return absl::InvalidArgumentError(absl::StrCat(field, " '", value.substr(0, 32), "...' is ",
-                                                   value.size(), " bytes, longer than ",
-                                                   kMaxNameLength));
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
-
 absl::Status Ledger::ValidateRequest(const AcquireRequest& req) {
-  if (absl::Status s = CheckRequestName("credential", req.credential, true); !s.ok()) return s;
-  if (absl::Status s = CheckRequestName("feature", req.feature, true); !s.ok()) return s;
-  if (absl::Status s = CheckRequestName("scope", req.scope, false); !s.ok()) return s;
-  if (absl::Status s = CheckRequestName("holder", req.holder, false); !s.ok()) return s;
+  if (absl::Status s = CheckCredentialName(req.credential); !s.ok()) return s;
+  if (absl::Status s = CheckFeatureName(req.feature); !s.ok()) return s;
+  if (absl::Status s = CheckScope(req.scope); !s.ok()) return s;
+  if (absl::Status s = CheckHolder(req.holder); !s.ok()) return s;
   if (req.cost <= 0 || req.cost > kMaxCapacity) {
     return absl::InvalidArgumentError(
         absl::StrCat("cost ", req.cost, " must be 1..", kMaxCapacity));

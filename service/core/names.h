@@ -38,7 +38,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
-#include "service/core/policy.h"  // kMaxNameLength
+#include "service/core/bounds.h"
 
 namespace quotad {
 

@@ -4,6 +4,7 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "service/core/names.h"
 
 namespace quotad {
 
@@ -45,34 +46,16 @@ absl::string_view CalendarUnitName(CalendarUnit unit) {
 
 namespace {
 
-absl::Status CheckName(absl::string_view what, absl::string_view name) {
-  if (name.empty()) return absl::InvalidArgumentError(absl::StrCat(what, " name is empty"));
-  if (name.size() > kMaxNameLength) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, " name '", name.substr(0, 64), "...' is longer than ", kMaxNameLength));
-  }
-  return absl::OkStatus();
-}
-
-// Feature and limit names are reported joined as "feature.limit", so they may not hold a '.'.
-absl::Status CheckPartName(absl::string_view what, absl::string_view name) {
-  if (auto s = CheckName(what, name); !s.ok()) return s;
-  if (name.find('.') != absl::string_view::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(what, " name '", name, "' contains '.'"));
-  }
-  return absl::OkStatus();
-}
-
 absl::Status ValidateLimit(absl::string_view where, const LimitSpec& l) {
   const std::string at = absl::StrCat(where, " limit '", l.name, "'");
-  if (auto s = CheckPartName(at, l.name); !s.ok()) return s;
+  if (auto s = CheckLimitName(l.name, absl::StrCat(where, " limit")); !s.ok()) return s;
   auto bad = [&](absl::string_view field, auto value) {
     return absl::InvalidArgumentError(absl::StrCat(at, ": bad ", field, " ", value));
   };
   if (l.kind != LimitKind::kUnlimited && (l.capacity <= 0 || l.capacity > kMaxCapacity)) {
     return bad("capacity", absl::StrCat(l.capacity, " (must be 1..", kMaxCapacity, ")"));
   }
-  if (l.guard < absl::ZeroDuration() || l.guard > absl::Hours(1)) {
+  if (l.guard < absl::ZeroDuration() || l.guard > kMaxGuard) {
     return bad("guard", absl::FormatDuration(l.guard));
   }
   switch (l.kind) {
@@ -81,16 +64,18 @@ absl::Status ValidateLimit(absl::string_view where, const LimitSpec& l) {
       break;
     case LimitKind::kRolling:
     case LimitKind::kSliding:
-      if (l.period <= absl::ZeroDuration() || l.period > absl::Hours(24 * 366)) {
+      if (l.period <= absl::ZeroDuration() || l.period > kMaxPeriod) {
         return bad("period", absl::FormatDuration(l.period));
       }
-      if (l.sub_buckets < 0 || l.sub_buckets > 100000) return bad("sub_buckets", l.sub_buckets);
+      if (l.sub_buckets < 0 || l.sub_buckets > kMaxSubBuckets) {
+        return bad("sub_buckets", l.sub_buckets);
+      }
       if (l.sub_buckets > 0 && l.period < absl::Nanoseconds(l.sub_buckets)) {
         return bad("sub_buckets", l.sub_buckets);
       }
       break;
     case LimitKind::kTokenBucket:
-      if (l.period <= absl::ZeroDuration() || l.period > absl::Hours(24 * 366)) {
+      if (l.period <= absl::ZeroDuration() || l.period > kMaxPeriod) {
         return bad("period", absl::FormatDuration(l.period));
       }
       if (l.rate <= 0 || absl::ToInt64Nanoseconds(l.period) / l.rate <= 0) {
@@ -117,7 +102,7 @@ absl::Status ValidateLimit(absl::string_view where, const LimitSpec& l) {
 absl::Status ValidatePolicy(const Policy& policy) {
   absl::flat_hash_set<std::string> credentials;
   for (const CredentialSpec& c : policy.credentials) {
-    if (auto s = CheckName("credential", c.name); !s.ok()) return s;
+    if (auto s = CheckCredentialName(c.name); !s.ok()) return s;
     if (!credentials.insert(c.name).second) {
       return absl::InvalidArgumentError(absl::StrCat("duplicate credential '", c.name, "'"));
     }
@@ -127,7 +112,10 @@ absl::Status ValidatePolicy(const Policy& policy) {
     absl::flat_hash_set<std::string> features;
     for (const FeatureSpec& f : c.features) {
       const std::string where = absl::StrCat("credential '", c.name, "' feature '", f.name, "'");
-      if (auto s = CheckPartName("feature", f.name); !s.ok()) return s;
+      if (auto s = CheckFeatureName(f.name, absl::StrCat("credential '", c.name, "' feature"));
+          !s.ok()) {
+        return s;
+      }
       if (!features.insert(f.name).second) {
         return absl::InvalidArgumentError(absl::StrCat(where, ": duplicate feature"));
       }

@@ -11,6 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "service/core/bounds.h"
 
 namespace quotad {
 
@@ -94,16 +95,6 @@ struct Policy {
 // Checks names, capacities, periods and references; the error names the credential, feature,
 // limit and the bad value. The ledger refuses a policy that fails this.
 absl::Status ValidatePolicy(const Policy& policy);
-
-// Longest name accepted for credentials, features, scopes, holders.
-inline constexpr size_t kMaxNameLength = 256;
-
-// Bounds that keep every product and sum of the ledger's int64 nanosecond arithmetic in range:
-// capacities (and so costs and counts) up to 10^12 units, periods up to 366 days, a token
-// bucket's full refill (burst * period / rate) up to 10 years, lease TTLs up to 366 days.
-inline constexpr int64_t kMaxCapacity = 1'000'000'000'000;
-inline constexpr absl::Duration kMaxRefillSpan = absl::Hours(24 * 3653);
-inline constexpr absl::Duration kMaxLeaseTtl = absl::Hours(24 * 366);
 
 }  // namespace quotad
 

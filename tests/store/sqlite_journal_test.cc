@@ -323,10 +323,11 @@ TEST_F(SqliteJournalTest, FullDiskFailsWritesAndTheLedgerFailsClosed) {
                                            Concurrency("jobs", 1'000'000)})}),
       &clock, lo);
   ASSERT_TRUE(ledger.ok());
+  const std::string holder(200, 'h');  // big lease rows fill the pages fast
   AcquireRequest req;
   req.credential = "cred";
   req.feature = "f";
-  req.holder = std::string(200, 'h');  // big lease rows fill the pages fast
+  req.holder = holder;
   absl::Status failure;
   int granted = 0;
   for (int i = 0; i < 10'000 && failure.ok(); ++i) {
