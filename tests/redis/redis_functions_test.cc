@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/blocking_counter.h"
 #include "gtest/gtest.h"
 #include "service/core/limits.h"
@@ -259,7 +260,11 @@ TEST_F(RedisFunctionsTest, UnlimitedCountsAndNeverDenies) {
   LimitSpec spec = Spec(LimitKind::kUnlimited, 0);
   Rule& rule = AddRule(spec, "u.all");
   for (int i = 0; i < 50; ++i) EXPECT_TRUE(Granted({{"u.all", &rule}}, 1000000));
-  EXPECT_EQ(*server_->Command({"HGET", CounterKey(kCred, "u.all"), "u"}), "50000000");
+  // State: start end used ...
+  absl::StatusOr<std::string> state =
+      server_->Command({"FCALL_RO", "quotad_peek", "1", StateKey(kCred), "u.all", "unl"});
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_EQ(std::vector<std::string>(absl::StrSplit(*state, ' ')).at(2), "50000000");
 }
 
 // Decision by decision against the embedded ledger's Counter, fed the time Redis decided at:
