@@ -2,7 +2,7 @@
 #define QUOTAD_SERVICE_STORE_REDIS_REDIS_FUNCTIONS_H_
 
 // quotad's Redis 7 function library (quotad.lua, embedded at build time): loading and
-// versioning it, and one typed call per decision (acquire, release, renew). Each call is one
+// versioning it, and one typed call per decision (acquire, release, renew, report). Each call is one
 // FCALL: atomic on the server, timed by Redis's clock, on keys of one credential (one hash
 // slot: "q:{credential}:...").
 
