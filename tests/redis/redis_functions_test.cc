@@ -535,7 +535,8 @@ void ExpectSameDecisionsAsLimitsCc(RedisFunctions& fn, const Rule& rule, int ste
          kind == LimitKind::kSliding) &&
         rng() % 10 == 0) {
       // The upstream's count, adopted (Report) as the embedded ledger does.
-      ReportCall report{kCred, "d", counters, static_cast<int64_t>(rng() % (rule.spec.capacity + 1))};
+      ReportCall report{kCred, "d", counters,
+                        static_cast<int64_t>(rng() % (rule.spec.capacity + 1))};
       report.longest_window = absl::Hours(1);
       report.max_cooldown = absl::Hours(1);
       absl::StatusOr<ReportAnswer> r = fn.ReportSync(report);

@@ -220,7 +220,9 @@ absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply) {
   if (!reply.ok()) return reply.status();
   if (reply->is_error()) return absl::InternalError(absl::StrCat("redis: ", reply->str));
   const std::vector<Reply>& e = reply->elements;
-  auto bad = [&] { return absl::InternalError(absl::StrCat("unexpected reply ", reply->DebugString())); };
+  auto bad = [&] {
+    return absl::InternalError(absl::StrCat("unexpected reply ", reply->DebugString()));
+  };
   auto integer = [&](size_t i, int64_t* out) {
     if (i >= e.size() || e[i].type != Reply::Type::kInteger) return false;
     *out = e[i].integer;

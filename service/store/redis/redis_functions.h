@@ -1,10 +1,10 @@
 #ifndef QUOTAD_SERVICE_STORE_REDIS_REDIS_FUNCTIONS_H_
 #define QUOTAD_SERVICE_STORE_REDIS_REDIS_FUNCTIONS_H_
 
-// quotad's Redis 7 function library (quotad.lua, embedded at build time): loading and
-// versioning it, and one typed call per decision (acquire, release, renew, report). Each call is one
-// FCALL: atomic on the server, timed by Redis's clock, on keys of one credential (one hash
-// slot: "q:{credential}:...").
+// quotad's Redis 7 function library (quotad.lua and quotad_functions.lua, embedded at build
+// time): loading and versioning it, and one typed call per decision (acquire, release, renew,
+// report). Each call is one FCALL: atomic on the server, timed by Redis's clock, on keys of one
+// credential (one hash slot: "q:{credential}:...").
 
 #include <cstdint>
 #include <memory>
