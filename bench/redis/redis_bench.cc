@@ -147,13 +147,17 @@ int Main(int argc, char** argv) {
   struct Case {
     const char* name;
     std::vector<CounterRef> counters;  // empty: the plain script
+    bool keep_lease = true;
   };
   const std::vector<Case> cases = {
       {"plain Lua fixed window (INCRBY+EXPIRE)", {}},
       {"quotad_acquire: 1 calendar minute", {{"f.minute", &minute}}},
+      {"  same, no lease record (keep_lease=false)", {{"f.minute", &minute}}, false},
       {"quotad_acquire: calendar+sliding+bucket+slots",
        {{"f.minute", &minute}, {"f.sliding", &sliding}, {"f.bucket", &bucket},
         {"f.slots", &slots}}},
+      {"quotad_acquire: calendar+sliding+bucket",
+       {{"f.minute", &minute}, {"f.sliding", &sliding}, {"f.bucket", &bucket}}},
   };
   std::printf("redis-server %s, %d connection(s), %d calls in flight, %.1f s per case, "
               "%d credentials\n",
@@ -181,6 +185,8 @@ int Main(int argc, char** argv) {
           [&](int64_t i) {
             AcquireCall call{absl::StrCat("c", i % kCredentials), absl::StrCat("b", i), 1,
                              absl::Seconds(2), c.counters};
+            call.feature = "f";
+            call.keep_lease = c.keep_lease;
             return *AcquireArgs(call, absl::Now());
           },
           FirstIsOne);

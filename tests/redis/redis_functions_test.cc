@@ -7,11 +7,15 @@
 
 #include <atomic>
 #include <random>
+#include <set>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/blocking_counter.h"
+#include "absl/synchronization/mutex.h"
 #include "gtest/gtest.h"
 #include "service/core/limits.h"
 #include "tests/redis/redis_harness.h"
@@ -259,11 +263,237 @@ TEST_F(RedisFunctionsTest, UnlimitedCountsAndNeverDenies) {
   LimitSpec spec = Spec(LimitKind::kUnlimited, 0);
   Rule& rule = AddRule(spec, "u.all");
   for (int i = 0; i < 50; ++i) EXPECT_TRUE(Granted({{"u.all", &rule}}, 1000000));
-  EXPECT_EQ(*server_->Command({"HGET", CounterKey(kCred, "u.all"), "u"}), "50000000");
+  // State: start end used ...
+  absl::StatusOr<std::string> state =
+      server_->Command({"FCALL_RO", "quotad_peek", "1", StateKey(kCred), "u.all", "unl"});
+  ASSERT_TRUE(state.ok()) << state.status();
+  EXPECT_EQ(std::vector<std::string>(absl::StrSplit(*state, ' ')).at(2), "50000000");
+}
+
+TEST_F(RedisFunctionsTest, RacingDuplicatesOfARequestIdGrantOnce) {
+  Rule& rule = AddRule(Spec(LimitKind::kCalendar, 100), "q.cal");
+  Rule& slots = AddRule(Spec(LimitKind::kConcurrency, 100), "q.slots");
+  const std::vector<CounterRef> counters = {{"q.cal", &rule}, {"q.slots", &slots}};
+  // 4 clients, each sending the same request_id 50 times at once: one grant, one lease.
+  std::atomic<int64_t> granted{0}, duplicates{0}, errors{0};
+  absl::Mutex mu;
+  std::set<std::string> leases;
+  std::vector<std::thread> workers;
+  for (int t = 0; t < 4; ++t) {
+    workers.emplace_back([&, t] {
+      std::unique_ptr<RedisClient> client = Client(2);
+      std::unique_ptr<RedisFunctions> fn = Functions(client.get(), absl::ZeroDuration());
+      absl::BlockingCounter left(50);
+      for (int i = 0; i < 50; ++i) {
+        AcquireCall call{kCred, absl::StrCat("dup-", t, "-", i), 3, absl::Hours(1), counters};
+        call.feature = "q";
+        call.request_id = "req-1";
+        call.fingerprint = "feature \"q\" scope \"\" cost 3";
+        fn->Acquire(std::move(call), [&, t, i](absl::StatusOr<AcquireAnswer> a) {
+          if (!a.ok() || !a->granted) {
+            errors.fetch_add(1);
+          } else {
+            granted.fetch_add(1);
+            duplicates.fetch_add(a->duplicate);
+            absl::MutexLock lock(&mu);
+            leases.insert(a->duplicate ? a->lease_id : absl::StrCat("dup-", t, "-", i));
+          }
+          left.DecrementCount();
+        });
+      }
+      left.Wait();
+    });
+  }
+  for (auto& w : workers) w.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(granted.load(), 200);     // every copy is answered with the grant...
+  EXPECT_EQ(duplicates.load(), 199);  // ...made once
+  EXPECT_EQ(leases.size(), 1u);
+  // Charged once: 97 units and 97 slots remain.
+  EXPECT_TRUE(Granted(counters, 97));
+  EXPECT_FALSE(Granted(counters, 1));
+}
+
+TEST_F(RedisFunctionsTest, ARequestIdReusedForAnotherRequestIsInvalidNamingBoth) {
+  Rule& rule = AddRule(Spec(LimitKind::kCalendar, 10), "i.cal");
+  const std::vector<CounterRef> counters = {{"i.cal", &rule}};
+  AcquireCall first = Call(counters, 2);
+  first.request_id = "r";
+  first.fingerprint = "feature \"i\" scope \"\" cost 2";
+  ASSERT_TRUE(fn_->AcquireSync(first)->granted);
+  AcquireCall other = Call(counters, 5);
+  other.request_id = "r";
+  other.fingerprint = "feature \"i\" scope \"\" cost 5";
+  absl::StatusOr<AcquireAnswer> a = fn_->AcquireSync(other);
+  ASSERT_TRUE(absl::IsInvalidArgument(a.status())) << a.status();
+  EXPECT_EQ(a.status().message(),
+            "request_id 'r' was first used for feature \"i\" scope \"\" cost 2; this request is "
+            "feature \"i\" scope \"\" cost 5: use a new request_id for a different request");
+  // Only the first charged; a denial is not recorded (the retry is decided again).
+  EXPECT_TRUE(Granted(counters, 8));
+  AcquireCall denied = Call(counters, 1);
+  denied.request_id = "d";
+  EXPECT_FALSE(fn_->AcquireSync(denied)->granted);
+  ASSERT_TRUE(fn_->ReleaseSync({kCred, first.lease_id, 0, counters})->found);
+  EXPECT_TRUE(fn_->AcquireSync(denied)->granted);
+}
+
+TEST_F(RedisFunctionsTest, ARequestIdIsForgottenAfterItsWindow) {
+  Rule& rule = AddRule(Spec(LimitKind::kCalendar, 10), "w.cal");
+  const std::vector<CounterRef> counters = {{"w.cal", &rule}};
+  AcquireCall call = Call(counters);
+  call.request_id = "r";
+  call.dedup_window = absl::Seconds(7);
+  ASSERT_TRUE(fn_->AcquireSync(call)->granted);
+  // Redis expires the record after its window...
+  absl::StatusOr<std::string> ttl = server_->Command({"PTTL", DedupKey(kCred, "r")});
+  ASSERT_TRUE(ttl.ok());
+  int64_t ms = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(*ttl, &ms)) << *ttl;
+  EXPECT_GT(ms, 0);
+  EXPECT_LE(ms, 7000);
+  // ...after which (the record deleted here, as its expiry would) a copy is a new request.
+  ASSERT_TRUE(server_->Command({"DEL", DedupKey(kCred, "r")}).ok());
+  call.lease_id = "second";
+  absl::StatusOr<AcquireAnswer> again = fn_->AcquireSync(call);
+  ASSERT_TRUE(again.ok() && again->granted);
+  EXPECT_FALSE(again->duplicate);
+}
+
+// Report, applied on Redis, against the embedded Counter fed the same times.
+TEST_F(RedisFunctionsTest, AdoptsTheUpstreamCountLikeTheEmbeddedCounter) {
+  for (LimitKind kind : {LimitKind::kCalendar, LimitKind::kRolling, LimitKind::kSliding}) {
+    SCOPED_TRACE(LimitKindName(kind));
+    Rule& rule = AddRule(Spec(kind, 10), absl::StrCat("a.", LimitKindName(kind)));
+    const std::vector<CounterRef> counters = {{rule.full_name, &rule}};
+    Counter counter;
+    int64_t retry = 0;
+    AcquireCall call = Call(counters, 3);
+    absl::StatusOr<AcquireAnswer> a = fn_->AcquireSync(call);
+    ASSERT_TRUE(a.ok() && a->granted);
+    const int64_t charged_at = absl::ToUnixNanos(a->now);
+    ASSERT_TRUE(counter.Fits(rule, charged_at, 3, &retry));
+    const int64_t token = counter.Charge(rule, charged_at, 3, 1, 0);
+
+    // The upstream counts 7 (4 from outside quotad): adopted, never lowered by a smaller count.
+    ReportCall report{kCred, "a", counters, 7};
+    report.longest_window = absl::Hours(1);
+    report.max_cooldown = absl::Hours(1);
+    absl::StatusOr<ReportAnswer> r = fn_->ReportSync(report);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE(r->adopted);
+    int64_t added = 0;
+    const int64_t rnow = absl::ToUnixNanos(r->now);
+    EXPECT_EQ(r->before, counter.Adopt(rule, rnow, 7, 0, &added));
+    EXPECT_EQ(r->added, added);
+    EXPECT_EQ(r->added, 4);
+    if (added > 0) counter.NoRefundsBefore(rnow);
+    report.used = 2;
+    ASSERT_TRUE(fn_->ReportSync(report)->added == 0);
+    EXPECT_TRUE(Granted(counters, 3));
+    EXPECT_FALSE(Granted(counters, 1));
+
+    // The charge made before the adoption gives nothing back (the upstream may hold it).
+    absl::StatusOr<ReleaseAnswer> rel = fn_->ReleaseSync({kCred, call.lease_id, 0, counters});
+    ASSERT_TRUE(rel.ok() && rel->found);
+    EXPECT_EQ(rel->refunded,
+              std::vector<int64_t>{counter.Refund(rule, absl::ToUnixNanos(rel->now), token, 3,
+                                                  3, charged_at)});
+    EXPECT_EQ(rel->refunded, std::vector<int64_t>{0});
+  }
+}
+
+TEST_F(RedisFunctionsTest, RefundsNeverUndercutAnAdoptedCount) {
+  Rule& rule = AddRule(Spec(LimitKind::kCalendar, 10), "f.cal");
+  const std::vector<CounterRef> counters = {{"f.cal", &rule}};
+  ReportCall report{kCred, "f", counters, 6};
+  report.longest_window = absl::Hours(24 * 31);
+  report.max_cooldown = absl::Hours(24 * 31);
+  ASSERT_TRUE(fn_->ReportSync(report)->adopted);
+  // Charged after the adoption: 4 units, released unused. The window keeps the adopted 6.
+  AcquireCall call = Call(counters, 4);
+  ASSERT_TRUE(fn_->AcquireSync(call)->granted);
+  report.used = 9;  // the upstream now counts 9 of our 10: nothing to add, but a floor of 9
+  absl::StatusOr<ReportAnswer> r = fn_->ReportSync(report);
+  ASSERT_TRUE(r.ok() && r->adopted);
+  EXPECT_EQ(r->added, 0);
+  absl::StatusOr<ReleaseAnswer> rel = fn_->ReleaseSync({kCred, call.lease_id, 0, counters});
+  ASSERT_TRUE(rel.ok() && rel->found);
+  EXPECT_EQ(rel->refunded, std::vector<int64_t>{1});  // 10 -> 9, not below
+  EXPECT_TRUE(Granted(counters, 1));
+  EXPECT_FALSE(Granted(counters, 1));
+}
+
+TEST_F(RedisFunctionsTest, RefundAfterAnAdoptionStopsAtTheAdoptedCount) {
+  Rule& rule = AddRule(Spec(LimitKind::kCalendar, 10), "g.cal");
+  const std::vector<CounterRef> counters = {{"g.cal", &rule}};
+  ReportCall report{kCred, "g", counters, 6};
+  report.longest_window = absl::Hours(24 * 31);
+  report.max_cooldown = absl::Hours(24 * 31);
+  ASSERT_TRUE(fn_->ReportSync(report)->adopted);
+  AcquireCall call = Call(counters, 4);
+  ASSERT_TRUE(fn_->AcquireSync(call)->granted);
+  absl::StatusOr<ReleaseAnswer> rel = fn_->ReleaseSync({kCred, call.lease_id, 1, counters});
+  ASSERT_TRUE(rel.ok() && rel->found);
+  EXPECT_EQ(rel->refunded, std::vector<int64_t>{3});  // 6 adopted + 1 used stay
+  EXPECT_TRUE(Granted(counters, 3));
+  EXPECT_FALSE(Granted(counters, 1));
+}
+
+TEST_F(RedisFunctionsTest, ACountFromAnEarlierWindowIsNotAdopted) {
+  Rule& rule = AddRule(Spec(LimitKind::kCalendar, 10), "p.cal");
+  const std::vector<CounterRef> counters = {{"p.cal", &rule}};
+  ReportCall report{kCred, "p", counters, 10};
+  report.reset = absl::Now() - absl::Seconds(30);
+  report.longest_window = absl::Hours(24 * 31);
+  report.max_cooldown = absl::Hours(24 * 31);
+  absl::StatusOr<ReportAnswer> r = fn_->ReportSync(report);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->adopted);
+  EXPECT_TRUE(r->reset_passed);
+  EXPECT_TRUE(Granted(counters, 10));
+}
+
+TEST_F(RedisFunctionsTest, CooldownsDenyUntilTheirEndCappedAtTheLongestWindow) {
+  Rule& rule = AddRule(Spec(LimitKind::kCalendar, 10), "c.cal");
+  Rule& other = AddRule(Spec(LimitKind::kSliding, 10), "c.slide");
+  const std::vector<CounterRef> counters = {{"c.cal", &rule}, {"c.slide", &other}};
+  // A Retry-After of a day on the sliding limit, capped at the feature's longest window (1 h).
+  ReportCall report{kCred, "c", counters};
+  report.cool_until = {absl::InfinitePast(), absl::Now() + absl::Hours(24)};
+  report.max_cooldown = absl::Hours(1);
+  absl::StatusOr<ReportAnswer> r = fn_->ReportSync(report);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->cooldown_until, r->now + absl::Hours(1));
+  AcquireCall call = Call(counters);
+  call.feature = "c";
+  absl::StatusOr<AcquireAnswer> a = fn_->AcquireSync(call);
+  ASSERT_TRUE(a.ok());
+  EXPECT_FALSE(a->granted);
+  EXPECT_TRUE(a->cooling);
+  EXPECT_EQ(a->limiting, 1);
+  EXPECT_EQ(a->retry_at, r->cooldown_until);
+  // Any feature charging the cooling limit waits; one that does not is served.
+  EXPECT_FALSE(Granted({{"c.slide", &other}}));
+  EXPECT_TRUE(Granted({{"c.cal", &rule}}));
+  // A feature's own cooldown (Retry-After with nothing attributed) stops only that feature.
+  ReportCall feature_cool{kCred, "d", {}};
+  feature_cool.feature_cool_until = absl::Now() + absl::Minutes(5);
+  feature_cool.max_cooldown = absl::Hours(1);
+  ASSERT_TRUE(fn_->ReportSync(feature_cool).ok());
+  AcquireCall d = Call({{"c.cal", &rule}});
+  d.feature = "d";
+  a = fn_->AcquireSync(d);
+  ASSERT_TRUE(a.ok());
+  EXPECT_FALSE(a->granted);
+  EXPECT_TRUE(a->cooling);
+  EXPECT_EQ(a->limiting, -1);
+  EXPECT_TRUE(Granted({{"c.cal", &rule}}));  // feature "" is not cooling
 }
 
 // Decision by decision against the embedded ledger's Counter, fed the time Redis decided at:
-// random costs, releases with random `used`, short periods so that windows roll, leases
+// random costs, releases with random `used`, adoptions of random upstream counts (Report),
+// short periods so that windows roll, leases
 // expire and buckets refill while the test runs.
 void ExpectSameDecisionsAsLimitsCc(RedisFunctions& fn, const Rule& rule, int steps,
                                    uint32_t seed) {
@@ -277,7 +507,7 @@ void ExpectSameDecisionsAsLimitsCc(RedisFunctions& fn, const Rule& rule, int ste
   };
   std::vector<Held> held;
   const std::vector<CounterRef> counters = {{rule.full_name, &rule}};
-  int grants = 0, denials = 0, refunds = 0;
+  int grants = 0, denials = 0, refunds = 0, adoptions = 0;
   for (int i = 0; i < steps; ++i) {
     if (!held.empty() && rng() % 3 == 0) {
       const size_t pick = rng() % held.size();
@@ -298,6 +528,26 @@ void ExpectSameDecisionsAsLimitsCc(RedisFunctions& fn, const Rule& rule, int ste
       const int64_t want = counter.Refund(rule, now, h.token, h.cost, h.cost - used, h.at_ns);
       ASSERT_EQ(r->refunded, std::vector<int64_t>{want}) << "step " << i;
       refunds += want > 0;
+      continue;
+    }
+    const LimitKind kind = rule.spec.kind;
+    if ((kind == LimitKind::kCalendar || kind == LimitKind::kRolling ||
+         kind == LimitKind::kSliding) &&
+        rng() % 10 == 0) {
+      // The upstream's count, adopted (Report) as the embedded ledger does.
+      ReportCall report{kCred, "d", counters,
+                        static_cast<int64_t>(rng() % (rule.spec.capacity + 1))};
+      report.longest_window = absl::Hours(1);
+      report.max_cooldown = absl::Hours(1);
+      absl::StatusOr<ReportAnswer> r = fn.ReportSync(report);
+      ASSERT_TRUE(r.ok()) << r.status();
+      ASSERT_TRUE(r->adopted);
+      const int64_t now = absl::ToUnixNanos(r->now);
+      int64_t added = 0;
+      ASSERT_EQ(r->before, counter.Adopt(rule, now, *report.used, 0, &added)) << "step " << i;
+      ASSERT_EQ(r->added, added) << "step " << i;
+      if (added > 0) counter.NoRefundsBefore(now);
+      ++adoptions;
       continue;
     }
     const int64_t cost = 1 + static_cast<int64_t>(rng() % 4);
@@ -328,6 +578,9 @@ void ExpectSameDecisionsAsLimitsCc(RedisFunctions& fn, const Rule& rule, int ste
   EXPECT_GE(denials, 10);
   if (rule.spec.kind != LimitKind::kConcurrency) {
     EXPECT_GT(refunds, 0);
+  }
+  if (rule.spec.kind != LimitKind::kConcurrency && rule.spec.kind != LimitKind::kTokenBucket) {
+    EXPECT_GT(adoptions, 10);
   }
 }
 

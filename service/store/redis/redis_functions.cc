@@ -44,10 +44,12 @@ void AddWindows(const Rule& rule, absl::Time around, std::vector<std::string>* o
   }
 }
 
-// Appends "kind cap a b nwin windows..." for one counter.
-absl::Status AddCounter(const Rule& rule, absl::Time around, std::vector<std::string>* out) {
+// Appends "name kind cap a b nwin windows..." for one counter.
+absl::Status AddCounter(const CounterRef& ref, absl::Time around, std::vector<std::string>* out) {
+  const Rule& rule = *ref.rule;
   const int64_t guard = CeilMicros(rule.guard_ns);
   auto head = [&](const char* kind, int64_t cap, int64_t a, int64_t b) {
+    out->push_back(CounterField(ref.name));
     out->push_back(kind);
     out->push_back(absl::StrCat(cap));
     out->push_back(absl::StrCat(a));
@@ -70,7 +72,9 @@ absl::Status AddCounter(const Rule& rule, absl::Time around, std::vector<std::st
         return absl::UnimplementedError(absl::StrCat(
             rule.full_name, ": sliding windows with sub-buckets are not on Redis yet"));
       }
-      head("slide", rule.spec.capacity, CeilMicros(rule.span_ns), 0);
+      // Span rounded up, period rounded down: units count at least as long as embedded, and
+      // an adoption compares with no fewer of our charges (so adopts no less).
+      head("slide", rule.spec.capacity, CeilMicros(rule.span_ns), FloorMicros(rule.period_ns));
       break;
     case LimitKind::kTokenBucket:
       // Whole microseconds, rounded up: a refill never faster than the embedded ledger's.
@@ -84,23 +88,27 @@ absl::Status AddCounter(const Rule& rule, absl::Time around, std::vector<std::st
   return absl::OkStatus();
 }
 
+// FCALL `function` with keys `head_keys`, then the state hash (unless `state` is false: it
+// comes first in `head_keys`), then the sorted set of each concurrency counter; arguments
+// `head`, then the counters.
 absl::StatusOr<std::vector<std::string>> CallArgs(const char* function,
                                                   absl::string_view credential,
-                                                  absl::string_view lease_id,
+                                                  std::vector<std::string> head_keys,
                                                   const std::vector<CounterRef>& counters,
                                                   std::vector<std::string> head,
                                                   absl::Time around) {
-  std::vector<std::string> args = {"FCALL", function, "", LeaseKey(credential, lease_id)};
+  std::vector<std::string> args = {"FCALL", function, ""};
+  for (std::string& k : head_keys) args.push_back(std::move(k));
   for (const CounterRef& c : counters) {
     if (c.rule == nullptr) return absl::InvalidArgumentError("counter without a rule");
-    args.push_back(CounterKey(credential, c.name));
-    // Concurrency has a second key: its leases ordered by expiry.
-    if (c.rule->spec.kind == LimitKind::kConcurrency) args.push_back(args.back() + ":z");
+    if (c.rule->spec.kind == LimitKind::kConcurrency) {
+      args.push_back(LeasesByExpiryKey(credential, c.name));
+    }
   }
   args[2] = absl::StrCat(args.size() - 3);
   for (std::string& h : head) args.push_back(std::move(h));
   for (const CounterRef& c : counters) {
-    absl::Status s = AddCounter(*c.rule, around, &args);
+    absl::Status s = AddCounter(c, around, &args);
     if (!s.ok()) return s;
   }
   return args;
@@ -157,8 +165,29 @@ std::string CredentialTag(absl::string_view credential) {
   return absl::StrCat("{", absl::BytesToHexString(credential), "}");
 }
 
-std::string CounterKey(absl::string_view credential, absl::string_view counter) {
-  return absl::StrCat("q:", CredentialTag(credential), ":c:", counter);
+std::string StateKey(absl::string_view credential) {
+  return absl::StrCat("q:", CredentialTag(credential), ":s");
+}
+
+std::string CounterField(absl::string_view counter) {
+  if (counter.find_first_of("%#@~!") == absl::string_view::npos) return std::string(counter);
+  std::string out;
+  for (char ch : counter) {
+    if (ch == '%' || ch == '#' || ch == '@' || ch == '~' || ch == '!') {
+      absl::StrAppend(&out, "%", absl::BytesToHexString(absl::string_view(&ch, 1)));
+    } else {
+      out.push_back(ch);
+    }
+  }
+  return out;
+}
+
+std::string LeasesByExpiryKey(absl::string_view credential, absl::string_view counter) {
+  return absl::StrCat("q:", CredentialTag(credential), ":z:", counter);
+}
+
+std::string DedupKey(absl::string_view credential, absl::string_view request_id) {
+  return absl::StrCat("q:", CredentialTag(credential), ":r:", request_id);
 }
 
 std::string LeaseKey(absl::string_view credential, absl::string_view lease_id) {
@@ -167,35 +196,67 @@ std::string LeaseKey(absl::string_view credential, absl::string_view lease_id) {
 
 absl::StatusOr<std::vector<std::string>> AcquireArgs(const AcquireCall& call, absl::Time around) {
   if (call.cost <= 0) return absl::InvalidArgumentError("cost must be positive");
-  return CallArgs("quotad_acquire", call.credential, call.lease_id, call.counters,
-                  {absl::StrCat(call.cost), call.lease_id,
-                   absl::StrCat(CeilMicros(absl::ToInt64Nanoseconds(call.ttl))),
-                   absl::StrCat(call.counters.size())},
-                  around);
+  if (!call.keep_lease) {
+    for (const CounterRef& c : call.counters) {
+      if (c.rule != nullptr && c.rule->spec.kind == LimitKind::kConcurrency) {
+        return absl::InvalidArgumentError("a concurrency limit needs the lease record");
+      }
+    }
+  }
+  return CallArgs(
+      "quotad_acquire", call.credential,
+      {LeaseKey(call.credential, call.lease_id), StateKey(call.credential),
+       DedupKey(call.credential, call.request_id)},
+      call.counters,
+      {absl::StrCat(call.cost), call.lease_id,
+       absl::StrCat(CeilMicros(absl::ToInt64Nanoseconds(call.ttl))),
+       absl::StrCat(call.counters.size()), call.keep_lease ? "1" : "0", call.request_id,
+       call.fingerprint, absl::StrCat(CeilMicros(absl::ToInt64Nanoseconds(call.dedup_window))),
+       call.feature},
+      around);
 }
 
 absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply) {
-  absl::StatusOr<std::vector<int64_t>> v = Integers(reply);
-  if (!v.ok()) return v.status();
-  AcquireAnswer a;
-  a.now = FromMicros((*v)[1]);
-  switch ((*v)[0]) {
+  if (!reply.ok()) return reply.status();
+  if (reply->is_error()) return absl::InternalError(absl::StrCat("redis: ", reply->str));
+  const std::vector<Reply>& e = reply->elements;
+  auto bad = [&] {
+    return absl::InternalError(absl::StrCat("unexpected reply ", reply->DebugString()));
+  };
+  auto integer = [&](size_t i, int64_t* out) {
+    if (i >= e.size() || e[i].type != Reply::Type::kInteger) return false;
+    *out = e[i].integer;
+    return true;
+  };
+  int64_t tag = 0, now = 0, a = 0, b = 0, cooling = 0;
+  if (reply->type != Reply::Type::kArray || !integer(0, &tag) || !integer(1, &now)) return bad();
+  AcquireAnswer ans;
+  ans.now = FromMicros(now);
+  switch (tag) {
     case 1:
-      if (v->size() < 3) break;
-      a.granted = true;
-      a.lease_expiry = FromMicros((*v)[2]);
-      return a;
+    case 2:
+      if (!integer(2, &a)) break;
+      ans.granted = true;
+      ans.lease_expiry = FromMicros(a);
+      if (tag == 2) {
+        if (e.size() < 4 || e[3].type != Reply::Type::kString) break;
+        ans.duplicate = true;
+        ans.lease_id = e[3].str;
+      }
+      return ans;
     case 0:
-      if (v->size() < 4) break;
-      a.retry_at = (*v)[2] < 0 ? absl::InfiniteFuture() : FromMicros((*v)[2]);
-      a.limiting = static_cast<int>((*v)[3]) - 1;
-      return a;
+      if (!integer(2, &a) || !integer(3, &b) || !integer(4, &cooling)) break;
+      ans.retry_at = a < 0 ? absl::InfiniteFuture() : FromMicros(a);
+      ans.limiting = static_cast<int>(b) - 1;
+      ans.cooling = cooling == 1;
+      return ans;
     case -1:  // no calendar window offered contains Redis's time
-      if (v->size() < 3) break;
-      a.limiting = static_cast<int>((*v)[2]) - 1;
       return absl::FailedPreconditionError("calendar windows do not contain Redis's time");
+    case -2:
+      if (e.size() < 3 || e[2].type != Reply::Type::kString) break;
+      return absl::AlreadyExistsError(e[2].str);  // the first fingerprint; see Acquire
   }
-  return absl::InternalError(absl::StrCat("unexpected reply ", reply->DebugString()));
+  return bad();
 }
 
 RedisFunctions::RedisFunctions(RedisClient* client,
@@ -241,6 +302,13 @@ void RedisFunctions::AcquireAround(std::shared_ptr<AcquireCall> call, absl::Time
       AcquireAround(call, FromMicros(reply->elements[1].integer), true, std::move(done));
       return;
     }
+    if (absl::IsAlreadyExists(a.status())) {
+      // As the embedded server answers (server.cc, AnswerFirst).
+      a = absl::InvalidArgumentError(absl::StrCat(
+          "request_id '", call->request_id, "' was first used for ", a.status().message(),
+          "; this request is ", call->fingerprint,
+          ": use a new request_id for a different request"));
+    }
     done(std::move(a));
   });
 }
@@ -248,7 +316,9 @@ void RedisFunctions::AcquireAround(std::shared_ptr<AcquireCall> call, absl::Time
 void RedisFunctions::Release(ReleaseCall call,
                              absl::AnyInvocable<void(absl::StatusOr<ReleaseAnswer>)> done) {
   absl::StatusOr<std::vector<std::string>> args =
-      CallArgs("quotad_release", call.credential, call.lease_id, call.counters,
+      CallArgs("quotad_release", call.credential,
+               {LeaseKey(call.credential, call.lease_id), StateKey(call.credential)},
+               call.counters,
                {absl::StrCat(call.used), call.lease_id, absl::StrCat(call.counters.size())},
                clock_now_());
   if (!args.ok()) {
@@ -280,7 +350,8 @@ void RedisFunctions::Release(ReleaseCall call,
 void RedisFunctions::Renew(RenewCall call,
                            absl::AnyInvocable<void(absl::StatusOr<RenewAnswer>)> done) {
   absl::StatusOr<std::vector<std::string>> args = CallArgs(
-      "quotad_renew", call.credential, call.lease_id, call.counters,
+      "quotad_renew", call.credential,
+      {LeaseKey(call.credential, call.lease_id), StateKey(call.credential)}, call.counters,
       {absl::StrCat(CeilMicros(absl::ToInt64Nanoseconds(call.ttl))), call.lease_id,
        absl::StrCat(call.counters.size())},
       clock_now_());
@@ -300,6 +371,72 @@ void RedisFunctions::Renew(RenewCall call,
     if (a.found) a.expiry = FromMicros((*v)[2]);
     done(a);
   });
+}
+
+void RedisFunctions::Report(ReportCall call,
+                            absl::AnyInvocable<void(absl::StatusOr<ReportAnswer>)> done) {
+  ReportAround(std::make_shared<ReportCall>(std::move(call)), clock_now_(), false,
+               std::move(done));
+}
+
+void RedisFunctions::ReportAround(std::shared_ptr<ReportCall> call, absl::Time around,
+                                  bool last_try,
+                                  absl::AnyInvocable<void(absl::StatusOr<ReportAnswer>)> done) {
+  auto us = [](absl::Time t, int64_t none) {
+    if (t == absl::InfinitePast()) return none;
+    if (t == absl::InfiniteFuture()) return kLuaInf;
+    return FloorMicros(absl::ToUnixNanos(t));
+  };
+  std::vector<std::string> head = {
+      absl::StrCat(call->counters.size()), absl::StrCat(call->used ? *call->used : -1),
+      absl::StrCat(us(call->reset, 0)),
+      absl::StrCat(CeilMicros(absl::ToInt64Nanoseconds(call->longest_window))),
+      absl::StrCat(us(call->observed_at, kLuaInf)), call->feature,
+      absl::StrCat(us(call->feature_cool_until, 0)),
+      absl::StrCat(CeilMicros(absl::ToInt64Nanoseconds(call->max_cooldown)))};
+  absl::StatusOr<std::vector<std::string>> args =
+      CallArgs("quotad_report", call->credential, {StateKey(call->credential)}, call->counters,
+               std::move(head), around);
+  if (!args.ok()) {
+    done(args.status());
+    return;
+  }
+  for (size_t i = 0; i < call->counters.size(); ++i) {
+    args->push_back(absl::StrCat(
+        i < call->cool_until.size() ? us(call->cool_until[i], 0) : 0));
+  }
+  client_->Call(*std::move(args), [this, call, last_try, done = std::move(done)](
+                                      absl::StatusOr<Reply> reply) mutable {
+    absl::StatusOr<std::vector<int64_t>> v = Integers(reply);
+    if (!v.ok()) {
+      done(v.status());
+      return;
+    }
+    if ((*v)[0] == -1) {
+      if (last_try) {
+        done(absl::FailedPreconditionError("calendar windows do not contain Redis's time"));
+      } else {
+        ReportAround(call, FromMicros((*v)[1]), true, std::move(done));
+      }
+      return;
+    }
+    if (v->size() != 5) {
+      done(absl::InternalError(absl::StrCat("unexpected reply ", reply->DebugString())));
+      return;
+    }
+    ReportAnswer a;
+    a.now = FromMicros((*v)[0]);
+    a.before = (*v)[1];
+    a.added = (*v)[2];
+    if ((*v)[3] > 0) a.cooldown_until = FromMicros((*v)[3]);
+    a.adopted = (*v)[4] == 1;
+    a.reset_passed = (*v)[4] == -1;
+    done(a);
+  });
+}
+
+absl::StatusOr<ReportAnswer> RedisFunctions::ReportSync(ReportCall call) {
+  return Wait<ReportAnswer>([&](auto done) { Report(std::move(call), std::move(done)); });
 }
 
 absl::StatusOr<AcquireAnswer> RedisFunctions::AcquireSync(AcquireCall call) {

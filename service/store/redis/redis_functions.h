@@ -1,12 +1,14 @@
 #ifndef QUOTAD_SERVICE_STORE_REDIS_REDIS_FUNCTIONS_H_
 #define QUOTAD_SERVICE_STORE_REDIS_REDIS_FUNCTIONS_H_
 
-// quotad's Redis 7 function library (quotad.lua, embedded at build time): loading and
-// versioning it, and one typed call per decision (acquire, release, renew). Each call is one
-// FCALL: atomic on the server, timed by Redis's clock, on keys of one credential (one hash
-// slot: "q:{credential}:...").
+// quotad's Redis 7 function library (quotad.lua and quotad_functions.lua, embedded at build
+// time): loading and versioning it, and one typed call per decision (acquire, release, renew,
+// report). Each call is one FCALL: atomic on the server, timed by Redis's clock, on keys of one
+// credential (one hash slot: "q:{credential}:...").
 
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,8 +29,15 @@ int LibraryVersion();
 
 // Keys. The credential is the hash tag (hex-encoded if it holds a brace).
 std::string CredentialTag(absl::string_view credential);  // "{virustotal/prod}"
-std::string CounterKey(absl::string_view credential, absl::string_view counter);
+// The credential's hash: every counter's state, one field each (see quotad.lua).
+std::string StateKey(absl::string_view credential);
+// The field of `counter` in StateKey (escaped: the library's own fields start with ~ and !,
+// and # and @ join a counter's name to its log entries and leases).
+std::string CounterField(absl::string_view counter);
+// A concurrency counter's leases by expiry.
+std::string LeasesByExpiryKey(absl::string_view credential, absl::string_view counter);
 std::string LeaseKey(absl::string_view credential, absl::string_view lease_id);
+std::string DedupKey(absl::string_view credential, absl::string_view request_id);
 
 // One counter a call touches: `name` is unique within the credential (e.g. "feature.limit",
 // plus the scope for scoped limits); `rule` must outlive the call. Sliding rules with
@@ -44,14 +53,29 @@ struct AcquireCall {
   int64_t cost = 1;
   absl::Duration ttl = absl::Minutes(1);
   std::vector<CounterRef> counters;  // every limit the charge touches; all or nothing
+  // The feature charged: its cooldown (Report) is checked first.
+  std::string feature;
+  // False: no lease record is written (nothing to release, renew or refund; a Release answers
+  // not found). Only for callers that never give units back; not with concurrency counters.
+  bool keep_lease = true;
+  // Non-empty: a retry with the same request_id within `dedup_window` is answered with the
+  // first grant and charges nothing; one asking for something else (another `fingerprint`)
+  // is kInvalidArgument naming both. Only grants are recorded (a denial charged nothing).
+  std::string request_id;
+  std::string fingerprint;  // what the request asks for, e.g. feature, scope and cost
+  absl::Duration dedup_window = absl::Minutes(10);
 };
 
 struct AcquireAnswer {
   bool granted = false;
   absl::Time now;                                   // Redis's time of the decision
   absl::Time lease_expiry = absl::InfinitePast();   // granted
+  // A retry of an earlier grant (request_id): `lease_id` is that grant's, `now` its time.
+  bool duplicate = false;
+  std::string lease_id;
   absl::Time retry_at = absl::InfiniteFuture();     // denied: when all would fit
-  int limiting = -1;                                // denied: index into counters
+  int limiting = -1;  // denied: index into counters; -1 with `cooling`: the feature's cooldown
+  bool cooling = false;                             // denied by a cooldown (Report)
 };
 
 // `counters` must be those of the lease's acquire, in the same order. `used` as in
@@ -83,6 +107,34 @@ struct RenewAnswer {
   absl::Time expiry = absl::InfinitePast();
 };
 
+// What an upstream's answer taught (Ledger::Report's state changes). The caller parses the
+// answer (ParseUpstream), picks the limit its counts describe and computes back-offs; Redis
+// applies them atomically on its own clock.
+struct ReportCall {
+  std::string credential;
+  std::string feature;
+  // counters[0] is the limit whose count is adopted (when `used` is set): a calendar, rolling
+  // or sliding one.
+  std::vector<CounterRef> counters;
+  std::optional<int64_t> used;                  // the upstream's count (capped at capacity)
+  absl::Time reset = absl::InfinitePast();      // the upstream's reset (InfinitePast: unknown)
+  absl::Time observed_at = absl::InfiniteFuture();  // when the worker saw it (Future: now)
+  absl::Duration longest_window;                // of counters[0] (Rule's LongestWindow)
+  // Per counter (same order; missing: none): it cools down until then.
+  std::vector<absl::Time> cool_until;
+  absl::Time feature_cool_until = absl::InfinitePast();  // the feature cools down until then
+  absl::Duration max_cooldown;  // no cooldown lasts past now + this (the feature's longest)
+};
+
+struct ReportAnswer {
+  absl::Time now;
+  bool adopted = false;       // the count was adopted (it may have added nothing)
+  bool reset_passed = false;  // not adopted: the reset has passed (an earlier window)
+  int64_t before = 0;         // the count quotad had
+  int64_t added = 0;          // units added to reach the upstream's count
+  absl::Time cooldown_until = absl::InfinitePast();  // the latest cooldown now in force
+};
+
 // The argument lists, for callers that pipeline FCALLs themselves (and the benchmark).
 // Calendar windows are computed around `around` (the caller's clock): previous, current, next.
 absl::StatusOr<std::vector<std::string>> AcquireArgs(const AcquireCall& call, absl::Time around);
@@ -104,15 +156,19 @@ class RedisFunctions {
   void Acquire(AcquireCall call, absl::AnyInvocable<void(absl::StatusOr<AcquireAnswer>)> done);
   void Release(ReleaseCall call, absl::AnyInvocable<void(absl::StatusOr<ReleaseAnswer>)> done);
   void Renew(RenewCall call, absl::AnyInvocable<void(absl::StatusOr<RenewAnswer>)> done);
+  void Report(ReportCall call, absl::AnyInvocable<void(absl::StatusOr<ReportAnswer>)> done);
 
   // Blocking forms (not from a client callback).
   absl::StatusOr<AcquireAnswer> AcquireSync(AcquireCall call);
   absl::StatusOr<ReleaseAnswer> ReleaseSync(ReleaseCall call);
   absl::StatusOr<RenewAnswer> RenewSync(RenewCall call);
+  absl::StatusOr<ReportAnswer> ReportSync(ReportCall call);
 
  private:
   void AcquireAround(std::shared_ptr<AcquireCall> call, absl::Time around, bool last_try,
                      absl::AnyInvocable<void(absl::StatusOr<AcquireAnswer>)> done);
+  void ReportAround(std::shared_ptr<ReportCall> call, absl::Time around, bool last_try,
+                    absl::AnyInvocable<void(absl::StatusOr<ReportAnswer>)> done);
 
   RedisClient* const client_;
   absl::AnyInvocable<absl::Time() const> clock_now_;

@@ -1,0 +1,406 @@
+-- quotad's function library, second part (the embedded library is quotad.lua then this file,
+-- as one source: see embed_lua.cmake): the concurrency counter, a call's state, the functions.
+
+---------------------------------------------------------------------------------------------
+-- Concurrency: slots held by leases until their expiry. State: u x m zx cd (used, latest lease
+-- expiry, a lower bound of the earliest, the sorted set's expiry, cooldown); units per lease in
+-- <name>@<lease>; the sorted set orders the leases by expiry, so that dropping the expired ones
+-- costs nothing until the earliest expires.
+
+local C = {}
+
+function C.load(c, v)
+  if v then c.u, c.x, c.m, c.zx, c.cd = struct.unpack('ddddd', v)
+  else c.u, c.x, c.m, c.zx, c.cd = 0, -INF, INF, -INF, 0 end
+  c.gone, c.set, c.moved = {}, {}, {}
+end
+function C.pack(c) return pk('ddddd', c.u, c.x, c.m, c.zx, c.cd) end
+
+local function min_score(zkey, after)
+  local r = redis.call('ZRANGE', zkey, '(' .. string.format('%d', after), '+inf',
+                       'BYSCORE', 'LIMIT', 0, 1, 'WITHSCORES')
+  if #r == 0 then return INF end
+  return tonumber(r[2])
+end
+
+function C.roll(c, now, args, key)
+  if now < c.m then return true end
+  local expired = redis.call('ZRANGE', c.zkey, '-inf', string.format('%d', now), 'BYSCORE')
+  if #expired > 0 then
+    local fields = {}
+    for i, lease in ipairs(expired) do fields[i] = c.name .. '@' .. lease end
+    local units = redis.call('HMGET', key, unpack(fields))
+    for i, lease in ipairs(expired) do
+      c.u = c.u - (tonumber(units[i]) or 0)
+      c.gone[#c.gone + 1] = lease
+    end
+  end
+  if now >= c.x then c.u = 0 end -- every lease has expired (even if the set has gone)
+  c.m = min_score(c.zkey, now)
+  c.dirty = true
+  return true
+end
+
+function C.fits(c, now, cost)
+  if c.u + cost <= c.cap then return true end
+  if cost > c.cap then return false, INF end
+  -- When enough of the earliest-expiring leases will have freed their slots.
+  local need, freed, offset = c.u + cost - c.cap, 0, 0
+  while true do
+    local page = redis.call('ZRANGE', c.zkey, '(' .. string.format('%d', now), '+inf', 'BYSCORE',
+                            'LIMIT', offset, 64, 'WITHSCORES')
+    if #page == 0 then return false, INF end
+    local fields = {}
+    for i = 1, #page, 2 do fields[#fields + 1] = c.name .. '@' .. page[i] end
+    local units = redis.call('HMGET', c.key, unpack(fields))
+    for i = 1, #page, 2 do
+      freed = freed + (tonumber(units[(i + 1) / 2]) or 0)
+      if freed >= need then return false, tonumber(page[i + 1]) end
+    end
+    offset = offset + 64
+  end
+end
+
+function C.charge(c, now, cost, lease, exp)
+  c.set[lease] = (c.held or 0) + cost
+  c.moved[lease] = exp
+  c.u = c.u + cost
+  c.x = math.max(c.x, exp)
+  c.m = math.min(c.m, exp)
+  c.dirty = true
+  return 0, 0
+end
+
+-- Counter::Free: the slots of a lease (c.held, read with the state); 0 when it holds none.
+function C.free(c, lease)
+  local units = c.held or 0
+  if units == 0 then return 0 end
+  c.gone[#c.gone + 1] = lease
+  c.u = c.u - units
+  c.dirty = true
+  return units
+end
+
+-- Counter::MoveExpiry.
+function C.move(c, lease, exp)
+  if (c.held or 0) == 0 then return end
+  c.moved[lease] = exp
+  c.x = math.max(c.x, exp)
+  c.m = math.min(c.m, exp)
+  c.dirty = true
+end
+
+function C.flush(c, set, del, now)
+  for _, lease in ipairs(c.gone) do del[#del + 1] = c.name .. '@' .. lease end
+  if #c.gone > 0 then redis.call('ZREM', c.zkey, unpack(c.gone)) end
+  for lease, units in pairs(c.set) do
+    set[#set + 1] = c.name .. '@' .. lease
+    set[#set + 1] = units
+  end
+  local zadd = nil
+  for lease, exp in pairs(c.moved) do
+    zadd = zadd or {'ZADD', c.zkey}
+    zadd[#zadd + 1] = string.format('%d', exp)
+    zadd[#zadd + 1] = lease
+  end
+  if zadd then
+    redis.call(unpack(zadd))
+    if c.x > c.zx then
+      c.zx = slack(c.x, now)
+      expire_at(c.zkey, c.zx)
+    end
+  end
+end
+
+function C.drained(c) return math.max(c.x, c.cd) end
+function C.refund() return 0 end
+
+---------------------------------------------------------------------------------------------
+-- State of a call: the credential's hash, read once, written once.
+
+local KINDS = {cal = W, unl = W, roll = W, slide = S, tb = T, conc = C}
+
+-- Reads the state of every counter (and `extra` fields) in one HMGET. Returns the extra values.
+local function load_all(key, cs, extra)
+  local fields = {'~x'}
+  for k, c in ipairs(cs) do
+    c.key = key
+    c.K = KINDS[c.kind]
+    if not c.K then error('quotad: unknown counter kind ' .. tostring(c.kind)) end
+    fields[k + 1] = c.name
+  end
+  local n = #fields
+  for _, f in ipairs(extra) do fields[#fields + 1] = f end
+  local v = redis.call('HMGET', key, unpack(fields))
+  for k, c in ipairs(cs) do c.K.load(c, v[k + 1]) end
+  local rest = {}
+  for i = n + 1, #fields do rest[i - n] = v[i] end
+  return tonumber(v[1]) or -INF, rest
+end
+
+-- Writes back what changed, in one HSET (and one HDEL), and keeps the hash until every counter
+-- has drained (`more`: other fields to set).
+local function save_all(key, cs, x, now, args, more)
+  local set, del, need = {'HSET', key}, {'HDEL', key}, -INF
+  for _, c in ipairs(cs) do
+    if c.dirty then
+      if c.K.flush then c.K.flush(c, set, del, now) end
+      set[#set + 1] = c.name
+      set[#set + 1] = c.K.pack(c)
+    end
+    need = math.max(need, c.K.drained(c, now, args))
+  end
+  for _, v in ipairs(more or {}) do set[#set + 1] = v end
+  local expire = need > x
+  if expire then
+    x = slack(need, now)
+    set[#set + 1] = '~x'
+    set[#set + 1] = string.format('%d', x)
+  end
+  if #del > 2 then redis.call(unpack(del)) end
+  if #set > 2 then redis.call(unpack(set)) end
+  if expire then expire_at(key, x) end -- after HSET: the key exists
+end
+
+---------------------------------------------------------------------------------------------
+-- The functions.
+
+local function read_lease(key, now)
+  local v = redis.call('GET', key)
+  if not v then return nil end
+  local n = (#v) / 8
+  local l = {struct.unpack(string.rep('d', n), v)}
+  l[n + 1] = nil -- unpack's next position
+  if l[1] <= now then return nil end
+  return l
+end
+
+local function write_lease(key, rec)
+  redis.call('SET', key, pk(string.rep('d', #rec), unpack(rec)), 'PXAT',
+             math.floor(rec[1] / 1000) + 1000)
+end
+
+local function cooling(c, now) return c.cd > now end
+
+-- FCALL quotad_acquire 3+z lease state dedup zsets..
+--       cost lease_id ttl_us n keep_lease request_id fingerprint dedup_us feature counters..
+-- Charges `cost` on every counter, or on none. `request_id` (empty: none): a retry of a grant
+-- within dedup_us answers that grant and charges nothing. `keep_lease` 0: no lease record
+-- (nothing to release or renew; for callers that never refund). Answers
+--   {1, now, lease_expiry}                 granted
+--   {2, now, lease_expiry, lease_id}       a retry of an earlier grant (its time and lease)
+--   {0, now, retry_at or -1, counter, cooling}
+--                                          denied: counter (1-based; 0: the feature) is the one
+--                                          that frees last; retry_at is when all would fit (-1:
+--                                          never); cooling 1: by a cooldown (Report), which is
+--                                          checked first, as Ledger::Acquire does
+--   {-1, now, counter}                     no calendar window given contains Redis's time:
+--                                          compute them around `now` and call again
+--   {-2, now, first_fingerprint}           the request_id was first used for another request
+local function acquire(keys, args)
+  local cost, lease, ttl, n = tonumber(args[1]), args[2], tonumber(args[3]), tonumber(args[4])
+  local keep, rid, fp, dedup_us, feature = args[5] ~= '0', args[6], args[7], tonumber(args[8]),
+                                           args[9]
+  local now = now_us()
+  if rid ~= '' then
+    local first = redis.call('GET', keys[3])
+    if first then
+      local at, exp, flease, ffp = cmsgpack.unpack(first)
+      if ffp ~= fp then return {-2, now, ffp} end
+      return {2, at, exp, flease}
+    end
+  end
+  local cs = parse_counters(keys, 4, args, 10, n)
+  local x, extra = load_all(keys[2], cs, {'!' .. feature})
+  local retry, limiting, cool = -INF, -1, 0
+  local fcd = tonumber(extra[1]) or 0
+  if fcd > now then retry, limiting = fcd, 0 end
+  for k, c in ipairs(cs) do
+    if not c.K.roll(c, now, args, keys[2]) then return {-1, now, k} end
+    if cooling(c, now) and c.cd > retry then retry, limiting = c.cd, k end
+  end
+  if limiting >= 0 then
+    cool = 1
+  else
+    for k, c in ipairs(cs) do
+      local ok, at = c.K.fits(c, now, cost, keys[2])
+      if not ok and at > retry then retry, limiting = at, k end
+    end
+  end
+  -- A denial writes nothing: what roll() changed is recomputed the same way next time.
+  if limiting >= 0 then
+    if retry >= INF then retry = -1 end
+    return {0, now, retry, limiting, cool}
+  end
+  local exp = now + ttl
+  local rec = {exp, now, cost}
+  for k, c in ipairs(cs) do
+    local token, aux = c.K.charge(c, now, cost, lease, exp)
+    rec[2 * k + 2], rec[2 * k + 3] = token, aux
+  end
+  save_all(keys[2], cs, x, now, args)
+  if keep then write_lease(keys[1], rec) end
+  if rid ~= '' then
+    redis.call('SET', keys[3], cmsgpack.pack(now, exp, lease, fp), 'PX',
+               math.max(1, math.ceil(dedup_us / 1000)))
+  end
+  return {1, now, exp}
+end
+
+-- Concurrency counters also read what the lease holds on them.
+local function lease_fields(cs, lease)
+  local f = {}
+  for _, c in ipairs(cs) do
+    if c.kind == 'conc' then f[#f + 1] = c.name .. '@' .. lease end
+  end
+  return f
+end
+
+local function set_held(cs, extra)
+  local j = 0
+  for _, c in ipairs(cs) do
+    if c.kind == 'conc' then
+      j = j + 1
+      c.held = tonumber(extra[j]) or 0
+    end
+  end
+end
+
+-- FCALL quotad_release 2+z lease state zsets..  used lease_id n counters...
+-- Ends a lease (counters: the same as its acquire, in the same order). used >= 0 refunds
+-- cost - used on each window limit whose charged window is still open; used < 0 refunds
+-- nothing. Frees its concurrency slots. Answers {1, now, freed, refunded_1, ..., refunded_n},
+-- or {0, now} when the lease is unknown or expired.
+local function release(keys, args)
+  local used, lease, n = tonumber(args[1]), args[2], tonumber(args[3])
+  local now = now_us()
+  local l = read_lease(keys[1], now)
+  if l == nil then return {0, now} end
+  local cs = parse_counters(keys, 3, args, 4, n)
+  local x, extra = load_all(keys[2], cs, lease_fields(cs, lease))
+  set_held(cs, extra)
+  local out = {1, now, 0}
+  local cost, at = l[3], l[2]
+  local units = used >= 0 and math.max(cost - used, 0) or 0
+  for k, c in ipairs(cs) do
+    local got = 0
+    c.K.roll(c, now, args, keys[2])
+    if c.kind == 'conc' then
+      out[3] = out[3] + C.free(c, lease)
+    elseif units > 0 and l[2 * k + 2] ~= nil then
+      got = c.K.refund(c, now, l[2 * k + 2], l[2 * k + 3], cost, units, at, keys[2])
+    end
+    out[#out + 1] = got
+  end
+  save_all(keys[2], cs, x, now, args)
+  redis.call('DEL', keys[1])
+  return out
+end
+
+-- FCALL quotad_renew 2+z lease state zsets..  ttl_us lease_id n counters...
+-- Moves a live lease's expiry to now + ttl, on the lease and on its concurrency counters.
+-- Answers {1, now, expiry}, or {0, now} when the lease is unknown or expired.
+local function renew(keys, args)
+  local ttl, lease, n = tonumber(args[1]), args[2], tonumber(args[3])
+  local now = now_us()
+  local l = read_lease(keys[1], now)
+  if l == nil then return {0, now} end
+  local exp = now + ttl
+  local cs = parse_counters(keys, 3, args, 4, n)
+  local conc = {}
+  for _, c in ipairs(cs) do
+    if c.kind == 'conc' then conc[#conc + 1] = c end
+  end
+  if #conc > 0 then
+    local x, extra = load_all(keys[2], conc, lease_fields(conc, lease))
+    set_held(conc, extra)
+    for _, c in ipairs(conc) do
+      C.roll(c, now, args, keys[2])
+      C.move(c, lease, exp)
+    end
+    save_all(keys[2], conc, x, now, args)
+  end
+  l[1] = exp
+  write_lease(keys[1], l)
+  return {1, now, exp}
+end
+
+-- FCALL quotad_report 1+z state zsets..  n used reset_us longest_us observed_us
+--       feature feature_cd_us cap_us  counters..  (then per counter: cd_us)
+-- What an upstream's answer taught, applied atomically on Redis's clock (Ledger::Report's
+-- state changes; choosing the limit, parsing headers and the back-off stay with the caller):
+--  * used >= 0: the upstream's count of counter 1 (a window limit), adopted into the window in
+--    force unless `reset_us` (0: unknown) has passed by a second or more (an earlier window);
+--    a reset more than `longest_us` past one window ahead is ignored. Never lowers a count;
+--    refunds never undercut it.
+--  * each counter's cd_us > 0: it cools down until then; feature_cd_us > 0: the feature does.
+--    No cooldown lasts past now + cap_us (the feature's longest window).
+-- Answers {now, before, added, cooldown_until or 0, adopt_status}: adopt_status 1 adopted, 0 no
+-- count given, -1 the reset has passed; or {-1, now, counter} as quotad_acquire.
+local function report(keys, args)
+  local n, used, reset = tonumber(args[1]), tonumber(args[2]), tonumber(args[3])
+  local longest, observed, feature = tonumber(args[4]), tonumber(args[5]), args[6]
+  local fcd, cap = tonumber(args[7]), tonumber(args[8])
+  local now = now_us()
+  local cs, i = parse_counters(keys, 2, args, 9, n)
+  for k, c in ipairs(cs) do c.cool = tonumber(args[i + k - 1]) end
+  local x, extra = load_all(keys[1], cs, {'!' .. feature})
+  local before, added, status, cool_until = 0, 0, 0, 0
+  for k, c in ipairs(cs) do
+    if not c.K.roll(c, now, args, keys[1]) then return {-1, now, k} end
+  end
+  local c1 = cs[1]
+  if used >= 0 and c1 and c1.K.adopt then
+    if reset > 0 and c1.kind ~= 'slide' and reset + 1000000 <= now then
+      status = -1
+    else
+      if reset > now + longest + math.min(longest, 3600000000) then reset = 0 end
+      if c1.kind == 'slide' then
+        local rel = math.min(now, observed) + c1.b
+        if reset <= now or reset > rel then reset = rel end
+      end
+      before, added = c1.K.adopt(c1, now, math.min(used, c1.cap), reset, keys[1])
+      if added > 0 and c1.kind ~= 'slide' then c1.adat = now end
+      status = 1
+    end
+  end
+  local limit = now + cap
+  for _, c in ipairs(cs) do
+    if c.cool > 0 then
+      local u = math.min(c.cool, limit)
+      if u > c.cd then
+        c.cd = u
+        c.dirty = true
+      end
+      cool_until = math.max(cool_until, c.cd)
+    end
+  end
+  local more = nil
+  if fcd > 0 then
+    local u = math.max(math.min(fcd, limit), tonumber(extra[1]) or 0)
+    more = {'!' .. feature, string.format('%d', u)}
+    cool_until = math.max(cool_until, u)
+    cs[#cs + 1] = {dirty = false, K = {drained = function() return u end}}
+  end
+  save_all(keys[1], cs, x, now, args, more)
+  return {now, before, added, cool_until, status}
+end
+
+-- FCALL_RO quotad_peek 1 state name kind: a counter's state as numbers (for tests, operators).
+local function peek(keys, args)
+  local v = redis.call('HGET', keys[1], args[1])
+  if not v then return {} end
+  local fmt = ({cal = 7, unl = 7, roll = 7, slide = 10, tb = 2, conc = 5})[args[2]]
+  local out = {struct.unpack(string.rep('d', fmt), v)}
+  out[#out] = nil
+  for i, f in ipairs(out) do out[i] = string.format('%d', f) end
+  return out
+end
+
+redis.register_function{function_name = 'quotad_version', flags = {'no-writes'},
+                        callback = function() return VERSION end}
+redis.register_function('quotad_acquire', acquire)
+redis.register_function('quotad_release', release)
+redis.register_function('quotad_renew', renew)
+redis.register_function('quotad_report', report)
+redis.register_function{function_name = 'quotad_peek', flags = {'no-writes'}, callback = peek}
