@@ -81,6 +81,9 @@ class SimClock : public Clock {
     return t;
   }
   absl::Duration Monotonic() const override { return fake_.Monotonic(); }
+  std::unique_ptr<Timer> CreateTimer(absl::AnyInvocable<void()> callback) override {
+    return fake_.CreateTimer(std::move(callback));
+  }
   // True time: what durations are measured on (the wall clock may step away from it).
   int64_t now() const { return absl::ToInt64Nanoseconds(fake_.Monotonic()); }
   void Set(int64_t t) { fake_.Advance(absl::Nanoseconds(t - now())); }

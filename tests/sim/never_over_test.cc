@@ -28,6 +28,9 @@ class RaceClock : public Clock {
     if (hook) std::exchange(hook, nullptr)();
     return t;
   }
+  std::unique_ptr<Timer> CreateTimer(absl::AnyInvocable<void()> callback) override {
+    return fake.CreateTimer(std::move(callback));
+  }
   FakeClock fake{kT0};
   mutable std::function<void()> hook;
 };
