@@ -48,70 +48,76 @@ void BlockingWorker::Run() {
   }
 }
 
+absl::Duration WaitQueuePump::DeadlineOf(absl::Time t) const {
+  if (t == absl::InfiniteFuture()) return absl::InfiniteDuration();
+  return clock_->Monotonic() + std::max(absl::ZeroDuration(), t - clock_->Now());
+}
+
+void WaitQueuePump::ArmLocked(absl::Duration deadline) {
+  if (deadline >= armed_for_ || deadline == absl::InfiniteDuration()) return;
+  armed_for_ = deadline;
+  armed_timer_->EnableAt(deadline);
+}
+
 void WaitQueuePump::WakeBy(absl::Time t) {
+  const absl::Duration deadline = DeadlineOf(t);
   absl::MutexLock lock(&mu_);
-  if (t < next_) {
-    next_ = t;
-    changed_ = true;
+  if (armed_timer_ == nullptr) {
+    pending_ = std::min(pending_, deadline);
+    return;
   }
+  ArmLocked(deadline);
 }
 
 void WaitQueuePump::Start(Ledger* ledger) {
   ledger_ = ledger;
-  thread_ = std::thread([this] { Run(); });
+  timer_ = clock_->CreateTimer([this] { Fire(); });
+  absl::MutexLock lock(&mu_);
+  armed_timer_ = timer_.get();
+  ArmLocked(pending_);
 }
 
 void WaitQueuePump::Stop() {
   {
     absl::MutexLock lock(&mu_);
-    stop_ = true;
+    armed_timer_ = nullptr;
   }
-  if (thread_.joinable()) thread_.join();
+  timer_.reset();  // disables it, and waits for a Fire() running on the timer thread
 }
 
-void WaitQueuePump::Run() {
-  for (;;) {
-    {
-      absl::MutexLock lock(&mu_);
-      for (;;) {
-        if (stop_) return;
-        const absl::Time now = clock_->Now();
-        if (next_ <= now) break;
-        changed_ = false;
-        const absl::Duration left =
-            next_ == absl::InfiniteFuture() ? absl::InfiniteDuration() : next_ - now;
-        // The times are the wall clock's, which may step: while requests wait, pump at least
-        // every kMaxPumpWait, so that a step back never holds a waiter up for the step.
-        const bool woken = mu_.AwaitWithTimeout(
-            absl::Condition(
-                +[](WaitQueuePump* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(p->mu_) {
-                  return p->stop_ || p->changed_;
-                },
-                this),
-            std::min(left, kMaxPumpWait));
-        if (!woken && left > kMaxPumpWait && ledger_->waiting() > 0) break;
-      }
-      next_ = absl::InfiniteFuture();
-    }
-    const absl::Time next = ledger_->Pump();
+void WaitQueuePump::Fire() {
+  {
     absl::MutexLock lock(&mu_);
-    if (next < next_) next_ = next;
+    if (armed_timer_ == nullptr) return;
+    armed_for_ = absl::InfiniteDuration();
   }
+  absl::Duration next = DeadlineOf(ledger_->Pump());
+  if (ledger_->waiting() > 0) next = std::min(next, clock_->Monotonic() + kMaxPumpWait);
+  absl::MutexLock lock(&mu_);
+  if (armed_timer_ != nullptr) ArmLocked(next);
 }
 
 Sweeper::Sweeper(Clock* clock, absl::Duration tick, std::vector<SweepJob> jobs)
     : clock_(clock),
       tick_(tick),
       jobs_(std::move(jobs)),
-      last_run_(jobs_.size(), absl::InfinitePast()) {}
+      last_run_(jobs_.size(), -absl::InfiniteDuration()) {}
 
-void Sweeper::Start() { thread_ = std::thread([this] { Run(); }); }
+void Sweeper::Start() {
+  timer_ = clock_->CreateTimer([this] { Tick(); });
+  thread_ = std::thread([this] { Run(); });
+  absl::MutexLock lock(&mu_);
+  armed_timer_ = timer_.get();
+  armed_timer_->Enable(tick_);
+}
 
 void Sweeper::Stop() {
   {
     absl::MutexLock lock(&mu_);
     stop_ = true;
+    armed_timer_ = nullptr;
   }
+  timer_.reset();  // disables it, and waits for a Tick() running on the timer thread
   if (thread_.joinable()) thread_.join();
 }
 
@@ -121,19 +127,49 @@ std::vector<std::string> Sweeper::JobNames() const {
   return names;
 }
 
+int64_t Sweeper::ticks_done() {
+  absl::MutexLock lock(&mu_);
+  return ticks_done_;
+}
+
+void Sweeper::AwaitTicks(int64_t n) {
+  absl::MutexLock lock(&mu_);
+  auto done = [this, n]() {
+    mu_.AssertReaderHeld();
+    return stop_ || ticks_done_ >= n;
+  };
+  mu_.Await(absl::Condition(&done));
+}
+
+void Sweeper::Tick() {
+  absl::MutexLock lock(&mu_);
+  if (armed_timer_ == nullptr) return;
+  ++ticks_due_;
+  armed_timer_->Enable(tick_);
+}
+
 void Sweeper::Run() {
   for (;;) {
     {
       absl::MutexLock lock(&mu_);
-      if (mu_.AwaitWithTimeout(absl::Condition(&stop_), tick_)) return;
+      auto due = [this]() {
+        mu_.AssertReaderHeld();
+        return stop_ || ticks_due_ > ticks_done_;
+      };
+      mu_.Await(absl::Condition(&due));
+      if (stop_) return;
+      // Ticks that came while the jobs ran are served by one run.
+      ticks_done_ = ticks_due_ - 1;
     }
     RunDue();
+    absl::MutexLock lock(&mu_);
+    ++ticks_done_;
   }
 }
 
 void Sweeper::RunDue() {
   for (size_t i = 0; i < jobs_.size(); ++i) {
-    const absl::Time now = clock_->Now();
+    const absl::Duration now = clock_->Monotonic();
     if (now - last_run_[i] < jobs_[i].every) continue;
     last_run_[i] = now;
     jobs_[i].run();

@@ -3,10 +3,13 @@
 
 // The server's work outside calls: the timer that serves the wait queues (WaitQueuePump), the
 // sweeper with its named periodic jobs (Sweeper), the config-file watch (ConfigFileWatch), and
-// the thread that runs handlers that may block (BlockingWorker).
+// the thread that runs handlers that may block (BlockingWorker). Time comes from the Clock: its
+// timers drive the pump and the sweeper, so that a FakeClock drives them in tests.
 
 #include <deque>
+#include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <sys/types.h>
@@ -50,34 +53,42 @@ class BlockingWorker {
   std::thread thread_;
 };
 
-// Runs Ledger::Pump() when the wait queues need it: at the time the last Pump() returned, or
-// earlier when the ledger parks a request that must be served sooner (LedgerOptions::wake).
-// Sleeps on a condition otherwise (no polling). Thread-safe. Does not own the ledger or clock;
-// Stop() must run before the ledger is destroyed.
+// Runs Ledger::Pump() when the wait queues need it, on a timer of the clock: at the time the
+// last Pump() returned, or earlier when the ledger parks a request that must be served sooner
+// (LedgerOptions::wake). While requests wait it pumps at least every kMaxPumpWait, so that a
+// step of the wall clock (the ledger's times are wall times) never holds a waiter up for the
+// step. Pump() runs on the clock's timer thread (real clock) or inside FakeClock::Advance.
+// Thread-safe. Does not own the ledger or clock; Stop() must run before the ledger is
+// destroyed.
 class WaitQueuePump {
  public:
-  // The longest the pump sleeps while requests wait (see Run).
   static constexpr absl::Duration kMaxPumpWait = absl::Seconds(1);
 
   explicit WaitQueuePump(Clock* clock) : clock_(clock) {}
   ~WaitQueuePump() { Stop(); }
 
-  // LedgerOptions::wake.
+  // LedgerOptions::wake: Pump() must run by wall time `t`.
   void WakeBy(absl::Time t) ABSL_LOCKS_EXCLUDED(mu_);
 
-  void Start(Ledger* ledger);
+  void Start(Ledger* ledger) ABSL_LOCKS_EXCLUDED(mu_);
+  // Disables the timer and waits for a Pump() running on another thread. Idempotent.
   void Stop() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  void Run() ABSL_LOCKS_EXCLUDED(mu_);
+  void Fire() ABSL_LOCKS_EXCLUDED(mu_);
+  // Arms the timer for monotonic `deadline` unless it is armed for earlier.
+  void ArmLocked(absl::Duration deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Wall time `t` as a monotonic deadline.
+  absl::Duration DeadlineOf(absl::Time t) const;
 
   Clock* const clock_;
-  Ledger* ledger_ = nullptr;
+  Ledger* ledger_ = nullptr;  // set by Start
+  std::unique_ptr<Timer> timer_;  // set by Start, reset by Stop (outside mu_)
   absl::Mutex mu_;
-  absl::Time next_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
-  bool changed_ ABSL_GUARDED_BY(mu_) = false;
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread thread_;
+  Timer* armed_timer_ ABSL_GUARDED_BY(mu_) = nullptr;  // timer_ while running, else null
+  absl::Duration armed_for_ ABSL_GUARDED_BY(mu_) = absl::InfiniteDuration();
+  // A wake that came before Start.
+  absl::Duration pending_ ABSL_GUARDED_BY(mu_) = absl::InfiniteDuration();
 };
 
 // One periodic job of the sweeper.
@@ -88,31 +99,41 @@ struct SweepJob {
   std::function<void()> run;
 };
 
-// Runs its jobs, in order, on one thread: every `tick`, each job whose interval has passed
-// since it last ran (a job runs on the first tick). Thread-safe. Owns its thread; does not own
-// `clock`, which must outlive *this; what the jobs touch must outlive Stop().
+// Runs its jobs, in order, on its own thread (jobs may block: compaction writes the state
+// file): every `tick` of a timer on `clock`, each job whose interval has passed (on the clock's
+// monotonic time) since it last ran; every job runs on the first tick. With a FakeClock,
+// Advance() fires the tick. Thread-safe. Owns its thread; does not own `clock`, which must
+// outlive *this; what the jobs touch must outlive Stop().
 class Sweeper {
  public:
   Sweeper(Clock* clock, absl::Duration tick, std::vector<SweepJob> jobs);
   ~Sweeper() { Stop(); }
 
-  void Start();
+  void Start() ABSL_LOCKS_EXCLUDED(mu_);
   // Waits for the job running (if any) and joins. Idempotent.
   void Stop() ABSL_LOCKS_EXCLUDED(mu_);
 
   // The names of the jobs, in the order they run.
   std::vector<std::string> JobNames() const;
+  // Ticks whose jobs have all run.
+  int64_t ticks_done() ABSL_LOCKS_EXCLUDED(mu_);
+  // Blocks until at least `n` ticks are done (or Stop()); for tests, after advancing a clock.
+  void AwaitTicks(int64_t n) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
+  void Tick() ABSL_LOCKS_EXCLUDED(mu_);  // the timer's callback
   void Run() ABSL_LOCKS_EXCLUDED(mu_);
-  // One tick: every job that is due. Sweeper thread only.
-  void RunDue();
+  void RunDue();  // sweeper thread only
 
   Clock* const clock_;
   const absl::Duration tick_;
   std::vector<SweepJob> jobs_;
-  std::vector<absl::Time> last_run_;  // by job; sweeper thread only
+  std::vector<absl::Duration> last_run_;  // by job, monotonic; sweeper thread only
+  std::unique_ptr<Timer> timer_;          // set by Start, reset by Stop (outside mu_)
   absl::Mutex mu_;
+  Timer* armed_timer_ ABSL_GUARDED_BY(mu_) = nullptr;
+  int64_t ticks_due_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t ticks_done_ ABSL_GUARDED_BY(mu_) = 0;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
