@@ -82,6 +82,9 @@ class QuotaService {
   absl::StatusOr<v1::ReportResponse> Report(const Caller& caller,
                                             const v1::ReportRequest& request);
 
+  // The most Acquire calls any one identity has waiting now (for the resource gauges).
+  int64_t LargestIdentityWaiters() { return waiters_.Largest(); }
+
  private:
   // A validated Acquire: the core request (views into the wire request) and how to wait.
   struct AcquireArgs {
@@ -113,10 +116,6 @@ class QuotaService {
   const QuotaServiceOptions options_;
   const std::shared_ptr<spdlog::logger> log_;
   IdentityWaiters waiters_;
-
- public:
-  // The most calls any one identity has waiting now (for the resource gauges).
-  int64_t LargestIdentityWaiters() { return waiters_.Largest(); }
 };
 
 }  // namespace quotad
