@@ -29,6 +29,47 @@ struct CallGate {
   std::atomic<bool> draining{false};
 };
 
+// One method of a generated AsyncService, shared by every call of it and of one call kind
+// (`Call`: UnaryCall or ParkableCall below); must outlive them. The one place that requests a
+// call from gRPC and counts it at the gate.
+template <typename Service, typename Request, typename Response, typename Call>
+struct CallMethod {
+  using Responder = grpc::ServerAsyncResponseWriter<Response>;
+  using RequestFn = void (Service::*)(grpc::ServerContext*, Request*, Responder*,
+                                      grpc::CompletionQueue*, grpc::ServerCompletionQueue*, void*);
+
+  Service* service = nullptr;
+  RequestFn request = nullptr;
+  std::function<void(Call*)> handler;
+  // Optional. While `gate->draining`, new calls are answered UNAVAILABLE without running the
+  // handler; `gate->active` counts calls from arrival until their answer is sent.
+  CallGate* gate = nullptr;
+
+  // Asks gRPC for the next call of this method on `cq`.
+  void Arm(grpc::ServerCompletionQueue* cq) const { new Call(this, cq); }
+
+  // For the call's constructor: registers `tag` for the next call's arrival.
+  void RequestNext(grpc::ServerContext* context, Request* request, Responder* responder,
+                   grpc::ServerCompletionQueue* cq, void* tag) const {
+    (service->*this->request)(context, request, responder, cq, cq, tag);
+  }
+
+  // For a call that arrived: counts it at the gate. False when the server is draining (the
+  // call must then be answered Draining() without running the handler).
+  bool Enter() const {
+    if (gate == nullptr) return true;
+    gate->active.fetch_add(1, std::memory_order_acq_rel);
+    return !gate->draining.load(std::memory_order_acquire);
+  }
+  // For a call whose answer was sent (only after Enter()).
+  void Leave() const {
+    if (gate != nullptr) gate->active.fetch_sub(1, std::memory_order_acq_rel);
+  }
+  static grpc::Status Draining() {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "quotad is shutting down");
+  }
+};
+
 // One unary call of `Service` (a generated AsyncService): requested, handled, finished, deleted.
 // The handler runs on the completion-queue thread that received the call; it must not block,
 // and must call Finish() exactly once, at once or later from any thread (work that may block is
@@ -37,25 +78,10 @@ struct CallGate {
 template <typename Service, typename Request, typename Response>
 class UnaryCall final : public CallTag {
  public:
-  using Responder = grpc::ServerAsyncResponseWriter<Response>;
-  using RequestFn = void (Service::*)(grpc::ServerContext*, Request*, Responder*,
-                                      grpc::CompletionQueue*, grpc::ServerCompletionQueue*, void*);
-  using Handler = std::function<void(UnaryCall*)>;
+  using Method = CallMethod<Service, Request, Response, UnaryCall>;
 
-  // Shared by every call of one method; must outlive them.
-  struct Method {
-    Service* service = nullptr;
-    RequestFn request = nullptr;
-    Handler handler;
-    // Optional. While `gate->draining`, new calls are answered UNAVAILABLE without running the
-    // handler; `gate->active` counts calls from arrival until their answer is sent.
-    CallGate* gate = nullptr;
-  };
-
-  // Asks gRPC for the next call of `method` on `cq`.
-  static void Arm(const Method* method, grpc::ServerCompletionQueue* cq) {
-    new UnaryCall(method, cq);
-  }
+  // Same as method->Arm(cq), for code that names the call type (bench/grpc/noop_server.cc).
+  static void Arm(const Method* method, grpc::ServerCompletionQueue* cq) { method->Arm(cq); }
 
   const Request& request() const { return request_; }
   Response* response() { return &response_; }
@@ -72,27 +98,20 @@ class UnaryCall final : public CallTag {
 
   void Proceed(bool ok) override {
     if (finishing_ || !ok) {  // sent, or the server is shutting down
-      if (finishing_ && method_->gate != nullptr) {
-        method_->gate->active.fetch_sub(1, std::memory_order_acq_rel);
-      }
+      if (finishing_) method_->Leave();
       delete this;
       return;
     }
-    Arm(method_, cq_);  // keep a call requested while this one is handled
-    if (method_->gate != nullptr) {
-      method_->gate->active.fetch_add(1, std::memory_order_acq_rel);
-      if (method_->gate->draining.load(std::memory_order_acquire)) {
-        Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "quotad is shutting down"));
-        return;
-      }
-    }
+    method_->Arm(cq_);  // keep a call requested while this one is handled
+    if (!method_->Enter()) return Finish(Method::Draining());
     method_->handler(this);
   }
 
  private:
+  friend Method;
   UnaryCall(const Method* method, grpc::ServerCompletionQueue* cq)
       : method_(method), cq_(cq), responder_(&context_) {
-    (method->service->*method->request)(&context_, &request_, &responder_, cq, cq, this);
+    method->RequestNext(&context_, &request_, &responder_, cq, this);
   }
 
   const Method* const method_;
@@ -100,7 +119,7 @@ class UnaryCall final : public CallTag {
   grpc::ServerContext context_;
   Request request_;
   Response response_;
-  Responder responder_;
+  typename Method::Responder responder_;
   bool finishing_ = false;
 };
 
@@ -118,18 +137,7 @@ class UnaryCall final : public CallTag {
 template <typename Service, typename Request, typename Response>
 class ParkableCall final : public CallTag {
  public:
-  using Responder = grpc::ServerAsyncResponseWriter<Response>;
-  using RequestFn = void (Service::*)(grpc::ServerContext*, Request*, Responder*,
-                                      grpc::CompletionQueue*, grpc::ServerCompletionQueue*, void*);
-  using Handler = std::function<void(ParkableCall*)>;
-
-  // Shared by every call of one method; must outlive them.
-  struct Method {
-    Service* service = nullptr;
-    RequestFn request = nullptr;
-    Handler handler;
-    CallGate* gate = nullptr;  // as in UnaryCall::Method
-  };
+  using Method = CallMethod<Service, Request, Response, ParkableCall>;
 
   // A reference that keeps the call alive. Move-only.
   class CallRef {
@@ -149,14 +157,12 @@ class ParkableCall final : public CallTag {
     void Reset() {
       if (call_ != nullptr) std::exchange(call_, nullptr)->Unref();
     }
+    ParkableCall* get() const { return call_; }
+    ParkableCall* operator->() const { return call_; }
 
    private:
     ParkableCall* call_;
   };
-
-  static void Arm(const Method* method, grpc::ServerCompletionQueue* cq) {
-    new ParkableCall(method, cq);
-  }
 
   const Request& request() const { return request_; }
   Response* response() { return &response_; }
@@ -205,15 +211,12 @@ class ParkableCall final : public CallTag {
       Unref();
       return;
     }
-    Arm(method_, cq_);
+    method_->Arm(cq_);
     refs_.fetch_add(1, std::memory_order_relaxed);  // for the done notification
-    if (method_->gate != nullptr) {
-      method_->gate->active.fetch_add(1, std::memory_order_acq_rel);
-      counted_ = true;
-      if (method_->gate->draining.load(std::memory_order_acquire)) {
-        TryFinish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "quotad is shutting down"));
-        return;
-      }
+    counted_ = true;
+    if (!method_->Enter()) {
+      TryFinish(Method::Draining());
+      return;
     }
     CallRef self = Ref();
     method_->handler(this);
@@ -223,7 +226,7 @@ class ParkableCall final : public CallTag {
   struct FinishTag final : CallTag {
     explicit FinishTag(ParkableCall* c) : call(c) {}
     void Proceed(bool) override {
-      if (call->counted_) call->method_->gate->active.fetch_sub(1, std::memory_order_acq_rel);
+      if (call->counted_) call->method_->Leave();
       call->Unref();
     }
     ParkableCall* call;
@@ -234,10 +237,11 @@ class ParkableCall final : public CallTag {
     ParkableCall* call;
   };
 
+  friend Method;
   ParkableCall(const Method* method, grpc::ServerCompletionQueue* cq)
       : method_(method), cq_(cq), responder_(&context_), finish_tag_(this), done_tag_(this) {
     context_.AsyncNotifyWhenDone(&done_tag_);
-    (method->service->*method->request)(&context_, &request_, &responder_, cq, cq, this);
+    method->RequestNext(&context_, &request_, &responder_, cq, this);
   }
 
   void Done() ABSL_LOCKS_EXCLUDED(mu_) {
@@ -261,7 +265,7 @@ class ParkableCall final : public CallTag {
   grpc::ServerContext context_;
   Request request_;
   Response response_;
-  Responder responder_;
+  typename Method::Responder responder_;
   FinishTag finish_tag_;
   DoneTag done_tag_;
   std::atomic<int> refs_{1};

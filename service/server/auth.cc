@@ -202,60 +202,6 @@ absl::Status Authorizer::AuthorizeLease(absl::string_view identity, AccessMethod
                                                   " a lease held by another identity"));
 }
 
-LeaseOwners::Shard& LeaseOwners::ShardFor(const LeaseId& lease_id) const {
-  return shards_[lease_id.hi % kShards];
-}
-
-void LeaseOwners::Record(const LeaseId& lease_id, absl::string_view identity,
-                         absl::string_view credential, absl::Time expiry) {
-  Shard& s = ShardFor(lease_id);
-  absl::MutexLock lock(&s.mu);
-  s.owners[lease_id] = Entry{LeaseOwner{std::string(identity), std::string(credential)}, expiry};
-}
-
-std::optional<LeaseOwner> LeaseOwners::Lookup(const LeaseId& lease_id) const {
-  Shard& s = ShardFor(lease_id);
-  absl::MutexLock lock(&s.mu);
-  auto it = s.owners.find(lease_id);
-  if (it == s.owners.end()) return std::nullopt;
-  return it->second.owner;
-}
-
-void LeaseOwners::Extend(const LeaseId& lease_id, absl::Time expiry) {
-  Shard& s = ShardFor(lease_id);
-  absl::MutexLock lock(&s.mu);
-  auto it = s.owners.find(lease_id);
-  if (it != s.owners.end()) it->second.expiry = expiry;
-}
-
-void LeaseOwners::Forget(const LeaseId& lease_id) {
-  Shard& s = ShardFor(lease_id);
-  absl::MutexLock lock(&s.mu);
-  s.owners.erase(lease_id);
-}
-
-int64_t LeaseOwners::Prune(absl::Time now) {
-  int64_t dropped = 0;
-  for (Shard& s : shards_) {
-    absl::MutexLock lock(&s.mu);
-    absl::erase_if(s.owners, [&](const auto& kv) {
-      const bool expired = kv.second.expiry < now;
-      dropped += expired;
-      return expired;
-    });
-  }
-  return dropped;
-}
-
-int64_t LeaseOwners::size() const {
-  int64_t n = 0;
-  for (Shard& s : shards_) {
-    absl::MutexLock lock(&s.mu);
-    n += static_cast<int64_t>(s.owners.size());
-  }
-  return n;
-}
-
 std::string HolderWithIdentity(absl::string_view identity, absl::string_view holder) {
   return holder.empty() ? std::string(identity) : absl::StrCat(identity, "/", holder);
 }

@@ -7,7 +7,8 @@
 // token is hashed and compared with every stored digest in constant time. An identity may call a
 // Quota method on a credential when one of its rules names both (exact name, "prefix/*" or "*");
 // admins may call everything, including the Admin service, and end anyone's lease. A lease may be
-// released or renewed only by the identity that acquired it (LeaseOwners), or by an admin.
+// released or renewed only by the identity that acquired it, or by an admin: the ledger's lease
+// names its holder, and the holder names the identity (HolderWithIdentity).
 //
 // Without an `auth` section the Authorizer is disabled: every call is allowed, as "anonymous".
 
@@ -18,17 +19,12 @@
 #include <string>
 #include <vector>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/time/time.h"
 #include "quotad/v1/config.pb.h"
-
-#include "service/core/ledger.h"
 
 namespace quotad {
 
@@ -96,45 +92,6 @@ class Authorizer {
   std::vector<std::pair<std::string, std::string>> digests_;  // raw 32-byte digest, identity
   absl::flat_hash_map<std::string, std::vector<Rule>> rules_;
   absl::flat_hash_set<std::string> admins_;
-};
-
-// Who holds a lease, and on which credential.
-struct LeaseOwner {
-  std::string identity;
-  std::string credential;
-};
-
-// Which identity holds each live lease, so that Release and Renew can be refused to others.
-// Keyed by the parsed LeaseId (LeaseId::Parse, the one parser the ledger uses too), so that every
-// spelling the ledger accepts (upper or lower case hex) finds the same entry. Entries are dropped
-// on Forget() (a Release) and, once expired, by Prune(). Kept in memory; the server rebuilds it at
-// start from the restored leases' holders ("identity/holder", see HolderWithIdentity).
-// Thread-safe (sharded mutexes).
-class LeaseOwners {
- public:
-  void Record(const LeaseId& lease_id, absl::string_view identity, absl::string_view credential,
-              absl::Time expiry);
-  std::optional<LeaseOwner> Lookup(const LeaseId& lease_id) const;
-  // Moves the expiry of a recorded lease (after Renew).
-  void Extend(const LeaseId& lease_id, absl::Time expiry);
-  void Forget(const LeaseId& lease_id);
-  // Drops entries that expired before `now`; returns how many.
-  int64_t Prune(absl::Time now);
-  int64_t size() const;
-
- private:
-  struct Entry {
-    LeaseOwner owner;
-    absl::Time expiry;
-  };
-  struct Shard {
-    mutable absl::Mutex mu;
-    absl::flat_hash_map<LeaseId, Entry> owners ABSL_GUARDED_BY(mu);
-  };
-  static constexpr int kShards = 16;
-  Shard& ShardFor(const LeaseId& lease_id) const;
-
-  mutable std::array<Shard, kShards> shards_;
 };
 
 // The holder recorded in the ledger (and so in the state file and in Admin.ListLeases) for a

@@ -156,7 +156,7 @@ void HealthService::Arm(grpc::ServerCompletionQueue* cq, CallGate* gate) {
     check_ = {&service_, &AsyncService::RequestCheck,
               [this](CheckCall* call) { HandleCheck(call); }, gate};
   }
-  CheckCall::Arm(&check_, cq);
+  check_.Arm(cq);
   new WatchCall(this, cq);  // long-lived: not counted by `gate`; ended by Shutdown()
 }
 

@@ -249,4 +249,16 @@ void ApplyLogFormat(LogFormat format) {
   }
 }
 
+std::shared_ptr<spdlog::logger> ServerLogger() {
+  static const std::shared_ptr<spdlog::logger> logger = [] {
+    std::shared_ptr<spdlog::logger> l = spdlog::get("server");
+    if (l == nullptr) {
+      l = spdlog::default_logger()->clone("server");
+      spdlog::register_logger(l);
+    }
+    return l;
+  }();
+  return logger;
+}
+
 }  // namespace quotad

@@ -71,6 +71,10 @@ class JsonLogFormatter final : public spdlog::formatter {
 // made later by cloning the default one.
 void ApplyLogFormat(LogFormat format);
 
+// The logger of the server's components, named "server"; made on first use by cloning the
+// default logger (so it follows ApplyLogFormat). Thread-safe.
+std::shared_ptr<spdlog::logger> ServerLogger();
+
 // Lets 1 call in `every` through: 0 (or less) none, 1 all. Thread-safe, lock-free.
 class LogSampler {
  public:

@@ -31,7 +31,8 @@ struct ServerOptions {
   // balancers notice), and how long in-flight calls then get to finish before they are cancelled.
   absl::Duration drain_delay = absl::ZeroDuration();
   absl::Duration shutdown_grace = absl::Seconds(10);
-  // Time for the ledger. Not owned; must outlive the server. nullptr: the real clock.
+  // Time for the ledger, and the timers of the wait-queue pump and the sweeper (a FakeClock
+  // drives them in tests). Not owned; must outlive the server. nullptr: the real clock.
   Clock* clock = nullptr;
 
   // Durability. Exactly one of: `state_path`, the SQLite file of high-water marks, leases and
@@ -108,10 +109,11 @@ struct ServerOptions {
   int64_t log_sample = 0;
 };
 
-// The quotad gRPC server: the Quota and Admin services on the asynchronous CompletionQueue API,
-// grpc.health.v1.Health, server reflection, a sweeper thread for expired leases, idempotency
-// answers and the state file, and a timer thread that serves the wait queues (Ledger::Pump).
-// Waiting Acquire calls are parked in the ledger without holding a thread.
+// The quotad gRPC server: the Quota and Admin services (quota_service.h, admin_service.h) behind
+// the asynchronous CompletionQueue transport (transport.h), grpc.health.v1.Health, server
+// reflection, a sweeper for expired leases, idempotency answers, metrics, the config file and
+// the state file, and a clock timer that serves the wait queues (background.h). Waiting Acquire
+// calls are parked in the ledger without holding a thread.
 //
 // Handlers run on the completion-queue threads and never block on I/O: decisions take only the
 // ledger's short per-credential locks; ReloadConfig reads its file on a separate thread.

@@ -177,48 +177,6 @@ TEST(AuthorizerTest, CreateRefusesBadSections) {
   EXPECT_EQ(Authorizer::Create(dangling).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-const LeaseId kA{1, 1};
-const LeaseId kB{2, 2};
-const LeaseId kC{3, 3};
-
-TEST(LeaseOwnersTest, RecordsLooksUpAndForgets) {
-  LeaseOwners owners;
-  const absl::Time t0 = absl::FromUnixSeconds(1000);
-  owners.Record(kA, "scanner", "virustotal/prod", t0 + absl::Minutes(1));
-  owners.Record(kB, "hunter", "cybervault/prod", t0 + absl::Minutes(5));
-  ASSERT_TRUE(owners.Lookup(kA).has_value());
-  EXPECT_EQ(owners.Lookup(kA)->identity, "scanner");
-  EXPECT_EQ(owners.Lookup(kA)->credential, "virustotal/prod");
-  EXPECT_EQ(owners.Lookup(kB)->identity, "hunter");
-  EXPECT_FALSE(owners.Lookup(kC).has_value());
-  owners.Forget(kB);
-  EXPECT_FALSE(owners.Lookup(kB).has_value());
-  EXPECT_EQ(owners.size(), 1);
-}
-
-TEST(LeaseOwnersTest, PruneDropsExpiredUnlessExtended) {
-  LeaseOwners owners;
-  const absl::Time t0 = absl::FromUnixSeconds(1000);
-  owners.Record(kA, "x", "c", t0 + absl::Minutes(1));
-  owners.Record(kB, "x", "c", t0 + absl::Minutes(1));
-  owners.Extend(kB, t0 + absl::Minutes(10));
-  EXPECT_EQ(owners.Prune(t0 + absl::Minutes(2)), 1);
-  EXPECT_FALSE(owners.Lookup(kA).has_value());
-  EXPECT_EQ(owners.Lookup(kB)->identity, "x");
-}
-
-// Finding 11: the owner table is keyed by the parsed id, so the upper-case spelling of a lease id
-// (which the ledger accepts) finds its owner.
-TEST(LeaseOwnersTest, AnyCaseOfALeaseIdFindsItsOwner) {
-  LeaseOwners owners;
-  absl::StatusOr<LeaseId> lower = LeaseId::Parse("0123456789abcdef0123456789abcdef");
-  absl::StatusOr<LeaseId> upper = LeaseId::Parse("0123456789ABCDEF0123456789ABCDEF");
-  ASSERT_TRUE(lower.ok() && upper.ok());
-  owners.Record(*lower, "scanner", "virustotal/prod", absl::InfiniteFuture());
-  ASSERT_TRUE(owners.Lookup(*upper).has_value());
-  EXPECT_EQ(owners.Lookup(*upper)->identity, "scanner");
-}
-
 TEST(HolderTest, IdentityRoundTripsThroughTheHolder) {
   EXPECT_EQ(HolderWithIdentity("scanner", "worker-3"), "scanner/worker-3");
   EXPECT_EQ(HolderWithIdentity("scanner", ""), "scanner");

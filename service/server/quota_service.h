@@ -1,0 +1,123 @@
+#ifndef QUOTAD_SERVICE_SERVER_QUOTA_SERVICE_H_
+#define QUOTAD_SERVICE_SERVER_QUOTA_SERVICE_H_
+
+// The Quota service (quotad.v1.Quota) without its transport: Acquire, Release, Renew, Report.
+// Each method takes the caller (authenticated by the transport) and the wire request, and owns
+// what lies between them and the ledger: validation (errors name the field and the value),
+// authorization (the access rules; a lease is ended or extended by its holder's identity or an
+// admin), idempotency (request_id, see idempotency.h) and conversion to the wire answer.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/functional/any_invocable.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "quotad/v1/quotad.pb.h"
+#include "service/core/ledger.h"
+#include "service/server/auth.h"
+#include "service/server/identity_waiters.h"
+#include "service/server/idempotency.h"
+#include "service/server/logging.h"
+#include "service/server/metrics.h"
+#include "service/server/serving_config.h"
+#include "service/server/status_page.h"
+
+namespace quotad {
+
+struct QuotaServiceOptions {
+  // Acquire priorities above `priority_ceiling` are for admins and `priority_identities` only.
+  int32_t priority_ceiling = 100;
+  std::vector<std::string> priority_identities;
+  // At most this many Acquire calls of one identity wait at once (over every credential).
+  int64_t max_waiters_per_identity = 1000;
+};
+
+// Answers one Acquire: called exactly once, with the answer or the error. Runs on the thread
+// that decided (the caller's, or the one that served the wait queue).
+using AcquireDone = absl::AnyInvocable<void(absl::StatusOr<v1::AcquireResponse>)>;
+
+// Thread-safe; never blocks on I/O (decisions take only the ledger's short locks). Does not own
+// `ledger`, `request_ids`, `metrics`, `throttles` or `sampler`, which must outlive *this. The
+// ledger holds the callbacks of parked Acquire calls, which refer to *this: answer every waiter
+// (Ledger::AnswerAllWaiters) or destroy the ledger before *this.
+class QuotaService {
+ public:
+  QuotaService(Ledger* ledger, RequestIds* request_ids, Metrics* metrics, ThrottleLog* throttles,
+               LogSampler* sampler, QuotaServiceOptions options);
+
+  QuotaService(const QuotaService&) = delete;
+  QuotaService& operator=(const QuotaService&) = delete;
+
+  // Decides `request` and calls `done` with the answer: before returning, unless the request
+  // may wait (max_wait) and cannot be granted now; it is then parked in the ledger and `done`
+  // runs on the thread that serves it (a grant, or the denial at the deadline: max_wait, at
+  // most the caller's deadline). `request` must stay valid until `done` has run or has been
+  // destroyed. Returns the ticket of a parked request, for CancelWait(); nullopt when `done`
+  // has run already.
+  // Errors: kUnauthenticated/kPermissionDenied (access rules, a priority above the ceiling),
+  // kInvalidArgument naming the bad field and value (or both requests of a reused request_id),
+  // kNotFound (unknown credential or feature), kResourceExhausted (request_id table, waiters of
+  // the identity or the credential), and the ledger's other errors.
+  std::optional<WaitTicket> Acquire(const Caller& caller, const v1::AcquireRequest& request,
+                                    AcquireDone done);
+
+  // Takes a parked Acquire out of its queue (its client left): true when it was still waiting;
+  // its `done` is then destroyed uncalled and the caller answers the call itself.
+  bool CancelWait(const WaitTicket& ticket);
+
+  // Ends a lease (a retry with the same request_id gets the first answer again). With auth, a
+  // lease is ended by the identity that acquired it or an admin: kPermissionDenied for another
+  // identity's lease; kNotFound for an unknown or expired one.
+  absl::StatusOr<v1::ReleaseResponse> Release(const Caller& caller,
+                                              const v1::ReleaseRequest& request);
+
+  // Extends a lease (ttl zero: the feature's default); who may, as for Release.
+  absl::StatusOr<v1::RenewResponse> Renew(const Caller& caller, const v1::RenewRequest& request);
+
+  // Passes on what the upstream answered a worker (Ledger::Report).
+  absl::StatusOr<v1::ReportResponse> Report(const Caller& caller,
+                                            const v1::ReportRequest& request);
+
+  // The most Acquire calls any one identity has waiting now (for the resource gauges).
+  int64_t LargestIdentityWaiters() { return waiters_.Largest(); }
+
+ private:
+  // A validated Acquire: the core request (views into the wire request) and how to wait.
+  struct AcquireArgs {
+    AcquireRequest core;
+    absl::Duration max_wait = absl::ZeroDuration();
+    int priority = 0;
+  };
+
+  static absl::StatusOr<AcquireArgs> ValidateAcquire(const v1::AcquireRequest& request);
+  absl::Status Authorize(const Caller& caller, AccessMethod method, absl::string_view credential);
+  absl::Status CheckPriority(const Caller& caller, int priority);
+  absl::Status CheckLease(const Caller& caller, AccessMethod method, const LeaseId& id);
+  // The answer to `request` from `decision`; a grant is recorded under `dedup_key` (non-empty)
+  // or, when a copy of the request won the race, undone and the first grant answered.
+  absl::StatusOr<v1::AcquireResponse> Answer(const v1::AcquireRequest& request,
+                                             absl::StatusOr<Decision> decision,
+                                             const std::string& dedup_key);
+  // Metrics and the sampled log line of a decision.
+  void Observe(const char* method, const std::string& identity,
+               const v1::AcquireRequest& request, const absl::StatusOr<Decision>& decision,
+               absl::Time start);
+
+  Ledger* const ledger_;
+  Clock* const clock_;  // the ledger's
+  RequestIds* const request_ids_;
+  Metrics* const metrics_;
+  ThrottleLog* const throttles_;
+  LogSampler* const sampler_;
+  const QuotaServiceOptions options_;
+  const std::shared_ptr<spdlog::logger> log_;
+  IdentityWaiters waiters_;
+};
+
+}  // namespace quotad
+
+#endif  // QUOTAD_SERVICE_SERVER_QUOTA_SERVICE_H_
