@@ -24,9 +24,10 @@ std::string DescribeChar(char c) {
   return absl::StrCat("'", absl::CHexEscape(absl::string_view(&c, 1)), "'");
 }
 
-absl::Status TooLong(absl::string_view field, absl::string_view shown, size_t size) {
+absl::Status TooLong(absl::string_view field, absl::string_view shown, size_t size,
+                     size_t max_length = kMaxNameLength) {
   return absl::InvalidArgumentError(absl::StrCat(field, " ", shown, " is ", size,
-                                                 " bytes long; at most ", kMaxNameLength,
+                                                 " bytes long; at most ", max_length,
                                                  " are allowed"));
 }
 
@@ -43,8 +44,10 @@ absl::Status CheckName(absl::string_view field, absl::string_view name, const Na
   return absl::OkStatus();
 }
 
-absl::Status CheckText(absl::string_view field, absl::string_view text) {
-  if (text.size() > kMaxNameLength) return TooLong(field, QuoteValue(text), text.size());
+}  // namespace
+
+absl::Status CheckText(absl::string_view text, size_t max_length, absl::string_view field) {
+  if (text.size() > max_length) return TooLong(field, QuoteValue(text), text.size(), max_length);
   for (size_t i = 0; i < text.size(); ++i) {
     const unsigned char c = static_cast<unsigned char>(text[i]);
     if (c < 0x20 || c == 0x7f) {
@@ -55,8 +58,6 @@ absl::Status CheckText(absl::string_view field, absl::string_view text) {
   }
   return absl::OkStatus();
 }
-
-}  // namespace
 
 std::string QuoteValue(absl::string_view value, size_t max_bytes) {
   if (value.size() <= max_bytes) return absl::StrCat("\"", absl::CHexEscape(value), "\"");
@@ -98,11 +99,11 @@ absl::Status CheckIdentityName(absl::string_view name) {
 }
 
 absl::Status CheckScope(absl::string_view scope, absl::string_view field) {
-  return CheckText(field, scope);
+  return CheckText(scope, kMaxNameLength, field);
 }
 
 absl::Status CheckHolder(absl::string_view holder, absl::string_view field) {
-  return CheckText(field, holder);
+  return CheckText(holder, kMaxNameLength, field);
 }
 
 }  // namespace quotad

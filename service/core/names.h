@@ -62,6 +62,8 @@ absl::Status CheckIdentityName(absl::string_view name);
 // Text fields: 0..kMaxNameLength bytes, no control characters.
 absl::Status CheckScope(absl::string_view scope, absl::string_view field = "scope");
 absl::Status CheckHolder(absl::string_view holder, absl::string_view field = "holder");
+// Any other text (a request id, a header): 0..max_length bytes, no control characters.
+absl::Status CheckText(absl::string_view text, size_t max_length, absl::string_view field);
 
 }  // namespace quotad
 

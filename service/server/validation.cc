@@ -3,62 +3,17 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "service/core/policy.h"
+#include "service/core/names.h"
 
 namespace quotad {
-namespace {
-
-constexpr size_t kMaxQuotedLength = 64;
-
-bool IsNameChar(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-         c == '_' || c == '~' || c == ':' || c == '/' || c == '@' || c == '+' || c == '-';
-}
-
-std::string DescribeChar(char c) {
-  return absl::StrCat("'", absl::CHexEscape(absl::string_view(&c, 1)), "'");
-}
-
-}  // namespace
-
-std::string QuoteForError(absl::string_view value) {
-  if (value.size() <= kMaxQuotedLength) return absl::StrCat("\"", absl::CHexEscape(value), "\"");
-  return absl::StrCat("\"", absl::CHexEscape(value.substr(0, kMaxQuotedLength)), "\"... (",
-                      value.size(), " bytes)");
-}
+std::string QuoteForError(absl::string_view value) { return QuoteValue(value); }
 
 absl::Status ValidateName(absl::string_view field, absl::string_view value) {
-  if (value.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is required"));
-  if (value.size() > kMaxNameLength) {
-    return absl::InvalidArgumentError(absl::StrCat(field, " ", QuoteForError(value), " is ",
-                                                   value.size(), " bytes long; at most ",
-                                                   kMaxNameLength, " are allowed"));
-  }
-  for (size_t i = 0; i < value.size(); ++i) {
-    if (!IsNameChar(value[i])) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          field, " ", QuoteForError(value), " has the character ", DescribeChar(value[i]),
-          " at offset ", i, "; allowed are letters, digits and ._~:/@+-"));
-    }
-  }
-  return absl::OkStatus();
+  return CheckCredentialName(value, field);  // the alphabet every kind of name shares
 }
 
 absl::Status ValidateText(absl::string_view field, absl::string_view value, size_t max_length) {
-  if (value.size() > max_length) {
-    return absl::InvalidArgumentError(absl::StrCat(field, " ", QuoteForError(value), " is ",
-                                                   value.size(), " bytes long; at most ",
-                                                   max_length, " are allowed"));
-  }
-  for (size_t i = 0; i < value.size(); ++i) {
-    const unsigned char c = static_cast<unsigned char>(value[i]);
-    if (c < 0x20 || c == 0x7f) {
-      return absl::InvalidArgumentError(absl::StrCat(field, " ", QuoteForError(value),
-                                                     " has the control character ",
-                                                     DescribeChar(value[i]), " at offset ", i));
-    }
-  }
-  return absl::OkStatus();
+  return CheckText(value, max_length, field);
 }
 
 absl::StatusOr<absl::Duration> ParseDuration(absl::string_view field,
