@@ -253,6 +253,14 @@ class Ledger {
   // The live lease `id`, or nullopt when it is unknown, released or expired.
   std::optional<LeaseInfo> FindLease(const LeaseId& id);
 
+  // What reloads leave behind, for metrics and tests: compiled versions of credentials kept for
+  // leases and retired counters, and credential tables published.
+  struct ReloadFootprint {
+    size_t versions = 0;
+    size_t tables = 0;
+  };
+  ReloadFootprint Footprint() const;
+
   // Every queue with requests waiting, by credential then feature and scope. Read-only; takes
   // each waiting credential's lock briefly.
   std::vector<QueueInfo> Queues() const;

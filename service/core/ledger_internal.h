@@ -27,6 +27,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -92,8 +93,15 @@ struct Credential {
   const std::string name;
   absl::Mutex mu;
   const CompiledCredential* compiled ABSL_GUARDED_BY(mu) = nullptr;
-  // Every version this credential was compiled to; leases point into them.
-  std::vector<std::shared_ptr<const CompiledCredential>> versions ABSL_GUARDED_BY(mu);
+  // The versions this credential was compiled to that something still points into (the one in
+  // force, and older ones named by a lease, a retired or a removed counter), oldest first. A
+  // reload drops the others (PruneVersions); `seq` numbers them in the order they came.
+  struct Version {
+    std::shared_ptr<const CompiledCredential> compiled;
+    uint64_t seq = 0;
+  };
+  std::vector<Version> versions ABSL_GUARDED_BY(mu);
+  uint64_t next_version_seq ABSL_GUARDED_BY(mu) = 0;
   std::string profile ABSL_GUARDED_BY(mu);
   std::vector<Counter> counters ABSL_GUARDED_BY(mu);  // by rule index (unscoped rules)
   std::vector<absl::flat_hash_map<std::string, Counter>> scoped
@@ -112,7 +120,7 @@ struct Credential {
   // counter meanwhile: the window in force at the reload never grants more than the stricter of
   // the old and the new configuration allows.
   struct Retired {
-    const Rule* old_rule = nullptr;  // in a version of `versions`, which are never dropped
+    const Rule* old_rule = nullptr;  // in a version of `versions`, kept while this lives
     int rule = -1;                   // the current rule of the same name
     std::string scope;
     bool all_scopes = false;  // the old rule was unscoped: it counts every scope
@@ -123,14 +131,14 @@ struct Credential {
   // Counters of limits a reload removed, by name, kept until they drain in case a later reload
   // brings the limit back.
   struct Removed {
-    const Rule* rule = nullptr;  // in a version of `versions`
+    const Rule* rule = nullptr;  // in a version of `versions`, kept while this lives
     Counter counter;
     absl::flat_hash_map<std::string, Counter> scoped;
   };
   absl::flat_hash_map<std::string, Removed> removed ABSL_GUARDED_BY(mu);
-  // By limit name: the index in `versions` of the last version whose reload rebuilt its
-  // counters (the limit's shape, scoping or a raised capacity changed).
-  absl::flat_hash_map<std::string, size_t> rebuilt_at ABSL_GUARDED_BY(mu);
+  // By limit name: the seq of the last version whose reload rebuilt its counters (the limit's
+  // shape, scoping or a raised capacity changed).
+  absl::flat_hash_map<std::string, uint64_t> rebuilt_at ABSL_GUARDED_BY(mu);
   // Whether the counters of `limit` were rebuilt after `version` was compiled: refund tokens
   // made under it no longer name anything in them.
   bool RebuiltSince(const std::string& limit, const CompiledCredential& version) const
@@ -138,10 +146,15 @@ struct Credential {
     auto it = rebuilt_at.find(limit);
     if (it == rebuilt_at.end()) return false;
     for (size_t i = versions.size(); i-- > 0;) {
-      if (versions[i].get() == &version) return it->second > i;
+      if (versions[i].compiled.get() == &version) return it->second > versions[i].seq;
     }
     return true;
   }
+  // Drops the versions nothing points into any more: neither the one in force, nor a lease's
+  // (`leased`: the versions of every lease in the table, expired ones included), nor a retired
+  // or removed counter's rule.
+  void PruneVersions(const absl::flat_hash_set<const CompiledCredential*>& leased)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   // Features cooling down after a throttle answer, by feature name.
   struct Cooldown {
     int64_t until_ns = 0;

@@ -55,22 +55,34 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
   const int64_t now = NowNs();
   auto next = std::make_unique<ledger_internal::CredentialTable>();
   next->in_order.reserve(policy.credentials.size());
+  // The versions leases were granted under (a lease only ever moves off an old version, so
+  // what this finds is a superset of what is in use when each credential prunes).
+  absl::flat_hash_set<const CompiledCredential*> leased;
+  for (LeaseShard& shard : leases_->shards()) {
+    absl::MutexLock shard_lock(&shard.mu);
+    for (const auto& [id, rec] : shard.leases) leased.insert(rec.compiled);
+  }
   absl::flat_hash_map<std::string, std::shared_ptr<const CompiledCredential>> shared;
   for (const CredentialSpec& spec : policy.credentials) {
-    std::shared_ptr<const CompiledCredential>& compiled = shared[Fingerprint(spec.features)];
-    if (compiled == nullptr) compiled = std::make_shared<const CompiledCredential>(spec.features);
     auto& slot = credentials_[spec.name];
     if (slot == nullptr) slot = std::make_unique<Credential>(spec.name);
     Credential& cred = *slot;
     absl::MutexLock lock(&cred.mu);
+    const std::string fingerprint = Fingerprint(spec.features);
+    std::shared_ptr<const CompiledCredential>& compiled = shared[fingerprint];
+    if (compiled == nullptr && !cred.versions.empty() &&
+        Fingerprint(cred.versions.back().compiled->spec_features) == fingerprint) {
+      compiled = cred.versions.back().compiled;  // unchanged: no new version
+    }
+    if (compiled == nullptr) compiled = std::make_shared<const CompiledCredential>(spec.features);
     const size_t n = compiled->rules.size();
     std::vector<Counter> counters(n);
     std::vector<absl::flat_hash_map<std::string, Counter>> scoped(n);
     std::vector<Credential::ScopeSeed> seeds;
     std::vector<std::pair<int, std::string>> seeded;  // counters that need a reservation
     std::vector<int> rehome;                          // concurrency rules built anew
-    const bool new_version = cred.versions.empty() || cred.versions.back() != compiled;
-    const size_t version_index = cred.versions.size() - (new_version ? 0 : 1);
+    const bool new_version = cred.versions.empty() || cred.versions.back().compiled != compiled;
+    const uint64_t version_seq = new_version ? cred.next_version_seq : cred.versions.back().seq;
     if (cred.compiled != nullptr) {
       const CompiledCredential& old = *cred.compiled;
       // Counters retired by earlier reloads follow their limit by name, or end with it.
@@ -117,7 +129,7 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
         // Any other edit: the old counters keep counting under the old rule until what they
         // hold drains, and the new counters start with the units the old ones count now, as
         // if charged at this moment (every unit the upstream may still count stays counted).
-        cred.rebuilt_at[rule.full_name] = version_index;
+        cred.rebuilt_at[rule.full_name] = version_seq;
         if (rule.spec.kind == LimitKind::kConcurrency) {
           rehome.push_back(static_cast<int>(r));  // live leases hold its slots (below)
         }
@@ -250,7 +262,8 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
     cred.scoped = std::move(scoped);
     cred.scope_seeds = std::move(seeds);
     cred.compiled = compiled.get();
-    if (new_version) cred.versions.push_back(compiled);
+    if (new_version) cred.versions.push_back({compiled, cred.next_version_seq++});
+    cred.PruneVersions(leased);
     if (options_.journal != nullptr && !seeded.empty()) {
       // The carried units are written ahead like charges, so that a restart with the new file
       // keeps them too. On failure the next charge of each counter writes them.
@@ -284,9 +297,44 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
     next->by_name[spec.name] = &cred;
     next->in_order.push_back(&cred);
   }
-  table_.store(next.get(), std::memory_order_release);
-  tables_.push_back(std::move(next));
+  // A table is kept for as long as the ledger lives (readers hold it without a lock), so a
+  // reload that keeps the same credentials in the same order keeps the table in force.
+  if (const ledger_internal::CredentialTable* current = table();
+      current == nullptr || current->in_order != next->in_order) {
+    table_.store(next.get(), std::memory_order_release);
+    tables_.push_back(std::move(next));
+  }
   return absl::OkStatus();
+}
+
+Ledger::ReloadFootprint Ledger::Footprint() const {
+  ReloadFootprint out;
+  absl::MutexLock reload_lock(&reload_mu_);
+  out.tables = tables_.size();
+  for (const auto& [name, cred] : credentials_) {
+    absl::MutexLock lock(&cred->mu);
+    out.versions += cred->versions.size();
+  }
+  return out;
+}
+
+void Credential::PruneVersions(const absl::flat_hash_set<const CompiledCredential*>& leased) {
+  std::vector<const Rule*> kept_rules;  // rules of older versions that counters still use
+  for (const Retired& r : retired) kept_rules.push_back(r.old_rule);
+  for (const auto& [name, gone] : removed) kept_rules.push_back(gone.rule);
+  size_t out = 0;
+  for (size_t i = 0; i < versions.size(); ++i) {
+    const CompiledCredential* v = versions[i].compiled.get();
+    bool in_use = v == compiled || leased.contains(v);
+    const Rule* first = v->rules.data();
+    for (size_t k = 0; k < kept_rules.size() && !in_use; ++k) {
+      in_use = kept_rules[k] >= first && kept_rules[k] < first + v->rules.size();
+    }
+    if (!in_use) continue;
+    if (out != i) versions[out] = std::move(versions[i]);
+    ++out;
+  }
+  versions.resize(out);
 }
 
 }  // namespace quotad
