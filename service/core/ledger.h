@@ -265,8 +265,9 @@ class Ledger {
   // each waiting credential's lock briefly.
   std::vector<QueueInfo> Queues() const;
 
-  // Zeroes every counter of the credential, and forgets what reloads kept of older
-  // configurations (leases stay; their refunds give nothing back). kNotFound for an unknown one.
+  // Zeroes every counter of the credential (held slots stay), and forgets what reloads kept of
+  // older configurations and what Report learnt (outside estimates, back-offs, cooldowns; in the
+  // journal too). Leases stay; their refunds give nothing back. kNotFound for an unknown one.
   absl::Status Reset(absl::string_view credential);
 
   // Replaces the policy. Every limit that keeps its name keeps its used units, whatever else

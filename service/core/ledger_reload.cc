@@ -37,7 +37,25 @@ absl::Status Ledger::Reset(absl::string_view credential) {
     cred->retired.clear();
     cred->removed.clear();
     cred->scope_seeds.clear();
-    cred->reset_ns = NowNs();
+    const int64_t now = NowNs();
+    cred->reset_ns = now;
+    // So does what Report learnt: outside estimates, back-offs and cooldowns, in the journal as
+    // well (a record that ends now is dropped at restore and by Compact).
+    if (options_.journal != nullptr) {
+      for (const auto& [limit, estimate] : cred->outside) {
+        JournalOutside cleared;
+        cleared.credential = cred->name;
+        cleared.limit = limit;
+        cleared.at_ns = now;
+        cleared.until_ns = now;
+        (void)options_.journal->PutOutside(cleared);  // at worst a restart restores a guess
+      }
+      for (const auto& [feature, cooldown] : cred->cooldowns) {
+        (void)options_.journal->PutCooldown({cred->name, feature, now});
+      }
+    }
+    cred->outside.clear();
+    cred->cooldowns.clear();
   }
   ServeCredential(*cred);
   return absl::OkStatus();
