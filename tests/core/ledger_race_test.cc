@@ -11,7 +11,8 @@
 #include "gtest/gtest.h"
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
-#include "tests/core/test_util.h"
+#include "tests/support/policy_builders.h"
+#include "tests/support/status_matchers.h"
 
 namespace quotad {
 namespace {
@@ -36,7 +37,7 @@ TEST(LedgerRaceTest, ConcurrentAcquiresNeverOverGrantAnyWindow) {
   scan.draws_on = {"requests"};
   FakeClock clock(Utc(2026, 1, 1, 0, 0, 30));
   auto ledger = Ledger::Create(OneCredential("hot", {f, scan}), &clock);
-  ASSERT_TRUE(ledger.ok()) << ledger.status();
+  ASSERT_OK(ledger);
 
   std::vector<std::atomic<int>> granted(kPhases);  // per phase, both features
   std::vector<std::atomic<int>> scan_granted(kPhases);

@@ -16,9 +16,12 @@
 #include "absl/time/civil_time.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
+#include "tests/support/status_matchers.h"
 
 namespace quotad {
 namespace {
+
+using testing::StatusIs;
 
 absl::Time Utc(int y, int mo, int d, int h, int mi, int s) {
   return absl::FromCivil(absl::CivilSecond(y, mo, d, h, mi, s), absl::UTCTimeZone());
@@ -38,7 +41,7 @@ const absl::Time kSeen = Utc(2026, 3, 1, 12, 0, 0);
 UpstreamObservation Parse(int status, const UpstreamHeaders& headers, absl::string_view body = "",
                           absl::Time seen = kSeen, const std::vector<int>& codes = k429) {
   absl::StatusOr<UpstreamObservation> obs = ParseUpstream(status, headers, body, seen, codes);
-  EXPECT_TRUE(obs.ok()) << obs.status();
+  EXPECT_OK(obs);
   return obs.ok() ? *std::move(obs) : UpstreamObservation{};
 }
 
@@ -630,19 +633,17 @@ TEST(UpstreamBodyTest, OnlyTheFirst64KiBAreScanned) {
 TEST(UpstreamTest, NonsensicalStatusIsInvalidArgument) {
   for (int status : {-1, 0, 99, 600, 1000}) {
     absl::StatusOr<UpstreamObservation> o = ParseUpstream(status, {}, "", kSeen, k429);
-    ASSERT_FALSE(o.ok()) << status;
-    EXPECT_EQ(o.status().code(), absl::StatusCode::kInvalidArgument);
+    ASSERT_THAT(o, StatusIs(absl::StatusCode::kInvalidArgument)) << status;
     EXPECT_EQ(o.status().message(),
               absl::StrCat("http_status ", status, " is not an HTTP status code (100..599)"));
   }
-  for (int status : {100, 599}) EXPECT_TRUE(ParseUpstream(status, {}, "", kSeen, k429).ok());
+  for (int status : {100, 599}) EXPECT_OK(ParseUpstream(status, {}, "", kSeen, k429));
 }
 
 TEST(UpstreamTest, InfiniteObservedAtIsInvalidArgument) {
   for (absl::Time t : {absl::InfiniteFuture(), absl::InfinitePast()}) {
     absl::StatusOr<UpstreamObservation> o = ParseUpstream(200, {}, "", t, k429);
-    ASSERT_FALSE(o.ok());
-    EXPECT_EQ(o.status().code(), absl::StatusCode::kInvalidArgument);
+    ASSERT_THAT(o, StatusIs(absl::StatusCode::kInvalidArgument));
   }
 }
 
