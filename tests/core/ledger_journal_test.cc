@@ -7,6 +7,7 @@
 
 #include <memory>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
@@ -18,6 +19,7 @@
 namespace quotad {
 namespace {
 
+using ::testing::HasSubstr;
 using testing::Bucket;
 using testing::Calendar;
 using testing::Concurrency;
@@ -138,8 +140,7 @@ TEST_F(LedgerJournalTest, StoreFailureFailsClosedAndChargesNothing) {
   for (int i = 0; i < 20; ++i) {
     auto d = Try();
     if (!d.ok()) {
-      EXPECT_THAT(d, StatusIs(absl::StatusCode::kUnavailable));
-      EXPECT_NE(d.status().message().find("disk full"), std::string::npos) << d.status();
+      EXPECT_THAT(d, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("disk full")));
       ++unavailable;
     }
   }

@@ -1,5 +1,6 @@
-// Many threads hammer one credential; whatever the interleaving, no window ever holds more
-// than its capacity. Time moves in phases on a fake clock, between barriers.
+// The Ledger under concurrent callers: many threads hammer one credential with acquires and
+// releases; whatever the interleaving, no window ever holds more than its capacity and no call
+// fails unexpectedly. Time moves in phases on a fake clock, between barriers.
 
 #include <atomic>
 #include <random>

@@ -1,5 +1,7 @@
-// Report: the ledger believes the upstream when it says fewer units remain, re-anchors rolling
-// windows, and cools a feature down after a throttle answer.
+// Ledger::Report: the ledger believes the upstream when it says fewer units remain (adopting its
+// count, never raising remaining), re-anchors rolling windows to the upstream's reset, cools a
+// feature down after a throttle answer (Retry-After, or an exponential back-off with jitter), and
+// learns a throttle on a limit it cannot see. Parsing the answer itself is in upstream_test.
 
 #include <memory>
 

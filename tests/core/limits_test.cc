@@ -1,4 +1,8 @@
-// One limit kind at a time, through the ledger, at its boundaries.
+// The limit kinds (limits.h), one at a time, through the Ledger on a FakeClock, at their
+// boundaries: calendar windows (UTC midnight, month ends, DST in a named zone, ISO weeks, hours
+// and minutes), rolling windows, exact and sub-bucket sliding windows, token buckets,
+// concurrency leases with expiry and renewal, unlimited counters, and the guard that keeps late
+// charges. The write-ahead reservations of a counter are in limits_reservation_test.
 
 #include <memory>
 
@@ -260,8 +264,10 @@ TEST_F(LimitsTest, ConcurrencyLeaseExpiresAfterTtlAndRenewKeepsIt) {
   EXPECT_FALSE(Acquire().granted);  // renewed: still held at t=49
   clock_.Advance(absl::Seconds(1));
   EXPECT_TRUE(Acquire().granted);  // expired at t=50
-  EXPECT_THAT(ledger_->Renew(held->lease_id, absl::Seconds(30)), StatusIs(absl::StatusCode::kNotFound));
-  EXPECT_THAT(ledger_->Release(held->lease_id, std::nullopt), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(ledger_->Renew(held->lease_id, absl::Seconds(30)),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(ledger_->Release(held->lease_id, std::nullopt),
+              StatusIs(absl::StatusCode::kNotFound));
 }
 
 TEST_F(LimitsTest, UnlimitedCountsAndNeverDenies) {

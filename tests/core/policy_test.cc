@@ -8,6 +8,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/policy_builders.h"
 #include "tests/support/status_matchers.h"
@@ -15,6 +16,7 @@
 namespace quotad {
 namespace {
 
+using ::testing::HasSubstr;
 using testing::Calendar;
 using testing::Feature;
 using testing::OneCredential;
@@ -36,8 +38,7 @@ TEST(PolicyTest, ValidationNamesCredentialFeatureAndValue) {
   Policy p = CyberVault();
   p.credentials[0].features[1].draws_on = {"missing"};
   const absl::Status s = ValidatePolicy(p);
-  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_NE(s.message().find("'missing'"), std::string::npos) << s;
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("'missing'")));
   EXPECT_NE(s.message().find("threats_scan"), std::string::npos) << s;
   Policy dup = CyberVault();
   dup.credentials.push_back(dup.credentials[0]);
