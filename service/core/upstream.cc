@@ -33,7 +33,10 @@ using upstream_internal::ParseSeconds;
 using upstream_internal::ScanBody;
 using upstream_internal::TrimOws;
 
-constexpr size_t kMaxConflictShown = 4;  // values listed in a conflict warning
+// A conflict warning lists at most this many values, in at most this many bytes, so that a
+// warning line stays under 512 bytes whatever the bytes were (tests/fuzz/upstream_fuzzer.cc).
+constexpr size_t kMaxConflictShown = 4;
+constexpr size_t kMaxConflictShownBytes = 320;
 
 // ---------------------------------------------------------------------------------------------
 // Warnings. A value is shown through QuoteValue (names.h): C-escaped, quoted, at most
@@ -90,11 +93,16 @@ std::optional<T> Resolve(absl::string_view name, const std::vector<absl::string_
     }
   }
   if (!conflict) return agreed;
+  // At most kMaxConflictShown values and kMaxConflictShownBytes of them (a value's escaped text
+  // may be four times its length); the first always fits.
   std::string shown;
-  for (size_t i = 0; i < good.size() && i < kMaxConflictShown; ++i) {
-    absl::StrAppend(&shown, i == 0 ? "" : ", ", QuoteValue(good[i]));
+  size_t listed = 0;
+  for (; listed < good.size() && listed < kMaxConflictShown; ++listed) {
+    const std::string quoted = QuoteValue(good[listed]);
+    if (listed > 0 && shown.size() + 2 + quoted.size() > kMaxConflictShownBytes) break;
+    absl::StrAppend(&shown, listed == 0 ? "" : ", ", quoted);
   }
-  if (good.size() > kMaxConflictShown) absl::StrAppend(&shown, ", ...");
+  if (listed < good.size()) absl::StrAppend(&shown, ", ...");
   warnings.AddShown(name, shown, "repeated with conflicting values");
   return std::nullopt;
 }

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/policy_builders.h"
 #include "tests/support/status_matchers.h"
@@ -24,6 +25,8 @@
 namespace quotad {
 namespace {
 
+using ::testing::EndsWith;
+using ::testing::StartsWith;
 using testing::StatusIs;
 using testing::Utc;
 
@@ -440,6 +443,23 @@ TEST(UpstreamValueTest, WarningsEscapeControlBytes) {
   const UpstreamObservation o = Parse(200, {{"X-RateLimit-Limit", std::string("1\x00\n2", 4)}});
   EXPECT_EQ(o.limit, std::nullopt);
   ExpectWarning(o, "X-RateLimit-Limit", "1\\x00\\n2", "not a non-negative integer");
+}
+
+// A value's escaped text is up to four times its length: a conflict warning lists fewer values
+// rather than grow past 512 bytes (the bound upstream_fuzzer checks).
+TEST(UpstreamValueTest, AConflictWarningStaysShortWhateverTheBytes) {
+  std::string body = "{";
+  for (int n = 1; n <= 5; ++n) {
+    absl::StrAppend(&body, n == 1 ? "" : ", ", "\"m", n, "\": \"Limit: ", n,
+                    std::string(60, '\x01'), "\"");
+  }
+  body += "}";
+  const UpstreamObservation o = Parse(429, {}, body);
+  EXPECT_EQ(o.limit, std::nullopt);
+  ASSERT_EQ(o.warnings.size(), 1u) << Dump(o);
+  EXPECT_LE(o.warnings[0].size(), 512u);
+  EXPECT_THAT(o.warnings[0], StartsWith("body limit: ignored \" 1\\x01\\x01"));
+  EXPECT_THAT(o.warnings[0], EndsWith("\", ...: repeated with conflicting values"));
 }
 
 // --------------------------------------------------------------------------------------------
