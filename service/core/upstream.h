@@ -5,6 +5,9 @@
 // optional body, when it saw them) turned into validated, normalized facts. Pure functions of
 // their arguments: no clock, no I/O, no logging. Every input is untrusted; no input is an error
 // except a status code that is not one, and no input is undefined behaviour.
+//
+// Implemented in upstream.cc (the answer model: which headers, how repeats agree, the warnings),
+// upstream_values.cc (the grammar of one value) and upstream_body.cc (what a body tells).
 
 #include <cstdint>
 #include <optional>
@@ -64,8 +67,9 @@ struct UpstreamObservation {
   std::string family;
 
   // One line per ignored value, naming the header (canonical spelling, e.g.
-  // "X-RateLimit-Remaining") or "body retry_after", the value (C-escaped, quoted, truncated to
-  // 64 bytes) and why. At most kMaxUpstreamWarnings lines plus one "N more" line.
+  // "X-RateLimit-Remaining") or "body retry_after", the value as QuoteValue shows it (names.h:
+  // C-escaped, quoted, truncated to 64 bytes and then followed by "... (N bytes)") and why.
+  // At most kMaxUpstreamWarnings lines plus one "N more" line.
   std::vector<std::string> warnings;
 };
 

@@ -1,3 +1,7 @@
+// Clock (clock.h): FakeClock's timers fire in deadline order only when the test advances
+// monotonic time (never on a wall step), may be disabled, re-enabled and destroyed; and
+// RealClock's timer thread fires them on real time (the only tests here that wait, briefly).
+
 #include "service/core/clock.h"
 
 #include <string>

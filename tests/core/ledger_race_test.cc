@@ -1,5 +1,6 @@
-// Many threads hammer one credential; whatever the interleaving, no window ever holds more
-// than its capacity. Time moves in phases on a fake clock, between barriers.
+// The Ledger under concurrent callers: many threads hammer one credential with acquires and
+// releases; whatever the interleaving, no window ever holds more than its capacity and no call
+// fails unexpectedly. Time moves in phases on a fake clock, between barriers.
 
 #include <atomic>
 #include <random>
@@ -11,7 +12,8 @@
 #include "gtest/gtest.h"
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
-#include "tests/core/test_util.h"
+#include "tests/support/policy_builders.h"
+#include "tests/support/status_matchers.h"
 
 namespace quotad {
 namespace {
@@ -36,7 +38,7 @@ TEST(LedgerRaceTest, ConcurrentAcquiresNeverOverGrantAnyWindow) {
   scan.draws_on = {"requests"};
   FakeClock clock(Utc(2026, 1, 1, 0, 0, 30));
   auto ledger = Ledger::Create(OneCredential("hot", {f, scan}), &clock);
-  ASSERT_TRUE(ledger.ok()) << ledger.status();
+  ASSERT_OK(ledger);
 
   std::vector<std::atomic<int>> granted(kPhases);  // per phase, both features
   std::vector<std::atomic<int>> scan_granted(kPhases);

@@ -5,7 +5,7 @@
 
 #include "gtest/gtest.h"
 #include "service/core/limits.h"
-#include "tests/core/test_util.h"
+#include "tests/support/policy_builders.h"
 
 namespace quotad {
 namespace {

@@ -1,11 +1,16 @@
-// One limit kind at a time, through the ledger, at its boundaries.
+// The limit kinds (limits.h), one at a time, through the Ledger on a FakeClock, at their
+// boundaries: calendar windows (UTC midnight, month ends, DST in a named zone, ISO weeks, hours
+// and minutes), rolling windows, exact and sub-bucket sliding windows, token buckets,
+// concurrency leases with expiry and renewal, unlimited counters, and the guard that keeps late
+// charges. The write-ahead reservations of a counter are in limits_reservation_test.
 
 #include <memory>
 
 #include "gtest/gtest.h"
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
-#include "tests/core/test_util.h"
+#include "tests/support/policy_builders.h"
+#include "tests/support/status_matchers.h"
 
 namespace quotad {
 namespace {
@@ -17,6 +22,7 @@ using testing::Feature;
 using testing::OneCredential;
 using testing::Rolling;
 using testing::Sliding;
+using testing::StatusIs;
 using testing::Unlimited;
 using testing::Utc;
 
@@ -25,7 +31,7 @@ class LimitsTest : public ::testing::Test {
   void Use(LimitSpec limit) {
     auto ledger =
         Ledger::Create(OneCredential("cred", {Feature("f", {std::move(limit)})}), &clock_);
-    ASSERT_TRUE(ledger.ok()) << ledger.status();
+    ASSERT_OK(ledger);
     ledger_ = std::move(*ledger);
   }
   Decision Acquire(int64_t cost = 1) {
@@ -34,7 +40,7 @@ class LimitsTest : public ::testing::Test {
     req.feature = "f";
     req.cost = cost;
     auto d = ledger_->Acquire(req);
-    EXPECT_TRUE(d.ok()) << d.status();
+    EXPECT_OK(d);
     return d.ok() ? *d : Decision{};
   }
   // Grants until denied; returns how many were granted.
@@ -235,7 +241,7 @@ TEST_F(LimitsTest, ConcurrencyLeaseHoldsSlotUntilReleased) {
   EXPECT_FALSE(c.granted);
   EXPECT_EQ(c.retry_at, a.lease_expiry);  // the first lease's TTL runs out first
   auto r = ledger_->Release(a.lease_id, std::nullopt);
-  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_OK(r);
   EXPECT_EQ(r->freed, 1);
   EXPECT_TRUE(Acquire().granted);
 }
@@ -248,19 +254,20 @@ TEST_F(LimitsTest, ConcurrencyLeaseExpiresAfterTtlAndRenewKeepsIt) {
   req.feature = "f";
   req.lease_ttl = absl::Seconds(30);
   auto held = ledger_->Acquire(req);
-  ASSERT_TRUE(held.ok() && held->granted);
+  ASSERT_OK(held);
+  ASSERT_TRUE(held->granted);
   clock_.Advance(absl::Seconds(20));
   auto renewed = ledger_->Renew(held->lease_id, absl::Seconds(30));
-  ASSERT_TRUE(renewed.ok()) << renewed.status();
+  ASSERT_OK(renewed);
   EXPECT_EQ(*renewed, clock_.Now() + absl::Seconds(30));
   clock_.Advance(absl::Seconds(29));
   EXPECT_FALSE(Acquire().granted);  // renewed: still held at t=49
   clock_.Advance(absl::Seconds(1));
   EXPECT_TRUE(Acquire().granted);  // expired at t=50
-  EXPECT_EQ(ledger_->Renew(held->lease_id, absl::Seconds(30)).status().code(),
-            absl::StatusCode::kNotFound);
-  EXPECT_EQ(ledger_->Release(held->lease_id, std::nullopt).status().code(),
-            absl::StatusCode::kNotFound);
+  EXPECT_THAT(ledger_->Renew(held->lease_id, absl::Seconds(30)),
+              StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(ledger_->Release(held->lease_id, std::nullopt),
+              StatusIs(absl::StatusCode::kNotFound));
 }
 
 TEST_F(LimitsTest, UnlimitedCountsAndNeverDenies) {
@@ -268,7 +275,7 @@ TEST_F(LimitsTest, UnlimitedCountsAndNeverDenies) {
   clock_.Set(Utc(2026, 1, 1, 12));
   for (int i = 0; i < 1000; ++i) ASSERT_TRUE(Acquire(1000).granted);
   auto usage = ledger_->Usage("cred");
-  ASSERT_TRUE(usage.ok());
+  ASSERT_OK(usage);
   ASSERT_EQ(usage->size(), 1u);
   EXPECT_EQ((*usage)[0].used, 1000 * 1000);
   EXPECT_EQ((*usage)[0].reset, Utc(2026, 1, 2));

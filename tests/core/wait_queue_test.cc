@@ -11,7 +11,8 @@
 #include "service/core/compiled_policy.h"
 #include "service/core/ledger.h"
 #include "service/core/wait_queue.h"
-#include "tests/core/test_util.h"
+#include "tests/support/policy_builders.h"
+#include "tests/support/status_matchers.h"
 
 namespace quotad {
 namespace {
@@ -21,6 +22,7 @@ using testing::Concurrency;
 using testing::Feature;
 using testing::OneCredential;
 using testing::Sliding;
+using testing::StatusIs;
 using testing::Utc;
 
 struct Answered {
@@ -36,7 +38,7 @@ class WaitQueueTest : public ::testing::Test {
     options.max_waiters_per_credential = max_waiters;
     options.wake = [this](absl::Time t) { wakes_.push_back(t); };
     auto ledger = Ledger::Create(OneCredential("vt", std::move(features)), &clock_, options);
-    ASSERT_TRUE(ledger.ok()) << ledger.status();
+    ASSERT_OK(ledger);
     ledger_ = std::move(*ledger);
   }
   WaitTicket Wait(int who, absl::Duration max_wait, int priority = 0,
@@ -80,7 +82,7 @@ TEST_F(WaitQueueTest, HundredWaitersGetGrantsInArrivalOrderAtExactSpacing) {
   RunUntil(t0 + absl::Hours(1));
   ASSERT_EQ(answered_.size(), 100u);
   for (int i = 0; i < 100; ++i) {
-    ASSERT_TRUE(answered_[i].result.ok()) << answered_[i].result.status();
+    ASSERT_OK(answered_[i].result);
     EXPECT_TRUE(answered_[i].result->granted) << i;
     EXPECT_EQ(answered_[i].who, i);
     EXPECT_EQ(answered_[i].at, t0 + absl::Seconds(15) * i) << i;
@@ -150,7 +152,7 @@ TEST_F(WaitQueueTest, ReleaseServesTheHeadAtOnce) {
   Wait(0, absl::Hours(1), 0, "jobs");
   Wait(1, absl::Hours(1), 0, "jobs");
   ASSERT_EQ(answered_.size(), 1u);
-  ASSERT_TRUE(ledger_->Release(answered_[0].result->lease_id, std::nullopt).ok());
+  ASSERT_OK(ledger_->Release(answered_[0].result->lease_id, std::nullopt));
   ASSERT_EQ(answered_.size(), 2u);  // no Pump needed
   EXPECT_TRUE(answered_[1].result->granted);
   EXPECT_EQ(answered_[1].at, answered_[0].at);
@@ -171,7 +173,7 @@ TEST_F(WaitQueueTest, FullQueueIsResourceExhaustedWithTheCount) {
   for (int i = 0; i < 5; ++i) Wait(i, absl::Hours(1));
   ASSERT_EQ(answered_.size(), 2u);  // the one granted at once, and the one refused
   EXPECT_EQ(answered_[1].who, 4);
-  EXPECT_EQ(answered_[1].result.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(answered_[1].result, StatusIs(absl::StatusCode::kResourceExhausted));
   EXPECT_NE(answered_[1].result.status().message().find("3 requests waiting"), std::string::npos)
       << answered_[1].result.status();
 }
@@ -233,7 +235,7 @@ TEST_F(WaitQueueTest, AnswerAllWaitersEmptiesEveryQueue) {
   for (int i = 0; i < 4; ++i) Wait(i, absl::Hours(1));
   ledger_->AnswerAllWaiters(absl::UnavailableError("shutting down"));
   ASSERT_EQ(answered_.size(), 4u);
-  EXPECT_EQ(answered_[3].result.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(answered_[3].result, StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_EQ(ledger_->waiting(), 0);
   EXPECT_EQ(ledger_->Pump(), absl::InfiniteFuture());
 }

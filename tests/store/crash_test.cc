@@ -20,8 +20,9 @@
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
 #include "service/store/sqlite_journal.h"
-#include "tests/core/test_util.h"
-#include "tests/store/temp_dir.h"
+#include "tests/support/policy_builders.h"
+#include "tests/support/status_matchers.h"
+#include "tests/support/temp_dir.h"
 
 namespace quotad {
 namespace {
@@ -137,11 +138,11 @@ TEST(CrashTest, SigkillAtRandomMomentsNeverOverGrantsAndKeepsLeases) {
 
   // The last life: a clean restart that exhausts what is left.
   auto journal = SqliteJournal::Open(path);
-  ASSERT_TRUE(journal.ok()) << journal.status();
+  ASSERT_OK(journal);
   FakeClock clock(Utc(2026, 3, 10, 8) + absl::Seconds(10 * rounds));
   auto ledger = Ledger::Create(CrashPolicy(), &clock, Options(journal->get()));
-  ASSERT_TRUE(ledger.ok());
-  ASSERT_TRUE((*ledger)->Restore().ok());
+  ASSERT_OK(ledger);
+  ASSERT_OK((*ledger)->Restore());
   int64_t held = 0;
   for (const LeaseInfo& l : (*ledger)->Leases("cred")) held += l.feature == "jobs";
   EXPECT_GE(held, slots) << "every answered slot is still held";

@@ -13,11 +13,13 @@
 #include "service/store/durable_dedup_store.h"
 #include "service/store/memory_dedup_store.h"
 #include "service/store/sqlite_journal.h"
-#include "tests/store/temp_dir.h"
+#include "tests/support/status_matchers.h"
+#include "tests/support/temp_dir.h"
 
 namespace quotad {
 namespace {
 
+using testing::StatusIs;
 using testing::TempDir;
 
 // What the semantic tests run over: a DedupStore, and whatever it writes to.
@@ -67,16 +69,16 @@ TEST_P(DedupStoreTest, FirstAnswerStandsUntilItExpires) {
 }
 
 TEST_P(DedupStoreTest, SweepForgetsOnlyExpiredAnswers) {
-  ASSERT_TRUE(store_.Put("a", "1", 100, 0).ok());
-  ASSERT_TRUE(store_.Put("b", "2", 101, 0).ok());
+  ASSERT_OK(store_.Put("a", "1", 100, 0));
+  ASSERT_OK(store_.Put("b", "2", 101, 0));
   EXPECT_EQ(store_.Sweep(100), 1);
   EXPECT_EQ(store_.size(), 1);
   EXPECT_EQ(store_.Get("b", 100), "2");
 }
 
 TEST_P(DedupStoreTest, RejectsEmptyIdAndPastExpiry) {
-  EXPECT_EQ(store_.Put("", "a", 100, 0).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(store_.Put("r", "a", 10, 10).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(store_.Put("", "a", 100, 0), StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(store_.Put("r", "a", 10, 10), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_EQ(store_.size(), 0);
 }
 
@@ -91,11 +93,11 @@ TEST(DurableDedupStoreTest, AnswersSurviveARestartWithinTheWindow) {
   {
     auto journal = *SqliteJournal::Open(path);
     auto store = *DurableDedupStore::Open(journal.get(), 0);
-    ASSERT_TRUE(store->Put("acquire/r1", "granted lease 1", 1000, 0).ok());
-    ASSERT_TRUE(store->Put("release/r2", std::string("\0bin\xff", 5), 1000, 0).ok());
-    ASSERT_TRUE(store->Put("acquire/short", "x", 50, 0).ok());
-    ASSERT_TRUE(store->Put("acquire/r1", "a racing copy", 1000, 1).ok());  // not written
-    ASSERT_TRUE(journal->Flush().ok());
+    ASSERT_OK(store->Put("acquire/r1", "granted lease 1", 1000, 0));
+    ASSERT_OK(store->Put("release/r2", std::string("\0bin\xff", 5), 1000, 0));
+    ASSERT_OK(store->Put("acquire/short", "x", 50, 0));
+    ASSERT_OK(store->Put("acquire/r1", "a racing copy", 1000, 1));  // not written
+    ASSERT_OK(journal->Flush());
   }
   auto journal = *SqliteJournal::Open(path);
   auto store = *DurableDedupStore::Open(journal.get(), 60);  // restarted at t=60
@@ -116,7 +118,7 @@ TEST(DurableDedupStoreTest, QueuedAnswersAreWrittenAtAGracefulStop) {
     options.commit_batch = 1'000'000;
     auto journal = *SqliteJournal::Open(path, options);
     auto store = *DurableDedupStore::Open(journal.get(), 0);
-    ASSERT_TRUE(store->Put("acquire/r1", "a", 1000, 0).ok());
+    ASSERT_OK(store->Put("acquire/r1", "a", 1000, 0));
     EXPECT_EQ(journal->stats().records, 0);  // off the hot path
   }
   auto journal = *SqliteJournal::Open(path);
@@ -128,12 +130,12 @@ TEST(DurableDedupStoreTest, JournalCompactDropsExpiredAnswersFromTheFile) {
   auto journal = *SqliteJournal::Open(dir.File("state.db"));
   {
     auto store = *DurableDedupStore::Open(journal.get(), 0);
-    ASSERT_TRUE(store->Put("old", "a", 100, 0).ok());
-    ASSERT_TRUE(store->Put("new", "b", 101, 0).ok());
+    ASSERT_OK(store->Put("old", "a", 100, 0));
+    ASSERT_OK(store->Put("new", "b", 101, 0));
   }
-  ASSERT_TRUE(journal->Compact(100).ok());
+  ASSERT_OK(journal->Compact(100));
   absl::StatusOr<std::vector<DedupAnswer>> answers = journal->LoadAnswers(0);
-  ASSERT_TRUE(answers.ok()) << answers.status();
+  ASSERT_OK(answers);
   ASSERT_EQ(answers->size(), 1u);  // as of t=0 "old" would still be live: Compact deleted it
   EXPECT_EQ((*answers)[0].request_id, "new");
   EXPECT_EQ((*answers)[0].answer, "b");

@@ -10,27 +10,30 @@
 #include <sqlite3.h>
 #include <sys/stat.h>
 
-#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <string>
 #include <utility>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
 #include "service/store/sqlite_journal.h"
-#include "tests/store/temp_dir.h"
+#include "tests/support/eventually.h"
+#include "tests/support/status_matchers.h"
+#include "tests/support/temp_dir.h"
 
 namespace quotad {
 namespace {
 
+using testing::Eventually;
 using testing::TempDir;
 
 constexpr int64_t kMiB = 1 << 20;
 constexpr int64_t kSecond = 1'000'000'000;
+// How long the writer thread gets to checkpoint (it acts on its own schedule).
+constexpr absl::Duration kPatience = absl::Seconds(20);
 
 int64_t Bytes(const std::string& path) {
   struct stat st;
@@ -59,17 +62,6 @@ JournalLease Lease(int64_t i, int64_t granted_ns, int64_t ttl_ns) {
   return l;
 }
 
-// Polls `done` until it holds or `limit` passes (the writer thread acts on its own schedule).
-template <typename F>
-bool Eventually(F done, std::chrono::seconds limit = std::chrono::seconds(20)) {
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::yield();
-  }
-  return true;
-}
-
 class DiskBoundTest : public ::testing::Test {
  protected:
   std::string path() const { return dir_.File("state.db"); }
@@ -82,23 +74,23 @@ class DiskBoundTest : public ::testing::Test {
   // whatever the speed of the machine. Returns the largest WAL and file seen.
   std::pair<int64_t, int64_t> Churn(SqliteJournal& journal, int long_lived) {
     // What the server does a sweep after start-up: the journal learns the ledger's time.
-    EXPECT_TRUE(journal.Compact(Now()).ok());
+    EXPECT_OK(journal.Compact(Now()));
     for (int i = 0; i < long_lived; ++i) {
-      EXPECT_TRUE(journal.PutLease(Lease(1'000'000'000 + i, Now(), 86400 * kSecond)).ok());
+      EXPECT_OK(journal.PutLease(Lease(1'000'000'000 + i, Now(), 86400 * kSecond)));
     }
     int64_t max_wal = 0;
     int64_t max_file = 0;
     constexpr int kPairs = 300'000;
     for (int i = 0; i < kPairs; ++i) {
-      EXPECT_TRUE(journal.PutLease(Lease(i, Now(), kSecond / 1000)).ok());
+      EXPECT_OK(journal.PutLease(Lease(i, Now(), kSecond / 1000)));
       journal.DeleteLease(Id(i));
       if (i % 5000 == 4999) {
-        EXPECT_TRUE(journal.Flush().ok());
+        EXPECT_OK(journal.Flush());
         max_wal = std::max(max_wal, Bytes(wal()));
         max_file = std::max(max_file, Bytes(path()));
       }
     }
-    EXPECT_TRUE(journal.Flush().ok());
+    EXPECT_OK(journal.Flush());
     return {std::max(max_wal, Bytes(wal())), std::max(max_file, Bytes(path()))};
   }
   static int64_t Now() { return absl::ToUnixNanos(absl::Now()); }
@@ -108,14 +100,14 @@ class DiskBoundTest : public ::testing::Test {
 
 TEST_F(DiskBoundTest, WalShrinksWhileTheJournalIsOpen) {
   auto journal = SqliteJournal::Open(path());
-  ASSERT_TRUE(journal.ok()) << journal.status();
+  ASSERT_OK(journal);
   const auto [max_wal, max_file] = Churn(**journal, /*long_lived=*/10);
   std::printf("while writing: largest WAL %lld bytes, largest file %lld bytes\n",
               static_cast<long long>(max_wal), static_cast<long long>(max_file));
   // Never far past the checkpoint threshold (4 MiB) while writing...
   EXPECT_LT(max_wal, 24 * kMiB);
   // ...and back under it soon after, the journal still open.
-  EXPECT_TRUE(Eventually([&] { return Bytes(wal()) <= 4 * kMiB; }))
+  EXPECT_TRUE(Eventually([&] { return Bytes(wal()) <= 4 * kMiB; }, kPatience))
       << "WAL still " << Bytes(wal()) << " bytes";
   // Committed frames reached the main file: it holds the leases on its own (read without the
   // journal's WAL: a copy of the main file only).
@@ -125,12 +117,13 @@ TEST_F(DiskBoundTest, WalShrinksWhileTheJournalIsOpen) {
 TEST_F(DiskBoundTest, MainFileStaysBoundedAfterManyEndedLeases) {
   {
     auto journal = SqliteJournal::Open(path());
-    ASSERT_TRUE(journal.ok()) << journal.status();
+    ASSERT_OK(journal);
     const auto [max_wal, max_file] = Churn(**journal, /*long_lived=*/10);
     // 30 MB of leases and releases went through; the file held about one checkpoint's worth.
     EXPECT_LT(max_file, 8 * kMiB);
-    ASSERT_TRUE((*journal)->Compact(Now() + kSecond).ok());
-    EXPECT_TRUE(Eventually([&] { return Bytes(path()) + Bytes(wal()) <= 4 * kMiB; }))
+    ASSERT_OK((*journal)->Compact(Now() + kSecond));
+    EXPECT_TRUE(
+        Eventually([&] { return Bytes(path()) + Bytes(wal()) <= 4 * kMiB; }, kPatience))
         << "file " << Bytes(path()) << " bytes, WAL " << Bytes(wal()) << " bytes";
   }
   // Closed: what is left on disk is the live state, a few pages, not 300k leases of history.
@@ -139,17 +132,17 @@ TEST_F(DiskBoundTest, MainFileStaysBoundedAfterManyEndedLeases) {
   EXPECT_LT(Bytes(path()), 2 * kMiB);
   EXPECT_LT(Bytes(wal()), 1 * kMiB);
   auto journal = SqliteJournal::Open(path());
-  ASSERT_TRUE(journal.ok()) << journal.status();
+  ASSERT_OK(journal);
   auto state = (*journal)->Load();
-  ASSERT_TRUE(state.ok()) << state.status();
+  ASSERT_OK(state);
   EXPECT_EQ(state->leases.size(), 10u);  // the day-long leases, and only them
 }
 
 TEST_F(DiskBoundTest, FileOfAnOlderBuildIsMadeIncrementalAtOpen) {
   {
     auto journal = SqliteJournal::Open(path());
-    ASSERT_TRUE(journal.ok()) << journal.status();
-    ASSERT_TRUE((*journal)->PutLease(Lease(7, Now(), 86400 * kSecond)).ok());
+    ASSERT_OK(journal);
+    ASSERT_OK((*journal)->PutLease(Lease(7, Now(), 86400 * kSecond)));
   }
   // What an older build left: auto_vacuum=NONE.
   sqlite3* db = nullptr;
@@ -159,9 +152,9 @@ TEST_F(DiskBoundTest, FileOfAnOlderBuildIsMadeIncrementalAtOpen) {
   sqlite3_close(db);
 
   auto journal = SqliteJournal::Open(path());
-  ASSERT_TRUE(journal.ok()) << journal.status();
+  ASSERT_OK(journal);
   auto state = (*journal)->Load();
-  ASSERT_TRUE(state.ok()) << state.status();
+  ASSERT_OK(state);
   ASSERT_EQ(state->leases.size(), 1u);
   EXPECT_EQ(state->leases[0].id, Id(7));
   journal->reset();

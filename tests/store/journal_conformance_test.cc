@@ -24,7 +24,8 @@
 #include "service/core/journal.h"
 #include "service/store/memory_journal.h"
 #include "service/store/sqlite_journal.h"
-#include "tests/store/temp_dir.h"
+#include "tests/support/status_matchers.h"
+#include "tests/support/temp_dir.h"
 
 namespace quotad {
 namespace {
@@ -128,7 +129,7 @@ class JournalConformanceTest : public ::testing::TestWithParam<JournalFactory> {
 
   std::unique_ptr<Journal> Open() {
     absl::StatusOr<std::unique_ptr<Journal>> j = GetParam().open(dir_.path());
-    EXPECT_TRUE(j.ok()) << j.status();
+    EXPECT_OK(j);
     return j.ok() ? std::move(*j) : nullptr;
   }
 
@@ -145,7 +146,7 @@ class JournalConformanceTest : public ::testing::TestWithParam<JournalFactory> {
   // What Load returns now, without a reopen.
   std::vector<std::string> Loaded() {
     absl::StatusOr<JournalState> s = journal_->Load();
-    EXPECT_TRUE(s.ok()) << s.status();
+    EXPECT_OK(s);
     return s.ok() ? Rows(*s) : std::vector<std::string>{"Load failed"};
   }
 
@@ -170,10 +171,10 @@ TEST_P(JournalConformanceTest, LoadReturnsEveryRecordKindAsWritten) {
                                             Lease("not-a-hex-id", false)};
   const JournalCooldown cooldown{"vt/prod", "api", 7000};
   const JournalOutside outside{"vt/prod", "api.per_day", 2500, 6000, 6500, 3, 9000};
-  ASSERT_TRUE(journal_->Reserve(reservations).ok());
-  for (const JournalLease& l : leases) ASSERT_TRUE(journal_->PutLease(l).ok());
-  ASSERT_TRUE(journal_->PutCooldown(cooldown).ok());
-  ASSERT_TRUE(journal_->PutOutside(outside).ok());
+  ASSERT_OK(journal_->Reserve(reservations));
+  for (const JournalLease& l : leases) ASSERT_OK(journal_->PutLease(l));
+  ASSERT_OK(journal_->PutCooldown(cooldown));
+  ASSERT_OK(journal_->PutOutside(outside));
 
   const std::vector<std::string> expected = RowsOf(reservations, leases, {cooldown}, {outside});
   EXPECT_EQ(Loaded(), expected);  // every write, queued ones too, is in the next Load
@@ -181,13 +182,11 @@ TEST_P(JournalConformanceTest, LoadReturnsEveryRecordKindAsWritten) {
 }
 
 TEST_P(JournalConformanceTest, ReservationsOfTheSameKeyAndWindowStartReplaceEachOther) {
-  ASSERT_TRUE(journal_->Reserve({Res("c", "f.per_day", "", 100, 200, 50)}).ok());
-  ASSERT_TRUE(journal_->Reserve({Res("c", "f.per_day", "", 100, 250, 100)}).ok());
-  ASSERT_TRUE(journal_
-                  ->Reserve({Res("c", "f.per_day", "s", 100, 200, 7),  // other scope
-                             Res("c", "f.per_day", "", 200, 300, 1),   // next window
-                             Res("d", "f.per_day", "", 100, 200, 3)})  // other credential
-                  .ok());
+  ASSERT_OK(journal_->Reserve({Res("c", "f.per_day", "", 100, 200, 50)}));
+  ASSERT_OK(journal_->Reserve({Res("c", "f.per_day", "", 100, 250, 100)}));
+  ASSERT_OK(journal_->Reserve({Res("c", "f.per_day", "s", 100, 200, 7),  // other scope
+                               Res("c", "f.per_day", "", 200, 300, 1),   // next window
+                               Res("d", "f.per_day", "", 100, 200, 3)}));  // other credential
   EXPECT_EQ(
       Reloaded(),
       RowsOf({Res("c", "f.per_day", "", 100, 250, 100), Res("c", "f.per_day", "s", 100, 200, 7),
@@ -195,13 +194,11 @@ TEST_P(JournalConformanceTest, ReservationsOfTheSameKeyAndWindowStartReplaceEach
 }
 
 TEST_P(JournalConformanceTest, NegativeUnitsOnlyMoveTheUntilOfTheRecordTheyName) {
-  ASSERT_TRUE(journal_
-                  ->Reserve({Res("c", "f.sliding", "", 100, INT64_MAX, 30),
-                             Res("c", "f.sliding", "", 300, INT64_MAX, 60)})
-                  .ok());
-  ASSERT_TRUE(journal_->Reserve({Res("c", "f.sliding", "", 100, 5000, -1)}).ok());
+  ASSERT_OK(journal_->Reserve({Res("c", "f.sliding", "", 100, INT64_MAX, 30),
+                               Res("c", "f.sliding", "", 300, INT64_MAX, 60)}));
+  ASSERT_OK(journal_->Reserve({Res("c", "f.sliding", "", 100, 5000, -1)}));
   // Naming a record that does not exist creates nothing.
-  ASSERT_TRUE(journal_->Reserve({Res("c", "f.sliding", "", 200, 7000, -1)}).ok());
+  ASSERT_OK(journal_->Reserve({Res("c", "f.sliding", "", 200, 7000, -1)}));
   EXPECT_EQ(Reloaded(), RowsOf({Res("c", "f.sliding", "", 100, 5000, 30),
                                 Res("c", "f.sliding", "", 300, INT64_MAX, 60)}));
 }
@@ -209,14 +206,14 @@ TEST_P(JournalConformanceTest, NegativeUnitsOnlyMoveTheUntilOfTheRecordTheyName)
 TEST_P(JournalConformanceTest, PutLeaseOfTheSameIdReplacesIt) {
   JournalLease slot = Lease(HexId(1), true, 5000);
   JournalLease refund = Lease(HexId(2), false, 5000);
-  ASSERT_TRUE(journal_->PutLease(slot).ok());
-  ASSERT_TRUE(journal_->PutLease(refund).ok());
+  ASSERT_OK(journal_->PutLease(slot));
+  ASSERT_OK(journal_->PutLease(refund));
   slot.expiry_ns = 8000;
   slot.holder = "worker-4";
   refund.expiry_ns = 9000;
   refund.tokens = {42};
-  ASSERT_TRUE(journal_->PutLease(slot).ok());
-  ASSERT_TRUE(journal_->PutLease(refund).ok());
+  ASSERT_OK(journal_->PutLease(slot));
+  ASSERT_OK(journal_->PutLease(refund));
   EXPECT_EQ(Reloaded(), RowsOf({}, {slot, refund}));
 }
 
@@ -224,9 +221,9 @@ TEST_P(JournalConformanceTest, PutLeaseOfTheSameIdReplacesIt) {
 // again with PutLease).
 TEST_P(JournalConformanceTest, RenewLeaseMovesTheExpiryOfALeaseThatHoldsSlots) {
   JournalLease slot = Lease(HexId(1), true, 5000);
-  ASSERT_TRUE(journal_->PutLease(slot).ok());
-  ASSERT_TRUE(journal_->RenewLease(slot.id, 9000).ok());
-  ASSERT_TRUE(journal_->RenewLease(HexId(9), 9000).ok());  // unknown: nothing to do
+  ASSERT_OK(journal_->PutLease(slot));
+  ASSERT_OK(journal_->RenewLease(slot.id, 9000));
+  ASSERT_OK(journal_->RenewLease(HexId(9), 9000));  // unknown: nothing to do
   slot.expiry_ns = 9000;
   EXPECT_EQ(Reloaded(), RowsOf({}, {slot}));
 }
@@ -235,7 +232,7 @@ TEST_P(JournalConformanceTest, DeleteLeaseForgetsLeasesOfBothKinds) {
   const JournalLease slot = Lease(HexId(1), true);
   const JournalLease refund = Lease(HexId(2), false);
   const JournalLease kept = Lease(HexId(3), false);
-  for (const JournalLease& l : {slot, refund, kept}) ASSERT_TRUE(journal_->PutLease(l).ok());
+  for (const JournalLease& l : {slot, refund, kept}) ASSERT_OK(journal_->PutLease(l));
   journal_->DeleteLease(slot.id);
   journal_->DeleteLease(refund.id);
   journal_->DeleteLease(HexId(9));  // unknown: nothing to do
@@ -244,10 +241,10 @@ TEST_P(JournalConformanceTest, DeleteLeaseForgetsLeasesOfBothKinds) {
 }
 
 TEST_P(JournalConformanceTest, CooldownsReplaceEachOtherPerCredentialAndFeature) {
-  ASSERT_TRUE(journal_->PutCooldown({"c", "api", 1000}).ok());
-  ASSERT_TRUE(journal_->PutCooldown({"c", "api", 3000}).ok());
-  ASSERT_TRUE(journal_->PutCooldown({"c", "intel", 2000}).ok());
-  ASSERT_TRUE(journal_->PutCooldown({"d", "api", 500}).ok());
+  ASSERT_OK(journal_->PutCooldown({"c", "api", 1000}));
+  ASSERT_OK(journal_->PutCooldown({"c", "api", 3000}));
+  ASSERT_OK(journal_->PutCooldown({"c", "intel", 2000}));
+  ASSERT_OK(journal_->PutCooldown({"d", "api", 500}));
   EXPECT_EQ(Reloaded(),
             RowsOf({}, {}, {{"c", "api", 3000}, {"c", "intel", 2000}, {"d", "api", 500}}));
 }
@@ -258,7 +255,7 @@ TEST_P(JournalConformanceTest, OutsideRecordsReplaceEachOtherPerCredentialAndLim
   const JournalOutside other_limit{"c", "api.per_minute", 7, 30, 0, 0, 600};
   const JournalOutside other_credential{"d", "api.per_day", 9, 30, 0, 0, 600};
   for (const JournalOutside& o : {first, second, other_limit, other_credential}) {
-    ASSERT_TRUE(journal_->PutOutside(o).ok());
+    ASSERT_OK(journal_->PutOutside(o));
   }
   EXPECT_EQ(Reloaded(), RowsOf({}, {}, {}, {second, other_limit, other_credential}));
 }
@@ -269,32 +266,30 @@ TEST_P(JournalConformanceTest, OutsideRecordsReplaceEachOtherPerCredentialAndLim
 // leases at Restore): so the live one is written after the ended ones were read.
 TEST_P(JournalConformanceTest, CompactDropsWhatEndedAndKeepsWhatStillMatters) {
   const int64_t now = 100;
-  ASSERT_TRUE(
-      journal_
-          ->Reserve({Res("c", "f.ended", "", 0, now, 1), Res("c", "f.live", "", 0, now + 1, 2),
-                     Res("c", "f.newest_block", "", 50, INT64_MAX, 3)})
-          .ok());
+  ASSERT_OK(journal_->Reserve({Res("c", "f.ended", "", 0, now, 1),
+                               Res("c", "f.live", "", 0, now + 1, 2),
+                               Res("c", "f.newest_block", "", 50, INT64_MAX, 3)}));
   const JournalLease ended_slot = Lease(HexId(1), true, now);
   const JournalLease live_slot = Lease(HexId(2), true, now + 1);
   const JournalLease ended_refund = Lease(HexId(3), false, now);
   const JournalLease live_refund = Lease(HexId(4), false, now + 1);
   for (const JournalLease& l : {ended_slot, live_slot, ended_refund}) {
-    ASSERT_TRUE(journal_->PutLease(l).ok());
+    ASSERT_OK(journal_->PutLease(l));
   }
   const JournalCooldown ended_cooldown{"c", "api", now};
   const JournalCooldown live_cooldown{"c", "intel", now + 1};
   const JournalOutside ended_outside{"c", "api.per_day", 1, 2, 3, 4, now};
   const JournalOutside live_outside{"c", "api.per_minute", 5, 6, 7, 8, now + 1};
   for (const JournalCooldown& c : {ended_cooldown, live_cooldown}) {
-    ASSERT_TRUE(journal_->PutCooldown(c).ok());
+    ASSERT_OK(journal_->PutCooldown(c));
   }
   for (const JournalOutside& o : {ended_outside, live_outside}) {
-    ASSERT_TRUE(journal_->PutOutside(o).ok());
+    ASSERT_OK(journal_->PutOutside(o));
   }
   ASSERT_EQ(Loaded().size(), 10u);
-  ASSERT_TRUE(journal_->PutLease(live_refund).ok());
+  ASSERT_OK(journal_->PutLease(live_refund));
 
-  ASSERT_TRUE(journal_->Compact(now).ok());
+  ASSERT_OK(journal_->Compact(now));
   const std::vector<std::string> expected = RowsOf(
       {Res("c", "f.live", "", 0, now + 1, 2), Res("c", "f.newest_block", "", 50, INT64_MAX, 3)},
       {live_slot, live_refund}, {live_cooldown}, {live_outside});
@@ -302,16 +297,16 @@ TEST_P(JournalConformanceTest, CompactDropsWhatEndedAndKeepsWhatStillMatters) {
   EXPECT_EQ(Reloaded(), expected);
 
   // Later, everything ends but the newest block's reservation.
-  ASSERT_TRUE(journal_->Compact(now + 1).ok());
+  ASSERT_OK(journal_->Compact(now + 1));
   EXPECT_EQ(Reloaded(), RowsOf({Res("c", "f.newest_block", "", 50, INT64_MAX, 3)}));
 }
 
 TEST_P(JournalConformanceTest, CompactBeforeAnythingEndedKeepsEverything) {
-  ASSERT_TRUE(journal_->Reserve({Res("c", "f.per_day", "", 0, 200, 1)}).ok());
-  ASSERT_TRUE(journal_->PutLease(Lease(HexId(1), true, 200)).ok());
-  ASSERT_TRUE(journal_->PutLease(Lease(HexId(2), false, 200)).ok());
+  ASSERT_OK(journal_->Reserve({Res("c", "f.per_day", "", 0, 200, 1)}));
+  ASSERT_OK(journal_->PutLease(Lease(HexId(1), true, 200)));
+  ASSERT_OK(journal_->PutLease(Lease(HexId(2), false, 200)));
   const std::vector<std::string> before = Loaded();
-  ASSERT_TRUE(journal_->Compact(199).ok());
+  ASSERT_OK(journal_->Compact(199));
   EXPECT_EQ(Reloaded(), before);
 }
 
@@ -324,15 +319,15 @@ TEST_P(JournalConformanceTest, ConcurrentWritersLoseNothing) {
     threads.emplace_back([this, t] {
       for (int i = 0; i < kEach; ++i) {
         const int n = t * kEach + i;
-        EXPECT_TRUE(journal_->Reserve({Res("c", absl::StrCat("f.l", n), "", 0, 1000, n)}).ok());
-        EXPECT_TRUE(journal_->PutLease(Lease(HexId(n), n % 2 == 0)).ok());
+        EXPECT_OK(journal_->Reserve({Res("c", absl::StrCat("f.l", n), "", 0, 1000, n)}));
+        EXPECT_OK(journal_->PutLease(Lease(HexId(n), n % 2 == 0)));
         if (n % 5 == 0) journal_->DeleteLease(HexId(n));
       }
     });
   }
   for (std::thread& t : threads) t.join();
   absl::StatusOr<JournalState> s = journal_->Load();
-  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_OK(s);
   EXPECT_EQ(s->reservations.size(), static_cast<size_t>(kThreads * kEach));
   EXPECT_EQ(s->leases.size(), static_cast<size_t>(kThreads * kEach * 4 / 5));
   EXPECT_EQ(Reloaded(), Rows(*s));

@@ -21,7 +21,8 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "service/store/sqlite_journal.h"
-#include "tests/store/temp_dir.h"
+#include "tests/support/status_matchers.h"
+#include "tests/support/temp_dir.h"
 
 namespace quotad {
 namespace {
@@ -74,14 +75,14 @@ class LeaseLogTest : public ::testing::Test {
  protected:
   std::unique_ptr<SqliteJournal> Open(SqliteOptions options = {}) {
     auto j = SqliteJournal::Open(path_, options);
-    EXPECT_TRUE(j.ok()) << j.status();
+    EXPECT_OK(j);
     return j.ok() ? std::move(*j) : nullptr;
   }
   JournalState Reload() {
     journal_.reset();
     journal_ = Open();
     auto s = journal_->Load();
-    EXPECT_TRUE(s.ok()) << s.status();
+    EXPECT_OK(s);
     return s.ok() ? *s : JournalState{};
   }
   TempDir dir_;
@@ -104,9 +105,9 @@ TEST_F(LeaseLogTest, BatchesRoundTripEveryFieldAcrossRows) {
     l.tokens.resize(i % 6);
     l.cost = i;
     want.emplace(l.id, l);
-    ASSERT_TRUE(journal_->PutLease(l).ok());
+    ASSERT_OK(journal_->PutLease(l));
   }
-  ASSERT_TRUE(journal_->Flush().ok());
+  ASSERT_OK(journal_->Flush());
   EXPECT_GT(journal_->stats().log_rows, 3);
   EXPECT_EQ(journal_->stats().records, 3000);
   EXPECT_EQ(Count(path_, "SELECT count(*) FROM leases"), 0);  // none as a row of its own
@@ -125,16 +126,16 @@ TEST_F(LeaseLogTest, ReleasesDropTheirLeasesInAnyLaterRow) {
   options.commit_batch = 1'000'000;
   journal_ = Open(options);
   for (int i = 0; i < 10; ++i) {
-    ASSERT_TRUE(journal_->PutLease(Lease(absl::StrCat("r", i), false, 5000)).ok());
+    ASSERT_OK(journal_->PutLease(Lease(absl::StrCat("r", i), false, 5000)));
   }
-  ASSERT_TRUE(journal_->PutLease(Lease("slot", true, 5000)).ok());
-  ASSERT_TRUE(journal_->Flush().ok());
+  ASSERT_OK(journal_->PutLease(Lease("slot", true, 5000)));
+  ASSERT_OK(journal_->Flush());
   journal_->DeleteLease("r0");  // a later row than its lease
-  ASSERT_TRUE(journal_->PutLease(Lease("r10", false, 5000)).ok());
+  ASSERT_OK(journal_->PutLease(Lease("r10", false, 5000)));
   journal_->DeleteLease("r10");  // the same row as its lease
   journal_->DeleteLease("never-written");
   journal_->DeleteLease("slot");  // a row of `leases`: deleted there
-  ASSERT_TRUE(journal_->Flush().ok());
+  ASSERT_OK(journal_->Flush());
   EXPECT_EQ(Count(path_, "SELECT count(*) FROM leases"), 0);
   const auto got = ById(Reload());
   EXPECT_EQ(got.size(), 9u);
@@ -143,7 +144,7 @@ TEST_F(LeaseLogTest, ReleasesDropTheirLeasesInAnyLaterRow) {
   EXPECT_EQ(got.count("slot"), 0u);
   EXPECT_EQ(got.count("r9"), 1u);
   // After a reopen, releases still find their leases (rows of either kind).
-  ASSERT_TRUE(journal_->PutLease(Lease("slot2", true, 5000)).ok());
+  ASSERT_OK(journal_->PutLease(Lease("slot2", true, 5000)));
   journal_.reset();
   journal_ = Open();
   journal_->DeleteLease("r1");
@@ -159,23 +160,23 @@ TEST_F(LeaseLogTest, CompactDropsRowsThatEndedAndKeepsReleasesWhileTheirLeasesLi
   options.commit_interval = absl::Hours(1);
   options.commit_batch = 1'000'000;
   journal_ = Open(options);
-  ASSERT_TRUE(journal_->PutLease(Lease("short", false, 100)).ok());
-  ASSERT_TRUE(journal_->Flush().ok());
-  ASSERT_TRUE(journal_->PutLease(Lease("long", false, 1000)).ok());
-  ASSERT_TRUE(journal_->PutLease(Lease("released", false, 1000)).ok());
-  ASSERT_TRUE(journal_->Flush().ok());
+  ASSERT_OK(journal_->PutLease(Lease("short", false, 100)));
+  ASSERT_OK(journal_->Flush());
+  ASSERT_OK(journal_->PutLease(Lease("long", false, 1000)));
+  ASSERT_OK(journal_->PutLease(Lease("released", false, 1000)));
+  ASSERT_OK(journal_->Flush());
   journal_->DeleteLease("released");  // a row of its own, needed until 1000
-  ASSERT_TRUE(journal_->Flush().ok());
+  ASSERT_OK(journal_->Flush());
   EXPECT_EQ(Count(path_, "SELECT count(*) FROM lease_log"), 3);
-  ASSERT_TRUE(journal_->Compact(100).ok());
+  ASSERT_OK(journal_->Compact(100));
   EXPECT_EQ(Count(path_, "SELECT count(*) FROM lease_log"), 2);
   auto got = ById(Reload());
   EXPECT_EQ(got.size(), 1u);
   ASSERT_EQ(got.count("long"), 1u);
   EXPECT_EQ(got["long"].expiry_ns, 1000);
-  ASSERT_TRUE(journal_->Compact(999).ok());
+  ASSERT_OK(journal_->Compact(999));
   EXPECT_EQ(ById(Reload()).size(), 1u);  // the release still hides "released"
-  ASSERT_TRUE(journal_->Compact(1000).ok());
+  ASSERT_OK(journal_->Compact(1000));
   EXPECT_EQ(Count(path_, "SELECT count(*) FROM lease_log"), 0);
   EXPECT_TRUE(Reload().leases.empty());
 }
@@ -187,16 +188,16 @@ TEST_F(LeaseLogTest, CompactRewritesALogThatOutgrewItsLiveLeases) {
   journal_ = Open(options);
   // One long lease, then many rows of short leases, each released: the long lease's expiry
   // keeps every release row, and the short leases' rows, until a rewrite.
-  ASSERT_TRUE(journal_->PutLease(Lease("long", false, 1'000'000)).ok());
+  ASSERT_OK(journal_->PutLease(Lease("long", false, 1'000'000)));
   for (int row = 0; row < 400; ++row) {
     const std::string id = absl::StrCat("s", row);
-    ASSERT_TRUE(journal_->PutLease(Lease(id, false, 10 + row)).ok());
-    ASSERT_TRUE(journal_->PutLease(Lease(id + "-kept", false, 500'000)).ok());
+    ASSERT_OK(journal_->PutLease(Lease(id, false, 10 + row)));
+    ASSERT_OK(journal_->PutLease(Lease(id + "-kept", false, 500'000)));
     journal_->DeleteLease(id);
-    ASSERT_TRUE(journal_->Flush().ok());
+    ASSERT_OK(journal_->Flush());
   }
   EXPECT_EQ(Count(path_, "SELECT count(*) FROM lease_log"), 400);
-  ASSERT_TRUE(journal_->Compact(500).ok());  // every row outlives it, each with a lease that ended
+  ASSERT_OK(journal_->Compact(500));  // every row outlives it, each with a lease that ended
   EXPECT_EQ(journal_->stats().log_rewrites, 1);
   EXPECT_LE(Count(path_, "SELECT count(*) FROM lease_log"), 3);
   auto got = ById(Reload());
@@ -207,7 +208,7 @@ TEST_F(LeaseLogTest, CompactRewritesALogThatOutgrewItsLiveLeases) {
   EXPECT_EQ(got.count("s7"), 0u);
   // Releases after the rewrite still find their leases; expiry still ends them.
   journal_->DeleteLease("s8-kept");
-  ASSERT_TRUE(journal_->Compact(500'000).ok());
+  ASSERT_OK(journal_->Compact(500'000));
   got = ById(Reload());
   EXPECT_EQ(got.count("s8-kept"), 0u);
   EXPECT_EQ(got.count("long"), 1u);
@@ -219,7 +220,7 @@ TEST_F(LeaseLogTest, CompactRewritesALogThatOutgrewItsLiveLeases) {
 
 TEST_F(LeaseLogTest, VersionOneFileIsUpgradedAndKeepsItsLeases) {
   journal_ = Open();
-  ASSERT_TRUE(journal_->PutLease(Lease("old-refund", true, 5000)).ok());
+  ASSERT_OK(journal_->PutLease(Lease("old-refund", true, 5000)));
   journal_.reset();
   {
     sqlite3* db = nullptr;
@@ -237,14 +238,14 @@ TEST_F(LeaseLogTest, VersionOneFileIsUpgradedAndKeepsItsLeases) {
   EXPECT_EQ(Count(path_, "SELECT version FROM schema_version"), 4);
   EXPECT_EQ(Count(path_, "SELECT count(*) FROM cooldowns"), 0);
   journal_->DeleteLease("old-refund");
-  ASSERT_TRUE(journal_->Flush().ok());
+  ASSERT_OK(journal_->Flush());
   EXPECT_EQ(Count(path_, "SELECT count(*) FROM leases"), 0);
   EXPECT_TRUE(Reload().leases.empty());
 }
 
 TEST_F(LeaseLogTest, VersionTwoFileIsUpgradedAndKeepsItsCooldownsFromThenOn) {
   journal_ = Open();
-  ASSERT_TRUE(journal_->PutLease(Lease("slot", true, 5000)).ok());
+  ASSERT_OK(journal_->PutLease(Lease("slot", true, 5000)));
   journal_.reset();
   {
     sqlite3* db = nullptr;
@@ -256,12 +257,12 @@ TEST_F(LeaseLogTest, VersionTwoFileIsUpgradedAndKeepsItsCooldownsFromThenOn) {
   }
   EXPECT_EQ(ById(Reload()).count("slot"), 1u);
   EXPECT_EQ(Count(path_, "SELECT version FROM schema_version"), 4);
-  ASSERT_TRUE(journal_->PutCooldown(JournalCooldown{"vt/prod", "requests", 7000}).ok());
+  ASSERT_OK(journal_->PutCooldown(JournalCooldown{"vt/prod", "requests", 7000}));
   const JournalState state = Reload();
   ASSERT_EQ(state.cooldowns.size(), 1u);
   EXPECT_EQ(state.cooldowns[0].feature, "requests");
   EXPECT_EQ(state.cooldowns[0].until_ns, 7000);
-  ASSERT_TRUE(journal_->Compact(7000).ok());
+  ASSERT_OK(journal_->Compact(7000));
   EXPECT_TRUE(Reload().cooldowns.empty());
 }
 
@@ -306,9 +307,9 @@ TEST_F(LeaseLogTest, SigkillMidBatchKeepsFlushedLeasesAndAPrefixOfTheRest) {
     close(fds[0]);
 
     auto j = SqliteJournal::Open(path_);
-    ASSERT_TRUE(j.ok()) << j.status();
+    ASSERT_OK(j);
     auto state = (*j)->Load();
-    ASSERT_TRUE(state.ok()) << state.status();
+    ASSERT_OK(state);
     std::map<int, int64_t> expiry;  // this round's leases by index
     const std::string prefix = absl::StrCat("r", round, "-");
     for (const JournalLease& l : state->leases) {
@@ -336,7 +337,7 @@ TEST_F(LeaseLogTest, SigkillMidBatchKeepsFlushedLeasesAndAPrefixOfTheRest) {
 }  // namespace
 TEST_F(LeaseLogTest, VersionThreeFileIsUpgradedAndKeepsWhatReportLearntPerLimit) {
   journal_ = Open();
-  ASSERT_TRUE(journal_->PutCooldown(JournalCooldown{"vt/prod", "requests", 7000}).ok());
+  ASSERT_OK(journal_->PutCooldown(JournalCooldown{"vt/prod", "requests", 7000}));
   journal_.reset();
   {
     sqlite3* db = nullptr;
@@ -348,17 +349,15 @@ TEST_F(LeaseLogTest, VersionThreeFileIsUpgradedAndKeepsWhatReportLearntPerLimit)
   }
   EXPECT_EQ(Reload().cooldowns.size(), 1u);  // the version 3 cooldowns are kept
   EXPECT_EQ(Count(path_, "SELECT version FROM schema_version"), 4);
-  ASSERT_TRUE(journal_
-                  ->PutOutside(JournalOutside{"vt/prod", "requests.per_minute", 1500, 100, 9000,
-                                              2, 20000})
-                  .ok());
+  ASSERT_OK(journal_->PutOutside(
+      JournalOutside{"vt/prod", "requests.per_minute", 1500, 100, 9000, 2, 20000}));
   const JournalState state = Reload();
   ASSERT_EQ(state.outside.size(), 1u);
   EXPECT_EQ(state.outside[0].limit, "requests.per_minute");
   EXPECT_EQ(state.outside[0].outside_milli, 1500);
   EXPECT_EQ(state.outside[0].cooldown_until_ns, 9000);
   EXPECT_EQ(state.outside[0].consecutive, 2);
-  ASSERT_TRUE(journal_->Compact(20000).ok());  // until_ns reached: dropped
+  ASSERT_OK(journal_->Compact(20000));  // until_ns reached: dropped
   EXPECT_TRUE(Reload().outside.empty());
 }
 

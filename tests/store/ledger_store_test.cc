@@ -8,8 +8,9 @@
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
 #include "service/store/sqlite_journal.h"
-#include "tests/core/test_util.h"
-#include "tests/store/temp_dir.h"
+#include "tests/support/policy_builders.h"
+#include "tests/support/status_matchers.h"
+#include "tests/support/temp_dir.h"
 
 namespace quotad {
 namespace {
@@ -29,15 +30,15 @@ class LedgerStoreTest : public ::testing::Test {
     ledger_.reset();
     journal_.reset();  // flushes what is queued, as a graceful stop would
     auto journal = SqliteJournal::Open(dir_.File("state.db"));
-    ASSERT_TRUE(journal.ok()) << journal.status();
+    ASSERT_OK(journal);
     journal_ = std::move(*journal);
     LedgerOptions options;
     options.journal = journal_.get();
     options.reserve_fraction = 0.1;
     auto ledger = Ledger::Create(p, &clock_, options);
-    ASSERT_TRUE(ledger.ok()) << ledger.status();
+    ASSERT_OK(ledger);
     ledger_ = std::move(*ledger);
-    ASSERT_TRUE(ledger_->Restore().ok());
+    ASSERT_OK(ledger_->Restore());
   }
   void Restart() { Start(policy_); }
   absl::StatusOr<Decision> Try(absl::string_view feature = "f", int64_t cost = 1) {
@@ -103,11 +104,11 @@ TEST_F(LedgerStoreTest, ConcurrencyLeasesSurviveRestartsWithTheirExpiry) {
   Restart();
   EXPECT_FALSE(Try("jobs")->granted);
   EXPECT_EQ(ledger_->Leases("cred").size(), 2u);
-  ASSERT_TRUE(ledger_->Release(a.lease_id, std::nullopt).ok());
+  ASSERT_OK(ledger_->Release(a.lease_id, std::nullopt));
   Restart();  // the release (queued) was written by the journal's destructor
   EXPECT_EQ(ledger_->Leases("cred").size(), 1u);
   clock_.Advance(absl::Minutes(9));
-  ASSERT_TRUE(ledger_->Renew(b.lease_id, absl::Minutes(10)).ok());
+  ASSERT_OK(ledger_->Renew(b.lease_id, absl::Minutes(10)));
   clock_.Advance(absl::Minutes(5));  // past b's first expiry, inside the renewed one
   Restart();
   EXPECT_TRUE(Try("jobs")->granted);
@@ -121,11 +122,11 @@ TEST_F(LedgerStoreTest, RefundableLeaseIsRestoredAndCanBeReleased) {
   Start(OneCredential("cred", {Feature("f", {Calendar("per_day", 100, CalendarUnit::kDay)})}));
   const Decision d = *Try("f", 10);
   ASSERT_TRUE(d.granted);
-  ASSERT_TRUE(journal_->Flush().ok());
+  ASSERT_OK(journal_->Flush());
   Restart();
   ASSERT_EQ(ledger_->Leases("cred").size(), 1u);
   auto released = ledger_->Release(d.lease_id, 2);
-  ASSERT_TRUE(released.ok()) << released.status();
+  ASSERT_OK(released);
 }
 
 TEST_F(LedgerStoreTest, CompactKeepsWhatStillMatters) {
@@ -133,14 +134,14 @@ TEST_F(LedgerStoreTest, CompactKeepsWhatStillMatters) {
                                Feature("jobs", {Concurrency("slots", 1)})}));
   for (int i = 0; i < 40; ++i) ASSERT_TRUE(Try()->granted);
   ASSERT_TRUE(Try("jobs")->granted);
-  ASSERT_TRUE(journal_->Compact(absl::ToUnixNanos(clock_.Now())).ok());
+  ASSERT_OK(journal_->Compact(absl::ToUnixNanos(clock_.Now())));
   Restart();
   EXPECT_FALSE(Try("jobs")->granted);
   EXPECT_LE(40 + Exhaust(), 100);
   clock_.Set(Utc(2026, 3, 2, 12));
-  ASSERT_TRUE(journal_->Compact(absl::ToUnixNanos(clock_.Now())).ok());
+  ASSERT_OK(journal_->Compact(absl::ToUnixNanos(clock_.Now())));
   auto state = journal_->Load();
-  ASSERT_TRUE(state.ok());
+  ASSERT_OK(state);
   EXPECT_TRUE(state->reservations.empty());
   EXPECT_TRUE(state->leases.empty());
 }

@@ -13,18 +13,23 @@
 #include <memory>
 #include <string>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "service/core/ledger.h"
-#include "tests/core/test_util.h"
-#include "tests/store/temp_dir.h"
+#include "tests/support/policy_builders.h"
+#include "tests/support/status_matchers.h"
+#include "tests/support/temp_dir.h"
 
 namespace quotad {
 namespace {
 
+using ::testing::Not;
 using testing::Calendar;
 using testing::Concurrency;
 using testing::Feature;
+using testing::IsOk;
 using testing::OneCredential;
+using testing::StatusIs;
 using testing::TempDir;
 using testing::Utc;
 
@@ -64,14 +69,14 @@ class SqliteJournalTest : public ::testing::Test {
  protected:
   std::unique_ptr<SqliteJournal> OpenOk(SqliteOptions options = {}) {
     auto j = SqliteJournal::Open(path_, options);
-    EXPECT_TRUE(j.ok()) << j.status();
+    EXPECT_OK(j);
     return j.ok() ? std::move(*j) : nullptr;
   }
   JournalState Reload() {
     journal_.reset();
     journal_ = OpenOk();
     auto s = journal_->Load();
-    EXPECT_TRUE(s.ok()) << s.status();
+    EXPECT_OK(s);
     return s.ok() ? *s : JournalState{};
   }
   void WriteFile(const std::string& bytes) {
@@ -86,7 +91,7 @@ class SqliteJournalTest : public ::testing::Test {
 TEST_F(SqliteJournalTest, NewFileLoadsEmpty) {
   journal_ = OpenOk();
   auto s = journal_->Load();
-  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_OK(s);
   EXPECT_TRUE(s->reservations.empty());
   EXPECT_TRUE(s->leases.empty());
   EXPECT_TRUE(std::filesystem::exists(path_));
@@ -98,22 +103,22 @@ TEST_F(SqliteJournalTest, QueuedLeasesAreVisibleAfterFlushAndAfterReopen) {
   options.commit_batch = 1'000'000;
   journal_ = OpenOk(options);
   for (int i = 0; i < 100; ++i) {
-    ASSERT_TRUE(journal_->PutLease(Lease("l" + std::to_string(i), false)).ok());
+    ASSERT_OK(journal_->PutLease(Lease("l" + std::to_string(i), false)));
   }
   for (int i = 0; i < 100; i += 2) journal_->DeleteLease("l" + std::to_string(i));
   EXPECT_EQ(journal_->stats().records, 0);  // nothing written yet: off the hot path
-  ASSERT_TRUE(journal_->Flush().ok());
+  ASSERT_OK(journal_->Flush());
   EXPECT_EQ(journal_->stats().records, 150);
   EXPECT_EQ(journal_->stats().commits, 1);
 
   // A second connection sees exactly the flushed state.
   {
     auto other = SqliteJournal::Open(path_);
-    ASSERT_TRUE(other.ok()) << other.status();
+    ASSERT_OK(other);
     EXPECT_EQ((*other)->Load()->leases.size(), 50u);
   }
   journal_->DeleteLease("l1");
-  ASSERT_TRUE(journal_->PutLease(Lease("late", false)).ok());
+  ASSERT_OK(journal_->PutLease(Lease("late", false)));
   const JournalState s = Reload();  // the destructor writes what is queued
   EXPECT_EQ(s.leases.size(), 50u);
   EXPECT_EQ(FindLease(s, "l1"), nullptr);
@@ -134,7 +139,7 @@ TEST_F(SqliteJournalTest, GroupCommitWritesWhenTheBatchIsFull) {
   options.commit_batch = 16;
   journal_ = OpenOk(options);
   for (int i = 0; i < 16; ++i) {
-    ASSERT_TRUE(journal_->PutLease(Lease("l" + std::to_string(i), false)).ok());
+    ASSERT_OK(journal_->PutLease(Lease("l" + std::to_string(i), false)));
   }
   EXPECT_TRUE(WaitForRecords(*journal_, 16));
 }
@@ -156,18 +161,18 @@ TEST_F(SqliteJournalTest, SynchronousWritesDoNotWaitForTheQueue) {
   options.commit_interval = absl::Hours(1);
   options.commit_batch = 1'000'000;
   journal_ = OpenOk(options);
-  ASSERT_TRUE(journal_->PutLease(Lease("refund", false)).ok());
+  ASSERT_OK(journal_->PutLease(Lease("refund", false)));
   journal_->DeleteLease("refund");
-  ASSERT_TRUE(journal_->PutLease(Lease("slot", true)).ok());
-  ASSERT_TRUE(journal_->Reserve({Res("c", "f.a", "", 0, 100, 1)}).ok());
+  ASSERT_OK(journal_->PutLease(Lease("slot", true)));
+  ASSERT_OK(journal_->Reserve({Res("c", "f.a", "", 0, 100, 1)}));
   EXPECT_EQ(journal_->stats().records, 0);
   auto other = SqliteJournal::Open(path_);
-  ASSERT_TRUE(other.ok());
+  ASSERT_OK(other);
   auto s = (*other)->Load();
   ASSERT_EQ(s->leases.size(), 1u);
   EXPECT_EQ(s->leases[0].id, "slot");
   EXPECT_EQ(s->reservations.size(), 1u);
-  ASSERT_TRUE(journal_->Flush().ok());
+  ASSERT_OK(journal_->Flush());
   EXPECT_EQ(journal_->stats().records, 2);
   s = (*other)->Load();
   ASSERT_EQ(s->leases.size(), 1u);  // the release followed its lease
@@ -177,8 +182,7 @@ TEST_F(SqliteJournalTest, SynchronousWritesDoNotWaitForTheQueue) {
 TEST_F(SqliteJournalTest, GarbageFileFailsOpenNamingThePath) {
   WriteFile(std::string(8192, '\x5a'));
   auto j = SqliteJournal::Open(path_);
-  ASSERT_FALSE(j.ok());
-  EXPECT_EQ(j.status().code(), absl::StatusCode::kDataLoss) << j.status();
+  ASSERT_THAT(j, StatusIs(absl::StatusCode::kDataLoss));
   EXPECT_TRUE(Contains(j.status(), path_)) << j.status();
   EXPECT_TRUE(Contains(j.status(), "not a database")) << j.status();
   EXPECT_TRUE(Contains(j.status(), "reset_corrupt")) << j.status();
@@ -194,7 +198,7 @@ TEST_F(SqliteJournalTest, DamagedPagesFailOpen) {
   for (int i = 0; i < 5000; ++i) {
     many.push_back(Res("cred-" + std::to_string(i), "f.per_day", "", 0, 100, i));
   }
-  ASSERT_TRUE(journal_->Reserve(many).ok());
+  ASSERT_OK(journal_->Reserve(many));
   journal_.reset();  // checkpoints the WAL into the file
   const auto size = std::filesystem::file_size(path_);
   ASSERT_GT(size, 40'000u);
@@ -204,8 +208,7 @@ TEST_F(SqliteJournalTest, DamagedPagesFailOpen) {
     f << std::string(12'000, '\x33');
   }
   auto j = SqliteJournal::Open(path_);
-  ASSERT_FALSE(j.ok());
-  EXPECT_EQ(j.status().code(), absl::StatusCode::kDataLoss) << j.status();
+  ASSERT_THAT(j, StatusIs(absl::StatusCode::kDataLoss));
   EXPECT_TRUE(Contains(j.status(), path_)) << j.status();
 }
 
@@ -217,8 +220,7 @@ TEST_F(SqliteJournalTest, ForeignDatabaseAndOtherSchemaVersionFailOpen) {
     sqlite3_close(db);
   }
   auto j = SqliteJournal::Open(path_);
-  ASSERT_FALSE(j.ok());
-  EXPECT_EQ(j.status().code(), absl::StatusCode::kFailedPrecondition) << j.status();
+  ASSERT_THAT(j, StatusIs(absl::StatusCode::kFailedPrecondition));
   EXPECT_TRUE(Contains(j.status(), "not a quotad state file (tables: photos)")) << j.status();
 
   std::filesystem::remove(path_);
@@ -230,7 +232,7 @@ TEST_F(SqliteJournalTest, ForeignDatabaseAndOtherSchemaVersionFailOpen) {
     sqlite3_close(db);
   }
   j = SqliteJournal::Open(path_);
-  ASSERT_FALSE(j.ok());
+  ASSERT_THAT(j, Not(IsOk()));
   EXPECT_TRUE(Contains(j.status(), path_)) << j.status();
   EXPECT_TRUE(Contains(j.status(), "schema version '99'")) << j.status();
 }
@@ -242,7 +244,7 @@ TEST_F(SqliteJournalTest, ResetCorruptMovesTheFileAsideAndStartsEmpty) {
   journal_ = OpenOk(options);
   ASSERT_NE(journal_, nullptr);
   EXPECT_TRUE(journal_->Load()->reservations.empty());
-  ASSERT_TRUE(journal_->Reserve({Res("c", "f.per_day", "", 0, 100, 1)}).ok());
+  ASSERT_OK(journal_->Reserve({Res("c", "f.per_day", "", 0, 100, 1)}));
   int moved = 0;
   for (const auto& e : std::filesystem::directory_iterator(dir_.path())) {
     const std::string name = e.path().filename();
@@ -259,7 +261,7 @@ TEST_F(SqliteJournalTest, ResetCorruptMovesTheFileAsideAndStartsEmpty) {
 TEST_F(SqliteJournalTest, UnreachablePathFailsOpenNamingIt) {
   const std::string path = "/proc/quotad-no-such-dir/state.db";
   auto j = SqliteJournal::Open(path);
-  ASSERT_FALSE(j.ok());
+  ASSERT_THAT(j, Not(IsOk()));
   EXPECT_TRUE(Contains(j.status(), path)) << j.status();
   EXPECT_TRUE(Contains(j.status(), "unable to open")) << j.status();
 }
@@ -274,7 +276,7 @@ TEST_F(SqliteJournalTest, ReadOnlyDirectoryIsReportedWithThePath) {
   auto j = SqliteJournal::Open(path_);
   absl::Status s = j.status();
   if (j.ok()) s = (*j)->Reserve({Res("c", "f.per_day", "", 0, 100, 2)});
-  ASSERT_FALSE(s.ok());
+  ASSERT_THAT(s, Not(IsOk()));
   EXPECT_TRUE(Contains(s, path_)) << s;
 }
 
@@ -285,13 +287,13 @@ TEST_F(SqliteJournalTest, ReadOnlyFileFailsEveryWriteClosed) {
   SqliteOptions options;
   options.read_only = true;
   journal_ = OpenOk(options);
-  ASSERT_TRUE(journal_->Load().ok());
+  ASSERT_OK(journal_->Load());
   absl::Status s = journal_->Reserve({Res("c", "f.per_day", "", 0, 100, 1)});
-  EXPECT_FALSE(s.ok());
+  EXPECT_THAT(s, Not(IsOk()));
   EXPECT_TRUE(Contains(s, path_)) << s;
   EXPECT_TRUE(Contains(s, "readonly")) << s;
-  EXPECT_FALSE(journal_->PutLease(Lease("slot", true)).ok());
-  EXPECT_FALSE(journal_->RenewLease("slot", 1).ok());
+  EXPECT_THAT(journal_->PutLease(Lease("slot", true)), Not(IsOk()));
+  EXPECT_THAT(journal_->RenewLease("slot", 1), Not(IsOk()));
 
   FakeClock clock(Utc(2026, 3, 1, 12));
   LedgerOptions lo;
@@ -299,14 +301,13 @@ TEST_F(SqliteJournalTest, ReadOnlyFileFailsEveryWriteClosed) {
   auto ledger = Ledger::Create(
       OneCredential("cred", {Feature("f", {Calendar("per_day", 100, CalendarUnit::kDay)})}),
       &clock, lo);
-  ASSERT_TRUE(ledger.ok());
-  ASSERT_TRUE((*ledger)->Restore().ok());
+  ASSERT_OK(ledger);
+  ASSERT_OK((*ledger)->Restore());
   AcquireRequest req;
   req.credential = "cred";
   req.feature = "f";
   auto d = (*ledger)->Acquire(req);
-  ASSERT_FALSE(d.ok());
-  EXPECT_EQ(d.status().code(), absl::StatusCode::kUnavailable);
+  ASSERT_THAT(d, StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_TRUE(Contains(d.status(), path_)) << d.status();
 }
 
@@ -322,7 +323,7 @@ TEST_F(SqliteJournalTest, FullDiskFailsWritesAndTheLedgerFailsClosed) {
       OneCredential("cred", {Feature("f", {Calendar("per_day", 1'000'000, CalendarUnit::kDay),
                                            Concurrency("jobs", 1'000'000)})}),
       &clock, lo);
-  ASSERT_TRUE(ledger.ok());
+  ASSERT_OK(ledger);
   const std::string holder(200, 'h');  // big lease rows fill the pages fast
   AcquireRequest req;
   req.credential = "cred";
@@ -338,13 +339,13 @@ TEST_F(SqliteJournalTest, FullDiskFailsWritesAndTheLedgerFailsClosed) {
       failure = d.status();
     }
   }
-  ASSERT_FALSE(failure.ok()) << "the tiny file never filled up";
-  EXPECT_EQ(failure.code(), absl::StatusCode::kUnavailable) << failure;
+  ASSERT_THAT(failure, Not(IsOk())) << "the tiny file never filled up";
+  EXPECT_THAT(failure, StatusIs(absl::StatusCode::kUnavailable));
   EXPECT_TRUE(Contains(failure, path_)) << failure;
   EXPECT_TRUE(Contains(failure, "full")) << failure;
   // Every answered grant holds its slot; the failed one charged nothing.
   auto usage = (*ledger)->Usage("cred");
-  ASSERT_TRUE(usage.ok());
+  ASSERT_OK(usage);
   for (const LimitStatus& l : *usage) EXPECT_EQ(l.used, granted) << l.name;
 }
 

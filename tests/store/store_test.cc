@@ -7,12 +7,16 @@
 #include <memory>
 #include <string>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/store/temp_dir.h"
+#include "tests/support/status_matchers.h"
+#include "tests/support/temp_dir.h"
 
 namespace quotad {
 namespace {
 
+using ::testing::HasSubstr;
+using testing::StatusIs;
 using testing::TempDir;
 
 Reservation Res(int64_t until, int64_t units) {
@@ -21,10 +25,10 @@ Reservation Res(int64_t until, int64_t units) {
 
 TEST(OpenStoreTest, NoPathIsMemoryOnlyWithoutAJournal) {
   auto store = OpenStore(StoreOptions{}, 0);
-  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_OK(store);
   EXPECT_EQ((*store)->journal(), nullptr);
   EXPECT_EQ((*store)->description(), "memory-only");
-  EXPECT_TRUE((*store)->Flush().ok());
+  EXPECT_OK((*store)->Flush());
   EXPECT_EQ((*store)->Files().file_bytes, 0);
   EXPECT_EQ((*store)->Files().wal_bytes, 0);
   DedupStore& dedup = (*store)->dedup();
@@ -38,19 +42,19 @@ TEST(OpenStoreTest, APathIsASqliteFileThatKeepsJournalAndAnswersAcrossARestart) 
   options.path = dir.File("state.db");
   {
     auto store = OpenStore(options, 0);
-    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_OK(store);
     EXPECT_EQ((*store)->description(), options.path);
     ASSERT_NE((*store)->journal(), nullptr);
-    ASSERT_TRUE((*store)->journal()->Reserve({Res(1000, 7)}).ok());
-    ASSERT_TRUE((*store)->dedup().Put("acquire/r1", "granted", 1000, 0).ok());
-    ASSERT_TRUE((*store)->Flush().ok());
+    ASSERT_OK((*store)->journal()->Reserve({Res(1000, 7)}));
+    ASSERT_OK((*store)->dedup().Put("acquire/r1", "granted", 1000, 0));
+    ASSERT_OK((*store)->Flush());
     EXPECT_GT((*store)->Files().file_bytes, 0);
   }
   auto store = OpenStore(options, 10);
-  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_OK(store);
   EXPECT_EQ((*store)->dedup().Get("acquire/r1", 10), "granted");
   auto state = (*store)->journal()->Load();
-  ASSERT_TRUE(state.ok()) << state.status();
+  ASSERT_OK(state);
   ASSERT_EQ(state->reservations.size(), 1u);
   EXPECT_EQ(state->reservations[0].units, 7);
 }
@@ -65,12 +69,10 @@ TEST(OpenStoreTest, ACorruptFileFailsNamingThePathUnlessResetIsAsked) {
     std::fclose(f);
   }
   auto store = OpenStore(options, 0);
-  ASSERT_FALSE(store.ok());
-  EXPECT_EQ(store.status().code(), absl::StatusCode::kDataLoss);
-  EXPECT_NE(store.status().message().find(options.path), absl::string_view::npos);
+  ASSERT_THAT(store, StatusIs(absl::StatusCode::kDataLoss, HasSubstr(options.path)));
   options.reset_corrupt = true;
   store = OpenStore(options, 0);
-  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_OK(store);
   EXPECT_TRUE((*store)->journal()->Load()->reservations.empty());
 }
 

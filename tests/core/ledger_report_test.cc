@@ -1,5 +1,7 @@
-// Report: the ledger believes the upstream when it says fewer units remain, re-anchors rolling
-// windows, and cools a feature down after a throttle answer.
+// Ledger::Report: the ledger believes the upstream when it says fewer units remain (adopting its
+// count, never raising remaining), re-anchors rolling windows to the upstream's reset, cools a
+// feature down after a throttle answer (Retry-After, or an exponential back-off with jitter), and
+// learns a throttle on a limit it cannot see. Parsing the answer itself is in upstream_test.
 
 #include <memory>
 
@@ -7,7 +9,8 @@
 #include "gtest/gtest.h"
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
-#include "tests/core/test_util.h"
+#include "tests/support/policy_builders.h"
+#include "tests/support/status_matchers.h"
 
 namespace quotad {
 namespace {
@@ -17,13 +20,14 @@ using testing::Feature;
 using testing::OneCredential;
 using testing::Rolling;
 using testing::Sliding;
+using testing::StatusIs;
 using testing::Utc;
 
 class ReportTest : public ::testing::Test {
  protected:
   void Use(std::vector<FeatureSpec> features) {
     auto ledger = Ledger::Create(OneCredential("key", std::move(features)), &clock_);
-    ASSERT_TRUE(ledger.ok()) << ledger.status();
+    ASSERT_OK(ledger);
     ledger_ = std::move(*ledger);
   }
   ReportResult Report(int status, UpstreamHeaders headers, absl::string_view feature = "f",
@@ -35,7 +39,7 @@ class ReportTest : public ::testing::Test {
     a.headers = std::move(headers);
     a.body = body;
     auto r = ledger_->Report(a);
-    EXPECT_TRUE(r.ok()) << r.status();
+    EXPECT_OK(r);
     return r.ok() ? *r : ReportResult{};
   }
   Decision Acquire(absl::string_view feature = "f") {
@@ -156,13 +160,13 @@ TEST_F(ReportTest, ReportForUnknownNamesIsNotFound) {
   a.credential = "nope";
   a.feature = "f";
   a.http_status = 200;
-  EXPECT_EQ(ledger_->Report(a).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(ledger_->Report(a), StatusIs(absl::StatusCode::kNotFound));
   a.credential = "key";
   a.feature = "nope";
-  EXPECT_EQ(ledger_->Report(a).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(ledger_->Report(a), StatusIs(absl::StatusCode::kNotFound));
   a.feature = "f";
   a.http_status = 1000;
-  EXPECT_EQ(ledger_->Report(a).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(ledger_->Report(a), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST_F(ReportTest, OutsideUnitsHiddenInTheGuardTailAreStillAdopted) {
@@ -255,7 +259,7 @@ TEST_F(ReportTest, AdoptedSlidingUnitsLeaveOnePeriodAfterTheAnswer) {
   a.http_status = 200;
   a.headers = {{"X-RateLimit-Limit", "10"}, {"X-RateLimit-Remaining", "0"}};
   a.observed_at = seen;
-  ASSERT_TRUE(ledger_->Report(a).ok());
+  ASSERT_OK(ledger_->Report(a));
   EXPECT_FALSE(Acquire().granted);
   clock_.Set(seen + absl::Minutes(1) + absl::Seconds(1));
   EXPECT_TRUE(Acquire().granted);

@@ -1,29 +1,37 @@
-// The ledger's write-ahead high-water marks: a restart (a new ledger restored from the same
-// journal) never grants more than a window's capacity across lives, and loses at most one
-// reserve block per counter.
+// The ledger over a Journal (its write-ahead high-water marks and lease records): a restart (a
+// new ledger restored from the same journal, the reference MemoryJournal) never grants more than
+// a window's capacity across lives and loses at most one reserve block per counter; rolling,
+// bucket and concurrency state survive it; reservations are written per block, not per grant;
+// and a journal that fails its writes (FailingJournal) makes the ledger fail closed, charging
+// nothing it did not answer. The Journal implementations themselves are tested in tests/store.
 
 #include <memory>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
-#include "tests/core/memory_journal.h"
-#include "tests/core/test_util.h"
+#include "service/store/memory_journal.h"
+#include "tests/core/failing_journal.h"
+#include "tests/support/policy_builders.h"
+#include "tests/support/status_matchers.h"
 
 namespace quotad {
 namespace {
 
+using ::testing::HasSubstr;
 using testing::Bucket;
 using testing::Calendar;
 using testing::Concurrency;
+using testing::FailingJournal;
 using testing::Feature;
-using testing::MemoryJournal;
 using testing::OneCredential;
 using testing::Rolling;
 using testing::Sliding;
+using testing::StatusIs;
 using testing::Utc;
 
-class JournalTest : public ::testing::Test {
+class LedgerJournalTest : public ::testing::Test {
  protected:
   void Start(const Policy& p) {
     policy_ = p;
@@ -31,9 +39,9 @@ class JournalTest : public ::testing::Test {
     options.journal = &journal_;
     options.reserve_fraction = 0.1;
     auto ledger = Ledger::Create(p, &clock_, options);
-    ASSERT_TRUE(ledger.ok()) << ledger.status();
+    ASSERT_OK(ledger);
     ledger_ = std::move(*ledger);
-    ASSERT_TRUE(ledger_->Restore().ok());
+    ASSERT_OK(ledger_->Restore());
   }
   void Restart() { Start(policy_); }  // the old ledger's memory is lost, as in kill -9
   absl::StatusOr<Decision> Try(absl::string_view feature = "f", int64_t cost = 1) {
@@ -51,12 +59,13 @@ class JournalTest : public ::testing::Test {
   }
 
   FakeClock clock_{Utc(2026, 3, 1, 12)};
-  MemoryJournal journal_;
+  MemoryJournal memory_;
+  FailingJournal journal_{&memory_};  // what the ledger writes to
   Policy policy_;
   std::unique_ptr<Ledger> ledger_;
 };
 
-TEST_F(JournalTest, DailyWindowNeverOverGrantsAcrossRestarts) {
+TEST_F(LedgerJournalTest, DailyWindowNeverOverGrantsAcrossRestarts) {
   Start(OneCredential("cred", {Feature("f", {Calendar("per_day", 100, CalendarUnit::kDay)})}));
   int total = 0;
   for (int life = 0; life < 30; ++life) {
@@ -73,7 +82,7 @@ TEST_F(JournalTest, DailyWindowNeverOverGrantsAcrossRestarts) {
   EXPECT_EQ(Exhaust(), 100);  // the new day is whole
 }
 
-TEST_F(JournalTest, SlidingWindowNeverOverGrantsAcrossRestarts) {
+TEST_F(LedgerJournalTest, SlidingWindowNeverOverGrantsAcrossRestarts) {
   Start(OneCredential("cred", {Feature("f", {Sliding("per_minute", 20, absl::Minutes(1))})}));
   std::vector<absl::Time> grants;
   for (int step = 0; step < 600; ++step) {
@@ -91,7 +100,7 @@ TEST_F(JournalTest, SlidingWindowNeverOverGrantsAcrossRestarts) {
   EXPECT_GT(grants.size(), 60u);
 }
 
-TEST_F(JournalTest, RollingAndBucketStateSurviveRestart) {
+TEST_F(LedgerJournalTest, RollingAndBucketStateSurviveRestart) {
   Start(OneCredential("cred", {Feature("f", {Rolling("per_24h", 50, absl::Hours(24))}),
                                Feature("g", {Bucket("floor", 4, absl::Minutes(1), 1)})}));
   for (int i = 0; i < 10; ++i) ASSERT_TRUE(Try()->granted);
@@ -105,7 +114,7 @@ TEST_F(JournalTest, RollingAndBucketStateSurviveRestart) {
   EXPECT_EQ(d.retry_at, Utc(2026, 3, 2, 12));  // the window still ends 24 h after first use
 }
 
-TEST_F(JournalTest, ConcurrencyLeasesSurviveRestartWithTheirExpiry) {
+TEST_F(LedgerJournalTest, ConcurrencyLeasesSurviveRestartWithTheirExpiry) {
   Start(OneCredential("cred", {Feature("f", {Concurrency("jobs", 2)})}));
   const Decision a = *Try();
   const Decision b = *Try();
@@ -113,7 +122,7 @@ TEST_F(JournalTest, ConcurrencyLeasesSurviveRestartWithTheirExpiry) {
   Restart();
   EXPECT_FALSE(Try()->granted);
   EXPECT_EQ(ledger_->Leases("cred").size(), 2u);
-  ASSERT_TRUE(ledger_->Release(a.lease_id, std::nullopt).ok());
+  ASSERT_OK(ledger_->Release(a.lease_id, std::nullopt));
   EXPECT_TRUE(Try()->granted);
   Restart();
   EXPECT_FALSE(Try()->granted);  // b and the new one
@@ -122,7 +131,7 @@ TEST_F(JournalTest, ConcurrencyLeasesSurviveRestartWithTheirExpiry) {
   EXPECT_TRUE(Try()->granted);  // both expired while "down"
 }
 
-TEST_F(JournalTest, StoreFailureFailsClosedAndChargesNothing) {
+TEST_F(LedgerJournalTest, StoreFailureFailsClosedAndChargesNothing) {
   Start(OneCredential("cred", {Feature("f", {Calendar("per_day", 100, CalendarUnit::kDay),
                                              Concurrency("jobs", 5)})}));
   ASSERT_TRUE(Try()->granted);
@@ -131,8 +140,7 @@ TEST_F(JournalTest, StoreFailureFailsClosedAndChargesNothing) {
   for (int i = 0; i < 20; ++i) {
     auto d = Try();
     if (!d.ok()) {
-      EXPECT_EQ(d.status().code(), absl::StatusCode::kUnavailable);
-      EXPECT_NE(d.status().message().find("disk full"), std::string::npos) << d.status();
+      EXPECT_THAT(d, StatusIs(absl::StatusCode::kUnavailable, HasSubstr("disk full")));
       ++unavailable;
     }
   }
