@@ -106,7 +106,7 @@ TEST_F(AdminServiceTest, ReloadAppliesAGoodFileAndKeepsTheConfigOnABadOne) {
   EXPECT_EQ(MustCaller("").identity, "anonymous");
 
   WriteConfig("credentials: [");
-  EXPECT_THAT(admin_->Reload(), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("")));
+  EXPECT_THAT(admin_->Reload(), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_FALSE(config_->Get()->auth->enabled());
 }
 
