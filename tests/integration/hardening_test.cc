@@ -28,12 +28,14 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "quotad/v1/quotad.grpc.pb.h"
 #include "tests/support/child_process.h"
+#include "tests/support/eventually.h"
 #include "tests/support/grpc_status_matchers.h"
 #include "tests/support/temp_dir.h"
 
 namespace {
 
 using ::quotad::testing::ChildProcess;
+using ::quotad::testing::Eventually;
 using ::quotad::testing::StatusIs;
 using ::quotad::testing::TempDir;
 using ::testing::AllOf;
@@ -95,36 +97,29 @@ class Quotad : public ChildProcess {
   quotad::v1::Admin::Stub* admin() { return admin_.get(); }
   quotad::v1::Quota::Stub* quota() { return quota_.get(); }
 
-  // The port from the `listening` line, text (address=H:P) or JSON ("address":"H:P").
+  // The port from the `listening` line, text (address=H:P) or JSON ("address":"H:P"), polled
+  // for (bounded); nullopt when quotad exits first.
   std::optional<int> Port(absl::Duration timeout) {
-    const absl::Time deadline = absl::Now() + timeout;
-    while (absl::Now() < deadline) {
-      const std::string text = log();
-      for (const char* marker : {"listening address=", "\"msg\":\"listening\",\"address\":\""}) {
-        const size_t at = text.find(marker);
-        if (at == std::string::npos) continue;
-        const size_t colon = text.find(':', text.find("127.0.0.1", at));
-        int port = 0;
-        for (size_t i = colon + 1; i < text.size() && isdigit(text[i]); ++i) {
-          port = port * 10 + (text[i] - '0');
-        }
-        if (port > 0) return port;
-      }
-      if (WaitForExit(absl::ZeroDuration()).has_value()) return std::nullopt;
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-    return std::nullopt;
+    std::optional<int> port;
+    Eventually(
+        [&] {
+          port = PortInLog(log());
+          return port.has_value() || WaitForExit(absl::ZeroDuration()).has_value();
+        },
+        timeout, absl::Milliseconds(10));
+    return port;
   }
 
-  // Waits until the output holds `text` (bounded).
+  // Waits until the output holds `text` (bounded); false when quotad exits first.
   bool WaitForText(const std::string& text, absl::Duration timeout) {
-    const absl::Time deadline = absl::Now() + timeout;
-    while (absl::Now() < deadline) {
-      if (log().find(text) != std::string::npos) return true;
-      if (WaitForExit(absl::ZeroDuration()).has_value()) return false;
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-    return false;
+    bool found = false;
+    Eventually(
+        [&] {
+          found = log().find(text) != std::string::npos;
+          return found || WaitForExit(absl::ZeroDuration()).has_value();
+        },
+        timeout, absl::Milliseconds(10));
+    return found;
   }
 
  private:
@@ -133,6 +128,20 @@ class Quotad : public ChildProcess {
                                      "--metrics_listen=", "--config_watch_interval=0s"};
     for (std::string& e : extra) args.push_back(std::move(e));
     return args;
+  }
+
+  static std::optional<int> PortInLog(const std::string& text) {
+    for (const char* marker : {"listening address=", "\"msg\":\"listening\",\"address\":\""}) {
+      const size_t at = text.find(marker);
+      if (at == std::string::npos) continue;
+      const size_t colon = text.find(':', text.find("127.0.0.1", at));
+      int port = 0;
+      for (size_t i = colon + 1; i < text.size() && isdigit(text[i]); ++i) {
+        port = port * 10 + (text[i] - '0');
+      }
+      if (port > 0) return port;
+    }
+    return std::nullopt;
   }
 
   std::shared_ptr<grpc::Channel> channel_;
