@@ -1,6 +1,7 @@
 // QuotadServer's security over the wire: a real server on loopback with TLS, mutual TLS and
 // certificate rotation, bearer tokens, access rules, lease ownership, and the metrics endpoint
-// that counts them. Certificates come from a throw-away CA made with openssl. The units behind
+// that counts them. Certificates come from a throw-away CA made with openssl; the server runs on
+// a FakeClock (its sweeper refreshes the gauges when a test advances it). The units behind
 // it have their own tests: auth_test (Authorizer), tls_test (credentials), metrics_test
 // (Metrics), tests/service (the services' checks, without a socket).
 

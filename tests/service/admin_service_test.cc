@@ -1,4 +1,5 @@
-// AdminService called directly: no socket, a real ledger on a fake clock.
+// AdminService (service/server/admin_service.h) called directly: no socket, a real ledger on a
+// fake clock (service_fixture.h).
 
 #include "service/server/admin_service.h"
 

@@ -1,4 +1,5 @@
-// QuotaService called directly: no socket, a real ledger on a fake clock.
+// QuotaService (service/server/quota_service.h) called directly: no socket, a real ledger on a
+// fake clock (service_fixture.h).
 
 #include "service/server/quota_service.h"
 
