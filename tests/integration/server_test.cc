@@ -1,10 +1,11 @@
-// The real quotad server in process on port 0 with a real configuration file, called by real
-// gRPC clients.
+// QuotadServer end to end: the real server in process on port 0 with a real configuration file,
+// called by real gRPC clients. The server runs on a FakeClock: leases expire, waiting calls are
+// served and the sweeper runs when a test advances it; only the socket's I/O is polled for.
 
 #include "service/server/server.h"
 
-#include <grpcpp/grpcpp.h>
 #include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -18,6 +19,10 @@
 #include "absl/time/time.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "quotad/v1/quotad.grpc.pb.h"
+#include "service/core/clock.h"
+#include "service/core/ledger.h"
+#include "tests/support/eventually.h"
+#include "tests/support/grpc_status_matchers.h"
 
 namespace quotad {
 namespace {
@@ -25,22 +30,34 @@ namespace {
 using grpc::health::v1::Health;
 using grpc::health::v1::HealthCheckRequest;
 using grpc::health::v1::HealthCheckResponse;
+using ::quotad::testing::Eventually;
+using ::quotad::testing::StatusIs;
+using ::testing::AllOf;
+using ::testing::HasSubstr;
+using ::testing::Not;
 
 class ServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
+    // An hour behind the real time (on a whole second), so that the calls' deadlines, which are
+    // real times, stay in the server's future however far the tests advance its clock.
+    clock_ =
+        new FakeClock(absl::FromUnixSeconds(absl::ToUnixSeconds(absl::Now() - absl::Hours(1))));
     ServerOptions options;
+    options.clock = clock_;
     options.config_path = QUOTAD_TEST_CONFIG;
     options.memory_only = true;
     options.listen_address = "127.0.0.1:0";
     options.sweep_interval = absl::Milliseconds(100);
     absl::StatusOr<std::unique_ptr<QuotadServer>> server = QuotadServer::Start(options);
-    ASSERT_TRUE(server.ok()) << server.status();
+    ASSERT_OK(server);
     server_ = server->release();
   }
   static void TearDownTestSuite() {
     delete server_;
     server_ = nullptr;
+    delete clock_;  // after the server, whose timers are on it
+    clock_ = nullptr;
   }
 
   void SetUp() override {
@@ -53,8 +70,12 @@ class ServerTest : public ::testing::Test {
       v1::ResetCredentialRequest req;
       v1::ResetCredentialResponse resp;
       req.set_credential(c);
-      ASSERT_TRUE(admin_->ResetCredential(&ctx, req, &resp).ok());
+      ASSERT_OK(admin_->ResetCredential(&ctx, req, &resp));
     }
+    // Time moves on after the reset, as it did on the real clock: a lease granted in the very
+    // nanosecond of a Reset counts as granted before it, and its Release refunds nothing
+    // (Ledger::Release compares granted_ns > reset_ns).
+    clock_->Advance(absl::Milliseconds(1));
   }
 
   grpc::Status Acquire(const v1::AcquireRequest& req, v1::AcquireResponse* resp) {
@@ -63,16 +84,16 @@ class ServerTest : public ::testing::Test {
     return quota_->Acquire(&ctx, req, resp);
   }
 
-  // Polls (bounded) until the request is granted: for slots that free when a lease expires.
-  v1::AcquireResponse AcquireWithin(const v1::AcquireRequest& req, absl::Duration timeout) {
-    const absl::Time deadline = absl::Now() + timeout;
+  // Acquires test/short's one slot, which an earlier test may still hold (leases outlive
+  // Reset): if denied, moves the clock past the longest lease test-short-ttl allows (10 s) and
+  // asks again.
+  v1::AcquireResponse AcquireTheShortSlot() {
     v1::AcquireResponse resp;
-    while (absl::Now() < deadline) {
-      resp.Clear();
-      EXPECT_TRUE(Acquire(req, &resp).ok());
-      if (resp.granted()) break;
-      absl::SleepFor(absl::Milliseconds(20));
-    }
+    EXPECT_OK(Acquire(Req("test/short", "jobs"), &resp));
+    if (resp.granted()) return resp;
+    clock_->Advance(absl::Seconds(11));
+    resp.Clear();
+    EXPECT_OK(Acquire(Req("test/short", "jobs"), &resp));
     return resp;
   }
 
@@ -84,17 +105,19 @@ class ServerTest : public ::testing::Test {
     return req;
   }
 
+  static FakeClock* clock_;
   static QuotadServer* server_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Quota::Stub> quota_;
   std::unique_ptr<v1::Admin::Stub> admin_;
 };
 
+FakeClock* ServerTest::clock_ = nullptr;
 QuotadServer* ServerTest::server_ = nullptr;
 
 TEST_F(ServerTest, AcquireGrantsAndReportsEveryLimit) {
   v1::AcquireResponse resp;
-  ASSERT_TRUE(Acquire(Req("virustotal/prod", "requests"), &resp).ok());
+  ASSERT_OK(Acquire(Req("virustotal/prod", "requests"), &resp));
   EXPECT_TRUE(resp.granted());
   EXPECT_EQ(resp.lease_id().size(), 32u);
   EXPECT_TRUE(resp.has_lease_expires_at());
@@ -109,15 +132,17 @@ TEST_F(ServerTest, AcquireGrantsAndReportsEveryLimit) {
 TEST_F(ServerTest, DenialIsDataWithRetryAfterAndLimitedBy) {
   v1::AcquireResponse resp;
   for (int i = 0; i < 4; ++i) {
-    ASSERT_TRUE(Acquire(Req("virustotal/prod", "requests"), &resp).ok());
+    ASSERT_OK(Acquire(Req("virustotal/prod", "requests"), &resp));
     ASSERT_TRUE(resp.granted()) << i;
   }
-  ASSERT_TRUE(Acquire(Req("virustotal/prod", "requests"), &resp).ok());
+  ASSERT_OK(Acquire(Req("virustotal/prod", "requests"), &resp));
   EXPECT_FALSE(resp.granted());
   EXPECT_EQ(resp.limited_by(), "requests.per_minute");
   EXPECT_TRUE(resp.lease_id().empty());
   EXPECT_GT(resp.retry_after().seconds() + resp.retry_after().nanos(), 0);
-  EXPECT_LE(resp.retry_after().seconds(), 60);
+  // The 60 s window plus the profile's 1 s guard. (On the real clock the denial came a few
+  // milliseconds after the charges and the whole seconds read 60; the clock stands still here.)
+  EXPECT_LE(resp.retry_after().seconds(), 61);
   EXPECT_TRUE(resp.has_retry_at());
 }
 
@@ -149,10 +174,8 @@ TEST_F(ServerTest, AcquireRejectsMalformedInputNamingFieldAndValue) {
     v1::AcquireRequest req = Req("virustotal/prod", "requests");
     c.mutate(&req);
     v1::AcquireResponse resp;
-    grpc::Status s = Acquire(req, &resp);
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.expected;
-    EXPECT_NE(s.error_message().find(c.expected), std::string::npos)
-        << "message: " << s.error_message() << " expected: " << c.expected;
+    EXPECT_THAT(Acquire(req, &resp),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(c.expected)));
   }
 }
 
@@ -163,56 +186,56 @@ TEST_F(ServerTest, RequestIdReusedForADifferentRequestIsAnErrorNamingBoth) {
   v1::AcquireRequest first = Req("virustotal/prod", "requests");
   first.set_request_id("sha256-of-the-file");
   v1::AcquireResponse granted;
-  ASSERT_TRUE(Acquire(first, &granted).ok());
+  ASSERT_OK(Acquire(first, &granted));
   ASSERT_TRUE(granted.granted());
   v1::AcquireResponse retry;
-  ASSERT_TRUE(Acquire(first, &retry).ok());
+  ASSERT_OK(Acquire(first, &retry));
   EXPECT_EQ(retry.lease_id(), granted.lease_id());
 
   v1::AcquireRequest other = first;
   other.set_cost(2);
   v1::AcquireResponse resp;
-  const grpc::Status s = Acquire(other, &resp);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_THAT(s.error_message(), ::testing::HasSubstr("sha256-of-the-file"));
-  EXPECT_THAT(s.error_message(), ::testing::HasSubstr("cost 1"));
-  EXPECT_THAT(s.error_message(), ::testing::HasSubstr("cost 2"));
+  EXPECT_THAT(Acquire(other, &resp), StatusIs(absl::StatusCode::kInvalidArgument,
+                                              AllOf(HasSubstr("sha256-of-the-file"),
+                                                    HasSubstr("cost 1"), HasSubstr("cost 2"))));
   EXPECT_TRUE(resp.lease_id().empty());
   other = first;
   other.set_scope("another-ruleset");
-  EXPECT_EQ(Acquire(other, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(Acquire(other, &resp), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST_F(ServerTest, AcquireOnUnknownCredentialOrFeatureIsNotFound) {
   v1::AcquireResponse resp;
-  grpc::Status s = Acquire(Req("nobody/prod", "requests"), &resp);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
-  EXPECT_NE(s.error_message().find("nobody/prod"), std::string::npos) << s.error_message();
-  s = Acquire(Req("virustotal/prod", "teleport"), &resp);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
-  EXPECT_NE(s.error_message().find("teleport"), std::string::npos) << s.error_message();
+  EXPECT_THAT(Acquire(Req("nobody/prod", "requests"), &resp),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("nobody/prod")));
+  EXPECT_THAT(Acquire(Req("virustotal/prod", "teleport"), &resp),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("teleport")));
 }
 
 TEST_F(ServerTest, MaxWaitWaitsForTheHeldSlotToExpire) {
-  v1::AcquireRequest req = Req("test/short", "jobs");
-  v1::AcquireResponse first = AcquireWithin(req, absl::Seconds(15));
+  v1::AcquireResponse first = AcquireTheShortSlot();
   ASSERT_TRUE(first.granted());
-  // The only slot is held by a 1 s lease: a waiting call is granted on the same call when it
-  // expires, not denied at once.
+  // The only slot is held by a 1 s lease: a waiting call is parked, not denied at once, and
+  // granted on the same call when the lease expires on the server's clock.
+  v1::AcquireRequest req = Req("test/short", "jobs");
   req.mutable_max_wait()->set_seconds(30);
-  const absl::Time start = absl::Now();
   v1::AcquireResponse second;
-  ASSERT_TRUE(Acquire(req, &second).ok());
+  grpc::Status status;
+  std::thread waiter([&] { status = Acquire(req, &second); });
+  EXPECT_TRUE(Eventually([] { return server_->ledger()->waiting() == 1; }))
+      << "the call was not parked";
+  clock_->Advance(absl::Seconds(2));
+  waiter.join();
+  ASSERT_OK(status);
   EXPECT_TRUE(second.granted());
   EXPECT_NE(second.lease_id(), first.lease_id());
-  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
 }
 
 TEST_F(ServerTest, ReleaseRefundsUnusedUnitsAndRenewExtends) {
   v1::AcquireRequest req = Req("test/race", "calls");
   req.set_cost(10);
   v1::AcquireResponse acquired;
-  ASSERT_TRUE(Acquire(req, &acquired).ok());
+  ASSERT_OK(Acquire(req, &acquired));
   ASSERT_TRUE(acquired.granted());
 
   grpc::ClientContext renew_ctx;
@@ -220,7 +243,7 @@ TEST_F(ServerTest, ReleaseRefundsUnusedUnitsAndRenewExtends) {
   renew.set_lease_id(acquired.lease_id());
   renew.mutable_ttl()->set_seconds(120);
   v1::RenewResponse renewed;
-  ASSERT_TRUE(quota_->Renew(&renew_ctx, renew, &renewed).ok());
+  ASSERT_OK(quota_->Renew(&renew_ctx, renew, &renewed));
   EXPECT_GT(renewed.lease_expires_at().seconds(), acquired.lease_expires_at().seconds());
 
   grpc::ClientContext release_ctx;
@@ -228,14 +251,14 @@ TEST_F(ServerTest, ReleaseRefundsUnusedUnitsAndRenewExtends) {
   release.set_lease_id(acquired.lease_id());
   release.set_used(4);
   v1::ReleaseResponse released;
-  ASSERT_TRUE(quota_->Release(&release_ctx, release, &released).ok());
+  ASSERT_OK(quota_->Release(&release_ctx, release, &released));
   EXPECT_EQ(released.refunded(), 6);
 
   grpc::ClientContext usage_ctx;
   v1::GetUsageRequest usage_req;
   usage_req.set_credential("test/race");
   v1::GetUsageResponse usage;
-  ASSERT_TRUE(admin_->GetUsage(&usage_ctx, usage_req, &usage).ok());
+  ASSERT_OK(admin_->GetUsage(&usage_ctx, usage_req, &usage));
   ASSERT_EQ(usage.limits_size(), 1);
   EXPECT_EQ(usage.limits(0).used(), 4);
   EXPECT_EQ(usage.profile(), "test-race");
@@ -247,29 +270,26 @@ TEST_F(ServerTest, ReleaseAndRenewErrorPaths) {
     v1::ReleaseRequest req;
     req.set_lease_id("not-a-lease");
     v1::ReleaseResponse resp;
-    grpc::Status s = quota_->Release(&ctx, req, &resp);
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_NE(s.error_message().find("lease_id \"not-a-lease\""), std::string::npos)
-        << s.error_message();
+    EXPECT_THAT(quota_->Release(&ctx, req, &resp), StatusIs(absl::StatusCode::kInvalidArgument,
+                                                            HasSubstr("lease_id \"not-a-lease\"")));
   }
   {
     grpc::ClientContext ctx;
     v1::ReleaseRequest req;
     req.set_lease_id(std::string(32, 'a'));
     v1::ReleaseResponse resp;
-    EXPECT_EQ(quota_->Release(&ctx, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_THAT(quota_->Release(&ctx, req, &resp), StatusIs(absl::StatusCode::kNotFound));
   }
   v1::AcquireResponse acquired;
-  ASSERT_TRUE(Acquire(Req("test/race", "calls"), &acquired).ok());
+  ASSERT_OK(Acquire(Req("test/race", "calls"), &acquired));
   {
     grpc::ClientContext ctx;
     v1::ReleaseRequest req;
     req.set_lease_id(acquired.lease_id());
     req.set_used(-1);
     v1::ReleaseResponse resp;
-    grpc::Status s = quota_->Release(&ctx, req, &resp);
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_NE(s.error_message().find("used"), std::string::npos) << s.error_message();
+    EXPECT_THAT(quota_->Release(&ctx, req, &resp),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("used")));
   }
   {
     grpc::ClientContext ctx;
@@ -277,17 +297,15 @@ TEST_F(ServerTest, ReleaseAndRenewErrorPaths) {
     req.set_lease_id(acquired.lease_id());
     req.mutable_ttl()->set_seconds(-3);
     v1::RenewResponse resp;
-    grpc::Status s = quota_->Renew(&ctx, req, &resp);
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-    EXPECT_NE(s.error_message().find("ttl must not be negative"), std::string::npos)
-        << s.error_message();
+    EXPECT_THAT(quota_->Renew(&ctx, req, &resp), StatusIs(absl::StatusCode::kInvalidArgument,
+                                                          HasSubstr("ttl must not be negative")));
   }
   {
     grpc::ClientContext ctx;
     v1::RenewRequest req;
     req.set_lease_id(std::string(32, 'b'));
     v1::RenewResponse resp;
-    EXPECT_EQ(quota_->Renew(&ctx, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_THAT(quota_->Renew(&ctx, req, &resp), StatusIs(absl::StatusCode::kNotFound));
   }
 }
 
@@ -295,13 +313,13 @@ TEST_F(ServerTest, AdminListsLeasesCredentialsAndProfiles) {
   v1::AcquireRequest req = Req("test/race", "calls");
   req.set_holder("worker-7");
   v1::AcquireResponse acquired;
-  ASSERT_TRUE(Acquire(req, &acquired).ok());
+  ASSERT_OK(Acquire(req, &acquired));
   {
     grpc::ClientContext ctx;
     v1::ListLeasesRequest lr;
     lr.set_credential("test/race");
     v1::ListLeasesResponse leases;
-    ASSERT_TRUE(admin_->ListLeases(&ctx, lr, &leases).ok());
+    ASSERT_OK(admin_->ListLeases(&ctx, lr, &leases));
     bool found = false;
     for (const v1::Lease& l : leases.leases()) {
       if (l.lease_id() == acquired.lease_id()) {
@@ -317,12 +335,12 @@ TEST_F(ServerTest, AdminListsLeasesCredentialsAndProfiles) {
     v1::ListLeasesRequest lr;
     lr.set_credential("nobody/prod");
     v1::ListLeasesResponse leases;
-    EXPECT_EQ(admin_->ListLeases(&ctx, lr, &leases).error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_THAT(admin_->ListLeases(&ctx, lr, &leases), StatusIs(absl::StatusCode::kNotFound));
   }
   {
     grpc::ClientContext ctx;
     v1::ListCredentialsResponse creds;
-    ASSERT_TRUE(admin_->ListCredentials(&ctx, v1::ListCredentialsRequest(), &creds).ok());
+    ASSERT_OK(admin_->ListCredentials(&ctx, v1::ListCredentialsRequest(), &creds));
     ASSERT_EQ(creds.credentials_size(), 3);
     EXPECT_EQ(creds.credentials(0).name(), "test/race");
     bool builtin_vt = false, file_profile = false;
@@ -341,15 +359,15 @@ TEST_F(ServerTest, AdminListsLeasesCredentialsAndProfiles) {
     v1::GetUsageRequest ur;
     ur.set_credential("nobody/prod");
     v1::GetUsageResponse usage;
-    EXPECT_EQ(admin_->GetUsage(&ctx, ur, &usage).error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_THAT(admin_->GetUsage(&ctx, ur, &usage), StatusIs(absl::StatusCode::kNotFound));
   }
   {
     grpc::ClientContext ctx;
     v1::ResetCredentialRequest rr;
     rr.set_credential("");
     v1::ResetCredentialResponse reset;
-    EXPECT_EQ(admin_->ResetCredential(&ctx, rr, &reset).error_code(),
-              grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_THAT(admin_->ResetCredential(&ctx, rr, &reset),
+                StatusIs(absl::StatusCode::kInvalidArgument));
   }
 }
 
@@ -357,11 +375,11 @@ TEST_F(ServerTest, ResetZeroesCountersAndReloadKeepsThem) {
   v1::AcquireRequest req = Req("test/race", "calls");
   req.set_cost(7);
   v1::AcquireResponse acquired;
-  ASSERT_TRUE(Acquire(req, &acquired).ok());
+  ASSERT_OK(Acquire(req, &acquired));
   {
     grpc::ClientContext ctx;
     v1::ReloadConfigResponse reloaded;
-    ASSERT_TRUE(admin_->ReloadConfig(&ctx, v1::ReloadConfigRequest(), &reloaded).ok());
+    ASSERT_OK(admin_->ReloadConfig(&ctx, v1::ReloadConfigRequest(), &reloaded));
     EXPECT_EQ(reloaded.credentials(), 3);
     EXPECT_EQ(reloaded.source(), QUOTAD_TEST_CONFIG);
   }
@@ -369,14 +387,14 @@ TEST_F(ServerTest, ResetZeroesCountersAndReloadKeepsThem) {
   v1::GetUsageRequest ur;
   ur.set_credential("test/race");
   v1::GetUsageResponse usage;
-  ASSERT_TRUE(admin_->GetUsage(&usage_ctx, ur, &usage).ok());
+  ASSERT_OK(admin_->GetUsage(&usage_ctx, ur, &usage));
   EXPECT_EQ(usage.limits(0).used(), 7);
 
   grpc::ClientContext ctx;
   v1::ResetCredentialRequest rr;
   rr.set_credential("test/race");
   v1::ResetCredentialResponse reset;
-  ASSERT_TRUE(admin_->ResetCredential(&ctx, rr, &reset).ok());
+  ASSERT_OK(admin_->ResetCredential(&ctx, rr, &reset));
   ASSERT_EQ(reset.limits_size(), 1);
   EXPECT_EQ(reset.limits(0).used(), 0);
 }
@@ -424,46 +442,49 @@ TEST_F(ServerTest, SixtyFourClientThreadsNeverOverGrant) {
   v1::GetUsageRequest ur;
   ur.set_credential("test/race");
   v1::GetUsageResponse usage;
-  ASSERT_TRUE(admin_->GetUsage(&ctx, ur, &usage).ok());
+  ASSERT_OK(admin_->GetUsage(&ctx, ur, &usage));
   EXPECT_EQ(usage.limits(0).used(), 100);
   EXPECT_EQ(usage.limits(0).remaining(), 0);
 }
 
 TEST_F(ServerTest, LeaseExpiresOverTheWireAndFreesTheSlot) {
-  // Earlier tests may hold the one slot: leases outlive Reset.
-  v1::AcquireResponse first = AcquireWithin(Req("test/short", "jobs"), absl::Seconds(15));
+  v1::AcquireResponse first = AcquireTheShortSlot();
   ASSERT_TRUE(first.granted());
   v1::AcquireResponse second;
-  ASSERT_TRUE(Acquire(Req("test/short", "jobs"), &second).ok());
+  ASSERT_OK(Acquire(Req("test/short", "jobs"), &second));
   ASSERT_FALSE(second.granted());
   EXPECT_EQ(second.limited_by(), "jobs.concurrent");
 
-  // The 1 s lease runs out by itself: poll (bounded) until the slot is granted again.
-  const absl::Time before = absl::Now();
-  v1::AcquireResponse again = AcquireWithin(Req("test/short", "jobs"), absl::Seconds(15));
+  // The 1 s lease runs out by itself: not before its TTL, and then without a Release.
+  clock_->Advance(absl::Milliseconds(500));
+  v1::AcquireResponse early;
+  ASSERT_OK(Acquire(Req("test/short", "jobs"), &early));
+  EXPECT_FALSE(early.granted()) << "the slot freed before the lease's TTL ran out";
+  clock_->Advance(absl::Milliseconds(600));
+  v1::AcquireResponse again;
+  ASSERT_OK(Acquire(Req("test/short", "jobs"), &again));
   ASSERT_TRUE(again.granted()) << "slot never freed";
-  EXPECT_GE(absl::Now() - before, absl::Milliseconds(500));  // not before the TTL ran out
 
   grpc::ClientContext ctx;
   v1::RenewRequest renew;
   renew.set_lease_id(first.lease_id());
   v1::RenewResponse resp;
-  EXPECT_EQ(quota_->Renew(&ctx, renew, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(quota_->Renew(&ctx, renew, &resp), StatusIs(absl::StatusCode::kNotFound));
 
-  // The sweeper drops the expired lease from the operators' list as well.
-  bool gone = false;
-  const absl::Time list_deadline = absl::Now() + absl::Seconds(15);
-  while (!gone && absl::Now() < list_deadline) {
+  // The sweeper drops the expired lease from the operators' list as well: its tick (every
+  // 100 ms of the clock) runs on the sweeper's own thread, which the list is polled for.
+  clock_->Advance(absl::Milliseconds(100));
+  EXPECT_TRUE(Eventually([&] {
     grpc::ClientContext lctx;
     v1::ListLeasesRequest lr;
     lr.set_credential("test/short");
     v1::ListLeasesResponse leases;
-    ASSERT_TRUE(admin_->ListLeases(&lctx, lr, &leases).ok());
-    gone = true;
-    for (const v1::Lease& l : leases.leases()) gone = gone && l.lease_id() != first.lease_id();
-    if (!gone) absl::SleepFor(absl::Milliseconds(50));
-  }
-  EXPECT_TRUE(gone);
+    if (!admin_->ListLeases(&lctx, lr, &leases).ok()) return false;
+    for (const v1::Lease& l : leases.leases()) {
+      if (l.lease_id() == first.lease_id()) return false;
+    }
+    return true;
+  }));
 }
 
 TEST_F(ServerTest, HealthIsServing) {
@@ -473,14 +494,14 @@ TEST_F(ServerTest, HealthIsServing) {
     HealthCheckRequest req;
     req.set_service(service);
     HealthCheckResponse resp;
-    ASSERT_TRUE(health->Check(&ctx, req, &resp).ok()) << service;
+    ASSERT_OK(health->Check(&ctx, req, &resp)) << service;
     EXPECT_EQ(resp.status(), HealthCheckResponse::SERVING) << service;
   }
   grpc::ClientContext ctx;
   HealthCheckRequest req;
   req.set_service("no.such.Service");
   HealthCheckResponse resp;
-  EXPECT_EQ(health->Check(&ctx, req, &resp).error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(health->Check(&ctx, req, &resp), StatusIs(absl::StatusCode::kNotFound));
 }
 
 TEST(ServerStartTest, FailsFastOnBadConfigAndBusyPort) {
@@ -488,19 +509,14 @@ TEST(ServerStartTest, FailsFastOnBadConfigAndBusyPort) {
   options.listen_address = "127.0.0.1:0";
   options.memory_only = true;
   options.config_path = "/nonexistent/quotad.yaml";
-  absl::StatusOr<std::unique_ptr<QuotadServer>> bad = QuotadServer::Start(options);
-  ASSERT_FALSE(bad.ok());
-  EXPECT_NE(bad.status().message().find("/nonexistent/quotad.yaml"), absl::string_view::npos);
+  EXPECT_THAT(QuotadServer::Start(options),
+              StatusIs(Not(absl::StatusCode::kOk), HasSubstr("/nonexistent/quotad.yaml")));
 
   options.config_path = QUOTAD_TEST_CONFIG;
-  absl::StatusOr<std::unique_ptr<QuotadServer>> first = QuotadServer::Start(options);
-  ASSERT_TRUE(first.ok()) << first.status();
-  options.listen_address = (*first)->address();
-  absl::StatusOr<std::unique_ptr<QuotadServer>> second = QuotadServer::Start(options);
-  ASSERT_FALSE(second.ok());
-  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
-  EXPECT_NE(second.status().message().find((*first)->address()), absl::string_view::npos)
-      << second.status();
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<QuotadServer> first, QuotadServer::Start(options));
+  options.listen_address = first->address();
+  EXPECT_THAT(QuotadServer::Start(options),
+              StatusIs(absl::StatusCode::kUnavailable, HasSubstr(first->address())));
 }
 
 }  // namespace

@@ -1,3 +1,7 @@
+// Authorizer, Sha256Hex, ConstantTimeEquals and the holder helpers (service/server/auth.h): bearer
+// tokens to identities, access rules, lease ownership. The same rules over the wire are in
+// security_test.cc; as the services apply them, in tests/service.
+
 #include "service/server/auth.h"
 
 #include <string>
@@ -6,11 +10,19 @@
 #include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/status_matchers.h"
 
 namespace quotad {
 namespace {
 
+using ::quotad::testing::IsOkAndHolds;
+using ::quotad::testing::StatusIs;
+using ::testing::_;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
+using ::testing::Lt;
+using ::testing::Not;
+using ::testing::SizeIs;
 
 v1::Auth TeamAuth() {
   v1::Auth auth;
@@ -38,7 +50,7 @@ v1::Auth TeamAuth() {
 
 std::unique_ptr<const Authorizer> MustCreate(const v1::Auth& auth) {
   auto a = Authorizer::Create(auth);
-  EXPECT_TRUE(a.ok()) << a.status();
+  EXPECT_OK(a);
   return a.ok() ? *std::move(a) : Authorizer::AllowAll();
 }
 
@@ -58,43 +70,42 @@ TEST(ConstantTimeEqualsTest, ComparesWholeStrings) {
 TEST(AuthorizerTest, AllowAllLetsEveryoneThroughAsAnonymous) {
   auto a = Authorizer::AllowAll();
   EXPECT_FALSE(a->enabled());
-  absl::StatusOr<std::string> id = a->Authenticate(std::nullopt);
-  ASSERT_TRUE(id.ok());
-  EXPECT_EQ(*id, kAnonymousIdentity);
-  EXPECT_TRUE(a->Authorize(*id, AccessMethod::kAdmin, "").ok());
-  EXPECT_TRUE(a->AuthorizeLease(*id, AccessMethod::kRelease, "someone-else").ok());
+  ASSERT_OK_AND_ASSIGN(const std::string id, a->Authenticate(std::nullopt));
+  EXPECT_EQ(id, kAnonymousIdentity);
+  EXPECT_OK(a->Authorize(id, AccessMethod::kAdmin, ""));
+  EXPECT_OK(a->AuthorizeLease(id, AccessMethod::kRelease, "someone-else"));
 }
 
 TEST(AuthorizerTest, FromConfigWithoutAuthSectionAllowsAll) {
   v1::Config config;
   auto a = Authorizer::FromConfig(config);
-  ASSERT_TRUE(a.ok());
+  ASSERT_OK(a);
   EXPECT_FALSE((*a)->enabled());
   *config.mutable_auth() = TeamAuth();
   a = Authorizer::FromConfig(config);
-  ASSERT_TRUE(a.ok());
+  ASSERT_OK(a);
   EXPECT_TRUE((*a)->enabled());
 }
 
 TEST(AuthorizerTest, MapsBearerTokensToIdentities) {
   auto a = MustCreate(TeamAuth());
-  EXPECT_EQ(*a->Authenticate("Bearer scanner-secret"), "scanner");
-  EXPECT_EQ(*a->Authenticate("bearer scanner-rotated"), "scanner");
-  EXPECT_EQ(*a->Authenticate("Bearer  hunter-secret "), "hunter");
-  EXPECT_EQ(*a->Authenticate("Bearer ops-secret"), "ops");
+  EXPECT_THAT(a->Authenticate("Bearer scanner-secret"), IsOkAndHolds("scanner"));
+  EXPECT_THAT(a->Authenticate("bearer scanner-rotated"), IsOkAndHolds("scanner"));
+  EXPECT_THAT(a->Authenticate("Bearer  hunter-secret "), IsOkAndHolds("hunter"));
+  EXPECT_THAT(a->Authenticate("Bearer ops-secret"), IsOkAndHolds("ops"));
 }
 
 TEST(AuthorizerTest, RefusesMissingMalformedAndUnknownTokens) {
   auto a = MustCreate(TeamAuth());
-  for (const char* bad : {"", "Bearer", "Bearer ", "Basic c2Nhbm5lcjpzZWNyZXQ=",
-                          "scanner-secret", "Bearer scanner-secret2", "Bearer SCANNER-SECRET"}) {
-    absl::StatusOr<std::string> id = a->Authenticate(absl::string_view(bad));
-    EXPECT_EQ(id.status().code(), absl::StatusCode::kUnauthenticated) << bad;
+  for (const char* bad : {"", "Bearer", "Bearer ", "Basic c2Nhbm5lcjpzZWNyZXQ=", "scanner-secret",
+                          "Bearer scanner-secret2", "Bearer SCANNER-SECRET"}) {
+    EXPECT_THAT(a->Authenticate(absl::string_view(bad)),
+                StatusIs(absl::StatusCode::kUnauthenticated))
+        << bad;
   }
-  EXPECT_EQ(a->Authenticate(std::nullopt).status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(a->Authenticate(std::nullopt), StatusIs(absl::StatusCode::kUnauthenticated));
   // The token is never echoed.
-  EXPECT_THAT(a->Authenticate("Bearer hunter-guess").status().message(),
-              ::testing::Not(HasSubstr("hunter-guess")));
+  EXPECT_THAT(a->Authenticate("Bearer hunter-guess"), StatusIs(_, Not(HasSubstr("hunter-guess"))));
 }
 
 TEST(AuthorizerTest, AcceptsUppercaseDigestsInConfig) {
@@ -103,44 +114,42 @@ TEST(AuthorizerTest, AcceptsUppercaseDigestsInConfig) {
   t->set_identity("x");
   t->set_sha256(absl::AsciiStrToUpper(Sha256Hex("tok")));
   auto a = MustCreate(auth);
-  EXPECT_EQ(*a->Authenticate("Bearer tok"), "x");
+  EXPECT_THAT(a->Authenticate("Bearer tok"), IsOkAndHolds("x"));
 }
 
 TEST(AuthorizerTest, PrefixRuleCoversItsFamilyOnly) {
   auto a = MustCreate(TeamAuth());
   for (AccessMethod m : {AccessMethod::kAcquire, AccessMethod::kRelease, AccessMethod::kRenew,
                          AccessMethod::kReport}) {
-    EXPECT_TRUE(a->Authorize("scanner", m, "virustotal/prod").ok());
-    EXPECT_TRUE(a->Authorize("scanner", m, "virustotal/team-b").ok());
+    EXPECT_OK(a->Authorize("scanner", m, "virustotal/prod"));
+    EXPECT_OK(a->Authorize("scanner", m, "virustotal/team-b"));
   }
-  EXPECT_EQ(a->Authorize("scanner", AccessMethod::kAcquire, "virustotal").code(),
-            absl::StatusCode::kPermissionDenied);
-  EXPECT_EQ(a->Authorize("scanner", AccessMethod::kAcquire, "virustotalx/prod").code(),
-            absl::StatusCode::kPermissionDenied);
-  EXPECT_EQ(a->Authorize("scanner", AccessMethod::kAcquire, "cybervault/prod").code(),
-            absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(a->Authorize("scanner", AccessMethod::kAcquire, "virustotal"),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(a->Authorize("scanner", AccessMethod::kAcquire, "virustotalx/prod"),
+              StatusIs(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(a->Authorize("scanner", AccessMethod::kAcquire, "cybervault/prod"),
+              StatusIs(absl::StatusCode::kPermissionDenied));
 }
 
 TEST(AuthorizerTest, ExactRuleAllowsOnlyItsMethods) {
   auto a = MustCreate(TeamAuth());
-  EXPECT_TRUE(a->Authorize("hunter", AccessMethod::kAcquire, "cybervault/prod").ok());
-  EXPECT_TRUE(a->Authorize("hunter", AccessMethod::kRelease, "cybervault/prod").ok());
-  absl::Status renew = a->Authorize("hunter", AccessMethod::kRenew, "cybervault/prod");
-  EXPECT_EQ(renew.code(), absl::StatusCode::kPermissionDenied);
-  EXPECT_THAT(renew.message(), HasSubstr("\"hunter\""));
-  EXPECT_THAT(renew.message(), HasSubstr("Renew"));
-  EXPECT_THAT(renew.message(), HasSubstr("\"cybervault/prod\""));
-  EXPECT_EQ(a->Authorize("hunter", AccessMethod::kAcquire, "cybervault/dev").code(),
-            absl::StatusCode::kPermissionDenied);
+  EXPECT_OK(a->Authorize("hunter", AccessMethod::kAcquire, "cybervault/prod"));
+  EXPECT_OK(a->Authorize("hunter", AccessMethod::kRelease, "cybervault/prod"));
+  EXPECT_THAT(a->Authorize("hunter", AccessMethod::kRenew, "cybervault/prod"),
+              StatusIs(absl::StatusCode::kPermissionDenied,
+                       AllOf(HasSubstr("\"hunter\""), HasSubstr("Renew"),
+                             HasSubstr("\"cybervault/prod\""))));
+  EXPECT_THAT(a->Authorize("hunter", AccessMethod::kAcquire, "cybervault/dev"),
+              StatusIs(absl::StatusCode::kPermissionDenied));
 }
 
 TEST(AuthorizerTest, OnlyAdminsUseAdmin) {
   auto a = MustCreate(TeamAuth());
-  EXPECT_TRUE(a->Authorize("ops", AccessMethod::kAdmin, "").ok());
-  EXPECT_TRUE(a->Authorize("ops", AccessMethod::kAcquire, "anything/at-all").ok());
-  absl::Status s = a->Authorize("scanner", AccessMethod::kAdmin, "");
-  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied);
-  EXPECT_THAT(s.message(), HasSubstr("Admin"));
+  EXPECT_OK(a->Authorize("ops", AccessMethod::kAdmin, ""));
+  EXPECT_OK(a->Authorize("ops", AccessMethod::kAcquire, "anything/at-all"));
+  EXPECT_THAT(a->Authorize("scanner", AccessMethod::kAdmin, ""),
+              StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("Admin")));
 }
 
 TEST(AuthorizerTest, IdentityWithoutRulesMayDoNothing) {
@@ -149,32 +158,31 @@ TEST(AuthorizerTest, IdentityWithoutRulesMayDoNothing) {
   t->set_identity("nobody");
   t->set_sha256(Sha256Hex("nobody-secret"));
   auto a = MustCreate(auth);
-  EXPECT_EQ(*a->Authenticate("Bearer nobody-secret"), "nobody");
-  EXPECT_EQ(a->Authorize("nobody", AccessMethod::kAcquire, "virustotal/prod").code(),
-            absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(a->Authenticate("Bearer nobody-secret"), IsOkAndHolds("nobody"));
+  EXPECT_THAT(a->Authorize("nobody", AccessMethod::kAcquire, "virustotal/prod"),
+              StatusIs(absl::StatusCode::kPermissionDenied));
 }
 
 TEST(AuthorizerTest, LeasesBelongToTheirHolderOrAnAdmin) {
   auto a = MustCreate(TeamAuth());
-  EXPECT_TRUE(a->AuthorizeLease("scanner", AccessMethod::kRelease, "scanner").ok());
-  EXPECT_TRUE(a->AuthorizeLease("ops", AccessMethod::kRenew, "scanner").ok());
-  absl::Status s = a->AuthorizeLease("hunter", AccessMethod::kRelease, "scanner");
-  EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied);
-  EXPECT_THAT(s.message(), HasSubstr("\"hunter\""));
+  EXPECT_OK(a->AuthorizeLease("scanner", AccessMethod::kRelease, "scanner"));
+  EXPECT_OK(a->AuthorizeLease("ops", AccessMethod::kRenew, "scanner"));
+  EXPECT_THAT(a->AuthorizeLease("hunter", AccessMethod::kRelease, "scanner"),
+              StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("\"hunter\"")));
 }
 
 TEST(AuthorizerTest, CreateRefusesBadSections) {
   v1::Auth empty;
-  EXPECT_EQ(Authorizer::Create(empty).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Authorizer::Create(empty), StatusIs(absl::StatusCode::kInvalidArgument));
   v1::Auth bad_digest = TeamAuth();
   bad_digest.mutable_tokens(0)->set_sha256("abc");
-  EXPECT_EQ(Authorizer::Create(bad_digest).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Authorizer::Create(bad_digest), StatusIs(absl::StatusCode::kInvalidArgument));
   v1::Auth bad_method = TeamAuth();
   bad_method.mutable_rules(0)->add_methods("Delete");
-  EXPECT_EQ(Authorizer::Create(bad_method).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Authorizer::Create(bad_method), StatusIs(absl::StatusCode::kInvalidArgument));
   v1::Auth dangling = TeamAuth();
   dangling.add_admins("ghost");
-  EXPECT_EQ(Authorizer::Create(dangling).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Authorizer::Create(dangling), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST(HolderTest, IdentityRoundTripsThroughTheHolder) {
@@ -187,15 +195,14 @@ TEST(HolderTest, IdentityRoundTripsThroughTheHolder) {
 TEST(AuthorizerTest, DenyAllKnowsNoToken) {
   auto a = Authorizer::DenyAll();
   EXPECT_TRUE(a->enabled());
-  EXPECT_EQ(a->Authenticate("Bearer x").status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_THAT(a->Authenticate("Bearer x"), StatusIs(absl::StatusCode::kUnauthenticated));
 }
 
 TEST(AuthorizerTest, DeniedMessagesDoNotEchoControlBytes) {
   auto a = MustCreate(TeamAuth());
-  absl::Status s = a->Authorize("hunter", AccessMethod::kAcquire, std::string("a\nb\x01") +
-                                                                     std::string(1000, 'x'));
-  EXPECT_THAT(s.message(), HasSubstr("\"a?b?xxx"));
-  EXPECT_LT(s.message().size(), 400u);
+  EXPECT_THAT(a->Authorize("hunter", AccessMethod::kAcquire,
+                           std::string("a\nb\x01") + std::string(1000, 'x')),
+              StatusIs(_, AllOf(HasSubstr("\"a?b?xxx"), SizeIs(Lt(400u)))));
 }
 
 }  // namespace

@@ -1,10 +1,8 @@
-// The server's background work on a FakeClock: advancing the clock fires the wait-queue pump
-// and the sweeper's tick; nothing here waits on real time for a timer.
+// The server's background work (service/server/background.h) on a FakeClock: advancing the clock
+// fires the wait-queue pump and the sweeper's tick; nothing here waits on real time for a timer.
+// Also the config file watch and the blocking worker.
 
 #include "service/server/background.h"
-
-#include <stdlib.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <filesystem>
@@ -19,6 +17,8 @@
 #include "service/config/config.h"
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
+#include "tests/support/status_matchers.h"
+#include "tests/support/temp_dir.h"
 
 namespace quotad {
 namespace {
@@ -38,14 +38,11 @@ credentials:
 class WaitQueuePumpTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    absl::StatusOr<LoadedConfig> config = LoadConfigFromString(kConfig, "background_test.yaml");
-    ASSERT_TRUE(config.ok()) << config.status();
+    ASSERT_OK_AND_ASSIGN(LoadedConfig config,
+                         LoadConfigFromString(kConfig, "background_test.yaml"));
     LedgerOptions options;
     options.wake = [this](absl::Time t) { pump_.WakeBy(t); };
-    absl::StatusOr<std::unique_ptr<Ledger>> ledger =
-        Ledger::Create(config->policy, &clock_, options);
-    ASSERT_TRUE(ledger.ok()) << ledger.status();
-    ledger_ = *std::move(ledger);
+    ASSERT_OK_AND_ASSIGN(ledger_, Ledger::Create(config.policy, &clock_, options));
     pump_.Start(ledger_.get());
   }
   void TearDown() override { pump_.Stop(); }
@@ -71,7 +68,7 @@ TEST_F(WaitQueuePumpTest, DeniesAWaiterAtItsDeadlineWhenTheClockGetsThere) {
   EXPECT_FALSE(answer.has_value());
   clock_.Advance(absl::Seconds(1));
   ASSERT_TRUE(answer.has_value());
-  ASSERT_TRUE(answer->ok()) << answer->status();
+  ASSERT_OK(*answer);
   EXPECT_FALSE((*answer)->granted);
 }
 
@@ -83,7 +80,7 @@ TEST_F(WaitQueuePumpTest, GrantsAWaiterWhenTheWindowMovesOn) {
   EXPECT_FALSE(answer.has_value());
   clock_.Advance(absl::Minutes(1) + absl::Seconds(1));
   ASSERT_TRUE(answer.has_value());
-  ASSERT_TRUE(answer->ok()) << answer->status();
+  ASSERT_OK(*answer);
   EXPECT_TRUE((*answer)->granted);
 }
 
@@ -116,10 +113,8 @@ TEST(SweeperTest, RunsEachJobAtItsIntervalOnTheClocksTicks) {
 }
 
 TEST(ConfigFileWatchTest, SeesANewVersionOnceAndIgnoresAMissingFile) {
-  std::string dir = (std::filesystem::temp_directory_path() / "quotad_watch_XXXXXX").string();
-  ASSERT_NE(mkdtemp(dir.data()), nullptr);
-  const std::string path = dir + "/quotad.yaml";
-  std::ofstream(path) << "a: 1\n";
+  const testing::TempDir dir("watch");
+  const std::string path = dir.WriteFile("quotad.yaml", "a: 1\n");
   ConfigFileWatch watch(path);
   EXPECT_FALSE(watch.Changed());
   std::ofstream(path + ".new") << "a: 22\n";
@@ -128,7 +123,6 @@ TEST(ConfigFileWatchTest, SeesANewVersionOnceAndIgnoresAMissingFile) {
   EXPECT_FALSE(watch.Changed());
   std::filesystem::remove(path);
   EXPECT_FALSE(watch.Changed());
-  std::filesystem::remove_all(dir);
 }
 
 TEST(BlockingWorkerTest, CancelsWhatIsQueuedAtStop) {

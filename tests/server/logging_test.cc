@@ -1,7 +1,10 @@
+// The log line formats, the format flag and the per-call sampler (service/server/logging.h).
+
 #include "service/server/logging.h"
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/status_matchers.h"
 
 namespace quotad {
 namespace {
@@ -11,18 +14,19 @@ std::string Json(absl::string_view msg, std::initializer_list<LogField> fields) 
 }
 
 TEST(JsonLogLineTest, FieldsComeFromTheCallNotFromText) {
-  EXPECT_EQ(JsonLogLine("2026-03-01T00:00:00.000000Z", "info", "server", "listening",
-                        std::initializer_list<LogField>{{"address", "0.0.0.0:1"},
-                                                        {"completion_queues", 2}}
-                            .begin(),
-                        2),
+  EXPECT_EQ(JsonLogLine(
+                "2026-03-01T00:00:00.000000Z", "info", "server", "listening",
+                std::initializer_list<LogField>{{"address", "0.0.0.0:1"}, {"completion_queues", 2}}
+                    .begin(),
+                2),
             "{\"ts\":\"2026-03-01T00:00:00.000000Z\",\"level\":\"info\",\"logger\":\"server\","
             "\"msg\":\"listening\",\"address\":\"0.0.0.0:1\",\"completion_queues\":\"2\"}");
 }
 
 TEST(JsonLogLineTest, ReservedKeysDoNotClobberTheEnvelope) {
-  EXPECT_EQ(Json("m", {{"level", "9"}}),
-            "{\"ts\":\"t\",\"level\":\"info\",\"logger\":\"l\",\"msg\":\"m\",\"field_level\":\"9\"}");
+  EXPECT_EQ(
+      Json("m", {{"level", "9"}}),
+      "{\"ts\":\"t\",\"level\":\"info\",\"logger\":\"l\",\"msg\":\"m\",\"field_level\":\"9\"}");
 }
 
 // Finding 9: text that looks like fields is never split into fields. The old formatter re-parsed
@@ -84,11 +88,12 @@ TEST(TextLogPayloadTest, InvalidUtf8IsHexEscaped) {
 
 TEST(ParseLogFormatTest, KnowsTextAndJson) {
   LogFormat f;
-  EXPECT_TRUE(ParseLogFormat("text", &f).ok());
+  EXPECT_OK(ParseLogFormat("text", &f));
   EXPECT_EQ(f, LogFormat::kText);
-  EXPECT_TRUE(ParseLogFormat("json", &f).ok());
+  EXPECT_OK(ParseLogFormat("json", &f));
   EXPECT_EQ(f, LogFormat::kJson);
-  EXPECT_EQ(ParseLogFormat("xml", &f).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(ParseLogFormat("xml", &f),
+              ::quotad::testing::StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST(LogSamplerTest, LetsOneInNThrough) {

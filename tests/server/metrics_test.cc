@@ -1,3 +1,6 @@
+// Metrics (service/server/metrics.h): the counters and gauges as the server feeds them, their
+// refresh from a real ledger on a fake clock, and the HTTP endpoint that serves them.
+
 #include "service/server/metrics.h"
 
 #include <arpa/inet.h>
@@ -16,10 +19,12 @@
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
 #include "tests/server/http_get.h"
+#include "tests/support/status_matchers.h"
 
 namespace quotad {
 namespace {
 
+using ::quotad::testing::StatusIs;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
@@ -43,14 +48,9 @@ credentials:
 class MetricsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    absl::StatusOr<LoadedConfig> config = LoadConfigFromString(kConfig, "metrics_test.yaml");
-    ASSERT_TRUE(config.ok()) << config.status();
-    absl::StatusOr<std::unique_ptr<Ledger>> ledger = Ledger::Create(config->policy, &clock_);
-    ASSERT_TRUE(ledger.ok()) << ledger.status();
-    ledger_ = *std::move(ledger);
-    absl::StatusOr<std::unique_ptr<Metrics>> metrics = Metrics::Create("");
-    ASSERT_TRUE(metrics.ok()) << metrics.status();
-    metrics_ = *std::move(metrics);
+    ASSERT_OK_AND_ASSIGN(LoadedConfig config, LoadConfigFromString(kConfig, "metrics_test.yaml"));
+    ASSERT_OK_AND_ASSIGN(ledger_, Ledger::Create(config.policy, &clock_));
+    ASSERT_OK_AND_ASSIGN(metrics_, Metrics::Create(""));
   }
 
   // Acquires through the ledger and reports the decision the way the server does.
@@ -59,7 +59,7 @@ class MetricsTest : public ::testing::Test {
     req.credential = credential;
     req.feature = feature;
     absl::StatusOr<Decision> d = ledger_->Acquire(req);
-    EXPECT_TRUE(d.ok()) << d.status();
+    EXPECT_OK(d);
     if (!d.ok()) return {};
     metrics_->OnDecision("Acquire", credential, feature, d->granted, d->limited_by,
                          absl::Microseconds(20));
@@ -129,8 +129,8 @@ credentials:
           - {name: per_minute, kind: sliding, capacity: 2, period: 1m}
 )",
                                                               "smaller.yaml");
-  ASSERT_TRUE(smaller.ok()) << smaller.status();
-  ASSERT_TRUE(ledger_->Reload(smaller->policy).ok());
+  ASSERT_OK(smaller);
+  ASSERT_OK(ledger_->Reload(smaller->policy));
   metrics_->Refresh(*ledger_, clock_.Now());
   const std::string text = metrics_->Serialize();
   EXPECT_THAT(text, Not(HasSubstr("quotad_remaining_units{credential=\"team-b/key\"")));
@@ -161,7 +161,8 @@ TEST_F(MetricsTest, CountsErrorsAuthFailuresWaitsStoreErrorsAndReloads) {
   metrics_->OnStoreError("reserve");
   metrics_->OnConfigReload(false);
   const std::string text = metrics_->Serialize();
-  EXPECT_THAT(text, HasSubstr("quotad_request_errors_total{code=\"NOT_FOUND\",method=\"Acquire\"} 2"));
+  EXPECT_THAT(text,
+              HasSubstr("quotad_request_errors_total{code=\"NOT_FOUND\",method=\"Acquire\"} 2"));
   EXPECT_THAT(text, HasSubstr("quotad_auth_failures_total{reason=\"unauthenticated\"} 1"));
   EXPECT_THAT(text, HasSubstr("quotad_waits_total{credential=\"team-a/key\"} 1"));
   EXPECT_THAT(text, HasSubstr("quotad_store_errors_total{operation=\"reserve\"} 1"));
@@ -176,11 +177,10 @@ TEST_F(MetricsTest, StateFileAndWalSizesAreGauges) {
 }
 
 TEST_F(MetricsTest, ServesTheRegistryOverHttp) {
-  absl::StatusOr<std::unique_ptr<Metrics>> served = Metrics::Create("127.0.0.1:0");
-  ASSERT_TRUE(served.ok()) << served.status();
-  ASSERT_GT((*served)->port(), 0);
-  (*served)->OnDecision("Acquire", "team-a/key", "requests", true, "", absl::Microseconds(5));
-  const std::string body = testing::HttpGet((*served)->port(), "/metrics");
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Metrics> served, Metrics::Create("127.0.0.1:0"));
+  ASSERT_GT(served->port(), 0);
+  served->OnDecision("Acquire", "team-a/key", "requests", true, "", absl::Microseconds(5));
+  const std::string body = testing::HttpGet(served->port(), "/metrics");
   EXPECT_THAT(body, HasSubstr("quotad_decisions_total{credential=\"team-a/key\",feature="
                               "\"requests\",result=\"granted\"} 1"));
 }
@@ -224,11 +224,10 @@ std::string GetWithin(int port, absl::Duration timeout) {
 
 // Finding 7: with one civetweb worker, one half-open GET stalled /metrics for its whole timeout.
 TEST_F(MetricsTest, AHalfOpenClientDoesNotStallTheScrape) {
-  absl::StatusOr<std::unique_ptr<Metrics>> served = Metrics::Create("127.0.0.1:0");
-  ASSERT_TRUE(served.ok()) << served.status();
-  const int stuck = HalfOpen((*served)->port());
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Metrics> served, Metrics::Create("127.0.0.1:0"));
+  const int stuck = HalfOpen(served->port());
   ASSERT_GE(stuck, 0);
-  EXPECT_THAT(GetWithin((*served)->port(), absl::Seconds(3)), HasSubstr(" 200 "));
+  EXPECT_THAT(GetWithin(served->port(), absl::Seconds(3)), HasSubstr(" 200 "));
   close(stuck);
 }
 
@@ -237,26 +236,23 @@ TEST_F(MetricsTest, AHalfOpenClientIsDroppedAfterTheRequestTimeout) {
   MetricsHttpOptions http;
   http.threads = 1;
   http.request_timeout = absl::Milliseconds(300);
-  absl::StatusOr<std::unique_ptr<Metrics>> served = Metrics::Create("127.0.0.1:0", http);
-  ASSERT_TRUE(served.ok()) << served.status();
-  const int stuck = HalfOpen((*served)->port());
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Metrics> served, Metrics::Create("127.0.0.1:0", http));
+  const int stuck = HalfOpen(served->port());
   ASSERT_GE(stuck, 0);
-  EXPECT_THAT(GetWithin((*served)->port(), absl::Seconds(5)), HasSubstr(" 200 "));
+  EXPECT_THAT(GetWithin(served->port(), absl::Seconds(5)), HasSubstr(" 200 "));
   close(stuck);
 }
 
 TEST_F(MetricsTest, RefusesBadHttpOptions) {
   MetricsHttpOptions http;
   http.threads = 0;
-  EXPECT_EQ(Metrics::Create("", http).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(Metrics::Create("", http), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST_F(MetricsTest, RefusesAnAddressInUse) {
-  absl::StatusOr<std::unique_ptr<Metrics>> first = Metrics::Create("127.0.0.1:0");
-  ASSERT_TRUE(first.ok()) << first.status();
-  absl::StatusOr<std::unique_ptr<Metrics>> second =
-      Metrics::Create(absl::StrCat("127.0.0.1:", (*first)->port()));
-  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Metrics> first, Metrics::Create("127.0.0.1:0"));
+  EXPECT_THAT(Metrics::Create(absl::StrCat("127.0.0.1:", first->port())),
+              StatusIs(absl::StatusCode::kUnavailable));
 }
 
 }  // namespace

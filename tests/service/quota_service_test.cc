@@ -1,4 +1,5 @@
-// QuotaService called directly: no socket, a real ledger on a fake clock.
+// QuotaService (service/server/quota_service.h) called directly: no socket, a real ledger on a
+// fake clock (service_fixture.h).
 
 #include "service/server/quota_service.h"
 
@@ -120,10 +121,9 @@ TEST_F(QuotaServiceTest, ReusedRequestIdForAnotherRequestNamesBoth) {
   ASSERT_THAT(Acquire(alice, AcquireOf("team-a/key", "requests", "rid-1")), IsOk());
   v1::AcquireRequest different = AcquireOf("team-a/key", "requests", "rid-1");
   different.set_cost(2);
-  EXPECT_THAT(Acquire(alice, different),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       AllOf(HasSubstr("request_id 'rid-1'"), HasSubstr("cost 1"),
-                             HasSubstr("cost 2"))));
+  EXPECT_THAT(Acquire(alice, different), StatusIs(absl::StatusCode::kInvalidArgument,
+                                                  AllOf(HasSubstr("request_id 'rid-1'"),
+                                                        HasSubstr("cost 1"), HasSubstr("cost 2"))));
 }
 
 TEST_F(QuotaServiceTest, RequestIdsAreKeptPerIdentity) {
@@ -154,7 +154,7 @@ TEST_F(QuotaServiceTest, ReleaseRetryIsAnsweredFromTheRequestIdTable) {
   ASSERT_THAT(again, IsOk());
   EXPECT_EQ(again->freed(), 1);
   release.set_request_id("");
-  EXPECT_THAT(quota_->Release(alice, release), StatusIs(absl::StatusCode::kNotFound, HasSubstr("")));
+  EXPECT_THAT(quota_->Release(alice, release), StatusIs(absl::StatusCode::kNotFound));
 }
 
 TEST_F(QuotaServiceTest, FullRequestIdTableRefusesNewRequestIds) {
@@ -169,10 +169,9 @@ TEST_F(QuotaServiceTest, FullRequestIdTableRefusesNewRequestIds) {
 
 TEST_F(QuotaServiceTest, CallersWithoutAValidTokenAreUnauthenticated) {
   Build();
-  EXPECT_THAT(CallerWith(""), StatusIs(absl::StatusCode::kUnauthenticated, HasSubstr("")));
-  EXPECT_THAT(CallerWith("mallory-token"),
-              StatusIs(absl::StatusCode::kUnauthenticated,
-                       ::testing::Not(HasSubstr("mallory-token"))));
+  EXPECT_THAT(CallerWith(""), StatusIs(absl::StatusCode::kUnauthenticated));
+  EXPECT_THAT(CallerWith("mallory-token"), StatusIs(absl::StatusCode::kUnauthenticated,
+                                                    ::testing::Not(HasSubstr("mallory-token"))));
 }
 
 TEST_F(QuotaServiceTest, WithoutAuthEveryoneIsAnonymousAndAllowed) {
@@ -227,7 +226,7 @@ TEST_F(QuotaServiceTest, LeasesAreEndedOnlyByTheirHolderOrAnAdmin) {
   EXPECT_THAT(quota_->Release(MustCaller("alice-token"), release),
               StatusIs(absl::StatusCode::kNotFound, HasSubstr(granted->lease_id())));
   EXPECT_THAT(quota_->Release(MustCaller("ops-token"), release),
-              StatusIs(absl::StatusCode::kNotFound, HasSubstr("")));
+              StatusIs(absl::StatusCode::kNotFound));
 }
 
 TEST_F(QuotaServiceTest, AnUnknownLeaseIsNotFoundForNonAdmins) {
@@ -283,9 +282,10 @@ TEST_F(QuotaServiceTest, AWaitingAcquireIsDeniedAtItsDeadlineAndCanBeCancelled) 
   Caller with_deadline = alice;
   with_deadline.deadline = clock_.Now() + absl::Seconds(3);
   std::optional<absl::StatusOr<v1::AcquireResponse>> answer;
-  ASSERT_TRUE(quota_->Acquire(with_deadline, waiting, [&](absl::StatusOr<v1::AcquireResponse> a) {
-                 answer = std::move(a);
-               }).has_value());
+  ASSERT_TRUE(quota_
+                  ->Acquire(with_deadline, waiting,
+                            [&](absl::StatusOr<v1::AcquireResponse> a) { answer = std::move(a); })
+                  .has_value());
   clock_.Advance(absl::Seconds(3));
   ledger_->Pump();
   ASSERT_TRUE(answer.has_value());
@@ -293,8 +293,8 @@ TEST_F(QuotaServiceTest, AWaitingAcquireIsDeniedAtItsDeadlineAndCanBeCancelled) 
   EXPECT_FALSE((*answer)->granted());
 
   bool called = false;
-  std::optional<WaitTicket> ticket = quota_->Acquire(
-      alice, waiting, [&](absl::StatusOr<v1::AcquireResponse>) { called = true; });
+  std::optional<WaitTicket> ticket =
+      quota_->Acquire(alice, waiting, [&](absl::StatusOr<v1::AcquireResponse>) { called = true; });
   ASSERT_TRUE(ticket.has_value());
   EXPECT_TRUE(quota_->CancelWait(*ticket));
   EXPECT_FALSE(called);
@@ -306,12 +306,13 @@ TEST_F(QuotaServiceTest, WaitersPerIdentityAreCapped) {
   ASSERT_THAT(Acquire(alice, AcquireOf("team-a/key", "jobs")), IsOk());
   v1::AcquireRequest waiting = AcquireOf("team-a/key", "jobs");
   waiting.mutable_max_wait()->set_seconds(10);
-  ASSERT_TRUE(quota_->Acquire(alice, waiting, [](absl::StatusOr<v1::AcquireResponse>) {})
-                  .has_value());
+  ASSERT_TRUE(
+      quota_->Acquire(alice, waiting, [](absl::StatusOr<v1::AcquireResponse>) {}).has_value());
   std::optional<absl::StatusOr<v1::AcquireResponse>> second;
-  EXPECT_FALSE(quota_->Acquire(alice, waiting, [&](absl::StatusOr<v1::AcquireResponse> a) {
-                      second = std::move(a);
-                    }).has_value());
+  EXPECT_FALSE(quota_
+                   ->Acquire(alice, waiting,
+                             [&](absl::StatusOr<v1::AcquireResponse> a) { second = std::move(a); })
+                   .has_value());
   ASSERT_TRUE(second.has_value());
   EXPECT_THAT(*second, StatusIs(absl::StatusCode::kResourceExhausted,
                                 AllOf(HasSubstr("\"alice\""), HasSubstr("at most 1"))));

@@ -5,13 +5,11 @@
 // or a temp SQLite file via OpenStore), real Metrics without an endpoint, and the services
 // called directly with a Caller as the transport would build it. Not thread-safe.
 
-#include <stdlib.h>
-#include <unistd.h>
-
 #include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -31,49 +29,11 @@
 #include "service/server/serving_config.h"
 #include "service/server/status_page.h"
 #include "service/store/store.h"
+#include "tests/support/status_matchers.h"
+#include "tests/support/temp_dir.h"
 
 namespace quotad {
 namespace testing {
-
-inline absl::Status StatusOf(const absl::Status& s) { return s; }
-template <typename T>
-absl::Status StatusOf(const absl::StatusOr<T>& s) {
-  return s.status();
-}
-
-// Matches an absl::Status (or the status of an absl::StatusOr) with `code` and a message
-// matching `message`. Prints the status on failure.
-// TODO: move to tests/support once the shared matchers land there.
-MATCHER_P2(StatusIs, code, message,
-           absl::StrCat("has code ", absl::StatusCodeToString(code), " and a message that ",
-                        ::testing::DescribeMatcher<std::string>(message, negation))) {
-  const absl::Status s = StatusOf(arg);
-  *result_listener << "status is " << s;
-  return s.code() == code &&
-         ::testing::ExplainMatchResult(message, std::string(s.message()), result_listener);
-}
-MATCHER(IsOk, "is OK") {
-  const absl::Status s = StatusOf(arg);
-  *result_listener << "status is " << s;
-  return s.ok();
-}
-
-// A directory removed with everything in it at destruction.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "quotad_svc_XXXXXX").string();
-    path_ = mkdtemp(pattern.data()) != nullptr ? pattern : "";
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // Two credentials; alice may use team-a/*, bob team-b/key, ops is an admin.
 inline constexpr char kServiceConfig[] = R"(
@@ -126,29 +86,20 @@ class ServiceFixture : public ::testing::Test {
   // Builds everything; call from each test (or SetUp) with the options it needs.
   void Build(FixtureOptions options = {}) {
     options_ = options;
-    config_path_ = dir_.path() + "/quotad.yaml";
+    config_path_ = dir_.File("quotad.yaml");
     WriteConfig(ServiceConfigYaml(options.auth));
-    absl::StatusOr<LoadedConfig> loaded = LoadConfigFile(config_path_, ConfigLimits());
-    ASSERT_THAT(loaded, IsOk());
+    ASSERT_OK_AND_ASSIGN(LoadedConfig loaded, LoadConfigFile(config_path_, ConfigLimits()));
     StoreOptions store_options;
-    if (options.sqlite) store_options.path = dir_.path() + "/state.db";
-    absl::StatusOr<std::unique_ptr<Store>> store =
-        OpenStore(store_options, absl::ToUnixNanos(clock_.Now()));
-    ASSERT_THAT(store, IsOk());
-    store_ = *std::move(store);
+    if (options.sqlite) store_options.path = dir_.File("state.db");
+    ASSERT_OK_AND_ASSIGN(store_, OpenStore(store_options, absl::ToUnixNanos(clock_.Now())));
     LedgerOptions ledger_options;
     ledger_options.journal = store_->journal();
-    absl::StatusOr<std::unique_ptr<Ledger>> ledger =
-        Ledger::Create(loaded->policy, &clock_, ledger_options);
-    ASSERT_THAT(ledger, IsOk());
-    ledger_ = *std::move(ledger);
-    absl::StatusOr<std::unique_ptr<Metrics>> metrics = Metrics::Create("");
-    ASSERT_THAT(metrics, IsOk());
-    metrics_ = *std::move(metrics);
-    config_ = std::make_unique<ConfigInForce>(*loaded);
-    request_ids_ = std::make_unique<RequestIds>(
-        &store_->dedup(), &clock_, metrics_.get(),
-        RequestIdOptions{absl::Minutes(10), options.max_request_ids});
+    ASSERT_OK_AND_ASSIGN(ledger_, Ledger::Create(loaded.policy, &clock_, ledger_options));
+    ASSERT_OK_AND_ASSIGN(metrics_, Metrics::Create(""));
+    config_ = std::make_unique<ConfigInForce>(loaded);
+    request_ids_ =
+        std::make_unique<RequestIds>(&store_->dedup(), &clock_, metrics_.get(),
+                                     RequestIdOptions{absl::Minutes(10), options.max_request_ids});
     QuotaServiceOptions quota_options;
     quota_options.max_waiters_per_identity = options.max_waiters_per_identity;
     quota_ = std::make_unique<QuotaService>(ledger_.get(), request_ids_.get(), metrics_.get(),
@@ -161,13 +112,9 @@ class ServiceFixture : public ::testing::Test {
     if (ledger_ != nullptr) ledger_->AnswerAllWaiters(absl::UnavailableError("test over"));
   }
 
+  // Replaces the config file at once (written aside, then renamed over it).
   void WriteConfig(const std::string& yaml) {
-    const std::string tmp = config_path_ + ".tmp";
-    FILE* f = fopen(tmp.c_str(), "w");
-    ASSERT_NE(f, nullptr);
-    fwrite(yaml.data(), 1, yaml.size(), f);
-    fclose(f);
-    std::filesystem::rename(tmp, config_path_);
+    std::filesystem::rename(dir_.WriteFile("quotad.yaml.tmp", yaml), config_path_);
   }
 
   // The caller presenting `token` (no header when empty), as the transport builds it.
@@ -185,10 +132,8 @@ class ServiceFixture : public ::testing::Test {
   absl::StatusOr<v1::AcquireResponse> Acquire(const Caller& caller,
                                               const v1::AcquireRequest& request) {
     std::optional<absl::StatusOr<v1::AcquireResponse>> answer;
-    std::optional<WaitTicket> ticket =
-        quota_->Acquire(caller, request, [&](absl::StatusOr<v1::AcquireResponse> a) {
-          answer = std::move(a);
-        });
+    std::optional<WaitTicket> ticket = quota_->Acquire(
+        caller, request, [&](absl::StatusOr<v1::AcquireResponse> a) { answer = std::move(a); });
     EXPECT_FALSE(ticket.has_value() && !answer.has_value()) << "the Acquire was parked";
     if (!answer.has_value()) return absl::InternalError("no answer");
     return *std::move(answer);
@@ -205,7 +150,7 @@ class ServiceFixture : public ::testing::Test {
   }
 
   FixtureOptions options_;
-  TempDir dir_;
+  TempDir dir_{"service"};
   std::string config_path_;
   FakeClock clock_;
   std::unique_ptr<Store> store_;

@@ -7,10 +7,14 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/support/status_matchers.h"
 
 namespace quotad {
 namespace {
 
+using ::quotad::testing::IsOkAndHolds;
+using ::quotad::testing::StatusIs;
+using ::testing::_;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
 
@@ -31,71 +35,64 @@ TEST(QuoteForErrorTest, QuotesEscapesAndTruncates) {
 }
 
 TEST(ValidateNameTest, AcceptsTheNameAlphabet) {
-  EXPECT_TRUE(ValidateName("credential", "team-a/key_1.x~y:z@w+v").ok());
+  EXPECT_OK(ValidateName("credential", "team-a/key_1.x~y:z@w+v"));
 }
 
 TEST(ValidateNameTest, RefusesEmptyLongAndForeignCharactersNamingThem) {
-  absl::Status empty = ValidateName("credential", "");
-  EXPECT_EQ(empty.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(empty.message(), "credential is required");
-
-  absl::Status space = ValidateName("feature", "a b");
-  EXPECT_EQ(space.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(space.message(), AllOf(HasSubstr("feature \"a b\""), HasSubstr("' '"),
-                                     HasSubstr("at offset 1")));
-
-  absl::Status long_name = ValidateName("credential", std::string(kMaxNameLength + 1, 'a'));
-  EXPECT_EQ(long_name.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(long_name.message(),
-              HasSubstr(absl::StrCat(kMaxNameLength + 1, " bytes long; at most ", kMaxNameLength)));
+  EXPECT_THAT(ValidateName("credential", ""),
+              StatusIs(absl::StatusCode::kInvalidArgument, "credential is required"));
+  EXPECT_THAT(
+      ValidateName("feature", "a b"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               AllOf(HasSubstr("feature \"a b\""), HasSubstr("' '"), HasSubstr("at offset 1"))));
+  EXPECT_THAT(ValidateName("credential", std::string(kMaxNameLength + 1, 'a')),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr(absl::StrCat(kMaxNameLength + 1, " bytes long; at most ",
+                                              kMaxNameLength))));
 }
 
 TEST(ValidateTextTest, AllowsEmptyAndRefusesControlCharactersAndLength) {
-  EXPECT_TRUE(ValidateText("scope", "", 10).ok());
-  EXPECT_TRUE(ValidateText("scope", "any text, even ünïcode", 64).ok());
-  absl::Status control = ValidateText("holder", "a\x01", 10);
-  EXPECT_EQ(control.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(control.message(),
-              AllOf(HasSubstr("holder"), HasSubstr("control character"), HasSubstr("offset 1")));
-  EXPECT_EQ(ValidateText("request_id", "a\x7f", 10).code(), absl::StatusCode::kInvalidArgument);
-  absl::Status too_long = ValidateText("request_id", "abcdef", 5);
-  EXPECT_THAT(too_long.message(), HasSubstr("6 bytes long; at most 5"));
+  EXPECT_OK(ValidateText("scope", "", 10));
+  EXPECT_OK(ValidateText("scope", "any text, even ünïcode", 64));
+  EXPECT_THAT(
+      ValidateText("holder", "a\x01", 10),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               AllOf(HasSubstr("holder"), HasSubstr("control character"), HasSubstr("offset 1"))));
+  EXPECT_THAT(ValidateText("request_id", "a\x7f", 10),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_THAT(ValidateText("request_id", "abcdef", 5),
+              StatusIs(_, HasSubstr("6 bytes long; at most 5")));
 }
 
 TEST(ParseDurationTest, AcceptsWithinBounds) {
-  absl::StatusOr<absl::Duration> d = ParseDuration("ttl", Proto(1, 500000000), absl::Minutes(1));
-  ASSERT_TRUE(d.ok()) << d.status();
-  EXPECT_EQ(*d, absl::Milliseconds(1500));
-  EXPECT_EQ(*ParseDuration("ttl", Proto(60), absl::Minutes(1)), absl::Minutes(1));
+  EXPECT_THAT(ParseDuration("ttl", Proto(1, 500000000), absl::Minutes(1)),
+              IsOkAndHolds(absl::Milliseconds(1500)));
+  EXPECT_THAT(ParseDuration("ttl", Proto(60), absl::Minutes(1)), IsOkAndHolds(absl::Minutes(1)));
 }
 
 TEST(ParseDurationTest, RefusesNegativeMalformedAndTooLongNamingTheValue) {
-  absl::Status negative = ParseDuration("max_wait", Proto(-2), absl::Hours(1)).status();
-  EXPECT_EQ(negative.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(negative.message(), HasSubstr("max_wait must not be negative, got -2s"));
-
-  absl::Status mixed = ParseDuration("ttl", Proto(1, -5), absl::Hours(1)).status();
-  EXPECT_THAT(mixed.message(), AllOf(HasSubstr("ttl {seconds: 1, nanos: -5}"),
-                                     HasSubstr("not a valid duration")));
-
-  absl::Status huge = ParseDuration("ttl", Proto(int64_t{1} << 60), kMaxTtl).status();
-  EXPECT_EQ(huge.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(huge.message(), HasSubstr("is more than the allowed"));
-
-  absl::Status over = ParseDuration("max_wait", Proto(3600, 1), kMaxWait).status();
-  EXPECT_THAT(over.message(), HasSubstr("max_wait 1h0.000000001s is more than the allowed 1h"));
+  EXPECT_THAT(ParseDuration("max_wait", Proto(-2), absl::Hours(1)),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("max_wait must not be negative, got -2s")));
+  EXPECT_THAT(ParseDuration("ttl", Proto(1, -5), absl::Hours(1)),
+              StatusIs(_, AllOf(HasSubstr("ttl {seconds: 1, nanos: -5}"),
+                                HasSubstr("not a valid duration"))));
+  EXPECT_THAT(ParseDuration("ttl", Proto(int64_t{1} << 60), kMaxTtl),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("is more than the allowed")));
+  EXPECT_THAT(ParseDuration("max_wait", Proto(3600, 1), kMaxWait),
+              StatusIs(_, HasSubstr("max_wait 1h0.000000001s is more than the allowed 1h")));
 }
 
 TEST(ParseLeaseIdTest, AcceptsEitherCaseAndNamesABadValue) {
   absl::StatusOr<LeaseId> lower = ParseLeaseId("lease_id", "0123456789abcdef0123456789abcdef");
   absl::StatusOr<LeaseId> upper = ParseLeaseId("lease_id", "0123456789ABCDEF0123456789ABCDEF");
-  ASSERT_TRUE(lower.ok()) << lower.status();
-  ASSERT_TRUE(upper.ok()) << upper.status();
+  ASSERT_OK(lower);
+  ASSERT_OK(upper);
   EXPECT_EQ(*lower, *upper);
-  EXPECT_EQ(ParseLeaseId("lease_id", "").status().message(), "lease_id is required");
-  absl::Status bad = ParseLeaseId("lease_id", "xyz").status();
-  EXPECT_EQ(bad.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(bad.message(), HasSubstr("lease_id \"xyz\" is not a lease id"));
+  EXPECT_THAT(ParseLeaseId("lease_id", ""), StatusIs(_, "lease_id is required"));
+  EXPECT_THAT(ParseLeaseId("lease_id", "xyz"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("lease_id \"xyz\" is not a lease id")));
 }
 
 }  // namespace
