@@ -4,6 +4,8 @@
 //   never_over_sim_test --seed=N              replay one seed (prints the shrunk trace)
 //   never_over_sim_test --seed=N --keep=3,17  replay exactly these operations of seed N
 //   never_over_sim_test --seeds=N --minutes=M [--first_seed=S] [--ops=K]   run longer
+//   ... --without=reset,crash                 generate no operations of these kinds (with
+//                                             --without=reset, the lists from before reset)
 //
 // Prints every violation with its seed and the shortest trace found, then the simulated
 // operations run and operations per second.
@@ -78,7 +80,7 @@ int main(int argc, char** argv) {
   using namespace quotad::sim;
   int64_t seed = -1, seeds = -1, first = 1, ops = 2000;
   double minutes = 1;
-  std::string keep;
+  std::string keep, without;
   std::vector<char*> rest = {argv[0]};
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -92,7 +94,20 @@ int main(int argc, char** argv) {
     else if (const char* v = val("--ops=")) ops = std::atoll(v);
     else if (const char* v = val("--minutes=")) minutes = std::atof(v);
     else if (const char* v = val("--keep=")) keep = v;
+    else if (const char* v = val("--without=")) without = v;
     else rest.push_back(argv[i]);
+  }
+  if (!without.empty()) {
+    std::vector<int> kinds;
+    for (absl::string_view s : absl::StrSplit(without, ',')) {
+      const int k = OpKindByName(std::string(s));
+      if (k < 0) {
+        std::fprintf(stderr, "--without: no operation kind '%s'\n", std::string(s).c_str());
+        return 2;
+      }
+      kinds.push_back(k);
+    }
+    DisableOpKinds(kinds);
   }
   if (seed >= 0) {
     if (!keep.empty()) {
