@@ -365,6 +365,20 @@ void Oracle::ApplyPolicy(const CredentialSpec& cred, int64_t now) {
   for (auto& [id, l] : leases_) l.touches = Touches(cred_, l.feature, l.scope);
 }
 
+void Oracle::Reset(int64_t now) {
+  for (auto& [name, v] : current_) {
+    if (v.spec.kind == LimitKind::kConcurrency) continue;  // slots are live leases (Held)
+    v.model = std::make_unique<ProviderLimit>(v.spec);
+    v.from = now;
+    v.known_since = now;
+  }
+  // Dropped rather than cut by time: a call made at the reset's very instant, before it, must
+  // not come back in a reload's replay.
+  forgotten_ += static_cast<int64_t>(history_.size());
+  history_.clear();
+  cooled_until_.clear();
+}
+
 namespace {
 
 bool OnWall(const LimitSpec& spec) {

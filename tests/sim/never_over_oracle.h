@@ -12,7 +12,8 @@
 //   - for each limit name, one provider model per configuration that was in force (a reload
 //     that edits a limit starts a new model, fed with the whole history so that used units carry
 //     over, and checked only for calls made while it is in force);
-//   - live leases (concurrency slots) and waiting requests in arrival order.
+//   - live leases (concurrency slots) and waiting requests in arrival order;
+//   - the provider zeroing its counters (Reset), at the instant the ledger is reset.
 //
 // Not thread-safe; the simulator is single-threaded.
 
@@ -112,6 +113,12 @@ class Oracle {
 
   // The configuration in force from `now` (initial, or after a successful reload).
   void ApplyPolicy(const CredentialSpec& cred, int64_t now);
+  // The provider zeroes every counter of the credential at `now` (what an operator's
+  // Ledger::Reset stands for: a rotated key, or the provider's support zeroed the quota). Every
+  // limit but concurrency starts a new, empty model; the calls before it, ours and outside ones,
+  // are forgotten (a later reload carries none of them); cooldowns end. Live leases keep their
+  // slots.
+  void Reset(int64_t now);
   const CredentialSpec& policy() const { return cred_; }
 
   // A worker's upstream call after a grant. Returns the violation, or "".
@@ -138,7 +145,7 @@ class Oracle {
   // Features cooling down, as the ledger said (waiters of a cooling feature may be passed).
   std::map<std::string, int64_t>& cooled_until() { return cooled_until_; }
 
-  int64_t sends() const { return static_cast<int64_t>(history_.size()); }
+  int64_t sends() const { return forgotten_ + static_cast<int64_t>(history_.size()); }
 
   // The wall clock's distance from true time (it steps; durations do not): calendar limits,
   // quotad's and the provider's, follow the wall clock.
@@ -170,7 +177,8 @@ class Oracle {
   std::map<std::string, Version> current_;  // by limit name
   int64_t wall_offset_ = 0;
   std::vector<std::pair<int64_t, int64_t>> skews_;  // [from, to) of true time
-  std::vector<Send> history_;
+  std::vector<Send> history_;  // since the last Reset
+  int64_t forgotten_ = 0;       // sends before it
   std::map<uint64_t, Lease> leases_;
   std::map<uint64_t, Waiter> waiters_;
   std::map<std::string, int64_t> cooled_until_;

@@ -52,15 +52,24 @@ enum Kind {
   kCompact,
   kPump,
   kStepWall,
+  kReset,  // last: see GenerateOps
   kNumKinds
 };
+
+static_assert(kNumKinds == kReset + 1, "new kinds go after kReset, weighed like it");
+
+// Kinds GenerateOps leaves out (DisableOpKinds).
+std::vector<int>& DisabledKinds() {
+  static std::vector<int> kinds;
+  return kinds;
+}
 
 const char* kKindNames[] = {"advance",      "advance_to_boundary", "acquire",   "acquire_wait",
                             "cancel",       "release",             "renew",     "renew_at_expiry",
                             "renew_race",   "release_race",        "report_outside",
                             "report_throttle", "reload",           "crash",     "flush_journal",
                             "sweep",        "compact",             "pump",
-                            "step_wall"};
+                            "step_wall",    "reset"};
 
 // Time the simulator owns. A FakeClock, plus a one-shot hook run at the next clock read: the read
 // returns the time from before the hook, as if the reader was preempted right after reading.
@@ -886,6 +895,29 @@ class Sim {
     Report(a, retry_after);
   }
 
+  // An operator resets the credential because the provider zeroed its counters: the oracle's
+  // provider does so at the same instant, before the waiters the reset lets through send.
+  // What the ledger may not do after it: give back units of leases granted before it (their
+  // refunds must give nothing, or later grants pass the provider's fresh count), or keep a
+  // window the provider no longer has. What it may do: count more than the provider (the
+  // zeroing is not journaled, so a crash right after a reset restores the old reservations: an
+  // under-grant, which the oracle does not flag). The simulated workers send at the grant, so
+  // no unit granted before the reset reaches the provider after it.
+  void DoReset() {
+    const absl::Status s = ledger_->Reset(cred_.name);
+    Log(absl::StrCat("reset ", cred_.name, " -> ", s.ok() ? "OK" : s.ToString()));
+    if (!s.ok()) {
+      Fail("engine-error", absl::StrCat("Reset: ", s.ToString()));
+      ProcessEvents();
+      return;
+    }
+    oracle_.Reset(clock_.now());
+    // The Retry-After the provider gave was about the counts it has just zeroed; the ledger
+    // forgets its cooldowns.
+    expected_cooldown_.clear();
+    ProcessEvents();
+  }
+
   void DoReload(const Op& op) {
     CorrectWallClock();
     CredentialSpec next = cred_;
@@ -1015,6 +1047,7 @@ class Sim {
       case kReportThrottle: DoReportThrottle(op); break;
       case kReload: DoReload(op); break;
       case kCrash: DoCrash(); break;
+      case kReset: DoReset(); break;
       case kFlushJournal: {
         const size_t n = journal_->buffered() == 0 ? 0 : op.a % (journal_->buffered() + 1);
         Log(absl::StrCat("journal writes ", n, " of ", journal_->buffered(), " deferred records"));
@@ -1065,17 +1098,32 @@ class Sim {
 
 const char* OpKindName(int kind) { return kind >= 0 && kind < kNumKinds ? kKindNames[kind] : "?"; }
 
+int OpKindByName(const std::string& name) {
+  for (int k = 0; k < kNumKinds; ++k) {
+    if (name == kKindNames[k]) return k;
+  }
+  return -1;
+}
+
+void DisableOpKinds(const std::vector<int>& kinds) { DisabledKinds() = kinds; }
+
 std::vector<Op> GenerateOps(uint64_t seed, int count) {
   std::mt19937_64 rng(seed);
   // Swarm testing: each seed weighs the operation kinds differently, some not at all.
   int weights[kNumKinds];
   const int choices[] = {0, 1, 2, 4, 8};
-  for (int k = 0; k < kNumKinds; ++k) weights[k] = choices[rng() % 5];
+  for (int k = 0; k < kReset; ++k) weights[k] = choices[rng() % 5];
   weights[kAdvance] = std::max(weights[kAdvance], 6);
   weights[kAcquire] = std::max(weights[kAcquire], 6);
   weights[kCrash] = std::min(weights[kCrash], 2);
+  // Kinds added later draw their weight from a stream of their own, so that a seed's other
+  // weights stay what they were and, with the new kinds left out (--without), its whole list.
+  std::mt19937_64 later(seed ^ 0x5E7C0FFEEULL);
+  weights[kReset] = std::min(choices[later() % 5], 2);  // an operator's act: rare
+  for (int k : DisabledKinds()) weights[k] = 0;
   int total = 0;
   for (int w : weights) total += w;
+  if (total == 0) return {};
   std::vector<Op> ops(count);
   for (int i = 0; i < count; ++i) {
     int pick = static_cast<int>(rng() % total);

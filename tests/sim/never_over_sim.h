@@ -61,6 +61,12 @@ struct SeedReport {
 SeedReport RunSeed(uint64_t seed, int ops, absl::Duration shrink_budget);
 
 const char* OpKindName(int kind);
+// The kind named `name` ("reset"), or -1.
+int OpKindByName(const std::string& name);
+// GenerateOps gives these kinds no weight from now on (the other kinds keep theirs; leaving out
+// the kinds added last, e.g. reset, gives the lists generated before they were added), to
+// compare runs with and without them. Not thread-safe.
+void DisableOpKinds(const std::vector<int>& kinds);
 
 }  // namespace quotad::sim
 

@@ -312,5 +312,53 @@ TEST_F(NeverOver, CancellingTheHeadWaiterServesTheNext) {
   EXPECT_TRUE(a2->ok() && (*a2)->granted);
 }
 
+// (11) Reset: the provider zeroed its counters. A lease granted before the reset refunds
+// nothing: the provider's fresh count holds only what was sent after it.
+TEST_F(NeverOver, RefundOfLeaseGrantedBeforeResetGivesNothingBack) {
+  Start({Feature("f", {Limit("per_minute", LimitKind::kCalendar, 10)})});
+  auto a = Acquire("f", 10);  // its worker sends 2, before the reset
+  ASSERT_OK(a);
+  ASSERT_TRUE(a->granted);
+  ASSERT_OK(ledger_->Reset("cred"));
+  ASSERT_EQ(Grants("f", 20), 10);  // the provider counts these 10
+  auto released = ledger_->Release(a->lease_id, 2);
+  ASSERT_OK(released);
+  EXPECT_EQ(released->refunded, 0);
+  EXPECT_EQ(Grants("f", 20), 0) << "the refund of a lease granted before the reset gave back units";
+}
+
+// (12) The zeroing is not journaled: a restart right after a reset may count the old units
+// again (an under-grant), never fewer than the provider's; a lease from before the reset still
+// refunds nothing.
+TEST_F(NeverOver, RestartAfterResetCountsAtLeastWhatWasSentSince) {
+  Start({Feature("f", {Limit("per_minute", LimitKind::kCalendar, 10)})});
+  auto a = Acquire("f", 4);  // its worker sends nothing
+  ASSERT_OK(a);
+  ASSERT_TRUE(a->granted);
+  ASSERT_OK(ledger_->Reset("cred"));
+  ASSERT_EQ(Grants("f", 3), 3);  // the provider counts these 3
+  Restart();
+  auto released = ledger_->Release(a->lease_id, 0);
+  ASSERT_OK(released);
+  EXPECT_EQ(released->refunded, 0);
+  EXPECT_LE(Grants("f", 20), 7) << "more than the provider's fresh window of 10 holds";
+}
+
+// (13) Finding of the reset op (never_over_sim_test, see tests/sim/README.md): a rolling
+// window ("24 h from the first request") that the provider zeroed opens again at the next
+// request, but the ledger keeps its old window's end (Counter::Clear keeps the bounds), so
+// when that end passes it grants a second window's worth inside the provider's one.
+// Disabled until service/core fixes it (Clear must make the next charge open a window, or the
+// window must end no earlier than a period after the first charge after the reset).
+TEST_F(NeverOver, DISABLED_ResetRollingWindowOpensAtTheNextRequest) {
+  Start({Feature("f", {Limit("daily", LimitKind::kRolling, 5, absl::Hours(24))})});
+  ASSERT_EQ(Grants("f", 1), 1);  // opens quotad's window and the provider's: until T0 + 24 h
+  Advance(absl::Hours(23));
+  ASSERT_OK(ledger_->Reset("cred"));  // the provider forgets its window with its count
+  ASSERT_EQ(Grants("f", 10), 5);      // these open the provider's next one: until T0 + 47 h
+  Advance(absl::Hours(2));            // quotad's old window has ended, the provider's has not
+  EXPECT_EQ(Grants("f", 10), 0) << "10 units in one provider window of 5";
+}
+
 }  // namespace
 }  // namespace quotad
