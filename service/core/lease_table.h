@@ -12,6 +12,7 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -32,8 +33,11 @@ struct Credential;
 // One grant as the ledger keeps it.
 struct LeaseRecord {
   Credential* credential = nullptr;
-  const CompiledCredential* compiled = nullptr;  // the version it was granted under
-  int feature = 0;                               // index in compiled->features
+  // The version it was granted under, kept alive by the lease (a reload may drop it from the
+  // credential), and its number (Credential::Version::seq) for refunds.
+  std::shared_ptr<const CompiledCredential> compiled;
+  uint64_t version_seq = 0;
+  int feature = 0;  // index in compiled->features
   std::string scope;
   std::string holder;
   int64_t cost = 0;

@@ -173,7 +173,8 @@ absl::StatusOr<Decision> Credential::Acquire(Ledger& l, const AcquireRequest& re
     const int64_t expiry = now + absl::ToInt64Nanoseconds(ttl);
     d.lease_expiry = l.ToWall(expiry);
     rec->credential = this;
-    rec->compiled = &cc;
+    rec->compiled = versions.back().compiled;  // the version in force: cc
+    rec->version_seq = versions.back().seq;
     rec->feature = feature_index;
     rec->scope = std::string(req.scope);
     rec->holder = std::string(req.holder);

@@ -93,9 +93,10 @@ struct Credential {
   const std::string name;
   absl::Mutex mu;
   const CompiledCredential* compiled ABSL_GUARDED_BY(mu) = nullptr;
-  // The versions this credential was compiled to that something still points into (the one in
-  // force, and older ones named by a lease, a retired or a removed counter), oldest first. A
-  // reload drops the others (PruneVersions); `seq` numbers them in the order they came.
+  // The versions this credential was compiled to that its counters still point into (the one in
+  // force, last, and older ones named by a retired or a removed counter); a reload drops the
+  // others (PruneVersions). Leases hold their own version. `seq` numbers the versions in the
+  // order they came.
   struct Version {
     std::shared_ptr<const CompiledCredential> compiled;
     uint64_t seq = 0;
@@ -139,22 +140,16 @@ struct Credential {
   // By limit name: the seq of the last version whose reload rebuilt its counters (the limit's
   // shape, scoping or a raised capacity changed).
   absl::flat_hash_map<std::string, uint64_t> rebuilt_at ABSL_GUARDED_BY(mu);
-  // Whether the counters of `limit` were rebuilt after `version` was compiled: refund tokens
-  // made under it no longer name anything in them.
-  bool RebuiltSince(const std::string& limit, const CompiledCredential& version) const
+  // Whether the counters of `limit` were rebuilt after the version numbered `seq` was in force:
+  // refund tokens made under it no longer name anything in them.
+  bool RebuiltSince(const std::string& limit, uint64_t seq) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     auto it = rebuilt_at.find(limit);
-    if (it == rebuilt_at.end()) return false;
-    for (size_t i = versions.size(); i-- > 0;) {
-      if (versions[i].compiled.get() == &version) return it->second > versions[i].seq;
-    }
-    return true;
+    return it != rebuilt_at.end() && it->second > seq;
   }
-  // Drops the versions nothing points into any more: neither the one in force, nor a lease's
-  // (`leased`: the versions of every lease in the table, expired ones included), nor a retired
-  // or removed counter's rule.
-  void PruneVersions(const absl::flat_hash_set<const CompiledCredential*>& leased)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // Drops the versions the counters no longer point into: neither the one in force nor a
+  // retired or removed counter's rule.
+  void PruneVersions() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   // Features cooling down after a throttle answer, by feature name.
   struct Cooldown {
     int64_t until_ns = 0;

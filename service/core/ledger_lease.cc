@@ -100,7 +100,7 @@ absl::StatusOr<ReleaseResult> Ledger::ReleaseImpl(const LeaseId& id, std::option
     if (rule.spec.kind == LimitKind::kConcurrency) {
       result.freed = std::max(result.freed, counter->Free(rec.expiry_ns, id.lo));
     } else if (used.has_value() && rec.granted_ns > cred->reset_ns &&
-               !cred->RebuiltSince(rule.full_name, then)) {
+               !cred->RebuiltSince(rule.full_name, rec.version_seq)) {
       // A token means something only to a counter of the shape that made it: after a reload
       // rebuilt the counter, the units stay counted until they drain (under-grants, never over).
       result.refunded =

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "service/core/ledger.h"
 #include "service/core/ledger_internal.h"
@@ -73,13 +74,6 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
   const int64_t now = NowNs();
   auto next = std::make_unique<ledger_internal::CredentialTable>();
   next->in_order.reserve(policy.credentials.size());
-  // The versions leases were granted under (a lease only ever moves off an old version, so
-  // what this finds is a superset of what is in use when each credential prunes).
-  absl::flat_hash_set<const CompiledCredential*> leased;
-  for (LeaseShard& shard : leases_->shards()) {
-    absl::MutexLock shard_lock(&shard.mu);
-    for (const auto& [id, rec] : shard.leases) leased.insert(rec.compiled);
-  }
   absl::flat_hash_map<std::string, std::shared_ptr<const CompiledCredential>> shared;
   for (const CredentialSpec& spec : policy.credentials) {
     auto& slot = credentials_[spec.name];
@@ -281,7 +275,7 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
     cred.scope_seeds = std::move(seeds);
     cred.compiled = compiled.get();
     if (new_version) cred.versions.push_back({compiled, cred.next_version_seq++});
-    cred.PruneVersions(leased);
+    cred.PruneVersions();
     if (options_.journal != nullptr && !seeded.empty()) {
       // The carried units are written ahead like charges, so that a restart with the new file
       // keeps them too. On failure the next charge of each counter writes them.
@@ -327,23 +321,29 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
 
 Ledger::ReloadFootprint Ledger::Footprint() const {
   ReloadFootprint out;
+  absl::flat_hash_set<const CompiledCredential*> versions;
   absl::MutexLock reload_lock(&reload_mu_);
   out.tables = tables_.size();
   for (const auto& [name, cred] : credentials_) {
     absl::MutexLock lock(&cred->mu);
-    out.versions += cred->versions.size();
+    for (const Credential::Version& v : cred->versions) versions.insert(v.compiled.get());
   }
+  for (LeaseShard& shard : leases_->shards()) {
+    absl::MutexLock shard_lock(&shard.mu);
+    for (const auto& [id, rec] : shard.leases) versions.insert(rec.compiled.get());
+  }
+  out.versions = versions.size();
   return out;
 }
 
-void Credential::PruneVersions(const absl::flat_hash_set<const CompiledCredential*>& leased) {
+void Credential::PruneVersions() {
   std::vector<const Rule*> kept_rules;  // rules of older versions that counters still use
   for (const Retired& r : retired) kept_rules.push_back(r.old_rule);
   for (const auto& [name, gone] : removed) kept_rules.push_back(gone.rule);
   size_t out = 0;
   for (size_t i = 0; i < versions.size(); ++i) {
     const CompiledCredential* v = versions[i].compiled.get();
-    bool in_use = v == compiled || leased.contains(v);
+    bool in_use = v == compiled;
     const Rule* first = v->rules.data();
     for (size_t k = 0; k < kept_rules.size() && !in_use; ++k) {
       in_use = kept_rules[k] >= first && kept_rules[k] < first + v->rules.size();

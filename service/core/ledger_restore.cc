@@ -84,7 +84,8 @@ absl::Status Ledger::Restore() {
     const CompiledFeature& feature = cc.features[fit->second];
     LeaseRecord rec;
     rec.credential = cred;
-    rec.compiled = &cc;
+    rec.compiled = cred->versions.back().compiled;  // the version in force: cc
+    rec.version_seq = cred->versions.back().seq;
     rec.feature = fit->second;
     rec.scope = jl.scope;
     rec.holder = jl.holder;
