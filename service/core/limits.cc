@@ -471,7 +471,10 @@ void Counter::Clear(const Rule& rule) {
   log_.reset();
   buckets_.reset();
   if (rule.spec.kind == LimitKind::kTokenBucket) start_ns_ = kMinNs;
-  // Calendar keeps its window bounds; rolling keeps them so a refund token stays comparable.
+  // A rolling window closes: the upstream that was reset opens its next one at the next call,
+  // so must we (refunds of what was charged before are refused by the ledger's reset time).
+  // Calendar keeps its window bounds.
+  if (rule.spec.kind == LimitKind::kRolling) end_ns_ = kMinNs;
 }
 
 }  // namespace quotad

@@ -977,7 +977,8 @@ TEST_F(WallClockAndAdoptionTest, FullLimitThrottleStillCoolsFeatureDrawingOnIt) 
 TEST_F(WallClockAndAdoptionTest, ReportNeverRaisesRemainingAboveConfig) {
   Use({Feature("f", {Calendar("day", 100, CalendarUnit::kDay)})});
   Report(200, {{"X-RateLimit-Limit", "100000"}, {"X-RateLimit-Remaining", "99999"}});
-  for (const LimitStatus& s : *ledger_->Usage("key")) EXPECT_LE(s.remaining, 100);
+  ASSERT_OK_AND_ASSIGN(const std::vector<LimitStatus> usage, ledger_->Usage("key"));
+  for (const LimitStatus& s : usage) EXPECT_LE(s.remaining, 100);
   EXPECT_LE(Drain(), 100);
 }
 

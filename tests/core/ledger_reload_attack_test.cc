@@ -1,8 +1,10 @@
 // Attacks on Ledger::Reload's version pruning and reuse (issue 18, finding 4): a reload keeps
 // only the compiled versions something points into, reuses a credential's version when its
 // features are unchanged (or another credential's, by fingerprint), and numbers versions by seq
-// for RebuiltSince. Each test says what it tries; the ones marked BUG fail on the change under
-// test (run them in the AddressSanitizer build to see the use-after-free ones).
+// for RebuiltSince. Each test says what it tries. Six of them found two bugs in the first cut
+// (a version freed while a lease about to be inserted still used it; a stale refund accepted
+// when a shared version came back under a new seq); leases now own their version and its seq.
+// Run them in the AddressSanitizer build too.
 
 #include <atomic>
 #include <memory>
@@ -96,7 +98,7 @@ Policy DailyCap(int64_t cap) {
 // to the journal and puts it in the table. A reload that runs in that gap does not see the
 // lease in its scan; the version it was granted under is neither in force nor leased, and a
 // capacity lowered (counters carried, nothing retired) leaves no other reference: pruned.
-TEST(LedgerReloadAttackTest, BUG_LeaseInsertedAfterTheScanKeepsItsVersion) {
+TEST(LedgerReloadAttackTest, LeaseInsertedAfterTheScanKeepsItsVersion) {
   FakeClock clock(Utc(2026, 6, 1, 10));
   HookedJournal journal;
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger,
@@ -122,7 +124,7 @@ TEST(LedgerReloadAttackTest, BUG_LeaseInsertedAfterTheScanKeepsItsVersion) {
 // made under the version about to be replaced and inserted before the reload reaches it.
 // Deterministic: the reload of the first credential writes its carried units ahead
 // (journal Reserve, under that credential's mutex only), and the hook grants on the second.
-TEST(LedgerReloadAttackTest, BUG_LeaseGrantedBetweenTheScanAndTheCredentialsLockKeepsItsVersion) {
+TEST(LedgerReloadAttackTest, LeaseGrantedBetweenTheScanAndTheCredentialsLockKeepsItsVersion) {
   FakeClock clock(Utc(2026, 6, 1, 10));
   HookedJournal journal;
   auto policy = [](int64_t w_cap, int64_t x_cap) {
@@ -164,7 +166,7 @@ TEST(LedgerReloadAttackTest, BUG_LeaseGrantedBetweenTheScanAndTheCredentialsLock
 // The waiters' path: a waiter is granted under the credential's mutex (ServeWaiters) and its
 // lease is inserted by Deliver after the mutex is released; a reload in between prunes the
 // version it was granted under.
-TEST(LedgerReloadAttackTest, BUG_WaiterGrantedBeforeAReloadKeepsItsVersion) {
+TEST(LedgerReloadAttackTest, WaiterGrantedBeforeAReloadKeepsItsVersion) {
   FakeClock clock(Utc(2026, 6, 1, 10));
   HookedJournal journal;
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger,
@@ -204,7 +206,7 @@ Policy Pair(const std::vector<LimitSpec>& y_limits, const std::vector<LimitSpec>
   return p;
 }
 
-TEST(LedgerReloadAttackTest, BUG_RefundAfterARebuildIsRefusedWhenTheOldVersionComesBackShared) {
+TEST(LedgerReloadAttackTest, RefundAfterARebuildIsRefusedWhenTheOldVersionComesBackShared) {
   FakeClock clock(Utc(2026, 6, 1, 10));
   const std::vector<LimitSpec> v1 = {Sliding("per_minute", 10, absl::Minutes(1), 6)};
   const std::vector<LimitSpec> v2 = {Sliding("per_minute", 20, absl::Minutes(1), 6)};
@@ -225,7 +227,7 @@ TEST(LedgerReloadAttackTest, BUG_RefundAfterARebuildIsRefusedWhenTheOldVersionCo
 // removed, and the limit brought back from `removed` carries the rebuilt counter, which knows
 // nothing of the adoption. With the refund accepted, 8 more are granted in a day whose
 // upstream count is already 7 of 10.
-TEST(LedgerReloadAttackTest, BUG_AnAcceptedStaleRefundUndercutsTheUpstreamsCount) {
+TEST(LedgerReloadAttackTest, AnAcceptedStaleRefundUndercutsTheUpstreamsCount) {
   FakeClock clock(Utc(2026, 6, 1, 10));
   const LimitSpec spare = Calendar("spare", 1000, CalendarUnit::kDay);
   const std::vector<LimitSpec> v1 = {Calendar("per_day", 10, CalendarUnit::kDay), spare};
@@ -398,7 +400,7 @@ TEST(LedgerReloadAttackTest, RestoreAfterPrunedVersionsReleasesUnderTheVersionIn
 // and releases on real threads (bounded). A grant that lands between a reload's scan and the
 // insertion of its lease loses its version: heap-use-after-free in Leases/Renew/Release under
 // ASan (a plain build usually reads the freed memory unnoticed).
-TEST(LedgerReloadAttackTest, BUG_ReloadsRacingGrantsLeaveNoDanglingLease) {
+TEST(LedgerReloadAttackTest, ReloadsRacingGrantsLeaveNoDanglingLease) {
   FakeClock clock(Utc(2026, 6, 1, 10));
   auto policy = [](int step) {
     Policy p;
