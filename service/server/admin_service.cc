@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "service/core/ledger_backend.h"
 #include "service/server/auth.h"
 #include "service/server/convert.h"
 #include "service/server/validation.h"
@@ -47,6 +48,17 @@ AdminService::AdminService(QuotaBackend* backend, ConfigInForce* config, Metrics
       config_path_(std::move(config_path)),
       limits_(limits),
       log_(ServerLogger()) {}
+
+AdminService::AdminService(Ledger* ledger, ConfigInForce* config, Metrics* metrics,
+                           std::string config_path, ConfigLimits limits)
+    : AdminService(std::make_unique<LedgerBackend>(ledger), config, metrics,
+                   std::move(config_path), limits) {}
+
+AdminService::AdminService(std::unique_ptr<QuotaBackend> backend, ConfigInForce* config,
+                           Metrics* metrics, std::string config_path, ConfigLimits limits)
+    : AdminService(backend.get(), config, metrics, std::move(config_path), limits) {
+  owned_backend_ = std::move(backend);
+}
 
 absl::Status AdminService::CheckAdmin(const Caller& caller) {
   absl::Status s = caller.config->auth->Authorize(caller.identity, AccessMethod::kAdmin, "");

@@ -28,7 +28,10 @@ namespace quotad {
 class AdminService {
  public:
   // `config_path`: the file ReloadConfig reads, within `limits`.
-  AdminService(QuotaBackend* backend, ConfigInForce* config, Metrics* metrics, std::string config_path,
+  AdminService(QuotaBackend* backend, ConfigInForce* config, Metrics* metrics,
+               std::string config_path, ConfigLimits limits);
+  // The embedded ledger (a LedgerBackend over it, owned by *this).
+  AdminService(Ledger* ledger, ConfigInForce* config, Metrics* metrics, std::string config_path,
                ConfigLimits limits);
 
   AdminService(const AdminService&) = delete;
@@ -57,9 +60,12 @@ class AdminService {
   absl::StatusOr<v1::ReloadConfigResponse> Reload() ABSL_LOCKS_EXCLUDED(reload_mu_);
 
  private:
+  AdminService(std::unique_ptr<QuotaBackend> backend, ConfigInForce* config, Metrics* metrics,
+               std::string config_path, ConfigLimits limits);
   absl::Status CheckAdmin(const Caller& caller);
   absl::StatusOr<v1::ReloadConfigResponse> ReloadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(reload_mu_);
 
+  std::unique_ptr<QuotaBackend> owned_backend_;  // the second constructor's
   QuotaBackend* const backend_;
   ConfigInForce* const config_;
   Metrics* const metrics_;

@@ -8,6 +8,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "service/core/ledger_backend.h"
 #include "service/server/convert.h"
 #include "service/server/validation.h"
 
@@ -38,6 +39,19 @@ QuotaService::QuotaService(QuotaBackend* backend, RequestIds* request_ids, Metri
       options_(std::move(options)),
       log_(ServerLogger()),
       waiters_(options_.max_waiters_per_identity) {}
+
+QuotaService::QuotaService(Ledger* ledger, RequestIds* request_ids, Metrics* metrics,
+                           ThrottleLog* throttles, LogSampler* sampler,
+                           QuotaServiceOptions options)
+    : QuotaService(std::make_unique<LedgerBackend>(ledger), request_ids, metrics, throttles,
+                   sampler, std::move(options)) {}
+
+QuotaService::QuotaService(std::unique_ptr<QuotaBackend> backend, RequestIds* request_ids,
+                           Metrics* metrics, ThrottleLog* throttles, LogSampler* sampler,
+                           QuotaServiceOptions options)
+    : QuotaService(backend.get(), request_ids, metrics, throttles, sampler, std::move(options)) {
+  owned_backend_ = std::move(backend);
+}
 
 absl::Status QuotaService::Authorize(const Caller& caller, AccessMethod method,
                                      absl::string_view credential) {

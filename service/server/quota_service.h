@@ -8,6 +8,7 @@
 // admin), idempotency (request_id, see idempotency.h) and conversion to the wire answer.
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -54,7 +55,10 @@ using AcquireDone = absl::AnyInvocable<void(absl::StatusOr<v1::AcquireResponse>)
 // *this.
 class QuotaService {
  public:
-  QuotaService(QuotaBackend* backend, RequestIds* request_ids, Metrics* metrics, ThrottleLog* throttles,
+  QuotaService(QuotaBackend* backend, RequestIds* request_ids, Metrics* metrics,
+               ThrottleLog* throttles, LogSampler* sampler, QuotaServiceOptions options);
+  // The embedded ledger (a LedgerBackend over it, owned by *this).
+  QuotaService(Ledger* ledger, RequestIds* request_ids, Metrics* metrics, ThrottleLog* throttles,
                LogSampler* sampler, QuotaServiceOptions options);
 
   QuotaService(const QuotaService&) = delete;
@@ -94,6 +98,8 @@ class QuotaService {
   int64_t LargestIdentityWaiters() { return waiters_.Largest(); }
 
  private:
+  QuotaService(std::unique_ptr<QuotaBackend> backend, RequestIds* request_ids, Metrics* metrics,
+               ThrottleLog* throttles, LogSampler* sampler, QuotaServiceOptions options);
   // A validated Acquire: the core request (views into the wire request) and how to wait.
   struct AcquireArgs {
     AcquireRequest core;
@@ -119,6 +125,7 @@ class QuotaService {
                const v1::AcquireRequest& request, const absl::StatusOr<Decision>& decision,
                absl::Time start);
 
+  std::unique_ptr<QuotaBackend> owned_backend_;  // the second constructor's
   QuotaBackend* const backend_;
   Clock* const clock_;  // the backend's
   RequestIds* const request_ids_;
