@@ -70,7 +70,8 @@ absl::Status QuotaService::CheckLease(const Caller& caller, AccessMethod method,
   if (!auth.enabled() || auth.IsAdmin(caller.identity)) return absl::OkStatus();
   const absl::StatusOr<LeaseInfo> lease = backend_->FindLease(id);
   if (!lease.ok() && !absl::IsNotFound(lease.status())) return lease.status();
-  const absl::string_view owner = lease.ok() ? IdentityOfHolder(lease->holder) : absl::string_view();
+  const absl::string_view owner =
+      lease.ok() ? IdentityOfHolder(lease->holder) : absl::string_view();
   if (owner.empty()) {
     return absl::NotFoundError(absl::StrCat("unknown or expired lease ", id.ToString()));
   }
