@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "service/core/ledger_backend.h"
 #include "service/server/auth.h"
 #include "service/server/convert.h"
 #include "service/server/validation.h"
@@ -39,14 +40,25 @@ absl::StatusOr<size_t> PageSize(int32_t requested) {
 
 }  // namespace
 
-AdminService::AdminService(Ledger* ledger, ConfigInForce* config, Metrics* metrics,
+AdminService::AdminService(QuotaBackend* backend, ConfigInForce* config, Metrics* metrics,
                            std::string config_path, ConfigLimits limits)
-    : ledger_(ledger),
+    : backend_(backend),
       config_(config),
       metrics_(metrics),
       config_path_(std::move(config_path)),
       limits_(limits),
       log_(ServerLogger()) {}
+
+AdminService::AdminService(Ledger* ledger, ConfigInForce* config, Metrics* metrics,
+                           std::string config_path, ConfigLimits limits)
+    : AdminService(std::make_unique<LedgerBackend>(ledger), config, metrics,
+                   std::move(config_path), limits) {}
+
+AdminService::AdminService(std::unique_ptr<QuotaBackend> backend, ConfigInForce* config,
+                           Metrics* metrics, std::string config_path, ConfigLimits limits)
+    : AdminService(backend.get(), config, metrics, std::move(config_path), limits) {
+  owned_backend_ = std::move(backend);
+}
 
 absl::Status AdminService::CheckAdmin(const Caller& caller) {
   absl::Status s = caller.config->auth->Authorize(caller.identity, AccessMethod::kAdmin, "");
@@ -60,7 +72,7 @@ absl::StatusOr<v1::GetUsageResponse> AdminService::GetUsage(const Caller& caller
   v1::GetUsageResponse out;
   v1::GetUsageResponse* resp = &out;
   if (absl::Status s = ValidateName("credential", req.credential()); !s.ok()) return s;
-  absl::StatusOr<std::vector<LimitStatus>> usage = ledger_->Usage(req.credential());
+  absl::StatusOr<std::vector<LimitStatus>> usage = backend_->Usage(req.credential());
   if (!usage.ok()) return usage.status();
   resp->set_credential(req.credential());
   const std::shared_ptr<const ServingConfig> snapshot = caller.config;
@@ -115,7 +127,7 @@ absl::StatusOr<v1::GetUsageResponse> AdminService::GetUsage(const Caller& caller
                               &token);
     resp->set_next_page_token(token);
   }
-  TimeToProto(ledger_->clock()->Now(), resp->mutable_observed_at());
+  TimeToProto(backend_->clock()->Now(), resp->mutable_observed_at());
   return out;
 }
 
@@ -152,7 +164,9 @@ absl::StatusOr<v1::ListLeasesResponse> AdminService::ListLeases(const Caller& ca
     }
     after = Key{ns, {id->hi, id->lo}};
   }
-  std::vector<LeaseInfo> leases = ledger_->Leases(req.credential());
+  absl::StatusOr<std::vector<LeaseInfo>> listed = backend_->Leases(req.credential());
+  if (!listed.ok()) return listed.status();
+  std::vector<LeaseInfo> leases = *std::move(listed);
   if (after.has_value()) {
     leases.erase(std::remove_if(leases.begin(), leases.end(),
                                 [&](const LeaseInfo& l) { return !(*after < key_of(l)); }),
@@ -185,7 +199,7 @@ absl::StatusOr<v1::ListCredentialsResponse> AdminService::ListCredentials(
           " is not one this server issued (pass next_page_token unchanged)"));
     }
   }
-  const Policy policy = ledger_->policy();
+  const Policy policy = backend_->policy();
   std::vector<const CredentialSpec*> sorted;
   for (const CredentialSpec& c : policy.credentials) sorted.push_back(&c);
   std::sort(sorted.begin(), sorted.end(),
@@ -224,10 +238,10 @@ absl::StatusOr<v1::ResetCredentialResponse> AdminService::ResetCredential(
   v1::ResetCredentialResponse out;
   v1::ResetCredentialResponse* resp = &out;
   if (absl::Status s = ValidateName("credential", req.credential()); !s.ok()) return s;
-  if (absl::Status s = ledger_->Reset(req.credential()); !s.ok()) return s;
+  if (absl::Status s = backend_->Reset(req.credential()); !s.ok()) return s;
   Log(*log_, spdlog::level::info, "credential reset", {{"credential", req.credential()}});
   resp->set_credential(req.credential());
-  absl::StatusOr<std::vector<LimitStatus>> usage = ledger_->Usage(req.credential());
+  absl::StatusOr<std::vector<LimitStatus>> usage = backend_->Usage(req.credential());
   if (!usage.ok()) return usage.status();
   for (const LimitStatus& l : *usage) LimitStatusToProto(l, resp->add_limits());
   return out;
@@ -257,7 +271,7 @@ absl::StatusOr<v1::ReloadConfigResponse> AdminService::ReloadLocked() {
     return config.status();
   }
   const Policy* policy = &config->policy;
-  if (absl::Status s = ledger_->Reload(*policy); !s.ok()) {
+  if (absl::Status s = backend_->Reload(*policy); !s.ok()) {
     Log(*log_, spdlog::level::warn, "reload rejected",
         {{"config", config_path_}, {"error", s.message()}});
     return s;
@@ -267,7 +281,7 @@ absl::StatusOr<v1::ReloadConfigResponse> AdminService::ReloadLocked() {
   v1::ReloadConfigResponse* resp = &out;
   resp->set_source(config_path_);
   resp->set_credentials(static_cast<int32_t>(policy->credentials.size()));
-  TimeToProto(ledger_->clock()->Now(), resp->mutable_loaded_at());
+  TimeToProto(backend_->clock()->Now(), resp->mutable_loaded_at());
   Log(*log_, spdlog::level::info, "config reloaded",
       {{"config", config_path_}, {"credentials", policy->credentials.size()}});
   return out;

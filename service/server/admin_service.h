@@ -14,6 +14,7 @@
 #include "quotad/v1/quotad.pb.h"
 #include "service/config/config.h"
 #include "service/core/ledger.h"
+#include "service/core/quota_backend.h"
 #include "service/server/logging.h"
 #include "service/server/metrics.h"
 #include "service/server/serving_config.h"
@@ -21,11 +22,15 @@
 namespace quotad {
 
 // Thread-safe. ReloadConfig blocks while it reads the file (call it off the completion-queue
-// threads); the others never block on I/O. Does not own `ledger`, `config` or `metrics`, which
-// must outlive *this.
+// threads); the others never block on I/O with the embedded ledger (a shared backend answers
+// them from its store, or kUnimplemented for what it does not build yet). Does not own
+// `backend`, `config` or `metrics`, which must outlive *this.
 class AdminService {
  public:
   // `config_path`: the file ReloadConfig reads, within `limits`.
+  AdminService(QuotaBackend* backend, ConfigInForce* config, Metrics* metrics,
+               std::string config_path, ConfigLimits limits);
+  // The embedded ledger (a LedgerBackend over it, owned by *this).
   AdminService(Ledger* ledger, ConfigInForce* config, Metrics* metrics, std::string config_path,
                ConfigLimits limits);
 
@@ -48,17 +53,20 @@ class AdminService {
   absl::StatusOr<v1::ReloadConfigResponse> ReloadConfig(const Caller& caller,
                                                         const v1::ReloadConfigRequest& request);
 
-  // Reads the config file again and applies it: to the ledger (Ledger::Reload) and to the
+  // Reads the config file again and applies it: to the backend (Ledger::Reload) and to the
   // services (ConfigInForce). A bad file is rejected (its error returned and logged) and the
   // config in force kept. Counted as quotad_config_reloads_total. Serialized: reloads from
   // Admin, the file watch and SIGHUP may overlap, and the file read last is the one in force.
   absl::StatusOr<v1::ReloadConfigResponse> Reload() ABSL_LOCKS_EXCLUDED(reload_mu_);
 
  private:
+  AdminService(std::unique_ptr<QuotaBackend> backend, ConfigInForce* config, Metrics* metrics,
+               std::string config_path, ConfigLimits limits);
   absl::Status CheckAdmin(const Caller& caller);
   absl::StatusOr<v1::ReloadConfigResponse> ReloadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(reload_mu_);
 
-  Ledger* const ledger_;
+  std::unique_ptr<QuotaBackend> owned_backend_;  // the second constructor's
+  QuotaBackend* const backend_;
   ConfigInForce* const config_;
   Metrics* const metrics_;
   const std::string config_path_;

@@ -2,10 +2,11 @@
 //
 //   quotad --config=quotad.yaml --state=/var/lib/quotad/quotad.db [--listen=0.0.0.0:50051]
 //   quotad --config=quotad.yaml --memory_only
+//   quotad --config=quotad.yaml --redis=redis://redis:6379   (shared mode: several replicas)
 //
 // Exits non-zero with a message on a bad configuration, a state file it cannot use (corrupt,
 // foreign, unreadable; --reset_corrupt_state moves a corrupt one aside), neither --state nor
-// --memory_only, or an address that cannot be bound.
+// --memory_only (or --redis), or an address that cannot be bound.
 // SIGTERM/SIGINT: health goes NOT_SERVING, new calls are refused, waiting Acquire calls are
 // answered UNAVAILABLE, in-flight calls finish, the state file is written, exit 0.
 // SIGHUP: the config file is read again and applied, as Admin.ReloadConfig (a bad file is
@@ -60,6 +61,14 @@ ABSL_FLAG(double, reserve_fraction, 0.01,
 ABSL_FLAG(absl::Duration, config_watch_interval, absl::Seconds(2),
           "How often --config is checked for a change, which is then reloaded (a bad one is "
           "rejected and the one in force kept); 0 turns the watch off.");
+ABSL_FLAG(std::string, redis, "",
+          "Shared mode: redis://HOST:PORT. Counters, leases and request_ids live in that Redis "
+          "and every replica pointing at it decides as one quotad; excludes --state and "
+          "--memory_only. Health is NOT_SERVING while Redis is unreachable (calls fail closed: "
+          "UNAVAILABLE). An Acquire that may wait is answered at once (waiting across replicas "
+          "is not built yet).");
+ABSL_FLAG(absl::Duration, redis_timeout, absl::Seconds(1),
+          "Shared mode: the time one Redis call may take before the request fails closed.");
 ABSL_FLAG(absl::Duration, dedup_window, absl::Minutes(10),
           "How long the answer to an Acquire/Release request_id is kept for retries.");
 ABSL_FLAG(std::string, tls_cert, "",
@@ -114,8 +123,8 @@ ABSL_FLAG(int64_t, log_sample, 0,
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "quotad --config=FILE (--state=FILE | --memory_only) [--listen=HOST:PORT] "
-      "[--log_level=info]\n"
+      "quotad --config=FILE (--state=FILE | --memory_only | --redis=redis://HOST:PORT)\n"
+      "       [--listen=HOST:PORT] [--log_level=info]\n"
       "Coordinates the use of rate-limited upstream API keys over gRPC.");
   absl::ParseCommandLine(argc, argv);
   // Debian's Abseil checks every Mutex acquisition for lock-order cycles (a graph update per
@@ -175,6 +184,8 @@ int main(int argc, char** argv) {
   options.shutdown_grace = absl::GetFlag(FLAGS_shutdown_grace);
   options.state_path = absl::GetFlag(FLAGS_state);
   options.memory_only = absl::GetFlag(FLAGS_memory_only);
+  options.redis_url = absl::GetFlag(FLAGS_redis);
+  options.redis_timeout = absl::GetFlag(FLAGS_redis_timeout);
   options.reset_corrupt_state = absl::GetFlag(FLAGS_reset_corrupt_state);
   options.synchronous_full = absl::GetFlag(FLAGS_state_fsync);
   options.reserve_fraction = absl::GetFlag(FLAGS_reserve_fraction);

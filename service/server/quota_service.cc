@@ -8,6 +8,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "service/core/ledger_backend.h"
 #include "service/server/convert.h"
 #include "service/server/validation.h"
 
@@ -26,11 +27,11 @@ constexpr absl::string_view kNoFingerprint = "";
 
 }  // namespace
 
-QuotaService::QuotaService(Ledger* ledger, RequestIds* request_ids, Metrics* metrics,
+QuotaService::QuotaService(QuotaBackend* backend, RequestIds* request_ids, Metrics* metrics,
                            ThrottleLog* throttles, LogSampler* sampler,
                            QuotaServiceOptions options)
-    : ledger_(ledger),
-      clock_(ledger->clock()),
+    : backend_(backend),
+      clock_(backend->clock()),
       request_ids_(request_ids),
       metrics_(metrics),
       throttles_(throttles),
@@ -38,6 +39,19 @@ QuotaService::QuotaService(Ledger* ledger, RequestIds* request_ids, Metrics* met
       options_(std::move(options)),
       log_(ServerLogger()),
       waiters_(options_.max_waiters_per_identity) {}
+
+QuotaService::QuotaService(Ledger* ledger, RequestIds* request_ids, Metrics* metrics,
+                           ThrottleLog* throttles, LogSampler* sampler,
+                           QuotaServiceOptions options)
+    : QuotaService(std::make_unique<LedgerBackend>(ledger), request_ids, metrics, throttles,
+                   sampler, std::move(options)) {}
+
+QuotaService::QuotaService(std::unique_ptr<QuotaBackend> backend, RequestIds* request_ids,
+                           Metrics* metrics, ThrottleLog* throttles, LogSampler* sampler,
+                           QuotaServiceOptions options)
+    : QuotaService(backend.get(), request_ids, metrics, throttles, sampler, std::move(options)) {
+  owned_backend_ = std::move(backend);
+}
 
 absl::Status QuotaService::Authorize(const Caller& caller, AccessMethod method,
                                      absl::string_view credential) {
@@ -54,9 +68,10 @@ absl::Status QuotaService::CheckLease(const Caller& caller, AccessMethod method,
                                       const LeaseId& id) {
   const Authorizer& auth = *caller.config->auth;
   if (!auth.enabled() || auth.IsAdmin(caller.identity)) return absl::OkStatus();
-  const std::optional<LeaseInfo> lease = ledger_->FindLease(id);
+  const absl::StatusOr<LeaseInfo> lease = backend_->FindLease(id);
+  if (!lease.ok() && !absl::IsNotFound(lease.status())) return lease.status();
   const absl::string_view owner =
-      lease.has_value() ? IdentityOfHolder(lease->holder) : absl::string_view();
+      lease.ok() ? IdentityOfHolder(lease->holder) : absl::string_view();
   if (owner.empty()) {
     return absl::NotFoundError(absl::StrCat("unknown or expired lease ", id.ToString()));
   }
@@ -154,6 +169,14 @@ std::optional<WaitTicket> QuotaService::Acquire(const Caller& caller,
   }
 
   std::string dedup_key;
+  if (backend_->shared()) {
+    // The store keeps request_ids; with auth, per identity as below.
+    if (!req.request_id().empty()) {
+      dedup_key = auth_on ? absl::StrCat(caller.identity, "|", req.request_id()) : req.request_id();
+    }
+    AcquireShared(caller, req, *args, dedup_key, start, std::move(done));
+    return std::nullopt;
+  }
   if (!req.request_id().empty()) {
     if (absl::Status s = request_ids_->CheckRoom(); !s.ok()) {
       done(std::move(s));
@@ -183,7 +206,7 @@ std::optional<WaitTicket> QuotaService::Acquire(const Caller& caller,
     max_wait = std::min(max_wait, caller.deadline - clock_->Now());
   }
   if (max_wait <= absl::ZeroDuration()) {
-    absl::StatusOr<Decision> decision = ledger_->Acquire(args->core);
+    absl::StatusOr<Decision> decision = backend_->Acquire(args->core);
     Observe("Acquire", caller.identity, req, decision, start);
     done(Answer(req, std::move(decision), dedup_key));
     return std::nullopt;
@@ -197,7 +220,7 @@ std::optional<WaitTicket> QuotaService::Acquire(const Caller& caller,
     done(slot.status());
     return std::nullopt;
   }
-  return ledger_->AcquireOrWait(
+  return backend_->AcquireOrWait(
       args->core, max_wait, args->priority,
       [this, &req, done = std::move(done), key = std::move(dedup_key), identity = caller.identity,
        start, slot = *std::move(slot)](absl::StatusOr<Decision> decision) mutable {
@@ -208,7 +231,23 @@ std::optional<WaitTicket> QuotaService::Acquire(const Caller& caller,
       });
 }
 
-bool QuotaService::CancelWait(const WaitTicket& ticket) { return ledger_->Cancel(ticket); }
+void QuotaService::AcquireShared(const Caller& caller, const v1::AcquireRequest& req,
+                                 const AcquireArgs& args, const std::string& request_key,
+                                 absl::Time start, AcquireDone done) {
+  // Not built yet: a wait queue fair across replicas. A request that may wait is decided now
+  // and a denial answered with its retry time.
+  const std::string fingerprint = request_key.empty() ? std::string() : Fingerprint(req);
+  SharedRequestId request_id{request_key, req.request_id(), fingerprint};
+  backend_->AcquireShared(
+      args.core, request_id,
+      [this, &req, done = std::move(done), identity = caller.identity,
+       start](absl::StatusOr<Decision> decision) mutable {
+        Observe("Acquire", identity, req, decision, start);
+        done(Answer(req, std::move(decision), /*dedup_key=*/""));
+      });
+}
+
+bool QuotaService::CancelWait(const WaitTicket& ticket) { return backend_->Cancel(ticket); }
 
 void QuotaService::Observe(const char* method, const std::string& identity,
                            const v1::AcquireRequest& req,
@@ -253,7 +292,7 @@ absl::StatusOr<v1::AcquireResponse> QuotaService::Answer(const v1::AcquireReques
   if (!decision->granted || dedup_key.empty()) return resp;
   // A copy of the request that won the race stands: give this grant back whole (used = 0).
   absl::Status s = request_ids_->Record(dedup_key, req.request_id(), Fingerprint(req), &resp, [&] {
-    absl::StatusOr<ReleaseResult> undone = ledger_->Release(decision->lease_id, 0);
+    absl::StatusOr<ReleaseResult> undone = backend_->Release(decision->lease_id, 0);
     if (!undone.ok()) {
       Log(*log_, spdlog::level::warn, "undo of a duplicate grant failed",
           {{"lease", decision->lease_id.ToString()}, {"error", undone.status().message()}});
@@ -297,7 +336,7 @@ absl::StatusOr<v1::ReleaseResponse> QuotaService::Release(const Caller& caller,
     }
     used = req.used();
   }
-  absl::StatusOr<ReleaseResult> result = ledger_->Release(*id, used);
+  absl::StatusOr<ReleaseResult> result = backend_->Release(*id, used);
   if (!result.ok()) return result.status();
   resp.set_refunded(result->refunded);
   resp.set_freed(result->freed);
@@ -317,7 +356,7 @@ absl::StatusOr<v1::RenewResponse> QuotaService::Renew(const Caller& caller,
   if (absl::Status s = CheckLease(caller, AccessMethod::kRenew, *id); !s.ok()) return s;
   absl::StatusOr<absl::Duration> ttl = ParseDuration("ttl", req.ttl(), kMaxTtl);
   if (!ttl.ok()) return ttl.status();
-  absl::StatusOr<absl::Time> expiry = ledger_->Renew(*id, *ttl);
+  absl::StatusOr<absl::Time> expiry = backend_->Renew(*id, *ttl);
   if (!expiry.ok()) return expiry.status();
   v1::RenewResponse resp;
   if (IsFinite(*expiry)) TimeToProto(*expiry, resp.mutable_lease_expires_at());
@@ -393,7 +432,7 @@ absl::StatusOr<v1::ReportResponse> QuotaService::Report(const Caller& caller,
   answer.headers = std::move(headers);
   answer.body = req.body();
   answer.observed_at = observed_at;
-  absl::StatusOr<ReportResult> result = ledger_->Report(answer);
+  absl::StatusOr<ReportResult> result = backend_->Report(answer);
   if (!result.ok()) return result.status();
   v1::ReportResponse out;
   v1::ReportResponse* resp = &out;

@@ -8,6 +8,7 @@
 // admin), idempotency (request_id, see idempotency.h) and conversion to the wire answer.
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "absl/time/time.h"
 #include "quotad/v1/quotad.pb.h"
 #include "service/core/ledger.h"
+#include "service/core/quota_backend.h"
 #include "service/server/auth.h"
 #include "service/server/identity_waiters.h"
 #include "service/server/idempotency.h"
@@ -40,12 +42,22 @@ struct QuotaServiceOptions {
 // that decided (the caller's, or the one that served the wait queue).
 using AcquireDone = absl::AnyInvocable<void(absl::StatusOr<v1::AcquireResponse>)>;
 
-// Thread-safe; never blocks on I/O (decisions take only the ledger's short locks). Does not own
-// `ledger`, `request_ids`, `metrics`, `throttles` or `sampler`, which must outlive *this. The
-// ledger holds the callbacks of parked Acquire calls, which refer to *this: answer every waiter
-// (Ledger::AnswerAllWaiters) or destroy the ledger before *this.
+// Decisions are the backend's (quota_backend.h): the embedded ledger, or a store shared by
+// several replicas (Redis), which keeps request_ids of Acquire itself and parks nothing (a
+// request that may wait is decided at once: its denial carries the retry time).
+//
+// Thread-safe. With the embedded ledger it never blocks on I/O (decisions take only the
+// ledger's short locks); with a shared backend Acquire is answered on the backend's thread,
+// and Release, Renew and Report wait for the store's answer (bounded by its call timeout).
+// Does not own `backend`, `request_ids`, `metrics`, `throttles` or `sampler`, which must
+// outlive *this. The backend holds the callbacks of parked and in-flight Acquire calls, which
+// refer to *this: answer every waiter (Ledger::AnswerAllWaiters) or destroy the backend before
+// *this.
 class QuotaService {
  public:
+  QuotaService(QuotaBackend* backend, RequestIds* request_ids, Metrics* metrics,
+               ThrottleLog* throttles, LogSampler* sampler, QuotaServiceOptions options);
+  // The embedded ledger (a LedgerBackend over it, owned by *this).
   QuotaService(Ledger* ledger, RequestIds* request_ids, Metrics* metrics, ThrottleLog* throttles,
                LogSampler* sampler, QuotaServiceOptions options);
 
@@ -57,7 +69,7 @@ class QuotaService {
   // runs on the thread that serves it (a grant, or the denial at the deadline: max_wait, at
   // most the caller's deadline). `request` must stay valid until `done` has run or has been
   // destroyed. Returns the ticket of a parked request, for CancelWait(); nullopt when `done`
-  // has run already.
+  // has run already, or will run on a shared backend's thread (which cannot be cancelled).
   // Errors: kUnauthenticated/kPermissionDenied (access rules, a priority above the ceiling),
   // kInvalidArgument naming the bad field and value (or both requests of a reused request_id),
   // kNotFound (unknown credential or feature), kResourceExhausted (request_id table, waiters of
@@ -86,6 +98,8 @@ class QuotaService {
   int64_t LargestIdentityWaiters() { return waiters_.Largest(); }
 
  private:
+  QuotaService(std::unique_ptr<QuotaBackend> backend, RequestIds* request_ids, Metrics* metrics,
+               ThrottleLog* throttles, LogSampler* sampler, QuotaServiceOptions options);
   // A validated Acquire: the core request (views into the wire request) and how to wait.
   struct AcquireArgs {
     AcquireRequest core;
@@ -102,13 +116,18 @@ class QuotaService {
   absl::StatusOr<v1::AcquireResponse> Answer(const v1::AcquireRequest& request,
                                              absl::StatusOr<Decision> decision,
                                              const std::string& dedup_key);
+  // A validated Acquire decided by a shared backend (no waiting, request_ids kept there).
+  void AcquireShared(const Caller& caller, const v1::AcquireRequest& request,
+                     const AcquireArgs& args, const std::string& request_key, absl::Time start,
+                     AcquireDone done);
   // Metrics and the sampled log line of a decision.
   void Observe(const char* method, const std::string& identity,
                const v1::AcquireRequest& request, const absl::StatusOr<Decision>& decision,
                absl::Time start);
 
-  Ledger* const ledger_;
-  Clock* const clock_;  // the ledger's
+  std::unique_ptr<QuotaBackend> owned_backend_;  // the second constructor's
+  QuotaBackend* const backend_;
+  Clock* const clock_;  // the backend's
   RequestIds* const request_ids_;
   Metrics* const metrics_;
   ThrottleLog* const throttles_;

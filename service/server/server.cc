@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "service/config/config.h"
+#include "service/core/ledger_backend.h"
 #include "service/server/admin_service.h"
 #include "service/server/background.h"
 #include "service/server/idempotency.h"
@@ -19,6 +20,7 @@
 #include "service/server/serving_config.h"
 #include "service/server/status_page.h"
 #include "service/server/transport.h"
+#include "service/store/redis/redis_backend.h"
 #include "service/store/store.h"
 
 namespace quotad {
@@ -43,7 +45,13 @@ absl::Status CheckOptions(const ServerOptions& options) {
 }
 
 absl::Status CheckStateOptions(const ServerOptions& options) {
-  if (options.state_path.empty() == !options.memory_only) {
+  if (!options.redis_url.empty()) {
+    if (!options.state_path.empty() || options.memory_only) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          options.memory_only ? "--memory_only" : "--state", " and --redis exclude each other: "
+          "shared mode keeps counters, leases and request_ids in Redis (no state file)"));
+    }
+  } else if (options.state_path.empty() == !options.memory_only) {
     return absl::InvalidArgumentError(
         options.memory_only ? "--state and --memory_only exclude each other: choose one"
                             : "no state file: give --state=PATH (durable; created when missing) or "
@@ -62,29 +70,35 @@ absl::Status CheckStateOptions(const ServerOptions& options) {
 
 }  // namespace
 
-// Everything one server owns: the store, the wait-queue pump, the ledger, the metrics, the
-// services, the transport and the sweeper.
+// Everything one server owns: the store, the wait-queue pump, the ledger (embedded mode) or the
+// Redis backend (shared mode), the metrics, the services, the transport and the sweeper.
 class QuotadServer::Impl {
  public:
+  // Exactly one of `ledger` and `redis` is set.
   Impl(const ServerOptions& options, std::unique_ptr<Store> store,
        std::unique_ptr<WaitQueuePump> pump, std::unique_ptr<Ledger> ledger,
-       const LoadedConfig& config, std::unique_ptr<Metrics> metrics)
+       std::unique_ptr<RedisBackend> redis, const LoadedConfig& config,
+       std::unique_ptr<Metrics> metrics)
       : options_(options),
         log_(ServerLogger()),
         store_(std::move(store)),
         pump_(std::move(pump)),
         ledger_(std::move(ledger)),
+        redis_(std::move(redis)),
+        backend_(ledger_ != nullptr ? std::unique_ptr<QuotaBackend>(
+                                          std::make_unique<LedgerBackend>(ledger_.get()))
+                                    : nullptr),
         metrics_(std::move(metrics)),
         config_(config),
         sampler_(options.log_sample),
-        request_ids_(&store_->dedup(), ledger_->clock(), metrics_.get(),
+        request_ids_(&store_->dedup(), backend()->clock(), metrics_.get(),
                      RequestIdOptions{options.dedup_window, options.max_request_ids}),
-        quota_(ledger_.get(), &request_ids_, metrics_.get(), &throttles_, &sampler_,
+        quota_(backend(), &request_ids_, metrics_.get(), &throttles_, &sampler_,
                QuotaServiceOptions{options.priority_ceiling, options.priority_identities,
                                    options.max_waiters_per_identity}),
-        admin_(ledger_.get(), &config_, metrics_.get(), options.config_path,
+        admin_(backend(), &config_, metrics_.get(), options.config_path,
                options.config_limits) {
-    pump_->Start(ledger_.get());
+    if (ledger_ != nullptr) pump_->Start(ledger_.get());
   }
 
   ~Impl() {
@@ -93,8 +107,10 @@ class QuotadServer::Impl {
   }
 
   absl::Status Listen(std::shared_ptr<grpc::ServerCredentials> credentials) {
-    metrics_->Refresh(*ledger_, ledger_->clock()->Now());
-    if (options_.status_page) {
+    // Shared mode: the gauges and the status page read the embedded ledger, which is not
+    // built there (not yet from Redis).
+    if (ledger_ != nullptr) metrics_->Refresh(*ledger_, ledger_->clock()->Now());
+    if (options_.status_page && ledger_ != nullptr) {
       metrics_->pages().SetHandler(
           [page = StatusPage(ledger_.get(), &throttles_)](const HttpRequest& r) {
             return page.Handle(r);
@@ -112,19 +128,24 @@ class QuotadServer::Impl {
     transport.drain_delay = options_.drain_delay;
     transport.shutdown_grace = options_.shutdown_grace;
     transport.answer_waiters = [ledger = ledger_.get()] {
+      if (ledger == nullptr) return;  // shared mode parks nothing
       ledger->AnswerAllWaiters(absl::UnavailableError("quotad is shutting down"));
     };
     absl::StatusOr<std::unique_ptr<GrpcTransport>> started = GrpcTransport::Start(
         transport, &quota_, &admin_, &config_, metrics_.get(), &sampler_);
     if (!started.ok()) return started.status();
     transport_ = *std::move(started);
-    sweeper_ = std::make_unique<Sweeper>(ledger_->clock(), options_.sweep_interval, SweepJobs());
+    if (redis_ != nullptr) {
+      store_reachable_ = redis_->serving();
+      transport_->SetStoreReachable(store_reachable_);
+    }
+    sweeper_ = std::make_unique<Sweeper>(backend()->clock(), options_.sweep_interval, SweepJobs());
     sweeper_->Start();
     Log(*log_, spdlog::level::info, "listening",
         {{"address", transport_->address()},
          {"completion_queues", transport_->completion_queues()},
          {"config", options_.config_path},
-         {"state", store_->description()},
+         {"state", redis_ != nullptr ? redis_->description() : store_->description()},
          {"tls", options_.tls.client_ca_path.empty() ? (TlsEnabled(options_.tls) ? "tls" : "off")
                                                      : "mutual"},
          {"auth", config_.Get()->auth->enabled() ? "tokens" : "off"},
@@ -159,16 +180,35 @@ class QuotadServer::Impl {
   Ledger* ledger() const { return ledger_.get(); }
 
  private:
+  QuotaBackend* backend() const {
+    return redis_ != nullptr ? static_cast<QuotaBackend*>(redis_.get()) : backend_.get();
+  }
+
   // The sweeper's jobs, in the order they run on each tick.
   std::vector<SweepJob> SweepJobs() {
     std::vector<SweepJob> jobs;
-    jobs.push_back({"expire_leases", absl::ZeroDuration(), [this] {
+    if (redis_ != nullptr) {
+      // Health follows Redis; the library is loaded again if a restarted Redis lost it.
+      jobs.push_back({"redis_health", absl::ZeroDuration(), [this] {
+                        const bool reachable = redis_->CheckHealth();
+                        if (reachable == store_reachable_) return;
+                        store_reachable_ = reachable;
+                        transport_->SetStoreReachable(reachable);
+                        Log(*log_, reachable ? spdlog::level::info : spdlog::level::err,
+                            reachable ? "shared store reachable; SERVING"
+                                      : "shared store unreachable; NOT_SERVING, failing closed",
+                            {{"redis", redis_->description()}});
+                      }});
+    }
+    if (ledger_ != nullptr) {
+      jobs.push_back({"expire_leases", absl::ZeroDuration(), [this] {
                       const int64_t dropped = ledger_->Sweep();
                       if (dropped > 0 && log_->should_log(spdlog::level::debug)) {
                         Log(*log_, spdlog::level::debug, "expired leases dropped",
                             {{"count", dropped}});
                       }
                     }});
+    }
     jobs.push_back({"request_ids", absl::ZeroDuration(), [this] {
                       metrics_->SetResource("request_ids", request_ids_.Sweep());
                       metrics_->SetResourceLimit("request_ids", request_ids_.max_entries());
@@ -184,7 +224,7 @@ class QuotadServer::Impl {
                                                  options_.max_waiters_per_identity);
                     }});
     jobs.push_back({"metrics_refresh", options_.metrics_refresh, [this] {
-                      metrics_->Refresh(*ledger_, ledger_->clock()->Now());
+                      if (ledger_ != nullptr) metrics_->Refresh(*ledger_, ledger_->clock()->Now());
                       if (store_->journal() != nullptr) {
                         const StoreFiles files = store_->Files();
                         metrics_->SetStateFileSizes(files.file_bytes, files.wal_bytes);
@@ -219,7 +259,10 @@ class QuotadServer::Impl {
   const std::shared_ptr<spdlog::logger> log_;
   const std::unique_ptr<Store> store_;         // the ledger's journal and the request_ids
   const std::unique_ptr<WaitQueuePump> pump_;  // the ledger wakes it
-  const std::unique_ptr<Ledger> ledger_;
+  const std::unique_ptr<Ledger> ledger_;          // embedded mode
+  const std::unique_ptr<RedisBackend> redis_;      // shared mode
+  const std::unique_ptr<QuotaBackend> backend_;   // embedded mode: over ledger_
+  bool store_reachable_ = false;                   // shared mode: as last told to health
   ThrottleLog throttles_;                  // the last throttles reported, for the status page
   const std::unique_ptr<Metrics> metrics_;  // its status page reads the ledger and throttles_
   ConfigInForce config_;
@@ -243,18 +286,38 @@ absl::StatusOr<std::unique_ptr<QuotadServer>> QuotadServer::Start(const ServerOp
   store_options.path = options.state_path;
   store_options.reset_corrupt = options.reset_corrupt_state;
   store_options.synchronous_full = options.synchronous_full;
+  // Shared mode: the store keeps only the request_ids of Release, in memory.
   absl::StatusOr<std::unique_ptr<Store>> store =
       OpenStore(store_options, absl::ToUnixNanos(clock->Now()));
   if (!store.ok()) return store.status();
   Journal* const journal = (*store)->journal();
   auto pump = std::make_unique<WaitQueuePump>(clock);
+  std::unique_ptr<RedisBackend> redis;
+  absl::StatusOr<std::unique_ptr<Ledger>> ledger = std::unique_ptr<Ledger>();
+  if (!options.redis_url.empty()) {
+    RedisBackendOptions redis_options;
+    redis_options.url = options.redis_url;
+    redis_options.call_timeout = options.redis_timeout;
+    redis_options.connections = options.redis_connections;
+    redis_options.dedup_window = options.dedup_window;
+    absl::StatusOr<std::unique_ptr<RedisBackend>> created =
+        RedisBackend::Create(config->policy, clock, redis_options);
+    if (!created.ok()) {
+      return absl::Status(created.status().code(), absl::StrCat("config ", options.config_path,
+                                                                ": ", created.status().message()));
+    }
+    redis = *std::move(created);
+    if (!redis->serving()) {
+      Log(*ServerLogger(), spdlog::level::warn, "shared store unreachable at start; NOT_SERVING",
+          {{"redis", redis->description()}});
+    }
+  }
   LedgerOptions ledger_options;
   ledger_options.journal = journal;
   ledger_options.reserve_fraction = options.reserve_fraction;
   ledger_options.max_waiters_per_credential = options.max_waiters_per_credential;
   ledger_options.wake = [p = pump.get()](absl::Time t) { p->WakeBy(t); };
-  absl::StatusOr<std::unique_ptr<Ledger>> ledger =
-      Ledger::Create(config->policy, clock, ledger_options);
+  if (redis == nullptr) ledger = Ledger::Create(config->policy, clock, ledger_options);
   if (!ledger.ok()) {
     return absl::Status(ledger.status().code(), absl::StrCat("config ", options.config_path, ": ",
                                                              ledger.status().message()));
@@ -282,7 +345,8 @@ absl::StatusOr<std::unique_ptr<QuotadServer>> QuotadServer::Start(const ServerOp
   }
   if (!metrics.ok()) return metrics.status();
   auto impl = std::make_unique<Impl>(options, *std::move(store), std::move(pump),
-                                     *std::move(ledger), *config, *std::move(metrics));
+                                     *std::move(ledger), std::move(redis), *config,
+                                     *std::move(metrics));
   if (absl::Status s = impl->Listen(*std::move(credentials)); !s.ok()) return s;
   return std::unique_ptr<QuotadServer>(new QuotadServer(std::move(impl)));
 }

@@ -40,6 +40,16 @@ struct ServerOptions {
   // (everything is lost on exit). Neither is an error: memory-only only when asked for.
   std::string state_path;
   bool memory_only = false;
+  // Shared mode: redis://HOST:PORT. Counters, leases and request_ids live in that Redis and
+  // every replica pointing at it decides as one quotad would (see
+  // service/store/redis/README.md for what is built). Excludes `state_path` and `memory_only`.
+  // Health is NOT_SERVING while Redis cannot be reached, and decisions fail closed
+  // (UNAVAILABLE, nothing granted). An Acquire that may wait is decided at once (waiting
+  // across replicas is not built yet).
+  std::string redis_url;
+  // Shared mode: the time one Redis call may take, and the connections calls share.
+  absl::Duration redis_timeout = absl::Seconds(1);
+  int redis_connections = 2;
   // Move a corrupt or foreign state file aside (<path>.corrupt-<time>) and start empty, instead
   // of failing start-up.
   bool reset_corrupt_state = false;
@@ -146,7 +156,7 @@ class QuotadServer {
   // Tests only: the accept loop stops taking connections (as a listener wedged by EMFILE).
   void PauseAcceptingForTest(bool paused);
 
-  // The ledger the services decide with.
+  // The ledger the services decide with; nullptr in shared mode (decisions are Redis's).
   Ledger* ledger() const;
 
   // Reads the config file again and applies it, as Admin.ReloadConfig does (SIGHUP). A bad file

@@ -273,8 +273,15 @@ void GrpcTransport::OnListenerWedged() {
   Log(*log_, spdlog::level::err, "listener accepts no connections; reporting NOT_SERVING",
       {{"address", address_}, {"probe_failures", listener_->consecutive_probe_failures()}});
   metrics_->OnLimitHit("listener_wedged");
+  wedged_.store(true);
   health_.SetAll(grpc::health::v1::HealthCheckResponse::NOT_SERVING);
   if (options_.on_listener_wedged) options_.on_listener_wedged();
+}
+
+void GrpcTransport::SetStoreReachable(bool reachable) {
+  using grpc::health::v1::HealthCheckResponse;
+  health_.SetAll(reachable && !wedged_.load() ? HealthCheckResponse::SERVING
+                                              : HealthCheckResponse::NOT_SERVING);
 }
 
 void GrpcTransport::Shutdown() {

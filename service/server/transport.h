@@ -8,6 +8,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -77,6 +78,9 @@ class GrpcTransport {
   int64_t open_connections() const { return listener_->OpenConnections(); }
   int64_t health_watchers() { return health_.watchers(); }
   void PauseAcceptingForTest(bool paused) { listener_->PauseAcceptingForTest(paused); }
+  // Shared mode: health follows the store, NOT_SERVING while it cannot be reached and SERVING
+  // again once it can (unless the listener was found wedged). A no-op after Shutdown().
+  void SetStoreReachable(bool reachable);
 
  private:
   using QuotaAsync = v1::Quota::AsyncService;
@@ -140,6 +144,7 @@ class GrpcTransport {
   std::vector<std::thread> threads_;
   int port_ = 0;
   std::string address_;
+  std::atomic<bool> wedged_{false};  // OnListenerWedged ran: NOT_SERVING for good
   // Handlers that may block (ReloadConfig reads a file).
   std::unique_ptr<BlockingWorker> worker_ = std::make_unique<BlockingWorker>();
 };

@@ -182,11 +182,14 @@ end
 
 local function cooling(c, now) return c.cd > now end
 
--- FCALL quotad_acquire 3+z lease state dedup zsets..
+-- FCALL quotad_acquire 3+z[+1] lease state dedup zsets.. [locator]
 --       cost lease_id ttl_us n keep_lease request_id fingerprint dedup_us feature counters..
+--       [locator_value]
 -- Charges `cost` on every counter, or on none. `request_id` (empty: none): a retry of a grant
 -- within dedup_us answers that grant and charges nothing. `keep_lease` 0: no lease record
--- (nothing to release or renew; for callers that never refund). Answers
+-- (nothing to release or renew; for callers that never refund). A non-empty locator_value is
+-- stored in the last key (the lease's locator, see redis_backend.h) as long as the lease lives.
+-- Answers
 --   {1, now, lease_expiry}                 granted
 --   {2, now, lease_expiry, lease_id}       a retry of an earlier grant (its time and lease)
 --   {0, now, retry_at or -1, counter, cooling}
@@ -210,7 +213,8 @@ local function acquire(keys, args)
       return {2, at, exp, flease}
     end
   end
-  local cs = parse_counters(keys, 4, args, 10, n)
+  local cs, ai = parse_counters(keys, 4, args, 10, n)
+  local locator = args[ai]
   local x, extra = load_all(keys[2], cs, {'!' .. feature})
   local retry, limiting, cool = -INF, -1, 0
   local fcd = tonumber(extra[1]) or 0
@@ -239,7 +243,12 @@ local function acquire(keys, args)
     rec[2 * k + 2], rec[2 * k + 3] = token, aux
   end
   save_all(keys[2], cs, x, now, args)
-  if keep then write_lease(keys[1], rec) end
+  if keep then
+    write_lease(keys[1], rec)
+    if locator and locator ~= '' then
+      redis.call('SET', keys[#keys], locator, 'PXAT', math.floor(exp / 1000) + 1000)
+    end
+  end
   if rid ~= '' then
     redis.call('SET', keys[3], cmsgpack.pack(now, exp, lease, fp), 'PX',
                math.max(1, math.ceil(dedup_us / 1000)))
@@ -266,17 +275,19 @@ local function set_held(cs, extra)
   end
 end
 
--- FCALL quotad_release 2+z lease state zsets..  used lease_id n counters...
+-- FCALL quotad_release 2+z[+1] lease state zsets.. [locator]  used lease_id n counters.. [1]
 -- Ends a lease (counters: the same as its acquire, in the same order). used >= 0 refunds
 -- cost - used on each window limit whose charged window is still open; used < 0 refunds
--- nothing. Frees its concurrency slots. Answers {1, now, freed, refunded_1, ..., refunded_n},
+-- nothing. Frees its concurrency slots. A final argument 1 also deletes the locator. Answers
+-- {1, now, freed, refunded_1, ..., refunded_n},
 -- or {0, now} when the lease is unknown or expired.
 local function release(keys, args)
   local used, lease, n = tonumber(args[1]), args[2], tonumber(args[3])
   local now = now_us()
+  local cs, ai = parse_counters(keys, 3, args, 4, n)
+  if args[ai] == '1' then redis.call('DEL', keys[#keys]) end
   local l = read_lease(keys[1], now)
   if l == nil then return {0, now} end
-  local cs = parse_counters(keys, 3, args, 4, n)
   local x, extra = load_all(keys[2], cs, lease_fields(cs, lease))
   set_held(cs, extra)
   local out = {1, now, 0}
@@ -297,8 +308,9 @@ local function release(keys, args)
   return out
 end
 
--- FCALL quotad_renew 2+z lease state zsets..  ttl_us lease_id n counters...
--- Moves a live lease's expiry to now + ttl, on the lease and on its concurrency counters.
+-- FCALL quotad_renew 2+z[+1] lease state zsets.. [locator]  ttl_us lease_id n counters.. [1]
+-- Moves a live lease's expiry to now + ttl, on the lease and on its concurrency counters (and
+-- on the locator, given a final argument 1).
 -- Answers {1, now, expiry}, or {0, now} when the lease is unknown or expired.
 local function renew(keys, args)
   local ttl, lease, n = tonumber(args[1]), args[2], tonumber(args[3])
@@ -306,7 +318,10 @@ local function renew(keys, args)
   local l = read_lease(keys[1], now)
   if l == nil then return {0, now} end
   local exp = now + ttl
-  local cs = parse_counters(keys, 3, args, 4, n)
+  local cs, ai = parse_counters(keys, 3, args, 4, n)
+  if args[ai] == '1' then
+    redis.call('PEXPIREAT', keys[#keys], math.floor(exp / 1000) + 1000)
+  end
   local conc = {}
   for _, c in ipairs(cs) do
     if c.kind == 'conc' then conc[#conc + 1] = c end

@@ -88,15 +88,16 @@ absl::Status AddCounter(const CounterRef& ref, absl::Time around, std::vector<st
   return absl::OkStatus();
 }
 
-// FCALL `function` with keys `head_keys`, then the state hash (unless `state` is false: it
-// comes first in `head_keys`), then the sorted set of each concurrency counter; arguments
-// `head`, then the counters.
+// FCALL `function` with keys `head_keys`, then the sorted set of each concurrency counter,
+// then `tail_key` if non-empty; arguments `head`, then the counters, then `tail` if non-empty.
 absl::StatusOr<std::vector<std::string>> CallArgs(const char* function,
                                                   absl::string_view credential,
                                                   std::vector<std::string> head_keys,
                                                   const std::vector<CounterRef>& counters,
                                                   std::vector<std::string> head,
-                                                  absl::Time around) {
+                                                  absl::Time around,
+                                                  const std::string& tail_key = "",
+                                                  const std::string& tail = "") {
   std::vector<std::string> args = {"FCALL", function, ""};
   for (std::string& k : head_keys) args.push_back(std::move(k));
   for (const CounterRef& c : counters) {
@@ -105,12 +106,14 @@ absl::StatusOr<std::vector<std::string>> CallArgs(const char* function,
       args.push_back(LeasesByExpiryKey(credential, c.name));
     }
   }
+  if (!tail_key.empty()) args.push_back(tail_key);
   args[2] = absl::StrCat(args.size() - 3);
   for (std::string& h : head) args.push_back(std::move(h));
   for (const CounterRef& c : counters) {
     absl::Status s = AddCounter(c, around, &args);
     if (!s.ok()) return s;
   }
+  if (!tail.empty()) args.push_back(tail);
   return args;
 }
 
@@ -213,7 +216,7 @@ absl::StatusOr<std::vector<std::string>> AcquireArgs(const AcquireCall& call, ab
        absl::StrCat(call.counters.size()), call.keep_lease ? "1" : "0", call.request_id,
        call.fingerprint, absl::StrCat(CeilMicros(absl::ToInt64Nanoseconds(call.dedup_window))),
        call.feature},
-      around);
+      around, call.locator.empty() ? "" : call.locator_key, call.locator);
 }
 
 absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply) {
@@ -320,7 +323,7 @@ void RedisFunctions::Release(ReleaseCall call,
                {LeaseKey(call.credential, call.lease_id), StateKey(call.credential)},
                call.counters,
                {absl::StrCat(call.used), call.lease_id, absl::StrCat(call.counters.size())},
-               clock_now_());
+               clock_now_(), call.locator_key, call.locator_key.empty() ? "" : "1");
   if (!args.ok()) {
     done(args.status());
     return;
@@ -354,7 +357,7 @@ void RedisFunctions::Renew(RenewCall call,
       {LeaseKey(call.credential, call.lease_id), StateKey(call.credential)}, call.counters,
       {absl::StrCat(CeilMicros(absl::ToInt64Nanoseconds(call.ttl))), call.lease_id,
        absl::StrCat(call.counters.size())},
-      clock_now_());
+      clock_now_(), call.locator_key, call.locator_key.empty() ? "" : "1");
   if (!args.ok()) {
     done(args.status());
     return;

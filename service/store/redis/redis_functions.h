@@ -64,6 +64,11 @@ struct AcquireCall {
   std::string request_id;
   std::string fingerprint;  // what the request asks for, e.g. feature, scope and cost
   absl::Duration dedup_window = absl::Minutes(10);
+  // Non-empty (with keep_lease): `locator` is stored at `locator_key` for as long as the lease
+  // lives (renewed and deleted with it), so that a lease can be found from its id alone. The
+  // key is outside the credential's hash slot: standalone Redis only (not Cluster).
+  std::string locator_key;
+  std::string locator;
 };
 
 struct AcquireAnswer {
@@ -85,6 +90,7 @@ struct ReleaseCall {
   std::string lease_id;
   int64_t used = -1;
   std::vector<CounterRef> counters;
+  std::string locator_key;  // non-empty: deleted with the lease (AcquireCall::locator_key)
 };
 
 struct ReleaseAnswer {
@@ -99,6 +105,7 @@ struct RenewCall {
   std::string lease_id;
   absl::Duration ttl = absl::Minutes(1);
   std::vector<CounterRef> counters;
+  std::string locator_key;  // non-empty: renewed with the lease (AcquireCall::locator_key)
 };
 
 struct RenewAnswer {

@@ -1,0 +1,398 @@
+#include "service/store/redis/redis_backend.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "service/core/lease_id.h"
+
+namespace quotad {
+namespace {
+
+// A counter's name in Redis: the rule's "feature.limit", and for scoped rules the scope in
+// brackets (rule names hold no bracket).
+std::string CounterName(const Rule& rule, absl::string_view scope) {
+  if (!rule.spec.scoped) return rule.full_name;
+  return absl::StrCat(rule.full_name, "[", scope, "]");
+}
+
+// Length-prefixed fields ("<len>:<bytes>" each): any byte may appear in a field.
+std::string EncodeFields(std::initializer_list<absl::string_view> fields) {
+  std::string out;
+  for (absl::string_view f : fields) absl::StrAppend(&out, f.size(), ":", f);
+  return out;
+}
+
+bool DecodeFields(absl::string_view in, std::vector<std::string>* out) {
+  while (!in.empty()) {
+    const size_t colon = in.find(':');
+    size_t n = 0;
+    if (colon == absl::string_view::npos || !absl::SimpleAtoi(in.substr(0, colon), &n) ||
+        n > in.size() - colon - 1) {
+      return false;
+    }
+    out->emplace_back(in.substr(colon + 1, n));
+    in.remove_prefix(colon + 1 + n);
+  }
+  return true;
+}
+
+}  // namespace
+
+std::string LeaseLocatorKey(absl::string_view lease_id) {
+  return absl::StrCat("q:lease:", lease_id);
+}
+
+absl::StatusOr<redis::RedisClientOptions> ParseRedisUrl(absl::string_view url) {
+  constexpr absl::string_view kScheme = "redis://";
+  auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat("--redis=", url, ": ", why));
+  };
+  if (absl::StartsWith(url, "redis-sentinel://") || absl::StartsWith(url, "redis-cluster://")) {
+    return bad("Sentinel and Cluster are not built yet; give redis://HOST:PORT");
+  }
+  if (!absl::StartsWith(url, kScheme)) return bad("expected redis://HOST[:PORT]");
+  absl::string_view rest = url.substr(kScheme.size());
+  if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
+  if (rest.find_first_of("/@?") != absl::string_view::npos) {
+    return bad("a path, user or password is not supported (redis://HOST[:PORT])");
+  }
+  redis::RedisClientOptions options;
+  absl::string_view host = rest;
+  const size_t colon = rest.rfind(':');
+  if (colon != absl::string_view::npos && rest.find(']') == absl::string_view::npos) {
+    host = rest.substr(0, colon);
+    if (!absl::SimpleAtoi(rest.substr(colon + 1), &options.port) || options.port <= 0 ||
+        options.port > 65535) {
+      return bad("the port must be 1..65535");
+    }
+  }
+  if (host.empty()) return bad("no host");
+  options.host = std::string(host);
+  return options;
+}
+
+absl::StatusOr<std::unique_ptr<RedisBackend>> RedisBackend::Create(const Policy& policy,
+                                                                   Clock* clock,
+                                                                   RedisBackendOptions options) {
+  absl::StatusOr<redis::RedisClientOptions> client_options = ParseRedisUrl(options.url);
+  if (!client_options.ok()) return client_options.status();
+  absl::StatusOr<std::shared_ptr<const Compiled>> compiled = Compile(policy);
+  if (!compiled.ok()) return compiled.status();
+  client_options->connections = options.connections;
+  client_options->call_timeout = options.call_timeout;
+  const std::string description =
+      absl::StrCat("redis://", client_options->host, ":", client_options->port);
+  absl::StatusOr<std::unique_ptr<redis::RedisClient>> client =
+      redis::RedisClient::Create(*client_options);
+  if (!client.ok()) return client.status();
+  const absl::Duration wait = options.connect_wait;
+  std::unique_ptr<RedisBackend> backend(
+      new RedisBackend(clock, std::move(options), description, *std::move(client)));
+  {
+    absl::MutexLock lock(&backend->mu_);
+    backend->compiled_ = *std::move(compiled);
+  }
+  backend->client_->WaitConnected(wait);
+  backend->CheckHealth();
+  return backend;
+}
+
+RedisBackend::RedisBackend(Clock* clock, RedisBackendOptions options, std::string description,
+                           std::unique_ptr<redis::RedisClient> client)
+    : clock_(clock),
+      options_(std::move(options)),
+      description_(std::move(description)),
+      client_(std::move(client)),
+      functions_(client_.get(), [clock] { return clock->Now(); }) {}
+
+RedisBackend::~RedisBackend() = default;
+
+bool RedisBackend::serving() const {
+  return client_->connected() > 0 && library_loaded_.load(std::memory_order_acquire);
+}
+
+bool RedisBackend::CheckHealth() {
+  if (client_->connected() == 0) {
+    // Redis may come back empty (no persistence): check the library again once it is up.
+    library_loaded_.store(false, std::memory_order_release);
+    return false;
+  }
+  if (!library_loaded_.load(std::memory_order_acquire)) {
+    absl::StatusOr<int> version = functions_.EnsureLoaded(options_.call_timeout * 2);
+    library_loaded_.store(version.ok(), std::memory_order_release);
+  }
+  return serving();
+}
+
+absl::StatusOr<std::shared_ptr<const RedisBackend::Compiled>> RedisBackend::Compile(
+    const Policy& policy) {
+  if (absl::Status s = ValidatePolicy(policy); !s.ok()) return s;
+  auto compiled = std::make_shared<Compiled>();
+  compiled->policy = policy;
+  for (const CredentialSpec& c : policy.credentials) {
+    compiled->credentials[c.name] = std::make_shared<const CompiledCredential>(c.features);
+  }
+  return std::shared_ptr<const Compiled>(std::move(compiled));
+}
+
+std::shared_ptr<const RedisBackend::Compiled> RedisBackend::compiled() const {
+  absl::MutexLock lock(&mu_);
+  return compiled_;
+}
+
+Policy RedisBackend::policy() const { return compiled()->policy; }
+
+absl::Status RedisBackend::Reload(const Policy& policy) {
+  // Usage lives in Redis, under the counters' names: a limit that keeps its name keeps its
+  // units (a changed shape is read under the new rule; see the README).
+  absl::StatusOr<std::shared_ptr<const Compiled>> compiled = Compile(policy);
+  if (!compiled.ok()) return compiled.status();
+  absl::MutexLock lock(&mu_);
+  compiled_ = *std::move(compiled);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<RedisBackend::Plan> RedisBackend::PlanFor(const Compiled& compiled,
+                                                         absl::string_view credential,
+                                                         absl::string_view feature,
+                                                         absl::string_view scope) {
+  auto it = compiled.credentials.find(credential);
+  if (it == compiled.credentials.end()) {
+    return absl::NotFoundError(absl::StrCat("credential '", credential, "' is not configured"));
+  }
+  Plan plan;
+  plan.cc = it->second;
+  const int f = plan.cc->FindFeature(feature);
+  if (f < 0) {
+    return absl::NotFoundError(absl::StrCat("feature '", feature,
+                                            "' is not configured for credential '", credential,
+                                            "'"));
+  }
+  plan.feature = &plan.cc->features[f];
+  for (int r : plan.feature->rules) {
+    const Rule& rule = plan.cc->rules[r];
+    plan.counters.push_back({CounterName(rule, scope), &rule});
+    plan.rules.push_back(&rule);
+    absl::StrAppend(&plan.signature, plan.counters.back().name, "\n");
+  }
+  return plan;
+}
+
+absl::Status RedisBackend::StoreError(const absl::Status& status, absl::string_view what) {
+  if (absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status) ||
+      absl::IsCancelled(status)) {
+    return absl::UnavailableError(absl::StrCat("shared store ", description_, " did not answer (",
+                                               status.message(), "): ", what));
+  }
+  if (absl::IsInternal(status) && absl::StrContains(absl::AsciiStrToLower(status.message()),
+                                                    "function not found")) {
+    library_loaded_.store(false, std::memory_order_release);  // CheckHealth loads it again
+    return absl::UnavailableError(absl::StrCat("shared store ", description_,
+                                               " lost quotad's function library: ", what));
+  }
+  return status;
+}
+
+absl::StatusOr<Decision> RedisBackend::Acquire(const AcquireRequest&) {
+  return absl::InternalError("shared backend: use AcquireShared");
+}
+
+WaitTicket RedisBackend::AcquireOrWait(const AcquireRequest&, absl::Duration, int,
+                                       WaitCallback done) {
+  done(absl::UnimplementedError("waiting across replicas is not built yet"));
+  return WaitTicket{};
+}
+
+void RedisBackend::AcquireShared(const AcquireRequest& req, const SharedRequestId& request_id,
+                                 DecisionCallback done) {
+  if (!serving()) {
+    done(absl::UnavailableError(absl::StrCat("shared store ", description_,
+                                             " is unreachable: nothing was granted")));
+    return;
+  }
+  absl::StatusOr<Plan> plan = PlanFor(*compiled(), req.credential, req.feature, req.scope);
+  if (!plan.ok()) {
+    done(plan.status());
+    return;
+  }
+  const CompiledFeature& feature = *plan->feature;
+  if (req.cost <= 0 || req.cost > feature.min_capacity) {
+    done(absl::InvalidArgumentError(absl::StrCat(
+        "cost ", req.cost, " exceeds capacity ", feature.min_capacity, " of limit ",
+        plan->cc->rules[feature.min_capacity_rule].full_name, " and can never be granted")));
+    return;
+  }
+  const absl::Duration ttl =
+      req.lease_ttl == absl::ZeroDuration() ? feature.default_lease_ttl : req.lease_ttl;
+  if (ttl <= absl::ZeroDuration() || ttl > feature.max_lease_ttl) {
+    done(absl::InvalidArgumentError(
+        absl::StrCat("lease_ttl ", absl::FormatDuration(ttl), " exceeds the maximum ",
+                     absl::FormatDuration(feature.max_lease_ttl), " of feature ", feature.name)));
+    return;
+  }
+  redis::AcquireCall call;
+  call.credential = std::string(req.credential);
+  call.lease_id = NewLeaseId().ToString();
+  call.cost = req.cost;
+  call.ttl = ttl;
+  call.counters = plan->counters;
+  call.feature = feature.name;
+  call.request_id = std::string(request_id.key);
+  call.fingerprint = std::string(request_id.fingerprint);
+  call.dedup_window = options_.dedup_window;
+  call.locator_key = LeaseLocatorKey(call.lease_id);
+  call.locator = EncodeFields({req.credential, req.feature, req.scope, req.holder,
+                               absl::StrCat(req.cost), plan->signature});
+  std::string lease_id = call.lease_id;
+  functions_.Acquire(
+      std::move(call),
+      [this, plan = *std::move(plan), lease_id = std::move(lease_id),
+       done = std::move(done)](absl::StatusOr<redis::AcquireAnswer> answer) mutable {
+        if (!answer.ok()) {
+          done(StoreError(answer.status(), "nothing was granted"));
+          return;
+        }
+        Decision d;
+        d.granted = answer->granted;
+        if (d.granted) {
+          absl::StatusOr<LeaseId> id = LeaseId::Parse(answer->duplicate ? answer->lease_id
+                                                                        : lease_id);
+          if (!id.ok()) {
+            done(absl::InternalError(absl::StrCat("shared store answered lease ",
+                                                  answer->lease_id, ": ",
+                                                  id.status().message())));
+            return;
+          }
+          d.lease_id = *id;
+          d.lease_expiry = answer->lease_expiry;
+        } else {
+          d.retry_at = answer->retry_at;
+          if (answer->cooling || answer->limiting < 0 ||
+              answer->limiting >= static_cast<int>(plan.rules.size())) {
+            d.limited_by = absl::StrCat(plan.feature->name, ".cooldown");
+          } else {
+            d.limited_by = plan.rules[answer->limiting]->full_name;
+          }
+        }
+        done(std::move(d));
+      });
+}
+
+absl::StatusOr<RedisBackend::Locator> RedisBackend::ReadLocator(const LeaseId& id) {
+  const std::string text = id.ToString();
+  absl::StatusOr<redis::Reply> reply = client_->CallSync({"GET", LeaseLocatorKey(text)});
+  if (!reply.ok()) return StoreError(reply.status(), "the lease was not looked up");
+  if (reply->type == redis::Reply::Type::kNil) {
+    return absl::NotFoundError(absl::StrCat("unknown or expired lease ", text));
+  }
+  std::vector<std::string> f;
+  Locator l;
+  if (reply->type != redis::Reply::Type::kString || !DecodeFields(reply->str, &f) ||
+      f.size() != 6 || !absl::SimpleAtoi(f[4], &l.cost)) {
+    return absl::InternalError(absl::StrCat("lease ", text, ": unreadable locator ",
+                                            reply->DebugString()));
+  }
+  l.credential = std::move(f[0]);
+  l.feature = std::move(f[1]);
+  l.scope = std::move(f[2]);
+  l.holder = std::move(f[3]);
+  l.signature = std::move(f[5]);
+  return l;
+}
+
+absl::StatusOr<LeaseInfo> RedisBackend::FindLease(const LeaseId& id) {
+  absl::StatusOr<Locator> l = ReadLocator(id);
+  if (!l.ok()) return l.status();
+  LeaseInfo info;
+  info.id = id;
+  info.credential = l->credential;
+  info.feature = l->feature;
+  info.scope = l->scope;
+  info.holder = l->holder;
+  info.cost = l->cost;
+  info.granted_at = absl::InfinitePast();  // not kept in the locator
+  info.expiry = absl::InfiniteFuture();
+  return info;
+}
+
+absl::StatusOr<ReleaseResult> RedisBackend::Release(const LeaseId& id,
+                                                    std::optional<int64_t> used) {
+  absl::StatusOr<Locator> l = ReadLocator(id);
+  if (!l.ok()) return l.status();
+  if (used.has_value() && (*used < 0 || *used > l->cost)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("used ", *used, " must be 0..", l->cost, " (the lease's cost)"));
+  }
+  redis::ReleaseCall call;
+  call.credential = l->credential;
+  call.lease_id = id.ToString();
+  call.used = used.value_or(-1);
+  call.locator_key = LeaseLocatorKey(call.lease_id);
+  absl::StatusOr<Plan> plan = PlanFor(*compiled(), l->credential, l->feature, l->scope);
+  if (plan.ok()) {
+    call.counters = plan->counters;
+    // The feature's limits changed since the grant: its refund tokens no longer line up with
+    // the counters, so nothing is refunded (slots are freed by name all the same).
+    if (plan->signature != l->signature) call.used = -1;
+  } else {
+    call.used = -1;  // the feature is gone: only the lease (and its locator) end
+  }
+  absl::StatusOr<redis::ReleaseAnswer> answer = functions_.ReleaseSync(std::move(call));
+  if (!answer.ok()) return StoreError(answer.status(), "the lease was not released");
+  if (!answer->found) {
+    return absl::NotFoundError(absl::StrCat("unknown or expired lease ", id.ToString()));
+  }
+  ReleaseResult result;
+  result.freed = answer->freed;
+  for (int64_t r : answer->refunded) result.refunded = std::max(result.refunded, r);
+  return result;
+}
+
+absl::StatusOr<absl::Time> RedisBackend::Renew(const LeaseId& id, absl::Duration ttl) {
+  absl::StatusOr<Locator> l = ReadLocator(id);
+  if (!l.ok()) return l.status();
+  absl::StatusOr<Plan> plan = PlanFor(*compiled(), l->credential, l->feature, l->scope);
+  if (!plan.ok()) return plan.status();
+  const CompiledFeature& feature = *plan->feature;
+  if (ttl == absl::ZeroDuration()) ttl = feature.default_lease_ttl;
+  if (ttl < absl::ZeroDuration() || ttl > feature.max_lease_ttl) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ttl ", absl::FormatDuration(ttl), " exceeds the maximum ",
+                     absl::FormatDuration(feature.max_lease_ttl), " of feature ", feature.name));
+  }
+  redis::RenewCall call;
+  call.credential = l->credential;
+  call.lease_id = id.ToString();
+  call.ttl = ttl;
+  call.counters = plan->counters;
+  call.locator_key = LeaseLocatorKey(call.lease_id);
+  absl::StatusOr<redis::RenewAnswer> answer = functions_.RenewSync(std::move(call));
+  if (!answer.ok()) return StoreError(answer.status(), "the lease was not renewed");
+  if (!answer->found) {
+    return absl::NotFoundError(absl::StrCat("unknown or expired lease ", id.ToString()));
+  }
+  return answer->expiry;
+}
+
+absl::StatusOr<ReportResult> RedisBackend::Report(const UpstreamAnswer&) {
+  return absl::UnimplementedError("Report is not built in shared mode (Redis) yet");
+}
+
+absl::StatusOr<std::vector<LimitStatus>> RedisBackend::Usage(absl::string_view) {
+  return absl::UnimplementedError("GetUsage is not built in shared mode (Redis) yet");
+}
+
+absl::StatusOr<std::vector<LeaseInfo>> RedisBackend::Leases(absl::string_view) {
+  return absl::UnimplementedError("ListLeases is not built in shared mode (Redis) yet");
+}
+
+absl::Status RedisBackend::Reset(absl::string_view) {
+  return absl::UnimplementedError("ResetCredential is not built in shared mode (Redis) yet");
+}
+
+}  // namespace quotad

@@ -1,0 +1,145 @@
+#ifndef QUOTAD_SERVICE_STORE_REDIS_REDIS_BACKEND_H_
+#define QUOTAD_SERVICE_STORE_REDIS_REDIS_BACKEND_H_
+
+// Shared mode's QuotaBackend: every decision is one call of quotad's Redis function library
+// (redis_functions.h), so that any number of replicas pointing at one Redis decide as one
+// embedded quotad would. This replica compiles each credential's features into the counters a
+// call touches (draws_on, scopes) and the calendar windows in the limit's IANA zone; Redis
+// decides atomically on its own clock.
+//
+// A lease is found from its id alone through its locator, a small key `q:lease:<id>` holding
+// the credential, feature, scope, holder, cost and the names of the counters it charged;
+// Release and Renew read it first (one more round trip), and a lease whose feature changed its
+// limits since (a reload) gives no refund. The locator lies outside the credential's hash slot:
+// standalone Redis only, not Cluster.
+//
+// Not built yet (kUnimplemented, or as stated): waiting (a request that may wait is decided at
+// once), Usage, Leases and Reset (Admin), the Report's outside estimate and its attribution to
+// the limits closest to full, max_scopes, sliding windows with sub-buckets, Decision::limits.
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "service/core/clock.h"
+#include "service/core/compiled_policy.h"
+#include "service/core/quota_backend.h"
+#include "service/store/redis/redis_client.h"
+#include "service/store/redis/redis_functions.h"
+
+namespace quotad {
+
+struct RedisBackendOptions {
+  // redis://HOST[:PORT] (port 6379 when left out).
+  std::string url;
+  // Connections to Redis (calls are pipelined over them) and the time a call may take.
+  int connections = 2;
+  absl::Duration call_timeout = absl::Seconds(1);
+  // How long the first grant of a request_id answers its retries.
+  absl::Duration dedup_window = absl::Minutes(10);
+  // Create() waits this long for Redis before it starts anyway, NOT_SERVING until reachable.
+  absl::Duration connect_wait = absl::Seconds(2);
+};
+
+// Parses --redis: redis://HOST[:PORT]. kInvalidArgument naming the URL otherwise (and saying
+// that redis-sentinel:// and redis-cluster:// are not built yet).
+absl::StatusOr<redis::RedisClientOptions> ParseRedisUrl(absl::string_view url);
+
+// Thread-safe. Owns its client (and its event-loop thread, which answers AcquireShared);
+// does not own `clock`, which must outlive *this. Release, Renew, Report and FindLease block
+// until Redis answers (at most call_timeout each). Fails closed: while Redis cannot be
+// reached, every decision is kUnavailable and nothing is granted.
+class RedisBackend final : public QuotaBackend {
+ public:
+  // kInvalidArgument for a bad URL or policy. Does not fail when Redis is down: it then starts
+  // NOT_SERVING (serving() false) and CheckHealth() loads the library once Redis answers.
+  static absl::StatusOr<std::unique_ptr<RedisBackend>> Create(const Policy& policy, Clock* clock,
+                                                              RedisBackendOptions options);
+  ~RedisBackend() override;
+
+  // Whether a connection is up and the function library is loaded; after a reconnect, loads
+  // the library again if Redis lost it (a restart without persistence). Blocks (at most a few
+  // call timeouts): call it from a background thread, not from a completion-queue thread.
+  bool CheckHealth();
+  // "redis://host:port", for logs.
+  const std::string& description() const { return description_; }
+
+  bool shared() const override { return true; }
+  bool serving() const override;
+  Clock* clock() const override { return clock_; }
+
+  absl::StatusOr<Decision> Acquire(const AcquireRequest& request) override;
+  WaitTicket AcquireOrWait(const AcquireRequest& request, absl::Duration max_wait, int priority,
+                           WaitCallback done) override;
+  bool Cancel(const WaitTicket& ticket) override { return false; }
+  void AcquireShared(const AcquireRequest& request, const SharedRequestId& request_id,
+                     DecisionCallback done) override;
+
+  absl::StatusOr<ReleaseResult> Release(const LeaseId& id, std::optional<int64_t> used) override;
+  absl::StatusOr<absl::Time> Renew(const LeaseId& id, absl::Duration ttl) override;
+  absl::StatusOr<ReportResult> Report(const UpstreamAnswer& answer) override;
+  absl::StatusOr<LeaseInfo> FindLease(const LeaseId& id) override;
+
+  absl::StatusOr<std::vector<LimitStatus>> Usage(absl::string_view credential) override;
+  absl::StatusOr<std::vector<LeaseInfo>> Leases(absl::string_view credential) override;
+  absl::Status Reset(absl::string_view credential) override;
+
+  Policy policy() const override;
+  absl::Status Reload(const Policy& policy) override;
+
+ private:
+  // The policy compiled: one CompiledCredential per credential. Immutable; replaced whole.
+  struct Compiled {
+    Policy policy;
+    absl::flat_hash_map<std::string, std::shared_ptr<const CompiledCredential>> credentials;
+  };
+  // What one call of a feature touches.
+  struct Plan {
+    std::shared_ptr<const CompiledCredential> cc;  // keeps the rules alive
+    const CompiledFeature* feature = nullptr;
+    std::vector<redis::CounterRef> counters;
+    std::vector<const Rule*> rules;  // parallel to counters
+    std::string signature;           // the counter names, to recognise them after a reload
+  };
+  // A lease's locator (see the file comment).
+  struct Locator {
+    std::string credential, feature, scope, holder, signature;
+    int64_t cost = 0;
+  };
+
+  RedisBackend(Clock* clock, RedisBackendOptions options, std::string description,
+               std::unique_ptr<redis::RedisClient> client);
+  static absl::StatusOr<std::shared_ptr<const Compiled>> Compile(const Policy& policy);
+  std::shared_ptr<const Compiled> compiled() const ABSL_LOCKS_EXCLUDED(mu_);
+  static absl::StatusOr<Plan> PlanFor(const Compiled& compiled, absl::string_view credential,
+                                      absl::string_view feature, absl::string_view scope);
+  absl::StatusOr<Locator> ReadLocator(const LeaseId& id);
+  // A store error as the caller sees it: kUnavailable (nothing decided) for a transport one.
+  absl::Status StoreError(const absl::Status& status, absl::string_view what);
+
+  // Destroyed in reverse: the client first, whose pending calls are answered (kCancelled)
+  // while everything they touch still lives.
+  Clock* const clock_;
+  const RedisBackendOptions options_;
+  const std::string description_;
+  std::atomic<bool> library_loaded_{false};
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const Compiled> compiled_ ABSL_GUARDED_BY(mu_);
+  const std::unique_ptr<redis::RedisClient> client_;
+  redis::RedisFunctions functions_;
+};
+
+// The key of a lease's locator.
+std::string LeaseLocatorKey(absl::string_view lease_id);
+
+}  // namespace quotad
+
+#endif  // QUOTAD_SERVICE_STORE_REDIS_REDIS_BACKEND_H_
