@@ -51,12 +51,14 @@ class Authorizer {
   // An enabled Authorizer that knows no token: every call is UNAUTHENTICATED.
   static std::unique_ptr<const Authorizer> DenyAll();
 
-  // From a configuration's `auth` section (already validated by the config loader; checked again
-  // here: kInvalidArgument for a bad digest, method or dangling identity).
-  static absl::StatusOr<std::unique_ptr<const Authorizer>> Create(const v1::Auth& auth);
+  // From a configuration's `auth` section as the config loader validated it (service/config
+  // auth_checks.cc is the one check of the section, with file and line). A section that did not
+  // pass it is not refused here: a malformed digest matches no token, an unknown method grants
+  // nothing.
+  static std::unique_ptr<const Authorizer> Create(const v1::Auth& auth);
 
   // AllowAll() when `config` has no auth section, else Create(config.auth()).
-  static absl::StatusOr<std::unique_ptr<const Authorizer>> FromConfig(const v1::Config& config);
+  static std::unique_ptr<const Authorizer> FromConfig(const v1::Config& config);
 
   // Whether calls are checked at all.
   bool enabled() const { return enabled_; }

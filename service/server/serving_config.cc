@@ -10,14 +10,7 @@ namespace quotad {
 
 std::shared_ptr<const ServingConfig> ServingConfig::Build(const LoadedConfig& config) {
   auto snapshot = std::make_shared<ServingConfig>();
-  absl::StatusOr<std::unique_ptr<const Authorizer>> auth = Authorizer::FromConfig(config.config);
-  if (auth.ok()) {
-    snapshot->auth = *std::move(auth);
-  } else {  // the loader checked the same section; refuse everyone rather than allow all
-    Log(*ServerLogger(), spdlog::level::err, "auth section unusable, refusing every call",
-        {{"error", auth.status().message()}});
-    snapshot->auth = Authorizer::DenyAll();
-  }
+  snapshot->auth = Authorizer::FromConfig(config.config);  // checked by the loader
   for (const CredentialSpec& c : config.policy.credentials) {
     snapshot->profile_of[c.name] = c.profile;
   }
