@@ -576,7 +576,9 @@ void ExpectSameDecisionsAsLimitsCc(RedisFunctions& fn, const Rule& rule, int ste
   // The run must have exercised both answers.
   EXPECT_GE(grants, 10);
   EXPECT_GE(denials, 10);
-  if (rule.spec.kind != LimitKind::kConcurrency) {
+  // A bucket refunds only units still ahead of now (500 us each): on a loaded machine the steps
+  // may be slower than that, so its refunds are not required (the comparison above still holds).
+  if (rule.spec.kind != LimitKind::kConcurrency && rule.spec.kind != LimitKind::kTokenBucket) {
     EXPECT_GT(refunds, 0);
   }
   if (rule.spec.kind != LimitKind::kConcurrency && rule.spec.kind != LimitKind::kTokenBucket) {
