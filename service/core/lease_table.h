@@ -44,6 +44,8 @@ struct LeaseRecord {
   int64_t granted_ns = 0;                  // ledger time
   int64_t expiry_ns = 0;                   // ledger time
   absl::InlinedVector<int64_t, 4> tokens;  // refund token per rule, in feature rule order
+  // Written to the journal as holding slots after it was granted refund-only (Renew).
+  bool rewritten_with_slots = false;
 };
 
 // One shard of the table. Thread-safe under `mu`.

@@ -166,9 +166,13 @@ absl::StatusOr<absl::Time> Ledger::Renew(const LeaseId& id, absl::Duration ttl) 
     if (feature.has_concurrency) {
       s = options_.journal->RenewLease(id.ToString(), expiry);
     } else {
+      // The first time, the refund-only record goes (a release of it, queued ahead of the slot
+      // row), so that it cannot outlive the row's own release.
+      if (!rec.rewritten_with_slots) options_.journal->DeleteLease(id.ToString());
       JournalLease j = ledger_internal::ToJournal(id, rec, true);
       j.expiry_ns = expiry;
       s = options_.journal->PutLease(j);
+      if (s.ok()) rec.rewritten_with_slots = true;
     }
     if (!s.ok()) {
       return absl::UnavailableError(

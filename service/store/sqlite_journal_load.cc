@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "service/core/status_macros.h"
 #include "service/store/lease_log_codec.h"
@@ -132,7 +133,22 @@ absl::StatusOr<JournalState> SqliteJournal::Load() {
   sqlite3_finalize(st);
   if (rc != SQLITE_DONE) return Error("cannot read leases");
   int64_t rows = 0;
+  const size_t slot_rows = state.leases.size();
   QUOTAD_RETURN_IF_ERROR(FoldLogLocked(&state.leases, &rows));
+  // A lease written refund-only and later again as holding slots (a reload made its limit a
+  // concurrency one) can be in both places until its release reaches the log: the row is the
+  // later write, and the one that holds the slot.
+  if (slot_rows > 0 && state.leases.size() > slot_rows) {
+    absl::flat_hash_set<std::string> with_row;
+    for (size_t i = 0; i < slot_rows; ++i) with_row.insert(state.leases[i].id);
+    size_t out = slot_rows;
+    for (size_t i = slot_rows; i < state.leases.size(); ++i) {
+      if (with_row.contains(state.leases[i].id)) continue;
+      if (out != i) state.leases[out] = std::move(state.leases[i]);
+      ++out;
+    }
+    state.leases.resize(out);
+  }
 
   rc = sqlite3_prepare_v2(db_, "SELECT credential, feature, until_ns FROM cooldowns", -1, &st,
                           nullptr);

@@ -126,6 +126,30 @@ TEST_F(SqliteJournalTest, QueuedLeasesAreVisibleAfterFlushAndAfterReopen) {
   EXPECT_NE(FindLease(s, "l99"), nullptr);
 }
 
+// A lease written refund-only (the lease log) and later again as holding slots (a reload made
+// its limit a concurrency one; Ledger::Renew first releases the log copy) loads once, as the
+// row; and once the row is released, nothing of it comes back.
+TEST_F(SqliteJournalTest, ALeaseRewrittenWithSlotsLoadsOnceAndItsReleaseLeavesNothing) {
+  journal_ = OpenOk();
+  ASSERT_OK(journal_->PutLease(Lease("conv", false)));
+  ASSERT_OK(journal_->Flush());
+  ASSERT_OK(journal_->PutLease(Lease("conv", true)));  // no release of the log copy (a crash)
+  JournalState s = Reload();
+  ASSERT_EQ(s.leases.size(), 1u);
+  EXPECT_TRUE(s.leases[0].holds_slots);
+  // What the ledger does: the log copy released first, then the row written; then released.
+  journal_->DeleteLease("conv");  // the row
+  journal_->DeleteLease("conv");  // no row now: a release record for the log copy
+  ASSERT_OK(journal_->PutLease(Lease("conv2", false)));
+  ASSERT_OK(journal_->Flush());
+  journal_->DeleteLease("conv2");
+  ASSERT_OK(journal_->PutLease(Lease("conv2", true)));
+  journal_->DeleteLease("conv2");
+  s = Reload();
+  EXPECT_EQ(FindLease(s, "conv"), nullptr);
+  EXPECT_EQ(FindLease(s, "conv2"), nullptr);
+}
+
 // The writer thread commits on its own, when enough records wait or when the interval ends.
 // (Polls the writer's counters, bounded; there is no clock to advance for a real thread.)
 bool WaitForRecords(SqliteJournal& j, int64_t n) {
