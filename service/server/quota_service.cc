@@ -8,6 +8,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "service/core/ledger_backend.h"
 #include "service/server/convert.h"
 #include "service/server/validation.h"
@@ -24,6 +25,57 @@ std::string Fingerprint(const v1::AcquireRequest& req) {
 
 // Release records carry no fingerprint (the key names the lease; the first answer stands).
 constexpr absl::string_view kNoFingerprint = "";
+
+// A batch of more than kMaxBatchItems items is refused whole.
+absl::Status CheckBatchSize(int items) {
+  if (items <= kMaxBatchItems) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("items has ", items, " entries; at most ",
+                                                 kMaxBatchItems,
+                                                 " are allowed in one batch (split it)"));
+}
+
+// The error of item `index`, as the single call would have returned it, naming the item.
+void ToItemError(int index, const absl::Status& status, v1::ItemError* out) {
+  out->set_code(static_cast<int>(status.code()));
+  out->set_message(absl::StrCat("items[", index, "]: ", status.message()));
+}
+
+// The answer of one Acquire of a batch, handed over from whichever thread decided it. Not
+// copyable; the waiting side owns it.
+class BatchAnswer {
+ public:
+  // Blocks until Set() (at once with the embedded ledger, which decides on the caller's thread).
+  absl::StatusOr<v1::AcquireResponse> Take() {
+    done_.WaitForNotification();
+    return std::move(answer_);
+  }
+  void Set(absl::StatusOr<v1::AcquireResponse> answer) {
+    answer_ = std::move(answer);
+    done_.Notify();
+  }
+
+ private:
+  absl::StatusOr<v1::AcquireResponse> answer_ = absl::UnknownError("unanswered");
+  absl::Notification done_;
+};
+
+// The AcquireDone of a batch item: sets the answer once, or UNAVAILABLE when destroyed
+// uncalled (a backend that drops its callbacks at shutdown), so that the batch never hangs.
+class BatchReply {
+ public:
+  explicit BatchReply(BatchAnswer* answer) : answer_(answer) {}
+  BatchReply(BatchReply&& other) noexcept : answer_(std::exchange(other.answer_, nullptr)) {}
+  BatchReply& operator=(BatchReply&&) = delete;
+  ~BatchReply() {
+    if (answer_ != nullptr) answer_->Set(absl::UnavailableError("the item was not decided"));
+  }
+  void operator()(absl::StatusOr<v1::AcquireResponse> answer) {
+    std::exchange(answer_, nullptr)->Set(std::move(answer));
+  }
+
+ private:
+  BatchAnswer* answer_;
+};
 
 }  // namespace
 
@@ -245,6 +297,60 @@ void QuotaService::AcquireShared(const Caller& caller, const v1::AcquireRequest&
         Observe("Acquire", identity, req, decision, start);
         done(Answer(req, std::move(decision), /*dedup_key=*/""));
       });
+}
+
+absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatch(
+    const Caller& caller, const v1::AcquireBatchRequest& req) {
+  if (absl::Status s = CheckBatchSize(req.items_size()); !s.ok()) return s;
+  v1::AcquireBatchResponse resp;
+  resp.mutable_results()->Reserve(req.items_size());
+  for (int i = 0; i < req.items_size(); ++i) {
+    const v1::AcquireRequest& item = req.items(i);
+    v1::AcquireBatchItem* out = resp.add_results();
+    const google::protobuf::Duration& wait = item.max_wait();
+    if (wait.seconds() > 0 || (wait.seconds() == 0 && wait.nanos() > 0)) {
+      // Malformed durations are left to the single path's validation.
+      metrics_->OnRequestError("AcquireBatchItem", "INVALID_ARGUMENT");
+      ToItemError(i,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "max_wait ", absl::FormatDuration(absl::Seconds(wait.seconds()) +
+                                                        absl::Nanoseconds(wait.nanos())),
+                      " is not allowed in a batch, which never waits (send it as Acquire)")),
+                  out->mutable_error());
+      continue;
+    }
+    BatchAnswer answer;
+    // No max_wait: never parked, so no ticket to keep.
+    Acquire(caller, item, BatchReply(&answer));
+    absl::StatusOr<v1::AcquireResponse> result = answer.Take();
+    if (result.ok()) {
+      *out->mutable_response() = *std::move(result);
+    } else {
+      metrics_->OnRequestError("AcquireBatchItem",
+                               absl::StatusCodeToString(result.status().code()));
+      ToItemError(i, result.status(), out->mutable_error());
+    }
+  }
+  return resp;
+}
+
+absl::StatusOr<v1::ReleaseBatchResponse> QuotaService::ReleaseBatch(
+    const Caller& caller, const v1::ReleaseBatchRequest& req) {
+  if (absl::Status s = CheckBatchSize(req.items_size()); !s.ok()) return s;
+  v1::ReleaseBatchResponse resp;
+  resp.mutable_results()->Reserve(req.items_size());
+  for (int i = 0; i < req.items_size(); ++i) {
+    v1::ReleaseBatchItem* out = resp.add_results();
+    absl::StatusOr<v1::ReleaseResponse> result = Release(caller, req.items(i));
+    if (result.ok()) {
+      *out->mutable_response() = *std::move(result);
+    } else {
+      metrics_->OnRequestError("ReleaseBatchItem",
+                               absl::StatusCodeToString(result.status().code()));
+      ToItemError(i, result.status(), out->mutable_error());
+    }
+  }
+  return resp;
 }
 
 bool QuotaService::CancelWait(const WaitTicket& ticket) { return backend_->Cancel(ticket); }

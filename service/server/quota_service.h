@@ -1,7 +1,8 @@
 #ifndef QUOTAD_SERVICE_SERVER_QUOTA_SERVICE_H_
 #define QUOTAD_SERVICE_SERVER_QUOTA_SERVICE_H_
 
-// The Quota service (quotad.v1.Quota) without its transport: Acquire, Release, Renew, Report.
+// The Quota service (quotad.v1.Quota) without its transport: Acquire, Release, Renew, Report,
+// and the batches AcquireBatch and ReleaseBatch (each item through the single-item path).
 // Each method takes the caller (authenticated by the transport) and the wire request, and owns
 // what lies between them and the ledger: validation (errors name the field and the value),
 // authorization (the access rules; a lease is ended or extended by its holder's identity or an
@@ -29,6 +30,9 @@
 #include "service/server/status_page.h"
 
 namespace quotad {
+
+// Most items in one AcquireBatch or ReleaseBatch.
+inline constexpr int kMaxBatchItems = 1000;
 
 struct QuotaServiceOptions {
   // Acquire priorities above `priority_ceiling` are for admins and `priority_identities` only.
@@ -86,6 +90,20 @@ class QuotaService {
   // identity's lease; kNotFound for an unknown or expired one.
   absl::StatusOr<v1::ReleaseResponse> Release(const Caller& caller,
                                               const v1::ReleaseRequest& request);
+
+  // Each item decided in order exactly as by Acquire() (access rules, validation, request_id
+  // replay and recording), its answer or its error (prefixed "items[i]: ") in `results[i]`.
+  // Never waits: an item with a positive max_wait is refused kInvalidArgument. Not
+  // all-or-nothing: each grant stands. With a shared backend each item waits for the store's
+  // answer (as Release does). Errors of the whole call: kInvalidArgument for more than
+  // kMaxBatchItems items.
+  absl::StatusOr<v1::AcquireBatchResponse> AcquireBatch(const Caller& caller,
+                                                        const v1::AcquireBatchRequest& request);
+
+  // Each item ended in order exactly as by Release(), its answer or error in `results[i]`.
+  // kInvalidArgument for more than kMaxBatchItems items.
+  absl::StatusOr<v1::ReleaseBatchResponse> ReleaseBatch(const Caller& caller,
+                                                        const v1::ReleaseBatchRequest& request);
 
   // Extends a lease (ttl zero: the feature's default); who may, as for Release.
   absl::StatusOr<v1::RenewResponse> Renew(const Caller& caller, const v1::RenewRequest& request);

@@ -16,6 +16,7 @@ namespace quotad {
 namespace {
 
 constexpr int kArmedHotCalls = 16;  // requested Acquire/Release/Renew calls per queue
+constexpr int kArmedBatchCalls = 4;  // requested AcquireBatch/ReleaseBatch calls per queue
 constexpr int kArmedAdminCalls = 2;
 constexpr int kMaxMessageBytes = 1 << 20;
 
@@ -107,6 +108,10 @@ absl::Status GrpcTransport::Listen() {
       release_.Arm(cq.get());
       renew_.Arm(cq.get());
     }
+    for (int i = 0; i < kArmedBatchCalls; ++i) {
+      acquire_batch_.Arm(cq.get());
+      release_batch_.Arm(cq.get());
+    }
     for (int i = 0; i < kArmedAdminCalls; ++i) {
       report_.Arm(cq.get());
       usage_.Arm(cq.get());
@@ -137,6 +142,10 @@ void GrpcTransport::DefineMethods() {
          &QuotaService::Report);
   Define(&release_, &quota_async_, &QuotaAsync::RequestRelease, "Release", quota_,
          &QuotaService::Release);
+  Define(&acquire_batch_, &quota_async_, &QuotaAsync::RequestAcquireBatch, "AcquireBatch", quota_,
+         &QuotaService::AcquireBatch);
+  Define(&release_batch_, &quota_async_, &QuotaAsync::RequestReleaseBatch, "ReleaseBatch", quota_,
+         &QuotaService::ReleaseBatch);
   Define(&renew_, &quota_async_, &QuotaAsync::RequestRenew, "Renew", quota_,
          &QuotaService::Renew);
   Define(&usage_, &admin_async_, &AdminAsync::RequestGetUsage, "GetUsage", admin_,

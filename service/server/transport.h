@@ -131,6 +131,8 @@ class GrpcTransport {
   AcquireCall::Method acquire_;
   Unary<QuotaAsync, v1::ReportRequest, v1::ReportResponse> report_;
   Unary<QuotaAsync, v1::ReleaseRequest, v1::ReleaseResponse> release_;
+  Unary<QuotaAsync, v1::AcquireBatchRequest, v1::AcquireBatchResponse> acquire_batch_;
+  Unary<QuotaAsync, v1::ReleaseBatchRequest, v1::ReleaseBatchResponse> release_batch_;
   Unary<QuotaAsync, v1::RenewRequest, v1::RenewResponse> renew_;
   Unary<AdminAsync, v1::GetUsageRequest, v1::GetUsageResponse> usage_;
   Unary<AdminAsync, v1::ListLeasesRequest, v1::ListLeasesResponse> leases_;

@@ -5,6 +5,7 @@
   grpcurl -plaintext ADDR describe grpc.health.v1.Health
   grpcurl -plaintext -d '{"credential": ...}' ADDR quotad.v1.Quota/Acquire
   grpcurl -plaintext -d '{"credential": ..., "maxWait": "5s"}' ADDR quotad.v1.Quota/Acquire
+  grpcurl -plaintext -d '{"items": [{"credential": ...}, ...]}' ADDR quotad.v1.Quota/AcquireBatch
   grpcurl -plaintext -d '{"credential": ..., "httpStatus": 429, "headers": [...]}' \
       ADDR quotad.v1.Quota/Report
 
@@ -152,7 +153,11 @@ class GrpcurlTest(unittest.TestCase):
     def test_describe_quota_and_admin(self):
         quota = self.refl.describe("quotad.v1.Quota")
         self.assertEqual(sorted(quota.methods_by_name),
-                         ["Acquire", "Release", "Renew", "Report"])
+                         ["Acquire", "AcquireBatch", "Release", "ReleaseBatch", "Renew",
+                          "Report"])
+        batch = quota.methods_by_name["AcquireBatch"]
+        self.assertEqual(batch.input_type.full_name, "quotad.v1.AcquireBatchRequest")
+        self.assertEqual(batch.output_type.full_name, "quotad.v1.AcquireBatchResponse")
         report = quota.methods_by_name["Report"]
         self.assertEqual(report.input_type.full_name, "quotad.v1.ReportRequest")
         self.assertEqual(report.output_type.full_name, "quotad.v1.ReportResponse")
@@ -223,6 +228,44 @@ class GrpcurlTest(unittest.TestCase):
                                 ' "httpStatus": 999}')
         self.assertEqual(ctx.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn("http_status 999", ctx.exception.details())
+
+    def test_acquire_batch_from_json(self):
+        # Exactly what is left is granted across the batch, never more; retries of a request_id
+        # inside the batch get the first lease; bad items are answered with their own error.
+        usage = self.refl.call_json("quotad.v1.Admin/GetUsage",
+                                    '{"credential": "virustotal/prod"}')
+        left = min(int(l.get("remaining", "0")) for l in usage["limits"]
+                   if l["name"].startswith("requests.") and l.get("capacity"))
+        items = ['{"credential": "virustotal/prod", "feature": "requests", "holder": "batch"}'
+                 for _ in range(left + 2)]
+        items += ['{"credential": "virustotal/prod", "feature": "nope"}',
+                  '{"credential": "virustotal/prod", "feature": "requests", "maxWait": "5s"}']
+        resp = self.refl.call_json("quotad.v1.Quota/AcquireBatch",
+                                   '{"items": [%s]}' % ", ".join(items))
+        results = resp["results"]
+        self.assertEqual(len(results), left + 4)
+        granted = [r["response"]["leaseId"] for r in results[:left + 2]
+                   if r["response"].get("granted")]
+        self.assertEqual(len(granted), left, results)
+        self.assertEqual(results[left + 1]["response"]["limitedBy"][:9], "requests.")
+        self.assertEqual(results[left + 2]["error"]["code"], 5)  # NOT_FOUND
+        self.assertIn("items[%d]" % (left + 2), results[left + 2]["error"]["message"])
+        self.assertIn("nope", results[left + 2]["error"]["message"])
+        self.assertEqual(results[left + 3]["error"]["code"], 3)  # INVALID_ARGUMENT
+        self.assertIn("max_wait", results[left + 3]["error"]["message"])
+
+        # Given back whole: the same capacity is left as before.
+        released = self.refl.call_json(
+            "quotad.v1.Quota/ReleaseBatch",
+            '{"items": [%s]}' % ", ".join('{"leaseId": "%s", "used": 0}' % g for g in granted))
+        self.assertEqual(len(released["results"]), left)
+        for r in released["results"]:
+            self.assertIn("response", r, r)
+        with self.assertRaises(grpc.RpcError) as ctx:
+            self.refl.call_json("quotad.v1.Quota/ReleaseBatch",
+                                '{"items": [%s]}' % ", ".join(['{"leaseId": "x"}'] * 1001))
+        self.assertEqual(ctx.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("at most 1000", ctx.exception.details())
 
     def test_invalid_argument_over_json(self):
         with self.assertRaises(grpc.RpcError) as ctx:
