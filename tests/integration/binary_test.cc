@@ -21,6 +21,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "quotad/v1/quotad.grpc.pb.h"
 #include "tests/support/child_process.h"
+#include "tests/support/eventually.h"
 #include "tests/support/grpc_status_matchers.h"
 #include "tests/support/temp_dir.h"
 
@@ -225,20 +226,18 @@ TEST(BinaryTest, ChangedConfigFileIsReloadedKeepingUsageAndABadOneIsRejected) {
   // A new capacity of 5 keeps the 2 used, and applies from the next day: today stays at the
   // stricter of the two configurations (SPEC section 2), so nothing more today.
   dir.Publish(DailyConfig(5));
-  const absl::Time deadline = absl::Now() + absl::Seconds(20);
-  while (quotad.log().find("config reloaded") == std::string::npos && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(20));
-  }
-  ASSERT_NE(quotad.log().find("config reloaded"), std::string::npos) << quotad.log();
+  ASSERT_TRUE(::quotad::testing::Eventually(
+      [&] { return quotad.log().find("config reloaded") != std::string::npos; }, absl::Seconds(20)))
+      << quotad.log();
   int granted = 0;
   for (int i = 0; i < 6; ++i) granted += Acquire(*quota);
   EXPECT_EQ(granted, 0);
 
   // A bad file is rejected and logged; the config in force stays.
   dir.Publish(DailyConfig(-1));
-  while (quotad.log().find("reload rejected") == std::string::npos && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(20));
-  }
+  ASSERT_TRUE(::quotad::testing::Eventually(
+      [&] { return quotad.log().find("reload rejected") != std::string::npos; }, absl::Seconds(20)))
+      << quotad.log();
   const std::string log = quotad.log();
   ASSERT_NE(log.find("reload rejected"), std::string::npos) << log;
   EXPECT_NE(log.find("capacity"), std::string::npos) << log;  // names the bad field

@@ -29,6 +29,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "quotad/v1/quotad.grpc.pb.h"
+#include "tests/support/eventually.h"
 #include "tests/support/grpc_status_matchers.h"
 #include "tests/support/temp_dir.h"
 
@@ -70,33 +71,34 @@ class Quotad {
 
   // "127.0.0.1:PORT" once the server listens; empty when it exited or `timeout` passed.
   std::string WaitForAddress(absl::Duration timeout = absl::Seconds(20)) {
-    const absl::Time deadline = absl::Now() + timeout;
-    while (absl::Now() < deadline) {
-      const std::string text = log();
-      const size_t at = text.find("listening address=");
-      if (at != std::string::npos) {
-        const size_t end = text.find_first_of(" \n", at + 18);
-        return text.substr(at + 18, end - at - 18);
-      }
-      if (Exited(absl::ZeroDuration()).has_value()) return "";
-      absl::SleepFor(absl::Milliseconds(5));
-    }
-    return "";
+    std::string address;
+    ::quotad::testing::Eventually(
+        [&] {
+          const std::string text = log();
+          const size_t at = text.find("listening address=");
+          if (at != std::string::npos) {
+            const size_t end = text.find_first_of(" \n", at + 18);
+            address = text.substr(at + 18, end - at - 18);
+            return true;
+          }
+          return Exited(absl::ZeroDuration()).has_value();
+        },
+        timeout);
+    return address;
   }
 
   // Exit code (or -signal) once exited within `timeout`.
   std::optional<int> Exited(absl::Duration timeout) {
-    const absl::Time deadline = absl::Now() + timeout;
-    for (;;) {
-      if (status_.has_value()) return status_;
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        status_ = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-        return status_;
-      }
-      if (absl::Now() >= deadline) return std::nullopt;
-      absl::SleepFor(absl::Milliseconds(5));
-    }
+    ::quotad::testing::Eventually(
+        [&] {
+          if (status_.has_value()) return true;
+          int status = 0;
+          if (waitpid(pid_, &status, WNOHANG) != pid_) return false;
+          status_ = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+          return true;
+        },
+        timeout);
+    return status_;
   }
 
   void Kill() {
@@ -286,7 +288,9 @@ TEST_F(DurabilityTest, CrashLoopNeverOverGrantsAndKeepsLeases) {
   constexpr int64_t kCapacity = 6000;
   const absl::CivilDay day = TodayUtc();
   std::mt19937 rng(std::random_device{}());
-  std::uniform_int_distribution<int> kill_after_ms(20, 250);
+  // The kill comes after a random number of grants of the round (a point in the traffic, not a
+  // time: the same on a fast and a slow machine).
+  std::uniform_int_distribution<int64_t> kill_after_grants(1, 200);
   int64_t granted_total = 0;
   std::string slot_lease;
   const absl::Time began = absl::Now();
@@ -324,8 +328,10 @@ TEST_F(DurabilityTest, CrashLoopNeverOverGrantsAndKeepsLeases) {
         }
       });
     }
-    // Kill at a random moment once the clients run (bounded: they stop on the first error).
-    absl::SleepFor(absl::Milliseconds(kill_after_ms(rng)));
+    // Kill at a random point once the clients run (bounded: they stop on the first error).
+    const int64_t kill_after = kill_after_grants(rng);
+    ::quotad::testing::Eventually([&] { return granted.load() >= kill_after; }, absl::Seconds(20),
+                                  absl::Microseconds(200));
     q.Kill();
     stop.store(true);
     for (std::thread& t : clients) t.join();

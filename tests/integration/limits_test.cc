@@ -26,6 +26,7 @@
 #include "service/server/server.h"
 #include "tests/server/http_get.h"
 #include "tests/support/child_process.h"
+#include "tests/support/eventually.h"
 #include "tests/support/grpc_status_matchers.h"
 #include "tests/support/temp_dir.h"
 
@@ -113,14 +114,9 @@ class LimitsTest : public ::testing::Test {
 
   // Waits (bounded) until /metrics holds `text`.
   bool MetricsShow(const std::string& text) {
-    const absl::Time deadline = absl::Now() + absl::Seconds(10);
-    while (absl::Now() < deadline) {
-      if (absl::StrContains(testing::HttpGet(server_->metrics_port(), "/metrics"), text)) {
-        return true;
-      }
-      absl::SleepFor(absl::Milliseconds(20));
-    }
-    return false;
+    return ::quotad::testing::Eventually([&] {
+      return absl::StrContains(testing::HttpGet(server_->metrics_port(), "/metrics"), text);
+    });
   }
 
   TempDir dir_;
@@ -209,10 +205,7 @@ TEST_F(LimitsTest, WaitersAreCappedPerIdentity) {
   };
   park("alice");
   park("alice");
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (server_->ledger()->waiting() < 2 && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(5));
-  }
+  ASSERT_TRUE(::quotad::testing::Eventually([&] { return server_->ledger()->waiting() >= 2; }));
   ASSERT_EQ(server_->ledger()->waiting(), 2);
   grpc::Status third = Acquire("alice", wait);
   EXPECT_THAT(third, StatusIs(absl::StatusCode::kResourceExhausted));
@@ -222,17 +215,13 @@ TEST_F(LimitsTest, WaitersAreCappedPerIdentity) {
   EXPECT_TRUE(MetricsShow("quotad_limit_hits_total{limit=\"identity_waiters\"} 1"));
   // bob is not crowded out.
   park("bob");
-  while (server_->ledger()->waiting() < 3 && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(5));
-  }
+  EXPECT_TRUE(::quotad::testing::Eventually([&] { return server_->ledger()->waiting() >= 3; }));
   EXPECT_EQ(server_->ledger()->waiting(), 3);
   // A cancelled waiter gives its place back: alice may wait again.
   parked[0]->ctx.TryCancel();
   ASSERT_TRUE(parked[0]->done.WaitForNotificationWithTimeout(absl::Seconds(10)));
   park("alice");
-  while (server_->ledger()->waiting() < 3 && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(5));
-  }
+  EXPECT_TRUE(::quotad::testing::Eventually([&] { return server_->ledger()->waiting() >= 3; }));
   EXPECT_EQ(server_->ledger()->waiting(), 3);
   for (auto& p : parked) p->ctx.TryCancel();
   for (auto& p : parked) ASSERT_TRUE(p->done.WaitForNotificationWithTimeout(absl::Seconds(10)));

@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "tests/support/eventually.h"
 
 namespace quotad {
 namespace testing {
@@ -26,11 +27,6 @@ namespace {
 // Polling a child process and a socket is the only way to learn that an external server is up;
 // each wait below is bounded by a deadline.
 constexpr absl::Duration kPollStep = absl::Milliseconds(10);
-
-// Deadlines of the waits, on the monotonic clock.
-absl::Time MonotonicNow() {
-  return absl::UnixEpoch() + absl::FromChrono(std::chrono::steady_clock::now().time_since_epoch());
-}
 
 std::string ReplyText(const redisReply* r) {
   switch (r->type) {
@@ -132,18 +128,23 @@ absl::Status RedisServer::Spawn() {
 }
 
 absl::Status RedisServer::WaitReady() {
-  const absl::Time deadline = MonotonicNow() + options_.start_timeout;
-  while (MonotonicNow() < deadline) {
-    int wstatus = 0;
-    if (waitpid(pid_, &wstatus, WNOHANG) == pid_) {
-      pid_ = -1;
-      return absl::UnavailableError(
-          absl::StrCat("redis-server on port ", port_, " exited early; see ", dir_, "/redis.log"));
-    }
-    absl::StatusOr<std::string> pong = Command({"PING"});
-    if (pong.ok() && *pong == "PONG") return absl::OkStatus();
-    std::this_thread::sleep_for(absl::ToChronoNanoseconds(kPollStep));
+  bool exited = false, answered = false;
+  testing::Eventually(
+      [&] {
+        int wstatus = 0;
+        exited = waitpid(pid_, &wstatus, WNOHANG) == pid_;
+        if (exited) return true;
+        absl::StatusOr<std::string> pong = Command({"PING"});
+        answered = pong.ok() && *pong == "PONG";
+        return answered;
+      },
+      options_.start_timeout, kPollStep);
+  if (exited) {
+    pid_ = -1;
+    return absl::UnavailableError(
+        absl::StrCat("redis-server on port ", port_, " exited early; see ", dir_, "/redis.log"));
   }
+  if (answered) return absl::OkStatus();
   return absl::DeadlineExceededError(
       absl::StrCat("redis-server on port ", port_, " did not answer PING in time"));
 }
@@ -151,17 +152,17 @@ absl::Status RedisServer::WaitReady() {
 absl::Status RedisServer::Stop(int signal, absl::Duration grace) {
   if (pid_ <= 0) return absl::OkStatus();
   kill(pid_, signal);
-  const absl::Time deadline = MonotonicNow() + grace;
-  while (true) {
+  const bool gone = testing::Eventually(
+      [&] {
+        int wstatus = 0;
+        const pid_t r = waitpid(pid_, &wstatus, WNOHANG);
+        return r == pid_ || (r < 0 && errno == ECHILD);
+      },
+      grace, kPollStep);
+  if (!gone) {
+    kill(pid_, SIGKILL);
     int wstatus = 0;
-    const pid_t r = waitpid(pid_, &wstatus, WNOHANG);
-    if (r == pid_ || (r < 0 && errno == ECHILD)) break;
-    if (MonotonicNow() >= deadline) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, &wstatus, 0);  // SIGKILL cannot be ignored: this returns
-      break;
-    }
-    std::this_thread::sleep_for(absl::ToChronoNanoseconds(kPollStep));
+    waitpid(pid_, &wstatus, 0);  // SIGKILL cannot be ignored: this returns
   }
   pid_ = -1;
   return absl::OkStatus();
