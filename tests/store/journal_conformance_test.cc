@@ -26,11 +26,14 @@
 #include "service/store/sqlite_journal.h"
 #include "tests/support/status_matchers.h"
 #include "tests/support/temp_dir.h"
+#include "tests/store/journal_records.h"
 
 namespace quotad {
 namespace {
 
 using ::testing::IsEmpty;
+using testing::Lease;
+using testing::Res;
 using testing::TempDir;
 
 // One implementation under test.
@@ -56,27 +59,6 @@ const JournalFactory kJournals[] = {
        return std::unique_ptr<Journal>(std::move(*j));
      }},
 };
-
-Reservation Res(std::string cred, std::string limit, std::string scope, int64_t start,
-                int64_t until, int64_t units) {
-  return Reservation{CounterKey{std::move(cred), std::move(limit), std::move(scope)}, start, until,
-                     units};
-}
-
-JournalLease Lease(std::string id, bool holds_slots, int64_t expiry_ns = 5000) {
-  JournalLease l;
-  l.id = std::move(id);
-  l.credential = "vt/prod";
-  l.feature = "retrohunt";
-  l.scope = "ruleset-7";
-  l.holder = "worker-3";
-  l.cost = 4;
-  l.granted_ns = 1000;
-  l.expiry_ns = expiry_ns;
-  l.holds_slots = holds_slots;
-  l.tokens = {0, -1, INT64_MAX, INT64_MIN, 1767225600000000000};
-  return l;
-}
 
 // A lease id as the ledger writes it (LeaseId::ToString: 32 lowercase hex digits).
 std::string HexId(int i) {

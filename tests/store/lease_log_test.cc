@@ -23,26 +23,14 @@
 #include "service/store/sqlite_journal.h"
 #include "tests/support/status_matchers.h"
 #include "tests/support/temp_dir.h"
+#include "tests/store/journal_records.h"
 
 namespace quotad {
 namespace {
 
+using testing::Lease;
+using testing::Res;
 using testing::TempDir;
-
-JournalLease Lease(std::string id, bool holds_slots, int64_t expiry_ns) {
-  JournalLease l;
-  l.id = std::move(id);
-  l.credential = "vt/prod";
-  l.feature = "retrohunt";
-  l.scope = "ruleset-7";
-  l.holder = "worker-3";
-  l.cost = 4;
-  l.granted_ns = 1000;
-  l.expiry_ns = expiry_ns;
-  l.holds_slots = holds_slots;
-  l.tokens = {0, -1, INT64_MAX, INT64_MIN, 1767225600000000000};
-  return l;
-}
 
 bool SameLease(const JournalLease& a, const JournalLease& b) {
   return a.id == b.id && a.credential == b.credential && a.feature == b.feature &&
@@ -214,7 +202,9 @@ TEST_F(LeaseLogTest, CompactRewritesALogThatOutgrewItsLiveLeases) {
   EXPECT_EQ(got.count("long"), 1u);
   // Leases that ended may still come back from a row that has not (Restore skips them).
   for (const auto& [id, l] : got) {
-    if (id != "long") EXPECT_LE(l.expiry_ns, 500'000) << id;
+    if (id != "long") {
+      EXPECT_LE(l.expiry_ns, 500'000) << id;
+    }
   }
 }
 

@@ -19,6 +19,7 @@
 #include "tests/support/policy_builders.h"
 #include "tests/support/status_matchers.h"
 #include "tests/support/temp_dir.h"
+#include "tests/store/journal_records.h"
 
 namespace quotad {
 namespace {
@@ -30,29 +31,10 @@ using testing::Feature;
 using testing::IsOk;
 using testing::OneCredential;
 using testing::StatusIs;
+using testing::Lease;
+using testing::Res;
 using testing::TempDir;
 using testing::Utc;
-
-Reservation Res(std::string cred, std::string limit, std::string scope, int64_t start,
-                int64_t until, int64_t units) {
-  return Reservation{CounterKey{std::move(cred), std::move(limit), std::move(scope)}, start,
-                     until, units};
-}
-
-JournalLease Lease(std::string id, bool holds_slots, int64_t expiry_ns = 5000) {
-  JournalLease l;
-  l.id = std::move(id);
-  l.credential = "vt/prod";
-  l.feature = "retrohunt";
-  l.scope = "ruleset-7";
-  l.holder = "worker-3";
-  l.cost = 4;
-  l.granted_ns = 1000;
-  l.expiry_ns = expiry_ns;
-  l.holds_slots = holds_slots;
-  l.tokens = {0, -1, INT64_MAX, INT64_MIN, 1767225600000000000};
-  return l;
-}
 
 const JournalLease* FindLease(const JournalState& s, const std::string& id) {
   for (const JournalLease& l : s.leases) {
