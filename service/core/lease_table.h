@@ -44,8 +44,9 @@ struct LeaseRecord {
   int64_t granted_ns = 0;                  // ledger time
   int64_t expiry_ns = 0;                   // ledger time
   absl::InlinedVector<int64_t, 4> tokens;  // refund token per rule, in feature rule order
-  // Written to the journal as holding slots after it was granted refund-only (Renew).
-  bool rewritten_with_slots = false;
+  // The journal holds it as a lease that holds slots (a row it renews in place); false while it
+  // holds only its refund-only record (ledger_internal::JournalWithSlots).
+  bool journaled_with_slots = false;
 };
 
 // One shard of the table. Thread-safe under `mu`.

@@ -192,6 +192,7 @@ absl::StatusOr<Decision> Credential::Acquire(Ledger& l, const AcquireRequest& re
     }
     // A lease holding slots is written before the grant is answered, under the lock; one that
     // only allows a refund is written by InsertLease, after the lock (losing it loses a refund).
+    rec->journaled_with_slots = feature.has_concurrency;
     if (l.options_.journal != nullptr && feature.has_concurrency) {
       const absl::Status s = l.options_.journal->PutLease(ToJournal(d.lease_id, *rec, true));
       if (!s.ok()) {

@@ -228,6 +228,13 @@ struct CredentialTable {
 // The lease as the journal stores it.
 JournalLease ToJournal(const LeaseId& id, const LeaseRecord& rec, bool holds_slots);
 
+// Writes a lease that holds slots now but is journaled refund-only (a reload made its limit a
+// concurrency one, before or after a restart) as one that holds slots, until `expiry_ns`: its
+// refund-only record is released first, so that it cannot outlive the row's own release.
+// Durable before return; sets rec->journaled_with_slots.
+absl::Status JournalWithSlots(Journal& journal, const LeaseId& id, LeaseRecord* rec,
+                              int64_t expiry_ns);
+
 }  // namespace ledger_internal
 }  // namespace quotad
 

@@ -40,6 +40,16 @@ JournalLease ToJournal(const LeaseId& id, const LeaseRecord& rec, bool holds_slo
   return j;
 }
 
+absl::Status JournalWithSlots(Journal& journal, const LeaseId& id, LeaseRecord* rec,
+                              int64_t expiry_ns) {
+  journal.DeleteLease(id.ToString());  // no row yet: a release of the refund-only record
+  JournalLease j = ToJournal(id, *rec, true);
+  j.expiry_ns = expiry_ns;
+  absl::Status s = journal.PutLease(j);
+  if (s.ok()) rec->journaled_with_slots = true;
+  return s;
+}
+
 }  // namespace ledger_internal
 
 namespace {
@@ -162,18 +172,10 @@ absl::StatusOr<absl::Time> Ledger::Renew(const LeaseId& id, absl::Duration ttl) 
     // A renewal lost in a crash would free the slot early under a running job. A lease granted
     // before a reload made its limit a concurrency one was written as refund-only: write it
     // again as one that holds slots.
-    absl::Status s;
-    if (feature.has_concurrency) {
-      s = options_.journal->RenewLease(id.ToString(), expiry);
-    } else {
-      // The first time, the refund-only record goes (a release of it, queued ahead of the slot
-      // row), so that it cannot outlive the row's own release.
-      if (!rec.rewritten_with_slots) options_.journal->DeleteLease(id.ToString());
-      JournalLease j = ledger_internal::ToJournal(id, rec, true);
-      j.expiry_ns = expiry;
-      s = options_.journal->PutLease(j);
-      if (s.ok()) rec.rewritten_with_slots = true;
-    }
+    const absl::Status s =
+        rec.journaled_with_slots
+            ? options_.journal->RenewLease(id.ToString(), expiry)
+            : ledger_internal::JournalWithSlots(*options_.journal, id, &rec, expiry);
     if (!s.ok()) {
       return absl::UnavailableError(
           absl::StrCat("state store failed, lease not renewed: ", s.message()));

@@ -254,7 +254,7 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
       // it holds its slots there, whatever the limit was when the lease was granted.
       for (LeaseShard& shard : leases_->shards()) {
         absl::MutexLock shard_lock(&shard.mu);
-        for (const auto& [id, rec] : shard.leases) {
+        for (auto& [id, rec] : shard.leases) {
           if (rec.credential != &cred || rec.expiry_ns <= now) continue;
           const CompiledCredential& then = *rec.compiled;
           for (int then_rule : then.features[rec.feature].rules) {
@@ -266,6 +266,12 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
             Counter& c = compiled->rules[it->second].spec.scoped ? scoped[it->second][rec.scope]
                                                                  : counters[it->second];
             c.RestoreHeld(rec.expiry_ns, id.lo, rec.cost, now);
+            // It holds a slot from now on: the journal must say so before a crash can come
+            // (on failure, its next renewal writes it).
+            if (options_.journal != nullptr && !rec.journaled_with_slots) {
+              ledger_internal::JournalWithSlots(*options_.journal, id, &rec, rec.expiry_ns)
+                  .IgnoreError();
+            }
           }
         }
       }

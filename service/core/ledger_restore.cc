@@ -92,11 +92,21 @@ absl::Status Ledger::Restore() {
     rec.cost = jl.cost;
     rec.granted_ns = jl.granted_ns;
     rec.expiry_ns = jl.expiry_ns;
+    rec.journaled_with_slots = jl.holds_slots;
     for (size_t k = 0; k < feature.rules.size(); ++k) {
       rec.tokens.push_back(k < jl.tokens.size() ? jl.tokens[k] : 0);
       const int r = feature.rules[k];
       if (cc.rules[r].spec.kind == LimitKind::kConcurrency) {
         cred->CounterFor(r, jl.scope, true)->RestoreHeld(jl.expiry_ns, id->lo, jl.cost, now);
+      }
+    }
+    if (feature.has_concurrency && !rec.journaled_with_slots) {
+      // Granted refund-only, it holds a slot under this configuration: write it so, or a
+      // renewal (which renews a row) and a later restart would lose the slot.
+      if (absl::Status s = ledger_internal::JournalWithSlots(*options_.journal, *id, &rec,
+                                                             rec.expiry_ns);
+          !s.ok()) {
+        return s;
       }
     }
     LeaseShard& shard = leases_->ShardFor(*id);

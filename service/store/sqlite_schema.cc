@@ -55,6 +55,7 @@ CREATE TABLE lease_log (
 );
 )sql";
 
+// Version 1; the tables added since are created after it (kLeaseLogSchema, ...).
 constexpr const char* kSchema = R"sql(
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE reservations (
@@ -78,33 +79,10 @@ CREATE TABLE leases (
   holds_slots INTEGER NOT NULL,
   tokens BLOB NOT NULL  -- int64 little-endian, one per limit of the feature
 ) WITHOUT ROWID;
-CREATE TABLE lease_log (
-  seq INTEGER PRIMARY KEY,
-  until_ns INTEGER NOT NULL,
-  min_expiry_ns INTEGER NOT NULL,
-  records INTEGER NOT NULL,
-  data BLOB NOT NULL
-);
 CREATE TABLE dedup (
   request_id TEXT NOT NULL PRIMARY KEY,
   answer BLOB NOT NULL,
   expiry_ns INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE cooldowns (
-  credential TEXT NOT NULL,
-  feature TEXT NOT NULL,
-  until_ns INTEGER NOT NULL,
-  PRIMARY KEY (credential, feature)
-) WITHOUT ROWID;
-CREATE TABLE outside (
-  credential TEXT NOT NULL,
-  limit_name TEXT NOT NULL,
-  outside_milli INTEGER NOT NULL,
-  at_ns INTEGER NOT NULL,
-  cooldown_until_ns INTEGER NOT NULL,
-  consecutive INTEGER NOT NULL,
-  until_ns INTEGER NOT NULL,
-  PRIMARY KEY (credential, limit_name)
 ) WITHOUT ROWID;
 )sql";
 
@@ -199,8 +177,9 @@ absl::StatusOr<sqlite3*> OpenChecked(const std::string& path, const SqliteOption
   }
   if (tables.empty()) {
     const std::string create =
-        absl::StrCat("BEGIN IMMEDIATE;", kSchema, "INSERT INTO schema_version VALUES (",
-                     kSchemaVersion, "); COMMIT;");
+        absl::StrCat("BEGIN IMMEDIATE;", kSchema, kLeaseLogSchema, kCooldownSchema,
+                     kOutsideSchema, "INSERT INTO schema_version VALUES (", kSchemaVersion,
+                     "); COMMIT;");
     rc = sqlite3_exec(db, create.c_str(), nullptr, nullptr, nullptr);
     if (rc != SQLITE_OK) {
       absl::Status s = DbError(path, db, rc, "cannot create the schema");

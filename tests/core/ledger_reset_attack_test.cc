@@ -2,10 +2,10 @@
 // SQLite journal, Reset racing grants and releases, refunds of leases granted before a Reset or
 // a reload, Renew's rewrite of a refund-only lease as one that holds slots followed by a crash
 // (kill -9: the journal's queued writes are lost) or a clean restart, and Report after a Reset.
-// Each test says what it tries. A test named Bug_... shows a defect that is not fixed here and
-// fails until it is: both lose a concurrency slot of a lease granted refund-only once its limit
-// became a concurrency one (Renew after a restart writes nowhere; a reload's rehomed slot is not
-// written ahead).
+// Each test says what it tries. Two found defects, now fixed: a lease granted refund-only whose
+// limit became a concurrency one lost its slot (Renew after a restart wrote nowhere; a reload's
+// rehomed slot was not written ahead). Such a lease is now journaled as holding slots as soon as
+// it holds one (ledger_internal::JournalWithSlots).
 
 #include <atomic>
 #include <deque>
@@ -435,7 +435,7 @@ TEST_F(LedgerResetAttackTest, RenewRewriteAcrossSlotLimitRemovedAndBackLeavesNot
 // still running: a second holder is granted a concurrency limit of 1. No crash is needed; every
 // stop here is clean.
 TEST_F(LedgerResetAttackTest,
-       Bug_RenewOfRefundOnlyLeaseRestoredUnderSlotLimitIsNotDurableAndLosesTheSlot) {
+       RenewOfRefundOnlyLeaseRestoredUnderSlotLimitIsNotDurableAndLosesTheSlot) {
   Process p(dir_.File("state.db"), &clock_);
   Ledger& l1 = p.Start(WithoutSlots(), false);
   std::optional<Decision> lease = Grant(l1, 1, absl::Minutes(10));
@@ -464,7 +464,7 @@ TEST_F(LedgerResetAttackTest,
 // the slot, while the holder runs on. Reported as a narrower finding (the window is the writer's
 // delay after the grant; refund-only leases are lossy by design, slots are not).
 TEST_F(LedgerResetAttackTest,
-       Bug_SlotRehomedByReloadIsLostByAKillNineBeforeTheRefundOnlyCopyIsWritten) {
+       SlotRehomedByReloadIsLostByAKillNineBeforeTheRefundOnlyCopyIsWritten) {
   Process p(dir_.File("state.db"), &clock_);
   Ledger& l1 = p.Start(WithoutSlots(), true);
   std::optional<Decision> lease = Grant(l1, 1, absl::Minutes(10));
