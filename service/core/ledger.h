@@ -99,6 +99,10 @@ struct UpstreamAnswer {
   UpstreamHeaders headers;
   absl::string_view body;
   absl::Time observed_at = absl::InfinitePast();  // InfinitePast: now
+  // When the request the answer belongs to was sent (InfinitePast: unknown, taken as
+  // observed_at). The upstream counted it between then and observed_at: a sliding window's count
+  // is compared with quotad's charges from one span before this on.
+  absl::Time sent_at = absl::InfinitePast();
 };
 
 // What a Report changed.

@@ -55,7 +55,7 @@ std::vector<int> Credential::AttributeThrottle(const Ledger& l, const CompiledCr
 
 int64_t Credential::LearnThrottle(Ledger& l, const CompiledCredential& cc,
                                   const CompiledFeature& feature, int r, int64_t retry_ns,
-                                  bool counted, int64_t now, ReportResult* out) {
+                                  bool counted, int64_t sent_ns, int64_t now, ReportResult* out) {
   const Rule& rule = cc.rules[r];
   OutsideEstimate& e = outside[rule.full_name];
   e.CountThrottle();
@@ -63,7 +63,10 @@ int64_t Credential::LearnThrottle(Ledger& l, const CompiledCredential& cc,
   // nothing is learnt about outside use.
   const bool full =
       !rule.spec.scoped && counters[r].View(rule, l.RuleTime(rule, now)).remaining <= 0;
-  if (Estimable(rule) && !counted && !full) e.OnThrottle(rule.Capacity(), RecoveryNs(rule), now);
+  const bool in_flight_at_last_decrease = (e.raw_outside() > 0 && sent_ns < e.at_ns());
+  if (Estimable(rule) && !counted && !full && !in_flight_at_last_decrease) {
+    e.OnThrottle(rule.Capacity(), RecoveryNs(rule), now);
+  }
   int64_t until = retry_ns;
   if (until <= now) {
     // No word from the upstream: a back-off that doubles while throttles repeat, but never
@@ -144,6 +147,8 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
   const int64_t now = NowNs();
   const absl::Time observed_at =
       answer.observed_at == absl::InfinitePast() ? ToWall(now) : answer.observed_at;
+  const absl::Time sent_at =
+      answer.sent_at == absl::InfinitePast() ? observed_at : std::min(answer.sent_at, observed_at);
   std::vector<int> throttle_codes;
   {
     absl::MutexLock lock(&cred->mu);
@@ -249,9 +254,10 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
           upstream_used = std::min(*upstream_used, rule.Capacity());
           Counter* counter = cred->CounterFor(target, "", true);
           int64_t added = 0;
-          const int64_t before =
-              counter->Adopt(rule, RuleTime(rule, now), *upstream_used,
-                             reset_ns == 0 ? 0 : RuleTime(rule, reset_ns), &added);
+          const int64_t sent_ns = std::min(now, FromWall(sent_at));
+          const int64_t before = counter->Adopt(rule, RuleTime(rule, now), *upstream_used,
+                                                reset_ns == 0 ? 0 : RuleTime(rule, reset_ns),
+                                                RuleTime(rule, sent_ns), &added);
           if (added > 0) counter->NoRefundsBefore(now);
           if (*upstream_used > before) {
             out.adopted.push_back(
@@ -311,8 +317,8 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
         }
         // A limit whose count this answer gave is known, not estimated: it only cools down.
         const bool counted = r == named && adopted_count;
-        const int64_t until =
-            cred->LearnThrottle(*this, cc, feature, r, until_retry, counted, now, &out);
+        const int64_t until = cred->LearnThrottle(*this, cc, feature, r, until_retry, counted,
+                                                  std::min(now, FromWall(sent_at)), now, &out);
         out.cooldown_until = std::max(out.cooldown_until, ToWall(until));
       }
     } else if (obs->http_status < 400 && !cred->outside.empty()) {

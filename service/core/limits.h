@@ -154,13 +154,18 @@ class Counter {
                int64_t units, int64_t next_ns);
   // Raises the units used now to `used` if that is more (an upstream's count), never lowering
   // them. Rolling: opens the window if closed, and moves its end to `reset_ns` when that is
-  // later (0: unknown). Sliding: compares with the charges inside the period only (the guard's
-  // tail may have left upstream already) and counts the difference until `reset_ns` when that
-  // comes before a whole span. Returns the units it compared with; *added is the units it added.
+  // later (0: unknown). Sliding: `sent_ns` (<= now) is when the request the count came with was
+  // sent; the count is compared with the charges from one period before then up to now (any of
+  // them may be in it: counting too many of ours adopts too little, never a phantom of our own
+  // units), and the difference counts until `reset_ns` when that comes before a whole span. A
+  // count is not adopted when charges it may include have left the log since (a request sent
+  // more than the guard ago); then it returns `used`. Returns the units it compared with;
+  // *added is the units it added.
   // Refunds never undercut what was adopted: calendar and rolling windows keep at least the
   // adopted count, and sliding charges made before the adoption give nothing back. Not for
   // concurrency or token buckets.
-  int64_t Adopt(const Rule& rule, int64_t now, int64_t used, int64_t reset_ns, int64_t* added);
+  int64_t Adopt(const Rule& rule, int64_t now, int64_t used, int64_t reset_ns, int64_t sent_ns,
+                int64_t* added);
   // Concurrency: holds the slots of a lease read back from the journal.
   void RestoreHeld(int64_t expiry_ns, uint64_t lease_key, int64_t units, int64_t now);
 
@@ -174,6 +179,8 @@ class Counter {
     std::vector<LogEntry> ring;
     size_t head = 0;
     size_t size = 0;
+    // The newest charge Roll() has dropped: the log holds every charge made after it.
+    int64_t dropped_ns = std::numeric_limits<int64_t>::min();
     LogEntry& at(size_t i) { return ring[(head + i) % ring.size()]; }
     void Push(LogEntry e);
     void PopFront();

@@ -173,7 +173,7 @@ void Counter::Restore(const Rule& rule, int64_t now, int64_t window_start_ns, in
 }
 
 int64_t Counter::Adopt(const Rule& rule, int64_t now, int64_t used, int64_t reset_ns,
-                       int64_t* added) {
+                       int64_t sent_ns, int64_t* added) {
   *added = 0;
   Roll(rule, now);
   const int64_t before = rule.spec.kind == LimitKind::kRolling && now >= end_ns_ ? 0 : used_;
@@ -201,18 +201,29 @@ int64_t Counter::Adopt(const Rule& rule, int64_t now, int64_t used, int64_t rese
       adopted_ = std::max(adopted_, used);
       break;
     case LimitKind::kSliding: {
-      // What the upstream still counts of ours: charges inside its period, not in the guard's
-      // tail (those may already have left upstream, and outside units taken their place). Units
-      // restored after a restart stand for charges that may never have been made: the upstream
-      // did not count those, so they are left out too. Buckets that straddle the period's start
-      // or the restart are left out. All count ours low, so more is adopted, never less.
-      int64_t ours = 0;   // inside the period: what the message compares with (returned)
+      // What the upstream may count of ours: charges from one period before the request was
+      // sent up to now. Units restored after a restart stand for charges that may never have
+      // been made: the upstream did not count those, so they are left out of `known`. Buckets
+      // that straddle the start or the restart are left out. Counting ours high adopts too
+      // little (the next throttle teaches the rest); counting it low would adopt our own units
+      // as outside ones, for a whole span, again and again. When charges the upstream may have
+      // counted have left the log since (a request sent more than the guard ago), what it counted
+      // of ours is unknown: nothing is adopted.
+      const int64_t from = std::min(sent_ns, now) - rule.period_ns;
+      const bool forgotten =
+          rule.spec.sub_buckets > 0
+              ? (buckets_->newest - static_cast<int64_t>(buckets_->counts.size()) + 1) *
+                        rule.bucket_ns >
+                    from
+              : log_ != nullptr && log_->dropped_ns > from;
+      if (forgotten) return used;
+      int64_t ours = 0;   // what the message compares with (returned)
       int64_t known = 0;  // of those, the charges we know were made
       if (rule.spec.sub_buckets > 0) {
         const Buckets& b = *buckets_;
         const int64_t n = static_cast<int64_t>(b.counts.size());
         for (int64_t i = b.newest - n + 1; i <= b.newest; ++i) {
-          if (i * rule.bucket_ns <= now - rule.period_ns) continue;
+          if (i * rule.bucket_ns <= from) continue;
           const int64_t units = b.counts[((i % n) + n) % n];
           ours += units;
           if (i * rule.bucket_ns > carry_) known += units;
@@ -220,7 +231,7 @@ int64_t Counter::Adopt(const Rule& rule, int64_t now, int64_t used, int64_t rese
       } else if (log_ != nullptr) {
         for (size_t i = 0; i < log_->size; ++i) {
           const int64_t charged = log_->at(i).at_ns;
-          if (charged + rule.period_ns <= now) continue;
+          if (charged <= from) continue;
           ours += log_->at(i).units;
           if (charged > carry_) known += log_->at(i).units;
         }

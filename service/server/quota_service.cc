@@ -77,6 +77,28 @@ class BatchReply {
   BatchAnswer* answer_;
 };
 
+// A Report's timestamp field `name`: `absent` when not set, else the time it holds, which must
+// be within kMaxReportAge before and kMaxReportLead after `now`.
+absl::StatusOr<absl::Time> ReportTime(absl::string_view name, bool set,
+                                      const google::protobuf::Timestamp& t, absl::Time absent,
+                                      absl::Time now) {
+  if (!set) return absent;
+  if (t.nanos() < 0 || t.nanos() > 999999999) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " {seconds: ", t.seconds(), ", nanos: ", t.nanos(),
+                     "} is not a valid timestamp (nanos out of range)"));
+  }
+  const absl::Time at = absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
+  if (at < now - kMaxReportAge || at > now + kMaxReportLead) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(name, " ", absl::FormatTime(absl::RFC3339_full, at, absl::UTCTimeZone()),
+                     " is more than ", absl::FormatDuration(kMaxReportAge), " before or ",
+                     absl::FormatDuration(kMaxReportLead), " after the server's clock (",
+                     absl::FormatTime(absl::RFC3339_full, now, absl::UTCTimeZone()), ")"));
+  }
+  return at;
+}
+
 }  // namespace
 
 QuotaService::QuotaService(QuotaBackend* backend, RequestIds* request_ids, Metrics* metrics,
@@ -514,22 +536,17 @@ absl::StatusOr<v1::ReportResponse> QuotaService::Report(const Caller& caller,
                      " are allowed (send the start of a longer body)"));
   }
   const absl::Time now = clock_->Now();
-  absl::Time observed_at = now;
-  if (req.has_observed_at()) {
-    const google::protobuf::Timestamp& t = req.observed_at();
-    if (t.nanos() < 0 || t.nanos() > 999999999) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("observed_at {seconds: ", t.seconds(), ", nanos: ", t.nanos(),
-                       "} is not a valid timestamp (nanos out of range)"));
-    }
-    observed_at = absl::FromUnixSeconds(t.seconds()) + absl::Nanoseconds(t.nanos());
-    if (observed_at < now - kMaxReportAge || observed_at > now + kMaxReportLead) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "observed_at ", absl::FormatTime(absl::RFC3339_full, observed_at, absl::UTCTimeZone()),
-          " is more than ", absl::FormatDuration(kMaxReportAge), " before or ",
-          absl::FormatDuration(kMaxReportLead), " after the server's clock (",
-          absl::FormatTime(absl::RFC3339_full, now, absl::UTCTimeZone()), ")"));
-    }
+  absl::StatusOr<absl::Time> observed_at =
+      ReportTime("observed_at", req.has_observed_at(), req.observed_at(), now, now);
+  if (!observed_at.ok()) return observed_at.status();
+  absl::StatusOr<absl::Time> sent_at =
+      ReportTime("sent_at", req.has_sent_at(), req.sent_at(), *observed_at, now);
+  if (!sent_at.ok()) return sent_at.status();
+  if (*sent_at > *observed_at) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sent_at ", absl::FormatTime(absl::RFC3339_full, *sent_at, absl::UTCTimeZone()),
+        " is after observed_at ",
+        absl::FormatTime(absl::RFC3339_full, *observed_at, absl::UTCTimeZone())));
   }
   UpstreamAnswer answer;
   answer.credential = req.credential();
@@ -537,7 +554,8 @@ absl::StatusOr<v1::ReportResponse> QuotaService::Report(const Caller& caller,
   answer.http_status = req.http_status();
   answer.headers = std::move(headers);
   answer.body = req.body();
-  answer.observed_at = observed_at;
+  answer.observed_at = *observed_at;
+  answer.sent_at = *sent_at;
   absl::StatusOr<ReportResult> result = backend_->Report(answer);
   if (!result.ok()) return result.status();
   v1::ReportResponse out;
@@ -547,8 +565,8 @@ absl::StatusOr<v1::ReportResponse> QuotaService::Report(const Caller& caller,
   if (IsFinite(result->cooldown_until)) {
     TimeToProto(result->cooldown_until, resp->mutable_cooldown_until());
     metrics_->OnCooldown(req.credential(), req.feature(), result->cooldown_until);
-    throttles_->Record({req.credential(), req.feature(), req.http_status(), observed_at,
-                       result->cooldown_until});
+    throttles_->Record(
+        {req.credential(), req.feature(), req.http_status(), *observed_at, result->cooldown_until});
   }
   if (!result->adopted.empty() || IsFinite(result->cooldown_until)) {
     Log(*log_, spdlog::level::info, "report applied",

@@ -265,6 +265,84 @@ TEST_F(ReportTest, AdoptedSlidingUnitsLeaveOnePeriodAfterTheAnswer) {
   EXPECT_TRUE(Acquire().granted);
 }
 
+TEST_F(ReportTest, AnAnswerDoesNotAdoptQuotadsOwnGrantsThatLeftSinceItWasSent) {
+  // Guard 1 s. 5 grants at t=0 and one at 59.5 s, sent then; the upstream counts all 6 of 10 and
+  // the answer is seen at 60.5 s, when the t=0 grants have left the upstream's minute. Compared
+  // with the minute before the answer (1 grant), the 5 would be adopted as outside use, for
+  // another minute.
+  LimitSpec l = Sliding("per_minute", 10, absl::Minutes(1));
+  l.guard = absl::Seconds(1);
+  Use({Feature("f", {l})});
+  const absl::Time t0 = clock_.Now();
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(Acquire().granted);
+  clock_.Set(t0 + absl::Milliseconds(59500));
+  ASSERT_TRUE(Acquire().granted);
+  clock_.Set(t0 + absl::Milliseconds(60500));
+  UpstreamAnswer a;
+  a.credential = "key";
+  a.feature = "f";
+  a.http_status = 200;
+  a.headers = {{"X-RateLimit-Limit", "10"}, {"X-RateLimit-Remaining", "4"}};
+  a.observed_at = clock_.Now();
+  a.sent_at = t0 + absl::Milliseconds(59500);
+  ASSERT_OK_AND_ASSIGN(const ReportResult r, ledger_->Report(a));
+  EXPECT_TRUE(r.adopted.empty()) << r.adopted[0];
+  clock_.Set(t0 + absl::Seconds(61));
+  EXPECT_EQ(Used("f.per_minute"), 1);
+  // Without sent_at the same answer is compared with the minute before it was seen.
+  clock_.Set(t0 + absl::Milliseconds(60500));
+  a.sent_at = absl::InfinitePast();
+  ASSERT_OK_AND_ASSIGN(const ReportResult old, ledger_->Report(a));
+  ASSERT_EQ(old.adopted.size(), 1u);
+  EXPECT_EQ(old.adopted[0], "f.per_minute used 1 -> 6");
+}
+
+TEST_F(ReportTest, OutsideUnitsInAnAnswerAreStillAdoptedWithItsSentTime) {
+  // As above, but 3 of the 9 units the upstream counts are an outside tool's: 6 of ours may be
+  // in the count, so 9 - 6 = 3 are adopted, and they hold the minute until 60.5 s + 1 min.
+  LimitSpec l = Sliding("per_minute", 10, absl::Minutes(1));
+  l.guard = absl::Seconds(1);
+  Use({Feature("f", {l})});
+  const absl::Time t0 = clock_.Now();
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(Acquire().granted);
+  clock_.Set(t0 + absl::Milliseconds(59500));
+  ASSERT_TRUE(Acquire().granted);
+  clock_.Set(t0 + absl::Milliseconds(60500));
+  UpstreamAnswer a;
+  a.credential = "key";
+  a.feature = "f";
+  a.http_status = 200;
+  a.headers = {{"X-RateLimit-Limit", "10"}, {"X-RateLimit-Remaining", "1"}};
+  a.observed_at = clock_.Now();
+  a.sent_at = t0 + absl::Milliseconds(59500);
+  ASSERT_OK_AND_ASSIGN(const ReportResult r, ledger_->Report(a));
+  ASSERT_EQ(r.adopted.size(), 1u);
+  clock_.Set(t0 + absl::Seconds(61));
+  EXPECT_EQ(Used("f.per_minute"), 4);  // our 1 and the 3 outside units
+}
+
+TEST_F(ReportTest, ACountFromARequestSentLongerAgoThanTheGuardIsNotAdopted) {
+  // A 15 s call: its count may include charges the log has dropped since, so it adopts nothing.
+  LimitSpec l = Sliding("per_minute", 10, absl::Minutes(1));
+  l.guard = absl::Seconds(1);
+  Use({Feature("f", {l})});
+  const absl::Time t0 = clock_.Now();
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(Acquire().granted);
+  clock_.Set(t0 + absl::Seconds(50));
+  ASSERT_TRUE(Acquire().granted);
+  clock_.Set(t0 + absl::Seconds(65));
+  UpstreamAnswer a;
+  a.credential = "key";
+  a.feature = "f";
+  a.http_status = 200;
+  a.headers = {{"X-RateLimit-Limit", "10"}, {"X-RateLimit-Remaining", "4"}};
+  a.observed_at = clock_.Now();
+  a.sent_at = t0 + absl::Seconds(50);
+  ASSERT_OK_AND_ASSIGN(const ReportResult r, ledger_->Report(a));
+  EXPECT_TRUE(r.adopted.empty()) << r.adopted[0];
+  EXPECT_EQ(Used("f.per_minute"), 1);
+}
+
 TEST_F(ReportTest, AThrottleOnAHiddenLimitIsLearntThereAndCoolsOnlyFeaturesChargingIt) {
   // The headers describe the minute (with room); the throttle came from the 2 s window.
   FeatureSpec f = Feature("f", {Calendar("per_minute", 100, CalendarUnit::kMinute),

@@ -384,7 +384,7 @@ TEST_F(RedisFunctionsTest, AdoptsTheUpstreamCountLikeTheEmbeddedCounter) {
     EXPECT_TRUE(r->adopted);
     int64_t added = 0;
     const int64_t rnow = absl::ToUnixNanos(r->now);
-    EXPECT_EQ(r->before, counter.Adopt(rule, rnow, 7, 0, &added));
+    EXPECT_EQ(r->before, counter.Adopt(rule, rnow, 7, 0, rnow, &added));
     EXPECT_EQ(r->added, added);
     EXPECT_EQ(r->added, 4);
     if (added > 0) counter.NoRefundsBefore(rnow);
@@ -544,7 +544,7 @@ void ExpectSameDecisionsAsLimitsCc(RedisFunctions& fn, const Rule& rule, int ste
       ASSERT_TRUE(r->adopted);
       const int64_t now = absl::ToUnixNanos(r->now);
       int64_t added = 0;
-      ASSERT_EQ(r->before, counter.Adopt(rule, now, *report.used, 0, &added)) << "step " << i;
+      ASSERT_EQ(r->before, counter.Adopt(rule, now, *report.used, 0, now, &added)) << "step " << i;
       ASSERT_EQ(r->added, added) << "step " << i;
       if (added > 0) counter.NoRefundsBefore(now);
       ++adoptions;

@@ -41,6 +41,7 @@ struct Worker {
   uint64_t generation = 0;  // bumped on every grant and response
   std::string holder;
   Upstream::Answer answer;  // what the provider answered the request in flight
+  absl::Time sent;          // when that request reached the provider
 };
 
 std::string Fmt(absl::Time t) {
@@ -181,6 +182,7 @@ class Simulation {
     ua.headers = wk.answer.headers;
     ua.body = wk.answer.body;
     ua.observed_at = clock_.Now();
+    ua.sent_at = wk.sent;
     ++r_->reports;
     ++r_->engine_calls;
     absl::StatusOr<ReportResult> res = ledger_->Report(ua);
@@ -198,10 +200,12 @@ class Simulation {
     Worker& wk = workers_[w];
     const absl::Time now = clock_.Now();
     wk.answer = upstream_->Send(now, wk.job.endpoint, wk.job.charged);
+    wk.sent = now;
     const Upstream::Answer& a = wk.answer;
     if (a.status != 200) {
       ++r_->throttles;
       r_->throttle_times.push_back(now);
+      r_->throttle_rules.push_back(a.rule);
       ++r_->throttles_by_rule[a.rule];
       if (r_->throttle_samples.size() < kMaxSamples) {
         r_->throttle_samples.push_back(absl::StrCat(Fmt(now), " ", wk.holder, " ", wk.job.endpoint,

@@ -100,6 +100,7 @@ struct Report {
   std::map<std::string, absl::Duration> waited_by_limit;
   std::vector<std::string> throttle_samples;  // the first few throttles, for the failure message
   std::vector<absl::Time> throttle_times;     // every worker throttle, in order
+  std::vector<std::string> throttle_rules;    // the provider rule that refused each of them
   std::map<std::string, int64_t> throttles_by_rule;  // by the provider rule that refused
   // Outside traffic.
   double outside_share = 0;
