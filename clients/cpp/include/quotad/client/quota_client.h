@@ -245,9 +245,10 @@ class QuotaClient {
 
   // Ends many leases in one call (at most kMaxBatchItems), each as Lease::Commit(used) or
   // Lease::Release() would, answered at the same index: what was given back, or the item's
-  // error naming it ("items[0]: ..."; FailedPrecondition for a lease that is not held, without
-  // asking quotad). Every lease sent is released on the client's side whatever the answer, as
-  // with Release (quotad's TTL frees what an error left). The outer status is the whole call's.
+  // error naming it ("items[0]: ..."; FailedPrecondition, without asking quotad, for a lease
+  // not granted or already released). Every lease sent is released on the client's side whatever
+  // the answer, as with Release (quotad's TTL frees what an error left). The outer status is the
+  // whole call's.
   absl::StatusOr<std::vector<absl::StatusOr<ReleaseResult>>> ReleaseBatch(
       const std::vector<ReleaseItem>& items);
 
