@@ -1,8 +1,14 @@
-// Asynchronous load generator for quotad.v1.Quota/Acquire, A/B against several targets.
+// Asynchronous load generator for quotad.v1.Quota/Acquire (or AcquireBatch), A/B against
+// several targets.
 //
 //   grpc_loadgen --target=quotad=127.0.0.1:5001 --target=noop=127.0.0.1:5002
 //                [--inflight=1,16,64] [--rounds=3] [--duration=3s] [--warmup=500ms]
-//                [--credential=bench/key] [--feature=requests]
+//                [--credential=bench/key] [--feature=requests] [--batch=1,10,100,1000]
+//
+// Without --batch every call is one Acquire. With --batch every call is one AcquireBatch of
+// that many identical items, each batch size is run at every in-flight level, and the figures
+// are decisions (items) per second and calls per second, in a table with the targets side by
+// side and the ratio of each to the baseline.
 //
 // For each round and each in-flight level, runs every target for `duration` (the order of the
 // targets alternates between rounds so that neither always runs on a warmer machine), with
@@ -41,42 +47,95 @@ ABSL_FLAG(int, threads, 2,
           "flight are split among them (one thread at 1 in flight).");
 ABSL_FLAG(std::string, credential, "bench/key", "AcquireRequest.credential");
 ABSL_FLAG(std::string, feature, "requests", "AcquireRequest.feature");
+ABSL_FLAG(std::vector<std::string>, batch, {},
+          "Items per AcquireBatch call, e.g. 1,10,100,1000; empty: unary Acquire calls.");
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
 struct Result {
-  int64_t calls = 0;  // every completed call, warm-up included
-  double rps = 0;
+  int64_t calls = 0;      // every completed call, warm-up included
+  int64_t decisions = 0;  // every item decided (a unary call is one), warm-up included
+  double rps = 0;         // calls per second, measured
+  double dps = 0;         // decisions (items) per second, measured
   double p50_us = 0;
   double p99_us = 0;
-  int64_t errors = 0;
-  int64_t denied = 0;
+  int64_t errors = 0;       // failed calls
+  int64_t denied = 0;       // denied decisions
+  int64_t item_errors = 0;  // batch items answered with an error
+  int64_t measured_decisions = 0;
 };
 
+// The unary call: one Acquire, one decision.
+struct UnaryKind {
+  using Request = quotad::v1::AcquireRequest;
+  using Response = quotad::v1::AcquireResponse;
+  static Request MakeRequest(int /*batch*/) {
+    Request request;
+    request.set_credential(absl::GetFlag(FLAGS_credential));
+    request.set_feature(absl::GetFlag(FLAGS_feature));
+    request.set_holder("loadgen");
+    return request;
+  }
+  static auto Prepare(quotad::v1::Quota::Stub* stub, grpc::ClientContext* context,
+                      const Request& request, grpc::CompletionQueue* cq) {
+    return stub->PrepareAsyncAcquire(context, request, cq);
+  }
+  static int64_t Decisions(const Response& response, Result* result) {
+    if (!response.granted()) ++result->denied;
+    return 1;
+  }
+};
+
+// The batch call: one AcquireBatch of `batch` identical items.
+struct BatchKind {
+  using Request = quotad::v1::AcquireBatchRequest;
+  using Response = quotad::v1::AcquireBatchResponse;
+  static Request MakeRequest(int batch) {
+    Request request;
+    const quotad::v1::AcquireRequest item = UnaryKind::MakeRequest(1);
+    for (int i = 0; i < batch; ++i) *request.add_items() = item;
+    return request;
+  }
+  static auto Prepare(quotad::v1::Quota::Stub* stub, grpc::ClientContext* context,
+                      const Request& request, grpc::CompletionQueue* cq) {
+    return stub->PrepareAsyncAcquireBatch(context, request, cq);
+  }
+  static int64_t Decisions(const Response& response, Result* result) {
+    for (const quotad::v1::AcquireBatchItem& r : response.results()) {
+      if (r.has_error()) {
+        ++result->item_errors;
+      } else if (!r.response().granted()) {
+        ++result->denied;
+      }
+    }
+    return response.results_size();
+  }
+};
+
+template <typename Kind>
 struct Call {
   grpc::ClientContext context;
-  quotad::v1::AcquireResponse response;
+  typename Kind::Response response;
   grpc::Status status;
-  std::unique_ptr<grpc::ClientAsyncResponseReader<quotad::v1::AcquireResponse>> reader;
+  std::unique_ptr<grpc::ClientAsyncResponseReader<typename Kind::Response>> reader;
   Clock::time_point start;
 };
 
 // One client thread: `inflight` calls outstanding on its own queue until `end`. Appends the
 // latencies of the calls that started and ended inside [measure_from, end).
-Result RunThread(quotad::v1::Quota::Stub* stub, int inflight, Clock::time_point measure_from,
-                 Clock::time_point end, std::vector<uint32_t>* latencies) {
+template <typename Kind>
+Result RunThread(quotad::v1::Quota::Stub* stub, int inflight, int batch,
+                 Clock::time_point measure_from, Clock::time_point end,
+                 std::vector<uint32_t>* latencies) {
   grpc::CompletionQueue cq;
-  quotad::v1::AcquireRequest request;
-  request.set_credential(absl::GetFlag(FLAGS_credential));
-  request.set_feature(absl::GetFlag(FLAGS_feature));
-  request.set_holder("loadgen");
+  const typename Kind::Request request = Kind::MakeRequest(batch);
 
   auto start_call = [&] {
-    auto* call = new Call;
+    auto* call = new Call<Kind>;
     call->start = Clock::now();
-    call->reader = stub->PrepareAsyncAcquire(&call->context, request, &cq);
+    call->reader = Kind::Prepare(stub, &call->context, request, &cq);
     call->reader->StartCall();
     call->reader->Finish(&call->response, &call->status, call);
   };
@@ -87,15 +146,18 @@ Result RunThread(quotad::v1::Quota::Stub* stub, int inflight, Clock::time_point 
   void* tag;
   bool ok;
   while (outstanding > 0 && cq.Next(&tag, &ok)) {
-    auto* call = static_cast<Call*>(tag);
+    auto* call = static_cast<Call<Kind>*>(tag);
     const Clock::time_point now = Clock::now();
     --outstanding;
     ++result.calls;
+    const bool answered = ok && call->status.ok();
+    const int64_t decisions = answered ? Kind::Decisions(call->response, &result) : 0;
+    result.decisions += decisions;
     if (now >= measure_from && call->start >= measure_from && now < end) {
-      if (!ok || !call->status.ok()) {
+      if (!answered) {
         ++result.errors;
       } else {
-        if (!call->response.granted()) ++result.denied;
+        result.measured_decisions += decisions;
         latencies_ns.push_back(
             static_cast<uint32_t>(std::min<int64_t>(UINT32_MAX, (now - call->start).count())));
       }
@@ -113,7 +175,8 @@ Result RunThread(quotad::v1::Quota::Stub* stub, int inflight, Clock::time_point 
 }
 
 // `inflight` calls split over up to --threads client threads, each on its own connection.
-Result Run(const std::string& address, int inflight, absl::Duration warmup,
+// `batch` 0: unary Acquire calls; else AcquireBatch calls of `batch` items.
+Result Run(const std::string& address, int inflight, int batch, absl::Duration warmup,
            absl::Duration duration) {
   const int threads = std::max(1, std::min(inflight, absl::GetFlag(FLAGS_threads)));
   std::vector<std::unique_ptr<quotad::v1::Quota::Stub>> stubs;
@@ -132,20 +195,28 @@ Result Run(const std::string& address, int inflight, absl::Duration warmup,
   for (int t = 0; t < threads; ++t) {
     const int n = inflight / threads + (t < inflight % threads ? 1 : 0);
     latencies[t].reserve(1 << 20);
-    workers.emplace_back(
-        [&, t, n] { results[t] = RunThread(stubs[t].get(), n, measure_from, end, &latencies[t]); });
+    workers.emplace_back([&, t, n] {
+      results[t] =
+          batch == 0
+              ? RunThread<UnaryKind>(stubs[t].get(), n, batch, measure_from, end, &latencies[t])
+              : RunThread<BatchKind>(stubs[t].get(), n, batch, measure_from, end, &latencies[t]);
+    });
   }
   for (std::thread& w : workers) w.join();
   Result result;
   std::vector<uint32_t> all;
   for (int t = 0; t < threads; ++t) {
     result.calls += results[t].calls;
+    result.decisions += results[t].decisions;
     result.errors += results[t].errors;
     result.denied += results[t].denied;
+    result.item_errors += results[t].item_errors;
+    result.measured_decisions += results[t].measured_decisions;
     all.insert(all.end(), latencies[t].begin(), latencies[t].end());
   }
   std::sort(all.begin(), all.end());
   result.rps = all.size() / absl::ToDoubleSeconds(duration);
+  result.dps = result.measured_decisions / absl::ToDoubleSeconds(duration);
   if (!all.empty()) {
     result.p50_us = all[all.size() / 2] / 1000.0;
     result.p99_us = all[std::min(all.size() - 1, all.size() * 99 / 100)] / 1000.0;
@@ -158,33 +229,9 @@ double Median(std::vector<double> v) {
   return v.empty() ? 0 : v[v.size() / 2];
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  absl::ParseCommandLine(argc, argv);
-  std::vector<std::pair<std::string, std::string>> targets;
-  for (const std::string& t : absl::GetFlag(FLAGS_target)) {
-    std::vector<std::string> parts = absl::StrSplit(t, absl::MaxSplits('=', 1));
-    if (parts.size() != 2) {
-      std::fprintf(stderr, "grpc_loadgen: --target wants name=host:port, got %s\n", t.c_str());
-      return 2;
-    }
-    targets.emplace_back(parts[0], parts[1]);
-  }
-  if (targets.empty()) {
-    std::fprintf(stderr, "grpc_loadgen: give at least one --target=name=host:port\n");
-    return 2;
-  }
-  std::vector<int> levels;
-  for (const std::string& s : absl::GetFlag(FLAGS_inflight)) {
-    int n = 0;
-    if (!absl::SimpleAtoi(s, &n) || n <= 0) {
-      std::fprintf(stderr, "grpc_loadgen: bad --inflight value %s\n", s.c_str());
-      return 2;
-    }
-    levels.push_back(n);
-  }
-
+// Unary Acquire calls: one line per run, then a table of medians per in-flight level and target.
+int RunUnary(const std::vector<std::pair<std::string, std::string>>& targets,
+             const std::vector<int>& levels) {
   // results[level][target] -> per-round results
   std::map<int, std::vector<std::vector<Result>>> results;
   const int rounds = absl::GetFlag(FLAGS_rounds);
@@ -194,7 +241,7 @@ int main(int argc, char** argv) {
       per_target.resize(targets.size());
       for (size_t k = 0; k < targets.size(); ++k) {
         const size_t i = round % 2 == 0 ? k : targets.size() - 1 - k;
-        Result r = Run(targets[i].second, level, absl::GetFlag(FLAGS_warmup),
+        Result r = Run(targets[i].second, level, /*batch=*/0, absl::GetFlag(FLAGS_warmup),
                        absl::GetFlag(FLAGS_duration));
         std::printf(
             "round=%d inflight=%d target=%s rps=%.0f p50_us=%.0f p99_us=%.0f "
@@ -238,4 +285,122 @@ int main(int argc, char** argv) {
                 static_cast<long long>(calls));
   }
   return 0;
+}
+
+// AcquireBatch calls: for each round, batch size and in-flight level, every target (the order
+// alternating between rounds); one line per run, then the targets side by side: medians of
+// decisions/s and calls/s, and each target's decisions/s divided by the baseline's.
+int RunBatches(const std::vector<std::pair<std::string, std::string>>& targets,
+               const std::vector<int>& levels, const std::vector<int>& batches) {
+  // results[{batch, level}][target] -> per-round results
+  std::map<std::pair<int, int>, std::vector<std::vector<Result>>> results;
+  const int rounds = absl::GetFlag(FLAGS_rounds);
+  for (int round = 0; round < rounds; ++round) {
+    for (int batch : batches) {
+      for (int level : levels) {
+        auto& per_target = results[{batch, level}];
+        per_target.resize(targets.size());
+        for (size_t k = 0; k < targets.size(); ++k) {
+          const size_t i = round % 2 == 0 ? k : targets.size() - 1 - k;
+          Result r = Run(targets[i].second, level, batch, absl::GetFlag(FLAGS_warmup),
+                         absl::GetFlag(FLAGS_duration));
+          std::printf(
+              "round=%d batch=%d inflight=%d target=%s decisions_s=%.0f calls_s=%.0f "
+              "p50_us=%.0f p99_us=%.0f errors=%lld denied=%lld item_errors=%lld\n",
+              round + 1, batch, level, targets[i].first.c_str(), r.dps, r.rps, r.p50_us, r.p99_us,
+              static_cast<long long>(r.errors), static_cast<long long>(r.denied),
+              static_cast<long long>(r.item_errors));
+          std::fflush(stdout);
+          per_target[i].push_back(r);
+        }
+      }
+    }
+  }
+
+  const std::string& base_name = targets.back().first;
+  std::printf("\nmedians over %d interleaved rounds of %s each; decisions/s = items decided/s\n",
+              rounds, absl::FormatDuration(absl::GetFlag(FLAGS_duration)).c_str());
+  std::printf("| batch | in flight |");
+  for (const auto& t : targets) {
+    std::printf(" %s decisions/s | %s calls/s | %s p99 (us) |", t.first.c_str(), t.first.c_str(),
+                t.first.c_str());
+  }
+  for (size_t i = 0; i + 1 < targets.size(); ++i) {
+    std::printf(" %s / %s |", targets[i].first.c_str(), base_name.c_str());
+  }
+  std::printf("\n|---|---|");
+  for (size_t i = 0; i < targets.size() * 4 - 1; ++i) std::printf("---|");
+  std::printf("\n");
+  for (int batch : batches) {
+    for (int level : levels) {
+      const auto& per_target = results[{batch, level}];
+      std::vector<double> dps(targets.size());
+      std::printf("| %d | %d |", batch, level);
+      for (size_t i = 0; i < targets.size(); ++i) {
+        std::vector<double> d, c, p99;
+        for (const Result& r : per_target[i]) {
+          d.push_back(r.dps);
+          c.push_back(r.rps);
+          p99.push_back(r.p99_us);
+        }
+        dps[i] = Median(d);
+        std::printf(" %.0f | %.0f | %.0f |", dps[i], Median(c), Median(p99));
+      }
+      for (size_t i = 0; i + 1 < targets.size(); ++i) {
+        std::printf(" %.3f |", dps.back() > 0 ? dps[i] / dps.back() : 0.0);
+      }
+      std::printf("\n");
+    }
+  }
+  for (size_t i = 0; i < targets.size(); ++i) {
+    int64_t calls = 0, decisions = 0;
+    for (const auto& [key, per_target] : results) {
+      for (const Result& r : per_target[i]) {
+        calls += r.calls;
+        decisions += r.decisions;
+      }
+    }
+    std::printf("total target=%s decisions=%lld calls=%lld\n", targets[i].first.c_str(),
+                static_cast<long long>(decisions), static_cast<long long>(calls));
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  std::vector<std::pair<std::string, std::string>> targets;
+  for (const std::string& t : absl::GetFlag(FLAGS_target)) {
+    std::vector<std::string> parts = absl::StrSplit(t, absl::MaxSplits('=', 1));
+    if (parts.size() != 2) {
+      std::fprintf(stderr, "grpc_loadgen: --target wants name=host:port, got %s\n", t.c_str());
+      return 2;
+    }
+    targets.emplace_back(parts[0], parts[1]);
+  }
+  if (targets.empty()) {
+    std::fprintf(stderr, "grpc_loadgen: give at least one --target=name=host:port\n");
+    return 2;
+  }
+  std::vector<int> levels;
+  for (const std::string& s : absl::GetFlag(FLAGS_inflight)) {
+    int n = 0;
+    if (!absl::SimpleAtoi(s, &n) || n <= 0) {
+      std::fprintf(stderr, "grpc_loadgen: bad --inflight value %s\n", s.c_str());
+      return 2;
+    }
+    levels.push_back(n);
+  }
+
+  std::vector<int> batches;
+  for (const std::string& s : absl::GetFlag(FLAGS_batch)) {
+    int n = 0;
+    if (!absl::SimpleAtoi(s, &n) || n <= 0) {
+      std::fprintf(stderr, "grpc_loadgen: bad --batch value %s\n", s.c_str());
+      return 2;
+    }
+    batches.push_back(n);
+  }
+  return batches.empty() ? RunUnary(targets, levels) : RunBatches(targets, levels, batches);
 }

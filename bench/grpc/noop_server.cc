@@ -1,6 +1,7 @@
 // The baseline for bench/grpc: a server of the same quotad.v1.Quota proto on the same async
 // CompletionQueue API and thread layout as quotad, whose Acquire does nothing but answer
-// `granted: true`.
+// `granted: true`, and whose AcquireBatch and ReleaseBatch answer one trivial result per item
+// (`granted: true`, an empty release) without a ledger.
 //
 //   grpc_noop_server [--listen=127.0.0.1:0] [--cq_threads=0]
 // Logs `listening address=HOST:PORT` on stderr; exits on SIGTERM/SIGINT.
@@ -26,7 +27,12 @@ namespace {
 using Service = quotad::v1::Quota::AsyncService;
 using AcquireCall =
     quotad::UnaryCall<Service, quotad::v1::AcquireRequest, quotad::v1::AcquireResponse>;
-constexpr int kArmedCalls = 16;  // as in quotad
+using AcquireBatchCall =
+    quotad::UnaryCall<Service, quotad::v1::AcquireBatchRequest, quotad::v1::AcquireBatchResponse>;
+using ReleaseBatchCall =
+    quotad::UnaryCall<Service, quotad::v1::ReleaseBatchRequest, quotad::v1::ReleaseBatchResponse>;
+constexpr int kArmedCalls = 16;      // as in quotad
+constexpr int kArmedBatchCalls = 4;  // as in quotad
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -57,9 +63,31 @@ int main(int argc, char** argv) {
                                 call->response()->set_granted(true);
                                 call->Finish(grpc::Status::OK);
                               }};
+  AcquireBatchCall::Method acquire_batch{&service, &Service::RequestAcquireBatch,
+                                         [](AcquireBatchCall* call) {
+                                           const int n = call->request().items_size();
+                                           auto* results = call->response()->mutable_results();
+                                           results->Reserve(n);
+                                           for (int i = 0; i < n; ++i)
+                                             results->Add()->mutable_response()->set_granted(true);
+                                           call->Finish(grpc::Status::OK);
+                                         }};
+  ReleaseBatchCall::Method release_batch{&service, &Service::RequestReleaseBatch,
+                                         [](ReleaseBatchCall* call) {
+                                           const int n = call->request().items_size();
+                                           auto* results = call->response()->mutable_results();
+                                           results->Reserve(n);
+                                           for (int i = 0; i < n; ++i)
+                                             results->Add()->mutable_response();
+                                           call->Finish(grpc::Status::OK);
+                                         }};
   std::vector<std::thread> threads;
   for (auto& cq : cqs) {
     for (int i = 0; i < kArmedCalls; ++i) AcquireCall::Arm(&acquire, cq.get());
+    for (int i = 0; i < kArmedBatchCalls; ++i) {
+      AcquireBatchCall::Arm(&acquire_batch, cq.get());
+      ReleaseBatchCall::Arm(&release_batch, cq.get());
+    }
     grpc::ServerCompletionQueue* q = cq.get();
     threads.emplace_back([q] {
       void* tag;

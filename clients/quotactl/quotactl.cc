@@ -10,14 +10,30 @@
 //   usage CREDENTIAL
 //   leases [CREDENTIAL]
 //   credentials
+//   acquire-batch [ITEM ...] [--items_file=F]   many Acquires in one AcquireBatch call
+//   release-batch [ITEM ...] [--items_file=F]   many Releases in one ReleaseBatch call
+//
+// A batch item is one argument or one line of --items_file ("-": stdin; when no ITEM argument
+// and no --items_file is given, items are read from stdin); blank lines and lines starting with
+// '#' are skipped. Values hold no whitespace.
+//   acquire-batch item: CREDENTIAL FEATURE [scope=S] [cost=N] [ttl=30s] [holder=H]
+//                                          [request_id=ID] [priority=P]
+//   release-batch item: LEASE_ID [used=N] [request_id=ID]
+// --scope, --cost, --ttl, --holder, --priority and --used are the defaults of every item;
+// --request_id=ID gives item i the key "ID.i" (so that a re-run batch charges nothing twice)
+// unless the item has its own request_id=.
 //
 // Output is a readable table, or the response as JSON with --json. Exit codes: 0 granted / ok,
-// 1 denied, 2 error (bad usage or an RPC error, printed to stderr with its code).
+// 1 denied, 2 error (bad usage or an RPC error, printed to stderr with its code). For a batch:
+// 0 every item granted / released, 1 some item denied and none failed, 2 an item failed (its
+// error is in the table) or the call failed.
 //
 // Against a local server, e.g.:
 //   quotad --config=service/config/example.yaml --state=quotad-state.db --listen=localhost:50051 &
 //   quotactl acquire virustotal/prod requests --max_wait=30s --request_id=job-17
 //   quotactl report virustotal/prod requests 429 "Retry-After: 12"
+//   quotactl acquire-batch "virustotal/prod requests" "virustotal/prod requests cost=2"
+//   printf 'LEASE_A used=1\nLEASE_B used=0\n' | quotactl release-batch
 // With --max_wait the call's deadline is --timeout plus the wait.
 
 #include <google/protobuf/util/json_util.h>
@@ -33,28 +49,38 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "quotad/v1/quotad.grpc.pb.h"
 
 ABSL_FLAG(std::string, server, "localhost:50051", "quotad address, host:port.");
 ABSL_FLAG(bool, json, false, "Print the response as JSON instead of a table.");
 ABSL_FLAG(absl::Duration, timeout, absl::Seconds(5), "Deadline of the call.");
-ABSL_FLAG(std::string, scope, "", "acquire: scope value inside the feature.");
-ABSL_FLAG(int64_t, cost, 1, "acquire: units to charge.");
+ABSL_FLAG(std::string, scope, "",
+          "acquire, acquire-batch (every item's default): scope value inside the feature.");
+ABSL_FLAG(int64_t, cost, 1, "acquire, acquire-batch (every item's default): units to charge.");
 ABSL_FLAG(absl::Duration, ttl, absl::ZeroDuration(),
-          "acquire, renew: lease lifetime; 0 is the feature's default.");
+          "acquire, acquire-batch, renew: lease lifetime; 0 is the feature's default.");
 ABSL_FLAG(absl::Duration, max_wait, absl::ZeroDuration(), "acquire: how long the call may wait.");
-ABSL_FLAG(std::string, holder, "", "acquire: who holds the lease (default: quotactl@HOST).");
+ABSL_FLAG(std::string, holder, "",
+          "acquire, acquire-batch: who holds the lease (default: quotactl@HOST).");
 ABSL_FLAG(std::string, request_id, "",
-          "acquire, release: idempotency key; a retry with the same key gets the first answer.");
-ABSL_FLAG(int32_t, priority, 0, "acquire: priority among waiting calls.");
-ABSL_FLAG(int64_t, used, -1, "release: units the upstream charged; -1 refunds nothing.");
+          "acquire, release: idempotency key; a retry with the same key gets the first answer. "
+          "acquire-batch, release-batch: item i gets the key ID.i.");
+ABSL_FLAG(int32_t, priority, 0, "acquire, acquire-batch: priority among waiting calls.");
+ABSL_FLAG(int64_t, used, -1,
+          "release, release-batch: units the upstream charged; -1 refunds nothing.");
 ABSL_FLAG(std::string, body_file, "", "report: file holding the upstream's answer body.");
+ABSL_FLAG(std::string, items_file, "",
+          "acquire-batch, release-batch: file with one item per line; \"-\" is stdin (the "
+          "default when no item is given as an argument).");
 
 namespace {
 
@@ -64,22 +90,35 @@ constexpr int kError = 2;
 
 namespace v1 = quotad::v1;
 
+// The commands, for --help and for a usage error.
+constexpr char kUsage[] =
+    "usage: quotactl [--server=HOST:PORT] [--json] COMMAND ARGS\n"
+    "  acquire CREDENTIAL FEATURE [--scope= --cost= --ttl= --holder= --request_id=\n"
+    "                             --max_wait=30s --priority=P]\n"
+    "  release LEASE_ID [--used=N] [--request_id=ID]\n"
+    "  renew LEASE_ID [--ttl=30s]\n"
+    "  report CREDENTIAL FEATURE HTTP_STATUS [\"Header-Name: value\" ...] "
+    "[--body_file=F]\n"
+    "  usage CREDENTIAL\n"
+    "  leases [CREDENTIAL]\n"
+    "  credentials\n"
+    "  acquire-batch [ITEM ...] [--items_file=F|-]   one AcquireBatch call\n"
+    "      ITEM: \"CREDENTIAL FEATURE [scope=S] [cost=N] [ttl=30s] [holder=H]\n"
+    "             [request_id=ID] [priority=P]\"\n"
+    "  release-batch [ITEM ...] [--items_file=F|-]   one ReleaseBatch call\n"
+    "      ITEM: \"LEASE_ID [used=N] [request_id=ID]\"\n"
+    "  A batch item is an argument or a line of --items_file (\"-\": stdin, also\n"
+    "  when no ITEM is given); blank and '#' lines are skipped. The flags --scope\n"
+    "  --cost --ttl --holder --priority --used are every item's defaults;\n"
+    "  --request_id=ID keys item i as ID.i. At most 1000 items.\n"
+    "  Batch exit code: 0 all granted/released, 1 some denied, 2 an item failed.\n";
+
 int Usage(const std::string& why) {
-  std::fprintf(stderr, "quotactl: %s\n%s", why.c_str(),
-               "usage: quotactl [--server=HOST:PORT] [--json] COMMAND ARGS\n"
-               "  acquire CREDENTIAL FEATURE [--scope= --cost= --ttl= --holder= --request_id=\n"
-               "                             --max_wait=30s --priority=P]\n"
-               "  release LEASE_ID [--used=N] [--request_id=ID]\n"
-               "  renew LEASE_ID [--ttl=30s]\n"
-               "  report CREDENTIAL FEATURE HTTP_STATUS [\"Header-Name: value\" ...] "
-               "[--body_file=F]\n"
-               "  usage CREDENTIAL\n"
-               "  leases [CREDENTIAL]\n"
-               "  credentials\n");
+  std::fprintf(stderr, "quotactl: %s\n%s", why.c_str(), kUsage);
   return kError;
 }
 
-int RpcError(const grpc::Status& s) {
+const char* CodeName(int code) {
   static const char* kNames[] = {"OK",
                                  "CANCELLED",
                                  "UNKNOWN",
@@ -97,8 +136,11 @@ int RpcError(const grpc::Status& s) {
                                  "UNAVAILABLE",
                                  "DATA_LOSS",
                                  "UNAUTHENTICATED"};
-  const int code = static_cast<int>(s.error_code());
-  std::fprintf(stderr, "quotactl: %s: %s\n", code >= 0 && code <= 16 ? kNames[code] : "UNKNOWN",
+  return code >= 0 && code <= 16 ? kNames[code] : "UNKNOWN";
+}
+
+int RpcError(const grpc::Status& s) {
+  std::fprintf(stderr, "quotactl: %s: %s\n", CodeName(static_cast<int>(s.error_code())),
                s.error_message().c_str());
   return kError;
 }
@@ -173,10 +215,156 @@ std::string DefaultHolder() {
   return absl::StrCat("quotactl@", host);
 }
 
+// One batch item as written: where it came from (named in errors) and its words.
+struct ItemLine {
+  std::string where;  // "argument 2", "items.txt:3", "stdin:3"
+  std::vector<std::string> words;
+};
+
+void AddItemLine(std::string where, const std::string& text, std::vector<ItemLine>* items) {
+  std::vector<std::string> words =
+      absl::StrSplit(text, absl::ByAnyChar(" \t\r"), absl::SkipEmpty());
+  if (words.empty() || words[0][0] == '#') return;
+  items->push_back({std::move(where), std::move(words)});
+}
+
+// The items of a batch command: every ITEM argument (args[1..]), then the lines of
+// --items_file ("-": stdin, also the source when no ITEM argument was given).
+absl::StatusOr<std::vector<ItemLine>> ReadItems(const std::vector<std::string>& args) {
+  std::vector<ItemLine> items;
+  for (size_t i = 1; i < args.size(); ++i)
+    AddItemLine(absl::StrCat("argument ", i), args[i], &items);
+  std::string file = absl::GetFlag(FLAGS_items_file);
+  if (file.empty() && args.size() <= 1) file = "-";
+  if (file.empty()) return items;
+  std::ifstream opened;
+  std::istream* in = &std::cin;
+  if (file != "-") {
+    opened.open(file);
+    if (!opened) return absl::InvalidArgumentError(absl::StrCat("cannot read --items_file ", file));
+    in = &opened;
+  }
+  const std::string name = file == "-" ? "stdin" : file;
+  std::string line;
+  for (int n = 1; std::getline(*in, line); ++n)
+    AddItemLine(absl::StrCat(name, ":", n), line, &items);
+  return items;
+}
+
+// Splits "key=value" at its first '='; false when there is none.
+bool SplitKeyValue(const std::string& word, std::string* key, std::string* value) {
+  const size_t eq = word.find('=');
+  if (eq == std::string::npos || eq == 0) return false;
+  *key = word.substr(0, eq);
+  *value = word.substr(eq + 1);
+  return true;
+}
+
+absl::Status BadItem(const ItemLine& line, const std::string& why) {
+  return absl::InvalidArgumentError(
+      absl::StrCat(line.where, " (\"", absl::StrJoin(line.words, " "), "\"): ", why));
+}
+
+// Item `index` of acquire-batch: CREDENTIAL FEATURE [key=value ...] over the flags' defaults.
+absl::Status ParseAcquireItem(const ItemLine& line, int index, v1::AcquireRequest* req) {
+  std::string key, value;
+  if (line.words.size() < 2 || SplitKeyValue(line.words[0], &key, &value) ||
+      SplitKeyValue(line.words[1], &key, &value)) {
+    return BadItem(line, "an item is CREDENTIAL FEATURE [key=value ...]");
+  }
+  req->set_credential(line.words[0]);
+  req->set_feature(line.words[1]);
+  req->set_scope(absl::GetFlag(FLAGS_scope));
+  req->set_cost(absl::GetFlag(FLAGS_cost));
+  if (absl::GetFlag(FLAGS_ttl) != absl::ZeroDuration()) {
+    SetDuration(absl::GetFlag(FLAGS_ttl), req->mutable_lease_ttl());
+  }
+  // quotad answers a positive max_wait with the item's error: a batch never waits.
+  if (absl::GetFlag(FLAGS_max_wait) != absl::ZeroDuration()) {
+    SetDuration(absl::GetFlag(FLAGS_max_wait), req->mutable_max_wait());
+  }
+  req->set_holder(absl::GetFlag(FLAGS_holder).empty() ? DefaultHolder()
+                                                      : absl::GetFlag(FLAGS_holder));
+  req->set_priority(absl::GetFlag(FLAGS_priority));
+  if (!absl::GetFlag(FLAGS_request_id).empty()) {
+    req->set_request_id(absl::StrCat(absl::GetFlag(FLAGS_request_id), ".", index));
+  }
+  for (size_t i = 2; i < line.words.size(); ++i) {
+    if (!SplitKeyValue(line.words[i], &key, &value)) {
+      return BadItem(line, absl::StrCat("\"", line.words[i], "\" is not key=value"));
+    }
+    if (key == "scope") {
+      req->set_scope(value);
+    } else if (key == "cost") {
+      int64_t cost = 0;
+      if (!absl::SimpleAtoi(value, &cost)) {
+        return BadItem(line, absl::StrCat("cost \"", value, "\" is not a number"));
+      }
+      req->set_cost(cost);
+    } else if (key == "ttl") {
+      absl::Duration ttl;
+      if (!absl::ParseDuration(value, &ttl)) {
+        return BadItem(line, absl::StrCat("ttl \"", value, "\" is not a duration (e.g. 30s)"));
+      }
+      req->clear_lease_ttl();
+      if (ttl != absl::ZeroDuration()) SetDuration(ttl, req->mutable_lease_ttl());
+    } else if (key == "holder") {
+      req->set_holder(value);
+    } else if (key == "request_id") {
+      req->set_request_id(value);
+    } else if (key == "priority") {
+      int32_t priority = 0;
+      if (!absl::SimpleAtoi(value, &priority)) {
+        return BadItem(line, absl::StrCat("priority \"", value, "\" is not a number"));
+      }
+      req->set_priority(priority);
+    } else {
+      return BadItem(line, absl::StrCat("unknown key \"", key,
+                                        "\" (expected scope, cost, ttl, holder, request_id or "
+                                        "priority)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Item `index` of release-batch: LEASE_ID [used=N] [request_id=ID] over the flags' defaults.
+absl::Status ParseReleaseItem(const ItemLine& line, int index, v1::ReleaseRequest* req) {
+  std::string key, value;
+  if (SplitKeyValue(line.words[0], &key, &value)) {
+    return BadItem(line, "an item is LEASE_ID [used=N] [request_id=ID]");
+  }
+  req->set_lease_id(line.words[0]);
+  if (absl::GetFlag(FLAGS_used) >= 0) req->set_used(absl::GetFlag(FLAGS_used));
+  if (!absl::GetFlag(FLAGS_request_id).empty()) {
+    req->set_request_id(absl::StrCat(absl::GetFlag(FLAGS_request_id), ".", index));
+  }
+  for (size_t i = 1; i < line.words.size(); ++i) {
+    if (!SplitKeyValue(line.words[i], &key, &value)) {
+      return BadItem(line, absl::StrCat("\"", line.words[i], "\" is not key=value"));
+    }
+    if (key == "used") {
+      int64_t used = 0;
+      if (!absl::SimpleAtoi(value, &used)) {
+        return BadItem(line, absl::StrCat("used \"", value, "\" is not a number"));
+      }
+      req->set_used(used);
+    } else if (key == "request_id") {
+      req->set_request_id(value);
+    } else {
+      return BadItem(line, absl::StrCat("unknown key \"", key, "\" (expected used or request_id)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string ItemErrorText(const v1::ItemError& e) {
+  return absl::StrCat(CodeName(e.code()), ": ", e.message());
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("quotactl [--server=HOST:PORT] [--json] COMMAND ARGS");
+  absl::SetProgramUsageMessage(kUsage);
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   std::vector<std::string> args(positional.begin() + 1, positional.end());
   if (args.empty()) return Usage("no command given");
@@ -243,6 +431,98 @@ int main(int argc, char** argv) {
       std::cout << "released  refunded " << resp.refunded() << "  freed " << resp.freed() << "\n";
     }
     return kOk;
+  }
+
+  if (command == "acquire-batch") {
+    absl::StatusOr<std::vector<ItemLine>> lines = ReadItems(args);
+    if (!lines.ok()) return Usage(std::string(lines.status().message()));
+    if (lines->empty()) return Usage("acquire-batch got no items");
+    v1::AcquireBatchRequest req;
+    for (size_t i = 0; i < lines->size(); ++i) {
+      absl::Status s = ParseAcquireItem((*lines)[i], static_cast<int>(i), req.add_items());
+      if (!s.ok()) return Usage(std::string(s.message()));
+    }
+    v1::AcquireBatchResponse resp;
+    grpc::Status s = quota->AcquireBatch(&context, req, &resp);
+    if (!s.ok()) return RpcError(s);
+    int granted = 0, denied = 0, failed = 0;
+    std::vector<std::vector<std::string>> rows = {
+        {"ITEM", "CREDENTIAL", "FEATURE", "RESULT", "LEASE", "DETAIL"}};
+    for (int i = 0; i < resp.results_size(); ++i) {
+      const v1::AcquireBatchItem& r = resp.results(i);
+      const v1::AcquireRequest& item = req.items(i < req.items_size() ? i : 0);
+      std::vector<std::string> row = {absl::StrCat(i), item.credential(), item.feature()};
+      if (r.has_error()) {
+        ++failed;
+        row.insert(row.end(), {"error", "-", ItemErrorText(r.error())});
+      } else if (r.response().granted()) {
+        ++granted;
+        row.insert(row.end(), {"granted", r.response().lease_id(),
+                               absl::StrCat("expires ", Time(r.response().lease_expires_at()))});
+      } else {
+        ++denied;
+        const v1::AcquireResponse& d = r.response();
+        row.insert(row.end(), {"denied", "-",
+                               absl::StrCat("by ", d.limited_by(), ", retry after ",
+                                            d.has_retry_after() ? Dur(d.retry_after()) : "never")});
+      }
+      rows.push_back(std::move(row));
+    }
+    if (json) {
+      PrintJson(resp);
+    } else {
+      PrintTable(rows);
+      std::cout << "\ngranted " << granted << "  denied " << denied << "  errors " << failed
+                << "\n";
+    }
+    if (resp.results_size() != req.items_size()) {
+      std::fprintf(stderr, "quotactl: quotad answered %d results for %d items\n",
+                   resp.results_size(), req.items_size());
+      return kError;
+    }
+    return failed > 0 ? kError : denied > 0 ? kDenied : kOk;
+  }
+
+  if (command == "release-batch") {
+    absl::StatusOr<std::vector<ItemLine>> lines = ReadItems(args);
+    if (!lines.ok()) return Usage(std::string(lines.status().message()));
+    if (lines->empty()) return Usage("release-batch got no items");
+    v1::ReleaseBatchRequest req;
+    for (size_t i = 0; i < lines->size(); ++i) {
+      absl::Status s = ParseReleaseItem((*lines)[i], static_cast<int>(i), req.add_items());
+      if (!s.ok()) return Usage(std::string(s.message()));
+    }
+    v1::ReleaseBatchResponse resp;
+    grpc::Status s = quota->ReleaseBatch(&context, req, &resp);
+    if (!s.ok()) return RpcError(s);
+    int released = 0, failed = 0;
+    std::vector<std::vector<std::string>> rows = {{"ITEM", "LEASE", "RESULT", "DETAIL"}};
+    for (int i = 0; i < resp.results_size(); ++i) {
+      const v1::ReleaseBatchItem& r = resp.results(i);
+      std::vector<std::string> row = {absl::StrCat(i),
+                                      req.items(i < req.items_size() ? i : 0).lease_id()};
+      if (r.has_error()) {
+        ++failed;
+        row.insert(row.end(), {"error", ItemErrorText(r.error())});
+      } else {
+        ++released;
+        row.insert(row.end(), {"released", absl::StrCat("refunded ", r.response().refunded(),
+                                                        "  freed ", r.response().freed())});
+      }
+      rows.push_back(std::move(row));
+    }
+    if (json) {
+      PrintJson(resp);
+    } else {
+      PrintTable(rows);
+      std::cout << "\nreleased " << released << "  errors " << failed << "\n";
+    }
+    if (resp.results_size() != req.items_size()) {
+      std::fprintf(stderr, "quotactl: quotad answered %d results for %d items\n",
+                   resp.results_size(), req.items_size());
+      return kError;
+    }
+    return failed > 0 ? kError : kOk;
   }
 
   if (command == "renew") {

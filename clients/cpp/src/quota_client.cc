@@ -8,6 +8,7 @@
 #include "absl/random/distributions.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "src/core.h"
 
@@ -217,6 +218,105 @@ void Core::RenewOne(const std::shared_ptr<LeaseState>& state) {
   if (on_lost) on_lost(lost);
 }
 
+// Builds the Lease answering one Acquire, and starts the release of a Lease. Used by
+// QuotaClient and Lease only. Stateless.
+struct LeaseAccess {
+  // The Lease for `resp`, the answer to an Acquire asked with `options` and `request_id`. A
+  // granted lease that needs renewing is handed to the renewer of `core`.
+  static Lease FromResponse(const std::shared_ptr<Core>& core, const v1::AcquireResponse& resp,
+                            const AcquireOptions& options, const std::string& request_id) {
+    Lease lease;
+    lease.granted_ = resp.granted();
+    lease.request_id_ = request_id;
+    bool concurrency = false;
+    lease.limits_.reserve(resp.limits_size());
+    for (const v1::LimitStatus& l : resp.limits()) {
+      LimitState s;
+      s.name = l.name();
+      s.scope = l.scope();
+      s.concurrency = l.kind() == v1::LIMIT_KIND_CONCURRENCY;
+      concurrency = concurrency || s.concurrency;
+      s.capacity = l.capacity();
+      s.used = l.used();
+      s.remaining = l.remaining();
+      if (l.has_reset_at()) s.reset_at = FromProto(l.reset_at());
+      lease.limits_.push_back(std::move(s));
+    }
+    if (!resp.granted()) {
+      lease.retry_after_ = FromProto(resp.retry_after());
+      lease.retry_at_ =
+          resp.has_retry_at() ? FromProto(resp.retry_at()) : absl::Now() + lease.retry_after_;
+      lease.limited_by_ = resp.limited_by();
+      return lease;
+    }
+    lease.id_ = resp.lease_id();
+    lease.cost_ = options.cost;
+    lease.core_ = core;
+    auto state = std::make_shared<LeaseState>();
+    state->id = resp.lease_id();
+    state->ttl = options.lease_ttl;
+    state->on_lost = options.on_lost;
+    const absl::Time now = absl::Now();
+    const bool renew = options.renew == AcquireOptions::Renew::kAlways ||
+                       (options.renew == AcquireOptions::Renew::kAuto && concurrency);
+    {
+      absl::MutexLock lock(&state->mu);
+      state->expires_at =
+          resp.has_lease_expires_at() ? FromProto(resp.lease_expires_at()) : absl::InfiniteFuture();
+      state->period = state->expires_at == absl::InfiniteFuture()
+                          ? absl::Hours(1)
+                          : std::max(absl::Milliseconds(10), (state->expires_at - now) / 3);
+      state->next_renew = now + state->period;
+    }
+    lease.state_ = state;
+    if (renew && state->expires_at != absl::InfiniteFuture()) core->StartRenewing(state);
+    return lease;
+  }
+
+  // Starts ending `lease`: FailedPrecondition when it was not granted or is already released;
+  // else marks it released (no more renewals) and returns its id, which the caller sends.
+  static absl::StatusOr<std::string> BeginRelease(Lease& lease) {
+    if (!lease.granted_ || lease.state_ == nullptr) {
+      return absl::FailedPreconditionError("the lease was not granted");
+    }
+    {
+      absl::MutexLock lock(&lease.state_->mu);
+      if (lease.state_->released) {
+        return absl::FailedPreconditionError("the lease was already released");
+      }
+    }
+    lease.core_->StopRenewing(lease.state_);  // marks it released
+    return lease.id_;
+  }
+
+  static int64_t Cost(const Lease& lease) { return lease.cost_; }
+};
+
+namespace {
+
+// The status of one item of a batch: quotad's error for item `sent` of the request, renamed as
+// item `index` of the caller's list (the two differ when items were refused before sending).
+absl::Status ItemStatus(int index, int sent, const v1::ItemError& error) {
+  absl::string_view message = error.message();
+  absl::ConsumePrefix(&message, absl::StrCat("items[", sent, "]: "));
+  const int code = error.code();
+  const absl::StatusCode status_code =
+      code > 0 && code <= 16 ? static_cast<absl::StatusCode>(code) : absl::StatusCode::kUnknown;
+  return absl::Status(status_code, absl::StrCat("items[", index, "]: ", message));
+}
+
+// `status` as the error of item `index`.
+absl::Status ItemError(int index, const absl::Status& status) {
+  return absl::Status(status.code(), absl::StrCat("items[", index, "]: ", status.message()));
+}
+
+absl::Status WrongResultCount(int results, int sent) {
+  return absl::InternalError(
+      absl::StrCat("quotad answered ", results, " results for a batch of ", sent, " items"));
+}
+
+}  // namespace
+
 }  // namespace internal
 
 // ---- Lease ----
@@ -274,16 +374,10 @@ absl::StatusOr<ReleaseResult> Lease::Commit(int64_t used) {
 absl::StatusOr<ReleaseResult> Lease::Release() { return DoRelease(std::nullopt); }
 
 absl::StatusOr<ReleaseResult> Lease::DoRelease(std::optional<int64_t> used) {
-  if (!granted_ || state_ == nullptr) {
-    return absl::FailedPreconditionError("the lease was not granted");
-  }
-  {
-    absl::MutexLock lock(&state_->mu);
-    if (state_->released) return absl::FailedPreconditionError("the lease was already released");
-  }
-  core_->StopRenewing(state_);  // marks it released
+  absl::StatusOr<std::string> id = internal::LeaseAccess::BeginRelease(*this);
+  if (!id.ok()) return id.status();
   v1::ReleaseRequest req;
-  req.set_lease_id(id_);
+  req.set_lease_id(*std::move(id));
   if (used.has_value()) req.set_used(*used);
   req.set_request_id(NewRequestId());
   v1::ReleaseResponse resp;
@@ -340,51 +434,8 @@ absl::StatusOr<Lease> QuotaClient::Acquire(absl::string_view credential, absl::s
     });
     if (!status.ok()) return internal::FromGrpc(status);
 
-    Lease lease;
-    lease.granted_ = resp.granted();
-    lease.request_id_ = req.request_id();
-    bool concurrency = false;
-    for (const v1::LimitStatus& l : resp.limits()) {
-      LimitState s;
-      s.name = l.name();
-      s.scope = l.scope();
-      s.concurrency = l.kind() == v1::LIMIT_KIND_CONCURRENCY;
-      concurrency = concurrency || s.concurrency;
-      s.capacity = l.capacity();
-      s.used = l.used();
-      s.remaining = l.remaining();
-      if (l.has_reset_at()) s.reset_at = internal::FromProto(l.reset_at());
-      lease.limits_.push_back(std::move(s));
-    }
-    if (resp.granted()) {
-      lease.id_ = resp.lease_id();
-      lease.cost_ = options.cost;
-      lease.core_ = core_;
-      auto state = std::make_shared<internal::LeaseState>();
-      state->id = resp.lease_id();
-      state->ttl = options.lease_ttl;
-      state->on_lost = options.on_lost;
-      const absl::Time now = absl::Now();
-      const bool renew = options.renew == AcquireOptions::Renew::kAlways ||
-                         (options.renew == AcquireOptions::Renew::kAuto && concurrency);
-      {
-        absl::MutexLock lock(&state->mu);
-        state->expires_at = resp.has_lease_expires_at()
-                                ? internal::FromProto(resp.lease_expires_at())
-                                : absl::InfiniteFuture();
-        state->period = state->expires_at == absl::InfiniteFuture()
-                            ? absl::Hours(1)
-                            : std::max(absl::Milliseconds(10), (state->expires_at - now) / 3);
-        state->next_renew = now + state->period;
-      }
-      lease.state_ = state;
-      if (renew && state->expires_at != absl::InfiniteFuture()) core_->StartRenewing(state);
-      return lease;
-    }
-    lease.retry_after_ = internal::FromProto(resp.retry_after());
-    lease.retry_at_ = resp.has_retry_at() ? internal::FromProto(resp.retry_at())
-                                          : absl::Now() + lease.retry_after_;
-    lease.limited_by_ = resp.limited_by();
+    Lease lease = internal::LeaseAccess::FromResponse(core_, resp, options, req.request_id());
+    if (lease.granted()) return lease;
     const absl::Time now = absl::Now();
     if (now >= wait_until) return lease;
     absl::Duration pause = lease.retry_after_ > absl::ZeroDuration()
@@ -393,6 +444,131 @@ absl::StatusOr<Lease> QuotaClient::Acquire(absl::string_view credential, absl::s
     pause = std::min(pause * core_->Jitter(0.05) + absl::Milliseconds(1), wait_until - now);
     absl::SleepFor(pause);
   }
+}
+
+absl::StatusOr<std::vector<absl::StatusOr<Lease>>> QuotaClient::AcquireBatch(
+    const std::vector<AcquireItem>& items) {
+  std::vector<absl::StatusOr<Lease>> results;
+  results.reserve(items.size());
+  for (size_t i = 0; i < items.size(); ++i) results.emplace_back(absl::UnknownError("unanswered"));
+  v1::AcquireBatchRequest req;
+  std::vector<int> sent;  // sent[k]: the index in `items` of req.items(k)
+  sent.reserve(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    const AcquireOptions& o = items[i].options;
+    if (o.client_wait > absl::ZeroDuration()) {
+      results[i] = internal::ItemError(
+          static_cast<int>(i),
+          absl::InvalidArgumentError(
+              absl::StrCat("client_wait ", absl::FormatDuration(o.client_wait),
+                           " is not allowed in a batch, which never waits (send it as Acquire)")));
+      continue;
+    }
+    v1::AcquireRequest* item = req.add_items();
+    item->set_credential(items[i].credential);
+    item->set_feature(items[i].feature);
+    item->set_scope(o.scope);
+    item->set_cost(o.cost);
+    // quotad refuses a positive max_wait in a batch, naming the item.
+    if (o.max_wait > absl::ZeroDuration()) internal::ToProto(o.max_wait, item->mutable_max_wait());
+    if (o.lease_ttl > absl::ZeroDuration()) {
+      internal::ToProto(o.lease_ttl, item->mutable_lease_ttl());
+    }
+    item->set_holder(core_->options().holder);
+    item->set_priority(o.priority);
+    item->set_request_id(o.request_id.empty() ? NewRequestId() : o.request_id);
+    sent.push_back(static_cast<int>(i));
+  }
+  if (sent.empty()) return results;
+  v1::AcquireBatchResponse resp;
+  const grpc::Status status =
+      core_->CallWithRetry(absl::ZeroDuration(), [&](grpc::ClientContext* ctx) {
+        resp.Clear();
+        return core_->stub()->AcquireBatch(ctx, req, &resp);
+      });
+  if (!status.ok()) return internal::FromGrpc(status);
+  if (resp.results_size() != req.items_size()) {
+    return internal::WrongResultCount(resp.results_size(), req.items_size());
+  }
+  for (int k = 0; k < resp.results_size(); ++k) {
+    const int i = sent[k];
+    const v1::AcquireBatchItem& r = resp.results(k);
+    if (r.has_response()) {
+      results[i] = internal::LeaseAccess::FromResponse(core_, r.response(), items[i].options,
+                                                       req.items(k).request_id());
+    } else if (r.has_error()) {
+      results[i] = internal::ItemStatus(i, k, r.error());
+    } else {
+      results[i] = internal::ItemError(i, absl::InternalError("quotad's answer has no result"));
+    }
+  }
+  return results;
+}
+
+absl::StatusOr<std::vector<absl::StatusOr<ReleaseResult>>> QuotaClient::ReleaseBatch(
+    const std::vector<ReleaseItem>& items) {
+  std::vector<absl::StatusOr<ReleaseResult>> results(items.size(),
+                                                     absl::UnknownError("unanswered"));
+  v1::ReleaseBatchRequest req;
+  std::vector<int> sent;  // sent[k]: the index in `items` of req.items(k)
+  sent.reserve(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    const int index = static_cast<int>(i);
+    Lease* lease = items[i].lease;
+    if (lease == nullptr) {
+      results[i] = internal::ItemError(index, absl::InvalidArgumentError("lease is null"));
+      continue;
+    }
+    const std::optional<int64_t> used = items[i].used;
+    const int64_t cost = internal::LeaseAccess::Cost(*lease);
+    if (used.has_value() && lease->granted() && (*used < 0 || *used > cost)) {
+      results[i] = internal::ItemError(
+          index, absl::InvalidArgumentError(absl::StrCat("used must be in 0..", cost,
+                                                         " (the lease's cost), got ", *used)));
+      continue;
+    }
+    absl::StatusOr<std::string> id = internal::LeaseAccess::BeginRelease(*lease);
+    if (!id.ok()) {
+      results[i] = internal::ItemError(index, id.status());
+      continue;
+    }
+    v1::ReleaseRequest* item = req.add_items();
+    item->set_lease_id(*std::move(id));
+    if (used.has_value()) item->set_used(*used);
+    item->set_request_id(NewRequestId());
+    sent.push_back(index);
+  }
+  if (sent.empty()) return results;
+  v1::ReleaseBatchResponse resp;
+  int attempts = 0;
+  const grpc::Status status = core_->CallWithRetry(
+      absl::ZeroDuration(),
+      [&](grpc::ClientContext* ctx) {
+        resp.Clear();
+        return core_->stub()->ReleaseBatch(ctx, req, &resp);
+      },
+      &attempts);
+  if (!status.ok()) return internal::FromGrpc(status);
+  if (resp.results_size() != req.items_size()) {
+    return internal::WrongResultCount(resp.results_size(), req.items_size());
+  }
+  for (int k = 0; k < resp.results_size(); ++k) {
+    const int i = sent[k];
+    const v1::ReleaseBatchItem& r = resp.results(k);
+    if (r.has_response()) {
+      results[i] = ReleaseResult{r.response().refunded(), r.response().freed()};
+    } else if (r.has_error()) {
+      // A retry that finds no lease: the first attempt released it but its answer was lost.
+      if (attempts > 1 && r.error().code() == static_cast<int>(grpc::StatusCode::NOT_FOUND)) {
+        results[i] = ReleaseResult{};
+      } else {
+        results[i] = internal::ItemStatus(i, k, r.error());
+      }
+    } else {
+      results[i] = internal::ItemError(i, absl::InternalError("quotad's answer has no result"));
+    }
+  }
+  return results;
 }
 
 absl::StatusOr<ReportResult> QuotaClient::ReportUpstream(absl::string_view credential,

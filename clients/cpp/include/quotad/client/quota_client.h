@@ -18,6 +18,9 @@
 // Retries: UNAVAILABLE and RESOURCE_EXHAUSTED are retried with exponential back-off and jitter
 // (RetryPolicy). Every Acquire carries a request_id (128 random bits, hex) that stays the same
 // across those retries, so quotad charges a retried Acquire once. Every call has a deadline.
+//
+// Batches: AcquireBatch and ReleaseBatch decide many items in one call, with a result (or an
+// error naming the item) per item and a status for the whole call.
 
 #include <grpcpp/channel.h>
 #include <grpcpp/security/credentials.h>
@@ -112,6 +115,7 @@ struct ReleaseResult {
 namespace internal {
 class Core;
 struct LeaseState;
+struct LeaseAccess;
 }  // namespace internal
 
 // The answer to an Acquire: a granted lease, or a denial (granted() false).
@@ -164,6 +168,7 @@ class Lease {
 
  private:
   friend class QuotaClient;
+  friend struct internal::LeaseAccess;
   absl::StatusOr<ReleaseResult> DoRelease(std::optional<int64_t> used);
   void Reset();
 
@@ -177,6 +182,27 @@ class Lease {
   std::vector<LimitState> limits_;
   std::shared_ptr<internal::Core> core_;
   std::shared_ptr<internal::LeaseState> state_;
+};
+
+// Most items in one AcquireBatch or ReleaseBatch; quotad refuses a larger batch whole
+// (INVALID_ARGUMENT), so split it.
+inline constexpr int kMaxBatchItems = 1000;
+
+// One item of QuotaClient::AcquireBatch.
+struct AcquireItem {
+  std::string credential;
+  std::string feature;
+  // As for Acquire, except that a batch never waits: `max_wait` and `client_wait` must be zero
+  // (the item gets INVALID_ARGUMENT otherwise). An empty `request_id` gets a random one, kept
+  // across the batch's transport retries.
+  AcquireOptions options;
+};
+
+// One item of QuotaClient::ReleaseBatch: a lease of this process, and optionally the units the
+// upstream charged (as for Lease::Commit; absent: released without a refund, as Lease::Release).
+struct ReleaseItem {
+  Lease* lease = nullptr;  // not owned; must stay alive during the call
+  std::optional<int64_t> used;
 };
 
 // One HTTP header of an upstream answer: name, value.
@@ -205,6 +231,26 @@ class QuotaClient {
   // how denials and errors surface.
   absl::StatusOr<Lease> Acquire(absl::string_view credential, absl::string_view feature,
                                 const AcquireOptions& options = {});
+
+  // Many Acquires in one call (at most kMaxBatchItems): each item is decided on its own, in
+  // order, exactly as Acquire would decide it, and answered at the same index of the result:
+  // a Lease (granted, or a denial with granted() false) or the item's error, whose message
+  // names the item ("items[1]: credential ..."). Grants are independent: every grant stands
+  // whatever the other items got. The outer status is the whole call's: an error when quotad
+  // could not be asked (after the retries; every item keeps its request_id across them, so a
+  // retried batch charges each grant once) or refused the batch whole (too many items). An
+  // empty batch is answered at once, without a call.
+  absl::StatusOr<std::vector<absl::StatusOr<Lease>>> AcquireBatch(
+      const std::vector<AcquireItem>& items);
+
+  // Ends many leases in one call (at most kMaxBatchItems), each as Lease::Commit(used) or
+  // Lease::Release() would, answered at the same index: what was given back, or the item's
+  // error naming it ("items[0]: ..."; FailedPrecondition, without asking quotad, for a lease
+  // not granted or already released). Every lease sent is released on the client's side whatever
+  // the answer, as with Release (quotad's TTL frees what an error left). The outer status is the
+  // whole call's.
+  absl::StatusOr<std::vector<absl::StatusOr<ReleaseResult>>> ReleaseBatch(
+      const std::vector<ReleaseItem>& items);
 
   // Tells quotad what the upstream answered (HTTP status, headers, and the body of a throttle
   // answer; only its first 64 KiB are sent) so that it adopts the upstream's count and cools the

@@ -1,0 +1,70 @@
+#!/bin/bash
+# Batched decisions: quotad with --memory_only, quotad with --state (a fresh SQLite file) and the
+# no-op server of the same proto, driven in ONE run by the same asynchronous load generator with
+# AcquireBatch calls of 1 / 10 / 100 / 1000 items at 1 / 16 / 64 calls in flight, the targets
+# interleaved. Prints one line per run, then the targets side by side: decisions (items) per
+# second, calls per second, p99, and quotad's decisions/s divided by the no-op's; then each
+# server's CPU time per decision.
+#
+#   bench/grpc/run_batch.sh [BUILD_DIR] [-- extra grpc_loadgen flags, e.g. --rounds=3 --duration=3s]
+#
+# Defaults: --rounds=1 --duration=2s --warmup=300ms (about 90 s in all); later flags win.
+# BUILD_DIR defaults to ./build; it must contain quotad, grpc_noop_server and grpc_loadgen
+# (ninja -C BUILD_DIR quotad grpc_noop_server grpc_loadgen).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+build=${1:-build}
+[[ $# -gt 0 ]] && shift
+[[ ${1:-} == -- ]] && shift
+quotad=$build/service/server/quotad
+noop=$build/bench/grpc/grpc_noop_server
+loadgen=$build/bench/grpc/grpc_loadgen
+for b in "$quotad" "$noop" "$loadgen"; do
+  [[ -x $b ]] || { echo "run_batch.sh: $b not built" >&2; exit 2; }
+done
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+wait_addr() {  # log file -> address
+  for _ in $(seq 1 200); do
+    a=$(grep -o 'listening address=[^ ]*' "$1" 2>/dev/null | head -1 | cut -d= -f2)
+    [[ -n $a ]] && { echo "$a"; return 0; }
+    sleep 0.05
+  done
+  echo "run_batch.sh: server did not start:" >&2; cat "$1" >&2; return 1
+}
+
+common=(--config="$here/bench_config.yaml" --listen=127.0.0.1:0 --metrics_listen=)
+"$quotad" "${common[@]}" --memory_only 2>"$tmp/memory.log" &
+pids+=($!)
+"$quotad" "${common[@]}" --state="$tmp/state.db" 2>"$tmp/state.log" &
+pids+=($!)
+"$noop" --listen=127.0.0.1:0 2>"$tmp/noop.log" &
+pids+=($!)
+names=(quotad_memory quotad_state noop)
+maddr=$(wait_addr "$tmp/memory.log")
+saddr=$(wait_addr "$tmp/state.log")
+naddr=$(wait_addr "$tmp/noop.log")
+echo "quotad_memory=$maddr quotad_state=$saddr noop=$naddr cores=$(nproc) $(date -u +%FT%TZ)"
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+before=(); for p in "${pids[@]}"; do before+=("$(cpu_ticks "$p")"); done
+"$loadgen" --target="quotad_memory=$maddr,quotad_state=$saddr,noop=$naddr" \
+  --batch=1,10,100,1000 --inflight=1,16,64 --rounds=1 --duration=2s --warmup=300ms "$@" |
+  tee "$tmp/loadgen.out"
+# Server CPU per decision: less sensitive than decisions/s to other work on a shared machine.
+hz=$(getconf CLK_TCK)
+line="server CPU per decision (all cells):"
+for i in 0 1 2; do
+  ticks=$(( $(cpu_ticks "${pids[$i]}") - ${before[$i]} ))
+  decisions=$(awk -v t="${names[$i]}" -F'decisions=' '$0 ~ "^total target=" t " " {split($2, a, " "); print a[1]}' "$tmp/loadgen.out")
+  line+=$(awk -v t="$ticks" -v d="$decisions" -v hz="$hz" -v n="${names[$i]}" \
+    'BEGIN { printf " %s %.2f us", n, (d > 0 ? t / hz * 1e6 / d : 0) }')
+done
+echo "$line"
