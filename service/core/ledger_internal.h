@@ -211,12 +211,12 @@ struct Credential {
   // Learns from a throttle attributed to rule `r`: the outside estimate shrinks its effective
   // capacity and the limit cools down until `retry_ns` (the upstream's word, 0: none) or for a
   // back-off no longer than the limit takes to release units. The estimate shrinks once per
-  // round trip, like TCP's window: not for a request sent (`sent_ns`) before the last decrease,
-  // whose throttle says nothing the decrease did not take into account. Returns the cooldown's
-  // end.
+  // round trip, like TCP's window: not for a request sent (`sent_ns`; none: unknown) before the
+  // last decrease, whose throttle says nothing the decrease did not take into account. Returns
+  // the cooldown's end.
   int64_t LearnThrottle(Ledger& l, const CompiledCredential& cc, const CompiledFeature& feature,
-                        int r, int64_t retry_ns, bool counted, int64_t sent_ns, int64_t now,
-                        ReportResult* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+                        int r, int64_t retry_ns, bool counted, std::optional<int64_t> sent_ns,
+                        int64_t now, ReportResult* out) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   // Writes what the credential knows of limit `rule` ahead (Journal::PutOutside).
   void WriteOutside(const Ledger& l, const Rule& rule, const OutsideEstimate& e,
                     ReportResult* out) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);

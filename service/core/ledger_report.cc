@@ -55,15 +55,18 @@ std::vector<int> Credential::AttributeThrottle(const Ledger& l, const CompiledCr
 
 int64_t Credential::LearnThrottle(Ledger& l, const CompiledCredential& cc,
                                   const CompiledFeature& feature, int r, int64_t retry_ns,
-                                  bool counted, int64_t sent_ns, int64_t now, ReportResult* out) {
+                                  bool counted, std::optional<int64_t> sent_ns, int64_t now,
+                                  ReportResult* out) {
   const Rule& rule = cc.rules[r];
   OutsideEstimate& e = outside[rule.full_name];
   e.CountThrottle();
-  // A throttle on a limit quotad's own count already has full is explained by that count:
-  // nothing is learnt about outside use.
-  const bool full =
-      !rule.spec.scoped && counters[r].View(rule, l.RuleTime(rule, now)).remaining <= 0;
-  const bool in_flight_at_last_decrease = (e.raw_outside() > 0 && sent_ns < e.at_ns());
+  // Without sent_at, a throttle on a limit quotad's own count already has full is taken as
+  // explained by that count: nothing is learnt about outside use. A request sent under a grant
+  // had room when it was granted, and a full count may hold the refused call itself (Report
+  // before Release), so its throttle is learnt.
+  const bool full = !sent_ns.has_value() && !rule.spec.scoped &&
+                    counters[r].View(rule, l.RuleTime(rule, now)).remaining <= 0;
+  const bool in_flight_at_last_decrease = e.raw_outside() > 0 && sent_ns.value_or(now) < e.at_ns();
   if (Estimable(rule) && !counted && !full && !in_flight_at_last_decrease) {
     e.OnThrottle(rule.Capacity(), RecoveryNs(rule), now);
   }
@@ -317,8 +320,12 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
         }
         // A limit whose count this answer gave is known, not estimated: it only cools down.
         const bool counted = r == named && adopted_count;
-        const int64_t until = cred->LearnThrottle(*this, cc, feature, r, until_retry, counted,
-                                                  std::min(now, FromWall(sent_at)), now, &out);
+        const int64_t until =
+            cred->LearnThrottle(*this, cc, feature, r, until_retry, counted,
+                                answer.sent_at == absl::InfinitePast()
+                                    ? std::nullopt
+                                    : std::optional<int64_t>(std::min(now, FromWall(sent_at))),
+                                now, &out);
         out.cooldown_until = std::max(out.cooldown_until, ToWall(until));
       }
     } else if (obs->http_status < 400 && !cred->outside.empty()) {

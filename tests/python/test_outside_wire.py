@@ -32,6 +32,7 @@ import dataclasses
 import http.client
 import http.server
 import math
+import datetime as dt
 import random
 import threading
 import time
@@ -263,16 +264,19 @@ class Run:
                 granted = time.monotonic()
                 n += 1
                 call_id = f"q{i}-{n}"
+                sent_at = dt.datetime.now(dt.timezone.utc)
                 status, headers = http_call(self.provider.port, "quotad", call_id,
                                             rng.uniform(*WORKER_LATENCY))
                 reported = released = 0.0
                 if self.report and self.report_first:
-                    self.client.report(self.credential, "calls", (status, headers, b""))
+                    self.client.report(self.credential, "calls", (status, headers, b""),
+                                       sent_at=sent_at)
                     reported = time.monotonic()
                 lease.commit(0 if status == 429 else 1)  # a refused call charged nothing
                 released = time.monotonic()
                 if self.report and not self.report_first:
-                    self.client.report(self.credential, "calls", (status, headers, b""))
+                    self.client.report(self.credential, "calls", (status, headers, b""),
+                                       sent_at=sent_at)
                     reported = time.monotonic()
                 with self.mu:
                     self.grants.append(Grant(call_id, granted, reported, released, status))
@@ -548,16 +552,22 @@ def test_runs_are_clean(runs, report_figures):
 def test_the_limit_the_headers_describe_throttles_at_most_once_per_window(report_figures):
     """The fixed window's count comes with every answer and is adopted, so after the first
     window the only way to be throttled on it is an outside call landing between quotad's last
-    answer and its next grant: at most one per window (measured: 0)."""
+    answer and its next grant. At most 2 quotad calls are in flight (the concurrency limit), so
+    one such outside call costs at most 2 throttles: per window, at most twice the outside calls
+    admitted in it, and at most one per window on average. Measured on an idle machine: 0; with
+    two builds running beside it: 3 in one window of three, 0 in the others."""
     f = report_figures["report"]
-    assert f.worst("fixed") <= 1, f.throttles
+    for w, throttles, outside in zip(f.windows, f.throttles, f.outside):
+        assert throttles["fixed"] <= 2 * outside, (w, f.throttles, f.outside)
+    assert f.total("fixed") <= len(f.windows), f.throttles
 
 
 @pytest.mark.xfail(strict=False, reason=(
     "issue 17 promise not met over the wire: hidden limits (sliding 4/2s, 2 concurrent) are "
-    "throttled 0-5 times per 8 s window after learning (measured: sliding 5/0/3, concurrent "
-    "2/0/0). Throttles of one burst each shrink the estimate by >= 1 unit (3 at once took the "
-    "sliding estimate to 3 of 4), then it decays by 0.2 unit per 2 s and quotad probes again."))
+    "still throttled up to 5 times in an 8 s window after learning (measured with sent_at: "
+    "sliding 5/0/0/2 and 3/0/1/1, concurrent 2/0/0/0 and 1/0/0/0 per window): a throttle "
+    "shrinks the estimate once per round trip, then it decays by 0.2 unit per 2 s and quotad "
+    "probes again; a 4-unit window has no room for a finer estimate"))
 def test_hidden_limits_throttle_at_most_once_per_window(report_figures):
     f = report_figures["report"]
     for limit in ("sliding", "concurrent"):
@@ -584,12 +594,12 @@ def test_grants_honour_the_headers(runs, report_figures):
     assert knowledge_violations(runs["report_first"]) == []
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "issue 17 finding: with Report before Release (the order tests/sim uses), the refused "
-    "call's own unit is still charged when the throttle is reported, so quotad's count of a "
-    "small limit is exactly full and the throttle counts as explained by its own count "
-    "(ledger_report.cc LearnThrottle `full`): nothing is learnt, outside_estimate stays 0"))
 def test_the_estimate_is_learnt_when_report_comes_before_release(runs, report_figures):
+    """With Report before Release the refused call's own unit is still charged, so quotad's count
+    of a small limit is exactly full when the throttle is reported. Without sent_at that counted
+    as explained by quotad's own count and nothing was learnt (outside_estimate stayed 0, a
+    throttle every ~1 s); a request sent under a grant had room when it was granted, so with
+    sent_at the throttle is learnt."""
     run = runs["report_first"]
     assert max_estimate(run, "sliding") > 0 or max_estimate(run, "concurrent") > 0, \
         report_figures["report_first"].throttles

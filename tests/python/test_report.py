@@ -174,3 +174,31 @@ def test_decorator_reports_the_answer_and_releases(server, upstream):
     assert c.usage("py/decorated").limits[0].used == 1
     assert c.leases("py/decorated") == []
     c.close()
+
+
+def test_decorator_sends_when_the_request_was_sent(server, upstream):
+    sent = Sent()
+    c = quotad.QuotaClient(grpc.intercept_channel(grpc.insecure_channel(server.address), sent))
+    session = requests.Session()
+    session.trust_env = False
+
+    @c.limited("py/decorated", "calls", wait=5)
+    def fetch(path):
+        return session.get(upstream + path, timeout=5)
+
+    before = dt.datetime.now(dt.timezone.utc)
+    fetch("/ok")
+    (req,) = sent.reports
+    assert req.HasField("sent_at")
+    sent_at = req.sent_at.ToDatetime(tzinfo=dt.timezone.utc)
+    observed_at = req.observed_at.ToDatetime(tzinfo=dt.timezone.utc)
+    assert before - dt.timedelta(milliseconds=1) <= sent_at <= observed_at
+    c.close()
+
+
+def test_sent_after_the_answer_was_seen_is_refused_naming_both(client):
+    seen = dt.datetime.now(dt.timezone.utc)
+    with pytest.raises(quotad.InvalidArgument) as e:
+        client.report("py/tuple", "requests", (200, {}, None), observed_at=seen,
+                      sent_at=seen + dt.timedelta(seconds=5))
+    assert "sent_at" in str(e.value) and "after observed_at" in str(e.value)

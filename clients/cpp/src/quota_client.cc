@@ -575,7 +575,8 @@ absl::StatusOr<ReportResult> QuotaClient::ReportUpstream(absl::string_view crede
                                                          absl::string_view feature, int http_status,
                                                          const std::vector<Header>& headers,
                                                          absl::string_view body,
-                                                         absl::Time observed_at) {
+                                                         absl::Time observed_at,
+                                                         absl::Time sent_at) {
   constexpr size_t kMaxBody = 64 * 1024;
   v1::ReportRequest req;
   req.set_credential(std::string(credential));
@@ -589,6 +590,7 @@ absl::StatusOr<ReportResult> QuotaClient::ReportUpstream(absl::string_view crede
   req.set_body(std::string(body.substr(0, kMaxBody)));
   internal::ToProto(observed_at == absl::InfinitePast() ? absl::Now() : observed_at,
                     req.mutable_observed_at());
+  if (sent_at != absl::InfinitePast()) internal::ToProto(sent_at, req.mutable_sent_at());
   v1::ReportResponse resp;
   const grpc::Status status =
       core_->CallWithRetry(absl::ZeroDuration(), [&](grpc::ClientContext* ctx) {

@@ -254,10 +254,11 @@ class AsyncQuotaClient:
                 lease = await self.acquire_or_wait(credential, feature, timeout=wait, cost=cost,
                                                    **kwargs)
                 async with lease:
+                    sent_at = _dt.datetime.now(_dt.timezone.utc)
                     result = await fn(*a, **k)
                 if report and looks_like_response(result):
                     try:
-                        await self.report(credential, feature, result)
+                        await self.report(credential, feature, result, sent_at=sent_at)
                     except Exception as e:  # noqa: BLE001
                         log.warning("report to quotad failed: %s", e)
                 return result
@@ -265,11 +266,12 @@ class AsyncQuotaClient:
         return decorate
 
     async def report(self, credential: str, feature: str, response: Any, *,
-                     observed_at: Optional[_dt.datetime] = None) -> ReportResult:
+                     observed_at: Optional[_dt.datetime] = None,
+                     sent_at: Optional[_dt.datetime] = None) -> ReportResult:
         """See QuotaClient.report. An httpx.Response must have been read (not streamed) when its
         body is needed, i.e. for a throttle."""
         req = report_request(credential, feature, response, observed_at=observed_at,
-                             body_statuses=self.throttle_statuses)
+                             sent_at=sent_at, body_statuses=self.throttle_statuses)
         resp, _ = await self._call("Report", req)
         return report_result(resp)
 

@@ -318,10 +318,11 @@ class QuotaClient:
             @functools.wraps(fn)
             def wrapper(*a: Any, **k: Any) -> Any:
                 with self.acquire_or_wait(credential, feature, timeout=wait, cost=cost, **kwargs):
+                    sent_at = _dt.datetime.now(_dt.timezone.utc)
                     result = fn(*a, **k)
                 if report and looks_like_response(result):
                     try:
-                        self.report(credential, feature, result)
+                        self.report(credential, feature, result, sent_at=sent_at)
                     except Exception as e:  # noqa: BLE001
                         log.warning("report to quotad failed: %s", e)
                 return result
@@ -329,15 +330,19 @@ class QuotaClient:
         return decorate
 
     def report(self, credential: str, feature: str, response: Any, *,
-               observed_at: Optional[_dt.datetime] = None) -> ReportResult:
+               observed_at: Optional[_dt.datetime] = None,
+               sent_at: Optional[_dt.datetime] = None) -> ReportResult:
         """Tells quotad what the upstream answered, so that it adopts the upstream's count and cools
         the feature down on a throttle.
 
         ``response``: a requests.Response, an httpx.Response, or (status, headers, body). Only the
         rate-limit headers and Retry-After are sent, and the body (its first 64 KiB) only for a
-        throttle (429, 420). ``observed_at``: when the answer was seen (default: now)."""
+        throttle (429, 420). ``observed_at``: when the answer was seen (default: now).
+        ``sent_at``: when the request was sent; give it: quotad then compares a sliding window's
+        count with its own grants of the period before the request instead of before the answer
+        (see the README's Report section)."""
         req = report_request(credential, feature, response, observed_at=observed_at,
-                             body_statuses=self.throttle_statuses)
+                             sent_at=sent_at, body_statuses=self.throttle_statuses)
         resp, _ = self._call("Report", req)
         return report_result(resp)
 

@@ -324,6 +324,7 @@ def _header_pairs(headers: Any) -> List[Tuple[str, str]]:
 
 def report_request(credential: str, feature: str, response: Any, *,
                    observed_at: Optional[_dt.datetime] = None,
+                   sent_at: Optional[_dt.datetime] = None,
                    body_statuses: frozenset = THROTTLE_STATUSES) -> "pb.ReportRequest":
     """Builds a ReportRequest from a requests.Response, an httpx.Response, an object with
     ``status``/``status_code`` and ``headers``, or a (status, headers, body) tuple.
@@ -358,6 +359,8 @@ def report_request(credential: str, feature: str, response: Any, *,
         if body:
             req.body = bytes(body[:MAX_REPORT_BODY])
     req.observed_at.CopyFrom(to_timestamp_pb(observed_at or _dt.datetime.now(_dt.timezone.utc)))
+    if sent_at is not None:
+        req.sent_at.CopyFrom(to_timestamp_pb(sent_at))
     return req
 
 

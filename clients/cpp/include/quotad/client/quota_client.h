@@ -255,12 +255,15 @@ class QuotaClient {
   // Tells quotad what the upstream answered (HTTP status, headers, and the body of a throttle
   // answer; only its first 64 KiB are sent) so that it adopts the upstream's count and cools the
   // feature down on throttles. `observed_at`: when the worker got the answer (relative headers
-  // count from it); InfinitePast: now. Retried like Acquire.
+  // count from it); InfinitePast: now. `sent_at`: when the worker sent the request (give it:
+  // quotad then compares a sliding window's count with its grants of the period before the
+  // request, not before the answer); InfinitePast: not sent. Retried like Acquire.
   absl::StatusOr<ReportResult> ReportUpstream(absl::string_view credential,
                                               absl::string_view feature, int http_status,
                                               const std::vector<Header>& headers,
                                               absl::string_view body = {},
-                                              absl::Time observed_at = absl::InfinitePast());
+                                              absl::Time observed_at = absl::InfinitePast(),
+                                              absl::Time sent_at = absl::InfinitePast());
 
   const ClientOptions& options() const;
 
