@@ -10,11 +10,14 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <functional>
+#include <optional>
 #include <queue>
 #include <thread>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
@@ -62,11 +65,14 @@ Reply Convert(const redisReply* r) {
   return out;
 }
 
-// One call in flight. Answered once: by its reply, its timeout or the shutdown, whichever
-// comes first (the later ones find `finished`). Touched only on the loop thread.
+// One call in flight (or a pipeline of `expected` commands). Answered once: by its (last)
+// reply, its timeout or the shutdown, whichever comes first (the later ones find `finished`).
+// Touched only on the loop thread.
 struct Pending {
   ReplyCallback done;
   bool finished = false;
+  size_t expected = 0;        // a pipeline: the commands written; 0: one plain call
+  std::vector<Reply> parts;   // a pipeline: the replies so far
 };
 
 void Finish(Pending& p, absl::StatusOr<Reply> result) {
@@ -77,10 +83,29 @@ void Finish(Pending& p, absl::StatusOr<Reply> result) {
 }
 
 struct Submission {
-  std::vector<std::string> args;
+  std::vector<std::vector<std::string>> commands;  // one, or a pipeline
+  bool pipeline = false;
   ReplyCallback done;
   absl::Duration timeout;
 };
+
+// An error reply that says the server cannot take writes now: a primary demoted to replica
+// (READONLY), one still loading its data (LOADING), or one refusing writes for want of
+// replicas or sentinels (NOREPLICAS, MASTERDOWN). Nothing was written.
+bool NotAPrimaryNow(const redisReply* r) {
+  if (r->type != REDIS_REPLY_ERROR) return false;
+  const absl::string_view e(r->str, r->len);
+  for (absl::string_view prefix : {"READONLY", "LOADING", "NOREPLICAS", "MASTERDOWN"}) {
+    if (absl::StartsWith(e, prefix)) return true;
+  }
+  return false;
+}
+
+bool IsMasterRole(const redisReply* r) {
+  return r != nullptr && r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+         (r->element[0]->type == REDIS_REPLY_STRING || r->element[0]->type == REDIS_REPLY_STATUS) &&
+         absl::string_view(r->element[0]->str, r->element[0]->len) == "master";
+}
 
 }  // namespace
 
@@ -107,7 +132,9 @@ std::string Reply::DebugString() const {
 // only.
 class RedisClient::Loop {
  public:
-  explicit Loop(RedisClientOptions options) : options_(std::move(options)) {}
+  explicit Loop(RedisClientOptions options)
+      : options_(std::move(options)), host_(options_.host),
+        port_(options_.sentinels.empty() ? options_.port : 0) {}
   ~Loop() {
     if (epfd_ >= 0) close(epfd_);
     if (evfd_ >= 0) close(evfd_);
@@ -163,6 +190,25 @@ class RedisClient::Loop {
     absl::MutexLock lock(&mu_);
     return connected_;
   }
+
+  // Where calls go from now on. Connections to another address are dropped (their pending
+  // calls: kUnavailable) by the loop before any new call is written.
+  void SetTarget(const HostPort& target) {
+    {
+      absl::MutexLock lock(&mu_);
+      new_target_ = target;
+    }
+    Wake();
+  }
+
+  HostPort target() const {
+    absl::MutexLock lock(&mu_);
+    return target_;
+  }
+
+  // Called on the loop thread when a connection fails, drops or meets a server that is not a
+  // primary (Sentinel mode: ask the sentinels again). Set before Start().
+  void set_on_trouble(std::function<void()> f) { on_trouble_ = std::move(f); }
 
   bool WaitConnected(absl::Duration timeout) const {
     absl::MutexLock lock(&mu_);
@@ -231,6 +277,19 @@ class RedisClient::Loop {
     if (status != REDIS_OK) {  // hiredis frees the context after this returns
       c->ac = nullptr;
       c->loop->ScheduleRetry(*c);
+      c->loop->Trouble();
+      return;
+    }
+    // Up only once the server says it is a primary: a demoted one is never written to.
+    redisAsyncCommand(const_cast<redisAsyncContext*>(ac), OnRole, nullptr, "ROLE");
+  }
+
+  static void OnRole(redisAsyncContext* ac, void* r, void*) {
+    if (r == nullptr) return;  // the context is being freed; its owner retries
+    auto* c = static_cast<Conn*>(ac->data);
+    if (!IsMasterRole(static_cast<redisReply*>(r))) {
+      redisAsyncFree(ac);  // deferred until this callback returns; OnDisconnect backs off
+      c->loop->Trouble();
       return;
     }
     c->up = true;
@@ -244,10 +303,31 @@ class RedisClient::Loop {
     c->ac = nullptr;  // freed by hiredis after this returns
     if (c->up) {
       c->up = false;
-      absl::MutexLock lock(&c->loop->mu_);
-      --c->loop->connected_;
+      {
+        absl::MutexLock lock(&c->loop->mu_);
+        --c->loop->connected_;
+      }
+      c->retry_at = SteadyClock::now();  // try again at once; back off if that fails
+    } else {
+      c->loop->ScheduleRetry(*c);  // dropped before it was up (e.g. not a primary)
     }
-    c->retry_at = SteadyClock::now();  // try again at once; back off if that fails
+    if (!c->loop->stopping_) c->loop->Trouble();
+  }
+
+  // Takes a connection out of use at once (its pending calls are answered kUnavailable when
+  // hiredis frees it, after the current callback if called from one).
+  void Drop(Conn& c) {
+    if (c.ac == nullptr) return;
+    if (c.up) {
+      c.up = false;
+      absl::MutexLock lock(&mu_);
+      --connected_;
+    }
+    redisAsyncFree(c.ac);
+  }
+
+  void Trouble() {
+    if (on_trouble_) on_trouble_();
   }
 
   static void OnReply(redisAsyncContext* ac, void* r, void* privdata) {
@@ -261,8 +341,32 @@ class RedisClient::Loop {
                      : absl::UnavailableError("redis connection lost before the reply"));
       return;
     }
-    Finish(*p, Convert(static_cast<redisReply*>(r)));
+    const auto* reply = static_cast<redisReply*>(r);
+    if (NotAPrimaryNow(reply)) {
+      Finish(*p, absl::UnavailableError(absl::StrCat(
+                     "redis ", c->loop->target_key(), " cannot write now: ",
+                     absl::string_view(reply->str, reply->len))));
+      // A replica (READONLY) or a server refusing writes: stop using this connection and,
+      // with Sentinel, ask where the primary is now.
+      if (absl::StartsWith(absl::string_view(reply->str, reply->len), "READONLY")) {
+        c->loop->Drop(*c);
+      }
+      c->loop->Trouble();
+      return;
+    }
+    if (p->expected > 0) {
+      p->parts.push_back(Convert(reply));
+      if (p->parts.size() < p->expected) return;
+      Reply all;
+      all.type = Reply::Type::kArray;
+      all.elements = std::move(p->parts);
+      Finish(*p, std::move(all));
+      return;
+    }
+    Finish(*p, Convert(reply));
   }
+
+  std::string target_key() const { return absl::StrCat(host_, ":", port_); }
 
   void ScheduleRetry(Conn& c) {
     c.retry_at = SteadyClock::now() + ToSteady(c.backoff);
@@ -270,7 +374,11 @@ class RedisClient::Loop {
   }
 
   void Connect(Conn& c) {
-    redisAsyncContext* ac = redisAsyncConnect(options_.host.c_str(), options_.port);
+    if (port_ == 0) {  // Sentinel mode, no primary named yet: SetTarget wakes us
+      c.retry_at = SteadyClock::now() + ToSteady(options_.max_backoff);
+      return;
+    }
+    redisAsyncContext* ac = redisAsyncConnect(host_.c_str(), port_);
     if (ac == nullptr || ac->err != 0) {
       if (ac != nullptr) redisAsyncFree(ac);
       ScheduleRetry(c);
@@ -305,25 +413,29 @@ class RedisClient::Loop {
   void Dispatch(Submission s) {
     Conn* c = PickConn();
     if (c == nullptr) {
-      s.done(absl::UnavailableError("redis is unreachable"));
+      s.done(absl::UnavailableError(port_ == 0 ? "no redis primary is known (Sentinel)"
+                                               : "redis is unreachable"));
       return;
     }
     auto p = std::make_shared<Pending>();
     p->done = std::move(s.done);
+    if (s.pipeline) p->expected = s.commands.size();
     std::vector<const char*> argv;
     std::vector<size_t> lens;
-    argv.reserve(s.args.size());
-    lens.reserve(s.args.size());
-    for (const std::string& a : s.args) {
-      argv.push_back(a.data());
-      lens.push_back(a.size());
-    }
-    auto* holder = new std::shared_ptr<Pending>(p);
-    if (redisAsyncCommandArgv(c->ac, OnReply, holder, static_cast<int>(argv.size()), argv.data(),
-                              lens.data()) != REDIS_OK) {
-      delete holder;
-      Finish(*p, absl::UnavailableError("redis connection is closing"));
-      return;
+    for (const std::vector<std::string>& args : s.commands) {
+      argv.clear();
+      lens.clear();
+      for (const std::string& a : args) {
+        argv.push_back(a.data());
+        lens.push_back(a.size());
+      }
+      auto* holder = new std::shared_ptr<Pending>(p);
+      if (redisAsyncCommandArgv(c->ac, OnReply, holder, static_cast<int>(argv.size()),
+                                argv.data(), lens.data()) != REDIS_OK) {
+        delete holder;
+        Finish(*p, absl::UnavailableError("redis connection is closing"));
+        return;  // the commands already written are answered to a finished call
+      }
     }
     const absl::Duration timeout =
         s.timeout > absl::ZeroDuration() ? s.timeout : options_.call_timeout;
@@ -337,10 +449,27 @@ class RedisClient::Loop {
       // Calls submitted since the last round.
       std::vector<Submission> batch;
       bool stop;
+      std::optional<HostPort> retarget;
       {
         absl::MutexLock lock(&mu_);
         batch.swap(queue_);
         stop = stop_;
+        retarget.swap(new_target_);
+        if (retarget.has_value()) target_ = *retarget;
+      }
+      if (retarget.has_value() && !stop &&
+          (retarget->host != host_ || retarget->port != port_)) {
+        // A new primary: nothing more goes to the old one.
+        host_ = retarget->host;
+        port_ = retarget->port;
+        for (auto& c : conns_) {
+          if (c->ac != nullptr) {
+            Drop(*c);
+            c->ac = nullptr;
+          }
+          c->backoff = options_.min_backoff;
+          c->retry_at = SteadyClock::now();
+        }
       }
       if (stop) {
         for (Submission& s : batch) s.done(absl::CancelledError("redis client is shutting down"));
@@ -377,9 +506,12 @@ class RedisClient::Loop {
         if (c->ac == nullptr && now >= c->retry_at) {
           Connect(*c);
         } else if (c->ac != nullptr && !c->up && now >= c->connect_deadline) {
-          redisAsyncFree(c->ac);  // not connected: no call is queued, no callback runs
+          // Not connected, or no answer to ROLE yet: OnDisconnect may back off already.
+          const TimePoint before = c->retry_at;
+          redisAsyncFree(c->ac);
           c->ac = nullptr;
-          ScheduleRetry(*c);
+          if (c->retry_at == before) ScheduleRetry(*c);
+          Trouble();
         }
       }
     }
@@ -422,6 +554,10 @@ class RedisClient::Loop {
   };
 
   const RedisClientOptions options_;
+  // The address connections go to; port 0: none yet (Sentinel). Loop thread only.
+  std::string host_;
+  int port_;
+  std::function<void()> on_trouble_;  // set before Start()
   int epfd_ = -1;
   int evfd_ = -1;
   std::thread thread_;
@@ -430,6 +566,8 @@ class RedisClient::Loop {
   std::vector<Submission> queue_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   int connected_ ABSL_GUARDED_BY(mu_) = 0;
+  std::optional<HostPort> new_target_ ABSL_GUARDED_BY(mu_);
+  HostPort target_ ABSL_GUARDED_BY(mu_);
 
   // Loop thread only.
   std::vector<std::unique_ptr<Conn>> conns_;
@@ -439,23 +577,76 @@ class RedisClient::Loop {
 };
 
 absl::StatusOr<std::unique_ptr<RedisClient>> RedisClient::Create(RedisClientOptions options) {
-  if (options.port <= 0 || options.port > 65535) {
+  const bool sentinel = !options.sentinels.empty();
+  if (!sentinel && (options.port <= 0 || options.port > 65535)) {
     return absl::InvalidArgumentError(absl::StrCat("bad redis port ", options.port));
   }
-  auto loop = std::make_unique<Loop>(std::move(options));
+  if (sentinel && options.master_name.empty()) {
+    return absl::InvalidArgumentError("Sentinel mode needs the master's name");
+  }
+  auto loop = std::make_unique<Loop>(options);
+  std::unique_ptr<SentinelWatcher> watcher;
+  if (sentinel) {
+    Loop* l = loop.get();
+    SentinelOptions so;
+    so.sentinels = options.sentinels;
+    so.master_name = options.master_name;
+    so.timeout = std::min(options.connect_timeout, absl::Milliseconds(500));
+    so.min_backoff = options.min_backoff;
+    so.max_backoff = options.max_backoff;
+    watcher = std::make_unique<SentinelWatcher>(
+        std::move(so), [l](const HostPort& hp) { l->SetTarget(hp); },
+        [l] { return l->connected() > 0; });
+    SentinelWatcher* w = watcher.get();
+    loop->set_on_trouble([w] { w->Trigger(); });
+  } else {
+    loop->SetTarget({options.host, options.port});
+  }
   absl::Status s = loop->Start();
   if (!s.ok()) return s;
-  return std::unique_ptr<RedisClient>(new RedisClient(std::move(loop)));
+  std::unique_ptr<RedisClient> client(new RedisClient(std::move(loop)));
+  client->watcher_ = std::move(watcher);
+  if (client->watcher_ != nullptr) client->watcher_->Start();
+  return client;
 }
 
 RedisClient::RedisClient(std::unique_ptr<Loop> loop) : loop_(std::move(loop)) {}
 
-RedisClient::~RedisClient() { loop_->Stop(); }
+RedisClient::~RedisClient() {
+  if (watcher_ != nullptr) watcher_->Stop();  // no SetTarget after this
+  loop_->Stop();
+}
 
 void RedisClient::Call(std::vector<std::string> args, ReplyCallback done,
                        absl::Duration timeout) {
-  loop_->Submit(Submission{std::move(args), std::move(done), timeout});
+  Submission s;
+  s.commands.push_back(std::move(args));
+  s.done = std::move(done);
+  s.timeout = timeout;
+  loop_->Submit(std::move(s));
 }
+
+void RedisClient::CallPipeline(std::vector<std::vector<std::string>> commands,
+                               ReplyCallback done, absl::Duration timeout) {
+  if (commands.empty()) {
+    done(absl::InvalidArgumentError("an empty pipeline"));
+    return;
+  }
+  Submission s;
+  s.commands = std::move(commands);
+  s.pipeline = true;
+  s.done = std::move(done);
+  s.timeout = timeout;
+  loop_->Submit(std::move(s));
+}
+
+HostPort RedisClient::primary() const { return loop_->target(); }
+
+int RedisClient::failovers() const {
+  return watcher_ != nullptr ? watcher_->switches() : 0;
+}
+
+const RedisClientOptions& RedisClient::options() const { return loop_->options(); }
 
 absl::StatusOr<Reply> RedisClient::CallSync(std::vector<std::string> args,
                                             absl::Duration timeout) {
