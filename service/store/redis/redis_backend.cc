@@ -174,7 +174,8 @@ RedisBackend::RedisBackend(Clock* clock, RedisBackendOptions options, std::strin
 RedisBackend::~RedisBackend() = default;
 
 bool RedisBackend::serving() const {
-  return client_->connected() > 0 && library_loaded_.load(std::memory_order_acquire);
+  return client_->connected() > 0 && library_loaded_.load(std::memory_order_acquire) &&
+         replicas_enough_.load(std::memory_order_acquire);
 }
 
 bool RedisBackend::CheckHealth() {
@@ -186,6 +187,17 @@ bool RedisBackend::CheckHealth() {
   if (!library_loaded_.load(std::memory_order_acquire)) {
     absl::StatusOr<int> version = functions_.EnsureLoaded(options_.call_timeout * 2);
     library_loaded_.store(version.ok(), std::memory_order_release);
+  }
+  if (options_.wait_replicas > 0) {
+    // With WAIT, a primary with fewer replicas than asked for can grant nothing: say so
+    // (NOT_SERVING, decisions refused at once) instead of timing out every call.
+    absl::StatusOr<redis::Reply> role = client_->CallSync({"ROLE"});
+    const bool enough = role.ok() && role->type == redis::Reply::Type::kArray &&
+                        role->elements.size() >= 3 &&
+                        role->elements[2].type == redis::Reply::Type::kArray &&
+                        static_cast<int>(role->elements[2].elements.size()) >=
+                            options_.wait_replicas;
+    replicas_enough_.store(enough, std::memory_order_release);
   }
   return serving();
 }
@@ -272,8 +284,11 @@ WaitTicket RedisBackend::AcquireOrWait(const AcquireRequest&, absl::Duration, in
 void RedisBackend::AcquireShared(const AcquireRequest& req, const SharedRequestId& request_id,
                                  DecisionCallback done) {
   if (!serving()) {
-    done(absl::UnavailableError(absl::StrCat("shared store ", description_,
-                                             " is unreachable: nothing was granted")));
+    done(absl::UnavailableError(absl::StrCat(
+        "shared store ", description_,
+        replicas_enough_.load(std::memory_order_acquire)
+            ? " is unreachable: nothing was granted"
+            : " has fewer replicas connected than WAIT needs: nothing was granted")));
     return;
   }
   absl::StatusOr<Plan> plan = PlanFor(*compiled(), req.credential, req.feature, req.scope);

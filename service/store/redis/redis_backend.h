@@ -75,8 +75,9 @@ class RedisBackend final : public QuotaBackend {
                                                               RedisBackendOptions options);
   ~RedisBackend() override;
 
-  // Whether a connection is up and the function library is loaded; after a reconnect, loads
-  // the library again if Redis lost it (a restart without persistence). Blocks (at most a few
+  // Whether a connection is up and the function library is loaded (and, with WAIT, the primary
+  // has at least wait_replicas replicas connected, per ROLE); after a reconnect, loads the
+  // library again if Redis lost it (a restart without persistence). Blocks (at most a few
   // call timeouts): call it from a background thread, not from a completion-queue thread.
   bool CheckHealth();
   // "redis://host:port" or "redis-sentinel://host:port,.../name", plus the WAIT setting.
@@ -144,6 +145,8 @@ class RedisBackend final : public QuotaBackend {
   const RedisBackendOptions options_;
   const std::string description_;
   std::atomic<bool> library_loaded_{false};
+  // wait_replicas > 0: the primary had that many replicas connected at the last CheckHealth.
+  std::atomic<bool> replicas_enough_{true};
   mutable absl::Mutex mu_;
   std::shared_ptr<const Compiled> compiled_ ABSL_GUARDED_BY(mu_);
   const std::unique_ptr<redis::RedisClient> client_;

@@ -280,8 +280,13 @@ class RedisClient::Loop {
       c->loop->Trouble();
       return;
     }
+    auto* mac = const_cast<redisAsyncContext*>(ac);
+    const std::string& name = c->loop->options_.client_name;
+    if (!name.empty()) {
+      redisAsyncCommand(mac, nullptr, nullptr, "CLIENT SETNAME %b", name.data(), name.size());
+    }
     // Up only once the server says it is a primary: a demoted one is never written to.
-    redisAsyncCommand(const_cast<redisAsyncContext*>(ac), OnRole, nullptr, "ROLE");
+    redisAsyncCommand(mac, OnRole, nullptr, "ROLE");
   }
 
   static void OnRole(redisAsyncContext* ac, void* r, void*) {

@@ -50,6 +50,8 @@ struct RedisClientOptions {
   // sentinels name for `master_name`, asked again on trouble (see SentinelWatcher).
   std::vector<HostPort> sentinels;
   std::string master_name;
+  // CLIENT SETNAME of every connection (CLIENT LIST shows who is connected); empty: none.
+  std::string client_name = "quotad";
   // Connections kept open; calls go round-robin over those that are up, pipelined.
   int connections = 2;
   // Default time a call waits for its reply.
