@@ -7,7 +7,8 @@
 // Every quotad call is a grant (capacities are out of reach), so each one writes its counters
 // and a lease, as in production; the plain script writes its one counter. --replica starts one
 // replica of the server and adds the cases with WAIT 1 (--redis_wait_replicas=1): FCALL then
-// WAIT pipelined on one connection, as RedisFunctions sends them.
+// WAIT pipelined on one connection, one WAIT for the calls written together (as quotad sends
+// them, RedisClient::CallThenWait), and one WAIT after every call for comparison.
 
 #include <atomic>
 #include <cstdio>
@@ -49,7 +50,7 @@ struct Result {
 // call is followed by that WAIT on the same connection.
 template <typename MakeArgs, typename IsGrant>
 Result Run(RedisClient& client, int inflight, absl::Duration duration, MakeArgs make_args,
-           IsGrant is_grant, const WaitPolicy& wait = {}) {
+           IsGrant is_grant, const WaitPolicy& wait = {}, bool per_call_wait = false) {
   std::atomic<int64_t> next{0}, done{0}, granted{0}, errors{0}, unacked{0};
   std::atomic<int> active{inflight};
   absl::Notification finished;
@@ -79,8 +80,10 @@ Result Run(RedisClient& client, int inflight, absl::Duration duration, MakeArgs 
       }
       issue();
     };
-    if (wait.replicas > 0) {
+    if (wait.replicas > 0 && per_call_wait) {
       client.CallPipeline({make_args(i), WaitCommand(wait)}, std::move(answered));
+    } else if (wait.replicas > 0) {
+      client.CallThenWait(make_args(i), wait.replicas, wait.timeout, std::move(answered));
     } else {
       client.Call(make_args(i), std::move(answered));
     }
@@ -192,7 +195,8 @@ int Main(int argc, char** argv) {
     const char* name;
     std::vector<CounterRef> counters;  // empty: the plain script
     bool keep_lease = true;
-    int wait = 0;  // WAIT this many replicas after each call
+    int wait = 0;  // WAIT this many replicas after the call (one WAIT per batch, as quotad)
+    bool per_call_wait = false;  // one WAIT after every call instead
   };
   std::vector<Case> cases = {
       {"plain Lua fixed window (INCRBY+EXPIRE)", {}},
@@ -206,8 +210,12 @@ int Main(int argc, char** argv) {
   };
   if (replica) {
     // Next to their cases without WAIT.
-    cases.insert(cases.begin() + 2, {"  same, WAIT 1", {{"f.minute", &minute}}, true, 1});
-    cases.insert(cases.begin() + 1, {"  same, WAIT 1", {}, true, 1});
+    cases.insert(cases.begin() + 2,
+                 {"  same, WAIT 1 after every call", {{"f.minute", &minute}}, true, 1, true});
+    cases.insert(cases.begin() + 2,
+                 {"  same, WAIT 1 (one per batch, as quotad)", {{"f.minute", &minute}}, true, 1});
+    cases.insert(cases.begin() + 1, {"  same, WAIT 1 after every call", {}, true, 1, true});
+    cases.insert(cases.begin() + 1, {"  same, WAIT 1 (one per batch)", {}, true, 1});
   }
   std::printf("redis-server %s%s, %d connection(s), %d calls in flight, %.1f s per case, "
               "%d credentials\n",
@@ -228,7 +236,7 @@ int Main(int argc, char** argv) {
                                             absl::StrCat("rl:{c", i % kCredentials, "}:minute"),
                                             "1", "60", "1000000000000"};
           },
-          FirstIsOne, WaitPolicy{c.wait, absl::Seconds(1)});
+          FirstIsOne, WaitPolicy{c.wait, absl::Seconds(1)}, c.per_call_wait);
     } else {
       r = Run(
           **client, inflight, duration,
@@ -239,7 +247,7 @@ int Main(int argc, char** argv) {
             call.keep_lease = c.keep_lease;
             return *AcquireArgs(call, absl::Now());
           },
-          FirstIsOne, WaitPolicy{c.wait, absl::Seconds(1)});
+          FirstIsOne, WaitPolicy{c.wait, absl::Seconds(1)}, c.per_call_wait);
     }
     // Where the time goes: redis-server's own time per call of the script or function.
     absl::StatusOr<std::string> stats = (*server)->Command({"INFO", "commandstats"});

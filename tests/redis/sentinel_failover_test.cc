@@ -114,6 +114,7 @@ TEST_P(SentinelFailoverTest, FollowsTheNewPrimaryAndCountsTheOverGrant) {
   // is denied by the limit (only the new primary can answer it then).
   std::atomic<int> granted{0}, granted_after{0}, unavailable{0}, other_errors{0}, finished{0};
   std::atomic<bool> followed{false}, stop{false};
+  std::atomic<int64_t> first_grant_after_ns{0};  // the first grant of a request sent after
   std::string other_error;
   std::vector<std::thread> clients;
   for (int c = 0; c < kClients; ++c) {
@@ -125,7 +126,9 @@ TEST_P(SentinelFailoverTest, FollowsTheNewPrimaryAndCountsTheOverGrant) {
         grpc::Status s = Acquire(&resp);
         if (s.ok() && resp.granted()) {
           granted++;
-          if (after) granted_after++;
+          if (after && granted_after++ == 0) {
+            first_grant_after_ns = absl::ToUnixNanos(absl::Now());
+          }
         } else if (s.ok()) {
           if (after && resp.limited_by() == "cal.daily") {
             finished++;
@@ -195,12 +198,17 @@ TEST_P(SentinelFailoverTest, FollowsTheNewPrimaryAndCountsTheOverGrant) {
   for (std::thread& c : clients) c.join();
 
   const int over = granted.load() - kCapacity;
+  const double granting_again =
+      granted_after.load() > 0
+          ? absl::ToDoubleSeconds(absl::FromUnixNanos(first_grant_after_ns.load()) -
+                                  failover_start)
+          : -1;
   std::printf(
       "[%s] granted %d of capacity %d: over-grant %d (%d before the failover, %d after quotad "
       "followed the new primary); %d UNAVAILABLE answers; quotad on the new primary after "
-      "%.2f s\n",
+      "%.2f s, granting there after %.2f s\n",
       sc.name, granted.load(), kCapacity, std::max(over, 0), before, granted_after.load(),
-      unavailable.load(), absl::ToDoubleSeconds(switch_time));
+      unavailable.load(), absl::ToDoubleSeconds(switch_time), granting_again);
   std::fflush(stdout);
   RecordProperty("over_grant", std::max(over, 0));
 

@@ -94,6 +94,14 @@ class RedisClient {
   void CallPipeline(std::vector<std::vector<std::string>> commands, ReplyCallback done,
                     absl::Duration timeout = absl::ZeroDuration());
 
+  // Call() followed by WAIT `replicas` `wait_timeout` on the same connection, answered once
+  // with a kArray Reply: [the command's reply, WAIT's reply (the replicas that acknowledged)].
+  // Calls the loop writes to one connection in the same round share one WAIT, written after
+  // the last of them (WAIT covers every write before it on its connection): one replica round
+  // trip per batch, not per call. `timeout` should allow for wait_timeout.
+  void CallThenWait(std::vector<std::string> args, int replicas, absl::Duration wait_timeout,
+                    ReplyCallback done, absl::Duration timeout = absl::ZeroDuration());
+
   // Call() and wait for the answer. Not from the event-loop thread (a callback): it would
   // wait for itself.
   absl::StatusOr<Reply> CallSync(std::vector<std::string> args,

@@ -283,9 +283,10 @@ void RedisFunctions::CallMaybeWaiting(
     return;
   }
   // One connection, FCALL then WAIT: WAIT covers this connection's writes, the FCALL's among
-  // them. The call may take WAIT's timeout on top of its own.
-  client_->CallPipeline(
-      {std::move(args), WaitCommand(wait_)},
+  // them (one WAIT per batch of calls, see CallThenWait). The call may take WAIT's timeout on
+  // top of its own.
+  client_->CallThenWait(
+      std::move(args), wait_.replicas, wait_.timeout,
       [done = std::move(done)](absl::StatusOr<Reply> r) mutable {
         if (!r.ok()) {
           done(std::move(r), 0);
