@@ -251,9 +251,13 @@ int Main(int argc, char** argv) {
     }
     // Where the time goes: redis-server's own time per call of the script or function.
     absl::StatusOr<std::string> stats = (*server)->Command({"INFO", "commandstats"});
-    double server_us = 0;
+    double server_us = 0, waits = 0;
     if (stats.ok()) {
       for (absl::string_view line : absl::StrSplit(*stats, '\n')) {
+        if (absl::StartsWith(line, "cmdstat_wait:calls=")) {
+          (void)absl::SimpleAtod(line.substr(19, line.find(',') - 19), &waits);
+          continue;
+        }
         if (!absl::StartsWith(line, c.counters.empty() ? "cmdstat_evalsha:" : "cmdstat_fcall:")) {
           continue;
         }
@@ -265,8 +269,10 @@ int Main(int argc, char** argv) {
     }
     const double rate = r.calls / r.seconds;
     if (plain_rate == 0) plain_rate = rate;
-    std::printf("%-48s %12.0f %10.2f %14.2f %8lld\n", c.name, rate, rate / plain_rate, server_us,
+    std::printf("%-48s %12.0f %10.2f %14.2f %8lld", c.name, rate, rate / plain_rate, server_us,
                 static_cast<long long>(r.errors));
+    if (waits > 0) std::printf("   %.1f calls per WAIT", r.calls / waits);
+    std::printf("\n");
     if (r.unacked > 0) {
       std::printf("  (%lld not acknowledged by the replica in time)\n",
                   static_cast<long long>(r.unacked));

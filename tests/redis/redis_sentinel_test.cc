@@ -10,7 +10,9 @@
 #include <memory>
 #include <string>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "service/core/limits.h"
 #include "service/store/redis/redis_backend.h"
@@ -201,6 +203,62 @@ TEST_F(SentinelTest, WaitRefusesAGrantNoReplicaHoldsAndItsRetryAnswersItOnceOneD
     more += m->granted ? 1 : 0;
   }
   EXPECT_EQ(more, 8);
+}
+
+TEST_F(SentinelTest, CallThenWaitSharesOneWaitPerBatchAndFailsHeldCallsWhenTheLinkDies) {
+  RedisServer& primary = group_->server(0);
+  RedisClientOptions o;
+  o.port = primary.port();
+  o.connections = 1;
+  o.call_timeout = absl::Seconds(20);  // answers below come from replies or the lost link
+  absl::StatusOr<std::unique_ptr<RedisClient>> created = RedisClient::Create(o);
+  ASSERT_TRUE(created.ok()) << created.status();
+  RedisClient& client = **created;
+  ASSERT_TRUE(client.WaitConnected(absl::Seconds(5)));
+  ASSERT_EQ(*primary.Command({"CONFIG", "RESETSTAT"}), "OK");
+
+  constexpr int kCalls = 200;
+  absl::Mutex mu;
+  int answered = 0, acked = 0;
+  std::vector<absl::StatusCode> codes;
+  auto count = [&](absl::StatusOr<Reply> r) {
+    absl::MutexLock lock(&mu);
+    ++answered;
+    if (r.ok() && r->elements.size() == 2 && r->elements[1].integer == 1) ++acked;
+    codes.push_back(r.status().code());
+  };
+  for (int i = 0; i < kCalls; ++i) client.CallThenWait({"INCR", "n"}, 1, absl::Seconds(5), count);
+  auto answered_all = [&](int n) {
+    return Eventually([&] {
+      absl::MutexLock lock(&mu);
+      return answered == n;
+    });
+  };
+  ASSERT_TRUE(answered_all(kCalls));
+  EXPECT_EQ(acked, kCalls);
+  EXPECT_EQ(*primary.Command({"GET", "n"}), absl::StrCat(kCalls));
+  const std::string stats = *primary.Command({"INFO", "commandstats"});
+  const size_t at = stats.find("cmdstat_wait:calls=");
+  ASSERT_NE(at, std::string::npos) << stats;
+  int waits = 0;
+  ASSERT_TRUE(absl::SimpleAtoi(stats.substr(at + 19, stats.find(',', at) - at - 19), &waits));
+  EXPECT_LT(waits, kCalls / 4) << "WAITs written for " << kCalls << " calls";
+
+  // No replica: the next WAIT stays out (5 s), the calls after it are held; the primary dies:
+  // every one is answered kUnavailable at once, none waits for its timeout.
+  ASSERT_TRUE(group_->server(1).Stop(SIGKILL).ok());
+  {
+    absl::MutexLock lock(&mu);
+    answered = 0;
+    codes.clear();
+  }
+  client.CallThenWait({"INCR", "n"}, 1, absl::Seconds(5), count);
+  ASSERT_TRUE(Eventually([&] { return *primary.Command({"GET", "n"}) == "201"; }));
+  // Its WAIT went out with it: these are held back until that WAIT returns.
+  for (int i = 0; i < 10; ++i) client.CallThenWait({"INCR", "n"}, 1, absl::Seconds(5), count);
+  ASSERT_TRUE(primary.Stop(SIGKILL).ok());
+  ASSERT_TRUE(answered_all(11));
+  for (absl::StatusCode code : codes) EXPECT_EQ(code, absl::StatusCode::kUnavailable);
 }
 
 }  // namespace

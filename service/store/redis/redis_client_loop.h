@@ -169,10 +169,21 @@ class RedisClient::Loop {
 
  private:
   // The CallThenWait calls written to one connection this round, waiting for their WAIT.
+  struct Conn;
+  // CallThenWait calls written to one connection, answered by the WAIT written after them.
   struct WaitGroup {
+    Conn* conn = nullptr;
     int replicas = 0;
     int64_t ms = 0;
     std::vector<std::shared_ptr<Pending>> calls;
+  };
+  // A CallThenWait call held back while its connection has a WAIT outstanding: Redis would not
+  // run it before that WAIT returns anyway, and sent afterwards it joins the next group.
+  struct Held {
+    std::vector<std::string> args;
+    std::shared_ptr<Pending> p;
+    int replicas = 0;
+    int64_t ms = 0;
   };
 
   // One connection slot: at most one hiredis context at a time, replaced on reconnect.
@@ -186,7 +197,9 @@ class RedisClient::Loop {
     TimePoint retry_at{};           // when down: next attempt
     TimePoint connect_deadline{};   // when connecting
     absl::Duration backoff;
-    std::unique_ptr<WaitGroup> wait_group;  // this round's CallThenWait calls (FlushWait)
+    std::unique_ptr<WaitGroup> wait_group;  // written since the last WAIT (FlushWait writes it)
+    bool wait_outstanding = false;          // a WAIT written, its reply not in yet
+    std::vector<Held> held;                 // for the group after that WAIT
   };
 
   void Wake() {
@@ -372,26 +385,67 @@ class RedisClient::Loop {
     return nullptr;
   }
 
-  // Writes the WAIT of `c`'s group (if any) after the commands already written to it.
+  // Writes a CallThenWait call to `c` and adds it to the group its next WAIT answers.
+  void WriteWaitCall(Conn& c, const std::vector<std::string>& args, std::shared_ptr<Pending> p,
+                     int replicas, int64_t ms) {
+    if (c.wait_group == nullptr) {
+      c.wait_group = std::make_unique<WaitGroup>();
+      c.wait_group->conn = &c;
+      c.wait_group->replicas = replicas;
+      c.wait_group->ms = ms;
+    }
+    if (!WriteCommand(c, args, p)) return;
+    c.wait_group->calls.push_back(std::move(p));
+  }
+
+  // Writes one command answered to `p` (OnReply); false (and `p` answered) if it cannot.
+  bool WriteCommand(Conn& c, const std::vector<std::string>& args,
+                    const std::shared_ptr<Pending>& p) {
+    std::vector<const char*> argv;
+    std::vector<size_t> lens;
+    for (const std::string& a : args) {
+      argv.push_back(a.data());
+      lens.push_back(a.size());
+    }
+    auto* holder = new std::shared_ptr<Pending>(p);
+    if (c.ac == nullptr ||
+        redisAsyncCommandArgv(c.ac, OnReply, holder, static_cast<int>(argv.size()), argv.data(),
+                              lens.data()) != REDIS_OK) {
+      delete holder;
+      Finish(*p, absl::UnavailableError("redis connection is closing"));
+      return false;
+    }
+    return true;
+  }
+
+  // Writes the WAIT of `c`'s group after its calls, unless a WAIT is still outstanding.
   void FlushWait(Conn& c) {
-    if (c.wait_group == nullptr) return;
+    if (c.wait_group == nullptr || c.wait_outstanding) return;
     WaitGroup* g = c.wait_group.release();
     if (c.ac == nullptr || redisAsyncCommand(c.ac, OnWaitReply, g, "WAIT %d %lld", g->replicas,
                                              static_cast<long long>(g->ms)) != REDIS_OK) {
       OnWaitReply(nullptr, nullptr, g);
+      return;
     }
+    c.wait_outstanding = true;
   }
 
   // Answers every call of the group that its own reply has not finished already (an error
-  // such as READONLY finishes a call at once).
-  static void OnWaitReply(redisAsyncContext* ac, void* r, void* privdata) {
+  // such as READONLY finishes a call at once), then sends the calls held meanwhile, with their
+  // own WAIT. Without a reply (the connection is gone), the held calls were never sent.
+  static void OnWaitReply(redisAsyncContext*, void* r, void* privdata) {
     std::unique_ptr<WaitGroup> g(static_cast<WaitGroup*>(privdata));
-    const bool stopping = ac != nullptr && static_cast<Conn*>(ac->data)->loop->stopping_;
+    Conn& c = *g->conn;
+    Loop& loop = *c.loop;
+    c.wait_outstanding = false;
+    auto lost = [&](absl::string_view what) {
+      return loop.stopping_ ? absl::CancelledError("redis client is shutting down")
+                            : absl::UnavailableError(what);
+    };
     for (std::shared_ptr<Pending>& p : g->calls) {
       if (p->finished) continue;
       if (r == nullptr || p->parts.size() != 1) {
-        Finish(*p, stopping ? absl::CancelledError("redis client is shutting down")
-                            : absl::UnavailableError("redis connection lost before WAIT's reply"));
+        Finish(*p, lost("redis connection lost before WAIT's reply"));
         continue;
       }
       Reply all;
@@ -400,6 +454,24 @@ class RedisClient::Loop {
       all.elements.push_back(Convert(static_cast<redisReply*>(r)));
       Finish(*p, std::move(all));
     }
+    std::vector<Held> held;
+    held.swap(c.held);
+    size_t i = 0;
+    for (; r != nullptr && i < held.size(); ++i) {
+      Held& h = held[i];
+      if (h.p->finished) continue;  // timed out while held
+      if (c.wait_group != nullptr &&
+          (c.wait_group->replicas != h.replicas || c.wait_group->ms != h.ms)) {
+        break;  // another WAIT setting: the group after this one
+      }
+      loop.WriteWaitCall(c, h.args, h.p, h.replicas, h.ms);
+    }
+    if (r == nullptr) {
+      for (Held& h : held) Finish(*h.p, lost("redis connection lost; the call was not sent"));
+      return;
+    }
+    loop.FlushWait(c);
+    for (; i < held.size(); ++i) c.held.push_back(std::move(held[i]));
   }
 
   void Dispatch(Submission s) {
@@ -411,40 +483,27 @@ class RedisClient::Loop {
     }
     auto p = std::make_shared<Pending>();
     p->done = std::move(s.done);
-    if (s.pipeline) p->expected = s.commands.size();
-    if (s.wait_replicas > 0) {
-      p->expected = 2;  // the command's reply, then the group's WAIT (OnWaitReply)
-      if (c->wait_group != nullptr &&
-          (c->wait_group->replicas != s.wait_replicas || c->wait_group->ms != s.wait_ms)) {
-        FlushWait(*c);
-      }
-      if (c->wait_group == nullptr) {
-        c->wait_group = std::make_unique<WaitGroup>();
-        c->wait_group->replicas = s.wait_replicas;
-        c->wait_group->ms = s.wait_ms;
-      }
-      c->wait_group->calls.push_back(p);
-    }
-    std::vector<const char*> argv;
-    std::vector<size_t> lens;
-    for (const std::vector<std::string>& args : s.commands) {
-      argv.clear();
-      lens.clear();
-      for (const std::string& a : args) {
-        argv.push_back(a.data());
-        lens.push_back(a.size());
-      }
-      auto* holder = new std::shared_ptr<Pending>(p);
-      if (redisAsyncCommandArgv(c->ac, OnReply, holder, static_cast<int>(argv.size()),
-                                argv.data(), lens.data()) != REDIS_OK) {
-        delete holder;
-        Finish(*p, absl::UnavailableError("redis connection is closing"));
-        return;  // the commands already written are answered to a finished call
-      }
-    }
     const absl::Duration timeout =
         s.timeout > absl::ZeroDuration() ? s.timeout : options_.call_timeout;
-    timers_.push({SteadyClock::now() + ToSteady(timeout), std::move(p)});
+    timers_.push({SteadyClock::now() + ToSteady(timeout), p});
+    if (s.wait_replicas > 0) {
+      p->expected = 2;  // the command's reply, then the group's WAIT (OnWaitReply)
+      const bool other_setting =
+          c->wait_group != nullptr &&
+          (c->wait_group->replicas != s.wait_replicas || c->wait_group->ms != s.wait_ms);
+      if (c->wait_outstanding || other_setting) {
+        FlushWait(*c);
+        c->held.push_back({std::move(s.commands[0]), p, s.wait_replicas, s.wait_ms});
+      } else {
+        WriteWaitCall(*c, s.commands[0], p, s.wait_replicas, s.wait_ms);
+      }
+      return;
+    }
+    if (s.pipeline) p->expected = s.commands.size();
+    for (const std::vector<std::string>& args : s.commands) {
+      // On failure the commands already written are answered to a finished call.
+      if (!WriteCommand(*c, args, p)) return;
+    }
   }
 
   void Run() {
