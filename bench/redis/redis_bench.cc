@@ -121,7 +121,8 @@ int Main(int argc, char** argv) {
     } else if (a == "--replica") {
       replica = true;
     } else {
-      std::fprintf(stderr, "usage: %s [--seconds=S] [--inflight=N] [--connections=C] [--aof] "
+      std::fprintf(stderr,
+                   "usage: %s [--seconds=S] [--inflight=N] [--connections=C] [--aof] "
                    "[--replica]\n",
                    argv[0]);
       return 2;
@@ -203,7 +204,9 @@ int Main(int argc, char** argv) {
       {"quotad_acquire: 1 calendar minute", {{"f.minute", &minute}}},
       {"  same, no lease record (keep_lease=false)", {{"f.minute", &minute}}, false},
       {"quotad_acquire: calendar+sliding+bucket+slots",
-       {{"f.minute", &minute}, {"f.sliding", &sliding}, {"f.bucket", &bucket},
+       {{"f.minute", &minute},
+        {"f.sliding", &sliding},
+        {"f.bucket", &bucket},
         {"f.slots", &slots}}},
       {"quotad_acquire: calendar+sliding+bucket",
        {{"f.minute", &minute}, {"f.sliding", &sliding}, {"f.bucket", &bucket}}},
@@ -217,10 +220,11 @@ int Main(int argc, char** argv) {
     cases.insert(cases.begin() + 1, {"  same, WAIT 1 after every call", {}, true, 1, true});
     cases.insert(cases.begin() + 1, {"  same, WAIT 1 (one per batch)", {}, true, 1});
   }
-  std::printf("redis-server %s%s, %d connection(s), %d calls in flight, %.1f s per case, "
-              "%d credentials\n",
-              aof ? "appendonly yes appendfsync always" : "in memory (no AOF)",
-              replica ? ", one replica" : "", connections, inflight, seconds, kCredentials);
+  std::printf(
+      "redis-server %s%s, %d connection(s), %d calls in flight, %.1f s per case, "
+      "%d credentials\n",
+      aof ? "appendonly yes appendfsync always" : "in memory (no AOF)",
+      replica ? ", one replica" : "", connections, inflight, seconds, kCredentials);
   std::printf("%-48s %12s %10s %14s %8s\n", "case", "decisions/s", "x plain", "server us/call",
               "errors");
   double plain_rate = 0;

@@ -102,14 +102,14 @@ RedisServer::~RedisServer() {
 
 absl::Status RedisServer::WriteSentinelConfig() {
   const std::string& name = options_.monitor_name;
-  const std::string text = absl::StrCat(
-      "port ", port_, "\nbind ", host_, "\ndaemonize no\ndir ", dir_,
-      "\nlogfile sentinel.log\nsentinel resolve-hostnames no\n",
-      "sentinel monitor ", name, " ", host_, " ", options_.monitor_port, " ", options_.quorum,
-      "\nsentinel down-after-milliseconds ", name, " ",
-      absl::ToInt64Milliseconds(options_.down_after), "\nsentinel failover-timeout ", name, " ",
-      absl::ToInt64Milliseconds(options_.failover_timeout), "\nsentinel parallel-syncs ", name,
-      " 1\n");
+  const std::string text =
+      absl::StrCat("port ", port_, "\nbind ", host_, "\ndaemonize no\ndir ", dir_,
+                   "\nlogfile sentinel.log\nsentinel resolve-hostnames no\n", "sentinel monitor ",
+                   name, " ", host_, " ", options_.monitor_port, " ", options_.quorum,
+                   "\nsentinel down-after-milliseconds ", name, " ",
+                   absl::ToInt64Milliseconds(options_.down_after), "\nsentinel failover-timeout ",
+                   name, " ", absl::ToInt64Milliseconds(options_.failover_timeout),
+                   "\nsentinel parallel-syncs ", name, " 1\n");
   std::ofstream out(absl::StrCat(dir_, "/sentinel.conf"), std::ios::trunc);
   out << text;
   out.close();
@@ -162,9 +162,9 @@ absl::Status RedisServer::WaitReady() {
       options_.start_timeout, kPollStep);
   if (exited) {
     pid_ = -1;
-    return absl::UnavailableError(
-        absl::StrCat(sentinel() ? "redis-sentinel" : "redis-server", " on port ", port_,
-                     " exited early; see ", dir_, sentinel() ? "/sentinel.log" : "/redis.log"));
+    return absl::UnavailableError(absl::StrCat(sentinel() ? "redis-sentinel" : "redis-server",
+                                               " on port ", port_, " exited early; see ", dir_,
+                                               sentinel() ? "/sentinel.log" : "/redis.log"));
   }
   if (answered) return absl::OkStatus();
   return absl::DeadlineExceededError(

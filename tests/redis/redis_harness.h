@@ -39,11 +39,11 @@ struct RedisServerOptions {
   absl::Duration failover_timeout = absl::Seconds(5);
 };
 
-// One redis-server (or redis-sentinel) process bound to 127.0.0.1. RDB snapshots are off (`save ""`); the data
-// lives only in the AOF, under dir(). The child gets SIGKILL when the thread that started it
-// dies (PR_SET_PDEATHSIG), so a crashed or timed-out test leaks no server; start it from the
-// test's main thread. Every wait is bounded.
-// Not thread-safe: one test thread drives it. Owns the process and the directory.
+// One redis-server (or redis-sentinel) process bound to 127.0.0.1. RDB snapshots are off (`save
+// ""`); the data lives only in the AOF, under dir(). The child gets SIGKILL when the thread that
+// started it dies (PR_SET_PDEATHSIG), so a crashed or timed-out test leaks no server; start it from
+// the test's main thread. Every wait is bounded. Not thread-safe: one test thread drives it. Owns
+// the process and the directory.
 class RedisServer {
  public:
   static absl::StatusOr<std::unique_ptr<RedisServer>> Start(RedisServerOptions options = {});
@@ -70,7 +70,7 @@ class RedisServer {
 
  private:
   explicit RedisServer(RedisServerOptions options);
-  absl::Status Spawn();      // fork+exec on port_ (a sentinel: writes its config first)
+  absl::Status Spawn();  // fork+exec on port_ (a sentinel: writes its config first)
   absl::Status WriteSentinelConfig();
   bool sentinel() const { return !options_.monitor_name.empty(); }
   absl::Status WaitReady();  // PING until PONG, the child's death or the timeout

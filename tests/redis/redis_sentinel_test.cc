@@ -4,6 +4,8 @@
 // replica acknowledged into kUnavailable (its request_id retry answered once a replica has it).
 // One primary, one replica and three redis-sentinel processes on loopback (SentinelGroup).
 
+#include "service/store/redis/redis_sentinel.h"
+
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -18,7 +20,6 @@
 #include "service/store/redis/redis_backend.h"
 #include "service/store/redis/redis_client.h"
 #include "service/store/redis/redis_functions.h"
-#include "service/store/redis/redis_sentinel.h"
 #include "tests/redis/sentinel_harness.h"
 #include "tests/support/eventually.h"
 
@@ -105,8 +106,8 @@ TEST_F(SentinelTest, ClientFollowsSentinelFailoverToTheNewPrimary) {
   ASSERT_TRUE(r.ok() && !r->is_error()) << (r.ok() ? r->DebugString() : r.status().ToString());
 
   ASSERT_TRUE(group_->Failover().ok());
-  absl::StatusOr<int> fresh = group_->WaitForNewPrimary(group_->server(0).port(),
-                                                        absl::Seconds(20));
+  absl::StatusOr<int> fresh =
+      group_->WaitForNewPrimary(group_->server(0).port(), absl::Seconds(20));
   ASSERT_TRUE(fresh.ok()) << fresh.status();
   EXPECT_EQ(*fresh, group_->server(1).port());
   // The client moves by itself (+switch-master, or READONLY from the demoted primary).
@@ -156,8 +157,8 @@ TEST_F(SentinelTest, WaitRefusesAGrantNoReplicaHoldsAndItsRetryAnswersItOnceOneD
   std::unique_ptr<RedisClient> client = Client(o);
   ASSERT_NE(client, nullptr);
   ASSERT_TRUE(client->WaitConnected(absl::Seconds(5)));
-  RedisFunctions fn(client.get(), [] { return absl::Now(); },
-                    WaitPolicy{1, absl::Milliseconds(100)});
+  RedisFunctions fn(
+      client.get(), [] { return absl::Now(); }, WaitPolicy{1, absl::Milliseconds(100)});
   ASSERT_TRUE(fn.EnsureLoaded().ok());
   LimitSpec spec;
   spec.name = "daily";

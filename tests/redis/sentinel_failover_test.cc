@@ -32,12 +32,12 @@
 namespace quotad {
 namespace {
 
-using ::quotad::testing::Eventually;
-using ::quotad::testing::SentinelGroup;
-using ::quotad::testing::TempDir;
 using grpc::health::v1::Health;
 using grpc::health::v1::HealthCheckRequest;
 using grpc::health::v1::HealthCheckResponse;
+using ::quotad::testing::Eventually;
+using ::quotad::testing::SentinelGroup;
+using ::quotad::testing::TempDir;
 
 constexpr int kCapacity = 5000;
 constexpr int kGrantsBeforeFailover = 300;
@@ -157,8 +157,8 @@ TEST_P(SentinelFailoverTest, FollowsTheNewPrimaryAndCountsTheOverGrant) {
     }
   } joiner{&clients, &stop};
 
-  ASSERT_TRUE(Eventually([&] { return granted.load() >= kGrantsBeforeFailover; },
-                         absl::Seconds(20)))
+  ASSERT_TRUE(
+      Eventually([&] { return granted.load() >= kGrantsBeforeFailover; }, absl::Seconds(20)))
       << "granted " << granted.load();
   const int before = granted.load();
   const absl::Time failover_start = absl::Now();
@@ -200,8 +200,7 @@ TEST_P(SentinelFailoverTest, FollowsTheNewPrimaryAndCountsTheOverGrant) {
   const int over = granted.load() - kCapacity;
   const double granting_again =
       granted_after.load() > 0
-          ? absl::ToDoubleSeconds(absl::FromUnixNanos(first_grant_after_ns.load()) -
-                                  failover_start)
+          ? absl::ToDoubleSeconds(absl::FromUnixNanos(first_grant_after_ns.load()) - failover_start)
           : -1;
   std::printf(
       "[%s] granted %d of capacity %d: over-grant %d (%d before the failover, %d after quotad "
@@ -223,16 +222,15 @@ TEST_P(SentinelFailoverTest, FollowsTheNewPrimaryAndCountsTheOverGrant) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Failover, SentinelFailoverTest,
-    ::testing::Values(Scenario{"kill -9, no WAIT", true, 0},
-                      Scenario{"kill -9, WAIT 1", true, 1},
-                      Scenario{"SENTINEL FAILOVER, no WAIT", false, 0},
-                      Scenario{"SENTINEL FAILOVER, WAIT 1", false, 1}),
-    [](const ::testing::TestParamInfo<Scenario>& info) {
-      return std::string(info.param.kill ? "Kill9" : "SentinelFailover") +
-             (info.param.wait_replicas > 0 ? "Wait" : "NoWait");
-    });
+INSTANTIATE_TEST_SUITE_P(Failover, SentinelFailoverTest,
+                         ::testing::Values(Scenario{"kill -9, no WAIT", true, 0},
+                                           Scenario{"kill -9, WAIT 1", true, 1},
+                                           Scenario{"SENTINEL FAILOVER, no WAIT", false, 0},
+                                           Scenario{"SENTINEL FAILOVER, WAIT 1", false, 1}),
+                         [](const ::testing::TestParamInfo<Scenario>& info) {
+                           return std::string(info.param.kill ? "Kill9" : "SentinelFailover") +
+                                  (info.param.wait_replicas > 0 ? "Wait" : "NoWait");
+                         });
 
 }  // namespace
 }  // namespace quotad

@@ -38,8 +38,7 @@ std::string FieldOf(const std::string& reply, const std::string& field) {
   return "";
 }
 
-absl::StatusOr<std::unique_ptr<SentinelGroup>> SentinelGroup::Start(
-    SentinelGroupOptions options) {
+absl::StatusOr<std::unique_ptr<SentinelGroup>> SentinelGroup::Start(SentinelGroupOptions options) {
   std::unique_ptr<SentinelGroup> g(new SentinelGroup(std::move(options)));
   const SentinelGroupOptions& o = g->options_;
   RedisServerOptions data;
@@ -49,8 +48,7 @@ absl::StatusOr<std::unique_ptr<SentinelGroup>> SentinelGroup::Start(
   if (!primary.ok()) return primary.status();
   g->servers_.push_back(*std::move(primary));
   RedisServerOptions replica_options = data;
-  replica_options.extra_args = {"--replicaof", "127.0.0.1",
-                                absl::StrCat(g->servers_[0]->port())};
+  replica_options.extra_args = {"--replicaof", "127.0.0.1", absl::StrCat(g->servers_[0]->port())};
   absl::StatusOr<std::unique_ptr<RedisServer>> replica = RedisServer::Start(replica_options);
   if (!replica.ok()) return replica.status();
   g->servers_.push_back(*std::move(replica));
@@ -66,10 +64,10 @@ absl::StatusOr<std::unique_ptr<SentinelGroup>> SentinelGroup::Start(
     g->sentinels_.push_back(*std::move(s));
   }
   if (!Eventually([&] { return g->Ready(); }, o.start_timeout, kPollStep)) {
-    return absl::DeadlineExceededError(absl::StrCat(
-        "the replica did not sync or the sentinels did not find each other within ",
-        absl::FormatDuration(o.start_timeout), "; see the logs under ", g->servers_[0]->dir(),
-        " and ", g->sentinels_[0]->dir()));
+    return absl::DeadlineExceededError(
+        absl::StrCat("the replica did not sync or the sentinels did not find each other within ",
+                     absl::FormatDuration(o.start_timeout), "; see the logs under ",
+                     g->servers_[0]->dir(), " and ", g->sentinels_[0]->dir()));
   }
   return g;
 }
@@ -86,8 +84,7 @@ bool SentinelGroup::Ready() const {
     }
     // The replica as the sentinel sees it: reachable, its link to the primary up.
     absl::StatusOr<std::string> r = s->Command({"SENTINEL", "REPLICAS", options_.master_name});
-    if (!r.ok() || FieldOf(*r, "flags") != "slave" ||
-        FieldOf(*r, "master-link-status") != "ok") {
+    if (!r.ok() || FieldOf(*r, "flags") != "slave" || FieldOf(*r, "master-link-status") != "ok") {
       return false;
     }
   }

@@ -73,8 +73,9 @@ absl::StatusOr<redis::RedisClientOptions> ParseRedisUrl(absl::string_view url) {
   };
   redis::RedisClientOptions options;
   if (absl::StartsWith(url, "redis-cluster://")) {
-    return bad("Cluster is not built yet; give redis://HOST:PORT or "
-               "redis-sentinel://HOST:PORT[,HOST:PORT...]/MASTERNAME");
+    return bad(
+        "Cluster is not built yet; give redis://HOST:PORT or "
+        "redis-sentinel://HOST:PORT[,HOST:PORT...]/MASTERNAME");
   }
   if (absl::StartsWith(url, kSentinel)) {
     absl::string_view rest = url.substr(kSentinel.size());
@@ -98,8 +99,9 @@ absl::StatusOr<redis::RedisClientOptions> ParseRedisUrl(absl::string_view url) {
     return options;
   }
   if (!absl::StartsWith(url, kScheme)) {
-    return bad("expected redis://HOST[:PORT] or "
-               "redis-sentinel://HOST:PORT[,HOST:PORT...]/MASTERNAME");
+    return bad(
+        "expected redis://HOST[:PORT] or "
+        "redis-sentinel://HOST:PORT[,HOST:PORT...]/MASTERNAME");
   }
   absl::string_view rest = url.substr(kScheme.size());
   if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
@@ -135,13 +137,12 @@ absl::StatusOr<std::unique_ptr<RedisBackend>> RedisBackend::Create(const Policy&
   if (client_options->sentinels.empty()) {
     description = absl::StrCat("redis://", client_options->host, ":", client_options->port);
   } else {
-    description = absl::StrCat(
-        "redis-sentinel://",
-        absl::StrJoin(client_options->sentinels, ",",
-                      [](std::string* out, const redis::HostPort& hp) {
-                        out->append(hp.ToString());
-                      }),
-        "/", client_options->master_name);
+    description = absl::StrCat("redis-sentinel://",
+                               absl::StrJoin(client_options->sentinels, ",",
+                                             [](std::string* out, const redis::HostPort& hp) {
+                                               out->append(hp.ToString());
+                                             }),
+                               "/", client_options->master_name);
   }
   if (options.wait_replicas > 0) {
     absl::StrAppend(&description, " (WAIT ", options.wait_replicas, " replica(s), ",
@@ -168,8 +169,9 @@ RedisBackend::RedisBackend(Clock* clock, RedisBackendOptions options, std::strin
       options_(std::move(options)),
       description_(std::move(description)),
       client_(std::move(client)),
-      functions_(client_.get(), [clock] { return clock->Now(); },
-                 redis::WaitPolicy{options_.wait_replicas, options_.wait_timeout}) {}
+      functions_(
+          client_.get(), [clock] { return clock->Now(); },
+          redis::WaitPolicy{options_.wait_replicas, options_.wait_timeout}) {}
 
 RedisBackend::~RedisBackend() = default;
 
@@ -192,11 +194,10 @@ bool RedisBackend::CheckHealth() {
     // With WAIT, a primary with fewer replicas than asked for can grant nothing: say so
     // (NOT_SERVING, decisions refused at once) instead of timing out every call.
     absl::StatusOr<redis::Reply> role = client_->CallSync({"ROLE"});
-    const bool enough = role.ok() && role->type == redis::Reply::Type::kArray &&
-                        role->elements.size() >= 3 &&
-                        role->elements[2].type == redis::Reply::Type::kArray &&
-                        static_cast<int>(role->elements[2].elements.size()) >=
-                            options_.wait_replicas;
+    const bool enough =
+        role.ok() && role->type == redis::Reply::Type::kArray && role->elements.size() >= 3 &&
+        role->elements[2].type == redis::Reply::Type::kArray &&
+        static_cast<int>(role->elements[2].elements.size()) >= options_.wait_replicas;
     replicas_enough_.store(enough, std::memory_order_release);
   }
   return serving();
@@ -284,11 +285,11 @@ WaitTicket RedisBackend::AcquireOrWait(const AcquireRequest&, absl::Duration, in
 void RedisBackend::AcquireShared(const AcquireRequest& req, const SharedRequestId& request_id,
                                  DecisionCallback done) {
   if (!serving()) {
-    done(absl::UnavailableError(absl::StrCat(
-        "shared store ", description_,
-        replicas_enough_.load(std::memory_order_acquire)
-            ? " is unreachable: nothing was granted"
-            : " has fewer replicas connected than WAIT needs: nothing was granted")));
+    done(absl::UnavailableError(
+        absl::StrCat("shared store ", description_,
+                     replicas_enough_.load(std::memory_order_acquire)
+                         ? " is unreachable: nothing was granted"
+                         : " has fewer replicas connected than WAIT needs: nothing was granted")));
     return;
   }
   absl::StatusOr<Plan> plan = PlanFor(*compiled(), req.credential, req.feature, req.scope);

@@ -38,7 +38,8 @@ struct Reply {
 // slow work to another thread) and may issue more calls. Non-OK statuses:
 //   kUnavailable       no connection is up, or the connection broke before the reply (the call
 //                      may or may not have run), or the server answered -READONLY (a primary
-//                      demoted to replica: nothing was written) or -LOADING (not ready yet);
+//                      demoted to replica: nothing was written), -LOADING (not ready yet),
+//                      -NOREPLICAS or -MASTERDOWN (writes refused);
 //   kDeadlineExceeded  no reply within the call's timeout (it may still run);
 //   kCancelled         the client was destroyed first.
 using ReplyCallback = absl::AnyInvocable<void(absl::StatusOr<Reply>)>;
@@ -96,9 +97,12 @@ class RedisClient {
 
   // Call() followed by WAIT `replicas` `wait_timeout` on the same connection, answered once
   // with a kArray Reply: [the command's reply, WAIT's reply (the replicas that acknowledged)].
-  // Calls the loop writes to one connection in the same round share one WAIT, written after
-  // the last of them (WAIT covers every write before it on its connection): one replica round
-  // trip per batch, not per call. `timeout` should allow for wait_timeout.
+  // A connection has at most one WAIT outstanding: the calls written to it before that WAIT
+  // share it (WAIT covers every write before it on its connection), and those that come while
+  // it is outstanding are held (Redis would not run them before it returns anyway) and then
+  // written together, behind one WAIT: one replica round trip per batch, not per call. A held
+  // call whose connection dies is answered kUnavailable unsent. `timeout` should allow for
+  // wait_timeout.
   void CallThenWait(std::vector<std::string> args, int replicas, absl::Duration wait_timeout,
                     ReplyCallback done, absl::Duration timeout = absl::ZeroDuration());
 

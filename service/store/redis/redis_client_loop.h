@@ -49,8 +49,8 @@ Reply Convert(const redisReply* r);
 struct Pending {
   ReplyCallback done;
   bool finished = false;
-  size_t expected = 0;        // a pipeline: the commands written; 0: one plain call
-  std::vector<Reply> parts;   // a pipeline: the replies so far
+  size_t expected = 0;       // a pipeline: the commands written; 0: one plain call
+  std::vector<Reply> parts;  // a pipeline: the replies so far
 };
 
 inline void Finish(Pending& p, absl::StatusOr<Reply> result) {
@@ -82,7 +82,8 @@ bool IsMasterRole(const redisReply* r);
 class RedisClient::Loop {
  public:
   explicit Loop(RedisClientOptions options)
-      : options_(std::move(options)), host_(options_.host),
+      : options_(std::move(options)),
+        host_(options_.host),
         port_(options_.sentinels.empty() ? options_.port : 0) {}
   ~Loop() {
     if (epfd_ >= 0) close(epfd_);
@@ -194,8 +195,8 @@ class RedisClient::Loop {
     int fd = -1;
     bool registered = false;  // fd in the epoll set
     uint32_t events = 0;
-    TimePoint retry_at{};           // when down: next attempt
-    TimePoint connect_deadline{};   // when connecting
+    TimePoint retry_at{};          // when down: next attempt
+    TimePoint connect_deadline{};  // when connecting
     absl::Duration backoff;
     std::unique_ptr<WaitGroup> wait_group;  // written since the last WAIT (FlushWait writes it)
     bool wait_outstanding = false;          // a WAIT written, its reply not in yet
@@ -319,8 +320,8 @@ class RedisClient::Loop {
     const auto* reply = static_cast<redisReply*>(r);
     if (NotAPrimaryNow(reply)) {
       Finish(*p, absl::UnavailableError(absl::StrCat(
-                     "redis ", c->loop->target_key(), " cannot write now: ",
-                     absl::string_view(reply->str, reply->len))));
+                     "redis ", c->loop->target_key(),
+                     " cannot write now: ", absl::string_view(reply->str, reply->len))));
       // A replica (READONLY) or a server refusing writes: stop using this connection and,
       // with Sentinel, ask where the primary is now.
       if (absl::StartsWith(absl::string_view(reply->str, reply->len), "READONLY")) {
@@ -387,124 +388,21 @@ class RedisClient::Loop {
 
   // Writes a CallThenWait call to `c` and adds it to the group its next WAIT answers.
   void WriteWaitCall(Conn& c, const std::vector<std::string>& args, std::shared_ptr<Pending> p,
-                     int replicas, int64_t ms) {
-    if (c.wait_group == nullptr) {
-      c.wait_group = std::make_unique<WaitGroup>();
-      c.wait_group->conn = &c;
-      c.wait_group->replicas = replicas;
-      c.wait_group->ms = ms;
-    }
-    if (!WriteCommand(c, args, p)) return;
-    c.wait_group->calls.push_back(std::move(p));
-  }
+                     int replicas, int64_t ms);
 
   // Writes one command answered to `p` (OnReply); false (and `p` answered) if it cannot.
   bool WriteCommand(Conn& c, const std::vector<std::string>& args,
-                    const std::shared_ptr<Pending>& p) {
-    std::vector<const char*> argv;
-    std::vector<size_t> lens;
-    for (const std::string& a : args) {
-      argv.push_back(a.data());
-      lens.push_back(a.size());
-    }
-    auto* holder = new std::shared_ptr<Pending>(p);
-    if (c.ac == nullptr ||
-        redisAsyncCommandArgv(c.ac, OnReply, holder, static_cast<int>(argv.size()), argv.data(),
-                              lens.data()) != REDIS_OK) {
-      delete holder;
-      Finish(*p, absl::UnavailableError("redis connection is closing"));
-      return false;
-    }
-    return true;
-  }
+                    const std::shared_ptr<Pending>& p);
 
   // Writes the WAIT of `c`'s group after its calls, unless a WAIT is still outstanding.
-  void FlushWait(Conn& c) {
-    if (c.wait_group == nullptr || c.wait_outstanding) return;
-    WaitGroup* g = c.wait_group.release();
-    if (c.ac == nullptr || redisAsyncCommand(c.ac, OnWaitReply, g, "WAIT %d %lld", g->replicas,
-                                             static_cast<long long>(g->ms)) != REDIS_OK) {
-      OnWaitReply(nullptr, nullptr, g);
-      return;
-    }
-    c.wait_outstanding = true;
-  }
+  void FlushWait(Conn& c);
 
   // Answers every call of the group that its own reply has not finished already (an error
   // such as READONLY finishes a call at once), then sends the calls held meanwhile, with their
   // own WAIT. Without a reply (the connection is gone), the held calls were never sent.
-  static void OnWaitReply(redisAsyncContext*, void* r, void* privdata) {
-    std::unique_ptr<WaitGroup> g(static_cast<WaitGroup*>(privdata));
-    Conn& c = *g->conn;
-    Loop& loop = *c.loop;
-    c.wait_outstanding = false;
-    auto lost = [&](absl::string_view what) {
-      return loop.stopping_ ? absl::CancelledError("redis client is shutting down")
-                            : absl::UnavailableError(what);
-    };
-    for (std::shared_ptr<Pending>& p : g->calls) {
-      if (p->finished) continue;
-      if (r == nullptr || p->parts.size() != 1) {
-        Finish(*p, lost("redis connection lost before WAIT's reply"));
-        continue;
-      }
-      Reply all;
-      all.type = Reply::Type::kArray;
-      all.elements = std::move(p->parts);
-      all.elements.push_back(Convert(static_cast<redisReply*>(r)));
-      Finish(*p, std::move(all));
-    }
-    std::vector<Held> held;
-    held.swap(c.held);
-    size_t i = 0;
-    for (; r != nullptr && i < held.size(); ++i) {
-      Held& h = held[i];
-      if (h.p->finished) continue;  // timed out while held
-      if (c.wait_group != nullptr &&
-          (c.wait_group->replicas != h.replicas || c.wait_group->ms != h.ms)) {
-        break;  // another WAIT setting: the group after this one
-      }
-      loop.WriteWaitCall(c, h.args, h.p, h.replicas, h.ms);
-    }
-    if (r == nullptr) {
-      for (Held& h : held) Finish(*h.p, lost("redis connection lost; the call was not sent"));
-      return;
-    }
-    loop.FlushWait(c);
-    for (; i < held.size(); ++i) c.held.push_back(std::move(held[i]));
-  }
+  static void OnWaitReply(redisAsyncContext*, void* r, void* privdata);
 
-  void Dispatch(Submission s) {
-    Conn* c = PickConn();
-    if (c == nullptr) {
-      s.done(absl::UnavailableError(port_ == 0 ? "no redis primary is known (Sentinel)"
-                                               : "redis is unreachable"));
-      return;
-    }
-    auto p = std::make_shared<Pending>();
-    p->done = std::move(s.done);
-    const absl::Duration timeout =
-        s.timeout > absl::ZeroDuration() ? s.timeout : options_.call_timeout;
-    timers_.push({SteadyClock::now() + ToSteady(timeout), p});
-    if (s.wait_replicas > 0) {
-      p->expected = 2;  // the command's reply, then the group's WAIT (OnWaitReply)
-      const bool other_setting =
-          c->wait_group != nullptr &&
-          (c->wait_group->replicas != s.wait_replicas || c->wait_group->ms != s.wait_ms);
-      if (c->wait_outstanding || other_setting) {
-        FlushWait(*c);
-        c->held.push_back({std::move(s.commands[0]), p, s.wait_replicas, s.wait_ms});
-      } else {
-        WriteWaitCall(*c, s.commands[0], p, s.wait_replicas, s.wait_ms);
-      }
-      return;
-    }
-    if (s.pipeline) p->expected = s.commands.size();
-    for (const std::vector<std::string>& args : s.commands) {
-      // On failure the commands already written are answered to a finished call.
-      if (!WriteCommand(*c, args, p)) return;
-    }
-  }
+  void Dispatch(Submission s);
 
   void Run() {
     for (auto& c : conns_) Connect(*c);
@@ -521,8 +419,7 @@ class RedisClient::Loop {
         retarget.swap(new_target_);
         if (retarget.has_value()) target_ = *retarget;
       }
-      if (retarget.has_value() && !stop &&
-          (retarget->host != host_ || retarget->port != port_)) {
+      if (retarget.has_value() && !stop && (retarget->host != host_ || retarget->port != port_)) {
         // A new primary: nothing more goes to the old one.
         host_ = retarget->host;
         port_ = retarget->port;
@@ -546,8 +443,7 @@ class RedisClient::Loop {
         if (c->ac != nullptr && c->up && (c->events & EPOLLOUT)) redisAsyncHandleWrite(c->ac);
       }
 
-      const int n = epoll_wait(epfd_, events.data(), static_cast<int>(events.size()),
-                               NextWaitMs());
+      const int n = epoll_wait(epfd_, events.data(), static_cast<int>(events.size()), NextWaitMs());
       for (int i = 0; i < n; ++i) {
         auto* c = static_cast<Conn*>(events[i].data.ptr);
         if (c == nullptr) {

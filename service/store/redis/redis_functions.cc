@@ -264,8 +264,8 @@ absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply) {
 }
 
 std::vector<std::string> WaitCommand(const WaitPolicy& policy) {
-  const int64_t ms = std::max<int64_t>(1, absl::ToInt64Milliseconds(absl::Ceil(
-                                              policy.timeout, absl::Milliseconds(1))));
+  const int64_t ms = std::max<int64_t>(
+      1, absl::ToInt64Milliseconds(absl::Ceil(policy.timeout, absl::Milliseconds(1))));
   return {"WAIT", absl::StrCat(policy.replicas), absl::StrCat(ms)};
 }
 

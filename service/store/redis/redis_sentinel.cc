@@ -13,9 +13,7 @@ namespace quotad {
 namespace redis {
 namespace {
 
-timeval Timeval(absl::Duration d) {
-  return absl::ToTimeval(std::max(d, absl::Milliseconds(1)));
-}
+timeval Timeval(absl::Duration d) { return absl::ToTimeval(std::max(d, absl::Milliseconds(1))); }
 
 // A blocking connection with `timeout` for the connect and every reply; nullptr on failure
 // (`error` says why).
@@ -71,7 +69,8 @@ absl::StatusOr<HostPort> AskSentinel(const HostPort& sentinel, absl::string_view
 SentinelWatcher::SentinelWatcher(SentinelOptions options,
                                  std::function<void(const HostPort&)> on_primary,
                                  std::function<bool()> healthy)
-    : options_(std::move(options)), on_primary_(std::move(on_primary)),
+    : options_(std::move(options)),
+      on_primary_(std::move(on_primary)),
       healthy_(std::move(healthy)) {}
 
 SentinelWatcher::~SentinelWatcher() { Stop(); }
@@ -91,9 +90,10 @@ void SentinelWatcher::Stop() {
   if (subscribe_thread_.joinable()) subscribe_thread_.join();
 }
 
-void SentinelWatcher::Trigger() {
+void SentinelWatcher::Trigger(bool urgent) {
   absl::MutexLock lock(&mu_);
   triggered_ = true;
+  urgent_ = urgent_ || urgent;
 }
 
 HostPort SentinelWatcher::primary() const {
@@ -119,7 +119,7 @@ absl::StatusOr<HostPort> SentinelWatcher::AskAll() {
 void SentinelWatcher::AskLoop() {
   absl::Duration backoff = options_.min_backoff;
   bool fruitless = false;
-  auto stopped = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stop_; };
+  auto urgent = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stop_ || urgent_; };
   auto woken = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return stop_ || triggered_; };
   while (true) {
     // Healthy: ask again only when triggered (or every few seconds, a safety net). Without a
@@ -127,11 +127,12 @@ void SentinelWatcher::AskLoop() {
     const bool healthy = healthy_();
     {
       absl::MutexLock lock(&mu_);
-      if (fruitless) mu_.AwaitWithTimeout(absl::Condition(&stopped), backoff);
+      if (fruitless) mu_.AwaitWithTimeout(absl::Condition(&urgent), backoff);
       mu_.AwaitWithTimeout(absl::Condition(&woken),
                            healthy ? absl::Seconds(5) : absl::ZeroDuration());
       if (stop_) return;
       triggered_ = false;
+      urgent_ = false;
     }
     absl::StatusOr<HostPort> hp = AskAll();
     bool changed = false;
@@ -181,7 +182,7 @@ void SentinelWatcher::SubscribeLoop() {
         void* msg = nullptr;
         while (redisGetReply(c, &msg) == REDIS_OK) {
           freeReplyObject(msg);
-          Trigger();
+          Trigger(/*urgent=*/true);
         }
       }
       {

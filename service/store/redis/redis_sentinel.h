@@ -62,8 +62,8 @@ class SentinelWatcher {
   // Joins both threads; on_primary is not called after it returns. Idempotent.
   void Stop();
   // Ask the sentinels again soon (at once, or after the back-off if the last asking found
-  // nothing new).
-  void Trigger();
+  // nothing new). `urgent` (a sentinel announced +switch-master): at once, back-off or not.
+  void Trigger(bool urgent = false);
 
   // The address last named (port 0: none yet), and how often it changed.
   HostPort primary() const;
@@ -81,6 +81,7 @@ class SentinelWatcher {
   mutable absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool triggered_ ABSL_GUARDED_BY(mu_) = true;  // ask at once on Start()
+  bool urgent_ ABSL_GUARDED_BY(mu_) = false;    // +switch-master: skip the back-off
   HostPort primary_ ABSL_GUARDED_BY(mu_);
   int switches_ ABSL_GUARDED_BY(mu_) = 0;
   int subscribed_fd_ ABSL_GUARDED_BY(mu_) = -1;  // shut down by Stop() to end the read
