@@ -2,10 +2,13 @@
 // against a plain Lua fixed-window counter (INCRBY + EXPIRE, what envoyproxy/ratelimit does per
 // descriptor), with the same client, connections and calls in flight, side by side.
 //
-//   redis_bench [--seconds=S] [--inflight=N] [--connections=C] [--aof]
+//   redis_bench [--seconds=S] [--inflight=N] [--connections=C] [--aof] [--replica]
 //
 // Every quotad call is a grant (capacities are out of reach), so each one writes its counters
-// and a lease, as in production; the plain script writes its one counter.
+// and a lease, as in production; the plain script writes its one counter. --replica starts one
+// replica of the server and adds the cases with WAIT 1 (--redis_wait_replicas=1): FCALL then
+// WAIT pipelined on one connection, one WAIT for the calls written together (as quotad sends
+// them, RedisClient::CallThenWait), and one WAIT after every call for comparison.
 
 #include <atomic>
 #include <cstdio>
@@ -39,14 +42,16 @@ struct Result {
   int64_t calls = 0;
   int64_t granted = 0;
   int64_t errors = 0;
+  int64_t unacked = 0;  // WAIT: grants fewer replicas acknowledged than asked for
   double seconds = 0;
 };
 
-// Keeps `inflight` calls going for `duration`; make_args(i) builds call i.
+// Keeps `inflight` calls going for `duration`; make_args(i) builds call i. With `wait`, each
+// call is followed by that WAIT on the same connection.
 template <typename MakeArgs, typename IsGrant>
 Result Run(RedisClient& client, int inflight, absl::Duration duration, MakeArgs make_args,
-           IsGrant is_grant) {
-  std::atomic<int64_t> next{0}, done{0}, granted{0}, errors{0};
+           IsGrant is_grant, const WaitPolicy& wait = {}, bool per_call_wait = false) {
+  std::atomic<int64_t> next{0}, done{0}, granted{0}, errors{0}, unacked{0};
   std::atomic<int> active{inflight};
   absl::Notification finished;
   const absl::Time start = absl::Now();
@@ -57,15 +62,31 @@ Result Run(RedisClient& client, int inflight, absl::Duration duration, MakeArgs 
       return;
     }
     const int64_t i = next.fetch_add(1);
-    client.Call(make_args(i), [&](absl::StatusOr<Reply> r) {
+    auto answered = [&](absl::StatusOr<Reply> r) {
       done.fetch_add(1);
+      if (r.ok() && wait.replicas > 0) {
+        // [FCALL's reply, WAIT's count]
+        if (r->elements.size() != 2) {
+          r = absl::InternalError("bad pipeline reply");
+        } else {
+          if (r->elements[1].integer < wait.replicas) unacked.fetch_add(1);
+          r = Reply(r->elements[0]);
+        }
+      }
       if (!r.ok() || r->is_error()) {
         errors.fetch_add(1);
       } else if (is_grant(*r)) {
         granted.fetch_add(1);
       }
       issue();
-    });
+    };
+    if (wait.replicas > 0 && per_call_wait) {
+      client.CallPipeline({make_args(i), WaitCommand(wait)}, std::move(answered));
+    } else if (wait.replicas > 0) {
+      client.CallThenWait(make_args(i), wait.replicas, wait.timeout, std::move(answered));
+    } else {
+      client.Call(make_args(i), std::move(answered));
+    }
   };
   for (int i = 0; i < inflight; ++i) issue();
   finished.WaitForNotification();
@@ -74,6 +95,7 @@ Result Run(RedisClient& client, int inflight, absl::Duration duration, MakeArgs 
   res.calls = done.load();
   res.granted = granted.load();
   res.errors = errors.load();
+  res.unacked = unacked.load();
   return res;
 }
 
@@ -85,7 +107,7 @@ bool FirstIsOne(const Reply& r) {
 int Main(int argc, char** argv) {
   double seconds = 3;
   int inflight = 128, connections = 2;
-  bool aof = false;
+  bool aof = false, replica = false;
   for (int i = 1; i < argc; ++i) {
     absl::string_view a = argv[i];
     if (absl::ConsumePrefix(&a, "--seconds=")) {
@@ -96,8 +118,12 @@ int Main(int argc, char** argv) {
       (void)absl::SimpleAtoi(a, &connections);
     } else if (a == "--aof") {
       aof = true;
+    } else if (a == "--replica") {
+      replica = true;
     } else {
-      std::fprintf(stderr, "usage: %s [--seconds=S] [--inflight=N] [--connections=C] [--aof]\n",
+      std::fprintf(stderr,
+                   "usage: %s [--seconds=S] [--inflight=N] [--connections=C] [--aof] "
+                   "[--replica]\n",
                    argv[0]);
       return 2;
     }
@@ -109,6 +135,28 @@ int Main(int argc, char** argv) {
   if (!server.ok()) {
     std::fprintf(stderr, "redis-server: %s\n", server.status().ToString().c_str());
     return 1;
+  }
+  std::unique_ptr<testing::RedisServer> replica_server;
+  if (replica) {
+    testing::RedisServerOptions ro = so;
+    ro.extra_args = {"--replicaof", "127.0.0.1", absl::StrCat((*server)->port())};
+    absl::StatusOr<std::unique_ptr<testing::RedisServer>> r = testing::RedisServer::Start(ro);
+    if (!r.ok()) {
+      std::fprintf(stderr, "replica: %s\n", r.status().ToString().c_str());
+      return 1;
+    }
+    replica_server = *std::move(r);
+    // Bounded: the replica's first sync of an empty server takes milliseconds.
+    const absl::Time give_up = absl::Now() + absl::Seconds(10);
+    while (true) {
+      absl::StatusOr<std::string> info = replica_server->Command({"INFO", "replication"});
+      if (info.ok() && absl::StrContains(*info, "master_link_status:up")) break;
+      if (absl::Now() > give_up) {
+        std::fprintf(stderr, "the replica did not sync\n");
+        return 1;
+      }
+      absl::SleepFor(absl::Milliseconds(10));
+    }
   }
   absl::StatusOr<std::unique_ptr<RedisClient>> client = RedisClient::Create(
       {.port = (*server)->port(), .connections = connections, .call_timeout = absl::Seconds(10)});
@@ -148,21 +196,35 @@ int Main(int argc, char** argv) {
     const char* name;
     std::vector<CounterRef> counters;  // empty: the plain script
     bool keep_lease = true;
+    int wait = 0;  // WAIT this many replicas after the call (one WAIT per batch, as quotad)
+    bool per_call_wait = false;  // one WAIT after every call instead
   };
-  const std::vector<Case> cases = {
+  std::vector<Case> cases = {
       {"plain Lua fixed window (INCRBY+EXPIRE)", {}},
       {"quotad_acquire: 1 calendar minute", {{"f.minute", &minute}}},
       {"  same, no lease record (keep_lease=false)", {{"f.minute", &minute}}, false},
       {"quotad_acquire: calendar+sliding+bucket+slots",
-       {{"f.minute", &minute}, {"f.sliding", &sliding}, {"f.bucket", &bucket},
+       {{"f.minute", &minute},
+        {"f.sliding", &sliding},
+        {"f.bucket", &bucket},
         {"f.slots", &slots}}},
       {"quotad_acquire: calendar+sliding+bucket",
        {{"f.minute", &minute}, {"f.sliding", &sliding}, {"f.bucket", &bucket}}},
   };
-  std::printf("redis-server %s, %d connection(s), %d calls in flight, %.1f s per case, "
-              "%d credentials\n",
-              aof ? "appendonly yes appendfsync always" : "in memory (no AOF)", connections,
-              inflight, seconds, kCredentials);
+  if (replica) {
+    // Next to their cases without WAIT.
+    cases.insert(cases.begin() + 2,
+                 {"  same, WAIT 1 after every call", {{"f.minute", &minute}}, true, 1, true});
+    cases.insert(cases.begin() + 2,
+                 {"  same, WAIT 1 (one per batch, as quotad)", {{"f.minute", &minute}}, true, 1});
+    cases.insert(cases.begin() + 1, {"  same, WAIT 1 after every call", {}, true, 1, true});
+    cases.insert(cases.begin() + 1, {"  same, WAIT 1 (one per batch)", {}, true, 1});
+  }
+  std::printf(
+      "redis-server %s%s, %d connection(s), %d calls in flight, %.1f s per case, "
+      "%d credentials\n",
+      aof ? "appendonly yes appendfsync always" : "in memory (no AOF)",
+      replica ? ", one replica" : "", connections, inflight, seconds, kCredentials);
   std::printf("%-48s %12s %10s %14s %8s\n", "case", "decisions/s", "x plain", "server us/call",
               "errors");
   double plain_rate = 0;
@@ -178,7 +240,7 @@ int Main(int argc, char** argv) {
                                             absl::StrCat("rl:{c", i % kCredentials, "}:minute"),
                                             "1", "60", "1000000000000"};
           },
-          FirstIsOne);
+          FirstIsOne, WaitPolicy{c.wait, absl::Seconds(1)}, c.per_call_wait);
     } else {
       r = Run(
           **client, inflight, duration,
@@ -189,13 +251,17 @@ int Main(int argc, char** argv) {
             call.keep_lease = c.keep_lease;
             return *AcquireArgs(call, absl::Now());
           },
-          FirstIsOne);
+          FirstIsOne, WaitPolicy{c.wait, absl::Seconds(1)}, c.per_call_wait);
     }
     // Where the time goes: redis-server's own time per call of the script or function.
     absl::StatusOr<std::string> stats = (*server)->Command({"INFO", "commandstats"});
-    double server_us = 0;
+    double server_us = 0, waits = 0;
     if (stats.ok()) {
       for (absl::string_view line : absl::StrSplit(*stats, '\n')) {
+        if (absl::StartsWith(line, "cmdstat_wait:calls=")) {
+          (void)absl::SimpleAtod(line.substr(19, line.find(',') - 19), &waits);
+          continue;
+        }
         if (!absl::StartsWith(line, c.counters.empty() ? "cmdstat_evalsha:" : "cmdstat_fcall:")) {
           continue;
         }
@@ -207,8 +273,14 @@ int Main(int argc, char** argv) {
     }
     const double rate = r.calls / r.seconds;
     if (plain_rate == 0) plain_rate = rate;
-    std::printf("%-48s %12.0f %10.2f %14.2f %8lld\n", c.name, rate, rate / plain_rate, server_us,
+    std::printf("%-48s %12.0f %10.2f %14.2f %8lld", c.name, rate, rate / plain_rate, server_us,
                 static_cast<long long>(r.errors));
+    if (waits > 0) std::printf("   %.1f calls per WAIT", r.calls / waits);
+    std::printf("\n");
+    if (r.unacked > 0) {
+      std::printf("  (%lld not acknowledged by the replica in time)\n",
+                  static_cast<long long>(r.unacked));
+    }
     if (r.granted != r.calls - r.errors) {
       std::printf("  (%lld denied)\n", static_cast<long long>(r.calls - r.errors - r.granted));
     }

@@ -62,13 +62,21 @@ ABSL_FLAG(absl::Duration, config_watch_interval, absl::Seconds(2),
           "How often --config is checked for a change, which is then reloaded (a bad one is "
           "rejected and the one in force kept); 0 turns the watch off.");
 ABSL_FLAG(std::string, redis, "",
-          "Shared mode: redis://HOST:PORT. Counters, leases and request_ids live in that Redis "
+          "Shared mode: redis://HOST:PORT, or redis-sentinel://HOST:PORT[,HOST:PORT...]/MASTERNAME "
+          "(the primary the sentinels name, followed through a failover). Counters, leases and "
+          "request_ids live in that Redis "
           "and every replica pointing at it decides as one quotad; excludes --state and "
           "--memory_only. Health is NOT_SERVING while Redis is unreachable (calls fail closed: "
           "UNAVAILABLE). An Acquire that may wait is answered at once (waiting across replicas "
           "is not built yet).");
 ABSL_FLAG(absl::Duration, redis_timeout, absl::Seconds(1),
           "Shared mode: the time one Redis call may take before the request fails closed.");
+ABSL_FLAG(int, redis_wait_replicas, 0,
+          "Shared mode: a grant is answered only once this many replicas acknowledged it (WAIT "
+          "after each decision); fewer within --redis_wait_timeout: UNAVAILABLE, nothing "
+          "granted. 0: answered once the primary has it (a failover may lose it).");
+ABSL_FLAG(absl::Duration, redis_wait_timeout, absl::Milliseconds(100),
+          "Shared mode, with --redis_wait_replicas: how long WAIT waits for the replicas.");
 ABSL_FLAG(absl::Duration, dedup_window, absl::Minutes(10),
           "How long the answer to an Acquire/Release request_id is kept for retries.");
 ABSL_FLAG(std::string, tls_cert, "",
@@ -123,7 +131,8 @@ ABSL_FLAG(int64_t, log_sample, 0,
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "quotad --config=FILE (--state=FILE | --memory_only | --redis=redis://HOST:PORT)\n"
+      "quotad --config=FILE (--state=FILE | --memory_only | --redis=redis://HOST:PORT\n"
+      "       | --redis=redis-sentinel://HOST:PORT[,HOST:PORT...]/MASTERNAME)\n"
       "       [--listen=HOST:PORT] [--log_level=info]\n"
       "Coordinates the use of rate-limited upstream API keys over gRPC.");
   absl::ParseCommandLine(argc, argv);
@@ -186,6 +195,8 @@ int main(int argc, char** argv) {
   options.memory_only = absl::GetFlag(FLAGS_memory_only);
   options.redis_url = absl::GetFlag(FLAGS_redis);
   options.redis_timeout = absl::GetFlag(FLAGS_redis_timeout);
+  options.redis_wait_replicas = absl::GetFlag(FLAGS_redis_wait_replicas);
+  options.redis_wait_timeout = absl::GetFlag(FLAGS_redis_wait_timeout);
   options.reset_corrupt_state = absl::GetFlag(FLAGS_reset_corrupt_state);
   options.synchronous_full = absl::GetFlag(FLAGS_state_fsync);
   options.reserve_fraction = absl::GetFlag(FLAGS_reserve_fraction);

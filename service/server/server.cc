@@ -197,7 +197,7 @@ class QuotadServer::Impl {
                         Log(*log_, reachable ? spdlog::level::info : spdlog::level::err,
                             reachable ? "shared store reachable; SERVING"
                                       : "shared store unreachable; NOT_SERVING, failing closed",
-                            {{"redis", redis_->description()}});
+                            {{"redis", redis_->description()}, {"primary", redis_->primary()}});
                       }});
     }
     if (ledger_ != nullptr) {
@@ -300,6 +300,8 @@ absl::StatusOr<std::unique_ptr<QuotadServer>> QuotadServer::Start(const ServerOp
     redis_options.call_timeout = options.redis_timeout;
     redis_options.connections = options.redis_connections;
     redis_options.dedup_window = options.dedup_window;
+    redis_options.wait_replicas = options.redis_wait_replicas;
+    redis_options.wait_timeout = options.redis_wait_timeout;
     absl::StatusOr<std::unique_ptr<RedisBackend>> created =
         RedisBackend::Create(config->policy, clock, redis_options);
     if (!created.ok()) {

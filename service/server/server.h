@@ -40,7 +40,9 @@ struct ServerOptions {
   // (everything is lost on exit). Neither is an error: memory-only only when asked for.
   std::string state_path;
   bool memory_only = false;
-  // Shared mode: redis://HOST:PORT. Counters, leases and request_ids live in that Redis and
+  // Shared mode: redis://HOST:PORT, or redis-sentinel://HOST:PORT[,HOST:PORT...]/MASTERNAME (the
+  // primary the sentinels name, followed through a failover). Counters, leases and request_ids
+  // live in that Redis and
   // every replica pointing at it decides as one quotad would (see
   // service/store/redis/README.md for what is built). Excludes `state_path` and `memory_only`.
   // Health is NOT_SERVING while Redis cannot be reached, and decisions fail closed
@@ -50,6 +52,10 @@ struct ServerOptions {
   // Shared mode: the time one Redis call may take, and the connections calls share.
   absl::Duration redis_timeout = absl::Seconds(1);
   int redis_connections = 2;
+  // Shared mode: > 0, a grant is answered only once that many replicas hold it (WAIT); fewer
+  // within redis_wait_timeout: UNAVAILABLE, nothing handed out.
+  int redis_wait_replicas = 0;
+  absl::Duration redis_wait_timeout = absl::Milliseconds(100);
   // Move a corrupt or foreign state file aside (<path>.corrupt-<time>) and start empty, instead
   // of failing start-up.
   bool reset_corrupt_state = false;

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -82,7 +83,8 @@ absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::Start(RedisServerOptio
     absl::StatusOr<int> port = PickFreePort();
     if (!port.ok()) return port.status();
     server->port_ = *port;
-    last = server->Spawn();
+    last = server->sentinel() ? server->WriteSentinelConfig() : absl::OkStatus();
+    if (last.ok()) last = server->Spawn();
     if (last.ok()) last = server->WaitReady();
     if (last.ok()) return server;
     server->Stop(SIGKILL).IgnoreError();  // e.g. the port was taken meanwhile: try another
@@ -98,8 +100,26 @@ RedisServer::~RedisServer() {
   }
 }
 
+absl::Status RedisServer::WriteSentinelConfig() {
+  const std::string& name = options_.monitor_name;
+  const std::string text =
+      absl::StrCat("port ", port_, "\nbind ", host_, "\ndaemonize no\ndir ", dir_,
+                   "\nlogfile sentinel.log\nsentinel resolve-hostnames no\n", "sentinel monitor ",
+                   name, " ", host_, " ", options_.monitor_port, " ", options_.quorum,
+                   "\nsentinel down-after-milliseconds ", name, " ",
+                   absl::ToInt64Milliseconds(options_.down_after), "\nsentinel failover-timeout ",
+                   name, " ", absl::ToInt64Milliseconds(options_.failover_timeout),
+                   "\nsentinel parallel-syncs ", name, " 1\n");
+  std::ofstream out(absl::StrCat(dir_, "/sentinel.conf"), std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out) return absl::InternalError(absl::StrCat("cannot write ", dir_, "/sentinel.conf"));
+  return absl::OkStatus();
+}
+
 absl::Status RedisServer::Spawn() {
   // Everything the child needs is built before fork(): after it, only async-signal-safe calls.
+  const char* binary = sentinel() ? "redis-sentinel" : "redis-server";
   std::vector<std::string> args = {"redis-server",
                                    "--port", absl::StrCat(port_),
                                    "--bind", host_,
@@ -110,6 +130,7 @@ absl::Status RedisServer::Spawn() {
                                    "--daemonize", "no",
                                    "--protected-mode", "yes",
                                    "--logfile", "redis.log"};
+  if (sentinel()) args = {"redis-sentinel", absl::StrCat(dir_, "/sentinel.conf")};
   args.insert(args.end(), options_.extra_args.begin(), options_.extra_args.end());
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
@@ -120,7 +141,7 @@ absl::Status RedisServer::Spawn() {
   if (pid == 0) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(127);  // the parent died before prctl
-    execvp("redis-server", argv.data());
+    execvp(binary, argv.data());
     _exit(127);
   }
   pid_ = pid;
@@ -141,8 +162,9 @@ absl::Status RedisServer::WaitReady() {
       options_.start_timeout, kPollStep);
   if (exited) {
     pid_ = -1;
-    return absl::UnavailableError(
-        absl::StrCat("redis-server on port ", port_, " exited early; see ", dir_, "/redis.log"));
+    return absl::UnavailableError(absl::StrCat(sentinel() ? "redis-sentinel" : "redis-server",
+                                               " on port ", port_, " exited early; see ", dir_,
+                                               sentinel() ? "/sentinel.log" : "/redis.log"));
   }
   if (answered) return absl::OkStatus();
   return absl::DeadlineExceededError(

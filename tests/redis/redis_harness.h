@@ -28,13 +28,22 @@ struct RedisServerOptions {
   // Ports tried before giving up (another process may take the port between the probe and
   // redis-server's bind).
   int port_attempts = 5;
+
+  // Non-empty: a redis-sentinel instead (the persistence fields above do not apply) that
+  // monitors the primary `monitor_name` at 127.0.0.1:monitor_port, from a sentinel.conf in
+  // dir() written at Start() (Restart() keeps what the sentinel rewrote into it).
+  std::string monitor_name;
+  int monitor_port = 0;
+  int quorum = 2;
+  absl::Duration down_after = absl::Milliseconds(500);
+  absl::Duration failover_timeout = absl::Seconds(5);
 };
 
-// One redis-server process bound to 127.0.0.1. RDB snapshots are off (`save ""`); the data
-// lives only in the AOF, under dir(). The child gets SIGKILL when the thread that started it
-// dies (PR_SET_PDEATHSIG), so a crashed or timed-out test leaks no server; start it from the
-// test's main thread. Every wait is bounded.
-// Not thread-safe: one test thread drives it. Owns the process and the directory.
+// One redis-server (or redis-sentinel) process bound to 127.0.0.1. RDB snapshots are off (`save
+// ""`); the data lives only in the AOF, under dir(). The child gets SIGKILL when the thread that
+// started it dies (PR_SET_PDEATHSIG), so a crashed or timed-out test leaks no server; start it from
+// the test's main thread. Every wait is bounded. Not thread-safe: one test thread drives it. Owns
+// the process and the directory.
 class RedisServer {
  public:
   static absl::StatusOr<std::unique_ptr<RedisServer>> Start(RedisServerOptions options = {});
@@ -61,7 +70,9 @@ class RedisServer {
 
  private:
   explicit RedisServer(RedisServerOptions options);
-  absl::Status Spawn();      // fork+exec on port_
+  absl::Status Spawn();  // fork+exec on port_ (a sentinel: writes its config first)
+  absl::Status WriteSentinelConfig();
+  bool sentinel() const { return !options_.monitor_name.empty(); }
   absl::Status WaitReady();  // PING until PONG, the child's death or the timeout
 
   RedisServerOptions options_;

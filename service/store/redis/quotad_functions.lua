@@ -186,7 +186,7 @@ local function cooling(c, now) return c.cd > now end
 --       cost lease_id ttl_us n keep_lease request_id fingerprint dedup_us feature counters..
 --       [locator_value]
 -- Charges `cost` on every counter, or on none. `request_id` (empty: none): a retry of a grant
--- within dedup_us answers that grant and charges nothing. `keep_lease` 0: no lease record
+-- within dedup_us answers that grant and charges nothing (it only rewrites the record's expiry). `keep_lease` 0: no lease record
 -- (nothing to release or renew; for callers that never refund). A non-empty locator_value is
 -- stored in the last key (the lease's locator, see redis_backend.h) as long as the lease lives.
 -- Answers
@@ -210,6 +210,10 @@ local function acquire(keys, args)
     if first then
       local at, exp, flease, ffp = cmsgpack.unpack(first)
       if ffp ~= fp then return {-2, now, ffp} end
+      -- Rewrite its expiry (unchanged): a write, so that a WAIT after this call also covers the
+      -- record, which another connection may have written and not yet replicated.
+      local left = redis.call('PTTL', keys[3])
+      if left > 0 then redis.call('PEXPIRE', keys[3], left) end
       return {2, at, exp, flease}
     end
   end

@@ -7,6 +7,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "service/core/lease_id.h"
 
@@ -49,30 +50,68 @@ std::string LeaseLocatorKey(absl::string_view lease_id) {
 
 absl::StatusOr<redis::RedisClientOptions> ParseRedisUrl(absl::string_view url) {
   constexpr absl::string_view kScheme = "redis://";
+  constexpr absl::string_view kSentinel = "redis-sentinel://";
   auto bad = [&](absl::string_view why) {
     return absl::InvalidArgumentError(absl::StrCat("--redis=", url, ": ", why));
   };
-  if (absl::StartsWith(url, "redis-sentinel://") || absl::StartsWith(url, "redis-cluster://")) {
-    return bad("Sentinel and Cluster are not built yet; give redis://HOST:PORT");
+  // "HOST[:PORT]" into `out`, or why not.
+  auto host_port = [&](absl::string_view text, int default_port,
+                       redis::HostPort* out) -> absl::Status {
+    out->port = default_port;
+    absl::string_view host = text;
+    const size_t colon = text.rfind(':');
+    if (colon != absl::string_view::npos && text.find(']') == absl::string_view::npos) {
+      host = text.substr(0, colon);
+      if (!absl::SimpleAtoi(text.substr(colon + 1), &out->port) || out->port <= 0 ||
+          out->port > 65535) {
+        return bad(absl::StrCat("the port of '", text, "' must be 1..65535"));
+      }
+    }
+    if (host.empty()) return bad(absl::StrCat("no host in '", text, "'"));
+    out->host = std::string(host);
+    return absl::OkStatus();
+  };
+  redis::RedisClientOptions options;
+  if (absl::StartsWith(url, "redis-cluster://")) {
+    return bad(
+        "Cluster is not built yet; give redis://HOST:PORT or "
+        "redis-sentinel://HOST:PORT[,HOST:PORT...]/MASTERNAME");
   }
-  if (!absl::StartsWith(url, kScheme)) return bad("expected redis://HOST[:PORT]");
+  if (absl::StartsWith(url, kSentinel)) {
+    absl::string_view rest = url.substr(kSentinel.size());
+    const size_t slash = rest.find('/');
+    if (slash == absl::string_view::npos || slash + 1 == rest.size()) {
+      return bad("no master name (redis-sentinel://HOST:PORT[,HOST:PORT...]/MASTERNAME)");
+    }
+    const absl::string_view name = rest.substr(slash + 1);
+    if (name.find_first_of("/@?, ") != absl::string_view::npos) {
+      return bad(absl::StrCat("bad master name '", name, "'"));
+    }
+    if (rest.substr(0, slash).find_first_of("@?") != absl::string_view::npos) {
+      return bad("a user or password is not supported");
+    }
+    for (absl::string_view s : absl::StrSplit(rest.substr(0, slash), ',')) {
+      redis::HostPort hp;
+      if (absl::Status st = host_port(s, 26379, &hp); !st.ok()) return st;
+      options.sentinels.push_back(std::move(hp));
+    }
+    options.master_name = std::string(name);
+    return options;
+  }
+  if (!absl::StartsWith(url, kScheme)) {
+    return bad(
+        "expected redis://HOST[:PORT] or "
+        "redis-sentinel://HOST:PORT[,HOST:PORT...]/MASTERNAME");
+  }
   absl::string_view rest = url.substr(kScheme.size());
   if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
   if (rest.find_first_of("/@?") != absl::string_view::npos) {
     return bad("a path, user or password is not supported (redis://HOST[:PORT])");
   }
-  redis::RedisClientOptions options;
-  absl::string_view host = rest;
-  const size_t colon = rest.rfind(':');
-  if (colon != absl::string_view::npos && rest.find(']') == absl::string_view::npos) {
-    host = rest.substr(0, colon);
-    if (!absl::SimpleAtoi(rest.substr(colon + 1), &options.port) || options.port <= 0 ||
-        options.port > 65535) {
-      return bad("the port must be 1..65535");
-    }
-  }
-  if (host.empty()) return bad("no host");
-  options.host = std::string(host);
+  redis::HostPort hp;
+  if (absl::Status st = host_port(rest, 6379, &hp); !st.ok()) return st;
+  options.host = hp.host;
+  options.port = hp.port;
   return options;
 }
 
@@ -83,10 +122,32 @@ absl::StatusOr<std::unique_ptr<RedisBackend>> RedisBackend::Create(const Policy&
   if (!client_options.ok()) return client_options.status();
   absl::StatusOr<std::shared_ptr<const Compiled>> compiled = Compile(policy);
   if (!compiled.ok()) return compiled.status();
+  if (options.wait_replicas < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--redis_wait_replicas=", options.wait_replicas, " must be 0 or more"));
+  }
+  if (options.wait_replicas > 0 && options.wait_timeout < absl::Milliseconds(1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--redis_wait_timeout=", absl::FormatDuration(options.wait_timeout),
+                     " must be at least 1ms (WAIT 0 would wait for ever)"));
+  }
   client_options->connections = options.connections;
   client_options->call_timeout = options.call_timeout;
-  const std::string description =
-      absl::StrCat("redis://", client_options->host, ":", client_options->port);
+  std::string description;
+  if (client_options->sentinels.empty()) {
+    description = absl::StrCat("redis://", client_options->host, ":", client_options->port);
+  } else {
+    description = absl::StrCat("redis-sentinel://",
+                               absl::StrJoin(client_options->sentinels, ",",
+                                             [](std::string* out, const redis::HostPort& hp) {
+                                               out->append(hp.ToString());
+                                             }),
+                               "/", client_options->master_name);
+  }
+  if (options.wait_replicas > 0) {
+    absl::StrAppend(&description, " (WAIT ", options.wait_replicas, " replica(s), ",
+                    absl::FormatDuration(options.wait_timeout), ")");
+  }
   absl::StatusOr<std::unique_ptr<redis::RedisClient>> client =
       redis::RedisClient::Create(*client_options);
   if (!client.ok()) return client.status();
@@ -108,12 +169,15 @@ RedisBackend::RedisBackend(Clock* clock, RedisBackendOptions options, std::strin
       options_(std::move(options)),
       description_(std::move(description)),
       client_(std::move(client)),
-      functions_(client_.get(), [clock] { return clock->Now(); }) {}
+      functions_(
+          client_.get(), [clock] { return clock->Now(); },
+          redis::WaitPolicy{options_.wait_replicas, options_.wait_timeout}) {}
 
 RedisBackend::~RedisBackend() = default;
 
 bool RedisBackend::serving() const {
-  return client_->connected() > 0 && library_loaded_.load(std::memory_order_acquire);
+  return client_->connected() > 0 && library_loaded_.load(std::memory_order_acquire) &&
+         replicas_enough_.load(std::memory_order_acquire);
 }
 
 bool RedisBackend::CheckHealth() {
@@ -125,6 +189,16 @@ bool RedisBackend::CheckHealth() {
   if (!library_loaded_.load(std::memory_order_acquire)) {
     absl::StatusOr<int> version = functions_.EnsureLoaded(options_.call_timeout * 2);
     library_loaded_.store(version.ok(), std::memory_order_release);
+  }
+  if (options_.wait_replicas > 0) {
+    // With WAIT, a primary with fewer replicas than asked for can grant nothing: say so
+    // (NOT_SERVING, decisions refused at once) instead of timing out every call.
+    absl::StatusOr<redis::Reply> role = client_->CallSync({"ROLE"});
+    const bool enough =
+        role.ok() && role->type == redis::Reply::Type::kArray && role->elements.size() >= 3 &&
+        role->elements[2].type == redis::Reply::Type::kArray &&
+        static_cast<int>(role->elements[2].elements.size()) >= options_.wait_replicas;
+    replicas_enough_.store(enough, std::memory_order_release);
   }
   return serving();
 }
@@ -211,8 +285,11 @@ WaitTicket RedisBackend::AcquireOrWait(const AcquireRequest&, absl::Duration, in
 void RedisBackend::AcquireShared(const AcquireRequest& req, const SharedRequestId& request_id,
                                  DecisionCallback done) {
   if (!serving()) {
-    done(absl::UnavailableError(absl::StrCat("shared store ", description_,
-                                             " is unreachable: nothing was granted")));
+    done(absl::UnavailableError(
+        absl::StrCat("shared store ", description_,
+                     replicas_enough_.load(std::memory_order_acquire)
+                         ? " is unreachable: nothing was granted"
+                         : " has fewer replicas connected than WAIT needs: nothing was granted")));
     return;
   }
   absl::StatusOr<Plan> plan = PlanFor(*compiled(), req.credential, req.feature, req.scope);

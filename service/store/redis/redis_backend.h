@@ -38,7 +38,9 @@
 namespace quotad {
 
 struct RedisBackendOptions {
-  // redis://HOST[:PORT] (port 6379 when left out).
+  // redis://HOST[:PORT] (port 6379 when left out), or
+  // redis-sentinel://HOST[:PORT][,HOST[:PORT]...]/MASTERNAME (sentinels, port 26379 when left
+  // out): the primary is the one the sentinels name, followed through a failover.
   std::string url;
   // Connections to Redis (calls are pipelined over them) and the time a call may take.
   int connections = 2;
@@ -47,12 +49,20 @@ struct RedisBackendOptions {
   absl::Duration dedup_window = absl::Minutes(10);
   // Create() waits this long for Redis before it starts anyway, NOT_SERVING until reachable.
   absl::Duration connect_wait = absl::Seconds(2);
+  // > 0: a grant (and a renewal) is answered only once this many replicas acknowledged it
+  // (WAIT, pipelined after the FCALL); fewer within wait_timeout: UNAVAILABLE, nothing handed
+  // out (see redis::WaitPolicy).
+  int wait_replicas = 0;
+  absl::Duration wait_timeout = absl::Milliseconds(100);
 };
 
-// Parses --redis: redis://HOST[:PORT]. kInvalidArgument naming the URL otherwise (and saying
-// that redis-sentinel:// and redis-cluster:// are not built yet).
+// Parses --redis: redis://HOST[:PORT] or redis-sentinel://HOST[:PORT][,...]/MASTERNAME.
+// kInvalidArgument naming the URL and the bad part otherwise (redis-cluster:// is not built).
 absl::StatusOr<redis::RedisClientOptions> ParseRedisUrl(absl::string_view url);
 
+// Sentinel mode: the client follows a failover by itself (redis_client.h); while no primary is
+// up, serving() is false (health NOT_SERVING) and every decision is kUnavailable.
+//
 // Thread-safe. Owns its client (and its event-loop thread, which answers AcquireShared);
 // does not own `clock`, which must outlive *this. Release, Renew, Report and FindLease block
 // until Redis answers (at most call_timeout each). Fails closed: while Redis cannot be
@@ -65,12 +75,16 @@ class RedisBackend final : public QuotaBackend {
                                                               RedisBackendOptions options);
   ~RedisBackend() override;
 
-  // Whether a connection is up and the function library is loaded; after a reconnect, loads
-  // the library again if Redis lost it (a restart without persistence). Blocks (at most a few
+  // Whether a connection is up and the function library is loaded (and, with WAIT, the primary
+  // has at least wait_replicas replicas connected, per ROLE); after a reconnect, loads the
+  // library again if Redis lost it (a restart without persistence). Blocks (at most a few
   // call timeouts): call it from a background thread, not from a completion-queue thread.
   bool CheckHealth();
-  // "redis://host:port", for logs.
+  // "redis://host:port" or "redis-sentinel://host:port,.../name", plus the WAIT setting.
   const std::string& description() const { return description_; }
+  // Where decisions go now (Sentinel: the primary last named), and how often it changed.
+  std::string primary() const { return client_->primary().ToString(); }
+  int failovers() const { return client_->failovers(); }
 
   bool shared() const override { return true; }
   bool serving() const override;
@@ -131,6 +145,8 @@ class RedisBackend final : public QuotaBackend {
   const RedisBackendOptions options_;
   const std::string description_;
   std::atomic<bool> library_loaded_{false};
+  // wait_replicas > 0: the primary had that many replicas connected at the last CheckHealth.
+  std::atomic<bool> replicas_enough_{true};
   mutable absl::Mutex mu_;
   std::shared_ptr<const Compiled> compiled_ ABSL_GUARDED_BY(mu_);
   const std::unique_ptr<redis::RedisClient> client_;

@@ -1,35 +1,18 @@
 #include "service/store/redis/redis_client.h"
 
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
-#include <sys/epoll.h>
-#include <sys/eventfd.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <chrono>
-#include <cstring>
-#include <queue>
-#include <thread>
 #include <utility>
 
-#include "absl/base/thread_annotations.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "service/store/redis/redis_client_loop.h"
 
 namespace quotad {
 namespace redis {
-namespace {
-
-using SteadyClock = std::chrono::steady_clock;
-using TimePoint = SteadyClock::time_point;
-
-SteadyClock::duration ToSteady(absl::Duration d) {
-  return std::chrono::duration_cast<SteadyClock::duration>(absl::ToChronoNanoseconds(d));
-}
 
 Reply Convert(const redisReply* r) {
   Reply out;
@@ -62,27 +45,20 @@ Reply Convert(const redisReply* r) {
   return out;
 }
 
-// One call in flight. Answered once: by its reply, its timeout or the shutdown, whichever
-// comes first (the later ones find `finished`). Touched only on the loop thread.
-struct Pending {
-  ReplyCallback done;
-  bool finished = false;
-};
-
-void Finish(Pending& p, absl::StatusOr<Reply> result) {
-  if (p.finished) return;
-  p.finished = true;
-  p.done(std::move(result));
-  p.done = nullptr;  // release what the callback captured
+bool NotAPrimaryNow(const redisReply* r) {
+  if (r->type != REDIS_REPLY_ERROR) return false;
+  const absl::string_view e(r->str, r->len);
+  for (absl::string_view prefix : {"READONLY", "LOADING", "NOREPLICAS", "MASTERDOWN"}) {
+    if (absl::StartsWith(e, prefix)) return true;
+  }
+  return false;
 }
 
-struct Submission {
-  std::vector<std::string> args;
-  ReplyCallback done;
-  absl::Duration timeout;
-};
-
-}  // namespace
+bool IsMasterRole(const redisReply* r) {
+  return r != nullptr && r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+         (r->element[0]->type == REDIS_REPLY_STRING || r->element[0]->type == REDIS_REPLY_STATUS) &&
+         absl::string_view(r->element[0]->str, r->element[0]->len) == "master";
+}
 
 std::string Reply::DebugString() const {
   switch (type) {
@@ -104,358 +80,206 @@ std::string Reply::DebugString() const {
 
 // The event loop: owns the hiredis contexts, the epoll set and the thread. Calls cross from
 // other threads through `queue_` and an eventfd; everything else is touched by the loop thread
-// only.
-class RedisClient::Loop {
- public:
-  explicit Loop(RedisClientOptions options) : options_(std::move(options)) {}
-  ~Loop() {
-    if (epfd_ >= 0) close(epfd_);
-    if (evfd_ >= 0) close(evfd_);
-  }
 
-  absl::Status Start() {
-    epfd_ = epoll_create1(EPOLL_CLOEXEC);
-    evfd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (epfd_ < 0 || evfd_ < 0) {
-      return absl::InternalError(absl::StrCat("epoll/eventfd: ", strerror(errno)));
-    }
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.ptr = nullptr;  // the wake-up fd
-    if (epoll_ctl(epfd_, EPOLL_CTL_ADD, evfd_, &ev) != 0) {
-      return absl::InternalError(absl::StrCat("epoll_ctl: ", strerror(errno)));
-    }
-    const int n = std::max(1, options_.connections);
-    for (int i = 0; i < n; ++i) {
-      auto conn = std::make_unique<Conn>();
-      conn->loop = this;
-      conn->backoff = options_.min_backoff;
-      conns_.push_back(std::move(conn));
-    }
-    thread_ = std::thread([this] { Run(); });
-    return absl::OkStatus();
-  }
+// The loop's call writing (redis_client_loop.h), out of line.
 
-  void Stop() {
-    {
-      absl::MutexLock lock(&mu_);
-      stop_ = true;
-    }
-    Wake();
-    if (thread_.joinable()) thread_.join();
+void RedisClient::Loop::WriteWaitCall(Conn& c, const std::vector<std::string>& args,
+                                      std::shared_ptr<Pending> p, int replicas, int64_t ms) {
+  if (c.wait_group == nullptr) {
+    c.wait_group = std::make_unique<WaitGroup>();
+    c.wait_group->conn = &c;
+    c.wait_group->replicas = replicas;
+    c.wait_group->ms = ms;
   }
+  if (!WriteCommand(c, args, p)) return;
+  c.wait_group->calls.push_back(std::move(p));
+}
 
-  void Submit(Submission s) {
-    bool stopped;
-    {
-      absl::MutexLock lock(&mu_);
-      stopped = stop_;
-      if (!stopped) queue_.push_back(std::move(s));
-    }
-    if (stopped) {
-      s.done(absl::CancelledError("redis client is shutting down"));
-      return;
-    }
-    Wake();
+bool RedisClient::Loop::WriteCommand(Conn& c, const std::vector<std::string>& args,
+                                     const std::shared_ptr<Pending>& p) {
+  std::vector<const char*> argv;
+  std::vector<size_t> lens;
+  for (const std::string& a : args) {
+    argv.push_back(a.data());
+    lens.push_back(a.size());
   }
-
-  int connected() const {
-    absl::MutexLock lock(&mu_);
-    return connected_;
-  }
-
-  bool WaitConnected(absl::Duration timeout) const {
-    absl::MutexLock lock(&mu_);
-    auto up = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return connected_ > 0; };
-    return mu_.AwaitWithTimeout(absl::Condition(&up), timeout);
-  }
-
-  const RedisClientOptions& options() const { return options_; }
-
- private:
-  // One connection slot: at most one hiredis context at a time, replaced on reconnect.
-  struct Conn {
-    Loop* loop = nullptr;
-    redisAsyncContext* ac = nullptr;  // owned by hiredis once connecting; nullptr when down
-    bool up = false;
-    int fd = -1;
-    bool registered = false;  // fd in the epoll set
-    uint32_t events = 0;
-    TimePoint retry_at{};           // when down: next attempt
-    TimePoint connect_deadline{};   // when connecting
-    absl::Duration backoff;
-  };
-
-  void Wake() {
-    const uint64_t one = 1;
-    [[maybe_unused]] ssize_t n = write(evfd_, &one, sizeof(one));
-  }
-
-  // hiredis's event hooks (the adapter): keep the fd's epoll interest in step.
-  static void UpdateInterest(Conn* c, uint32_t events) {
-    if (c->ac == nullptr) return;
-    epoll_event ev{};
-    ev.events = events;
-    ev.data.ptr = c;
-    const int op = c->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
-    if (epoll_ctl(c->loop->epfd_, op, c->fd, &ev) == 0) {
-      c->registered = true;
-      c->events = events;
-    }
-  }
-  static void AddRead(void* p) {
-    auto* c = static_cast<Conn*>(p);
-    UpdateInterest(c, c->events | EPOLLIN);
-  }
-  static void DelRead(void* p) {
-    auto* c = static_cast<Conn*>(p);
-    UpdateInterest(c, c->events & ~EPOLLIN);
-  }
-  static void AddWrite(void* p) {
-    auto* c = static_cast<Conn*>(p);
-    UpdateInterest(c, c->events | EPOLLOUT);
-  }
-  static void DelWrite(void* p) {
-    auto* c = static_cast<Conn*>(p);
-    UpdateInterest(c, c->events & ~EPOLLOUT);
-  }
-  static void Cleanup(void* p) {
-    auto* c = static_cast<Conn*>(p);
-    if (c->registered) epoll_ctl(c->loop->epfd_, EPOLL_CTL_DEL, c->fd, nullptr);
-    c->registered = false;
-    c->events = 0;
-  }
-
-  static void OnConnect(const redisAsyncContext* ac, int status) {
-    auto* c = static_cast<Conn*>(ac->data);
-    if (status != REDIS_OK) {  // hiredis frees the context after this returns
-      c->ac = nullptr;
-      c->loop->ScheduleRetry(*c);
-      return;
-    }
-    c->up = true;
-    c->backoff = c->loop->options_.min_backoff;
-    absl::MutexLock lock(&c->loop->mu_);
-    ++c->loop->connected_;
-  }
-
-  static void OnDisconnect(const redisAsyncContext* ac, int status) {
-    auto* c = static_cast<Conn*>(ac->data);
-    c->ac = nullptr;  // freed by hiredis after this returns
-    if (c->up) {
-      c->up = false;
-      absl::MutexLock lock(&c->loop->mu_);
-      --c->loop->connected_;
-    }
-    c->retry_at = SteadyClock::now();  // try again at once; back off if that fails
-  }
-
-  static void OnReply(redisAsyncContext* ac, void* r, void* privdata) {
-    auto* holder = static_cast<std::shared_ptr<Pending>*>(privdata);
-    std::shared_ptr<Pending> p = std::move(*holder);
+  auto* holder = new std::shared_ptr<Pending>(p);
+  if (c.ac == nullptr || redisAsyncCommandArgv(c.ac, OnReply, holder, static_cast<int>(argv.size()),
+                                               argv.data(), lens.data()) != REDIS_OK) {
     delete holder;
-    auto* c = static_cast<Conn*>(ac->data);
-    if (r == nullptr) {
-      Finish(*p, c->loop->stopping_
-                     ? absl::CancelledError("redis client is shutting down")
-                     : absl::UnavailableError("redis connection lost before the reply"));
-      return;
-    }
-    Finish(*p, Convert(static_cast<redisReply*>(r)));
+    Finish(*p, absl::UnavailableError("redis connection is closing"));
+    return false;
   }
+  return true;
+}
 
-  void ScheduleRetry(Conn& c) {
-    c.retry_at = SteadyClock::now() + ToSteady(c.backoff);
-    c.backoff = std::min(c.backoff * 2, options_.max_backoff);
+void RedisClient::Loop::FlushWait(Conn& c) {
+  if (c.wait_group == nullptr || c.wait_outstanding) return;
+  WaitGroup* g = c.wait_group.release();
+  if (c.ac == nullptr || redisAsyncCommand(c.ac, OnWaitReply, g, "WAIT %d %lld", g->replicas,
+                                           static_cast<long long>(g->ms)) != REDIS_OK) {
+    OnWaitReply(nullptr, nullptr, g);
+    return;
   }
+  c.wait_outstanding = true;
+}
 
-  void Connect(Conn& c) {
-    redisAsyncContext* ac = redisAsyncConnect(options_.host.c_str(), options_.port);
-    if (ac == nullptr || ac->err != 0) {
-      if (ac != nullptr) redisAsyncFree(ac);
-      ScheduleRetry(c);
-      return;
-    }
-    ac->data = &c;
-    ac->ev.data = &c;
-    ac->ev.addRead = AddRead;
-    ac->ev.delRead = DelRead;
-    ac->ev.addWrite = AddWrite;
-    ac->ev.delWrite = DelWrite;
-    ac->ev.cleanup = Cleanup;
-    redisAsyncSetConnectCallback(ac, OnConnect);
-    redisAsyncSetDisconnectCallback(ac, OnDisconnect);
-    c.ac = ac;
-    c.fd = ac->c.fd;
-    c.connect_deadline = SteadyClock::now() + ToSteady(options_.connect_timeout);
-    UpdateInterest(&c, EPOLLIN | EPOLLOUT);  // writable: the connect finished
-  }
-
-  Conn* PickConn() {
-    for (size_t i = 0; i < conns_.size(); ++i) {
-      Conn* c = conns_[(rr_ + i) % conns_.size()].get();
-      if (c->up && c->ac != nullptr) {
-        rr_ = (rr_ + i + 1) % conns_.size();
-        return c;
-      }
-    }
-    return nullptr;
-  }
-
-  void Dispatch(Submission s) {
-    Conn* c = PickConn();
-    if (c == nullptr) {
-      s.done(absl::UnavailableError("redis is unreachable"));
-      return;
-    }
-    auto p = std::make_shared<Pending>();
-    p->done = std::move(s.done);
-    std::vector<const char*> argv;
-    std::vector<size_t> lens;
-    argv.reserve(s.args.size());
-    lens.reserve(s.args.size());
-    for (const std::string& a : s.args) {
-      argv.push_back(a.data());
-      lens.push_back(a.size());
-    }
-    auto* holder = new std::shared_ptr<Pending>(p);
-    if (redisAsyncCommandArgv(c->ac, OnReply, holder, static_cast<int>(argv.size()), argv.data(),
-                              lens.data()) != REDIS_OK) {
-      delete holder;
-      Finish(*p, absl::UnavailableError("redis connection is closing"));
-      return;
-    }
-    const absl::Duration timeout =
-        s.timeout > absl::ZeroDuration() ? s.timeout : options_.call_timeout;
-    timers_.push({SteadyClock::now() + ToSteady(timeout), std::move(p)});
-  }
-
-  void Run() {
-    for (auto& c : conns_) Connect(*c);
-    std::vector<epoll_event> events(64);
-    while (true) {
-      // Calls submitted since the last round.
-      std::vector<Submission> batch;
-      bool stop;
-      {
-        absl::MutexLock lock(&mu_);
-        batch.swap(queue_);
-        stop = stop_;
-      }
-      if (stop) {
-        for (Submission& s : batch) s.done(absl::CancelledError("redis client is shutting down"));
-        break;
-      }
-      for (Submission& s : batch) Dispatch(std::move(s));
-      // Write what was just queued without another trip through epoll.
-      for (auto& c : conns_) {
-        if (c->ac != nullptr && c->up && (c->events & EPOLLOUT)) redisAsyncHandleWrite(c->ac);
-      }
-
-      const int n = epoll_wait(epfd_, events.data(), static_cast<int>(events.size()),
-                               NextWaitMs());
-      for (int i = 0; i < n; ++i) {
-        auto* c = static_cast<Conn*>(events[i].data.ptr);
-        if (c == nullptr) {
-          uint64_t v;
-          [[maybe_unused]] ssize_t r = read(evfd_, &v, sizeof(v));
-          continue;
-        }
-        const uint32_t ev = events[i].events;
-        if (c->ac != nullptr && (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))) {
-          redisAsyncHandleRead(c->ac);
-        }
-        if (c->ac != nullptr && (ev & EPOLLOUT)) redisAsyncHandleWrite(c->ac);
-      }
-      const TimePoint now = SteadyClock::now();
-      while (!timers_.empty() && (timers_.top().p->finished || timers_.top().at <= now)) {
-        std::shared_ptr<Pending> p = timers_.top().p;
-        timers_.pop();
-        Finish(*p, absl::DeadlineExceededError("no reply from redis within the call's timeout"));
-      }
-      for (auto& c : conns_) {
-        if (c->ac == nullptr && now >= c->retry_at) {
-          Connect(*c);
-        } else if (c->ac != nullptr && !c->up && now >= c->connect_deadline) {
-          redisAsyncFree(c->ac);  // not connected: no call is queued, no callback runs
-          c->ac = nullptr;
-          ScheduleRetry(*c);
-        }
-      }
-    }
-    // Shutdown: every call still pending is answered kCancelled.
-    stopping_ = true;
-    for (auto& c : conns_) {
-      if (c->ac != nullptr) redisAsyncFree(c->ac);  // answers its calls with NULL replies
-    }
-    while (!timers_.empty()) {
-      Finish(*timers_.top().p, absl::CancelledError("redis client is shutting down"));
-      timers_.pop();
-    }
-    std::vector<Submission> rest;
-    {
-      absl::MutexLock lock(&mu_);
-      rest.swap(queue_);
-    }
-    for (Submission& s : rest) s.done(absl::CancelledError("redis client is shutting down"));
-  }
-
-  // Milliseconds until the next timer, reconnect or connect deadline (rounded up).
-  int NextWaitMs() const {
-    TimePoint next = SteadyClock::now() + std::chrono::seconds(1);
-    if (!timers_.empty()) next = std::min(next, timers_.top().at);
-    for (const auto& c : conns_) {
-      if (c->ac == nullptr) next = std::min(next, c->retry_at);
-      if (c->ac != nullptr && !c->up) next = std::min(next, c->connect_deadline);
-    }
-    const auto wait = next - SteadyClock::now();
-    if (wait <= SteadyClock::duration::zero()) return 0;
-    return static_cast<int>(
-        std::chrono::duration_cast<std::chrono::milliseconds>(wait + std::chrono::microseconds(999))
-            .count());
-  }
-
-  struct Timer {
-    TimePoint at;
-    std::shared_ptr<Pending> p;
-    bool operator>(const Timer& o) const { return at > o.at; }
+void RedisClient::Loop::OnWaitReply(redisAsyncContext*, void* r, void* privdata) {
+  std::unique_ptr<WaitGroup> g(static_cast<WaitGroup*>(privdata));
+  Conn& c = *g->conn;
+  Loop& loop = *c.loop;
+  c.wait_outstanding = false;
+  auto lost = [&](absl::string_view what) {
+    return loop.stopping_ ? absl::CancelledError("redis client is shutting down")
+                          : absl::UnavailableError(what);
   };
+  for (std::shared_ptr<Pending>& p : g->calls) {
+    if (p->finished) continue;
+    if (r == nullptr || p->parts.size() != 1) {
+      Finish(*p, lost("redis connection lost before WAIT's reply"));
+      continue;
+    }
+    Reply all;
+    all.type = Reply::Type::kArray;
+    all.elements = std::move(p->parts);
+    all.elements.push_back(Convert(static_cast<redisReply*>(r)));
+    Finish(*p, std::move(all));
+  }
+  std::vector<Held> held;
+  held.swap(c.held);
+  size_t i = 0;
+  for (; r != nullptr && i < held.size(); ++i) {
+    Held& h = held[i];
+    if (h.p->finished) continue;  // timed out while held
+    if (c.wait_group != nullptr &&
+        (c.wait_group->replicas != h.replicas || c.wait_group->ms != h.ms)) {
+      break;  // another WAIT setting: the group after this one
+    }
+    loop.WriteWaitCall(c, h.args, h.p, h.replicas, h.ms);
+  }
+  if (r == nullptr) {
+    for (Held& h : held) Finish(*h.p, lost("redis connection lost; the call was not sent"));
+    return;
+  }
+  loop.FlushWait(c);
+  for (; i < held.size(); ++i) c.held.push_back(std::move(held[i]));
+}
 
-  const RedisClientOptions options_;
-  int epfd_ = -1;
-  int evfd_ = -1;
-  std::thread thread_;
-
-  mutable absl::Mutex mu_;
-  std::vector<Submission> queue_ ABSL_GUARDED_BY(mu_);
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  int connected_ ABSL_GUARDED_BY(mu_) = 0;
-
-  // Loop thread only.
-  std::vector<std::unique_ptr<Conn>> conns_;
-  std::priority_queue<Timer, std::vector<Timer>, std::greater<Timer>> timers_;
-  size_t rr_ = 0;
-  bool stopping_ = false;
-};
+void RedisClient::Loop::Dispatch(Submission s) {
+  Conn* c = PickConn();
+  if (c == nullptr) {
+    s.done(absl::UnavailableError(port_ == 0 ? "no redis primary is known (Sentinel)"
+                                             : "redis is unreachable"));
+    return;
+  }
+  auto p = std::make_shared<Pending>();
+  p->done = std::move(s.done);
+  const absl::Duration timeout =
+      s.timeout > absl::ZeroDuration() ? s.timeout : options_.call_timeout;
+  timers_.push({SteadyClock::now() + ToSteady(timeout), p});
+  if (s.wait_replicas > 0) {
+    p->expected = 2;  // the command's reply, then the group's WAIT (OnWaitReply)
+    const bool other_setting =
+        c->wait_group != nullptr &&
+        (c->wait_group->replicas != s.wait_replicas || c->wait_group->ms != s.wait_ms);
+    if (c->wait_outstanding || other_setting) {
+      FlushWait(*c);
+      c->held.push_back({std::move(s.commands[0]), p, s.wait_replicas, s.wait_ms});
+    } else {
+      WriteWaitCall(*c, s.commands[0], p, s.wait_replicas, s.wait_ms);
+    }
+    return;
+  }
+  if (s.pipeline) p->expected = s.commands.size();
+  for (const std::vector<std::string>& args : s.commands) {
+    // On failure the commands already written are answered to a finished call.
+    if (!WriteCommand(*c, args, p)) return;
+  }
+}
 
 absl::StatusOr<std::unique_ptr<RedisClient>> RedisClient::Create(RedisClientOptions options) {
-  if (options.port <= 0 || options.port > 65535) {
+  const bool sentinel = !options.sentinels.empty();
+  if (!sentinel && (options.port <= 0 || options.port > 65535)) {
     return absl::InvalidArgumentError(absl::StrCat("bad redis port ", options.port));
   }
-  auto loop = std::make_unique<Loop>(std::move(options));
+  if (sentinel && options.master_name.empty()) {
+    return absl::InvalidArgumentError("Sentinel mode needs the master's name");
+  }
+  auto loop = std::make_unique<Loop>(options);
+  std::unique_ptr<SentinelWatcher> watcher;
+  if (sentinel) {
+    Loop* l = loop.get();
+    SentinelOptions so;
+    so.sentinels = options.sentinels;
+    so.master_name = options.master_name;
+    so.timeout = std::min(options.connect_timeout, absl::Milliseconds(500));
+    so.min_backoff = options.min_backoff;
+    so.max_backoff = options.max_backoff;
+    watcher = std::make_unique<SentinelWatcher>(
+        std::move(so), [l](const HostPort& hp) { l->SetTarget(hp); },
+        [l] { return l->connected() > 0; });
+    SentinelWatcher* w = watcher.get();
+    loop->set_on_trouble([w] { w->Trigger(); });
+  } else {
+    loop->SetTarget({options.host, options.port});
+  }
   absl::Status s = loop->Start();
   if (!s.ok()) return s;
-  return std::unique_ptr<RedisClient>(new RedisClient(std::move(loop)));
+  std::unique_ptr<RedisClient> client(new RedisClient(std::move(loop)));
+  client->watcher_ = std::move(watcher);
+  if (client->watcher_ != nullptr) client->watcher_->Start();
+  return client;
 }
 
 RedisClient::RedisClient(std::unique_ptr<Loop> loop) : loop_(std::move(loop)) {}
 
-RedisClient::~RedisClient() { loop_->Stop(); }
+RedisClient::~RedisClient() {
+  if (watcher_ != nullptr) watcher_->Stop();  // no SetTarget after this
+  loop_->Stop();
+}
 
 void RedisClient::Call(std::vector<std::string> args, ReplyCallback done,
                        absl::Duration timeout) {
-  loop_->Submit(Submission{std::move(args), std::move(done), timeout});
+  Submission s;
+  s.commands.push_back(std::move(args));
+  s.done = std::move(done);
+  s.timeout = timeout;
+  loop_->Submit(std::move(s));
 }
+
+void RedisClient::CallPipeline(std::vector<std::vector<std::string>> commands, ReplyCallback done,
+                               absl::Duration timeout) {
+  if (commands.empty()) {
+    done(absl::InvalidArgumentError("an empty pipeline"));
+    return;
+  }
+  Submission s;
+  s.commands = std::move(commands);
+  s.pipeline = true;
+  s.done = std::move(done);
+  s.timeout = timeout;
+  loop_->Submit(std::move(s));
+}
+
+void RedisClient::CallThenWait(std::vector<std::string> args, int replicas,
+                               absl::Duration wait_timeout, ReplyCallback done,
+                               absl::Duration timeout) {
+  Submission s;
+  s.commands.push_back(std::move(args));
+  s.wait_replicas = std::max(1, replicas);
+  // Whole milliseconds, rounded up, at least 1 (WAIT 0 would wait for ever).
+  s.wait_ms = std::max<int64_t>(
+      1, absl::ToInt64Milliseconds(absl::Ceil(wait_timeout, absl::Milliseconds(1))));
+  s.done = std::move(done);
+  s.timeout = timeout;
+  loop_->Submit(std::move(s));
+}
+
+HostPort RedisClient::primary() const { return loop_->target(); }
+
+int RedisClient::failovers() const { return watcher_ != nullptr ? watcher_->switches() : 0; }
+
+const RedisClientOptions& RedisClient::options() const { return loop_->options(); }
 
 absl::StatusOr<Reply> RedisClient::CallSync(std::vector<std::string> args,
                                             absl::Duration timeout) {

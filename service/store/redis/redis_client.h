@@ -2,7 +2,10 @@
 #define QUOTAD_SERVICE_STORE_REDIS_REDIS_CLIENT_H_
 
 // An asynchronous, pipelined Redis client on hiredis 0.14: a few connections shared by every
-// caller, one event-loop thread (epoll) that writes the calls and reads the replies.
+// caller, one event-loop thread (epoll) that writes the calls and reads the replies. It talks to
+// a primary only: each connection answers ROLE "master" before it carries a call, and in
+// Sentinel mode the primary's address comes from the sentinels (redis_sentinel.h) and follows a
+// failover.
 
 #include <cstdint>
 #include <memory>
@@ -13,6 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "service/store/redis/redis_sentinel.h"
 
 namespace quotad {
 namespace redis {
@@ -33,7 +37,9 @@ struct Reply {
 // Answers one call, exactly once, on the client's event-loop thread: it must not block (hand
 // slow work to another thread) and may issue more calls. Non-OK statuses:
 //   kUnavailable       no connection is up, or the connection broke before the reply (the call
-//                      may or may not have run);
+//                      may or may not have run), or the server answered -READONLY (a primary
+//                      demoted to replica: nothing was written), -LOADING (not ready yet),
+//                      -NOREPLICAS or -MASTERDOWN (writes refused);
 //   kDeadlineExceeded  no reply within the call's timeout (it may still run);
 //   kCancelled         the client was destroyed first.
 using ReplyCallback = absl::AnyInvocable<void(absl::StatusOr<Reply>)>;
@@ -41,6 +47,12 @@ using ReplyCallback = absl::AnyInvocable<void(absl::StatusOr<Reply>)>;
 struct RedisClientOptions {
   std::string host = "127.0.0.1";
   int port = 6379;
+  // Sentinel mode when non-empty: `host` and `port` are ignored; the primary is the address these
+  // sentinels name for `master_name`, asked again on trouble (see SentinelWatcher).
+  std::vector<HostPort> sentinels;
+  std::string master_name;
+  // CLIENT SETNAME of every connection (CLIENT LIST shows who is connected); empty: none.
+  std::string client_name = "quotad";
   // Connections kept open; calls go round-robin over those that are up, pipelined.
   int connections = 2;
   // Default time a call waits for its reply.
@@ -55,9 +67,13 @@ struct RedisClientOptions {
 
 // Thread-safe: any thread may call Call(). Callbacks run on the event-loop thread, which the
 // client owns and joins in its destructor; calls still pending then are answered kCancelled.
-// Fails closed: while no connection is up, calls are answered kUnavailable at once (nothing is
-// queued for later); connections are retried in the background with back-off. Timeouts are
-// measured on the monotonic clock (this is I/O, not the ledger's time).
+// Fails closed: while no connection to a primary is up, calls are answered kUnavailable at once
+// (nothing is queued for later); connections are retried in the background with back-off. A
+// connection counts as up only once ROLE answered "master"; one that answers -READONLY is
+// dropped. When the primary's address changes (Sentinel), every connection to the old one is
+// dropped (its pending calls: kUnavailable) before any call goes to the new one. Timeouts are
+// measured on the monotonic clock (this is I/O, not the ledger's time). Owns its
+// SentinelWatcher (Sentinel mode).
 class RedisClient {
  public:
   // Starts the loop and the first connection attempts; does not wait for them (see
@@ -73,13 +89,35 @@ class RedisClient {
   void Call(std::vector<std::string> args, ReplyCallback done,
             absl::Duration timeout = absl::ZeroDuration());
 
+  // Several commands written back to back on one connection (e.g. FCALL then WAIT, which
+  // waits for that connection's writes), answered once: a kArray Reply holding each command's
+  // reply in order. A transport failure of any answers the whole as Call() would.
+  void CallPipeline(std::vector<std::vector<std::string>> commands, ReplyCallback done,
+                    absl::Duration timeout = absl::ZeroDuration());
+
+  // Call() followed by WAIT `replicas` `wait_timeout` on the same connection, answered once
+  // with a kArray Reply: [the command's reply, WAIT's reply (the replicas that acknowledged)].
+  // A connection has at most one WAIT outstanding: the calls written to it before that WAIT
+  // share it (WAIT covers every write before it on its connection), and those that come while
+  // it is outstanding are held (Redis would not run them before it returns anyway) and then
+  // written together, behind one WAIT: one replica round trip per batch, not per call. A held
+  // call whose connection dies is answered kUnavailable unsent. `timeout` should allow for
+  // wait_timeout.
+  void CallThenWait(std::vector<std::string> args, int replicas, absl::Duration wait_timeout,
+                    ReplyCallback done, absl::Duration timeout = absl::ZeroDuration());
+
   // Call() and wait for the answer. Not from the event-loop thread (a callback): it would
   // wait for itself.
   absl::StatusOr<Reply> CallSync(std::vector<std::string> args,
                                  absl::Duration timeout = absl::ZeroDuration());
 
-  // Connections up now.
+  // Connections up now (to a primary that answered ROLE "master").
   int connected() const;
+  // The address calls go to (Sentinel mode: the primary last named; port 0 before the first).
+  HostPort primary() const;
+  // Sentinel mode: how often the primary changed since start. 0 otherwise.
+  int failovers() const;
+  const RedisClientOptions& options() const;
   // Waits until at least one connection is up, or `timeout`. False on timeout.
   bool WaitConnected(absl::Duration timeout) const;
 
@@ -87,6 +125,9 @@ class RedisClient {
 
  private:
   explicit RedisClient(std::unique_ptr<Loop> loop);
+  // Destroyed after loop_ (declared first): the loop may still report trouble to it while it
+  // stops. Both are stopped in the destructor, the watcher first.
+  std::unique_ptr<SentinelWatcher> watcher_;
   std::unique_ptr<Loop> loop_;
 };
 

@@ -1,5 +1,6 @@
 #include "service/store/redis/redis_functions.h"
 
+#include <algorithm>
 #include <memory>
 #include <utility>
 
@@ -262,9 +263,53 @@ absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply) {
   return bad();
 }
 
+std::vector<std::string> WaitCommand(const WaitPolicy& policy) {
+  const int64_t ms = std::max<int64_t>(
+      1, absl::ToInt64Milliseconds(absl::Ceil(policy.timeout, absl::Milliseconds(1))));
+  return {"WAIT", absl::StrCat(policy.replicas), absl::StrCat(ms)};
+}
+
 RedisFunctions::RedisFunctions(RedisClient* client,
-                               absl::AnyInvocable<absl::Time() const> clock_now)
-    : client_(client), clock_now_(std::move(clock_now)) {}
+                               absl::AnyInvocable<absl::Time() const> clock_now, WaitPolicy wait)
+    : client_(client), clock_now_(std::move(clock_now)), wait_(wait) {}
+
+void RedisFunctions::CallMaybeWaiting(
+    std::vector<std::string> args,
+    absl::AnyInvocable<void(absl::StatusOr<Reply>, int64_t acked)> done) {
+  if (wait_.replicas <= 0) {
+    client_->Call(std::move(args), [done = std::move(done)](absl::StatusOr<Reply> r) mutable {
+      done(std::move(r), -1);
+    });
+    return;
+  }
+  // One connection, FCALL then WAIT: WAIT covers this connection's writes, the FCALL's among
+  // them (one WAIT per batch of calls, see CallThenWait). The call may take WAIT's timeout on
+  // top of its own.
+  client_->CallThenWait(
+      std::move(args), wait_.replicas, wait_.timeout,
+      [done = std::move(done)](absl::StatusOr<Reply> r) mutable {
+        if (!r.ok()) {
+          done(std::move(r), 0);
+          return;
+        }
+        if (r->type != Reply::Type::kArray || r->elements.size() != 2) {
+          done(absl::InternalError(absl::StrCat("unexpected pipeline reply ", r->DebugString())),
+               0);
+          return;
+        }
+        const Reply& w = r->elements[1];
+        const int64_t acked = w.type == Reply::Type::kInteger ? w.integer : 0;
+        done(std::move(r->elements[0]), acked);
+      },
+      client_->options().call_timeout + wait_.timeout);
+}
+
+absl::Status RedisFunctions::CheckAcked(int64_t acked, absl::string_view what) const {
+  if (wait_.replicas <= 0 || acked >= wait_.replicas) return absl::OkStatus();
+  return absl::UnavailableError(absl::StrCat(
+      "only ", acked, " of ", wait_.replicas, " replica(s) acknowledged the ", what, " within ",
+      absl::FormatDuration(wait_.timeout), " (WAIT): not answered as durable"));
+}
 
 absl::StatusOr<int> RedisFunctions::EnsureLoaded(absl::Duration timeout) {
   const int mine = LibraryVersion();
@@ -297,9 +342,14 @@ void RedisFunctions::AcquireAround(std::shared_ptr<AcquireCall> call, absl::Time
     done(args.status());
     return;
   }
-  client_->Call(*std::move(args), [this, call, last_try, done = std::move(done)](
-                                      absl::StatusOr<Reply> reply) mutable {
+  CallMaybeWaiting(*std::move(args), [this, call, last_try, done = std::move(done)](
+                                         absl::StatusOr<Reply> reply, int64_t acked) mutable {
     absl::StatusOr<AcquireAnswer> a = ParseAcquire(reply);
+    if (a.ok() && a->granted) {
+      // Not durable enough: nothing handed out. A retry of its request_id answers this grant
+      // (and waits again); without one, its units stay charged until the lease's TTL.
+      if (absl::Status s = CheckAcked(acked, "grant"); !s.ok()) a = s;
+    }
     if (!last_try && absl::IsFailedPrecondition(a.status())) {
       // The caller's clock is off by more than a window: offer windows around Redis's time.
       AcquireAround(call, FromMicros(reply->elements[1].integer), true, std::move(done));
@@ -362,11 +412,19 @@ void RedisFunctions::Renew(RenewCall call,
     done(args.status());
     return;
   }
-  client_->Call(*std::move(args), [done = std::move(done)](absl::StatusOr<Reply> reply) mutable {
+  CallMaybeWaiting(*std::move(args), [this, done = std::move(done)](absl::StatusOr<Reply> reply,
+                                                                    int64_t acked) mutable {
     absl::StatusOr<std::vector<int64_t>> v = Integers(reply);
     if (!v.ok()) {
       done(v.status());
       return;
+    }
+    // A renewal a failover could lose would end the lease earlier than answered.
+    if ((*v)[0] == 1) {
+      if (absl::Status s = CheckAcked(acked, "renewal"); !s.ok()) {
+        done(s);
+        return;
+      }
     }
     RenewAnswer a;
     a.now = FromMicros((*v)[1]);

@@ -142,6 +142,16 @@ struct ReportAnswer {
   absl::Time cooldown_until = absl::InfinitePast();  // the latest cooldown now in force
 };
 
+// How many replicas must hold a decision before it is answered (WAIT, pipelined after the
+// FCALL on the same connection). replicas 0: answered as soon as the primary has it.
+struct WaitPolicy {
+  int replicas = 0;
+  absl::Duration timeout = absl::Milliseconds(100);  // WAIT's own timeout (at least 1 ms)
+};
+
+// The WAIT command of `policy` (timeout in whole milliseconds, rounded up, at least 1).
+std::vector<std::string> WaitCommand(const WaitPolicy& policy);
+
 // The argument lists, for callers that pipeline FCALLs themselves (and the benchmark).
 // Calendar windows are computed around `around` (the caller's clock): previous, current, next.
 absl::StatusOr<std::vector<std::string>> AcquireArgs(const AcquireCall& call, absl::Time around);
@@ -154,7 +164,15 @@ class RedisFunctions {
   // `clock_now` gives the caller's time, used only to compute calendar windows to offer (Redis
   // picks the one containing its own TIME; if none does, the call is repeated once with
   // windows around Redis's time).
-  RedisFunctions(RedisClient* client, absl::AnyInvocable<absl::Time() const> clock_now);
+  //
+  // With `wait.replicas` > 0, a grant (Acquire, a request_id's duplicate included) and a Renew
+  // are answered only once WAIT says that many replicas hold them; when fewer acknowledge within
+  // wait.timeout the answer is kUnavailable, nothing handed out (the charge may still be in
+  // Redis: an under-grant until the lease's TTL, or the first grant of its request_id for a
+  // retry, which waits again). Denials and Release are answered without waiting (losing them
+  // in a failover errs on the safe side).
+  RedisFunctions(RedisClient* client, absl::AnyInvocable<absl::Time() const> clock_now,
+                 WaitPolicy wait = {});
 
   // Loads the library when Redis has none or an older version (FUNCTION LOAD REPLACE); keeps
   // a newer one (another replica's). Blocking: for start-up. Returns the version in force.
@@ -177,8 +195,16 @@ class RedisFunctions {
   void ReportAround(std::shared_ptr<ReportCall> call, absl::Time around, bool last_try,
                     absl::AnyInvocable<void(absl::StatusOr<ReportAnswer>)> done);
 
+  // Sends `args` alone, or followed by WAIT (then `done` gets the FCALL's reply and the number
+  // of replicas that acknowledged; -1 without WAIT).
+  void CallMaybeWaiting(std::vector<std::string> args,
+                        absl::AnyInvocable<void(absl::StatusOr<Reply>, int64_t acked)> done);
+  // kUnavailable naming the shortfall when `acked` < wait_.replicas (and WAIT was asked for).
+  absl::Status CheckAcked(int64_t acked, absl::string_view what) const;
+
   RedisClient* const client_;
   absl::AnyInvocable<absl::Time() const> clock_now_;
+  const WaitPolicy wait_;
 };
 
 }  // namespace redis
