@@ -224,6 +224,20 @@ std::vector<LeaseInfo> Ledger::Leases(absl::string_view credential) {
   return out;
 }
 
+absl::flat_hash_map<std::string, int64_t> Ledger::LeaseCounts() {
+  const int64_t now = NowNs();
+  absl::flat_hash_map<const Credential*, int64_t> by_credential;
+  for (LeaseShard& shard : leases_->shards()) {
+    absl::MutexLock l(&shard.mu);
+    for (const auto& [id, rec] : shard.leases) {
+      if (rec.expiry_ns > now) ++by_credential[rec.credential];
+    }
+  }
+  absl::flat_hash_map<std::string, int64_t> out;
+  for (const auto& [credential, n] : by_credential) out[credential->name] += n;
+  return out;
+}
+
 std::optional<LeaseInfo> Ledger::FindLease(const LeaseId& id) {
   const int64_t now = NowNs();
   LeaseShard& shard = leases_->ShardFor(id);

@@ -264,8 +264,8 @@ void Metrics::Refresh(Ledger& ledger, absl::Time now) {
   const Policy policy = ledger.policy();
   absl::flat_hash_map<std::string, int64_t> leases;
   for (const CredentialSpec& c : policy.credentials) leases[c.name] = 0;
-  for (const LeaseInfo& l : ledger.Leases("")) {
-    if (auto it = leases.find(l.credential); it != leases.end()) ++it->second;
+  for (const auto& [credential, n] : ledger.LeaseCounts()) {
+    if (auto it = leases.find(credential); it != leases.end()) it->second += n;
   }
 
   absl::MutexLock lock(&refresh_mu_);

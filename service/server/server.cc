@@ -330,9 +330,11 @@ absl::StatusOr<std::unique_ptr<QuotadServer>> QuotadServer::Start(const ServerOp
       return absl::Status(s.code(),
                           absl::StrCat("state file ", options.state_path, ": ", s.message()));
     }
+    int64_t leases = 0;
+    for (const auto& [credential, n] : (*ledger)->LeaseCounts()) leases += n;
     Log(*ServerLogger(), spdlog::level::info, "state restored",
         {{"path", options.state_path},
-         {"leases", (*ledger)->Leases("").size()},
+         {"leases", leases},
          {"took", absl::FormatDuration(absl::Now() - began)}});
   }
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials =

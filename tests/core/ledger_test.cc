@@ -246,5 +246,17 @@ TEST_F(LedgerTest, LeasesListsLiveLeasesWithHolders) {
   EXPECT_EQ(ledger_->Sweep(), 2);
 }
 
+TEST_F(LedgerTest, LeaseCountsCountLiveLeasesPerCredential) {
+  EXPECT_TRUE(ledger_->LeaseCounts().empty());
+  ASSERT_TRUE(Acquire("requests").granted);
+  ASSERT_TRUE(Acquire("threats_scan").granted);
+  const Decision released = Acquire("requests");
+  ASSERT_TRUE(released.granted);
+  ASSERT_OK(ledger_->Release(released.lease_id, 1));
+  EXPECT_THAT(ledger_->LeaseCounts(), ::testing::ElementsAre(::testing::Pair("cybervault/prod", 2)));
+  clock_.Advance(absl::Minutes(2));  // past the default TTL: expired leases are not counted
+  EXPECT_TRUE(ledger_->LeaseCounts().empty());
+}
+
 }  // namespace
 }  // namespace quotad
