@@ -206,17 +206,14 @@ int64_t Counter::Adopt(const Rule& rule, int64_t now, int64_t used, int64_t rese
       // been made: the upstream did not count those, so they are left out of `known`. Buckets
       // that straddle the start or the restart are left out. Counting ours high adopts too
       // little (the next throttle teaches the rest); counting it low would adopt our own units
-      // as outside ones, for a whole span, again and again. When charges the upstream may have
-      // counted have left the log since (a request sent more than the guard ago), what it counted
-      // of ours is unknown: nothing is adopted.
-      const int64_t from = std::min(sent_ns, now) - rule.period_ns;
-      const bool forgotten =
-          rule.spec.sub_buckets > 0
-              ? (buckets_->newest - static_cast<int64_t>(buckets_->counts.size()) + 1) *
-                        rule.bucket_ns >
-                    from
-              : log_ != nullptr && log_->dropped_ns > from;
-      if (forgotten) return used;
+      // as outside ones, for a whole span, again and again. Charges that have left the log since
+      // (a request sent more than the guard ago) are not counted: what the upstream counted of
+      // them is unknown, and ignoring the count would let outside units it shows be granted
+      // again; counted low, some of ours may be adopted as outside units, never too few.
+      const int64_t sent = std::min(sent_ns, now);
+      const int64_t from = sent < std::numeric_limits<int64_t>::min() + rule.period_ns
+                               ? std::numeric_limits<int64_t>::min()
+                               : sent - rule.period_ns;
       int64_t ours = 0;   // what the message compares with (returned)
       int64_t known = 0;  // of those, the charges we know were made
       if (rule.spec.sub_buckets > 0) {
