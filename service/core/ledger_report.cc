@@ -66,7 +66,9 @@ int64_t Credential::LearnThrottle(Ledger& l, const CompiledCredential& cc,
   // before Release), so its throttle is learnt.
   const bool full = !sent_ns.has_value() && !rule.spec.scoped &&
                     counters[r].View(rule, l.RuleTime(rule, now)).remaining <= 0;
-  const bool in_flight_at_last_decrease = e.raw_outside() > 0 && sent_ns.value_or(now) < e.at_ns();
+  // A decrease that has decayed away no longer accounts for anything.
+  const bool in_flight_at_last_decrease =
+      sent_ns.value_or(now) < e.at_ns() && e.Units(rule.Capacity(), RecoveryNs(rule), now) > 0;
   if (Estimable(rule) && !counted && !full && !in_flight_at_last_decrease) {
     e.OnThrottle(rule.Capacity(), RecoveryNs(rule), now);
   }

@@ -143,8 +143,12 @@ void Counter::Roll(const Rule& rule, int64_t now) {
       } else if (log_ != nullptr) {
         while (log_->size > 0 && log_->at(0).at_ns + rule.span_ns <= now) {
           used_ -= log_->at(0).units;
-          log_->dropped_ns = std::max(log_->dropped_ns, log_->at(0).at_ns);
+          log_->gone.push_back(log_->at(0));
           log_->PopFront();
+        }
+        while (!log_->gone.empty() &&
+               log_->gone.front().at_ns + rule.span_ns + rule.period_ns <= now) {
+          log_->gone.pop_front();
         }
       }
       break;

@@ -12,6 +12,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <limits>
 #include <memory>
 #include <string>
@@ -157,10 +158,10 @@ class Counter {
   // later (0: unknown). Sliding: `sent_ns` (<= now) is when the request the count came with was
   // sent; the count is compared with the charges from one period before then up to now (any of
   // them may be in it: counting too many of ours adopts too little, never a phantom of our own
-  // units), and the difference counts until `reset_ns` when that comes before a whole span. A
-  // count is not adopted when charges it may include have left the log since (a request sent
-  // more than the guard ago); then it returns `used`. Returns the units it compared with;
-  // *added is the units it added.
+  // units), and the difference counts until `reset_ns` when that comes before a whole span.
+  // Charges forgotten since (the log keeps them one period past their span, sub-buckets not at
+  // all) are not compared with: some of ours may then be adopted, never too few units. Returns
+  // the units it compared with; *added is the units it added.
   // Refunds never undercut what was adopted: calendar and rolling windows keep at least the
   // adopted count, and sliding charges made before the adoption give nothing back. Not for
   // concurrency or token buckets.
@@ -179,11 +180,12 @@ class Counter {
     std::vector<LogEntry> ring;
     size_t head = 0;
     size_t size = 0;
-    // The newest charge Roll() has dropped: the log holds every charge made after it.
-    int64_t dropped_ns = std::numeric_limits<int64_t>::min();
     LogEntry& at(size_t i) { return ring[(head + i) % ring.size()]; }
     void Push(LogEntry e);
     void PopFront();
+    // Charges Roll() dropped, kept one period more (oldest first): an answer to a request sent
+    // up to a span before now is compared with every charge the upstream may have counted.
+    std::deque<LogEntry> gone;
   };
   // Sub-buckets: counts[i % n] holds bucket index i for i in (newest - n, newest].
   struct Buckets {

@@ -206,17 +206,15 @@ int64_t Counter::Adopt(const Rule& rule, int64_t now, int64_t used, int64_t rese
       // been made: the upstream did not count those, so they are left out of `known`. Buckets
       // that straddle the start or the restart are left out. Counting ours high adopts too
       // little (the next throttle teaches the rest); counting it low would adopt our own units
-      // as outside ones, for a whole span, again and again. When charges the upstream may have
-      // counted have left the log since (a request sent more than the guard ago), what it counted
-      // of ours is unknown: nothing is adopted.
-      const int64_t from = std::min(sent_ns, now) - rule.period_ns;
-      const bool forgotten =
-          rule.spec.sub_buckets > 0
-              ? (buckets_->newest - static_cast<int64_t>(buckets_->counts.size()) + 1) *
-                        rule.bucket_ns >
-                    from
-              : log_ != nullptr && log_->dropped_ns > from;
-      if (forgotten) return used;
+      // as outside ones, for a whole span, again and again. Charges dropped from the log (a
+      // request sent more than the guard ago) are compared with while it keeps them (Log::gone,
+      // one period more); older ones, and dropped sub-buckets, are not: what the upstream counted
+      // of them is unknown, and ignoring the count would let outside units it shows be granted
+      // again; counted low, some of ours may be adopted as outside units, never too few.
+      const int64_t sent = std::min(sent_ns, now);
+      const int64_t from = sent < std::numeric_limits<int64_t>::min() + rule.period_ns
+                               ? std::numeric_limits<int64_t>::min()
+                               : sent - rule.period_ns;
       int64_t ours = 0;   // what the message compares with (returned)
       int64_t known = 0;  // of those, the charges we know were made
       if (rule.spec.sub_buckets > 0) {
@@ -229,6 +227,11 @@ int64_t Counter::Adopt(const Rule& rule, int64_t now, int64_t used, int64_t rese
           if (i * rule.bucket_ns > carry_) known += units;
         }
       } else if (log_ != nullptr) {
+        for (const LogEntry& e : log_->gone) {
+          if (e.at_ns <= from) continue;
+          ours += e.units;
+          if (e.at_ns > carry_) known += e.units;
+        }
         for (size_t i = 0; i < log_->size; ++i) {
           const int64_t charged = log_->at(i).at_ns;
           if (charged <= from) continue;

@@ -837,10 +837,33 @@ class Sim {
       retry_after = std::max<int64_t>(1, reset_s - now / 1000000000);
       a.headers.emplace_back("Retry-After", absl::StrCat(retry_after));
     }
+    // The provider counted the request when the answer was seen (the headers are of now), the
+    // latest instant sent_at..observed_at allows; it was sent up to one period before.
+    const int64_t period = spec.kind == LimitKind::kCalendar
+                               ? absl::ToInt64Nanoseconds(absl::Minutes(1))
+                               : absl::ToInt64Nanoseconds(spec.period);
+    a.sent_at = SentAt(op.d, period);
     Log(absl::StrCat("outside traffic on ", limit, ": ", accepted, " of ", calls,
                      " accepted; report ", feature, " ", a.http_status, " used ", used, "/",
-                     spec.capacity, retry_after ? absl::StrCat(" Retry-After ", retry_after) : ""));
+                     spec.capacity, retry_after ? absl::StrCat(" Retry-After ", retry_after) : "",
+                     SentAtText(a.sent_at)));
     Report(a, retry_after);
+  }
+
+  // When a reported request was sent, from a random word: absent for a quarter of the answers
+  // (taken as observed_at), else between `back_ns` before now and now, on the wall clock the
+  // worker reads (which may have stepped).
+  absl::Time SentAt(uint64_t word, int64_t back_ns) const {
+    if (word % 4 == 0 || back_ns <= 0) return absl::InfinitePast();
+    const int64_t back = static_cast<int64_t>((word >> 8) % static_cast<uint64_t>(back_ns + 1));
+    return absl::FromUnixNanos(clock_.now() + clock_.wall_offset() - back);
+  }
+  std::string SentAtText(absl::Time sent_at) const {
+    if (sent_at == absl::InfinitePast()) return "";
+    return absl::StrCat(" sent ",
+                        absl::FormatDuration(absl::Nanoseconds(clock_.now() + clock_.wall_offset()) -
+                                             absl::Nanoseconds(absl::ToUnixNanos(sent_at))),
+                        " before");
   }
 
   void Report(const UpstreamAnswer& a, int64_t retry_after) {
@@ -891,7 +914,10 @@ class Sim {
       retry_after = 1 + static_cast<int64_t>((op.b >> 8) % 120);
       a.headers.emplace_back("Retry-After", absl::StrCat(retry_after));
     }
-    Log(absl::StrCat("report ", feature, " 429", retry_after ? absl::StrCat(" Retry-After ", retry_after) : ""));
+    a.sent_at = SentAt(op.c, absl::ToInt64Nanoseconds(absl::Minutes(2)));
+    Log(absl::StrCat("report ", feature, " 429",
+                     retry_after ? absl::StrCat(" Retry-After ", retry_after) : "",
+                     SentAtText(a.sent_at)));
     Report(a, retry_after);
   }
 
