@@ -9,7 +9,8 @@
 # The rootfs holds: /usr/bin/redis-server (Debian's binary; redis-sentinel is a symlink to it,
 # Redis picks sentinel mode from that name), /usr/bin/redis-cli, /bin/sh (dash) and
 # /usr/bin/sleep for the start scripts and probes that k8s/redis mounts from a ConfigMap, every
-# library they link, /etc/passwd and /etc/group with user redis (65532), /data and /tmp.
+# library they link, /etc/passwd and /etc/group with user redis (65532), /tmp, and /data
+# owned by that user.
 # No package manager. Install the packages first: apt-get install redis-server redis-sentinel.
 set -euo pipefail
 
@@ -39,8 +40,9 @@ done
 server="$(readlink -f /usr/bin/redis-server)"
 
 rootfs="$out/rootfs"
-rm -rf "$rootfs"
-mkdir -p "$rootfs"/{bin,usr/bin,tmp,data}
+owned="$out/owned"   # copied with --chown=65532:65532 (Containerfile.redis)
+rm -rf "$rootfs" "$owned"
+mkdir -p "$rootfs"/{bin,usr/bin,tmp} "$owned/data"
 
 . "$root/k8s/image/rootfs.sh"
 stage_elf "$rootfs" "$server" /usr/bin/redis-server
@@ -50,8 +52,7 @@ stage_elf "$rootfs" "$(readlink -f /bin/sh)" /bin/sh
 stage_elf "$rootfs" /usr/bin/sleep /usr/bin/sleep
 stage_etc "$rootfs" redis /data
 chmod 1777 "$rootfs/tmp"
-chmod 0755 "$rootfs/data"
-chown 65532:65532 "$rootfs/data" 2>/dev/null || true
+chmod 0755 "$owned/data"
 
 echo "build-redis.sh: staged $rootfs ($(du -sh "$rootfs" | cut -f1),$versions)"
 [ "$stage_only" = 1 ] && exit 0
