@@ -32,41 +32,15 @@ rootfs="$out/rootfs"
 rm -rf "$rootfs"
 mkdir -p "$rootfs"/{usr/local/bin,etc/quotad,tmp,var/lib/quotad,usr/share}
 
-install -m 0755 "$binary" "$rootfs/usr/local/bin/quotad"
-
-# Shared libraries: "name => /path (addr)" lines, and the interpreter "/lib64/ld-linux... (addr)".
-libs="$(ldd "$binary" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u)"
-if ldd "$binary" | grep -q 'not found'; then
-  ldd "$binary" | grep 'not found' >&2
-  echo "build.sh: unresolved libraries" >&2
-  exit 1
-fi
-for lib in $libs; do
-  mkdir -p "$rootfs$(dirname "$lib")"
-  cp -L "$lib" "$rootfs$lib"     # the file itself, under the name the loader looks for
-done
-# Without /etc/ld.so.cache the loader searches its built-in directories; on a merged-/usr host
-# ldd may report /lib/... for libraries that live in /usr/lib/...: keep both names resolvable.
-if [ -d "$rootfs/lib/x86_64-linux-gnu" ] && [ ! -e "$rootfs/usr/lib/x86_64-linux-gnu" ]; then
-  mkdir -p "$rootfs/usr/lib"
-  ln -s ../../lib/x86_64-linux-gnu "$rootfs/usr/lib/x86_64-linux-gnu"
-fi
+. "$root/k8s/image/rootfs.sh"
+stage_elf "$rootfs" "$binary" /usr/local/bin/quotad
+libs="$STAGED_LIBS"
 
 # Zoneinfo for calendar windows in named zones (absl reads $TZDIR, default this path).
 cp -a /usr/share/zoneinfo "$rootfs/usr/share/zoneinfo"
 rm -rf "$rootfs/usr/share/zoneinfo/right"
 
-cat >"$rootfs/etc/passwd" <<'PASSWD'
-root:x:0:0:root:/root:/sbin/nologin
-quotad:x:65532:65532:quotad:/var/lib/quotad:/sbin/nologin
-nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin
-PASSWD
-cat >"$rootfs/etc/group" <<'GROUP'
-root:x:0:
-quotad:x:65532:
-nogroup:x:65534:
-GROUP
-echo 'hosts: files dns' >"$rootfs/etc/nsswitch.conf"
+stage_etc "$rootfs" quotad /var/lib/quotad
 cp "$root/k8s/base/quotad.yaml" "$rootfs/etc/quotad/quotad.yaml"
 chmod 1777 "$rootfs/tmp"
 chmod 0755 "$rootfs/var/lib/quotad"

@@ -39,7 +39,7 @@ volume="quotad-smoke-state-$$"
 tag="localhost/quotad:smoke-$$"
 cleanup() {
   podman kube down "$work/play.yaml" >/dev/null 2>&1 || true
-  podman volume rm -f "$volume" >/dev/null 2>&1 || true
+  podman volume rm -f "$volume" quotad-config >/dev/null 2>&1 || true   # quotad-config: the ConfigMap's
   podman rmi -f "$tag" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
