@@ -542,6 +542,10 @@ absl::StatusOr<v1::ReportResponse> QuotaService::Report(const Caller& caller,
   absl::StatusOr<absl::Time> sent_at =
       ReportTime("sent_at", req.has_sent_at(), req.sent_at(), *observed_at, now);
   if (!sent_at.ok()) return sent_at.status();
+  // Without observed_at the server's clock stands for it while sent_at is the worker's: a
+  // worker clock a little ahead must not lose the report, so sent_at is taken as observed_at.
+  // Both from the worker and out of order is a caller's error.
+  if (*sent_at > *observed_at && !req.has_observed_at()) sent_at = *observed_at;
   if (*sent_at > *observed_at) {
     return absl::InvalidArgumentError(absl::StrCat(
         "sent_at ", absl::FormatTime(absl::RFC3339_full, *sent_at, absl::UTCTimeZone()),

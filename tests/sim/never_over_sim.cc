@@ -837,12 +837,9 @@ class Sim {
       retry_after = std::max<int64_t>(1, reset_s - now / 1000000000);
       a.headers.emplace_back("Retry-After", absl::StrCat(retry_after));
     }
-    // The provider counted the request when the answer was seen (the headers are of now), the
-    // latest instant sent_at..observed_at allows; it was sent up to one period before.
-    const int64_t period = spec.kind == LimitKind::kCalendar
-                               ? absl::ToInt64Nanoseconds(absl::Minutes(1))
-                               : absl::ToInt64Nanoseconds(spec.period);
-    a.sent_at = SentAt(op.d, period);
+    // The headers are of now: the provider counted the request now, so sent_at (when the
+    // provider counted it, by Report's contract) is now, or absent.
+    a.sent_at = SentAt(op.d, 0);
     Log(absl::StrCat("outside traffic on ", limit, ": ", accepted, " of ", calls,
                      " accepted; report ", feature, " ", a.http_status, " used ", used, "/",
                      spec.capacity, retry_after ? absl::StrCat(" Retry-After ", retry_after) : "",
@@ -854,7 +851,7 @@ class Sim {
   // (taken as observed_at), else between `back_ns` before now and now, on the wall clock the
   // worker reads (which may have stepped).
   absl::Time SentAt(uint64_t word, int64_t back_ns) const {
-    if (word % 4 == 0 || back_ns <= 0) return absl::InfinitePast();
+    if (word % 4 == 0 || back_ns < 0) return absl::InfinitePast();
     const int64_t back = static_cast<int64_t>((word >> 8) % static_cast<uint64_t>(back_ns + 1));
     return absl::FromUnixNanos(clock_.now() + clock_.wall_offset() - back);
   }
