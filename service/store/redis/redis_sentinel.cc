@@ -30,7 +30,10 @@ redisContext* Connect(const HostPort& at, absl::Duration timeout, std::string* e
 
 }  // namespace
 
-std::string HostPort::ToString() const { return absl::StrCat(host, ":", port); }
+std::string HostPort::ToString() const {
+  if (host.find(':') != std::string::npos) return absl::StrCat("[", host, "]:", port);  // IPv6
+  return absl::StrCat(host, ":", port);
+}
 
 absl::StatusOr<HostPort> AskSentinel(const HostPort& sentinel, absl::string_view master_name,
                                      absl::Duration timeout) {

@@ -23,11 +23,11 @@ namespace quotad {
 namespace redis {
 
 struct HostPort {
-  std::string host;
+  std::string host;  // a name or an address; IPv6 without brackets
   int port = 0;
   bool operator==(const HostPort& o) const { return host == o.host && port == o.port; }
   bool operator!=(const HostPort& o) const { return !(*this == o); }
-  std::string ToString() const;
+  std::string ToString() const;  // host:port, [IPv6]:port
 };
 
 // Asks one sentinel, blocking for at most `timeout`: the address it names for `master_name`.
