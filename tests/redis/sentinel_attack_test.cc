@@ -14,7 +14,8 @@
 //  - A primary demoted while a WAIT is outstanding (-UNBLOCKED), and READONLY in the middle of
 //    a batch of CallThenWait calls.
 //  - Sentinels: all down (the client keeps its primary, never hangs); a named "primary" that is
-//    a replica (no reconnect storm).
+//    a replica (no reconnect storm); a stale first sentinel naming the old primary, restarted
+//    and still answering ROLE master (split brain: the client must not move back to it).
 
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -25,7 +26,9 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -521,6 +524,87 @@ TEST_F(SentinelAttackTest, ANamedPrimaryThatIsAReplicaCausesNoReconnectStorm) {
   // askings back off the same way. A storm would be hundreds.
   EXPECT_LT(to_replica, 60);
   EXPECT_LT(to_sentinel, 60);
+}
+
+// Cuts every connection named quotad on `s` (CLIENT KILL ID each), leaving the sentinels' own.
+int KillQuotadConnections(const RedisServer& s) {
+  absl::StatusOr<std::string> list = s.Command({"CLIENT", "LIST"});
+  if (!list.ok()) return 0;
+  int killed = 0;
+  // One line per client: "id=N addr=... name=quotad ...".
+  std::vector<std::string> words = absl::StrSplit(*list, absl::ByAnyChar("\n\r "));
+  std::string id;
+  for (const std::string& w : words) {
+    if (absl::StartsWith(w, "id=")) id = w.substr(3);
+    if (w == "name=quotad" && !id.empty()) {
+      if (s.Command({"CLIENT", "KILL", "ID", id}).ok()) ++killed;
+      id.clear();
+    }
+  }
+  return killed;
+}
+
+// Split brain through a stale sentinel: the first sentinel of the URL was down during a failover
+// (kill -9 of the primary); the old primary comes back empty, still a primary until the
+// sentinels turn it into a replica (seconds), and so does the stale sentinel, which names it
+// until the others' hello messages reach it. The client, following the new primary, loses its
+// connections and asks again: it must not move back to the old primary (without WAIT, every
+// grant it took there is lost when that server is made a replica: an over-grant).
+TEST_F(SentinelAttackTest, AStaleFirstSentinelDoesNotMoveTheClientBackToTheOldPrimary) {
+  RedisServer& old_primary = group_->server(0);
+  RedisServer& new_primary = group_->server(1);
+  RedisServer& stale = group_->sentinel(0);
+  std::unique_ptr<RedisClient> client = Client(group_->url());  // the stale one first
+  ASSERT_NE(client, nullptr);
+  ASSERT_TRUE(client->WaitConnected(absl::Seconds(10)));
+  ASSERT_EQ(client->primary().port, old_primary.port());
+
+  ASSERT_TRUE(stale.Stop(SIGKILL).ok());
+  ASSERT_TRUE(old_primary.Stop(SIGKILL).ok());
+  auto named = [&](const RedisServer& s) {
+    absl::StatusOr<std::string> r = s.Command({"SENTINEL", "GET-MASTER-ADDR-BY-NAME", "quotad"});
+    return r.ok() ? *r : std::string();
+  };
+  const std::string fresh = absl::StrCat("127.0.0.1 ", new_primary.port());
+  ASSERT_TRUE(Eventually(
+      [&] {
+        absl::StatusOr<std::string> role = new_primary.Command({"ROLE"});
+        return named(group_->sentinel(1)) == fresh && named(group_->sentinel(2)) == fresh &&
+               role.ok() && absl::StartsWith(*role, "master");
+      },
+      absl::Seconds(20)));
+  ASSERT_TRUE(Eventually(
+      [&] { return client->primary().port == new_primary.port() && client->connected() > 0; },
+      absl::Seconds(20)));
+
+  ASSERT_TRUE(old_primary.Restart().ok());  // empty, a primary by its own configuration
+  ASSERT_TRUE(stale.Restart().ok());        // its sentinel.conf still names the old primary
+  const bool stale_then = named(stale) == absl::StrCat("127.0.0.1 ", old_primary.port());
+  ASSERT_GT(KillQuotadConnections(new_primary), 0);
+
+  // Watched for 3 s, or until the other sentinels name another primary themselves (the stale
+  // one, before it learns, may reconfigure servers: Sentinel's own business, not the client's).
+  bool moved_back = false;
+  int written = 0;
+  std::string on_old = "(nil)";  // the old primary's count while the others named the new one
+  Eventually(
+      [&] {
+        absl::StatusOr<std::string> count = old_primary.Command({"GET", "split"});
+        if (named(group_->sentinel(1)) != fresh || named(group_->sentinel(2)) != fresh) {
+          return true;
+        }
+        if (count.ok()) on_old = *count;
+        if (client->primary().port == old_primary.port()) moved_back = true;
+        absl::StatusOr<Reply> r = client->CallSync({"INCR", "split"}, absl::Milliseconds(500));
+        if (r.ok() && !r->is_error()) ++written;
+        return false;
+      },
+      absl::Seconds(3), absl::Milliseconds(20));
+  std::printf("[stale sentinel] named the old primary after its restart: %s; client moved back: "
+              "%s; %d writes answered, old primary holds %s\n",
+              stale_then ? "yes" : "no", moved_back ? "yes" : "no", written, on_old.c_str());
+  EXPECT_FALSE(moved_back);
+  EXPECT_EQ(on_old, "(nil)") << "writes answered by the old primary";
 }
 
 }  // namespace
