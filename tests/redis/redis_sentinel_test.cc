@@ -38,7 +38,7 @@ TEST(ParseRedisUrlTest, SentinelUrlNamesEverySentinelAndTheMaster) {
   ASSERT_EQ(o->sentinels.size(), 3u);
   EXPECT_EQ(o->sentinels[0], (HostPort{"10.0.0.1", 5000}));
   EXPECT_EQ(o->sentinels[1], (HostPort{"sentinel-b", 26379}));
-  EXPECT_EQ(o->sentinels[2], (HostPort{"[::1]", 26379}));
+  EXPECT_EQ(o->sentinels[2], (HostPort{"::1", 26379}));
   EXPECT_EQ(o->master_name, "mymaster");
 }
 

@@ -315,7 +315,9 @@ end
 -- FCALL quotad_renew 2+z[+1] lease state zsets.. [locator]  ttl_us lease_id n counters.. [1]
 -- Moves a live lease's expiry to now + ttl, on the lease and on its concurrency counters (and
 -- on the locator, given a final argument 1).
--- Answers {1, now, expiry}, or {0, now} when the lease is unknown or expired.
+-- Answers {1, now, expiry, previous_expiry}, or {0, now} when the lease is unknown or expired.
+-- (previous_expiry: the caller may answer a renewal that shortened the lease without WAIT,
+-- since losing it in a failover only keeps the lease longer.)
 local function renew(keys, args)
   local ttl, lease, n = tonumber(args[1]), args[2], tonumber(args[3])
   local now = now_us()
@@ -339,9 +341,10 @@ local function renew(keys, args)
     end
     save_all(keys[2], conc, x, now, args)
   end
+  local before = l[1]
   l[1] = exp
   write_lease(keys[1], l)
-  return {1, now, exp}
+  return {1, now, exp, before}
 end
 
 -- FCALL quotad_report 1+z state zsets..  n used reset_us longest_us observed_us

@@ -1,6 +1,7 @@
 #include "service/store/redis/redis_backend.h"
 
 #include <algorithm>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -54,18 +55,43 @@ absl::StatusOr<redis::RedisClientOptions> ParseRedisUrl(absl::string_view url) {
   auto bad = [&](absl::string_view why) {
     return absl::InvalidArgumentError(absl::StrCat("--redis=", url, ": ", why));
   };
-  // "HOST[:PORT]" into `out`, or why not.
+  // "HOST[:PORT]" or "[IPV6][:PORT]" into `out` (the host without its brackets), or why not.
   auto host_port = [&](absl::string_view text, int default_port,
                        redis::HostPort* out) -> absl::Status {
     out->port = default_port;
     absl::string_view host = text;
-    const size_t colon = text.rfind(':');
-    if (colon != absl::string_view::npos && text.find(']') == absl::string_view::npos) {
-      host = text.substr(0, colon);
-      if (!absl::SimpleAtoi(text.substr(colon + 1), &out->port) || out->port <= 0 ||
-          out->port > 65535) {
-        return bad(absl::StrCat("the port of '", text, "' must be 1..65535"));
+    std::optional<absl::string_view> port;
+    if (absl::ConsumePrefix(&host, "[")) {
+      const size_t close = host.find(']');
+      if (close == absl::string_view::npos) {
+        return bad(absl::StrCat("no ']' closes the address in '", text, "'"));
       }
+      absl::string_view after = host.substr(close + 1);
+      host = host.substr(0, close);
+      if (!after.empty()) {
+        if (!absl::ConsumePrefix(&after, ":")) {
+          return bad(absl::StrCat("expected ':PORT' after ']' in '", text, "'"));
+        }
+        port = after;
+      }
+    } else {
+      if (text.find_first_of("[]") != absl::string_view::npos) {
+        return bad(absl::StrCat("misplaced bracket in '", text, "'"));
+      }
+      const size_t colon = text.find(':');
+      if (colon != absl::string_view::npos) {
+        if (text.find(':', colon + 1) != absl::string_view::npos) {
+          return bad(absl::StrCat("more than one ':' in '", text,
+                                  "' (an IPv6 address goes in brackets: [::1]:6379)"));
+        }
+        host = text.substr(0, colon);
+        port = text.substr(colon + 1);
+      }
+    }
+    if (port.has_value() &&
+        (port->empty() || !std::all_of(port->begin(), port->end(), absl::ascii_isdigit) ||
+         !absl::SimpleAtoi(*port, &out->port) || out->port <= 0 || out->port > 65535)) {
+      return bad(absl::StrCat("the port of '", text, "' must be 1..65535"));
     }
     if (host.empty()) return bad(absl::StrCat("no host in '", text, "'"));
     out->host = std::string(host);

@@ -56,8 +56,9 @@ struct RedisBackendOptions {
   absl::Duration wait_timeout = absl::Milliseconds(100);
 };
 
-// Parses --redis: redis://HOST[:PORT] or redis-sentinel://HOST[:PORT][,...]/MASTERNAME.
-// kInvalidArgument naming the URL and the bad part otherwise (redis-cluster:// is not built).
+// Parses --redis: redis://HOST[:PORT] or redis-sentinel://HOST[:PORT][,...]/MASTERNAME; an
+// IPv6 HOST goes in brackets ([::1]:6379) and is returned without them. kInvalidArgument naming
+// the URL and the bad part otherwise (redis-cluster:// is not built).
 absl::StatusOr<redis::RedisClientOptions> ParseRedisUrl(absl::string_view url);
 
 // Sentinel mode: the client follows a failover by itself (redis_client.h); while no primary is

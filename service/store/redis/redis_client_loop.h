@@ -342,7 +342,7 @@ class RedisClient::Loop {
     Finish(*p, Convert(reply));
   }
 
-  std::string target_key() const { return absl::StrCat(host_, ":", port_); }
+  std::string target_key() const { return HostPort{host_, port_}.ToString(); }
 
   void ScheduleRetry(Conn& c) {
     c.retry_at = SteadyClock::now() + ToSteady(c.backoff);

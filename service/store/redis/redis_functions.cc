@@ -419,8 +419,14 @@ void RedisFunctions::Renew(RenewCall call,
       done(v.status());
       return;
     }
-    // A renewal a failover could lose would end the lease earlier than answered.
-    if ((*v)[0] == 1) {
+    // A renewal that moved the expiry later, lost in a failover, would end the lease earlier
+    // than answered: answered only once WAIT says it is held. One that moved it earlier (or
+    // not at all) is answered either way: Redis applied it, so refused, its holder would keep
+    // its old, later expiry while Redis frees the slot at the new one (two holders of one
+    // slot); answered, the holder takes the earlier time, and losing it only keeps the lease
+    // longer in Redis (an under-grant). A library before v5 does not say: treated as later.
+    const bool later = v->size() < 4 || (*v)[2] > (*v)[3];
+    if ((*v)[0] == 1 && later) {
       if (absl::Status s = CheckAcked(acked, "renewal"); !s.ok()) {
         done(s);
         return;

@@ -166,11 +166,13 @@ class RedisFunctions {
   // windows around Redis's time).
   //
   // With `wait.replicas` > 0, a grant (Acquire, a request_id's duplicate included) and a Renew
-  // are answered only once WAIT says that many replicas hold them; when fewer acknowledge within
-  // wait.timeout the answer is kUnavailable, nothing handed out (the charge may still be in
-  // Redis: an under-grant until the lease's TTL, or the first grant of its request_id for a
-  // retry, which waits again). Denials and Release are answered without waiting (losing them
-  // in a failover errs on the safe side).
+  // that moves a lease's expiry later are answered only once WAIT says that many replicas hold
+  // them; when fewer acknowledge within wait.timeout the answer is kUnavailable, nothing handed
+  // out (the charge may still be in Redis: an under-grant until the lease's TTL, or the first
+  // grant of its request_id for a retry, which waits again). Denials, Release and a Renew that
+  // shortens the lease are answered whatever WAIT says (losing them in a failover errs on the
+  // safe side; a shortening renewal refused would leave its holder on the later expiry while
+  // Redis frees the slot at the earlier one).
   RedisFunctions(RedisClient* client, absl::AnyInvocable<absl::Time() const> clock_now,
                  WaitPolicy wait = {});
 

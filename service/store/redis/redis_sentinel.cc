@@ -4,6 +4,8 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/numbers.h"
@@ -30,18 +32,24 @@ redisContext* Connect(const HostPort& at, absl::Duration timeout, std::string* e
 
 }  // namespace
 
-std::string HostPort::ToString() const { return absl::StrCat(host, ":", port); }
+std::string HostPort::ToString() const {
+  if (host.find(':') != std::string::npos) return absl::StrCat("[", host, "]:", port);  // IPv6
+  return absl::StrCat(host, ":", port);
+}
 
 absl::StatusOr<HostPort> AskSentinel(const HostPort& sentinel, absl::string_view master_name,
-                                     absl::Duration timeout) {
+                                     absl::Duration timeout, int64_t* epoch) {
+  if (epoch != nullptr) *epoch = -1;
   std::string error;
   redisContext* c = Connect(sentinel, timeout, &error);
   if (c == nullptr) {
     return absl::UnavailableError(absl::StrCat("sentinel ", sentinel.ToString(), ": ", error));
   }
   const std::string name(master_name);
-  auto* r = static_cast<redisReply*>(
-      redisCommand(c, "SENTINEL get-master-addr-by-name %b", name.data(), name.size()));
+  redisAppendCommand(c, "SENTINEL get-master-addr-by-name %b", name.data(), name.size());
+  if (epoch != nullptr) redisAppendCommand(c, "SENTINEL MASTER %b", name.data(), name.size());
+  redisReply* r = nullptr;
+  if (redisGetReply(c, reinterpret_cast<void**>(&r)) != REDIS_OK) r = nullptr;
   absl::StatusOr<HostPort> out = absl::UnavailableError(
       absl::StrCat("sentinel ", sentinel.ToString(), ": ", r == nullptr ? c->errstr : "bad reply"));
   if (r != nullptr) {
@@ -61,6 +69,23 @@ absl::StatusOr<HostPort> AskSentinel(const HostPort& sentinel, absl::string_view
       out = hp;
     }
     freeReplyObject(r);
+    // SENTINEL MASTER: field/value pairs, among them config-epoch.
+    redisReply* m = nullptr;
+    if (epoch != nullptr && redisGetReply(c, reinterpret_cast<void**>(&m)) == REDIS_OK &&
+        m != nullptr) {
+      if (m->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i + 1 < m->elements; i += 2) {
+          const redisReply* k = m->element[i];
+          const redisReply* v = m->element[i + 1];
+          if (k->type == REDIS_REPLY_STRING && v->type == REDIS_REPLY_STRING &&
+              absl::string_view(k->str, k->len) == "config-epoch") {
+            int64_t e = -1;
+            if (absl::SimpleAtoi(absl::string_view(v->str, v->len), &e)) *epoch = e;
+          }
+        }
+      }
+      freeReplyObject(m);
+    }
   }
   redisFree(c);
   return out;
@@ -107,12 +132,26 @@ int SentinelWatcher::switches() const {
 }
 
 absl::StatusOr<HostPort> SentinelWatcher::AskAll() {
+  // Every sentinel, not the first that answers: one that missed a failover (down, cut off, just
+  // restarted from its old sentinel.conf) names the old primary, which may well be up and still
+  // answer ROLE master (restarted before the others made it a replica): following it would put
+  // quotad on the losing side of a split brain. The newest configuration wins.
   absl::Status last = absl::UnavailableError("no sentinel given");
+  std::optional<HostPort> best;
+  int64_t best_epoch = 0;
   for (const HostPort& s : options_.sentinels) {
-    absl::StatusOr<HostPort> hp = AskSentinel(s, options_.master_name, options_.timeout);
-    if (hp.ok()) return hp;
-    last = hp.status();
+    int64_t epoch = -1;
+    absl::StatusOr<HostPort> hp = AskSentinel(s, options_.master_name, options_.timeout, &epoch);
+    if (!hp.ok()) {
+      last = hp.status();
+      continue;
+    }
+    if (!best.has_value() || epoch > best_epoch) {
+      best = *hp;
+      best_epoch = epoch;
+    }
   }
+  if (best.has_value()) return *best;
   return last;
 }
 

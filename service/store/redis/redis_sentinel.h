@@ -7,6 +7,7 @@
 // +switch-master. RedisClient (redis_client.h) owns one in sentinel mode and checks ROLE on
 // every connection it opens to the address given, so a demoted primary is never written to.
 
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <thread>
@@ -23,17 +24,19 @@ namespace quotad {
 namespace redis {
 
 struct HostPort {
-  std::string host;
+  std::string host;  // a name or an address; IPv6 without brackets
   int port = 0;
   bool operator==(const HostPort& o) const { return host == o.host && port == o.port; }
   bool operator!=(const HostPort& o) const { return !(*this == o); }
-  std::string ToString() const;
+  std::string ToString() const;  // host:port, [IPv6]:port
 };
 
 // Asks one sentinel, blocking for at most `timeout`: the address it names for `master_name`.
-// kNotFound when it knows no such master; kUnavailable when it cannot be reached.
+// kNotFound when it knows no such master; kUnavailable when it cannot be reached. With `epoch`,
+// also the configuration epoch of that master as the sentinel knows it (SENTINEL MASTER's
+// config-epoch; -1 if it did not say): a failover raises it.
 absl::StatusOr<HostPort> AskSentinel(const HostPort& sentinel, absl::string_view master_name,
-                                     absl::Duration timeout);
+                                     absl::Duration timeout, int64_t* epoch = nullptr);
 
 struct SentinelOptions {
   std::vector<HostPort> sentinels;
@@ -44,8 +47,10 @@ struct SentinelOptions {
   absl::Duration max_backoff = absl::Seconds(1);
 };
 
-// Two threads, both owned and joined by Stop(): one asks the sentinels (in order; the first that
-// answers wins, as the Sentinel client guidelines say) when triggered, or every back-off while
+// Two threads, both owned and joined by Stop(): one asks every sentinel (the answer of the one
+// with the newest configuration epoch wins, the first among equals: a sentinel that missed a
+// failover names an old primary that may still answer ROLE master; a sentinel that hangs costs
+// its timeout on every asking) when triggered, or every back-off while
 // `healthy()` is false; one holds a subscription to +switch-master on one sentinel (the next one
 // when it fails) and triggers the first. Calls `on_primary` from the asking thread whenever the
 // named address changes (the first answer included). Thread-safe; Trigger() never blocks.
