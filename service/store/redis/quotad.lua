@@ -30,7 +30,7 @@
 --   conc  concurrency: cap slots held by live leases (KEYS holds its sorted set, in order)
 -- Every counter may be cooling down (cd: grants nothing before it), after a throttle Report.
 
-local VERSION = 4
+local VERSION = 5
 local INF = 9007199254740991 -- 2^53 - 1: never
 
 local function now_us()
@@ -182,21 +182,35 @@ function W.adopt(c, now, used, reset)
   return before, added
 end
 
+-- Counter::View (after roll): used units and when the window ends (INF: no window open).
+function W.view(c, now)
+  if c.kind == 'roll' then
+    if now < c.e then return c.u, c.e end
+    return 0, INF
+  end
+  return c.u, c.e
+end
+
 ---------------------------------------------------------------------------------------------
 -- Sliding exact: a log of (at, units) charges, oldest first, entries h..t-1 in fields
--- <name>#<i>. State: h t u ha hn ta tn dh adat cd (head and tail entries inline, so that a
+-- <name>#<i>. State: h t u ha hn ta tn dh adat cd dr (head and tail entries inline, so that a
 -- call reads no entry unless the head expires or a denial looks for its retry time; fields
--- below dh are deleted, in batches).
+-- below dh are deleted, in batches; dr: the newest charge dropped, as Log::dropped_ns).
 
 local S = {}
 local BATCH = 16
 
 function S.load(c, v)
-  if v then
+  if v and #v >= 88 then
+    c.h, c.t, c.u, c.ha, c.hn, c.ta, c.tn, c.dh, c.adat, c.cd, c.dr =
+        struct.unpack('ddddddddddd', v)
+  elseif v then -- written by version 4: what was dropped is not known
     c.h, c.t, c.u, c.ha, c.hn, c.ta, c.tn, c.dh, c.adat, c.cd =
         struct.unpack('dddddddddd', v)
+    c.dr = -INF
   else
     c.h, c.t, c.u, c.ha, c.hn, c.ta, c.tn, c.dh, c.adat, c.cd = 0, 0, 0, 0, 0, 0, 0, 0, -INF, 0
+    c.dr = -INF
   end
   c.ent = {}
   if c.t > c.h then
@@ -211,7 +225,7 @@ function S.pack(c)
     local hd, tl = c.ent[c.h], c.ent[c.t - 1]
     c.ha, c.hn, c.ta, c.tn = hd[1], hd[2], tl[1], tl[2]
   end
-  return pk('dddddddddd', c.h, c.t, c.u, c.ha, c.hn, c.ta, c.tn, c.dh, c.adat, c.cd)
+  return pk('ddddddddddd', c.h, c.t, c.u, c.ha, c.hn, c.ta, c.tn, c.dh, c.adat, c.cd, c.dr)
 end
 
 -- Entry i (h <= i < t), reading it and the next ones in one HMGET when not read yet.
@@ -236,6 +250,7 @@ function S.roll(c, now, args, key)
     local e = entry(c, key, c.h)
     if e[1] + c.a > now then break end
     c.u = c.u - e[2]
+    c.dr = math.max(c.dr, e[1]) -- the log holds every charge made after it
     c.h = c.h + 1
     c.dirty = true
   end
@@ -301,13 +316,17 @@ function S.refund(c, now, token, aux, charged, units, at, key)
   return take
 end
 
--- Counter::Adopt for sliding logs: compares with our charges inside the period; counts the
--- difference as charged at `now`, or at reset - period when the upstream resets sooner.
-function S.adopt(c, now, used, reset, key)
+-- Counter::Adopt for sliding logs: compares with our charges from one period before `sent` (when
+-- the request the count came with was sent, at most now) up to now; counts the difference as
+-- charged at `now`, or at reset - period when the upstream resets sooner. Adopts nothing (and
+-- returns `used`) when charges the count may include have left the log since.
+function S.adopt(c, now, used, reset, key, sent)
+  local from = math.min(sent, now) - c.b
+  if c.dr > from then return used, 0 end
   local ours = 0
   for i = c.h, c.t - 1 do
     local e = entry(c, key, i)
-    if e[1] + c.b > now then ours = ours + e[2] end
+    if e[1] > from then ours = ours + e[2] end
   end
   if used <= ours then return ours, 0 end
   local extra = used - ours
@@ -326,6 +345,15 @@ function S.adopt(c, now, used, reset, key)
   c.adat = now
   c.dirty = true
   return ours, extra
+end
+
+-- Counter::View: the units counted now and when the oldest of them leaves (INF: none).
+function S.view(c, now, key)
+  for i = c.h, c.t - 1 do
+    local e = entry(c, key, i)
+    if e[2] > 0 then return c.u, e[1] + c.a end
+  end
+  return c.u, INF
 end
 
 ---------------------------------------------------------------------------------------------
@@ -353,6 +381,12 @@ function T.charge(c, now, cost)
 end
 
 function T.drained(c) return math.max(c.tat, c.cd) end
+
+-- Counter::View: the intervals still ahead of now, in units, and when the bucket is full again.
+function T.view(c, now)
+  if c.tat > now then return math.ceil((c.tat - now) / c.a), c.tat end
+  return 0, INF
+end
 
 function T.refund(c, now, token, aux, charged, units)
   -- Only the part of the charge's intervals still ahead of now is outstanding.

@@ -456,14 +456,6 @@ absl::StatusOr<absl::Time> RedisBackend::Renew(const LeaseId& id, absl::Duration
   return answer->expiry;
 }
 
-absl::StatusOr<ReportResult> RedisBackend::Report(const UpstreamAnswer&) {
-  return absl::UnimplementedError("Report is not built in shared mode (Redis) yet");
-}
-
-absl::StatusOr<std::vector<LimitStatus>> RedisBackend::Usage(absl::string_view) {
-  return absl::UnimplementedError("GetUsage is not built in shared mode (Redis) yet");
-}
-
 absl::StatusOr<std::vector<LeaseInfo>> RedisBackend::Leases(absl::string_view) {
   return absl::UnimplementedError("ListLeases is not built in shared mode (Redis) yet");
 }
