@@ -37,10 +37,9 @@ int ReportTarget(const CompiledCredential& cc, const CompiledFeature& feature,
   if (candidates.size() == 1) return candidates[0];
   std::vector<std::string> names;
   for (int r : candidates) names.push_back(cc.rules[r].full_name);
-  warnings->push_back(absl::StrCat("X-RateLimit-Limit ",
-                                   obs.limit ? absl::StrCat(*obs.limit) : "(none)",
-                                   " matches none of ", absl::StrJoin(names, ", "),
-                                   "; counts not adopted"));
+  warnings->push_back(
+      absl::StrCat("X-RateLimit-Limit ", obs.limit ? absl::StrCat(*obs.limit) : "(none)",
+                   " matches none of ", absl::StrJoin(names, ", "), "; counts not adopted"));
   return -1;
 }
 

@@ -4,8 +4,11 @@
 // sent_at decides which of quotad's sliding grants an upstream count is compared with; and
 // Usage after the same sequence of operations equals the embedded ledger's.
 
+#include <algorithm>
 #include <memory>
+#include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -122,6 +125,61 @@ class SharedReportTest : public ::testing::Test {
     a.headers = std::move(headers);
     a.sent_at = sent_at;
     return a;
+  }
+
+  // GetUsage through every replica equals the embedded ledger's.
+  void ExpectSameUsage() {
+    absl::StatusOr<std::vector<LimitStatus>> e = ledger_->Usage(kCred);
+    ASSERT_TRUE(e.ok()) << e.status();
+    for (int i = 0; i < 2; ++i) {
+      absl::StatusOr<std::vector<LimitStatus>> s = replicas_[i]->Usage(kCred);
+      ASSERT_TRUE(s.ok()) << s.status();
+      ASSERT_EQ(s->size(), e->size()) << "replica " << i;
+      for (size_t j = 0; j < e->size(); ++j) {
+        const LimitStatus& a = (*s)[j];
+        const LimitStatus& b = (*e)[j];
+        SCOPED_TRACE(absl::StrCat("replica ", i, ": ", b.name, "[", b.scope, "]"));
+        EXPECT_EQ(a.name, b.name);
+        EXPECT_EQ(a.scope, b.scope);
+        EXPECT_EQ(a.kind, b.kind);
+        EXPECT_EQ(a.capacity, b.capacity);
+        EXPECT_EQ(a.used, b.used);
+        // Shared mode learns no outside estimate (see the README): what the embedded ledger
+        // holds back for it is all that may differ.
+        EXPECT_EQ(a.outside_estimate, 0);
+        EXPECT_EQ(a.remaining, b.outside_estimate == 0 ? b.remaining
+                                                       : std::max<int64_t>(0, b.capacity - b.used));
+        EXPECT_EQ(a.cooldown, b.cooldown);
+        // The same instant for a calendar window's end or a Retry-After; otherwise times of
+        // the two stores' own grants, made a few milliseconds apart.
+        if (b.kind == LimitKind::kCalendar || b.cooldown) {
+          EXPECT_LE(absl::AbsDuration(a.reset - b.reset), absl::Milliseconds(1));
+        } else if (b.reset == absl::InfiniteFuture()) {
+          EXPECT_EQ(a.reset, absl::InfiniteFuture());
+        } else {
+          EXPECT_LE(absl::AbsDuration(a.reset - b.reset), absl::Seconds(5));
+        }
+      }
+    }
+  }
+
+  // An Acquire through both (replica `cost % 2`), which must decide alike; `release_used` set:
+  // released at once with that many used, refunding and freeing alike.
+  void Both(const std::string& feature, int64_t cost, const std::string& scope,
+            std::optional<int64_t> release_used,
+            std::vector<std::pair<Decision, Decision>>* held = nullptr) {
+    Decision s = Shared(static_cast<int>(cost % 2), feature, cost, scope);
+    Decision e = Embedded(feature, cost, scope);
+    ASSERT_EQ(s.granted, e.granted) << feature << " cost " << cost << " scope " << scope;
+    if (release_used && s.granted) {
+      absl::StatusOr<ReleaseResult> rs = replicas_[0]->Release(s.lease_id, release_used);
+      absl::StatusOr<ReleaseResult> re = ledger_->Release(e.lease_id, release_used);
+      ASSERT_TRUE(rs.ok() && re.ok());
+      EXPECT_EQ(rs->refunded, re->refunded) << feature;
+      EXPECT_EQ(rs->freed, re->freed) << feature;
+    } else if (held != nullptr && s.granted) {
+      held->emplace_back(s, e);
+    }
   }
 
   std::unique_ptr<RedisServer> redis_;
@@ -267,29 +325,16 @@ TEST_F(SharedReportTest, SentAtDecidesWhichSlidingGrantsACountIsComparedWith) {
 
 TEST_F(SharedReportTest, GetUsageEqualsTheEmbeddedLedgersAfterTheSameOperations) {
   // The same sequence on both: grants, a refund, held slots, scopes, an adoption, a throttle.
-  auto both = [&](const std::string& feature, int64_t cost, const std::string& scope,
-                  std::optional<int64_t> release_used) {
-    Decision s = Shared(static_cast<int>(cost % 2), feature, cost, scope);
-    Decision e = Embedded(feature, cost, scope);
-    ASSERT_EQ(s.granted, e.granted) << feature << " cost " << cost << " scope " << scope;
-    if (release_used && s.granted) {
-      absl::StatusOr<ReleaseResult> rs = replicas_[0]->Release(s.lease_id, release_used);
-      absl::StatusOr<ReleaseResult> re = ledger_->Release(e.lease_id, release_used);
-      ASSERT_TRUE(rs.ok() && re.ok());
-      EXPECT_EQ(rs->refunded, re->refunded) << feature;
-      EXPECT_EQ(rs->freed, re->freed) << feature;
-    }
-  };
-  both("cal", 1, "", std::nullopt);
-  both("cal", 1, "", 0);  // refunds 1
-  both("mix", 2, "", std::nullopt);  // holds 2 slots
-  both("mix", 1, "", 1);
-  both("scoped", 1, "a", std::nullopt);
-  both("scoped", 1, "a", std::nullopt);
-  both("scoped", 1, "b", std::nullopt);
-  both("slide", 1, "", std::nullopt);
-  const UpstreamAnswer counts = Answer(
-      "mix", 200, Headers({{"X-RateLimit-Limit", "20"}, {"X-RateLimit-Remaining", "15"}}));
+  Both("cal", 1, "", std::nullopt);
+  Both("cal", 1, "", 0);             // refunds 1
+  Both("mix", 2, "", std::nullopt);  // holds 2 slots
+  Both("mix", 1, "", 1);
+  Both("scoped", 1, "a", std::nullopt);
+  Both("scoped", 1, "a", std::nullopt);
+  Both("scoped", 1, "b", std::nullopt);
+  Both("slide", 1, "", std::nullopt);
+  const UpstreamAnswer counts =
+      Answer("mix", 200, Headers({{"X-RateLimit-Limit", "20"}, {"X-RateLimit-Remaining", "15"}}));
   absl::StatusOr<ReportResult> rs = replicas_[1]->Report(counts);
   absl::StatusOr<ReportResult> re = ledger_->Report(counts);
   ASSERT_TRUE(rs.ok() && re.ok());
@@ -300,35 +345,80 @@ TEST_F(SharedReportTest, GetUsageEqualsTheEmbeddedLedgersAfterTheSameOperations)
   ASSERT_TRUE(replicas_[0]->Report(throttle).ok());
   ASSERT_TRUE(ledger_->Report(throttle).ok());
 
-  absl::StatusOr<std::vector<LimitStatus>> e = ledger_->Usage(kCred);
+  ExpectSameUsage();
+}
+
+TEST_F(SharedReportTest, ListLeasesShowsWhatTheEmbeddedLedgerShows) {
+  std::vector<std::pair<Decision, Decision>> held;
+  Both("cal", 1, "", std::nullopt, &held);
+  Both("mix", 2, "", std::nullopt, &held);
+  Both("scoped", 1, "x", std::nullopt, &held);
+  Both("cal", 1, "", 1, &held);  // released: not listed
+  ASSERT_EQ(held.size(), 3u);
+  auto key = [](const LeaseInfo& l) { return std::make_tuple(l.feature, l.scope, l.cost); };
+  absl::StatusOr<std::vector<LeaseInfo>> e = ledger_->Leases(kCred);
   ASSERT_TRUE(e.ok()) << e.status();
+  std::sort(e->begin(), e->end(), [&](auto& a, auto& b) { return key(a) < key(b); });
   for (int i = 0; i < 2; ++i) {
-    absl::StatusOr<std::vector<LimitStatus>> s = replicas_[i]->Usage(kCred);
-    ASSERT_TRUE(s.ok()) << s.status();
-    ASSERT_EQ(s->size(), e->size()) << "replica " << i;
-    for (size_t j = 0; j < e->size(); ++j) {
-      const LimitStatus& a = (*s)[j];
-      const LimitStatus& b = (*e)[j];
-      SCOPED_TRACE(absl::StrCat("replica ", i, ": ", b.name, "[", b.scope, "]"));
-      EXPECT_EQ(a.name, b.name);
-      EXPECT_EQ(a.scope, b.scope);
-      EXPECT_EQ(a.kind, b.kind);
-      EXPECT_EQ(a.capacity, b.capacity);
-      EXPECT_EQ(a.used, b.used);
-      EXPECT_EQ(a.remaining, b.remaining);
-      EXPECT_EQ(a.cooldown, b.cooldown);
-      EXPECT_EQ(a.outside_estimate, b.outside_estimate);
-      // The same instant for a calendar window's end or a Retry-After; otherwise times of the
-      // two stores' own grants, made a few milliseconds apart.
-      if (b.kind == LimitKind::kCalendar || b.cooldown) {
-        EXPECT_LE(absl::AbsDuration(a.reset - b.reset), absl::Milliseconds(1));
-      } else if (b.reset == absl::InfiniteFuture()) {
-        EXPECT_EQ(a.reset, absl::InfiniteFuture());
-      } else {
-        EXPECT_LE(absl::AbsDuration(a.reset - b.reset), absl::Seconds(5));
+    for (const std::string& credential : {std::string(kCred), std::string()}) {
+      absl::StatusOr<std::vector<LeaseInfo>> s = replicas_[i]->Leases(credential);
+      ASSERT_TRUE(s.ok()) << s.status();
+      std::sort(s->begin(), s->end(), [&](auto& a, auto& b) { return key(a) < key(b); });
+      ASSERT_EQ(s->size(), e->size());
+      for (size_t j = 0; j < e->size(); ++j) {
+        SCOPED_TRACE(absl::StrCat("replica ", i, " lease ", j));
+        EXPECT_EQ((*s)[j].credential, (*e)[j].credential);
+        EXPECT_EQ(key((*s)[j]), key((*e)[j]));
+        EXPECT_EQ((*s)[j].holder, (*e)[j].holder);
+        EXPECT_EQ((*s)[j].holds_slots, (*e)[j].holds_slots);
+        EXPECT_LE(absl::AbsDuration((*s)[j].expiry - (*e)[j].expiry), absl::Seconds(5));
+        EXPECT_LE(absl::AbsDuration((*s)[j].granted_at - (*e)[j].granted_at), absl::Seconds(5));
       }
     }
   }
+  // The ids listed are the ones granted through the replicas.
+  absl::StatusOr<std::vector<LeaseInfo>> s = replicas_[1]->Leases(kCred);
+  ASSERT_TRUE(s.ok());
+  for (const auto& [shared, embedded] : held) {
+    EXPECT_TRUE(std::any_of(s->begin(), s->end(),
+                            [&](const LeaseInfo& l) { return l.id == shared.lease_id; }));
+  }
+}
+
+TEST_F(SharedReportTest, ResetForgetsChargesAdoptionsAndCooldownsAsTheEmbeddedLedger) {
+  std::vector<std::pair<Decision, Decision>> held;
+  Both("cal", 1, "", std::nullopt, &held);
+  Both("cal", 2, "", std::nullopt, &held);
+  Both("mix", 2, "", std::nullopt, &held);  // slots held through the reset
+  Both("scoped", 1, "a", std::nullopt, &held);
+  Both("slide", 3, "", std::nullopt, &held);
+  const UpstreamAnswer counts =
+      Answer("mix", 200, Headers({{"X-RateLimit-Limit", "20"}, {"X-RateLimit-Remaining", "2"}}));
+  ASSERT_TRUE(replicas_[0]->Report(counts).ok());
+  ASSERT_TRUE(ledger_->Report(counts).ok());
+  UpstreamAnswer throttle = Answer("cal", 429, Headers({{"Retry-After", "300"}}));
+  throttle.observed_at = absl::Now();
+  ASSERT_TRUE(replicas_[1]->Report(throttle).ok());
+  ASSERT_TRUE(ledger_->Report(throttle).ok());
+  ExpectSameUsage();
+
+  ASSERT_TRUE(replicas_[1]->Reset(kCred).ok());
+  ASSERT_TRUE(ledger_->Reset(kCred).ok());
+  ExpectSameUsage();
+  // Nothing cools down any more; the slots of live leases stay held.
+  EXPECT_TRUE(Shared(0, "cal").granted);
+  EXPECT_TRUE(Embedded("cal").granted);
+  // A lease granted before the reset gives nothing back, in both.
+  for (const auto& [shared, embedded] : held) {
+    absl::StatusOr<ReleaseResult> rs = replicas_[0]->Release(shared.lease_id, 0);
+    absl::StatusOr<ReleaseResult> re = ledger_->Release(embedded.lease_id, 0);
+    ASSERT_TRUE(rs.ok() && re.ok());
+    EXPECT_EQ(rs->refunded, re->refunded);
+    EXPECT_EQ(rs->refunded, 0);
+    EXPECT_EQ(rs->freed, re->freed);
+  }
+  ExpectSameUsage();
+  EXPECT_EQ(replicas_[0]->Reset("nobody/x").code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace

@@ -7,7 +7,8 @@
 -- Times are integer microseconds since the Unix epoch (Redis TIME's resolution; Lua numbers are
 -- doubles, exact up to 2^53, which nanoseconds since 1970 would pass).
 --
--- The library is this file then quotad_functions.lua, embedded as one source (embed_lua.cmake).
+-- The library is this file (the counters) then quotad_functions.lua (a call's state, the
+-- functions), embedded as one source (embed_lua.cmake).
 --
 -- Layout (few redis.call per decision: each costs ~1-2 us inside redis-server):
 --   q:{cred}:s   one hash per credential: field <counter> = its state packed as doubles
@@ -400,3 +401,118 @@ function T.refund(c, now, token, aux, charged, units)
   return take
 end
 
+---------------------------------------------------------------------------------------------
+-- Concurrency: slots held by leases until their expiry. State: u x m zx cd (used, latest lease
+-- expiry, a lower bound of the earliest, the sorted set's expiry, cooldown); units per lease in
+-- <name>@<lease>; the sorted set orders the leases by expiry, so that dropping the expired ones
+-- costs nothing until the earliest expires.
+
+local C = {}
+
+function C.load(c, v)
+  if v then c.u, c.x, c.m, c.zx, c.cd = struct.unpack('ddddd', v)
+  else c.u, c.x, c.m, c.zx, c.cd = 0, -INF, INF, -INF, 0 end
+  c.gone, c.set, c.moved = {}, {}, {}
+end
+function C.pack(c) return pk('ddddd', c.u, c.x, c.m, c.zx, c.cd) end
+
+local function min_score(zkey, after)
+  local r = redis.call('ZRANGE', zkey, '(' .. string.format('%d', after), '+inf',
+                       'BYSCORE', 'LIMIT', 0, 1, 'WITHSCORES')
+  if #r == 0 then return INF end
+  return tonumber(r[2])
+end
+
+function C.roll(c, now, args, key)
+  if now < c.m then return true end
+  local expired = redis.call('ZRANGE', c.zkey, '-inf', string.format('%d', now), 'BYSCORE')
+  if #expired > 0 then
+    local fields = {}
+    for i, lease in ipairs(expired) do fields[i] = c.name .. '@' .. lease end
+    local units = redis.call('HMGET', key, unpack(fields))
+    for i, lease in ipairs(expired) do
+      c.u = c.u - (tonumber(units[i]) or 0)
+      c.gone[#c.gone + 1] = lease
+    end
+  end
+  if now >= c.x then c.u = 0 end -- every lease has expired (even if the set has gone)
+  c.m = min_score(c.zkey, now)
+  c.dirty = true
+  return true
+end
+
+function C.fits(c, now, cost)
+  if c.u + cost <= c.cap then return true end
+  if cost > c.cap then return false, INF end
+  -- When enough of the earliest-expiring leases will have freed their slots.
+  local need, freed, offset = c.u + cost - c.cap, 0, 0
+  while true do
+    local page = redis.call('ZRANGE', c.zkey, '(' .. string.format('%d', now), '+inf', 'BYSCORE',
+                            'LIMIT', offset, 64, 'WITHSCORES')
+    if #page == 0 then return false, INF end
+    local fields = {}
+    for i = 1, #page, 2 do fields[#fields + 1] = c.name .. '@' .. page[i] end
+    local units = redis.call('HMGET', c.key, unpack(fields))
+    for i = 1, #page, 2 do
+      freed = freed + (tonumber(units[(i + 1) / 2]) or 0)
+      if freed >= need then return false, tonumber(page[i + 1]) end
+    end
+    offset = offset + 64
+  end
+end
+
+function C.charge(c, now, cost, lease, exp)
+  c.set[lease] = (c.held or 0) + cost
+  c.moved[lease] = exp
+  c.u = c.u + cost
+  c.x = math.max(c.x, exp)
+  c.m = math.min(c.m, exp)
+  c.dirty = true
+  return 0, 0
+end
+
+-- Counter::Free: the slots of a lease (c.held, read with the state); 0 when it holds none.
+function C.free(c, lease)
+  local units = c.held or 0
+  if units == 0 then return 0 end
+  c.gone[#c.gone + 1] = lease
+  c.u = c.u - units
+  c.dirty = true
+  return units
+end
+
+-- Counter::MoveExpiry.
+function C.move(c, lease, exp)
+  if (c.held or 0) == 0 then return end
+  c.moved[lease] = exp
+  c.x = math.max(c.x, exp)
+  c.m = math.min(c.m, exp)
+  c.dirty = true
+end
+
+function C.flush(c, set, del, now)
+  for _, lease in ipairs(c.gone) do del[#del + 1] = c.name .. '@' .. lease end
+  if #c.gone > 0 then redis.call('ZREM', c.zkey, unpack(c.gone)) end
+  for lease, units in pairs(c.set) do
+    set[#set + 1] = c.name .. '@' .. lease
+    set[#set + 1] = units
+  end
+  local zadd = nil
+  for lease, exp in pairs(c.moved) do
+    zadd = zadd or {'ZADD', c.zkey}
+    zadd[#zadd + 1] = string.format('%d', exp)
+    zadd[#zadd + 1] = lease
+  end
+  if zadd then
+    redis.call(unpack(zadd))
+    if c.x > c.zx then
+      c.zx = slack(c.x, now)
+      expire_at(c.zkey, c.zx)
+    end
+  end
+end
+
+function C.drained(c) return math.max(c.x, c.cd) end
+-- Counter::View (after roll): held slots and the earliest expiry of a lease holding some.
+function C.view(c, now) return c.u, min_score(c.zkey, now) end
+function C.refund() return 0 end

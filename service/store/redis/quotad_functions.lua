@@ -1,121 +1,5 @@
 -- quotad's function library, second part (the embedded library is quotad.lua then this file,
--- as one source: see embed_lua.cmake): the concurrency counter, a call's state, the functions.
-
----------------------------------------------------------------------------------------------
--- Concurrency: slots held by leases until their expiry. State: u x m zx cd (used, latest lease
--- expiry, a lower bound of the earliest, the sorted set's expiry, cooldown); units per lease in
--- <name>@<lease>; the sorted set orders the leases by expiry, so that dropping the expired ones
--- costs nothing until the earliest expires.
-
-local C = {}
-
-function C.load(c, v)
-  if v then c.u, c.x, c.m, c.zx, c.cd = struct.unpack('ddddd', v)
-  else c.u, c.x, c.m, c.zx, c.cd = 0, -INF, INF, -INF, 0 end
-  c.gone, c.set, c.moved = {}, {}, {}
-end
-function C.pack(c) return pk('ddddd', c.u, c.x, c.m, c.zx, c.cd) end
-
-local function min_score(zkey, after)
-  local r = redis.call('ZRANGE', zkey, '(' .. string.format('%d', after), '+inf',
-                       'BYSCORE', 'LIMIT', 0, 1, 'WITHSCORES')
-  if #r == 0 then return INF end
-  return tonumber(r[2])
-end
-
-function C.roll(c, now, args, key)
-  if now < c.m then return true end
-  local expired = redis.call('ZRANGE', c.zkey, '-inf', string.format('%d', now), 'BYSCORE')
-  if #expired > 0 then
-    local fields = {}
-    for i, lease in ipairs(expired) do fields[i] = c.name .. '@' .. lease end
-    local units = redis.call('HMGET', key, unpack(fields))
-    for i, lease in ipairs(expired) do
-      c.u = c.u - (tonumber(units[i]) or 0)
-      c.gone[#c.gone + 1] = lease
-    end
-  end
-  if now >= c.x then c.u = 0 end -- every lease has expired (even if the set has gone)
-  c.m = min_score(c.zkey, now)
-  c.dirty = true
-  return true
-end
-
-function C.fits(c, now, cost)
-  if c.u + cost <= c.cap then return true end
-  if cost > c.cap then return false, INF end
-  -- When enough of the earliest-expiring leases will have freed their slots.
-  local need, freed, offset = c.u + cost - c.cap, 0, 0
-  while true do
-    local page = redis.call('ZRANGE', c.zkey, '(' .. string.format('%d', now), '+inf', 'BYSCORE',
-                            'LIMIT', offset, 64, 'WITHSCORES')
-    if #page == 0 then return false, INF end
-    local fields = {}
-    for i = 1, #page, 2 do fields[#fields + 1] = c.name .. '@' .. page[i] end
-    local units = redis.call('HMGET', c.key, unpack(fields))
-    for i = 1, #page, 2 do
-      freed = freed + (tonumber(units[(i + 1) / 2]) or 0)
-      if freed >= need then return false, tonumber(page[i + 1]) end
-    end
-    offset = offset + 64
-  end
-end
-
-function C.charge(c, now, cost, lease, exp)
-  c.set[lease] = (c.held or 0) + cost
-  c.moved[lease] = exp
-  c.u = c.u + cost
-  c.x = math.max(c.x, exp)
-  c.m = math.min(c.m, exp)
-  c.dirty = true
-  return 0, 0
-end
-
--- Counter::Free: the slots of a lease (c.held, read with the state); 0 when it holds none.
-function C.free(c, lease)
-  local units = c.held or 0
-  if units == 0 then return 0 end
-  c.gone[#c.gone + 1] = lease
-  c.u = c.u - units
-  c.dirty = true
-  return units
-end
-
--- Counter::MoveExpiry.
-function C.move(c, lease, exp)
-  if (c.held or 0) == 0 then return end
-  c.moved[lease] = exp
-  c.x = math.max(c.x, exp)
-  c.m = math.min(c.m, exp)
-  c.dirty = true
-end
-
-function C.flush(c, set, del, now)
-  for _, lease in ipairs(c.gone) do del[#del + 1] = c.name .. '@' .. lease end
-  if #c.gone > 0 then redis.call('ZREM', c.zkey, unpack(c.gone)) end
-  for lease, units in pairs(c.set) do
-    set[#set + 1] = c.name .. '@' .. lease
-    set[#set + 1] = units
-  end
-  local zadd = nil
-  for lease, exp in pairs(c.moved) do
-    zadd = zadd or {'ZADD', c.zkey}
-    zadd[#zadd + 1] = string.format('%d', exp)
-    zadd[#zadd + 1] = lease
-  end
-  if zadd then
-    redis.call(unpack(zadd))
-    if c.x > c.zx then
-      c.zx = slack(c.x, now)
-      expire_at(c.zkey, c.zx)
-    end
-  end
-end
-
-function C.drained(c) return math.max(c.x, c.cd) end
--- Counter::View (after roll): held slots and the earliest expiry of a lease holding some.
-function C.view(c, now) return c.u, min_score(c.zkey, now) end
-function C.refund() return 0 end
+-- as one source: see embed_lua.cmake): a call's state, the functions.
 
 ---------------------------------------------------------------------------------------------
 -- State of a call: the credential's hash, read once, written once.
@@ -284,7 +168,7 @@ end
 -- FCALL quotad_release 2+z[+1] lease state zsets.. [locator]  used lease_id n counters.. [1]
 -- Ends a lease (counters: the same as its acquire, in the same order). used >= 0 refunds
 -- cost - used on each window limit whose charged window is still open; used < 0 refunds
--- nothing. Frees its concurrency slots. A final argument 1 also deletes the locator. Answers
+-- nothing, nor does a lease granted before a reset (quotad_reset). Frees its concurrency slots. A final argument 1 also deletes the locator. Answers
 -- {1, now, freed, refunded_1, ..., refunded_n},
 -- or {0, now} when the lease is unknown or expired.
 local function release(keys, args)
@@ -294,11 +178,15 @@ local function release(keys, args)
   if args[ai] == '1' then redis.call('DEL', keys[#keys]) end
   local l = read_lease(keys[1], now)
   if l == nil then return {0, now} end
-  local x, extra = load_all(keys[2], cs, lease_fields(cs, lease))
+  local fields = lease_fields(cs, lease)
+  fields[#fields + 1] = '~r'
+  local x, extra = load_all(keys[2], cs, fields)
   set_held(cs, extra)
+  local reset_at = tonumber(extra[#fields]) or -INF
   local out = {1, now, 0}
   local cost, at = l[3], l[2]
-  local units = used >= 0 and math.max(cost - used, 0) or 0
+  -- A lease granted before the credential was reset gives nothing back (its units are gone).
+  local units = (used >= 0 and at > reset_at) and math.max(cost - used, 0) or 0
   for k, c in ipairs(cs) do
     local got = 0
     c.K.roll(c, now, args, keys[2])
@@ -520,6 +408,64 @@ local function usage(keys, args)
   return out
 end
 
+-- Deletes `fields` of hash `key`, a batch at a time (unpack has a limit).
+local function hdel_all(key, fields)
+  for i = 1, #fields, 1000 do
+    redis.call('HDEL', key, unpack(fields, i, math.min(i + 999, #fields)))
+  end
+end
+
+-- FCALL quotad_reset 1 state: ResetCredential (Ledger::Reset). Forgets every charge of the
+-- credential (window, sliding and bucket states, sliding log entries), what was adopted, and
+-- every cooldown (the features' and the counters'); concurrency slots held by live leases
+-- stay. A lease granted before gives nothing back on release (field ~r: the reset's time).
+-- Counter states are kept, emptied (so scoped ones are still listed, as after Counter::Clear),
+-- and told apart by their size: 5 doubles concurrency, 7 windows, 10-11 sliding, 2 buckets.
+-- Answers {now}.
+local function reset(keys, args)
+  local now = now_us()
+  local fields = redis.call('HKEYS', keys[1])
+  if #fields == 0 then return {now} end
+  local del, states = {}, {}
+  for _, f in ipairs(fields) do
+    local c1 = string.sub(f, 1, 1)
+    if c1 == '~' or string.find(f, '@', 1, true) then
+      -- the hash's expiry, the reset time, a lease's slots: kept
+    elseif c1 == '!' or string.find(f, '#', 1, true) then
+      del[#del + 1] = f
+    else
+      states[#states + 1] = f
+    end
+  end
+  local set = {'HSET', keys[1], '~r', string.format('%d', now)}
+  if #states > 0 then
+    local vs = redis.call('HMGET', keys[1], unpack(states))
+    for i, f in ipairs(states) do
+      local v = vs[i]
+      local fresh = nil
+      if v and #v == 40 then -- concurrency: its slots stay
+        local u, x, m, zx = struct.unpack('ddddd', v)
+        fresh = pk('ddddd', u, x, m, zx, 0)
+      elseif v and #v == 56 then -- windows
+        fresh = pk('ddddddd', -INF, -INF, 0, 0, 0, -INF, 0)
+      elseif v and #v >= 80 then -- sliding (its entries are deleted above)
+        fresh = pk('ddddddddddd', 0, 0, 0, 0, 0, 0, 0, 0, -INF, 0, -INF)
+      elseif v and #v == 16 then -- token bucket
+        fresh = pk('dd', -INF, 0)
+      end
+      if fresh then -- kept, empty: a scoped counter is still listed (as Counter::Clear)
+        set[#set + 1] = f
+        set[#set + 1] = fresh
+      else
+        del[#del + 1] = f
+      end
+    end
+  end
+  hdel_all(keys[1], del)
+  redis.call(unpack(set))
+  return {now}
+end
+
 -- FCALL_RO quotad_peek 1 state name kind: a counter's state as numbers (for tests, operators).
 local function peek(keys, args)
   local v = redis.call('HGET', keys[1], args[1])
@@ -536,5 +482,6 @@ redis.register_function('quotad_acquire', acquire)
 redis.register_function('quotad_release', release)
 redis.register_function('quotad_renew', renew)
 redis.register_function('quotad_report', report)
+redis.register_function('quotad_reset', reset)
 redis.register_function{function_name = 'quotad_peek', flags = {'no-writes'}, callback = peek}
 redis.register_function{function_name = 'quotad_usage', flags = {'no-writes'}, callback = usage}

@@ -15,13 +15,13 @@
 //
 // Report parses the answer and chooses the limit its counts describe here, as the embedded
 // ledger does (service/core/report_target.h), and applies the adoption, the attribution of a
-// throttle and the cooldowns in one FCALL on Redis's clock; Usage reads a credential's counters
-// in one FCALL_RO (plus an HKEYS when it has scoped limits). Both live in
-// redis_backend_report.cc.
+// throttle and the cooldowns in one FCALL on Redis's clock. The Admin calls: Usage reads a
+// credential's counters in one FCALL_RO (plus an HKEYS when it has scoped limits), Leases scans
+// the lease locators, Reset is one FCALL. These live in redis_backend_admin.cc.
 //
 // Not built yet (kUnimplemented, or as stated): waiting (a request that may wait is decided at
-// once), Leases and Reset (Admin), the Report's outside estimate and doubling back-off,
-// max_scopes, sliding windows with sub-buckets, Decision::limits.
+// once), the Report's outside estimate and doubling back-off, max_scopes, sliding windows with
+// sub-buckets, Decision::limits.
 
 #include <atomic>
 #include <memory>
@@ -143,6 +143,7 @@ class RedisBackend final : public QuotaBackend {
   static absl::StatusOr<Plan> PlanFor(const Compiled& compiled, absl::string_view credential,
                                       absl::string_view feature, absl::string_view scope);
   absl::StatusOr<Locator> ReadLocator(const LeaseId& id);
+  static absl::StatusOr<Locator> ParseLocator(absl::string_view value, absl::string_view id);
   // A store error as the caller sees it: kUnavailable (nothing decided) for a transport one.
   absl::Status StoreError(const absl::Status& status, absl::string_view what);
   // 1 + a draw from the throttle's jitter range (1 + jitter_min when it has none).
