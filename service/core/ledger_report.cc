@@ -14,6 +14,7 @@
 #include "absl/strings/str_join.h"
 #include "service/core/ledger.h"
 #include "service/core/ledger_internal.h"
+#include "service/core/report_target.h"
 
 namespace quotad {
 
@@ -78,33 +79,14 @@ int64_t Credential::LearnThrottle(Ledger& l, const CompiledCredential& cc,
     // longer than the limit takes to release units (a sliding or rolling period, the rest of a
     // calendar window; slots free as calls end), so one answer never idles the key for long.
     const ThrottleSpec& t = feature.throttle;
-    absl::Duration backoff = t.initial_backoff;
-    for (int i = 1; i < e.consecutive() && backoff < t.max_backoff; ++i) backoff *= t.multiplier;
-    backoff = std::min(backoff, t.max_backoff);
-    absl::Duration release;
-    switch (rule.spec.kind) {
-      case LimitKind::kSliding:
-      case LimitKind::kRolling:
-        release = absl::Nanoseconds(rule.period_ns);
-        break;
-      case LimitKind::kTokenBucket:
-        release = absl::Nanoseconds(rule.emission_ns);
-        break;
-      case LimitKind::kConcurrency:
-        release = t.initial_backoff;
-        break;
-      default: {
-        if (rule.spec.scoped) {
-          release = LongestWindow(rule);
-          break;
-        }
-        const int64_t reset =
-            l.FromRuleTime(rule, counters[r].View(rule, l.RuleTime(rule, now)).reset_ns);
-        release = absl::Nanoseconds(std::max<int64_t>(0, reset - now));
-        break;
-      }
+    absl::Duration backoff = ThrottleBackoff(t, e.consecutive());
+    std::optional<absl::Duration> release = ThrottleRelease(rule, t);
+    if (!release) {
+      const int64_t reset =
+          l.FromRuleTime(rule, counters[r].View(rule, l.RuleTime(rule, now)).reset_ns);
+      release = absl::Nanoseconds(std::max<int64_t>(0, reset - now));
     }
-    backoff = std::max(std::min(backoff, release), absl::Milliseconds(1));
+    backoff = std::max(std::min(backoff, *release), absl::Milliseconds(1));
     double jitter = t.jitter_min;
     if (t.jitter_max > t.jitter_min) {
       absl::MutexLock jitter_lock(&l.jitter_mu_);
@@ -185,73 +167,33 @@ absl::StatusOr<ReportResult> Ledger::Report(const UpstreamAnswer& answer) {
     bool adopted_count = false;      // the named limit's count was adopted from this answer
     if (obs->limit || obs->remaining || obs->used) {
       // Which of the feature's window limits the X-RateLimit-* headers describe.
-      std::vector<int> candidates;
-      for (int r : feature.rules) {
-        const LimitKind k = cc.rules[r].spec.kind;
-        if (!cc.rules[r].spec.scoped &&
-            (k == LimitKind::kCalendar || k == LimitKind::kRolling || k == LimitKind::kSliding)) {
-          candidates.push_back(r);
-        }
-      }
-      int target = -1;
-      if (obs->limit) {
-        for (int r : candidates) {
-          if (cc.rules[r].spec.capacity == *obs->limit) {
-            target = r;
-            break;
-          }
-        }
-      }
-      if (target < 0 && candidates.size() == 1) target = candidates[0];
-      if (target < 0) {
-        std::vector<std::string> names;
-        for (int r : candidates) names.push_back(cc.rules[r].full_name);
-        out.warnings.push_back(
-            absl::StrCat("X-RateLimit-Limit ", obs->limit ? absl::StrCat(*obs->limit) : "(none)",
-                         " matches none of ", absl::StrJoin(names, ", "), "; counts not adopted"));
-      } else {
+      const int target = ReportTarget(cc, feature, *obs, &out.warnings);
+      if (target >= 0) {
         const Rule& rule = cc.rules[target];
-        std::optional<int64_t> upstream_used = obs->used;
-        if (!upstream_used && obs->remaining) {
-          upstream_used = std::max<int64_t>(
-              0, (obs->limit ? *obs->limit : rule.spec.capacity) - *obs->remaining);
-        }
+        std::optional<int64_t> upstream_used = UpstreamUsed(rule, *obs);
         // The upstream's times are wall times: in ledger time here (on the rule's own clock when
         // adopted).
         int64_t reset_ns = obs->reset_at ? FromWall(*obs->reset_at) : 0;
         named = target;
         if (upstream_used) named_full = *upstream_used >= rule.Capacity();
-        // Only counts of the window in force are adopted: a reset that has passed describes an
-        // earlier window (the answer is late, or the upstream's window rolled since), and one
-        // further ahead than a whole window of the limit describes another window.
-        const int64_t longest = absl::ToInt64Nanoseconds(LongestWindow(rule));
-        // X-RateLimit-Reset is in whole seconds: a reset less than one second ago may be this
-        // window's, rounded down. A sliding window has no earlier window: a reset that passed
-        // only says its oldest unit left, and the count still holds (see below).
-        if (upstream_used && obs->reset_at && rule.spec.kind != LimitKind::kSliding &&
-            reset_ns + absl::ToInt64Nanoseconds(absl::Seconds(1)) <= now) {
-          out.warnings.push_back(
-              absl::StrCat("X-RateLimit-Reset ", absl::FormatTime(*obs->reset_at), " of ",
-                           rule.full_name, " has passed (now ", absl::FormatTime(ToWall(now)),
-                           "): the counts describe an earlier window; not adopted"));
-          upstream_used.reset();
-          named_full.reset();
-        } else if (obs->reset_at &&
-                   reset_ns > SatAdd(SatAdd(now, longest),
-                                     std::min(longest, absl::ToInt64Nanoseconds(absl::Hours(1))))) {
-          // No window of the limit ends that late. Dropping the counts could grant into a full
-          // upstream window, so they count in the window in force; the reset is not used.
-          out.warnings.push_back(absl::StrCat(
-              "X-RateLimit-Reset ", absl::FormatTime(*obs->reset_at), " of ", rule.full_name,
-              " is more than one window (", absl::FormatDuration(LongestWindow(rule)),
-              ") ahead: the reset is ignored, the counts apply to the window in force"));
-          reset_ns = 0;
+        // Only counts of the window in force are adopted (see CheckUpstreamReset).
+        switch (CheckUpstreamReset(rule, upstream_used.has_value(), reset_ns, now)) {
+          case UpstreamReset::kPassed:
+            out.warnings.push_back(ResetPassedWarning(rule, *obs->reset_at, ToWall(now)));
+            upstream_used.reset();
+            named_full.reset();
+            break;
+          case UpstreamReset::kTooFar:
+            // Dropping the counts could grant into a full upstream window, so they count in the
+            // window in force; the reset is not used.
+            out.warnings.push_back(ResetTooFarWarning(rule, *obs->reset_at));
+            reset_ns = 0;
+            break;
+          case UpstreamReset::kInForce:
+            break;
         }
         if (upstream_used && rule.spec.kind == LimitKind::kSliding) {
-          // The units the upstream counted when the answer was seen were charged before then:
-          // they leave its window one period later at the latest (plus the guard here).
-          const int64_t release = SatAdd(std::min(now, FromWall(observed_at)), rule.period_ns);
-          if (reset_ns <= now || reset_ns > release) reset_ns = release;
+          reset_ns = SlidingAdoptedUntil(rule, reset_ns, now, FromWall(observed_at));
         }
         if (upstream_used) {
           adopted_count = true;

@@ -454,17 +454,23 @@ TEST_F(RedisFunctionsTest, ACountFromAnEarlierWindowIsNotAdopted) {
   EXPECT_TRUE(Granted(counters, 10));
 }
 
-TEST_F(RedisFunctionsTest, CooldownsDenyUntilTheirEndCappedAtTheLongestWindow) {
+TEST_F(RedisFunctionsTest, AThrottleCoolsTheFullestLimitForEveryFeatureCappedAtTheLongestWindow) {
   Rule& rule = AddRule(Spec(LimitKind::kCalendar, 10), "c.cal");
   Rule& other = AddRule(Spec(LimitKind::kSliding, 10), "c.slide");
   const std::vector<CounterRef> counters = {{"c.cal", &rule}, {"c.slide", &other}};
-  // A Retry-After of a day on the sliding limit, capped at the feature's longest window (1 h).
+  ASSERT_TRUE(Granted({{"c.slide", &other}}, 9));  // 90% full; the calendar limit is empty
+  // A throttle without a time: the fullest limit only (AttributeThrottle) backs off for
+  // min(1 h, its period) = 1 h, capped at the feature's longest window (here 30 min).
   ReportCall report{kCred, "c", counters};
-  report.cool_until = {absl::InfinitePast(), absl::Now() + absl::Hours(24)};
-  report.max_cooldown = absl::Hours(1);
+  report.target = -1;
+  report.throttled = true;
+  report.max_cooldown = absl::Minutes(30);
+  report.backoffs = {{absl::Hours(1), std::nullopt, 1.0}, {absl::Hours(1), absl::Hours(1), 1.0}};
   absl::StatusOr<ReportAnswer> r = fn_->ReportSync(report);
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(r->cooldown_until, r->now + absl::Hours(1));
+  EXPECT_EQ(r->cooldown_until, r->now + absl::Minutes(30));
+  ASSERT_EQ(r->capped.size(), 1u);
+  EXPECT_EQ(r->capped[0], r->now + absl::Hours(1));
   AcquireCall call = Call(counters);
   call.feature = "c";
   absl::StatusOr<AcquireAnswer> a = fn_->AcquireSync(call);
@@ -476,11 +482,16 @@ TEST_F(RedisFunctionsTest, CooldownsDenyUntilTheirEndCappedAtTheLongestWindow) {
   // Any feature charging the cooling limit waits; one that does not is served.
   EXPECT_FALSE(Granted({{"c.slide", &other}}));
   EXPECT_TRUE(Granted({{"c.cal", &rule}}));
-  // A feature's own cooldown (Retry-After with nothing attributed) stops only that feature.
+  // With the upstream's Retry-After and no limit to blame, the feature itself cools down, and
+  // only it.
   ReportCall feature_cool{kCred, "d", {}};
-  feature_cool.feature_cool_until = absl::Now() + absl::Minutes(5);
+  feature_cool.target = -1;
+  feature_cool.throttled = true;
+  feature_cool.retry_at = absl::Now() + absl::Minutes(5);
   feature_cool.max_cooldown = absl::Hours(1);
-  ASSERT_TRUE(fn_->ReportSync(feature_cool).ok());
+  r = fn_->ReportSync(feature_cool);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->cooldown_until, absl::FromUnixMicros(absl::ToUnixMicros(feature_cool.retry_at)));
   AcquireCall d = Call({{"c.cal", &rule}});
   d.feature = "d";
   a = fn_->AcquireSync(d);
@@ -489,6 +500,40 @@ TEST_F(RedisFunctionsTest, CooldownsDenyUntilTheirEndCappedAtTheLongestWindow) {
   EXPECT_TRUE(a->cooling);
   EXPECT_EQ(a->limiting, -1);
   EXPECT_TRUE(Granted({{"c.cal", &rule}}));  // feature "" is not cooling
+}
+
+// A full count cools its limit until the upstream's reset; a count no fuller than the others
+// shares the blame with every limit within 2% of the fullest (as Ledger::Report).
+TEST_F(RedisFunctionsTest, AThrottleWithAFullCountCoolsItsLimitUntilTheReset) {
+  Rule& cal = AddRule(Spec(LimitKind::kCalendar, 10), "t.cal");
+  Rule& slide = AddRule(Spec(LimitKind::kSliding, 20), "t.slide");
+  const std::vector<CounterRef> counters = {{"t.cal", &cal}, {"t.slide", &slide}};
+  ReportCall report{kCred, "t", counters, 10};
+  report.full = true;
+  report.reset = absl::FromUnixSeconds(absl::ToUnixSeconds(absl::Now()) + 600);
+  report.longest_window = absl::Hours(24 * 31);
+  report.throttled = true;
+  report.max_cooldown = absl::Hours(24 * 31);
+  absl::StatusOr<ReportAnswer> r = fn_->ReportSync(report);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->adopted);
+  EXPECT_EQ(r->added, 10);
+  EXPECT_EQ(r->cooldown_until, report.reset);
+  EXPECT_TRUE(Granted({{"t.slide", &slide}}));  // not blamed: the count named the calendar
+  const absl::Time first_reset = report.reset;
+  // The same answer a second too late: an earlier window's count, not adopted, not "full";
+  // then both limits are candidates and the fuller (the calendar, 10 of 10) is blamed.
+  report.reset = r->now - absl::Seconds(2);
+  report.backoffs = {{absl::Seconds(7), std::nullopt, 1.0}, {absl::Seconds(7), absl::Hours(1), 1.0}};
+  r = fn_->ReportSync(report);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->reset_passed);
+  EXPECT_FALSE(r->adopted);
+  EXPECT_TRUE(r->capped.empty());
+  // The calendar limit (10 of 10) is blamed, not the sliding one (1 of 20): its 7 s back-off
+  // does not shorten the cooldown it has; the sliding limit still grants.
+  EXPECT_EQ(r->cooldown_until, first_reset);
+  EXPECT_TRUE(Granted({{"t.slide", &slide}}));
 }
 
 // Decision by decision against the embedded ledger's Counter, fed the time Redis decided at:
@@ -507,7 +552,7 @@ void ExpectSameDecisionsAsLimitsCc(RedisFunctions& fn, const Rule& rule, int ste
   };
   std::vector<Held> held;
   const std::vector<CounterRef> counters = {{rule.full_name, &rule}};
-  int grants = 0, denials = 0, refunds = 0, adoptions = 0;
+  int grants = 0, denials = 0, refunds = 0, adoptions = 0, adoptions_added = 0;
   for (int i = 0; i < steps; ++i) {
     if (!held.empty() && rng() % 3 == 0) {
       const size_t pick = rng() % held.size();
@@ -539,15 +584,23 @@ void ExpectSameDecisionsAsLimitsCc(RedisFunctions& fn, const Rule& rule, int ste
                         static_cast<int64_t>(rng() % (rule.spec.capacity + 1))};
       report.longest_window = absl::Hours(1);
       report.max_cooldown = absl::Hours(1);
+      // The request went out up to 1.5 periods ago (a sliding count is compared with our
+      // charges from one period before then, and not adopted when some left the log since).
+      const int64_t back_us = static_cast<int64_t>(
+          rng() % (static_cast<uint64_t>(rule.period_ns / 1000) * 3 / 2 + 1));
+      report.sent_at = absl::FromUnixMicros(absl::ToUnixMicros(absl::Now()) - back_us);
       absl::StatusOr<ReportAnswer> r = fn.ReportSync(report);
       ASSERT_TRUE(r.ok()) << r.status();
       ASSERT_TRUE(r->adopted);
       const int64_t now = absl::ToUnixNanos(r->now);
+      const int64_t sent = std::min(now, absl::ToUnixNanos(report.sent_at));
       int64_t added = 0;
-      ASSERT_EQ(r->before, counter.Adopt(rule, now, *report.used, 0, now, &added)) << "step " << i;
+      ASSERT_EQ(r->before, counter.Adopt(rule, now, *report.used, 0, sent, &added))
+          << "step " << i << " sent " << (now - sent) / 1000 << " us before";
       ASSERT_EQ(r->added, added) << "step " << i;
       if (added > 0) counter.NoRefundsBefore(now);
       ++adoptions;
+      adoptions_added += added > 0;
       continue;
     }
     const int64_t cost = 1 + static_cast<int64_t>(rng() % 4);
@@ -584,6 +637,8 @@ void ExpectSameDecisionsAsLimitsCc(RedisFunctions& fn, const Rule& rule, int ste
   if (rule.spec.kind != LimitKind::kConcurrency && rule.spec.kind != LimitKind::kTokenBucket) {
     EXPECT_GT(adoptions, 10);
   }
+  // Sliding: sent_at took both ways (some counts compared with fewer of our grants, adopted).
+  if (rule.spec.kind == LimitKind::kSliding) EXPECT_GT(adoptions_added, 0);
 }
 
 TEST_F(RedisFunctionsTest, DecidesLikeTheEmbeddedCounterForEachKind) {

@@ -113,6 +113,8 @@ class SharedModeTest : public ::testing::Test {
         grpc::CreateChannel(servers_[i]->address(), grpc::InsecureChannelCredentials());
     quota_[i] = v1::Quota::NewStub(channel);
     health_[i] = Health::NewStub(channel);
+    if (static_cast<int>(admin_.size()) <= i) admin_.resize(i + 1);
+    admin_[i] = v1::Admin::NewStub(channel);
   }
 
   grpc::Status Acquire(int replica, const std::string& feature, v1::AcquireResponse* resp,
@@ -172,6 +174,7 @@ class SharedModeTest : public ::testing::Test {
   std::vector<std::unique_ptr<QuotadServer>> servers_;
   std::vector<std::unique_ptr<v1::Quota::Stub>> quota_;
   std::vector<std::unique_ptr<Health::Stub>> health_;
+  std::vector<std::unique_ptr<v1::Admin::Stub>> admin_;
 };
 
 TEST_F(SharedModeTest, EveryWindowKindGrantsExactlyItsCapacityOverAllReplicas) {
@@ -186,6 +189,80 @@ TEST_F(SharedModeTest, EveryWindowKindGrantsExactlyItsCapacityOverAllReplicas) {
       EXPECT_TRUE(resp.has_retry_at()) << feature;
     }
   }
+}
+
+// Report and the Admin calls over gRPC: a count reported to one replica denies through another,
+// a throttle reported to one cools every replica, and any replica's GetUsage, ListLeases and
+// ResetCredential see and change the same state.
+TEST_F(SharedModeTest, ReportAndAdminCallsActOnTheSharedStateThroughAnyReplica) {
+  v1::AcquireResponse held;
+  ASSERT_TRUE(Acquire(0, "cal", &held).ok());
+  ASSERT_TRUE(held.granted());
+  v1::ReportRequest report;
+  report.set_credential("team/shared");
+  report.set_feature("cal");
+  report.set_http_status(200);
+  auto* limit = report.add_headers();
+  limit->set_name("X-RateLimit-Limit");
+  limit->set_value("20");
+  auto* remaining = report.add_headers();
+  remaining->set_name("X-RateLimit-Remaining");
+  remaining->set_value("2");
+  v1::ReportResponse reported;
+  grpc::Status s = quota_[0]->Report(Context().get(), report, &reported);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(reported.adopted_size(), 1);
+  EXPECT_EQ(reported.adopted(0), "cal.daily used 1 -> 18");
+  EXPECT_EQ(GrantsFromEveryone("cal", 1, "", 1), 2);  // through replicas 1 and 2 only
+
+  v1::GetUsageRequest usage_req;
+  usage_req.set_credential("team/shared");
+  v1::GetUsageResponse usage;
+  s = admin_[2]->GetUsage(Context().get(), usage_req, &usage);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  bool seen = false;
+  for (const v1::LimitStatus& l : usage.limits()) {
+    if (l.name() != "cal.daily") continue;
+    seen = true;
+    EXPECT_EQ(l.used(), 20);
+    EXPECT_EQ(l.remaining(), 0);
+  }
+  EXPECT_TRUE(seen);
+
+  // A 429 with Retry-After through replica 1: replica 2 denies the feature as cooling down.
+  report.set_feature("roll");
+  report.clear_headers();
+  report.set_http_status(429);
+  auto* retry = report.add_headers();
+  retry->set_name("Retry-After");
+  retry->set_value("600");
+  s = quota_[1]->Report(Context().get(), report, &reported);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_TRUE(reported.has_cooldown_until());
+  v1::AcquireResponse cooling;
+  ASSERT_TRUE(Acquire(2, "roll", &cooling).ok());
+  EXPECT_FALSE(cooling.granted());
+  EXPECT_EQ(cooling.limited_by(), "roll.cooldown");
+
+  v1::ListLeasesRequest leases_req;
+  leases_req.set_credential("team/shared");
+  v1::ListLeasesResponse leases;
+  s = admin_[1]->ListLeases(Context().get(), leases_req, &leases);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(leases.leases_size(), 3);  // the first grant and the two after the adoption
+
+  v1::ResetCredentialRequest reset_req;
+  reset_req.set_credential("team/shared");
+  v1::ResetCredentialResponse reset;
+  s = admin_[0]->ResetCredential(Context().get(), reset_req, &reset);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  for (const v1::LimitStatus& l : reset.limits()) {
+    if (l.name() == "cal.daily") EXPECT_EQ(l.used(), 0);
+    EXPECT_NE(l.name(), "roll.cooldown");
+  }
+  v1::AcquireResponse again;
+  ASSERT_TRUE(Acquire(2, "roll", &again).ok());
+  EXPECT_TRUE(again.granted());
 }
 
 TEST_F(SharedModeTest, ScopesAndDrawsOnAreCountedOnceOverAllReplicas) {

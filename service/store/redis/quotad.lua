@@ -7,7 +7,8 @@
 -- Times are integer microseconds since the Unix epoch (Redis TIME's resolution; Lua numbers are
 -- doubles, exact up to 2^53, which nanoseconds since 1970 would pass).
 --
--- The library is this file then quotad_functions.lua, embedded as one source (embed_lua.cmake).
+-- The library is this file (the counters) then quotad_functions.lua (a call's state, the
+-- functions), embedded as one source (embed_lua.cmake).
 --
 -- Layout (few redis.call per decision: each costs ~1-2 us inside redis-server):
 --   q:{cred}:s   one hash per credential: field <counter> = its state packed as doubles
@@ -30,7 +31,7 @@
 --   conc  concurrency: cap slots held by live leases (KEYS holds its sorted set, in order)
 -- Every counter may be cooling down (cd: grants nothing before it), after a throttle Report.
 
-local VERSION = 5
+local VERSION = 6
 local INF = 9007199254740991 -- 2^53 - 1: never
 
 local function now_us()
@@ -182,21 +183,36 @@ function W.adopt(c, now, used, reset)
   return before, added
 end
 
+-- Counter::View (after roll): used units and when the window ends (INF: no window open).
+function W.view(c, now)
+  if c.kind == 'roll' then
+    if now < c.e then return c.u, c.e end
+    return 0, INF
+  end
+  return c.u, c.e
+end
+
 ---------------------------------------------------------------------------------------------
 -- Sliding exact: a log of (at, units) charges, oldest first, entries h..t-1 in fields
--- <name>#<i>. State: h t u ha hn ta tn dh adat cd (head and tail entries inline, so that a
--- call reads no entry unless the head expires or a denial looks for its retry time; fields
--- below dh are deleted, in batches).
+-- <name>#<i>. State: h t u ha hn ta tn dh adat cd g (head and tail entries inline, so that a
+-- call reads no entry unless the head expires or a denial looks for its retry time; entries
+-- g..h-1 have left the window and are kept one period more, as Log::gone, for Report to compare
+-- a slow call's count with; fields below min(g, h) are deleted, in batches).
 
 local S = {}
 local BATCH = 16
 
 function S.load(c, v)
-  if v then
+  if v and #v >= 88 then
+    c.h, c.t, c.u, c.ha, c.hn, c.ta, c.tn, c.dh, c.adat, c.cd, c.g =
+        struct.unpack('ddddddddddd', v)
+  elseif v then -- written by version 5 or older: nothing kept after leaving the window
     c.h, c.t, c.u, c.ha, c.hn, c.ta, c.tn, c.dh, c.adat, c.cd =
         struct.unpack('dddddddddd', v)
+    c.g = c.h
   else
     c.h, c.t, c.u, c.ha, c.hn, c.ta, c.tn, c.dh, c.adat, c.cd = 0, 0, 0, 0, 0, 0, 0, 0, -INF, 0
+    c.g = 0
   end
   c.ent = {}
   if c.t > c.h then
@@ -211,7 +227,7 @@ function S.pack(c)
     local hd, tl = c.ent[c.h], c.ent[c.t - 1]
     c.ha, c.hn, c.ta, c.tn = hd[1], hd[2], tl[1], tl[2]
   end
-  return pk('dddddddddd', c.h, c.t, c.u, c.ha, c.hn, c.ta, c.tn, c.dh, c.adat, c.cd)
+  return pk('ddddddddddd', c.h, c.t, c.u, c.ha, c.hn, c.ta, c.tn, c.dh, c.adat, c.cd, c.g)
 end
 
 -- Entry i (h <= i < t), reading it and the next ones in one HMGET when not read yet.
@@ -237,6 +253,13 @@ function S.roll(c, now, args, key)
     if e[1] + c.a > now then break end
     c.u = c.u - e[2]
     c.h = c.h + 1
+    c.dirty = true
+  end
+  -- Kept one period after leaving the window (span), as Log::gone.
+  while c.g < c.h do
+    local e = entry(c, key, c.g)
+    if e[1] + c.a + c.b > now then break end
+    c.g = c.g + 1
     c.dirty = true
   end
   return true
@@ -277,9 +300,10 @@ function S.flush(c, set, del)
     set[#set + 1] = c.name .. '#' .. c.touched
     set[#set + 1] = pk('dd', c.ent[c.touched][1], c.ent[c.touched][2])
   end
-  if c.h - c.dh >= BATCH or (c.h == c.t and c.h > c.dh) then
-    for i = c.dh, c.h - 1 do del[#del + 1] = c.name .. '#' .. i end
-    c.dh = c.h
+  local keep = math.min(c.g, c.h)
+  if keep - c.dh >= BATCH or (keep == c.t and keep > c.dh) then
+    for i = c.dh, keep - 1 do del[#del + 1] = c.name .. '#' .. i end
+    c.dh = keep
   end
 end
 
@@ -301,13 +325,16 @@ function S.refund(c, now, token, aux, charged, units, at, key)
   return take
 end
 
--- Counter::Adopt for sliding logs: compares with our charges inside the period; counts the
--- difference as charged at `now`, or at reset - period when the upstream resets sooner.
-function S.adopt(c, now, used, reset, key)
+-- Counter::Adopt for sliding logs: compares with our charges from one period before `sent` (when
+-- the upstream counted the request, at most now) up to now, the ones kept after leaving the
+-- window included (g..h-1, one period more); counts the difference as charged at `now`, or at
+-- reset - period when the upstream resets sooner.
+function S.adopt(c, now, used, reset, key, sent)
+  local from = math.min(sent, now) - c.b
   local ours = 0
-  for i = c.h, c.t - 1 do
+  for i = c.g, c.t - 1 do
     local e = entry(c, key, i)
-    if e[1] + c.b > now then ours = ours + e[2] end
+    if e[1] > from then ours = ours + e[2] end
   end
   if used <= ours then return ours, 0 end
   local extra = used - ours
@@ -326,6 +353,15 @@ function S.adopt(c, now, used, reset, key)
   c.adat = now
   c.dirty = true
   return ours, extra
+end
+
+-- Counter::View: the units counted now and when the oldest of them leaves (INF: none).
+function S.view(c, now, key)
+  for i = c.h, c.t - 1 do
+    local e = entry(c, key, i)
+    if e[2] > 0 then return c.u, e[1] + c.a end
+  end
+  return c.u, INF
 end
 
 ---------------------------------------------------------------------------------------------
@@ -354,6 +390,12 @@ end
 
 function T.drained(c) return math.max(c.tat, c.cd) end
 
+-- Counter::View: the intervals still ahead of now, in units, and when the bucket is full again.
+function T.view(c, now)
+  if c.tat > now then return math.ceil((c.tat - now) / c.a), c.tat end
+  return 0, INF
+end
+
 function T.refund(c, now, token, aux, charged, units)
   -- Only the part of the charge's intervals still ahead of now is outstanding.
   local own_start = math.max(now, token - charged * c.a)
@@ -366,3 +408,118 @@ function T.refund(c, now, token, aux, charged, units)
   return take
 end
 
+---------------------------------------------------------------------------------------------
+-- Concurrency: slots held by leases until their expiry. State: u x m zx cd (used, latest lease
+-- expiry, a lower bound of the earliest, the sorted set's expiry, cooldown); units per lease in
+-- <name>@<lease>; the sorted set orders the leases by expiry, so that dropping the expired ones
+-- costs nothing until the earliest expires.
+
+local C = {}
+
+function C.load(c, v)
+  if v then c.u, c.x, c.m, c.zx, c.cd = struct.unpack('ddddd', v)
+  else c.u, c.x, c.m, c.zx, c.cd = 0, -INF, INF, -INF, 0 end
+  c.gone, c.set, c.moved = {}, {}, {}
+end
+function C.pack(c) return pk('ddddd', c.u, c.x, c.m, c.zx, c.cd) end
+
+local function min_score(zkey, after)
+  local r = redis.call('ZRANGE', zkey, '(' .. string.format('%d', after), '+inf',
+                       'BYSCORE', 'LIMIT', 0, 1, 'WITHSCORES')
+  if #r == 0 then return INF end
+  return tonumber(r[2])
+end
+
+function C.roll(c, now, args, key)
+  if now < c.m then return true end
+  local expired = redis.call('ZRANGE', c.zkey, '-inf', string.format('%d', now), 'BYSCORE')
+  if #expired > 0 then
+    local fields = {}
+    for i, lease in ipairs(expired) do fields[i] = c.name .. '@' .. lease end
+    local units = redis.call('HMGET', key, unpack(fields))
+    for i, lease in ipairs(expired) do
+      c.u = c.u - (tonumber(units[i]) or 0)
+      c.gone[#c.gone + 1] = lease
+    end
+  end
+  if now >= c.x then c.u = 0 end -- every lease has expired (even if the set has gone)
+  c.m = min_score(c.zkey, now)
+  c.dirty = true
+  return true
+end
+
+function C.fits(c, now, cost)
+  if c.u + cost <= c.cap then return true end
+  if cost > c.cap then return false, INF end
+  -- When enough of the earliest-expiring leases will have freed their slots.
+  local need, freed, offset = c.u + cost - c.cap, 0, 0
+  while true do
+    local page = redis.call('ZRANGE', c.zkey, '(' .. string.format('%d', now), '+inf', 'BYSCORE',
+                            'LIMIT', offset, 64, 'WITHSCORES')
+    if #page == 0 then return false, INF end
+    local fields = {}
+    for i = 1, #page, 2 do fields[#fields + 1] = c.name .. '@' .. page[i] end
+    local units = redis.call('HMGET', c.key, unpack(fields))
+    for i = 1, #page, 2 do
+      freed = freed + (tonumber(units[(i + 1) / 2]) or 0)
+      if freed >= need then return false, tonumber(page[i + 1]) end
+    end
+    offset = offset + 64
+  end
+end
+
+function C.charge(c, now, cost, lease, exp)
+  c.set[lease] = (c.held or 0) + cost
+  c.moved[lease] = exp
+  c.u = c.u + cost
+  c.x = math.max(c.x, exp)
+  c.m = math.min(c.m, exp)
+  c.dirty = true
+  return 0, 0
+end
+
+-- Counter::Free: the slots of a lease (c.held, read with the state); 0 when it holds none.
+function C.free(c, lease)
+  local units = c.held or 0
+  if units == 0 then return 0 end
+  c.gone[#c.gone + 1] = lease
+  c.u = c.u - units
+  c.dirty = true
+  return units
+end
+
+-- Counter::MoveExpiry.
+function C.move(c, lease, exp)
+  if (c.held or 0) == 0 then return end
+  c.moved[lease] = exp
+  c.x = math.max(c.x, exp)
+  c.m = math.min(c.m, exp)
+  c.dirty = true
+end
+
+function C.flush(c, set, del, now)
+  for _, lease in ipairs(c.gone) do del[#del + 1] = c.name .. '@' .. lease end
+  if #c.gone > 0 then redis.call('ZREM', c.zkey, unpack(c.gone)) end
+  for lease, units in pairs(c.set) do
+    set[#set + 1] = c.name .. '@' .. lease
+    set[#set + 1] = units
+  end
+  local zadd = nil
+  for lease, exp in pairs(c.moved) do
+    zadd = zadd or {'ZADD', c.zkey}
+    zadd[#zadd + 1] = string.format('%d', exp)
+    zadd[#zadd + 1] = lease
+  end
+  if zadd then
+    redis.call(unpack(zadd))
+    if c.x > c.zx then
+      c.zx = slack(c.x, now)
+      expire_at(c.zkey, c.zx)
+    end
+  end
+end
+
+function C.drained(c) return math.max(c.x, c.cd) end
+-- Counter::View (after roll): held slots and the earliest expiry of a lease holding some.
+function C.view(c, now) return c.u, min_score(c.zkey, now) end
+function C.refund() return 0 end

@@ -1,119 +1,5 @@
 -- quotad's function library, second part (the embedded library is quotad.lua then this file,
--- as one source: see embed_lua.cmake): the concurrency counter, a call's state, the functions.
-
----------------------------------------------------------------------------------------------
--- Concurrency: slots held by leases until their expiry. State: u x m zx cd (used, latest lease
--- expiry, a lower bound of the earliest, the sorted set's expiry, cooldown); units per lease in
--- <name>@<lease>; the sorted set orders the leases by expiry, so that dropping the expired ones
--- costs nothing until the earliest expires.
-
-local C = {}
-
-function C.load(c, v)
-  if v then c.u, c.x, c.m, c.zx, c.cd = struct.unpack('ddddd', v)
-  else c.u, c.x, c.m, c.zx, c.cd = 0, -INF, INF, -INF, 0 end
-  c.gone, c.set, c.moved = {}, {}, {}
-end
-function C.pack(c) return pk('ddddd', c.u, c.x, c.m, c.zx, c.cd) end
-
-local function min_score(zkey, after)
-  local r = redis.call('ZRANGE', zkey, '(' .. string.format('%d', after), '+inf',
-                       'BYSCORE', 'LIMIT', 0, 1, 'WITHSCORES')
-  if #r == 0 then return INF end
-  return tonumber(r[2])
-end
-
-function C.roll(c, now, args, key)
-  if now < c.m then return true end
-  local expired = redis.call('ZRANGE', c.zkey, '-inf', string.format('%d', now), 'BYSCORE')
-  if #expired > 0 then
-    local fields = {}
-    for i, lease in ipairs(expired) do fields[i] = c.name .. '@' .. lease end
-    local units = redis.call('HMGET', key, unpack(fields))
-    for i, lease in ipairs(expired) do
-      c.u = c.u - (tonumber(units[i]) or 0)
-      c.gone[#c.gone + 1] = lease
-    end
-  end
-  if now >= c.x then c.u = 0 end -- every lease has expired (even if the set has gone)
-  c.m = min_score(c.zkey, now)
-  c.dirty = true
-  return true
-end
-
-function C.fits(c, now, cost)
-  if c.u + cost <= c.cap then return true end
-  if cost > c.cap then return false, INF end
-  -- When enough of the earliest-expiring leases will have freed their slots.
-  local need, freed, offset = c.u + cost - c.cap, 0, 0
-  while true do
-    local page = redis.call('ZRANGE', c.zkey, '(' .. string.format('%d', now), '+inf', 'BYSCORE',
-                            'LIMIT', offset, 64, 'WITHSCORES')
-    if #page == 0 then return false, INF end
-    local fields = {}
-    for i = 1, #page, 2 do fields[#fields + 1] = c.name .. '@' .. page[i] end
-    local units = redis.call('HMGET', c.key, unpack(fields))
-    for i = 1, #page, 2 do
-      freed = freed + (tonumber(units[(i + 1) / 2]) or 0)
-      if freed >= need then return false, tonumber(page[i + 1]) end
-    end
-    offset = offset + 64
-  end
-end
-
-function C.charge(c, now, cost, lease, exp)
-  c.set[lease] = (c.held or 0) + cost
-  c.moved[lease] = exp
-  c.u = c.u + cost
-  c.x = math.max(c.x, exp)
-  c.m = math.min(c.m, exp)
-  c.dirty = true
-  return 0, 0
-end
-
--- Counter::Free: the slots of a lease (c.held, read with the state); 0 when it holds none.
-function C.free(c, lease)
-  local units = c.held or 0
-  if units == 0 then return 0 end
-  c.gone[#c.gone + 1] = lease
-  c.u = c.u - units
-  c.dirty = true
-  return units
-end
-
--- Counter::MoveExpiry.
-function C.move(c, lease, exp)
-  if (c.held or 0) == 0 then return end
-  c.moved[lease] = exp
-  c.x = math.max(c.x, exp)
-  c.m = math.min(c.m, exp)
-  c.dirty = true
-end
-
-function C.flush(c, set, del, now)
-  for _, lease in ipairs(c.gone) do del[#del + 1] = c.name .. '@' .. lease end
-  if #c.gone > 0 then redis.call('ZREM', c.zkey, unpack(c.gone)) end
-  for lease, units in pairs(c.set) do
-    set[#set + 1] = c.name .. '@' .. lease
-    set[#set + 1] = units
-  end
-  local zadd = nil
-  for lease, exp in pairs(c.moved) do
-    zadd = zadd or {'ZADD', c.zkey}
-    zadd[#zadd + 1] = string.format('%d', exp)
-    zadd[#zadd + 1] = lease
-  end
-  if zadd then
-    redis.call(unpack(zadd))
-    if c.x > c.zx then
-      c.zx = slack(c.x, now)
-      expire_at(c.zkey, c.zx)
-    end
-  end
-end
-
-function C.drained(c) return math.max(c.x, c.cd) end
-function C.refund() return 0 end
+-- as one source: see embed_lua.cmake): a call's state, the functions.
 
 ---------------------------------------------------------------------------------------------
 -- State of a call: the credential's hash, read once, written once.
@@ -282,7 +168,7 @@ end
 -- FCALL quotad_release 2+z[+1] lease state zsets.. [locator]  used lease_id n counters.. [1]
 -- Ends a lease (counters: the same as its acquire, in the same order). used >= 0 refunds
 -- cost - used on each window limit whose charged window is still open; used < 0 refunds
--- nothing. Frees its concurrency slots. A final argument 1 also deletes the locator. Answers
+-- nothing, nor does a lease granted before a reset (quotad_reset). Frees its concurrency slots. A final argument 1 also deletes the locator. Answers
 -- {1, now, freed, refunded_1, ..., refunded_n},
 -- or {0, now} when the lease is unknown or expired.
 local function release(keys, args)
@@ -292,11 +178,15 @@ local function release(keys, args)
   if args[ai] == '1' then redis.call('DEL', keys[#keys]) end
   local l = read_lease(keys[1], now)
   if l == nil then return {0, now} end
-  local x, extra = load_all(keys[2], cs, lease_fields(cs, lease))
+  local fields = lease_fields(cs, lease)
+  fields[#fields + 1] = '~r'
+  local x, extra = load_all(keys[2], cs, fields)
   set_held(cs, extra)
+  local reset_at = tonumber(extra[#fields]) or -INF
   local out = {1, now, 0}
   local cost, at = l[3], l[2]
-  local units = used >= 0 and math.max(cost - used, 0) or 0
+  -- A lease granted before the credential was reset gives nothing back (its units are gone).
+  local units = (used >= 0 and at > reset_at) and math.max(cost - used, 0) or 0
   for k, c in ipairs(cs) do
     local got = 0
     c.K.roll(c, now, args, keys[2])
@@ -347,73 +237,243 @@ local function renew(keys, args)
   return {1, now, exp, before}
 end
 
--- FCALL quotad_report 1+z state zsets..  n used reset_us longest_us observed_us
---       feature feature_cd_us cap_us  counters..  (then per counter: cd_us)
--- What an upstream's answer taught, applied atomically on Redis's clock (Ledger::Report's
--- state changes; choosing the limit, parsing headers and the back-off stay with the caller):
---  * used >= 0: the upstream's count of counter 1 (a window limit), adopted into the window in
---    force unless `reset_us` (0: unknown) has passed by a second or more (an earlier window);
---    a reset more than `longest_us` past one window ahead is ignored. Never lowers a count;
---    refunds never undercut it.
---  * each counter's cd_us > 0: it cools down until then; feature_cd_us > 0: the feature does.
+-- The units a counter counts now (after roll), as Counter::View's used.
+local function view_used(c, now)
+  if c.kind == 'roll' then return now < c.e and c.u or 0 end
+  if c.kind == 'tb' then return (T.view(c, now)) end
+  return c.u
+end
+
+-- FCALL quotad_report 1+z state zsets..  n target used full reset_us longest_us observed_us
+--       sent_us feature throttled retry_us feature_bo_us cap_us nscoped scoped_bo_us
+--       counters..  (then per counter: bo_us rel_us jit)
+-- What an upstream's answer taught, applied atomically on Redis's clock: Ledger::Report's
+-- state changes (ledger_report.cc), with the caller's parsing and choices
+-- (service/core/report_target.h). `counters` are the feature's unscoped limits that can deny;
+-- `target` (1-based, 0: none) the one the X-RateLimit-* counts describe.
+--  * used >= 0: the upstream's count of the target, adopted into the window in force unless
+--    `reset_us` (0: unknown) has passed by a second or more (CheckUpstreamReset's kPassed); a
+--    reset more than `longest_us` (plus up to an hour) ahead is ignored (kTooFar). Never lowers
+--    a count; refunds never undercut it. A sliding count is compared with our charges from one
+--    period before `sent_us` on (Counter::Adopt), and its units leave at SlidingAdoptedUntil.
+--  * throttled 1: the hit limits (AttributeThrottle: the target when `full` is 1, else those
+--    within 2% of the fullest; `nscoped` scoped limits count as empty) cool down until
+--    `retry_us`, the target's reset when full, or else now + min(bo_us, rel_us (-1: the rest
+--    of its window)) * jit, at least 1 ms; a hit scoped limit cools the feature (scoped_bo_us).
+--    With no limit hit, or a retry_us ahead, the feature cools down too (feature_bo_us).
 --    No cooldown lasts past now + cap_us (the feature's longest window).
--- Answers {now, before, added, cooldown_until or 0, adopt_status}: adopt_status 1 adopted, 0 no
--- count given, -1 the reset has passed; or {-1, now, counter} as quotad_acquire.
+-- Answers {now, before, added, cooldown_until or 0, adopt_status, reset_ignored, capped..}:
+-- adopt_status 1 adopted, 0 no count, -1 the reset has passed; reset_ignored 1 for kTooFar;
+-- capped: each cooldown that was capped, as asked; or {-1, now, counter} as quotad_acquire.
 local function report(keys, args)
-  local n, used, reset = tonumber(args[1]), tonumber(args[2]), tonumber(args[3])
-  local longest, observed, feature = tonumber(args[4]), tonumber(args[5]), args[6]
-  local fcd, cap = tonumber(args[7]), tonumber(args[8])
+  local n, target, used, full = tonumber(args[1]), tonumber(args[2]), tonumber(args[3]),
+                                tonumber(args[4])
+  local reset0, longest, observed, sent = tonumber(args[5]), tonumber(args[6]),
+                                          tonumber(args[7]), tonumber(args[8])
+  local feature, throttled, retry = args[9], args[10] == '1', tonumber(args[11])
+  local fbo, cap, nscoped, sbo = tonumber(args[12]), tonumber(args[13]), tonumber(args[14]),
+                                 tonumber(args[15])
   local now = now_us()
-  local cs, i = parse_counters(keys, 2, args, 9, n)
-  for k, c in ipairs(cs) do c.cool = tonumber(args[i + k - 1]) end
+  local cs, i = parse_counters(keys, 2, args, 16, n)
+  for k, c in ipairs(cs) do
+    local j = i + 3 * (k - 1)
+    c.bo, c.rel, c.jit = tonumber(args[j]), tonumber(args[j + 1]), tonumber(args[j + 2])
+  end
   local x, extra = load_all(keys[1], cs, {'!' .. feature})
-  local before, added, status, cool_until = 0, 0, 0, 0
   for k, c in ipairs(cs) do
     if not c.K.roll(c, now, args, keys[1]) then return {-1, now, k} end
   end
-  local c1 = cs[1]
-  if used >= 0 and c1 and c1.K.adopt then
-    if reset > 0 and c1.kind ~= 'slide' and reset + 1000000 <= now then
-      status = -1
+  local before, added, status, ignored = 0, 0, 0, 0
+  local tc = cs[target]
+  if tc then
+    local reset = reset0
+    if used >= 0 and reset > 0 and tc.kind ~= 'slide' and reset + 1000000 <= now then
+      status, full = -1, -1
     else
-      if reset > now + longest + math.min(longest, 3600000000) then reset = 0 end
-      if c1.kind == 'slide' then
-        local rel = math.min(now, observed) + c1.b
-        if reset <= now or reset > rel then reset = rel end
+      if reset > 0 and reset > now + longest + math.min(longest, 3600000000) then
+        reset, ignored = 0, 1
       end
-      before, added = c1.K.adopt(c1, now, math.min(used, c1.cap), reset, keys[1])
-      if added > 0 and c1.kind ~= 'slide' then c1.adat = now end
-      status = 1
+      if used >= 0 then
+        if tc.kind == 'slide' then
+          local rel = math.min(now, observed) + tc.b
+          if reset <= now or reset > rel then reset = rel end
+        end
+        before, added = tc.K.adopt(tc, now, math.min(used, tc.cap), reset, keys[1], sent)
+        if added > 0 and tc.kind ~= 'slide' then tc.adat = now end
+        status = 1
+      end
     end
   end
-  local limit = now + cap
-  for _, c in ipairs(cs) do
-    if c.cool > 0 then
-      local u = math.min(c.cool, limit)
-      if u > c.cd then
-        c.cd = u
-        c.dirty = true
+  local cool_until, capped, limit = 0, {}, now + cap
+  local fcool = tonumber(extra[1]) or 0
+  local fcool_was = fcool
+  local function cap_at(u)
+    if u > limit then
+      capped[#capped + 1] = u
+      return limit
+    end
+    return u
+  end
+  if throttled then
+    local hit = {}
+    if target > 0 and full == 1 then
+      hit[1] = target
+    else
+      local fs = {}
+      for k, c in ipairs(cs) do
+        if not (k == target and full >= 0) then fs[#fs + 1] = {view_used(c, now) / c.cap, k} end
       end
-      cool_until = math.max(cool_until, c.cd)
+      for _ = 1, nscoped do fs[#fs + 1] = {0, 0} end
+      if #fs == 0 then
+        if target > 0 then hit[1] = target end
+      else
+        local most = 0
+        for _, f in ipairs(fs) do most = math.max(most, f[1]) end
+        for _, f in ipairs(fs) do
+          if f[1] >= most - 0.02 then hit[#hit + 1] = f[2] end
+        end
+      end
+    end
+    if #hit == 0 or retry > now then
+      fcool = math.max(fcool, math.min(retry > now and retry or now + fbo, limit))
+      cool_until = fcool
+    end
+    local scoped_done = false
+    for _, k in ipairs(hit) do
+      if k == 0 then
+        if not scoped_done then
+          scoped_done = true
+          fcool = math.max(fcool, cap_at(retry > now and retry or now + sbo))
+          cool_until = math.max(cool_until, fcool)
+        end
+      else
+        local c = cs[k]
+        local u = retry
+        if u == 0 and k == target and full == 1 and reset0 > now then u = reset0 end
+        if u <= now then
+          local rel = c.rel
+          if rel < 0 then rel = math.max(0, c.e - now) end
+          u = now + math.floor(math.max(math.min(c.bo, rel), 1000) * c.jit)
+        end
+        u = cap_at(u)
+        if u > c.cd then
+          c.cd = u
+          c.dirty = true
+        end
+        cool_until = math.max(cool_until, c.cd)
+      end
     end
   end
   local more = nil
-  if fcd > 0 then
-    local u = math.max(math.min(fcd, limit), tonumber(extra[1]) or 0)
-    more = {'!' .. feature, string.format('%d', u)}
-    cool_until = math.max(cool_until, u)
-    cs[#cs + 1] = {dirty = false, K = {drained = function() return u end}}
+  if fcool > fcool_was then
+    more = {'!' .. feature, string.format('%d', fcool)}
+    cs[#cs + 1] = {dirty = false, K = {drained = function() return fcool end}}
   end
   save_all(keys[1], cs, x, now, args, more)
-  return {now, before, added, cool_until, status}
+  local out = {now, before, added, cool_until, status, ignored}
+  for _, u in ipairs(capped) do out[#out + 1] = u end
+  return out
+end
+
+-- FCALL_RO quotad_usage 1+z state zsets..  n nf counters..  then per feature: name k idx..
+-- What Ledger::Usage shows, read in one call without writing: per counter (after rolling, in
+-- memory only) its used units, when its window ends or its oldest unit leaves (-1: never) and
+-- its cooldown (0: none); per feature, when its cooldown ends (its own, or that of one of its
+-- counters idx.., 1-based), 0 when it is not cooling down.
+-- Answers {now, (used, reset, cooldown) per counter, cooldown per feature}, or {-1, now, k}.
+local function usage(keys, args)
+  local n, nf = tonumber(args[1]), tonumber(args[2])
+  local now = now_us()
+  local cs, i = parse_counters(keys, 2, args, 3, n)
+  local feats, fields = {}, {}
+  for f = 1, nf do
+    local fe = {idx = {}}
+    local k = tonumber(args[i + 1])
+    for j = 1, k do fe.idx[j] = tonumber(args[i + 1 + j]) end
+    fields[f] = '!' .. args[i]
+    i = i + 2 + k
+    feats[f] = fe
+  end
+  local _, extra = load_all(keys[1], cs, fields)
+  local out = {now}
+  for k, c in ipairs(cs) do
+    if not c.K.roll(c, now, args, keys[1]) then return {-1, now, k} end
+    local used, reset = c.K.view(c, now, keys[1])
+    out[#out + 1] = used
+    out[#out + 1] = reset >= INF and -1 or reset
+    out[#out + 1] = c.cd > now and c.cd or 0
+  end
+  for f, fe in ipairs(feats) do
+    local u = tonumber(extra[f]) or 0
+    for _, k in ipairs(fe.idx) do u = math.max(u, cs[k].cd) end
+    out[#out + 1] = u > now and u or 0
+  end
+  return out
+end
+
+-- Deletes `fields` of hash `key`, a batch at a time (unpack has a limit).
+local function hdel_all(key, fields)
+  for i = 1, #fields, 1000 do
+    redis.call('HDEL', key, unpack(fields, i, math.min(i + 999, #fields)))
+  end
+end
+
+-- FCALL quotad_reset 1 state: ResetCredential (Ledger::Reset). Forgets every charge of the
+-- credential (window, sliding and bucket states, sliding log entries), what was adopted, and
+-- every cooldown (the features' and the counters'); concurrency slots held by live leases
+-- stay. A lease granted before gives nothing back on release (field ~r: the reset's time).
+-- Counter states are kept, emptied (so scoped ones are still listed, as after Counter::Clear),
+-- and told apart by their size: 5 doubles concurrency, 7 windows, 10-11 sliding, 2 buckets.
+-- Answers {now}.
+local function reset(keys, args)
+  local now = now_us()
+  local fields = redis.call('HKEYS', keys[1])
+  if #fields == 0 then return {now} end
+  local del, states = {}, {}
+  for _, f in ipairs(fields) do
+    local c1 = string.sub(f, 1, 1)
+    if c1 == '~' or string.find(f, '@', 1, true) then
+      -- the hash's expiry, the reset time, a lease's slots: kept
+    elseif c1 == '!' or string.find(f, '#', 1, true) then
+      del[#del + 1] = f
+    else
+      states[#states + 1] = f
+    end
+  end
+  local set = {'HSET', keys[1], '~r', string.format('%d', now)}
+  if #states > 0 then
+    local vs = redis.call('HMGET', keys[1], unpack(states))
+    for i, f in ipairs(states) do
+      local v = vs[i]
+      local fresh = nil
+      if v and #v == 40 then -- concurrency: its slots stay
+        local u, x, m, zx = struct.unpack('ddddd', v)
+        fresh = pk('ddddd', u, x, m, zx, 0)
+      elseif v and #v == 56 then -- windows
+        fresh = pk('ddddddd', -INF, -INF, 0, 0, 0, -INF, 0)
+      elseif v and #v >= 80 then -- sliding (its entries are deleted above)
+        fresh = pk('ddddddddddd', 0, 0, 0, 0, 0, 0, 0, 0, -INF, 0, 0)
+      elseif v and #v == 16 then -- token bucket
+        fresh = pk('dd', -INF, 0)
+      end
+      if fresh then -- kept, empty: a scoped counter is still listed (as Counter::Clear)
+        set[#set + 1] = f
+        set[#set + 1] = fresh
+      else
+        del[#del + 1] = f
+      end
+    end
+  end
+  hdel_all(keys[1], del)
+  redis.call(unpack(set))
+  return {now}
 end
 
 -- FCALL_RO quotad_peek 1 state name kind: a counter's state as numbers (for tests, operators).
 local function peek(keys, args)
   local v = redis.call('HGET', keys[1], args[1])
   if not v then return {} end
-  local fmt = ({cal = 7, unl = 7, roll = 7, slide = 10, tb = 2, conc = 5})[args[2]]
-  local out = {struct.unpack(string.rep('d', fmt), v)}
+  local out = {struct.unpack(string.rep('d', #v / 8), v)}
   out[#out] = nil
   for i, f in ipairs(out) do out[i] = string.format('%d', f) end
   return out
@@ -425,4 +485,6 @@ redis.register_function('quotad_acquire', acquire)
 redis.register_function('quotad_release', release)
 redis.register_function('quotad_renew', renew)
 redis.register_function('quotad_report', report)
+redis.register_function('quotad_reset', reset)
 redis.register_function{function_name = 'quotad_peek', flags = {'no-writes'}, callback = peek}
+redis.register_function{function_name = 'quotad_usage', flags = {'no-writes'}, callback = usage}

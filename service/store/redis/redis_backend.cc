@@ -393,12 +393,19 @@ absl::StatusOr<RedisBackend::Locator> RedisBackend::ReadLocator(const LeaseId& i
   if (reply->type == redis::Reply::Type::kNil) {
     return absl::NotFoundError(absl::StrCat("unknown or expired lease ", text));
   }
-  std::vector<std::string> f;
-  Locator l;
-  if (reply->type != redis::Reply::Type::kString || !DecodeFields(reply->str, &f) ||
-      f.size() != 6 || !absl::SimpleAtoi(f[4], &l.cost)) {
+  if (reply->type != redis::Reply::Type::kString) {
     return absl::InternalError(absl::StrCat("lease ", text, ": unreadable locator ",
                                             reply->DebugString()));
+  }
+  return ParseLocator(reply->str, text);
+}
+
+absl::StatusOr<RedisBackend::Locator> RedisBackend::ParseLocator(absl::string_view value,
+                                                                 absl::string_view id) {
+  std::vector<std::string> f;
+  Locator l;
+  if (!DecodeFields(value, &f) || f.size() != 6 || !absl::SimpleAtoi(f[4], &l.cost)) {
+    return absl::InternalError(absl::StrCat("lease ", id, ": unreadable locator"));
   }
   l.credential = std::move(f[0]);
   l.feature = std::move(f[1]);
@@ -480,22 +487,6 @@ absl::StatusOr<absl::Time> RedisBackend::Renew(const LeaseId& id, absl::Duration
     return absl::NotFoundError(absl::StrCat("unknown or expired lease ", id.ToString()));
   }
   return answer->expiry;
-}
-
-absl::StatusOr<ReportResult> RedisBackend::Report(const UpstreamAnswer&) {
-  return absl::UnimplementedError("Report is not built in shared mode (Redis) yet");
-}
-
-absl::StatusOr<std::vector<LimitStatus>> RedisBackend::Usage(absl::string_view) {
-  return absl::UnimplementedError("GetUsage is not built in shared mode (Redis) yet");
-}
-
-absl::StatusOr<std::vector<LeaseInfo>> RedisBackend::Leases(absl::string_view) {
-  return absl::UnimplementedError("ListLeases is not built in shared mode (Redis) yet");
-}
-
-absl::Status RedisBackend::Reset(absl::string_view) {
-  return absl::UnimplementedError("ResetCredential is not built in shared mode (Redis) yet");
 }
 
 }  // namespace quotad

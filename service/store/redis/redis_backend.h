@@ -13,13 +13,20 @@
 // limits since (a reload) gives no refund. The locator lies outside the credential's hash slot:
 // standalone Redis only, not Cluster.
 //
+// Report parses the answer and chooses the limit its counts describe here, as the embedded
+// ledger does (service/core/report_target.h), and applies the adoption, the attribution of a
+// throttle and the cooldowns in one FCALL on Redis's clock. The Admin calls: Usage reads a
+// credential's counters in one FCALL_RO (plus an HKEYS when it has scoped limits), Leases scans
+// the lease locators, Reset is one FCALL. These live in redis_backend_admin.cc.
+//
 // Not built yet (kUnimplemented, or as stated): waiting (a request that may wait is decided at
-// once), Usage, Leases and Reset (Admin), the Report's outside estimate and its attribution to
-// the limits closest to full, max_scopes, sliding windows with sub-buckets, Decision::limits.
+// once), the Report's outside estimate and doubling back-off, max_scopes, sliding windows with
+// sub-buckets, Decision::limits.
 
 #include <atomic>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -65,8 +72,8 @@ absl::StatusOr<redis::RedisClientOptions> ParseRedisUrl(absl::string_view url);
 // up, serving() is false (health NOT_SERVING) and every decision is kUnavailable.
 //
 // Thread-safe. Owns its client (and its event-loop thread, which answers AcquireShared);
-// does not own `clock`, which must outlive *this. Release, Renew, Report and FindLease block
-// until Redis answers (at most call_timeout each). Fails closed: while Redis cannot be
+// does not own `clock`, which must outlive *this. Release, Renew, Report, Usage and FindLease
+// block until Redis answers (at most call_timeout each). Fails closed: while Redis cannot be
 // reached, every decision is kUnavailable and nothing is granted.
 class RedisBackend final : public QuotaBackend {
  public:
@@ -137,8 +144,11 @@ class RedisBackend final : public QuotaBackend {
   static absl::StatusOr<Plan> PlanFor(const Compiled& compiled, absl::string_view credential,
                                       absl::string_view feature, absl::string_view scope);
   absl::StatusOr<Locator> ReadLocator(const LeaseId& id);
+  static absl::StatusOr<Locator> ParseLocator(absl::string_view value, absl::string_view id);
   // A store error as the caller sees it: kUnavailable (nothing decided) for a transport one.
   absl::Status StoreError(const absl::Status& status, absl::string_view what);
+  // 1 + a draw from the throttle's jitter range (1 + jitter_min when it has none).
+  double Jitter(const ThrottleSpec& throttle) ABSL_LOCKS_EXCLUDED(jitter_mu_);
 
   // Destroyed in reverse: the client first, whose pending calls are answered (kCancelled)
   // while everything they touch still lives.
@@ -150,6 +160,8 @@ class RedisBackend final : public QuotaBackend {
   std::atomic<bool> replicas_enough_{true};
   mutable absl::Mutex mu_;
   std::shared_ptr<const Compiled> compiled_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex jitter_mu_;
+  std::mt19937_64 jitter_rng_ ABSL_GUARDED_BY(jitter_mu_){std::random_device{}()};
   const std::unique_ptr<redis::RedisClient> client_;
   redis::RedisFunctions functions_;
 };

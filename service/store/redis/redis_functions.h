@@ -115,31 +115,76 @@ struct RenewAnswer {
 };
 
 // What an upstream's answer taught (Ledger::Report's state changes). The caller parses the
-// answer (ParseUpstream), picks the limit its counts describe and computes back-offs; Redis
-// applies them atomically on its own clock.
+// answer (ParseUpstream), picks the limit its counts describe and the back-offs
+// (service/core/report_target.h); Redis applies them atomically on its own clock: the time
+// checks of the count's reset, the adoption, the attribution of a throttle to the limits
+// closest to full, and the cooldowns (see quotad_report in quotad_functions.lua).
 struct ReportCall {
   std::string credential;
   std::string feature;
-  // counters[0] is the limit whose count is adopted (when `used` is set): a calendar, rolling
-  // or sliding one.
+  // The feature's unscoped limits that can deny (not unlimited): those a throttle may be
+  // attributed to, and the target among them.
   std::vector<CounterRef> counters;
-  std::optional<int64_t> used;                  // the upstream's count (capped at capacity)
-  absl::Time reset = absl::InfinitePast();      // the upstream's reset (InfinitePast: unknown)
+  std::optional<int64_t> used;  // the upstream's count of the target (capped at its capacity)
+  int target = 0;               // index into counters of the limit the counts describe; -1: none
+  std::optional<bool> full;     // the counts say the target is full (count >= capacity)
+  absl::Time reset = absl::InfinitePast();          // the upstream's reset (Past: unknown)
+  absl::Duration longest_window;                    // of the target (LongestWindow)
   absl::Time observed_at = absl::InfiniteFuture();  // when the worker saw it (Future: now)
-  absl::Duration longest_window;                // of counters[0] (Rule's LongestWindow)
-  // Per counter (same order; missing: none): it cools down until then.
-  std::vector<absl::Time> cool_until;
-  absl::Time feature_cool_until = absl::InfinitePast();  // the feature cools down until then
+  absl::Time sent_at = absl::InfiniteFuture();      // when the request was sent (Future: now)
+
+  // A throttle (the status is one of the profile's throttle codes).
+  bool throttled = false;
+  absl::Time retry_at = absl::InfinitePast();  // the upstream's Retry-After (Past: none)
+  // The feature's own cooldown when no limit is hit: initial_backoff * (1 + jitter_min).
+  absl::Duration feature_backoff = absl::Seconds(1);
   absl::Duration max_cooldown;  // no cooldown lasts past now + this (the feature's longest)
+  // How many of the feature's limits are scoped (counted as empty when attributing; a hit one
+  // cools the feature for scoped_backoff).
+  int scoped = 0;
+  absl::Duration scoped_backoff = absl::Seconds(1);
+  // Per counter (same order; missing: 1 s, no jitter): the back-off when the upstream gives no
+  // time (ThrottleBackoff), what bounds it (ThrottleRelease; nullopt: the rest of the counter's
+  // window) and the jitter factor (1 + jitter).
+  struct Backoff {
+    absl::Duration backoff = absl::Seconds(1);
+    std::optional<absl::Duration> release;
+    double jitter = 1.0;
+  };
+  std::vector<Backoff> backoffs;
 };
 
 struct ReportAnswer {
   absl::Time now;
-  bool adopted = false;       // the count was adopted (it may have added nothing)
-  bool reset_passed = false;  // not adopted: the reset has passed (an earlier window)
-  int64_t before = 0;         // the count quotad had
-  int64_t added = 0;          // units added to reach the upstream's count
+  bool adopted = false;         // the count was adopted (it may have added nothing)
+  bool reset_passed = false;    // not adopted: the reset has passed (UpstreamReset::kPassed)
+  bool reset_ignored = false;   // the reset was too far ahead (UpstreamReset::kTooFar)
+  int64_t before = 0;           // the count quotad had (the units it compared with)
+  int64_t added = 0;            // units added to reach the upstream's count
   absl::Time cooldown_until = absl::InfinitePast();  // the latest cooldown now in force
+  std::vector<absl::Time> capped;  // cooldowns asked for past max_cooldown (then capped)
+};
+
+// What Ledger::Usage shows of some counters of a credential, read in one FCALL_RO.
+struct UsageCall {
+  std::string credential;
+  std::vector<CounterRef> counters;
+  struct Feature {
+    std::string name;
+    std::vector<int> counters;  // indices into counters whose cooldown stops the feature
+  };
+  std::vector<Feature> features;
+};
+
+struct UsageAnswer {
+  absl::Time now;
+  struct Counter {
+    int64_t used = 0;
+    absl::Time reset = absl::InfiniteFuture();  // window end / oldest unit leaves / never
+    absl::Time cooldown = absl::InfinitePast();  // Past: not cooling down
+  };
+  std::vector<Counter> counters;
+  std::vector<absl::Time> feature_cooldowns;  // per feature; Past: not cooling down
 };
 
 // How many replicas must hold a decision before it is answered (WAIT, pipelined after the
@@ -184,18 +229,22 @@ class RedisFunctions {
   void Release(ReleaseCall call, absl::AnyInvocable<void(absl::StatusOr<ReleaseAnswer>)> done);
   void Renew(RenewCall call, absl::AnyInvocable<void(absl::StatusOr<RenewAnswer>)> done);
   void Report(ReportCall call, absl::AnyInvocable<void(absl::StatusOr<ReportAnswer>)> done);
+  void Usage(UsageCall call, absl::AnyInvocable<void(absl::StatusOr<UsageAnswer>)> done);
 
   // Blocking forms (not from a client callback).
   absl::StatusOr<AcquireAnswer> AcquireSync(AcquireCall call);
   absl::StatusOr<ReleaseAnswer> ReleaseSync(ReleaseCall call);
   absl::StatusOr<RenewAnswer> RenewSync(RenewCall call);
   absl::StatusOr<ReportAnswer> ReportSync(ReportCall call);
+  absl::StatusOr<UsageAnswer> UsageSync(UsageCall call);
 
  private:
   void AcquireAround(std::shared_ptr<AcquireCall> call, absl::Time around, bool last_try,
                      absl::AnyInvocable<void(absl::StatusOr<AcquireAnswer>)> done);
   void ReportAround(std::shared_ptr<ReportCall> call, absl::Time around, bool last_try,
                     absl::AnyInvocable<void(absl::StatusOr<ReportAnswer>)> done);
+  void UsageAround(std::shared_ptr<UsageCall> call, absl::Time around, bool last_try,
+                   absl::AnyInvocable<void(absl::StatusOr<UsageAnswer>)> done);
 
   // Sends `args` alone, or followed by WAIT (then `done` gets the FCALL's reply and the number
   // of replicas that acknowledged; -1 without WAIT).
