@@ -585,7 +585,7 @@ void ExpectSameDecisionsAsLimitsCc(RedisFunctions& fn, const Rule& rule, int ste
       report.longest_window = absl::Hours(1);
       report.max_cooldown = absl::Hours(1);
       // The request went out up to 1.5 periods ago (a sliding count is compared with our
-      // charges from one period before then, and not adopted when some left the log since).
+      // charges from one period before then, those kept after leaving the window included).
       const int64_t back_us = static_cast<int64_t>(
           rng() % (static_cast<uint64_t>(rule.period_ns / 1000) * 3 / 2 + 1));
       report.sent_at = absl::FromUnixMicros(absl::ToUnixMicros(absl::Now()) - back_us);

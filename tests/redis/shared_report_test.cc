@@ -304,21 +304,21 @@ TEST_F(SharedReportTest, SentAtDecidesWhichSlidingGrantsACountIsComparedWith) {
   };
   ASSERT_TRUE(Eventually([&] { return empty(replicas_[0]->Usage(kCred)); }, absl::Seconds(10)));
   ASSERT_TRUE(Eventually([&] { return empty(ledger_->Usage(kCred)); }, absl::Seconds(10)));
-  // A late answer to a request sent right after t0: our 3 grants have left the window but are
-  // still compared with (a count of 4 holds them and 1 outside unit): 1 is adopted.
+  // A late answer to a request sent right after t0: our 3 grants and the 2 adopted units have
+  // left the window but are still compared with (kept one period more): a count of 4 holds no
+  // more than those 5, so nothing is adopted.
   const UpstreamHeaders four = Headers({{"X-RateLimit-Limit", "10"}, {"X-RateLimit-Used", "4"}});
   const absl::Time late = t0 + absl::Milliseconds(100);
   shared = replicas_[0]->Report(Answer("slide", 200, four, late));
   embedded = ledger_->Report(Answer("slide", 200, four, late));
   ASSERT_TRUE(shared.ok() && embedded.ok());
-  EXPECT_EQ(shared->adopted, std::vector<std::string>{"slide.fast used 3 -> 4"});
+  EXPECT_TRUE(shared->adopted.empty());
   EXPECT_EQ(shared->adopted, embedded->adopted);
-  // Sent now: none of our grants is within a period before it, only the unit just adopted, so
-  // 3 more are outside units: 4 counted in all.
+  // Sent now: none of those units is within a period before it, so all 4 are outside units.
   shared = replicas_[1]->Report(Answer("slide", 200, four, absl::Now()));
   embedded = ledger_->Report(Answer("slide", 200, four, absl::Now()));
   ASSERT_TRUE(shared.ok() && embedded.ok());
-  EXPECT_EQ(shared->adopted, std::vector<std::string>{"slide.fast used 1 -> 4"});
+  EXPECT_EQ(shared->adopted, std::vector<std::string>{"slide.fast used 0 -> 4"});
   EXPECT_EQ(shared->adopted, embedded->adopted);
   EXPECT_TRUE(Shared(0, "slide", 6).granted);
   EXPECT_FALSE(Shared(1, "slide", 1).granted);
