@@ -155,10 +155,12 @@ class Counter {
                int64_t units, int64_t next_ns);
   // Raises the units used now to `used` if that is more (an upstream's count), never lowering
   // them. Rolling: opens the window if closed, and moves its end to `reset_ns` when that is
-  // later (0: unknown). Sliding: `sent_ns` (<= now) is when the request the count came with was
-  // sent; the count is compared with the charges from one period before then up to now (any of
-  // them may be in it: counting too many of ours adopts too little, never a phantom of our own
-  // units), and the difference counts until `reset_ns` when that comes before a whole span.
+  // later (0: unknown). Sliding: `sent_ns` (<= now) is when the upstream counted the request
+  // the count came with (Report's sent_at: when it was sent, for an upstream that counts
+  // requests as they arrive); the count is compared with the charges from one period before
+  // then up to now (any of them may be in it: counting too many of ours adopts too little,
+  // never a phantom of our own units), and the difference counts until `reset_ns` when that
+  // comes before a whole span.
   // Charges forgotten since (the log keeps them one period past their span, sub-buckets not at
   // all) are not compared with: some of ours may then be adopted, never too few units. Returns
   // the units it compared with; *added is the units it added.
