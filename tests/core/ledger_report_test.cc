@@ -265,26 +265,41 @@ TEST_F(ReportTest, AdoptedSlidingUnitsLeaveOnePeriodAfterTheAnswer) {
   EXPECT_TRUE(Acquire().granted);
 }
 
-TEST_F(ReportTest, AnAnswerDoesNotAdoptQuotadsOwnGrantsThatLeftSinceItWasSent) {
-  // Guard 1 s. 5 grants at t=0 and one at 59.5 s, sent then; the upstream counts all 6 of 10 and
-  // the answer is seen at 60.5 s, when the t=0 grants have left the upstream's minute. Compared
-  // with the minute before the answer (1 grant), the 5 would be adopted as outside use, for
-  // another minute.
-  LimitSpec l = Sliding("per_minute", 10, absl::Minutes(1));
-  l.guard = absl::Seconds(1);
-  Use({Feature("f", {l})});
-  const absl::Time t0 = clock_.Now();
-  for (int i = 0; i < 5; ++i) ASSERT_TRUE(Acquire().granted);
-  clock_.Set(t0 + absl::Milliseconds(59500));
-  ASSERT_TRUE(Acquire().granted);
+// The sent_at cases: a sliding minute of 10 with a 1 s guard, 5 grants at t0 and one at
+// t0 + `last` (the request sent then). Returns t0.
+class SentAtTest : public ReportTest {
+ protected:
+  absl::Time FiveThenOne(absl::Duration last) {
+    LimitSpec l = Sliding("per_minute", 10, absl::Minutes(1));
+    l.guard = absl::Seconds(1);
+    Use({Feature("f", {l})});
+    const absl::Time t0 = clock_.Now();
+    for (int i = 0; i < 5; ++i) EXPECT_TRUE(Acquire().granted);
+    clock_.Set(t0 + last);
+    EXPECT_TRUE(Acquire().granted);
+    return t0;
+  }
+  // A 200 with the upstream's count of the minute (`remaining` of 10), seen now.
+  UpstreamAnswer Counted(int64_t remaining, absl::Time sent_at) {
+    UpstreamAnswer a;
+    a.credential = "key";
+    a.feature = "f";
+    a.http_status = 200;
+    a.headers = {{"X-RateLimit-Limit", "10"}, {"X-RateLimit-Remaining", absl::StrCat(remaining)}};
+    a.observed_at = clock_.Now();
+    a.sent_at = sent_at;
+    return a;
+  }
+};
+
+TEST_F(SentAtTest, AnAnswerDoesNotAdoptQuotadsOwnGrantsThatLeftSinceItWasSent) {
+  // The upstream counts all 6 of ours when the last request arrives at 59.5 s; the answer is
+  // seen at 60.5 s, when the t0 grants have left the upstream's minute. Compared with the
+  // minute before the answer (1 grant), the 5 would be adopted as outside use, for another
+  // minute.
+  const absl::Time t0 = FiveThenOne(absl::Milliseconds(59500));
   clock_.Set(t0 + absl::Milliseconds(60500));
-  UpstreamAnswer a;
-  a.credential = "key";
-  a.feature = "f";
-  a.http_status = 200;
-  a.headers = {{"X-RateLimit-Limit", "10"}, {"X-RateLimit-Remaining", "4"}};
-  a.observed_at = clock_.Now();
-  a.sent_at = t0 + absl::Milliseconds(59500);
+  UpstreamAnswer a = Counted(4, t0 + absl::Milliseconds(59500));
   ASSERT_OK_AND_ASSIGN(const ReportResult r, ledger_->Report(a));
   EXPECT_TRUE(r.adopted.empty()) << r.adopted[0];
   clock_.Set(t0 + absl::Seconds(61));
@@ -297,50 +312,30 @@ TEST_F(ReportTest, AnAnswerDoesNotAdoptQuotadsOwnGrantsThatLeftSinceItWasSent) {
   EXPECT_EQ(old.adopted[0], "f.per_minute used 1 -> 6");
 }
 
-TEST_F(ReportTest, OutsideUnitsInAnAnswerAreStillAdoptedWithItsSentTime) {
+TEST_F(SentAtTest, OutsideUnitsInAnAnswerAreStillAdoptedWithItsSentTime) {
   // As above, but 3 of the 9 units the upstream counts are an outside tool's: 6 of ours may be
   // in the count, so 9 - 6 = 3 are adopted, and they hold the minute until 60.5 s + 1 min.
-  LimitSpec l = Sliding("per_minute", 10, absl::Minutes(1));
-  l.guard = absl::Seconds(1);
-  Use({Feature("f", {l})});
-  const absl::Time t0 = clock_.Now();
-  for (int i = 0; i < 5; ++i) ASSERT_TRUE(Acquire().granted);
-  clock_.Set(t0 + absl::Milliseconds(59500));
-  ASSERT_TRUE(Acquire().granted);
+  const absl::Time t0 = FiveThenOne(absl::Milliseconds(59500));
   clock_.Set(t0 + absl::Milliseconds(60500));
-  UpstreamAnswer a;
-  a.credential = "key";
-  a.feature = "f";
-  a.http_status = 200;
-  a.headers = {{"X-RateLimit-Limit", "10"}, {"X-RateLimit-Remaining", "1"}};
-  a.observed_at = clock_.Now();
-  a.sent_at = t0 + absl::Milliseconds(59500);
-  ASSERT_OK_AND_ASSIGN(const ReportResult r, ledger_->Report(a));
+  ASSERT_OK_AND_ASSIGN(const ReportResult r,
+                       ledger_->Report(Counted(1, t0 + absl::Milliseconds(59500))));
   ASSERT_EQ(r.adopted.size(), 1u);
   clock_.Set(t0 + absl::Seconds(61));
   EXPECT_EQ(Used("f.per_minute"), 4);  // our 1 and the 3 outside units
 }
 
-TEST_F(ReportTest, ACountFromARequestSentLongerAgoThanTheGuardIsNotAdopted) {
-  // A 15 s call: its count may include charges the log has dropped since, so it adopts nothing.
-  LimitSpec l = Sliding("per_minute", 10, absl::Minutes(1));
-  l.guard = absl::Seconds(1);
-  Use({Feature("f", {l})});
-  const absl::Time t0 = clock_.Now();
-  for (int i = 0; i < 5; ++i) ASSERT_TRUE(Acquire().granted);
-  clock_.Set(t0 + absl::Seconds(50));
-  ASSERT_TRUE(Acquire().granted);
+TEST_F(SentAtTest, ASlowCallsCountIsComparedWithGrantsThatLeftTheWindowSince) {
+  // A 15 s call sent at 50 s, seen at 65 s: the t0 grants left the log at 61 s but are kept one
+  // period more, so the count of 6 is all ours and nothing is adopted; a count of 9 adopts 3.
+  const absl::Time t0 = FiveThenOne(absl::Seconds(50));
   clock_.Set(t0 + absl::Seconds(65));
-  UpstreamAnswer a;
-  a.credential = "key";
-  a.feature = "f";
-  a.http_status = 200;
-  a.headers = {{"X-RateLimit-Limit", "10"}, {"X-RateLimit-Remaining", "4"}};
-  a.observed_at = clock_.Now();
-  a.sent_at = t0 + absl::Seconds(50);
-  ASSERT_OK_AND_ASSIGN(const ReportResult r, ledger_->Report(a));
+  ASSERT_OK_AND_ASSIGN(const ReportResult r, ledger_->Report(Counted(4, t0 + absl::Seconds(50))));
   EXPECT_TRUE(r.adopted.empty()) << r.adopted[0];
   EXPECT_EQ(Used("f.per_minute"), 1);
+  ASSERT_OK_AND_ASSIGN(const ReportResult more,
+                       ledger_->Report(Counted(1, t0 + absl::Seconds(50))));
+  ASSERT_EQ(more.adopted.size(), 1u);
+  EXPECT_EQ(Used("f.per_minute"), 4);
 }
 
 TEST_F(ReportTest, AThrottleOnAHiddenLimitIsLearntThereAndCoolsOnlyFeaturesChargingIt) {
