@@ -198,6 +198,21 @@ AcquireCall Call(const std::vector<CounterRef>& counters, const std::string& lea
   return c;
 }
 
+// holder-1's grant of one unit. WAIT's 100 ms can fall short on a loaded machine even with the
+// replica online: the grant is retried under the same request_id until the replica has
+// acknowledged it (5 s at most).
+absl::StatusOr<AcquireAnswer> FirstHolder(RedisFunctions& fn,
+                                          const std::vector<CounterRef>& counters) {
+  absl::StatusOr<AcquireAnswer> first;
+  Eventually(
+      [&] {
+        first = fn.AcquireSync(Call(counters, "holder-1", absl::Minutes(1), "first"));
+        return first.ok() && first->granted;
+      },
+      absl::Seconds(5), absl::Milliseconds(20));
+  return first;
+}
+
 // A holder renews its lease to a shorter TTL while the replica is away: Redis applies it, WAIT
 // falls short. If that is answered "not renewed" (kUnavailable), the holder keeps the expiry it
 // was granted, but Redis frees the slot at the shorter one: a second holder gets the only slot
@@ -213,16 +228,8 @@ TEST_F(WaitAttackTest, ShorteningRenewalRefusedByWaitMustNotFreeTheSlotEarly) {
   const Rule rule(spec, "f.slots");
   const std::vector<CounterRef> counters = {{"f.slots", &rule}};
 
-  // WAIT's 100 ms can fall short on a loaded machine even with the replica online: the grant
-  // is retried under the same request_id until the replica has acknowledged it.
-  absl::StatusOr<AcquireAnswer> first;
-  ASSERT_TRUE(Eventually(
-      [&] {
-        first = fn->AcquireSync(Call(counters, "holder-1", absl::Minutes(1), "first"));
-        return first.ok() && first->granted;
-      },
-      absl::Seconds(5), absl::Milliseconds(20)))
-      << first.status();
+  const absl::StatusOr<AcquireAnswer> first = FirstHolder(*fn, counters);
+  ASSERT_TRUE(first.ok() && first->granted) << first.status();
   absl::Time held_until = first->lease_expiry;  // what the first holder believes
 
   ASSERT_TRUE(replica_->Stop(SIGKILL).ok());
@@ -270,16 +277,8 @@ TEST_F(WaitAttackTest, ExtendingRenewalIsStillRefusedWithoutAReplica) {
   spec.capacity = 1;
   const Rule rule(spec, "f.slots");
   const std::vector<CounterRef> counters = {{"f.slots", &rule}};
-  // WAIT's 100 ms can fall short on a loaded machine even with the replica online: the grant
-  // is retried under the same request_id until the replica has acknowledged it.
-  absl::StatusOr<AcquireAnswer> first;
-  ASSERT_TRUE(Eventually(
-      [&] {
-        first = fn->AcquireSync(Call(counters, "holder-1", absl::Minutes(1), "first"));
-        return first.ok() && first->granted;
-      },
-      absl::Seconds(5), absl::Milliseconds(20)))
-      << first.status();
+  const absl::StatusOr<AcquireAnswer> first = FirstHolder(*fn, counters);
+  ASSERT_TRUE(first.ok() && first->granted) << first.status();
 
   ASSERT_TRUE(replica_->Stop(SIGKILL).ok());
   absl::StatusOr<RenewAnswer> longer =
