@@ -159,6 +159,11 @@ absl::StatusOr<QuotaService::AcquireArgs> QuotaService::ValidateAcquire(
     const v1::AcquireRequest& req) {
   if (absl::Status s = ValidateName("credential", req.credential()); !s.ok()) return s;
   if (absl::Status s = ValidateName("feature", req.feature()); !s.ok()) return s;
+  return ValidateAcquireFields(req);
+}
+
+absl::StatusOr<QuotaService::AcquireArgs> QuotaService::ValidateAcquireFields(
+    const v1::AcquireRequest& req) {
   if (absl::Status s = ValidateText("scope", req.scope(), kMaxNameLength); !s.ok()) return s;
   if (absl::Status s = ValidateText("holder", req.holder(), kMaxNameLength); !s.ok()) return s;
   if (absl::Status s = ValidateText("request_id", req.request_id(), kMaxRequestIdLength);
@@ -223,23 +228,11 @@ std::optional<WaitTicket> QuotaService::Acquire(const Caller& caller,
     done(std::move(s));
     return std::nullopt;
   }
-  // With auth, the ledger's holder names the identity: the lease's owner, also after a restart.
   const bool auth_on = caller.config->auth->enabled();
   std::string holder;
-  if (auth_on) {
-    holder = HolderWithIdentity(caller.identity, req.holder());
-    if (holder.size() > kMaxNameLength) {
-      // Issue 11: the ledger would refuse the stored form with a message about a holder the
-      // caller never sent.
-      done(absl::InvalidArgumentError(absl::StrCat(
-          "holder is ", req.holder().size(), " bytes long; with auth on it is stored as \"",
-          caller.identity, "/<holder>\" (", holder.size(), " bytes), and the ledger accepts at most ",
-          kMaxNameLength, ": holder may be at most ",
-          kMaxNameLength - std::min(kMaxNameLength, caller.identity.size() + 1),
-          " bytes for identity ", QuoteForError(caller.identity))));
-      return std::nullopt;
-    }
-    args->core.holder = holder;
+  if (absl::Status s = StoredHolder(caller, req, &holder, &args->core); !s.ok()) {
+    done(std::move(s));
+    return std::nullopt;
   }
 
   std::string dedup_key;
@@ -251,26 +244,16 @@ std::optional<WaitTicket> QuotaService::Acquire(const Caller& caller,
     AcquireShared(caller, req, *args, dedup_key, start, std::move(done));
     return std::nullopt;
   }
-  if (!req.request_id().empty()) {
-    if (absl::Status s = request_ids_->CheckRoom(); !s.ok()) {
-      done(std::move(s));
-      return std::nullopt;
-    }
-    // With auth, request_ids are per identity: another one never sees this answer.
-    dedup_key = absl::StrCat("acquire/", req.credential(), "/",
-                             auth_on ? absl::StrCat(caller.identity, "|") : "", req.request_id());
+  {
     v1::AcquireResponse first;
-    absl::Status same = request_ids_->Replay(dedup_key, req.request_id(), Fingerprint(req), &first);
-    if (same.ok()) {
-      done(std::move(first));
+    absl::StatusOr<bool> replayed = ReplayAcquire(caller, req, &dedup_key, &first);
+    if (!replayed.ok() || *replayed) {
+      if (replayed.ok()) {
+        done(std::move(first));
+      } else {
+        done(replayed.status());
+      }
       return std::nullopt;
-    }
-    if (same.code() == absl::StatusCode::kInvalidArgument) {
-      done(std::move(same));
-      return std::nullopt;
-    }
-    if (same.code() == absl::StatusCode::kDataLoss) {
-      Log(*log_, spdlog::level::err, "dedup answer unreadable", {{"key", dedup_key}});
     }
   }
 
@@ -326,6 +309,13 @@ absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatch(
   if (absl::Status s = CheckBatchSize(req.items_size()); !s.ok()) return s;
   v1::AcquireBatchResponse resp;
   resp.mutable_results()->Reserve(req.items_size());
+  // What the single path checks per call and depends only on the credential or the feature
+  // (the access rules, the names' syntax) is checked once per distinct value of the batch, in
+  // the single path's order; a refused item is still named and counted on its own.
+  BatchChecks checks;
+  // Each outcome's decisions are counted once per batch (Metrics::OnDecisions). Keys view the
+  // request and, for limited_by, the item's answer in `resp`: both outlive the loop.
+  Outcomes outcomes;
   for (int i = 0; i < req.items_size(); ++i) {
     const v1::AcquireRequest& item = req.items(i);
     v1::AcquireBatchItem* out = resp.add_results();
@@ -341,19 +331,87 @@ absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatch(
                   out->mutable_error());
       continue;
     }
-    BatchAnswer answer;
-    // No max_wait: never parked, so no ticket to keep.
-    Acquire(caller, item, BatchReply(&answer));
-    absl::StatusOr<v1::AcquireResponse> result = answer.Take();
-    if (result.ok()) {
-      *out->mutable_response() = *std::move(result);
-    } else {
-      metrics_->OnRequestError("AcquireBatchItem",
-                               absl::StatusCodeToString(result.status().code()));
-      ToItemError(i, result.status(), out->mutable_error());
+    absl::Status s = backend_->shared()
+                         ? AcquireBatchItemShared(caller, item, out)
+                         : AcquireBatchItem(caller, item, &checks, out, &outcomes);
+    if (!s.ok()) {
+      metrics_->OnRequestError("AcquireBatchItem", absl::StatusCodeToString(s.code()));
+      ToItemError(i, s, out->mutable_error());
     }
   }
+  for (const auto& [key, count] : outcomes) {
+    metrics_->OnDecisions(key.credential, key.feature, key.granted, key.limited_by, count);
+  }
   return resp;
+}
+
+// A shared backend answers on its own thread: each item through the single path.
+absl::Status QuotaService::AcquireBatchItemShared(const Caller& caller,
+                                                  const v1::AcquireRequest& item,
+                                                  v1::AcquireBatchItem* out) {
+  BatchAnswer answer;
+  // No max_wait: never parked, so no ticket to keep.
+  Acquire(caller, item, BatchReply(&answer));
+  absl::StatusOr<v1::AcquireResponse> result = answer.Take();
+  if (!result.ok()) return result.status();
+  *out->mutable_response() = *std::move(result);
+  return absl::OkStatus();
+}
+
+// One item of a batch on the embedded ledger: the single path's checks and answer, decided on
+// the caller's thread, written into `out`.
+absl::Status QuotaService::AcquireBatchItem(
+    const Caller& caller, const v1::AcquireRequest& item, BatchChecks* checks,
+    v1::AcquireBatchItem* out, Outcomes* outcomes) {
+  const BatchChecks::Credential& credential = checks->ForCredential(caller, item.credential());
+  if (!credential.access.ok()) {
+    metrics_->OnAuthFailure("permission_denied");
+    return credential.access;
+  }
+  if (!credential.name.ok()) return credential.name;
+  if (const absl::Status& s = checks->ForFeature(item.feature()); !s.ok()) return s;
+  absl::StatusOr<AcquireArgs> args = ValidateAcquireFields(item);
+  if (!args.ok()) return args.status();
+  if (absl::Status s = CheckPriority(caller, args->priority); !s.ok()) return s;
+  std::string holder;
+  if (absl::Status s = StoredHolder(caller, item, &holder, &args->core); !s.ok()) return s;
+  std::string dedup_key;
+  v1::AcquireResponse* answer = out->mutable_response();
+  absl::StatusOr<bool> replayed = ReplayAcquire(caller, item, &dedup_key, answer);
+  if (!replayed.ok()) return replayed.status();
+  if (*replayed) return absl::OkStatus();
+  absl::StatusOr<Decision> decision = backend_->Acquire(args->core);
+  if (!decision.ok()) return decision.status();
+  LogDecision("AcquireBatch", caller.identity, item, *decision);
+  absl::Status s = AnswerInto(item, *decision, dedup_key, answer);
+  // Counted also when recording the grant failed, as the single path does. A denial is never
+  // recorded, so its limited_by is in `answer`.
+  ++(*outcomes)[DecisionKey{item.credential(), item.feature(), decision->granted,
+                            s.ok() ? absl::string_view(answer->limited_by()) : ""}];
+  return s;
+}
+
+const QuotaService::BatchChecks::Credential& QuotaService::BatchChecks::ForCredential(
+    const Caller& caller, absl::string_view name) {
+  if (last_credential_ != nullptr && last_credential_->first == name) {
+    return last_credential_->second;
+  }
+  auto [it, added] = credentials_.try_emplace(name);
+  if (added) {
+    it->second.access = caller.config->auth->Authorize(caller.identity, AccessMethod::kAcquire,
+                                                       name);
+    if (it->second.access.ok()) it->second.name = ValidateName("credential", name);
+  }
+  last_credential_ = &*it;
+  return it->second;
+}
+
+const absl::Status& QuotaService::BatchChecks::ForFeature(absl::string_view name) {
+  if (last_feature_ != nullptr && last_feature_->first == name) return last_feature_->second;
+  auto [it, added] = features_.try_emplace(name);
+  if (added) it->second = ValidateName("feature", name);
+  last_feature_ = &*it;
+  return it->second;
 }
 
 absl::StatusOr<v1::ReleaseBatchResponse> QuotaService::ReleaseBatch(
@@ -375,6 +433,44 @@ absl::StatusOr<v1::ReleaseBatchResponse> QuotaService::ReleaseBatch(
   return resp;
 }
 
+// With auth, the ledger's holder names the identity: the lease's owner, also after a restart.
+absl::Status QuotaService::StoredHolder(const Caller& caller, const v1::AcquireRequest& req,
+                                        std::string* holder, AcquireRequest* core) {
+  if (!caller.config->auth->enabled()) return absl::OkStatus();
+  *holder = HolderWithIdentity(caller.identity, req.holder());
+  if (holder->size() > kMaxNameLength) {
+    // Issue 11: the ledger would refuse the stored form with a message about a holder the
+    // caller never sent.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "holder is ", req.holder().size(), " bytes long; with auth on it is stored as \"",
+        caller.identity, "/<holder>\" (", holder->size(), " bytes), and the ledger accepts at most ",
+        kMaxNameLength, ": holder may be at most ",
+        kMaxNameLength - std::min(kMaxNameLength, caller.identity.size() + 1),
+        " bytes for identity ", QuoteForError(caller.identity)));
+  }
+  core->holder = *holder;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> QuotaService::ReplayAcquire(const Caller& caller,
+                                                 const v1::AcquireRequest& req,
+                                                 std::string* dedup_key,
+                                                 v1::AcquireResponse* first) {
+  if (req.request_id().empty()) return false;
+  if (absl::Status s = request_ids_->CheckRoom(); !s.ok()) return s;
+  // With auth, request_ids are per identity: another one never sees this answer.
+  *dedup_key = absl::StrCat(
+      "acquire/", req.credential(), "/",
+      caller.config->auth->enabled() ? absl::StrCat(caller.identity, "|") : "", req.request_id());
+  absl::Status same = request_ids_->Replay(*dedup_key, req.request_id(), Fingerprint(req), first);
+  if (same.ok()) return true;
+  if (same.code() == absl::StatusCode::kInvalidArgument) return same;
+  if (same.code() == absl::StatusCode::kDataLoss) {
+    Log(*log_, spdlog::level::err, "dedup answer unreadable", {{"key", *dedup_key}});
+  }
+  return false;
+}
+
 bool QuotaService::CancelWait(const WaitTicket& ticket) { return backend_->Cancel(ticket); }
 
 void QuotaService::Observe(const char* method, const std::string& identity,
@@ -383,14 +479,19 @@ void QuotaService::Observe(const char* method, const std::string& identity,
   if (!decision.ok()) return;  // counted with the call's error; an unknown name is no label
   metrics_->OnDecision(method, req.credential(), req.feature(), decision->granted,
                        decision->limited_by, clock_->Now() - start);
+  LogDecision(method, identity, req, *decision);
+}
+
+void QuotaService::LogDecision(const char* method, const std::string& identity,
+                               const v1::AcquireRequest& req, const Decision& decision) {
   if (sampler_->Sample()) {
     Log(*log_, spdlog::level::info, "rpc",
         {{"method", method},
          {"identity", identity},
          {"credential", req.credential()},
          {"feature", req.feature()},
-         {"granted", decision->granted},
-         {"limited_by", decision->limited_by.empty() ? "-" : decision->limited_by}});
+         {"granted", decision.granted},
+         {"limited_by", decision.limited_by.empty() ? "-" : decision.limited_by}});
   }
 }
 
@@ -399,35 +500,41 @@ absl::StatusOr<v1::AcquireResponse> QuotaService::Answer(const v1::AcquireReques
                                                          const std::string& dedup_key) {
   if (!decision.ok()) return decision.status();
   v1::AcquireResponse resp;
-  resp.set_granted(decision->granted);
-  if (decision->granted) {
-    resp.set_lease_id(decision->lease_id.ToString());
-    if (IsFinite(decision->lease_expiry)) {
-      TimeToProto(decision->lease_expiry, resp.mutable_lease_expires_at());
+  if (absl::Status s = AnswerInto(req, *decision, dedup_key, &resp); !s.ok()) return s;
+  return resp;
+}
+
+absl::Status QuotaService::AnswerInto(const v1::AcquireRequest& req, const Decision& decision,
+                                      const std::string& dedup_key, v1::AcquireResponse* out) {
+  v1::AcquireResponse& resp = *out;
+  resp.set_granted(decision.granted);
+  if (decision.granted) {
+    resp.set_lease_id(decision.lease_id.ToString());
+    if (IsFinite(decision.lease_expiry)) {
+      TimeToProto(decision.lease_expiry, resp.mutable_lease_expires_at());
     }
   } else {
-    resp.set_limited_by(decision->limited_by);
-    if (IsFinite(decision->retry_at)) {
-      TimeToProto(decision->retry_at, resp.mutable_retry_at());
-      const absl::Duration after = std::max(absl::ZeroDuration(), decision->retry_at - clock_->Now());
+    resp.set_limited_by(decision.limited_by);
+    if (IsFinite(decision.retry_at)) {
+      TimeToProto(decision.retry_at, resp.mutable_retry_at());
+      const absl::Duration after = std::max(absl::ZeroDuration(), decision.retry_at - clock_->Now());
       DurationToProto(after, resp.mutable_retry_after());
     }
   }
-  resp.mutable_limits()->Reserve(static_cast<int>(decision->limits.size()));
-  for (const LimitStatus& l : decision->limits) LimitStatusToProto(l, resp.add_limits());
+  resp.mutable_limits()->Reserve(static_cast<int>(decision.limits.size()));
+  for (const LimitStatus& l : decision.limits) LimitStatusToProto(l, resp.add_limits());
 
   // Only grants are recorded: a denial charged nothing, so a retry is simply decided again.
-  if (!decision->granted || dedup_key.empty()) return resp;
+  if (!decision.granted || dedup_key.empty()) return absl::OkStatus();
   // A copy of the request that won the race stands: give this grant back whole (used = 0).
   absl::Status s = request_ids_->Record(dedup_key, req.request_id(), Fingerprint(req), &resp, [&] {
-    absl::StatusOr<ReleaseResult> undone = backend_->Release(decision->lease_id, 0);
+    absl::StatusOr<ReleaseResult> undone = backend_->Release(decision.lease_id, 0);
     if (!undone.ok()) {
       Log(*log_, spdlog::level::warn, "undo of a duplicate grant failed",
-          {{"lease", decision->lease_id.ToString()}, {"error", undone.status().message()}});
+          {{"lease", decision.lease_id.ToString()}, {"error", undone.status().message()}});
     }
   });
-  if (!s.ok()) return s;
-  return resp;
+  return s;
 }
 
 absl::StatusOr<v1::ReleaseResponse> QuotaService::Release(const Caller& caller,
