@@ -4,7 +4,7 @@
 // The Quota service (quotad.v1.Quota) without its transport: Acquire, Release, Renew, Report,
 // and the batches AcquireBatch and ReleaseBatch (each item decided as by the single call; an
 // AcquireBatch checks access and names once per distinct credential and feature, and counts
-// its decisions once per outcome).
+// its decisions once per outcome; quota_service_batch.cc).
 // Each method takes the caller (authenticated by the transport) and the wire request, and owns
 // what lies between them and the ledger: validation (errors name the field and the value),
 // authorization (the access rules; a lease is ended or extended by its holder's identity or an
