@@ -11,6 +11,11 @@
 # Defaults: --rounds=1 --duration=2s --warmup=300ms (about 90 s in all); later flags win.
 # BUILD_DIR defaults to ./build; it must contain quotad, grpc_noop_server and grpc_loadgen
 # (ninja -C BUILD_DIR quotad grpc_noop_server grpc_loadgen).
+#
+# BEFORE=/path/to/an/older/quotad adds that binary as two more targets (before_memory,
+# before_state) in the same interleaved run, to compare a change with its base side by side:
+#   cp build/service/server/quotad /tmp/quotad_before   # on the base commit
+#   BEFORE=/tmp/quotad_before bench/grpc/run_batch.sh build -- --batch=1000
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build=${1:-build}
@@ -19,7 +24,8 @@ build=${1:-build}
 quotad=$build/service/server/quotad
 noop=$build/bench/grpc/grpc_noop_server
 loadgen=$build/bench/grpc/grpc_loadgen
-for b in "$quotad" "$noop" "$loadgen"; do
+before_bin=${BEFORE:-}
+for b in "$quotad" "$noop" "$loadgen" ${before_bin:+"$before_bin"}; do
   [[ -x $b ]] || { echo "run_batch.sh: $b not built" >&2; exit 2; }
 done
 
@@ -49,19 +55,32 @@ pids+=($!)
 "$noop" --listen=127.0.0.1:0 2>"$tmp/noop.log" &
 pids+=($!)
 names=(quotad_memory quotad_state noop)
+if [[ -n $before_bin ]]; then
+  "$before_bin" "${common[@]}" --memory_only 2>"$tmp/before_memory.log" &
+  pids+=($!)
+  "$before_bin" "${common[@]}" --state="$tmp/before_state.db" 2>"$tmp/before_state.log" &
+  pids+=($!)
+  names+=(before_memory before_state)
+fi
 maddr=$(wait_addr "$tmp/memory.log")
 saddr=$(wait_addr "$tmp/state.log")
 naddr=$(wait_addr "$tmp/noop.log")
-echo "quotad_memory=$maddr quotad_state=$saddr noop=$naddr cores=$(nproc) $(date -u +%FT%TZ)"
+targets="quotad_memory=$maddr,quotad_state=$saddr"
+if [[ -n $before_bin ]]; then
+  targets+=",before_memory=$(wait_addr "$tmp/before_memory.log")"
+  targets+=",before_state=$(wait_addr "$tmp/before_state.log")"
+fi
+targets+=",noop=$naddr"  # last: the loadgen's baseline
+echo "${targets//,/ } cores=$(nproc) $(date -u +%FT%TZ)"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 before=(); for p in "${pids[@]}"; do before+=("$(cpu_ticks "$p")"); done
-"$loadgen" --target="quotad_memory=$maddr,quotad_state=$saddr,noop=$naddr" \
+"$loadgen" --target="$targets" \
   --batch=1,10,100,1000 --inflight=1,16,64 --rounds=1 --duration=2s --warmup=300ms "$@" |
   tee "$tmp/loadgen.out"
 # Server CPU per decision: less sensitive than decisions/s to other work on a shared machine.
 hz=$(getconf CLK_TCK)
 line="server CPU per decision (all cells):"
-for i in 0 1 2; do
+for i in "${!names[@]}"; do
   ticks=$(( $(cpu_ticks "${pids[$i]}") - ${before[$i]} ))
   decisions=$(awk -v t="${names[$i]}" -F'decisions=' '$0 ~ "^total target=" t " " {split($2, a, " "); print a[1]}' "$tmp/loadgen.out")
   line+=$(awk -v t="$ticks" -v d="$decisions" -v hz="$hz" -v n="${names[$i]}" \

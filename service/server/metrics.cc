@@ -222,6 +222,18 @@ void Metrics::OnDecision(absl::string_view method, absl::string_view credential,
   LatencyFor(method).Observe(absl::ToDoubleSeconds(latency));
 }
 
+void Metrics::OnDecisions(absl::string_view credential, absl::string_view feature, bool granted,
+                          absl::string_view limited_by, int64_t count) {
+  if (count <= 0) return;
+  CachedCounter(decisions_, "credential", credential, "feature", feature, "result",
+                granted ? "granted" : "denied")
+      .Increment(static_cast<double>(count));
+  if (!granted && !limited_by.empty()) {
+    CachedCounter(denials_, "credential", credential, "limit", limited_by)
+        .Increment(static_cast<double>(count));
+  }
+}
+
 void Metrics::OnRequestError(absl::string_view method, absl::string_view code) {
   CachedCounter(request_errors_, "method", method, "code", code).Increment();
 }

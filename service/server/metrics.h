@@ -97,6 +97,10 @@ class Metrics {
   void OnDecision(absl::string_view method, absl::string_view credential,
                   absl::string_view feature, bool granted, absl::string_view limited_by,
                   absl::Duration latency);
+  // `count` decisions of one AcquireBatch with the same outcome, counted at once (the batch's
+  // latency is the call's, OnCall("AcquireBatch"); its items add none to "Acquire").
+  void OnDecisions(absl::string_view credential, absl::string_view feature, bool granted,
+                   absl::string_view limited_by, int64_t count);
   // A call that ended with an error status (code as absl::StatusCodeToString), any method.
   void OnRequestError(absl::string_view method, absl::string_view code);
   // Latency of any other call that reached its handler (Release, Renew, Report, Admin ...).

@@ -8,7 +8,6 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "service/core/ledger_backend.h"
 #include "service/server/convert.h"
 #include "service/server/validation.h"
@@ -25,57 +24,6 @@ std::string Fingerprint(const v1::AcquireRequest& req) {
 
 // Release records carry no fingerprint (the key names the lease; the first answer stands).
 constexpr absl::string_view kNoFingerprint = "";
-
-// A batch of more than kMaxBatchItems items is refused whole.
-absl::Status CheckBatchSize(int items) {
-  if (items <= kMaxBatchItems) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat("items has ", items, " entries; at most ",
-                                                 kMaxBatchItems,
-                                                 " are allowed in one batch (split it)"));
-}
-
-// The error of item `index`, as the single call would have returned it, naming the item.
-void ToItemError(int index, const absl::Status& status, v1::ItemError* out) {
-  out->set_code(static_cast<int>(status.code()));
-  out->set_message(absl::StrCat("items[", index, "]: ", status.message()));
-}
-
-// The answer of one Acquire of a batch, handed over from whichever thread decided it. Not
-// copyable; the waiting side owns it.
-class BatchAnswer {
- public:
-  // Blocks until Set() (at once with the embedded ledger, which decides on the caller's thread).
-  absl::StatusOr<v1::AcquireResponse> Take() {
-    done_.WaitForNotification();
-    return std::move(answer_);
-  }
-  void Set(absl::StatusOr<v1::AcquireResponse> answer) {
-    answer_ = std::move(answer);
-    done_.Notify();
-  }
-
- private:
-  absl::StatusOr<v1::AcquireResponse> answer_ = absl::UnknownError("unanswered");
-  absl::Notification done_;
-};
-
-// The AcquireDone of a batch item: sets the answer once, or UNAVAILABLE when destroyed
-// uncalled (a backend that drops its callbacks at shutdown), so that the batch never hangs.
-class BatchReply {
- public:
-  explicit BatchReply(BatchAnswer* answer) : answer_(answer) {}
-  BatchReply(BatchReply&& other) noexcept : answer_(std::exchange(other.answer_, nullptr)) {}
-  BatchReply& operator=(BatchReply&&) = delete;
-  ~BatchReply() {
-    if (answer_ != nullptr) answer_->Set(absl::UnavailableError("the item was not decided"));
-  }
-  void operator()(absl::StatusOr<v1::AcquireResponse> answer) {
-    std::exchange(answer_, nullptr)->Set(std::move(answer));
-  }
-
- private:
-  BatchAnswer* answer_;
-};
 
 // A Report's timestamp field `name`: `absent` when not set, else the time it holds, which must
 // be within kMaxReportAge before and kMaxReportLead after `now`.
@@ -159,6 +107,11 @@ absl::StatusOr<QuotaService::AcquireArgs> QuotaService::ValidateAcquire(
     const v1::AcquireRequest& req) {
   if (absl::Status s = ValidateName("credential", req.credential()); !s.ok()) return s;
   if (absl::Status s = ValidateName("feature", req.feature()); !s.ok()) return s;
+  return ValidateAcquireFields(req);
+}
+
+absl::StatusOr<QuotaService::AcquireArgs> QuotaService::ValidateAcquireFields(
+    const v1::AcquireRequest& req) {
   if (absl::Status s = ValidateText("scope", req.scope(), kMaxNameLength); !s.ok()) return s;
   if (absl::Status s = ValidateText("holder", req.holder(), kMaxNameLength); !s.ok()) return s;
   if (absl::Status s = ValidateText("request_id", req.request_id(), kMaxRequestIdLength);
@@ -223,23 +176,11 @@ std::optional<WaitTicket> QuotaService::Acquire(const Caller& caller,
     done(std::move(s));
     return std::nullopt;
   }
-  // With auth, the ledger's holder names the identity: the lease's owner, also after a restart.
   const bool auth_on = caller.config->auth->enabled();
   std::string holder;
-  if (auth_on) {
-    holder = HolderWithIdentity(caller.identity, req.holder());
-    if (holder.size() > kMaxNameLength) {
-      // Issue 11: the ledger would refuse the stored form with a message about a holder the
-      // caller never sent.
-      done(absl::InvalidArgumentError(absl::StrCat(
-          "holder is ", req.holder().size(), " bytes long; with auth on it is stored as \"",
-          caller.identity, "/<holder>\" (", holder.size(), " bytes), and the ledger accepts at most ",
-          kMaxNameLength, ": holder may be at most ",
-          kMaxNameLength - std::min(kMaxNameLength, caller.identity.size() + 1),
-          " bytes for identity ", QuoteForError(caller.identity))));
-      return std::nullopt;
-    }
-    args->core.holder = holder;
+  if (absl::Status s = StoredHolder(caller, req, &holder, &args->core); !s.ok()) {
+    done(std::move(s));
+    return std::nullopt;
   }
 
   std::string dedup_key;
@@ -251,26 +192,16 @@ std::optional<WaitTicket> QuotaService::Acquire(const Caller& caller,
     AcquireShared(caller, req, *args, dedup_key, start, std::move(done));
     return std::nullopt;
   }
-  if (!req.request_id().empty()) {
-    if (absl::Status s = request_ids_->CheckRoom(); !s.ok()) {
-      done(std::move(s));
-      return std::nullopt;
-    }
-    // With auth, request_ids are per identity: another one never sees this answer.
-    dedup_key = absl::StrCat("acquire/", req.credential(), "/",
-                             auth_on ? absl::StrCat(caller.identity, "|") : "", req.request_id());
+  {
     v1::AcquireResponse first;
-    absl::Status same = request_ids_->Replay(dedup_key, req.request_id(), Fingerprint(req), &first);
-    if (same.ok()) {
-      done(std::move(first));
+    absl::StatusOr<bool> replayed = ReplayAcquire(caller, req, &dedup_key, &first);
+    if (!replayed.ok() || *replayed) {
+      if (replayed.ok()) {
+        done(std::move(first));
+      } else {
+        done(replayed.status());
+      }
       return std::nullopt;
-    }
-    if (same.code() == absl::StatusCode::kInvalidArgument) {
-      done(std::move(same));
-      return std::nullopt;
-    }
-    if (same.code() == absl::StatusCode::kDataLoss) {
-      Log(*log_, spdlog::level::err, "dedup answer unreadable", {{"key", dedup_key}});
     }
   }
 
@@ -321,58 +252,42 @@ void QuotaService::AcquireShared(const Caller& caller, const v1::AcquireRequest&
       });
 }
 
-absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatch(
-    const Caller& caller, const v1::AcquireBatchRequest& req) {
-  if (absl::Status s = CheckBatchSize(req.items_size()); !s.ok()) return s;
-  v1::AcquireBatchResponse resp;
-  resp.mutable_results()->Reserve(req.items_size());
-  for (int i = 0; i < req.items_size(); ++i) {
-    const v1::AcquireRequest& item = req.items(i);
-    v1::AcquireBatchItem* out = resp.add_results();
-    const google::protobuf::Duration& wait = item.max_wait();
-    if (wait.seconds() > 0 || (wait.seconds() == 0 && wait.nanos() > 0)) {
-      // Malformed durations are left to the single path's validation.
-      metrics_->OnRequestError("AcquireBatchItem", "INVALID_ARGUMENT");
-      ToItemError(i,
-                  absl::InvalidArgumentError(absl::StrCat(
-                      "max_wait ", absl::FormatDuration(absl::Seconds(wait.seconds()) +
-                                                        absl::Nanoseconds(wait.nanos())),
-                      " is not allowed in a batch, which never waits (send it as Acquire)")),
-                  out->mutable_error());
-      continue;
-    }
-    BatchAnswer answer;
-    // No max_wait: never parked, so no ticket to keep.
-    Acquire(caller, item, BatchReply(&answer));
-    absl::StatusOr<v1::AcquireResponse> result = answer.Take();
-    if (result.ok()) {
-      *out->mutable_response() = *std::move(result);
-    } else {
-      metrics_->OnRequestError("AcquireBatchItem",
-                               absl::StatusCodeToString(result.status().code()));
-      ToItemError(i, result.status(), out->mutable_error());
-    }
+// With auth, the ledger's holder names the identity: the lease's owner, also after a restart.
+absl::Status QuotaService::StoredHolder(const Caller& caller, const v1::AcquireRequest& req,
+                                        std::string* holder, AcquireRequest* core) {
+  if (!caller.config->auth->enabled()) return absl::OkStatus();
+  *holder = HolderWithIdentity(caller.identity, req.holder());
+  if (holder->size() > kMaxNameLength) {
+    // Issue 11: the ledger would refuse the stored form with a message about a holder the
+    // caller never sent.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "holder is ", req.holder().size(), " bytes long; with auth on it is stored as \"",
+        caller.identity, "/<holder>\" (", holder->size(), " bytes), and the ledger accepts at most ",
+        kMaxNameLength, ": holder may be at most ",
+        kMaxNameLength - std::min(kMaxNameLength, caller.identity.size() + 1),
+        " bytes for identity ", QuoteForError(caller.identity)));
   }
-  return resp;
+  core->holder = *holder;
+  return absl::OkStatus();
 }
 
-absl::StatusOr<v1::ReleaseBatchResponse> QuotaService::ReleaseBatch(
-    const Caller& caller, const v1::ReleaseBatchRequest& req) {
-  if (absl::Status s = CheckBatchSize(req.items_size()); !s.ok()) return s;
-  v1::ReleaseBatchResponse resp;
-  resp.mutable_results()->Reserve(req.items_size());
-  for (int i = 0; i < req.items_size(); ++i) {
-    v1::ReleaseBatchItem* out = resp.add_results();
-    absl::StatusOr<v1::ReleaseResponse> result = Release(caller, req.items(i));
-    if (result.ok()) {
-      *out->mutable_response() = *std::move(result);
-    } else {
-      metrics_->OnRequestError("ReleaseBatchItem",
-                               absl::StatusCodeToString(result.status().code()));
-      ToItemError(i, result.status(), out->mutable_error());
-    }
+absl::StatusOr<bool> QuotaService::ReplayAcquire(const Caller& caller,
+                                                 const v1::AcquireRequest& req,
+                                                 std::string* dedup_key,
+                                                 v1::AcquireResponse* first) {
+  if (req.request_id().empty()) return false;
+  if (absl::Status s = request_ids_->CheckRoom(); !s.ok()) return s;
+  // With auth, request_ids are per identity: another one never sees this answer.
+  *dedup_key = absl::StrCat(
+      "acquire/", req.credential(), "/",
+      caller.config->auth->enabled() ? absl::StrCat(caller.identity, "|") : "", req.request_id());
+  absl::Status same = request_ids_->Replay(*dedup_key, req.request_id(), Fingerprint(req), first);
+  if (same.ok()) return true;
+  if (same.code() == absl::StatusCode::kInvalidArgument) return same;
+  if (same.code() == absl::StatusCode::kDataLoss) {
+    Log(*log_, spdlog::level::err, "dedup answer unreadable", {{"key", *dedup_key}});
   }
-  return resp;
+  return false;
 }
 
 bool QuotaService::CancelWait(const WaitTicket& ticket) { return backend_->Cancel(ticket); }
@@ -383,14 +298,19 @@ void QuotaService::Observe(const char* method, const std::string& identity,
   if (!decision.ok()) return;  // counted with the call's error; an unknown name is no label
   metrics_->OnDecision(method, req.credential(), req.feature(), decision->granted,
                        decision->limited_by, clock_->Now() - start);
+  LogDecision(method, identity, req, *decision);
+}
+
+void QuotaService::LogDecision(const char* method, const std::string& identity,
+                               const v1::AcquireRequest& req, const Decision& decision) {
   if (sampler_->Sample()) {
     Log(*log_, spdlog::level::info, "rpc",
         {{"method", method},
          {"identity", identity},
          {"credential", req.credential()},
          {"feature", req.feature()},
-         {"granted", decision->granted},
-         {"limited_by", decision->limited_by.empty() ? "-" : decision->limited_by}});
+         {"granted", decision.granted},
+         {"limited_by", decision.limited_by.empty() ? "-" : decision.limited_by}});
   }
 }
 
@@ -399,35 +319,41 @@ absl::StatusOr<v1::AcquireResponse> QuotaService::Answer(const v1::AcquireReques
                                                          const std::string& dedup_key) {
   if (!decision.ok()) return decision.status();
   v1::AcquireResponse resp;
-  resp.set_granted(decision->granted);
-  if (decision->granted) {
-    resp.set_lease_id(decision->lease_id.ToString());
-    if (IsFinite(decision->lease_expiry)) {
-      TimeToProto(decision->lease_expiry, resp.mutable_lease_expires_at());
+  if (absl::Status s = AnswerInto(req, *decision, dedup_key, &resp); !s.ok()) return s;
+  return resp;
+}
+
+absl::Status QuotaService::AnswerInto(const v1::AcquireRequest& req, const Decision& decision,
+                                      const std::string& dedup_key, v1::AcquireResponse* out) {
+  v1::AcquireResponse& resp = *out;
+  resp.set_granted(decision.granted);
+  if (decision.granted) {
+    resp.set_lease_id(decision.lease_id.ToString());
+    if (IsFinite(decision.lease_expiry)) {
+      TimeToProto(decision.lease_expiry, resp.mutable_lease_expires_at());
     }
   } else {
-    resp.set_limited_by(decision->limited_by);
-    if (IsFinite(decision->retry_at)) {
-      TimeToProto(decision->retry_at, resp.mutable_retry_at());
-      const absl::Duration after = std::max(absl::ZeroDuration(), decision->retry_at - clock_->Now());
+    resp.set_limited_by(decision.limited_by);
+    if (IsFinite(decision.retry_at)) {
+      TimeToProto(decision.retry_at, resp.mutable_retry_at());
+      const absl::Duration after = std::max(absl::ZeroDuration(), decision.retry_at - clock_->Now());
       DurationToProto(after, resp.mutable_retry_after());
     }
   }
-  resp.mutable_limits()->Reserve(static_cast<int>(decision->limits.size()));
-  for (const LimitStatus& l : decision->limits) LimitStatusToProto(l, resp.add_limits());
+  resp.mutable_limits()->Reserve(static_cast<int>(decision.limits.size()));
+  for (const LimitStatus& l : decision.limits) LimitStatusToProto(l, resp.add_limits());
 
   // Only grants are recorded: a denial charged nothing, so a retry is simply decided again.
-  if (!decision->granted || dedup_key.empty()) return resp;
+  if (!decision.granted || dedup_key.empty()) return absl::OkStatus();
   // A copy of the request that won the race stands: give this grant back whole (used = 0).
   absl::Status s = request_ids_->Record(dedup_key, req.request_id(), Fingerprint(req), &resp, [&] {
-    absl::StatusOr<ReleaseResult> undone = backend_->Release(decision->lease_id, 0);
+    absl::StatusOr<ReleaseResult> undone = backend_->Release(decision.lease_id, 0);
     if (!undone.ok()) {
       Log(*log_, spdlog::level::warn, "undo of a duplicate grant failed",
-          {{"lease", decision->lease_id.ToString()}, {"error", undone.status().message()}});
+          {{"lease", decision.lease_id.ToString()}, {"error", undone.status().message()}});
     }
   });
-  if (!s.ok()) return s;
-  return resp;
+  return s;
 }
 
 absl::StatusOr<v1::ReleaseResponse> QuotaService::Release(const Caller& caller,

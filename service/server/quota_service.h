@@ -2,7 +2,9 @@
 #define QUOTAD_SERVICE_SERVER_QUOTA_SERVICE_H_
 
 // The Quota service (quotad.v1.Quota) without its transport: Acquire, Release, Renew, Report,
-// and the batches AcquireBatch and ReleaseBatch (each item through the single-item path).
+// and the batches AcquireBatch and ReleaseBatch (each item decided as by the single call; an
+// AcquireBatch checks access and names once per distinct credential and feature, and counts
+// its decisions once per outcome; quota_service_batch.cc).
 // Each method takes the caller (authenticated by the transport) and the wire request, and owns
 // what lies between them and the ledger: validation (errors name the field and the value),
 // authorization (the access rules; a lease is ended or extended by its holder's identity or an
@@ -12,8 +14,10 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -93,6 +97,9 @@ class QuotaService {
 
   // Each item decided in order exactly as by Acquire() (access rules, validation, request_id
   // replay and recording), its answer or its error (prefixed "items[i]: ") in `results[i]`.
+  // The access rules and the names' syntax are checked once per distinct credential and
+  // feature of the batch (the answers are the same); the decisions are counted in the metrics
+  // once per outcome, and the items add no latency samples of their own (the call has one).
   // Never waits: an item with a positive max_wait is refused kInvalidArgument. Not
   // all-or-nothing: each grant stands. With a shared backend each item waits for the store's
   // answer (as Release does). Errors of the whole call: kInvalidArgument for more than
@@ -125,7 +132,63 @@ class QuotaService {
     int priority = 0;
   };
 
+  // The checks of one AcquireBatch that depend only on the credential or the feature, each
+  // made once per distinct value. Views the batch's request, which must outlive it. Not
+  // thread-safe (one batch, one thread).
+  class BatchChecks {
+   public:
+    struct Credential {
+      absl::Status access;  // Authorizer::Authorize(kAcquire)
+      absl::Status name;    // ValidateName("credential"), checked when access is granted
+    };
+    const Credential& ForCredential(const Caller& caller, absl::string_view name);
+    const absl::Status& ForFeature(absl::string_view name);  // ValidateName("feature")
+
+   private:
+    absl::flat_hash_map<absl::string_view, Credential> credentials_;
+    absl::flat_hash_map<absl::string_view, absl::Status> features_;
+    // The entries of the previous item (batches mostly repeat one name); valid until the next
+    // insertion into the same map, which resets them.
+    const std::pair<const absl::string_view, Credential>* last_credential_ = nullptr;
+    const std::pair<const absl::string_view, absl::Status>* last_feature_ = nullptr;
+  };
+  // One outcome of a batch's decisions, for Metrics::OnDecisions. Views strings that outlive
+  // the batch's counting.
+  struct DecisionKey {
+    absl::string_view credential;
+    absl::string_view feature;
+    bool granted;
+    absl::string_view limited_by;
+    bool operator==(const DecisionKey& o) const {
+      return granted == o.granted && credential == o.credential && feature == o.feature &&
+             limited_by == o.limited_by;
+    }
+    template <typename H>
+    friend H AbslHashValue(H h, const DecisionKey& k) {
+      return H::combine(std::move(h), k.credential, k.feature, k.granted, k.limited_by);
+    }
+  };
+  using Outcomes = absl::flat_hash_map<DecisionKey, int64_t>;
+
   static absl::StatusOr<AcquireArgs> ValidateAcquire(const v1::AcquireRequest& request);
+  // ValidateAcquire without the credential and feature names.
+  static absl::StatusOr<AcquireArgs> ValidateAcquireFields(const v1::AcquireRequest& request);
+  // With auth on, the stored holder (`*holder`, "identity/holder") set in `core`; an error
+  // when it is too long.
+  absl::Status StoredHolder(const Caller& caller, const v1::AcquireRequest& request,
+                            std::string* holder, AcquireRequest* core);
+  // The request_id of an Acquire on the embedded ledger: true with the first answer in
+  // `first` when it is a retry; false with its key in `dedup_key` (empty without request_id)
+  // when it is to be decided; an error for a full table or a reused id.
+  absl::StatusOr<bool> ReplayAcquire(const Caller& caller, const v1::AcquireRequest& request,
+                                     std::string* dedup_key, v1::AcquireResponse* first);
+  // One AcquireBatch item: on a shared backend through Acquire(); on the embedded ledger
+  // with `checks`, its decision counted in `outcomes`. The answer in `out`, or the error.
+  absl::Status AcquireBatchItemShared(const Caller& caller, const v1::AcquireRequest& item,
+                                      v1::AcquireBatchItem* out);
+  absl::Status AcquireBatchItem(const Caller& caller, const v1::AcquireRequest& item,
+                                BatchChecks* checks, v1::AcquireBatchItem* out,
+                                Outcomes* outcomes);
   absl::Status Authorize(const Caller& caller, AccessMethod method, absl::string_view credential);
   absl::Status CheckPriority(const Caller& caller, int priority);
   absl::Status CheckLease(const Caller& caller, AccessMethod method, const LeaseId& id);
@@ -134,6 +197,9 @@ class QuotaService {
   absl::StatusOr<v1::AcquireResponse> Answer(const v1::AcquireRequest& request,
                                              absl::StatusOr<Decision> decision,
                                              const std::string& dedup_key);
+  // Answer() of a decision into `out`; the error of recording a grant.
+  absl::Status AnswerInto(const v1::AcquireRequest& request, const Decision& decision,
+                          const std::string& dedup_key, v1::AcquireResponse* out);
   // A validated Acquire decided by a shared backend (no waiting, request_ids kept there).
   void AcquireShared(const Caller& caller, const v1::AcquireRequest& request,
                      const AcquireArgs& args, const std::string& request_key, absl::Time start,
@@ -142,6 +208,9 @@ class QuotaService {
   void Observe(const char* method, const std::string& identity,
                const v1::AcquireRequest& request, const absl::StatusOr<Decision>& decision,
                absl::Time start);
+  // The sampled log line of a decision.
+  void LogDecision(const char* method, const std::string& identity,
+                   const v1::AcquireRequest& request, const Decision& decision);
 
   std::unique_ptr<QuotaBackend> owned_backend_;  // the second constructor's
   QuotaBackend* const backend_;

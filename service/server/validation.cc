@@ -21,10 +21,10 @@ absl::StatusOr<absl::Duration> ParseDuration(absl::string_view field,
                                              absl::Duration max) {
   const int64_t s = value.seconds();
   const int32_t n = value.nanos();
-  const std::string shown = absl::StrFormat("{seconds: %d, nanos: %d}", s, n);
+  if (s == 0 && n == 0) return absl::ZeroDuration();  // absent: the common case
   if (n <= -1000000000 || n >= 1000000000 || (s > 0 && n < 0) || (s < 0 && n > 0)) {
     return absl::InvalidArgumentError(
-        absl::StrCat(field, " ", shown,
+        absl::StrCat(field, " ", absl::StrFormat("{seconds: %d, nanos: %d}", s, n),
                      " is not a valid duration (nanos out of range or of "
                      "another sign than seconds)"));
   }

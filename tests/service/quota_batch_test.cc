@@ -3,6 +3,8 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
+
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "service/server/quota_service.h"
@@ -161,6 +163,111 @@ TEST_F(QuotaBatchTest, RequestIdsReplayInsideAndAcrossBatchesAndSingleCalls) {
   ASSERT_TRUE(gone.results(1).has_error());
   EXPECT_EQ(gone.results(1).error().code(), static_cast<int>(absl::StatusCode::kNotFound));
   EXPECT_THAT(gone.results(1).error().message(), HasSubstr("items[1]"));
+}
+
+// The access rules and the names are checked once per distinct credential and feature of a
+// batch: every refused item is still named, counted and charged nothing, wherever it stands.
+TEST_F(QuotaBatchTest, EveryRefusedItemIsNamedWhenCredentialsAndNamesRepeat) {
+  Build();
+  v1::AcquireBatchRequest batch;
+  // bob may use team-b/key only; "re quests" is no feature name.
+  for (int i = 0; i < 3; ++i) {
+    *batch.add_items() = AcquireOf("team-a/key", "requests");
+    *batch.add_items() = AcquireOf("team-b/key", "requests");
+    *batch.add_items() = AcquireOf("team-b/key", "re quests");
+  }
+  *batch.add_items() = AcquireOf("team-a/key", "requests");
+  ASSERT_OK_AND_ASSIGN(v1::AcquireBatchResponse resp,
+                       quota_->AcquireBatch(MustCaller("bob-token"), batch));
+  ASSERT_EQ(resp.results_size(), 10);
+  for (int i = 0; i < 10; ++i) {
+    const std::string item = absl::StrCat("items[", i, "]");
+    if (i % 3 == 0) {
+      ASSERT_TRUE(resp.results(i).has_error()) << i;
+      EXPECT_EQ(resp.results(i).error().code(),
+                static_cast<int>(absl::StatusCode::kPermissionDenied)) << i;
+      EXPECT_THAT(resp.results(i).error().message(), HasSubstr(item + ": "));
+    } else if (i % 3 == 1) {
+      ASSERT_TRUE(resp.results(i).has_response()) << i;
+      EXPECT_TRUE(resp.results(i).response().granted()) << i;
+    } else {
+      ASSERT_TRUE(resp.results(i).has_error()) << i;
+      EXPECT_EQ(resp.results(i).error().code(),
+                static_cast<int>(absl::StatusCode::kInvalidArgument)) << i;
+      EXPECT_THAT(resp.results(i).error().message(),
+                  AllOf(HasSubstr(item + ": "), HasSubstr("feature"), HasSubstr("\"re quests\"")));
+    }
+  }
+  EXPECT_TRUE(ledger_->Leases("team-a/key").empty());
+  EXPECT_EQ(ledger_->Leases("team-b/key").size(), 3u);
+  const std::string text = metrics_->Serialize();
+  // One refusal counted per refused item, as three single calls would have.
+  EXPECT_THAT(text, HasSubstr("quotad_auth_failures_total{reason=\"permission_denied\"} 4"));
+  EXPECT_THAT(text, HasSubstr("quotad_request_errors_total{code=\"PERMISSION_DENIED\","
+                              "method=\"AcquireBatchItem\"} 4"));
+  EXPECT_THAT(text, HasSubstr("quotad_request_errors_total{code=\"INVALID_ARGUMENT\","
+                              "method=\"AcquireBatchItem\"} 3"));
+
+  // Another caller's batch is checked for its own identity: alice may use team-a/key.
+  ASSERT_OK_AND_ASSIGN(v1::AcquireBatchResponse alice,
+                       quota_->AcquireBatch(MustCaller("alice-token"),
+                                            BatchOf({AcquireOf("team-a/key", "requests"),
+                                                     AcquireOf("team-b/key", "requests")})));
+  ASSERT_TRUE(alice.results(0).has_response());
+  EXPECT_TRUE(alice.results(0).response().granted());
+  ASSERT_TRUE(alice.results(1).has_error());
+  EXPECT_THAT(alice.results(1).error().message(), HasSubstr("items[1]: "));
+}
+
+// Decisions of a batch are counted per outcome, as many as the single calls would count.
+TEST_F(QuotaBatchTest, DecisionsAreCountedPerOutcome) {
+  Build();
+  v1::AcquireBatchRequest batch;
+  // team-a/key requests: 2 per minute; team-b/key: 5.
+  for (int i = 0; i < 5; ++i) *batch.add_items() = AcquireOf("team-a/key", "requests");
+  for (int i = 0; i < 6; ++i) *batch.add_items() = AcquireOf("team-b/key", "requests");
+  ASSERT_OK_AND_ASSIGN(v1::AcquireBatchResponse resp,
+                       quota_->AcquireBatch(MustCaller("ops-token"), batch));
+  ASSERT_EQ(resp.results_size(), 11);
+  const std::string text = metrics_->Serialize();
+  EXPECT_THAT(text, HasSubstr("quotad_decisions_total{credential=\"team-a/key\",feature="
+                              "\"requests\",result=\"granted\"} 2"));
+  EXPECT_THAT(text, HasSubstr("quotad_decisions_total{credential=\"team-a/key\",feature="
+                              "\"requests\",result=\"denied\"} 3"));
+  EXPECT_THAT(text, HasSubstr("quotad_denials_total{credential=\"team-a/key\",limit="
+                              "\"requests.per_minute\"} 3"));
+  EXPECT_THAT(text, HasSubstr("quotad_decisions_total{credential=\"team-b/key\",feature="
+                              "\"requests\",result=\"granted\"} 5"));
+  EXPECT_THAT(text, HasSubstr("quotad_denials_total{credential=\"team-b/key\",limit="
+                              "\"requests.per_minute\"} 1"));
+  // Each answer still carries the limits it touched.
+  ASSERT_TRUE(resp.results(0).has_response());
+  ASSERT_EQ(resp.results(0).response().limits_size(), 1);
+  EXPECT_EQ(resp.results(0).response().limits(0).name(), "requests.per_minute");
+}
+
+// A request_id charges once however the batch mixes it with other items, credentials and
+// callers' identities.
+TEST_F(QuotaBatchTest, RequestIdsChargeOnceAmongOtherItems) {
+  Build();
+  const Caller ops = MustCaller("ops-token");
+  v1::AcquireBatchRequest batch;
+  for (int i = 0; i < 3; ++i) {
+    *batch.add_items() = AcquireOf("team-b/key", "requests", "same");
+    *batch.add_items() = AcquireOf("team-b/key", "requests");
+    *batch.add_items() = AcquireOf("team-a/key", "requests", "same");
+  }
+  ASSERT_OK_AND_ASSIGN(v1::AcquireBatchResponse resp, quota_->AcquireBatch(ops, batch));
+  ASSERT_EQ(resp.results_size(), 9);
+  for (int i = 0; i < 9; ++i) ASSERT_TRUE(resp.results(i).has_response()) << i;
+  // request_ids are per credential: one lease per credential for "same", three without.
+  EXPECT_EQ(resp.results(3).response().lease_id(), resp.results(0).response().lease_id());
+  EXPECT_EQ(resp.results(6).response().lease_id(), resp.results(0).response().lease_id());
+  EXPECT_EQ(resp.results(5).response().lease_id(), resp.results(2).response().lease_id());
+  EXPECT_EQ(resp.results(8).response().lease_id(), resp.results(2).response().lease_id());
+  EXPECT_NE(resp.results(1).response().lease_id(), resp.results(4).response().lease_id());
+  EXPECT_EQ(ledger_->Leases("team-b/key").size(), 4u);
+  EXPECT_EQ(ledger_->Leases("team-a/key").size(), 1u);
 }
 
 TEST_F(QuotaBatchTest, BatchesAreBoundedAndMayBeEmpty) {

@@ -1,0 +1,199 @@
+// QuotaService's batches (quota_service.h): AcquireBatch and ReleaseBatch, each item decided as
+// by the single call, and what one batch checks once for all its items (BatchChecks).
+
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "service/server/quota_service.h"
+#include "service/server/validation.h"
+
+namespace quotad {
+namespace {
+
+// A batch of more than kMaxBatchItems items is refused whole.
+absl::Status CheckBatchSize(int items) {
+  if (items <= kMaxBatchItems) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("items has ", items, " entries; at most ",
+                                                 kMaxBatchItems,
+                                                 " are allowed in one batch (split it)"));
+}
+
+// The error of item `index`, as the single call would have returned it, naming the item.
+void ToItemError(int index, const absl::Status& status, v1::ItemError* out) {
+  out->set_code(static_cast<int>(status.code()));
+  out->set_message(absl::StrCat("items[", index, "]: ", status.message()));
+}
+
+// The answer of one Acquire of a batch, handed over from whichever thread decided it. Not
+// copyable; the waiting side owns it.
+class BatchAnswer {
+ public:
+  // Blocks until Set() (at once with the embedded ledger, which decides on the caller's thread).
+  absl::StatusOr<v1::AcquireResponse> Take() {
+    done_.WaitForNotification();
+    return std::move(answer_);
+  }
+  void Set(absl::StatusOr<v1::AcquireResponse> answer) {
+    answer_ = std::move(answer);
+    done_.Notify();
+  }
+
+ private:
+  absl::StatusOr<v1::AcquireResponse> answer_ = absl::UnknownError("unanswered");
+  absl::Notification done_;
+};
+
+// The AcquireDone of a batch item: sets the answer once, or UNAVAILABLE when destroyed
+// uncalled (a backend that drops its callbacks at shutdown), so that the batch never hangs.
+class BatchReply {
+ public:
+  explicit BatchReply(BatchAnswer* answer) : answer_(answer) {}
+  BatchReply(BatchReply&& other) noexcept : answer_(std::exchange(other.answer_, nullptr)) {}
+  BatchReply& operator=(BatchReply&&) = delete;
+  ~BatchReply() {
+    if (answer_ != nullptr) answer_->Set(absl::UnavailableError("the item was not decided"));
+  }
+  void operator()(absl::StatusOr<v1::AcquireResponse> answer) {
+    std::exchange(answer_, nullptr)->Set(std::move(answer));
+  }
+
+ private:
+  BatchAnswer* answer_;
+};
+
+}  // namespace
+
+absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatch(
+    const Caller& caller, const v1::AcquireBatchRequest& req) {
+  if (absl::Status s = CheckBatchSize(req.items_size()); !s.ok()) return s;
+  v1::AcquireBatchResponse resp;
+  resp.mutable_results()->Reserve(req.items_size());
+  // What the single path checks per call and depends only on the credential or the feature
+  // (the access rules, the names' syntax) is checked once per distinct value of the batch, in
+  // the single path's order; a refused item is still named and counted on its own.
+  BatchChecks checks;
+  // Each outcome's decisions are counted once per batch (Metrics::OnDecisions). Keys view the
+  // request and, for limited_by, the item's answer in `resp`: both outlive the loop.
+  Outcomes outcomes;
+  for (int i = 0; i < req.items_size(); ++i) {
+    const v1::AcquireRequest& item = req.items(i);
+    v1::AcquireBatchItem* out = resp.add_results();
+    const google::protobuf::Duration& wait = item.max_wait();
+    if (wait.seconds() > 0 || (wait.seconds() == 0 && wait.nanos() > 0)) {
+      // Malformed durations are left to the single path's validation.
+      metrics_->OnRequestError("AcquireBatchItem", "INVALID_ARGUMENT");
+      ToItemError(i,
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "max_wait ", absl::FormatDuration(absl::Seconds(wait.seconds()) +
+                                                        absl::Nanoseconds(wait.nanos())),
+                      " is not allowed in a batch, which never waits (send it as Acquire)")),
+                  out->mutable_error());
+      continue;
+    }
+    absl::Status s = backend_->shared()
+                         ? AcquireBatchItemShared(caller, item, out)
+                         : AcquireBatchItem(caller, item, &checks, out, &outcomes);
+    if (!s.ok()) {
+      metrics_->OnRequestError("AcquireBatchItem", absl::StatusCodeToString(s.code()));
+      ToItemError(i, s, out->mutable_error());
+    }
+  }
+  for (const auto& [key, count] : outcomes) {
+    metrics_->OnDecisions(key.credential, key.feature, key.granted, key.limited_by, count);
+  }
+  return resp;
+}
+
+// A shared backend answers on its own thread: each item through the single path.
+absl::Status QuotaService::AcquireBatchItemShared(const Caller& caller,
+                                                  const v1::AcquireRequest& item,
+                                                  v1::AcquireBatchItem* out) {
+  BatchAnswer answer;
+  // No max_wait: never parked, so no ticket to keep.
+  Acquire(caller, item, BatchReply(&answer));
+  absl::StatusOr<v1::AcquireResponse> result = answer.Take();
+  if (!result.ok()) return result.status();
+  *out->mutable_response() = *std::move(result);
+  return absl::OkStatus();
+}
+
+// One item of a batch on the embedded ledger: the single path's checks and answer, decided on
+// the caller's thread, written into `out`.
+absl::Status QuotaService::AcquireBatchItem(
+    const Caller& caller, const v1::AcquireRequest& item, BatchChecks* checks,
+    v1::AcquireBatchItem* out, Outcomes* outcomes) {
+  const BatchChecks::Credential& credential = checks->ForCredential(caller, item.credential());
+  if (!credential.access.ok()) {
+    metrics_->OnAuthFailure("permission_denied");
+    return credential.access;
+  }
+  if (!credential.name.ok()) return credential.name;
+  if (const absl::Status& s = checks->ForFeature(item.feature()); !s.ok()) return s;
+  absl::StatusOr<AcquireArgs> args = ValidateAcquireFields(item);
+  if (!args.ok()) return args.status();
+  if (absl::Status s = CheckPriority(caller, args->priority); !s.ok()) return s;
+  std::string holder;
+  if (absl::Status s = StoredHolder(caller, item, &holder, &args->core); !s.ok()) return s;
+  std::string dedup_key;
+  v1::AcquireResponse* answer = out->mutable_response();
+  absl::StatusOr<bool> replayed = ReplayAcquire(caller, item, &dedup_key, answer);
+  if (!replayed.ok()) return replayed.status();
+  if (*replayed) return absl::OkStatus();
+  absl::StatusOr<Decision> decision = backend_->Acquire(args->core);
+  if (!decision.ok()) return decision.status();
+  LogDecision("AcquireBatch", caller.identity, item, *decision);
+  absl::Status s = AnswerInto(item, *decision, dedup_key, answer);
+  // Counted also when recording the grant failed, as the single path does. A denial is never
+  // recorded, so its limited_by is in `answer`.
+  ++(*outcomes)[DecisionKey{item.credential(), item.feature(), decision->granted,
+                            s.ok() ? absl::string_view(answer->limited_by()) : ""}];
+  return s;
+}
+
+const QuotaService::BatchChecks::Credential& QuotaService::BatchChecks::ForCredential(
+    const Caller& caller, absl::string_view name) {
+  if (last_credential_ != nullptr && last_credential_->first == name) {
+    return last_credential_->second;
+  }
+  auto [it, added] = credentials_.try_emplace(name);
+  if (added) {
+    it->second.access = caller.config->auth->Authorize(caller.identity, AccessMethod::kAcquire,
+                                                       name);
+    if (it->second.access.ok()) it->second.name = ValidateName("credential", name);
+  }
+  last_credential_ = &*it;
+  return it->second;
+}
+
+const absl::Status& QuotaService::BatchChecks::ForFeature(absl::string_view name) {
+  if (last_feature_ != nullptr && last_feature_->first == name) return last_feature_->second;
+  auto [it, added] = features_.try_emplace(name);
+  if (added) it->second = ValidateName("feature", name);
+  last_feature_ = &*it;
+  return it->second;
+}
+
+absl::StatusOr<v1::ReleaseBatchResponse> QuotaService::ReleaseBatch(
+    const Caller& caller, const v1::ReleaseBatchRequest& req) {
+  if (absl::Status s = CheckBatchSize(req.items_size()); !s.ok()) return s;
+  v1::ReleaseBatchResponse resp;
+  resp.mutable_results()->Reserve(req.items_size());
+  for (int i = 0; i < req.items_size(); ++i) {
+    v1::ReleaseBatchItem* out = resp.add_results();
+    absl::StatusOr<v1::ReleaseResponse> result = Release(caller, req.items(i));
+    if (result.ok()) {
+      *out->mutable_response() = *std::move(result);
+    } else {
+      metrics_->OnRequestError("ReleaseBatchItem",
+                               absl::StatusCodeToString(result.status().code()));
+      ToItemError(i, result.status(), out->mutable_error());
+    }
+  }
+  return resp;
+}
+
+}  // namespace quotad
