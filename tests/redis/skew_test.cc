@@ -189,7 +189,7 @@ TEST_F(SkewTest, SlidingWindowNeverHoldsMoreThanItsCapacityInRedisTime) {
       const absl::Time at = d.lease_expiry - kTtl;
       // Redis's time, within the round trip (the replica's own clock is 25 s or 10 min away).
       EXPECT_GE(at, before) << "replica " << r;
-      EXPECT_LT(at - before, absl::Seconds(1)) << "replica " << r;
+      EXPECT_LT(at - before, absl::Seconds(2)) << "replica " << r;
       grants.push_back(at);
     } else {
       EXPECT_EQ(d.limited_by, "slide.fast");
