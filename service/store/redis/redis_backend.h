@@ -170,11 +170,12 @@ class RedisBackend final : public QuotaBackend {
   static absl::StatusOr<Locator> ParseLocator(absl::string_view value, absl::string_view id);
   // A store error as the caller sees it: kUnavailable (nothing decided) for a transport one.
   absl::Status StoreError(const absl::Status& status, absl::string_view what);
-  // Fail open (redis_backend_fail_open.cc). `why` is the store's error, for the log and for
-  // the refusal when this replica keeps too many fail-open leases already.
-  // The lease a fail-open grant of `request` would be (credential, feature, scope, holder,
-  // cost, holds_slots), its strings owned.
+  // Fail open (redis_backend_fail_open.cc). The lease a fail-open grant of `request` would be
+  // (credential, feature, scope, holder, cost, holds_slots), its strings owned.
   static LeaseInfo FailOpenLease(const AcquireRequest& request, const CompiledFeature& feature);
+  // Grants `lease` for `ttl` here. `why` is the store's error, for the log and for the refusal
+  // when this replica keeps max_fail_open_leases live ones already. The others: as Release,
+  // Renew and FindLease, for an id IsFailOpenLease, without Redis.
   absl::StatusOr<Decision> GrantFailOpen(LeaseInfo lease, absl::Duration ttl,
                                          const absl::Status& why) ABSL_LOCKS_EXCLUDED(fail_mu_);
   absl::StatusOr<ReleaseResult> ReleaseFailOpen(const LeaseId& id) ABSL_LOCKS_EXCLUDED(fail_mu_);
