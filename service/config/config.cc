@@ -251,6 +251,13 @@ absl::StatusOr<std::unique_ptr<Builtins>> ParseBuiltins() {
       const v1::Profile& p = b->files[i].profiles(j);
       Origin origin{b->maps[i].get(), absl::StrCat("profiles[", j, "]")};
       QUOTAD_RETURN_IF_ERROR(CheckProfile(p, origin));
+      if (p.fail_open()) {
+        // Failing open is the operator's trade, not a fact of the provider's plan.
+        return origin.Error("fail_open",
+                            absl::StrCat("built-in profile ", QuoteValue(p.name()),
+                                         " may not set fail_open: true (define a profile of "
+                                         "your own for credentials that should fail open)"));
+      }
       if (!names.insert(p.name()).second) {
         return origin.Error(
             "name", absl::StrCat("built-in profile ", QuoteValue(p.name()), " is defined twice"));
@@ -424,6 +431,7 @@ absl::StatusOr<LoadedConfig> LoadParsed(v1::Config config, const SourceMap& map)
     CredentialSpec spec;
     spec.name = c.name();
     spec.profile = c.profile();
+    if (!c.profile().empty()) spec.fail_open = profiles.find(c.profile())->second.profile->fail_open();
     QUOTAD_ASSIGN_OR_RETURN(spec.features, BuildFeatures(features));
     if (!c.profile().empty()) {
       const ThrottleSpec throttle = ToThrottle(*profiles.find(c.profile())->second.profile);

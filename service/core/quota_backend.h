@@ -61,7 +61,8 @@ class QuotaBackend {
   // Shared only: decides `request` now (never waits) and answers `done`. What `request` and
   // `request_id` view is copied before this returns. A retry of a granted request_id answers
   // that grant (charging nothing); one asking for something else is kInvalidArgument naming
-  // both. kUnavailable when the store cannot be reached: nothing was granted (fail closed).
+  // both. kUnavailable when the store cannot be reached: nothing was granted (fail closed),
+  // unless the credential's profile sets fail_open (RedisBackend: granted locally, uncounted).
   virtual void AcquireShared(const AcquireRequest& request, const SharedRequestId& request_id,
                              DecisionCallback done) = 0;
 

@@ -54,6 +54,11 @@ Metrics::Metrics() : registry_(std::make_shared<prometheus::Registry>()) {
                 .Name("quotad_waits_total")
                 .Help("Acquires parked in the wait queue, by credential.")
                 .Register(*registry_);
+  fail_open_grants_ = &BuildCounter()
+                          .Name("quotad_fail_open_grants_total")
+                          .Help("Shared mode: Acquires granted without Redis (fail_open), counted "
+                                "nowhere else, by credential.")
+                          .Register(*registry_);
   cooldowns_ = &BuildCounter()
                     .Name("quotad_cooldowns_total")
                     .Help("Cooldowns started by upstream throttle answers.")
@@ -248,6 +253,10 @@ void Metrics::OnAuthFailure(absl::string_view reason) {
 
 void Metrics::OnWait(absl::string_view credential) {
   CachedCounter(waits_, "credential", credential).Increment();
+}
+
+void Metrics::OnFailOpenGrant(absl::string_view credential) {
+  CachedCounter(fail_open_grants_, "credential", credential).Increment();
 }
 
 void Metrics::OnCooldown(absl::string_view credential, absl::string_view feature,

@@ -14,6 +14,7 @@
 //   quotad_request_errors_total{method,code}                             counter
 //   quotad_auth_failures_total{reason="unauthenticated|permission_denied"} counter
 //   quotad_waits_total{credential}                                       counter
+//   quotad_fail_open_grants_total{credential}                            counter (shared mode)
 //   quotad_queue_depth                                                   gauge
 //   quotad_live_leases{credential}                                       gauge
 //   quotad_cooldowns_total{credential,feature}                           counter
@@ -109,6 +110,8 @@ class Metrics {
   void OnAuthFailure(absl::string_view reason);
   // A request parked in the wait queue of a known credential.
   void OnWait(absl::string_view credential);
+  // Shared mode: an Acquire granted without Redis (a fail_open profile while Redis is down).
+  void OnFailOpenGrant(absl::string_view credential);
   // A throttle answer put `feature` of `credential` into cooldown until `until`.
   void OnCooldown(absl::string_view credential, absl::string_view feature, absl::Time until);
   // The store failed an operation ("reserve", "lease", "release", "restore", ...).
@@ -151,6 +154,7 @@ class Metrics {
   prometheus::Family<prometheus::Counter>* request_errors_;
   prometheus::Family<prometheus::Counter>* auth_failures_;
   prometheus::Family<prometheus::Counter>* waits_;
+  prometheus::Family<prometheus::Counter>* fail_open_grants_;
   prometheus::Family<prometheus::Counter>* cooldowns_;
   prometheus::Family<prometheus::Counter>* store_errors_;
   prometheus::Family<prometheus::Counter>* reloads_;

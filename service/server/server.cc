@@ -99,9 +99,14 @@ class QuotadServer::Impl {
         admin_(backend(), &config_, metrics_.get(), options.config_path,
                options.config_limits) {
     if (ledger_ != nullptr) pump_->Start(ledger_.get());
+    if (redis_ != nullptr) {
+      redis_->SetFailOpenObserver(
+          [m = metrics_.get()](absl::string_view c) { m->OnFailOpenGrant(c); });
+    }
   }
 
   ~Impl() {
+    if (redis_ != nullptr) redis_->SetFailOpenObserver(nullptr);  // metrics_ dies first
     if (sweeper_ != nullptr) sweeper_->Stop();
     pump_->Stop();
   }

@@ -236,6 +236,7 @@ absl::StatusOr<std::shared_ptr<const RedisBackend::Compiled>> RedisBackend::Comp
   compiled->policy = policy;
   for (const CredentialSpec& c : policy.credentials) {
     compiled->credentials[c.name] = std::make_shared<const CompiledCredential>(c.features);
+    if (c.fail_open) compiled->fail_open.insert(c.name);
   }
   return std::shared_ptr<const Compiled>(std::move(compiled));
 }
@@ -310,15 +311,10 @@ WaitTicket RedisBackend::AcquireOrWait(const AcquireRequest&, absl::Duration, in
 
 void RedisBackend::AcquireShared(const AcquireRequest& req, const SharedRequestId& request_id,
                                  DecisionCallback done) {
-  if (!serving()) {
-    done(absl::UnavailableError(
-        absl::StrCat("shared store ", description_,
-                     replicas_enough_.load(std::memory_order_acquire)
-                         ? " is unreachable: nothing was granted"
-                         : " has fewer replicas connected than WAIT needs: nothing was granted")));
-    return;
-  }
-  absl::StatusOr<Plan> plan = PlanFor(*compiled(), req.credential, req.feature, req.scope);
+  // The request is checked against the policy first (this replica has it), so that a fail-open
+  // grant is one Redis would have been asked for.
+  const std::shared_ptr<const Compiled> compiled = this->compiled();
+  absl::StatusOr<Plan> plan = PlanFor(*compiled, req.credential, req.feature, req.scope);
   if (!plan.ok()) {
     done(plan.status());
     return;
@@ -338,9 +334,25 @@ void RedisBackend::AcquireShared(const AcquireRequest& req, const SharedRequestI
                      absl::FormatDuration(feature.max_lease_ttl), " of feature ", feature.name)));
     return;
   }
+  const bool fail_open = compiled->fail_open.contains(req.credential);
+  if (!serving()) {
+    absl::Status down = absl::UnavailableError(
+        absl::StrCat("shared store ", description_,
+                     replicas_enough_.load(std::memory_order_acquire)
+                         ? " is unreachable: nothing was granted"
+                         : " has fewer replicas connected than WAIT needs: nothing was granted"));
+    if (fail_open) {
+      done(GrantFailOpen(FailOpenLease(req, feature), ttl, down));
+    } else {
+      done(std::move(down));
+    }
+    return;
+  }
+  LeaseId id = NewLeaseId();
+  while (IsFailOpenLease(id)) id = NewLeaseId();  // held in Redis: never the fail-open mark
   redis::AcquireCall call;
   call.credential = std::string(req.credential);
-  call.lease_id = NewLeaseId().ToString();
+  call.lease_id = id.ToString();
   call.cost = req.cost;
   call.ttl = ttl;
   call.counters = plan->counters;
@@ -352,12 +364,21 @@ void RedisBackend::AcquireShared(const AcquireRequest& req, const SharedRequestI
   call.locator = EncodeFields({req.credential, req.feature, req.scope, req.holder,
                                absl::StrCat(req.cost), plan->signature});
   std::string lease_id = call.lease_id;
+  // Granted here instead when Redis does not answer (fail_open credentials only).
+  std::optional<LeaseInfo> fallback;
+  if (fail_open) fallback = FailOpenLease(req, feature);
   functions_.Acquire(
       std::move(call),
-      [this, plan = *std::move(plan), lease_id = std::move(lease_id),
+      [this, plan = *std::move(plan), lease_id = std::move(lease_id), ttl,
+       fallback = std::move(fallback),
        done = std::move(done)](absl::StatusOr<redis::AcquireAnswer> answer) mutable {
         if (!answer.ok()) {
-          done(StoreError(answer.status(), "nothing was granted"));
+          absl::Status error = StoreError(answer.status(), "nothing was granted");
+          if (fallback.has_value() && absl::IsUnavailable(error)) {
+            done(GrantFailOpen(*std::move(fallback), ttl, error));
+            return;
+          }
+          done(std::move(error));
           return;
         }
         Decision d;
@@ -416,6 +437,7 @@ absl::StatusOr<RedisBackend::Locator> RedisBackend::ParseLocator(absl::string_vi
 }
 
 absl::StatusOr<LeaseInfo> RedisBackend::FindLease(const LeaseId& id) {
+  if (IsFailOpenLease(id)) return FindFailOpen(id);
   absl::StatusOr<Locator> l = ReadLocator(id);
   if (!l.ok()) return l.status();
   LeaseInfo info;
@@ -432,6 +454,7 @@ absl::StatusOr<LeaseInfo> RedisBackend::FindLease(const LeaseId& id) {
 
 absl::StatusOr<ReleaseResult> RedisBackend::Release(const LeaseId& id,
                                                     std::optional<int64_t> used) {
+  if (IsFailOpenLease(id)) return ReleaseFailOpen(id);
   absl::StatusOr<Locator> l = ReadLocator(id);
   if (!l.ok()) return l.status();
   if (used.has_value() && (*used < 0 || *used > l->cost)) {
@@ -464,6 +487,7 @@ absl::StatusOr<ReleaseResult> RedisBackend::Release(const LeaseId& id,
 }
 
 absl::StatusOr<absl::Time> RedisBackend::Renew(const LeaseId& id, absl::Duration ttl) {
+  if (IsFailOpenLease(id)) return RenewFailOpen(id, ttl);
   absl::StatusOr<Locator> l = ReadLocator(id);
   if (!l.ok()) return l.status();
   absl::StatusOr<Plan> plan = PlanFor(*compiled(), l->credential, l->feature, l->scope);

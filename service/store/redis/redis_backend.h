@@ -19,6 +19,13 @@
 // credential's counters in one FCALL_RO (plus an HKEYS when it has scoped limits), Leases scans
 // the lease locators, Reset is one FCALL. These live in redis_backend_admin.cc.
 //
+// Fail open (redis_backend_fail_open.cc): while Redis cannot be reached, an Acquire on a
+// credential whose profile sets fail_open is granted by this replica alone, under a lease id
+// marked as not held in Redis (IsFailOpenLease); Release and Renew of such a lease succeed here
+// without Redis. These grants are counted nowhere: they can over-grant by what workers ask
+// during the outage (at most max_fail_open_leases live ones per replica). Credentials that do
+// not fail open stay fail closed (kUnavailable, nothing granted).
+//
 // Not built yet (kUnimplemented, or as stated): waiting (a request that may wait is decided at
 // once), the Report's outside estimate and doubling back-off, max_scopes, sliding windows with
 // sub-buckets, Decision::limits.
@@ -32,6 +39,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -61,6 +70,9 @@ struct RedisBackendOptions {
   // out (see redis::WaitPolicy).
   int wait_replicas = 0;
   absl::Duration wait_timeout = absl::Milliseconds(100);
+  // Fail open: the most fail-open leases this replica keeps live at once (their holders are
+  // remembered for FindLease); beyond it, even a fail_open credential is refused (kUnavailable).
+  int max_fail_open_leases = 65536;
 };
 
 // Parses --redis: redis://HOST[:PORT] or redis-sentinel://HOST[:PORT][,...]/MASTERNAME; an
@@ -74,7 +86,8 @@ absl::StatusOr<redis::RedisClientOptions> ParseRedisUrl(absl::string_view url);
 // Thread-safe. Owns its client (and its event-loop thread, which answers AcquireShared);
 // does not own `clock`, which must outlive *this. Release, Renew, Report, Usage and FindLease
 // block until Redis answers (at most call_timeout each). Fails closed: while Redis cannot be
-// reached, every decision is kUnavailable and nothing is granted.
+// reached, every decision is kUnavailable and nothing is granted, except for credentials
+// whose profile sets fail_open (see the file comment).
 class RedisBackend final : public QuotaBackend {
  public:
   // kInvalidArgument for a bad URL or policy. Does not fail when Redis is down: it then starts
@@ -93,6 +106,15 @@ class RedisBackend final : public QuotaBackend {
   // Where decisions go now (Sentinel: the primary last named), and how often it changed.
   std::string primary() const { return client_->primary().ToString(); }
   int failovers() const { return client_->failovers(); }
+  // Fail open: called with the credential of each fail-open grant, on the granting thread and
+  // under an internal lock (it must not call back into *this); the server counts
+  // quotad_fail_open_grants_total with it.
+  void SetFailOpenObserver(absl::AnyInvocable<void(absl::string_view credential)> observer)
+      ABSL_LOCKS_EXCLUDED(fail_mu_);
+  // Fail-open grants made by this replica, in total.
+  int64_t fail_open_grants() const ABSL_LOCKS_EXCLUDED(fail_mu_);
+  // Whether `id` names a fail-open grant (never held in Redis), from the id alone.
+  static bool IsFailOpenLease(const LeaseId& id);
 
   bool shared() const override { return true; }
   bool serving() const override;
@@ -122,6 +144,7 @@ class RedisBackend final : public QuotaBackend {
   struct Compiled {
     Policy policy;
     absl::flat_hash_map<std::string, std::shared_ptr<const CompiledCredential>> credentials;
+    absl::flat_hash_set<std::string> fail_open;  // credentials whose profile fails open
   };
   // What one call of a feature touches.
   struct Plan {
@@ -147,6 +170,18 @@ class RedisBackend final : public QuotaBackend {
   static absl::StatusOr<Locator> ParseLocator(absl::string_view value, absl::string_view id);
   // A store error as the caller sees it: kUnavailable (nothing decided) for a transport one.
   absl::Status StoreError(const absl::Status& status, absl::string_view what);
+  // Fail open (redis_backend_fail_open.cc). The lease a fail-open grant of `request` would be
+  // (credential, feature, scope, holder, cost, holds_slots), its strings owned.
+  static LeaseInfo FailOpenLease(const AcquireRequest& request, const CompiledFeature& feature);
+  // Grants `lease` for `ttl` here. `why` is the store's error, for the log and for the refusal
+  // when this replica keeps max_fail_open_leases live ones already. The others: as Release,
+  // Renew and FindLease, for an id IsFailOpenLease, without Redis.
+  absl::StatusOr<Decision> GrantFailOpen(LeaseInfo lease, absl::Duration ttl,
+                                         const absl::Status& why) ABSL_LOCKS_EXCLUDED(fail_mu_);
+  absl::StatusOr<ReleaseResult> ReleaseFailOpen(const LeaseId& id) ABSL_LOCKS_EXCLUDED(fail_mu_);
+  absl::StatusOr<absl::Time> RenewFailOpen(const LeaseId& id, absl::Duration ttl)
+      ABSL_LOCKS_EXCLUDED(fail_mu_);
+  absl::StatusOr<LeaseInfo> FindFailOpen(const LeaseId& id) ABSL_LOCKS_EXCLUDED(fail_mu_);
   // 1 + a draw from the throttle's jitter range (1 + jitter_min when it has none).
   double Jitter(const ThrottleSpec& throttle) ABSL_LOCKS_EXCLUDED(jitter_mu_);
 
@@ -162,6 +197,13 @@ class RedisBackend final : public QuotaBackend {
   std::shared_ptr<const Compiled> compiled_ ABSL_GUARDED_BY(mu_);
   absl::Mutex jitter_mu_;
   std::mt19937_64 jitter_rng_ ABSL_GUARDED_BY(jitter_mu_){std::random_device{}()};
+  // Fail open: the live fail-open leases this replica granted (expired ones are swept when
+  // the table is full), the grants made, and who is told of each.
+  mutable absl::Mutex fail_mu_;
+  absl::flat_hash_map<LeaseId, LeaseInfo> fail_open_leases_ ABSL_GUARDED_BY(fail_mu_);
+  int64_t fail_open_grants_ ABSL_GUARDED_BY(fail_mu_) = 0;
+  absl::AnyInvocable<void(absl::string_view)> fail_open_observer_ ABSL_GUARDED_BY(fail_mu_);
+  absl::Time last_fail_open_log_ ABSL_GUARDED_BY(fail_mu_) = absl::InfinitePast();
   const std::unique_ptr<redis::RedisClient> client_;
   redis::RedisFunctions functions_;
 };
