@@ -85,8 +85,9 @@ struct FeatureSpec {
 struct CredentialSpec {
   std::string name;     // e.g. "virustotal/prod"
   std::string profile;  // e.g. "virustotal-public", informational
-  bool fail_open = false;  // the profile's fail_open: shared mode grants locally when Redis is down
   std::vector<FeatureSpec> features;
+  // The profile's fail_open: shared mode grants locally while Redis is unreachable.
+  bool fail_open = false;
 };
 
 struct Policy {
