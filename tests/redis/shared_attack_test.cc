@@ -60,6 +60,9 @@ credentials:
       - name: scoped
         limits:
           - {name: per, kind: sliding, period: 1h, capacity: 3, scoped: true}
+      - name: slots
+        limits:
+          - {name: many, kind: concurrency, capacity: 9000}
   - name: team/open
     profile: lenient
 )";
@@ -457,6 +460,94 @@ TEST_F(SharedAttackTest, ReloadToFailClosedDuringOutageAndNoLeakAfter) {
   }
   EXPECT_EQ(open_granted, 10);
   EXPECT_EQ(Drain("slow"), 10);
+}
+
+// A credential with more scoped counters than Lua's unpack takes at once (about 8 000 values):
+// Reset (HMGET of every state, one HSET) and GetUsage still answer, and Reset empties them all.
+TEST_F(SharedAttackTest, ResetAndUsageWithManyScopes) {
+  constexpr int kScopes = 9000;
+  absl::Mutex mu;
+  int answered = 0, granted = 0;
+  std::string first_error;
+  for (int k = 0; k < kScopes; ++k) {
+    AcquireRequest req;
+    req.credential = kCred;
+    req.feature = "scoped";
+    const std::string scope = absl::StrCat("s", k);
+    req.scope = scope;
+    req.cost = 1;
+    replicas_[k % 2]->AcquireShared(req, SharedRequestId{}, [&](absl::StatusOr<Decision> d) {
+      absl::MutexLock lock(&mu);
+      ++answered;
+      if (d.ok() && d->granted) ++granted;
+      if (!d.ok() && first_error.empty()) first_error = std::string(d.status().message());
+    });
+  }
+  ASSERT_TRUE(Eventually(
+      [&] {
+        absl::MutexLock lock(&mu);
+        return answered == kScopes;
+      },
+      absl::Seconds(60)));
+  ASSERT_EQ(granted, kScopes) << first_error;
+  absl::StatusOr<std::vector<LimitStatus>> before = replicas_[0]->Usage(kCred);
+  ASSERT_TRUE(before.ok()) << before.status();
+  absl::Status reset = replicas_[1]->Reset(kCred);
+  ASSERT_TRUE(reset.ok()) << reset;
+  absl::StatusOr<std::vector<LimitStatus>> after = replicas_[0]->Usage(kCred);
+  ASSERT_TRUE(after.ok()) << after.status();
+  int64_t used = 0;
+  for (const LimitStatus& s : *after) used += s.used;
+  EXPECT_EQ(used, 0);
+}
+
+// More leases of one concurrency counter expiring together than Lua's unpack takes: the next
+// call rolls them all off (one HMGET of their slots, one ZREM, one HDEL), and the counter is
+// granted again instead of failing every call on the credential.
+TEST_F(SharedAttackTest, ManyLeasesExpiringTogetherDoNotWedgeTheCounter) {
+  constexpr int kLeases = 9000;
+  absl::Mutex mu;
+  int answered = 0, granted = 0;
+  std::string first_error;
+  for (int k = 0; k < kLeases; ++k) {
+    AcquireRequest req;
+    req.credential = kCred;
+    req.feature = "slots";
+    req.cost = 1;
+    req.lease_ttl = absl::Seconds(2);
+    replicas_[k % 2]->AcquireShared(req, SharedRequestId{}, [&](absl::StatusOr<Decision> d) {
+      absl::MutexLock lock(&mu);
+      ++answered;
+      if (d.ok() && d->granted) ++granted;
+      if (!d.ok() && first_error.empty()) first_error = std::string(d.status().message());
+    });
+  }
+  ASSERT_TRUE(Eventually(
+      [&] {
+        absl::MutexLock lock(&mu);
+        return answered == kLeases;
+      },
+      absl::Seconds(60)));
+  ASSERT_EQ(granted, kLeases) << first_error;
+  // GetUsage rolls the expired leases off in memory: all 9000 gone (it erred before the fix).
+  auto used = [&]() -> int64_t {
+    absl::StatusOr<std::vector<LimitStatus>> u = replicas_[1]->Usage(kCred);
+    EXPECT_TRUE(u.ok()) << u.status();
+    if (!u.ok()) return -1;
+    for (const LimitStatus& s : *u) {
+      if (s.name.find("many") != std::string::npos) return s.used;
+    }
+    return -1;
+  };
+  ASSERT_TRUE(Eventually([&] { return used() == 0; }, absl::Seconds(15), absl::Milliseconds(50)));
+  // An Acquire rolls them off for good (one HMGET, ZREM and HDEL each, batched) and is granted.
+  absl::StatusOr<Decision> d = Try(0, "slots");
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_TRUE(d->granted);
+  EXPECT_EQ(used(), 1);
+  absl::StatusOr<ReleaseResult> r = replicas_[1]->Release(d->lease_id, 1);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->freed, 1);
 }
 
 }  // namespace
