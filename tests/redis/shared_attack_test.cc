@@ -3,7 +3,8 @@
 // than a limit's capacity to a credential that does not fail open: a Reset between a grant and
 // its release (the release must refund nothing), a Report racing grants, a Report whose count is
 // above the limit, negative or for a window already past, refunds of sliding entries that left
-// the window (kept one period more, index g), and forged fail-open lease ids.
+// the window (kept one period more, index g), forged fail-open lease ids and the fail-open cap,
+// and credentials with more counters or expiring leases than Lua's unpack takes at once.
 
 #include <atomic>
 #include <csignal>
@@ -262,9 +263,17 @@ TEST_F(SharedAttackTest, LeaseWhoseChargeLeftTheWindowRefundsNothing) {
     ASSERT_TRUE(d.granted);
     old.push_back(d.lease_id);
   }
-  // The 1 s window passes: ten more are granted (the old ones now sit in g..h-1).
-  ASSERT_TRUE(Eventually([&] { return Shared(0, "slide").granted; }));
-  for (int k = 0; k < 9; ++k) ASSERT_TRUE(Shared(k % 2, "slide").granted);
+  // The 1 s window passes (GetUsage counts none of them): ten more are granted (the old ones
+  // now sit in g..h-1).
+  ASSERT_TRUE(Eventually([&] {
+    absl::StatusOr<std::vector<LimitStatus>> u = replicas_[1]->Usage(kCred);
+    if (!u.ok()) return false;
+    for (const LimitStatus& s : *u) {
+      if (s.name.find("fast") != std::string::npos) return s.used == 0;
+    }
+    return false;
+  }));
+  for (int k = 0; k < 10; ++k) ASSERT_TRUE(Shared(k % 2, "slide").granted);
   int64_t refunded = 0;
   for (size_t k = 0; k < old.size(); ++k) {
     absl::StatusOr<ReleaseResult> r = replicas_[k % 2]->Release(old[k], 0);
@@ -548,6 +557,44 @@ TEST_F(SharedAttackTest, ManyLeasesExpiringTogetherDoNotWedgeTheCounter) {
   absl::StatusOr<ReleaseResult> r = replicas_[1]->Release(d->lease_id, 1);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->freed, 1);
+}
+
+// The fail-open cap (max_fail_open_leases) holds: past it, nothing more is granted locally; a
+// release frees a place; ids released through a replica that never granted them free none.
+TEST_F(SharedAttackTest, FailOpenCapHoldsAndForeignReleasesFreeNoPlace) {
+  RedisBackendOptions options;
+  options.url = absl::StrCat("redis://127.0.0.1:", redis_->port());
+  options.connect_wait = absl::Seconds(5);
+  options.max_fail_open_leases = 3;
+  absl::StatusOr<std::unique_ptr<RedisBackend>> b =
+      RedisBackend::Create(policy_, Clock::Real(), options);
+  ASSERT_TRUE(b.ok()) << b.status();
+  replicas_.push_back(*std::move(b));  // replica 2: at most 3 live fail-open leases
+  ASSERT_TRUE(redis_->Stop(SIGKILL).ok());
+  ASSERT_TRUE(Eventually([&] { return !replicas_[2]->serving() && !replicas_[0]->serving(); }));
+  std::vector<LeaseId> mine;
+  for (int k = 0; k < 3; ++k) {
+    absl::StatusOr<Decision> d = Try(2, "slow", 1, kOpen);
+    ASSERT_TRUE(d.ok()) << d.status();
+    mine.push_back(d->lease_id);
+  }
+  absl::StatusOr<Decision> over = Try(2, "slow", 1, kOpen);
+  EXPECT_TRUE(absl::IsUnavailable(over.status())) << over.status();
+  // Another replica's fail-open ids, released through replica 2: no place freed there.
+  for (int k = 0; k < 3; ++k) {
+    absl::StatusOr<Decision> d = Try(0, "slow", 1, kOpen);
+    ASSERT_TRUE(d.ok()) << d.status();
+    ASSERT_TRUE(replicas_[2]->Release(d->lease_id, 0).ok());
+  }
+  over = Try(2, "slow", 1, kOpen);
+  EXPECT_TRUE(absl::IsUnavailable(over.status())) << over.status();
+  // Its own released: exactly one place again.
+  ASSERT_TRUE(replicas_[2]->Release(mine[0], 0).ok());
+  absl::StatusOr<Decision> again = Try(2, "slow", 1, kOpen);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_TRUE(RedisBackend::IsFailOpenLease(again->lease_id));
+  over = Try(2, "slow", 1, kOpen);
+  EXPECT_TRUE(absl::IsUnavailable(over.status())) << over.status();
 }
 
 }  // namespace
