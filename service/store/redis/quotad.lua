@@ -31,7 +31,7 @@
 --   conc  concurrency: cap slots held by live leases (KEYS holds its sorted set, in order)
 -- Every counter may be cooling down (cd: grants nothing before it), after a throttle Report.
 
-local VERSION = 6
+local VERSION = 7
 local INF = 9007199254740991 -- 2^53 - 1: never
 
 local function now_us()
@@ -47,6 +47,21 @@ local function slack(need, now)
   if need >= INF then return INF end
   local base = math.max(need, now)
   return math.min(base + math.max(base - now, 1000000), INF - 1)
+end
+
+-- redis.call(cmd, key, list...) a batch of at most `step` (even, default 1000) values at a time:
+-- Lua's unpack takes about 8 000 values at most, and a credential may have more counters, a
+-- counter more expired leases. Answers the batches' replies one after the other (HMGET's).
+local function call_batched(cmd, key, list, step)
+  step = step or 1000
+  local out = {}
+  for i = 1, #list, step do
+    local r = redis.call(cmd, key, unpack(list, i, math.min(i + step - 1, #list)))
+    if type(r) == 'table' then
+      for j = 1, #r do out[#out + 1] = r[j] end
+    end
+  end
+  return out
 end
 
 local function expire_at(key, at_us)
@@ -436,7 +451,7 @@ function C.roll(c, now, args, key)
   if #expired > 0 then
     local fields = {}
     for i, lease in ipairs(expired) do fields[i] = c.name .. '@' .. lease end
-    local units = redis.call('HMGET', key, unpack(fields))
+    local units = call_batched('HMGET', key, fields)
     for i, lease in ipairs(expired) do
       c.u = c.u - (tonumber(units[i]) or 0)
       c.gone[#c.gone + 1] = lease
@@ -499,19 +514,19 @@ end
 
 function C.flush(c, set, del, now)
   for _, lease in ipairs(c.gone) do del[#del + 1] = c.name .. '@' .. lease end
-  if #c.gone > 0 then redis.call('ZREM', c.zkey, unpack(c.gone)) end
+  if #c.gone > 0 then call_batched('ZREM', c.zkey, c.gone) end
   for lease, units in pairs(c.set) do
     set[#set + 1] = c.name .. '@' .. lease
     set[#set + 1] = units
   end
   local zadd = nil
   for lease, exp in pairs(c.moved) do
-    zadd = zadd or {'ZADD', c.zkey}
+    zadd = zadd or {}
     zadd[#zadd + 1] = string.format('%d', exp)
     zadd[#zadd + 1] = lease
   end
   if zadd then
-    redis.call(unpack(zadd))
+    call_batched('ZADD', c.zkey, zadd)
     if c.x > c.zx then
       c.zx = slack(c.x, now)
       expire_at(c.zkey, c.zx)

@@ -17,7 +17,7 @@ local function load_all(key, cs, extra)
   end
   local n = #fields
   for _, f in ipairs(extra) do fields[#fields + 1] = f end
-  local v = redis.call('HMGET', key, unpack(fields))
+  local v = call_batched('HMGET', key, fields)
   for k, c in ipairs(cs) do c.K.load(c, v[k + 1]) end
   local rest = {}
   for i = n + 1, #fields do rest[i - n] = v[i] end
@@ -27,7 +27,7 @@ end
 -- Writes back what changed, in one HSET (and one HDEL), and keeps the hash until every counter
 -- has drained (`more`: other fields to set).
 local function save_all(key, cs, x, now, args, more)
-  local set, del, need = {'HSET', key}, {'HDEL', key}, -INF
+  local set, del, need = {}, {}, -INF
   for _, c in ipairs(cs) do
     if c.dirty then
       if c.K.flush then c.K.flush(c, set, del, now) end
@@ -43,8 +43,8 @@ local function save_all(key, cs, x, now, args, more)
     set[#set + 1] = '~x'
     set[#set + 1] = string.format('%d', x)
   end
-  if #del > 2 then redis.call(unpack(del)) end
-  if #set > 2 then redis.call(unpack(set)) end
+  if #del > 0 then call_batched('HDEL', key, del) end
+  if #set > 0 then call_batched('HSET', key, set) end
   if expire then expire_at(key, x) end -- after HSET: the key exists
 end
 
@@ -440,9 +440,9 @@ local function reset(keys, args)
       states[#states + 1] = f
     end
   end
-  local set = {'HSET', keys[1], '~r', string.format('%d', now)}
+  local set = {'~r', string.format('%d', now)}
   if #states > 0 then
-    local vs = redis.call('HMGET', keys[1], unpack(states))
+    local vs = call_batched('HMGET', keys[1], states)
     for i, f in ipairs(states) do
       local v = vs[i]
       local fresh = nil
@@ -465,7 +465,7 @@ local function reset(keys, args)
     end
   end
   hdel_all(keys[1], del)
-  redis.call(unpack(set))
+  call_batched('HSET', keys[1], set)
   return {now}
 end
 

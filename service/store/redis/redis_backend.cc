@@ -373,7 +373,13 @@ void RedisBackend::AcquireShared(const AcquireRequest& req, const SharedRequestI
        fallback = std::move(fallback),
        done = std::move(done)](absl::StatusOr<redis::AcquireAnswer> answer) mutable {
         if (!answer.ok()) {
-          absl::Status error = StoreError(answer.status(), "nothing was granted");
+          // A call that timed out may still run in Redis: its lease is never handed out and
+          // ends at its TTL (the README's under-grant), so only a call never sent says nothing.
+          absl::Status error = StoreError(
+              answer.status(), absl::IsDeadlineExceeded(answer.status())
+                                   ? "no lease handed out (the call may still grant in Redis; "
+                                     "that lease ends at its TTL)"
+                                   : "nothing was granted");
           if (fallback.has_value() && absl::IsUnavailable(error)) {
             done(GrantFailOpen(*std::move(fallback), ttl, error));
             return;
