@@ -10,20 +10,18 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <cstdio>
 #include <map>
 #include <memory>
 #include <random>
 #include <string>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "service/store/sqlite_journal.h"
+#include "tests/store/journal_records.h"
 #include "tests/support/status_matchers.h"
 #include "tests/support/temp_dir.h"
-#include "tests/store/journal_records.h"
 
 namespace quotad {
 namespace {
@@ -258,8 +256,9 @@ TEST_F(LeaseLogTest, VersionTwoFileIsUpgradedAndKeepsItsCooldownsFromThenOn) {
 
 // A child writes refund-only leases as fast as it can, releasing every third, with a writer
 // that commits often (many small rows), and reports each Flush through a pipe; the parent
-// SIGKILLs it at a random moment. After each kill: the file opens, every lease flushed before the
-// last report is there with its expiry (unless released), and what was not flushed is a prefix.
+// SIGKILLs it after a random number of its flushes. After each kill: the file opens, every lease
+// flushed before the last report is there with its expiry (unless released), and what was not
+// flushed is a prefix.
 TEST_F(LeaseLogTest, SigkillMidBatchKeepsFlushedLeasesAndAPrefixOfTheRest) {
   constexpr int kRounds = 10;
   std::mt19937 rng(42);
@@ -287,12 +286,19 @@ TEST_F(LeaseLogTest, SigkillMidBatchKeepsFlushedLeasesAndAPrefixOfTheRest) {
       }
     }
     close(fds[1]);
-    std::this_thread::sleep_for(std::chrono::milliseconds(20 + rng() % 80));
+    // Killed after a random number of its flushes (1 to 4), while it writes the next batch.
+    int32_t flushed = -1;
+    const int kill_after = 1 + static_cast<int>(rng() % 4);
+    for (int reports = 0; reports < kill_after;) {
+      int32_t v;
+      if (read(fds[0], &v, sizeof(v)) != sizeof(v)) break;
+      flushed = v;
+      ++reports;
+    }
     kill(pid, SIGKILL);
     int status = 0;
     waitpid(pid, &status, 0);
     ASSERT_TRUE(WIFSIGNALED(status)) << "child exited with " << WEXITSTATUS(status);
-    int32_t flushed = -1;
     for (int32_t v; read(fds[0], &v, sizeof(v)) == sizeof(v);) flushed = v;
     close(fds[0]);
 

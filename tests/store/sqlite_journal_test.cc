@@ -16,10 +16,11 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "service/core/ledger.h"
+#include "tests/store/journal_records.h"
+#include "tests/support/eventually.h"
 #include "tests/support/policy_builders.h"
 #include "tests/support/status_matchers.h"
 #include "tests/support/temp_dir.h"
-#include "tests/store/journal_records.h"
 
 namespace quotad {
 namespace {
@@ -133,9 +134,10 @@ TEST_F(SqliteJournalTest, ALeaseRewrittenWithSlotsLoadsOnceAndItsReleaseLeavesNo
 }
 
 // The writer thread commits on its own, when enough records wait or when the interval ends.
-// (Polls the writer's counters, bounded; there is no clock to advance for a real thread.)
+// (Waits for the writer's counters, bounded; there is no clock to advance for a real thread.)
 bool WaitForRecords(SqliteJournal& j, int64_t n) {
-  for (int i = 0; i < 5000 && j.stats().records < n; ++i) usleep(1000);
+  testing::Eventually([&] { return j.stats().records >= n; }, absl::Seconds(5),
+                      absl::Milliseconds(1));
   return j.stats().records == n;
 }
 
