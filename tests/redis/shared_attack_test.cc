@@ -22,14 +22,17 @@
 #include "gtest/gtest.h"
 #include "service/config/config.h"
 #include "service/store/redis/redis_backend.h"
+#include "tests/redis/backend_helpers.h"
 #include "tests/redis/redis_harness.h"
 #include "tests/support/eventually.h"
 
 namespace quotad {
 namespace {
 
+using ::quotad::testing::AcquireThrough;
 using ::quotad::testing::Eventually;
 using ::quotad::testing::RedisServer;
+using ::quotad::testing::ReplicaOptions;
 
 constexpr char kCred[] = "team/r";
 constexpr char kOpen[] = "team/open";
@@ -80,9 +83,7 @@ class SharedAttackTest : public ::testing::Test {
     ASSERT_TRUE(policy.ok()) << policy.status();
     policy_ = *std::move(policy);
     for (int i = 0; i < 2; ++i) {
-      RedisBackendOptions options;
-      options.url = absl::StrCat("redis://127.0.0.1:", redis_->port());
-      options.connect_wait = absl::Seconds(5);
+      RedisBackendOptions options = ReplicaOptions(*redis_);
       absl::StatusOr<std::unique_ptr<RedisBackend>> b =
           RedisBackend::Create(policy_, Clock::Real(), options);
       ASSERT_TRUE(b.ok()) << b.status();
@@ -97,13 +98,7 @@ class SharedAttackTest : public ::testing::Test {
     req.credential = cred;
     req.feature = feature;
     req.cost = cost;
-    absl::Notification done;
-    absl::StatusOr<Decision> out;
-    replicas_[i]->AcquireShared(req, SharedRequestId{}, [&](absl::StatusOr<Decision> d) {
-      out = std::move(d);
-      done.Notify();
-    });
-    done.WaitForNotification();
+    absl::StatusOr<Decision> out = AcquireThrough(*replicas_[i], req);
     return out;
   }
 
@@ -388,13 +383,7 @@ TEST_F(SharedAttackTest, ScopedUsageAndResetPerScope) {
     req.feature = "scoped";
     req.scope = scope;
     req.cost = 1;
-    absl::Notification done;
-    absl::StatusOr<Decision> out;
-    replicas_[i]->AcquireShared(req, SharedRequestId{}, [&](absl::StatusOr<Decision> d) {
-      out = std::move(d);
-      done.Notify();
-    });
-    done.WaitForNotification();
+    absl::StatusOr<Decision> out = AcquireThrough(*replicas_[i], req);
     EXPECT_TRUE(out.ok()) << out.status();
     return out.ok() && out->granted;
   };
@@ -562,9 +551,7 @@ TEST_F(SharedAttackTest, ManyLeasesExpiringTogetherDoNotWedgeTheCounter) {
 // The fail-open cap (max_fail_open_leases) holds: past it, nothing more is granted locally; a
 // release frees a place; ids released through a replica that never granted them free none.
 TEST_F(SharedAttackTest, FailOpenCapHoldsAndForeignReleasesFreeNoPlace) {
-  RedisBackendOptions options;
-  options.url = absl::StrCat("redis://127.0.0.1:", redis_->port());
-  options.connect_wait = absl::Seconds(5);
+  RedisBackendOptions options = ReplicaOptions(*redis_);
   options.max_fail_open_leases = 3;
   absl::StatusOr<std::unique_ptr<RedisBackend>> b =
       RedisBackend::Create(policy_, Clock::Real(), options);

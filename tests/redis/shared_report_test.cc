@@ -19,14 +19,17 @@
 #include "service/config/config.h"
 #include "service/core/ledger.h"
 #include "service/store/redis/redis_backend.h"
+#include "tests/redis/backend_helpers.h"
 #include "tests/redis/redis_harness.h"
 #include "tests/support/eventually.h"
 
 namespace quotad {
 namespace {
 
+using ::quotad::testing::AcquireThrough;
 using ::quotad::testing::Eventually;
 using ::quotad::testing::RedisServer;
+using ::quotad::testing::ReplicaOptions;
 
 constexpr char kCred[] = "team/r";
 
@@ -72,9 +75,7 @@ class SharedReportTest : public ::testing::Test {
       f.throttle.initial_backoff = absl::Minutes(1);
     }
     for (int i = 0; i < 2; ++i) {
-      RedisBackendOptions options;
-      options.url = absl::StrCat("redis://127.0.0.1:", redis_->port());
-      options.connect_wait = absl::Seconds(5);
+      RedisBackendOptions options = ReplicaOptions(*redis_);
       absl::StatusOr<std::unique_ptr<RedisBackend>> b =
           RedisBackend::Create(policy_, Clock::Real(), options);
       ASSERT_TRUE(b.ok()) << b.status();
@@ -94,13 +95,7 @@ class SharedReportTest : public ::testing::Test {
     req.feature = feature;
     req.scope = scope;
     req.cost = cost;
-    absl::Notification done;
-    absl::StatusOr<Decision> out;
-    replicas_[i]->AcquireShared(req, SharedRequestId{}, [&](absl::StatusOr<Decision> d) {
-      out = std::move(d);
-      done.Notify();
-    });
-    done.WaitForNotification();
+    absl::StatusOr<Decision> out = AcquireThrough(*replicas_[i], req);
     EXPECT_TRUE(out.ok()) << out.status();
     return out.ok() ? *out : Decision{};
   }

@@ -20,14 +20,17 @@
 #include "absl/time/time.h"
 #include "service/config/config.h"
 #include "service/store/redis/redis_backend.h"
+#include "tests/redis/backend_helpers.h"
 #include "tests/redis/redis_harness.h"
 #include "tests/support/eventually.h"
 
 namespace quotad {
 namespace {
 
+using ::quotad::testing::AcquireThrough;
 using ::quotad::testing::Eventually;
 using ::quotad::testing::RedisServer;
+using ::quotad::testing::ReplicaOptions;
 
 constexpr int kCapacity = 6;
 constexpr absl::Duration kTtl = absl::Minutes(10);
@@ -74,9 +77,7 @@ class SkewTest : public ::testing::Test {
     // by 50 s, and one that is wrong by more than a whole window.
     for (absl::Duration offset : {absl::Seconds(25), absl::Seconds(-25), absl::Minutes(10)}) {
       clocks_.push_back(std::make_unique<OffsetClock>(offset));
-      RedisBackendOptions options;
-      options.url = absl::StrCat("redis://127.0.0.1:", redis_->port());
-      options.connect_wait = absl::Seconds(5);
+      RedisBackendOptions options = ReplicaOptions(*redis_);
       absl::StatusOr<std::unique_ptr<RedisBackend>> b =
           RedisBackend::Create(*policy, clocks_.back().get(), options);
       ASSERT_TRUE(b.ok()) << b.status();
@@ -197,7 +198,9 @@ TEST_F(SkewTest, SlidingWindowNeverHoldsMoreThanItsCapacityInRedisTime) {
     } else {
       EXPECT_EQ(d.limited_by, "slide.fast");
       // The first burst, asked back to back well inside one period: exactly the capacity.
-      if (++denials == 1) EXPECT_EQ(static_cast<int>(grants.size()), kCapacity);
+      if (++denials == 1) {
+        EXPECT_EQ(static_cast<int>(grants.size()), kCapacity);
+      }
       // Ask again once Redis's clock has reached the retry time it gave (the oldest unit left).
       ASSERT_TRUE(Eventually([&] { return RedisNow() >= d.retry_at; }, absl::Seconds(5)));
     }
