@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -547,6 +548,135 @@ TEST_F(SentAtAttackTest, ThrottlesWithExtremeSentAtsStayBounded) {
   }
   clock_.Advance(absl::Minutes(30));
   EXPECT_TRUE(Acquire().granted);
+}
+
+// ---- attack10: the estimate learnt from throttles with sent_at on full limits ----
+
+// A throttle with sent_at, `sent` after the clock's start, reported now.
+UpstreamAnswer Throttle(absl::Time sent) {
+  UpstreamAnswer a;
+  a.credential = "key";
+  a.feature = "f";
+  a.http_status = 429;
+  a.sent_at = sent;
+  return a;
+}
+
+// FOUND, FIXED. A throttle storm with sent_at on a full 100-unit limit ratchets the estimate to
+// ~99 units (now learnt, not explained away by the full count). A reload that shrinks the limit
+// to 10 units kept the raw 99: Units() clamped it to 9 but decayed it at 5% of the NEW capacity
+// (0.5 units a minute) from 99, so 9 of 10 units stayed held back for ~3 hours, where the
+// estimate is meant to be gone in 20 periods (20 minutes here). The start is now clamped to
+// capacity - 1 before it decays (Units and GoneAt).
+TEST_F(SentAtAttackTest, AnEstimateLearntBeforeACapacityShrinkDecaysOnTheNewCapacity) {
+  FeatureSpec f = Feature("f", {Minute(100)});
+  f.throttle.initial_backoff = absl::Milliseconds(1);
+  f.throttle.max_backoff = absl::Milliseconds(10);
+  Use({f});
+  ASSERT_EQ(GrantAll(), 100);  // quotad's count is full: every throttle is learnt with sent_at
+  for (int i = 0; i < 60; ++i) {
+    const absl::Time sent = clock_.Now();
+    clock_.Advance(absl::Milliseconds(20));
+    Report(Throttle(sent));
+  }
+  EXPECT_EQ(Status("f.per_minute").outside_estimate, 99);  // ratcheted to capacity - 1
+  FeatureSpec g = Feature("f", {Minute(10)});
+  ASSERT_OK(ledger_->Reload(OneCredential("key", {g})));
+  EXPECT_LE(Status("f.per_minute").outside_estimate, 9);
+  clock_.Advance(absl::Minutes(25));  // 20 periods of 5% of the capacity (and some) later
+  EXPECT_EQ(Status("f.per_minute").outside_estimate, 0);
+  EXPECT_EQ(GrantAll(), 10);
+}
+
+// The same after a restart whose configuration shrank the limit: the journaled 99 units decay on
+// the new capacity within 20 periods.
+TEST_F(SentAtAttackTest, AJournaledEstimateRestoredOnAShrunkCapacityDecaysInTime) {
+  TempDir dir;
+  absl::StatusOr<std::unique_ptr<SqliteJournal>> journal =
+      SqliteJournal::Open(dir.path() + "/j.db");
+  ASSERT_OK(journal);
+  FeatureSpec f = Feature("f", {Minute(100)});
+  f.throttle.initial_backoff = absl::Milliseconds(1);
+  f.throttle.max_backoff = absl::Milliseconds(10);
+  Use({f}, journal->get());
+  ASSERT_EQ(GrantAll(), 100);
+  for (int i = 0; i < 60; ++i) {
+    const absl::Time sent = clock_.Now();
+    clock_.Advance(absl::Milliseconds(20));
+    Report(Throttle(sent));
+  }
+  ASSERT_EQ(Status("f.per_minute").outside_estimate, 99);
+  // Clean answers end the back-off, so the record is not kept forever by `consecutive`.
+  clock_.Advance(absl::Seconds(1));
+  Report(Answer(200, 100, 0, clock_.Now()));
+  ledger_.reset();
+  Use({Feature("f", {Minute(10)})}, journal->get());
+  clock_.Advance(absl::Minutes(25));
+  EXPECT_EQ(Status("f.per_minute").outside_estimate, 0);
+  EXPECT_EQ(GrantAll(), 10);
+}
+
+// A storm of throttles with sent_at on a full limit (each sent after the last decrease) pins the
+// estimate at capacity - 1; a waiter for the whole capacity is still served once quotad's own
+// units leave the window, and the estimate decays away within 20 periods of the last throttle.
+TEST_F(SentAtAttackTest, AFullLimitStormNeverStarvesAWholeCapacityCost) {
+  FeatureSpec f = Feature("f", {Minute(20)});
+  f.throttle.initial_backoff = absl::Milliseconds(1);
+  f.throttle.max_backoff = absl::Milliseconds(50);
+  Use({f});
+  ASSERT_EQ(GrantAll(), 20);
+  for (int i = 0; i < 100; ++i) {
+    const absl::Time sent = clock_.Now();
+    clock_.Advance(absl::Milliseconds(100));
+    Report(Throttle(sent));
+  }
+  EXPECT_EQ(Status("f.per_minute").outside_estimate, 19);
+  clock_.Advance(absl::Minutes(1));  // quotad's 20 units have left; no back-off is that long
+  EXPECT_TRUE(Acquire("f", 20).granted);
+  clock_.Advance(absl::Minutes(21));
+  EXPECT_EQ(Status("f.per_minute").outside_estimate, 0);
+}
+
+// Throttles with sent_at on a concurrency limit whose slots quotad holds all: learnt, but slots
+// held from outside are taken to free within seconds, so the key is not idled.
+TEST_F(SentAtAttackTest, AConcurrencyStormWithSentAtDoesNotIdleTheKey) {
+  FeatureSpec f = Feature("f", {Concurrency("slots", 4)});
+  f.throttle.initial_backoff = absl::Milliseconds(1);
+  f.throttle.max_backoff = absl::Milliseconds(50);
+  Use({f});
+  std::vector<Decision> held;
+  for (int i = 0; i < 4; ++i) {
+    held.push_back(Acquire());
+    ASSERT_TRUE(held.back().granted);
+  }
+  for (int i = 0; i < 50; ++i) {
+    const absl::Time sent = clock_.Now();
+    clock_.Advance(absl::Milliseconds(100));
+    Report(Throttle(sent));
+  }
+  for (const Decision& d : held) {
+    ASSERT_OK(ledger_->Release(d.lease_id, std::nullopt));
+  }
+  clock_.Advance(absl::Minutes(4));  // 20 recovery periods of 10 s and more
+  EXPECT_EQ(GrantAll(), 4);
+}
+
+// Reset forgets what the storm taught: an estimate pinned at capacity - 1 is gone at once.
+TEST_F(SentAtAttackTest, ResetForgetsAnEstimateLearntFromAFullLimit) {
+  FeatureSpec f = Feature("f", {Minute(10)});
+  f.throttle.initial_backoff = absl::Milliseconds(1);
+  f.throttle.max_backoff = absl::Milliseconds(10);
+  Use({f});
+  ASSERT_EQ(GrantAll(), 10);
+  for (int i = 0; i < 30; ++i) {
+    const absl::Time sent = clock_.Now();
+    clock_.Advance(absl::Milliseconds(20));
+    Report(Throttle(sent));
+  }
+  ASSERT_EQ(Status("f.per_minute").outside_estimate, 9);
+  ASSERT_OK(ledger_->Reset("key"));
+  EXPECT_EQ(Status("f.per_minute").outside_estimate, 0);
+  EXPECT_EQ(GrantAll(), 10);
 }
 
 }  // namespace
