@@ -19,6 +19,12 @@
 // it explains): a reload's seed is taken for our own units in a count, with or without sent_at
 // (DISABLED_Bug_AnswerAfterAReloadThatRebuiltTheCounterNeverOverGrants).
 //
+// attack10 (sent_at on full limits): found and fixed, an estimate learnt on a larger capacity
+// (a storm with sent_at on a full limit pins it at capacity - 1) decayed from those units after a
+// reload or restart shrank the capacity, holding back all but one unit for hours
+// (AnEstimateLearntBeforeACapacityShrinkDecaysOnTheNewCapacity, AJournaledEstimateRestored-
+// OnAShrunkCapacityDecaysInTime). Held: a whole-capacity cost after a storm, concurrency, Reset.
+//
 // Sliding logs keep dropped charges one period more (Counter::Log::gone) so that a slow call's
 // count is compared exactly; sub-buckets compare with what their ring holds.
 
