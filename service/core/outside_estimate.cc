@@ -11,7 +11,9 @@ double OutsideEstimate::Units(int64_t capacity, int64_t recovery_ns, int64_t now
   const double elapsed = static_cast<double>(std::max<int64_t>(0, now - at_ns_));
   const double recovered = static_cast<double>(capacity) * kRecoveryPerPeriod * elapsed /
                            static_cast<double>(recovery_ns);
-  return std::clamp(outside_ - recovered, 0.0, static_cast<double>(capacity - 1));
+  // Learnt on a larger capacity (before a reload or restart that shrank it): it decays from
+  // what this capacity can hold, so it is gone in 1 / kRecoveryPerPeriod periods as ever.
+  return std::clamp(Start(capacity) - recovered, 0.0, static_cast<double>(capacity - 1));
 }
 
 int64_t OutsideEstimate::HoldBack(int64_t capacity, int64_t recovery_ns, int64_t cost,
@@ -35,7 +37,7 @@ int64_t OutsideEstimate::GoneAt(int64_t capacity, int64_t recovery_ns) const {
   if (outside_ <= 0 || capacity <= 1 || recovery_ns <= 0) return at_ns_;
   const double per_ns = static_cast<double>(capacity) * kRecoveryPerPeriod /
                         static_cast<double>(recovery_ns);
-  const double ns = std::ceil(outside_ / per_ns);
+  const double ns = std::ceil(Start(capacity) / per_ns);
   if (ns >= 4e18) return std::numeric_limits<int64_t>::max();
   return at_ns_ + static_cast<int64_t>(ns);
 }

@@ -70,6 +70,12 @@ class OutsideEstimate {
   int64_t at_ns() const { return at_ns_; }
 
  private:
+  // outside_ as it counts against `capacity` (> 1): never more than capacity - 1 units.
+  double Start(int64_t capacity) const {
+    return outside_ < static_cast<double>(capacity - 1) ? outside_
+                                                         : static_cast<double>(capacity - 1);
+  }
+
   double outside_ = 0;  // units at at_ns_
   int64_t at_ns_ = 0;
   int64_t cooldown_until_ns_ = 0;
