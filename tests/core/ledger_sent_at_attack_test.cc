@@ -88,7 +88,9 @@ class SentAtAttackTest : public ::testing::Test {
         Ledger::Create(OneCredential("key", std::move(features)), &clock_, options);
     ASSERT_OK(ledger);
     ledger_ = *std::move(ledger);
-    if (journal != nullptr) ASSERT_OK(ledger_->Restore());
+    if (journal != nullptr) {
+      ASSERT_OK(ledger_->Restore());
+    }
   }
   Decision Acquire(absl::string_view feature = "f", int64_t cost = 1) {
     AcquireRequest req;
