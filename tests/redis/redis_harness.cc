@@ -198,6 +198,12 @@ absl::Status RedisServer::Restart() {
   return s;
 }
 
+absl::Status RedisServer::Restart(std::vector<std::string> extra_args) {
+  if (pid_ > 0) return absl::FailedPreconditionError("redis-server is still running");
+  options_.extra_args = std::move(extra_args);
+  return Restart();
+}
+
 absl::StatusOr<std::string> RedisServer::Command(const std::vector<std::string>& args) const {
   timeval tv{1, 0};
   redisContext* c = redisConnectWithTimeout(host_.c_str(), port_, tv);

@@ -63,6 +63,10 @@ class RedisServer {
   // Starts the server again on the same port and directory (it replays its AOF) and waits for
   // PING.
   absl::Status Restart();
+  // The same with other command-line arguments from now on (e.g. {"--replicaof", host, port}:
+  // a restarted primary coming back as the new primary's replica, as k8s/redis/redis-start.sh
+  // starts one).
+  absl::Status Restart(std::vector<std::string> extra_args);
 
   // Runs one command on a fresh blocking connection and returns the reply as text (integers
   // in decimal, arrays space-separated, errors prefixed "ERR:"). For test set-up and checks.

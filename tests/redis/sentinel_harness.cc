@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "tests/support/child_process.h"
 #include "tests/support/eventually.h"
 
 namespace quotad {
@@ -158,6 +159,24 @@ absl::StatusOr<int> SentinelGroup::WaitForNewPrimary(int old_port, absl::Duratio
   if (ok) return port;
   return absl::DeadlineExceededError(absl::StrCat("no new primary (other than port ", old_port,
                                                   ") within ", absl::FormatDuration(timeout)));
+}
+
+std::string SentinelGroup::Events() const {
+  std::string out;
+  for (const auto& s : sentinels_) {
+    const std::string log = ReadFile(absl::StrCat(s->dir(), "/sentinel.log"));
+    for (absl::string_view line : absl::StrSplit(log, '\n')) {
+      for (absl::string_view event : {"+sdown", "-sdown", "+odown", "+switch-master",
+                                      "+promoted-slave", "+convert-to-slave", "+failover-end",
+                                      "-failover-abort", "+selected-slave"}) {
+        if (absl::StrContains(line, event)) {
+          absl::StrAppend(&out, s->port(), ": ", line, "\n");
+          break;
+        }
+      }
+    }
+  }
+  return out;
 }
 
 }  // namespace testing

@@ -59,6 +59,10 @@ class SentinelGroup {
   // ROLE master. Returns its port.
   absl::StatusOr<int> WaitForNewPrimary(int old_port, absl::Duration timeout);
 
+  // The failover events in every sentinel's log (+sdown, +odown, +switch-master, ...), one per
+  // line prefixed by the sentinel's port: what to print when a failover test fails.
+  std::string Events() const;
+
  private:
   explicit SentinelGroup(SentinelGroupOptions options) : options_(std::move(options)) {}
   // Every sentinel sees the replica and the other sentinels; the replica's link is up.
