@@ -166,10 +166,10 @@ struct WaitTicket {
 // Leases live in a sharded table keyed by id. Thread-safe. Does not own `clock`, which must
 // outlive the ledger.
 //
-// Locking: reload_mu_ (reloads only), then a credential's mutex, then one of: a lease shard's
-// mutex (lease_table.h), wait_mu_, jitter_mu_. Answers to waiting requests are delivered with no
+// Locking: reload_mu_ (reloads only), then a credential's mutex (AcquireAll: several, in
+// address order), then one of: a lease shard's mutex (lease_table.h), wait_mu_, jitter_mu_. Answers to waiting requests are delivered with no
 // lock held. The implementation is split by operation group: ledger.cc (creation, time,
-// CompactionTimeNs, policy), ledger_acquire.cc (Acquire), ledger_wait.cc (AcquireOrWait, Pump,
+// CompactionTimeNs, policy), ledger_acquire.cc (Acquire, AcquireAll), ledger_wait.cc (AcquireOrWait, Pump,
 // Cancel, Queues), ledger_lease.cc (Release, Renew, Leases, FindLease, Sweep), ledger_report.cc
 // (Report, Usage), ledger_reload.cc (Reload, Reset), ledger_restore.cc (Restore).
 class Ledger {
@@ -191,6 +191,16 @@ class Ledger {
   // feature; kResourceExhausted when a new scope would pass the feature's max_scopes;
   // kUnavailable when the journal cannot write (fail closed: nothing charged).
   absl::StatusOr<Decision> Acquire(const AcquireRequest& request);
+
+  // Decides `requests` as one (an all-or-nothing batch, across credentials): either every item
+  // is granted, or none is charged. Items are decided in order at one instant, each as Acquire
+  // would, seeing the charges of the items before it; a request never passes a waiter it would
+  // not pass alone. At the first item that is denied or fails, the items granted before it are
+  // given back (their slots freed, their units refunded) before any other call can see them,
+  // and every item but that one is answered denied, `limited_by` "all_or_nothing:items[K]" (K:
+  // the item that was not granted) with its retry_at (InfiniteFuture after an error). Never
+  // waits. The result has one entry per request, in order.
+  std::vector<absl::StatusOr<Decision>> AcquireAll(absl::Span<const AcquireRequest> requests);
 
   // Like Acquire, but when the request cannot be granted now and `max_wait` > 0, it waits in
   // the queue of its credential (higher `priority` first, then arrival order) and `done` is

@@ -61,6 +61,88 @@ absl::StatusOr<Decision> Ledger::Acquire(const AcquireRequest& req) {
   return result;
 }
 
+namespace {
+
+// Holds the mutexes of several credentials, taken in address order (the one order every
+// multi-credential lock follows, so two batches never deadlock) and released in reverse. The
+// analysis cannot follow a run-time set of mutexes: the callers' accesses are checked by hand.
+class CredentialLocks {
+ public:
+  explicit CredentialLocks(std::vector<Credential*> creds) ABSL_NO_THREAD_SAFETY_ANALYSIS
+      : creds_(std::move(creds)) {
+    std::sort(creds_.begin(), creds_.end());
+    creds_.erase(std::unique(creds_.begin(), creds_.end()), creds_.end());
+    for (Credential* c : creds_) c->mu.Lock();
+  }
+  ~CredentialLocks() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    for (auto it = creds_.rbegin(); it != creds_.rend(); ++it) (*it)->mu.Unlock();
+  }
+  CredentialLocks(const CredentialLocks&) = delete;
+  CredentialLocks& operator=(const CredentialLocks&) = delete;
+
+ private:
+  std::vector<Credential*> creds_;
+};
+
+}  // namespace
+
+std::vector<absl::StatusOr<Decision>> Ledger::AcquireAll(
+    absl::Span<const AcquireRequest> requests) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  const int n = static_cast<int>(requests.size());
+  std::vector<absl::StatusOr<Decision>> results(n);
+  // Every item but `blocker` is denied in its name, with its retry time.
+  auto deny_all_but = [&](int blocker, absl::Time retry_at) {
+    for (int i = 0; i < n; ++i) {
+      if (i == blocker) continue;
+      Decision d;
+      d.retry_at = retry_at;
+      d.limited_by = absl::StrCat("all_or_nothing:items[", blocker, "]");
+      results[i] = std::move(d);
+    }
+  };
+  std::vector<Credential*> creds(n);
+  for (int i = 0; i < n; ++i) {
+    absl::Status s = ValidateRequest(requests[i]);
+    if (s.ok() && (creds[i] = FindCredential(requests[i].credential)) == nullptr) {
+      s = absl::NotFoundError(
+          absl::StrCat("credential '", requests[i].credential, "' is not configured"));
+    }
+    if (!s.ok()) {
+      results[i] = std::move(s);
+      deny_all_but(i, absl::InfiniteFuture());
+      return results;
+    }
+  }
+  const int64_t now = NowNs();
+  std::vector<LeaseRecord> recs(n);
+  std::vector<Answer> answers;  // waiters served on the way: theirs, delivered unlocked
+  int granted = 0;
+  {
+    CredentialLocks locks(creds);
+    for (; granted < n; ++granted) {
+      const int i = granted;
+      results[i] = creds[i]->AcquireOrQueue(*this, requests[i], /*priority=*/0, now, &recs[i],
+                                            /*waiter=*/nullptr, &answers);
+      if (!results[i].ok() || !results[i]->granted) break;
+    }
+    if (granted < n) {
+      // Nobody has seen the charges yet: take them back, the latest first (a token bucket's
+      // refund is exact only in that order).
+      for (int j = granted - 1; j >= 0; --j) {
+        creds[j]->UndoGrant(*this, results[j]->lease_id, recs[j], now);
+      }
+    }
+  }
+  if (granted < n) {
+    deny_all_but(granted, results[granted].ok() ? results[granted]->retry_at
+                                                : absl::InfiniteFuture());
+  } else {
+    for (int i = 0; i < n; ++i) InsertLease(results[i]->lease_id, std::move(recs[i]));
+  }
+  Deliver(answers);
+  return results;
+}
+
 void Ledger::InsertLease(const LeaseId& id, LeaseRecord rec) {
   // Outside the credential's lock: nobody can name this lease before Acquire returns.
   if (options_.journal != nullptr && !rec.compiled->features[rec.feature].has_concurrency) {
@@ -143,10 +225,7 @@ absl::StatusOr<Decision> Credential::Acquire(Ledger& l, const AcquireRequest& re
                                  [now](const Credential::Retired& r) { return r.until_ns <= now; }),
                   retired.end());
     for (Credential::Retired& old : retired) {
-      if (!old.all_scopes && old.scope != req.scope) continue;
-      if (std::find(feature.rules.begin(), feature.rules.end(), old.rule) == feature.rules.end()) {
-        continue;
-      }
+      if (!ChargesRetired(old, feature, req.scope)) continue;
       int64_t at = 0;
       if (!old.counter.Fits(*old.old_rule, l.RuleTime(*old.old_rule, now), req.cost, &at)) {
         at = std::min(l.FromRuleTime(*old.old_rule, at), old.until_ns);
@@ -197,16 +276,8 @@ absl::StatusOr<Decision> Credential::Acquire(Ledger& l, const AcquireRequest& re
       const absl::Status s = l.options_.journal->PutLease(ToJournal(d.lease_id, *rec, true));
       if (!s.ok()) {
         // The slot would not survive a restart: undo the whole grant and fail closed.
-        for (size_t i = 0; i < feature_counters.size(); ++i) {
-          const Rule& rule = cc.rules[feature.rules[i]];
-          if (rule.spec.kind == LimitKind::kConcurrency) {
-            feature_counters[i]->Free(expiry, d.lease_id.lo);
-          } else {
-            feature_counters[i]->Refund(rule, l.RuleTime(rule, now), rec->tokens[i], req.cost,
-                                        req.cost, now);
-          }
-        }
-        for (Credential::Retired* old : charged_retired) old->counter.Free(expiry, d.lease_id.lo);
+        rec->journaled_with_slots = false;  // no row was written
+        UndoGrant(l, d.lease_id, *rec, now);
         return absl::UnavailableError(
             absl::StrCat("state store failed, denying (fail closed): ", s.message()));
       }
@@ -233,6 +304,27 @@ absl::StatusOr<Decision> Credential::Acquire(Ledger& l, const AcquireRequest& re
     for (int r : created_scopes) scoped[r].erase(req.scope);
   }
   return d;
+}
+
+void Credential::UndoGrant(Ledger& l, const LeaseId& id, const LeaseRecord& rec, int64_t now) {
+  const CompiledCredential& cc = *rec.compiled;
+  const CompiledFeature& feature = cc.features[rec.feature];
+  for (size_t i = 0; i < feature.rules.size(); ++i) {
+    const Rule& rule = cc.rules[feature.rules[i]];
+    Counter* counter = CounterFor(feature.rules[i], rec.scope, false);
+    if (counter == nullptr) continue;
+    if (rule.spec.kind == LimitKind::kConcurrency) {
+      counter->Free(rec.expiry_ns, id.lo);
+    } else {
+      counter->Refund(rule, l.RuleTime(rule, now), rec.tokens[i], rec.cost, rec.cost, now);
+    }
+  }
+  for (Credential::Retired& old : retired) {
+    if (ChargesRetired(old, feature, rec.scope)) old.counter.Free(rec.expiry_ns, id.lo);
+  }
+  if (rec.journaled_with_slots && l.options_.journal != nullptr) {
+    l.options_.journal->DeleteLease(id.ToString());
+  }
 }
 
 absl::Status Credential::ReserveAhead(const Ledger& l, const CompiledCredential& cc,

@@ -9,14 +9,16 @@
 //   what reloads retired, cooldowns, outside estimates and its wait queue. The operations that
 //   run under it are Credential's member functions, each ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu).
 // - Lock order: Ledger::reload_mu_, then a Credential::mu, then at most one of a lease shard's
-//   mutex (lease_table.h), Ledger::wait_mu_ or Ledger::jitter_mu_. Never two credentials' mutexes
-//   at once.
+//   mutex (lease_table.h), Ledger::wait_mu_ or Ledger::jitter_mu_. Two credentials' mutexes at
+//   once only in Ledger::AcquireAll, which takes them in address order (CredentialLocks) and
+//   holds no other lock while taking them; every other path holds one at most.
 // - Nothing calls out (a WaitCallback, the wake hook) with a lock held: answers are collected as
 //   Answer and delivered by Ledger::Deliver after the credential's mutex is released.
 // - A CredentialTable is immutable once published; the ledger keeps every Credential, every
 //   table and every CompiledCredential version alive as long as it lives, so raw pointers to
 //   them (in tables, leases and WaitTickets) never dangle.
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <memory>
@@ -179,6 +181,19 @@ struct Credential {
   // fills *rec (to insert into the lease table after `mu` is released).
   absl::StatusOr<Decision> Acquire(Ledger& l, const AcquireRequest& req, int64_t now,
                                    LeaseRecord* rec) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // Whether a grant of `feature` for `scope` also charges the retired counter `old`.
+  static bool ChargesRetired(const Retired& old, const CompiledFeature& feature,
+                             absl::string_view scope) {
+    return (old.all_scopes || old.scope == scope) &&
+           std::find(feature.rules.begin(), feature.rules.end(), old.rule) != feature.rules.end();
+  }
+  // Takes back everything Acquire charged for the grant of lease `id` (filled into `rec`), at
+  // the instant `now` it was made, with `mu` held since: frees its slots, refunds its units on
+  // the feature's counters, frees it on the retired ones (whose tokens Acquire does not keep:
+  // a retired window keeps the units, an under-grant until it drains), and deletes its journal
+  // row if it wrote one. Gives back at most what was charged, never more.
+  void UndoGrant(Ledger& l, const LeaseId& id, const LeaseRecord& rec, int64_t now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   // Writes the high-water marks the charge needs ahead of it; kUnavailable when it cannot.
   absl::Status ReserveAhead(const Ledger& l, const CompiledCredential& cc,
                             const CompiledFeature& feature,
