@@ -10,7 +10,7 @@
 //   usage CREDENTIAL
 //   leases [CREDENTIAL]
 //   credentials
-//   acquire-batch [ITEM ...] [--items_file=F]   many Acquires in one AcquireBatch call
+//   acquire-batch [ITEM ...] [--items_file=F] [--all_or_nothing]   many Acquires in one call
 //   release-batch [ITEM ...] [--items_file=F]   many Releases in one ReleaseBatch call
 //
 // A batch item is one argument or one line of --items_file ("-": stdin; when no ITEM argument
@@ -82,6 +82,9 @@ ABSL_FLAG(std::string, items_file, "",
           "acquire-batch, release-batch: file with one item per line; \"-\" is stdin (the "
           "default when no item is given as an argument).");
 
+ABSL_FLAG(bool, all_or_nothing, false,
+          "acquire-batch: every item granted or none (embedded quotad only).");
+
 namespace {
 
 constexpr int kOk = 0;
@@ -102,7 +105,7 @@ constexpr char kUsage[] =
     "  usage CREDENTIAL\n"
     "  leases [CREDENTIAL]\n"
     "  credentials\n"
-    "  acquire-batch [ITEM ...] [--items_file=F|-]   one AcquireBatch call\n"
+    "  acquire-batch [ITEM ...] [--items_file=F|-] [--all_or_nothing]   one AcquireBatch call\n"
     "      ITEM: \"CREDENTIAL FEATURE [scope=S] [cost=N] [ttl=30s] [holder=H]\n"
     "             [request_id=ID] [priority=P]\"\n"
     "  release-batch [ITEM ...] [--items_file=F|-]   one ReleaseBatch call\n"
@@ -442,6 +445,7 @@ int main(int argc, char** argv) {
       absl::Status s = ParseAcquireItem((*lines)[i], static_cast<int>(i), req.add_items());
       if (!s.ok()) return Usage(std::string(s.message()));
     }
+    req.set_all_or_nothing(absl::GetFlag(FLAGS_all_or_nothing));
     v1::AcquireBatchResponse resp;
     grpc::Status s = quota->AcquireBatch(&context, req, &resp);
     if (!s.ok()) return RpcError(s);

@@ -30,6 +30,10 @@ class LedgerBackend final : public QuotaBackend {
     return ledger_->AcquireOrWait(request, max_wait, priority, std::move(done));
   }
   bool Cancel(const WaitTicket& ticket) override { return ledger_->Cancel(ticket); }
+  std::vector<absl::StatusOr<Decision>> AcquireAll(
+      absl::Span<const AcquireRequest> requests) override {
+    return ledger_->AcquireAll(requests);
+  }
   void AcquireShared(const AcquireRequest& request, const SharedRequestId&,
                      DecisionCallback done) override {
     done(ledger_->Acquire(request));  // not called: the service keeps request_ids itself

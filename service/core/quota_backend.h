@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "service/core/clock.h"
 #include "service/core/lease_id.h"
 #include "service/core/ledger.h"
@@ -57,6 +58,13 @@ class QuotaBackend {
   virtual WaitTicket AcquireOrWait(const AcquireRequest& request, absl::Duration max_wait,
                                    int priority, WaitCallback done) = 0;
   virtual bool Cancel(const WaitTicket& ticket) = 0;
+  // In-process only: as Ledger::AcquireAll (every item granted or none). A backend that cannot
+  // answers every item kUnimplemented.
+  virtual std::vector<absl::StatusOr<Decision>> AcquireAll(
+      absl::Span<const AcquireRequest> requests) {
+    return std::vector<absl::StatusOr<Decision>>(
+        requests.size(), absl::UnimplementedError("all-or-nothing batches are not built here"));
+  }
 
   // Shared only: decides `request` now (never waits) and answers `done`. What `request` and
   // `request_id` view is copied before this returns. A retry of a granted request_id answers

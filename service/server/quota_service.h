@@ -100,10 +100,12 @@ class QuotaService {
   // The access rules and the names' syntax are checked once per distinct credential and
   // feature of the batch (the answers are the same); the decisions are counted in the metrics
   // once per outcome, and the items add no latency samples of their own (the call has one).
-  // Never waits: an item with a positive max_wait is refused kInvalidArgument. Not
-  // all-or-nothing: each grant stands. With a shared backend each item waits for the store's
-  // answer (as Release does). Errors of the whole call: kInvalidArgument for more than
-  // kMaxBatchItems items.
+  // Never waits: an item with a positive max_wait is refused kInvalidArgument. Without
+  // all_or_nothing each grant stands. With a shared backend each item waits for the store's
+  // answer (as Release does). With all_or_nothing, every item is checked first, then all are
+  // decided as one (QuotaBackend::AcquireAll; see the proto). Errors of the whole call:
+  // kInvalidArgument for more than kMaxBatchItems items; kUnimplemented for all_or_nothing on
+  // a shared backend.
   absl::StatusOr<v1::AcquireBatchResponse> AcquireBatch(const Caller& caller,
                                                         const v1::AcquireBatchRequest& request);
 
@@ -189,6 +191,9 @@ class QuotaService {
   absl::Status AcquireBatchItem(const Caller& caller, const v1::AcquireRequest& item,
                                 BatchChecks* checks, v1::AcquireBatchItem* out,
                                 Outcomes* outcomes);
+  // An AcquireBatch with all_or_nothing, on the embedded ledger.
+  absl::StatusOr<v1::AcquireBatchResponse> AcquireBatchAllOrNothing(
+      const Caller& caller, const v1::AcquireBatchRequest& request);
   absl::Status Authorize(const Caller& caller, AccessMethod method, absl::string_view credential);
   absl::Status CheckPriority(const Caller& caller, int priority);
   absl::Status CheckLease(const Caller& caller, AccessMethod method, const LeaseId& id);

@@ -1,10 +1,15 @@
 // QuotaService's batches (quota_service.h): AcquireBatch and ReleaseBatch, each item decided as
-// by the single call, and what one batch checks once for all its items (BatchChecks).
+// by the single call, and what one batch checks once for all its items (BatchChecks); an
+// all-or-nothing AcquireBatch (AcquireBatchAllOrNothing) checks every item first and has them
+// decided as one.
 
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
@@ -26,6 +31,17 @@ absl::Status CheckBatchSize(int items) {
 void ToItemError(int index, const absl::Status& status, v1::ItemError* out) {
   out->set_code(static_cast<int>(status.code()));
   out->set_message(absl::StrCat("items[", index, "]: ", status.message()));
+}
+
+// A batch never waits: an item with a positive max_wait is refused (malformed durations are
+// left to the single path's validation).
+absl::Status CheckNoWait(const v1::AcquireRequest& item) {
+  const google::protobuf::Duration& wait = item.max_wait();
+  if (wait.seconds() < 0 || (wait.seconds() == 0 && wait.nanos() <= 0)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "max_wait ",
+      absl::FormatDuration(absl::Seconds(wait.seconds()) + absl::Nanoseconds(wait.nanos())),
+      " is not allowed in a batch, which never waits (send it as Acquire)"));
 }
 
 // The answer of one Acquire of a batch, handed over from whichever thread decided it. Not
@@ -70,6 +86,7 @@ class BatchReply {
 absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatch(
     const Caller& caller, const v1::AcquireBatchRequest& req) {
   if (absl::Status s = CheckBatchSize(req.items_size()); !s.ok()) return s;
+  if (req.all_or_nothing()) return AcquireBatchAllOrNothing(caller, req);
   v1::AcquireBatchResponse resp;
   resp.mutable_results()->Reserve(req.items_size());
   // What the single path checks per call and depends only on the credential or the feature
@@ -82,16 +99,9 @@ absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatch(
   for (int i = 0; i < req.items_size(); ++i) {
     const v1::AcquireRequest& item = req.items(i);
     v1::AcquireBatchItem* out = resp.add_results();
-    const google::protobuf::Duration& wait = item.max_wait();
-    if (wait.seconds() > 0 || (wait.seconds() == 0 && wait.nanos() > 0)) {
-      // Malformed durations are left to the single path's validation.
+    if (absl::Status s = CheckNoWait(item); !s.ok()) {
       metrics_->OnRequestError("AcquireBatchItem", "INVALID_ARGUMENT");
-      ToItemError(i,
-                  absl::InvalidArgumentError(absl::StrCat(
-                      "max_wait ", absl::FormatDuration(absl::Seconds(wait.seconds()) +
-                                                        absl::Nanoseconds(wait.nanos())),
-                      " is not allowed in a batch, which never waits (send it as Acquire)")),
-                  out->mutable_error());
+      ToItemError(i, s, out->mutable_error());
       continue;
     }
     absl::Status s = backend_->shared()
@@ -152,6 +162,122 @@ absl::Status QuotaService::AcquireBatchItem(
   ++(*outcomes)[DecisionKey{item.credential(), item.feature(), decision->granted,
                             s.ok() ? absl::string_view(answer->limited_by()) : ""}];
   return s;
+}
+
+absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatchAllOrNothing(
+    const Caller& caller, const v1::AcquireBatchRequest& req) {
+  if (backend_->shared()) {
+    return absl::UnimplementedError(
+        "all_or_nothing is not built in shared mode: send the items without it");
+  }
+  const int n = req.items_size();
+  v1::AcquireBatchResponse resp;
+  for (int i = 0; i < n; ++i) resp.add_results();
+  // Every item but `blocker` answered denied in its name.
+  std::vector<bool> replayed(n);  // answered an earlier grant, which stands
+  // With the blocker's retry time when it was denied.
+  auto deny_all_but = [&](int blocker) {
+    const v1::AcquireBatchItem& b = resp.results(blocker);
+    const v1::AcquireResponse* denied = b.has_response() ? &b.response() : nullptr;
+    for (int i = 0; i < n; ++i) {
+      if (i == blocker || replayed[i]) continue;
+      v1::AcquireResponse* r = resp.mutable_results(i)->mutable_response();
+      r->Clear();
+      r->set_limited_by(absl::StrCat("all_or_nothing:items[", blocker, "]"));
+      if (denied != nullptr && denied->has_retry_at()) {
+        *r->mutable_retry_at() = denied->retry_at();
+        *r->mutable_retry_after() = denied->retry_after();
+      }
+    }
+  };
+  auto refuse = [&](int i, const absl::Status& s) {
+    metrics_->OnRequestError("AcquireBatchItem", absl::StatusCodeToString(s.code()));
+    ToItemError(i, s, resp.mutable_results(i)->mutable_error());
+    deny_all_but(i);
+    return resp;
+  };
+
+  // Every item is checked as the single path checks it before anything is decided. The core
+  // requests view `holders` (reserved: never moved) and the wire request.
+  BatchChecks checks;
+  std::vector<std::string> holders(n), dedup_keys(n);
+  std::vector<AcquireRequest> cores;
+  std::vector<int> decided;  // the items the ledger decides (not replays), in order
+  cores.reserve(n);
+  decided.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    const v1::AcquireRequest& item = req.items(i);
+    if (absl::Status s = CheckNoWait(item); !s.ok()) return refuse(i, s);
+    const BatchChecks::Credential& credential = checks.ForCredential(caller, item.credential());
+    if (!credential.access.ok()) {
+      metrics_->OnAuthFailure("permission_denied");
+      return refuse(i, credential.access);
+    }
+    if (!credential.name.ok()) return refuse(i, credential.name);
+    if (const absl::Status& s = checks.ForFeature(item.feature()); !s.ok()) return refuse(i, s);
+    absl::StatusOr<AcquireArgs> args = ValidateAcquireFields(item);
+    if (!args.ok()) return refuse(i, args.status());
+    if (absl::Status s = CheckPriority(caller, args->priority); !s.ok()) return refuse(i, s);
+    if (absl::Status s = StoredHolder(caller, item, &holders[i], &args->core); !s.ok()) {
+      return refuse(i, s);
+    }
+    absl::StatusOr<bool> replay =
+        ReplayAcquire(caller, item, &dedup_keys[i], resp.mutable_results(i)->mutable_response());
+    if (!replay.ok()) return refuse(i, replay.status());
+    if (*replay) {
+      replayed[i] = true;
+      continue;
+    }
+    cores.push_back(args->core);
+    decided.push_back(i);
+  }
+
+  std::vector<absl::StatusOr<Decision>> decisions = backend_->AcquireAll(cores);
+  Outcomes outcomes;
+  int blocker = -1;
+  std::vector<bool> recorded(decided.size());  // granted, and answered as such
+  for (size_t k = 0; k < decided.size(); ++k) {
+    const int i = decided[k];
+    const v1::AcquireRequest& item = req.items(i);
+    if (!decisions[k].ok()) {
+      metrics_->OnRequestError("AcquireBatchItem",
+                               absl::StatusCodeToString(decisions[k].status().code()));
+      ToItemError(i, decisions[k].status(), resp.mutable_results(i)->mutable_error());
+      blocker = i;
+      continue;
+    }
+    LogDecision("AcquireBatch", caller.identity, item, *decisions[k]);
+    v1::AcquireResponse* answer = resp.mutable_results(i)->mutable_response();
+    absl::Status s = AnswerInto(item, *decisions[k], dedup_keys[i], answer);
+    ++outcomes[DecisionKey{item.credential(), item.feature(), decisions[k]->granted,
+                           s.ok() ? absl::string_view(answer->limited_by()) : ""}];
+    if (!s.ok()) {
+      // Its request_id was taken by another request meanwhile (a caller's bug): this grant was
+      // given back, so none of the batch may stand (given back below).
+      ToItemError(i, s, resp.mutable_results(i)->mutable_error());
+      blocker = i;
+    } else if (decisions[k]->granted) {
+      recorded[k] = true;
+    } else if (!absl::StartsWith(decisions[k]->limited_by, "all_or_nothing:")) {
+      blocker = i;
+    }
+  }
+  if (blocker >= 0) {
+    for (size_t k = 0; k < decided.size(); ++k) {
+      if (!recorded[k]) continue;
+      // Only a failed recording leaves grants to give back (the ledger granted none otherwise).
+      absl::StatusOr<ReleaseResult> undone = backend_->Release(decisions[k]->lease_id, 0);
+      if (!undone.ok()) {
+        Log(*log_, spdlog::level::warn, "undo of an all-or-nothing grant failed",
+            {{"lease", decisions[k]->lease_id.ToString()}, {"error", undone.status().message()}});
+      }
+    }
+    deny_all_but(blocker);
+  }
+  for (const auto& [key, count] : outcomes) {
+    metrics_->OnDecisions(key.credential, key.feature, key.granted, key.limited_by, count);
+  }
+  return resp;
 }
 
 const QuotaService::BatchChecks::Credential& QuotaService::BatchChecks::ForCredential(

@@ -278,6 +278,79 @@ TEST_F(BatchTest, RacingBatchesNeverGrantMoreThanTheCapacity) {
   EXPECT_EQ(Used("test/batch_race"), 100);
 }
 
+// All-or-nothing batches across two credentials race: each batch asks 7 units of one and 3 of
+// the other (100 each), so exactly 14 are granted whole, and no batch is granted in part.
+TEST_F(BatchTest, AllOrNothingBatchesRacingAreGrantedWholeOrNotAtAll) {
+  constexpr int kThreads = 4, kBatches = 6;
+  std::atomic<int> whole{0}, none{0}, half{0}, errors{0};
+  std::vector<std::vector<Lease>> held(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int b = 0; b < kBatches; ++b) {
+        std::vector<AcquireItem> items = {Item("test/aon_a", "calls", 7),
+                                          Item("test/aon_b", "calls", 3)};
+        absl::StatusOr<std::vector<absl::StatusOr<Lease>>> results =
+            client_->AcquireBatch(items, /*all_or_nothing=*/true);
+        if (!results.ok() || results->size() != 2 || !(*results)[0].ok() ||
+            !(*results)[1].ok()) {
+          ++errors;
+          continue;
+        }
+        const int granted = (*results)[0]->granted() + (*results)[1]->granted();
+        if (granted == 2) {
+          ++whole;
+          for (absl::StatusOr<Lease>& r : *results) held[t].push_back(*std::move(r));
+        } else if (granted == 0) {
+          ++none;
+          EXPECT_EQ((*results)[1]->limited_by(), "all_or_nothing:items[0]");
+          EXPECT_EQ((*results)[0]->limited_by(), "calls.per_hour");
+        } else {
+          ++half;
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(half.load(), 0);
+  EXPECT_EQ(whole.load(), 14);
+  EXPECT_EQ(none.load(), kThreads * kBatches - 14);
+  EXPECT_EQ(Used("test/aon_a"), 98);
+  EXPECT_EQ(Used("test/aon_b"), 42);
+  // An item the client refuses (a batch never waits) refuses the batch without a call.
+  std::vector<AcquireItem> items = {Item("test/aon_b", "calls", 1), Item("test/aon_b", "calls", 1)};
+  items[1].options.client_wait = absl::Seconds(1);
+  absl::StatusOr<std::vector<absl::StatusOr<Lease>>> results =
+      client_->AcquireBatch(items, /*all_or_nothing=*/true);
+  ASSERT_OK(results);
+  EXPECT_THAT((*results)[1], StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("items[1]")));
+  ASSERT_OK((*results)[0]);
+  EXPECT_FALSE((*results)[0]->granted());
+  EXPECT_EQ((*results)[0]->limited_by(), "all_or_nothing:items[1]");
+  EXPECT_EQ(Used("test/aon_b"), 42);
+}
+
+TEST_F(BatchTest, QuotactlAllOrNothing) {
+  // 60 + 60 > 100: neither is granted; without the flag the first would be.
+  std::string out;
+  ASSERT_EQ(RunShell(absl::StrCat(Quotactl(), " acquire-batch --all_or_nothing",
+                                  " 'test/aon_ctl calls cost=60' 'test/aon_ctl calls cost=60'"),
+                     &out),
+            1)  // some denied, none failed
+      << out;
+  EXPECT_TRUE(GrantedLeases(out).empty()) << out;
+  EXPECT_THAT(out, HasSubstr("all_or_nothing:items[1]"));
+  EXPECT_EQ(Used("test/aon_ctl"), 0);
+  ASSERT_EQ(RunShell(absl::StrCat(Quotactl(), " acquire-batch",
+                                  " 'test/aon_ctl calls cost=60' 'test/aon_ctl calls cost=60'"),
+                     &out),
+            1)
+      << out;
+  EXPECT_EQ(GrantedLeases(out).size(), 1u) << out;
+  EXPECT_EQ(Used("test/aon_ctl"), 60);
+}
+
 TEST_F(BatchTest, ASlotIsGrantedToOneItemAndFreedByReleaseBatch) {
   std::vector<AcquireItem> items(4, Item("test/batch_slots", "jobs", 1));
   absl::StatusOr<std::vector<absl::StatusOr<Lease>>> results = client_->AcquireBatch(items);

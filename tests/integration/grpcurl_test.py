@@ -6,6 +6,7 @@
   grpcurl -plaintext -d '{"credential": ...}' ADDR quotad.v1.Quota/Acquire
   grpcurl -plaintext -d '{"credential": ..., "maxWait": "5s"}' ADDR quotad.v1.Quota/Acquire
   grpcurl -plaintext -d '{"items": [{"credential": ...}, ...]}' ADDR quotad.v1.Quota/AcquireBatch
+  grpcurl -plaintext -d '{"allOrNothing": true, "items": [...]}' ADDR quotad.v1.Quota/AcquireBatch
   grpcurl -plaintext -d '{"credential": ..., "httpStatus": 429, "headers": [...]}' \
       ADDR quotad.v1.Quota/Report
 
@@ -266,6 +267,31 @@ class GrpcurlTest(unittest.TestCase):
                                 '{"items": [%s]}' % ", ".join(['{"leaseId": "x"}'] * 1001))
         self.assertEqual(ctx.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn("at most 1000", ctx.exception.details())
+
+    def test_acquire_batch_all_or_nothing_from_json(self):
+        # The README's call: both keys or neither.
+        resp = self.refl.call_json(
+            "quotad.v1.Quota/AcquireBatch",
+            '{"allOrNothing":true,"items":[{"credential":"virustotal/prod","feature":"requests"},'
+            '{"credential":"metadefender/prod","feature":"reputation"}]}')
+        results = resp["results"]
+        self.assertEqual(len(results), 2)
+        leases = [r["response"]["leaseId"] for r in results
+                  if r.get("response", {}).get("granted")]
+        self.assertEqual(len(leases), 2, results)
+        self.refl.call_json(
+            "quotad.v1.Quota/ReleaseBatch",
+            '{"items": [%s]}' % ", ".join('{"leaseId": "%s", "used": 0}' % g for g in leases))
+        # An item that cannot be granted refuses the other, which is denied in its name.
+        resp = self.refl.call_json(
+            "quotad.v1.Quota/AcquireBatch",
+            '{"allOrNothing":true,"items":[{"credential":"virustotal/prod","feature":"requests"},'
+            '{"credential":"metadefender/prod","feature":"nope"}]}')
+        results = resp["results"]
+        self.assertEqual(results[1]["error"]["code"], 5)  # NOT_FOUND
+        self.assertIn("items[1]", results[1]["error"]["message"])
+        self.assertFalse(results[0]["response"].get("granted", False))
+        self.assertEqual(results[0]["response"]["limitedBy"], "all_or_nothing:items[1]")
 
     def test_invalid_argument_over_json(self):
         with self.assertRaises(grpc.RpcError) as ctx:

@@ -341,8 +341,8 @@ TEST_F(ServerTest, AdminListsLeasesCredentialsAndProfiles) {
     grpc::ClientContext ctx;
     v1::ListCredentialsResponse creds;
     ASSERT_OK(admin_->ListCredentials(&ctx, v1::ListCredentialsRequest(), &creds));
-    ASSERT_EQ(creds.credentials_size(), 3);
-    EXPECT_EQ(creds.credentials(0).name(), "test/race");
+    ASSERT_EQ(creds.credentials_size(), 4);
+    EXPECT_EQ(creds.credentials(0).name(), "metadefender/prod");  // sorted by name
     bool builtin_vt = false, file_profile = false;
     for (const v1::ProfileEntry& p : creds.profiles()) {
       if (p.name() == "virustotal-public") {
@@ -380,7 +380,7 @@ TEST_F(ServerTest, ResetZeroesCountersAndReloadKeepsThem) {
     grpc::ClientContext ctx;
     v1::ReloadConfigResponse reloaded;
     ASSERT_OK(admin_->ReloadConfig(&ctx, v1::ReloadConfigRequest(), &reloaded));
-    EXPECT_EQ(reloaded.credentials(), 3);
+    EXPECT_EQ(reloaded.credentials(), 4);
     EXPECT_EQ(reloaded.source(), QUOTAD_TEST_CONFIG);
   }
   grpc::ClientContext usage_ctx;

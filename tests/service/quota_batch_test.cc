@@ -290,5 +290,54 @@ TEST_F(QuotaBatchTest, BatchesAreBoundedAndMayBeEmpty) {
   EXPECT_EQ(empty.results_size(), 0);
 }
 
+TEST_F(QuotaBatchTest, AllOrNothingRefusesEveryItemInTheNameOfTheOneNotGranted) {
+  Build();
+  // alice may not use team-b: the refusal of items[1] refuses items[0], which charged nothing.
+  v1::AcquireBatchRequest batch =
+      BatchOf({AcquireOf("team-a/key", "requests"), AcquireOf("team-b/key", "requests")});
+  batch.set_all_or_nothing(true);
+  ASSERT_OK_AND_ASSIGN(v1::AcquireBatchResponse resp,
+                       quota_->AcquireBatch(MustCaller("alice-token"), batch));
+  ASSERT_EQ(resp.results_size(), 2);
+  ASSERT_TRUE(resp.results(1).has_error());
+  EXPECT_EQ(resp.results(1).error().code(), static_cast<int>(absl::StatusCode::kPermissionDenied));
+  EXPECT_THAT(resp.results(1).error().message(), HasSubstr("items[1]"));
+  ASSERT_TRUE(resp.results(0).has_response());
+  EXPECT_FALSE(resp.results(0).response().granted());
+  EXPECT_EQ(resp.results(0).response().limited_by(), "all_or_nothing:items[1]");
+  EXPECT_FALSE(resp.results(0).response().has_retry_at());
+  EXPECT_TRUE(ledger_->Leases("team-a/key").empty());
+
+  // A denial: 1 of 2 units left for 2 new items. The item replaying an earlier grant answers
+  // that grant; the others are denied, with the blocker's retry time.
+  ASSERT_OK_AND_ASSIGN(v1::AcquireBatchResponse first,
+                       quota_->AcquireBatch(MustCaller("alice-token"),
+                                            BatchOf({AcquireOf("team-a/key", "requests", "r1")})));
+  ASSERT_TRUE(first.results(0).response().granted());
+  batch = BatchOf({AcquireOf("team-a/key", "requests", "r1"), AcquireOf("team-a/key", "requests"),
+                   AcquireOf("team-a/key", "requests")});
+  batch.set_all_or_nothing(true);
+  ASSERT_OK_AND_ASSIGN(resp, quota_->AcquireBatch(MustCaller("alice-token"), batch));
+  ASSERT_EQ(resp.results_size(), 3);
+  EXPECT_TRUE(resp.results(0).response().granted());
+  EXPECT_EQ(resp.results(0).response().lease_id(), first.results(0).response().lease_id());
+  EXPECT_FALSE(resp.results(2).response().granted());
+  EXPECT_EQ(resp.results(2).response().limited_by(), "requests.per_minute");
+  EXPECT_FALSE(resp.results(1).response().granted());
+  EXPECT_EQ(resp.results(1).response().limited_by(), "all_or_nothing:items[2]");
+  EXPECT_TRUE(resp.results(1).response().has_retry_at());
+  EXPECT_EQ(resp.results(1).response().retry_at().seconds(),
+            resp.results(2).response().retry_at().seconds());
+  EXPECT_EQ(ledger_->Leases("team-a/key").size(), 1u);
+
+  // 1 unit left, 1 asked: granted whole.
+  batch = BatchOf({AcquireOf("team-a/key", "requests"), AcquireOf("team-a/key", "jobs")});
+  batch.set_all_or_nothing(true);
+  ASSERT_OK_AND_ASSIGN(resp, quota_->AcquireBatch(MustCaller("alice-token"), batch));
+  EXPECT_TRUE(resp.results(0).response().granted());
+  EXPECT_TRUE(resp.results(1).response().granted());
+  EXPECT_EQ(ledger_->Leases("team-a/key").size(), 3u);
+}
+
 }  // namespace
 }  // namespace quotad

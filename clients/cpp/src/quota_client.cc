@@ -447,7 +447,7 @@ absl::StatusOr<Lease> QuotaClient::Acquire(absl::string_view credential, absl::s
 }
 
 absl::StatusOr<std::vector<absl::StatusOr<Lease>>> QuotaClient::AcquireBatch(
-    const std::vector<AcquireItem>& items) {
+    const std::vector<AcquireItem>& items, bool all_or_nothing) {
   std::vector<absl::StatusOr<Lease>> results;
   results.reserve(items.size());
   for (size_t i = 0; i < items.size(); ++i) results.emplace_back(absl::UnknownError("unanswered"));
@@ -480,6 +480,20 @@ absl::StatusOr<std::vector<absl::StatusOr<Lease>>> QuotaClient::AcquireBatch(
     sent.push_back(static_cast<int>(i));
   }
   if (sent.empty()) return results;
+  if (all_or_nothing && sent.size() != items.size()) {
+    // An item refused here refuses the batch, as quotad would: the others are denied in its
+    // name, without a call.
+    int blocker = 0;
+    while (blocker < static_cast<int>(sent.size()) && sent[blocker] == blocker) ++blocker;
+    v1::AcquireResponse denied;
+    denied.set_limited_by(absl::StrCat("all_or_nothing:items[", blocker, "]"));
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (static_cast<int>(i) == blocker) continue;
+      results[i] = internal::LeaseAccess::FromResponse(core_, denied, items[i].options, "");
+    }
+    return results;
+  }
+  req.set_all_or_nothing(all_or_nothing);
   v1::AcquireBatchResponse resp;
   const grpc::Status status =
       core_->CallWithRetry(absl::ZeroDuration(), [&](grpc::ClientContext* ctx) {
