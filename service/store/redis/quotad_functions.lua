@@ -48,6 +48,63 @@ local function save_all(key, cs, x, now, args, more)
   if expire then expire_at(key, x) end -- after HSET: the key exists
 end
 
+
+---------------------------------------------------------------------------------------------
+-- Wait queues (quotad_wait; see README "Waiting"). Per counter a sorted set q:{cred}:w:<counter>
+-- of waiter ids scored (1000 - priority) * 2^40 + arrival (HINCRBY of field ~seq): higher
+-- priority first, then first come. q:{cred}:wx holds each waiter's heartbeat expiry and last
+-- retry time (packed 'dd'); a waiter whose expiry passed (its replica died) is dropped when met.
+-- Events go to channel q:{cred}:freed, naming the waiters now at the head of a queue.
+
+local WAIT_SPAN = 1099511627776 -- 2^40 arrivals per priority level
+local WAIT_SCAN = 64            -- dead entries dropped per queue and call, at most
+
+local function qpre(keys) return string.sub(keys[2], 1, -2) end -- 'q:{cred}:'
+local function qscore(prio, seq) return (1000 - prio) * WAIT_SPAN + seq end
+
+-- The live head of queue `q`, dropping dead entries; nil when empty. `stop`: ids scored at or
+-- above it are not looked at (answers nil).
+local function qhead(pre, q, now, stop)
+  for _ = 1, WAIT_SCAN do
+    local h = redis.call('ZRANGE', q, 0, 0, 'WITHSCORES')
+    if #h == 0 or tonumber(h[2]) >= stop then return nil end
+    local v = redis.call('HGET', pre .. 'wx', h[1])
+    if v then
+      local exp, retry = struct.unpack('dd', v)
+      if exp > now then return h[1], retry end
+      redis.call('HDEL', pre .. 'wx', h[1])
+    end
+    redis.call('ZREM', q, h[1])
+  end
+  return '?', -1 -- too many dead entries at once: held back this time (never let through)
+end
+
+-- The first counter (index) of `cs` whose queue holds a live waiter other than `me` scored
+-- below `score`, and that waiter's last retry time; nil when nobody is ahead.
+local function queue_block(pre, cs, score, me, now)
+  for k, c in ipairs(cs) do
+    local id, retry = qhead(pre, pre .. 'w:' .. c.name, now, score)
+    if id and id ~= me then return k, retry end
+  end
+  return nil
+end
+
+-- Tells the replicas which waiters head the queues of `cs` now (all of them: `cs` nil).
+local function wake(pre, cs, now)
+  if redis.call('EXISTS', pre .. 'wx') == 0 then return end
+  local heads = {}
+  if cs == nil then
+    heads[1] = '*'
+  else
+    for _, c in ipairs(cs) do
+      local id = qhead(pre, pre .. 'w:' .. c.name, now, INF)
+      if id and id ~= '?' then heads[#heads + 1] = id end
+    end
+    if #heads == 0 then return end
+  end
+  redis.call('PUBLISH', pre .. 'freed', table.concat(heads, ','))
+end
+
 ---------------------------------------------------------------------------------------------
 -- The functions.
 
@@ -86,7 +143,9 @@ local function cooling(c, now) return c.cd > now end
 --   {-1, now, counter}                     no calendar window given contains Redis's time:
 --                                          compute them around `now` and call again
 --   {-2, now, first_fingerprint}           the request_id was first used for another request
-local function acquire(keys, args)
+-- A request is held back (denied) while a waiter of priority 0 or more that shares a counter
+-- with it is queued (quotad_wait); `queued` false: the caller checked the queues already.
+local function acquire(keys, args, queued)
   local cost, lease, ttl, n = tonumber(args[1]), args[2], tonumber(args[3]), tonumber(args[4])
   local keep, rid, fp, dedup_us, feature = args[5] ~= '0', args[6], args[7], tonumber(args[8]),
                                            args[9]
@@ -105,6 +164,12 @@ local function acquire(keys, args)
   end
   local cs, ai = parse_counters(keys, 4, args, 10, n)
   local locator = args[ai]
+  if queued ~= false and redis.call('EXISTS', qpre(keys) .. 'wx') == 1 then
+    -- Waiting requests go first (as Ledger::Acquire, at priority 0): told when the waiter
+    -- ahead last expected to fit (at least 100 ms on).
+    local k, r = queue_block(qpre(keys), cs, qscore(0, WAIT_SPAN - 1), '', now)
+    if k then return {0, now, math.max(r, now + 100000), k, 0} end
+  end
   local x, extra = load_all(keys[2], cs, {'!' .. feature})
   local retry, limiting, cool = -INF, -1, 0
   local fcd = tonumber(extra[1]) or 0
@@ -199,6 +264,7 @@ local function release(keys, args)
   end
   save_all(keys[2], cs, x, now, args)
   redis.call('DEL', keys[1])
+  wake(qpre(keys), cs, now)
   return out
 end
 
@@ -466,6 +532,7 @@ local function reset(keys, args)
   end
   hdel_all(keys[1], del)
   call_batched('HSET', keys[1], set)
+  wake(string.sub(keys[1], 1, -2), nil, now)
   return {now}
 end
 
@@ -479,9 +546,73 @@ local function peek(keys, args)
   return out
 end
 
+
+-- FCALL quotad_wait <quotad_acquire's keys>  mode waiter priority seq beat_us <its args>
+-- An Acquire that may wait, fair across replicas (README "Waiting"). mode
+--   enter  a new request: granted if no live waiter of its priority or higher that shares a
+--          counter is queued and it fits; otherwise queued (a new arrival number) and denied
+--   retry  a queued waiter (seq: its arrival): granted if nobody is ahead of it and it fits,
+--          then taken out of the queues; otherwise its heartbeat is refreshed (and its entries
+--          put back where they were if they had expired)
+--   leave  a waiter gone (deadline, cancelled): taken out of the queues
+-- Each entry lives beat_us * 3 after the waiter's last call. Taking a waiter out publishes the
+-- new heads of its queues on q:{cred}:freed (so do quotad_release and quotad_reset).
+-- Answers as quotad_acquire; a denial {0, now, retry_at, counter, cooling, seq, ahead} also
+-- gives the waiter's arrival number and whether a waiter ahead held it back (1) or the limits
+-- (0); leave answers {5, now}.
+local function wait(keys, args)
+  local mode, me, prio, seq, beat = args[1], args[2], tonumber(args[3]), tonumber(args[4]),
+                                    tonumber(args[5])
+  local sub = {}
+  for i = 6, #args do sub[i - 5] = args[i] end
+  local now = now_us()
+  local pre = qpre(keys)
+  local cs = parse_counters(keys, 4, sub, 10, tonumber(sub[4]))
+  local function out()
+    for _, c in ipairs(cs) do redis.call('ZREM', pre .. 'w:' .. c.name, me) end
+    redis.call('HDEL', pre .. 'wx', me)
+    if redis.call('HLEN', pre .. 'wx') <= 1 then redis.call('DEL', pre .. 'wx') end
+    wake(pre, cs, now)
+  end
+  if mode == 'leave' then
+    out()
+    return {5, now}
+  end
+  local score = qscore(prio, mode == 'enter' and WAIT_SPAN - 1 or seq)
+  local k, r = queue_block(pre, cs, score, me, now)
+  local a
+  if k then
+    a = {0, now, math.max(r, -1), k, 0}
+  else
+    a = acquire(keys, sub, false)
+  end
+  if a[1] ~= 0 then
+    if a[1] > 0 and mode == 'retry' then out() end
+    return a
+  end
+  if mode == 'enter' then
+    seq = redis.call('HINCRBY', pre .. 'wx', '~seq', 1)
+    score = qscore(prio, seq)
+  end
+  local exp = now + 3 * beat
+  local at_ms = math.floor(exp / 1000) + 1000
+  for _, c in ipairs(cs) do
+    local q = pre .. 'w:' .. c.name
+    redis.call('ZADD', q, score, me)
+    if redis.call('PEXPIRETIME', q) < at_ms then redis.call('PEXPIREAT', q, at_ms) end
+  end
+  redis.call('HSET', pre .. 'wx', me, pk('dd', exp, a[3]))
+  if redis.call('PEXPIRETIME', pre .. 'wx') < at_ms then
+    redis.call('PEXPIREAT', pre .. 'wx', at_ms)
+  end
+  a[6], a[7] = seq, k and 1 or 0
+  return a
+end
+
 redis.register_function{function_name = 'quotad_version', flags = {'no-writes'},
                         callback = function() return VERSION end}
-redis.register_function('quotad_acquire', acquire)
+redis.register_function('quotad_acquire', function(keys, args) return acquire(keys, args) end)
+redis.register_function('quotad_wait', wait)
 redis.register_function('quotad_release', release)
 redis.register_function('quotad_renew', renew)
 redis.register_function('quotad_report', report)
