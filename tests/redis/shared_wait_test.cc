@@ -247,17 +247,29 @@ TEST_F(SharedWaitTest, DeniedAtMaxWait) {
 
 // (4) A replica that dies with parked waiters: the others' waiters are still served; the dead
 // one's queue entries drop out at their expiry (3 beats after its last call) and hold nobody
-// back after it. One replica is shut down (its waiters answered, its entries left or removed),
-// another dies as a crash would: a RedisBackend destroyed without leaving the queue.
+// back after it. One replica is shut down (its waiters' calls are cancelled: they leave the
+// queue), another dies as a crash would: a RedisBackend destroyed without leaving the queue.
 TEST_F(SharedWaitTest, ADeadReplicasWaitersDropOut) {
   v1::AcquireResponse hold = AcquireNow(2, "one");
   ASSERT_TRUE(hold.granted());
 
+  // Replica 0 shut down with a waiter parked: answered, and nobody waits behind it.
+  {
+    Pending on0(quota_[0].get(), "one", absl::Seconds(60));
+    ASSERT_TRUE(Eventually([&] { return Queued("one") == 1; }));
+    servers_[0]->Shutdown();
+    ASSERT_TRUE(Eventually([&] { return on0.done(); }));
+    EXPECT_FALSE(on0.granted());
+    // Its call was cancelled: the waiter left the queue.
+    EXPECT_TRUE(Eventually([&] { return Queued("one") == 0; }));
+  }
+
+  // A crash: a backend parks a waiter and dies without leaving the queue.
   absl::StatusOr<Policy> policy = LoadPolicyFromString(kConfig, "test.yaml");
   ASSERT_TRUE(policy.ok()) << policy.status();
   RedisBackendOptions options;
   options.url = Url();
-  options.wait_beat = absl::Milliseconds(300);  // its entries live 900 ms after its last call
+  options.wait_beat = absl::Seconds(1);  // its entries live 3 s after its last call
   absl::StatusOr<std::unique_ptr<RedisBackend>> dying =
       RedisBackend::Create(*policy, Clock::Real(), options);
   ASSERT_TRUE(dying.ok()) << dying.status();
@@ -266,31 +278,28 @@ TEST_F(SharedWaitTest, ADeadReplicasWaitersDropOut) {
   AcquireRequest req;
   req.credential = kCredential;
   req.feature = "one";
+  const int before = 0;
   (*dying)->AcquireSharedOrWait(req, SharedRequestId{}, absl::Seconds(60), 0,
                                 [&](absl::StatusOr<Decision> d) {
                                   dying_answer = std::move(d);
                                   dying_answered.Notify();
                                 });
-  ASSERT_TRUE(Eventually([&] { return Queued("one") == 1; }));
-  Pending on0(quota_[0].get(), "one", absl::Seconds(60));
-  ASSERT_TRUE(Eventually([&] { return Queued("one") == 2; }));
+  ASSERT_TRUE(Eventually([&] { return Queued("one") == before + 1; }));
   Pending on1(quota_[1].get(), "one", absl::Seconds(60));
-  ASSERT_TRUE(Eventually([&] { return Queued("one") == 3; }));
-
-  dying->reset();  // as a crash: nothing leaves the queue
+  ASSERT_TRUE(Eventually([&] { return Queued("one") == before + 2; }));
+  dying->reset();  // nothing leaves the queue
   ASSERT_TRUE(dying_answered.HasBeenNotified());
   EXPECT_FALSE(dying_answer.ok() && dying_answer->granted);
-  servers_[0]->Shutdown();
-  ASSERT_TRUE(Eventually([&] { return on0.done(); }));
-  EXPECT_FALSE(on0.granted());
+  // The dead entry is still queued ahead of on1 when the slot frees.
+  EXPECT_EQ(Queued("one"), before + 2);
 
   const absl::Time released = absl::Now();
   ASSERT_TRUE(Release(2, hold.lease_id()).ok());
   ASSERT_TRUE(Eventually([&] { return on1.done(); }, absl::Seconds(20)));
   EXPECT_TRUE(on1.granted()) << on1.status().error_message();
-  std::printf("dead replica: waiter behind it granted %s after the release (entries expire "
-              "900 ms after the crashed backend's last call, 3 s after the shut-down "
-              "replica's)\n",
+  std::printf("dead replica: the waiter behind its entry was granted %s after the release "
+              "(the entry expires 3 s after the dead backend's last call; then the next "
+              "beat, 1 s, of the waiter behind it)\n",
               absl::FormatDuration(absl::Now() - released).c_str());
   EXPECT_TRUE(Eventually([&] { return Queued("one") == 0; }));
 }
@@ -320,6 +329,15 @@ TEST_F(SharedWaitTest, RaceNeverOverGrantsAndServesEveryone) {
           int seen = most.load();
           while (now > seen && !most.compare_exchange_weak(seen, now)) {
           }
+          // Held a while: renewed through each replica in turn.
+          for (int k = 0; k < kReplicas; ++k) {
+            v1::RenewRequest renew;
+            renew.set_lease_id(p->response().lease_id());
+            v1::RenewResponse renewed;
+            grpc::ClientContext ctx;
+            ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+            if (!quota_[k]->Renew(&ctx, renew, &renewed).ok()) failed++;
+          }
           --held;
           if (!Release((c + 1) % kReplicas, p->response().lease_id()).ok()) failed++;
         }
@@ -335,13 +353,15 @@ TEST_F(SharedWaitTest, RaceNeverOverGrantsAndServesEveryone) {
   const int64_t publishes = Calls("publish") - publish_before;
   const int64_t releases = kClients * kRounds;
   const int64_t enters = kClients * kRounds;
-  const int64_t retries = fcalls - releases - enters;
+  const int64_t renews = kClients * kRounds * kReplicas;
+  const int64_t retries = fcalls - releases - enters - renews;
   std::printf(
       "race: %d clients x %d rounds over %d replicas, capacity %d, %.2f s: %lld FCALLs "
-      "(%lld acquire/enter, %lld release, %lld waiter retries), %lld wake-up messages: "
-      "%.2f retries per wake-up, most held at once %d\n",
+      "(%lld acquire/enter, %lld renew, %lld release, %lld waiter retries), %lld wake-up "
+      "messages: %.2f retries per wake-up, most held at once %d\n",
       kClients, kRounds, kReplicas, kCapacity, seconds, static_cast<long long>(fcalls),
-      static_cast<long long>(enters), static_cast<long long>(releases),
+      static_cast<long long>(enters), static_cast<long long>(renews),
+      static_cast<long long>(releases),
       static_cast<long long>(retries), static_cast<long long>(publishes),
       publishes > 0 ? static_cast<double>(retries) / publishes : 0.0, most.load());
   // One retry per waiter named by a message (plus a retry when a message came while its call

@@ -93,7 +93,9 @@ absl::StatusOr<redis::RedisClientOptions> ParseRedisUrl(absl::string_view url);
 // Sentinel mode: the client follows a failover by itself (redis_client.h); while no primary is
 // up, serving() is false (health NOT_SERVING) and every decision is kUnavailable.
 //
-// Thread-safe. Owns its client (and its event-loop thread, which answers AcquireShared);
+// Thread-safe. Owns its client (and its event-loop thread, which answers AcquireShared and
+// waiters), and once a request has waited, a timer thread for parked waiters and a subscriber
+// connection with its thread (redis_subscriber.h);
 // does not own `clock`, which must outlive *this. Release, Renew, Report, Usage and FindLease
 // block until Redis answers (at most call_timeout each). Fails closed: while Redis cannot be
 // reached, every decision is kUnavailable and nothing is granted, except for credentials
