@@ -60,12 +60,13 @@ credentials:
 class Pending {
  public:
   Pending(v1::Quota::Stub* stub, const std::string& feature, absl::Duration max_wait,
-          int priority = 0) {
+          int priority = 0, int64_t cost = 1) {
     thread_ = std::thread([=] {
       v1::AcquireRequest req;
       req.set_credential(kCredential);
       req.set_feature(feature);
       req.set_priority(priority);
+      if (cost != 1) req.set_cost(cost);
       req.mutable_max_wait()->set_seconds(absl::ToInt64Seconds(max_wait));
       req.mutable_max_wait()->set_nanos(static_cast<int32_t>(
           absl::ToInt64Nanoseconds(max_wait - absl::Seconds(absl::ToInt64Seconds(max_wait)))));
@@ -120,10 +121,11 @@ class SharedWaitTest : public ::testing::Test {
   std::string Url() const { return absl::StrCat("redis://127.0.0.1:", redis_->port()); }
 
   // An Acquire that does not wait.
-  v1::AcquireResponse AcquireNow(int replica, const std::string& feature) {
+  v1::AcquireResponse AcquireNow(int replica, const std::string& feature, int64_t cost = 1) {
     v1::AcquireRequest req;
     req.set_credential(kCredential);
     req.set_feature(feature);
+    if (cost != 1) req.set_cost(cost);
     v1::AcquireResponse resp;
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
@@ -210,6 +212,36 @@ TEST_F(SharedWaitTest, WaitersAreServedInOrderAcrossReplicas) {
   EXPECT_TRUE(low.granted()) << low.status().error_message();
   ASSERT_TRUE(Release(1, low.response().lease_id()).ok());
   EXPECT_TRUE(Eventually([&] { return Queued("one") == 0; }));
+}
+
+// (1b) No barging: a waiter that needs two slots while one is free holds back a request for
+// one slot that would fit, whether it waits or not, through any replica (as the embedded
+// ledger's queue does).
+TEST_F(SharedWaitTest, NobodyPassesAWaiterThatDoesNotFitYet) {
+  v1::AcquireResponse a = AcquireNow(0, "pool");
+  v1::AcquireResponse b = AcquireNow(1, "pool");
+  ASSERT_TRUE(a.granted() && b.granted());
+  Pending big(quota_[0].get(), "pool", absl::Seconds(30), 0, /*cost=*/2);
+  ASSERT_TRUE(Eventually([&] { return Queued("pool") == 1; }));
+  // One slot is free, but the waiter is ahead.
+  v1::AcquireResponse barge = AcquireNow(2, "pool");
+  EXPECT_FALSE(barge.granted());
+  EXPECT_EQ(barge.limited_by(), "pool.slots");
+  EXPECT_TRUE(barge.has_retry_at());
+  Pending small(quota_[1].get(), "pool", absl::Seconds(30));
+  ASSERT_TRUE(Eventually([&] { return Queued("pool") == 2; }));
+  EXPECT_FALSE(small.done());
+
+  ASSERT_TRUE(Release(2, a.lease_id()).ok());
+  ASSERT_TRUE(Eventually([&] { return big.done(); }));
+  EXPECT_TRUE(big.granted()) << big.status().error_message();
+  EXPECT_FALSE(small.done());  // three slots held: big's two and b
+  ASSERT_TRUE(Release(2, b.lease_id()).ok());
+  ASSERT_TRUE(Eventually([&] { return small.done(); }));
+  EXPECT_TRUE(small.granted()) << small.status().error_message();
+  ASSERT_TRUE(Release(0, big.response().lease_id()).ok());
+  ASSERT_TRUE(Release(0, small.response().lease_id()).ok());
+  EXPECT_TRUE(Eventually([&] { return Queued("pool") == 0; }));
 }
 
 // (2) A release through another replica wakes the waiter (granted well within its max_wait).
