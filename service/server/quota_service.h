@@ -51,8 +51,8 @@ struct QuotaServiceOptions {
 using AcquireDone = absl::AnyInvocable<void(absl::StatusOr<v1::AcquireResponse>)>;
 
 // Decisions are the backend's (quota_backend.h): the embedded ledger, or a store shared by
-// several replicas (Redis), which keeps request_ids of Acquire itself and parks nothing (a
-// request that may wait is decided at once: its denial carries the retry time).
+// several replicas (Redis), which keeps request_ids of Acquire itself and parks a request that
+// may wait in its own queue, fair across replicas (AcquireSharedOrWait).
 //
 // Thread-safe. With the embedded ledger it never blocks on I/O (decisions take only the
 // ledger's short locks); with a shared backend Acquire is answered on the backend's thread,
