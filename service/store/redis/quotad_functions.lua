@@ -523,7 +523,11 @@ local function wait(keys, args)
     return {5, now}
   end
   local score = qscore(prio, mode == 'enter' and WAIT_SPAN - 1 or seq)
-  local k, r = queue_block(pre, cs, score, me, now)
+  local k, r
+  -- A request_id already granted is answered at once (its first grant, charging nothing).
+  if sub[6] == '' or redis.call('EXISTS', keys[3]) == 0 then
+    k, r = queue_block(pre, cs, score, me, now)
+  end
   local a
   if k then
     a = {0, now, math.max(r, -1), k, 0}

@@ -389,7 +389,7 @@ void RedisBackend::StopWaiting() {
 }
 
 void RedisBackend::WaitLoop() {
-  absl::MutexLock lock(&wait_mu_);
+  wait_mu_.Lock();
   while (!wait_stopping_) {
     const absl::Time now = clock_->Now();
     std::vector<Attempt> sends;
@@ -415,24 +415,26 @@ void RedisBackend::WaitLoop() {
       }
       ++it;
     }
-    if (!sends.empty() || !expired.empty()) {
-      wait_mu_.Unlock();
-      for (Attempt& a : sends) Send(std::move(a));
-      for (auto& w : expired) {
-        Decision denied;  // the normal denial at max_wait, as the embedded ledger answers
-        denied.retry_at = w->retry_at;
-        denied.limited_by = w->limited_by;
-        if (!w->error.ok()) {
-          w->done(w->error);
-        } else {
-          w->done(denied);
-        }
-      }
-      wait_mu_.Lock();
+    if (sends.empty() && expired.empty()) {
+      wait_cv_.WaitWithTimeout(&wait_mu_, std::max(next - now, absl::Milliseconds(1)));
       continue;
     }
-    wait_cv_.WaitWithTimeout(&wait_mu_, std::max(next - now, absl::Milliseconds(1)));
+    // Calls and answers go out without the lock (a call failing at once answers inline).
+    wait_mu_.Unlock();
+    for (Attempt& a : sends) Send(std::move(a));
+    for (auto& w : expired) {
+      if (!w->error.ok()) {
+        w->done(w->error);
+        continue;
+      }
+      Decision denied;  // the normal denial at max_wait, as the embedded ledger answers
+      denied.retry_at = w->retry_at;
+      denied.limited_by = w->limited_by;
+      w->done(denied);
+    }
+    wait_mu_.Lock();
   }
+  wait_mu_.Unlock();
 }
 
 }  // namespace quotad
