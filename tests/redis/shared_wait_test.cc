@@ -61,6 +61,7 @@ class Pending {
  public:
   Pending(v1::Quota::Stub* stub, const std::string& feature, absl::Duration max_wait,
           int priority = 0, int64_t cost = 1) {
+    ctx_.set_deadline(absl::ToChronoTime(absl::Now() + max_wait + absl::Seconds(20)));
     thread_ = std::thread([=] {
       v1::AcquireRequest req;
       req.set_credential(kCredential);
@@ -70,9 +71,7 @@ class Pending {
       req.mutable_max_wait()->set_seconds(absl::ToInt64Seconds(max_wait));
       req.mutable_max_wait()->set_nanos(static_cast<int32_t>(
           absl::ToInt64Nanoseconds(max_wait - absl::Seconds(absl::ToInt64Seconds(max_wait)))));
-      grpc::ClientContext ctx;
-      ctx.set_deadline(absl::ToChronoTime(absl::Now() + max_wait + absl::Seconds(20)));
-      grpc::Status s = stub->Acquire(&ctx, req, &resp_);
+      grpc::Status s = stub->Acquire(&ctx_, req, &resp_);
       status_ = s;
       done_.Notify();
     });
@@ -82,12 +81,15 @@ class Pending {
     if (thread_.joinable()) thread_.join();
   }
 
+  // The client goes away (as a client whose own deadline passed or that was stopped).
+  void Cancel() { ctx_.TryCancel(); }
   bool done() const { return done_.HasBeenNotified(); }
   bool granted() const { return done() && status_.ok() && resp_.granted(); }
   const grpc::Status& status() const { return status_; }
   const v1::AcquireResponse& response() const { return resp_; }
 
  private:
+  grpc::ClientContext ctx_;
   grpc::Status status_;
   v1::AcquireResponse resp_;
   absl::Notification done_;
@@ -242,6 +244,25 @@ TEST_F(SharedWaitTest, NobodyPassesAWaiterThatDoesNotFitYet) {
   ASSERT_TRUE(Release(0, big.response().lease_id()).ok());
   ASSERT_TRUE(Release(0, small.response().lease_id()).ok());
   EXPECT_TRUE(Eventually([&] { return Queued("pool") == 0; }));
+}
+
+// (1c) A caller that goes away takes its waiter out of the queue at once (not at its entry's
+// expiry, 3 s on): the waiter behind it on another replica is next.
+TEST_F(SharedWaitTest, ACancelledCallLeavesTheQueue) {
+  v1::AcquireResponse hold = AcquireNow(2, "one");
+  ASSERT_TRUE(hold.granted());
+  Pending w1(quota_[0].get(), "one", absl::Seconds(30));
+  ASSERT_TRUE(Eventually([&] { return Queued("one") == 1; }));
+  Pending w2(quota_[1].get(), "one", absl::Seconds(30));
+  ASSERT_TRUE(Eventually([&] { return Queued("one") == 2; }));
+  w1.Cancel();
+  ASSERT_TRUE(Eventually([&] { return w1.done(); }));
+  EXPECT_EQ(w1.status().error_code(), grpc::StatusCode::CANCELLED);
+  // Gone from Redis well before its entry would expire.
+  EXPECT_TRUE(Eventually([&] { return Queued("one") == 1; }, absl::Seconds(2)));
+  ASSERT_TRUE(Release(2, hold.lease_id()).ok());
+  ASSERT_TRUE(Eventually([&] { return w2.done(); }));
+  EXPECT_TRUE(w2.granted()) << w2.status().error_message();
 }
 
 // (2) A release through another replica wakes the waiter (granted well within its max_wait).
