@@ -4,6 +4,8 @@
 #include <poll.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <memory>
 #include <utility>
 
 #include "absl/time/time.h"
