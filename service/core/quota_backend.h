@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
@@ -40,7 +41,7 @@ struct SharedRequestId {
 // can park a request that may wait, and leaves request_ids to the caller; shared (shared()
 // true: Redis) decides Acquire elsewhere (AcquireShared, answered later on its own thread),
 // keeps request_ids itself so that a retry through any replica gets the first answer, and
-// cannot wait (a request that may wait is decided at once). Methods a backend does not support
+// waits in the store's own queue (AcquireSharedOrWait). Methods a backend does not support
 // answer kUnimplemented naming what is not built.
 class QuotaBackend {
  public:
@@ -73,6 +74,18 @@ class QuotaBackend {
   // unless the credential's profile sets fail_open (RedisBackend: granted locally, uncounted).
   virtual void AcquireShared(const AcquireRequest& request, const SharedRequestId& request_id,
                              DecisionCallback done) = 0;
+
+  // Shared only: as AcquireShared, but a request that cannot be granted now may wait up to
+  // `max_wait` in the store's queue, fair across replicas (`priority`, then arrival), answered
+  // with the grant or with the denial at max_wait. Returns the ticket for Cancel (id 0: answered
+  // already). By default decided at once.
+  virtual WaitTicket AcquireSharedOrWait(const AcquireRequest& request,
+                                         const SharedRequestId& request_id,
+                                         absl::Duration max_wait, int priority,
+                                         WaitCallback done) {
+    AcquireShared(request, request_id, std::move(done));
+    return {};
+  }
 
   // As Ledger::Release, Renew, Report, FindLease (kNotFound: unknown, released or expired).
   virtual absl::StatusOr<ReleaseResult> Release(const LeaseId& id,

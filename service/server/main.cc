@@ -67,8 +67,8 @@ ABSL_FLAG(std::string, redis, "",
           "request_ids live in that Redis "
           "and every replica pointing at it decides as one quotad; excludes --state and "
           "--memory_only. Health is NOT_SERVING while Redis is unreachable (calls fail closed: "
-          "UNAVAILABLE). An Acquire that may wait is answered at once (waiting across replicas "
-          "is not built yet).");
+          "UNAVAILABLE). An Acquire that may wait waits in a queue in Redis, fair across "
+          "replicas.");
 ABSL_FLAG(absl::Duration, redis_timeout, absl::Seconds(1),
           "Shared mode: the time one Redis call may take before the request fails closed.");
 ABSL_FLAG(int, redis_wait_replicas, 0,

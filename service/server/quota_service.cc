@@ -189,8 +189,7 @@ std::optional<WaitTicket> QuotaService::Acquire(const Caller& caller,
     if (!req.request_id().empty()) {
       dedup_key = auth_on ? absl::StrCat(caller.identity, "|", req.request_id()) : req.request_id();
     }
-    AcquireShared(caller, req, *args, dedup_key, start, std::move(done));
-    return std::nullopt;
+    return AcquireShared(caller, req, *args, dedup_key, start, std::move(done));
   }
   {
     v1::AcquireResponse first;
@@ -236,13 +235,37 @@ std::optional<WaitTicket> QuotaService::Acquire(const Caller& caller,
       });
 }
 
-void QuotaService::AcquireShared(const Caller& caller, const v1::AcquireRequest& req,
-                                 const AcquireArgs& args, const std::string& request_key,
-                                 absl::Time start, AcquireDone done) {
-  // Not built yet: a wait queue fair across replicas. A request that may wait is decided now
-  // and a denial answered with its retry time.
+std::optional<WaitTicket> QuotaService::AcquireShared(const Caller& caller,
+                                                      const v1::AcquireRequest& req,
+                                                      const AcquireArgs& args,
+                                                      const std::string& request_key,
+                                                      absl::Time start, AcquireDone done) {
   const std::string fingerprint = request_key.empty() ? std::string() : Fingerprint(req);
   SharedRequestId request_id{request_key, req.request_id(), fingerprint};
+  absl::Duration max_wait = args.max_wait;
+  if (max_wait > absl::ZeroDuration() && caller.deadline != absl::InfiniteFuture()) {
+    max_wait = std::min(max_wait, caller.deadline - clock_->Now());
+  }
+  if (max_wait > absl::ZeroDuration()) {
+    // As the embedded path: counted per identity while it may wait (the store's queue, fair
+    // across replicas).
+    absl::StatusOr<std::shared_ptr<IdentityWaiters::Slot>> slot =
+        waiters_.Enter(caller.identity);
+    if (!slot.ok()) {
+      metrics_->OnLimitHit("identity_waiters");
+      done(slot.status());
+      return std::nullopt;
+    }
+    return backend_->AcquireSharedOrWait(
+        args.core, request_id, max_wait, args.priority,
+        [this, &req, done = std::move(done), identity = caller.identity, start,
+         slot = *std::move(slot)](absl::StatusOr<Decision> decision) mutable {
+          slot->Release();
+          if (decision.ok()) metrics_->OnWait(req.credential());
+          Observe("AcquireWait", identity, req, decision, start);
+          done(Answer(req, std::move(decision), /*dedup_key=*/""));
+        });
+  }
   backend_->AcquireShared(
       args.core, request_id,
       [this, &req, done = std::move(done), identity = caller.identity,
@@ -250,6 +273,7 @@ void QuotaService::AcquireShared(const Caller& caller, const v1::AcquireRequest&
         Observe("Acquire", identity, req, decision, start);
         done(Answer(req, std::move(decision), /*dedup_key=*/""));
       });
+  return std::nullopt;
 }
 
 // With auth, the ledger's holder names the identity: the lease's owner, also after a restart.

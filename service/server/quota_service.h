@@ -51,8 +51,8 @@ struct QuotaServiceOptions {
 using AcquireDone = absl::AnyInvocable<void(absl::StatusOr<v1::AcquireResponse>)>;
 
 // Decisions are the backend's (quota_backend.h): the embedded ledger, or a store shared by
-// several replicas (Redis), which keeps request_ids of Acquire itself and parks nothing (a
-// request that may wait is decided at once: its denial carries the retry time).
+// several replicas (Redis), which keeps request_ids of Acquire itself and parks a request that
+// may wait in its own queue, fair across replicas (AcquireSharedOrWait).
 //
 // Thread-safe. With the embedded ledger it never blocks on I/O (decisions take only the
 // ledger's short locks); with a shared backend Acquire is answered on the backend's thread,
@@ -205,10 +205,13 @@ class QuotaService {
   // Answer() of a decision into `out`; the error of recording a grant.
   absl::Status AnswerInto(const v1::AcquireRequest& request, const Decision& decision,
                           const std::string& dedup_key, v1::AcquireResponse* out);
-  // A validated Acquire decided by a shared backend (no waiting, request_ids kept there).
-  void AcquireShared(const Caller& caller, const v1::AcquireRequest& request,
-                     const AcquireArgs& args, const std::string& request_key, absl::Time start,
-                     AcquireDone done);
+  // A validated Acquire decided by a shared backend (request_ids kept there; one that may wait
+  // waits in the store's queue: the ticket then, as for Acquire).
+  std::optional<WaitTicket> AcquireShared(const Caller& caller,
+                                          const v1::AcquireRequest& request,
+                                          const AcquireArgs& args,
+                                          const std::string& request_key, absl::Time start,
+                                          AcquireDone done);
   // Metrics and the sampled log line of a decision.
   void Observe(const char* method, const std::string& identity,
                const v1::AcquireRequest& request, const absl::StatusOr<Decision>& decision,

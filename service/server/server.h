@@ -46,8 +46,8 @@ struct ServerOptions {
   // every replica pointing at it decides as one quotad would (see
   // service/store/redis/README.md for what is built). Excludes `state_path` and `memory_only`.
   // Health is NOT_SERVING while Redis cannot be reached, and decisions fail closed
-  // (UNAVAILABLE, nothing granted). An Acquire that may wait is decided at once (waiting
-  // across replicas is not built yet).
+  // (UNAVAILABLE, nothing granted). An Acquire that may wait waits in a queue in Redis, fair
+  // across replicas.
   std::string redis_url;
   // Shared mode: the time one Redis call may take, and the connections calls share.
   absl::Duration redis_timeout = absl::Seconds(1);

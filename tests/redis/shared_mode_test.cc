@@ -346,18 +346,18 @@ TEST_F(SharedModeTest, ReleaseAndRenewWorkThroughAnyReplica) {
   EXPECT_EQ(again.error_code(), grpc::StatusCode::NOT_FOUND) << again.error_message();
 }
 
-TEST_F(SharedModeTest, WaitingIsNotBuiltADeniedRequestIsAnsweredAtOnce) {
+// Waiting is built (shared_wait_test): a request that may wait for a unit that does not come
+// back within its max_wait is answered with the denial at max_wait.
+TEST_F(SharedModeTest, AWaiterNothingFreesIsDeniedAtMaxWait) {
   ASSERT_EQ(GrantsFromEveryone("bucket", 1), kWindowCapacity);
   v1::AcquireRequest req;
   req.set_credential("team/shared");
   req.set_feature("bucket");
-  req.mutable_max_wait()->set_seconds(20);
+  req.mutable_max_wait()->set_nanos(300000000);
   v1::AcquireResponse resp;
-  const absl::Time start = absl::Now();
   ASSERT_TRUE(quota_[0]->Acquire(Context(absl::Seconds(30)).get(), req, &resp).ok());
   EXPECT_FALSE(resp.granted());
   EXPECT_TRUE(resp.has_retry_after());
-  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
 }
 
 TEST_F(SharedModeTest, RedisDownFailsClosedAndRecoversByItself) {

@@ -7,8 +7,9 @@
 -- Times are integer microseconds since the Unix epoch (Redis TIME's resolution; Lua numbers are
 -- doubles, exact up to 2^53, which nanoseconds since 1970 would pass).
 --
--- The library is this file (the counters) then quotad_functions.lua (a call's state, the
--- functions), embedded as one source (embed_lua.cmake).
+-- The library is this file (the counters), quotad_queue.lua (the wait queues' helpers) then
+-- quotad_functions.lua (a call's state, the functions), embedded as one source
+-- (embed_lua.cmake).
 --
 -- Layout (few redis.call per decision: each costs ~1-2 us inside redis-server):
 --   q:{cred}:s   one hash per credential: field <counter> = its state packed as doubles
@@ -31,7 +32,7 @@
 --   conc  concurrency: cap slots held by live leases (KEYS holds its sorted set, in order)
 -- Every counter may be cooling down (cd: grants nothing before it), after a throttle Report.
 
-local VERSION = 7
+local VERSION = 8
 local INF = 9007199254740991 -- 2^53 - 1: never
 
 local function now_us()

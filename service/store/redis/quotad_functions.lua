@@ -1,5 +1,5 @@
--- quotad's function library, second part (the embedded library is quotad.lua then this file,
--- as one source: see embed_lua.cmake): a call's state, the functions.
+-- quotad's function library, last part (the embedded library is quotad.lua, quotad_queue.lua,
+-- then this file, as one source: see embed_lua.cmake): a call's state, the functions.
 
 ---------------------------------------------------------------------------------------------
 -- State of a call: the credential's hash, read once, written once.
@@ -48,6 +48,7 @@ local function save_all(key, cs, x, now, args, more)
   if expire then expire_at(key, x) end -- after HSET: the key exists
 end
 
+
 ---------------------------------------------------------------------------------------------
 -- The functions.
 
@@ -86,7 +87,9 @@ local function cooling(c, now) return c.cd > now end
 --   {-1, now, counter}                     no calendar window given contains Redis's time:
 --                                          compute them around `now` and call again
 --   {-2, now, first_fingerprint}           the request_id was first used for another request
-local function acquire(keys, args)
+-- A request is held back (denied) while a waiter of priority 0 or more that shares a counter
+-- with it is queued (quotad_wait); `queued` false: the caller checked the queues already.
+local function acquire(keys, args, queued)
   local cost, lease, ttl, n = tonumber(args[1]), args[2], tonumber(args[3]), tonumber(args[4])
   local keep, rid, fp, dedup_us, feature = args[5] ~= '0', args[6], args[7], tonumber(args[8]),
                                            args[9]
@@ -105,6 +108,12 @@ local function acquire(keys, args)
   end
   local cs, ai = parse_counters(keys, 4, args, 10, n)
   local locator = args[ai]
+  if queued ~= false and redis.call('EXISTS', qpre(keys) .. 'wx') == 1 then
+    -- Waiting requests go first (as Ledger::Acquire, at priority 0): told when the waiter
+    -- ahead last expected to fit (at least 100 ms on).
+    local k, r = queue_block(qpre(keys), cs, qscore(0, WAIT_SPAN - 1), '', now)
+    if k then return {0, now, math.max(r, now + 100000), k, 0} end
+  end
   local x, extra = load_all(keys[2], cs, {'!' .. feature})
   local retry, limiting, cool = -INF, -1, 0
   local fcd = tonumber(extra[1]) or 0
@@ -199,6 +208,7 @@ local function release(keys, args)
   end
   save_all(keys[2], cs, x, now, args)
   redis.call('DEL', keys[1])
+  wake(qpre(keys), cs, now)
   return out
 end
 
@@ -466,6 +476,7 @@ local function reset(keys, args)
   end
   hdel_all(keys[1], del)
   call_batched('HSET', keys[1], set)
+  wake(string.sub(keys[1], 1, -2), nil, now)
   return {now}
 end
 
@@ -479,9 +490,77 @@ local function peek(keys, args)
   return out
 end
 
+
+-- FCALL quotad_wait <quotad_acquire's keys>  mode waiter priority seq beat_us <its args>
+-- An Acquire that may wait, fair across replicas (README "Waiting"). mode
+--   enter  a new request: granted if no live waiter of its priority or higher that shares a
+--          counter is queued and it fits; otherwise queued (a new arrival number) and denied
+--   retry  a queued waiter (seq: its arrival): granted if nobody is ahead of it and it fits,
+--          then taken out of the queues; otherwise its heartbeat is refreshed (and its entries
+--          put back where they were if they had expired)
+--   leave  a waiter gone (deadline, cancelled): taken out of the queues
+-- Each entry lives beat_us * 3 after the waiter's last call. Taking a waiter out publishes the
+-- new heads of its queues on q:{cred}:freed (so do quotad_release and quotad_reset).
+-- Answers as quotad_acquire; a denial {0, now, retry_at, counter, cooling, seq, ahead} also
+-- gives the waiter's arrival number and whether a waiter ahead held it back (1) or the limits
+-- (0); leave answers {5, now}.
+local function wait(keys, args)
+  local mode, me, prio, seq, beat = args[1], args[2], tonumber(args[3]), tonumber(args[4]),
+                                    tonumber(args[5])
+  local sub = {}
+  for i = 6, #args do sub[i - 5] = args[i] end
+  local now = now_us()
+  local pre = qpre(keys)
+  local cs = parse_counters(keys, 4, sub, 10, tonumber(sub[4]))
+  local function out()
+    for _, c in ipairs(cs) do redis.call('ZREM', pre .. 'w:' .. c.name, me) end
+    redis.call('HDEL', pre .. 'wx', me)
+    if redis.call('HLEN', pre .. 'wx') <= 1 then redis.call('DEL', pre .. 'wx') end
+    wake(pre, cs, now)
+  end
+  if mode == 'leave' then
+    out()
+    return {5, now}
+  end
+  local score = qscore(prio, mode == 'enter' and WAIT_SPAN - 1 or seq)
+  local k, r
+  -- A request_id already granted is answered at once (its first grant, charging nothing).
+  if sub[6] == '' or redis.call('EXISTS', keys[3]) == 0 then
+    k, r = queue_block(pre, cs, score, me, now)
+  end
+  local a
+  if k then
+    a = {0, now, math.max(r, -1), k, 0}
+  else
+    a = acquire(keys, sub, false)
+  end
+  if a[1] ~= 0 then
+    if a[1] > 0 and mode == 'retry' then out() end
+    return a
+  end
+  if mode == 'enter' then
+    seq = redis.call('HINCRBY', pre .. 'wx', '~seq', 1)
+    score = qscore(prio, seq)
+  end
+  local exp = now + 3 * beat
+  local at_ms = math.floor(exp / 1000) + 1000
+  for _, c in ipairs(cs) do
+    local q = pre .. 'w:' .. c.name
+    redis.call('ZADD', q, score, me)
+    if redis.call('PEXPIRETIME', q) < at_ms then redis.call('PEXPIREAT', q, at_ms) end
+  end
+  redis.call('HSET', pre .. 'wx', me, pk('dd', exp, a[3]))
+  if redis.call('PEXPIRETIME', pre .. 'wx') < at_ms then
+    redis.call('PEXPIREAT', pre .. 'wx', at_ms)
+  end
+  a[6], a[7] = seq, k and 1 or 0
+  return a
+end
+
 redis.register_function{function_name = 'quotad_version', flags = {'no-writes'},
                         callback = function() return VERSION end}
-redis.register_function('quotad_acquire', acquire)
+redis.register_function('quotad_acquire', function(keys, args) return acquire(keys, args) end)
+redis.register_function('quotad_wait', wait)
 redis.register_function('quotad_release', release)
 redis.register_function('quotad_renew', renew)
 redis.register_function('quotad_report', report)

@@ -157,6 +157,10 @@ absl::StatusOr<std::unique_ptr<RedisBackend>> RedisBackend::Create(const Policy&
         absl::StrCat("--redis_wait_timeout=", absl::FormatDuration(options.wait_timeout),
                      " must be at least 1ms (WAIT 0 would wait for ever)"));
   }
+  if (options.wait_beat < absl::Milliseconds(1)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "wait_beat ", absl::FormatDuration(options.wait_beat), " must be at least 1ms"));
+  }
   client_options->connections = options.connections;
   client_options->call_timeout = options.call_timeout;
   std::string description;
@@ -199,7 +203,7 @@ RedisBackend::RedisBackend(Clock* clock, RedisBackendOptions options, std::strin
           client_.get(), [clock] { return clock->Now(); },
           redis::WaitPolicy{options_.wait_replicas, options_.wait_timeout}) {}
 
-RedisBackend::~RedisBackend() = default;
+RedisBackend::~RedisBackend() { StopWaiting(); }
 
 bool RedisBackend::serving() const {
   return client_->connected() > 0 && library_loaded_.load(std::memory_order_acquire) &&
@@ -303,10 +307,9 @@ absl::StatusOr<Decision> RedisBackend::Acquire(const AcquireRequest&) {
   return absl::InternalError("shared backend: use AcquireShared");
 }
 
-WaitTicket RedisBackend::AcquireOrWait(const AcquireRequest&, absl::Duration, int,
-                                       WaitCallback done) {
-  done(absl::UnimplementedError("waiting across replicas is not built yet"));
-  return WaitTicket{};
+WaitTicket RedisBackend::AcquireOrWait(const AcquireRequest& request, absl::Duration max_wait,
+                                       int priority, WaitCallback done) {
+  return AcquireSharedOrWait(request, SharedRequestId{}, max_wait, priority, std::move(done));
 }
 
 void RedisBackend::AcquireShared(const AcquireRequest& req, const SharedRequestId& request_id,

@@ -26,8 +26,13 @@
 // during the outage (at most max_fail_open_leases live ones per replica). Credentials that do
 // not fail open stay fail closed (kUnavailable, nothing granted).
 //
-// Not built yet (kUnimplemented, or as stated): waiting (a request that may wait is decided at
-// once), the Report's outside estimate and doubling back-off, max_scopes, sliding windows with
+// Waiting (redis_backend_wait.cc, README "Waiting"): an Acquire with max_wait that cannot be
+// granted now is queued in Redis, in a fair queue per counter shared by every replica (priority,
+// then arrival), and parked here; this replica retries it when Redis publishes that it heads a
+// queue (a release, a reset, a waiter leaving), at its retry time, and every wait_beat (its
+// heartbeat: a dead replica's entries drop out 3 beats after its last call).
+//
+// Not built yet (kUnimplemented, or as stated): the Report's outside estimate and doubling back-off, max_scopes, sliding windows with
 // sub-buckets, Decision::limits.
 
 #include <atomic>
@@ -35,6 +40,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -50,6 +56,7 @@
 #include "service/core/quota_backend.h"
 #include "service/store/redis/redis_client.h"
 #include "service/store/redis/redis_functions.h"
+#include "service/store/redis/redis_subscriber.h"
 
 namespace quotad {
 
@@ -73,6 +80,9 @@ struct RedisBackendOptions {
   // Fail open: the most fail-open leases this replica keeps live at once (their holders are
   // remembered for FindLease); beyond it, even a fail_open credential is refused (kUnavailable).
   int max_fail_open_leases = 65536;
+  // Waiting: how often a parked waiter calls Redis at the least (its heartbeat and safety
+  // re-check); its queue entries outlive its last call by 3 beats.
+  absl::Duration wait_beat = absl::Seconds(1);
 };
 
 // Parses --redis: redis://HOST[:PORT] or redis-sentinel://HOST[:PORT][,...]/MASTERNAME; an
@@ -83,7 +93,9 @@ absl::StatusOr<redis::RedisClientOptions> ParseRedisUrl(absl::string_view url);
 // Sentinel mode: the client follows a failover by itself (redis_client.h); while no primary is
 // up, serving() is false (health NOT_SERVING) and every decision is kUnavailable.
 //
-// Thread-safe. Owns its client (and its event-loop thread, which answers AcquireShared);
+// Thread-safe. Owns its client (and its event-loop thread, which answers AcquireShared and
+// waiters), and once a request has waited, a timer thread for parked waiters and a subscriber
+// connection with its thread (redis_subscriber.h);
 // does not own `clock`, which must outlive *this. Release, Renew, Report, Usage and FindLease
 // block until Redis answers (at most call_timeout each). Fails closed: while Redis cannot be
 // reached, every decision is kUnavailable and nothing is granted, except for credentials
@@ -123,7 +135,20 @@ class RedisBackend final : public QuotaBackend {
   absl::StatusOr<Decision> Acquire(const AcquireRequest& request) override;
   WaitTicket AcquireOrWait(const AcquireRequest& request, absl::Duration max_wait, int priority,
                            WaitCallback done) override;
-  bool Cancel(const WaitTicket& ticket) override { return false; }
+  // Takes a parked request out (its queue entries too); `done` is destroyed uncalled. False
+  // when it was answered already.
+  bool Cancel(const WaitTicket& ticket) override ABSL_LOCKS_EXCLUDED(wait_mu_);
+  // AcquireShared, or with max_wait > 0 a request that cannot be granted now waits in the
+  // fair queue (see the file comment); answered with the grant, or with the denial at max_wait.
+  WaitTicket AcquireSharedOrWait(const AcquireRequest& request, const SharedRequestId& request_id,
+                                 absl::Duration max_wait, int priority, WaitCallback done)
+      override ABSL_LOCKS_EXCLUDED(wait_mu_);
+  // Waiting, for tests and operators: requests parked here now, quotad_wait calls made,
+  // messages naming a waiter parked here.
+  struct WaitStats {
+    int64_t parked = 0, calls = 0, wakeups = 0;
+  };
+  WaitStats wait_stats() const ABSL_LOCKS_EXCLUDED(wait_mu_);
   void AcquireShared(const AcquireRequest& request, const SharedRequestId& request_id,
                      DecisionCallback done) override;
 
@@ -182,6 +207,21 @@ class RedisBackend final : public QuotaBackend {
   absl::StatusOr<absl::Time> RenewFailOpen(const LeaseId& id, absl::Duration ttl)
       ABSL_LOCKS_EXCLUDED(fail_mu_);
   absl::StatusOr<LeaseInfo> FindFailOpen(const LeaseId& id) ABSL_LOCKS_EXCLUDED(fail_mu_);
+  // Waiting (redis_backend_wait.cc).
+  struct Waiter;
+  struct Attempt;
+  void StartWaiting() ABSL_LOCKS_EXCLUDED(wait_mu_);
+  void StopWaiting() ABSL_LOCKS_EXCLUDED(wait_mu_);
+  void WaitLoop() ABSL_LOCKS_EXCLUDED(wait_mu_);
+  void Send(Attempt attempt);
+  void OnAnswer(uint64_t id, absl::string_view lease_id,
+                absl::StatusOr<redis::WaitAnswer> answer)
+      ABSL_LOCKS_EXCLUDED(wait_mu_);
+  void OnMessage(absl::string_view channel, absl::string_view message)
+      ABSL_LOCKS_EXCLUDED(wait_mu_);
+  // The call that takes `w` out of Redis's queues.
+  Attempt Leave(const Waiter& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(wait_mu_);
+  Attempt Try(Waiter& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(wait_mu_);
   // 1 + a draw from the throttle's jitter range (1 + jitter_min when it has none).
   double Jitter(const ThrottleSpec& throttle) ABSL_LOCKS_EXCLUDED(jitter_mu_);
 
@@ -204,6 +244,20 @@ class RedisBackend final : public QuotaBackend {
   int64_t fail_open_grants_ ABSL_GUARDED_BY(fail_mu_) = 0;
   absl::AnyInvocable<void(absl::string_view)> fail_open_observer_ ABSL_GUARDED_BY(fail_mu_);
   absl::Time last_fail_open_log_ ABSL_GUARDED_BY(fail_mu_) = absl::InfinitePast();
+  // Waiting: the parked requests by ticket id (and by their id in Redis), the thread that
+  // times them, and the subscription that wakes them. Declared before the client: its
+  // destructor answers calls in flight, whose callbacks find the waiters here.
+  mutable absl::Mutex wait_mu_;
+  absl::CondVar wait_cv_;
+  absl::flat_hash_map<uint64_t, std::shared_ptr<Waiter>> waiters_ ABSL_GUARDED_BY(wait_mu_);
+  absl::flat_hash_map<std::string, uint64_t> waiter_ids_ ABSL_GUARDED_BY(wait_mu_);
+  uint64_t next_waiter_ ABSL_GUARDED_BY(wait_mu_) = 1;
+  bool wait_started_ ABSL_GUARDED_BY(wait_mu_) = false;
+  bool wait_stopping_ ABSL_GUARDED_BY(wait_mu_) = false;
+  int64_t wait_calls_ ABSL_GUARDED_BY(wait_mu_) = 0;
+  int64_t wakeups_ ABSL_GUARDED_BY(wait_mu_) = 0;
+  std::thread wait_thread_;
+  std::unique_ptr<redis::RedisSubscriber> subscriber_;
   const std::unique_ptr<redis::RedisClient> client_;
   redis::RedisFunctions functions_;
 };

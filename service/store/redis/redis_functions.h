@@ -187,6 +187,25 @@ struct UsageAnswer {
   std::vector<absl::Time> feature_cooldowns;  // per feature; Past: not cooling down
 };
 
+// An Acquire that may wait in the credential's fair queue (quotad_wait; README "Waiting").
+struct WaitCall {
+  enum class Mode { kEnter, kRetry, kLeave };
+  AcquireCall acquire;  // the request (a new lease_id per attempt)
+  Mode mode = Mode::kEnter;
+  std::string waiter;   // the waiter's id, unique across replicas (no ',')
+  int priority = 0;
+  int64_t seq = 0;      // kRetry: its arrival number, as the kEnter answer gave it
+  // How often the waiter's replica calls while it waits: its queue entries live 3 beats after
+  // its last call (a dead replica's waiters drop out then).
+  absl::Duration beat = absl::Seconds(1);
+};
+
+struct WaitAnswer {
+  AcquireAnswer acquire;  // granted, or denied (then parked in the queue)
+  int64_t seq = 0;        // denied: its arrival number (for kRetry)
+  bool ahead = false;     // denied because a waiter ahead of it shares a counter
+};
+
 // How many replicas must hold a decision before it is answered (WAIT, pipelined after the
 // FCALL on the same connection). replicas 0: answered as soon as the primary has it.
 struct WaitPolicy {
@@ -231,6 +250,9 @@ class RedisFunctions {
   void Report(ReportCall call, absl::AnyInvocable<void(absl::StatusOr<ReportAnswer>)> done);
   void Usage(UsageCall call, absl::AnyInvocable<void(absl::StatusOr<UsageAnswer>)> done);
 
+  // quotad_wait (a grant waits for replicas as Acquire's does; kLeave never waits).
+  void WaitAcquire(WaitCall call, absl::AnyInvocable<void(absl::StatusOr<WaitAnswer>)> done);
+
   // Blocking forms (not from a client callback).
   absl::StatusOr<AcquireAnswer> AcquireSync(AcquireCall call);
   absl::StatusOr<ReleaseAnswer> ReleaseSync(ReleaseCall call);
@@ -241,6 +263,8 @@ class RedisFunctions {
  private:
   void AcquireAround(std::shared_ptr<AcquireCall> call, absl::Time around, bool last_try,
                      absl::AnyInvocable<void(absl::StatusOr<AcquireAnswer>)> done);
+  void WaitAcquireAround(std::shared_ptr<WaitCall> call, absl::Time around, bool last_try,
+                  absl::AnyInvocable<void(absl::StatusOr<WaitAnswer>)> done);
   void ReportAround(std::shared_ptr<ReportCall> call, absl::Time around, bool last_try,
                     absl::AnyInvocable<void(absl::StatusOr<ReportAnswer>)> done);
   void UsageAround(std::shared_ptr<UsageCall> call, absl::Time around, bool last_try,
