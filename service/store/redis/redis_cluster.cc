@@ -224,14 +224,7 @@ void RedisCluster::CallPipeline(std::vector<std::vector<std::string>> commands,
   {
     absl::MutexLock lock(&mu_);
     Node* node = slot >= 0 ? owner_[slot] : nullptr;
-    if (slot < 0) {
-      for (Node* n : owner_) {
-        if (n != nullptr) {
-          node = n;
-          break;
-        }
-      }
-    }
+    if (slot < 0 && !masters_.empty()) node = masters_.front();
     if (node != nullptr) {
       client = node->client.get();
       to = node->address;
@@ -264,8 +257,7 @@ void RedisCluster::Send(std::unique_ptr<Op> op) {
     } else if (op->slot >= 0) {
       node = owner_[op->slot];
     } else {
-      for (Node* n : owner_) {  // any master, one that is up first
-        if (n == nullptr) continue;
+      for (Node* n : masters_) {  // any master, one that is up first
         if (node == nullptr) node = n;
         if (n->client->connected() > 0) {
           node = n;
@@ -373,6 +365,7 @@ void RedisCluster::OnReply(std::unique_ptr<Op> op, const HostPort& to,
           if (n != nullptr && owner_[op->slot] != n) {
             owner_[op->slot] = n;
             ++changes_;
+            RebuildMasters();
           }
         }
       }
@@ -536,14 +529,22 @@ void RedisCluster::CallScan(std::vector<std::string> args, ReplyCallback done,
       timeout);
 }
 
-std::vector<std::pair<HostPort, RedisClient*>> RedisCluster::Masters() const {
-  std::map<std::string, std::pair<HostPort, RedisClient*>> out;
-  absl::MutexLock lock(&mu_);
+void RedisCluster::RebuildMasters() {
+  std::map<std::string, Node*> by_address;
   for (Node* n : owner_) {
-    if (n != nullptr) out[AddressKey(n->address)] = {n->address, n->client.get()};
+    if (n != nullptr) by_address[AddressKey(n->address)] = n;
   }
+  std::vector<Node*> next;
+  for (auto& [k, n] : by_address) next.push_back(n);
+  if (next != masters_) masters_epoch_.fetch_add(1, std::memory_order_acq_rel);
+  masters_ = std::move(next);
+}
+
+std::vector<std::pair<HostPort, RedisClient*>> RedisCluster::Masters() const {
+  absl::MutexLock lock(&mu_);
   std::vector<std::pair<HostPort, RedisClient*>> v;
-  for (auto& [k, m] : out) v.push_back(m);
+  v.reserve(masters_.size());
+  for (Node* n : masters_) v.emplace_back(n->address, n->client.get());
   return v;
 }
 
@@ -601,13 +602,7 @@ absl::Status RedisCluster::DoRefresh() {
   std::vector<Node*> candidates;
   {
     absl::MutexLock lock(&mu_);
-    std::vector<Node*> masters;
-    for (Node* n : owner_) {
-      if (n != nullptr && std::find(masters.begin(), masters.end(), n) == masters.end()) {
-        masters.push_back(n);
-      }
-    }
-    for (Node* n : masters) candidates.push_back(n);
+    candidates = masters_;
     for (Node* n : seeds_) {
       if (std::find(candidates.begin(), candidates.end(), n) == candidates.end()) {
         candidates.push_back(n);
@@ -665,22 +660,10 @@ absl::Status RedisCluster::DoRefresh() {
       Node* m = NodeAt(range.master);
       for (int s = range.from; s <= range.to; ++s) next[s] = m;
     }
-    bool changed = false;
-    std::vector<Node*> before, after;
-    for (int s = 0; s < kClusterSlots; ++s) {
-      if (next[s] != owner_[s]) changed = true;
-      if (owner_[s] != nullptr) before.push_back(owner_[s]);
-      if (next[s] != nullptr) after.push_back(next[s]);
-    }
-    auto unique = [](std::vector<Node*>& v) {
-      std::sort(v.begin(), v.end());
-      v.erase(std::unique(v.begin(), v.end()), v.end());
-    };
-    unique(before);
-    unique(after);
+    const bool changed = next != owner_;
     if (changed && have_map_) ++changes_;
-    if (before != after) masters_epoch_.fetch_add(1, std::memory_order_acq_rel);
     owner_ = next;
+    if (changed) RebuildMasters();
     have_map_ = true;
     return absl::OkStatus();
   }

@@ -133,6 +133,8 @@ class RedisCluster final : public RedisClient {
   void CallScan(std::vector<std::string> args, ReplyCallback done, absl::Duration timeout);
   // The node at `address`, its client created if new. Requires mu_.
   Node* NodeAt(const HostPort& address) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // masters_ from owner_, after owner_ changed.
+  void RebuildMasters() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WantRefresh() ABSL_LOCKS_EXCLUDED(mu_);
   // Asks the masters, then the nodes, for CLUSTER SLOTS and installs the answer. Worker only.
   absl::Status DoRefresh() ABSL_LOCKS_EXCLUDED(mu_);
@@ -143,6 +145,7 @@ class RedisCluster final : public RedisClient {
   std::map<std::string, std::unique_ptr<Node>> nodes_ ABSL_GUARDED_BY(mu_);  // by "host:port"
   std::vector<Node*> seeds_ ABSL_GUARDED_BY(mu_);
   std::array<Node*, kClusterSlots> owner_ ABSL_GUARDED_BY(mu_){};  // nullptr: unknown
+  std::vector<Node*> masters_ ABSL_GUARDED_BY(mu_);  // distinct owners, by address
   bool have_map_ ABSL_GUARDED_BY(mu_) = false;
   int changes_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
