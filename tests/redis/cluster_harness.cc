@@ -37,12 +37,16 @@ absl::StatusOr<std::unique_ptr<ClusterGroup>> ClusterGroup::Start(ClusterGroupOp
       if (!bus.ok()) return bus.status();
       RedisServerOptions o;
       o.appendonly = false;  // the cluster tests are about routing, not persistence
-      o.extra_args = {"--cluster-enabled", "yes",
-                      "--cluster-config-file", "nodes.conf",
-                      "--cluster-port", absl::StrCat(*bus),
+      o.extra_args = {"--cluster-enabled",
+                      "yes",
+                      "--cluster-config-file",
+                      "nodes.conf",
+                      "--cluster-port",
+                      absl::StrCat(*bus),
                       "--cluster-node-timeout",
                       absl::StrCat(absl::ToInt64Milliseconds(g->options_.node_timeout)),
-                      "--cluster-require-full-coverage", "no"};
+                      "--cluster-require-full-coverage",
+                      "no"};
       absl::StatusOr<std::unique_ptr<RedisServer>> s = RedisServer::Start(o);
       if (s.ok()) {
         g->nodes_.push_back(*std::move(s));
@@ -74,8 +78,7 @@ absl::StatusOr<std::unique_ptr<ClusterGroup>> ClusterGroup::Start(ClusterGroupOp
                             absl::StrCat(g->bus_ports_[i])});
     if (!r.ok()) return r.status();
   }
-  if (!Eventually([&] { return g->Ready(); }, g->options_.start_timeout,
-                  absl::Milliseconds(20))) {
+  if (!Eventually([&] { return g->Ready(); }, g->options_.start_timeout, absl::Milliseconds(20))) {
     return absl::DeadlineExceededError("the cluster's nodes did not all agree in time");
   }
   return g;
@@ -126,8 +129,8 @@ absl::Status ClusterGroup::MigrateSlot(int slot, int to, int batch,
         Run(src, {"CLUSTER", "GETKEYSINSLOT", s, absl::StrCat(batch)});
     if (!keys.ok()) return keys.status();
     if (keys->empty()) break;
-    std::vector<std::string> migrate = {"MIGRATE", "127.0.0.1", absl::StrCat(dst.port()), "",
-                                        "0", "5000", "KEYS"};
+    std::vector<std::string> migrate = {"MIGRATE", "127.0.0.1", absl::StrCat(dst.port()), "", "0",
+                                        "5000",    "KEYS"};
     int count = 0;
     for (absl::string_view k : absl::StrSplit(*keys, ' ', absl::SkipEmpty())) {
       migrate.emplace_back(k);

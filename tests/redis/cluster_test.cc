@@ -40,7 +40,7 @@ using ::quotad::testing::Eventually;
 using ::quotad::testing::TempDir;
 
 constexpr int kCredentials = 24;
-constexpr int kDaily = 6;  // capacity of each credential's calendar limit
+constexpr int kDaily = 6;     // capacity of each credential's calendar limit
 constexpr int kSlotsCap = 2;  // concurrency
 
 std::string Cred(int i) { return absl::StrCat("team/c", i); }
@@ -52,13 +52,12 @@ int SlotOfCredential(const std::string& credential) {
 std::string Config() {
   std::string yaml = "credentials:\n";
   for (int i = 0; i < kCredentials; ++i) {
-    absl::StrAppend(&yaml, "  - name: ", Cred(i), "\n", "    features:\n",
-                    "      - name: cal\n", "        limits:\n",
+    absl::StrAppend(&yaml, "  - name: ", Cred(i), "\n", "    features:\n", "      - name: cal\n",
+                    "        limits:\n",
                     "          - {name: daily, kind: calendar, unit: day, capacity: ", kDaily,
                     "}\n", "      - name: big\n", "        limits:\n",
                     "          - {name: daily, kind: calendar, unit: day, capacity: 60}\n",
-                    "      - name: conc\n", "        default_lease_ttl: 30s\n",
-                    "        limits:\n",
+                    "      - name: conc\n", "        default_lease_ttl: 30s\n", "        limits:\n",
                     "          - {name: slots, kind: concurrency, capacity: ", kSlotsCap, "}\n");
   }
   return yaml;
@@ -459,8 +458,8 @@ TEST_F(ClusterTest, SlotMigratedUnderLoadOverGrantsNothing) {
   absl::StatusOr<std::string> there = group_->node(2).Command({"EXISTS", redis::StateKey(hot)});
   ASSERT_TRUE(there.ok());
   EXPECT_EQ(*there, "1") << "the credential's state lives on its new master";
-  EXPECT_EQ(unavailable.load(), 0) << "a migration of " << batches
-                                   << " batches outlasted the call timeout";
+  EXPECT_EQ(unavailable.load(), 0)
+      << "a migration of " << batches << " batches outlasted the call timeout";
   std::cerr << "migration: " << batches << " batches, " << conc_grants.load()
             << " concurrency grants, " << unavailable.load() << " refused\n";
 }
@@ -478,9 +477,9 @@ TEST_F(ClusterTest, KilledMasterFailsItsCredentialsClosedOthersServe) {
       grpc::Status s = Acquire(server, Cred(i), "cal", &resp);
       if (owner == dead) {
         EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << Cred(i);
-        EXPECT_TRUE(absl::StrContains(
-            s.error_message(), absl::StrCat("master 127.0.0.1:", group_->node(dead).port(),
-                                            " (slot ", SlotOfCredential(Cred(i)), ")")))
+        EXPECT_TRUE(absl::StrContains(s.error_message(),
+                                      absl::StrCat("master 127.0.0.1:", group_->node(dead).port(),
+                                                   " (slot ", SlotOfCredential(Cred(i)), ")")))
             << s.error_message();
         EXPECT_FALSE(resp.granted());
       } else {

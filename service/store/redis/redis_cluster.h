@@ -84,7 +84,8 @@ class RedisCluster final : public RedisClient {
   // How often the map changed after the first one (migrations, failovers).
   int failovers() const override;
   const RedisClientOptions& options() const override { return options_; }
-  // Waits until a map is known and one of its masters is connected, or `timeout`.
+  // Waits until a map is known and every one of its masters is connected, or `timeout`; true
+  // if at least one is (a master down makes start-up wait the whole `timeout`).
   bool WaitConnected(absl::Duration timeout) const override;
 
   // The masters of the current map, by address (sorted), and the client of each (owned by
@@ -145,7 +146,7 @@ class RedisCluster final : public RedisClient {
   std::map<std::string, std::unique_ptr<Node>> nodes_ ABSL_GUARDED_BY(mu_);  // by "host:port"
   std::vector<Node*> seeds_ ABSL_GUARDED_BY(mu_);
   std::array<Node*, kClusterSlots> owner_ ABSL_GUARDED_BY(mu_){};  // nullptr: unknown
-  std::vector<Node*> masters_ ABSL_GUARDED_BY(mu_);  // distinct owners, by address
+  std::vector<Node*> masters_ ABSL_GUARDED_BY(mu_);                // distinct owners, by address
   bool have_map_ ABSL_GUARDED_BY(mu_) = false;
   int changes_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
