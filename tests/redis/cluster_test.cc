@@ -464,7 +464,8 @@ TEST_F(ClusterTest, SlotMigratedUnderLoadOverGrantsNothing) {
             << " concurrency grants, " << unavailable.load() << " refused\n";
 }
 
-// A master killed: its credentials UNAVAILABLE (nothing granted), the others keep serving.
+// A master killed: its credentials UNAVAILABLE (nothing granted), the others keep serving; back,
+// it serves again.
 TEST_F(ClusterTest, KilledMasterFailsItsCredentialsClosedOthersServe) {
   StartServers();
   const int dead = 1;
@@ -490,6 +491,17 @@ TEST_F(ClusterTest, KilledMasterFailsItsCredentialsClosedOthersServe) {
     }
   }
   EXPECT_EQ(served, (std::set<int>{0, 2}));
+
+  // Restarted (empty: no persistence here, its nodes.conf keeps its slots): both servers load
+  // the library on it again and serve its credentials, by themselves.
+  ASSERT_TRUE(group_->node(dead).Restart().ok());
+  const std::string back = CredentialOn(dead);
+  for (int server = 0; server < 2; ++server) {
+    EXPECT_TRUE(Eventually([&] {
+      v1::AcquireResponse resp;
+      return Acquire(server, back, "conc", &resp).ok() && resp.granted();
+    })) << "server " << server;
+  }
 }
 
 }  // namespace
