@@ -360,6 +360,25 @@ TEST_F(ClusterTest, TwoServersGrantExactlyEachCapacityOverThreeMasters) {
     if (resp.granted()) ++regranted;
   }
   EXPECT_EQ(regranted, kDaily);
+
+  // request_id: its record lies in the credential's slot; a retry through the other server
+  // answers the first grant and charges nothing.
+  const std::string dedup = CredentialOn(1);
+  const int64_t used_before = Used(0, dedup, "big.daily");
+  std::string first;
+  for (int server = 0; server < 2; ++server) {
+    v1::AcquireRequest req;
+    req.set_credential(dedup);
+    req.set_feature("big");
+    req.set_request_id("retry-me-1");
+    v1::AcquireResponse resp;
+    grpc::Status rs = quota_[server]->Acquire(Context().get(), req, &resp);
+    ASSERT_TRUE(rs.ok()) << rs.error_message();
+    ASSERT_TRUE(resp.granted());
+    if (server == 0) first = resp.lease_id();
+    EXPECT_EQ(resp.lease_id(), first);
+  }
+  EXPECT_EQ(Used(1, dedup, "big.daily"), used_before + 1);
 }
 
 // A slot migrated while clients hammer its credential: concurrency never over its capacity,

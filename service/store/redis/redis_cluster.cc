@@ -63,8 +63,9 @@ absl::StatusOr<std::unique_ptr<RedisCluster>> RedisCluster::Create(RedisClientOp
     absl::MutexLock lock(&cluster->mu_);
     for (const HostPort& hp : cluster->options_.cluster_nodes) {
       Node* node = cluster->NodeAt(hp);
-      if (node == nullptr)
+      if (node == nullptr) {
         return absl::InternalError(absl::StrCat("no client for ", hp.ToString()));
+      }
       cluster->seeds_.push_back(node);
     }
     cluster->refresh_wanted_ = true;
@@ -391,8 +392,9 @@ void RedisCluster::CallMulti(std::vector<std::string> args, ReplyCallback done,
           if (g->error.ok()) g->error = r.status();
         } else if (r->is_error() || r->type != Reply::Type::kArray ||
                    r->elements.size() != positions.size()) {
-          if (g->error.ok())
+          if (g->error.ok()) {
             g->error = absl::InternalError(absl::StrCat("MGET: ", r->DebugString()));
+          }
         } else {
           for (size_t i = 0; i < positions.size(); ++i) {
             g->out.elements[positions[i]] = std::move(r->elements[i]);
