@@ -510,6 +510,16 @@ TEST_F(ClusterTest, KilledMasterFailsItsCredentialsClosedOthersServe) {
     }
   }
   EXPECT_EQ(served, (std::set<int>{0, 2}));
+  // The Admin calls fail closed too: GetUsage of a credential there, and ListLeases (every
+  // master is scanned: no partial list).
+  v1::GetUsageRequest usage;
+  usage.set_credential(CredentialOn(dead));
+  v1::GetUsageResponse usage_resp;
+  EXPECT_EQ(admin_[0]->GetUsage(Context().get(), usage, &usage_resp).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  v1::ListLeasesResponse leases;
+  EXPECT_EQ(admin_[1]->ListLeases(Context().get(), v1::ListLeasesRequest(), &leases).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
 
   // Restarted (empty: no persistence here, its nodes.conf keeps its slots): both servers load
   // the library on it again and serve its credentials, by themselves.
