@@ -15,8 +15,9 @@
 // - MOVED: the slot's owner is updated at once (and the whole map asked again) and the command
 //   resent there. ASK: resent once to the named node, preceded by ASKING on the same
 //   connection. TRYAGAIN (a multi-key command while its slot migrates): resent after a back-off
-//   (5 ms doubling to 100 ms). All within the call's timeout and at most `max_redirects`
-//   redirects. A redirect means the command did not run, so resending never applies it twice.
+//   (5 ms doubling to 100 ms). All within the call's timeout and at most 5 MOVED/ASK in a row
+//   (a TRYAGAIN back-off starts the count again). A redirect means the command did not run, so
+//   resending never applies it twice.
 // - Fail closed: a transport failure is answered as it is (the command may have run) and never
 //   resent; a slot whose master is unreachable, unknown, or answers CLUSTERDOWN is answered
 //   kUnavailable naming the slot and the master at once; too many redirects or a migration
@@ -30,11 +31,9 @@
 #include <array>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>

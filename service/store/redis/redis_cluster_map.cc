@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "service/store/redis/redis_cluster.h"
 
 namespace quotad {
