@@ -63,7 +63,9 @@ ABSL_FLAG(absl::Duration, config_watch_interval, absl::Seconds(2),
           "rejected and the one in force kept); 0 turns the watch off.");
 ABSL_FLAG(std::string, redis, "",
           "Shared mode: redis://HOST:PORT, or redis-sentinel://HOST:PORT[,HOST:PORT...]/MASTERNAME "
-          "(the primary the sentinels name, followed through a failover). Counters, leases and "
+          "(the primary the sentinels name, followed through a failover), or "
+          "redis-cluster://HOST:PORT[,HOST:PORT...] (a Redis Cluster: each credential on the "
+          "master of its hash slot; no --redis_wait_replicas). Counters, leases and "
           "request_ids live in that Redis "
           "and every replica pointing at it decides as one quotad; excludes --state and "
           "--memory_only. Health is NOT_SERVING while Redis is unreachable (calls fail closed: "
@@ -132,7 +134,8 @@ ABSL_FLAG(int64_t, log_sample, 0,
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "quotad --config=FILE (--state=FILE | --memory_only | --redis=redis://HOST:PORT\n"
-      "       | --redis=redis-sentinel://HOST:PORT[,HOST:PORT...]/MASTERNAME)\n"
+      "       | --redis=redis-sentinel://HOST:PORT[,HOST:PORT...]/MASTERNAME\n"
+      "       | --redis=redis-cluster://HOST:PORT[,HOST:PORT...])\n"
       "       [--listen=HOST:PORT] [--log_level=info]\n"
       "Coordinates the use of rate-limited upstream API keys over gRPC.");
   absl::ParseCommandLine(argc, argv);

@@ -41,7 +41,9 @@ struct ServerOptions {
   std::string state_path;
   bool memory_only = false;
   // Shared mode: redis://HOST:PORT, or redis-sentinel://HOST:PORT[,HOST:PORT...]/MASTERNAME (the
-  // primary the sentinels name, followed through a failover). Counters, leases and request_ids
+  // primary the sentinels name, followed through a failover), or
+  // redis-cluster://HOST:PORT[,...] (each credential on its slot's master). Counters, leases and
+  // request_ids
   // live in that Redis and
   // every replica pointing at it decides as one quotad would (see
   // service/store/redis/README.md for what is built). Excludes `state_path` and `memory_only`.

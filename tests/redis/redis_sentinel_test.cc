@@ -52,7 +52,7 @@ TEST(ParseRedisUrlTest, BadSentinelUrlsNameTheBadPart) {
       {"redis-sentinel://a:1,b:99999/m", "'b:99999'"},
       {"redis-sentinel://a:1,,b/m", "no host in ''"},
       {"redis-sentinel://a:1/m/x", "bad master name 'm/x'"},
-      {"redis-cluster://a:1", "Cluster is not built yet"},
+      {"redis-cluster://a:1,,b", "no host in ''"},
       {"rediss://a:1", "expected redis://"},
   };
   for (const Case& c : cases) {

@@ -420,9 +420,11 @@ TEST(SharedModeOptionsTest, StateAndRedisExcludeEachOther) {
       << server.status();
   options.state_path.clear();
   options.redis_url = "redis-cluster://127.0.0.1:7000";
+  options.redis_wait_replicas = 1;
   server = QuotadServer::Start(options);
   ASSERT_FALSE(server.ok());
-  EXPECT_NE(server.status().message().find("not built yet"), std::string::npos)
+  EXPECT_NE(server.status().message().find("WAIT with Redis Cluster is not built"),
+            std::string::npos)
       << server.status();
 }
 

@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "service/core/lease_id.h"
+#include "service/store/redis/redis_cluster.h"
 
 namespace quotad {
 namespace {
@@ -52,6 +53,7 @@ std::string LeaseLocatorKey(absl::string_view lease_id) {
 absl::StatusOr<redis::RedisClientOptions> ParseRedisUrl(absl::string_view url) {
   constexpr absl::string_view kScheme = "redis://";
   constexpr absl::string_view kSentinel = "redis-sentinel://";
+  constexpr absl::string_view kCluster = "redis-cluster://";
   auto bad = [&](absl::string_view why) {
     return absl::InvalidArgumentError(absl::StrCat("--redis=", url, ": ", why));
   };
@@ -98,10 +100,18 @@ absl::StatusOr<redis::RedisClientOptions> ParseRedisUrl(absl::string_view url) {
     return absl::OkStatus();
   };
   redis::RedisClientOptions options;
-  if (absl::StartsWith(url, "redis-cluster://")) {
-    return bad(
-        "Cluster is not built yet; give redis://HOST:PORT or "
-        "redis-sentinel://HOST:PORT[,HOST:PORT...]/MASTERNAME");
+  if (absl::StartsWith(url, kCluster)) {
+    absl::string_view rest = url.substr(kCluster.size());
+    if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
+    if (rest.find_first_of("/@?") != absl::string_view::npos) {
+      return bad("a path, user or password is not supported (redis-cluster://HOST[:PORT],...)");
+    }
+    for (absl::string_view n : absl::StrSplit(rest, ',')) {
+      redis::HostPort hp;
+      if (absl::Status st = host_port(n, 6379, &hp); !st.ok()) return st;
+      options.cluster_nodes.push_back(std::move(hp));
+    }
+    return options;
   }
   if (absl::StartsWith(url, kSentinel)) {
     absl::string_view rest = url.substr(kSentinel.size());
@@ -126,8 +136,9 @@ absl::StatusOr<redis::RedisClientOptions> ParseRedisUrl(absl::string_view url) {
   }
   if (!absl::StartsWith(url, kScheme)) {
     return bad(
-        "expected redis://HOST[:PORT] or "
-        "redis-sentinel://HOST:PORT[,HOST:PORT...]/MASTERNAME");
+        "expected redis://HOST[:PORT], "
+        "redis-sentinel://HOST:PORT[,HOST:PORT...]/MASTERNAME or "
+        "redis-cluster://HOST:PORT[,HOST:PORT...]");
   }
   absl::string_view rest = url.substr(kScheme.size());
   if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
@@ -161,10 +172,22 @@ absl::StatusOr<std::unique_ptr<RedisBackend>> RedisBackend::Create(const Policy&
     return absl::InvalidArgumentError(absl::StrCat(
         "wait_beat ", absl::FormatDuration(options.wait_beat), " must be at least 1ms"));
   }
+  const bool cluster = !client_options->cluster_nodes.empty();
+  if (cluster && options.wait_replicas > 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--redis_wait_replicas=", options.wait_replicas, " is not supported with ",
+                     options.url, " (WAIT with Redis Cluster is not built)"));
+  }
   client_options->connections = options.connections;
   client_options->call_timeout = options.call_timeout;
   std::string description;
-  if (client_options->sentinels.empty()) {
+  if (cluster) {
+    description = absl::StrCat("redis-cluster://",
+                               absl::StrJoin(client_options->cluster_nodes, ",",
+                                             [](std::string* out, const redis::HostPort& hp) {
+                                               out->append(hp.ToString());
+                                             }));
+  } else if (client_options->sentinels.empty()) {
     description = absl::StrCat("redis://", client_options->host, ":", client_options->port);
   } else {
     description = absl::StrCat("redis-sentinel://",
@@ -178,8 +201,17 @@ absl::StatusOr<std::unique_ptr<RedisBackend>> RedisBackend::Create(const Policy&
     absl::StrAppend(&description, " (WAIT ", options.wait_replicas, " replica(s), ",
                     absl::FormatDuration(options.wait_timeout), ")");
   }
-  absl::StatusOr<std::unique_ptr<redis::RedisClient>> client =
-      redis::RedisClient::Create(*client_options);
+  absl::StatusOr<std::unique_ptr<redis::RedisClient>> client;
+  redis::RedisCluster* router = nullptr;
+  if (cluster) {
+    absl::StatusOr<std::unique_ptr<redis::RedisCluster>> c =
+        redis::RedisCluster::Create(*client_options);
+    if (c.ok()) router = c->get();
+    client = c.ok() ? absl::StatusOr<std::unique_ptr<redis::RedisClient>>(*std::move(c))
+                    : c.status();
+  } else {
+    client = redis::RedisClient::Create(*client_options);
+  }
   if (!client.ok()) return client.status();
   const absl::Duration wait = options.connect_wait;
   std::unique_ptr<RedisBackend> backend(
@@ -188,6 +220,7 @@ absl::StatusOr<std::unique_ptr<RedisBackend>> RedisBackend::Create(const Policy&
     absl::MutexLock lock(&backend->mu_);
     backend->compiled_ = *std::move(compiled);
   }
+  backend->cluster_ = router;
   backend->client_->WaitConnected(wait);
   backend->CheckHealth();
   return backend;
@@ -211,6 +244,7 @@ bool RedisBackend::serving() const {
 }
 
 bool RedisBackend::CheckHealth() {
+  if (cluster_ != nullptr) return CheckClusterHealth();
   if (client_->connected() == 0) {
     // Redis may come back empty (no persistence): check the library again once it is up.
     library_loaded_.store(false, std::memory_order_release);
@@ -312,6 +346,16 @@ WaitTicket RedisBackend::AcquireOrWait(const AcquireRequest& request, absl::Dura
   return AcquireSharedOrWait(request, SharedRequestId{}, max_wait, priority, std::move(done));
 }
 
+LeaseId RedisBackend::NewHeldLeaseId(absl::string_view credential) const {
+  LeaseId id = NewLeaseId();
+  while (IsFailOpenLease(id)) id = NewLeaseId();
+  if (cluster_ != nullptr) {
+    // The locator q:lease:<id> lies in the credential's slot, so that one FCALL writes both.
+    id = redis::LeaseIdInSlot(id, LeaseLocatorKey(""), redis::KeySlot(redis::StateKey(credential)));
+  }
+  return id;
+}
+
 void RedisBackend::AcquireShared(const AcquireRequest& req, const SharedRequestId& request_id,
                                  DecisionCallback done) {
   // The request is checked against the policy first (this replica has it), so that a fail-open
@@ -351,8 +395,7 @@ void RedisBackend::AcquireShared(const AcquireRequest& req, const SharedRequestI
     }
     return;
   }
-  LeaseId id = NewLeaseId();
-  while (IsFailOpenLease(id)) id = NewLeaseId();  // held in Redis: never the fail-open mark
+  const LeaseId id = NewHeldLeaseId(req.credential);
   redis::AcquireCall call;
   call.credential = std::string(req.credential);
   call.lease_id = id.ToString();

@@ -10,8 +10,10 @@
 // A lease is found from its id alone through its locator, a small key `q:lease:<id>` holding
 // the credential, feature, scope, holder, cost and the names of the counters it charged;
 // Release and Renew read it first (one more round trip), and a lease whose feature changed its
-// limits since (a reload) gives no refund. The locator lies outside the credential's hash slot:
-// standalone Redis only, not Cluster.
+// limits since (a reload) gives no refund. The locator has no hash tag; in Cluster mode the
+// lease id's last 5 hex digits are chosen so that the locator's key lies in the credential's
+// slot (redis::LeaseIdInSlot), so that the grant's FCALL writes it and Release/Renew find it by
+// the key's slot alone (redis_cluster.h routes every command by its key).
 //
 // Report parses the answer and chooses the limit its counts describe here, as the embedded
 // ledger does (service/core/report_target.h), and applies the adoption, the attribution of a
@@ -59,11 +61,16 @@
 #include "service/store/redis/redis_subscriber.h"
 
 namespace quotad {
+namespace redis {
+class RedisCluster;
+}  // namespace redis
 
 struct RedisBackendOptions {
   // redis://HOST[:PORT] (port 6379 when left out), or
   // redis-sentinel://HOST[:PORT][,HOST[:PORT]...]/MASTERNAME (sentinels, port 26379 when left
-  // out): the primary is the one the sentinels name, followed through a failover.
+  // out): the primary is the one the sentinels name, followed through a failover, or
+  // redis-cluster://HOST[:PORT][,HOST[:PORT]...] (nodes of a Redis Cluster, port 6379 when left
+  // out): each credential's calls go to the master of its hash slot (redis_cluster.h).
   std::string url;
   // Connections to Redis (calls are pipelined over them) and the time a call may take.
   int connections = 2;
@@ -85,13 +92,19 @@ struct RedisBackendOptions {
   absl::Duration wait_beat = absl::Seconds(1);
 };
 
-// Parses --redis: redis://HOST[:PORT] or redis-sentinel://HOST[:PORT][,...]/MASTERNAME; an
-// IPv6 HOST goes in brackets ([::1]:6379) and is returned without them. kInvalidArgument naming
-// the URL and the bad part otherwise (redis-cluster:// is not built).
+// Parses --redis: redis://HOST[:PORT], redis-sentinel://HOST[:PORT][,...]/MASTERNAME or
+// redis-cluster://HOST[:PORT][,...] (into cluster_nodes); an IPv6 HOST goes in brackets
+// ([::1]:6379) and is returned without them. kInvalidArgument naming the URL and the bad part
+// otherwise.
 absl::StatusOr<redis::RedisClientOptions> ParseRedisUrl(absl::string_view url);
 
 // Sentinel mode: the client follows a failover by itself (redis_client.h); while no primary is
 // up, serving() is false (health NOT_SERVING) and every decision is kUnavailable.
+//
+// Cluster mode (redis_backend_cluster.cc): serving() while one master is up and every master
+// that is up has the library (loaded on each, again on one that was down or is new); the
+// credentials of a slot whose master is down are kUnavailable, the others are served. WAIT is
+// not supported with Cluster (Create fails).
 //
 // Thread-safe. Owns its client (and its event-loop thread, which answers AcquireShared and
 // waiters), and once a request has waited, a timer thread for parked waiters and a subscriber
@@ -192,9 +205,14 @@ class RedisBackend final : public QuotaBackend {
   static absl::StatusOr<Plan> PlanFor(const Compiled& compiled, absl::string_view credential,
                                       absl::string_view feature, absl::string_view scope);
   absl::StatusOr<Locator> ReadLocator(const LeaseId& id);
+  // CheckHealth in Cluster mode: the library on every master that is up.
+  bool CheckClusterHealth() ABSL_LOCKS_EXCLUDED(cluster_mu_);
   static absl::StatusOr<Locator> ParseLocator(absl::string_view value, absl::string_view id);
   // A store error as the caller sees it: kUnavailable (nothing decided) for a transport one.
   absl::Status StoreError(const absl::Status& status, absl::string_view what);
+  // A new id for a lease held in Redis: never the fail-open mark, and in Cluster mode one
+  // whose locator lies in the credential's slot (one FCALL writes both).
+  LeaseId NewHeldLeaseId(absl::string_view credential) const;
   // Fail open (redis_backend_fail_open.cc). The lease a fail-open grant of `request` would be
   // (credential, feature, scope, holder, cost, holds_slots), its strings owned.
   static LeaseInfo FailOpenLease(const AcquireRequest& request, const CompiledFeature& feature);
@@ -260,6 +278,10 @@ class RedisBackend final : public QuotaBackend {
   std::unique_ptr<redis::RedisSubscriber> subscriber_;
   const std::unique_ptr<redis::RedisClient> client_;
   redis::RedisFunctions functions_;
+  // Cluster mode: client_ itself (set once by Create), and the masters holding the library.
+  redis::RedisCluster* cluster_ = nullptr;
+  absl::Mutex cluster_mu_;
+  absl::flat_hash_set<std::string> cluster_loaded_ ABSL_GUARDED_BY(cluster_mu_);
 };
 
 // The key of a lease's locator.

@@ -138,9 +138,7 @@ RedisBackend::Attempt RedisBackend::Try(Waiter& w) {
   a.id = w.id;
   a.keep = w.plan.cc;
   a.call.acquire = w.call;
-  LeaseId lease = NewLeaseId();
-  while (IsFailOpenLease(lease)) lease = NewLeaseId();
-  a.call.acquire.lease_id = lease.ToString();
+  a.call.acquire.lease_id = NewHeldLeaseId(a.call.acquire.credential).ToString();
   a.call.acquire.locator_key = LeaseLocatorKey(a.call.acquire.lease_id);
   a.call.mode = w.seq == 0 ? redis::WaitCall::Mode::kEnter : redis::WaitCall::Mode::kRetry;
   a.call.waiter = w.waiter;

@@ -231,11 +231,13 @@ absl::StatusOr<std::unique_ptr<RedisClient>> RedisClient::Create(RedisClientOpti
   return client;
 }
 
+RedisClient::RedisClient() = default;
+
 RedisClient::RedisClient(std::unique_ptr<Loop> loop) : loop_(std::move(loop)) {}
 
 RedisClient::~RedisClient() {
   if (watcher_ != nullptr) watcher_->Stop();  // no SetTarget after this
-  loop_->Stop();
+  if (loop_ != nullptr) loop_->Stop();
 }
 
 void RedisClient::Call(std::vector<std::string> args, ReplyCallback done,

@@ -51,6 +51,9 @@ struct RedisClientOptions {
   // sentinels name for `master_name`, asked again on trouble (see SentinelWatcher).
   std::vector<HostPort> sentinels;
   std::string master_name;
+  // Cluster mode when non-empty (redis_cluster.h; built by RedisCluster::Create, not Create()):
+  // nodes asked for the slot map (CLUSTER SLOTS); `connections` is then per master.
+  std::vector<HostPort> cluster_nodes;
   // CLIENT SETNAME of every connection (CLIENT LIST shows who is connected); empty: none.
   std::string client_name = "quotad";
   // Connections kept open; calls go round-robin over those that are up, pipelined.
@@ -73,27 +76,28 @@ struct RedisClientOptions {
 // dropped. When the primary's address changes (Sentinel), every connection to the old one is
 // dropped (its pending calls: kUnavailable) before any call goes to the new one. Timeouts are
 // measured on the monotonic clock (this is I/O, not the ledger's time). Owns its
-// SentinelWatcher (Sentinel mode).
+// SentinelWatcher (Sentinel mode). RedisCluster (redis_cluster.h) derives from it: the same calls,
+// routed to the master of each command's hash slot.
 class RedisClient {
  public:
   // Starts the loop and the first connection attempts; does not wait for them (see
   // WaitConnected). kInternal when the loop cannot be set up.
   static absl::StatusOr<std::unique_ptr<RedisClient>> Create(RedisClientOptions options);
-  ~RedisClient();
+  virtual ~RedisClient();
 
   RedisClient(const RedisClient&) = delete;
   RedisClient& operator=(const RedisClient&) = delete;
 
   // Sends one command (`args`: the command and its arguments, binary-safe). `timeout` zero
   // takes options.call_timeout.
-  void Call(std::vector<std::string> args, ReplyCallback done,
-            absl::Duration timeout = absl::ZeroDuration());
+  virtual void Call(std::vector<std::string> args, ReplyCallback done,
+                    absl::Duration timeout = absl::ZeroDuration());
 
   // Several commands written back to back on one connection (e.g. FCALL then WAIT, which
   // waits for that connection's writes), answered once: a kArray Reply holding each command's
   // reply in order. A transport failure of any answers the whole as Call() would.
-  void CallPipeline(std::vector<std::vector<std::string>> commands, ReplyCallback done,
-                    absl::Duration timeout = absl::ZeroDuration());
+  virtual void CallPipeline(std::vector<std::vector<std::string>> commands,
+                            ReplyCallback done, absl::Duration timeout = absl::ZeroDuration());
 
   // Call() followed by WAIT `replicas` `wait_timeout` on the same connection, answered once
   // with a kArray Reply: [the command's reply, WAIT's reply (the replicas that acknowledged)].
@@ -103,8 +107,9 @@ class RedisClient {
   // written together, behind one WAIT: one replica round trip per batch, not per call. A held
   // call whose connection dies is answered kUnavailable unsent. `timeout` should allow for
   // wait_timeout.
-  void CallThenWait(std::vector<std::string> args, int replicas, absl::Duration wait_timeout,
-                    ReplyCallback done, absl::Duration timeout = absl::ZeroDuration());
+  virtual void CallThenWait(std::vector<std::string> args, int replicas,
+                            absl::Duration wait_timeout, ReplyCallback done,
+                            absl::Duration timeout = absl::ZeroDuration());
 
   // Call() and wait for the answer. Not from the event-loop thread (a callback): it would
   // wait for itself.
@@ -112,16 +117,19 @@ class RedisClient {
                                  absl::Duration timeout = absl::ZeroDuration());
 
   // Connections up now (to a primary that answered ROLE "master").
-  int connected() const;
+  virtual int connected() const;
   // The address calls go to (Sentinel mode: the primary last named; port 0 before the first).
-  HostPort primary() const;
+  virtual HostPort primary() const;
   // Sentinel mode: how often the primary changed since start. 0 otherwise.
-  int failovers() const;
-  const RedisClientOptions& options() const;
+  virtual int failovers() const;
+  virtual const RedisClientOptions& options() const;
   // Waits until at least one connection is up, or `timeout`. False on timeout.
-  bool WaitConnected(absl::Duration timeout) const;
+  virtual bool WaitConnected(absl::Duration timeout) const;
 
   class Loop;  // the event loop; defined in redis_client.cc
+
+ protected:
+  RedisClient();  // for RedisCluster: no loop of its own
 
  private:
   explicit RedisClient(std::unique_ptr<Loop> loop);

@@ -1,0 +1,36 @@
+// RedisBackend's health in Cluster mode: quotad's function library on every master.
+
+#include <string>
+
+#include "service/store/redis/redis_backend.h"
+#include "service/store/redis/redis_cluster.h"
+
+namespace quotad {
+
+bool RedisBackend::CheckClusterHealth() {
+  absl::MutexLock lock(&cluster_mu_);
+  // A call found a master without the library (restarted empty, or new): check them all.
+  if (!library_loaded_.load(std::memory_order_acquire)) cluster_loaded_.clear();
+  int up = 0;
+  bool all = true;
+  for (const auto& [address, client] : cluster_->Masters()) {
+    const std::string name = address.ToString();
+    if (client->connected() == 0) {
+      cluster_loaded_.erase(name);  // it may come back empty: load it again then
+      continue;
+    }
+    ++up;
+    if (cluster_loaded_.contains(name)) continue;
+    redis::RedisFunctions functions(client, [this] { return clock_->Now(); });
+    if (functions.EnsureLoaded(options_.call_timeout * 2).ok()) {
+      cluster_loaded_.insert(name);
+    } else {
+      all = false;
+    }
+  }
+  // A master that is down fails its own slots' calls (kUnavailable); the others serve.
+  library_loaded_.store(up > 0 && all, std::memory_order_release);
+  return serving();
+}
+
+}  // namespace quotad

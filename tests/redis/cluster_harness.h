@@ -1,0 +1,73 @@
+#ifndef QUOTAD_TESTS_REDIS_CLUSTER_HARNESS_H_
+#define QUOTAD_TESTS_REDIS_CLUSTER_HARNESS_H_
+
+// A Redis Cluster for tests: N masters (no replicas), each a cluster-enabled redis-server on free
+// loopback ports (RedisServer, redis_harness.h), the 16384 slots split evenly in order, formed by
+// hand (CLUSTER ADDSLOTSRANGE, SET-CONFIG-EPOCH, MEET), all stopped when the group dies. The
+// nodes run with cluster-require-full-coverage no: with a master down, the others keep serving
+// their slots.
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "tests/redis/redis_harness.h"
+
+namespace quotad {
+namespace testing {
+
+struct ClusterGroupOptions {
+  int masters = 3;
+  absl::Duration node_timeout = absl::Seconds(2);
+  // Start() waits this long for every node to see the others and cluster_state:ok.
+  absl::Duration start_timeout = absl::Seconds(20);
+};
+
+// Not thread-safe: one test thread drives it. Owns every process (and directory) it started.
+class ClusterGroup {
+ public:
+  static absl::StatusOr<std::unique_ptr<ClusterGroup>> Start(ClusterGroupOptions options = {});
+  ~ClusterGroup() = default;  // each RedisServer is killed and removed
+
+  // redis-cluster://127.0.0.1:A,127.0.0.1:B,...
+  std::string url() const;
+  int size() const { return static_cast<int>(nodes_.size()); }
+  RedisServer& node(int i) { return *nodes_[i]; }
+  const std::string& node_id(int i) const { return ids_[i]; }
+  // The node serving `slot` (as this group assigned and migrated it).
+  int OwnerOf(int slot) const { return owner_[slot]; }
+  // Keys node `i` holds (DBSIZE).
+  absl::StatusOr<int64_t> KeyCount(int i) const;
+
+  // Moves `slot` to node `to` as redis-cli --cluster reshard does: SETSLOT IMPORTING on `to`,
+  // MIGRATING on the owner, MIGRATE of its keys `batch` at a time (calling `between` after each
+  // batch with the keys moved so far, e.g. to make calls while the slot is split), then SETSLOT
+  // NODE on every live node. Keys must hold no space (GETKEYSINSLOT is read as text).
+  absl::Status MigrateSlot(int slot, int to, int batch = 4,
+                           const std::function<void(int moved)>& between = nullptr);
+
+  // SIGKILL node `i` (its slots stay assigned to it: unserved).
+  absl::Status Kill(int i);
+
+ private:
+  explicit ClusterGroup(ClusterGroupOptions options) : options_(std::move(options)) {}
+  bool Ready() const;
+  // One command; a Redis error reply is an error status naming the command.
+  static absl::StatusOr<std::string> Run(const RedisServer& node,
+                                         const std::vector<std::string>& args);
+
+  ClusterGroupOptions options_;
+  std::vector<std::unique_ptr<RedisServer>> nodes_;
+  std::vector<int> bus_ports_;
+  std::vector<std::string> ids_;
+  std::vector<int> owner_;  // per slot
+};
+
+}  // namespace testing
+}  // namespace quotad
+
+#endif  // QUOTAD_TESTS_REDIS_CLUSTER_HARNESS_H_
