@@ -34,8 +34,9 @@
 // queue (a release, a reset, a waiter leaving), at its retry time, and every wait_beat (its
 // heartbeat: a dead replica's entries drop out 3 beats after its last call).
 //
-// Not built yet (kUnimplemented, or as stated): the Report's outside estimate and doubling back-off, max_scopes, sliding windows with
-// sub-buckets, Decision::limits.
+// Not built yet (kUnimplemented, or as stated): the Report's outside estimate and doubling
+// back-off, max_scopes, sliding windows with sub-buckets, Decision::limits, all-or-nothing
+// batches (QuotaBackend::AcquireAll).
 
 #include <atomic>
 #include <memory>
