@@ -327,6 +327,21 @@ TEST_F(SharedModeTest, RequestIdRetryThroughAnotherReplicaGetsTheFirstAnswer) {
   EXPECT_NE(s.error_message().find("job-1"), std::string::npos) << s.error_message();
 }
 
+TEST_F(SharedModeTest, AnAllOrNothingBatchIsRefusedWholeAndChargesNothing) {
+  v1::AcquireBatchRequest batch;
+  batch.set_all_or_nothing(true);
+  for (int i = 0; i < 2; ++i) {
+    v1::AcquireRequest* item = batch.add_items();
+    item->set_credential("team/shared");
+    item->set_feature("cal");
+  }
+  v1::AcquireBatchResponse resp;
+  grpc::Status s = quota_[0]->AcquireBatch(Context().get(), batch, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  EXPECT_NE(s.error_message().find("all_or_nothing"), std::string::npos) << s.error_message();
+  EXPECT_EQ(GrantsFromEveryone("cal", 1), kWindowCapacity);
+}
+
 TEST_F(SharedModeTest, ReleaseAndRenewWorkThroughAnyReplica) {
   v1::AcquireResponse resp;
   ASSERT_TRUE(Acquire(0, "conc", &resp).ok());
