@@ -1,0 +1,315 @@
+// The never-over simulation against shared mode (issue 13), and 64 clients over three quotad
+// replicas on one Redis calling a strict fake upstream.
+//
+// SharedNeverOverTest.FixedSeeds runs shared_never_over_sim.h on a fixed seed set (a real
+// redis-server per seed, AOF always, killed -9 and restarted once per seed). Longer runs:
+//
+//   shared_never_over_test --seed=N [--seconds=S] [--kills=K] [--no_conformance]
+//   shared_never_over_test --seeds=N [--first_seed=F] [--seconds=S]   (S seconds per seed)
+//
+// SharedClientsTest: three QuotadServer replicas over one redis-server, 64 client threads spread
+// over them, one credential per limit kind; each client calls a strict fake upstream after each
+// grant: exactly the capacity granted for each window kind, at most the slots held for
+// concurrency, every call for unlimited, and the upstream throttles nothing.
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "quotad/v1/quotad.grpc.pb.h"
+#include "service/server/server.h"
+#include "tests/redis/redis_harness.h"
+#include "tests/redis/shared_never_over_sim.h"
+#include "tests/support/temp_dir.h"
+
+namespace quotad::testing {
+namespace {
+
+double g_seconds = 0;  // --seconds: per seed (0: the test's own)
+bool g_trace = false;  // --trace: print every operation
+
+bool RunSeeds(uint64_t first, int count, double seconds, int kills, bool conformance,
+              bool shapes = false, bool conc_renames = false) {
+  bool all_ok = true;
+  for (uint64_t seed = first; seed < first + static_cast<uint64_t>(count); ++seed) {
+    absl::StatusOr<std::unique_ptr<RedisServer>> redis = RedisServer::Start();
+    if (!redis.ok()) {
+      ADD_FAILURE() << "redis-server: " << redis.status();
+      return false;
+    }
+    SharedSimOptions options;
+    options.seed = seed;
+    options.duration = absl::Seconds(seconds);
+    options.kills = kills;
+    options.conformance = conformance;
+    options.shape_changes = shapes;
+    options.concurrency_renames = conc_renames;
+    SharedSimResult r = RunSharedSim(**redis, options);
+    std::printf("shared_never_over: seed %llu: %s\n", static_cast<unsigned long long>(seed),
+                r.Summary().c_str());
+    for (size_t i = 0; i < r.disagreements.size() && i < 5; ++i) {
+      std::printf("  explained disagreement: %s\n",
+                  r.disagreements[i].c_str());
+    }
+    if (g_trace) {
+      for (const std::string& line : r.trace) std::printf("  %s\n", line.c_str());
+    }
+    if (!r.ok) {
+      all_ok = false;
+      std::string trace;
+      const size_t from = r.trace.size() > 400 ? r.trace.size() - 400 : 0;
+      for (size_t i = from; i < r.trace.size(); ++i) absl::StrAppend(&trace, "  ", r.trace[i], "\n");
+      ADD_FAILURE() << "seed " << seed << " VIOLATION " << r.violation << "\n"
+                    << "trace (last " << r.trace.size() - from << " of " << r.trace.size()
+                    << " operations):\n"
+                    << trace << "replay: shared_never_over_test --seed=" << seed
+                    << " --seconds=" << seconds;
+    }
+    EXPECT_GT(r.grants, 0) << "seed " << seed;
+    EXPECT_GT(r.denials, 0) << "seed " << seed;
+    if (kills > 0) EXPECT_GT(r.unavailable, 0) << "seed " << seed << ": no call while killed";
+  }
+  return all_ok;
+}
+
+TEST(SharedNeverOverTest, FixedSeeds) {
+  RunSeeds(1, 3, g_seconds > 0 ? g_seconds : 12, 1, true);
+}
+
+// ---- 64 clients over three replicas ----
+
+constexpr int kReplicas = 3;
+constexpr int kClients = 64;
+constexpr int kCapacity = 40;
+constexpr int kSlots = 6;
+
+constexpr char kConfig[] = R"(
+credentials:
+  - name: k/cal
+    features:
+      - name: req
+        limits:
+          - {name: daily, kind: calendar, unit: day, zone: Asia/Kathmandu, capacity: 40}
+  - name: k/roll
+    features:
+      - name: req
+        limits:
+          - {name: hourly, kind: rolling, period: 1h, capacity: 40}
+  - name: k/slide
+    features:
+      - name: req
+        limits:
+          - {name: hourly, kind: sliding, period: 1h, capacity: 40}
+  - name: k/bucket
+    features:
+      - name: req
+        limits:
+          - {name: burst, kind: token_bucket, capacity: 40, rate: 1, period: 1h}
+  - name: k/conc
+    features:
+      - name: req
+        default_lease_ttl: 30s
+        limits:
+          - {name: slots, kind: concurrency, capacity: 6}
+  - name: k/free
+    features:
+      - name: req
+        limits:
+          - {name: count, kind: unlimited}
+)";
+
+// A provider that enforces each credential's limit strictly: window kinds at most kCapacity
+// calls over the test (none of the windows frees a unit within it; the calendar day is keyed by
+// its date in the zone), concurrency at most kSlots calls in flight. Thread-safe.
+class StrictUpstream {
+ public:
+  // A call on `credential`; false: throttled.
+  bool Begin(const std::string& credential) {
+    absl::MutexLock lock(&mu_);
+    ++calls_[credential];
+    if (credential == "k/free") return true;
+    if (credential == "k/conc") {
+      if (in_flight_ + 1 > kSlots) return Throttle();
+      peak_ = std::max(peak_, ++in_flight_);
+      return true;
+    }
+    std::string key = credential;
+    if (credential == "k/cal") {
+      absl::TimeZone zone;
+      absl::LoadTimeZone("Asia/Kathmandu", &zone);
+      absl::StrAppend(&key, absl::FormatTime("@%Y-%m-%d", absl::Now(), zone));
+    }
+    if (++used_[key] > kCapacity) {
+      --used_[key];
+      return Throttle();
+    }
+    return true;
+  }
+  void End() {
+    absl::MutexLock lock(&mu_);
+    --in_flight_;
+  }
+  int throttles() const { absl::MutexLock lock(&mu_); return throttles_; }
+  int peak() const { absl::MutexLock lock(&mu_); return peak_; }
+  int windows(const std::string& prefix) const {
+    absl::MutexLock lock(&mu_);
+    int n = 0;
+    for (const auto& [k, v] : used_) n += k.rfind(prefix, 0) == 0;
+    return n;
+  }
+
+ private:
+  bool Throttle() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    ++throttles_;
+    return false;
+  }
+  mutable absl::Mutex mu_;
+  std::map<std::string, int> calls_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> used_ ABSL_GUARDED_BY(mu_);
+  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  int peak_ ABSL_GUARDED_BY(mu_) = 0;
+  int throttles_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+std::unique_ptr<grpc::ClientContext> Context() {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  return ctx;
+}
+
+TEST(SharedClientsTest, SixtyFourClientsOverThreeReplicasGetExactlyTheCapacity) {
+  absl::StatusOr<std::unique_ptr<RedisServer>> redis = RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  TempDir dir;
+  const std::string config = dir.WriteFile("quotad.yaml", kConfig);
+  std::vector<std::unique_ptr<QuotadServer>> servers;
+  std::vector<std::unique_ptr<v1::Quota::Stub>> stubs;
+  for (int i = 0; i < kReplicas; ++i) {
+    ServerOptions options;
+    options.config_path = config;
+    options.redis_url = absl::StrCat("redis://127.0.0.1:", (*redis)->port());
+    options.listen_address = "127.0.0.1:0";
+    options.sweep_interval = absl::Milliseconds(50);
+    options.config_watch_interval = absl::ZeroDuration();
+    options.cq_threads = 2;
+    options.shutdown_grace = absl::Seconds(2);
+    absl::StatusOr<std::unique_ptr<QuotadServer>> server = QuotadServer::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    stubs.push_back(v1::Quota::NewStub(
+        grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials())));
+    servers.push_back(*std::move(server));
+  }
+  const std::vector<std::string> kinds = {"k/cal", "k/roll", "k/slide", "k/bucket", "k/conc",
+                                          "k/free"};
+  constexpr int kTries = 3;  // per client and credential: 192 asks against 40
+  StrictUpstream upstream;
+  std::map<std::string, std::atomic<int>> granted;
+  for (const std::string& k : kinds) granted[k] = 0;
+  std::atomic<int> errors{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c) {
+    clients.emplace_back([&, c] {
+      for (int t = 0; t < kTries; ++t) {
+        for (size_t j = 0; j < kinds.size(); ++j) {
+          const std::string& cred = kinds[(j + c) % kinds.size()];
+          const int replica = (c + t + static_cast<int>(j)) % kReplicas;
+          v1::AcquireRequest req;
+          req.set_credential(cred);
+          req.set_feature("req");
+          v1::AcquireResponse resp;
+          grpc::Status s = stubs[replica]->Acquire(Context().get(), req, &resp);
+          if (!s.ok()) {
+            errors++;
+            continue;
+          }
+          if (!resp.granted()) continue;
+          granted[cred]++;
+          upstream.Begin(cred);
+          if (cred == "k/conc") {
+            // Hold the slot over a renewal and release through other replicas.
+            v1::RenewRequest renew;
+            renew.set_lease_id(resp.lease_id());
+            v1::RenewResponse renewed;
+            if (!stubs[(replica + 1) % kReplicas]->Renew(Context().get(), renew, &renewed).ok()) {
+              errors++;
+            }
+            upstream.End();
+            v1::ReleaseRequest rel;
+            rel.set_lease_id(resp.lease_id());
+            v1::ReleaseResponse released;
+            if (!stubs[(replica + 2) % kReplicas]->Release(Context().get(), rel, &released).ok()) {
+              errors++;
+            }
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(upstream.throttles(), 0);
+  for (const char* k : {"k/roll", "k/slide", "k/bucket"}) {
+    EXPECT_EQ(granted[k].load(), kCapacity) << k;
+  }
+  // A day turning in Asia/Kathmandu during the test opens a second window.
+  EXPECT_EQ(granted["k/cal"].load(), kCapacity * upstream.windows("k/cal@"));
+  EXPECT_EQ(granted["k/free"].load(), kClients * kTries);
+  EXPECT_LE(upstream.peak(), kSlots);
+  EXPECT_GE(granted["k/conc"].load(), kSlots);
+  std::printf("64 clients: granted cal %d roll %d slide %d bucket %d conc %d (peak in flight %d "
+              "of %d) free %d; upstream throttles %d\n",
+              granted["k/cal"].load(), granted["k/roll"].load(), granted["k/slide"].load(),
+              granted["k/bucket"].load(), granted["k/conc"].load(), upstream.peak(), kSlots,
+              granted["k/free"].load(), upstream.throttles());
+}
+
+}  // namespace
+}  // namespace quotad::testing
+
+int main(int argc, char** argv) {
+  int64_t seed = -1, seeds = -1, first = 1, kills = 1;
+  double seconds = 0;
+  bool conformance = true, shapes = false, conc_renames = false;
+  std::vector<char*> rest = {argv[0]};
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto val = [&](const char* name) -> const char* {
+      const size_t n = std::strlen(name);
+      return a.compare(0, n, name) == 0 ? a.c_str() + n : nullptr;
+    };
+    if (const char* v = val("--seed=")) seed = std::atoll(v);
+    else if (const char* v = val("--seeds=")) seeds = std::atoll(v);
+    else if (const char* v = val("--first_seed=")) first = std::atoll(v);
+    else if (const char* v = val("--seconds=")) seconds = std::atof(v);
+    else if (const char* v = val("--kills=")) kills = std::atoll(v);
+    else if (a == "--no_conformance") conformance = false;
+    else if (a == "--shape_changes") shapes = true;
+    else if (a == "--concurrency_renames") conc_renames = true;
+    else if (a == "--trace") quotad::testing::g_trace = true;
+    else rest.push_back(argv[i]);
+  }
+  int n = static_cast<int>(rest.size());
+  testing::InitGoogleTest(&n, rest.data());
+  if (seed >= 0 || seeds > 0) {
+    const bool ok = quotad::testing::RunSeeds(
+        seed >= 0 ? seed : first, seed >= 0 ? 1 : static_cast<int>(seeds),
+        seconds > 0 ? seconds : 30, static_cast<int>(kills), conformance, shapes,
+        conc_renames);
+    return ok ? 0 : 1;
+  }
+  quotad::testing::g_seconds = seconds;
+  return RUN_ALL_TESTS();
+}
