@@ -30,9 +30,14 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "quotad/v1/quotad.grpc.pb.h"
+#include "service/core/clock.h"
+#include "service/core/ledger.h"
 #include "service/server/server.h"
+#include "service/store/redis/redis_backend.h"
+#include "tests/redis/backend_helpers.h"
 #include "tests/redis/redis_harness.h"
 #include "tests/redis/shared_never_over_sim.h"
+#include "tests/support/policy_builders.h"
 #include "tests/support/temp_dir.h"
 
 namespace quotad::testing {
@@ -87,6 +92,87 @@ bool RunSeeds(uint64_t first, int count, double seconds, int kills, bool conform
 
 TEST(SharedNeverOverTest, FixedSeeds) {
   RunSeeds(1, 3, g_seconds > 0 ? g_seconds : 12, 1, true);
+}
+
+// ---- Findings of the simulation, kept as failing tests until service/ is fixed ----
+
+// The same acquires through a RedisBackend and an embedded Ledger (real clock both), with a
+// reload between them. Returns the grants of `after` tries following the reload, per engine.
+struct Grants {
+  int redis = 0, embedded = 0;
+};
+Grants GrantsAfterReload(const Policy& before, const Policy& after, const std::string& feature,
+                         int first, int tries) {
+  Grants g;
+  absl::StatusOr<std::unique_ptr<RedisServer>> redis = RedisServer::Start();
+  if (!redis.ok()) {
+    ADD_FAILURE() << redis.status();
+    return g;
+  }
+  absl::StatusOr<std::unique_ptr<RedisBackend>> backend =
+      RedisBackend::Create(before, Clock::Real(), ReplicaOptions(**redis));
+  absl::StatusOr<std::unique_ptr<Ledger>> ledger = Ledger::Create(before, Clock::Real());
+  if (!backend.ok() || !ledger.ok()) {
+    ADD_FAILURE() << backend.status() << " " << ledger.status();
+    return g;
+  }
+  AcquireRequest req;
+  req.credential = before.credentials[0].name;
+  req.feature = feature;
+  req.lease_ttl = absl::Seconds(10);
+  req.want_limits = false;
+  for (int i = 0; i < first; ++i) {
+    absl::StatusOr<Decision> r = AcquireThrough(**backend, req);
+    absl::StatusOr<Decision> e = (*ledger)->Acquire(req);
+    EXPECT_TRUE(r.ok() && r->granted) << i;
+    EXPECT_TRUE(e.ok() && e->granted) << i;
+  }
+  EXPECT_TRUE((*backend)->Reload(after).ok());
+  EXPECT_TRUE((*ledger)->Reload(after).ok());
+  for (int i = 0; i < tries; ++i) {
+    absl::StatusOr<Decision> r = AcquireThrough(**backend, req);
+    absl::StatusOr<Decision> e = (*ledger)->Acquire(req);
+    g.redis += r.ok() && r->granted;
+    g.embedded += e.ok() && e->granted;
+  }
+  return g;
+}
+
+// FINDING (seed 1 with --shape_changes; e.g. `shared_never_over_test --seed=1 --seconds=12
+// --shape_changes`): a reload that lowers a token bucket's rate over-grants in shared mode.
+// Redis keeps the bucket's state as a theoretical arrival time under the counter's name
+// (quotad.lua, T: `tat`) and the next call reads it with the new emission interval: 4 units
+// charged at 3/s leave tat = t0 + 1.33 s, which under 1/s stands for 1.33 units owed instead of
+// 4, so 2 more are granted at once while the provider's bucket (burst 4, now refilling 1/s,
+// 4 units just sent) refuses anything for a second. The embedded ledger rebuilds a counter
+// whose shape changed (ledger_reload.cc: a slower bucket counts its units plus a burst) and
+// grants nothing. Shared mode needs the same rebuild (e.g. the shape in the counter's name, or
+// the emission interval in its state, converting owed time to units on a change).
+TEST(SharedNeverOverFindings, DISABLED_TokenBucketRateLoweredByAReloadOverGrants) {
+  const Policy before =
+      OneCredential("f/bucket", {Feature("b", {Bucket("burst", 3, absl::Seconds(1), 4)})});
+  const Policy after =
+      OneCredential("f/bucket", {Feature("b", {Bucket("burst", 1, absl::Seconds(1), 4)})});
+  const Grants g = GrantsAfterReload(before, after, "b", 4, 4);
+  EXPECT_EQ(g.embedded, 0);
+  EXPECT_EQ(g.redis, 0) << "granted within a second of the reload, where the provider's bucket "
+                           "(1/s, burst 4, 4 units just sent) refuses all";
+}
+
+// FINDING (any seed with --concurrency_renames, e.g. seed 2): a reload that renames a
+// concurrency limit while leases hold it gives the new name empty slots, so the calls still
+// in flight under the old name and the new grants together pass the provider's cap on
+// simultaneous calls (the oracle: a lease holds the counters of its request under the
+// configuration in force). Both engines do it (by name: RedisBackend's counters, the embedded
+// ledger's rehome finds no counter of the old name); the embedded one already re-homes live
+// leases when a concurrency limit is rebuilt under the same name. Whether a rename should
+// carry them is a policy question for the lead; until then this test fails on both.
+TEST(SharedNeverOverFindings, DISABLED_ConcurrencyLimitRenamedWhileLeasesLiveGrantsFreshSlots) {
+  const Policy before = OneCredential("f/conc", {Feature("c", {Concurrency("slots", 1)})});
+  const Policy after = OneCredential("f/conc", {Feature("c", {Concurrency("slots_r", 1)})});
+  const Grants g = GrantsAfterReload(before, after, "c", 1, 1);
+  EXPECT_EQ(g.redis, 0) << "a second call in flight against a cap of 1";
+  EXPECT_EQ(g.embedded, 0) << "a second call in flight against a cap of 1";
 }
 
 // ---- 64 clients over three replicas ----
