@@ -6,7 +6,7 @@
 //
 //   shared_never_over_test --seed=N [--seconds=S] [--kills=K] [--no_conformance]
 //   shared_never_over_test --seeds=N [--first_seed=F] [--seconds=S]   (S seconds per seed)
-//   ... [--trace] [--shape_changes] [--concurrency_renames]
+//   ... [--trace] [--shape_changes] [--concurrency_renames] [--no_reloads]
 //
 // SharedNeverOverFindings: what the simulation found in service/, as DISABLED_ tests that fail
 // until it is fixed (run them with --gtest_also_run_disabled_tests).
@@ -54,7 +54,7 @@ double g_seconds = 0;  // --seconds: per seed (0: the test's own)
 bool g_trace = false;  // --trace: print every operation
 
 bool RunSeeds(uint64_t first, int count, double seconds, int kills, bool conformance,
-              bool shapes = false, bool conc_renames = false) {
+              bool shapes = false, bool conc_renames = false, bool reloads = true) {
   bool all_ok = true;
   for (uint64_t seed = first; seed < first + static_cast<uint64_t>(count); ++seed) {
     absl::StatusOr<std::unique_ptr<RedisServer>> redis = RedisServer::Start();
@@ -69,12 +69,20 @@ bool RunSeeds(uint64_t first, int count, double seconds, int kills, bool conform
     options.conformance = conformance;
     options.shape_changes = shapes;
     options.concurrency_renames = conc_renames;
+    options.reloads = reloads;
     SharedSimResult r = RunSharedSim(**redis, options);
     std::printf("shared_never_over: seed %llu: %s\n", static_cast<unsigned long long>(seed),
                 r.Summary().c_str());
-    for (size_t i = 0; i < r.disagreements.size() && i < 5; ++i) {
-      std::printf("  explained disagreement: %s\n",
-                  r.disagreements[i].c_str());
+    int shown = 0;
+    for (const std::string& d : r.disagreements) {  // the unexplained ones first
+      if (d.find("(explained") == std::string::npos && shown++ < 8) {
+        std::printf("  disagreement: %s\n", d.c_str());
+      }
+    }
+    for (const std::string& d : r.disagreements) {
+      if (d.find("(explained") != std::string::npos && shown++ < 8) {
+        std::printf("  disagreement: %s\n", d.c_str());
+      }
     }
     if (g_trace) {
       for (const std::string& line : r.trace) std::printf("  %s\n", line.c_str());
@@ -414,7 +422,7 @@ TEST(SharedClientsTest, SixtyFourClientsOverThreeReplicasGetExactlyTheCapacity) 
 int main(int argc, char** argv) {
   int64_t seed = -1, seeds = -1, first = 1, kills = 1;
   double seconds = 0;
-  bool conformance = true, shapes = false, conc_renames = false;
+  bool conformance = true, shapes = false, conc_renames = false, reloads = true;
   std::vector<char*> rest = {argv[0]};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -430,6 +438,7 @@ int main(int argc, char** argv) {
     else if (a == "--no_conformance") conformance = false;
     else if (a == "--shape_changes") shapes = true;
     else if (a == "--concurrency_renames") conc_renames = true;
+    else if (a == "--no_reloads") reloads = false;
     else if (a == "--trace") quotad::testing::g_trace = true;
     else rest.push_back(argv[i]);
   }
@@ -439,7 +448,7 @@ int main(int argc, char** argv) {
     const bool ok = quotad::testing::RunSeeds(
         seed >= 0 ? seed : first, seed >= 0 ? 1 : static_cast<int>(seeds),
         seconds > 0 ? seconds : 30, static_cast<int>(kills), conformance, shapes,
-        conc_renames);
+        conc_renames, reloads);
     return ok ? 0 : 1;
   }
   quotad::testing::g_seconds = seconds;
