@@ -318,6 +318,28 @@ TEST(SharedNeverOverFindings, DISABLED_ReloadChangingALimitsKindFailsEveryAcquir
   }
 }
 
+// FINDING (deterministic): the same for a concurrency limit. Made scoped or unscoped while a
+// lease holds its only slot, shared mode grants a second (the counter's name changes: the
+// lease's slot stays on the old one); the embedded ledger re-homes live leases onto a
+// concurrency limit rebuilt with another kind or scoping (ledger_reload.cc `rehome`) and
+// denies. Changed to a calendar limit, every Acquire fails with INTERNAL (W.load reads the
+// shorter concurrency state).
+TEST(SharedNeverOverFindings, DISABLED_ReloadReshapingAConcurrencyLimitWhileHeld) {
+  const LimitSpec conc = Concurrency("x", 1);
+  const std::vector<Reshape> cases = {
+      {"concurrency -> scoped", conc, Scoped(conc)},
+      {"scoped concurrency -> unscoped", Scoped(conc), conc},
+      {"concurrency -> calendar", conc, Calendar("x", 1, CalendarUnit::kHour, "UTC")},
+  };
+  for (const Reshape& c : cases) {
+    const Grants g = GrantsAfterReload(OneCredential("p/x", {Feature("f", {c.before})}),
+                                       OneCredential("p/x", {Feature("f", {c.after})}), "f", 1, 1);
+    EXPECT_EQ(g.embedded, 0) << c.name;
+    EXPECT_EQ(g.redis, 0) << c.name << ": a second call in flight against a cap of 1";
+    EXPECT_EQ(g.redis_error, "") << c.name;
+  }
+}
+
 // ---- 64 clients over three replicas ----
 
 constexpr int kReplicas = 3;
