@@ -1,0 +1,696 @@
+#include "tests/redis/shared_never_over_sim.h"
+
+#include <signal.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "service/core/clock.h"
+#include "service/core/ledger.h"
+#include "service/core/policy.h"
+#include "service/store/redis/redis_backend.h"
+#include "tests/redis/backend_helpers.h"
+#include "tests/sim/never_over_oracle.h"
+#include "tests/support/policy_builders.h"
+
+namespace quotad::testing {
+namespace {
+
+using ::quotad::sim::CounterRef;
+using ::quotad::sim::Oracle;
+
+constexpr char kCredential[] = "sim/shared";
+constexpr int kReplicas = 3;
+
+// One feature per limit kind shared mode supports, a scoped limit and a feature drawing on two
+// siblings. Windows of seconds, so that a run of seconds sees many of them turn; the calendar
+// limit is the shortest unit there is (a minute, in an IANA zone).
+CredentialSpec InitialCredential() {
+  LimitSpec scoped = Sliding("per_scope", 2, absl::Seconds(2));
+  scoped.scoped = true;
+  std::vector<FeatureSpec> features = {
+      Feature("cal", {Calendar("per_minute", 12, CalendarUnit::kMinute, "America/New_York")}),
+      Feature("roll", {Rolling("per_2s", 5, absl::Seconds(2))}),
+      Feature("slide", {Sliding("per_3s", 6, absl::Seconds(3)), scoped}),
+      Feature("bucket", {Bucket("burst", 3, absl::Seconds(1), 4)}),
+      Feature("conc", {Concurrency("slots", 3)}),
+      Feature("free", {Unlimited("count")}),
+      Feature("child", {Rolling("own", 8, absl::Seconds(3))}, {"slide", "bucket"}),
+  };
+  for (FeatureSpec& f : features) {
+    f.default_lease_ttl = absl::Seconds(2);
+    f.max_lease_ttl = absl::Seconds(10);
+  }
+  return Credential(kCredential, "", std::move(features));
+}
+
+// Whether every limit a request of `feature` touches is of `kind` (own and draws_on).
+bool OnlyKind(const CredentialSpec& cred, const std::string& feature, LimitKind kind) {
+  for (const CounterRef& c : sim::Touches(cred, feature, "")) {
+    const LimitSpec* l = sim::FindLimit(cred, c.limit);
+    if (l == nullptr || l->kind != kind) return false;
+  }
+  return true;
+}
+
+int64_t Ns(absl::Time t) { return absl::ToUnixNanos(t); }
+
+class SharedSim {
+ public:
+  SharedSim(RedisServer& redis, const SharedSimOptions& options)
+      : redis_(redis), options_(options), rng_(options.seed), cred_(InitialCredential()) {}
+
+  SharedSimResult Run() {
+    Policy policy;
+    policy.credentials = {cred_};
+    for (int i = 0; i < kReplicas; ++i) {
+      absl::StatusOr<std::unique_ptr<RedisBackend>> b =
+          RedisBackend::Create(policy, Clock::Real(), ReplicaOptions(redis_));
+      if (!b.ok()) return Abort(absl::StrCat("RedisBackend::Create: ", b.status().ToString()));
+      backends_.push_back(*std::move(b));
+      if (!backends_.back()->CheckHealth()) return Abort("a replica is not serving at start");
+    }
+    start_ = Now();
+    oracle_.ApplyPolicy(cred_, start_);
+    if (options_.conformance) {
+      shadow_clock_ = std::make_unique<FakeClock>(absl::FromUnixNanos(start_));
+      absl::StatusOr<std::unique_ptr<Ledger>> l = Ledger::Create(policy, shadow_clock_.get());
+      if (!l.ok()) return Abort(absl::StrCat("Ledger::Create: ", l.status().ToString()));
+      ledger_ = *std::move(l);
+    }
+    // The kills, at random points of the run.
+    std::vector<int64_t> kills;
+    const int64_t span = absl::ToInt64Nanoseconds(options_.duration);
+    for (int k = 0; k < options_.kills; ++k) {
+      kills.push_back(start_ + span / 5 + static_cast<int64_t>(rng_() % (span / 2 + 1)));
+    }
+    std::sort(kills.begin(), kills.end());
+    const absl::Time end = absl::Now() + options_.duration;
+    int down_ops = 0;
+    while (absl::Now() < end && result_.ops < options_.max_ops && result_.ok) {
+      ++result_.ops;
+      if (down_) {
+        if (++down_ops > 4) {
+          Restart();
+          continue;
+        }
+      } else if (!kills.empty() && Now() >= kills.front()) {
+        kills.erase(kills.begin());
+        Kill();
+        down_ops = 0;
+        continue;
+      }
+      const uint64_t k = rng_() % 100;
+      if (down_) {
+        // While redis-server is down: calls that must all fail closed.
+        if (down_ops <= 2) {
+          DoAcquire();
+        } else if (down_ops == 3) {
+          DoRelease();
+        } else {
+          DoRenew(false);
+        }
+      } else if (k < 50) {
+        DoAcquire();
+      } else if (k < 62) {
+        DoRelease();
+      } else if (k < 70) {
+        DoRenew(false);
+      } else if (k < 73) {
+        DoRenew(true);
+      } else if (k < 85) {
+        DoWait();
+      } else if (k < 89) {
+        DoExpire();
+      } else if (k < 91) {
+        if (!down_) DoReset();
+      } else if (k < 95) {
+        if (!down_ && options_.reloads) DoReload();
+      } else {
+        DoAcquire();
+      }
+    }
+    if (down_) Restart();
+    return std::move(result_);
+  }
+
+ private:
+  struct SimLease {
+    LeaseId id;
+    std::string feature, scope;
+    int64_t cost = 0;
+    std::optional<int64_t> used;
+    int64_t expiry = 0;  // Redis's, ns
+    bool done = false;   // released, or found gone
+    std::optional<LeaseId> shadow;  // the embedded ledger's lease for the same grant
+  };
+
+  SharedSimResult Abort(const std::string& why) {
+    Fail("engine-error", why);
+    return std::move(result_);
+  }
+
+  // Redis's TIME in ns (the clock of every decision); the local clock while it is down.
+  int64_t Now() {
+    absl::StatusOr<std::string> t = redis_.Command({"TIME"});
+    if (t.ok()) {
+      std::vector<std::string> parts = absl::StrSplit(*t, ' ');
+      int64_t s = 0, us = 0;
+      if (parts.size() == 2 && absl::SimpleAtoi(parts[0], &s) && absl::SimpleAtoi(parts[1], &us)) {
+        return s * 1000000000 + us * 1000;
+      }
+    }
+    return Ns(absl::Now());
+  }
+  std::string When(int64_t t) const {
+    return absl::StrFormat("+%.6fs", static_cast<double>(t - start_) / 1e9);
+  }
+  void Log(std::string line) {
+    result_.trace.push_back(absl::StrCat("#", result_.ops, " ", std::move(line)));
+  }
+  void Fail(const std::string& invariant, const std::string& message) {
+    Log(absl::StrCat("VIOLATION ", invariant, ": ", message));
+    if (!result_.ok) return;
+    result_.ok = false;
+    result_.violation = absl::StrCat(invariant, ": ", message);
+  }
+  void SetShadow(int64_t t) {
+    if (shadow_clock_ == nullptr) return;
+    if (t > Ns(shadow_clock_->Now())) shadow_clock_->Set(absl::FromUnixNanos(t));
+  }
+
+  absl::StatusOr<Decision> Call(int replica, const AcquireRequest& req, const std::string& rid,
+                                const std::string& fingerprint) {
+    absl::Notification done;
+    absl::StatusOr<Decision> out;
+    SharedRequestId id;
+    id.key = rid;
+    id.request_id = rid;
+    id.fingerprint = fingerprint;
+    backends_[replica]->AcquireShared(req, rid.empty() ? SharedRequestId{} : id,
+                                      [&](absl::StatusOr<Decision> d) {
+                                        out = std::move(d);
+                                        done.Notify();
+                                      });
+    done.WaitForNotification();
+    return out;
+  }
+
+  const FeatureSpec& FeatureOf(const std::string& name) const {
+    for (const FeatureSpec& f : cred_.features) {
+      if (f.name == name) return f;
+    }
+    return cred_.features.front();
+  }
+  bool HoldsSlots(const std::string& feature) const {
+    for (const CounterRef& c : sim::Touches(cred_, feature, "")) {
+      const LimitSpec* l = sim::FindLimit(cred_, c.limit);
+      if (l != nullptr && l->kind == LimitKind::kConcurrency) return true;
+    }
+    return false;
+  }
+  // A window boundary or a lease's expiry in [lo, hi]: a denial there has no exact instant.
+  bool Ambiguous(const std::string& feature, int64_t lo, int64_t hi) const {
+    for (const CounterRef& c : sim::Touches(cred_, feature, "")) {
+      const LimitSpec* l = sim::FindLimit(cred_, c.limit);
+      if (l == nullptr || l->kind != LimitKind::kCalendar) continue;
+      int64_t s, e;
+      sim::OracleCalendarWindow(l->unit, l->zone, lo, &s, &e);
+      if (e <= hi) return true;
+    }
+    for (const SimLease& l : leases_) {
+      if (l.expiry >= lo && l.expiry <= hi) return true;
+    }
+    return false;
+  }
+
+  void DoAcquire() {
+    const FeatureSpec& f = cred_.features[rng_() % cred_.features.size()];
+    const std::string feature = f.name;
+    static const char* kScopes[] = {"", "a", "b"};
+    const std::string scope = kScopes[rng_() % 3];
+    int64_t cost = 1 + static_cast<int64_t>(rng_() % 3);
+    if (rng_() % 13 == 0) cost = 1 + static_cast<int64_t>(rng_() % 8);
+    static const absl::Duration kTtls[] = {absl::Milliseconds(300), absl::Milliseconds(700),
+                                           absl::Milliseconds(1500), absl::Seconds(3)};
+    const absl::Duration ttl = kTtls[rng_() % 4];
+    std::optional<int64_t> used;
+    if (rng_() % 3 != 0) used = static_cast<int64_t>(rng_() % (cost + 1));
+    const uint64_t mode = rng_() % 20;  // <12 plain, <16 request_id, <19 lost answer, 19 other
+    const int r = static_cast<int>(rng_() % kReplicas);
+    const int r2 = (r + 1 + static_cast<int>(rng_() % 2)) % kReplicas;
+    const std::string rid = mode >= 12 ? absl::StrCat("rq", options_.seed, "-", result_.ops) : "";
+    const std::string fp =
+        absl::StrCat(feature, "/", scope, "/", cost, "/", absl::FormatDuration(ttl));
+    AcquireRequest req;
+    req.credential = kCredential;
+    req.feature = feature;
+    req.scope = scope;
+    req.cost = cost;
+    req.lease_ttl = ttl;
+    req.want_limits = false;
+    std::string line = absl::StrCat("acquire ", feature, scope.empty() ? "" : "/" + scope,
+                                    " cost ", cost, " ttl ", absl::FormatDuration(ttl),
+                                    used ? absl::StrCat(" (will use ", *used, ")") : "",
+                                    " via R", r, rid.empty() ? "" : " rid " + rid);
+    const int64_t lo = Now();
+    absl::StatusOr<Decision> d = Call(r, req, rid, fp);
+    if (mode >= 16 && mode < 19) {
+      // The first answer is lost on its way to the worker, which retries through another
+      // replica: a grant must come back as the same lease, charged once.
+      absl::StatusOr<Decision> again = Call(r2, req, rid, fp);
+      absl::StrAppend(&line, "; answer lost (",
+                      d.ok() ? (d->granted ? "granted" : "denied") : d.status().ToString(),
+                      "), retried via R", r2);
+      if (d.ok() && d->granted && again.ok() &&
+          (!again->granted || !(again->lease_id == d->lease_id) ||
+           again->lease_expiry != d->lease_expiry)) {
+        Fail("request-id", absl::StrCat("retry of granted ", rid, " through R", r2,
+                                        " answered ", again->granted ? "another lease" : "a denial"));
+      }
+      if (!(d.ok() && d->granted && !again.ok())) d = std::move(again);
+    }
+    const int64_t hi = Now();
+    if (!d.ok()) {
+      absl::StrAppend(&line, " -> ", d.status().ToString());
+      Log(line);
+      if (down_ && absl::IsUnavailable(d.status())) {
+        ++result_.unavailable;
+        return;
+      }
+      if (absl::IsInvalidArgument(d.status()) &&
+          absl::StrContains(d.status().message(), "can never be granted")) {
+        // More than a limit's capacity (e.g. after a reload tightened it): refused, as the
+        // embedded ledger refuses it.
+        if (ledger_ != nullptr) {
+          SetShadow(lo);
+          absl::StatusOr<Decision> e = ledger_->Acquire(req);
+          if (!absl::IsInvalidArgument(e.status())) {
+            const std::string what = absl::StrCat(feature, " cost ", cost, ": redis ",
+                                                  d.status().ToString(), ", embedded ",
+                                                  e.ok() ? "answered" : e.status().ToString());
+            result_.disagreements.push_back(what);
+            Fail("conformance", what);
+          }
+        }
+        return;
+      }
+      Fail("engine-error", d.status().ToString());
+      return;
+    }
+    if (!d->granted) {
+      ++result_.denials;
+      absl::StrAppend(&line, " -> denied (", d->limited_by, ", retry ", When(Ns(d->retry_at)), ")");
+      Log(line);
+      if (OnlyKind(cred_, feature, LimitKind::kUnlimited)) {
+        Fail("unlimited", absl::StrCat(feature, " has only unlimited limits but was denied"));
+      }
+      Shadow(req, false, lo, hi, -1, used);
+      return;
+    }
+    ++result_.grants;
+    const int64_t t = Ns(d->lease_expiry - ttl);
+    const int64_t n = static_cast<int64_t>(leases_.size());
+    const int64_t units = used.value_or(cost);
+    absl::StrAppend(&line, " -> L", n, " at ", When(t), " expiry ", When(Ns(d->lease_expiry)),
+                    ", worker sends ", units);
+    Log(line);
+    if (down_) Fail("fail-closed", "granted while redis-server was killed");
+    if (t < lo || t > hi) {
+      Fail("decision-time", absl::StrCat("grant at ", When(t), " outside the call [", When(lo),
+                                         ", ", When(hi), "]"));
+    }
+    leases_.push_back({d->lease_id, feature, scope, cost, used, Ns(d->lease_expiry)});
+    ++result_.sends;
+    if (std::string v = oracle_.SendOurs(t, feature, scope, units); !v.empty()) {
+      Fail("over-grant", v);
+    }
+    if (std::string v = oracle_.Grant(n, t, feature, scope, cost, Ns(d->lease_expiry));
+        !v.empty()) {
+      Fail("concurrency", v);
+    }
+    if (mode == 19) {
+      // The same request_id asking for something else: refused, naming both.
+      AcquireRequest other = req;
+      other.cost = cost + 1;
+      absl::StatusOr<Decision> bad =
+          Call(r2, other, rid,
+               absl::StrCat(feature, "/", scope, "/", cost + 1, "/", absl::FormatDuration(ttl)));
+      Log(absl::StrCat("  same rid, cost ", cost + 1, " via R", r2, " -> ",
+                       bad.ok() ? (bad->granted ? "granted" : "denied") : bad.status().ToString()));
+      if (!absl::IsInvalidArgument(bad.status())) {
+        Fail("request-id", absl::StrCat(rid, " reused for another request was not refused"));
+      }
+    }
+    Shadow(req, true, t, t, n, used);
+  }
+
+  // The same decision through the embedded ledger, at Redis's instant (a denial: at `lo`).
+  void Shadow(const AcquireRequest& req, bool granted, int64_t lo, int64_t hi, int64_t lease,
+              std::optional<int64_t> used) {
+    if (ledger_ == nullptr) return;
+    SetShadow(lo);
+    absl::StatusOr<Decision> e = ledger_->Acquire(req);
+    const std::string feature(req.feature);
+    const bool e_granted = e.ok() && e->granted;
+    if (e_granted) {
+      if (lease >= 0) {
+        leases_[lease].shadow = e->lease_id;
+      } else {
+        // Granted here only: given back at once, so that the two keep the same counts.
+        (void)ledger_->Release(e->lease_id, 0);
+      }
+    }
+    if (!granted && Ambiguous(feature, lo, hi)) {
+      ++result_.ambiguous;
+      return;
+    }
+    ++result_.compared;
+    if (e_granted == granted && e.ok()) return;
+    const bool asserted = OnlyKind(cred_, feature, LimitKind::kCalendar) ||
+                          OnlyKind(cred_, feature, LimitKind::kConcurrency);
+    std::string what = absl::StrCat(
+        feature, req.scope.empty() ? "" : "/" + std::string(req.scope), " cost ", req.cost,
+        " at ", When(lo), ": redis ", granted ? "granted" : "denied", ", embedded ",
+        e.ok() ? (e->granted ? "granted" : absl::StrCat("denied (", e->limited_by, ")"))
+               : e.status().ToString());
+    auto it = diverged_until_.find(feature);
+    const bool explained = it != diverged_until_.end() && it->second > lo;
+    if (explained) {
+      absl::StrAppend(&what, " (explained: after a reload raised or reshaped a limit it touches, "
+                             "or an earlier disagreement)");
+    } else {
+      ++result_.unexplained;
+    }
+    Log(absl::StrCat("  DISAGREE ", what));
+    result_.disagreements.push_back(what);
+    if (asserted && !explained) {
+      ++result_.asserted_disagreements;
+      Fail("conformance", what);
+    }
+    Diverge(feature, lo);
+  }
+
+  // The two no longer hold the same counts for `feature`: not compared until its calendar
+  // windows turn (for good, when it has other limits).
+  void Diverge(const std::string& feature, int64_t t) {
+    int64_t until = 0;
+    for (const CounterRef& c : sim::Touches(cred_, feature, "")) {
+      const LimitSpec* l = sim::FindLimit(cred_, c.limit);
+      if (l == nullptr) continue;
+      if (l->kind != LimitKind::kCalendar) {
+        until = INT64_MAX;
+        break;
+      }
+      int64_t s, e;
+      sim::OracleCalendarWindow(l->unit, l->zone, t, &s, &e);
+      until = std::max(until, e);
+    }
+    int64_t& u = diverged_until_[feature];
+    u = std::max(u, until);
+  }
+
+  int PickLive() {
+    std::vector<int> live;
+    for (size_t i = 0; i < leases_.size(); ++i) {
+      if (!leases_[i].done) live.push_back(static_cast<int>(i));
+    }
+    if (live.empty()) return -1;
+    return live[rng_() % live.size()];
+  }
+
+  void DoRelease() {
+    const int i = PickLive();
+    if (i < 0) return;
+    SimLease& l = leases_[i];
+    const int r = static_cast<int>(rng_() % kReplicas);
+    const int64_t lo = Now();
+    absl::StatusOr<ReleaseResult> rr = backends_[r]->Release(l.id, l.used);
+    const int64_t hi = Now();
+    Log(absl::StrCat("release L", i, l.used ? absl::StrCat(" used ", *l.used) : "", " via R", r,
+                     " -> ", rr.ok() ? absl::StrCat("refunded ", rr->refunded, " freed ", rr->freed)
+                                     : rr.status().ToString()));
+    if (rr.ok()) {
+      l.done = true;
+      if (Oracle::Lease* ol = oracle_.FindLease(i)) ol->released = true;
+      if (rr->refunded > l.cost) {
+        Fail("refund", absl::StrCat("L", i, " refunded ", rr->refunded, " > cost ", l.cost));
+      }
+      if (l.shadow && ledger_ != nullptr) {
+        SetShadow(lo);
+        (void)ledger_->Release(*l.shadow, l.used);
+      }
+      return;
+    }
+    if (absl::IsNotFound(rr.status())) {
+      l.done = true;
+      if (l.expiry > hi) {
+        Fail("lease-lost", absl::StrCat("L", i, " expires at ", When(l.expiry),
+                                        " but Release at ", When(lo), " did not find it"));
+      }
+      return;
+    }
+    if (!(down_ && absl::IsUnavailable(rr.status()))) Fail("engine-error", rr.status().ToString());
+  }
+
+  void DoRenew(bool at_expiry) {
+    const int i = PickLive();
+    if (i < 0) return;
+    if (at_expiry) {
+      if (leases_[i].expiry - Now() > 1000000000) return;
+      WaitUntil(leases_[i].expiry + static_cast<int64_t>(rng_() % 7) * 1000000 - 3000000);
+    }
+    SimLease& l = leases_[i];
+    static const absl::Duration kTtls[] = {absl::ZeroDuration(), absl::Milliseconds(500),
+                                           absl::Seconds(1), absl::Milliseconds(2500)};
+    const absl::Duration ttl = kTtls[rng_() % 4];
+    const absl::Duration effective =
+        ttl == absl::ZeroDuration() ? FeatureOf(l.feature).default_lease_ttl : ttl;
+    const int r = static_cast<int>(rng_() % kReplicas);
+    const int64_t lo = Now();
+    absl::StatusOr<absl::Time> rn = backends_[r]->Renew(l.id, ttl);
+    const int64_t hi = Now();
+    Log(absl::StrCat("renew L", i, " (expiry ", When(l.expiry), ") ttl ",
+                     absl::FormatDuration(ttl), " via R", r, " at [", When(lo), ", ", When(hi),
+                     "] -> ", rn.ok() ? When(Ns(*rn)) : rn.status().ToString()));
+    if (!rn.ok()) {
+      if (absl::IsNotFound(rn.status())) {
+        l.done = true;
+        if (l.expiry > hi) {
+          Fail("lease-lost", absl::StrCat("L", i, " expires at ", When(l.expiry),
+                                          " but Renew at ", When(lo), " did not find it"));
+        }
+      } else if (!(down_ && absl::IsUnavailable(rn.status()))) {
+        Fail("engine-error", rn.status().ToString());
+      }
+      return;
+    }
+    const int64_t tr = Ns(*rn - effective);
+    Oracle::Lease* ol = oracle_.FindLease(i);
+    if (HoldsSlots(l.feature) && l.expiry <= tr) {
+      Fail("renew-after-expiry", absl::StrCat("L", i, " expired at ", When(l.expiry),
+                                              " but Renew at ", When(tr), " returned OK"));
+    }
+    if (ol != nullptr) {
+      std::vector<int64_t> before;
+      for (const CounterRef& c : ol->touches) before.push_back(oracle_.Held(c, tr, false));
+      ol->expiry = Ns(*rn);
+      for (size_t k = 0; k < ol->touches.size(); ++k) {
+        const LimitSpec* spec = sim::FindLimit(cred_, ol->touches[k].limit);
+        if (spec == nullptr || spec->kind != LimitKind::kConcurrency) continue;
+        const int64_t held = oracle_.Held(ol->touches[k], tr, false);
+        if (held > spec->capacity && held > before[k]) {
+          Fail("concurrency", absl::StrCat("renewing L", i, " brought ", ol->touches[k].limit,
+                                           " to ", held, " held > capacity ", spec->capacity));
+        }
+      }
+    }
+    l.expiry = Ns(*rn);
+    if (l.shadow && ledger_ != nullptr) {
+      SetShadow(tr);
+      (void)ledger_->Renew(*l.shadow, ttl);
+    }
+  }
+
+  // Polls Redis's clock until `t` (bounded: at most 5 s).
+  void WaitUntil(int64_t t) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(5);
+    while (Now() < t && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(2));
+  }
+  void DoWait() {
+    const int64_t d = (20 + static_cast<int64_t>(rng_() % 280)) * 1000000;
+    Log(absl::StrCat("wait ", d / 1000000, " ms"));
+    WaitUntil(Now() + d);
+  }
+  // Until the next live lease has expired (when that is within 1.5 s).
+  void DoExpire() {
+    int64_t next = INT64_MAX;
+    for (const SimLease& l : leases_) {
+      if (!l.done) next = std::min(next, l.expiry);
+    }
+    const int64_t now = Now();
+    if (next == INT64_MAX || next - now > 1500000000) return;
+    Log(absl::StrCat("wait for the expiry at ", When(next)));
+    WaitUntil(next + 1000000);
+  }
+
+  void DoReset() {
+    const int r = static_cast<int>(rng_() % kReplicas);
+    const absl::Status s = backends_[r]->Reset(kCredential);
+    const int64_t t = Now();
+    Log(absl::StrCat("reset via R", r, " -> ", s.ok() ? "OK" : s.ToString(), " by ", When(t)));
+    if (!s.ok()) {
+      Fail("engine-error", s.ToString());
+      return;
+    }
+    oracle_.Reset(t);
+    if (ledger_ != nullptr) {
+      SetShadow(t);
+      (void)ledger_->Reset(kCredential);
+    }
+  }
+
+  // A hot reload on every replica: a limit tightened, loosened or renamed.
+  void DoReload() {
+    CredentialSpec next = cred_;
+    FeatureSpec& f = next.features[rng_() % next.features.size()];
+    LimitSpec& l = f.limits[rng_() % f.limits.size()];
+    const LimitSpec before = l;
+    std::string what = absl::StrCat(f.name, ".", l.name, " ", sim::DescribeLimit(l), " -> ");
+    const uint64_t what_kind = rng_() % 7;
+    const uint64_t up = rng_() % 2;
+    switch (options_.shape_changes ? what_kind : what_kind % 5) {
+      case 0: l.capacity *= 2; break;
+      case 1: l.capacity = std::max<int64_t>(1, l.capacity / 2); break;
+      case 2: l.capacity = std::max<int64_t>(1, l.capacity + (up ? 1 : -1)); break;
+      case 3: l.capacity = std::max<int64_t>(1, l.capacity - 1); break;
+      case 4:
+        // A concurrency limit renamed while leases hold it: see SharedSimOptions::renames.
+        if (l.kind == LimitKind::kConcurrency && !options_.concurrency_renames) {
+          l.capacity += 1;
+          break;
+        }
+        l.name = absl::EndsWith(l.name, "_r") ? l.name.substr(0, l.name.size() - 2)
+                                              : l.name + "_r";
+        break;
+      case 5:  // a shape change: a bucket's rate, a window's period, a calendar's unit
+      case 6:
+        if (l.kind == LimitKind::kTokenBucket) {
+          l.rate = std::max<int64_t>(1, up ? l.rate * 2 : l.rate / 2);
+        } else if (l.kind == LimitKind::kRolling || l.kind == LimitKind::kSliding) {
+          l.period = up ? l.period * 2 : std::max(absl::Seconds(1), l.period / 2);
+        } else if (l.kind == LimitKind::kCalendar) {
+          l.unit = l.unit == CalendarUnit::kMinute ? CalendarUnit::kHour : CalendarUnit::kMinute;
+        } else {
+          l.capacity = std::max<int64_t>(1, l.capacity - 1);
+        }
+        break;
+    }
+    absl::StrAppend(&what, l.name, " ", sim::DescribeLimit(l));
+    Policy p;
+    p.credentials = {next};
+    for (int r = 0; r < kReplicas; ++r) {
+      const absl::Status s = backends_[r]->Reload(p);
+      if (!s.ok()) {
+        Log(absl::StrCat("reload ", what, " on R", r, " -> ", s.ToString()));
+        Fail("engine-error", absl::StrCat("Reload: ", s.ToString()));
+        return;
+      }
+    }
+    const int64_t t = Now();
+    Log(absl::StrCat("reload on every replica: ", what, " by ", When(t)));
+    // A raised capacity or rate applies at once in Redis (the provider model with the new rule
+    // allows it) but only once the old window drained in the embedded ledger
+    // (Rule::CarriesCounterOf): the two part until then, an explained difference.
+    const bool raised = l.capacity > before.capacity || l.rate > before.rate ||
+                        l.kind != before.kind || l.unit != before.unit ||
+                        l.period != before.period;
+    cred_ = next;
+    if (raised) {
+      for (const FeatureSpec& g : cred_.features) {
+        for (const CounterRef& c : sim::Touches(cred_, g.name, "")) {
+          if (c.limit == absl::StrCat(f.name, ".", l.name)) Diverge(g.name, t);
+        }
+      }
+    }
+    oracle_.ApplyPolicy(cred_, t);
+    if (ledger_ != nullptr) {
+      SetShadow(t);
+      if (absl::Status s = ledger_->Reload(p); !s.ok()) Fail("engine-error", s.ToString());
+    }
+  }
+
+  void Kill() {
+    Log(absl::StrCat("kill -9 redis-server at ", When(Now())));
+    if (absl::Status s = redis_.Stop(SIGKILL); !s.ok()) Fail("engine-error", s.ToString());
+    down_ = true;
+  }
+  void Restart() {
+    if (absl::Status s = redis_.Restart(); !s.ok()) {
+      Fail("engine-error", absl::StrCat("restart: ", s.ToString()));
+      down_ = false;
+      return;
+    }
+    const absl::Time deadline = absl::Now() + absl::Seconds(15);
+    bool all = false;
+    while (!all && absl::Now() < deadline) {
+      all = true;
+      for (auto& b : backends_) all = all && b->CheckHealth();
+      if (!all) absl::SleepFor(absl::Milliseconds(20));
+    }
+    down_ = false;
+    Log(absl::StrCat("redis-server restarted (AOF replayed), every replica serving by ",
+                     When(Now())));
+    if (!all) Fail("engine-error", "the replicas did not serve again within 15 s");
+  }
+
+  RedisServer& redis_;
+  const SharedSimOptions options_;
+  std::mt19937_64 rng_;
+  CredentialSpec cred_;
+  std::vector<std::unique_ptr<RedisBackend>> backends_;
+  Oracle oracle_;
+  std::unique_ptr<FakeClock> shadow_clock_;
+  std::unique_ptr<Ledger> ledger_;
+  // Features whose counts the ledger no longer shares, until when.
+  std::map<std::string, int64_t> diverged_until_;
+  std::vector<SimLease> leases_;
+  int64_t start_ = 0;
+  bool down_ = false;
+  SharedSimResult result_;
+};
+
+}  // namespace
+
+std::string SharedSimResult::Summary() const {
+  return absl::StrFormat(
+      "%d ops: %d grants, %d denials, %d unavailable while killed; embedded ledger compared %d "
+      "decisions (%d ambiguous not compared), %d disagreements (%d not explained by a reload, "
+      "%d of them on calendar or concurrency)",
+      ops, grants, denials, unavailable, compared, ambiguous,
+      static_cast<int64_t>(disagreements.size()), unexplained, asserted_disagreements);
+}
+
+SharedSimResult RunSharedSim(RedisServer& redis, const SharedSimOptions& options) {
+  return SharedSim(redis, options).Run();
+}
+
+}  // namespace quotad::testing

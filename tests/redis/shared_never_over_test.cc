@@ -1,0 +1,567 @@
+// The never-over simulation against shared mode (issue 13), and 64 clients over three quotad
+// replicas on one Redis calling a strict fake upstream.
+//
+// SharedNeverOverTest.FixedSeeds runs shared_never_over_sim.h on a fixed seed set (a real
+// redis-server per seed, AOF always, killed -9 and restarted once per seed). Longer runs:
+//
+//   shared_never_over_test --seed=N [--seconds=S] [--kills=K] [--no_conformance]
+//   shared_never_over_test --seeds=N [--first_seed=F] [--seconds=S]   (S seconds per seed)
+//   ... [--trace] [--shape_changes] [--concurrency_renames] [--no_reloads]
+//
+// SharedNeverOverFindings: what the simulation found in service/, as DISABLED_ tests that fail
+// until it is fixed (run them with --gtest_also_run_disabled_tests).
+//
+// SharedClientsTest: three QuotadServer replicas over one redis-server, 64 client threads spread
+// over them, one credential per limit kind; each client calls a strict fake upstream after each
+// grant: exactly the capacity granted for each window kind, at most the slots held for
+// concurrency, every call for unlimited, and the upstream throttles nothing.
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "quotad/v1/quotad.grpc.pb.h"
+#include "service/core/clock.h"
+#include "service/core/ledger.h"
+#include "service/server/server.h"
+#include "service/store/redis/redis_backend.h"
+#include "tests/redis/backend_helpers.h"
+#include "tests/redis/redis_harness.h"
+#include "tests/redis/shared_never_over_sim.h"
+#include "tests/support/policy_builders.h"
+#include "tests/support/temp_dir.h"
+
+namespace quotad::testing {
+namespace {
+
+double g_seconds = 0;  // --seconds: per seed (0: the test's own)
+bool g_trace = false;  // --trace: print every operation
+
+bool RunSeeds(uint64_t first, int count, double seconds, int kills, bool conformance,
+              bool shapes = false, bool conc_renames = false, bool reloads = true) {
+  bool all_ok = true;
+  for (uint64_t seed = first; seed < first + static_cast<uint64_t>(count); ++seed) {
+    absl::StatusOr<std::unique_ptr<RedisServer>> redis = RedisServer::Start();
+    if (!redis.ok()) {
+      ADD_FAILURE() << "redis-server: " << redis.status();
+      return false;
+    }
+    SharedSimOptions options;
+    options.seed = seed;
+    options.duration = absl::Seconds(seconds);
+    options.kills = kills;
+    options.conformance = conformance;
+    options.shape_changes = shapes;
+    options.concurrency_renames = conc_renames;
+    options.reloads = reloads;
+    SharedSimResult r = RunSharedSim(**redis, options);
+    std::printf("shared_never_over: seed %llu: %s\n", static_cast<unsigned long long>(seed),
+                r.Summary().c_str());
+    int shown = 0;
+    for (const std::string& d : r.disagreements) {  // the unexplained ones first
+      if (d.find("(explained") == std::string::npos && shown++ < 8) {
+        std::printf("  disagreement: %s\n", d.c_str());
+      }
+    }
+    for (const std::string& d : r.disagreements) {
+      if (d.find("(explained") != std::string::npos && shown++ < 8) {
+        std::printf("  disagreement: %s\n", d.c_str());
+      }
+    }
+    if (g_trace) {
+      for (const std::string& line : r.trace) std::printf("  %s\n", line.c_str());
+    }
+    if (!r.ok) {
+      all_ok = false;
+      std::string trace;
+      const size_t from = r.trace.size() > 400 ? r.trace.size() - 400 : 0;
+      for (size_t i = from; i < r.trace.size(); ++i) absl::StrAppend(&trace, "  ", r.trace[i], "\n");
+      ADD_FAILURE() << "seed " << seed << " VIOLATION " << r.violation << "\n"
+                    << "trace (last " << r.trace.size() - from << " of " << r.trace.size()
+                    << " operations):\n"
+                    << trace << "replay: shared_never_over_test --seed=" << seed
+                    << " --seconds=" << seconds;
+    }
+    EXPECT_GT(r.grants, 0) << "seed " << seed;
+    EXPECT_GT(r.denials, 0) << "seed " << seed;
+    if (kills > 0) EXPECT_GT(r.unavailable, 0) << "seed " << seed << ": no call while killed";
+  }
+  return all_ok;
+}
+
+TEST(SharedNeverOverTest, FixedSeeds) {
+  RunSeeds(1, 3, g_seconds > 0 ? g_seconds : 12, 1, true);
+}
+
+// ---- Findings of the simulation, kept as failing tests until service/ is fixed ----
+
+// The same acquires through a RedisBackend and an embedded Ledger (real clock both), with a
+// reload between them. Returns the grants of `after` tries following the reload, per engine.
+struct Grants {
+  int redis = 0, embedded = 0;
+  std::string redis_error, embedded_error;  // the first non-OK answer after the reload
+};
+// With `wait`, the tries start once Redis's clock has passed the first grant by that much.
+Grants GrantsAfterReload(const Policy& before, const Policy& after, const std::string& feature,
+                         int first, int tries, absl::Duration wait = absl::ZeroDuration()) {
+  Grants g;
+  absl::StatusOr<std::unique_ptr<RedisServer>> redis = RedisServer::Start();
+  if (!redis.ok()) {
+    ADD_FAILURE() << redis.status();
+    return g;
+  }
+  absl::StatusOr<std::unique_ptr<RedisBackend>> backend =
+      RedisBackend::Create(before, Clock::Real(), ReplicaOptions(**redis));
+  absl::StatusOr<std::unique_ptr<Ledger>> ledger = Ledger::Create(before, Clock::Real());
+  if (!backend.ok() || !ledger.ok()) {
+    ADD_FAILURE() << backend.status() << " " << ledger.status();
+    return g;
+  }
+  AcquireRequest req;
+  req.credential = before.credentials[0].name;
+  req.feature = feature;
+  req.lease_ttl = absl::Seconds(10);
+  req.want_limits = false;
+  absl::Time first_grant = absl::InfiniteFuture();
+  for (int i = 0; i < first; ++i) {
+    absl::StatusOr<Decision> r = AcquireThrough(**backend, req);
+    absl::StatusOr<Decision> e = (*ledger)->Acquire(req);
+    EXPECT_TRUE(r.ok() && r->granted) << i;
+    EXPECT_TRUE(e.ok() && e->granted) << i;
+    if (r.ok() && r->granted) first_grant = std::min(first_grant, r->lease_expiry - req.lease_ttl);
+  }
+  EXPECT_TRUE((*backend)->Reload(after).ok());
+  EXPECT_TRUE((*ledger)->Reload(after).ok());
+  if (wait > absl::ZeroDuration()) {
+    // Polls Redis's clock (bounded).
+    auto redis_now = [&] {
+      absl::StatusOr<std::string> t = (*redis)->Command({"TIME"});
+      std::vector<std::string> parts = absl::StrSplit(t.ok() ? *t : "", ' ');
+      int64_t sec = 0, us = 0;
+      if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &sec) ||
+          !absl::SimpleAtoi(parts[1], &us)) {
+        return absl::InfiniteFuture();
+      }
+      return absl::FromUnixMicros(sec * 1000000 + us);
+    };
+    const absl::Time deadline = absl::Now() + wait + absl::Seconds(5);
+    while (redis_now() < first_grant + wait && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+  }
+  for (int i = 0; i < tries; ++i) {
+    absl::StatusOr<Decision> r = AcquireThrough(**backend, req);
+    absl::StatusOr<Decision> e = (*ledger)->Acquire(req);
+    g.redis += r.ok() && r->granted;
+    g.embedded += e.ok() && e->granted;
+    if (!r.ok() && g.redis_error.empty()) g.redis_error = r.status().ToString();
+    if (!e.ok() && g.embedded_error.empty()) g.embedded_error = e.status().ToString();
+  }
+  return g;
+}
+
+// FINDING (seed 1 with --shape_changes; e.g. `shared_never_over_test --seed=1 --seconds=12
+// --shape_changes`): a reload that lowers a token bucket's rate over-grants in shared mode.
+// Redis keeps the bucket's state as a theoretical arrival time under the counter's name
+// (quotad.lua, T: `tat`) and the next call reads it with the new emission interval: 4 units
+// charged at 3/s leave tat = t0 + 1.33 s, which under 1/s stands for 1.33 units owed instead of
+// 4, so 2 more are granted at once while the provider's bucket (burst 4, now refilling 1/s,
+// 4 units just sent) refuses anything for a second. The embedded ledger rebuilds a counter
+// whose shape changed (ledger_reload.cc: a slower bucket counts its units plus a burst) and
+// grants nothing. Shared mode needs the same rebuild (e.g. the shape in the counter's name, or
+// the emission interval in its state, converting owed time to units on a change).
+TEST(SharedNeverOverFindings, DISABLED_TokenBucketRateLoweredByAReloadOverGrants) {
+  const Policy before =
+      OneCredential("f/bucket", {Feature("b", {Bucket("burst", 3, absl::Seconds(1), 4)})});
+  const Policy after =
+      OneCredential("f/bucket", {Feature("b", {Bucket("burst", 1, absl::Seconds(1), 4)})});
+  const Grants g = GrantsAfterReload(before, after, "b", 4, 4);
+  EXPECT_EQ(g.embedded, 0);
+  EXPECT_EQ(g.redis, 0) << "granted within a second of the reload, where the provider's bucket "
+                           "(1/s, burst 4, 4 units just sent) refuses all";
+}
+
+// FINDING (seed 44 with --shape_changes: `shared_never_over_test --seed=44 --seconds=40
+// --shape_changes`, over-grant 10 of 8): a reload that lengthens a rolling window's period
+// over-grants in shared mode. Redis keeps the open window's bounds under the limit's name (W:
+// `e`, computed from the old period when it opened) and opens a new window at the old end,
+// while the provider's window, now of the new period, runs on with the units already sent.
+// Here: 3 units at t0 on 3 per 1 s, reloaded to 3 per 10 s; at t0 + 1.05 s Redis grants 3 more
+// into the provider's window [t0, t0 + 10 s) that holds 3. The embedded ledger rebuilds the
+// counter on a shape change (the units counted now as charged at the reload, in a window of
+// the new period) and grants nothing.
+TEST(SharedNeverOverFindings, DISABLED_RollingPeriodLengthenedByAReloadOverGrants) {
+  const Policy before =
+      OneCredential("f/roll", {Feature("r", {Rolling("window", 3, absl::Seconds(1))})});
+  const Policy after =
+      OneCredential("f/roll", {Feature("r", {Rolling("window", 3, absl::Seconds(10))})});
+  const Grants g = GrantsAfterReload(before, after, "r", 3, 3, absl::Milliseconds(1050));
+  EXPECT_EQ(g.embedded, 0);
+  EXPECT_EQ(g.redis, 0) << "granted into the provider's 10 s window that holds 3 of 3";
+}
+
+// FINDING (any seed with --concurrency_renames, e.g. seed 2): a reload that renames a
+// concurrency limit while leases hold it gives the new name empty slots, so the calls still
+// in flight under the old name and the new grants together pass the provider's cap on
+// simultaneous calls (the oracle: a lease holds the counters of its request under the
+// configuration in force). Both engines do it (by name: RedisBackend's counters, the embedded
+// ledger's rehome finds no counter of the old name); the embedded one already re-homes live
+// leases when a concurrency limit is rebuilt under the same name. Whether a rename should
+// carry them is a policy question for the lead; until then this test fails on both.
+TEST(SharedNeverOverFindings, DISABLED_ConcurrencyLimitRenamedWhileLeasesLiveGrantsFreshSlots) {
+  const Policy before = OneCredential("f/conc", {Feature("c", {Concurrency("slots", 1)})});
+  const Policy after = OneCredential("f/conc", {Feature("c", {Concurrency("slots_r", 1)})});
+  const Grants g = GrantsAfterReload(before, after, "c", 1, 1);
+  EXPECT_EQ(g.redis, 0) << "a second call in flight against a cap of 1";
+  EXPECT_EQ(g.embedded, 0) << "a second call in flight against a cap of 1";
+}
+
+// A limit `x` of feature `f` reloaded from one shape to another, 3 units of 3 charged just
+// before (nothing of them frees within the test: windows of a minute or more).
+struct Reshape {
+  const char* name;
+  LimitSpec before, after;
+};
+LimitSpec Scoped(LimitSpec l) {
+  l.scoped = true;
+  return l;
+}
+const LimitSpec kCalMinute = Calendar("x", 3, CalendarUnit::kMinute, "America/New_York");
+const LimitSpec kCalHour = Calendar("x", 3, CalendarUnit::kHour, "America/New_York");
+const LimitSpec kRoll = Rolling("x", 3, absl::Minutes(1));
+const LimitSpec kSlide = Sliding("x", 3, absl::Minutes(1));
+const LimitSpec kBucket = Bucket("x", 1, absl::Hours(1), 3);
+
+Grants RunReshape(const Reshape& c) {
+  return GrantsAfterReload(OneCredential("p/x", {Feature("f", {c.before})}),
+                           OneCredential("p/x", {Feature("f", {c.after})}), "f", 3, 3);
+}
+
+// Reshapes shared mode carries safely: nothing more granted than by the embedded ledger (which
+// grants nothing here), and no error.
+TEST(SharedNeverOverTest, ReloadReshapingALimitGrantsNoMoreThanTheEmbeddedLedger) {
+  const std::vector<Reshape> cases = {
+      {"calendar minute -> hour", kCalMinute, kCalHour},
+      {"calendar -> rolling", kCalMinute, kRoll},
+      {"calendar -> token bucket", kCalMinute, kBucket},
+      {"rolling -> calendar", kRoll, kCalHour},
+      {"rolling -> token bucket", kRoll, kBucket},
+      {"rolling 1 min -> 1 h", kRoll, Rolling("x", 3, absl::Hours(1))},
+      {"sliding 1 min -> 1 h", kSlide, Sliding("x", 3, absl::Hours(1))},
+      {"unlimited -> calendar", Unlimited("x", CalendarUnit::kMinute), kCalMinute},
+  };
+  for (const Reshape& c : cases) {
+    const Grants g = RunReshape(c);
+    EXPECT_LE(g.redis, g.embedded) << c.name;
+    EXPECT_EQ(g.redis_error, "") << c.name;
+    EXPECT_EQ(g.embedded_error, "") << c.name;
+  }
+}
+
+// FINDING (deterministic): a reload that changes a sliding limit's kind, or that makes a limit
+// scoped or unscoped, over-grants in shared mode: 3 more units right after 3 of 3 were sent.
+// Kind: Redis keeps each counter's packed state under the limit's name and the new kind's
+// loader reads the sliding layout as its own (quotad.lua W.load/T.load): a window whose end is
+// a small index (long past) or a bucket's tat from the distant past, i.e. empty. Scoping: the
+// counter's name changes (`f.x` <-> `f.x[scope]`, redis_backend.cc CounterName), so the new
+// counter starts empty while the provider still counts the 3 units. The embedded ledger
+// rebuilds a counter whose kind or scoping changed with the units the old one counts now and
+// grants nothing.
+TEST(SharedNeverOverFindings, DISABLED_ReloadChangingASlidingKindOrTheScopingOverGrants) {
+  const std::vector<Reshape> cases = {
+      {"sliding -> rolling", kSlide, kRoll},
+      {"sliding -> calendar", kSlide, kCalHour},
+      {"sliding -> token bucket", kSlide, kBucket},
+      {"sliding -> scoped sliding", kSlide, Scoped(kSlide)},
+      {"scoped sliding -> sliding", Scoped(kSlide), kSlide},
+  };
+  for (const Reshape& c : cases) {
+    const Grants g = RunReshape(c);
+    EXPECT_EQ(g.embedded, 0) << c.name;
+    EXPECT_EQ(g.redis, 0) << c.name << ": granted where the provider holds 3 of 3";
+  }
+}
+
+// FINDING (deterministic): a reload that changes a limit's kind to one whose packed state is
+// longer fails every Acquire of the feature with INTERNAL ("bad argument #2 to 'unpack' (data
+// string too short)", quotad.lua:102 W.load or :226 S.load) until the credential's hash
+// expires (the longest counter's window plus as much again: a day for a daily limit). Fail
+// closed, so no over-grant, but an outage of the feature; the embedded ledger answers.
+TEST(SharedNeverOverFindings, DISABLED_ReloadChangingALimitsKindFailsEveryAcquire) {
+  const std::vector<Reshape> cases = {
+      {"calendar -> sliding", kCalMinute, kSlide},
+      {"rolling -> sliding", kRoll, kSlide},
+      {"token bucket -> calendar", kBucket, kCalHour},
+      {"token bucket -> rolling", kBucket, kRoll},
+      {"token bucket -> sliding", kBucket, kSlide},
+  };
+  for (const Reshape& c : cases) {
+    const Grants g = RunReshape(c);
+    EXPECT_EQ(g.embedded_error, "") << c.name;
+    EXPECT_EQ(g.redis_error, "") << c.name;
+  }
+}
+
+// FINDING (deterministic): the same for a concurrency limit. Made scoped or unscoped while a
+// lease holds its only slot, shared mode grants a second (the counter's name changes: the
+// lease's slot stays on the old one); the embedded ledger re-homes live leases onto a
+// concurrency limit rebuilt with another kind or scoping (ledger_reload.cc `rehome`) and
+// denies. Changed to a calendar limit, every Acquire fails with INTERNAL (W.load reads the
+// shorter concurrency state).
+TEST(SharedNeverOverFindings, DISABLED_ReloadReshapingAConcurrencyLimitWhileHeld) {
+  const LimitSpec conc = Concurrency("x", 1);
+  const std::vector<Reshape> cases = {
+      {"concurrency -> scoped", conc, Scoped(conc)},
+      {"scoped concurrency -> unscoped", Scoped(conc), conc},
+      {"concurrency -> calendar", conc, Calendar("x", 1, CalendarUnit::kHour, "UTC")},
+  };
+  for (const Reshape& c : cases) {
+    const Grants g = GrantsAfterReload(OneCredential("p/x", {Feature("f", {c.before})}),
+                                       OneCredential("p/x", {Feature("f", {c.after})}), "f", 1, 1);
+    EXPECT_EQ(g.embedded, 0) << c.name;
+    EXPECT_EQ(g.redis, 0) << c.name << ": a second call in flight against a cap of 1";
+    EXPECT_EQ(g.redis_error, "") << c.name;
+  }
+}
+
+// ---- 64 clients over three replicas ----
+
+constexpr int kReplicas = 3;
+constexpr int kClients = 64;
+constexpr int kCapacity = 40;
+constexpr int kSlots = 6;
+
+constexpr char kConfig[] = R"(
+credentials:
+  - name: k/cal
+    features:
+      - name: req
+        limits:
+          - {name: daily, kind: calendar, unit: day, zone: Asia/Kathmandu, capacity: 40}
+  - name: k/roll
+    features:
+      - name: req
+        limits:
+          - {name: hourly, kind: rolling, period: 1h, capacity: 40}
+  - name: k/slide
+    features:
+      - name: req
+        limits:
+          - {name: hourly, kind: sliding, period: 1h, capacity: 40}
+  - name: k/bucket
+    features:
+      - name: req
+        limits:
+          - {name: burst, kind: token_bucket, capacity: 40, rate: 1, period: 1h}
+  - name: k/conc
+    features:
+      - name: req
+        default_lease_ttl: 30s
+        limits:
+          - {name: slots, kind: concurrency, capacity: 6}
+  - name: k/free
+    features:
+      - name: req
+        limits:
+          - {name: count, kind: unlimited}
+)";
+
+// A provider that enforces each credential's limit strictly: window kinds at most kCapacity
+// calls over the test (none of the windows frees a unit within it; the calendar day is keyed by
+// its date in the zone), concurrency at most kSlots calls in flight. Thread-safe.
+class StrictUpstream {
+ public:
+  // A call on `credential`; false: throttled.
+  bool Begin(const std::string& credential) {
+    absl::MutexLock lock(&mu_);
+    ++calls_[credential];
+    if (credential == "k/free") return true;
+    if (credential == "k/conc") {
+      if (in_flight_ + 1 > kSlots) return Throttle();
+      peak_ = std::max(peak_, ++in_flight_);
+      return true;
+    }
+    std::string key = credential;
+    if (credential == "k/cal") {
+      absl::TimeZone zone;
+      absl::LoadTimeZone("Asia/Kathmandu", &zone);
+      absl::StrAppend(&key, absl::FormatTime("@%Y-%m-%d", absl::Now(), zone));
+    }
+    if (++used_[key] > kCapacity) {
+      --used_[key];
+      return Throttle();
+    }
+    return true;
+  }
+  void End() {
+    absl::MutexLock lock(&mu_);
+    --in_flight_;
+  }
+  int throttles() const { absl::MutexLock lock(&mu_); return throttles_; }
+  int peak() const { absl::MutexLock lock(&mu_); return peak_; }
+  int windows(const std::string& prefix) const {
+    absl::MutexLock lock(&mu_);
+    int n = 0;
+    for (const auto& [k, v] : used_) n += k.rfind(prefix, 0) == 0;
+    return n;
+  }
+
+ private:
+  bool Throttle() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    ++throttles_;
+    return false;
+  }
+  mutable absl::Mutex mu_;
+  std::map<std::string, int> calls_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, int> used_ ABSL_GUARDED_BY(mu_);
+  int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  int peak_ ABSL_GUARDED_BY(mu_) = 0;
+  int throttles_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+std::unique_ptr<grpc::ClientContext> Context() {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  return ctx;
+}
+
+TEST(SharedClientsTest, SixtyFourClientsOverThreeReplicasGetExactlyTheCapacity) {
+  absl::StatusOr<std::unique_ptr<RedisServer>> redis = RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  TempDir dir;
+  const std::string config = dir.WriteFile("quotad.yaml", kConfig);
+  std::vector<std::unique_ptr<QuotadServer>> servers;
+  std::vector<std::unique_ptr<v1::Quota::Stub>> stubs;
+  for (int i = 0; i < kReplicas; ++i) {
+    ServerOptions options;
+    options.config_path = config;
+    options.redis_url = absl::StrCat("redis://127.0.0.1:", (*redis)->port());
+    options.listen_address = "127.0.0.1:0";
+    options.sweep_interval = absl::Milliseconds(50);
+    options.config_watch_interval = absl::ZeroDuration();
+    options.cq_threads = 2;
+    options.shutdown_grace = absl::Seconds(2);
+    absl::StatusOr<std::unique_ptr<QuotadServer>> server = QuotadServer::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    stubs.push_back(v1::Quota::NewStub(
+        grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials())));
+    servers.push_back(*std::move(server));
+  }
+  const std::vector<std::string> kinds = {"k/cal", "k/roll", "k/slide", "k/bucket", "k/conc",
+                                          "k/free"};
+  constexpr int kTries = 3;  // per client and credential: 192 asks against 40
+  StrictUpstream upstream;
+  std::map<std::string, std::atomic<int>> granted;
+  for (const std::string& k : kinds) granted[k] = 0;
+  std::atomic<int> errors{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c) {
+    clients.emplace_back([&, c] {
+      for (int t = 0; t < kTries; ++t) {
+        for (size_t j = 0; j < kinds.size(); ++j) {
+          const std::string& cred = kinds[(j + c) % kinds.size()];
+          const int replica = (c + t + static_cast<int>(j)) % kReplicas;
+          v1::AcquireRequest req;
+          req.set_credential(cred);
+          req.set_feature("req");
+          v1::AcquireResponse resp;
+          grpc::Status s = stubs[replica]->Acquire(Context().get(), req, &resp);
+          if (!s.ok()) {
+            errors++;
+            continue;
+          }
+          if (!resp.granted()) continue;
+          granted[cred]++;
+          upstream.Begin(cred);
+          if (cred == "k/conc") {
+            // Hold the slot over a renewal and release through other replicas.
+            v1::RenewRequest renew;
+            renew.set_lease_id(resp.lease_id());
+            v1::RenewResponse renewed;
+            if (!stubs[(replica + 1) % kReplicas]->Renew(Context().get(), renew, &renewed).ok()) {
+              errors++;
+            }
+            upstream.End();
+            v1::ReleaseRequest rel;
+            rel.set_lease_id(resp.lease_id());
+            v1::ReleaseResponse released;
+            if (!stubs[(replica + 2) % kReplicas]->Release(Context().get(), rel, &released).ok()) {
+              errors++;
+            }
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(upstream.throttles(), 0);
+  for (const char* k : {"k/roll", "k/slide", "k/bucket"}) {
+    EXPECT_EQ(granted[k].load(), kCapacity) << k;
+  }
+  // A day turning in Asia/Kathmandu during the test opens a second window.
+  EXPECT_EQ(granted["k/cal"].load(), kCapacity * upstream.windows("k/cal@"));
+  EXPECT_EQ(granted["k/free"].load(), kClients * kTries);
+  EXPECT_LE(upstream.peak(), kSlots);
+  EXPECT_GE(granted["k/conc"].load(), kSlots);
+  std::printf("64 clients: granted cal %d roll %d slide %d bucket %d conc %d (peak in flight %d "
+              "of %d) free %d; upstream throttles %d\n",
+              granted["k/cal"].load(), granted["k/roll"].load(), granted["k/slide"].load(),
+              granted["k/bucket"].load(), granted["k/conc"].load(), upstream.peak(), kSlots,
+              granted["k/free"].load(), upstream.throttles());
+}
+
+}  // namespace
+}  // namespace quotad::testing
+
+int main(int argc, char** argv) {
+  int64_t seed = -1, seeds = -1, first = 1, kills = 1;
+  double seconds = 0;
+  bool conformance = true, shapes = false, conc_renames = false, reloads = true;
+  std::vector<char*> rest = {argv[0]};
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto val = [&](const char* name) -> const char* {
+      const size_t n = std::strlen(name);
+      return a.compare(0, n, name) == 0 ? a.c_str() + n : nullptr;
+    };
+    if (const char* v = val("--seed=")) seed = std::atoll(v);
+    else if (const char* v = val("--seeds=")) seeds = std::atoll(v);
+    else if (const char* v = val("--first_seed=")) first = std::atoll(v);
+    else if (const char* v = val("--seconds=")) seconds = std::atof(v);
+    else if (const char* v = val("--kills=")) kills = std::atoll(v);
+    else if (a == "--no_conformance") conformance = false;
+    else if (a == "--shape_changes") shapes = true;
+    else if (a == "--concurrency_renames") conc_renames = true;
+    else if (a == "--no_reloads") reloads = false;
+    else if (a == "--trace") quotad::testing::g_trace = true;
+    else rest.push_back(argv[i]);
+  }
+  int n = static_cast<int>(rest.size());
+  testing::InitGoogleTest(&n, rest.data());
+  if (seed >= 0 || seeds > 0) {
+    const bool ok = quotad::testing::RunSeeds(
+        seed >= 0 ? seed : first, seed >= 0 ? 1 : static_cast<int>(seeds),
+        seconds > 0 ? seconds : 30, static_cast<int>(kills), conformance, shapes,
+        conc_renames, reloads);
+    return ok ? 0 : 1;
+  }
+  quotad::testing::g_seconds = seconds;
+  return RUN_ALL_TESTS();
+}
