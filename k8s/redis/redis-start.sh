@@ -41,11 +41,21 @@ conf=/tmp/redis.conf
   echo "replica-announce-port $REDIS_PORT"
   if [ "$primary" != "$ANNOUNCE_HOST $REDIS_PORT" ]; then
     echo "replicaof $primary"
+    # Not promotable before its first sync: Sentinel would otherwise promote a replica that
+    # has no data yet if the primary flaps meanwhile, and every grant would be lost.
+    echo "replica-priority 0"
   fi
 } >"$conf"
 if [ "$primary" = "$ANNOUNCE_HOST $REDIS_PORT" ]; then
   echo "redis-start: $ANNOUNCE_HOST:$REDIS_PORT starts as the primary"
 else
-  echo "redis-start: $ANNOUNCE_HOST:$REDIS_PORT starts as a replica of $primary"
+  echo "redis-start: $ANNOUNCE_HOST:$REDIS_PORT starts as a replica of $primary (not promotable until synced)"
+  (
+    until redis-cli -p "$REDIS_PORT" INFO replication 2>/dev/null | grep -q '^master_link_status:up'; do
+      sleep 1
+    done
+    redis-cli -p "$REDIS_PORT" CONFIG SET replica-priority 100 >/dev/null &&
+      echo "redis-start: synced with $primary; promotable again"
+  ) &
 fi
 exec redis-server "$conf"

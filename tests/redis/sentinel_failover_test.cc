@@ -5,10 +5,11 @@
 // limit's capacity: every grant a client received is counted, and the clients keep going after
 // the failover until the new primary denies. Without WAIT the over-grant is printed (it is the
 // grants the old primary acknowledged and never replicated); with --redis_wait_replicas=1 it
-// must be 0. A killed primary is restarted once quotad has moved, as the new primary's replica
-// (as k8s/redis/redis-start.sh starts a pod): with WAIT 1, quotad grants nothing until it has
-// synced. (Restarted empty as a primary instead, it is a second primary without data that
-// Sentinel may promote back before turning it into a replica: the CI saw that once, 327 over.)
+// must be 0. A killed primary is restarted once quotad has moved, as the new primary's replica,
+// not promotable before its first sync (as k8s/redis/redis-start.sh starts a pod): with WAIT 1,
+// quotad grants nothing until it has synced. (Restarted empty, as a primary or as a promotable
+// replica, it may be promoted while empty when the new primary flaps: the CI saw 327 and 320
+// over-granted that way under load.)
 
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
@@ -21,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -189,9 +191,22 @@ TEST_P(SentinelFailoverTest, FollowsTheNewPrimaryAndCountsTheOverGrant) {
   const absl::Duration switch_time = absl::Now() - failover_start;
   followed.store(true);
   if (sc.kill) {
-    // Restarted (empty: no AOF) as the new primary's replica, as the pods of k8s/redis restart.
-    // Until it has synced, with WAIT, nothing can be granted.
-    ASSERT_TRUE(old_primary.Restart({"--replicaof", "127.0.0.1", absl::StrCat(*new_port)}).ok());
+    // Restarted (empty: no AOF) as the new primary's replica, not promotable until its first
+    // sync, as the pods of k8s/redis restart: were the new primary to flap meanwhile (the CI saw
+    // it under load with down-after 500 ms), Sentinel would promote the empty replica and every
+    // grant would be lost, WAIT or not. Until it has synced, with WAIT, nothing is granted.
+    ASSERT_TRUE(old_primary
+                    .Restart({"--replicaof", "127.0.0.1", absl::StrCat(*new_port),
+                              "--replica-priority", "0"})
+                    .ok());
+    ASSERT_TRUE(Eventually(
+        [&] {
+          absl::StatusOr<std::string> info = old_primary.Command({"INFO", "replication"});
+          return info.ok() && absl::StrContains(*info, "master_link_status:up");
+        },
+        absl::Seconds(30)))
+        << "the restarted server did not sync";
+    ASSERT_TRUE(old_primary.Command({"CONFIG", "SET", "replica-priority", "100"}).ok());
   }
 
   ASSERT_TRUE(Eventually([&] { return finished.load() == kClients; }, kClientDeadline))
