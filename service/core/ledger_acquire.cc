@@ -119,6 +119,13 @@ std::vector<absl::StatusOr<Decision>> Ledger::AcquireAll(
   int granted = 0;
   {
     CredentialLocks locks(creds);
+    // What the items' counters were before any of the batch (or a waiter it serves) ran.
+    std::vector<std::vector<Credential::Untouched>> notes(n);
+    for (int i = 0; i < n; ++i) {
+      const CompiledCredential& cc = *creds[i]->compiled;
+      const int f = cc.FindFeature(requests[i].feature);
+      if (f >= 0) creds[i]->NoteUntouched(*this, cc.features[f], requests[i].scope, now, &notes[i]);
+    }
     for (; granted < n; ++granted) {
       const int i = granted;
       results[i] = creds[i]->AcquireOrQueue(*this, requests[i], /*priority=*/0, now, &recs[i],
@@ -130,6 +137,14 @@ std::vector<absl::StatusOr<Decision>> Ledger::AcquireAll(
       // refund is exact only in that order).
       for (int j = granted - 1; j >= 0; --j) {
         creds[j]->UndoGrant(*this, results[j]->lease_id, recs[j], now);
+      }
+      // Then the scopes and rolling windows the undone charges (and only they) made.
+      for (int i = 0; i <= granted && i < n; ++i) {
+        const bool others_granted =
+            std::any_of(answers.begin(), answers.end(), [&](const Answer& a) {
+              return a.lease != nullptr && a.lease->credential == creds[i];
+            });
+        creds[i]->ForgetUndone(*this, notes[i], others_granted, now);
       }
     }
   }
@@ -196,6 +211,12 @@ absl::StatusOr<Decision> Credential::Acquire(Ledger& l, const AcquireRequest& re
     return d;
   }
 
+  // A grant that writes its lease under the lock may be rolled back (below): note first what
+  // its charge would change beyond units.
+  std::vector<Untouched> notes;
+  if (l.options_.journal != nullptr && feature.has_concurrency) {
+    NoteUntouched(l, feature, req.scope, now, &notes);
+  }
   absl::InlinedVector<Counter*, 4> feature_counters;
   feature_counters.reserve(feature.rules.size());
   absl::InlinedVector<int, 2> created_scopes;  // rules whose counter for this scope is new
@@ -244,6 +265,7 @@ absl::StatusOr<Decision> Credential::Acquire(Ledger& l, const AcquireRequest& re
   } else {
     if (l.options_.journal != nullptr) {
       if (absl::Status s = ReserveAhead(l, cc, feature, feature_counters, req, now); !s.ok()) {
+        for (int r : created_scopes) scoped[r].erase(req.scope);  // as a denial leaves none
         return s;
       }
     }
@@ -278,6 +300,7 @@ absl::StatusOr<Decision> Credential::Acquire(Ledger& l, const AcquireRequest& re
         // The slot would not survive a restart: undo the whole grant and fail closed.
         rec->journaled_with_slots = false;  // no row was written
         UndoGrant(l, d.lease_id, *rec, now);
+        ForgetUndone(l, notes, /*others_granted=*/false, now);
         return absl::UnavailableError(
             absl::StrCat("state store failed, denying (fail closed): ", s.message()));
       }
@@ -324,6 +347,40 @@ void Credential::UndoGrant(Ledger& l, const LeaseId& id, const LeaseRecord& rec,
   }
   if (rec.journaled_with_slots && l.options_.journal != nullptr) {
     l.options_.journal->DeleteLease(id.ToString());
+  }
+}
+
+void Credential::NoteUntouched(const Ledger& l, const CompiledFeature& feature,
+                               absl::string_view scope, int64_t now,
+                               std::vector<Untouched>* notes) {
+  for (int r : feature.rules) {
+    const Rule& rule = compiled->rules[r];
+    const bool rolling = rule.spec.kind == LimitKind::kRolling;
+    if (!rule.spec.scoped && !rolling) continue;
+    Counter* counter = CounterFor(r, scope, false);
+    Untouched& note = notes->emplace_back();
+    note.rule = r;
+    note.scope = rule.spec.scoped ? std::string(scope) : "";
+    note.absent = counter == nullptr;
+    note.rolling_closed =
+        rolling && (counter == nullptr ||
+                    counter->View(rule, l.RuleTime(rule, now)).reset_ns == kInfiniteNs);
+  }
+}
+
+void Credential::ForgetUndone(const Ledger& l, absl::Span<const Untouched> notes,
+                              bool others_granted, int64_t now) {
+  for (const Untouched& note : notes) {
+    const Rule& rule = compiled->rules[note.rule];
+    Counter* counter = CounterFor(note.rule, note.scope, false);
+    if (counter == nullptr) continue;
+    // Units the charges could not give back (a refund refused) stay counted: the counter stays.
+    const bool empty = counter->View(rule, l.RuleTime(rule, now)).used == 0;
+    if (note.absent && (!others_granted || empty)) {
+      scoped[note.rule].erase(note.scope);
+    } else if (note.rolling_closed && empty) {
+      counter->Clear(rule);  // closes the window; nothing was in it
+    }
   }
 }
 

@@ -194,6 +194,26 @@ struct Credential {
   // row if it wrote one. Gives back at most what was charged, never more.
   void UndoGrant(Ledger& l, const LeaseId& id, const LeaseRecord& rec, int64_t now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // A counter a charge may touch, as it was before: whether its scope had no counter yet, and
+  // (rolling) whether its window was closed. Undoing the charge takes back what it made of them
+  // (ForgetUndone): a refund gives back units, not the scope the charge created (which
+  // max_scopes counts) nor the window it opened (which would then end before the one the
+  // provider opens at the first request it does see).
+  struct Untouched {
+    int rule = -1;
+    std::string scope;
+    bool absent = false;          // scoped, and no counter for the scope yet
+    bool rolling_closed = false;  // rolling, and its window closed (or no counter yet)
+  };
+  // Appends the state of the counters a charge of `feature` for `scope` at `now` would touch.
+  void NoteUntouched(const Ledger& l, const CompiledFeature& feature, absl::string_view scope,
+                     int64_t now, std::vector<Untouched>* notes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // After every charge made since `notes` were taken was undone (UndoGrant), at the same `now`:
+  // drops the scope counters that did not exist then (all of them when `others_granted` is
+  // false, i.e. nothing but the undone charges went into them; else those that hold nothing),
+  // and closes the rolling windows that were closed then and hold nothing now.
+  void ForgetUndone(const Ledger& l, absl::Span<const Untouched> notes, bool others_granted,
+                    int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   // Writes the high-water marks the charge needs ahead of it; kUnavailable when it cannot.
   absl::Status ReserveAhead(const Ledger& l, const CompiledCredential& cc,
                             const CompiledFeature& feature,
