@@ -170,6 +170,11 @@ struct Credential {
   // Until when one of the limits `feature` charges cools down (<= now: none does).
   int64_t LimitCooldown(const CompiledCredential& cc, const CompiledFeature& feature,
                         int64_t now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // The item of Ledger::AcquireAll being decided (null: none). Its Acquire charges without
+  // writing the high-water marks ahead; the batch writes them, in one Reserve, once every item
+  // is granted (ReserveCharged), so that a refused batch leaves none in the journal: restored,
+  // they would stand for charges the provider never saw (a rolling window it never opened).
+  const AcquireRequest* deferring_reservations ABSL_GUARDED_BY(mu) = nullptr;
   WaiterMap waiters ABSL_GUARDED_BY(mu);
   // When a waiter may next be served (its retry time or deadline), as last computed.
   int64_t next_serve_ns ABSL_GUARDED_BY(mu) = kInfiniteNs;
@@ -214,6 +219,17 @@ struct Credential {
   // and closes the rolling windows that were closed then and hold nothing now.
   void ForgetUndone(const Ledger& l, absl::Span<const Untouched> notes, bool others_granted,
                     int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // The high-water marks the counters charged by the grant `rec` need now that the charge is
+  // made (Counter::NeedsReservation with cost 0): appended to *reservations, each counter once
+  // (*counters holds those already asked), with what to record once they are durable.
+  struct Deferred {
+    Counter* counter = nullptr;
+    const Rule* rule = nullptr;
+    ReservationNeed need;
+  };
+  void ReserveCharged(const Ledger& l, const LeaseRecord& rec, int64_t now,
+                      std::vector<Reservation>* reservations, std::vector<Deferred>* counters)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   // Writes the high-water marks the charge needs ahead of it; kUnavailable when it cannot.
   absl::Status ReserveAhead(const Ledger& l, const CompiledCredential& cc,
                             const CompiledFeature& feature,

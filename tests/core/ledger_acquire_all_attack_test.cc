@@ -6,6 +6,7 @@
 // batch sends none).
 
 #include <atomic>
+#include <cstdio>
 #include <memory>
 #include <optional>
 #include <random>
@@ -14,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
@@ -175,6 +177,238 @@ TEST_F(AcquireAllAttackTest, ARefusedBatchDoesNotOpenARollingWindow) {
   EXPECT_EQ(Drain("c", "roll"), 0) << "a window opened by the refused batch ended at +10 s";
   clock_.Advance(absl::Seconds(5));
   EXPECT_EQ(Drain("c", "roll"), 2);
+}
+
+
+// The same across a restart: the rolling item's high-water mark (a reservation for the window
+// it opened) is written ahead and stays in the journal when the batch is refused. Restored, it
+// is a window that began at the refused batch, which the provider never saw: if it ends early,
+// the ledger grants a second window's worth inside the provider's one.
+TEST_F(AcquireAllAttackTest, ARefusedRollingItemOpensNoWindowAcrossARestart) {
+  Start(OneCredential("c", {Feature("roll", {Rolling("r", 100, absl::Seconds(10))}), Blocker()}));
+  FillBlocker();
+  Refused({Item("c", "roll")});
+  clock_.Advance(absl::Seconds(1));
+  Restart();
+  clock_.Advance(absl::Seconds(4));
+  // The provider's window opens here (+5 s) and lasts until +15 s.
+  const int first = Drain("c", "roll", "", 1, 200);
+  clock_.Advance(absl::Seconds(5));  // +10 s
+  const int second = Drain("c", "roll", "", 1, 200);
+  EXPECT_LE(first + second, 100) << first << " at +5 s, " << second << " at +10 s";
+}
+
+// A hot reload that raised a calendar limit keeps the old counter (retired) alongside until its
+// window drains, and charges both. Undo frees a retired counter's slots but cannot refund its
+// window (Acquire keeps no refund token for it): the refused batch's units stay there until the
+// old window ends. That costs grants (an under-grant, bounded by the old window); it must never
+// over-grant, and the full new capacity is there once the old window has drained.
+TEST_F(AcquireAllAttackTest, RetiredCountersUndoneNeverOverGrantAndDrain) {
+  auto policy = [](int64_t cap) {
+    return OneCredential("c", {Feature("day", {Calendar("d", cap, CalendarUnit::kDay)}),
+                               Feature("jobs", {Concurrency("j", cap)}), Blocker()});
+  };
+  Start(policy(5));
+  FillBlocker();
+  ASSERT_EQ(Drain("c", "day", "", 1, 1), 1);
+  ASSERT_OK(ledger_->Reload(policy(8)));  // raised: the old day counter is retired, holding 1
+  Refused({Item("c", "day", 3), Item("c", "jobs", 3)});
+  const int now_left = Drain("c", "day");
+  EXPECT_LE(1 + now_left, 5) << "the old window over its capacity";
+  EXPECT_EQ(Drain("c", "jobs"), 8);  // slots are freed exactly
+  clock_.Advance(absl::Hours(12) + absl::Seconds(1));  // the next UTC day
+  EXPECT_EQ(Drain("c", "day"), 8);
+  std::printf("retired undo cost: %d of 4 grants left in the old window after a refused batch\n",
+              now_left);
+}
+
+// An adoption of the upstream's count at the very instant of the batch (Report just before it,
+// same FakeClock instant): calendar refunds of charges made at or before the adoption are
+// refused, so the undone item's units stay counted (an under-grant until the window ends; the
+// charge was never sent, but the counter cannot tell). It must not over-grant.
+TEST_F(AcquireAllAttackTest, AnAdoptionAtTheSameInstantNeverOverGrants) {
+  Start(OneCredential("c", {Feature("day", {Calendar("d", 10, CalendarUnit::kDay)}), Blocker()}));
+  FillBlocker();
+  UpstreamAnswer a;
+  a.credential = "c";
+  a.feature = "day";
+  a.http_status = 200;
+  a.headers = {{"X-RateLimit-Limit", "10"}, {"X-RateLimit-Remaining", "7"}};
+  ASSERT_OK(ledger_->Report(a));
+  Refused({Item("c", "day", 2)});
+  const int left = Drain("c", "day");
+  EXPECT_LE(left, 7);
+  std::printf("same-instant adoption: %d of 7 left after a refused batch\n", left);
+}
+
+// A journal that fails its n-th durable write (Reserve or PutLease) from now on, and only that
+// one: a store failing in the middle of a batch.
+class NthWriteFails : public MemoryJournal {
+ public:
+  void FailWrite(int n) { fail_at_ = writes_ + n; }
+  absl::Status Reserve(const std::vector<Reservation>& r) override {
+    if (++writes_ == fail_at_) return absl::InternalError("disk full");
+    return MemoryJournal::Reserve(r);
+  }
+  absl::Status PutLease(const JournalLease& lease) override {
+    if (!lease.holds_slots) return MemoryJournal::PutLease(lease);
+    if (++writes_ == fail_at_) return absl::InternalError("disk full");
+    return MemoryJournal::PutLease(lease);
+  }
+
+ private:
+  std::atomic<int> writes_{0};
+  std::atomic<int> fail_at_{-1};
+};
+
+// The journal fails in the middle of a batch: the first item's slot row was written, then the
+// batch's reservations (written in one Reserve once every item is granted) fail. The slot row is
+// deleted, the new scope is gone, the error names the store and is the first item that needed a
+// reservation's, and the batch is refused; a restart from the journal holds nothing for it.
+TEST_F(AcquireAllAttackTest, AJournalFailingMidBatchLeavesNothingAcrossARestart) {
+  NthWriteFails journal;
+  FeatureSpec hunt = Feature("hunt", {Calendar("per_day", 3, CalendarUnit::kDay)});
+  hunt.limits[0].scoped = true;
+  hunt.max_scopes = 1;
+  Start(OneCredential("c", {Feature("jobs", {Concurrency("j", 2)}),
+                            Feature("day", {Calendar("d", 5, CalendarUnit::kDay)}), hunt,
+                            Blocker()}),
+        &journal);
+  FillBlocker();
+  journal.FailWrite(2);  // jobs' lease row goes through; the batch's Reserve fails
+  std::vector<absl::StatusOr<Decision>> out = ledger_->AcquireAll(
+      {Item("c", "jobs", 2), Item("c", "hunt", 3, "new"), Item("c", "day", 5)});
+  EXPECT_EQ(out[1].status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(out[1].status().message().find("disk full"), std::string::npos);
+  for (int i : {0, 2}) {
+    ASSERT_OK(out[i]);
+    EXPECT_FALSE(out[i]->granted);
+    EXPECT_EQ(out[i]->limited_by, "all_or_nothing:items[1]");
+    EXPECT_EQ(out[i]->retry_at, absl::InfiniteFuture());
+  }
+  EXPECT_EQ(ledger_->Leases("c").size(), 1u);  // the blocker's
+  Restart();
+  EXPECT_EQ(Drain("c", "hunt", "other"), 3);  // "new" left no scope (max_scopes 1)
+  EXPECT_EQ(Drain("c", "day"), 5);
+  EXPECT_EQ(Drain("c", "jobs"), 2);
+  for (const LeaseInfo& l : ledger_->Leases("c")) {
+    if (l.feature == "jobs") ASSERT_OK(ledger_->Release(l.id, std::nullopt));
+  }
+  // A failure at the first item's slot row is the batch's error, with nothing charged.
+  journal.FailWrite(1);
+  out = ledger_->AcquireAll({Item("c", "jobs", 1), Item("c", "block", 1)});
+  EXPECT_EQ(out[0].status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(out[1]->limited_by, "all_or_nothing:items[0]");
+  EXPECT_EQ(Drain("c", "jobs"), 2);
+}
+
+// A real SqliteJournal file: a refused batch with a slot item and a rolling item, then a restart
+// from the file: every slot is free, and the rolling window opens with the first real request.
+TEST_F(AcquireAllAttackTest, ARefusedBatchOverSqliteLeavesNoSlotAfterRestart) {
+  TempDir dir("acquire-all");
+  auto opened = SqliteJournal::Open(dir.File("state.db"));
+  ASSERT_OK(opened);
+  std::unique_ptr<SqliteJournal> sqlite = std::move(*opened);
+  Start(OneCredential("c", {Feature("jobs", {Concurrency("j", 3)}),
+                            Feature("roll", {Rolling("r", 4, absl::Seconds(10))}), Blocker()}),
+        sqlite.get());
+  FillBlocker();
+  Refused({Item("c", "jobs", 3), Item("c", "roll", 2)});
+  ledger_.reset();
+  sqlite.reset();
+  opened = SqliteJournal::Open(dir.File("state.db"));
+  ASSERT_OK(opened);
+  sqlite = std::move(*opened);
+  Start(policy_, sqlite.get());
+  EXPECT_EQ(Drain("c", "jobs"), 3);
+  clock_.Advance(absl::Seconds(5));
+  const int first = Drain("c", "roll");
+  clock_.Advance(absl::Seconds(5));
+  const int second = Drain("c", "roll");
+  EXPECT_LE(first + second, 4) << first << " at +5 s, " << second << " at +10 s";
+  ledger_.reset();
+}
+
+// Concurrency slots whose leases expire at the batch's very instant are free for it; a refused
+// batch at that instant frees its own slot by its own key (not another lease's), and a granted
+// one then holds them all.
+TEST_F(AcquireAllAttackTest, SlotsExpiringAtTheBatchInstant) {
+  Start(OneCredential("c", {Feature("jobs", {Concurrency("j", 3)}), Blocker()}));
+  FillBlocker();
+  AcquireRequest one = Item("c", "jobs", 1);
+  one.lease_ttl = absl::Seconds(30);
+  ASSERT_TRUE(ledger_->Acquire(one)->granted);
+  one.lease_ttl = absl::Seconds(60);
+  ASSERT_TRUE(ledger_->Acquire(one)->granted);
+  clock_.Advance(absl::Seconds(30));  // the first expires now
+  Refused({Item("c", "jobs", 2)});
+  std::vector<absl::StatusOr<Decision>> out = ledger_->AcquireAll({Item("c", "jobs", 1), Item("c", "jobs", 1)});
+  EXPECT_EQ(Granted(out), 2);
+  EXPECT_EQ(Drain("c", "jobs"), 0);
+  clock_.Advance(absl::Seconds(30));  // the 60 s lease expires: one slot
+  EXPECT_EQ(Drain("c", "jobs"), 1);
+}
+
+// A waiter whose time comes at the batch's instant is served inside the batch (ServeWaiters runs
+// before the first item of its credential), before the batch's own charges; the batch then
+// refused does not take back the waiter's grant, and its undo frees only its own units.
+TEST_F(AcquireAllAttackTest, AWaiterServedInsideARefusedBatchKeepsItsGrant) {
+  Start(Policy{{Credential("c", "", {Feature("slide", {Sliding("s", 2, absl::Seconds(10))}),
+                                     Feature("day", {Calendar("d", 4, CalendarUnit::kDay)}),
+                                     Blocker()}),
+                Credential("b", "", {Blocker()})}});
+  FillBlocker("c");
+  FillBlocker("b");
+  ASSERT_EQ(Drain("c", "slide"), 2);
+  std::atomic<int> granted{0}, answered{0};
+  WaitTicket ticket = ledger_->AcquireOrWait(
+      Item("c", "slide", 1), absl::Minutes(1), 0, [&](absl::StatusOr<Decision> d) {
+        answered++;
+        if (d.ok() && d->granted) granted++;
+      });
+  ASSERT_NE(ticket.credential, nullptr);
+  clock_.Advance(absl::Seconds(10));  // a unit frees; nobody pumped
+  std::vector<absl::StatusOr<Decision>> out = ledger_->AcquireAll(
+      {Item("c", "day", 4), Item("c", "slide", 1), Item("b", "block")});
+  EXPECT_EQ(Granted(out), 0);
+  EXPECT_EQ(answered.load(), 1);
+  EXPECT_EQ(granted.load(), 1);  // the waiter, not the batch, got the freed unit
+  EXPECT_EQ(Drain("c", "slide"), 1);  // the other unit frees at the same instant: one left
+  EXPECT_EQ(Drain("c", "day"), 4);
+  EXPECT_EQ(ledger_->waiting(), 0);
+}
+
+// The same credential many times, 1000 items: all granted when they fit exactly, and one over
+// refuses all 1001 with everything given back.
+TEST_F(AcquireAllAttackTest, AThousandItemsOnOneCredential) {
+  Start(Policy{{Credential("c", "", {Feature("day", {Calendar("d", 1000, CalendarUnit::kDay)}),
+                                     Feature("bucket", {Bucket("tb", 600, absl::Minutes(1), 600)}),
+                                     Feature("jobs", {Concurrency("j", 1000)}), Blocker()}),
+                Credential("b", "", {Feature("day", {Calendar("d", 1000, CalendarUnit::kDay)})})}});
+  FillBlocker();
+  std::vector<AcquireRequest> items;
+  for (int i = 0; i < 1000; ++i) {
+    items.push_back(Item(i % 2 ? "c" : "b", i % 3 == 0 ? "jobs" : "day"));
+    if (i % 2 == 0) items.back().feature = "day";
+    if (i % 5 == 0 && i % 2) items.back().feature = "bucket";
+  }
+  items.push_back(Item("c", "day", 1000));  // over: 1000 more on c's day
+  std::vector<absl::StatusOr<Decision>> out = ledger_->AcquireAll(items);
+  EXPECT_EQ(Granted(out), 0);
+  ASSERT_OK(out.back());
+  EXPECT_EQ(out.back()->limited_by, "day.d");
+  EXPECT_EQ(Drain("c", "day", "", 1, 2000), 1000);
+  EXPECT_EQ(Drain("b", "day", "", 1, 2000), 1000);
+  EXPECT_EQ(Drain("c", "jobs", "", 1, 2000), 1000);
+  EXPECT_EQ(Drain("c", "bucket", "", 1, 2000), 600);
+  // Now exactly what is left, as one batch: 1000 slots freed by a Reset-free path (releases).
+  for (const LeaseInfo& l : ledger_->Leases("c")) {
+    if (l.feature == "jobs") ASSERT_OK(ledger_->Release(l.id, std::nullopt));
+  }
+  items.assign(1000, Item("c", "jobs"));
+  out = ledger_->AcquireAll(items);
+  EXPECT_EQ(Granted(out), 1000);
+  EXPECT_EQ(Drain("c", "jobs"), 0);
 }
 
 }  // namespace
