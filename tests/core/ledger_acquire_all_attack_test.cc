@@ -411,5 +411,90 @@ TEST_F(AcquireAllAttackTest, AThousandItemsOnOneCredential) {
   EXPECT_EQ(Drain("c", "jobs"), 0);
 }
 
+// Batches over three credentials in rotating orders race hot reloads (a raised and lowered
+// capacity, so retired counters come and go), resets, sweeps, renewals and releases on other
+// threads: no deadlock (the test ends), never half a batch, no error but the expected ones, and
+// once everything is released every slot is back.
+TEST_F(AcquireAllAttackTest, BatchesRaceReloadResetSweepRenewAndRelease) {
+  auto policy = [](int64_t cap) {
+    Policy p;
+    for (const char* name : {"a", "b", "c"}) {
+      p.credentials.push_back(Credential(
+          name, "",
+          {Feature("jobs", {Concurrency("j", cap)}),
+           Feature("day", {Calendar("d", 20 * cap, CalendarUnit::kDay)}),
+           Feature("roll", {Rolling("r", 10 * cap, absl::Seconds(30))}),
+           Feature("bucket", {Bucket("tb", 60, absl::Minutes(1), cap)})}));
+    }
+    return p;
+  };
+  Start(policy(3));
+  constexpr int kRounds = 4000;
+  std::atomic<bool> stop{false};
+  std::atomic<int> half{0}, errors{0}, batches_granted{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 3; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(100 + t);
+      const char* names[] = {"a", "b", "c"};
+      const char* features[] = {"jobs", "day", "roll", "bucket"};
+      std::vector<LeaseId> held;
+      for (int r = 0; r < kRounds; ++r) {
+        const int n = 2 + static_cast<int>(rng() % 3);
+        std::vector<AcquireRequest> items;
+        for (int i = 0; i < n; ++i) {
+          items.push_back(Item(names[(t + i + r) % 3], features[rng() % 4]));
+        }
+        std::vector<absl::StatusOr<Decision>> out = ledger_->AcquireAll(items);
+        const int g = Granted(out);
+        if (g != 0 && g != n) half++;
+        for (const auto& d : out) {
+          if (!d.ok() && d.status().code() != absl::StatusCode::kNotFound) errors++;
+        }
+        if (g == n) {
+          batches_granted++;
+          for (const auto& d : out) held.push_back(d->lease_id);
+        }
+        while (held.size() > 4 || (!held.empty() && rng() % 2 == 0)) {
+          if (rng() % 3 == 0) ledger_->Renew(held.back(), absl::Minutes(1)).IgnoreError();
+          ledger_->Release(held.back(), std::nullopt).IgnoreError();  // may have been swept
+          held.pop_back();
+        }
+      }
+      for (const LeaseId& id : held) ledger_->Release(id, std::nullopt).IgnoreError();
+    });
+  }
+  std::thread ops([&] {
+    std::mt19937 rng(7);
+    int64_t cap = 3;
+    while (!stop.load()) {
+      switch (rng() % 4) {
+        case 0:
+          cap = cap == 3 ? 4 : 3;
+          if (!ledger_->Reload(policy(cap)).ok()) errors++;
+          break;
+        case 1:
+          if (!ledger_->Reset(rng() % 2 ? "a" : "b").ok()) errors++;
+          break;
+        case 2:
+          ledger_->Sweep();
+          break;
+        case 3:
+          ledger_->Queues();
+          break;
+      }
+      std::this_thread::yield();
+    }
+  });
+  for (std::thread& t : threads) t.join();
+  stop = true;
+  ops.join();
+  EXPECT_EQ(half.load(), 0);
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_GT(batches_granted.load(), 0);
+  ASSERT_OK(ledger_->Reload(policy(4)));
+  for (const char* name : {"a", "b", "c"}) EXPECT_EQ(Drain(name, "jobs"), 4) << name;
+}
+
 }  // namespace
 }  // namespace quotad
