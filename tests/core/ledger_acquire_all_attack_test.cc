@@ -241,6 +241,48 @@ TEST_F(AcquireAllAttackTest, AnAdoptionAtTheSameInstantNeverOverGrants) {
   std::printf("same-instant adoption: %d of 7 left after a refused batch\n", left);
 }
 
+// A throttle cools a feature down (Report 429 with Retry-After): a batch with an item of it is
+// refused with the cooldown's end as every item's retry_at, and the other items are given back.
+TEST_F(AcquireAllAttackTest, ACooledDownItemRefusesTheBatchUntilTheCooldownEnds) {
+  Start(OneCredential("c", {Feature("f", {Sliding("s", 3, absl::Minutes(1))}),
+                            Feature("g", {Calendar("d", 3, CalendarUnit::kDay)}), Blocker()}));
+  UpstreamAnswer a;
+  a.credential = "c";
+  a.feature = "f";
+  a.http_status = 429;
+  a.headers = {{"Retry-After", "12"}};
+  ASSERT_OK(ledger_->Report(a));
+  std::vector<absl::StatusOr<Decision>> out =
+      ledger_->AcquireAll({Item("c", "g", 3), Item("c", "f", 1)});
+  EXPECT_EQ(Granted(out), 0);
+  ASSERT_OK(out[1]);
+  EXPECT_EQ(out[1]->limited_by, "f.cooldown");
+  EXPECT_EQ(out[0]->retry_at, clock_.Now() + absl::Seconds(12));
+  clock_.Advance(absl::Seconds(12));
+  out = ledger_->AcquireAll({Item("c", "g", 3), Item("c", "f", 1)});
+  EXPECT_EQ(Granted(out), 2);  // g's 3 units were all given back
+  EXPECT_EQ(Drain("c", "g"), 0);
+}
+
+// A calendar limit with a guard counts a charge made within the guard in the next window too.
+// A refused batch inside the guard must not over-grant either window; what it costs the next
+// one (its units counted there, as a refund of a guard charge leaves them) is printed.
+TEST_F(AcquireAllAttackTest, ARefusedBatchInACalendarGuardNeverOverGrants) {
+  LimitSpec hour = Calendar("h", 4, CalendarUnit::kHour);
+  hour.guard = absl::Seconds(10);
+  Start(OneCredential("c", {Feature("f", {hour}), Blocker()}));
+  FillBlocker();
+  clock_.Advance(absl::Minutes(59) + absl::Seconds(55));  // 12:59:55, in the guard
+  Refused({Item("c", "f", 2)});
+  clock_.Advance(absl::Seconds(5));  // 13:00:00, the next hour
+  const int next = Drain("c", "f");
+  EXPECT_LE(next, 4);
+  clock_.Advance(absl::Hours(1));
+  EXPECT_EQ(Drain("c", "f"), 4);  // the hour after: whole again
+  std::printf("calendar guard: %d of 4 granted in the next hour after a refused batch of 2 "
+              "in the guard\n", next);
+}
+
 // A journal that fails its n-th durable write (Reserve or PutLease) from now on, and only that
 // one: a store failing in the middle of a batch.
 class NthWriteFails : public MemoryJournal {
