@@ -180,6 +180,59 @@ TEST_F(AcquireAllAttackTest, ARefusedBatchDoesNotOpenARollingWindow) {
 }
 
 
+// The rolling fix above closes a window the refused batch opened only when nothing is left in
+// it. When the closed window's guard carried units (a charge in its last `guard` may have opened
+// the provider's next window, so they count in ours while that one can last), the refund leaves
+// them and the window stays open from the batch's instant: it ends before the provider's window
+// opened by the next real request, and the ledger grants a second window's worth inside it.
+// DISABLED: the fix belongs in Counter (limits.cc): an exact undo of a rolling charge that
+// opened a window must restore its bounds and carry (Charge resets carry_ and moves start/end;
+// Refund gives back only used units; Clear would drop the carried units, an over-grant too).
+TEST_F(AcquireAllAttackTest, DISABLED_ARefusedBatchReopeningACarriedRollingWindowEndsItEarly) {
+  LimitSpec roll = Rolling("r", 4, absl::Seconds(10));
+  roll.guard = absl::Seconds(2);  // the window lasts 12 s; its last 2 s carry
+  Start(OneCredential("c", {Feature("roll", {roll}), Blocker()}));
+  FillBlocker();
+  ASSERT_EQ(Drain("c", "roll", "", 1, 1), 1);  // +0: the window opens, until +12 s
+  clock_.Advance(absl::Milliseconds(10500));
+  ASSERT_EQ(Drain("c", "roll", "", 1, 1), 1);  // +10.5 s, in the guard: opens the provider's next
+  clock_.Advance(absl::Milliseconds(2500));    // +13 s: ours closed, the carried unit counts
+  Refused({Item("c", "roll")});
+  clock_.Advance(absl::Seconds(8));  // +21 s: the provider's window from +10.5 s has ended
+  const int first = Drain("c", "roll");  // the provider opens its next window here, until +31 s
+  clock_.Advance(absl::Seconds(4));      // +25 s
+  const int second = Drain("c", "roll");
+  EXPECT_LE(first + second, 4) << first << " at +21 s, " << second << " at +25 s";
+}
+
+// The same with no batch: the carried unit counts in the window the next real request opens.
+TEST_F(AcquireAllAttackTest, ACarriedRollingWindowWithoutABatchIsExact) {
+  LimitSpec roll = Rolling("r", 4, absl::Seconds(10));
+  roll.guard = absl::Seconds(2);
+  Start(OneCredential("c", {Feature("roll", {roll}), Blocker()}));
+  ASSERT_EQ(Drain("c", "roll", "", 1, 1), 1);
+  clock_.Advance(absl::Milliseconds(10500));
+  ASSERT_EQ(Drain("c", "roll", "", 1, 1), 1);
+  clock_.Advance(absl::Seconds(10) + absl::Milliseconds(500));  // +21 s
+  const int first = Drain("c", "roll");
+  clock_.Advance(absl::Seconds(4));
+  const int second = Drain("c", "roll");
+  EXPECT_LE(first + second, 4) << first << " at +21 s, " << second << " at +25 s";
+}
+
+// A Reset at the batch's very instant: the batch's charges come after it, so its undo gives
+// them back whole (UndoGrant does not look at the reset time, which only guards older leases).
+TEST_F(AcquireAllAttackTest, AResetAtTheSameInstantIsUndoneWhole) {
+  Start(OneCredential("c", {Feature("day", {Calendar("d", 5, CalendarUnit::kDay)}),
+                            Feature("roll", {Rolling("r", 5, absl::Minutes(1))}), Blocker()}));
+  ASSERT_EQ(Drain("c", "day"), 5);
+  ASSERT_OK(ledger_->Reset("c"));
+  FillBlocker();
+  Refused({Item("c", "day", 5), Item("c", "roll", 5)});
+  EXPECT_EQ(Drain("c", "day"), 5);
+  EXPECT_EQ(Drain("c", "roll"), 5);
+}
+
 // The same across a restart: the rolling item's high-water mark (a reservation for the window
 // it opened) is written ahead and stays in the journal when the batch is refused. Restored, it
 // is a window that began at the refused batch, which the provider never saw: if it ends early,
