@@ -216,7 +216,9 @@ struct Credential {
   // After every charge made since `notes` were taken was undone (UndoGrant), at the same `now`:
   // drops the scope counters that did not exist then (all of them when `others_granted` is
   // false, i.e. nothing but the undone charges went into them; else those that hold nothing),
-  // and closes the rolling windows that were closed then and hold nothing now.
+  // and closes the rolling windows that were closed then and hold nothing now. A closed window
+  // whose guard carried units stays open from `now` (Counter keeps no way back to its old
+  // bounds and carry; ledger_acquire_all_attack_test, DISABLED_...CarriedRollingWindow...).
   void ForgetUndone(const Ledger& l, absl::Span<const Untouched> notes, bool others_granted,
                     int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   // The high-water marks the counters charged by the grant `rec` need now that the charge is
