@@ -1,5 +1,8 @@
 // Ledger::Acquire: validation, the decision under the credential's mutex, the write-ahead of
 // reservations, and the lease's entry in the lease table after the mutex is released.
+// Ledger::AcquireAll: the same for a batch under several credentials' mutexes, its reservations
+// written once every item is granted, and the undo of a refused batch (UndoGrant, then
+// ForgetUndone for the scopes and rolling windows its charges made).
 
 #include <algorithm>
 #include <array>
@@ -115,21 +118,63 @@ std::vector<absl::StatusOr<Decision>> Ledger::AcquireAll(
   }
   const int64_t now = NowNs();
   std::vector<LeaseRecord> recs(n);
+  std::vector<LeaseId> ids(n);  // of the grants, to undo them
   std::vector<Answer> answers;  // waiters served on the way: theirs, delivered unlocked
-  int granted = 0;
+  int granted = 0;  // items granted before the blocker (n: all); their grants are undone
   {
     CredentialLocks locks(creds);
+    // What the items' counters were before any of the batch (or a waiter it serves) ran.
+    std::vector<std::vector<Credential::Untouched>> notes(n);
+    for (int i = 0; i < n; ++i) {
+      const CompiledCredential& cc = *creds[i]->compiled;
+      const int f = cc.FindFeature(requests[i].feature);
+      if (f >= 0) creds[i]->NoteUntouched(*this, cc.features[f], requests[i].scope, now, &notes[i]);
+    }
     for (; granted < n; ++granted) {
       const int i = granted;
+      creds[i]->deferring_reservations = &requests[i];
       results[i] = creds[i]->AcquireOrQueue(*this, requests[i], /*priority=*/0, now, &recs[i],
                                             /*waiter=*/nullptr, &answers);
+      creds[i]->deferring_reservations = nullptr;
       if (!results[i].ok() || !results[i]->granted) break;
+      ids[i] = results[i]->lease_id;
+    }
+    int charged = granted;  // items whose charges are to be undone when the batch is refused
+    if (granted == n && options_.journal != nullptr) {
+      // Every item is granted: write what their charges need ahead, all in one Reserve. When
+      // the journal fails, the first item that needed one answers for it, and all are undone.
+      std::vector<Reservation> reservations;
+      std::vector<Credential::Deferred> deferred;
+      int first_needing = -1;
+      for (int i = 0; i < n; ++i) {
+        const size_t before = reservations.size();
+        creds[i]->ReserveCharged(*this, recs[i], now, &reservations, &deferred);
+        if (first_needing < 0 && reservations.size() > before) first_needing = i;
+      }
+      if (!reservations.empty()) {
+        if (absl::Status s = options_.journal->Reserve(reservations); s.ok()) {
+          for (const Credential::Deferred& d : deferred) {
+            d.counter->Reserved(*d.rule, RuleTime(*d.rule, now), d.need);
+          }
+        } else {
+          granted = first_needing;
+          results[granted] = absl::UnavailableError(
+              absl::StrCat("state store failed, denying (fail closed): ", s.message()));
+        }
+      }
     }
     if (granted < n) {
       // Nobody has seen the charges yet: take them back, the latest first (a token bucket's
-      // refund is exact only in that order).
-      for (int j = granted - 1; j >= 0; --j) {
-        creds[j]->UndoGrant(*this, results[j]->lease_id, recs[j], now);
+      // refund is exact only in that order), then the scopes and rolling windows they made.
+      for (int j = charged - 1; j >= 0; --j) {
+        creds[j]->UndoGrant(*this, ids[j], recs[j], now);
+      }
+      for (int i = 0; i < n; ++i) {
+        const bool others_granted =
+            std::any_of(answers.begin(), answers.end(), [&](const Answer& a) {
+              return a.lease != nullptr && a.lease->credential == creds[i];
+            });
+        creds[i]->ForgetUndone(*this, notes[i], others_granted, now);
       }
     }
   }
@@ -196,6 +241,12 @@ absl::StatusOr<Decision> Credential::Acquire(Ledger& l, const AcquireRequest& re
     return d;
   }
 
+  // A grant that writes its lease under the lock may be rolled back (below): note first what
+  // its charge would change beyond units.
+  std::vector<Untouched> notes;
+  if (l.options_.journal != nullptr && feature.has_concurrency) {
+    NoteUntouched(l, feature, req.scope, now, &notes);
+  }
   absl::InlinedVector<Counter*, 4> feature_counters;
   feature_counters.reserve(feature.rules.size());
   absl::InlinedVector<int, 2> created_scopes;  // rules whose counter for this scope is new
@@ -242,8 +293,9 @@ absl::StatusOr<Decision> Credential::Acquire(Ledger& l, const AcquireRequest& re
     d.retry_at = l.ToWall(retry_ns);
     d.limited_by = cc.rules[limited_by].full_name;
   } else {
-    if (l.options_.journal != nullptr) {
+    if (l.options_.journal != nullptr && &req != deferring_reservations) {
       if (absl::Status s = ReserveAhead(l, cc, feature, feature_counters, req, now); !s.ok()) {
+        for (int r : created_scopes) scoped[r].erase(req.scope);  // as a denial leaves none
         return s;
       }
     }
@@ -278,6 +330,7 @@ absl::StatusOr<Decision> Credential::Acquire(Ledger& l, const AcquireRequest& re
         // The slot would not survive a restart: undo the whole grant and fail closed.
         rec->journaled_with_slots = false;  // no row was written
         UndoGrant(l, d.lease_id, *rec, now);
+        ForgetUndone(l, notes, /*others_granted=*/false, now);
         return absl::UnavailableError(
             absl::StrCat("state store failed, denying (fail closed): ", s.message()));
       }
@@ -324,6 +377,65 @@ void Credential::UndoGrant(Ledger& l, const LeaseId& id, const LeaseRecord& rec,
   }
   if (rec.journaled_with_slots && l.options_.journal != nullptr) {
     l.options_.journal->DeleteLease(id.ToString());
+  }
+}
+
+void Credential::NoteUntouched(const Ledger& l, const CompiledFeature& feature,
+                               absl::string_view scope, int64_t now,
+                               std::vector<Untouched>* notes) {
+  for (int r : feature.rules) {
+    const Rule& rule = compiled->rules[r];
+    const bool rolling = rule.spec.kind == LimitKind::kRolling;
+    if (!rule.spec.scoped && !rolling) continue;
+    Counter* counter = CounterFor(r, scope, false);
+    Untouched& note = notes->emplace_back();
+    note.rule = r;
+    note.scope = rule.spec.scoped ? std::string(scope) : "";
+    note.absent = counter == nullptr;
+    note.rolling_closed =
+        rolling && (counter == nullptr ||
+                    counter->View(rule, l.RuleTime(rule, now)).reset_ns == kInfiniteNs);
+  }
+}
+
+void Credential::ForgetUndone(const Ledger& l, absl::Span<const Untouched> notes,
+                              bool others_granted, int64_t now) {
+  for (const Untouched& note : notes) {
+    const Rule& rule = compiled->rules[note.rule];
+    Counter* counter = CounterFor(note.rule, note.scope, false);
+    if (counter == nullptr) continue;
+    // Units the charges could not give back (a refund refused) stay counted: the counter stays.
+    const bool empty = counter->View(rule, l.RuleTime(rule, now)).used == 0;
+    if (note.absent && (!others_granted || empty)) {
+      scoped[note.rule].erase(note.scope);
+    } else if (note.rolling_closed && empty) {
+      counter->Clear(rule);  // closes the window; nothing was in it
+    }
+  }
+}
+
+void Credential::ReserveCharged(const Ledger& l, const LeaseRecord& rec, int64_t now,
+                                std::vector<Reservation>* reservations,
+                                std::vector<Deferred>* counters) {
+  const CompiledCredential& cc = *rec.compiled;
+  for (int r : cc.features[rec.feature].rules) {
+    const Rule& rule = cc.rules[r];
+    Counter* counter = CounterFor(r, rec.scope, false);
+    if (counter == nullptr ||
+        std::any_of(counters->begin(), counters->end(),
+                    [&](const Deferred& d) { return d.counter == counter; })) {
+      continue;
+    }
+    ReservationNeed need;
+    if (!counter->NeedsReservation(rule, l.RuleTime(rule, now), 0, l.BlockFor(rule), &need)) {
+      continue;
+    }
+    for (const ReservationBlock& b : need.blocks()) {
+      reservations->push_back(Reservation{
+          CounterKey{name, rule.full_name, rule.spec.scoped ? rec.scope : ""}, b.window_start_ns,
+          b.until_ns, b.units});
+    }
+    counters->push_back(Deferred{counter, &rule, need});
   }
 }
 

@@ -170,6 +170,11 @@ struct Credential {
   // Until when one of the limits `feature` charges cools down (<= now: none does).
   int64_t LimitCooldown(const CompiledCredential& cc, const CompiledFeature& feature,
                         int64_t now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // The item of Ledger::AcquireAll being decided (null: none). Its Acquire charges without
+  // writing the high-water marks ahead; the batch writes them, in one Reserve, once every item
+  // is granted (ReserveCharged), so that a refused batch leaves none in the journal: restored,
+  // they would stand for charges the provider never saw (a rolling window it never opened).
+  const AcquireRequest* deferring_reservations ABSL_GUARDED_BY(mu) = nullptr;
   WaiterMap waiters ABSL_GUARDED_BY(mu);
   // When a waiter may next be served (its retry time or deadline), as last computed.
   int64_t next_serve_ns ABSL_GUARDED_BY(mu) = kInfiniteNs;
@@ -193,6 +198,39 @@ struct Credential {
   // a retired window keeps the units, an under-grant until it drains), and deletes its journal
   // row if it wrote one. Gives back at most what was charged, never more.
   void UndoGrant(Ledger& l, const LeaseId& id, const LeaseRecord& rec, int64_t now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // A counter a charge may touch, as it was before: whether its scope had no counter yet, and
+  // (rolling) whether its window was closed. Undoing the charge takes back what it made of them
+  // (ForgetUndone): a refund gives back units, not the scope the charge created (which
+  // max_scopes counts) nor the window it opened (which would then end before the one the
+  // provider opens at the first request it does see).
+  struct Untouched {
+    int rule = -1;
+    std::string scope;
+    bool absent = false;          // scoped, and no counter for the scope yet
+    bool rolling_closed = false;  // rolling, and its window closed (or no counter yet)
+  };
+  // Appends the state of the counters a charge of `feature` for `scope` at `now` would touch.
+  void NoteUntouched(const Ledger& l, const CompiledFeature& feature, absl::string_view scope,
+                     int64_t now, std::vector<Untouched>* notes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // After every charge made since `notes` were taken was undone (UndoGrant), at the same `now`:
+  // drops the scope counters that did not exist then (all of them when `others_granted` is
+  // false, i.e. nothing but the undone charges went into them; else those that hold nothing),
+  // and closes the rolling windows that were closed then and hold nothing now. A closed window
+  // whose guard carried units stays open from `now` (Counter keeps no way back to its old
+  // bounds and carry; ledger_acquire_all_attack_test, DISABLED_...CarriedRollingWindow...).
+  void ForgetUndone(const Ledger& l, absl::Span<const Untouched> notes, bool others_granted,
+                    int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
+  // The high-water marks the counters charged by the grant `rec` need now that the charge is
+  // made (Counter::NeedsReservation with cost 0): appended to *reservations, each counter once
+  // (*counters holds those already asked), with what to record once they are durable.
+  struct Deferred {
+    Counter* counter = nullptr;
+    const Rule* rule = nullptr;
+    ReservationNeed need;
+  };
+  void ReserveCharged(const Ledger& l, const LeaseRecord& rec, int64_t now,
+                      std::vector<Reservation>* reservations, std::vector<Deferred>* counters)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu);
   // Writes the high-water marks the charge needs ahead of it; kUnavailable when it cannot.
   absl::Status ReserveAhead(const Ledger& l, const CompiledCredential& cc,

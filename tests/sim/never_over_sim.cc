@@ -8,6 +8,7 @@
 #include <random>
 #include <set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -52,11 +53,12 @@ enum Kind {
   kCompact,
   kPump,
   kStepWall,
-  kReset,  // last: see GenerateOps
+  kReset,  // see GenerateOps: this kind and those after it are weighed on streams of their own
+  kAcquireAll,
   kNumKinds
 };
 
-static_assert(kNumKinds == kReset + 1, "new kinds go after kReset, weighed like it");
+static_assert(kNumKinds == kAcquireAll + 1, "new kinds go after kReset, weighed like it");
 
 // Kinds GenerateOps leaves out (DisableOpKinds).
 std::vector<int>& DisabledKinds() {
@@ -69,7 +71,7 @@ const char* kKindNames[] = {"advance",      "advance_to_boundary", "acquire",   
                             "renew_race",   "release_race",        "report_outside",
                             "report_throttle", "reload",           "crash",     "flush_journal",
                             "sweep",        "compact",             "pump",
-                            "step_wall",    "reset"};
+                            "step_wall",    "reset",               "acquire_all"};
 
 // Time the simulator owns. A FakeClock, plus a one-shot hook run at the next clock read: the read
 // returns the time from before the hook, as if the reader was preempted right after reading.
@@ -926,6 +928,101 @@ class Sim {
   // zeroing is not journaled, so a crash right after a reset restores the old reservations: an
   // under-grant, which the oracle does not flag). The simulated workers send at the grant, so
   // no unit granted before the reset reaches the provider after it.
+  // An all-or-nothing batch (Ledger::AcquireAll) of 2-4 items over the features and scopes:
+  // the ledger grants every item or none, and names the item that refused the batch in every
+  // other one; a granted batch's items are checked as single grants made at once, in order.
+  void DoAcquireAll(const Op& op) {
+    struct Item {
+      std::string feature, scope;
+      int64_t cost = 1;
+      std::optional<int64_t> used;
+      uint64_t arrival = 0;
+    };
+    std::mt19937_64 rng(op.a);
+    const int n = 2 + static_cast<int>(op.b % 3);
+    const std::vector<std::string> fs = Features();
+    static const char* kScopes[] = {"", "s1", "s2"};
+    std::vector<Item> items(n);
+    std::vector<AcquireRequest> reqs(n);
+    std::vector<std::string> described;
+    for (int i = 0; i < n; ++i) {
+      Item& it = items[i];
+      it.feature = fs[rng() % fs.size()];
+      it.scope = kScopes[rng() % 3];
+      it.cost = 1 + static_cast<int64_t>(rng() % 3);
+      it.used = UsedPlan(it.cost, rng());
+      it.arrival = next_arrival_++;
+      AcquireRequest& req = reqs[i];
+      req.credential = cred_.name;
+      req.feature = it.feature;
+      req.scope = it.scope;
+      req.cost = it.cost;
+      req.want_limits = false;
+      if (rng() % 5 == 0) req.lease_ttl = absl::Seconds(1 + static_cast<int64_t>(rng() % 30));
+      described.push_back(absl::StrCat("#", it.arrival, " ", it.feature,
+                                       it.scope.empty() ? "" : "/" + it.scope, " cost ", it.cost));
+    }
+    Log(absl::StrCat("acquire_all [", absl::StrJoin(described, ", "), "]"));
+    const int64_t decided_at = clock_.now();
+    const size_t live_before = ledger_->Leases(cred_.name).size();
+    const size_t served_before = leases_.size();
+    std::vector<absl::StatusOr<Decision>> out = ledger_->AcquireAll(reqs);
+    ProcessEvents();  // waiters served before the batch's own charges
+    // A refused batch leaves no lease: the ledger holds the waiters' new ones only.
+    const size_t live_after = ledger_->Leases(cred_.name).size();
+    const size_t served = leases_.size() - served_before;
+    if (static_cast<int>(out.size()) != n) {
+      Fail("all-or-nothing", absl::StrCat("AcquireAll answered ", out.size(), " of ", n, " items"));
+      return;
+    }
+    int granted = 0;
+    for (const absl::StatusOr<Decision>& d : out) {
+      if (!d.ok() && d.status().code() == absl::StatusCode::kInternal) {
+        Fail("engine-error", d.status().ToString());
+      }
+      if (d.ok() && d->granted) ++granted;
+    }
+    if (granted == n) {
+      for (int i = 0; i < n; ++i) {
+        Granted(*out[i], items[i].feature, items[i].scope, items[i].cost, items[i].used,
+                items[i].arrival, 0, decided_at);
+      }
+      return;
+    }
+    if (granted > 0) {
+      Fail("all-or-nothing", absl::StrCat("AcquireAll granted ", granted, " of ", n, " items"));
+      return;
+    }
+    if (live_after != live_before + served) {
+      Fail("all-or-nothing", absl::StrCat("a refused batch left ", live_after, " live leases of ",
+                                          live_before, " and ", served, " waiters served"));
+    }
+    // Refused: one item says why (an error or its own limit), every other one names it.
+    int blocker = -1;
+    for (int i = 0; i < n; ++i) {
+      if (!out[i].ok() || !absl::StartsWith(out[i]->limited_by, "all_or_nothing:")) {
+        if (blocker >= 0) {
+          Fail("all-or-nothing", absl::StrCat("items ", blocker, " and ", i, " both refused"));
+          return;
+        }
+        blocker = i;
+      }
+    }
+    const std::string label = absl::StrCat("all_or_nothing:items[", blocker, "]");
+    for (int i = 0; i < n; ++i) {
+      if (i != blocker && out[i]->limited_by != label) {
+        Fail("all-or-nothing", absl::StrCat("item ", i, " says ", out[i]->limited_by, ", not ",
+                                            label));
+        return;
+      }
+    }
+    Log(blocker < 0 ? "refused, naming no item"
+                    : absl::StrCat("refused by item ", blocker, ": ",
+                                   out[blocker].ok() ? out[blocker]->limited_by
+                                                     : out[blocker].status().ToString()));
+    if (blocker < 0) Fail("all-or-nothing", "every item names another as the one that refused");
+  }
+
   void DoReset() {
     const absl::Status s = ledger_->Reset(cred_.name);
     Log(absl::StrCat("reset ", cred_.name, " -> ", s.ok() ? "OK" : s.ToString()));
@@ -1071,6 +1168,7 @@ class Sim {
       case kReload: DoReload(op); break;
       case kCrash: DoCrash(); break;
       case kReset: DoReset(); break;
+      case kAcquireAll: DoAcquireAll(op); break;
       case kFlushJournal: {
         const size_t n = journal_->buffered() == 0 ? 0 : op.a % (journal_->buffered() + 1);
         Log(absl::StrCat("journal writes ", n, " of ", journal_->buffered(), " deferred records"));
@@ -1143,6 +1241,8 @@ std::vector<Op> GenerateOps(uint64_t seed, int count) {
   // weights stay what they were and, with the new kinds left out (--without), its whole list.
   std::mt19937_64 later(seed ^ 0x5E7C0FFEEULL);
   weights[kReset] = std::min(choices[later() % 5], 2);  // an operator's act: rare
+  std::mt19937_64 batches(seed ^ 0xA11A11BA7C4ULL);  // acquire_all's own stream
+  weights[kAcquireAll] = std::min(choices[batches() % 5], 4);
   for (int k : DisabledKinds()) weights[k] = 0;
   int total = 0;
   for (int w : weights) total += w;
