@@ -78,7 +78,8 @@ class RedisCluster final : public RedisClient {
 
   // Masters of the current map with a connection up.
   int connected() const override;
-  // The first master of the map (the first node before a map is known).
+  // The first master of the map with a connection up, else the first master (the first node
+  // before a map is known). The wait queue's subscriber connects here (any node hears PUBLISH).
   HostPort primary() const override;
   // How often the map changed after the first one (migrations, failovers).
   int failovers() const override;
