@@ -20,8 +20,9 @@
 //   resending never applies it twice.
 // - Fail closed: a transport failure is answered as it is (the command may have run) and never
 //   resent; a slot whose master is unreachable, unknown, or answers CLUSTERDOWN is answered
-//   kUnavailable naming the slot and the master at once; too many redirects or a migration
-//   outlasting the timeout too. Other slots keep working.
+//   kUnavailable naming the slot and the master at once. Too many redirects, or a migration
+//   outlasting the timeout, is kAborted (nothing was done, and Redis is up: not an outage, so a
+//   fail_open credential is not granted by the replica alone for it). Other slots keep working.
 //
 // Thread-safe. Owns its clients (one per address ever seen as a master or given as a node,
 // kept until destruction) and a worker thread that refreshes the map and resends redirected
