@@ -86,8 +86,25 @@ std::string Features() {
                       "          - {name: slots, kind: concurrency, capacity: 1}\n");
 }
 
+constexpr int kOpenCredentials = 12;
+std::string OpenCred(int i) { return absl::StrCat("open/c", i); }
+
 std::string Config() {
-  std::string yaml = "credentials:\n";
+  // A profile that fails open (fail_open: true): its credentials are granted by the replica
+  // alone when Redis cannot decide (README "Fail open").
+  std::string yaml =
+      "profiles:\n"
+      "  - name: lenient\n"
+      "    fail_open: true\n"
+      "    features:\n"
+      "      - name: one\n"
+      "        default_lease_ttl: 60s\n"
+      "        limits:\n"
+      "          - {name: slots, kind: concurrency, capacity: 1}\n"
+      "credentials:\n";
+  for (int i = 0; i < kOpenCredentials; ++i) {
+    absl::StrAppend(&yaml, "  - name: ", OpenCred(i), "\n    profile: lenient\n");
+  }
   for (int i = 0; i < kCredentials; ++i) {
     absl::StrAppend(&yaml, "  - name: ", Cred(i), "\n", Features());
   }
@@ -171,6 +188,14 @@ class ClusterAttackTest : public ::testing::Test {
       if (group_->OwnerOf(SlotOfCredential(Cred(i))) == m && skip-- == 0) return Cred(i);
     }
     ADD_FAILURE() << "no credential on master " << m;
+    return "";
+  }
+
+  std::string OpenCredentialOn(int m) {
+    for (int i = 0; i < kOpenCredentials; ++i) {
+      if (group_->OwnerOf(SlotOfCredential(OpenCred(i))) == m) return OpenCred(i);
+    }
+    ADD_FAILURE() << "no fail-open credential on master " << m;
     return "";
   }
 
@@ -353,6 +378,63 @@ TEST_F(ClusterAttackTest, BraceNamesHashAsRedisHashesThem) {
           << name;
     }
   }
+}
+
+// Every fail-open lease id starts with this mark (redis_backend_fail_open.cc).
+constexpr char kFailOpenMark[] = "fa11fa11";
+
+// fail_open with one master down: its fail-open credentials are granted by the replica (marked
+// ids), its other credentials are UNAVAILABLE, and a fail-open credential of a live master is
+// still decided by Redis (counted: its capacity holds).
+TEST_F(ClusterAttackTest, FailOpenWithOneMasterDownFailsOpenOnlyForThatMaster) {
+  StartServers();
+  const int dead = 0;
+  const std::string open_dead = OpenCredentialOn(dead);
+  const std::string open_live = OpenCredentialOn(1);
+  const std::string strict_dead = CredentialOn(dead);
+  ASSERT_TRUE(group_->Kill(dead).ok());
+  for (int server = 0; server < 2; ++server) {
+    ASSERT_TRUE(Eventually([&] {
+      v1::AcquireResponse a;
+      return Acquire(server, strict_dead, "one", &a).error_code() ==
+             grpc::StatusCode::UNAVAILABLE;
+    })) << "server " << server;
+    v1::AcquireResponse a;
+    grpc::Status s = Acquire(server, open_dead, "one", &a);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_TRUE(a.granted());
+    EXPECT_TRUE(absl::StartsWith(a.lease_id(), kFailOpenMark)) << a.lease_id();
+  }
+  v1::AcquireResponse first, second;
+  ASSERT_TRUE(Acquire(0, open_live, "one", &first).ok());
+  ASSERT_TRUE(first.granted());
+  EXPECT_FALSE(absl::StartsWith(first.lease_id(), kFailOpenMark)) << first.lease_id();
+  ASSERT_TRUE(Acquire(1, open_live, "one", &second).ok());
+  EXPECT_FALSE(second.granted()) << "a live master's fail-open credential is still counted";
+}
+
+// A slot migration is no outage: Redis is up and answers every call (TRYAGAIN: not now). A
+// fail-open credential whose slot migrates longer than the call's timeout must still not be
+// granted over its limit by the replica alone.
+TEST_F(ClusterAttackTest, FailOpenCredentialIsNotGrantedAloneDuringAMigration) {
+  StartServers();
+  const std::string cred = OpenCredentialOn(1);
+  const int slot = SlotOfCredential(cred);
+  v1::AcquireResponse hold;
+  ASSERT_TRUE(Acquire(0, cred, "one", &hold).ok());
+  ASSERT_TRUE(hold.granted());
+  OpenMigration(slot, 2);
+  for (int server = 0; server < 2; ++server) {
+    v1::AcquireResponse a;
+    grpc::Status s = Acquire(server, cred, "one", &a);
+    EXPECT_FALSE(s.ok() && a.granted())
+        << "server " << server << " granted " << a.lease_id()
+        << " over a full limit of capacity 1 while the slot migrated";
+  }
+  ASSERT_TRUE(group_->MigrateSlot(slot, 2).ok());
+  v1::AcquireResponse after;
+  ASSERT_TRUE(Acquire(1, cred, "one", &after).ok());
+  EXPECT_FALSE(after.granted()) << "the slot is still held after the move";
 }
 
 // The wait queue over Cluster, built from two RedisBackends with a wait_beat longer than the
