@@ -87,6 +87,8 @@ std::string Features() {
 }
 
 constexpr int kOpenCredentials = 12;
+// Every fail-open lease id starts with this mark (redis_backend_fail_open.cc).
+constexpr char kFailOpenMark[] = "fa11fa11";
 std::string OpenCred(int i) { return absl::StrCat("open/c", i); }
 
 std::string Config() {
@@ -285,6 +287,44 @@ TEST_F(ClusterAttackTest, ReleaseDuringAMigrationNeverOverGrants) {
     if (a.granted()) ++granted;
   }
   EXPECT_EQ(granted, 1) << "one slot was freed; the other is still held";
+  // The lease held across the move is renewed and released through MOVED, through either server.
+  grpc::Status rs = Renew(0, held[1]);
+  EXPECT_TRUE(rs.ok()) << rs.error_message();
+  rs = Release(1, held[1]);
+  EXPECT_TRUE(rs.ok()) << rs.error_message();
+  EXPECT_EQ(Release(0, held[1]).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+// Two masters that each name the other as a slot's owner (a map in flux: one gave the slot away
+// by SETSLOT NODE, the other has not heard): MOVED back and forth. The router stops at its
+// redirect bound, answers ABORTED naming it (no hang, nothing granted, and no fail-open grant:
+// Redis is up), and serves the slot again once the masters agree.
+TEST_F(ClusterAttackTest, MovedPingPongEndsAtTheRedirectBound) {
+  StartServers();
+  const std::string cred = OpenCredentialOn(0);  // never used before: its slot holds no key
+  const int slot = SlotOfCredential(cred);
+  const std::string s = absl::StrCat(slot);
+  ASSERT_EQ(On(0, {"CLUSTER", "COUNTKEYSINSLOT", s}), "0");
+  ASSERT_EQ(On(0, {"CLUSTER", "SETSLOT", s, "NODE", group_->node_id(1)}), "OK");
+  ASSERT_TRUE(absl::StartsWith(On(1, {"GET", redis::StateKey(cred)}), "ERR:MOVED"))
+      << "node 1 still sends the slot to node 0";
+  for (int server = 0; server < 2; ++server) {
+    v1::AcquireResponse a;
+    grpc::Status st = Acquire(server, cred, "one", &a);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::ABORTED)
+        << "server " << server << ": " << st.error_message() << " granted=" << a.granted();
+    EXPECT_TRUE(absl::StrContains(st.error_message(), "redirected more than"))
+        << st.error_message();
+  }
+  ASSERT_EQ(On(0, {"CLUSTER", "SETSLOT", s, "NODE", group_->node_id(0)}), "OK");
+  for (int server = 0; server < 2; ++server) {
+    EXPECT_TRUE(Eventually([&] {
+      v1::AcquireResponse a;
+      if (!Acquire(server, cred, "one", &a).ok() || !a.granted()) return false;
+      EXPECT_FALSE(absl::StartsWith(a.lease_id(), kFailOpenMark)) << a.lease_id();
+      return Release(server, a.lease_id()).ok();  // capacity 1: free it for the other server
+    })) << "server " << server;
+  }
 }
 
 // A request_id retried through the other server while its slot is split (keys partly moved) and
@@ -379,9 +419,6 @@ TEST_F(ClusterAttackTest, BraceNamesHashAsRedisHashesThem) {
     }
   }
 }
-
-// Every fail-open lease id starts with this mark (redis_backend_fail_open.cc).
-constexpr char kFailOpenMark[] = "fa11fa11";
 
 // fail_open with one master down: its fail-open credentials are granted by the replica (marked
 // ids), its other credentials are UNAVAILABLE, and a fail-open credential of a live master is
