@@ -3,18 +3,23 @@
 // built directly where an option the server does not expose matters (wait_beat). Each test names
 // the promise it attacks and fails if the bug it looks for is there:
 //   - a Release or a ResetCredential while its slot is migrating (keys still on the old owner):
-//     answered as what Redis did (DISABLED_: the Lua touches an undeclared key, see below);
+//     answered as what Redis did (DISABLED_: the Lua's wake() touches an undeclared key, and the
+//     RPC reads Usage after the reset; see the test), and over-granting nothing meanwhile;
 //   - a request_id retried through the other server while its slot migrates and after: the first
-//     grant, charged once;
-//   - credentials whose names hold braces (the hex hash tag): quotad's slot is Redis's slot, for
-//     the state and for the lease locator, and Release/Renew find the lease;
+//     grant, charged once; a lease renewed and released through MOVED after its slot moved;
+//   - credential names with punctuation, and names with braces (the hex hash tag, reached only
+//     through the key functions: the configuration refuses braces): quotad's slot is Redis's
+//     slot for every key and for the lease locator;
+//   - fail_open: with a master down, only that master's fail-open credentials are granted alone;
+//     a slot migration, or a MOVED ping-pong ending at the redirect bound, is no outage (ABORTED,
+//     never a grant by the replica alone);
 //   - the cross-replica wait queue: a waiter parked on one server, its credential on one master,
 //     woken by a release through another server (the PUBLISH crosses masters), also after the
-//     master the subscriber was connected to died;
+//     master the subscriber was connected to died; waiters racing over a migration;
 //   - a master restarted empty: what is granted again is its own credentials' counts, nothing of
 //     the other masters' (the README's "no AOF: everything" bound, per master);
 //   - a failover to a replica (CLUSTER REPLICATE, then CLUSTER FAILOVER) under racing clients on
-//     both servers: exactly the capacity granted across it.
+//     both servers: exactly the capacity granted across it, never more than the slots held.
 
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
@@ -63,8 +68,7 @@ constexpr int kBig = 200;
 // is refused by the configuration, so the hex tag form is reached only through the key functions
 // themselves: see BraceNamesHashAsRedisHashesThem).
 const std::vector<std::string>& OddCredentials() {
-  static const auto* names =
-      new std::vector<std::string>{"a:b", "team/x@y", "~.+-_", "q:", "0"};
+  static const auto* names = new std::vector<std::string>{"a:b", "team/x@y", "~.+-_", "q:", "0"};
   return *names;
 }
 
@@ -75,15 +79,15 @@ int SlotOfCredential(const std::string& credential) {
 }
 
 std::string Features() {
-  return absl::StrCat("    features:\n", "      - name: cal\n", "        limits:\n",
-                      "          - {name: daily, kind: calendar, unit: day, capacity: ", kDaily,
-                      "}\n", "      - name: big\n", "        limits:\n",
-                      "          - {name: daily, kind: calendar, unit: day, capacity: ", kBig,
-                      "}\n", "      - name: conc\n", "        default_lease_ttl: 30s\n",
-                      "        limits:\n",
-                      "          - {name: slots, kind: concurrency, capacity: ", kSlotsCap, "}\n",
-                      "      - name: one\n", "        default_lease_ttl: 60s\n", "        limits:\n",
-                      "          - {name: slots, kind: concurrency, capacity: 1}\n");
+  return absl::StrCat(
+      "    features:\n", "      - name: cal\n", "        limits:\n",
+      "          - {name: daily, kind: calendar, unit: day, capacity: ", kDaily, "}\n",
+      "      - name: big\n", "        limits:\n",
+      "          - {name: daily, kind: calendar, unit: day, capacity: ", kBig, "}\n",
+      "      - name: conc\n", "        default_lease_ttl: 30s\n", "        limits:\n",
+      "          - {name: slots, kind: concurrency, capacity: ", kSlotsCap, "}\n",
+      "      - name: one\n", "        default_lease_ttl: 60s\n", "        limits:\n",
+      "          - {name: slots, kind: concurrency, capacity: 1}\n");
 }
 
 constexpr int kOpenCredentials = 12;
@@ -236,26 +240,45 @@ class ClusterAttackTest : public ::testing::Test {
 // on the old owner, fails so. The router cannot repair this (resending would release twice).
 // Fix: declare wx (and the w:<counter> queues) among the FCALL's keys (a missing declared key
 // then makes the whole FCALL a TRYAGAIN before it runs, as every acquire during a migration), or
-// read them with redis.pcall and treat an error as "no waiter here".
+// read them with redis.pcall and treat an error as "no waiter here" (tried by hand: with
+// `redis.pcall('EXISTS', ...)` in wake() the Release half of this test passes).
+// ResetCredential has a second cause (service/server/admin_service.cc): the RPC is Reset, then
+// Usage for its answer; during the split Usage's FCALL_RO is a TRYAGAIN (its declared lease
+// zset is missing on the old owner while the state is there) until the timeout, so the RPC is
+// ABORTED "nothing was done" although the reset was applied. Fix there: answer the reset
+// without the limits (or say they could not be read) when only Usage fails.
 TEST_F(ClusterAttackTest, DISABLED_ReleaseWhileItsSlotIsMigratingAnswersWhatRedisDid) {
   StartServers();
   const std::string cred = CredentialOn(0);
   const int slot = SlotOfCredential(cred);
-  v1::AcquireResponse a;
+  v1::AcquireResponse a, c;
   ASSERT_TRUE(Acquire(0, cred, "conc", &a).ok());
   ASSERT_TRUE(a.granted());
+  ASSERT_TRUE(Acquire(0, cred, "cal", &c).ok());
+  ASSERT_TRUE(c.granted());
   OpenMigration(slot, 2);
+  // Either answer is right if it is true: released (OK, the lease gone) or refused (the lease
+  // still held: a Renew finds it).
   grpc::Status s = Release(1, a.lease_id());
-  EXPECT_TRUE(s.ok()) << "Release during a migration: " << s.error_message();
-  // Whatever it answered, Redis released it: the lease is gone.
-  EXPECT_EQ(Release(0, a.lease_id()).error_code(), grpc::StatusCode::NOT_FOUND);
-  // The same for ResetCredential (quotad_reset ends with wake(pre, nil) too).
+  if (s.ok()) {
+    EXPECT_EQ(Release(0, a.lease_id()).error_code(), grpc::StatusCode::NOT_FOUND);
+  } else {
+    grpc::Status renewed = Renew(0, a.lease_id());
+    EXPECT_TRUE(renewed.ok()) << "Release answered " << s.error_message()
+                              << " but Redis released the lease: " << renewed.error_message();
+  }
+  // ResetCredential (quotad_reset ends with wake(pre, nil) too): reset, or refused and the
+  // count kept.
   v1::ResetCredentialRequest reset;
   reset.set_credential(cred);
   v1::ResetCredentialResponse reset_resp;
   s = admin_[0]->ResetCredential(Context().get(), reset, &reset_resp);
-  EXPECT_TRUE(s.ok()) << "ResetCredential during a migration: " << s.error_message();
   ASSERT_TRUE(group_->MigrateSlot(slot, 2).ok());
+  // (GetUsage while the slot is split is a TRYAGAIN: read after the move.)
+  if (!s.ok()) {
+    EXPECT_EQ(Used(1, cred, "cal.daily"), 1)
+        << "ResetCredential answered " << s.error_message() << " but Redis reset the credential";
+  }
 }
 
 // What the bug above does not do: it over-grants nothing. With the release's answer wrong, the
@@ -323,7 +346,8 @@ TEST_F(ClusterAttackTest, MovedPingPongEndsAtTheRedirectBound) {
       if (!Acquire(server, cred, "one", &a).ok() || !a.granted()) return false;
       EXPECT_FALSE(absl::StartsWith(a.lease_id(), kFailOpenMark)) << a.lease_id();
       return Release(server, a.lease_id()).ok();  // capacity 1: free it for the other server
-    })) << "server " << server;
+    })) << "server "
+        << server;
   }
 }
 
@@ -383,12 +407,10 @@ TEST_F(ClusterAttackTest, OddCredentialsLandInTheSlotRedisComputes) {
     }
     ASSERT_EQ(held.size(), static_cast<size_t>(kSlotsCap)) << cred;
     const int owner = group_->OwnerOf(slot);
-    EXPECT_EQ(On(owner, {"CLUSTER", "KEYSLOT", redis::StateKey(cred)}), absl::StrCat(slot))
-        << cred;
+    EXPECT_EQ(On(owner, {"CLUSTER", "KEYSLOT", redis::StateKey(cred)}), absl::StrCat(slot)) << cred;
     EXPECT_EQ(On(owner, {"EXISTS", redis::StateKey(cred)}), "1") << cred;
     for (const std::string& id : held) {
-      EXPECT_EQ(On(owner, {"CLUSTER", "KEYSLOT", LeaseLocatorKey(id)}), absl::StrCat(slot))
-          << cred;
+      EXPECT_EQ(On(owner, {"CLUSTER", "KEYSLOT", LeaseLocatorKey(id)}), absl::StrCat(slot)) << cred;
       EXPECT_EQ(On(owner, {"EXISTS", LeaseLocatorKey(id)}), "1") << cred << " " << id;
     }
     grpc::Status s = Renew(1, held[0]);
@@ -433,9 +455,9 @@ TEST_F(ClusterAttackTest, FailOpenWithOneMasterDownFailsOpenOnlyForThatMaster) {
   for (int server = 0; server < 2; ++server) {
     ASSERT_TRUE(Eventually([&] {
       v1::AcquireResponse a;
-      return Acquire(server, strict_dead, "one", &a).error_code() ==
-             grpc::StatusCode::UNAVAILABLE;
-    })) << "server " << server;
+      return Acquire(server, strict_dead, "one", &a).error_code() == grpc::StatusCode::UNAVAILABLE;
+    })) << "server "
+        << server;
     v1::AcquireResponse a;
     grpc::Status s = Acquire(server, open_dead, "one", &a);
     ASSERT_TRUE(s.ok()) << s.error_message();
@@ -449,10 +471,8 @@ TEST_F(ClusterAttackTest, FailOpenWithOneMasterDownFailsOpenOnlyForThatMaster) {
   ASSERT_TRUE(Acquire(1, open_live, "one", &second).ok());
   EXPECT_FALSE(second.granted()) << "a live master's fail-open credential is still counted";
   // Admin of a live master's credential works; of the dead one's it is UNAVAILABLE.
-  for (const auto& [cred, code] :
-       std::vector<std::pair<std::string, grpc::StatusCode>>{
-           {CredentialOn(1), grpc::StatusCode::OK},
-           {strict_dead, grpc::StatusCode::UNAVAILABLE}}) {
+  for (const auto& [cred, code] : std::vector<std::pair<std::string, grpc::StatusCode>>{
+           {CredentialOn(1), grpc::StatusCode::OK}, {strict_dead, grpc::StatusCode::UNAVAILABLE}}) {
     v1::ResetCredentialRequest reset;
     reset.set_credential(cred);
     v1::ResetCredentialResponse reset_resp;
@@ -604,9 +624,10 @@ TEST_F(ClusterAttackTest, WaitersRaceAcrossServersWhileTheSlotMigrates) {
   ASSERT_TRUE(Eventually([&] { return granted.load() >= 3; }, absl::Seconds(30)));
   ASSERT_TRUE(group_->MigrateSlot(slot, 0, 1).ok());
   for (std::thread& t : clients) t.join();
-  std::printf("waiters racing over a migration: %d granted of %d, %d calls refused or timed out "
-              "and asked again, held at most %d of 1\n",
-              granted.load(), kClients * kRounds, refused.load(), max_held.load());
+  std::printf(
+      "waiters racing over a migration: %d granted of %d, %d calls refused or timed out "
+      "and asked again, held at most %d of 1\n",
+      granted.load(), kClients * kRounds, refused.load(), max_held.load());
   EXPECT_LE(max_held.load(), 1);
   EXPECT_EQ(granted.load(), kClients * kRounds);
 }
@@ -639,7 +660,8 @@ TEST_F(ClusterAttackTest, MasterRestartedEmptyLosesOnlyItsOwnSlotsCounts) {
     ASSERT_TRUE(Eventually([&] {
       v1::AcquireResponse probe;
       return Acquire(server, CredentialOn(dead, 1), "conc", &probe).ok() && probe.granted();
-    })) << "server " << server;
+    })) << "server "
+        << server;
   }
   int again_lost = 0, again_kept = 0;
   for (int t = 0; t < 2 * kDaily; ++t) {
@@ -650,9 +672,10 @@ TEST_F(ClusterAttackTest, MasterRestartedEmptyLosesOnlyItsOwnSlotsCounts) {
     ASSERT_TRUE(Acquire(t % 2, kept, "cal", &b).ok());
     if (b.granted()) ++again_kept;
   }
-  std::printf("master restarted empty: its credential granted %d more (capacity %d), another "
-              "master's %d more\n",
-              again_lost, kDaily, again_kept);
+  std::printf(
+      "master restarted empty: its credential granted %d more (capacity %d), another "
+      "master's %d more\n",
+      again_lost, kDaily, again_kept);
   EXPECT_EQ(again_lost, kDaily) << "the bound: one capacity per window again, never more";
   EXPECT_EQ(again_kept, 0);
   EXPECT_EQ(Release(1, lease.lease_id()).error_code(), grpc::StatusCode::NOT_FOUND);
@@ -669,11 +692,16 @@ TEST_F(ClusterAttackTest, FailoverToAReplicaUnderLoadGrantsExactlyTheCapacity) {
   ASSERT_TRUE(bus.ok()) << bus.status();
   RedisServerOptions o;
   o.appendonly = false;
-  o.extra_args = {"--cluster-enabled",   "yes",
-                  "--cluster-config-file", "nodes.conf",
-                  "--cluster-port",      absl::StrCat(*bus),
-                  "--cluster-node-timeout", "2000",
-                  "--cluster-require-full-coverage", "no"};
+  o.extra_args = {"--cluster-enabled",
+                  "yes",
+                  "--cluster-config-file",
+                  "nodes.conf",
+                  "--cluster-port",
+                  absl::StrCat(*bus),
+                  "--cluster-node-timeout",
+                  "2000",
+                  "--cluster-require-full-coverage",
+                  "no"};
   absl::StatusOr<std::unique_ptr<RedisServer>> replica = RedisServer::Start(o);
   ASSERT_TRUE(replica.ok()) << replica.status();
   RedisServer& r = **replica;
@@ -750,11 +778,12 @@ TEST_F(ClusterAttackTest, FailoverToAReplicaUnderLoadGrantsExactlyTheCapacity) {
   }));
   stop = true;
   for (std::thread& t : clients) t.join();
-  std::printf("failover under load: %d conc grants before the failover, %d at the switch, %d in "
-              "all (held at most %d of %d); calendar %d before the switch, %d in all of %d; %d "
-              "calls failed\n",
-              before, at_switch, conc_grants.load(), max_held.load(), kSlotsCap, big_at_switch,
-              big_granted.load(), kBig, failed.load());
+  std::printf(
+      "failover under load: %d conc grants before the failover, %d at the switch, %d in "
+      "all (held at most %d of %d); calendar %d before the switch, %d in all of %d; %d "
+      "calls failed\n",
+      before, at_switch, conc_grants.load(), max_held.load(), kSlotsCap, big_at_switch,
+      big_granted.load(), kBig, failed.load());
   EXPECT_LE(max_held.load(), kSlotsCap);
   EXPECT_EQ(big_granted.load(), kBig);
   EXPECT_EQ(Used(1, cred, "big.daily"), kBig);
