@@ -212,10 +212,10 @@ void RedisCluster::Send(std::unique_ptr<Op> op) {
   }
   const auto left = op->deadline - Steady::now();
   if (left <= Steady::duration::zero()) {
-    Fail(std::move(op),
-         absl::DeadlineExceededError(absl::StrCat("redis cluster: slot ", op->slot,
-                                                  " took longer than the call's timeout "
-                                                  "through redirects: nothing was done")));
+    // Only a resend gets here (a first send has its whole timeout left).
+    Fail(std::move(op), absl::AbortedError(absl::StrCat("redis cluster: slot ", op->slot,
+                                                        " took longer than the call's timeout "
+                                                        "through redirects: nothing was done")));
     return;
   }
   const absl::Duration timeout = std::max(absl::FromChrono(left), absl::Milliseconds(1));
@@ -283,7 +283,7 @@ void RedisCluster::OnReply(std::unique_ptr<Op> op, const HostPort& to,
       return;
     }
     if (++op->redirects > kMaxRedirects) {
-      Fail(std::move(op), absl::UnavailableError(absl::StrCat(
+      Fail(std::move(op), absl::AbortedError(absl::StrCat(
                               "redis cluster: slot ", op->slot, " redirected more than ",
                               kMaxRedirects, " times (last: ", e, "): nothing was done")));
       return;
@@ -316,7 +316,7 @@ void RedisCluster::OnReply(std::unique_ptr<Op> op, const HostPort& to,
     tried_again_.fetch_add(1, std::memory_order_relaxed);
     const Steady::time_point at = Steady::now() + op->backoff;
     if (at >= op->deadline) {
-      Fail(std::move(op), absl::UnavailableError(absl::StrCat(
+      Fail(std::move(op), absl::AbortedError(absl::StrCat(
                               "redis cluster: slot ", op->slot, " is being migrated (", e,
                               ") for longer than the call's timeout: nothing "
                               "was done")));

@@ -20,8 +20,9 @@
 //   resending never applies it twice.
 // - Fail closed: a transport failure is answered as it is (the command may have run) and never
 //   resent; a slot whose master is unreachable, unknown, or answers CLUSTERDOWN is answered
-//   kUnavailable naming the slot and the master at once; too many redirects or a migration
-//   outlasting the timeout too. Other slots keep working.
+//   kUnavailable naming the slot and the master at once. Too many redirects, or a migration
+//   outlasting the timeout, is kAborted (nothing was done, and Redis is up: not an outage, so a
+//   fail_open credential is not granted by the replica alone for it). Other slots keep working.
 //
 // Thread-safe. Owns its clients (one per address ever seen as a master or given as a node,
 // kept until destruction) and a worker thread that refreshes the map and resends redirected
@@ -78,7 +79,8 @@ class RedisCluster final : public RedisClient {
 
   // Masters of the current map with a connection up.
   int connected() const override;
-  // The first master of the map (the first node before a map is known).
+  // The first master of the map with a connection up, else the first master (the first node
+  // before a map is known). The wait queue's subscriber connects here (any node hears PUBLISH).
   HostPort primary() const override;
   // How often the map changed after the first one (migrations, failovers).
   int failovers() const override;

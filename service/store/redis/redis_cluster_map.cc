@@ -57,7 +57,12 @@ int RedisCluster::connected() const {
 }
 
 HostPort RedisCluster::primary() const {
+  // A master that is up first: the wait queue's subscriber (redis_backend_wait.cc) connects to
+  // primary(), and PUBLISH reaches every node; stuck on a dead master it would never resubscribe.
   const auto masters = Masters();
+  for (const auto& [address, client] : masters) {
+    if (client->connected() > 0) return address;
+  }
   if (!masters.empty()) return masters.front().first;
   return options_.cluster_nodes.front();
 }
