@@ -54,7 +54,8 @@ void ToProto(absl::Time t, google::protobuf::Timestamp* out) {
 }
 
 bool Retryable(grpc::StatusCode code) {
-  return code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::RESOURCE_EXHAUSTED;
+  return code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::RESOURCE_EXHAUSTED ||
+         code == grpc::StatusCode::ABORTED;
 }
 
 std::string DefaultHolder() {

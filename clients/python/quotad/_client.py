@@ -182,7 +182,7 @@ class QuotaClient:
 
     ``target`` is "host:port" or a ready grpc.Channel (the client then does not close it).
     Every call has a deadline of ``call_timeout`` seconds (an acquire that waits in quotad's queue
-    gets its ``max_wait`` more). UNAVAILABLE and RESOURCE_EXHAUSTED are retried per ``retry``
+    gets its ``max_wait`` more). UNAVAILABLE, RESOURCE_EXHAUSTED and ABORTED are retried per ``retry``
     with exponential back-off and jitter; an acquire keeps its request_id across those retries,
     so quotad charges it once. ``holder`` is shown to operators (default "pid-PID@HOST").
     ``token`` is sent as "authorization: Bearer TOKEN" on every call; over plaintext only with
@@ -239,7 +239,7 @@ class QuotaClient:
     # ---- calls ----
 
     def _call(self, name: str, req: Any, extra: float = 0.0, stub: Any = None) -> Tuple[Any, int]:
-        """One RPC with retries of UNAVAILABLE / RESOURCE_EXHAUSTED: (response, attempts)."""
+        """One RPC with retries of UNAVAILABLE / RESOURCE_EXHAUSTED / ABORTED: (response, attempts)."""
         method = getattr(stub or self._stub, name)
         pauses = self.retry.backoffs()
         attempts = 0

@@ -32,7 +32,8 @@ REPORT_HEADERS = frozenset(h.lower() for h in (
 MAX_REPORT_BODY = 64 * 1024
 MAX_REPORT_HEADERS = 64
 MAX_HEADER_VALUE = 8192
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       grpc.StatusCode.ABORTED})
 
 
 def seconds(d: Optional[Duration]) -> float:
@@ -74,7 +75,7 @@ def default_holder() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class RetryPolicy:
-    """How failed calls are retried. Only UNAVAILABLE and RESOURCE_EXHAUSTED are retried.
+    """How failed calls are retried. Only UNAVAILABLE, RESOURCE_EXHAUSTED and ABORTED are retried.
 
     ``max_attempts`` counts the first attempt (1 disables retries). The back-off before the second
     attempt is ``initial_backoff`` seconds, multiplied by ``multiplier`` after each retry and capped

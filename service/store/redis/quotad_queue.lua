@@ -44,7 +44,7 @@ local function queue_block(pre, cs, score, me, now)
 end
 
 -- Tells the replicas which waiters head the queues of `cs` now (all of them: `cs` nil).
-local function wake(pre, cs, now)
+local function wake_heads(pre, cs, now)
   if redis.call('EXISTS', pre .. 'wx') == 0 then return end
   local heads = {}
   if cs == nil then
@@ -57,4 +57,11 @@ local function wake(pre, cs, now)
     if #heads == 0 then return end
   end
   redis.call('PUBLISH', pre .. 'freed', table.concat(heads, ','))
+end
+
+-- The queue keys are not among the call's declared keys: on a Cluster master whose slot is
+-- migrating, touching one that has moved is an error, raised after the call's writes (a
+-- release, a reset) were made. Those stand; the waiters then go unwoken until their beat.
+local function wake(pre, cs, now)
+  pcall(wake_heads, pre, cs, now)
 end

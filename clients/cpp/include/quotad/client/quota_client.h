@@ -15,9 +15,10 @@
 // result holding a Lease whose granted() is false, with retry_after(), retry_at() and
 // limited_by(); such a Lease holds nothing and its destructor does nothing.
 //
-// Retries: UNAVAILABLE and RESOURCE_EXHAUSTED are retried with exponential back-off and jitter
-// (RetryPolicy). Every Acquire carries a request_id (128 random bits, hex) that stays the same
-// across those retries, so quotad charges a retried Acquire once. Every call has a deadline.
+// Retries: UNAVAILABLE, RESOURCE_EXHAUSTED and ABORTED (a Cluster slot moving: nothing was done)
+// are retried with exponential back-off and jitter (RetryPolicy). Every Acquire carries a
+// request_id (128 random bits, hex) that stays the same across those retries, so quotad charges
+// a retried Acquire once. Every call has a deadline.
 //
 // Batches: AcquireBatch and ReleaseBatch decide many items in one call, with a result (or an
 // error naming the item) per item and a status for the whole call.
@@ -44,7 +45,7 @@ namespace client {
 // The library's version, "MAJOR.MINOR.PATCH".
 const char* Version();
 
-// How failed calls are retried. Only UNAVAILABLE and RESOURCE_EXHAUSTED are retried.
+// How failed calls are retried. Only UNAVAILABLE, RESOURCE_EXHAUSTED and ABORTED are retried.
 struct RetryPolicy {
   // Attempts per call, the first included. 1 disables retries.
   int max_attempts = 6;
