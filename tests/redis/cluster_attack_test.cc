@@ -48,6 +48,7 @@
 #include "service/store/redis/redis_functions.h"
 #include "tests/redis/cluster_harness.h"
 #include "tests/redis/redis_harness.h"
+#include "tests/redis/server_helpers.h"
 #include "tests/support/eventually.h"
 #include "tests/support/temp_dir.h"
 
@@ -137,14 +138,7 @@ class ClusterAttackTest : public ::testing::Test {
 
   void StartServers() {
     for (int i = 0; i < 2; ++i) {
-      ServerOptions options;
-      options.config_path = config_;
-      options.redis_url = group_->url();
-      options.listen_address = "127.0.0.1:0";
-      options.sweep_interval = absl::Milliseconds(50);
-      options.config_watch_interval = absl::ZeroDuration();
-      options.cq_threads = 2;
-      options.shutdown_grace = absl::Seconds(2);
+      ServerOptions options = testing::SharedServerOptions(config_, group_->url());
       absl::StatusOr<std::unique_ptr<QuotadServer>> server = QuotadServer::Start(options);
       ASSERT_TRUE(server.ok()) << server.status();
       auto channel = grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials());

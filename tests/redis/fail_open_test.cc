@@ -24,6 +24,7 @@
 #include "service/server/server.h"
 #include "service/store/redis/redis_backend.h"
 #include "tests/redis/redis_harness.h"
+#include "tests/redis/server_helpers.h"
 #include "tests/server/http_get.h"
 #include "tests/support/eventually.h"
 #include "tests/support/temp_dir.h"
@@ -107,16 +108,10 @@ class FailOpenTest : public ::testing::Test {
     redis_ = *std::move(redis);
     config_ = dir_.WriteFile("quotad.yaml", kConfig);
     for (int i = 0; i < kReplicas; ++i) {
-      ServerOptions options;
-      options.config_path = config_;
-      options.redis_url = absl::StrCat("redis://127.0.0.1:", redis_->port());
+      ServerOptions options = testing::SharedServerOptions(
+          config_, absl::StrCat("redis://127.0.0.1:", redis_->port()));
       options.redis_timeout = absl::Milliseconds(500);
-      options.listen_address = "127.0.0.1:0";
       options.metrics_listen = "127.0.0.1:0";
-      options.sweep_interval = absl::Milliseconds(50);
-      options.config_watch_interval = absl::ZeroDuration();
-      options.cq_threads = 2;
-      options.shutdown_grace = absl::Seconds(2);
       absl::StatusOr<std::unique_ptr<QuotadServer>> server = QuotadServer::Start(options);
       ASSERT_TRUE(server.ok()) << server.status();
       servers_.push_back(*std::move(server));

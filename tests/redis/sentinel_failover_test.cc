@@ -30,6 +30,7 @@
 #include "quotad/v1/quotad.grpc.pb.h"
 #include "service/server/server.h"
 #include "tests/redis/sentinel_harness.h"
+#include "tests/redis/server_helpers.h"
 #include "tests/support/eventually.h"
 #include "tests/support/temp_dir.h"
 
@@ -97,16 +98,10 @@ TEST_P(SentinelFailoverTest, FollowsTheNewPrimaryAndCountsTheOverGrant) {
   SentinelGroup& group = **started;
   const int old_port = group.server(0).port();
 
-  ServerOptions options;
-  options.config_path = dir_.WriteFile("quotad.yaml", kConfig);
-  options.redis_url = group.url();
+  ServerOptions options =
+      testing::SharedServerOptions(dir_.WriteFile("quotad.yaml", kConfig), group.url());
   options.redis_wait_replicas = sc.wait_replicas;
   options.redis_wait_timeout = absl::Milliseconds(200);
-  options.listen_address = "127.0.0.1:0";
-  options.sweep_interval = absl::Milliseconds(50);
-  options.config_watch_interval = absl::ZeroDuration();
-  options.cq_threads = 2;
-  options.shutdown_grace = absl::Seconds(2);
   absl::StatusOr<std::unique_ptr<QuotadServer>> server = QuotadServer::Start(options);
   ASSERT_TRUE(server.ok()) << server.status();
   auto channel = grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials());

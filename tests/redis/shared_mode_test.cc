@@ -23,6 +23,7 @@
 #include "quotad/v1/quotad.grpc.pb.h"
 #include "service/server/server.h"
 #include "tests/redis/redis_harness.h"
+#include "tests/redis/server_helpers.h"
 #include "tests/support/eventually.h"
 #include "tests/support/temp_dir.h"
 
@@ -89,15 +90,8 @@ class SharedModeTest : public ::testing::Test {
   }
 
   ServerOptions Options() const {
-    ServerOptions options;
-    options.config_path = config_;
-    options.redis_url = absl::StrCat("redis://127.0.0.1:", redis_->port());
-    options.listen_address = "127.0.0.1:0";
-    options.sweep_interval = absl::Milliseconds(50);
-    options.config_watch_interval = absl::ZeroDuration();
-    options.cq_threads = 2;
-    options.shutdown_grace = absl::Seconds(2);
-    return options;
+    return testing::SharedServerOptions(config_,
+                                        absl::StrCat("redis://127.0.0.1:", redis_->port()));
   }
 
   void StartReplica(int i) {
