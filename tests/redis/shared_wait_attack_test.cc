@@ -306,6 +306,7 @@ TEST_F(SharedWaitAttackTest, AKilledSubscriptionStillServesTheWaiter) {
   absl::StatusOr<Decision> hold = AcquireThrough(*b1, Request("one"));
   ASSERT_TRUE(hold.ok() && hold->granted) << hold.status();
   std::unique_ptr<Waiting> w = Wait(*b0, "one", absl::Seconds(60));
+  ASSERT_TRUE(Eventually([&] { return Queued("one") == 1; }));
   std::unique_ptr<Waiting> w2 = Wait(*b1, "one", absl::Seconds(60));
   ASSERT_TRUE(Eventually([&] { return Queued("one") == 2; }));
   ASSERT_TRUE(redis_->Command({"CLIENT", "KILL", "TYPE", "pubsub"}).ok());
