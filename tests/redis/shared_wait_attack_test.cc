@@ -10,7 +10,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
 #include <csignal>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <utility>
@@ -56,6 +59,10 @@ credentials:
         default_lease_ttl: 60s
         limits:
           - {name: slots, kind: concurrency, capacity: 3}
+      - name: win
+        default_lease_ttl: 60s
+        limits:
+          - {name: slots, kind: calendar, unit: day, capacity: 2}
 )";
 
 // The same, `pool` tightened to one slot and `one` removed (a hot reload).
@@ -118,10 +125,12 @@ class SharedWaitAttackTest : public ::testing::Test {
   }
 
   // An Acquire through `b` that may wait `max_wait`; with a request_id when `key` is not empty.
-  static std::unique_ptr<Waiting> Wait(RedisBackend& b, const char* feature,
-                                       absl::Duration max_wait, int priority = 0,
-                                       std::string key = "", std::string fingerprint = "fp") {
-    auto w = std::make_unique<Waiting>();
+  // Kept by the fixture, so that it outlives the backends (locals of the test) that answer it.
+  std::shared_ptr<Waiting> Wait(RedisBackend& b, const char* feature, absl::Duration max_wait,
+                                int priority = 0, std::string key = "",
+                                std::string fingerprint = "fp") {
+    auto w = std::make_shared<Waiting>();
+    waitings_.push_back(w);
     w->request_key = std::move(key);
     w->fingerprint = w->request_key.empty() ? "" : std::move(fingerprint);
     Waiting* raw = w.get();
@@ -159,6 +168,7 @@ class SharedWaitAttackTest : public ::testing::Test {
   }
 
   std::unique_ptr<RedisServer> redis_;
+  std::vector<std::shared_ptr<Waiting>> waitings_;
 };
 
 // (1) A waiter with a request_id cancelled while its grant is on its way. The grant is recorded
@@ -171,7 +181,7 @@ TEST_F(SharedWaitAttackTest, CancelledGrantOfARequestIdIsNotGivenBack) {
   bool raced = false;
   for (int attempt = 0; attempt < 50 && !raced; ++attempt) {
     const std::string key = absl::StrCat("r-cancel-", attempt);
-    std::unique_ptr<Waiting> w = Wait(*b, "one", absl::Seconds(30), 0, key);
+    std::shared_ptr<Waiting> w = Wait(*b, "one", absl::Seconds(30), 0, key);
     if (!b->Cancel(w->ticket)) {
       // Answered before the cancel: a plain grant; give it back and try again.
       ASSERT_TRUE(w->done.WaitForNotificationWithTimeout(absl::Seconds(10)));
@@ -202,13 +212,13 @@ TEST_F(SharedWaitAttackTest, CancelledDuplicateKeepsTheFirstLease) {
   std::unique_ptr<RedisBackend> b = Replica();
   ASSERT_NE(b, nullptr);
   const std::string key = "r-dup";
-  std::unique_ptr<Waiting> first = Wait(*b, "one", absl::Seconds(30), 0, key);
+  std::shared_ptr<Waiting> first = Wait(*b, "one", absl::Seconds(30), 0, key);
   ASSERT_TRUE(first->done.WaitForNotificationWithTimeout(absl::Seconds(10)));
   ASSERT_TRUE(first->granted()) << first->answer.status();
   const LeaseId lease = first->answer->lease_id;
   bool raced = false;
   for (int attempt = 0; attempt < 50 && !raced; ++attempt) {
-    std::unique_ptr<Waiting> copy = Wait(*b, "one", absl::Seconds(30), 0, key);
+    std::shared_ptr<Waiting> copy = Wait(*b, "one", absl::Seconds(30), 0, key);
     if (!b->Cancel(copy->ticket)) {
       ASSERT_TRUE(copy->done.WaitForNotificationWithTimeout(absl::Seconds(10)));
       ASSERT_TRUE(copy->granted()) << copy->answer.status();
@@ -242,9 +252,9 @@ TEST_F(SharedWaitAttackTest, ARequestIdConflictInTheQueueEndsTheWaitAtOnce) {
   absl::StatusOr<Decision> hold = AcquireThrough(*b0, Request("one"));
   ASSERT_TRUE(hold.ok() && hold->granted) << hold.status();
 
-  std::unique_ptr<Waiting> a = Wait(*b0, "one", absl::Seconds(60), 0, "r-conflict", "fp-a");
+  std::shared_ptr<Waiting> a = Wait(*b0, "one", absl::Seconds(60), 0, "r-conflict", "fp-a");
   ASSERT_TRUE(Eventually([&] { return Queued("one") == 1; }));
-  std::unique_ptr<Waiting> behind = Wait(*b1, "one", absl::Seconds(60));
+  std::shared_ptr<Waiting> behind = Wait(*b1, "one", absl::Seconds(60));
   ASSERT_TRUE(Eventually([&] { return Queued("one") == 2; }));
   // The same request_id, another request, granted first (its feature has room).
   absl::StatusOr<Decision> conflict = AcquireWithId(*b1, "other", "r-conflict", "fp-b");
@@ -275,8 +285,8 @@ TEST_F(SharedWaitAttackTest, AReloadAppliesToParkedWaiters) {
   }
   absl::StatusOr<Decision> one = AcquireThrough(*b, Request("one"));
   ASSERT_TRUE(one.ok() && one->granted) << one.status();
-  std::unique_ptr<Waiting> pooled = Wait(*b, "pool", absl::Seconds(3));
-  std::unique_ptr<Waiting> removed = Wait(*b, "one", absl::Seconds(60));
+  std::shared_ptr<Waiting> pooled = Wait(*b, "pool", absl::Seconds(3));
+  std::shared_ptr<Waiting> removed = Wait(*b, "one", absl::Seconds(60));
   ASSERT_TRUE(Eventually([&] { return Queued("pool") == 1 && Queued("one") == 1; }));
 
   absl::StatusOr<Policy> tight = LoadPolicyFromString(kTightConfig, "tight.yaml");
@@ -305,9 +315,9 @@ TEST_F(SharedWaitAttackTest, AKilledSubscriptionStillServesTheWaiter) {
   ASSERT_NE(b1, nullptr);
   absl::StatusOr<Decision> hold = AcquireThrough(*b1, Request("one"));
   ASSERT_TRUE(hold.ok() && hold->granted) << hold.status();
-  std::unique_ptr<Waiting> w = Wait(*b0, "one", absl::Seconds(60));
+  std::shared_ptr<Waiting> w = Wait(*b0, "one", absl::Seconds(60));
   ASSERT_TRUE(Eventually([&] { return Queued("one") == 1; }));
-  std::unique_ptr<Waiting> w2 = Wait(*b1, "one", absl::Seconds(60));
+  std::shared_ptr<Waiting> w2 = Wait(*b1, "one", absl::Seconds(60));
   ASSERT_TRUE(Eventually([&] { return Queued("one") == 2; }));
   ASSERT_TRUE(redis_->Command({"CLIENT", "KILL", "TYPE", "pubsub"}).ok());
   ASSERT_TRUE(b1->Release(hold->lease_id, 0).ok());
@@ -329,9 +339,9 @@ TEST_F(SharedWaitAttackTest, ARestartFromTheAofKeepsTheQueue) {
   ASSERT_NE(b1, nullptr);
   absl::StatusOr<Decision> hold = AcquireThrough(*b1, Request("one"));
   ASSERT_TRUE(hold.ok() && hold->granted) << hold.status();
-  std::unique_ptr<Waiting> first = Wait(*b0, "one", absl::Seconds(60));
+  std::shared_ptr<Waiting> first = Wait(*b0, "one", absl::Seconds(60));
   ASSERT_TRUE(Eventually([&] { return Queued("one") == 1; }));
-  std::unique_ptr<Waiting> second = Wait(*b1, "one", absl::Seconds(60));
+  std::shared_ptr<Waiting> second = Wait(*b1, "one", absl::Seconds(60));
   ASSERT_TRUE(Eventually([&] { return Queued("one") == 2; }));
 
   ASSERT_TRUE(redis_->Stop(SIGKILL).ok());
@@ -358,9 +368,9 @@ TEST_F(SharedWaitAttackTest, AfterDataLossANewcomerQueuesBehindTheWaitersThatCam
   ASSERT_NE(b1, nullptr);
   absl::StatusOr<Decision> hold = AcquireThrough(*b1, Request("one"));
   ASSERT_TRUE(hold.ok() && hold->granted) << hold.status();
-  std::unique_ptr<Waiting> first = Wait(*b0, "one", absl::Seconds(60));
+  std::shared_ptr<Waiting> first = Wait(*b0, "one", absl::Seconds(60));
   ASSERT_TRUE(Eventually([&] { return Queued("one") == 1; }));
-  std::unique_ptr<Waiting> second = Wait(*b1, "one", absl::Seconds(60));
+  std::shared_ptr<Waiting> second = Wait(*b1, "one", absl::Seconds(60));
   ASSERT_TRUE(Eventually([&] { return Queued("one") == 2; }));
 
   ASSERT_TRUE(redis_->Command({"FLUSHALL"}).ok());
@@ -371,7 +381,7 @@ TEST_F(SharedWaitAttackTest, AfterDataLossANewcomerQueuesBehindTheWaitersThatCam
   ASSERT_TRUE(
       redis_->Command({"PUBLISH", absl::StrCat("q:{", kCredential, "}:freed"), "*"}).ok());
   ASSERT_TRUE(Eventually([&] { return Queued("one") == 2; }));
-  std::unique_ptr<Waiting> newcomer = Wait(*b0, "one", absl::Seconds(60));
+  std::shared_ptr<Waiting> newcomer = Wait(*b0, "one", absl::Seconds(60));
   ASSERT_TRUE(Eventually([&] { return Queued("one") == 3; }));
 
   // Served one at a time, in their order.
@@ -385,6 +395,156 @@ TEST_F(SharedWaitAttackTest, AfterDataLossANewcomerQueuesBehindTheWaitersThatCam
   ASSERT_TRUE(b1->Release(second->answer->lease_id, 0).ok());
   ASSERT_TRUE(Eventually([&] { return newcomer->answered(); }));
   EXPECT_TRUE(newcomer->granted()) << newcomer->answer.status();
+}
+
+// (8) Waiters cancelled while the slots they wait for are freed, over three replicas: every grant
+// is released exactly once (by the test, or by the backend for a cancelled call), none leaked:
+// the pool ends empty, with nobody queued, and never more than its capacity held.
+TEST_F(SharedWaitAttackTest, CancelledWaitersLeakNoSlot) {
+  constexpr int kWaiters = 24, kCapacity = 3;
+  std::vector<std::unique_ptr<RedisBackend>> b;
+  for (int i = 0; i < 3; ++i) {
+    b.push_back(Replica());
+    ASSERT_NE(b.back(), nullptr);
+  }
+  std::vector<LeaseId> holds;
+  for (int i = 0; i < kCapacity; ++i) {
+    absl::StatusOr<Decision> d = AcquireThrough(*b[i], Request("pool"));
+    ASSERT_TRUE(d.ok() && d->granted) << d.status();
+    holds.push_back(d->lease_id);
+  }
+  std::vector<std::shared_ptr<Waiting>> w;
+  for (int i = 0; i < kWaiters; ++i) {
+    w.push_back(Wait(*b[i % 3], "pool", absl::Seconds(60)));
+    ASSERT_TRUE(Eventually([&] { return Queued("pool") == i + 1; }));
+  }
+  // The slots freed while every other waiter goes away.
+  for (int i = 0; i < kCapacity; ++i) ASSERT_TRUE(b[(i + 1) % 3]->Release(holds[i], 0).ok());
+  for (int i = 0; i < kWaiters; i += 2) b[i % 3]->Cancel(w[i]->ticket);
+  // The others are served one slot at a time (each released as soon as it is granted).
+  std::vector<bool> released(kWaiters, false);
+  int most = 0;
+  auto serve = [&] {
+    int held = 0;
+    for (int i = 0; i < kWaiters; ++i) held += w[i]->granted() && !released[i] ? 1 : 0;
+    most = std::max(most, held);
+    for (int i = 0; i < kWaiters; ++i) {
+      if (w[i]->granted() && !released[i]) {
+        released[i] = true;
+        EXPECT_TRUE(b[(i + 2) % 3]->Release(w[i]->answer->lease_id, 0).ok());
+      }
+    }
+    for (int i = 1; i < kWaiters; i += 2) {
+      if (!w[i]->answered()) return false;
+    }
+    return true;
+  };
+  ASSERT_TRUE(Eventually(serve, absl::Seconds(30)));
+  for (int i = 1; i < kWaiters; i += 2) EXPECT_TRUE(w[i]->granted()) << i;
+  EXPECT_LE(most, kCapacity);
+  // Nothing held: every cancelled call's grant (if any) was given back, and no entry is left.
+  auto pool_used = [&]() -> int64_t {
+    absl::StatusOr<std::vector<LimitStatus>> usage = b[0]->Usage(kCredential);
+    if (!usage.ok()) return -1;
+    for (const LimitStatus& l : *usage) {
+      if (l.name == "pool.slots") return l.used;
+    }
+    return 0;
+  };
+  EXPECT_TRUE(Eventually([&] { return pool_used() == 0 && Queued("pool") == 0; }))
+      << "pool.slots used " << pool_used() << ", queued " << Queued("pool");
+}
+
+// (9) ResetCredential with waiters parked behind a window limit (their retry time: tomorrow):
+// the reset wakes them (PUBLISH '*'), and as many as fit are granted at once, in their order.
+TEST_F(SharedWaitAttackTest, AResetWakesTheWaitersBehindAWindow) {
+  std::unique_ptr<RedisBackend> b0 = Replica();
+  std::unique_ptr<RedisBackend> b1 = Replica();
+  ASSERT_NE(b0, nullptr);
+  ASSERT_NE(b1, nullptr);
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<Decision> d = AcquireThrough(*b0, Request("win"));
+    ASSERT_TRUE(d.ok() && d->granted) << d.status();
+  }
+  std::vector<std::shared_ptr<Waiting>> w;
+  for (int i = 0; i < 3; ++i) {
+    w.push_back(Wait(i % 2 == 0 ? *b0 : *b1, "win", absl::Seconds(60)));
+    ASSERT_TRUE(Eventually([&] { return Queued("win") == i + 1; }));
+  }
+  ASSERT_TRUE(b1->Reset(kCredential).ok());
+  ASSERT_TRUE(Eventually([&] { return w[0]->answered() && w[1]->answered(); }));
+  EXPECT_TRUE(w[0]->granted()) << w[0]->answer.status();
+  EXPECT_TRUE(w[1]->granted()) << w[1]->answer.status();
+  EXPECT_FALSE(w[2]->answered()) << "a third unit granted on a window of 2 after the reset";
+  EXPECT_EQ(Queued("win"), 1);
+}
+
+// (10) 48 waiters over three replicas on one slot, served one after another: the Redis calls
+// per wake-up stay about one (a polling storm would retry every parked waiter per message),
+// and a big waiter at the head of one queue holds back no request on another counter.
+TEST_F(SharedWaitAttackTest, FortyEightWaitersMakeNoStorm) {
+  constexpr int kWaiters = 48;
+  std::vector<std::unique_ptr<RedisBackend>> b;
+  for (int i = 0; i < 3; ++i) {
+    b.push_back(Replica());
+    ASSERT_NE(b.back(), nullptr);
+  }
+  absl::StatusOr<Decision> hold = AcquireThrough(*b[0], Request("one"));
+  ASSERT_TRUE(hold.ok() && hold->granted) << hold.status();
+  std::vector<std::shared_ptr<Waiting>> w;
+  for (int i = 0; i < kWaiters; ++i) w.push_back(Wait(*b[i % 3], "one", absl::Seconds(60)));
+  ASSERT_TRUE(Eventually([&] { return Queued("one") == kWaiters; }));
+  // Head-of-line stays within its counter: a request on another feature is granted.
+  absl::StatusOr<Decision> unrelated = AcquireThrough(*b[1], Request("other"));
+  ASSERT_TRUE(unrelated.ok());
+  EXPECT_TRUE(unrelated->granted);
+
+  auto stat = [&](const std::string& command) -> int64_t {
+    absl::StatusOr<std::string> info = redis_->Command({"INFO", "commandstats"});
+    if (!info.ok()) return -1;
+    const std::string mark = absl::StrCat("cmdstat_", command, ":calls=");
+    const size_t at = info->find(mark);
+    if (at == std::string::npos) return 0;
+    const size_t from = at + mark.size();
+    int64_t v = 0;
+    absl::SimpleAtoi(info->substr(from, info->find(',', from) - from), &v);
+    return v;
+  };
+  const int64_t fcalls_before = stat("fcall"), publish_before = stat("publish");
+  const absl::Time start = absl::Now();
+  ASSERT_TRUE(b[1]->Release(hold->lease_id, 0).ok());
+  std::vector<bool> released(kWaiters, false);
+  int served = 0, most = 0;
+  auto serve = [&] {
+    int held = 0;
+    for (int i = 0; i < kWaiters; ++i) held += w[i]->granted() && !released[i] ? 1 : 0;
+    most = std::max(most, held);
+    for (int i = 0; i < kWaiters; ++i) {
+      if (w[i]->answered() && !released[i]) {
+        released[i] = true;
+        ++served;
+        if (w[i]->granted()) {
+          EXPECT_TRUE(b[(i + 1) % 3]->Release(w[i]->answer->lease_id, 0).ok());
+        }
+      }
+    }
+    return served == kWaiters;
+  };
+  ASSERT_TRUE(Eventually(serve, absl::Seconds(60)));
+  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+  for (int i = 0; i < kWaiters; ++i) EXPECT_TRUE(w[i]->granted()) << i;
+  EXPECT_LE(most, 1);
+  const int64_t fcalls = stat("fcall") - fcalls_before;
+  const int64_t publishes = stat("publish") - publish_before;
+  const int64_t retries = fcalls - (kWaiters + 1);  // less the releases
+  std::printf("storm: %d waiters over 3 replicas served one at a time in %.2f s: %lld waiter "
+              "retries for %lld wake-up messages (%.2f per message)\n",
+              kWaiters, seconds, static_cast<long long>(retries),
+              static_cast<long long>(publishes),
+              publishes > 0 ? static_cast<double>(retries) / publishes : 0.0);
+  // One retry per message naming a waiter, plus each parked waiter's beat (1 s).
+  EXPECT_LE(retries, 2 * publishes + kWaiters * (static_cast<int64_t>(seconds) + 2));
+  EXPECT_TRUE(Eventually([&] { return Queued("one") == 0; }));
 }
 
 }  // namespace
