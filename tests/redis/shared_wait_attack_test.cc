@@ -547,5 +547,76 @@ TEST_F(SharedWaitAttackTest, FortyEightWaitersMakeNoStorm) {
   EXPECT_TRUE(Eventually([&] { return Queued("one") == 0; }));
 }
 
+// (11) redis-server without persistence killed and restarted empty with waiters parked on two
+// replicas (the library gone too): each replica loads the library again (CheckHealth, as the
+// server's health loop calls it), the subscriptions come back, the waiters queue again and are
+// served one at a time: nobody stuck, nothing granted twice.
+TEST_F(SharedWaitAttackTest, ARestartWithoutPersistenceStrandsNobody) {
+  redis_.reset();
+  RedisServerOptions options;
+  options.appendonly = false;
+  StartRedis(options);
+  std::unique_ptr<RedisBackend> b0 = Replica();
+  std::unique_ptr<RedisBackend> b1 = Replica();
+  ASSERT_NE(b0, nullptr);
+  ASSERT_NE(b1, nullptr);
+  absl::StatusOr<Decision> hold = AcquireThrough(*b1, Request("one"));
+  ASSERT_TRUE(hold.ok() && hold->granted) << hold.status();
+  std::shared_ptr<Waiting> first = Wait(*b0, "one", absl::Seconds(60));
+  ASSERT_TRUE(Eventually([&] { return Queued("one") == 1; }));
+  std::shared_ptr<Waiting> second = Wait(*b1, "one", absl::Seconds(60));
+  ASSERT_TRUE(Eventually([&] { return Queued("one") == 2; }));
+
+  ASSERT_TRUE(redis_->Stop(SIGKILL).ok());
+  ASSERT_TRUE(redis_->Restart().ok());
+  // The hold went with the data: one waiter is granted, the other queues behind it.
+  ASSERT_TRUE(Eventually(
+      [&] {
+        b0->CheckHealth();
+        b1->CheckHealth();
+        return first->answered() || second->answered();
+      },
+      absl::Seconds(20)));
+  std::shared_ptr<Waiting> won = first->answered() ? first : second;
+  std::shared_ptr<Waiting> next = won == first ? second : first;
+  ASSERT_TRUE(won->granted()) << won->answer.status();
+  ASSERT_TRUE(Eventually([&] { return Queued("one") == 1; }));
+  EXPECT_FALSE(next->answered()) << "both granted on a capacity of 1";
+  ASSERT_TRUE(b0->Release(won->answer->lease_id, 0).ok());
+  ASSERT_TRUE(Eventually([&] { return next->answered(); }));
+  EXPECT_TRUE(next->granted()) << next->answer.status();
+}
+
+// (12) A request_id retried on another replica while its first copy still waits: both copies
+// queue, the first granted is charged once, and the other copy is answered that same lease
+// (the slot counted once: a third request is denied).
+TEST_F(SharedWaitAttackTest, ARequestIdRetriedWhileItsFirstCopyWaitsIsChargedOnce) {
+  std::unique_ptr<RedisBackend> b0 = Replica();
+  std::unique_ptr<RedisBackend> b1 = Replica();
+  ASSERT_NE(b0, nullptr);
+  ASSERT_NE(b1, nullptr);
+  absl::StatusOr<Decision> hold = AcquireThrough(*b1, Request("pool", 3));
+  ASSERT_TRUE(hold.ok() && hold->granted) << hold.status();
+  std::shared_ptr<Waiting> copy1 = Wait(*b0, "pool", absl::Seconds(60), 0, "r-twice");
+  ASSERT_TRUE(Eventually([&] { return Queued("pool") == 1; }));
+  std::shared_ptr<Waiting> copy2 = Wait(*b1, "pool", absl::Seconds(60), 0, "r-twice");
+  ASSERT_TRUE(Eventually([&] { return Queued("pool") == 2; }));
+  ASSERT_TRUE(b0->Release(hold->lease_id, 0).ok());
+  ASSERT_TRUE(Eventually([&] { return copy1->answered() && copy2->answered(); }));
+  ASSERT_TRUE(copy1->granted()) << copy1->answer.status();
+  ASSERT_TRUE(copy2->granted()) << copy2->answer.status();
+  EXPECT_EQ(copy1->answer->lease_id, copy2->answer->lease_id);
+  // One slot of three charged: two more fit, a third does not.
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<Decision> d = AcquireThrough(*b0, Request("pool"));
+    ASSERT_TRUE(d.ok());
+    EXPECT_TRUE(d->granted) << i;
+  }
+  absl::StatusOr<Decision> over = AcquireThrough(*b1, Request("pool"));
+  ASSERT_TRUE(over.ok());
+  EXPECT_FALSE(over->granted) << "the request_id was charged twice or the pool over-granted";
+  EXPECT_TRUE(Eventually([&] { return Queued("pool") == 0; }));
+}
+
 }  // namespace
 }  // namespace quotad
