@@ -30,6 +30,7 @@
 #include "service/store/redis/redis_backend.h"
 #include "tests/redis/backend_helpers.h"
 #include "tests/redis/redis_harness.h"
+#include "tests/redis/sentinel_harness.h"
 #include "tests/support/eventually.h"
 
 namespace quotad {
@@ -40,6 +41,7 @@ using ::quotad::testing::Eventually;
 using ::quotad::testing::RedisServer;
 using ::quotad::testing::RedisServerOptions;
 using ::quotad::testing::ReplicaOptions;
+using ::quotad::testing::SentinelGroup;
 
 constexpr char kCredential[] = "team/wait";
 
@@ -616,6 +618,62 @@ TEST_F(SharedWaitAttackTest, ARequestIdRetriedWhileItsFirstCopyWaitsIsChargedOnc
   ASSERT_TRUE(over.ok());
   EXPECT_FALSE(over->granted) << "the request_id was charged twice or the pool over-granted";
   EXPECT_TRUE(Eventually([&] { return Queued("pool") == 0; }));
+}
+
+// (13) A Sentinel failover (SENTINEL FAILOVER) with waiters parked on two replicas: the queue
+// went to the new primary with the data, the replicas' calls and subscriptions follow it, and
+// the waiters are served there in their order, one at a time.
+TEST_F(SharedWaitAttackTest, ASentinelFailoverKeepsTheQueueAndServesIt) {
+  absl::StatusOr<std::unique_ptr<SentinelGroup>> started = SentinelGroup::Start();
+  ASSERT_TRUE(started.ok()) << started.status();
+  SentinelGroup& group = **started;
+  absl::StatusOr<Policy> policy = LoadPolicyFromString(kConfig, "attack.yaml");
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  std::vector<std::unique_ptr<RedisBackend>> b;
+  for (int i = 0; i < 2; ++i) {
+    RedisBackendOptions options;
+    options.url = group.url();
+    options.connect_wait = absl::Seconds(5);
+    options.connections = 1;
+    absl::StatusOr<std::unique_ptr<RedisBackend>> backend =
+        RedisBackend::Create(*policy, Clock::Real(), options);
+    ASSERT_TRUE(backend.ok()) << backend.status();
+    b.push_back(*std::move(backend));
+  }
+  auto queued = [&]() -> int {
+    absl::StatusOr<int> port = group.NamedPrimaryPort();
+    RedisServer* primary = port.ok() ? group.ServerOnPort(*port) : nullptr;
+    if (primary == nullptr) return -1;
+    absl::StatusOr<std::string> n =
+        primary->Command({"ZCARD", absl::StrCat("q:{", kCredential, "}:w:one.slots")});
+    int v = -1;
+    if (!n.ok() || !absl::SimpleAtoi(*n, &v)) return -1;
+    return v;
+  };
+  absl::StatusOr<Decision> hold = AcquireThrough(*b[1], Request("one"));
+  ASSERT_TRUE(hold.ok() && hold->granted) << hold.status();
+  std::shared_ptr<Waiting> first = Wait(*b[0], "one", absl::Seconds(60));
+  ASSERT_TRUE(Eventually([&] { return queued() == 1; }));
+  std::shared_ptr<Waiting> second = Wait(*b[1], "one", absl::Seconds(60));
+  ASSERT_TRUE(Eventually([&] { return queued() == 2; }));
+
+  absl::StatusOr<int> old_port = group.NamedPrimaryPort();
+  ASSERT_TRUE(old_port.ok()) << old_port.status();
+  ASSERT_TRUE(group.Failover().ok()) << group.Events();
+  absl::StatusOr<int> new_port = group.WaitForNewPrimary(*old_port, absl::Seconds(20));
+  ASSERT_TRUE(new_port.ok()) << new_port.status() << "\n" << group.Events();
+  EXPECT_EQ(queued(), 2) << "the queue did not reach the new primary";
+
+  ASSERT_TRUE(Eventually([&] { return b[0]->Release(hold->lease_id, 0).ok(); },
+                         absl::Seconds(20)));
+  ASSERT_TRUE(Eventually([&] { return first->answered(); }, absl::Seconds(20)));
+  EXPECT_TRUE(first->granted()) << first->answer.status();
+  EXPECT_FALSE(second->answered()) << "the later waiter was served with the earlier one";
+  ASSERT_TRUE(first->granted());
+  ASSERT_TRUE(Eventually([&] { return b[1]->Release(first->answer->lease_id, 0).ok(); },
+                         absl::Seconds(20)));
+  ASSERT_TRUE(Eventually([&] { return second->answered(); }, absl::Seconds(20)));
+  EXPECT_TRUE(second->granted()) << second->answer.status();
 }
 
 }  // namespace
