@@ -8,6 +8,7 @@
 // order on one thread, so a call made after another is answered (and its callback run) after
 // it; the tests use that to know a cancelled waiter's last answer was handled.
 
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -25,13 +27,16 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "quotad/v1/quotad.grpc.pb.h"
 #include "service/config/config.h"
 #include "service/core/clock.h"
+#include "service/server/server.h"
 #include "service/store/redis/redis_backend.h"
 #include "tests/redis/backend_helpers.h"
 #include "tests/redis/redis_harness.h"
 #include "tests/redis/sentinel_harness.h"
 #include "tests/support/eventually.h"
+#include "tests/support/temp_dir.h"
 
 namespace quotad {
 namespace {
@@ -42,6 +47,7 @@ using ::quotad::testing::RedisServer;
 using ::quotad::testing::RedisServerOptions;
 using ::quotad::testing::ReplicaOptions;
 using ::quotad::testing::SentinelGroup;
+using ::quotad::testing::TempDir;
 
 constexpr char kCredential[] = "team/wait";
 
@@ -158,6 +164,28 @@ class SharedWaitAttackTest : public ::testing::Test {
                     });
     done.WaitForNotification();
     return out;
+  }
+
+  // Starts the waiting machinery of `backends` (a first wait, granted at once, on `other`) and
+  // waits until their subscriptions are up: a subscription coming up makes every waiter parked
+  // then call once, which a test that times its own steps must not meet later.
+  void Subscribed(const std::vector<RedisBackend*>& backends) {
+    for (RedisBackend* b : backends) {
+      std::shared_ptr<Waiting> w = Wait(*b, "other", absl::Seconds(10));
+      ASSERT_TRUE(w->done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+      ASSERT_TRUE(w->granted()) << w->answer.status();
+      ASSERT_TRUE(b->Release(w->answer->lease_id, 0).ok());
+    }
+    ASSERT_TRUE(Eventually([&] {
+      absl::StatusOr<std::string> list = redis_->Command({"CLIENT", "LIST", "TYPE", "pubsub"});
+      if (!list.ok()) return false;
+      size_t n = 0;
+      for (size_t at = list->find("psub=1"); at != std::string::npos;
+           at = list->find("psub=1", at + 1)) {
+        ++n;
+      }
+      return n == backends.size();
+    }));
   }
 
   // Waiters queued in Redis on `feature`'s counter (live or not yet dropped).
@@ -368,6 +396,7 @@ TEST_F(SharedWaitAttackTest, AfterDataLossANewcomerQueuesBehindTheWaitersThatCam
   std::unique_ptr<RedisBackend> b1 = Replica(absl::Seconds(20));
   ASSERT_NE(b0, nullptr);
   ASSERT_NE(b1, nullptr);
+  Subscribed({b0.get(), b1.get()});
   absl::StatusOr<Decision> hold = AcquireThrough(*b1, Request("one"));
   ASSERT_TRUE(hold.ok() && hold->granted) << hold.status();
   std::shared_ptr<Waiting> first = Wait(*b0, "one", absl::Seconds(60));
@@ -674,6 +703,54 @@ TEST_F(SharedWaitAttackTest, ASentinelFailoverKeepsTheQueueAndServesIt) {
                          absl::Seconds(20)));
   ASSERT_TRUE(Eventually([&] { return second->answered(); }, absl::Seconds(20)));
   EXPECT_TRUE(second->granted()) << second->answer.status();
+}
+
+// (14) A quotad server in shared mode shut down with an Acquire parked in Redis's queue: the call
+// is answered UNAVAILABLE while the server still drains (as the embedded ledger's waiters are),
+// and leaves the queue. Before the fix the server's shutdown answered only the embedded
+// ledger's waiters: the call outlived the grace (1 s), was cancelled by grpc::Server::Shutdown,
+// and its cancellation answered it on a completion queue already shut down, which now and then
+// aborted the process (grpc_cq_begin_op), skipping the final flush.
+TEST_F(SharedWaitAttackTest, AServerShutDownAnswersItsParkedCalls) {
+  TempDir dir;
+  ServerOptions options;
+  options.config_path = dir.WriteFile("quotad.yaml", kConfig);
+  options.redis_url = absl::StrCat("redis://127.0.0.1:", redis_->port());
+  options.listen_address = "127.0.0.1:0";
+  options.config_watch_interval = absl::ZeroDuration();
+  options.cq_threads = 2;
+  options.shutdown_grace = absl::Seconds(5);
+  absl::StatusOr<std::unique_ptr<QuotadServer>> server = QuotadServer::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::unique_ptr<RedisBackend> other = Replica();
+  ASSERT_NE(other, nullptr);
+  absl::StatusOr<Decision> hold = AcquireThrough(*other, Request("one"));
+  ASSERT_TRUE(hold.ok() && hold->granted) << hold.status();
+
+  std::unique_ptr<v1::Quota::Stub> stub = v1::Quota::NewStub(
+      grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  v1::AcquireResponse resp;
+  grpc::Status status;
+  absl::Notification answered;
+  std::thread call([&] {
+    v1::AcquireRequest req;
+    req.set_credential(kCredential);
+    req.set_feature("one");
+    req.mutable_max_wait()->set_seconds(30);
+    status = stub->Acquire(&ctx, req, &resp);
+    answered.Notify();
+  });
+  ASSERT_TRUE(Eventually([&] { return Queued("one") == 1; }));
+  const absl::Time start = absl::Now();
+  (*server)->Shutdown();
+  const absl::Duration took = absl::Now() - start;
+  ASSERT_TRUE(answered.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  call.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_LT(took, options.shutdown_grace) << "the parked call held the shutdown for its grace";
+  EXPECT_TRUE(Eventually([&] { return Queued("one") == 0; }));
 }
 
 }  // namespace

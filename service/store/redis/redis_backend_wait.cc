@@ -340,6 +340,32 @@ bool RedisBackend::Cancel(const WaitTicket& ticket) {
   return true;
 }
 
+void RedisBackend::AnswerAllWaiters(const absl::Status& status) {
+  std::vector<WaitCallback> answers;
+  std::vector<Attempt> leaves;
+  {
+    absl::MutexLock lock(&wait_mu_);
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      Waiter& w = *it->second;
+      if (w.gone) {
+        ++it;
+        continue;
+      }
+      answers.push_back(std::move(w.done));
+      if (w.in_flight) {
+        w.gone = true;  // OnAnswer leaves the queue (or gives a grant back)
+        ++it;
+        continue;
+      }
+      if (w.seq != 0) leaves.push_back(Leave(w));
+      waiter_ids_.erase(w.waiter);
+      waiters_.erase(it++);
+    }
+  }
+  for (Attempt& a : leaves) Send(std::move(a));
+  for (WaitCallback& done : answers) done(status);
+}
+
 RedisBackend::WaitStats RedisBackend::wait_stats() const {
   absl::MutexLock lock(&wait_mu_);
   WaitStats s;
