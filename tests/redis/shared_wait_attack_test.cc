@@ -409,8 +409,7 @@ TEST_F(SharedWaitAttackTest, AfterDataLossANewcomerQueuesBehindTheWaitersThatCam
   // queue again (the slot is held).
   absl::StatusOr<Decision> hold2 = AcquireThrough(*b1, Request("one"));
   ASSERT_TRUE(hold2.ok() && hold2->granted) << hold2.status();
-  ASSERT_TRUE(
-      redis_->Command({"PUBLISH", absl::StrCat("q:{", kCredential, "}:freed"), "*"}).ok());
+  ASSERT_TRUE(redis_->Command({"PUBLISH", absl::StrCat("q:{", kCredential, "}:freed"), "*"}).ok());
   ASSERT_TRUE(Eventually([&] { return Queued("one") == 2; }));
   std::shared_ptr<Waiting> newcomer = Wait(*b0, "one", absl::Seconds(60));
   ASSERT_TRUE(Eventually([&] { return Queued("one") == 3; }));
@@ -568,11 +567,11 @@ TEST_F(SharedWaitAttackTest, FortyEightWaitersMakeNoStorm) {
   const int64_t fcalls = stat("fcall") - fcalls_before;
   const int64_t publishes = stat("publish") - publish_before;
   const int64_t retries = fcalls - (kWaiters + 1);  // less the releases
-  std::printf("storm: %d waiters over 3 replicas served one at a time in %.2f s: %lld waiter "
-              "retries for %lld wake-up messages (%.2f per message)\n",
-              kWaiters, seconds, static_cast<long long>(retries),
-              static_cast<long long>(publishes),
-              publishes > 0 ? static_cast<double>(retries) / publishes : 0.0);
+  std::printf(
+      "storm: %d waiters over 3 replicas served one at a time in %.2f s: %lld waiter "
+      "retries for %lld wake-up messages (%.2f per message)\n",
+      kWaiters, seconds, static_cast<long long>(retries), static_cast<long long>(publishes),
+      publishes > 0 ? static_cast<double>(retries) / publishes : 0.0);
   // One retry per message naming a waiter, plus each parked waiter's beat (1 s).
   EXPECT_LE(retries, 2 * publishes + kWaiters * (static_cast<int64_t>(seconds) + 2));
   EXPECT_TRUE(Eventually([&] { return Queued("one") == 0; }));
@@ -693,8 +692,7 @@ TEST_F(SharedWaitAttackTest, ASentinelFailoverKeepsTheQueueAndServesIt) {
   ASSERT_TRUE(new_port.ok()) << new_port.status() << "\n" << group.Events();
   EXPECT_EQ(queued(), 2) << "the queue did not reach the new primary";
 
-  ASSERT_TRUE(Eventually([&] { return b[0]->Release(hold->lease_id, 0).ok(); },
-                         absl::Seconds(20)));
+  ASSERT_TRUE(Eventually([&] { return b[0]->Release(hold->lease_id, 0).ok(); }, absl::Seconds(20)));
   ASSERT_TRUE(Eventually([&] { return first->answered(); }, absl::Seconds(20)));
   EXPECT_TRUE(first->granted()) << first->answer.status();
   EXPECT_FALSE(second->answered()) << "the later waiter was served with the earlier one";

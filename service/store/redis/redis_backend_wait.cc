@@ -10,7 +10,8 @@
 // A waiter has at most one call in flight; a message arriving meanwhile makes it call again
 // once that one is answered. A waiter whose deadline passes is answered with the denial and
 // leaves the queue; one cancelled leaves it (after its call in flight, if any: a grant made
-// meanwhile is released).
+// meanwhile is released, unless a request_id names it). A waiter is planned again under a
+// reloaded policy before its next call; an INVALID_ARGUMENT answer ends its wait at once.
 
 #include <algorithm>
 #include <memory>
@@ -445,9 +446,9 @@ void RedisBackend::WaitLoop() {
           plan->cc->rules[feature.min_capacity_rule].full_name, " and can never be granted"));
     }
     if (w.call.ttl > feature.max_lease_ttl) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "lease_ttl ", absl::FormatDuration(w.call.ttl), " exceeds the maximum ",
-          absl::FormatDuration(feature.max_lease_ttl), " of feature ", feature.name));
+      return absl::InvalidArgumentError(
+          absl::StrCat("lease_ttl ", absl::FormatDuration(w.call.ttl), " exceeds the maximum ",
+                       absl::FormatDuration(feature.max_lease_ttl), " of feature ", feature.name));
     }
     w.call.counters = plan->counters;
     w.call.feature = feature.name;
