@@ -132,9 +132,10 @@ class QuotadServer::Impl {
     transport.max_health_watchers = options_.max_health_watchers;
     transport.drain_delay = options_.drain_delay;
     transport.shutdown_grace = options_.shutdown_grace;
-    transport.answer_waiters = [ledger = ledger_.get()] {
-      if (ledger == nullptr) return;  // shared mode parks nothing
-      ledger->AnswerAllWaiters(absl::UnavailableError("quotad is shutting down"));
+    transport.answer_waiters = [ledger = ledger_.get(), redis = redis_.get()] {
+      const absl::Status down = absl::UnavailableError("quotad is shutting down");
+      if (ledger != nullptr) ledger->AnswerAllWaiters(down);
+      if (redis != nullptr) redis->AnswerAllWaiters(down);  // shared mode's parked waiters
     };
     absl::StatusOr<std::unique_ptr<GrpcTransport>> started = GrpcTransport::Start(
         transport, &quota_, &admin_, &config_, metrics_.get(), &sampler_);

@@ -544,10 +544,16 @@ local function wait(keys, args)
   end
   local exp = now + 3 * beat
   local at_ms = math.floor(exp / 1000) + 1000
+  local back = false
   for _, c in ipairs(cs) do
     local q = pre .. 'w:' .. c.name
-    redis.call('ZADD', q, score, me)
+    if redis.call('ZADD', q, score, me) == 1 and mode == 'retry' then back = true end
     if redis.call('PEXPIRETIME', q) < at_ms then redis.call('PEXPIREAT', q, at_ms) end
+  end
+  -- A waiter put back at its own place (its entries expired, or Redis lost them): arrivals from
+  -- now on are numbered after it, even if the arrival counter went with the data.
+  if back and (tonumber(redis.call('HGET', pre .. 'wx', '~seq')) or 0) < seq then
+    redis.call('HSET', pre .. 'wx', '~seq', seq)
   end
   redis.call('HSET', pre .. 'wx', me, pk('dd', exp, a[3]))
   if redis.call('PEXPIRETIME', pre .. 'wx') < at_ms then

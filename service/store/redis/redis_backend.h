@@ -152,6 +152,10 @@ class RedisBackend final : public QuotaBackend {
   // Takes a parked request out (its queue entries too); `done` is destroyed uncalled. False
   // when it was answered already.
   bool Cancel(const WaitTicket& ticket) override ABSL_LOCKS_EXCLUDED(wait_mu_);
+  // Answers every request parked here with `status` (the server shutting down: its calls must
+  // be answered before its completion queues close) and takes them out of Redis's queues; a
+  // grant on its way for one is given back as for a cancelled call.
+  void AnswerAllWaiters(const absl::Status& status) ABSL_LOCKS_EXCLUDED(wait_mu_);
   // AcquireShared, or with max_wait > 0 a request that cannot be granted now waits in the
   // fair queue (see the file comment); answered with the grant, or with the denial at max_wait.
   WaitTicket AcquireSharedOrWait(const AcquireRequest& request, const SharedRequestId& request_id,

@@ -10,7 +10,8 @@
 // A waiter has at most one call in flight; a message arriving meanwhile makes it call again
 // once that one is answered. A waiter whose deadline passes is answered with the denial and
 // leaves the queue; one cancelled leaves it (after its call in flight, if any: a grant made
-// meanwhile is released).
+// meanwhile is released, unless a request_id names it). A waiter is planned again under a
+// reloaded policy before its next call; an INVALID_ARGUMENT answer ends its wait at once.
 
 #include <algorithm>
 #include <memory>
@@ -39,11 +40,14 @@ std::string FreedChannel(absl::string_view credential) {
 
 }  // namespace
 
-// A request parked on this replica. Owns its strings; `plan` keeps the rules its counters name.
+// A request parked on this replica. Owns its strings; `plan` keeps the rules its counters name,
+// planned under `compiled` (a reload plans it again before its next call).
 struct RedisBackend::Waiter {
   uint64_t id = 0;     // the ticket's
   std::string waiter;  // its id in Redis's queues
   std::string channel;
+  std::string scope, holder;
+  std::shared_ptr<const Compiled> compiled;
   Plan plan;
   redis::AcquireCall call;  // the request; a new lease id per attempt
   int priority = 0;
@@ -76,7 +80,8 @@ WaitTicket RedisBackend::AcquireSharedOrWait(const AcquireRequest& req,
     return {};
   }
   // The checks of AcquireShared, before anything is queued.
-  absl::StatusOr<Plan> plan = PlanFor(*compiled(), req.credential, req.feature, req.scope);
+  std::shared_ptr<const Compiled> now_compiled = compiled();
+  absl::StatusOr<Plan> plan = PlanFor(*now_compiled, req.credential, req.feature, req.scope);
   if (!plan.ok()) {
     done(plan.status());
     return {};
@@ -102,6 +107,9 @@ WaitTicket RedisBackend::AcquireSharedOrWait(const AcquireRequest& req,
   w->channel = FreedChannel(req.credential);
   w->priority = priority;
   w->deadline = clock_->Now() + max_wait;
+  w->scope = std::string(req.scope);
+  w->holder = std::string(req.holder);
+  w->compiled = std::move(now_compiled);
   w->done = std::move(done);
   redis::AcquireCall& call = w->call;
   call.credential = std::string(req.credential);
@@ -200,9 +208,15 @@ void RedisBackend::OnAnswer(uint64_t id, absl::string_view lease_id,
       take();  // answered below
     } else if (!answer.ok()) {
       w.error = StoreError(answer.status(), "nothing was granted");
-      if (w.gone || w.seq == 0 || wait_stopping_) {
-        // Never queued (the first call failed) or going: answered with the error.
-        if (w.seq != 0) sends.push_back(Leave(w));
+      // An error that a call again would only repeat (a request_id first used for another
+      // request, a bad argument) ends the wait at once, as it ends a first call: the waiter at
+      // the head of a queue must not hold the others back until its entry expires.
+      const bool final_error = absl::IsInvalidArgument(w.error);
+      if (w.gone || w.seq == 0 || wait_stopping_ || final_error) {
+        // Never queued (the first call failed), going, or failed for good: answered with the
+        // error. It leaves the queue even when its first call failed (that call may have queued
+        // it before its answer was lost).
+        sends.push_back(Leave(w));
         take();
         result = w.gone ? absl::CancelledError("cancelled") : finished->error;
       } else {
@@ -252,7 +266,12 @@ void RedisBackend::OnAnswer(uint64_t id, absl::string_view lease_id,
       return;
     }
     if (finished->gone) {
-      // Cancelled while this grant was on its way: nobody takes it, so it is given back.
+      // Cancelled while this grant was on its way: nobody takes it, so it is given back, unless
+      // a request_id names it. A duplicate is the first copy's lease, held by whoever got that
+      // answer; and a retry of the request_id is answered this grant from its record, so
+      // releasing it would hand out a lease whose units another request may take meanwhile
+      // (over capacity). Those stay charged until their TTL (an under-grant, never an over-one).
+      if (answer->acquire.duplicate || !finished->call.request_id.empty()) return;
       redis::ReleaseCall call;
       call.credential = finished->call.credential;
       call.lease_id = lease->ToString();
@@ -322,6 +341,32 @@ bool RedisBackend::Cancel(const WaitTicket& ticket) {
   return true;
 }
 
+void RedisBackend::AnswerAllWaiters(const absl::Status& status) {
+  std::vector<WaitCallback> answers;
+  std::vector<Attempt> leaves;
+  {
+    absl::MutexLock lock(&wait_mu_);
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      Waiter& w = *it->second;
+      if (w.gone) {
+        ++it;
+        continue;
+      }
+      answers.push_back(std::move(w.done));
+      if (w.in_flight) {
+        w.gone = true;  // OnAnswer leaves the queue (or gives a grant back)
+        ++it;
+        continue;
+      }
+      if (w.seq != 0) leaves.push_back(Leave(w));
+      waiter_ids_.erase(w.waiter);
+      waiters_.erase(it++);
+    }
+  }
+  for (Attempt& a : leaves) Send(std::move(a));
+  for (WaitCallback& done : answers) done(status);
+}
+
 RedisBackend::WaitStats RedisBackend::wait_stats() const {
   absl::MutexLock lock(&wait_mu_);
   WaitStats s;
@@ -387,9 +432,36 @@ void RedisBackend::StopWaiting() {
 }
 
 void RedisBackend::WaitLoop() {
+  // A waiter planned under an older policy (a reload since it parked) is planned again before
+  // its next call: it is never granted under a limit the operator has since tightened, and is
+  // answered the error when its feature went away or its cost no longer fits.
+  auto replan = [this](Waiter& w, const std::shared_ptr<const Compiled>& current) {
+    if (w.compiled == current) return absl::OkStatus();
+    absl::StatusOr<Plan> plan = PlanFor(*current, w.call.credential, w.call.feature, w.scope);
+    if (!plan.ok()) return plan.status();
+    const CompiledFeature& feature = *plan->feature;
+    if (w.call.cost > feature.min_capacity) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "cost ", w.call.cost, " exceeds capacity ", feature.min_capacity, " of limit ",
+          plan->cc->rules[feature.min_capacity_rule].full_name, " and can never be granted"));
+    }
+    if (w.call.ttl > feature.max_lease_ttl) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("lease_ttl ", absl::FormatDuration(w.call.ttl), " exceeds the maximum ",
+                       absl::FormatDuration(feature.max_lease_ttl), " of feature ", feature.name));
+    }
+    w.call.counters = plan->counters;
+    w.call.feature = feature.name;
+    w.call.locator = LocatorFields({w.call.credential, w.call.feature, w.scope, w.holder,
+                                    absl::StrCat(w.call.cost), plan->signature});
+    w.plan = *std::move(plan);
+    w.compiled = current;
+    return absl::OkStatus();
+  };
   wait_mu_.Lock();
   while (!wait_stopping_) {
     const absl::Time now = clock_->Now();
+    const std::shared_ptr<const Compiled> current = compiled();
     std::vector<Attempt> sends;
     std::vector<std::shared_ptr<Waiter>> expired;
     absl::Time next = now + options_.wait_beat;
@@ -407,6 +479,14 @@ void RedisBackend::WaitLoop() {
         continue;
       }
       if (w.next_try <= now) {
+        if (absl::Status s = replan(w, current); !s.ok()) {
+          w.error = s;
+          if (w.seq != 0) sends.push_back(Leave(w));
+          waiter_ids_.erase(w.waiter);
+          expired.push_back(std::move(it->second));
+          waiters_.erase(it++);
+          continue;
+        }
         sends.push_back(Try(w));
       } else {
         next = std::min({next, w.next_try, w.deadline});
