@@ -71,8 +71,17 @@ absl::Status AddCounter(const CounterRef& ref, absl::Time around, std::vector<st
       break;
     case LimitKind::kSliding:
       if (rule.spec.sub_buckets > 0) {
-        return absl::UnimplementedError(absl::StrCat(
-            rule.full_name, ": sliding windows with sub-buckets are not on Redis yet"));
+        // Bucket width and span in whole microseconds, rounded up, and as many buckets as
+        // cover the span (Rule::bucket_slots' formula): a unit counts at least as long as
+        // embedded. When the width is whole microseconds (e.g. 1 s / 10), the buckets are
+        // the embedded ledger's exactly: floor(us / width_us) == floor(ns / width_ns).
+        const int64_t width = std::max<int64_t>(1, CeilMicros(rule.bucket_ns));
+        const int64_t span = CeilMicros(rule.span_ns);
+        head("sb", rule.spec.capacity, width, FloorMicros(rule.period_ns));
+        out->push_back("1");
+        out->push_back(absl::StrCat((span + width - 1) / width + 1));
+        out->push_back("0");
+        return absl::OkStatus();
       }
       // Span rounded up, period rounded down: units count at least as long as embedded, and
       // an adoption compares with no fewer of our charges (so adopts no less).
@@ -208,7 +217,7 @@ absl::StatusOr<std::vector<std::string>> AcquireArgs(const AcquireCall& call, ab
       }
     }
   }
-  return CallArgs(
+  absl::StatusOr<std::vector<std::string>> args = CallArgs(
       "quotad_acquire", call.credential,
       {LeaseKey(call.credential, call.lease_id), StateKey(call.credential),
        DedupKey(call.credential, call.request_id)},
@@ -218,10 +227,24 @@ absl::StatusOr<std::vector<std::string>> AcquireArgs(const AcquireCall& call, ab
        absl::StrCat(call.counters.size()), call.keep_lease ? "1" : "0", call.request_id,
        call.fingerprint, absl::StrCat(CeilMicros(absl::ToInt64Nanoseconds(call.dedup_window))),
        call.feature},
-      around, call.locator.empty() ? "" : call.locator_key, call.locator);
+      around, call.locator.empty() ? "" : call.locator_key);
+  if (!args.ok()) return args;
+  // locator_value (possibly empty), want_limits, then the scope check's arguments if any.
+  args->push_back(call.locator);
+  args->push_back(call.want_limits ? "1" : "0");
+  for (size_t i = 0; i < call.counters.size(); ++i) {
+    const CounterRef& c = call.counters[i];
+    if (c.max_scopes <= 0) continue;
+    args->push_back(absl::StrCat(i + 1));
+    args->push_back(absl::StrCat(c.max_scopes));
+    args->push_back(c.scope);
+    args->push_back(call.credential);
+    break;
+  }
+  return args;
 }
 
-absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply) {
+absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply, size_t views) {
   if (!reply.ok()) return reply.status();
   if (reply->is_error()) return absl::InternalError(absl::StrCat("redis: ", reply->str));
   const std::vector<Reply>& e = reply->elements;
@@ -237,6 +260,16 @@ absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply) {
   if (reply->type != Reply::Type::kArray || !integer(0, &tag) || !integer(1, &now)) return bad();
   AcquireAnswer ans;
   ans.now = FromMicros(now);
+  // (used, reset) per counter from element `from` on, when the answer carries them.
+  auto read_views = [&](size_t from) {
+    if (views == 0 || e.size() < from + 2 * views) return true;  // not asked, or not given
+    for (size_t i = 0; i < views; ++i) {
+      int64_t used = 0, reset = 0;
+      if (!integer(from + 2 * i, &used) || !integer(from + 2 * i + 1, &reset)) return false;
+      ans.limits.push_back({used, reset < 0 ? absl::InfiniteFuture() : FromMicros(reset)});
+    }
+    return true;
+  };
   switch (tag) {
     case 1:
     case 2:
@@ -247,6 +280,8 @@ absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply) {
         if (e.size() < 4 || e[3].type != Reply::Type::kString) break;
         ans.duplicate = true;
         ans.lease_id = e[3].str;
+      } else if (!read_views(3)) {
+        break;
       }
       return ans;
     case 0:
@@ -254,7 +289,13 @@ absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply) {
       ans.retry_at = a < 0 ? absl::InfiniteFuture() : FromMicros(a);
       ans.limiting = static_cast<int>(b) - 1;
       ans.cooling = cooling == 1;
+      if (!read_views(5)) break;
       return ans;
+    case -3:  // a new scope past the feature's max_scopes
+      if (!integer(2, &a) || e.size() < 6) break;
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "scope '", e[3].str, "' would exceed the ", a, " scopes allowed for feature ", e[4].str,
+          " of credential ", e[5].str));
     case -1:  // no calendar window offered contains Redis's time
       return absl::FailedPreconditionError("calendar windows do not contain Redis's time");
     case -2:
@@ -345,7 +386,8 @@ void RedisFunctions::AcquireAround(std::shared_ptr<AcquireCall> call, absl::Time
   }
   CallMaybeWaiting(*std::move(args), [this, call, last_try, done = std::move(done)](
                                          absl::StatusOr<Reply> reply, int64_t acked) mutable {
-    absl::StatusOr<AcquireAnswer> a = ParseAcquire(reply);
+    absl::StatusOr<AcquireAnswer> a =
+        ParseAcquire(reply, call->want_limits ? call->counters.size() : 0);
     if (a.ok() && a->granted) {
       // Not durable enough: nothing handed out. A retry of its request_id answers this grant
       // (and waits again); without one, its units stay charged until the lease's TTL.
