@@ -7,9 +7,9 @@
 -- Times are integer microseconds since the Unix epoch (Redis TIME's resolution; Lua numbers are
 -- doubles, exact up to 2^53, which nanoseconds since 1970 would pass).
 --
--- The library is this file (the counters), quotad_queue.lua (the wait queues' helpers) then
--- quotad_functions.lua (a call's state, the functions), embedded as one source
--- (embed_lua.cmake).
+-- The library is this file (the counters), quotad_buckets.lua (sliding with sub-buckets),
+-- quotad_queue.lua (the wait queues' helpers) then quotad_functions.lua (a call's state, the
+-- functions), embedded as one source (embed_lua.cmake).
 --
 -- Layout (few redis.call per decision: each costs ~1-2 us inside redis-server):
 --   q:{cred}:s   one hash per credential: field <counter> = its state packed as doubles
@@ -28,11 +28,13 @@
 --   unl   unlimited: like cal (one window [-INF, INF) when it has no unit), never denies
 --   roll  rolling from first use: a = period, b = guard
 --   slide sliding exact: a = span (period + guard), b = period
+--   sb    sliding with sub-buckets: a = bucket width, b = period, one "window" [slots, 0]: the
+--         buckets kept (enough to cover the span, as Rule::bucket_slots)
 --   tb    token bucket (GCRA): a = emission interval (period / rate, rounded up), cap = burst
 --   conc  concurrency: cap slots held by live leases (KEYS holds its sorted set, in order)
 -- Every counter may be cooling down (cd: grants nothing before it), after a throttle Report.
 
-local VERSION = 8
+local VERSION = 9
 local INF = 9007199254740991 -- 2^53 - 1: never
 
 local function now_us()
@@ -82,6 +84,7 @@ local function parse_counters(keys, kz, args, i, n)
                nw = tonumber(args[i + 5])}
     i = i + 6 + 2 * c.nw
     if c.kind == 'unl' then c.cap = INF end
+    if c.kind == 'sb' then c.n = tonumber(args[c.wi]) end
     if c.kind == 'conc' then
       c.zkey = keys[kz]
       kz = kz + 1

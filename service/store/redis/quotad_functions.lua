@@ -4,7 +4,7 @@
 ---------------------------------------------------------------------------------------------
 -- State of a call: the credential's hash, read once, written once.
 
-local KINDS = {cal = W, unl = W, roll = W, slide = S, tb = T, conc = C}
+local KINDS = {cal = W, unl = W, roll = W, slide = S, sb = B, tb = T, conc = C}
 
 -- Reads the state of every counter (and `extra` fields) in one HMGET. Returns the extra values.
 local function load_all(key, cs, extra)
@@ -18,7 +18,10 @@ local function load_all(key, cs, extra)
   local n = #fields
   for _, f in ipairs(extra) do fields[#fields + 1] = f end
   local v = call_batched('HMGET', key, fields)
-  for k, c in ipairs(cs) do c.K.load(c, v[k + 1]) end
+  for k, c in ipairs(cs) do
+    c.fresh = not v[k + 1] -- no state yet (for a scoped counter: a new scope)
+    c.K.load(c, v[k + 1])
+  end
   local rest = {}
   for i = n + 1, #fields do rest[i - n] = v[i] end
   return tonumber(v[1]) or -INF, rest
@@ -69,13 +72,37 @@ end
 
 local function cooling(c, now) return c.cd > now end
 
+-- Appends (used, reset or -1) per counter, as Counter::View shows it now.
+local function append_views(out, cs, now, key)
+  for _, c in ipairs(cs) do
+    local used, reset = c.K.view(c, now, key)
+    out[#out + 1] = used
+    out[#out + 1] = reset >= INF and -1 or reset
+  end
+end
+
+-- The rule of a counter's name: a scoped counter is "<rule>[<scope>]" (rule names hold no
+-- bracket).
+local function scope_rule(name)
+  local at = string.find(name, '[', 1, true)
+  if at then return string.sub(name, 1, at - 1) end
+  return name
+end
+
 -- FCALL quotad_acquire 3+z[+1] lease state dedup zsets.. [locator]
 --       cost lease_id ttl_us n keep_lease request_id fingerprint dedup_us feature counters..
---       [locator_value]
+--       [locator_value [want_limits [scoped max_scopes scope credential]]]
 -- Charges `cost` on every counter, or on none. `request_id` (empty: none): a retry of a grant
 -- within dedup_us answers that grant and charges nothing (it only rewrites the record's expiry). `keep_lease` 0: no lease record
 -- (nothing to release or renew; for callers that never refund). A non-empty locator_value is
 -- stored in the last key (the lease's locator, see redis_backend.h) as long as the lease lives.
+-- want_limits 1: a grant, and a denial by the limits, append (used, reset or -1) per counter
+-- after their answer, as Counter::View after the decision (the Decision's limits).
+-- scoped > 0: counter `scoped` (1-based) is the feature's first scoped limit; a scope new to it
+-- (no state yet) is refused once field ~n<counter's rule> counts max_scopes scopes (each grant
+-- that creates a scope counts it; a denial creates none), answered {-3, now, max_scopes, scope,
+-- feature, credential} (Ledger::Acquire's kResourceExhausted). The count lives in the
+-- credential's hash, so it ends with it (when every counter has drained).
 -- Answers
 --   {1, now, lease_expiry}                 granted
 --   {2, now, lease_expiry, lease_id}       a retry of an earlier grant (its time and lease)
@@ -108,13 +135,26 @@ local function acquire(keys, args, queued)
   end
   local cs, ai = parse_counters(keys, 4, args, 10, n)
   local locator = args[ai]
+  local want = args[ai + 1] == '1'
+  local sk = tonumber(args[ai + 2]) or 0
+  local efields = {'!' .. feature}
+  if sk > 0 then efields[2] = '~n' .. scope_rule(cs[sk].name) end
+  local x, extra = load_all(keys[2], cs, efields)
+  local scopes, new_scope = 0, false
+  if sk > 0 then
+    -- As Ledger::Acquire: checked first, before cooldowns and limits.
+    local smax = tonumber(args[ai + 3])
+    scopes, new_scope = tonumber(extra[2]) or 0, cs[sk].fresh
+    if new_scope and scopes >= smax then
+      return {-3, now, smax, args[ai + 4], feature, args[ai + 5]}
+    end
+  end
   if queued ~= false and redis.call('EXISTS', qpre(keys) .. 'wx') == 1 then
     -- Waiting requests go first (as Ledger::Acquire, at priority 0): told when the waiter
     -- ahead last expected to fit (at least 100 ms on).
     local k, r = queue_block(qpre(keys), cs, qscore(0, WAIT_SPAN - 1), '', now)
     if k then return {0, now, math.max(r, now + 100000), k, 0} end
   end
-  local x, extra = load_all(keys[2], cs, {'!' .. feature})
   local retry, limiting, cool = -INF, -1, 0
   local fcd = tonumber(extra[1]) or 0
   if fcd > now then retry, limiting = fcd, 0 end
@@ -133,7 +173,9 @@ local function acquire(keys, args, queued)
   -- A denial writes nothing: what roll() changed is recomputed the same way next time.
   if limiting >= 0 then
     if retry >= INF then retry = -1 end
-    return {0, now, retry, limiting, cool}
+    local out = {0, now, retry, limiting, cool}
+    if want and cool == 0 then append_views(out, cs, now, keys[2]) end
+    return out
   end
   local exp = now + ttl
   local rec = {exp, now, cost}
@@ -141,7 +183,8 @@ local function acquire(keys, args, queued)
     local token, aux = c.K.charge(c, now, cost, lease, exp)
     rec[2 * k + 2], rec[2 * k + 3] = token, aux
   end
-  save_all(keys[2], cs, x, now, args)
+  save_all(keys[2], cs, x, now, args,
+           new_scope and {efields[2], string.format('%d', scopes + 1)} or nil)
   if keep then
     write_lease(keys[1], rec)
     if locator and locator ~= '' then
@@ -152,7 +195,9 @@ local function acquire(keys, args, queued)
     redis.call('SET', keys[3], cmsgpack.pack(now, exp, lease, fp), 'PX',
                math.max(1, math.ceil(dedup_us / 1000)))
   end
-  return {1, now, exp}
+  local out = {1, now, exp}
+  if want then append_views(out, cs, now, keys[2]) end -- after save_all: the sets are written
+  return out
 end
 
 -- Concurrency counters also read what the lease holds on them.
@@ -297,19 +342,19 @@ local function report(keys, args)
   local tc = cs[target]
   if tc then
     local reset = reset0
-    if used >= 0 and reset > 0 and tc.kind ~= 'slide' and reset + 1000000 <= now then
+    if used >= 0 and reset > 0 and not sliding(tc) and reset + 1000000 <= now then
       status, full = -1, -1
     else
       if reset > 0 and reset > now + longest + math.min(longest, 3600000000) then
         reset, ignored = 0, 1
       end
       if used >= 0 then
-        if tc.kind == 'slide' then
+        if sliding(tc) then
           local rel = math.min(now, observed) + tc.b
           if reset <= now or reset > rel then reset = rel end
         end
         before, added = tc.K.adopt(tc, now, math.min(used, tc.cap), reset, keys[1], sent)
-        if added > 0 and tc.kind ~= 'slide' then tc.adat = now end
+        if added > 0 and not sliding(tc) then tc.adat = now end
         status = 1
       end
     end
@@ -433,7 +478,8 @@ end
 -- every cooldown (the features' and the counters'); concurrency slots held by live leases
 -- stay. A lease granted before gives nothing back on release (field ~r: the reset's time).
 -- Counter states are kept, emptied (so scoped ones are still listed, as after Counter::Clear),
--- and told apart by their size: 5 doubles concurrency, 7 windows, 10-11 sliding, 2 buckets.
+-- and told apart by their size: 5 doubles concurrency, 7 windows, 10-11 sliding, 2 buckets;
+-- sub-bucketed sliding by its leading 'B'.
 -- Answers {now}.
 local function reset(keys, args)
   local now = now_us()
@@ -456,7 +502,9 @@ local function reset(keys, args)
     for i, f in ipairs(states) do
       local v = vs[i]
       local fresh = nil
-      if v and #v == 40 then -- concurrency: its slots stay
+      if v and string.sub(v, 1, 1) == 'B' then -- sliding with sub-buckets
+        fresh = 'B' .. pk('ddddd', -INF, 0, -INF, 0, 0)
+      elseif v and #v == 40 then -- concurrency: its slots stay
         local u, x, m, zx = struct.unpack('ddddd', v)
         fresh = pk('ddddd', u, x, m, zx, 0)
       elseif v and #v == 56 then -- windows
@@ -484,7 +532,9 @@ end
 local function peek(keys, args)
   local v = redis.call('HGET', keys[1], args[1])
   if not v then return {} end
-  local out = {struct.unpack(string.rep('d', #v / 8), v)}
+  local from = 1
+  if string.sub(v, 1, 1) == 'B' then from = 2 end -- sub-buckets: header, then the pairs
+  local out = {struct.unpack(string.rep('d', math.floor((#v - from + 1) / 8)), v, from)}
   out[#out] = nil
   for i, f in ipairs(out) do out[i] = string.format('%d', f) end
   return out

@@ -316,6 +316,11 @@ absl::StatusOr<RedisBackend::Plan> RedisBackend::PlanFor(const Compiled& compile
   for (int r : plan.feature->rules) {
     const Rule& rule = plan.cc->rules[r];
     plan.counters.push_back({CounterName(rule, scope), &rule});
+    if (rule.spec.scoped) plan.counters.back().scope = std::string(scope);
+    // Redis counts the scopes of the feature's first scoped limit (Ledger::Acquire's check).
+    if (r == plan.feature->first_scoped_rule) {
+      plan.counters.back().max_scopes = plan.feature->max_scopes;
+    }
     plan.rules.push_back(&rule);
     absl::StrAppend(&plan.signature, plan.counters.back().name, "\n");
   }
@@ -409,6 +414,7 @@ void RedisBackend::AcquireShared(const AcquireRequest& req, const SharedRequestI
   call.locator_key = LeaseLocatorKey(call.lease_id);
   call.locator = EncodeFields({req.credential, req.feature, req.scope, req.holder,
                                absl::StrCat(req.cost), plan->signature});
+  call.want_limits = req.want_limits;
   std::string lease_id = call.lease_id;
   // Granted here instead when Redis does not answer (fail_open credentials only).
   std::optional<LeaseInfo> fallback;
@@ -453,6 +459,23 @@ void RedisBackend::AcquireShared(const AcquireRequest& req, const SharedRequestI
             d.limited_by = absl::StrCat(plan.feature->name, ".cooldown");
           } else {
             d.limited_by = plan.rules[answer->limiting]->full_name;
+          }
+        }
+        // Decision::limits as Ledger::Acquire fills them (no outside estimate in shared mode).
+        if (answer->limits.size() == plan.rules.size()) {
+          d.limits.reserve(plan.rules.size());
+          for (size_t i = 0; i < plan.rules.size(); ++i) {
+            const Rule& rule = *plan.rules[i];
+            LimitStatus& st = d.limits.emplace_back();
+            st.name = rule.full_name;
+            st.scope = plan.counters[i].scope;
+            st.kind = rule.spec.kind;
+            st.capacity = rule.Capacity();
+            st.used = answer->limits[i].used;
+            st.remaining = rule.spec.kind == LimitKind::kUnlimited
+                               ? st.capacity
+                               : std::max<int64_t>(0, st.capacity - st.used);
+            st.reset = answer->limits[i].reset;
           }
         }
         done(std::move(d));

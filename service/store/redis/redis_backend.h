@@ -34,9 +34,11 @@
 // queue (a release, a reset, a waiter leaving), at its retry time, and every wait_beat (its
 // heartbeat: a dead replica's entries drop out 3 beats after its last call).
 //
+// Decision::limits come from the acquire's own FCALL (each counter's view after the decision;
+// not for waiters); a feature's max_scopes is counted in the credential's hash by that FCALL.
+//
 // Not built yet (kUnimplemented, or as stated): the Report's outside estimate and doubling
-// back-off, max_scopes, sliding windows with sub-buckets, Decision::limits, all-or-nothing
-// batches (QuotaBackend::AcquireAll).
+// back-off, all-or-nothing batches (QuotaBackend::AcquireAll).
 
 #include <atomic>
 #include <memory>

@@ -9,7 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/synchronization/notification.h"
+#include "service/store/redis/redis_functions_internal.h"
 
 namespace quotad {
 namespace redis {
@@ -17,17 +17,15 @@ namespace redis_internal {
 extern const char kQuotadLibrarySource[];  // quotad_lua.cc, generated from quotad.lua
 }  // namespace redis_internal
 
+using redis_internal::CallArgs;
+using redis_internal::CeilMicros;
+using redis_internal::FloorMicros;
+using redis_internal::FromMicros;
+using redis_internal::Integers;
+using redis_internal::kLuaInf;
+using redis_internal::Wait;
+
 namespace {
-
-constexpr int64_t kLuaInf = 9007199254740991;  // 2^53 - 1, the library's "never"
-
-// Nanoseconds to the library's microseconds, rounded up (a span never shortens).
-int64_t CeilMicros(int64_t ns) { return ns <= 0 ? 0 : (ns + 999) / 1000; }
-int64_t FloorMicros(int64_t ns) { return ns >= 0 ? ns / 1000 : -((-ns + 999) / 1000); }
-absl::Time FromMicros(int64_t us) {
-  if (us >= kLuaInf) return absl::InfiniteFuture();
-  return absl::FromUnixMicros(us);
-}
 
 void AddWindows(const Rule& rule, absl::Time around, std::vector<std::string>* out) {
   if (rule.spec.unit == CalendarUnit::kNone) {
@@ -71,8 +69,17 @@ absl::Status AddCounter(const CounterRef& ref, absl::Time around, std::vector<st
       break;
     case LimitKind::kSliding:
       if (rule.spec.sub_buckets > 0) {
-        return absl::UnimplementedError(absl::StrCat(
-            rule.full_name, ": sliding windows with sub-buckets are not on Redis yet"));
+        // Bucket width and span in whole microseconds, rounded up, and as many buckets as
+        // cover the span (Rule::bucket_slots' formula): a unit counts at least as long as
+        // embedded. When the width is whole microseconds (e.g. 1 s / 10), the buckets are
+        // the embedded ledger's exactly: floor(us / width_us) == floor(ns / width_ns).
+        const int64_t width = std::max<int64_t>(1, CeilMicros(rule.bucket_ns));
+        const int64_t span = CeilMicros(rule.span_ns);
+        head("sb", rule.spec.capacity, width, FloorMicros(rule.period_ns));
+        out->push_back("1");
+        out->push_back(absl::StrCat((span + width - 1) / width + 1));
+        out->push_back("0");
+        return absl::OkStatus();
       }
       // Span rounded up, period rounded down: units count at least as long as embedded, and
       // an adoption compares with no fewer of our charges (so adopts no less).
@@ -90,16 +97,17 @@ absl::Status AddCounter(const CounterRef& ref, absl::Time around, std::vector<st
   return absl::OkStatus();
 }
 
-// FCALL `function` with keys `head_keys`, then the sorted set of each concurrency counter,
-// then `tail_key` if non-empty; arguments `head`, then the counters, then `tail` if non-empty.
+}  // namespace
+
+namespace redis_internal {
+
 absl::StatusOr<std::vector<std::string>> CallArgs(const char* function,
                                                   absl::string_view credential,
                                                   std::vector<std::string> head_keys,
                                                   const std::vector<CounterRef>& counters,
                                                   std::vector<std::string> head,
-                                                  absl::Time around,
-                                                  const std::string& tail_key = "",
-                                                  const std::string& tail = "") {
+                                                  absl::Time around, const std::string& tail_key,
+                                                  const std::string& tail) {
   std::vector<std::string> args = {"FCALL", function, ""};
   for (std::string& k : head_keys) args.push_back(std::move(k));
   for (const CounterRef& c : counters) {
@@ -119,7 +127,6 @@ absl::StatusOr<std::vector<std::string>> CallArgs(const char* function,
   return args;
 }
 
-// The reply as an array of integers, or why not.
 absl::StatusOr<std::vector<int64_t>> Integers(const absl::StatusOr<Reply>& reply) {
   if (!reply.ok()) return reply.status();
   if (reply->is_error()) return absl::InternalError(absl::StrCat("redis: ", reply->str));
@@ -136,19 +143,7 @@ absl::StatusOr<std::vector<int64_t>> Integers(const absl::StatusOr<Reply>& reply
   return out;
 }
 
-template <typename T>
-absl::StatusOr<T> Wait(absl::AnyInvocable<void(absl::AnyInvocable<void(absl::StatusOr<T>)>)> f) {
-  absl::Notification ready;
-  absl::StatusOr<T> result;
-  f([&](absl::StatusOr<T> r) {
-    result = std::move(r);
-    ready.Notify();
-  });
-  ready.WaitForNotification();
-  return result;
-}
-
-}  // namespace
+}  // namespace redis_internal
 
 absl::string_view LibrarySource() { return redis_internal::kQuotadLibrarySource; }
 
@@ -208,7 +203,7 @@ absl::StatusOr<std::vector<std::string>> AcquireArgs(const AcquireCall& call, ab
       }
     }
   }
-  return CallArgs(
+  absl::StatusOr<std::vector<std::string>> args = CallArgs(
       "quotad_acquire", call.credential,
       {LeaseKey(call.credential, call.lease_id), StateKey(call.credential),
        DedupKey(call.credential, call.request_id)},
@@ -218,10 +213,24 @@ absl::StatusOr<std::vector<std::string>> AcquireArgs(const AcquireCall& call, ab
        absl::StrCat(call.counters.size()), call.keep_lease ? "1" : "0", call.request_id,
        call.fingerprint, absl::StrCat(CeilMicros(absl::ToInt64Nanoseconds(call.dedup_window))),
        call.feature},
-      around, call.locator.empty() ? "" : call.locator_key, call.locator);
+      around, call.locator.empty() ? "" : call.locator_key);
+  if (!args.ok()) return args;
+  // locator_value (possibly empty), want_limits, then the scope check's arguments if any.
+  args->push_back(call.locator);
+  args->push_back(call.want_limits ? "1" : "0");
+  for (size_t i = 0; i < call.counters.size(); ++i) {
+    const CounterRef& c = call.counters[i];
+    if (c.max_scopes <= 0) continue;
+    args->push_back(absl::StrCat(i + 1));
+    args->push_back(absl::StrCat(c.max_scopes));
+    args->push_back(c.scope);
+    args->push_back(call.credential);
+    break;
+  }
+  return args;
 }
 
-absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply) {
+absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply, size_t views) {
   if (!reply.ok()) return reply.status();
   if (reply->is_error()) return absl::InternalError(absl::StrCat("redis: ", reply->str));
   const std::vector<Reply>& e = reply->elements;
@@ -237,6 +246,16 @@ absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply) {
   if (reply->type != Reply::Type::kArray || !integer(0, &tag) || !integer(1, &now)) return bad();
   AcquireAnswer ans;
   ans.now = FromMicros(now);
+  // (used, reset) per counter from element `from` on, when the answer carries them.
+  auto read_views = [&](size_t from) {
+    if (views == 0 || e.size() < from + 2 * views) return true;  // not asked, or not given
+    for (size_t i = 0; i < views; ++i) {
+      int64_t used = 0, reset = 0;
+      if (!integer(from + 2 * i, &used) || !integer(from + 2 * i + 1, &reset)) return false;
+      ans.limits.push_back({used, reset < 0 ? absl::InfiniteFuture() : FromMicros(reset)});
+    }
+    return true;
+  };
   switch (tag) {
     case 1:
     case 2:
@@ -247,6 +266,8 @@ absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply) {
         if (e.size() < 4 || e[3].type != Reply::Type::kString) break;
         ans.duplicate = true;
         ans.lease_id = e[3].str;
+      } else if (!read_views(3)) {
+        break;
       }
       return ans;
     case 0:
@@ -254,7 +275,13 @@ absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply) {
       ans.retry_at = a < 0 ? absl::InfiniteFuture() : FromMicros(a);
       ans.limiting = static_cast<int>(b) - 1;
       ans.cooling = cooling == 1;
+      if (!read_views(5)) break;
       return ans;
+    case -3:  // a new scope past the feature's max_scopes
+      if (!integer(2, &a) || e.size() < 6) break;
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "scope '", e[3].str, "' would exceed the ", a, " scopes allowed for feature ", e[4].str,
+          " of credential ", e[5].str));
     case -1:  // no calendar window offered contains Redis's time
       return absl::FailedPreconditionError("calendar windows do not contain Redis's time");
     case -2:
@@ -345,7 +372,8 @@ void RedisFunctions::AcquireAround(std::shared_ptr<AcquireCall> call, absl::Time
   }
   CallMaybeWaiting(*std::move(args), [this, call, last_try, done = std::move(done)](
                                          absl::StatusOr<Reply> reply, int64_t acked) mutable {
-    absl::StatusOr<AcquireAnswer> a = ParseAcquire(reply);
+    absl::StatusOr<AcquireAnswer> a =
+        ParseAcquire(reply, call->want_limits ? call->counters.size() : 0);
     if (a.ok() && a->granted) {
       // Not durable enough: nothing handed out. A retry of its request_id answers this grant
       // (and waits again); without one, its units stay charged until the lease's TTL.
@@ -439,153 +467,6 @@ void RedisFunctions::Renew(RenewCall call,
     if (a.found) a.expiry = FromMicros((*v)[2]);
     done(a);
   });
-}
-
-void RedisFunctions::Report(ReportCall call,
-                            absl::AnyInvocable<void(absl::StatusOr<ReportAnswer>)> done) {
-  ReportAround(std::make_shared<ReportCall>(std::move(call)), clock_now_(), false,
-               std::move(done));
-}
-
-void RedisFunctions::ReportAround(std::shared_ptr<ReportCall> call, absl::Time around,
-                                  bool last_try,
-                                  absl::AnyInvocable<void(absl::StatusOr<ReportAnswer>)> done) {
-  auto us = [](absl::Time t, int64_t none) {
-    if (t == absl::InfinitePast()) return none;
-    if (t == absl::InfiniteFuture()) return kLuaInf;
-    return FloorMicros(absl::ToUnixNanos(t));
-  };
-  auto dur = [](absl::Duration d) { return absl::StrCat(CeilMicros(absl::ToInt64Nanoseconds(d))); };
-  const int n = static_cast<int>(call->counters.size());
-  const int target = call->target >= 0 && call->target < n ? call->target + 1 : 0;
-  std::vector<std::string> head = {
-      absl::StrCat(n),
-      absl::StrCat(target),
-      absl::StrCat(call->used ? *call->used : -1),
-      absl::StrCat(call->full ? (*call->full ? 1 : 0) : -1),
-      absl::StrCat(std::max<int64_t>(0, us(call->reset, 0))),
-      dur(call->longest_window),
-      absl::StrCat(us(call->observed_at, kLuaInf)),
-      absl::StrCat(us(call->sent_at, kLuaInf)),
-      call->feature,
-      call->throttled ? "1" : "0",
-      absl::StrCat(std::max<int64_t>(0, us(call->retry_at, 0))),
-      dur(call->feature_backoff),
-      dur(call->max_cooldown),
-      absl::StrCat(call->scoped),
-      dur(call->scoped_backoff)};
-  absl::StatusOr<std::vector<std::string>> args =
-      CallArgs("quotad_report", call->credential, {StateKey(call->credential)}, call->counters,
-               std::move(head), around);
-  if (!args.ok()) {
-    done(args.status());
-    return;
-  }
-  for (int i = 0; i < n; ++i) {
-    const ReportCall::Backoff b =
-        i < static_cast<int>(call->backoffs.size()) ? call->backoffs[i] : ReportCall::Backoff{};
-    args->push_back(dur(b.backoff));
-    args->push_back(b.release ? dur(*b.release) : "-1");
-    args->push_back(absl::StrFormat("%.17g", std::max(1.0, b.jitter)));
-  }
-  client_->Call(*std::move(args), [this, call, last_try, done = std::move(done)](
-                                      absl::StatusOr<Reply> reply) mutable {
-    absl::StatusOr<std::vector<int64_t>> v = Integers(reply);
-    if (!v.ok()) {
-      done(v.status());
-      return;
-    }
-    if ((*v)[0] == -1) {
-      if (last_try) {
-        done(absl::FailedPreconditionError("calendar windows do not contain Redis's time"));
-      } else {
-        ReportAround(call, FromMicros((*v)[1]), true, std::move(done));
-      }
-      return;
-    }
-    if (v->size() < 6) {
-      done(absl::InternalError(absl::StrCat("unexpected reply ", reply->DebugString())));
-      return;
-    }
-    ReportAnswer a;
-    a.now = FromMicros((*v)[0]);
-    a.before = (*v)[1];
-    a.added = (*v)[2];
-    if ((*v)[3] > 0) a.cooldown_until = FromMicros((*v)[3]);
-    a.adopted = (*v)[4] == 1;
-    a.reset_passed = (*v)[4] == -1;
-    a.reset_ignored = (*v)[5] == 1;
-    for (size_t i = 6; i < v->size(); ++i) a.capped.push_back(FromMicros((*v)[i]));
-    done(a);
-  });
-}
-
-void RedisFunctions::Usage(UsageCall call,
-                           absl::AnyInvocable<void(absl::StatusOr<UsageAnswer>)> done) {
-  UsageAround(std::make_shared<UsageCall>(std::move(call)), clock_now_(), false,
-              std::move(done));
-}
-
-void RedisFunctions::UsageAround(std::shared_ptr<UsageCall> call, absl::Time around,
-                                 bool last_try,
-                                 absl::AnyInvocable<void(absl::StatusOr<UsageAnswer>)> done) {
-  const size_t n = call->counters.size();
-  std::vector<std::string> head = {absl::StrCat(n), absl::StrCat(call->features.size())};
-  absl::StatusOr<std::vector<std::string>> args =
-      CallArgs("quotad_usage", call->credential, {StateKey(call->credential)}, call->counters,
-               std::move(head), around);
-  if (!args.ok()) {
-    done(args.status());
-    return;
-  }
-  (*args)[0] = "FCALL_RO";  // reads only: never replicated, never waited for
-  for (const UsageCall::Feature& f : call->features) {
-    args->push_back(f.name);
-    args->push_back(absl::StrCat(f.counters.size()));
-    for (int i : f.counters) args->push_back(absl::StrCat(i + 1));
-  }
-  client_->Call(*std::move(args), [this, call, n, last_try, done = std::move(done)](
-                                      absl::StatusOr<Reply> reply) mutable {
-    absl::StatusOr<std::vector<int64_t>> v = Integers(reply);
-    if (!v.ok()) {
-      done(v.status());
-      return;
-    }
-    if ((*v)[0] == -1) {
-      if (last_try) {
-        done(absl::FailedPreconditionError("calendar windows do not contain Redis's time"));
-      } else {
-        UsageAround(call, FromMicros((*v)[1]), true, std::move(done));
-      }
-      return;
-    }
-    if (v->size() != 1 + 3 * n + call->features.size()) {
-      done(absl::InternalError(absl::StrCat("unexpected reply ", reply->DebugString())));
-      return;
-    }
-    UsageAnswer a;
-    a.now = FromMicros((*v)[0]);
-    for (size_t i = 0; i < n; ++i) {
-      UsageAnswer::Counter& c = a.counters.emplace_back();
-      c.used = (*v)[1 + 3 * i];
-      const int64_t reset = (*v)[2 + 3 * i];
-      c.reset = reset < 0 ? absl::InfiniteFuture() : FromMicros(reset);
-      if ((*v)[3 + 3 * i] > 0) c.cooldown = FromMicros((*v)[3 + 3 * i]);
-    }
-    for (size_t f = 0; f < call->features.size(); ++f) {
-      const int64_t until = (*v)[1 + 3 * n + f];
-      a.feature_cooldowns.push_back(until > 0 ? FromMicros(until) : absl::InfinitePast());
-    }
-    done(std::move(a));
-  });
-}
-
-absl::StatusOr<ReportAnswer> RedisFunctions::ReportSync(ReportCall call) {
-  return Wait<ReportAnswer>([&](auto done) { Report(std::move(call), std::move(done)); });
-}
-
-absl::StatusOr<UsageAnswer> RedisFunctions::UsageSync(UsageCall call) {
-  return Wait<UsageAnswer>([&](auto done) { Usage(std::move(call), std::move(done)); });
 }
 
 absl::StatusOr<AcquireAnswer> RedisFunctions::AcquireSync(AcquireCall call) {

@@ -40,11 +40,15 @@ std::string LeaseKey(absl::string_view credential, absl::string_view lease_id);
 std::string DedupKey(absl::string_view credential, absl::string_view request_id);
 
 // One counter a call touches: `name` is unique within the credential (e.g. "feature.limit",
-// plus the scope for scoped limits); `rule` must outlive the call. Sliding rules with
-// sub-buckets are not supported yet (kUnimplemented).
+// plus the scope for scoped limits); `rule` must outlive the call.
 struct CounterRef {
   std::string name;
   const Rule* rule = nullptr;
+  std::string scope;  // a scoped rule's counter: its scope (for answers and messages)
+  // > 0 on the feature's first scoped limit (Acquire only): a scope new to it is refused once
+  // the credential counts this many scopes of it (the feature's max_scopes; kResourceExhausted
+  // naming the scope, as Ledger::Acquire). At most one counter of a call sets it.
+  int64_t max_scopes = 0;
 };
 
 struct AcquireCall {
@@ -69,6 +73,9 @@ struct AcquireCall {
   // key is outside the credential's hash slot: standalone Redis only (not Cluster).
   std::string locator_key;
   std::string locator;
+  // True: a grant, and a denial by the limits (not by a cooldown or a waiter ahead), also
+  // answer each counter's state after the decision (AcquireAnswer::limits).
+  bool want_limits = false;
 };
 
 struct AcquireAnswer {
@@ -81,6 +88,12 @@ struct AcquireAnswer {
   absl::Time retry_at = absl::InfiniteFuture();     // denied: when all would fit
   int limiting = -1;  // denied: index into counters; -1 with `cooling`: the feature's cooldown
   bool cooling = false;                             // denied by a cooldown (Report)
+  // With AcquireCall::want_limits: per counter (same order), Counter::View after the decision.
+  struct Limit {
+    int64_t used = 0;
+    absl::Time reset = absl::InfiniteFuture();  // window end / oldest unit leaves / never
+  };
+  std::vector<Limit> limits;
 };
 
 // `counters` must be those of the lease's acquire, in the same order. `used` as in
@@ -219,7 +232,9 @@ std::vector<std::string> WaitCommand(const WaitPolicy& policy);
 // The argument lists, for callers that pipeline FCALLs themselves (and the benchmark).
 // Calendar windows are computed around `around` (the caller's clock): previous, current, next.
 absl::StatusOr<std::vector<std::string>> AcquireArgs(const AcquireCall& call, absl::Time around);
-absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply);
+// `views`: the counters' states to read after the answer (AcquireCall::want_limits: the number
+// of counters; 0: none). A new scope past max_scopes is kResourceExhausted naming it.
+absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply, size_t views = 0);
 
 // Calls quotad's functions through a client. Thread-safe. Does not own `client`, which must
 // outlive *this. Callbacks run on the client's loop thread (see ReplyCallback).
