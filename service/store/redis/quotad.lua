@@ -7,7 +7,8 @@
 -- Times are integer microseconds since the Unix epoch (Redis TIME's resolution; Lua numbers are
 -- doubles, exact up to 2^53, which nanoseconds since 1970 would pass).
 --
--- The library is this file (the counters), quotad_queue.lua (the wait queues' helpers) then
+-- The library is this file (the counters), quotad_reshape.lua (a counter written under another
+-- shape or scoping, converted when read), quotad_queue.lua (the wait queues' helpers) then
 -- quotad_functions.lua (a call's state, the functions), embedded as one source
 -- (embed_lua.cmake).
 --
@@ -16,7 +17,8 @@
 --                (struct.pack), <counter>#<i> = entry i of a sliding log (at, units),
 --                <counter>@<lease> = a lease's slots on a concurrency counter, !<feature> = the
 --                feature's cooldown, ~x = when the hash expires (set again only when a counter
---                needs it to live longer). A decision reads every counter in one HMGET and
+--                needs it to live longer), ~k:<counter> = the shape its state was written
+--                under, ~s:<limit> = its scoping eras (quotad_reshape.lua). A decision reads every counter in one HMGET and
 --                writes them back in one HSET.
 --   q:{cred}:z:<counter>  concurrency: its leases by expiry (sorted set).
 --   q:{cred}:l:<lease>    a lease: exp, at, cost, then (token, aux) per counter; expires at exp.
