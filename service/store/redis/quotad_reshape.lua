@@ -19,8 +19,9 @@
 --  * the old counter is kept as a retired one (units, until, cap), checked and charged
 --    alongside the new one until its units leave: the window in force at the reload never
 --    grants more than the stricter of the old and the new configuration.
--- A state that cannot be decoded (an unknown shape, a layout of another size) denies until the
--- hash expires (~x: when the code that wrote it said every counter had drained); it never reads
+-- A state that cannot be decoded (an unknown shape, a layout of another size, or an old
+-- concurrency counter's sorted set not readable here: it is not among the call's keys, and on a
+-- Cluster slot being migrated it may have moved) denies until the hash expires (~x: when the code that wrote it said every counter had drained); it never reads
 -- as empty, nor fails the call.
 --
 -- Scoping (the name changes: f.x <-> f.x[scope]):
@@ -202,12 +203,14 @@ local function absorb(c, from, v, m, key, now, x)
   local shape = meta and meta.shape
   if not shape and layout_ok(c.kind, v) then shape = c.shape end -- written before version 9
   local o = shape and old_counter(shape, from, (meta and meta.cap) or c.cap, key)
+  local ok, units = true, nil
   if o and o.kind == 'conc' and c.kind == 'conc' then
-    copy_leases(c, from, o.zkey, key, now)
-    return nil
+    ok = pcall(copy_leases, c, from, o.zkey, key, now)
+    if ok then return nil end
+  elseif o then
+    ok, units = pcall(carry, c, o, v, now, key, true)
   end
-  local units = o and carry(c, o, v, now, key, true)
-  if not units then return x > now and {u = INF, at = x, cap = 0} or nil end
+  if not ok or not units then return x > now and {u = INF, at = x, cap = 0} or nil end
   seed(c, units, now, key)
   return nil
 end
@@ -290,8 +293,9 @@ local function reshape_load(c, v, m, side, key, clock, x)
   elseif v then -- written under another shape
     c.K.load(c, nil)
     local o = meta and old_counter(meta.shape, c.name, meta.cap or c.cap, key)
-    local units, r = nil, nil
-    if o then units, r = carry(c, o, v, clock(), key, false) end
+    local ok, units, r = false, nil, nil
+    if o then ok, units, r = pcall(carry, c, o, v, clock(), key, false) end
+    if not ok then units, r = nil, nil end
     local decoded = units ~= nil
     if not decoded then -- cannot be decoded: deny until the hash expires
       units, r = 0, x > clock() and {u = INF, at = x, cap = 0} or nil
