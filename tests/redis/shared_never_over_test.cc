@@ -418,8 +418,8 @@ TEST(SharedNeverOverTest, AShapeTheLibraryCannotDecodeDenies) {
   req.want_limits = false;
   absl::StatusOr<Decision> first = AcquireThrough(**backend, req);
   ASSERT_TRUE(first.ok() && first->granted);
-  // cmsgpack of the string "zz|1|1": a kind no version has.
-  ASSERT_TRUE((*redis)->Command({"HSET", redis::StateKey("p/x"), "~k:f.x", "\xa6zz|1|1"}).ok());
+  // Written under a kind no version has (capacity 3, no scoping era).
+  ASSERT_TRUE((*redis)->Command({"HSET", redis::StateKey("p/x"), "~k:f.x", "zz|1|1;3;0"}).ok());
   for (int i = 0; i < 2; ++i) {
     absl::StatusOr<Decision> d = AcquireThrough(**backend, req);
     ASSERT_TRUE(d.ok()) << d.status();

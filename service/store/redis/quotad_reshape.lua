@@ -6,10 +6,11 @@
 -- here, atomically, by whichever call next reads the state (load_all).
 --
 -- Next to each counter's state the hash keeps the shape it was written under:
---   ~k:<counter>  cmsgpack(shape, cap, seen[, units, until, cap]): the shape (kind and what
---                 defines its state: period, unit and zone, emission interval, guard; shape_of)
---                 and capacity, the scoping era it has taken in (`seen`, below), and the
---                 retired counter, if one still counts.
+--   ~k:<counter>  "shape;cap;seen[;units;until;cap]": the shape (kind and what defines its
+--                 state: period, unit and zone, emission interval, guard; shape_of) and
+--                 capacity as the caller sent them, the scoping era it has taken in (`seen`,
+--                 below), and the retired counter, if one still counts. A string compared by
+--                 its prefix: a call that converts nothing parses one number.
 -- When a call brings another shape for a counter that has state, the old state is decoded with
 -- the old shape's code and, as ledger_reload.cc does:
 --  * the new counter starts with the units the old one may still count (every unit the new
@@ -25,7 +26,7 @@
 -- as empty, nor fails the call.
 --
 -- Scoping (the name changes: f.x <-> f.x[scope]):
---   ~s:<limit>    cmsgpack(ts, tu): when the latest scoped era began (a scoped counter of the
+--   ~s:<limit>    "ts;tu": when the latest scoped era began (a scoped counter of the
 --                 limit wrote after the unscoped one), and the latest unscoped era.
 -- A scoped counter seen for the first time, or one that has not taken in the latest unscoped
 -- era (seen < tu), starts with the unscoped counter's units (as the embedded ledger's
@@ -40,11 +41,12 @@ local META, SIDE = '~k:', '~s:'
 
 local function fmt(n) return string.format('%d', n) end
 
--- What defines a counter's state (not its capacity, nor a bucket's burst).
+-- What defines a counter's state (not its capacity, nor a bucket's burst): its arguments as the
+-- caller sent them (parse_counters), and its capacity's.
 local function shape_of(c)
-  if c.kind == 'conc' then return 'conc' end
-  local k = c.sx and (c.kind .. ':' .. c.sx) or c.kind
-  return k .. '|' .. fmt(c.a) .. '|' .. fmt(c.b)
+  if c.kind == 'conc' then return 'conc', c.args[c.wi - 4] end
+  local i = c.wi - 6
+  return c.args[i + 1] .. '|' .. c.args[i + 3] .. '|' .. c.args[i + 4], c.args[i + 2]
 end
 
 -- True when `v` has the size of `kind`'s packed state.
@@ -64,6 +66,7 @@ end
 -- A counter of field `name` as written under `shape`, to decode its state with its own code;
 -- nil for a shape this library does not know.
 local function old_counter(shape, name, cap, key)
+  cap = tonumber(cap) or 0
   local k, a, b = 'conc', '0', '0'
   if shape ~= 'conc' then k, a, b = string.match(shape, '^([^|]*)|([^|]*)|([^|]*)$') end
   if not k then return nil end
@@ -144,12 +147,26 @@ local function merge(a, b)
   return {u = math.max(a.u, b.u), at = math.max(a.at, b.at), cap = math.min(a.cap, b.cap)}
 end
 
-local function unpack_meta(m)
+-- A ~k: field: {shape, cap (as sent), seen, ru, rat, rcap}. With `shape` and `caps` (a counter's
+-- own), the usual case (a field that starts with them, no retired counter) parses `seen` only.
+local function unpack_meta(m, shape, caps)
   if not m then return nil end
-  local ok, shape, cap, seen, ru, rat, rcap = pcall(cmsgpack.unpack, m)
-  if not ok or type(shape) ~= 'string' then return nil end
-  return {shape = shape, cap = tonumber(cap), seen = tonumber(seen) or 0, ru = tonumber(ru),
-          rat = tonumber(rat), rcap = tonumber(rcap)}
+  if shape then
+    local head = shape .. ';' .. caps .. ';'
+    if string.sub(m, 1, #head) == head and not string.find(m, ';', #head + 1, true) then
+      return {shape = shape, cap = caps, seen = tonumber(string.sub(m, #head + 1)) or 0}
+    end
+  end
+  local f = {}
+  for part in string.gmatch(m .. ';', '([^;]*);') do f[#f + 1] = part end
+  return {shape = f[1], cap = f[2], seen = tonumber(f[3]) or 0, ru = tonumber(f[4]),
+          rat = tonumber(f[5]), rcap = tonumber(f[6])}
+end
+
+local function pack_meta(c, r, now)
+  local m = c.shape .. ';' .. c.caps .. ';' .. fmt(c.seen)
+  if r and r.at > now then m = m .. ';' .. fmt(r.u) .. ';' .. fmt(r.at) .. ';' .. fmt(r.cap) end
+  return m
 end
 
 -- Copies onto concurrency counter c the live leases of counter field `from` (sorted set zkey)
@@ -250,12 +267,7 @@ local function wrap(c)
     for _, f in ipairs(c.rdel or {}) do del[#del + 1] = f end
     c.rdel = nil
     set[#set + 1] = META .. c.name
-    local r = c.ret
-    if r and r.at > now then
-      set[#set + 1] = cmsgpack.pack(c.shape, c.cap, c.seen, r.u, r.at, r.cap)
-    else
-      set[#set + 1] = cmsgpack.pack(c.shape, c.cap, c.seen)
-    end
+    set[#set + 1] = pack_meta(c, c.ret, now)
     if c.mark then
       set[#set + 1] = SIDE .. c.limit
       set[#set + 1] = c.mark
@@ -280,14 +292,14 @@ end
 -- clock(): Redis's time (read only when needed: one TIME less per call when nothing changed);
 -- x: when the hash expires. Writes nothing (save_all writes what changed).
 local function reshape_load(c, v, m, side, key, clock, x)
-  c.shape = shape_of(c)
-  local meta = unpack_meta(m)
+  c.shape, c.caps = shape_of(c)
+  local meta = unpack_meta(m, c.shape, c.caps)
   local ret = nil
   if meta and meta.rat and meta.rat > clock() then
     ret = {u = meta.ru, at = meta.rat, cap = meta.rcap}
   end
   c.seen = meta and meta.seen or 0
-  local rewrite = not meta or meta.shape ~= c.shape or meta.cap ~= c.cap
+  local rewrite = not meta or meta.shape ~= c.shape or meta.cap ~= c.caps
   if v and ((meta and meta.shape == c.shape) or (not meta and layout_ok(c.kind, v))) then
     c.K.load(c, v)
   elseif v then -- written under another shape
@@ -317,8 +329,8 @@ local function reshape_load(c, v, m, side, key, clock, x)
   -- Scoping eras.
   local ts, tu = 0, 0
   if side then
-    local ok, a, b = pcall(cmsgpack.unpack, side)
-    if ok then ts, tu = tonumber(a) or 0, tonumber(b) or 0 end
+    local a, b = string.match(side, '^([^;]*);([^;]*)$')
+    ts, tu = tonumber(a) or 0, tonumber(b) or 0
   end
   if c.scoped then
     if not v or tu > c.seen then
@@ -327,7 +339,7 @@ local function reshape_load(c, v, m, side, key, clock, x)
       c.seen = math.max(c.seen, tu)
       c.dirty = true
     end
-    if ts <= tu then c.mark = cmsgpack.pack(clock(), tu) end -- a scoped era begins
+    if ts <= tu then c.mark = fmt(clock()) .. ';' .. fmt(tu) end -- a scoped era begins
   elseif ts > c.seen then
     local pre = c.name .. '['
     local names = {}
@@ -351,7 +363,7 @@ local function reshape_load(c, v, m, side, key, clock, x)
     end
     c.seen = ts
     c.dirty = true
-    if ts > tu then c.mark = cmsgpack.pack(ts, clock()) end -- an unscoped era begins
+    if ts > tu then c.mark = fmt(ts) .. ';' .. fmt(clock()) end -- an unscoped era begins
   end
   c.ret = ret
   if ret or rewrite or c.mark or (meta and meta.seen ~= c.seen) then wrap(c) end
