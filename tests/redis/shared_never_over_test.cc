@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -41,6 +42,7 @@
 #include "service/core/ledger.h"
 #include "service/server/server.h"
 #include "service/store/redis/redis_backend.h"
+#include "service/store/redis/redis_functions.h"
 #include "tests/redis/backend_helpers.h"
 #include "tests/redis/redis_harness.h"
 #include "tests/redis/shared_never_over_sim.h"
@@ -176,17 +178,15 @@ Grants GrantsAfterReload(const Policy& before, const Policy& after, const std::s
   return g;
 }
 
-// FINDING (seed 1 with --shape_changes; e.g. `shared_never_over_test --seed=1 --seconds=12
-// --shape_changes`): a reload that lowers a token bucket's rate over-grants in shared mode.
-// Redis keeps the bucket's state as a theoretical arrival time under the counter's name
-// (quotad.lua, T: `tat`) and the next call reads it with the new emission interval: 4 units
-// charged at 3/s leave tat = t0 + 1.33 s, which under 1/s stands for 1.33 units owed instead of
-// 4, so 2 more are granted at once while the provider's bucket (burst 4, now refilling 1/s,
-// 4 units just sent) refuses anything for a second. The embedded ledger rebuilds a counter
-// whose shape changed (ledger_reload.cc: a slower bucket counts its units plus a burst) and
-// grants nothing. Shared mode needs the same rebuild (e.g. the shape in the counter's name, or
-// the emission interval in its state, converting owed time to units on a change).
-TEST(SharedNeverOverFindings, DISABLED_TokenBucketRateLoweredByAReloadOverGrants) {
+// Found by seed 1 with --shape_changes (`shared_never_over_test --seed=1 --seconds=12
+// --shape_changes`), fixed: a reload that lowers a token bucket's rate. Redis keeps the bucket's
+// state as a theoretical arrival time (quotad.lua, T: `tat`); read with the new emission
+// interval, 4 units charged at 3/s (tat = t0 + 1.33 s) stood for 1.33 units owed under 1/s and 2
+// more were granted while the provider's bucket (burst 4, now refilling 1/s, 4 units just sent)
+// refuses anything for a second. The hash now keeps the shape each state was written under and
+// the next call converts it (quotad_reshape.lua: the units still owed, plus a burst under a
+// slower refill, charged anew), as the embedded ledger rebuilds the counter (ledger_reload.cc).
+TEST(SharedNeverOverTest, TokenBucketRateLoweredByAReloadGrantsNothingMore) {
   const Policy before =
       OneCredential("f/bucket", {Feature("b", {Bucket("burst", 3, absl::Seconds(1), 4)})});
   const Policy after =
@@ -197,16 +197,14 @@ TEST(SharedNeverOverFindings, DISABLED_TokenBucketRateLoweredByAReloadOverGrants
                            "(1/s, burst 4, 4 units just sent) refuses all";
 }
 
-// FINDING (seed 44 with --shape_changes: `shared_never_over_test --seed=44 --seconds=40
-// --shape_changes`, over-grant 10 of 8): a reload that lengthens a rolling window's period
-// over-grants in shared mode. Redis keeps the open window's bounds under the limit's name (W:
-// `e`, computed from the old period when it opened) and opens a new window at the old end,
+// Found by seed 44 with --shape_changes (`shared_never_over_test --seed=44 --seconds=40
+// --shape_changes`, over-grant 10 of 8), fixed: a reload that lengthens a rolling window's
+// period. Redis kept the open window's end from the old period and opened a new window there,
 // while the provider's window, now of the new period, runs on with the units already sent.
-// Here: 3 units at t0 on 3 per 1 s, reloaded to 3 per 10 s; at t0 + 1.05 s Redis grants 3 more
-// into the provider's window [t0, t0 + 10 s) that holds 3. The embedded ledger rebuilds the
-// counter on a shape change (the units counted now as charged at the reload, in a window of
-// the new period) and grants nothing.
-TEST(SharedNeverOverFindings, DISABLED_RollingPeriodLengthenedByAReloadOverGrants) {
+// Here: 3 units at t0 on 3 per 1 s, reloaded to 3 per 10 s, and the first call after the reload
+// comes at t0 + 1.05 s, once the old window has closed: the units it held were charged at its
+// end at the latest, and a 10 s window still counts them (quotad_reshape.lua `carry`).
+TEST(SharedNeverOverTest, RollingPeriodLengthenedByAReloadGrantsNothingMore) {
   const Policy before =
       OneCredential("f/roll", {Feature("r", {Rolling("window", 3, absl::Seconds(1))})});
   const Policy after =
@@ -274,22 +272,28 @@ TEST(SharedNeverOverTest, ReloadReshapingALimitGrantsNoMoreThanTheEmbeddedLedger
   }
 }
 
-// FINDING (deterministic): a reload that changes a sliding limit's kind, or that makes a limit
-// scoped or unscoped, over-grants in shared mode: 3 more units right after 3 of 3 were sent.
-// Kind: Redis keeps each counter's packed state under the limit's name and the new kind's
-// loader reads the sliding layout as its own (quotad.lua W.load/T.load): a window whose end is
-// a small index (long past) or a bucket's tat from the distant past, i.e. empty. Scoping: the
-// counter's name changes (`f.x` <-> `f.x[scope]`, redis_backend.cc CounterName), so the new
-// counter starts empty while the provider still counts the 3 units. The embedded ledger
-// rebuilds a counter whose kind or scoping changed with the units the old one counts now and
-// grants nothing.
-TEST(SharedNeverOverFindings, DISABLED_ReloadChangingASlidingKindOrTheScopingOverGrants) {
+// Found deterministic, fixed: a reload that changes a sliding limit's kind, or that makes a
+// limit scoped or unscoped, granted 3 more units right after 3 of 3 were sent. Kind: the new
+// kind's loader read the sliding layout as its own (an empty window or bucket). Scoping: the
+// counter's name changes (`f.x` <-> `f.x[scope]`, redis_backend.cc CounterName) and the new one
+// started empty. Now the old state is decoded by its own kind's code and a new scoped counter
+// starts with the unscoped one's units, a new unscoped one with the scoped ones' sum
+// (quotad_reshape.lua), as the embedded ledger does.
+TEST(SharedNeverOverTest, ReloadChangingASlidingKindOrTheScopingGrantsNothingMore) {
   const std::vector<Reshape> cases = {
       {"sliding -> rolling", kSlide, kRoll},
       {"sliding -> calendar", kSlide, kCalHour},
       {"sliding -> token bucket", kSlide, kBucket},
       {"sliding -> scoped sliding", kSlide, Scoped(kSlide)},
       {"scoped sliding -> sliding", Scoped(kSlide), kSlide},
+      // Sub-bucketed sliding windows (state 'B'), into and out of.
+      {"sliding -> sub-bucketed sliding", kSlide, Sliding("x", 3, absl::Minutes(1), 6)},
+      {"sub-bucketed sliding -> sliding", Sliding("x", 3, absl::Minutes(1), 6), kSlide},
+      {"sub-bucketed sliding -> calendar", Sliding("x", 3, absl::Minutes(1), 6), kCalHour},
+      {"sub-bucketed sliding -> token bucket", Sliding("x", 3, absl::Minutes(1), 6), kBucket},
+      {"sub-bucketed sliding 6 -> 12 buckets", Sliding("x", 3, absl::Minutes(1), 6),
+       Sliding("x", 3, absl::Minutes(1), 12)},
+      {"calendar -> sub-bucketed sliding", kCalMinute, Sliding("x", 3, absl::Minutes(1), 6)},
   };
   for (const Reshape& c : cases) {
     const Grants g = RunReshape(c);
@@ -298,12 +302,11 @@ TEST(SharedNeverOverFindings, DISABLED_ReloadChangingASlidingKindOrTheScopingOve
   }
 }
 
-// FINDING (deterministic): a reload that changes a limit's kind to one whose packed state is
-// longer fails every Acquire of the feature with INTERNAL ("bad argument #2 to 'unpack' (data
-// string too short)", quotad.lua:102 W.load or :226 S.load) until the credential's hash
-// expires (the longest counter's window plus as much again: a day for a daily limit). Fail
-// closed, so no over-grant, but an outage of the feature; the embedded ledger answers.
-TEST(SharedNeverOverFindings, DISABLED_ReloadChangingALimitsKindFailsEveryAcquire) {
+// Found deterministic, fixed: a reload that changes a limit's kind to one whose packed state is
+// longer failed every Acquire of the feature with INTERNAL ("data string too short" from
+// unpack) until the credential's hash expired. The state is now read by the code of the shape
+// it was written under; none of these grants either (3 of 3 were just charged).
+TEST(SharedNeverOverTest, ReloadChangingALimitsKindAnswersAndGrantsNothingMore) {
   const std::vector<Reshape> cases = {
       {"calendar -> sliding", kCalMinute, kSlide},
       {"rolling -> sliding", kRoll, kSlide},
@@ -315,16 +318,18 @@ TEST(SharedNeverOverFindings, DISABLED_ReloadChangingALimitsKindFailsEveryAcquir
     const Grants g = RunReshape(c);
     EXPECT_EQ(g.embedded_error, "") << c.name;
     EXPECT_EQ(g.redis_error, "") << c.name;
+    EXPECT_EQ(g.embedded, 0) << c.name;
+    EXPECT_EQ(g.redis, 0) << c.name << ": granted where the provider holds 3 of 3";
   }
 }
 
-// FINDING (deterministic): the same for a concurrency limit. Made scoped or unscoped while a
-// lease holds its only slot, shared mode grants a second (the counter's name changes: the
-// lease's slot stays on the old one); the embedded ledger re-homes live leases onto a
-// concurrency limit rebuilt with another kind or scoping (ledger_reload.cc `rehome`) and
-// denies. Changed to a calendar limit, every Acquire fails with INTERNAL (W.load reads the
-// shorter concurrency state).
-TEST(SharedNeverOverFindings, DISABLED_ReloadReshapingAConcurrencyLimitWhileHeld) {
+// Found deterministic, fixed: the same for a concurrency limit. Made scoped or unscoped while a
+// lease holds its only slot, shared mode granted a second (the lease's slot stayed on the old
+// counter's name); changed to a calendar limit, every Acquire failed with INTERNAL. Now the new
+// counter copies the old one's live leases (their slots count until freed, renewed away or
+// expired), or counts the slots held as units charged at the reload, as the embedded ledger
+// re-homes live leases (ledger_reload.cc `rehome`).
+TEST(SharedNeverOverTest, ReloadReshapingAConcurrencyLimitWhileHeldKeepsItsSlot) {
   const LimitSpec conc = Concurrency("x", 1);
   const std::vector<Reshape> cases = {
       {"concurrency -> scoped", conc, Scoped(conc)},
@@ -337,6 +342,96 @@ TEST(SharedNeverOverFindings, DISABLED_ReloadReshapingAConcurrencyLimitWhileHeld
     EXPECT_EQ(g.embedded, 0) << c.name;
     EXPECT_EQ(g.redis, 0) << c.name << ": a second call in flight against a cap of 1";
     EXPECT_EQ(g.redis_error, "") << c.name;
+  }
+}
+
+// A slot copied onto the counter of a concurrency limit made scoped (the lease acquired before
+// the reload) is freed by that lease's Release after it: the next call is granted, not held
+// back until the lease would have expired.
+TEST(SharedNeverOverTest, ASlotCarriedByAScopingReloadIsFreedByItsLease) {
+  absl::StatusOr<std::unique_ptr<RedisServer>> redis = RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  const LimitSpec conc = Concurrency("x", 1);
+  absl::StatusOr<std::unique_ptr<RedisBackend>> backend = RedisBackend::Create(
+      OneCredential("p/x", {Feature("f", {conc})}), Clock::Real(), ReplicaOptions(**redis));
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  AcquireRequest req;
+  req.credential = "p/x";
+  req.feature = "f";
+  req.lease_ttl = absl::Seconds(30);
+  req.want_limits = false;
+  absl::StatusOr<Decision> held = AcquireThrough(**backend, req);
+  ASSERT_TRUE(held.ok() && held->granted);
+  ASSERT_TRUE((*backend)->Reload(OneCredential("p/x", {Feature("f", {Scoped(conc)})})).ok());
+  absl::StatusOr<Decision> second = AcquireThrough(**backend, req);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_FALSE(second->granted) << "the lease still holds the only slot";
+  absl::StatusOr<ReleaseResult> released = (*backend)->Release(held->lease_id, std::nullopt);
+  ASSERT_TRUE(released.ok()) << released.status();
+  EXPECT_EQ(released->freed, 1);
+  absl::StatusOr<Decision> third = AcquireThrough(**backend, req);
+  ASSERT_TRUE(third.ok()) << third.status();
+  EXPECT_TRUE(third->granted) << "the slot was freed by its lease";
+}
+
+// Scoping toggled twice (unscoped, scoped, unscoped again), a unit charged in each era: the
+// unscoped counter takes in what the scoped one counted meanwhile, so nothing is granted past
+// the 3 the provider allows (the embedded ledger grants no more either).
+TEST(SharedNeverOverTest, ScopingToggledTwiceKeepsEveryEraCounted) {
+  absl::StatusOr<std::unique_ptr<RedisServer>> redis = RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  const Policy unscoped = OneCredential("p/x", {Feature("f", {kSlide})});
+  const Policy scoped = OneCredential("p/x", {Feature("f", {Scoped(kSlide)})});
+  absl::StatusOr<std::unique_ptr<RedisBackend>> backend =
+      RedisBackend::Create(unscoped, Clock::Real(), ReplicaOptions(**redis));
+  absl::StatusOr<std::unique_ptr<Ledger>> ledger = Ledger::Create(unscoped, Clock::Real());
+  ASSERT_TRUE(backend.ok() && ledger.ok());
+  AcquireRequest req;
+  req.credential = "p/x";
+  req.feature = "f";
+  req.lease_ttl = absl::Seconds(10);
+  req.want_limits = false;
+  int redis_grants = 0, embedded_grants = 0;
+  auto one = [&] {
+    absl::StatusOr<Decision> r = AcquireThrough(**backend, req);
+    absl::StatusOr<Decision> e = (*ledger)->Acquire(req);
+    EXPECT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE(e.ok()) << e.status();
+    redis_grants += r.ok() && r->granted;
+    embedded_grants += e.ok() && e->granted;
+  };
+  one();
+  ASSERT_TRUE((*backend)->Reload(scoped).ok());
+  ASSERT_TRUE((*ledger)->Reload(scoped).ok());
+  one();
+  ASSERT_TRUE((*backend)->Reload(unscoped).ok());
+  ASSERT_TRUE((*ledger)->Reload(unscoped).ok());
+  for (int i = 0; i < 3; ++i) one();
+  EXPECT_LE(redis_grants, 3);
+  EXPECT_LE(redis_grants, embedded_grants);
+  EXPECT_GE(redis_grants, 2) << "the first two fit in any configuration";
+}
+
+// A counter whose recorded shape this library cannot decode (written by another version, say)
+// denies until the credential's hash expires: neither read as empty nor INTERNAL.
+TEST(SharedNeverOverTest, AShapeTheLibraryCannotDecodeDenies) {
+  absl::StatusOr<std::unique_ptr<RedisServer>> redis = RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  absl::StatusOr<std::unique_ptr<RedisBackend>> backend = RedisBackend::Create(
+      OneCredential("p/x", {Feature("f", {kBucket})}), Clock::Real(), ReplicaOptions(**redis));
+  ASSERT_TRUE(backend.ok()) << backend.status();
+  AcquireRequest req;
+  req.credential = "p/x";
+  req.feature = "f";
+  req.want_limits = false;
+  absl::StatusOr<Decision> first = AcquireThrough(**backend, req);
+  ASSERT_TRUE(first.ok() && first->granted);
+  // Written under a kind no version has (capacity 3, no scoping era).
+  ASSERT_TRUE((*redis)->Command({"HSET", redis::StateKey("p/x"), "~k:f.x", "zz|1|1;3;0"}).ok());
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<Decision> d = AcquireThrough(**backend, req);
+    ASSERT_TRUE(d.ok()) << d.status();
+    EXPECT_FALSE(d->granted) << i << ": 2 of the burst of 3 are left, but the state is unknown";
   }
 }
 

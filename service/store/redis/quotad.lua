@@ -8,6 +8,7 @@
 -- doubles, exact up to 2^53, which nanoseconds since 1970 would pass).
 --
 -- The library is this file (the counters), quotad_buckets.lua (sliding with sub-buckets),
+-- quotad_reshape.lua (a counter written under another shape or scoping, converted when read),
 -- quotad_queue.lua (the wait queues' helpers) then quotad_functions.lua (a call's state, the
 -- functions), embedded as one source (embed_lua.cmake).
 --
@@ -16,13 +17,16 @@
 --                (struct.pack), <counter>#<i> = entry i of a sliding log (at, units),
 --                <counter>@<lease> = a lease's slots on a concurrency counter, !<feature> = the
 --                feature's cooldown, ~x = when the hash expires (set again only when a counter
---                needs it to live longer). A decision reads every counter in one HMGET and
+--                needs it to live longer), ~k:<counter> = the shape its state was written
+--                under, ~s:<limit> = its scoping eras (quotad_reshape.lua). A decision reads every counter in one HMGET and
 --                writes them back in one HSET.
 --   q:{cred}:z:<counter>  concurrency: its leases by expiry (sorted set).
 --   q:{cred}:l:<lease>    a lease: exp, at, cost, then (token, aux) per counter; expires at exp.
 --   q:{cred}:r:<id>       a request_id's first grant (fingerprint, lease, times), for retries.
 --
 -- Counters (ARGV, after the call's own arguments): name kind cap a b nwin [start end]*nwin
+-- (kind may be followed by ':' and what else defines the state, e.g. cal:hour:UTC; a scoped
+-- counter's name is its limit's, then [scope])
 --   cal   calendar window: a = guard; the windows [start, end) the caller computed in the
 --         limit's zone around its own clock (e.g. previous, current, next)
 --   unl   unlimited: like cal (one window [-INF, INF) when it has no unit), never denies
@@ -81,7 +85,10 @@ local function parse_counters(keys, kz, args, i, n)
   for k = 1, n do
     local c = {name = args[i], kind = args[i + 1], cap = tonumber(args[i + 2]),
                a = tonumber(args[i + 3]), b = tonumber(args[i + 4]), wi = i + 6,
-               nw = tonumber(args[i + 5])}
+               nw = tonumber(args[i + 5]), args = args}
+    -- A kind may carry what else defines its state ("cal:hour:UTC"): part of its shape.
+    local colon = string.find(c.kind, ':', 1, true)
+    if colon then c.kind, c.sx = string.sub(c.kind, 1, colon - 1), string.sub(c.kind, colon + 1) end
     i = i + 6 + 2 * c.nw
     if c.kind == 'unl' then c.cap = INF end
     if c.kind == 'sb' then c.n = tonumber(args[c.wi]) end
@@ -487,6 +494,14 @@ function C.fits(c, now, cost)
   end
 end
 
+-- The slots `lease` holds (c.held, read with the state; or copied onto this counter by a reload
+-- that changed its scoping, see reshape below).
+local function held_by(c, lease)
+  local units = c.held or 0
+  if units == 0 and c.copied then units = c.copied[lease] or 0 end
+  return units
+end
+
 function C.charge(c, now, cost, lease, exp)
   c.set[lease] = (c.held or 0) + cost
   c.moved[lease] = exp
@@ -499,9 +514,10 @@ end
 
 -- Counter::Free: the slots of a lease (c.held, read with the state); 0 when it holds none.
 function C.free(c, lease)
-  local units = c.held or 0
+  local units = held_by(c, lease)
   if units == 0 then return 0 end
   c.gone[#c.gone + 1] = lease
+  c.set[lease], c.moved[lease] = nil, nil -- a copy not written yet
   c.u = c.u - units
   c.dirty = true
   return units
@@ -509,7 +525,7 @@ end
 
 -- Counter::MoveExpiry.
 function C.move(c, lease, exp)
-  if (c.held or 0) == 0 then return end
+  if held_by(c, lease) == 0 then return end
   c.moved[lease] = exp
   c.x = math.max(c.x, exp)
   c.m = math.min(c.m, exp)

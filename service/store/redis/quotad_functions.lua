@@ -6,7 +6,8 @@
 
 local KINDS = {cal = W, unl = W, roll = W, slide = S, sb = B, tb = T, conc = C}
 
--- Reads the state of every counter (and `extra` fields) in one HMGET. Returns the extra values.
+-- Reads the state of every counter (and `extra` fields) in one HMGET, converting a state written
+-- under another shape or scoping (quotad_reshape.lua). Returns the extra values.
 local function load_all(key, cs, extra)
   local fields = {'~x'}
   for k, c in ipairs(cs) do
@@ -15,12 +16,19 @@ local function load_all(key, cs, extra)
     if not c.K then error('quotad: unknown counter kind ' .. tostring(c.kind)) end
     fields[k + 1] = c.name
   end
+  local n0 = #fields
+  reshape_fields(cs, fields) -- quotad_reshape.lua: two per counter
   local n = #fields
   for _, f in ipairs(extra) do fields[#fields + 1] = f end
   local v = call_batched('HMGET', key, fields)
+  local x, now = tonumber(v[1]) or -INF, nil
+  local function clock()
+    now = now or now_us()
+    return now
+  end
   for k, c in ipairs(cs) do
     c.fresh = not v[k + 1] -- no state yet (for a scoped counter: a new scope)
-    c.K.load(c, v[k + 1])
+    reshape_load(c, v[k + 1], v[n0 + 2 * k - 1], v[n0 + 2 * k], key, clock, x)
   end
   local rest = {}
   for i = n + 1, #fields do rest[i - n] = v[i] end

@@ -288,7 +288,9 @@ Policy RedisBackend::policy() const { return compiled()->policy; }
 
 absl::Status RedisBackend::Reload(const Policy& policy) {
   // Usage lives in Redis, under the counters' names: a limit that keeps its name keeps its
-  // units (a changed shape is read under the new rule; see the README).
+  // units. Nothing is written here: the next call that reads a counter written under another
+  // shape or scoping converts it, atomically, in Redis (quotad_reshape.lua; README "Reload that
+  // changes a limit's shape"), so replicas that reload at different moments agree.
   absl::StatusOr<std::shared_ptr<const Compiled>> compiled = Compile(policy);
   if (!compiled.ok()) return compiled.status();
   absl::MutexLock lock(&mu_);

@@ -44,24 +44,31 @@ void AddWindows(const Rule& rule, absl::Time around, std::vector<std::string>* o
   }
 }
 
+// A calendar (or unlimited) counter's kind with what else defines its windows, "cal:hour:UTC":
+// part of its shape, so that the library finds a reload that changed them (quotad_reshape.lua).
+std::string WindowKind(absl::string_view kind, const Rule& rule) {
+  if (rule.spec.unit == CalendarUnit::kNone) return std::string(kind);
+  return absl::StrCat(kind, ":", CalendarUnitName(rule.spec.unit), ":", rule.spec.zone_name);
+}
+
 // Appends "name kind cap a b nwin windows..." for one counter.
 absl::Status AddCounter(const CounterRef& ref, absl::Time around, std::vector<std::string>* out) {
   const Rule& rule = *ref.rule;
   const int64_t guard = CeilMicros(rule.guard_ns);
-  auto head = [&](const char* kind, int64_t cap, int64_t a, int64_t b) {
+  auto head = [&](absl::string_view kind, int64_t cap, int64_t a, int64_t b) {
     out->push_back(CounterField(ref.name));
-    out->push_back(kind);
+    out->push_back(std::string(kind));
     out->push_back(absl::StrCat(cap));
     out->push_back(absl::StrCat(a));
     out->push_back(absl::StrCat(b));
   };
   switch (rule.spec.kind) {
     case LimitKind::kCalendar:
-      head("cal", rule.spec.capacity, guard, 0);
+      head(WindowKind("cal", rule), rule.spec.capacity, guard, 0);
       AddWindows(rule, around, out);
       return absl::OkStatus();
     case LimitKind::kUnlimited:
-      head("unl", 0, guard, 0);
+      head(WindowKind("unl", rule), 0, guard, 0);
       AddWindows(rule, around, out);
       return absl::OkStatus();
     case LimitKind::kRolling:
