@@ -743,24 +743,42 @@ TEST_F(ClusterAttackTest, FailoverToAReplicaUnderLoadGrantsExactlyTheCapacity) {
       }
     });
   }
-  ASSERT_TRUE(Eventually([&] { return big_granted.load() >= kBig / 2; }));
+  // Whatever fails below, the clients end (joined) before the servers and the cluster do.
+  struct Joiner {
+    std::vector<std::thread>* threads;
+    std::atomic<bool>* stop;
+    ~Joiner() {
+      stop->store(true);
+      for (std::thread& t : *threads) {
+        if (t.joinable()) t.join();
+      }
+    }
+  } joiner{&clients, &stop};
+  ASSERT_TRUE(Eventually([&] { return big_granted.load() >= kBig / 2; }, absl::Seconds(30)));
   const int before = conc_grants.load();
   ASSERT_EQ(*r.Command({"CLUSTER", "FAILOVER"}), "OK");
-  ASSERT_TRUE(Eventually([&] {
-    absl::StatusOr<std::string> role = r.Command({"ROLE"});
-    return role.ok() && absl::StartsWith(*role, "master");
-  }));
+  ASSERT_TRUE(Eventually(
+      [&] {
+        absl::StatusOr<std::string> role = r.Command({"ROLE"});
+        return role.ok() && absl::StartsWith(*role, "master");
+      },
+      absl::Seconds(30)));
   const int at_switch = conc_grants.load();
-  ASSERT_TRUE(Eventually([&] { return conc_grants.load() >= at_switch + 40; }))
-      << "grants go on after the failover";
+  // Bounded generously: a loaded CI machine once took longer than the default 10 s.
+  ASSERT_TRUE(
+      Eventually([&] { return conc_grants.load() >= at_switch + 40; }, absl::Seconds(30)))
+      << "grants go on after the failover (" << conc_grants.load() - at_switch << " so far, "
+      << failed.load() << " calls failed)";
   const int big_at_switch = big_granted.load();
   second_half = true;
-  ASSERT_TRUE(Eventually([&] {
-    v1::AcquireResponse a;
-    if (!Acquire(0, cred, "big", &a).ok()) return false;
-    if (a.granted()) big_granted++;  // a probe that is granted counts too
-    return !a.granted();
-  }));
+  ASSERT_TRUE(Eventually(
+      [&] {
+        v1::AcquireResponse a;
+        if (!Acquire(0, cred, "big", &a).ok()) return false;
+        if (a.granted()) big_granted++;  // a probe that is granted counts too
+        return !a.granted();
+      },
+      absl::Seconds(30)));
   stop = true;
   for (std::thread& t : clients) t.join();
   std::printf(
