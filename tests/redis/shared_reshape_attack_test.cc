@@ -30,6 +30,9 @@
 #include "absl/time/time.h"
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
+#include "service/core/limits.h"
+#include "service/store/redis/redis_client.h"
+#include "service/store/redis/redis_functions.h"
 #include "service/store/redis/redis_backend.h"
 #include "tests/redis/backend_helpers.h"
 #include "tests/redis/redis_harness.h"
@@ -345,6 +348,144 @@ TEST(SharedReshapeAttackTest, ConcurrencySlotCarriedByAReshapeFreesAtExpiry) {
                          absl::Milliseconds(50)))
       << "locked out after the lease expired";
   EXPECT_EQ(env->Grants(0, Req("s"), 1), 0) << "one slot";
+  EXPECT_TRUE(env->errors.empty()) << Errors(*env);
+}
+
+// Sub-bucketed sliding refunds after an adoption (Report) and across a reshape and back, through
+// the library directly (one counter name, its rule switched between sb and exact sliding): the
+// upstream's count adopted stays counted (a refund never takes a bucket that holds adopted
+// units), a refund through another shape's token takes nothing it should not.
+TEST(SharedReshapeAttackTest, SubBucketRefundsAfterAnAdoptionAndAcrossAReshape) {
+  absl::StatusOr<std::unique_ptr<RedisServer>> redis = RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  absl::StatusOr<std::unique_ptr<redis::RedisClient>> client = redis::RedisClient::Create(
+      {.port = (*redis)->port(), .connections = 1, .call_timeout = absl::Seconds(10)});
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->WaitConnected(absl::Seconds(5)));
+  redis::RedisFunctions fn(client->get(), [] { return absl::Now(); });
+  ASSERT_TRUE(fn.EnsureLoaded().ok());
+  const Rule sb(Sliding("l", 6, absl::Minutes(1), 7), "d.l");  // 60 s / 7: width not whole
+  const Rule slide(Sliding("l", 6, absl::Minutes(1)), "d.l");
+  const std::vector<redis::CounterRef> under_sb = {{sb.full_name, &sb}};
+  const std::vector<redis::CounterRef> under_slide = {{slide.full_name, &slide}};
+  int n = 0, granted_after_report = 0;
+  std::vector<std::string> leases;
+  auto acquire = [&](const std::vector<redis::CounterRef>& cs) {
+    redis::AcquireCall call{"team/p", absl::StrCat("l", n++), 1, absl::Hours(1), cs};
+    call.want_limits = true;
+    absl::StatusOr<redis::AcquireAnswer> a = fn.AcquireSync(call);
+    EXPECT_TRUE(a.ok()) << a.status();
+    if (a.ok() && a->granted) {
+      leases.push_back(call.lease_id);
+      EXPECT_EQ(a->limits.size(), 1u);
+      if (!a->limits.empty()) EXPECT_LE(a->limits[0].used, 6);
+    }
+    return a.ok() && a->granted;
+  };
+  auto release = [&](const std::string& id, int64_t used,
+                     const std::vector<redis::CounterRef>& cs) {
+    absl::StatusOr<redis::ReleaseAnswer> r = fn.ReleaseSync({"team/p", id, used, cs});
+    EXPECT_TRUE(r.ok()) << r.status();
+  };
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(acquire(under_sb));
+  redis::ReportCall report{"team/p", "d", under_sb, 5};
+  report.longest_window = absl::Hours(1);
+  report.max_cooldown = absl::Hours(1);
+  absl::StatusOr<redis::ReportAnswer> r = fn.ReportSync(report);
+  ASSERT_TRUE(r.ok()) << r.status();
+  // The upstream counts 5 of 6: one lease refunded entirely changes nothing it counted.
+  release(leases[0], 0, under_sb);
+  for (int i = 0; i < 3; ++i) granted_after_report += acquire(under_sb);
+  EXPECT_LE(granted_after_report, 1) << "the upstream counts 5 of 6";
+  // Reshaped to exact sliding: a refund of a lease charged in a bucket, then tries.
+  release(leases[1], 0, under_slide);
+  for (int i = 0; i < 3; ++i) granted_after_report += acquire(under_slide);
+  EXPECT_LE(granted_after_report, 1) << "after sb -> sliding";
+  // And back, with a refund of a lease charged under the sliding log.
+  if (leases.size() > 3) release(leases.back(), 0, under_sb);
+  release(leases[2], 0, under_sb);
+  for (int i = 0; i < 3; ++i) granted_after_report += acquire(under_sb);
+  EXPECT_LE(granted_after_report, 1) << "after sliding -> sb";
+}
+
+// A request_id granted under one shape and retried after a reload to another, through the other
+// replica too: answered with its first grant, charged once; nothing more fits.
+TEST(SharedReshapeAttackTest, ARequestIdRetriedAcrossAReshapeIsChargedOnce) {
+  std::unique_ptr<Env> env = Env::Make({One(kSb6), One(kSb6)});
+  ASSERT_NE(env, nullptr);
+  auto with_id = [&](int i) {
+    absl::Notification done;
+    absl::StatusOr<Decision> out;
+    env->replicas[i]->AcquireShared(Req("s"), SharedRequestId{"rid-7", "rid-7", "fp"},
+                                    [&](absl::StatusOr<Decision> d) {
+                                      out = std::move(d);
+                                      done.Notify();
+                                    });
+    done.WaitForNotification();
+    return out;
+  };
+  absl::StatusOr<Decision> first = with_id(0);
+  ASSERT_TRUE(first.ok() && first->granted) << first.status();
+  EXPECT_EQ(env->Grants(0, Req("s"), 2), 2);
+  env->Reload(0, One(kSlide));
+  env->Reload(1, One(kBucket));
+  for (int i = 0; i < 2; ++i) {
+    absl::StatusOr<Decision> again = with_id(i);
+    ASSERT_TRUE(again.ok()) << i << ": " << again.status();
+    EXPECT_TRUE(again->granted) << i;
+    EXPECT_EQ(again->lease_id.ToString(), first->lease_id.ToString()) << i;
+  }
+  EXPECT_EQ(env->Grants(0, Req("s"), 2) + env->Grants(1, Req("s"), 2), 0);
+  EXPECT_TRUE(env->errors.empty()) << Errors(*env);
+}
+
+// Two replicas on a concurrency limit and its scoped form, leases held: never two slots held
+// against a cap of 1; once the holder releases, a call fits again (no lock-out).
+TEST(SharedReshapeAttackTest, ConcurrencyFlipFlopBetweenScopingsHoldsOneSlot) {
+  const LimitSpec conc = Concurrency("x", 1);
+  std::unique_ptr<Env> env = Env::Make({One(conc), One(Scoped(conc))});
+  ASSERT_NE(env, nullptr);
+  std::vector<std::pair<int, LeaseId>> held;
+  for (int i = 0; i < 8; ++i) {
+    std::optional<Decision> d = env->Acquire(i % 2, Req("s"));
+    if (d && d->granted) held.push_back({i % 2, d->lease_id});
+  }
+  EXPECT_EQ(held.size(), 1u) << "slots held against a cap of 1";
+  for (const auto& [i, id] : held) {
+    absl::StatusOr<ReleaseResult> r = env->replicas[1 - i]->Release(id, std::nullopt);
+    EXPECT_TRUE(r.ok()) << r.status();
+  }
+  int again = 0;
+  for (int i = 0; i < 4; ++i) {
+    std::optional<Decision> d = env->Acquire(i % 2, Req("s"));
+    again += d && d->granted;
+  }
+  EXPECT_EQ(again, 1) << "after the release: one slot, free";
+  EXPECT_TRUE(env->errors.empty()) << Errors(*env);
+}
+
+// A concurrency limit reshaped into a calendar one while a lease holds its slot, then the lease
+// renewed and released: no error, and the call in flight counts in the hour.
+TEST(SharedReshapeAttackTest, ConcurrencyToCalendarThenTheOldLeaseReleased) {
+  const LimitSpec conc = Concurrency("x", 1);
+  std::unique_ptr<Env> env = Env::Make({One(conc)});
+  ASSERT_NE(env, nullptr);
+  std::optional<Decision> a = env->Acquire(0, Req("s"));
+  std::optional<Decision> b = env->Acquire(0, Req("s"));
+  ASSERT_TRUE(a && a->granted);
+  EXPECT_TRUE(b && !b->granted);
+  env->Reload(0, One(Calendar("x", 1, CalendarUnit::kHour, "UTC")));
+  EXPECT_EQ(env->Grants(0, Req("s"), 1), 0);
+  absl::StatusOr<absl::Time> renewed = env->replicas[0]->Renew(a->lease_id, absl::Seconds(60));
+  EXPECT_TRUE(renewed.ok() || renewed.status().code() != absl::StatusCode::kInternal)
+      << renewed.status();
+  absl::StatusOr<ReleaseResult> r = env->replicas[0]->Release(a->lease_id, 1);
+  EXPECT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(env->Grants(0, Req("s"), 2), 0) << "the call sent counts in the hour";
+  // Back to concurrency: the calendar hour in force since the reload keeps counting its unit (a
+  // retired counter until the hour ends), the stricter of the two.
+  env->Reload(0, One(conc));
+  EXPECT_EQ(env->Grants(0, Req("s"), 2), 0) << "the hour of 1 in force holds 1";
   EXPECT_TRUE(env->errors.empty()) << Errors(*env);
 }
 
