@@ -147,6 +147,11 @@ TEST(SharedReshapeAttackTest, ChainsOfReloadsWithinOneWindowGrantNothingMore) {
       {"scoped sb -> sb -> scoped sb", Scoped(kSb6), kSb6},
       {"sliding 7 min -> sb 4 buckets -> sliding", kSlide7, kSb7x4},
       {"sb 7 min 3 -> sb 7 min 4 -> sb 3", kSb7x3, kSb7x4},
+      // Rate and burst changed together: the stricter burst (3, all sent) holds the window.
+      {"bucket 1/h burst 3 -> 2/h burst 5", kBucket, Bucket("x", 2, absl::Hours(1), 5)},
+      {"bucket 1/h burst 3 -> 1/2h burst 5", kBucket, Bucket("x", 1, absl::Hours(2), 5)},
+      {"sliding 3 -> sb 6", kSlide, Sliding("x", 6, absl::Minutes(1), 6)},
+      {"sb 3 -> sb 6 in 12", kSb6, Sliding("x", 6, absl::Minutes(1), 12)},
   };
   for (const Case& c : cases) {
     std::unique_ptr<Env> env = Env::Make({One(c.a)});
@@ -487,6 +492,52 @@ TEST(SharedReshapeAttackTest, ConcurrencyToCalendarThenTheOldLeaseReleased) {
   env->Reload(0, One(conc));
   EXPECT_EQ(env->Grants(0, Req("s"), 2), 0) << "the hour of 1 in force holds 1";
   EXPECT_TRUE(env->errors.empty()) << Errors(*env);
+}
+
+// A scoped counter's hash expired (a 1 s window, leases of 30 s still live), then its lease
+// released (refunded) and renewed: nothing recreates a scope behind max_scopes' count, so at most
+// max_scopes (2) distinct scopes are granted afterwards.
+void LeaseReleasedAfterItsHashExpired(const LimitSpec& limit) {
+  const Policy p = One(Scoped(limit), 2);
+  std::unique_ptr<Env> env = Env::Make({p});
+  ASSERT_NE(env, nullptr);
+  std::optional<Decision> a = env->Acquire(0, Req("a"));
+  std::optional<Decision> a2 = env->Acquire(0, Req("a"));
+  ASSERT_TRUE(a && a->granted && a2 && a2->granted);
+  const std::string key = redis::StateKey("p/x");
+  ASSERT_TRUE(Eventually([&] { return env->redis->Command({"EXISTS", key}).value_or("") == "0"; },
+                         absl::Seconds(15), absl::Milliseconds(50)))
+      << "the hash never expired";
+  absl::StatusOr<absl::Time> renewed = env->replicas[0]->Renew(a2->lease_id, absl::Seconds(30));
+  EXPECT_TRUE(renewed.ok() || renewed.status().code() != absl::StatusCode::kInternal)
+      << renewed.status();
+  absl::StatusOr<ReleaseResult> r = env->replicas[0]->Release(a->lease_id, 0);
+  EXPECT_TRUE(r.ok()) << r.status();
+  int scopes = 0;
+  for (const char* s : {"a", "b", "c", "d"}) {
+    std::optional<Decision> d = env->Acquire(0, Req(s));
+    scopes += d && d->granted;
+  }
+  env->errors.erase(std::remove_if(env->errors.begin(), env->errors.end(),
+                                   [](const std::string& e) {
+                                     return e.find("RESOURCE_EXHAUSTED") != std::string::npos;
+                                   }),
+                    env->errors.end());
+  EXPECT_LE(scopes, 2) << "distinct scopes granted past max_scopes 2";
+  EXPECT_GE(scopes, 1);
+  EXPECT_TRUE(env->errors.empty()) << Errors(*env);
+}
+
+TEST(SharedReshapeAttackTest, ASubBucketLeaseReleasedAfterItsHashExpiredLeaksNoScope) {
+  LeaseReleasedAfterItsHashExpired(Sliding("x", 3, absl::Seconds(1), 4));
+}
+
+TEST(SharedReshapeAttackTest, ASlidingLeaseReleasedAfterItsHashExpiredLeaksNoScope) {
+  LeaseReleasedAfterItsHashExpired(Sliding("x", 3, absl::Seconds(1)));
+}
+
+TEST(SharedReshapeAttackTest, ARollingLeaseReleasedAfterItsHashExpiredLeaksNoScope) {
+  LeaseReleasedAfterItsHashExpired(Rolling("x", 3, absl::Seconds(1)));
 }
 
 // FINDING (documented design, README "A capacity (or burst) change is no shape change"): a
