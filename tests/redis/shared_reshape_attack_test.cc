@@ -544,6 +544,30 @@ TEST(SharedReshapeAttackTest, ARollingLeaseReleasedAfterItsHashExpiredLeaksNoSco
   LeaseReleasedAfterItsHashExpired(Rolling("x", 3, absl::Seconds(1)));
 }
 
+// max_scopes 2 while one replica runs the limit unscoped and the other scoped, their calls
+// interleaved: the scoped replica's new scopes still stop at 2 (the eras' conversions create no
+// uncounted scope), and nothing fails.
+TEST(SharedReshapeAttackTest, MaxScopesHoldsWhileTheScopingFlipFlops) {
+  const LimitSpec sb = Sliding("x", 100, absl::Minutes(1), 6);
+  std::unique_ptr<Env> env = Env::Make({One(sb, 2), One(Scoped(sb), 2)});
+  ASSERT_NE(env, nullptr);
+  int scopes = 0, unscoped = 0;
+  for (int i = 0; i < 6; ++i) {
+    unscoped += env->Grants(0, Req(), 1);
+    std::optional<Decision> d = env->Acquire(1, Req(absl::StrCat("s", i)));
+    scopes += d && d->granted;
+  }
+  env->errors.erase(std::remove_if(env->errors.begin(), env->errors.end(),
+                                   [](const std::string& e) {
+                                     return e.find("RESOURCE_EXHAUSTED") != std::string::npos;
+                                   }),
+                    env->errors.end());
+  EXPECT_LE(scopes, 2) << "distinct scopes granted past max_scopes 2";
+  EXPECT_GE(scopes, 1);
+  EXPECT_GE(unscoped, 1);
+  EXPECT_TRUE(env->errors.empty()) << Errors(*env);
+}
+
 // FINDING (documented design, README "A capacity (or burst) change is no shape change"): a
 // replica still on the looser capacity while another serves the stricter one grants up to the
 // looser one in the same window. The ~k: meta records the capacity each state was written
