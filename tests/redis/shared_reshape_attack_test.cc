@@ -19,8 +19,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <csignal>
 #include <atomic>
+#include <csignal>
 #include <memory>
 #include <optional>
 #include <string>
@@ -35,9 +35,9 @@
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
 #include "service/core/limits.h"
+#include "service/store/redis/redis_backend.h"
 #include "service/store/redis/redis_client.h"
 #include "service/store/redis/redis_functions.h"
-#include "service/store/redis/redis_backend.h"
 #include "tests/redis/backend_helpers.h"
 #include "tests/redis/redis_harness.h"
 #include "tests/support/eventually.h"
@@ -229,7 +229,8 @@ int AcquireScopes(RedisBackend& backend, const std::string& prefix, int n, int b
       });
     }
     absl::MutexLock lock(&mu);
-    mu.Await(absl::Condition(+[](int* l) { return *l == 0; }, &left));
+    mu.Await(absl::Condition(
+        +[](int* l) { return *l == 0; }, &left));
     for (const absl::StatusOr<Decision>& d : out) {
       if (!d.ok()) {
         errors->push_back(d.status().ToString());
@@ -267,9 +268,9 @@ TEST(SharedReshapeAttackTest, RefundsOfLeasesChargedUnderAnotherShape) {
     LimitSpec a, b;
   };
   const std::vector<Case> cases = {
-      {"sliding -> sb", kSlide, kSb6},   {"sb -> sliding", kSb6, kSlide},
-      {"sb 6 -> sb 12", kSb6, kSb12},    {"sb 12 -> sb 6", kSb12, kSb6},
-      {"sb -> bucket", kSb6, kBucket},   {"bucket -> sb", kBucket, kSb6},
+      {"sliding -> sb", kSlide, kSb6},         {"sb -> sliding", kSb6, kSlide},
+      {"sb 6 -> sb 12", kSb6, kSb12},          {"sb 12 -> sb 6", kSb12, kSb6},
+      {"sb -> bucket", kSb6, kBucket},         {"bucket -> sb", kBucket, kSb6},
       {"sb -> scoped sb", kSb6, Scoped(kSb6)}, {"calendar -> sb", kCal, kSb6},
   };
   for (const Case& c : cases) {
@@ -302,10 +303,8 @@ TEST(SharedReshapeAttackTest, ResetAfterAReshapeFreesExactlyTheCapacity) {
     LimitSpec a, b;
   };
   const std::vector<Case> cases = {
-      {"sliding -> sb", kSlide, kSb6},
-      {"sb -> sliding", kSb6, kSlide},
-      {"bucket -> sb", kBucket, kSb6},
-      {"sb -> scoped sb", kSb6, Scoped(kSb6)},
+      {"sliding -> sb", kSlide, kSb6},         {"sb -> sliding", kSb6, kSlide},
+      {"bucket -> sb", kBucket, kSb6},         {"sb -> scoped sb", kSb6, Scoped(kSb6)},
       {"scoped sb -> sb", Scoped(kSb6), kSb6},
   };
   for (const Case& c : cases) {
@@ -509,8 +508,11 @@ void LeaseReleasedAfterItsHashExpired(const LimitSpec& limit) {
   std::optional<Decision> a2 = env->Acquire(0, Req("a"));
   ASSERT_TRUE(a && a->granted && a2 && a2->granted);
   const std::string key = redis::StateKey("p/x");
-  ASSERT_TRUE(Eventually([&] { return env->redis->Command({"EXISTS", key}).value_or("") == "0"; },
-                         absl::Seconds(15), absl::Milliseconds(50)))
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return env->redis->Command({"EXISTS", key}).value_or("") == "0";
+      },
+      absl::Seconds(15), absl::Milliseconds(50)))
       << "the hash never expired";
   absl::StatusOr<absl::Time> renewed = env->replicas[0]->Renew(a2->lease_id, absl::Seconds(30));
   EXPECT_TRUE(renewed.ok() || renewed.status().code() != absl::StatusCode::kInternal)
@@ -664,7 +666,8 @@ TEST(SharedReshapeAttackTest, MaxScopesHoldsUnderConcurrentNewScopesOverThreeRep
   }
   {
     absl::MutexLock lock(&mu);
-    mu.Await(absl::Condition(+[](int* l) { return *l == 0; }, &left));
+    mu.Await(absl::Condition(
+        +[](int* l) { return *l == 0; }, &left));
   }
   EXPECT_LE(granted, 5);
   EXPECT_GE(granted, 1);
