@@ -52,7 +52,9 @@ end
 function B.roll(c, now)
   local cur = math.floor(now / c.a)
   if c.newest == -INF or cur - c.newest >= c.n then
-    if c.newest ~= cur or #c.idx > 0 then c.dirty = true end
+    -- A state never written stays unwritten (a Release or Renew after the hash expired would
+    -- recreate a scope behind max_scopes' count); an empty one is recomputed alike next time.
+    if (c.newest ~= cur and c.newest ~= -INF) or #c.idx > 0 then c.dirty = true end
     c.idx, c.cnt, c.u, c.newest = {}, {}, 0, cur
     return true
   end

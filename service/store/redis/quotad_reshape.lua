@@ -352,7 +352,10 @@ local function reshape_load(c, v, m, side, key, clock, x)
       local bv = redis.call('HMGET', key, c.limit, META .. c.limit)
       if bv[1] then ret = merge(ret, absorb(c, c.limit, bv[1], bv[2], key, clock(), x)) end
       c.seen = math.max(c.seen, tu)
-      c.dirty = true
+      -- A new scope is written by what charges or carries into it (absorb), never by the era
+      -- alone: a Release or Renew after the hash expired would recreate the scope behind
+      -- max_scopes' count (~n).
+      if v then c.dirty = true end
     end
     if ts <= tu then c.mark = fmt(clock()) .. ';' .. fmt(tu) end -- a scoped era begins
   elseif ts > c.seen then
