@@ -30,6 +30,7 @@
 #include "tests/redis/backend_helpers.h"
 #include "tests/sim/never_over_oracle.h"
 #include "tests/support/policy_builders.h"
+#include "tests/support/eventually.h"
 
 namespace quotad::testing {
 namespace {
@@ -530,10 +531,9 @@ class SharedSim {
     }
   }
 
-  // Polls Redis's clock until `t` (bounded: at most 5 s).
+  // Until Redis's clock reaches `t` (bounded: at most 5 s).
   void WaitUntil(int64_t t) {
-    const absl::Time deadline = absl::Now() + absl::Seconds(5);
-    while (Now() < t && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(2));
+    testing::Eventually([&] { return Now() >= t; }, absl::Seconds(5), absl::Milliseconds(2));
   }
   void DoWait() {
     const int64_t d = (20 + static_cast<int64_t>(rng_() % 280)) * 1000000;
@@ -649,13 +649,14 @@ class SharedSim {
       down_ = false;
       return;
     }
-    const absl::Time deadline = absl::Now() + absl::Seconds(15);
-    bool all = false;
-    while (!all && absl::Now() < deadline) {
-      all = true;
-      for (auto& b : backends_) all = all && b->CheckHealth();
-      if (!all) absl::SleepFor(absl::Milliseconds(20));
-    }
+    const bool all = testing::Eventually(
+        [&] {
+          for (auto& b : backends_) {
+            if (!b->CheckHealth()) return false;
+          }
+          return true;
+        },
+        absl::Seconds(15), absl::Milliseconds(20));
     down_ = false;
     Log(absl::StrCat("redis-server restarted (AOF replayed), every replica serving by ",
                      When(Now())));

@@ -48,6 +48,7 @@
 #include "tests/redis/shared_never_over_sim.h"
 #include "tests/support/policy_builders.h"
 #include "tests/support/temp_dir.h"
+#include "tests/support/eventually.h"
 
 namespace quotad::testing {
 namespace {
@@ -151,7 +152,7 @@ Grants GrantsAfterReload(const Policy& before, const Policy& after, const std::s
   EXPECT_TRUE((*backend)->Reload(after).ok());
   EXPECT_TRUE((*ledger)->Reload(after).ok());
   if (wait > absl::ZeroDuration()) {
-    // Polls Redis's clock (bounded).
+    // Until Redis's clock has passed it (bounded).
     auto redis_now = [&] {
       absl::StatusOr<std::string> t = (*redis)->Command({"TIME"});
       std::vector<std::string> parts = absl::StrSplit(t.ok() ? *t : "", ' ');
@@ -162,10 +163,8 @@ Grants GrantsAfterReload(const Policy& before, const Policy& after, const std::s
       }
       return absl::FromUnixMicros(sec * 1000000 + us);
     };
-    const absl::Time deadline = absl::Now() + wait + absl::Seconds(5);
-    while (redis_now() < first_grant + wait && absl::Now() < deadline) {
-      absl::SleepFor(absl::Milliseconds(5));
-    }
+    testing::Eventually([&] { return redis_now() >= first_grant + wait; },
+                        wait + absl::Seconds(5), absl::Milliseconds(5));
   }
   for (int i = 0; i < tries; ++i) {
     absl::StatusOr<Decision> r = AcquireThrough(**backend, req);
