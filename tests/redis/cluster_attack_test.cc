@@ -714,6 +714,7 @@ TEST_F(ClusterAttackTest, FailoverToAReplicaUnderLoadGrantsExactlyTheCapacity) {
   // the calendar limit: half its capacity before the failover, the rest after.
   std::atomic<bool> stop{false}, second_half{false};
   std::atomic<int> held{0}, max_held{0}, conc_grants{0}, big_granted{0}, failed{0};
+  std::atomic<int> release_failed{0};  // its lease may stay held until its TTL (30 s)
   std::vector<std::thread> clients;
   for (int c = 0; c < 8; ++c) {
     clients.emplace_back([&, c] {
@@ -729,7 +730,7 @@ TEST_F(ClusterAttackTest, FailoverToAReplicaUnderLoadGrantsExactlyTheCapacity) {
           }
           conc_grants++;
           --held;
-          Release((c + 1) % 2, a.lease_id()).ok();
+          if (!Release((c + 1) % 2, a.lease_id()).ok()) release_failed++;
         }
         if (second_half.load() || big_granted.load() < kBig / 2) {
           v1::AcquireResponse b;
@@ -790,7 +791,9 @@ TEST_F(ClusterAttackTest, FailoverToAReplicaUnderLoadGrantsExactlyTheCapacity) {
   EXPECT_LE(max_held.load(), kSlotsCap);
   EXPECT_EQ(big_granted.load(), kBig);
   EXPECT_EQ(Used(1, cred, "big.daily"), kBig);
-  EXPECT_EQ(Used(0, cred, "conc.slots"), 0);
+  // Every slot came back, but those of releases refused during the switch (UNAVAILABLE: maybe
+  // not applied; freed at their TTL, an under-grant).
+  EXPECT_LE(Used(0, cred, "conc.slots"), release_failed.load());
   EXPECT_EQ(group_->node(master).Command({"ROLE"}).value_or("").rfind("slave", 0), 0u)
       << "the old master is a replica now";
 }
