@@ -16,7 +16,7 @@ per figure. Two tables are bounded instead by what the client did recently, beca
 end by time and go at the server's next compaction (once a minute): dedup by the request_ids
 sent within dedup_window + that interval, leases (the slot leases) by the slots plus the leases
 left to expire unreleased within that interval. The state file and its
-WAL also have a cap at every sample, whatever the warm-up saw: a restart empties the WAL, so a
+WAL also have caps, whatever the warm-up saw: a restart empties the WAL, so a
 WAL that only grows between restarts would otherwise pass as "flat" (the live state here is a
 few thousand leases and answers: well under a megabyte).
 
@@ -80,10 +80,14 @@ SLACK = {
 }
 
 
-# Caps at every sample: the WAL is checkpointed at 4 MiB or after 1 s, the file holds live state.
+# Caps: (bytes, samples that may exceed it). The WAL is checkpointed at 4 MiB or after 1 s, and
+# the file holds live state. The WAL also takes what is committed while a checkpoint's fsyncs run:
+# on a CI machine whose disk other tests share, one sample of 60 saw 17 MB at 4 s in. A WAL that
+# checkpoints at all stays under 16 MiB in all but a few samples and never nears 64 MiB; one that
+# does not (about 3 MB/s here, restarts 15-20 s apart) is over 16 MiB in most of each life.
 CAP = {
-    "wal_bytes": 16 << 20,
-    "db_bytes": 8 << 20,
+    "wal_bytes": [(16 << 20, 3), (64 << 20, 0)],
+    "db_bytes": [(8 << 20, 0)],
 }
 
 
@@ -418,13 +422,16 @@ def main():
             print(f"{k:13s} start={first} warmup_max={w} end_max={e} bound={bound:.0f} {verdict}")
             if e > bound:
                 failures.append(f"{k} grew: {e} at the end > {bound:.0f} (warm-up max {w})")
-    for k, cap in CAP.items():
-        over = [s for s in samples if s[k] > cap]
+    for k, caps in CAP.items():
         peak = max((s[k] for s in samples), default=0)
-        print(f"{k:13s} peak={peak} cap={cap} {'ok' if not over else 'OVER'}")
-        if over:
-            failures.append(f"{k} over its cap of {cap} in {len(over)} of {len(samples)} samples "
-                            f"(peak {peak} at t={max(over, key=lambda s: s[k])['t']:.0f} s)")
+        for cap, allowed in caps:
+            over = [s for s in samples if s[k] > cap]
+            verdict = "OVER" if len(over) > allowed else "ok"
+            print(f"{k:13s} peak={peak} cap={cap} over_in={len(over)} allowed={allowed} {verdict}")
+            if len(over) > allowed:
+                failures.append(
+                    f"{k} over its cap of {cap} in {len(over)} of {len(samples)} samples, "
+                    f"{allowed} allowed (peak {peak} at t={max(over, key=lambda s: s[k])['t']:.0f} s)")
     acquires = load.counts.get("acquire", 0)
     if acquires < duration * 50:
         failures.append(f"only {acquires} acquires in {duration:.0f} s: the load did not run")

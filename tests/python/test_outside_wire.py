@@ -206,6 +206,7 @@ def http_call(port: int, who: str, call_id: str, latency: float) -> Tuple[int, L
 class Grant:
     """One call of a quotad worker, as the worker saw it."""
     call_id: str
+    asked: float     # Acquire sent
     granted: float   # Acquire answered granted
     reported: float  # Report answered (the call's answer is known to quotad); 0 without Report
     released: float  # commit answered
@@ -254,7 +255,8 @@ class Run:
         n = 0
         try:
             while True:
-                left = self.deadline - time.monotonic()
+                asked = time.monotonic()
+                left = self.deadline - asked
                 if left <= 0.05:
                     return
                 lease = self.client.acquire(self.credential, "calls", max_wait=min(2.0, left),
@@ -279,7 +281,7 @@ class Run:
                                        sent_at=sent_at)
                     reported = time.monotonic()
                 with self.mu:
-                    self.grants.append(Grant(call_id, granted, reported, released, status))
+                    self.grants.append(Grant(call_id, asked, granted, reported, released, status))
                 if status == 429 and not self.report:
                     # Without Report the worker honours Retry-After itself (quotad cannot).
                     retry = dict((k.lower(), v) for k, v in headers).get("retry-after", "1")
@@ -403,12 +405,14 @@ def knowledge_violations(run: Run) -> List[str]:
     """Calls quotad granted into a fixed window whose count, as the headers of an answer it had
     already been Reported, left no room for them.
 
-    For a call c granted at g in window w and an answer r in w whose Report returned before g,
-    quotad's count of w at g was at least U_r (N - Remaining of r, adopted; adoption never
-    lowers a count and refunds never undercut it) plus each call admitted in w that quotad
-    granted after r's Report, minus the refunds of throttled calls granted before that Report
-    and refunded after it (each may take one unit off a count above U_r). quotad may grant c
-    only if that count is below N."""
+    Only an order the workers saw is used: two answers that return 1 ms apart on two threads may
+    have been decided in the other order. For a call c asked at a (its Acquire sent) in window w
+    and an answer r in w whose Report returned before a, quotad's count of w when it decided c was
+    at least U_r (N - Remaining of r, adopted; adoption never lowers a count and refunds never
+    undercut it) plus each call admitted in w that was asked after r's Report returned and
+    granted before c was asked, minus the refunds of throttled calls asked before that Report
+    returned and released after it (each may take one unit off a count above U_r). quotad may
+    grant c only if that count is below N."""
     by_id = {c.call_id: c for c in run.provider.calls}
     grants = sorted((g for g in run.grants if g.call_id in by_id), key=lambda g: g.granted)
     out = []
@@ -418,17 +422,17 @@ def knowledge_violations(run: Run) -> List[str]:
             continue
         for r in grants:
             pr = by_id[r.call_id]
-            if pr.window != pc.window or pr.remaining is None or not 0 < r.reported < c.granted:
+            if pr.window != pc.window or pr.remaining is None or not 0 < r.reported < c.asked:
                 continue
-            since = sum(1 for x in grants if r.reported < x.granted < c.granted
+            since = sum(1 for x in grants if r.reported < x.asked and x.granted < c.asked
                         and by_id[x.call_id].admitted and by_id[x.call_id].window == pc.window)
-            refunds = sum(1 for x in grants if x.granted < r.reported < x.released
+            refunds = sum(1 for x in grants if x.asked < r.reported < x.released
                           and x.status == 429)
             known = (N_FIXED - pr.remaining) + since - refunds
             if known >= N_FIXED:
                 out.append(f"{c.call_id} granted {c.granted - run.start_time:.3f}s into window "
-                           f"{pc.window} though {r.call_id}'s answer (Remaining {pr.remaining}, "
-                           f"reported at {r.reported - run.start_time:.3f}s) and {since} calls "
+                           f"{pc.window} (asked at {c.asked - run.start_time:.3f}s) though "
+                           f"{r.call_id}'s answer (Remaining {pr.remaining}, reported at {r.reported - run.start_time:.3f}s) and {since} calls "
                            f"since left no room")
                 break
     return out
