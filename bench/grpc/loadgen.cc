@@ -4,9 +4,12 @@
 //   grpc_loadgen --target=quotad=127.0.0.1:5001 --target=noop=127.0.0.1:5002
 //                [--inflight=1,16,64] [--rounds=3] [--duration=3s] [--warmup=500ms]
 //                [--credential=bench/key] [--feature=requests] [--batch=1,10,100,1000]
+//                [--decisions_only=TARGET,...]
 //
 // Without --batch every call is one Acquire. With --batch every call is one AcquireBatch of
-// that many identical items, each batch size is run at every in-flight level, and the figures
+// that many identical items (with AcquireBatchRequest.decisions_only for the targets named by
+// --decisions_only, e.g. the same server listed twice), each batch size is run at every
+// in-flight level, and the figures
 // are decisions (items) per second and calls per second, in a table with the targets side by
 // side and the ratio of each to the baseline.
 //
@@ -49,6 +52,8 @@ ABSL_FLAG(std::string, credential, "bench/key", "AcquireRequest.credential");
 ABSL_FLAG(std::string, feature, "requests", "AcquireRequest.feature");
 ABSL_FLAG(std::vector<std::string>, batch, {},
           "Items per AcquireBatch call, e.g. 1,10,100,1000; empty: unary Acquire calls.");
+ABSL_FLAG(std::vector<std::string>, decisions_only, {},
+          "Targets (by name) whose AcquireBatch calls set decisions_only (no limits answered).");
 
 namespace {
 
@@ -71,7 +76,7 @@ struct Result {
 struct UnaryKind {
   using Request = quotad::v1::AcquireRequest;
   using Response = quotad::v1::AcquireResponse;
-  static Request MakeRequest(int /*batch*/) {
+  static Request MakeRequest(int /*batch*/, bool /*decisions_only*/) {
     Request request;
     request.set_credential(absl::GetFlag(FLAGS_credential));
     request.set_feature(absl::GetFlag(FLAGS_feature));
@@ -92,10 +97,11 @@ struct UnaryKind {
 struct BatchKind {
   using Request = quotad::v1::AcquireBatchRequest;
   using Response = quotad::v1::AcquireBatchResponse;
-  static Request MakeRequest(int batch) {
+  static Request MakeRequest(int batch, bool decisions_only) {
     Request request;
-    const quotad::v1::AcquireRequest item = UnaryKind::MakeRequest(1);
+    const quotad::v1::AcquireRequest item = UnaryKind::MakeRequest(1, false);
     for (int i = 0; i < batch; ++i) *request.add_items() = item;
+    request.set_decisions_only(decisions_only);
     return request;
   }
   static auto Prepare(quotad::v1::Quota::Stub* stub, grpc::ClientContext* context,
@@ -126,11 +132,11 @@ struct Call {
 // One client thread: `inflight` calls outstanding on its own queue until `end`. Appends the
 // latencies of the calls that started and ended inside [measure_from, end).
 template <typename Kind>
-Result RunThread(quotad::v1::Quota::Stub* stub, int inflight, int batch,
+Result RunThread(quotad::v1::Quota::Stub* stub, int inflight, int batch, bool decisions_only,
                  Clock::time_point measure_from, Clock::time_point end,
                  std::vector<uint32_t>* latencies) {
   grpc::CompletionQueue cq;
-  const typename Kind::Request request = Kind::MakeRequest(batch);
+  const typename Kind::Request request = Kind::MakeRequest(batch, decisions_only);
 
   auto start_call = [&] {
     auto* call = new Call<Kind>;
@@ -176,8 +182,8 @@ Result RunThread(quotad::v1::Quota::Stub* stub, int inflight, int batch,
 
 // `inflight` calls split over up to --threads client threads, each on its own connection.
 // `batch` 0: unary Acquire calls; else AcquireBatch calls of `batch` items.
-Result Run(const std::string& address, int inflight, int batch, absl::Duration warmup,
-           absl::Duration duration) {
+Result Run(const std::string& address, int inflight, int batch, bool decisions_only,
+           absl::Duration warmup, absl::Duration duration) {
   const int threads = std::max(1, std::min(inflight, absl::GetFlag(FLAGS_threads)));
   std::vector<std::unique_ptr<quotad::v1::Quota::Stub>> stubs;
   static int channel_id = 0;
@@ -198,8 +204,10 @@ Result Run(const std::string& address, int inflight, int batch, absl::Duration w
     workers.emplace_back([&, t, n] {
       results[t] =
           batch == 0
-              ? RunThread<UnaryKind>(stubs[t].get(), n, batch, measure_from, end, &latencies[t])
-              : RunThread<BatchKind>(stubs[t].get(), n, batch, measure_from, end, &latencies[t]);
+              ? RunThread<UnaryKind>(stubs[t].get(), n, batch, false, measure_from, end,
+                                     &latencies[t])
+              : RunThread<BatchKind>(stubs[t].get(), n, batch, decisions_only, measure_from, end,
+                                     &latencies[t]);
     });
   }
   for (std::thread& w : workers) w.join();
@@ -241,8 +249,8 @@ int RunUnary(const std::vector<std::pair<std::string, std::string>>& targets,
       per_target.resize(targets.size());
       for (size_t k = 0; k < targets.size(); ++k) {
         const size_t i = round % 2 == 0 ? k : targets.size() - 1 - k;
-        Result r = Run(targets[i].second, level, /*batch=*/0, absl::GetFlag(FLAGS_warmup),
-                       absl::GetFlag(FLAGS_duration));
+        Result r = Run(targets[i].second, level, /*batch=*/0, /*decisions_only=*/false,
+                       absl::GetFlag(FLAGS_warmup), absl::GetFlag(FLAGS_duration));
         std::printf(
             "round=%d inflight=%d target=%s rps=%.0f p50_us=%.0f p99_us=%.0f "
             "errors=%lld denied=%lld\n",
@@ -295,6 +303,7 @@ int RunBatches(const std::vector<std::pair<std::string, std::string>>& targets,
   // results[{batch, level}][target] -> per-round results
   std::map<std::pair<int, int>, std::vector<std::vector<Result>>> results;
   const int rounds = absl::GetFlag(FLAGS_rounds);
+  const std::vector<std::string> decisions_only = absl::GetFlag(FLAGS_decisions_only);
   for (int round = 0; round < rounds; ++round) {
     for (int batch : batches) {
       for (int level : levels) {
@@ -302,7 +311,9 @@ int RunBatches(const std::vector<std::pair<std::string, std::string>>& targets,
         per_target.resize(targets.size());
         for (size_t k = 0; k < targets.size(); ++k) {
           const size_t i = round % 2 == 0 ? k : targets.size() - 1 - k;
-          Result r = Run(targets[i].second, level, batch, absl::GetFlag(FLAGS_warmup),
+          const bool d = std::find(decisions_only.begin(), decisions_only.end(),
+                                   targets[i].first) != decisions_only.end();
+          Result r = Run(targets[i].second, level, batch, d, absl::GetFlag(FLAGS_warmup),
                          absl::GetFlag(FLAGS_duration));
           std::printf(
               "round=%d batch=%d inflight=%d target=%s decisions_s=%.0f calls_s=%.0f "
@@ -378,6 +389,13 @@ int main(int argc, char** argv) {
       return 2;
     }
     targets.emplace_back(parts[0], parts[1]);
+  }
+  for (const std::string& name : absl::GetFlag(FLAGS_decisions_only)) {
+    if (std::none_of(targets.begin(), targets.end(), [&](const auto& t) { return t.first == name; })) {
+      std::fprintf(stderr, "grpc_loadgen: --decisions_only names %s, which is not a --target\n",
+                   name.c_str());
+      return 2;
+    }
   }
   if (targets.empty()) {
     std::fprintf(stderr, "grpc_loadgen: give at least one --target=name=host:port\n");

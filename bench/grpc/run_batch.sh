@@ -1,6 +1,7 @@
 #!/bin/bash
-# Batched decisions: quotad with --memory_only, quotad with --state (a fresh SQLite file) and the
-# no-op server of the same proto, driven in ONE run by the same asynchronous load generator with
+# Batched decisions: quotad with --memory_only, the same asked for decisions only
+# (AcquireBatchRequest.decisions_only: no limits in the answers), quotad with --state (a fresh
+# SQLite file) and the no-op server of the same proto, driven in ONE run by the same asynchronous load generator with
 # AcquireBatch calls of 1 / 10 / 100 / 1000 items at 1 / 16 / 64 calls in flight, the targets
 # interleaved. Prints one line per run, then the targets side by side: decisions (items) per
 # second, calls per second, p99, and quotad's decisions/s divided by the no-op's; then each
@@ -8,7 +9,7 @@
 #
 #   bench/grpc/run_batch.sh [BUILD_DIR] [-- extra grpc_loadgen flags, e.g. --rounds=3 --duration=3s]
 #
-# Defaults: --rounds=1 --duration=2s --warmup=300ms (about 90 s in all); later flags win.
+# Defaults: --rounds=1 --duration=2s --warmup=300ms (about 2 minutes in all); later flags win.
 # BUILD_DIR defaults to ./build; it must contain quotad, grpc_noop_server and grpc_loadgen
 # (ninja -C BUILD_DIR quotad grpc_noop_server grpc_loadgen).
 #
@@ -52,9 +53,11 @@ common=(--config="$here/bench_config.yaml" --listen=127.0.0.1:0 --metrics_listen
 pids+=($!)
 "$quotad" "${common[@]}" --state="$tmp/state.db" 2>"$tmp/state.log" &
 pids+=($!)
+"$quotad" "${common[@]}" --memory_only 2>"$tmp/decisions.log" &
+pids+=($!)
 "$noop" --listen=127.0.0.1:0 2>"$tmp/noop.log" &
 pids+=($!)
-names=(quotad_memory quotad_state noop)
+names=(quotad_memory quotad_state quotad_decisions noop)
 if [[ -n $before_bin ]]; then
   "$before_bin" "${common[@]}" --memory_only 2>"$tmp/before_memory.log" &
   pids+=($!)
@@ -64,8 +67,9 @@ if [[ -n $before_bin ]]; then
 fi
 maddr=$(wait_addr "$tmp/memory.log")
 saddr=$(wait_addr "$tmp/state.log")
+daddr=$(wait_addr "$tmp/decisions.log")
 naddr=$(wait_addr "$tmp/noop.log")
-targets="quotad_memory=$maddr,quotad_state=$saddr"
+targets="quotad_memory=$maddr,quotad_state=$saddr,quotad_decisions=$daddr"
 if [[ -n $before_bin ]]; then
   targets+=",before_memory=$(wait_addr "$tmp/before_memory.log")"
   targets+=",before_state=$(wait_addr "$tmp/before_state.log")"
@@ -75,7 +79,8 @@ echo "${targets//,/ } cores=$(nproc) $(date -u +%FT%TZ)"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 before=(); for p in "${pids[@]}"; do before+=("$(cpu_ticks "$p")"); done
 "$loadgen" --target="$targets" \
-  --batch=1,10,100,1000 --inflight=1,16,64 --rounds=1 --duration=2s --warmup=300ms "$@" |
+  --batch=1,10,100,1000 --inflight=1,16,64 --rounds=1 --duration=2s --warmup=300ms \
+  --decisions_only=quotad_decisions "$@" |
   tee "$tmp/loadgen.out"
 # Server CPU per decision: less sensitive than decisions/s to other work on a shared machine.
 hz=$(getconf CLK_TCK)

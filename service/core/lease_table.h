@@ -17,7 +17,7 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_map.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/container/inlined_vector.h"
 #include "absl/synchronization/mutex.h"
 #include "service/core/lease_id.h"
@@ -60,7 +60,7 @@ struct LeaseShard {
   absl::Mutex mu;
   // Expired records stay until DropExpired() or a lookup that removes them; FindLive ignores
   // them.
-  absl::flat_hash_map<LeaseId, LeaseRecord> leases ABSL_GUARDED_BY(mu);
+  absl::node_hash_map<LeaseId, LeaseRecord> leases ABSL_GUARDED_BY(mu);
 };
 
 // Every live lease, sharded by id so that grants on unrelated credentials do not contend.

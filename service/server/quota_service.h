@@ -108,6 +108,10 @@ class QuotaService {
   // a shared backend.
   absl::StatusOr<v1::AcquireBatchResponse> AcquireBatch(const Caller& caller,
                                                         const v1::AcquireBatchRequest& request);
+  // The same, answered into `out` (empty; the transport's, on the call's arena): the answers of
+  // a large batch are then built where they are sent from, without an allocation per item.
+  absl::Status AcquireBatchInto(const Caller& caller, const v1::AcquireBatchRequest& request,
+                                v1::AcquireBatchResponse* out);
 
   // Each item ended in order exactly as by Release(), its answer or error in `results[i]`.
   // kInvalidArgument for more than kMaxBatchItems items.
@@ -185,11 +189,12 @@ class QuotaService {
   absl::StatusOr<bool> ReplayAcquire(const Caller& caller, const v1::AcquireRequest& request,
                                      std::string* dedup_key, v1::AcquireResponse* first);
   // One AcquireBatch item: on a shared backend through Acquire(); on the embedded ledger
-  // with `checks`, its decision counted in `outcomes`. The answer in `out`, or the error.
+  // with `checks`, its decision counted in `outcomes` and its limits read only when
+  // `want_limits`. The answer in `out`, or the error.
   absl::Status AcquireBatchItemShared(const Caller& caller, const v1::AcquireRequest& item,
                                       v1::AcquireBatchItem* out);
   absl::Status AcquireBatchItem(const Caller& caller, const v1::AcquireRequest& item,
-                                BatchChecks* checks, v1::AcquireBatchItem* out,
+                                bool want_limits, BatchChecks* checks, v1::AcquireBatchItem* out,
                                 Outcomes* outcomes);
   // An AcquireBatch with all_or_nothing, on the embedded ledger.
   absl::StatusOr<v1::AcquireBatchResponse> AcquireBatchAllOrNothing(

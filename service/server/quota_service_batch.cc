@@ -81,13 +81,33 @@ class BatchReply {
   BatchAnswer* answer_;
 };
 
+// AcquireBatchRequest.decisions_only: no item answers with limits.
+void DropLimits(v1::AcquireBatchResponse* resp) {
+  for (v1::AcquireBatchItem& item : *resp->mutable_results()) {
+    if (item.has_response()) item.mutable_response()->clear_limits();
+  }
+}
+
 }  // namespace
 
 absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatch(
     const Caller& caller, const v1::AcquireBatchRequest& req) {
-  if (absl::Status s = CheckBatchSize(req.items_size()); !s.ok()) return s;
-  if (req.all_or_nothing()) return AcquireBatchAllOrNothing(caller, req);
   v1::AcquireBatchResponse resp;
+  if (absl::Status s = AcquireBatchInto(caller, req, &resp); !s.ok()) return s;
+  return resp;
+}
+
+absl::Status QuotaService::AcquireBatchInto(const Caller& caller,
+                                            const v1::AcquireBatchRequest& req,
+                                            v1::AcquireBatchResponse* out) {
+  if (absl::Status s = CheckBatchSize(req.items_size()); !s.ok()) return s;
+  if (req.all_or_nothing()) {
+    absl::StatusOr<v1::AcquireBatchResponse> all = AcquireBatchAllOrNothing(caller, req);
+    if (!all.ok()) return all.status();
+    *out = *std::move(all);
+    return absl::OkStatus();
+  }
+  v1::AcquireBatchResponse& resp = *out;
   resp.mutable_results()->Reserve(req.items_size());
   // What the single path checks per call and depends only on the credential or the feature
   // (the access rules, the names' syntax) is checked once per distinct value of the batch, in
@@ -104,18 +124,21 @@ absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatch(
       ToItemError(i, s, out->mutable_error());
       continue;
     }
-    absl::Status s = backend_->shared()
-                         ? AcquireBatchItemShared(caller, item, out)
-                         : AcquireBatchItem(caller, item, &checks, out, &outcomes);
+    absl::Status s =
+        backend_->shared()
+            ? AcquireBatchItemShared(caller, item, out)
+            : AcquireBatchItem(caller, item, !req.decisions_only(), &checks, out, &outcomes);
     if (!s.ok()) {
       metrics_->OnRequestError("AcquireBatchItem", absl::StatusCodeToString(s.code()));
       ToItemError(i, s, out->mutable_error());
     }
   }
+  // Replays and the shared path answer with what they hold.
+  if (req.decisions_only()) DropLimits(&resp);
   for (const auto& [key, count] : outcomes) {
     metrics_->OnDecisions(key.credential, key.feature, key.granted, key.limited_by, count);
   }
-  return resp;
+  return absl::OkStatus();
 }
 
 // A shared backend answers on its own thread: each item through the single path.
@@ -134,7 +157,7 @@ absl::Status QuotaService::AcquireBatchItemShared(const Caller& caller,
 // One item of a batch on the embedded ledger: the single path's checks and answer, decided on
 // the caller's thread, written into `out`.
 absl::Status QuotaService::AcquireBatchItem(
-    const Caller& caller, const v1::AcquireRequest& item, BatchChecks* checks,
+    const Caller& caller, const v1::AcquireRequest& item, bool want_limits, BatchChecks* checks,
     v1::AcquireBatchItem* out, Outcomes* outcomes) {
   const BatchChecks::Credential& credential = checks->ForCredential(caller, item.credential());
   if (!credential.access.ok()) {
@@ -148,6 +171,7 @@ absl::Status QuotaService::AcquireBatchItem(
   if (absl::Status s = CheckPriority(caller, args->priority); !s.ok()) return s;
   std::string holder;
   if (absl::Status s = StoredHolder(caller, item, &holder, &args->core); !s.ok()) return s;
+  args->core.want_limits = want_limits;
   std::string dedup_key;
   v1::AcquireResponse* answer = out->mutable_response();
   absl::StatusOr<bool> replayed = ReplayAcquire(caller, item, &dedup_key, answer);
@@ -228,6 +252,7 @@ absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatchAllOrNothing(
       replayed[i] = true;
       continue;
     }
+    args->core.want_limits = !req.decisions_only();
     cores.push_back(args->core);
     decided.push_back(i);
   }
@@ -277,6 +302,7 @@ absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatchAllOrNothing(
   for (const auto& [key, count] : outcomes) {
     metrics_->OnDecisions(key.credential, key.feature, key.granted, key.limited_by, count);
   }
+  if (req.decisions_only()) DropLimits(&resp);  // replays answer with what they hold
   return resp;
 }
 

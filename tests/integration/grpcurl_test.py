@@ -7,6 +7,7 @@
   grpcurl -plaintext -d '{"credential": ..., "maxWait": "5s"}' ADDR quotad.v1.Quota/Acquire
   grpcurl -plaintext -d '{"items": [{"credential": ...}, ...]}' ADDR quotad.v1.Quota/AcquireBatch
   grpcurl -plaintext -d '{"allOrNothing": true, "items": [...]}' ADDR quotad.v1.Quota/AcquireBatch
+  grpcurl -plaintext -d '{"decisionsOnly": true, "items": [...]}' ADDR quotad.v1.Quota/AcquireBatch
   grpcurl -plaintext -d '{"credential": ..., "httpStatus": 429, "headers": [...]}' \
       ADDR quotad.v1.Quota/Report
 
@@ -292,6 +293,25 @@ class GrpcurlTest(unittest.TestCase):
         self.assertIn("items[1]", results[1]["error"]["message"])
         self.assertFalse(results[0]["response"].get("granted", False))
         self.assertEqual(results[0]["response"]["limitedBy"], "all_or_nothing:items[1]")
+
+    def test_acquire_batch_decisions_only_from_json(self):
+        # The README's call: the same decisions as without it, and no limits.
+        call = ('{"decisionsOnly":true,"items":[{"credential":"virustotal/prod","feature":"requests"},'
+                '{"credential":"virustotal/prod","feature":"requests"}]}')
+        resp = self.refl.call_json("quotad.v1.Quota/AcquireBatch", call)
+        with_limits = self.refl.call_json("quotad.v1.Quota/AcquireBatch",
+                                          call.replace('"decisionsOnly":true,', ''))
+        answers = [r["response"] for r in resp["results"] + with_limits["results"]]
+        self.assertEqual(len(answers), 4)
+        for a in answers[:2]:
+            self.assertNotIn("limits", a, a)
+        for a in answers[2:]:
+            self.assertIn("limits", a, a)
+        leases = [a["leaseId"] for a in answers if a.get("granted")]
+        self.assertGreater(len(leases), 0, answers)
+        self.refl.call_json(
+            "quotad.v1.Quota/ReleaseBatch",
+            '{"items": [%s]}' % ", ".join('{"leaseId": "%s", "used": 0}' % g for g in leases))
 
     def test_invalid_argument_over_json(self):
         with self.assertRaises(grpc.RpcError) as ctx:

@@ -339,5 +339,42 @@ TEST_F(QuotaBatchTest, AllOrNothingRefusesEveryItemInTheNameOfTheOneNotGranted) 
   EXPECT_EQ(ledger_->Leases("team-a/key").size(), 3u);
 }
 
+TEST_F(QuotaBatchTest, DecisionsOnlyAnswersTheSameDecisionsWithoutLimits) {
+  Build();
+  const Caller alice = MustCaller("alice-token");
+  // team-a/key requests: 2 per minute. One item granted with its limits, for the replay below.
+  ASSERT_OK_AND_ASSIGN(
+      v1::AcquireBatchResponse with_limits,
+      quota_->AcquireBatch(alice, BatchOf({AcquireOf("team-a/key", "requests", "r1")})));
+  ASSERT_TRUE(with_limits.results(0).response().granted());
+  EXPECT_GT(with_limits.results(0).response().limits_size(), 0);
+
+  v1::AcquireBatchRequest batch = BatchOf(
+      {AcquireOf("team-a/key", "requests", "r1"), AcquireOf("team-a/key", "requests"),
+       AcquireOf("team-a/key", "requests"), AcquireOf("team-a/key", "nothing")});
+  batch.set_decisions_only(true);
+  ASSERT_OK_AND_ASSIGN(v1::AcquireBatchResponse resp, quota_->AcquireBatch(alice, batch));
+  ASSERT_EQ(resp.results_size(), 4);
+  // The replay answers its first grant, the next item the last unit, then a denial.
+  EXPECT_EQ(resp.results(0).response().lease_id(), with_limits.results(0).response().lease_id());
+  EXPECT_TRUE(resp.results(1).response().granted());
+  EXPECT_FALSE(resp.results(2).response().granted());
+  EXPECT_EQ(resp.results(2).response().limited_by(), "requests.per_minute");
+  EXPECT_TRUE(resp.results(2).response().has_retry_at());
+  ASSERT_TRUE(resp.results(3).has_error());
+  EXPECT_THAT(resp.results(3).error().message(), HasSubstr("items[3]"));
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(resp.results(i).response().limits_size(), 0) << i;
+  EXPECT_EQ(ledger_->Leases("team-a/key").size(), 2u);
+
+  // All or nothing: refused whole, still without limits.
+  batch.set_all_or_nothing(true);
+  batch.mutable_items()->DeleteSubrange(3, 1);
+  ASSERT_OK_AND_ASSIGN(v1::AcquireBatchResponse all, quota_->AcquireBatch(alice, batch));
+  ASSERT_EQ(all.results_size(), 3);
+  EXPECT_FALSE(all.results(1).response().granted());
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(all.results(i).response().limits_size(), 0) << i;
+  EXPECT_EQ(ledger_->Leases("team-a/key").size(), 2u);
+}
+
 }  // namespace
 }  // namespace quotad
