@@ -245,6 +245,32 @@ TEST_F(BatchTest, GrantsExactlyTheCapacityLeftInItemOrder) {
   EXPECT_EQ(Used("test/batch_exact"), 100);
 }
 
+TEST_F(BatchTest, DecisionsOnlyGrantsTheSameAndAnswersNoLimits) {
+  // 100 units per hour: 30 x 3 = 90 fit, then a 9 fits (1 left), a 2 does not.
+  std::vector<AcquireItem> items;
+  for (int i = 0; i < 30; ++i) items.push_back(Item("test/batch_decisions", "calls", 3));
+  items.push_back(Item("test/batch_decisions", "calls", 9));
+  items.push_back(Item("test/batch_decisions", "calls", 2));
+  AcquireBatchOptions options;
+  options.decisions_only = true;
+  absl::StatusOr<std::vector<absl::StatusOr<Lease>>> results =
+      client_->AcquireBatch(items, options);
+  ASSERT_OK(results);
+  ASSERT_EQ(results->size(), items.size());
+  int64_t granted_units = 0;
+  for (size_t i = 0; i < results->size(); ++i) {
+    const absl::StatusOr<Lease>& r = (*results)[i];
+    ASSERT_OK(r) << "item " << i;
+    EXPECT_EQ(r->granted(), i < 31) << "item " << i;
+    EXPECT_TRUE(r->limits().empty()) << "item " << i;
+    if (r->granted()) granted_units += r->cost();
+  }
+  EXPECT_EQ(granted_units, 99);
+  EXPECT_EQ((*results)[31]->limited_by(), "calls.per_hour");
+  EXPECT_GT((*results)[31]->retry_after(), absl::ZeroDuration());
+  EXPECT_EQ(Used("test/batch_decisions"), 99);
+}
+
 TEST_F(BatchTest, RacingBatchesNeverGrantMoreThanTheCapacity) {
   // 4 threads x 3 batches x 40 units against 100 units per hour.
   constexpr int kThreads = 4, kBatches = 3, kItems = 40;

@@ -449,6 +449,14 @@ absl::StatusOr<Lease> QuotaClient::Acquire(absl::string_view credential, absl::s
 
 absl::StatusOr<std::vector<absl::StatusOr<Lease>>> QuotaClient::AcquireBatch(
     const std::vector<AcquireItem>& items, bool all_or_nothing) {
+  AcquireBatchOptions options;
+  options.all_or_nothing = all_or_nothing;
+  return AcquireBatch(items, options);
+}
+
+absl::StatusOr<std::vector<absl::StatusOr<Lease>>> QuotaClient::AcquireBatch(
+    const std::vector<AcquireItem>& items, const AcquireBatchOptions& options) {
+  const bool all_or_nothing = options.all_or_nothing;
   std::vector<absl::StatusOr<Lease>> results;
   results.reserve(items.size());
   for (size_t i = 0; i < items.size(); ++i) results.emplace_back(absl::UnknownError("unanswered"));
@@ -495,6 +503,7 @@ absl::StatusOr<std::vector<absl::StatusOr<Lease>>> QuotaClient::AcquireBatch(
     return results;
   }
   req.set_all_or_nothing(all_or_nothing);
+  req.set_decisions_only(options.decisions_only);
   v1::AcquireBatchResponse resp;
   const grpc::Status status =
       core_->CallWithRetry(absl::ZeroDuration(), [&](grpc::ClientContext* ctx) {
