@@ -108,15 +108,19 @@ class QuotaService {
   // a shared backend.
   absl::StatusOr<v1::AcquireBatchResponse> AcquireBatch(const Caller& caller,
                                                         const v1::AcquireBatchRequest& request);
-  // The same, answered into `out` (empty; the transport's, on the call's arena): the answers of
-  // a large batch are then built where they are sent from, without an allocation per item.
+  // The same, answered into `response` (empty; the transport's, on the call's arena): the
+  // answers of a large batch are then built where they are sent from, without an allocation
+  // per item.
   absl::Status AcquireBatchInto(const Caller& caller, const v1::AcquireBatchRequest& request,
-                                v1::AcquireBatchResponse* out);
+                                v1::AcquireBatchResponse* response);
 
   // Each item ended in order exactly as by Release(), its answer or error in `results[i]`.
   // kInvalidArgument for more than kMaxBatchItems items.
   absl::StatusOr<v1::ReleaseBatchResponse> ReleaseBatch(const Caller& caller,
                                                         const v1::ReleaseBatchRequest& request);
+  // The same, answered into `response` (as AcquireBatchInto).
+  absl::Status ReleaseBatchInto(const Caller& caller, const v1::ReleaseBatchRequest& request,
+                                v1::ReleaseBatchResponse* response);
 
   // Extends a lease (ttl zero: the feature's default); who may, as for Release.
   absl::StatusOr<v1::RenewResponse> Renew(const Caller& caller, const v1::RenewRequest& request);

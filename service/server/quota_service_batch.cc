@@ -99,15 +99,15 @@ absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatch(
 
 absl::Status QuotaService::AcquireBatchInto(const Caller& caller,
                                             const v1::AcquireBatchRequest& req,
-                                            v1::AcquireBatchResponse* out) {
+                                            v1::AcquireBatchResponse* response) {
   if (absl::Status s = CheckBatchSize(req.items_size()); !s.ok()) return s;
   if (req.all_or_nothing()) {
     absl::StatusOr<v1::AcquireBatchResponse> all = AcquireBatchAllOrNothing(caller, req);
     if (!all.ok()) return all.status();
-    *out = *std::move(all);
+    *response = *std::move(all);
     return absl::OkStatus();
   }
-  v1::AcquireBatchResponse& resp = *out;
+  v1::AcquireBatchResponse& resp = *response;
   resp.mutable_results()->Reserve(req.items_size());
   // What the single path checks per call and depends only on the credential or the feature
   // (the access rules, the names' syntax) is checked once per distinct value of the batch, in
@@ -331,21 +331,29 @@ const absl::Status& QuotaService::BatchChecks::ForFeature(absl::string_view name
 
 absl::StatusOr<v1::ReleaseBatchResponse> QuotaService::ReleaseBatch(
     const Caller& caller, const v1::ReleaseBatchRequest& req) {
-  if (absl::Status s = CheckBatchSize(req.items_size()); !s.ok()) return s;
   v1::ReleaseBatchResponse resp;
+  if (absl::Status s = ReleaseBatchInto(caller, req, &resp); !s.ok()) return s;
+  return resp;
+}
+
+absl::Status QuotaService::ReleaseBatchInto(const Caller& caller,
+                                            const v1::ReleaseBatchRequest& req,
+                                            v1::ReleaseBatchResponse* response) {
+  if (absl::Status s = CheckBatchSize(req.items_size()); !s.ok()) return s;
+  v1::ReleaseBatchResponse& resp = *response;
   resp.mutable_results()->Reserve(req.items_size());
   for (int i = 0; i < req.items_size(); ++i) {
-    v1::ReleaseBatchItem* out = resp.add_results();
+    v1::ReleaseBatchItem* item = resp.add_results();
     absl::StatusOr<v1::ReleaseResponse> result = Release(caller, req.items(i));
     if (result.ok()) {
-      *out->mutable_response() = *std::move(result);
+      *item->mutable_response() = *std::move(result);
     } else {
       metrics_->OnRequestError("ReleaseBatchItem",
                                absl::StatusCodeToString(result.status().code()));
-      ToItemError(i, result.status(), out->mutable_error());
+      ToItemError(i, result.status(), item->mutable_error());
     }
   }
-  return resp;
+  return absl::OkStatus();
 }
 
 }  // namespace quotad

@@ -145,7 +145,7 @@ void GrpcTransport::DefineMethods() {
   Define(&acquire_batch_, &quota_async_, &QuotaAsync::RequestAcquireBatch, "AcquireBatch", quota_,
          &QuotaService::AcquireBatchInto);
   Define(&release_batch_, &quota_async_, &QuotaAsync::RequestReleaseBatch, "ReleaseBatch", quota_,
-         &QuotaService::ReleaseBatch);
+         &QuotaService::ReleaseBatchInto);
   Define(&renew_, &quota_async_, &QuotaAsync::RequestRenew, "Renew", quota_,
          &QuotaService::Renew);
   Define(&usage_, &admin_async_, &AdminAsync::RequestGetUsage, "GetUsage", admin_,
