@@ -73,7 +73,7 @@ struct CallMethod {
 
 // The arena of a call's request and response: a batch of 1,000 items and their strings takes a
 // few blocks instead of several allocations per item (glibc's bins dominated a batch's profile).
-inline google::protobuf::ArenaOptions RequestArenaOptions() {
+inline google::protobuf::ArenaOptions CallArenaOptions() {
   google::protobuf::ArenaOptions options;
   options.start_block_size = 1024;
   options.max_block_size = 64 * 1024;
@@ -128,7 +128,7 @@ class UnaryCall final : public CallTag {
   const Method* const method_;
   grpc::ServerCompletionQueue* const cq_;
   grpc::ServerContext context_;
-  google::protobuf::Arena arena_{RequestArenaOptions()};
+  google::protobuf::Arena arena_{CallArenaOptions()};
   Request* const request_ = google::protobuf::Arena::CreateMessage<Request>(&arena_);
   Response* const response_ = google::protobuf::Arena::CreateMessage<Response>(&arena_);
   typename Method::Responder responder_;
