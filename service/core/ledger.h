@@ -333,6 +333,8 @@ class Ledger {
   int64_t RuleTime(const Rule& rule, int64_t now) const;
   int64_t FromRuleTime(const Rule& rule, int64_t t) const;
   int64_t BlockFor(const Rule& rule) const;
+  // Puts a granted lease in the table (and queues its journal record), under its credential's
+  // mutex; nobody can name it before the grant is answered.
   void InsertLease(const LeaseId& id, LeaseRecord rec);
   // What callers see of a lease record (its shard's mutex held).
   LeaseInfo InfoOf(const LeaseId& id, const LeaseRecord& rec) const;

@@ -58,8 +58,8 @@ absl::StatusOr<Decision> Ledger::Acquire(const AcquireRequest& req) {
     absl::MutexLock lock(&cred->mu);
     result =
         cred->AcquireOrQueue(*this, req, /*priority=*/0, now, &rec, /*waiter=*/nullptr, &answers);
+    if (result.ok() && result->granted) InsertLease(result->lease_id, std::move(rec));
   }
-  if (result.ok() && result->granted) InsertLease(result->lease_id, std::move(rec));
   Deliver(answers);
   return result;
 }
@@ -172,24 +172,25 @@ std::vector<absl::StatusOr<Decision>> Ledger::AcquireAll(
       for (int i = 0; i < n; ++i) {
         const bool others_granted =
             std::any_of(answers.begin(), answers.end(), [&](const Answer& a) {
-              return a.lease != nullptr && a.lease->credential == creds[i];
+              return a.granted_on == creds[i];
             });
         creds[i]->ForgetUndone(*this, notes[i], others_granted, now);
       }
+    } else {
+      for (int i = 0; i < n; ++i) InsertLease(results[i]->lease_id, std::move(recs[i]));
     }
   }
   if (granted < n) {
     deny_all_but(granted, results[granted].ok() ? results[granted]->retry_at
                                                 : absl::InfiniteFuture());
-  } else {
-    for (int i = 0; i < n; ++i) InsertLease(results[i]->lease_id, std::move(recs[i]));
   }
   Deliver(answers);
   return results;
 }
 
 void Ledger::InsertLease(const LeaseId& id, LeaseRecord rec) {
-  // Outside the credential's lock: nobody can name this lease before Acquire returns.
+  // Under the credential's mutex (see the locking contract in ledger_internal.h): a reload that
+  // makes the lease's limit a concurrency limit then finds it holding its slot.
   if (options_.journal != nullptr && !rec.compiled->features[rec.feature].has_concurrency) {
     options_.journal->PutLease(ToJournal(id, rec, false)).IgnoreError();  // queued; may be lost
   }
@@ -321,8 +322,8 @@ absl::StatusOr<Decision> Credential::Acquire(Ledger& l, const AcquireRequest& re
       old->counter.Charge(*old->old_rule, l.RuleTime(*old->old_rule, now), req.cost, d.lease_id.lo,
                           expiry);
     }
-    // A lease holding slots is written before the grant is answered, under the lock; one that
-    // only allows a refund is written by InsertLease, after the lock (losing it loses a refund).
+    // A lease holding slots is written before the grant is answered; one that only allows a
+    // refund is queued by InsertLease, once the grant stands (losing it loses a refund).
     rec->journaled_with_slots = feature.has_concurrency;
     if (l.options_.journal != nullptr && feature.has_concurrency) {
       const absl::Status s = l.options_.journal->PutLease(ToJournal(d.lease_id, *rec, true));

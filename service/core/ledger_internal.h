@@ -14,6 +14,9 @@
 //   holds no other lock while taking them; every other path holds one at most.
 // - Nothing calls out (a WaitCallback, the wake hook) with a lock held: answers are collected as
 //   Answer and delivered by Ledger::Deliver after the credential's mutex is released.
+// - A grant's lease enters the lease table (Ledger::InsertLease) before its credential's mutex is
+//   released: a reload scans the table under that mutex for the leases that hold slots of the
+//   limits it builds anew, and must not miss one granted just before it.
 // - A CredentialTable is immutable once published; the ledger keeps every Credential, every
 //   table and every CompiledCredential version alive as long as it lives, so raw pointers to
 //   them (in tables, leases and WaitTickets) never dangle.
@@ -60,7 +63,7 @@ inline int64_t SatAdd(int64_t a, int64_t b) {
 struct Answer {
   WaitCallback done;
   absl::StatusOr<Decision> result;
-  std::unique_ptr<LeaseRecord> lease;  // to insert first, for grants
+  Credential* granted_on = nullptr;  // a grant's credential; its lease is in the table already
 };
 
 // One configured credential: its counters and everything the ledger learnt about it. Created by

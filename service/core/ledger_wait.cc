@@ -92,7 +92,10 @@ int64_t Credential::ServeWaiters(Ledger& l, int64_t now, std::vector<Answer>* an
                         Answer& a = answers->emplace_back();
                         a.done = std::move(w.done);
                         a.result = std::move(result);
-                        a.lease = std::move(lease);
+                        if (lease != nullptr) {
+                          l.InsertLease(a.result->lease_id, std::move(*lease));
+                          a.granted_on = this;
+                        }
                         it = waiters.erase(it);
                         l.waiting_.fetch_sub(1, std::memory_order_relaxed);
                       };
@@ -139,10 +142,7 @@ int64_t Credential::ServeWaiters(Ledger& l, int64_t now, std::vector<Answer>* an
 }
 
 void Ledger::Deliver(std::vector<Answer>& answers) {
-  for (Answer& a : answers) {
-    if (a.lease != nullptr) InsertLease(a.result->lease_id, std::move(*a.lease));
-    a.done(std::move(a.result));
-  }
+  for (Answer& a : answers) a.done(std::move(a.result));
   answers.clear();
 }
 
@@ -185,12 +185,12 @@ WaitTicket Ledger::AcquireOrWait(const AcquireRequest& req, absl::Duration max_w
     absl::MutexLock lock(&cred->mu);
     result = cred->AcquireOrQueue(*this, req, priority, now, &rec,
                                   max_wait > absl::ZeroDuration() ? &waiter : nullptr, &answers);
+    if (waiter != nullptr && result.ok() && result->granted) {
+      InsertLease(result->lease_id, std::move(rec));
+    }
   }
   const bool parked = waiter == nullptr;
-  if (!parked) {
-    if (result.ok() && result->granted) InsertLease(result->lease_id, std::move(rec));
-    waiter->done(std::move(result));
-  }
+  if (!parked) waiter->done(std::move(result));
   Deliver(answers);
   if (!parked) return {};
   if (options_.wake) {

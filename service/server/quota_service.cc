@@ -15,13 +15,6 @@
 namespace quotad {
 namespace {
 
-// What a request_id stands for: a retry must ask for the same thing. Quoted and escaped, so
-// that no name can make two different requests read the same.
-std::string Fingerprint(const v1::AcquireRequest& req) {
-  return absl::StrCat("feature \"", absl::CEscape(req.feature()), "\" scope \"",
-                      absl::CEscape(req.scope()), "\" cost ", req.has_cost() ? req.cost() : 1);
-}
-
 // Release records carry no fingerprint (the key names the lease; the first answer stands).
 constexpr absl::string_view kNoFingerprint = "";
 
@@ -48,6 +41,12 @@ absl::StatusOr<absl::Time> ReportTime(absl::string_view name, bool set,
 }
 
 }  // namespace
+
+// Quoted and escaped, so that no name can make two different requests read the same.
+std::string QuotaService::Fingerprint(const v1::AcquireRequest& req) {
+  return absl::StrCat("feature \"", absl::CEscape(req.feature()), "\" scope \"",
+                      absl::CEscape(req.scope()), "\" cost ", req.has_cost() ? req.cost() : 1);
+}
 
 QuotaService::QuotaService(QuotaBackend* backend, RequestIds* request_ids, Metrics* metrics,
                            ThrottleLog* throttles, LogSampler* sampler,

@@ -187,6 +187,8 @@ class QuotaService {
   // when it is too long.
   absl::Status StoredHolder(const Caller& caller, const v1::AcquireRequest& request,
                             std::string* holder, AcquireRequest* core);
+  // What a request_id stands for: a retry must ask for the same thing.
+  static std::string Fingerprint(const v1::AcquireRequest& request);
   // The request_id of an Acquire on the embedded ledger: true with the first answer in
   // `first` when it is a retry; false with its key in `dedup_key` (empty without request_id)
   // when it is to be decided; an error for a full table or a reused id.

@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/match.h"
@@ -227,6 +228,7 @@ absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatchAllOrNothing(
   std::vector<std::string> holders(n), dedup_keys(n);
   std::vector<AcquireRequest> cores;
   std::vector<int> decided;  // the items the ledger decides (not replays), in order
+  absl::flat_hash_map<std::string, int> first_use;  // dedup key -> the first item with it
   cores.reserve(n);
   decided.reserve(n);
   for (int i = 0; i < n; ++i) {
@@ -251,6 +253,19 @@ absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatchAllOrNothing(
     if (*replay) {
       replayed[i] = true;
       continue;
+    }
+    // A request_id that two items of the batch use for different requests (a caller's bug the
+    // single path answers with an error) is refused here, before anything is decided: found
+    // when the second grant is recorded, the first one's record would stand after the undo,
+    // naming a lease given back, and a retry of that item would replay it.
+    if (!dedup_keys[i].empty()) {
+      auto [first, added] = first_use.try_emplace(dedup_keys[i], i);
+      if (!added && Fingerprint(req.items(first->second)) != Fingerprint(item)) {
+        return refuse(i, absl::InvalidArgumentError(absl::StrCat(
+                             "request_id '", item.request_id(), "' of items[", i,
+                             "] is used by items[", first->second, "] of this batch for ",
+                             Fingerprint(req.items(first->second)), ", not ", Fingerprint(item))));
+      }
     }
     args->core.want_limits = !req.decisions_only();
     cores.push_back(args->core);
