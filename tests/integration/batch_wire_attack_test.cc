@@ -69,15 +69,19 @@ class BatchWireAttackTest : public ::testing::Test {
  protected:
   void SetUp() override { StartServer(); }
 
-  void StartServer() {
+  // A new server (on the clock in use, if any), memory only or on `state_path`.
+  void StartServer(const std::string& state_path = "") {
     // An hour behind the real time, so that the calls' (real) deadlines stay in its future.
-    clock_ = std::make_unique<FakeClock>(
-        absl::FromUnixSeconds(absl::ToUnixSeconds(absl::Now() - absl::Hours(1))));
+    if (clock_ == nullptr) {
+      clock_ = std::make_unique<FakeClock>(
+          absl::FromUnixSeconds(absl::ToUnixSeconds(absl::Now() - absl::Hours(1))));
+    }
     config_path_ = dir_.WriteFile("quotad.yaml", ConfigWith(50));
     ServerOptions options;
     options.clock = clock_.get();
     options.config_path = config_path_;
-    options.memory_only = true;
+    options.memory_only = state_path.empty();
+    options.state_path = state_path;
     options.listen_address = "127.0.0.1:0";
     options.cq_threads = 2;
     options.sweep_interval = absl::Milliseconds(100);
@@ -306,6 +310,65 @@ TEST_F(BatchWireAttackTest, CancelledBatchesRetriedByRequestIdAreChargedOnce) {
   EXPECT_EQ(server_->ledger()->Leases("atk/key").size(), granted_ids.size());
   EXPECT_EQ(granted_ids.size(), static_cast<size_t>(4 * kAttempts));
   RecordProperty("cut_short", cut_short);
+}
+
+// A restart on the state file (SQLite) between batches: the leases a decisions_only
+// all_or_nothing batch was granted hold their slots after it, a retry of the batches by
+// request_id answers the same leases and charges nothing, only the free slots are granted, and
+// a restored lease is released normally.
+TEST_F(BatchWireAttackTest, RestartOnTheStateFileKeepsSlotsAndReplays) {
+  const std::string state = dir_.File("state.db");
+  server_.reset();
+  StartServer(state);
+  v1::AcquireBatchRequest jobs;
+  *jobs.add_items() = Item("jobs", "j1");
+  *jobs.add_items() = Item("jobs", "j2");
+  jobs.set_all_or_nothing(true);
+  jobs.set_decisions_only(true);
+  v1::AcquireBatchRequest calls;
+  for (int i = 0; i < 3; ++i) *calls.add_items() = Item("calls", "c1");
+  *calls.add_items() = Item("calls");
+  calls.set_decisions_only(true);
+  v1::AcquireBatchResponse before_jobs, before_calls;
+  ASSERT_TRUE(Batch(jobs, &before_jobs).ok());
+  ASSERT_TRUE(Batch(calls, &before_calls).ok());
+  ASSERT_TRUE(before_jobs.results(0).response().granted());
+  ASSERT_TRUE(before_jobs.results(1).response().granted());
+  EXPECT_EQ(CallsUsed(), 2);
+
+  server_.reset();  // a clean shutdown: the state file is written
+  StartServer(state);
+  v1::AcquireBatchResponse after_jobs, after_calls;
+  ASSERT_TRUE(Batch(jobs, &after_jobs).ok());
+  ASSERT_TRUE(Batch(calls, &after_calls).ok());
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(after_jobs.results(i).response().lease_id(),
+              before_jobs.results(i).response().lease_id()) << i;
+  }
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(after_calls.results(i).response().lease_id(),
+              before_calls.results(0).response().lease_id()) << i;
+  }
+  EXPECT_TRUE(after_calls.results(3).response().granted());  // a new unit: no request_id
+  EXPECT_EQ(CallsUsed(), 3);
+  EXPECT_EQ(server_->ledger()->Leases("atk/key").size(), 2u + 3u);
+
+  v1::AcquireBatchRequest more;
+  for (int i = 0; i < 4; ++i) *more.add_items() = Item("jobs");
+  v1::AcquireBatchResponse more_resp;
+  ASSERT_TRUE(Batch(more, &more_resp).ok());
+  int granted = 0;
+  for (const v1::AcquireBatchItem& item : more_resp.results()) granted += item.response().granted();
+  EXPECT_EQ(granted, 2) << "2 of the 4 slots are held by the restored leases";
+
+  v1::ReleaseBatchRequest release;
+  release.add_items()->set_lease_id(before_jobs.results(0).response().lease_id());
+  v1::ReleaseBatchResponse released;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(absl::Seconds(20)));
+  ASSERT_TRUE(quota_->ReleaseBatch(&ctx, release, &released).ok());
+  ASSERT_TRUE(released.results(0).has_response()) << released.DebugString();
+  EXPECT_EQ(released.results(0).response().freed(), 1);
 }
 
 // Bytes that are no AcquireBatchRequest, and requests too large to take, are refused without
