@@ -10,6 +10,7 @@
 #include <limits>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -113,6 +114,79 @@ TEST(LeaseTableAttackTest, DISABLED_LeaseInsertedAfterTheRehomeScanHoldsItsSlot)
   const size_t live = ledger->Leases("x").size();
   EXPECT_EQ(more, 1) << "granted " << live << " live leases on a limit of 2 slots";
   EXPECT_LE(live, 2u);
+}
+
+// BUG (open, same cause as above, on the waiters' path, ledger_wait.cc): a waiter served by a
+// release is granted under the credential's mutex and its lease put in the table by Deliver
+// after the mutex is released; a reload that makes a limit it charges a concurrency limit in
+// between does not see it. Feature w (gate: 1 a day) draws on f (lim: 100 a day): the first
+// grant on w fills gate, a waiter on w parks, the first lease's release (used 0) refunds gate
+// and serves the waiter; the hook reloads there, f.lim becoming 2 slots (gate unchanged).
+// Observed: 3 live leases charging f.lim, 2 slots (the waiter's and 2 grants on f). Expected:
+// the waiter's lease holds a slot, 1 more grant.
+TEST(LeaseTableAttackTest, DISABLED_WaiterInsertedAfterTheRehomeScanHoldsItsSlot) {
+  FakeClock clock(Utc(2026, 6, 1, 10));
+  HookedJournal journal;
+  auto policy = [](LimitSpec lim) {
+    return OneCredential("x", {Feature("f", {std::move(lim)}),
+                               Feature("w", {Calendar("gate", 1, CalendarUnit::kDay)}, {"f"})});
+  };
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger,
+                       Ledger::Create(policy(Calendar("lim", 100, CalendarUnit::kDay)), &clock,
+                                      LedgerOptions{.journal = &journal}));
+  ASSERT_OK_AND_ASSIGN(Decision first, ledger->Acquire(Req("w")));
+  ASSERT_TRUE(first.granted);
+  std::optional<absl::StatusOr<Decision>> answer;
+  ledger->AcquireOrWait(Req("w"), absl::Minutes(1), /*priority=*/0,
+                        [&](absl::StatusOr<Decision> d) { answer = std::move(d); });
+  ASSERT_FALSE(answer.has_value());
+  absl::Status reloaded = absl::UnknownError("the hook did not run the reload");
+  journal.BeforeNextPutLease([&] { reloaded = ledger->Reload(policy(Concurrency("lim", 2))); });
+  ASSERT_OK(ledger->Release(first.lease_id, /*used=*/0).status());
+  ASSERT_TRUE(answer.has_value());
+  ASSERT_OK(answer->status());
+  ASSERT_TRUE((*answer)->granted);
+  ASSERT_OK(reloaded);
+  const int more = GrantsUntilDenied(*ledger, "f");
+  const size_t live = ledger->Leases("x").size();
+  EXPECT_EQ(more, 1) << "granted " << live << " live leases charging a limit of 2 slots";
+  EXPECT_LE(live, 2u);
+}
+
+// Leases, LeaseCounts and FindLease agree on what is live: expired leases the sweeper has not
+// dropped yet are in none of them, released ones neither, and a sweep changes no answer.
+TEST(LeaseTableAttackTest, ListingsAgreeOnLiveLeasesBeforeAndAfterASweep) {
+  FakeClock clock(Utc(2026, 6, 1, 10));
+  ASSERT_OK_AND_ASSIGN(
+      std::unique_ptr<Ledger> ledger,
+      Ledger::Create(OneCredential("x", {Feature("f", {Concurrency("slots", 100)})}), &clock));
+  std::vector<LeaseId> ids;
+  for (int i = 0; i < 60; ++i) {
+    ASSERT_OK_AND_ASSIGN(Decision d, ledger->Acquire(Req("f", 1, absl::Seconds(10 + i % 3))));
+    ASSERT_TRUE(d.granted);
+    ids.push_back(d.lease_id);
+  }
+  for (int i = 0; i < 60; i += 4) ASSERT_OK(ledger->Release(ids[i], 0).status());
+  clock.Advance(absl::Seconds(11));  // the 10 s leases expire; 11 s ones expire at this instant
+  auto check = [&](const char* when) {
+    std::set<std::string> listed;
+    for (const LeaseInfo& l : ledger->Leases("x")) listed.insert(l.id.ToString());
+    std::set<std::string> found;
+    for (const LeaseId& id : ids) {
+      if (ledger->FindLease(id).has_value()) found.insert(id.ToString());
+    }
+    EXPECT_EQ(listed, found) << when;
+    const auto counts = ledger->LeaseCounts();
+    const int64_t counted = counts.contains("x") ? counts.at("x") : 0;
+    EXPECT_EQ(counted, static_cast<int64_t>(listed.size())) << when;
+    int expected = 0;
+    for (int i = 0; i < 60; ++i) expected += (i % 4 != 0 && i % 3 == 2) ? 1 : 0;
+    EXPECT_EQ(listed.size(), static_cast<size_t>(expected)) << when;
+  };
+  check("before the sweep");
+  EXPECT_GT(ledger->Sweep(), 0);
+  check("after the sweep");
+  EXPECT_EQ(GrantsUntilDenied(*ledger, "f", 200), 100 - static_cast<int>(ledger->Leases("x").size()));
 }
 
 // Many threads grant, renew and release on 3 slots (or leave leases to expire, moving the clock
