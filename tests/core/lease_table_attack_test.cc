@@ -72,7 +72,9 @@ int GrantsUntilDenied(Ledger& ledger, absl::string_view feature, int at_most = 5
 
 // f.lim as a daily window of 100, or as 2 concurrency slots (the same limit name, another kind:
 // the reload builds the counter anew and every live lease that charges it holds a slot there).
-Policy AsWindow() { return OneCredential("x", {Feature("f", {Calendar("lim", 100, CalendarUnit::kDay)})}); }
+Policy AsWindow() {
+  return OneCredential("x", {Feature("f", {Calendar("lim", 100, CalendarUnit::kDay)})});
+}
 Policy AsSlots() { return OneCredential("x", {Feature("f", {Concurrency("lim", 2)})}); }
 
 // Control: a lease granted before the limit became a concurrency limit holds one of its slots.
@@ -104,9 +106,7 @@ TEST(LeaseTableAttackTest, DISABLED_LeaseInsertedAfterTheRehomeScanHoldsItsSlot)
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger,
                        Ledger::Create(AsWindow(), &clock, LedgerOptions{.journal = &journal}));
   bool reloaded = false;
-  journal.BeforeNextPutLease([&] {
-    reloaded = ledger->Reload(AsSlots()).ok();
-  });
+  journal.BeforeNextPutLease([&] { reloaded = ledger->Reload(AsSlots()).ok(); });
   ASSERT_OK_AND_ASSIGN(Decision gap, ledger->Acquire(Req("f")));
   ASSERT_TRUE(gap.granted);
   ASSERT_TRUE(reloaded) << "the hook did not run the reload";
@@ -186,7 +186,8 @@ TEST(LeaseTableAttackTest, ListingsAgreeOnLiveLeasesBeforeAndAfterASweep) {
   check("before the sweep");
   EXPECT_GT(ledger->Sweep(), 0);
   check("after the sweep");
-  EXPECT_EQ(GrantsUntilDenied(*ledger, "f", 200), 100 - static_cast<int>(ledger->Leases("x").size()));
+  EXPECT_EQ(GrantsUntilDenied(*ledger, "f", 200),
+            100 - static_cast<int>(ledger->Leases("x").size()));
 }
 
 // Many threads grant, renew and release on 3 slots (or leave leases to expire, moving the clock
@@ -293,9 +294,10 @@ TEST(LeaseTableAttackTest, OverflowCostsAndTtlsLeaveNoLease) {
   FakeClock clock(Utc(2026, 6, 1, 10));
   ASSERT_OK_AND_ASSIGN(
       std::unique_ptr<Ledger> ledger,
-      Ledger::Create(OneCredential("x", {Feature("f", {Concurrency("slots", 3)}),
-                                         Feature("g", {Calendar("per_day", 100, CalendarUnit::kDay)})}),
-                     &clock));
+      Ledger::Create(
+          OneCredential("x", {Feature("f", {Concurrency("slots", 3)}),
+                              Feature("g", {Calendar("per_day", 100, CalendarUnit::kDay)})}),
+          &clock));
   constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
   for (absl::string_view feature : {"f", "g"}) {
     absl::StatusOr<Decision> d = ledger->Acquire(Req(feature, kMax));

@@ -213,8 +213,8 @@ TEST_F(BatchWireAttackTest, ConcurrentBatchesAndReloadsNeverOverGrant) {
         grants += static_cast<int64_t>(held.size());
         // What the clients hold: counted after the answer, uncounted before the release, so
         // never more than the server holds (the clock stands still: nothing expires).
-        const int now_held = holding.fetch_add(static_cast<int>(held.size())) +
-                             static_cast<int>(held.size());
+        const int now_held =
+            holding.fetch_add(static_cast<int>(held.size())) + static_cast<int>(held.size());
         int most = worst.load();
         while (now_held > most && !worst.compare_exchange_weak(most, now_held)) {
         }
@@ -343,11 +343,13 @@ TEST_F(BatchWireAttackTest, RestartOnTheStateFileKeepsSlotsAndReplays) {
   ASSERT_TRUE(Batch(calls, &after_calls).ok());
   for (int i = 0; i < 2; ++i) {
     EXPECT_EQ(after_jobs.results(i).response().lease_id(),
-              before_jobs.results(i).response().lease_id()) << i;
+              before_jobs.results(i).response().lease_id())
+        << i;
   }
   for (int i = 0; i < 3; ++i) {
     EXPECT_EQ(after_calls.results(i).response().lease_id(),
-              before_calls.results(0).response().lease_id()) << i;
+              before_calls.results(0).response().lease_id())
+        << i;
   }
   EXPECT_TRUE(after_calls.results(3).response().granted());  // a new unit: no request_id
   EXPECT_EQ(CallsUsed(), 3);

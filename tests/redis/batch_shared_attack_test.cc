@@ -29,12 +29,12 @@
 namespace quotad {
 namespace {
 
-using ::quotad::testing::Eventually;
-using ::quotad::testing::RedisServer;
-using ::testing::HasSubstr;
 using grpc::health::v1::Health;
 using grpc::health::v1::HealthCheckRequest;
 using grpc::health::v1::HealthCheckResponse;
+using ::quotad::testing::Eventually;
+using ::quotad::testing::RedisServer;
+using ::testing::HasSubstr;
 
 constexpr char kConfig[] = R"(
 credentials:
@@ -81,7 +81,8 @@ class BatchSharedAttackTest : public ::testing::Test {
         HealthCheckResponse resp;
         return health_[i]->Check(&ctx, HealthCheckRequest(), &resp).ok() &&
                resp.status() == HealthCheckResponse::SERVING;
-      })) << "replica " << i;
+      })) << "replica "
+          << i;
     }
   }
 

@@ -52,8 +52,8 @@ TEST_F(BatchArenaAttackTest, DuplicateRequestIdInsideOneBatchChargesOnce) {
   for (bool decisions_only : {true, false}) {
     SCOPED_TRACE(decisions_only ? "decisions_only" : "with limits");
     const std::string id = decisions_only ? "dup-a" : "dup-b";
-    v1::AcquireBatchRequest batch = BatchOf({AcquireOf("team-a/key", "requests", id),
-                                             AcquireOf("team-a/key", "requests", id)});
+    v1::AcquireBatchRequest batch =
+        BatchOf({AcquireOf("team-a/key", "requests", id), AcquireOf("team-a/key", "requests", id)});
     batch.set_decisions_only(decisions_only);
     ASSERT_OK_AND_ASSIGN(v1::AcquireBatchResponse resp, quota_->AcquireBatch(alice, batch));
     ASSERT_EQ(resp.results_size(), 2);
@@ -127,8 +127,8 @@ TEST_F(BatchArenaAttackTest, ReplaysAcrossBatchesAndTheSinglePathChargeNothingAg
 TEST_F(BatchArenaAttackTest, DISABLED_RefusedAllOrNothingBatchLeavesNoReplayableGrant) {
   Build();
   const Caller alice = MustCaller("alice-token");
-  v1::AcquireBatchRequest batch = BatchOf(
-      {AcquireOf("team-a/key", "requests", "r1"), AcquireOf("team-a/key", "jobs", "r1")});
+  v1::AcquireBatchRequest batch =
+      BatchOf({AcquireOf("team-a/key", "requests", "r1"), AcquireOf("team-a/key", "jobs", "r1")});
   batch.set_all_or_nothing(true);
   batch.set_decisions_only(true);
   ASSERT_OK_AND_ASSIGN(v1::AcquireBatchResponse resp, quota_->AcquireBatch(alice, batch));
@@ -164,9 +164,8 @@ TEST_F(BatchArenaAttackTest, DISABLED_RefusedAllOrNothingBatchLeavesNoReplayable
 TEST_F(BatchArenaAttackTest, AllOrNothingDenialRecordsNothing) {
   Build();
   const Caller alice = MustCaller("alice-token");
-  v1::AcquireBatchRequest batch =
-      BatchOf({AcquireOf("team-a/key", "requests", "s1"),
-               WithCost(AcquireOf("team-a/key", "requests", "s2"), 2)});
+  v1::AcquireBatchRequest batch = BatchOf({AcquireOf("team-a/key", "requests", "s1"),
+                                           WithCost(AcquireOf("team-a/key", "requests", "s2"), 2)});
   batch.set_all_or_nothing(true);
   batch.set_decisions_only(true);
   ASSERT_OK_AND_ASSIGN(v1::AcquireBatchResponse resp, quota_->AcquireBatch(alice, batch));
@@ -206,6 +205,33 @@ TEST_F(BatchArenaAttackTest, DISABLED_AllOrNothingRepeatsOfOneRequestIdChargeOnc
   EXPECT_EQ(RequestsUsed(), 1);
 }
 
+// BUG (open, older than c901055, on its all_or_nothing path): heap-use-after-free when an
+// all_or_nothing batch is refused. AcquireBatchAllOrNothing counts each decided item's outcome
+// under a key holding a string_view of the item's answer's limited_by; deny_all_but then
+// rewrites those answers (set_limited_by of a temporary moves into the string and frees its old
+// buffer), and the outcomes loop passes the dangling views to Metrics::OnDecisions. Any refused
+// batch of 2 or more items whose ledger denial names "all_or_nothing:items[K]" (23 characters:
+// on the heap) does it. AddressSanitizer: READ of size 23 in Metrics::CachedCounter, freed in
+// deny_all_but (here, in quota_batch_test's AllOrNothingRefusesEveryItemInTheNameOfTheOneNotGranted
+// and over the wire). Without ASan the label is read from freed memory: /metrics then showed
+// quotad_denials_total{credential="team-a/key",limit="\xC5\xC7\xE9\xEE|U\0\0othing:items[2]"} 2
+// (malloc's free-list pointer, NUL bytes, invalid UTF-8 in a Prometheus label).
+TEST_F(BatchArenaAttackTest,
+       DISABLED_RefusedAllOrNothingBatchCountsItsDecisionsWithoutFreedMemory) {
+  Build();
+  const Caller alice = MustCaller("alice-token");
+  v1::AcquireBatchRequest batch =
+      BatchOf({AcquireOf("team-a/key", "requests"), AcquireOf("team-a/key", "requests"),
+               AcquireOf("team-a/key", "requests")});
+  batch.set_all_or_nothing(true);
+  ASSERT_OK_AND_ASSIGN(v1::AcquireBatchResponse resp, quota_->AcquireBatch(alice, batch));
+  EXPECT_EQ(resp.results(0).response().limited_by(), "all_or_nothing:items[2]");
+  EXPECT_EQ(resp.results(2).response().limited_by(), "requests.per_minute");
+  // The two refused in the name of item 2 are counted under that name.
+  const std::string text = metrics_->Serialize();
+  EXPECT_THAT(text, HasSubstr("limit=\"all_or_nothing:items[2]\"} 2")) << text;
+}
+
 // Exactly kMaxBatchItems items are decided (2 granted, the rest denied, no limits with
 // decisions_only); one more is refused whole, naming the count, before anything is charged.
 TEST_F(BatchArenaAttackTest, ThousandItemsAreDecidedAndOneMoreIsRefusedWhole) {
@@ -241,10 +267,9 @@ TEST_F(BatchArenaAttackTest, CostsNearInt64MaxNeverWrapACounter) {
   Build();
   const Caller alice = MustCaller("alice-token");
   constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
-  v1::AcquireBatchRequest aon =
-      BatchOf({AcquireOf("team-a/key", "requests"),
-               WithCost(AcquireOf("team-a/key", "requests"), kMax),
-               WithCost(AcquireOf("team-a/key", "requests"), kMax)});
+  v1::AcquireBatchRequest aon = BatchOf({AcquireOf("team-a/key", "requests"),
+                                         WithCost(AcquireOf("team-a/key", "requests"), kMax),
+                                         WithCost(AcquireOf("team-a/key", "requests"), kMax)});
   aon.set_all_or_nothing(true);
   ASSERT_OK_AND_ASSIGN(v1::AcquireBatchResponse refused, quota_->AcquireBatch(alice, aon));
   for (const v1::AcquireBatchItem& item : refused.results()) {
@@ -292,8 +317,7 @@ TEST_F(BatchArenaAttackTest, DecisionsOnlyErrorsNameTheirItemAndLeaveNoPartialAn
   ASSERT_TRUE(resp.results(2).has_error());
   EXPECT_THAT(resp.results(2).error().message(), AllOf(HasSubstr("items[2]"), HasSubstr("-5")));
   ASSERT_TRUE(resp.results(3).has_error());  // alice may not use team-b/key
-  EXPECT_EQ(resp.results(3).error().code(),
-            static_cast<int>(absl::StatusCode::kPermissionDenied));
+  EXPECT_EQ(resp.results(3).error().code(), static_cast<int>(absl::StatusCode::kPermissionDenied));
   EXPECT_THAT(resp.results(3).error().message(), HasSubstr("items[3]"));
   // Item 1's slot was given back: item 4 gets the one slot of jobs.
   ASSERT_TRUE(resp.results(4).has_response());
