@@ -296,6 +296,39 @@ TEST_F(BatchArenaAttackTest, CostsNearInt64MaxNeverWrapACounter) {
   EXPECT_EQ(RequestsUsed(), 2);
 }
 
+// Huge lease TTLs in a batch (the largest Duration protobuf allows, and nanos out of range):
+// errors naming the item and the value, nothing charged; the items around them are decided.
+TEST_F(BatchArenaAttackTest, HugeLeaseTtlsAreItemErrorsNamingTheItem) {
+  Build();
+  const Caller alice = MustCaller("alice-token");
+  v1::AcquireRequest forever = AcquireOf("team-a/key", "jobs");
+  forever.mutable_lease_ttl()->set_seconds(315576000000);
+  v1::AcquireRequest bad_nanos = AcquireOf("team-a/key", "jobs");
+  bad_nanos.mutable_lease_ttl()->set_seconds(1);
+  bad_nanos.mutable_lease_ttl()->set_nanos(2000000000);
+  for (bool all_or_nothing : {false, true}) {
+    SCOPED_TRACE(all_or_nothing ? "all_or_nothing" : "each");
+    v1::AcquireBatchRequest batch =
+        BatchOf({AcquireOf("team-a/key", "requests"), forever, bad_nanos});
+    batch.set_decisions_only(true);
+    batch.set_all_or_nothing(all_or_nothing);
+    ASSERT_OK_AND_ASSIGN(v1::AcquireBatchResponse resp, quota_->AcquireBatch(alice, batch));
+    ASSERT_EQ(resp.results_size(), 3);
+    ASSERT_TRUE(resp.results(1).has_error()) << resp.results(1).DebugString();
+    EXPECT_EQ(resp.results(1).error().code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+    EXPECT_THAT(resp.results(1).error().message(), HasSubstr("items[1]"));
+    if (!all_or_nothing) {
+      EXPECT_TRUE(resp.results(0).response().granted());
+      ASSERT_TRUE(resp.results(2).has_error()) << resp.results(2).DebugString();
+      EXPECT_THAT(resp.results(2).error().message(), HasSubstr("items[2]"));
+    } else {
+      EXPECT_EQ(resp.results(0).response().limited_by(), "all_or_nothing:items[1]");
+    }
+  }
+  EXPECT_EQ(RequestsUsed(), 1);
+  EXPECT_EQ(ledger_->Leases("team-a/key").size(), 1u);
+}
+
 // Per-item errors in a decisions_only batch name their item, and the error of one item does not
 // leave a partly built answer in the next: each answer is its own decision.
 TEST_F(BatchArenaAttackTest, DecisionsOnlyErrorsNameTheirItemAndLeaveNoPartialAnswer) {
