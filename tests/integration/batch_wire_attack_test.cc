@@ -2,8 +2,11 @@
 // response on a protobuf arena owned by the call, AcquireBatch answered in place
 // (QuotaService::AcquireBatchInto), ReloadConfig answered from the blocking worker thread, and
 // AcquireBatchRequest.decisions_only. The real server in process on port 0 (its clock a
-// FakeClock), real gRPC clients, a config file written by the test. Every loop and thread count
-// is bounded; waits poll for an event with a deadline. Each test says what it tries.
+// FakeClock), memory only or on a real SQLite state file across a restart, real gRPC clients, a
+// config file written by the test. Every loop and thread count is bounded; waits poll for an
+// event with a deadline. Each test says what it tries. Under AddressSanitizer,
+// ConcurrentBatchesAndReloadsNeverOverGrant stops at the heap-use-after-free of a refused
+// all_or_nothing batch (see batch_arena_attack_test.cc) until that is fixed.
 
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
