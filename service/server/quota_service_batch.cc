@@ -229,6 +229,7 @@ absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatchAllOrNothing(
   std::vector<AcquireRequest> cores;
   std::vector<int> decided;  // the items the ledger decides (not replays), in order
   absl::flat_hash_map<std::string, int> first_use;  // dedup key -> the first item with it
+  std::vector<int> same_as(n, -1);  // an earlier item of the same request: its answer, once
   cores.reserve(n);
   decided.reserve(n);
   for (int i = 0; i < n; ++i) {
@@ -258,6 +259,7 @@ absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatchAllOrNothing(
     // single path answers with an error) is refused here, before anything is decided: found
     // when the second grant is recorded, the first one's record would stand after the undo,
     // naming a lease given back, and a retry of that item would replay it.
+    // The same request twice is one grant, as without all_or_nothing: decided once.
     if (!dedup_keys[i].empty()) {
       auto [first, added] = first_use.try_emplace(dedup_keys[i], i);
       if (!added && Fingerprint(req.items(first->second)) != Fingerprint(item)) {
@@ -266,6 +268,10 @@ absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatchAllOrNothing(
                              "] is used by items[", first->second, "] of this batch for ",
                              Fingerprint(req.items(first->second)), ", not ", Fingerprint(item))));
       }
+      if (!added) {
+        same_as[i] = first->second;
+        continue;
+      }
     }
     args->core.want_limits = !req.decisions_only();
     cores.push_back(args->core);
@@ -273,7 +279,6 @@ absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatchAllOrNothing(
   }
 
   std::vector<absl::StatusOr<Decision>> decisions = backend_->AcquireAll(cores);
-  Outcomes outcomes;
   int blocker = -1;
   std::vector<bool> recorded(decided.size());  // granted, and answered as such
   for (size_t k = 0; k < decided.size(); ++k) {
@@ -289,8 +294,6 @@ absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatchAllOrNothing(
     LogDecision("AcquireBatch", caller.identity, item, *decisions[k]);
     v1::AcquireResponse* answer = resp.mutable_results(i)->mutable_response();
     absl::Status s = AnswerInto(item, *decisions[k], dedup_keys[i], answer);
-    ++outcomes[DecisionKey{item.credential(), item.feature(), decisions[k]->granted,
-                           s.ok() ? absl::string_view(answer->limited_by()) : ""}];
     if (!s.ok()) {
       // Its request_id was taken by another request meanwhile (a caller's bug): this grant was
       // given back, so none of the batch may stand (given back below).
@@ -314,8 +317,25 @@ absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatchAllOrNothing(
     }
     deny_all_but(blocker);
   }
+  // Counted as answered, once every answer is final (a key views its answer's limited_by,
+  // which deny_all_but rewrites). An item whose recording failed counts as the ledger decided.
+  Outcomes outcomes;
+  for (size_t k = 0; k < decided.size(); ++k) {
+    if (!decisions[k].ok()) continue;
+    const v1::AcquireRequest& item = req.items(decided[k]);
+    const v1::AcquireBatchItem& answer = resp.results(decided[k]);
+    if (answer.has_response()) {
+      ++outcomes[DecisionKey{item.credential(), item.feature(), answer.response().granted(),
+                             answer.response().limited_by()}];
+    } else {
+      ++outcomes[DecisionKey{item.credential(), item.feature(), decisions[k]->granted, ""}];
+    }
+  }
   for (const auto& [key, count] : outcomes) {
     metrics_->OnDecisions(key.credential, key.feature, key.granted, key.limited_by, count);
+  }
+  for (int i = 0; i < n; ++i) {
+    if (same_as[i] >= 0) *resp.mutable_results(i) = resp.results(same_as[i]);
   }
   if (req.decisions_only()) DropLimits(&resp);  // replays answer with what they hold
   return resp;

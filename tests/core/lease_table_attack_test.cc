@@ -18,11 +18,13 @@
 
 #include "absl/functional/any_invocable.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
 #include "service/store/memory_journal.h"
+#include "tests/support/hooked_journal.h"
 #include "tests/support/policy_builders.h"
 #include "tests/support/status_matchers.h"
 
@@ -30,30 +32,6 @@ namespace quotad {
 namespace {
 
 using namespace ::quotad::testing;  // NOLINT: the policy builders
-
-// A MemoryJournal that runs a hook once, on the writing thread, before the next PutLease. For a
-// feature without a concurrency limit that write is InsertLease's: after the grant was decided
-// and the credential's mutex released, before the lease is in the table.
-class HookedJournal : public MemoryJournal {
- public:
-  void BeforeNextPutLease(absl::AnyInvocable<void()> hook) {
-    absl::MutexLock l(&mu_);
-    hook_ = std::move(hook);
-  }
-  absl::Status PutLease(const JournalLease& lease) override {
-    absl::AnyInvocable<void()> hook;
-    {
-      absl::MutexLock l(&mu_);
-      hook = std::exchange(hook_, nullptr);
-    }
-    if (hook != nullptr) hook();
-    return MemoryJournal::PutLease(lease);
-  }
-
- private:
-  absl::Mutex mu_;
-  absl::AnyInvocable<void()> hook_ ABSL_GUARDED_BY(mu_);
-};
 
 AcquireRequest Req(absl::string_view feature, int64_t cost = 1,
                    absl::Duration ttl = absl::Minutes(10)) {
@@ -90,41 +68,41 @@ TEST(LeaseTableAttackTest, LeaseGrantedBeforeAKindChangeHoldsItsSlot) {
   EXPECT_EQ(ledger->Leases("x").size(), 2u);
 }
 
-// BUG (open, older than c901055 but on its path): a lease granted just before a reload makes its
-// limit a concurrency limit, and inserted into the lease table just after the reload's scan of
-// live leases, holds no slot.
+// FIXED (found by attack15, older than c901055 but on its path): a lease granted just before a
+// reload makes its limit a concurrency limit, and inserted into the lease table just after the
+// reload's scan of live leases, held no slot.
 //
-// Ledger::Acquire decides under the credential's mutex and puts the lease in the table after
+// Ledger::Acquire decided under the credential's mutex and put the lease in the table after
 // releasing it (InsertLease); Reload's rehome loop (ledger_reload.cc: "every live lease that
-// charges it holds its slots there") scans the table, so it misses a lease in that gap. The
-// hook runs the reload exactly there (InsertLease's journal write, before the table insert).
-// Observed: 3 live leases on f.lim, a concurrency limit of 2 slots (the gap lease plus 2 more
-// grants). Expected: the gap lease holds a slot, so 1 more grant (2 of 2).
-TEST(LeaseTableAttackTest, DISABLED_LeaseInsertedAfterTheRehomeScanHoldsItsSlot) {
+// charges it holds its slots there") scans the table, so it missed a lease in that gap.
+// Observed then: 3 live leases on f.lim, a concurrency limit of 2 slots (the gap lease plus 2
+// more grants). Now the lease enters the table before the mutex is released, and the reload
+// waits for it: the gap lease holds a slot, so 1 more grant (2 of 2).
+TEST(LeaseTableAttackTest, LeaseInsertedAfterTheRehomeScanHoldsItsSlot) {
   FakeClock clock(Utc(2026, 6, 1, 10));
   HookedJournal journal;
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger,
                        Ledger::Create(AsWindow(), &clock, LedgerOptions{.journal = &journal}));
-  bool reloaded = false;
-  journal.BeforeNextPutLease([&] { reloaded = ledger->Reload(AsSlots()).ok(); });
+  ReloadInTheGap reload([&] { return ledger->Reload(AsSlots()); });
+  journal.BeforeNextPutLease(reload.Hook());
   ASSERT_OK_AND_ASSIGN(Decision gap, ledger->Acquire(Req("f")));
   ASSERT_TRUE(gap.granted);
-  ASSERT_TRUE(reloaded) << "the hook did not run the reload";
+  ASSERT_OK(reload.Join());
   const int more = GrantsUntilDenied(*ledger, "f");
   const size_t live = ledger->Leases("x").size();
   EXPECT_EQ(more, 1) << "granted " << live << " live leases on a limit of 2 slots";
   EXPECT_LE(live, 2u);
 }
 
-// BUG (open, same cause as above, on the waiters' path, ledger_wait.cc): a waiter served by a
-// release is granted under the credential's mutex and its lease put in the table by Deliver
-// after the mutex is released; a reload that makes a limit it charges a concurrency limit in
-// between does not see it. Feature w (gate: 1 a day) draws on f (lim: 100 a day): the first
+// FIXED (same cause as above, on the waiters' path, ledger_wait.cc): a waiter served by a
+// release was granted under the credential's mutex and its lease put in the table by Deliver
+// after the mutex was released; a reload that made a limit it charges a concurrency limit in
+// between did not see it. Now ServeWaiters puts it in the table under the mutex. Feature w (gate: 1 a day) draws on f (lim: 100 a day): the first
 // grant on w fills gate, a waiter on w parks, the first lease's release (used 0) refunds gate
 // and serves the waiter; the hook reloads there, f.lim becoming 2 slots (gate unchanged).
-// Observed: 3 live leases charging f.lim, 2 slots (the waiter's and 2 grants on f). Expected:
-// the waiter's lease holds a slot, 1 more grant.
-TEST(LeaseTableAttackTest, DISABLED_WaiterInsertedAfterTheRehomeScanHoldsItsSlot) {
+// Observed then: 3 live leases charging f.lim, 2 slots (the waiter's and 2 grants on f).
+// Expected: the waiter's lease holds a slot, 1 more grant.
+TEST(LeaseTableAttackTest, WaiterInsertedAfterTheRehomeScanHoldsItsSlot) {
   FakeClock clock(Utc(2026, 6, 1, 10));
   HookedJournal journal;
   auto policy = [](LimitSpec lim) {
@@ -140,13 +118,13 @@ TEST(LeaseTableAttackTest, DISABLED_WaiterInsertedAfterTheRehomeScanHoldsItsSlot
   ledger->AcquireOrWait(Req("w"), absl::Minutes(1), /*priority=*/0,
                         [&](absl::StatusOr<Decision> d) { answer = std::move(d); });
   ASSERT_FALSE(answer.has_value());
-  absl::Status reloaded = absl::UnknownError("the hook did not run the reload");
-  journal.BeforeNextPutLease([&] { reloaded = ledger->Reload(policy(Concurrency("lim", 2))); });
+  ReloadInTheGap reload([&] { return ledger->Reload(policy(Concurrency("lim", 2))); });
+  journal.BeforeNextPutLease(reload.Hook());
   ASSERT_OK(ledger->Release(first.lease_id, /*used=*/0).status());
+  ASSERT_OK(reload.Join());
   ASSERT_TRUE(answer.has_value());
   ASSERT_OK(answer->status());
   ASSERT_TRUE((*answer)->granted);
-  ASSERT_OK(reloaded);
   const int more = GrantsUntilDenied(*ledger, "f");
   const size_t live = ledger->Leases("x").size();
   EXPECT_EQ(more, 1) << "granted " << live << " live leases charging a limit of 2 slots";

@@ -21,6 +21,7 @@
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
 #include "service/store/memory_journal.h"
+#include "tests/support/hooked_journal.h"
 #include "tests/support/policy_builders.h"
 #include "tests/support/status_matchers.h"
 
@@ -28,40 +29,6 @@ namespace quotad {
 namespace {
 
 using namespace ::quotad::testing;  // NOLINT: the policy builders
-
-// A MemoryJournal that runs a hook once, from the thread that writes, before a write. The hook
-// runs with no ledger lock held when the write is InsertLease's (after the credential's mutex
-// is released), so it stands for whatever another thread does at that moment.
-class HookedJournal : public MemoryJournal {
- public:
-  // Runs `hook` once, before the next PutLease.
-  void BeforeNextPutLease(absl::AnyInvocable<void()> hook) {
-    absl::MutexLock l(&hook_mu_);
-    put_lease_hook_ = std::move(hook);
-  }
-  // Runs `hook` once, before the next Reserve.
-  void BeforeNextReserve(absl::AnyInvocable<void()> hook) {
-    absl::MutexLock l(&hook_mu_);
-    reserve_hook_ = std::move(hook);
-  }
-  absl::Status PutLease(const JournalLease& lease) override {
-    if (absl::AnyInvocable<void()> hook = Take(&put_lease_hook_); hook != nullptr) hook();
-    return MemoryJournal::PutLease(lease);
-  }
-  absl::Status Reserve(const std::vector<Reservation>& rs) override {
-    if (absl::AnyInvocable<void()> hook = Take(&reserve_hook_); hook != nullptr) hook();
-    return MemoryJournal::Reserve(rs);
-  }
-
- private:
-  absl::AnyInvocable<void()> Take(absl::AnyInvocable<void()>* hook) {
-    absl::MutexLock l(&hook_mu_);
-    return std::exchange(*hook, nullptr);
-  }
-  absl::Mutex hook_mu_;
-  absl::AnyInvocable<void()> put_lease_hook_ ABSL_GUARDED_BY(hook_mu_);
-  absl::AnyInvocable<void()> reserve_hook_ ABSL_GUARDED_BY(hook_mu_);
-};
 
 AcquireRequest Req(absl::string_view credential, int64_t cost = 1,
                    absl::Duration ttl = absl::Minutes(10)) {
@@ -94,18 +61,22 @@ Policy DailyCap(int64_t cap) {
 // ---- BUG 1: a lease granted between the `leased` scan and its insertion into the lease table
 // points into a version the reload prunes.
 
-// Acquire decides under the credential's mutex, releases it, then InsertLease writes the lease
-// to the journal and puts it in the table. A reload that runs in that gap does not see the
-// lease in its scan; the version it was granted under is neither in force nor leased, and a
-// capacity lowered (counters carried, nothing retired) leaves no other reference: pruned.
+// Acquire decided under the credential's mutex, released it, then InsertLease wrote the lease
+// to the journal and put it in the table. A reload that ran in that gap did not see the lease in
+// its scan; the version it was granted under was neither in force nor leased, and a capacity
+// lowered (counters carried, nothing retired) left no other reference: pruned. (Fixed first by
+// a second scan; since the lease table attack, the lease enters the table under the mutex and
+// the reload, run on its own thread from the same point, waits for it.)
 TEST(LedgerReloadAttackTest, LeaseInsertedAfterTheScanKeepsItsVersion) {
   FakeClock clock(Utc(2026, 6, 1, 10));
   HookedJournal journal;
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger,
                        Ledger::Create(DailyCap(100), &clock, LedgerOptions{.journal = &journal}));
-  journal.BeforeNextPutLease([&] { ASSERT_OK(ledger->Reload(DailyCap(50))); });
+  ReloadInTheGap reload([&] { return ledger->Reload(DailyCap(50)); });
+  journal.BeforeNextPutLease(reload.Hook());
   ASSERT_OK_AND_ASSIGN(Decision d, ledger->Acquire(Req("x", 5)));
   ASSERT_TRUE(d.granted);
+  ASSERT_OK(reload.Join());
   // The lease points into the version it was granted under: it must still be kept.
   EXPECT_EQ(ledger->Footprint().versions, 2u) << "the lease's version was pruned under it";
   // Each of these reads the lease's version (heap-use-after-free under ASan when pruned).
@@ -163,9 +134,9 @@ TEST(LedgerReloadAttackTest, LeaseGrantedBetweenTheScanAndTheCredentialsLockKeep
   EXPECT_EQ(r.refunded, 5);
 }
 
-// The waiters' path: a waiter is granted under the credential's mutex (ServeWaiters) and its
-// lease is inserted by Deliver after the mutex is released; a reload in between prunes the
-// version it was granted under.
+// The waiters' path: a waiter was granted under the credential's mutex (ServeWaiters) and its
+// lease inserted by Deliver after the mutex was released; a reload in between pruned the
+// version it was granted under. (Now ServeWaiters inserts it under the mutex.)
 TEST(LedgerReloadAttackTest, WaiterGrantedBeforeAReloadKeepsItsVersion) {
   FakeClock clock(Utc(2026, 6, 1, 10));
   HookedJournal journal;
@@ -178,8 +149,10 @@ TEST(LedgerReloadAttackTest, WaiterGrantedBeforeAReloadKeepsItsVersion) {
                         [&](absl::StatusOr<Decision> d) { answer = std::move(d); });
   ASSERT_FALSE(answer.has_value());
   // The refund serves the waiter; its lease is written (PutLease) before it enters the table.
-  journal.BeforeNextPutLease([&] { ASSERT_OK(ledger->Reload(DailyCap(9))); });
+  ReloadInTheGap reload([&] { return ledger->Reload(DailyCap(9)); });
+  journal.BeforeNextPutLease(reload.Hook());
   ASSERT_OK(ledger->Release(first.lease_id, /*used=*/0).status());
+  ASSERT_OK(reload.Join());
   ASSERT_TRUE(answer.has_value());
   ASSERT_OK(answer->status());
   ASSERT_TRUE((*answer)->granted);
