@@ -49,9 +49,8 @@ struct LeaseRecord {
   bool journaled_with_slots = false;
 };
 
-// One shard of the table. Thread-safe under `mu`. A cache line of its own: neighbouring shards'
-// mutexes would otherwise share one, written by threads granting on unrelated credentials.
-struct alignas(64) LeaseShard {
+// One shard of the table. Thread-safe under `mu`.
+struct LeaseShard {
   // The live lease `id` (expiry after `now`), or nullptr.
   LeaseRecord* FindLive(const LeaseId& id, int64_t now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) {
     auto it = leases.find(id);

@@ -68,19 +68,6 @@ absl::Status Ledger::Reload(const Policy& policy) {
   return s;
 }
 
-namespace {
-
-// A credential's own handle on a compiled version that other credentials may share: the same
-// object with a reference count of its own. Every lease copies its credential's handle, so grants
-// on credentials of one profile do not all write one counter's cache line from every core.
-std::shared_ptr<const CompiledCredential> OwnHandle(
-    std::shared_ptr<const CompiledCredential> compiled) {
-  auto holder = std::make_shared<std::shared_ptr<const CompiledCredential>>(std::move(compiled));
-  return std::shared_ptr<const CompiledCredential>(holder, holder->get());
-}
-
-}  // namespace
-
 absl::Status Ledger::ReloadImpl(const Policy& policy) {
   if (absl::Status s = ValidatePolicy(policy); !s.ok()) return s;
   absl::MutexLock reload_lock(&reload_mu_);
@@ -293,7 +280,7 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
     cred.scoped = std::move(scoped);
     cred.scope_seeds = std::move(seeds);
     cred.compiled = compiled.get();
-    if (new_version) cred.versions.push_back({OwnHandle(compiled), cred.next_version_seq++});
+    if (new_version) cred.versions.push_back({compiled, cred.next_version_seq++});
     cred.PruneVersions();
     if (options_.journal != nullptr && !seeded.empty()) {
       // The carried units are written ahead like charges, so that a restart with the new file
