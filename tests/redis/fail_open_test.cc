@@ -120,6 +120,12 @@ class FailOpenTest : public ::testing::Test {
       quota_.push_back(v1::Quota::NewStub(channel));
       health_.push_back(Health::NewStub(channel));
     }
+    // Every replica serves before a test asks it: a call a replica answers before it has
+    // reached Redis is granted fail-open (marked), which the tests assert it is not.
+    for (int i = 0; i < kReplicas; ++i) {
+      ASSERT_TRUE(Eventually([&] { return HealthOf(i) == HealthCheckResponse::SERVING; }))
+          << "replica " << i;
+    }
   }
 
   grpc::Status Acquire(int replica, const std::string& credential, const std::string& feature,
