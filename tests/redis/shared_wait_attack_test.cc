@@ -34,6 +34,7 @@
 #include "service/store/redis/redis_backend.h"
 #include "tests/redis/backend_helpers.h"
 #include "tests/redis/redis_harness.h"
+#include "tests/redis/server_helpers.h"
 #include "tests/redis/sentinel_harness.h"
 #include "tests/support/eventually.h"
 #include "tests/support/temp_dir.h"
@@ -735,6 +736,8 @@ TEST_F(SharedWaitAttackTest, AServerShutDownAnswersItsParkedCalls) {
   options.shutdown_grace = absl::Seconds(5);
   absl::StatusOr<std::unique_ptr<QuotadServer>> server = QuotadServer::Start(options);
   ASSERT_TRUE(server.ok()) << server.status();
+  // Serving before it is asked: a call refused at start-up would never park.
+  ASSERT_TRUE(testing::ServesWithin((*server)->address()));
   std::unique_ptr<RedisBackend> other = Replica();
   ASSERT_NE(other, nullptr);
   absl::StatusOr<Decision> hold = AcquireThrough(*other, Request("one"));
