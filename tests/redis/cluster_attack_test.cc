@@ -677,22 +677,29 @@ TEST_F(ClusterAttackTest, MasterRestartedEmptyLosesOnlyItsOwnSlotsCounts) {
 // granted across the switch.
 TEST_F(ClusterAttackTest, FailoverToAReplicaUnderLoadGrantsExactlyTheCapacity) {
   const int master = 2;
-  // A fourth node, a replica of `master`.
-  absl::StatusOr<int> bus = quotad::testing::PickFreePort();
-  ASSERT_TRUE(bus.ok()) << bus.status();
-  RedisServerOptions o;
-  o.appendonly = false;
-  o.extra_args = {"--cluster-enabled",
-                  "yes",
-                  "--cluster-config-file",
-                  "nodes.conf",
-                  "--cluster-port",
-                  absl::StrCat(*bus),
-                  "--cluster-node-timeout",
-                  "2000",
-                  "--cluster-require-full-coverage",
-                  "no"};
-  absl::StatusOr<std::unique_ptr<RedisServer>> replica = RedisServer::Start(o);
+  // A fourth node, a replica of `master`. Its bus port is picked free and bound by redis-server
+  // later: another test may take it meanwhile, so a failed start is tried on another (as
+  // ClusterGroup::Start does).
+  absl::StatusOr<int> bus;
+  absl::StatusOr<std::unique_ptr<RedisServer>> replica;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    bus = quotad::testing::PickFreePort();
+    ASSERT_TRUE(bus.ok()) << bus.status();
+    RedisServerOptions o;
+    o.appendonly = false;
+    o.extra_args = {"--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    absl::StrCat(*bus),
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-require-full-coverage",
+                    "no"};
+    replica = RedisServer::Start(o);
+    if (replica.ok()) break;
+  }
   ASSERT_TRUE(replica.ok()) << replica.status();
   RedisServer& r = **replica;
   ASSERT_EQ(On(0, {"CLUSTER", "MEET", "127.0.0.1", absl::StrCat(r.port()), absl::StrCat(*bus)}),
