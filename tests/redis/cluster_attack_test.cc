@@ -777,11 +777,15 @@ TEST_F(ClusterAttackTest, FailoverToAReplicaUnderLoadGrantsExactlyTheCapacity) {
       },
       absl::Seconds(30)));
   const int at_switch = conc_grants.load();
-  // Bounded generously: a loaded CI machine once took longer than the default 10 s.
+  // Bounded generously: a loaded CI machine once took longer than the default 10 s. And past
+  // the slots' TTL (30 s): a release refused during the switch (or an Acquire that failed after
+  // Redis applied it) leaves its slot held until then, an under-grant; with both slots so held
+  // nothing is granted until they expire (seen on a loaded machine: 25 grants after the
+  // switch, then none for 30 s, 6 calls failed).
   ASSERT_TRUE(
-      Eventually([&] { return conc_grants.load() >= at_switch + 40; }, absl::Seconds(30)))
+      Eventually([&] { return conc_grants.load() >= at_switch + 40; }, absl::Seconds(75)))
       << "grants go on after the failover (" << conc_grants.load() - at_switch << " so far, "
-      << failed.load() << " calls failed)";
+      << failed.load() << " calls failed, " << release_failed.load() << " releases refused)";
   const int big_at_switch = big_granted.load();
   second_half = true;
   ASSERT_TRUE(Eventually(
