@@ -155,15 +155,18 @@ TEST_F(LimitsTest, ConnectionBeyondTheCapIsClosedAndServedOnceOneCloses) {
 // the owner is told (main then shuts down and exits 3).
 TEST_F(LimitsTest, SelfProbeNoticesAListenerThatNoLongerAccepts) {
   absl::Notification wedged;
-  options_.listener_probe_interval = absl::Milliseconds(100);
+  // Each probe waits as long as the interval for its accept: 300 ms, so that a loaded machine's
+  // scheduling delays do not fail two probes in a row on a loop that accepts (at 100 ms, two
+  // stalls in a row would report a wedge that is not there).
+  options_.listener_probe_interval = absl::Milliseconds(300);
   options_.listener_probe_failures = 2;
   options_.on_listener_wedged = [&] { wedged.Notify(); };
   Start();
   HealthCheckResponse health;
   ASSERT_OK(HealthCheck(channel_, &health));
   EXPECT_EQ(health.status(), HealthCheckResponse::SERVING);
-  // Probes pass while the loop accepts.
-  EXPECT_FALSE(wedged.WaitForNotificationWithTimeout(absl::Milliseconds(600)));
+  // Probes pass while the loop accepts (three probes at least).
+  EXPECT_FALSE(wedged.WaitForNotificationWithTimeout(absl::Milliseconds(1000)));
   server_->PauseAcceptingForTest(true);
   ASSERT_TRUE(wedged.WaitForNotificationWithTimeout(absl::Seconds(30)));
   ASSERT_OK(HealthCheck(channel_, &health));

@@ -146,6 +146,11 @@ class ClusterAttackTest : public ::testing::Test {
       quota_.push_back(v1::Quota::NewStub(channel));
       admin_.push_back(v1::Admin::NewStub(channel));
     }
+    // Every server serves before a test asks it (Start does not wait for that on a loaded
+    // machine; shared_mode_test once saw 48 calls refused in the first 60 ms).
+    for (const std::unique_ptr<QuotadServer>& s : servers_) {
+      ASSERT_TRUE(testing::ServesWithin(s->address())) << s->address();
+    }
   }
 
   grpc::Status Acquire(int server, const std::string& credential, const std::string& feature,
@@ -672,22 +677,29 @@ TEST_F(ClusterAttackTest, MasterRestartedEmptyLosesOnlyItsOwnSlotsCounts) {
 // granted across the switch.
 TEST_F(ClusterAttackTest, FailoverToAReplicaUnderLoadGrantsExactlyTheCapacity) {
   const int master = 2;
-  // A fourth node, a replica of `master`.
-  absl::StatusOr<int> bus = quotad::testing::PickFreePort();
-  ASSERT_TRUE(bus.ok()) << bus.status();
-  RedisServerOptions o;
-  o.appendonly = false;
-  o.extra_args = {"--cluster-enabled",
-                  "yes",
-                  "--cluster-config-file",
-                  "nodes.conf",
-                  "--cluster-port",
-                  absl::StrCat(*bus),
-                  "--cluster-node-timeout",
-                  "2000",
-                  "--cluster-require-full-coverage",
-                  "no"};
-  absl::StatusOr<std::unique_ptr<RedisServer>> replica = RedisServer::Start(o);
+  // A fourth node, a replica of `master`. Its bus port is picked free and bound by redis-server
+  // later: another test may take it meanwhile, so a failed start is tried on another (as
+  // ClusterGroup::Start does).
+  absl::StatusOr<int> bus;
+  absl::StatusOr<std::unique_ptr<RedisServer>> replica;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    bus = quotad::testing::PickFreePort();
+    ASSERT_TRUE(bus.ok()) << bus.status();
+    RedisServerOptions o;
+    o.appendonly = false;
+    o.extra_args = {"--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    absl::StrCat(*bus),
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-require-full-coverage",
+                    "no"};
+    replica = RedisServer::Start(o);
+    if (replica.ok()) break;
+  }
   ASSERT_TRUE(replica.ok()) << replica.status();
   RedisServer& r = **replica;
   ASSERT_EQ(On(0, {"CLUSTER", "MEET", "127.0.0.1", absl::StrCat(r.port()), absl::StrCat(*bus)}),
@@ -765,11 +777,15 @@ TEST_F(ClusterAttackTest, FailoverToAReplicaUnderLoadGrantsExactlyTheCapacity) {
       },
       absl::Seconds(30)));
   const int at_switch = conc_grants.load();
-  // Bounded generously: a loaded CI machine once took longer than the default 10 s.
+  // Bounded generously: a loaded CI machine once took longer than the default 10 s. And past
+  // the slots' TTL (30 s): a release refused during the switch (or an Acquire that failed after
+  // Redis applied it) leaves its slot held until then, an under-grant; with both slots so held
+  // nothing is granted until they expire (seen on a loaded machine: 25 grants after the
+  // switch, then none for 30 s, 6 calls failed).
   ASSERT_TRUE(
-      Eventually([&] { return conc_grants.load() >= at_switch + 40; }, absl::Seconds(30)))
+      Eventually([&] { return conc_grants.load() >= at_switch + 40; }, absl::Seconds(75)))
       << "grants go on after the failover (" << conc_grants.load() - at_switch << " so far, "
-      << failed.load() << " calls failed)";
+      << failed.load() << " calls failed, " << release_failed.load() << " releases refused)";
   const int big_at_switch = big_granted.load();
   second_half = true;
   ASSERT_TRUE(Eventually(

@@ -120,6 +120,12 @@ class FailOpenTest : public ::testing::Test {
       quota_.push_back(v1::Quota::NewStub(channel));
       health_.push_back(Health::NewStub(channel));
     }
+    // Every replica serves before a test asks it: a call a replica answers before it has
+    // reached Redis is granted fail-open (marked), which the tests assert it is not.
+    for (int i = 0; i < kReplicas; ++i) {
+      ASSERT_TRUE(Eventually([&] { return HealthOf(i) == HealthCheckResponse::SERVING; }))
+          << "replica " << i;
+    }
   }
 
   grpc::Status Acquire(int replica, const std::string& credential, const std::string& feature,
@@ -257,7 +263,9 @@ TEST(FailOpenBackendTest, ACallThatTimesOutFailsOpenOnlyForFailOpenCredentials) 
   ASSERT_TRUE(policy.ok()) << policy.status();
   RedisBackendOptions options;
   options.url = absl::StrCat("redis://127.0.0.1:", (*redis)->port());
-  options.call_timeout = absl::Milliseconds(200);
+  // Long enough that the calls before and after the pause are answered by Redis on a loaded
+  // machine (at 200 ms a slow answer would be granted fail-open); the paused ones wait it out.
+  options.call_timeout = absl::Seconds(1);
   options.connect_wait = absl::Seconds(5);
   options.max_fail_open_leases = 2;
   absl::StatusOr<std::unique_ptr<RedisBackend>> backend =
@@ -288,7 +296,8 @@ TEST(FailOpenBackendTest, ACallThatTimesOutFailsOpenOnlyForFailOpenCredentials) 
   ASSERT_TRUE(held->granted);
   EXPECT_FALSE(RedisBackend::IsFailOpenLease(held->lease_id));
 
-  ASSERT_TRUE((*redis)->Command({"CLIENT", "PAUSE", "5000", "WRITE"}).ok());
+  // Paused until the UNPAUSE below: the five calls in between each wait out call_timeout.
+  ASSERT_TRUE((*redis)->Command({"CLIENT", "PAUSE", "60000", "WRITE"}).ok());
   absl::StatusOr<Decision> closed = acquire("team/closed");
   EXPECT_EQ(closed.status().code(), absl::StatusCode::kUnavailable) << closed.status();
   std::vector<LeaseId> open;

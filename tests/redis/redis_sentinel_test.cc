@@ -157,8 +157,10 @@ TEST_F(SentinelTest, WaitRefusesAGrantNoReplicaHoldsAndItsRetryAnswersItOnceOneD
   std::unique_ptr<RedisClient> client = Client(o);
   ASSERT_NE(client, nullptr);
   ASSERT_TRUE(client->WaitConnected(absl::Seconds(5)));
+  // WAIT's timeout leaves a loaded machine's replica time to acknowledge: every call below
+  // with the replica up must be answered granted or denied, never "only 0 of 1 replica".
   RedisFunctions fn(
-      client.get(), [] { return absl::Now(); }, WaitPolicy{1, absl::Milliseconds(100)});
+      client.get(), [] { return absl::Now(); }, WaitPolicy{1, absl::Seconds(2)});
   ASSERT_TRUE(fn.EnsureLoaded().ok());
   LimitSpec spec;
   spec.name = "daily";

@@ -45,6 +45,7 @@
 #include "service/store/redis/redis_functions.h"
 #include "tests/redis/backend_helpers.h"
 #include "tests/redis/redis_harness.h"
+#include "tests/redis/server_helpers.h"
 #include "tests/redis/shared_never_over_sim.h"
 #include "tests/support/policy_builders.h"
 #include "tests/support/temp_dir.h"
@@ -556,6 +557,11 @@ TEST(SharedClientsTest, SixtyFourClientsOverThreeReplicasGetExactlyTheCapacity) 
     stubs.push_back(v1::Quota::NewStub(
         grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials())));
     servers.push_back(*std::move(server));
+  }
+  // Every replica serves before the clients start: a call refused by a replica that has not
+  // reached Redis yet would count as an error and leave the capacity short.
+  for (const std::unique_ptr<QuotadServer>& s : servers) {
+    ASSERT_TRUE(ServesWithin(s->address())) << s->address();
   }
   const std::vector<std::string> kinds = {"k/cal", "k/roll", "k/slide", "k/bucket", "k/conc",
                                           "k/free"};

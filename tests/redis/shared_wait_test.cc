@@ -29,6 +29,7 @@
 #include "service/server/server.h"
 #include "service/store/redis/redis_backend.h"
 #include "tests/redis/redis_harness.h"
+#include "tests/redis/server_helpers.h"
 #include "tests/support/eventually.h"
 #include "tests/support/temp_dir.h"
 
@@ -117,6 +118,11 @@ class SharedWaitTest : public ::testing::Test {
       servers_.push_back(*std::move(server));
       quota_.push_back(v1::Quota::NewStub(
           grpc::CreateChannel(servers_.back()->address(), grpc::InsecureChannelCredentials())));
+    }
+    // Every replica serves before a test asks it (Start does not wait for that on a loaded
+    // machine; shared_mode_test once saw 48 calls refused in the first 60 ms).
+    for (const std::unique_ptr<QuotadServer>& s : servers_) {
+      ASSERT_TRUE(testing::ServesWithin(s->address())) << s->address();
     }
   }
 

@@ -191,9 +191,10 @@ TEST_F(SkewTest, SlidingWindowNeverHoldsMoreThanItsCapacityInRedisTime) {
     Decision d = Acquire(r, "slide");
     if (d.granted) {
       const absl::Time at = d.lease_expiry - kTtl;
-      // Redis's time, within the round trip (the replica's own clock is 25 s or 10 min away).
+      // Redis's time, within the round trip (the replica's own clock is 25 s or 10 min away;
+      // the bound leaves a loaded machine's round trip room and still tells them apart).
       EXPECT_GE(at, before) << "replica " << r;
-      EXPECT_LT(at - before, absl::Seconds(2)) << "replica " << r;
+      EXPECT_LT(at - before, absl::Seconds(10)) << "replica " << r;
       grants.push_back(at);
     } else {
       EXPECT_EQ(d.limited_by, "slide.fast");
