@@ -10,9 +10,9 @@ watched file) and restarts on the same state file (SIGTERM, then kill -9, altern
 Every second it samples the process's RSS and open fds (/proc/PID), the sizes of the state file
 and its WAL, and the row count of each table (a read-only SQLite connection).
 
-After the warm-up (the first quarter, at least 15 s) every figure must stay flat: the largest
-value of the last tenth of the run is at most 1.5x the largest of the warm-up plus a small slack
-per figure. Two tables are bounded instead by what the client did recently, because their rows
+After the warm-up (the first quarter, at least 15 s) every figure must stay flat: the second
+largest value of the last tenth of the run is at most 1.5x the largest of the warm-up plus a small
+slack per figure. Two tables are bounded instead by what the client did recently, because their rows
 end by time and go at the server's next compaction (once a minute): dedup by the request_ids
 sent within dedup_window + that interval, leases (the slot leases) by the slots plus the leases
 left to expire unreleased within that interval. The state file and its
@@ -405,7 +405,10 @@ def main():
         for k in FIGURES:
             first = samples[0][k]
             w = max(s[k] for s in warm)
-            e = max(s[k] for s in tail)
+            # The second largest of the end: one sample may catch a compaction that a starved
+            # machine ran late (seen under two CPU hogs: leases 3385 against a bound of 2686,
+            # 515 a second later); something that grows is high in every sample of the end.
+            e = sorted(s[k] for s in tail)[-2]
             if k == "dedup":
                 # Rows end dedup_window after their call and are deleted by the next compaction.
                 recent = load.request_ids_since(time.monotonic() - DEDUP_WINDOW_S -
@@ -419,7 +422,8 @@ def main():
             else:
                 bound = w * 1.5 + SLACK[k]
             verdict = "ok" if e <= bound else "GROWS"
-            print(f"{k:13s} start={first} warmup_max={w} end_max={e} bound={bound:.0f} {verdict}")
+            print(f"{k:13s} start={first} warmup_max={w} end={e} "
+                  f"end_max={max(s[k] for s in tail)} bound={bound:.0f} {verdict}")
             if e > bound:
                 failures.append(f"{k} grew: {e} at the end > {bound:.0f} (warm-up max {w})")
     for k, caps in CAP.items():
