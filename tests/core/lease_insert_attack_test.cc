@@ -22,6 +22,7 @@
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
 #include "service/store/memory_journal.h"
+#include "tests/support/hooked_journal.h"
 #include "tests/support/policy_builders.h"
 #include "tests/support/status_matchers.h"
 
@@ -186,7 +187,6 @@ TEST(LeaseInsertAttackTest, InsertingAndServingPathsRaceWithoutDeadlockOrOverGra
   for (std::thread& t : threads) t.join();
   ledger->AnswerAllWaiters(absl::CancelledError("test over"));
   std::cout << "batch grants " << batch_grants << ", granted waits " << granted_waits << "\n";
-  EXPECT_GT(batch_grants.load(), 0);
   for (const char* cred : {"x", "y"}) {
     int jobs = 0;
     for (const LeaseInfo& l : ledger->Leases(cred)) {
@@ -199,6 +199,100 @@ TEST(LeaseInsertAttackTest, InsertingAndServingPathsRaceWithoutDeadlockOrOverGra
     }
     EXPECT_EQ(GrantsUntilDenied(*ledger, cred, "jobs"), 1) << cred;
   }
+}
+
+// An AcquireAll refused by a denial after it served a waiter on the blocker's own counter: the
+// waiter's charge stays (1 unit), the batch's first item's is undone. req holds 3 (rolling per
+// minute, a sliding window, a bucket of burst 3 refilling 3 a minute); 3 grants fill it, a
+// waiter parks, a minute later the batch [req 1, req 2] serves the waiter (1), grants item 0 (1)
+// and is denied at item 1 (2 of the 1 left). Then exactly 2 more units may be granted.
+TEST(LeaseInsertAttackTest, RefusedAcquireAllUndoesItsChargeButNotTheWaitersOnOneCounter) {
+  for (const LimitSpec& lim : {Rolling("lim", 3, absl::Minutes(1)),
+                               Sliding("lim", 3, absl::Minutes(1)),
+                               Bucket("lim", 3, absl::Minutes(1), 3)}) {
+    SCOPED_TRACE(lim.name);
+    FakeClock clock(Utc(2026, 6, 1, 10));
+    MemoryJournal journal;
+    const Policy policy = OneCredential("x", {Feature("req", {lim})});
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger,
+                         Ledger::Create(policy, &clock, LedgerOptions{.journal = &journal}));
+    ASSERT_OK(ledger->Restore());
+    ASSERT_EQ(GrantsUntilDenied(*ledger, "x", "req"), 3);
+    std::optional<absl::StatusOr<Decision>> waited;
+    ledger->AcquireOrWait(Req("x", "req"), absl::Minutes(10), 0,
+                          [&](absl::StatusOr<Decision> d) { waited = std::move(d); });
+    ASSERT_FALSE(waited.has_value());
+    clock.Advance(absl::Minutes(1) + absl::Seconds(1));
+    std::vector<AcquireRequest> batch = {Req("x", "req"), Req("x", "req", 2)};
+    std::vector<absl::StatusOr<Decision>> out = ledger->AcquireAll(batch);
+    ASSERT_TRUE(waited.has_value());
+    ASSERT_OK(*waited);
+    EXPECT_TRUE((*waited)->granted);
+    ASSERT_OK(out[0]);
+    ASSERT_OK(out[1]);
+    EXPECT_FALSE(out[0]->granted);
+    EXPECT_FALSE(out[1]->granted);
+    EXPECT_EQ(GrantsUntilDenied(*ledger, "x", "req"), 2) << "3 a minute, the waiter's 1 taken";
+  }
+}
+
+// f.lim as a daily window of 100, or as 2 concurrency slots.
+Policy AsWindow() {
+  return OneCredential("x", {Feature("f", {Calendar("lim", 100, CalendarUnit::kDay)})});
+}
+Policy AsSlots() { return OneCredential("x", {Feature("f", {Concurrency("lim", 2)})}); }
+
+// AcquireAll's leases enter the table under the batch's credential mutexes too: a reload making
+// f.lim 2 slots, started from the journal write of the batch's first lease (InsertLease, under
+// the locks), waits for both and finds them holding the 2 slots: no more grants, 2 live leases.
+TEST(LeaseInsertAttackTest, AcquireAllLeasesInsertedBeforeAReloadHoldTheirSlots) {
+  FakeClock clock(Utc(2026, 6, 1, 10));
+  HookedJournal journal;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger,
+                       Ledger::Create(AsWindow(), &clock, LedgerOptions{.journal = &journal}));
+  ReloadInTheGap reload([&] { return ledger->Reload(AsSlots()); });
+  journal.BeforeNextPutLease(reload.Hook());
+  std::vector<AcquireRequest> batch = {Req("x", "f"), Req("x", "f")};
+  std::vector<absl::StatusOr<Decision>> out = ledger->AcquireAll(batch);
+  ASSERT_OK(out[0]);
+  ASSERT_OK(out[1]);
+  ASSERT_TRUE(out[0]->granted && out[1]->granted);
+  ASSERT_OK(reload.Join());
+  EXPECT_EQ(GrantsUntilDenied(*ledger, "x", "f"), 0);
+  EXPECT_EQ(ledger->Leases("x").size(), 2u);
+}
+
+// A restart after such a reload: the leases were journaled refund-only (f.lim was a window when
+// they were granted) and the policy the restart loads makes f.lim 2 slots. Restored, they must
+// still hold the 2 slots (never over: 2 live leases and no more grants), and a renewal or release
+// must work on them.
+TEST(LeaseInsertAttackTest, RefundOnlyLeasesRestoredUnderASlotsPolicyHoldTheirSlots) {
+  FakeClock clock(Utc(2026, 6, 1, 10));
+  MemoryJournal journal;
+  std::vector<LeaseId> ids;
+  {
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> first,
+                         Ledger::Create(AsWindow(), &clock, LedgerOptions{.journal = &journal}));
+    ASSERT_OK(first->Restore());
+    std::vector<AcquireRequest> batch = {Req("x", "f"), Req("x", "f")};
+    for (absl::StatusOr<Decision>& d : first->AcquireAll(batch)) {
+      ASSERT_OK(d);
+      ASSERT_TRUE(d->granted);
+      ids.push_back(d->lease_id);
+    }
+    ASSERT_OK(first->Reload(AsSlots()));
+    EXPECT_EQ(GrantsUntilDenied(*first, "x", "f"), 0);
+  }
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger,
+                       Ledger::Create(AsSlots(), &clock, LedgerOptions{.journal = &journal}));
+  ASSERT_OK(ledger->Restore());
+  const size_t live = ledger->Leases("x").size();
+  const int more = GrantsUntilDenied(*ledger, "x", "f");
+  EXPECT_EQ(more, 0) << live << " restored leases; " << more << " more granted on 2 slots";
+  EXPECT_EQ(live, 2u);
+  ASSERT_OK(ledger->Renew(ids[0], absl::Minutes(5)).status());
+  ASSERT_OK(ledger->Release(ids[1], std::nullopt).status());
+  EXPECT_EQ(GrantsUntilDenied(*ledger, "x", "f"), 1);
 }
 
 }  // namespace
