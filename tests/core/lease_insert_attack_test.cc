@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -22,9 +23,11 @@
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
 #include "service/store/memory_journal.h"
+#include "service/store/sqlite_journal.h"
 #include "tests/support/hooked_journal.h"
 #include "tests/support/policy_builders.h"
 #include "tests/support/status_matchers.h"
+#include "tests/support/temp_dir.h"
 
 namespace quotad {
 namespace {
@@ -234,6 +237,85 @@ TEST(LeaseInsertAttackTest, RefusedAcquireAllUndoesItsChargeButNotTheWaitersOnOn
     EXPECT_FALSE(out[1]->granted);
     EXPECT_EQ(GrantsUntilDenied(*ledger, "x", "req"), 2) << "3 a minute, the waiter's 1 taken";
   }
+}
+
+// The real SQLite journal with a queue of 2 records (so InsertLease's queued write, now under
+// the credential's mutex, and under several in AcquireAll, waits for the writer thread), while
+// concurrency grants write synchronously under the same mutexes and another thread compacts and
+// flushes (write_mu_, db_mu_, queue_mu_): bounded threads and rounds; the deadlock detector
+// aborts on a cycle. Then a restart from the file restores exactly the leases that were live
+// (the queued refund-only ones too; no undone or released one), so every jobs slot is free.
+TEST(LeaseInsertAttackTest, SqliteJournalWithAFullQueueUnderCredentialLocksRestoresExactly) {
+  FakeClock clock(Utc(2026, 6, 1, 10));
+  TempDir dir("lease_insert");
+  const std::string path = dir.File("state.db");
+  auto policy = [] {
+    Policy p = JobsAndRequests(1000);
+    Policy y = OneCredential("y", {Feature("jobs", {Concurrency("slots", 1)}),
+                                   Feature("req", {Rolling("per_minute", 1000, absl::Minutes(1))})});
+    p.credentials.push_back(y.credentials[0]);
+    return p;
+  };
+  SqliteOptions options;
+  options.max_queued = 2;
+  options.commit_batch = 2;
+  constexpr int kRounds = 100;
+  std::set<std::string> live_before;
+  {
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<SqliteJournal> journal, SqliteJournal::Open(path, options));
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger,
+                         Ledger::Create(policy(), &clock, LedgerOptions{.journal = journal.get()}));
+    ASSERT_OK(ledger->Restore());
+    std::vector<std::thread> threads;
+    for (int order = 0; order < 2; ++order) {
+      threads.emplace_back([&, order] {
+        for (int i = 0; i < kRounds; ++i) {
+          const char* a = order == 0 ? "x" : "y";
+          const char* b = order == 0 ? "y" : "x";
+          std::vector<AcquireRequest> batch = {Req(a, "req"), Req(b, "jobs"), Req(b, "req"),
+                                               Req(a, "jobs")};
+          std::vector<absl::StatusOr<Decision>> out = ledger->AcquireAll(batch);
+          for (int k : {1, 3}) {  // give the slots back; keep the window grants
+            if (out[k].ok() && out[k]->granted) {
+              ledger->Release(out[k]->lease_id, std::nullopt).IgnoreError();
+            }
+          }
+        }
+      });
+    }
+    threads.emplace_back([&] {
+      for (int i = 0; i < kRounds; ++i) {
+        absl::StatusOr<Decision> d = ledger->Acquire(Req(i % 2 ? "x" : "y", "req"));
+        if (d.ok() && d->granted && i % 3 == 0) ledger->Release(d->lease_id, 0).IgnoreError();
+      }
+    });
+    threads.emplace_back([&] {
+      for (int i = 0; i < kRounds / 4; ++i) {
+        journal->Flush().IgnoreError();
+        journal->Compact(absl::ToUnixNanos(clock.Now())).IgnoreError();
+      }
+    });
+    for (std::thread& t : threads) t.join();
+    ASSERT_OK(journal->Flush());
+    for (const char* cred : {"x", "y"}) {
+      for (const LeaseInfo& l : ledger->Leases(cred)) live_before.insert(l.id.ToString());
+    }
+  }
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<SqliteJournal> journal, SqliteJournal::Open(path, options));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger,
+                       Ledger::Create(policy(), &clock, LedgerOptions{.journal = journal.get()}));
+  ASSERT_OK(ledger->Restore());
+  std::set<std::string> restored;
+  for (const char* cred : {"x", "y"}) {
+    for (const LeaseInfo& l : ledger->Leases(cred)) {
+      restored.insert(l.id.ToString());
+      EXPECT_NE(l.feature, "jobs") << cred << ": every slot was given back before the restart";
+    }
+  }
+  std::cout << "live leases before the restart " << live_before.size() << ", restored "
+            << restored.size() << "\n";
+  EXPECT_EQ(restored, live_before);
+  for (const char* cred : {"x", "y"}) EXPECT_EQ(GrantsUntilDenied(*ledger, cred, "jobs"), 1) << cred;
 }
 
 // f.lim as a daily window of 100, or as 2 concurrency slots.
