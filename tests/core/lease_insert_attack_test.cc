@@ -2,11 +2,15 @@
 // Ledger::InsertLease in Acquire, AcquireAll and AcquireOrWait before the lock is released;
 // waiters granted in Credential::ServeWaiters inserted there, Answer::granted_on). Tried here:
 // an all_or_nothing AcquireAll refused after it served a waiter on the way (the waiter's grant
-// must stand, in the table and the journal, across a restart, and the batch must hold nothing),
-// and every path that inserts or serves (Acquire, AcquireAll over two credentials in both
-// orders, AcquireOrWait, Release, Renew, Cancel, Pump, Sweep, Reload) racing on real threads over
-// a journal, bounded, with Abseil's deadlock detector watching the lock order. Deterministic
-// where it asserts figures (fake clock, no sleeps); the race test asserts the end state only.
+// must stand, in the table and the journal, across a restart; the batch must hold nothing), on
+// another feature and on the blocker's own counter (rolling, sliding, bucket); the same with the
+// journal failing; every path that inserts or serves (Acquire, AcquireAll over two credentials in
+// both orders, AcquireOrWait, Release, Renew, Cancel, Pump, Sweep, Reload) racing on real
+// threads over a journal, bounded, with Abseil's deadlock detector watching the lock order; the
+// real SQLite journal with a full queue under the credential locks, racing Flush and Compact,
+// then a restart; a reload in the gap of an AcquireAll's insert; refund-only leases restored
+// under a policy that made their limit a concurrency one. Deterministic where it asserts figures
+// (fake clock, no sleeps); the race tests assert end states only.
 
 #include <atomic>
 #include <cstdint>
@@ -24,6 +28,7 @@
 #include "service/core/ledger.h"
 #include "service/store/memory_journal.h"
 #include "service/store/sqlite_journal.h"
+#include "tests/core/failing_journal.h"
 #include "tests/support/hooked_journal.h"
 #include "tests/support/policy_builders.h"
 #include "tests/support/status_matchers.h"
@@ -316,6 +321,45 @@ TEST(LeaseInsertAttackTest, SqliteJournalWithAFullQueueUnderCredentialLocksResto
             << restored.size() << "\n";
   EXPECT_EQ(restored, live_before);
   for (const char* cred : {"x", "y"}) EXPECT_EQ(GrantsUntilDenied(*ledger, cred, "jobs"), 1) << cred;
+}
+
+// The journal failing while an AcquireAll serves a waiter on the way: the waiter (jobs, a
+// concurrency slot written before it is answered) is answered with the store's error, not left
+// parked and not holding the slot; the batch answers as the failing journal lets it (granted
+// whole, or refused whole when its reservation fails), and once the store works again the
+// counts add up: 1 jobs slot free, req (2 a minute) grants 2 less what the batch holds.
+TEST(LeaseInsertAttackTest, FailingJournalWhileAcquireAllServesAWaiterAnswersItAndLeaksNothing) {
+  FakeClock clock(Utc(2026, 6, 1, 10));
+  MemoryJournal memory;
+  FailingJournal journal(&memory);
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger,
+                       Ledger::Create(JobsAndRequests(), &clock, LedgerOptions{.journal = &journal}));
+  ASSERT_OK(ledger->Restore());
+  ASSERT_OK_AND_ASSIGN(Decision first, ledger->Acquire(Req("x", "jobs", 1, absl::Minutes(1))));
+  ASSERT_TRUE(first.granted);
+  std::optional<absl::StatusOr<Decision>> waited;
+  ledger->AcquireOrWait(Req("x", "jobs"), absl::Minutes(10), 0,
+                        [&](absl::StatusOr<Decision> d) { waited = std::move(d); });
+  ASSERT_FALSE(waited.has_value());
+  clock.Advance(absl::Minutes(2));
+  journal.set_fail(true);
+  std::vector<AcquireRequest> batch = {Req("x", "req"), Req("x", "req")};
+  std::vector<absl::StatusOr<Decision>> out = ledger->AcquireAll(batch);
+  journal.set_fail(false);
+  ASSERT_TRUE(waited.has_value()) << "the waiter was served (and failed) on the way";
+  EXPECT_FALSE(waited->ok()) << "its slot could not be written: fail closed";
+  EXPECT_EQ(ledger->waiting(), 0);
+  const bool batch_granted = out[0].ok() && out[0]->granted;
+  EXPECT_EQ(batch_granted, out[1].ok() && out[1]->granted) << "all or nothing";
+  std::cout << "batch under a failing journal: "
+            << (batch_granted ? "granted" : out[0].ok() ? out[0]->limited_by
+                                                         : std::string(out[0].status().message()))
+            << " / "
+            << (out[1].ok() ? (out[1]->granted ? "granted" : out[1]->limited_by)
+                            : std::string(out[1].status().message()))
+            << "\n";
+  EXPECT_EQ(GrantsUntilDenied(*ledger, "x", "jobs"), 1);
+  EXPECT_EQ(GrantsUntilDenied(*ledger, "x", "req"), batch_granted ? 0 : 2);
 }
 
 // f.lim as a daily window of 100, or as 2 concurrency slots.
