@@ -76,7 +76,7 @@ class LeaseTable {
   std::array<LeaseShard, kShards>& shards() { return shards_; }
 
   // Adds a lease nobody can name yet (just granted). Takes its shard's mutex; the caller holds
-  // none.
+  // its credential's mutex (Ledger::InsertLease) and no shard's.
   void Insert(const LeaseId& id, LeaseRecord rec) {
     LeaseShard& shard = ShardFor(id);
     absl::MutexLock shard_lock(&shard.mu);

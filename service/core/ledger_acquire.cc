@@ -1,5 +1,5 @@
 // Ledger::Acquire: validation, the decision under the credential's mutex, the write-ahead of
-// reservations, and the lease's entry in the lease table after the mutex is released.
+// reservations, and the lease's entry in the lease table before the mutex is released.
 // Ledger::AcquireAll: the same for a batch under several credentials' mutexes, its reservations
 // written once every item is granted, and the undo of a refused batch (UndoGrant, then
 // ForgetUndone for the scopes and rolling windows its charges made).
