@@ -8,10 +8,9 @@
 //
 // Without --batch every call is one Acquire. With --batch every call is one AcquireBatch of
 // that many identical items (with AcquireBatchRequest.decisions_only for the targets named by
-// --decisions_only, e.g. the same server listed twice), each batch size is run at every
-// in-flight level, and the figures
-// are decisions (items) per second and calls per second, in a table with the targets side by
-// side and the ratio of each to the baseline.
+// --decisions_only), each batch size is run at every in-flight level, and the figures are
+// decisions (items) per second and calls per second, in a table with the targets side by side
+// and the ratio of each to the baseline.
 //
 // For each round and each in-flight level, runs every target for `duration` (the order of the
 // targets alternates between rounds so that neither always runs on a warmer machine), with
