@@ -10,7 +10,8 @@
 //   usage CREDENTIAL
 //   leases [CREDENTIAL]
 //   credentials
-//   acquire-batch [ITEM ...] [--items_file=F] [--all_or_nothing]   many Acquires in one call
+//   acquire-batch [ITEM ...] [--items_file=F] [--all_or_nothing] [--decisions_only]
+//                                                        many Acquires in one call
 //   release-batch [ITEM ...] [--items_file=F]   many Releases in one ReleaseBatch call
 //
 // A batch item is one argument or one line of --items_file ("-": stdin; when no ITEM argument
@@ -84,6 +85,8 @@ ABSL_FLAG(std::string, items_file, "",
 
 ABSL_FLAG(bool, all_or_nothing, false,
           "acquire-batch: every item granted or none (embedded quotad only).");
+ABSL_FLAG(bool, decisions_only, false,
+          "acquire-batch: answers without limits (shorter --json; the same decisions).");
 
 namespace {
 
@@ -105,7 +108,8 @@ constexpr char kUsage[] =
     "  usage CREDENTIAL\n"
     "  leases [CREDENTIAL]\n"
     "  credentials\n"
-    "  acquire-batch [ITEM ...] [--items_file=F|-] [--all_or_nothing]   one AcquireBatch call\n"
+    "  acquire-batch [ITEM ...] [--items_file=F|-] [--all_or_nothing] [--decisions_only]\n"
+    "                             one AcquireBatch call\n"
     "      ITEM: \"CREDENTIAL FEATURE [scope=S] [cost=N] [ttl=30s] [holder=H]\n"
     "             [request_id=ID] [priority=P]\"\n"
     "  release-batch [ITEM ...] [--items_file=F|-]   one ReleaseBatch call\n"
@@ -446,6 +450,7 @@ int main(int argc, char** argv) {
       if (!s.ok()) return Usage(std::string(s.message()));
     }
     req.set_all_or_nothing(absl::GetFlag(FLAGS_all_or_nothing));
+    req.set_decisions_only(absl::GetFlag(FLAGS_decisions_only));
     v1::AcquireBatchResponse resp;
     grpc::Status s = quota->AcquireBatch(&context, req, &resp);
     if (!s.ok()) return RpcError(s);

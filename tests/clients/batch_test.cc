@@ -625,7 +625,17 @@ TEST_F(BatchTest, QuotactlAcquireBatchAndReleaseBatch) {
       << out;
   EXPECT_NE(out.find("\"results\""), std::string::npos) << out;
   EXPECT_NE(out.find("\"granted\": true"), std::string::npos) << out;
+  EXPECT_NE(out.find("\"limits\""), std::string::npos) << out;
   EXPECT_EQ(Used("test/batch_ctl"), 3);
+  // --decisions_only: the same grant, no limits.
+  EXPECT_EQ(RunShell(absl::StrCat(Quotactl(),
+                                  " --json acquire-batch --decisions_only 'test/batch_ctl calls'"),
+                     &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("\"granted\": true"), std::string::npos) << out;
+  EXPECT_EQ(out.find("\"limits\""), std::string::npos) << out;
+  EXPECT_EQ(Used("test/batch_ctl"), 4);
 }
 
 }  // namespace
