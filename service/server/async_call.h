@@ -3,7 +3,6 @@
 
 // The state machine of one unary call on gRPC's asynchronous CompletionQueue API.
 
-#include <google/protobuf/arena.h>
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
@@ -71,20 +70,11 @@ struct CallMethod {
   }
 };
 
-// The arena of a call's request and response: a batch of 1,000 items and their strings takes a
-// few blocks instead of several allocations per item (glibc's bins dominated a batch's profile).
-inline google::protobuf::ArenaOptions CallArenaOptions() {
-  google::protobuf::ArenaOptions options;
-  options.start_block_size = 1024;
-  options.max_block_size = 64 * 1024;
-  return options;
-}
-
 // One unary call of `Service` (a generated AsyncService): requested, handled, finished, deleted.
 // The handler runs on the completion-queue thread that received the call; it must not block,
 // and must call Finish() exactly once, at once or later from any thread (work that may block is
 // handed to another thread, which then calls Finish()). A call owns itself and is deleted when
-// its last event arrives. Its request and response live on the call's arena.
+// its last event arrives.
 template <typename Service, typename Request, typename Response>
 class UnaryCall final : public CallTag {
  public:
@@ -93,15 +83,14 @@ class UnaryCall final : public CallTag {
   // Same as method->Arm(cq), for code that names the call type (bench/grpc/noop_server.cc).
   static void Arm(const Method* method, grpc::ServerCompletionQueue* cq) { method->Arm(cq); }
 
-  const Request& request() const { return *request_; }
-  // On the call's arena: build the answer in place (assigning a message from the heap copies it).
-  Response* response() { return response_; }
+  const Request& request() const { return request_; }
+  Response* response() { return &response_; }
   grpc::ServerContext* context() { return &context_; }
 
   void Finish(const grpc::Status& status) {
     finishing_ = true;
     if (status.ok()) {
-      responder_.Finish(*response_, status, this);
+      responder_.Finish(response_, status, this);
     } else {
       responder_.FinishWithError(status, this);
     }
@@ -122,15 +111,14 @@ class UnaryCall final : public CallTag {
   friend Method;
   UnaryCall(const Method* method, grpc::ServerCompletionQueue* cq)
       : method_(method), cq_(cq), responder_(&context_) {
-    method->RequestNext(&context_, request_, &responder_, cq, this);
+    method->RequestNext(&context_, &request_, &responder_, cq, this);
   }
 
   const Method* const method_;
   grpc::ServerCompletionQueue* const cq_;
   grpc::ServerContext context_;
-  google::protobuf::Arena arena_{CallArenaOptions()};
-  Request* const request_ = google::protobuf::Arena::CreateMessage<Request>(&arena_);
-  Response* const response_ = google::protobuf::Arena::CreateMessage<Response>(&arena_);
+  Request request_;
+  Response response_;
   typename Method::Responder responder_;
   bool finishing_ = false;
 };

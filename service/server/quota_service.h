@@ -108,9 +108,7 @@ class QuotaService {
   // a shared backend.
   absl::StatusOr<v1::AcquireBatchResponse> AcquireBatch(const Caller& caller,
                                                         const v1::AcquireBatchRequest& request);
-  // The same, answered into `response` (empty; the transport's, on the call's arena): the
-  // answers of a large batch are then built where they are sent from, without an allocation
-  // per item.
+  // The same, answered into `response` (empty).
   absl::Status AcquireBatchInto(const Caller& caller, const v1::AcquireBatchRequest& request,
                                 v1::AcquireBatchResponse* response);
 

@@ -143,9 +143,9 @@ void GrpcTransport::DefineMethods() {
   Define(&release_, &quota_async_, &QuotaAsync::RequestRelease, "Release", quota_,
          &QuotaService::Release);
   Define(&acquire_batch_, &quota_async_, &QuotaAsync::RequestAcquireBatch, "AcquireBatch", quota_,
-         &QuotaService::AcquireBatchInto);
+         &QuotaService::AcquireBatch);
   Define(&release_batch_, &quota_async_, &QuotaAsync::RequestReleaseBatch, "ReleaseBatch", quota_,
-         &QuotaService::ReleaseBatchInto);
+         &QuotaService::ReleaseBatch);
   Define(&renew_, &quota_async_, &QuotaAsync::RequestRenew, "Renew", quota_,
          &QuotaService::Renew);
   Define(&usage_, &admin_async_, &AdminAsync::RequestGetUsage, "GetUsage", admin_,
@@ -171,49 +171,18 @@ void GrpcTransport::Define(Unary<Async, Request, Response>* method, Async* servi
                            absl::StatusOr<Response> (Target::*handle)(const Caller&,
                                                                       const Request&),
                            const char* if_shut_down) {
-  DefineAnswer<Async, Request, Response>(
-      method, service, request, name,
-      [target, handle](const Caller& caller, const Request& req, Response* out) {
-        absl::StatusOr<Response> answer = (target->*handle)(caller, req);
-        if (!answer.ok()) return answer.status();
-        *out = *std::move(answer);  // a copy onto the call's arena
-        return absl::OkStatus();
-      },
-      if_shut_down);
-}
-
-template <typename Async, typename Request, typename Response, typename Target>
-void GrpcTransport::Define(Unary<Async, Request, Response>* method, Async* service,
-                           typename UnaryCall<Async, Request, Response>::Method::RequestFn request,
-                           const char* name, Target* target,
-                           absl::Status (Target::*handle)(const Caller&, const Request&,
-                                                          Response*),
-                           const char* if_shut_down) {
-  DefineAnswer<Async, Request, Response>(
-      method, service, request, name,
-      [target, handle](const Caller& caller, const Request& req, Response* out) {
-        return (target->*handle)(caller, req, out);
-      },
-      if_shut_down);
-}
-
-template <typename Async, typename Request, typename Response>
-void GrpcTransport::DefineAnswer(
-    Unary<Async, Request, Response>* method, Async* service,
-    typename UnaryCall<Async, Request, Response>::Method::RequestFn request, const char* name,
-    Answer<Request, Response> answer, const char* if_shut_down) {
   using Call = UnaryCall<Async, Request, Response>;
   method->service = service;
   method->request = request;
   method->gate = &gate_;
-  method->handler = [this, name, answer = std::move(answer), if_shut_down](Call* c) {
+  method->handler = [this, name, target, handle, if_shut_down](Call* c) {
     const absl::Time start = absl::Now();
     absl::StatusOr<Caller> caller = Identify(c->context());
     if (!caller.ok()) return Respond(c, name, caller.status(), start);
-    if (if_shut_down == nullptr) return Serve(c, name, *caller, answer, start);
+    if (if_shut_down == nullptr) return Serve(c, name, *caller, target, handle, start);
     worker_->Schedule(
-        [this, c, name, caller = *std::move(caller), answer, start] {
-          Serve(c, name, caller, answer, start);
+        [this, c, name, caller = *std::move(caller), target, handle, start] {
+          Serve(c, name, caller, target, handle, start);
         },
         [this, c, name, if_shut_down, start] {
           Respond(c, name, absl::UnavailableError(if_shut_down), start);
@@ -221,10 +190,15 @@ void GrpcTransport::DefineAnswer(
   };
 }
 
-template <typename Call, typename Request, typename Response>
-void GrpcTransport::Serve(Call* call, const char* name, const Caller& caller,
-                          const Answer<Request, Response>& answer, absl::Time start) {
-  Respond(call, name, answer(caller, call->request(), call->response()), start);
+template <typename Call, typename Target, typename Response, typename Request>
+void GrpcTransport::Serve(Call* call, const char* name, const Caller& caller, Target* target,
+                          absl::StatusOr<Response> (Target::*handle)(const Caller&,
+                                                                     const Request&),
+                          absl::Time start) {
+  absl::StatusOr<Response> answer = (target->*handle)(caller, call->request());
+  if (!answer.ok()) return Respond(call, name, answer.status(), start);
+  *call->response() = *std::move(answer);
+  Respond(call, name, absl::OkStatus(), start);
 }
 
 absl::StatusOr<Caller> GrpcTransport::Identify(const grpc::ServerContext* context) {

@@ -94,9 +94,6 @@ class GrpcTransport {
                 const ConfigInForce* config, Metrics* metrics, LogSampler* sampler);
   absl::Status Listen();
   void DefineMethods();
-  // How a method answers: into the call's response (on its arena), or an error.
-  template <typename Request, typename Response>
-  using Answer = std::function<absl::Status(const Caller&, const Request&, Response*)>;
   // Defines `m` as `name`, answered by (target->*handle)(caller, request): on the
   // completion-queue thread, or on the blocking worker when `if_shut_down` (the answer of a
   // call still queued at shutdown) is given.
@@ -106,21 +103,10 @@ class GrpcTransport {
               const char* name, Target* target,
               absl::StatusOr<Response> (Target::*handle)(const Caller&, const Request&),
               const char* if_shut_down = nullptr);
-  // The same, answered in place by (target->*handle)(caller, request, response).
-  template <typename Async, typename Request, typename Response, typename Target>
-  void Define(Unary<Async, Request, Response>* method, Async* service,
-              typename UnaryCall<Async, Request, Response>::Method::RequestFn request,
-              const char* name, Target* target,
-              absl::Status (Target::*handle)(const Caller&, const Request&, Response*),
-              const char* if_shut_down = nullptr);
-  template <typename Async, typename Request, typename Response>
-  void DefineAnswer(Unary<Async, Request, Response>* method, Async* service,
-                    typename UnaryCall<Async, Request, Response>::Method::RequestFn request,
-                    const char* name, Answer<Request, Response> answer,
-                    const char* if_shut_down);
-  template <typename Call, typename Request, typename Response>
-  void Serve(Call* call, const char* name, const Caller& caller,
-             const Answer<Request, Response>& answer, absl::Time start);
+  template <typename Call, typename Target, typename Response, typename Request>
+  void Serve(Call* call, const char* name, const Caller& caller, Target* target,
+             absl::StatusOr<Response> (Target::*handle)(const Caller&, const Request&),
+             absl::Time start);
   void HandleAcquire(AcquireCall* call);
   // The caller of a call, from its `authorization` metadata.
   absl::StatusOr<Caller> Identify(const grpc::ServerContext* context);
