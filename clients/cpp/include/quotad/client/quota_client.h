@@ -204,7 +204,7 @@ struct AcquireBatchOptions {
   // Every item granted, or none is (see AcquireBatch).
   bool all_or_nothing = false;
   // Answers without limits: every Lease's limits() is empty. The same decisions, with less for
-  // quotad to build and send (about twice the decisions per second for large batches).
+  // quotad to build and send.
   bool decisions_only = false;
 };
 
