@@ -167,6 +167,16 @@ class SharedWaitAttackTest : public ::testing::Test {
     return out;
   }
 
+  // Every replica has the answer to its waiters' first calls (their places in the queue known).
+  // A connection cut before that answers the waiter the error (it may not be queued); a test
+  // that cuts it on purpose waits for this first.
+  static bool Placed(const std::vector<RedisBackend*>& backends, int64_t each) {
+    return Eventually([&] {
+      return std::all_of(backends.begin(), backends.end(),
+                         [&](RedisBackend* b) { return b->wait_stats().placed == each; });
+    });
+  }
+
   // Starts the waiting machinery of `backends` (a first wait, granted at once, on `other`) and
   // waits until their subscriptions are up: a subscription coming up makes every waiter parked
   // then call once, which a test that times its own steps must not meet later.
@@ -375,6 +385,7 @@ TEST_F(SharedWaitAttackTest, ARestartFromTheAofKeepsTheQueue) {
   ASSERT_TRUE(Eventually([&] { return Queued("one") == 1; }));
   std::shared_ptr<Waiting> second = Wait(*b1, "one", absl::Seconds(60));
   ASSERT_TRUE(Eventually([&] { return Queued("one") == 2; }));
+  ASSERT_TRUE(Placed({b0.get(), b1.get()}, 1));
 
   ASSERT_TRUE(redis_->Stop(SIGKILL).ok());
   ASSERT_TRUE(redis_->Restart().ok());
@@ -598,6 +609,7 @@ TEST_F(SharedWaitAttackTest, ARestartWithoutPersistenceStrandsNobody) {
   ASSERT_TRUE(Eventually([&] { return Queued("one") == 1; }));
   std::shared_ptr<Waiting> second = Wait(*b1, "one", absl::Seconds(60));
   ASSERT_TRUE(Eventually([&] { return Queued("one") == 2; }));
+  ASSERT_TRUE(Placed({b0.get(), b1.get()}, 1));
 
   ASSERT_TRUE(redis_->Stop(SIGKILL).ok());
   ASSERT_TRUE(redis_->Restart().ok());
@@ -686,6 +698,7 @@ TEST_F(SharedWaitAttackTest, ASentinelFailoverKeepsTheQueueAndServesIt) {
   ASSERT_TRUE(Eventually([&] { return queued() == 1; }));
   std::shared_ptr<Waiting> second = Wait(*b[1], "one", absl::Seconds(60));
   ASSERT_TRUE(Eventually([&] { return queued() == 2; }));
+  ASSERT_TRUE(Placed({b[0].get(), b[1].get()}, 1));
 
   absl::StatusOr<int> old_port = group.NamedPrimaryPort();
   ASSERT_TRUE(old_port.ok()) << old_port.status();

@@ -163,10 +163,11 @@ class RedisBackend final : public QuotaBackend {
   WaitTicket AcquireSharedOrWait(const AcquireRequest& request, const SharedRequestId& request_id,
                                  absl::Duration max_wait, int priority, WaitCallback done)
       override ABSL_LOCKS_EXCLUDED(wait_mu_);
-  // Waiting, for tests and operators: requests parked here now, quotad_wait calls made,
-  // messages naming a waiter parked here.
+  // Waiting, for tests and operators: requests parked here now, those of them whose place in
+  // Redis's queue is known (their first call answered), quotad_wait calls made, messages naming
+  // a waiter parked here.
   struct WaitStats {
-    int64_t parked = 0, calls = 0, wakeups = 0;
+    int64_t parked = 0, placed = 0, calls = 0, wakeups = 0;
   };
   WaitStats wait_stats() const ABSL_LOCKS_EXCLUDED(wait_mu_);
   void AcquireShared(const AcquireRequest& request, const SharedRequestId& request_id,

@@ -370,7 +370,11 @@ void RedisBackend::AnswerAllWaiters(const absl::Status& status) {
 RedisBackend::WaitStats RedisBackend::wait_stats() const {
   absl::MutexLock lock(&wait_mu_);
   WaitStats s;
-  for (const auto& [unused, w] : waiters_) s.parked += w->gone ? 0 : 1;
+  for (const auto& [unused, w] : waiters_) {
+    if (w->gone) continue;
+    ++s.parked;
+    s.placed += w->seq != 0 ? 1 : 0;
+  }
   s.calls = wait_calls_;
   s.wakeups = wakeups_;
   return s;
