@@ -87,6 +87,17 @@ class QuotaBackend {
     return {};
   }
 
+  // Shared only: as AcquireAll (every item granted or none, decided as one), each item with its
+  // request_id (as AcquireShared's); `done` gets one result per request, in order. What the
+  // arguments view is copied before this returns. A backend that cannot answers every item
+  // kUnimplemented.
+  virtual void AcquireAllShared(
+      absl::Span<const AcquireRequest> requests, absl::Span<const SharedRequestId> request_ids,
+      absl::AnyInvocable<void(std::vector<absl::StatusOr<Decision>>)> done) {
+    done(std::vector<absl::StatusOr<Decision>>(
+        requests.size(), absl::UnimplementedError("all-or-nothing batches are not built here")));
+  }
+
   // As Ledger::Release, Renew, Report, FindLease (kNotFound: unknown, released or expired).
   virtual absl::StatusOr<ReleaseResult> Release(const LeaseId& id,
                                                 std::optional<int64_t> used) = 0;

@@ -175,7 +175,6 @@ std::optional<WaitTicket> QuotaService::Acquire(const Caller& caller,
     done(std::move(s));
     return std::nullopt;
   }
-  const bool auth_on = caller.config->auth->enabled();
   std::string holder;
   if (absl::Status s = StoredHolder(caller, req, &holder, &args->core); !s.ok()) {
     done(std::move(s));
@@ -184,11 +183,8 @@ std::optional<WaitTicket> QuotaService::Acquire(const Caller& caller,
 
   std::string dedup_key;
   if (backend_->shared()) {
-    // The store keeps request_ids; with auth, per identity as below.
-    if (!req.request_id().empty()) {
-      dedup_key = auth_on ? absl::StrCat(caller.identity, "|", req.request_id()) : req.request_id();
-    }
-    return AcquireShared(caller, req, *args, dedup_key, start, std::move(done));
+    return AcquireShared(caller, req, *args, SharedRequestKey(caller, req), start,
+                         std::move(done));
   }
   {
     v1::AcquireResponse first;
@@ -273,6 +269,12 @@ std::optional<WaitTicket> QuotaService::AcquireShared(const Caller& caller,
         done(Answer(req, std::move(decision), /*dedup_key=*/""));
       });
   return std::nullopt;
+}
+
+std::string QuotaService::SharedRequestKey(const Caller& caller, const v1::AcquireRequest& req) {
+  if (req.request_id().empty()) return "";
+  if (!caller.config->auth->enabled()) return req.request_id();
+  return absl::StrCat(caller.identity, "|", req.request_id());
 }
 
 // With auth, the ledger's holder names the identity: the lease's owner, also after a restart.

@@ -200,7 +200,10 @@ class QuotaService {
   absl::Status AcquireBatchItem(const Caller& caller, const v1::AcquireRequest& item,
                                 bool want_limits, BatchChecks* checks, v1::AcquireBatchItem* out,
                                 Outcomes* outcomes);
-  // An AcquireBatch with all_or_nothing, on the embedded ledger.
+  // The key a shared backend keeps `request`'s request_id under (empty: none): per identity
+  // with auth, as ReplayAcquire's.
+  static std::string SharedRequestKey(const Caller& caller, const v1::AcquireRequest& request);
+  // An AcquireBatch with all_or_nothing (a shared backend decides it in one call).
   absl::StatusOr<v1::AcquireBatchResponse> AcquireBatchAllOrNothing(
       const Caller& caller, const v1::AcquireBatchRequest& request);
   absl::Status Authorize(const Caller& caller, AccessMethod method, absl::string_view credential);

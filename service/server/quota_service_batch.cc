@@ -191,10 +191,7 @@ absl::Status QuotaService::AcquireBatchItem(
 
 absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatchAllOrNothing(
     const Caller& caller, const v1::AcquireBatchRequest& req) {
-  if (backend_->shared()) {
-    return absl::UnimplementedError(
-        "all_or_nothing is not built in shared mode: send the items without it");
-  }
+  const bool shared = backend_->shared();
   const int n = req.items_size();
   v1::AcquireBatchResponse resp;
   for (int i = 0; i < n; ++i) resp.add_results();
@@ -248,12 +245,17 @@ absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatchAllOrNothing(
     if (absl::Status s = StoredHolder(caller, item, &holders[i], &args->core); !s.ok()) {
       return refuse(i, s);
     }
-    absl::StatusOr<bool> replay =
-        ReplayAcquire(caller, item, &dedup_keys[i], resp.mutable_results(i)->mutable_response());
-    if (!replay.ok()) return refuse(i, replay.status());
-    if (*replay) {
-      replayed[i] = true;
-      continue;
+    if (shared) {
+      // The store keeps request_ids, and answers a retry itself (its grant stands).
+      dedup_keys[i] = SharedRequestKey(caller, item);
+    } else {
+      absl::StatusOr<bool> replay = ReplayAcquire(caller, item, &dedup_keys[i],
+                                                  resp.mutable_results(i)->mutable_response());
+      if (!replay.ok()) return refuse(i, replay.status());
+      if (*replay) {
+        replayed[i] = true;
+        continue;
+      }
     }
     // A request_id that two items of the batch use for different requests (a caller's bug the
     // single path answers with an error) is refused here, before anything is decided: found
@@ -278,12 +280,44 @@ absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatchAllOrNothing(
     decided.push_back(i);
   }
 
-  std::vector<absl::StatusOr<Decision>> decisions = backend_->AcquireAll(cores);
+  std::vector<absl::StatusOr<Decision>> decisions;
+  if (shared) {
+    std::vector<std::string> fingerprints(decided.size());
+    std::vector<SharedRequestId> ids(decided.size());
+    for (size_t k = 0; k < decided.size(); ++k) {
+      const v1::AcquireRequest& item = req.items(decided[k]);
+      if (!dedup_keys[decided[k]].empty()) fingerprints[k] = Fingerprint(item);
+      ids[k] = SharedRequestId{dedup_keys[decided[k]], item.request_id(), fingerprints[k]};
+    }
+    // Answered on the store's thread (with an error if the store shuts down first).
+    absl::Notification answered;
+    backend_->AcquireAllShared(cores, ids, [&](std::vector<absl::StatusOr<Decision>> d) {
+      decisions = std::move(d);
+      answered.Notify();
+    });
+    answered.WaitForNotification();
+    // The store answers all granted or none, but a request_id's earlier grant (a retry)
+    // either way: it stands, answered as such (never given back below).
+    bool all_granted = true;
+    for (const absl::StatusOr<Decision>& d : decisions) {
+      all_granted = all_granted && d.ok() && d->granted;
+    }
+    for (size_t k = 0; k < decided.size() && !all_granted; ++k) {
+      if (!decisions[k].ok() || !decisions[k]->granted) continue;
+      replayed[decided[k]] = true;
+      LogDecision("AcquireBatch", caller.identity, req.items(decided[k]), *decisions[k]);
+      (void)AnswerInto(req.items(decided[k]), *decisions[k], /*dedup_key=*/"",
+                       resp.mutable_results(decided[k])->mutable_response());
+    }
+  } else {
+    decisions = backend_->AcquireAll(cores);
+  }
   int blocker = -1;
   std::vector<bool> recorded(decided.size());  // granted, and answered as such
   for (size_t k = 0; k < decided.size(); ++k) {
     const int i = decided[k];
     const v1::AcquireRequest& item = req.items(i);
+    if (replayed[i]) continue;  // a shared store's earlier grant, answered above
     if (!decisions[k].ok()) {
       metrics_->OnRequestError("AcquireBatchItem",
                                absl::StatusCodeToString(decisions[k].status().code()));
@@ -293,7 +327,8 @@ absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatchAllOrNothing(
     }
     LogDecision("AcquireBatch", caller.identity, item, *decisions[k]);
     v1::AcquireResponse* answer = resp.mutable_results(i)->mutable_response();
-    absl::Status s = AnswerInto(item, *decisions[k], dedup_keys[i], answer);
+    // A shared store recorded its request_ids itself.
+    absl::Status s = AnswerInto(item, *decisions[k], shared ? "" : dedup_keys[i], answer);
     if (!s.ok()) {
       // Its request_id was taken by another request meanwhile (a caller's bug): this grant was
       // given back, so none of the batch may stand (given back below).

@@ -1,7 +1,7 @@
 // Attacks on AcquireBatchRequest.decisions_only and AcquireBatchInto (commit c901055) in shared
 // mode: one redis-server started by the test, two quotad replicas in process over it on port 0,
 // real gRPC clients. Replays by request_id inside a batch, across batches and across replicas,
-// per-item errors naming their item, all_or_nothing refused, and batches racing from both
+// per-item errors naming their item, all_or_nothing with a replay, and batches racing from both
 // replicas on one concurrency limit. Bounded: a few batches, two client threads.
 
 #include <grpcpp/grpcpp.h>
@@ -113,7 +113,7 @@ class BatchSharedAttackTest : public ::testing::Test {
 // decisions_only in shared mode: the same decisions (5 slots: 5 grants), no limits on any item,
 // a replay inside the batch answers its first grant, an unknown feature is an error naming its
 // item; the replay across replicas (single call, batch with limits) answers the same lease and
-// charges nothing; all_or_nothing is UNIMPLEMENTED whatever decisions_only says.
+// charges nothing; all_or_nothing with that replay and a new item stands or falls on the new one.
 TEST_F(BatchSharedAttackTest, DecisionsOnlyDecidesTheSameAndReplaysAcrossReplicas) {
   v1::AcquireBatchRequest req;
   *req.add_items() = Item("conc", "r1");
@@ -149,12 +149,32 @@ TEST_F(BatchSharedAttackTest, DecisionsOnlyDecidesTheSameAndReplaysAcrossReplica
   EXPECT_FALSE(replayed.results(1).response().granted()) << "the 5 slots are held";
   EXPECT_GT(replayed.results(1).response().limits_size(), 0);
 
+  // all_or_nothing (decided in one FCALL): the new item cannot be granted, so nothing is
+  // charged; the replay still answers its first grant, which stands.
   again.set_all_or_nothing(true);
   for (bool lean : {false, true}) {
     again.set_decisions_only(lean);
-    grpc::Status s = Batch(0, again, &replayed);
-    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNIMPLEMENTED) << s.error_message();
+    v1::AcquireBatchResponse blocked;
+    ASSERT_TRUE(Batch(lean ? 1 : 0, again, &blocked).ok());
+    ASSERT_EQ(blocked.results_size(), 2);
+    EXPECT_TRUE(blocked.results(0).response().granted());
+    EXPECT_EQ(blocked.results(0).response().lease_id(), resp.results(0).response().lease_id());
+    EXPECT_FALSE(blocked.results(1).response().granted());
+    EXPECT_EQ(blocked.results(1).response().limited_by(), "conc.slots");
+    EXPECT_EQ(blocked.results(1).response().limits_size(), lean ? 0 : 1);
   }
+  // A slot given back: the same batch is granted whole, the replay answering its lease.
+  grpc::ClientContext ctx;
+  v1::ReleaseRequest release;
+  release.set_lease_id(resp.results(2).response().lease_id());
+  v1::ReleaseResponse released;
+  ASSERT_TRUE(quota_[0]->Release(&ctx, release, &released).ok());
+  v1::AcquireBatchResponse whole;
+  ASSERT_TRUE(Batch(1, again, &whole).ok());
+  EXPECT_EQ(whole.results(0).response().lease_id(), resp.results(0).response().lease_id());
+  EXPECT_TRUE(whole.results(1).response().granted());
+  EXPECT_FALSE(Batch(0, again, &whole).ok() && whole.results(1).response().granted())
+      << "a sixth slot";
 }
 
 // Batches race from both replicas (decisions_only and not) on 5 slots and 20 units an hour,

@@ -38,7 +38,7 @@
 --   conc  concurrency: cap slots held by live leases (KEYS holds its sorted set, in order)
 -- Every counter may be cooling down (cd: grants nothing before it), after a throttle Report.
 
-local VERSION = 9
+local VERSION = 10
 local INF = 9007199254740991 -- 2^53 - 1: never
 
 local function now_us()

@@ -124,11 +124,15 @@ end
 --   {-2, now, first_fingerprint}           the request_id was first used for another request
 -- A request is held back (denied) while a waiter of priority 0 or more that shares a counter
 -- with it is queued (quotad_wait); `queued` false: the caller checked the queues already.
-local function acquire(keys, args, queued)
+-- `at`: the time to decide at (nil: Redis's TIME). `need` (quotad_acquire_all's first pass):
+-- only checked, nothing charged, answering nil where it would grant; the costs and new scopes
+-- of the batch's earlier items count on the counters they share (need[state .. '|' .. name],
+-- need.scopes), so each item is checked as if those before it were charged.
+local function acquire(keys, args, queued, at, need)
   local cost, lease, ttl, n = tonumber(args[1]), args[2], tonumber(args[3]), tonumber(args[4])
   local keep, rid, fp, dedup_us, feature = args[5] ~= '0', args[6], args[7], tonumber(args[8]),
                                            args[9]
-  local now = now_us()
+  local now = at or now_us()
   if rid ~= '' then
     local first = redis.call('GET', keys[3])
     if first then
@@ -153,7 +157,16 @@ local function acquire(keys, args, queued)
     -- As Ledger::Acquire: checked first, before cooldowns and limits.
     local smax = tonumber(args[ai + 3])
     scopes, new_scope = tonumber(extra[2]) or 0, cs[sk].fresh
-    if new_scope and scopes >= smax then
+    local pending = 0 -- new scopes of the batch's earlier items (other than this one)
+    if need and new_scope then
+      local set = need.scopes[keys[2] .. '|' .. efields[2]] or {}
+      need.scopes[keys[2] .. '|' .. efields[2]] = set
+      for name in pairs(set) do
+        if name ~= cs[sk].name then pending = pending + 1 end
+      end
+      set[cs[sk].name] = true
+    end
+    if new_scope and scopes + pending >= smax then
       return {-3, now, smax, args[ai + 4], feature, args[ai + 5]}
     end
   end
@@ -174,8 +187,14 @@ local function acquire(keys, args, queued)
     cool = 1
   else
     for k, c in ipairs(cs) do
-      local ok, at = c.K.fits(c, now, cost, keys[2])
-      if not ok and at > retry then retry, limiting = at, k end
+      local want_units = cost
+      if need then
+        local id = keys[2] .. '|' .. c.name
+        want_units = (need[id] or 0) + cost
+        need[id] = want_units
+      end
+      local ok, fit_at = c.K.fits(c, now, want_units, keys[2])
+      if not ok and fit_at > retry then retry, limiting = fit_at, k end
     end
   end
   -- A denial writes nothing: what roll() changed is recomputed the same way next time.
@@ -185,6 +204,7 @@ local function acquire(keys, args, queued)
     if want and cool == 0 then append_views(out, cs, now, keys[2]) end
     return out
   end
+  if need then return nil end
   local exp = now + ttl
   local rec = {exp, now, cost}
   for k, c in ipairs(cs) do
@@ -621,9 +641,55 @@ local function wait(keys, args)
   return a
 end
 
+-- FCALL quotad_acquire_all K <each item's quotad_acquire keys, in order>
+--       n <per item: its key count, its argument count, its quotad_acquire arguments>
+-- An all-or-nothing batch (Ledger::AcquireAll): every item granted, or none charged. A first
+-- pass checks each item as quotad_acquire would decide it after the items before it (nothing
+-- written); the first that would not be granted is the blocker. Then each item is charged by
+-- quotad_acquire, all at the first pass's time, so none can be denied (an error if one is:
+-- what was charged before it stands, each charge checked on its own, never over). An item
+-- whose request_id names an earlier grant answers that grant and charges nothing.
+-- Answers {1, now, item_1's quotad_acquire answer, ..., item_n's}, or
+-- {0, now, blocker (1-based), the blocker's answer, [item, its answer]...}: nothing charged;
+-- the items before the blocker that answered an earlier grant follow (those grants stand).
+local function acquire_all(keys, args)
+  local n = tonumber(args[1])
+  local items, ki, ai = {}, 1, 2
+  for i = 1, n do
+    local nk, na = tonumber(args[ai]), tonumber(args[ai + 1])
+    local ik, ia = {}, {}
+    for j = 1, nk do ik[j] = keys[ki + j - 1] end
+    for j = 1, na do ia[j] = args[ai + 1 + j] end
+    ki, ai = ki + nk, ai + 2 + na
+    items[i] = {ik, ia}
+  end
+  local now = now_us()
+  local need, dups = {scopes = {}}, {}
+  for i, it in ipairs(items) do
+    local out = acquire(it[1], it[2], nil, now, need)
+    if out ~= nil and out[1] == 2 then
+      dups[#dups + 1], dups[#dups + 2] = i, out
+    elseif out ~= nil then
+      local r = {0, now, i, out}
+      for _, v in ipairs(dups) do r[#r + 1] = v end
+      return r
+    end
+  end
+  local res = {1, now}
+  for i, it in ipairs(items) do
+    local out = acquire(it[1], it[2], nil, now)
+    if out[1] ~= 1 and out[1] ~= 2 then
+      error('quotad_acquire_all: items[' .. (i - 1) .. '] was denied after its check')
+    end
+    res[#res + 1] = out
+  end
+  return res
+end
+
 redis.register_function{function_name = 'quotad_version', flags = {'no-writes'},
                         callback = function() return VERSION end}
 redis.register_function('quotad_acquire', function(keys, args) return acquire(keys, args) end)
+redis.register_function('quotad_acquire_all', acquire_all)
 redis.register_function('quotad_wait', wait)
 redis.register_function('quotad_release', release)
 redis.register_function('quotad_renew', renew)

@@ -23,13 +23,6 @@ std::string CounterName(const Rule& rule, absl::string_view scope) {
   return absl::StrCat(rule.full_name, "[", scope, "]");
 }
 
-// Length-prefixed fields ("<len>:<bytes>" each): any byte may appear in a field.
-std::string EncodeFields(std::initializer_list<absl::string_view> fields) {
-  std::string out;
-  for (absl::string_view f : fields) absl::StrAppend(&out, f.size(), ":", f);
-  return out;
-}
-
 bool DecodeFields(absl::string_view in, std::vector<std::string>* out) {
   while (!in.empty()) {
     const size_t colon = in.find(':');
@@ -45,6 +38,12 @@ bool DecodeFields(absl::string_view in, std::vector<std::string>* out) {
 }
 
 }  // namespace
+
+std::string EncodeFields(std::initializer_list<absl::string_view> fields) {
+  std::string out;
+  for (absl::string_view f : fields) absl::StrAppend(&out, f.size(), ":", f);
+  return out;
+}
 
 std::string LeaseLocatorKey(absl::string_view lease_id) {
   return absl::StrCat("q:lease:", lease_id);
@@ -374,20 +373,12 @@ void RedisBackend::AcquireShared(const AcquireRequest& req, const SharedRequestI
     return;
   }
   const CompiledFeature& feature = *plan->feature;
-  if (req.cost <= 0 || req.cost > feature.min_capacity) {
-    done(absl::InvalidArgumentError(absl::StrCat(
-        "cost ", req.cost, " exceeds capacity ", feature.min_capacity, " of limit ",
-        plan->cc->rules[feature.min_capacity_rule].full_name, " and can never be granted")));
+  absl::StatusOr<absl::Duration> checked_ttl = CheckedTtl(*plan, req);
+  if (!checked_ttl.ok()) {
+    done(checked_ttl.status());
     return;
   }
-  const absl::Duration ttl =
-      req.lease_ttl == absl::ZeroDuration() ? feature.default_lease_ttl : req.lease_ttl;
-  if (ttl <= absl::ZeroDuration() || ttl > feature.max_lease_ttl) {
-    done(absl::InvalidArgumentError(
-        absl::StrCat("lease_ttl ", absl::FormatDuration(ttl), " exceeds the maximum ",
-                     absl::FormatDuration(feature.max_lease_ttl), " of feature ", feature.name)));
-    return;
-  }
+  const absl::Duration ttl = *checked_ttl;
   const bool fail_open = compiled->fail_open.contains(req.credential);
   if (!serving()) {
     absl::Status down = absl::UnavailableError(
@@ -441,47 +432,68 @@ void RedisBackend::AcquireShared(const AcquireRequest& req, const SharedRequestI
           done(std::move(error));
           return;
         }
-        Decision d;
-        d.granted = answer->granted;
-        if (d.granted) {
-          absl::StatusOr<LeaseId> id = LeaseId::Parse(answer->duplicate ? answer->lease_id
-                                                                        : lease_id);
-          if (!id.ok()) {
-            done(absl::InternalError(absl::StrCat("shared store answered lease ",
-                                                  answer->lease_id, ": ",
-                                                  id.status().message())));
-            return;
-          }
-          d.lease_id = *id;
-          d.lease_expiry = answer->lease_expiry;
-        } else {
-          d.retry_at = answer->retry_at;
-          if (answer->cooling || answer->limiting < 0 ||
-              answer->limiting >= static_cast<int>(plan.rules.size())) {
-            d.limited_by = absl::StrCat(plan.feature->name, ".cooldown");
-          } else {
-            d.limited_by = plan.rules[answer->limiting]->full_name;
-          }
-        }
-        // Decision::limits as Ledger::Acquire fills them (no outside estimate in shared mode).
-        if (answer->limits.size() == plan.rules.size()) {
-          d.limits.reserve(plan.rules.size());
-          for (size_t i = 0; i < plan.rules.size(); ++i) {
-            const Rule& rule = *plan.rules[i];
-            LimitStatus& st = d.limits.emplace_back();
-            st.name = rule.full_name;
-            st.scope = plan.counters[i].scope;
-            st.kind = rule.spec.kind;
-            st.capacity = rule.Capacity();
-            st.used = answer->limits[i].used;
-            st.remaining = rule.spec.kind == LimitKind::kUnlimited
-                               ? st.capacity
-                               : std::max<int64_t>(0, st.capacity - st.used);
-            st.reset = answer->limits[i].reset;
-          }
-        }
-        done(std::move(d));
+        done(DecisionOf(plan, *answer, lease_id));
       });
+}
+
+absl::StatusOr<absl::Duration> RedisBackend::CheckedTtl(const Plan& plan,
+                                                        const AcquireRequest& req) {
+  const CompiledFeature& feature = *plan.feature;
+  if (req.cost <= 0 || req.cost > feature.min_capacity) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cost ", req.cost, " exceeds capacity ", feature.min_capacity, " of limit ",
+        plan.cc->rules[feature.min_capacity_rule].full_name, " and can never be granted"));
+  }
+  const absl::Duration ttl =
+      req.lease_ttl == absl::ZeroDuration() ? feature.default_lease_ttl : req.lease_ttl;
+  if (ttl <= absl::ZeroDuration() || ttl > feature.max_lease_ttl) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("lease_ttl ", absl::FormatDuration(ttl), " exceeds the maximum ",
+                     absl::FormatDuration(feature.max_lease_ttl), " of feature ", feature.name));
+  }
+  return ttl;
+}
+
+absl::StatusOr<Decision> RedisBackend::DecisionOf(const Plan& plan,
+                                                  const redis::AcquireAnswer& answer,
+                                                  absl::string_view lease_id) {
+  Decision d;
+  d.granted = answer.granted;
+  if (d.granted) {
+    absl::StatusOr<LeaseId> id = LeaseId::Parse(answer.duplicate ? answer.lease_id : lease_id);
+    if (!id.ok()) {
+      return absl::InternalError(absl::StrCat("shared store answered lease ", answer.lease_id,
+                                              ": ", id.status().message()));
+    }
+    d.lease_id = *id;
+    d.lease_expiry = answer.lease_expiry;
+  } else {
+    d.retry_at = answer.retry_at;
+    if (answer.cooling || answer.limiting < 0 ||
+        answer.limiting >= static_cast<int>(plan.rules.size())) {
+      d.limited_by = absl::StrCat(plan.feature->name, ".cooldown");
+    } else {
+      d.limited_by = plan.rules[answer.limiting]->full_name;
+    }
+  }
+  // Decision::limits as Ledger::Acquire fills them (no outside estimate in shared mode).
+  if (answer.limits.size() == plan.rules.size()) {
+    d.limits.reserve(plan.rules.size());
+    for (size_t i = 0; i < plan.rules.size(); ++i) {
+      const Rule& rule = *plan.rules[i];
+      LimitStatus& st = d.limits.emplace_back();
+      st.name = rule.full_name;
+      st.scope = plan.counters[i].scope;
+      st.kind = rule.spec.kind;
+      st.capacity = rule.Capacity();
+      st.used = answer.limits[i].used;
+      st.remaining = rule.spec.kind == LimitKind::kUnlimited
+                         ? st.capacity
+                         : std::max<int64_t>(0, st.capacity - st.used);
+      st.reset = answer.limits[i].reset;
+    }
+  }
+  return d;
 }
 
 absl::StatusOr<RedisBackend::Locator> RedisBackend::ReadLocator(const LeaseId& id) {

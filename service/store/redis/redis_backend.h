@@ -37,8 +37,10 @@
 // Decision::limits come from the acquire's own FCALL (each counter's view after the decision;
 // not for waiters); a feature's max_scopes is counted in the credential's hash by that FCALL.
 //
+// All-or-nothing batches (redis_backend_batch.cc): one FCALL, quotad_acquire_all.
+//
 // Not built yet (kUnimplemented, or as stated): the Report's outside estimate and doubling
-// back-off, all-or-nothing batches (QuotaBackend::AcquireAll).
+// back-off.
 
 #include <atomic>
 #include <memory>
@@ -172,6 +174,12 @@ class RedisBackend final : public QuotaBackend {
   WaitStats wait_stats() const ABSL_LOCKS_EXCLUDED(wait_mu_);
   void AcquireShared(const AcquireRequest& request, const SharedRequestId& request_id,
                      DecisionCallback done) override;
+  // One FCALL (quotad_acquire_all): every item granted or none, at one time of Redis's. Never
+  // granted fail open (kUnavailable when Redis cannot be reached). On a Cluster every item's
+  // credential must hash to one slot (kFailedPrecondition naming the first that does not).
+  void AcquireAllShared(
+      absl::Span<const AcquireRequest> requests, absl::Span<const SharedRequestId> request_ids,
+      absl::AnyInvocable<void(std::vector<absl::StatusOr<Decision>>)> done) override;
 
   absl::StatusOr<ReleaseResult> Release(const LeaseId& id, std::optional<int64_t> used) override;
   absl::StatusOr<absl::Time> Renew(const LeaseId& id, absl::Duration ttl) override;
@@ -212,6 +220,14 @@ class RedisBackend final : public QuotaBackend {
   std::shared_ptr<const Compiled> compiled() const ABSL_LOCKS_EXCLUDED(mu_);
   static absl::StatusOr<Plan> PlanFor(const Compiled& compiled, absl::string_view credential,
                                       absl::string_view feature, absl::string_view scope);
+  // The lease TTL `request` asks for under `plan` (its default when none), or the error of a
+  // cost or a TTL the feature can never grant.
+  static absl::StatusOr<absl::Duration> CheckedTtl(const Plan& plan,
+                                                   const AcquireRequest& request);
+  // quotad_acquire's `answer` as the Decision Ledger::Acquire gives (`lease_id`: the one this
+  // call asked for, used unless the answer is a request_id's earlier grant).
+  static absl::StatusOr<Decision> DecisionOf(const Plan& plan, const redis::AcquireAnswer& answer,
+                                             absl::string_view lease_id);
   absl::StatusOr<Locator> ReadLocator(const LeaseId& id);
   // CheckHealth in Cluster mode: the library on every master that is up.
   bool CheckClusterHealth() ABSL_LOCKS_EXCLUDED(cluster_mu_);
@@ -294,6 +310,8 @@ class RedisBackend final : public QuotaBackend {
 
 // The key of a lease's locator.
 std::string LeaseLocatorKey(absl::string_view lease_id);
+// A locator's value: length-prefixed fields ("<len>:<bytes>" each; any byte may appear).
+std::string EncodeFields(std::initializer_list<absl::string_view> fields);
 
 }  // namespace quotad
 

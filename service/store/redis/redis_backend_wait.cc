@@ -27,13 +27,6 @@
 namespace quotad {
 namespace {
 
-// "<len>:<bytes>" per field, as redis_backend.cc writes a lease's locator.
-std::string LocatorFields(std::initializer_list<absl::string_view> fields) {
-  std::string out;
-  for (absl::string_view f : fields) absl::StrAppend(&out, f.size(), ":", f);
-  return out;
-}
-
 std::string FreedChannel(absl::string_view credential) {
   return absl::StrCat("q:", redis::CredentialTag(credential), ":freed");
 }
@@ -87,20 +80,12 @@ WaitTicket RedisBackend::AcquireSharedOrWait(const AcquireRequest& req,
     return {};
   }
   const CompiledFeature& feature = *plan->feature;
-  if (req.cost <= 0 || req.cost > feature.min_capacity) {
-    done(absl::InvalidArgumentError(absl::StrCat(
-        "cost ", req.cost, " exceeds capacity ", feature.min_capacity, " of limit ",
-        plan->cc->rules[feature.min_capacity_rule].full_name, " and can never be granted")));
+  absl::StatusOr<absl::Duration> checked_ttl = CheckedTtl(*plan, req);
+  if (!checked_ttl.ok()) {
+    done(checked_ttl.status());
     return {};
   }
-  const absl::Duration ttl =
-      req.lease_ttl == absl::ZeroDuration() ? feature.default_lease_ttl : req.lease_ttl;
-  if (ttl <= absl::ZeroDuration() || ttl > feature.max_lease_ttl) {
-    done(absl::InvalidArgumentError(
-        absl::StrCat("lease_ttl ", absl::FormatDuration(ttl), " exceeds the maximum ",
-                     absl::FormatDuration(feature.max_lease_ttl), " of feature ", feature.name)));
-    return {};
-  }
+  const absl::Duration ttl = *checked_ttl;
   StartWaiting();
   auto w = std::make_shared<Waiter>();
   w->waiter = NewLeaseId().ToString();
@@ -120,7 +105,7 @@ WaitTicket RedisBackend::AcquireSharedOrWait(const AcquireRequest& req,
   call.request_id = std::string(request_id.key);
   call.fingerprint = std::string(request_id.fingerprint);
   call.dedup_window = options_.dedup_window;
-  call.locator = LocatorFields({req.credential, req.feature, req.scope, req.holder,
+  call.locator = EncodeFields({req.credential, req.feature, req.scope, req.holder,
                                 absl::StrCat(req.cost), plan->signature});
   w->plan = *std::move(plan);
   Attempt first;
@@ -456,7 +441,7 @@ void RedisBackend::WaitLoop() {
     }
     w.call.counters = plan->counters;
     w.call.feature = feature.name;
-    w.call.locator = LocatorFields({w.call.credential, w.call.feature, w.scope, w.holder,
+    w.call.locator = EncodeFields({w.call.credential, w.call.feature, w.scope, w.holder,
                                     absl::StrCat(w.call.cost), plan->signature});
     w.plan = *std::move(plan);
     w.compiled = current;

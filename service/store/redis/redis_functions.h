@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/functional/any_invocable.h"
@@ -219,6 +220,23 @@ struct WaitAnswer {
   bool ahead = false;     // denied because a waiter ahead of it shares a counter
 };
 
+// An all-or-nothing batch (quotad_acquire_all, Ledger::AcquireAll): every call granted, or none
+// charged. On a Cluster every call's keys must lie in one hash slot (one credential).
+struct AcquireAllAnswer {
+  bool granted = false;
+  absl::Time now;  // Redis's time of the decision
+  // Granted: each call's answer, in order (a request_id's duplicate answers its first grant).
+  std::vector<AcquireAnswer> answers;
+  // Not granted: the first call that would not be granted, and its answer (a denial, or the
+  // error its single call would give: a request_id first used for another request, a new
+  // scope past max_scopes). Nothing was charged.
+  int blocker = -1;
+  absl::StatusOr<AcquireAnswer> blocked = absl::UnknownError("unset");
+  // Not granted: the items before the blocker whose request_id names an earlier grant, and
+  // that grant (which stands).
+  std::vector<std::pair<int, AcquireAnswer>> duplicates;
+};
+
 // How many replicas must hold a decision before it is answered (WAIT, pipelined after the
 // FCALL on the same connection). replicas 0: answered as soon as the primary has it.
 struct WaitPolicy {
@@ -232,6 +250,10 @@ std::vector<std::string> WaitCommand(const WaitPolicy& policy);
 // The argument lists, for callers that pipeline FCALLs themselves (and the benchmark).
 // Calendar windows are computed around `around` (the caller's clock): previous, current, next.
 absl::StatusOr<std::vector<std::string>> AcquireArgs(const AcquireCall& call, absl::Time around);
+// quotad_acquire_all's: every call's keys, then the count of calls and each call's key count,
+// argument count and quotad_acquire arguments.
+absl::StatusOr<std::vector<std::string>> AcquireAllArgs(const std::vector<AcquireCall>& calls,
+                                                        absl::Time around);
 // `views`: the counters' states to read after the answer (AcquireCall::want_limits: the number
 // of counters; 0: none). A new scope past max_scopes is kResourceExhausted naming it.
 absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply, size_t views = 0);
@@ -260,6 +282,9 @@ class RedisFunctions {
   absl::StatusOr<int> EnsureLoaded(absl::Duration timeout = absl::Seconds(5));
 
   void Acquire(AcquireCall call, absl::AnyInvocable<void(absl::StatusOr<AcquireAnswer>)> done);
+  // quotad_acquire_all (granted: waits for replicas as Acquire's grant does).
+  void AcquireAll(std::vector<AcquireCall> calls,
+                  absl::AnyInvocable<void(absl::StatusOr<AcquireAllAnswer>)> done);
   void Release(ReleaseCall call, absl::AnyInvocable<void(absl::StatusOr<ReleaseAnswer>)> done);
   void Renew(RenewCall call, absl::AnyInvocable<void(absl::StatusOr<RenewAnswer>)> done);
   void Report(ReportCall call, absl::AnyInvocable<void(absl::StatusOr<ReportAnswer>)> done);
@@ -270,6 +295,7 @@ class RedisFunctions {
 
   // Blocking forms (not from a client callback).
   absl::StatusOr<AcquireAnswer> AcquireSync(AcquireCall call);
+  absl::StatusOr<AcquireAllAnswer> AcquireAllSync(std::vector<AcquireCall> calls);
   absl::StatusOr<ReleaseAnswer> ReleaseSync(ReleaseCall call);
   absl::StatusOr<RenewAnswer> RenewSync(RenewCall call);
   absl::StatusOr<ReportAnswer> ReportSync(ReportCall call);
@@ -278,6 +304,9 @@ class RedisFunctions {
  private:
   void AcquireAround(std::shared_ptr<AcquireCall> call, absl::Time around, bool last_try,
                      absl::AnyInvocable<void(absl::StatusOr<AcquireAnswer>)> done);
+  void AcquireAllAround(std::shared_ptr<std::vector<AcquireCall>> calls, absl::Time around,
+                        bool last_try,
+                        absl::AnyInvocable<void(absl::StatusOr<AcquireAllAnswer>)> done);
   void WaitAcquireAround(std::shared_ptr<WaitCall> call, absl::Time around, bool last_try,
                   absl::AnyInvocable<void(absl::StatusOr<WaitAnswer>)> done);
   void ReportAround(std::shared_ptr<ReportCall> call, absl::Time around, bool last_try,
