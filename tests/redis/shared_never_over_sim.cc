@@ -122,8 +122,10 @@ class SharedSim {
       const uint64_t k = rng_() % 100;
       if (down_) {
         // While redis-server is down: calls that must all fail closed.
-        if (down_ops <= 2) {
+        if (down_ops == 1) {
           DoAcquire();
+        } else if (down_ops == 2) {
+          DoAcquireAll();
         } else if (down_ops == 3) {
           DoRelease();
         } else {
@@ -146,7 +148,7 @@ class SharedSim {
       } else if (k < 95) {
         if (!down_ && options_.reloads) DoReload();
       } else {
-        DoAcquire();
+        DoAcquireAll();
       }
     }
     if (down_) Restart();
@@ -364,6 +366,226 @@ class SharedSim {
     Shadow(req, true, t, t, n, used);
   }
 
+  // An all-or-nothing batch of 2 to 4 items (features, scopes and costs at random) through one
+  // replica: every item granted at one instant of Redis's, or none; the blocker denied by a
+  // limit and the others in its name. Some batches give every item a request_id and are sent
+  // again through another replica (the first answer lost): the same leases, charged once.
+  void DoAcquireAll() {
+    const int n = 2 + static_cast<int>(rng_() % 3);
+    const bool retried = rng_() % 4 == 0;
+    const int r = static_cast<int>(rng_() % kReplicas);
+    const int r2 = (r + 1 + static_cast<int>(rng_() % 2)) % kReplicas;
+    static const char* kScopes[] = {"", "a", "b"};
+    static const absl::Duration kTtls[] = {absl::Milliseconds(300), absl::Milliseconds(700),
+                                           absl::Milliseconds(1500), absl::Seconds(3)};
+    std::vector<AcquireRequest> reqs(n);
+    std::vector<std::string> features(n), scopes(n), rids(n), fps(n);
+    std::vector<std::optional<int64_t>> used(n);
+    std::string line = absl::StrCat("acquire all via R", r, ":");
+    for (int i = 0; i < n; ++i) {
+      features[i] = cred_.features[rng_() % cred_.features.size()].name;
+      scopes[i] = kScopes[rng_() % 3];
+      const int64_t cost = 1 + static_cast<int64_t>(rng_() % 3);
+      const absl::Duration ttl = kTtls[rng_() % 4];
+      if (rng_() % 3 != 0) used[i] = static_cast<int64_t>(rng_() % (cost + 1));
+      if (retried || rng_() % 4 == 0) {
+        rids[i] = absl::StrCat("rq", options_.seed, "-", result_.ops, "-", i);
+        fps[i] = absl::StrCat(features[i], "/", scopes[i], "/", cost, "/",
+                              absl::FormatDuration(ttl));
+      }
+      AcquireRequest& req = reqs[i];
+      req.credential = kCredential;
+      req.feature = features[i];
+      req.scope = scopes[i];
+      req.cost = cost;
+      req.lease_ttl = ttl;
+      absl::StrAppend(&line, i == 0 ? " " : ", ", features[i],
+                      scopes[i].empty() ? "" : "/" + scopes[i], " cost ", cost, " ttl ",
+                      absl::FormatDuration(ttl), rids[i].empty() ? "" : " rid " + rids[i]);
+    }
+    auto call = [&](int replica) {
+      std::vector<SharedRequestId> ids(n);
+      for (int i = 0; i < n; ++i) {
+        if (!rids[i].empty()) ids[i] = SharedRequestId{rids[i], rids[i], fps[i]};
+      }
+      absl::Notification done;
+      std::vector<absl::StatusOr<Decision>> out;
+      backends_[replica]->AcquireAllShared(reqs, ids,
+                                           [&](std::vector<absl::StatusOr<Decision>> d) {
+                                             out = std::move(d);
+                                             done.Notify();
+                                           });
+      done.WaitForNotification();
+      return out;
+    };
+    const int64_t lo = Now();
+    std::vector<absl::StatusOr<Decision>> d = call(r);
+    auto granted = [&](const std::vector<absl::StatusOr<Decision>>& v) {
+      int g = 0;
+      for (const absl::StatusOr<Decision>& x : v) g += x.ok() && x->granted ? 1 : 0;
+      return g;
+    };
+    if (static_cast<int>(d.size()) != n) {
+      Log(line);
+      Fail("engine-error", absl::StrCat("AcquireAllShared answered ", d.size(), " of ", n));
+      return;
+    }
+    if (retried) {
+      std::vector<absl::StatusOr<Decision>> again = call(r2);
+      absl::StrAppend(&line, "; answer lost (", granted(d), " granted), retried via R", r2);
+      if (granted(d) == n) {
+        for (int i = 0; i < n; ++i) {
+          if (!again[i].ok() || !again[i]->granted || !(again[i]->lease_id == d[i]->lease_id)) {
+            Log(line);
+            Fail("request-id", absl::StrCat("the retried batch's items[", i, "] answered ",
+                                            again[i].ok() ? "another decision"
+                                                          : again[i].status().ToString()));
+            return;
+          }
+        }
+      }
+      d = std::move(again);
+    }
+    const int64_t hi = Now();
+    const int g = granted(d);
+    int blocker = -1;
+    for (int i = 0; i < n; ++i) {
+      if (!d[i].ok() || (!d[i]->granted &&
+                         !absl::StartsWith(d[i]->limited_by, "all_or_nothing:items["))) {
+        blocker = i;
+        break;
+      }
+    }
+    if (g != 0 && g != n) {
+      Log(line);
+      Fail("all-or-nothing", absl::StrCat(g, " of ", n, " items granted"));
+      return;
+    }
+    if (g == 0) {
+      const absl::Status error = blocker >= 0 && !d[blocker].ok() ? d[blocker].status()
+                                                                   : absl::OkStatus();
+      absl::StrAppend(&line, " -> none granted (items[", blocker, "]: ",
+                      blocker < 0 ? "?" : error.ok() ? d[blocker]->limited_by : error.ToString(),
+                      ")");
+      Log(line);
+      if (blocker < 0) {
+        Fail("all-or-nothing", "denied with no item naming why");
+        return;
+      }
+      for (int i = 0; i < n; ++i) {
+        if (i == blocker) continue;
+        if (!d[i].ok() || d[i]->limited_by != absl::StrCat("all_or_nothing:items[", blocker, "]")) {
+          Fail("all-or-nothing", absl::StrCat("items[", i, "] is not denied in items[", blocker,
+                                              "]'s name"));
+        }
+      }
+      if (!error.ok()) {
+        if (down_ && absl::IsUnavailable(error)) {
+          ++result_.unavailable;
+        } else if (!(absl::IsInvalidArgument(error) &&
+                     absl::StrContains(error.message(), "can never be granted"))) {
+          Fail("engine-error", error.ToString());
+        }
+        return;
+      }
+      ++result_.denials;
+      for (int i = 0; i < n; ++i) {
+        if (OnlyKind(cred_, features[i], LimitKind::kUnlimited) && i == blocker) {
+          Fail("unlimited", absl::StrCat(features[i], " has only unlimited limits but was denied"));
+        }
+      }
+      ShadowAll(reqs, false, lo, hi, {});
+      return;
+    }
+    // Every item granted, at one instant.
+    const int64_t t = Ns(d[0]->lease_expiry - reqs[0].lease_ttl);
+    absl::StrAppend(&line, " -> all granted at ", When(t));
+    std::vector<int64_t> ids(n);
+    for (int i = 0; i < n; ++i) {
+      ids[i] = static_cast<int64_t>(leases_.size());
+      absl::StrAppend(&line, i == 0 ? ": L" : ", L", ids[i]);
+      leases_.push_back({d[i]->lease_id, features[i], scopes[i], reqs[i].cost, used[i],
+                         Ns(d[i]->lease_expiry)});
+    }
+    Log(line);
+    result_.grants += n;
+    if (down_) Fail("fail-closed", "granted while redis-server was killed");
+    for (int i = 0; i < n; ++i) {
+      const int64_t ti = Ns(d[i]->lease_expiry - reqs[i].lease_ttl);
+      if (ti != t) {
+        Fail("all-or-nothing", absl::StrCat("items[", i, "] granted at ", When(ti),
+                                            ", items[0] at ", When(t)));
+      }
+    }
+    if (t < lo || t > hi) {
+      Fail("decision-time", absl::StrCat("grant at ", When(t), " outside the call [", When(lo),
+                                         ", ", When(hi), "]"));
+    }
+    for (int i = 0; i < n; ++i) {
+      ++result_.sends;
+      const int64_t units = used[i].value_or(reqs[i].cost);
+      if (std::string v = oracle_.SendOurs(t, features[i], scopes[i], units); !v.empty()) {
+        Fail("over-grant", v);
+      }
+      if (std::string v = oracle_.Grant(ids[i], t, features[i], scopes[i], reqs[i].cost,
+                                        Ns(d[i]->lease_expiry));
+          !v.empty()) {
+        Fail("concurrency", v);
+      }
+    }
+    ShadowAll(reqs, true, t, t, ids);
+  }
+
+  // ShadowAll: the same batch through the embedded ledger's AcquireAll, as Shadow compares a
+  // single decision (asserted when every item's feature has only calendar or only concurrency
+  // limits; a denial near a window boundary or lease expiry of any item is not compared).
+  void ShadowAll(const std::vector<AcquireRequest>& reqs, bool granted, int64_t lo, int64_t hi,
+                 const std::vector<int64_t>& leases) {
+    if (ledger_ == nullptr) return;
+    SetShadow(lo);
+    std::vector<absl::StatusOr<Decision>> e = ledger_->AcquireAll(reqs);
+    bool e_granted = !e.empty();
+    for (const absl::StatusOr<Decision>& x : e) e_granted = e_granted && x.ok() && x->granted;
+    for (size_t i = 0; i < e.size() && e_granted; ++i) {
+      if (!leases.empty()) {
+        leases_[leases[i]].shadow = e[i]->lease_id;
+      } else {
+        (void)ledger_->Release(e[i]->lease_id, 0);  // granted here only: given back at once
+      }
+    }
+    bool ambiguous = false, explained = false, asserted = true;
+    for (const AcquireRequest& req : reqs) {
+      const std::string feature(req.feature);
+      ambiguous = ambiguous || (!granted && Ambiguous(feature, lo, hi));
+      auto it = diverged_until_.find(feature);
+      explained = explained || (it != diverged_until_.end() && it->second > lo);
+      asserted = asserted && (OnlyKind(cred_, feature, LimitKind::kCalendar) ||
+                              OnlyKind(cred_, feature, LimitKind::kConcurrency));
+    }
+    if (ambiguous) {
+      ++result_.ambiguous;
+      return;
+    }
+    ++result_.compared;
+    if (e_granted == granted) return;
+    std::string what = absl::StrCat("all-or-nothing batch of ", reqs.size(), " at ", When(lo),
+                                    ": redis ", granted ? "granted" : "denied", ", embedded ",
+                                    e_granted ? "granted" : "denied");
+    if (explained) {
+      absl::StrAppend(&what, " (explained: after a reload raised or reshaped a limit it touches, "
+                             "or an earlier disagreement)");
+    } else {
+      ++result_.unexplained;
+    }
+    Log(absl::StrCat("  DISAGREE ", what));
+    result_.disagreements.push_back(what);
+    if (asserted && !explained) {
+      ++result_.asserted_disagreements;
+      Fail("conformance", what);
+    }
+    for (const AcquireRequest& req : reqs) Diverge(std::string(req.feature), lo);
+  }
+
   // The same decision through the embedded ledger, at Redis's instant (a denial: at `lo`).
   void Shadow(const AcquireRequest& req, bool granted, int64_t lo, int64_t hi, int64_t lease,
               std::optional<int64_t> used) {
@@ -469,7 +691,11 @@ class SharedSim {
       }
       return;
     }
-    if (!(down_ && absl::IsUnavailable(rr.status()))) Fail("engine-error", rr.status().ToString());
+    if (down_ && absl::IsUnavailable(rr.status())) {
+      ++result_.unavailable;
+    } else {
+      Fail("engine-error", rr.status().ToString());
+    }
   }
 
   void DoRenew(bool at_expiry) {
@@ -499,7 +725,9 @@ class SharedSim {
           Fail("lease-lost", absl::StrCat("L", i, " expires at ", When(l.expiry),
                                           " but Renew at ", When(lo), " did not find it"));
         }
-      } else if (!(down_ && absl::IsUnavailable(rn.status()))) {
+      } else if (down_ && absl::IsUnavailable(rn.status())) {
+        ++result_.unavailable;
+      } else {
         Fail("engine-error", rn.status().ToString());
       }
       return;

@@ -10,7 +10,9 @@
 // the TTL asked for, exact to the microsecond); operations without such an instant (Reset,
 // Reload) are placed at a TIME read after them, when no decision can lie between. Operations:
 // Acquire (costs, scopes, draws_on, request_id retries through another replica, also after the
-// first answer is lost, and a retry asking for something else), Release with used < cost,
+// first answer is lost, and a retry asking for something else), all-or-nothing batches
+// (AcquireAllShared: all granted at one instant or none; retried through another replica with
+// every item's request_id), Release with used < cost,
 // Renew (also right around expiry), waiting for leases to expire and windows to turn, Reset,
 // hot Reload on every replica (limits tightened, loosened, renamed) and kill -9 + restart of
 // redis-server. A violation names the seed and the operation trace.
@@ -58,7 +60,8 @@ struct SharedSimResult {
   bool ok = true;
   std::string violation;            // "invariant: message"
   std::vector<std::string> trace;   // one line per operation
-  int64_t ops = 0, grants = 0, denials = 0, unavailable = 0, sends = 0;
+  int64_t ops = 0, grants = 0, denials = 0, sends = 0;
+  int64_t unavailable = 0;  // calls answered UNAVAILABLE while redis-server was killed
   // Conformance with the embedded ledger.
   int64_t compared = 0, ambiguous = 0;
   int64_t unexplained = 0;                     // not after a reload raised or reshaped a limit
