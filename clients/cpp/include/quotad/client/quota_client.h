@@ -250,8 +250,8 @@ class QuotaClient {
   // could not be asked (after the retries; every item keeps its request_id across them, so a
   // retried batch charges each grant once) or refused the batch whole (too many items). An
   // empty batch is answered at once, without a call.
-  // `all_or_nothing`: every item is granted or none is (embedded quotad only; a shared one
-  // answers UNIMPLEMENTED); otherwise the item that was not granted has its denial or error and
+  // `all_or_nothing`: every item is granted or none is (on Redis Cluster, items of credentials
+  // in one hash slot); otherwise the item that was not granted has its denial or error and
   // every other one a denial whose limited_by() is "all_or_nothing:items[K]" naming it.
   absl::StatusOr<std::vector<absl::StatusOr<Lease>>> AcquireBatch(
       const std::vector<AcquireItem>& items, bool all_or_nothing = false);
