@@ -22,6 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "gmock/gmock.h"
 #include "quotad/v1/quotad.grpc.pb.h"
 #include "service/core/lease_id.h"
 #include "service/server/server.h"
@@ -484,6 +485,50 @@ TEST_F(ClusterTest, SlotMigratedUnderLoadOverGrantsNothing) {
 
 // A master killed: its credentials UNAVAILABLE (nothing granted), the others keep serving; back,
 // it serves again.
+// An all-or-nothing batch is one FCALL on the master of its slot: items of one credential (on a
+// master that is not the first) are granted whole or not charged; items of credentials on two
+// masters are refused (FAILED_PRECONDITION naming the item and both slots), nothing charged.
+TEST_F(ClusterTest, AllOrNothingDecidesInOneSlot) {
+  StartServers();
+  const std::string one = CredentialOn(1);
+  const std::string other = CredentialOn(2);
+  auto item = [](const std::string& credential, const std::string& feature) {
+    v1::AcquireRequest req;
+    req.set_credential(credential);
+    req.set_feature(feature);
+    return req;
+  };
+  v1::AcquireBatchRequest req;
+  req.set_all_or_nothing(true);
+  *req.add_items() = item(one, "cal");
+  *req.add_items() = item(one, "conc");
+  *req.add_items() = item(one, "conc");
+  v1::AcquireBatchResponse resp;
+  ASSERT_TRUE(quota_[0]->AcquireBatch(Context().get(), req, &resp).ok());
+  ASSERT_EQ(resp.results_size(), 3);
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(resp.results(i).response().granted()) << i;
+  // The two slots are held: the same batch through the other server is not charged at all.
+  ASSERT_TRUE(quota_[1]->AcquireBatch(Context().get(), req, &resp).ok());
+  EXPECT_FALSE(resp.results(0).response().granted());
+  EXPECT_EQ(resp.results(0).response().limited_by(), "all_or_nothing:items[1]");
+  EXPECT_EQ(resp.results(1).response().limited_by(), "conc.slots");
+  EXPECT_EQ(Used(0, one, "cal.daily"), 1);
+
+  v1::AcquireBatchRequest across;
+  across.set_all_or_nothing(true);
+  *across.add_items() = item(one, "cal");
+  *across.add_items() = item(other, "cal");
+  ASSERT_TRUE(quota_[1]->AcquireBatch(Context().get(), across, &resp).ok());
+  ASSERT_EQ(resp.results_size(), 2);
+  ASSERT_TRUE(resp.results(1).has_error()) << resp.DebugString();
+  EXPECT_EQ(resp.results(1).error().code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(resp.results(1).error().message(),
+              ::testing::HasSubstr(absl::StrCat("items[1] is in slot ", SlotOfCredential(other))));
+  EXPECT_EQ(resp.results(0).response().limited_by(), "all_or_nothing:items[1]");
+  EXPECT_EQ(Used(0, one, "cal.daily"), 1);
+  EXPECT_EQ(Used(1, other, "cal.daily"), 0);
+}
+
 TEST_F(ClusterTest, KilledMasterFailsItsCredentialsClosedOthersServe) {
   StartServers();
   const int dead = 1;
