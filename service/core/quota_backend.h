@@ -87,6 +87,16 @@ class QuotaBackend {
     return {};
   }
 
+  // Shared only: independent Acquires (an AcquireBatch) decided in order, each as AcquireShared
+  // decides it; `done` gets one result per request, in order. What the arguments view is
+  // copied before this returns. A backend that cannot answers every item kUnimplemented.
+  virtual void AcquireManyShared(
+      absl::Span<const AcquireRequest> requests, absl::Span<const SharedRequestId> request_ids,
+      absl::AnyInvocable<void(std::vector<absl::StatusOr<Decision>>)> done) {
+    done(std::vector<absl::StatusOr<Decision>>(
+        requests.size(), absl::UnimplementedError("shared batches are not built here")));
+  }
+
   // Shared only: as AcquireAll (every item granted or none, decided as one), each item with its
   // request_id (as AcquireShared's); `done` gets one result per request, in order. What the
   // arguments view is copied before this returns. A backend that cannot answers every item

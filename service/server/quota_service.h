@@ -192,11 +192,17 @@ class QuotaService {
   // when it is to be decided; an error for a full table or a reused id.
   absl::StatusOr<bool> ReplayAcquire(const Caller& caller, const v1::AcquireRequest& request,
                                      std::string* dedup_key, v1::AcquireResponse* first);
-  // One AcquireBatch item: on a shared backend through Acquire(); on the embedded ledger
-  // with `checks`, its decision counted in `outcomes` and its limits read only when
-  // `want_limits`. The answer in `out`, or the error.
-  absl::Status AcquireBatchItemShared(const Caller& caller, const v1::AcquireRequest& item,
-                                      v1::AcquireBatchItem* out);
+  // What the single path checks of one AcquireBatch item (access, names, fields, priority),
+  // the per-credential and per-feature checks once per batch through `checks`; its arguments
+  // (viewing `item` and `holder`, the stored holder with auth), or the error.
+  absl::StatusOr<AcquireArgs> CheckBatchItem(const Caller& caller, const v1::AcquireRequest& item,
+                                             BatchChecks* checks, std::string* holder);
+  // A shared backend's AcquireBatch (no all_or_nothing): every item checked here, then decided
+  // by the backend in order, in as few round trips as it can (AcquireManyShared).
+  void AcquireBatchShared(const Caller& caller, const v1::AcquireBatchRequest& request,
+                          v1::AcquireBatchResponse* response);
+  // One AcquireBatch item on the embedded ledger, with `checks`, its decision counted in
+  // `outcomes` and its limits read only when `want_limits`. The answer in `out`, or the error.
   absl::Status AcquireBatchItem(const Caller& caller, const v1::AcquireRequest& item,
                                 bool want_limits, BatchChecks* checks, v1::AcquireBatchItem* out,
                                 Outcomes* outcomes);

@@ -110,6 +110,11 @@ absl::Status QuotaService::AcquireBatchInto(const Caller& caller,
   }
   v1::AcquireBatchResponse& resp = *response;
   resp.mutable_results()->Reserve(req.items_size());
+  if (backend_->shared()) {
+    AcquireBatchShared(caller, req, &resp);
+    if (req.decisions_only()) DropLimits(&resp);  // replays answer with what they hold
+    return absl::OkStatus();
+  }
   // What the single path checks per call and depends only on the credential or the feature
   // (the access rules, the names' syntax) is checked once per distinct value of the batch, in
   // the single path's order; a refused item is still named and counted on its own.
@@ -126,40 +131,22 @@ absl::Status QuotaService::AcquireBatchInto(const Caller& caller,
       continue;
     }
     absl::Status s =
-        backend_->shared()
-            ? AcquireBatchItemShared(caller, item, out)
-            : AcquireBatchItem(caller, item, !req.decisions_only(), &checks, out, &outcomes);
+        AcquireBatchItem(caller, item, !req.decisions_only(), &checks, out, &outcomes);
     if (!s.ok()) {
       metrics_->OnRequestError("AcquireBatchItem", absl::StatusCodeToString(s.code()));
       ToItemError(i, s, out->mutable_error());
     }
   }
-  // Replays and the shared path answer with what they hold.
-  if (req.decisions_only()) DropLimits(&resp);
+  if (req.decisions_only()) DropLimits(&resp);  // replays answer with what they hold
   for (const auto& [key, count] : outcomes) {
     metrics_->OnDecisions(key.credential, key.feature, key.granted, key.limited_by, count);
   }
   return absl::OkStatus();
 }
 
-// A shared backend answers on its own thread: each item through the single path.
-absl::Status QuotaService::AcquireBatchItemShared(const Caller& caller,
-                                                  const v1::AcquireRequest& item,
-                                                  v1::AcquireBatchItem* out) {
-  BatchAnswer answer;
-  // No max_wait: never parked, so no ticket to keep.
-  Acquire(caller, item, BatchReply(&answer));
-  absl::StatusOr<v1::AcquireResponse> result = answer.Take();
-  if (!result.ok()) return result.status();
-  *out->mutable_response() = *std::move(result);
-  return absl::OkStatus();
-}
-
-// One item of a batch on the embedded ledger: the single path's checks and answer, decided on
-// the caller's thread, written into `out`.
-absl::Status QuotaService::AcquireBatchItem(
-    const Caller& caller, const v1::AcquireRequest& item, bool want_limits, BatchChecks* checks,
-    v1::AcquireBatchItem* out, Outcomes* outcomes) {
+absl::StatusOr<QuotaService::AcquireArgs> QuotaService::CheckBatchItem(
+    const Caller& caller, const v1::AcquireRequest& item, BatchChecks* checks,
+    std::string* holder) {
   const BatchChecks::Credential& credential = checks->ForCredential(caller, item.credential());
   if (!credential.access.ok()) {
     metrics_->OnAuthFailure("permission_denied");
@@ -170,8 +157,82 @@ absl::Status QuotaService::AcquireBatchItem(
   absl::StatusOr<AcquireArgs> args = ValidateAcquireFields(item);
   if (!args.ok()) return args.status();
   if (absl::Status s = CheckPriority(caller, args->priority); !s.ok()) return s;
+  if (absl::Status s = StoredHolder(caller, item, holder, &args->core); !s.ok()) return s;
+  return args;
+}
+
+void QuotaService::AcquireBatchShared(const Caller& caller, const v1::AcquireBatchRequest& req,
+                                      v1::AcquireBatchResponse* resp) {
+  const int n = req.items_size();
+  BatchChecks checks;
+  // The core requests and request ids view these (sized once: never moved).
+  std::vector<std::string> holders(n), keys(n), fingerprints(n);
+  std::vector<AcquireRequest> cores;
+  std::vector<SharedRequestId> ids;
+  std::vector<int> decided;  // the items the backend decides, in order
+  cores.reserve(n);
+  ids.reserve(n);
+  decided.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    const v1::AcquireRequest& item = req.items(i);
+    v1::AcquireBatchItem* out = resp->add_results();
+    absl::Status s = CheckNoWait(item);
+    absl::StatusOr<AcquireArgs> args =
+        s.ok() ? CheckBatchItem(caller, item, &checks, &holders[i]) : s;
+    if (!args.ok()) {
+      metrics_->OnRequestError("AcquireBatchItem",
+                               absl::StatusCodeToString(args.status().code()));
+      ToItemError(i, args.status(), out->mutable_error());
+      continue;
+    }
+    args->core.want_limits = !req.decisions_only();
+    // The store keeps request_ids, and answers a retry itself.
+    keys[i] = SharedRequestKey(caller, item);
+    if (!keys[i].empty()) fingerprints[i] = Fingerprint(item);
+    cores.push_back(args->core);
+    ids.push_back(SharedRequestId{keys[i], item.request_id(), fingerprints[i]});
+    decided.push_back(i);
+  }
+  std::vector<absl::StatusOr<Decision>> decisions;
+  absl::Notification answered;  // on the store's thread (with an error if it shuts down first)
+  backend_->AcquireManyShared(cores, ids, [&](std::vector<absl::StatusOr<Decision>> d) {
+    decisions = std::move(d);
+    answered.Notify();
+  });
+  answered.WaitForNotification();
+  // Each outcome's decisions are counted once per batch, as the embedded path does.
+  Outcomes outcomes;
+  for (size_t k = 0; k < decided.size(); ++k) {
+    const int i = decided[k];
+    const v1::AcquireRequest& item = req.items(i);
+    v1::AcquireBatchItem* out = resp->mutable_results(i);
+    if (k >= decisions.size() || !decisions[k].ok()) {
+      const absl::Status s = k < decisions.size() ? decisions[k].status()
+                                                  : absl::InternalError("the item was not decided");
+      metrics_->OnRequestError("AcquireBatchItem", absl::StatusCodeToString(s.code()));
+      ToItemError(i, s, out->mutable_error());
+      continue;
+    }
+    LogDecision("AcquireBatch", caller.identity, item, *decisions[k]);
+    // The store recorded the request_id itself: nothing to record here, so nothing can fail.
+    v1::AcquireResponse* answer = out->mutable_response();
+    (void)AnswerInto(item, *decisions[k], /*dedup_key=*/"", answer);
+    ++outcomes[DecisionKey{item.credential(), item.feature(), decisions[k]->granted,
+                           answer->limited_by()}];
+  }
+  for (const auto& [key, count] : outcomes) {
+    metrics_->OnDecisions(key.credential, key.feature, key.granted, key.limited_by, count);
+  }
+}
+
+// One item of a batch on the embedded ledger: the single path's checks and answer, decided on
+// the caller's thread, written into `out`.
+absl::Status QuotaService::AcquireBatchItem(
+    const Caller& caller, const v1::AcquireRequest& item, bool want_limits, BatchChecks* checks,
+    v1::AcquireBatchItem* out, Outcomes* outcomes) {
   std::string holder;
-  if (absl::Status s = StoredHolder(caller, item, &holder, &args->core); !s.ok()) return s;
+  absl::StatusOr<AcquireArgs> args = CheckBatchItem(caller, item, checks, &holder);
+  if (!args.ok()) return args.status();
   args->core.want_limits = want_limits;
   std::string dedup_key;
   v1::AcquireResponse* answer = out->mutable_response();
@@ -232,19 +293,8 @@ absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatchAllOrNothing(
   for (int i = 0; i < n; ++i) {
     const v1::AcquireRequest& item = req.items(i);
     if (absl::Status s = CheckNoWait(item); !s.ok()) return refuse(i, s);
-    const BatchChecks::Credential& credential = checks.ForCredential(caller, item.credential());
-    if (!credential.access.ok()) {
-      metrics_->OnAuthFailure("permission_denied");
-      return refuse(i, credential.access);
-    }
-    if (!credential.name.ok()) return refuse(i, credential.name);
-    if (const absl::Status& s = checks.ForFeature(item.feature()); !s.ok()) return refuse(i, s);
-    absl::StatusOr<AcquireArgs> args = ValidateAcquireFields(item);
+    absl::StatusOr<AcquireArgs> args = CheckBatchItem(caller, item, &checks, &holders[i]);
     if (!args.ok()) return refuse(i, args.status());
-    if (absl::Status s = CheckPriority(caller, args->priority); !s.ok()) return refuse(i, s);
-    if (absl::Status s = StoredHolder(caller, item, &holders[i], &args->core); !s.ok()) {
-      return refuse(i, s);
-    }
     if (shared) {
       // The store keeps request_ids, and answers a retry itself (its grant stands).
       dedup_keys[i] = SharedRequestKey(caller, item);

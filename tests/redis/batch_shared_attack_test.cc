@@ -177,6 +177,37 @@ TEST_F(BatchSharedAttackTest, DecisionsOnlyDecidesTheSameAndReplaysAcrossReplica
       << "a sixth slot";
 }
 
+// A batch without all_or_nothing is one FCALL (quotad_acquire_many), its items decided in
+// order: of 7 items on 5 slots the first 5 are granted; an item refused here (an unknown
+// feature) and one with a request_id used by another request answer their own errors; the
+// same 7 items through the other replica, the slots held, are all denied in one more FCALL.
+TEST_F(BatchSharedAttackTest, ABatchIsOneCallDecidedInOrder) {
+  v1::AcquireResponse first;
+  ASSERT_TRUE(Single(0, Item("roll", "taken"), &first).ok());
+  ASSERT_TRUE(first.granted());
+  v1::AcquireBatchRequest req;
+  for (int i = 0; i < 7; ++i) *req.add_items() = Item("conc");
+  *req.add_items() = Item("nothing");
+  *req.add_items() = Item("conc", "taken");  // "taken" asked for roll
+  const int64_t before = redis_->Calls("fcall");
+  v1::AcquireBatchResponse resp;
+  ASSERT_TRUE(Batch(1, req, &resp).ok());
+  EXPECT_EQ(redis_->Calls("fcall") - before, 1);
+  ASSERT_EQ(resp.results_size(), 9);
+  for (int i = 0; i < 7; ++i) {
+    EXPECT_EQ(resp.results(i).response().granted(), i < 5) << i;
+  }
+  EXPECT_EQ(resp.results(6).response().limited_by(), "conc.slots");
+  ASSERT_TRUE(resp.results(7).has_error());
+  EXPECT_THAT(resp.results(7).error().message(), HasSubstr("items[7]"));
+  ASSERT_TRUE(resp.results(8).has_error());
+  EXPECT_EQ(resp.results(8).error().code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(resp.results(8).error().message(), HasSubstr("'taken' was first used"));
+  ASSERT_TRUE(Batch(0, req, &resp).ok());
+  EXPECT_EQ(redis_->Calls("fcall") - before, 2);
+  for (int i = 0; i < 7; ++i) EXPECT_FALSE(resp.results(i).response().granted()) << i;
+}
+
 // Batches race from both replicas (decisions_only and not) on 5 slots and 20 units an hour,
 // nothing released: exactly 5 slots and 20 units are granted in all.
 TEST_F(BatchSharedAttackTest, RacingBatchesOnTwoReplicasGrantExactlyTheCapacity) {

@@ -17,6 +17,7 @@
 #include <fstream>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "tests/support/eventually.h"
@@ -230,6 +231,18 @@ absl::StatusOr<std::string> RedisServer::Command(const std::vector<std::string>&
   freeReplyObject(reply);
   redisFree(c);
   return text;
+}
+
+int64_t RedisServer::Calls(const std::string& command) const {
+  absl::StatusOr<std::string> info = Command({"INFO", "commandstats"});
+  if (!info.ok()) return -1;
+  const std::string mark = absl::StrCat("cmdstat_", command, ":calls=");
+  const size_t at = info->find(mark);
+  if (at == std::string::npos) return 0;
+  const size_t from = at + mark.size();
+  int64_t v = 0;
+  if (!absl::SimpleAtoi(info->substr(from, info->find(',', from) - from), &v)) return -1;
+  return v;
 }
 
 }  // namespace testing

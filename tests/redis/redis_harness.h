@@ -71,6 +71,8 @@ class RedisServer {
   // Runs one command on a fresh blocking connection and returns the reply as text (integers
   // in decimal, arrays space-separated, errors prefixed "ERR:"). For test set-up and checks.
   absl::StatusOr<std::string> Command(const std::vector<std::string>& args) const;
+  // INFO commandstats: calls of `command` (lower case, e.g. "fcall") so far; -1 if unreadable.
+  int64_t Calls(const std::string& command) const;
 
  private:
   explicit RedisServer(RedisServerOptions options);

@@ -327,19 +327,28 @@ TEST_F(SharedModeTest, RequestIdRetryThroughAnotherReplicaGetsTheFirstAnswer) {
   EXPECT_NE(s.error_message().find("job-1"), std::string::npos) << s.error_message();
 }
 
-TEST_F(SharedModeTest, AnAllOrNothingBatchIsRefusedWholeAndChargesNothing) {
+// An all-or-nothing batch is decided whole: granted whole through one replica, then (the
+// window full) refused whole through another, charging nothing.
+TEST_F(SharedModeTest, AnAllOrNothingBatchIsGrantedOrChargedNothing) {
   v1::AcquireBatchRequest batch;
   batch.set_all_or_nothing(true);
-  for (int i = 0; i < 2; ++i) {
+  for (const char* feature : {"cal", "cal2"}) {
     v1::AcquireRequest* item = batch.add_items();
     item->set_credential("team/shared");
-    item->set_feature("cal");
+    item->set_feature(feature);
   }
   v1::AcquireBatchResponse resp;
-  grpc::Status s = quota_[0]->AcquireBatch(Context().get(), batch, &resp);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNIMPLEMENTED);
-  EXPECT_NE(s.error_message().find("all_or_nothing"), std::string::npos) << s.error_message();
-  EXPECT_EQ(GrantsFromEveryone("cal", 1), kWindowCapacity);
+  ASSERT_TRUE(quota_[0]->AcquireBatch(Context().get(), batch, &resp).ok());
+  ASSERT_EQ(resp.results_size(), 2);
+  EXPECT_TRUE(resp.results(0).response().granted());
+  EXPECT_TRUE(resp.results(1).response().granted());
+  // cal2 has 4 units left: taken, so the next batch finds cal2 full and charges cal nothing.
+  EXPECT_EQ(GrantsFromEveryone("cal2", 1), 4);
+  ASSERT_TRUE(quota_[1]->AcquireBatch(Context().get(), batch, &resp).ok());
+  EXPECT_FALSE(resp.results(0).response().granted());
+  EXPECT_EQ(resp.results(0).response().limited_by(), "all_or_nothing:items[1]");
+  EXPECT_EQ(resp.results(1).response().limited_by(), "cal2.daily");
+  EXPECT_EQ(GrantsFromEveryone("cal", 1), kWindowCapacity - 1);
 }
 
 TEST_F(SharedModeTest, ReleaseAndRenewWorkThroughAnyReplica) {

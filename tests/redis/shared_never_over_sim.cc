@@ -19,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
@@ -147,8 +148,10 @@ class SharedSim {
         if (!down_) DoReset();
       } else if (k < 95) {
         if (!down_ && options_.reloads) DoReload();
-      } else {
+      } else if (k < 97) {
         DoAcquireAll();
+      } else {
+        DoAcquireMany();
       }
     }
     if (down_) Restart();
@@ -366,58 +369,176 @@ class SharedSim {
     Shadow(req, true, t, t, n, used);
   }
 
+  // A batch's items at random (features, scopes, costs, TTLs, what the worker will use), some
+  // with a request_id (every one when the batch is to be retried), and the replicas to send it
+  // through.
+  struct SimBatch {
+    std::vector<AcquireRequest> reqs;
+    std::vector<std::string> features, scopes, rids, fps;
+    std::vector<std::optional<int64_t>> used;
+    int replica = 0, retry_replica = 0;
+    bool retried = false;
+    std::string line;
+  };
+  SimBatch RandomBatch(const char* what, int n) {
+    SimBatch b;
+    b.retried = rng_() % 4 == 0;
+    b.replica = static_cast<int>(rng_() % kReplicas);
+    b.retry_replica = (b.replica + 1 + static_cast<int>(rng_() % 2)) % kReplicas;
+    static const char* kScopes[] = {"", "a", "b"};
+    static const absl::Duration kTtls[] = {absl::Milliseconds(300), absl::Milliseconds(700),
+                                           absl::Milliseconds(1500), absl::Seconds(3)};
+    b.reqs.resize(n);
+    b.features.resize(n);
+    b.scopes.resize(n);
+    b.rids.resize(n);
+    b.fps.resize(n);
+    b.used.resize(n);
+    b.line = absl::StrCat(what, " via R", b.replica, ":");
+    for (int i = 0; i < n; ++i) {
+      b.features[i] = cred_.features[rng_() % cred_.features.size()].name;
+      b.scopes[i] = kScopes[rng_() % 3];
+      const int64_t cost = 1 + static_cast<int64_t>(rng_() % 3);
+      const absl::Duration ttl = kTtls[rng_() % 4];
+      if (rng_() % 3 != 0) b.used[i] = static_cast<int64_t>(rng_() % (cost + 1));
+      if (b.retried || rng_() % 4 == 0) {
+        b.rids[i] = absl::StrCat("rq", options_.seed, "-", result_.ops, "-", i);
+        b.fps[i] = absl::StrCat(b.features[i], "/", b.scopes[i], "/", cost, "/",
+                                absl::FormatDuration(ttl));
+      }
+      AcquireRequest& req = b.reqs[i];
+      req.credential = kCredential;
+      req.feature = b.features[i];
+      req.scope = b.scopes[i];
+      req.cost = cost;
+      req.lease_ttl = ttl;
+      req.want_limits = false;
+      absl::StrAppend(&b.line, i == 0 ? " " : ", ", b.features[i],
+                      b.scopes[i].empty() ? "" : "/" + b.scopes[i], " cost ", cost, " ttl ",
+                      absl::FormatDuration(ttl), b.rids[i].empty() ? "" : " rid " + b.rids[i]);
+    }
+    return b;
+  }
+  // `b` through `replica`: AcquireAllShared, or AcquireManyShared.
+  std::vector<absl::StatusOr<Decision>> CallBatch(bool all, int replica, const SimBatch& b) {
+    std::vector<SharedRequestId> ids(b.reqs.size());
+    for (size_t i = 0; i < b.reqs.size(); ++i) {
+      if (!b.rids[i].empty()) ids[i] = SharedRequestId{b.rids[i], b.rids[i], b.fps[i]};
+    }
+    absl::Notification done;
+    std::vector<absl::StatusOr<Decision>> out;
+    auto answer = [&](std::vector<absl::StatusOr<Decision>> d) {
+      out = std::move(d);
+      done.Notify();
+    };
+    if (all) {
+      backends_[replica]->AcquireAllShared(b.reqs, ids, answer);
+    } else {
+      backends_[replica]->AcquireManyShared(b.reqs, ids, answer);
+    }
+    done.WaitForNotification();
+    if (out.size() != b.reqs.size()) {
+      out.resize(b.reqs.size(), absl::InternalError("the backend answered fewer items"));
+    }
+    return out;
+  }
+
+  // A batch of 2 to 6 independent Acquires in one call (AcquireManyShared): each item decided
+  // as a single Acquire, in order, the grants at one instant of Redis's. Some batches are sent
+  // again through another replica with every item's request_id (the first answer lost): each
+  // grant answers the same lease, charged once.
+  void DoAcquireMany() {
+    const SimBatch b = RandomBatch("acquire many", 2 + static_cast<int>(rng_() % 5));
+    const int n = static_cast<int>(b.reqs.size());
+    std::string line = b.line;
+    const int64_t lo = Now();
+    std::vector<absl::StatusOr<Decision>> d = CallBatch(false, b.replica, b);
+    if (b.retried) {
+      std::vector<absl::StatusOr<Decision>> again = CallBatch(false, b.retry_replica, b);
+      absl::StrAppend(&line, "; answer lost, retried via R", b.retry_replica);
+      for (int i = 0; i < n; ++i) {
+        if (!d[i].ok() || !d[i]->granted || !again[i].ok()) continue;
+        if (!again[i]->granted || !(again[i]->lease_id == d[i]->lease_id)) {
+          Log(line);
+          Fail("request-id", absl::StrCat("the retried batch's items[", i, "] answered ",
+                                          again[i]->granted ? "another lease" : "a denial"));
+          return;
+        }
+      }
+      for (int i = 0; i < n; ++i) {
+        if (!(d[i].ok() && d[i]->granted && !again[i].ok())) d[i] = std::move(again[i]);
+      }
+    }
+    const int64_t hi = Now();
+    int64_t at = -1;  // the grants' instant
+    std::vector<std::string> results;
+    for (int i = 0; i < n; ++i) {
+      const AcquireRequest& req = b.reqs[i];
+      if (!d[i].ok()) {
+        results.push_back(d[i].status().ToString());
+        if (down_ && absl::IsUnavailable(d[i].status())) {
+          ++result_.unavailable;
+        } else if (!(absl::IsInvalidArgument(d[i].status()) &&
+                     absl::StrContains(d[i].status().message(), "can never be granted"))) {
+          Fail("engine-error", absl::StrCat("items[", i, "]: ", d[i].status().ToString()));
+        }
+        continue;
+      }
+      if (!d[i]->granted) {
+        ++result_.denials;
+        results.push_back(absl::StrCat("denied (", d[i]->limited_by, ")"));
+        if (OnlyKind(cred_, b.features[i], LimitKind::kUnlimited)) {
+          Fail("unlimited", absl::StrCat(b.features[i], " has only unlimited limits but was denied"));
+        }
+        Shadow(req, false, lo, hi, -1, b.used[i]);
+        continue;
+      }
+      ++result_.grants;
+      const int64_t t = Ns(d[i]->lease_expiry - req.lease_ttl);
+      const int64_t lease = static_cast<int64_t>(leases_.size());
+      results.push_back(absl::StrCat("L", lease, " at ", When(t)));
+      if (down_) Fail("fail-closed", "granted while redis-server was killed");
+      if (at >= 0 && t != at) {
+        Fail("batch", absl::StrCat("items[", i, "] granted at ", When(t), ", an earlier item at ",
+                                   When(at)));
+      }
+      at = t;
+      if (t < lo || t > hi) {
+        Fail("decision-time", absl::StrCat("grant at ", When(t), " outside the call [",
+                                           When(lo), ", ", When(hi), "]"));
+      }
+      leases_.push_back({d[i]->lease_id, b.features[i], b.scopes[i], req.cost, b.used[i],
+                         Ns(d[i]->lease_expiry)});
+      ++result_.sends;
+      const int64_t units = b.used[i].value_or(req.cost);
+      if (std::string v = oracle_.SendOurs(t, b.features[i], b.scopes[i], units); !v.empty()) {
+        Fail("over-grant", v);
+      }
+      if (std::string v = oracle_.Grant(lease, t, b.features[i], b.scopes[i], req.cost,
+                                        Ns(d[i]->lease_expiry));
+          !v.empty()) {
+        Fail("concurrency", v);
+      }
+      Shadow(req, true, t, t, lease, b.used[i]);
+    }
+    Log(absl::StrCat(line, " -> ", absl::StrJoin(results, "; ")));
+  }
+
   // An all-or-nothing batch of 2 to 4 items (features, scopes and costs at random) through one
   // replica: every item granted at one instant of Redis's, or none; the blocker denied by a
   // limit and the others in its name. Some batches give every item a request_id and are sent
   // again through another replica (the first answer lost): the same leases, charged once.
   void DoAcquireAll() {
-    const int n = 2 + static_cast<int>(rng_() % 3);
-    const bool retried = rng_() % 4 == 0;
-    const int r = static_cast<int>(rng_() % kReplicas);
-    const int r2 = (r + 1 + static_cast<int>(rng_() % 2)) % kReplicas;
-    static const char* kScopes[] = {"", "a", "b"};
-    static const absl::Duration kTtls[] = {absl::Milliseconds(300), absl::Milliseconds(700),
-                                           absl::Milliseconds(1500), absl::Seconds(3)};
-    std::vector<AcquireRequest> reqs(n);
-    std::vector<std::string> features(n), scopes(n), rids(n), fps(n);
-    std::vector<std::optional<int64_t>> used(n);
-    std::string line = absl::StrCat("acquire all via R", r, ":");
-    for (int i = 0; i < n; ++i) {
-      features[i] = cred_.features[rng_() % cred_.features.size()].name;
-      scopes[i] = kScopes[rng_() % 3];
-      const int64_t cost = 1 + static_cast<int64_t>(rng_() % 3);
-      const absl::Duration ttl = kTtls[rng_() % 4];
-      if (rng_() % 3 != 0) used[i] = static_cast<int64_t>(rng_() % (cost + 1));
-      if (retried || rng_() % 4 == 0) {
-        rids[i] = absl::StrCat("rq", options_.seed, "-", result_.ops, "-", i);
-        fps[i] = absl::StrCat(features[i], "/", scopes[i], "/", cost, "/",
-                              absl::FormatDuration(ttl));
-      }
-      AcquireRequest& req = reqs[i];
-      req.credential = kCredential;
-      req.feature = features[i];
-      req.scope = scopes[i];
-      req.cost = cost;
-      req.lease_ttl = ttl;
-      absl::StrAppend(&line, i == 0 ? " " : ", ", features[i],
-                      scopes[i].empty() ? "" : "/" + scopes[i], " cost ", cost, " ttl ",
-                      absl::FormatDuration(ttl), rids[i].empty() ? "" : " rid " + rids[i]);
-    }
-    auto call = [&](int replica) {
-      std::vector<SharedRequestId> ids(n);
-      for (int i = 0; i < n; ++i) {
-        if (!rids[i].empty()) ids[i] = SharedRequestId{rids[i], rids[i], fps[i]};
-      }
-      absl::Notification done;
-      std::vector<absl::StatusOr<Decision>> out;
-      backends_[replica]->AcquireAllShared(reqs, ids,
-                                           [&](std::vector<absl::StatusOr<Decision>> d) {
-                                             out = std::move(d);
-                                             done.Notify();
-                                           });
-      done.WaitForNotification();
-      return out;
-    };
+    const SimBatch b = RandomBatch("acquire all", 2 + static_cast<int>(rng_() % 3));
+    const int n = static_cast<int>(b.reqs.size());
+    const int r = b.replica, r2 = b.retry_replica;
+    const bool retried = b.retried;
+    const std::vector<AcquireRequest>& reqs = b.reqs;
+    const std::vector<std::string>& features = b.features;
+    const std::vector<std::string>& scopes = b.scopes;
+    const std::vector<std::optional<int64_t>>& used = b.used;
+    std::string line = b.line;
+    auto call = [&](int replica) { return CallBatch(true, replica, b); };
     const int64_t lo = Now();
     std::vector<absl::StatusOr<Decision>> d = call(r);
     auto granted = [&](const std::vector<absl::StatusOr<Decision>>& v) {

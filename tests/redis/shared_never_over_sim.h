@@ -12,7 +12,8 @@
 // Acquire (costs, scopes, draws_on, request_id retries through another replica, also after the
 // first answer is lost, and a retry asking for something else), all-or-nothing batches
 // (AcquireAllShared: all granted at one instant or none; retried through another replica with
-// every item's request_id), Release with used < cost,
+// every item's request_id), batches of independent Acquires (AcquireManyShared: each decided
+// as a single Acquire, the grants at one instant), Release with used < cost,
 // Renew (also right around expiry), waiting for leases to expire and windows to turn, Reset,
 // hot Reload on every replica (limits tightened, loosened, renamed) and kill -9 + restart of
 // redis-server. A violation names the seed and the operation trace.

@@ -161,17 +161,7 @@ class SharedWaitTest : public ::testing::Test {
   }
 
   // INFO commandstats: calls of `command` (lower case) so far.
-  int64_t Calls(const std::string& command) {
-    absl::StatusOr<std::string> info = redis_->Command({"INFO", "commandstats"});
-    if (!info.ok()) return -1;
-    const std::string mark = absl::StrCat("cmdstat_", command, ":calls=");
-    const size_t at = info->find(mark);
-    if (at == std::string::npos) return 0;
-    const size_t from = at + mark.size();
-    int64_t v = 0;
-    absl::SimpleAtoi(info->substr(from, info->find(',', from) - from), &v);
-    return v;
-  }
+  int64_t Calls(const std::string& command) { return redis_->Calls(command); }
 
   TempDir dir_;
   std::unique_ptr<RedisServer> redis_;

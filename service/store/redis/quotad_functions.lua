@@ -228,6 +228,34 @@ local function acquire(keys, args, queued, at, need)
   return out
 end
 
+-- The items of quotad_acquire_many and quotad_acquire_all: {keys, args} per item, from
+-- K <every item's keys> and args n <per item: its key count, its argument count, its arguments>.
+local function split_items(keys, args)
+  local items, ki, ai = {}, 1, 2
+  for i = 1, tonumber(args[1]) do
+    local nk, na = tonumber(args[ai]), tonumber(args[ai + 1])
+    local ik, ia = {}, {}
+    for j = 1, nk do ik[j] = keys[ki + j - 1] end
+    for j = 1, na do ia[j] = args[ai + 1 + j] end
+    ki, ai = ki + nk, ai + 2 + na
+    items[i] = {ik, ia}
+  end
+  return items
+end
+
+-- FCALL quotad_acquire_many K <each item's quotad_acquire keys, in order>
+--       n <per item: its key count, its argument count, its quotad_acquire arguments>
+-- Independent Acquires in one call (an AcquireBatch): each item decided by quotad_acquire, in
+-- order, at one time of Redis's. Answers {1, now, item_1's quotad_acquire answer, ...}.
+local function acquire_many(keys, args)
+  local now = now_us()
+  local out = {1, now}
+  for _, it in ipairs(split_items(keys, args)) do
+    out[#out + 1] = acquire(it[1], it[2], nil, now)
+  end
+  return out
+end
+
 -- Concurrency counters also read what the lease holds on them.
 local function lease_fields(cs, lease)
   local f = {}
@@ -691,6 +719,7 @@ redis.register_function{function_name = 'quotad_version', flags = {'no-writes'},
 redis.register_function('quotad_acquire', function(keys, args) return acquire(keys, args) end)
 redis.register_function('quotad_acquire_all', acquire_all)
 redis.register_function('quotad_wait', wait)
+redis.register_function('quotad_acquire_many', acquire_many)
 redis.register_function('quotad_release', release)
 redis.register_function('quotad_renew', renew)
 redis.register_function('quotad_report', report)

@@ -393,21 +393,7 @@ void RedisBackend::AcquireShared(const AcquireRequest& req, const SharedRequestI
     }
     return;
   }
-  const LeaseId id = NewHeldLeaseId(req.credential);
-  redis::AcquireCall call;
-  call.credential = std::string(req.credential);
-  call.lease_id = id.ToString();
-  call.cost = req.cost;
-  call.ttl = ttl;
-  call.counters = plan->counters;
-  call.feature = feature.name;
-  call.request_id = std::string(request_id.key);
-  call.fingerprint = std::string(request_id.fingerprint);
-  call.dedup_window = options_.dedup_window;
-  call.locator_key = LeaseLocatorKey(call.lease_id);
-  call.locator = EncodeFields({req.credential, req.feature, req.scope, req.holder,
-                               absl::StrCat(req.cost), plan->signature});
-  call.want_limits = req.want_limits;
+  redis::AcquireCall call = SharedCall(req, request_id, *plan, ttl);
   std::string lease_id = call.lease_id;
   // Granted here instead when Redis does not answer (fail_open credentials only).
   std::optional<LeaseInfo> fallback;
@@ -417,23 +403,47 @@ void RedisBackend::AcquireShared(const AcquireRequest& req, const SharedRequestI
       [this, plan = *std::move(plan), lease_id = std::move(lease_id), ttl,
        fallback = std::move(fallback),
        done = std::move(done)](absl::StatusOr<redis::AcquireAnswer> answer) mutable {
-        if (!answer.ok()) {
-          // A call that timed out may still run in Redis: its lease is never handed out and
-          // ends at its TTL (the README's under-grant), so only a call never sent says nothing.
-          absl::Status error = StoreError(
-              answer.status(), absl::IsDeadlineExceeded(answer.status())
-                                   ? "no lease handed out (the call may still grant in Redis; "
-                                     "that lease ends at its TTL)"
-                                   : "nothing was granted");
-          if (fallback.has_value() && absl::IsUnavailable(error)) {
-            done(GrantFailOpen(*std::move(fallback), ttl, error));
-            return;
-          }
-          done(std::move(error));
-          return;
-        }
-        done(DecisionOf(plan, *answer, lease_id));
+        done(Decide(plan, std::move(answer), lease_id, std::move(fallback), ttl));
       });
+}
+
+redis::AcquireCall RedisBackend::SharedCall(const AcquireRequest& req,
+                                            const SharedRequestId& request_id, const Plan& plan,
+                                            absl::Duration ttl) const {
+  redis::AcquireCall call;
+  call.credential = std::string(req.credential);
+  call.lease_id = NewHeldLeaseId(req.credential).ToString();
+  call.cost = req.cost;
+  call.ttl = ttl;
+  call.counters = plan.counters;
+  call.feature = plan.feature->name;
+  call.request_id = std::string(request_id.key);
+  call.fingerprint = std::string(request_id.fingerprint);
+  call.dedup_window = options_.dedup_window;
+  call.locator_key = LeaseLocatorKey(call.lease_id);
+  call.locator = EncodeFields({req.credential, req.feature, req.scope, req.holder,
+                               absl::StrCat(req.cost), plan.signature});
+  call.want_limits = req.want_limits;
+  return call;
+}
+
+absl::StatusOr<Decision> RedisBackend::Decide(const Plan& plan,
+                                              absl::StatusOr<redis::AcquireAnswer> answer,
+                                              absl::string_view lease_id,
+                                              std::optional<LeaseInfo> fallback,
+                                              absl::Duration ttl) {
+  if (answer.ok()) return DecisionOf(plan, *answer, lease_id);
+  // A call that timed out may still run in Redis: its lease is never handed out and ends at
+  // its TTL (the README's under-grant), so only a call never sent says nothing was granted.
+  absl::Status error =
+      StoreError(answer.status(), absl::IsDeadlineExceeded(answer.status())
+                                      ? "no lease handed out (the call may still grant in Redis; "
+                                        "that lease ends at its TTL)"
+                                      : "nothing was granted");
+  if (fallback.has_value() && absl::IsUnavailable(error)) {
+    return GrantFailOpen(*std::move(fallback), ttl, error);
+  }
+  return error;
 }
 
 absl::StatusOr<absl::Duration> RedisBackend::CheckedTtl(const Plan& plan,

@@ -174,6 +174,12 @@ class RedisBackend final : public QuotaBackend {
   WaitStats wait_stats() const ABSL_LOCKS_EXCLUDED(wait_mu_);
   void AcquireShared(const AcquireRequest& request, const SharedRequestId& request_id,
                      DecisionCallback done) override;
+  // Independent Acquires (an AcquireBatch): one FCALL (quotad_acquire_many) per hash slot, the
+  // items of one slot decided in order at one time of Redis's, each as AcquireShared decides
+  // it (fail open included).
+  void AcquireManyShared(
+      absl::Span<const AcquireRequest> requests, absl::Span<const SharedRequestId> request_ids,
+      absl::AnyInvocable<void(std::vector<absl::StatusOr<Decision>>)> done) override;
   // One FCALL (quotad_acquire_all): every item granted or none, at one time of Redis's. Never
   // granted fail open (kUnavailable when Redis cannot be reached). On a Cluster every item's
   // credential must hash to one slot (kFailedPrecondition naming the first that does not).
@@ -224,6 +230,14 @@ class RedisBackend final : public QuotaBackend {
   // cost or a TTL the feature can never grant.
   static absl::StatusOr<absl::Duration> CheckedTtl(const Plan& plan,
                                                    const AcquireRequest& request);
+  // The call AcquireShared sends for `request` (a new lease id), planned and checked.
+  redis::AcquireCall SharedCall(const AcquireRequest& request, const SharedRequestId& request_id,
+                                const Plan& plan, absl::Duration ttl) const;
+  // AcquireShared's answer: the decision, or the store's error (a fail-open grant of
+  // `fallback` for `ttl` instead when Redis could not be reached and `fallback` is set).
+  absl::StatusOr<Decision> Decide(const Plan& plan, absl::StatusOr<redis::AcquireAnswer> answer,
+                                  absl::string_view lease_id, std::optional<LeaseInfo> fallback,
+                                  absl::Duration ttl);
   // quotad_acquire's `answer` as the Decision Ledger::Acquire gives (`lease_id`: the one this
   // call asked for, used unless the answer is a request_id's earlier grant).
   static absl::StatusOr<Decision> DecisionOf(const Plan& plan, const redis::AcquireAnswer& answer,

@@ -1,15 +1,20 @@
-// RedisBackend's all-or-nothing batches (QuotaBackend::AcquireAllShared): every item planned and
-// checked here as AcquireShared checks it, then decided as one by one FCALL, quotad_acquire_all,
-// on Redis's clock. Answers as Ledger::AcquireAll: all granted, or the blocker's denial or error
-// and every other item denied in its name ("all_or_nothing:items[K]"); an item whose request_id
-// names an earlier grant answers that grant either way (it stands).
+// RedisBackend's batches. All-or-nothing (QuotaBackend::AcquireAllShared): every item planned
+// and checked here as AcquireShared checks it, then decided as one by one FCALL,
+// quotad_acquire_all, on Redis's clock. Answers as Ledger::AcquireAll: all granted, or the
+// blocker's denial or error and every other item denied in its name ("all_or_nothing:items[K]");
+// an item whose request_id names an earlier grant answers that grant either way (it stands).
+// Independent (AcquireManyShared): one FCALL, quotad_acquire_many, per hash slot, each item
+// answered as AcquireShared answers it.
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "service/store/redis/redis_backend.h"
 #include "service/store/redis/redis_cluster.h"
 
@@ -155,6 +160,105 @@ void RedisBackend::AcquireAllShared(
         }
         done(std::move(out));
       });
+}
+
+void RedisBackend::AcquireManyShared(
+    absl::Span<const AcquireRequest> requests, absl::Span<const SharedRequestId> request_ids,
+    absl::AnyInvocable<void(std::vector<absl::StatusOr<Decision>>)> done) {
+  const int n = static_cast<int>(requests.size());
+  // The answers, filled as they come; `done` runs once the last part is in.
+  struct Join {
+    absl::Mutex mu;
+    std::vector<absl::StatusOr<Decision>> out;
+    int pending = 1;  // the parts sent, and this call's own hold until all are sent
+    absl::AnyInvocable<void(std::vector<absl::StatusOr<Decision>>)> done;
+  };
+  auto join = std::make_shared<Join>();
+  join->out.assign(n, absl::InternalError("undecided"));
+  join->done = std::move(done);
+  auto finish = [join] {
+    {
+      absl::MutexLock lock(&join->mu);
+      if (--join->pending > 0) return;
+    }
+    join->done(std::move(join->out));
+  };
+  auto set = [join](int i, absl::StatusOr<Decision> d) {
+    absl::MutexLock lock(&join->mu);
+    join->out[i] = std::move(d);
+  };
+  auto hold = [join](int parts) {
+    absl::MutexLock lock(&join->mu);
+    join->pending += parts;
+  };
+  if (request_ids.size() != requests.size()) {
+    for (int i = 0; i < n; ++i) set(i, absl::InternalError("one request_id per item is needed"));
+    finish();
+    return;
+  }
+  // The items of one FCALL: one per hash slot on a Cluster (-1: every item).
+  struct Part {
+    std::vector<int> items;
+    std::vector<redis::AcquireCall> calls;
+    std::vector<Plan> plans;
+    std::vector<std::string> lease_ids;
+    std::vector<std::optional<LeaseInfo>> fallbacks;  // fail_open credentials' grants
+    std::vector<absl::Duration> ttls;
+  };
+  absl::flat_hash_map<int, Part> parts;
+  std::vector<int> order;  // the parts' slots, as first met
+  const std::shared_ptr<const Compiled> compiled = this->compiled();
+  const bool up = serving();
+  for (int i = 0; i < n; ++i) {
+    const AcquireRequest& req = requests[i];
+    if (!up) {
+      // As AcquireShared answers it (fail open included), item by item.
+      hold(1);
+      AcquireShared(req, request_ids[i], [set, finish, i](absl::StatusOr<Decision> d) {
+        set(i, std::move(d));
+        finish();
+      });
+      continue;
+    }
+    absl::StatusOr<Plan> plan = PlanFor(*compiled, req.credential, req.feature, req.scope);
+    absl::StatusOr<absl::Duration> ttl = plan.ok() ? CheckedTtl(*plan, req) : plan.status();
+    if (!ttl.ok()) {
+      set(i, ttl.status());
+      continue;
+    }
+    const int slot =
+        cluster_ != nullptr ? redis::KeySlot(redis::StateKey(req.credential)) : -1;
+    auto [it, added] = parts.try_emplace(slot);
+    if (added) order.push_back(slot);
+    Part& part = it->second;
+    part.items.push_back(i);
+    part.calls.push_back(SharedCall(req, request_ids[i], *plan, *ttl));
+    part.lease_ids.push_back(part.calls.back().lease_id);
+    part.fallbacks.push_back(compiled->fail_open.contains(req.credential)
+                                 ? std::optional<LeaseInfo>(FailOpenLease(req, *plan->feature))
+                                 : std::nullopt);
+    part.ttls.push_back(*ttl);
+    part.plans.push_back(*std::move(plan));
+  }
+  hold(static_cast<int>(order.size()));
+  for (int slot : order) {
+    Part& part = parts[slot];
+    std::vector<redis::AcquireCall> calls = std::move(part.calls);
+    functions_.AcquireMany(
+        std::move(calls),
+        [this, part = std::move(part), set,
+         finish](absl::StatusOr<redis::RedisFunctions::ManyAnswers> answers) mutable {
+          for (size_t k = 0; k < part.items.size(); ++k) {
+            absl::StatusOr<redis::AcquireAnswer> a =
+                answers.ok() ? std::move((*answers)[k])
+                             : absl::StatusOr<redis::AcquireAnswer>(answers.status());
+            set(part.items[k], Decide(part.plans[k], std::move(a), part.lease_ids[k],
+                                      std::move(part.fallbacks[k]), part.ttls[k]));
+          }
+          finish();
+        });
+  }
+  finish();
 }
 
 }  // namespace quotad

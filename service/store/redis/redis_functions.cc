@@ -23,6 +23,7 @@ using redis_internal::FloorMicros;
 using redis_internal::FromMicros;
 using redis_internal::Integers;
 using redis_internal::kLuaInf;
+using redis_internal::RequestIdConflict;
 using redis_internal::Wait;
 
 namespace {
@@ -104,6 +105,10 @@ absl::Status AddCounter(const CounterRef& ref, absl::Time around, std::vector<st
   return absl::OkStatus();
 }
 
+}  // namespace
+
+namespace redis_internal {
+
 // quotad_acquire's answer -2 (ParseAcquire: kAlreadyExists with the first fingerprint) as the
 // embedded server answers it (server.cc, AnswerFirst).
 absl::Status RequestIdConflict(const AcquireCall& call, const absl::Status& first) {
@@ -111,10 +116,6 @@ absl::Status RequestIdConflict(const AcquireCall& call, const absl::Status& firs
       "request_id '", call.request_id, "' was first used for ", first.message(),
       "; this request is ", call.fingerprint, ": use a new request_id for a different request"));
 }
-
-}  // namespace
-
-namespace redis_internal {
 
 absl::StatusOr<std::vector<std::string>> CallArgs(const char* function,
                                                   absl::string_view credential,
@@ -306,34 +307,6 @@ absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply, s
   return bad();
 }
 
-absl::StatusOr<std::vector<std::string>> AcquireAllArgs(const std::vector<AcquireCall>& calls,
-                                                        absl::Time around) {
-  std::vector<std::string> keys, tail = {absl::StrCat(calls.size())};
-  for (const AcquireCall& call : calls) {
-    // {"FCALL", "quotad_acquire", numkeys, keys..., arguments...}
-    absl::StatusOr<std::vector<std::string>> one = AcquireArgs(call, around);
-    if (!one.ok()) return one.status();
-    size_t nkeys = 0;
-    if (one->size() < 3 || !absl::SimpleAtoi((*one)[2], &nkeys) || one->size() < 3 + nkeys) {
-      return absl::InternalError("quotad_acquire's arguments have no key count");
-    }
-    const auto first_arg = one->begin() + 3 + static_cast<ptrdiff_t>(nkeys);
-    keys.insert(keys.end(), std::make_move_iterator(one->begin() + 3),
-                std::make_move_iterator(first_arg));
-    tail.push_back(absl::StrCat(nkeys));
-    tail.push_back(absl::StrCat(one->end() - first_arg));
-    tail.insert(tail.end(), std::make_move_iterator(first_arg),
-                std::make_move_iterator(one->end()));
-  }
-  std::vector<std::string> args = {"FCALL", "quotad_acquire_all", absl::StrCat(keys.size())};
-  args.reserve(3 + keys.size() + tail.size());
-  args.insert(args.end(), std::make_move_iterator(keys.begin()),
-              std::make_move_iterator(keys.end()));
-  args.insert(args.end(), std::make_move_iterator(tail.begin()),
-              std::make_move_iterator(tail.end()));
-  return args;
-}
-
 std::vector<std::string> WaitCommand(const WaitPolicy& policy) {
   const int64_t ms = std::max<int64_t>(
       1, absl::ToInt64Milliseconds(absl::Ceil(policy.timeout, absl::Milliseconds(1))));
@@ -432,105 +405,6 @@ void RedisFunctions::AcquireAround(std::shared_ptr<AcquireCall> call, absl::Time
   });
 }
 
-void RedisFunctions::AcquireAll(
-    std::vector<AcquireCall> calls,
-    absl::AnyInvocable<void(absl::StatusOr<AcquireAllAnswer>)> done) {
-  AcquireAllAround(std::make_shared<std::vector<AcquireCall>>(std::move(calls)), clock_now_(),
-                   false, std::move(done));
-}
-
-void RedisFunctions::AcquireAllAround(
-    std::shared_ptr<std::vector<AcquireCall>> calls, absl::Time around, bool last_try,
-    absl::AnyInvocable<void(absl::StatusOr<AcquireAllAnswer>)> done) {
-  absl::StatusOr<std::vector<std::string>> args = AcquireAllArgs(*calls, around);
-  if (!args.ok()) {
-    done(args.status());
-    return;
-  }
-  CallMaybeWaiting(*std::move(args), [this, calls, last_try, done = std::move(done)](
-                                         absl::StatusOr<Reply> reply, int64_t acked) mutable {
-    if (!reply.ok()) {
-      done(reply.status());
-      return;
-    }
-    if (reply->is_error()) {
-      done(absl::InternalError(absl::StrCat("redis: ", reply->str)));
-      return;
-    }
-    const std::vector<Reply>& e = reply->elements;
-    auto views = [&](size_t i) {
-      const AcquireCall& call = (*calls)[i];
-      return call.want_limits ? call.counters.size() : 0;
-    };
-    auto bad = [&] {
-      return absl::InternalError(absl::StrCat("unexpected reply ", reply->DebugString()));
-    };
-    if (reply->type != Reply::Type::kArray || e.size() < 2 ||
-        e[0].type != Reply::Type::kInteger || e[1].type != Reply::Type::kInteger) {
-      done(bad());
-      return;
-    }
-    AcquireAllAnswer all;
-    all.now = FromMicros(e[1].integer);
-    if (e[0].integer == 1) {
-      if (e.size() != 2 + calls->size()) {
-        done(bad());
-        return;
-      }
-      for (size_t i = 0; i < calls->size(); ++i) {
-        absl::StatusOr<AcquireAnswer> a = ParseAcquire(e[2 + i], views(i));
-        if (!a.ok() || !a->granted) {
-          done(a.ok() ? bad() : a.status());
-          return;
-        }
-        all.answers.push_back(*std::move(a));
-      }
-      all.granted = true;
-      // Not durable enough: nothing handed out (the charges stay until the leases' TTL).
-      if (absl::Status s = CheckAcked(acked, "grants"); !s.ok()) {
-        done(s);
-        return;
-      }
-      done(std::move(all));
-      return;
-    }
-    // An item's index (1-based) at element `i`, as an index into `calls`; -1 if not one.
-    auto index = [&](size_t i) {
-      if (e[i].type != Reply::Type::kInteger || e[i].integer < 1 ||
-          e[i].integer > static_cast<int64_t>(calls->size())) {
-        return -1;
-      }
-      return static_cast<int>(e[i].integer) - 1;
-    };
-    if (e[0].integer != 0 || e.size() < 4 || e.size() % 2 != 0 || index(2) < 0) {
-      done(bad());
-      return;
-    }
-    for (size_t i = 4; i < e.size(); i += 2) {
-      const int item = index(i);
-      absl::StatusOr<AcquireAnswer> a =
-          item < 0 ? absl::StatusOr<AcquireAnswer>(bad()) : ParseAcquire(e[i + 1], 0);
-      if (!a.ok() || !a->duplicate) {
-        done(a.ok() ? bad() : a.status());
-        return;
-      }
-      all.duplicates.emplace_back(item, *std::move(a));
-    }
-    all.blocker = index(2);
-    const AcquireCall& call = (*calls)[all.blocker];
-    all.blocked = ParseAcquire(e[3], views(all.blocker));
-    if (!last_try && absl::IsFailedPrecondition(all.blocked.status())) {
-      // The caller's clock is off by more than a window: windows around Redis's time.
-      AcquireAllAround(calls, all.now, true, std::move(done));
-      return;
-    }
-    if (absl::IsAlreadyExists(all.blocked.status())) {
-      all.blocked = RequestIdConflict(call, all.blocked.status());
-    }
-    done(std::move(all));
-  });
-}
-
 void RedisFunctions::Release(ReleaseCall call,
                              absl::AnyInvocable<void(absl::StatusOr<ReleaseAnswer>)> done) {
   absl::StatusOr<std::vector<std::string>> args =
@@ -607,11 +481,6 @@ void RedisFunctions::Renew(RenewCall call,
 
 absl::StatusOr<AcquireAnswer> RedisFunctions::AcquireSync(AcquireCall call) {
   return Wait<AcquireAnswer>([&](auto done) { Acquire(std::move(call), std::move(done)); });
-}
-
-absl::StatusOr<AcquireAllAnswer> RedisFunctions::AcquireAllSync(std::vector<AcquireCall> calls) {
-  return Wait<AcquireAllAnswer>(
-      [&](auto done) { AcquireAll(std::move(calls), std::move(done)); });
 }
 
 absl::StatusOr<ReleaseAnswer> RedisFunctions::ReleaseSync(ReleaseCall call) {

@@ -250,10 +250,11 @@ std::vector<std::string> WaitCommand(const WaitPolicy& policy);
 // The argument lists, for callers that pipeline FCALLs themselves (and the benchmark).
 // Calendar windows are computed around `around` (the caller's clock): previous, current, next.
 absl::StatusOr<std::vector<std::string>> AcquireArgs(const AcquireCall& call, absl::Time around);
-// quotad_acquire_all's: every call's keys, then the count of calls and each call's key count,
-// argument count and quotad_acquire arguments.
-absl::StatusOr<std::vector<std::string>> AcquireAllArgs(const std::vector<AcquireCall>& calls,
-                                                        absl::Time around);
+// `function`'s (quotad_acquire_all, quotad_acquire_many): every call's keys, then the count of
+// calls and each call's key count, argument count and quotad_acquire arguments.
+absl::StatusOr<std::vector<std::string>> BatchArgs(const char* function,
+                                                   const std::vector<AcquireCall>& calls,
+                                                   absl::Time around);
 // `views`: the counters' states to read after the answer (AcquireCall::want_limits: the number
 // of counters; 0: none). A new scope past max_scopes is kResourceExhausted naming it.
 absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply, size_t views = 0);
@@ -285,6 +286,13 @@ class RedisFunctions {
   // quotad_acquire_all (granted: waits for replicas as Acquire's grant does).
   void AcquireAll(std::vector<AcquireCall> calls,
                   absl::AnyInvocable<void(absl::StatusOr<AcquireAllAnswer>)> done);
+  // quotad_acquire_many: independent Acquires in one FCALL, decided in order at one time of
+  // Redis's (on a Cluster every call's keys in one slot). One answer per call, as Acquire's
+  // (one whose calendar windows miss Redis's time is sent again alone); the error of the
+  // whole call when Redis did not answer.
+  using ManyAnswers = std::vector<absl::StatusOr<AcquireAnswer>>;
+  void AcquireMany(std::vector<AcquireCall> calls,
+                   absl::AnyInvocable<void(absl::StatusOr<ManyAnswers>)> done);
   void Release(ReleaseCall call, absl::AnyInvocable<void(absl::StatusOr<ReleaseAnswer>)> done);
   void Renew(RenewCall call, absl::AnyInvocable<void(absl::StatusOr<RenewAnswer>)> done);
   void Report(ReportCall call, absl::AnyInvocable<void(absl::StatusOr<ReportAnswer>)> done);

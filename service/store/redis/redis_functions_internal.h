@@ -43,6 +43,10 @@ absl::StatusOr<std::vector<std::string>> CallArgs(const char* function,
                                                   const std::string& tail_key = "",
                                                   const std::string& tail = "");
 
+// quotad_acquire's answer -2 (ParseAcquire: kAlreadyExists with the first fingerprint) as the
+// embedded server answers it (server.cc, AnswerFirst).
+absl::Status RequestIdConflict(const AcquireCall& call, const absl::Status& first);
+
 // The reply as an array of integers, or why not.
 absl::StatusOr<std::vector<int64_t>> Integers(const absl::StatusOr<Reply>& reply);
 

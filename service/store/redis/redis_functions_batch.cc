@@ -1,0 +1,230 @@
+// RedisFunctions' batches: quotad_acquire_all (an all-or-nothing batch) and quotad_acquire_many
+// (independent Acquires), each one FCALL carrying several quotad_acquire calls (see
+// quotad_functions.lua).
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "service/store/redis/redis_functions.h"
+#include "service/store/redis/redis_functions_internal.h"
+
+namespace quotad {
+namespace redis {
+
+using redis_internal::FromMicros;
+using redis_internal::RequestIdConflict;
+using redis_internal::Wait;
+
+absl::StatusOr<std::vector<std::string>> BatchArgs(const char* function,
+                                                   const std::vector<AcquireCall>& calls,
+                                                   absl::Time around) {
+  std::vector<std::string> keys, tail = {absl::StrCat(calls.size())};
+  for (const AcquireCall& call : calls) {
+    // {"FCALL", "quotad_acquire", numkeys, keys..., arguments...}
+    absl::StatusOr<std::vector<std::string>> one = AcquireArgs(call, around);
+    if (!one.ok()) return one.status();
+    size_t nkeys = 0;
+    if (one->size() < 3 || !absl::SimpleAtoi((*one)[2], &nkeys) || one->size() < 3 + nkeys) {
+      return absl::InternalError("quotad_acquire's arguments have no key count");
+    }
+    const auto first_arg = one->begin() + 3 + static_cast<ptrdiff_t>(nkeys);
+    keys.insert(keys.end(), std::make_move_iterator(one->begin() + 3),
+                std::make_move_iterator(first_arg));
+    tail.push_back(absl::StrCat(nkeys));
+    tail.push_back(absl::StrCat(one->end() - first_arg));
+    tail.insert(tail.end(), std::make_move_iterator(first_arg),
+                std::make_move_iterator(one->end()));
+  }
+  std::vector<std::string> args = {"FCALL", function, absl::StrCat(keys.size())};
+  args.reserve(3 + keys.size() + tail.size());
+  args.insert(args.end(), std::make_move_iterator(keys.begin()),
+              std::make_move_iterator(keys.end()));
+  args.insert(args.end(), std::make_move_iterator(tail.begin()),
+              std::make_move_iterator(tail.end()));
+  return args;
+}
+
+void RedisFunctions::AcquireAll(
+    std::vector<AcquireCall> calls,
+    absl::AnyInvocable<void(absl::StatusOr<AcquireAllAnswer>)> done) {
+  AcquireAllAround(std::make_shared<std::vector<AcquireCall>>(std::move(calls)), clock_now_(),
+                   false, std::move(done));
+}
+
+void RedisFunctions::AcquireAllAround(
+    std::shared_ptr<std::vector<AcquireCall>> calls, absl::Time around, bool last_try,
+    absl::AnyInvocable<void(absl::StatusOr<AcquireAllAnswer>)> done) {
+  absl::StatusOr<std::vector<std::string>> args = BatchArgs("quotad_acquire_all", *calls, around);
+  if (!args.ok()) {
+    done(args.status());
+    return;
+  }
+  CallMaybeWaiting(*std::move(args), [this, calls, last_try, done = std::move(done)](
+                                         absl::StatusOr<Reply> reply, int64_t acked) mutable {
+    if (!reply.ok()) {
+      done(reply.status());
+      return;
+    }
+    if (reply->is_error()) {
+      done(absl::InternalError(absl::StrCat("redis: ", reply->str)));
+      return;
+    }
+    const std::vector<Reply>& e = reply->elements;
+    auto views = [&](size_t i) {
+      const AcquireCall& call = (*calls)[i];
+      return call.want_limits ? call.counters.size() : 0;
+    };
+    auto bad = [&] {
+      return absl::InternalError(absl::StrCat("unexpected reply ", reply->DebugString()));
+    };
+    if (reply->type != Reply::Type::kArray || e.size() < 2 ||
+        e[0].type != Reply::Type::kInteger || e[1].type != Reply::Type::kInteger) {
+      done(bad());
+      return;
+    }
+    AcquireAllAnswer all;
+    all.now = FromMicros(e[1].integer);
+    if (e[0].integer == 1) {
+      if (e.size() != 2 + calls->size()) {
+        done(bad());
+        return;
+      }
+      for (size_t i = 0; i < calls->size(); ++i) {
+        absl::StatusOr<AcquireAnswer> a = ParseAcquire(e[2 + i], views(i));
+        if (!a.ok() || !a->granted) {
+          done(a.ok() ? bad() : a.status());
+          return;
+        }
+        all.answers.push_back(*std::move(a));
+      }
+      all.granted = true;
+      // Not durable enough: nothing handed out (the charges stay until the leases' TTL).
+      if (absl::Status s = CheckAcked(acked, "grants"); !s.ok()) {
+        done(s);
+        return;
+      }
+      done(std::move(all));
+      return;
+    }
+    // An item's index (1-based) at element `i`, as an index into `calls`; -1 if not one.
+    auto index = [&](size_t i) {
+      if (e[i].type != Reply::Type::kInteger || e[i].integer < 1 ||
+          e[i].integer > static_cast<int64_t>(calls->size())) {
+        return -1;
+      }
+      return static_cast<int>(e[i].integer) - 1;
+    };
+    if (e[0].integer != 0 || e.size() < 4 || e.size() % 2 != 0 || index(2) < 0) {
+      done(bad());
+      return;
+    }
+    for (size_t i = 4; i < e.size(); i += 2) {
+      const int item = index(i);
+      absl::StatusOr<AcquireAnswer> a =
+          item < 0 ? absl::StatusOr<AcquireAnswer>(bad()) : ParseAcquire(e[i + 1], 0);
+      if (!a.ok() || !a->duplicate) {
+        done(a.ok() ? bad() : a.status());
+        return;
+      }
+      all.duplicates.emplace_back(item, *std::move(a));
+    }
+    all.blocker = index(2);
+    const AcquireCall& call = (*calls)[all.blocker];
+    all.blocked = ParseAcquire(e[3], views(all.blocker));
+    if (!last_try && absl::IsFailedPrecondition(all.blocked.status())) {
+      // The caller's clock is off by more than a window: windows around Redis's time.
+      AcquireAllAround(calls, all.now, true, std::move(done));
+      return;
+    }
+    if (absl::IsAlreadyExists(all.blocked.status())) {
+      all.blocked = RequestIdConflict(call, all.blocked.status());
+    }
+    done(std::move(all));
+  });
+}
+
+void RedisFunctions::AcquireMany(std::vector<AcquireCall> calls,
+                                 absl::AnyInvocable<void(absl::StatusOr<ManyAnswers>)> done) {
+  auto shared = std::make_shared<std::vector<AcquireCall>>(std::move(calls));
+  absl::StatusOr<std::vector<std::string>> args =
+      BatchArgs("quotad_acquire_many", *shared, clock_now_());
+  if (!args.ok()) {
+    done(args.status());
+    return;
+  }
+  CallMaybeWaiting(*std::move(args), [this, calls = std::move(shared), done = std::move(done)](
+                                         absl::StatusOr<Reply> reply, int64_t acked) mutable {
+    if (!reply.ok()) {
+      done(reply.status());
+      return;
+    }
+    if (reply->is_error()) {
+      done(absl::InternalError(absl::StrCat("redis: ", reply->str)));
+      return;
+    }
+    const std::vector<Reply>& e = reply->elements;
+    if (reply->type != Reply::Type::kArray || e.size() != 2 + calls->size() ||
+        e[0].type != Reply::Type::kInteger || e[0].integer != 1) {
+      done(absl::InternalError(absl::StrCat("unexpected reply ", reply->DebugString())));
+      return;
+    }
+    // Answers are filled in place; a call to send again alone is answered through `state`.
+    struct State {
+      absl::Mutex mu;
+      ManyAnswers answers;
+      int pending = 1;  // the calls sent again, and this callback's own hold
+      absl::AnyInvocable<void(absl::StatusOr<ManyAnswers>)> done;
+    };
+    auto state = std::make_shared<State>();
+    state->done = std::move(done);
+    auto finish = [state] {
+      {
+        absl::MutexLock lock(&state->mu);
+        if (--state->pending > 0) return;
+      }
+      state->done(std::move(state->answers));
+    };
+    state->answers.reserve(calls->size());
+    std::vector<size_t> again;
+    for (size_t i = 0; i < calls->size(); ++i) {
+      const AcquireCall& call = (*calls)[i];
+      absl::StatusOr<AcquireAnswer> a =
+          ParseAcquire(e[2 + i], call.want_limits ? call.counters.size() : 0);
+      if (a.ok() && a->granted) {
+        if (absl::Status s = CheckAcked(acked, "grant"); !s.ok()) a = s;
+      }
+      if (absl::IsFailedPrecondition(a.status())) again.push_back(i);
+      if (absl::IsAlreadyExists(a.status())) a = RequestIdConflict(call, a.status());
+      state->answers.push_back(std::move(a));
+    }
+    {
+      absl::MutexLock lock(&state->mu);
+      state->pending += static_cast<int>(again.size());
+    }
+    for (size_t i : again) {
+      // Its calendar windows miss Redis's time: as Acquire, alone (windows around Redis's).
+      AcquireAround(std::make_shared<AcquireCall>((*calls)[i]), FromMicros(e[1].integer), true,
+                    [state, i, finish](absl::StatusOr<AcquireAnswer> a) {
+                      {
+                        absl::MutexLock lock(&state->mu);
+                        state->answers[i] = std::move(a);
+                      }
+                      finish();
+                    });
+    }
+    finish();
+  });
+}
+
+absl::StatusOr<AcquireAllAnswer> RedisFunctions::AcquireAllSync(std::vector<AcquireCall> calls) {
+  return Wait<AcquireAllAnswer>(
+      [&](auto done) { AcquireAll(std::move(calls), std::move(done)); });
+}
+
+}  // namespace redis
+}  // namespace quotad
