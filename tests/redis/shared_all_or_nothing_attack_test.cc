@@ -94,6 +94,19 @@ credentials:
         draws_on: [race]
         limits:
           - {name: own, kind: rolling, period: 1h, capacity: 12}
+  - name: team/aon2
+    features:
+      - name: a
+        limits:
+          - {name: sl, kind: sliding, period: 1h, sub_buckets: 4, capacity: 20}
+      - name: b
+        draws_on: [a]
+        limits:
+          - {name: day, kind: calendar, unit: day, capacity: 6}
+      - name: c
+        draws_on: [a]
+        limits:
+          - {name: tb, kind: token_bucket, capacity: 5, rate: 1, period: 1h}
 )");
 }
 
@@ -110,11 +123,12 @@ struct Item {
   std::string scope;
   std::string rid;  // request_id key (and request_id); empty: none
   std::string fp;   // its fingerprint
+  std::string credential = kCredential;
 };
 
 AcquireRequest Core(const Item& item) {
   AcquireRequest r;
-  r.credential = kCredential;
+  r.credential = item.credential;
   r.feature = item.feature;
   r.scope = item.scope;
   r.cost = item.cost;
@@ -200,9 +214,10 @@ class SharedAllOrNothingAttackTest : public ::testing::Test {
 };
 
 // Random batches over counters that items share (the same feature twice, k drawing on p's four
-// limit kinds, two new scopes against max_scopes 2), some slots given back: every batch is
-// decided as the embedded ledger's AcquireAll decides it (granted whole, or denied by the same
-// item, with the same error code), and no limit ever counts more than its capacity.
+// limit kinds, two new scopes against max_scopes 2, b and c drawing on a, two credentials in one
+// batch), some slots given back: every batch is decided as the embedded ledger's AcquireAll
+// decides it (granted whole, or denied by the same item, with the same error code), and
+// team/aon2's limits never count more than their capacity.
 TEST_F(SharedAllOrNothingAttackTest, SharedCountersDecideAsTheEmbeddedLedger) {
   RedisBackend& backend = AddBackend();
   absl::StatusOr<std::unique_ptr<Ledger>> ledger = Ledger::Create(MustPolicy(), Clock::Real());
@@ -211,17 +226,22 @@ TEST_F(SharedAllOrNothingAttackTest, SharedCountersDecideAsTheEmbeddedLedger) {
   const std::vector<std::string> scopes = {"a", "b", "c"};
   std::vector<std::pair<LeaseId, LeaseId>> held;  // p or k leases (redis, embedded)
   int granted_batches = 0, denied_batches = 0;
-  for (int round = 0; round < 80; ++round) {
+  std::map<std::string, int64_t> units2;  // team/aon2's granted units per feature
+  for (int round = 0; round < 120; ++round) {
     std::vector<Item> items;
     const int n = 1 + static_cast<int>(rng() % 4);
     for (int i = 0; i < n; ++i) {
       Item it;
-      switch (rng() % 3) {
+      switch (rng() % 6) {
         case 0: it.feature = "p"; break;
         case 1: it.feature = "k"; break;
-        default:
+        case 2:
           it.feature = "s";
           it.scope = scopes[rng() % scopes.size()];
+          break;
+        default:  // team/aon2: b's calendar, c's bucket, then a's sub-bucketed sliding bind
+          it.credential = "team/aon2";
+          it.feature = std::string(1, static_cast<char>('a' + rng() % 3));
       }
       it.cost = 1 + static_cast<int64_t>(rng() % 3);
       items.push_back(it);
@@ -232,7 +252,9 @@ TEST_F(SharedAllOrNothingAttackTest, SharedCountersDecideAsTheEmbeddedLedger) {
     const std::vector<absl::StatusOr<Decision>> got = Batch(backend, items);
     ASSERT_EQ(got.size(), items.size());
     std::string what;
-    for (const Item& it : items) absl::StrAppend(&what, " ", it.feature, it.scope, "x", it.cost);
+    for (const Item& it : items) {
+      absl::StrAppend(&what, " ", it.credential, ":", it.feature, it.scope, "x", it.cost);
+    }
     const int g = CountGranted(got);
     ASSERT_TRUE(g == 0 || g == n) << "round " << round << what << ": " << g << " of " << n;
     for (int i = 0; i < n; ++i) {
@@ -252,8 +274,11 @@ TEST_F(SharedAllOrNothingAttackTest, SharedCountersDecideAsTheEmbeddedLedger) {
     }
     if (g == n) {
       ++granted_batches;
+      for (const Item& it : items) {
+        if (it.credential == "team/aon2") units2[it.feature] += it.cost;
+      }
       for (int i = 0; i < n; ++i) {
-        if (items[i].feature != "s") held.emplace_back(got[i]->lease_id, want[i]->lease_id);
+        if (items[i].feature == "p" || items[i].feature == "k") held.emplace_back(got[i]->lease_id, want[i]->lease_id);
       }
     } else {
       ++denied_batches;
@@ -271,6 +296,9 @@ TEST_F(SharedAllOrNothingAttackTest, SharedCountersDecideAsTheEmbeddedLedger) {
   }
   EXPECT_GT(granted_batches, 5);
   EXPECT_GT(denied_batches, 5);
+  EXPECT_LE(units2["a"] + units2["b"] + units2["c"], 20) << "a.sl";
+  EXPECT_LE(units2["b"], 6) << "b.day";
+  EXPECT_LE(units2["c"], 5) << "c.tb";
 }
 
 // Exact capacity with shared counters: k draws on p, so [p x3, k x3] takes 6 of p's 6 slots;
@@ -285,12 +313,18 @@ TEST_F(SharedAllOrNothingAttackTest, DeniedExactlyWhenSequentialChargingWouldExc
   std::vector<absl::StatusOr<Decision>> exact = Batch(backend, {{"p", 3}, {"k", 3}});
   EXPECT_EQ(CountGranted(exact), 2) << "6 slots: nothing was charged by the denied batch";
   EXPECT_FALSE(Granted(Single(backend, {"p", 1}))) << "a seventh slot";
-  // Two new scopes of s at max_scopes 2 in one batch, then a third in another.
-  std::vector<absl::StatusOr<Decision>> two = Batch(backend, {{"s", 3, "a"}, {"s", 3, "b"}});
-  EXPECT_EQ(CountGranted(two), 2);
+  // max_scopes 2 with one scope in use: a batch opening two more is refused whole (the second
+  // new scope counts the first); one opening one is granted, and a third scope is refused.
+  ASSERT_EQ(CountGranted(Batch(backend, {{"s", 1, "a"}})), 1);
+  std::vector<absl::StatusOr<Decision>> two_new = Batch(backend, {{"s", 1, "b"}, {"s", 1, "c"}});
+  EXPECT_EQ(CountGranted(two_new), 0);
+  EXPECT_EQ(two_new[1].status().code(), absl::StatusCode::kResourceExhausted)
+      << two_new[1].status();
+  EXPECT_EQ(CountGranted(Batch(backend, {{"s", 2, "b"}, {"s", 2, "a"}})), 2);
   std::vector<absl::StatusOr<Decision>> third = Batch(backend, {{"s", 1, "c"}, {"s", 1, "c"}});
   EXPECT_EQ(CountGranted(third), 0);
   EXPECT_EQ(third[0].status().code(), absl::StatusCode::kResourceExhausted) << third[0].status();
+  EXPECT_EQ(Fill(backend, {"s", 1, "b"}, 5), 1) << "scope b holds 2 of 3";
   EXPECT_EQ(Fill(backend, {"s", 1, "a"}, 5), 0) << "scope a holds 3 of 3";
 }
 
