@@ -467,6 +467,31 @@ TEST_F(SharedAllOrNothingAttackTest, SameRequestTwiceIsOneGrantAndRetriesAcrossR
   EXPECT_EQ(again[0]->lease_id, once[0]->lease_id);
   EXPECT_EQ(again[1]->lease_id, once[1]->lease_id);
   EXPECT_EQ(Fill(b, {"p", 1}, 10), 2) << "6 slots, 4 held";
+  // A batch's lease given back through the other replica frees its slots (p.tb keeps its 6
+  // units: nothing refunded without a used count, so 2 of 8 are left).
+  ASSERT_TRUE(b.Release(once[1]->lease_id, std::nullopt).ok());
+  EXPECT_EQ(Fill(a, {"p", 1}, 10), 2);
+  EXPECT_EQ(Fill(a, {"w", 1}, 3), 0) << "y still holds both of w's slots";
+}
+
+// A replica whose clock is days off offers calendar windows around its own time: the batch is
+// decided again around Redis's time (quotad_acquire_all's -1), and its units count in today's
+// window, which a replica with the right clock then sees full.
+TEST_F(SharedAllOrNothingAttackTest, CalendarWindowsAroundAWrongClock) {
+  FakeClock off(absl::Now() - absl::Hours(75));
+  absl::StatusOr<std::unique_ptr<RedisBackend>> created =
+      RedisBackend::Create(MustPolicy(), &off, ReplicaOptions(*redis_));
+  ASSERT_TRUE(created.ok()) << created.status();
+  RedisBackend& skewed = **created;
+  RedisBackend& right = AddBackend();
+  std::vector<absl::StatusOr<Decision>> d = Batch(
+      skewed, {{"b", 2, "", "", "", "team/aon2"}, {"b", 2, "", "", "", "team/aon2"}});
+  ASSERT_EQ(CountGranted(d), 2) << (d[0].ok() ? d[0]->limited_by : d[0].status().ToString());
+  EXPECT_EQ(Fill(right, {"b", 1, "", "", "", "team/aon2"}, 8), 2) << "b.day is 6, 4 used today";
+  std::vector<absl::StatusOr<Decision>> more = Batch(
+      skewed, {{"a", 1, "", "", "", "team/aon2"}, {"b", 1, "", "", "", "team/aon2"}});
+  EXPECT_EQ(CountGranted(more), 0) << "b.day is full today";
+  created->reset();
 }
 
 // A hot reload that tightens k.own from 5 to 3 holds from the next batch on; a cooldown (a 429
@@ -508,7 +533,7 @@ TEST_F(SharedAllOrNothingAttackTest, AThousandItems) {
 
 // redis-server killed (SIGKILL, AOF always) while two threads send batches of 2 on k.own
 // (5 units): every batch all or nothing, none granted while it is down (UNAVAILABLE), and after
-// the restart no more than 5 units granted in all, as Redis counts them.
+// the restart Redis counts every unit granted (no more than 5 in all).
 TEST_F(SharedAllOrNothingAttackTest, KilledMidLoadFailsClosed) {
   RedisBackend& a = AddBackend();
   std::atomic<bool> stop{false};
@@ -538,7 +563,9 @@ TEST_F(SharedAllOrNothingAttackTest, KilledMidLoadFailsClosed) {
   for (std::thread& t : threads) t.join();
   EXPECT_EQ(partial.load(), 0);
   EXPECT_LE(units.load(), 4) << "k.own is 5: batches of 2 fit twice";
-  EXPECT_EQ(units.load() + Fill(a, {"k", 1}, 6), 5) << "Redis's count and the grants agree";
+  // A batch the kill cut off may be charged and answered UNAVAILABLE (an under-grant), never
+  // the reverse.
+  EXPECT_LE(units.load() + Fill(a, {"k", 1}, 6), 5) << "grants Redis does not count";
 }
 
 // The pid of a redis-server, from INFO server.
