@@ -1,13 +1,14 @@
 // Attacks on the shared-mode all-or-nothing batch (quotad_acquire_all, RedisBackend::
 // AcquireAllShared, commit 8ab7a4e): items sharing counters within one batch (a feature twice,
 // draws_on, scoped limits with max_scopes, concurrency + token bucket + sub-bucketed sliding +
-// calendar), decided against the embedded ledger's AcquireAll; batches racing singles from three
-// replicas; a batch behind a parked waiter; request_ids (a replay inside a denied batch, one
-// request_id for two requests in a batch, the same request twice, a batch retried through
-// another replica); a cooldown, a hot reload that tightens a limit, 1000 items, a SIGKILL of
-// redis-server under load, and WAIT with a replica that acknowledges nothing. One redis-server
-// (and, for WAIT, its replica) started per test on loopback; replicas are RedisBackends in
-// process. Bounded: a few hundred batches in all, a few threads.
+// calendar, two credentials), decided against the embedded ledger's AcquireAll; batches racing
+// singles from three replicas; a batch behind a parked waiter; request_ids (a replay inside a
+// denied batch, one request_id for two requests in a batch, the same request twice, a batch
+// retried through another replica); a cooldown, a hot reload that tightens a limit, a reset,
+// calendar windows offered around a clock days off, bad items, 1000 items, a SIGKILL of
+// redis-server under load, and WAIT with no replica and with a replica that acknowledges nothing
+// (SIGSTOP). One redis-server (and, for WAIT, its replica) started per test on loopback;
+// replicas are RedisBackends in process. Bounded: a few hundred batches in all, a few threads.
 
 #include <signal.h>
 #include <sys/types.h>
@@ -233,8 +234,12 @@ TEST_F(SharedAllOrNothingAttackTest, SharedCountersDecideAsTheEmbeddedLedger) {
     for (int i = 0; i < n; ++i) {
       Item it;
       switch (rng() % 6) {
-        case 0: it.feature = "p"; break;
-        case 1: it.feature = "k"; break;
+        case 0:
+          it.feature = "p";
+          break;
+        case 1:
+          it.feature = "k";
+          break;
         case 2:
           it.feature = "s";
           it.scope = scopes[rng() % scopes.size()];
@@ -268,8 +273,8 @@ TEST_F(SharedAllOrNothingAttackTest, SharedCountersDecideAsTheEmbeddedLedger) {
       if (got[i].ok() && !got[i]->granted) {
         EXPECT_EQ(absl::StartsWith(got[i]->limited_by, "all_or_nothing:"),
                   absl::StartsWith(want[i]->limited_by, "all_or_nothing:"))
-            << "round " << round << what << " item " << i << ": " << got[i]->limited_by
-            << " vs " << want[i]->limited_by;
+            << "round " << round << what << " item " << i << ": " << got[i]->limited_by << " vs "
+            << want[i]->limited_by;
       }
     }
     if (g == n) {
@@ -278,7 +283,8 @@ TEST_F(SharedAllOrNothingAttackTest, SharedCountersDecideAsTheEmbeddedLedger) {
         if (it.credential == "team/aon2") units2[it.feature] += it.cost;
       }
       for (int i = 0; i < n; ++i) {
-        if (items[i].feature == "p" || items[i].feature == "k") held.emplace_back(got[i]->lease_id, want[i]->lease_id);
+        if (items[i].feature == "p" || items[i].feature == "k")
+          held.emplace_back(got[i]->lease_id, want[i]->lease_id);
       }
     } else {
       ++denied_batches;
@@ -484,12 +490,12 @@ TEST_F(SharedAllOrNothingAttackTest, CalendarWindowsAroundAWrongClock) {
   ASSERT_TRUE(created.ok()) << created.status();
   RedisBackend& skewed = **created;
   RedisBackend& right = AddBackend();
-  std::vector<absl::StatusOr<Decision>> d = Batch(
-      skewed, {{"b", 2, "", "", "", "team/aon2"}, {"b", 2, "", "", "", "team/aon2"}});
+  std::vector<absl::StatusOr<Decision>> d =
+      Batch(skewed, {{"b", 2, "", "", "", "team/aon2"}, {"b", 2, "", "", "", "team/aon2"}});
   ASSERT_EQ(CountGranted(d), 2) << (d[0].ok() ? d[0]->limited_by : d[0].status().ToString());
   EXPECT_EQ(Fill(right, {"b", 1, "", "", "", "team/aon2"}, 8), 2) << "b.day is 6, 4 used today";
-  std::vector<absl::StatusOr<Decision>> more = Batch(
-      skewed, {{"a", 1, "", "", "", "team/aon2"}, {"b", 1, "", "", "", "team/aon2"}});
+  std::vector<absl::StatusOr<Decision>> more =
+      Batch(skewed, {{"a", 1, "", "", "", "team/aon2"}, {"b", 1, "", "", "", "team/aon2"}});
   EXPECT_EQ(CountGranted(more), 0) << "b.day is full today";
   created->reset();
 }
@@ -516,6 +522,25 @@ TEST_F(SharedAllOrNothingAttackTest, ReloadAndCooldownBetweenBatches) {
   EXPECT_EQ(Fill(a, {"s", 1, "a"}, 5), 3) << "scope a's 3 units untouched by the denied batch";
 }
 
+// A reset between batches forgets the window charges but not the slots live leases hold: a
+// batch after it still counts them (p.slots 6, 4 held).
+TEST_F(SharedAllOrNothingAttackTest, ResetKeepsHeldSlotsForTheNextBatch) {
+  RedisBackend& a = AddBackend();
+  RedisBackend& b = AddBackend();
+  std::vector<absl::StatusOr<Decision>> held = Batch(a, {{"k", 2}, {"p", 2}});
+  ASSERT_EQ(CountGranted(held), 2);
+  ASSERT_TRUE(b.Reset(kCredential).ok());
+  std::vector<absl::StatusOr<Decision>> over = Batch(b, {{"p", 2}, {"k", 1}});
+  EXPECT_EQ(CountGranted(over), 0) << "7 of 6 slots";
+  ASSERT_TRUE(over[1].ok()) << over[1].status();
+  EXPECT_EQ(over[1]->limited_by, "p.slots");
+  EXPECT_EQ(CountGranted(Batch(b, {{"p", 1}, {"k", 1}})), 2);
+  EXPECT_EQ(Fill(a, {"p", 1}, 3), 0);
+  // A lease from before the reset frees its slots when released.
+  ASSERT_TRUE(a.Release(held[1]->lease_id, std::nullopt).ok());
+  EXPECT_EQ(Fill(b, {"p", 1}, 5), 2);
+}
+
 // 1000 items in one batch: granted whole at exactly the capacity (1000 units), one more
 // denied; 1000 more units asked with one over: denied, nothing charged.
 TEST_F(SharedAllOrNothingAttackTest, AThousandItems) {
@@ -527,7 +552,8 @@ TEST_F(SharedAllOrNothingAttackTest, AThousandItems) {
   ASSERT_TRUE(d[999].ok()) << d[999].status();
   EXPECT_EQ(d[999]->limited_by, "big.units");
   std::vector<absl::StatusOr<Decision>> all = Batch(a, std::vector<Item>(1000, Item{"big", 1}));
-  EXPECT_EQ(CountGranted(all), 1000) << (all[0].ok() ? all[0]->limited_by : all[0].status().ToString());
+  EXPECT_EQ(CountGranted(all), 1000)
+      << (all[0].ok() ? all[0]->limited_by : all[0].status().ToString());
   EXPECT_FALSE(Granted(Single(a, {"big", 1})));
 }
 
@@ -622,8 +648,7 @@ TEST_F(SharedAllOrNothingAttackTest, WaitPolicyHandsOutNothingUnacknowledged) {
   // Once the replica acknowledges again, the retry inside a denied batch answers the grant.
   std::move(resume).Invoke();
   EXPECT_TRUE(Eventually([&] {
-    std::vector<absl::StatusOr<Decision>> again =
-        Batch(a, {{"w", 1, "", "r", "fp-r"}, {"w", 2}});
+    std::vector<absl::StatusOr<Decision>> again = Batch(a, {{"w", 1, "", "r", "fp-r"}, {"w", 2}});
     return Granted(again[0]) && !Granted(again[1]);
   }));
   created->reset();  // before the replica resumes and goes
