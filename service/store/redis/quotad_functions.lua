@@ -658,7 +658,9 @@ end
 -- written); the first that would not be granted is the blocker. Then each item is charged by
 -- quotad_acquire, all at the first pass's time, so none can be denied (an error if one is:
 -- what was charged before it stands, each charge checked on its own, never over). An item
--- whose request_id names an earlier grant answers that grant and charges nothing.
+-- whose request_id names an earlier grant answers that grant and charges nothing; two items
+-- with one request_id are one grant when they ask the same (the later answers as a retry), and
+-- the later is the blocker (-2) when they do not.
 -- Answers {1, now, item_1's quotad_acquire answer, ..., item_n's}, or
 -- {0, now, blocker (1-based), the blocker's answer, [item, its answer]...}: nothing charged;
 -- the items before the blocker that answered an earlier grant follow (those grants stand).
