@@ -127,7 +127,8 @@ end
 -- `at`: the time to decide at (nil: Redis's TIME). `need` (quotad_acquire_all's first pass):
 -- only checked, nothing charged, answering nil where it would grant; the costs and new scopes
 -- of the batch's earlier items count on the counters they share (need[state .. '|' .. name],
--- need.scopes), so each item is checked as if those before it were charged.
+-- need.scopes), so each item is checked as if those before it were charged; a request_id an
+-- earlier item used (need.rids) answers nil for the same request, -2 for another.
 local function acquire(keys, args, queued, at, need)
   local cost, lease, ttl, n = tonumber(args[1]), args[2], tonumber(args[3]), tonumber(args[4])
   local keep, rid, fp, dedup_us, feature = args[5] ~= '0', args[6], args[7], tonumber(args[8]),
@@ -143,6 +144,15 @@ local function acquire(keys, args, queued, at, need)
       local left = redis.call('PTTL', keys[3])
       if left > 0 then redis.call('PEXPIRE', keys[3], left) end
       return {2, at, exp, flease}
+    end
+    if need then
+      -- An earlier item of the batch with this request_id: the same request is granted once
+      -- (the second pass answers it as a retry), another one is refused here, before anything
+      -- is charged.
+      local earlier = need.rids[keys[3]]
+      if earlier and earlier ~= fp then return {-2, now, earlier} end
+      if earlier then return nil end
+      need.rids[keys[3]] = fp
     end
   end
   local cs, ai = parse_counters(keys, 4, args, 10, n)
@@ -676,7 +686,9 @@ end
 -- written); the first that would not be granted is the blocker. Then each item is charged by
 -- quotad_acquire, all at the first pass's time, so none can be denied (an error if one is:
 -- what was charged before it stands, each charge checked on its own, never over). An item
--- whose request_id names an earlier grant answers that grant and charges nothing.
+-- whose request_id names an earlier grant answers that grant and charges nothing; two items
+-- with one request_id are one grant when they ask the same (the later answers as a retry), and
+-- the later is the blocker (-2) when they do not.
 -- Answers {1, now, item_1's quotad_acquire answer, ..., item_n's}, or
 -- {0, now, blocker (1-based), the blocker's answer, [item, its answer]...}: nothing charged;
 -- the items before the blocker that answered an earlier grant follow (those grants stand).
@@ -692,7 +704,7 @@ local function acquire_all(keys, args)
     items[i] = {ik, ia}
   end
   local now = now_us()
-  local need, dups = {scopes = {}}, {}
+  local need, dups = {scopes = {}, rids = {}}, {}
   for i, it in ipairs(items) do
     local out = acquire(it[1], it[2], nil, now, need)
     if out ~= nil and out[1] == 2 then

@@ -144,6 +144,14 @@ void RedisFunctions::AcquireAllAround(
     if (absl::IsAlreadyExists(all.blocked.status())) {
       all.blocked = RequestIdConflict(call, all.blocked.status());
     }
+    // An earlier grant is handed out only once durable, as a retry through Acquire (it waits
+    // again): it may be one that was never acknowledged.
+    if (!all.duplicates.empty()) {
+      if (absl::Status s = CheckAcked(acked, "earlier grants"); !s.ok()) {
+        done(s);
+        return;
+      }
+    }
     done(std::move(all));
   });
 }
