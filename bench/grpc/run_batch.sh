@@ -17,6 +17,9 @@
 # before_state) in the same interleaved run, to compare a change with its base side by side:
 #   cp build/service/server/quotad /tmp/quotad_before   # on the base commit
 #   BEFORE=/tmp/quotad_before bench/grpc/run_batch.sh build -- --batch=1000
+#
+# SHARED=1 measures shared mode instead: quotad --redis on a redis-server started here (in
+# memory, loopback), with BEFORE that binary on a redis-server of its own, and the no-op server.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build=${1:-build}
@@ -49,6 +52,39 @@ wait_addr() {  # log file -> address
 }
 
 common=(--config="$here/bench_config.yaml" --listen=127.0.0.1:0 --metrics_listen=)
+free_port() {
+  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+redis_on() {  # name -> a redis-server's port, in memory, on loopback
+  local port; port=$(free_port)
+  redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --dir "$tmp" \
+    --dbfilename "$1.rdb" >"$tmp/$1.redis.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do
+    redis-cli -p "$port" ping >/dev/null 2>&1 && { echo "$port"; return 0; }
+    sleep 0.05
+  done
+  echo "run_batch.sh: redis-server did not start" >&2; return 1
+}
+if [[ -n ${SHARED:-} ]]; then
+  rport=$(redis_on shared)
+  "$quotad" "${common[@]}" --redis="redis://127.0.0.1:$rport" 2>"$tmp/shared.log" &
+  pids+=($!)
+  "$noop" --listen=127.0.0.1:0 2>"$tmp/noop.log" &
+  pids+=($!)
+  targets="quotad_shared=$(wait_addr "$tmp/shared.log")"
+  if [[ -n $before_bin ]]; then
+    bport=$(redis_on before)
+    "$before_bin" "${common[@]}" --redis="redis://127.0.0.1:$bport" 2>"$tmp/before_shared.log" &
+    pids+=($!)
+    targets+=",before_shared=$(wait_addr "$tmp/before_shared.log")"
+  fi
+  targets+=",noop=$(wait_addr "$tmp/noop.log")"
+  echo "${targets//,/ } cores=$(nproc) $(date -u +%FT%TZ)"
+  "$loadgen" --target="$targets" \
+    --batch=1,10,100,1000 --inflight=1,16,64 --rounds=1 --duration=2s --warmup=300ms "$@"
+  exit 0
+fi
 "$quotad" "${common[@]}" --memory_only 2>"$tmp/memory.log" &
 pids+=($!)
 "$quotad" "${common[@]}" --state="$tmp/state.db" 2>"$tmp/state.log" &

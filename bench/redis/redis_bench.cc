@@ -8,7 +8,9 @@
 // and a lease, as in production; the plain script writes its one counter. --replica starts one
 // replica of the server and adds the cases with WAIT 1 (--redis_wait_replicas=1): FCALL then
 // WAIT pipelined on one connection, one WAIT for the calls written together (as quotad sends
-// them, RedisClient::CallThenWait), and one WAIT after every call for comparison.
+// them, RedisClient::CallThenWait), and one WAIT after every call for comparison. The "per
+// call" cases send that many Acquires of one credential in one FCALL (quotad_acquire_many, as
+// a shared quotad sends an AcquireBatch): decisions/s counts every Acquire.
 
 #include <atomic>
 #include <cstdio>
@@ -198,11 +200,14 @@ int Main(int argc, char** argv) {
     bool keep_lease = true;
     int wait = 0;  // WAIT this many replicas after the call (one WAIT per batch, as quotad)
     bool per_call_wait = false;  // one WAIT after every call instead
+    int batch = 1;  // > 1: this many Acquires of one credential per FCALL (quotad_acquire_many)
   };
   std::vector<Case> cases = {
       {"plain Lua fixed window (INCRBY+EXPIRE)", {}},
       {"quotad_acquire: 1 calendar minute", {{"f.minute", &minute}}},
       {"  same, no lease record (keep_lease=false)", {{"f.minute", &minute}}, false},
+      {"  same, 16 per call (quotad_acquire_many)", {{"f.minute", &minute}}, true, 0, false, 16},
+      {"  same, 64 per call (quotad_acquire_many)", {{"f.minute", &minute}}, true, 0, false, 64},
       {"quotad_acquire: calendar+sliding+bucket+slots",
        {{"f.minute", &minute},
         {"f.sliding", &sliding},
@@ -225,7 +230,7 @@ int Main(int argc, char** argv) {
       "%d credentials\n",
       aof ? "appendonly yes appendfsync always" : "in memory (no AOF)",
       replica ? ", one replica" : "", connections, inflight, seconds, kCredentials);
-  std::printf("%-48s %12s %10s %14s %8s\n", "case", "decisions/s", "x plain", "server us/call",
+  std::printf("%-48s %12s %10s %14s %8s\n", "case", "decisions/s", "x plain", "server us/dec.",
               "errors");
   double plain_rate = 0;
   for (const Case& c : cases) {
@@ -249,7 +254,10 @@ int Main(int argc, char** argv) {
                              absl::Seconds(2), c.counters};
             call.feature = "f";
             call.keep_lease = c.keep_lease;
-            return *AcquireArgs(call, absl::Now());
+            if (c.batch <= 1) return *AcquireArgs(call, absl::Now());
+            std::vector<AcquireCall> calls(c.batch, call);
+            for (int k = 0; k < c.batch; ++k) calls[k].lease_id = absl::StrCat("b", i, "-", k);
+            return *BatchArgs("quotad_acquire_many", calls, absl::Now());
           },
           FirstIsOne, WaitPolicy{c.wait, absl::Seconds(1)}, c.per_call_wait);
     }
@@ -271,10 +279,10 @@ int Main(int argc, char** argv) {
         }
       }
     }
-    const double rate = r.calls / r.seconds;
+    const double rate = static_cast<double>(r.calls) * c.batch / r.seconds;
     if (plain_rate == 0) plain_rate = rate;
-    std::printf("%-48s %12.0f %10.2f %14.2f %8lld", c.name, rate, rate / plain_rate, server_us,
-                static_cast<long long>(r.errors));
+    std::printf("%-48s %12.0f %10.2f %14.2f %8lld", c.name, rate, rate / plain_rate,
+                server_us / c.batch, static_cast<long long>(r.errors));
     if (waits > 0) std::printf("   %.1f calls per WAIT", r.calls / waits);
     std::printf("\n");
     if (r.unacked > 0) {
