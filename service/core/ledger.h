@@ -340,7 +340,9 @@ class Ledger {
   LeaseInfo InfoOf(const LeaseId& id, const LeaseRecord& rec) const;
   // Serves every queue of a credential (after something was freed), and delivers.
   void ServeCredential(Credential& cred);
-  static absl::Status ValidateRequest(const AcquireRequest& req);
+  // The request's names and numbers; `configured`: its credential was found (its name is
+  // then known to be valid, and not checked again).
+  static absl::Status ValidateRequest(const AcquireRequest& req, bool configured = false);
   absl::Status ReloadImpl(const Policy& policy);
   absl::StatusOr<ReleaseResult> ReleaseImpl(const LeaseId& id, std::optional<int64_t> used,
                                             Credential** cred);

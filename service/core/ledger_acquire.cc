@@ -27,8 +27,11 @@ using ledger_internal::LeaseShard;
 using ledger_internal::SatAdd;
 using ledger_internal::Waiter;
 
-absl::Status Ledger::ValidateRequest(const AcquireRequest& req) {
-  if (absl::Status s = CheckCredentialName(req.credential); !s.ok()) return s;
+absl::Status Ledger::ValidateRequest(const AcquireRequest& req, bool configured) {
+  // A configured credential's name was checked when the policy was.
+  if (!configured) {
+    if (absl::Status s = CheckCredentialName(req.credential); !s.ok()) return s;
+  }
   if (absl::Status s = CheckFeatureName(req.feature); !s.ok()) return s;
   if (absl::Status s = CheckScope(req.scope); !s.ok()) return s;
   if (absl::Status s = CheckHolder(req.holder); !s.ok()) return s;
@@ -44,8 +47,8 @@ absl::Status Ledger::ValidateRequest(const AcquireRequest& req) {
 }
 
 absl::StatusOr<Decision> Ledger::Acquire(const AcquireRequest& req) {
-  if (absl::Status s = ValidateRequest(req); !s.ok()) return s;
   Credential* cred = FindCredential(req.credential);
+  if (absl::Status s = ValidateRequest(req, cred != nullptr); !s.ok()) return s;
   if (cred == nullptr) {
     return absl::NotFoundError(absl::StrCat("credential '", req.credential, "' is not configured"));
   }
