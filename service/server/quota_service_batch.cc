@@ -45,41 +45,49 @@ absl::Status CheckNoWait(const v1::AcquireRequest& item) {
       " is not allowed in a batch, which never waits (send it as Acquire)"));
 }
 
-// The answer of one Acquire of a batch, handed over from whichever thread decided it. Not
-// copyable; the waiting side owns it.
-class BatchAnswer {
+// The decisions of a shared backend's batch (AcquireManyShared, AcquireAllShared), handed over
+// from the store's thread. Not copyable; the waiting side owns it.
+class SharedDecisions {
  public:
-  // Blocks until Set() (at once with the embedded ledger, which decides on the caller's thread).
-  absl::StatusOr<v1::AcquireResponse> Take() {
+  explicit SharedDecisions(size_t items) : items_(items) {}
+  // Blocks until Set(): one result per item (an error for each when none came).
+  std::vector<absl::StatusOr<Decision>> Take() {
     done_.WaitForNotification();
-    return std::move(answer_);
+    decisions_.resize(items_, absl::InternalError("the item was not decided"));
+    return std::move(decisions_);
   }
-  void Set(absl::StatusOr<v1::AcquireResponse> answer) {
-    answer_ = std::move(answer);
+  void Set(std::vector<absl::StatusOr<Decision>> decisions) {
+    decisions_ = std::move(decisions);
     done_.Notify();
   }
 
  private:
-  absl::StatusOr<v1::AcquireResponse> answer_ = absl::UnknownError("unanswered");
+  const size_t items_;
+  std::vector<absl::StatusOr<Decision>> decisions_;
   absl::Notification done_;
 };
 
-// The AcquireDone of a batch item: sets the answer once, or UNAVAILABLE when destroyed
-// uncalled (a backend that drops its callbacks at shutdown), so that the batch never hangs.
-class BatchReply {
+// The callback of a shared batch: sets the decisions once, or UNAVAILABLE for every item when
+// destroyed uncalled (a backend that drops its callbacks at shutdown), so that the batch never
+// hangs.
+class SharedReply {
  public:
-  explicit BatchReply(BatchAnswer* answer) : answer_(answer) {}
-  BatchReply(BatchReply&& other) noexcept : answer_(std::exchange(other.answer_, nullptr)) {}
-  BatchReply& operator=(BatchReply&&) = delete;
-  ~BatchReply() {
-    if (answer_ != nullptr) answer_->Set(absl::UnavailableError("the item was not decided"));
+  SharedReply(SharedDecisions* decisions, size_t items) : decisions_(decisions), items_(items) {}
+  SharedReply(SharedReply&& other) noexcept
+      : decisions_(std::exchange(other.decisions_, nullptr)), items_(other.items_) {}
+  SharedReply& operator=(SharedReply&&) = delete;
+  ~SharedReply() {
+    if (decisions_ == nullptr) return;
+    decisions_->Set(std::vector<absl::StatusOr<Decision>>(
+        items_, absl::UnavailableError("the item was not decided")));
   }
-  void operator()(absl::StatusOr<v1::AcquireResponse> answer) {
-    std::exchange(answer_, nullptr)->Set(std::move(answer));
+  void operator()(std::vector<absl::StatusOr<Decision>> decisions) {
+    std::exchange(decisions_, nullptr)->Set(std::move(decisions));
   }
 
  private:
-  BatchAnswer* answer_;
+  SharedDecisions* decisions_;
+  size_t items_;
 };
 
 // AcquireBatchRequest.decisions_only: no item answers with limits.
@@ -193,22 +201,17 @@ void QuotaService::AcquireBatchShared(const Caller& caller, const v1::AcquireBat
     ids.push_back(SharedRequestId{keys[i], item.request_id(), fingerprints[i]});
     decided.push_back(i);
   }
-  std::vector<absl::StatusOr<Decision>> decisions;
-  absl::Notification answered;  // on the store's thread (with an error if it shuts down first)
-  backend_->AcquireManyShared(cores, ids, [&](std::vector<absl::StatusOr<Decision>> d) {
-    decisions = std::move(d);
-    answered.Notify();
-  });
-  answered.WaitForNotification();
+  SharedDecisions answered(cores.size());  // on the store's thread
+  backend_->AcquireManyShared(cores, ids, SharedReply(&answered, cores.size()));
+  const std::vector<absl::StatusOr<Decision>> decisions = answered.Take();
   // Each outcome's decisions are counted once per batch, as the embedded path does.
   Outcomes outcomes;
   for (size_t k = 0; k < decided.size(); ++k) {
     const int i = decided[k];
     const v1::AcquireRequest& item = req.items(i);
     v1::AcquireBatchItem* out = resp->mutable_results(i);
-    if (k >= decisions.size() || !decisions[k].ok()) {
-      const absl::Status s = k < decisions.size() ? decisions[k].status()
-                                                  : absl::InternalError("the item was not decided");
+    if (!decisions[k].ok()) {
+      const absl::Status& s = decisions[k].status();
       metrics_->OnRequestError("AcquireBatchItem", absl::StatusCodeToString(s.code()));
       ToItemError(i, s, out->mutable_error());
       continue;
@@ -339,13 +342,9 @@ absl::StatusOr<v1::AcquireBatchResponse> QuotaService::AcquireBatchAllOrNothing(
       if (!dedup_keys[decided[k]].empty()) fingerprints[k] = Fingerprint(item);
       ids[k] = SharedRequestId{dedup_keys[decided[k]], item.request_id(), fingerprints[k]};
     }
-    // Answered on the store's thread (with an error if the store shuts down first).
-    absl::Notification answered;
-    backend_->AcquireAllShared(cores, ids, [&](std::vector<absl::StatusOr<Decision>> d) {
-      decisions = std::move(d);
-      answered.Notify();
-    });
-    answered.WaitForNotification();
+    SharedDecisions answered(cores.size());  // on the store's thread
+    backend_->AcquireAllShared(cores, ids, SharedReply(&answered, cores.size()));
+    decisions = answered.Take();
     // The store answers all granted or none, but a request_id's earlier grant (a retry)
     // either way: it stands, answered as such (never given back below).
     bool all_granted = true;
