@@ -5,13 +5,16 @@
 // one after the other; batches racing singles from three replicas; a batch behind a parked
 // waiter; request_ids (the same request twice, one request_id for two requests, a single grant
 // replayed inside a batch, a batch retried through another replica, and with calendar windows
-// re-sent alone); calendar windows offered around a clock days off; fail_open and fail-closed
-// credentials in one batch while redis-server is down and while it dies under batches; 1000 items
-// in one FCALL; a SIGKILL of redis-server under batch load; WAIT with a replica that acknowledges
-// nothing (SIGSTOP); a batch over a three-master Redis Cluster (one FCALL per master, a master
-// killed). One redis-server (or cluster) started per test on loopback; replicas are RedisBackends
-// in process. Bounded: a few hundred batches in all, a few threads.
+// sent again); calendar windows offered around a clock days off (items kept in order); fail_open
+// and fail-closed credentials in one batch while redis-server is down and while it dies under
+// batches; 1000 items in one FCALL; a SIGKILL of redis-server under batch load; WAIT with a
+// replica that acknowledges nothing (SIGSTOP); a batch over a three-master Redis Cluster (one
+// FCALL per master, a master killed); and through two quotad servers (every item checked first,
+// retried across servers, fail open with Redis killed). One redis-server (or cluster) started per
+// test on loopback; replicas are RedisBackends in process. Bounded: a few hundred batches in all, a
+// few threads.
 
+#include <grpcpp/grpcpp.h>
 #include <signal.h>
 #include <sys/types.h>
 
@@ -39,16 +42,20 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "gtest/gtest.h"
+#include "quotad/v1/quotad.grpc.pb.h"
 #include "service/config/config.h"
 #include "service/core/clock.h"
 #include "service/core/ledger.h"
+#include "service/server/server.h"
 #include "service/store/redis/redis_backend.h"
 #include "service/store/redis/redis_cluster.h"
 #include "service/store/redis/redis_functions.h"
 #include "tests/redis/backend_helpers.h"
 #include "tests/redis/cluster_harness.h"
 #include "tests/redis/redis_harness.h"
+#include "tests/redis/server_helpers.h"
 #include "tests/support/eventually.h"
+#include "tests/support/temp_dir.h"
 
 namespace quotad {
 namespace {
@@ -697,6 +704,113 @@ TEST_F(SharedBatchAttackTest, ReloadBetweenBatches) {
   EXPECT_FALSE(d[1]->granted);
   EXPECT_EQ(d[1]->limited_by, "k.own");
   EXPECT_TRUE(Granted(d[2])) << Show(d[2]);
+}
+
+v1::AcquireRequest WireItem(const std::string& credential, const std::string& feature,
+                            const std::string& request_id = "") {
+  v1::AcquireRequest req;
+  req.set_credential(credential);
+  req.set_feature(feature);
+  req.set_holder("shared_batch_attack_test");
+  req.set_request_id(request_id);
+  return req;
+}
+
+// Through two quotad servers (QuotaService::AcquireBatchShared): every item checked first (a
+// max_wait, an unknown credential: errors naming their item, charging nothing), the same request
+// twice one lease, the rest decided in order; the batch retried through the other server answers
+// the same lease and charges nothing; with redis-server killed every batch is still answered
+// (team/open granted locally, team/closed UNAVAILABLE), and the servers serve again after it.
+TEST(SharedBatchServerTest, EveryItemCheckedThenDecidedThroughTheServers) {
+  absl::StatusOr<std::unique_ptr<RedisServer>> redis = RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  testing::TempDir dir("shared-batch");
+  const std::string config = dir.WriteFile("quotad.yaml", Config());
+  std::vector<std::unique_ptr<QuotadServer>> servers;
+  std::vector<std::unique_ptr<v1::Quota::Stub>> stubs;
+  for (int i = 0; i < 2; ++i) {
+    ServerOptions options =
+        testing::SharedServerOptions(config, absl::StrCat("redis://127.0.0.1:", (*redis)->port()));
+    options.redis_timeout = absl::Milliseconds(500);
+    absl::StatusOr<std::unique_ptr<QuotadServer>> server = QuotadServer::Start(options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    ASSERT_TRUE(testing::ServesWithin((*server)->address()));
+    stubs.push_back(v1::Quota::NewStub(
+        grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials())));
+    servers.push_back(*std::move(server));
+  }
+  auto batch = [&](int server, const v1::AcquireBatchRequest& req, v1::AcquireBatchResponse* resp) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(20)));
+    return stubs[server]->AcquireBatch(&ctx, req, resp);
+  };
+  v1::AcquireBatchRequest req;
+  *req.add_items() = WireItem(kCredential, "w", "g");
+  *req.add_items() = WireItem(kCredential, "w", "g");
+  *req.add_items() = WireItem(kCredential, "w");
+  req.mutable_items(2)->mutable_max_wait()->set_seconds(5);
+  *req.add_items() = WireItem("team/nobody", "w");
+  *req.add_items() = WireItem(kCredential, "w");
+  *req.add_items() = WireItem(kCredential, "w");
+  v1::AcquireBatchResponse resp;
+  grpc::Status s = batch(0, req, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(resp.results_size(), 6);
+  ASSERT_TRUE(resp.results(0).response().granted()) << resp.DebugString();
+  EXPECT_EQ(resp.results(1).response().lease_id(), resp.results(0).response().lease_id());
+  ASSERT_TRUE(resp.results(2).has_error()) << resp.results(2).DebugString();
+  EXPECT_EQ(resp.results(2).error().code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StrContains(resp.results(2).error().message(), "items[2]"));
+  EXPECT_TRUE(absl::StrContains(resp.results(2).error().message(), "max_wait"));
+  ASSERT_TRUE(resp.results(3).has_error()) << resp.results(3).DebugString();
+  EXPECT_TRUE(absl::StrContains(resp.results(3).error().message(), "items[3]"));
+  EXPECT_TRUE(resp.results(4).response().granted()) << "w's second slot";
+  EXPECT_FALSE(resp.results(5).response().granted());
+  EXPECT_EQ(resp.results(5).response().limited_by(), "w.slots");
+
+  v1::AcquireBatchResponse again;
+  ASSERT_TRUE(batch(1, req, &again).ok());
+  ASSERT_EQ(again.results_size(), 6);
+  EXPECT_EQ(again.results(0).response().lease_id(), resp.results(0).response().lease_id());
+  EXPECT_EQ(again.results(1).response().lease_id(), resp.results(0).response().lease_id());
+  EXPECT_FALSE(again.results(4).response().granted()) << "a third slot";
+  EXPECT_FALSE(again.results(5).response().granted()) << "a third slot";
+
+  ASSERT_TRUE((*redis)->Stop(SIGKILL).ok());
+  v1::AcquireBatchRequest mixed;
+  *mixed.add_items() = WireItem("team/open", "f");
+  *mixed.add_items() = WireItem("team/closed", "f");
+  *mixed.add_items() = WireItem("team/open", "f", "o1");
+  for (int round = 0; round < 4; ++round) {
+    v1::AcquireBatchResponse down;
+    grpc::Status st = batch(round % 2, mixed, &down);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    ASSERT_EQ(down.results_size(), 3);
+    for (int i : {0, 2}) {
+      ASSERT_TRUE(down.results(i).response().granted()) << down.results(i).DebugString();
+      EXPECT_TRUE(absl::StartsWith(down.results(i).response().lease_id(), "fa11fa11"))
+          << down.results(i).response().lease_id();
+    }
+    ASSERT_TRUE(down.results(1).has_error()) << down.results(1).DebugString();
+    EXPECT_EQ(down.results(1).error().code(), grpc::StatusCode::UNAVAILABLE);
+  }
+  ASSERT_TRUE((*redis)->Restart().ok());
+  // Back (health may not have turned NOT_SERVING yet): Redis decides every item again.
+  v1::AcquireBatchResponse back;
+  EXPECT_TRUE(Eventually(
+      [&] {
+        if (!batch(0, mixed, &back).ok() || back.results_size() != 3) return false;
+        for (int i = 0; i < 3; ++i) {
+          if (!back.results(i).response().granted() ||
+              absl::StartsWith(back.results(i).response().lease_id(), "fa11fa11")) {
+            return false;
+          }
+        }
+        return true;
+      },
+      absl::Seconds(20)))
+      << back.DebugString();
+  servers.clear();  // before Redis goes
 }
 
 // A batch over a three-master Redis Cluster spanning credentials on every master: one FCALL per
