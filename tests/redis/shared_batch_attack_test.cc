@@ -7,12 +7,12 @@
 // replayed inside a batch, a batch retried through another replica, and with calendar windows
 // sent again); calendar windows offered around a clock days off (items kept in order); fail_open
 // and fail-closed credentials in one batch while redis-server is down and while it dies under
-// batches; 1000 items in one FCALL; a SIGKILL of redis-server under batch load; WAIT with a
-// replica that acknowledges nothing (SIGSTOP); a batch over a three-master Redis Cluster (one
-// FCALL per master, a master killed); and through two quotad servers (every item checked first,
-// retried across servers, fail open with Redis killed). One redis-server (or cluster) started per
-// test on loopback; replicas are RedisBackends in process. Bounded: a few hundred batches in all, a
-// few threads.
+// batches, and a batch timed out (CLIENT PAUSE); 1000 items in one FCALL; a SIGKILL of redis-server
+// under batch load; WAIT with a replica that acknowledges nothing (SIGSTOP); a batch over a
+// three-master Redis Cluster (one FCALL per master, a master killed); and through two quotad
+// servers (every item checked first, retried across servers, fail open with Redis killed). One
+// redis-server (or cluster) started per test on loopback; replicas are RedisBackends in process.
+// Bounded: a few hundred batches in all, a few threads.
 
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
@@ -603,6 +603,29 @@ TEST_F(SharedBatchAttackTest, FailOpenOnlyForFailOpenCredentials) {
       EXPECT_FALSE(RedisBackend::IsFailOpenLease(x->lease_id));
     }
   }
+}
+
+// A batch whose FCALL outlives call_timeout (CLIENT PAUSE): every item answered within the
+// bound, team/open granted locally, team/closed UNAVAILABLE (the call may still grant in Redis:
+// an under-grant); once Redis answers again, team/closed is never past its 3 units.
+TEST_F(SharedBatchAttackTest, ATimedOutBatchAnswersEveryItem) {
+  RedisBackendOptions options = ReplicaOptions(*redis_);
+  options.call_timeout = absl::Milliseconds(300);
+  RedisBackend& a = AddBackend(options);
+  ASSERT_TRUE(redis_->Command({"CLIENT", "PAUSE", "1500", "ALL"}).ok());
+  const absl::Time start = absl::Now();
+  std::vector<absl::StatusOr<Decision>> d =
+      Batch(a, {{"f", 2, "", "", "", "team/closed"}, {"f", 1, "", "", "", "team/open"}});
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_EQ(d[0].status().code(), absl::StatusCode::kUnavailable) << Show(d[0]);
+  ASSERT_TRUE(Granted(d[1])) << Show(d[1]);
+  EXPECT_TRUE(RedisBackend::IsFailOpenLease(d[1]->lease_id));
+  // PING waits for the pause to end (ALL pauses every client's commands).
+  ASSERT_TRUE(redis_->Command({"PING"}).ok());
+  ASSERT_TRUE(Eventually([&] { return a.serving(); }, absl::Seconds(20)));
+  // The timed-out FCALL ran once the pause ended (2 units charged, none handed out), or never.
+  const int left = Fill(a, {"f", 1, "", "", "", "team/closed"}, 5);
+  EXPECT_TRUE(left == 1 || left == 3) << left << " of team/closed's 3 units left";
 }
 
 // 1000 items (and one more) in one FCALL: the first 1000 granted at exactly the capacity, the
