@@ -690,8 +690,9 @@ int PidOf(const RedisServer& server) {
 }
 
 // WAIT 1 with a replica that stops acknowledging (SIGSTOP): no grant of a batch is handed out
-// (each item UNAVAILABLE, though charged), a duplicate inside the batch neither; once the
-// replica acknowledges again, the batch retried with its request_ids answers the grants.
+// (each item UNAVAILABLE, though charged), a duplicate inside the batch neither, nor one decided
+// in a second FCALL (calendar windows around a clock 75 h off); once the replica acknowledges
+// again, the batches retried with their request_ids answer the grants, each charged once.
 TEST_F(SharedBatchAttackTest, WaitPolicyHandsOutNothingUnacknowledged) {
   ASSERT_TRUE(redis_->Command({"CONFIG", "SET", "repl-diskless-sync-delay", "0"}).ok());
   RedisServerOptions ro;
@@ -708,6 +709,13 @@ TEST_F(SharedBatchAttackTest, WaitPolicyHandsOutNothingUnacknowledged) {
   ASSERT_TRUE(created.ok()) << created.status();
   RedisBackend& a = **created;
   ASSERT_TRUE(Eventually([&] { return a.CheckHealth() && Granted(Single(a, {"big", 1})); }));
+  // A replica 75 h off: its calendar items are decided in a second FCALL, waited for as well.
+  FakeClock off(absl::Now() - absl::Hours(75));
+  absl::StatusOr<std::unique_ptr<RedisBackend>> skewed_created =
+      RedisBackend::Create(MustPolicy(), &off, options);
+  ASSERT_TRUE(skewed_created.ok()) << skewed_created.status();
+  RedisBackend& skewed = **skewed_created;
+  ASSERT_TRUE(Eventually([&] { return skewed.CheckHealth() && skewed.serving(); }));
   ASSERT_EQ(::kill(pid, SIGSTOP), 0);
   absl::Cleanup resume = [pid] { ::kill(pid, SIGCONT); };
   const std::vector<Item> batch = {
@@ -717,7 +725,14 @@ TEST_F(SharedBatchAttackTest, WaitPolicyHandsOutNothingUnacknowledged) {
     EXPECT_FALSE(Granted(d[i])) << "an unacknowledged grant handed out: item " << i;
     EXPECT_EQ(d[i].status().code(), absl::StatusCode::kUnavailable) << i << " " << Show(d[i]);
   }
+  const std::vector<Item> around = {{"big", 1, "", "r5", "fp-r5"}, {"p", 1, "", "r4", "fp-r4"}};
+  std::vector<absl::StatusOr<Decision>> late = Batch(skewed, around);
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_FALSE(Granted(late[i])) << "an unacknowledged grant handed out: item " << i;
+    EXPECT_EQ(late[i].status().code(), absl::StatusCode::kUnavailable) << i << " " << Show(late[i]);
+  }
   std::move(resume).Invoke();
+  EXPECT_TRUE(Eventually([&] { return CountGranted(Batch(skewed, around)) == 2; }));
   std::vector<absl::StatusOr<Decision>> again;
   EXPECT_TRUE(Eventually([&] {
     again = Batch(a, batch);
@@ -727,6 +742,8 @@ TEST_F(SharedBatchAttackTest, WaitPolicyHandsOutNothingUnacknowledged) {
     EXPECT_EQ(again[0]->lease_id.ToString(), again[1]->lease_id.ToString());
   }
   EXPECT_EQ(Fill(a, {"w", 1}, 3), 1) << "r1 holds one of w's 2 slots, charged once";
+  EXPECT_EQ(Fill(a, {"p", 1}, 8), 4) << "p's 6 slots: r2 and r4 hold one each, charged once";
+  skewed_created->reset();
   created->reset();  // before the replica goes
 }
 
