@@ -256,12 +256,21 @@ end
 -- FCALL quotad_acquire_many K <each item's quotad_acquire keys, in order>
 --       n <per item: its key count, its argument count, its quotad_acquire arguments>
 -- Independent Acquires in one call (an AcquireBatch): each item decided by quotad_acquire, in
--- order, at one time of Redis's. Answers {1, now, item_1's quotad_acquire answer, ...}.
+-- order, at one time of Redis's. Answers {1, now, item_1's quotad_acquire answer, ...}. From the
+-- first item answered -1 (its calendar windows miss Redis's time) on, no item is decided: each
+-- answers -1 too, and the caller sends them again together, in order (an item after it must not
+-- take what it would have been granted, nor a request_id it would have recorded).
 local function acquire_many(keys, args)
   local now = now_us()
-  local out = {1, now}
+  local out, miss = {1, now}, false
   for _, it in ipairs(split_items(keys, args)) do
-    out[#out + 1] = acquire(it[1], it[2], nil, now)
+    if miss then
+      out[#out + 1] = {-1, now, 0}
+    else
+      local a = acquire(it[1], it[2], nil, now)
+      miss = a[1] == -1
+      out[#out + 1] = a
+    end
   end
   return out
 end

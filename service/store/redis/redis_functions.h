@@ -288,8 +288,9 @@ class RedisFunctions {
                   absl::AnyInvocable<void(absl::StatusOr<AcquireAllAnswer>)> done);
   // quotad_acquire_many: independent Acquires in one FCALL, decided in order at one time of
   // Redis's (on a Cluster every call's keys in one slot). One answer per call, as Acquire's
-  // (one whose calendar windows miss Redis's time is sent again alone); the error of the
-  // whole call when Redis did not answer.
+  // (from the first whose calendar windows miss Redis's time on, the calls are sent again
+  // together, in order, around Redis's time); the error of the whole call when Redis did not
+  // answer.
   using ManyAnswers = std::vector<absl::StatusOr<AcquireAnswer>>;
   void AcquireMany(std::vector<AcquireCall> calls,
                    absl::AnyInvocable<void(absl::StatusOr<ManyAnswers>)> done);

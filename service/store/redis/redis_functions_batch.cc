@@ -2,6 +2,7 @@
 // (independent Acquires), each one FCALL carrying several quotad_acquire calls (see
 // quotad_functions.lua).
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -9,7 +10,6 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "service/store/redis/redis_functions.h"
 #include "service/store/redis/redis_functions_internal.h"
 
@@ -158,75 +158,88 @@ void RedisFunctions::AcquireAllAround(
 
 void RedisFunctions::AcquireMany(std::vector<AcquireCall> calls,
                                  absl::AnyInvocable<void(absl::StatusOr<ManyAnswers>)> done) {
-  auto shared = std::make_shared<std::vector<AcquireCall>>(std::move(calls));
-  absl::StatusOr<std::vector<std::string>> args =
-      BatchArgs("quotad_acquire_many", *shared, clock_now_());
-  if (!args.ok()) {
-    done(args.status());
-    return;
-  }
-  CallMaybeWaiting(*std::move(args), [this, calls = std::move(shared), done = std::move(done)](
-                                         absl::StatusOr<Reply> reply, int64_t acked) mutable {
-    if (!reply.ok()) {
-      done(reply.status());
+  // Rounds of one FCALL each: the first with calendar windows around this replica's time; the
+  // items answered -1 (their windows miss Redis's time; quotad_acquire_many decides none after
+  // the first such item) sent again together, in order, around Redis's time. Only the items
+  // answered -1 are sent again, so that none is decided twice.
+  struct State {
+    std::vector<AcquireCall> calls;
+    ManyAnswers answers;
+    absl::AnyInvocable<void(absl::StatusOr<ManyAnswers>)> done;
+    // Sends calls[items...] around `around`; `tries` rounds are left after this one.
+    std::function<void(std::shared_ptr<State>, std::vector<size_t>, absl::Time, int)> send;
+  };
+  // A round that failed: the whole call's error when it was the first (nothing decided), else
+  // its items' (the earlier rounds' answers stand: their grants were made).
+  auto fail = [](State& state, const std::vector<size_t>& items, const absl::Status& error) {
+    if (items.size() == state.calls.size()) {
+      state.done(error);
       return;
     }
-    if (reply->is_error()) {
-      done(absl::InternalError(absl::StrCat("redis: ", reply->str)));
+    for (size_t i : items) state.answers[i] = error;
+    state.done(std::move(state.answers));
+  };
+  auto state = std::make_shared<State>();
+  state->calls = std::move(calls);
+  state->answers.assign(state->calls.size(), absl::InternalError("undecided"));
+  state->done = std::move(done);
+  state->send = [this, fail](std::shared_ptr<State> state, std::vector<size_t> items,
+                             absl::Time around, int tries) {
+    std::vector<AcquireCall> round;
+    round.reserve(items.size());
+    for (size_t i : items) round.push_back(state->calls[i]);
+    absl::StatusOr<std::vector<std::string>> args = BatchArgs("quotad_acquire_many", round, around);
+    if (!args.ok()) {
+      fail(*state, items, args.status());
       return;
     }
-    const std::vector<Reply>& e = reply->elements;
-    if (reply->type != Reply::Type::kArray || e.size() != 2 + calls->size() ||
-        e[0].type != Reply::Type::kInteger || e[0].integer != 1) {
-      done(absl::InternalError(absl::StrCat("unexpected reply ", reply->DebugString())));
-      return;
-    }
-    // Answers are filled in place; a call to send again alone is answered through `state`.
-    struct State {
-      absl::Mutex mu;
-      ManyAnswers answers;
-      int pending = 1;  // the calls sent again, and this callback's own hold
-      absl::AnyInvocable<void(absl::StatusOr<ManyAnswers>)> done;
-    };
-    auto state = std::make_shared<State>();
-    state->done = std::move(done);
-    auto finish = [state] {
-      {
-        absl::MutexLock lock(&state->mu);
-        if (--state->pending > 0) return;
+    CallMaybeWaiting(*std::move(args), [this, fail, state, items = std::move(items), tries](
+                                           absl::StatusOr<Reply> reply, int64_t acked) mutable {
+      if (!reply.ok()) {
+        fail(*state, items, reply.status());
+        return;
+      }
+      absl::Status bad;
+      const std::vector<Reply>& e = reply->elements;
+      if (reply->is_error()) {
+        bad = absl::InternalError(absl::StrCat("redis: ", reply->str));
+      } else if (reply->type != Reply::Type::kArray || e.size() != 2 + items.size() ||
+                 e[0].type != Reply::Type::kInteger || e[0].integer != 1 ||
+                 e[1].type != Reply::Type::kInteger) {
+        bad = absl::InternalError(absl::StrCat("unexpected reply ", reply->DebugString()));
+      }
+      if (!bad.ok()) {
+        fail(*state, items, bad);
+        return;
+      }
+      std::vector<size_t> again;
+      for (size_t k = 0; k < items.size(); ++k) {
+        const AcquireCall& call = state->calls[items[k]];
+        absl::StatusOr<AcquireAnswer> a =
+            ParseAcquire(e[2 + k], call.want_limits ? call.counters.size() : 0);
+        if (a.ok() && a->granted) {
+          if (absl::Status s = CheckAcked(acked, "grant"); !s.ok()) a = s;
+        }
+        if (tries > 0 && absl::IsFailedPrecondition(a.status())) {
+          again.push_back(items[k]);
+          continue;
+        }
+        if (absl::IsAlreadyExists(a.status())) a = RequestIdConflict(call, a.status());
+        state->answers[items[k]] = std::move(a);
+      }
+      if (!again.empty()) {
+        // Their calendar windows miss Redis's time: around Redis's, together, in order.
+        std::shared_ptr<State> keep = state;
+        keep->send(keep, std::move(again), FromMicros(e[1].integer), tries - 1);
+        return;
       }
       state->done(std::move(state->answers));
-    };
-    state->answers.reserve(calls->size());
-    std::vector<size_t> again;
-    for (size_t i = 0; i < calls->size(); ++i) {
-      const AcquireCall& call = (*calls)[i];
-      absl::StatusOr<AcquireAnswer> a =
-          ParseAcquire(e[2 + i], call.want_limits ? call.counters.size() : 0);
-      if (a.ok() && a->granted) {
-        if (absl::Status s = CheckAcked(acked, "grant"); !s.ok()) a = s;
-      }
-      if (absl::IsFailedPrecondition(a.status())) again.push_back(i);
-      if (absl::IsAlreadyExists(a.status())) a = RequestIdConflict(call, a.status());
-      state->answers.push_back(std::move(a));
-    }
-    {
-      absl::MutexLock lock(&state->mu);
-      state->pending += static_cast<int>(again.size());
-    }
-    for (size_t i : again) {
-      // Its calendar windows miss Redis's time: as Acquire, alone (windows around Redis's).
-      AcquireAround(std::make_shared<AcquireCall>((*calls)[i]), FromMicros(e[1].integer), true,
-                    [state, i, finish](absl::StatusOr<AcquireAnswer> a) {
-                      {
-                        absl::MutexLock lock(&state->mu);
-                        state->answers[i] = std::move(a);
-                      }
-                      finish();
-                    });
-    }
-    finish();
-  });
+    });
+  };
+  std::vector<size_t> all(state->calls.size());
+  for (size_t i = 0; i < all.size(); ++i) all[i] = i;
+  // Two rounds more at most: Redis's time may cross a window's end between two rounds.
+  state->send(state, std::move(all), clock_now_(), 2);
 }
 
 absl::StatusOr<AcquireAllAnswer> RedisFunctions::AcquireAllSync(std::vector<AcquireCall> calls) {
