@@ -108,8 +108,12 @@ absl::StatusOr<redis::RedisClientOptions> ParseRedisUrl(absl::string_view url);
 //
 // Cluster mode (redis_backend_cluster.cc): serving() while one master is up and every master
 // that is up has the library (loaded on each, again on one that was down or is new); the
-// credentials of a slot whose master is down are kUnavailable, the others are served. WAIT is
-// not supported with Cluster (Create fails).
+// credentials of a slot whose master is down are kUnavailable, the others are served. With
+// WAIT, each call waits for replicas of its slot's master, and serving() is false (every
+// decision refused at once) while ANY master that is up has fewer replicas connected than
+// wait_replicas: one master short stops them all, not only its own slots (a replica frozen
+// without its master noticing yet is caught by WAIT itself: kUnavailable for that master's
+// credentials after wait_timeout).
 //
 // Thread-safe. Owns its client (and its event-loop thread, which answers AcquireShared and
 // waiters), and once a request has waited, a timer thread for parked waiters and a subscriber
@@ -127,7 +131,8 @@ class RedisBackend final : public QuotaBackend {
   ~RedisBackend() override;
 
   // Whether a connection is up and the function library is loaded (and, with WAIT, the primary
-  // has at least wait_replicas replicas connected, per ROLE); after a reconnect, loads the
+  // -- Cluster: every master that is up -- has at least wait_replicas replicas connected, per
+  // ROLE); after a reconnect, loads the
   // library again if Redis lost it (a restart without persistence). Blocks (at most a few
   // call timeouts): call it from a background thread, not from a completion-queue thread.
   bool CheckHealth();
@@ -243,8 +248,12 @@ class RedisBackend final : public QuotaBackend {
   static absl::StatusOr<Decision> DecisionOf(const Plan& plan, const redis::AcquireAnswer& answer,
                                              absl::string_view lease_id);
   absl::StatusOr<Locator> ReadLocator(const LeaseId& id);
-  // CheckHealth in Cluster mode: the library on every master that is up.
+  // CheckHealth in Cluster mode: the library on every master that is up (and with WAIT, its
+  // replicas).
   bool CheckClusterHealth() ABSL_LOCKS_EXCLUDED(cluster_mu_);
+  // Whether `primary` (a primary's client) has at least wait_replicas replicas connected, per
+  // ROLE. Blocks for one call.
+  bool EnoughReplicas(redis::RedisClient& primary) const;
   static absl::StatusOr<Locator> ParseLocator(absl::string_view value, absl::string_view id);
   // A store error as the caller sees it: kUnavailable (nothing decided) for a transport one.
   absl::Status StoreError(const absl::Status& status, absl::string_view what);
@@ -287,7 +296,8 @@ class RedisBackend final : public QuotaBackend {
   const RedisBackendOptions options_;
   const std::string description_;
   std::atomic<bool> library_loaded_{false};
-  // wait_replicas > 0: the primary had that many replicas connected at the last CheckHealth.
+  // wait_replicas > 0: the primary (Cluster: every master up) had that many replicas connected
+  // at the last CheckHealth.
   std::atomic<bool> replicas_enough_{true};
   mutable absl::Mutex mu_;
   std::shared_ptr<const Compiled> compiled_ ABSL_GUARDED_BY(mu_);

@@ -1,4 +1,5 @@
-// RedisBackend's health in Cluster mode: quotad's function library on every master.
+// RedisBackend's health in Cluster mode: quotad's function library on every master, and with
+// WAIT, enough replicas connected to every master.
 
 #include <string>
 
@@ -13,6 +14,7 @@ bool RedisBackend::CheckClusterHealth() {
   if (!library_loaded_.load(std::memory_order_acquire)) cluster_loaded_.clear();
   int up = 0;
   bool all = true;
+  bool replicas = true;
   for (const auto& [address, client] : cluster_->Masters()) {
     const std::string name = address.ToString();
     if (client->connected() == 0) {
@@ -20,6 +22,10 @@ bool RedisBackend::CheckClusterHealth() {
       continue;
     }
     ++up;
+    // With WAIT, any master short of replicas stops every decision (the simplest rule that
+    // never answers a grant WAIT could not cover): its own calls would all time out in WAIT.
+    // A master that is down is not asked: its slots' calls fail on their own.
+    if (options_.wait_replicas > 0 && !EnoughReplicas(*client)) replicas = false;
     if (cluster_loaded_.contains(name)) continue;
     redis::RedisFunctions functions(client, [this] { return clock_->Now(); });
     if (functions.EnsureLoaded(options_.call_timeout * 2).ok()) {
@@ -28,6 +34,7 @@ bool RedisBackend::CheckClusterHealth() {
       all = false;
     }
   }
+  if (options_.wait_replicas > 0) replicas_enough_.store(replicas, std::memory_order_release);
   // A master that is down fails its own slots' calls (kUnavailable); the others serve.
   library_loaded_.store(up > 0 && all, std::memory_order_release);
   return serving();
