@@ -46,7 +46,8 @@ using ::quotad::testing::Eventually;
 using ::quotad::testing::TempDir;
 
 constexpr int kCredentials = 12;
-constexpr absl::Duration kWaitTimeout = absl::Milliseconds(200);
+// Generous, so that a loaded machine does not make WAIT fall short where a replica is up.
+constexpr absl::Duration kWaitTimeout = absl::Seconds(1);
 
 std::string Cred(int i) { return absl::StrCat("team/w", i); }
 
@@ -259,6 +260,7 @@ TEST_F(ClusterWaitTest, ServerStartsWithWaitOverClusterAndGrants) {
   ServerOptions options =
       testing::SharedServerOptions(dir.WriteFile("quotad.yaml", Config()), group_->url());
   options.redis_wait_replicas = 1;
+  options.redis_wait_timeout = kWaitTimeout;
   absl::StatusOr<std::unique_ptr<QuotadServer>> server = QuotadServer::Start(options);
   ASSERT_TRUE(server.ok()) << server.status();
   ASSERT_TRUE(testing::ServesWithin((*server)->address()));
