@@ -258,14 +258,6 @@ bool RedisBackend::CheckHealth() {
   return serving();
 }
 
-bool RedisBackend::EnoughReplicas(redis::RedisClient& primary) const {
-  // ROLE on a primary: ["master", offset, [[ip, port, offset], ...]], its replicas connected.
-  absl::StatusOr<redis::Reply> role = primary.CallSync({"ROLE"});
-  return role.ok() && role->type == redis::Reply::Type::kArray && role->elements.size() >= 3 &&
-         role->elements[2].type == redis::Reply::Type::kArray &&
-         static_cast<int>(role->elements[2].elements.size()) >= options_.wait_replicas;
-}
-
 absl::StatusOr<std::shared_ptr<const RedisBackend::Compiled>> RedisBackend::Compile(
     const Policy& policy) {
   if (absl::Status s = ValidatePolicy(policy); !s.ok()) return s;

@@ -1,5 +1,6 @@
 // RedisBackend's health in Cluster mode: quotad's function library on every master, and with
-// WAIT, enough replicas connected to every master.
+// WAIT, enough replicas connected to every master (EnoughReplicas, also the standalone and
+// Sentinel check of the primary).
 
 #include <string>
 
@@ -7,6 +8,14 @@
 #include "service/store/redis/redis_cluster.h"
 
 namespace quotad {
+
+bool RedisBackend::EnoughReplicas(redis::RedisClient& primary) const {
+  // ROLE on a primary: ["master", offset, [[ip, port, offset], ...]], its replicas connected.
+  absl::StatusOr<redis::Reply> role = primary.CallSync({"ROLE"});
+  return role.ok() && role->type == redis::Reply::Type::kArray && role->elements.size() >= 3 &&
+         role->elements[2].type == redis::Reply::Type::kArray &&
+         static_cast<int>(role->elements[2].elements.size()) >= options_.wait_replicas;
+}
 
 bool RedisBackend::CheckClusterHealth() {
   absl::MutexLock lock(&cluster_mu_);
