@@ -1,13 +1,13 @@
 // Shared mode on Redis Cluster with WAIT (issue 13, --redis_wait_replicas with
 // redis-cluster://): a real cluster on loopback, three masters with one replica each
 // (ClusterGroup, replicas_per_master 1), started and stopped by the test. A grant on a
-// credential of any master is answered only once that master's replica holds it; a master whose
-// replica is gone hands nothing out for its credentials (WAIT's shortfall, kUnavailable) while
-// the other masters keep granting until the health check sees the shortfall, which then stops
-// every decision (NOT_SERVING: the rule CheckClusterHealth applies); after the replica is back,
-// the same request_id's retry answers the first grant and charges nothing more. A quotad server
-// starts with --redis_wait_replicas=1 over the cluster (Create no longer refuses it). Last, the
-// cost: decisions/s with and without WAIT over the same cluster, printed (not asserted).
+// credential of any master is answered only once that master's replica holds it. A master whose
+// replica is gone hands nothing out for its credentials (WAIT's shortfall, kUnavailable; once
+// the health check saw it, refused at once without a call to it) while the other masters keep
+// granting; with every master short, NOT_SERVING; after the replicas are back, the same
+// request_id's retry answers the first grant and charges nothing more. A quotad server starts
+// with --redis_wait_replicas=1 over the cluster (Create no longer refuses it). Last, the cost:
+// decisions/s with and without WAIT over the same cluster, printed (not asserted).
 
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
@@ -200,8 +200,8 @@ TEST_F(ClusterWaitTest, GrantsOnEveryMasterAreOnItsReplicaWhenAnswered) {
   for (int i = 0; i < kCredentials; ++i) EXPECT_EQ(Used(*backend, i, "cal.daily"), 3) << Cred(i);
 }
 
-// (b) A master without its replica hands nothing out; the others grant until the health check
-// sees it, which then stops every decision; the replica back, a retry gets the first grant.
+// (b) A master without its replica hands nothing out while the others keep granting; with no
+// master able to grant, NOT_SERVING; the replicas back, a retry gets the first grant.
 TEST_F(ClusterWaitTest, MasterWithoutItsReplicaHandsNothingOutAndRetryGetsTheFirstGrant) {
   std::unique_ptr<RedisBackend> backend = Backend(1);
   ASSERT_NE(backend, nullptr);
@@ -223,19 +223,44 @@ TEST_F(ClusterWaitTest, MasterWithoutItsReplicaHandsNothingOutAndRetryGetsTheFir
   ASSERT_TRUE(other.ok()) << other.status();
   EXPECT_TRUE(other->granted);
 
-  // The health check sees master 0 short: NOT_SERVING, every decision refused at once.
+  // The health check sees master 0 short: still SERVING (two masters can grant), master 0's
+  // credentials refused at once (no FCALL sent), master 1's granted.
+  EXPECT_TRUE(backend->CheckHealth());
+  const int64_t fcalls = group_->node(0).Calls("fcall");
+  absl::StatusOr<Decision> refused = Acquire(*backend, Cred(a), "conc");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(
+      absl::StrContains(refused.status().message(), "fewer replicas connected than WAIT needs"))
+      << refused.status();
+  EXPECT_TRUE(absl::StrContains(refused.status().message(),
+                                absl::StrCat("127.0.0.1:", group_->node(0).port())))
+      << refused.status();
+  EXPECT_EQ(group_->node(0).Calls("fcall"), fcalls) << "a call was sent to the short master";
+  other = Acquire(*backend, Cred(b), "conc");
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_TRUE(other->granted);
+
+  // Every master short: NOT_SERVING, every decision refused at once.
+  for (int m = 1; m < group_->size(); ++m) {
+    ASSERT_TRUE(group_->replica(m).Stop(SIGKILL).ok());
+    ASSERT_TRUE(Eventually([&] { return group_->OnlineReplicas(m) == 0; }));
+  }
   EXPECT_FALSE(backend->CheckHealth());
-  absl::StatusOr<Decision> refused = Acquire(*backend, Cred(b), "conc");
+  refused = Acquire(*backend, Cred(b), "conc");
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_TRUE(
       absl::StrContains(refused.status().message(), "fewer replicas connected than WAIT needs"))
       << refused.status();
 
-  // The replica back (it resyncs from its master): serving again.
-  ASSERT_TRUE(group_->replica(0).Restart().ok());
-  ASSERT_TRUE(Eventually([&] { return group_->OnlineReplicas(0) == 1; }, absl::Seconds(10)));
+  // The replicas back (each resyncs from its master): serving again.
+  for (int m = 0; m < group_->size(); ++m) {
+    ASSERT_TRUE(group_->replica(m).Restart().ok());
+    ASSERT_TRUE(Eventually([&] { return group_->OnlineReplicas(m) == 1; }, absl::Seconds(10)));
+  }
   ASSERT_TRUE(Eventually([&] { return backend->CheckHealth(); }, absl::Seconds(10)));
+  EXPECT_TRUE(Acquire(*backend, Cred(a), "cal").ok());
 
   // The unacknowledged first attempt did charge master 0 (it ran; only WAIT fell short).
   absl::StatusOr<std::vector<LeaseInfo>> leases = backend->Leases(Cred(a));

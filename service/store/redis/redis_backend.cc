@@ -385,6 +385,16 @@ void RedisBackend::AcquireShared(const AcquireRequest& req, const SharedRequestI
     }
     return;
   }
+  if (std::string master = ShortMasterOf(req.credential); !master.empty()) {
+    // Cluster with WAIT: this credential's master cannot have a grant acknowledged.
+    absl::Status short_of = absl::UnavailableError(
+        absl::StrCat("shared store ", description_, ": master ", master, " of credential '",
+                     req.credential,
+                     "' has fewer replicas connected than WAIT needs: nothing was granted"));
+    done(fail_open ? GrantFailOpen(FailOpenLease(req, feature), ttl, short_of)
+                   : absl::StatusOr<Decision>(std::move(short_of)));
+    return;
+  }
   redis::AcquireCall call = SharedCall(req, request_id, *plan, ttl);
   std::string lease_id = call.lease_id;
   // Granted here instead when Redis does not answer (fail_open credentials only).
