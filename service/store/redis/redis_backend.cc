@@ -372,27 +372,19 @@ void RedisBackend::AcquireShared(const AcquireRequest& req, const SharedRequestI
   }
   const absl::Duration ttl = *checked_ttl;
   const bool fail_open = compiled->fail_open.contains(req.credential);
-  if (!serving()) {
-    absl::Status down = absl::UnavailableError(
-        absl::StrCat("shared store ", description_,
-                     replicas_enough_.load(std::memory_order_acquire)
-                         ? " is unreachable: nothing was granted"
-                         : " has fewer replicas connected than WAIT needs: nothing was granted"));
-    if (fail_open) {
-      done(GrantFailOpen(FailOpenLease(req, feature), ttl, down));
-    } else {
-      done(std::move(down));
-    }
-    return;
-  }
-  if (std::string master = ShortMasterOf(req.credential); !master.empty()) {
-    // Cluster with WAIT: this credential's master cannot have a grant acknowledged.
-    absl::Status short_of = absl::UnavailableError(
-        absl::StrCat("shared store ", description_, ": master ", master, " of credential '",
-                     req.credential,
-                     "' has fewer replicas connected than WAIT needs: nothing was granted"));
-    done(fail_open ? GrantFailOpen(FailOpenLease(req, feature), ttl, short_of)
-                   : absl::StatusOr<Decision>(std::move(short_of)));
+  // Cluster with WAIT: a credential whose master is short of replicas is refused as well.
+  const std::string short_master = ShortMasterOf(req.credential);
+  if (!serving() || !short_master.empty()) {
+    absl::Status down = absl::UnavailableError(absl::StrCat(
+        "shared store ", description_,
+        !short_master.empty()
+            ? absl::StrCat(": master ", short_master, " of credential '", req.credential, "'")
+            : "",
+        replicas_enough_.load(std::memory_order_acquire) && short_master.empty()
+            ? " is unreachable: nothing was granted"
+            : " has fewer replicas connected than WAIT needs: nothing was granted"));
+    done(fail_open ? GrantFailOpen(FailOpenLease(req, feature), ttl, down)
+                   : absl::StatusOr<Decision>(std::move(down)));
     return;
   }
   redis::AcquireCall call = SharedCall(req, request_id, *plan, ttl);
