@@ -132,9 +132,9 @@ class RedisBackend final : public QuotaBackend {
 
   // Whether a connection is up and the function library is loaded (and, with WAIT, the primary
   // -- Cluster: at least one master that is up -- has at least wait_replicas replicas
-  // connected, per ROLE); after a reconnect, loads the
-  // library again if Redis lost it (a restart without persistence). Blocks (at most a few
-  // call timeouts): call it from a background thread, not from a completion-queue thread.
+  // connected, per ROLE); after a reconnect, loads the library again if Redis lost it (a
+  // restart without persistence). Blocks (at most a few call timeouts): call it from a
+  // background thread, not from a completion-queue thread.
   bool CheckHealth();
   // "redis://host:port" or "redis-sentinel://host:port,.../name", plus the WAIT setting.
   const std::string& description() const { return description_; }
