@@ -1,5 +1,6 @@
 #include "tests/redis/cluster_harness.h"
 
+#include <hiredis/hiredis.h>
 #include <signal.h>
 
 #include <utility>
@@ -16,6 +17,29 @@ namespace testing {
 
 constexpr int kSlots = 16384;
 
+namespace {
+
+// A reply as RedisServer::Command gives it (redis_harness.cc).
+std::string Text(const redisReply* r) {
+  switch (r->type) {
+    case REDIS_REPLY_INTEGER:
+      return absl::StrCat(r->integer);
+    case REDIS_REPLY_NIL:
+      return "(nil)";
+    case REDIS_REPLY_ERROR:
+      return absl::StrCat("ERR:", std::string(r->str, r->len));
+    case REDIS_REPLY_ARRAY: {
+      std::vector<std::string> parts;
+      for (size_t i = 0; i < r->elements; ++i) parts.push_back(Text(r->element[i]));
+      return absl::StrJoin(parts, " ");
+    }
+    default:
+      return std::string(r->str, r->len);
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<std::string> ClusterGroup::Run(const RedisServer& node,
                                               const std::vector<std::string>& args) {
   absl::StatusOr<std::string> r = node.Command(args);
@@ -27,36 +51,51 @@ absl::StatusOr<std::string> ClusterGroup::Run(const RedisServer& node,
   return r;
 }
 
+absl::StatusOr<std::unique_ptr<RedisServer>> ClusterGroup::StartNode(int* bus) const {
+  absl::Status last;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    absl::StatusOr<int> port = PickFreePort();
+    if (!port.ok()) return port.status();
+    RedisServerOptions o;
+    o.appendonly = false;  // the cluster tests are about routing, not persistence
+    o.extra_args = {"--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    absl::StrCat(*port),
+                    "--cluster-node-timeout",
+                    absl::StrCat(absl::ToInt64Milliseconds(options_.node_timeout)),
+                    "--cluster-require-full-coverage",
+                    "no"};
+    absl::StatusOr<std::unique_ptr<RedisServer>> s = RedisServer::Start(o);
+    if (s.ok()) {
+      *bus = *port;
+      return s;
+    }
+    last = s.status();  // e.g. the bus port was taken meanwhile
+  }
+  return last;
+}
+
 absl::StatusOr<std::unique_ptr<ClusterGroup>> ClusterGroup::Start(ClusterGroupOptions options) {
   std::unique_ptr<ClusterGroup> g(new ClusterGroup(std::move(options)));
+  if (g->options_.replicas_per_master < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "replicas_per_master ", g->options_.replicas_per_master, " must be 0 or more"));
+  }
   const int n = g->options_.masters;
-  for (int i = 0; i < n; ++i) {
-    absl::Status last;
-    for (int attempt = 0; attempt < 3; ++attempt) {
-      absl::StatusOr<int> bus = PickFreePort();
-      if (!bus.ok()) return bus.status();
-      RedisServerOptions o;
-      o.appendonly = false;  // the cluster tests are about routing, not persistence
-      o.extra_args = {"--cluster-enabled",
-                      "yes",
-                      "--cluster-config-file",
-                      "nodes.conf",
-                      "--cluster-port",
-                      absl::StrCat(*bus),
-                      "--cluster-node-timeout",
-                      absl::StrCat(absl::ToInt64Milliseconds(g->options_.node_timeout)),
-                      "--cluster-require-full-coverage",
-                      "no"};
-      absl::StatusOr<std::unique_ptr<RedisServer>> s = RedisServer::Start(o);
-      if (s.ok()) {
-        g->nodes_.push_back(*std::move(s));
-        g->bus_ports_.push_back(*bus);
-        last = absl::OkStatus();
-        break;
-      }
-      last = s.status();  // e.g. the bus port was taken meanwhile
+  for (int i = 0; i < n * (1 + g->options_.replicas_per_master); ++i) {
+    int bus = 0;
+    absl::StatusOr<std::unique_ptr<RedisServer>> s = g->StartNode(&bus);
+    if (!s.ok()) return s.status();
+    if (i < n) {
+      g->nodes_.push_back(*std::move(s));
+      g->bus_ports_.push_back(bus);
+    } else {
+      g->replicas_.push_back(*std::move(s));
+      g->replica_bus_ports_.push_back(bus);
     }
-    if (!last.ok()) return last;
   }
   g->owner_.resize(kSlots);
   for (int i = 0; i < n; ++i) {
@@ -78,20 +117,91 @@ absl::StatusOr<std::unique_ptr<ClusterGroup>> ClusterGroup::Start(ClusterGroupOp
                             absl::StrCat(g->bus_ports_[i])});
     if (!r.ok()) return r.status();
   }
+  for (size_t r = 0; r < g->replicas_.size(); ++r) {
+    absl::StatusOr<std::string> met =
+        Run(*g->nodes_[0], {"CLUSTER", "MEET", "127.0.0.1", absl::StrCat(g->replicas_[r]->port()),
+                            absl::StrCat(g->replica_bus_ports_[r])});
+    if (!met.ok()) return met.status();
+  }
+  // A replica can follow its master once it has heard of it (gossip after MEET).
+  for (size_t r = 0; r < g->replicas_.size(); ++r) {
+    const std::string& master = g->ids_[r / g->options_.replicas_per_master];
+    absl::Status last;
+    if (!Eventually(
+            [&] {
+              absl::StatusOr<std::string> ok =
+                  Run(*g->replicas_[r], {"CLUSTER", "REPLICATE", master});
+              last = ok.status();
+              return ok.ok();
+            },
+            g->options_.start_timeout, absl::Milliseconds(20))) {
+      return absl::DeadlineExceededError(absl::StrCat("replica on port ", g->replicas_[r]->port(),
+                                                      " could not follow ", master, ": ",
+                                                      last.message()));
+    }
+  }
   if (!Eventually([&] { return g->Ready(); }, g->options_.start_timeout, absl::Milliseconds(20))) {
     return absl::DeadlineExceededError("the cluster's nodes did not all agree in time");
   }
   return g;
 }
 
-bool ClusterGroup::Ready() const {
-  for (const auto& node : nodes_) {
-    absl::StatusOr<std::string> info = node->Command({"CLUSTER", "INFO"});
-    if (!info.ok() || !absl::StrContains(*info, "cluster_state:ok") ||
-        !absl::StrContains(*info, absl::StrCat("cluster_known_nodes:", nodes_.size(), "\r")) ||
-        !absl::StrContains(*info, "cluster_slots_ok:16384")) {
-      return false;
+int ClusterGroup::OnlineReplicas(int i) const {
+  absl::StatusOr<std::string> info = nodes_[i]->Command({"INFO", "replication"});
+  if (!info.ok() || absl::StartsWith(*info, "ERR:")) return -1;
+  int online = 0;
+  for (absl::string_view line : absl::StrSplit(*info, '\n')) {
+    if (absl::StartsWith(line, "slave") && absl::StrContains(line, "state=online")) ++online;
+  }
+  return online;
+}
+
+absl::StatusOr<std::string> ClusterGroup::ReadOnReplica(int i, int k,
+                                                        const std::vector<std::string>& args) {
+  const RedisServer& node = replica(i, k);
+  redisContext* c = redisConnectWithTimeout(node.host().c_str(), node.port(), timeval{1, 0});
+  if (c == nullptr || c->err != 0) {
+    const std::string err = c != nullptr ? c->errstr : "out of memory";
+    if (c != nullptr) redisFree(c);
+    return absl::UnavailableError(absl::StrCat("replica on port ", node.port(), ": ", err));
+  }
+  redisSetTimeout(c, timeval{5, 0});
+  absl::StatusOr<std::string> out = absl::UnavailableError("no reply");
+  const std::vector<std::string> readonly = {"READONLY"};
+  for (const std::vector<std::string>* cmd : {&readonly, &args}) {
+    std::vector<const char*> argv;
+    std::vector<size_t> lens;
+    for (const std::string& a : *cmd) {
+      argv.push_back(a.data());
+      lens.push_back(a.size());
     }
+    auto* reply = static_cast<redisReply*>(
+        redisCommandArgv(c, static_cast<int>(argv.size()), argv.data(), lens.data()));
+    if (reply == nullptr) {
+      out = absl::UnavailableError(absl::StrCat("replica on port ", node.port(), ": ", c->errstr));
+      break;
+    }
+    out = Text(reply);
+    freeReplyObject(reply);
+  }
+  redisFree(c);
+  return out;
+}
+
+bool ClusterGroup::Ready() const {
+  const size_t known = nodes_.size() + replicas_.size();
+  for (const auto* group : {&nodes_, &replicas_}) {
+    for (const auto& node : *group) {
+      absl::StatusOr<std::string> info = node->Command({"CLUSTER", "INFO"});
+      if (!info.ok() || !absl::StrContains(*info, "cluster_state:ok") ||
+          !absl::StrContains(*info, absl::StrCat("cluster_known_nodes:", known, "\r")) ||
+          !absl::StrContains(*info, "cluster_slots_ok:16384")) {
+        return false;
+      }
+    }
+  }
+  for (int i = 0; i < size(); ++i) {
+    if (OnlineReplicas(i) < options_.replicas_per_master) return false;
   }
   return true;
 }

@@ -1,11 +1,11 @@
 #ifndef QUOTAD_TESTS_REDIS_CLUSTER_HARNESS_H_
 #define QUOTAD_TESTS_REDIS_CLUSTER_HARNESS_H_
 
-// A Redis Cluster for tests: N masters (no replicas), each a cluster-enabled redis-server on free
-// loopback ports (RedisServer, redis_harness.h), the 16384 slots split evenly in order, formed by
-// hand (CLUSTER ADDSLOTSRANGE, SET-CONFIG-EPOCH, MEET), all stopped when the group dies. The
-// nodes run with cluster-require-full-coverage no: with a master down, the others keep serving
-// their slots.
+// A Redis Cluster for tests: N masters, each a cluster-enabled redis-server on free loopback
+// ports (RedisServer, redis_harness.h), the 16384 slots split evenly in order, formed by hand
+// (CLUSTER ADDSLOTSRANGE, SET-CONFIG-EPOCH, MEET), and optionally R replicas per master (MEET,
+// then CLUSTER REPLICATE), all stopped when the group dies. The nodes run with
+// cluster-require-full-coverage no: with a master down, the others keep serving their slots.
 
 #include <functional>
 #include <memory>
@@ -22,6 +22,9 @@ namespace testing {
 
 struct ClusterGroupOptions {
   int masters = 3;
+  // Replicas started per master; Start() waits until each is in sync (state=online in its
+  // master's INFO replication).
+  int replicas_per_master = 0;
   absl::Duration node_timeout = absl::Seconds(2);
   // Start() waits this long for every node to see the others and cluster_state:ok.
   absl::Duration start_timeout = absl::Seconds(20);
@@ -33,10 +36,21 @@ class ClusterGroup {
   static absl::StatusOr<std::unique_ptr<ClusterGroup>> Start(ClusterGroupOptions options = {});
   ~ClusterGroup() = default;  // each RedisServer is killed and removed
 
-  // redis-cluster://127.0.0.1:A,127.0.0.1:B,...
+  // redis-cluster://127.0.0.1:A,127.0.0.1:B,... (the masters)
   std::string url() const;
+  // Masters.
   int size() const { return static_cast<int>(nodes_.size()); }
   RedisServer& node(int i) { return *nodes_[i]; }
+  // Replica `k` of master `i` (k < replicas_per_master).
+  RedisServer& replica(int i, int k = 0) {
+    return *replicas_[i * options_.replicas_per_master + k];
+  }
+  // Replicas master `i` reports in sync (state=online in INFO replication); -1 if unreadable.
+  int OnlineReplicas(int i) const;
+  // `args` run on replica `k` of master `i` after READONLY on the same connection (a replica
+  // answers reads of its master's slots then, instead of MOVED). The reply as text, as
+  // RedisServer::Command gives it.
+  absl::StatusOr<std::string> ReadOnReplica(int i, int k, const std::vector<std::string>& args);
   const std::string& node_id(int i) const { return ids_[i]; }
   // The node serving `slot` (as this group assigned and migrated it).
   int OwnerOf(int slot) const { return owner_[slot]; }
@@ -61,8 +75,13 @@ class ClusterGroup {
                                          const std::vector<std::string>& args);
 
   ClusterGroupOptions options_;
-  std::vector<std::unique_ptr<RedisServer>> nodes_;
+  // One more cluster-enabled node on free ports (its bus port in *bus).
+  absl::StatusOr<std::unique_ptr<RedisServer>> StartNode(int* bus) const;
+
+  std::vector<std::unique_ptr<RedisServer>> nodes_;  // masters
   std::vector<int> bus_ports_;
+  std::vector<std::unique_ptr<RedisServer>> replicas_;  // master i's at i * replicas_per_master
+  std::vector<int> replica_bus_ports_;
   std::vector<std::string> ids_;
   std::vector<int> owner_;  // per slot
 };

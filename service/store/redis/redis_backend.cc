@@ -171,12 +171,9 @@ absl::StatusOr<std::unique_ptr<RedisBackend>> RedisBackend::Create(const Policy&
     return absl::InvalidArgumentError(absl::StrCat(
         "wait_beat ", absl::FormatDuration(options.wait_beat), " must be at least 1ms"));
   }
+  // Cluster with WAIT: each call waits for replicas of its slot's master (RedisCluster's
+  // CallThenWait), and CheckClusterHealth checks every master's replicas.
   const bool cluster = !client_options->cluster_nodes.empty();
-  if (cluster && options.wait_replicas > 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--redis_wait_replicas=", options.wait_replicas, " is not supported with ",
-                     options.url, " (WAIT with Redis Cluster is not built)"));
-  }
   client_options->connections = options.connections;
   client_options->call_timeout = options.call_timeout;
   std::string description;
@@ -256,12 +253,7 @@ bool RedisBackend::CheckHealth() {
   if (options_.wait_replicas > 0) {
     // With WAIT, a primary with fewer replicas than asked for can grant nothing: say so
     // (NOT_SERVING, decisions refused at once) instead of timing out every call.
-    absl::StatusOr<redis::Reply> role = client_->CallSync({"ROLE"});
-    const bool enough =
-        role.ok() && role->type == redis::Reply::Type::kArray && role->elements.size() >= 3 &&
-        role->elements[2].type == redis::Reply::Type::kArray &&
-        static_cast<int>(role->elements[2].elements.size()) >= options_.wait_replicas;
-    replicas_enough_.store(enough, std::memory_order_release);
+    replicas_enough_.store(EnoughReplicas(*client_), std::memory_order_release);
   }
   return serving();
 }
@@ -380,17 +372,19 @@ void RedisBackend::AcquireShared(const AcquireRequest& req, const SharedRequestI
   }
   const absl::Duration ttl = *checked_ttl;
   const bool fail_open = compiled->fail_open.contains(req.credential);
-  if (!serving()) {
-    absl::Status down = absl::UnavailableError(
-        absl::StrCat("shared store ", description_,
-                     replicas_enough_.load(std::memory_order_acquire)
-                         ? " is unreachable: nothing was granted"
-                         : " has fewer replicas connected than WAIT needs: nothing was granted"));
-    if (fail_open) {
-      done(GrantFailOpen(FailOpenLease(req, feature), ttl, down));
-    } else {
-      done(std::move(down));
-    }
+  // Cluster with WAIT: a credential whose master is short of replicas is refused as well.
+  const std::string short_master = ShortMasterOf(req.credential);
+  if (!serving() || !short_master.empty()) {
+    absl::Status down = absl::UnavailableError(absl::StrCat(
+        "shared store ", description_,
+        !short_master.empty()
+            ? absl::StrCat(": master ", short_master, " of credential '", req.credential, "'")
+            : "",
+        replicas_enough_.load(std::memory_order_acquire) && short_master.empty()
+            ? " is unreachable: nothing was granted"
+            : " has fewer replicas connected than WAIT needs: nothing was granted"));
+    done(fail_open ? GrantFailOpen(FailOpenLease(req, feature), ttl, down)
+                   : absl::StatusOr<Decision>(std::move(down)));
     return;
   }
   redis::AcquireCall call = SharedCall(req, request_id, *plan, ttl);

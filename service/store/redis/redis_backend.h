@@ -108,8 +108,12 @@ absl::StatusOr<redis::RedisClientOptions> ParseRedisUrl(absl::string_view url);
 //
 // Cluster mode (redis_backend_cluster.cc): serving() while one master is up and every master
 // that is up has the library (loaded on each, again on one that was down or is new); the
-// credentials of a slot whose master is down are kUnavailable, the others are served. WAIT is
-// not supported with Cluster (Create fails).
+// credentials of a slot whose master is down are kUnavailable, the others are served. With
+// WAIT, each call waits for replicas of its slot's master, and per master: an Acquire whose
+// credential's master had fewer replicas connected than wait_replicas at the last CheckHealth
+// is refused at once (kUnavailable; the others are served), and serving() is false once every
+// master that is up is short. (A batch, a waiter, or a replica frozen without its master
+// noticing yet are refused by WAIT itself: kUnavailable after wait_timeout.)
 //
 // Thread-safe. Owns its client (and its event-loop thread, which answers AcquireShared and
 // waiters), and once a request has waited, a timer thread for parked waiters and a subscriber
@@ -127,9 +131,10 @@ class RedisBackend final : public QuotaBackend {
   ~RedisBackend() override;
 
   // Whether a connection is up and the function library is loaded (and, with WAIT, the primary
-  // has at least wait_replicas replicas connected, per ROLE); after a reconnect, loads the
-  // library again if Redis lost it (a restart without persistence). Blocks (at most a few
-  // call timeouts): call it from a background thread, not from a completion-queue thread.
+  // -- Cluster: at least one master that is up -- has at least wait_replicas replicas
+  // connected, per ROLE); after a reconnect, loads the library again if Redis lost it (a
+  // restart without persistence). Blocks (at most a few call timeouts): call it from a
+  // background thread, not from a completion-queue thread.
   bool CheckHealth();
   // "redis://host:port" or "redis-sentinel://host:port,.../name", plus the WAIT setting.
   const std::string& description() const { return description_; }
@@ -243,8 +248,15 @@ class RedisBackend final : public QuotaBackend {
   static absl::StatusOr<Decision> DecisionOf(const Plan& plan, const redis::AcquireAnswer& answer,
                                              absl::string_view lease_id);
   absl::StatusOr<Locator> ReadLocator(const LeaseId& id);
-  // CheckHealth in Cluster mode: the library on every master that is up.
+  // CheckHealth in Cluster mode: the library on every master that is up (and with WAIT, its
+  // replicas).
   bool CheckClusterHealth() ABSL_LOCKS_EXCLUDED(cluster_mu_);
+  // Whether `primary` (a primary's client) has at least wait_replicas replicas connected, per
+  // ROLE. Blocks for one call.
+  bool EnoughReplicas(redis::RedisClient& primary) const;
+  // Cluster with WAIT: the master ("host:port") of `credential`'s slot when the last
+  // CheckHealth found it short of replicas; empty otherwise (and always outside Cluster mode).
+  std::string ShortMasterOf(absl::string_view credential) const ABSL_LOCKS_EXCLUDED(short_mu_);
   static absl::StatusOr<Locator> ParseLocator(absl::string_view value, absl::string_view id);
   // A store error as the caller sees it: kUnavailable (nothing decided) for a transport one.
   absl::Status StoreError(const absl::Status& status, absl::string_view what);
@@ -287,7 +299,8 @@ class RedisBackend final : public QuotaBackend {
   const RedisBackendOptions options_;
   const std::string description_;
   std::atomic<bool> library_loaded_{false};
-  // wait_replicas > 0: the primary had that many replicas connected at the last CheckHealth.
+  // wait_replicas > 0: the primary (Cluster: at least one master up) had that many replicas
+  // connected at the last CheckHealth.
   std::atomic<bool> replicas_enough_{true};
   mutable absl::Mutex mu_;
   std::shared_ptr<const Compiled> compiled_ ABSL_GUARDED_BY(mu_);
@@ -320,6 +333,11 @@ class RedisBackend final : public QuotaBackend {
   redis::RedisCluster* cluster_ = nullptr;
   absl::Mutex cluster_mu_;
   absl::flat_hash_set<std::string> cluster_loaded_ ABSL_GUARDED_BY(cluster_mu_);
+  // Cluster with WAIT: the masters ("host:port") up with fewer than wait_replicas replicas at the
+  // last CheckHealth, and whether there are any (read without the lock on every Acquire).
+  mutable absl::Mutex short_mu_;
+  absl::flat_hash_set<std::string> short_masters_ ABSL_GUARDED_BY(short_mu_);
+  std::atomic<bool> any_short_{false};
 };
 
 // The key of a lease's locator.
