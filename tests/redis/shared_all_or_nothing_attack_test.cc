@@ -47,7 +47,10 @@ namespace quotad {
 namespace {
 
 using ::quotad::testing::AcquireThrough;
+using ::quotad::testing::BatchThrough;
+using ::quotad::testing::CountGranted;
 using ::quotad::testing::Eventually;
+using ::quotad::testing::Granted;
 using ::quotad::testing::RedisServer;
 using ::quotad::testing::RedisServerOptions;
 using ::quotad::testing::ReplicaOptions;
@@ -145,35 +148,12 @@ std::vector<absl::StatusOr<Decision>> Batch(RedisBackend& backend, const std::ve
     reqs.push_back(Core(item));
     ids.push_back(SharedRequestId{item.rid, item.rid, item.fp});
   }
-  absl::Notification done;
-  std::vector<absl::StatusOr<Decision>> out;
-  backend.AcquireAllShared(reqs, ids, [&](std::vector<absl::StatusOr<Decision>> d) {
-    out = std::move(d);
-    done.Notify();
-  });
-  done.WaitForNotification();
-  return out;
+  return BatchThrough(backend, reqs, ids, /*all_or_nothing=*/true);
 }
 
 // A single Acquire through `backend`, with a request_id.
 absl::StatusOr<Decision> Single(RedisBackend& backend, const Item& item) {
-  absl::Notification done;
-  absl::StatusOr<Decision> out;
-  backend.AcquireShared(Core(item), SharedRequestId{item.rid, item.rid, item.fp},
-                        [&](absl::StatusOr<Decision> d) {
-                          out = std::move(d);
-                          done.Notify();
-                        });
-  done.WaitForNotification();
-  return out;
-}
-
-bool Granted(const absl::StatusOr<Decision>& d) { return d.ok() && d->granted; }
-
-int CountGranted(const std::vector<absl::StatusOr<Decision>>& d) {
-  int n = 0;
-  for (const auto& x : d) n += Granted(x) ? 1 : 0;
-  return n;
+  return AcquireThrough(backend, Core(item), SharedRequestId{item.rid, item.rid, item.fp});
 }
 
 // How many single cost-1 Acquires of `item` are granted now (at most `limit` tried).

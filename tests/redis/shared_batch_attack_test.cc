@@ -60,8 +60,12 @@
 namespace quotad {
 namespace {
 
+using ::quotad::testing::AcquireThrough;
+using ::quotad::testing::BatchThrough;
 using ::quotad::testing::ClusterGroup;
+using ::quotad::testing::CountGranted;
 using ::quotad::testing::Eventually;
+using ::quotad::testing::Granted;
 using ::quotad::testing::RedisServer;
 using ::quotad::testing::RedisServerOptions;
 using ::quotad::testing::ReplicaOptions;
@@ -170,7 +174,7 @@ AcquireRequest Core(const Item& item) {
   return r;
 }
 
-// A batch (AcquireManyShared) through `backend`, waited for (bounded: a hang fails the test).
+// A batch through `backend`, waited for.
 std::vector<absl::StatusOr<Decision>> Batch(RedisBackend& backend, const std::vector<Item>& items) {
   std::vector<AcquireRequest> reqs;
   std::vector<SharedRequestId> ids;
@@ -178,47 +182,18 @@ std::vector<absl::StatusOr<Decision>> Batch(RedisBackend& backend, const std::ve
     reqs.push_back(Core(item));
     ids.push_back(SharedRequestId{item.rid, item.rid, item.fp});
   }
-  auto done = std::make_shared<absl::Notification>();
-  auto out = std::make_shared<std::vector<absl::StatusOr<Decision>>>();
-  backend.AcquireManyShared(reqs, ids, [done, out](std::vector<absl::StatusOr<Decision>> d) {
-    *out = std::move(d);
-    done->Notify();
-  });
-  if (!done->WaitForNotificationWithTimeout(absl::Seconds(20))) {
-    ADD_FAILURE() << "a batch of " << items.size() << " items was not answered in 20 s";
-    return std::vector<absl::StatusOr<Decision>>(items.size(),
-                                                 absl::DeadlineExceededError("unanswered (test)"));
-  }
-  EXPECT_EQ(out->size(), items.size()) << "one answer per item";
-  out->resize(items.size(), absl::InternalError("missing answer (test)"));
-  return *out;
+  return BatchThrough(backend, reqs, ids, /*all_or_nothing=*/false);
 }
 
 // A single Acquire through `backend`, with a request_id.
 absl::StatusOr<Decision> Single(RedisBackend& backend, const Item& item) {
-  absl::Notification done;
-  absl::StatusOr<Decision> out;
-  backend.AcquireShared(Core(item), SharedRequestId{item.rid, item.rid, item.fp},
-                        [&](absl::StatusOr<Decision> d) {
-                          out = std::move(d);
-                          done.Notify();
-                        });
-  done.WaitForNotification();
-  return out;
+  return AcquireThrough(backend, Core(item), SharedRequestId{item.rid, item.rid, item.fp});
 }
-
-bool Granted(const absl::StatusOr<Decision>& d) { return d.ok() && d->granted; }
 
 std::string Show(const absl::StatusOr<Decision>& d) {
   if (!d.ok()) return d.status().ToString();
   return d->granted ? absl::StrCat("granted ", d->lease_id.ToString())
                     : absl::StrCat("denied by ", d->limited_by);
-}
-
-int CountGranted(const std::vector<absl::StatusOr<Decision>>& d) {
-  int n = 0;
-  for (const auto& x : d) n += Granted(x) ? 1 : 0;
-  return n;
 }
 
 // How many single cost-1 Acquires of `item` are granted now (at most `limit` tried).

@@ -425,22 +425,7 @@ class SharedSim {
     for (size_t i = 0; i < b.reqs.size(); ++i) {
       if (!b.rids[i].empty()) ids[i] = SharedRequestId{b.rids[i], b.rids[i], b.fps[i]};
     }
-    absl::Notification done;
-    std::vector<absl::StatusOr<Decision>> out;
-    auto answer = [&](std::vector<absl::StatusOr<Decision>> d) {
-      out = std::move(d);
-      done.Notify();
-    };
-    if (all) {
-      backends_[replica]->AcquireAllShared(b.reqs, ids, answer);
-    } else {
-      backends_[replica]->AcquireManyShared(b.reqs, ids, answer);
-    }
-    done.WaitForNotification();
-    if (out.size() != b.reqs.size()) {
-      out.resize(b.reqs.size(), absl::InternalError("the backend answered fewer items"));
-    }
-    return out;
+    return BatchThrough(*backends_[replica], b.reqs, ids, all);
   }
 
   // A batch of 2 to 6 independent Acquires in one call (AcquireManyShared): each item decided
