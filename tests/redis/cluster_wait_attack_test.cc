@@ -16,6 +16,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <iostream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -159,7 +160,8 @@ class ClusterWaitAttackTest : public ::testing::Test {
     policy_ = *std::move(policy);
   }
 
-  std::unique_ptr<RedisBackend> Backend() {
+  std::unique_ptr<RedisBackend> Backend() { return Backend(policy_); }
+  std::unique_ptr<RedisBackend> Backend(const Policy& policy) {
     RedisBackendOptions options;
     options.url = group_->url();
     options.connect_wait = absl::Seconds(5);
@@ -167,7 +169,7 @@ class ClusterWaitAttackTest : public ::testing::Test {
     options.wait_timeout = kWaitTimeout;
     options.wait_beat = absl::Milliseconds(200);
     absl::StatusOr<std::unique_ptr<RedisBackend>> b =
-        RedisBackend::Create(policy_, Clock::Real(), options);
+        RedisBackend::Create(policy, Clock::Real(), options);
     EXPECT_TRUE(b.ok()) << b.status();
     if (!b.ok()) return nullptr;
     EXPECT_TRUE(Eventually([&] { return (*b)->CheckHealth(); }, absl::Seconds(10)))
@@ -423,16 +425,59 @@ TEST_F(ClusterWaitAttackTest, SlotMigratedWhileWaitCallsRunGrantsOnceAndAnswersA
     EXPECT_EQ(it->second, id) << x.rid << " answered two leases";
     handed.insert(id);
   }
+  std::string seen;
+  for (const Answer& x : answers) absl::StrAppend(&seen, "  ", x.rid, ": ", Show(x.d), "\n");
   EXPECT_GT(handed.size(), 0u) << "nothing granted after the migration";
+  std::cout << sent << " calls into the migrating slot:\n" << seen;
   const std::vector<std::string> leases = ConcLeases(*backend, a);
   EXPECT_LE(handed.size() + 2, static_cast<size_t>(kSlots));
   EXPECT_LE(leases.size(), static_cast<size_t>(kSlots));
   for (const std::string& id : handed) {
     EXPECT_NE(std::find(leases.begin(), leases.end(), id), leases.end())
         << "handed-out lease " << id << " is not in the store";
+    absl::StatusOr<LeaseId> parsed = LeaseId::Parse(id);
+    ASSERT_TRUE(parsed.ok());
+    Decision d;
+    d.lease_id = *parsed;
+    EXPECT_TRUE(LeaseOnReplica(a, d)) << id << " not on the new master's replica";
   }
   EXPECT_EQ(Used(*backend, a), static_cast<int64_t>(leases.size()));
   EXPECT_EQ(OnReplica(a), OnMaster(a));
+}
+
+// A fail_open credential on master 1 without its replica: before the health check (WAIT falls
+// short) and after it (refused at once) it may be granted only fail open (a lease marked as not
+// held in Redis, IsFailOpenLease), never the unacknowledged Redis lease; the same request_id
+// retried once the replica is back answers the one lease Redis charged, no second one.
+TEST_F(ClusterWaitAttackTest, FailOpenCredentialOnAShortMasterNeverGetsTheUnacknowledgedLease) {
+  const std::string f = FreshCredOn(1);
+  Policy policy = policy_;
+  for (CredentialSpec& c : policy.credentials) c.fail_open = c.name == f;
+  std::unique_ptr<RedisBackend> backend = Backend(policy);
+  ASSERT_NE(backend, nullptr);
+  KillReplica(1);
+  absl::StatusOr<Decision> d = Acquire(*backend, f, "fo-1");
+  if (Granted(d)) {
+    EXPECT_TRUE(RedisBackend::IsFailOpenLease(d->lease_id))
+        << "the unacknowledged Redis lease was handed out: " << Show(d);
+  }
+  EXPECT_EQ(Used(*backend, f), 1) << "the FCALL ran once (only WAIT fell short)";
+  EXPECT_TRUE(backend->CheckHealth());
+  d = Acquire(*backend, f, "fo-2");
+  if (Granted(d)) {
+    EXPECT_TRUE(RedisBackend::IsFailOpenLease(d->lease_id)) << Show(d);
+  }
+  EXPECT_EQ(Used(*backend, f), 1) << "refused at once: no FCALL";
+
+  RestartReplica(1);
+  ASSERT_TRUE(Eventually([&] { return backend->CheckHealth(); }, absl::Seconds(10)));
+  const std::vector<std::string> leases = ConcLeases(*backend, f);
+  ASSERT_EQ(leases.size(), 1u);
+  d = Acquire(*backend, f, "fo-1");
+  ASSERT_TRUE(Granted(d)) << Show(d);
+  EXPECT_EQ(d->lease_id.ToString(), leases[0]);
+  EXPECT_TRUE(LeaseOnReplica(f, *d));
+  EXPECT_EQ(Used(*backend, f), 1);
 }
 
 // Two backends (two quotad replicas) on one concurrency limit of master 2; its replica killed
