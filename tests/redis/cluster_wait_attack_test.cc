@@ -9,8 +9,13 @@
 //    waiter while the replica is still gone, then once it is back (the first lease only);
 //  - the slot of a credential migrated (ClusterGroup::MigrateSlot) while WAIT calls and their
 //    retries are sent into the split slot (ASK is not followed with WAIT);
+//  - a fail_open credential on a short master (only fail-open leases, never the Redis one);
+//  - a credential's slot moved off a short master onto one that can grant, and the reverse;
 //  - two backends (two quotad replicas) on one concurrency limit while the replica is killed
 //    and restarted, one of them never told by a health check.
+// One defect found, now fixed: a credential whose slot moved off a short master stayed refused
+// as that master's for as long as it was short (a refused credential sends no call, so no MOVED
+// corrected the map); CheckClusterHealth now reads the map anew while any master is short.
 
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -443,6 +448,51 @@ TEST_F(ClusterWaitAttackTest, SlotMigratedWhileWaitCallsRunGrantsOnceAndAnswersA
   }
   EXPECT_EQ(Used(*backend, a), static_cast<int64_t>(leases.size()));
   EXPECT_EQ(OnReplica(a), OnMaster(a));
+}
+
+// The slot of a credential whose master (1) is short of replicas migrates to a master (2) that
+// has its replica: the credential is no longer refused once a health check has run (it does
+// not stay refused on the old master's account), and what it is granted is on master 2's
+// replica. Then the reverse: a credential of healthy master 2 moved onto short master 1 is
+// never handed an unacknowledged grant, even before the client's map knows of the move.
+TEST_F(ClusterWaitAttackTest, SlotMovedOffAndOntoAShortMaster) {
+  std::unique_ptr<RedisBackend> backend = Backend();
+  ASSERT_NE(backend, nullptr);
+  const std::string off = FreshCredOn(1), onto = FreshCredOn(2);
+  ASSERT_TRUE(Granted(Acquire(*backend, off)));
+  ASSERT_TRUE(Granted(Acquire(*backend, onto)));
+  KillReplica(1);
+  EXPECT_TRUE(backend->CheckHealth());
+  absl::StatusOr<Decision> d = Acquire(*backend, off);
+  ASSERT_FALSE(Granted(d)) << Show(d);
+
+  // Off: master 1 -> master 2.
+  ASSERT_TRUE(group_->MigrateSlot(redis::KeySlot(redis::StateKey(off)), 2).ok());
+  ASSERT_EQ(MasterOf(off), 2);
+  bool granted = Eventually(
+      [&] {
+        backend->CheckHealth();
+        d = Acquire(*backend, off);
+        return Granted(d);
+      },
+      absl::Seconds(10));
+  EXPECT_TRUE(granted) << "still refused after its slot left the short master: " << Show(d);
+  if (granted) {
+    EXPECT_TRUE(LeaseOnReplica(off, *d));
+  }
+
+  // Onto: master 2 -> master 1 (short); the backend's map still says master 2.
+  ASSERT_TRUE(group_->MigrateSlot(redis::KeySlot(redis::StateKey(onto)), 1).ok());
+  ASSERT_EQ(MasterOf(onto), 1);
+  for (int i = 0; i < 3; ++i) {
+    d = Acquire(*backend, onto);
+    EXPECT_FALSE(Granted(d)) << "granted on the short master: " << Show(d);
+    backend->CheckHealth();
+  }
+  RestartReplica(1);
+  ASSERT_TRUE(Eventually([&] { return backend->CheckHealth(); }, absl::Seconds(10)));
+  EXPECT_LE(Used(*backend, onto), kSlots);
+  EXPECT_EQ(OnReplica(onto), OnMaster(onto));
 }
 
 // A fail_open credential on master 1 without its replica: before the health check (WAIT falls
