@@ -54,15 +54,15 @@ AcquireRequest Req(absl::string_view credential) {
 // Names the syntax check refuses, each close to a configured one.
 std::vector<std::string> BadNames() {
   return {
-      std::string("team/a\0", 7),                 // configured name + NUL
-      std::string("team/a\0x", 8),                // NUL inside
-      std::string("\0team/a", 7),                 // NUL first
-      "team/a\n",                                 // control byte
-      "team/a ",                                  // a space
-      "team/a\xff",                               // a non-ASCII byte
-      std::string(kMaxNameLength + 1, 'L'),       // the configured long name + one byte
-      "team/a" + std::string(1 << 20, 'x'),       // 1 MiB
-      "",                                         // empty
+      std::string("team/a\0", 7),            // configured name + NUL
+      std::string("team/a\0x", 8),           // NUL inside
+      std::string("\0team/a", 7),            // NUL first
+      "team/a\n",                            // control byte
+      "team/a ",                             // a space
+      "team/a\xff",                          // a non-ASCII byte
+      std::string(kMaxNameLength + 1, 'L'),  // the configured long name + one byte
+      "team/a" + std::string(1 << 20, 'x'),  // 1 MiB
+      "",                                    // empty
   };
 }
 
@@ -70,7 +70,8 @@ std::vector<std::string> BadNames() {
 // no grant, nothing charged to the configured credentials.
 TEST(LedgerValidateAttackTest, NamesTheCheckRefusesAreRefusedNextToConfiguredOnes) {
   FakeClock clock(Utc(2026, 6, 1, 10));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger, Ledger::Create(TwoCredentials(false), &clock));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger,
+                       Ledger::Create(TwoCredentials(false), &clock));
   for (const std::string& name : BadNames()) {
     absl::StatusOr<Decision> d = ledger->Acquire(Req(name));
     ASSERT_FALSE(d.ok()) << "granted or decided for " << QuoteValue(name);
@@ -79,8 +80,7 @@ TEST(LedgerValidateAttackTest, NamesTheCheckRefusesAreRefusedNextToConfiguredOne
     EXPECT_THAT(std::string(d.status().message()), HasSubstr("credential")) << QuoteValue(name);
     if (!name.empty()) {
       // The value is shown (escaped, its head for a long one).
-      EXPECT_THAT(std::string(d.status().message()), HasSubstr(QuoteValue(name)))
-          << d.status();
+      EXPECT_THAT(std::string(d.status().message()), HasSubstr(QuoteValue(name))) << d.status();
     }
     // The same through AcquireAll (one item, and next to a valid one: none granted).
     std::vector<AcquireRequest> batch = {Req("team/a"), Req(name)};
@@ -103,7 +103,8 @@ TEST(LedgerValidateAttackTest, NamesTheCheckRefusesAreRefusedNextToConfiguredOne
 // NOT_FOUND naming it.
 TEST(LedgerValidateAttackTest, ConfiguredNamesAreGrantedWithinCapacityOthersNotFound) {
   FakeClock clock(Utc(2026, 6, 1, 10));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger, Ledger::Create(TwoCredentials(false), &clock));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger,
+                       Ledger::Create(TwoCredentials(false), &clock));
   const std::string longest(kMaxNameLength, 'L');
   int granted = 0;
   for (int i = 0; i < 2 * kSlots; ++i) {
@@ -125,7 +126,8 @@ TEST(LedgerValidateAttackTest, ConfiguredNamesAreGrantedWithinCapacityOthersNotF
 // name INVALID_ARGUMENT every time; the slots held at the end never exceed the capacity.
 TEST(LedgerValidateAttackTest, ReloadRemovingTheCredentialWhileCallsRun) {
   FakeClock clock(Utc(2026, 6, 1, 10));
-  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger, Ledger::Create(TwoCredentials(true), &clock));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger,
+                       Ledger::Create(TwoCredentials(true), &clock));
   const std::string gone = "team/gone";
   const std::string gone_nul("team/gone\0", 10);
   std::atomic<int> running{2};

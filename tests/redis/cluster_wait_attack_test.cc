@@ -58,9 +58,9 @@ std::string Cred(int i) { return absl::StrCat("team/x", i); }
 std::string Config() {
   std::string yaml = "credentials:\n";
   for (int i = 0; i < kCredentials; ++i) {
-    absl::StrAppend(&yaml, "  - name: ", Cred(i), "\n", "    features:\n",
-                    "      - name: conc\n", "        default_lease_ttl: 60s\n",
-                    "        max_lease_ttl: 1h\n", "        limits:\n",
+    absl::StrAppend(&yaml, "  - name: ", Cred(i), "\n", "    features:\n", "      - name: conc\n",
+                    "        default_lease_ttl: 60s\n", "        max_lease_ttl: 1h\n",
+                    "        limits:\n",
                     "          - {name: slots, kind: concurrency, capacity: ", kSlots, "}\n");
   }
   return yaml;
@@ -559,8 +559,8 @@ TEST_F(ClusterWaitAttackTest, TwoBackendsNeverOverCapacityWhileTheReplicaComesAn
   ask(4);
   EXPECT_EQ(handed.size(), before) << "granted with master 2's replica gone";
   RestartReplica(2);
-  ASSERT_TRUE(Eventually([&] { return first->CheckHealth() && second->CheckHealth(); },
-                         absl::Seconds(10)));
+  ASSERT_TRUE(
+      Eventually([&] { return first->CheckHealth() && second->CheckHealth(); }, absl::Seconds(10)));
   ask(2 * kSlots);
   EXPECT_LE(handed.size(), static_cast<size_t>(kSlots));
   const std::vector<std::string> leases = ConcLeases(*first, a);
