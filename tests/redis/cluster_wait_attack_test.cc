@@ -12,7 +12,9 @@
 //  - a fail_open credential on a short master (only fail-open leases, never the Redis one);
 //  - a credential's slot moved off a short master onto one that can grant, and the reverse;
 //  - two backends (two quotad replicas) on one concurrency limit while the replica is killed
-//    and restarted, one of them never told by a health check.
+//    and restarted, one of them never told by a health check;
+//  - last, master 0 killed with grants in flight and its replica taking over: every lease
+//    handed out survives, and the capacity holds across the failover.
 // One defect found, now fixed: a credential whose slot moved off a short master stayed refused
 // as that master's for as long as it was short (a refused credential sends no call, so no MOVED
 // corrected the map); CheckClusterHealth now reads the map anew while any master is short.
@@ -48,6 +50,7 @@ namespace {
 using ::quotad::testing::ClusterGroup;
 using ::quotad::testing::ClusterGroupOptions;
 using ::quotad::testing::Eventually;
+using ::quotad::testing::RedisServer;
 
 constexpr int kCredentials = 30;
 constexpr int kSlots = 5;
@@ -317,7 +320,7 @@ TEST_F(ClusterWaitAttackTest, WaiterWokenOnAShortMasterGetsNothingUnacknowledged
   absl::Mutex mu;
   bool answered = false;
   absl::StatusOr<Decision> out;
-  backend->AcquireSharedOrWait(Req(a), SharedRequestId{}, absl::Seconds(3), 0,
+  backend->AcquireSharedOrWait(Req(a), SharedRequestId{}, absl::Seconds(2), 0,
                                [&](absl::StatusOr<Decision> d) {
                                  absl::MutexLock lock(&mu);
                                  out = std::move(d);
@@ -569,6 +572,87 @@ TEST_F(ClusterWaitAttackTest, TwoBackendsNeverOverCapacityWhileTheReplicaComesAn
     EXPECT_NE(std::find(leases.begin(), leases.end(), id), leases.end()) << id;
   }
   EXPECT_EQ(OnReplica(a), OnMaster(a));
+}
+
+// Last (it swaps master 0 and its replica): master 0 killed while grants are in flight, its
+// replica taking over (CLUSTER FAILOVER TAKEOVER), the old master back as the new one's
+// replica. Every lease handed out before the failover is on the new master (WAIT's promise),
+// and no more than the capacity is handed out in all, before and after.
+TEST_F(ClusterWaitAttackTest, ZzFailoverLosesNoHandedOutLeaseAndNeverOverGrants) {
+  std::unique_ptr<RedisBackend> backend = Backend();
+  ASSERT_NE(backend, nullptr);
+  const std::string a = FreshCredOn(0);
+  absl::Mutex mu;
+  std::set<std::string> handed;
+  int sent = 0, answered = 0;
+  auto send = [&] {
+    {
+      absl::MutexLock lock(&mu);
+      ++sent;
+    }
+    backend->AcquireShared(Req(a), SharedRequestId{}, [&](absl::StatusOr<Decision> d) {
+      absl::MutexLock lock(&mu);
+      ++answered;
+      if (Granted(d)) handed.insert(d->lease_id.ToString());
+    });
+  };
+  auto all_answered = [&] {
+    absl::MutexLock lock(&mu);
+    return answered == sent;
+  };
+  for (int i = 0; i < 3; ++i) send();
+  ASSERT_TRUE(Eventually(all_answered, absl::Seconds(10)));
+  // More in flight as the master dies.
+  for (int i = 0; i < 6; ++i) send();
+  ASSERT_TRUE(group_->Kill(0).ok());
+  ASSERT_TRUE(Eventually(all_answered, absl::Seconds(10))) << "calls never answered";
+  std::set<std::string> before;
+  {
+    absl::MutexLock lock(&mu);
+    before = handed;
+  }
+  ASSERT_LE(before.size(), static_cast<size_t>(kSlots));
+
+  RedisServer& promoted = group_->replica(0);
+  ASSERT_TRUE(promoted.Command({"CLUSTER", "FAILOVER", "TAKEOVER"}).ok());
+  ASSERT_TRUE(Eventually(
+      [&] {
+        absl::StatusOr<std::string> role = promoted.Command({"ROLE"});
+        return role.ok() && absl::StartsWith(*role, "master");
+      },
+      absl::Seconds(10)));
+  // Every lease handed out survived: WAIT had it on this node before it was answered.
+  for (const std::string& id : before) {
+    absl::StatusOr<std::string> v = promoted.Command({"EXISTS", redis::LeaseKey(a, id)});
+    ASSERT_TRUE(v.ok()) << v.status();
+    EXPECT_EQ(*v, "1") << "handed-out lease " << id << " lost in the failover";
+  }
+  // The old master back as the new master's replica: the new master can grant again.
+  ASSERT_TRUE(group_->node(0).Restart().ok());
+  ASSERT_TRUE(Eventually(
+      [&] {
+        absl::StatusOr<std::string> info = promoted.Command({"INFO", "replication"});
+        return info.ok() && absl::StrContains(*info, "state=online");
+      },
+      absl::Seconds(15)))
+      << "the old master never came back as a replica";
+  ASSERT_TRUE(Eventually(
+      [&] {
+        if (!backend->CheckHealth()) return false;
+        send();
+        return Eventually(all_answered, absl::Seconds(5)) && [&] {
+          absl::MutexLock lock(&mu);
+          return handed.size() >= static_cast<size_t>(kSlots) || handed.size() > before.size();
+        }();
+      },
+      absl::Seconds(15)))
+      << "nothing granted on the new master";
+  for (int i = 0; i < 2 * kSlots; ++i) send();
+  ASSERT_TRUE(Eventually(all_answered, absl::Seconds(10)));
+  absl::MutexLock lock(&mu);
+  EXPECT_LE(handed.size(), static_cast<size_t>(kSlots)) << "over-granted across the failover";
+  std::cout << "failover: " << before.size() << " lease(s) handed out before, " << handed.size()
+            << " in all, of " << sent << " calls\n";
 }
 
 }  // namespace
