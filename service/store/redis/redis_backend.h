@@ -249,7 +249,8 @@ class RedisBackend final : public QuotaBackend {
                                              absl::string_view lease_id);
   absl::StatusOr<Locator> ReadLocator(const LeaseId& id);
   // CheckHealth in Cluster mode: the library on every master that is up (and with WAIT, its
-  // replicas).
+  // replicas; while a master is short, the slot map is read anew first, so that a credential
+  // whose slot left that master is not refused on its account).
   bool CheckClusterHealth() ABSL_LOCKS_EXCLUDED(cluster_mu_);
   // Whether `primary` (a primary's client) has at least wait_replicas replicas connected, per
   // ROLE. Blocks for one call.

@@ -20,6 +20,11 @@ bool RedisBackend::EnoughReplicas(redis::RedisClient& primary) const {
 
 bool RedisBackend::CheckClusterHealth() {
   absl::MutexLock lock(&cluster_mu_);
+  // A credential refused as its short master's is sent no call, so no MOVED tells the map that
+  // its slot moved to a master that can grant: while any master is short, read the map anew.
+  if (options_.wait_replicas > 0 && any_short_.load(std::memory_order_acquire)) {
+    cluster_->Refresh(options_.call_timeout).IgnoreError();  // the old map serves meanwhile
+  }
   // A call found a master without the library (restarted empty, or new): check them all.
   if (!library_loaded_.load(std::memory_order_acquire)) cluster_loaded_.clear();
   int up = 0;
