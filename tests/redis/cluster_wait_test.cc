@@ -218,6 +218,10 @@ TEST_F(ClusterWaitTest, MasterWithoutItsReplicaHandsNothingOutAndRetryGetsTheFir
   EXPECT_EQ(first.status().code(), absl::StatusCode::kUnavailable) << first.status();
   EXPECT_TRUE(absl::StrContains(first.status().message(), "WAIT")) << first.status();
   EXPECT_TRUE(absl::StrContains(first.status().message(), "0 of 1")) << first.status();
+  // Redis did grant it (a retry of rid-a is answered it below): not "nothing was granted".
+  EXPECT_FALSE(absl::StrContains(first.status().message(), "nothing was granted"))
+      << first.status();
+  EXPECT_TRUE(absl::StrContains(first.status().message(), "stays charged")) << first.status();
   // Master 1's credentials are still granted.
   absl::StatusOr<Decision> other = Acquire(*backend, Cred(b), "conc");
   ASSERT_TRUE(other.ok()) << other.status();

@@ -321,6 +321,13 @@ absl::StatusOr<RedisBackend::Plan> RedisBackend::PlanFor(const Compiled& compile
 }
 
 absl::Status RedisBackend::StoreError(const absl::Status& status, absl::string_view what) {
+  if (redis::IsWaitShortfall(status)) {
+    // Redis answered and applied the call: `what` (e.g. "nothing was granted") is not true.
+    return absl::UnavailableError(absl::StrCat(
+        "shared store ", description_, ": ", status.message(),
+        "; it stays in Redis (a grant stays charged until its lease's TTL, and a retry with the "
+        "same request_id is answered it once a replica holds it)"));
+  }
   if (absl::IsUnavailable(status) || absl::IsDeadlineExceeded(status) ||
       absl::IsCancelled(status)) {
     return absl::UnavailableError(absl::StrCat("shared store ", description_, " did not answer (",

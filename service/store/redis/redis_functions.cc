@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -350,9 +351,15 @@ void RedisFunctions::CallMaybeWaiting(
 
 absl::Status RedisFunctions::CheckAcked(int64_t acked, absl::string_view what) const {
   if (wait_.replicas <= 0 || acked >= wait_.replicas) return absl::OkStatus();
-  return absl::UnavailableError(absl::StrCat(
+  absl::Status short_of = absl::UnavailableError(absl::StrCat(
       "only ", acked, " of ", wait_.replicas, " replica(s) acknowledged the ", what, " within ",
       absl::FormatDuration(wait_.timeout), " (WAIT): not answered as durable"));
+  short_of.SetPayload(kWaitShortfall, absl::Cord(what));
+  return short_of;
+}
+
+bool IsWaitShortfall(const absl::Status& status) {
+  return status.GetPayload(kWaitShortfall).has_value();
 }
 
 absl::StatusOr<int> RedisFunctions::EnsureLoaded(absl::Duration timeout) {

@@ -244,6 +244,11 @@ struct WaitPolicy {
   absl::Duration timeout = absl::Milliseconds(100);  // WAIT's own timeout (at least 1 ms)
 };
 
+// Whether `status` is a WAIT shortfall (kUnavailable): Redis applied the call, but fewer
+// replicas than asked acknowledged it, so it was not answered as durable.
+bool IsWaitShortfall(const absl::Status& status);
+inline constexpr absl::string_view kWaitShortfall = "quotad.redis/wait-shortfall";
+
 // The WAIT command of `policy` (timeout in whole milliseconds, rounded up, at least 1).
 std::vector<std::string> WaitCommand(const WaitPolicy& policy);
 
