@@ -259,7 +259,8 @@ class RedisBackend final : public QuotaBackend {
   // CheckHealth found it short of replicas; empty otherwise (and always outside Cluster mode).
   std::string ShortMasterOf(absl::string_view credential) const ABSL_LOCKS_EXCLUDED(short_mu_);
   static absl::StatusOr<Locator> ParseLocator(absl::string_view value, absl::string_view id);
-  // A store error as the caller sees it: kUnavailable (nothing decided) for a transport one.
+  // A store error as the caller sees it: kUnavailable (nothing decided) for a transport one;
+  // a WAIT shortfall (redis::IsWaitShortfall) says that the call stays applied in Redis.
   absl::Status StoreError(const absl::Status& status, absl::string_view what);
   // A new id for a lease held in Redis: never the fail-open mark, and in Cluster mode one
   // whose locator lies in the credential's slot (one FCALL writes both).
