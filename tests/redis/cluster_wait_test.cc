@@ -32,6 +32,7 @@
 #include "service/store/redis/redis_backend.h"
 #include "service/store/redis/redis_cluster.h"
 #include "service/store/redis/redis_functions.h"
+#include "tests/redis/backend_helpers.h"
 #include "tests/redis/cluster_harness.h"
 #include "tests/redis/server_helpers.h"
 #include "tests/support/eventually.h"
@@ -40,6 +41,7 @@
 namespace quotad {
 namespace {
 
+using ::quotad::testing::BatchThrough;
 using ::quotad::testing::ClusterGroup;
 using ::quotad::testing::ClusterGroupOptions;
 using ::quotad::testing::Eventually;
@@ -244,6 +246,24 @@ TEST_F(ClusterWaitTest, MasterWithoutItsReplicaHandsNothingOutAndRetryGetsTheFir
   other = Acquire(*backend, Cred(b), "conc");
   ASSERT_TRUE(other.ok()) << other.status();
   EXPECT_TRUE(other->granted);
+  // Batches too: master 0's item refused at once, master 1's decided; an all-or-nothing batch
+  // naming master 0's credential refused whole.
+  const std::string cred_a = Cred(a), cred_b = Cred(b);  // the requests view them
+  std::vector<AcquireRequest> items(2);
+  items[0].credential = cred_a;
+  items[1].credential = cred_b;
+  for (AcquireRequest& item : items) item.feature = "conc";
+  const std::vector<SharedRequestId> no_ids(2);
+  std::vector<absl::StatusOr<Decision>> batch =
+      BatchThrough(*backend, items, no_ids, /*all_or_nothing=*/false);
+  EXPECT_TRUE(absl::IsUnavailable(batch[0].status())) << batch[0].status();
+  EXPECT_TRUE(absl::StrContains(batch[0].status().message(), "fewer replicas")) << batch[0].status();
+  ASSERT_TRUE(batch[1].ok()) << batch[1].status();
+  EXPECT_TRUE(batch[1]->granted);
+  batch = BatchThrough(*backend, items, no_ids, /*all_or_nothing=*/true);
+  EXPECT_TRUE(absl::IsUnavailable(batch[0].status())) << batch[0].status();
+  EXPECT_TRUE(batch[1].ok() && !batch[1]->granted) << "granted beside a refused item";
+  EXPECT_EQ(group_->node(0).Calls("fcall"), fcalls) << "a batch was sent to the short master";
 
   // Every master short: NOT_SERVING, every decision refused at once.
   for (int m = 1; m < group_->size(); ++m) {

@@ -111,9 +111,10 @@ absl::StatusOr<redis::RedisClientOptions> ParseRedisUrl(absl::string_view url);
 // credentials of a slot whose master is down are kUnavailable, the others are served. With
 // WAIT, each call waits for replicas of its slot's master, and per master: an Acquire whose
 // credential's master had fewer replicas connected than wait_replicas at the last CheckHealth
-// is refused at once (kUnavailable; the others are served), and serving() is false once every
-// master that is up is short. (A batch, a waiter, or a replica frozen without its master
-// noticing yet are refused by WAIT itself: kUnavailable after wait_timeout.)
+// is refused at once (kUnavailable; the others are served; a batch's items alike), and
+// serving() is false once every master that is up is short. (A waiter, or a replica frozen
+// without its master noticing yet, are refused by WAIT itself: kUnavailable after
+// wait_timeout.)
 //
 // Thread-safe. Owns its client (and its event-loop thread, which answers AcquireShared and
 // waiters), and once a request has waited, a timer thread for parked waiters and a subscriber

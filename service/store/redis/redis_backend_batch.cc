@@ -65,6 +65,11 @@ void RedisBackend::AcquireAllShared(
     const AcquireRequest& req = requests[i];
     absl::StatusOr<Plan> plan = PlanFor(*compiled, req.credential, req.feature, req.scope);
     absl::StatusOr<absl::Duration> ttl = plan.ok() ? CheckedTtl(*plan, req) : plan.status();
+    if (const std::string master = ShortMasterOf(req.credential); ttl.ok() && !master.empty()) {
+      ttl = absl::UnavailableError(absl::StrCat(
+          "shared store ", description_, ": master ", master, " of credential '", req.credential,
+          "' has fewer replicas connected than WAIT needs: nothing was granted"));
+    }
     if (ttl.ok() && slot >= 0) {
       const int own = redis::KeySlot(redis::StateKey(req.credential));
       if (own != slot) {
@@ -211,8 +216,9 @@ void RedisBackend::AcquireManyShared(
   const bool up = serving();
   for (int i = 0; i < n; ++i) {
     const AcquireRequest& req = requests[i];
-    if (!up) {
-      // As AcquireShared answers it (fail open included), item by item.
+    if (!up || !ShortMasterOf(req.credential).empty()) {
+      // As AcquireShared answers it (fail open included), item by item: at once when Redis is
+      // down, or (Cluster with WAIT) the item's master is short of replicas.
       hold(1);
       AcquireShared(req, request_ids[i], [set, finish, i](absl::StatusOr<Decision> d) {
         set(i, std::move(d));
