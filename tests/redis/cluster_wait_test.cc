@@ -257,7 +257,8 @@ TEST_F(ClusterWaitTest, MasterWithoutItsReplicaHandsNothingOutAndRetryGetsTheFir
   std::vector<absl::StatusOr<Decision>> batch =
       BatchThrough(*backend, items, no_ids, /*all_or_nothing=*/false);
   EXPECT_TRUE(absl::IsUnavailable(batch[0].status())) << batch[0].status();
-  EXPECT_TRUE(absl::StrContains(batch[0].status().message(), "fewer replicas")) << batch[0].status();
+  EXPECT_TRUE(absl::StrContains(batch[0].status().message(), "fewer replicas"))
+      << batch[0].status();
   ASSERT_TRUE(batch[1].ok()) << batch[1].status();
   EXPECT_TRUE(batch[1]->granted);
   batch = BatchThrough(*backend, items, no_ids, /*all_or_nothing=*/true);

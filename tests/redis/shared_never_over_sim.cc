@@ -473,7 +473,8 @@ class SharedSim {
         ++result_.denials;
         results.push_back(absl::StrCat("denied (", d[i]->limited_by, ")"));
         if (OnlyKind(cred_, b.features[i], LimitKind::kUnlimited)) {
-          Fail("unlimited", absl::StrCat(b.features[i], " has only unlimited limits but was denied"));
+          Fail("unlimited",
+               absl::StrCat(b.features[i], " has only unlimited limits but was denied"));
         }
         Shadow(req, false, lo, hi, -1, b.used[i]);
         continue;

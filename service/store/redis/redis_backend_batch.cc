@@ -84,20 +84,8 @@ void RedisBackend::AcquireAllShared(
       done(BlockedBy(n, i, ttl.status()));
       return;
     }
-    redis::AcquireCall& call = calls.emplace_back();
-    call.credential = std::string(req.credential);
-    call.lease_id = NewHeldLeaseId(req.credential).ToString();
-    call.cost = req.cost;
-    call.ttl = *ttl;
-    call.counters = plan->counters;
-    call.feature = plan->feature->name;
-    call.request_id = std::string(request_ids[i].key);
-    call.fingerprint = std::string(request_ids[i].fingerprint);
-    call.dedup_window = options_.dedup_window;
-    call.locator_key = LeaseLocatorKey(call.lease_id);
-    call.locator = EncodeFields({req.credential, req.feature, req.scope, req.holder,
-                                 absl::StrCat(req.cost), plan->signature});
-    call.want_limits = req.want_limits;
+    const redis::AcquireCall& call =
+        calls.emplace_back(SharedCall(req, request_ids[i], *plan, *ttl));
     lease_ids.push_back(call.lease_id);
     credentials.push_back(call.credential);
     plans.push_back(*std::move(plan));
@@ -113,7 +101,8 @@ void RedisBackend::AcquireAllShared(
   functions_.AcquireAll(
       std::move(calls),
       [this, n, plans = std::move(plans), lease_ids = std::move(lease_ids),
-       credentials = std::move(credentials), done = std::move(done)](absl::StatusOr<redis::AcquireAllAnswer> all) mutable {
+       credentials = std::move(credentials),
+       done = std::move(done)](absl::StatusOr<redis::AcquireAllAnswer> all) mutable {
         if (!all.ok()) {
           done(BlockedBy(
               n, 0,
