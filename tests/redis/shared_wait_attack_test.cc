@@ -542,17 +542,7 @@ TEST_F(SharedWaitAttackTest, FortyEightWaitersMakeNoStorm) {
   ASSERT_TRUE(unrelated.ok());
   EXPECT_TRUE(unrelated->granted);
 
-  auto stat = [&](const std::string& command) -> int64_t {
-    absl::StatusOr<std::string> info = redis_->Command({"INFO", "commandstats"});
-    if (!info.ok()) return -1;
-    const std::string mark = absl::StrCat("cmdstat_", command, ":calls=");
-    const size_t at = info->find(mark);
-    if (at == std::string::npos) return 0;
-    const size_t from = at + mark.size();
-    int64_t v = 0;
-    absl::SimpleAtoi(info->substr(from, info->find(',', from) - from), &v);
-    return v;
-  };
+  auto stat = [&](const std::string& command) { return redis_->Calls(command); };
   const int64_t fcalls_before = stat("fcall"), publish_before = stat("publish");
   const absl::Time start = absl::Now();
   ASSERT_TRUE(b[1]->Release(hold->lease_id, 0).ok());
