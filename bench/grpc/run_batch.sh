@@ -55,27 +55,29 @@ common=(--config="$here/bench_config.yaml" --listen=127.0.0.1:0 --metrics_listen
 free_port() {
   /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
-redis_on() {  # name -> a redis-server's port, in memory, on loopback
+redis_on() {  # name -> a redis-server in memory on loopback, its port in $redis_port
+  # Not in a $(...) subshell: its pid must reach `pids` for the cleanup.
   local port; port=$(free_port)
   redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no --dir "$tmp" \
     --dbfilename "$1.rdb" >"$tmp/$1.redis.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 100); do
-    redis-cli -p "$port" ping >/dev/null 2>&1 && { echo "$port"; return 0; }
+    redis-cli -p "$port" ping >/dev/null 2>&1 && { redis_port=$port; return 0; }
     sleep 0.05
   done
   echo "run_batch.sh: redis-server did not start" >&2; return 1
 }
 if [[ -n ${SHARED:-} ]]; then
-  rport=$(redis_on shared)
-  "$quotad" "${common[@]}" --redis="redis://127.0.0.1:$rport" 2>"$tmp/shared.log" &
+  redis_on shared
+  "$quotad" "${common[@]}" --redis="redis://127.0.0.1:$redis_port" 2>"$tmp/shared.log" &
   pids+=($!)
   "$noop" --listen=127.0.0.1:0 2>"$tmp/noop.log" &
   pids+=($!)
   targets="quotad_shared=$(wait_addr "$tmp/shared.log")"
   if [[ -n $before_bin ]]; then
-    bport=$(redis_on before)
-    "$before_bin" "${common[@]}" --redis="redis://127.0.0.1:$bport" 2>"$tmp/before_shared.log" &
+    redis_on before
+    "$before_bin" "${common[@]}" --redis="redis://127.0.0.1:$redis_port" \
+      2>"$tmp/before_shared.log" &
     pids+=($!)
     targets+=",before_shared=$(wait_addr "$tmp/before_shared.log")"
   fi
