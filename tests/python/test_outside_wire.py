@@ -548,9 +548,12 @@ def test_runs_are_clean(runs, report_figures):
         assert run.errors == [], run.errors
         assert run.grants, f"{run.name}: no grant at all"
         assert len(complete_windows(run)) >= 3, (run.name, run.provider.windows)
-    # The scenario holds: the outside tool got a real share of the fixed window.
+    # The scenario holds: the outside tool got a real share of the fixed window. It wants a
+    # third (OUTSIDE_SHARE); on a quiet machine it gets 20% or more, but under load its paced
+    # thread loses slots to quotad's workers (CI once saw 5 of 36, twice in the flake audit):
+    # 10% still makes the report tests below meaningful.
     f = report_figures["report"]
-    assert sum(f.outside) >= 0.2 * N_FIXED * len(f.windows), f
+    assert sum(f.outside) >= 0.1 * N_FIXED * len(f.windows), f
 
 
 def test_the_limit_the_headers_describe_throttles_at_most_once_per_window(report_figures):
