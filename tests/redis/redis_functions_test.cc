@@ -465,7 +465,8 @@ TEST_F(RedisFunctionsTest, AThrottleCoolsTheFullestLimitForEveryFeatureCappedAtT
   report.target = -1;
   report.throttled = true;
   report.max_cooldown = absl::Minutes(30);
-  report.backoffs = {{absl::Hours(1), std::nullopt, 1.0}, {absl::Hours(1), absl::Hours(1), 1.0}};
+  report.initial_backoff = report.max_backoff = absl::Hours(1);
+  report.backoffs = {{std::nullopt, 1.0}, {absl::Hours(1), 1.0}};
   absl::StatusOr<ReportAnswer> r = fn_->ReportSync(report);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->cooldown_until, r->now + absl::Minutes(30));
@@ -524,7 +525,8 @@ TEST_F(RedisFunctionsTest, AThrottleWithAFullCountCoolsItsLimitUntilTheReset) {
   // The same answer a second too late: an earlier window's count, not adopted, not "full";
   // then both limits are candidates and the fuller (the calendar, 10 of 10) is blamed.
   report.reset = r->now - absl::Seconds(2);
-  report.backoffs = {{absl::Seconds(7), std::nullopt, 1.0}, {absl::Seconds(7), absl::Hours(1), 1.0}};
+  report.initial_backoff = report.max_backoff = absl::Seconds(7);
+  report.backoffs = {{std::nullopt, 1.0}, {absl::Hours(1), 1.0}};
   r = fn_->ReportSync(report);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_TRUE(r->reset_passed);

@@ -1,8 +1,10 @@
 // Report and GetUsage in shared mode, against a real redis-server: two RedisBackends on one
 // Redis (what two quotad replicas run) answer as one embedded Ledger does. A count adopted
 // through replica A denies through replica B; a throttle's cooldown reported through A stops B;
-// sent_at decides which of quotad's sliding grants an upstream count is compared with; and
-// Usage after the same sequence of operations equals the embedded ledger's.
+// sent_at decides which of quotad's sliding grants an upstream count is compared with; the
+// outside estimate learnt from throttles holds the same units back through every replica, and
+// the back-off doubles and starts over alike; and Usage after the same sequence of operations
+// equals the embedded ledger's.
 
 #include <algorithm>
 #include <memory>
@@ -58,7 +60,14 @@ credentials:
       - name: slow
         limits:
           - {name: hourly, kind: sliding, period: 1h, capacity: 10}
+      - name: learn
+        limits:
+          - {name: hourly, kind: sliding, period: 1h, capacity: 10}
+          - {name: daily, kind: calendar, unit: day, capacity: 100}
 )";
+
+// Feature `learn` backs off from 20 ms (doubling, no jitter), so its cooldowns pass in a test.
+constexpr absl::Duration kLearnBackoff = absl::Milliseconds(20);
 
 UpstreamHeaders Headers(std::vector<std::pair<std::string, std::string>> h) { return h; }
 
@@ -72,7 +81,7 @@ class SharedReportTest : public ::testing::Test {
     ASSERT_TRUE(policy.ok()) << policy.status();
     policy_ = *std::move(policy);
     for (FeatureSpec& f : policy_.credentials[0].features) {
-      f.throttle.initial_backoff = absl::Minutes(1);
+      f.throttle.initial_backoff = f.name == "learn" ? kLearnBackoff : absl::Minutes(1);
     }
     for (int i = 0; i < 2; ++i) {
       RedisBackendOptions options = ReplicaOptions(*redis_);
@@ -111,7 +120,7 @@ class SharedReportTest : public ::testing::Test {
     return d.ok() ? *d : Decision{};
   }
 
-  static UpstreamAnswer Answer(const std::string& feature, int status, UpstreamHeaders headers,
+  static UpstreamAnswer Answer(absl::string_view feature, int status, UpstreamHeaders headers,
                                absl::Time sent_at = absl::InfinitePast()) {
     UpstreamAnswer a;
     a.credential = kCred;
@@ -139,11 +148,8 @@ class SharedReportTest : public ::testing::Test {
         EXPECT_EQ(a.kind, b.kind);
         EXPECT_EQ(a.capacity, b.capacity);
         EXPECT_EQ(a.used, b.used);
-        // Shared mode learns no outside estimate (see the README): what the embedded ledger
-        // holds back for it is all that may differ.
-        EXPECT_EQ(a.outside_estimate, 0);
-        EXPECT_EQ(a.remaining, b.outside_estimate == 0 ? b.remaining
-                                                       : std::max<int64_t>(0, b.capacity - b.used));
+        EXPECT_EQ(a.outside_estimate, b.outside_estimate);
+        EXPECT_EQ(a.remaining, b.remaining);
         EXPECT_EQ(a.cooldown, b.cooldown);
         // The same instant for a calendar window's end or a Retry-After; otherwise times of
         // the two stores' own grants, made a few milliseconds apart.
@@ -175,6 +181,45 @@ class SharedReportTest : public ::testing::Test {
     } else if (held != nullptr && s.granted) {
       held->emplace_back(s, e);
     }
+  }
+
+  // The same answer through replica `i` and the embedded ledger; both cool down alike (to the
+  // millisecond, give or take the call's time). Answers the shared cooldown's end.
+  absl::Time ReportBoth(int i, UpstreamAnswer answer) {
+    if (answer.observed_at == absl::InfinitePast()) answer.observed_at = absl::Now();
+    const absl::Time before = absl::Now();
+    absl::StatusOr<ReportResult> rs = replicas_[i]->Report(answer);
+    absl::StatusOr<ReportResult> re = ledger_->Report(answer);
+    const absl::Time after = absl::Now();
+    EXPECT_TRUE(rs.ok()) << rs.status();
+    EXPECT_TRUE(re.ok()) << re.status();
+    if (!rs.ok() || !re.ok()) return absl::InfinitePast();
+    EXPECT_EQ(rs->warnings, re->warnings);
+    EXPECT_EQ(rs->adopted, re->adopted);
+    if (rs->cooldown_until != re->cooldown_until) {  // (both InfinitePast for a success)
+      EXPECT_LE(absl::AbsDuration(rs->cooldown_until - re->cooldown_until),
+                after - before + absl::Milliseconds(1));
+    }
+    return rs->cooldown_until;
+  }
+
+  // Polls until `until` has passed (a cooldown of a few ms).
+  static void PassUntil(absl::Time until) {
+    EXPECT_TRUE(Eventually([&] { return absl::Now() > until + absl::Milliseconds(2); },
+                           absl::Seconds(5)));
+  }
+
+  // The outside estimate GetUsage shows for `limit` through replica `i` (-1 with the embedded
+  // ledger).
+  int64_t OutsideOf(int i, const std::string& limit) {
+    absl::StatusOr<std::vector<LimitStatus>> u =
+        i < 0 ? ledger_->Usage(kCred) : replicas_[i]->Usage(kCred);
+    EXPECT_TRUE(u.ok()) << u.status();
+    if (!u.ok()) return -1;
+    for (const LimitStatus& l : *u) {
+      if (l.name == limit && !l.cooldown) return l.outside_estimate;
+    }
+    return -1;
   }
 
   std::unique_ptr<RedisServer> redis_;
@@ -221,9 +266,7 @@ TEST_F(SharedReportTest, AThrottlesCooldownStopsEveryReplicaAndEveryFeatureCharg
   const absl::Time until = answer.observed_at + absl::Seconds(120);
   EXPECT_LE(absl::AbsDuration(shared->cooldown_until - until), absl::Milliseconds(1));
   EXPECT_LE(absl::AbsDuration(embedded->cooldown_until - until), absl::Milliseconds(1));
-  // Shared mode says what it does not learn.
-  ASSERT_FALSE(shared->warnings.empty());
-  EXPECT_NE(shared->warnings.back().find("no outside estimate"), std::string::npos);
+  EXPECT_EQ(shared->warnings, embedded->warnings);
   for (int i = 0; i < 2; ++i) {
     const Decision d = Shared(i, "cal");
     EXPECT_FALSE(d.granted) << "replica " << i;
@@ -317,6 +360,106 @@ TEST_F(SharedReportTest, SentAtDecidesWhichSlidingGrantsACountIsComparedWith) {
   EXPECT_EQ(shared->adopted, embedded->adopted);
   EXPECT_TRUE(Shared(0, "slide", 6).granted);
   EXPECT_FALSE(Shared(1, "slide", 1).granted);
+}
+
+// Throttles the counts do not explain shrink learn.hourly's effective capacity (10 -> 9 -> 8.1
+// -> 7.29: 1, 2, then 3 units held back), through either replica, as in the embedded ledger;
+// every replica then grants exactly what the embedded ledger grants, and shows the same
+// estimate in Usage and in a Decision's limits.
+TEST_F(SharedReportTest, ThrottlesAreLearntAsOutsideUseThatEveryReplicaHoldsBack) {
+  for (int k = 0; k < 2; ++k) Both("learn", 1, "", std::nullopt);  // hourly 2/10, daily 2/100
+  const std::vector<int64_t> want = {1, 2, 3};
+  for (size_t t = 0; t < want.size(); ++t) {
+    SCOPED_TRACE(absl::StrCat("throttle ", t + 1));
+    // The fullest limit (hourly, 20% against 2%) is blamed; no Retry-After: it backs off.
+    const absl::Time until = ReportBoth(static_cast<int>(t % 2), Answer("learn", 429, {}));
+    EXPECT_EQ(OutsideOf(-1, "learn.hourly"), want[t]);
+    EXPECT_EQ(OutsideOf(0, "learn.hourly"), want[t]);
+    EXPECT_EQ(OutsideOf(1, "learn.hourly"), want[t]);
+    EXPECT_EQ(OutsideOf(0, "learn.daily"), 0);
+    PassUntil(until);
+  }
+  ExpectSameUsage();
+  // 2 used, 3 held back: 5 more grants of 1, alternating replicas, then both deny.
+  int granted = 0;
+  for (int k = 0; k < 12; ++k) {
+    AcquireRequest req;
+    req.credential = kCred;
+    req.feature = "learn";
+    req.want_limits = true;
+    absl::StatusOr<Decision> s = AcquireThrough(*replicas_[k % 2], req);
+    absl::StatusOr<Decision> e = ledger_->Acquire(req);
+    ASSERT_TRUE(s.ok() && e.ok());
+    ASSERT_EQ(s->granted, e->granted) << "grant " << k;
+    granted += s->granted;
+    ASSERT_EQ(s->limits.size(), e->limits.size());
+    for (size_t j = 0; j < e->limits.size(); ++j) {
+      EXPECT_EQ(s->limits[j].outside_estimate, e->limits[j].outside_estimate) << j;
+      EXPECT_EQ(s->limits[j].remaining, e->limits[j].remaining) << j;
+    }
+    if (!s->granted) EXPECT_EQ(s->limited_by, "learn.hourly");
+  }
+  EXPECT_EQ(granted, 5);
+  ExpectSameUsage();
+}
+
+// Without Retry-After the back-off doubles per throttle (20, 40, 80 ms) wherever the throttles
+// are reported, and starts over after a success seen once the cooldown has ended; a success seen
+// before it ended changes nothing. A throttle of a request sent before the last decrease (it was
+// in flight) counts for the back-off but does not shrink the estimate again.
+TEST_F(SharedReportTest, TheBackOffDoublesAcrossReplicasAndStartsOverAfterASuccess) {
+  Both("learn", 2, "", std::nullopt);
+  absl::Time sent = absl::Now();
+  absl::Time until;
+  for (int t = 0; t < 3; ++t) {
+    SCOPED_TRACE(absl::StrCat("throttle ", t + 1));
+    const absl::Time before = absl::Now();
+    until = ReportBoth(t % 2, Answer("learn", 429, {}, sent));
+    const absl::Duration backoff = kLearnBackoff * (1 << t);
+    EXPECT_GE(until - before, backoff - absl::Milliseconds(1));
+    EXPECT_LE(until - absl::Now(), backoff + absl::Milliseconds(1));
+    // Sent before the first throttle was learnt: only the first one shrinks the estimate.
+    EXPECT_EQ(OutsideOf(0, "learn.hourly"), 1);
+    EXPECT_EQ(OutsideOf(-1, "learn.hourly"), 1);
+  }
+  // A success seen before the cooldown ended says nothing about the upstream now.
+  UpstreamAnswer early = Answer("learn", 200, {});
+  early.observed_at = until - absl::Milliseconds(10);
+  ReportBoth(1, early);
+  absl::Time before = absl::Now();
+  until = ReportBoth(0, Answer("learn", 429, {}));
+  EXPECT_GE(until - before, kLearnBackoff * 8 - absl::Milliseconds(1));
+  PassUntil(until);
+  ReportBoth(1, Answer("learn", 200, {}));  // seen after the cooldown: starts over
+  before = absl::Now();
+  until = ReportBoth(0, Answer("learn", 429, {}));
+  EXPECT_GE(until - before, kLearnBackoff - absl::Milliseconds(1));
+  EXPECT_LE(until - absl::Now(), kLearnBackoff + absl::Milliseconds(1));
+  ExpectSameUsage();
+}
+
+// A throttle on a limit quotad's own count has full is explained by that count when the worker
+// does not say when it sent the request; with sent_at it is learnt (the full count may hold the
+// refused call itself). Reset forgets the estimate and the back-off.
+TEST_F(SharedReportTest, AFullCountExplainsAThrottleUnlessSentAtIsGivenAndResetForgetsIt) {
+  Both("learn", 10, "", std::nullopt);  // hourly 10/10
+  PassUntil(ReportBoth(0, Answer("learn", 429, {})));
+  EXPECT_EQ(OutsideOf(0, "learn.hourly"), 0);
+  EXPECT_EQ(OutsideOf(-1, "learn.hourly"), 0);
+  PassUntil(ReportBoth(1, Answer("learn", 429, {}, absl::Now())));
+  EXPECT_EQ(OutsideOf(1, "learn.hourly"), 1);
+  EXPECT_EQ(OutsideOf(-1, "learn.hourly"), 1);
+  ExpectSameUsage();
+  ASSERT_TRUE(replicas_[1]->Reset(kCred).ok());
+  ASSERT_TRUE(ledger_->Reset(kCred).ok());
+  EXPECT_EQ(OutsideOf(0, "learn.hourly"), 0);
+  ExpectSameUsage();
+  // Three throttles were counted before the reset; the next back-off is the first one again.
+  Both("learn", 2, "", std::nullopt);
+  const absl::Time before = absl::Now();
+  const absl::Time until = ReportBoth(0, Answer("learn", 429, {}));
+  EXPECT_LE(until - before, kLearnBackoff + absl::Milliseconds(5));
+  ExpectSameUsage();
 }
 
 TEST_F(SharedReportTest, GetUsageEqualsTheEmbeddedLedgersAfterTheSameOperations) {

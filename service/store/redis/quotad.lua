@@ -9,8 +9,9 @@
 --
 -- The library is this file (the counters), quotad_buckets.lua (sliding with sub-buckets),
 -- quotad_reshape.lua (a counter written under another shape or scoping, converted when read),
--- quotad_queue.lua (the wait queues' helpers) then quotad_functions.lua (a call's state, the
--- functions), embedded as one source (embed_lua.cmake).
+-- quotad_queue.lua (the wait queues' helpers), quotad_outside.lua (what Report learns of use
+-- outside quotad), quotad_functions.lua (a call's state, the functions) then quotad_batch.lua
+-- (several decisions in one call), embedded as one source (embed_lua.cmake).
 --
 -- Layout (few redis.call per decision: each costs ~1-2 us inside redis-server):
 --   q:{cred}:s   one hash per credential: field <counter> = its state packed as doubles
@@ -18,8 +19,10 @@
 --                <counter>@<lease> = a lease's slots on a concurrency counter, !<feature> = the
 --                feature's cooldown, ~x = when the hash expires (set again only when a counter
 --                needs it to live longer), ~k:<counter> = the shape its state was written
---                under, ~s:<limit> = its scoping eras (quotad_reshape.lua). A decision reads every counter in one HMGET and
---                writes them back in one HSET.
+--                under, ~s:<limit> = its scoping eras (quotad_reshape.lua), ~n<limit> = its
+--                scopes in use (max_scopes), ~r = the last reset, ~o = the outside estimates
+--                and throttle counts (quotad_outside.lua). A decision reads every counter in
+--                one HMGET and writes them back in one HSET.
 --   q:{cred}:z:<counter>  concurrency: its leases by expiry (sorted set).
 --   q:{cred}:l:<lease>    a lease: exp, at, cost, then (token, aux) per counter; expires at exp.
 --   q:{cred}:r:<id>       a request_id's first grant (fingerprint, lease, times), for retries.
@@ -38,7 +41,7 @@
 --   conc  concurrency: cap slots held by live leases (KEYS holds its sorted set, in order)
 -- Every counter may be cooling down (cd: grants nothing before it), after a throttle Report.
 
-local VERSION = 10
+local VERSION = 11
 local INF = 9007199254740991 -- 2^53 - 1: never
 
 local function now_us()

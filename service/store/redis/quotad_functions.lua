@@ -1,5 +1,6 @@
--- quotad's function library, fifth part (the embedded library is quotad.lua, ..., quotad_queue.lua,
--- this file, then quotad_batch.lua, as one source: see embed_lua.cmake): a call's state, the functions.
+-- quotad's function library, sixth part (the embedded library is quotad.lua, ...,
+-- quotad_outside.lua, this file, then quotad_batch.lua, as one source: see embed_lua.cmake): a
+-- call's state, the functions.
 
 ---------------------------------------------------------------------------------------------
 -- State of a call: the credential's hash, read once, written once.
@@ -36,9 +37,9 @@ local function load_all(key, cs, extra)
 end
 
 -- Writes back what changed, in one HSET (and one HDEL), and keeps the hash until every counter
--- has drained (`more`: other fields to set).
-local function save_all(key, cs, x, now, args, more)
-  local set, del, need = {}, {}, -INF
+-- has drained (`more`: other fields to set; `keep`: a time the hash must live until too).
+local function save_all(key, cs, x, now, args, more, keep)
+  local set, del, need = {}, {}, keep or -INF
   for _, c in ipairs(cs) do
     if c.dirty then
       if c.K.flush then c.K.flush(c, set, del, now) end
@@ -80,12 +81,14 @@ end
 
 local function cooling(c, now) return c.cd > now end
 
--- Appends (used, reset or -1) per counter, as Counter::View shows it now.
-local function append_views(out, cs, now, key)
+-- Appends (used, reset or -1, outside) per counter, as Counter::View shows it now and the units
+-- held back for use outside quotad (`oe`: the outside estimates, quotad_outside.lua).
+local function append_views(out, cs, now, key, oe)
   for _, c in ipairs(cs) do
     local used, reset = c.K.view(c, now, key)
     out[#out + 1] = used
     out[#out + 1] = reset >= INF and -1 or reset
+    out[#out + 1] = O.hold(oe, c, 0, now)
   end
 end
 
@@ -104,8 +107,10 @@ end
 -- within dedup_us answers that grant and charges nothing (it only rewrites the record's expiry). `keep_lease` 0: no lease record
 -- (nothing to release or renew; for callers that never refund). A non-empty locator_value is
 -- stored in the last key (the lease's locator, see redis_backend.h) as long as the lease lives.
--- want_limits 1: a grant, and a denial by the limits, append (used, reset or -1) per counter
--- after their answer, as Counter::View after the decision (the Decision's limits).
+-- want_limits 1: a grant, and a denial by the limits, append (used, reset or -1, outside) per
+-- counter after their answer, as Counter::View after the decision and the units held back for
+-- use outside quotad (the Decision's limits). Units estimated to be used outside quotad (Report,
+-- quotad_outside.lua) are held back from every grant as if charged.
 -- scoped > 0: counter `scoped` (1-based) is the feature's first scoped limit; a scope new to it
 -- (no state yet) is refused once field ~n<counter's rule> counts max_scopes scopes (each grant
 -- that creates a scope counts it; a denial creates none), answered {-3, now, max_scopes, scope,
@@ -159,18 +164,19 @@ local function acquire(keys, args, queued, at, need)
   local locator = args[ai]
   local want = args[ai + 1] == '1'
   local sk = tonumber(args[ai + 2]) or 0
-  local efields = {'!' .. feature}
-  if sk > 0 then efields[2] = '~n' .. scope_rule(cs[sk].name) end
+  local efields = {'!' .. feature, '~o'}
+  if sk > 0 then efields[3] = '~n' .. scope_rule(cs[sk].name) end
   local x, extra = load_all(keys[2], cs, efields)
+  local oe = O.decode(extra[2])
   local scopes, new_scope = 0, false
   if sk > 0 then
     -- As Ledger::Acquire: checked first, before cooldowns and limits.
     local smax = tonumber(args[ai + 3])
-    scopes, new_scope = tonumber(extra[2]) or 0, cs[sk].fresh
+    scopes, new_scope = tonumber(extra[3]) or 0, cs[sk].fresh
     local pending = 0 -- new scopes of the batch's earlier items (other than this one)
     if need and new_scope then
-      local set = need.scopes[keys[2] .. '|' .. efields[2]] or {}
-      need.scopes[keys[2] .. '|' .. efields[2]] = set
+      local set = need.scopes[keys[2] .. '|' .. efields[3]] or {}
+      need.scopes[keys[2] .. '|' .. efields[3]] = set
       for name in pairs(set) do
         if name ~= cs[sk].name then pending = pending + 1 end
       end
@@ -203,7 +209,9 @@ local function acquire(keys, args, queued, at, need)
         want_units = (need[id] or 0) + cost
         need[id] = want_units
       end
-      local ok, fit_at = c.K.fits(c, now, want_units, keys[2])
+      -- Units learnt to be used from outside quotad are held back as if charged.
+      local hold = O.hold(oe, c, cost, now)
+      local ok, fit_at = c.K.fits(c, now, want_units + hold, keys[2])
       if not ok and fit_at > retry then retry, limiting = fit_at, k end
     end
   end
@@ -211,7 +219,7 @@ local function acquire(keys, args, queued, at, need)
   if limiting >= 0 then
     if retry >= INF then retry = -1 end
     local out = {0, now, retry, limiting, cool}
-    if want and cool == 0 then append_views(out, cs, now, keys[2]) end
+    if want and cool == 0 then append_views(out, cs, now, keys[2], oe) end
     return out
   end
   if need then return nil end
@@ -222,7 +230,7 @@ local function acquire(keys, args, queued, at, need)
     rec[2 * k + 2], rec[2 * k + 3] = token, aux
   end
   save_all(keys[2], cs, x, now, args,
-           new_scope and {efields[2], string.format('%d', scopes + 1)} or nil)
+           new_scope and {efields[3], string.format('%d', scopes + 1)} or nil)
   if keep then
     write_lease(keys[1], rec)
     if locator and locator ~= '' then
@@ -234,7 +242,7 @@ local function acquire(keys, args, queued, at, need)
                math.max(1, math.ceil(dedup_us / 1000)))
   end
   local out = {1, now, exp}
-  if want then append_views(out, cs, now, keys[2]) end -- after save_all: the sets are written
+  if want then append_views(out, cs, now, keys[2], oe) end -- after save_all: sets written
   return out
 end
 
@@ -338,8 +346,8 @@ local function view_used(c, now)
 end
 
 -- FCALL quotad_report 1+z state zsets..  n target used full reset_us longest_us observed_us
---       sent_us feature throttled retry_us feature_bo_us cap_us nscoped scoped_bo_us
---       counters..  (then per counter: bo_us rel_us jit)
+--       sent_us feature answer retry_us feature_bo_us cap_us nscoped scoped_rel_us scoped_jit
+--       sent_given bo_us mult max_bo_us counters..  (then per counter: rel_us jit rec_us)
 -- What an upstream's answer taught, applied atomically on Redis's clock: Ledger::Report's
 -- state changes (ledger_report.cc), with the caller's parsing and choices
 -- (service/core/report_target.h). `counters` are the feature's unscoped limits that can deny;
@@ -349,12 +357,19 @@ end
 --    reset more than `longest_us` (plus up to an hour) ahead is ignored (kTooFar). Never lowers
 --    a count; refunds never undercut it. A sliding count is compared with our charges from one
 --    period before `sent_us` on (Counter::Adopt), and its units leave at SlidingAdoptedUntil.
---  * throttled 1: the hit limits (AttributeThrottle: the target when `full` is 1, else those
---    within 2% of the fullest; `nscoped` scoped limits count as empty) cool down until
---    `retry_us`, the target's reset when full, or else now + min(bo_us, rel_us (-1: the rest
---    of its window)) * jit, at least 1 ms; a hit scoped limit cools the feature (scoped_bo_us).
---    With no limit hit, or a retry_us ahead, the feature cools down too (feature_bo_us).
---    No cooldown lasts past now + cap_us (the feature's longest window).
+--  * answer 1 (a throttle): the hit limits (AttributeThrottle: the target when `full` is 1, else
+--    those within 2% of the fullest, counting the units held back for outside use; `nscoped`
+--    scoped limits count as empty) count the throttle and learn outside use (LearnThrottle,
+--    quotad_outside.lua: not the target whose count was adopted, not a limit quotad's count has
+--    full when sent_given is 0, not a request sent before the last decrease); they cool down
+--    until `retry_us`, the target's reset when full, or else now + min(back-off, rel_us (-1:
+--    the rest of its window)) * jit, at least 1 ms, the back-off doubling (bo_us times mult per
+--    throttle since the last clean answer, at most max_bo_us). A hit scoped limit cools the
+--    feature (min(back-off, scoped_rel_us) * scoped_jit). With no limit hit, or a retry_us
+--    ahead, the feature cools down too (feature_bo_us). No cooldown lasts past now + cap_us
+--    (the feature's longest window).
+--  * answer 0 (a success, status < 400): the back-offs start over where the answer was seen
+--    (observed_us) after their cooldown ended. answer 2: neither.
 -- Answers {now, before, added, cooldown_until or 0, adopt_status, reset_ignored, capped..}:
 -- adopt_status 1 adopted, 0 no count, -1 the reset has passed; reset_ignored 1 for kTooFar;
 -- capped: each cooldown that was capped, as asked; or {-1, now, counter} as quotad_acquire.
@@ -363,16 +378,20 @@ local function report(keys, args)
                                 tonumber(args[4])
   local reset0, longest, observed, sent = tonumber(args[5]), tonumber(args[6]),
                                           tonumber(args[7]), tonumber(args[8])
-  local feature, throttled, retry = args[9], args[10] == '1', tonumber(args[11])
-  local fbo, cap, nscoped, sbo = tonumber(args[12]), tonumber(args[13]), tonumber(args[14]),
-                                 tonumber(args[15])
+  local feature, answer, retry = args[9], args[10], tonumber(args[11])
+  local fbo, cap, nscoped = tonumber(args[12]), tonumber(args[13]), tonumber(args[14])
+  local srel, sjit, sent_given = tonumber(args[15]), tonumber(args[16]), args[17] == '1'
+  local bo0, mult, bomax = tonumber(args[18]), tonumber(args[19]), tonumber(args[20])
+  local throttled = answer == '1'
   local now = now_us()
-  local cs, i = parse_counters(keys, 2, args, 16, n)
+  local cs, i = parse_counters(keys, 2, args, 21, n)
   for k, c in ipairs(cs) do
     local j = i + 3 * (k - 1)
-    c.bo, c.rel, c.jit = tonumber(args[j]), tonumber(args[j + 1]), tonumber(args[j + 2])
+    c.rel, c.jit, c.rec = tonumber(args[j]), tonumber(args[j + 1]), tonumber(args[j + 2])
   end
-  local x, extra = load_all(keys[1], cs, {'!' .. feature})
+  local x, extra = load_all(keys[1], cs, {'!' .. feature, '~o'})
+  local oe = O.decode(extra[2])
+  local oe_dirty = false
   for k, c in ipairs(cs) do
     if not c.K.roll(c, now, args, keys[1]) then return {-1, now, k} end
   end
@@ -407,6 +426,17 @@ local function report(keys, args)
     end
     return u
   end
+  -- The entry of counter `c` (or of the feature's scoped limits), created when missing.
+  local function entry_of(name, rec)
+    local e = oe[name]
+    if not e then
+      e = {0, now, 0, rec}
+      oe[name] = e
+    end
+    e[4] = rec
+    oe_dirty = true
+    return e
+  end
   if throttled then
     local hit = {}
     if target > 0 and full == 1 then
@@ -414,7 +444,9 @@ local function report(keys, args)
     else
       local fs = {}
       for k, c in ipairs(cs) do
-        if not (k == target and full >= 0) then fs[#fs + 1] = {view_used(c, now) / c.cap, k} end
+        if not (k == target and full >= 0) then
+          fs[#fs + 1] = {(view_used(c, now) + O.hold(oe, c, 1, now)) / c.cap, k}
+        end
       end
       for _ = 1, nscoped do fs[#fs + 1] = {0, 0} end
       if #fs == 0 then
@@ -432,21 +464,37 @@ local function report(keys, args)
       cool_until = fcool
     end
     local scoped_done = false
+    local sent_at = sent_given and math.min(sent, now) or now
     for _, k in ipairs(hit) do
       if k == 0 then
         if not scoped_done then
           scoped_done = true
-          fcool = math.max(fcool, cap_at(retry > now and retry or now + sbo))
+          local e = entry_of('[' .. feature, 0)
+          e[3] = e[3] + 1
+          local bo = math.max(math.min(O.backoff(bo0, mult, bomax, e[3]), srel), 1000)
+          fcool = math.max(fcool, cap_at(retry > now and retry or now + math.floor(bo * sjit)))
           cool_until = math.max(cool_until, fcool)
         end
       else
         local c = cs[k]
+        local e = entry_of(c.name, c.rec)
+        e[3] = e[3] + 1
+        -- Without sent_given, a throttle on a limit quotad's count already has full is explained
+        -- by that count; a limit whose count this answer gave is known, not estimated; a request
+        -- sent before the last decrease was in flight when it was made.
+        local counted = k == target and status == 1
+        local is_full = not sent_given and view_used(c, now) >= c.cap
+        local in_flight = sent_at < e[2] and O.units(e, c.cap, now) > 0
+        if estimable(c) and not counted and not is_full and not in_flight then
+          O.shrink(e, c.cap, now)
+        end
         local u = retry
         if u == 0 and k == target and full == 1 and reset0 > now then u = reset0 end
         if u <= now then
           local rel = c.rel
           if rel < 0 then rel = math.max(0, c.e - now) end
-          u = now + math.floor(math.max(math.min(c.bo, rel), 1000) * c.jit)
+          local bo = O.backoff(bo0, mult, bomax, e[3])
+          u = now + math.floor(math.max(math.min(bo, rel), 1000) * c.jit)
         end
         u = cap_at(u)
         if u > c.cd then
@@ -456,13 +504,36 @@ local function report(keys, args)
         cool_until = math.max(cool_until, c.cd)
       end
     end
+  elseif answer == '0' then
+    -- The back-off starts over on a success seen after the cooldown ended; answers to requests
+    -- sent before the throttle say nothing about the upstream now.
+    for _, c in ipairs(cs) do
+      local e = oe[c.name]
+      if e and e[3] > 0 and observed >= c.cd then
+        e[3], oe_dirty = 0, true
+      end
+    end
+    local e = oe['[' .. feature]
+    if e and e[3] > 0 and observed >= fcool then
+      e[3], oe_dirty = 0, true
+    end
   end
-  local more = nil
+  local more, keep = {}, nil
   if fcool > fcool_was then
     more = {'!' .. feature, string.format('%d', fcool)}
     cs[#cs + 1] = {dirty = false, K = {drained = function() return fcool end}}
   end
-  save_all(keys[1], cs, x, now, args, more)
+  if oe_dirty then
+    local v
+    v, keep = O.encode(oe, cs, now)
+    if v then
+      more[#more + 1] = '~o'
+      more[#more + 1] = v
+    else
+      redis.call('HDEL', keys[1], '~o')
+    end
+  end
+  save_all(keys[1], cs, x, now, args, more, keep)
   local out = {now, before, added, cool_until, status, ignored}
   for _, u in ipairs(capped) do out[#out + 1] = u end
   return out
@@ -471,9 +542,11 @@ end
 -- FCALL_RO quotad_usage 1+z state zsets..  n nf counters..  then per feature: name k idx..
 -- What Ledger::Usage shows, read in one call without writing: per counter (after rolling, in
 -- memory only) its used units, when its window ends or its oldest unit leaves (-1: never) and
--- its cooldown (0: none); per feature, when its cooldown ends (its own, or that of one of its
--- counters idx.., 1-based), 0 when it is not cooling down.
--- Answers {now, (used, reset, cooldown) per counter, cooldown per feature}, or {-1, now, k}.
+-- its cooldown (0: none) and the units held back for use outside quotad (quotad_outside.lua);
+-- per feature, when its cooldown ends (its own, or that of one of its counters idx.., 1-based),
+-- 0 when it is not cooling down.
+-- Answers {now, (used, reset, cooldown, outside) per counter, cooldown per feature}, or
+-- {-1, now, k}.
 local function usage(keys, args)
   local n, nf = tonumber(args[1]), tonumber(args[2])
   local now = now_us()
@@ -487,7 +560,9 @@ local function usage(keys, args)
     i = i + 2 + k
     feats[f] = fe
   end
+  fields[nf + 1] = '~o'
   local _, extra = load_all(keys[1], cs, fields)
+  local oe = O.decode(extra[nf + 1])
   local out = {now}
   for k, c in ipairs(cs) do
     if not c.K.roll(c, now, args, keys[1]) then return {-1, now, k} end
@@ -495,6 +570,7 @@ local function usage(keys, args)
     out[#out + 1] = used
     out[#out + 1] = reset >= INF and -1 or reset
     out[#out + 1] = c.cd > now and c.cd or 0
+    out[#out + 1] = O.hold(oe, c, 0, now)
   end
   for f, fe in ipairs(feats) do
     local u = tonumber(extra[f]) or 0
@@ -513,7 +589,8 @@ end
 
 -- FCALL quotad_reset 1 state: ResetCredential (Ledger::Reset). Forgets every charge of the
 -- credential (window, sliding and bucket states, sliding log entries), what was adopted, and
--- every cooldown (the features' and the counters'); concurrency slots held by live leases
+-- every cooldown (the features' and the counters'), the outside estimates and back-offs (~o);
+-- concurrency slots held by live leases
 -- stay. A lease granted before gives nothing back on release (field ~r: the reset's time).
 -- Counter states are kept, emptied (so scoped ones are still listed, as after Counter::Clear),
 -- and told apart by their size: 5 doubles concurrency, 7 windows, 10-11 sliding, 2 buckets;
@@ -526,7 +603,9 @@ local function reset(keys, args)
   local del, states = {}, {}
   for _, f in ipairs(fields) do
     local c1 = string.sub(f, 1, 1)
-    if c1 == '~' or string.find(f, '@', 1, true) then
+    if f == '~o' then
+      del[#del + 1] = f
+    elseif c1 == '~' or string.find(f, '@', 1, true) then
       -- the hash's expiry, the reset time, a lease's slots: kept
     elseif c1 == '!' or string.find(f, '#', 1, true) then
       del[#del + 1] = f

@@ -487,7 +487,7 @@ absl::StatusOr<Decision> RedisBackend::DecisionOf(const Plan& plan,
       d.limited_by = plan.rules[answer.limiting]->full_name;
     }
   }
-  // Decision::limits as Ledger::Acquire fills them (no outside estimate in shared mode).
+  // Decision::limits as Ledger::Acquire fills them.
   if (answer.limits.size() == plan.rules.size()) {
     d.limits.reserve(plan.rules.size());
     for (size_t i = 0; i < plan.rules.size(); ++i) {
@@ -498,9 +498,10 @@ absl::StatusOr<Decision> RedisBackend::DecisionOf(const Plan& plan,
       st.kind = rule.spec.kind;
       st.capacity = rule.Capacity();
       st.used = answer.limits[i].used;
+      st.outside_estimate = answer.limits[i].outside;
       st.remaining = rule.spec.kind == LimitKind::kUnlimited
                          ? st.capacity
-                         : std::max<int64_t>(0, st.capacity - st.used);
+                         : std::max<int64_t>(0, st.capacity - st.used - st.outside_estimate);
       st.reset = answer.limits[i].reset;
     }
   }

@@ -17,9 +17,11 @@
 //
 // Report parses the answer and chooses the limit its counts describe here, as the embedded
 // ledger does (service/core/report_target.h), and applies the adoption, the attribution of a
-// throttle and the cooldowns in one FCALL on Redis's clock. The Admin calls: Usage reads a
-// credential's counters in one FCALL_RO (plus an HKEYS when it has scoped limits), Leases scans
-// the lease locators, Reset is one FCALL. These live in redis_backend_admin.cc.
+// throttle, the outside estimate (units held back from every grant, decaying in time), the
+// doubling back-off and the cooldowns in one FCALL on Redis's clock (quotad_outside.lua). The
+// Admin calls: Usage reads a credential's counters in one FCALL_RO (plus an HKEYS when it has
+// scoped limits), Leases scans the lease locators, Reset is one FCALL. These live in
+// redis_backend_admin.cc.
 //
 // Fail open (redis_backend_fail_open.cc): while Redis cannot be reached, an Acquire on a
 // credential whose profile sets fail_open is granted by this replica alone, under a lease id
@@ -38,9 +40,6 @@
 // not for waiters); a feature's max_scopes is counted in the credential's hash by that FCALL.
 //
 // All-or-nothing batches (redis_backend_batch.cc): one FCALL, quotad_acquire_all.
-//
-// Not built yet (kUnimplemented, or as stated): the Report's outside estimate and doubling
-// back-off.
 
 #include <atomic>
 #include <memory>

@@ -93,12 +93,17 @@ absl::StatusOr<ReportResult> RedisBackend::Report(const UpstreamAnswer& answer) 
   call.target = -1;
   call.observed_at = observed_at;
   call.sent_at = sent_at;
+  call.sent_given = answer.sent_at != absl::InfinitePast();
   call.throttled = obs->throttled;
+  call.clean = !obs->throttled && obs->http_status < 400;
   if (obs->retry_at) call.retry_at = *obs->retry_at;
   call.feature_backoff = t.initial_backoff * (1.0 + t.jitter_min);
   call.max_cooldown = feature.max_cooldown;
-  call.scoped_backoff = absl::ZeroDuration();
-  const absl::Duration first = ThrottleBackoff(t, 1);  // no consecutive count in shared mode
+  call.initial_backoff = t.initial_backoff;
+  call.multiplier = t.multiplier;
+  call.max_backoff = t.max_backoff;
+  call.scoped_release = absl::ZeroDuration();
+  call.scoped_jitter = Jitter(t);
   std::vector<int> rule_of;
   for (int r : feature.rules) {
     const Rule& rule = cc.rules[r];
@@ -106,13 +111,13 @@ absl::StatusOr<ReportResult> RedisBackend::Report(const UpstreamAnswer& answer) 
     const std::optional<absl::Duration> release = ThrottleRelease(rule, t);
     if (rule.spec.scoped) {
       ++call.scoped;
-      call.scoped_backoff =
-          std::max(call.scoped_backoff,
-                   std::max(std::min(first, *release), absl::Milliseconds(1)) * Jitter(t));
+      call.scoped_release = std::max(call.scoped_release, *release);
       continue;
     }
     call.counters.push_back({rule.full_name, &rule});
-    call.backoffs.push_back({first, release, Jitter(t)});
+    call.backoffs.push_back(
+        {release, Jitter(t), Estimable(rule) ? absl::Nanoseconds(RecoveryNs(rule))
+                                             : absl::ZeroDuration()});
     rule_of.push_back(r);
   }
   const Rule* target = nullptr;
@@ -151,12 +156,7 @@ absl::StatusOr<ReportResult> RedisBackend::Report(const UpstreamAnswer& answer) 
     out.warnings.push_back(absl::StrCat("cooldown until ", absl::FormatTime(until), " capped at ",
                                         absl::FormatTime(cap)));
   }
-  if (obs->throttled) {
-    out.cooldown_until = a->cooldown_until;
-    out.warnings.push_back(
-        "shared mode (Redis) learns no outside estimate yet: the throttled limits cool down, "
-        "but no units are held back for use outside quotad and the back-off does not double");
-  }
+  if (obs->throttled) out.cooldown_until = a->cooldown_until;
   return out;
 }
 
@@ -231,9 +231,10 @@ absl::StatusOr<std::vector<LimitStatus>> RedisBackend::Usage(absl::string_view c
     st.kind = rule.spec.kind;
     st.capacity = rule.Capacity();
     st.used = c.used;
+    st.outside_estimate = c.outside;
     st.remaining = rule.spec.kind == LimitKind::kUnlimited
                        ? st.capacity
-                       : std::max<int64_t>(0, st.capacity - c.used);
+                       : std::max<int64_t>(0, st.capacity - c.used - c.outside);
     st.reset = c.reset;
   }
   std::vector<std::pair<std::string, absl::Time>> cooling;

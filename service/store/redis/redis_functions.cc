@@ -263,13 +263,17 @@ absl::StatusOr<AcquireAnswer> ParseAcquire(const absl::StatusOr<Reply>& reply, s
   if (reply->type != Reply::Type::kArray || !integer(0, &tag) || !integer(1, &now)) return bad();
   AcquireAnswer ans;
   ans.now = FromMicros(now);
-  // (used, reset) per counter from element `from` on, when the answer carries them.
+  // (used, reset, outside) per counter from element `from` on, when the answer carries them.
   auto read_views = [&](size_t from) {
-    if (views == 0 || e.size() < from + 2 * views) return true;  // not asked, or not given
+    if (views == 0 || e.size() < from + 3 * views) return true;  // not asked, or not given
     for (size_t i = 0; i < views; ++i) {
-      int64_t used = 0, reset = 0;
-      if (!integer(from + 2 * i, &used) || !integer(from + 2 * i + 1, &reset)) return false;
-      ans.limits.push_back({used, reset < 0 ? absl::InfiniteFuture() : FromMicros(reset)});
+      int64_t used = 0, reset = 0, outside = 0;
+      if (!integer(from + 3 * i, &used) || !integer(from + 3 * i + 1, &reset) ||
+          !integer(from + 3 * i + 2, &outside)) {
+        return false;
+      }
+      ans.limits.push_back(
+          {used, reset < 0 ? absl::InfiniteFuture() : FromMicros(reset), outside});
     }
     return true;
   };

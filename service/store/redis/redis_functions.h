@@ -93,6 +93,7 @@ struct AcquireAnswer {
   struct Limit {
     int64_t used = 0;
     absl::Time reset = absl::InfiniteFuture();  // window end / oldest unit leaves / never
+    int64_t outside = 0;  // units held back for use outside quotad (Report's estimate)
   };
   std::vector<Limit> limits;
 };
@@ -132,7 +133,8 @@ struct RenewAnswer {
 // answer (ParseUpstream), picks the limit its counts describe and the back-offs
 // (service/core/report_target.h); Redis applies them atomically on its own clock: the time
 // checks of the count's reset, the adoption, the attribution of a throttle to the limits
-// closest to full, and the cooldowns (see quotad_report in quotad_functions.lua).
+// closest to full, the outside estimates, the doubling back-offs and the cooldowns (see
+// quotad_report in quotad_functions.lua and quotad_outside.lua).
 struct ReportCall {
   std::string credential;
   std::string feature;
@@ -146,24 +148,38 @@ struct ReportCall {
   absl::Duration longest_window;                    // of the target (LongestWindow)
   absl::Time observed_at = absl::InfiniteFuture();  // when the worker saw it (Future: now)
   absl::Time sent_at = absl::InfiniteFuture();      // when the request was sent (Future: now)
+  // The worker said when it sent the request (ReportRequest.sent_at): a throttle on a limit
+  // quotad's own count has full is still learnt from (LearnThrottle).
+  bool sent_given = false;
 
-  // A throttle (the status is one of the profile's throttle codes).
+  // A throttle (the status is one of the profile's throttle codes); else `clean`: a success
+  // (status < 400), after which the back-offs start over.
   bool throttled = false;
+  bool clean = false;
   absl::Time retry_at = absl::InfinitePast();  // the upstream's Retry-After (Past: none)
   // The feature's own cooldown when no limit is hit: initial_backoff * (1 + jitter_min).
   absl::Duration feature_backoff = absl::Seconds(1);
   absl::Duration max_cooldown;  // no cooldown lasts past now + this (the feature's longest)
+  // The feature's back-off when the upstream gives no time (ThrottleSpec): initial_backoff,
+  // times multiplier per throttle since the last clean answer, at most max_backoff
+  // (ThrottleBackoff; the throttles are counted in Redis).
+  absl::Duration initial_backoff = absl::Seconds(1);
+  double multiplier = 1.0;
+  absl::Duration max_backoff = absl::Seconds(1);
   // How many of the feature's limits are scoped (counted as empty when attributing; a hit one
-  // cools the feature for scoped_backoff).
+  // cools the feature for the back-off, at most scoped_release (the longest ThrottleRelease of
+  // the scoped limits), times scoped_jitter).
   int scoped = 0;
-  absl::Duration scoped_backoff = absl::Seconds(1);
-  // Per counter (same order; missing: 1 s, no jitter): the back-off when the upstream gives no
-  // time (ThrottleBackoff), what bounds it (ThrottleRelease; nullopt: the rest of the counter's
-  // window) and the jitter factor (1 + jitter).
+  absl::Duration scoped_release = absl::Seconds(1);
+  double scoped_jitter = 1.0;
+  // Per counter (same order; missing: as Backoff{}): what bounds the
+  // back-off (ThrottleRelease; nullopt: the rest of the counter's window), the jitter factor
+  // (1 + jitter) and the period over which an outside estimate decays (RecoveryNs; zero: none
+  // is kept).
   struct Backoff {
-    absl::Duration backoff = absl::Seconds(1);
     std::optional<absl::Duration> release;
     double jitter = 1.0;
+    absl::Duration recovery = absl::ZeroDuration();
   };
   std::vector<Backoff> backoffs;
 };
@@ -196,6 +212,7 @@ struct UsageAnswer {
     int64_t used = 0;
     absl::Time reset = absl::InfiniteFuture();  // window end / oldest unit leaves / never
     absl::Time cooldown = absl::InfinitePast();  // Past: not cooling down
+    int64_t outside = 0;  // units held back for use outside quotad (Report's estimate)
   };
   std::vector<Counter> counters;
   std::vector<absl::Time> feature_cooldowns;  // per feature; Past: not cooling down

@@ -37,7 +37,11 @@ void RedisFunctions::ReportAround(std::shared_ptr<ReportCall> call, absl::Time a
     if (t == absl::InfiniteFuture()) return kLuaInf;
     return FloorMicros(absl::ToUnixNanos(t));
   };
-  auto dur = [](absl::Duration d) { return absl::StrCat(CeilMicros(absl::ToInt64Nanoseconds(d))); };
+  auto dur = [](absl::Duration d) {
+    // Beyond what microseconds in a double hold exactly (an infinite back-off bound): never.
+    if (d >= absl::Microseconds(kLuaInf)) return absl::StrCat(kLuaInf);
+    return absl::StrCat(CeilMicros(absl::ToInt64Nanoseconds(d)));
+  };
   const int n = static_cast<int>(call->counters.size());
   const int target = call->target >= 0 && call->target < n ? call->target + 1 : 0;
   std::vector<std::string> head = {
@@ -50,12 +54,17 @@ void RedisFunctions::ReportAround(std::shared_ptr<ReportCall> call, absl::Time a
       absl::StrCat(us(call->observed_at, kLuaInf)),
       absl::StrCat(us(call->sent_at, kLuaInf)),
       call->feature,
-      call->throttled ? "1" : "0",
+      call->throttled ? "1" : (call->clean ? "0" : "2"),
       absl::StrCat(std::max<int64_t>(0, us(call->retry_at, 0))),
       dur(call->feature_backoff),
       dur(call->max_cooldown),
       absl::StrCat(call->scoped),
-      dur(call->scoped_backoff)};
+      dur(call->scoped_release),
+      absl::StrFormat("%.17g", std::max(1.0, call->scoped_jitter)),
+      call->sent_given ? "1" : "0",
+      dur(call->initial_backoff),
+      absl::StrFormat("%.17g", std::max(1.0, call->multiplier)),
+      dur(std::max(call->max_backoff, call->initial_backoff))};
   absl::StatusOr<std::vector<std::string>> args =
       CallArgs("quotad_report", call->credential, {StateKey(call->credential)}, call->counters,
                std::move(head), around);
@@ -66,9 +75,9 @@ void RedisFunctions::ReportAround(std::shared_ptr<ReportCall> call, absl::Time a
   for (int i = 0; i < n; ++i) {
     const ReportCall::Backoff b =
         i < static_cast<int>(call->backoffs.size()) ? call->backoffs[i] : ReportCall::Backoff{};
-    args->push_back(dur(b.backoff));
     args->push_back(b.release ? dur(*b.release) : "-1");
     args->push_back(absl::StrFormat("%.17g", std::max(1.0, b.jitter)));
+    args->push_back(dur(b.recovery));
   }
   client_->Call(*std::move(args), [this, call, last_try, done = std::move(done)](
                                       absl::StatusOr<Reply> reply) mutable {
@@ -141,7 +150,7 @@ void RedisFunctions::UsageAround(std::shared_ptr<UsageCall> call, absl::Time aro
       }
       return;
     }
-    if (v->size() != 1 + 3 * n + call->features.size()) {
+    if (v->size() != 1 + 4 * n + call->features.size()) {
       done(absl::InternalError(absl::StrCat("unexpected reply ", reply->DebugString())));
       return;
     }
@@ -149,13 +158,14 @@ void RedisFunctions::UsageAround(std::shared_ptr<UsageCall> call, absl::Time aro
     a.now = FromMicros((*v)[0]);
     for (size_t i = 0; i < n; ++i) {
       UsageAnswer::Counter& c = a.counters.emplace_back();
-      c.used = (*v)[1 + 3 * i];
-      const int64_t reset = (*v)[2 + 3 * i];
+      c.used = (*v)[1 + 4 * i];
+      const int64_t reset = (*v)[2 + 4 * i];
       c.reset = reset < 0 ? absl::InfiniteFuture() : FromMicros(reset);
-      if ((*v)[3 + 3 * i] > 0) c.cooldown = FromMicros((*v)[3 + 3 * i]);
+      if ((*v)[3 + 4 * i] > 0) c.cooldown = FromMicros((*v)[3 + 4 * i]);
+      c.outside = (*v)[4 + 4 * i];
     }
     for (size_t f = 0; f < call->features.size(); ++f) {
-      const int64_t until = (*v)[1 + 3 * n + f];
+      const int64_t until = (*v)[1 + 4 * n + f];
       a.feature_cooldowns.push_back(until > 0 ? FromMicros(until) : absl::InfinitePast());
     }
     done(std::move(a));
