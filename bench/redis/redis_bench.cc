@@ -2,7 +2,7 @@
 // against a plain Lua fixed-window counter (INCRBY + EXPIRE, what envoyproxy/ratelimit does per
 // descriptor), with the same client, connections and calls in flight, side by side.
 //
-//   redis_bench [--seconds=S] [--inflight=N] [--connections=C] [--aof] [--replica]
+//   redis_bench [--seconds=S] [--inflight=N] [--connections=C] [--aof] [--replica] [--breakdown]
 //
 // Every quotad call is a grant (capacities are out of reach), so each one writes its counters
 // and a lease, as in production; the plain script writes its one counter. --replica starts one
@@ -11,7 +11,14 @@
 // them, RedisClient::CallThenWait), and one WAIT after every call for comparison. The "per
 // call" cases send that many Acquires of one credential in one FCALL (quotad_acquire_many, as
 // a shared quotad sends an AcquireBatch): decisions/s counts every Acquire.
+//
+// --breakdown adds where redis-server's time goes in one quotad_acquire of a calendar minute:
+// scripts sent with the very arguments of that call (EVALSHA instead of FCALL), each doing one
+// more of the Redis commands quotad_acquire runs (TIME, the state's HMGET, the wait queue's
+// EXISTS, the state's HSET, the lease record's SET); what is left of quotad_acquire's time
+// after the last is its Lua (arguments, rolling, fits, packing).
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -39,6 +46,38 @@ constexpr char kPlainScript[] =
     "local c = redis.call('INCRBY', KEYS[1], ARGV[1]) "
     "if c == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end "
     "if c > tonumber(ARGV[3]) then return 0 end return 1";
+
+// --breakdown: each script runs the commands of the ones before it and one more, on
+// quotad_acquire's keys (KEYS[1] the lease record, KEYS[2] the credential's hash) and arguments
+// (ARGV[10] the counter's name, ARGV[9] the feature), as quotad_acquire runs them.
+constexpr const char* kBreakdown[][2] = {
+    {"  EVALSHA, its arguments, return 1", "return 1"},
+    {"  + TIME", "local t = redis.call('TIME') return 1"},
+    {"  + HMGET of the state (6 fields)",
+     "local t = redis.call('TIME') "
+     "local v = redis.call('HMGET', KEYS[2], '~x', ARGV[10], '~k:' .. ARGV[10], "
+     "'~s:' .. ARGV[10], '!' .. ARGV[9], '~o') return 1"},
+    {"  + EXISTS of the wait queue",
+     "local t = redis.call('TIME') "
+     "local v = redis.call('HMGET', KEYS[2], '~x', ARGV[10], '~k:' .. ARGV[10], "
+     "'~s:' .. ARGV[10], '!' .. ARGV[9], '~o') "
+     "redis.call('EXISTS', KEYS[2] .. 'wx') return 1"},
+    {"  + HSET of the counter's state",
+     "local t = redis.call('TIME') "
+     "local v = redis.call('HMGET', KEYS[2], '~x', ARGV[10], '~k:' .. ARGV[10], "
+     "'~s:' .. ARGV[10], '!' .. ARGV[9], '~o') "
+     "redis.call('EXISTS', KEYS[2] .. 'wx') "
+     "redis.call('HSET', KEYS[2], ARGV[10], struct.pack('ddddddd', 1, 2, 3, 4, 5, 6, 7)) "
+     "return 1"},
+    {"  + SET of the lease record (PXAT)",
+     "local t = redis.call('TIME') "
+     "local v = redis.call('HMGET', KEYS[2], '~x', ARGV[10], '~k:' .. ARGV[10], "
+     "'~s:' .. ARGV[10], '!' .. ARGV[9], '~o') "
+     "redis.call('EXISTS', KEYS[2] .. 'wx') "
+     "redis.call('HSET', KEYS[2], ARGV[10], struct.pack('ddddddd', 1, 2, 3, 4, 5, 6, 7)) "
+     "redis.call('SET', KEYS[1], struct.pack('ddddd', 1, 2, 3, 4, 5), 'PXAT', "
+     "tonumber(t[1]) * 1000 + 60000) return 1"},
+};
 
 struct Result {
   int64_t calls = 0;
@@ -109,7 +148,7 @@ bool FirstIsOne(const Reply& r) {
 int Main(int argc, char** argv) {
   double seconds = 3;
   int inflight = 128, connections = 2;
-  bool aof = false, replica = false;
+  bool aof = false, replica = false, breakdown = false;
   for (int i = 1; i < argc; ++i) {
     absl::string_view a = argv[i];
     if (absl::ConsumePrefix(&a, "--seconds=")) {
@@ -122,10 +161,12 @@ int Main(int argc, char** argv) {
       aof = true;
     } else if (a == "--replica") {
       replica = true;
+    } else if (a == "--breakdown") {
+      breakdown = true;
     } else {
       std::fprintf(stderr,
                    "usage: %s [--seconds=S] [--inflight=N] [--connections=C] [--aof] "
-                   "[--replica]\n",
+                   "[--replica] [--breakdown]\n",
                    argv[0]);
       return 2;
     }
@@ -201,6 +242,7 @@ int Main(int argc, char** argv) {
     int wait = 0;  // WAIT this many replicas after the call (one WAIT per batch, as quotad)
     bool per_call_wait = false;  // one WAIT after every call instead
     int batch = 1;  // > 1: this many Acquires of one credential per FCALL (quotad_acquire_many)
+    std::string script;  // --breakdown: this script (SHA), with the first case's arguments
   };
   std::vector<Case> cases = {
       {"plain Lua fixed window (INCRBY+EXPIRE)", {}},
@@ -224,6 +266,23 @@ int Main(int argc, char** argv) {
                  {"  same, WAIT 1 (one per batch, as quotad)", {{"f.minute", &minute}}, true, 1});
     cases.insert(cases.begin() + 1, {"  same, WAIT 1 after every call", {}, true, 1, true});
     cases.insert(cases.begin() + 1, {"  same, WAIT 1 (one per batch)", {}, true, 1});
+  }
+  if (breakdown) {
+    // After quotad_acquire's case, with its counters.
+    auto at = std::find_if(cases.begin(), cases.end(), [](const Case& c) {
+      return absl::StartsWith(c.name, "quotad_acquire: 1 calendar minute");
+    });
+    std::vector<Case> parts;
+    for (const auto& [name, body] : kBreakdown) {
+      absl::StatusOr<Reply> loaded = (*client)->CallSync({"SCRIPT", "LOAD", body});
+      if (!loaded.ok() || loaded->is_error()) {
+        std::fprintf(stderr, "script load failed: %s\n", name);
+        return 1;
+      }
+      parts.push_back({name, {{"f.minute", &minute}}});
+      parts.back().script = loaded->str;
+    }
+    cases.insert(at + 1, parts.begin(), parts.end());
   }
   std::printf(
       "redis-server %s%s, %d connection(s), %d calls in flight, %.1f s per case, "
@@ -254,6 +313,12 @@ int Main(int argc, char** argv) {
                              absl::Seconds(2), c.counters};
             call.feature = "f";
             call.keep_lease = c.keep_lease;
+            if (!c.script.empty()) {
+              std::vector<std::string> args = *AcquireArgs(call, absl::Now());
+              args[0] = "EVALSHA";
+              args[1] = c.script;
+              return args;
+            }
             if (c.batch <= 1) return *AcquireArgs(call, absl::Now());
             std::vector<AcquireCall> calls(c.batch, call);
             for (int k = 0; k < c.batch; ++k) calls[k].lease_id = absl::StrCat("b", i, "-", k);
@@ -270,7 +335,8 @@ int Main(int argc, char** argv) {
           (void)absl::SimpleAtod(line.substr(19, line.find(',') - 19), &waits);
           continue;
         }
-        if (!absl::StartsWith(line, c.counters.empty() ? "cmdstat_evalsha:" : "cmdstat_fcall:")) {
+        const bool evalsha = c.counters.empty() || !c.script.empty();
+        if (!absl::StartsWith(line, evalsha ? "cmdstat_evalsha:" : "cmdstat_fcall:")) {
           continue;
         }
         const size_t at = line.find("usec_per_call=");
