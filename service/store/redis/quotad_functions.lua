@@ -525,7 +525,7 @@ local function report(keys, args)
   end
   if oe_dirty then
     local v
-    v, keep = O.encode(oe, cs, now)
+    v, keep = O.encode(oe, cs, now, cap)
     if v then
       more[#more + 1] = '~o'
       more[#more + 1] = v

@@ -75,9 +75,11 @@ function O.backoff(initial, mult, max, consecutive)
 end
 
 -- The value to write for field ~o after a Report that used counters `cs` (nil: delete it), and
--- how long the hash must keep it: an estimate until it has decayed, a throttle count until a
--- clean answer (INF). Entries of counters not in `cs` are kept as they are.
-function O.encode(oe, cs, now)
+-- how long the hash must keep it: an estimate until it has decayed, a throttle count for
+-- `count_us` more (the feature's max_cooldown; embedded: until a clean answer; never for ever,
+-- which would keep every drained scope of the credential with it). Entries of counters not in
+-- `cs` are kept as they are.
+function O.encode(oe, cs, now, count_us)
   local cap = {}
   for _, c in ipairs(cs) do
     if c.name then cap[c.name] = c.cap end -- (not the feature's cooldown, see report)
@@ -89,7 +91,7 @@ function O.encode(oe, cs, now)
     if live then
       keep[name], any = e, true
       if e[3] > 0 then
-        need = INF
+        need = math.max(need, now + count_us, cp ~= nil and O.gone_at(e, cp) or e[2] + 20 * e[4])
       elseif cp ~= nil then
         need = math.max(need, O.gone_at(e, cp))
       else
