@@ -243,6 +243,21 @@ TEST_F(SharedModeTest, ReportAndAdminCallsActOnTheSharedStateThroughAnyReplica) 
   ASSERT_TRUE(Acquire(2, "roll", &cooling).ok());
   EXPECT_FALSE(cooling.granted());
   EXPECT_EQ(cooling.limited_by(), "roll.cooldown");
+  // The throttle, which quotad's count (0 of 20) does not explain, is learnt as use outside
+  // quotad: 2 units (20 -> 18) held back, shown through every replica.
+  for (int r = 0; r < kReplicas; ++r) {
+    v1::GetUsageResponse u;
+    s = admin_[r]->GetUsage(Context().get(), usage_req, &u);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    bool learnt = false;
+    for (const v1::LimitStatus& l : u.limits()) {
+      if (l.name() != "roll.hourly") continue;
+      learnt = true;
+      EXPECT_EQ(l.outside_estimate(), 2) << "replica " << r;
+      EXPECT_EQ(l.remaining(), 18) << "replica " << r;
+    }
+    EXPECT_TRUE(learnt) << "replica " << r;
+  }
 
   v1::ListLeasesRequest leases_req;
   leases_req.set_credential("team/shared");
@@ -258,6 +273,7 @@ TEST_F(SharedModeTest, ReportAndAdminCallsActOnTheSharedStateThroughAnyReplica) 
   ASSERT_TRUE(s.ok()) << s.error_message();
   for (const v1::LimitStatus& l : reset.limits()) {
     if (l.name() == "cal.daily") EXPECT_EQ(l.used(), 0);
+    if (l.name() == "roll.hourly") EXPECT_EQ(l.outside_estimate(), 0);
     EXPECT_NE(l.name(), "roll.cooldown");
   }
   v1::AcquireResponse again;
