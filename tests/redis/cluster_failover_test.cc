@@ -11,7 +11,10 @@
 // masters' credentials are never over-granted and keep being granted while the failed-over one
 // is out. A killed master is restarted once quotad has moved, with its nodes.conf (it rejoins as
 // the new master's replica, empty) and not promotable before its first sync (as the sentinel
-// test restarts its primary): with WAIT 1 the new master grants nothing until then.
+// test restarts its primary): with WAIT 1 the new master grants nothing until then. One line per
+// scenario prints the over-grant per credential (net of grants Redis charged but answered
+// UNAVAILABLE), the grants before, during (until the first grant through the new master) and
+// after the failover, and when the failed-over credential was granted again.
 
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
@@ -27,6 +30,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -72,7 +76,8 @@ std::unique_ptr<grpc::ClientContext> Context(absl::Duration timeout = absl::Seco
   return ctx;
 }
 
-// The grants one credential received, by when each was answered.
+// The grants one credential received, by when each was answered, and its UNAVAILABLE answers.
+// Thread-safe: its clients add, the test thread reads.
 struct Grants {
   absl::Mutex mu;
   std::vector<absl::Time> at ABSL_GUARDED_BY(mu);
@@ -121,8 +126,8 @@ class ClusterFailoverTest : public ::testing::TestWithParam<Scenario> {
     for (const std::string& name : creds_) {
       absl::StrAppend(&yaml, "  - name: ", name, "\n", "    features:\n", "      - name: cal\n",
                       "        limits:\n",
-                      "          - {name: daily, kind: calendar, unit: day, capacity: ",
-                      kCapacity, "}\n");
+                      "          - {name: daily, kind: calendar, unit: day, capacity: ", kCapacity,
+                      "}\n");
     }
     return yaml;
   }
@@ -154,8 +159,8 @@ TEST_P(ClusterFailoverTest, FollowsTheNewMasterAndCountsTheOverGrant) {
   auto channel = grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials());
   quota_ = v1::Quota::NewStub(channel);
   health_ = Health::NewStub(channel);
-  ASSERT_TRUE(Eventually([&] { return HealthOf() == HealthCheckResponse::SERVING; },
-                         absl::Seconds(20)));
+  ASSERT_TRUE(
+      Eventually([&] { return HealthOf() == HealthCheckResponse::SERVING; }, absl::Seconds(20)));
 
   // Three clients per credential (a client stuck on the failed-over master stalls no other
   // master's): each acquires until, after quotad has followed the new master, a request it sent
@@ -215,8 +220,7 @@ TEST_P(ClusterFailoverTest, FollowsTheNewMasterAndCountsTheOverGrant) {
         return true;
       },
       absl::Seconds(20)))
-      << "granted " << grants[0].Total() << ", " << grants[1].Total() << ", "
-      << grants[2].Total();
+      << "granted " << grants[0].Total() << ", " << grants[1].Total() << ", " << grants[2].Total();
   const absl::Time failover_start = absl::Now();
   if (sc.kill) {
     ASSERT_TRUE(group.Kill(kFailed).ok());
@@ -287,28 +291,28 @@ TEST_P(ClusterFailoverTest, FollowsTheNewMasterAndCountsTheOverGrant) {
     }
   }
   const absl::Time far = absl::InfiniteFuture(), past = absl::InfinitePast();
-  std::string figures;
+  std::vector<std::string> over, counts;
   int unavailable = 0;
   for (int m = 0; m < kMasters; ++m) {
     Grants& g = grants[m];
-    const int total = g.Total();
+    over.push_back(absl::StrCat(creds_[m], m == kFailed ? " (failed over) " : " ",
+                                std::max(g.Total() - kCapacity, 0)));
+    counts.push_back(absl::StrCat(creds_[m], " ", g.CountIn(past, failover_start), "/",
+                                  g.CountIn(failover_start, resumed), "/",
+                                  g.CountIn(resumed, far)));
     unavailable += g.unavailable.load();
-    absl::StrAppend(&figures, "\n  ", creds_[m], " on master ", m,
-                    m == kFailed ? " (failed over)" : "", ": granted ", total, " of ", kCapacity,
-                    ", over-grant ", std::max(total - kCapacity, 0), " (",
-                    g.CountIn(past, failover_start), " before the failover, ",
-                    g.CountIn(failover_start, resumed), " during it, ", g.CountIn(resumed, far),
-                    " after), ", g.unavailable.load(), " UNAVAILABLE answers");
   }
   const auto secs = [&](absl::Time t) {
     return t == far ? -1.0 : absl::ToDoubleSeconds(t - failover_start);
   };
   std::printf(
-      "[%s] master %d's replica promoted and quotad on it after %.2f s; %s granted through "
-      "the new master %.2f s after the failover started (its longest gap without a grant "
-      "%.2f s); %d UNAVAILABLE answers in all:%s\n",
-      sc.name, kFailed, secs(switched), creds_[kFailed].c_str(), secs(resumed),
-      absl::ToDoubleSeconds(gap_to - gap_from), unavailable, figures.c_str());
+      "[%s] over-grant %s; granted before/during/after the failover: %s (capacity %d each); "
+      "%s granted through the new master %.2f s after the failover started (replica promoted "
+      "and quotad on it after %.2f s; longest gap without a grant %.2f s); %d UNAVAILABLE "
+      "answers\n",
+      sc.name, absl::StrJoin(over, ", ").c_str(), absl::StrJoin(counts, ", ").c_str(), kCapacity,
+      creds_[kFailed].c_str(), secs(resumed), secs(switched),
+      absl::ToDoubleSeconds(gap_to - gap_from), unavailable);
   std::fflush(stdout);
   RecordProperty("over_grant", std::max(grants[kFailed].Total() - kCapacity, 0));
 
