@@ -2,19 +2,22 @@
 // replica each on loopback (ClusterGroup, cluster-node-timeout 1 s), one quotad
 // (--redis=redis-cluster://...) and clients acquiring against the calendar limits of three
 // credentials, one on each master, while the first master is killed (kill -9: the cluster
-// promotes its replica by itself) or handed over (CLUSTER FAILOVER on its replica: the old
+// promotes its replica by itself), killed while its replica is stalled (a read-only script holds
+// the replica's event loop until charges sit unsent in the master's buffer: on loopback a
+// plain kill -9 leaves nothing unsent), or handed over (CLUSTER FAILOVER on its replica: the old
 // master lives on, as the new master's replica). quotad follows the new master by itself.
 // The oracle is each limit's capacity: every grant a client received is counted per
 // credential, and the clients keep going after the failover until the new master denies.
 // Without WAIT the failed-over credential's over-grant is printed (the grants the old master
-// acknowledged and never replicated); with --redis_wait_replicas=1 it must be 0. The other
-// masters' credentials are never over-granted and keep being granted while the failed-over one
-// is out. A killed master is restarted once quotad has moved, with its nodes.conf (it rejoins as
-// the new master's replica, empty) and not promotable before its first sync (as the sentinel
-// test restarts its primary): with WAIT 1 the new master grants nothing until then. One line per
-// scenario prints the over-grant per credential (net of grants Redis charged but answered
-// UNAVAILABLE), the grants before, during (until the first grant through the new master) and
-// after the failover, and when the failed-over credential was granted again.
+// acknowledged and never replicated; behind a stalled replica it must be more than 0, the
+// control of the WAIT case); with --redis_wait_replicas=1 it must be 0. The other masters'
+// credentials are never over-granted and keep being granted while the failed-over one is out. A
+// killed master is restarted once quotad has moved, with its nodes.conf (it rejoins as the new
+// master's replica, empty) and not promotable before its first sync (as the sentinel test restarts
+// its primary): with WAIT 1 the new master grants nothing until then. One line per scenario prints
+// the over-grant per credential (net of grants Redis charged but answered UNAVAILABLE), the grants
+// before, during (until the first grant through the new master) and after the failover, and when
+// the failed-over credential was granted again.
 
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
@@ -29,8 +32,11 @@
 #include <vector>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -58,7 +64,7 @@ using ::quotad::testing::TempDir;
 
 constexpr int kMasters = 3;
 constexpr int kFailed = 0;  // the master that fails over (its credential is creds_[kFailed])
-constexpr int kCapacity = 3000;
+constexpr int kCapacity = 2000;
 constexpr int kGrantsBeforeFailover = 300;  // per credential
 constexpr int kClients = 3 * kMasters;
 // Every wait of the test is bounded; a scenario takes seconds.
@@ -66,9 +72,46 @@ constexpr absl::Duration kClientDeadline = absl::Seconds(40);
 
 struct Scenario {
   const char* name;
-  bool kill;          // kill -9 the master; else CLUSTER FAILOVER on its replica
+  bool kill;  // kill -9 the master; else CLUSTER FAILOVER on its replica
+  // Before the kill, the replica stops reading its master's stream (a read-only script holds
+  // its event loop) until charges are left unsent in the master's buffer: what the kill loses.
+  bool stall_replica;
   int wait_replicas;  // --redis_wait_replicas
 };
+
+// A replica stalled: a read-only script holding its event loop for ARGV[1] microseconds.
+constexpr char kBusyScript[] =
+    "local s = redis.call('TIME'); local t0 = s[1] * 1000000 + s[2]; "
+    "while true do local t = redis.call('TIME'); "
+    "if t[1] * 1000000 + t[2] - t0 > tonumber(ARGV[1]) then return 1 end end";
+constexpr absl::Duration kStall = absl::Seconds(3);
+constexpr int64_t kUnsentBytes = 1 << 20;  // "the link is full": unsent, well past a block
+constexpr int kMaxFills = 32;              // MB written at most to fill the stalled replica's link
+constexpr int kUnsentCharges = 5;          // charges made after it filled, before the kill
+
+// What `master` holds for its replica and has not written to the link: the flags=S client's
+// omem in CLIENT LIST (Redis 7 counts the shared replication buffer from the block the replica
+// is in, so a replica that is caught up shows up to a block, ~20 KB); -1 if unreadable.
+int64_t UnsentToReplica(const RedisServer& master) {
+  absl::StatusOr<std::string> list = master.Command({"CLIENT", "LIST"});
+  if (!list.ok()) return -1;
+  for (absl::string_view line : absl::StrSplit(*list, '\n')) {
+    if (!absl::StrContains(line, " flags=S ")) continue;
+    for (absl::string_view field : absl::StrSplit(line, ' ')) {
+      int64_t n = 0;
+      if (absl::ConsumePrefix(&field, "omem=") && absl::SimpleAtoi(field, &n)) return n;
+    }
+  }
+  return -1;
+}
+
+// A key that master `m` serves.
+std::string KeyOn(const ClusterGroup& group, int m) {
+  for (int i = 0;; ++i) {
+    std::string key = absl::StrCat("filler", i);
+    if (group.OwnerOf(redis::KeySlot(key)) == m) return key;
+  }
+}
 
 std::unique_ptr<grpc::ClientContext> Context(absl::Duration timeout = absl::Seconds(10)) {
   auto ctx = std::make_unique<grpc::ClientContext>();
@@ -143,6 +186,8 @@ TEST_P(ClusterFailoverTest, FollowsTheNewMasterAndCountsTheOverGrant) {
   ClusterGroupOptions group_options;
   group_options.replicas_per_master = 1;
   group_options.node_timeout = absl::Seconds(1);
+  // A replica's full sync at once, not after the 5 s a diskless sync waits for more replicas.
+  group_options.node_args = {"--repl-diskless-sync-delay", "0"};
   absl::StatusOr<std::unique_ptr<ClusterGroup>> started = ClusterGroup::Start(group_options);
   ASSERT_TRUE(started.ok()) << started.status();
   ClusterGroup& group = **started;
@@ -221,6 +266,48 @@ TEST_P(ClusterFailoverTest, FollowsTheNewMasterAndCountsTheOverGrant) {
       },
       absl::Seconds(20)))
       << "granted " << grants[0].Total() << ", " << grants[1].Total() << ", " << grants[2].Total();
+  std::thread staller;
+  struct StallerJoiner {
+    std::thread* t;
+    ~StallerJoiner() {
+      if (t->joinable()) t->join();
+    }
+  } staller_joiner{&staller};
+  if (sc.stall_replica) {
+    // Held for kStall, the replica takes nothing from its link: once the link's socket buffers
+    // are full (1 MB writes of a key of the same master fill them), every charge the master
+    // makes stays in its output buffer for the replica, and dies with it.
+    std::atomic<bool> sent{false};
+    staller = std::thread([&] {
+      sent = true;
+      new_master
+          .Command({"EVAL_RO", kBusyScript, "0", absl::StrCat(absl::ToInt64Microseconds(kStall))})
+          .IgnoreError();
+    });
+    ASSERT_TRUE(Eventually([&] { return sent.load(); }));
+    const std::string filler(1 << 20, 'x');
+    const std::string key = KeyOn(group, kFailed);
+    int fills = 0;
+    ASSERT_TRUE(Eventually(
+        [&] {
+          if (UnsentToReplica(old_master) >= kUnsentBytes) return true;
+          if (fills < kMaxFills && old_master.Command({"SET", key, filler}).ok()) ++fills;
+          return false;
+        },
+        kStall / 2, absl::Milliseconds(2)))
+        << "the stalled replica's link never filled (" << fills << " MB written)";
+    const int64_t fcalls = old_master.Calls("fcall");
+    ASSERT_TRUE(Eventually([&] { return old_master.Calls("fcall") >= fcalls + kUnsentCharges; },
+                           kStall / 4))
+        << "no charges after the link filled";
+    const int64_t unsent = UnsentToReplica(old_master);
+    ASSERT_GE(unsent, kUnsentBytes) << "the replica caught up before the kill";
+    std::printf(
+        "[%s] killing the master with %lld bytes unsent to its stalled replica (%d MB "
+        "written to fill the link, %lld charges since)\n",
+        sc.name, static_cast<long long>(unsent), fills,
+        static_cast<long long>(old_master.Calls("fcall") - fcalls));
+  }
   const absl::Time failover_start = absl::Now();
   if (sc.kill) {
     ASSERT_TRUE(group.Kill(kFailed).ok());
@@ -253,9 +340,8 @@ TEST_P(ClusterFailoverTest, FollowsTheNewMasterAndCountsTheOverGrant) {
     // Restarted (empty: no AOF) with its nodes.conf, it rejoins as the new master's replica; not
     // promotable until its first sync (were the new master to flap meanwhile, the cluster would
     // promote an empty replica and every grant would be lost, WAIT or not).
-    // The new master syncs it at once (not after the default 5 s that a diskless sync waits for
-    // more replicas): with WAIT, the outage printed is the promotion plus this restart and sync.
-    ASSERT_TRUE(new_master.Command({"CONFIG", "SET", "repl-diskless-sync-delay", "0"}).ok());
+    // The new master syncs it at once (repl-diskless-sync-delay 0): with WAIT, the outage
+    // printed is the promotion plus this restart and sync.
     ASSERT_TRUE(group.RestartMaster(kFailed, {"--cluster-replica-no-failover", "yes"}).ok());
     ASSERT_TRUE(Eventually(
         [&] {
@@ -334,18 +420,27 @@ TEST_P(ClusterFailoverTest, FollowsTheNewMasterAndCountsTheOverGrant) {
   }
   if (sc.wait_replicas > 0) {
     EXPECT_LE(grants[kFailed].Total(), kCapacity) << "WAIT must never over-grant";
+  } else if (sc.stall_replica) {
+    // The control of the WAIT case: the charges left unsent were granted, and the kill lost
+    // them (were this 0, the oracle could not see a loss, and WAIT's 0 would prove nothing).
+    EXPECT_GT(grants[kFailed].Total(), kCapacity)
+        << "a kill behind a stalled replica lost no grant without WAIT";
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Failover, ClusterFailoverTest,
-                         ::testing::Values(Scenario{"kill -9, no WAIT", true, 0},
-                                           Scenario{"kill -9, WAIT 1", true, 1},
-                                           Scenario{"CLUSTER FAILOVER, no WAIT", false, 0},
-                                           Scenario{"CLUSTER FAILOVER, WAIT 1", false, 1}),
-                         [](const ::testing::TestParamInfo<Scenario>& info) {
-                           return std::string(info.param.kill ? "Kill9" : "ClusterFailover") +
-                                  (info.param.wait_replicas > 0 ? "Wait" : "NoWait");
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Failover, ClusterFailoverTest,
+    ::testing::Values(Scenario{"kill -9, no WAIT", true, false, 0},
+                      Scenario{"kill -9, WAIT 1", true, false, 1},
+                      Scenario{"kill -9 behind a stalled replica, no WAIT", true, true, 0},
+                      Scenario{"kill -9 behind a stalled replica, WAIT 1", true, true, 1},
+                      Scenario{"CLUSTER FAILOVER, no WAIT", false, false, 0},
+                      Scenario{"CLUSTER FAILOVER, WAIT 1", false, false, 1}),
+    [](const ::testing::TestParamInfo<Scenario>& info) {
+      return std::string(info.param.kill ? "Kill9" : "ClusterFailover") +
+             (info.param.stall_replica ? "StalledReplica" : "") +
+             (info.param.wait_replicas > 0 ? "Wait" : "NoWait");
+    });
 
 }  // namespace
 }  // namespace quotad

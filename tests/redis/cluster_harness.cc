@@ -52,16 +52,18 @@ absl::StatusOr<std::string> ClusterGroup::Run(const RedisServer& node,
 }
 
 std::vector<std::string> ClusterGroup::NodeArgs(int bus) const {
-  return {"--cluster-enabled",
-          "yes",
-          "--cluster-config-file",
-          "nodes.conf",
-          "--cluster-port",
-          absl::StrCat(bus),
-          "--cluster-node-timeout",
-          absl::StrCat(absl::ToInt64Milliseconds(options_.node_timeout)),
-          "--cluster-require-full-coverage",
-          "no"};
+  std::vector<std::string> args = {"--cluster-enabled",
+                                   "yes",
+                                   "--cluster-config-file",
+                                   "nodes.conf",
+                                   "--cluster-port",
+                                   absl::StrCat(bus),
+                                   "--cluster-node-timeout",
+                                   absl::StrCat(absl::ToInt64Milliseconds(options_.node_timeout)),
+                                   "--cluster-require-full-coverage",
+                                   "no"};
+  args.insert(args.end(), options_.node_args.begin(), options_.node_args.end());
+  return args;
 }
 
 absl::StatusOr<std::unique_ptr<RedisServer>> ClusterGroup::StartNode(int* bus) const {

@@ -28,6 +28,9 @@ struct ClusterGroupOptions {
   absl::Duration node_timeout = absl::Seconds(2);
   // Start() waits this long for every node to see the others and cluster_state:ok.
   absl::Duration start_timeout = absl::Seconds(20);
+  // More `--name value` arguments for every node (e.g. {"--repl-diskless-sync-delay", "0"}: a
+  // replica's full sync starts at once, not after the 5 s a master waits for more replicas).
+  std::vector<std::string> node_args;
 };
 
 // Not thread-safe: one test thread drives it. Owns every process (and directory) it started.
