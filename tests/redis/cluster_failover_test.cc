@@ -266,6 +266,7 @@ TEST_P(ClusterFailoverTest, FollowsTheNewMasterAndCountsTheOverGrant) {
       },
       absl::Seconds(20)))
       << "granted " << grants[0].Total() << ", " << grants[1].Total() << ", " << grants[2].Total();
+  std::atomic<bool> stall_sent{false};
   std::thread staller;
   struct StallerJoiner {
     std::thread* t;
@@ -277,14 +278,13 @@ TEST_P(ClusterFailoverTest, FollowsTheNewMasterAndCountsTheOverGrant) {
     // Held for kStall, the replica takes nothing from its link: once the link's socket buffers
     // are full (1 MB writes of a key of the same master fill them), every charge the master
     // makes stays in its output buffer for the replica, and dies with it.
-    std::atomic<bool> sent{false};
     staller = std::thread([&] {
-      sent = true;
+      stall_sent = true;
       new_master
           .Command({"EVAL_RO", kBusyScript, "0", absl::StrCat(absl::ToInt64Microseconds(kStall))})
           .IgnoreError();
     });
-    ASSERT_TRUE(Eventually([&] { return sent.load(); }));
+    ASSERT_TRUE(Eventually([&] { return stall_sent.load(); }));
     const std::string filler(1 << 20, 'x');
     const std::string key = KeyOn(group, kFailed);
     int fills = 0;
