@@ -34,6 +34,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
@@ -336,6 +337,7 @@ TEST_P(ClusterFailoverTest, FollowsTheNewMasterAndCountsTheOverGrant) {
       << ", the old master " << role_of(old_master);
   const absl::Time switched = absl::Now();
   followed.store(true);
+  absl::Time synced = absl::InfiniteFuture();  // the killed master back as a synced replica
   if (sc.kill) {
     // Restarted (empty: no AOF) with its nodes.conf, it rejoins as the new master's replica; not
     // promotable until its first sync (were the new master to flap meanwhile, the cluster would
@@ -352,6 +354,7 @@ TEST_P(ClusterFailoverTest, FollowsTheNewMasterAndCountsTheOverGrant) {
         },
         absl::Seconds(30)))
         << "the restarted master did not sync from the new one";
+    synced = absl::Now();
     ASSERT_TRUE(old_master.Command({"CONFIG", "SET", "cluster-replica-no-failover", "no"}).ok());
   }
 
@@ -394,10 +397,11 @@ TEST_P(ClusterFailoverTest, FollowsTheNewMasterAndCountsTheOverGrant) {
   std::printf(
       "[%s] over-grant %s; granted before/during/after the failover: %s (capacity %d each); "
       "%s granted through the new master %.2f s after the failover started (replica promoted "
-      "and quotad on it after %.2f s; longest gap without a grant %.2f s); %d UNAVAILABLE "
-      "answers\n",
+      "and quotad on it after %.2f s, killed master restarted and synced as its replica after "
+      "%s; longest gap without a grant %.2f s); %d UNAVAILABLE answers\n",
       sc.name, absl::StrJoin(over, ", ").c_str(), absl::StrJoin(counts, ", ").c_str(), kCapacity,
       creds_[kFailed].c_str(), secs(resumed), secs(switched),
+      sc.kill ? absl::StrFormat("%.2f s", secs(synced)).c_str() : "-",
       absl::ToDoubleSeconds(gap_to - gap_from), unavailable);
   std::fflush(stdout);
   RecordProperty("over_grant", std::max(grants[kFailed].Total() - kCapacity, 0));
