@@ -3,10 +3,10 @@
 // (--redis=redis-cluster://...) and clients acquiring against the calendar limits of three
 // credentials, one on each master, while the first master is killed (kill -9: the cluster
 // promotes its replica by itself), killed while its replica is stalled (a read-only script holds
-// the replica's event loop until charges sit unsent in the master's buffer: on loopback a
-// plain kill -9 leaves nothing unsent), or handed over (CLUSTER FAILOVER on its replica: the old
-// master lives on, as the new master's replica). quotad follows the new master by itself.
-// The oracle is each limit's capacity: every grant a client received is counted per
+// the replica's event loop for 3 s; the kill comes once charges sit unsent in the master's
+// buffer: on loopback a plain kill -9 leaves nothing unsent), or handed over (CLUSTER FAILOVER on
+// its replica: the old master lives on, as the new master's replica). quotad follows the new master
+// by itself. The oracle is each limit's capacity: every grant a client received is counted per
 // credential, and the clients keep going after the failover until the new master denies.
 // Without WAIT the failed-over credential's over-grant is printed (the grants the old master
 // acknowledged and never replicated; behind a stalled replica it must be more than 0, the
