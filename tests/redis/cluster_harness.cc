@@ -51,6 +51,21 @@ absl::StatusOr<std::string> ClusterGroup::Run(const RedisServer& node,
   return r;
 }
 
+std::vector<std::string> ClusterGroup::NodeArgs(int bus) const {
+  std::vector<std::string> args = {"--cluster-enabled",
+                                   "yes",
+                                   "--cluster-config-file",
+                                   "nodes.conf",
+                                   "--cluster-port",
+                                   absl::StrCat(bus),
+                                   "--cluster-node-timeout",
+                                   absl::StrCat(absl::ToInt64Milliseconds(options_.node_timeout)),
+                                   "--cluster-require-full-coverage",
+                                   "no"};
+  args.insert(args.end(), options_.node_args.begin(), options_.node_args.end());
+  return args;
+}
+
 absl::StatusOr<std::unique_ptr<RedisServer>> ClusterGroup::StartNode(int* bus) const {
   absl::Status last;
   for (int attempt = 0; attempt < 3; ++attempt) {
@@ -58,16 +73,7 @@ absl::StatusOr<std::unique_ptr<RedisServer>> ClusterGroup::StartNode(int* bus) c
     if (!port.ok()) return port.status();
     RedisServerOptions o;
     o.appendonly = false;  // the cluster tests are about routing, not persistence
-    o.extra_args = {"--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-port",
-                    absl::StrCat(*port),
-                    "--cluster-node-timeout",
-                    absl::StrCat(absl::ToInt64Milliseconds(options_.node_timeout)),
-                    "--cluster-require-full-coverage",
-                    "no"};
+    o.extra_args = NodeArgs(*port);
     absl::StatusOr<std::unique_ptr<RedisServer>> s = RedisServer::Start(o);
     if (s.ok()) {
       *bus = *port;
@@ -266,6 +272,12 @@ absl::Status ClusterGroup::MigrateSlot(int slot, int to, int batch,
 }
 
 absl::Status ClusterGroup::Kill(int i) { return nodes_[i]->Stop(SIGKILL); }
+
+absl::Status ClusterGroup::RestartMaster(int i, std::vector<std::string> extra_args) {
+  std::vector<std::string> args = NodeArgs(bus_ports_[i]);
+  args.insert(args.end(), extra_args.begin(), extra_args.end());
+  return nodes_[i]->Restart(std::move(args));
+}
 
 }  // namespace testing
 }  // namespace quotad

@@ -28,6 +28,9 @@ struct ClusterGroupOptions {
   absl::Duration node_timeout = absl::Seconds(2);
   // Start() waits this long for every node to see the others and cluster_state:ok.
   absl::Duration start_timeout = absl::Seconds(20);
+  // More `--name value` arguments for every node (e.g. {"--repl-diskless-sync-delay", "0"}: a
+  // replica's full sync starts at once, not after the 5 s a master waits for more replicas).
+  std::vector<std::string> node_args;
 };
 
 // Not thread-safe: one test thread drives it. Owns every process (and directory) it started.
@@ -66,6 +69,12 @@ class ClusterGroup {
 
   // SIGKILL node `i` (its slots stay assigned to it: unserved).
   absl::Status Kill(int i);
+  // Starts master `i`'s process again after Kill (or a failover that left it stopped): the same
+  // ports, directory and nodes.conf, so it rejoins with its own identity; `extra_args` are added
+  // to the node's cluster arguments (e.g. {"--cluster-replica-no-failover", "yes"}). Its slots
+  // taken over meanwhile by its replica (a newer config epoch), it comes back as that new
+  // master's replica, empty (the nodes keep no AOF) until its first sync. Waits for PING only.
+  absl::Status RestartMaster(int i, std::vector<std::string> extra_args = {});
 
  private:
   explicit ClusterGroup(ClusterGroupOptions options) : options_(std::move(options)) {}
@@ -77,6 +86,8 @@ class ClusterGroup {
   ClusterGroupOptions options_;
   // One more cluster-enabled node on free ports (its bus port in *bus).
   absl::StatusOr<std::unique_ptr<RedisServer>> StartNode(int* bus) const;
+  // redis-server's arguments for a cluster node whose bus listens on `bus`.
+  std::vector<std::string> NodeArgs(int bus) const;
 
   std::vector<std::unique_ptr<RedisServer>> nodes_;  // masters
   std::vector<int> bus_ports_;
