@@ -79,7 +79,6 @@ local function write_lease(key, rec)
              math.floor(rec[1] / 1000) + 1000)
 end
 
-local function cooling(c, now) return c.cd > now end
 
 -- Appends (used, reset or -1, outside) per counter, as Counter::View shows it now and the units
 -- held back for use outside quotad (`oe`: the outside estimates, quotad_outside.lua).
@@ -98,6 +97,16 @@ local function scope_rule(name)
   local at = string.find(name, '[', 1, true)
   if at then return string.sub(name, 1, at - 1) end
   return name
+end
+
+-- Until when counter `c` cools down after a throttle (Report): its own cooldown, or its limit's
+-- as the outside estimates keep it by the limit's name (oe, quotad_outside.lua), which outlives
+-- a reload that changes the counter's scoping (embedded: OutsideEstimate's cooldown).
+local function cooldown_of(oe, c)
+  if next(oe) == nil then return c.cd end
+  local e = oe[scope_rule(c.name)]
+  if e and e[5] and e[5] > c.cd then return e[5] end
+  return c.cd
 end
 
 -- FCALL quotad_acquire 3+z[+1] lease state dedup zsets.. [locator]
@@ -197,7 +206,8 @@ local function acquire(keys, args, queued, at, need)
   if fcd > now then retry, limiting = fcd, 0 end
   for k, c in ipairs(cs) do
     if not c.K.roll(c, now, args, keys[2]) then return {-1, now, k} end
-    if cooling(c, now) and c.cd > retry then retry, limiting = c.cd, k end
+    local cd = cooldown_of(oe, c)
+    if cd > now and cd > retry then retry, limiting = cd, k end
   end
   if limiting >= 0 then
     cool = 1
@@ -346,8 +356,9 @@ local function view_used(c, now)
 end
 
 -- FCALL quotad_report 1+z state zsets..  n target used full reset_us longest_us observed_us
---       sent_us feature answer retry_us feature_bo_us cap_us nscoped scoped_rel_us scoped_jit
---       sent_given bo_us mult max_bo_us counters..  (then per counter: rel_us jit rec_us)
+--       sent_us feature answer retry_us feature_bo_us cap_us nscoped scoped_jit sent_given bo_us
+--       mult max_bo_us counters..  (then per counter: rel_us jit; then per scoped limit of the
+--       feature, nscoped of them: name rel_us)
 -- What an upstream's answer taught, applied atomically on Redis's clock: Ledger::Report's
 -- state changes (ledger_report.cc), with the caller's parsing and choices
 -- (service/core/report_target.h). `counters` are the feature's unscoped limits that can deny;
@@ -358,14 +369,15 @@ end
 --    a count; refunds never undercut it. A sliding count is compared with our charges from one
 --    period before `sent_us` on (Counter::Adopt), and its units leave at SlidingAdoptedUntil.
 --  * answer 1 (a throttle): the hit limits (AttributeThrottle: the target when `full` is 1, else
---    those within 2% of the fullest, counting the units held back for outside use; `nscoped`
---    scoped limits count as empty) count the throttle and learn outside use (LearnThrottle,
+--    those within 2% of the fullest, counting the units held back for outside use; the scoped
+--    limits count as empty) count the throttle and learn outside use (LearnThrottle,
 --    quotad_outside.lua: not the target whose count was adopted, not a limit quotad's count has
 --    full when sent_given is 0, not a request sent before the last decrease); they cool down
 --    until `retry_us`, the target's reset when full, or else now + min(back-off, rel_us (-1:
 --    the rest of its window)) * jit, at least 1 ms, the back-off doubling (bo_us times mult per
---    throttle since the last clean answer, at most max_bo_us). A hit scoped limit cools the
---    feature (min(back-off, scoped_rel_us) * scoped_jit). With no limit hit, or a retry_us
+--    throttle since the last clean answer, at most max_bo_us). A hit scoped limit counts the
+--    throttle under its name too and cools the feature (min(its back-off, its rel_us) *
+--    scoped_jit, at least 1 ms). With no limit hit, or a retry_us
 --    ahead, the feature cools down too (feature_bo_us). No cooldown lasts past now + cap_us
 --    (the feature's longest window).
 --  * answer 0 (a success, status < 400): the back-offs start over where the answer was seen
@@ -380,14 +392,19 @@ local function report(keys, args)
                                           tonumber(args[7]), tonumber(args[8])
   local feature, answer, retry = args[9], args[10], tonumber(args[11])
   local fbo, cap, nscoped = tonumber(args[12]), tonumber(args[13]), tonumber(args[14])
-  local srel, sjit, sent_given = tonumber(args[15]), tonumber(args[16]), args[17] == '1'
-  local bo0, mult, bomax = tonumber(args[18]), tonumber(args[19]), tonumber(args[20])
+  local sjit, sent_given = tonumber(args[15]), args[16] == '1'
+  local bo0, mult, bomax = tonumber(args[17]), tonumber(args[18]), tonumber(args[19])
   local throttled = answer == '1'
   local now = now_us()
-  local cs, i = parse_counters(keys, 2, args, 21, n)
+  local cs, i = parse_counters(keys, 2, args, 20, n)
   for k, c in ipairs(cs) do
-    local j = i + 3 * (k - 1)
-    c.rel, c.jit, c.rec = tonumber(args[j]), tonumber(args[j + 1]), tonumber(args[j + 2])
+    local j = i + 2 * (k - 1)
+    c.rel, c.jit = tonumber(args[j]), tonumber(args[j + 1])
+  end
+  local scoped = {} -- the feature's scoped limits: {name, rel}
+  for k = 1, nscoped do
+    local j = i + 2 * n + 2 * (k - 1)
+    scoped[k] = {args[j], tonumber(args[j + 1])}
   end
   local x, extra = load_all(keys[1], cs, {'!' .. feature, '~o'})
   local oe = O.decode(extra[2])
@@ -426,14 +443,15 @@ local function report(keys, args)
     end
     return u
   end
-  -- The entry of counter `c` (or of the feature's scoped limits), created when missing.
+  -- The entry of limit `name`, created when missing; `rec`: its recovery period now (nil for
+  -- a scoped limit, which keeps no estimate: an unscoped era's period stays).
   local function entry_of(name, rec)
     local e = oe[name]
     if not e then
-      e = {0, now, 0, rec}
+      e = {0, now, 0, rec or 0}
       oe[name] = e
     end
-    e[4] = rec
+    if rec then e[4] = rec end
     oe_dirty = true
     return e
   end
@@ -448,7 +466,7 @@ local function report(keys, args)
           fs[#fs + 1] = {(view_used(c, now) + O.hold(oe, c, 1, now)) / c.cap, k}
         end
       end
-      for _ = 1, nscoped do fs[#fs + 1] = {0, 0} end
+      for k = 1, nscoped do fs[#fs + 1] = {0, -k} end
       if #fs == 0 then
         if target > 0 then hit[1] = target end
       else
@@ -463,30 +481,30 @@ local function report(keys, args)
       fcool = math.max(fcool, math.min(retry > now and retry or now + fbo, limit))
       cool_until = fcool
     end
-    local scoped_done = false
     local sent_at = sent_given and math.min(sent, now) or now
     for _, k in ipairs(hit) do
-      if k == 0 then
-        if not scoped_done then
-          scoped_done = true
-          local e = entry_of('[' .. feature, 0)
-          e[3] = e[3] + 1
-          local bo = math.max(math.min(O.backoff(bo0, mult, bomax, e[3]), srel), 1000)
-          fcool = math.max(fcool, cap_at(retry > now and retry or now + math.floor(bo * sjit)))
-          cool_until = math.max(cool_until, fcool)
-        end
+      if k < 0 then
+        local sl = scoped[-k]
+        local e = entry_of(sl[1], nil)
+        e[3] = e[3] + 1
+        local bo = math.max(math.min(O.backoff(bo0, mult, bomax, e[3]), sl[2]), 1000)
+        local u = cap_at(retry > now and retry or now + math.floor(bo * sjit))
+        fcool = math.max(fcool, u)
+        e[5] = math.max(e[5] or 0, u) -- every scope of the limit cools down (and every feature)
+        cool_until = math.max(cool_until, fcool)
       else
         local c = cs[k]
-        local e = entry_of(c.name, c.rec)
+        local rec = O.recovery(c)
+        local e = entry_of(c.name, rec)
         e[3] = e[3] + 1
         -- Without sent_given, a throttle on a limit quotad's count already has full is explained
         -- by that count; a limit whose count this answer gave is known, not estimated; a request
         -- sent before the last decrease was in flight when it was made.
         local counted = k == target and status == 1
         local is_full = not sent_given and view_used(c, now) >= c.cap
-        local in_flight = sent_at < e[2] and O.units(e, c.cap, now) > 0
+        local in_flight = sent_at < e[2] and O.units(e, c.cap, rec, now) > 0
         if estimable(c) and not counted and not is_full and not in_flight then
-          O.shrink(e, c.cap, now)
+          O.shrink(e, c.cap, rec, now)
         end
         local u = retry
         if u == 0 and k == target and full == 1 and reset0 > now then u = reset0 end
@@ -501,6 +519,7 @@ local function report(keys, args)
           c.cd = u
           c.dirty = true
         end
+        e[5] = math.max(e[5] or 0, c.cd)
         cool_until = math.max(cool_until, c.cd)
       end
     end
@@ -509,13 +528,15 @@ local function report(keys, args)
     -- sent before the throttle say nothing about the upstream now.
     for _, c in ipairs(cs) do
       local e = oe[c.name]
-      if e and e[3] > 0 and observed >= c.cd then
+      if e and e[3] > 0 and observed >= cooldown_of(oe, c) then
         e[3], oe_dirty = 0, true
       end
     end
-    local e = oe['[' .. feature]
-    if e and e[3] > 0 and observed >= fcool then
-      e[3], oe_dirty = 0, true
+    for _, sl in ipairs(scoped) do
+      local e = oe[sl[1]]
+      if e and e[3] > 0 and observed >= fcool then
+        e[3], oe_dirty = 0, true
+      end
     end
   end
   local more, keep = {}, nil
@@ -525,7 +546,7 @@ local function report(keys, args)
   end
   if oe_dirty then
     local v
-    v, keep = O.encode(oe, cs, now, cap)
+    v, keep = O.encode(oe, now, cap)
     if v then
       more[#more + 1] = '~o'
       more[#more + 1] = v
@@ -569,12 +590,13 @@ local function usage(keys, args)
     local used, reset = c.K.view(c, now, keys[1])
     out[#out + 1] = used
     out[#out + 1] = reset >= INF and -1 or reset
-    out[#out + 1] = c.cd > now and c.cd or 0
+    local cd = cooldown_of(oe, c)
+    out[#out + 1] = cd > now and cd or 0
     out[#out + 1] = O.hold(oe, c, 0, now)
   end
   for f, fe in ipairs(feats) do
     local u = tonumber(extra[f]) or 0
-    for _, k in ipairs(fe.idx) do u = math.max(u, cs[k].cd) end
+    for _, k in ipairs(fe.idx) do u = math.max(u, cooldown_of(oe, cs[k])) end
     out[#out + 1] = u > now and u or 0
   end
   return out

@@ -6,13 +6,15 @@
 
 ---------------------------------------------------------------------------------------------
 -- Outside estimates (OutsideEstimate, service/core/outside_estimate.cc), in field ~o of the
--- credential's hash: a cmsgpack map from an unscoped counter's name to {outside, at, consecutive,
--- recovery}: `outside` units as of `at` (Redis time, us), the throttles since the last clean
--- answer (for the doubling back-off), and the limit's recovery period (RecoveryNs, us) as of the
--- last Report (an Acquire decays the estimate with it; a reload that changed the period takes
--- effect at the next Report). Entry '[' .. feature (no limit's name holds a bracket) counts the
--- throttles attributed to the feature's scoped limits, which cool the feature down.
--- The cooldown OutsideEstimate also holds is the counter's own (cd).
+-- credential's hash: a cmsgpack map from a limit's name to {outside, at, consecutive, recovery,
+-- cooldown}: `outside` units as of `at` (Redis time, us), the throttles since the last clean
+-- answer (for the doubling back-off), the limit's recovery period when last written (only to
+-- know how long to keep an entry whose limit a later Report does not bring), and until when the
+-- limit cools down (also in its counter's state, cd; kept here by the limit's name, it holds
+-- every scope of a scoped limit and outlives a reload that changes the limit's scoping). Every decision decays the
+-- estimate over the recovery period of the limit in force (O.recovery, as RecoveryNs), so a
+-- reload that changed the period takes effect at once. A scoped limit's entry only counts its
+-- throttles (its hits cool the feature down); its estimate stays 0, as embedded.
 
 local O = {}
 O.DECREASE = 0.9            -- OutsideEstimate::kDecrease
@@ -25,14 +27,34 @@ function O.decode(v)
 end
 
 -- Whether the estimate of counter `c` is kept at all (Estimable: unscoped, can deny, capacity
--- above one unit; a scoped counter's name is never an entry's).
+-- above one unit; a scoped counter's name, limit[scope], is never an entry's).
 local function estimable(c) return c.kind ~= 'unl' and c.cap > 1 and c.cap < INF end
 
--- OutsideEstimate::Units: the estimated outside units at `now`, in [0, cap - 1].
-function O.units(e, cap, now)
-  if not e or e[1] <= 0 or cap <= 1 or e[4] <= 0 then return 0 end
+-- The longest calendar window of each unit, in us (LongestWindow without the guard).
+local HOUR_US = 3600000000
+local UNIT_US = {minute = 60000000, hour = HOUR_US, day = 25 * HOUR_US, week = (24 * 7 + 1) * HOUR_US,
+                 month = (24 * 31 + 1) * HOUR_US}
+
+-- RecoveryNs of counter `c` (from what defines it, in us): what it takes to release units
+-- (LongestWindow - guard); 10 s for concurrency (slots free as calls end).
+function O.recovery(c)
+  local k = c.kind
+  if k == 'cal' or k == 'unl' then
+    local unit = c.sx and string.match(c.sx, '^[^:]+')
+    return UNIT_US[unit] or UNIT_US.month
+  end
+  if k == 'roll' then return c.a end         -- the period (span = period + guard)
+  if k == 'slide' or k == 'sb' then return c.b end
+  if k == 'tb' then return c.a * c.cap end   -- emission interval * burst
+  return 10000000
+end
+
+-- OutsideEstimate::Units: the estimated outside units at `now`, in [0, cap - 1], decaying over
+-- `rec` us.
+function O.units(e, cap, rec, now)
+  if not e or e[1] <= 0 or cap <= 1 or rec <= 0 then return 0 end
   local start = math.min(e[1], cap - 1)
-  local recovered = cap * O.RECOVERY_PER_PERIOD * math.max(0, now - e[2]) / e[4]
+  local recovered = cap * O.RECOVERY_PER_PERIOD * math.max(0, now - e[2]) / rec
   return math.max(0, math.min(start - recovered, cap - 1))
 end
 
@@ -41,25 +63,26 @@ end
 function O.hold(oe, c, cost, now)
   local e = oe[c.name]
   if not e or not estimable(c) then return 0 end
-  local units = O.units(e, c.cap, now)
+  local units = O.units(e, c.cap, O.recovery(c), now)
   if units <= 0 then return 0 end
   return math.max(0, math.min(math.floor(units + 0.5), math.max(0, c.cap - cost)))
 end
 
 -- OutsideEstimate::OnThrottle: the effective capacity shrinks by DECREASE (at least one unit),
 -- never below one unit.
-function O.shrink(e, cap, now)
+function O.shrink(e, cap, rec, now)
   if cap <= 1 or cap >= INF then return end
-  local effective = cap - O.units(e, cap, now)
+  local effective = cap - O.units(e, cap, rec, now)
   local nxt = math.max(1, math.min(effective * O.DECREASE, effective - 1))
   e[1], e[2] = cap - nxt, now
 end
 
--- OutsideEstimate::GoneAt: when the estimate has decayed to nothing.
-function O.gone_at(e, cap)
-  if e[1] <= 0 or cap <= 1 or e[4] <= 0 then return e[2] end
-  local per_us = cap * O.RECOVERY_PER_PERIOD / e[4]
-  return e[2] + math.ceil(math.min(e[1], cap - 1) / per_us)
+-- When the estimate is gone whatever the capacity (OutsideEstimate::GoneAt is at most this):
+-- its units decay by RECOVERY_PER_PERIOD of the capacity per period, and never number more than
+-- the capacity.
+local function gone_at(e)
+  if e[1] <= 0 or e[4] <= 0 then return e[2] end
+  return e[2] + math.ceil(e[4] / O.RECOVERY_PER_PERIOD)
 end
 
 -- ThrottleBackoff: `initial` doubled (times `mult`) per throttle after the first, at most `max`.
@@ -79,24 +102,16 @@ end
 -- `count_us` more (the feature's max_cooldown; embedded: until a clean answer; never for ever,
 -- which would keep every drained scope of the credential with it). Entries of counters not in
 -- `cs` are kept as they are.
-function O.encode(oe, cs, now, count_us)
-  local cap = {}
-  for _, c in ipairs(cs) do
-    if c.name then cap[c.name] = c.cap end -- (not the feature's cooldown, see report)
-  end
+-- (Kept until gone whatever the capacity: a reload that raises a capacity of 1 finds the
+-- estimate learnt before, as the embedded ledger does.)
+function O.encode(oe, now, count_us)
   local keep, need, any = {}, -INF, false
   for name, e in pairs(oe) do
-    local cp = cap[name]
-    local live = e[3] > 0 or (cp == nil and e[1] > 0) or (cp ~= nil and O.units(e, cp, now) > 0)
-    if live then
+    local gone = gone_at(e)
+    if e[3] > 0 or gone > now then
       keep[name], any = e, true
-      if e[3] > 0 then
-        need = math.max(need, now + count_us, cp ~= nil and O.gone_at(e, cp) or e[2] + 20 * e[4])
-      elseif cp ~= nil then
-        need = math.max(need, O.gone_at(e, cp))
-      else
-        need = math.max(need, e[2] + 20 * e[4]) -- 1 / RECOVERY_PER_PERIOD periods
-      end
+      need = math.max(need, gone)
+      if e[3] > 0 then need = math.max(need, now + count_us) end
     end
   end
   if not any then return nil, -INF end

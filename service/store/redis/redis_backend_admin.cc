@@ -102,7 +102,6 @@ absl::StatusOr<ReportResult> RedisBackend::Report(const UpstreamAnswer& answer) 
   call.initial_backoff = t.initial_backoff;
   call.multiplier = t.multiplier;
   call.max_backoff = t.max_backoff;
-  call.scoped_release = absl::ZeroDuration();
   call.scoped_jitter = Jitter(t);
   std::vector<int> rule_of;
   for (int r : feature.rules) {
@@ -110,14 +109,11 @@ absl::StatusOr<ReportResult> RedisBackend::Report(const UpstreamAnswer& answer) 
     if (rule.spec.kind == LimitKind::kUnlimited) continue;
     const std::optional<absl::Duration> release = ThrottleRelease(rule, t);
     if (rule.spec.scoped) {
-      ++call.scoped;
-      call.scoped_release = std::max(call.scoped_release, *release);
+      call.scoped.push_back({rule.full_name, *release});
       continue;
     }
     call.counters.push_back({rule.full_name, &rule});
-    call.backoffs.push_back(
-        {release, Jitter(t), Estimable(rule) ? absl::Nanoseconds(RecoveryNs(rule))
-                                             : absl::ZeroDuration()});
+    call.backoffs.push_back({release, Jitter(t)});
     rule_of.push_back(r);
   }
   const Rule* target = nullptr;

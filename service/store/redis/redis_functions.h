@@ -166,20 +166,21 @@ struct ReportCall {
   absl::Duration initial_backoff = absl::Seconds(1);
   double multiplier = 1.0;
   absl::Duration max_backoff = absl::Seconds(1);
-  // How many of the feature's limits are scoped (counted as empty when attributing; a hit one
-  // cools the feature for the back-off, at most scoped_release (the longest ThrottleRelease of
-  // the scoped limits), times scoped_jitter).
-  int scoped = 0;
-  absl::Duration scoped_release = absl::Seconds(1);
+  // The feature's scoped limits (counted as empty when attributing; a hit one counts the
+  // throttle under its name and cools the feature for its back-off, at most its
+  // ThrottleRelease, times scoped_jitter).
+  struct ScopedLimit {
+    std::string name;  // the limit's full name
+    absl::Duration release;
+  };
+  std::vector<ScopedLimit> scoped;
   double scoped_jitter = 1.0;
-  // Per counter (same order; missing: as Backoff{}): what bounds the
-  // back-off (ThrottleRelease; nullopt: the rest of the counter's window), the jitter factor
-  // (1 + jitter) and the period over which an outside estimate decays (RecoveryNs; zero: none
-  // is kept).
+  // Per counter (same order; missing: as Backoff{}): what bounds the back-off (ThrottleRelease;
+  // nullopt: the rest of the counter's window) and the jitter factor (1 + jitter). (An outside
+  // estimate decays over the counter's RecoveryNs, which the library computes from the counter.)
   struct Backoff {
     std::optional<absl::Duration> release;
     double jitter = 1.0;
-    absl::Duration recovery = absl::ZeroDuration();
   };
   std::vector<Backoff> backoffs;
 };

@@ -58,8 +58,7 @@ void RedisFunctions::ReportAround(std::shared_ptr<ReportCall> call, absl::Time a
       absl::StrCat(std::max<int64_t>(0, us(call->retry_at, 0))),
       dur(call->feature_backoff),
       dur(call->max_cooldown),
-      absl::StrCat(call->scoped),
-      dur(call->scoped_release),
+      absl::StrCat(call->scoped.size()),
       absl::StrFormat("%.17g", std::max(1.0, call->scoped_jitter)),
       call->sent_given ? "1" : "0",
       dur(call->initial_backoff),
@@ -77,7 +76,10 @@ void RedisFunctions::ReportAround(std::shared_ptr<ReportCall> call, absl::Time a
         i < static_cast<int>(call->backoffs.size()) ? call->backoffs[i] : ReportCall::Backoff{};
     args->push_back(b.release ? dur(*b.release) : "-1");
     args->push_back(absl::StrFormat("%.17g", std::max(1.0, b.jitter)));
-    args->push_back(dur(b.recovery));
+  }
+  for (const ReportCall::ScopedLimit& l : call->scoped) {
+    args->push_back(CounterField(l.name));
+    args->push_back(dur(l.release));
   }
   client_->Call(*std::move(args), [this, call, last_try, done = std::move(done)](
                                       absl::StatusOr<Reply> reply) mutable {
