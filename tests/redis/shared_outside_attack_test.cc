@@ -1,0 +1,432 @@
+// Attacks on shared mode's outside estimate (quotad_outside.lua; quotad_report, quotad_acquire,
+// quotad_usage and quotad_reset in quotad_functions.lua), against a real redis-server: two
+// RedisBackends on one Redis (what two quotad replicas run) and an embedded Ledger on the same
+// policy get the same operations, and every replica must answer as the one embedded quotad
+// does: the same grants, the same estimate and remaining units, the same cooldowns (give or
+// take the call's time); never more granted than the capacity less the units held back, by
+// single calls, batches, waiters or racing threads; through reloads, a reset, many throttles and
+// a restart of redis-server from its AOF. Limits recover over an hour or a day, so real time
+// barely decays an estimate during a test; back-offs start at a few ms, so cooldowns pass fast
+// (polled, never slept). A test named DISABLED_Bug_* shows a bug and says what happens.
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
+#include "service/config/config.h"
+#include "service/core/ledger.h"
+#include "service/store/redis/redis_backend.h"
+#include "service/store/redis/redis_functions.h"
+#include "tests/redis/backend_helpers.h"
+#include "tests/redis/redis_harness.h"
+#include "tests/support/eventually.h"
+
+namespace quotad {
+namespace {
+
+using ::quotad::testing::AcquireThrough;
+using ::quotad::testing::BatchThrough;
+using ::quotad::testing::Eventually;
+using ::quotad::testing::RedisServer;
+using ::quotad::testing::ReplicaOptions;
+
+constexpr char kCred[] = "team/o";
+
+// Every kind of limit, capacities 1, 2 and 10^12, a drawn-on limit and a scoped one.
+constexpr char kConfig[] = R"(
+credentials:
+  - name: team/o
+    features:
+      - name: roll
+        limits:
+          - {name: hourly, kind: rolling, period: 1h, capacity: 100}
+      - name: cal
+        limits:
+          - {name: daily, kind: calendar, unit: day, capacity: 10}
+      - name: slide
+        limits:
+          - {name: hourly, kind: sliding, period: 1h, capacity: 10}
+      - name: sb
+        limits:
+          - {name: hourly, kind: sliding, period: 1h, sub_buckets: 6, capacity: 20}
+      - name: tb
+        limits:
+          - {name: burst, kind: token_bucket, capacity: 10, rate: 1, period: 1h}
+      - name: multi
+        draws_on: [roll]
+        limits:
+          - {name: day, kind: calendar, unit: day, capacity: 50}
+          - {name: free, kind: unlimited}
+      - name: scoped
+        limits:
+          - {name: per, kind: sliding, period: 1h, capacity: 5, scoped: true}
+          - {name: all, kind: rolling, period: 1h, capacity: 30}
+      - name: one
+        limits:
+          - {name: hourly, kind: rolling, period: 1h, capacity: 1}
+      - name: two
+        limits:
+          - {name: hourly, kind: rolling, period: 1h, capacity: 2}
+      - name: huge
+        limits:
+          - {name: hourly, kind: rolling, period: 1h, capacity: 1000000000000}
+      - name: conc
+        default_lease_ttl: 10m
+        limits:
+          - {name: slots, kind: concurrency, capacity: 10}
+      - name: unl
+        limits:
+          - {name: free, kind: unlimited}
+      - name: quick
+        limits:
+          - {name: fast, kind: rolling, period: 1s, capacity: 100}
+      - name: fasttb
+        limits:
+          - {name: tb, kind: token_bucket, capacity: 10, rate: 100, period: 1s}
+)";
+
+// The back-off: 5 ms, doubling, at most 80 ms, no jitter; 429 and 503 are throttles.
+constexpr absl::Duration kBackoff = absl::Milliseconds(5);
+constexpr absl::Duration kMaxBackoff = absl::Milliseconds(80);
+
+UpstreamHeaders Headers(std::vector<std::pair<std::string, std::string>> h) { return h; }
+
+LimitSpec& LimitOf(Policy& p, const std::string& feature, const std::string& limit) {
+  for (FeatureSpec& f : p.credentials[0].features) {
+    if (f.name != feature) continue;
+    for (LimitSpec& l : f.limits) {
+      if (l.name == limit) return l;
+    }
+  }
+  ADD_FAILURE() << "no limit " << feature << "." << limit;
+  static LimitSpec none;
+  return none;
+}
+
+class SharedOutsideAttackTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    absl::StatusOr<std::unique_ptr<RedisServer>> redis = RedisServer::Start();
+    ASSERT_TRUE(redis.ok()) << redis.status();
+    redis_ = *std::move(redis);
+    absl::StatusOr<Policy> policy = LoadPolicyFromString(kConfig, "test.yaml");
+    ASSERT_TRUE(policy.ok()) << policy.status();
+    policy_ = *std::move(policy);
+    for (FeatureSpec& f : policy_.credentials[0].features) {
+      f.throttle.status_codes = {429, 503};
+      f.throttle.initial_backoff = kBackoff;
+      f.throttle.multiplier = 2;
+      f.throttle.max_backoff = kMaxBackoff;
+      f.throttle.jitter_min = f.throttle.jitter_max = 0;
+    }
+    for (int i = 0; i < 2; ++i) {
+      absl::StatusOr<std::unique_ptr<RedisBackend>> b =
+          RedisBackend::Create(policy_, Clock::Real(), ReplicaOptions(*redis_));
+      ASSERT_TRUE(b.ok()) << b.status();
+      ASSERT_TRUE((*b)->serving());
+      replicas_.push_back(*std::move(b));
+    }
+    absl::StatusOr<std::unique_ptr<Ledger>> ledger = Ledger::Create(policy_, Clock::Real());
+    ASSERT_TRUE(ledger.ok()) << ledger.status();
+    ledger_ = *std::move(ledger);
+  }
+
+  // `p` in force in both replicas and the embedded ledger.
+  void ReloadAll(const Policy& p) {
+    for (auto& r : replicas_) ASSERT_TRUE(r->Reload(p).ok());
+    ASSERT_TRUE(ledger_->Reload(p).ok());
+  }
+
+  static AcquireRequest Req(absl::string_view feature, int64_t cost, absl::string_view scope) {
+    AcquireRequest req;
+    req.credential = kCred;
+    req.feature = feature;  // (the caller's strings outlive the request)
+    req.scope = scope;
+    req.cost = cost;
+    req.want_limits = true;
+    return req;
+  }
+
+  // The same Acquire through replica `i` and the embedded ledger: the same grant, and the same
+  // limits (used, estimate, remaining). Answers the two decisions (shared, embedded).
+  std::pair<Decision, Decision> Both(int i, const std::string& feature, int64_t cost = 1,
+                                     const std::string& scope = "") {
+    const AcquireRequest req = Req(feature, cost, scope);
+    absl::StatusOr<Decision> s = AcquireThrough(*replicas_[i], req);
+    absl::StatusOr<Decision> e = ledger_->Acquire(req);
+    EXPECT_EQ(s.ok(), e.ok()) << feature << ": " << s.status() << " / " << e.status();
+    if (!s.ok() || !e.ok()) return {};
+    SCOPED_TRACE(absl::StrCat(feature, " cost ", cost, " scope '", scope, "' replica ", i));
+    EXPECT_EQ(s->granted, e->granted) << s->limited_by << " / " << e->limited_by;
+    if (!s->granted && !e->granted) {
+      EXPECT_EQ(s->limited_by, e->limited_by);
+    }
+    ExpectSameLimits(s->limits, e->limits);
+    return {*s, *e};
+  }
+
+  static void ExpectSameLimits(const std::vector<LimitStatus>& s,
+                               const std::vector<LimitStatus>& e) {
+    ASSERT_EQ(s.size(), e.size());
+    for (size_t j = 0; j < e.size(); ++j) {
+      SCOPED_TRACE(e[j].name);
+      EXPECT_EQ(s[j].used, e[j].used);
+      EXPECT_EQ(s[j].outside_estimate, e[j].outside_estimate);
+      EXPECT_EQ(s[j].remaining, e[j].remaining);
+    }
+  }
+
+  static UpstreamAnswer Answer(absl::string_view feature, int status, UpstreamHeaders headers,
+                               absl::Time sent_at = absl::InfinitePast()) {
+    UpstreamAnswer a;
+    a.credential = kCred;
+    a.feature = feature;
+    a.http_status = status;
+    a.headers = std::move(headers);
+    a.sent_at = sent_at;
+    return a;
+  }
+
+  // The same answer through replica `i` and the embedded ledger: the same warnings and
+  // adoptions, the same cooldown (give or take the call's time). Answers the later of the two.
+  absl::Time ReportBoth(int i, UpstreamAnswer answer) {
+    if (answer.observed_at == absl::InfinitePast()) answer.observed_at = absl::Now();
+    const absl::Time before = absl::Now();
+    absl::StatusOr<ReportResult> rs = replicas_[i]->Report(answer);
+    absl::StatusOr<ReportResult> re = ledger_->Report(answer);
+    const absl::Time after = absl::Now();
+    EXPECT_EQ(rs.ok(), re.ok()) << rs.status() << " / " << re.status();
+    if (!rs.ok() || !re.ok()) return absl::InfinitePast();
+    SCOPED_TRACE(absl::StrCat(answer.feature, " status ", answer.http_status));
+    EXPECT_EQ(rs->warnings, re->warnings);
+    EXPECT_EQ(rs->adopted, re->adopted);
+    if (rs->cooldown_until != re->cooldown_until) {
+      EXPECT_LE(absl::AbsDuration(rs->cooldown_until - re->cooldown_until),
+                after - before + absl::Milliseconds(1));
+    }
+    return std::max(rs->cooldown_until, re->cooldown_until);
+  }
+
+  static void PassUntil(absl::Time until) {
+    EXPECT_TRUE(Eventually([&] { return absl::Now() > until + absl::Milliseconds(2); },
+                           absl::Seconds(5)));
+  }
+
+  // GetUsage through every replica equals the embedded ledger's.
+  void ExpectSameUsage() {
+    absl::StatusOr<std::vector<LimitStatus>> e = ledger_->Usage(kCred);
+    ASSERT_TRUE(e.ok()) << e.status();
+    for (int i = 0; i < 2; ++i) {
+      absl::StatusOr<std::vector<LimitStatus>> s = replicas_[i]->Usage(kCred);
+      ASSERT_TRUE(s.ok()) << s.status();
+      ASSERT_EQ(s->size(), e->size()) << "replica " << i;
+      for (size_t j = 0; j < e->size(); ++j) {
+        const LimitStatus& a = (*s)[j];
+        const LimitStatus& b = (*e)[j];
+        SCOPED_TRACE(absl::StrCat("usage through replica ", i, ": ", b.name, "[", b.scope, "]"));
+        EXPECT_EQ(a.name, b.name);
+        EXPECT_EQ(a.scope, b.scope);
+        EXPECT_EQ(a.capacity, b.capacity);
+        EXPECT_EQ(a.used, b.used);
+        EXPECT_EQ(a.outside_estimate, b.outside_estimate);
+        EXPECT_EQ(a.remaining, b.remaining);
+        EXPECT_EQ(a.cooldown, b.cooldown);
+      }
+    }
+  }
+
+  void DumpUsage() {
+    for (int i = -1; i < 2; ++i) {
+      absl::StatusOr<std::vector<LimitStatus>> u =
+          i < 0 ? ledger_->Usage(kCred) : replicas_[i]->Usage(kCred);
+      if (!u.ok()) continue;
+      std::cerr << "  usage " << i << ":";
+      for (const LimitStatus& l : *u) {
+        if (l.used == 0 && l.outside_estimate == 0 && !l.cooldown) continue;
+        std::cerr << " " << l.name << "[" << l.scope << "] u" << l.used << " o"
+                  << l.outside_estimate << (l.cooldown ? " cd " + absl::FormatTime(l.reset) : "");
+      }
+      std::cerr << "\n";
+    }
+  }
+
+  // The estimate GetUsage shows for `limit` through replica `i` (-1: the embedded ledger).
+  int64_t OutsideOf(int i, const std::string& limit) {
+    absl::StatusOr<std::vector<LimitStatus>> u =
+        i < 0 ? ledger_->Usage(kCred) : replicas_[i]->Usage(kCred);
+    EXPECT_TRUE(u.ok()) << u.status();
+    if (!u.ok()) return -1;
+    for (const LimitStatus& l : *u) {
+      if (l.name == limit && !l.cooldown && l.scope.empty()) return l.outside_estimate;
+    }
+    return -1;
+  }
+
+  // `n` throttles of `feature` (no time given, sent now), each cooldown waited out.
+  void Throttles(const std::string& feature, int n) {
+    for (int t = 0; t < n; ++t) PassUntil(ReportBoth(t % 2, Answer(feature, 429, {}, absl::Now())));
+  }
+
+  std::unique_ptr<RedisServer> redis_;
+  Policy policy_;
+  std::vector<std::unique_ptr<RedisBackend>> replicas_;
+  std::unique_ptr<Ledger> ledger_;
+};
+
+// Random sequences of Acquires, Releases, batches, Reports (throttles with and without sent_at,
+// Retry-After or X-RateLimit counts, clean answers, other errors) and a Reset, through either
+// replica and the embedded ledger: every decision, estimate, cooldown and Usage agrees.
+TEST_F(SharedOutsideAttackTest, RandomSequencesAnswerAsTheEmbeddedLedger) {
+  struct F {
+    std::string name;
+    int64_t cap;  // of the limit X-RateLimit counts name
+    int64_t max_cost;
+  };
+  const std::vector<F> features = {
+      {"roll", 100, 20}, {"cal", 10, 3},  {"slide", 10, 3}, {"sb", 20, 4},  {"tb", 10, 3},
+      {"multi", 50, 5},  {"scoped", 30, 2}, {"two", 2, 2},  {"unl", 0, 2}};
+  const std::vector<std::string> scopes = {"", "a", "b"};
+  const char* seed_env = std::getenv("OATTACK_SEED");
+  std::mt19937 rng(seed_env != nullptr ? std::atoi(seed_env) : 20261128);
+  auto pick = [&](int n) { return static_cast<int>(rng() % static_cast<uint32_t>(n)); };
+  struct Held {
+    LeaseId shared, embedded;
+  };
+  std::vector<Held> held;
+  // Instants between calls (never inside a Report): a sent_at before, or after, each decrease.
+  std::vector<absl::Time> instants = {absl::Now()};
+  int retry_afters = 0;
+  for (int step = 0; step < 260; ++step) {
+    const F& f = features[pick(features.size())];
+    const int i = pick(2);
+    SCOPED_TRACE(absl::StrCat("step ", step, " feature ", f.name));
+    const int op = pick(100);
+    if (std::getenv("OATTACK_LOG") != nullptr) {
+      std::cerr << "step " << step << " op " << op << " " << f.name << " r" << i << " t="
+                << absl::FormatTime(absl::Now()) << "\n";
+    }
+    if (op < 40) {
+      const int64_t cost = 1 + static_cast<int64_t>(rng() % static_cast<uint64_t>(f.max_cost));
+      auto [s, e] = Both(i, f.name, cost, f.name == "scoped" ? scopes[pick(3)] : "");
+      if (s.granted && e.granted) held.push_back({s.lease_id, e.lease_id});
+    } else if (op < 52 && !held.empty()) {
+      const size_t k = pick(held.size());
+      const int u = pick(3);
+      const std::optional<int64_t> used =
+          u == 0 ? std::nullopt : std::optional<int64_t>(u == 1 ? 0 : 1);
+      absl::StatusOr<ReleaseResult> rs = replicas_[i]->Release(held[k].shared, used);
+      absl::StatusOr<ReleaseResult> re = ledger_->Release(held[k].embedded, used);
+      ASSERT_TRUE(rs.ok() && re.ok()) << rs.status() << " / " << re.status();
+      EXPECT_EQ(rs->refunded, re->refunded);
+      EXPECT_EQ(rs->freed, re->freed);
+      held.erase(held.begin() + static_cast<std::ptrdiff_t>(k));
+    } else if (op < 72) {
+      // A throttle: 429 or 503; no time, Retry-After, or counts; sent_at none, past or now.
+      UpstreamHeaders h;
+      const int kind = pick(10);
+      if (kind == 0 && retry_afters < 3) {
+        ++retry_afters;
+        h = Headers({{"Retry-After", "1"}});
+      } else if (kind < 4 && f.cap > 0) {
+        const int64_t remaining = pick(3) == 0 ? 0 : pick(static_cast<int>(std::min<int64_t>(f.cap, 50)));
+        h = Headers({{"X-RateLimit-Limit", absl::StrCat(f.cap)},
+                     {"X-RateLimit-Remaining", absl::StrCat(remaining)}});
+      }
+      const int when = pick(3);
+      const absl::Time sent = when == 0   ? absl::InfinitePast()
+                              : when == 1 ? instants[pick(instants.size())]
+                                          : absl::Now();
+      const absl::Time until = ReportBoth(i, Answer(f.name, pick(2) ? 429 : 503, h, sent));
+      if (std::getenv("OATTACK_LOG") != nullptr) {
+        std::cerr << "  throttle kind " << kind << " when " << when << " headers";
+        for (const auto& [k, v] : h) std::cerr << " " << k << "=" << v;
+        std::cerr << " until " << absl::FormatTime(until) << "\n";
+        DumpUsage();
+      }
+      if (until > absl::Now()) PassUntil(until);
+      instants.push_back(absl::Now());
+    } else if (op < 84) {
+      // A clean answer, sometimes with counts.
+      UpstreamHeaders h;
+      if (pick(3) == 0 && f.cap > 0) {
+        h = Headers({{"X-RateLimit-Limit", absl::StrCat(f.cap)},
+                     {"X-RateLimit-Remaining",
+                      absl::StrCat(pick(static_cast<int>(std::min<int64_t>(f.cap, 50))))}});
+      }
+      ReportBoth(i, Answer(f.name, pick(4) == 0 ? 204 : 200, h));
+    } else if (op < 88) {
+      const int codes[] = {400, 404, 500, 502};
+      ReportBoth(i, Answer(f.name, codes[pick(4)], {}));
+    } else if (op < 97) {
+      // A batch of 2 or 3 items, all-or-nothing or independent.
+      const bool all = pick(2) == 0;
+      std::vector<std::string> names;
+      std::vector<AcquireRequest> reqs;
+      const int want = 2 + pick(2);
+      std::vector<int64_t> costs;
+      for (int k = 0; k < want; ++k) {
+        const F& g = features[pick(features.size())];
+        // (Not sb in an all-or-nothing batch: see DISABLED_Bug_EmbeddedRefusedBatchKeeps...)
+        if (all && g.name == "sb") continue;
+        names.push_back(g.name);
+        costs.push_back(1 + pick(static_cast<int>(std::min<int64_t>(3, g.max_cost))));
+      }
+      for (size_t k = 0; k < names.size(); ++k) reqs.push_back(Req(names[k], costs[k], ""));
+      const int n = static_cast<int>(reqs.size());
+      if (n == 0) continue;
+      std::vector<absl::StatusOr<Decision>> s =
+          BatchThrough(*replicas_[i], reqs, std::vector<SharedRequestId>(reqs.size()), all);
+      std::vector<absl::StatusOr<Decision>> e;
+      if (all) {
+        e = ledger_->AcquireAll(reqs);
+      } else {
+        for (const AcquireRequest& r : reqs) e.push_back(ledger_->Acquire(r));
+      }
+      ASSERT_EQ(s.size(), e.size());
+      if (std::getenv("OATTACK_LOG") != nullptr) {
+        for (int k = 0; k < n; ++k) {
+          std::cerr << "  " << (all ? "all" : "many") << " item " << names[k] << " cost "
+                    << costs[k] << ": " << s[k].status() << " "
+                    << (s[k].ok() && s[k]->granted) << " / " << e[k].status() << " "
+                    << (e[k].ok() && e[k]->granted) << "\n";
+        }
+        DumpUsage();
+      }
+      for (int k = 0; k < n; ++k) {
+        SCOPED_TRACE(absl::StrCat(all ? "all" : "many", " item ", k, " ", names[k]));
+        ASSERT_EQ(s[k].ok(), e[k].ok()) << s[k].status() << " / " << e[k].status();
+        if (!s[k].ok()) continue;
+        EXPECT_EQ(s[k]->granted, e[k]->granted);
+        if (s[k]->granted && e[k]->granted) {
+          ExpectSameLimits(s[k]->limits, e[k]->limits);
+          held.push_back({s[k]->lease_id, e[k]->lease_id});
+        }
+      }
+    } else if (op < 99) {
+      ExpectSameUsage();
+    } else {
+      ASSERT_TRUE(replicas_[i]->Reset(kCred).ok());
+      ASSERT_TRUE(ledger_->Reset(kCred).ok());
+      instants.push_back(absl::Now());
+    }
+    if (HasFatalFailure()) return;
+  }
+  ExpectSameUsage();
+}
+
+}  // namespace
+}  // namespace quotad
