@@ -90,6 +90,10 @@ credentials:
         default_lease_ttl: 10m
         limits:
           - {name: slots, kind: concurrency, capacity: 10}
+      - name: conc100
+        default_lease_ttl: 10m
+        limits:
+          - {name: slots, kind: concurrency, capacity: 100}
       - name: unl
         limits:
           - {name: free, kind: unlimited}
@@ -316,7 +320,7 @@ TEST_F(SharedOutsideAttackTest, RandomSequencesAnswerAsTheEmbeddedLedger) {
   // Instants between calls (never inside a Report): a sent_at before, or after, each decrease.
   std::vector<absl::Time> instants = {absl::Now()};
   int retry_afters = 0;
-  for (int step = 0; step < 260; ++step) {
+  for (int step = 0; step < 500; ++step) {
     const F& f = features[pick(features.size())];
     const int i = pick(2);
     SCOPED_TRACE(absl::StrCat("step ", step, " feature ", f.name));
@@ -596,6 +600,29 @@ TEST_F(SharedOutsideAttackTest, AWaiterIsHeldBackByTheEstimateAndServedWhenRoomF
   EXPECT_TRUE(ew.d->granted);
   EXPECT_FALSE(Both(1, "roll", 1).first.granted);
   ExpectSameUsage();
+}
+
+// A waiter held back by nothing but the estimate (concurrency: it recovers 5% of the capacity
+// per 10 s) is served once the estimate has decayed enough, not before, with no release or
+// other event to wake it: 90 of 100 slots held, 10 held back; one more slot fits once fewer
+// than 9.5 units are estimated, 1 s after the throttle (the replica's heartbeat finds it).
+TEST_F(SharedOutsideAttackTest, AWaiterHeldBackOnlyByTheEstimateIsServedWhenItDecays) {
+  const absl::Time before = absl::Now();
+  PassUntil(ReportBoth(0, Answer("conc100", 429, {}, absl::Now())));
+  ASSERT_TRUE(Both(1, "conc100", 90).first.granted);
+  absl::Notification done;
+  absl::StatusOr<Decision> waited;
+  replicas_[0]->AcquireSharedOrWait(Req("conc100", 1, ""), SharedRequestId{}, absl::Seconds(8),
+                                    0, [&](absl::StatusOr<Decision> d) {
+                                      waited = std::move(d);
+                                      done.Notify();
+                                    });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  ASSERT_TRUE(waited.ok()) << waited.status();
+  ASSERT_TRUE(waited->granted) << "the waiter starved";
+  // Granted when its lease began: not before the estimate let it.
+  EXPECT_GE(waited->lease_expiry - absl::Minutes(10), before + absl::Seconds(1));
+  EXPECT_FALSE(AcquireThrough(*replicas_[1], Req("conc100", 1, ""))->granted);  // 91 + 9
 }
 
 // Reloads that shrink the capacity below the estimate (it counts up to capacity - 1), make the
