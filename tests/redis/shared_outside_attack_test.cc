@@ -15,6 +15,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -842,6 +843,63 @@ TEST_F(SharedOutsideAttackTest, DISABLED_Bug_EmbeddedRefusedBatchKeepsASubBucket
   for (const LimitStatus& l : *u) {
     if (l.name == "sb.hourly") EXPECT_EQ(l.used, 5) << "the refused batch charged sb.hourly";
   }
+}
+
+// A limit cooling down after a throttle (1 min back-off) still cools down after a reload that
+// changes its kind or capacity, as in the embedded ledger (Credential::outside holds the cooldown
+// by the limit's name; Redis carries the counter's cd into its new shape).
+TEST_F(SharedOutsideAttackTest, ALimitsCooldownOutlivesAReloadThatReshapesIt) {
+  Policy slow = policy_;
+  for (FeatureSpec& f : slow.credentials[0].features) {
+    if (f.name == "roll") f.throttle.initial_backoff = f.throttle.max_backoff = absl::Minutes(1);
+  }
+  const std::vector<std::pair<std::string, std::function<void(LimitSpec&)>>> reloads = {
+      {"sliding", [](LimitSpec& l) { l.kind = LimitKind::kSliding; }},
+      {"capacity 50", [](LimitSpec& l) { l.capacity = 50; }},
+      {"unlimited", [](LimitSpec& l) { l.kind = LimitKind::kUnlimited; }},
+      {"calendar", [](LimitSpec& l) {
+         l.kind = LimitKind::kCalendar;
+         l.unit = CalendarUnit::kDay;
+       }}};
+  for (const auto& [what, change] : reloads) {
+    SCOPED_TRACE(what);
+    ReloadAll(slow);
+    ASSERT_TRUE(replicas_[0]->Reset(kCred).ok());
+    ASSERT_TRUE(ledger_->Reset(kCred).ok());
+    Both(0, "roll", 1);
+    ASSERT_GT(ReportBoth(0, Answer("roll", 429, {}, absl::Now())),
+              absl::Now() + absl::Seconds(50));
+    Policy p = slow;
+    change(LimitOf(p, "roll", "hourly"));
+    ReloadAll(p);
+    auto [s, e] = Both(1, "roll", 1);
+    EXPECT_FALSE(e.granted);
+    EXPECT_FALSE(s.granted);
+    EXPECT_EQ(s.limited_by, "roll.cooldown");
+  }
+}
+
+// BUG (quotad_reshape.lua / quotad_acquire): after a reload makes a cooling limit scoped, every
+// replica grants at once: the scoped counter ("roll.hourly[x]") starts with no cooldown (cd is
+// carried only into a counter of the same name), and no feature cooldown was set (the throttle
+// hit an unscoped limit). The embedded ledger keeps the cooldown by the limit's name
+// (Credential::outside["roll.hourly"], LimitCooldown) and denies "roll.cooldown" for the rest of
+// the minute: the replicas send calls the upstream just refused into its back-off.
+TEST_F(SharedOutsideAttackTest, DISABLED_Bug_AReloadToScopedDropsTheLimitsCooldown) {
+  Policy slow = policy_;
+  for (FeatureSpec& f : slow.credentials[0].features) {
+    if (f.name == "roll") f.throttle.initial_backoff = f.throttle.max_backoff = absl::Minutes(1);
+  }
+  ReloadAll(slow);
+  Both(0, "roll", 1);
+  ASSERT_GT(ReportBoth(0, Answer("roll", 429, {}, absl::Now())), absl::Now() + absl::Seconds(50));
+  EXPECT_FALSE(Both(1, "roll", 1).first.granted);
+  Policy scoped = slow;
+  LimitOf(scoped, "roll", "hourly").scoped = true;
+  ReloadAll(scoped);
+  auto [s, e] = Both(1, "roll", 1, "x");
+  EXPECT_FALSE(e.granted) << "embedded";
+  EXPECT_FALSE(s.granted) << "shared";  // fails: granted
 }
 
 }  // namespace
