@@ -565,6 +565,41 @@ TEST_F(SharedOutsideAttackTest, RacingReplicasNeverPassTheCapacityLessTheEstimat
   }
 }
 
+// Throttles reported through one replica race grants through both: every grant's limits (read
+// in the same FCALL) show its units and the estimate within the capacity, and every throttle is
+// learnt.
+TEST_F(SharedOutsideAttackTest, ThrottlesRacingGrantsNeverLeaveAGrantPastTheEstimate) {
+  std::atomic<bool> stop{false};
+  std::atomic<int> violations{0}, grants{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      while (!stop.load()) {
+        absl::StatusOr<Decision> d = AcquireThrough(*replicas_[t % 2], Req("roll", 1, ""));
+        if (!d.ok() || !d->granted) continue;
+        ++grants;
+        for (const LimitStatus& l : d->limits) {
+          if (l.used + l.outside_estimate > l.capacity) ++violations;
+        }
+        // Given back (unused), so the race goes on for the whole run.
+        (void)replicas_[t % 2]->Release(d->lease_id, 0);
+      }
+    });
+  }
+  for (int k = 0; k < 12; ++k) {
+    absl::StatusOr<ReportResult> r = replicas_[k % 2]->Report(Answer("roll", 429, {}, absl::Now()));
+    ASSERT_TRUE(r.ok()) << r.status();
+    PassUntil(r->cooldown_until);
+  }
+  stop = true;
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(violations.load(), 0);
+  EXPECT_GT(grants.load(), 0);
+  // 12 decreases of 10% (each request sent after the one before was learnt): 71.8 units.
+  EXPECT_EQ(OutsideOf(0, "roll.hourly"), 72);
+  EXPECT_EQ(OutsideOf(1, "roll.hourly"), 72);
+}
+
 // A waiter is held back by the estimate as a new request is (not granted while what it asks and
 // the units held back pass the capacity), and is served as soon as a refund makes room, as in
 // the embedded ledger.
