@@ -7,7 +7,8 @@
 // single calls, batches, waiters or racing threads; through reloads, a reset, many throttles and
 // a restart of redis-server from its AOF. Limits recover over an hour or a day, so real time
 // barely decays an estimate during a test; back-offs start at a few ms, so cooldowns pass fast
-// (polled, never slept). A test named DISABLED_Bug_* shows a bug and says what happens.
+// (polled, never slept). A test named DISABLED_Bug_* shows a bug not fixed yet and says what
+// happens; a comment starting "Was a bug" names one this attack found, fixed since.
 
 #include <signal.h>
 
@@ -771,14 +772,11 @@ TEST_F(SharedOutsideAttackTest, ARestartFromTheAofKeepsTheEstimateAndTheBackOff)
   ExpectSameUsage();
 }
 
-// BUG (quotad_outside.lua, O.units): an estimate decays over the recovery period stored in the
-// entry ({.., recovery} in field ~o) at the last *throttle* Report (entry_of), not over the
-// limit's period in force. After a reload that lengthens the period (here rolling 1 s -> 1 h),
-// the embedded ledger decays the estimate over 1 h (RecoveryNs of the rule in force) and keeps
-// holding back 10 units, while every replica keeps decaying it over 1 s: 5 units a second, so it
-// is gone 2 s after the throttle and the replicas grant 10 units the embedded ledger holds back.
-// Clean answers do not refresh the stored period either (only a throttle does).
-TEST_F(SharedOutsideAttackTest, DISABLED_Bug_AReloadThatLengthensThePeriodKeepsTheOldDecay) {
+// Was a bug (found by this attack): an estimate decayed over the recovery period stored by the
+// last throttle Report, so after a reload lengthening the period (rolling 1 s -> 1 h) every
+// replica decayed it over 1 s while the embedded ledger held 10 units back. Every decision now
+// decays it over the period in force (O.recovery).
+TEST_F(SharedOutsideAttackTest, AReloadThatLengthensThePeriodDecaysOverTheNewOne) {
   PassUntil(ReportBoth(0, Answer("quick", 429, {}, absl::Now())));  // 10 of 100 held back
   const absl::Time learnt = absl::Now();
   Policy p = policy_;
@@ -801,15 +799,10 @@ TEST_F(SharedOutsideAttackTest, DISABLED_Bug_AReloadThatLengthensThePeriodKeepsT
   EXPECT_FALSE(Both(1, "quick", 1).first.granted);
 }
 
-// BUG (quotad_functions.lua, report: entry_of(c.name, c.rec)): a throttle attributed to a limit
-// while its capacity is 1 (not estimable: redis_backend_admin.cc sends recovery 0) overwrites the
-// entry's recovery period with 0, and O.units answers 0 for a period of 0. The embedded ledger
-// keeps the estimate learnt before (OnThrottle at capacity 1 changes nothing) and holds it back
-// again once a reload restores the capacity; every replica has lost it for good (until a later
-// throttle rewrites the period): here 10 units of roll.hourly, granted by the replicas and held
-// back by the embedded ledger. (A clean answer while the capacity is 1 drops the entry outright:
-// O.encode finds no units left on a capacity of 1.)
-TEST_F(SharedOutsideAttackTest, DISABLED_Bug_AThrottleAtCapacityOneForgetsTheEstimate) {
+// Was a bug: a throttle while the limit's capacity was 1 (not estimable) overwrote the entry's
+// recovery period with 0, losing the estimate learnt before for good; after a reload restored
+// the capacity the replicas granted 10 units the embedded ledger held back.
+TEST_F(SharedOutsideAttackTest, AThrottleAtCapacityOneKeepsTheEstimate) {
   Throttles("roll", 1);  // 10 of 100 held back
   ASSERT_EQ(OutsideOf(0, "roll.hourly"), 10);
   Policy p = policy_;
@@ -823,13 +816,10 @@ TEST_F(SharedOutsideAttackTest, DISABLED_Bug_AThrottleAtCapacityOneForgetsTheEst
   EXPECT_FALSE(Both(0, "roll", 1).first.granted);  // fails: the replica grants the 91st unit
 }
 
-// BUG (divergence, quotad_report): the embedded ledger counts throttles per limit name
-// (Credential::outside[rule.full_name]), scoped or not, so after a reload makes a limit scoped
-// the throttles counted while it was unscoped still double its back-off. Redis counts a scoped
-// limit's throttles under the feature ('[' .. feature in ~o), apart from the unscoped entry of
-// the same name, so the back-off starts over: here 5 ms where the embedded ledger cools the
-// feature down for 40 ms (4th throttle in a row). A shorter cooldown than the embedded one.
-TEST_F(SharedOutsideAttackTest, DISABLED_Bug_AReloadToScopedRestartsTheBackOff) {
+// Was a divergence: Redis counted a scoped limit's throttles under the feature, apart from the
+// unscoped limit of the same name, so a reload making the limit scoped restarted the back-off
+// (5 ms where the embedded ledger cooled the feature for 40 ms). Both count by limit name now.
+TEST_F(SharedOutsideAttackTest, AReloadToScopedKeepsDoublingTheBackOff) {
   Throttles("roll", 3);  // 3 throttles in a row on roll.hourly
   Policy p = policy_;
   LimitOf(p, "roll", "hourly").scoped = true;
@@ -842,15 +832,10 @@ TEST_F(SharedOutsideAttackTest, DISABLED_Bug_AReloadToScopedRestartsTheBackOff) 
   EXPECT_GE(rs->cooldown_until - before, kBackoff * 8 - absl::Milliseconds(1));  // fails: 5 ms
 }
 
-// BUG (leak; quotad_outside.lua O.encode + save_all): a throttle count makes the Report keep the
-// credential's hash forever (need INF: PERSIST), and since save_all only ever moves ~x later,
-// nothing gives the hash an expiry again once the count is cleared by a clean answer and the
-// estimate has decayed: the hash of every credential that was ever throttled, with every scope's
-// counter it ever held, stays in Redis for good. (The embedded ledger drops its record: the
-// journal's until_ns is GoneAt once consecutive is 0.) Here: rolling 1 s limit, one throttle,
-// a clean answer after the cooldown, the estimate gone after 2 s and the window closed: the
-// state key still has no TTL.
-TEST_F(SharedOutsideAttackTest, DISABLED_Bug_TheHashNeverExpiresAgainAfterAThrottle) {
+// Was a leak: a throttle count made the Report PERSIST the credential's hash, and nothing gave it
+// an expiry again after a clean answer (with every scope's counter it ever held). A count now
+// keeps the hash one max_cooldown after its Report.
+TEST_F(SharedOutsideAttackTest, TheHashExpiresAgainAfterAThrottle) {
   Both(0, "quick", 1);
   PassUntil(ReportBoth(0, Answer("quick", 429, {}, absl::Now())));
   ReportBoth(1, Answer("quick", 200, {}));
@@ -920,13 +905,11 @@ TEST_F(SharedOutsideAttackTest, ALimitsCooldownOutlivesAReloadThatReshapesIt) {
   }
 }
 
-// BUG (quotad_reshape.lua / quotad_acquire): after a reload makes a cooling limit scoped, every
-// replica grants at once: the scoped counter ("roll.hourly[x]") starts with no cooldown (cd is
-// carried only into a counter of the same name), and no feature cooldown was set (the throttle
-// hit an unscoped limit). The embedded ledger keeps the cooldown by the limit's name
-// (Credential::outside["roll.hourly"], LimitCooldown) and denies "roll.cooldown" for the rest of
-// the minute: the replicas send calls the upstream just refused into its back-off.
-TEST_F(SharedOutsideAttackTest, DISABLED_Bug_AReloadToScopedDropsTheLimitsCooldown) {
+// Was an over-grant against the embedded ledger (older than the outside estimate): after a reload
+// made a cooling limit scoped, the scoped counter had no cooldown and every replica granted at
+// once, into the upstream's back-off. A limit's cooldown is now also kept by its name (~o),
+// holding every scope of it, as the embedded ledger does.
+TEST_F(SharedOutsideAttackTest, AReloadToScopedKeepsTheLimitsCooldown) {
   Policy slow = policy_;
   for (FeatureSpec& f : slow.credentials[0].features) {
     if (f.name == "roll") f.throttle.initial_backoff = f.throttle.max_backoff = absl::Minutes(1);
