@@ -1115,10 +1115,13 @@ TEST_F(SharedOutsideAttackTest, ACooldownKeptByNameHoldsBatchesOfEveryScope) {
   Policy scoped = slow;
   LimitOf(scoped, "roll", "hourly").scoped = true;
   ReloadAll(scoped);
-  for (const char* scope : {"a", "b"}) {
+  for (const char* scope : {"a", "b", ""}) {
+    SCOPED_TRACE(absl::StrCat("scope '", scope, "'"));
     auto [s, e] = Both(1, "roll", 1, scope);
     EXPECT_FALSE(e.granted);
     EXPECT_FALSE(s.granted);
+    EXPECT_LE(absl::AbsDuration(s.retry_at - e.retry_at), absl::Milliseconds(5))
+        << absl::FormatTime(s.retry_at) << " vs " << absl::FormatTime(e.retry_at);
   }
   const std::vector<AcquireRequest> reqs = {Req("cal", 1, ""), Req("roll", 1, "c")};
   std::vector<absl::StatusOr<Decision>> s =
@@ -1373,6 +1376,40 @@ TEST_F(SharedOutsideAttackTest, AResetEndsEveryCooldownKeptByName) {
   EXPECT_TRUE(CooldownsOf(0).empty());
   EXPECT_TRUE(CooldownsOf(-1).empty());
   ExpectSameUsage();
+}
+
+// The other way round from AReloadToScopedKeepsDoublingTheBackOff: three throttles blamed on a
+// scoped limit, then a reload makes it unscoped and has another feature draw on it. The fourth
+// throttle backs off 8 times the first (counted by the limit's name), and its cooldown holds the
+// feature that now draws on the limit too, in both.
+TEST_F(SharedOutsideAttackTest, AReloadToUnscopedKeepsDoublingAndCoolsWhatDrawsOnIt) {
+  Policy p = Extended(R"(
+      - name: sc
+        limits:
+          - {name: per, kind: sliding, period: 1h, capacity: 5, scoped: true}
+      - name: drawer
+        draws_on: [sc]
+        limits:
+          - {name: own, kind: rolling, period: 1h, capacity: 50}
+)");
+  for (FeatureSpec& f : p.credentials[0].features) {
+    if (f.name != "sc" && f.name != "drawer") continue;
+    f.throttle.initial_backoff = absl::Milliseconds(50);
+    f.throttle.max_backoff = absl::Seconds(10);
+  }
+  ReloadAll(p);
+  Throttles("sc", 3);  // 50, 100, 200 ms
+  LimitOf(p, "sc", "per").scoped = false;
+  ReloadAll(p);
+  const absl::Time before = absl::Now();
+  const absl::Time until = ReportBoth(0, Answer("sc", 429, {}, absl::Now()));
+  EXPECT_GE(until - before, absl::Milliseconds(400) - absl::Milliseconds(1));
+  auto [s, e] = Both(1, "drawer", 1);
+  EXPECT_FALSE(e.granted) << "embedded";
+  EXPECT_FALSE(s.granted) << "shared";
+  EXPECT_EQ(Names(CooldownsOf(0)), Names(CooldownsOf(-1)));
+  PassUntil(until);
+  EXPECT_TRUE(Both(0, "drawer", 1).first.granted);
 }
 
 }  // namespace
