@@ -1412,5 +1412,71 @@ TEST_F(SharedOutsideAttackTest, AReloadToUnscopedKeepsDoublingAndCoolsWhatDrawsO
   EXPECT_TRUE(Both(0, "drawer", 1).first.granted);
 }
 
+// BUG (service/store/redis/quotad_outside.lua O.encode, quotad_functions.lua report/save_all):
+// a throttle count keeps the hash `count_us` (the feature's max_cooldown) after its Report; with
+// no bound on the back-off (max_backoff infinite: what a profile's throttle.backoff without `max`
+// gives, config.cc ToThrottle), max_cooldown is infinite, need is now + INF, and the hash is
+// PERSISTed with ~x = INF. save_all only ever lengthens an expiry, so after a clean answer ends
+// the count and the estimate has decayed, the credential's hash (with every scope it ever had)
+// never expires again. (The embedded ledger forgets nothing either while the count lasts, but
+// its journal record ends once a clean answer resets the count and the estimate is gone.)
+TEST_F(SharedOutsideAttackTest, DISABLED_Bug_AnUnboundedBackOffPersistsTheHashForEver) {
+  Policy p = Extended(R"(
+      - name: fast
+        limits:
+          - {name: l, kind: rolling, period: 100ms, capacity: 100}
+)");
+  for (FeatureSpec& f : p.credentials[0].features) {
+    if (f.name == "fast") f.throttle.max_backoff = absl::InfiniteDuration();
+  }
+  ReloadAll(p);
+  PassUntil(ReportBoth(0, Answer("fast", 429, {}, absl::Now())));
+  ReportBoth(1, Answer("fast", 200, {}));  // the count ends
+  ASSERT_TRUE(Eventually([&] { return OutsideOf(-1, "fast.l") == 0; }, absl::Seconds(4)));
+  ASSERT_TRUE(Eventually([&] { return OutsideOf(0, "fast.l") == 0; }, absl::Seconds(4)));
+  Both(1, "fast", 1);  // a new window: the hash needs to live ~100 ms more
+  const std::string key = redis::StateKey(kCred);
+  absl::StatusOr<std::string> ttl = redis_->Command({"PTTL", key});
+  ASSERT_TRUE(ttl.ok()) << ttl.status();
+  EXPECT_NE(*ttl, "-1") << key << " never expires";  // fails: -1
+}
+
+// An unscoped limit cooling down (1 min) is renamed, then moved to another feature, by reloads:
+// its cooldown stays with the old name, so both grant at once (the feature itself never cooled:
+// no Retry-After); renamed back, it cools again in both, for what is left of the minute.
+TEST_F(SharedOutsideAttackTest, ARenamedOrMovedUnscopedLimitLeavesItsCooldownBehindAsEmbedded) {
+  Policy slow = policy_;
+  SlowBackoff(slow, "two", absl::Minutes(1));
+  ReloadAll(slow);
+  ASSERT_GT(ReportBoth(0, Answer("two", 429, {}, absl::Now())), absl::Now() + absl::Seconds(50));
+  EXPECT_FALSE(Both(1, "two", 1).first.granted);
+  Policy renamed = slow;
+  LimitOf(renamed, "two", "hourly").name = "hourly2";
+  ReloadAll(renamed);
+  {
+    auto [s, e] = Both(1, "two", 1);
+    EXPECT_TRUE(e.granted) << e.limited_by;
+    EXPECT_TRUE(s.granted) << s.limited_by;
+  }
+  // Moved: cal charges it (cal.hourly), two charges a new limit.
+  Policy moved = slow;
+  for (FeatureSpec& f : moved.credentials[0].features) {
+    if (f.name == "cal") f.limits.push_back(LimitOf(slow, "two", "hourly"));
+    if (f.name == "two") f.limits[0].name = "other";
+  }
+  ReloadAll(moved);
+  for (const char* f : {"two", "cal"}) {
+    auto [s, e] = Both(0, f, 1);
+    EXPECT_TRUE(e.granted) << f << " " << e.limited_by;
+    EXPECT_TRUE(s.granted) << f << " " << s.limited_by;
+  }
+  ExpectSameUsage();
+  ReloadAll(slow);
+  auto [s, e] = Both(0, "two", 1);
+  EXPECT_FALSE(e.granted);
+  EXPECT_FALSE(s.granted);
+  EXPECT_EQ(s.limited_by, e.limited_by);
+}
+
 }  // namespace
 }  // namespace quotad
