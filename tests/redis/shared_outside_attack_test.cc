@@ -1267,49 +1267,77 @@ TEST_F(SharedOutsideAttackTest, AWaiterOnACooldownKeptByNameIsServedWhenItEnds) 
   EXPECT_LE(sw.at, until + absl::Seconds(2));
 }
 
-// A feature with two scoped limits (one that releases in 30 ms, one in an hour) and an unscoped
-// one: throttles blamed on all three (the unscoped one empty) or on the unscoped one alone
-// (fuller than 2%), clean answers observed between the limits' cooldowns, a reload adding a
-// third scoped limit midway. Every throttle's cooldown, every grant of scopes a and b and the
-// Usage agree with the embedded ledger (back-offs counted by each limit's name).
-TEST_F(SharedOutsideAttackTest, TwoScopedLimitsAndAnUnscopedOneCountTheirThrottlesAsEmbedded) {
+// A feature with two scoped limits (one that releases in 60 ms, one in an hour; back-off 10 ms
+// doubling to 200 ms): throttles blamed on both, clean answers seen 30 ms after a throttle (past
+// some limits' cooldowns, not others'), a reload adding a third scoped limit (releasing in 30 ms)
+// midway and then an unscoped one, fuller than 2%, which the last throttles are blamed on alone.
+// Every throttle's cooldown, the cooldowns Usage lists, the unscoped estimate and every grant of
+// scopes a and b agree with the embedded ledger (back-offs counted by each limit's name).
+TEST_F(SharedOutsideAttackTest, ScopedLimitsCountTheirThrottlesByNameAsEmbedded) {
   Policy p = Extended(R"(
       - name: ss
         limits:
-          - {name: s1, kind: sliding, period: 1h, capacity: 5, scoped: true}
-          - {name: s2, kind: sliding, period: 30ms, capacity: 5, scoped: true}
-          - {name: u, kind: rolling, period: 1h, capacity: 40}
+          - {name: s1, kind: sliding, period: 1h, capacity: 100, scoped: true}
+          - {name: s2, kind: sliding, period: 60ms, capacity: 100, scoped: true}
 )");
+  for (FeatureSpec& f : p.credentials[0].features) {
+    if (f.name != "ss") continue;
+    f.throttle.initial_backoff = absl::Milliseconds(10);
+    f.throttle.max_backoff = absl::Milliseconds(200);
+  }
   ReloadAll(p);
   for (int t = 0; t < 10; ++t) {
     SCOPED_TRACE(absl::StrCat("round ", t));
-    if (t == 4) {
-      Policy q = p;
-      for (FeatureSpec& f : q.credentials[0].features) {
+    if (t == 4 || t == 7) {
+      for (FeatureSpec& f : p.credentials[0].features) {
         if (f.name != "ss") continue;
-        LimitSpec s3 = f.limits[0];
-        s3.name = "s3";
-        s3.period = absl::Milliseconds(15);
-        f.limits.push_back(s3);
+        LimitSpec l = f.limits[0];
+        if (t == 4) {
+          l.name = "s3";
+          l.period = absl::Milliseconds(30);
+        } else {
+          l.name = "u";
+          l.kind = LimitKind::kRolling;
+          l.capacity = 1000;
+          l.scoped = false;
+        }
+        f.limits.push_back(l);
       }
-      ReloadAll(q);
+      ReloadAll(p);
     }
     if (t == 7) {
-      // u fuller than 2%: the next throttles are blamed on it alone.
-      for (int k = 0; k < 2; ++k) Both(k, "ss", 1, k == 0 ? "a" : "b");
+      // u 3% full: the throttles from now on are blamed on it alone.
+      ASSERT_TRUE(testing::Granted(AcquireThrough(*replicas_[0], Req("ss", 30, "c"))));
+      ASSERT_TRUE(testing::Granted(ledger_->Acquire(Req("ss", 30, "c"))));
     }
     const absl::Time sent = absl::Now();
     const absl::Time until = ReportBoth(t % 2, Answer("ss", 429, {}, sent));
+    // Doubling by each limit's own count: 20 ms at the 2nd after the reset, 160 at the 5th.
+    if (t == 3) {
+      EXPECT_GE(until - sent, absl::Milliseconds(20) - absl::Milliseconds(1));
+    }
+    if (t == 6) {
+      EXPECT_GE(until - sent, absl::Milliseconds(160) - absl::Milliseconds(1));
+    }
     if (t % 3 == 1) {
-      // A clean answer seen 20 ms after the throttle: past s2's and s3's cooldowns (15 or 30 ms at
-      // most), not past s1's or u's once they have doubled.
+      // A clean answer seen 30 ms after the throttle.
       UpstreamAnswer clean = Answer("ss", 200, {});
-      clean.observed_at = sent + absl::Milliseconds(20);
+      clean.observed_at = sent + absl::Milliseconds(30);
       ReportBoth((t + 1) % 2, clean);
     }
     PassUntil(until);
-    ExpectSameUsage();
-    Both(t % 2, "ss", 1, t % 2 == 0 ? "a" : "b");
+    // (Not the whole Usage: s2's and s3's units leave 60 and 30 ms after their grant, and the
+    // two reads are not at the same instant.)
+    EXPECT_EQ(Names(CooldownsOf(0)), Names(CooldownsOf(-1)));
+    if (t >= 7) {
+      EXPECT_EQ(OutsideOf(0, "ss.u"), OutsideOf(-1, "ss.u"));
+    }
+    const AcquireRequest req = Req("ss", 1, t % 2 == 0 ? "a" : "b");
+    absl::StatusOr<Decision> s = AcquireThrough(*replicas_[t % 2], req);
+    absl::StatusOr<Decision> e = ledger_->Acquire(req);
+    ASSERT_TRUE(s.ok() && e.ok()) << s.status() << " / " << e.status();
+    EXPECT_TRUE(e->granted) << e->limited_by;
+    EXPECT_EQ(s->granted, e->granted) << s->limited_by << " / " << e->limited_by;
   }
 }
 
