@@ -5,10 +5,11 @@
 // does: the same grants, the same estimate and remaining units, the same cooldowns (give or
 // take the call's time); never more granted than the capacity less the units held back, by
 // single calls, batches, waiters or racing threads; through reloads, a reset, many throttles and
-// a restart of redis-server from its AOF. Limits recover over an hour or a day, so real time
-// barely decays an estimate during a test; back-offs start at a few ms, so cooldowns pass fast
-// (polled, never slept). A test named DISABLED_Bug_* shows a bug not fixed yet and says what
-// happens; a comment starting "Was a bug" names one this attack found, fixed since.
+// a restart of redis-server from its AOF. Most limits recover over an hour or a day, so real time
+// barely decays an estimate during a test (those that watch the decay use limits of 1 s or less);
+// back-offs start at a few ms, so cooldowns pass fast (polled, never slept). A test named
+// DISABLED_Bug_* shows a bug not fixed yet and says what happens; a comment starting "Was a bug"
+// names one this attack found, fixed since.
 
 #include <signal.h>
 
