@@ -1165,9 +1165,9 @@ TEST_F(SharedOutsideAttackTest, DISABLED_Bug_UsageHidesTheCooldownOfALimitMadeSc
 // for a Retry-After or when no limit is hit). After a reload that renames the scoped limit (or
 // removes it, or moves it to another feature) during its cooldown (1 min here), the embedded
 // ledger grants the feature at once (no limit it charges cools down), while every replica denies
-// it, "sc.cooldown", until the old limit's cooldown ends: up to the feature's max_cooldown (the
-// longest window of its limits, an hour for a 1 h limit, a month for a monthly one) longer than
-// embedded.
+// it, "sc.cooldown", until the old limit's cooldown ends: the rest of its back-off (at most the
+// smaller of max_backoff and the limit's longest window) longer than embedded. (A Retry-After
+// cools the feature in both, so only back-offs differ.)
 TEST_F(SharedOutsideAttackTest, DISABLED_Bug_ARenamedScopedLimitsCooldownStillCoolsTheFeature) {
   Policy p = Extended(R"(
       - name: sc
