@@ -1137,14 +1137,10 @@ TEST_F(SharedOutsideAttackTest, ACooldownKeptByNameHoldsBatchesOfEveryScope) {
   EXPECT_TRUE(Both(0, "cal", 10).first.granted);
 }
 
-// BUG (service/store/redis/quotad_functions.lua usage, and RedisBackend::Usage in
-// redis_backend_admin.cc, which passes each feature only its unscoped counters): a limit cooling
-// down is made scoped by a reload; the cooldown still holds every scope (Acquire is denied, as
-// embedded), but GetUsage through a replica no longer lists "roll.cooldown": no counter of the
-// feature carries the limit's name (the scoped limit has no scope yet, and a scoped counter is
-// not passed for the feature), so entry[5] of ~o is never read. The embedded ledger lists it
-// until the cooldown ends (LimitCooldown reads Credential::outside by the limit's name).
-TEST_F(SharedOutsideAttackTest, DISABLED_Bug_UsageHidesTheCooldownOfALimitMadeScoped) {
+// Was a display gap (second attack): after a reload made a cooling limit scoped, GetUsage through
+// a replica no longer listed the feature's cooldown (the embedded ledger did): quotad_usage now
+// reads each feature's scoped limits' cooldowns from ~o too.
+TEST_F(SharedOutsideAttackTest, UsageShowsTheCooldownOfALimitMadeScoped) {
   Policy slow = policy_;
   SlowBackoff(slow, "roll", absl::Minutes(1));
   ReloadAll(slow);
@@ -1159,16 +1155,11 @@ TEST_F(SharedOutsideAttackTest, DISABLED_Bug_UsageHidesTheCooldownOfALimitMadeSc
   EXPECT_EQ(Names(CooldownsOf(0)), std::vector<std::string>{"roll.cooldown"});  // fails: none
 }
 
-// BUG (service/store/redis/quotad_functions.lua report): a throttle blamed on a scoped limit
-// cools the feature (field !<feature>) as well as the limit (entry[5] of ~o); the embedded
-// ledger cools only the limit (OutsideEstimate of sc.per; Credential::cooldowns is written only
-// for a Retry-After or when no limit is hit). After a reload that renames the scoped limit (or
-// removes it, or moves it to another feature) during its cooldown (1 min here), the embedded
-// ledger grants the feature at once (no limit it charges cools down), while every replica denies
-// it, "sc.cooldown", until the old limit's cooldown ends: the rest of its back-off (at most the
-// smaller of max_backoff and the limit's longest window) longer than embedded. (A Retry-After
-// cools the feature in both, so only back-offs differ.)
-TEST_F(SharedOutsideAttackTest, DISABLED_Bug_ARenamedScopedLimitsCooldownStillCoolsTheFeature) {
+// Was a divergence (second attack): a throttle blamed on a scoped limit also cooled the answered
+// feature (field !<feature>), so a reload renaming the limit left the feature denied for the rest
+// of the back-off where the embedded ledger granted. A scoped limit now cools only itself (its
+// cooldown in ~o, for every scope and every feature charging it), as embedded.
+TEST_F(SharedOutsideAttackTest, ARenamedScopedLimitsCooldownNoLongerCoolsTheFeature) {
   Policy p = Extended(R"(
       - name: sc
         limits:
@@ -1191,16 +1182,11 @@ TEST_F(SharedOutsideAttackTest, DISABLED_Bug_ARenamedScopedLimitsCooldownStillCo
   EXPECT_TRUE(s->granted) << s->limited_by;  // fails: denied by sc.cooldown for ~1 min
 }
 
-// BUG (service/store/redis/quotad_outside.lua O.encode, with quotad_functions.lua report): a
-// clean answer observed after a limit's cooldown ends (a caller whose clock is ahead, or that
-// reports late with an observed_at past the cooldown) resets the back-off, in both. The embedded
-// OutsideEstimate keeps its cooldown (OnClean resets only the count; Active while it runs).
-// Redis drops the whole entry of a limit with no estimate (capacity 1, or a counted limit):
-// gone_at is its `at`, and the count is 0, so O.encode keeps nothing, cooldown (entry[5])
-// included. The counter's own cd still holds the unscoped limit; but after a reload that makes
-// the limit scoped, every replica grants a new scope at once, where the embedded ledger denies
-// for the rest of the cooldown (1 min): a grant into the upstream's back-off.
-TEST_F(SharedOutsideAttackTest, DISABLED_Bug_ACleanAnswerObservedPastTheCooldownDropsItsEntry) {
+// Was a bug (second attack): a clean answer observed after a limit's cooldown ended (a caller
+// whose clock is ahead) reset the count and dropped the whole ~o entry, the limit's cooldown with
+// it; after a reload made the limit scoped every replica granted a new scope at once while the
+// embedded ledger denied. An entry is now kept while its cooldown runs.
+TEST_F(SharedOutsideAttackTest, ACleanAnswerObservedPastTheCooldownKeepsItsEntry) {
   Policy slow = policy_;
   SlowBackoff(slow, "one", absl::Minutes(1));
   ReloadAll(slow);
@@ -1441,15 +1427,10 @@ TEST_F(SharedOutsideAttackTest, AReloadToUnscopedKeepsDoublingAndCoolsWhatDrawsO
   EXPECT_TRUE(Both(0, "drawer", 1).first.granted);
 }
 
-// BUG (service/store/redis/quotad_outside.lua O.encode, quotad_functions.lua report/save_all):
-// a throttle count keeps the hash `count_us` (the feature's max_cooldown) after its Report; with
-// no bound on the back-off (max_backoff infinite: what a profile's throttle.backoff without `max`
-// gives, config.cc ToThrottle), max_cooldown is infinite, need is now + INF, and the hash is
-// PERSISTed with ~x = INF. save_all only ever lengthens an expiry, so after a clean answer ends
-// the count and the estimate has decayed, the credential's hash (with every scope it ever had)
-// never expires again. (The embedded ledger forgets nothing either while the count lasts, but
-// its journal record ends once a clean answer resets the count and the estimate is gone.)
-TEST_F(SharedOutsideAttackTest, DISABLED_Bug_AnUnboundedBackOffPersistsTheHashForEver) {
+// Was a leak (second attack): with no bound on the back-off (max_backoff infinite, so is the
+// feature's max_cooldown) a throttle count PERSISTed the credential's hash for good. A count now
+// keeps it at most a day (O.COUNT_KEPT_US) beyond its cooldown.
+TEST_F(SharedOutsideAttackTest, AnUnboundedBackOffStillLetsTheHashExpire) {
   Policy p = Extended(R"(
       - name: fast
         limits:

@@ -376,8 +376,8 @@ end
 --    until `retry_us`, the target's reset when full, or else now + min(back-off, rel_us (-1:
 --    the rest of its window)) * jit, at least 1 ms, the back-off doubling (bo_us times mult per
 --    throttle since the last clean answer, at most max_bo_us). A hit scoped limit counts the
---    throttle under its name too and cools the feature (min(its back-off, its rel_us) *
---    scoped_jit, at least 1 ms). With no limit hit, or a retry_us
+--    throttle under its name too and cools down, every scope of it (min(its back-off, its
+--    rel_us) * scoped_jit, at least 1 ms, kept in ~o). With no limit hit, or a retry_us
 --    ahead, the feature cools down too (feature_bo_us). No cooldown lasts past now + cap_us
 --    (the feature's longest window).
 --  * answer 0 (a success, status < 400): the back-offs start over where the answer was seen
@@ -488,10 +488,9 @@ local function report(keys, args)
         local e = entry_of(sl[1], nil)
         e[3] = e[3] + 1
         local bo = math.max(math.min(O.backoff(bo0, mult, bomax, e[3]), sl[2]), 1000)
-        local u = cap_at(retry > now and retry or now + math.floor(bo * sjit))
-        fcool = math.max(fcool, u)
-        e[5] = math.max(e[5] or 0, u) -- every scope of the limit cools down (and every feature)
-        cool_until = math.max(cool_until, fcool)
+        -- Every scope of the limit cools down, for every feature that charges it (cooldown_of).
+        e[5] = math.max(e[5] or 0, cap_at(retry > now and retry or now + math.floor(bo * sjit)))
+        cool_until = math.max(cool_until, e[5])
       else
         local c = cs[k]
         local rec = O.recovery(c)
@@ -534,7 +533,7 @@ local function report(keys, args)
     end
     for _, sl in ipairs(scoped) do
       local e = oe[sl[1]]
-      if e and e[3] > 0 and observed >= fcool then
+      if e and e[3] > 0 and observed >= (e[5] or 0) then
         e[3], oe_dirty = 0, true
       end
     end
@@ -560,12 +559,14 @@ local function report(keys, args)
   return out
 end
 
--- FCALL_RO quotad_usage 1+z state zsets..  n nf counters..  then per feature: name k idx..
+-- FCALL_RO quotad_usage 1+z state zsets..  n nf counters..  then per feature: name k idx.. m
+--       limits..
 -- What Ledger::Usage shows, read in one call without writing: per counter (after rolling, in
 -- memory only) its used units, when its window ends or its oldest unit leaves (-1: never) and
 -- its cooldown (0: none) and the units held back for use outside quotad (quotad_outside.lua);
--- per feature, when its cooldown ends (its own, or that of one of its counters idx.., 1-based),
--- 0 when it is not cooling down.
+-- per feature, when its cooldown ends (its own, that of one of its counters idx.., 1-based, or
+-- that of one of its scoped limits named in limits.., kept in ~o), 0 when it is not cooling
+-- down.
 -- Answers {now, (used, reset, cooldown, outside) per counter, cooldown per feature}, or
 -- {-1, now, k}.
 local function usage(keys, args)
@@ -574,11 +575,14 @@ local function usage(keys, args)
   local cs, i = parse_counters(keys, 2, args, 3, n)
   local feats, fields = {}, {}
   for f = 1, nf do
-    local fe = {idx = {}}
+    local fe = {idx = {}, limits = {}}
     local k = tonumber(args[i + 1])
     for j = 1, k do fe.idx[j] = tonumber(args[i + 1 + j]) end
     fields[f] = '!' .. args[i]
     i = i + 2 + k
+    local m = tonumber(args[i])
+    for j = 1, m do fe.limits[j] = args[i + j] end
+    i = i + 1 + m
     feats[f] = fe
   end
   fields[nf + 1] = '~o'
@@ -597,6 +601,10 @@ local function usage(keys, args)
   for f, fe in ipairs(feats) do
     local u = tonumber(extra[f]) or 0
     for _, k in ipairs(fe.idx) do u = math.max(u, cooldown_of(oe, cs[k])) end
+    for _, name in ipairs(fe.limits) do
+      local e = oe[name]
+      if e and e[5] then u = math.max(u, e[5]) end
+    end
     out[#out + 1] = u > now and u or 0
   end
   return out

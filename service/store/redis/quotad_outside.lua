@@ -19,6 +19,7 @@
 local O = {}
 O.DECREASE = 0.9            -- OutsideEstimate::kDecrease
 O.RECOVERY_PER_PERIOD = 0.05 -- OutsideEstimate::kRecoveryPerPeriod
+O.COUNT_KEPT_US = 24 * 3600000000 -- a throttle count keeps the hash at most this long
 
 -- The estimates of a credential (field ~o's value, or nil); an empty table when none.
 function O.decode(v)
@@ -97,21 +98,20 @@ function O.backoff(initial, mult, max, consecutive)
   return math.min(bo, max)
 end
 
--- The value to write for field ~o after a Report that used counters `cs` (nil: delete it), and
--- how long the hash must keep it: an estimate until it has decayed, a throttle count for
--- `count_us` more (the feature's max_cooldown; embedded: until a clean answer; never for ever,
--- which would keep every drained scope of the credential with it). Entries of counters not in
--- `cs` are kept as they are.
+-- The value to write for field ~o after a Report (nil: delete it), and how long the hash must
+-- keep it: an estimate until it has decayed, a cooldown until it ends, a throttle count for
+-- `count_us` more (the feature's max_cooldown, at most a day; embedded: until a clean answer;
+-- never for ever, which would keep every drained scope of the credential with it).
 -- (Kept until gone whatever the capacity: a reload that raises a capacity of 1 finds the
 -- estimate learnt before, as the embedded ledger does.)
 function O.encode(oe, now, count_us)
   local keep, need, any = {}, -INF, false
   for name, e in pairs(oe) do
-    local gone = gone_at(e)
+    local gone = math.max(gone_at(e), e[5] or 0)
     if e[3] > 0 or gone > now then
       keep[name], any = e, true
       need = math.max(need, gone)
-      if e[3] > 0 then need = math.max(need, now + count_us) end
+      if e[3] > 0 then need = math.max(need, now + math.min(count_us, O.COUNT_KEPT_US)) end
     end
   end
   if not any then return nil, -INF end

@@ -213,6 +213,7 @@ absl::StatusOr<std::vector<LimitStatus>> RedisBackend::Usage(absl::string_view c
     uf.name = f.name;
     for (int r : f.rules) {
       if (index_of[r] >= 0) uf.counters.push_back(index_of[r]);
+      if (cc.rules[r].spec.scoped) uf.scoped_limits.push_back(cc.rules[r].full_name);
     }
   }
   absl::StatusOr<redis::UsageAnswer> a = functions_.UsageSync(std::move(call));

@@ -203,6 +203,7 @@ struct UsageCall {
   struct Feature {
     std::string name;
     std::vector<int> counters;  // indices into counters whose cooldown stops the feature
+    std::vector<std::string> scoped_limits;  // scoped limits whose cooldown stops it (~o)
   };
   std::vector<Feature> features;
 };

@@ -136,6 +136,8 @@ void RedisFunctions::UsageAround(std::shared_ptr<UsageCall> call, absl::Time aro
     args->push_back(f.name);
     args->push_back(absl::StrCat(f.counters.size()));
     for (int i : f.counters) args->push_back(absl::StrCat(i + 1));
+    args->push_back(absl::StrCat(f.scoped_limits.size()));
+    for (const std::string& l : f.scoped_limits) args->push_back(CounterField(l));
   }
   client_->Call(*std::move(args), [this, call, n, last_try, done = std::move(done)](
                                       absl::StatusOr<Reply> reply) mutable {
