@@ -2,7 +2,8 @@
 // replicas on one Redis calling a strict fake upstream.
 //
 // SharedNeverOverTest.FixedSeeds runs shared_never_over_sim.h on a fixed seed set (a real
-// redis-server per seed, AOF always, killed -9 and restarted once per seed). Longer runs:
+// redis-server per seed, AOF always, killed -9 and restarted once per seed; Reports among the
+// operations: adopted counts, throttles and their cooldowns, checked). Longer runs:
 //
 //   shared_never_over_test --seed=N [--seconds=S] [--kills=K] [--no_conformance]
 //   shared_never_over_test --seeds=N [--first_seed=F] [--seconds=S]   (S seconds per seed)
@@ -104,7 +105,10 @@ bool RunSeeds(uint64_t first, int count, double seconds, int kills, bool conform
     }
     EXPECT_GT(r.grants, 0) << "seed " << seed;
     EXPECT_GT(r.denials, 0) << "seed " << seed;
-    if (kills > 0) EXPECT_GT(r.unavailable, 0) << "seed " << seed << ": no call while killed";
+    EXPECT_GT(r.reports, 0) << "seed " << seed << ": no Report among the operations";
+    if (kills > 0) {
+      EXPECT_GT(r.unavailable, 0) << "seed " << seed << ": no call while killed";
+    }
   }
   return all_ok;
 }
