@@ -915,6 +915,7 @@ class SharedSim {
     // Reset forgets every cooldown, outside estimate and back-off, in both engines.
     expected_cooldown_.clear();
     cooled_until_.clear();
+    told_cooldown_.clear();
     cooldown_ends_.clear();
     if (ledger_ != nullptr) {
       SetShadow(t);
@@ -1096,6 +1097,7 @@ class SharedSim {
                                       " cools only until ", When(until)));
       }
       NoteCooling(&cooled_until_, feature, lo, until);
+      NoteCooling(&told_cooldown_, feature, lo, until);
       if (retry_after > 0) {
         // observed_at is lo, or the replica's clock after lo: the upstream's Retry-After ends
         // no earlier than lo + R. A Retry-After longer than the feature's longest window is
@@ -1128,6 +1130,7 @@ class SharedSim {
       const std::string g = st.name.substr(0, st.name.rfind('.'));
       cooling[g] = Ns(st.reset);
       NoteCooling(&cooled_until_, g, lo, Ns(st.reset));
+      NoteCooling(&told_cooldown_, g, lo, Ns(st.reset));
     }
     if (until > uhi && (cooling.count(feature) == 0 || cooling[feature] + 1000 < until)) {
       Fail("cooldown", absl::StrCat("the throttle cools ", feature, " until ", When(until),
@@ -1250,7 +1253,7 @@ class SharedSim {
   bool CoolingWithin(const std::string& feature, const std::string& limited_by, int64_t lo,
                      int64_t hi) const {
     if (limited_by != absl::StrCat(feature, ".cooldown")) return false;
-    for (const auto* m : {&expected_cooldown_, &cooled_until_}) {
+    for (const auto* m : {&expected_cooldown_, &told_cooldown_}) {
       auto it = m->find(feature);
       if (it != m->end() && it->second.first <= hi && it->second.second >= lo) return true;
     }
@@ -1453,6 +1456,8 @@ class SharedSim {
   // Retry-After (kept across reloads, as the feature's own cooldown is), and as the replicas
   // answered (ReportResult, GetUsage). Reset clears both.
   std::map<std::string, std::pair<int64_t, int64_t>> expected_cooldown_, cooled_until_;
+  // As cooled_until_, but kept across reloads: what explains a denial naming a cooldown.
+  std::map<std::string, std::pair<int64_t, int64_t>> told_cooldown_;
   // Per feature, the last spans where the two engines' ends of one cooldown lie.
   std::map<std::string, std::vector<std::pair<int64_t, int64_t>>> cooldown_ends_;
   // The last Reports' [lo, hi], which a later answer's sent_at avoids.
