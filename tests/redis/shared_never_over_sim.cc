@@ -1125,12 +1125,22 @@ class SharedSim {
       return;
     }
     std::map<std::string, int64_t> cooling;
+    std::vector<std::string> learnt;
     for (const LimitStatus& st : *usage) {
+      if (st.outside_estimate > 0) {
+        learnt.push_back(absl::StrCat(st.name, " ", st.outside_estimate));
+      }
       if (!st.cooldown) continue;
       const std::string g = st.name.substr(0, st.name.rfind('.'));
       cooling[g] = Ns(st.reset);
       NoteCooling(&cooled_until_, g, lo, Ns(st.reset));
       NoteCooling(&told_cooldown_, g, lo, Ns(st.reset));
+    }
+    if (!cooling.empty() || !learnt.empty()) {
+      std::vector<std::string> cooled;
+      for (const auto& [g, end] : cooling) cooled.push_back(absl::StrCat(g, " until ", When(end)));
+      Log(absl::StrCat("  usage via R", ru, ": cooling [", absl::StrJoin(cooled, ", "),
+                       "], outside estimates [", absl::StrJoin(learnt, ", "), "]"));
     }
     if (until > uhi && (cooling.count(feature) == 0 || cooling[feature] + 1000 < until)) {
       Fail("cooldown", absl::StrCat("the throttle cools ", feature, " until ", When(until),
