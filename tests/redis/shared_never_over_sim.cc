@@ -1031,9 +1031,11 @@ class SharedSim {
     a.feature = feature;
     int64_t retry_after = 0;
     std::string line;
+    std::string named;  // the limit the counts describe, and the count they give
+    int64_t said = -1;
     const int64_t t0 = Now();
     if (kind < 8) {
-      if (!CountsAnswer(feature, t0, &a, &retry_after, &line)) return;
+      if (!CountsAnswer(feature, t0, &a, &retry_after, &line, &named, &said)) return;
     } else if (kind < 14) {
       a.http_status = 429;
       if (rng_() % 2 == 0) {
@@ -1086,6 +1088,19 @@ class SharedSim {
                      until ? absl::StrCat(" cooldown until ", When(until)) : "",
                      rs->warnings.empty() ? "" : " warnings: ",
                      absl::StrJoin(rs->warnings, "; ")));
+    // An adoption only ever raises a count, to the one the answer gave (at most the capacity),
+    // on the limit it named: "<limit> used <before> -> <after>".
+    for (const std::string& adopted : rs->adopted) {
+      std::vector<std::string> w = absl::StrSplit(adopted, ' ');
+      int64_t before = -1, after = -1;
+      if (w.size() != 5 || w[1] != "used" || w[3] != "->" || !absl::SimpleAtoi(w[2], &before) ||
+          !absl::SimpleAtoi(w[4], &after) || w[0] != named || after <= before ||
+          after != said) {
+        Fail("adoption", absl::StrCat("the answer gave ", named.empty() ? "no count" : named,
+                                      named.empty() ? "" : absl::StrCat(" used ", said),
+                                      " but the replica adopted \"", adopted, "\""));
+      }
+    }
     if (throttled != (until != 0)) {
       Fail("cooldown", absl::StrCat("a ", a.http_status, " answer ",
                                     throttled ? "cooled nothing" : "cooled the feature"));
@@ -1156,7 +1171,8 @@ class SharedSim {
   // from outside quotad on it at `t0` (a 429 when one did not fit the provider's window).
   // False (nothing to report) when the feature has no such limit.
   bool CountsAnswer(const std::string& feature, int64_t t0, UpstreamAnswer* a,
-                    int64_t* retry_after, std::string* line) {
+                    int64_t* retry_after, std::string* line, std::string* named,
+                    int64_t* said_out) {
     std::vector<std::pair<std::string, LimitSpec>> candidates;
     for (const CounterRef& c : sim::Touches(cred_, feature, "")) {
       const LimitSpec* l = sim::FindLimit(cred_, c.limit);
@@ -1203,6 +1219,8 @@ class SharedSim {
     } else if (accepted == 0 && !throttled && variant == 1 && spec.capacity > used) {
       said = used + static_cast<int64_t>(rng_() % static_cast<uint64_t>(spec.capacity - used + 1));
     }
+    *named = limit;
+    *said_out = said;
     a->http_status = throttled ? 429 : 200;
     a->headers.emplace_back("X-RateLimit-Limit", absl::StrCat(spec.capacity));
     if (rng_() % 2 == 0) {
