@@ -135,8 +135,10 @@ class SharedSim {
           DoAcquireAll();
         } else if (down_ops == 3) {
           DoRelease();
-        } else {
+        } else if (k % 2 == 0) {
           DoRenew(false);
+        } else {
+          DoReport();  // a throttle or a clean answer: it must fail, not be lost
         }
       } else if (k < 50) {
         DoAcquire();
@@ -175,6 +177,8 @@ class SharedSim {
     int64_t expiry = 0;  // Redis's, ns
     bool done = false;   // released, or found gone
     std::optional<LeaseId> shadow;  // the embedded ledger's lease for the same grant
+    int64_t at = 0;                 // Redis's instant of the grant, ns
+    bool released = false;          // released by the worker (what it used was refunded)
   };
 
   SharedSimResult Abort(const std::string& why) {
@@ -355,6 +359,7 @@ class SharedSim {
     }
     CheckCooldown(feature, t);
     leases_.push_back({d->lease_id, feature, scope, cost, used, Ns(d->lease_expiry)});
+    leases_.back().at = t;
     ++result_.sends;
     if (std::string v = oracle_.SendOurs(t, feature, scope, units); !v.empty()) {
       Fail("over-grant", v);
@@ -507,6 +512,7 @@ class SharedSim {
       CheckCooldown(b.features[i], t);
       leases_.push_back({d[i]->lease_id, b.features[i], b.scopes[i], req.cost, b.used[i],
                          Ns(d[i]->lease_expiry)});
+      leases_.back().at = t;
       ++result_.sends;
       const int64_t units = b.used[i].value_or(req.cost);
       if (std::string v = oracle_.SendOurs(t, b.features[i], b.scopes[i], units); !v.empty()) {
@@ -626,6 +632,7 @@ class SharedSim {
       absl::StrAppend(&line, i == 0 ? ": L" : ", L", ids[i]);
       leases_.push_back({d[i]->lease_id, features[i], scopes[i], reqs[i].cost, used[i],
                          Ns(d[i]->lease_expiry)});
+      leases_.back().at = t;
     }
     Log(line);
     result_.grants += n;
@@ -795,6 +802,7 @@ class SharedSim {
                                      : rr.status().ToString()));
     if (rr.ok()) {
       l.done = true;
+      l.released = true;
       if (Oracle::Lease* ol = oracle_.FindLease(i)) ol->released = true;
       if (rr->refunded > l.cost) {
         Fail("refund", absl::StrCat("L", i, " refunded ", rr->refunded, " > cost ", l.cost));
@@ -1021,7 +1029,9 @@ class SharedSim {
   //   - conformance: the embedded ledger gets the same answer at the Report's first instant of
   //     Redis's TIME, lo (see CompareReport for what is comparable).
   void DoReport() {
-    const uint64_t kind = rng_() % 20;  // < 8 counts, < 14 a bare throttle, else a clean 200
+    // < 8 counts, < 14 a bare throttle, else a clean 200. While redis-server is down no
+    // outside calls are made: the answer telling of them cannot reach Redis.
+    const uint64_t kind = down_ ? 8 + rng_() % 12 : rng_() % 20;
     const int r = static_cast<int>(rng_() % kReplicas);
     const bool explicit_observed = rng_() % 2 == 0;
     const uint64_t sent_word = rng_();
@@ -1074,7 +1084,16 @@ class SharedSim {
     absl::StrAppend(&line, " via R", r, " at [", When(lo), ", ", When(hi), "]");
     if (!rs.ok()) {
       Log(absl::StrCat(line, " -> ", rs.status().ToString()));
-      Fail("engine-error", absl::StrCat("Report: ", rs.status().ToString()));
+      if (down_ && absl::IsUnavailable(rs.status())) {
+        ++result_.unavailable;
+      } else {
+        Fail("engine-error", absl::StrCat("Report: ", rs.status().ToString()));
+      }
+      return;
+    }
+    if (down_) {
+      Log(absl::StrCat(line, " -> OK"));
+      Fail("fail-closed", "a Report answered OK while redis-server was killed");
       return;
     }
     const bool throttled = a.http_status == 429;
@@ -1193,7 +1212,29 @@ class SharedSim {
       return false;
     }
     const auto& [limit, spec] = unique[rng_() % unique.size()];
-    const int calls = rng_() % 4 == 0 ? 0 : 1 + static_cast<int>(rng_() % 4);
+    int calls = rng_() % 4 == 0 ? 0 : 1 + static_cast<int>(rng_() % 4);
+    if (calls > 0 && !options_.counts_behind_unsent_charges && spec.kind == LimitKind::kSliding) {
+      // The known finding (shared_never_over_test.cc, SharedNeverOverFindings): a sliding
+      // count no higher than quotad's charges of the span is taken as quotad's own units, also
+      // when some of those charges were never sent (a lease that used less and has not been
+      // released, or expired); they leave the window before the outside calls the count holds,
+      // which are then granted again. Unless asked for, no outside calls are made on a sliding
+      // limit while such a charge of the last span (and a second) lies on it.
+      for (const SimLease& l : leases_) {
+        if (l.released || l.at <= t0 - absl::ToInt64Nanoseconds(spec.period) - 1000000000 ||
+            l.used.value_or(l.cost) >= l.cost) {
+          continue;
+        }
+        bool on = false;
+        for (const CounterRef& c : sim::Touches(cred_, l.feature, l.scope)) on |= c.limit == limit;
+        if (on) {
+          Log(absl::StrCat("report on ", feature, ": no outside calls on ", limit, " (L",
+                           &l - leases_.data(), " charged more than it sent)"));
+          calls = 0;
+          break;
+        }
+      }
+    }
     bool throttled = false;
     int accepted = 0;
     for (int i = 0; i < calls; ++i) {
