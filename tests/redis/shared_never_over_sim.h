@@ -84,7 +84,8 @@ struct SharedSimResult {
   int64_t compared = 0, ambiguous = 0;
   int64_t reports_compared = 0;  // of `compared`, Reports (CompareReport)
   int64_t unexplained = 0;                     // not after a reload raised or reshaped a limit
-  int64_t asserted_disagreements = 0;          // of those, on calendar / concurrency features
+  // Of those, on calendar / concurrency features (for Reports also unlimited ones).
+  int64_t asserted_disagreements = 0;
   std::vector<std::string> disagreements;      // every one, first ones in full
   std::string Summary() const;
 };
