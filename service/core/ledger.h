@@ -14,6 +14,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/node_hash_set.h"
 #include "absl/functional/any_invocable.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -361,9 +362,13 @@ class Ledger {
   // Every table ever published, kept so that readers never see a freed one; reloads are rare.
   std::vector<std::unique_ptr<const ledger_internal::CredentialTable>> tables_
       ABSL_GUARDED_BY(reload_mu_);
-  // Every credential ever configured, by name; never removed while the ledger lives.
-  absl::flat_hash_map<std::string, std::unique_ptr<Credential>> credentials_
+  // Every credential ever configured, by its name (the key views Credential::name); never
+  // removed while the ledger lives.
+  absl::flat_hash_map<absl::string_view, std::unique_ptr<Credential>> credentials_
       ABSL_GUARDED_BY(reload_mu_);
+  // Every profile name ever configured, once; Credential::profile points into it. Never shrinks
+  // while the ledger lives (node-based: the strings stay where they are).
+  absl::node_hash_set<std::string> profiles_ ABSL_GUARDED_BY(reload_mu_);
   std::unique_ptr<ledger_internal::LeaseTable> leases_;
   // Credentials with requests waiting. Lock order: a credential's mu, then wait_mu_.
   mutable absl::Mutex wait_mu_;
