@@ -282,7 +282,8 @@ struct Credential {
 
 // The credentials of one policy. Immutable once published (Ledger::table_).
 struct CredentialTable {
-  absl::flat_hash_map<absl::string_view, Credential*> by_name;  // keys view Credential::name
+  // Keys are copies: a lookup compares in the table, not in the Credential (1M credentials).
+  absl::flat_hash_map<std::string, Credential*> by_name;
   std::vector<Credential*> in_order;  // as configured
 };
 
