@@ -4,8 +4,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
-#include "absl/strings/str_join.h"
 
 namespace quotad {
 
@@ -90,25 +88,33 @@ CompiledCredential::CompiledCredential(const std::vector<FeatureSpec>& features_
   }
 }
 
-std::string Fingerprint(const std::vector<FeatureSpec>& features) {
-  std::string out;
-  for (const FeatureSpec& f : features) {
-    absl::StrAppend(&out, f.name, "{", absl::StrJoin(f.draws_on, ","), ";",
-                    absl::ToInt64Nanoseconds(f.default_lease_ttl), ";",
-                    absl::ToInt64Nanoseconds(f.max_lease_ttl), ";", f.max_scopes, ";",
-                    absl::StrJoin(f.throttle.status_codes, ","), ";",
-                    absl::ToInt64Nanoseconds(f.throttle.initial_backoff), ";",
-                    f.throttle.multiplier, ";", absl::FormatDuration(f.throttle.max_backoff), ";",
-                    f.throttle.jitter_min, ";", f.throttle.jitter_max, ";");
-    for (const LimitSpec& l : f.limits) {
-      absl::StrAppend(&out, "[", l.name, ";", static_cast<int>(l.kind), ";", l.capacity, ";",
-                      absl::ToInt64Nanoseconds(l.period), ";", l.rate, ";",
-                      static_cast<int>(l.unit), ";", l.zone_name, ";", l.sub_buckets, ";", l.scoped,
-                      ";", absl::ToInt64Nanoseconds(l.guard), "]");
-    }
-    out += "}";
-  }
-  return out;
+namespace {
+
+bool SameLimit(const LimitSpec& a, const LimitSpec& b) {
+  return a.name == b.name && a.kind == b.kind && a.capacity == b.capacity &&
+         a.period == b.period && a.rate == b.rate && a.unit == b.unit &&
+         a.zone_name == b.zone_name && a.zone == b.zone && a.sub_buckets == b.sub_buckets &&
+         a.scoped == b.scoped && a.guard == b.guard;
+}
+
+bool SameThrottle(const ThrottleSpec& a, const ThrottleSpec& b) {
+  return a.status_codes == b.status_codes && a.initial_backoff == b.initial_backoff &&
+         a.multiplier == b.multiplier && a.max_backoff == b.max_backoff &&
+         a.jitter_min == b.jitter_min && a.jitter_max == b.jitter_max;
+}
+
+bool SameFeature(const FeatureSpec& a, const FeatureSpec& b) {
+  return a.name == b.name && a.draws_on == b.draws_on &&
+         a.default_lease_ttl == b.default_lease_ttl && a.max_lease_ttl == b.max_lease_ttl &&
+         a.max_scopes == b.max_scopes && SameThrottle(a.throttle, b.throttle) &&
+         std::equal(a.limits.begin(), a.limits.end(), b.limits.begin(), b.limits.end(),
+                    SameLimit);
+}
+
+}  // namespace
+
+bool SameFeatures(const std::vector<FeatureSpec>& a, const std::vector<FeatureSpec>& b) {
+  return &a == &b || std::equal(a.begin(), a.end(), b.begin(), b.end(), SameFeature);
 }
 
 int CurrentRule(const CompiledCredential& then, const CompiledCredential& now, int r) {

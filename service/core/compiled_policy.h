@@ -5,15 +5,18 @@
 // (rules by index, each feature's rules in charge order, lookups by name).
 //
 // Immutable once built, so safe to read from any thread without a lock; the ledger shares one
-// CompiledCredential (by shared_ptr) between every credential with the same fingerprint and
-// keeps every version alive while a lease may point into it.
+// CompiledCredential (by shared_ptr) between every credential with the same features and
+// keeps every version alive while a lease may point into it (SameFeatures says which are the
+// same).
 
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/hash/hash.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "service/core/limits.h"
@@ -63,9 +66,43 @@ struct CompiledCredential {
   }
 };
 
-// Everything about features that compiling them depends on, as one string: credentials with the
-// same fingerprint share a CompiledCredential.
-std::string Fingerprint(const std::vector<FeatureSpec>& features);
+// Whether features `a` and `b` compile to the same tables: every field of every feature, limit
+// and throttle is equal (doubles exactly, a limit's zone by name and by value). Credentials whose
+// features are the same share a CompiledCredential, and a reload keeps the version of a
+// credential whose features are the same as its current version's.
+bool SameFeatures(const std::vector<FeatureSpec>& a, const std::vector<FeatureSpec>& b);
+
+// Hashes everything SameFeatures compares (a limit's zone by its name).
+template <typename H>
+H AbslHashValue(H h, const LimitSpec& l) {
+  return H::combine(std::move(h), l.name, l.kind, l.capacity, l.period, l.rate, l.unit,
+                    l.zone_name, l.sub_buckets, l.scoped, l.guard);
+}
+template <typename H>
+H AbslHashValue(H h, const ThrottleSpec& t) {
+  return H::combine(std::move(h), t.status_codes, t.initial_backoff, t.multiplier, t.max_backoff,
+                    t.jitter_min, t.jitter_max);
+}
+template <typename H>
+H AbslHashValue(H h, const FeatureSpec& f) {
+  return H::combine(std::move(h), f.name, f.limits, f.draws_on, f.default_lease_ttl,
+                    f.max_lease_ttl, f.max_scopes, f.throttle);
+}
+
+// A credential's features as a hash-map key, to find the CompiledCredential of features seen
+// before without copying them or building a string: equal when SameFeatures. Points to the
+// vector, which must outlive the key.
+struct FeaturesKey {
+  const std::vector<FeatureSpec>* features;
+
+  friend bool operator==(const FeaturesKey& a, const FeaturesKey& b) {
+    return SameFeatures(*a.features, *b.features);
+  }
+  template <typename H>
+  friend H AbslHashValue(H h, const FeaturesKey& k) {
+    return H::combine(std::move(h), *k.features);
+  }
+};
 
 // The rule of the credential's current policy that was rule `r` of the policy a lease was granted
 // under; -1 when a reload removed it.

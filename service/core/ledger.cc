@@ -114,7 +114,7 @@ Policy Ledger::policy() const {
     absl::MutexLock lock(&cred->mu);
     CredentialSpec& c = p.credentials.emplace_back();
     c.name = cred->name;
-    c.profile = cred->profile;
+    if (cred->profile != nullptr) c.profile = *cred->profile;
     c.features = cred->compiled->spec_features;
   }
   return p;

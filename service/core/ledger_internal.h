@@ -33,6 +33,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -106,9 +107,10 @@ struct Credential {
     std::shared_ptr<const CompiledCredential> compiled;
     uint64_t seq = 0;
   };
-  std::vector<Version> versions ABSL_GUARDED_BY(mu);
+  absl::InlinedVector<Version, 1> versions ABSL_GUARDED_BY(mu);  // mostly one: no allocation
   uint64_t next_version_seq ABSL_GUARDED_BY(mu) = 0;
-  std::string profile ABSL_GUARDED_BY(mu);
+  // The profile's name, in Ledger::profiles_ (one string however many credentials name it).
+  const std::string* profile ABSL_GUARDED_BY(mu) = nullptr;
   std::vector<Counter> counters ABSL_GUARDED_BY(mu);  // by rule index (unscoped rules)
   std::vector<absl::flat_hash_map<std::string, Counter>> scoped
       ABSL_GUARDED_BY(mu);  // by rule index (scoped rules)
@@ -280,6 +282,7 @@ struct Credential {
 
 // The credentials of one policy. Immutable once published (Ledger::table_).
 struct CredentialTable {
+  // Keys are copies: a lookup compares in the table, not in the Credential (1M credentials).
   absl::flat_hash_map<std::string, Credential*> by_name;
   std::vector<Credential*> in_order;  // as configured
 };

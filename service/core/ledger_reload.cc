@@ -74,19 +74,37 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
   const int64_t now = NowNs();
   auto next = std::make_unique<ledger_internal::CredentialTable>();
   next->in_order.reserve(policy.credentials.size());
-  absl::flat_hash_map<std::string, std::shared_ptr<const CompiledCredential>> shared;
+  next->by_name.reserve(policy.credentials.size());
+  credentials_.reserve(policy.credentials.size());
+  // Credentials with the same features share one compiled version (the features as keys point
+  // into `policy`). Credentials of one profile tend to come together: the last features seen
+  // are compared before hashing.
+  absl::flat_hash_map<FeaturesKey, std::shared_ptr<const CompiledCredential>> shared;
+  const std::vector<FeatureSpec>* last_features = nullptr;
+  std::shared_ptr<const CompiledCredential> last_compiled;
+  const std::string* last_profile = nullptr;
   for (const CredentialSpec& spec : policy.credentials) {
-    auto& slot = credentials_[spec.name];
-    if (slot == nullptr) slot = std::make_unique<Credential>(spec.name);
-    Credential& cred = *slot;
+    auto found = credentials_.find(spec.name);
+    if (found == credentials_.end()) {
+      auto fresh = std::make_unique<Credential>(spec.name);
+      const absl::string_view key = fresh->name;
+      found = credentials_.emplace(key, std::move(fresh)).first;
+    }
+    Credential& cred = *found->second;
     absl::MutexLock lock(&cred.mu);
-    const std::string fingerprint = Fingerprint(spec.features);
-    std::shared_ptr<const CompiledCredential>& compiled = shared[fingerprint];
+    std::shared_ptr<const CompiledCredential>& compiled =
+        last_features != nullptr && SameFeatures(*last_features, spec.features)
+            ? last_compiled
+            : shared[FeaturesKey{&spec.features}];
     if (compiled == nullptr && !cred.versions.empty() &&
-        Fingerprint(cred.versions.back().compiled->spec_features) == fingerprint) {
+        SameFeatures(cred.versions.back().compiled->spec_features, spec.features)) {
       compiled = cred.versions.back().compiled;  // unchanged: no new version
     }
     if (compiled == nullptr) compiled = std::make_shared<const CompiledCredential>(spec.features);
+    if (&compiled != &last_compiled) {
+      last_features = &spec.features;
+      last_compiled = compiled;
+    }
     const size_t n = compiled->rules.size();
     std::vector<Counter> counters(n);
     std::vector<absl::flat_hash_map<std::string, Counter>> scoped(n);
@@ -311,8 +329,11 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
         }
       }
     }
-    cred.profile = spec.profile;
-    next->by_name[spec.name] = &cred;
+    if (last_profile == nullptr || *last_profile != spec.profile) {
+      last_profile = &*profiles_.insert(spec.profile).first;
+    }
+    cred.profile = last_profile;
+    next->by_name[cred.name] = &cred;
     next->in_order.push_back(&cred);
   }
   // A table is kept for as long as the ledger lives (readers hold it without a lock), so a

@@ -1,7 +1,10 @@
 // Ledger::Restore: reads the journal back (reservations as charged, leases as held, cooldowns and
-// outside estimates as learnt) into a new ledger, before it serves.
+// outside estimates as learnt) into a new ledger, before it serves; Ledger::CreateRestored reads
+// it while the policy compiles.
 
 #include <algorithm>
+#include <memory>
+#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -18,13 +21,32 @@ using ledger_internal::LeaseShard;
 using ledger_internal::SatAdd;
 using ledger_internal::Waiter;
 
+absl::StatusOr<std::unique_ptr<Ledger>> Ledger::CreateRestored(const Policy& policy, Clock* clock,
+                                                               LedgerOptions options) {
+  if (options.journal == nullptr) return Create(policy, clock, options);
+  // The new ledger writes nothing to the journal while it compiles (a first Reload carries no
+  // counters), so the read and the compile share nothing.
+  absl::StatusOr<JournalState> state;
+  std::thread loader([&state, journal = options.journal] { state = journal->Load(); });
+  absl::StatusOr<std::unique_ptr<Ledger>> ledger = Create(policy, clock, options);
+  loader.join();
+  if (!ledger.ok()) return ledger.status();
+  if (!state.ok()) return state.status();
+  if (absl::Status s = (*ledger)->RestoreFrom(std::move(*state)); !s.ok()) return s;
+  return ledger;
+}
+
 absl::Status Ledger::Restore() {
   if (options_.journal == nullptr) return absl::OkStatus();
   absl::StatusOr<JournalState> state = options_.journal->Load();
   if (!state.ok()) return state.status();
+  return RestoreFrom(std::move(*state));
+}
+
+absl::Status Ledger::RestoreFrom(JournalState state) {
   const int64_t now = NowNs();
   // Sliding blocks of one counter in reserve-time order, so each knows the next one's time.
-  std::vector<Reservation>& rs = state->reservations;
+  std::vector<Reservation>& rs = state.reservations;
   auto in_order = [](const Reservation& a, const Reservation& b) {
     return std::tie(a.key.credential, a.key.limit, a.key.scope, a.window_start_ns) <
            std::tie(b.key.credential, b.key.limit, b.key.scope, b.window_start_ns);
@@ -72,7 +94,7 @@ absl::Status Ledger::Restore() {
       }
     }
   }
-  for (const JournalLease& jl : state->leases) {
+  for (const JournalLease& jl : state.leases) {
     if (jl.expiry_ns <= now) continue;
     absl::StatusOr<LeaseId> id = LeaseId::Parse(jl.id);
     Credential* cred = FindCredential(jl.credential);
@@ -113,7 +135,7 @@ absl::Status Ledger::Restore() {
     absl::MutexLock shard_lock(&shard.mu);
     shard.leases.insert_or_assign(*id, std::move(rec));
   }
-  for (const JournalCooldown& jc : state->cooldowns) {
+  for (const JournalCooldown& jc : state.cooldowns) {
     if (jc.until_ns <= now) continue;
     Credential* cred = FindCredential(jc.credential);
     if (cred == nullptr) continue;
@@ -122,7 +144,7 @@ absl::Status Ledger::Restore() {
     Credential::Cooldown& c = cred->cooldowns[jc.feature];
     c.until_ns = std::max(c.until_ns, jc.until_ns);
   }
-  for (const JournalOutside& jo : state->outside) {
+  for (const JournalOutside& jo : state.outside) {
     if (jo.until_ns <= now) continue;
     Credential* cred = FindCredential(jo.credential);
     if (cred == nullptr) continue;

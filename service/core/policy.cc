@@ -46,11 +46,14 @@ absl::string_view CalendarUnitName(CalendarUnit unit) {
 
 namespace {
 
-absl::Status ValidateLimit(absl::string_view where, const LimitSpec& l) {
-  const std::string at = absl::StrCat(where, " limit '", l.name, "'");
-  if (auto s = CheckLimitName(l.name, absl::StrCat(where, " limit")); !s.ok()) return s;
+// `where()` names the feature; it is called, and the message built, only for a bad value (a
+// start-up validates a million credentials' limits).
+template <typename Where>
+absl::Status ValidateLimit(const Where& where, const LimitSpec& l) {
+  if (!CheckLimitName(l.name).ok()) return CheckLimitName(l.name, absl::StrCat(where(), " limit"));
   auto bad = [&](absl::string_view field, auto value) {
-    return absl::InvalidArgumentError(absl::StrCat(at, ": bad ", field, " ", value));
+    return absl::InvalidArgumentError(
+        absl::StrCat(where(), " limit '", l.name, "': bad ", field, " ", value));
   };
   if (l.kind != LimitKind::kUnlimited && (l.capacity <= 0 || l.capacity > kMaxCapacity)) {
     return bad("capacity", absl::StrCat(l.capacity, " (must be 1..", kMaxCapacity, ")"));
@@ -100,7 +103,12 @@ absl::Status ValidateLimit(absl::string_view where, const LimitSpec& l) {
 }  // namespace
 
 absl::Status ValidatePolicy(const Policy& policy) {
-  absl::flat_hash_set<std::string> credentials;
+  // Names point into `policy`; the per-credential sets are reused (cleared, not freed), and
+  // the messages built only for a bad value: no allocation per credential.
+  absl::flat_hash_set<absl::string_view> credentials;
+  credentials.reserve(policy.credentials.size());
+  absl::flat_hash_set<absl::string_view> features;
+  absl::flat_hash_set<absl::string_view> limits;
   for (const CredentialSpec& c : policy.credentials) {
     if (auto s = CheckCredentialName(c.name); !s.ok()) return s;
     if (!credentials.insert(c.name).second) {
@@ -109,32 +117,31 @@ absl::Status ValidatePolicy(const Policy& policy) {
     if (c.features.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("credential '", c.name, "' has no features"));
     }
-    absl::flat_hash_set<std::string> features;
+    features.clear();
     for (const FeatureSpec& f : c.features) {
-      const std::string where = absl::StrCat("credential '", c.name, "' feature '", f.name, "'");
-      if (auto s = CheckFeatureName(f.name, absl::StrCat("credential '", c.name, "' feature"));
-          !s.ok()) {
-        return s;
+      auto where = [&] { return absl::StrCat("credential '", c.name, "' feature '", f.name, "'"); };
+      if (!CheckFeatureName(f.name).ok()) {
+        return CheckFeatureName(f.name, absl::StrCat("credential '", c.name, "' feature"));
       }
       if (!features.insert(f.name).second) {
-        return absl::InvalidArgumentError(absl::StrCat(where, ": duplicate feature"));
+        return absl::InvalidArgumentError(absl::StrCat(where(), ": duplicate feature"));
       }
-      absl::flat_hash_set<std::string> limits;
+      limits.clear();
       for (const LimitSpec& l : f.limits) {
         if (auto s = ValidateLimit(where, l); !s.ok()) return s;
         if (!limits.insert(l.name).second) {
           return absl::InvalidArgumentError(
-              absl::StrCat(where, ": duplicate limit '", l.name, "'"));
+              absl::StrCat(where(), ": duplicate limit '", l.name, "'"));
         }
       }
       if (f.default_lease_ttl <= absl::ZeroDuration() || f.max_lease_ttl < f.default_lease_ttl ||
           f.max_lease_ttl > kMaxLeaseTtl) {
         return absl::InvalidArgumentError(absl::StrCat(
-            where, ": bad lease ttls default ", absl::FormatDuration(f.default_lease_ttl), " max ",
-            absl::FormatDuration(f.max_lease_ttl)));
+            where(), ": bad lease ttls default ", absl::FormatDuration(f.default_lease_ttl),
+            " max ", absl::FormatDuration(f.max_lease_ttl)));
       }
       if (f.max_scopes <= 0) {
-        return absl::InvalidArgumentError(absl::StrCat(where, ": bad max_scopes ", f.max_scopes));
+        return absl::InvalidArgumentError(absl::StrCat(where(), ": bad max_scopes ", f.max_scopes));
       }
     }
     for (const FeatureSpec& f : c.features) {

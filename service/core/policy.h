@@ -3,6 +3,10 @@
 
 // The validated, in-memory form of the configuration: what the ledger enforces.
 // Plain values; service/config builds them from YAML, tests build them directly.
+//
+// A field added to LimitSpec, ThrottleSpec or FeatureSpec goes into SameFeatures and its hash
+// (compiled_policy.{h,cc}) too: credentials whose features compare the same share one compiled
+// policy, and a reload keeps the compiled policy of a credential whose features compare the same.
 
 #include <cstdint>
 #include <string>

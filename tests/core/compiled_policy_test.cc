@@ -2,7 +2,10 @@
 
 #include "service/core/compiled_policy.h"
 
+#include <utility>
 #include <vector>
+
+#include "absl/hash/hash.h"
 
 #include "gtest/gtest.h"
 #include "tests/support/policy_builders.h"
@@ -43,12 +46,59 @@ TEST(CompiledPolicyTest, FeatureChargesItsOwnRulesThenTheUnscopedRulesItDrawsOn)
   EXPECT_EQ(cc.FindFeature("nope"), -1);
 }
 
-TEST(CompiledPolicyTest, FingerprintChangesWithAnyLimitField) {
-  std::vector<FeatureSpec> a = Features();
-  std::vector<FeatureSpec> b = Features();
-  EXPECT_EQ(Fingerprint(a), Fingerprint(b));
-  b[0].limits[1].capacity = 999;
-  EXPECT_NE(Fingerprint(a), Fingerprint(b));
+// Every field compiling reads, changed alone: the features are no longer the same (and so
+// compile to a CompiledCredential of their own). A field SameFeatures missed would let two
+// credentials share one policy, one of them under the other's limits.
+TEST(CompiledPolicyTest, SameFeaturesSeesAChangeToAnyField) {
+  using Edit = void (*)(std::vector<FeatureSpec>&);
+  const std::vector<std::pair<const char*, Edit>> edits = {
+      {"limit name", [](auto& f) { f[0].limits[1].name = "day2"; }},
+      {"limit kind", [](auto& f) { f[0].limits[0].kind = LimitKind::kRolling; }},
+      {"limit capacity", [](auto& f) { f[0].limits[1].capacity = 999; }},
+      {"limit period", [](auto& f) { f[0].limits[0].period = absl::Seconds(61); }},
+      {"limit rate", [](auto& f) { f[0].limits[0].rate = 7; }},
+      {"limit unit", [](auto& f) { f[0].limits[1].unit = CalendarUnit::kWeek; }},
+      {"limit zone",
+       [](auto& f) {
+         f[0].limits[1].zone_name = "Europe/Paris";
+         absl::LoadTimeZone("Europe/Paris", &f[0].limits[1].zone);
+       }},
+      {"limit zone value only",
+       [](auto& f) { absl::LoadTimeZone("Europe/Paris", &f[0].limits[1].zone); }},
+      {"limit sub_buckets", [](auto& f) { f[0].limits[0].sub_buckets = 60; }},
+      {"limit scoped", [](auto& f) { f[0].limits[0].scoped = true; }},
+      {"limit guard", [](auto& f) { f[0].limits[0].guard = absl::Seconds(1); }},
+      {"limit added", [](auto& f) { f[0].limits.push_back(Unlimited("more")); }},
+      {"limits reordered", [](auto& f) { std::swap(f[0].limits[0], f[0].limits[1]); }},
+      {"feature name", [](auto& f) { f[2].name = "gratis"; }},
+      {"feature draws_on", [](auto& f) { f[1].draws_on.clear(); }},
+      {"feature default_lease_ttl",
+       [](auto& f) { f[0].default_lease_ttl = absl::Seconds(59); }},
+      {"feature max_lease_ttl", [](auto& f) { f[0].max_lease_ttl = absl::Hours(23); }},
+      {"feature max_scopes", [](auto& f) { f[1].max_scopes = 9999; }},
+      {"feature removed", [](auto& f) { f.pop_back(); }},
+      {"features reordered", [](auto& f) { std::swap(f[0], f[2]); }},
+      {"throttle status_codes", [](auto& f) { f[0].throttle.status_codes.push_back(503); }},
+      {"throttle initial_backoff",
+       [](auto& f) { f[0].throttle.initial_backoff = absl::Seconds(2); }},
+      // Closer than the fingerprint string's six significant digits ever told apart.
+      {"throttle multiplier", [](auto& f) { f[0].throttle.multiplier = 2.0000001; }},
+      {"throttle max_backoff", [](auto& f) { f[0].throttle.max_backoff = absl::Minutes(6); }},
+      {"throttle jitter_min", [](auto& f) { f[0].throttle.jitter_min = 0.1; }},
+      {"throttle jitter_max", [](auto& f) { f[0].throttle.jitter_max = 0.5; }},
+  };
+  const std::vector<FeatureSpec> a = Features();
+  const std::vector<FeatureSpec> same = Features();
+  EXPECT_TRUE(SameFeatures(a, same));
+  EXPECT_EQ(absl::HashOf(FeaturesKey{&a}), absl::HashOf(FeaturesKey{&same}));
+  for (const auto& [what, edit] : edits) {
+    SCOPED_TRACE(what);
+    std::vector<FeatureSpec> b = Features();
+    edit(b);
+    EXPECT_FALSE(SameFeatures(a, b));
+    EXPECT_FALSE(SameFeatures(b, a));
+    EXPECT_FALSE(FeaturesKey{&a} == FeaturesKey{&b});
+  }
 }
 
 TEST(CompiledPolicyTest, CurrentRuleFollowsTheLimitByNameAcrossVersions) {

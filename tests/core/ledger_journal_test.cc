@@ -3,7 +3,8 @@
 // a window's capacity across lives and loses at most one reserve block per counter; rolling,
 // bucket and concurrency state survive it; reservations are written per block, not per grant;
 // and a journal that fails its writes (FailingJournal) makes the ledger fail closed, charging
-// nothing it did not answer. The Journal implementations themselves are tested in tests/store.
+// nothing it did not answer. Each test starts both ways: Create then Restore, and CreateRestored.
+// The Journal implementations themselves are tested in tests/store.
 
 #include <memory>
 
@@ -31,13 +32,21 @@ using testing::Sliding;
 using testing::StatusIs;
 using testing::Utc;
 
-class LedgerJournalTest : public ::testing::Test {
+// Each test runs with both ways to start: Create then Restore, and CreateRestored (which reads
+// the journal while the policy compiles).
+class LedgerJournalTest : public ::testing::TestWithParam<bool> {
  protected:
   void Start(const Policy& p) {
     policy_ = p;
     LedgerOptions options;
     options.journal = &journal_;
     options.reserve_fraction = 0.1;
+    if (GetParam()) {
+      auto ledger = Ledger::CreateRestored(p, &clock_, options);
+      ASSERT_OK(ledger);
+      ledger_ = std::move(*ledger);
+      return;
+    }
     auto ledger = Ledger::Create(p, &clock_, options);
     ASSERT_OK(ledger);
     ledger_ = std::move(*ledger);
@@ -65,7 +74,7 @@ class LedgerJournalTest : public ::testing::Test {
   std::unique_ptr<Ledger> ledger_;
 };
 
-TEST_F(LedgerJournalTest, DailyWindowNeverOverGrantsAcrossRestarts) {
+TEST_P(LedgerJournalTest, DailyWindowNeverOverGrantsAcrossRestarts) {
   Start(OneCredential("cred", {Feature("f", {Calendar("per_day", 100, CalendarUnit::kDay)})}));
   int total = 0;
   for (int life = 0; life < 30; ++life) {
@@ -82,7 +91,7 @@ TEST_F(LedgerJournalTest, DailyWindowNeverOverGrantsAcrossRestarts) {
   EXPECT_EQ(Exhaust(), 100);  // the new day is whole
 }
 
-TEST_F(LedgerJournalTest, SlidingWindowNeverOverGrantsAcrossRestarts) {
+TEST_P(LedgerJournalTest, SlidingWindowNeverOverGrantsAcrossRestarts) {
   Start(OneCredential("cred", {Feature("f", {Sliding("per_minute", 20, absl::Minutes(1))})}));
   std::vector<absl::Time> grants;
   for (int step = 0; step < 600; ++step) {
@@ -100,7 +109,7 @@ TEST_F(LedgerJournalTest, SlidingWindowNeverOverGrantsAcrossRestarts) {
   EXPECT_GT(grants.size(), 60u);
 }
 
-TEST_F(LedgerJournalTest, RollingAndBucketStateSurviveRestart) {
+TEST_P(LedgerJournalTest, RollingAndBucketStateSurviveRestart) {
   Start(OneCredential("cred", {Feature("f", {Rolling("per_24h", 50, absl::Hours(24))}),
                                Feature("g", {Bucket("floor", 4, absl::Minutes(1), 1)})}));
   for (int i = 0; i < 10; ++i) ASSERT_TRUE(Try()->granted);
@@ -114,7 +123,7 @@ TEST_F(LedgerJournalTest, RollingAndBucketStateSurviveRestart) {
   EXPECT_EQ(d.retry_at, Utc(2026, 3, 2, 12));  // the window still ends 24 h after first use
 }
 
-TEST_F(LedgerJournalTest, ConcurrencyLeasesSurviveRestartWithTheirExpiry) {
+TEST_P(LedgerJournalTest, ConcurrencyLeasesSurviveRestartWithTheirExpiry) {
   Start(OneCredential("cred", {Feature("f", {Concurrency("jobs", 2)})}));
   const Decision a = *Try();
   const Decision b = *Try();
@@ -131,7 +140,7 @@ TEST_F(LedgerJournalTest, ConcurrencyLeasesSurviveRestartWithTheirExpiry) {
   EXPECT_TRUE(Try()->granted);  // both expired while "down"
 }
 
-TEST_F(LedgerJournalTest, StoreFailureFailsClosedAndChargesNothing) {
+TEST_P(LedgerJournalTest, StoreFailureFailsClosedAndChargesNothing) {
   Start(OneCredential("cred", {Feature("f", {Calendar("per_day", 100, CalendarUnit::kDay),
                                              Concurrency("jobs", 5)})}));
   ASSERT_TRUE(Try()->granted);
@@ -151,6 +160,39 @@ TEST_F(LedgerJournalTest, StoreFailureFailsClosedAndChargesNothing) {
   // grant that was answered holds its slot, and nothing else was charged.
   EXPECT_EQ(usage[0].used, usage[1].used);
   EXPECT_EQ(usage[1].used, static_cast<int64_t>(ledger_->Leases("cred").size()));
+}
+
+INSTANTIATE_TEST_SUITE_P(StartUp, LedgerJournalTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return info.param ? "CreateRestored" : "CreateThenRestore";
+                         });
+
+// A journal that cannot be read back.
+class UnreadableJournal : public FailingJournal {
+ public:
+  using FailingJournal::FailingJournal;
+  absl::StatusOr<JournalState> Load() override {
+    return absl::DataLossError("state file is corrupt");
+  }
+};
+
+TEST(LedgerCreateRestoredTest, FailsOnAnUnreadableJournalOrABadPolicy) {
+  FakeClock clock{Utc(2026, 3, 1, 12)};
+  MemoryJournal memory;
+  UnreadableJournal unreadable(&memory);
+  LedgerOptions options;
+  options.journal = &unreadable;
+  const Policy good =
+      OneCredential("cred", {Feature("f", {Calendar("per_day", 100, CalendarUnit::kDay)})});
+  EXPECT_THAT(Ledger::CreateRestored(good, &clock, options),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("corrupt")));
+  const Policy bad =
+      OneCredential("cred", {Feature("f", {Calendar("per_day", 0, CalendarUnit::kDay)})});
+  options.journal = &memory;
+  EXPECT_THAT(Ledger::CreateRestored(bad, &clock, options),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("capacity 0")));
+  options.journal = nullptr;  // nothing to read: Create
+  EXPECT_OK(Ledger::CreateRestored(good, &clock, options));
 }
 
 }  // namespace

@@ -90,5 +90,47 @@ TEST(LedgerReloadFootprintTest, ANewTableOnlyWhenTheCredentialsChange) {
   EXPECT_EQ(ledger->Footprint().tables, 3u);
 }
 
+// Credentials share a compiled policy only when every field of their features is the same
+// (SameFeatures): one limit field apart, each runs under its own; and a reload that changes one
+// credential's features (here a throttle's multiplier, closer than six digits) compiles that one
+// anew and keeps the others' version and counters.
+TEST(LedgerReloadFootprintTest, CredentialsShareAPolicyOnlyWhenEveryFieldIsTheSame) {
+  auto three = [](int64_t c_capacity, double c_multiplier) {
+    Policy p = WithCapacity(10, 100);
+    p.credentials[0].name = "a";
+    p.credentials.push_back(p.credentials[0]);
+    p.credentials[1].name = "b";
+    p.credentials.push_back(WithCapacity(c_capacity, 100).credentials[0]);
+    p.credentials[2].name = "c";
+    p.credentials[2].features[0].throttle.multiplier = c_multiplier;
+    return p;
+  };
+  FakeClock clock;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger, Ledger::Create(three(10, 2.0), &clock));
+  EXPECT_EQ(ledger->Footprint().versions, 1u);  // a, b and c alike
+  ASSERT_OK(ledger->Reload(three(3, 2.0)));
+  EXPECT_EQ(ledger->Footprint().versions, 2u);  // c apart: per_minute 3
+  auto granted = [&](const char* credential, int tries) {
+    int n = 0;
+    for (int i = 0; i < tries; ++i) {
+      AcquireRequest req{.credential = credential, .feature = "requests"};
+      absl::StatusOr<Decision> d = ledger->Acquire(req);
+      EXPECT_OK(d.status());
+      n += d.ok() && d->granted;
+    }
+    return n;
+  };
+  EXPECT_EQ(granted("c", 5), 3);
+  EXPECT_EQ(granted("a", 5), 5);
+  EXPECT_EQ(granted("b", 5), 5);
+  ASSERT_OK(ledger->Reload(three(3, 2.0000001)));
+  EXPECT_EQ(ledger->policy().credentials[2].features[0].throttle.multiplier, 2.0000001);
+  EXPECT_EQ(ledger->policy().credentials[0].features[0].throttle.multiplier, 2.0);
+  EXPECT_EQ(ledger->Footprint().versions, 3u);  // a and b's, c's new one, c's leases' one
+  // a kept its counters through both reloads: 5 of its 10 are left.
+  EXPECT_EQ(granted("a", 10), 5);
+  EXPECT_EQ(granted("c", 5), 0);
+}
+
 }  // namespace
 }  // namespace quotad
