@@ -1847,5 +1847,49 @@ TEST_F(SharedOutsideAttackTest, AHashHoldingOnlyAScopedCooldownExpiresNoSoonerTh
   ExpectSameUsage();
 }
 
+// BUG (service/store/redis/quotad_outside.lua O.encode / gone_at, with save_all's expiry): the
+// hash's expiry is set when a Report writes ~o, from the recovery period the entry stored then
+// (entry[4]); decisions decay the estimate over the period in force (O.recovery), but nothing
+// moves the expiry when a reload lengthens the period. Here: rolling 100 ms, capacity 100, a
+// throttle learns 10 units (gone in 2 s at that period); a reload makes the period 1 h (the
+// embedded estimate now lasts ~20 h). The feature's max_cooldown is short (max_lease_ttl 100 ms)
+// so the throttle count keeps the hash no longer than the estimate, and nothing is charged, so
+// only ~o keeps the hash. About 4 s after the throttle the hash expires with ~o in it: every
+// replica shows 0 held back where the embedded ledger shows 10, and grants the 91st unit the
+// embedded ledger refuses (over-grant against the learnt outside use). Any charge or Report
+// before the expiry would not help either: only a throttle Report rewrites entry[4].
+TEST_F(SharedOutsideAttackTest, DISABLED_Bug_AReloadLengtheningThePeriodLetsTheHashDropTheEstimate) {
+  Policy p = Extended(R"(
+      - name: ql
+        default_lease_ttl: 100ms
+        max_lease_ttl: 100ms
+        limits:
+          - {name: l, kind: rolling, period: 100ms, capacity: 100}
+)");
+  ReloadAll(p);
+  PassUntil(ReportBoth(0, Answer("ql", 429, {}, absl::Now())));  // 10 of 100 held back
+  LimitOf(p, "ql", "l").period = absl::Hours(1);
+  ReloadAll(p);
+  ASSERT_GE(OutsideOf(-1, "ql.l"), 9);
+  ASSERT_GE(OutsideOf(0, "ql.l"), 9);
+  const std::string key = redis::StateKey(kCred);
+  // The embedded estimate now decays over 1 h (20 h to go); the hash expires ~4 s after the
+  // throttle, its ~o with it.
+  const bool gone = Eventually(
+      [&] {
+        absl::StatusOr<std::string> n = redis_->Command({"EXISTS", key});
+        return n.ok() && *n == "0";
+      },
+      absl::Seconds(8));
+  EXPECT_FALSE(gone) << key << " expired while the embedded ledger holds "
+                     << OutsideOf(-1, "ql.l") << " units back";
+  EXPECT_EQ(OutsideOf(0, "ql.l"), OutsideOf(-1, "ql.l"));
+  // (HoldBack never holds more than capacity - cost: 90 fit in both.)
+  EXPECT_TRUE(Both(1, "ql", 90).second.granted);
+  auto [s, e] = Both(0, "ql", 1);
+  EXPECT_FALSE(e.granted);
+  EXPECT_FALSE(s.granted) << "the 91st unit granted with 10 held back embedded";  // fails
+}
+
 }  // namespace
 }  // namespace quotad
