@@ -1947,5 +1947,43 @@ TEST_F(SharedOutsideAttackTest, DISABLED_Bug_AScopedCountGoneWithTheHashHalvesTh
       << (re->cooldown_until - sent2);  // fails: shared ~5 ms
 }
 
+// An all-or-nothing batch whose last item is refused by a cooling scoped limit (1 min), after an
+// item that would create a new scope of a feature with max_scopes 2: nothing is created, in both;
+// the two scopes are then granted, a third refused (kResourceExhausted) alike.
+TEST_F(SharedOutsideAttackTest, ARefusedBatchCreatesNoScopeBehindACoolingScopedLimit) {
+  Policy p = Extended(absl::StrCat(kScopedOnly, R"(
+      - name: ms
+        limits:
+          - {name: per, kind: rolling, period: 1h, capacity: 10, scoped: true}
+)"));
+  for (FeatureSpec& f : p.credentials[0].features) {
+    if (f.name == "ms") f.max_scopes = 2;
+  }
+  SlowBackoff(p, "so", absl::Minutes(1));
+  ReloadAll(p);
+  ASSERT_GT(ReportBoth(0, Answer("so", 429, {}, absl::Now())), absl::Now() + absl::Seconds(50));
+  const std::vector<AcquireRequest> aon = {Req("ms", 1, "x"), Req("so", 1, "a")};
+  std::vector<absl::StatusOr<Decision>> s =
+      BatchThrough(*replicas_[1], aon, std::vector<SharedRequestId>(aon.size()), true);
+  std::vector<absl::StatusOr<Decision>> e = ledger_->AcquireAll(aon);
+  ASSERT_EQ(s.size(), aon.size());
+  ASSERT_EQ(e.size(), aon.size());
+  for (size_t k = 0; k < aon.size(); ++k) {
+    ASSERT_TRUE(s[k].ok() && e[k].ok()) << s[k].status() << " / " << e[k].status();
+    EXPECT_FALSE(e[k]->granted) << k;
+    EXPECT_FALSE(s[k]->granted) << k;
+  }
+  ExpectSameUsage();
+  for (const char* scope : {"y", "z"}) {
+    auto [gs, ge] = Both(0, "ms", 1, scope);
+    EXPECT_TRUE(ge.granted) << scope << " " << ge.limited_by;
+    EXPECT_TRUE(gs.granted) << scope << " " << gs.limited_by;
+  }
+  const absl::StatusOr<Decision> ts = AcquireThrough(*replicas_[1], Req("ms", 1, "w"));
+  const absl::StatusOr<Decision> te = ledger_->Acquire(Req("ms", 1, "w"));
+  EXPECT_EQ(ts.status().code(), te.status().code()) << ts.status() << " / " << te.status();
+  EXPECT_EQ(te.status().code(), absl::StatusCode::kResourceExhausted) << te.status();
+}
+
 }  // namespace
 }  // namespace quotad
