@@ -1985,5 +1985,57 @@ TEST_F(SharedOutsideAttackTest, ARefusedBatchCreatesNoScopeBehindACoolingScopedL
   EXPECT_EQ(te.status().code(), absl::StatusCode::kResourceExhausted) << te.status();
 }
 
+// A waiter whose deadline (300 ms) comes before a scoped limit's cooldown ends (1 min) is
+// answered at its deadline, not before, denied with the same limited_by and a retry_at at the
+// cooldown's end, in both; it leaves no entry behind (a new scope's request after the cooldown
+// is not held back by it: a Reset ends the cooldown and the next call is granted at once).
+TEST_F(SharedOutsideAttackTest, AWaiterPastItsDeadlineBehindAScopedCooldownIsDeniedAlike) {
+  Policy p = Extended(kScopedOnly);
+  SlowBackoff(p, "so", absl::Minutes(1));
+  ReloadAll(p);
+  const absl::Time until = ReportBoth(0, Answer("so", 429, {}, absl::Now()));
+  ASSERT_GT(until, absl::Now() + absl::Seconds(50));
+  struct Waited {
+    absl::Notification done;
+    absl::StatusOr<Decision> d;
+    absl::Time at;
+  };
+  Waited sw, ew;
+  const AcquireRequest req = Req("so", 1, "w");
+  const absl::Time start = absl::Now();
+  replicas_[1]->AcquireSharedOrWait(req, SharedRequestId{}, absl::Milliseconds(300), 0,
+                                    [&](absl::StatusOr<Decision> d) {
+                                      sw.d = std::move(d);
+                                      sw.at = absl::Now();
+                                      sw.done.Notify();
+                                    });
+  ledger_->AcquireOrWait(req, absl::Milliseconds(300), 0, [&](absl::StatusOr<Decision> d) {
+    ew.d = std::move(d);
+    ew.at = absl::Now();
+    ew.done.Notify();
+  });
+  ASSERT_TRUE(Eventually(
+      [&] {
+        ledger_->Pump();
+        return sw.done.HasBeenNotified() && ew.done.HasBeenNotified();
+      },
+      absl::Seconds(5)));
+  ASSERT_TRUE(sw.d.ok() && ew.d.ok()) << sw.d.status() << " / " << ew.d.status();
+  EXPECT_FALSE(sw.d->granted);
+  EXPECT_FALSE(ew.d->granted);
+  EXPECT_EQ(sw.d->limited_by, ew.d->limited_by);
+  EXPECT_GE(sw.at - start, absl::Milliseconds(299));
+  EXPECT_GE(ew.at - start, absl::Milliseconds(299));
+  EXPECT_LE(absl::AbsDuration(sw.d->retry_at - until), absl::Milliseconds(5))
+      << absl::FormatTime(sw.d->retry_at);
+  EXPECT_LE(absl::AbsDuration(ew.d->retry_at - until), absl::Milliseconds(5))
+      << absl::FormatTime(ew.d->retry_at);
+  ASSERT_TRUE(replicas_[0]->Reset(kCred).ok());
+  ASSERT_TRUE(ledger_->Reset(kCred).ok());
+  auto [s, e] = Both(0, "so", 1, "v");
+  EXPECT_TRUE(e.granted) << e.limited_by;
+  EXPECT_TRUE(s.granted) << s.limited_by;
+}
+
 }  // namespace
 }  // namespace quotad
