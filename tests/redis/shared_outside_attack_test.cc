@@ -1534,18 +1534,21 @@ TEST_F(SharedOutsideAttackTest, ScopedAndUnscopedLimitsOfOneFeatureCoolAlike) {
   SlowBackoff(p, "scoped", absl::Milliseconds(300));
   ReloadAll(p);
   EXPECT_TRUE(Both(0, "scoped", 1, "old").first.granted);
+  // The two cooldowns differ by the time between the two Reports (each on its own clock).
+  const absl::Time before = absl::Now();
   const absl::Time until = ReportBoth(1, Answer("scoped", 429, {}, absl::Now()));
+  const absl::Duration apart = absl::Now() - before + absl::Milliseconds(5);
   ASSERT_GT(until, absl::Now() + absl::Milliseconds(200));
   for (const char* scope : {"old", "new", ""}) {
     auto [s, e] = Both(0, "scoped", 1, scope);
     EXPECT_FALSE(e.granted) << scope;
     EXPECT_FALSE(s.granted) << scope;
-    EXPECT_LE(absl::AbsDuration(s.retry_at - e.retry_at), absl::Milliseconds(5)) << scope;
+    EXPECT_LE(absl::AbsDuration(s.retry_at - e.retry_at), apart) << scope;
   }
   const absl::Time cs = CoolingUntil(CooldownsOf(0), "scoped");
   const absl::Time ce = CoolingUntil(CooldownsOf(-1), "scoped");
   EXPECT_NE(ce, absl::InfinitePast());
-  EXPECT_LE(absl::AbsDuration(cs - ce), absl::Milliseconds(5))
+  EXPECT_LE(absl::AbsDuration(cs - ce), apart)
       << absl::FormatTime(cs) << " vs " << absl::FormatTime(ce);
   EXPECT_EQ(Names(CooldownsOf(1)), Names(CooldownsOf(-1)));
   PassUntil(until);
@@ -1676,7 +1679,11 @@ TEST_F(SharedOutsideAttackTest, WaitersBehindACoolingScopedLimitAreServedWhenItE
   Policy p = Extended(kScopedFeatures);
   SlowBackoff(p, "sc", absl::Milliseconds(300));
   ReloadAll(p);
+  // (until: the later of the two cooldowns, each on its own clock; they differ by the time
+  // between the two Reports.)
+  const absl::Time before = absl::Now();
   const absl::Time until = ReportBoth(0, Answer("sc", 429, {}, absl::Now()));
+  const absl::Duration apart = absl::Now() - before + absl::Milliseconds(1);
   ASSERT_GT(until, absl::Now() + absl::Milliseconds(200));
   struct Waited {
     absl::Notification done;
@@ -1717,8 +1724,8 @@ TEST_F(SharedOutsideAttackTest, WaitersBehindACoolingScopedLimitAreServedWhenItE
     ASSERT_TRUE(sw[k]->d.ok() && ew[k]->d.ok()) << sw[k]->d.status() << " / " << ew[k]->d.status();
     EXPECT_TRUE(ew[k]->d->granted) << ew[k]->d->limited_by;
     EXPECT_TRUE(sw[k]->d->granted) << sw[k]->d->limited_by << ": starved";
-    EXPECT_GE(sw[k]->at, until - absl::Milliseconds(1));
-    EXPECT_GE(ew[k]->at, until - absl::Milliseconds(1));
+    EXPECT_GE(sw[k]->at, until - apart);
+    EXPECT_GE(ew[k]->at, until - apart);
     EXPECT_LE(sw[k]->at, until + absl::Seconds(2));
   }
   ExpectSameUsage();
@@ -1773,7 +1780,9 @@ TEST_F(SharedOutsideAttackTest, ACleanAnswerResetsAScopedCountOnlyPastItsCooldow
     }
   }
   ReloadAll(p);
+  int step = 0;
   auto throttle = [&](int i) {
+    SCOPED_TRACE(absl::StrCat("throttle ", ++step));
     const absl::Time sent = absl::Now();
     const absl::Time until = ReportBoth(i, Answer("so", 429, {}, sent));
     return std::make_pair(sent, until);
@@ -1784,15 +1793,17 @@ TEST_F(SharedOutsideAttackTest, ACleanAnswerResetsAScopedCountOnlyPastItsCooldow
     ReportBoth(i, clean);
   };
   auto [sent1, until1] = throttle(0);  // 40 ms
-  EXPECT_LE(until1 - sent1, absl::Milliseconds(40) + absl::Milliseconds(20));
-  clean_at(1, until1 - absl::Milliseconds(10));  // seen in the cooldown: the count stays
+  EXPECT_LE(until1 - sent1, absl::Milliseconds(40) + absl::Milliseconds(35));
+  // Seen in the cooldown (each side's ends at least 40 ms after sent1, on its own clock): the
+  // count stays.
+  clean_at(1, sent1 + absl::Milliseconds(30));
   PassUntil(until1);
   auto [sent2, until2] = throttle(1);  // 80 ms
   EXPECT_GE(until2 - sent2, absl::Milliseconds(80) - absl::Milliseconds(1));
   clean_at(0, until2 + absl::Milliseconds(1));  // seen after it: starts over
   PassUntil(until2);
   auto [sent3, until3] = throttle(0);  // 40 ms again
-  EXPECT_LE(until3 - sent3, absl::Milliseconds(40) + absl::Milliseconds(20));
+  EXPECT_LE(until3 - sent3, absl::Milliseconds(40) + absl::Milliseconds(35));
   PassUntil(until3);
   const absl::Time r0 = absl::Now();
   const absl::Time until4 =
@@ -1993,7 +2004,9 @@ TEST_F(SharedOutsideAttackTest, AWaiterPastItsDeadlineBehindAScopedCooldownIsDen
   Policy p = Extended(kScopedOnly);
   SlowBackoff(p, "so", absl::Minutes(1));
   ReloadAll(p);
+  const absl::Time before = absl::Now();
   const absl::Time until = ReportBoth(0, Answer("so", 429, {}, absl::Now()));
+  const absl::Duration apart = absl::Now() - before + absl::Milliseconds(5);
   ASSERT_GT(until, absl::Now() + absl::Seconds(50));
   struct Waited {
     absl::Notification done;
@@ -2026,9 +2039,9 @@ TEST_F(SharedOutsideAttackTest, AWaiterPastItsDeadlineBehindAScopedCooldownIsDen
   EXPECT_EQ(sw.d->limited_by, ew.d->limited_by);
   EXPECT_GE(sw.at - start, absl::Milliseconds(299));
   EXPECT_GE(ew.at - start, absl::Milliseconds(299));
-  EXPECT_LE(absl::AbsDuration(sw.d->retry_at - until), absl::Milliseconds(5))
+  EXPECT_LE(absl::AbsDuration(sw.d->retry_at - until), apart)
       << absl::FormatTime(sw.d->retry_at);
-  EXPECT_LE(absl::AbsDuration(ew.d->retry_at - until), absl::Milliseconds(5))
+  EXPECT_LE(absl::AbsDuration(ew.d->retry_at - until), apart)
       << absl::FormatTime(ew.d->retry_at);
   ASSERT_TRUE(replicas_[0]->Reset(kCred).ok());
   ASSERT_TRUE(ledger_->Reset(kCred).ok());
