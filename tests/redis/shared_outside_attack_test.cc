@@ -1488,5 +1488,567 @@ TEST_F(SharedOutsideAttackTest, ARenamedOrMovedUnscopedLimitLeavesItsCooldownBeh
   EXPECT_EQ(s.limited_by, e.limited_by);
 }
 
+
+// --- Third attack (bccfe0f: a scoped limit's throttle cools the limit, kept in ~o's entry[5]) ---
+
+// A feature with a scoped limit and an unscoped one, and a feature drawing on it (draws_on
+// brings only the unscoped sc.tot: a scoped limit is never drawn on).
+constexpr char kScopedFeatures[] = R"(
+      - name: sc
+        limits:
+          - {name: per, kind: sliding, period: 1h, capacity: 50, scoped: true}
+          - {name: tot, kind: rolling, period: 1h, capacity: 100}
+      - name: dr
+        draws_on: [sc]
+        limits:
+          - {name: own, kind: rolling, period: 1h, capacity: 100}
+)";
+
+// A feature with a scoped limit only.
+constexpr char kScopedOnly[] = R"(
+      - name: so
+        limits:
+          - {name: per, kind: sliding, period: 1h, capacity: 5, scoped: true}
+      - name: dso
+        draws_on: [so]
+        limits:
+          - {name: own, kind: rolling, period: 1h, capacity: 100}
+)";
+
+// Until when GetUsage through replica `i` (-1: embedded) shows `feature` cooling (InfinitePast:
+// not at all).
+absl::Time CoolingUntil(const std::vector<std::pair<std::string, absl::Time>>& v,
+                        const std::string& feature) {
+  for (const auto& [name, until] : v) {
+    if (name == feature + ".cooldown") return until;
+  }
+  return absl::InfinitePast();
+}
+
+// The feature "scoped" charges a scoped limit and an unscoped one, both empty: a throttle is
+// blamed on both (each 0% full). Each cools for the back-off (300 ms), every scope (old, new,
+// none charged yet) is denied alike, GetUsage lists the feature cooling until the same time in
+// both, and every scope is granted again once the cooldown ends.
+TEST_F(SharedOutsideAttackTest, ScopedAndUnscopedLimitsOfOneFeatureCoolAlike) {
+  Policy p = policy_;
+  SlowBackoff(p, "scoped", absl::Milliseconds(300));
+  ReloadAll(p);
+  EXPECT_TRUE(Both(0, "scoped", 1, "old").first.granted);
+  // The two cooldowns differ by the time between the two Reports (each on its own clock).
+  const absl::Time before = absl::Now();
+  const absl::Time until = ReportBoth(1, Answer("scoped", 429, {}, absl::Now()));
+  const absl::Duration apart = absl::Now() - before + absl::Milliseconds(5);
+  ASSERT_GT(until, absl::Now() + absl::Milliseconds(200));
+  for (const char* scope : {"old", "new", ""}) {
+    auto [s, e] = Both(0, "scoped", 1, scope);
+    EXPECT_FALSE(e.granted) << scope;
+    EXPECT_FALSE(s.granted) << scope;
+    EXPECT_LE(absl::AbsDuration(s.retry_at - e.retry_at), apart) << scope;
+  }
+  const absl::Time cs = CoolingUntil(CooldownsOf(0), "scoped");
+  const absl::Time ce = CoolingUntil(CooldownsOf(-1), "scoped");
+  EXPECT_NE(ce, absl::InfinitePast());
+  EXPECT_LE(absl::AbsDuration(cs - ce), apart)
+      << absl::FormatTime(cs) << " vs " << absl::FormatTime(ce);
+  EXPECT_EQ(Names(CooldownsOf(1)), Names(CooldownsOf(-1)));
+  PassUntil(until);
+  for (const char* scope : {"old", "new"}) {
+    auto [s, e] = Both(1, "scoped", 1, scope);
+    EXPECT_TRUE(e.granted) << scope << " " << e.limited_by;
+    EXPECT_TRUE(s.granted) << scope << " " << s.limited_by;
+  }
+  EXPECT_TRUE(CooldownsOf(0).empty());
+  ExpectSameUsage();
+}
+
+// A Retry-After (2 s) on a throttle blamed on a scoped limit (so's only limit) cools the feature
+// itself too, in both: after a reload renames the scoped limit (its cooldown stays with the old name), the
+// feature is still denied by its own cooldown until the Retry-After, and GetUsage lists it.
+TEST_F(SharedOutsideAttackTest, ARetryAfterOnAScopedHitCoolsTheFeatureTooInBoth) {
+  Policy p = Extended(kScopedOnly);
+  ReloadAll(p);
+  const absl::Time until =
+      ReportBoth(0, Answer("so", 429, {{"Retry-After", "2"}}, absl::Now()));
+  ASSERT_GT(until, absl::Now() + absl::Seconds(1));
+  LimitOf(p, "so", "per").name = "per2";
+  ReloadAll(p);
+  auto [s, e] = Both(1, "so", 1, "a");
+  EXPECT_FALSE(e.granted);
+  EXPECT_FALSE(s.granted);
+  EXPECT_EQ(s.limited_by, e.limited_by);
+  EXPECT_LE(absl::AbsDuration(s.retry_at - e.retry_at), absl::Milliseconds(5));
+  EXPECT_EQ(Names(CooldownsOf(0)), Names(CooldownsOf(-1)));
+  // The drawing feature draws on no scoped limit, and so's own cooldown is so's alone: granted
+  // in both.
+  auto [ds, de] = Both(0, "dso", 1, "a");
+  EXPECT_TRUE(de.granted) << de.limited_by;
+  EXPECT_TRUE(ds.granted) << ds.limited_by;
+}
+
+// draws_on onto a feature with a scoped limit (sc.per, not drawn) and an unscoped one (sc.tot,
+// drawn): a throttle of sc (both empty, both blamed; 300 ms) denies dr in every scope in both,
+// and GetUsage lists both features cooling. With sc.tot 10% full, a throttle of dr is blamed on
+// sc.tot alone (dr.own is 1% full, sc.per is not dr's): sc is denied in every scope by it, its
+// count doubles dr's back-off (200 ms); a clean answer to dr after it starts sc.tot's count over,
+// so sc's next throttle (blamed on sc.tot alone) backs off sc's initial 300 ms, in both.
+TEST_F(SharedOutsideAttackTest, ADrawnOnScopedFeaturesCooldownHoldsTheDrawerAsEmbedded) {
+  Policy p = Extended(kScopedFeatures);
+  SlowBackoff(p, "sc", absl::Milliseconds(300));
+  for (FeatureSpec& f : p.credentials[0].features) {
+    if (f.name == "dr") {
+      f.throttle.initial_backoff = absl::Milliseconds(100);
+      f.throttle.max_backoff = absl::Seconds(2);
+    }
+  }
+  ReloadAll(p);
+  absl::Time until = ReportBoth(0, Answer("sc", 429, {}, absl::Now()));
+  for (const char* scope : {"a", "b", ""}) {
+    auto [s, e] = Both(1, "dr", 1, scope);
+    EXPECT_FALSE(e.granted) << scope;
+    EXPECT_FALSE(s.granted) << scope;
+    EXPECT_EQ(s.limited_by, e.limited_by);
+  }
+  EXPECT_EQ(Names(CooldownsOf(0)), Names(CooldownsOf(-1)));
+  EXPECT_EQ(Names(CooldownsOf(-1)), (std::vector<std::string>{"dr.cooldown", "sc.cooldown"}));
+  PassUntil(until);
+  EXPECT_TRUE(Both(0, "dr", 1, "a").first.granted);
+  EXPECT_TRUE(Both(0, "sc", 10, "a").first.granted);
+  const absl::Time sent = absl::Now();
+  until = ReportBoth(1, Answer("dr", 429, {}, sent));
+  EXPECT_GE(until - sent, absl::Milliseconds(200) - absl::Milliseconds(1));
+  EXPECT_LE(until - sent, absl::Milliseconds(250));
+  for (const char* scope : {"z", "a"}) {
+    auto [s, e] = Both(0, "sc", 1, scope);
+    EXPECT_FALSE(e.granted) << scope;
+    EXPECT_FALSE(s.granted) << scope;
+  }
+  EXPECT_EQ(Names(CooldownsOf(1)), Names(CooldownsOf(-1)));
+  PassUntil(until);
+  ReportBoth(0, Answer("dr", 200, {}));
+  const absl::Time sent2 = absl::Now();
+  const absl::Time until2 = ReportBoth(1, Answer("sc", 429, {}, sent2));
+  EXPECT_GE(until2 - sent2, absl::Milliseconds(300) - absl::Milliseconds(1));
+  EXPECT_LE(until2 - sent2, absl::Milliseconds(350));
+  ExpectSameUsage();
+}
+
+// Batches with items on a cooling scoped limit (sc.per) and its unscoped sibling (sc.tot, drawn
+// on by dr), both cooling 1 min: an independent batch grants the other items and denies those in
+// both (every scope); an all-or-nothing batch grants none and charges nothing.
+TEST_F(SharedOutsideAttackTest, BatchesWithAnItemOnACoolingScopedLimitAnswerAsEmbedded) {
+  Policy p = Extended(kScopedFeatures);
+  SlowBackoff(p, "sc", absl::Minutes(1));
+  ReloadAll(p);
+  ASSERT_GT(ReportBoth(0, Answer("sc", 429, {}, absl::Now())), absl::Now() + absl::Seconds(50));
+  const std::vector<AcquireRequest> reqs = {Req("cal", 1, ""), Req("sc", 1, "a"),
+                                            Req("dr", 1, "b"), Req("roll", 2, "")};
+  std::vector<absl::StatusOr<Decision>> s =
+      BatchThrough(*replicas_[1], reqs, std::vector<SharedRequestId>(reqs.size()), false);
+  ASSERT_EQ(s.size(), reqs.size());
+  for (size_t k = 0; k < reqs.size(); ++k) {
+    absl::StatusOr<Decision> e = ledger_->Acquire(reqs[k]);
+    ASSERT_TRUE(s[k].ok() && e.ok()) << k << ": " << s[k].status() << " / " << e.status();
+    EXPECT_EQ(s[k]->granted, e->granted) << k << ": " << s[k]->limited_by << " / " << e->limited_by;
+    EXPECT_EQ(e->granted, k == 0 || k == 3) << k;
+    if (!e->granted) {
+      EXPECT_EQ(s[k]->limited_by, e->limited_by) << k;
+    }
+  }
+  ExpectSameUsage();
+  const std::vector<AcquireRequest> aon = {Req("cal", 2, ""), Req("roll", 1, ""),
+                                           Req("sc", 1, "c")};
+  s = BatchThrough(*replicas_[0], aon, std::vector<SharedRequestId>(aon.size()), true);
+  std::vector<absl::StatusOr<Decision>> e = ledger_->AcquireAll(aon);
+  ASSERT_EQ(s.size(), aon.size());
+  ASSERT_EQ(e.size(), aon.size());
+  for (size_t k = 0; k < aon.size(); ++k) {
+    ASSERT_TRUE(s[k].ok() && e[k].ok()) << s[k].status() << " / " << e[k].status();
+    EXPECT_FALSE(e[k]->granted) << k;
+    EXPECT_FALSE(s[k]->granted) << k;
+  }
+  ExpectSameUsage();
+  EXPECT_TRUE(Both(1, "cal", 9).first.granted);  // 1 charged by the first batch, 9 left
+  EXPECT_FALSE(Both(0, "cal", 1).first.granted);
+}
+
+// Waiters parked behind a cooling scoped limit (300 ms): one per scope, two of them through
+// different replicas, for the limit's own feature and for one drawing on it. None is served
+// before the cooldown ends, every one is served after it (none starved until its 5 s deadline),
+// in both; then a waiter behind a 1 min cooldown is served soon after a Reset, in both.
+TEST_F(SharedOutsideAttackTest, WaitersBehindACoolingScopedLimitAreServedWhenItEnds) {
+  Policy p = Extended(kScopedFeatures);
+  SlowBackoff(p, "sc", absl::Milliseconds(300));
+  ReloadAll(p);
+  // (until: the later of the two cooldowns, each on its own clock; they differ by the time
+  // between the two Reports.)
+  const absl::Time before = absl::Now();
+  const absl::Time until = ReportBoth(0, Answer("sc", 429, {}, absl::Now()));
+  const absl::Duration apart = absl::Now() - before + absl::Milliseconds(1);
+  ASSERT_GT(until, absl::Now() + absl::Milliseconds(200));
+  struct Waited {
+    absl::Notification done;
+    absl::StatusOr<Decision> d;
+    absl::Time at;
+  };
+  const std::vector<AcquireRequest> reqs = {Req("sc", 1, "a"), Req("sc", 1, "b"),
+                                            Req("dr", 1, "c")};
+  std::vector<std::unique_ptr<Waited>> sw, ew;
+  for (size_t k = 0; k < reqs.size(); ++k) {
+    sw.push_back(std::make_unique<Waited>());
+    ew.push_back(std::make_unique<Waited>());
+    Waited* s = sw.back().get();
+    Waited* e = ew.back().get();
+    replicas_[k % 2]->AcquireSharedOrWait(reqs[k], SharedRequestId{}, absl::Seconds(5), 0,
+                                          [s](absl::StatusOr<Decision> d) {
+                                            s->d = std::move(d);
+                                            s->at = absl::Now();
+                                            s->done.Notify();
+                                          });
+    ledger_->AcquireOrWait(reqs[k], absl::Seconds(5), 0, [e](absl::StatusOr<Decision> d) {
+      e->d = std::move(d);
+      e->at = absl::Now();
+      e->done.Notify();
+    });
+  }
+  ASSERT_TRUE(Eventually(
+      [&] {
+        ledger_->Pump();
+        for (size_t k = 0; k < reqs.size(); ++k) {
+          if (!sw[k]->done.HasBeenNotified() || !ew[k]->done.HasBeenNotified()) return false;
+        }
+        return true;
+      },
+      absl::Seconds(8)));
+  for (size_t k = 0; k < reqs.size(); ++k) {
+    SCOPED_TRACE(absl::StrCat("waiter ", k));
+    ASSERT_TRUE(sw[k]->d.ok() && ew[k]->d.ok()) << sw[k]->d.status() << " / " << ew[k]->d.status();
+    EXPECT_TRUE(ew[k]->d->granted) << ew[k]->d->limited_by;
+    EXPECT_TRUE(sw[k]->d->granted) << sw[k]->d->limited_by << ": starved";
+    EXPECT_GE(sw[k]->at, until - apart);
+    EXPECT_GE(ew[k]->at, until - apart);
+    EXPECT_LE(sw[k]->at, until + absl::Seconds(2));
+  }
+  ExpectSameUsage();
+
+  // A long cooldown, ended by a Reset.
+  SlowBackoff(p, "sc", absl::Minutes(1));
+  ReloadAll(p);
+  ASSERT_GT(ReportBoth(1, Answer("sc", 429, {}, absl::Now())), absl::Now() + absl::Seconds(50));
+  Waited s2, e2;
+  const AcquireRequest req = Req("sc", 1, "d");
+  replicas_[0]->AcquireSharedOrWait(req, SharedRequestId{}, absl::Seconds(20), 0,
+                                    [&](absl::StatusOr<Decision> d) {
+                                      s2.d = std::move(d);
+                                      s2.at = absl::Now();
+                                      s2.done.Notify();
+                                    });
+  ledger_->AcquireOrWait(req, absl::Seconds(20), 0, [&](absl::StatusOr<Decision> d) {
+    e2.d = std::move(d);
+    e2.at = absl::Now();
+    e2.done.Notify();
+  });
+  ledger_->Pump();
+  EXPECT_FALSE(s2.done.HasBeenNotified());
+  EXPECT_FALSE(e2.done.HasBeenNotified());
+  const absl::Time reset_at = absl::Now();
+  ASSERT_TRUE(replicas_[1]->Reset(kCred).ok());
+  ASSERT_TRUE(ledger_->Reset(kCred).ok());
+  ASSERT_TRUE(Eventually(
+      [&] {
+        ledger_->Pump();
+        return s2.done.HasBeenNotified() && e2.done.HasBeenNotified();
+      },
+      absl::Seconds(5)))
+      << "a waiter starved after the Reset ended the cooldown";
+  ASSERT_TRUE(s2.d.ok() && e2.d.ok()) << s2.d.status() << " / " << e2.d.status();
+  EXPECT_TRUE(e2.d->granted);
+  EXPECT_TRUE(s2.d->granted);
+  EXPECT_LE(s2.at - reset_at, absl::Seconds(2));
+}
+
+// The clean-answer reset of a scoped limit's count compares the answer's observed time with the
+// limit's cooldown (entry[5]), in both: a clean answer seen before the cooldown ends keeps the
+// count (the next throttle backs off twice as long), one seen after it starts the back-off over
+// (the next backs off the initial 5 ms). Likewise with a Retry-After (300 ms) in place of the
+// back-off: a clean answer seen before the Retry-After keeps the count.
+TEST_F(SharedOutsideAttackTest, ACleanAnswerResetsAScopedCountOnlyPastItsCooldownAsEmbedded) {
+  Policy p = Extended(kScopedOnly);
+  for (FeatureSpec& f : p.credentials[0].features) {
+    if (f.name == "so") {
+      f.throttle.initial_backoff = absl::Milliseconds(40);
+      f.throttle.max_backoff = absl::Seconds(2);
+    }
+  }
+  ReloadAll(p);
+  int step = 0;
+  auto throttle = [&](int i) {
+    SCOPED_TRACE(absl::StrCat("throttle ", ++step));
+    const absl::Time sent = absl::Now();
+    const absl::Time until = ReportBoth(i, Answer("so", 429, {}, sent));
+    return std::make_pair(sent, until);
+  };
+  auto clean_at = [&](int i, absl::Time observed) {
+    UpstreamAnswer clean = Answer("so", 200, {});
+    clean.observed_at = observed;
+    ReportBoth(i, clean);
+  };
+  auto [sent1, until1] = throttle(0);  // 40 ms
+  EXPECT_LE(until1 - sent1, absl::Milliseconds(40) + absl::Milliseconds(35));
+  // Seen in the cooldown (each side's ends at least 40 ms after sent1, on its own clock): the
+  // count stays.
+  clean_at(1, sent1 + absl::Milliseconds(30));
+  PassUntil(until1);
+  auto [sent2, until2] = throttle(1);  // 80 ms
+  EXPECT_GE(until2 - sent2, absl::Milliseconds(80) - absl::Milliseconds(1));
+  clean_at(0, until2 + absl::Milliseconds(1));  // seen after it: starts over
+  PassUntil(until2);
+  auto [sent3, until3] = throttle(0);  // 40 ms again
+  EXPECT_LE(until3 - sent3, absl::Milliseconds(40) + absl::Milliseconds(35));
+  PassUntil(until3);
+  const absl::Time r0 = absl::Now();
+  const absl::Time until4 =
+      ReportBoth(1, Answer("so", 429, {{"Retry-After", "1"}}, absl::Now()));  // count 2
+  EXPECT_GE(until4 - r0, absl::Milliseconds(500));
+  clean_at(0, until4 - absl::Milliseconds(100));  // seen before the Retry-After: stays
+  PassUntil(until4);
+  auto [sent5, until5] = throttle(0);  // the count's third: 160 ms
+  EXPECT_GE(until5 - sent5, absl::Milliseconds(160) - absl::Milliseconds(1));
+  ExpectSameUsage();
+}
+
+// The hash in ~o's keeping (O.encode): a throttle blamed on a scoped limit no request ever
+// charged leaves a hash holding only ~o (and the feature's cooldown). It has an expiry, at least
+// as late as the limit's cooldown (1 min); a clean answer seen after the cooldown ends the count
+// and the entry, so ~o goes (its cooldown over, nothing to keep).
+TEST_F(SharedOutsideAttackTest, AHashHoldingOnlyAScopedCooldownExpiresNoSoonerThanIt) {
+  Policy p = Extended(kScopedOnly);
+  SlowBackoff(p, "so", absl::Minutes(1));
+  ReloadAll(p);
+  const absl::Time until = ReportBoth(0, Answer("so", 429, {}, absl::Now()));
+  ASSERT_GT(until, absl::Now() + absl::Seconds(50));
+  const std::string key = redis::StateKey(kCred);
+  absl::StatusOr<std::string> ttl = redis_->Command({"PTTL", key});
+  ASSERT_TRUE(ttl.ok()) << ttl.status();
+  ASSERT_NE(*ttl, "-2") << key << " is gone in the cooldown";
+  ASSERT_NE(*ttl, "-1") << key << " never expires";
+  EXPECT_GE(absl::Now() + absl::Milliseconds(std::stoll(*ttl)), until)
+      << key << " expires before the cooldown ends";
+  // A clean answer seen in the cooldown keeps ~o; one seen after it drops it.
+  UpstreamAnswer clean = Answer("so", 200, {});
+  clean.observed_at = until - absl::Seconds(1);
+  ReportBoth(1, clean);
+  absl::StatusOr<std::string> has = redis_->Command({"HEXISTS", key, "~o"});
+  ASSERT_TRUE(has.ok()) << has.status();
+  EXPECT_EQ(*has, "1");
+  {
+    auto [s, e] = Both(0, "so", 1, "a");
+    EXPECT_FALSE(e.granted);
+    EXPECT_FALSE(s.granted);
+  }
+  clean.observed_at = until + absl::Seconds(1);
+  ReportBoth(1, clean);
+  has = redis_->Command({"HEXISTS", key, "~o"});
+  ASSERT_TRUE(has.ok()) << has.status();
+  // The count is over but the cooldown still runs (observed ahead of now): the entry stays for
+  // it, as embedded (the limit still denies).
+  EXPECT_EQ(*has, "1");
+  auto [s, e] = Both(1, "so", 1, "b");
+  EXPECT_FALSE(e.granted);
+  EXPECT_FALSE(s.granted);
+  ExpectSameUsage();
+}
+
+// BUG (service/store/redis/quotad_outside.lua O.encode / gone_at, with save_all's expiry): the
+// hash's expiry is set when a Report writes ~o, from the recovery period the entry stored then
+// (entry[4]); decisions decay the estimate over the period in force (O.recovery), but nothing
+// moves the expiry when a reload lengthens the period. Here: rolling 100 ms, capacity 100, a
+// throttle learns 10 units (gone in 2 s at that period); a reload makes the period 1 h (the
+// embedded estimate now lasts ~20 h). The feature's max_cooldown is short (max_lease_ttl 100 ms)
+// so the throttle count keeps the hash no longer than the estimate, and nothing is charged, so
+// only ~o keeps the hash. About 4 s after the throttle the hash expires with ~o in it: every
+// replica shows 0 held back where the embedded ledger shows 10, and grants the 91st unit the
+// embedded ledger refuses (over-grant against the learnt outside use). Any charge or Report
+// before the expiry would not help either: only a throttle Report rewrites entry[4].
+TEST_F(SharedOutsideAttackTest, DISABLED_Bug_AReloadLengtheningThePeriodLetsTheHashDropTheEstimate) {
+  Policy p = Extended(R"(
+      - name: ql
+        default_lease_ttl: 100ms
+        max_lease_ttl: 100ms
+        limits:
+          - {name: l, kind: rolling, period: 100ms, capacity: 100}
+)");
+  ReloadAll(p);
+  PassUntil(ReportBoth(0, Answer("ql", 429, {}, absl::Now())));  // 10 of 100 held back
+  LimitOf(p, "ql", "l").period = absl::Hours(1);
+  ReloadAll(p);
+  ASSERT_GE(OutsideOf(-1, "ql.l"), 9);
+  ASSERT_GE(OutsideOf(0, "ql.l"), 9);
+  const std::string key = redis::StateKey(kCred);
+  // The embedded estimate now decays over 1 h (20 h to go); the hash expires ~4 s after the
+  // throttle, its ~o with it.
+  const bool gone = Eventually(
+      [&] {
+        absl::StatusOr<std::string> n = redis_->Command({"EXISTS", key});
+        return n.ok() && *n == "0";
+      },
+      absl::Seconds(8));
+  EXPECT_FALSE(gone) << key << " expired while the embedded ledger holds "
+                     << OutsideOf(-1, "ql.l") << " units back";
+  EXPECT_EQ(OutsideOf(0, "ql.l"), OutsideOf(-1, "ql.l"));
+  // (HoldBack never holds more than capacity - cost: 90 fit in both.)
+  EXPECT_TRUE(Both(1, "ql", 90).second.granted);
+  auto [s, e] = Both(0, "ql", 1);
+  EXPECT_FALSE(e.granted);
+  EXPECT_FALSE(s.granted) << "the 91st unit granted with 10 held back embedded";  // fails
+}
+
+// BUG (embedded ledger, service/core/ledger_acquire.cc, Credential's Acquire: the feature's own
+// cooldown is checked first and returns at once, before LimitCooldown): when the feature's
+// cooldown (a Retry-After of 1 s) ends before its scoped limit's (a later throttle backs off
+// 1 min), the embedded Decision's retry_at is the feature's 1 s, though nothing is granted for a
+// minute; every replica answers the later one (quotad_acquire takes the latest cooldown). Never
+// an over-grant: a caller retrying at 1 s is denied again.
+TEST_F(SharedOutsideAttackTest, DISABLED_Bug_EmbeddedRetryAtStopsAtTheFeaturesOwnCooldown) {
+  Policy p = Extended(kScopedOnly);
+  SlowBackoff(p, "so", absl::Minutes(1));
+  ReloadAll(p);
+  ASSERT_GT(ReportBoth(0, Answer("so", 429, {{"Retry-After", "1"}}, absl::Now())),
+            absl::Now() + absl::Milliseconds(500));
+  ASSERT_GT(ReportBoth(1, Answer("so", 429, {}, absl::Now())), absl::Now() + absl::Seconds(50));
+  auto [s, e] = Both(0, "so", 1, "a");
+  EXPECT_FALSE(e.granted);
+  EXPECT_FALSE(s.granted);
+  EXPECT_GT(s.retry_at, absl::Now() + absl::Seconds(50));
+  EXPECT_GT(e.retry_at, absl::Now() + absl::Seconds(50))  // fails: ~1 s on
+      << absl::FormatTime(e.retry_at);
+}
+
+// DIVERGENCE (documented in service/store/redis/README.md as a trade-off, quotad_outside.lua
+// O.encode: a throttle count keeps the hash one max_cooldown, at most a day; embedded: until a
+// clean answer): with max_cooldown ~100 ms (max_lease_ttl 100 ms, the scoped limit's window
+// 100 ms) the hash expires ~1-2 s after a throttle, its count with it, and the next throttle of
+// the scoped limit backs off the initial 5 ms where the embedded ledger doubles to 10 ms (the
+// replicas cool down half as long; shorter, so more calls reach a throttling upstream). Kept
+// disabled until the lead decides whether this trade-off stands.
+TEST_F(SharedOutsideAttackTest, DISABLED_Bug_AScopedCountGoneWithTheHashHalvesTheNextBackOff) {
+  Policy p = Extended(R"(
+      - name: qs
+        default_lease_ttl: 100ms
+        max_lease_ttl: 100ms
+        limits:
+          - {name: per, kind: sliding, period: 100ms, capacity: 100, scoped: true}
+)");
+  ReloadAll(p);
+  const absl::Time sent1 = absl::Now();
+  PassUntil(ReportBoth(0, Answer("qs", 429, {}, sent1)));  // 5 ms
+  const std::string key = redis::StateKey(kCred);
+  ASSERT_TRUE(Eventually(
+      [&] {
+        absl::StatusOr<std::string> n = redis_->Command({"EXISTS", key});
+        return n.ok() && *n == "0";
+      },
+      absl::Seconds(5)));
+  const absl::Time sent2 = absl::Now();
+  absl::StatusOr<ReportResult> rs = replicas_[1]->Report(Answer("qs", 429, {}, sent2));
+  absl::StatusOr<ReportResult> re = ledger_->Report(Answer("qs", 429, {}, sent2));
+  ASSERT_TRUE(rs.ok() && re.ok());
+  EXPECT_GE(re->cooldown_until - sent2, absl::Milliseconds(10) - absl::Milliseconds(1));
+  EXPECT_GE(rs->cooldown_until - sent2, absl::Milliseconds(10) - absl::Milliseconds(1))
+      << "shared " << (rs->cooldown_until - sent2) << ", embedded "
+      << (re->cooldown_until - sent2);  // fails: shared ~5 ms
+}
+
+// An all-or-nothing batch whose last item is refused by a cooling scoped limit (1 min), after an
+// item that would create a new scope of a feature with max_scopes 2: nothing is created, in both;
+// the two scopes are then granted, a third refused (kResourceExhausted) alike.
+TEST_F(SharedOutsideAttackTest, ARefusedBatchCreatesNoScopeBehindACoolingScopedLimit) {
+  Policy p = Extended(absl::StrCat(kScopedOnly, R"(
+      - name: ms
+        limits:
+          - {name: per, kind: rolling, period: 1h, capacity: 10, scoped: true}
+)"));
+  for (FeatureSpec& f : p.credentials[0].features) {
+    if (f.name == "ms") f.max_scopes = 2;
+  }
+  SlowBackoff(p, "so", absl::Minutes(1));
+  ReloadAll(p);
+  ASSERT_GT(ReportBoth(0, Answer("so", 429, {}, absl::Now())), absl::Now() + absl::Seconds(50));
+  const std::vector<AcquireRequest> aon = {Req("ms", 1, "x"), Req("so", 1, "a")};
+  std::vector<absl::StatusOr<Decision>> s =
+      BatchThrough(*replicas_[1], aon, std::vector<SharedRequestId>(aon.size()), true);
+  std::vector<absl::StatusOr<Decision>> e = ledger_->AcquireAll(aon);
+  ASSERT_EQ(s.size(), aon.size());
+  ASSERT_EQ(e.size(), aon.size());
+  for (size_t k = 0; k < aon.size(); ++k) {
+    ASSERT_TRUE(s[k].ok() && e[k].ok()) << s[k].status() << " / " << e[k].status();
+    EXPECT_FALSE(e[k]->granted) << k;
+    EXPECT_FALSE(s[k]->granted) << k;
+  }
+  ExpectSameUsage();
+  for (const char* scope : {"y", "z"}) {
+    auto [gs, ge] = Both(0, "ms", 1, scope);
+    EXPECT_TRUE(ge.granted) << scope << " " << ge.limited_by;
+    EXPECT_TRUE(gs.granted) << scope << " " << gs.limited_by;
+  }
+  const absl::StatusOr<Decision> ts = AcquireThrough(*replicas_[1], Req("ms", 1, "w"));
+  const absl::StatusOr<Decision> te = ledger_->Acquire(Req("ms", 1, "w"));
+  EXPECT_EQ(ts.status().code(), te.status().code()) << ts.status() << " / " << te.status();
+  EXPECT_EQ(te.status().code(), absl::StatusCode::kResourceExhausted) << te.status();
+}
+
+// A waiter whose deadline (300 ms) comes before a scoped limit's cooldown ends (1 min) is
+// answered at its deadline, not before, denied with the same limited_by and a retry_at at the
+// cooldown's end, in both; it leaves no entry behind (a new scope's request after the cooldown
+// is not held back by it: a Reset ends the cooldown and the next call is granted at once).
+TEST_F(SharedOutsideAttackTest, AWaiterPastItsDeadlineBehindAScopedCooldownIsDeniedAlike) {
+  Policy p = Extended(kScopedOnly);
+  SlowBackoff(p, "so", absl::Minutes(1));
+  ReloadAll(p);
+  const absl::Time before = absl::Now();
+  const absl::Time until = ReportBoth(0, Answer("so", 429, {}, absl::Now()));
+  const absl::Duration apart = absl::Now() - before + absl::Milliseconds(5);
+  ASSERT_GT(until, absl::Now() + absl::Seconds(50));
+  struct Waited {
+    absl::Notification done;
+    absl::StatusOr<Decision> d;
+    absl::Time at;
+  };
+  Waited sw, ew;
+  const AcquireRequest req = Req("so", 1, "w");
+  const absl::Time start = absl::Now();
+  replicas_[1]->AcquireSharedOrWait(req, SharedRequestId{}, absl::Milliseconds(300), 0,
+                                    [&](absl::StatusOr<Decision> d) {
+                                      sw.d = std::move(d);
+                                      sw.at = absl::Now();
+                                      sw.done.Notify();
+                                    });
+  ledger_->AcquireOrWait(req, absl::Milliseconds(300), 0, [&](absl::StatusOr<Decision> d) {
+    ew.d = std::move(d);
+    ew.at = absl::Now();
+    ew.done.Notify();
+  });
+  ASSERT_TRUE(Eventually(
+      [&] {
+        ledger_->Pump();
+        return sw.done.HasBeenNotified() && ew.done.HasBeenNotified();
+      },
+      absl::Seconds(5)));
+  ASSERT_TRUE(sw.d.ok() && ew.d.ok()) << sw.d.status() << " / " << ew.d.status();
+  EXPECT_FALSE(sw.d->granted);
+  EXPECT_FALSE(ew.d->granted);
+  EXPECT_EQ(sw.d->limited_by, ew.d->limited_by);
+  EXPECT_GE(sw.at - start, absl::Milliseconds(299));
+  EXPECT_GE(ew.at - start, absl::Milliseconds(299));
+  EXPECT_LE(absl::AbsDuration(sw.d->retry_at - until), apart)
+      << absl::FormatTime(sw.d->retry_at);
+  EXPECT_LE(absl::AbsDuration(ew.d->retry_at - until), apart)
+      << absl::FormatTime(ew.d->retry_at);
+  ASSERT_TRUE(replicas_[0]->Reset(kCred).ok());
+  ASSERT_TRUE(ledger_->Reset(kCred).ok());
+  auto [s, e] = Both(0, "so", 1, "v");
+  EXPECT_TRUE(e.granted) << e.limited_by;
+  EXPECT_TRUE(s.granted) << s.limited_by;
+}
+
 }  // namespace
 }  // namespace quotad
