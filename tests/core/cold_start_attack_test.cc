@@ -19,11 +19,14 @@
 // The policy the ledger reports (Ledger::policy, read from the compiled version in force) is
 // compared with the policy given field by field by this file's own comparison, not SameFeatures.
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -200,6 +203,8 @@ std::vector<Mutation> Mutations() {
   add("g_limit_capacity", [](auto& fs) { fs[1].limits[0].capacity = 99; });
   return m;
 }
+
+void PrintTo(const Mutation& m, std::ostream* os) { *os << m.name; }
 
 std::vector<FeatureSpec> Mutated(const Mutation& m) {
   std::vector<FeatureSpec> fs = Base();
