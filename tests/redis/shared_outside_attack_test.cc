@@ -281,6 +281,28 @@ class SharedOutsideAttackTest : public ::testing::Test {
         Eventually([&] { return absl::Now() > until + absl::Milliseconds(2); }, absl::Seconds(5)));
   }
 
+  // A waiting Acquire's answer, and when it came.
+  struct Waited {
+    absl::Notification done;
+    absl::StatusOr<Decision> d;
+    absl::Time at;
+  };
+
+  // The same Acquire with `max_wait` through replica `i` (answered into *shared) and the
+  // embedded ledger (into *embedded); both must outlive the answers.
+  void WaitBoth(int i, const AcquireRequest& req, absl::Duration max_wait, Waited* shared,
+                Waited* embedded) {
+    auto answer = [](Waited* w) {
+      return [w](absl::StatusOr<Decision> d) {
+        w->d = std::move(d);
+        w->at = absl::Now();
+        w->done.Notify();
+      };
+    };
+    replicas_[i]->AcquireSharedOrWait(req, SharedRequestId{}, max_wait, 0, answer(shared));
+    ledger_->AcquireOrWait(req, max_wait, 0, answer(embedded));
+  }
+
   // GetUsage through every replica equals the embedded ledger's.
   void ExpectSameUsage() {
     absl::StatusOr<std::vector<LimitStatus>> e = ledger_->Usage(kCred);
@@ -651,21 +673,9 @@ TEST_F(SharedOutsideAttackTest, AWaiterIsHeldBackByTheEstimateAndServedWhenRoomF
   Throttles("roll", 1);  // 10 held back
   auto [s85, e85] = Both(0, "roll", 85);
   ASSERT_TRUE(s85.granted && e85.granted);
-  struct Waited {
-    absl::Notification done;
-    absl::StatusOr<Decision> d;
-  };
   Waited sw, ew;
   const AcquireRequest req = Req("roll", 10, "");
-  replicas_[1]->AcquireSharedOrWait(req, SharedRequestId{}, absl::Seconds(20), 0,
-                                    [&](absl::StatusOr<Decision> d) {
-                                      sw.d = std::move(d);
-                                      sw.done.Notify();
-                                    });
-  ledger_->AcquireOrWait(req, absl::Seconds(20), 0, [&](absl::StatusOr<Decision> d) {
-    ew.d = std::move(d);
-    ew.done.Notify();
-  });
+  WaitBoth(1, req, absl::Seconds(20), &sw, &ew);
   // 85 + 10 + 10 > 100: both wait (the shared one is placed in Redis's queue).
   ASSERT_TRUE(Eventually([&] { return replicas_[1]->wait_stats().placed == 1; }));
   EXPECT_FALSE(sw.done.HasBeenNotified());
@@ -1220,24 +1230,9 @@ TEST_F(SharedOutsideAttackTest, AWaiterOnACooldownKeptByNameIsServedWhenItEnds) 
   Policy scoped = slow;
   LimitOf(scoped, "roll", "hourly").scoped = true;
   ReloadAll(scoped);
-  struct Waited {
-    absl::Notification done;
-    absl::StatusOr<Decision> d;
-    absl::Time at;
-  };
   Waited sw, ew;
   const AcquireRequest req = Req("roll", 1, "w");
-  replicas_[1]->AcquireSharedOrWait(req, SharedRequestId{}, absl::Seconds(5), 0,
-                                    [&](absl::StatusOr<Decision> d) {
-                                      sw.d = std::move(d);
-                                      sw.at = absl::Now();
-                                      sw.done.Notify();
-                                    });
-  ledger_->AcquireOrWait(req, absl::Seconds(5), 0, [&](absl::StatusOr<Decision> d) {
-    ew.d = std::move(d);
-    ew.at = absl::Now();
-    ew.done.Notify();
-  });
+  WaitBoth(1, req, absl::Seconds(5), &sw, &ew);
   // (The embedded ledger's waiters are served by whoever calls Pump: the server's timer, here
   // the poll.)
   ASSERT_TRUE(Eventually(
@@ -1685,11 +1680,6 @@ TEST_F(SharedOutsideAttackTest, WaitersBehindACoolingScopedLimitAreServedWhenItE
   const absl::Time until = ReportBoth(0, Answer("sc", 429, {}, absl::Now()));
   const absl::Duration apart = absl::Now() - before + absl::Milliseconds(1);
   ASSERT_GT(until, absl::Now() + absl::Milliseconds(200));
-  struct Waited {
-    absl::Notification done;
-    absl::StatusOr<Decision> d;
-    absl::Time at;
-  };
   const std::vector<AcquireRequest> reqs = {Req("sc", 1, "a"), Req("sc", 1, "b"),
                                             Req("dr", 1, "c")};
   std::vector<std::unique_ptr<Waited>> sw, ew;
@@ -1698,17 +1688,7 @@ TEST_F(SharedOutsideAttackTest, WaitersBehindACoolingScopedLimitAreServedWhenItE
     ew.push_back(std::make_unique<Waited>());
     Waited* s = sw.back().get();
     Waited* e = ew.back().get();
-    replicas_[k % 2]->AcquireSharedOrWait(reqs[k], SharedRequestId{}, absl::Seconds(5), 0,
-                                          [s](absl::StatusOr<Decision> d) {
-                                            s->d = std::move(d);
-                                            s->at = absl::Now();
-                                            s->done.Notify();
-                                          });
-    ledger_->AcquireOrWait(reqs[k], absl::Seconds(5), 0, [e](absl::StatusOr<Decision> d) {
-      e->d = std::move(d);
-      e->at = absl::Now();
-      e->done.Notify();
-    });
+    WaitBoth(k % 2, reqs[k], absl::Seconds(5), s, e);
   }
   ASSERT_TRUE(Eventually(
       [&] {
@@ -1736,17 +1716,7 @@ TEST_F(SharedOutsideAttackTest, WaitersBehindACoolingScopedLimitAreServedWhenItE
   ASSERT_GT(ReportBoth(1, Answer("sc", 429, {}, absl::Now())), absl::Now() + absl::Seconds(50));
   Waited s2, e2;
   const AcquireRequest req = Req("sc", 1, "d");
-  replicas_[0]->AcquireSharedOrWait(req, SharedRequestId{}, absl::Seconds(20), 0,
-                                    [&](absl::StatusOr<Decision> d) {
-                                      s2.d = std::move(d);
-                                      s2.at = absl::Now();
-                                      s2.done.Notify();
-                                    });
-  ledger_->AcquireOrWait(req, absl::Seconds(20), 0, [&](absl::StatusOr<Decision> d) {
-    e2.d = std::move(d);
-    e2.at = absl::Now();
-    e2.done.Notify();
-  });
+  WaitBoth(0, req, absl::Seconds(20), &s2, &e2);
   ledger_->Pump();
   EXPECT_FALSE(s2.done.HasBeenNotified());
   EXPECT_FALSE(e2.done.HasBeenNotified());
@@ -2008,25 +1978,10 @@ TEST_F(SharedOutsideAttackTest, AWaiterPastItsDeadlineBehindAScopedCooldownIsDen
   const absl::Time until = ReportBoth(0, Answer("so", 429, {}, absl::Now()));
   const absl::Duration apart = absl::Now() - before + absl::Milliseconds(5);
   ASSERT_GT(until, absl::Now() + absl::Seconds(50));
-  struct Waited {
-    absl::Notification done;
-    absl::StatusOr<Decision> d;
-    absl::Time at;
-  };
   Waited sw, ew;
   const AcquireRequest req = Req("so", 1, "w");
   const absl::Time start = absl::Now();
-  replicas_[1]->AcquireSharedOrWait(req, SharedRequestId{}, absl::Milliseconds(300), 0,
-                                    [&](absl::StatusOr<Decision> d) {
-                                      sw.d = std::move(d);
-                                      sw.at = absl::Now();
-                                      sw.done.Notify();
-                                    });
-  ledger_->AcquireOrWait(req, absl::Milliseconds(300), 0, [&](absl::StatusOr<Decision> d) {
-    ew.d = std::move(d);
-    ew.at = absl::Now();
-    ew.done.Notify();
-  });
+  WaitBoth(1, req, absl::Milliseconds(300), &sw, &ew);
   ASSERT_TRUE(Eventually(
       [&] {
         ledger_->Pump();
