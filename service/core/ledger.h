@@ -181,7 +181,10 @@ class Ledger {
                                                         LedgerOptions options = {});
 
   // Reads the journal back (reservations as charged, leases as held) into a new ledger, before
-  // it serves. Records of credentials or limits no longer configured are ignored.
+  // it serves. Records of credentials, limits or features not configured now are kept, and
+  // restored as they would have been at start-up by the first reload that configures them
+  // again (at its time; those past their end by then are dropped): a restart forgets nothing
+  // the running ledger would have kept.
   absl::Status Restore();
 
   // Create, then Restore, with the journal read (Journal::Load) on a thread of its own while
@@ -355,6 +358,16 @@ class Ledger {
   absl::Status ReloadImpl(const Policy& policy);
   // Restore from what Journal::Load returned.
   absl::Status RestoreFrom(JournalState state);
+  // The parts of a restore, for RestoreFrom and for a reload that configures again what a
+  // restore could not place (Credential::unplaced). Each wants cred.mu held (asserted: the
+  // type is incomplete here). RestoreCounters: records `rs` of rule `r` (in key order).
+  void RestoreCounters(Credential& cred, int r, const Reservation* rs, size_t n, int64_t now);
+  // A scoped rule's "" scope records may be those of the rule before a reload made it scoped.
+  void SeedScopesFromUnscoped(Credential& cred, int r, int64_t now);
+  absl::Status RestoreLease(Credential& cred, const JournalLease& jl, const LeaseId& id,
+                            int64_t now);
+  // Restores what cred.unplaced has for the configuration in force; drops what ended.
+  void RestoreUnplaced(Credential& cred, int64_t now);
   absl::StatusOr<ReleaseResult> ReleaseImpl(const LeaseId& id, std::optional<int64_t> used,
                                             Credential** cred);
   void Deliver(std::vector<Answer>& answers);

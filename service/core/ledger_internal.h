@@ -144,6 +144,22 @@ struct Credential {
     absl::flat_hash_map<std::string, Counter> scoped;
   };
   absl::flat_hash_map<std::string, Removed> removed ABSL_GUARDED_BY(mu);
+  // Journal records a restore could not place (this credential, or the limit or feature they
+  // name, was not configured then), kept so that a reload that configures it again restores
+  // them as a restart with that policy would (Ledger::RestorePending): the running ledger would
+  // have kept their counts (`removed`, a dropped credential's counters). Each goes once applied
+  // or past its end; they are a part of the journal read at start-up, so bounded by it.
+  struct Unplaced {
+    // By limit name; the records of each counter in reserve-time order.
+    absl::flat_hash_map<std::string, std::vector<Reservation>> reservations;
+    std::vector<JournalLease> leases;
+    std::vector<JournalCooldown> cooldowns;
+    std::vector<JournalOutside> outside;
+    bool empty() const {
+      return reservations.empty() && leases.empty() && cooldowns.empty() && outside.empty();
+    }
+  };
+  Unplaced unplaced ABSL_GUARDED_BY(mu);
   // By limit name: the seq of the last version whose reload rebuilt its counters (the limit's
   // shape, scoping or a raised capacity changed).
   absl::flat_hash_map<std::string, uint64_t> rebuilt_at ABSL_GUARDED_BY(mu);

@@ -54,9 +54,23 @@ absl::Status Ledger::Reset(absl::string_view credential) {
       for (const auto& [feature, cooldown] : cred->cooldowns) {
         (void)options_.journal->PutCooldown({cred->name, feature, now});
       }
+      // And what a restart read for limits or features not configured since.
+      for (const JournalOutside& jo : cred->unplaced.outside) {
+        JournalOutside cleared = jo;
+        cleared.at_ns = now;
+        cleared.until_ns = now;
+        (void)options_.journal->PutOutside(cleared);
+      }
+      for (const JournalCooldown& jc : cred->unplaced.cooldowns) {
+        (void)options_.journal->PutCooldown({cred->name, jc.feature, now});
+      }
     }
     cred->outside.clear();
     cred->cooldowns.clear();
+    // Counts a restart kept for limits not configured now start over too (leases stay held).
+    cred->unplaced.reservations.clear();
+    cred->unplaced.outside.clear();
+    cred->unplaced.cooldowns.clear();
   }
   ServeCredential(*cred);
   return absl::OkStatus();
@@ -300,6 +314,9 @@ absl::Status Ledger::ReloadImpl(const Policy& policy) {
     cred.compiled = compiled.get();
     if (new_version) cred.versions.push_back({compiled, cred.next_version_seq++});
     cred.PruneVersions();
+    // What a restart's journal had for limits, features or a credential not configured then,
+    // as that restart would have restored it with this policy.
+    RestoreUnplaced(cred, now);
     if (options_.journal != nullptr && !seeded.empty()) {
       // The carried units are written ahead like charges, so that a restart with the new file
       // keeps them too. On failure the next charge of each counter writes them.

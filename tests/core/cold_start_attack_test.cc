@@ -731,16 +731,12 @@ TEST(CreateRestoredAttackTest, JournalOfAnotherPolicy) {
   ASSERT_OK(s.status);
 }
 
-// BUG (not the branch's: Restore's handling of unconfigured credentials is as before, and
-// Create + Restore does the same): the never-over promise across a restart that drops a
-// credential. b (10 a day) grants 8 and the journal holds its reservation; the ledger restarts
-// under a policy without b, and Restore ignores b's records ("records of credentials no longer
-// configured are ignored"); a reload the same day configures b again, as a new credential with
-// a zero counter, and b grants 10 more: 18 in one day against a limit of 10 (both ways of
-// starting). A restart with b configured would have restored its 8. Fix belongs in service/core
-// (keep the ignored records of the journal for credentials a later reload adds, or read them
-// back then).
-TEST(CreateRestoredAttackTest, DISABLED_Bug_RecordsOfADroppedCredentialForgottenWhenItComesBack) {
+// Was a bug: Restore ignored the records of credentials no longer configured. b (10 a day)
+// grants 8 and the journal holds its reservation; the ledger restarts under a policy without b;
+// a reload the same day configures b again, and b granted 10 more (18 in one day against 10),
+// both ways of starting. Restore now keeps those records (Credential::unplaced) and the reload
+// that brings b back restores them, as a restart with b configured would have.
+TEST(CreateRestoredAttackTest, RecordsOfADroppedCredentialRestoredWhenItComesBack) {
   for (bool create_restored : {false, true}) {
     FakeClock clock(Utc(2026, 6, 1, 10));
     MemoryJournal journal;
@@ -762,6 +758,254 @@ TEST(CreateRestoredAttackTest, DISABLED_Bug_RecordsOfADroppedCredentialForgotten
     ASSERT_OK((*l)->Reload(both));
     EXPECT_LE(Grants(**l, "b"), 2) << "b granted its daily 10 again after 8 (create_restored "
                                    << create_restored << ")";
+  }
+}
+
+// ---- Records a restore could not place, restored by the reload that configures them again.
+
+// A ledger under `policy` restored from `journal`, either way of starting.
+std::unique_ptr<Ledger> Restarted(const Policy& policy, FakeClock& clock, Journal& journal,
+                                  bool create_restored) {
+  absl::StatusOr<std::unique_ptr<Ledger>> l;
+  if (create_restored) {
+    l = Ledger::CreateRestored(policy, &clock, LedgerOptions{.journal = &journal});
+  } else {
+    l = Ledger::Create(policy, &clock, LedgerOptions{.journal = &journal});
+    if (l.ok()) {
+      if (absl::Status s = (*l)->Restore(); !s.ok()) l = s;
+    }
+  }
+  EXPECT_OK(l.status());
+  return l.ok() ? *std::move(l) : nullptr;
+}
+
+Policy OneCredential(std::string name, std::vector<LimitSpec> limits) {
+  Policy p;
+  p.credentials.push_back(Credential(std::move(name), "p", {Feature("f", std::move(limits))}));
+  return p;
+}
+
+// A limit (not the credential) removed by the policy a restart runs under and re-added by a
+// reload the same day: its 8 of 10 still count, as in a ledger that never restarted (which
+// keeps the removed limit's counter).
+TEST(RestoreUnplacedTest, DroppedLimitReaddedAfterARestartKeepsItsCount) {
+  const Policy both = OneCredential("a", {Calendar("day", 10, CalendarUnit::kDay),
+                                          Calendar("hour", 100, CalendarUnit::kHour)});
+  const Policy hour_only = OneCredential("a", {Calendar("hour", 100, CalendarUnit::kHour)});
+  int in_process;
+  {
+    FakeClock clock(Utc(2026, 6, 1, 10));
+    ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger, Ledger::Create(both, &clock));
+    ASSERT_EQ(Grants(*ledger, "a", 8), 8);
+    ASSERT_OK(ledger->Reload(hour_only));
+    ASSERT_OK(ledger->Reload(both));
+    in_process = Grants(*ledger, "a");
+  }
+  EXPECT_EQ(in_process, 2);
+  for (bool create_restored : {false, true}) {
+    FakeClock clock(Utc(2026, 6, 1, 10));
+    MemoryJournal journal;
+    {
+      ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger,
+                           Ledger::Create(both, &clock, LedgerOptions{.journal = &journal}));
+      ASSERT_EQ(Grants(*ledger, "a", 8), 8);
+    }
+    std::unique_ptr<Ledger> l = Restarted(hour_only, clock, journal, create_restored);
+    ASSERT_NE(l, nullptr);
+    ASSERT_OK(l->Reload(both));
+    EXPECT_LE(Grants(*l, "a"), in_process) << "create_restored " << create_restored;
+  }
+}
+
+// b is dropped by the policy a restart runs under and comes back with its limit changed
+// (capacity, kind, window). Coming back, it is exactly as strict as a restart under the policy
+// that brings it back (the records are restored as that restart would have), and never looser
+// than a ledger that never restarted where the journal is enough to tell: the same window shape
+// keeps the 8 under the new capacity. (The stricter of old and new that a running ledger keeps
+// for a raised capacity needs the old rule, which the journal does not hold: a plain restart
+// under a changed file has the same limit. Another window shape: see the DISABLED test below.)
+struct ChangedLimit {
+  LimitSpec limit;
+  bool same_shape;  // the records of a calendar day map onto it as they are
+};
+
+std::vector<ChangedLimit> ChangedLimits() {
+  return {{Calendar("per_day", 20, CalendarUnit::kDay), true},
+          {Calendar("per_day", 6, CalendarUnit::kDay), true},
+          {Sliding("per_day", 10, absl::Hours(24)), true},
+          {Rolling("per_day", 12, absl::Hours(24)), true},
+          {Bucket("per_day", 1, absl::Hours(1), 10), false},
+          {Calendar("per_day", 10, CalendarUnit::kHour), false}};
+}
+
+// What b grants in a ledger that never restarted: 8, a reload without b, a reload with `back`.
+int InProcessGrants(const Policy& first, const Policy& only_a, const Policy& back) {
+  FakeClock clock(Utc(2026, 6, 1, 10));
+  absl::StatusOr<std::unique_ptr<Ledger>> ledger = Ledger::Create(first, &clock);
+  EXPECT_OK(ledger.status());
+  if (!ledger.ok()) return -1;
+  EXPECT_EQ(Grants(**ledger, "b", 8), 8);
+  clock.Advance(absl::Minutes(5));
+  EXPECT_OK((*ledger)->Reload(only_a));
+  clock.Advance(absl::Minutes(5));
+  EXPECT_OK((*ledger)->Reload(back));
+  return Grants(**ledger, "b");
+}
+
+TEST(RestoreUnplacedTest, ReaddedCredentialWithAChangedLimitAsStrictAsARestartWithIt) {
+  const Policy first = Caps({{"a", 10}, {"b", 10}});
+  const Policy only_a = Caps({{"a", 10}});
+  for (const ChangedLimit& changed : ChangedLimits()) {
+    const LimitSpec& limit = changed.limit;
+    Policy back = only_a;
+    back.credentials.push_back(Credential("b", "p", {Feature("f", {limit})}));
+    const int in_process = InProcessGrants(first, only_a, back);
+    for (bool create_restored : {false, true}) {
+      const std::string what = absl::StrCat("kind ", static_cast<int>(limit.kind), " capacity ",
+                                            limit.capacity, " create_restored ", create_restored);
+      FakeClock clock(Utc(2026, 6, 1, 10));
+      MemoryJournal journal;
+      {
+        ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger,
+                             Ledger::Create(first, &clock, LedgerOptions{.journal = &journal}));
+        ASSERT_EQ(Grants(*ledger, "b", 8), 8);
+      }
+      clock.Advance(absl::Minutes(5));
+      std::unique_ptr<MemoryJournal> copy = CopyOf(journal);
+      std::unique_ptr<Ledger> dropped = Restarted(only_a, clock, journal, create_restored);
+      ASSERT_NE(dropped, nullptr);
+      clock.Advance(absl::Minutes(5));
+      ASSERT_OK(dropped->Reload(back));
+      std::unique_ptr<Ledger> direct = Restarted(back, clock, *copy, create_restored);
+      ASSERT_NE(direct, nullptr);
+      const int granted = Grants(*dropped, "b");
+      EXPECT_EQ(granted, Grants(*direct, "b")) << what;
+      if (changed.same_shape) {
+        EXPECT_LE(granted, std::max<int64_t>(0, limit.capacity - 8)) << what;
+        if (limit.capacity <= 10) EXPECT_LE(granted, in_process) << what;
+      }
+    }
+  }
+}
+
+// BUG (not of the drop: a plain restart does the same; the fix belongs in Counter::Restore,
+// service/core/limits*.cc): a restart under a policy that changed a limit's window shape
+// (a calendar day become an hour, or a token bucket) forgets the units the journal holds for
+// it: b grants 8 at 10:00, restarts at 10:05 with 10 an hour (or a bucket of 10) and grants 10
+// more in the same hour: 18 against 10. A running ledger's reload carries them (2 more).
+TEST(RestoreUnplacedTest, DISABLED_Bug_RestartUnderAnotherWindowShapeForgetsTheUnits) {
+  const Policy first = Caps({{"a", 10}, {"b", 10}});
+  const Policy only_a = Caps({{"a", 10}});
+  for (const ChangedLimit& changed : ChangedLimits()) {
+    Policy back = only_a;
+    back.credentials.push_back(Credential("b", "p", {Feature("f", {changed.limit})}));
+    const int in_process = InProcessGrants(first, only_a, back);
+    FakeClock clock(Utc(2026, 6, 1, 10));
+    MemoryJournal journal;
+    {
+      ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger,
+                           Ledger::Create(first, &clock, LedgerOptions{.journal = &journal}));
+      ASSERT_EQ(Grants(*ledger, "b", 8), 8);
+    }
+    clock.Advance(absl::Minutes(10));
+    std::unique_ptr<Ledger> direct = Restarted(back, clock, journal, false);
+    ASSERT_NE(direct, nullptr);
+    EXPECT_LE(Grants(*direct, "b"), std::max<int64_t>(in_process, changed.limit.capacity - 8))
+        << "kind " << static_cast<int>(changed.limit.kind);
+  }
+}
+
+// Records whose end passed while their credential was dropped are not applied: b comes back the
+// next day, under a 48-hour sliding limit (which would count yesterday's 8 if they were), and
+// grants its 10, as a ledger that never restarted does.
+TEST(RestoreUnplacedTest, RecordsThatEndedWhileDroppedAreNotApplied) {
+  const Policy first = Caps({{"a", 10}, {"b", 10}});
+  const Policy only_a = Caps({{"a", 10}});
+  for (const LimitSpec& limit :
+       {Calendar("per_day", 10, CalendarUnit::kDay), Sliding("per_day", 10, absl::Hours(48))}) {
+    Policy back = only_a;
+    back.credentials.push_back(Credential("b", "p", {Feature("f", {limit})}));
+    int in_process;
+    {
+      FakeClock clock(Utc(2026, 6, 1, 22));
+      ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger, Ledger::Create(first, &clock));
+      ASSERT_EQ(Grants(*ledger, "b", 8), 8);
+      ASSERT_OK(ledger->Reload(only_a));
+      clock.Advance(absl::Hours(3));  // the next day
+      ASSERT_OK(ledger->Reload(back));
+      in_process = Grants(*ledger, "b");
+    }
+    EXPECT_EQ(in_process, 10);
+    for (bool create_restored : {false, true}) {
+      FakeClock clock(Utc(2026, 6, 1, 22));
+      MemoryJournal journal;
+      {
+        ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger,
+                             Ledger::Create(first, &clock, LedgerOptions{.journal = &journal}));
+        ASSERT_EQ(Grants(*ledger, "b", 8), 8);
+      }
+      std::unique_ptr<Ledger> l = Restarted(only_a, clock, journal, create_restored);
+      ASSERT_NE(l, nullptr);
+      clock.Advance(absl::Hours(3));
+      ASSERT_OK(l->Reload(back));
+      EXPECT_EQ(Grants(*l, "b"), in_process)
+          << "kind " << static_cast<int>(limit.kind) << " create_restored " << create_restored;
+    }
+  }
+}
+
+// A second restart while b is still dropped: the journal still has b's records (nothing
+// dropped them), so the reload after it restores them too.
+TEST(RestoreUnplacedTest, SecondRestartWhileStillDroppedKeepsThem) {
+  const Policy both = Caps({{"a", 10}, {"b", 10}});
+  const Policy only_a = Caps({{"a", 10}});
+  for (bool create_restored : {false, true}) {
+    FakeClock clock(Utc(2026, 6, 1, 10));
+    MemoryJournal journal;
+    {
+      ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger,
+                           Ledger::Create(both, &clock, LedgerOptions{.journal = &journal}));
+      ASSERT_EQ(Grants(*ledger, "b", 8), 8);
+    }
+    {
+      std::unique_ptr<Ledger> l = Restarted(only_a, clock, journal, create_restored);
+      ASSERT_NE(l, nullptr);
+      ASSERT_EQ(Grants(*l, "a", 3), 3);
+      clock.Advance(absl::Minutes(10));
+    }
+    std::unique_ptr<Ledger> l = Restarted(only_a, clock, journal, !create_restored);
+    ASSERT_NE(l, nullptr);
+    ASSERT_OK(l->Reload(both));
+    EXPECT_LE(Grants(*l, "b"), 2) << "create_restored " << create_restored;
+    EXPECT_LE(Grants(*l, "a"), 7);
+  }
+}
+
+// A lease of a dropped credential still holds its slot when the credential comes back (as in a
+// ledger that never restarted, whose lease table keeps it).
+TEST(RestoreUnplacedTest, LeaseOfADroppedCredentialHoldsItsSlotWhenItComesBack) {
+  const Policy both = [] {
+    Policy p = Caps({{"a", 10}});
+    p.credentials.push_back(Credential("b", "p", {Feature("f", {Concurrency("k", 2)})}));
+    return p;
+  }();
+  const Policy only_a = Caps({{"a", 10}});
+  for (bool create_restored : {false, true}) {
+    FakeClock clock(Utc(2026, 6, 1, 10));
+    MemoryJournal journal;
+    {
+      ASSERT_OK_AND_ASSIGN(std::unique_ptr<Ledger> ledger,
+                           Ledger::Create(both, &clock, LedgerOptions{.journal = &journal}));
+      ASSERT_OK_AND_ASSIGN(Decision d, ledger->Acquire(AcquireRequest{
+                                           .credential = "b", .feature = "f", .cost = 1,
+                                           .lease_ttl = absl::Minutes(30)}));
+      ASSERT_TRUE(d.granted);
+    }
+    std::unique_ptr<Ledger> l = Restarted(only_a, clock, journal, create_restored);
+    ASSERT_NE(l, nullptr);
+    ASSERT_OK(l->Reload(both));
+    EXPECT_EQ(l->Leases("b").size(), 1u) << "create_restored " << create_restored;
+    EXPECT_EQ(Grants(*l, "b"), 1) << "create_restored " << create_restored;
   }
 }
 
