@@ -13,7 +13,12 @@
 // - re-added under another kind, another scoping, a smaller capacity, a renamed feature;
 // - Reset while dropped, and after the re-add;
 // - Journal::Compact while records are kept, and restarts after they were applied;
-// - many credentials; reloads racing acquires on another credential.
+// - many credentials; reloads racing acquires on another credential;
+// - every public call naming a credential that is only kept (no compiled policy);
+// - a kept lease released unused after the re-add (refunds).
+// Found: a kept lease cannot be released or renewed by id until the reload that places it
+// (three DISABLED_Bug tests), and, without any restart, a released lease of a removed feature
+// keeps its slot in the carried counter when the feature comes back (one DISABLED_Bug test).
 
 #include <algorithm>
 #include <atomic>
@@ -451,6 +456,115 @@ TEST(RestoreUnplacedAttackTest, DroppedAndReaddedManyTimesCountsOnce) {
         }
       }
     }
+  }
+}
+
+// The same with a limit (not the credential) dropped at the restart and toggled by reloads,
+// and a feature (with a lease) dropped and toggled: counted once, the lease held once.
+TEST(RestoreUnplacedAttackTest, LimitAndFeatureToggledManyTimes) {
+  auto policy = [](bool hour, bool g) {
+    std::vector<LimitSpec> limits = {Calendar("per_day", 100, CalendarUnit::kDay)};
+    if (hour) limits.push_back(Calendar("hour", 10, CalendarUnit::kHour));
+    std::vector<FeatureSpec> features = {Feature("f", limits)};
+    if (g) features.push_back(Feature("g", {Concurrency("k", 2)}));
+    Policy p;
+    p.credentials.push_back(Credential("a", "p", features));
+    return p;
+  };
+  for (int cycles : {1, 3}) {
+    for (bool cr : {false, true}) {
+      const std::string what = absl::StrCat("cycles ", cycles, " create_restored ", cr);
+      FakeClock clock(Utc(2026, 6, 1, 10));
+      MemoryJournal journal;
+      {
+        std::unique_ptr<Ledger> l = Make(policy(true, true), clock, &journal);
+        ASSERT_NE(l, nullptr);
+        ASSERT_EQ(Grants(*l, "a", "f", "", 7), 7);
+        Take(*l, "a", "g");
+      }
+      clock.Advance(absl::Minutes(1));
+      std::unique_ptr<MemoryJournal> copy = CopyOf(journal);
+      std::unique_ptr<Ledger> l = Restarted(policy(false, false), clock, journal, cr);
+      ASSERT_NE(l, nullptr);
+      for (int i = 0; i < cycles; ++i) {
+        ASSERT_OK(l->Reload(policy(true, true)));
+        ASSERT_OK(l->Reload(policy(i % 2 == 0, false)));
+        ASSERT_OK(l->Reload(policy(false, i % 2 == 0)));
+      }
+      ASSERT_OK(l->Reload(policy(true, true)));
+      std::unique_ptr<Ledger> direct = Restarted(policy(true, true), clock, *copy, cr);
+      ASSERT_NE(direct, nullptr);
+      EXPECT_EQ(LeasesOf(*l, "a", "g"), 1u) << what;
+      const int got = Grants(*l, "a");
+      EXPECT_EQ(got, Grants(*direct, "a")) << what;
+      EXPECT_LE(got, 3) << what;
+      EXPECT_EQ(Grants(*l, "a", "g"), 1) << what;
+    }
+  }
+}
+
+Policy FeatureG(bool g) {
+  std::vector<FeatureSpec> features = {
+      Feature("f", {Calendar("per_day", 10, CalendarUnit::kDay)})};
+  if (g) features.push_back(Feature("g", {Concurrency("k", 1)}));
+  Policy p;
+  p.credentials.push_back(Credential("a", "p", features));
+  return p;
+}
+
+// BUG (pre-existing, not of 56b8f5a: no restart; service/core/ledger_reload.cc keeps a removed
+// limit's counter in Credential::removed, and ledger_lease.cc's Release does not free the slot
+// there): a lease of feature g (1 slot), g removed by a reload, the lease released (OK), g
+// re-added: the carried counter still holds the released lease's slot, so g grants 0 instead
+// of 1 until the lease's expiry (30 minutes; after it g grants 1, asserted below). Under-grant
+// bounded by the TTL. A dropped credential (not feature) does not have it (see
+// LeaseThatExpiredWhileDroppedIsNotRestored's reference and DISABLED_Bug_LeaseReleased...).
+TEST(RestoreUnplacedAttackTest, DISABLED_Bug_ReleasedLeaseOfARemovedFeatureHoldsItsSlotOnReadd) {
+  FakeClock clock(Utc(2026, 6, 1, 10));
+  std::unique_ptr<Ledger> l = Make(FeatureG(true), clock, nullptr);
+  ASSERT_NE(l, nullptr);
+  const LeaseId id = Take(*l, "a", "g");
+  ASSERT_OK(l->Reload(FeatureG(false)));
+  ASSERT_OK(l->Release(id, std::nullopt).status());
+  ASSERT_OK(l->Reload(FeatureG(true)));
+  EXPECT_EQ(LeasesOf(*l, "a", "g"), 0u);
+  EXPECT_EQ(Grants(*l, "a", "g"), 1);
+}
+
+// The pre-existing bug above is bounded by the lease's expiry.
+TEST(RestoreUnplacedAttackTest, ReleasedLeaseOfARemovedFeatureFreesItsSlotByItsExpiry) {
+  FakeClock clock(Utc(2026, 6, 1, 10));
+  std::unique_ptr<Ledger> l = Make(FeatureG(true), clock, nullptr);
+  ASSERT_NE(l, nullptr);
+  const LeaseId id = Take(*l, "a", "g");
+  ASSERT_OK(l->Reload(FeatureG(false)));
+  ASSERT_OK(l->Release(id, std::nullopt).status());
+  ASSERT_OK(l->Reload(FeatureG(true)));
+  EXPECT_LE(Grants(*l, "a", "g"), 1);
+  clock.Advance(absl::Minutes(31));
+  EXPECT_EQ(Grants(*l, "a", "g"), 1);
+}
+
+// BUG (same cause as DISABLED_Bug_LeaseReleasedWhileDroppedComesBackAfterRestart): a lease a
+// restart kept because its feature g was not configured (the credential was) cannot be
+// released by id: Release answers NOT_FOUND, and the reload that re-adds g restores the lease
+// (Leases lists it) and its slot until its expiry: g grants 0 instead of 1.
+TEST(RestoreUnplacedAttackTest, DISABLED_Bug_KeptLeaseOfAMissingFeatureCannotBeReleased) {
+  for (bool cr : {false, true}) {
+    FakeClock clock(Utc(2026, 6, 1, 10));
+    MemoryJournal journal;
+    LeaseId id;
+    {
+      std::unique_ptr<Ledger> l = Make(FeatureG(true), clock, &journal);
+      ASSERT_NE(l, nullptr);
+      id = Take(*l, "a", "g");
+    }
+    std::unique_ptr<Ledger> l = Restarted(FeatureG(false), clock, journal, cr);
+    ASSERT_NE(l, nullptr);
+    EXPECT_OK(l->Release(id, std::nullopt).status()) << "create_restored " << cr;
+    ASSERT_OK(l->Reload(FeatureG(true)));
+    EXPECT_EQ(LeasesOf(*l, "a", "g"), 0u) << "create_restored " << cr;
+    // (What g grants then is the pre-existing bug's: the carried counter's slot.)
   }
 }
 
