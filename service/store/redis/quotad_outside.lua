@@ -11,10 +11,10 @@
 -- answer (for the doubling back-off), the limit's recovery period when last written (only to
 -- know how long to keep an entry whose limit a later Report does not bring), and until when the
 -- limit cools down (also in its counter's state, cd; kept here by the limit's name, it holds
--- every scope of a scoped limit and outlives a reload that changes the limit's scoping). Every decision decays the
--- estimate over the recovery period of the limit in force (O.recovery, as RecoveryNs), so a
--- reload that changed the period takes effect at once. A scoped limit's entry only counts its
--- throttles (its hits cool the feature down); its estimate stays 0, as embedded.
+-- every scope of a scoped limit and outlives a reload that changes the limit's scoping). Every
+-- decision decays the estimate over the recovery period of the limit in force (O.recovery, as
+-- RecoveryNs), so a reload that changed the period takes effect at once. A scoped limit's entry
+-- counts its throttles and holds its cooldown; its estimate stays 0, as embedded.
 
 local O = {}
 O.DECREASE = 0.9            -- OutsideEstimate::kDecrease
@@ -33,8 +33,8 @@ local function estimable(c) return c.kind ~= 'unl' and c.cap > 1 and c.cap < INF
 
 -- The longest calendar window of each unit, in us (LongestWindow without the guard).
 local HOUR_US = 3600000000
-local UNIT_US = {minute = 60000000, hour = HOUR_US, day = 25 * HOUR_US, week = (24 * 7 + 1) * HOUR_US,
-                 month = (24 * 31 + 1) * HOUR_US}
+local UNIT_US = {minute = 60000000, hour = HOUR_US, day = 25 * HOUR_US,
+                 week = (24 * 7 + 1) * HOUR_US, month = (24 * 31 + 1) * HOUR_US}
 
 -- RecoveryNs of counter `c` (from what defines it, in us): what it takes to release units
 -- (LongestWindow - guard); 10 s for concurrency (slots free as calls end).
