@@ -306,7 +306,12 @@ TEST_P(ClusterFailoverTest, FollowsTheNewMasterAndCountsTheOverGrant) {
                            kChargesWithin))
         << "no charges after the link filled";
     const int64_t unsent = UnsentToReplica(old_master);
-    ASSERT_GE(unsent, kUnsentBytes) << "the replica caught up before the kill";
+    // Without WAIT the unsent charges are what the oracle must see lost, so the link must still
+    // be full. With WAIT, 0 over-grant must hold however much is unsent (CI twice saw ~560 KB
+    // left here under load with WAIT on; the figure is printed).
+    if (sc.wait_replicas == 0) {
+      ASSERT_GE(unsent, kUnsentBytes) << "the replica caught up before the kill";
+    }
     std::printf(
         "[%s] killing the master with %lld bytes unsent to its stalled replica (%d MB "
         "written to fill the link, %lld charges since)\n",
